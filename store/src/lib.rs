@@ -1,0 +1,2 @@
+//! The store (work in progress).
+#![forbid(unsafe_code)]
