@@ -1,0 +1,90 @@
+//! The [`Store`] trait: the contract every backend (sled today; PostgreSQL or the Kubernetes
+//! API later) implements, so callers never name a backend.
+//!
+//! In: keys, batches of [`Op`]s and watch requests. Out: [`Object`]s, one [`Outcome`] per op,
+//! [`Stats`], and a [`WatchStream`] of [`Event`]s in revision order.
+
+use std::collections::BTreeMap;
+use std::pin::Pin;
+
+use serde::Serialize;
+
+use crate::error::StoreError;
+use crate::key::Key;
+use crate::object::{Event, Object, Op, Outcome, Precondition};
+
+/// Events in revision order; it ends when the store is dropped, and after yielding an error.
+pub type WatchStream = Pin<Box<dyn futures::Stream<Item = Result<Event, StoreError>> + Send>>;
+
+/// A summary of what a store holds.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Stats {
+    /// How many objects each kind has; kinds without objects are absent.
+    pub objects_by_kind: BTreeMap<String, u64>,
+    /// Bytes the backend uses on disk.
+    pub size_on_disk: u64,
+    /// The current revision.
+    pub revision: u64,
+}
+
+/// A versioned, watchable store of JSON objects.
+///
+/// To mirror the store (list, then follow changes): read [`Store::revision`], list, then
+/// [`Store::watch`] from that revision. Events for changes the list already showed may be
+/// replayed; each carries the whole object, so applying them again is harmless.
+#[async_trait::async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// The object under `key`, if any.
+    async fn get(&self, key: &Key) -> Result<Option<Object>, StoreError>;
+
+    /// Objects of one kind, in one mesh (Some) or every mesh (None), sorted by (mesh, name).
+    async fn list(&self, kind: &str, mesh: Option<&str>) -> Result<Vec<Object>, StoreError>;
+
+    /// Every object of a mesh, all kinds, sorted by (kind, name) (used for cascade delete of a
+    /// mesh).
+    async fn list_mesh(&self, mesh: &str) -> Result<Vec<Object>, StoreError>;
+
+    /// Applies all ops atomically: either every precondition holds and all are written, or
+    /// nothing is. Returns one Outcome per op in order; a later op on the same key sees the
+    /// earlier one's effect. Durable (flushed to disk) before it returns Ok.
+    async fn apply(&self, ops: Vec<Op>) -> Result<Vec<Outcome>, StoreError>;
+
+    /// The current revision (0 on an empty store).
+    fn revision(&self) -> u64;
+
+    /// Events with revision > `from_revision`: first the retained history, then live ones, in
+    /// order, no gaps, no duplicates. Fails with [`StoreError::Compacted`] when events after
+    /// `from_revision` are no longer retained; the stream yields that error too if it falls so
+    /// far behind that the events it missed were trimmed.
+    async fn watch(&self, from_revision: u64) -> Result<WatchStream, StoreError>;
+
+    /// Object counts by kind, size on disk and revision.
+    async fn stats(&self) -> Result<Stats, StoreError>;
+
+    /// Applies a single [`Op::Put`].
+    async fn put(
+        &self,
+        key: Key,
+        data: serde_json::Value,
+        precondition: Precondition,
+    ) -> Result<Outcome, StoreError> {
+        single(self.apply(vec![Op::put(key, data, precondition)]).await?)
+    }
+
+    /// Applies a single [`Op::Delete`].
+    async fn delete(&self, key: Key, precondition: Precondition) -> Result<Outcome, StoreError> {
+        single(self.apply(vec![Op::delete(key, precondition)]).await?)
+    }
+}
+
+fn single(outcomes: Vec<Outcome>) -> Result<Outcome, StoreError> {
+    let count = outcomes.len();
+    let mut outcomes = outcomes.into_iter();
+    match (outcomes.next(), count) {
+        (Some(outcome), 1) => Ok(outcome),
+        _ => Err(StoreError::Backend(format!(
+            "apply of one op returned {count} outcomes"
+        ))),
+    }
+}
