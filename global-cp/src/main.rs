@@ -1,1 +1,42 @@
-fn main() {}
+use std::sync::Arc;
+
+use clap::Parser;
+use strait_global_cp::config::{Config, EXIT_CONFIG};
+use strait_global_cp::{telemetry, GlobalCp};
+
+#[tokio::main]
+async fn main() {
+    let config = Config::parse();
+    if let Err(problems) = config.validate() {
+        for p in problems {
+            eprintln!("strait-global: {p}");
+        }
+        std::process::exit(EXIT_CONFIG);
+    }
+    telemetry::init(config.log_format, &config.log_level);
+    tracing::info!(config = %serde_json::to_string(&config).unwrap_or_default(), version = env!("CARGO_PKG_VERSION"), "starting strait-global");
+    let cp = match GlobalCp::start(Arc::new(config)).await {
+        Ok(cp) => cp,
+        Err(e) => {
+            tracing::error!(error = %e, "could not start");
+            eprintln!("strait-global: {e}");
+            std::process::exit(1);
+        }
+    };
+    wait_for_signal().await;
+    cp.shutdown();
+    cp.wait().await;
+    tracing::info!("stopped");
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        tracing::error!("cannot install signal handlers; stop with SIGKILL");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = int.recv() => tracing::info!("SIGINT received"),
+    }
+}

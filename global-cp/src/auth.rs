@@ -1,0 +1,118 @@
+//! The admin token: created on first start, required for every write.
+//!
+//! In: the token file path (and, per request, the `Authorization` header). Out: the loaded
+//! token, and a middleware that answers 401 without a token and 403 with a wrong one.
+
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::Path;
+use std::sync::Arc;
+
+use axum::extract::{Request, State};
+use axum::http::{header, Method};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+
+use crate::rest::errors::ApiError;
+
+/// Why the token could not be loaded or created.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenError {
+    /// Reading or writing the file failed.
+    #[error("admin token file {path}: {source}")]
+    Io {
+        /// The file.
+        path: String,
+        /// The failure.
+        source: std::io::Error,
+    },
+    /// The file exists but holds no token.
+    #[error("admin token file {0} is empty; delete it to generate a new token")]
+    Empty(String),
+}
+
+/// Reads the admin token from `path`, or creates the file (mode 0600) with a new random token.
+/// Returns the token and whether it was just created.
+pub fn load_or_create(path: &Path) -> Result<(String, bool), TokenError> {
+    let io = |source| TokenError::Io { path: path.display().to_string(), source };
+    match std::fs::read_to_string(path) {
+        Ok(text) => {
+            let token = text.trim().to_string();
+            if token.is_empty() {
+                return Err(TokenError::Empty(path.display().to_string()));
+            }
+            if let Ok(meta) = std::fs::metadata(path) {
+                if meta.permissions().mode() & 0o077 != 0 {
+                    tracing::warn!(path = %path.display(), "admin token file is readable by other users; chmod 600 it");
+                }
+            }
+            Ok((token, false))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir).map_err(io)?;
+            }
+            let token = new_token();
+            let mut file = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path).map_err(io)?;
+            file.write_all(token.as_bytes()).and_then(|()| file.write_all(b"\n")).and_then(|()| file.sync_all()).map_err(io)?;
+            Ok((token, true))
+        }
+        Err(e) => Err(io(e)),
+    }
+}
+
+fn new_token() -> String {
+    let bytes: [u8; 32] = rand::random();
+    hex::encode(bytes)
+}
+
+/// Compares without an early exit, so timing does not reveal how much of a guess was right.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Lets reads through; writes need `Authorization: Bearer <admin token>`.
+pub async fn require_token_for_writes(State(token): State<Arc<String>>, req: Request, next: Next) -> Response {
+    if matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS) {
+        return next.run(req).await;
+    }
+    let presented = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+    match presented {
+        None => ApiError::unauthorized().into_response(),
+        Some(p) if same(p.trim().as_bytes(), token.as_bytes()) => next.run(req).await,
+        Some(_) => ApiError::forbidden().into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_is_created_private_then_reused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub/admin-token");
+        let (t1, created) = load_or_create(&path).unwrap();
+        assert!(created);
+        assert_eq!(t1.len(), 64);
+        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        let (t2, created) = load_or_create(&path).unwrap();
+        assert!(!created);
+        assert_eq!(t1, t2);
+    }
+
+    #[test]
+    fn empty_token_file_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("admin-token");
+        std::fs::write(&path, "\n").unwrap();
+        assert!(matches!(load_or_create(&path), Err(TokenError::Empty(_))));
+    }
+
+    #[test]
+    fn comparison() {
+        assert!(same(b"abc", b"abc"));
+        assert!(!same(b"abc", b"abd"));
+        assert!(!same(b"abc", b"ab"));
+    }
+}

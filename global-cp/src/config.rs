@@ -1,0 +1,163 @@
+//! Configuration of `strait-global`: flags and `STRAIT_*` environment variables, validated once.
+//!
+//! In: the command line and environment. Out: an immutable [`Config`], logged at start.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+use serde::Serialize;
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The global control plane: holds every mesh's policies, serves the REST API, and (with zone
+/// sync) federates the zones.
+#[derive(Debug, Clone, Parser, Serialize)]
+#[command(name = "strait-global", version, about, long_about = None)]
+pub struct Config {
+    /// Address of the REST API (also /metrics, /healthz, /readyz, /openapi.json).
+    #[arg(long, env = "STRAIT_API_ADDRESS", default_value = "0.0.0.0:7680")]
+    pub api_address: SocketAddr,
+
+    /// Directory of the store and the admin token [default: /var/lib/strait/global as root,
+    /// else ~/.local/share/strait/global].
+    #[arg(long, env = "STRAIT_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+
+    /// File holding the admin token for writes; created with a new random token (mode 0600)
+    /// when missing [default: <data-dir>/admin-token].
+    #[arg(long, env = "STRAIT_ADMIN_TOKEN_FILE")]
+    pub admin_token_file: Option<PathBuf>,
+
+    /// Largest accepted request body, in bytes.
+    #[arg(long, env = "STRAIT_MAX_BODY_BYTES", default_value_t = 1024 * 1024)]
+    pub max_body_bytes: usize,
+
+    /// How long in-flight requests may run after SIGTERM/SIGINT before they are cut.
+    #[arg(long, env = "STRAIT_SHUTDOWN_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    #[serde(with = "humanized")]
+    pub shutdown_timeout: Duration,
+
+    /// Log format.
+    #[arg(long, env = "STRAIT_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
+    /// Log filter, such as `info` or `info,strait_global_cp=debug`.
+    #[arg(long, env = "STRAIT_LOG", default_value = "info")]
+    pub log_level: String,
+
+    /// Home directory, used only to derive the default data directory.
+    #[arg(skip = std::env::var_os("HOME").map(PathBuf::from))]
+    #[serde(skip)]
+    home: Option<PathBuf>,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    s.parse::<strait_api::Duration>().map(|d| d.get()).map_err(|e| e.to_string())
+}
+
+mod humanized {
+    use serde::Serializer;
+
+    pub fn serialize<S: Serializer>(d: &std::time::Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&strait_api::Duration(*d))
+    }
+}
+
+/// Exit code for bad configuration (EX_USAGE).
+pub const EXIT_CONFIG: i32 = 64;
+
+impl Config {
+    /// A configuration for tests and embedding: API on `addr`, data under `data_dir`.
+    pub fn for_dir(data_dir: PathBuf, addr: SocketAddr) -> Self {
+        Config {
+            api_address: addr,
+            data_dir: Some(data_dir),
+            admin_token_file: None,
+            max_body_bytes: 1024 * 1024,
+            shutdown_timeout: Duration::from_secs(10),
+            log_format: LogFormat::Text,
+            log_level: "info".into(),
+            home: None,
+        }
+    }
+
+    /// Checks every value and returns all problems at once.
+    pub fn validate(&self) -> Result<(), Vec<String>> {
+        let mut problems = Vec::new();
+        if self.max_body_bytes < 1024 {
+            problems.push(format!("--max-body-bytes {}: must be at least 1024", self.max_body_bytes));
+        }
+        if self.resolved_data_dir().is_none() {
+            problems.push("--data-dir: not set and no HOME to derive a default from".into());
+        }
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log_level) {
+            problems.push(format!("--log-level {:?}: {e}", self.log_level));
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems)
+        }
+    }
+
+    /// The data directory, explicit or derived.
+    pub fn resolved_data_dir(&self) -> Option<PathBuf> {
+        if let Some(d) = &self.data_dir {
+            return Some(d.clone());
+        }
+        if is_root() {
+            return Some(PathBuf::from("/var/lib/strait/global"));
+        }
+        self.home.as_ref().map(|h| h.join(".local/share/strait/global"))
+    }
+
+    /// The admin token file, explicit or `<data-dir>/admin-token`.
+    pub fn resolved_token_file(&self) -> Option<PathBuf> {
+        self.admin_token_file.clone().or_else(|| self.resolved_data_dir().map(|d| d.join("admin-token")))
+    }
+}
+
+/// Whether we run as root, read from the owner of our own /proc entry (no unsafe call needed).
+fn is_root() -> bool {
+    std::fs::metadata("/proc/self").map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0).unwrap_or(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_problem_is_reported() {
+        let mut c = Config::for_dir("/tmp/x".into(), "127.0.0.1:0".parse().unwrap());
+        c.max_body_bytes = 10;
+        c.log_level = "info,[".into();
+        let problems = c.validate().unwrap_err();
+        assert_eq!(problems.len(), 2, "{problems:?}");
+        assert!(problems[0].starts_with("--max-body-bytes 10"));
+        assert!(problems[1].starts_with("--log-level"));
+    }
+
+    #[test]
+    fn token_file_defaults_into_the_data_dir() {
+        let c = Config::for_dir("/data".into(), "127.0.0.1:0".parse().unwrap());
+        assert_eq!(c.resolved_token_file().unwrap(), PathBuf::from("/data/admin-token"));
+    }
+
+    #[test]
+    fn flags_parse() {
+        let c = Config::try_parse_from(["strait-global", "--api-address", "127.0.0.1:1", "--shutdown-timeout", "2s", "--log-format", "json"]).unwrap();
+        assert_eq!(c.shutdown_timeout, Duration::from_secs(2));
+        assert_eq!(c.log_format, LogFormat::Json);
+        assert!(Config::try_parse_from(["strait-global", "--shutdown-timeout", "soon"]).is_err());
+    }
+}

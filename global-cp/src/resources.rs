@@ -1,0 +1,193 @@
+//! The resource service: validated resources in and out of the store.
+//!
+//! In: parsed [`Resource`]s and look-ups by type, mesh and name, from the REST API (and later
+//! the zone sync server). Out: stored resources with their server-set fields, and
+//! created/configured/unchanged outcomes. It owns the rules the store does not know: a
+//! mesh-scoped resource needs its Mesh, a new Mesh gets its default policies in the same atomic
+//! batch, and deleting a Mesh deletes everything in it.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use serde::Serialize;
+use serde_json::{json, Value};
+use strait_api::{Resource, ResourceType, ValidationErrors};
+use strait_store::{Key, Object, Op, Outcome, Precondition, Store, StoreError};
+
+/// Why a resource operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    /// The store refused or failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The resource's mesh does not exist.
+    #[error("mesh {0:?} not found: create it first (type: Mesh, name: {0})")]
+    MeshNotFound(String),
+    /// Stored data no longer parses (written by an incompatible version).
+    #[error("stored {key} does not parse: {errors}")]
+    Corrupt {
+        /// Which object.
+        key: String,
+        /// Why.
+        errors: ValidationErrors,
+    },
+}
+
+/// What a put did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PutOutcome {
+    /// The resource did not exist.
+    Created,
+    /// The resource changed.
+    Configured,
+    /// The resource was already exactly so; nothing was written.
+    Unchanged,
+}
+
+/// A service summary derived from the Dataplanes of a mesh.
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+pub struct ServiceSummary {
+    /// The `strait.io/service` tag.
+    pub name: String,
+    /// Dataplanes serving it.
+    pub dataplanes: u64,
+}
+
+/// Typed access to resources in a store.
+#[derive(Clone)]
+pub struct Resources {
+    store: Arc<dyn Store>,
+}
+
+/// The store key of a resource.
+pub fn key_of(kind: ResourceType, mesh: Option<&str>, name: &str) -> Key {
+    Key::new(kind.name(), mesh.unwrap_or(""), name)
+}
+
+fn data_of(r: &Resource) -> Value {
+    json!({ "labels": r.labels, "spec": r.spec_value() })
+}
+
+fn mesh_key(mesh: &str) -> Key {
+    key_of(ResourceType::Mesh, None, mesh)
+}
+
+/// The policies every new Mesh starts with, unless its spec opts out (as in Kuma).
+fn default_policies(mesh: &str) -> Vec<Resource> {
+    let allow_all = json!({
+        "type": "MeshTrafficPermission", "name": "allow-all", "mesh": mesh,
+        "labels": {"strait.io/origin": "default"},
+        "spec": {"targetRef": {"kind": "Mesh"}, "from": [{"targetRef": {"kind": "Mesh"}, "default": {"action": "Allow"}}]}
+    });
+    Resource::from_value(allow_all).into_iter().collect()
+}
+
+impl Resources {
+    /// Wraps a store.
+    pub fn new(store: Arc<dyn Store>) -> Self {
+        Resources { store }
+    }
+
+    /// The store underneath.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// Rebuilds a resource from a stored object.
+    pub fn from_object(obj: &Object) -> Result<Resource, ServiceError> {
+        let kind = ResourceType::ALL.iter().copied().find(|t| t.name() == obj.key.kind);
+        let corrupt = |errors| ServiceError::Corrupt { key: obj.key.to_string(), errors };
+        let Some(kind) = kind else { return Err(corrupt(ValidationErrors::single("type", format!("unknown type {:?}", obj.key.kind)))) };
+        let mut value = json!({
+            "type": kind.name(),
+            "name": obj.key.name,
+            "labels": obj.data.get("labels").cloned().unwrap_or(Value::Null),
+            "spec": obj.data.get("spec").cloned().unwrap_or(Value::Null),
+        });
+        if kind.is_mesh_scoped() {
+            value["mesh"] = Value::String(obj.key.mesh.clone());
+        }
+        let mut r = Resource::from_value(value).map_err(corrupt)?;
+        r.version = Some(obj.version);
+        r.creation_time = Some(obj.creation_time);
+        r.modification_time = Some(obj.modification_time);
+        Ok(r)
+    }
+
+    /// One resource.
+    pub async fn get(&self, kind: ResourceType, mesh: Option<&str>, name: &str) -> Result<Option<Resource>, ServiceError> {
+        match self.store.get(&key_of(kind, mesh, name)).await? {
+            Some(obj) => Ok(Some(Self::from_object(&obj)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Resources of a type, in one mesh or all.
+    pub async fn list(&self, kind: ResourceType, mesh: Option<&str>) -> Result<Vec<Resource>, ServiceError> {
+        let scope = if kind.is_mesh_scoped() { mesh } else { Some("") };
+        self.store.list(kind.name(), scope).await?.iter().map(Self::from_object).collect()
+    }
+
+    /// Creates or replaces a validated resource; `resource.version` is the expected version.
+    pub async fn put(&self, resource: &Resource) -> Result<(PutOutcome, Resource), ServiceError> {
+        let key = key_of(resource.kind, resource.mesh.as_deref(), &resource.name);
+        let precondition = resource.version.map(Precondition::Version).unwrap_or(Precondition::None);
+        let mut ops = vec![Op::Put { key: key.clone(), data: data_of(resource), precondition }];
+        if let Some(mesh) = resource.mesh.as_deref() {
+            // Re-putting the mesh unchanged under its version makes the batch fail if the mesh
+            // is deleted concurrently, without writing anything for it.
+            let mesh_obj = self.store.get(&mesh_key(mesh)).await?.ok_or_else(|| ServiceError::MeshNotFound(mesh.to_string()))?;
+            ops.push(Op::Put { key: mesh_key(mesh), data: mesh_obj.data, precondition: Precondition::Version(mesh_obj.version) });
+        } else if resource.kind == ResourceType::Mesh && self.store.get(&key).await?.is_none() {
+            let skip = resource.spec_value().get("skipDefaultPolicies").and_then(Value::as_bool).unwrap_or(false);
+            if let Op::Put { precondition, .. } = &mut ops[0] {
+                if *precondition == Precondition::None {
+                    *precondition = Precondition::MustNotExist;
+                }
+            }
+            if !skip {
+                for p in default_policies(&resource.name) {
+                    ops.push(Op::Put { key: key_of(p.kind, p.mesh.as_deref(), &p.name), data: data_of(&p), precondition: Precondition::None });
+                }
+            }
+        }
+        let outcomes = self.store.apply(ops).await?;
+        let first = outcomes.into_iter().next().ok_or_else(|| StoreError::Backend("store returned no outcome".into()))?;
+        let outcome = match &first {
+            Outcome::Created(_) => PutOutcome::Created,
+            Outcome::Updated(_) => PutOutcome::Configured,
+            Outcome::Unchanged(_) | Outcome::Deleted(_) => PutOutcome::Unchanged,
+        };
+        Ok((outcome, Self::from_object(first.object())?))
+    }
+
+    /// Deletes a resource (and, for a Mesh, everything in it) in one atomic batch.
+    pub async fn delete(&self, kind: ResourceType, mesh: Option<&str>, name: &str, version: Option<u64>) -> Result<Resource, ServiceError> {
+        let key = key_of(kind, mesh, name);
+        let precondition = version.map(Precondition::Version).unwrap_or(Precondition::None);
+        let mut ops = vec![Op::Delete { key, precondition }];
+        if kind == ResourceType::Mesh {
+            for obj in self.store.list_mesh(name).await? {
+                ops.push(Op::Delete { key: obj.key, precondition: Precondition::Version(obj.version) });
+            }
+        }
+        let outcomes = self.store.apply(ops).await?;
+        let first = outcomes.into_iter().next().ok_or_else(|| StoreError::Backend("store returned no outcome".into()))?;
+        Self::from_object(first.object())
+    }
+
+    /// Services of a mesh, from its Dataplanes' inbound tags.
+    pub async fn services(&self, mesh: &str) -> Result<Vec<ServiceSummary>, ServiceError> {
+        let mut counts: BTreeMap<String, u64> = BTreeMap::new();
+        for dp in self.list(ResourceType::Dataplane, Some(mesh)).await? {
+            if let strait_api::Spec::Dataplane(spec) = &dp.spec {
+                let services: BTreeSet<&str> = spec.networking.inbound.iter().map(|i| i.service()).collect();
+                for s in services {
+                    *counts.entry(s.to_string()).or_default() += 1;
+                }
+            }
+        }
+        Ok(counts.into_iter().map(|(name, dataplanes)| ServiceSummary { name, dataplanes }).collect())
+    }
+}

@@ -1,0 +1,114 @@
+//! REST errors: JSON `{code, message, details[]}` with a stable `code` per case.
+//!
+//! In: failures of validation, auth, the store and body handling. Out: HTTP responses with the
+//! right status (400, 401, 403, 404, 409, 413, 415, 500).
+
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Serialize;
+use strait_api::{FieldError, ValidationErrors};
+use strait_store::StoreError;
+
+/// The JSON body of every error.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    /// Stable machine-readable code, such as `invalid_resource` or `conflict`.
+    pub code: &'static str,
+    /// What went wrong, for humans.
+    pub message: String,
+    /// One entry per bad field.
+    pub details: Vec<FieldError>,
+}
+
+/// An error answered to a REST client.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    body: ErrorBody,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        ApiError { status, body: ErrorBody { code, message: message.into(), details: Vec::new() } }
+    }
+
+    /// 400: the resource did not validate.
+    pub fn invalid(what: &str, errors: ValidationErrors) -> Self {
+        let mut e = Self::new(StatusCode::BAD_REQUEST, "invalid_resource", format!("{what} is invalid: {errors}"));
+        e.body.details = errors.0;
+        e
+    }
+
+    /// 400: a malformed request (not a body validation problem).
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "bad_request", message)
+    }
+
+    /// 401: no token.
+    pub fn unauthorized() -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, "unauthorized", "this request needs the admin token: send `Authorization: Bearer <token>`")
+    }
+
+    /// 403: a token that is not the admin token.
+    pub fn forbidden() -> Self {
+        Self::new(StatusCode::FORBIDDEN, "forbidden", "the token sent is not the admin token")
+    }
+
+    /// 404.
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not_found", message)
+    }
+
+    /// 413.
+    pub fn too_large(limit: usize) -> Self {
+        Self::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", format!("request body is larger than the limit of {limit} bytes"))
+    }
+
+    /// 415.
+    pub fn unsupported_media_type(got: Option<&str>) -> Self {
+        let got = got.map(|g| format!("{g:?}")).unwrap_or_else(|| "none".into());
+        Self::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            format!("content type {got} is not supported: send application/json or application/yaml"),
+        )
+    }
+
+    /// 500: the store failed.
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message)
+    }
+
+    /// The status code.
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match &e {
+            StoreError::Conflict { .. } => {
+                let mut err = Self::new(StatusCode::CONFLICT, "conflict", format!("{e}; read the resource again and retry with its current version"));
+                err.body.details.push(FieldError { field: "version".into(), message: e.to_string() });
+                err
+            }
+            StoreError::NotFound { key } => Self::not_found(format!("{key} not found")),
+            _ => {
+                tracing::error!(error = %e, "store failure");
+                Self::internal(format!("store failure: {e}"))
+            }
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut response = (self.status, Json(self.body)).into_response();
+        if self.status == StatusCode::UNAUTHORIZED {
+            response.headers_mut().insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
+        }
+        response
+    }
+}

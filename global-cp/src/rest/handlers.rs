@@ -1,0 +1,215 @@
+//! Resource handlers: list, get, put (create or replace) and delete, for meshes, resources in
+//! a mesh, and zones.
+//!
+//! In: path parameters, an optional `version` (body field for PUT, query for DELETE) and a JSON
+//! or YAML body. Out: the resource as JSON, with the `strait-result` header saying whether a
+//! PUT created, configured or left it unchanged; errors as `ApiError`.
+
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Deserialize;
+use serde_json::Value;
+use strait_api::{FieldError, Resource, ResourceType, ValidationErrors};
+
+use super::body::read_value;
+use super::errors::ApiError;
+use super::AppState;
+use crate::resources::{PutOutcome, ServiceError};
+
+/// Header telling what a PUT did.
+pub const RESULT_HEADER: &str = "strait-result";
+
+impl From<ServiceError> for ApiError {
+    fn from(e: ServiceError) -> Self {
+        match e {
+            ServiceError::Store(s) => s.into(),
+            ServiceError::MeshNotFound(_) => ApiError::not_found(e.to_string()),
+            ServiceError::Corrupt { .. } => {
+                tracing::error!(error = %e, "stored resource does not parse");
+                ApiError::internal(e.to_string())
+            }
+        }
+    }
+}
+
+/// Query of DELETE: the expected version.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+pub struct DeleteQuery {
+    /// Delete only if the resource is still at this version (409 otherwise).
+    pub version: Option<u64>,
+}
+
+fn mesh_scoped_type(segment: &str) -> Result<ResourceType, ApiError> {
+    ResourceType::ALL.iter().copied().find(|t| t.is_mesh_scoped() && t.plural() == segment).ok_or_else(|| {
+        let known: Vec<&str> = ResourceType::ALL.iter().filter(|t| t.is_mesh_scoped()).map(|t| t.plural()).collect();
+        ApiError::not_found(format!("unknown resource type {segment:?} in path; expected one of {}", known.join(", ")))
+    })
+}
+
+/// A list response: `{"total": N, "items": [...]}`, items in their own field order.
+#[derive(serde::Serialize)]
+pub struct ListBody<T> {
+    total: usize,
+    items: Vec<T>,
+}
+
+fn list_body<T>(items: Vec<T>) -> Json<ListBody<T>> {
+    Json(ListBody { total: items.len(), items })
+}
+
+async fn get_one(state: &AppState, kind: ResourceType, mesh: Option<&str>, name: &str) -> Result<Json<Resource>, ApiError> {
+    match state.resources.get(kind, mesh, name).await? {
+        Some(r) => Ok(Json(r)),
+        None => Err(ApiError::not_found(match mesh {
+            Some(m) => format!("{} {name:?} not found in mesh {m:?}", kind.name()),
+            None => format!("{} {name:?} not found", kind.name()),
+        })),
+    }
+}
+
+/// Parses a PUT body, fills `type`, `name` and `mesh` from the path when absent, and refuses
+/// a body that names a different resource than its path.
+async fn parse_put(state: &AppState, headers: &HeaderMap, body: Body, kind: ResourceType, mesh: Option<&str>, name: &str) -> Result<Resource, ApiError> {
+    let mut value = read_value(headers, body, state.max_body_bytes).await?;
+    let what = format!("{}/{name}", kind.name().to_ascii_lowercase());
+    let Some(obj) = value.as_object_mut() else {
+        return Err(ApiError::invalid(&what, ValidationErrors::single("", "a resource must be a JSON or YAML object")));
+    };
+    let mut mismatches = Vec::new();
+    let expected: [(&str, Option<&str>); 3] = [("type", Some(kind.name())), ("name", Some(name)), ("mesh", mesh)];
+    for (field, want) in expected {
+        let Some(want) = want else { continue };
+        match obj.get(field) {
+            None | Some(Value::Null) => {
+                obj.insert(field.to_string(), Value::String(want.to_string()));
+            }
+            Some(Value::String(got)) if got == want => {}
+            Some(got) => mismatches.push(FieldError { field: field.into(), message: format!("{got} does not match {want:?} in the request path") }),
+        }
+    }
+    if !mismatches.is_empty() {
+        return Err(ApiError::invalid(&what, ValidationErrors(mismatches)));
+    }
+    Resource::from_value(value).map_err(|e| ApiError::invalid(&what, e))
+}
+
+async fn put_one(state: &AppState, headers: &HeaderMap, body: Body, kind: ResourceType, mesh: Option<&str>, name: &str) -> Result<Response, ApiError> {
+    let resource = parse_put(state, headers, body, kind, mesh, name).await?;
+    let (outcome, stored) = state.resources.put(&resource).await?;
+    let status = if outcome == PutOutcome::Created { StatusCode::CREATED } else { StatusCode::OK };
+    let label = match outcome {
+        PutOutcome::Created => "created",
+        PutOutcome::Configured => "configured",
+        PutOutcome::Unchanged => "unchanged",
+    };
+    tracing::info!(r#type = kind.name(), mesh = mesh.unwrap_or(""), name, version = stored.version, result = label, "resource written");
+    let mut response = (status, Json(stored)).into_response();
+    response.headers_mut().insert(RESULT_HEADER, HeaderValue::from_static(label));
+    Ok(response)
+}
+
+async fn delete_one(state: &AppState, kind: ResourceType, mesh: Option<&str>, name: &str, version: Option<u64>) -> Result<Json<Resource>, ApiError> {
+    let deleted = state.resources.delete(kind, mesh, name, version).await.map_err(|e| match e {
+        ServiceError::Store(strait_store::StoreError::NotFound { .. }) => ApiError::not_found(format!("{} {name:?} not found", kind.name())),
+        other => other.into(),
+    })?;
+    tracing::info!(r#type = kind.name(), mesh = mesh.unwrap_or(""), name, "resource deleted");
+    Ok(Json(deleted))
+}
+
+/// Lists every mesh.
+#[utoipa::path(get, path = "/meshes", tag = "meshes", responses((status = 200, body = strait_api::openapi::ResourceListSchema)))]
+pub async fn list_meshes(State(state): State<AppState>) -> Result<Json<ListBody<Resource>>, ApiError> {
+    Ok(list_body(state.resources.list(ResourceType::Mesh, None).await?))
+}
+
+/// Reads one mesh.
+#[utoipa::path(get, path = "/meshes/{mesh}", tag = "meshes", responses((status = 200, body = strait_api::openapi::ResourceSchema), (status = 404, body = super::errors::ErrorBody)))]
+pub async fn get_mesh(State(state): State<AppState>, Path(mesh): Path<String>) -> Result<Json<Resource>, ApiError> {
+    get_one(&state, ResourceType::Mesh, None, &mesh).await
+}
+
+/// Creates or replaces a mesh; a new mesh gets an allow-all MeshTrafficPermission unless `spec.skipDefaultPolicies`.
+#[utoipa::path(put, path = "/meshes/{mesh}", tag = "meshes", request_body(content = strait_api::openapi::ResourceSchema, content_type = "application/json"),
+    responses((status = 201, body = strait_api::openapi::ResourceSchema), (status = 200, body = strait_api::openapi::ResourceSchema), (status = 400, body = super::errors::ErrorBody),
+        (status = 401, body = super::errors::ErrorBody), (status = 403, body = super::errors::ErrorBody), (status = 409, body = super::errors::ErrorBody),
+        (status = 413, body = super::errors::ErrorBody), (status = 415, body = super::errors::ErrorBody)),
+    security(("admin_token" = [])))]
+pub async fn put_mesh(State(state): State<AppState>, Path(mesh): Path<String>, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
+    put_one(&state, &headers, body, ResourceType::Mesh, None, &mesh).await
+}
+
+/// Deletes a mesh and every resource in it.
+#[utoipa::path(delete, path = "/meshes/{mesh}", tag = "meshes", params(DeleteQuery), responses((status = 200, body = strait_api::openapi::ResourceSchema), (status = 404, body = super::errors::ErrorBody), (status = 409, body = super::errors::ErrorBody)), security(("admin_token" = [])))]
+pub async fn delete_mesh(State(state): State<AppState>, Path(mesh): Path<String>, Query(q): Query<DeleteQuery>) -> Result<Json<Resource>, ApiError> {
+    delete_one(&state, ResourceType::Mesh, None, &mesh, q.version).await
+}
+
+/// Lists the services of a mesh, from its Dataplanes.
+#[utoipa::path(get, path = "/meshes/{mesh}/services", tag = "resources", responses((status = 200, body = Vec<crate::resources::ServiceSummary>), (status = 404, body = super::errors::ErrorBody)))]
+pub async fn list_services(State(state): State<AppState>, Path(mesh): Path<String>) -> Result<Json<ListBody<crate::resources::ServiceSummary>>, ApiError> {
+    get_one(&state, ResourceType::Mesh, None, &mesh).await.map(drop)?;
+    Ok(list_body(state.resources.services(&mesh).await?))
+}
+
+/// Lists resources of a type in a mesh; `rtype` is the lowercase plural, such as `meshtrafficpermissions`.
+#[utoipa::path(get, path = "/meshes/{mesh}/{rtype}", tag = "resources", responses((status = 200, body = strait_api::openapi::ResourceListSchema), (status = 404, body = super::errors::ErrorBody)))]
+pub async fn list_in_mesh(State(state): State<AppState>, Path((mesh, rtype)): Path<(String, String)>) -> Result<Json<ListBody<Resource>>, ApiError> {
+    let kind = mesh_scoped_type(&rtype)?;
+    get_one(&state, ResourceType::Mesh, None, &mesh).await.map(drop)?;
+    Ok(list_body(state.resources.list(kind, Some(&mesh)).await?))
+}
+
+/// Reads one resource of a mesh.
+#[utoipa::path(get, path = "/meshes/{mesh}/{rtype}/{name}", tag = "resources", responses((status = 200, body = strait_api::openapi::ResourceSchema), (status = 404, body = super::errors::ErrorBody)))]
+pub async fn get_in_mesh(State(state): State<AppState>, Path((mesh, rtype, name)): Path<(String, String, String)>) -> Result<Json<Resource>, ApiError> {
+    let kind = mesh_scoped_type(&rtype)?;
+    get_one(&state, kind, Some(&mesh), &name).await
+}
+
+/// Creates or replaces a resource of a mesh. Send `version` to replace only that version (409 otherwise).
+#[utoipa::path(put, path = "/meshes/{mesh}/{rtype}/{name}", tag = "resources", request_body(content = strait_api::openapi::ResourceSchema, content_type = "application/json"),
+    responses((status = 201, body = strait_api::openapi::ResourceSchema), (status = 200, body = strait_api::openapi::ResourceSchema), (status = 400, body = super::errors::ErrorBody),
+        (status = 401, body = super::errors::ErrorBody), (status = 403, body = super::errors::ErrorBody), (status = 404, body = super::errors::ErrorBody),
+        (status = 409, body = super::errors::ErrorBody), (status = 413, body = super::errors::ErrorBody), (status = 415, body = super::errors::ErrorBody)),
+    security(("admin_token" = [])))]
+pub async fn put_in_mesh(State(state): State<AppState>, Path((mesh, rtype, name)): Path<(String, String, String)>, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
+    let kind = mesh_scoped_type(&rtype)?;
+    put_one(&state, &headers, body, kind, Some(&mesh), &name).await
+}
+
+/// Deletes a resource of a mesh.
+#[utoipa::path(delete, path = "/meshes/{mesh}/{rtype}/{name}", tag = "resources", params(DeleteQuery), responses((status = 200, body = strait_api::openapi::ResourceSchema), (status = 404, body = super::errors::ErrorBody), (status = 409, body = super::errors::ErrorBody)), security(("admin_token" = [])))]
+pub async fn delete_in_mesh(State(state): State<AppState>, Path((mesh, rtype, name)): Path<(String, String, String)>, Query(q): Query<DeleteQuery>) -> Result<Json<Resource>, ApiError> {
+    let kind = mesh_scoped_type(&rtype)?;
+    delete_one(&state, kind, Some(&mesh), &name, q.version).await
+}
+
+/// Lists zones.
+#[utoipa::path(get, path = "/zones", tag = "zones", responses((status = 200, body = strait_api::openapi::ResourceListSchema)))]
+pub async fn list_zones(State(state): State<AppState>) -> Result<Json<ListBody<Resource>>, ApiError> {
+    Ok(list_body(state.resources.list(ResourceType::Zone, None).await?))
+}
+
+/// Reads a zone.
+#[utoipa::path(get, path = "/zones/{name}", tag = "zones", responses((status = 200, body = strait_api::openapi::ResourceSchema), (status = 404, body = super::errors::ErrorBody)))]
+pub async fn get_zone(State(state): State<AppState>, Path(name): Path<String>) -> Result<Json<Resource>, ApiError> {
+    get_one(&state, ResourceType::Zone, None, &name).await
+}
+
+/// Creates or replaces a zone.
+#[utoipa::path(put, path = "/zones/{name}", tag = "zones", request_body(content = strait_api::openapi::ResourceSchema, content_type = "application/json"),
+    responses((status = 201, body = strait_api::openapi::ResourceSchema), (status = 200, body = strait_api::openapi::ResourceSchema), (status = 400, body = super::errors::ErrorBody), (status = 409, body = super::errors::ErrorBody)),
+    security(("admin_token" = [])))]
+pub async fn put_zone(State(state): State<AppState>, Path(name): Path<String>, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
+    put_one(&state, &headers, body, ResourceType::Zone, None, &name).await
+}
+
+/// Deletes a zone.
+#[utoipa::path(delete, path = "/zones/{name}", tag = "zones", params(DeleteQuery), responses((status = 200, body = strait_api::openapi::ResourceSchema), (status = 404, body = super::errors::ErrorBody)), security(("admin_token" = [])))]
+pub async fn delete_zone(State(state): State<AppState>, Path(name): Path<String>, Query(q): Query<DeleteQuery>) -> Result<Json<Resource>, ApiError> {
+    delete_one(&state, ResourceType::Zone, None, &name, q.version).await
+}

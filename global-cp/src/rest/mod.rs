@@ -1,0 +1,53 @@
+//! The REST API of the global control plane (axum).
+//!
+//! In: HTTP requests. Out: JSON resources and lists, JSON errors, Prometheus metrics and the
+//! OpenAPI document. Reads are open; writes need the admin token (see `auth`).
+
+pub mod body;
+pub mod errors;
+pub mod handlers;
+pub mod openapi;
+pub mod ops;
+
+use std::sync::Arc;
+
+use axum::routing::get;
+use axum::Router;
+use prometheus_client::registry::Registry;
+
+use crate::metrics::Metrics;
+use crate::resources::Resources;
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    /// Typed resource access.
+    pub resources: Resources,
+    /// Request and store metrics.
+    pub metrics: Arc<Metrics>,
+    /// The registry behind `/metrics`.
+    pub registry: Arc<Registry>,
+    /// Largest accepted body.
+    pub max_body_bytes: usize,
+}
+
+/// Builds the router with auth and metrics middleware.
+pub fn router(state: AppState, admin_token: Arc<String>) -> Router {
+    Router::new()
+        .route("/", get(ops::index))
+        .route("/healthz", get(ops::healthz))
+        .route("/readyz", get(ops::readyz))
+        .route("/metrics", get(ops::metrics))
+        .route("/openapi.json", get(ops::openapi_json))
+        .route("/meshes", get(handlers::list_meshes))
+        .route("/meshes/{mesh}", get(handlers::get_mesh).put(handlers::put_mesh).delete(handlers::delete_mesh))
+        .route("/meshes/{mesh}/services", get(handlers::list_services))
+        .route("/meshes/{mesh}/{rtype}", get(handlers::list_in_mesh))
+        .route("/meshes/{mesh}/{rtype}/{name}", get(handlers::get_in_mesh).put(handlers::put_in_mesh).delete(handlers::delete_in_mesh))
+        .route("/zones", get(handlers::list_zones))
+        .route("/zones/{name}", get(handlers::get_zone).put(handlers::put_zone).delete(handlers::delete_zone))
+        .fallback(ops::not_found)
+        .layer(axum::middleware::from_fn_with_state(admin_token, crate::auth::require_token_for_writes))
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), crate::metrics::track))
+        .with_state(state)
+}

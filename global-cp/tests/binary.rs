@@ -1,0 +1,128 @@
+//! The real `strait-global` binary: acknowledged writes survive `kill -9`, SIGTERM drains and
+//! exits cleanly, and bad configuration exits with code 64 naming every bad value.
+
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+const BIN: &str = env!("CARGO_BIN_EXE_strait-global");
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+struct Global {
+    child: Child,
+    base: String,
+}
+
+fn spawn(dir: &Path, port: u16) -> Global {
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("global.log")).unwrap();
+    let child = Command::new(BIN)
+        .args(["--api-address", &format!("127.0.0.1:{port}"), "--data-dir"])
+        .arg(dir)
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    let g = Global { child, base };
+    wait_ready(&g, dir);
+    g
+}
+
+fn wait_ready(g: &Global, dir: &Path) {
+    let client = reqwest::blocking::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if client.get(format!("{}/readyz", g.base)).send().is_ok_and(|r| r.status().is_success()) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "strait-global not ready in 20s; log:\n{}", std::fs::read_to_string(dir.join("global.log")).unwrap_or_default());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn token(dir: &Path) -> String {
+    std::fs::read_to_string(dir.join("admin-token")).unwrap().trim().to_string()
+}
+
+#[test]
+fn acknowledged_writes_survive_kill_9() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut g = spawn(dir.path(), port);
+    let client = reqwest::blocking::Client::new();
+    let token = token(dir.path());
+    let put = |path: &str, body: Value| {
+        let resp = client.put(format!("{}{path}", g.base)).bearer_auth(&token).json(&body).send().unwrap();
+        assert!(resp.status().is_success(), "{path}: {}", resp.status());
+    };
+    put("/meshes/default", json!({"type": "Mesh", "name": "default"}));
+    for i in 0..200 {
+        let name = format!("t-{i}");
+        put(&format!("/meshes/default/meshtimeouts/{name}"), json!({"type": "MeshTimeout", "name": name, "mesh": "default",
+            "spec": {"to": [{"targetRef": {"kind": "Mesh"}, "default": {"idleTimeout": format!("{}s", i + 1)}}]}}));
+    }
+    g.child.kill().unwrap(); // SIGKILL: no chance to flush anything not already durable
+    g.child.wait().unwrap();
+
+    let g2 = spawn(dir.path(), port);
+    let list: Value = client.get(format!("{}/meshes/default/meshtimeouts", g2.base)).send().unwrap().json().unwrap();
+    assert_eq!(list["total"], 200, "every acknowledged write is back");
+    for item in list["items"].as_array().unwrap() {
+        let i: u64 = item["name"].as_str().unwrap().trim_start_matches("t-").parse().unwrap();
+        assert_eq!(item["spec"]["to"][0]["default"]["idleTimeout"], format!("{}s", i + 1).parse::<strait_api::Duration>().unwrap().to_string());
+    }
+    stop(g2);
+}
+
+fn stop(mut g: Global) {
+    let status = Command::new("kill").args(["-TERM", &g.child.id().to_string()]).status().unwrap();
+    assert!(status.success());
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        if let Some(exit) = g.child.try_wait().unwrap() {
+            assert!(exit.success(), "SIGTERM leads to a clean exit, got {exit}");
+            return;
+        }
+        assert!(Instant::now() < deadline, "strait-global did not stop within 15s of SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn sigterm_stops_cleanly_and_logs_as_json_on_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let log = std::fs::File::create(dir.path().join("global.log")).unwrap();
+    let child = Command::new(BIN)
+        .args(["--api-address", &format!("127.0.0.1:{port}"), "--log-format", "json", "--data-dir"])
+        .arg(dir.path())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let g = Global { child, base: format!("http://127.0.0.1:{port}") };
+    wait_ready(&g, dir.path());
+    stop(g);
+    let log = std::fs::read_to_string(dir.path().join("global.log")).unwrap();
+    let lines: Vec<Value> = log.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON: {l}: {e}"))).collect();
+    assert!(lines.iter().any(|l| l["message"] == "generated a new admin token; pass it to straitctl with --token-file or STRAIT_TOKEN"));
+    assert!(lines.iter().any(|l| l["message"] == "SIGTERM received"));
+    assert!(lines.iter().any(|l| l["message"] == "drained"));
+}
+
+#[test]
+fn bad_configuration_exits_64_naming_every_value() {
+    let out = Command::new(BIN).args(["--max-body-bytes", "5", "--log-level", "info,["]).output().unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("--max-body-bytes 5"), "{stderr}");
+    assert!(stderr.contains("--log-level"), "{stderr}");
+    let out = Command::new(BIN).args(["--api-address", "not-an-address"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2), "clap rejects unparseable flags");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--api-address"));
+}

@@ -1,0 +1,312 @@
+//! The REST API over real HTTP against an in-process server on an ephemeral port: every
+//! success and error code, optimistic concurrency, metrics, OpenAPI, and a restart.
+
+use std::sync::Arc;
+
+use reqwest::{Client, StatusCode};
+use serde_json::{json, Value};
+use strait_global_cp::{Config, GlobalCp};
+
+struct Server {
+    cp: Option<GlobalCp>,
+    base: String,
+    token: String,
+    http: Client,
+    _dir: Arc<tempfile::TempDir>,
+}
+
+async fn start_in(dir: Arc<tempfile::TempDir>, max_body: Option<usize>) -> Server {
+    let mut config = Config::for_dir(dir.path().to_path_buf(), "127.0.0.1:0".parse().unwrap());
+    if let Some(n) = max_body {
+        config.max_body_bytes = n;
+    }
+    let cp = GlobalCp::start(Arc::new(config)).await.expect("global control plane starts");
+    let token = std::fs::read_to_string(&cp.token_file).unwrap().trim().to_string();
+    Server { base: format!("http://{}", cp.api_addr), cp: Some(cp), token, http: Client::new(), _dir: dir }
+}
+
+async fn start() -> Server {
+    start_in(Arc::new(tempfile::tempdir().unwrap()), None).await
+}
+
+impl Server {
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    async fn put(&self, path: &str, body: &Value) -> (StatusCode, Option<String>, Value) {
+        let resp = self.http.put(self.url(path)).bearer_auth(&self.token).json(body).send().await.unwrap();
+        let status = resp.status();
+        let result = resp.headers().get("strait-result").map(|v| v.to_str().unwrap().to_string());
+        (status, result, resp.json().await.unwrap())
+    }
+
+    async fn get(&self, path: &str) -> (StatusCode, Value) {
+        let resp = self.http.get(self.url(path)).send().await.unwrap();
+        (resp.status(), resp.json().await.unwrap_or(Value::Null))
+    }
+
+    async fn delete(&self, path: &str) -> (StatusCode, Value) {
+        let resp = self.http.delete(self.url(path)).bearer_auth(&self.token).send().await.unwrap();
+        (resp.status(), resp.json().await.unwrap())
+    }
+
+    async fn stop(&mut self) {
+        let cp = self.cp.take().unwrap();
+        cp.shutdown();
+        cp.wait().await;
+    }
+}
+
+fn mesh(name: &str) -> Value {
+    json!({"type": "Mesh", "name": name})
+}
+
+fn timeout(name: &str, idle: &str) -> Value {
+    json!({"type": "MeshTimeout", "name": name, "mesh": "default", "spec": {"to": [{"targetRef": {"kind": "Mesh"}, "default": {"idleTimeout": idle}}]}})
+}
+
+#[tokio::test]
+async fn create_configure_unchanged_get_list_delete() {
+    let s = start().await;
+    let (status, result, body) = s.put("/meshes/default", &mesh("default")).await;
+    assert_eq!((status, result.as_deref()), (StatusCode::CREATED, Some("created")), "{body}");
+    assert!(body["version"].as_u64().unwrap() > 0);
+    assert!(body["creationTime"].is_string());
+
+    let path = "/meshes/default/meshtimeouts/t1";
+    let (status, result, created) = s.put(path, &timeout("t1", "1m")).await;
+    assert_eq!((status, result.as_deref()), (StatusCode::CREATED, Some("created")), "{created}");
+    let (status, result, same) = s.put(path, &timeout("t1", "60s")).await;
+    assert_eq!((status, result.as_deref()), (StatusCode::OK, Some("unchanged")), "60s is the same duration as 1m");
+    assert_eq!(same["version"], created["version"]);
+    let (status, result, changed) = s.put(path, &timeout("t1", "2m")).await;
+    assert_eq!((status, result.as_deref()), (StatusCode::OK, Some("configured")));
+    assert!(changed["version"].as_u64() > created["version"].as_u64());
+    assert_eq!(changed["creationTime"], created["creationTime"]);
+
+    let (status, got) = s.get(path).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(got["spec"]["to"][0]["default"]["idleTimeout"], "2m");
+    assert_eq!(got["mesh"], "default");
+
+    let (status, list) = s.get("/meshes/default/meshtimeouts").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(list["total"], 1);
+    assert_eq!(list["items"][0]["name"], "t1");
+
+    let (status, deleted) = s.delete(path).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(deleted["name"], "t1");
+    assert_eq!(s.get(path).await.0, StatusCode::NOT_FOUND);
+    assert_eq!(s.delete(path).await.0, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn a_new_mesh_gets_a_deletable_allow_all_permission() {
+    let s = start().await;
+    s.put("/meshes/default", &mesh("default")).await;
+    let (status, mtp) = s.get("/meshes/default/meshtrafficpermissions/allow-all").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(mtp["spec"]["from"][0]["default"]["action"], "Allow");
+    assert_eq!(s.delete("/meshes/default/meshtrafficpermissions/allow-all").await.0, StatusCode::OK);
+    s.put("/meshes/default", &json!({"type": "Mesh", "name": "default", "spec": {"mtls": {"certificateLifetime": "12h"}}})).await;
+    assert_eq!(s.get("/meshes/default/meshtrafficpermissions/allow-all").await.0, StatusCode::NOT_FOUND, "updating a mesh does not recreate it");
+    s.put("/meshes/bare", &json!({"type": "Mesh", "name": "bare", "spec": {"skipDefaultPolicies": true}})).await;
+    assert_eq!(s.get("/meshes/bare/meshtrafficpermissions").await.1["total"], 0);
+}
+
+#[tokio::test]
+async fn validation_errors_name_the_field_and_write_nothing() {
+    let s = start().await;
+    s.put("/meshes/default", &mesh("default")).await;
+    let bad = json!({"type": "MeshTimeout", "name": "t", "mesh": "default",
+        "spec": {"to": [{"targetRef": {"kind": "Mesh"}, "default": {"http": {"requestTimeout": "5 parsecs"}}}]}});
+    let (status, _, body) = s.put("/meshes/default/meshtimeouts/t", &bad).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(body["code"], "invalid_resource");
+    assert_eq!(body["details"][0]["field"], "spec.to[0].default.http.requestTimeout");
+    assert!(body["details"][0]["message"].as_str().unwrap().starts_with("invalid duration \"5 parsecs\""), "{body}");
+    assert_eq!(s.get("/meshes/default/meshtimeouts/t").await.0, StatusCode::NOT_FOUND);
+
+    let (status, _, body) = s.put("/meshes/default/meshtimeouts/other", &timeout("t", "1s")).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "a body naming another resource than its path");
+    assert_eq!(body["details"][0]["field"], "name");
+
+    let (status, _, body) = s.put("/meshes/default/meshtimeouts/t", &json!(["not", "an", "object"])).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+
+    let resp = s.http.put(s.url("/meshes/default/meshtimeouts/t")).bearer_auth(&s.token).header("content-type", "application/json").body("{not json").send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    let body: Value = resp.json().await.unwrap();
+    assert!(body["message"].as_str().unwrap().contains("not valid JSON"), "{body}");
+}
+
+#[tokio::test]
+async fn type_name_and_mesh_come_from_the_path_and_yaml_is_accepted() {
+    let s = start().await;
+    s.put("/meshes/default", &mesh("default")).await;
+    let yaml = "spec:\n  to:\n    - targetRef: {kind: Mesh}\n      default: {idleTimeout: 5s}\n";
+    let resp = s.http.put(s.url("/meshes/default/meshtimeouts/from-yaml")).bearer_auth(&s.token).header("content-type", "application/yaml").body(yaml).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::CREATED);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!((body["type"].as_str(), body["name"].as_str(), body["mesh"].as_str()), (Some("MeshTimeout"), Some("from-yaml"), Some("default")));
+}
+
+#[tokio::test]
+async fn writes_need_the_admin_token() {
+    let s = start().await;
+    let resp = s.http.put(s.url("/meshes/default")).json(&mesh("default")).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(resp.headers().get("www-authenticate").unwrap(), "Bearer");
+    assert_eq!(resp.json::<Value>().await.unwrap()["code"], "unauthorized");
+
+    let resp = s.http.put(s.url("/meshes/default")).bearer_auth("not-the-token").json(&mesh("default")).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::FORBIDDEN);
+    assert_eq!(resp.json::<Value>().await.unwrap()["code"], "forbidden");
+
+    let resp = s.http.delete(s.url("/meshes/default")).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(s.get("/meshes/default").await.0, StatusCode::NOT_FOUND, "nothing was written");
+    assert_eq!(s.get("/meshes").await.0, StatusCode::OK, "reads need no token");
+}
+
+#[tokio::test]
+async fn not_found_cases() {
+    let s = start().await;
+    let (status, body) = s.get("/meshes/nope").await;
+    assert_eq!((status, body["code"].as_str()), (StatusCode::NOT_FOUND, Some("not_found")));
+    let (status, _, body) = s.put("/meshes/nope/meshtimeouts/t", &json!({"type": "MeshTimeout", "name": "t", "mesh": "nope", "spec": {"to": [{"targetRef": {"kind": "Mesh"}, "default": {}}]}})).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "a resource needs its mesh");
+    assert!(body["message"].as_str().unwrap().contains("mesh \"nope\" not found"), "{body}");
+    s.put("/meshes/default", &mesh("default")).await;
+    let (status, body) = s.get("/meshes/default/widgets").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert!(body["message"].as_str().unwrap().contains("meshtrafficpermissions"), "lists the valid types: {body}");
+    assert_eq!(s.get("/meshes/default/meshtimeouts/missing").await.0, StatusCode::NOT_FOUND);
+    assert_eq!(s.get("/no/such/path").await.0, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn optimistic_concurrency_conflicts_are_409() {
+    let s = start().await;
+    s.put("/meshes/default", &mesh("default")).await;
+    let (_, _, v1) = s.put("/meshes/default/meshtimeouts/t", &timeout("t", "1s")).await;
+    let mut update = timeout("t", "2s");
+    update["version"] = v1["version"].clone();
+    let (status, _, v2) = s.put("/meshes/default/meshtimeouts/t", &update).await;
+    assert_eq!(status, StatusCode::OK, "the current version is accepted");
+    let mut stale = timeout("t", "3s");
+    stale["version"] = v1["version"].clone();
+    let (status, _, body) = s.put("/meshes/default/meshtimeouts/t", &stale).await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    assert_eq!(body["code"], "conflict");
+    assert_eq!(s.get("/meshes/default/meshtimeouts/t").await.1["spec"]["to"][0]["default"]["idleTimeout"], "2s", "the stale write changed nothing");
+
+    let mut create_with_version = timeout("new", "1s");
+    create_with_version["version"] = json!(7);
+    assert_eq!(s.put("/meshes/default/meshtimeouts/new", &create_with_version).await.0, StatusCode::CONFLICT);
+
+    let stale_delete = format!("/meshes/default/meshtimeouts/t?version={}", v1["version"]);
+    assert_eq!(s.delete(&stale_delete).await.0, StatusCode::CONFLICT);
+    let good_delete = format!("/meshes/default/meshtimeouts/t?version={}", v2["version"]);
+    assert_eq!(s.delete(&good_delete).await.0, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn oversized_bodies_are_413_and_wrong_media_types_415() {
+    let s = start_in(Arc::new(tempfile::tempdir().unwrap()), Some(2048)).await;
+    let mut big = mesh("default");
+    big["labels"] = json!({"padding": "x".repeat(60), "more": "y".repeat(60)});
+    let huge = format!("{{\"type\":\"Mesh\",\"name\":\"default\",\"labels\":{{\"a\":\"{}\"}}}}", "z".repeat(4096));
+    let resp = s.http.put(s.url("/meshes/default")).bearer_auth(&s.token).header("content-type", "application/json").body(huge).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(resp.json::<Value>().await.unwrap()["code"], "payload_too_large");
+
+    let resp = s.http.put(s.url("/meshes/default")).bearer_auth(&s.token).header("content-type", "text/plain").body("type: Mesh").send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    assert_eq!(resp.json::<Value>().await.unwrap()["code"], "unsupported_media_type");
+    let resp = s.http.put(s.url("/meshes/default")).bearer_auth(&s.token).body("{}").send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE, "no content type");
+    assert_eq!(s.put("/meshes/default", &big).await.0, StatusCode::CREATED, "a body under the limit is fine");
+}
+
+#[tokio::test]
+async fn deleting_a_mesh_deletes_everything_in_it() {
+    let s = start().await;
+    s.put("/meshes/default", &mesh("default")).await;
+    s.put("/meshes/other", &mesh("other")).await;
+    s.put("/meshes/default/meshtimeouts/t", &timeout("t", "1s")).await;
+    assert_eq!(s.delete("/meshes/default").await.0, StatusCode::OK);
+    assert_eq!(s.get("/meshes/default").await.0, StatusCode::NOT_FOUND);
+    assert_eq!(s.get("/meshes/default/meshtimeouts/t").await.0, StatusCode::NOT_FOUND);
+    s.put("/meshes/default", &json!({"type": "Mesh", "name": "default", "spec": {"skipDefaultPolicies": true}})).await;
+    assert_eq!(s.get("/meshes/default/meshtimeouts").await.1["total"], 0, "nothing of the old mesh comes back");
+    assert_eq!(s.get("/meshes/other/meshtrafficpermissions/allow-all").await.0, StatusCode::OK, "other meshes are untouched");
+}
+
+#[tokio::test]
+async fn zones_and_services() {
+    let s = start().await;
+    let (status, _, zone) = s.put("/zones/zone-1", &json!({"type": "Zone", "name": "zone-1"})).await;
+    assert_eq!(status, StatusCode::CREATED);
+    assert_eq!(zone["spec"]["enabled"], true);
+    assert_eq!(s.get("/zones").await.1["total"], 1);
+    s.put("/meshes/default", &mesh("default")).await;
+    for (name, service) in [("web-1", "web"), ("web-2", "web"), ("api-1", "api")] {
+        let dp = json!({"type": "Dataplane", "name": name, "mesh": "default", "spec": {"networking": {"address": "192.0.2.1", "inbound": [{"port": 8080, "tags": {"strait.io/service": service}}]}}});
+        assert_eq!(s.put(&format!("/meshes/default/dataplanes/{name}"), &dp).await.0, StatusCode::CREATED);
+    }
+    let (status, services) = s.get("/meshes/default/services").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(services["items"], json!([{"name": "api", "dataplanes": 1}, {"name": "web", "dataplanes": 2}]));
+    assert_eq!(s.delete("/zones/zone-1").await.0, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn health_readiness_metrics_and_openapi() {
+    let s = start().await;
+    assert_eq!(s.http.get(s.url("/healthz")).send().await.unwrap().status(), StatusCode::OK);
+    assert_eq!(s.http.get(s.url("/readyz")).send().await.unwrap().status(), StatusCode::OK);
+    s.put("/meshes/default", &mesh("default")).await;
+    s.get("/meshes/nope").await;
+    let metrics = s.http.get(s.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    for expected in [
+        "strait_global_http_requests_total{route=\"/meshes/{mesh}\",method=\"PUT\",status=\"201\"} 1",
+        "strait_global_http_requests_total{route=\"/meshes/{mesh}\",method=\"GET\",status=\"404\"} 1",
+        "strait_global_http_request_duration_seconds_bucket",
+        "strait_global_store_resources{type=\"MeshTrafficPermission\"} 1",
+        "strait_global_store_resources{type=\"Mesh\"} 1",
+        "strait_global_store_size_bytes",
+    ] {
+        assert!(metrics.contains(expected), "missing {expected} in\n{metrics}");
+    }
+    let (status, doc) = s.get("/openapi.json").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
+    for path in ["/meshes", "/meshes/{mesh}", "/meshes/{mesh}/{rtype}/{name}", "/zones/{name}"] {
+        assert!(doc["paths"][path].is_object(), "missing path {path}");
+    }
+    let resource = &doc["components"]["schemas"]["Resource"];
+    assert_eq!(resource["properties"]["spec"]["oneOf"].as_array().unwrap().len(), strait_api::ResourceType::ALL.len());
+    assert!(doc["components"]["schemas"]["TargetRef"].is_object(), "nested types are generated too");
+    assert!(doc["components"]["securitySchemes"]["admin_token"].is_object());
+}
+
+#[tokio::test]
+async fn a_restart_keeps_data_and_the_token() {
+    let dir = Arc::new(tempfile::tempdir().unwrap());
+    let mut s = start_in(dir.clone(), None).await;
+    s.put("/meshes/default", &mesh("default")).await;
+    let (_, _, t) = s.put("/meshes/default/meshtimeouts/t", &timeout("t", "9s")).await;
+    let token = s.token.clone();
+    s.stop().await;
+    let s = start_in(dir, None).await;
+    assert_eq!(s.token, token);
+    let (status, got) = s.get("/meshes/default/meshtimeouts/t").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(got["version"], t["version"]);
+    assert_eq!(got["spec"]["to"][0]["default"]["idleTimeout"], "9s");
+    let (_, _, next) = s.put("/meshes/default/meshtimeouts/u", &timeout("u", "1s")).await;
+    assert!(next["version"].as_u64() > t["version"].as_u64(), "versions keep increasing across restarts");
+}
