@@ -160,7 +160,9 @@ impl Validate for DataplaneSpec {
             let mut seen = BTreeMap::new();
             for (i, inbound) in n.inbound.iter().enumerate() {
                 if let Some(first) = seen.insert(inbound.port, i) {
-                    v.field("inbound", |v| v.index(i, |v| v.error_at("port", format!("{} is already used by inbound[{first}]", inbound.port))));
+                    v.field("inbound", |v| {
+                        v.index(i, |v| v.error_at("port", format!("{} is already used by inbound[{first}]", inbound.port)))
+                    });
                 }
             }
             if let Some(tp) = &n.transparent_proxying {

@@ -17,15 +17,8 @@ pub struct Duration(pub std::time::Duration);
 #[error("invalid duration {0:?}: expected a number with a unit (ms, s, m, h), such as \"5s\" or \"1m30s\"")]
 pub struct DurationError(pub String);
 
-const UNITS: &[(&str, u128)] = &[
-    ("ns", 1),
-    ("us", 1_000),
-    ("µs", 1_000),
-    ("ms", 1_000_000),
-    ("s", 1_000_000_000),
-    ("m", 60_000_000_000),
-    ("h", 3_600_000_000_000),
-];
+const UNITS: &[(&str, u128)] =
+    &[("ns", 1), ("us", 1_000), ("µs", 1_000), ("ms", 1_000_000), ("s", 1_000_000_000), ("m", 60_000_000_000), ("h", 3_600_000_000_000)];
 
 impl Duration {
     /// `n` seconds.
@@ -110,7 +103,9 @@ impl fmt::Display for Duration {
         }
         let mut rest = total;
         let mut out = String::new();
-        for (unit, scale) in [("h", 3_600_000_000_000u128), ("m", 60_000_000_000), ("s", 1_000_000_000), ("ms", 1_000_000), ("us", 1_000), ("ns", 1)] {
+        for (unit, scale) in
+            [("h", 3_600_000_000_000u128), ("m", 60_000_000_000), ("s", 1_000_000_000), ("ms", 1_000_000), ("us", 1_000), ("ns", 1)]
+        {
             let n = rest / scale;
             if n > 0 {
                 out.push_str(&format!("{n}{unit}"));

@@ -172,7 +172,8 @@ pub fn effective_config(dp_name: &str, dp: &DataplaneSpec, policies: &[Resource]
 
     let mut proxy = BTreeMap::new();
     for ty in [ResourceType::MeshTrace, ResourceType::MeshMetric] {
-        let mut matching: Vec<(&Resource, &Value)> = specs.iter().filter(|(p, s)| p.kind == ty && selects_dp(&top_ref(s))).map(|(p, s)| (*p, s)).collect();
+        let mut matching: Vec<(&Resource, &Value)> =
+            specs.iter().filter(|(p, s)| p.kind == ty && selects_dp(&top_ref(s))).map(|(p, s)| (*p, s)).collect();
         matching.sort_by_key(|(p, s)| (top_ref(s).specificity(), p.name.as_str()));
         if let Some(conf) = merge_items(matching.iter().map(|(p, s)| (p.name.as_str(), s.get("default")))) {
             proxy.insert(ty, conf);
@@ -214,7 +215,12 @@ fn collect<'a>(specs: &'a [(&'a Resource, Value)], ty: ResourceType, section: &s
         for (idx, item) in spec.get(section).and_then(Value::as_array).into_iter().flatten().enumerate() {
             let Some(target) = item.get("targetRef").and_then(|t| serde_json::from_value::<TargetRef>(t.clone()).ok()) else { continue };
             let (rank, tags) = target.specificity();
-            items.push(Item { key: (top_rank, top_tags, policy.name.as_str(), rank, tags, idx), policy: &policy.name, target, payload: item });
+            items.push(Item {
+                key: (top_rank, top_tags, policy.name.as_str(), rank, tags, idx),
+                policy: &policy.name,
+                target,
+                payload: item,
+            });
         }
     }
     items.sort_by(|a, b| a.key.cmp(&b.key));
@@ -304,7 +310,12 @@ pub fn deep_merge(base: &mut Value, overlay: &Value) {
 }
 
 /// The rules of route policies of type `ty` for traffic to `service`, in merge order.
-fn route_items<'a>(specs: &'a [(&'a Resource, Value)], ty: ResourceType, service: &str, selects: impl Fn(&TargetRef) -> bool) -> Vec<(&'a str, &'a Value)> {
+fn route_items<'a>(
+    specs: &'a [(&'a Resource, Value)],
+    ty: ResourceType,
+    service: &str,
+    selects: impl Fn(&TargetRef) -> bool,
+) -> Vec<(&'a str, &'a Value)> {
     collect(specs, ty, "to", selects)
         .into_iter()
         .filter(|i| i.target.kind == TargetKind::MeshService && i.target.name.as_deref() == Some(service))
@@ -327,6 +338,6 @@ fn http_routes(specs: &[(&Resource, Value)], service: &str, selects: impl Fn(&Ta
     }
     let best = |r: &RouteRule| r.matches.iter().map(match_specificity).max();
     // Stable: among equally specific rules the earlier-merged stays first.
-    rules.sort_by(|a, b| best(b).cmp(&best(a)));
+    rules.sort_by_key(|r| std::cmp::Reverse(best(r)));
     rules
 }

@@ -68,9 +68,7 @@ pub fn check_label_value(s: &str) -> Result<(), String> {
     if s.is_empty() || (s.len() <= 63 && is_label_value_shaped(s)) {
         Ok(())
     } else {
-        Err(format!(
-            "value {s:?} is invalid: use at most 63 letters, digits, '-', '_' or '.', starting and ending with a letter or digit"
-        ))
+        Err(format!("value {s:?} is invalid: use at most 63 letters, digits, '-', '_' or '.', starting and ending with a letter or digit"))
     }
 }
 

@@ -28,9 +28,22 @@ impl utoipa::PartialSchema for ResourceSchema {
                 "labels",
                 ObjectBuilder::new().schema_type(Type::Object).additional_properties(Some(ObjectBuilder::new().schema_type(Type::String))),
             )
-            .property("version", ObjectBuilder::new().schema_type(Type::Integer).description(Some("Server-set; send back for optimistic concurrency")))
-            .property("creationTime", ObjectBuilder::new().schema_type(Type::String).format(Some(utoipa::openapi::SchemaFormat::KnownFormat(utoipa::openapi::KnownFormat::DateTime))))
-            .property("modificationTime", ObjectBuilder::new().schema_type(Type::String).format(Some(utoipa::openapi::SchemaFormat::KnownFormat(utoipa::openapi::KnownFormat::DateTime))))
+            .property(
+                "version",
+                ObjectBuilder::new().schema_type(Type::Integer).description(Some("Server-set; send back for optimistic concurrency")),
+            )
+            .property(
+                "creationTime",
+                ObjectBuilder::new()
+                    .schema_type(Type::String)
+                    .format(Some(utoipa::openapi::SchemaFormat::KnownFormat(utoipa::openapi::KnownFormat::DateTime))),
+            )
+            .property(
+                "modificationTime",
+                ObjectBuilder::new()
+                    .schema_type(Type::String)
+                    .format(Some(utoipa::openapi::SchemaFormat::KnownFormat(utoipa::openapi::KnownFormat::DateTime))),
+            )
             .property("spec", specs)
             .into()
     }

@@ -112,9 +112,7 @@ impl ResourceType {
     /// Finds a type by its name, plural or short alias, ignoring case.
     pub fn lookup(s: &str) -> Option<ResourceType> {
         let lower = s.to_ascii_lowercase();
-        Self::ALL.iter().copied().find(|t| {
-            t.name().eq_ignore_ascii_case(&lower) || t.plural() == lower || t.short() == lower
-        })
+        Self::ALL.iter().copied().find(|t| t.name().eq_ignore_ascii_case(&lower) || t.plural() == lower || t.short() == lower)
     }
 
     /// Whether this is a policy (mesh-scoped and not a Dataplane).
@@ -194,7 +192,10 @@ impl Resource {
                 Some(t) => *t,
                 None => {
                     let known: Vec<&str> = ResourceType::ALL.iter().map(|t| t.name()).collect();
-                    return Err(ValidationErrors::single("type", format!("unknown resource type {s:?}; expected one of {}", known.join(", "))));
+                    return Err(ValidationErrors::single(
+                        "type",
+                        format!("unknown resource type {s:?}; expected one of {}", known.join(", ")),
+                    ));
                 }
             },
             Some(other) => return Err(ValidationErrors::single("type", format!("expected a string, got {other}"))),
@@ -239,7 +240,8 @@ impl Resource {
 
     fn validate_envelope(&self, v: &mut Validator) {
         v.field("name", |v| {
-            let check = if self.kind.is_mesh_scoped() { names::check_dns_subdomain(&self.name) } else { names::check_dns_label(&self.name) };
+            let check =
+                if self.kind.is_mesh_scoped() { names::check_dns_subdomain(&self.name) } else { names::check_dns_label(&self.name) };
             if self.name.is_empty() {
                 v.error("required");
             } else if let Err(e) = check {

@@ -181,9 +181,7 @@ mod tests {
     #[test]
     fn paths_read_like_the_yaml() {
         let mut v = Validator::at("spec");
-        v.field("to", |v| {
-            v.index(2, |v| v.field("default", |v| v.error_at("idleTimeout", "bad")))
-        });
+        v.field("to", |v| v.index(2, |v| v.field("default", |v| v.error_at("idleTimeout", "bad"))));
         v.field("tags", |v| v.key("strait.io/service", |v| v.error("missing")));
         let errs = v.finish().unwrap_err();
         assert_eq!(errs.0[0].field, "spec.to[2].default.idleTimeout");

@@ -177,7 +177,12 @@ fn outbound_confs_merge_field_by_field() {
     }
     let base = timeout("base", "{kind: Mesh}", "{kind: Mesh}", "{connectionTimeout: 5s, idleTimeout: 1h, http: {requestTimeout: 15s}}");
     let cases = vec![
-        Case { what: "mesh-wide applies to every destination", yaml: base.clone(), service: "cache", expected: json!({"connectionTimeout": "5s", "idleTimeout": "1h", "http": {"requestTimeout": "15s"}}) },
+        Case {
+            what: "mesh-wide applies to every destination",
+            yaml: base.clone(),
+            service: "cache",
+            expected: json!({"connectionTimeout": "5s", "idleTimeout": "1h", "http": {"requestTimeout": "15s"}}),
+        },
         Case {
             what: "a destination item overrides only the fields it sets",
             yaml: base.clone() + &timeout("db", "{kind: Mesh}", "{kind: MeshService, name: db}", "{http: {requestTimeout: 1m}}"),
@@ -192,7 +197,8 @@ fn outbound_confs_merge_field_by_field() {
         },
         Case {
             what: "a policy with a more specific top-level targetRef wins over a mesh-wide one",
-            yaml: timeout("z-mesh", "{kind: Mesh}", "{kind: Mesh}", "{idleTimeout: 1h}") + &timeout("a-svc", "{kind: MeshService, name: backend}", "{kind: Mesh}", "{idleTimeout: 2h}"),
+            yaml: timeout("z-mesh", "{kind: Mesh}", "{kind: Mesh}", "{idleTimeout: 1h}")
+                + &timeout("a-svc", "{kind: MeshService, name: backend}", "{kind: Mesh}", "{idleTimeout: 2h}"),
             service: "db",
             expected: json!({"idleTimeout": "2h"}),
         },
@@ -228,7 +234,8 @@ fn lists_replace_rather_than_append() {
 
 #[test]
 fn typed_confs_and_origins() {
-    let yaml = timeout("base", "{kind: Mesh}", "{kind: Mesh}", "{idleTimeout: 1h}") + &timeout("db", "{kind: Mesh}", "{kind: MeshService, name: db}", "{connectionTimeout: 2s}");
+    let yaml = timeout("base", "{kind: Mesh}", "{kind: Mesh}", "{idleTimeout: 1h}")
+        + &timeout("db", "{kind: Mesh}", "{kind: MeshService, name: db}", "{connectionTimeout: 2s}");
     let cfg = effective_config("backend-1", &dataplane(), &policies(&yaml), &[]);
     let db = cfg.outbounds.iter().find(|o| o.service == "db").unwrap();
     let conf: strait_api::policies::timeout::TimeoutConf = db.conf(ResourceType::MeshTimeout).unwrap();

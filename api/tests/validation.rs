@@ -109,7 +109,10 @@ fn every_type_round_trips_through_json_and_yaml() {
 
 #[test]
 fn durations_are_stored_in_canonical_form() {
-    let r = Resource::from_str_any("type: MeshTimeout\nname: t\nmesh: default\nspec:\n  to:\n    - targetRef: {kind: Mesh}\n      default: {idleTimeout: 90s}\n").unwrap();
+    let r = Resource::from_str_any(
+        "type: MeshTimeout\nname: t\nmesh: default\nspec:\n  to:\n    - targetRef: {kind: Mesh}\n      default: {idleTimeout: 90s}\n",
+    )
+    .unwrap();
     let json = r.to_value();
     assert_eq!(json["spec"]["to"][0]["default"]["idleTimeout"], "1m30s");
     assert_eq!(json["spec"]["targetRef"]["kind"], "Mesh", "the default targetRef is written out");

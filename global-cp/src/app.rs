@@ -80,10 +80,17 @@ impl GlobalCp {
 
         let mut registry = Registry::default();
         let metrics = Arc::new(Metrics::register(&mut registry));
-        let state = AppState { resources: Resources::new(store.clone()), metrics, registry: Arc::new(registry), max_body_bytes: config.max_body_bytes };
+        let state = AppState {
+            resources: Resources::new(store.clone()),
+            metrics,
+            registry: Arc::new(registry),
+            max_body_bytes: config.max_body_bytes,
+        };
         let router = rest::router(state, Arc::new(token));
 
-        let listener = tokio::net::TcpListener::bind(config.api_address).await.map_err(|source| StartError::Bind { addr: config.api_address, source })?;
+        let listener = tokio::net::TcpListener::bind(config.api_address)
+            .await
+            .map_err(|source| StartError::Bind { addr: config.api_address, source })?;
         let api_addr = listener.local_addr().map_err(|source| StartError::Bind { addr: config.api_address, source })?;
         tracing::info!(address = %api_addr, data_dir = %data_dir.display(), revision = store.revision(), "REST API listening");
 

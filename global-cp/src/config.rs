@@ -155,7 +155,9 @@ mod tests {
 
     #[test]
     fn flags_parse() {
-        let c = Config::try_parse_from(["strait-global", "--api-address", "127.0.0.1:1", "--shutdown-timeout", "2s", "--log-format", "json"]).unwrap();
+        let c =
+            Config::try_parse_from(["strait-global", "--api-address", "127.0.0.1:1", "--shutdown-timeout", "2s", "--log-format", "json"])
+                .unwrap();
         assert_eq!(c.shutdown_timeout, Duration::from_secs(2));
         assert_eq!(c.log_format, LogFormat::Json);
         assert!(Config::try_parse_from(["strait-global", "--shutdown-timeout", "soon"]).is_err());

@@ -36,7 +36,6 @@ pub struct RouteLabels {
     pub route: String,
 }
 
-
 /// A resource type name as a label.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TypeName {
@@ -63,7 +62,9 @@ impl Metrics {
     pub fn register(registry: &mut Registry) -> Self {
         let m = Metrics {
             requests: Family::default(),
-            latency: Family::new_with_constructor(|| Histogram::new([0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5].into_iter())),
+            latency: Family::new_with_constructor(|| {
+                Histogram::new([0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5])
+            }),
             resources: Family::default(),
             store_bytes: Gauge::default(),
             store_revision: Gauge::default(),

@@ -148,7 +148,11 @@ impl Resources {
             }
             if !skip {
                 for p in default_policies(&resource.name) {
-                    ops.push(Op::Put { key: key_of(p.kind, p.mesh.as_deref(), &p.name), data: data_of(&p), precondition: Precondition::None });
+                    ops.push(Op::Put {
+                        key: key_of(p.kind, p.mesh.as_deref(), &p.name),
+                        data: data_of(&p),
+                        precondition: Precondition::None,
+                    });
                 }
             }
         }

@@ -41,7 +41,11 @@ fn wait_ready(g: &Global, dir: &Path) {
         if client.get(format!("{}/readyz", g.base)).send().is_ok_and(|r| r.status().is_success()) {
             return;
         }
-        assert!(Instant::now() < deadline, "strait-global not ready in 20s; log:\n{}", std::fs::read_to_string(dir.join("global.log")).unwrap_or_default());
+        assert!(
+            Instant::now() < deadline,
+            "strait-global not ready in 20s; log:\n{}",
+            std::fs::read_to_string(dir.join("global.log")).unwrap_or_default()
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -64,8 +68,11 @@ fn acknowledged_writes_survive_kill_9() {
     put("/meshes/default", json!({"type": "Mesh", "name": "default"}));
     for i in 0..200 {
         let name = format!("t-{i}");
-        put(&format!("/meshes/default/meshtimeouts/{name}"), json!({"type": "MeshTimeout", "name": name, "mesh": "default",
-            "spec": {"to": [{"targetRef": {"kind": "Mesh"}, "default": {"idleTimeout": format!("{}s", i + 1)}}]}}));
+        put(
+            &format!("/meshes/default/meshtimeouts/{name}"),
+            json!({"type": "MeshTimeout", "name": name, "mesh": "default",
+            "spec": {"to": [{"targetRef": {"kind": "Mesh"}, "default": {"idleTimeout": format!("{}s", i + 1)}}]}}),
+        );
     }
     g.child.kill().unwrap(); // SIGKILL: no chance to flush anything not already durable
     g.child.wait().unwrap();
@@ -75,7 +82,10 @@ fn acknowledged_writes_survive_kill_9() {
     assert_eq!(list["total"], 200, "every acknowledged write is back");
     for item in list["items"].as_array().unwrap() {
         let i: u64 = item["name"].as_str().unwrap().trim_start_matches("t-").parse().unwrap();
-        assert_eq!(item["spec"]["to"][0]["default"]["idleTimeout"], format!("{}s", i + 1).parse::<strait_api::Duration>().unwrap().to_string());
+        assert_eq!(
+            item["spec"]["to"][0]["default"]["idleTimeout"],
+            format!("{}s", i + 1).parse::<strait_api::Duration>().unwrap().to_string()
+        );
     }
     stop(g2);
 }

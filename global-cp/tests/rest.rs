@@ -111,7 +111,11 @@ async fn a_new_mesh_gets_a_deletable_allow_all_permission() {
     assert_eq!(mtp["spec"]["from"][0]["default"]["action"], "Allow");
     assert_eq!(s.delete("/meshes/default/meshtrafficpermissions/allow-all").await.0, StatusCode::OK);
     s.put("/meshes/default", &json!({"type": "Mesh", "name": "default", "spec": {"mtls": {"certificateLifetime": "12h"}}})).await;
-    assert_eq!(s.get("/meshes/default/meshtrafficpermissions/allow-all").await.0, StatusCode::NOT_FOUND, "updating a mesh does not recreate it");
+    assert_eq!(
+        s.get("/meshes/default/meshtrafficpermissions/allow-all").await.0,
+        StatusCode::NOT_FOUND,
+        "updating a mesh does not recreate it"
+    );
     s.put("/meshes/bare", &json!({"type": "Mesh", "name": "bare", "spec": {"skipDefaultPolicies": true}})).await;
     assert_eq!(s.get("/meshes/bare/meshtrafficpermissions").await.1["total"], 0);
 }
@@ -136,7 +140,15 @@ async fn validation_errors_name_the_field_and_write_nothing() {
     let (status, _, body) = s.put("/meshes/default/meshtimeouts/t", &json!(["not", "an", "object"])).await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
 
-    let resp = s.http.put(s.url("/meshes/default/meshtimeouts/t")).bearer_auth(&s.token).header("content-type", "application/json").body("{not json").send().await.unwrap();
+    let resp = s
+        .http
+        .put(s.url("/meshes/default/meshtimeouts/t"))
+        .bearer_auth(&s.token)
+        .header("content-type", "application/json")
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
     let body: Value = resp.json().await.unwrap();
     assert!(body["message"].as_str().unwrap().contains("not valid JSON"), "{body}");
@@ -147,10 +159,21 @@ async fn type_name_and_mesh_come_from_the_path_and_yaml_is_accepted() {
     let s = start().await;
     s.put("/meshes/default", &mesh("default")).await;
     let yaml = "spec:\n  to:\n    - targetRef: {kind: Mesh}\n      default: {idleTimeout: 5s}\n";
-    let resp = s.http.put(s.url("/meshes/default/meshtimeouts/from-yaml")).bearer_auth(&s.token).header("content-type", "application/yaml").body(yaml).send().await.unwrap();
+    let resp = s
+        .http
+        .put(s.url("/meshes/default/meshtimeouts/from-yaml"))
+        .bearer_auth(&s.token)
+        .header("content-type", "application/yaml")
+        .body(yaml)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), StatusCode::CREATED);
     let body: Value = resp.json().await.unwrap();
-    assert_eq!((body["type"].as_str(), body["name"].as_str(), body["mesh"].as_str()), (Some("MeshTimeout"), Some("from-yaml"), Some("default")));
+    assert_eq!(
+        (body["type"].as_str(), body["name"].as_str(), body["mesh"].as_str()),
+        (Some("MeshTimeout"), Some("from-yaml"), Some("default"))
+    );
 }
 
 #[tokio::test]
@@ -176,7 +199,12 @@ async fn not_found_cases() {
     let s = start().await;
     let (status, body) = s.get("/meshes/nope").await;
     assert_eq!((status, body["code"].as_str()), (StatusCode::NOT_FOUND, Some("not_found")));
-    let (status, _, body) = s.put("/meshes/nope/meshtimeouts/t", &json!({"type": "MeshTimeout", "name": "t", "mesh": "nope", "spec": {"to": [{"targetRef": {"kind": "Mesh"}, "default": {}}]}})).await;
+    let (status, _, body) = s
+        .put(
+            "/meshes/nope/meshtimeouts/t",
+            &json!({"type": "MeshTimeout", "name": "t", "mesh": "nope", "spec": {"to": [{"targetRef": {"kind": "Mesh"}, "default": {}}]}}),
+        )
+        .await;
     assert_eq!(status, StatusCode::NOT_FOUND, "a resource needs its mesh");
     assert!(body["message"].as_str().unwrap().contains("mesh \"nope\" not found"), "{body}");
     s.put("/meshes/default", &mesh("default")).await;
@@ -201,7 +229,11 @@ async fn optimistic_concurrency_conflicts_are_409() {
     let (status, _, body) = s.put("/meshes/default/meshtimeouts/t", &stale).await;
     assert_eq!(status, StatusCode::CONFLICT);
     assert_eq!(body["code"], "conflict");
-    assert_eq!(s.get("/meshes/default/meshtimeouts/t").await.1["spec"]["to"][0]["default"]["idleTimeout"], "2s", "the stale write changed nothing");
+    assert_eq!(
+        s.get("/meshes/default/meshtimeouts/t").await.1["spec"]["to"][0]["default"]["idleTimeout"],
+        "2s",
+        "the stale write changed nothing"
+    );
 
     let mut create_with_version = timeout("new", "1s");
     create_with_version["version"] = json!(7);
@@ -219,11 +251,27 @@ async fn oversized_bodies_are_413_and_wrong_media_types_415() {
     let mut big = mesh("default");
     big["labels"] = json!({"padding": "x".repeat(60), "more": "y".repeat(60)});
     let huge = format!("{{\"type\":\"Mesh\",\"name\":\"default\",\"labels\":{{\"a\":\"{}\"}}}}", "z".repeat(4096));
-    let resp = s.http.put(s.url("/meshes/default")).bearer_auth(&s.token).header("content-type", "application/json").body(huge).send().await.unwrap();
+    let resp = s
+        .http
+        .put(s.url("/meshes/default"))
+        .bearer_auth(&s.token)
+        .header("content-type", "application/json")
+        .body(huge)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), StatusCode::PAYLOAD_TOO_LARGE);
     assert_eq!(resp.json::<Value>().await.unwrap()["code"], "payload_too_large");
 
-    let resp = s.http.put(s.url("/meshes/default")).bearer_auth(&s.token).header("content-type", "text/plain").body("type: Mesh").send().await.unwrap();
+    let resp = s
+        .http
+        .put(s.url("/meshes/default"))
+        .bearer_auth(&s.token)
+        .header("content-type", "text/plain")
+        .body("type: Mesh")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
     assert_eq!(resp.json::<Value>().await.unwrap()["code"], "unsupported_media_type");
     let resp = s.http.put(s.url("/meshes/default")).bearer_auth(&s.token).body("{}").send().await.unwrap();

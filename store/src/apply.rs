@@ -13,18 +13,9 @@ use crate::object::{Event, EventKind, Object, Op, Outcome, Precondition};
 
 /// Decides what `op` does given the `current` object; `revision` is the revision this change
 /// gets if it changes anything.
-pub(crate) fn plan(
-    op: &Op,
-    current: Option<Object>,
-    revision: u64,
-    now: OffsetDateTime,
-) -> Result<Outcome, StoreError> {
+pub(crate) fn plan(op: &Op, current: Option<Object>, revision: u64, now: OffsetDateTime) -> Result<Outcome, StoreError> {
     match op {
-        Op::Put {
-            key,
-            data,
-            precondition,
-        } => {
+        Op::Put { key, data, precondition } => {
             check(key, *precondition, current.as_ref())?;
             Ok(match current {
                 Some(current) if current.data == *data => Outcome::Unchanged(current),
@@ -61,11 +52,7 @@ pub(crate) fn event_for(outcome: &Outcome, revision: u64) -> Option<Event> {
         Outcome::Deleted(o) => (EventKind::Delete, o),
         Outcome::Unchanged(_) => return None,
     };
-    Some(Event {
-        revision,
-        kind,
-        object: object.clone(),
-    })
+    Some(Event { revision, kind, object: object.clone() })
 }
 
 fn check(key: &Key, expected: Precondition, current: Option<&Object>) -> Result<(), StoreError> {
@@ -78,11 +65,7 @@ fn check(key: &Key, expected: Precondition, current: Option<&Object>) -> Result<
     if holds {
         Ok(())
     } else {
-        Err(StoreError::Conflict {
-            key: key.clone(),
-            expected,
-            actual,
-        })
+        Err(StoreError::Conflict { key: key.clone(), expected, actual })
     }
 }
 
@@ -101,13 +84,7 @@ mod tests {
     }
 
     fn stored(version: u64, data: serde_json::Value) -> Object {
-        Object {
-            key: key(),
-            version,
-            creation_time: T0,
-            modification_time: T0,
-            data,
-        }
+        Object { key: key(), version, creation_time: T0, modification_time: T0, data }
     }
 
     /// What a case expects: an outcome variant name with its version, or an error.
@@ -144,97 +121,22 @@ mod tests {
         let existing = || Some(stored(4, a.clone()));
         let cases: Vec<(&str, Op, Option<Object>, Want)> = vec![
             ("put none on missing", put(P::None), None, Want::Created),
-            (
-                "put none on existing",
-                put(P::None),
-                existing(),
-                Want::Updated,
-            ),
-            (
-                "put same data",
-                put_same(P::None),
-                existing(),
-                Want::Unchanged,
-            ),
-            (
-                "put must-not-exist on missing",
-                put(P::MustNotExist),
-                None,
-                Want::Created,
-            ),
-            (
-                "put must-not-exist on existing",
-                put(P::MustNotExist),
-                existing(),
-                Want::Conflict(Some(4)),
-            ),
-            (
-                "put must-not-exist, same data",
-                put_same(P::MustNotExist),
-                existing(),
-                Want::Conflict(Some(4)),
-            ),
-            (
-                "put version match",
-                put(P::Version(4)),
-                existing(),
-                Want::Updated,
-            ),
-            (
-                "put version match, same data",
-                put_same(P::Version(4)),
-                existing(),
-                Want::Unchanged,
-            ),
-            (
-                "put version mismatch",
-                put(P::Version(3)),
-                existing(),
-                Want::Conflict(Some(4)),
-            ),
-            (
-                "put version on missing",
-                put(P::Version(4)),
-                None,
-                Want::Conflict(None),
-            ),
-            (
-                "delete none on existing",
-                del(P::None),
-                existing(),
-                Want::Deleted,
-            ),
-            (
-                "delete version match",
-                del(P::Version(4)),
-                existing(),
-                Want::Deleted,
-            ),
-            (
-                "delete version mismatch",
-                del(P::Version(5)),
-                existing(),
-                Want::Conflict(Some(4)),
-            ),
-            (
-                "delete must-not-exist on existing",
-                del(P::MustNotExist),
-                existing(),
-                Want::Conflict(Some(4)),
-            ),
+            ("put none on existing", put(P::None), existing(), Want::Updated),
+            ("put same data", put_same(P::None), existing(), Want::Unchanged),
+            ("put must-not-exist on missing", put(P::MustNotExist), None, Want::Created),
+            ("put must-not-exist on existing", put(P::MustNotExist), existing(), Want::Conflict(Some(4))),
+            ("put must-not-exist, same data", put_same(P::MustNotExist), existing(), Want::Conflict(Some(4))),
+            ("put version match", put(P::Version(4)), existing(), Want::Updated),
+            ("put version match, same data", put_same(P::Version(4)), existing(), Want::Unchanged),
+            ("put version mismatch", put(P::Version(3)), existing(), Want::Conflict(Some(4))),
+            ("put version on missing", put(P::Version(4)), None, Want::Conflict(None)),
+            ("delete none on existing", del(P::None), existing(), Want::Deleted),
+            ("delete version match", del(P::Version(4)), existing(), Want::Deleted),
+            ("delete version mismatch", del(P::Version(5)), existing(), Want::Conflict(Some(4))),
+            ("delete must-not-exist on existing", del(P::MustNotExist), existing(), Want::Conflict(Some(4))),
             ("delete none on missing", del(P::None), None, Want::NotFound),
-            (
-                "delete version on missing",
-                del(P::Version(4)),
-                None,
-                Want::NotFound,
-            ),
-            (
-                "delete must-not-exist on missing",
-                del(P::MustNotExist),
-                None,
-                Want::NotFound,
-            ),
+            ("delete version on missing", del(P::Version(4)), None, Want::NotFound),
+            ("delete must-not-exist on missing", del(P::MustNotExist), None, Want::NotFound),
         ];
         for (name, op, current, want) in cases {
             assert_eq!(run(op, current), want, "{name}");
@@ -243,13 +145,7 @@ mod tests {
 
     #[test]
     fn conflict_reports_key_and_expected() {
-        let err = plan(
-            &Op::put(key(), json!(1), Precondition::Version(2)),
-            Some(stored(7, json!(0))),
-            9,
-            NOW,
-        )
-        .unwrap_err();
+        let err = plan(&Op::put(key(), json!(1), Precondition::Version(2)), Some(stored(7, json!(0))), 9, NOW).unwrap_err();
         assert!(matches!(
             err,
             StoreError::Conflict { key: k, expected: Precondition::Version(2), actual: Some(7) } if k == key()
@@ -261,55 +157,22 @@ mod tests {
         let outcome = plan(&Op::put(key(), json!(1), Precondition::None), None, 9, NOW).unwrap();
         assert_eq!(
             outcome,
-            Outcome::Created(Object {
-                key: key(),
-                version: 9,
-                creation_time: NOW,
-                modification_time: NOW,
-                data: json!(1)
-            })
+            Outcome::Created(Object { key: key(), version: 9, creation_time: NOW, modification_time: NOW, data: json!(1) })
         );
     }
 
     #[test]
     fn update_keeps_creation_time_and_moves_modification_time() {
-        let outcome = plan(
-            &Op::put(key(), json!(2), Precondition::None),
-            Some(stored(4, json!(1))),
-            9,
-            NOW,
-        )
-        .unwrap();
-        assert_eq!(
-            outcome,
-            Outcome::Updated(Object {
-                key: key(),
-                version: 9,
-                creation_time: T0,
-                modification_time: NOW,
-                data: json!(2)
-            })
-        );
+        let outcome = plan(&Op::put(key(), json!(2), Precondition::None), Some(stored(4, json!(1))), 9, NOW).unwrap();
+        assert_eq!(outcome, Outcome::Updated(Object { key: key(), version: 9, creation_time: T0, modification_time: NOW, data: json!(2) }));
     }
 
     #[test]
     fn unchanged_and_deleted_return_the_stored_object() {
         let current = stored(4, json!(1));
-        let outcome = plan(
-            &Op::put(key(), json!(1), Precondition::None),
-            Some(current.clone()),
-            9,
-            NOW,
-        )
-        .unwrap();
+        let outcome = plan(&Op::put(key(), json!(1), Precondition::None), Some(current.clone()), 9, NOW).unwrap();
         assert_eq!(outcome, Outcome::Unchanged(current.clone()));
-        let outcome = plan(
-            &Op::delete(key(), Precondition::None),
-            Some(current.clone()),
-            9,
-            NOW,
-        )
-        .unwrap();
+        let outcome = plan(&Op::delete(key(), Precondition::None), Some(current.clone()), 9, NOW).unwrap();
         assert_eq!(outcome, Outcome::Deleted(current));
     }
 
@@ -320,9 +183,6 @@ mod tests {
         let put = event_for(&Outcome::Updated(obj.clone()), 5).unwrap();
         assert_eq!((put.revision, put.kind), (5, EventKind::Put));
         let del = event_for(&Outcome::Deleted(obj.clone()), 5).unwrap();
-        assert_eq!(
-            (del.revision, del.kind, del.object),
-            (5, EventKind::Delete, obj)
-        );
+        assert_eq!((del.revision, del.kind, del.object), (5, EventKind::Delete, obj));
     }
 }

@@ -17,10 +17,7 @@ pub(crate) fn to_json<T: Serialize>(value: &T, what: impl Display) -> Result<Vec
 }
 
 /// Parses JSON read from disk; `what` names it in the error.
-pub(crate) fn from_json<T: DeserializeOwned>(
-    bytes: &[u8],
-    what: impl Display,
-) -> Result<T, StoreError> {
+pub(crate) fn from_json<T: DeserializeOwned>(bytes: &[u8], what: impl Display) -> Result<T, StoreError> {
     serde_json::from_slice(bytes).map_err(|e| StoreError::backend(format!("decoding {what}"), e))
 }
 
@@ -31,12 +28,8 @@ pub(crate) fn revision_to_bytes(revision: u64) -> [u8; 8] {
 
 /// Reads a revision written by [`revision_to_bytes`]; `what` names it in the error.
 pub(crate) fn revision_from_bytes(bytes: &[u8], what: impl Display) -> Result<u64, StoreError> {
-    let array: [u8; 8] = bytes.try_into().map_err(|_| {
-        StoreError::Backend(format!(
-            "decoding {what}: expected 8 bytes, found {}",
-            bytes.len()
-        ))
-    })?;
+    let array: [u8; 8] =
+        bytes.try_into().map_err(|_| StoreError::Backend(format!("decoding {what}: expected 8 bytes, found {}", bytes.len())))?;
     Ok(u64::from_be_bytes(array))
 }
 
@@ -47,10 +40,7 @@ mod tests {
     #[test]
     fn revision_bytes_sort_numerically() {
         assert!(revision_to_bytes(255) < revision_to_bytes(256));
-        assert_eq!(
-            revision_from_bytes(&revision_to_bytes(1 << 40), "r").unwrap(),
-            1 << 40
-        );
+        assert_eq!(revision_from_bytes(&revision_to_bytes(1 << 40), "r").unwrap(), 1 << 40);
     }
 
     #[test]

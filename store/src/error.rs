@@ -63,43 +63,20 @@ mod tests {
 
     #[test]
     fn conflict_message_names_key_expected_and_actual() {
-        let err = StoreError::Conflict {
-            key: Key::new("MeshTimeout", "default", "t1"),
-            expected: Precondition::Version(3),
-            actual: Some(5),
-        };
-        assert_eq!(
-            err.to_string(),
-            "conflict on MeshTimeout/default/t1: expected version 3, found version 5"
-        );
+        let err =
+            StoreError::Conflict { key: Key::new("MeshTimeout", "default", "t1"), expected: Precondition::Version(3), actual: Some(5) };
+        assert_eq!(err.to_string(), "conflict on MeshTimeout/default/t1: expected version 3, found version 5");
 
-        let err = StoreError::Conflict {
-            key: Key::new("Mesh", "", "default"),
-            expected: Precondition::MustNotExist,
-            actual: Some(1),
-        };
-        assert_eq!(
-            err.to_string(),
-            "conflict on Mesh/default: expected no existing object, found version 1"
-        );
+        let err = StoreError::Conflict { key: Key::new("Mesh", "", "default"), expected: Precondition::MustNotExist, actual: Some(1) };
+        assert_eq!(err.to_string(), "conflict on Mesh/default: expected no existing object, found version 1");
 
-        let err = StoreError::Conflict {
-            key: Key::new("Zone", "", "east"),
-            expected: Precondition::Version(2),
-            actual: None,
-        };
-        assert_eq!(
-            err.to_string(),
-            "conflict on Zone/east: expected version 2, found no object"
-        );
+        let err = StoreError::Conflict { key: Key::new("Zone", "", "east"), expected: Precondition::Version(2), actual: None };
+        assert_eq!(err.to_string(), "conflict on Zone/east: expected version 2, found no object");
     }
 
     #[test]
     fn compacted_message_names_both_revisions() {
-        let err = StoreError::Compacted {
-            requested: 3,
-            oldest: 11,
-        };
+        let err = StoreError::Compacted { requested: 3, oldest: 11 };
         assert_eq!(
             err.to_string(),
             "cannot watch from revision 3: events up to revision 10 were compacted, the oldest \

@@ -27,11 +27,7 @@ impl EventLog {
 
     /// The oldest retained revision, or `None` when the log is empty. Blocking.
     pub(crate) fn oldest(&self) -> Result<Option<u64>, StoreError> {
-        match self
-            .tree
-            .first()
-            .map_err(|e| StoreError::backend("reading the event log", e))?
-        {
+        match self.tree.first().map_err(|e| StoreError::backend("reading the event log", e))? {
             Some((key, _)) => Ok(Some(revision_from_bytes(&key, "an event revision")?)),
             None => Ok(None),
         }
@@ -44,29 +40,19 @@ impl EventLog {
         let mut page = VecDeque::new();
         let entries = self.tree.range(revision_to_bytes(next)..).take(limit);
         for (expected, entry) in (next..).zip(entries) {
-            let (key, value) =
-                entry.map_err(|e| StoreError::backend("reading the event log", e))?;
+            let (key, value) = entry.map_err(|e| StoreError::backend("reading the event log", e))?;
             let revision = revision_from_bytes(&key, "an event revision")?;
             if revision != expected {
                 // Trimming removes a prefix, so only the first event can be late.
                 return Err(if page.is_empty() {
-                    StoreError::Compacted {
-                        requested: next.saturating_sub(1),
-                        oldest: revision,
-                    }
+                    StoreError::Compacted { requested: next.saturating_sub(1), oldest: revision }
                 } else {
-                    StoreError::Backend(format!(
-                        "event log has a gap between revisions {} and {revision}",
-                        expected - 1
-                    ))
+                    StoreError::Backend(format!("event log has a gap between revisions {} and {revision}", expected - 1))
                 });
             }
             let event: Event = from_json(&value, format_args!("event {revision}"))?;
             if event.revision != revision {
-                return Err(StoreError::Backend(format!(
-                    "event stored under revision {revision} says {}",
-                    event.revision
-                )));
+                return Err(StoreError::Backend(format!("event stored under revision {revision} says {}", event.revision)));
             }
             page.push_back(event);
         }
@@ -81,18 +67,12 @@ impl EventLog {
             batch.remove(key.map_err(|e| StoreError::backend("reading the event log", e))?);
             removed += 1;
         }
-        self.tree
-            .apply_batch(batch)
-            .map_err(|e| StoreError::backend("trimming the event log", e))?;
+        self.tree.apply_batch(batch).map_err(|e| StoreError::backend("trimming the event log", e))?;
         Ok(removed)
     }
 
     /// [`EventLog::read_page`] on a blocking thread.
-    pub(crate) async fn read_page_async(
-        &self,
-        next: u64,
-        limit: usize,
-    ) -> Result<VecDeque<Event>, StoreError> {
+    pub(crate) async fn read_page_async(&self, next: u64, limit: usize) -> Result<VecDeque<Event>, StoreError> {
         let log = self.clone();
         crate::sled_store::blocking(move || log.read_page(next, limit)).await
     }
@@ -120,16 +100,8 @@ mod tests {
                 modification_time: now,
                 data: json!(revision),
             };
-            let event = Event {
-                revision,
-                kind: EventKind::Put,
-                object,
-            };
-            tree.insert(
-                revision_to_bytes(revision),
-                to_json(&event, "event").unwrap(),
-            )
-            .unwrap();
+            let event = Event { revision, kind: EventKind::Put, object };
+            tree.insert(revision_to_bytes(revision), to_json(&event, "event").unwrap()).unwrap();
         }
         EventLog::new(tree)
     }
@@ -151,13 +123,7 @@ mod tests {
         let log = log_with(1..=10);
         assert_eq!(log.trim_below(6).unwrap(), 5);
         assert_eq!(log.oldest().unwrap(), Some(6));
-        assert!(matches!(
-            log.read_page(5, 4),
-            Err(StoreError::Compacted {
-                requested: 4,
-                oldest: 6
-            })
-        ));
+        assert!(matches!(log.read_page(5, 4), Err(StoreError::Compacted { requested: 4, oldest: 6 })));
         assert_eq!(revisions(&log.read_page(6, 4).unwrap()), vec![6, 7, 8, 9]);
     }
 
@@ -172,8 +138,6 @@ mod tests {
         let log = log_with([1]);
         let bytes = log.tree.get(revision_to_bytes(1)).unwrap().unwrap();
         log.tree.insert(revision_to_bytes(2), bytes).unwrap();
-        assert!(
-            matches!(log.read_page(1, 10), Err(StoreError::Backend(m)) if m.contains("says 1"))
-        );
+        assert!(matches!(log.read_page(1, 10), Err(StoreError::Backend(m)) if m.contains("says 1")));
     }
 }

@@ -28,21 +28,13 @@ pub struct Key {
 impl Key {
     /// Builds a key; pass `""` as `mesh` for resources outside any mesh.
     pub fn new(kind: impl Into<String>, mesh: impl Into<String>, name: impl Into<String>) -> Self {
-        Key {
-            kind: kind.into(),
-            mesh: mesh.into(),
-            name: name.into(),
-        }
+        Key { kind: kind.into(), mesh: mesh.into(), name: name.into() }
     }
 
     /// Encodes the key as `kind \0 mesh \0 name`; a NUL inside a part would make the encoding
     /// ambiguous, so it is refused.
     pub(crate) fn to_bytes(&self) -> Result<Vec<u8>, StoreError> {
-        for (field, value) in [
-            ("kind", &self.kind),
-            ("mesh", &self.mesh),
-            ("name", &self.name),
-        ] {
+        for (field, value) in [("kind", &self.kind), ("mesh", &self.mesh), ("name", &self.name)] {
             reject_nul(field, value)?;
         }
         let mut bytes = Vec::with_capacity(self.kind.len() + self.mesh.len() + self.name.len() + 2);
@@ -57,18 +49,13 @@ impl Key {
     /// Decodes bytes written by [`Key::to_bytes`].
     pub(crate) fn from_bytes(bytes: &[u8]) -> Result<Key, StoreError> {
         let mut parts = bytes.splitn(3, |b| *b == SEP);
-        let (Some(kind), Some(mesh), Some(name)) = (parts.next(), parts.next(), parts.next())
-        else {
+        let (Some(kind), Some(mesh), Some(name)) = (parts.next(), parts.next(), parts.next()) else {
             return Err(StoreError::Backend(format!(
                 "decoding key {:?}: expected kind, mesh and name separated by NUL bytes",
                 String::from_utf8_lossy(bytes)
             )));
         };
-        Ok(Key::new(
-            utf8(kind, bytes)?,
-            utf8(mesh, bytes)?,
-            utf8(name, bytes)?,
-        ))
+        Ok(Key::new(utf8(kind, bytes)?, utf8(mesh, bytes)?, utf8(name, bytes)?))
     }
 }
 
@@ -99,26 +86,18 @@ pub(crate) fn prefix(kind: &str, mesh: Option<&str>) -> Result<Vec<u8>, StoreErr
 /// The kind part of an encoded key, without decoding the rest.
 pub(crate) fn kind_of(bytes: &[u8]) -> Result<&str, StoreError> {
     let kind = bytes.split(|b| *b == SEP).next().unwrap_or_default();
-    std::str::from_utf8(kind)
-        .map_err(|e| StoreError::backend("decoding the kind of a stored key", e))
+    std::str::from_utf8(kind).map_err(|e| StoreError::backend("decoding the kind of a stored key", e))
 }
 
 fn reject_nul(field: &str, value: &str) -> Result<(), StoreError> {
     if value.as_bytes().contains(&SEP) {
-        return Err(StoreError::Backend(format!(
-            "key {field} {value:?} contains a NUL byte, which the store cannot encode"
-        )));
+        return Err(StoreError::Backend(format!("key {field} {value:?} contains a NUL byte, which the store cannot encode")));
     }
     Ok(())
 }
 
 fn utf8<'a>(part: &'a [u8], whole: &[u8]) -> Result<&'a str, StoreError> {
-    std::str::from_utf8(part).map_err(|e| {
-        StoreError::backend(
-            format!("decoding key {:?}", String::from_utf8_lossy(whole)),
-            e,
-        )
-    })
+    std::str::from_utf8(part).map_err(|e| StoreError::backend(format!("decoding key {:?}", String::from_utf8_lossy(whole)), e))
 }
 
 #[cfg(test)]
@@ -127,20 +106,13 @@ mod tests {
 
     #[test]
     fn display_omits_an_empty_mesh() {
-        assert_eq!(
-            Key::new("MeshRetry", "default", "r").to_string(),
-            "MeshRetry/default/r"
-        );
+        assert_eq!(Key::new("MeshRetry", "default", "r").to_string(), "MeshRetry/default/r");
         assert_eq!(Key::new("Zone", "", "east").to_string(), "Zone/east");
     }
 
     #[test]
     fn bytes_round_trip() {
-        for key in [
-            Key::new("Mesh", "", "default"),
-            Key::new("MeshRetry", "m", "r"),
-            Key::new("", "", ""),
-        ] {
+        for key in [Key::new("Mesh", "", "default"), Key::new("MeshRetry", "m", "r"), Key::new("", "", "")] {
             let bytes = key.to_bytes().unwrap();
             assert_eq!(Key::from_bytes(&bytes).unwrap(), key);
             assert_eq!(kind_of(&bytes).unwrap(), key.kind);
@@ -149,11 +121,7 @@ mod tests {
 
     #[test]
     fn nul_bytes_are_refused() {
-        for key in [
-            Key::new("a\0b", "", "c"),
-            Key::new("a", "b\0", "c"),
-            Key::new("a", "b", "\0c"),
-        ] {
+        for key in [Key::new("a\0b", "", "c"), Key::new("a", "b\0", "c"), Key::new("a", "b", "\0c")] {
             assert!(matches!(key.to_bytes(), Err(StoreError::Backend(m)) if m.contains("NUL")));
         }
         assert!(prefix("a\0", None).is_err());
@@ -184,13 +152,7 @@ mod tests {
         assert!(key.starts_with(&prefix("K", None).unwrap()));
         assert!(key.starts_with(&prefix("K", Some("m")).unwrap()));
         assert!(!key.starts_with(&prefix("K", Some("")).unwrap()));
-        assert!(!Key::new("KK", "m", "n")
-            .to_bytes()
-            .unwrap()
-            .starts_with(&prefix("K", None).unwrap()));
-        assert!(!Key::new("K", "mm", "n")
-            .to_bytes()
-            .unwrap()
-            .starts_with(&prefix("K", Some("m")).unwrap()));
+        assert!(!Key::new("KK", "m", "n").to_bytes().unwrap().starts_with(&prefix("K", None).unwrap()));
+        assert!(!Key::new("K", "mm", "n").to_bytes().unwrap().starts_with(&prefix("K", Some("m")).unwrap()));
     }
 }

@@ -75,11 +75,7 @@ pub enum Op {
 impl Op {
     /// Builds an [`Op::Put`].
     pub fn put(key: Key, data: serde_json::Value, precondition: Precondition) -> Self {
-        Op::Put {
-            key,
-            data,
-            precondition,
-        }
+        Op::Put { key, data, precondition }
     }
 
     /// Builds an [`Op::Delete`].
@@ -112,20 +108,14 @@ impl Outcome {
     /// The object the outcome carries (for [`Outcome::Deleted`], as it was before deletion).
     pub fn object(&self) -> &Object {
         match self {
-            Outcome::Created(o)
-            | Outcome::Updated(o)
-            | Outcome::Unchanged(o)
-            | Outcome::Deleted(o) => o,
+            Outcome::Created(o) | Outcome::Updated(o) | Outcome::Unchanged(o) | Outcome::Deleted(o) => o,
         }
     }
 
     /// Consumes the outcome and returns its object.
     pub fn into_object(self) -> Object {
         match self {
-            Outcome::Created(o)
-            | Outcome::Updated(o)
-            | Outcome::Unchanged(o)
-            | Outcome::Deleted(o) => o,
+            Outcome::Created(o) | Outcome::Updated(o) | Outcome::Unchanged(o) | Outcome::Deleted(o) => o,
         }
     }
 }

@@ -40,9 +40,7 @@ pub struct SledOptions {
 
 impl Default for SledOptions {
     fn default() -> Self {
-        SledOptions {
-            event_retention: 100_000,
-        }
+        SledOptions { event_retention: 100_000 }
     }
 }
 
@@ -77,13 +75,9 @@ impl SledStore {
 
     /// Opens (creating it if needed) the store in directory `path`. Blocking.
     pub fn open_with(path: &Path, options: SledOptions) -> Result<Self, StoreError> {
-        std::fs::create_dir_all(path).map_err(|e| {
-            StoreError::backend(format!("creating store directory {}", path.display()), e)
-        })?;
-        let db = sled::Config::new()
-            .path(path)
-            .open()
-            .map_err(|e| StoreError::backend(format!("opening store at {}", path.display()), e))?;
+        std::fs::create_dir_all(path).map_err(|e| StoreError::backend(format!("creating store directory {}", path.display()), e))?;
+        let db =
+            sled::Config::new().path(path).open().map_err(|e| StoreError::backend(format!("opening store at {}", path.display()), e))?;
         Self::from_db(db, options, LIVE_BUFFER)
     }
 
@@ -92,27 +86,15 @@ impl SledStore {
         Self::temporary_with(SledOptions::default(), LIVE_BUFFER)
     }
 
-    pub(crate) fn temporary_with(
-        options: SledOptions,
-        live_buffer: usize,
-    ) -> Result<Self, StoreError> {
-        let db = sled::Config::new()
-            .temporary(true)
-            .open()
-            .map_err(|e| StoreError::backend("opening a temporary store", e))?;
+    pub(crate) fn temporary_with(options: SledOptions, live_buffer: usize) -> Result<Self, StoreError> {
+        let db = sled::Config::new().temporary(true).open().map_err(|e| StoreError::backend("opening a temporary store", e))?;
         Self::from_db(db, options, live_buffer)
     }
 
     fn from_db(db: sled::Db, options: SledOptions, live_buffer: usize) -> Result<Self, StoreError> {
-        let tree = |name: &str| {
-            db.open_tree(name)
-                .map_err(|e| StoreError::backend(format!("opening tree {name}"), e))
-        };
+        let tree = |name: &str| db.open_tree(name).map_err(|e| StoreError::backend(format!("opening tree {name}"), e));
         let (objects, events, meta) = (tree("objects")?, tree("events")?, tree("meta")?);
-        let revision = match meta
-            .get(REVISION_KEY)
-            .map_err(|e| StoreError::backend("reading the revision", e))?
-        {
+        let revision = match meta.get(REVISION_KEY).map_err(|e| StoreError::backend("reading the revision", e))? {
             Some(bytes) => revision_from_bytes(&bytes, "the revision counter")?,
             None => 0,
         };
@@ -133,9 +115,7 @@ impl SledStore {
         // The retention may have shrunk since the last run.
         inner.trim(&mut inner.lock_writer(), revision)?;
         tracing::info!(revision, oldest_event = oldest, "store opened");
-        Ok(SledStore {
-            inner: Arc::new(inner),
-        })
+        Ok(SledStore { inner: Arc::new(inner) })
     }
 }
 
@@ -145,9 +125,7 @@ where
     T: Send + 'static,
     F: FnOnce() -> Result<T, StoreError> + Send + 'static,
 {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| StoreError::backend("store task failed", e))?
+    tokio::task::spawn_blocking(f).await.map_err(|e| StoreError::backend("store task failed", e))?
 }
 
 impl Inner {
@@ -159,25 +137,16 @@ impl Inner {
 
     fn get(&self, key: &Key) -> Result<Option<Object>, StoreError> {
         let bytes = key.to_bytes()?;
-        match self
-            .objects
-            .get(bytes)
-            .map_err(|e| StoreError::backend(format!("reading {key}"), e))?
-        {
+        match self.objects.get(bytes).map_err(|e| StoreError::backend(format!("reading {key}"), e))? {
             Some(value) => Ok(Some(from_json(&value, format_args!("object {key}"))?)),
             None => Ok(None),
         }
     }
 
-    fn scan(
-        &self,
-        prefix: Vec<u8>,
-        keep: impl Fn(&Key) -> bool,
-    ) -> Result<Vec<Object>, StoreError> {
+    fn scan(&self, prefix: Vec<u8>, keep: impl Fn(&Key) -> bool) -> Result<Vec<Object>, StoreError> {
         let mut objects = Vec::new();
         for entry in self.objects.scan_prefix(prefix) {
-            let (key_bytes, value) =
-                entry.map_err(|e| StoreError::backend("scanning objects", e))?;
+            let (key_bytes, value) = entry.map_err(|e| StoreError::backend("scanning objects", e))?;
             let key = Key::from_bytes(&key_bytes)?;
             if keep(&key) {
                 objects.push(from_json(&value, format_args!("object {key}"))?);
@@ -190,36 +159,22 @@ impl Inner {
         let mut objects_by_kind = BTreeMap::<String, u64>::new();
         for entry in self.objects.iter().keys() {
             let key_bytes = entry.map_err(|e| StoreError::backend("scanning objects", e))?;
-            *objects_by_kind
-                .entry(key::kind_of(&key_bytes)?.to_string())
-                .or_default() += 1;
+            *objects_by_kind.entry(key::kind_of(&key_bytes)?.to_string()).or_default() += 1;
         }
-        let size_on_disk = self
-            .db
-            .size_on_disk()
-            .map_err(|e| StoreError::backend("measuring the store size", e))?;
-        Ok(Stats {
-            objects_by_kind,
-            size_on_disk,
-            revision: self.revision.load(Ordering::Acquire),
-        })
+        let size_on_disk = self.db.size_on_disk().map_err(|e| StoreError::backend("measuring the store size", e))?;
+        Ok(Stats { objects_by_kind, size_on_disk, revision: self.revision.load(Ordering::Acquire) })
     }
 
     fn apply(&self, ops: Vec<Op>) -> Result<Vec<Outcome>, StoreError> {
         if ops.is_empty() {
             return Ok(Vec::new());
         }
-        let keys = ops
-            .iter()
-            .map(|op| op.key().to_bytes())
-            .collect::<Result<Vec<_>, _>>()?;
+        let keys = ops.iter().map(|op| op.key().to_bytes()).collect::<Result<Vec<_>, _>>()?;
         let mut oldest = self.lock_writer();
         // Taken under the lock, so modification times follow revision order.
         let now = OffsetDateTime::now_utc();
         let (outcomes, events) = (&self.objects, &self.events, &self.meta)
-            .transaction(|(objects, events, meta)| {
-                transact(&ops, &keys, now, objects, events, meta)
-            })
+            .transaction(|(objects, events, meta)| transact(&ops, &keys, now, objects, events, meta))
             .map_err(|e| match e {
                 TransactionError::Abort(err) => err,
                 TransactionError::Storage(err) => StoreError::backend("committing a batch", err),
@@ -229,9 +184,7 @@ impl Inner {
         };
         // On a failed flush the batch stays committed in memory but is not acknowledged or
         // published; watchers read its events from the log once a later batch shows the gap.
-        self.db
-            .flush()
-            .map_err(|e| StoreError::backend("flushing a batch to disk", e))?;
+        self.db.flush().map_err(|e| StoreError::backend("flushing a batch to disk", e))?;
         self.revision.store(last, Ordering::Release);
         for event in events {
             // No receiver is not an error: nobody is watching.
@@ -277,9 +230,7 @@ fn transact(
     for (op, key_bytes) in ops.iter().zip(keys) {
         // Reads see this transaction's earlier writes, so a later op on the same key sees them.
         let current = match objects.get(key_bytes)? {
-            Some(value) => Some(
-                from_json::<Object>(&value, format_args!("object {}", op.key())).map_err(abort)?,
-            ),
+            Some(value) => Some(from_json::<Object>(&value, format_args!("object {}", op.key())).map_err(abort)?),
             None => None,
         };
         let outcome = plan(op, current, revision + 1, now).map_err(abort)?;
@@ -287,8 +238,7 @@ fn transact(
             revision += 1;
             match event.kind {
                 EventKind::Put => {
-                    let value = to_json(&event.object, format_args!("object {}", op.key()))
-                        .map_err(abort)?;
+                    let value = to_json(&event.object, format_args!("object {}", op.key())).map_err(abort)?;
                     objects.insert(key_bytes.as_slice(), value)?;
                 }
                 EventKind::Delete => {
@@ -367,21 +317,11 @@ mod tests {
         let store = SledStore::temporary_with(SledOptions::default(), 2).unwrap();
         let mut watch = store.watch(0).await.unwrap();
         for n in 0..50u64 {
-            store
-                .put(
-                    Key::new("K", "", format!("o{n}")),
-                    json!(n),
-                    Precondition::None,
-                )
-                .await
-                .unwrap();
+            store.put(Key::new("K", "", format!("o{n}")), json!(n), Precondition::None).await.unwrap();
         }
         for want in 1..=50 {
             let got = tokio::time::timeout(Duration::from_secs(10), watch.next()).await;
-            assert!(
-                matches!(got, Ok(Some(Ok(ref e))) if e.revision == want),
-                "revision {want}: {got:?}"
-            );
+            assert!(matches!(got, Ok(Some(Ok(ref e))) if e.revision == want), "revision {want}: {got:?}");
         }
     }
 
@@ -390,35 +330,16 @@ mod tests {
         let store = SledStore::temporary_with(SledOptions { event_retention: 5 }, 2).unwrap();
         let mut watch = store.watch(0).await.unwrap();
         for n in 0..20u64 {
-            store
-                .put(
-                    Key::new("K", "", format!("o{n}")),
-                    json!(n),
-                    Precondition::None,
-                )
-                .await
-                .unwrap();
+            store.put(Key::new("K", "", format!("o{n}")), json!(n), Precondition::None).await.unwrap();
         }
         let got = tokio::time::timeout(Duration::from_secs(10), watch.next()).await;
-        assert!(
-            matches!(
-                got,
-                Ok(Some(Err(StoreError::Compacted {
-                    requested: 0,
-                    oldest: 16
-                })))
-            ),
-            "{got:?}"
-        );
+        assert!(matches!(got, Ok(Some(Err(StoreError::Compacted { requested: 0, oldest: 16 })))), "{got:?}");
     }
 
     #[tokio::test]
     async fn temporary_store_works() {
         let store = SledStore::temporary().unwrap();
-        store
-            .put(Key::new("K", "", "n"), json!(1), Precondition::None)
-            .await
-            .unwrap();
+        store.put(Key::new("K", "", "n"), json!(1), Precondition::None).await.unwrap();
         assert_eq!(store.revision(), 1);
     }
 }

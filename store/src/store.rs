@@ -63,12 +63,7 @@ pub trait Store: Send + Sync + 'static {
     async fn stats(&self) -> Result<Stats, StoreError>;
 
     /// Applies a single [`Op::Put`].
-    async fn put(
-        &self,
-        key: Key,
-        data: serde_json::Value,
-        precondition: Precondition,
-    ) -> Result<Outcome, StoreError> {
+    async fn put(&self, key: Key, data: serde_json::Value, precondition: Precondition) -> Result<Outcome, StoreError> {
         single(self.apply(vec![Op::put(key, data, precondition)]).await?)
     }
 
@@ -83,8 +78,6 @@ fn single(outcomes: Vec<Outcome>) -> Result<Outcome, StoreError> {
     let mut outcomes = outcomes.into_iter();
     match (outcomes.next(), count) {
         (Some(outcome), 1) => Ok(outcome),
-        _ => Err(StoreError::Backend(format!(
-            "apply of one op returned {count} outcomes"
-        ))),
+        _ => Err(StoreError::Backend(format!("apply of one op returned {count} outcomes"))),
     }
 }

@@ -16,21 +16,10 @@ use crate::object::Event;
 use crate::store::WatchStream;
 
 /// Starts a stream of events after `from_revision`; fails now if they were already trimmed.
-pub(crate) async fn start(
-    log: EventLog,
-    live: broadcast::Receiver<Event>,
-    from_revision: u64,
-) -> Result<WatchStream, StoreError> {
+pub(crate) async fn start(log: EventLog, live: broadcast::Receiver<Event>, from_revision: u64) -> Result<WatchStream, StoreError> {
     let next = from_revision.saturating_add(1);
     let first_page = log.read_page_async(next, PAGE_SIZE).await?;
-    let state = Watch {
-        catching_up: first_page.len() == PAGE_SIZE,
-        buffer: first_page,
-        log,
-        live,
-        next,
-        failed: false,
-    };
+    let state = Watch { catching_up: first_page.len() == PAGE_SIZE, buffer: first_page, log, live, next, failed: false };
     Ok(Box::pin(futures::stream::unfold(state, Watch::next_item)))
 }
 
@@ -88,11 +77,7 @@ impl Watch {
                 Err(RecvError::Lagged(missed)) => missed,
                 Err(RecvError::Closed) => return None,
             };
-            tracing::debug!(
-                next = self.next,
-                missed,
-                "watch fell behind, re-reading the event log"
-            );
+            tracing::debug!(next = self.next, missed, "watch fell behind, re-reading the event log");
             self.catching_up = true;
         }
     }
@@ -122,27 +107,14 @@ mod tests {
 
     fn event(revision: u64) -> Event {
         let now = OffsetDateTime::now_utc();
-        let object = Object {
-            key: Key::new("K", "", "n"),
-            version: revision,
-            creation_time: now,
-            modification_time: now,
-            data: json!(revision),
-        };
-        Event {
-            revision,
-            kind: EventKind::Put,
-            object,
-        }
+        let object =
+            Object { key: Key::new("K", "", "n"), version: revision, creation_time: now, modification_time: now, data: json!(revision) };
+        Event { revision, kind: EventKind::Put, object }
     }
 
     fn append(tree: &sled::Tree, revisions: impl IntoIterator<Item = u64>) {
         for revision in revisions {
-            tree.insert(
-                revision_to_bytes(revision),
-                to_json(&event(revision), "event").unwrap(),
-            )
-            .unwrap();
+            tree.insert(revision_to_bytes(revision), to_json(&event(revision), "event").unwrap()).unwrap();
         }
     }
 
@@ -154,12 +126,7 @@ mod tests {
     }
 
     fn events_tree() -> sled::Tree {
-        sled::Config::new()
-            .temporary(true)
-            .open()
-            .unwrap()
-            .open_tree("events")
-            .unwrap()
+        sled::Config::new().temporary(true).open().unwrap().open_tree("events").unwrap()
     }
 
     #[tokio::test]
@@ -176,10 +143,7 @@ mod tests {
             assert_eq!(next_revision(&mut stream).await, want);
         }
         drop(tx);
-        assert!(
-            stream.next().await.is_none(),
-            "the stream ends when the sender is gone"
-        );
+        assert!(stream.next().await.is_none(), "the stream ends when the sender is gone");
     }
 
     #[tokio::test]
@@ -236,10 +200,7 @@ mod tests {
         }
         log.trim_below(16).unwrap();
         match tokio::time::timeout(Duration::from_secs(10), stream.next()).await {
-            Ok(Some(Err(StoreError::Compacted {
-                requested: 0,
-                oldest: 16,
-            }))) => {}
+            Ok(Some(Err(StoreError::Compacted { requested: 0, oldest: 16 }))) => {}
             other => panic!("expected Compacted, got {other:?}"),
         }
         assert!(stream.next().await.is_none());

@@ -14,51 +14,23 @@ async fn put_creates_then_updates_and_identical_data_is_unchanged() {
     let k = key("MeshTimeout", "default", "t1");
     assert_eq!(store.revision(), 0);
 
-    let Outcome::Created(created) = store
-        .put(k.clone(), json!({"idle": "1s"}), Precondition::None)
-        .await
-        .unwrap()
-    else {
+    let Outcome::Created(created) = store.put(k.clone(), json!({"idle": "1s"}), Precondition::None).await.unwrap() else {
         panic!("expected Created");
     };
-    assert_eq!(
-        (created.key.clone(), created.version, created.data.clone()),
-        (k.clone(), 1, json!({"idle": "1s"}))
-    );
+    assert_eq!((created.key.clone(), created.version, created.data.clone()), (k.clone(), 1, json!({"idle": "1s"})));
     assert_eq!(created.creation_time, created.modification_time);
     assert_eq!(store.revision(), 1);
 
-    let same = store
-        .put(k.clone(), json!({"idle": "1s"}), Precondition::None)
-        .await
-        .unwrap();
-    assert_eq!(
-        same,
-        Outcome::Unchanged(created.clone()),
-        "no new version, no new time"
-    );
-    assert_eq!(
-        store.revision(),
-        1,
-        "an unchanged write does not bump the revision"
-    );
+    let same = store.put(k.clone(), json!({"idle": "1s"}), Precondition::None).await.unwrap();
+    assert_eq!(same, Outcome::Unchanged(created.clone()), "no new version, no new time");
+    assert_eq!(store.revision(), 1, "an unchanged write does not bump the revision");
 
-    let Outcome::Updated(updated) = store
-        .put(k.clone(), json!({"idle": "2s"}), Precondition::None)
-        .await
-        .unwrap()
-    else {
+    let Outcome::Updated(updated) = store.put(k.clone(), json!({"idle": "2s"}), Precondition::None).await.unwrap() else {
         panic!("expected Updated");
     };
     assert_eq!(updated.version, 2);
-    assert_eq!(
-        updated.creation_time, created.creation_time,
-        "creation time is kept"
-    );
-    assert!(
-        updated.modification_time > created.modification_time,
-        "modification time moves"
-    );
+    assert_eq!(updated.creation_time, created.creation_time, "creation time is kept");
+    assert!(updated.modification_time > created.modification_time, "modification time moves");
     assert_eq!(store.revision(), 2);
     assert_eq!(store.get(&k).await.unwrap(), Some(updated));
 }
@@ -67,23 +39,13 @@ async fn put_creates_then_updates_and_identical_data_is_unchanged() {
 async fn delete_returns_the_object_as_it_was_and_removes_it() {
     let (_dir, store) = temp_store();
     let k = key("Zone", "", "east");
-    let created = store
-        .put(k.clone(), json!({"enabled": true}), Precondition::None)
-        .await
-        .unwrap()
-        .into_object();
+    let created = store.put(k.clone(), json!({"enabled": true}), Precondition::None).await.unwrap().into_object();
 
-    assert_eq!(
-        store.delete(k.clone(), Precondition::None).await.unwrap(),
-        Outcome::Deleted(created)
-    );
+    assert_eq!(store.delete(k.clone(), Precondition::None).await.unwrap(), Outcome::Deleted(created));
     assert_eq!(store.get(&k).await.unwrap(), None);
     assert_eq!(store.revision(), 2, "a delete is a change");
 
-    let err = store
-        .delete(k.clone(), Precondition::None)
-        .await
-        .unwrap_err();
+    let err = store.delete(k.clone(), Precondition::None).await.unwrap_err();
     assert!(matches!(err, StoreError::NotFound { key } if key == k));
     assert_eq!(store.revision(), 2);
 }
@@ -93,78 +55,37 @@ async fn preconditions_hold_or_conflict_with_the_actual_version() {
     let (_dir, store) = temp_store();
     let k = key("Mesh", "", "default");
     let missing = key("Mesh", "", "other");
-    let v1 = store
-        .put(k.clone(), json!(1), Precondition::MustNotExist)
-        .await
-        .unwrap();
+    let v1 = store.put(k.clone(), json!(1), Precondition::MustNotExist).await.unwrap();
     assert!(matches!(v1, Outcome::Created(ref o) if o.version == 1));
 
     let conflict = |res: Result<Outcome, StoreError>| match res {
-        Err(StoreError::Conflict {
-            key,
-            expected,
-            actual,
-        }) => (key, expected, actual),
+        Err(StoreError::Conflict { key, expected, actual }) => (key, expected, actual),
         other => panic!("expected a conflict, got {other:?}"),
     };
     assert_eq!(
-        conflict(
-            store
-                .put(k.clone(), json!(2), Precondition::MustNotExist)
-                .await
-        ),
+        conflict(store.put(k.clone(), json!(2), Precondition::MustNotExist).await),
         (k.clone(), Precondition::MustNotExist, Some(1))
     );
+    assert_eq!(conflict(store.put(k.clone(), json!(2), Precondition::Version(7)).await), (k.clone(), Precondition::Version(7), Some(1)));
     assert_eq!(
-        conflict(
-            store
-                .put(k.clone(), json!(2), Precondition::Version(7))
-                .await
-        ),
-        (k.clone(), Precondition::Version(7), Some(1))
-    );
-    assert_eq!(
-        conflict(
-            store
-                .put(missing.clone(), json!(2), Precondition::Version(1))
-                .await
-        ),
+        conflict(store.put(missing.clone(), json!(2), Precondition::Version(1)).await),
         (missing.clone(), Precondition::Version(1), None)
     );
-    assert_eq!(
-        conflict(store.delete(k.clone(), Precondition::Version(7)).await),
-        (k.clone(), Precondition::Version(7), Some(1))
-    );
-    assert_eq!(
-        conflict(store.delete(k.clone(), Precondition::MustNotExist).await),
-        (k.clone(), Precondition::MustNotExist, Some(1))
-    );
-    let err = store
-        .delete(missing.clone(), Precondition::Version(1))
-        .await
-        .unwrap_err();
+    assert_eq!(conflict(store.delete(k.clone(), Precondition::Version(7)).await), (k.clone(), Precondition::Version(7), Some(1)));
+    assert_eq!(conflict(store.delete(k.clone(), Precondition::MustNotExist).await), (k.clone(), Precondition::MustNotExist, Some(1)));
+    let err = store.delete(missing.clone(), Precondition::Version(1)).await.unwrap_err();
     assert!(matches!(err, StoreError::NotFound { .. }), "{err}");
     assert_eq!(store.revision(), 1, "failed preconditions write nothing");
     assert_eq!(store.get(&k).await.unwrap(), Some(v1.into_object()));
 
-    let v2 = store
-        .put(k.clone(), json!(2), Precondition::Version(1))
-        .await
-        .unwrap();
+    let v2 = store.put(k.clone(), json!(2), Precondition::Version(1)).await.unwrap();
     assert!(matches!(v2, Outcome::Updated(ref o) if o.version == 2));
     assert_eq!(
-        conflict(
-            store
-                .put(k.clone(), json!(3), Precondition::Version(1))
-                .await
-        ),
+        conflict(store.put(k.clone(), json!(3), Precondition::Version(1)).await),
         (k.clone(), Precondition::Version(1), Some(2)),
         "the version moved on"
     );
-    assert!(matches!(
-        store.delete(k.clone(), Precondition::Version(2)).await,
-        Ok(Outcome::Deleted(_))
-    ));
+    assert!(matches!(store.delete(k.clone(), Precondition::Version(2)).await, Ok(Outcome::Deleted(_))));
 }
 
 #[tokio::test]
@@ -172,79 +93,37 @@ async fn a_failing_precondition_leaves_the_whole_batch_unwritten() {
     let (_dir, store) = temp_store();
     let existing = key("MeshRetry", "default", "existing");
     let taken = key("MeshRetry", "default", "taken");
-    store
-        .put(existing.clone(), json!("old"), Precondition::None)
-        .await
-        .unwrap();
-    store
-        .put(taken.clone(), json!("taken"), Precondition::None)
-        .await
-        .unwrap();
+    store.put(existing.clone(), json!("old"), Precondition::None).await.unwrap();
+    store.put(taken.clone(), json!("taken"), Precondition::None).await.unwrap();
 
     let ops = vec![
-        Op::put(
-            key("MeshRetry", "default", "a"),
-            json!("a"),
-            Precondition::None,
-        ),
+        Op::put(key("MeshRetry", "default", "a"), json!("a"), Precondition::None),
         Op::put(existing.clone(), json!("new"), Precondition::Version(1)),
         Op::put(taken.clone(), json!("mine"), Precondition::MustNotExist),
-        Op::put(
-            key("MeshRetry", "default", "b"),
-            json!("b"),
-            Precondition::None,
-        ),
+        Op::put(key("MeshRetry", "default", "b"), json!("b"), Precondition::None),
     ];
     let err = store.apply(ops).await.unwrap_err();
-    assert!(
-        matches!(err, StoreError::Conflict { ref key, actual: Some(2), .. } if *key == taken),
-        "{err}"
-    );
+    assert!(matches!(err, StoreError::Conflict { ref key, actual: Some(2), .. } if *key == taken), "{err}");
 
-    assert_eq!(
-        store.get(&key("MeshRetry", "default", "a")).await.unwrap(),
-        None
-    );
-    assert_eq!(
-        store.get(&existing).await.unwrap().unwrap().data,
-        json!("old")
-    );
-    assert_eq!(
-        store.get(&taken).await.unwrap().unwrap().data,
-        json!("taken")
-    );
-    assert_eq!(
-        store.get(&key("MeshRetry", "default", "b")).await.unwrap(),
-        None
-    );
+    assert_eq!(store.get(&key("MeshRetry", "default", "a")).await.unwrap(), None);
+    assert_eq!(store.get(&existing).await.unwrap().unwrap().data, json!("old"));
+    assert_eq!(store.get(&taken).await.unwrap().unwrap().data, json!("taken"));
+    assert_eq!(store.get(&key("MeshRetry", "default", "b")).await.unwrap(), None);
     assert_eq!(store.revision(), 2);
     let mut watch = store.watch(0).await.unwrap();
-    assert_eq!(
-        revisions(&common::next_events(&mut watch, 2).await),
-        vec![1, 2]
-    );
+    assert_eq!(revisions(&common::next_events(&mut watch, 2).await), vec![1, 2]);
     common::assert_quiet(&mut watch).await;
 
     // The same batch without the failing op commits, and the revision the failed batch would
     // have used is taken by it: the failure left no trace.
     let outcomes = store
         .apply(vec![
-            Op::put(
-                key("MeshRetry", "default", "a"),
-                json!("a"),
-                Precondition::None,
-            ),
+            Op::put(key("MeshRetry", "default", "a"), json!("a"), Precondition::None),
             Op::put(existing.clone(), json!("new"), Precondition::Version(1)),
         ])
         .await
         .unwrap();
-    assert_eq!(
-        outcomes
-            .iter()
-            .map(|o| o.object().version)
-            .collect::<Vec<_>>(),
-        [3, 4]
-    );
+    assert_eq!(outcomes.iter().map(|o| o.object().version).collect::<Vec<_>>(), [3, 4]);
 }
 
 #[tokio::test]
@@ -274,21 +153,8 @@ async fn later_ops_in_a_batch_see_earlier_ones() {
             (name, o.object().version)
         })
         .collect();
-    assert_eq!(
-        summary,
-        vec![
-            ("created", 1),
-            ("unchanged", 1),
-            ("updated", 2),
-            ("created", 3),
-            ("deleted", 2)
-        ]
-    );
-    assert_eq!(
-        store.revision(),
-        4,
-        "one revision per change, none for the unchanged op"
-    );
+    assert_eq!(summary, vec![("created", 1), ("unchanged", 1), ("updated", 2), ("created", 3), ("deleted", 2)]);
+    assert_eq!(store.revision(), 4, "one revision per change, none for the unchanged op");
     assert_eq!(store.get(&k).await.unwrap(), None);
     assert_eq!(store.get(&other).await.unwrap().unwrap().version, 3);
 }
@@ -303,14 +169,8 @@ async fn empty_batch_is_a_no_op() {
 #[tokio::test]
 async fn keys_with_nul_bytes_are_refused() {
     let (_dir, store) = temp_store();
-    let err = store
-        .put(key("K", "m", "a\0b"), json!(1), Precondition::None)
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(err, StoreError::Backend(ref m) if m.contains("NUL")),
-        "{err}"
-    );
+    let err = store.put(key("K", "m", "a\0b"), json!(1), Precondition::None).await.unwrap_err();
+    assert!(matches!(err, StoreError::Backend(ref m) if m.contains("NUL")), "{err}");
     assert!(store.get(&key("K\0", "", "a")).await.is_err());
     assert!(store.list("K", Some("m\0")).await.is_err());
     assert_eq!(store.revision(), 0);
@@ -330,14 +190,7 @@ async fn seed(store: &SledStore) {
         ("Dataplane", "prod", "web-1"),
     ];
     for (kind, mesh, name) in items {
-        store
-            .put(
-                key(kind, mesh, name),
-                json!({"n": name}),
-                Precondition::None,
-            )
-            .await
-            .unwrap();
+        store.put(key(kind, mesh, name), json!({"n": name}), Precondition::None).await.unwrap();
     }
 }
 
@@ -349,44 +202,18 @@ fn names(objects: &[strait_store::Object]) -> Vec<String> {
 async fn list_by_kind_and_mesh_is_sorted_by_mesh_then_name() {
     let (_dir, store) = temp_store();
     seed(&store).await;
-    assert_eq!(
-        names(&store.list("MeshTimeout", Some("prod")).await.unwrap()),
-        ["MeshTimeout/prod/a", "MeshTimeout/prod/b"]
-    );
+    assert_eq!(names(&store.list("MeshTimeout", Some("prod")).await.unwrap()), ["MeshTimeout/prod/a", "MeshTimeout/prod/b"]);
     assert_eq!(
         names(&store.list("MeshTimeout", None).await.unwrap()),
-        [
-            "MeshTimeout/dev/a",
-            "MeshTimeout/dev/z",
-            "MeshTimeout/prod/a",
-            "MeshTimeout/prod/b",
-            "MeshTimeout/prod-eu/a"
-        ]
+        ["MeshTimeout/dev/a", "MeshTimeout/dev/z", "MeshTimeout/prod/a", "MeshTimeout/prod/b", "MeshTimeout/prod-eu/a"]
     );
     // "Mesh" is a prefix of "MeshTimeout": the kind must match exactly.
-    assert_eq!(
-        names(&store.list("Mesh", None).await.unwrap()),
-        ["Mesh/dev", "Mesh/prod"]
-    );
-    assert_eq!(
-        names(&store.list("Mesh", Some("")).await.unwrap()),
-        ["Mesh/dev", "Mesh/prod"]
-    );
-    assert!(store
-        .list("MeshTimeout", Some("staging"))
-        .await
-        .unwrap()
-        .is_empty());
+    assert_eq!(names(&store.list("Mesh", None).await.unwrap()), ["Mesh/dev", "Mesh/prod"]);
+    assert_eq!(names(&store.list("Mesh", Some("")).await.unwrap()), ["Mesh/dev", "Mesh/prod"]);
+    assert!(store.list("MeshTimeout", Some("staging")).await.unwrap().is_empty());
     assert!(store.list("Nothing", None).await.unwrap().is_empty());
     let listed = store.list("MeshRetry", Some("prod")).await.unwrap();
-    assert_eq!(
-        listed[0],
-        store
-            .get(&key("MeshRetry", "prod", "a"))
-            .await
-            .unwrap()
-            .unwrap()
-    );
+    assert_eq!(listed[0], store.get(&key("MeshRetry", "prod", "a")).await.unwrap().unwrap());
 }
 
 #[tokio::test]
@@ -395,17 +222,9 @@ async fn list_mesh_returns_every_kind_of_one_mesh() {
     seed(&store).await;
     assert_eq!(
         names(&store.list_mesh("prod").await.unwrap()),
-        [
-            "Dataplane/prod/web-1",
-            "MeshRetry/prod/a",
-            "MeshTimeout/prod/a",
-            "MeshTimeout/prod/b"
-        ]
+        ["Dataplane/prod/web-1", "MeshRetry/prod/a", "MeshTimeout/prod/a", "MeshTimeout/prod/b"]
     );
-    assert_eq!(
-        names(&store.list_mesh("").await.unwrap()),
-        ["Mesh/dev", "Mesh/prod", "Zone/east"]
-    );
+    assert_eq!(names(&store.list_mesh("").await.unwrap()), ["Mesh/dev", "Mesh/prod", "Zone/east"]);
     assert!(store.list_mesh("pro").await.unwrap().is_empty());
 }
 
@@ -413,25 +232,10 @@ async fn list_mesh_returns_every_kind_of_one_mesh() {
 async fn stats_count_objects_by_kind() {
     let (_dir, store) = temp_store();
     seed(&store).await;
-    store
-        .delete(key("Zone", "", "east"), Precondition::None)
-        .await
-        .unwrap();
+    store.delete(key("Zone", "", "east"), Precondition::None).await.unwrap();
     let stats = store.stats().await.unwrap();
-    let counts: Vec<(&str, u64)> = stats
-        .objects_by_kind
-        .iter()
-        .map(|(k, v)| (k.as_str(), *v))
-        .collect();
-    assert_eq!(
-        counts,
-        [
-            ("Dataplane", 1),
-            ("Mesh", 2),
-            ("MeshRetry", 1),
-            ("MeshTimeout", 5)
-        ]
-    );
+    let counts: Vec<(&str, u64)> = stats.objects_by_kind.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+    assert_eq!(counts, [("Dataplane", 1), ("Mesh", 2), ("MeshRetry", 1), ("MeshTimeout", 5)]);
     assert_eq!(stats.revision, 11);
     assert!(stats.size_on_disk > 0);
 }
@@ -442,40 +246,19 @@ async fn reopen_keeps_objects_revision_and_history() {
     let path = dir.path().join("store");
     let (first, second) = {
         let store = SledStore::open(&path).unwrap();
-        let a = store
-            .put(key("Mesh", "", "a"), json!(1), Precondition::None)
-            .await
-            .unwrap()
-            .into_object();
-        let b = store
-            .put(key("Mesh", "", "b"), json!(2), Precondition::None)
-            .await
-            .unwrap()
-            .into_object();
-        store
-            .delete(key("Mesh", "", "b"), Precondition::None)
-            .await
-            .unwrap();
+        let a = store.put(key("Mesh", "", "a"), json!(1), Precondition::None).await.unwrap().into_object();
+        let b = store.put(key("Mesh", "", "b"), json!(2), Precondition::None).await.unwrap().into_object();
+        store.delete(key("Mesh", "", "b"), Precondition::None).await.unwrap();
         (a, b)
     };
     let store = SledStore::open(&path).unwrap();
     assert_eq!(store.revision(), 3);
     assert_eq!(store.get(&first.key).await.unwrap(), Some(first.clone()));
     assert_eq!(store.get(&second.key).await.unwrap(), None);
-    let next = store
-        .put(key("Mesh", "", "c"), json!(3), Precondition::None)
-        .await
-        .unwrap();
-    assert_eq!(
-        next.object().version,
-        4,
-        "revisions continue after a restart"
-    );
+    let next = store.put(key("Mesh", "", "c"), json!(3), Precondition::None).await.unwrap();
+    assert_eq!(next.object().version, 4, "revisions continue after a restart");
     let mut watch = store.watch(0).await.unwrap();
-    assert_eq!(
-        revisions(&common::next_events(&mut watch, 4).await),
-        [1, 2, 3, 4]
-    );
+    assert_eq!(revisions(&common::next_events(&mut watch, 4).await), [1, 2, 3, 4]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -483,10 +266,7 @@ async fn optimistic_read_modify_write_loses_no_update() {
     let (_dir, store) = temp_store();
     let store = Arc::new(store);
     let k = key("Counter", "", "c");
-    store
-        .put(k.clone(), json!(0), Precondition::None)
-        .await
-        .unwrap();
+    store.put(k.clone(), json!(0), Precondition::None).await.unwrap();
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..4 {
         let (store, k) = (store.clone(), k.clone());
@@ -496,14 +276,7 @@ async fn optimistic_read_modify_write_loses_no_update() {
                 loop {
                     let current = store.get(&k).await.unwrap().unwrap();
                     let n = current.data.as_u64().unwrap();
-                    match store
-                        .put(
-                            k.clone(),
-                            json!(n + 1),
-                            Precondition::Version(current.version),
-                        )
-                        .await
-                    {
+                    match store.put(k.clone(), json!(n + 1), Precondition::Version(current.version)).await {
                         Ok(_) => break,
                         Err(StoreError::Conflict { .. }) => conflicts += 1,
                         Err(err) => panic!("{err}"),

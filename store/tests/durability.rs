@@ -27,10 +27,7 @@ async fn child_writer() {
     };
     let store = SledStore::open(&PathBuf::from(dir)).unwrap();
     for n in 1.. {
-        store
-            .put(key(n), json!({"n": n}), Precondition::None)
-            .await
-            .unwrap();
+        store.put(key(n), json!({"n": n}), Precondition::None).await.unwrap();
         println!("acked {n}");
     }
 }
@@ -59,23 +56,13 @@ fn acknowledged_writes_survive_kill_9() {
     child.wait().unwrap();
     assert!(acked >= ACKED, "child stopped after {acked} writes");
 
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .build()
-        .unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
     runtime.block_on(async {
         let store = SledStore::open(&path).unwrap();
-        assert!(
-            store.revision() >= acked,
-            "revision {} < acked {acked}",
-            store.revision()
-        );
+        assert!(store.revision() >= acked, "revision {} < acked {acked}", store.revision());
         for n in 1..=acked {
             let object = store.get(&key(n)).await.unwrap();
-            assert_eq!(
-                object.map(|o| o.data),
-                Some(json!({"n": n})),
-                "acknowledged write {n} lost"
-            );
+            assert_eq!(object.map(|o| o.data), Some(json!({"n": n})), "acknowledged write {n} lost");
         }
     });
 }

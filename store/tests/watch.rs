@@ -12,14 +12,7 @@ use strait_store::{EventKind, Op, Precondition, SledOptions, SledStore, Store, S
 
 async fn put_n(store: &SledStore, names: impl IntoIterator<Item = u64>) {
     for n in names {
-        store
-            .put(
-                key("K", "m", &format!("o{n}")),
-                json!(n),
-                Precondition::None,
-            )
-            .await
-            .unwrap();
+        store.put(key("K", "m", &format!("o{n}")), json!(n), Precondition::None).await.unwrap();
     }
 }
 
@@ -30,25 +23,14 @@ async fn watch_from_zero_sees_history_then_live_events() {
     let mut watch = store.watch(0).await.unwrap();
     let history = next_events(&mut watch, 3).await;
     assert_eq!(revisions(&history), [1, 2, 3]);
-    assert_eq!(
-        history[2].object,
-        store.get(&key("K", "m", "o3")).await.unwrap().unwrap()
-    );
+    assert_eq!(history[2].object, store.get(&key("K", "m", "o3")).await.unwrap().unwrap());
     assert!(history.iter().all(|e| e.kind == EventKind::Put));
 
-    let deleted = store
-        .delete(key("K", "m", "o1"), Precondition::None)
-        .await
-        .unwrap()
-        .into_object();
+    let deleted = store.delete(key("K", "m", "o1"), Precondition::None).await.unwrap().into_object();
     put_n(&store, [4]).await;
     let live = next_events(&mut watch, 2).await;
     assert_eq!(revisions(&live), [4, 5]);
-    assert_eq!(
-        (live[0].kind, &live[0].object),
-        (EventKind::Delete, &deleted),
-        "a delete carries the object as it was"
-    );
+    assert_eq!((live[0].kind, &live[0].object), (EventKind::Delete, &deleted), "a delete carries the object as it was");
     assert_eq!((live[1].kind, live[1].object.version), (EventKind::Put, 5));
     assert_quiet(&mut watch).await;
 }
@@ -76,10 +58,7 @@ async fn unchanged_writes_produce_no_events() {
     put_n(&store, [1]).await;
     put_n(&store, [1]).await; // same data
     store
-        .apply(vec![
-            Op::put(key("K", "m", "o1"), json!(1), Precondition::None),
-            Op::put(key("K", "m", "o2"), json!(2), Precondition::None),
-        ])
+        .apply(vec![Op::put(key("K", "m", "o1"), json!(1), Precondition::None), Op::put(key("K", "m", "o2"), json!(2), Precondition::None)])
         .await
         .unwrap();
     assert_eq!(revisions(&next_events(&mut watch, 2).await), [1, 2]);
@@ -108,10 +87,7 @@ async fn watch_from_zero_is_fine_while_the_log_was_never_trimmed() {
     let (_dir, store) = temp_store_with(SledOptions { event_retention: 5 });
     put_n(&store, 1..=5).await;
     let mut watch = store.watch(0).await.unwrap();
-    assert_eq!(
-        revisions(&next_events(&mut watch, 5).await),
-        [1, 2, 3, 4, 5]
-    );
+    assert_eq!(revisions(&next_events(&mut watch, 5).await), [1, 2, 3, 4, 5]);
 }
 
 #[tokio::test]
@@ -120,13 +96,7 @@ async fn reopening_with_a_smaller_retention_trims_the_log() {
     let path = dir.path().join("store");
     put_n(&SledStore::open(&path).unwrap(), 1..=10).await;
     let store = SledStore::open_with(&path, SledOptions { event_retention: 2 }).unwrap();
-    assert!(matches!(
-        store.watch(0).await,
-        Err(StoreError::Compacted {
-            requested: 0,
-            oldest: 9
-        })
-    ));
+    assert!(matches!(store.watch(0).await, Err(StoreError::Compacted { requested: 0, oldest: 9 })));
     let mut watch = store.watch(8).await.unwrap();
     assert_eq!(revisions(&next_events(&mut watch, 2).await), [9, 10]);
 }
@@ -137,14 +107,8 @@ async fn the_stream_ends_when_the_store_is_dropped() {
     put_n(&store, [1]).await;
     let mut watch = store.watch(0).await.unwrap();
     drop(store);
-    assert_eq!(
-        next_event(&mut watch).await.revision,
-        1,
-        "history already committed is still delivered"
-    );
-    let end = tokio::time::timeout(std::time::Duration::from_secs(10), watch.next())
-        .await
-        .unwrap();
+    assert_eq!(next_event(&mut watch).await.revision, 1, "history already committed is still delivered");
+    let end = tokio::time::timeout(std::time::Duration::from_secs(10), watch.next()).await.unwrap();
     assert!(end.is_none());
 }
 
@@ -164,16 +128,8 @@ async fn concurrent_writers_while_watching_see_every_revision_once_in_order() {
         writers.spawn(async move {
             for b in 0..BATCHES {
                 let ops = vec![
-                    Op::put(
-                        key("K", "m", &format!("w{w}-{b}")),
-                        json!(b),
-                        Precondition::MustNotExist,
-                    ),
-                    Op::put(
-                        key("K", "m", &format!("w{w}")),
-                        json!(b),
-                        Precondition::None,
-                    ),
+                    Op::put(key("K", "m", &format!("w{w}-{b}")), json!(b), Precondition::MustNotExist),
+                    Op::put(key("K", "m", &format!("w{w}")), json!(b), Precondition::None),
                 ];
                 store.apply(ops).await.unwrap();
             }
@@ -195,16 +151,12 @@ async fn concurrent_writers_while_watching_see_every_revision_once_in_order() {
         assert_quiet(&mut watch).await;
         seen
     };
-    let (early_seen, late_seen) =
-        tokio::join!(collect(early, TOTAL), collect(late, TOTAL - late_from));
+    let (early_seen, late_seen) = tokio::join!(collect(early, TOTAL), collect(late, TOTAL - late_from));
     while let Some(result) = writers.join_next().await {
         result.unwrap();
     }
     assert_eq!(early_seen, (1..=TOTAL).collect::<Vec<_>>());
     assert_eq!(late_seen, (late_from + 1..=TOTAL).collect::<Vec<_>>());
-    assert_eq!(
-        early_seen.iter().collect::<HashSet<_>>().len() as u64,
-        TOTAL
-    );
+    assert_eq!(early_seen.iter().collect::<HashSet<_>>().len() as u64, TOTAL);
     assert_eq!(store.revision(), TOTAL);
 }

@@ -6,4 +6,5 @@
 #![forbid(unsafe_code)]
 
 /// What this component does, shown by `--help`.
-pub const ROLE: &str = "Zone control plane: syncs policies from the global control plane, programs the sidecars of this zone, signs workload certificates";
+pub const ROLE: &str =
+    "Zone control plane: syncs policies from the global control plane, programs the sidecars of this zone, signs workload certificates";

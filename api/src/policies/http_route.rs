@@ -220,9 +220,10 @@ impl Validate for HttpRouteRule {
     fn validate(&self, v: &mut Validator) {
         v.each("matches", &self.matches, |v, m| m.validate(v));
         v.field("default", |v| self.default.validate(v));
-        let prefix_match = !self.matches.is_empty()
-            && self.matches.iter().all(|m| m.path.as_ref().is_some_and(|p| p.kind == PathMatchType::PathPrefix));
-        let uses_prefix_rewrite = self.default.filters.iter().any(|f| f.url_rewrite.as_ref().is_some_and(|r| r.replace_prefix_match.is_some()));
+        let prefix_match =
+            !self.matches.is_empty() && self.matches.iter().all(|m| m.path.as_ref().is_some_and(|p| p.kind == PathMatchType::PathPrefix));
+        let uses_prefix_rewrite =
+            self.default.filters.iter().any(|f| f.url_rewrite.as_ref().is_some_and(|r| r.replace_prefix_match.is_some()));
         if uses_prefix_rewrite && !prefix_match {
             v.field("default", |v| v.error_at("filters", "replacePrefixMatch needs every match of the rule to have a PathPrefix path"));
         }
@@ -289,12 +290,26 @@ impl Validate for HttpFilter {
     fn validate(&self, v: &mut Validator) {
         use super::check_variant;
         use HttpFilterType::*;
-        check_variant(v, "requestHeaderModifier", &self.request_header_modifier, self.kind == RequestHeaderModifier, "RequestHeaderModifier");
-        check_variant(v, "responseHeaderModifier", &self.response_header_modifier, self.kind == ResponseHeaderModifier, "ResponseHeaderModifier");
+        check_variant(
+            v,
+            "requestHeaderModifier",
+            &self.request_header_modifier,
+            self.kind == RequestHeaderModifier,
+            "RequestHeaderModifier",
+        );
+        check_variant(
+            v,
+            "responseHeaderModifier",
+            &self.response_header_modifier,
+            self.kind == ResponseHeaderModifier,
+            "ResponseHeaderModifier",
+        );
         check_variant(v, "requestRedirect", &self.request_redirect, self.kind == RequestRedirect, "RequestRedirect");
         check_variant(v, "urlRewrite", &self.url_rewrite, self.kind == URLRewrite, "URLRewrite");
         check_variant(v, "requestMirror", &self.request_mirror, self.kind == RequestMirror, "RequestMirror");
-        for (field, m) in [("requestHeaderModifier", &self.request_header_modifier), ("responseHeaderModifier", &self.response_header_modifier)] {
+        for (field, m) in
+            [("requestHeaderModifier", &self.request_header_modifier), ("responseHeaderModifier", &self.response_header_modifier)]
+        {
             if let Some(m) = m {
                 v.field(field, |v| {
                     if m.set.is_empty() && m.add.is_empty() && m.remove.is_empty() {

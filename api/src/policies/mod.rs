@@ -225,8 +225,7 @@ impl Validate for HeaderValue {
 
 /// A header name: visible ASCII token characters.
 pub fn check_header_name(v: &mut Validator, name: &str) {
-    let ok = !name.is_empty()
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+    let ok = !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
     if !ok {
         v.error_at("name", format!("{name:?} is not a valid HTTP header name"));
     }

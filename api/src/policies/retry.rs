@@ -78,7 +78,8 @@ pub struct GrpcRetry {
     pub retry_on: Option<Vec<String>>,
 }
 
-const HTTP_CONDITIONS: &[&str] = &["5xx", "GatewayError", "Reset", "ConnectFailure", "Retriable4xx", "RefusedStream", "Http3PostConnectFailure"];
+const HTTP_CONDITIONS: &[&str] =
+    &["5xx", "GatewayError", "Reset", "ConnectFailure", "Retriable4xx", "RefusedStream", "Http3PostConnectFailure"];
 const GRPC_CONDITIONS: &[&str] = &["Canceled", "DeadlineExceeded", "Internal", "ResourceExhausted", "Unavailable"];
 
 fn check_back_off(v: &mut Validator, b: &Option<BackOff>) {

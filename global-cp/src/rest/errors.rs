@@ -90,7 +90,8 @@ impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match &e {
             StoreError::Conflict { .. } => {
-                let mut err = Self::new(StatusCode::CONFLICT, "conflict", format!("{e}; read the resource again and retry with its current version"));
+                let mut err =
+                    Self::new(StatusCode::CONFLICT, "conflict", format!("{e}; read the resource again and retry with its current version"));
                 err.body.details.push(FieldError { field: "version".into(), message: e.to_string() });
                 err
             }

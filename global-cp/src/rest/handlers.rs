@@ -72,7 +72,14 @@ async fn get_one(state: &AppState, kind: ResourceType, mesh: Option<&str>, name:
 
 /// Parses a PUT body, fills `type`, `name` and `mesh` from the path when absent, and refuses
 /// a body that names a different resource than its path.
-async fn parse_put(state: &AppState, headers: &HeaderMap, body: Body, kind: ResourceType, mesh: Option<&str>, name: &str) -> Result<Resource, ApiError> {
+async fn parse_put(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: Body,
+    kind: ResourceType,
+    mesh: Option<&str>,
+    name: &str,
+) -> Result<Resource, ApiError> {
     let mut value = read_value(headers, body, state.max_body_bytes).await?;
     let what = format!("{}/{name}", kind.name().to_ascii_lowercase());
     let Some(obj) = value.as_object_mut() else {
@@ -87,7 +94,9 @@ async fn parse_put(state: &AppState, headers: &HeaderMap, body: Body, kind: Reso
                 obj.insert(field.to_string(), Value::String(want.to_string()));
             }
             Some(Value::String(got)) if got == want => {}
-            Some(got) => mismatches.push(FieldError { field: field.into(), message: format!("{got} does not match {want:?} in the request path") }),
+            Some(got) => {
+                mismatches.push(FieldError { field: field.into(), message: format!("{got} does not match {want:?} in the request path") })
+            }
         }
     }
     if !mismatches.is_empty() {
@@ -96,7 +105,14 @@ async fn parse_put(state: &AppState, headers: &HeaderMap, body: Body, kind: Reso
     Resource::from_value(value).map_err(|e| ApiError::invalid(&what, e))
 }
 
-async fn put_one(state: &AppState, headers: &HeaderMap, body: Body, kind: ResourceType, mesh: Option<&str>, name: &str) -> Result<Response, ApiError> {
+async fn put_one(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: Body,
+    kind: ResourceType,
+    mesh: Option<&str>,
+    name: &str,
+) -> Result<Response, ApiError> {
     let resource = parse_put(state, headers, body, kind, mesh, name).await?;
     let (outcome, stored) = state.resources.put(&resource).await?;
     let status = if outcome == PutOutcome::Created { StatusCode::CREATED } else { StatusCode::OK };
@@ -111,9 +127,17 @@ async fn put_one(state: &AppState, headers: &HeaderMap, body: Body, kind: Resour
     Ok(response)
 }
 
-async fn delete_one(state: &AppState, kind: ResourceType, mesh: Option<&str>, name: &str, version: Option<u64>) -> Result<Json<Resource>, ApiError> {
+async fn delete_one(
+    state: &AppState,
+    kind: ResourceType,
+    mesh: Option<&str>,
+    name: &str,
+    version: Option<u64>,
+) -> Result<Json<Resource>, ApiError> {
     let deleted = state.resources.delete(kind, mesh, name, version).await.map_err(|e| match e {
-        ServiceError::Store(strait_store::StoreError::NotFound { .. }) => ApiError::not_found(format!("{} {name:?} not found", kind.name())),
+        ServiceError::Store(strait_store::StoreError::NotFound { .. }) => {
+            ApiError::not_found(format!("{} {name:?} not found", kind.name()))
+        }
         other => other.into(),
     })?;
     tracing::info!(r#type = kind.name(), mesh = mesh.unwrap_or(""), name, "resource deleted");
@@ -138,26 +162,41 @@ pub async fn get_mesh(State(state): State<AppState>, Path(mesh): Path<String>) -
         (status = 401, body = super::errors::ErrorBody), (status = 403, body = super::errors::ErrorBody), (status = 409, body = super::errors::ErrorBody),
         (status = 413, body = super::errors::ErrorBody), (status = 415, body = super::errors::ErrorBody)),
     security(("admin_token" = [])))]
-pub async fn put_mesh(State(state): State<AppState>, Path(mesh): Path<String>, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
+pub async fn put_mesh(
+    State(state): State<AppState>,
+    Path(mesh): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
     put_one(&state, &headers, body, ResourceType::Mesh, None, &mesh).await
 }
 
 /// Deletes a mesh and every resource in it.
 #[utoipa::path(delete, path = "/meshes/{mesh}", tag = "meshes", params(DeleteQuery), responses((status = 200, body = strait_api::openapi::ResourceSchema), (status = 404, body = super::errors::ErrorBody), (status = 409, body = super::errors::ErrorBody)), security(("admin_token" = [])))]
-pub async fn delete_mesh(State(state): State<AppState>, Path(mesh): Path<String>, Query(q): Query<DeleteQuery>) -> Result<Json<Resource>, ApiError> {
+pub async fn delete_mesh(
+    State(state): State<AppState>,
+    Path(mesh): Path<String>,
+    Query(q): Query<DeleteQuery>,
+) -> Result<Json<Resource>, ApiError> {
     delete_one(&state, ResourceType::Mesh, None, &mesh, q.version).await
 }
 
 /// Lists the services of a mesh, from its Dataplanes.
 #[utoipa::path(get, path = "/meshes/{mesh}/services", tag = "resources", responses((status = 200, body = Vec<crate::resources::ServiceSummary>), (status = 404, body = super::errors::ErrorBody)))]
-pub async fn list_services(State(state): State<AppState>, Path(mesh): Path<String>) -> Result<Json<ListBody<crate::resources::ServiceSummary>>, ApiError> {
+pub async fn list_services(
+    State(state): State<AppState>,
+    Path(mesh): Path<String>,
+) -> Result<Json<ListBody<crate::resources::ServiceSummary>>, ApiError> {
     get_one(&state, ResourceType::Mesh, None, &mesh).await.map(drop)?;
     Ok(list_body(state.resources.services(&mesh).await?))
 }
 
 /// Lists resources of a type in a mesh; `rtype` is the lowercase plural, such as `meshtrafficpermissions`.
 #[utoipa::path(get, path = "/meshes/{mesh}/{rtype}", tag = "resources", responses((status = 200, body = strait_api::openapi::ResourceListSchema), (status = 404, body = super::errors::ErrorBody)))]
-pub async fn list_in_mesh(State(state): State<AppState>, Path((mesh, rtype)): Path<(String, String)>) -> Result<Json<ListBody<Resource>>, ApiError> {
+pub async fn list_in_mesh(
+    State(state): State<AppState>,
+    Path((mesh, rtype)): Path<(String, String)>,
+) -> Result<Json<ListBody<Resource>>, ApiError> {
     let kind = mesh_scoped_type(&rtype)?;
     get_one(&state, ResourceType::Mesh, None, &mesh).await.map(drop)?;
     Ok(list_body(state.resources.list(kind, Some(&mesh)).await?))
@@ -165,7 +204,10 @@ pub async fn list_in_mesh(State(state): State<AppState>, Path((mesh, rtype)): Pa
 
 /// Reads one resource of a mesh.
 #[utoipa::path(get, path = "/meshes/{mesh}/{rtype}/{name}", tag = "resources", responses((status = 200, body = strait_api::openapi::ResourceSchema), (status = 404, body = super::errors::ErrorBody)))]
-pub async fn get_in_mesh(State(state): State<AppState>, Path((mesh, rtype, name)): Path<(String, String, String)>) -> Result<Json<Resource>, ApiError> {
+pub async fn get_in_mesh(
+    State(state): State<AppState>,
+    Path((mesh, rtype, name)): Path<(String, String, String)>,
+) -> Result<Json<Resource>, ApiError> {
     let kind = mesh_scoped_type(&rtype)?;
     get_one(&state, kind, Some(&mesh), &name).await
 }
@@ -176,14 +218,23 @@ pub async fn get_in_mesh(State(state): State<AppState>, Path((mesh, rtype, name)
         (status = 401, body = super::errors::ErrorBody), (status = 403, body = super::errors::ErrorBody), (status = 404, body = super::errors::ErrorBody),
         (status = 409, body = super::errors::ErrorBody), (status = 413, body = super::errors::ErrorBody), (status = 415, body = super::errors::ErrorBody)),
     security(("admin_token" = [])))]
-pub async fn put_in_mesh(State(state): State<AppState>, Path((mesh, rtype, name)): Path<(String, String, String)>, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
+pub async fn put_in_mesh(
+    State(state): State<AppState>,
+    Path((mesh, rtype, name)): Path<(String, String, String)>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
     let kind = mesh_scoped_type(&rtype)?;
     put_one(&state, &headers, body, kind, Some(&mesh), &name).await
 }
 
 /// Deletes a resource of a mesh.
 #[utoipa::path(delete, path = "/meshes/{mesh}/{rtype}/{name}", tag = "resources", params(DeleteQuery), responses((status = 200, body = strait_api::openapi::ResourceSchema), (status = 404, body = super::errors::ErrorBody), (status = 409, body = super::errors::ErrorBody)), security(("admin_token" = [])))]
-pub async fn delete_in_mesh(State(state): State<AppState>, Path((mesh, rtype, name)): Path<(String, String, String)>, Query(q): Query<DeleteQuery>) -> Result<Json<Resource>, ApiError> {
+pub async fn delete_in_mesh(
+    State(state): State<AppState>,
+    Path((mesh, rtype, name)): Path<(String, String, String)>,
+    Query(q): Query<DeleteQuery>,
+) -> Result<Json<Resource>, ApiError> {
     let kind = mesh_scoped_type(&rtype)?;
     delete_one(&state, kind, Some(&mesh), &name, q.version).await
 }
@@ -204,12 +255,21 @@ pub async fn get_zone(State(state): State<AppState>, Path(name): Path<String>) -
 #[utoipa::path(put, path = "/zones/{name}", tag = "zones", request_body(content = strait_api::openapi::ResourceSchema, content_type = "application/json"),
     responses((status = 201, body = strait_api::openapi::ResourceSchema), (status = 200, body = strait_api::openapi::ResourceSchema), (status = 400, body = super::errors::ErrorBody), (status = 409, body = super::errors::ErrorBody)),
     security(("admin_token" = [])))]
-pub async fn put_zone(State(state): State<AppState>, Path(name): Path<String>, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
+pub async fn put_zone(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
     put_one(&state, &headers, body, ResourceType::Zone, None, &name).await
 }
 
 /// Deletes a zone.
 #[utoipa::path(delete, path = "/zones/{name}", tag = "zones", params(DeleteQuery), responses((status = 200, body = strait_api::openapi::ResourceSchema), (status = 404, body = super::errors::ErrorBody)), security(("admin_token" = [])))]
-pub async fn delete_zone(State(state): State<AppState>, Path(name): Path<String>, Query(q): Query<DeleteQuery>) -> Result<Json<Resource>, ApiError> {
+pub async fn delete_zone(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    Query(q): Query<DeleteQuery>,
+) -> Result<Json<Resource>, ApiError> {
     delete_one(&state, ResourceType::Zone, None, &name, q.version).await
 }

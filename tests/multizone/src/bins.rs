@@ -29,10 +29,7 @@ pub fn bin_dir() -> PathBuf {
         return PathBuf::from(dir);
     }
     let exe = std::env::current_exe().expect("path of the running test executable");
-    let mut dir = exe
-        .parent()
-        .expect("test executable has a parent directory")
-        .to_path_buf();
+    let mut dir = exe.parent().expect("test executable has a parent directory").to_path_buf();
     if dir.ends_with("deps") {
         dir.pop();
     }

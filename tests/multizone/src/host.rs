@@ -40,25 +40,13 @@ struct HostInner {
 
 impl fmt::Debug for Host {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Host")
-            .field("name", &self.inner.name)
-            .field("addr", &self.inner.addr)
-            .field("ns", &self.inner.ns)
-            .finish()
+        f.debug_struct("Host").field("name", &self.inner.name).field("addr", &self.inner.addr).field("ns", &self.inner.ns).finish()
     }
 }
 
 impl Host {
     pub(crate) fn new(name: &str, addr: IpAddr, ns: Option<String>, net: Arc<Shared>) -> Host {
-        Host {
-            inner: Arc::new(HostInner {
-                name: name.to_owned(),
-                addr,
-                ns,
-                net,
-                client: OnceLock::new(),
-            }),
-        }
+        Host { inner: Arc::new(HostInner { name: name.to_owned(), addr, ns, net, client: OnceLock::new() }) }
     }
 
     /// The name given to `Net::host`.
@@ -100,14 +88,7 @@ impl Host {
     pub fn spawn_cmd(&self, name: &str, cmd: Cmd) -> Proc {
         let net = &self.inner.net;
         net.register_proc(&self.inner.name, name, |log_path| {
-            Proc::start(
-                name,
-                &self.inner.name,
-                cmd,
-                self.inner.ns.clone(),
-                net.dir.clone(),
-                log_path,
-            )
+            Proc::start(name, &self.inner.name, cmd, self.inner.ns.clone(), net.dir.clone(), log_path)
         })
     }
 
@@ -152,13 +133,7 @@ impl Host {
                 Err(e) => panic!("waiting for `{command}` failed: {e}"),
             }
         };
-        let output = Output {
-            command,
-            host: self.name().to_owned(),
-            status,
-            stdout: collect(stdout, pgid),
-            stderr: collect(stderr, pgid),
-        };
+        let output = Output { command, host: self.name().to_owned(), status, stdout: collect(stdout, pgid), stderr: collect(stderr, pgid) };
         net.record_run(&output.to_string());
         if timed_out {
             panic!("timed out after {timeout:?} (killed): {output}");
@@ -175,15 +150,11 @@ impl Host {
         let ns_path = format!("/run/netns/{ns}");
         std::thread::scope(|s| {
             let handle = s.spawn(|| {
-                let file =
-                    File::open(&ns_path).unwrap_or_else(|e| panic!("cannot open {ns_path}: {e}"));
-                sys::enter_netns(&file)
-                    .unwrap_or_else(|e| panic!("setns into {ns_path} failed: {e}"));
+                let file = File::open(&ns_path).unwrap_or_else(|e| panic!("cannot open {ns_path}: {e}"));
+                sys::enter_netns(&file).unwrap_or_else(|e| panic!("setns into {ns_path} failed: {e}"));
                 f()
             });
-            handle
-                .join()
-                .unwrap_or_else(|payload| std::panic::resume_unwind(payload))
+            handle.join().unwrap_or_else(|payload| std::panic::resume_unwind(payload))
         })
     }
 
@@ -198,8 +169,7 @@ impl Host {
                     builder = builder.local_address(self.addr());
                 }
                 // The client's I/O thread is started here, so it inherits the namespace.
-                self.within(|| builder.build())
-                    .expect("build reqwest client for a host")
+                self.within(|| builder.build()).expect("build reqwest client for a host")
             })
             .clone()
     }
@@ -284,18 +254,14 @@ impl Output {
     /// Panics unless stdout contains `needle`.
     #[track_caller]
     pub fn assert_stdout_contains(&self, needle: &str) -> &Output {
-        assert!(
-            self.stdout.contains(needle),
-            "stdout does not contain {needle:?}: {self}"
-        );
+        assert!(self.stdout.contains(needle), "stdout does not contain {needle:?}: {self}");
         self
     }
 
     /// Stdout parsed as JSON; panics with the output if it is not.
     #[track_caller]
     pub fn json(&self) -> serde_json::Value {
-        serde_json::from_str(&self.stdout)
-            .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {self}"))
+        serde_json::from_str(&self.stdout).unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {self}"))
     }
 }
 

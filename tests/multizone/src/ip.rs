@@ -9,18 +9,11 @@ use crate::sys::{self, Signal};
 /// Runs `ip <args>`; on failure the error names the command and carries its stderr.
 pub(crate) fn ip(args: &[&str]) -> Result<String, String> {
     let cmdline = format!("ip {}", args.join(" "));
-    let out = Command::new("ip")
-        .args(args)
-        .output()
-        .map_err(|e| format!("`{cmdline}` could not start: {e}"))?;
+    let out = Command::new("ip").args(args).output().map_err(|e| format!("`{cmdline}` could not start: {e}"))?;
     if out.status.success() {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     } else {
-        Err(format!(
-            "`{cmdline}` failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
+        Err(format!("`{cmdline}` failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr).trim()))
     }
 }
 
@@ -34,19 +27,12 @@ pub(crate) fn ip_ok(args: &[&str]) {
 /// Names of all network namespaces known to `ip netns`.
 pub(crate) fn netns_list() -> Result<Vec<String>, String> {
     // Lines look like `name (id: 3)` or just `name`.
-    Ok(ip(&["netns", "list"])?
-        .lines()
-        .filter_map(|l| l.split_whitespace().next())
-        .map(str::to_owned)
-        .collect())
+    Ok(ip(&["netns", "list"])?.lines().filter_map(|l| l.split_whitespace().next()).map(str::to_owned).collect())
 }
 
 /// Pids of the processes living in namespace `ns`.
 pub(crate) fn netns_pids(ns: &str) -> Result<Vec<u32>, String> {
-    Ok(ip(&["netns", "pids", ns])?
-        .split_whitespace()
-        .filter_map(|p| p.parse().ok())
-        .collect())
+    Ok(ip(&["netns", "pids", ns])?.split_whitespace().filter_map(|p| p.parse().ok()).collect())
 }
 
 /// SIGKILLs whatever still runs in `ns`, then deletes it (which also destroys its veths and

@@ -93,10 +93,7 @@ impl Net {
         });
         let index = slot.index();
         let prefix = format!("{NS_PREFIX}{index}-");
-        let tempdir = tempfile::Builder::new()
-            .prefix(&format!("strait-e2e-{index}-"))
-            .tempdir()
-            .expect("create the net's temp dir");
+        let tempdir = tempfile::Builder::new().prefix(&format!("strait-e2e-{index}-")).tempdir().expect("create the net's temp dir");
         let dir = tempdir.path().to_path_buf();
         fs::create_dir_all(dir.join("logs")).expect("create the logs dir");
 
@@ -105,53 +102,19 @@ impl Net {
             _ if forced => (Mode::Loopback, format!("{LOOPBACK_ENV}=1"), None),
             Err(why) => (Mode::Loopback, why, None),
             Ok(()) => match create_wan(&format!("{prefix}wan"), wan_addr(index)) {
-                Ok(wan) => (
-                    Mode::Namespaces,
-                    "root and `ip netns` available".into(),
-                    Some(wan),
-                ),
-                Err(e) => (
-                    Mode::Loopback,
-                    format!("creating the WAN namespace failed: {e}"),
-                    None,
-                ),
+                Ok(wan) => (Mode::Namespaces, "root and `ip netns` available".into(), Some(wan)),
+                Err(e) => (Mode::Loopback, format!("creating the WAN namespace failed: {e}"), None),
             },
         };
         let range = match mode {
             Mode::Namespaces => format!("namespaces {prefix}*, 198.18.{index}.0/24"),
             Mode::Loopback => format!("127.77.{index}.0/24"),
         };
-        eprintln!(
-            "strait-e2e: slot {index}, {mode:?} mode ({range}) because {reason}; files in {}",
-            dir.display()
-        );
-        let shared = Arc::new(Shared {
-            mode,
-            dir,
-            procs: Mutex::new(Procs::default()),
-        });
-        let wan = wan_ns.as_ref().map(|ns| {
-            Host::new(
-                WAN,
-                IpAddr::V4(wan_addr(index)),
-                Some(ns.clone()),
-                Arc::clone(&shared),
-            )
-        });
-        let hosts = Hosts {
-            names: HashSet::from([WAN.to_owned()]),
-            ..Hosts::default()
-        };
-        Net {
-            shared,
-            reason,
-            prefix,
-            wan_ns,
-            wan,
-            hosts: Mutex::new(hosts),
-            tempdir: Some(tempdir),
-            slot,
-        }
+        eprintln!("strait-e2e: slot {index}, {mode:?} mode ({range}) because {reason}; files in {}", dir.display());
+        let shared = Arc::new(Shared { mode, dir, procs: Mutex::new(Procs::default()) });
+        let wan = wan_ns.as_ref().map(|ns| Host::new(WAN, IpAddr::V4(wan_addr(index)), Some(ns.clone()), Arc::clone(&shared)));
+        let hosts = Hosts { names: HashSet::from([WAN.to_owned()]), ..Hosts::default() };
+        Net { shared, reason, prefix, wan_ns, wan, hosts: Mutex::new(hosts), tempdir: Some(tempdir), slot }
     }
 
     /// The WAN namespace itself, as a host (address `198.18.<slot>.254` on the bridge), in
@@ -214,22 +177,12 @@ impl Net {
 
     fn add_host(&self, name: &str, on_wan: bool) -> Host {
         assert!(
-            !name.is_empty()
-                && name.len() <= 40
-                && name
-                    .chars()
-                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-'),
+            !name.is_empty() && name.len() <= 40 && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-'),
             "host name {name:?}: use 1-40 lowercase letters, digits or '-'"
         );
         let mut hosts = lock(&self.hosts);
-        assert!(
-            hosts.names.insert(name.to_owned()),
-            "host {name:?} already exists"
-        );
-        assert!(
-            hosts.last < MAX_HOSTS,
-            "more than {MAX_HOSTS} hosts in one net"
-        );
+        assert!(hosts.names.insert(name.to_owned()), "host {name:?} already exists");
+        assert!(hosts.last < MAX_HOSTS, "more than {MAX_HOSTS} hosts in one net");
         hosts.last += 1;
         let n = hosts.last;
         let slot = self.slot.index();
@@ -244,28 +197,13 @@ impl Net {
         hosts.namespaces.push(ns.clone());
         ip_ok(&["-n", &ns, "link", "set", "lo", "up"]);
         if !on_wan {
-            return Host::new(
-                name,
-                IpAddr::V4(Ipv4Addr::LOCALHOST),
-                Some(ns),
-                Arc::clone(&self.shared),
-            );
+            return Host::new(name, IpAddr::V4(Ipv4Addr::LOCALHOST), Some(ns), Arc::clone(&self.shared));
         }
         let addr = Ipv4Addr::new(198, 18, slot, n);
         let port = format!("v{n}");
-        ip_ok(&[
-            "-n", wan, "link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns", &ns,
-        ]);
+        ip_ok(&["-n", wan, "link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns", &ns]);
         ip_ok(&["-n", wan, "link", "set", &port, "master", BRIDGE, "up"]);
-        ip_ok(&[
-            "-n",
-            &ns,
-            "addr",
-            "add",
-            &format!("{addr}/24"),
-            "dev",
-            "eth0",
-        ]);
+        ip_ok(&["-n", &ns, "addr", "add", &format!("{addr}/24"), "dev", "eth0"]);
         ip_ok(&["-n", &ns, "link", "set", "eth0", "up"]);
         Host::new(name, IpAddr::V4(addr), Some(ns), Arc::clone(&self.shared))
     }
@@ -284,10 +222,7 @@ impl Net {
         }
         let runs = fs::read_to_string(self.shared.runs_log()).unwrap_or_default();
         if !runs.is_empty() {
-            out.push_str(&format!(
-                "----- one-shot commands (last {REPORT_LINES} lines):\n{}\n",
-                process::tail(&runs, REPORT_LINES)
-            ));
+            out.push_str(&format!("----- one-shot commands (last {REPORT_LINES} lines):\n{}\n", process::tail(&runs, REPORT_LINES)));
         }
         out.push_str("===== end of strait-e2e logs\n");
         out
@@ -331,35 +266,16 @@ impl Drop for Net {
 impl Shared {
     /// Panics if the net is already torn down.
     pub(crate) fn check_open(&self) {
-        assert!(
-            !lock(&self.procs).closed,
-            "the Net of this host was already dropped"
-        );
+        assert!(!lock(&self.procs).closed, "the Net of this host was already dropped");
     }
 
     /// Reserves the log file of process `name` on `host`, starts it and tracks it.
-    pub(crate) fn register_proc(
-        &self,
-        host: &str,
-        name: &str,
-        start: impl FnOnce(PathBuf) -> Proc,
-    ) -> Proc {
+    pub(crate) fn register_proc(&self, host: &str, name: &str, start: impl FnOnce(PathBuf) -> Proc) -> Proc {
         let mut procs = lock(&self.procs);
         assert!(!procs.closed, "the Net of host {host} was already dropped");
-        assert!(
-            procs.names.insert(format!("{host}/{name}")),
-            "a process named {name:?} already exists on host {host}"
-        );
-        let file: String = format!("{host}.{name}.log")
-            .chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() || ".-_".contains(c) {
-                    c
-                } else {
-                    '_'
-                }
-            })
-            .collect();
+        assert!(procs.names.insert(format!("{host}/{name}")), "a process named {name:?} already exists on host {host}");
+        let file: String =
+            format!("{host}.{name}.log").chars().map(|c| if c.is_ascii_alphanumeric() || ".-_".contains(c) { c } else { '_' }).collect();
         let proc = start(self.dir.join("logs").join(file));
         procs.list.push(proc.inner());
         proc
@@ -368,11 +284,7 @@ impl Shared {
     /// Appends a one-shot command's output to the runs log.
     pub(crate) fn record_run(&self, text: &str) {
         let path = self.runs_log();
-        let written = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)
-            .and_then(|mut f| writeln!(f, "{text}"));
+        let written = OpenOptions::new().create(true).append(true).open(&path).and_then(|mut f| writeln!(f, "{text}"));
         if let Err(e) = written {
             eprintln!("strait-e2e: cannot write {}: {e}", path.display());
         }
@@ -398,17 +310,11 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 /// `Ok` if this process can create namespaces, else the reason it cannot.
 fn netns_support() -> Result<(), String> {
     let status = fs::read_to_string("/proc/self/status").map_err(|e| format!("/proc: {e}"))?;
-    let euid = status
-        .lines()
-        .find_map(|l| l.strip_prefix("Uid:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .unwrap_or("?");
+    let euid = status.lines().find_map(|l| l.strip_prefix("Uid:")).and_then(|l| l.split_whitespace().nth(1)).unwrap_or("?");
     if euid != "0" {
         return Err(format!("not root (euid {euid})"));
     }
-    ip::netns_list()
-        .map(drop)
-        .map_err(|e| format!("`ip netns` unavailable: {e}"))
+    ip::netns_list().map(drop).map_err(|e| format!("`ip netns` unavailable: {e}"))
 }
 
 /// The WAN namespace's own address on the bridge.

@@ -22,14 +22,7 @@ pub const TERMINATE_GRACE: Duration = Duration::from_secs(10);
 
 /// Environment variables removed from every command: a proxy configured on a developer's
 /// machine or CI runner would otherwise capture the tests' HTTP traffic between hosts.
-const PROXY_VARS: &[&str] = &[
-    "http_proxy",
-    "HTTP_PROXY",
-    "https_proxy",
-    "HTTPS_PROXY",
-    "all_proxy",
-    "ALL_PROXY",
-];
+const PROXY_VARS: &[&str] = &["http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"];
 
 /// What to run: a program (a path, or a name looked up in `PATH`), its arguments and extra
 /// environment variables. Cheap to clone; a [`Proc`] keeps its `Cmd` to restart it.
@@ -44,12 +37,7 @@ pub struct Cmd {
 impl Cmd {
     /// A command running `program` with no arguments.
     pub fn new(program: impl AsRef<OsStr>) -> Cmd {
-        Cmd {
-            program: program.as_ref().to_owned(),
-            args: Vec::new(),
-            env: Vec::new(),
-            timeout: None,
-        }
+        Cmd { program: program.as_ref().to_owned(), args: Vec::new(), env: Vec::new(), timeout: None }
     }
 
     /// Appends one argument.
@@ -64,15 +52,13 @@ impl Cmd {
         I: IntoIterator<Item = S>,
         S: AsRef<OsStr>,
     {
-        self.args
-            .extend(args.into_iter().map(|a| a.as_ref().to_owned()));
+        self.args.extend(args.into_iter().map(|a| a.as_ref().to_owned()));
         self
     }
 
     /// Sets an environment variable for this command (on top of the test's environment).
     pub fn env(mut self, key: impl AsRef<OsStr>, value: impl AsRef<OsStr>) -> Cmd {
-        self.env
-            .push((key.as_ref().to_owned(), value.as_ref().to_owned()));
+        self.env.push((key.as_ref().to_owned(), value.as_ref().to_owned()));
         self
     }
 
@@ -88,11 +74,7 @@ impl Cmd {
 
     /// The command line as a human would type it (for logs and failure messages).
     pub fn display(&self) -> String {
-        std::iter::once(&self.program)
-            .chain(&self.args)
-            .map(|a| shell_quote(&a.to_string_lossy()))
-            .collect::<Vec<_>>()
-            .join(" ")
+        std::iter::once(&self.program).chain(&self.args).map(|a| shell_quote(&a.to_string_lossy())).collect::<Vec<_>>().join(" ")
     }
 
     /// A `std::process::Command` running this inside network namespace `ns` (or directly
@@ -118,9 +100,7 @@ impl Cmd {
 }
 
 fn shell_quote(s: &str) -> String {
-    let plain = !s.is_empty()
-        && s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_./:=@,+%".contains(c));
+    let plain = !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_./:=@,+%".contains(c));
     if plain {
         s.to_owned()
     } else {
@@ -154,14 +134,7 @@ struct State {
 
 impl Proc {
     /// Starts `cmd` on `host` (inside `ns` if set), logging to `log_path`.
-    pub(crate) fn start(
-        name: &str,
-        host: &str,
-        cmd: Cmd,
-        ns: Option<String>,
-        cwd: PathBuf,
-        log_path: PathBuf,
-    ) -> Proc {
+    pub(crate) fn start(name: &str, host: &str, cmd: Cmd, ns: Option<String>, cwd: PathBuf, log_path: PathBuf) -> Proc {
         let proc = Proc {
             inner: Arc::new(ProcInner {
                 name: name.to_owned(),
@@ -254,11 +227,7 @@ impl Proc {
                 return status;
             }
             if Instant::now() >= end {
-                panic!(
-                    "process {} still running after {deadline:?}; log tail:\n{}",
-                    self.name(),
-                    self.log_tail(50)
-                );
+                panic!("process {} still running after {deadline:?}; log tail:\n{}", self.name(), self.log_tail(50));
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -275,11 +244,7 @@ impl Proc {
     pub fn start_again(&self) {
         let mut st = self.inner.lock();
         ProcInner::reap(&mut st);
-        assert!(
-            st.child.is_none(),
-            "start_again: process {} is still running",
-            self.inner.name
-        );
+        assert!(st.child.is_none(), "start_again: process {} is still running", self.inner.name);
         self.inner.spawn(&mut st);
     }
 
@@ -309,16 +274,9 @@ impl ProcInner {
         st.starts += 1;
         let log = self.open_log();
         let cmdline = self.cmd.display();
-        let header = format!(
-            "==== strait-e2e: start #{} of {} on host {}: {cmdline}\n",
-            st.starts, self.name, self.host
-        );
-        (&log)
-            .write_all(header.as_bytes())
-            .unwrap_or_else(|e| panic!("cannot write {}: {e}", self.log_path.display()));
-        let stderr = log
-            .try_clone()
-            .unwrap_or_else(|e| panic!("cannot dup {}: {e}", self.log_path.display()));
+        let header = format!("==== strait-e2e: start #{} of {} on host {}: {cmdline}\n", st.starts, self.name, self.host);
+        (&log).write_all(header.as_bytes()).unwrap_or_else(|e| panic!("cannot write {}: {e}", self.log_path.display()));
+        let stderr = log.try_clone().unwrap_or_else(|e| panic!("cannot dup {}: {e}", self.log_path.display()));
         let child = self
             .cmd
             .to_command(self.ns.as_deref(), &self.cwd)
@@ -326,12 +284,7 @@ impl ProcInner {
             .stdout(log)
             .stderr(stderr)
             .spawn()
-            .unwrap_or_else(|e| {
-                panic!(
-                    "cannot start {} on host {}: `{cmdline}`: {e}",
-                    self.name, self.host
-                )
-            });
+            .unwrap_or_else(|e| panic!("cannot start {} on host {}: `{cmdline}`: {e}", self.name, self.host));
         st.child = Some(child);
         st.exit = None;
     }
@@ -386,10 +339,7 @@ impl ProcInner {
             if st.child.is_none() || Instant::now() >= deadline {
                 if let Some(mut child) = st.child.take() {
                     if warn {
-                        eprintln!(
-                            "strait-e2e: {} on host {} did not exit in time; sending SIGKILL",
-                            self.name, self.host
-                        );
+                        eprintln!("strait-e2e: {} on host {} did not exit in time; sending SIGKILL", self.name, self.host);
                     }
                     let _ = sys::signal_group(pgid, Signal::Kill);
                     match child.wait() {
@@ -437,10 +387,7 @@ impl ProcInner {
 
 /// Stops all `procs` together: SIGTERM to every group, one shared `grace` period, then SIGKILL.
 pub(crate) fn stop_all(procs: &[Arc<ProcInner>], grace: Duration) {
-    let running: Vec<(&Arc<ProcInner>, u32)> = procs
-        .iter()
-        .filter_map(|p| p.signal(Signal::Term).map(|pid| (p, pid)))
-        .collect();
+    let running: Vec<(&Arc<ProcInner>, u32)> = procs.iter().filter_map(|p| p.signal(Signal::Term).map(|pid| (p, pid))).collect();
     let deadline = Instant::now() + grace;
     for (p, pid) in running {
         p.finish(pid, deadline, true);

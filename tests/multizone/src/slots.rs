@@ -47,13 +47,10 @@ impl Slot {
     /// [`Slot::acquire`] with lock files in `dir`.
     pub(crate) fn acquire_in(dir: &Path, cleanup: impl FnOnce(u8, &dyn Fn(u8) -> bool)) -> Slot {
         let mutex = open_shared(dir);
-        sys::flock_exclusive(&mutex)
-            .unwrap_or_else(|e| panic!("cannot lock {}/alloc.lock: {e}", dir.display()));
+        sys::flock_exclusive(&mutex).unwrap_or_else(|e| panic!("cannot lock {}/alloc.lock: {e}", dir.display()));
 
         let slot = Self::take_free(dir, Owner::current());
-        cleanup(slot.index, &|k| {
-            !Owner::read(&lock_path(dir, k)).is_some_and(|o| o.is_alive())
-        });
+        cleanup(slot.index, &|k| !Owner::read(&lock_path(dir, k)).is_some_and(|o| o.is_alive()));
         drop(mutex); // releases the flock
         slot
     }
@@ -63,11 +60,7 @@ impl Slot {
             let index = u8::try_from(index).expect("SLOT_COUNT fits in u8");
             let path = lock_path(dir, index);
             if try_create(&path, me) {
-                return Slot {
-                    index,
-                    path,
-                    owner: me,
-                };
+                return Slot { index, path, owner: me };
             }
             match Owner::read(&path) {
                 Some(owner) if owner.is_alive() => continue,
@@ -82,11 +75,7 @@ impl Slot {
                         continue;
                     }
                     if try_create(&path, me) {
-                        return Slot {
-                            index,
-                            path,
-                            owner: me,
-                        };
+                        return Slot { index, path, owner: me };
                     }
                 }
             }
@@ -120,26 +109,18 @@ impl Drop for Slot {
 /// every user (sticky, world-writable directory like /tmp), so that a root run and an
 /// unprivileged loopback run on the same machine can share slots.
 fn open_shared(dir: &Path) -> File {
-    fs::create_dir_all(dir)
-        .unwrap_or_else(|e| panic!("cannot create slot directory {}: {e}", dir.display()));
+    fs::create_dir_all(dir).unwrap_or_else(|e| panic!("cannot create slot directory {}: {e}", dir.display()));
     // Fails harmlessly when another user created it: then its mode is theirs to set.
     let _ = fs::set_permissions(dir, fs::Permissions::from_mode(0o1777));
     let path = dir.join("alloc.lock");
-    let rw = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(&path);
+    let rw = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path);
     match rw {
         Ok(file) => {
             let _ = file.set_permissions(fs::Permissions::from_mode(0o666));
             file
         }
         // flock needs no write access: someone else's file is fine read-only.
-        Err(_) => {
-            File::open(&path).unwrap_or_else(|e| panic!("cannot open {}: {e}", path.display()))
-        }
+        Err(_) => File::open(&path).unwrap_or_else(|e| panic!("cannot open {}: {e}", path.display())),
     }
 }
 
@@ -151,8 +132,7 @@ fn lock_path(dir: &Path, index: u8) -> PathBuf {
 fn try_create(path: &Path, owner: Owner) -> bool {
     match OpenOptions::new().write(true).create_new(true).open(path) {
         Ok(mut file) => {
-            write_owner(&mut file, owner)
-                .unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
+            write_owner(&mut file, owner).unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
             true
         }
         Err(e) if e.kind() == ErrorKind::AlreadyExists => false,
@@ -183,10 +163,7 @@ impl Owner {
                 _ => {}
             }
         }
-        Some(Owner {
-            pid: pid?,
-            start_time: start_time?,
-        })
+        Some(Owner { pid: pid?, start_time: start_time? })
     }
 
     fn is_alive(&self) -> bool {
@@ -221,10 +198,7 @@ mod tests {
     fn own_process_is_alive_and_a_wrong_start_time_is_not() {
         let me = Owner::current();
         assert!(me.is_alive());
-        let reused = Owner {
-            start_time: me.start_time + 1,
-            ..me
-        };
+        let reused = Owner { start_time: me.start_time + 1, ..me };
         assert!(!reused.is_alive());
     }
 
@@ -240,15 +214,10 @@ mod tests {
     #[test]
     fn slots_of_dead_owners_are_reclaimed_and_live_ones_skipped() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let mut dead = std::process::Command::new("true")
-            .spawn()
-            .expect("spawn true");
+        let mut dead = std::process::Command::new("true").spawn().expect("spawn true");
         let dead_pid = dead.id();
         dead.wait().expect("wait true");
-        let dead = Owner {
-            pid: dead_pid,
-            start_time: 1,
-        };
+        let dead = Owner { pid: dead_pid, start_time: 1 };
         let path0 = lock_path(dir.path(), 0);
         let mut f = File::create(&path0).expect("create lock 0");
         write_owner(&mut f, dead).expect("write lock 0");

@@ -28,10 +28,7 @@ fn checked_pid(pid: u32) -> io::Result<libc::pid_t> {
     match libc::pid_t::try_from(pid) {
         // kill(0/-1/1, ..) would hit far more than one test's processes.
         Ok(p) if p > 1 => Ok(p),
-        _ => Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!("refusing to signal pid {pid}"),
-        )),
+        _ => Err(io::Error::new(io::ErrorKind::InvalidInput, format!("refusing to signal pid {pid}"))),
     }
 }
 

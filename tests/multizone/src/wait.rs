@@ -64,11 +64,7 @@ pub fn wait_for<A: Attempt>(what: &str, deadline: Duration, mut f: impl FnMut() 
 /// Waits until `GET url` answers 200, from the test process's own network namespace (use
 /// `Host::http_ready` to probe from inside a host).
 pub fn http_ready(url: &str, deadline: Duration) {
-    http_ready_with(
-        &client_builder().build().expect("build reqwest client"),
-        url,
-        deadline,
-    );
+    http_ready_with(&client_builder().build().expect("build reqwest client"), url, deadline);
 }
 
 /// Like [`http_ready`], with the given client (e.g. one living in a host's namespace).
@@ -78,12 +74,7 @@ pub fn http_ready_with(client: &Client, url: &str, deadline: Duration) {
 
 /// Like [`http_ready_with`]; fails at once if `server` exits meanwhile, instead of waiting
 /// out the deadline for a server that is gone.
-pub(crate) fn http_ready_watching(
-    client: &Client,
-    url: &str,
-    deadline: Duration,
-    server: Option<&Proc>,
-) {
+pub(crate) fn http_ready_watching(client: &Client, url: &str, deadline: Duration, server: Option<&Proc>) {
     let what = format!("{url} to answer 200");
     wait_for(&what, deadline, || {
         if let Some(p) = server {
@@ -102,10 +93,7 @@ pub(crate) fn http_ready_watching(
 
 /// Client settings for the harness: no proxy from the environment, short timeouts.
 pub(crate) fn client_builder() -> ClientBuilder {
-    Client::builder()
-        .no_proxy()
-        .connect_timeout(Duration::from_secs(2))
-        .timeout(Duration::from_secs(10))
+    Client::builder().no_proxy().connect_timeout(Duration::from_secs(2)).timeout(Duration::from_secs(10))
 }
 
 /// An error with its sources ("error sending request: connection refused"), since reqwest's

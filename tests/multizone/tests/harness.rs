@@ -17,23 +17,13 @@ const DEADLINE: Duration = Duration::from_secs(20);
 fn http_server(net: &Net, host: &Host) -> Proc {
     net.write_file("hello.txt", "hello from the server\n");
     let addr = host.addr().to_string();
-    host.spawn(
-        "http",
-        "python3",
-        ["-u", "-m", "http.server", "--bind", addr.as_str(), "8000"],
-    )
+    host.spawn("http", "python3", ["-u", "-m", "http.server", "--bind", addr.as_str(), "8000"])
 }
 
 /// Names of all network namespaces (seen from the root namespace).
 fn netns_names() -> HashSet<String> {
-    let out = Command::new("ip")
-        .args(["netns", "list"])
-        .output()
-        .expect("run ip netns list");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| l.split_whitespace().next().map(str::to_owned))
-        .collect()
+    let out = Command::new("ip").args(["netns", "list"]).output().expect("run ip netns list");
+    String::from_utf8_lossy(&out.stdout).lines().filter_map(|l| l.split_whitespace().next().map(str::to_owned)).collect()
 }
 
 /// Pids of the live (non-zombie) processes in process group `pgid`.
@@ -58,10 +48,7 @@ fn group_members(pgid: u32) -> Vec<u32> {
 }
 
 fn has_curl() -> bool {
-    Command::new("curl")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success())
+    Command::new("curl").arg("--version").output().is_ok_and(|o| o.status.success())
 }
 
 #[test]
@@ -74,32 +61,21 @@ fn two_hosts_reach_each_other_over_http() {
     let url = server.url(8000, "/hello.txt");
 
     client.http_ready(&url, DEADLINE);
-    let body = client
-        .http_client()
-        .get(&url)
-        .send()
-        .and_then(|r| r.text())
-        .expect("GET hello.txt from the client host");
+    let body = client.http_client().get(&url).send().and_then(|r| r.text()).expect("GET hello.txt from the client host");
     assert_eq!(body, "hello from the server\n");
 
     // The server saw the client's own address as the source.
     let client_addr = client.addr().to_string();
-    wait_for("the server to log the client's request", DEADLINE, || {
-        proc.log()
-            .contains(&format!("{client_addr} - -"))
-            .then_some(())
-    });
+    wait_for("the server to log the client's request", DEADLINE, || proc.log().contains(&format!("{client_addr} - -")).then_some(()));
 
     if let Some(wan) = net.wan() {
         // The WAN namespace (where delay/loss will be applied) sits on the same bridge.
-        wan.tcp_connect(server.socket_addr(8000), Duration::from_secs(2))
-            .expect("the WAN namespace reaches hosts");
+        wan.tcp_connect(server.socket_addr(8000), Duration::from_secs(2)).expect("the WAN namespace reaches hosts");
     }
 
     if has_curl() {
         let out = client.run("curl", ["-sS", "--noproxy", "*", url.as_str()]);
-        out.assert_success()
-            .assert_stdout_contains("hello from the server");
+        out.assert_success().assert_stdout_contains("hello from the server");
     } else {
         eprintln!("curl not installed: skipping the `host.run(\"curl\")` check");
     }
@@ -113,19 +89,12 @@ fn isolated_host_cannot_reach_the_wan() {
     let island = net.isolated_host("island");
     http_server(&net, &server);
     client.http_ready(&server.url(8000, "/"), DEADLINE);
-    client
-        .tcp_connect(server.socket_addr(8000), Duration::from_secs(2))
-        .expect("a host on the bridge connects");
+    client.tcp_connect(server.socket_addr(8000), Duration::from_secs(2)).expect("a host on the bridge connects");
     if net.mode() == Mode::Loopback {
-        eprintln!(
-            "loopback mode ({}): no isolation to check",
-            net.mode_reason()
-        );
+        eprintln!("loopback mode ({}): no isolation to check", net.mode_reason());
         return;
     }
-    let err = island
-        .tcp_connect(server.socket_addr(8000), Duration::from_secs(1))
-        .expect_err("a host off the bridge must not connect");
+    let err = island.tcp_connect(server.socket_addr(8000), Duration::from_secs(1)).expect_err("a host off the bridge must not connect");
     eprintln!("as expected: {err}");
 }
 
@@ -133,11 +102,7 @@ fn isolated_host_cannot_reach_the_wan() {
 fn run_returns_status_output_and_sees_extra_env() {
     let net = Net::new();
     let host = net.host("box");
-    let out = host.run_cmd(
-        Cmd::new("sh")
-            .args(["-c", "echo out; echo err >&2; echo \"$GREETING\"; exit 3"])
-            .env("GREETING", "hi there"),
-    );
+    let out = host.run_cmd(Cmd::new("sh").args(["-c", "echo out; echo err >&2; echo \"$GREETING\"; exit 3"]).env("GREETING", "hi there"));
     assert_eq!(out.code(), Some(3), "{out}");
     assert_eq!(out.stdout, "out\nhi there\n");
     assert_eq!(out.stderr, "err\n");
@@ -146,23 +111,12 @@ fn run_returns_status_output_and_sees_extra_env() {
     if net.is_namespaced() {
         // The command really runs inside the host's namespace.
         let addrs = host.run("ip", ["-4", "-o", "addr", "show"]);
-        addrs
-            .assert_success()
-            .assert_stdout_contains(&format!("inet {}/24", host.addr()));
+        addrs.assert_success().assert_stdout_contains(&format!("inet {}/24", host.addr()));
     }
 
-    let hung = catch_unwind(AssertUnwindSafe(|| {
-        host.run_cmd(
-            Cmd::new("sleep")
-                .arg("30")
-                .timeout(Duration::from_millis(300)),
-        )
-    }));
+    let hung = catch_unwind(AssertUnwindSafe(|| host.run_cmd(Cmd::new("sleep").arg("30").timeout(Duration::from_millis(300)))));
     let msg = panic_message(hung.expect_err("a command past its timeout fails"));
-    assert!(
-        msg.contains("timed out") && msg.contains("sleep 30"),
-        "{msg}"
-    );
+    assert!(msg.contains("timed out") && msg.contains("sleep 30"), "{msg}");
 }
 
 #[test]
@@ -179,9 +133,7 @@ fn kill9_restart_and_terminate() {
     let status = proc.kill9().expect("it was running");
     assert!(!status.success());
     assert!(!proc.is_running());
-    client
-        .tcp_connect(server.socket_addr(8000), Duration::from_secs(1))
-        .expect_err("nothing listens after kill9");
+    client.tcp_connect(server.socket_addr(8000), Duration::from_secs(1)).expect_err("nothing listens after kill9");
 
     proc.restart();
     assert_eq!(proc.starts(), 2);
@@ -198,11 +150,7 @@ fn processes_are_killed_on_drop_even_if_they_ignore_sigterm() {
     let host = net.host("box");
     let polite = host.spawn("polite", "sleep", ["1000"]);
     // A shell that ignores SIGTERM, with two children: the group must still die.
-    let stubborn = host.spawn(
-        "stubborn",
-        "sh",
-        ["-c", "trap '' TERM; sleep 1000 & sleep 1000 & wait"],
-    );
+    let stubborn = host.spawn("stubborn", "sh", ["-c", "trap '' TERM; sleep 1000 & sleep 1000 & wait"]);
     let polite_pid = polite.pid().expect("polite runs");
     let stubborn_pid = stubborn.pid().expect("stubborn runs");
     wait_for("the stubborn shell to start its children", DEADLINE, || {
@@ -245,10 +193,7 @@ fn namespaces_are_deleted_on_drop_and_after_a_panic() {
     let c = normal.host("zone-c");
     let c_ns = c.netns().map(str::to_owned);
     if !normal.is_namespaced() {
-        eprintln!(
-            "loopback mode ({}): no namespaces to check",
-            normal.mode_reason()
-        );
+        eprintln!("loopback mode ({}): no namespaces to check", normal.mode_reason());
         return;
     }
     drop(normal);
@@ -257,10 +202,7 @@ fn namespaces_are_deleted_on_drop_and_after_a_panic() {
     assert_eq!(created.len(), 2);
     let left = netns_names();
     for ns in created.iter().chain(&c_ns) {
-        assert!(
-            !left.contains(ns),
-            "namespace {ns} survived teardown: {left:?}"
-        );
+        assert!(!left.contains(ns), "namespace {ns} survived teardown: {left:?}");
     }
 }
 
@@ -268,45 +210,31 @@ fn namespaces_are_deleted_on_drop_and_after_a_panic() {
 fn leftover_namespaces_of_a_released_slot_are_reclaimed() {
     let net = Net::new();
     if !net.is_namespaced() {
-        eprintln!(
-            "loopback mode ({}): no namespaces to reclaim",
-            net.mode_reason()
-        );
+        eprintln!("loopback mode ({}): no namespaces to reclaim", net.mode_reason());
         return;
     }
     // Simulate what a killed test leaves behind: a namespace its teardown never removed.
     // Unique per process: another test process may own this slot right after us.
     let leftover = format!("smz{}-left{}", net.slot(), std::process::id());
-    let status = Command::new("ip")
-        .args(["netns", "add", &leftover])
-        .status()
-        .expect("run ip netns add");
+    let status = Command::new("ip").args(["netns", "add", &leftover]).status().expect("run ip netns add");
     assert!(status.success());
     drop(net);
     assert!(netns_names().contains(&leftover));
 
     // The next net (whichever slot it gets) removes namespaces of slots nobody owns.
     let _next = Net::new();
-    assert!(
-        !netns_names().contains(&leftover),
-        "{leftover} was not reclaimed"
-    );
+    assert!(!netns_names().contains(&leftover), "{leftover} was not reclaimed");
 }
 
 #[test]
 fn wait_for_times_out_naming_what_it_waited_for() {
-    let err = catch_unwind(|| {
-        wait_for("the moon to turn blue", Duration::from_millis(200), || {
-            Err::<(), _>("still grey")
-        })
-    })
-    .expect_err("must time out");
+    let err = catch_unwind(|| wait_for("the moon to turn blue", Duration::from_millis(200), || Err::<(), _>("still grey")))
+        .expect_err("must time out");
     let msg = panic_message(err);
     assert!(msg.contains("the moon to turn blue"), "{msg}");
     assert!(msg.contains("still grey"), "{msg}");
 
-    let err = catch_unwind(|| wait_for("a value", Duration::from_millis(100), || None::<u8>))
-        .expect_err("must time out");
+    let err = catch_unwind(|| wait_for("a value", Duration::from_millis(100), || None::<u8>)).expect_err("must time out");
     assert!(panic_message(err).contains("a value"));
 }
 
@@ -316,19 +244,11 @@ fn waiting_on_a_server_that_exited_fails_at_once() {
     let host = net.host("box");
     let dead = host.spawn("crasher", "sh", ["-c", "echo boom >&2; exit 7"]);
     let start = std::time::Instant::now();
-    let err = catch_unwind(AssertUnwindSafe(|| {
-        dead.wait_http_ready(&host, &host.url(8000, "/"), Duration::from_secs(30))
-    }))
-    .expect_err("must fail");
+    let err = catch_unwind(AssertUnwindSafe(|| dead.wait_http_ready(&host, &host.url(8000, "/"), Duration::from_secs(30))))
+        .expect_err("must fail");
     let msg = panic_message(err);
-    assert!(
-        start.elapsed() < Duration::from_secs(10),
-        "did not fail fast"
-    );
-    assert!(
-        msg.contains("crasher") && msg.contains("exit status: 7"),
-        "{msg}"
-    );
+    assert!(start.elapsed() < Duration::from_secs(10), "did not fail fast");
+    assert!(msg.contains("crasher") && msg.contains("exit status: 7"), "{msg}");
     assert!(msg.contains("boom"), "log tail included: {msg}");
 }
 
@@ -345,10 +265,7 @@ fn two_nets_at_once_get_different_slots_and_addresses() {
     }
     let lock = format!("/tmp/strait-e2e/slot-{}.lock", one.slot());
     let content = fs::read_to_string(&lock).expect("slot lock file exists");
-    assert!(
-        content.contains(&format!("pid {}", std::process::id())),
-        "{content}"
-    );
+    assert!(content.contains(&format!("pid {}", std::process::id())), "{content}");
 
     // Same port on both: no collision between the two nets.
     let s1 = http_server(&one, &a);
@@ -359,9 +276,5 @@ fn two_nets_at_once_get_different_slots_and_addresses() {
 }
 
 fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
-    payload
-        .downcast_ref::<String>()
-        .cloned()
-        .or_else(|| payload.downcast_ref::<&str>().map(|s| (*s).to_owned()))
-        .unwrap_or_default()
+    payload.downcast_ref::<String>().cloned().or_else(|| payload.downcast_ref::<&str>().map(|s| (*s).to_owned())).unwrap_or_default()
 }

@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Installs what the tests need, then runs the checks and the whole test suite.
+# Usage: scripts/test.sh            (from anywhere inside the repository)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+say() { printf '\n==> %s\n' "$*"; }
+
+as_root() {
+    if [ "$(id -u)" = 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else return 1; fi
+}
+
+# System packages used by the end-to-end tests (network namespaces, captures, clients).
+need_pkgs=()
+command -v ip >/dev/null || need_pkgs+=(iproute2)
+command -v curl >/dev/null || need_pkgs+=(curl)
+command -v python3 >/dev/null || need_pkgs+=(python3)
+if [ ${#need_pkgs[@]} -gt 0 ]; then
+    say "installing ${need_pkgs[*]}"
+    if ! { as_root apt-get update -qq && as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_pkgs[@]}"; }; then
+        echo "could not install ${need_pkgs[*]}; end-to-end tests fall back to loopback where they can" >&2
+    fi
+fi
+
+# Rust tools.
+rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt clippy
+if ! command -v cargo-nextest >/dev/null; then
+    say "installing cargo-nextest"
+    cargo install cargo-nextest --locked
+fi
+
+say "format"
+cargo fmt --all --check
+
+say "lint"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+say "build"
+# The end-to-end tests run every binary of the workspace, so build them all first.
+cargo build --workspace --bins --locked
+
+say "test"
+profile=default
+[ "${CI:-}" = true ] && profile=ci
+cargo nextest run --workspace --locked --profile "$profile" --no-tests=fail
