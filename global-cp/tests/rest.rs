@@ -212,6 +212,9 @@ async fn not_found_cases() {
     assert_eq!(status, StatusCode::NOT_FOUND);
     assert!(body["message"].as_str().unwrap().contains("meshtrafficpermissions"), "lists the valid types: {body}");
     assert_eq!(s.get("/meshes/default/meshtimeouts/missing").await.0, StatusCode::NOT_FOUND);
+    let (status, body) = s.get("/meshes/nope/meshtimeouts/t").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(body["message"], "mesh \"nope\" not found", "the missing mesh is named");
     assert_eq!(s.get("/no/such/path").await.0, StatusCode::NOT_FOUND);
 }
 

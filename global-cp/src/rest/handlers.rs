@@ -56,6 +56,15 @@ pub struct ListBody<T> {
     items: Vec<T>,
 }
 
+/// The services of a mesh.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct ServiceList {
+    /// How many.
+    total: usize,
+    /// The services, by name.
+    items: Vec<crate::resources::ServiceSummary>,
+}
+
 fn list_body<T>(items: Vec<T>) -> Json<ListBody<T>> {
     Json(ListBody { total: items.len(), items })
 }
@@ -63,6 +72,9 @@ fn list_body<T>(items: Vec<T>) -> Json<ListBody<T>> {
 async fn get_one(state: &AppState, kind: ResourceType, mesh: Option<&str>, name: &str) -> Result<Json<Resource>, ApiError> {
     match state.resources.get(kind, mesh, name).await? {
         Some(r) => Ok(Json(r)),
+        None if mesh.is_some() && state.resources.get(ResourceType::Mesh, None, mesh.unwrap_or_default()).await?.is_none() => {
+            Err(ApiError::not_found(format!("mesh {:?} not found", mesh.unwrap_or_default())))
+        }
         None => Err(ApiError::not_found(match mesh {
             Some(m) => format!("{} {name:?} not found in mesh {m:?}", kind.name()),
             None => format!("{} {name:?} not found", kind.name()),
@@ -182,7 +194,7 @@ pub async fn delete_mesh(
 }
 
 /// Lists the services of a mesh, from its Dataplanes.
-#[utoipa::path(get, path = "/meshes/{mesh}/services", tag = "resources", responses((status = 200, body = Vec<crate::resources::ServiceSummary>), (status = 404, body = super::errors::ErrorBody)))]
+#[utoipa::path(get, path = "/meshes/{mesh}/services", tag = "resources", responses((status = 200, body = ServiceList), (status = 404, body = super::errors::ErrorBody)))]
 pub async fn list_services(
     State(state): State<AppState>,
     Path(mesh): Path<String>,

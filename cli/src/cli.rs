@@ -1,0 +1,380 @@
+//! The command line of `straitctl`: global connection flags, one subcommand per capability, and
+//! the parser of resource type names (`MeshTimeout`, `meshtimeouts`, `mt`).
+//!
+//! In: argv and the `STRAIT_*` environment variables (read by clap only). Out: a [`Cli`] and
+//! the [`FlagSources`] that say which connection flags were typed on the command line (so
+//! `config set` saves only what the user asked for, never a value inherited from the environment).
+
+use std::ffi::OsStr;
+use std::path::PathBuf;
+
+use clap::builder::{PossibleValue, TypedValueParser};
+use clap::error::ErrorKind;
+use clap::parser::ValueSource;
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
+use strait_api::ResourceType;
+
+const ABOUT: &str = "Operate a Strait service mesh through the REST API of its global control plane.";
+
+const EXAMPLES: &str = "\
+Examples:
+  # Point straitctl at a control plane once, with the admin token it generated
+  straitctl config set --server http://cp.example:7680 --token-file /var/lib/strait/global/admin-token
+
+  # Create or update everything in a file, then look at it
+  straitctl apply -f mesh.yaml -f policies.yaml
+  straitctl get meshtrafficpermissions --mesh default
+  straitctl get mtp allow-web -o yaml
+
+The connection comes from --server/--token/--token-file (or STRAIT_SERVER, STRAIT_TOKEN,
+STRAIT_TOKEN_FILE), else from the config file, else http://127.0.0.1:7680.";
+
+/// `straitctl`: the operator CLI of Strait.
+#[derive(Debug, Parser)]
+#[command(name = "straitctl", version, about = ABOUT, after_help = EXAMPLES, propagate_version = false)]
+pub struct Cli {
+    /// How to reach the control plane.
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Connection flags, accepted before or after the subcommand.
+#[derive(Debug, Clone, Default, Args)]
+pub struct GlobalArgs {
+    /// URL of the global control plane's REST API (plain http) [default: the config file's
+    /// server, else http://127.0.0.1:7680]
+    #[arg(long, env = "STRAIT_SERVER", global = true, help_heading = "Connection", value_name = "URL")]
+    pub server: Option<String>,
+    /// Admin token for writes (see also --token-file; --token wins when both are set)
+    #[arg(long, env = "STRAIT_TOKEN", global = true, help_heading = "Connection", value_name = "TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// File holding the admin token, such as <strait-global data dir>/admin-token
+    #[arg(long, env = "STRAIT_TOKEN_FILE", global = true, help_heading = "Connection", value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+    /// Client config file [default: $XDG_CONFIG_HOME/strait/config.yaml, else
+    /// ~/.config/strait/config.yaml]
+    #[arg(long, env = "STRAIT_CONFIG", global = true, help_heading = "Connection", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+}
+
+/// Which connection flags were typed on the command line rather than taken from the environment.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FlagSources {
+    /// `--server` was typed.
+    pub server: bool,
+    /// `--token` was typed.
+    pub token: bool,
+    /// `--token-file` was typed.
+    pub token_file: bool,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create or update resources from YAML or JSON files
+    #[command(after_help = APPLY_EXAMPLES)]
+    Apply(ApplyArgs),
+    /// List resources of a type, or show one
+    #[command(after_help = GET_EXAMPLES, after_long_help = long_help(GET_EXAMPLES, true))]
+    Get(GetArgs),
+    /// Delete one resource
+    #[command(after_help = DELETE_EXAMPLES, after_long_help = long_help(DELETE_EXAMPLES, false))]
+    Delete(DeleteArgs),
+    /// Print the version of straitctl and of the control plane
+    #[command(after_help = "Examples:\n  straitctl version\n  straitctl version --client")]
+    Version(VersionArgs),
+    /// Show or change the client config file (server and token)
+    #[command(subcommand, after_help = CONFIG_EXAMPLES)]
+    Config(ConfigCommand),
+    /// Print a shell completion script
+    #[command(after_help = COMPLETION_EXAMPLES)]
+    Completion(CompletionArgs),
+    /// Run a local two-zone demo mesh (up, down)
+    #[command(subcommand)]
+    Demo(DemoCommand),
+}
+
+/// `straitctl demo` actions.
+#[derive(Debug, Clone, Copy, Subcommand)]
+pub enum DemoCommand {
+    /// Start a global control plane, two zones and a sample application in the background
+    Up,
+    /// Stop everything `demo up` started and remove its data
+    Down,
+}
+
+const APPLY_EXAMPLES: &str = "\
+Every document of every file is validated first; if any is invalid, each error is printed and
+nothing is written. Meshes are applied first, then Zones, then the rest in file order. A document
+that carries `version` (as `get -o yaml` prints) replaces only that version of the resource.
+
+Examples:
+  straitctl apply -f mesh.yaml -f policies.yaml
+  straitctl get mtp -o yaml > mtp.yaml && straitctl apply -f mtp.yaml
+  cat policies.yaml | straitctl apply -f -
+  straitctl apply -f policies/ --dry-run";
+
+const GET_EXAMPLES: &str = "\
+TYPE is a type name, its plural or its alias (MeshTrafficPermission, meshtrafficpermissions,
+mtp), or `services` for the services of a mesh. `-o yaml` and `-o json` print what the server
+returned, which `straitctl apply -f` accepts back.
+
+Examples:
+  straitctl get meshes
+  straitctl get mtp --mesh prod
+  straitctl get meshtimeout my-timeouts -o yaml
+  straitctl get dataplanes -o json
+  straitctl get services --mesh default";
+
+const DELETE_EXAMPLES: &str = "\
+Deleting a Mesh deletes every resource in it.
+
+Examples:
+  straitctl delete mtp allow-web
+  straitctl delete meshtimeout slow --mesh prod
+  straitctl delete zone east";
+
+const CONFIG_EXAMPLES: &str = "\
+The config file is YAML with `server` and `token` or `tokenFile`; it is created (mode 0600) on
+first use. Flags and STRAIT_* variables override it.
+
+Examples:
+  straitctl config set --server http://cp.example:7680 --token-file ~/admin-token
+  straitctl config view";
+
+const COMPLETION_EXAMPLES: &str = "\
+Examples:
+  source <(straitctl completion bash)
+  straitctl completion zsh > \"${fpath[1]}/_straitctl\"
+  straitctl completion fish > ~/.config/fish/completions/straitctl.fish";
+
+/// The examples followed by the table of types, for `--help`.
+fn long_help(examples: &str, with_services: bool) -> String {
+    format!("{examples}\n\nTypes (name, plural, alias):\n{}", type_table(with_services))
+}
+
+/// Arguments of `apply`.
+#[derive(Debug, Args)]
+pub struct ApplyArgs {
+    /// A YAML or JSON file (several documents allowed), a directory of them, or `-` for stdin;
+    /// repeat for more
+    #[arg(short = 'f', long = "filename", value_name = "FILE", required = true)]
+    pub files: Vec<PathBuf>,
+    /// Validate every document and show what would be applied, without contacting the server
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+/// Output formats of `get`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
+pub enum OutputFormat {
+    /// Aligned columns for humans
+    #[default]
+    Table,
+    /// YAML, as the server returned it
+    Yaml,
+    /// JSON, as the server returned it
+    Json,
+}
+
+/// Arguments of `get`.
+#[derive(Debug, Args)]
+pub struct GetArgs {
+    /// Resource type: name, plural or alias (MeshTrafficPermission, meshtrafficpermissions, mtp),
+    /// or `services`
+    #[arg(value_name = "TYPE", value_parser = TypeParser { allow_services: true }, hide_possible_values = true)]
+    pub kind: Target,
+    /// Show only this resource
+    pub name: Option<String>,
+    /// Mesh of mesh-scoped resources
+    #[arg(short, long, env = "STRAIT_MESH", default_value = "default")]
+    pub mesh: String,
+    /// Output format
+    #[arg(short, long, value_enum, default_value_t = OutputFormat::Table)]
+    pub output: OutputFormat,
+}
+
+/// Arguments of `delete`.
+#[derive(Debug, Args)]
+pub struct DeleteArgs {
+    /// Resource type: name, plural or alias (MeshTrafficPermission, meshtrafficpermissions, mtp)
+    #[arg(value_name = "TYPE", value_parser = TypeParser { allow_services: false }, hide_possible_values = true)]
+    pub kind: Target,
+    /// Name of the resource
+    pub name: String,
+    /// Mesh of mesh-scoped resources
+    #[arg(short, long, env = "STRAIT_MESH", default_value = "default")]
+    pub mesh: String,
+}
+
+/// Arguments of `version`.
+#[derive(Debug, Args)]
+pub struct VersionArgs {
+    /// Print only the client version, without contacting the server
+    #[arg(long)]
+    pub client: bool,
+}
+
+/// `config` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Save --server and --token or --token-file into the config file
+    #[command(after_help = "Examples:\n  straitctl config set --server http://cp.example:7680\n  \
+        straitctl config set --token-file /var/lib/strait/global/admin-token")]
+    Set,
+    /// Print the config file (token masked) and the settings in effect
+    View,
+}
+
+/// Arguments of `completion`.
+#[derive(Debug, Args)]
+pub struct CompletionArgs {
+    /// The shell
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
+}
+
+/// What `get` and `delete` act on: a resource type, or the services derived from Dataplanes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    /// A stored resource type.
+    Resource(ResourceType),
+    /// `services`: read-only summaries of a mesh's Dataplanes.
+    Services,
+}
+
+/// Parses `TYPE` arguments; `services` only where `allow_services` is set.
+#[derive(Debug, Clone, Copy)]
+pub struct TypeParser {
+    /// Whether `services` is accepted.
+    pub allow_services: bool,
+}
+
+impl TypedValueParser for TypeParser {
+    type Value = Target;
+
+    fn parse_ref(&self, cmd: &clap::Command, _arg: Option<&clap::Arg>, value: &OsStr) -> Result<Target, clap::Error> {
+        let text = value.to_string_lossy();
+        parse_target(&text, self.allow_services).map_err(|msg| clap::Error::raw(ErrorKind::InvalidValue, format!("{msg}\n")).with_cmd(cmd))
+    }
+
+    fn possible_values(&self) -> Option<Box<dyn Iterator<Item = PossibleValue> + '_>> {
+        let types = ResourceType::ALL.iter().map(|t| PossibleValue::new(t.plural()).help(t.name()));
+        let services = self.allow_services.then(|| PossibleValue::new("services").help("services of a mesh"));
+        Some(Box::new(types.chain(services)))
+    }
+}
+
+/// Finds the target named by `text` (type name, plural or alias, any case), or explains what
+/// is valid.
+pub fn parse_target(text: &str, allow_services: bool) -> Result<Target, String> {
+    if let Some(t) = ResourceType::lookup(text) {
+        return Ok(Target::Resource(t));
+    }
+    let lower = text.to_ascii_lowercase();
+    if lower == "services" || lower == "service" || lower == "svc" {
+        return if allow_services {
+            Ok(Target::Services)
+        } else {
+            Err("services are derived from Dataplanes and cannot be changed directly; act on the Dataplanes instead".into())
+        };
+    }
+    Err(format!("unknown resource type {text:?}; valid types (name, plural, alias):\n{}", type_table(allow_services)))
+}
+
+/// The valid types as an indented table, for error messages.
+pub fn type_table(with_services: bool) -> String {
+    let width = ResourceType::ALL.iter().map(|t| t.name().len()).max().unwrap_or(0);
+    let plural_width = ResourceType::ALL.iter().map(|t| t.plural().len()).max().unwrap_or(0);
+    let mut out = String::new();
+    for t in ResourceType::ALL {
+        out.push_str(&format!("  {:width$}  {:plural_width$}  {}\n", t.name(), t.plural(), t.short()));
+    }
+    if with_services {
+        out.push_str(&format!("  {:width$}  {:plural_width$}  svc\n", "(services)", "services"));
+    }
+    out.trim_end().to_string()
+}
+
+/// Parses the command line; usage errors print and exit with code 2.
+pub fn parse() -> (Cli, FlagSources) {
+    let matches = Cli::command().get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    (cli, sources(&matches))
+}
+
+fn sources(matches: &clap::ArgMatches) -> FlagSources {
+    let typed = |id: &str| matches.value_source(id) == Some(ValueSource::CommandLine);
+    FlagSources { server: typed("server"), token: typed("token"), token_file: typed("token_file") }
+}
+
+/// A usage error (exit code 2) for conditions clap cannot express.
+pub fn usage_error(message: &str) -> clap::Error {
+    Cli::command().error(ErrorKind::ArgumentConflict, message)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn types_by_name_plural_alias_and_case() {
+        let cases = [
+            ("MeshTrafficPermission", ResourceType::MeshTrafficPermission),
+            ("meshtrafficpermission", ResourceType::MeshTrafficPermission),
+            ("meshtrafficpermissions", ResourceType::MeshTrafficPermission),
+            ("mtp", ResourceType::MeshTrafficPermission),
+            ("MTP", ResourceType::MeshTrafficPermission),
+            ("mt", ResourceType::MeshTimeout),
+            ("mtr", ResourceType::MeshTrace),
+            ("meshes", ResourceType::Mesh),
+            ("Mesh", ResourceType::Mesh),
+            ("zone", ResourceType::Zone),
+            ("dp", ResourceType::Dataplane),
+            ("meshloadbalancingstrategies", ResourceType::MeshLoadBalancingStrategy),
+        ];
+        for (text, want) in cases {
+            assert_eq!(parse_target(text, true), Ok(Target::Resource(want)), "{text}");
+        }
+        assert_eq!(parse_target("services", true), Ok(Target::Services));
+        assert!(parse_target("services", false).unwrap_err().contains("Dataplanes"));
+    }
+
+    #[test]
+    fn unknown_types_list_every_valid_one() {
+        let err = parse_target("meshfoo", true).unwrap_err();
+        assert!(err.starts_with("unknown resource type \"meshfoo\""), "{err}");
+        for t in ResourceType::ALL {
+            assert!(err.contains(t.name()) && err.contains(t.plural()), "{t} missing from {err}");
+        }
+        assert!(err.contains("services"));
+    }
+
+    #[test]
+    fn global_flags_go_anywhere_and_sources_are_tracked() {
+        let m = Cli::command().try_get_matches_from(["straitctl", "get", "mtp", "--server", "http://x:1", "-o", "json"]).unwrap();
+        let cli = Cli::from_arg_matches(&m).unwrap();
+        assert_eq!(cli.global.server.as_deref(), Some("http://x:1"));
+        assert_eq!(sources(&m), FlagSources { server: true, token: false, token_file: false });
+        let Command::Get(get) = cli.command else { panic!("not get") };
+        assert_eq!(get.kind, Target::Resource(ResourceType::MeshTrafficPermission));
+        assert_eq!(get.output, OutputFormat::Json);
+        assert_eq!(get.mesh, "default");
+    }
+
+    #[test]
+    fn bad_usage_is_a_clap_error() {
+        let err = Cli::command().try_get_matches_from(["straitctl", "get", "nope"]).unwrap_err();
+        assert_eq!(err.exit_code(), 2);
+        assert!(err.to_string().contains("unknown resource type \"nope\""), "{err}");
+        assert!(Cli::command().try_get_matches_from(["straitctl", "apply"]).is_err(), "apply needs -f");
+    }
+}
