@@ -15,10 +15,10 @@ pub struct RetryConf {
     pub tcp: Option<TcpRetry>,
     /// Retries of HTTP requests.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub http: Option<HttpRetry>,
+    pub http: Option<RequestRetry>,
     /// Retries of gRPC calls.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub grpc: Option<GrpcRetry>,
+    pub grpc: Option<RequestRetry>,
 }
 
 /// TCP retries.
@@ -42,10 +42,10 @@ pub struct BackOff {
     pub max_interval: Option<Duration>,
 }
 
-/// HTTP retries.
+/// Retries of HTTP requests or gRPC calls.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct HttpRetry {
+pub struct RequestRetry {
     /// Retries after the first attempt.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub num_retries: Option<u32>,
@@ -55,25 +55,8 @@ pub struct HttpRetry {
     /// Back-off between attempts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub back_off: Option<BackOff>,
-    /// Conditions: 5xx, GatewayError, Reset, ConnectFailure, Retriable4xx, RefusedStream, or a status code.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub retry_on: Option<Vec<String>>,
-}
-
-/// gRPC retries.
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct GrpcRetry {
-    /// Retries after the first attempt.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub num_retries: Option<u32>,
-    /// Timeout of each attempt.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub per_try_timeout: Option<Duration>,
-    /// Back-off between attempts.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub back_off: Option<BackOff>,
-    /// Conditions: Canceled, DeadlineExceeded, Internal, ResourceExhausted, Unavailable.
+    /// Conditions. HTTP: 5xx, GatewayError, Reset, ConnectFailure, Retriable4xx, RefusedStream,
+    /// or a status code. gRPC: Canceled, DeadlineExceeded, Internal, ResourceExhausted, Unavailable.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry_on: Option<Vec<String>>,
 }
@@ -115,19 +98,14 @@ impl Validate for RetryConf {
         if let Some(tcp) = &self.tcp {
             v.field("tcp", |v| check_min(v, "maxConnectAttempt", tcp.max_connect_attempt, 1));
         }
-        if let Some(http) = &self.http {
-            v.field("http", |v| {
-                check_positive(v, "perTryTimeout", http.per_try_timeout);
-                check_back_off(v, &http.back_off);
-                check_conditions(v, &http.retry_on, HTTP_CONDITIONS, true);
-            });
-        }
-        if let Some(grpc) = &self.grpc {
-            v.field("grpc", |v| {
-                check_positive(v, "perTryTimeout", grpc.per_try_timeout);
-                check_back_off(v, &grpc.back_off);
-                check_conditions(v, &grpc.retry_on, GRPC_CONDITIONS, false);
-            });
+        for (field, retry, known, codes) in [("http", &self.http, HTTP_CONDITIONS, true), ("grpc", &self.grpc, GRPC_CONDITIONS, false)] {
+            if let Some(r) = retry {
+                v.field(field, |v| {
+                    check_positive(v, "perTryTimeout", r.per_try_timeout);
+                    check_back_off(v, &r.back_off);
+                    check_conditions(v, &r.retry_on, known, codes);
+                });
+            }
         }
     }
 }
