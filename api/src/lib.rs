@@ -9,6 +9,7 @@
 
 pub mod dataplane;
 pub mod duration;
+pub mod kds;
 pub mod merge;
 pub mod mesh;
 pub mod names;

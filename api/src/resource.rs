@@ -153,9 +153,12 @@ pub struct Resource {
     pub modification_time: Option<OffsetDateTime>,
     /// Type-specific content.
     pub spec: Spec,
+    /// Server-set, read-only state (such as a Zone's connection status); ignored on input.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<Value>,
 }
 
-const ENVELOPE_FIELDS: &[&str] = &["type", "name", "mesh", "labels", "spec", "version", "creationTime", "modificationTime"];
+const ENVELOPE_FIELDS: &[&str] = &["type", "name", "mesh", "labels", "spec", "version", "creationTime", "modificationTime", "status"];
 
 impl Resource {
     /// Builds a resource without server-set fields.
@@ -169,6 +172,7 @@ impl Resource {
             creation_time: None,
             modification_time: None,
             spec,
+            status: None,
         }
     }
 
@@ -227,7 +231,7 @@ impl Resource {
             Ok(spec) => spec,
             Err(e) => return Err(with_errors(errors, e)),
         };
-        let resource = Resource { kind, name, mesh, labels, version, creation_time: None, modification_time: None, spec };
+        let resource = Resource { kind, name, mesh, labels, version, creation_time: None, modification_time: None, spec, status: None };
         let mut v = Validator::default();
         resource.validate_envelope(&mut v);
         v.field("spec", |v| resource.spec.validate_spec(v));

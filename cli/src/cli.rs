@@ -92,9 +92,60 @@ pub enum Command {
     /// Print a shell completion script
     #[command(after_help = COMPLETION_EXAMPLES)]
     Completion(CompletionArgs),
+    /// Register zones, list them with their status, revoke their tokens
+    #[command(subcommand, after_help = ZONE_EXAMPLES)]
+    Zone(ZoneCommand),
     /// Run a local two-zone demo mesh (up, down)
     #[command(subcommand)]
     Demo(DemoCommand),
+}
+
+const ZONE_EXAMPLES: &str = "\
+Examples:
+  straitctl zone register zone-1 --output /etc/strait/zone-1
+  straitctl zone list
+  straitctl zone revoke zone-1";
+
+/// `straitctl zone` actions.
+#[derive(Debug, Subcommand)]
+pub enum ZoneCommand {
+    /// Create the zone (if needed) and issue its token; earlier tokens of the zone stop working
+    Register(ZoneRegisterArgs),
+    /// List zones: online or offline, last seen, revisions acknowledged, NACK errors, services
+    List(ZoneListArgs),
+    /// Invalidate the zone's token at once and close its sync stream
+    Revoke(ZoneRevokeArgs),
+}
+
+/// `zone register`.
+#[derive(Debug, Args)]
+pub struct ZoneRegisterArgs {
+    /// Zone name (DNS-1123 label)
+    pub name: String,
+    /// Write `zone-token` (mode 0600) and `global-ca.pem` into this directory instead of printing them
+    #[arg(long, value_name = "DIR")]
+    pub output: Option<PathBuf>,
+    /// Token validity, such as 720h [default: the global's --zone-token-validity]
+    #[arg(long, value_name = "DURATION")]
+    pub valid_for: Option<String>,
+    /// Zone sync address the zone should use [default: https://<server host>:<sync port of the global>]
+    #[arg(long, value_name = "URL")]
+    pub global_address: Option<String>,
+}
+
+/// `zone list`.
+#[derive(Debug, Args)]
+pub struct ZoneListArgs {
+    /// Output format
+    #[arg(short, long, value_enum, default_value_t = OutputFormat::Table)]
+    pub output: OutputFormat,
+}
+
+/// `zone revoke`.
+#[derive(Debug, Args)]
+pub struct ZoneRevokeArgs {
+    /// Zone name
+    pub name: String,
 }
 
 /// `straitctl demo` actions.

@@ -195,6 +195,12 @@ impl Client {
         Ok((result, self.json(resp).await?))
     }
 
+    /// POST to `path` (no body); returns the JSON answer.
+    pub async fn post(&self, path: &str) -> Result<Value, ClientError> {
+        let resp = self.send(Method::POST, path, None).await?;
+        self.json(resp).await
+    }
+
     /// DELETE `path`; returns the deleted resource.
     pub async fn delete(&self, path: &str) -> Result<Value, ClientError> {
         let resp = self.send(Method::DELETE, path, None).await?;

@@ -1,4 +1,4 @@
-//! Wiring of `strait-global`: config → store → admin token → REST server, and a handle that
+//! Wiring of `strait-global`: config → store → secrets and admin token → REST server and zone sync (KDS) server, and a handle that
 //! holds the bound addresses and shuts everything down.
 //!
 //! In: a validated [`Config`]. Out: a running [`GlobalCp`]; tests start it in-process on port 0
@@ -13,10 +13,18 @@ use strait_store::{SledStore, Store};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use strait_api::kds::zone_sync_server::ZoneSyncServer;
+use tokio_util::task::TaskTracker;
+use tonic::codec::CompressionEncoding;
+
 use crate::config::Config;
+use crate::kds::registry::Registry as ZoneRegistry;
+use crate::kds::{KdsMetrics, KdsService, KdsSettings, KdsShared};
 use crate::metrics::Metrics;
 use crate::resources::Resources;
 use crate::rest::{self, AppState};
+use crate::secrets::Secrets;
+use crate::zones::Zones;
 
 /// Why the control plane could not start.
 #[derive(Debug, thiserror::Error)]
@@ -35,6 +43,12 @@ pub enum StartError {
     /// The admin token could not be read or created.
     #[error(transparent)]
     Token(#[from] crate::auth::TokenError),
+    /// The global's secrets could not be loaded or created.
+    #[error(transparent)]
+    Secrets(#[from] crate::secrets::SecretError),
+    /// The sync endpoint's TLS identity is unusable.
+    #[error("sync endpoint TLS: {0}")]
+    Tls(String),
     /// The API address could not be bound.
     #[error("binding the REST API to {addr}: {source}")]
     Bind {
@@ -49,10 +63,15 @@ pub enum StartError {
 pub struct GlobalCp {
     /// Where the REST API listens.
     pub api_addr: SocketAddr,
+    /// Where zone sync (KDS) listens.
+    pub kds_addr: SocketAddr,
+    /// The system CA certificate zones verify the sync endpoint with.
+    pub ca_bundle: String,
     /// The admin token file.
     pub token_file: PathBuf,
     shutdown: CancellationToken,
     server: JoinHandle<()>,
+    tasks: TaskTracker,
     store: Arc<dyn Store>,
 }
 
@@ -78,25 +97,70 @@ impl GlobalCp {
             tracing::info!(path = %token_file.display(), "using the admin token from file");
         }
 
+        let secrets = Secrets::load(store.as_ref()).await?;
         let mut registry = Registry::default();
         let metrics = Arc::new(Metrics::register(&mut registry));
+        let kds_metrics = KdsMetrics::register(&mut registry);
+        let resources = Resources::new(store.clone());
+        let zone_registry = ZoneRegistry::default();
+        let zones = Zones::new(resources.clone(), zone_registry.clone(), &secrets);
+
+        let kds_listener = bind(config.kds_address).await?;
+        let kds_addr = local(&kds_listener, config.kds_address)?;
+        let api_listener = bind(config.api_address).await?;
+        let api_addr = local(&api_listener, config.api_address)?;
+
         let state = AppState {
-            resources: Resources::new(store.clone()),
+            resources: resources.clone(),
+            zones: zones.clone(),
             metrics,
             registry: Arc::new(registry),
             max_body_bytes: config.max_body_bytes,
+            kds_port: kds_addr.port(),
+            zone_token_validity: config.zone_token_validity,
         };
         let router = rest::router(state, Arc::new(token));
 
-        let listener = tokio::net::TcpListener::bind(config.api_address)
-            .await
-            .map_err(|source| StartError::Bind { addr: config.api_address, source })?;
-        let api_addr = listener.local_addr().map_err(|source| StartError::Bind { addr: config.api_address, source })?;
-        tracing::info!(address = %api_addr, data_dir = %data_dir.display(), revision = store.revision(), "REST API listening");
-
         let shutdown = CancellationToken::new();
-        let server = tokio::spawn(serve(listener, router, shutdown.clone(), config.shutdown_timeout));
-        Ok(GlobalCp { api_addr, token_file, shutdown, server, store })
+        let tasks = TaskTracker::new();
+        let shared = KdsShared {
+            resources,
+            registry: zone_registry,
+            settings: Arc::new(KdsSettings {
+                heartbeat_interval: config.kds_heartbeat_interval,
+                idle_timeout: config.kds_idle_timeout,
+                ..Default::default()
+            }),
+            metrics: kds_metrics,
+            global_id: Arc::new(secrets.global_id.clone()),
+            pending: Default::default(),
+        };
+        let identity = secrets.kds_server_identity(&config.kds_tls_names)?;
+        let tls =
+            tonic::transport::ServerTlsConfig::new().identity(tonic::transport::Identity::from_pem(&identity.cert_pem, &identity.key_pem));
+        let service = KdsService::new(shared.clone(), Arc::new(zones), tasks.clone());
+        let kds = tonic::transport::Server::builder()
+            .tls_config(tls)
+            .map_err(|e| StartError::Tls(e.to_string()))?
+            .http2_keepalive_interval(Some(config.kds_heartbeat_interval))
+            .add_service(
+                ZoneSyncServer::new(service)
+                    .send_compressed(CompressionEncoding::Gzip)
+                    .accept_compressed(CompressionEncoding::Gzip)
+                    .max_decoding_message_size(16 * 1024 * 1024),
+            );
+        let stop = shutdown.clone();
+        tasks.spawn(async move {
+            let incoming = tokio_stream::wrappers::TcpListenerStream::new(kds_listener);
+            if let Err(e) = kds.serve_with_incoming_shutdown(incoming, stop.cancelled()).await {
+                tracing::error!(error = %e, "zone sync server failed");
+            }
+        });
+        tasks.spawn(crate::kds::session::expire_inventories(shared, config.zone_grace_period, shutdown.clone()));
+        tracing::info!(api = %api_addr, kds = %kds_addr, data_dir = %data_dir.display(), revision = store.revision(), "listening");
+
+        let server = tokio::spawn(serve(api_listener, router, shutdown.clone(), config.shutdown_timeout));
+        Ok(GlobalCp { api_addr, kds_addr, ca_bundle: secrets.system_ca_pem.clone(), token_file, shutdown, server, tasks, store })
     }
 
     /// Asks the server to stop; [`GlobalCp::wait`] returns once it has drained.
@@ -109,8 +173,18 @@ impl GlobalCp {
         if let Err(e) = self.server.await {
             tracing::error!(error = %e, "REST server task failed");
         }
+        self.tasks.close();
+        self.tasks.wait().await;
         drop(self.store);
     }
+}
+
+async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, StartError> {
+    tokio::net::TcpListener::bind(addr).await.map_err(|source| StartError::Bind { addr, source })
+}
+
+fn local(listener: &tokio::net::TcpListener, addr: SocketAddr) -> Result<SocketAddr, StartError> {
+    listener.local_addr().map_err(|source| StartError::Bind { addr, source })
 }
 
 /// Serves until cancelled, then drains in-flight requests for up to `deadline` before cutting them.

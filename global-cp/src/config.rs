@@ -28,6 +28,34 @@ pub struct Config {
     #[arg(long, env = "STRAIT_API_ADDRESS", default_value = "0.0.0.0:7680")]
     pub api_address: SocketAddr,
 
+    /// Address of zone sync (KDS, gRPC over TLS).
+    #[arg(long, env = "STRAIT_KDS_ADDRESS", default_value = "0.0.0.0:7685")]
+    pub kds_address: SocketAddr,
+
+    /// Extra DNS names for the sync endpoint's certificate (it always carries "strait-global").
+    #[arg(long = "kds-tls-name", env = "STRAIT_KDS_TLS_NAMES", value_delimiter = ',')]
+    pub kds_tls_names: Vec<String>,
+
+    /// How often each side of a zone stream sends a heartbeat.
+    #[arg(long, env = "STRAIT_KDS_HEARTBEAT_INTERVAL", default_value = "5s", value_parser = parse_duration)]
+    #[serde(with = "humanized")]
+    pub kds_heartbeat_interval: Duration,
+
+    /// A zone silent for this long is disconnected and shown offline.
+    #[arg(long, env = "STRAIT_KDS_IDLE_TIMEOUT", default_value = "15s", value_parser = parse_duration)]
+    #[serde(with = "humanized")]
+    pub kds_idle_timeout: Duration,
+
+    /// How long an offline zone's services stay in the other zones' views.
+    #[arg(long, env = "STRAIT_ZONE_GRACE_PERIOD", default_value = "5m", value_parser = parse_duration)]
+    #[serde(with = "humanized")]
+    pub zone_grace_period: Duration,
+
+    /// Validity of zone tokens issued by `straitctl zone register`.
+    #[arg(long, env = "STRAIT_ZONE_TOKEN_VALIDITY", default_value = "8760h", value_parser = parse_duration)]
+    #[serde(with = "humanized")]
+    pub zone_token_validity: Duration,
+
     /// Directory of the store and the admin token [default: /var/lib/strait/global as root,
     /// else ~/.local/share/strait/global].
     #[arg(long, env = "STRAIT_DATA_DIR")]
@@ -81,6 +109,12 @@ impl Config {
     pub fn for_dir(data_dir: PathBuf, addr: SocketAddr) -> Self {
         Config {
             api_address: addr,
+            kds_address: SocketAddr::new(addr.ip(), 0),
+            kds_tls_names: Vec::new(),
+            kds_heartbeat_interval: Duration::from_secs(5),
+            kds_idle_timeout: Duration::from_secs(15),
+            zone_grace_period: Duration::from_secs(300),
+            zone_token_validity: Duration::from_secs(365 * 24 * 3600),
             data_dir: Some(data_dir),
             admin_token_file: None,
             max_body_bytes: 1024 * 1024,
@@ -96,6 +130,13 @@ impl Config {
         let mut problems = Vec::new();
         if self.max_body_bytes < 1024 {
             problems.push(format!("--max-body-bytes {}: must be at least 1024", self.max_body_bytes));
+        }
+        if self.kds_idle_timeout <= self.kds_heartbeat_interval {
+            problems.push(format!(
+                "--kds-idle-timeout {}: must be longer than --kds-heartbeat-interval {}",
+                strait_api::Duration(self.kds_idle_timeout),
+                strait_api::Duration(self.kds_heartbeat_interval)
+            ));
         }
         if self.resolved_data_dir().is_none() {
             problems.push("--data-dir: not set and no HOME to derive a default from".into());

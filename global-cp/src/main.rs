@@ -23,20 +23,8 @@ async fn main() {
             std::process::exit(1);
         }
     };
-    wait_for_signal().await;
+    strait_global_cp::signals::wait_for_signal().await;
     cp.shutdown();
     cp.wait().await;
     tracing::info!("stopped");
-}
-
-async fn wait_for_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
-        tracing::error!("cannot install signal handlers; stop with SIGKILL");
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM received"),
-        _ = int.recv() => tracing::info!("SIGINT received"),
-    }
 }

@@ -22,7 +22,7 @@ struct Global {
 fn spawn(dir: &Path, port: u16) -> Global {
     let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("global.log")).unwrap();
     let child = Command::new(BIN)
-        .args(["--api-address", &format!("127.0.0.1:{port}"), "--data-dir"])
+        .args(["--api-address", &format!("127.0.0.1:{port}"), "--kds-address", "127.0.0.1:0", "--data-dir"])
         .arg(dir)
         .stdout(Stdio::null())
         .stderr(log)
@@ -110,7 +110,7 @@ fn sigterm_stops_cleanly_and_logs_as_json_on_request() {
     let port = free_port();
     let log = std::fs::File::create(dir.path().join("global.log")).unwrap();
     let child = Command::new(BIN)
-        .args(["--api-address", &format!("127.0.0.1:{port}"), "--log-format", "json", "--data-dir"])
+        .args(["--api-address", &format!("127.0.0.1:{port}"), "--kds-address", "127.0.0.1:0", "--log-format", "json", "--data-dir"])
         .arg(dir.path())
         .stderr(log)
         .spawn()

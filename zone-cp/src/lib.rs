@@ -1,10 +1,19 @@
 //! The zone control plane (`strait-zone`).
 //!
-//! In: resources synced from the global control plane (KDS) and the zone's workloads (VM
-//! registrations or Kubernetes Pods). Out: each sidecar's configuration (DPS), workload
-//! certificates, and the zone's inventory reported upstream.
+//! In: meshes, policies and other zones' inventories synced from the global control plane
+//! (KDS, over TLS with the zone token). Out: the zone's own persistent copy, served read-only
+//! over REST, and ACK/NACK and inventory reported upstream. Sidecar configuration (DPS) and
+//! workload certificates build on this copy.
 #![forbid(unsafe_code)]
+// tonic::Status (176 bytes) is the error of every gRPC call; boxing it everywhere buys nothing.
+#![allow(clippy::result_large_err)]
 
-/// What this component does, shown by `--help`.
-pub const ROLE: &str =
-    "Zone control plane: syncs policies from the global control plane, programs the sidecars of this zone, signs workload certificates";
+pub mod app;
+pub mod config;
+pub mod kds_client;
+pub mod metrics;
+pub mod rest;
+pub mod synced;
+
+pub use app::ZoneCp;
+pub use config::Config;

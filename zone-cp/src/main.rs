@@ -1,12 +1,31 @@
+use std::sync::Arc;
+
 use clap::Parser;
+use strait_global_cp::config::EXIT_CONFIG;
+use strait_global_cp::telemetry;
+use strait_zone_cp::{Config, ZoneCp};
 
-/// Zone control plane: syncs policies from the global control plane, programs the sidecars of this zone, signs workload certificates
-#[derive(Parser)]
-#[command(name = "strait-zone", version, about = strait_zone_cp::ROLE)]
-struct Cli {}
-
-fn main() {
-    let _ = Cli::parse();
-    eprintln!("strait-zone: this component is not available in this build yet; see the project issues");
-    std::process::exit(69);
+#[tokio::main]
+async fn main() {
+    let config = Config::parse();
+    if let Err(problems) = config.validate() {
+        for p in problems {
+            eprintln!("strait-zone: {p}");
+        }
+        std::process::exit(EXIT_CONFIG);
+    }
+    telemetry::init(config.log_format, &config.log_level);
+    tracing::info!(config = %serde_json::to_string(&config).unwrap_or_default(), version = env!("CARGO_PKG_VERSION"), "starting strait-zone");
+    let zone = match ZoneCp::start(Arc::new(config)).await {
+        Ok(z) => z,
+        Err(e) => {
+            tracing::error!(error = %e, "could not start");
+            eprintln!("strait-zone: {e:#}");
+            std::process::exit(1);
+        }
+    };
+    strait_global_cp::signals::wait_for_signal().await;
+    zone.shutdown();
+    zone.wait().await;
+    tracing::info!("stopped");
 }

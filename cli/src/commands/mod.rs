@@ -10,6 +10,7 @@ pub mod delete;
 pub mod demo;
 pub mod get;
 pub mod version;
+pub mod zone;
 
 use std::path::PathBuf;
 
@@ -67,6 +68,7 @@ pub async fn run(cli: Cli, sources: FlagSources) -> anyhow::Result<()> {
         Command::Config(cmd) => config::run(&cmd, &ctx),
         Command::Completion(args) => crate::completion::run(&args),
         Command::Demo(cmd) => demo::run(cmd),
+        Command::Zone(cmd) => zone::run(&cmd, &ctx).await,
     }
 }
 

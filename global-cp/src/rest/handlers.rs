@@ -251,19 +251,24 @@ pub async fn delete_in_mesh(
     delete_one(&state, kind, Some(&mesh), &name, q.version).await
 }
 
-/// Lists zones.
+/// Lists zones, each with its live `status`.
 #[utoipa::path(get, path = "/zones", tag = "zones", responses((status = 200, body = strait_api::openapi::ResourceListSchema)))]
 pub async fn list_zones(State(state): State<AppState>) -> Result<Json<ListBody<Resource>>, ApiError> {
-    Ok(list_body(state.resources.list(ResourceType::Zone, None).await?))
+    let mut zones = Vec::new();
+    for zone in state.resources.list(ResourceType::Zone, None).await? {
+        zones.push(state.zones.decorate(zone).await);
+    }
+    Ok(list_body(zones))
 }
 
-/// Reads a zone.
+/// Reads a zone, with its live `status`.
 #[utoipa::path(get, path = "/zones/{name}", tag = "zones", responses((status = 200, body = strait_api::openapi::ResourceSchema), (status = 404, body = super::errors::ErrorBody)))]
 pub async fn get_zone(State(state): State<AppState>, Path(name): Path<String>) -> Result<Json<Resource>, ApiError> {
-    get_one(&state, ResourceType::Zone, None, &name).await
+    let Json(zone) = get_one(&state, ResourceType::Zone, None, &name).await?;
+    Ok(Json(state.zones.decorate(zone).await))
 }
 
-/// Creates or replaces a zone.
+/// Creates or replaces a zone; `spec.enabled: false` refuses its connections.
 #[utoipa::path(put, path = "/zones/{name}", tag = "zones", request_body(content = strait_api::openapi::ResourceSchema, content_type = "application/json"),
     responses((status = 201, body = strait_api::openapi::ResourceSchema), (status = 200, body = strait_api::openapi::ResourceSchema), (status = 400, body = super::errors::ErrorBody), (status = 409, body = super::errors::ErrorBody)),
     security(("admin_token" = [])))]
@@ -273,15 +278,74 @@ pub async fn put_zone(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    put_one(&state, &headers, body, ResourceType::Zone, None, &name).await
+    let response = put_one(&state, &headers, body, ResourceType::Zone, None, &name).await?;
+    // A disabled zone must not keep its open stream.
+    if let Some(Resource { spec: strait_api::Spec::Zone(spec), .. }) = state.resources.get(ResourceType::Zone, None, &name).await? {
+        if !spec.enabled {
+            state.zones.registry().kick(&name);
+        }
+    }
+    Ok(response)
 }
 
-/// Deletes a zone.
+/// Deletes a zone: its token stops working at once and its stream is closed.
 #[utoipa::path(delete, path = "/zones/{name}", tag = "zones", params(DeleteQuery), responses((status = 200, body = strait_api::openapi::ResourceSchema), (status = 404, body = super::errors::ErrorBody)), security(("admin_token" = [])))]
 pub async fn delete_zone(
     State(state): State<AppState>,
     Path(name): Path<String>,
     Query(q): Query<DeleteQuery>,
 ) -> Result<Json<Resource>, ApiError> {
-    delete_one(&state, ResourceType::Zone, None, &name, q.version).await
+    let deleted = delete_one(&state, ResourceType::Zone, None, &name, q.version).await?;
+    state.zones.forget(&name).await?;
+    Ok(deleted)
+}
+
+/// Query of token issuing.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(rename_all = "camelCase")]
+pub struct TokenQuery {
+    /// Validity such as `720h` (default: the global's --zone-token-validity).
+    pub valid_for: Option<String>,
+}
+
+/// What a registering zone needs.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ZoneRegistration {
+    /// The token, CA bundle and expiry.
+    #[serde(flatten)]
+    pub issued: crate::zones::IssuedToken,
+    /// Port of zone sync on the global; its host is the one the REST API was reached at.
+    pub kds_port: u16,
+}
+
+/// Registers a zone (creating it if needed) and issues its token; earlier tokens of the zone stop working.
+#[utoipa::path(post, path = "/zones/{name}/token", tag = "zones", params(TokenQuery), responses((status = 200, body = ZoneRegistration), (status = 400, body = super::errors::ErrorBody)), security(("admin_token" = [])))]
+pub async fn issue_zone_token(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    Query(q): Query<TokenQuery>,
+) -> Result<Json<ZoneRegistration>, ApiError> {
+    if let Err(e) = strait_api::names::check_dns_label(&name) {
+        return Err(ApiError::invalid("zone", ValidationErrors::single("name", e)));
+    }
+    let validity = match q.valid_for.as_deref() {
+        None => state.zone_token_validity,
+        Some(v) => v
+            .parse::<strait_api::Duration>()
+            .map(|d| d.get())
+            .map_err(|e| ApiError::invalid("zone token", ValidationErrors::single("validFor", e.to_string())))?,
+    };
+    let issued = state.zones.register(&name, validity).await?;
+    Ok(Json(ZoneRegistration { issued, kds_port: state.kds_port }))
+}
+
+/// Revokes a zone's token and closes its stream.
+#[utoipa::path(delete, path = "/zones/{name}/token", tag = "zones", responses((status = 200), (status = 404, body = super::errors::ErrorBody)), security(("admin_token" = [])))]
+pub async fn revoke_zone_token(State(state): State<AppState>, Path(name): Path<String>) -> Result<Json<Value>, ApiError> {
+    if state.zones.revoke(&name).await? {
+        Ok(Json(serde_json::json!({"zone": name, "revoked": true})))
+    } else {
+        Err(ApiError::not_found(format!("zone {name:?} has no token")))
+    }
 }

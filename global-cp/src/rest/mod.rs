@@ -29,6 +29,12 @@ pub struct AppState {
     pub registry: Arc<Registry>,
     /// Largest accepted body.
     pub max_body_bytes: usize,
+    /// Zone tokens and status.
+    pub zones: crate::zones::Zones,
+    /// Port of zone sync, told to registering zones.
+    pub kds_port: u16,
+    /// Validity of new zone tokens.
+    pub zone_token_validity: std::time::Duration,
 }
 
 /// Builds the router with auth and metrics middleware.
@@ -46,6 +52,7 @@ pub fn router(state: AppState, admin_token: Arc<String>) -> Router {
         .route("/meshes/{mesh}/{rtype}/{name}", get(handlers::get_in_mesh).put(handlers::put_in_mesh).delete(handlers::delete_in_mesh))
         .route("/zones", get(handlers::list_zones))
         .route("/zones/{name}", get(handlers::get_zone).put(handlers::put_zone).delete(handlers::delete_zone))
+        .route("/zones/{name}/token", axum::routing::post(handlers::issue_zone_token).delete(handlers::revoke_zone_token))
         .fallback(ops::not_found)
         .layer(axum::middleware::from_fn_with_state(admin_token, crate::auth::require_token_for_writes))
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), crate::metrics::track))

@@ -12,6 +12,7 @@ use std::time::Duration;
 use strait_multizone::{bin, wait_for, Cmd, Host, Net, Output, Proc};
 
 const API_PORT: u16 = 7680;
+const KDS_PORT: u16 = 7685;
 const READY: Duration = Duration::from_secs(30);
 
 const POLICY: &str = "\
@@ -42,7 +43,13 @@ fn start_global(net: &Net) -> Global {
     let data = net.mkdir("global-data");
     let proc = host.spawn_cmd(
         "strait-global",
-        Cmd::new(bin("strait-global")).arg("--api-address").arg(host.socket_addr(API_PORT).to_string()).arg("--data-dir").arg(&data),
+        Cmd::new(bin("strait-global"))
+            .arg("--api-address")
+            .arg(host.socket_addr(API_PORT).to_string())
+            .arg("--kds-address")
+            .arg(host.socket_addr(KDS_PORT).to_string())
+            .arg("--data-dir")
+            .arg(&data),
     );
     proc.wait_http_ready(&host, &host.url(API_PORT, "/readyz"), READY);
 

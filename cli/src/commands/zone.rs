@@ -1,0 +1,133 @@
+//! `straitctl zone register|list|revoke`: zones of the global control plane.
+//!
+//! In: a zone name and options. Out: what a zone needs to connect (printed, or written to a
+//! directory), a status table, or a revocation confirmation.
+
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+
+use anyhow::Context as _;
+use serde_json::Value;
+use time::OffsetDateTime;
+
+use crate::cli::{OutputFormat, ZoneCommand, ZoneListArgs, ZoneRegisterArgs};
+use crate::commands::Context;
+use crate::output::{self, print};
+
+/// Runs a `zone` subcommand.
+pub async fn run(cmd: &ZoneCommand, ctx: &Context) -> anyhow::Result<()> {
+    match cmd {
+        ZoneCommand::Register(args) => register(args, ctx).await,
+        ZoneCommand::List(args) => list(args, ctx).await,
+        ZoneCommand::Revoke(args) => {
+            ctx.client()?.delete(&format!("/zones/{}/token", args.name)).await?;
+            Ok(print(&format!("zone/{} revoked: its token no longer works and its sync stream was closed\n", args.name))?)
+        }
+    }
+}
+
+/// The sync address from the REST server URL's host and the global's sync port.
+fn default_global_address(server: &str, kds_port: u64) -> String {
+    let without_scheme = server.split_once("://").map(|(_, rest)| rest).unwrap_or(server);
+    let authority = without_scheme.split('/').next().unwrap_or(without_scheme);
+    let host = match authority.rsplit_once(':') {
+        Some((h, p)) if p.chars().all(|c| c.is_ascii_digit()) => h,
+        _ => authority,
+    };
+    format!("https://{host}:{kds_port}")
+}
+
+async fn register(args: &ZoneRegisterArgs, ctx: &Context) -> anyhow::Result<()> {
+    let client = ctx.client()?;
+    let mut path = format!("/zones/{}/token", args.name);
+    if let Some(v) = &args.valid_for {
+        path.push_str(&format!("?validFor={v}"));
+    }
+    let answer = client.post(&path).await?;
+    let field = |name: &str| {
+        answer.get(name).and_then(Value::as_str).map(str::to_string).with_context(|| format!("the server's answer has no {name}"))
+    };
+    let (token, ca) = (field("token")?, field("caBundle")?);
+    let kds_port = answer.get("kdsPort").and_then(Value::as_u64).unwrap_or(7685);
+    let global_address = args.global_address.clone().unwrap_or_else(|| default_global_address(client.server(), kds_port));
+    match &args.output {
+        Some(dir) => {
+            write_files(dir, &token, &ca)?;
+            print(&format!(
+                "zone/{name} registered; wrote {dir}/zone-token and {dir}/global-ca.pem\nStart the zone with:\n  strait-zone --zone {name} --global-address {global_address} --zone-token-file {dir}/zone-token --global-ca-file {dir}/global-ca.pem\n",
+                name = args.name,
+                dir = dir.display()
+            ))?;
+        }
+        None => print(&format!(
+            "# zone/{name} registered. Save the token and the CA bundle to files, then start the zone with:\n#   strait-zone --zone {name} --global-address {global_address} --zone-token-file zone-token --global-ca-file global-ca.pem\nglobalAddress: {global_address}\nzoneToken: {token}\ncaBundle: |\n{ca}",
+            name = args.name,
+            ca = ca.lines().map(|l| format!("  {l}\n")).collect::<String>()
+        ))?,
+    }
+    Ok(())
+}
+
+fn write_files(dir: &Path, token: &str, ca: &str) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let token_path = dir.join("zone-token");
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&token_path)
+        .with_context(|| format!("writing {}", token_path.display()))?;
+    file.write_all(token.as_bytes()).and_then(|()| file.write_all(b"\n"))?;
+    std::fs::write(dir.join("global-ca.pem"), ca).with_context(|| format!("writing {}", dir.join("global-ca.pem").display()))?;
+    Ok(())
+}
+
+async fn list(args: &ZoneListArgs, ctx: &Context) -> anyhow::Result<()> {
+    let value = ctx.client()?.get("/zones").await?;
+    if args.output != OutputFormat::Table {
+        return Ok(print(&output::structured(&value, args.output).map_err(anyhow::Error::msg)?)?);
+    }
+    let now = OffsetDateTime::now_utc();
+    let rows: Vec<Vec<String>> = output::items(&value)
+        .into_iter()
+        .map(|z| {
+            let s = z.get("status").cloned().unwrap_or(Value::Null);
+            let text = |v: &Value| v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string());
+            let online = match (s.get("connected").and_then(Value::as_bool), z.pointer("/spec/enabled").and_then(Value::as_bool)) {
+                (_, Some(false)) => "Disabled",
+                (Some(true), _) => "Online",
+                _ => "Offline",
+            };
+            let seen = s.get("lastSeen").and_then(Value::as_str).map(|t| output::age(t, now) + " ago").unwrap_or_else(|| "never".into());
+            let nack = match s.get("nackErrors").and_then(Value::as_array) {
+                Some(errors) if !errors.is_empty() => errors.iter().map(text).collect::<Vec<_>>().join("; "),
+                _ => "-".into(),
+            };
+            vec![
+                text(&z["name"]),
+                online.into(),
+                seen,
+                format!("{}/{}", s.get("ackedRevision").map(text).unwrap_or_default(), s.get("sentRevision").map(text).unwrap_or_default()),
+                s.pointer("/inventory/services").map(text).unwrap_or_else(|| "0".into()),
+                nack,
+            ]
+        })
+        .collect();
+    if rows.is_empty() {
+        eprintln!("No zones registered. Register one with: straitctl zone register NAME");
+        return Ok(());
+    }
+    Ok(print(&output::table(&["NAME", "STATUS", "LAST SEEN", "ACKED/SENT", "SERVICES", "NACK"], &rows))?)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn sync_address_follows_the_server_host() {
+        assert_eq!(super::default_global_address("http://198.18.0.1:7680", 7685), "https://198.18.0.1:7685");
+        assert_eq!(super::default_global_address("http://cp.example", 9000), "https://cp.example:9000");
+        assert_eq!(super::default_global_address("http://[::1]:7680/", 7685), "https://[::1]:7685");
+    }
+}

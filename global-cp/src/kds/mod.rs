@@ -1,0 +1,202 @@
+//! Zone sync (KDS) server of the global control plane: one gRPC stream per zone over TLS,
+//! authenticated by the zone token.
+//!
+//! In: zone connections with `authorization: Bearer <zone token>`, and the store's changes.
+//! Out: snapshots and deltas of meshes, policies and other zones' inventories; zone status in
+//! the [`registry::Registry`]; each zone's inventory in the store; `strait_global_kds_*` metrics.
+
+pub mod registry;
+pub mod session;
+pub mod sync_set;
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry as MetricsRegistry;
+use strait_api::kds::zone_sync_server::ZoneSync;
+use strait_api::kds::{zone_message, GlobalMessage, ZoneMessage, PROTOCOL_VERSION};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::task::TaskTracker;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::resources::Resources;
+use registry::Registry;
+use session::Session;
+
+/// Timing of the sync protocol.
+#[derive(Debug, Clone)]
+pub struct KdsSettings {
+    /// How often each side sends a heartbeat.
+    pub heartbeat_interval: Duration,
+    /// A stream with no message for this long is closed and the zone marked offline.
+    pub idle_timeout: Duration,
+    /// How long the Hello may take.
+    pub hello_timeout: Duration,
+}
+
+impl Default for KdsSettings {
+    fn default() -> Self {
+        KdsSettings {
+            heartbeat_interval: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(15),
+            hello_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Decides which zone a token belongs to.
+#[tonic::async_trait]
+pub trait ZoneAuthenticator: Send + Sync + 'static {
+    /// The zone the bearer token was issued to, or the status to refuse it with.
+    async fn authenticate(&self, token: &str) -> Result<String, Status>;
+}
+
+/// KDS metrics (`strait_global_kds_*`).
+#[derive(Clone)]
+pub struct KdsMetrics {
+    /// Zones connected now.
+    pub connected_zones: Gauge,
+    /// ACKs received.
+    pub acks: Counter,
+    /// NACKs received.
+    pub nacks: Counter,
+    /// Resource bytes sent.
+    pub bytes_sent: Counter,
+    /// Time from sending a revision to its ACK.
+    pub push_latency: Histogram,
+}
+
+impl KdsMetrics {
+    /// Creates and registers the metrics.
+    pub fn register(registry: &mut MetricsRegistry) -> Self {
+        let m = KdsMetrics {
+            connected_zones: Gauge::default(),
+            acks: Counter::default(),
+            nacks: Counter::default(),
+            bytes_sent: Counter::default(),
+            push_latency: Histogram::new([0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5]),
+        };
+        let r = registry.sub_registry_with_prefix("strait_global_kds");
+        r.register("connected_zones", "Zones with an open sync stream", m.connected_zones.clone());
+        r.register("acks", "Revisions acknowledged by zones", m.acks.clone());
+        r.register("nacks", "Revisions rejected by zones", m.nacks.clone());
+        r.register("bytes_sent", "Resource bytes sent to zones", m.bytes_sent.clone());
+        r.register("push_latency_seconds", "Time from sending a revision to its acknowledgement", m.push_latency.clone());
+        m
+    }
+}
+
+/// Send times of revisions not yet acknowledged, oldest first.
+type SendTimes = VecDeque<(u64, Instant)>;
+
+/// Revisions sent and not yet acknowledged, per zone, to measure push latency.
+#[derive(Clone, Default)]
+pub struct Pending {
+    inner: Arc<Mutex<HashMap<String, SendTimes>>>,
+}
+
+impl Pending {
+    fn record_sent(&self, zone: &str, revision: u64) {
+        let mut map = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let queue = map.entry(zone.to_string()).or_default();
+        if queue.len() >= 1024 {
+            queue.pop_front();
+        }
+        queue.push_back((revision, Instant::now()));
+    }
+
+    /// Forgets revisions up to `revision`; returns the latency of the newest of them.
+    fn acked(&self, zone: &str, revision: u64) -> Option<Duration> {
+        let mut map = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let queue = map.get_mut(zone)?;
+        let mut latest = None;
+        while queue.front().is_some_and(|(r, _)| *r <= revision) {
+            latest = queue.pop_front().map(|(_, at)| at.elapsed());
+        }
+        latest
+    }
+}
+
+/// What every session shares.
+#[derive(Clone)]
+pub struct KdsShared {
+    /// The store, typed.
+    pub resources: Resources,
+    /// Zone status.
+    pub registry: Registry,
+    /// Timing.
+    pub settings: Arc<KdsSettings>,
+    /// Metrics.
+    pub metrics: KdsMetrics,
+    /// Identity of this global's store.
+    pub global_id: Arc<String>,
+    /// Send times of unacknowledged revisions.
+    pub pending: Pending,
+}
+
+/// The tonic service.
+pub struct KdsService {
+    shared: KdsShared,
+    auth: Arc<dyn ZoneAuthenticator>,
+    tasks: TaskTracker,
+}
+
+impl KdsService {
+    /// A service over `shared`, authenticating with `auth`; sessions are tracked in `tasks`.
+    pub fn new(shared: KdsShared, auth: Arc<dyn ZoneAuthenticator>, tasks: TaskTracker) -> Self {
+        KdsService { shared, auth, tasks }
+    }
+}
+
+fn bearer<T>(request: &Request<T>) -> Result<String, Status> {
+    let header = request
+        .metadata()
+        .get("authorization")
+        .ok_or_else(|| Status::unauthenticated("missing zone token: send `authorization: Bearer <zone token>`"))?;
+    let value = header.to_str().map_err(|_| Status::unauthenticated("authorization header is not text"))?;
+    value.strip_prefix("Bearer ").map(str::to_string).ok_or_else(|| Status::unauthenticated("authorization must be `Bearer <zone token>`"))
+}
+
+#[tonic::async_trait]
+impl ZoneSync for KdsService {
+    type SyncStream = ReceiverStream<Result<GlobalMessage, Status>>;
+
+    async fn sync(&self, request: Request<Streaming<ZoneMessage>>) -> Result<Response<Self::SyncStream>, Status> {
+        let peer = request.remote_addr().map(|a| a.to_string()).unwrap_or_else(|| "unknown".into());
+        let token = bearer(&request).inspect_err(|s| tracing::warn!(peer, reason = s.message(), "zone refused"))?;
+        let zone = self.auth.authenticate(&token).await.inspect_err(|s| tracing::warn!(peer, reason = s.message(), "zone refused"))?;
+        let mut inbound = request.into_inner();
+        let first = tokio::time::timeout(self.shared.settings.hello_timeout, inbound.message())
+            .await
+            .map_err(|_| Status::deadline_exceeded("no Hello within the hello timeout"))?
+            .map_err(|s| Status::aborted(format!("reading Hello: {}", s.message())))?;
+        let Some(ZoneMessage { message: Some(zone_message::Message::Hello(hello)) }) = first else {
+            return Err(Status::invalid_argument("the first message must be Hello"));
+        };
+        if hello.protocol != PROTOCOL_VERSION {
+            return Err(Status::failed_precondition(format!(
+                "protocol {} is not supported; this global speaks {PROTOCOL_VERSION}",
+                hello.protocol
+            )));
+        }
+        if hello.zone != zone {
+            tracing::warn!(peer, token_zone = %zone, hello_zone = %hello.zone, "zone refused: name does not match its token");
+            return Err(Status::permission_denied(format!("this token belongs to zone {zone:?}, not {:?}", hello.zone)));
+        }
+        let (id, cancel) = self.shared.registry.connect(&zone, &peer, &hello.software_version).map_err(|e| {
+            tracing::warn!(peer, zone = %zone, "zone refused: {e}");
+            Status::already_exists(e.to_string())
+        })?;
+        self.shared.metrics.connected_zones.set(self.shared.registry.connected_count() as i64);
+        tracing::info!(zone = %zone, peer, version = %hello.software_version, resume = hello.resume_revision, "zone connected");
+        let (tx, rx) = mpsc::channel(16);
+        let session = Session { shared: self.shared.clone(), zone, id, tx, cancel };
+        self.tasks.spawn(session.run(hello, inbound));
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}

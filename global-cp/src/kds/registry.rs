@@ -1,0 +1,212 @@
+//! Live status of every zone: connected or not, last seen, revisions sent and acknowledged,
+//! NACK errors, software version. Also the grace period before an offline zone's services
+//! leave the other zones' views.
+//!
+//! In: session events (connect, ack, nack, message seen, disconnect). Out: a status snapshot
+//! per zone for the REST API and `straitctl zone list`, and a cancel handle per session so a
+//! revoked zone's stream closes at once.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+
+/// One zone's status.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ZoneStatus {
+    /// Whether a stream is open now.
+    pub connected: bool,
+    /// When the zone was last heard from (RFC 3339).
+    #[serde(skip_serializing_if = "Option::is_none", with = "time::serde::rfc3339::option")]
+    pub last_seen: Option<time::OffsetDateTime>,
+    /// Remote address of the current or last stream.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peer: Option<String>,
+    /// The zone control plane's version.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub software_version: Option<String>,
+    /// Latest revision sent to the zone.
+    pub sent_revision: u64,
+    /// Latest revision the zone acknowledged.
+    pub acked_revision: u64,
+    /// Errors of the latest NACK, if the latest answer was a NACK.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub nack_errors: Vec<String>,
+    /// Revision of the latest NACK.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nacked_revision: Option<u64>,
+}
+
+struct Entry {
+    status: ZoneStatus,
+    session: Option<(u64, CancellationToken)>,
+}
+
+/// Status of all zones; cheap to clone.
+#[derive(Clone, Default)]
+pub struct Registry {
+    inner: Arc<Mutex<Inner>>,
+}
+
+struct Inner {
+    zones: HashMap<String, Entry>,
+    next_session: u64,
+    /// Zones not heard from since start count as offline since then.
+    started: time::OffsetDateTime,
+}
+
+impl Default for Inner {
+    fn default() -> Self {
+        Inner { zones: HashMap::new(), next_session: 0, started: now() }
+    }
+}
+
+/// Why a zone could not connect.
+#[derive(Debug, thiserror::Error)]
+#[error("zone {zone:?} is already connected from {peer}")]
+pub struct AlreadyConnected {
+    /// The zone.
+    pub zone: String,
+    /// Where the open stream comes from.
+    pub peer: String,
+}
+
+fn now() -> time::OffsetDateTime {
+    time::OffsetDateTime::from(SystemTime::now())
+}
+
+impl Registry {
+    fn with<T>(&self, f: impl FnOnce(&mut Inner) -> T) -> T {
+        // A poisoned lock only means a panic elsewhere; the map itself stays consistent.
+        let mut guard = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        f(&mut guard)
+    }
+
+    /// Registers a new session for `zone`; refuses a second one while the first is open.
+    pub fn connect(&self, zone: &str, peer: &str, software_version: &str) -> Result<(u64, CancellationToken), AlreadyConnected> {
+        self.with(|inner| {
+            inner.next_session += 1;
+            let id = inner.next_session;
+            let entry = inner.zones.entry(zone.to_string()).or_insert_with(|| Entry { status: ZoneStatus::default(), session: None });
+            if entry.session.is_some() {
+                return Err(AlreadyConnected { zone: zone.to_string(), peer: entry.status.peer.clone().unwrap_or_default() });
+            }
+            let cancel = CancellationToken::new();
+            entry.session = Some((id, cancel.clone()));
+            entry.status.connected = true;
+            entry.status.peer = Some(peer.to_string());
+            entry.status.software_version = Some(software_version.to_string());
+            entry.status.last_seen = Some(now());
+            Ok((id, cancel))
+        })
+    }
+
+    /// Updates the status of the zone's current session `id`.
+    pub fn update(&self, zone: &str, id: u64, f: impl FnOnce(&mut ZoneStatus)) {
+        self.with(|inner| {
+            if let Some(entry) = inner.zones.get_mut(zone) {
+                if entry.session.as_ref().is_some_and(|(sid, _)| *sid == id) {
+                    entry.status.last_seen = Some(now());
+                    f(&mut entry.status);
+                }
+            }
+        });
+    }
+
+    /// Ends session `id` of `zone`; returns whether it was the current one.
+    pub fn disconnect(&self, zone: &str, id: u64) -> bool {
+        self.with(|inner| match inner.zones.get_mut(zone) {
+            Some(entry) if entry.session.as_ref().is_some_and(|(sid, _)| *sid == id) => {
+                entry.session = None;
+                entry.status.connected = false;
+                true
+            }
+            _ => false,
+        })
+    }
+
+    /// Closes the zone's open stream, if any (revocation, deletion).
+    pub fn kick(&self, zone: &str) {
+        self.with(|inner| {
+            if let Some((_, cancel)) = inner.zones.get(zone).and_then(|e| e.session.as_ref()) {
+                cancel.cancel();
+            }
+        });
+    }
+
+    /// Forgets a deleted zone.
+    pub fn remove(&self, zone: &str) {
+        self.kick(zone);
+        self.with(|inner| inner.zones.remove(zone));
+    }
+
+    /// The status of one zone (offline and never seen when unknown).
+    pub fn status(&self, zone: &str) -> ZoneStatus {
+        self.with(|inner| inner.zones.get(zone).map(|e| e.status.clone()).unwrap_or_default())
+    }
+
+    /// Whether the zone is connected now.
+    pub fn is_connected(&self, zone: &str) -> bool {
+        self.status(zone).connected
+    }
+
+    /// Zones connected now.
+    pub fn connected_count(&self) -> usize {
+        self.with(|inner| inner.zones.values().filter(|e| e.status.connected).count())
+    }
+
+    /// Whether `zone` has been offline for at least `grace`; a zone not heard from since this
+    /// process started counts as offline since the start, so a restart of the global does not
+    /// drop every zone's services at once.
+    pub fn offline_for(&self, zone: &str, grace: Duration) -> bool {
+        let (status, started) = self.with(|inner| (inner.zones.get(zone).map(|e| e.status.clone()), inner.started));
+        match status {
+            Some(s) if s.connected => false,
+            Some(ZoneStatus { last_seen: Some(seen), .. }) => (now() - seen).unsigned_abs() >= grace,
+            _ => (now() - started).unsigned_abs() >= grace,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_session_per_zone() {
+        let r = Registry::default();
+        let (id, _) = r.connect("zone-1", "198.18.0.2:5000", "0.1.0").unwrap();
+        let err = r.connect("zone-1", "198.18.0.3:5000", "0.1.0").unwrap_err();
+        assert!(err.to_string().contains("already connected from 198.18.0.2:5000"));
+        assert!(r.disconnect("zone-1", id));
+        assert!(!r.is_connected("zone-1"));
+        let (id2, _) = r.connect("zone-1", "198.18.0.3:5000", "0.1.0").unwrap();
+        assert!(!r.disconnect("zone-1", id), "a stale session cannot end the new one");
+        assert!(r.is_connected("zone-1"));
+        r.update("zone-1", id2, |s| s.acked_revision = 7);
+        assert_eq!(r.status("zone-1").acked_revision, 7);
+    }
+
+    #[test]
+    fn kick_cancels_the_session() {
+        let r = Registry::default();
+        let (_, cancel) = r.connect("zone-1", "p", "v").unwrap();
+        r.kick("zone-1");
+        assert!(cancel.is_cancelled());
+    }
+
+    #[test]
+    fn offline_grace() {
+        let r = Registry::default();
+        let (id, _) = r.connect("zone-1", "p", "v").unwrap();
+        assert!(!r.offline_for("zone-1", Duration::ZERO), "connected zones are never offline");
+        r.disconnect("zone-1", id);
+        assert!(r.offline_for("zone-1", Duration::ZERO));
+        assert!(!r.offline_for("zone-1", Duration::from_secs(3600)));
+        assert!(r.offline_for("unknown", Duration::ZERO));
+        assert!(!r.offline_for("unknown", Duration::from_secs(3600)), "unknown zones get the grace period from start");
+    }
+}

@@ -1,0 +1,60 @@
+//! What the global sends to zones, and how stored objects become KDS messages.
+//!
+//! In: store objects and events. Out: KDS `Resource`s and `ResourceKey`s. Only meshes,
+//! policies and other zones' inventories travel; Dataplanes stay in their zone, and secrets
+//! (CA keys, token signing keys, zone token records) never leave the global.
+
+use strait_api::kds;
+use strait_api::ResourceType;
+use strait_store::{Key, Object};
+
+use crate::resources::Resources;
+
+/// Store kind of a zone's reported inventory (services, ingress addresses); one per zone.
+pub const ZONE_INVENTORY: &str = "ZoneInventory";
+
+/// Whether objects of this store kind are synced to zones.
+pub fn is_synced(kind: &str) -> bool {
+    kind == ZONE_INVENTORY || ResourceType::ALL.iter().any(|t| t.name() == kind && (*t == ResourceType::Mesh || t.is_policy()))
+}
+
+/// Every synced store kind.
+pub fn synced_kinds() -> Vec<&'static str> {
+    let mut kinds: Vec<&'static str> =
+        ResourceType::ALL.iter().filter(|t| **t == ResourceType::Mesh || t.is_policy()).map(|t| t.name()).collect();
+    kinds.push(ZONE_INVENTORY);
+    kinds
+}
+
+/// The KDS key of a store key.
+pub fn key_to_proto(key: &Key) -> kds::ResourceKey {
+    kds::ResourceKey { r#type: key.kind.clone(), mesh: key.mesh.clone(), name: key.name.clone() }
+}
+
+/// The KDS form of a stored object: its REST JSON (inventories: their raw data).
+pub fn object_to_proto(obj: &Object) -> Result<kds::Resource, String> {
+    let json = if obj.key.kind == ZONE_INVENTORY {
+        serde_json::to_vec(&obj.data)
+    } else {
+        let resource = Resources::from_object(obj).map_err(|e| e.to_string())?;
+        serde_json::to_vec(&resource)
+    }
+    .map_err(|e| format!("encoding {}: {e}", obj.key))?;
+    Ok(kds::Resource { key: Some(key_to_proto(&obj.key)), version: obj.version, json })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_meshes_policies_and_inventories_are_synced() {
+        assert!(is_synced("Mesh"));
+        assert!(is_synced("MeshTrafficPermission"));
+        assert!(is_synced(ZONE_INVENTORY));
+        for private in ["Dataplane", "Zone", "ZoneToken", "SystemSecret"] {
+            assert!(!is_synced(private), "{private} must not leave the global");
+        }
+        assert_eq!(synced_kinds().len(), ResourceType::ALL.len() - 1, "all but Zone and Dataplane, plus inventories");
+    }
+}

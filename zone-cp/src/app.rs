@@ -1,0 +1,90 @@
+//! Wiring of `strait-zone`: config → store → zone sync client → read-only REST, and a handle
+//! holding the bound address and the shutdown.
+//!
+//! In: a validated [`Config`]. Out: a running [`ZoneCp`]; tests start it in-process on port 0.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use prometheus_client::registry::Registry;
+use strait_global_cp::resources::Resources;
+use strait_store::{SledStore, Store};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::Config;
+use crate::kds_client::KdsClient;
+use crate::metrics::ZoneMetrics;
+use crate::rest::{self, ZoneApi};
+use crate::synced::Synced;
+
+/// A running zone control plane.
+pub struct ZoneCp {
+    /// Where the REST API listens.
+    pub api_addr: SocketAddr,
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
+}
+
+impl ZoneCp {
+    /// Opens the store, starts zone sync and the REST API.
+    pub async fn start(config: Arc<Config>) -> anyhow::Result<ZoneCp> {
+        let token = std::fs::read_to_string(&config.zone_token_file)
+            .map_err(|e| anyhow::anyhow!("reading --zone-token-file {}: {e}", config.zone_token_file.display()))?
+            .trim()
+            .to_string();
+        let ca_pem = std::fs::read_to_string(&config.global_ca_file)
+            .map_err(|e| anyhow::anyhow!("reading --global-ca-file {}: {e}", config.global_ca_file.display()))?;
+        let dir = config.data_dir.join("store");
+        let opened = {
+            let dir = dir.clone();
+            tokio::task::spawn_blocking(move || SledStore::open(&dir)).await?
+        };
+        let store: Arc<dyn Store> = Arc::new(opened.map_err(|e| anyhow::anyhow!("opening the store in {}: {e}", dir.display()))?);
+        let synced = Synced::new(store.clone());
+        // A snapshot on disk from an earlier run is enough to serve while the global is away.
+        let state = synced.state().await?;
+        let (ready_tx, ready_rx) = watch::channel(state.is_some());
+        if let Some(s) = &state {
+            tracing::info!(revision = s.revision, "serving the last state received from the global until it answers");
+        }
+
+        let mut registry = Registry::default();
+        let metrics = ZoneMetrics::register(&mut registry);
+        let listener = tokio::net::TcpListener::bind(config.api_address)
+            .await
+            .map_err(|e| anyhow::anyhow!("binding the REST API to {}: {e}", config.api_address))?;
+        let api_addr = listener.local_addr()?;
+        let api = ZoneApi {
+            resources: Resources::new(store),
+            ready: ready_rx,
+            registry: Arc::new(registry),
+            zone: Arc::new(config.zone.clone()),
+        };
+
+        let shutdown = CancellationToken::new();
+        let tasks = TaskTracker::new();
+        let client = KdsClient { config: config.clone(), token, ca_pem, synced, ready: ready_tx, metrics };
+        tasks.spawn(client.run(shutdown.clone()));
+        let stop = shutdown.clone();
+        tasks.spawn(async move {
+            if let Err(e) = axum::serve(listener, rest::router(api)).with_graceful_shutdown(async move { stop.cancelled().await }).await {
+                tracing::error!(error = %e, "REST server failed");
+            }
+        });
+        tracing::info!(zone = %config.zone, api = %api_addr, global = %config.global_address, "zone control plane started");
+        Ok(ZoneCp { api_addr, shutdown, tasks })
+    }
+
+    /// Asks everything to stop.
+    pub fn shutdown(&self) {
+        self.shutdown.cancel();
+    }
+
+    /// Waits until everything has stopped.
+    pub async fn wait(self) {
+        self.tasks.close();
+        self.tasks.wait().await;
+    }
+}

@@ -1,0 +1,106 @@
+//! Configuration of `strait-zone`: flags and `STRAIT_*` environment variables, validated once.
+//!
+//! In: the command line and environment. Out: an immutable [`Config`], logged at start.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+use serde::Serialize;
+pub use strait_global_cp::config::LogFormat;
+
+/// The zone control plane: receives the meshes and policies of the global control plane over
+/// zone sync (KDS), keeps them on disk, and serves them to this zone (read-only REST for now).
+#[derive(Debug, Clone, Parser, Serialize)]
+#[command(name = "strait-zone", version, about, long_about = None)]
+pub struct Config {
+    /// This zone's name, as registered with `straitctl zone register`.
+    #[arg(long, env = "STRAIT_ZONE")]
+    pub zone: String,
+
+    /// Zone sync address of the global control plane, such as https://global.example:7685.
+    #[arg(long, env = "STRAIT_GLOBAL_ADDRESS")]
+    pub global_address: String,
+
+    /// File holding the zone token printed by `straitctl zone register`.
+    #[arg(long, env = "STRAIT_ZONE_TOKEN_FILE")]
+    pub zone_token_file: PathBuf,
+
+    /// PEM file of the CA that signed the global's sync endpoint (from `straitctl zone register`).
+    #[arg(long, env = "STRAIT_GLOBAL_CA_FILE")]
+    pub global_ca_file: PathBuf,
+
+    /// Name the global's certificate is checked against.
+    #[arg(long, env = "STRAIT_GLOBAL_SERVER_NAME", default_value = "strait-global")]
+    pub global_server_name: String,
+
+    /// Directory of the zone's store.
+    #[arg(long, env = "STRAIT_DATA_DIR", default_value = "/var/lib/strait/zone")]
+    pub data_dir: PathBuf,
+
+    /// Address of the read-only REST API (also /metrics, /healthz, /readyz).
+    #[arg(long, env = "STRAIT_API_ADDRESS", default_value = "0.0.0.0:7681")]
+    pub api_address: SocketAddr,
+
+    /// How often the zone sends a heartbeat to the global.
+    #[arg(long, env = "STRAIT_KDS_HEARTBEAT_INTERVAL", default_value = "5s", value_parser = parse_duration)]
+    #[serde(with = "humanized")]
+    pub kds_heartbeat_interval: Duration,
+
+    /// A global silent for this long is treated as gone, and the zone reconnects.
+    #[arg(long, env = "STRAIT_KDS_IDLE_TIMEOUT", default_value = "15s", value_parser = parse_duration)]
+    #[serde(with = "humanized")]
+    pub kds_idle_timeout: Duration,
+
+    /// Longest wait between reconnection attempts (exponential back-off with jitter up to this).
+    #[arg(long, env = "STRAIT_KDS_MAX_BACKOFF", default_value = "30s", value_parser = parse_duration)]
+    #[serde(with = "humanized")]
+    pub kds_max_backoff: Duration,
+
+    /// Log format.
+    #[arg(long, env = "STRAIT_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
+    /// Log filter, such as `info` or `info,strait_zone_cp=debug`.
+    #[arg(long, env = "STRAIT_LOG", default_value = "info")]
+    pub log_level: String,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    s.parse::<strait_api::Duration>().map(|d| d.get()).map_err(|e| e.to_string())
+}
+
+mod humanized {
+    use serde::Serializer;
+
+    pub fn serialize<S: Serializer>(d: &std::time::Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&strait_api::Duration(*d))
+    }
+}
+
+impl Config {
+    /// Checks every value and returns all problems at once.
+    pub fn validate(&self) -> Result<(), Vec<String>> {
+        let mut problems = Vec::new();
+        if let Err(e) = strait_api::names::check_dns_label(&self.zone) {
+            problems.push(format!("--zone: {e}"));
+        }
+        if !self.global_address.starts_with("https://") {
+            problems.push(format!("--global-address {:?}: must be an https:// URL (zone sync always uses TLS)", self.global_address));
+        }
+        for (flag, path) in [("--zone-token-file", &self.zone_token_file), ("--global-ca-file", &self.global_ca_file)] {
+            if !path.is_file() {
+                problems.push(format!("{flag} {}: no such file", path.display()));
+            }
+        }
+        if self.kds_idle_timeout <= self.kds_heartbeat_interval {
+            problems.push("--kds-idle-timeout: must be longer than --kds-heartbeat-interval".into());
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems)
+        }
+    }
+}

@@ -1,0 +1,237 @@
+//! Zone sync client: keeps one stream open to the global, applies what arrives, answers with
+//! ACK/NACK, reports the zone's inventory, and reconnects with exponential back-off and jitter,
+//! resuming from the last applied revision.
+//!
+//! In: the global's batches and heartbeats. Out: the zone's store (through [`Synced`]), the
+//! readiness flag, `strait_zone_kds_*` metrics, and logs that say why a connection failed.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use strait_api::kds::zone_sync_client::ZoneSyncClient;
+use strait_api::kds::{self, global_message, zone_message, ZoneMessage, PROTOCOL_VERSION};
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::codec::CompressionEncoding;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
+
+use crate::config::Config;
+use crate::metrics::ZoneMetrics;
+use crate::synced::{Rejected, Synced};
+
+/// Connection settings read once from the config and files.
+pub struct KdsClient {
+    /// The zone's config.
+    pub config: Arc<Config>,
+    /// The zone token.
+    pub token: String,
+    /// CA of the global's sync endpoint.
+    pub ca_pem: String,
+    /// The synced store.
+    pub synced: Synced,
+    /// Set once a snapshot is on disk.
+    pub ready: watch::Sender<bool>,
+    /// Metrics.
+    pub metrics: ZoneMetrics,
+}
+
+/// Exponential back-off with full jitter, reset after a healthy session.
+struct Backoff {
+    attempt: u32,
+    max: Duration,
+}
+
+impl Backoff {
+    fn next(&mut self) -> Duration {
+        let base = Duration::from_millis(250).saturating_mul(1 << self.attempt.min(10));
+        self.attempt += 1;
+        let cap = base.min(self.max);
+        cap.mul_f64(0.5 + rand::random::<f64>() / 2.0)
+    }
+}
+
+enum End {
+    /// The global refused us: retrying soon will not help, so back off fully.
+    Refused(tonic::Status),
+    /// The connection or stream broke.
+    Broken(String),
+}
+
+impl KdsClient {
+    /// Runs until cancelled.
+    pub async fn run(mut self, cancel: CancellationToken) {
+        let mut backoff = Backoff { attempt: 0, max: self.config.kds_max_backoff };
+        loop {
+            let started = Instant::now();
+            let end = tokio::select! {
+                () = cancel.cancelled() => return,
+                end = self.session() => end,
+            };
+            self.metrics.connected.set(0);
+            match &end {
+                End::Refused(status) => {
+                    tracing::error!(code = ?status.code(), reason = status.message(), "the global control plane refused this zone; check the zone token")
+                }
+                End::Broken(reason) => tracing::warn!(reason, "zone sync stream ended"),
+            }
+            if started.elapsed() > Duration::from_secs(30) {
+                backoff.attempt = 0;
+            }
+            if matches!(end, End::Refused(_)) {
+                backoff.attempt = backoff.attempt.max(6);
+            }
+            let wait = backoff.next();
+            tracing::info!(retry_in = ?wait, "reconnecting to the global control plane");
+            tokio::select! {
+                () = cancel.cancelled() => return,
+                () = tokio::time::sleep(wait) => {}
+            }
+        }
+    }
+
+    fn endpoint(&self) -> Result<Endpoint, String> {
+        let tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(&self.ca_pem)).domain_name(&self.config.global_server_name);
+        Endpoint::from_shared(self.config.global_address.clone())
+            .and_then(|e| e.tls_config(tls))
+            .map(|e| {
+                e.connect_timeout(Duration::from_secs(5))
+                    .http2_keep_alive_interval(self.config.kds_heartbeat_interval)
+                    .keep_alive_timeout(self.config.kds_idle_timeout)
+            })
+            .map_err(|e| format!("invalid --global-address {:?}: {e}", self.config.global_address))
+    }
+
+    async fn session(&mut self) -> End {
+        let endpoint = match self.endpoint() {
+            Ok(e) => e,
+            Err(e) => return End::Broken(e),
+        };
+        let channel: Channel = match endpoint.connect().await {
+            Ok(c) => c,
+            Err(e) => return End::Broken(format!("cannot connect to {}: {}", self.config.global_address, error_chain(&e))),
+        };
+        let mut client = ZoneSyncClient::new(channel)
+            .send_compressed(CompressionEncoding::Gzip)
+            .accept_compressed(CompressionEncoding::Gzip)
+            .max_decoding_message_size(16 * 1024 * 1024);
+        let state = self.synced.state().await.ok().flatten().unwrap_or_default();
+        let (tx, rx) = mpsc::channel::<ZoneMessage>(16);
+        let hello = kds::Hello {
+            protocol: PROTOCOL_VERSION,
+            zone: self.config.zone.clone(),
+            resume_revision: state.revision,
+            software_version: env!("CARGO_PKG_VERSION").into(),
+            global_id: state.global_id,
+        };
+        let _ = tx.send(msg(zone_message::Message::Hello(hello))).await;
+        let _ = tx.send(msg(zone_message::Message::Inventory(kds::Inventory::default()))).await;
+        let mut request = tonic::Request::new(ReceiverStream::new(rx));
+        match format!("Bearer {}", self.token).parse() {
+            Ok(v) => {
+                request.metadata_mut().insert("authorization", v);
+            }
+            Err(_) => return End::Refused(tonic::Status::unauthenticated("the zone token file holds characters not allowed in a header")),
+        }
+        let mut inbound = match client.sync(request).await {
+            Ok(r) => r.into_inner(),
+            Err(status) => return classify(status),
+        };
+        tracing::info!(global = %self.config.global_address, resume = state.revision, "connected to the global control plane");
+        self.metrics.connected.set(1);
+        let mut heartbeat = tokio::time::interval(self.config.kds_heartbeat_interval);
+        let mut last_heard = Instant::now();
+        loop {
+            tokio::select! {
+                message = inbound.message() => {
+                    last_heard = Instant::now();
+                    match message {
+                        Ok(Some(m)) => {
+                            if let Some(global_message::Message::Batch(batch)) = m.message {
+                                if let Err(e) = self.on_batch(batch, &tx).await {
+                                    return End::Broken(e);
+                                }
+                            }
+                        }
+                        Ok(None) => return End::Broken("the global closed the stream".into()),
+                        Err(status) => return classify(status),
+                    }
+                }
+                _ = heartbeat.tick() => {
+                    if last_heard.elapsed() > self.config.kds_idle_timeout {
+                        return End::Broken(format!("no message from the global in {:?}", self.config.kds_idle_timeout));
+                    }
+                    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+                    if tx.send(msg(zone_message::Message::Heartbeat(kds::Heartbeat { unix_millis: now.as_millis() as u64 }))).await.is_err() {
+                        return End::Broken("request stream closed".into());
+                    }
+                }
+            }
+        }
+    }
+
+    async fn on_batch(&mut self, batch: kds::Batch, tx: &mpsc::Sender<ZoneMessage>) -> Result<(), String> {
+        let revision = batch.revision;
+        let (snapshot, count) = (batch.snapshot, batch.upserts.len() + batch.deletes.len());
+        let Some(rejected) = self.synced.apply(batch).await.map_err(|e| format!("storing revision {revision}: {e}"))? else {
+            return Ok(());
+        };
+        self.ready.send_replace(true);
+        self.metrics.revision.set(revision as i64);
+        let reply = if rejected.is_empty() {
+            tracing::debug!(revision, snapshot, count, "applied");
+            zone_message::Message::Ack(kds::Ack { revision })
+        } else {
+            for r in &rejected {
+                tracing::warn!(revision, r#type = %r.key.r#type, mesh = %r.key.mesh, name = %r.key.name, reason = %r.message, "rejected a resource from the global (NACK)");
+            }
+            self.metrics.nacks.inc();
+            zone_message::Message::Nack(kds::Nack { revision, errors: rejected.into_iter().map(to_error).collect() })
+        };
+        tx.send(msg(reply)).await.map_err(|_| "request stream closed".to_string())
+    }
+}
+
+fn to_error(r: Rejected) -> kds::ResourceError {
+    kds::ResourceError { key: Some(r.key), message: r.message }
+}
+
+fn msg(m: zone_message::Message) -> ZoneMessage {
+    ZoneMessage { message: Some(m) }
+}
+
+fn classify(status: tonic::Status) -> End {
+    use tonic::Code;
+    match status.code() {
+        Code::Unauthenticated | Code::PermissionDenied | Code::FailedPrecondition | Code::AlreadyExists | Code::InvalidArgument => {
+            End::Refused(status)
+        }
+        _ => End::Broken(format!("{:?}: {}", status.code(), status.message())),
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_with_jitter_up_to_the_cap() {
+        let mut b = Backoff { attempt: 0, max: Duration::from_secs(30) };
+        let waits: Vec<Duration> = (0..12).map(|_| b.next()).collect();
+        assert!(waits[0] <= Duration::from_millis(250) && waits[0] >= Duration::from_millis(125));
+        assert!(waits[4] >= Duration::from_secs(2), "{waits:?}");
+        assert!(waits.iter().all(|w| *w <= Duration::from_secs(30)), "{waits:?}");
+        assert!(waits[11] >= Duration::from_secs(15), "capped waits stay near the cap: {waits:?}");
+    }
+}

@@ -1,0 +1,124 @@
+//! The zone's read-only REST API: what the global synced (meshes, policies), the other zones'
+//! inventories, health, readiness and metrics.
+//!
+//! In: HTTP GETs. Out: the same JSON shapes as the global's API; writes are refused with a
+//! message that points at the global.
+
+use std::sync::Arc;
+
+use axum::extract::{Path, State};
+use axum::http::{header, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use prometheus_client::registry::Registry;
+use serde_json::{json, Value};
+use strait_api::{Resource, ResourceType};
+use strait_global_cp::kds::sync_set::ZONE_INVENTORY;
+use strait_global_cp::resources::Resources;
+use strait_global_cp::rest::errors::ApiError;
+use tokio::sync::watch;
+
+/// What the handlers reach.
+#[derive(Clone)]
+pub struct ZoneApi {
+    /// The zone's store, typed.
+    pub resources: Resources,
+    /// True once a snapshot is on disk.
+    pub ready: watch::Receiver<bool>,
+    /// Metrics registry.
+    pub registry: Arc<Registry>,
+    /// This zone's name.
+    pub zone: Arc<String>,
+}
+
+/// Builds the router.
+pub fn router(api: ZoneApi) -> Router {
+    Router::new()
+        .route("/", get(index))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/meshes", get(list_meshes))
+        .route("/meshes/{mesh}", get(get_mesh))
+        .route("/meshes/{mesh}/{rtype}", get(list_in_mesh))
+        .route("/meshes/{mesh}/{rtype}/{name}", get(get_in_mesh))
+        .route("/zones", get(list_zones))
+        .fallback(fallback)
+        .method_not_allowed_fallback(fallback)
+        .with_state(api)
+}
+
+async fn index(State(api): State<ZoneApi>) -> Json<Value> {
+    Json(json!({"product": "Strait", "component": "zone", "zone": *api.zone, "version": env!("CARGO_PKG_VERSION")}))
+}
+
+async fn readyz(State(api): State<ZoneApi>) -> Response {
+    if *api.ready.borrow() {
+        (StatusCode::OK, "ready\n").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "waiting for the first snapshot from the global control plane\n").into_response()
+    }
+}
+
+async fn metrics(State(api): State<ZoneApi>) -> Response {
+    let mut text = String::new();
+    if let Err(e) = prometheus_client::encoding::text::encode(&mut text, &api.registry) {
+        return ApiError::internal(format!("encoding metrics: {e}")).into_response();
+    }
+    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], text).into_response()
+}
+
+fn list(items: Vec<Resource>) -> Json<Value> {
+    Json(json!({"total": items.len(), "items": items}))
+}
+
+fn mesh_scoped(segment: &str) -> Result<ResourceType, ApiError> {
+    ResourceType::ALL
+        .iter()
+        .copied()
+        .find(|t| t.is_mesh_scoped() && t.plural() == segment)
+        .ok_or_else(|| ApiError::not_found(format!("unknown resource type {segment:?} in path")))
+}
+
+async fn one(api: &ZoneApi, kind: ResourceType, mesh: Option<&str>, name: &str) -> Result<Json<Resource>, ApiError> {
+    match api.resources.get(kind, mesh, name).await? {
+        Some(r) => Ok(Json(r)),
+        None => Err(ApiError::not_found(format!("{} {name:?} not found in this zone", kind.name()))),
+    }
+}
+
+async fn list_meshes(State(api): State<ZoneApi>) -> Result<Json<Value>, ApiError> {
+    Ok(list(api.resources.list(ResourceType::Mesh, None).await?))
+}
+
+async fn get_mesh(State(api): State<ZoneApi>, Path(mesh): Path<String>) -> Result<Json<Resource>, ApiError> {
+    one(&api, ResourceType::Mesh, None, &mesh).await
+}
+
+async fn list_in_mesh(State(api): State<ZoneApi>, Path((mesh, rtype)): Path<(String, String)>) -> Result<Json<Value>, ApiError> {
+    let kind = mesh_scoped(&rtype)?;
+    Ok(list(api.resources.list(kind, Some(&mesh)).await?))
+}
+
+async fn get_in_mesh(
+    State(api): State<ZoneApi>,
+    Path((mesh, rtype, name)): Path<(String, String, String)>,
+) -> Result<Json<Resource>, ApiError> {
+    one(&api, mesh_scoped(&rtype)?, Some(&mesh), &name).await
+}
+
+/// The zones this zone knows of, with their services (from the global's inventories).
+async fn list_zones(State(api): State<ZoneApi>) -> Result<Json<Value>, ApiError> {
+    let items: Vec<Value> =
+        api.resources.store().list(ZONE_INVENTORY, Some("")).await.map_err(ApiError::from)?.into_iter().map(|o| o.data).collect();
+    Ok(Json(json!({"total": items.len(), "items": items})))
+}
+
+async fn fallback(method: Method, uri: axum::http::Uri) -> ApiError {
+    if method == Method::GET || method == Method::HEAD {
+        ApiError::not_found(format!("no such path {}", uri.path()))
+    } else {
+        ApiError::bad_request(format!("the zone control plane is read-only: {method} {} must go to the global control plane", uri.path()))
+    }
+}
