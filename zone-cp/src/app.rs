@@ -42,7 +42,7 @@ impl ZoneCp {
             tokio::task::spawn_blocking(move || SledStore::open(&dir)).await?
         };
         let store: Arc<dyn Store> = Arc::new(opened.map_err(|e| anyhow::anyhow!("opening the store in {}: {e}", dir.display()))?);
-        let synced = Synced::new(store.clone());
+        let synced = Synced::new(store.clone(), config.disabled_policy_types.iter().cloned().collect());
         // A snapshot on disk from an earlier run is enough to serve while the global is away.
         let state = synced.state().await?;
         let (ready_tx, ready_rx) = watch::channel(state.is_some());
@@ -56,20 +56,31 @@ impl ZoneCp {
             .await
             .map_err(|e| anyhow::anyhow!("binding the REST API to {}: {e}", config.api_address))?;
         let api_addr = listener.local_addr()?;
+        let resources = Resources::new(store);
+        let (inventory_tx, inventory_rx) = watch::channel(crate::inventory::compute(&resources).await?);
+        let token_file = config.data_dir.join("admin-token");
+        let (admin_token, created) = strait_global_cp::auth::load_or_create(&token_file)?;
+        if created {
+            tracing::info!(path = %token_file.display(), "generated the zone's admin token (for registering Dataplanes)");
+        }
         let api = ZoneApi {
-            resources: Resources::new(store),
+            resources,
             ready: ready_rx,
             registry: Arc::new(registry),
             zone: Arc::new(config.zone.clone()),
+            inventory: inventory_tx,
         };
 
         let shutdown = CancellationToken::new();
         let tasks = TaskTracker::new();
-        let client = KdsClient { config: config.clone(), token, ca_pem, synced, ready: ready_tx, metrics };
+        let client = KdsClient { config: config.clone(), token, ca_pem, synced, ready: ready_tx, metrics, inventory: inventory_rx };
         tasks.spawn(client.run(shutdown.clone()));
         let stop = shutdown.clone();
         tasks.spawn(async move {
-            if let Err(e) = axum::serve(listener, rest::router(api)).with_graceful_shutdown(async move { stop.cancelled().await }).await {
+            if let Err(e) = axum::serve(listener, rest::router(api, Arc::new(admin_token)))
+                .with_graceful_shutdown(async move { stop.cancelled().await })
+                .await
+            {
                 tracing::error!(error = %e, "REST server failed");
             }
         });

@@ -58,6 +58,10 @@ pub struct Config {
     #[serde(with = "humanized")]
     pub kds_max_backoff: Duration,
 
+    /// Policy types this zone refuses (NACKs), such as MeshFaultInjection in a production zone.
+    #[arg(long, env = "STRAIT_DISABLED_POLICY_TYPES", value_delimiter = ',')]
+    pub disabled_policy_types: Vec<String>,
+
     /// Log format.
     #[arg(long, env = "STRAIT_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -92,6 +96,11 @@ impl Config {
         for (flag, path) in [("--zone-token-file", &self.zone_token_file), ("--global-ca-file", &self.global_ca_file)] {
             if !path.is_file() {
                 problems.push(format!("{flag} {}: no such file", path.display()));
+            }
+        }
+        for t in &self.disabled_policy_types {
+            if !strait_api::ResourceType::ALL.iter().any(|k| k.is_policy() && k.name() == t) {
+                problems.push(format!("--disabled-policy-types: {t:?} is not a policy type"));
             }
         }
         if self.kds_idle_timeout <= self.kds_heartbeat_interval {

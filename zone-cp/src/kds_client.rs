@@ -34,6 +34,8 @@ pub struct KdsClient {
     pub ready: watch::Sender<bool>,
     /// Metrics.
     pub metrics: ZoneMetrics,
+    /// The zone's latest inventory.
+    pub inventory: watch::Receiver<kds::Inventory>,
 }
 
 /// Exponential back-off with full jitter, reset after a healthy session.
@@ -125,7 +127,8 @@ impl KdsClient {
             global_id: state.global_id,
         };
         let _ = tx.send(msg(zone_message::Message::Hello(hello))).await;
-        let _ = tx.send(msg(zone_message::Message::Inventory(kds::Inventory::default()))).await;
+        let inventory = self.inventory.borrow_and_update().clone();
+        let _ = tx.send(msg(zone_message::Message::Inventory(inventory))).await;
         let mut request = tonic::Request::new(ReceiverStream::new(rx));
         match format!("Bearer {}", self.token).parse() {
             Ok(v) => {
@@ -155,6 +158,12 @@ impl KdsClient {
                         }
                         Ok(None) => return End::Broken("the global closed the stream".into()),
                         Err(status) => return classify(status),
+                    }
+                }
+                Ok(()) = self.inventory.changed() => {
+                    let inventory = self.inventory.borrow_and_update().clone();
+                    if tx.send(msg(zone_message::Message::Inventory(inventory))).await.is_err() {
+                        return End::Broken("request stream closed".into());
                     }
                 }
                 _ = heartbeat.tick() => {

@@ -1,5 +1,6 @@
-//! The zone's read-only REST API: what the global synced (meshes, policies), the other zones'
-//! inventories, health, readiness and metrics.
+//! The zone's REST API: what the global synced (meshes, policies, read-only), this zone's
+//! Dataplanes (read-write, with the zone's admin token), the zones' inventories, health,
+//! readiness and metrics.
 //!
 //! In: HTTP GETs. Out: the same JSON shapes as the global's API; writes are refused with a
 //! message that points at the global.
@@ -22,6 +23,8 @@ use tokio::sync::watch;
 /// What the handlers reach.
 #[derive(Clone)]
 pub struct ZoneApi {
+    /// Publishes the inventory after Dataplane changes.
+    pub inventory: watch::Sender<strait_api::kds::Inventory>,
     /// The zone's store, typed.
     pub resources: Resources,
     /// True once a snapshot is on disk.
@@ -32,8 +35,8 @@ pub struct ZoneApi {
     pub zone: Arc<String>,
 }
 
-/// Builds the router.
-pub fn router(api: ZoneApi) -> Router {
+/// Builds the router; writes (Dataplanes only) need the zone's admin token.
+pub fn router(api: ZoneApi, admin_token: Arc<String>) -> Router {
     Router::new()
         .route("/", get(index))
         .route("/healthz", get(|| async { "ok\n" }))
@@ -42,10 +45,11 @@ pub fn router(api: ZoneApi) -> Router {
         .route("/meshes", get(list_meshes))
         .route("/meshes/{mesh}", get(get_mesh))
         .route("/meshes/{mesh}/{rtype}", get(list_in_mesh))
-        .route("/meshes/{mesh}/{rtype}/{name}", get(get_in_mesh))
+        .route("/meshes/{mesh}/{rtype}/{name}", get(get_in_mesh).put(put_dataplane).delete(delete_dataplane))
         .route("/zones", get(list_zones))
         .fallback(fallback)
         .method_not_allowed_fallback(fallback)
+        .layer(axum::middleware::from_fn_with_state(admin_token, strait_global_cp::auth::require_token_for_writes))
         .with_state(api)
 }
 
@@ -108,6 +112,58 @@ async fn get_in_mesh(
     one(&api, mesh_scoped(&rtype)?, Some(&mesh), &name).await
 }
 
+/// Largest Dataplane body accepted.
+const MAX_BODY: usize = 256 * 1024;
+
+fn dataplanes_only(rtype: &str) -> Result<(), ApiError> {
+    if rtype == ResourceType::Dataplane.plural() {
+        Ok(())
+    } else {
+        Err(ApiError::bad_request(format!("{rtype} are managed on the global control plane; a zone accepts only dataplanes")))
+    }
+}
+
+/// Registers or replaces a Dataplane of this zone.
+async fn put_dataplane(
+    State(api): State<ZoneApi>,
+    Path((mesh, rtype, name)): Path<(String, String, String)>,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Body,
+) -> Result<Response, ApiError> {
+    dataplanes_only(&rtype)?;
+    let mut value = strait_global_cp::rest::body::read_value(&headers, body, MAX_BODY).await?;
+    for (field, want) in [("type", "Dataplane"), ("mesh", mesh.as_str()), ("name", name.as_str())] {
+        if value.get(field).is_none() {
+            value[field] = Value::String(want.to_string());
+        } else if value[field] != want {
+            return Err(ApiError::bad_request(format!("{field} {} does not match {want:?} in the request path", value[field])));
+        }
+    }
+    let what = format!("dataplane/{name}");
+    let resource = Resource::from_value(value).map_err(|e| ApiError::invalid(&what, e))?;
+    let (outcome, stored) = api.resources.put(&resource).await?;
+    crate::inventory::refresh(&api.resources, &api.inventory).await;
+    tracing::info!(mesh, name, result = ?outcome, "dataplane written");
+    let status = if outcome == strait_global_cp::resources::PutOutcome::Created { StatusCode::CREATED } else { StatusCode::OK };
+    Ok((status, Json(stored)).into_response())
+}
+
+/// Removes a Dataplane of this zone.
+async fn delete_dataplane(
+    State(api): State<ZoneApi>,
+    Path((mesh, rtype, name)): Path<(String, String, String)>,
+) -> Result<Json<Resource>, ApiError> {
+    dataplanes_only(&rtype)?;
+    let deleted = api.resources.delete(ResourceType::Dataplane, Some(&mesh), &name, None).await.map_err(|e| match e {
+        strait_global_cp::resources::ServiceError::Store(strait_store::StoreError::NotFound { .. }) => {
+            ApiError::not_found(format!("dataplane {name:?} not found in mesh {mesh:?}"))
+        }
+        other => other.into(),
+    })?;
+    crate::inventory::refresh(&api.resources, &api.inventory).await;
+    Ok(Json(deleted))
+}
+
 /// The zones this zone knows of, with their services (from the global's inventories).
 async fn list_zones(State(api): State<ZoneApi>) -> Result<Json<Value>, ApiError> {
     let items: Vec<Value> =
@@ -119,6 +175,9 @@ async fn fallback(method: Method, uri: axum::http::Uri) -> ApiError {
     if method == Method::GET || method == Method::HEAD {
         ApiError::not_found(format!("no such path {}", uri.path()))
     } else {
-        ApiError::bad_request(format!("the zone control plane is read-only: {method} {} must go to the global control plane", uri.path()))
+        ApiError::bad_request(format!(
+            "the zone control plane accepts only Dataplanes: {method} {} must go to the global control plane",
+            uri.path()
+        ))
     }
 }

@@ -6,7 +6,7 @@
 //! NACK). Resources are stored in the same shape as on the global, so the same read code serves
 //! them.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use serde_json::{json, Value};
@@ -44,14 +44,16 @@ pub struct Rejected {
 #[derive(Clone)]
 pub struct Synced {
     store: Arc<dyn Store>,
+    /// Policy types this zone refuses.
+    disabled: Arc<BTreeSet<String>>,
     /// Chunks of a snapshot still arriving.
     pending_snapshot: Vec<kds::Resource>,
 }
 
 impl Synced {
-    /// Wraps the zone's store.
-    pub fn new(store: Arc<dyn Store>) -> Self {
-        Synced { store, pending_snapshot: Vec::new() }
+    /// Wraps the zone's store; resources of the `disabled` types are refused.
+    pub fn new(store: Arc<dyn Store>, disabled: BTreeSet<String>) -> Self {
+        Synced { store, disabled: Arc::new(disabled), pending_snapshot: Vec::new() }
     }
 
     /// The stored sync state, if a snapshot was ever applied.
@@ -62,8 +64,10 @@ impl Synced {
         }))
     }
 
-    /// Applies one batch. Returns `None` while a snapshot is still arriving, else the rejected
-    /// resources (empty: ACK) once the revision is stored.
+    /// Applies one batch. Returns `None` while a snapshot is still arriving, else every resource
+    /// this zone currently refuses (empty: ACK) once the revision is stored. Refusals persist
+    /// until the resource changes into something acceptable or is deleted, so the global keeps
+    /// showing them.
     pub async fn apply(&mut self, mut batch: kds::Batch) -> Result<Option<Vec<Rejected>>, StoreError> {
         let upserts = if batch.snapshot {
             self.pending_snapshot.append(&mut batch.upserts);
@@ -74,11 +78,17 @@ impl Synced {
         } else {
             std::mem::take(&mut batch.upserts)
         };
+        let mut refused: BTreeMap<(String, String, String), String> = if batch.snapshot { BTreeMap::new() } else { self.refused().await? };
         let mut rejected = Vec::new();
         let mut ops = Vec::new();
         let mut kept = BTreeSet::new();
         for r in upserts {
             let Some(key) = r.key.clone() else { continue };
+            if self.disabled.contains(&key.r#type) {
+                let message = format!("{} is disabled in this zone (--disabled-policy-types)", key.r#type);
+                rejected.push(Rejected { key, message });
+                continue;
+            }
             match stored_data(&key, &r.json) {
                 Ok(data) => {
                     let store_key = Key::new(&key.r#type, &key.mesh, &key.name);
@@ -87,6 +97,12 @@ impl Synced {
                 }
                 Err(message) => rejected.push(Rejected { key, message }),
             }
+        }
+        for k in kept.iter().chain(batch.deletes.iter().map(|k| Key::new(&k.r#type, &k.mesh, &k.name)).collect::<Vec<_>>().iter()) {
+            refused.remove(&(k.kind.clone(), k.mesh.clone(), k.name.clone()));
+        }
+        for r in rejected {
+            refused.insert((r.key.r#type, r.key.mesh, r.key.name), r.message);
         }
         let mut deletes: BTreeSet<Key> = batch.deletes.iter().map(|k| Key::new(&k.r#type, &k.mesh, &k.name)).collect();
         if batch.snapshot {
@@ -105,13 +121,24 @@ impl Synced {
                 ops.push(Op::Delete { key, precondition: Precondition::None });
             }
         }
-        ops.push(Op::Put {
-            key: state_key(),
-            data: json!({"revision": batch.revision, "globalId": batch.global_id}),
-            precondition: Precondition::None,
-        });
+        let refused_json: Vec<Value> =
+            refused.iter().map(|((t, m, n), msg)| json!({"type": t, "mesh": m, "name": n, "message": msg})).collect();
+        let state = json!({"revision": batch.revision, "globalId": batch.global_id, "refused": refused_json});
+        ops.push(Op::Put { key: state_key(), data: state, precondition: Precondition::None });
         self.store.apply(ops).await?;
-        Ok(Some(rejected))
+        let all = refused
+            .into_iter()
+            .map(|((t, m, n), message)| Rejected { key: kds::ResourceKey { r#type: t, mesh: m, name: n }, message })
+            .collect();
+        Ok(Some(all))
+    }
+
+    /// The resources refused so far, from the stored state.
+    async fn refused(&self) -> Result<BTreeMap<(String, String, String), String>, StoreError> {
+        let state = self.store.get(&state_key()).await?;
+        let list = state.as_ref().and_then(|s| s.data.get("refused")).and_then(Value::as_array).cloned().unwrap_or_default();
+        let field = |v: &Value, f: &str| v.get(f).and_then(Value::as_str).unwrap_or_default().to_string();
+        Ok(list.iter().map(|v| ((field(v, "type"), field(v, "mesh"), field(v, "name")), field(v, "message"))).collect())
     }
 }
 
@@ -152,7 +179,7 @@ mod tests {
     #[tokio::test]
     async fn snapshots_replace_and_deltas_change() {
         let store: Arc<dyn Store> = Arc::new(strait_store::SledStore::temporary().unwrap());
-        let mut synced = Synced::new(store.clone());
+        let mut synced = Synced::new(store.clone(), BTreeSet::new());
         assert_eq!(synced.state().await.unwrap(), None);
         assert_eq!(synced.apply(batch(5, true, false, vec![mesh("a")], vec![])).await.unwrap(), None, "first chunk waits");
         assert_eq!(store.list("Mesh", None).await.unwrap().len(), 0, "nothing applied before the last chunk");
@@ -174,7 +201,7 @@ mod tests {
     #[tokio::test]
     async fn invalid_resources_are_rejected_and_the_rest_applied() {
         let store: Arc<dyn Store> = Arc::new(strait_store::SledStore::temporary().unwrap());
-        let mut synced = Synced::new(store.clone());
+        let mut synced = Synced::new(store.clone(), BTreeSet::new());
         let bad = res(
             "MeshTimeout",
             "a",
@@ -186,5 +213,27 @@ mod tests {
         assert!(rejected[0].message.contains("spec.to[0].default.idleTimeout"), "{}", rejected[0].message);
         assert_eq!(store.list("Mesh", None).await.unwrap().len(), 1);
         assert_eq!(synced.state().await.unwrap().unwrap().revision, 3);
+    }
+
+    #[tokio::test]
+    async fn disabled_policy_types_are_refused() {
+        let store: Arc<dyn Store> = Arc::new(strait_store::SledStore::temporary().unwrap());
+        let mut synced = Synced::new(store.clone(), ["MeshTimeout".to_string()].into());
+        let t = res(
+            "MeshTimeout",
+            "a",
+            "t",
+            json!({"type": "MeshTimeout", "name": "t", "mesh": "a", "spec": {"to": [{"targetRef": {"kind": "Mesh"}, "default": {"idleTimeout": "1s"}}]}}),
+        );
+        let rejected = synced.apply(batch(3, true, true, vec![mesh("a"), t], vec![])).await.unwrap().unwrap();
+        assert_eq!(rejected.len(), 1);
+        assert!(rejected[0].message.contains("MeshTimeout is disabled in this zone"));
+        assert!(store.list("MeshTimeout", None).await.unwrap().is_empty());
+        assert_eq!(store.list("Mesh", None).await.unwrap().len(), 1);
+        let later = synced.apply(batch(4, false, false, vec![mesh("b")], vec![])).await.unwrap().unwrap();
+        assert_eq!(later.len(), 1, "the refusal is reported until the resource goes away");
+        let gone = kds::ResourceKey { r#type: "MeshTimeout".into(), mesh: "a".into(), name: "t".into() };
+        let after_delete = synced.apply(batch(5, false, false, vec![], vec![gone])).await.unwrap().unwrap();
+        assert!(after_delete.is_empty());
     }
 }

@@ -1,0 +1,40 @@
+//! The zone's inventory: the services of its Dataplanes, with endpoint counts, as reported
+//! upstream so that other zones can reach them.
+//!
+//! In: the zone's Dataplanes (registered on this zone). Out: a KDS `Inventory`, published on a
+//! watch channel whenever it changes; the sync client sends the latest one.
+
+use std::collections::BTreeMap;
+
+use strait_api::kds;
+use strait_api::{ResourceType, Spec};
+use strait_global_cp::resources::{Resources, ServiceError};
+use tokio::sync::watch;
+
+/// Computes the inventory from the zone's store.
+pub async fn compute(resources: &Resources) -> Result<kds::Inventory, ServiceError> {
+    let mut counts: BTreeMap<(String, String), u32> = BTreeMap::new();
+    for dp in resources.list(ResourceType::Dataplane, None).await? {
+        let (Some(mesh), Spec::Dataplane(spec)) = (dp.mesh.as_deref(), &dp.spec) else { continue };
+        for inbound in &spec.networking.inbound {
+            *counts.entry((mesh.to_string(), inbound.service().to_string())).or_default() += 1;
+        }
+    }
+    let services =
+        counts.into_iter().map(|((mesh, name), endpoints)| kds::ServiceInventory { mesh, name, endpoints, healthy: endpoints }).collect();
+    Ok(kds::Inventory { services, ingress_addresses: Vec::new() })
+}
+
+/// Recomputes the inventory and publishes it if it changed.
+pub async fn refresh(resources: &Resources, tx: &watch::Sender<kds::Inventory>) {
+    match compute(resources).await {
+        Ok(inventory) => {
+            tx.send_if_modified(|current| {
+                let changed = *current != inventory;
+                *current = inventory;
+                changed
+            });
+        }
+        Err(e) => tracing::warn!(error = %e, "could not compute the zone's inventory"),
+    }
+}
