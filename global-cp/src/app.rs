@@ -163,6 +163,11 @@ impl GlobalCp {
         Ok(GlobalCp { api_addr, kds_addr, ca_bundle: secrets.system_ca_pem.clone(), token_file, shutdown, server, tasks, store })
     }
 
+    /// The store (for tests and tools that load data in bulk).
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
     /// Asks the server to stop; [`GlobalCp::wait`] returns once it has drained.
     pub fn shutdown(&self) {
         self.shutdown.cancel();

@@ -69,6 +69,10 @@ pub struct KdsMetrics {
     pub bytes_sent: Counter,
     /// Time from sending a revision to its ACK.
     pub push_latency: Histogram,
+    /// Full snapshots sent.
+    pub snapshots: Counter,
+    /// Streams resumed from the zone's revision without a snapshot.
+    pub resumes: Counter,
 }
 
 impl KdsMetrics {
@@ -80,6 +84,8 @@ impl KdsMetrics {
             nacks: Counter::default(),
             bytes_sent: Counter::default(),
             push_latency: Histogram::new([0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5]),
+            snapshots: Counter::default(),
+            resumes: Counter::default(),
         };
         let r = registry.sub_registry_with_prefix("strait_global_kds");
         r.register("connected_zones", "Zones with an open sync stream", m.connected_zones.clone());
@@ -87,6 +93,8 @@ impl KdsMetrics {
         r.register("nacks", "Revisions rejected by zones", m.nacks.clone());
         r.register("bytes_sent", "Resource bytes sent to zones", m.bytes_sent.clone());
         r.register("push_latency_seconds", "Time from sending a revision to its acknowledgement", m.push_latency.clone());
+        r.register("snapshots", "Full snapshots sent to zones", m.snapshots.clone());
+        r.register("resumes", "Zone streams resumed without a snapshot", m.resumes.clone());
         m
     }
 }

@@ -69,6 +69,7 @@ impl Session {
             match store.watch(hello.resume_revision).await {
                 Ok(events) => {
                     tracing::info!(zone = %self.zone, revision = hello.resume_revision, "resuming zone from its revision");
+                    self.shared.metrics.resumes.inc();
                     events
                 }
                 Err(StoreError::Compacted { .. }) => self.snapshot().await?,
@@ -138,6 +139,7 @@ impl Session {
             }
         }
         self.send_batch(revision, true, true, chunk, Vec::new()).await?;
+        self.shared.metrics.snapshots.inc();
         tracing::info!(zone = %self.zone, revision, resources = total, "sent snapshot");
         Ok(events)
     }

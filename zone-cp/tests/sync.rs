@@ -1,0 +1,186 @@
+//! Zone sync in-process: a real global and real zones on ephemeral ports, over TLS with real
+//! zone tokens. Large snapshots are chunked, a reconnect resumes without a snapshot, and a
+//! restarted zone serves from disk before the global answers.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use serde_json::{json, Value};
+use strait_global_cp::GlobalCp;
+use strait_store::{Key, Op, Precondition};
+use strait_zone_cp::{Config as ZoneConfig, ZoneCp};
+
+struct Global {
+    cp: GlobalCp,
+    base: String,
+    token: String,
+    http: reqwest::Client,
+}
+
+async fn global(dir: &Path) -> Global {
+    let config = strait_global_cp::Config::for_dir(dir.to_path_buf(), "127.0.0.1:0".parse().unwrap());
+    let cp = GlobalCp::start(Arc::new(config)).await.expect("global starts");
+    let token = std::fs::read_to_string(&cp.token_file).unwrap().trim().to_string();
+    Global { base: format!("http://{}", cp.api_addr), cp, token, http: reqwest::Client::new() }
+}
+
+impl Global {
+    async fn register(&self, zone: &str, dir: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
+        let resp = self.http.post(format!("{}/zones/{zone}/token", self.base)).bearer_auth(&self.token).send().await.unwrap();
+        assert!(resp.status().is_success(), "{}", resp.status());
+        let body: Value = resp.json().await.unwrap();
+        std::fs::create_dir_all(dir).unwrap();
+        let (token, ca) = (dir.join("zone-token"), dir.join("global-ca.pem"));
+        std::fs::write(&token, body["token"].as_str().unwrap()).unwrap();
+        std::fs::write(&ca, body["caBundle"].as_str().unwrap()).unwrap();
+        (token, ca)
+    }
+
+    async fn put(&self, path: &str, body: Value) {
+        let resp = self.http.put(format!("{}{path}", self.base)).bearer_auth(&self.token).json(&body).send().await.unwrap();
+        assert!(resp.status().is_success(), "{path}: {}", resp.status());
+    }
+
+    async fn metric(&self, name: &str) -> f64 {
+        let text = self.http.get(format!("{}/metrics", self.base)).send().await.unwrap().text().await.unwrap();
+        text.lines().find(|l| l.starts_with(name)).and_then(|l| l.rsplit(' ').next()).and_then(|v| v.parse().ok()).unwrap_or(0.0)
+    }
+}
+
+async fn zone(global: &Global, name: &str, dir: &Path) -> ZoneCp {
+    let (token, ca) = global.register_once(name, dir).await;
+    let args = [
+        "strait-zone".to_string(),
+        "--zone".into(),
+        name.into(),
+        "--global-address".into(),
+        format!("https://{}", global.cp.kds_addr),
+        "--zone-token-file".into(),
+        token.display().to_string(),
+        "--global-ca-file".into(),
+        ca.display().to_string(),
+        "--data-dir".into(),
+        dir.join("data").display().to_string(),
+        "--api-address".into(),
+        "127.0.0.1:0".into(),
+        "--kds-max-backoff".into(),
+        "1s".into(),
+    ];
+    ZoneCp::start(Arc::new(ZoneConfig::try_parse_from(args).unwrap())).await.expect("zone starts")
+}
+
+impl Global {
+    /// Registers the zone unless its token files already exist (a restart keeps its token).
+    async fn register_once(&self, zone: &str, dir: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
+        let (token, ca) = (dir.join("zone-token"), dir.join("global-ca.pem"));
+        if token.exists() {
+            return (token, ca);
+        }
+        self.register(zone, dir).await
+    }
+}
+
+async fn wait_for<T>(what: &str, deadline: Duration, mut f: impl AsyncFnMut() -> Option<T>) -> T {
+    let end = Instant::now() + deadline;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(Instant::now() < end, "timed out after {deadline:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn zone_total(zone: &ZoneCp, path: &str) -> Option<u64> {
+    let resp = reqwest::get(format!("http://{}{path}", zone.api_addr)).await.ok()?;
+    resp.json::<Value>().await.ok()?.get("total")?.as_u64()
+}
+
+fn mesh_key(name: &str) -> Key {
+    Key::new("Mesh", "", name)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_thousand_policies_arrive_in_chunks() {
+    let dir = tempfile::tempdir().unwrap();
+    let g = global(&dir.path().join("global")).await;
+    let mut ops = vec![Op::Put { key: mesh_key("default"), data: json!({"labels": {}, "spec": {}}), precondition: Precondition::None }];
+    for i in 0..5000 {
+        let spec = json!({"targetRef": {"kind": "Mesh"}, "to": [{"targetRef": {"kind": "MeshService", "name": format!("svc-{i}")}, "default": {"idleTimeout": "1h", "http": {"requestTimeout": "15s"}}}]});
+        ops.push(Op::Put {
+            key: Key::new("MeshTimeout", "default", format!("timeout-{i:04}")),
+            data: json!({"labels": {"team": "payments"}, "spec": spec}),
+            precondition: Precondition::None,
+        });
+    }
+    g.cp.store().apply(ops).await.unwrap();
+    let z = zone(&g, "zone-1", &dir.path().join("zone-1")).await;
+    let total = wait_for("5000 policies on the zone", Duration::from_secs(60), async || {
+        zone_total(&z, "/meshes/default/meshtimeouts").await.filter(|n| *n == 5000)
+    })
+    .await;
+    assert_eq!(total, 5000);
+    assert_eq!(g.metric("strait_global_kds_snapshots_total").await, 1.0);
+    assert!(g.metric("strait_global_kds_bytes_sent_total").await > 1_000_000.0, "over a megabyte: more than one chunk");
+    z.shutdown();
+    z.wait().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reconnecting_zone_resumes_and_a_restarted_zone_serves_from_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let g = global(&dir.path().join("global")).await;
+    g.put("/meshes/default", json!({"type": "Mesh", "name": "default"})).await;
+    let zdir = dir.path().join("zone-1");
+    let z = zone(&g, "zone-1", &zdir).await;
+    wait_for("the mesh's default policy on the zone", Duration::from_secs(20), async || {
+        zone_total(&z, "/meshes/default/meshtrafficpermissions").await.filter(|n| *n == 1)
+    })
+    .await;
+    z.shutdown();
+    z.wait().await;
+
+    // Changes while the zone is away arrive as a resume, not a second snapshot.
+    g.put("/meshes/default/meshtimeouts/t", json!({"type": "MeshTimeout", "name": "t", "mesh": "default", "spec": {"to": [{"targetRef": {"kind": "Mesh"}, "default": {"idleTimeout": "5s"}}]}})).await;
+    let z = zone(&g, "zone-1", &zdir).await;
+    wait_for("the change made while the zone was away", Duration::from_secs(20), async || {
+        zone_total(&z, "/meshes/default/meshtimeouts").await.filter(|n| *n == 1)
+    })
+    .await;
+    assert_eq!(g.metric("strait_global_kds_snapshots_total").await, 1.0, "no second snapshot");
+    assert_eq!(g.metric("strait_global_kds_resumes_total").await, 1.0);
+    z.shutdown();
+    z.wait().await;
+
+    // Without the global, a restarted zone is ready at once and serves what it has.
+    g.cp.shutdown();
+    g.cp.wait().await;
+    let z = zone_without_registration(&zdir, "zone-1").await;
+    let ready = reqwest::get(format!("http://{}/readyz", z.api_addr)).await.unwrap();
+    assert_eq!(ready.status(), 200, "ready from disk");
+    assert_eq!(zone_total(&z, "/meshes/default/meshtimeouts").await, Some(1));
+    z.shutdown();
+    z.wait().await;
+}
+
+async fn zone_without_registration(dir: &Path, name: &str) -> ZoneCp {
+    let args = [
+        "strait-zone",
+        "--zone",
+        name,
+        "--global-address",
+        "https://127.0.0.1:9",
+        "--zone-token-file",
+        &dir.join("zone-token").display().to_string(),
+        "--global-ca-file",
+        &dir.join("global-ca.pem").display().to_string(),
+        "--data-dir",
+        &dir.join("data").display().to_string(),
+        "--api-address",
+        "127.0.0.1:0",
+    ]
+    .map(str::to_string);
+    ZoneCp::start(Arc::new(ZoneConfig::try_parse_from(args).unwrap())).await.expect("zone starts")
+}
