@@ -12,6 +12,7 @@ pub mod app;
 pub mod auth;
 pub mod config;
 pub mod kds;
+pub mod mesh_ca;
 pub mod metrics;
 pub mod resources;
 pub mod rest;

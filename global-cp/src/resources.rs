@@ -146,6 +146,9 @@ impl Resources {
                     *precondition = Precondition::MustNotExist;
                 }
             }
+            let ca_ops = crate::mesh_ca::new_mesh_ops(&resource.name)
+                .map_err(|e| StoreError::Backend(format!("creating the mesh's root CA: {e}")))?;
+            ops.extend(ca_ops);
             if !skip {
                 for p in default_policies(&resource.name) {
                     ops.push(Op::Put {
@@ -172,6 +175,9 @@ impl Resources {
         let precondition = version.map(Precondition::Version).unwrap_or(Precondition::None);
         let mut ops = vec![Op::Delete { key, precondition }];
         if kind == ResourceType::Mesh {
+            if self.store.get(&Key::new(crate::mesh_ca::MESH_CA, "", name)).await?.is_some() {
+                ops.extend(crate::mesh_ca::delete_mesh_ops(name));
+            }
             for obj in self.store.list_mesh(name).await? {
                 ops.push(Op::Delete { key: obj.key, precondition: Precondition::Version(obj.version) });
             }

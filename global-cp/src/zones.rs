@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde_json::{json, Value};
 use strait_api::{Resource, ResourceType};
 use strait_pki::token::{TokenClaims, TokenSigner, TokenSubject, TokenVerifierKey};
-use strait_store::{Key, Precondition};
+use strait_store::{Key, Precondition, StoreError};
 use tonic::Status;
 
 use crate::kds::registry::Registry;
@@ -73,7 +73,7 @@ impl Zones {
             self.resources.put(&resource).await?;
         }
         let claims = TokenClaims::new(TokenSubject::Zone { name: zone.to_string() }, unix_now(), validity.as_secs());
-        let token = self.signer.issue(&claims).map_err(|e| strait_store::StoreError::Backend(format!("signing the zone token: {e}")))?;
+        let token = self.signer.issue(&claims).map_err(|e| StoreError::Backend(format!("signing the zone token: {e}")))?;
         let record = json!({"id": claims.id, "expiresAt": claims.expires_at});
         self.resources.store().put(token_key(zone), record, Precondition::None).await?;
         // A stream opened with the previous token must not outlive it.
@@ -86,11 +86,14 @@ impl Zones {
     pub async fn revoke(&self, zone: &str) -> Result<bool, ServiceError> {
         let existed = match self.resources.store().delete(token_key(zone), Precondition::None).await {
             Ok(_) => true,
-            Err(strait_store::StoreError::NotFound { .. }) => false,
+            Err(StoreError::NotFound { .. }) => false,
             Err(e) => return Err(e.into()),
         };
         self.registry.kick(zone);
-        tracing::info!(zone, "revoked the zone's token");
+        let intermediates = crate::mesh_ca::revoke_zone(self.resources.store().as_ref(), zone)
+            .await
+            .map_err(|e| StoreError::Backend(format!("revoking the zone's intermediate CAs: {e}")))?;
+        tracing::info!(zone, intermediates, "revoked the zone's token and intermediate CAs");
         Ok(existed)
     }
 
@@ -98,7 +101,7 @@ impl Zones {
     pub async fn forget(&self, zone: &str) -> Result<(), ServiceError> {
         self.revoke(zone).await?;
         match self.resources.store().delete(Key::new(ZONE_INVENTORY, "", zone), Precondition::None).await {
-            Ok(_) | Err(strait_store::StoreError::NotFound { .. }) => {}
+            Ok(_) | Err(StoreError::NotFound { .. }) => {}
             Err(e) => return Err(e.into()),
         }
         self.registry.remove(zone);

@@ -23,6 +23,7 @@ use crate::synced::Synced;
 pub struct ZoneCp {
     /// Where the REST API listens.
     pub api_addr: SocketAddr,
+    store: Arc<dyn Store>,
     shutdown: CancellationToken,
     tasks: TaskTracker,
 }
@@ -42,6 +43,7 @@ impl ZoneCp {
             tokio::task::spawn_blocking(move || SledStore::open(&dir)).await?
         };
         let store: Arc<dyn Store> = Arc::new(opened.map_err(|e| anyhow::anyhow!("opening the store in {}: {e}", dir.display()))?);
+        let zone_store = store.clone();
         let synced = Synced::new(store.clone(), config.disabled_policy_types.iter().cloned().collect());
         // A snapshot on disk from an earlier run is enough to serve while the global is away.
         let state = synced.state().await?;
@@ -85,7 +87,12 @@ impl ZoneCp {
             }
         });
         tracing::info!(zone = %config.zone, api = %api_addr, global = %config.global_address, "zone control plane started");
-        Ok(ZoneCp { api_addr, shutdown, tasks })
+        Ok(ZoneCp { api_addr, store: zone_store, shutdown, tasks })
+    }
+
+    /// The zone's store (for tests and tools).
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
     }
 
     /// Asks everything to stop.

@@ -144,18 +144,28 @@ impl KdsClient {
         self.metrics.connected.set(1);
         let mut heartbeat = tokio::time::interval(self.config.kds_heartbeat_interval);
         let mut last_heard = Instant::now();
+        let mut csrs = crate::zone_ca::Pending::default();
         loop {
             tokio::select! {
                 message = inbound.message() => {
                     last_heard = Instant::now();
                     match message {
-                        Ok(Some(m)) => {
-                            if let Some(global_message::Message::Batch(batch)) = m.message {
+                        Ok(Some(m)) => match m.message {
+                            Some(global_message::Message::Batch(batch)) => {
                                 if let Err(e) = self.on_batch(batch, &tx).await {
                                     return End::Broken(e);
                                 }
+                                if let Err(e) = self.request_certificates(&mut csrs, &tx).await {
+                                    return End::Broken(e);
+                                }
                             }
-                        }
+                            Some(global_message::Message::Certificate(cert)) => {
+                                if let Err(e) = csrs.complete(self.synced.store().as_ref(), cert).await {
+                                    return End::Broken(format!("storing the intermediate CA: {e}"));
+                                }
+                            }
+                            _ => {}
+                        },
                         Ok(None) => return End::Broken("the global closed the stream".into()),
                         Err(status) => return classify(status),
                     }
@@ -177,6 +187,17 @@ impl KdsClient {
                 }
             }
         }
+    }
+
+    /// Sends a CSR for every mesh without an intermediate CA (at most one in flight per mesh).
+    async fn request_certificates(&self, csrs: &mut crate::zone_ca::Pending, tx: &mpsc::Sender<ZoneMessage>) -> Result<(), String> {
+        let missing = crate::zone_ca::missing(self.synced.store().as_ref()).await.map_err(|e| format!("reading meshes: {e}"))?;
+        for mesh in missing {
+            if let Some(req) = csrs.request(&self.config.zone, &mesh).await {
+                tx.send(msg(zone_message::Message::CertificateRequest(req))).await.map_err(|_| "request stream closed".to_string())?;
+            }
+        }
+        Ok(())
     }
 
     async fn on_batch(&mut self, batch: kds::Batch, tx: &mpsc::Sender<ZoneMessage>) -> Result<(), String> {

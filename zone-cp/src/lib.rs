@@ -15,6 +15,7 @@ pub mod kds_client;
 pub mod metrics;
 pub mod rest;
 pub mod synced;
+pub mod zone_ca;
 
 pub use app::ZoneCp;
 pub use config::Config;

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use serde_json::{json, Value};
 use strait_api::kds;
 use strait_api::Resource;
-use strait_global_cp::kds::sync_set::{synced_kinds, ZONE_INVENTORY};
+use strait_global_cp::kds::sync_set::{is_raw, synced_kinds};
 use strait_store::{Key, Op, Precondition, Store, StoreError};
 
 /// Store kind of the sync state (last applied revision and the global's identity).
@@ -51,6 +51,11 @@ pub struct Synced {
 }
 
 impl Synced {
+    /// The store underneath.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
     /// Wraps the zone's store; resources of the `disabled` types are refused.
     pub fn new(store: Arc<dyn Store>, disabled: BTreeSet<String>) -> Self {
         Synced { store, disabled: Arc::new(disabled), pending_snapshot: Vec::new() }
@@ -143,10 +148,10 @@ impl Synced {
 }
 
 /// The data stored for a synced resource: `{labels, spec}` for resources (validated by this
-/// zone's own rules), the raw object for inventories.
+/// zone's own rules), the raw object for inventories and trust bundles.
 fn stored_data(key: &kds::ResourceKey, json: &[u8]) -> Result<Value, String> {
     let value: Value = serde_json::from_slice(json).map_err(|e| format!("not JSON: {e}"))?;
-    if key.r#type == ZONE_INVENTORY {
+    if is_raw(&key.r#type) {
         return Ok(value);
     }
     let resource = Resource::from_value(value).map_err(|e| e.to_string())?;

@@ -184,3 +184,53 @@ async fn zone_without_registration(dir: &Path, name: &str) -> ZoneCp {
     .map(str::to_string);
     ZoneCp::start(Arc::new(ZoneConfig::try_parse_from(args).unwrap())).await.expect("zone starts")
 }
+
+async fn bundle(zone: &ZoneCp) -> Option<strait_pki::TrustBundle> {
+    let obj = zone.store().get(&Key::new("TrustBundle", "default", "default")).await.ok()??;
+    serde_json::from_value(obj.data).ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zone_intermediates_chain_to_the_mesh_root_and_revocation_reaches_every_zone() {
+    let dir = tempfile::tempdir().unwrap();
+    let g = global(&dir.path().join("global")).await;
+    g.put("/meshes/default", json!({"type": "Mesh", "name": "default"})).await;
+    let z1 = zone(&g, "zone-1", &dir.path().join("zone-1")).await;
+    let z2 = zone(&g, "zone-2", &dir.path().join("zone-2")).await;
+    let ca_of = async |z: &ZoneCp| strait_zone_cp::zone_ca::get(z.store().as_ref(), "default").await.ok().flatten();
+    let (cert1, key1, root1) = wait_for("zone-1's intermediate CA", Duration::from_secs(20), async || ca_of(&z1).await).await;
+    wait_for("zone-2's intermediate CA", Duration::from_secs(20), async || ca_of(&z2).await).await;
+
+    // What the zone received: its own key, the intermediate and the root certificate; never the root key.
+    let root_obj = g.cp.store().get(&Key::new("MeshCA", "", "default")).await.unwrap().expect("the mesh has a root CA");
+    assert_eq!(root_obj.data["cert"].as_str().unwrap(), root1, "the zone holds the mesh's root certificate");
+    let root_key = root_obj.data["key"].as_str().unwrap().to_string();
+    for kind in ["Mesh", "MeshTrafficPermission", "TrustBundle", "ZoneInventory", "ZoneCA", "KdsState", "SystemSecret", "MeshCA"] {
+        for obj in z1.store().list(kind, None).await.unwrap() {
+            let text = obj.data.to_string();
+            assert!(!text.contains(root_key.trim()), "{} holds the root key", obj.key);
+            assert!(kind == "ZoneCA" || !text.contains("PRIVATE KEY"), "{} holds a private key", obj.key);
+        }
+    }
+
+    // zone-1 issues a workload certificate; zone-2 trusts it through the synced bundle.
+    let intermediate = strait_pki::CertificateAuthority::from_pem(&cert1, &key1).expect("the zone's CA loads");
+    let csr = strait_pki::KeyAndCsr::generate("web").unwrap();
+    let leaf = intermediate.sign_workload(&csr.csr_pem, "spiffe://default/web", Duration::from_secs(3600)).unwrap();
+    let b2 = wait_for("zone-2's trust bundle", Duration::from_secs(20), async || bundle(&z2).await).await;
+    let id = b2.verify(&leaf, std::slice::from_ref(&cert1), std::time::SystemTime::now()).expect("zone-2 trusts zone-1's workloads");
+    assert_eq!(id.as_str(), "spiffe://default/web");
+
+    // Revoking zone-1 revokes its intermediate everywhere.
+    let resp = g.http.delete(format!("{}/zones/zone-1/token", g.base)).bearer_auth(&g.token).send().await.unwrap();
+    assert!(resp.status().is_success());
+    let err = wait_for("zone-2 to stop trusting zone-1's intermediate", Duration::from_secs(20), async || {
+        bundle(&z2).await.and_then(|b| b.verify(&leaf, std::slice::from_ref(&cert1), std::time::SystemTime::now()).err())
+    })
+    .await;
+    assert!(err.to_string().contains("revoked"), "{err}");
+    z1.shutdown();
+    z2.shutdown();
+    z1.wait().await;
+    z2.wait().await;
+}

@@ -221,6 +221,17 @@ impl Session {
             }
             Some(zone_message::Message::Inventory(inventory)) => self.store_inventory(inventory).await?,
             Some(zone_message::Message::Heartbeat(_)) => registry.update(&self.zone, self.id, |_| {}),
+            Some(zone_message::Message::CertificateRequest(req)) => {
+                let store = self.shared.resources.store();
+                let answer = match crate::mesh_ca::issue_intermediate(store.as_ref(), &req.mesh, &self.zone, &req.csr_pem).await {
+                    Ok((cert_pem, root_pem)) => kds::Certificate { mesh: req.mesh, cert_pem, root_pem, error: String::new() },
+                    Err(e) => {
+                        tracing::warn!(zone = %self.zone, mesh = %req.mesh, error = %e, "refused to issue an intermediate CA");
+                        kds::Certificate { mesh: req.mesh, error: e.to_string(), ..Default::default() }
+                    }
+                };
+                self.send(global_message::Message::Certificate(answer)).await?;
+            }
             Some(zone_message::Message::Hello(_)) => return Err(Status::invalid_argument("Hello is only allowed as the first message")),
             None => return Err(Status::invalid_argument("empty message")),
         }

@@ -1,7 +1,7 @@
 //! What the global sends to zones, and how stored objects become KDS messages.
 //!
 //! In: store objects and events. Out: KDS `Resource`s and `ResourceKey`s. Only meshes,
-//! policies and other zones' inventories travel; Dataplanes stay in their zone, and secrets
+//! policies, trust bundles and the zones' inventories travel; Dataplanes stay in their zone, and secrets
 //! (CA keys, token signing keys, zone token records) never leave the global.
 
 use strait_api::kds;
@@ -13,9 +13,14 @@ use crate::resources::Resources;
 /// Store kind of a zone's reported inventory (services, ingress addresses); one per zone.
 pub const ZONE_INVENTORY: &str = "ZoneInventory";
 
+/// Store kinds synced as their raw data rather than as resources of the model.
+pub fn is_raw(kind: &str) -> bool {
+    kind == ZONE_INVENTORY || kind == crate::mesh_ca::TRUST_BUNDLE
+}
+
 /// Whether objects of this store kind are synced to zones.
 pub fn is_synced(kind: &str) -> bool {
-    kind == ZONE_INVENTORY || ResourceType::ALL.iter().any(|t| t.name() == kind && (*t == ResourceType::Mesh || t.is_policy()))
+    is_raw(kind) || ResourceType::ALL.iter().any(|t| t.name() == kind && (*t == ResourceType::Mesh || t.is_policy()))
 }
 
 /// Every synced store kind.
@@ -23,6 +28,7 @@ pub fn synced_kinds() -> Vec<&'static str> {
     let mut kinds: Vec<&'static str> =
         ResourceType::ALL.iter().filter(|t| **t == ResourceType::Mesh || t.is_policy()).map(|t| t.name()).collect();
     kinds.push(ZONE_INVENTORY);
+    kinds.push(crate::mesh_ca::TRUST_BUNDLE);
     kinds
 }
 
@@ -33,7 +39,7 @@ pub fn key_to_proto(key: &Key) -> kds::ResourceKey {
 
 /// The KDS form of a stored object: its REST JSON (inventories: their raw data).
 pub fn object_to_proto(obj: &Object) -> Result<kds::Resource, String> {
-    let json = if obj.key.kind == ZONE_INVENTORY {
+    let json = if is_raw(&obj.key.kind) {
         serde_json::to_vec(&obj.data)
     } else {
         let resource = Resources::from_object(obj).map_err(|e| e.to_string())?;
@@ -52,9 +58,10 @@ mod tests {
         assert!(is_synced("Mesh"));
         assert!(is_synced("MeshTrafficPermission"));
         assert!(is_synced(ZONE_INVENTORY));
-        for private in ["Dataplane", "Zone", "ZoneToken", "SystemSecret"] {
+        assert!(is_synced("TrustBundle"));
+        for private in ["Dataplane", "Zone", "ZoneToken", "SystemSecret", "MeshCA", "ZoneIntermediate"] {
             assert!(!is_synced(private), "{private} must not leave the global");
         }
-        assert_eq!(synced_kinds().len(), ResourceType::ALL.len() - 1, "all but Zone and Dataplane, plus inventories");
+        assert_eq!(synced_kinds().len(), ResourceType::ALL.len(), "all but Zone and Dataplane, plus inventories and trust bundles");
     }
 }

@@ -1,0 +1,83 @@
+//! The zone's intermediate CA of each mesh: its key is generated here and never leaves the
+//! zone; the global signs it from a CSR sent over zone sync.
+//!
+//! In: the meshes synced from the global, and certificates answered to CSRs. Out: `ZoneCA`
+//! records in the zone's store (key, certificate, root), from which workload certificates are
+//! issued.
+
+use std::collections::HashMap;
+
+use serde_json::{json, Value};
+use strait_api::kds;
+use strait_pki::KeyAndCsr;
+use strait_store::{Key, Precondition, Store, StoreError};
+
+/// Store kind of the zone's intermediate CA of a mesh; zone only, never synced.
+pub const ZONE_CA: &str = "ZoneCA";
+
+/// Meshes the zone has but holds no intermediate CA for.
+pub async fn missing(store: &dyn Store) -> Result<Vec<String>, StoreError> {
+    let mut out = Vec::new();
+    for mesh in store.list("Mesh", None).await? {
+        if store.get(&Key::new(ZONE_CA, "", &mesh.key.name)).await?.is_none() {
+            out.push(mesh.key.name);
+        }
+    }
+    Ok(out)
+}
+
+/// CSRs in flight on the current stream, by mesh, with the key each was made from.
+#[derive(Default)]
+pub struct Pending {
+    keys: HashMap<String, String>,
+}
+
+impl Pending {
+    /// A CSR for `mesh`, unless one is already in flight.
+    pub async fn request(&mut self, zone: &str, mesh: &str) -> Option<kds::CertificateRequest> {
+        if self.keys.contains_key(mesh) {
+            return None;
+        }
+        let cn = format!("{zone} zone CA ({mesh})");
+        // Key generation is CPU work: keep it off the async workers.
+        let generated = tokio::task::spawn_blocking(move || KeyAndCsr::generate(&cn)).await;
+        match generated {
+            Ok(Ok(kc)) => {
+                self.keys.insert(mesh.to_string(), kc.key_pem.clone());
+                Some(kds::CertificateRequest { mesh: mesh.to_string(), csr_pem: kc.csr_pem })
+            }
+            Ok(Err(e)) => {
+                tracing::error!(mesh, error = %e, "could not make a CSR for the zone's intermediate CA");
+                None
+            }
+            Err(e) => {
+                tracing::error!(mesh, error = %e, "CSR task failed");
+                None
+            }
+        }
+    }
+
+    /// Stores the certificate answered for `cert.mesh` with the key of its CSR.
+    pub async fn complete(&mut self, store: &dyn Store, cert: kds::Certificate) -> Result<(), StoreError> {
+        let Some(key_pem) = self.keys.remove(&cert.mesh) else {
+            tracing::warn!(mesh = %cert.mesh, "certificate for a CSR this stream did not send; ignoring");
+            return Ok(());
+        };
+        if !cert.error.is_empty() {
+            tracing::warn!(mesh = %cert.mesh, error = %cert.error, "the global refused the zone's intermediate CA");
+            return Ok(());
+        }
+        let data = json!({"key": key_pem, "cert": cert.cert_pem, "root": cert.root_pem});
+        store.put(Key::new(ZONE_CA, "", &cert.mesh), data, Precondition::None).await?;
+        tracing::info!(mesh = %cert.mesh, "stored the zone's intermediate CA");
+        Ok(())
+    }
+}
+
+/// The zone's intermediate CA of `mesh` (certificate, key, root), if issued.
+pub async fn get(store: &dyn Store, mesh: &str) -> Result<Option<(String, String, String)>, StoreError> {
+    Ok(store.get(&Key::new(ZONE_CA, "", mesh)).await?.map(|o| {
+        let f = |name: &str| o.data.get(name).and_then(Value::as_str).unwrap_or_default().to_string();
+        (f("cert"), f("key"), f("root"))
+    }))
+}
