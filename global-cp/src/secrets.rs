@@ -1,6 +1,6 @@
 //! The global's own secrets, created on first start and kept in the store (never synced): the
 //! store identity, the system CA (zone identities, the sync endpoint's certificate) and the
-//! zone-token signing key.
+//! zone- and dataplane-token signing keys (the public half of the latter is synced to zones).
 //!
 //! In: the store. Out: [`Secrets`], plus a fresh TLS identity for the sync endpoint.
 
@@ -29,9 +29,14 @@ pub struct Secrets {
     pub system_ca: Arc<CertificateAuthority>,
     /// Its certificate, which zones trust for the sync endpoint.
     pub system_ca_pem: String,
-    /// Signs zone (and dataplane) tokens.
+    /// Signs zone tokens.
     pub token_signer: Arc<TokenSigner>,
+    /// Signs dataplane tokens; zones verify them with its public key, synced as `TokenKeys`.
+    pub dataplane_token_signer: Arc<TokenSigner>,
 }
+
+/// Store kind of the public keys zones verify dataplane tokens with; synced.
+pub const TOKEN_KEYS: &str = "TokenKeys";
 
 /// A TLS certificate chain and key in PEM.
 pub struct ServerIdentity {
@@ -99,6 +104,17 @@ impl Secrets {
             Ok(json!({"pkcs8": hex::encode(signer.to_pkcs8_der())}))
         })
         .await?;
+        let dp_signer = load_or_create(store, "dataplane-token-signer", || {
+            let signer = TokenSigner::generate().map_err(|e| e.to_string())?;
+            Ok(json!({"pkcs8": hex::encode(signer.to_pkcs8_der())}))
+        })
+        .await?;
+        let dp_der =
+            hex::decode(field(&dp_signer, "dataplane-token-signer", "pkcs8")?).map_err(|e| bad("dataplane-token-signer")(e.to_string()))?;
+        let dataplane_token_signer = TokenSigner::from_pkcs8_der(&dp_der).map_err(|e| bad("dataplane-token-signer")(e.to_string()))?;
+        // Zones learn the public half only, through zone sync.
+        let keys = json!({"keys": [dataplane_token_signer.public_key()]});
+        store.put(Key::new(TOKEN_KEYS, "", "dataplane"), keys, Precondition::None).await?;
         let system_ca = CertificateAuthority::from_pem(&field(&ca, "system-ca", "cert")?, &field(&ca, "system-ca", "key")?)
             .map_err(|e| bad("system-ca")(e.to_string()))?;
         let der = hex::decode(field(&signer, "token-signer", "pkcs8")?).map_err(|e| bad("token-signer")(e.to_string()))?;
@@ -108,6 +124,7 @@ impl Secrets {
             system_ca_pem: system_ca.cert_pem().to_string(),
             system_ca: Arc::new(system_ca),
             token_signer: Arc::new(token_signer),
+            dataplane_token_signer: Arc::new(dataplane_token_signer),
         })
     }
 

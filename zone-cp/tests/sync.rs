@@ -205,7 +205,14 @@ async fn zone_intermediates_chain_to_the_mesh_root_and_revocation_reaches_every_
     let root_obj = g.cp.store().get(&Key::new("MeshCA", "", "default")).await.unwrap().expect("the mesh has a root CA");
     assert_eq!(root_obj.data["cert"].as_str().unwrap(), root1, "the zone holds the mesh's root certificate");
     let root_key = root_obj.data["key"].as_str().unwrap().to_string();
-    for kind in ["Mesh", "MeshTrafficPermission", "TrustBundle", "ZoneInventory", "ZoneCA", "KdsState", "SystemSecret", "MeshCA"] {
+    let token_keys = wait_for("the dataplane token keys on the zone", Duration::from_secs(20), async || {
+        z1.store().get(&Key::new("TokenKeys", "", "dataplane")).await.ok().flatten()
+    })
+    .await;
+    assert_eq!(token_keys.data["keys"].as_array().map(Vec::len), Some(1), "zones can verify dataplane tokens");
+    for kind in
+        ["Mesh", "MeshTrafficPermission", "TrustBundle", "TokenKeys", "ZoneInventory", "ZoneCA", "KdsState", "SystemSecret", "MeshCA"]
+    {
         for obj in z1.store().list(kind, None).await.unwrap() {
             let text = obj.data.to_string();
             assert!(!text.contains(root_key.trim()), "{} holds the root key", obj.key);

@@ -15,7 +15,7 @@ pub const ZONE_INVENTORY: &str = "ZoneInventory";
 
 /// Store kinds synced as their raw data rather than as resources of the model.
 pub fn is_raw(kind: &str) -> bool {
-    kind == ZONE_INVENTORY || kind == crate::mesh_ca::TRUST_BUNDLE
+    kind == ZONE_INVENTORY || kind == crate::mesh_ca::TRUST_BUNDLE || kind == crate::secrets::TOKEN_KEYS
 }
 
 /// Whether objects of this store kind are synced to zones.
@@ -29,6 +29,7 @@ pub fn synced_kinds() -> Vec<&'static str> {
         ResourceType::ALL.iter().filter(|t| **t == ResourceType::Mesh || t.is_policy()).map(|t| t.name()).collect();
     kinds.push(ZONE_INVENTORY);
     kinds.push(crate::mesh_ca::TRUST_BUNDLE);
+    kinds.push(crate::secrets::TOKEN_KEYS);
     kinds
 }
 
@@ -59,9 +60,14 @@ mod tests {
         assert!(is_synced("MeshTrafficPermission"));
         assert!(is_synced(ZONE_INVENTORY));
         assert!(is_synced("TrustBundle"));
+        assert!(is_synced("TokenKeys"));
         for private in ["Dataplane", "Zone", "ZoneToken", "SystemSecret", "MeshCA", "ZoneIntermediate"] {
             assert!(!is_synced(private), "{private} must not leave the global");
         }
-        assert_eq!(synced_kinds().len(), ResourceType::ALL.len(), "all but Zone and Dataplane, plus inventories and trust bundles");
+        assert_eq!(
+            synced_kinds().len(),
+            ResourceType::ALL.len() + 1,
+            "all but Zone and Dataplane, plus inventories, trust bundles, token keys"
+        );
     }
 }
