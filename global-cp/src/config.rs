@@ -89,13 +89,16 @@ pub struct Config {
     home: Option<PathBuf>,
 }
 
-fn parse_duration(s: &str) -> Result<Duration, String> {
+/// Parses a flag such as `5s` or `1h30m`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
     s.parse::<strait_api::Duration>().map(|d| d.get()).map_err(|e| e.to_string())
 }
 
-mod humanized {
+/// Serialises durations in the form flags take (`5s`), for the logged config.
+pub mod humanized {
     use serde::Serializer;
 
+    /// Writes `d` as `5s`, `1m30s`, ...
     pub fn serialize<S: Serializer>(d: &std::time::Duration, s: S) -> Result<S::Ok, S::Error> {
         s.collect_str(&strait_api::Duration(*d))
     }

@@ -9,6 +9,7 @@ use std::time::Duration;
 use clap::Parser;
 use serde::Serialize;
 pub use strait_global_cp::config::LogFormat;
+use strait_global_cp::config::{humanized, parse_duration};
 
 /// The zone control plane: receives the meshes and policies of the global control plane over
 /// zone sync (KDS), keeps them on disk, and serves them to this zone (read-only REST for now).
@@ -69,18 +70,6 @@ pub struct Config {
     /// Log filter, such as `info` or `info,strait_zone_cp=debug`.
     #[arg(long, env = "STRAIT_LOG", default_value = "info")]
     pub log_level: String,
-}
-
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    s.parse::<strait_api::Duration>().map(|d| d.get()).map_err(|e| e.to_string())
-}
-
-mod humanized {
-    use serde::Serializer;
-
-    pub fn serialize<S: Serializer>(d: &std::time::Duration, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(&strait_api::Duration(*d))
-    }
 }
 
 impl Config {
