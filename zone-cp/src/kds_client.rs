@@ -145,6 +145,10 @@ impl KdsClient {
         let mut heartbeat = tokio::time::interval(self.config.kds_heartbeat_interval);
         let mut last_heard = Instant::now();
         let mut csrs = crate::zone_ca::Pending::default();
+        // What is on disk may already need certificates (a new mesh, a revoked intermediate).
+        if let Err(e) = self.request_certificates(&mut csrs, &tx).await {
+            return End::Broken(e);
+        }
         loop {
             tokio::select! {
                 message = inbound.message() => {

@@ -47,6 +47,7 @@ pub fn router(api: ZoneApi, admin_token: Arc<String>) -> Router {
         .route("/meshes/{mesh}/{rtype}", get(list_in_mesh))
         .route("/meshes/{mesh}/{rtype}/{name}", get(get_in_mesh).put(put_dataplane).delete(delete_dataplane))
         .route("/zones", get(list_zones))
+        .route("/intermediates", get(list_intermediates))
         .fallback(fallback)
         .method_not_allowed_fallback(fallback)
         .layer(axum::middleware::from_fn_with_state(admin_token, strait_global_cp::auth::require_token_for_writes))
@@ -162,6 +163,17 @@ async fn delete_dataplane(
     })?;
     crate::inventory::refresh(&api.resources, &api.inventory).await;
     Ok(Json(deleted))
+}
+
+/// The fingerprints of this zone's intermediate CAs, by mesh (certificates only, never keys).
+async fn list_intermediates(State(api): State<ZoneApi>) -> Result<Json<Value>, ApiError> {
+    let items: Vec<Value> = crate::zone_ca::fingerprints(api.resources.store().as_ref())
+        .await
+        .map_err(ApiError::from)?
+        .into_iter()
+        .map(|(mesh, fingerprint)| json!({"mesh": mesh, "fingerprint": fingerprint}))
+        .collect();
+    Ok(Json(json!({"total": items.len(), "items": items})))
 }
 
 /// The zones this zone knows of, with their services (from the global's inventories).

@@ -15,13 +15,35 @@ use strait_store::{Key, Precondition, Store, StoreError};
 /// Store kind of the zone's intermediate CA of a mesh; zone only, never synced.
 pub const ZONE_CA: &str = "ZoneCA";
 
-/// Meshes the zone has but holds no intermediate CA for.
+/// Meshes the zone needs a (new) intermediate CA for: none yet, or the one it has was revoked
+/// in the mesh's trust bundle (the zone was revoked and registered again).
 pub async fn missing(store: &dyn Store) -> Result<Vec<String>, StoreError> {
     let mut out = Vec::new();
     for mesh in store.list("Mesh", None).await? {
-        if store.get(&Key::new(ZONE_CA, "", &mesh.key.name)).await?.is_none() {
-            out.push(mesh.key.name);
+        let name = mesh.key.name;
+        let needs = match get(store, &name).await? {
+            None => true,
+            Some((cert, _, _)) => is_revoked(store, &name, &cert).await?,
+        };
+        if needs {
+            out.push(name);
         }
+    }
+    Ok(out)
+}
+
+async fn is_revoked(store: &dyn Store, mesh: &str, cert_pem: &str) -> Result<bool, StoreError> {
+    let Some(bundle) = store.get(&Key::new("TrustBundle", mesh, "default")).await? else { return Ok(false) };
+    let Ok(fingerprint) = strait_pki::fingerprint(cert_pem) else { return Ok(true) };
+    Ok(bundle.data.get("revoked").and_then(Value::as_array).is_some_and(|r| r.iter().any(|f| f.as_str() == Some(fingerprint.as_str()))))
+}
+
+/// Fingerprints of the zone's current intermediate CAs, by mesh.
+pub async fn fingerprints(store: &dyn Store) -> Result<Vec<(String, String)>, StoreError> {
+    let mut out = Vec::new();
+    for obj in store.list(ZONE_CA, Some("")).await? {
+        let cert = obj.data.get("cert").and_then(Value::as_str).unwrap_or_default();
+        out.push((obj.key.name.clone(), strait_pki::fingerprint(cert).unwrap_or_default()));
     }
     Ok(out)
 }

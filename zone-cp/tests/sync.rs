@@ -236,6 +236,22 @@ async fn zone_intermediates_chain_to_the_mesh_root_and_revocation_reaches_every_
     })
     .await;
     assert!(err.to_string().contains("revoked"), "{err}");
+
+    // Registered again, zone-1 replaces its revoked intermediate with a new one.
+    z1.shutdown();
+    z1.wait().await;
+    std::fs::remove_file(dir.path().join("zone-1/zone-token")).unwrap();
+    let z1 = zone(&g, "zone-1", &dir.path().join("zone-1")).await;
+    let (new_cert, _, _) =
+        wait_for("a new intermediate for zone-1", Duration::from_secs(20), async || ca_of(&z1).await.filter(|(c, _, _)| *c != cert1)).await;
+    let b2 = wait_for("zone-2's bundle", Duration::from_secs(20), async || bundle(&z2).await).await;
+    let csr = strait_pki::KeyAndCsr::generate("web").unwrap();
+    let (_, new_key, _) = ca_of(&z1).await.unwrap();
+    let leaf = strait_pki::CertificateAuthority::from_pem(&new_cert, &new_key)
+        .unwrap()
+        .sign_workload(&csr.csr_pem, "spiffe://default/web", Duration::from_secs(3600))
+        .unwrap();
+    assert!(b2.verify(&leaf, &[new_cert], std::time::SystemTime::now()).is_ok(), "the new intermediate is trusted");
     z1.shutdown();
     z2.shutdown();
     z1.wait().await;

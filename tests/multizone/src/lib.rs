@@ -16,9 +16,12 @@
 //! at once if the process dies); drive the system with one-shot commands ([`Host::run_cmd`],
 //! checked with [`Output::assert_success`] / [`Output::json`]) or requests sent from a host
 //! ([`Host::http_client`], [`Host::tcp_connect`], [`Host::within`]); assert on what the system
-//! answers, never on log lines alone. Crash/restart scenarios use [`Proc::kill9`] and
-//! [`Proc::restart`]. Files for commands and data directories go in [`Net::dir`]
-//! ([`Net::mkdir`], [`Net::write_file`]). Nothing to clean up: drop does it.
+//! answers, never on log lines alone. A condition that must stay true for a while is checked
+//! with [`holds_for`]; a latency is measured with [`wait_for_every`] (fixed polling pace).
+//! Crash/restart scenarios use [`Proc::kill9`] and [`Proc::restart`]. Files for commands and
+//! data directories go in [`Net::dir`] ([`Net::mkdir`], [`Net::write_file`]). Nothing to clean
+//! up: drop does it. Scenarios about Strait itself start its control planes with
+//! [`control_plane`] ([`control_plane::Global::start`], [`control_plane::start_zone`]).
 //! Assertions that only hold with real isolation check [`Net::is_namespaced`] and print why
 //! they are skipped; the rest runs in both modes, so a scenario never skips as a whole.
 //!
@@ -47,6 +50,7 @@
 #![deny(unsafe_code)]
 
 pub mod bins;
+pub mod control_plane;
 pub mod host;
 mod ip;
 pub mod net;
@@ -59,4 +63,4 @@ pub use bins::{bin, bin_dir};
 pub use host::{Host, Output};
 pub use net::{Mode, Net};
 pub use process::{Cmd, Proc};
-pub use wait::{http_ready, wait_for};
+pub use wait::{holds_for, http_ready, wait_for, wait_for_every};

@@ -1,6 +1,8 @@
 //! Waiting for conditions: every wait in a scenario is a poll with a deadline that, when it
 //! runs out, fails the test naming what it waited for and the last reason it was not there
-//! yet. [`wait_for`] takes any closure returning `Option` or `Result`; [`http_ready`] waits
+//! yet. [`wait_for`] takes any closure returning `Option` or `Result`; [`wait_for_every`] polls
+//! at a fixed pace, for measuring how long something takes; [`holds_for`] is the opposite, a
+//! condition that must stay true for a while (polled, never a bare sleep); [`http_ready`] waits
 //! for an HTTP endpoint to answer 200.
 
 use std::fmt::Display;
@@ -14,6 +16,8 @@ use crate::process::Proc;
 const FIRST_INTERVAL: Duration = Duration::from_millis(10);
 /// Longest pause between two polls.
 const MAX_INTERVAL: Duration = Duration::from_millis(250);
+/// Pause between two polls of [`holds_for`].
+pub const HOLD_INTERVAL: Duration = Duration::from_millis(200);
 
 /// The outcome of one poll: success with a value, or a reason to keep waiting.
 pub trait Attempt {
@@ -39,9 +43,26 @@ impl<T, E: Display> Attempt for Result<T, E> {
 
 /// Polls `f` (at short, growing intervals) until it succeeds and returns its value; panics
 /// if `deadline` passes first, naming `what` and the last error.
-pub fn wait_for<A: Attempt>(what: &str, deadline: Duration, mut f: impl FnMut() -> A) -> A::Value {
+pub fn wait_for<A: Attempt>(what: &str, deadline: Duration, f: impl FnMut() -> A) -> A::Value {
+    poll(what, deadline, FIRST_INTERVAL, |interval| (interval * 2).min(MAX_INTERVAL), f)
+}
+
+/// Like [`wait_for`], but polls every `interval` (after the poll itself), so that the time at
+/// which the condition is first seen is accurate to about `interval`: for measurements.
+pub fn wait_for_every<A: Attempt>(what: &str, deadline: Duration, interval: Duration, f: impl FnMut() -> A) -> A::Value {
+    poll(what, deadline, interval, |_| interval, f)
+}
+
+/// Polls `f` until it succeeds or `deadline` passes; pauses `first`, then `next(previous pause)`.
+fn poll<A: Attempt>(
+    what: &str,
+    deadline: Duration,
+    first: Duration,
+    next: impl Fn(Duration) -> Duration,
+    mut f: impl FnMut() -> A,
+) -> A::Value {
     let start = Instant::now();
-    let mut interval = FIRST_INTERVAL;
+    let mut interval = first;
     let mut attempts = 0u32;
     loop {
         attempts += 1;
@@ -57,7 +78,27 @@ pub fn wait_for<A: Attempt>(what: &str, deadline: Duration, mut f: impl FnMut() 
             );
         }
         std::thread::sleep(interval.min(deadline - elapsed));
-        interval = (interval * 2).min(MAX_INTERVAL);
+        interval = next(interval);
+    }
+}
+
+/// Polls `f` every [`HOLD_INTERVAL`] for `period` (the last poll at or after its end) and
+/// panics at the first poll where it fails, naming `what`, when, and why: for conditions that
+/// must *stay* true (a zone keeps serving while the global is down, a refused zone stays
+/// refused). Returns how many polls passed.
+pub fn holds_for<A: Attempt>(what: &str, period: Duration, mut f: impl FnMut() -> A) -> u32 {
+    let start = Instant::now();
+    let mut polls = 0u32;
+    loop {
+        if let Err(e) = f().into_result() {
+            panic!("{what} stopped holding after {:.1?} (of {period:?}, {polls} polls passed): {e}", start.elapsed());
+        }
+        polls += 1;
+        let elapsed = start.elapsed();
+        if elapsed >= period {
+            return polls;
+        }
+        std::thread::sleep(HOLD_INTERVAL.min(period - elapsed));
     }
 }
 
@@ -121,5 +162,39 @@ mod tests {
             (n >= 3).then_some(n)
         });
         assert_eq!(v, 3);
+    }
+
+    #[test]
+    fn fixed_pace_polls_at_the_given_interval() {
+        let start = Instant::now();
+        let mut n = 0;
+        wait_for_every("n to reach 5", Duration::from_secs(5), Duration::from_millis(20), || {
+            n += 1;
+            (n >= 5).then_some(())
+        });
+        assert!(start.elapsed() >= Duration::from_millis(80), "{:?}", start.elapsed());
+        assert!(start.elapsed() < Duration::from_millis(1000), "{:?}", start.elapsed());
+    }
+
+    #[test]
+    fn holds_for_polls_until_the_end_of_the_period() {
+        let start = Instant::now();
+        let polls = holds_for("always", Duration::from_millis(500), || Some(()));
+        assert!(start.elapsed() >= Duration::from_millis(500));
+        assert!(polls >= 3, "{polls}");
+    }
+
+    #[test]
+    fn holds_for_fails_at_the_first_failed_poll() {
+        let mut n = 0;
+        let err = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            holds_for("n below 2", Duration::from_secs(10), || {
+                n += 1;
+                (n < 2).then_some(())
+            })
+        }))
+        .expect_err("must panic");
+        let msg = err.downcast_ref::<String>().cloned().unwrap_or_default();
+        assert!(msg.contains("n below 2 stopped holding") && msg.contains("1 polls passed"), "{msg}");
     }
 }

@@ -1,0 +1,352 @@
+//! Strait's control planes on a test network: a [`Global`] (`strait-global` on host "global",
+//! driven with `straitctl` and its REST API) and [`Zone`]s (`strait-zone`, registered with
+//! `straitctl zone register` and started with the files it writes), with short zone sync
+//! timings so that scenarios notice dead peers and reconnect within seconds.
+//!
+//! In: a [`Net`] and the workspace binaries. Out: running processes and typed access to what
+//! they answer: the global's `/zones` status per zone, a zone's resources, inventories,
+//! readiness and metrics. Every accessor returns `Err(reason)` instead of panicking, so that
+//! it can be polled with [`wait_for`] and [`crate::holds_for`].
+
+use std::fs;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+
+use crate::wait::error_chain;
+use crate::{bin, wait_for, Cmd, Host, Net, Output, Proc};
+
+/// REST port of `strait-global`.
+pub const API_PORT: u16 = 7680;
+/// Zone sync (KDS) port of `strait-global`.
+pub const KDS_PORT: u16 = 7685;
+/// REST port of `strait-zone`.
+pub const ZONE_API_PORT: u16 = 7681;
+/// Deadline for a control plane to become ready.
+pub const READY: Duration = Duration::from_secs(30);
+/// Deadline for a zone to (re)connect, and for a change to reach the zones.
+pub const SYNC: Duration = Duration::from_secs(20);
+/// Short heartbeats and idle timeout for the global, so that dead zones are noticed in seconds.
+pub const GLOBAL_KDS: &[&str] = &["--kds-heartbeat-interval", "1s", "--kds-idle-timeout", "5s"];
+/// The same for zones, and a short reconnection back-off, so that scenarios do not wait 30 s.
+pub const ZONE_KDS: &[&str] = &["--kds-heartbeat-interval", "1s", "--kds-idle-timeout", "5s", "--kds-max-backoff", "2s"];
+
+/// `GET url` (with a bearer token if given) from `from`: the status and the body as JSON (a
+/// body that is not JSON comes back as a JSON string). `Err` only if no answer came.
+pub fn get_json(from: &Host, url: &str, token: Option<&str>) -> Result<(StatusCode, Value), String> {
+    let mut request = from.http_client().get(url);
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    let response = request.send().map_err(|e| format!("GET {url}: {}", error_chain(&e)))?;
+    let status = response.status();
+    let text = response.text().map_err(|e| format!("GET {url}: reading the body: {}", error_chain(&e)))?;
+    Ok((status, serde_json::from_str(&text).unwrap_or(Value::String(text))))
+}
+
+/// The value of the unlabelled sample `name` in a Prometheus text exposition.
+pub fn metric_value(text: &str, name: &str) -> Option<f64> {
+    text.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+/// A running `strait-global` on host "global", and what clients need to talk to it.
+pub struct Global {
+    /// Host "global".
+    pub host: Host,
+    /// The `strait-global` process (kill, restart with the same data dir and ports).
+    pub proc: Proc,
+    /// `http://<global>:7680`, for `straitctl --server`.
+    pub server: String,
+    /// The admin token (from `<data dir>/admin-token`).
+    pub token: String,
+}
+
+impl Global {
+    /// Starts `strait-global` (short KDS timings, plus `extra` flags), waits for `/readyz` and
+    /// reads the admin token.
+    pub fn start(net: &Net, extra: &[&str]) -> Global {
+        let host = net.host("global");
+        let data = net.mkdir("global-data");
+        let proc = host.spawn_cmd(
+            "strait-global",
+            Cmd::new(bin("strait-global"))
+                .arg("--api-address")
+                .arg(host.socket_addr(API_PORT).to_string())
+                .arg("--kds-address")
+                .arg(host.socket_addr(KDS_PORT).to_string())
+                .arg("--data-dir")
+                .arg(&data)
+                .args(GLOBAL_KDS)
+                .args(extra),
+        );
+        let global = Global { server: host.url(API_PORT, ""), host, proc, token: String::new() };
+        global.wait_ready();
+        let token_path = data.join("admin-token");
+        let token = wait_for("the global's admin token", READY, || fs::read_to_string(&token_path).map(|t| t.trim().to_owned()));
+        Global { token, ..global }
+    }
+
+    /// Waits for the global's `/readyz` to answer 200 (fails at once if the process exits).
+    pub fn wait_ready(&self) {
+        self.proc.wait_http_ready(&self.host, &self.host.url(API_PORT, "/readyz"), READY);
+    }
+
+    /// Runs `straitctl --server <global> --token <admin token> <args>` on the global host, with
+    /// its config file in the net's directory.
+    pub fn straitctl(&self, net: &Net, args: &[&str]) -> Output {
+        self.host.run_cmd(
+            Cmd::new(bin("straitctl"))
+                .args(["--server", self.server.as_str(), "--token", self.token.as_str()])
+                .args(args)
+                .env("STRAIT_CONFIG", net.dir().join("straitctl.yaml")),
+        )
+    }
+
+    /// `straitctl apply -f <file>` of `yaml` (written to `file` in the net's directory).
+    pub fn apply(&self, net: &Net, file: &str, yaml: &str) -> Output {
+        let path = net.write_file(file, yaml);
+        let out = self.straitctl(net, &["apply", "-f", path.to_str().expect("utf-8 temp path")]);
+        out.assert_success();
+        out
+    }
+
+    /// `GET <path>` on the global's REST API, with the admin token.
+    pub fn get(&self, path: &str) -> Result<(StatusCode, Value), String> {
+        get_json(&self.host, &self.host.url(API_PORT, path), Some(&self.token))
+    }
+
+    /// The version (global store revision) of the resource at `path`.
+    pub fn version(&self, path: &str) -> u64 {
+        let (status, body) = self.get(path).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(status, StatusCode::OK, "GET {path} on the global: {body}");
+        body["version"].as_u64().unwrap_or_else(|| panic!("no version in GET {path}: {body}"))
+    }
+
+    /// The `status` of every zone in the global's `GET /zones`, by name.
+    pub fn zone_statuses(&self) -> Result<Vec<(String, Value)>, String> {
+        let (status, body) = self.get("/zones")?;
+        if status != StatusCode::OK {
+            return Err(format!("GET /zones on the global: {status}: {body}"));
+        }
+        let items = body["items"].as_array().ok_or_else(|| format!("GET /zones: no items: {body}"))?;
+        Ok(items.iter().map(|z| (z["name"].as_str().unwrap_or_default().to_owned(), z["status"].clone())).collect())
+    }
+
+    /// The `status` of zone `name` in the global's `GET /zones`.
+    pub fn zone_status(&self, name: &str) -> Result<Value, String> {
+        self.zone_statuses()?
+            .into_iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, s)| s)
+            .ok_or_else(|| format!("zone {name} is not in GET /zones"))
+    }
+
+    /// Whether the global shows zone `name` connected.
+    pub fn is_online(&self, name: &str) -> Result<bool, String> {
+        Ok(self.zone_status(name)?["connected"] == true)
+    }
+
+    /// Waits until the global shows zone `name` connected (`online`) or not; returns how long it took.
+    pub fn wait_connected(&self, name: &str, online: bool, deadline: Duration) -> Duration {
+        let start = Instant::now();
+        let what = format!("the global to show zone {name} {}", if online { "connected" } else { "disconnected" });
+        wait_for(&what, deadline, || {
+            self.proc.assert_running(&what);
+            let status = self.zone_status(name)?;
+            if status["connected"] == online {
+                Ok(())
+            } else {
+                Err(format!("status: {status}"))
+            }
+        });
+        start.elapsed()
+    }
+
+    /// Panics unless zone `name` is connected now.
+    #[track_caller]
+    pub fn assert_online(&self, name: &str) {
+        let status = self.zone_status(name).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(status["connected"], true, "zone {name} must be online: {status}");
+    }
+
+    /// `straitctl zone register <name> --output <net dir>/<dir>`; returns that directory
+    /// (`zone-token`, `global-ca.pem`).
+    pub fn register_zone(&self, net: &Net, name: &str, dir: &str) -> PathBuf {
+        let dir = net.dir().join(dir);
+        let out = self.straitctl(net, &["zone", "register", name, "--output", dir.to_str().expect("utf-8 temp path")]);
+        out.assert_success().assert_stdout_contains(&format!("--global-address {}", self.kds_address()));
+        for file in ["zone-token", "global-ca.pem"] {
+            assert!(dir.join(file).is_file(), "zone register did not write {file}: {out}");
+        }
+        dir
+    }
+
+    /// Where zones connect: `https://<global>:7685`.
+    pub fn kds_address(&self) -> String {
+        format!("https://{}", self.host.socket_addr(KDS_PORT))
+    }
+
+    /// The value of metric `name` on the global's `/metrics`.
+    pub fn metric(&self, name: &str) -> Result<f64, String> {
+        let (_, body) = self.get("/metrics")?;
+        metric_value(body.as_str().unwrap_or_default(), name).ok_or_else(|| format!("no metric {name} in the global's /metrics"))
+    }
+
+    /// How many lines of the global's log contain every one of `needles`.
+    pub fn log_lines_with(&self, needles: &[&str]) -> usize {
+        self.proc.log().lines().filter(|l| needles.iter().all(|n| l.contains(n))).count()
+    }
+}
+
+/// What `strait-zone` is started with.
+#[derive(Debug, Clone)]
+pub struct ZoneArgs {
+    /// The zone's name.
+    pub zone: String,
+    /// Directory written by `zone register`: `zone-token` and `global-ca.pem`.
+    pub creds: PathBuf,
+    /// `--data-dir`.
+    pub data: PathBuf,
+    /// Flags after the usual ones (timings are [`ZONE_KDS`]).
+    pub extra: Vec<String>,
+}
+
+/// A `strait-zone` process, and its read-only REST API.
+pub struct Zone {
+    /// The zone's name.
+    pub name: String,
+    /// The host it runs on.
+    pub host: Host,
+    /// The `strait-zone` process.
+    pub proc: Proc,
+    /// Its `--data-dir` (store, and `admin-token` for writing Dataplanes).
+    pub data: PathBuf,
+    /// The directory of its `zone-token` and `global-ca.pem`.
+    pub creds: PathBuf,
+}
+
+impl Zone {
+    /// Starts `strait-zone` with `args` as process `process` on `host` (API on port 7681), and
+    /// does not wait.
+    pub fn spawn(global: &Global, host: &Host, process: &str, args: &ZoneArgs) -> Zone {
+        let proc = host.spawn_cmd(
+            process,
+            Cmd::new(bin("strait-zone"))
+                .args(["--zone", args.zone.as_str(), "--global-address", global.kds_address().as_str()])
+                .arg("--zone-token-file")
+                .arg(args.creds.join("zone-token"))
+                .arg("--global-ca-file")
+                .arg(args.creds.join("global-ca.pem"))
+                .arg("--data-dir")
+                .arg(&args.data)
+                .arg("--api-address")
+                .arg(host.socket_addr(ZONE_API_PORT).to_string())
+                .args(ZONE_KDS)
+                .args(&args.extra),
+        );
+        Zone { name: args.zone.clone(), host: host.clone(), proc, data: args.data.clone(), creds: args.creds.clone() }
+    }
+
+    /// `http://<zone host>:7681<path>`.
+    pub fn url(&self, path: &str) -> String {
+        self.host.url(ZONE_API_PORT, path)
+    }
+
+    /// `GET <path>` on the zone's API, from the zone's host.
+    pub fn get(&self, path: &str) -> Result<(StatusCode, Value), String> {
+        get_json(&self.host, &self.url(path), None)
+    }
+
+    /// Waits for `/readyz` to answer 200 (fails at once if the process exits).
+    pub fn wait_ready(&self) {
+        self.proc.wait_http_ready(&self.host, &self.url("/readyz"), READY);
+    }
+
+    /// The status code of `/readyz`.
+    pub fn readyz(&self) -> Result<StatusCode, String> {
+        self.get("/readyz").map(|(status, _)| status)
+    }
+
+    /// The resource at `path` as this zone serves it: `Some` on 200, `None` on 404.
+    pub fn resource(&self, path: &str) -> Result<Option<Value>, String> {
+        match self.get(path)? {
+            (StatusCode::OK, body) => Ok(Some(body)),
+            (StatusCode::NOT_FOUND, _) => Ok(None),
+            (status, body) => Err(format!("zone {}: GET {path}: {status}: {body}", self.name)),
+        }
+    }
+
+    /// The names of the services this zone's `GET /zones` lists for zone `zone` (`None`: that
+    /// zone is not listed at all).
+    pub fn services_of(&self, zone: &str) -> Result<Option<Vec<String>>, String> {
+        let (status, body) = self.get("/zones")?;
+        if status != StatusCode::OK {
+            return Err(format!("zone {}: GET /zones: {status}: {body}", self.name));
+        }
+        let items = body["items"].as_array().ok_or_else(|| format!("zone {}: GET /zones: no items: {body}", self.name))?;
+        Ok(items
+            .iter()
+            .find(|i| i["zone"] == zone)
+            .map(|i| i["services"].as_array().into_iter().flatten().filter_map(|s| s["name"].as_str().map(str::to_owned)).collect()))
+    }
+
+    /// The value of metric `name` on the zone's `/metrics`.
+    pub fn metric(&self, name: &str) -> Result<f64, String> {
+        let (_, body) = self.get("/metrics")?;
+        metric_value(body.as_str().unwrap_or_default(), name).ok_or_else(|| format!("zone {}: no metric {name} in /metrics", self.name))
+    }
+
+    /// Registers (or replaces) Dataplane `name` of service `service` in mesh `default`, on
+    /// this zone's API with the zone's admin token.
+    pub fn put_dataplane(&self, name: &str, address: &str, service: &str) {
+        let token_path = self.data.join("admin-token");
+        let token = wait_for("the zone's admin token", READY, || fs::read_to_string(&token_path).map(|t| t.trim().to_owned()));
+        let body = json!({
+            "type": "Dataplane", "name": name, "mesh": "default",
+            "spec": {"networking": {"address": address, "inbound": [{"port": 8080, "tags": {"strait.io/service": service}}]}},
+        });
+        let url = self.url(&format!("/meshes/default/dataplanes/{name}"));
+        let response = self
+            .host
+            .http_client()
+            .put(&url)
+            .bearer_auth(token)
+            .json(&body)
+            .send()
+            .unwrap_or_else(|e| panic!("PUT {url}: {}", error_chain(&e)));
+        let status = response.status();
+        let text = response.text().unwrap_or_default();
+        assert!(status.is_success(), "PUT {url}: {status}: {text}");
+    }
+}
+
+/// Registers zone `name` with `straitctl` from the global host, starts it on a new host `name`
+/// (plus `extra` flags), and waits until it is ready and the global shows it connected.
+pub fn start_zone(net: &Net, global: &Global, name: &str, extra: &[&str]) -> Zone {
+    let creds = global.register_zone(net, name, &format!("{name}-creds"));
+    let args = ZoneArgs {
+        zone: name.to_owned(),
+        creds,
+        data: net.mkdir(&format!("{name}-data")),
+        extra: extra.iter().map(|s| s.to_string()).collect(),
+    };
+    let zone = Zone::spawn(global, &net.host(name), "strait-zone", &args);
+    zone.wait_ready();
+    global.wait_connected(name, true, SYNC);
+    zone
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metric_values_are_found_by_exact_name() {
+        let text = "# HELP a_total A.\n# TYPE a_total counter\na_total 3\na_total_x 9\nb 0.5\n# EOF\n";
+        assert_eq!(metric_value(text, "a_total"), Some(3.0));
+        assert_eq!(metric_value(text, "b"), Some(0.5));
+        assert_eq!(metric_value(text, "a"), None);
+    }
+}
