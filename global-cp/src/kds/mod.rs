@@ -13,7 +13,9 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry as MetricsRegistry;
@@ -73,6 +75,15 @@ pub struct KdsMetrics {
     pub snapshots: Counter,
     /// Streams resumed from the zone's revision without a snapshot.
     pub resumes: Counter,
+    /// Latest revision each zone acknowledged (zone names: a bounded, registered set).
+    pub acked_revision: Family<ZoneLabel, Gauge>,
+}
+
+/// A zone as a metric label.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ZoneLabel {
+    /// Zone name.
+    pub zone: String,
 }
 
 impl KdsMetrics {
@@ -86,6 +97,7 @@ impl KdsMetrics {
             push_latency: Histogram::new([0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5]),
             snapshots: Counter::default(),
             resumes: Counter::default(),
+            acked_revision: Family::default(),
         };
         let r = registry.sub_registry_with_prefix("strait_global_kds");
         r.register("connected_zones", "Zones with an open sync stream", m.connected_zones.clone());
@@ -95,6 +107,7 @@ impl KdsMetrics {
         r.register("push_latency_seconds", "Time from sending a revision to its acknowledgement", m.push_latency.clone());
         r.register("snapshots", "Full snapshots sent to zones", m.snapshots.clone());
         r.register("resumes", "Zone streams resumed without a snapshot", m.resumes.clone());
+        r.register("zone_acked_revision", "Latest revision acknowledged by each zone", m.acked_revision.clone());
         m
     }
 }

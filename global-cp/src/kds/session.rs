@@ -192,6 +192,7 @@ impl Session {
         let registry = &self.shared.registry;
         match message.message {
             Some(zone_message::Message::Ack(ack)) => {
+                self.shared.metrics.acked_revision.get_or_create(&super::ZoneLabel { zone: self.zone.clone() }).set(ack.revision as i64);
                 registry.update(&self.zone, self.id, |s| {
                     s.acked_revision = s.acked_revision.max(ack.revision);
                     s.nack_errors.clear();

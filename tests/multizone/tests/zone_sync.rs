@@ -492,3 +492,23 @@ fn wait_for_refusal(zone: &Zone, reason: &str) {
 fn nack_errors(status: &Value) -> Vec<String> {
     status["nackErrors"].as_array().into_iter().flatten().filter_map(|e| e.as_str().map(str::to_owned)).collect()
 }
+
+/// A zone that stops answering without closing its connection (frozen with SIGSTOP, as a
+/// partition would look) is marked offline by the heartbeat timeout, and comes back by itself.
+#[test]
+fn a_silent_zone_goes_offline_by_heartbeat_and_comes_back() {
+    let net = Net::new();
+    let global = Global::start(&net, &[]);
+    let zone1 = start_zone(&net, &global, "zone-1", &[]);
+    let pid = zone1.proc.pid().expect("zone-1 runs").to_string();
+    let signal = |sig: &str| {
+        let status = std::process::Command::new("kill").args([sig, &pid]).status().expect("kill runs");
+        assert!(status.success(), "kill {sig} {pid}");
+    };
+    signal("-STOP");
+    let offline = global.wait_connected("zone-1", false, Duration::from_secs(30));
+    println!("FIGURE zone-silent->global-shows-offline ms={}", ms(offline));
+    signal("-CONT");
+    let back = global.wait_connected("zone-1", true, Duration::from_secs(30));
+    println!("FIGURE zone-resumed->online-again ms={}", ms(back));
+}
