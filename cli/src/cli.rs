@@ -95,6 +95,9 @@ pub enum Command {
     /// Register zones, list them with their status, revoke their tokens
     #[command(subcommand, after_help = ZONE_EXAMPLES)]
     Zone(ZoneCommand),
+    /// Issue tokens (dataplane tokens for sidecars)
+    #[command(subcommand, after_help = TOKEN_EXAMPLES)]
+    Token(TokenCommand),
     /// Run a local two-zone demo mesh (up, down)
     #[command(subcommand)]
     Demo(DemoCommand),
@@ -146,6 +149,35 @@ pub struct ZoneListArgs {
 pub struct ZoneRevokeArgs {
     /// Zone name
     pub name: String,
+}
+
+const TOKEN_EXAMPLES: &str = "\
+Examples:
+  straitctl token dataplane --mesh default --service web > web.token
+  straitctl token dataplane --mesh default --service web --valid-for 24h --output /etc/strait/web.token";
+
+/// `straitctl token` actions.
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// A token with which a sidecar registers as SERVICE of MESH with its zone control plane
+    Dataplane(DataplaneTokenArgs),
+}
+
+/// `token dataplane`.
+#[derive(Debug, Args)]
+pub struct DataplaneTokenArgs {
+    /// The mesh
+    #[arg(long, env = "STRAIT_MESH", default_value = "default")]
+    pub mesh: String,
+    /// The service (`strait.io/service` of the sidecar's inbounds)
+    #[arg(long)]
+    pub service: String,
+    /// Validity, such as 24h [default: 720h]
+    #[arg(long, value_name = "DURATION")]
+    pub valid_for: Option<String>,
+    /// Write the token to this file (mode 0600) instead of printing it
+    #[arg(long, value_name = "FILE")]
+    pub output: Option<PathBuf>,
 }
 
 /// `straitctl demo` actions.

@@ -118,6 +118,7 @@ impl GlobalCp {
             max_body_bytes: config.max_body_bytes,
             kds_port: kds_addr.port(),
             zone_token_validity: config.zone_token_validity,
+            dataplane_tokens: crate::dataplane_tokens::DataplaneTokens::new(resources.clone(), secrets.dataplane_token_signer.clone()),
         };
         let router = rest::router(state, Arc::new(token));
 

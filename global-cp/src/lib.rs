@@ -11,6 +11,7 @@
 pub mod app;
 pub mod auth;
 pub mod config;
+pub mod dataplane_tokens;
 pub mod kds;
 pub mod mesh_ca;
 pub mod metrics;

@@ -361,3 +361,26 @@ async fn a_restart_keeps_data_and_the_token() {
     let (_, _, next) = s.put("/meshes/default/meshtimeouts/u", &timeout("u", "1s")).await;
     assert!(next["version"].as_u64() > t["version"].as_u64(), "versions keep increasing across restarts");
 }
+
+#[tokio::test]
+async fn dataplane_tokens_are_bound_to_mesh_and_service_and_verifiable_with_the_synced_key() {
+    let s = start().await;
+    let issue = |path: &str| s.http.post(s.url(path)).bearer_auth(&s.token).send();
+    assert_eq!(issue("/meshes/nope/dataplane-tokens?service=web").await.unwrap().status(), StatusCode::NOT_FOUND);
+    s.put("/meshes/default", &mesh("default")).await;
+    let resp = issue("/meshes/default/dataplane-tokens?service=Bad_Name").await.unwrap();
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(resp.json::<Value>().await.unwrap()["details"][0]["field"], "service");
+    let unauthenticated = s.http.post(s.url("/meshes/default/dataplane-tokens?service=web")).send().await.unwrap();
+    assert_eq!(unauthenticated.status(), StatusCode::UNAUTHORIZED);
+
+    let body: Value = issue("/meshes/default/dataplane-tokens?service=web&validFor=1h").await.unwrap().json().await.unwrap();
+    let token = body["token"].as_str().unwrap();
+    let keys = s.cp.as_ref().unwrap().store().get(&strait_store::Key::new("TokenKeys", "", "dataplane")).await.unwrap().unwrap();
+    let keys: Vec<strait_pki::token::TokenVerifierKey> = serde_json::from_value(keys.data["keys"].clone()).unwrap();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let claims = strait_pki::token::verify(token, &keys, now).expect("zones can verify it with the synced key");
+    assert_eq!(claims.subject, strait_pki::token::TokenSubject::Dataplane { mesh: "default".into(), service: "web".into() });
+    assert!(claims.expires_at <= now + 3600 + 1);
+    assert!(strait_pki::token::verify(token, &keys, now + 7200).is_err(), "it expires");
+}

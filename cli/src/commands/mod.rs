@@ -9,6 +9,7 @@ pub mod config;
 pub mod delete;
 pub mod demo;
 pub mod get;
+pub mod token;
 pub mod version;
 pub mod zone;
 
@@ -69,6 +70,7 @@ pub async fn run(cli: Cli, sources: FlagSources) -> anyhow::Result<()> {
         Command::Completion(args) => crate::completion::run(&args),
         Command::Demo(cmd) => demo::run(cmd),
         Command::Zone(cmd) => zone::run(&cmd, &ctx).await,
+        Command::Token(cmd) => token::run(&cmd, &ctx).await,
     }
 }
 

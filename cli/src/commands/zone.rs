@@ -69,17 +69,21 @@ async fn register(args: &ZoneRegisterArgs, ctx: &Context) -> anyhow::Result<()> 
     Ok(())
 }
 
-fn write_files(dir: &Path, token: &str, ca: &str) -> anyhow::Result<()> {
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let token_path = dir.join("zone-token");
+/// Writes `text` to `path`, readable by its owner only.
+pub fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
     let mut file = std::fs::OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
         .mode(0o600)
-        .open(&token_path)
-        .with_context(|| format!("writing {}", token_path.display()))?;
-    file.write_all(token.as_bytes()).and_then(|()| file.write_all(b"\n"))?;
+        .open(path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    file.write_all(text.as_bytes()).and_then(|()| file.write_all(b"\n")).with_context(|| format!("writing {}", path.display()))
+}
+
+fn write_files(dir: &Path, token: &str, ca: &str) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    write_private(&dir.join("zone-token"), token)?;
     std::fs::write(dir.join("global-ca.pem"), ca).with_context(|| format!("writing {}", dir.join("global-ca.pem").display()))?;
     Ok(())
 }

@@ -349,3 +349,35 @@ pub async fn revoke_zone_token(State(state): State<AppState>, Path(name): Path<S
         Err(ApiError::not_found(format!("zone {name:?} has no token")))
     }
 }
+
+/// Query of dataplane token issuing.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(rename_all = "camelCase")]
+pub struct DataplaneTokenQuery {
+    /// The service the sidecar will serve (`strait.io/service` of its inbounds).
+    pub service: String,
+    /// Validity such as `720h` (default 720h).
+    pub valid_for: Option<String>,
+}
+
+/// Issues a token with which a sidecar registers as `service` in `mesh` with its zone.
+#[utoipa::path(post, path = "/meshes/{mesh}/dataplane-tokens", tag = "resources", params(DataplaneTokenQuery),
+    responses((status = 200, body = crate::dataplane_tokens::DataplaneToken), (status = 400, body = super::errors::ErrorBody), (status = 404, body = super::errors::ErrorBody)),
+    security(("admin_token" = [])))]
+pub async fn issue_dataplane_token(
+    State(state): State<AppState>,
+    Path(mesh): Path<String>,
+    Query(q): Query<DataplaneTokenQuery>,
+) -> Result<Json<crate::dataplane_tokens::DataplaneToken>, ApiError> {
+    if let Err(e) = strait_api::names::check_dns_subdomain(&q.service) {
+        return Err(ApiError::invalid("dataplane token", ValidationErrors::single("service", e)));
+    }
+    let validity = match q.valid_for.as_deref() {
+        None => std::time::Duration::from_secs(720 * 3600),
+        Some(v) => v
+            .parse::<strait_api::Duration>()
+            .map(|d| d.get())
+            .map_err(|e| ApiError::invalid("dataplane token", ValidationErrors::single("validFor", e.to_string())))?,
+    };
+    Ok(Json(state.dataplane_tokens.issue(&mesh, &q.service, validity).await?))
+}

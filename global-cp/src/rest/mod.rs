@@ -35,6 +35,8 @@ pub struct AppState {
     pub kds_port: u16,
     /// Validity of new zone tokens.
     pub zone_token_validity: std::time::Duration,
+    /// Issues dataplane tokens.
+    pub dataplane_tokens: crate::dataplane_tokens::DataplaneTokens,
 }
 
 /// Builds the router with auth and metrics middleware.
@@ -48,6 +50,7 @@ pub fn router(state: AppState, admin_token: Arc<String>) -> Router {
         .route("/meshes", get(handlers::list_meshes))
         .route("/meshes/{mesh}", get(handlers::get_mesh).put(handlers::put_mesh).delete(handlers::delete_mesh))
         .route("/meshes/{mesh}/services", get(handlers::list_services))
+        .route("/meshes/{mesh}/dataplane-tokens", axum::routing::post(handlers::issue_dataplane_token))
         .route("/meshes/{mesh}/{rtype}", get(handlers::list_in_mesh))
         .route("/meshes/{mesh}/{rtype}/{name}", get(handlers::get_in_mesh).put(handlers::put_in_mesh).delete(handlers::delete_in_mesh))
         .route("/zones", get(handlers::list_zones))
