@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 
 pub mod dataplane;
+pub mod dps;
 pub mod duration;
 pub mod kds;
 pub mod merge;
@@ -15,6 +16,7 @@ pub mod mesh;
 pub mod names;
 pub mod openapi;
 pub mod policies;
+pub mod proxy_config;
 pub mod resource;
 pub mod target_ref;
 pub mod validate;

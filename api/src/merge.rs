@@ -28,7 +28,7 @@ pub type Selector = BTreeMap<String, String>;
 /// One inbound rule: callers carrying `matches` get `conf`. Rules are ordered most specific
 /// first; the first whose selector the caller satisfies applies, and it already contains every
 /// less specific conf that also applies to that caller.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
 pub struct FromRule {
     /// Tags the caller must carry.
     pub matches: Selector,
@@ -48,7 +48,7 @@ pub struct ToConf {
 }
 
 /// One HTTP route rule of an outbound, in the order rules are tried.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
 pub struct RouteRule {
     /// Alternatives; empty matches everything.
     pub matches: Vec<HttpMatch>,

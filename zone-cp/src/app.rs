@@ -23,6 +23,10 @@ use crate::synced::Synced;
 pub struct ZoneCp {
     /// Where the REST API listens.
     pub api_addr: SocketAddr,
+    /// Where the dataplane config server (DPS) listens.
+    pub dps_addr: SocketAddr,
+    /// The CA sidecars trust for DPS.
+    pub dps_ca_pem: String,
     store: Arc<dyn Store>,
     shutdown: CancellationToken,
     tasks: TaskTracker,
@@ -65,6 +69,36 @@ impl ZoneCp {
         if created {
             tracing::info!(path = %token_file.display(), "generated the zone's admin token (for registering Dataplanes)");
         }
+        let shutdown = CancellationToken::new();
+        let tasks = TaskTracker::new();
+        let dps_identity = crate::dps::tls::identity(zone_store.as_ref(), &config.data_dir, &config.dps_tls_names).await?;
+        let dps_listener = tokio::net::TcpListener::bind(config.dps_address)
+            .await
+            .map_err(|e| anyhow::anyhow!("binding DPS to {}: {e}", config.dps_address))?;
+        let dps_addr = dps_listener.local_addr()?;
+        let dps_shared = crate::dps::DpsShared {
+            resources: resources.clone(),
+            zone: Arc::new(config.zone.clone()),
+            inventory: inventory_tx.clone(),
+            connected: Default::default(),
+            shutdown: shutdown.clone(),
+        };
+        let dps = tonic::transport::Server::builder()
+            .tls_config(
+                tonic::transport::ServerTlsConfig::new()
+                    .identity(tonic::transport::Identity::from_pem(&dps_identity.cert_pem, &dps_identity.key_pem)),
+            )?
+            .add_service(strait_api::dps::dataplane_sync_server::DataplaneSyncServer::new(crate::dps::DpsService::new(
+                dps_shared,
+                tasks.clone(),
+            )));
+        let stop = shutdown.clone();
+        tasks.spawn(async move {
+            let incoming = tokio_stream::wrappers::TcpListenerStream::new(dps_listener);
+            if let Err(e) = dps.serve_with_incoming_shutdown(incoming, stop.cancelled()).await {
+                tracing::error!(error = %e, "DPS server failed");
+            }
+        });
         let api = ZoneApi {
             resources,
             ready: ready_rx,
@@ -72,9 +106,6 @@ impl ZoneCp {
             zone: Arc::new(config.zone.clone()),
             inventory: inventory_tx,
         };
-
-        let shutdown = CancellationToken::new();
-        let tasks = TaskTracker::new();
         let client = KdsClient { config: config.clone(), token, ca_pem, synced, ready: ready_tx, metrics, inventory: inventory_rx };
         tasks.spawn(client.run(shutdown.clone()));
         let stop = shutdown.clone();
@@ -86,8 +117,8 @@ impl ZoneCp {
                 tracing::error!(error = %e, "REST server failed");
             }
         });
-        tracing::info!(zone = %config.zone, api = %api_addr, global = %config.global_address, "zone control plane started");
-        Ok(ZoneCp { api_addr, store: zone_store, shutdown, tasks })
+        tracing::info!(zone = %config.zone, api = %api_addr, dps = %dps_addr, global = %config.global_address, "zone control plane started");
+        Ok(ZoneCp { api_addr, dps_addr, dps_ca_pem: dps_identity.ca_pem, store: zone_store, shutdown, tasks })
     }
 
     /// The zone's store (for tests and tools).

@@ -44,6 +44,14 @@ pub struct Config {
     #[arg(long, env = "STRAIT_API_ADDRESS", default_value = "0.0.0.0:7681")]
     pub api_address: SocketAddr,
 
+    /// Address of the dataplane config server (DPS, gRPC over TLS) that sidecars connect to.
+    #[arg(long, env = "STRAIT_DPS_ADDRESS", default_value = "0.0.0.0:7678")]
+    pub dps_address: SocketAddr,
+
+    /// Extra DNS names for the DPS certificate (it always carries "strait-zone").
+    #[arg(long = "dps-tls-name", env = "STRAIT_DPS_TLS_NAMES", value_delimiter = ',')]
+    pub dps_tls_names: Vec<String>,
+
     /// How often the zone sends a heartbeat to the global.
     #[arg(long, env = "STRAIT_KDS_HEARTBEAT_INTERVAL", default_value = "5s", value_parser = parse_duration)]
     #[serde(with = "humanized")]

@@ -10,6 +10,7 @@
 
 pub mod app;
 pub mod config;
+pub mod dps;
 pub mod inventory;
 pub mod kds_client;
 pub mod metrics;

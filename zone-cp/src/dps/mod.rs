@@ -1,0 +1,168 @@
+//! Dataplane config server (DPS) of the zone: one gRPC stream per sidecar over TLS,
+//! authenticated by the sidecar's dataplane token.
+//!
+//! In: sidecar connections (`authorization: Bearer <dataplane token>`, Hello with the Dataplane,
+//! CSRs) and the zone's store changes. Out: each sidecar's effective configuration, versioned
+//! and sent again only when it changes; workload certificates signed by the zone's
+//! intermediate CA; the Dataplane registered in the zone (and so in its inventory) while the
+//! sidecar is connected.
+
+pub mod session;
+pub mod tls;
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+
+use strait_api::dps::dataplane_sync_server::DataplaneSync;
+use strait_api::dps::{dataplane_message, DataplaneMessage, ZoneMessage, PROTOCOL_VERSION};
+use strait_api::{Resource, ResourceType, Spec};
+use strait_global_cp::resources::Resources;
+use strait_pki::token::{TokenSubject, TokenVerifierKey};
+use strait_store::Key;
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tonic::{Request, Response, Status, Streaming};
+
+/// What every DPS session shares.
+#[derive(Clone)]
+pub struct DpsShared {
+    /// The zone's store, typed.
+    pub resources: Resources,
+    /// The zone's name.
+    pub zone: Arc<String>,
+    /// Publishes the zone's inventory after Dataplanes come and go.
+    pub inventory: watch::Sender<strait_api::kds::Inventory>,
+    /// Dataplanes connected now, as `mesh/name`.
+    pub connected: Arc<Mutex<HashSet<String>>>,
+    /// Stops every session.
+    pub shutdown: CancellationToken,
+}
+
+/// The tonic service.
+pub struct DpsService {
+    shared: DpsShared,
+    tasks: TaskTracker,
+}
+
+impl DpsService {
+    /// A service over `shared`; sessions are tracked in `tasks`.
+    pub fn new(shared: DpsShared, tasks: TaskTracker) -> Self {
+        DpsService { shared, tasks }
+    }
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or_default()
+}
+
+/// The (mesh, service) a dataplane token was issued for.
+async fn authenticate(resources: &Resources, token: &str) -> Result<(String, String), Status> {
+    let keys = resources
+        .store()
+        .get(&Key::new(strait_global_cp::secrets::TOKEN_KEYS, "", "dataplane"))
+        .await
+        .map_err(|e| Status::unavailable(e.to_string()))?
+        .ok_or_else(|| Status::unavailable("this zone has not received the token keys from the global control plane yet"))?;
+    let keys: Vec<TokenVerifierKey> =
+        serde_json::from_value(keys.data["keys"].clone()).map_err(|e| Status::internal(format!("token keys: {e}")))?;
+    let claims = strait_pki::token::verify(token, &keys, unix_now())
+        .map_err(|e| Status::unauthenticated(format!("dataplane token refused: {e}")))?;
+    match claims.subject {
+        TokenSubject::Dataplane { mesh, service } => Ok((mesh, service)),
+        TokenSubject::Zone { .. } => Err(Status::unauthenticated("this is a zone token, not a dataplane token")),
+    }
+}
+
+/// Checks the Hello's Dataplane against the token: same mesh, and only the token's service.
+fn check_dataplane(json: &[u8], mesh: &str, service: &str) -> Result<Resource, Status> {
+    let value: serde_json::Value =
+        serde_json::from_slice(json).map_err(|e| Status::invalid_argument(format!("the Dataplane is not JSON: {e}")))?;
+    let dp = Resource::from_value(value).map_err(|e| Status::invalid_argument(format!("invalid Dataplane: {e}")))?;
+    let Spec::Dataplane(spec) = &dp.spec else {
+        return Err(Status::invalid_argument(format!("expected a Dataplane, got {}", dp.kind)));
+    };
+    if dp.mesh.as_deref() != Some(mesh) {
+        return Err(Status::permission_denied(format!("this token is for mesh {mesh:?}, not {:?}", dp.mesh.as_deref().unwrap_or(""))));
+    }
+    if let Some(other) = spec.networking.inbound.iter().map(|i| i.service()).find(|s| *s != service) {
+        return Err(Status::permission_denied(format!("this token is for service {service:?}; it cannot register service {other:?}")));
+    }
+    Ok(dp)
+}
+
+#[tonic::async_trait]
+impl DataplaneSync for DpsService {
+    type StreamStream = ReceiverStream<Result<ZoneMessage, Status>>;
+
+    async fn stream(&self, request: Request<Streaming<DataplaneMessage>>) -> Result<Response<Self::StreamStream>, Status> {
+        let peer = request.remote_addr().map(|a| a.to_string()).unwrap_or_else(|| "unknown".into());
+        let token = request
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::to_string)
+            .ok_or_else(|| Status::unauthenticated("missing dataplane token: send `authorization: Bearer <token>`"))?;
+        let (mesh, service) = authenticate(&self.shared.resources, &token)
+            .await
+            .inspect_err(|s| tracing::warn!(peer, reason = s.message(), "sidecar refused"))?;
+        let mut inbound = request.into_inner();
+        let first = tokio::time::timeout(std::time::Duration::from_secs(10), inbound.message())
+            .await
+            .map_err(|_| Status::deadline_exceeded("no Hello within 10s"))?
+            .map_err(|s| Status::aborted(format!("reading Hello: {}", s.message())))?;
+        let Some(DataplaneMessage { message: Some(dataplane_message::Message::Hello(hello)) }) = first else {
+            return Err(Status::invalid_argument("the first message must be Hello"));
+        };
+        if hello.protocol != PROTOCOL_VERSION {
+            return Err(Status::failed_precondition(format!(
+                "protocol {} is not supported; this zone speaks {PROTOCOL_VERSION}",
+                hello.protocol
+            )));
+        }
+        let dp = check_dataplane(&hello.dataplane, &mesh, &service)
+            .inspect_err(|s| tracing::warn!(peer, reason = s.message(), "sidecar refused"))?;
+        if self.shared.resources.get(ResourceType::Mesh, None, &mesh).await.map_err(|e| Status::unavailable(e.to_string()))?.is_none() {
+            return Err(Status::failed_precondition(format!("mesh {mesh:?} is not known in this zone yet")));
+        }
+        let id = format!("{mesh}/{}", dp.name);
+        if !self.shared.connected.lock().unwrap_or_else(|p| p.into_inner()).insert(id.clone()) {
+            return Err(Status::already_exists(format!("dataplane {id} is already connected")));
+        }
+        let (tx, rx) = mpsc::channel(16);
+        let session = session::Session { shared: self.shared.clone(), dp, mesh, service, id, tx };
+        tracing::info!(peer, dataplane = %session.id, "sidecar connected");
+        self.tasks.spawn(session.run(inbound));
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_token_registers_only_its_mesh_and_service() {
+        let dp = |mesh: &str, services: &[&str]| {
+            let inbound: Vec<serde_json::Value> =
+                services.iter().enumerate().map(|(i, s)| serde_json::json!({"port": 8000 + i, "tags": {"strait.io/service": s}})).collect();
+            serde_json::to_vec(&serde_json::json!({"type": "Dataplane", "name": "x", "mesh": mesh, "spec": {"networking": {"address": "192.0.2.1", "inbound": inbound}}}))
+                .unwrap()
+        };
+        assert!(check_dataplane(&dp("default", &["web"]), "default", "web").is_ok());
+        let cases = [
+            (dp("default", &["api"]), tonic::Code::PermissionDenied, "cannot register service \"api\""),
+            (dp("default", &["web", "api"]), tonic::Code::PermissionDenied, "cannot register service \"api\""),
+            (dp("other", &["web"]), tonic::Code::PermissionDenied, "for mesh \"default\""),
+            (b"not json".to_vec(), tonic::Code::InvalidArgument, "not JSON"),
+            (serde_json::to_vec(&serde_json::json!({"type": "Dataplane", "name": "x", "mesh": "default", "spec": {"networking": {"address": "1.2.3.4", "inbound": []}}})).unwrap(), tonic::Code::InvalidArgument, "spec.networking.inbound"),
+        ];
+        for (json, code, message) in cases {
+            let err = check_dataplane(&json, "default", "web").unwrap_err();
+            assert_eq!(err.code(), code, "{err:?}");
+            assert!(err.message().contains(message), "{err:?}");
+        }
+    }
+}

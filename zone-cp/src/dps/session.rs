@@ -1,0 +1,176 @@
+//! One sidecar's DPS stream: register its Dataplane, send its configuration and again on every
+//! change that affects it, sign its certificate, and unregister it when it leaves.
+//!
+//! In: the sidecar's ACK/NACK and CSRs, and the zone store's changes. Out: `Config` messages
+//! (only when the sidecar's configuration really changed) and `Certificate` messages.
+
+use futures::{FutureExt, StreamExt};
+use strait_api::dps::{dataplane_message, zone_message, Certificate, Config, DataplaneMessage, ZoneMessage};
+use strait_api::{proxy_config, Resource, ResourceType, Spec};
+use strait_store::{Key, WatchStream};
+use tokio::sync::mpsc;
+use tonic::{Status, Streaming};
+
+use super::DpsShared;
+
+/// A connected sidecar.
+pub struct Session {
+    pub(super) shared: DpsShared,
+    pub(super) dp: Resource,
+    pub(super) mesh: String,
+    pub(super) service: String,
+    pub(super) id: String,
+    pub(super) tx: mpsc::Sender<Result<ZoneMessage, Status>>,
+}
+
+fn unavailable(e: impl std::fmt::Display) -> Status {
+    Status::unavailable(format!("zone store: {e}"))
+}
+
+impl Session {
+    /// Runs until the sidecar leaves, then unregisters its Dataplane.
+    pub async fn run(self, inbound: Streaming<DataplaneMessage>) {
+        let result = self.serve(inbound).await;
+        let reason = match &result {
+            Ok(()) => "sidecar closed the stream".to_string(),
+            Err(s) => s.message().to_string(),
+        };
+        match self.shared.resources.delete(ResourceType::Dataplane, Some(&self.mesh), &self.dp.name, None).await {
+            Ok(_) => {}
+            Err(e) => tracing::warn!(dataplane = %self.id, error = %e, "could not unregister the Dataplane"),
+        }
+        crate::inventory::refresh(&self.shared.resources, &self.shared.inventory).await;
+        self.shared.connected.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.id);
+        tracing::info!(dataplane = %self.id, reason, "sidecar disconnected");
+        if let Err(status) = result {
+            let _ = self.tx.send(Err(status)).await;
+        }
+    }
+
+    async fn send(&self, message: zone_message::Message) -> Result<(), Status> {
+        self.tx.send(Ok(ZoneMessage { message: Some(message) })).await.map_err(|_| Status::cancelled("sidecar stream closed"))
+    }
+
+    async fn serve(&self, mut inbound: Streaming<DataplaneMessage>) -> Result<(), Status> {
+        let store = self.shared.resources.store().clone();
+        // Watch before registering, so no change between the two is missed.
+        let mut events: WatchStream = store.watch(store.revision()).await.map_err(unavailable)?;
+        self.shared.resources.put(&self.dp).await.map_err(unavailable)?;
+        crate::inventory::refresh(&self.shared.resources, &self.shared.inventory).await;
+        let mut version = 0u64;
+        let mut last: Option<Vec<u8>> = None;
+        self.push_config(&mut version, &mut last).await?;
+        loop {
+            tokio::select! {
+                () = self.shared.shutdown.cancelled() => return Err(Status::unavailable("the zone control plane is shutting down")),
+                event = events.next() => {
+                    let Some(event) = event else { return Err(Status::unavailable("zone store closed")) };
+                    let mut relevant = self.affects(&event.map_err(unavailable)?.object.key);
+                    while let Some(Some(Ok(e))) = events.next().now_or_never() {
+                        relevant |= self.affects(&e.object.key);
+                    }
+                    if relevant {
+                        self.push_config(&mut version, &mut last).await?;
+                    }
+                }
+                message = inbound.message() => match message {
+                    Ok(Some(m)) => self.handle(m).await?,
+                    Ok(None) => return Ok(()),
+                    Err(s) => return Err(Status::aborted(format!("sidecar stream failed: {}", s.message()))),
+                },
+            }
+        }
+    }
+
+    /// Whether a change of `key` can change this sidecar's configuration.
+    fn affects(&self, key: &Key) -> bool {
+        key.mesh == self.mesh || (key.kind == "Mesh" && key.name == self.mesh)
+    }
+
+    /// Recomputes the configuration and sends it if it differs from the last one sent.
+    async fn push_config(&self, version: &mut u64, last: &mut Option<Vec<u8>>) -> Result<(), Status> {
+        let config = self.compute().await?;
+        let json = serde_json::to_vec(&config).map_err(|e| Status::internal(e.to_string()))?;
+        if last.as_ref() == Some(&json) {
+            return Ok(());
+        }
+        *version += 1;
+        *last = Some(json.clone());
+        tracing::debug!(dataplane = %self.id, version = *version, "sending configuration");
+        self.send(zone_message::Message::Config(Config { version: *version, json })).await
+    }
+
+    async fn compute(&self) -> Result<proxy_config::ProxyConfig, Status> {
+        let resources = &self.shared.resources;
+        let mut all = Vec::new();
+        for kind in ResourceType::ALL.iter().copied().filter(|k| k.is_mesh_scoped()) {
+            all.extend(resources.list(kind, Some(&self.mesh)).await.map_err(unavailable)?);
+        }
+        let bundle = resources
+            .store()
+            .get(&Key::new("TrustBundle", &self.mesh, "default"))
+            .await
+            .map_err(unavailable)?
+            .map(|o| o.data)
+            .unwrap_or_default();
+        let lifetime = self.certificate_lifetime().await?;
+        proxy_config::build(&self.dp, &self.shared.zone, &all, bundle, lifetime.as_secs())
+            .ok_or_else(|| Status::internal("not a Dataplane"))
+    }
+
+    async fn certificate_lifetime(&self) -> Result<std::time::Duration, Status> {
+        match self.shared.resources.get(ResourceType::Mesh, None, &self.mesh).await.map_err(unavailable)? {
+            Some(Resource { spec: Spec::Mesh(m), .. }) => Ok(m.certificate_lifetime().get()),
+            _ => Err(Status::failed_precondition(format!("mesh {:?} is gone from this zone", self.mesh))),
+        }
+    }
+
+    async fn handle(&self, message: DataplaneMessage) -> Result<(), Status> {
+        match message.message {
+            Some(dataplane_message::Message::Ack(ack)) => {
+                tracing::debug!(dataplane = %self.id, version = ack.version, "configuration applied")
+            }
+            Some(dataplane_message::Message::Nack(nack)) => {
+                tracing::warn!(dataplane = %self.id, version = nack.version, error = %nack.error, "sidecar rejected its configuration (NACK)")
+            }
+            Some(dataplane_message::Message::CertificateRequest(req)) => {
+                let answer = match self.sign(&req.csr_pem).await {
+                    Ok(chain) => Certificate { cert_chain_pem: chain, error: String::new() },
+                    Err(e) => {
+                        tracing::warn!(dataplane = %self.id, error = %e, "could not issue a workload certificate");
+                        Certificate { cert_chain_pem: String::new(), error: e }
+                    }
+                };
+                self.send(zone_message::Message::Certificate(answer)).await?;
+            }
+            Some(dataplane_message::Message::Hello(_)) => {
+                return Err(Status::invalid_argument("Hello is only allowed as the first message"))
+            }
+            None => return Err(Status::invalid_argument("empty message")),
+        }
+        Ok(())
+    }
+
+    /// Signs the sidecar's CSR for `spiffe://<mesh>/<service>` with the zone's intermediate CA;
+    /// returns leaf and intermediate.
+    async fn sign(&self, csr_pem: &str) -> Result<String, String> {
+        let store = self.shared.resources.store();
+        let (cert, key, _) = crate::zone_ca::get(store.as_ref(), &self.mesh)
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| format!("this zone has no intermediate CA for mesh {:?} yet; retry shortly", self.mesh))?;
+        let lifetime = self.certificate_lifetime().await.map_err(|s| s.message().to_string())?;
+        let id = strait_pki::spiffe_id(&self.mesh, &self.service);
+        let csr = csr_pem.to_string();
+        let leaf = tokio::task::spawn_blocking(move || {
+            strait_pki::CertificateAuthority::from_pem(&cert, &key)
+                .and_then(|ca| ca.sign_workload(&csr, &id, lifetime))
+                .map(|leaf| format!("{leaf}{cert}"))
+        })
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
+        tracing::info!(dataplane = %self.id, lifetime = ?lifetime, "issued a workload certificate");
+        Ok(leaf)
+    }
+}

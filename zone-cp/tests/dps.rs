@@ -1,0 +1,251 @@
+//! The zone's dataplane config server (DPS) against a hand-driven sidecar: registration with a
+//! dataplane token, the effective configuration and its updates, the workload certificate,
+//! and refusals.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use serde_json::{json, Value};
+use strait_api::dps::dataplane_sync_client::DataplaneSyncClient;
+use strait_api::dps::{dataplane_message, zone_message, DataplaneMessage, ZoneMessage, PROTOCOL_VERSION};
+use strait_api::proxy_config::ProxyConfig;
+use strait_api::ResourceType;
+use strait_global_cp::GlobalCp;
+use strait_zone_cp::ZoneCp;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
+
+struct Env {
+    global: GlobalCp,
+    zone: ZoneCp,
+    http: reqwest::Client,
+    base: String,
+    admin: String,
+    _dir: tempfile::TempDir,
+}
+
+async fn env() -> Env {
+    let dir = tempfile::tempdir().unwrap();
+    let config = strait_global_cp::Config::for_dir(dir.path().join("global"), "127.0.0.1:0".parse().unwrap());
+    let global = GlobalCp::start(Arc::new(config)).await.unwrap();
+    let admin = std::fs::read_to_string(&global.token_file).unwrap().trim().to_string();
+    let base = format!("http://{}", global.api_addr);
+    let http = reqwest::Client::new();
+    http.put(format!("{base}/meshes/default")).bearer_auth(&admin).json(&json!({"type": "Mesh", "name": "default"})).send().await.unwrap();
+    let reg: Value = http.post(format!("{base}/zones/zone-1/token")).bearer_auth(&admin).send().await.unwrap().json().await.unwrap();
+    let zdir = dir.path().join("zone-1");
+    std::fs::create_dir_all(&zdir).unwrap();
+    std::fs::write(zdir.join("token"), reg["token"].as_str().unwrap()).unwrap();
+    std::fs::write(zdir.join("ca.pem"), reg["caBundle"].as_str().unwrap()).unwrap();
+    let args = [
+        "strait-zone".to_string(),
+        "--zone".into(),
+        "zone-1".into(),
+        "--global-address".into(),
+        format!("https://{}", global.kds_addr),
+        "--zone-token-file".into(),
+        zdir.join("token").display().to_string(),
+        "--global-ca-file".into(),
+        zdir.join("ca.pem").display().to_string(),
+        "--data-dir".into(),
+        zdir.join("data").display().to_string(),
+        "--api-address".into(),
+        "127.0.0.1:0".into(),
+        "--dps-address".into(),
+        "127.0.0.1:0".into(),
+    ];
+    let zone = ZoneCp::start(Arc::new(strait_zone_cp::Config::try_parse_from(args).unwrap())).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while strait_zone_cp::zone_ca::get(zone.store().as_ref(), "default").await.unwrap().is_none() {
+        assert!(Instant::now() < deadline, "the zone never got its intermediate CA");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Env { global, zone, http, base, admin, _dir: dir }
+}
+
+impl Env {
+    async fn token(&self, service: &str) -> String {
+        let v: Value = self
+            .http
+            .post(format!("{}/meshes/default/dataplane-tokens?service={service}", self.base))
+            .bearer_auth(&self.admin)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        v["token"].as_str().unwrap().to_string()
+    }
+
+    async fn put(&self, path: &str, body: Value) {
+        let r = self.http.put(format!("{}{path}", self.base)).bearer_auth(&self.admin).json(&body).send().await.unwrap();
+        assert!(r.status().is_success(), "{path}: {}", r.status());
+    }
+}
+
+/// A sidecar stream: what it sends and what it receives.
+struct Sidecar {
+    tx: mpsc::Sender<DataplaneMessage>,
+    rx: tonic::Streaming<ZoneMessage>,
+}
+
+fn dataplane(name: &str, service: &str, port: u16) -> Vec<u8> {
+    serde_json::to_vec(&json!({"type": "Dataplane", "name": name, "mesh": "default",
+        "spec": {"networking": {"address": "127.0.0.1", "inbound": [{"port": port, "tags": {"strait.io/service": service, "strait.io/protocol": "http"}}]}}}))
+    .unwrap()
+}
+
+async fn connect(env: &Env, token: &str, dp: Vec<u8>) -> Result<Sidecar, tonic::Status> {
+    let tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(&env.zone.dps_ca_pem)).domain_name("strait-zone");
+    let channel =
+        Endpoint::from_shared(format!("https://{}", env.zone.dps_addr)).unwrap().tls_config(tls).unwrap().connect().await.unwrap();
+    let (tx, rx) = mpsc::channel(16);
+    tx.send(DataplaneMessage {
+        message: Some(dataplane_message::Message::Hello(strait_api::dps::Hello {
+            protocol: PROTOCOL_VERSION,
+            dataplane: dp,
+            software_version: "test".into(),
+        })),
+    })
+    .await
+    .unwrap();
+    let mut request = tonic::Request::new(ReceiverStream::new(rx));
+    request.metadata_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
+    let rx = DataplaneSyncClient::new(channel).stream(request).await?.into_inner();
+    Ok(Sidecar { tx, rx })
+}
+
+impl Sidecar {
+    async fn next(&mut self) -> zone_message::Message {
+        let m = tokio::time::timeout(Duration::from_secs(10), self.rx.message())
+            .await
+            .expect("a message within 10s")
+            .expect("stream ok")
+            .expect("stream open");
+        m.message.expect("a message")
+    }
+
+    async fn config(&mut self) -> (u64, ProxyConfig) {
+        loop {
+            if let zone_message::Message::Config(c) = self.next().await {
+                return (c.version, serde_json::from_slice(&c.json).unwrap());
+            }
+        }
+    }
+}
+
+fn action_for(cfg: &ProxyConfig, caller: &str) -> Option<String> {
+    let tags = [("strait.io/service".to_string(), caller.to_string())].into();
+    let rules = cfg.inbounds[0].policies.get(&ResourceType::MeshTrafficPermission)?;
+    rules.iter().find(|r| r.applies_to(&tags)).and_then(|r| r.conf["action"].as_str().map(str::to_string))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sidecar_registers_gets_its_config_and_certificate_and_follows_changes() {
+    let env = env().await;
+    let token = env.token("web").await;
+    let mut web = connect(&env, &token, dataplane("web-1", "web", 8080)).await.expect("registered");
+    let (v1, cfg) = web.config().await;
+    assert_eq!(cfg.identity, "spiffe://default/web");
+    assert_eq!(action_for(&cfg, "frontend").as_deref(), Some("Allow"), "the mesh's default allow-all");
+    assert!(cfg.trust_bundle["roots"].as_array().is_some_and(|r| r.len() == 1));
+
+    // The certificate: issued for the token's service, chained to the mesh root via the zone.
+    let kc = strait_pki::KeyAndCsr::generate("web").unwrap();
+    web.tx
+        .send(DataplaneMessage {
+            message: Some(dataplane_message::Message::CertificateRequest(strait_api::dps::CertificateRequest { csr_pem: kc.csr_pem })),
+        })
+        .await
+        .unwrap();
+    let chain = loop {
+        if let zone_message::Message::Certificate(c) = web.next().await {
+            assert!(c.error.is_empty(), "{}", c.error);
+            break c.cert_chain_pem;
+        }
+    };
+    let certs: Vec<String> = chain.split_inclusive("-----END CERTIFICATE-----\n").map(str::to_string).collect();
+    assert_eq!(certs.len(), 2, "leaf and the zone's intermediate");
+    let bundle: strait_pki::TrustBundle = serde_json::from_value(cfg.trust_bundle.clone()).unwrap();
+    let id = bundle.verify(&certs[0], &certs[1..], std::time::SystemTime::now()).expect("verifies against the mesh root");
+    assert_eq!(id.as_str(), "spiffe://default/web");
+
+    // A permission change on the global reaches the sidecar as a new version.
+    env.put("/meshes/default/meshtrafficpermissions/deny-frontend", json!({"type": "MeshTrafficPermission", "name": "deny-frontend", "mesh": "default",
+        "spec": {"targetRef": {"kind": "MeshService", "name": "web"}, "from": [{"targetRef": {"kind": "MeshService", "name": "frontend"}, "default": {"action": "Deny"}}]}})).await;
+    let (v2, cfg) = web.config().await;
+    assert!(v2 > v1);
+    assert_eq!(action_for(&cfg, "frontend").as_deref(), Some("Deny"));
+    assert_eq!(action_for(&cfg, "other").as_deref(), Some("Allow"));
+
+    // A second sidecar becomes an endpoint of the first one's destination `api`.
+    let mut api = connect(&env, &env.token("api").await, dataplane("api-1", "api", 9090)).await.expect("api registers");
+    let _ = api.config().await;
+    let (_, cfg) = web.config().await;
+    let api_out = cfg.outbounds.iter().find(|o| o.service == "api").expect("api is a destination of web");
+    assert_eq!(api_out.endpoints.len(), 1);
+    assert_eq!(api_out.endpoints[0].port, 9090);
+    assert_eq!(api_out.endpoints[0].zone, "zone-1");
+
+    // Registered Dataplanes are the zone's inventory; leaving unregisters.
+    let zones = |env: &Env| {
+        let url = format!("http://{}/zones", env.zone.api_addr);
+        async move { reqwest::get(url).await.unwrap().json::<Value>().await.unwrap() }
+    };
+    let services = |v: &Value| v["items"][0]["services"].as_array().map(|s| s.len()).unwrap_or(0);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while services(&zones(&env).await) != 2 {
+        assert!(Instant::now() < deadline, "the zone's inventory lists web and api");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(api);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while services(&zones(&env).await) != 1 {
+        assert!(Instant::now() < deadline, "api left the inventory when its sidecar left");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    env.zone.shutdown();
+    env.global.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_bind_the_service_and_bad_registrations_are_refused() {
+    let env = env().await;
+    let web_token = env.token("web").await;
+    let cases: Vec<(&str, String, Vec<u8>, tonic::Code, &str)> = vec![
+        (
+            "a token for web registering api",
+            web_token.clone(),
+            dataplane("api-1", "api", 9090),
+            tonic::Code::PermissionDenied,
+            "cannot register service \"api\"",
+        ),
+        ("a garbage token", "garbage".into(), dataplane("web-1", "web", 8080), tonic::Code::Unauthenticated, "dataplane token refused"),
+        (
+            "an invalid Dataplane",
+            web_token.clone(),
+            b"{\"type\": \"Dataplane\"}".to_vec(),
+            tonic::Code::InvalidArgument,
+            "invalid Dataplane",
+        ),
+    ];
+    for (what, token, dp, code, message) in cases {
+        let status = match connect(&env, &token, dp).await {
+            Ok(mut s) => s.rx.message().await.expect_err(what),
+            Err(s) => s,
+        };
+        assert_eq!(status.code(), code, "{what}: {status:?}");
+        assert!(status.message().contains(message), "{what}: {status:?}");
+    }
+    let _first = connect(&env, &web_token, dataplane("web-1", "web", 8080)).await.expect("registers");
+    let status = match connect(&env, &web_token, dataplane("web-1", "web", 8080)).await {
+        Ok(mut s) => s.rx.message().await.expect_err("duplicate"),
+        Err(s) => s,
+    };
+    assert_eq!(status.code(), tonic::Code::AlreadyExists, "{status:?}");
+    env.zone.shutdown();
+    env.global.shutdown();
+}
