@@ -65,6 +65,8 @@ async fn zone(global: &Global, name: &str, dir: &Path) -> ZoneCp {
         dir.join("data").display().to_string(),
         "--api-address".into(),
         "127.0.0.1:0".into(),
+        "--dps-address".into(),
+        "127.0.0.1:0".into(),
         "--kds-max-backoff".into(),
         "1s".into(),
     ];
@@ -179,6 +181,8 @@ async fn zone_without_registration(dir: &Path, name: &str) -> ZoneCp {
         "--data-dir",
         &dir.join("data").display().to_string(),
         "--api-address",
+        "127.0.0.1:0",
+        "--dps-address",
         "127.0.0.1:0",
     ]
     .map(str::to_string);

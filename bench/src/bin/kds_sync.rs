@@ -61,6 +61,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             zdir.join("data").display().to_string(),
             "--api-address".into(),
             "127.0.0.1:0".into(),
+            "--dps-address".into(),
+            "127.0.0.1:0".into(),
         ];
         zones.push(ZoneCp::start(Arc::new(strait_zone_cp::Config::try_parse_from(zone_args)?)).await?);
     }

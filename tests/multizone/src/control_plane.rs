@@ -24,6 +24,8 @@ pub const API_PORT: u16 = 7680;
 pub const KDS_PORT: u16 = 7685;
 /// REST port of `strait-zone`.
 pub const ZONE_API_PORT: u16 = 7681;
+/// Port of a zone's dataplane config server (DPS).
+pub const ZONE_DPS_PORT: u16 = 7678;
 /// Deadline for a control plane to become ready.
 pub const READY: Duration = Duration::from_secs(30);
 /// Deadline for a zone to (re)connect, and for a change to reach the zones.
@@ -243,6 +245,8 @@ impl Zone {
                 .arg(&args.data)
                 .arg("--api-address")
                 .arg(host.socket_addr(ZONE_API_PORT).to_string())
+                .arg("--dps-address")
+                .arg(host.socket_addr(ZONE_DPS_PORT).to_string())
                 .args(ZONE_KDS)
                 .args(&args.extra),
         );
