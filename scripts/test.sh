@@ -14,6 +14,7 @@ as_root() {
 need_pkgs=()
 command -v ip >/dev/null || need_pkgs+=(iproute2)
 command -v curl >/dev/null || need_pkgs+=(curl)
+command -v iptables >/dev/null || need_pkgs+=(iptables)
 command -v python3 >/dev/null || need_pkgs+=(python3)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
     say "installing ${need_pkgs[*]}"

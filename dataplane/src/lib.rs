@@ -1,8 +1,16 @@
 //! The sidecar proxy (`strait-dp`).
 //!
 //! In: the application's outbound connections and other sidecars' mTLS connections, plus its
-//! configuration from the zone control plane (DPS). Out: proxied, authorised, observed traffic.
+//! configuration and workload certificate from the zone control plane (DPS). Out: proxied,
+//! authorised, observed traffic; `/ready`, `/metrics` and `/config_dump` on the admin port.
 #![forbid(unsafe_code)]
+#![allow(clippy::result_large_err)]
+
+pub mod app;
+pub mod config;
+pub mod dps_client;
+
+pub use app::Sidecar;
 
 /// What this component does, shown by `--help`.
 pub const ROLE: &str = "Sidecar proxy: mTLS between workloads, L7 routing and policies, transparent interception";

@@ -1,12 +1,30 @@
 use clap::Parser;
+use strait_dataplane::config::{Cli, Command};
+use strait_dataplane::Sidecar;
+use strait_global_cp::config::EXIT_CONFIG;
+use strait_global_cp::telemetry;
 
-/// Sidecar proxy: mTLS between workloads, L7 routing and policies, transparent interception
-#[derive(Parser)]
-#[command(name = "strait-dp", version, about = strait_dataplane::ROLE)]
-struct Cli {}
-
-fn main() {
-    let _ = Cli::parse();
-    eprintln!("strait-dp: this component is not available in this build yet; see the project issues");
-    std::process::exit(69);
+#[tokio::main]
+async fn main() {
+    let Command::Run(flags) = Cli::parse().command;
+    let (format, level) = (flags.log_format, flags.log_level.clone());
+    let config = match flags.validate() {
+        Ok(c) => c,
+        Err(problems) => {
+            for p in problems {
+                eprintln!("strait-dp: {p}");
+            }
+            std::process::exit(EXIT_CONFIG);
+        }
+    };
+    telemetry::init(format, &level);
+    let sidecar = match Sidecar::start(config).await {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("strait-dp: {e:#}");
+            std::process::exit(1);
+        }
+    };
+    strait_global_cp::signals::wait_for_signal().await;
+    sidecar.shutdown(std::time::Duration::from_secs(10)).await;
 }

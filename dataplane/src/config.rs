@@ -1,0 +1,163 @@
+//! Configuration of `strait-dp run`: flags and `STRAIT_*` environment variables, validated once,
+//! including the Dataplane file (every bad field is reported before anything starts).
+//!
+//! In: the command line, the environment, the Dataplane file and the token file. Out: a
+//! [`RunConfig`] with the parsed Dataplane and the token.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use serde::Serialize;
+use strait_api::{Resource, ResourceType};
+use strait_global_cp::config::{humanized, parse_duration, LogFormat};
+
+/// The sidecar proxy of a Strait workload.
+#[derive(Debug, Parser)]
+#[command(name = "strait-dp", version, about = crate::ROLE)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Register with the zone control plane and proxy this workload's traffic
+    Run(RunConfig),
+}
+
+/// Flags of `strait-dp run`.
+#[derive(Debug, Clone, Args, Serialize)]
+pub struct RunConfig {
+    /// DPS address of the zone control plane, such as https://zone.example:7678.
+    #[arg(long, env = "STRAIT_CP_ADDRESS")]
+    pub cp_address: String,
+
+    /// PEM file of the CA of the zone's DPS endpoint (`<zone data-dir>/dps-ca.pem`).
+    #[arg(long, env = "STRAIT_CP_CA_FILE")]
+    pub cp_ca_file: PathBuf,
+
+    /// Name the zone's DPS certificate is checked against.
+    #[arg(long, env = "STRAIT_CP_SERVER_NAME", default_value = "strait-zone")]
+    pub cp_server_name: String,
+
+    /// The Dataplane resource of this workload (YAML or JSON).
+    #[arg(long, env = "STRAIT_DATAPLANE_FILE")]
+    pub dataplane_file: PathBuf,
+
+    /// The dataplane token from `straitctl token dataplane`.
+    #[arg(long, env = "STRAIT_DATAPLANE_TOKEN_FILE")]
+    pub dataplane_token_file: PathBuf,
+
+    /// Admin endpoint (`/ready`, `/metrics`, `/config_dump`); keep it on localhost.
+    #[arg(long, env = "STRAIT_ADMIN_ADDRESS", default_value = "127.0.0.1:9901")]
+    pub admin_address: SocketAddr,
+
+    /// Longest wait between reconnection attempts to the zone.
+    #[arg(long, env = "STRAIT_CP_MAX_BACKOFF", default_value = "30s", value_parser = parse_duration)]
+    #[serde(with = "humanized")]
+    pub cp_max_backoff: Duration,
+
+    /// Log format.
+    #[arg(long, env = "STRAIT_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
+    /// Log filter.
+    #[arg(long, env = "STRAIT_LOG", default_value = "info")]
+    pub log_level: String,
+}
+
+/// A validated run configuration.
+#[derive(Debug, Clone)]
+pub struct Validated {
+    /// The flags.
+    pub flags: RunConfig,
+    /// The Dataplane.
+    pub dataplane: Resource,
+    /// The token.
+    pub token: String,
+    /// The zone's DPS CA.
+    pub cp_ca_pem: String,
+}
+
+impl RunConfig {
+    /// Reads and checks the files, reporting every problem at once.
+    pub fn validate(self) -> Result<Validated, Vec<String>> {
+        let mut problems = Vec::new();
+        if !self.cp_address.starts_with("https://") {
+            problems.push(format!("--cp-address {:?}: must be an https:// URL (DPS always uses TLS)", self.cp_address));
+        }
+        let read = |flag: &str, path: &PathBuf, problems: &mut Vec<String>| match std::fs::read_to_string(path) {
+            Ok(text) => Some(text),
+            Err(e) => {
+                problems.push(format!("{flag} {}: {e}", path.display()));
+                None
+            }
+        };
+        let dataplane =
+            read("--dataplane-file", &self.dataplane_file, &mut problems).and_then(|text| match Resource::from_str_any(&text) {
+                Ok(r) if r.kind == ResourceType::Dataplane => Some(r),
+                Ok(r) => {
+                    problems.push(format!("--dataplane-file {}: expected type Dataplane, got {}", self.dataplane_file.display(), r.kind));
+                    None
+                }
+                Err(errors) => {
+                    for e in errors.0 {
+                        problems.push(format!("--dataplane-file {}: {e}", self.dataplane_file.display()));
+                    }
+                    None
+                }
+            });
+        let token = read("--dataplane-token-file", &self.dataplane_token_file, &mut problems).map(|t| t.trim().to_string());
+        if token.as_deref() == Some("") {
+            problems.push(format!("--dataplane-token-file {}: empty", self.dataplane_token_file.display()));
+        }
+        let ca = read("--cp-ca-file", &self.cp_ca_file, &mut problems);
+        match (dataplane, token, ca) {
+            (Some(dataplane), Some(token), Some(cp_ca_pem)) if problems.is_empty() => {
+                Ok(Validated { flags: self, dataplane, token, cp_ca_pem })
+            }
+            _ => Err(problems),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(dir: &std::path::Path, dataplane: &str, token: &str) -> RunConfig {
+        std::fs::write(dir.join("dp.yaml"), dataplane).unwrap();
+        std::fs::write(dir.join("token"), token).unwrap();
+        std::fs::write(dir.join("ca.pem"), "pem").unwrap();
+        let args = ["strait-dp", "run", "--cp-address", "https://zone:7678", "--cp-ca-file"];
+        let mut args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        args.extend(
+            [dir.join("ca.pem"), "--dataplane-file".into(), dir.join("dp.yaml"), "--dataplane-token-file".into(), dir.join("token")]
+                .map(|p| p.display().to_string()),
+        );
+        let Command::Run(c) = Cli::try_parse_from(args).unwrap().command;
+        c
+    }
+
+    #[test]
+    fn a_bad_dataplane_file_names_the_field() {
+        let dir = tempfile::tempdir().unwrap();
+        let problems = config(dir.path(), "type: Dataplane\nname: web-1\nmesh: default\nspec:\n  networking:\n    address: 10.0.0.1\n    inbound:\n      - port: 8080\n        tags: {version: v1}\n", "")
+            .validate()
+            .unwrap_err();
+        assert!(problems.iter().any(|p| p.contains("spec.networking.inbound[0].tags: needs the strait.io/service tag")), "{problems:?}");
+        assert!(problems.iter().any(|p| p.contains("--dataplane-token-file") && p.ends_with("empty")), "{problems:?}");
+    }
+
+    #[test]
+    fn a_good_configuration_validates() {
+        let dir = tempfile::tempdir().unwrap();
+        let ok = config(dir.path(), "type: Dataplane\nname: web-1\nmesh: default\nspec:\n  networking:\n    address: 10.0.0.1\n    inbound: [{port: 8080, tags: {strait.io/service: web}}]\n", "tok\n").validate().unwrap();
+        assert_eq!(ok.token, "tok");
+        assert_eq!(ok.dataplane.name, "web-1");
+    }
+}

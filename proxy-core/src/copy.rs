@@ -1,0 +1,284 @@
+//! Bidirectional copy between two streams: the inner loop of every proxied TCP connection.
+//!
+//! In: two `AsyncRead + AsyncWrite` streams (a TLS stream and a TCP socket, two TCP sockets...)
+//! and [`CopyOptions`]. Out: the bytes moved each way ([`Copied`]), also when the copy ends in
+//! an error ([`CopyError::copied`]) so metrics count them. One buffer per direction is
+//! allocated when the copy starts and reused for every read. When one side ends its stream
+//! (EOF), the other side's write half is shut down (TCP FIN, or TLS close_notify then FIN)
+//! and the opposite direction carries on until it ends too: half-closed connections keep
+//! working. An optional idle timeout ends a copy in which no byte moved either way for that
+//! long.
+
+use std::fmt;
+use std::future::{poll_fn, Future};
+use std::io;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::Instant;
+
+/// Default buffer size per direction: one TLS record.
+pub const DEFAULT_BUFFER_SIZE: usize = 16 * 1024;
+
+/// How a copy runs.
+#[derive(Clone, Debug)]
+pub struct CopyOptions {
+    /// Bytes buffered per direction.
+    pub buffer_size: usize,
+    /// End the copy when no byte has moved in either direction for this long.
+    pub idle_timeout: Option<Duration>,
+}
+
+impl Default for CopyOptions {
+    fn default() -> Self {
+        CopyOptions { buffer_size: DEFAULT_BUFFER_SIZE, idle_timeout: None }
+    }
+}
+
+/// Bytes written each way.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Copied {
+    /// Bytes read from `a` and written to `b`.
+    pub a_to_b: u64,
+    /// Bytes read from `b` and written to `a`.
+    pub b_to_a: u64,
+}
+
+/// Which way bytes were flowing when an error happened.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Direction {
+    /// From `a` to `b`.
+    AToB,
+    /// From `b` to `a`.
+    BToA,
+}
+
+impl fmt::Display for Direction {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Direction::AToB => "a to b",
+            Direction::BToA => "b to a",
+        })
+    }
+}
+
+/// Why a copy ended early; both variants carry the bytes moved until then.
+#[derive(Debug, thiserror::Error)]
+pub enum CopyError {
+    /// Reading, writing or shutting down failed.
+    #[error("copy {direction}: {source}")]
+    Io {
+        /// The direction that failed.
+        direction: Direction,
+        /// The I/O error.
+        source: io::Error,
+        /// Bytes moved before the error.
+        copied: Copied,
+    },
+    /// No byte moved for the idle timeout.
+    #[error("idle for {timeout:?}")]
+    Idle {
+        /// The configured timeout.
+        timeout: Duration,
+        /// Bytes moved before the timeout.
+        copied: Copied,
+    },
+}
+
+impl CopyError {
+    /// Bytes moved before the copy ended.
+    pub fn copied(&self) -> Copied {
+        match self {
+            CopyError::Io { copied, .. } | CopyError::Idle { copied, .. } => *copied,
+        }
+    }
+}
+
+/// Copies `a` to `b` and `b` to `a` until both directions have ended, propagating half-close.
+pub async fn copy_bidirectional<A, B>(a: &mut A, b: &mut B, options: &CopyOptions) -> Result<Copied, CopyError>
+where
+    A: AsyncRead + AsyncWrite + Unpin + ?Sized,
+    B: AsyncRead + AsyncWrite + Unpin + ?Sized,
+{
+    let mut a_to_b = Transfer::new(options.buffer_size);
+    let mut b_to_a = Transfer::new(options.buffer_size);
+    let mut idle = options.idle_timeout.map(IdleTimer::new);
+    poll_fn(|cx| {
+        let before = a_to_b.progress() + b_to_a.progress();
+        let ab_done = match a_to_b.poll(cx, Pin::new(&mut *a), Pin::new(&mut *b)) {
+            Poll::Ready(Err(source)) => {
+                return Poll::Ready(Err(CopyError::Io { direction: Direction::AToB, source, copied: copied(&a_to_b, &b_to_a) }))
+            }
+            poll => poll.is_ready(),
+        };
+        let ba_done = match b_to_a.poll(cx, Pin::new(&mut *b), Pin::new(&mut *a)) {
+            Poll::Ready(Err(source)) => {
+                return Poll::Ready(Err(CopyError::Io { direction: Direction::BToA, source, copied: copied(&a_to_b, &b_to_a) }))
+            }
+            poll => poll.is_ready(),
+        };
+        if ab_done && ba_done {
+            return Poll::Ready(Ok(copied(&a_to_b, &b_to_a)));
+        }
+        if let Some(idle) = idle.as_mut() {
+            if a_to_b.progress() + b_to_a.progress() != before {
+                idle.touch();
+            }
+            if idle.poll_expired(cx).is_ready() {
+                return Poll::Ready(Err(CopyError::Idle { timeout: idle.timeout, copied: copied(&a_to_b, &b_to_a) }));
+            }
+        }
+        Poll::Pending
+    })
+    .await
+}
+
+fn copied(a_to_b: &Transfer, b_to_a: &Transfer) -> Copied {
+    Copied { a_to_b: a_to_b.written, b_to_a: b_to_a.written }
+}
+
+/// One direction: read into the buffer, write it out, shut the writer down after EOF.
+struct Transfer {
+    buf: Box<[u8]>,
+    pos: usize,
+    cap: usize,
+    read: u64,
+    written: u64,
+    read_done: bool,
+    need_flush: bool,
+    state: State,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum State {
+    Copying,
+    ShuttingDown,
+    Done,
+}
+
+impl Transfer {
+    fn new(size: usize) -> Self {
+        Transfer {
+            buf: vec![0; size.max(1)].into_boxed_slice(),
+            pos: 0,
+            cap: 0,
+            read: 0,
+            written: 0,
+            read_done: false,
+            need_flush: false,
+            state: State::Copying,
+        }
+    }
+
+    /// Bytes read plus bytes written: changes whenever anything moved.
+    fn progress(&self) -> u64 {
+        self.read + self.written
+    }
+
+    /// Ready(Ok) once the reader hit EOF, everything was written and the writer is shut down.
+    fn poll<R, W>(&mut self, cx: &mut Context<'_>, mut reader: Pin<&mut R>, mut writer: Pin<&mut W>) -> Poll<io::Result<()>>
+    where
+        R: AsyncRead + ?Sized,
+        W: AsyncWrite + ?Sized,
+    {
+        loop {
+            match self.state {
+                State::Copying => {
+                    ready!(self.poll_copy(cx, reader.as_mut(), writer.as_mut()))?;
+                    self.state = State::ShuttingDown;
+                }
+                State::ShuttingDown => {
+                    ready!(writer.as_mut().poll_shutdown(cx))?;
+                    self.state = State::Done;
+                }
+                State::Done => return Poll::Ready(Ok(())),
+            }
+        }
+    }
+
+    /// Copies until EOF, flushing whenever the reader has nothing more for now.
+    fn poll_copy<R, W>(&mut self, cx: &mut Context<'_>, mut reader: Pin<&mut R>, mut writer: Pin<&mut W>) -> Poll<io::Result<()>>
+    where
+        R: AsyncRead + ?Sized,
+        W: AsyncWrite + ?Sized,
+    {
+        loop {
+            if self.cap < self.buf.len() && !self.read_done {
+                match self.poll_fill(cx, reader.as_mut()) {
+                    Poll::Ready(result) => result?,
+                    // With data in the buffer, write it now rather than wait for more.
+                    Poll::Pending if self.pos == self.cap => {
+                        if self.need_flush {
+                            ready!(writer.as_mut().poll_flush(cx))?;
+                            self.need_flush = false;
+                        }
+                        return Poll::Pending;
+                    }
+                    Poll::Pending => {}
+                }
+            }
+            while self.pos < self.cap {
+                let n = ready!(writer.as_mut().poll_write(cx, &self.buf[self.pos..self.cap]))?;
+                if n == 0 {
+                    return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+                }
+                self.pos += n;
+                self.written += n as u64;
+                self.need_flush = true;
+            }
+            self.pos = 0;
+            self.cap = 0;
+            if self.read_done {
+                ready!(writer.as_mut().poll_flush(cx))?;
+                return Poll::Ready(Ok(()));
+            }
+        }
+    }
+
+    fn poll_fill<R: AsyncRead + ?Sized>(&mut self, cx: &mut Context<'_>, reader: Pin<&mut R>) -> Poll<io::Result<()>> {
+        let mut buf = ReadBuf::new(&mut self.buf);
+        buf.set_filled(self.cap);
+        ready!(reader.poll_read(cx, &mut buf))?;
+        let filled = buf.filled().len();
+        self.read_done = filled == self.cap;
+        self.read += (filled - self.cap) as u64;
+        self.cap = filled;
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// Fires after `timeout` without activity. Activity only records a time stamp; the timer is
+/// re-armed when it fires early, so busy connections do not reset a timer on every read.
+struct IdleTimer {
+    timeout: Duration,
+    last_activity: Instant,
+    sleep: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl IdleTimer {
+    fn new(timeout: Duration) -> Self {
+        let now = Instant::now();
+        IdleTimer { timeout, last_activity: now, sleep: Box::pin(tokio::time::sleep_until(now + timeout)) }
+    }
+
+    fn touch(&mut self) {
+        self.last_activity = Instant::now();
+    }
+
+    fn poll_expired(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        loop {
+            ready!(self.sleep.as_mut().poll(cx));
+            let deadline = self.last_activity + self.timeout;
+            if deadline <= Instant::now() {
+                return Poll::Ready(());
+            }
+            self.sleep.as_mut().reset(deadline);
+        }
+    }
+}
+
+#[cfg(test)]
+#[path = "copy_tests.rs"]
+mod tests;

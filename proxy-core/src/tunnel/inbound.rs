@@ -1,0 +1,174 @@
+//! Inbound: terminate mTLS from another sidecar, authorize its identity, forward to the app.
+//!
+//! In: a bound listener (port 15006 or an explicit inbound port), the proxy's
+//! [`IdentityStore`], where the application listens, an authorization callback on the peer's
+//! SPIFFE ID, metrics and a drain watcher. Out: one task per connection, owned by the accept
+//! loop, that completes the TLS handshake with the server config current at accept time (so a
+//! rotation affects new connections only), closes the connection of a peer that is not
+//! authorized (counted in [`TunnelMetrics::denied`]), and otherwise copies bytes both ways
+//! between the peer and a new connection to the application.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::ServerConfig;
+use strait_pki::Identity;
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinSet;
+use tokio_rustls::TlsAcceptor;
+use tracing::Instrument;
+
+use super::{Active, TunnelMetrics};
+use crate::copy::{copy_bidirectional, CopyOptions};
+use crate::drain::DrainWatcher;
+use crate::identity::IdentityStore;
+use crate::tls;
+
+/// How inbound connections are handled.
+#[derive(Clone, Debug)]
+pub struct InboundConfig {
+    /// Where the application listens (usually `127.0.0.1:<port>`).
+    pub forward_to: SocketAddr,
+    /// Longest a peer may take to complete the TLS handshake.
+    pub handshake_timeout: Duration,
+    /// Longest the application may take to accept the forwarded connection.
+    pub connect_timeout: Duration,
+    /// Buffer size and idle timeout of the copy.
+    pub copy: CopyOptions,
+}
+
+impl InboundConfig {
+    /// Defaults for forwarding to `forward_to`: 10 s handshake, 5 s connect, no idle timeout.
+    pub fn new(forward_to: SocketAddr) -> Self {
+        InboundConfig {
+            forward_to,
+            handshake_timeout: Duration::from_secs(10),
+            connect_timeout: Duration::from_secs(5),
+            copy: CopyOptions::default(),
+        }
+    }
+}
+
+/// Accepts mTLS connections on `listener` until the drain is signaled, then waits for the
+/// open connections to finish (they are cut if the drain is forced).
+pub async fn serve<A>(
+    listener: TcpListener,
+    identities: Arc<IdentityStore>,
+    config: InboundConfig,
+    authorize: A,
+    metrics: TunnelMetrics,
+    drain: DrainWatcher,
+) where
+    A: Fn(&Identity) -> bool + Send + Sync + 'static,
+{
+    let shared = Arc::new(Shared { config, authorize, metrics });
+    let mut connections = JoinSet::new();
+    loop {
+        tokio::select! {
+            () = drain.signaled() => break,
+            Some(joined) = connections.join_next() => {
+                if let Err(error) = joined {
+                    tracing::error!(%error, "inbound connection task failed");
+                }
+            }
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer_addr)) => {
+                    shared.metrics.connections.inc();
+                    // Read the current identity once, at accept: a rotation later on does not
+                    // touch this connection.
+                    let server_config = identities.current().server_config();
+                    let span = tracing::debug_span!("inbound", %peer_addr, peer = tracing::field::Empty);
+                    let watcher = drain.clone();
+                    let shared = shared.clone();
+                    connections.spawn(
+                        async move {
+                            let _active = Active::new(&shared.metrics.active);
+                            if watcher.unless_forced(shared.handle(stream, server_config)).await.is_none() {
+                                tracing::debug!("connection cut: drain deadline passed");
+                            }
+                        }
+                        .instrument(span),
+                    );
+                }
+                Err(error) => {
+                    // Typically EMFILE: back off instead of spinning on the error.
+                    tracing::warn!(%error, "inbound accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+        }
+    }
+    drop(listener);
+    while let Some(joined) = connections.join_next().await {
+        if let Err(error) = joined {
+            tracing::error!(%error, "inbound connection task failed");
+        }
+    }
+}
+
+struct Shared<A> {
+    config: InboundConfig,
+    authorize: A,
+    metrics: TunnelMetrics,
+}
+
+impl<A: Fn(&Identity) -> bool> Shared<A> {
+    async fn handle(&self, stream: TcpStream, server_config: Arc<ServerConfig>) {
+        let _ = stream.set_nodelay(true);
+        let accept = TlsAcceptor::from(server_config).accept(stream);
+        let mut tls = match tokio::time::timeout(self.config.handshake_timeout, accept).await {
+            Ok(Ok(tls)) => tls,
+            Ok(Err(error)) => {
+                self.metrics.handshake_errors.inc();
+                tracing::debug!(%error, "TLS handshake failed");
+                return;
+            }
+            Err(_) => {
+                self.metrics.handshake_errors.inc();
+                tracing::debug!(timeout = ?self.config.handshake_timeout, "TLS handshake timed out");
+                return;
+            }
+        };
+        let peer = match tls::peer_identity(tls.get_ref().1) {
+            Ok(peer) => peer,
+            Err(error) => {
+                self.metrics.handshake_errors.inc();
+                tracing::debug!(%error, "no peer identity after the handshake");
+                return;
+            }
+        };
+        tracing::Span::current().record("peer", tracing::field::display(&peer));
+        if !(self.authorize)(&peer) {
+            self.metrics.denied.inc();
+            tracing::debug!("peer not authorized: closing");
+            // Best effort close_notify, so the peer reads a clean end of stream.
+            let _ = tokio::time::timeout(Duration::from_secs(1), tls.shutdown()).await;
+            return;
+        }
+        let app = match tokio::time::timeout(self.config.connect_timeout, TcpStream::connect(self.config.forward_to)).await {
+            Ok(Ok(app)) => app,
+            Ok(Err(error)) => {
+                tracing::warn!(%error, app = %self.config.forward_to, "cannot connect to the application");
+                return;
+            }
+            Err(_) => {
+                tracing::warn!(app = %self.config.forward_to, "connecting to the application timed out");
+                return;
+            }
+        };
+        let _ = app.set_nodelay(true);
+        let mut app = app;
+        let (copied, error) = match copy_bidirectional(&mut tls, &mut app, &self.config.copy).await {
+            Ok(copied) => (copied, None),
+            Err(error) => (error.copied(), Some(error)),
+        };
+        self.metrics.bytes_in.inc_by(copied.a_to_b);
+        self.metrics.bytes_out.inc_by(copied.b_to_a);
+        match error {
+            Some(error) => tracing::debug!(%error, received = copied.a_to_b, sent = copied.b_to_a, "connection ended with an error"),
+            None => tracing::debug!(received = copied.a_to_b, sent = copied.b_to_a, "connection closed"),
+        }
+    }
+}
