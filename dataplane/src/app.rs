@@ -51,7 +51,9 @@ impl Sidecar {
             });
             serde_json::to_string_pretty(&doc).unwrap_or_default()
         });
-        let registry = Arc::new(Registry::default());
+        let mut registry = Registry::default();
+        let proxy_metrics = crate::proxy::ProxyMetrics::register(&mut registry);
+        let registry = Arc::new(registry);
         let admin = AdminServer::bind(config.flags.admin_address, AdminState { ready, registry, config_dump })
             .await
             .map_err(|e| anyhow::anyhow!("binding the admin server to {}: {e}", config.flags.admin_address))?;
@@ -61,6 +63,7 @@ impl Sidecar {
         let tasks = TaskTracker::new();
         tasks.spawn(admin.serve(drain.watcher()));
         tasks.spawn(DpsClient { config: config.clone(), state: state.clone(), guards }.run(cancel.clone()));
+        tasks.spawn(crate::proxy::run(state.clone(), proxy_metrics, drain.watcher(), tasks.clone()));
         tracing::info!(dataplane = %config.dataplane.name, admin = %admin_addr, cp = %config.flags.cp_address, "sidecar started");
         Ok(Sidecar { admin_addr, state, cancel, drain, tasks })
     }

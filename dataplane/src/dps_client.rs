@@ -36,12 +36,25 @@ pub struct WorkloadIdentity {
 }
 
 /// What the data path reads: the latest configuration and identity.
-#[derive(Default)]
 pub struct ProxyState {
     /// The configuration, with its version.
     pub config: ArcSwapOption<(u64, ProxyConfig)>,
     /// The workload identity.
     pub identity: ArcSwapOption<WorkloadIdentity>,
+    /// Bumped whenever either changes, so the data path rebuilds its TLS identity.
+    pub changed: tokio::sync::watch::Sender<u64>,
+}
+
+impl Default for ProxyState {
+    fn default() -> Self {
+        ProxyState { config: ArcSwapOption::empty(), identity: ArcSwapOption::empty(), changed: tokio::sync::watch::channel(0).0 }
+    }
+}
+
+impl ProxyState {
+    fn bump(&self) {
+        self.changed.send_modify(|n| *n += 1);
+    }
 }
 
 /// Readiness guards released when the first configuration and certificate arrive.
@@ -143,6 +156,7 @@ impl DpsClient {
                                 Ok(config) => {
                                     tracing::info!(version = c.version, "configuration applied");
                                     self.state.config.store(Some(Arc::new((c.version, config))));
+                                    self.state.bump();
                                     release(&self.guards.config);
                                     dataplane_message::Message::Ack(Ack { version: c.version })
                                 }
@@ -165,6 +179,7 @@ impl DpsClient {
                             let Some(key_pem) = pending_key.take() else { continue };
                             let lifetime = self.state.config.load().as_ref().map(|c| Duration::from_secs(c.1.certificate_lifetime_secs)).unwrap_or(Duration::from_secs(3600));
                             self.state.identity.store(Some(Arc::new(WorkloadIdentity { cert_chain_pem: c.cert_chain_pem, key_pem, issued_at: SystemTime::now(), lifetime })));
+                            self.state.bump();
                             release(&self.guards.certificate);
                             // Renew at about 70% of the certificate's life.
                             renew_at = tokio::time::Instant::now() + lifetime.mul_f64(0.7);

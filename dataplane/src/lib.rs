@@ -9,6 +9,7 @@
 pub mod app;
 pub mod config;
 pub mod dps_client;
+pub mod proxy;
 
 pub use app::Sidecar;
 
