@@ -16,6 +16,7 @@ command -v ip >/dev/null || need_pkgs+=(iproute2)
 command -v curl >/dev/null || need_pkgs+=(curl)
 command -v iptables >/dev/null || need_pkgs+=(iptables)
 command -v python3 >/dev/null || need_pkgs+=(python3)
+command -v tcpdump >/dev/null || need_pkgs+=(tcpdump)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
     say "installing ${need_pkgs[*]}"
     if ! { as_root apt-get update -qq && as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_pkgs[@]}"; }; then

@@ -22,7 +22,7 @@ pub struct DataplaneSpec {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Networking {
-    /// The address other proxies reach this one at.
+    /// The IP address other proxies reach this one at.
     pub address: String,
     /// Services this proxy fronts.
     #[serde(default)]
@@ -138,8 +138,11 @@ impl Validate for DataplaneSpec {
     fn validate(&self, v: &mut Validator) {
         let n = &self.networking;
         v.field("networking", |v| {
-            if n.address.parse::<IpAddr>().is_err() && names::check_dns_subdomain(&n.address).is_err() {
-                v.error_at("address", format!("{:?} is not an IP address or a host name", n.address));
+            if n.address.parse::<IpAddr>().is_err() {
+                v.error_at(
+                    "address",
+                    format!("{:?} is not an IP address (other sidecars connect to it; host names are not supported)", n.address),
+                );
             }
             if n.inbound.is_empty() {
                 v.error_at("inbound", "needs at least one inbound");

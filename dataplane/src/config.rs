@@ -27,6 +27,71 @@ pub struct Cli {
 pub enum Command {
     /// Register with the zone control plane and proxy this workload's traffic
     Run(RunConfig),
+    /// Install or remove the iptables rules that send this network namespace's traffic through the sidecar
+    #[command(subcommand)]
+    TransparentProxy(TransparentCommand),
+}
+
+/// `strait-dp transparent-proxy` actions.
+#[derive(Debug, Subcommand)]
+pub enum TransparentCommand {
+    /// Install the rules (idempotent: running it again leaves one set of rules)
+    Install(InstallArgs),
+    /// Remove the rules (idempotent)
+    Uninstall {
+        /// Print the iptables commands instead of running them
+        #[arg(long)]
+        dry_run: bool,
+    },
+}
+
+/// Flags of `transparent-proxy install`.
+#[derive(Debug, Clone, Args)]
+pub struct InstallArgs {
+    /// The uid the sidecar runs as; its own connections are never redirected
+    #[arg(long, env = "STRAIT_PROXY_UID")]
+    pub proxy_uid: u32,
+    /// Port of the sidecar's transparent outbound listener
+    #[arg(long, default_value_t = crate::transparent::DEFAULT_REDIRECT_PORT_OUTBOUND)]
+    pub redirect_port_outbound: u16,
+    /// Port of the sidecar's transparent inbound listener
+    #[arg(long, default_value_t = crate::transparent::DEFAULT_REDIRECT_PORT_INBOUND)]
+    pub redirect_port_inbound: u16,
+    /// Do not redirect inbound traffic
+    #[arg(long)]
+    pub no_redirect_inbound: bool,
+    /// Outbound destination ports left alone (comma-separated)
+    #[arg(long, value_delimiter = ',')]
+    pub exclude_outbound_ports: Vec<u16>,
+    /// Outbound destination networks left alone, such as 10.0.0.0/8 (comma-separated)
+    #[arg(long, value_delimiter = ',')]
+    pub exclude_outbound_cidrs: Vec<crate::transparent::Cidr>,
+    /// Inbound ports left alone (comma-separated) [default: 22]
+    #[arg(long, value_delimiter = ',')]
+    pub exclude_inbound_ports: Option<Vec<u16>>,
+    /// Do not install IPv6 rules
+    #[arg(long)]
+    pub no_ipv6: bool,
+    /// Print the iptables commands instead of running them
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+impl InstallArgs {
+    /// The library's configuration for these flags.
+    pub fn to_config(&self) -> crate::transparent::TransparentConfig {
+        let mut c = crate::transparent::TransparentConfig::new(self.proxy_uid);
+        c.redirect_port_outbound = self.redirect_port_outbound;
+        c.redirect_port_inbound = self.redirect_port_inbound;
+        c.redirect_inbound = !self.no_redirect_inbound;
+        c.exclude_outbound_ports = self.exclude_outbound_ports.clone();
+        c.exclude_outbound_cidrs = self.exclude_outbound_cidrs.clone();
+        if let Some(ports) = &self.exclude_inbound_ports {
+            c.exclude_inbound_ports = ports.clone();
+        }
+        c.ipv6 = !self.no_ipv6;
+        c
+    }
 }
 
 /// Flags of `strait-dp run`.
@@ -139,7 +204,7 @@ mod tests {
             [dir.join("ca.pem"), "--dataplane-file".into(), dir.join("dp.yaml"), "--dataplane-token-file".into(), dir.join("token")]
                 .map(|p| p.display().to_string()),
         );
-        let Command::Run(c) = Cli::try_parse_from(args).unwrap().command;
+        let Command::Run(c) = Cli::try_parse_from(args).unwrap().command else { panic!("run") };
         c
     }
 

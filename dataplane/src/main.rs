@@ -1,12 +1,15 @@
 use clap::Parser;
-use strait_dataplane::config::{Cli, Command};
+use strait_dataplane::config::{Cli, Command, TransparentCommand};
 use strait_dataplane::Sidecar;
 use strait_global_cp::config::EXIT_CONFIG;
 use strait_global_cp::telemetry;
 
 #[tokio::main]
 async fn main() {
-    let Command::Run(flags) = Cli::parse().command;
+    let flags = match Cli::parse().command {
+        Command::Run(flags) => flags,
+        Command::TransparentProxy(cmd) => transparent(cmd),
+    };
     let (format, level) = (flags.log_format, flags.log_level.clone());
     let config = match flags.validate() {
         Ok(c) => c,
@@ -27,4 +30,31 @@ async fn main() {
     };
     strait_global_cp::signals::wait_for_signal().await;
     sidecar.shutdown(std::time::Duration::from_secs(10)).await;
+}
+
+/// Runs `transparent-proxy install|uninstall` and exits.
+fn transparent(cmd: TransparentCommand) -> ! {
+    use strait_dataplane::transparent::{self, Error};
+    let result = match &cmd {
+        TransparentCommand::Install(args) => transparent::install(&args.to_config(), args.dry_run),
+        TransparentCommand::Uninstall { dry_run } => transparent::uninstall(*dry_run),
+    };
+    match result {
+        Ok(commands) => {
+            for c in commands {
+                println!("{c}");
+            }
+            std::process::exit(0);
+        }
+        Err(Error::Config(problems)) => {
+            for p in problems {
+                eprintln!("strait-dp: {p}");
+            }
+            std::process::exit(EXIT_CONFIG);
+        }
+        Err(e) => {
+            eprintln!("strait-dp: {e}");
+            std::process::exit(1);
+        }
+    }
 }

@@ -83,7 +83,12 @@ impl ZoneCp {
             connected: Default::default(),
             shutdown: shutdown.clone(),
         };
+        // Keepalive pings find sidecars whose host vanished without closing its connection, so
+        // their Dataplane is unregistered and a replacement can register.
         let dps = tonic::transport::Server::builder()
+            .http2_keepalive_interval(Some(std::time::Duration::from_secs(5)))
+            .http2_keepalive_timeout(Some(std::time::Duration::from_secs(10)))
+            .tcp_keepalive(Some(std::time::Duration::from_secs(10)))
             .tls_config(
                 tonic::transport::ServerTlsConfig::new()
                     .identity(tonic::transport::Identity::from_pem(&dps_identity.cert_pem, &dps_identity.key_pem)),

@@ -56,10 +56,13 @@ pub async fn start(
                 continue;
             };
             let client = identities.current().client_config(&expected, ALPN_TCP);
-            let (sni, metrics) = (sni.clone(), metrics.clone());
+            let (sni, metrics, drain) = (sni.clone(), metrics.clone(), drain.clone());
             let service = service.clone();
             tracker.spawn(async move {
-                if let Err(e) = outbound::forward(app, target, client, sni, &outbound::ForwardOptions::default(), &metrics).await {
+                // Open connections finish during a drain, and are cut when it is forced.
+                let forwarded =
+                    drain.unless_forced(outbound::forward(app, target, client, sni, &outbound::ForwardOptions::default(), &metrics)).await;
+                if let Some(Err(e)) = forwarded {
                     tracing::debug!(service, %target, error = %e, "outbound connection failed");
                 }
             });

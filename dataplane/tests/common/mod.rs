@@ -152,7 +152,7 @@ impl Mesh {
             "--cp-max-backoff".into(),
             "1s".into(),
         ];
-        let Command::Run(flags) = Cli::try_parse_from(args).unwrap().command;
+        let Command::Run(flags) = Cli::try_parse_from(args).unwrap().command else { panic!("run") };
         Sidecar::start(flags.validate().unwrap()).await.unwrap()
     }
 }

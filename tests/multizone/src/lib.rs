@@ -21,7 +21,10 @@
 //! Crash/restart scenarios use [`Proc::kill9`] and [`Proc::restart`]. Files for commands and
 //! data directories go in [`Net::dir`] ([`Net::mkdir`], [`Net::write_file`]). Nothing to clean
 //! up: drop does it. Scenarios about Strait itself start its control planes with
-//! [`control_plane`] ([`control_plane::Global::start`], [`control_plane::start_zone`]).
+//! [`control_plane`] ([`control_plane::Global::start`], [`control_plane::start_zone`]);
+//! workloads with their sidecars come from [`sidecar`] ([`sidecar::Workload::start`], calls
+//! with [`sidecar::echo`] and [`sidecar::Traffic`]), and what crosses between hosts is
+//! captured with [`capture::Capture`] (`tcpdump`).
 //! Assertions that only hold with real isolation check [`Net::is_namespaced`] and print why
 //! they are skipped; the rest runs in both modes, so a scenario never skips as a whole.
 //!
@@ -50,11 +53,13 @@
 #![deny(unsafe_code)]
 
 pub mod bins;
+pub mod capture;
 pub mod control_plane;
 pub mod host;
 mod ip;
 pub mod net;
 pub mod process;
+pub mod sidecar;
 pub mod slots;
 mod sys;
 pub mod wait;

@@ -57,9 +57,8 @@ impl Session {
         let mut events: WatchStream = store.watch(store.revision()).await.map_err(unavailable)?;
         self.shared.resources.put(&self.dp).await.map_err(unavailable)?;
         crate::inventory::refresh(&self.shared.resources, &self.shared.inventory).await;
-        let mut version = 0u64;
         let mut last: Option<Vec<u8>> = None;
-        self.push_config(&mut version, &mut last).await?;
+        self.push_config(&mut last).await?;
         loop {
             tokio::select! {
                 () = self.shared.shutdown.cancelled() => return Err(Status::unavailable("the zone control plane is shutting down")),
@@ -70,7 +69,7 @@ impl Session {
                         relevant |= self.affects(&e.object.key);
                     }
                     if relevant {
-                        self.push_config(&mut version, &mut last).await?;
+                        self.push_config(&mut last).await?;
                     }
                 }
                 message = inbound.message() => match message {
@@ -87,17 +86,19 @@ impl Session {
         key.mesh == self.mesh || (key.kind == "Mesh" && key.name == self.mesh)
     }
 
-    /// Recomputes the configuration and sends it if it differs from the last one sent.
-    async fn push_config(&self, version: &mut u64, last: &mut Option<Vec<u8>>) -> Result<(), Status> {
+    /// Recomputes the configuration and sends it if it differs from the last one sent. Its
+    /// version is the zone store's revision it was computed at, so versions only grow, across
+    /// reconnects and zone restarts too.
+    async fn push_config(&self, last: &mut Option<Vec<u8>>) -> Result<(), Status> {
+        let version = self.shared.resources.store().revision();
         let config = self.compute().await?;
         let json = serde_json::to_vec(&config).map_err(|e| Status::internal(e.to_string()))?;
         if last.as_ref() == Some(&json) {
             return Ok(());
         }
-        *version += 1;
         *last = Some(json.clone());
-        tracing::debug!(dataplane = %self.id, version = *version, "sending configuration");
-        self.send(zone_message::Message::Config(Config { version: *version, json })).await
+        tracing::debug!(dataplane = %self.id, version, "sending configuration");
+        self.send(zone_message::Message::Config(Config { version, json })).await
     }
 
     async fn compute(&self) -> Result<proxy_config::ProxyConfig, Status> {
