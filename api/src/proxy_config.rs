@@ -35,6 +35,9 @@ pub struct ProxyConfig {
     pub certificate_lifetime_secs: u64,
     /// Proxy-wide policies (MeshTrace, MeshMetric), merged.
     pub proxy: BTreeMap<ResourceType, Value>,
+    /// Port of the transparent outbound listener, when the Dataplane uses transparent proxying.
+    #[serde(default)]
+    pub transparent_outbound_port: Option<u16>,
 }
 
 /// One inbound.
@@ -149,6 +152,7 @@ pub fn build(
         trust_bundle,
         certificate_lifetime_secs,
         proxy: effective.proxy.into_iter().map(|(k, v)| (k, v.conf)).collect(),
+        transparent_outbound_port: spec.networking.transparent_proxying.as_ref().map(|t| t.redirect_port_outbound),
     })
 }
 

@@ -9,6 +9,7 @@
 
 pub mod inbound;
 pub mod outbound;
+pub mod transparent;
 
 use std::sync::Arc;
 
@@ -80,6 +81,9 @@ pub async fn run(state: Arc<ProxyState>, metrics: ProxyMetrics, drain: DrainWatc
         }
         for outbound in config.1.outbounds.iter().filter(|o| o.port.is_some()) {
             outbound::start(outbound, state.clone(), identities.clone(), metrics.outbound.clone(), drain.clone(), &tasks).await;
+        }
+        if let Some(port) = config.1.transparent_outbound_port {
+            transparent::start(port, state.clone(), identities.clone(), metrics.outbound.clone(), drain.clone(), &tasks).await;
         }
     }
     loop {

@@ -62,6 +62,15 @@ impl Cmd {
         self
     }
 
+    /// This command run through `wrapper` (such as `setpriv --reuid=1337`): the wrapper and its
+    /// arguments first, then this command's program and arguments; environment and timeout kept.
+    pub fn wrapped(self, wrapper: impl AsRef<OsStr>, wrapper_args: &[&str]) -> Cmd {
+        let mut args: Vec<OsString> = wrapper_args.iter().map(OsString::from).collect();
+        args.push(self.program);
+        args.extend(self.args);
+        Cmd { program: wrapper.as_ref().to_owned(), args, env: self.env, timeout: self.timeout }
+    }
+
     /// Deadline for a one-shot run (`Host::run_cmd`); ignored by spawned processes.
     pub fn timeout(mut self, timeout: Duration) -> Cmd {
         self.timeout = Some(timeout);

@@ -482,3 +482,64 @@ fn a_vanished_workload_is_unregistered_and_can_register_again() {
     sidecar.wait_ready(SIDECAR_READY);
     wait_for("web to reach the rescheduled backend", SYNC, || web.call("backend", b"hello again\n"));
 }
+
+/// The uid web's sidecar runs as in the transparent scenario; its own connections are not redirected.
+const PROXY_UID: &str = "1337";
+
+/// With `strait-dp transparent-proxy install`, web's application connects to backend's address
+/// as if there were no mesh, and iptables sends the connection through web's sidecar, which
+/// carries it over mTLS; without the rules the same plaintext connection gets nowhere.
+#[test]
+fn transparent_interception_sends_plain_connections_through_the_sidecar() {
+    let net = Net::new();
+    if !net.is_namespaced() {
+        println!("SKIPPED transparent interception: iptables rules need a network namespace of their own (loopback mode)");
+        return;
+    }
+    let (global, zone) = mesh(&net);
+    let backend = Workload::start(&net, &global, &zone, "backend", BACKEND_INBOUND, BACKEND_APP, &[]);
+    let host = net.host("web");
+    let local = local_ip(&host);
+    let spec = DataplaneSpec {
+        name: "web-1".into(),
+        service: "web".into(),
+        address: host.addr(),
+        inbound_port: WEB_INBOUND,
+        app: SocketAddr::new(local, WEB_APP),
+        outbounds: Vec::new(),
+        outbound_address: local,
+    };
+    let yaml = format!("{}    transparentProxying:\n      redirectPortOutbound: 15001\n", spec.yaml());
+    let file = net.write_file("web.dataplane.yaml", yaml);
+    let token = dataplane_token(&net, &global, "web", "web.token");
+    // The sidecar runs as its own uid, which must read its files.
+    let uid: u32 = PROXY_UID.parse().expect("uid");
+    std::os::unix::fs::chown(&token, Some(uid), Some(uid)).expect("chown the token");
+    std::fs::set_permissions(net.dir(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod the net dir");
+    let admin = SocketAddr::new(local, 9901);
+    let sidecar_cmd = Sidecar::command(&zone, ZONE_DPS_PORT, &file, &token)
+        .arg("--admin-address")
+        .arg(admin.to_string())
+        .args(["--cp-max-backoff", "2s"]);
+    let proc = host.spawn_cmd(
+        "strait-dp",
+        sidecar_cmd.wrapped("setpriv", &[&format!("--reuid={PROXY_UID}"), &format!("--regid={PROXY_UID}"), "--clear-groups"]),
+    );
+    let sidecar = Sidecar { host: host.clone(), proc, admin };
+    sidecar.wait_ready(SIDECAR_READY);
+
+    let probe = b"plain call to backend's address\n";
+    assert!(echo(&host, backend.inbound, probe).is_err(), "without interception a plaintext client cannot use backend's mTLS inbound");
+    host.run_cmd(strait_multizone::Cmd::new(strait_multizone::bin("strait-dp")).args([
+        "transparent-proxy",
+        "install",
+        "--proxy-uid",
+        PROXY_UID,
+        "--no-redirect-inbound",
+    ]))
+    .assert_success();
+    wait_for("a plain connection to backend intercepted by web's sidecar", SYNC, || echo(&host, backend.inbound, probe));
+    assert!(counter(&sidecar, OUTBOUND_CONNECTIONS) >= 1.0, "the call went through web's sidecar");
+    host.run_cmd(strait_multizone::Cmd::new(strait_multizone::bin("strait-dp")).args(["transparent-proxy", "uninstall"])).assert_success();
+    assert!(echo(&host, backend.inbound, probe).is_err(), "after uninstall the connection is no longer intercepted");
+}
