@@ -69,5 +69,8 @@ pub async fn start(
         }
         ok
     };
-    tasks.spawn(inbound::serve(listener, identities, inbound::InboundConfig::new(forward_to), authorize, metrics, drain));
+    let mut inbound_config = inbound::InboundConfig::new(forward_to);
+    // HTTP/1.1 callers get a 403 that says why; TCP callers see the connection closed.
+    inbound_config.deny_with_http_403 = config.protocol == "http";
+    tasks.spawn(inbound::serve(listener, identities, inbound_config, authorize, metrics, drain));
 }

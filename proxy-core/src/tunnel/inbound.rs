@@ -37,6 +37,9 @@ pub struct InboundConfig {
     pub connect_timeout: Duration,
     /// Buffer size and idle timeout of the copy.
     pub copy: CopyOptions,
+    /// The application speaks HTTP/1.1: answer an unauthorized peer's request with a 403
+    /// naming the reason, instead of closing the connection without a word.
+    pub deny_with_http_403: bool,
 }
 
 impl InboundConfig {
@@ -47,8 +50,30 @@ impl InboundConfig {
             handshake_timeout: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(5),
             copy: CopyOptions::default(),
+            deny_with_http_403: false,
         }
     }
+}
+
+/// Reads the request head (best effort, bounded in size and time), then answers 403.
+async fn answer_403<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(stream: &mut S, peer: &Identity) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut head = Vec::with_capacity(1024);
+    let mut buf = [0u8; 1024];
+    let read_head = async {
+        while head.len() < 8192 && !head.windows(4).any(|w| w == b"\r\n\r\n") {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => head.extend_from_slice(&buf[..n]),
+            }
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(2), read_head).await;
+    let body = format!("strait: {peer} is not allowed to reach this service (MeshTrafficPermission)\n");
+    let response =
+        format!("HTTP/1.1 403 Forbidden\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}", body.len());
+    let _ = stream.write_all(response.as_bytes()).await;
+    let _ = stream.flush().await;
 }
 
 /// Accepts mTLS connections on `listener` until the drain is signaled, then waits for the
@@ -143,6 +168,9 @@ impl<A: Fn(&Identity) -> bool> Shared<A> {
         if !(self.authorize)(&peer) {
             self.metrics.denied.inc();
             tracing::debug!("peer not authorized: closing");
+            if self.config.deny_with_http_403 {
+                answer_403(&mut tls, &peer).await;
+            }
             // Best effort close_notify, so the peer reads a clean end of stream.
             let _ = tokio::time::timeout(Duration::from_secs(1), tls.shutdown()).await;
             return;
