@@ -11,7 +11,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use serde::Serialize;
 use strait_api::{Resource, ResourceType};
-use strait_global_cp::config::{humanized, parse_duration, LogFormat};
+use strait_runtime::flags::{humanized, parse_duration, LogFormat};
 
 /// The sidecar proxy of a Strait workload.
 #[derive(Debug, Parser)]

@@ -1,8 +1,8 @@
 use clap::Parser;
 use strait_dataplane::config::{Cli, Command, TransparentCommand};
 use strait_dataplane::Sidecar;
-use strait_global_cp::config::EXIT_CONFIG;
-use strait_global_cp::telemetry;
+use strait_runtime::flags::EXIT_CONFIG;
+use strait_runtime::telemetry;
 
 #[tokio::main]
 async fn main() {
@@ -28,7 +28,7 @@ async fn main() {
             std::process::exit(1);
         }
     };
-    strait_global_cp::signals::wait_for_signal().await;
+    strait_runtime::signals::wait_for_signal().await;
     sidecar.shutdown(std::time::Duration::from_secs(10)).await;
 }
 

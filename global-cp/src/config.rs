@@ -6,18 +6,9 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Parser, ValueEnum};
+use clap::Parser;
 use serde::Serialize;
-
-/// Log line format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum LogFormat {
-    /// Human-readable lines.
-    Text,
-    /// One JSON object per line.
-    Json,
-}
+pub use strait_runtime::flags::{humanized, parse_duration, LogFormat, EXIT_CONFIG};
 
 /// The global control plane: holds every mesh's policies, serves the REST API, and (with zone
 /// sync) federates the zones.
@@ -88,24 +79,6 @@ pub struct Config {
     #[serde(skip)]
     home: Option<PathBuf>,
 }
-
-/// Parses a flag such as `5s` or `1h30m`.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    s.parse::<strait_api::Duration>().map(|d| d.get()).map_err(|e| e.to_string())
-}
-
-/// Serialises durations in the form flags take (`5s`), for the logged config.
-pub mod humanized {
-    use serde::Serializer;
-
-    /// Writes `d` as `5s`, `1m30s`, ...
-    pub fn serialize<S: Serializer>(d: &std::time::Duration, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(&strait_api::Duration(*d))
-    }
-}
-
-/// Exit code for bad configuration (EX_USAGE).
-pub const EXIT_CONFIG: i32 = 64;
 
 impl Config {
     /// A configuration for tests and embedding: API on `addr`, data under `data_dir`.

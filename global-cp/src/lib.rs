@@ -18,9 +18,8 @@ pub mod metrics;
 pub mod resources;
 pub mod rest;
 pub mod secrets;
-pub mod signals;
-pub mod telemetry;
 pub mod zones;
 
 pub use app::GlobalCp;
 pub use config::Config;
+pub use strait_runtime::{signals, telemetry};
