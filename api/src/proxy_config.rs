@@ -23,6 +23,9 @@ pub struct ProxyConfig {
     pub mesh: String,
     /// The Dataplane's name.
     pub dataplane: String,
+    /// The zone the Dataplane runs in; its endpoints are preferred.
+    #[serde(default)]
+    pub zone: String,
     /// The workload identity (`spiffe://<mesh>/<service>`).
     pub identity: String,
     /// Services this proxy serves.
@@ -147,6 +150,7 @@ pub fn build(
         identity: format!("spiffe://{mesh}/{service}"),
         mesh,
         dataplane: dp.name.clone(),
+        zone: zone.to_string(),
         inbounds,
         outbounds,
         trust_bundle,

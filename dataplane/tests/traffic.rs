@@ -72,34 +72,3 @@ async fn explicit_outbound_over_mtls_and_permissions_flip_it() {
     web.shutdown(Duration::from_secs(1)).await;
     backend.shutdown(Duration::from_secs(1)).await;
 }
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_denied_http_caller_gets_a_403_naming_the_reason() {
-    let mesh = Mesh::start().await;
-    let app = echo_app().await;
-    let (backend_in, web_in, web_out) = (free_port(), free_port(), free_port());
-    let backend = mesh
-        .sidecar("backend", "backend", &format!("type: Dataplane\nname: backend-1\nmesh: default\nspec:\n  networking:\n    address: 127.0.0.1\n    inbound: [{{port: {backend_in}, servicePort: {app}, tags: {{strait.io/service: backend, strait.io/protocol: http}}}}]\n"))
-        .await;
-    let web = mesh
-        .sidecar("web", "web", &format!("type: Dataplane\nname: web-1\nmesh: default\nspec:\n  networking:\n    address: 127.0.0.1\n    inbound: [{{port: {web_in}, tags: {{strait.io/service: web}}}}]\n    outbound: [{{port: {web_out}, tags: {{strait.io/service: backend}}}}]\n"))
-        .await;
-    for s in [&backend, &web] {
-        eventually("sidecars ready", async || (admin(s, "/ready").await.0 == 200).then_some(())).await;
-    }
-    let request = b"GET /orders HTTP/1.1\r\nhost: backend\r\n\r\n";
-    eventually("an allowed request is echoed", async || (call(web_out, request).await == request).then_some(())).await;
-    mesh.put("/meshes/default/meshtrafficpermissions/deny-web", json!({"type": "MeshTrafficPermission", "name": "deny-web", "mesh": "default",
-        "spec": {"targetRef": {"kind": "MeshService", "name": "backend"}, "from": [{"targetRef": {"kind": "MeshService", "name": "web"}, "default": {"action": "Deny"}}]}})).await;
-    let response = eventually("a 403", async || {
-        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", web_out)).await.ok()?;
-        s.write_all(request).await.ok()?;
-        let mut text = String::new();
-        tokio::time::timeout(Duration::from_secs(5), s.read_to_string(&mut text)).await.ok()?.ok()?;
-        text.starts_with("HTTP/1.1 403").then_some(text)
-    })
-    .await;
-    assert!(response.contains("spiffe://default/web is not allowed"), "{response}");
-    web.shutdown(Duration::from_secs(1)).await;
-    backend.shutdown(Duration::from_secs(1)).await;
-}

@@ -14,6 +14,7 @@
 //! | [`drain`] | two-phase shutdown: stop accepting, finish until a deadline, then force |
 //! | [`readiness`] | the readiness latch and its guards |
 //! | [`admin`] | the admin HTTP server: `/ready`, `/metrics`, `/config_dump` |
+//! | [`metrics`] | a lock-free latency histogram for the request path |
 //! | [`orig_dst`] | `SO_ORIGINAL_DST` for connections redirected by iptables |
 //! | [`tunnel`] | the mTLS TCP tunnel: inbound termination and outbound connections |
 //!
@@ -24,6 +25,7 @@ pub mod admin;
 pub mod copy;
 pub mod drain;
 pub mod identity;
+pub mod metrics;
 pub mod orig_dst;
 pub mod readiness;
 pub mod sni;

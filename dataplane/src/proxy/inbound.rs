@@ -1,6 +1,6 @@
 //! Inbound: mTLS from other sidecars on the inbound port, the caller's SPIFFE ID checked
-//! against the MeshTrafficPermission rules of the current configuration, then the bytes
-//! forwarded to the application.
+//! against the MeshTrafficPermission rules of the current configuration, then the bytes (TCP)
+//! or the requests (HTTP, see [`super::http::inbound`]) forwarded to the application.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -8,11 +8,10 @@ use std::sync::Arc;
 use strait_api::proxy_config::InboundConfig;
 use strait_api::ResourceType;
 use strait_pki::Identity;
-use strait_proxy_core::drain::DrainWatcher;
-use strait_proxy_core::identity::IdentityStore;
-use strait_proxy_core::tunnel::{inbound, TunnelMetrics};
-use tokio_util::task::TaskTracker;
+use strait_proxy_core::tunnel::inbound;
 
+use super::destinations::Protocol;
+use super::DataPath;
 use crate::dps_client::ProxyState;
 
 /// Whether the current configuration lets `caller` reach inbound `port`. No matching rule
@@ -39,14 +38,7 @@ pub fn allowed(state: &ProxyState, port: u16, caller: &Identity) -> bool {
 }
 
 /// Binds the inbound port and serves it until drained.
-pub async fn start(
-    config: &InboundConfig,
-    state: Arc<ProxyState>,
-    identities: Arc<IdentityStore>,
-    metrics: TunnelMetrics,
-    drain: DrainWatcher,
-    tasks: &TaskTracker,
-) {
+pub async fn start(config: &InboundConfig, path: &Arc<DataPath>) {
     let bind = std::net::SocketAddr::from(([0, 0, 0, 0], config.port));
     let app = format!("{}:{}", config.service_address, config.service_port);
     let Ok(forward_to) = app.parse() else {
@@ -60,8 +52,10 @@ pub async fn start(
             return;
         }
     };
-    tracing::info!(port = config.port, service = %config.service, app = %forward_to, "inbound listening");
+    let protocol = Protocol::from_tag(&config.protocol);
+    tracing::info!(port = config.port, service = %config.service, app = %forward_to, ?protocol, "inbound listening");
     let port = config.port;
+    let state = path.state.clone();
     let authorize = move |caller: &Identity| {
         let ok = allowed(&state, port, caller);
         if !ok {
@@ -70,7 +64,12 @@ pub async fn start(
         ok
     };
     let mut inbound_config = inbound::InboundConfig::new(forward_to);
-    // HTTP/1.1 callers get a 403 that says why; TCP callers see the connection closed.
-    inbound_config.deny_with_http_403 = config.protocol == "http";
-    tasks.spawn(inbound::serve(listener, identities, inbound_config, authorize, metrics, drain));
+    // HTTP/1.1 callers over a TCP tunnel get a 403 that says why; TCP callers see the
+    // connection closed. HTTP/2 sessions between sidecars are authorised per request.
+    inbound_config.deny_with_http_403 = protocol == Protocol::Http;
+    if protocol.is_http() {
+        inbound_config.h2 = Some(super::http::inbound::handler(path.clone(), port, config.service.clone(), forward_to, protocol));
+    }
+    let (identities, metrics, drain) = (path.identities.clone(), path.metrics.inbound.clone(), path.drain.clone());
+    path.tasks.spawn(inbound::serve(listener, identities, inbound_config, authorize, metrics, drain));
 }

@@ -1,43 +1,20 @@
 //! The transparent outbound listener: connections that iptables redirected here (see
 //! `strait-dp transparent-proxy install`) are sent on by their original destination. A
-//! destination that is an endpoint of a mesh service goes over mTLS to that endpoint, which must
-//! present the service's SPIFFE ID; anything else passes through unchanged.
+//! destination that is an endpoint of a mesh service goes over mTLS to the service, whose
+//! endpoints must present its SPIFFE ID: a TCP connection to that very endpoint, HTTP requests
+//! to any endpoint of the service, picked per request by its load balancer. Anything else
+//! passes through unchanged.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use rustls::pki_types::ServerName;
-use strait_pki::Identity;
-use strait_proxy_core::drain::DrainWatcher;
-use strait_proxy_core::identity::IdentityStore;
 use strait_proxy_core::orig_dst::original_dst;
-use strait_proxy_core::tls::ALPN_TCP;
-use strait_proxy_core::tunnel::{outbound, TunnelMetrics};
 use tokio::net::TcpStream;
-use tokio_util::task::TaskTracker;
 
-use crate::dps_client::ProxyState;
-
-/// The mesh service whose endpoint is `dst`, if any.
-pub fn service_of(state: &ProxyState, dst: SocketAddr) -> Option<(String, String)> {
-    let config = state.config.load();
-    let config = &config.as_ref()?.1;
-    config
-        .outbounds
-        .iter()
-        .find(|o| o.endpoints.iter().any(|e| e.port == dst.port() && e.address.parse::<std::net::IpAddr>().ok() == Some(dst.ip())))
-        .map(|o| (config.mesh.clone(), o.service.clone()))
-}
+use super::DataPath;
 
 /// Listens on 127.0.0.1:`port` until drained.
-pub async fn start(
-    port: u16,
-    state: Arc<ProxyState>,
-    identities: Arc<IdentityStore>,
-    metrics: TunnelMetrics,
-    drain: DrainWatcher,
-    tasks: &TaskTracker,
-) {
+pub async fn start(port: u16, path: &Arc<DataPath>) {
     let bind = SocketAddr::from(([127, 0, 0, 1], port));
     let listener = match tokio::net::TcpListener::bind(bind).await {
         Ok(l) => l,
@@ -47,11 +24,11 @@ pub async fn start(
         }
     };
     tracing::info!(%bind, "transparent outbound listening");
-    let tracker = tasks.clone();
-    tasks.spawn(async move {
+    let path = path.clone();
+    path.clone().tasks.spawn(async move {
         loop {
             let accepted = tokio::select! {
-                () = drain.signaled() => return,
+                () = path.drain.signaled() => return,
                 a = listener.accept() => a,
             };
             let Ok((app, _)) = accepted else { continue };
@@ -62,35 +39,29 @@ pub async fn start(
                     continue;
                 }
             };
-            let (state, identities, metrics, drain) = (state.clone(), identities.clone(), metrics.clone(), drain.clone());
-            tracker.spawn(async move {
-                drain.unless_forced(proxy(app, dst, &state, &identities, &metrics)).await;
-            });
+            let destination = path.table.load().by_address(dst).cloned();
+            match destination {
+                Some(d) if d.protocol.is_http() => super::http::outbound::spawn(app, d.service.as_str().into(), &path),
+                Some(d) => super::outbound::spawn_tcp(app, d, Some(dst), &path),
+                None => passthrough(app, dst, &path),
+            }
         }
     });
 }
 
-async fn proxy(mut app: TcpStream, dst: SocketAddr, state: &ProxyState, identities: &IdentityStore, metrics: &TunnelMetrics) {
-    match service_of(state, dst) {
-        Some((mesh, service)) => {
-            let (Ok(expected), Ok(sni)) =
-                (Identity::parse(&strait_pki::spiffe_id(&mesh, &service)), ServerName::try_from(format!("{service}.{mesh}.strait")))
-            else {
-                return;
-            };
-            let client = identities.current().client_config(&expected, ALPN_TCP);
-            if let Err(e) = outbound::forward(app, dst, client, sni, &outbound::ForwardOptions::default(), metrics).await {
-                tracing::debug!(service, %dst, error = %e, "transparent outbound connection failed");
-            }
-        }
-        None => {
-            // Not a mesh endpoint: pass it through as it was (our own connection is not redirected).
+/// Not a mesh endpoint: passes the connection through as it was (the sidecar's own
+/// connection is not redirected again).
+fn passthrough(mut app: TcpStream, dst: SocketAddr, path: &Arc<DataPath>) {
+    let drain = path.drain.clone();
+    path.tasks.spawn(async move {
+        let copy = async {
             match TcpStream::connect(dst).await {
                 Ok(mut upstream) => {
                     let _ = strait_proxy_core::copy::copy_bidirectional(&mut app, &mut upstream, &Default::default()).await;
                 }
                 Err(e) => tracing::debug!(%dst, error = %e, "passthrough connection failed"),
             }
-        }
-    }
+        };
+        drain.unless_forced(copy).await;
+    });
 }

@@ -110,7 +110,8 @@ impl Mesh {
 
     pub async fn put(&self, path: &str, body: Value) {
         let r = self.http.put(format!("{}{path}", self.base)).bearer_auth(&self.admin).json(&body).send().await.unwrap();
-        assert!(r.status().is_success(), "{path}: {}", r.status());
+        let status = r.status();
+        assert!(status.is_success(), "{path}: {status} {}", r.text().await.unwrap_or_default());
     }
 
     pub async fn delete(&self, path: &str) {
@@ -161,4 +162,79 @@ impl Mesh {
 pub async fn admin(sidecar: &Sidecar, path: &str) -> (u16, String) {
     let resp = reqwest::get(format!("http://{}{path}", sidecar.admin_addr)).await.unwrap();
     (resp.status().as_u16(), resp.text().await.unwrap())
+}
+
+/// A Dataplane document: one inbound of `service` on `port` (application on `app`, with
+/// `protocol`), and explicit outbounds `(local port, service)`.
+pub fn dataplane(name: &str, service: &str, port: u16, app: u16, protocol: &str, outbounds: &[(u16, &str)]) -> String {
+    let outbound: Vec<String> = outbounds.iter().map(|(p, s)| format!("{{port: {p}, tags: {{strait.io/service: {s}}}}}")).collect();
+    format!(
+        "type: Dataplane\nname: {name}\nmesh: default\nspec:\n  networking:\n    address: 127.0.0.1\n    inbound: [{{port: {port}, servicePort: {app}, tags: {{strait.io/service: {service}, strait.io/protocol: {protocol}}}}}]\n    outbound: [{}]\n",
+        outbound.join(", ")
+    )
+}
+
+/// A running [`http_app`].
+pub struct App {
+    /// Where it listens on 127.0.0.1.
+    pub port: u16,
+    /// How long it waits before answering, in milliseconds (0 at start).
+    pub delay_ms: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+/// An HTTP application on 127.0.0.1 (HTTP/1.1 and HTTP/2 without TLS) that answers
+/// `<name> <method> <path> host=<host> body=<bytes received>`, after its delay; `/grpc` ends
+/// with the trailer `grpc-status: 0`.
+pub async fn http_app(name: &'static str) -> App {
+    let delay_ms = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let delay = delay_ms.clone();
+    use bytes::Bytes;
+    use http_body_util::BodyExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else { return };
+            let delay = delay.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |request: http::Request<hyper::body::Incoming>| {
+                    let delay = Duration::from_millis(delay.load(std::sync::atomic::Ordering::Relaxed));
+                    async move {
+                        let (parts, body) = request.into_parts();
+                        let received = body.collect().await.map(|b| b.to_bytes().len()).unwrap_or(0);
+                        // HTTP/2 carries the host in the URI's authority, HTTP/1.1 in the Host header.
+                        let host = parts.headers.get("host").and_then(|h| h.to_str().ok()).map(str::to_string);
+                        let host = host.or_else(|| parts.uri.authority().map(|a| a.to_string())).unwrap_or_else(|| "-".into());
+                        tokio::time::sleep(delay).await;
+                        let text = format!("{name} {} {} host={host} body={received}", parts.method, parts.uri.path());
+                        let mut frames = vec![Ok::<_, std::convert::Infallible>(hyper::body::Frame::data(Bytes::from(text)))];
+                        if parts.uri.path() == "/grpc" {
+                            let mut trailers = http::HeaderMap::new();
+                            trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
+                            frames.push(Ok(hyper::body::Frame::trailers(trailers)));
+                        }
+                        let body = http_body_util::StreamBody::new(futures::stream::iter(frames));
+                        Ok::<_, std::convert::Infallible>(http::Response::new(body))
+                    }
+                });
+                let builder = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+                let _ = builder.serve_connection(hyper_util::rt::TokioIo::new(stream), service).await;
+            });
+        }
+    });
+    App { port, delay_ms }
+}
+
+/// `GET path` on 127.0.0.1:`port` with `client` (HTTP/1.1, kept alive); `None` if no response.
+pub async fn get(client: &reqwest::Client, port: u16, path: &str) -> Option<(u16, String)> {
+    let response = client.get(format!("http://127.0.0.1:{port}{path}")).timeout(Duration::from_secs(5)).send().await.ok()?;
+    let status = response.status().as_u16();
+    Some((status, response.text().await.ok()?))
+}
+
+/// The value of the sample `prefix...` (a metric name with its labels) on `sidecar`, summed
+/// over the lines that start with it.
+pub async fn metric(sidecar: &Sidecar, prefix: &str) -> f64 {
+    let (_, text) = admin(sidecar, "/metrics").await;
+    text.lines().filter(|l| l.starts_with(prefix)).filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).sum()
 }

@@ -17,6 +17,7 @@ use strait_pki::Identity;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
+use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 use tracing::Instrument;
 
@@ -40,6 +41,23 @@ pub struct InboundConfig {
     /// The application speaks HTTP/1.1: answer an unauthorized peer's request with a 403
     /// naming the reason, instead of closing the connection without a word.
     pub deny_with_http_403: bool,
+    /// Takes over sessions that negotiated ALPN `h2` (HTTP between sidecars); authorization
+    /// is then the handler's, per request, so that a permission change applies to pooled
+    /// connections too. Without it every session is a TCP tunnel.
+    pub h2: Option<H2Handler>,
+}
+
+/// Serves one inbound HTTP/2 session, given the TLS stream and the peer's verified identity.
+#[derive(Clone)]
+pub struct H2Handler(pub Arc<dyn Fn(TlsStream<TcpStream>, Identity) -> BoxFuture + Send + Sync>);
+
+/// The future of an [`H2Handler`].
+pub type BoxFuture = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
+impl std::fmt::Debug for H2Handler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("H2Handler")
+    }
 }
 
 impl InboundConfig {
@@ -51,6 +69,7 @@ impl InboundConfig {
             connect_timeout: Duration::from_secs(5),
             copy: CopyOptions::default(),
             deny_with_http_403: false,
+            h2: None,
         }
     }
 }
@@ -165,6 +184,12 @@ impl<A: Fn(&Identity) -> bool> Shared<A> {
             }
         };
         tracing::Span::current().record("peer", tracing::field::display(&peer));
+        if let Some(h2) = &self.config.h2 {
+            if tls.get_ref().1.alpn_protocol() == Some(tls::ALPN_H2) {
+                (h2.0)(tls, peer).await;
+                return;
+            }
+        }
         if !(self.authorize)(&peer) {
             self.metrics.denied.inc();
             tracing::debug!("peer not authorized: closing");

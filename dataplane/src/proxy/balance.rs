@@ -1,0 +1,144 @@
+//! Endpoint picking: round robin, least request (the less loaded of N random endpoints,
+//! power of two choices by default) and random, as `MeshLoadBalancingStrategy` chooses.
+//!
+//! In: the merged `loadBalancer` conf of a destination and, per pick, how many requests each
+//! candidate has in flight. Out: the index of the endpoint to use. No I/O and no locks: a pick
+//! is an atomic add or a few random numbers.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use rand::Rng;
+use serde_json::Value;
+
+/// How a destination picks an endpoint.
+#[derive(Debug)]
+pub enum Balancer {
+    /// Each endpoint in turn.
+    RoundRobin(AtomicUsize),
+    /// The endpoint with the fewest requests in flight among `choices` random ones.
+    LeastRequest {
+        /// Random candidates compared per pick (2: power of two choices).
+        choices: usize,
+    },
+    /// A random endpoint.
+    Random,
+}
+
+impl Balancer {
+    /// The balancer a merged `MeshLoadBalancingStrategy` conf asks for; round robin when the
+    /// conf is absent, and for the types not implemented yet (RingHash), which is logged.
+    pub fn from_conf(conf: Option<&Value>) -> Balancer {
+        let lb = conf.and_then(|c| c.get("loadBalancer"));
+        match lb.and_then(|l| l.get("type")).and_then(Value::as_str) {
+            Some("LeastRequest") => {
+                let choices = lb.and_then(|l| l.pointer("/leastRequest/choiceCount")).and_then(Value::as_u64).unwrap_or(2);
+                Balancer::LeastRequest { choices: usize::try_from(choices).unwrap_or(2).max(2) }
+            }
+            Some("Random") => Balancer::Random,
+            Some("RingHash") => {
+                tracing::warn!("RingHash load balancing is not supported by this sidecar yet; using RoundRobin");
+                Balancer::RoundRobin(AtomicUsize::new(0))
+            }
+            _ => Balancer::RoundRobin(AtomicUsize::new(0)),
+        }
+    }
+
+    /// The index (below `len`) of the endpoint to use; `load(i)` is endpoint i's requests in flight.
+    pub fn pick(&self, len: usize, load: impl Fn(usize) -> usize) -> Option<usize> {
+        match len {
+            0 => None,
+            1 => Some(0),
+            _ => Some(match self {
+                Balancer::RoundRobin(next) => next.fetch_add(1, Ordering::Relaxed) % len,
+                Balancer::Random => rand::thread_rng().gen_range(0..len),
+                Balancer::LeastRequest { choices } => least_of_distinct(len, *choices, &load),
+            }),
+        }
+    }
+}
+
+/// The least loaded of `choices` distinct random endpoints (of all of them when there are no
+/// more). Distinct, as in Linkerd's P2C: with replacement, two endpoints would compare one
+/// with itself half the time, and a stalled endpoint would keep a quarter of the picks.
+fn least_of_distinct(len: usize, choices: usize, load: &impl Fn(usize) -> usize) -> usize {
+    let mut rng = rand::thread_rng();
+    let better = |best: usize, candidate: usize| if load(candidate) < load(best) { candidate } else { best };
+    if choices >= len {
+        let start = rng.gen_range(0..len);
+        return (1..len).map(|i| (start + i) % len).fold(start, better);
+    }
+    if choices == 2 {
+        let a = rng.gen_range(0..len);
+        let b = rng.gen_range(0..len - 1);
+        return better(a, if b >= a { b + 1 } else { b });
+    }
+    let mut sample = rand::seq::index::sample(&mut rng, len, choices).into_iter();
+    let first = sample.next().unwrap_or(0);
+    sample.fold(first, better)
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn confs_choose_the_algorithm() {
+        let cases = [
+            (None, "RoundRobin"),
+            (Some(json!({})), "RoundRobin"),
+            (Some(json!({"loadBalancer": {"type": "RoundRobin"}})), "RoundRobin"),
+            (Some(json!({"loadBalancer": {"type": "LeastRequest"}})), "LeastRequest { choices: 2 }"),
+            (Some(json!({"loadBalancer": {"type": "LeastRequest", "leastRequest": {"choiceCount": 3}}})), "LeastRequest { choices: 3 }"),
+            (Some(json!({"loadBalancer": {"type": "Random"}})), "Random"),
+            (Some(json!({"loadBalancer": {"type": "RingHash", "ringHash": {"hashPolicies": []}}})), "RoundRobin"),
+        ];
+        for (conf, expected) in cases {
+            let got = format!("{:?}", Balancer::from_conf(conf.as_ref()));
+            assert!(got.starts_with(expected), "{conf:?}: {got}");
+        }
+    }
+
+    #[test]
+    fn round_robin_visits_each_endpoint_in_turn() {
+        let b = Balancer::from_conf(None);
+        let picks: Vec<usize> = (0..6).map(|_| b.pick(3, |_| 0).unwrap()).collect();
+        assert_eq!(picks, [0, 1, 2, 0, 1, 2]);
+        assert_eq!(b.pick(0, |_| 0), None);
+        assert_eq!(b.pick(1, |_| 0), Some(0));
+    }
+
+    #[test]
+    fn least_request_avoids_the_loaded_endpoint() {
+        // Endpoint 0 has 100 requests in flight, the others none: two distinct candidates
+        // always include an idle one, so the loaded endpoint is never picked.
+        for (choices, len) in [(2, 2), (2, 3), (3, 5), (8, 3)] {
+            let b = Balancer::LeastRequest { choices };
+            let loads: Vec<usize> = (0..len).map(|i| if i == 0 { 100 } else { 0 }).collect();
+            let mut counts = vec![0usize; len];
+            for _ in 0..3000 {
+                counts[b.pick(len, |i| loads[i]).unwrap()] += 1;
+            }
+            assert_eq!(counts[0], 0, "choices {choices} of {len}: {counts:?}");
+            assert!(counts[1..].iter().all(|c| *c > 3000 / len / 2), "idle endpoints share the picks: {counts:?}");
+        }
+        // Equal loads: every endpoint gets its share.
+        let b = Balancer::LeastRequest { choices: 2 };
+        let mut counts = [0usize; 3];
+        for _ in 0..3000 {
+            counts[b.pick(3, |_| 0).unwrap()] += 1;
+        }
+        assert!(counts.iter().all(|c| *c > 700), "{counts:?}");
+    }
+
+    #[test]
+    fn random_spreads_over_every_endpoint() {
+        let b = Balancer::Random;
+        let mut counts = [0usize; 4];
+        for _ in 0..4000 {
+            counts[b.pick(4, |_| 0).unwrap()] += 1;
+        }
+        assert!(counts.iter().all(|c| *c > 700), "{counts:?}");
+    }
+}

@@ -1,0 +1,269 @@
+//! The destination table: for each service this sidecar reaches, its endpoints, how to pick
+//! one, the identity its endpoints must present, and pre-built metrics.
+//!
+//! In: a [`ProxyConfig`] (rebuilt on every configuration change, off the request path) and
+//! the previous table, whose endpoints are kept, with their pooled connections and request
+//! counts, when they are still there. Out: an immutable [`Table`] that the data path reads
+//! through an `ArcSwap` snapshot: a request in flight finishes on the table it started with.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use rustls::pki_types::ServerName;
+use strait_api::proxy_config::ProxyConfig;
+use strait_api::ResourceType;
+use strait_pki::Identity;
+
+use super::balance::Balancer;
+use super::metrics::{Direction, PairMetrics, ProxyMetrics};
+use super::pool::Slot;
+
+/// What a destination speaks, from its endpoints' `strait.io/protocol` tag.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Protocol {
+    /// Bytes, tunnelled over mTLS (the default).
+    Tcp,
+    /// HTTP/1.1 (an application may also send HTTP/2 without TLS).
+    Http,
+    /// HTTP/2 without TLS (h2c) on the application side.
+    Http2,
+    /// gRPC: HTTP/2 with trailers.
+    Grpc,
+}
+
+impl Protocol {
+    /// Parses the tag; anything unknown is TCP, the one protocol that carries every other.
+    pub fn from_tag(tag: &str) -> Protocol {
+        match tag {
+            "http" => Protocol::Http,
+            "http2" => Protocol::Http2,
+            "grpc" => Protocol::Grpc,
+            _ => Protocol::Tcp,
+        }
+    }
+
+    /// Whether requests are proxied one by one (L7) rather than as a byte stream.
+    pub fn is_http(self) -> bool {
+        self != Protocol::Tcp
+    }
+}
+
+/// One endpoint of a destination: a peer sidecar's inbound.
+#[derive(Debug)]
+pub struct Endpoint {
+    /// The peer sidecar's inbound address.
+    pub address: SocketAddr,
+    /// The zone it runs in.
+    pub zone: String,
+    in_flight: AtomicUsize,
+    /// The pooled HTTP/2 connection to it.
+    pub pool: Slot,
+}
+
+impl Endpoint {
+    fn new(address: SocketAddr, zone: String) -> Self {
+        Endpoint { address, zone, in_flight: AtomicUsize::new(0), pool: Slot::default() }
+    }
+
+    /// Requests (or TCP connections) in flight to it.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Counts a request in flight until the guard is dropped.
+    pub fn start(self: &Arc<Self>) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight(self.clone())
+    }
+}
+
+/// A request counted in flight on an endpoint.
+#[derive(Debug)]
+pub struct InFlight(Arc<Endpoint>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A service this sidecar reaches.
+#[derive(Debug)]
+pub struct Destination {
+    /// The service name.
+    pub service: String,
+    /// What it speaks.
+    pub protocol: Protocol,
+    /// The SPIFFE ID its endpoints must present.
+    pub expected: Identity,
+    /// The SNI sent to its endpoints (`<service>.<mesh>.strait`), a routing label for gateways.
+    pub sni: ServerName<'static>,
+    /// Endpoints in this sidecar's zone, preferred.
+    local: Vec<Arc<Endpoint>>,
+    /// Endpoints in other zones, used when no local one remains.
+    remote: Vec<Arc<Endpoint>>,
+    balancer: Balancer,
+    /// Outbound metrics of requests to it.
+    pub metrics: PairMetrics,
+}
+
+impl Destination {
+    /// The endpoint for the next request or connection: local ones first.
+    pub fn pick(&self) -> Option<&Arc<Endpoint>> {
+        let candidates = if self.local.is_empty() { &self.remote } else { &self.local };
+        let index = self.balancer.pick(candidates.len(), |i| candidates[i].in_flight())?;
+        candidates.get(index)
+    }
+
+    /// Every endpoint, local first.
+    pub fn endpoints(&self) -> impl Iterator<Item = &Arc<Endpoint>> {
+        self.local.iter().chain(&self.remote)
+    }
+}
+
+/// Every destination of the sidecar, by service and by endpoint address.
+#[derive(Debug, Default)]
+pub struct Table {
+    by_service: HashMap<String, Arc<Destination>>,
+    by_address: HashMap<SocketAddr, Arc<Destination>>,
+}
+
+impl Table {
+    /// Builds the table of `config`, keeping the endpoints of `previous` that remain.
+    pub fn build(config: &ProxyConfig, previous: &Table, metrics: &ProxyMetrics) -> Table {
+        let zone = config.zone.as_str();
+        let mut known: HashMap<SocketAddr, Arc<Endpoint>> =
+            previous.by_service.values().flat_map(|d| d.endpoints()).map(|e| (e.address, e.clone())).collect();
+        let source = config.inbounds.first().map_or("", |i| i.service.as_str());
+        let mut table = Table::default();
+        for outbound in &config.outbounds {
+            let Ok(expected) = Identity::parse(&strait_pki::spiffe_id(&config.mesh, &outbound.service)) else {
+                tracing::warn!(service = outbound.service, "no SPIFFE ID can be made for this service; skipping it");
+                continue;
+            };
+            let Ok(sni) = ServerName::try_from(format!("{}.{}.strait", outbound.service, config.mesh)) else {
+                tracing::warn!(service = outbound.service, "the service name is not a valid SNI; skipping it");
+                continue;
+            };
+            let (mut local, mut remote) = (Vec::new(), Vec::new());
+            for e in &outbound.endpoints {
+                let Ok(ip) = e.address.parse::<std::net::IpAddr>() else {
+                    tracing::warn!(
+                        service = outbound.service,
+                        address = e.address,
+                        "an endpoint address is not an IP address; skipping it"
+                    );
+                    continue;
+                };
+                let address = SocketAddr::new(ip, e.port);
+                let endpoint = known
+                    .entry(address)
+                    .and_modify(|kept| {
+                        if kept.zone != e.zone {
+                            *kept = Arc::new(Endpoint::new(address, e.zone.clone()));
+                        }
+                    })
+                    .or_insert_with(|| Arc::new(Endpoint::new(address, e.zone.clone())))
+                    .clone();
+                if e.zone == zone {
+                    local.push(endpoint)
+                } else {
+                    remote.push(endpoint)
+                }
+            }
+            let destination = Arc::new(Destination {
+                service: outbound.service.clone(),
+                protocol: Protocol::from_tag(&outbound.protocol),
+                expected,
+                sni,
+                local,
+                remote,
+                balancer: Balancer::from_conf(outbound.policies.get(&ResourceType::MeshLoadBalancingStrategy)),
+                metrics: metrics.pair(Direction::Outbound, source, &outbound.service),
+            });
+            for e in destination.endpoints() {
+                table.by_address.insert(e.address, destination.clone());
+            }
+            table.by_service.insert(outbound.service.clone(), destination);
+        }
+        table
+    }
+
+    /// The destination named `service`.
+    pub fn service(&self, service: &str) -> Option<&Arc<Destination>> {
+        self.by_service.get(service)
+    }
+
+    /// The destination that `address` is an endpoint of.
+    pub fn by_address(&self, address: SocketAddr) -> Option<&Arc<Destination>> {
+        self.by_address.get(&address)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use prometheus_client::registry::Registry;
+    use strait_api::proxy_config::{Endpoint as ConfigEndpoint, OutboundConfig};
+
+    use super::*;
+
+    fn config(endpoints: &[(&str, u16, &str)], protocol: &str) -> ProxyConfig {
+        ProxyConfig {
+            mesh: "default".into(),
+            dataplane: "web-1".into(),
+            zone: "zone-1".into(),
+            identity: "spiffe://default/web".into(),
+            inbounds: vec![],
+            outbounds: vec![OutboundConfig {
+                service: "backend".into(),
+                port: Some(10001),
+                address: Some("127.0.0.1".into()),
+                protocol: protocol.into(),
+                endpoints: endpoints
+                    .iter()
+                    .map(|(a, p, z)| ConfigEndpoint { address: a.to_string(), port: *p, zone: z.to_string(), tags: BTreeMap::new() })
+                    .collect(),
+                policies: BTreeMap::new(),
+                http_routes: vec![],
+                tcp_route: None,
+            }],
+            trust_bundle: serde_json::Value::Null,
+            certificate_lifetime_secs: 3600,
+            proxy: BTreeMap::new(),
+            transparent_outbound_port: None,
+        }
+    }
+
+    #[test]
+    fn endpoints_survive_a_rebuild_and_local_ones_come_first() {
+        let metrics = ProxyMetrics::register(&mut Registry::default());
+        let first = Table::build(&config(&[("10.0.0.1", 80, "zone-1"), ("10.0.0.2", 80, "zone-2")], "http"), &Table::default(), &metrics);
+        let backend = first.service("backend").unwrap();
+        assert_eq!(backend.protocol, Protocol::Http);
+        assert_eq!(backend.expected.as_str(), "spiffe://default/backend");
+        for _ in 0..4 {
+            assert_eq!(backend.pick().unwrap().address, "10.0.0.1:80".parse().unwrap(), "the local endpoint is preferred");
+        }
+        let kept = backend.pick().unwrap().clone();
+        let _busy = kept.start();
+
+        let second = Table::build(
+            &config(&[("10.0.0.2", 80, "zone-2"), ("10.0.0.1", 80, "zone-1"), ("bad", 1, "zone-1")], "http"),
+            &first,
+            &metrics,
+        );
+        let again = second.by_address("10.0.0.1:80".parse().unwrap()).unwrap().pick().unwrap();
+        assert!(Arc::ptr_eq(again, &kept), "an endpoint that remains keeps its state");
+        assert_eq!(again.in_flight(), 1);
+
+        let third = Table::build(&config(&[("10.0.0.2", 80, "zone-2")], "tcp"), &second, &metrics);
+        let backend = third.service("backend").unwrap();
+        assert_eq!(backend.pick().unwrap().zone, "zone-2", "with no local endpoint left, other zones are used");
+        assert_eq!(backend.protocol, Protocol::Tcp);
+        assert!(third.by_address("10.0.0.1:80".parse().unwrap()).is_none());
+    }
+}

@@ -1,0 +1,202 @@
+//! The inbound side of HTTP: an HTTP/2 session from a peer sidecar (mTLS, ALPN `h2`), each
+//! request checked against MeshTrafficPermission for the peer's SPIFFE identity, then sent to
+//! the application over a local connection pool (HTTP/1.1, or HTTP/2 without TLS for `http2`
+//! and `grpc` inbounds).
+//!
+//! In: the TLS stream and the verified peer identity, handed over by the tunnel's inbound
+//! accept loop. Out: the application's responses, or a 403 that names the caller and the
+//! reason. The decision is cached per session and recomputed when the configuration version
+//! changes, so a permission change applies to the next request on a pooled connection.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use http::uri::{Authority, Scheme};
+use http::{Request, Response, StatusCode, Uri, Version};
+use http_body_util::Either;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use strait_pki::Identity;
+use strait_proxy_core::tunnel::inbound::H2Handler;
+use tokio::net::TcpStream;
+use tokio_rustls::server::TlsStream;
+
+use super::{local_response, strip_hop_by_hop, Body, Counted};
+use crate::proxy::destinations::Protocol;
+use crate::proxy::metrics::{Direction, PairMetrics};
+use crate::proxy::DataPath;
+
+/// One inbound port that serves HTTP.
+pub struct Inbound {
+    path: Arc<DataPath>,
+    port: u16,
+    service: String,
+    app: SocketAddr,
+    version: Version,
+    client: Client<AppConnector, Counted>,
+}
+
+/// The handler the tunnel's accept loop gives HTTP/2 sessions of inbound `port` to.
+pub fn handler(path: Arc<DataPath>, port: u16, service: String, app: SocketAddr, protocol: Protocol) -> H2Handler {
+    let mut builder = Client::builder(TokioExecutor::new());
+    builder.pool_timer(TokioTimer::new()).pool_idle_timeout(Duration::from_secs(60)).timer(TokioTimer::new());
+    let version = if protocol == Protocol::Http {
+        Version::HTTP_11
+    } else {
+        builder.http2_only(true);
+        Version::HTTP_2
+    };
+    let client = builder.build(AppConnector(app));
+    let inbound = Arc::new(Inbound { path, port, service, app, version, client });
+    H2Handler(Arc::new(move |tls, peer| Box::pin(inbound.clone().serve(tls, peer))))
+}
+
+impl Inbound {
+    async fn serve(self: Arc<Self>, tls: TlsStream<TcpStream>, peer: Identity) {
+        let caller = peer.path().trim_start_matches('/').to_string();
+        let metrics = self.path.metrics.pair(Direction::Inbound, &caller, &self.service);
+        let watcher = self.path.drain.clone();
+        let session = Arc::new(Session { inbound: self, peer, metrics, decision: AtomicU64::new(0) });
+        let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+        builder
+            .timer(TokioTimer::new())
+            .max_concurrent_streams(1024)
+            .initial_stream_window_size(1 << 20)
+            .initial_connection_window_size(4 << 20)
+            .keep_alive_interval(Duration::from_secs(20))
+            .keep_alive_timeout(Duration::from_secs(10));
+        let service = service_fn(move |request| {
+            let session = session.clone();
+            async move { Ok::<_, Infallible>(session.handle(request).await) }
+        });
+        let connection = builder.serve_connection(TokioIo::new(tls), service);
+        tokio::pin!(connection);
+        tokio::select! {
+            served = connection.as_mut() => {
+                if let Err(error) = served {
+                    tracing::debug!(%error, "inbound HTTP/2 session ended with an error");
+                }
+                return;
+            }
+            () = watcher.signaled() => connection.as_mut().graceful_shutdown(),
+        }
+        let _ = watcher.unless_forced(connection).await;
+    }
+}
+
+/// One HTTP/2 session from a peer sidecar.
+struct Session {
+    inbound: Arc<Inbound>,
+    peer: Identity,
+    metrics: PairMetrics,
+    /// The last decision: (configuration version + 1) << 1 | allowed; 0 before the first.
+    decision: AtomicU64,
+}
+
+impl Session {
+    fn allowed(&self) -> bool {
+        let state = &self.inbound.path.state;
+        let version = state.config.load().as_ref().map_or(0, |c| c.0).wrapping_add(1);
+        let cached = self.decision.load(Ordering::Relaxed);
+        if cached >> 1 == version {
+            return cached & 1 == 1;
+        }
+        let allowed = crate::proxy::inbound::allowed(state, self.inbound.port, &self.peer);
+        self.decision.store(version << 1 | u64::from(allowed), Ordering::Relaxed);
+        allowed
+    }
+
+    async fn handle(&self, request: Request<Incoming>) -> Response<Body> {
+        let started = Instant::now();
+        let inbound = &self.inbound;
+        let response = if self.allowed() {
+            self.to_application(request).await
+        } else {
+            self.metrics.denied.inc();
+            tracing::debug!(peer = %self.peer, port = inbound.port, "request denied by MeshTrafficPermission");
+            local_response(
+                StatusCode::FORBIDDEN,
+                format!("strait: {} is not allowed to reach {} (MeshTrafficPermission)\n", self.peer, inbound.service),
+            )
+        };
+        self.metrics.record(response.status(), started.elapsed());
+        response
+    }
+
+    async fn to_application(&self, request: Request<Incoming>) -> Response<Body> {
+        let inbound = &self.inbound;
+        let (mut parts, body) = request.into_parts();
+        if parts.uri.authority().is_none() {
+            let mut uri = parts.uri.into_parts();
+            uri.scheme = Some(Scheme::HTTP);
+            uri.authority = Authority::try_from(inbound.service.as_str()).ok();
+            if uri.path_and_query.is_none() {
+                uri.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
+            }
+            parts.uri = Uri::from_parts(uri).unwrap_or_default();
+        }
+        strip_hop_by_hop(&mut parts.headers);
+        parts.version = inbound.version;
+        let request = Request::from_parts(parts, Counted::new(body, self.metrics.request_bytes.clone(), None));
+        match inbound.client.request(request).await {
+            Ok(response) => {
+                let (mut parts, body) = response.into_parts();
+                strip_hop_by_hop(&mut parts.headers);
+                Response::from_parts(parts, Either::Left(Counted::new(body, self.metrics.response_bytes.clone(), None)))
+            }
+            Err(error) => {
+                let reason = chain(&error);
+                tracing::warn!(service = inbound.service, app = %inbound.app, error = reason, "the application did not answer");
+                local_response(
+                    StatusCode::BAD_GATEWAY,
+                    format!("strait: the application of {} at {} did not answer: {reason}\n", inbound.service, inbound.app),
+                )
+            }
+        }
+    }
+}
+
+fn chain(error: &dyn std::error::Error) -> String {
+    let mut out = error.to_string();
+    let mut source = error.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}
+
+/// Connects to the application, whatever the request's URI says.
+#[derive(Clone)]
+pub struct AppConnector(SocketAddr);
+
+impl tower::Service<Uri> for AppConnector {
+    type Response = TokioIo<TcpStream>;
+    type Error = io::Error;
+    type Future = Pin<Box<dyn Future<Output = io::Result<TokioIo<TcpStream>>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _: Uri) -> Self::Future {
+        let app = self.0;
+        Box::pin(async move {
+            let stream = tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(app))
+                .await
+                .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connecting to the application timed out"))??;
+            let _ = stream.set_nodelay(true);
+            Ok(TokioIo::new(stream))
+        })
+    }
+}

@@ -1,0 +1,123 @@
+//! HTTP between sidecars: the application's requests (HTTP/1.1, or HTTP/2 and gRPC without
+//! TLS) are proxied one by one over pooled HTTP/2 mTLS connections to a peer sidecar, which
+//! checks each against MeshTrafficPermission and hands it to its application.
+//!
+//! In: accepted connections (from the application on the outbound side, from peer sidecars
+//! on the inbound side). Out: [`outbound::serve`] and [`inbound::handler`]. This module holds
+//! what both sides share: the body type, the answers the sidecar makes itself (403, 502, 503)
+//! and the removal of hop-by-hop headers that must not cross between HTTP versions.
+
+pub mod inbound;
+pub mod outbound;
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Response, StatusCode};
+use http_body::{Body as HttpBody, Frame, SizeHint};
+use http_body_util::{Either, Full};
+use hyper::body::Incoming;
+use prometheus_client::metrics::counter::Counter;
+
+use super::destinations::InFlight;
+
+/// The body of everything the sidecar answers: a proxied body, counted, or its own.
+pub type Body = Either<Counted, Full<Bytes>>;
+
+/// A response the sidecar makes itself, with a one-line text body that says why.
+pub fn local_response(status: StatusCode, reason: String) -> Response<Body> {
+    let mut response = Response::new(Either::Right(Full::new(Bytes::from(reason))));
+    *response.status_mut() = status;
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    response.headers_mut().insert(HeaderName::from_static("x-strait-local-reply"), HeaderValue::from_static("1"));
+    response
+}
+
+/// Removes the headers that describe one connection (RFC 9110 §7.6.1), which must not be
+/// forwarded and are forbidden in HTTP/2; `te: trailers` (gRPC) is kept.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    if let Some(connection) = headers.remove(header::CONNECTION) {
+        // Headers named in `Connection` are hop-by-hop too.
+        if let Ok(names) = connection.to_str() {
+            for name in names.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+                if let Ok(name) = HeaderName::from_bytes(name.as_bytes()) {
+                    headers.remove(name);
+                }
+            }
+        }
+    }
+    for name in ["keep-alive", "proxy-connection", "transfer-encoding", "upgrade"] {
+        headers.remove(name);
+    }
+    if headers.get(header::TE).is_some_and(|te| te != "trailers") {
+        headers.remove(header::TE);
+    }
+}
+
+/// A proxied body that counts its bytes and keeps its endpoint's request counted in flight
+/// until it ends.
+pub struct Counted {
+    inner: Incoming,
+    bytes: Counter,
+    _in_flight: Option<InFlight>,
+}
+
+impl Counted {
+    /// Wraps `inner`, adding its data bytes to `bytes`.
+    pub fn new(inner: Incoming, bytes: Counter, in_flight: Option<InFlight>) -> Self {
+        Counted { inner, bytes, _in_flight: in_flight }
+    }
+}
+
+impl HttpBody for Counted {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &polled {
+            if let Some(data) = frame.data_ref() {
+                self.bytes.inc_by(data.len() as u64);
+            }
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_headers_are_removed() {
+        let mut h = HeaderMap::new();
+        for (k, v) in [
+            ("connection", "keep-alive, x-session"),
+            ("keep-alive", "timeout=5"),
+            ("x-session", "1"),
+            ("transfer-encoding", "chunked"),
+            ("upgrade", "h2c"),
+            ("te", "gzip"),
+            ("x-request-id", "abc"),
+        ] {
+            h.insert(HeaderName::from_static(k), HeaderValue::from_static(v));
+        }
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.keys().map(|k| k.as_str()).collect::<Vec<_>>(), ["x-request-id"]);
+
+        let mut grpc = HeaderMap::new();
+        grpc.insert(header::TE, HeaderValue::from_static("trailers"));
+        strip_hop_by_hop(&mut grpc);
+        assert_eq!(grpc[header::TE], "trailers", "gRPC needs te: trailers");
+    }
+}

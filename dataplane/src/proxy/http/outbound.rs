@@ -1,0 +1,154 @@
+//! The outbound side of HTTP: the application's connection is served as HTTP (HTTP/1.1, or
+//! HTTP/2 without TLS for gRPC and h2c clients, detected from the first bytes), and each
+//! request goes to an endpoint of the destination, picked per request, over the pooled
+//! HTTP/2 mTLS connection to that endpoint's sidecar.
+//!
+//! In: an accepted application connection and the destination's service name. Out: responses
+//! from the peer, or the sidecar's own 502/503 that names the destination and the reason.
+//! Requests that never reached a peer (no connection could be made, or the pooled connection
+//! closed just before) are tried once more, on a fresh pick; nothing sent is ever replayed.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use http::uri::{Authority, Scheme};
+use http::{header, Request, Response, StatusCode, Uri, Version};
+use http_body_util::Either;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::net::TcpStream;
+
+use super::{local_response, strip_hop_by_hop, Body, Counted};
+use crate::proxy::destinations::{Destination, InFlight};
+use crate::proxy::pool::{Connector, PoolError};
+use crate::proxy::DataPath;
+
+/// How many endpoints a request may be tried on when it could not be sent.
+const ATTEMPTS: usize = 2;
+
+/// Serves the application connection `app`, sending its requests to `service`, until the
+/// application closes it or the drain ends it (after the request in progress).
+pub async fn serve(app: TcpStream, service: Arc<str>, path: Arc<DataPath>) {
+    let _ = app.set_nodelay(true);
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(Duration::from_secs(60));
+    builder.http2().timer(TokioTimer::new()).max_concurrent_streams(1024);
+    let watcher = path.drain.clone();
+    let ctx = Arc::new((service, path));
+    let service = service_fn(move |request| {
+        let ctx = ctx.clone();
+        async move { Ok::<_, Infallible>(forward(request, &ctx.0, &ctx.1).await) }
+    });
+    let connection = builder.serve_connection(TokioIo::new(app), service);
+    tokio::pin!(connection);
+    tokio::select! {
+        served = connection.as_mut() => {
+            if let Err(error) = served {
+                tracing::debug!(%error, "application connection ended with an error");
+            }
+            return;
+        }
+        () = watcher.signaled() => connection.as_mut().graceful_shutdown(),
+    }
+    let _ = watcher.unless_forced(connection).await;
+}
+
+/// Sends one request to `service` and answers with the peer's response or the reason there is none.
+async fn forward(request: Request<Incoming>, service: &str, path: &DataPath) -> Response<Body> {
+    let started = Instant::now();
+    let Some(destination) = path.table.load().service(service).cloned() else {
+        return local_response(StatusCode::SERVICE_UNAVAILABLE, format!("strait: {service} is not a destination of this sidecar\n"));
+    };
+    let request = to_mesh(request, &destination);
+    let response = match send(request, &destination, path).await {
+        Ok((response, in_flight)) => {
+            response.map(|body| Either::Left(Counted::new(body, destination.metrics.response_bytes.clone(), Some(in_flight))))
+        }
+        Err(failure) => {
+            tracing::debug!(service, reason = %failure.1, "outbound request failed");
+            local_response(failure.0, format!("strait: {service}: {}\n", failure.1))
+        }
+    };
+    destination.metrics.record(response.status(), started.elapsed());
+    response
+}
+
+/// What the application sent, made into a request for the mesh: an absolute URI (its
+/// authority from `Host`, else the service), no hop-by-hop headers, HTTP/2.
+fn to_mesh(request: Request<Incoming>, destination: &Destination) -> Request<Counted> {
+    let (mut parts, body) = request.into_parts();
+    if parts.uri.authority().is_none() {
+        let host = parts.headers.get(header::HOST).and_then(|h| Authority::try_from(h.as_bytes()).ok());
+        let authority = host.or_else(|| Authority::try_from(destination.service.as_str()).ok());
+        let mut uri = parts.uri.into_parts();
+        uri.scheme = Some(Scheme::HTTP);
+        uri.authority = authority;
+        if uri.path_and_query.is_none() {
+            uri.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
+        }
+        parts.uri = Uri::from_parts(uri).unwrap_or_default();
+    }
+    parts.headers.remove(header::HOST);
+    strip_hop_by_hop(&mut parts.headers);
+    parts.version = Version::HTTP_2;
+    Request::from_parts(parts, Counted::new(body, destination.metrics.request_bytes.clone(), None))
+}
+
+type Failure = (StatusCode, String);
+
+/// Sends `request` to an endpoint of `destination`; on success also returns the endpoint's
+/// in-flight guard, to be held until the response body ends.
+async fn send(
+    mut request: Request<Counted>,
+    destination: &Destination,
+    path: &DataPath,
+) -> Result<(Response<Incoming>, InFlight), Failure> {
+    let connector = Connector {
+        identities: &path.identities,
+        expected: &destination.expected,
+        sni: &destination.sni,
+        metrics: &path.metrics.outbound,
+        drain: &path.drain,
+        tasks: &path.tasks,
+    };
+    let mut last = (StatusCode::SERVICE_UNAVAILABLE, "no endpoint".to_string());
+    for _ in 0..ATTEMPTS {
+        let Some(endpoint) = destination.pick().cloned() else {
+            return Err((StatusCode::SERVICE_UNAVAILABLE, "no endpoint available".into()));
+        };
+        let in_flight = endpoint.start();
+        let mut sender = match endpoint.pool.sender(endpoint.address, &connector).await {
+            Ok(sender) => sender,
+            Err(error) => {
+                last = (StatusCode::SERVICE_UNAVAILABLE, unreachable_reason(&error));
+                continue;
+            }
+        };
+        match sender.try_send_request(request).await {
+            Ok(response) => return Ok((response, in_flight)),
+            Err(mut error) => match error.take_message() {
+                // The pooled connection closed before our request went out: safe to retry.
+                Some(unsent) => {
+                    endpoint.pool.clear();
+                    last = (StatusCode::SERVICE_UNAVAILABLE, format!("the connection to {} closed", endpoint.address));
+                    request = unsent;
+                }
+                None => return Err((StatusCode::BAD_GATEWAY, format!("{} failed the request: {}", endpoint.address, error.error()))),
+            },
+        }
+    }
+    Err(last)
+}
+
+fn unreachable_reason(error: &PoolError) -> String {
+    format!("cannot reach an endpoint: {error}")
+}
+
+/// Serves `app` as HTTP to `service` (for the listeners).
+pub fn spawn(app: TcpStream, service: Arc<str>, path: &Arc<DataPath>) {
+    let task_path = path.clone();
+    path.tasks.spawn(serve(app, service, task_path));
+}

@@ -1,0 +1,149 @@
+//! The sidecar's metrics: tunnel counters per direction, HTTP requests by source and
+//! destination service and status class with latency histograms and body bytes, and the
+//! workload certificate's expiry.
+//!
+//! In: a `prometheus-client` registry. Out: [`ProxyMetrics`], from which each listener or
+//! connection takes a [`PairMetrics`] once (a label lookup), so that a request only adds to
+//! atomics it already holds.
+
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use strait_proxy_core::metrics::LatencyHistogram;
+use strait_proxy_core::tunnel::TunnelMetrics;
+
+/// Which way a request went through this sidecar.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Direction {
+    /// From another sidecar to our application.
+    Inbound,
+    /// From our application to another service.
+    Outbound,
+}
+
+impl Direction {
+    fn label(self) -> &'static str {
+        match self {
+            Direction::Inbound => "inbound",
+            Direction::Outbound => "outbound",
+        }
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PairLabels {
+    direction: &'static str,
+    source: String,
+    destination: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    direction: &'static str,
+    source: String,
+    destination: String,
+    status: &'static str,
+}
+
+const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+/// Every metric of the sidecar.
+#[derive(Clone)]
+pub struct ProxyMetrics {
+    /// Inbound tunnel counters (connections, bytes, TLS errors, denials).
+    pub inbound: TunnelMetrics,
+    /// Outbound tunnel counters.
+    pub outbound: TunnelMetrics,
+    requests: Family<RequestLabels, Counter>,
+    duration: Family<PairLabels, LatencyHistogram>,
+    request_bytes: Family<PairLabels, Counter>,
+    response_bytes: Family<PairLabels, Counter>,
+    /// Requests refused by MeshTrafficPermission, by source and destination.
+    denied: Family<PairLabels, Counter>,
+    /// When the workload certificate in use expires (Unix seconds).
+    pub certificate_expiry: Gauge,
+    /// Workload certificates put in use since start.
+    pub certificate_rotations: Counter,
+}
+
+impl ProxyMetrics {
+    /// Registers everything under `strait_dp_`.
+    pub fn register(registry: &mut Registry) -> Self {
+        let metrics = ProxyMetrics {
+            inbound: TunnelMetrics::register(registry.sub_registry_with_prefix("strait_dp_inbound")),
+            outbound: TunnelMetrics::register(registry.sub_registry_with_prefix("strait_dp_outbound")),
+            requests: Family::default(),
+            duration: Family::default(),
+            request_bytes: Family::default(),
+            response_bytes: Family::default(),
+            denied: Family::default(),
+            certificate_expiry: Gauge::default(),
+            certificate_rotations: Counter::default(),
+        };
+        let r = registry.sub_registry_with_prefix("strait_dp");
+        r.register(
+            "http_requests",
+            "HTTP requests by direction, source and destination service, and status class",
+            metrics.requests.clone(),
+        );
+        r.register("http_request_duration_seconds", "time from a request's arrival to its response headers", metrics.duration.clone());
+        r.register("http_request_body_bytes", "request body bytes", metrics.request_bytes.clone());
+        r.register("http_response_body_bytes", "response body bytes", metrics.response_bytes.clone());
+        r.register("http_denied_requests", "requests refused by MeshTrafficPermission", metrics.denied.clone());
+        r.register(
+            "certificate_expiry_timestamp_seconds",
+            "when the workload certificate in use expires",
+            metrics.certificate_expiry.clone(),
+        );
+        r.register("certificate_rotations", "workload certificates put in use", metrics.certificate_rotations.clone());
+        metrics
+    }
+
+    /// The handles of one (direction, source, destination), looked up once per listener or connection.
+    pub fn pair(&self, direction: Direction, source: &str, destination: &str) -> PairMetrics {
+        let pair = PairLabels { direction: direction.label(), source: source.to_string(), destination: destination.to_string() };
+        let status = STATUS_CLASSES.map(|status| {
+            self.requests
+                .get_or_create(&RequestLabels {
+                    direction: pair.direction,
+                    source: pair.source.clone(),
+                    destination: pair.destination.clone(),
+                    status,
+                })
+                .clone()
+        });
+        PairMetrics {
+            status,
+            duration: self.duration.get_or_create(&pair).clone(),
+            request_bytes: self.request_bytes.get_or_create(&pair).clone(),
+            response_bytes: self.response_bytes.get_or_create(&pair).clone(),
+            denied: self.denied.get_or_create(&pair).clone(),
+        }
+    }
+}
+
+/// Pre-built metric handles of one (direction, source, destination); cheap to clone.
+#[derive(Clone, Debug)]
+pub struct PairMetrics {
+    status: [Counter; 5],
+    duration: LatencyHistogram,
+    /// Request body bytes.
+    pub request_bytes: Counter,
+    /// Response body bytes.
+    pub response_bytes: Counter,
+    /// Requests refused by MeshTrafficPermission.
+    pub denied: Counter,
+}
+
+impl PairMetrics {
+    /// Counts a response with `status` whose headers came `elapsed` after the request arrived.
+    pub fn record(&self, status: http::StatusCode, elapsed: Duration) {
+        let class = usize::from(status.as_u16() / 100).clamp(1, 5) - 1;
+        self.status[class].inc();
+        self.duration.observe(elapsed);
+    }
+}

@@ -1,0 +1,166 @@
+//! The HTTP/2 connection pool between sidecars: one mTLS connection per peer endpoint, shared
+//! by every request to it (HTTP/2 multiplexes them).
+//!
+//! In: a request for an endpoint, the current [`IdentityStore`], the identity the peer must
+//! present and the SNI to send. Out: a `SendRequest` handle on a live connection. The handle
+//! is read lock-free on every request; only opening a connection takes the endpoint's
+//! connect lock, so concurrent requests to a new endpoint open one connection, not many.
+//!
+//! A connection opened with an older workload certificate is replaced on next use after a
+//! rotation: new requests go over a connection with the new certificate while the requests
+//! still on the old one finish there.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwapOption;
+use hyper::client::conn::http2::{self, SendRequest};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use rustls::pki_types::ServerName;
+use strait_pki::Identity;
+use strait_proxy_core::drain::DrainWatcher;
+use strait_proxy_core::identity::{IdentityStore, TlsIdentity};
+use strait_proxy_core::tls::ALPN_H2;
+use strait_proxy_core::tunnel::outbound::{self, OutboundError};
+use strait_proxy_core::tunnel::TunnelMetrics;
+use tokio_util::task::TaskTracker;
+
+use super::http::Counted;
+
+/// Longest TCP connect plus TLS and HTTP/2 handshakes to a peer sidecar.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Why no connection to a peer could be had.
+#[derive(Debug, thiserror::Error)]
+pub enum PoolError {
+    /// The mTLS connection failed (refused, unreachable, wrong identity, bad chain).
+    #[error(transparent)]
+    Connect(#[from] OutboundError),
+    /// The peer accepted TLS but not HTTP/2.
+    #[error("HTTP/2 handshake with {target}: {source}")]
+    Handshake {
+        /// The peer's address.
+        target: SocketAddr,
+        /// What hyper said.
+        source: hyper::Error,
+    },
+    /// The peer did not pick HTTP/2 (it is not a sidecar that serves HTTP on this port).
+    #[error("{target} did not accept HTTP/2 over mTLS")]
+    NoH2 {
+        /// The peer's address.
+        target: SocketAddr,
+    },
+}
+
+struct Pooled {
+    sender: SendRequest<Counted>,
+    identity: Arc<TlsIdentity>,
+}
+
+/// The pooled connection of one endpoint.
+#[derive(Default)]
+pub struct Slot {
+    current: Arc<ArcSwapOption<Pooled>>,
+    connecting: tokio::sync::Mutex<()>,
+}
+
+impl std::fmt::Debug for Slot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Slot").field("connected", &self.current.load().is_some()).finish()
+    }
+}
+
+/// What opening a connection needs besides the endpoint.
+pub struct Connector<'a> {
+    /// The workload certificate in use.
+    pub identities: &'a IdentityStore,
+    /// The identity the peer must present.
+    pub expected: &'a Identity,
+    /// The SNI to send.
+    pub sni: &'a ServerName<'static>,
+    /// Outbound tunnel counters (connections opened, handshake errors).
+    pub metrics: &'a TunnelMetrics,
+    /// Connection tasks hold a watcher so that a drain waits for their last requests.
+    pub drain: &'a DrainWatcher,
+    /// Owns the connection tasks.
+    pub tasks: &'a TaskTracker,
+}
+
+impl Slot {
+    /// A handle on a live connection to `target` made with the current certificate, opening
+    /// one if needed.
+    pub async fn sender(&self, target: SocketAddr, connector: &Connector<'_>) -> Result<SendRequest<Counted>, PoolError> {
+        let identity = connector.identities.current();
+        if let Some(sender) = self.usable(&identity) {
+            return Ok(sender);
+        }
+        let _connecting = self.connecting.lock().await;
+        // Someone else may have connected while we waited.
+        if let Some(sender) = self.usable(&identity) {
+            return Ok(sender);
+        }
+        let sender = self.connect(target, identity, connector).await?;
+        Ok(sender)
+    }
+
+    /// Forgets the pooled connection (its requests finish; new ones open another).
+    pub fn clear(&self) {
+        self.current.store(None);
+    }
+
+    fn usable(&self, identity: &Arc<TlsIdentity>) -> Option<SendRequest<Counted>> {
+        let guard = self.current.load();
+        let pooled = guard.as_ref()?;
+        (!pooled.sender.is_closed() && Arc::ptr_eq(&pooled.identity, identity)).then(|| pooled.sender.clone())
+    }
+
+    async fn connect(&self, target: SocketAddr, identity: Arc<TlsIdentity>, c: &Connector<'_>) -> Result<SendRequest<Counted>, PoolError> {
+        c.metrics.connections.inc();
+        let config = identity.client_config(c.expected, ALPN_H2);
+        let tls = match outbound::connect(target, config, c.sni.clone(), CONNECT_TIMEOUT).await {
+            Ok(tls) => tls,
+            Err(error) => {
+                if matches!(error, OutboundError::IdentityMismatch { .. } | OutboundError::Handshake { .. }) {
+                    c.metrics.handshake_errors.inc();
+                }
+                return Err(error.into());
+            }
+        };
+        if tls.get_ref().1.alpn_protocol() != Some(ALPN_H2) {
+            return Err(PoolError::NoH2 { target });
+        }
+        let mut builder = http2::Builder::new(TokioExecutor::new());
+        builder
+            .timer(TokioTimer::new())
+            .keep_alive_interval(Duration::from_secs(20))
+            .keep_alive_timeout(Duration::from_secs(10))
+            .initial_stream_window_size(1 << 20)
+            .initial_connection_window_size(4 << 20);
+        let (sender, connection) = builder.handshake(TokioIo::new(tls)).await.map_err(|source| PoolError::Handshake { target, source })?;
+        let slot = Arc::downgrade(&self.current);
+        let watcher = c.drain.clone();
+        let active = super::ActiveGuard::new(&c.metrics.active);
+        c.tasks.spawn(async move {
+            let _active = active;
+            tokio::pin!(connection);
+            tokio::select! {
+                ended = &mut connection => {
+                    if let Err(error) = ended {
+                        tracing::debug!(%target, %error, "pooled HTTP/2 connection ended");
+                    }
+                    return;
+                }
+                () = watcher.signaled() => {}
+            }
+            // Draining: no new requests here; the ones in flight finish unless forced.
+            if let Some(slot) = slot.upgrade() {
+                slot.store(None);
+            }
+            let _ = watcher.unless_forced(connection).await;
+        });
+        tracing::debug!(%target, peer = %c.expected, "opened a pooled HTTP/2 connection");
+        self.current.store(Some(Arc::new(Pooled { sender: sender.clone(), identity })));
+        Ok(sender)
+    }
+}

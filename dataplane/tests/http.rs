@@ -1,0 +1,175 @@
+//! HTTP through two sidecars: the application's HTTP/1.1 and HTTP/2 (gRPC) requests cross
+//! between sidecars over one pooled HTTP/2 mTLS connection, are balanced per request across
+//! the destination's endpoints, are authorised per request (a permission change applies to
+//! the pooled connection at once, with a 403 that names the caller and the reason), and are
+//! counted by source, destination and status.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{admin, dataplane, eventually, free_port, get, http_app, metric, Mesh};
+use http_body_util::BodyExt;
+use serde_json::json;
+
+fn deny_web() -> serde_json::Value {
+    json!({"type": "MeshTrafficPermission", "name": "deny-web", "mesh": "default",
+        "spec": {"targetRef": {"kind": "MeshService", "name": "backend"}, "from": [{"targetRef": {"kind": "MeshService", "name": "web"}, "default": {"action": "Deny"}}]}})
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_requests_are_pooled_authorised_per_request_and_counted() {
+    let mesh = Mesh::start().await;
+    let app = http_app("backend-1").await.port;
+    let (backend_in, web_in, web_out) = (free_port(), free_port(), free_port());
+    let backend = mesh.sidecar("backend", "backend", &dataplane("backend-1", "backend", backend_in, app, "http", &[])).await;
+    let web = mesh.sidecar("web", "web", &dataplane("web-1", "web", web_in, free_port(), "http", &[(web_out, "backend")])).await;
+    for s in [&backend, &web] {
+        eventually("sidecars ready", async || (admin(s, "/ready").await.0 == 200).then_some(())).await;
+    }
+    let client = reqwest::Client::new();
+    let (status, body) =
+        eventually("web -> backend over HTTP", async || get(&client, web_out, "/orders?id=7").await.filter(|r| r.0 == 200)).await;
+    assert_eq!(status, 200);
+    assert!(
+        body.starts_with("backend-1 GET /orders host=127.0.0.1:"),
+        "the application sees the path and the Host the client sent: {body}"
+    );
+
+    // A request body crosses both sidecars.
+    let posted = client.post(format!("http://127.0.0.1:{web_out}/upload")).body(vec![b'x'; 100_000]).send().await.unwrap();
+    assert_eq!(posted.text().await.unwrap().rsplit(' ').next(), Some("body=100000"));
+
+    // Many requests, from several application connections, share one connection between the sidecars.
+    let opened = metric(&web, "strait_dp_outbound_tunnel_connections_total").await;
+    let mut calls = Vec::new();
+    for _ in 0..8 {
+        let client = reqwest::Client::new();
+        calls.push(tokio::spawn(async move {
+            for _ in 0..25 {
+                assert_eq!(get(&client, web_out, "/").await.map(|r| r.0), Some(200));
+            }
+        }));
+    }
+    for c in calls {
+        c.await.unwrap();
+    }
+    assert_eq!(metric(&web, "strait_dp_outbound_tunnel_connections_total").await, opened, "200 requests opened no new connection");
+    let ok =
+        metric(&web, "strait_dp_http_requests_total{direction=\"outbound\",source=\"web\",destination=\"backend\",status=\"2xx\"}").await;
+    assert!(ok >= 202.0, "outbound requests are counted by source, destination and status: {ok}");
+    let inbound_ok =
+        metric(&backend, "strait_dp_http_requests_total{direction=\"inbound\",source=\"web\",destination=\"backend\",status=\"2xx\"}")
+            .await;
+    assert_eq!(inbound_ok, ok, "the inbound side counts the same requests");
+    assert!(metric(&backend, "strait_dp_http_request_body_bytes_total{direction=\"inbound\",source=\"web\"").await >= 100_000.0);
+    assert!(metric(&web, "strait_dp_http_request_duration_seconds_count{direction=\"outbound\"").await >= 202.0);
+    assert!(metric(&web, "strait_dp_certificate_expiry_timestamp_seconds").await > 1.7e9);
+
+    // A deny applies to the next request on the same pooled connection, with a reason.
+    mesh.put("/meshes/default/meshtrafficpermissions/deny-web", deny_web()).await;
+    let denied = eventually("a 403", async || get(&client, web_out, "/orders").await.filter(|r| r.0 == 403)).await;
+    assert!(denied.1.contains("spiffe://default/web is not allowed to reach backend (MeshTrafficPermission)"), "{denied:?}");
+    assert!(
+        metric(&backend, "strait_dp_http_denied_requests_total{direction=\"inbound\",source=\"web\",destination=\"backend\"}").await >= 1.0
+    );
+    assert!(
+        metric(&web, "strait_dp_http_requests_total{direction=\"outbound\",source=\"web\",destination=\"backend\",status=\"4xx\"}").await
+            >= 1.0
+    );
+    mesh.delete("/meshes/default/meshtrafficpermissions/deny-web").await;
+    eventually("allowed again", async || get(&client, web_out, "/orders").await.filter(|r| r.0 == 200)).await;
+    assert_eq!(metric(&web, "strait_dp_outbound_tunnel_connections_total").await, opened, "still the one pooled connection");
+    web.shutdown(Duration::from_secs(1)).await;
+    backend.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_over_http2_keeps_trailers_and_requests_are_balanced() {
+    let mesh = Mesh::start().await;
+    let (app1, app2) = (http_app("backend-1").await, http_app("backend-2").await);
+    let (in1, in2, web_in, web_out) = (free_port(), free_port(), free_port(), free_port());
+    let b1 = mesh.sidecar("backend-1", "backend", &dataplane("backend-1", "backend", in1, app1.port, "grpc", &[])).await;
+    let b2 = mesh.sidecar("backend-2", "backend", &dataplane("backend-2", "backend", in2, app2.port, "grpc", &[])).await;
+    let web = mesh.sidecar("web", "web", &dataplane("web-1", "web", web_in, free_port(), "http", &[(web_out, "backend")])).await;
+    for s in [&b1, &b2, &web] {
+        eventually("sidecars ready", async || (admin(s, "/ready").await.0 == 200).then_some(())).await;
+    }
+    eventually("both endpoints in web's configuration", async || {
+        let config = web.state.config.load();
+        (config.as_ref()?.1.outbounds.iter().find(|o| o.service == "backend")?.endpoints.len() == 2).then_some(())
+    })
+    .await;
+
+    // An h2c client (as gRPC is) on one connection to web's outbound.
+    let stream = tokio::net::TcpStream::connect(("127.0.0.1", web_out)).await.unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), hyper_util::rt::TokioIo::new(stream)).await.unwrap();
+    tokio::spawn(conn);
+    let mut answered_by = std::collections::BTreeMap::new();
+    for _ in 0..20 {
+        let request = http::Request::post("http://backend/grpc")
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(http_body_util::Full::new(bytes::Bytes::from_static(b"\0\0\0\0\x05hello")))
+            .unwrap();
+        let response = sender.send_request(request).await.unwrap();
+        assert_eq!(response.status(), 200);
+        let collected = response.into_body().collect().await.unwrap();
+        assert_eq!(
+            collected.trailers().and_then(|t| t.get("grpc-status")).map(|v| v.to_str().unwrap()),
+            Some("0"),
+            "trailers cross both sidecars"
+        );
+        let text = String::from_utf8(collected.to_bytes().to_vec()).unwrap();
+        assert!(text.contains("POST /grpc host=backend body=10"), "{text}");
+        *answered_by.entry(text.split(' ').next().unwrap().to_string()).or_insert(0) += 1;
+    }
+    assert_eq!(answered_by.get("backend-1"), Some(&10), "round robin per request, not per connection: {answered_by:?}");
+    assert_eq!(answered_by.get("backend-2"), Some(&10), "{answered_by:?}");
+
+    // LeastRequest: with backend-1 slow, concurrent callers mostly get backend-2.
+    app1.delay_ms.store(100, std::sync::atomic::Ordering::Relaxed);
+    mesh.put("/meshes/default/meshloadbalancingstrategies/least", json!({"type": "MeshLoadBalancingStrategy", "name": "least", "mesh": "default",
+        "spec": {"targetRef": {"kind": "Mesh"}, "to": [{"targetRef": {"kind": "MeshService", "name": "backend"}, "default": {"loadBalancer": {"type": "LeastRequest", "leastRequest": {"choiceCount": 2}}}}]}})).await;
+    eventually("the strategy in web's configuration", async || {
+        let config = web.state.config.load();
+        serde_json::to_string(&config.as_ref()?.1).ok()?.contains("LeastRequest").then_some(())
+    })
+    .await;
+    let counts = least_request_run(web_out).await;
+    println!("FIGURE least-request: {counts:?}");
+    assert!(counts.1 > counts.0 * 3, "the less loaded endpoint got most requests: backend-1 {} backend-2 {}", counts.0, counts.1);
+    for s in [web, b1, b2] {
+        s.shutdown(Duration::from_secs(1)).await;
+    }
+}
+
+/// 8 concurrent callers for 2 s: returns (answers from backend-1, answers from backend-2).
+/// Round robin would give both about as many; least request keeps most off the slow one.
+async fn least_request_run(web_out: u16) -> (usize, usize) {
+    let end = Instant::now() + Duration::from_secs(2);
+    let mut callers = Vec::new();
+    for _ in 0..8 {
+        callers.push(tokio::spawn(async move {
+            let client = reqwest::Client::new();
+            let (mut one, mut two) = (0, 0);
+            while Instant::now() < end {
+                let Some((_, body)) = get(&client, web_out, "/").await else { continue };
+                if body.starts_with("backend-1") {
+                    one += 1
+                } else {
+                    two += 1
+                }
+            }
+            (one, two)
+        }));
+    }
+    let mut total = (0, 0);
+    for c in callers {
+        let (a, b) = c.await.unwrap();
+        total.0 += a;
+        total.1 += b;
+    }
+    total
+}
