@@ -73,6 +73,8 @@ pub struct DataplaneSpec {
     pub outbounds: Vec<(u16, String)>,
     /// Address the outbound listeners bind.
     pub outbound_address: IpAddr,
+    /// `strait.io/protocol` of the inbound (`http`, `grpc`, ...); TCP when `None`.
+    pub protocol: Option<String>,
 }
 
 impl DataplaneSpec {
@@ -80,13 +82,14 @@ impl DataplaneSpec {
     pub fn yaml(&self) -> String {
         let mut y = format!(
             "type: Dataplane\nname: {}\nmesh: default\nspec:\n  networking:\n    address: {}\n    inbound:\n      - port: {}\n        \
-             serviceAddress: {}\n        servicePort: {}\n        tags: {{strait.io/service: {}}}\n",
+             serviceAddress: {}\n        servicePort: {}\n        tags: {{strait.io/service: {}{}}}\n",
             self.name,
             self.address,
             self.inbound_port,
             self.app.ip(),
             self.app.port(),
-            self.service
+            self.service,
+            self.protocol.as_ref().map(|p| format!(", strait.io/protocol: {p}")).unwrap_or_default(),
         );
         if !self.outbounds.is_empty() {
             y.push_str("    outbound:\n");
@@ -133,6 +136,44 @@ pub fn echo_server(host: &Host, name: &str, addr: SocketAddr) -> Proc {
         host.tcp_connect(addr, Duration::from_secs(1))
     });
     proc
+}
+
+/// An HTTP/1 server (python3's `http.server`) as process `name` on `host`, listening on
+/// `addr` and serving the files of `dir`; waits until it accepts connections.
+pub fn http_server(host: &Host, name: &str, addr: SocketAddr, dir: &Path) -> Proc {
+    let cmd = Cmd::new("python3")
+        .args(["-u", "-m", "http.server", "--bind"])
+        .arg(addr.ip().to_string())
+        .arg("--directory")
+        .arg(dir)
+        .arg(addr.port().to_string());
+    let proc = host.spawn_cmd(name, cmd);
+    wait_for(&format!("the HTTP server {name} on {addr}"), Duration::from_secs(10), || {
+        proc.assert_running("the HTTP server to listen");
+        host.tcp_connect(addr, Duration::from_secs(1))
+    });
+    proc
+}
+
+/// `GET path` from `host` to `target` over HTTP/1.1 (`Host: <host_header>`, one request per
+/// connection): the status and the body, or why there is none.
+pub fn http_get(host: &Host, target: SocketAddr, host_header: &str, path: &str) -> Result<(u16, String), String> {
+    host.within(|| {
+        let mut stream = connect(target)?;
+        let _ = stream.set_read_timeout(Some(CALL_TIMEOUT));
+        let request = format!("GET {path} HTTP/1.1\r\nHost: {host_header}\r\nConnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).map_err(|e| format!("sending to {target}: {e}"))?;
+        let mut response = Vec::new();
+        stream.read_to_end(&mut response).map_err(|e| format!("reading from {target}: {e}"))?;
+        let text = String::from_utf8_lossy(&response);
+        let status = text
+            .strip_prefix("HTTP/1.1 ")
+            .and_then(|rest| rest.get(..3))
+            .and_then(|code| code.parse().ok())
+            .ok_or_else(|| format!("{target} answered no HTTP/1.1 status line: {:?}", &text[..text.len().min(80)]))?;
+        let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+        Ok((status, body))
+    })
 }
 
 /// One round trip on an open connection: sends `payload`, reads as many bytes back; `Ok` only
@@ -276,6 +317,36 @@ impl Workload {
         app_port: u16,
         outbounds: &[(u16, &str)],
     ) -> Workload {
+        Workload::start_with(net, global, zone, service, inbound_port, app_port, outbounds, None)
+    }
+
+    /// As [`Workload::start`], but the application is an HTTP server ([`http_server`]) serving
+    /// `files` (name, content), and the inbound is tagged `strait.io/protocol: http`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn start_http(
+        net: &Net,
+        global: &Global,
+        zone: &Zone,
+        service: &str,
+        inbound_port: u16,
+        app_port: u16,
+        outbounds: &[(u16, &str)],
+        files: &[(&str, &str)],
+    ) -> Workload {
+        Workload::start_with(net, global, zone, service, inbound_port, app_port, outbounds, Some(files))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn start_with(
+        net: &Net,
+        global: &Global,
+        zone: &Zone,
+        service: &str,
+        inbound_port: u16,
+        app_port: u16,
+        outbounds: &[(u16, &str)],
+        http_files: Option<&[(&str, &str)]>,
+    ) -> Workload {
         let host = net.host(service);
         let local = local_ip(&host);
         let dataplane = DataplaneSpec {
@@ -286,10 +357,21 @@ impl Workload {
             app: SocketAddr::new(local, app_port),
             outbounds: outbounds.iter().map(|(port, s)| (*port, (*s).to_owned())).collect(),
             outbound_address: local,
+            protocol: http_files.map(|_| "http".to_owned()),
         };
         let token = dataplane_token(net, global, service, &format!("{service}.token"));
         let file = net.write_file(&format!("{service}.dataplane.yaml"), dataplane.yaml());
-        let app = echo_server(&host, "app", dataplane.app);
+        let app = match http_files {
+            Some(files) => {
+                let dir = net.dir().join(format!("{service}-www"));
+                std::fs::create_dir_all(&dir).expect("create the web root");
+                for (name, content) in files {
+                    std::fs::write(dir.join(name), content).expect("write a served file");
+                }
+                http_server(&host, "app", dataplane.app, &dir)
+            }
+            None => echo_server(&host, "app", dataplane.app),
+        };
         let sidecar = Sidecar::spawn(&host, "strait-dp", zone, ZONE_DPS_PORT, &file, &token, &[]);
         sidecar.wait_ready(SIDECAR_READY);
         let inbound = host.socket_addr(dataplane.inbound_port);

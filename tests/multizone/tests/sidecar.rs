@@ -12,6 +12,9 @@
 //!   comes back;
 //! - a bad Dataplane file, a token for another service and an unreachable zone each give a
 //!   clear message (exit 64, or a logged retry);
+//! - HTTP: web's requests reach backend's HTTP application through an explicit outbound and,
+//!   with `transparent-proxy install`, when addressed to backend directly; what crosses is TLS,
+//!   and a permission change turns the answer into a 403 that names the caller and back;
 //! - a workload whose host vanishes is unregistered (the zone's keepalive finds the dead
 //!   stream) and can register again from a new host.
 //!
@@ -28,7 +31,7 @@ use reqwest::StatusCode;
 use serde_json::Value;
 use strait_multizone::capture::{self, contains, Capture};
 use strait_multizone::control_plane::{start_zone, Global, Zone, SYNC, ZONE_DPS_PORT};
-use strait_multizone::sidecar::{dataplane_token, echo, local_ip, wildcard_port, DataplaneSpec, Sidecar, Traffic, Workload, SIDECAR_READY};
+use strait_multizone::sidecar::{dataplane_token, echo, http_get, local_ip, wildcard_port, DataplaneSpec, Sidecar, Traffic, Workload, SIDECAR_READY};
 use strait_multizone::{holds_for, wait_for, Net};
 
 const MESH: &str = "type: Mesh\nname: default\n";
@@ -378,6 +381,7 @@ fn a_token_for_another_service_is_refused(net: &Net, global: &Global, zone: &Zon
         app: SocketAddr::new(local, BACKEND_APP),
         outbounds: Vec::new(),
         outbound_address: local,
+        protocol: None,
     };
     let token = dataplane_token(net, global, "web", "impostor.token");
     let file = net.write_file("impostor.dataplane.yaml", dataplane.yaml());
@@ -421,6 +425,7 @@ fn an_unreachable_zone_is_retried_until_it_comes(net: &Net, global: &Global, zon
         app: SocketAddr::new(local, 9003),
         outbounds: Vec::new(),
         outbound_address: local,
+        protocol: None,
     };
     let token = dataplane_token(net, global, "early", "early.token");
     let file = net.write_file("early.dataplane.yaml", dataplane.yaml());
@@ -474,6 +479,7 @@ fn a_vanished_workload_is_unregistered_and_can_register_again() {
         app: SocketAddr::new(local, BACKEND_APP),
         outbounds: Vec::new(),
         outbound_address: local,
+        protocol: None,
     };
     let token = dataplane_token(&net, &global, "backend", "backend-again.token");
     let file = net.write_file("backend-again.dataplane.yaml", dataplane.yaml());
@@ -498,35 +504,8 @@ fn transparent_interception_sends_plain_connections_through_the_sidecar() {
     }
     let (global, zone) = mesh(&net);
     let backend = Workload::start(&net, &global, &zone, "backend", BACKEND_INBOUND, BACKEND_APP, &[]);
-    let host = net.host("web");
-    let local = local_ip(&host);
-    let spec = DataplaneSpec {
-        name: "web-1".into(),
-        service: "web".into(),
-        address: host.addr(),
-        inbound_port: WEB_INBOUND,
-        app: SocketAddr::new(local, WEB_APP),
-        outbounds: Vec::new(),
-        outbound_address: local,
-    };
-    let yaml = format!("{}    transparentProxying:\n      redirectPortOutbound: 15001\n", spec.yaml());
-    let file = net.write_file("web.dataplane.yaml", yaml);
-    let token = dataplane_token(&net, &global, "web", "web.token");
-    // The sidecar runs as its own uid, which must read its files.
-    let uid: u32 = PROXY_UID.parse().expect("uid");
-    std::os::unix::fs::chown(&token, Some(uid), Some(uid)).expect("chown the token");
-    std::fs::set_permissions(net.dir(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod the net dir");
-    let admin = SocketAddr::new(local, 9901);
-    let sidecar_cmd = Sidecar::command(&zone, ZONE_DPS_PORT, &file, &token)
-        .arg("--admin-address")
-        .arg(admin.to_string())
-        .args(["--cp-max-backoff", "2s"]);
-    let proc = host.spawn_cmd(
-        "strait-dp",
-        sidecar_cmd.wrapped("setpriv", &[&format!("--reuid={PROXY_UID}"), &format!("--regid={PROXY_UID}"), "--clear-groups"]),
-    );
-    let sidecar = Sidecar { host: host.clone(), proc, admin };
-    sidecar.wait_ready(SIDECAR_READY);
+    let sidecar = web_as_proxy_uid(&net, &global, &zone);
+    let host = sidecar.host.clone();
 
     let probe = b"plain call to backend's address\n";
     assert!(echo(&host, backend.inbound, probe).is_err(), "without interception a plaintext client cannot use backend's mTLS inbound");
@@ -542,4 +521,125 @@ fn transparent_interception_sends_plain_connections_through_the_sidecar() {
     assert!(counter(&sidecar, OUTBOUND_CONNECTIONS) >= 1.0, "the call went through web's sidecar");
     host.run_cmd(strait_multizone::Cmd::new(strait_multizone::bin("strait-dp")).args(["transparent-proxy", "uninstall"])).assert_success();
     assert!(echo(&host, backend.inbound, probe).is_err(), "after uninstall the connection is no longer intercepted");
+}
+
+/// A line in backend's HTTP application that must never cross between hosts in clear.
+const HTTP_SECRET: &str = "strait-e2e-http-body-that-must-never-cross-in-clear";
+
+/// HTTP between sidecars, end to end: backend serves HTTP (`strait.io/protocol: http`); web's
+/// application calls it through web's explicit outbound and, with transparent interception
+/// installed (namespace mode), by backend's own address. The capture between the hosts shows
+/// TLS only; a MeshTrafficPermission applied on the global turns both answers into a 403 that
+/// names web, and deleting it brings the 200 back.
+#[test]
+fn http_through_sidecars_explicit_and_transparent() {
+    let net = Net::new();
+    let (global, zone) = mesh(&net);
+    let backend =
+        Workload::start_http(&net, &global, &zone, "backend", BACKEND_INBOUND, BACKEND_APP, &[], &[("secret.txt", HTTP_SECRET)]);
+    let transparent = net.is_namespaced();
+    let web = if transparent {
+        web_as_proxy_uid(&net, &global, &zone)
+    } else {
+        println!("SKIPPED the transparent half: iptables rules need a network namespace of their own (loopback mode)");
+        Workload::start(&net, &global, &zone, "web", WEB_INBOUND, WEB_APP, &[(TO_BACKEND, "backend")]).sidecar
+    };
+    let explicit = SocketAddr::new(local_ip(&web.host), TO_BACKEND);
+
+    let iface = if net.is_namespaced() { "eth0" } else { "lo" };
+    let filter = format!("tcp and host {} and port {}", backend.inbound.ip(), backend.inbound.port());
+    let capture = capture::tcpdump_available().then(|| Capture::start(&net, &web.host, "tcpdump", iface, &filter));
+    if capture.is_none() {
+        println!("SKIPPED the packet capture: tcpdump is not installed (scripts/test.sh installs it)");
+    }
+    let (status, body) =
+        wait_for("web -> backend over HTTP through the explicit outbound", SYNC, || http_get(&web.host, explicit, "backend", "/secret.txt"));
+    assert_eq!((status, body.as_str()), (200, HTTP_SECRET), "the explicit outbound answer");
+    if transparent {
+        web.host
+            .run_cmd(strait_multizone::Cmd::new(strait_multizone::bin("strait-dp")).args([
+                "transparent-proxy",
+                "install",
+                "--proxy-uid",
+                PROXY_UID,
+                "--no-redirect-inbound",
+            ]))
+            .assert_success();
+        let (status, body) = wait_for("a plain HTTP request to backend's address, intercepted", SYNC, || {
+            http_get(&web.host, backend.inbound, "backend", "/secret.txt").and_then(|r| if r.0 == 200 { Ok(r) } else { Err(format!("{r:?}")) })
+        });
+        assert_eq!(body, HTTP_SECRET, "the intercepted answer ({status})");
+    }
+    let requests = web.metric("strait_dp_http_requests_total{direction=\"outbound\",source=\"web\",destination=\"backend\",status=\"2xx\"}");
+    assert!(requests.clone().unwrap_or(0.0) >= 1.0, "web counts its HTTP requests to backend: {requests:?}");
+
+    if let Some(capture) = capture {
+        let flows = capture::flows(&capture.stop());
+        assert!(!flows.is_empty(), "the capture saw the connection between the sidecars");
+        for ((src, dst), bytes) in &flows {
+            assert!(!contains(bytes, HTTP_SECRET.as_bytes()), "the HTTP body crossed in clear from {src} to {dst}");
+            assert!(!contains(bytes, b"GET /secret.txt"), "the HTTP request crossed in clear from {src} to {dst}");
+        }
+        let to_backend: Vec<_> = flows.iter().filter(|((_, dst), _)| *dst == v4(backend.inbound)).collect();
+        assert!(to_backend.iter().all(|(_, b)| b.starts_with(&[0x16, 0x03])), "every connection to backend opens with a TLS handshake");
+        println!("captured {} connection(s) web -> backend, TLS only, no HTTP in clear", to_backend.len());
+    }
+
+    global.apply(&net, "deny-web.yaml", DENY_WEB).assert_stdout_contains("meshtrafficpermission/deny-web created");
+    let mut targets = vec![explicit];
+    if transparent {
+        targets.push(backend.inbound);
+    }
+    for target in &targets {
+        let (_, body) = wait_for("a 403 for web", SYNC, || match http_get(&web.host, *target, "backend", "/secret.txt") {
+            Ok((403, body)) => Ok((403, body)),
+            other => Err(format!("{other:?}")),
+        });
+        assert!(body.contains("spiffe://default/web is not allowed to reach backend"), "the 403 names the caller and why: {body}");
+    }
+    global.straitctl(&net, &["delete", "meshtrafficpermission", "deny-web", "--mesh", "default"]).assert_success();
+    for target in &targets {
+        wait_for("web allowed again", SYNC, || match http_get(&web.host, *target, "backend", "/secret.txt") {
+            Ok((200, body)) if body == HTTP_SECRET => Ok(()),
+            other => Err(format!("{other:?}")),
+        });
+    }
+    if transparent {
+        web.host.run_cmd(strait_multizone::Cmd::new(strait_multizone::bin("strait-dp")).args(["transparent-proxy", "uninstall"])).assert_success();
+    }
+}
+
+/// Web's sidecar for the transparent scenarios: run as [`PROXY_UID`] (so that its own
+/// connections are not redirected), with an explicit outbound to backend and
+/// `transparentProxying`; waits until it is ready.
+fn web_as_proxy_uid(net: &Net, global: &Global, zone: &Zone) -> Sidecar {
+    let host = net.host("web");
+    let local = local_ip(&host);
+    let spec = DataplaneSpec {
+        name: "web-1".into(),
+        service: "web".into(),
+        address: host.addr(),
+        inbound_port: WEB_INBOUND,
+        app: SocketAddr::new(local, WEB_APP),
+        outbounds: vec![(TO_BACKEND, "backend".into())],
+        outbound_address: local,
+        protocol: None,
+    };
+    let yaml = format!("{}    transparentProxying:\n      redirectPortOutbound: 15001\n", spec.yaml());
+    let file = net.write_file("web.dataplane.yaml", yaml);
+    let token = dataplane_token(net, global, "web", "web.token");
+    // The sidecar runs as its own uid, which must read its files.
+    let uid: u32 = PROXY_UID.parse().expect("uid");
+    std::os::unix::fs::chown(&token, Some(uid), Some(uid)).expect("chown the token");
+    std::fs::set_permissions(net.dir(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod the net dir");
+    let admin = SocketAddr::new(local, 9901);
+    let sidecar_cmd =
+        Sidecar::command(zone, ZONE_DPS_PORT, &file, &token).arg("--admin-address").arg(admin.to_string()).args(["--cp-max-backoff", "2s"]);
+    let proc = host.spawn_cmd(
+        "strait-dp",
+        sidecar_cmd.wrapped("setpriv", &[&format!("--reuid={PROXY_UID}"), &format!("--regid={PROXY_UID}"), "--clear-groups"]),
+    );
+    let sidecar = Sidecar { host: host.clone(), proc, admin };
+    sidecar.wait_ready(SIDECAR_READY);
+    sidecar
 }
