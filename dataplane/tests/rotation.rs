@@ -1,5 +1,7 @@
 //! Certificates with a 20 s lifetime under constant load for 60 s: they rotate (at about 70% of
-//! their life) and not one request fails, neither on new connections nor on one held open.
+//! their life) and not one request fails: neither TCP calls on new connections nor on one held
+//! open, nor HTTP requests, which share the pooled HTTP/2 connection between the sidecars until
+//! a rotation replaces it.
 
 mod common;
 
@@ -7,7 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{admin, eventually, free_port, Mesh};
+use common::{admin, dataplane, eventually, free_port, get, http_app, metric, Mesh};
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -46,9 +48,16 @@ async fn twenty_second_certificates_rotate_under_load_without_a_failed_request()
     let web = mesh
         .sidecar("web", "web", &format!("type: Dataplane\nname: web-1\nmesh: default\nspec:\n  networking:\n    address: 127.0.0.1\n    inbound: [{{port: {web_in}, tags: {{strait.io/service: web}}}}]\n    outbound: [{{port: {web_out}, tags: {{strait.io/service: backend}}}}]\n"))
         .await;
-    for s in [&backend, &web] {
+    let (api_app, api_in, web_to_api) = (http_app("api-1").await, free_port(), free_port());
+    let api = mesh.sidecar("api", "api", &dataplane("api-1", "api", api_in, api_app.port, "http", &[])).await;
+    let web_http =
+        mesh.sidecar("web-http", "web", &dataplane("web-2", "web", free_port(), free_port(), "http", &[(web_to_api, "api")])).await;
+    for s in [&backend, &web, &api, &web_http] {
         eventually("sidecars ready", async || (admin(s, "/ready").await.0 == 200).then_some(())).await;
     }
+    let client = reqwest::Client::new();
+    eventually("a first HTTP request", async || get(&client, web_to_api, "/").await.filter(|r| r.0 == 200)).await;
+    let pooled_before = metric(&web_http, "strait_dp_outbound_tunnel_connections_total").await;
     let mut held = eventually("a first connection", async || {
         let mut s = tokio::net::TcpStream::connect(("127.0.0.1", web_out)).await.ok()?;
         round_trip(&mut s, b"ping").await.then_some(s)
@@ -58,6 +67,7 @@ async fn twenty_second_certificates_rotate_under_load_without_a_failed_request()
     let (first_web, first_backend) = (issued(&web), issued(&backend));
 
     let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let (http_ok, http_failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
     let mut rotations_web = 0;
     let mut rotations_backend = 0;
     let (mut last_web, mut last_backend) = (first_web, first_backend);
@@ -79,6 +89,15 @@ async fn twenty_second_certificates_rotate_under_load_without_a_failed_request()
                 failed_c.fetch_add(1, Ordering::Relaxed)
             };
         });
+        // ...HTTP requests over the pooled connection between sidecars...
+        let (client, ok_h, failed_h) = (client.clone(), http_ok.clone(), http_failed.clone());
+        tokio::spawn(async move {
+            if get(&client, web_to_api, "/").await.is_some_and(|r| r.0 == 200) {
+                ok_h.fetch_add(1, Ordering::Relaxed)
+            } else {
+                failed_h.fetch_add(1, Ordering::Relaxed)
+            };
+        });
         // ...and a connection opened before any rotation keeps carrying bytes.
         if ok.load(Ordering::Relaxed) % 25 == 0 && !held_checked_at.contains(&ok.load(Ordering::Relaxed)) {
             held_checked_at.insert(ok.load(Ordering::Relaxed));
@@ -95,11 +114,19 @@ async fn twenty_second_certificates_rotate_under_load_without_a_failed_request()
     }
     tokio::time::sleep(Duration::from_secs(6)).await; // let the last requests (5 s timeout) finish
     let (ok, failed) = (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
-    println!("FIGURE rotation: {ok} requests, {failed} failed, {rotations_web} rotations of web, {rotations_backend} of backend in 60 s");
+    let (http_ok, http_failed) = (http_ok.load(Ordering::Relaxed), http_failed.load(Ordering::Relaxed));
+    let pooled = metric(&web_http, "strait_dp_outbound_tunnel_connections_total").await - pooled_before;
+    let rotations_http = metric(&web_http, "strait_dp_certificate_rotations_total").await;
+    println!("FIGURE rotation: {ok} TCP calls, {failed} failed; {http_ok} HTTP requests, {http_failed} failed; {rotations_web} rotations of web, {rotations_backend} of backend in 60 s; {pooled} pooled HTTP/2 connections opened after {rotations_http} certificates");
+    assert_eq!(http_failed, 0, "no HTTP request failed during rotations");
+    assert!(http_ok > 2000, "HTTP load was constant: {http_ok} requests");
+    assert!(pooled >= 2.0, "rotations replaced the pooled connection ({pooled} opened)");
+    assert!(pooled <= rotations_http + 2.0, "the pooled connection is replaced on rotation, not per request ({pooled} opened)");
     assert!(rotations_web >= 2 && rotations_backend >= 2, "certificates rotated: web {rotations_web}, backend {rotations_backend}");
     assert!(ok > 2000, "load was constant: {ok} requests");
     assert_eq!(failed, 0, "no request failed during rotations");
     assert!(round_trip(&mut held, b"still").await);
-    web.shutdown(Duration::from_secs(1)).await;
-    backend.shutdown(Duration::from_secs(1)).await;
+    for s in [web, backend, web_http, api] {
+        s.shutdown(Duration::from_secs(1)).await;
+    }
 }

@@ -31,7 +31,9 @@ use reqwest::StatusCode;
 use serde_json::Value;
 use strait_multizone::capture::{self, contains, Capture};
 use strait_multizone::control_plane::{start_zone, Global, Zone, SYNC, ZONE_DPS_PORT};
-use strait_multizone::sidecar::{dataplane_token, echo, http_get, local_ip, wildcard_port, DataplaneSpec, Sidecar, Traffic, Workload, SIDECAR_READY};
+use strait_multizone::sidecar::{
+    dataplane_token, echo, http_get, local_ip, wildcard_port, DataplaneSpec, Sidecar, Traffic, Workload, SIDECAR_READY,
+};
 use strait_multizone::{holds_for, wait_for, Net};
 
 const MESH: &str = "type: Mesh\nname: default\n";
@@ -535,8 +537,7 @@ const HTTP_SECRET: &str = "strait-e2e-http-body-that-must-never-cross-in-clear";
 fn http_through_sidecars_explicit_and_transparent() {
     let net = Net::new();
     let (global, zone) = mesh(&net);
-    let backend =
-        Workload::start_http(&net, &global, &zone, "backend", BACKEND_INBOUND, BACKEND_APP, &[], &[("secret.txt", HTTP_SECRET)]);
+    let backend = Workload::start_http(&net, &global, &zone, "backend", BACKEND_INBOUND, BACKEND_APP, &[], &[("secret.txt", HTTP_SECRET)]);
     let transparent = net.is_namespaced();
     let web = if transparent {
         web_as_proxy_uid(&net, &global, &zone)
@@ -552,8 +553,9 @@ fn http_through_sidecars_explicit_and_transparent() {
     if capture.is_none() {
         println!("SKIPPED the packet capture: tcpdump is not installed (scripts/test.sh installs it)");
     }
-    let (status, body) =
-        wait_for("web -> backend over HTTP through the explicit outbound", SYNC, || http_get(&web.host, explicit, "backend", "/secret.txt"));
+    let (status, body) = wait_for("web -> backend over HTTP through the explicit outbound", SYNC, || {
+        http_get(&web.host, explicit, "backend", "/secret.txt")
+    });
     assert_eq!((status, body.as_str()), (200, HTTP_SECRET), "the explicit outbound answer");
     if transparent {
         web.host
@@ -566,11 +568,13 @@ fn http_through_sidecars_explicit_and_transparent() {
             ]))
             .assert_success();
         let (status, body) = wait_for("a plain HTTP request to backend's address, intercepted", SYNC, || {
-            http_get(&web.host, backend.inbound, "backend", "/secret.txt").and_then(|r| if r.0 == 200 { Ok(r) } else { Err(format!("{r:?}")) })
+            http_get(&web.host, backend.inbound, "backend", "/secret.txt")
+                .and_then(|r| if r.0 == 200 { Ok(r) } else { Err(format!("{r:?}")) })
         });
         assert_eq!(body, HTTP_SECRET, "the intercepted answer ({status})");
     }
-    let requests = web.metric("strait_dp_http_requests_total{direction=\"outbound\",source=\"web\",destination=\"backend\",status=\"2xx\"}");
+    let requests =
+        web.metric("strait_dp_http_requests_total{direction=\"outbound\",source=\"web\",destination=\"backend\",status=\"2xx\"}");
     assert!(requests.clone().unwrap_or(0.0) >= 1.0, "web counts its HTTP requests to backend: {requests:?}");
 
     if let Some(capture) = capture {
@@ -605,7 +609,9 @@ fn http_through_sidecars_explicit_and_transparent() {
         });
     }
     if transparent {
-        web.host.run_cmd(strait_multizone::Cmd::new(strait_multizone::bin("strait-dp")).args(["transparent-proxy", "uninstall"])).assert_success();
+        web.host
+            .run_cmd(strait_multizone::Cmd::new(strait_multizone::bin("strait-dp")).args(["transparent-proxy", "uninstall"]))
+            .assert_success();
     }
 }
 
