@@ -5,6 +5,10 @@
 //! on demand (`cargo run --release -p strait-bench --bin <name>`), never as tests.
 #![forbid(unsafe_code)]
 
+pub mod control;
+pub mod load;
+pub mod procstat;
+
 use std::time::Duration;
 
 /// The `p`th percentile (0-100) of `samples`, which it sorts.

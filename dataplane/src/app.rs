@@ -31,8 +31,14 @@ pub struct Sidecar {
 }
 
 impl Sidecar {
-    /// Starts the DPS client and the admin server.
+    /// Starts the DPS client, the admin server and the data path, all on the current runtime.
     pub async fn start(config: Validated) -> anyhow::Result<Sidecar> {
+        Sidecar::start_on(config, None).await
+    }
+
+    /// Starts the DPS client and the admin server on the current runtime, and the data path on
+    /// `data_path` when given (the binary keeps proxying off the control-plane thread).
+    pub async fn start_on(config: Validated, data_path: Option<tokio::runtime::Handle>) -> anyhow::Result<Sidecar> {
         let config = Arc::new(config);
         let ready = Ready::new();
         let guards = Arc::new(Guards {
@@ -63,7 +69,11 @@ impl Sidecar {
         let tasks = TaskTracker::new();
         tasks.spawn(admin.serve(drain.watcher()));
         tasks.spawn(DpsClient { config: config.clone(), state: state.clone(), guards }.run(cancel.clone()));
-        tasks.spawn(crate::proxy::run(state.clone(), proxy_metrics, drain.watcher(), tasks.clone()));
+        let proxy = crate::proxy::run(state.clone(), proxy_metrics, drain.watcher(), tasks.clone());
+        match data_path {
+            Some(handle) => tasks.spawn_on(proxy, &handle),
+            None => tasks.spawn(proxy),
+        };
         tracing::info!(dataplane = %config.dataplane.name, admin = %admin_addr, cp = %config.flags.cp_address, "sidecar started");
         Ok(Sidecar { admin_addr, state, cancel, drain, tasks })
     }

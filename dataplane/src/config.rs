@@ -126,6 +126,12 @@ pub struct RunConfig {
     #[serde(with = "humanized")]
     pub cp_max_backoff: Duration,
 
+    /// Threads that proxy traffic. 1 (the default) runs the data path on one thread of its
+    /// own, the least CPU and memory per request; raise it for workloads that need more than
+    /// one core of proxying. The zone connection and the admin endpoint have a thread apart.
+    #[arg(long, env = "STRAIT_CONCURRENCY", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub concurrency: u16,
+
     /// Log format.
     #[arg(long, env = "STRAIT_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,

@@ -1,10 +1,13 @@
 use clap::Parser;
 use strait_dataplane::config::{Cli, Command, TransparentCommand};
+use strait_dataplane::runtime::DataPathRuntime;
 use strait_dataplane::Sidecar;
 use strait_runtime::flags::EXIT_CONFIG;
 use strait_runtime::telemetry;
 
-#[tokio::main]
+/// The control side (zone connection, certificates, admin) runs on the main thread; the data
+/// path on a runtime of its own, as `--concurrency` says.
+#[tokio::main(flavor = "current_thread")]
 async fn main() {
     let flags = match Cli::parse().command {
         Command::Run(flags) => flags,
@@ -21,7 +24,14 @@ async fn main() {
         }
     };
     telemetry::init(format, &level);
-    let sidecar = match Sidecar::start(config).await {
+    let data_path = match DataPathRuntime::start(config.flags.concurrency) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("strait-dp: cannot start the data-path threads: {e}");
+            std::process::exit(1);
+        }
+    };
+    let sidecar = match Sidecar::start_on(config, Some(data_path.handle().clone())).await {
         Ok(s) => s,
         Err(e) => {
             eprintln!("strait-dp: {e:#}");
@@ -30,6 +40,7 @@ async fn main() {
     };
     strait_runtime::signals::wait_for_signal().await;
     sidecar.shutdown(std::time::Duration::from_secs(10)).await;
+    data_path.stop();
 }
 
 /// Runs `transparent-proxy install|uninstall` and exits.

@@ -190,6 +190,26 @@ async fn a_sidecar_registers_gets_its_config_and_certificate_and_follows_changes
     assert_eq!(api_out.endpoints[0].port, 9090);
     assert_eq!(api_out.endpoints[0].zone, "zone-1");
 
+    // A change reaches only the sidecars it affects: a permission for api changes api's
+    // configuration and not web's, so web's next configuration is the one of the change
+    // after, which affects both.
+    env.put("/meshes/default/meshtrafficpermissions/deny-frontend-api", json!({"type": "MeshTrafficPermission", "name": "deny-frontend-api", "mesh": "default",
+        "spec": {"targetRef": {"kind": "MeshService", "name": "api"}, "from": [{"targetRef": {"kind": "MeshService", "name": "frontend"}, "default": {"action": "Deny"}}]}})).await;
+    let (_, api_cfg) = api.config().await;
+    assert_eq!(action_for(&api_cfg, "frontend").as_deref(), Some("Deny"));
+    env.put(
+        "/meshes/default/meshtimeouts/idle",
+        json!({"type": "MeshTimeout", "name": "idle", "mesh": "default",
+        "spec": {"targetRef": {"kind": "Mesh"}, "to": [{"targetRef": {"kind": "Mesh"}, "default": {"idleTimeout": "7s"}}]}}),
+    )
+    .await;
+    let (_, cfg) = web.config().await;
+    let api_out = cfg.outbounds.iter().find(|o| o.service == "api").expect("api is still a destination of web");
+    assert!(
+        api_out.policies.contains_key(&ResourceType::MeshTimeout),
+        "web's next configuration must be the timeout's: the permission for api did not concern web"
+    );
+
     // Registered Dataplanes are the zone's inventory; leaving unregisters.
     let zones = |env: &Env| {
         let url = format!("http://{}/zones", env.zone.api_addr);

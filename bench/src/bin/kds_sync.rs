@@ -3,14 +3,12 @@
 //!
 //! `cargo run --release -p strait-bench --bin kds_sync -- --zones 3 --writes 200`
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
 use serde_json::{json, Value};
+use strait_bench::control::ControlPlane;
 use strait_bench::{ms, percentile};
-use strait_global_cp::GlobalCp;
-use strait_zone_cp::ZoneCp;
 
 #[derive(Parser)]
 struct Args {
@@ -25,47 +23,8 @@ struct Args {
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = Args::parse();
-    let dir = tempfile::tempdir()?;
-    let config = strait_global_cp::Config::for_dir(dir.path().join("global"), "127.0.0.1:0".parse()?);
-    let global = GlobalCp::start(Arc::new(config)).await?;
-    let base = format!("http://{}", global.api_addr);
-    let token = std::fs::read_to_string(&global.token_file)?.trim().to_string();
-    let http = reqwest::Client::new();
-    http.put(format!("{base}/meshes/default"))
-        .bearer_auth(&token)
-        .json(&json!({"type": "Mesh", "name": "default"}))
-        .send()
-        .await?
-        .error_for_status()?;
-
-    let mut zones = Vec::new();
-    for i in 0..args.zones {
-        let name = format!("zone-{}", i + 1);
-        let zdir = dir.path().join(&name);
-        std::fs::create_dir_all(&zdir)?;
-        let reg: Value =
-            http.post(format!("{base}/zones/{name}/token")).bearer_auth(&token).send().await?.error_for_status()?.json().await?;
-        std::fs::write(zdir.join("token"), reg["token"].as_str().unwrap_or_default())?;
-        std::fs::write(zdir.join("ca.pem"), reg["caBundle"].as_str().unwrap_or_default())?;
-        let zone_args = [
-            "strait-zone".to_string(),
-            "--zone".into(),
-            name.clone(),
-            "--global-address".into(),
-            format!("https://{}", global.kds_addr),
-            "--zone-token-file".into(),
-            zdir.join("token").display().to_string(),
-            "--global-ca-file".into(),
-            zdir.join("ca.pem").display().to_string(),
-            "--data-dir".into(),
-            zdir.join("data").display().to_string(),
-            "--api-address".into(),
-            "127.0.0.1:0".into(),
-            "--dps-address".into(),
-            "127.0.0.1:0".into(),
-        ];
-        zones.push(ZoneCp::start(Arc::new(strait_zone_cp::Config::try_parse_from(zone_args)?)).await?);
-    }
+    let cp = ControlPlane::start(args.zones).await.map_err(|e| e.to_string())?;
+    let (http, base, token) = (cp.http.clone(), cp.base.clone(), cp.token.clone());
     wait_all_acked(&http, &base, 1, args.zones).await?;
 
     let mut write_only = Vec::with_capacity(args.writes);
@@ -99,14 +58,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         a99.as_secs_f64() / w99.as_secs_f64()
     );
     println!("  target: p99 <= 100 ms -> {}", if a99 <= Duration::from_millis(100) { "met" } else { "NOT met" });
-    for z in &zones {
-        z.shutdown();
-    }
-    for z in zones {
-        z.wait().await;
-    }
-    global.shutdown();
-    global.wait().await;
+    cp.stop().await;
     Ok(())
 }
 

@@ -1,0 +1,417 @@
+//! The sidecar pair's cost: 1 KiB HTTP/1.1 responses from nginx at a constant 1,000 requests
+//! per second (keep-alive), through a client sidecar and a server sidecar with mTLS between
+//! them, against the direct connection and against a pair of nginx reverse proxies with mTLS
+//! between them (the usual L7 proxy baseline), all measured in the same run. Prints added
+//! latency (p50, p99), CPU per 1,000 rps and memory of each proxy, and saturation throughput,
+//! as figures and as ratios to the baselines.
+//!
+//! `cargo build --release --bins && cargo run --release -p strait-bench --bin sidecar`
+//! (needs nginx; the sidecars are the release `strait-dp` next to this binary).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use strait_bench::control::{ControlPlane, Error};
+use strait_bench::load::{closed_loop, constant_rate, probe, Outcome};
+use strait_bench::procstat::{children, cpu_seconds, rss_bytes};
+use strait_bench::{ms, percentile};
+
+#[derive(Parser)]
+struct Args {
+    /// Requests per second of the constant-rate runs.
+    #[arg(long, default_value_t = 1000)]
+    rate: u32,
+    /// Seconds of each measured constant-rate run (each path is measured `rounds` times, in turn).
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+    /// Rounds over the three paths, interleaved so that drift on a shared machine hits them alike.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    /// Keep-alive connections of the load generator.
+    #[arg(long, default_value_t = 8)]
+    connections: usize,
+    /// Seconds of each saturation run (0: skip).
+    #[arg(long, default_value_t = 5)]
+    saturation_seconds: u64,
+}
+
+const PATH: &str = "/1k.bin";
+
+/// A proxy under test: its processes, for CPU and memory.
+struct Proxy {
+    name: &'static str,
+    pids: Vec<u32>,
+}
+
+impl Proxy {
+    fn cpu(&self) -> f64 {
+        self.pids.iter().map(|p| cpu_seconds(*p)).sum()
+    }
+    fn rss(&self) -> u64 {
+        self.pids.iter().map(|p| rss_bytes(*p)).sum()
+    }
+}
+
+/// A path from the load generator to nginx, and the proxies on it.
+struct Target {
+    name: &'static str,
+    addr: SocketAddr,
+    proxies: Vec<Proxy>,
+}
+
+struct Measured {
+    outcome: Outcome,
+    cpu: Vec<f64>,
+    peak_rss: Vec<u64>,
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> Result<(), Error> {
+    let args = Args::parse();
+    let bin_dir = std::env::current_exe()?.parent().map(Path::to_path_buf).ok_or("no directory for this binary")?;
+    let dp = bin_dir.join("strait-dp");
+    if !dp.exists() {
+        return Err(format!("{} is missing: run `cargo build --release --bins` first", dp.display()).into());
+    }
+    let cp = ControlPlane::start(1).await?;
+    let work = cp.dir.path().to_path_buf();
+    let mut children_to_kill = Children(Vec::new());
+
+    // The application: nginx serving a 1 KiB file.
+    let www = work.join("www");
+    std::fs::create_dir_all(&www)?;
+    std::fs::write(www.join("1k.bin"), vec![b's'; 1024])?;
+    let app_port = free_port()?;
+    let app = nginx(&work, "app", &format!("server {{ listen 127.0.0.1:{app_port}; location / {{ root {}; }} }}", www.display()))?;
+    let app_addr: SocketAddr = format!("127.0.0.1:{app_port}").parse()?;
+    wait_http("nginx serving the file", app_addr).await?;
+    children_to_kill.0.push(app);
+
+    // The Strait pair: web's sidecar (client side) and backend's sidecar (server side).
+    let (backend_in, web_in, web_out) = (free_port()?, free_port()?, free_port()?);
+    let zone = &cp.zones[0];
+    let dps_ca = work.join("dps-ca.pem");
+    std::fs::write(&dps_ca, &zone.dps_ca_pem)?;
+    let mut sidecars = Vec::new();
+    for (name, service, inbound, app, outbound) in
+        [("backend-1", "backend", backend_in, app_port, None), ("web-1", "web", web_in, free_port()?, Some(web_out))]
+    {
+        let outbound =
+            outbound.map(|p| format!("\n    outbound: [{{port: {p}, tags: {{strait.io/service: backend}}}}]")).unwrap_or_default();
+        let yaml = format!(
+            "type: Dataplane\nname: {name}\nmesh: default\nspec:\n  networking:\n    address: 127.0.0.1\n    inbound: [{{port: {inbound}, servicePort: {app}, tags: {{strait.io/service: {service}, strait.io/protocol: http}}}}]{outbound}\n"
+        );
+        std::fs::write(work.join(format!("{name}.yaml")), yaml)?;
+        std::fs::write(work.join(format!("{name}.token")), cp.dataplane_token(service).await?)?;
+        let admin = format!("127.0.0.1:{}", free_port()?);
+        let child = Command::new(&dp)
+            .args(["run", "--cp-address", &format!("https://{}", zone.dps_addr), "--cp-ca-file"])
+            .arg(&dps_ca)
+            .arg("--dataplane-file")
+            .arg(work.join(format!("{name}.yaml")))
+            .arg("--dataplane-token-file")
+            .arg(work.join(format!("{name}.token")))
+            .args(["--admin-address", &admin, "--log-level", "warn"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()?;
+        sidecars.push((child, admin));
+    }
+    for (_, admin) in &sidecars {
+        wait_ready(&cp.http, admin).await?;
+    }
+    let strait_addr: SocketAddr = format!("127.0.0.1:{web_out}").parse()?;
+    wait_http("the strait sidecar pair", strait_addr).await?;
+    let strait_pids: Vec<u32> = sidecars.iter().map(|(c, _)| c.id()).collect();
+    children_to_kill.0.extend(sidecars.into_iter().map(|(c, _)| c));
+
+    // The nginx pair: proxy A (client side) to proxy B (server side) over mTLS.
+    let tls = certificates(&work)?;
+    let (b_port, a_port) = (free_port()?, free_port()?);
+    let proxy_b = nginx(
+        &work,
+        "proxy-b",
+        &format!(
+            "upstream app {{ server 127.0.0.1:{app_port}; keepalive 64; }}\n\
+             server {{ listen 127.0.0.1:{b_port} ssl; ssl_protocols TLSv1.3; ssl_certificate {0}/b.pem; ssl_certificate_key {0}/b.key;\n\
+               ssl_client_certificate {0}/ca.pem; ssl_verify_client on;\n\
+               location / {{ proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection \"\"; }} }}",
+            tls.display()
+        ),
+    )?;
+    let proxy_a = nginx(
+        &work,
+        "proxy-a",
+        &format!(
+            "upstream b {{ server 127.0.0.1:{b_port}; keepalive 64; }}\n\
+             server {{ listen 127.0.0.1:{a_port};\n\
+               location / {{ proxy_pass https://b; proxy_http_version 1.1; proxy_set_header Connection \"\";\n\
+                 proxy_ssl_certificate {0}/a.pem; proxy_ssl_certificate_key {0}/a.key; proxy_ssl_trusted_certificate {0}/ca.pem;\n\
+                 proxy_ssl_verify on; proxy_ssl_name b.local; proxy_ssl_protocols TLSv1.3; proxy_ssl_session_reuse on; }} }}",
+            tls.display()
+        ),
+    )?;
+    let nginx_addr: SocketAddr = format!("127.0.0.1:{a_port}").parse()?;
+    if let Err(e) = wait_http("the nginx pair", nginx_addr).await {
+        for name in ["proxy-a", "proxy-b"] {
+            let log = std::fs::read_to_string(work.join(name).join("logs/error.log")).unwrap_or_default();
+            eprintln!("{name} error.log:\n{log}");
+        }
+        return Err(e);
+    }
+    let nginx_pids = |c: &Child| {
+        let mut p = vec![c.id()];
+        p.extend(children(c.id()));
+        p
+    };
+    let targets = [
+        Target { name: "direct", addr: app_addr, proxies: vec![] },
+        Target {
+            name: "strait sidecar pair",
+            addr: strait_addr,
+            proxies: vec![
+                Proxy { name: "client sidecar", pids: vec![strait_pids[1]] },
+                Proxy { name: "server sidecar", pids: vec![strait_pids[0]] },
+            ],
+        },
+        Target {
+            name: "nginx pair (mTLS)",
+            addr: nginx_addr,
+            proxies: vec![Proxy { name: "nginx A", pids: nginx_pids(&proxy_a) }, Proxy { name: "nginx B", pids: nginx_pids(&proxy_b) }],
+        },
+    ];
+    children_to_kill.0.push(proxy_a);
+    children_to_kill.0.push(proxy_b);
+
+    // Warm up every path (pools, TLS sessions), then take idle memory.
+    for t in &targets {
+        constant_rate(t.addr, PATH, args.rate, Duration::from_secs(2), args.connections).await?;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let idle: Vec<Vec<u64>> = targets.iter().map(|t| t.proxies.iter().map(Proxy::rss).collect()).collect();
+
+    let mut results: Vec<Measured> = targets
+        .iter()
+        .map(|t| Measured { outcome: Outcome::default(), cpu: vec![0.0; t.proxies.len()], peak_rss: vec![0; t.proxies.len()] })
+        .collect();
+    for round in 0..args.rounds {
+        for (t, m) in targets.iter().zip(results.iter_mut()) {
+            let cpu_before: Vec<f64> = t.proxies.iter().map(Proxy::cpu).collect();
+            let sampler = rss_sampler(t.proxies.iter().map(|p| p.pids.clone()).collect());
+            let outcome = constant_rate(t.addr, PATH, args.rate, Duration::from_secs(args.seconds), args.connections).await?;
+            let peaks = sampler.stop();
+            for (i, p) in t.proxies.iter().enumerate() {
+                m.cpu[i] += p.cpu() - cpu_before[i];
+                m.peak_rss[i] = m.peak_rss[i].max(peaks[i]);
+            }
+            eprintln!(
+                "round {}: {} p50 {} ({} errors)",
+                round + 1,
+                t.name,
+                ms(percentile(&mut outcome.latencies.clone(), 50.0)),
+                outcome.errors
+            );
+            m.outcome.merge(outcome);
+        }
+    }
+
+    let mut saturation = Vec::new();
+    if args.saturation_seconds > 0 {
+        for t in &targets {
+            let o = closed_loop(t.addr, PATH, Duration::from_secs(args.saturation_seconds), 32).await?;
+            saturation.push(o.throughput());
+        }
+    }
+    report(&args, &targets, &mut results, &idle, &saturation);
+    drop(children_to_kill);
+    cp.stop().await;
+    Ok(())
+}
+
+/// The processes this benchmark started, killed when it ends, also on an error.
+struct Children(Vec<Child>);
+
+impl Drop for Children {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn report(args: &Args, targets: &[Target], results: &mut [Measured], idle: &[Vec<u64>], saturation: &[f64]) {
+    let measured_secs = (args.seconds * args.rounds as u64) as f64;
+    println!(
+        "\nsidecar pair vs direct vs nginx pair: {} rps constant rate, 1 KiB HTTP/1.1 keep-alive ({} connections), {} rounds x {} s per path",
+        args.rate, args.connections, args.rounds, args.seconds
+    );
+    println!("{:<22} {:>9} {:>9} {:>9} {:>11} {:>11} {:>7}", "path", "p50", "p99", "p99.9", "added p50", "added p99", "errors");
+    let mut direct = (Duration::ZERO, Duration::ZERO);
+    let mut added = Vec::new();
+    for (t, m) in targets.iter().zip(results.iter_mut()) {
+        let lat = &mut m.outcome.latencies;
+        let (p50, p99, p999) = (percentile(lat, 50.0), percentile(lat, 99.0), percentile(lat, 99.9));
+        if t.proxies.is_empty() {
+            direct = (p50, p99);
+        }
+        let (a50, a99) = (p50.saturating_sub(direct.0), p99.saturating_sub(direct.1));
+        added.push((a50, a99));
+        println!("{:<22} {:>9} {:>9} {:>9} {:>11} {:>11} {:>7}", t.name, ms(p50), ms(p99), ms(p999), ms(a50), ms(a99), m.outcome.errors);
+    }
+    let (strait, nginx) = (added[1], added[2]);
+    println!(
+        "added latency, strait / nginx pair: p50 {:.2}x, p99 {:.2}x",
+        strait.0.as_secs_f64() / nginx.0.as_secs_f64().max(1e-9),
+        strait.1.as_secs_f64() / nginx.1.as_secs_f64().max(1e-9)
+    );
+    println!("\n{:<22} {:<16} {:>18} {:>12} {:>14}", "path", "proxy", "vCPU per 1000 rps", "RSS idle", "RSS peak load");
+    let per_krps = |cpu: f64| cpu / measured_secs / (f64::from(args.rate) / 1000.0);
+    for ((t, m), idle) in targets.iter().zip(results.iter()).zip(idle) {
+        for (i, p) in t.proxies.iter().enumerate() {
+            println!(
+                "{:<22} {:<16} {:>18.3} {:>9.1} MB {:>11.1} MB",
+                t.name,
+                p.name,
+                per_krps(m.cpu[i]),
+                idle[i] as f64 / 1e6,
+                m.peak_rss[i] as f64 / 1e6
+            );
+        }
+    }
+    if saturation.len() == 3 {
+        println!(
+            "\nsaturation (32 connections, closed loop): direct {:.0} rps; strait pair {:.0} rps ({:.2} of direct); nginx pair {:.0} rps ({:.2} of direct)",
+            saturation[0],
+            saturation[1],
+            saturation[1] / saturation[0],
+            saturation[2],
+            saturation[2] / saturation[0]
+        );
+    }
+    let cpu = results[1].cpu.iter().map(|c| per_krps(*c)).fold(0.0, f64::max);
+    let (rss_idle, rss_load) = (idle[1].iter().copied().max().unwrap_or(0), results[1].peak_rss.iter().copied().max().unwrap_or(0));
+    let verdict = |ok: bool| if ok { "met" } else { "NOT met" };
+    println!("\ntargets for the strait pair:");
+    println!("  added p50 <= 0.10 ms: {} ({})", ms(strait.0), verdict(strait.0 <= Duration::from_micros(100)));
+    println!("  added p99 <= 0.20 ms: {} ({})", ms(strait.1), verdict(strait.1 <= Duration::from_micros(200)));
+    println!("  <= 0.05 vCPU per 1000 rps per sidecar: {cpu:.3} ({})", verdict(cpu <= 0.05));
+    println!("  RSS <= 10 MB idle: {:.1} MB ({})", rss_idle as f64 / 1e6, verdict(rss_idle <= 10_000_000));
+    println!("  RSS <= 16 MB under load: {:.1} MB ({})", rss_load as f64 / 1e6, verdict(rss_load <= 16_000_000));
+}
+
+/// Samples the summed RSS of each pid group every 100 ms until stopped; returns the peaks.
+struct RssSampler {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<Vec<u64>>,
+}
+
+fn rss_sampler(groups: Vec<Vec<u32>>) -> RssSampler {
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = stop.clone();
+    let thread = std::thread::spawn(move || {
+        let mut peaks = vec![0u64; groups.len()];
+        while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+            for (peak, pids) in peaks.iter_mut().zip(&groups) {
+                *peak = (*peak).max(pids.iter().map(|p| rss_bytes(*p)).sum());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        peaks
+    });
+    RssSampler { stop, thread }
+}
+
+impl RssSampler {
+    fn stop(self) -> Vec<u64> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread.join().unwrap_or_default()
+    }
+}
+
+fn free_port() -> std::io::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// Starts nginx (one worker, in the foreground) with `server` blocks in its own prefix.
+fn nginx(work: &Path, name: &str, servers: &str) -> Result<Child, Error> {
+    let prefix = work.join(name);
+    std::fs::create_dir_all(prefix.join("logs"))?;
+    let conf = format!(
+        "worker_processes 1; daemon off; user root; pid {p}/nginx.pid; error_log {p}/logs/error.log warn;\n\
+         events {{ worker_connections 4096; }}\n\
+         http {{ access_log off; keepalive_requests 100000000; keepalive_timeout 300s; sendfile on; tcp_nodelay on;\n{servers}\n}}\n",
+        p = prefix.display()
+    );
+    std::fs::write(prefix.join("nginx.conf"), conf)?;
+    let child = Command::new("nginx")
+        .arg("-p")
+        .arg(&prefix)
+        .arg("-c")
+        .arg(prefix.join("nginx.conf"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .map_err(|e| format!("starting nginx (install it: apt-get install nginx): {e}"))?;
+    Ok(child)
+}
+
+/// A CA, a server certificate for `b.local` and a client certificate, in `<work>/tls`.
+fn certificates(work: &Path) -> Result<PathBuf, Error> {
+    use rcgen::{BasicConstraints, CertificateParams, DistinguishedName, DnType, IsCa, KeyPair, KeyUsagePurpose};
+    // Distinct subjects: a leaf named like its issuer would look self-signed to OpenSSL.
+    let named = |cn: &str| {
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, cn);
+        dn
+    };
+    let dir = work.join("tls");
+    std::fs::create_dir_all(&dir)?;
+    let ca_key = KeyPair::generate()?;
+    let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params.distinguished_name = named("strait bench CA");
+    ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    let ca = ca_params.self_signed(&ca_key)?;
+    std::fs::write(dir.join("ca.pem"), ca.pem())?;
+    for (name, san) in [("a", "a.local"), ("b", "b.local")] {
+        let key = KeyPair::generate()?;
+        let mut params = CertificateParams::new(vec![san.to_string()])?;
+        params.distinguished_name = named(san);
+        let cert = params.signed_by(&key, &ca, &ca_key)?;
+        std::fs::write(dir.join(format!("{name}.pem")), cert.pem())?;
+        std::fs::write(dir.join(format!("{name}.key")), key.serialize_pem())?;
+    }
+    Ok(dir)
+}
+
+/// Polls `GET /1k.bin` on `addr` until it answers 200.
+async fn wait_http(what: &str, addr: SocketAddr) -> Result<(), Error> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if probe(addr, PATH).await {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(format!("{what} at {addr} did not answer {PATH} within 30 s").into());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Polls a sidecar's `/ready` until it answers 200.
+async fn wait_ready(http: &reqwest::Client, admin: &str) -> Result<(), Error> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if http.get(format!("http://{admin}/ready")).send().await.is_ok_and(|r| r.status().is_success()) {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(format!("the sidecar with admin {admin} was not ready within 30 s").into());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
