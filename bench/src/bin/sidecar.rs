@@ -5,8 +5,8 @@
 //! latency (p50, p99), CPU per 1,000 rps and memory of each proxy, and saturation throughput,
 //! as figures and as ratios to the baselines.
 //!
-//! `cargo build --release --bins && cargo run --release -p strait-bench --bin sidecar`
-//! (needs nginx; the sidecars are the release `strait-dp` next to this binary).
+//! `cargo build --profile dist --bins && target/dist/sidecar`
+//! (needs nginx; the sidecars are the `strait-dp` next to this binary, built the same way).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -74,7 +74,11 @@ async fn main() -> Result<(), Error> {
     let bin_dir = std::env::current_exe()?.parent().map(Path::to_path_buf).ok_or("no directory for this binary")?;
     let dp = bin_dir.join("strait-dp");
     if !dp.exists() {
-        return Err(format!("{} is missing: run `cargo build --release --bins` first", dp.display()).into());
+        return Err(format!(
+            "{} is missing: build the binaries with the same profile as this benchmark first (`cargo build --profile dist --bins`)",
+            dp.display()
+        )
+        .into());
     }
     let cp = ControlPlane::start(1).await?;
     let work = cp.dir.path().to_path_buf();
