@@ -36,6 +36,9 @@ struct Args {
     /// Seconds of each saturation run (0: skip).
     #[arg(long, default_value_t = 5)]
     saturation_seconds: u64,
+    /// Data-path threads of each sidecar (`strait-dp run --concurrency`).
+    #[arg(long, default_value_t = 1)]
+    sidecar_concurrency: u16,
 }
 
 const PATH: &str = "/1k.bin";
@@ -118,7 +121,7 @@ async fn main() -> Result<(), Error> {
             .arg(work.join(format!("{name}.yaml")))
             .arg("--dataplane-token-file")
             .arg(work.join(format!("{name}.token")))
-            .args(["--admin-address", &admin, "--log-level", "warn"])
+            .args(["--admin-address", &admin, "--log-level", "warn", "--concurrency", &args.sidecar_concurrency.to_string()])
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()?;
