@@ -173,3 +173,58 @@ async fn least_request_run(web_out: u16) -> (usize, usize) {
     }
     total
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mesh_timeout_cuts_slow_responses_with_a_504_or_a_reset_body() {
+    let mesh = Mesh::start().await;
+    let app = http_app("backend-1").await;
+    let (backend_in, web_in, web_out) = (free_port(), free_port(), free_port());
+    let backend = mesh.sidecar("backend", "backend", &dataplane("backend-1", "backend", backend_in, app.port, "http", &[])).await;
+    let web = mesh.sidecar("web", "web", &dataplane("web-1", "web", web_in, free_port(), "http", &[(web_out, "backend")])).await;
+    for s in [&backend, &web] {
+        eventually("sidecars ready", async || (admin(s, "/ready").await.0 == 200).then_some(())).await;
+    }
+    let client = reqwest::Client::new();
+    eventually("web -> backend", async || get(&client, web_out, "/").await.filter(|r| r.0 == 200)).await;
+
+    mesh.put("/meshes/default/meshtimeouts/short", json!({"type": "MeshTimeout", "name": "short", "mesh": "default",
+        "spec": {"targetRef": {"kind": "Mesh"}, "to": [{"targetRef": {"kind": "MeshService", "name": "backend"}, "default": {"http": {"requestTimeout": "300ms"}}}]}})).await;
+    eventually("the timeout in web's configuration", async || {
+        let config = web.state.config.load();
+        serde_json::to_string(&config.as_ref()?.1).ok()?.contains("300ms").then_some(())
+    })
+    .await;
+    app.delay_ms.store(3000, std::sync::atomic::Ordering::Relaxed);
+
+    // No response headers in time: the sidecar answers 504 and says why.
+    let started = Instant::now();
+    let (status, body) = get(&client, web_out, "/").await.expect("an answer");
+    assert_eq!(status, 504, "{body}");
+    assert!(body.contains("request timeout of 300ms"), "{body}");
+    assert!(started.elapsed() < Duration::from_millis(2500), "cut by the timeout, not by the application's 3 s: {:?}", started.elapsed());
+    assert!(
+        metric(&web, "strait_dp_http_requests_total{direction=\"outbound\",source=\"web\",destination=\"backend\",status=\"5xx\"}").await
+            >= 1.0
+    );
+
+    // Headers in time, the rest of the body not: the body is cut.
+    let response = client.get(format!("http://127.0.0.1:{web_out}/stream")).send().await.expect("headers");
+    assert_eq!(response.status(), 200);
+    let started = Instant::now();
+    let body = response.text().await;
+    assert!(body.is_err(), "a body not complete within the timeout must fail, got {body:?}");
+    assert!(started.elapsed() < Duration::from_millis(2500), "cut by the timeout: {:?}", started.elapsed());
+
+    // Without the policy, the default (15 s) lets a 3 s answer through.
+    mesh.delete("/meshes/default/meshtimeouts/short").await;
+    eventually("the default timeout back", async || {
+        let config = web.state.config.load();
+        (!serde_json::to_string(&config.as_ref()?.1).ok()?.contains("300ms")).then_some(())
+    })
+    .await;
+    let (status, _) = get(&client, web_out, "/").await.expect("an answer");
+    assert_eq!(status, 200);
+    for s in [web, backend] {
+        s.shutdown(Duration::from_secs(1)).await;
+    }
+}

@@ -10,8 +10,10 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use rustls::pki_types::ServerName;
+use strait_api::policies::timeout::TimeoutConf;
 use strait_api::proxy_config::ProxyConfig;
 use strait_api::ResourceType;
 use strait_pki::Identity;
@@ -47,6 +49,39 @@ impl Protocol {
     /// Whether requests are proxied one by one (L7) rather than as a byte stream.
     pub fn is_http(self) -> bool {
         self != Protocol::Tcp
+    }
+}
+
+/// The timeouts of requests and connections to a destination, from its merged MeshTimeout.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Timeouts {
+    /// TCP connect plus TLS (and HTTP/2) handshake with a peer sidecar.
+    pub connect: Duration,
+    /// An HTTP request, from its arrival until its response is complete; `None`: no limit.
+    pub request: Option<Duration>,
+}
+
+impl Timeouts {
+    /// Kuma's defaults: 5 s to connect, 15 s per request.
+    pub const DEFAULT: Timeouts = Timeouts { connect: Duration::from_secs(5), request: Some(Duration::from_secs(15)) };
+
+    /// The timeouts a merged MeshTimeout conf sets, the defaults for what it leaves out; a
+    /// `requestTimeout` of 0 disables the request limit.
+    pub fn from_conf(conf: Option<&serde_json::Value>) -> Timeouts {
+        let Some(conf) = conf else { return Timeouts::DEFAULT };
+        let conf: TimeoutConf = match serde_json::from_value(conf.clone()) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "a MeshTimeout conf does not parse; using the default timeouts");
+                return Timeouts::DEFAULT;
+            }
+        };
+        let request = match conf.http.and_then(|h| h.request_timeout) {
+            Some(d) if d.get().is_zero() => None,
+            Some(d) => Some(d.get()),
+            None => Timeouts::DEFAULT.request,
+        };
+        Timeouts { connect: conf.connection_timeout.map_or(Timeouts::DEFAULT.connect, |d| d.get()), request }
     }
 }
 
@@ -105,6 +140,8 @@ pub struct Destination {
     /// Endpoints in other zones, used when no local one remains.
     remote: Vec<Arc<Endpoint>>,
     balancer: Balancer,
+    /// Connect and request timeouts.
+    pub timeouts: Timeouts,
     /// Outbound metrics of requests to it.
     pub metrics: PairMetrics,
 }
@@ -181,6 +218,7 @@ impl Table {
                 local,
                 remote,
                 balancer: Balancer::from_conf(outbound.policies.get(&ResourceType::MeshLoadBalancingStrategy)),
+                timeouts: Timeouts::from_conf(outbound.policies.get(&ResourceType::MeshTimeout)),
                 metrics: metrics.pair(Direction::Outbound, source, &outbound.service),
             });
             for e in destination.endpoints() {
@@ -205,6 +243,8 @@ impl Table {
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
+
+    use serde_json::json;
 
     use prometheus_client::registry::Registry;
     use strait_api::proxy_config::{Endpoint as ConfigEndpoint, OutboundConfig};
@@ -265,5 +305,21 @@ mod tests {
         assert_eq!(backend.pick().unwrap().zone, "zone-2", "with no local endpoint left, other zones are used");
         assert_eq!(backend.protocol, Protocol::Tcp);
         assert!(third.by_address("10.0.0.1:80".parse().unwrap()).is_none());
+    }
+
+    #[test]
+    fn timeouts_come_from_mesh_timeout_with_defaults() {
+        let secs = Duration::from_secs;
+        let cases = [
+            (None, Timeouts::DEFAULT),
+            (Some(json!({})), Timeouts::DEFAULT),
+            (Some(json!({"connectionTimeout": "2s"})), Timeouts { connect: secs(2), request: Some(secs(15)) }),
+            (Some(json!({"http": {"requestTimeout": "500ms"}})), Timeouts { connect: secs(5), request: Some(Duration::from_millis(500)) }),
+            (Some(json!({"http": {"requestTimeout": "0s"}})), Timeouts { connect: secs(5), request: None }),
+            (Some(json!({"idleTimeout": "nonsense"})), Timeouts::DEFAULT),
+        ];
+        for (conf, expected) in cases {
+            assert_eq!(Timeouts::from_conf(conf.as_ref()), expected, "{conf:?}");
+        }
     }
 }

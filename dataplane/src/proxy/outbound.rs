@@ -67,7 +67,7 @@ pub fn spawn_tcp(app: TcpStream, destination: Arc<Destination>, target: Option<S
         let path = task_path;
         let _in_flight = endpoint.start();
         let client = path.identities.current().client_config(&destination.expected, ALPN_TCP);
-        let options = outbound::ForwardOptions::default();
+        let options = outbound::ForwardOptions { connect_timeout: destination.timeouts.connect, ..Default::default() };
         // Open connections finish during a drain, and are cut when it is forced.
         let forwarded = path
             .drain

@@ -28,9 +28,6 @@ use tokio_util::task::TaskTracker;
 
 use super::http::Counted;
 
-/// Longest TCP connect plus TLS and HTTP/2 handshakes to a peer sidecar.
-pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-
 /// Why no connection to a peer could be had.
 #[derive(Debug, thiserror::Error)]
 pub enum PoolError {
@@ -79,6 +76,8 @@ pub struct Connector<'a> {
     pub expected: &'a Identity,
     /// The SNI to send.
     pub sni: &'a ServerName<'static>,
+    /// Longest TCP connect plus TLS handshake.
+    pub connect_timeout: Duration,
     /// Outbound tunnel counters (connections opened, handshake errors).
     pub metrics: &'a TunnelMetrics,
     /// Connection tasks hold a watcher so that a drain waits for their last requests.
@@ -118,7 +117,7 @@ impl Slot {
     async fn connect(&self, target: SocketAddr, identity: Arc<TlsIdentity>, c: &Connector<'_>) -> Result<SendRequest<Counted>, PoolError> {
         c.metrics.connections.inc();
         let config = identity.client_config(c.expected, ALPN_H2);
-        let tls = match outbound::connect(target, config, c.sni.clone(), CONNECT_TIMEOUT).await {
+        let tls = match outbound::connect(target, config, c.sni.clone(), c.connect_timeout).await {
             Ok(tls) => tls,
             Err(error) => {
                 if matches!(error, OutboundError::IdentityMismatch { .. } | OutboundError::Handshake { .. }) {

@@ -184,7 +184,7 @@ pub struct App {
 
 /// An HTTP application on 127.0.0.1 (HTTP/1.1 and HTTP/2 without TLS) that answers
 /// `<name> <method> <path> host=<host> body=<bytes received>`, after its delay; `/grpc` ends
-/// with the trailer `grpc-status: 0`.
+/// with the trailer `grpc-status: 0`; `/stream` sends `first ` at once and `rest` after the delay.
 pub async fn http_app(name: &'static str) -> App {
     let delay_ms = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
     let delay = delay_ms.clone();
@@ -205,6 +205,19 @@ pub async fn http_app(name: &'static str) -> App {
                         // HTTP/2 carries the host in the URI's authority, HTTP/1.1 in the Host header.
                         let host = parts.headers.get("host").and_then(|h| h.to_str().ok()).map(str::to_string);
                         let host = host.or_else(|| parts.uri.authority().map(|a| a.to_string())).unwrap_or_else(|| "-".into());
+                        if parts.uri.path() == "/stream" {
+                            // Headers and a first chunk at once, the rest after the delay.
+                            use futures::StreamExt;
+                            let first = futures::stream::once(async {
+                                Ok::<_, std::convert::Infallible>(hyper::body::Frame::data(Bytes::from("first ")))
+                            });
+                            let rest = futures::stream::once(async move {
+                                tokio::time::sleep(delay).await;
+                                Ok(hyper::body::Frame::data(Bytes::from("rest")))
+                            });
+                            let body = http_body_util::combinators::BoxBody::new(http_body_util::StreamBody::new(first.chain(rest)));
+                            return Ok::<_, std::convert::Infallible>(http::Response::new(body));
+                        }
                         tokio::time::sleep(delay).await;
                         let text = format!("{name} {} {} host={host} body={received}", parts.method, parts.uri.path());
                         let mut frames = vec![Ok::<_, std::convert::Infallible>(hyper::body::Frame::data(Bytes::from(text)))];
@@ -213,7 +226,8 @@ pub async fn http_app(name: &'static str) -> App {
                             trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
                             frames.push(Ok(hyper::body::Frame::trailers(trailers)));
                         }
-                        let body = http_body_util::StreamBody::new(futures::stream::iter(frames));
+                        let body =
+                            http_body_util::combinators::BoxBody::new(http_body_util::StreamBody::new(futures::stream::iter(frames)));
                         Ok::<_, std::convert::Infallible>(http::Response::new(body))
                     }
                 });

@@ -10,8 +10,10 @@
 pub mod inbound;
 pub mod outbound;
 
+use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -56,33 +58,60 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-/// A proxied body that counts its bytes and keeps its endpoint's request counted in flight
-/// until it ends.
+/// Errors of proxied bodies.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A proxied body that counts its bytes, keeps its endpoint's request counted in flight until
+/// it ends, and fails if it is not complete by its request's deadline.
 pub struct Counted {
     inner: Incoming,
     bytes: Counter,
     _in_flight: Option<InFlight>,
+    deadline: Option<(Pin<Box<tokio::time::Sleep>>, Duration)>,
 }
 
 impl Counted {
     /// Wraps `inner`, adding its data bytes to `bytes`.
     pub fn new(inner: Incoming, bytes: Counter, in_flight: Option<InFlight>) -> Self {
-        Counted { inner, bytes, _in_flight: in_flight }
+        Counted { inner, bytes, _in_flight: in_flight, deadline: None }
+    }
+
+    /// Fails the body if it has not ended by `at` (the request's `timeout` after it arrived).
+    pub fn with_deadline(mut self, at: tokio::time::Instant, timeout: Duration) -> Self {
+        self.deadline = Some((Box::pin(tokio::time::sleep_until(at)), timeout));
+        self
     }
 }
 
+/// A body that did not complete within its request timeout.
+#[derive(Debug, thiserror::Error)]
+#[error("the response was not complete within the request timeout of {0:?} (MeshTimeout http.requestTimeout)")]
+pub struct BodyTimeout(pub Duration);
+
 impl HttpBody for Counted {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        if let Poll::Ready(Some(Ok(frame))) = &polled {
-            if let Some(data) = frame.data_ref() {
-                self.bytes.inc_by(data.len() as u64);
+        match polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    self.bytes.inc_by(data.len() as u64);
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => {
+                if let Some((sleep, timeout)) = &mut self.deadline {
+                    if sleep.as_mut().poll(cx).is_ready() {
+                        return Poll::Ready(Some(Err(BodyTimeout(*timeout).into())));
+                    }
+                }
+                Poll::Pending
             }
         }
-        polled
     }
 
     fn is_end_stream(&self) -> bool {

@@ -63,10 +63,27 @@ async fn forward(request: Request<Incoming>, service: &str, path: &DataPath) -> 
         return local_response(StatusCode::SERVICE_UNAVAILABLE, format!("strait: {service} is not a destination of this sidecar\n"));
     };
     let request = to_mesh(request, &destination);
-    let response = match send(request, &destination, path).await {
-        Ok((response, in_flight)) => {
-            response.map(|body| Either::Left(Counted::new(body, destination.metrics.response_bytes.clone(), Some(in_flight))))
+    let sent = match destination.timeouts.request {
+        Some(timeout) => {
+            let deadline = tokio::time::Instant::now() + timeout;
+            match tokio::time::timeout_at(deadline, send(request, &destination, path)).await {
+                Ok(sent) => sent.map(|(response, in_flight)| (response, in_flight, Some((deadline, timeout)))),
+                Err(_) => Err((
+                    StatusCode::GATEWAY_TIMEOUT,
+                    format!("no response within the request timeout of {timeout:?} (MeshTimeout http.requestTimeout)"),
+                )),
+            }
         }
+        None => send(request, &destination, path).await.map(|(response, in_flight)| (response, in_flight, None)),
+    };
+    let response = match sent {
+        Ok((response, in_flight, deadline)) => response.map(|body| {
+            let body = Counted::new(body, destination.metrics.response_bytes.clone(), Some(in_flight));
+            Either::Left(match deadline {
+                Some((at, timeout)) => body.with_deadline(at, timeout),
+                None => body,
+            })
+        }),
         Err(failure) => {
             tracing::debug!(service, reason = %failure.1, "outbound request failed");
             local_response(failure.0, format!("strait: {service}: {}\n", failure.1))
@@ -110,6 +127,7 @@ async fn send(
         identities: &path.identities,
         expected: &destination.expected,
         sni: &destination.sni,
+        connect_timeout: destination.timeouts.connect,
         metrics: &path.metrics.outbound,
         drain: &path.drain,
         tasks: &path.tasks,
