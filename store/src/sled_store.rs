@@ -66,6 +66,9 @@ struct Inner {
     writer: Mutex<u64>,
 }
 
+/// How long opening a store waits for its directory's lock.
+pub const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 impl SledStore {
     /// Opens (creating it if needed) the store in directory `path`, with default options.
     /// Blocking: call it at start-up or from a blocking thread.
@@ -73,11 +76,25 @@ impl SledStore {
         Self::open_with(path, SledOptions::default())
     }
 
-    /// Opens (creating it if needed) the store in directory `path`. Blocking.
+    /// Opens (creating it if needed) the store in directory `path`. Blocking: waits up to
+    /// [`LOCK_WAIT`] for the directory's lock.
     pub fn open_with(path: &Path, options: SledOptions) -> Result<Self, StoreError> {
         std::fs::create_dir_all(path).map_err(|e| StoreError::backend(format!("creating store directory {}", path.display()), e))?;
-        let db =
-            sled::Config::new().path(path).open().map_err(|e| StoreError::backend(format!("opening store at {}", path.display()), e))?;
+        // The directory's lock outlives a closed store for a moment (sled's flusher thread lets
+        // go of it last), so a store reopened at once in the same process waits for it; a lock
+        // still held after the deadline belongs to another process.
+        let deadline = std::time::Instant::now() + LOCK_WAIT;
+        let db = loop {
+            match sled::Config::new().path(path).open() {
+                Ok(db) => break db,
+                Err(sled::Error::Io(e)) if e.kind() == std::io::ErrorKind::WouldBlock && std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Err(e) => {
+                    return Err(StoreError::backend(format!("opening store at {} (is another process using it?)", path.display()), e));
+                }
+            }
+        };
         Self::from_db(db, options, LIVE_BUFFER)
     }
 
