@@ -124,7 +124,13 @@ impl DpsClient {
         };
         let channel = match endpoint.connect().await {
             Ok(c) => c,
-            Err(e) => return End::Broken(format!("cannot connect to the zone control plane at {}: {}", flags.cp_address, chain(&e))),
+            Err(e) => {
+                return End::Broken(format!(
+                    "cannot connect to the zone control plane at {}: {}",
+                    flags.cp_address,
+                    strait_runtime::telemetry::error_chain(&e)
+                ))
+            }
         };
         let (tx, rx) = mpsc::channel(8);
         let dataplane = serde_json::to_vec(&self.config.dataplane).unwrap_or_default();
@@ -227,15 +233,4 @@ fn classify(status: tonic::Status) -> End {
         }
         _ => End::Broken(format!("{:?}: {}", status.code(), status.message())),
     }
-}
-
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
 }

@@ -111,7 +111,13 @@ impl KdsClient {
         };
         let channel: Channel = match endpoint.connect().await {
             Ok(c) => c,
-            Err(e) => return End::Broken(format!("cannot connect to {}: {}", self.config.global_address, error_chain(&e))),
+            Err(e) => {
+                return End::Broken(format!(
+                    "cannot connect to {}: {}",
+                    self.config.global_address,
+                    strait_global_cp::telemetry::error_chain(&e)
+                ))
+            }
         };
         let mut client = ZoneSyncClient::new(channel)
             .send_compressed(CompressionEncoding::Gzip)
@@ -242,17 +248,6 @@ fn classify(status: tonic::Status) -> End {
         }
         _ => End::Broken(format!("{:?}: {}", status.code(), status.message())),
     }
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
 }
 
 #[cfg(test)]

@@ -511,17 +511,10 @@ fn transparent_interception_sends_plain_connections_through_the_sidecar() {
 
     let probe = b"plain call to backend's address\n";
     assert!(echo(&host, backend.inbound, probe).is_err(), "without interception a plaintext client cannot use backend's mTLS inbound");
-    host.run_cmd(strait_multizone::Cmd::new(strait_multizone::bin("strait-dp")).args([
-        "transparent-proxy",
-        "install",
-        "--proxy-uid",
-        PROXY_UID,
-        "--no-redirect-inbound",
-    ]))
-    .assert_success();
+    transparent_proxy(&host, "install");
     wait_for("a plain connection to backend intercepted by web's sidecar", SYNC, || echo(&host, backend.inbound, probe));
     assert!(counter(&sidecar, OUTBOUND_CONNECTIONS) >= 1.0, "the call went through web's sidecar");
-    host.run_cmd(strait_multizone::Cmd::new(strait_multizone::bin("strait-dp")).args(["transparent-proxy", "uninstall"])).assert_success();
+    transparent_proxy(&host, "uninstall");
     assert!(echo(&host, backend.inbound, probe).is_err(), "after uninstall the connection is no longer intercepted");
 }
 
@@ -558,15 +551,7 @@ fn http_through_sidecars_explicit_and_transparent() {
     });
     assert_eq!((status, body.as_str()), (200, HTTP_SECRET), "the explicit outbound answer");
     if transparent {
-        web.host
-            .run_cmd(strait_multizone::Cmd::new(strait_multizone::bin("strait-dp")).args([
-                "transparent-proxy",
-                "install",
-                "--proxy-uid",
-                PROXY_UID,
-                "--no-redirect-inbound",
-            ]))
-            .assert_success();
+        transparent_proxy(&web.host, "install");
         let (status, body) = wait_for("a plain HTTP request to backend's address, intercepted", SYNC, || {
             http_get(&web.host, backend.inbound, "backend", "/secret.txt")
                 .and_then(|r| if r.0 == 200 { Ok(r) } else { Err(format!("{r:?}")) })
@@ -609,10 +594,18 @@ fn http_through_sidecars_explicit_and_transparent() {
         });
     }
     if transparent {
-        web.host
-            .run_cmd(strait_multizone::Cmd::new(strait_multizone::bin("strait-dp")).args(["transparent-proxy", "uninstall"]))
-            .assert_success();
+        transparent_proxy(&web.host, "uninstall");
     }
+}
+
+/// `strait-dp transparent-proxy install` (leaving inbound traffic alone, and the sidecar's
+/// uid [`PROXY_UID`]) or `uninstall` on `host`; it must succeed.
+fn transparent_proxy(host: &strait_multizone::Host, action: &str) {
+    let mut cmd = strait_multizone::Cmd::new(strait_multizone::bin("strait-dp")).args(["transparent-proxy", action]);
+    if action == "install" {
+        cmd = cmd.args(["--proxy-uid", PROXY_UID, "--no-redirect-inbound"]);
+    }
+    host.run_cmd(cmd).assert_success();
 }
 
 /// Web's sidecar for the transparent scenarios: run as [`PROXY_UID`] (so that its own

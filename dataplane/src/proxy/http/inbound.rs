@@ -30,7 +30,7 @@ use strait_proxy_core::tunnel::inbound::H2Handler;
 use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
 
-use super::{local_response, strip_hop_by_hop, Body, Counted};
+use super::{local_response, serve_until_drained, strip_hop_by_hop, Body, Counted};
 use crate::proxy::destinations::Protocol;
 use crate::proxy::metrics::{Direction, PairMetrics};
 use crate::proxy::DataPath;
@@ -79,17 +79,7 @@ impl Inbound {
             async move { Ok::<_, Infallible>(session.handle(request).await) }
         });
         let connection = builder.serve_connection(TokioIo::new(tls), service);
-        tokio::pin!(connection);
-        tokio::select! {
-            served = connection.as_mut() => {
-                if let Err(error) = served {
-                    tracing::debug!(%error, "inbound HTTP/2 session ended with an error");
-                }
-                return;
-            }
-            () = watcher.signaled() => connection.as_mut().graceful_shutdown(),
-        }
-        let _ = watcher.unless_forced(connection).await;
+        serve_until_drained(connection, |c| c.graceful_shutdown(), &watcher, "inbound HTTP/2 session").await;
     }
 }
 
@@ -154,7 +144,7 @@ impl Session {
                 Response::from_parts(parts, Either::Left(Counted::new(body, self.metrics.response_bytes.clone(), None)))
             }
             Err(error) => {
-                let reason = chain(&error);
+                let reason = strait_runtime::telemetry::error_chain(&error);
                 tracing::warn!(service = inbound.service, app = %inbound.app, error = reason, "the application did not answer");
                 local_response(
                     StatusCode::BAD_GATEWAY,
@@ -163,17 +153,6 @@ impl Session {
             }
         }
     }
-}
-
-fn chain(error: &dyn std::error::Error) -> String {
-    let mut out = error.to_string();
-    let mut source = error.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
 }
 
 /// Connects to the application, whatever the request's URI says.

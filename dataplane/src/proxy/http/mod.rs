@@ -22,6 +22,7 @@ use http_body::{Body as HttpBody, Frame, SizeHint};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use prometheus_client::metrics::counter::Counter;
+use strait_proxy_core::drain::DrainWatcher;
 
 use super::destinations::InFlight;
 
@@ -35,6 +36,26 @@ pub fn local_response(status: StatusCode, reason: String) -> Response<Body> {
     response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
     response.headers_mut().insert(HeaderName::from_static("x-strait-local-reply"), HeaderValue::from_static("1"));
     response
+}
+
+/// Serves an HTTP `connection` until it ends; when draining starts, `graceful` tells it to
+/// finish the requests in progress and take no more, and it is cut if the drain is forced.
+pub async fn serve_until_drained<C, E>(connection: C, graceful: impl FnOnce(Pin<&mut C>), watcher: &DrainWatcher, what: &str)
+where
+    C: Future<Output = Result<(), E>>,
+    E: std::fmt::Display,
+{
+    tokio::pin!(connection);
+    tokio::select! {
+        served = connection.as_mut() => {
+            if let Err(error) = served {
+                tracing::debug!(%error, "{what} ended with an error");
+            }
+            return;
+        }
+        () = watcher.signaled() => graceful(connection.as_mut()),
+    }
+    let _ = watcher.unless_forced(connection).await;
 }
 
 /// Removes the headers that describe one connection (RFC 9110 §7.6.1), which must not be

@@ -21,7 +21,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::net::TcpStream;
 
-use super::{local_response, strip_hop_by_hop, Body, Counted};
+use super::{local_response, serve_until_drained, strip_hop_by_hop, Body, Counted};
 use crate::proxy::destinations::{Destination, InFlight};
 use crate::proxy::pool::{Connector, PoolError};
 use crate::proxy::DataPath;
@@ -43,17 +43,7 @@ pub async fn serve(app: TcpStream, service: Arc<str>, path: Arc<DataPath>) {
         async move { Ok::<_, Infallible>(forward(request, &ctx.0, &ctx.1).await) }
     });
     let connection = builder.serve_connection(TokioIo::new(app), service);
-    tokio::pin!(connection);
-    tokio::select! {
-        served = connection.as_mut() => {
-            if let Err(error) = served {
-                tracing::debug!(%error, "application connection ended with an error");
-            }
-            return;
-        }
-        () = watcher.signaled() => connection.as_mut().graceful_shutdown(),
-    }
-    let _ = watcher.unless_forced(connection).await;
+    serve_until_drained(connection, |c| c.graceful_shutdown(), &watcher, "application connection").await;
 }
 
 /// Sends one request to `service` and answers with the peer's response or the reason there is none.
