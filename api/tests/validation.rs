@@ -85,6 +85,12 @@ fn bad_resources_are_refused_naming_the_field() {
 }
 
 #[test]
+fn least_request_needs_no_settings() {
+    let yaml = "type: MeshLoadBalancingStrategy\nname: l\nmesh: default\nspec:\n  to:\n    - targetRef: {kind: Mesh}\n      default:\n        loadBalancer: {type: LeastRequest}\n";
+    assert!(Resource::from_str_any(yaml).is_ok(), "LeastRequest without leastRequest takes the default of two choices");
+}
+
+#[test]
 fn several_errors_are_reported_together() {
     let err = err_of("type: MeshTrafficPermission\nname: Bad\nmesh: Bad\nspec:\n  targetRef: {kind: MeshService}\n  from:\n    - targetRef: {kind: Mesh}\n      default: {action: Allow}\n");
     for part in ["name: \"Bad\"", "mesh: \"Bad\"", "spec.targetRef.name"] {

@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{check_min, check_percentage, check_variant, PolicyConf};
+use super::{check_min, check_percentage, PolicyConf};
 use crate::names;
 use crate::validate::{Validate, Validator};
 
@@ -168,7 +168,10 @@ impl Validate for LoadBalancingConf {
     fn validate(&self, v: &mut Validator) {
         if let Some(lb) = &self.load_balancer {
             v.field("loadBalancer", |v| {
-                check_variant(v, "leastRequest", &lb.least_request, lb.kind == LoadBalancerType::LeastRequest, "LeastRequest");
+                // `leastRequest` is optional for LeastRequest (two choices by default, as in Kuma).
+                if lb.least_request.is_some() && lb.kind != LoadBalancerType::LeastRequest {
+                    v.error_at("leastRequest", "only allowed when type is LeastRequest");
+                }
                 if let Some(lr) = &lb.least_request {
                     v.field("leastRequest", |v| check_min(v, "choiceCount", lr.choice_count, 2));
                 }
