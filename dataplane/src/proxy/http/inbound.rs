@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use http::uri::{Authority, Scheme};
+use http::uri::Authority;
 use http::{Request, Response, StatusCode, Uri, Version};
 use http_body_util::Either;
 use hyper::body::Incoming;
@@ -30,7 +30,7 @@ use strait_proxy_core::tunnel::inbound::H2Handler;
 use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
 
-use super::{local_response, serve_until_drained, strip_hop_by_hop, Body, Counted};
+use super::{absolute, local_response, serve_until_drained, strip_hop_by_hop, Body, Counted};
 use crate::proxy::destinations::Protocol;
 use crate::proxy::metrics::{Direction, PairMetrics};
 use crate::proxy::DataPath;
@@ -125,15 +125,7 @@ impl Session {
     async fn to_application(&self, request: Request<Incoming>) -> Response<Body> {
         let inbound = &self.inbound;
         let (mut parts, body) = request.into_parts();
-        if parts.uri.authority().is_none() {
-            let mut uri = parts.uri.into_parts();
-            uri.scheme = Some(Scheme::HTTP);
-            uri.authority = Authority::try_from(inbound.service.as_str()).ok();
-            if uri.path_and_query.is_none() {
-                uri.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
-            }
-            parts.uri = Uri::from_parts(uri).unwrap_or_default();
-        }
+        absolute(&mut parts.uri, || Authority::try_from(inbound.service.as_str()).ok());
         strip_hop_by_hop(&mut parts.headers);
         parts.version = inbound.version;
         let request = Request::from_parts(parts, Counted::new(body, self.metrics.request_bytes.clone(), None));

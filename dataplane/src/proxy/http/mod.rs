@@ -58,6 +58,21 @@ where
     let _ = watcher.unless_forced(connection).await;
 }
 
+/// Makes `uri` absolute (`http://<authority><path>`) when it has no authority, as HTTP/2 and
+/// the application-side client need; `authority` is only computed then.
+pub fn absolute(uri: &mut http::Uri, authority: impl FnOnce() -> Option<http::uri::Authority>) {
+    if uri.authority().is_some() {
+        return;
+    }
+    let mut parts = std::mem::take(uri).into_parts();
+    parts.scheme = Some(http::uri::Scheme::HTTP);
+    parts.authority = authority();
+    if parts.path_and_query.is_none() {
+        parts.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
+    }
+    *uri = http::Uri::from_parts(parts).unwrap_or_default();
+}
+
 /// Removes the headers that describe one connection (RFC 9110 §7.6.1), which must not be
 /// forwarded and are forbidden in HTTP/2; `te: trailers` (gRPC) is kept.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {

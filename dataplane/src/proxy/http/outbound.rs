@@ -12,8 +12,8 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use http::uri::{Authority, Scheme};
-use http::{header, Request, Response, StatusCode, Uri, Version};
+use http::uri::Authority;
+use http::{header, Request, Response, StatusCode, Version};
 use http_body_util::Either;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
@@ -21,9 +21,9 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::net::TcpStream;
 
-use super::{local_response, serve_until_drained, strip_hop_by_hop, Body, Counted};
+use super::{absolute, local_response, serve_until_drained, strip_hop_by_hop, Body, Counted};
 use crate::proxy::destinations::{Destination, InFlight};
-use crate::proxy::pool::{Connector, PoolError};
+use crate::proxy::pool::Connector;
 use crate::proxy::DataPath;
 
 /// How many endpoints a request may be tried on when it could not be sent.
@@ -87,17 +87,10 @@ async fn forward(request: Request<Incoming>, service: &str, path: &DataPath) -> 
 /// authority from `Host`, else the service), no hop-by-hop headers, HTTP/2.
 fn to_mesh(request: Request<Incoming>, destination: &Destination) -> Request<Counted> {
     let (mut parts, body) = request.into_parts();
-    if parts.uri.authority().is_none() {
-        let host = parts.headers.get(header::HOST).and_then(|h| Authority::try_from(h.as_bytes()).ok());
-        let authority = host.or_else(|| Authority::try_from(destination.service.as_str()).ok());
-        let mut uri = parts.uri.into_parts();
-        uri.scheme = Some(Scheme::HTTP);
-        uri.authority = authority;
-        if uri.path_and_query.is_none() {
-            uri.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
-        }
-        parts.uri = Uri::from_parts(uri).unwrap_or_default();
-    }
+    let host = parts.headers.get(header::HOST);
+    absolute(&mut parts.uri, || {
+        host.and_then(|h| Authority::try_from(h.as_bytes()).ok()).or_else(|| Authority::try_from(destination.service.as_str()).ok())
+    });
     parts.headers.remove(header::HOST);
     strip_hop_by_hop(&mut parts.headers);
     parts.version = Version::HTTP_2;
@@ -122,7 +115,7 @@ async fn send(
         drain: &path.drain,
         tasks: &path.tasks,
     };
-    let mut last = (StatusCode::SERVICE_UNAVAILABLE, "no endpoint".to_string());
+    let mut last: Option<Failure> = None;
     for _ in 0..ATTEMPTS {
         let Some(endpoint) = destination.pick().cloned() else {
             return Err((StatusCode::SERVICE_UNAVAILABLE, "no endpoint available".into()));
@@ -131,7 +124,7 @@ async fn send(
         let mut sender = match endpoint.pool.sender(endpoint.address, &connector).await {
             Ok(sender) => sender,
             Err(error) => {
-                last = (StatusCode::SERVICE_UNAVAILABLE, unreachable_reason(&error));
+                last = Some((StatusCode::SERVICE_UNAVAILABLE, format!("cannot reach an endpoint: {error}")));
                 continue;
             }
         };
@@ -141,18 +134,14 @@ async fn send(
                 // The pooled connection closed before our request went out: safe to retry.
                 Some(unsent) => {
                     endpoint.pool.clear();
-                    last = (StatusCode::SERVICE_UNAVAILABLE, format!("the connection to {} closed", endpoint.address));
+                    last = Some((StatusCode::SERVICE_UNAVAILABLE, format!("the connection to {} closed", endpoint.address)));
                     request = unsent;
                 }
                 None => return Err((StatusCode::BAD_GATEWAY, format!("{} failed the request: {}", endpoint.address, error.error()))),
             },
         }
     }
-    Err(last)
-}
-
-fn unreachable_reason(error: &PoolError) -> String {
-    format!("cannot reach an endpoint: {error}")
+    Err(last.unwrap_or_else(|| (StatusCode::SERVICE_UNAVAILABLE, "no endpoint available".into())))
 }
 
 /// Serves `app` as HTTP to `service` (for the listeners).
