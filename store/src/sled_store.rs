@@ -66,6 +66,12 @@ struct Inner {
     writer: Mutex<u64>,
 }
 
+/// Whether sled could not open a store because its directory's lock is held: sled reports it
+/// as an `Other` I/O error with this message, the lock's own `WouldBlock` folded into the text.
+fn is_lock_held(e: &std::io::Error) -> bool {
+    e.kind() == std::io::ErrorKind::WouldBlock || e.to_string().starts_with("could not acquire lock")
+}
+
 /// How long opening a store waits for its directory's lock.
 pub const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
@@ -87,7 +93,7 @@ impl SledStore {
         let db = loop {
             match sled::Config::new().path(path).open() {
                 Ok(db) => break db,
-                Err(sled::Error::Io(e)) if e.kind() == std::io::ErrorKind::WouldBlock && std::time::Instant::now() < deadline => {
+                Err(sled::Error::Io(e)) if is_lock_held(&e) && std::time::Instant::now() < deadline => {
                     std::thread::sleep(std::time::Duration::from_millis(20));
                 }
                 Err(e) => {

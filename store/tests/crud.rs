@@ -292,3 +292,18 @@ async fn optimistic_read_modify_write_loses_no_update() {
     assert_eq!(store.get(&k).await.unwrap().unwrap().data, json!(40));
     assert_eq!(store.revision(), 41);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn opening_waits_for_a_lock_released_meanwhile() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store");
+    let first = SledStore::open(&path).unwrap();
+    // The first store lets go of the directory 300 ms from now, well within the wait.
+    let releaser = std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        drop(first);
+    });
+    let second = SledStore::open(&path);
+    releaser.join().unwrap();
+    assert!(second.is_ok(), "the second open waits for the lock: {:?}", second.err());
+}
