@@ -10,6 +10,7 @@
 pub mod dataplane;
 pub mod dps;
 pub mod duration;
+pub mod gateway_config;
 pub mod kds;
 pub mod merge;
 pub mod mesh;

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::dataplane::DataplaneSpec;
+use crate::gateway_config::ZoneInventory;
 use crate::merge::{effective_config, FromRule, RouteRule};
 use crate::names::{PROTOCOL_TAG, SERVICE_TAG};
 use crate::{Resource, ResourceType, Spec};
@@ -98,18 +99,30 @@ pub struct Endpoint {
     pub tags: BTreeMap<String, String>,
 }
 
+/// The other zones, as a sidecar reaches them: their inventories, and this zone's egress.
+#[derive(Debug, Clone, Default)]
+pub struct Remote {
+    /// Every zone's inventory (this zone's own is skipped).
+    pub inventories: Vec<ZoneInventory>,
+    /// This zone's gateway egress (`ip:port`); without one, other zones are out of reach.
+    pub egress: Option<String>,
+}
+
 /// Builds the configuration of Dataplane `dp` (in `zone`) from the mesh's `resources`
-/// (policies and Dataplanes), its `trust_bundle` and certificate lifetime.
+/// (policies and Dataplanes), the other zones' services reached through `remote`, its
+/// `trust_bundle` and certificate lifetime.
 pub fn build(
     dp: &Resource,
     zone: &str,
     resources: &[Resource],
+    remote: &Remote,
     trust_bundle: Value,
     certificate_lifetime_secs: u64,
 ) -> Option<ProxyConfig> {
     let Spec::Dataplane(spec) = &dp.spec else { return None };
     let mesh = dp.mesh.clone()?;
-    let endpoints = endpoints_by_service(resources, zone);
+    let mut endpoints = endpoints_by_service(resources, zone);
+    add_remote_endpoints(&mut endpoints, remote, &mesh, zone);
     let services: Vec<&str> = endpoints.keys().map(String::as_str).collect();
     let effective = effective_config(&dp.name, spec, resources, &services);
     let inbounds = spec
@@ -177,6 +190,27 @@ fn endpoints_by_service(resources: &[Resource], zone: &str) -> BTreeMap<String, 
     out
 }
 
+/// One endpoint per other zone that has a healthy endpoint of the service: this zone's egress,
+/// tagged with the zone, so the sidecar can prefer its own zone and order the others.
+fn add_remote_endpoints(out: &mut BTreeMap<String, Vec<Endpoint>>, remote: &Remote, mesh: &str, zone: &str) {
+    let Some((address, port)) = remote.egress.as_deref().and_then(|e| e.rsplit_once(':')) else { return };
+    let Ok(port) = port.parse::<u16>() else { return };
+    for inventory in remote.inventories.iter().filter(|i| i.zone != zone) {
+        for service in inventory.services.iter().filter(|s| s.mesh == mesh && s.healthy > 0) {
+            let tags = BTreeMap::from([
+                (SERVICE_TAG.to_string(), service.name.clone()),
+                (PROTOCOL_TAG.to_string(), service.protocol.clone()),
+            ]);
+            out.entry(service.name.clone()).or_default().push(Endpoint {
+                address: address.trim_start_matches('[').trim_end_matches(']').to_string(),
+                port,
+                zone: inventory.zone.clone(),
+                tags,
+            });
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -215,7 +249,7 @@ spec:
   to: [{targetRef: {kind: MeshService, name: api}, default: {idleTimeout: 5s}}]
 "#;
         let resources: Vec<Resource> = parse_documents(docs).into_iter().map(|r| r.unwrap()).collect();
-        let cfg = build(&resources[0], "zone-1", &resources, serde_json::json!({"roots": []}), 3600).unwrap();
+        let cfg = build(&resources[0], "zone-1", &resources, &Remote::default(), serde_json::json!({"roots": []}), 3600).unwrap();
         assert_eq!(cfg.identity, "spiffe://default/web");
         assert_eq!(cfg.inbounds[0].service_port, 80);
         assert_eq!(cfg.inbounds[0].protocol, "http");
@@ -241,5 +275,66 @@ spec:
         assert_eq!(api.policies[&ResourceType::MeshTimeout]["idleTimeout"], "5s");
         let web = cfg.outbounds.iter().find(|o| o.service == "web").unwrap();
         assert_eq!(web.port, None, "reachable through transparent proxying only");
+    }
+
+    #[test]
+    fn services_of_other_zones_are_reached_through_the_egress() {
+        let docs = r#"
+type: Dataplane
+name: web-1
+mesh: default
+spec:
+  networking:
+    address: 192.0.2.1
+    inbound: [{port: 8080, tags: {strait.io/service: web}}]
+---
+type: Dataplane
+name: api-1
+mesh: default
+spec:
+  networking:
+    address: 192.0.2.2
+    inbound: [{port: 9090, tags: {strait.io/service: api, strait.io/protocol: http}}]
+"#;
+        let resources: Vec<Resource> = parse_documents(docs).into_iter().map(|r| r.unwrap()).collect();
+        let inventory = |zone: &str, services: serde_json::Value| -> ZoneInventory {
+            serde_json::from_value(serde_json::json!({"zone": zone, "services": services})).unwrap()
+        };
+        let remote = Remote {
+            inventories: vec![
+                inventory("zone-1", serde_json::json!([{"mesh": "default", "name": "api", "endpoints": 1, "healthy": 1, "protocol": "http"}])),
+                inventory(
+                    "zone-2",
+                    serde_json::json!([
+                        {"mesh": "default", "name": "api", "endpoints": 2, "healthy": 2, "protocol": "http"},
+                        {"mesh": "default", "name": "db", "endpoints": 1, "healthy": 1, "protocol": "tcp"},
+                        {"mesh": "default", "name": "down", "endpoints": 1, "healthy": 0, "protocol": "tcp"},
+                        {"mesh": "other", "name": "elsewhere", "endpoints": 1, "healthy": 1, "protocol": "tcp"},
+                    ]),
+                ),
+            ],
+            egress: Some("192.0.2.100:10002".into()),
+        };
+        let cfg = build(&resources[0], "zone-1", &resources, &remote, serde_json::json!({}), 3600).unwrap();
+        let zones = |service: &str| -> Vec<(String, String, u16)> {
+            cfg.outbounds
+                .iter()
+                .find(|o| o.service == service)
+                .map(|o| o.endpoints.iter().map(|e| (e.zone.clone(), e.address.clone(), e.port)).collect())
+                .unwrap_or_default()
+        };
+        assert_eq!(
+            zones("api"),
+            vec![("zone-1".into(), "192.0.2.2".into(), 9090), ("zone-2".into(), "192.0.2.100".into(), 10002)],
+            "this zone's own inventory adds nothing: its endpoints are the Dataplanes"
+        );
+        assert_eq!(zones("db"), vec![("zone-2".into(), "192.0.2.100".into(), 10002)], "a service only in another zone is reachable");
+        assert_eq!(cfg.outbounds.iter().find(|o| o.service == "db").unwrap().protocol, "tcp");
+        assert!(zones("down").is_empty(), "a zone with no healthy endpoint is not used");
+        assert!(zones("elsewhere").is_empty(), "other meshes stay apart");
+
+        let no_egress = Remote { egress: None, ..remote };
+        let cfg = build(&resources[0], "zone-1", &resources, &no_egress, serde_json::json!({}), 3600).unwrap();
+        assert!(cfg.outbounds.iter().all(|o| o.service != "db"), "without a gateway in this zone, other zones are out of reach");
     }
 }

@@ -98,6 +98,7 @@ impl GlobalCp {
         }
 
         let secrets = Secrets::load(store.as_ref()).await?;
+        crate::zone_identity::publish_trust(store.as_ref(), &secrets.system_ca_pem).await.map_err(crate::secrets::SecretError::from)?;
         let mut registry = Registry::default();
         let metrics = Arc::new(Metrics::register(&mut registry));
         let kds_metrics = KdsMetrics::register(&mut registry);
@@ -135,6 +136,7 @@ impl GlobalCp {
             metrics: kds_metrics,
             global_id: Arc::new(secrets.global_id.clone()),
             pending: Default::default(),
+            system_ca: secrets.system_ca.clone(),
         };
         let identity = secrets.kds_server_identity(&config.kds_tls_names)?;
         let tls =

@@ -18,6 +18,7 @@ pub mod metrics;
 pub mod resources;
 pub mod rest;
 pub mod secrets;
+pub mod zone_identity;
 pub mod zones;
 
 pub use app::GlobalCp;

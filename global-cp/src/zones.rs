@@ -93,7 +93,10 @@ impl Zones {
         let intermediates = crate::mesh_ca::revoke_zone(self.resources.store().as_ref(), zone)
             .await
             .map_err(|e| StoreError::Backend(format!("revoking the zone's intermediate CAs: {e}")))?;
-        tracing::info!(zone, intermediates, "revoked the zone's token and intermediate CAs");
+        let identities = crate::zone_identity::revoke(self.resources.store().as_ref(), zone)
+            .await
+            .map_err(|e| StoreError::Backend(format!("revoking the zone's identities: {e}")))?;
+        tracing::info!(zone, intermediates, identities, "revoked the zone's token, intermediate CAs and zone identities");
         Ok(existed)
     }
 

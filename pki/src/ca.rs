@@ -38,6 +38,14 @@ pub fn fingerprint(cert_pem: &str) -> Result<String, PkiError> {
     Ok(fingerprint_der(&der))
 }
 
+/// The validity (notBefore, notAfter, in seconds since the Unix epoch) of the first
+/// certificate in `cert_pem`.
+pub fn cert_validity(cert_pem: &str) -> Result<(i64, i64), PkiError> {
+    let der = cert_from_pem(cert_pem, "certificate")?;
+    let cert = crate::pem::parse_cert(&der, "certificate")?;
+    Ok((cert.validity().not_before.timestamp(), cert.validity().not_after.timestamp()))
+}
+
 /// A CA certificate with its private key, able to sign CSRs. `Debug` never shows the key.
 pub struct CertificateAuthority {
     cert_pem: String,

@@ -245,3 +245,15 @@ fn server_certificates_name_dns_hosts_and_come_only_from_the_system_ca() {
     assert!(matches!(root("default").sign_server(&kc.csr_pem, &["strait-global".into()], DAY), Err(PkiError::ForeignTrustDomain { .. })));
     assert!(system.sign_server(&kc.csr_pem, &[], DAY).is_err(), "at least one name");
 }
+
+#[test]
+fn validity_reads_the_lifetime_back() {
+    let system = root(crate::SYSTEM_TRUST_DOMAIN);
+    let kc = crate::KeyAndCsr::generate("zone-1").expect("csr");
+    let cert = system.sign_zone_identity(&kc.csr_pem, "zone-1", Duration::from_secs(3600)).expect("sign");
+    let (not_before, not_after) = crate::cert_validity(&cert).expect("validity");
+    let now = testing::unix_now() as i64;
+    assert!(not_before <= now && not_before >= now - 120, "backdated by the skew allowance only: {not_before} vs {now}");
+    assert!((not_after - now - 3600).abs() <= 5, "{not_after} vs {now}");
+    assert!(matches!(crate::cert_validity("nope"), Err(PkiError::BadPem { .. })));
+}

@@ -26,7 +26,7 @@ mod testing;
 pub mod token;
 pub mod verify;
 
-pub use ca::{fingerprint, CertificateAuthority};
+pub use ca::{cert_validity, fingerprint, CertificateAuthority};
 pub use csr::KeyAndCsr;
 pub use identity::{Identity, SYSTEM_TRUST_DOMAIN};
 pub use pem::fingerprint_der;

@@ -82,6 +82,7 @@ impl ZoneCp {
             inventory: inventory_tx.clone(),
             connected: Default::default(),
             shutdown: shutdown.clone(),
+            zone_token: Arc::new(token.clone()),
         };
         // Keepalive pings find sidecars whose host vanished without closing its connection, so
         // their Dataplane is unregistered and a replacement can register.

@@ -1,28 +1,35 @@
-//! The zone's inventory: the services of its Dataplanes, with endpoint counts, as reported
-//! upstream so that other zones can reach them.
+//! The zone's inventory: the services of its Dataplanes, with endpoint counts and protocol, and
+//! its gateways' ingress addresses, as reported upstream so that other zones can reach them.
 //!
-//! In: the zone's Dataplanes (registered on this zone). Out: a KDS `Inventory`, published on a
-//! watch channel whenever it changes; the sync client sends the latest one.
+//! In: the zone's Dataplanes and connected gateways (registered on this zone). Out: a KDS
+//! `Inventory`, published on a watch channel whenever it changes; the sync client sends the
+//! latest one.
 
 use std::collections::BTreeMap;
 
 use strait_api::kds;
+use strait_api::names::PROTOCOL_TAG;
 use strait_api::{ResourceType, Spec};
 use strait_global_cp::resources::{Resources, ServiceError};
 use tokio::sync::watch;
 
 /// Computes the inventory from the zone's store.
 pub async fn compute(resources: &Resources) -> Result<kds::Inventory, ServiceError> {
-    let mut counts: BTreeMap<(String, String), u32> = BTreeMap::new();
+    let mut counts: BTreeMap<(String, String), (u32, String)> = BTreeMap::new();
     for dp in resources.list(ResourceType::Dataplane, None).await? {
         let (Some(mesh), Spec::Dataplane(spec)) = (dp.mesh.as_deref(), &dp.spec) else { continue };
         for inbound in &spec.networking.inbound {
-            *counts.entry((mesh.to_string(), inbound.service().to_string())).or_default() += 1;
+            let protocol = inbound.tags.get(PROTOCOL_TAG).cloned().unwrap_or_else(|| "tcp".into());
+            let entry = counts.entry((mesh.to_string(), inbound.service().to_string())).or_insert((0, protocol));
+            entry.0 += 1;
         }
     }
-    let services =
-        counts.into_iter().map(|((mesh, name), endpoints)| kds::ServiceInventory { mesh, name, endpoints, healthy: endpoints }).collect();
-    Ok(kds::Inventory { services, ingress_addresses: Vec::new() })
+    let services = counts
+        .into_iter()
+        .map(|((mesh, name), (endpoints, protocol))| kds::ServiceInventory { mesh, name, endpoints, healthy: endpoints, protocol })
+        .collect();
+    let ingress_addresses = crate::gateways::list(resources.store().as_ref()).await?.into_iter().map(|g| g.ingress_address).collect();
+    Ok(kds::Inventory { services, ingress_addresses })
 }
 
 /// Recomputes the inventory and publishes it if it changed.

@@ -171,7 +171,7 @@ impl KdsClient {
                             }
                             Some(global_message::Message::Certificate(cert)) => {
                                 if let Err(e) = csrs.complete(self.synced.store().as_ref(), cert).await {
-                                    return End::Broken(format!("storing the intermediate CA: {e}"));
+                                    return End::Broken(format!("storing a certificate: {e}"));
                                 }
                             }
                             _ => {}
@@ -194,6 +194,10 @@ impl KdsClient {
                     if tx.send(msg(zone_message::Message::Heartbeat(kds::Heartbeat { unix_millis: now.as_millis() as u64 }))).await.is_err() {
                         return End::Broken("request stream closed".into());
                     }
+                    // Certificates near the end of their life are renewed.
+                    if let Err(e) = self.request_certificates(&mut csrs, &tx).await {
+                        return End::Broken(e);
+                    }
                 }
             }
         }
@@ -204,6 +208,11 @@ impl KdsClient {
         let missing = crate::zone_ca::missing(self.synced.store().as_ref()).await.map_err(|e| format!("reading meshes: {e}"))?;
         for mesh in missing {
             if let Some(req) = csrs.request(&self.config.zone, &mesh).await {
+                tx.send(msg(zone_message::Message::CertificateRequest(req))).await.map_err(|_| "request stream closed".to_string())?;
+            }
+        }
+        if crate::zone_identity::needed(self.synced.store().as_ref()).await.map_err(|e| format!("reading the zone identity: {e}"))? {
+            if let Some(req) = csrs.request_identity(&self.config.zone).await {
                 tx.send(msg(zone_message::Message::CertificateRequest(req))).await.map_err(|_| "request stream closed".to_string())?;
             }
         }

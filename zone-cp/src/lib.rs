@@ -11,12 +11,14 @@
 pub mod app;
 pub mod config;
 pub mod dps;
+pub mod gateways;
 pub mod inventory;
 pub mod kds_client;
 pub mod metrics;
 pub mod rest;
 pub mod synced;
 pub mod zone_ca;
+pub mod zone_identity;
 
 pub use app::ZoneCp;
 pub use config::Config;

@@ -8,6 +8,7 @@
 use std::collections::HashMap;
 
 use serde_json::{json, Value};
+use strait_api::gateway_config::ZoneIdentity;
 use strait_api::kds;
 use strait_pki::KeyAndCsr;
 use strait_store::{Key, Precondition, Store, StoreError};
@@ -52,6 +53,8 @@ pub async fn fingerprints(store: &dyn Store) -> Result<Vec<(String, String)>, St
 #[derive(Default)]
 pub struct Pending {
     keys: HashMap<String, String>,
+    /// Key of the zone identity CSR in flight.
+    identity: Option<String>,
 }
 
 impl Pending {
@@ -66,7 +69,7 @@ impl Pending {
         match generated {
             Ok(Ok(kc)) => {
                 self.keys.insert(mesh.to_string(), kc.key_pem.clone());
-                Some(kds::CertificateRequest { mesh: mesh.to_string(), csr_pem: kc.csr_pem })
+                Some(kds::CertificateRequest { mesh: mesh.to_string(), csr_pem: kc.csr_pem, zone_identity: false })
             }
             Ok(Err(e)) => {
                 tracing::error!(mesh, error = %e, "could not make a CSR for the zone's intermediate CA");
@@ -79,8 +82,44 @@ impl Pending {
         }
     }
 
-    /// Stores the certificate answered for `cert.mesh` with the key of its CSR.
+    /// A CSR for the zone's identity, unless one is already in flight.
+    pub async fn request_identity(&mut self, zone: &str) -> Option<kds::CertificateRequest> {
+        if self.identity.is_some() {
+            return None;
+        }
+        let cn = format!("{zone} zone");
+        match tokio::task::spawn_blocking(move || KeyAndCsr::generate(&cn)).await {
+            Ok(Ok(kc)) => {
+                self.identity = Some(kc.key_pem);
+                Some(kds::CertificateRequest { csr_pem: kc.csr_pem, zone_identity: true, ..Default::default() })
+            }
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "could not make a CSR for the zone identity");
+                None
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "CSR task failed");
+                None
+            }
+        }
+    }
+
+    /// Stores the certificate answered for `cert.mesh` (or the zone identity) with the key of
+    /// its CSR.
     pub async fn complete(&mut self, store: &dyn Store, cert: kds::Certificate) -> Result<(), StoreError> {
+        if cert.zone_identity {
+            let Some(key_pem) = self.identity.take() else {
+                tracing::warn!("zone identity for a CSR this stream did not send; ignoring");
+                return Ok(());
+            };
+            if !cert.error.is_empty() {
+                tracing::warn!(error = %cert.error, "the global refused the zone identity");
+                return Ok(());
+            }
+            crate::zone_identity::put(store, &ZoneIdentity { cert_pem: cert.cert_pem, key_pem }).await?;
+            tracing::info!("stored the zone identity");
+            return Ok(());
+        }
         let Some(key_pem) = self.keys.remove(&cert.mesh) else {
             tracing::warn!(mesh = %cert.mesh, "certificate for a CSR this stream did not send; ignoring");
             return Ok(());

@@ -158,6 +158,8 @@ pub struct KdsShared {
     pub global_id: Arc<String>,
     /// Send times of unacknowledged revisions.
     pub pending: Pending,
+    /// Signs zone identities.
+    pub system_ca: Arc<strait_pki::CertificateAuthority>,
 }
 
 /// The tonic service.

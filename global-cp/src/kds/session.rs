@@ -8,7 +8,7 @@
 use std::time::{Duration, Instant};
 
 use futures::{FutureExt, StreamExt};
-use serde_json::json;
+use strait_api::gateway_config::{InventoryService, ZoneInventory};
 use strait_api::kds::{self, global_message, zone_message, GlobalMessage, ZoneMessage};
 use strait_store::{EventKind, Key, Precondition, StoreError, WatchStream};
 use tokio::sync::mpsc;
@@ -222,10 +222,26 @@ impl Session {
             }
             Some(zone_message::Message::Inventory(inventory)) => self.store_inventory(inventory).await?,
             Some(zone_message::Message::Heartbeat(_)) => registry.update(&self.zone, self.id, |_| {}),
+            Some(zone_message::Message::CertificateRequest(req)) if req.zone_identity => {
+                let store = self.shared.resources.store();
+                let answer = match crate::zone_identity::issue(store.as_ref(), &self.shared.system_ca, &self.zone, &req.csr_pem).await {
+                    Ok(cert_pem) => kds::Certificate {
+                        cert_pem,
+                        root_pem: self.shared.system_ca.cert_pem().to_string(),
+                        zone_identity: true,
+                        ..Default::default()
+                    },
+                    Err(e) => {
+                        tracing::warn!(zone = %self.zone, error = %e, "refused to issue a zone identity");
+                        kds::Certificate { error: e.to_string(), zone_identity: true, ..Default::default() }
+                    }
+                };
+                self.send(global_message::Message::Certificate(answer)).await?;
+            }
             Some(zone_message::Message::CertificateRequest(req)) => {
                 let store = self.shared.resources.store();
                 let answer = match crate::mesh_ca::issue_intermediate(store.as_ref(), &req.mesh, &self.zone, &req.csr_pem).await {
-                    Ok((cert_pem, root_pem)) => kds::Certificate { mesh: req.mesh, cert_pem, root_pem, error: String::new() },
+                    Ok((cert_pem, root_pem)) => kds::Certificate { mesh: req.mesh, cert_pem, root_pem, ..Default::default() },
                     Err(e) => {
                         tracing::warn!(zone = %self.zone, mesh = %req.mesh, error = %e, "refused to issue an intermediate CA");
                         kds::Certificate { mesh: req.mesh, error: e.to_string(), ..Default::default() }
@@ -241,12 +257,22 @@ impl Session {
 
     /// Writes the zone's inventory; only this zone's own record, nothing else.
     async fn store_inventory(&self, inventory: kds::Inventory) -> Result<(), Status> {
-        let services: Vec<_> = inventory
-            .services
-            .iter()
-            .map(|s| json!({"mesh": s.mesh, "name": s.name, "endpoints": s.endpoints, "healthy": s.healthy}))
-            .collect();
-        let data = json!({"zone": self.zone, "services": services, "ingressAddresses": inventory.ingress_addresses});
+        let stored = ZoneInventory {
+            zone: self.zone.clone(),
+            services: inventory
+                .services
+                .into_iter()
+                .map(|s| InventoryService {
+                    protocol: if s.protocol.is_empty() { "tcp".into() } else { s.protocol },
+                    mesh: s.mesh,
+                    name: s.name,
+                    endpoints: s.endpoints,
+                    healthy: s.healthy,
+                })
+                .collect(),
+            ingress_addresses: inventory.ingress_addresses,
+        };
+        let data = serde_json::to_value(&stored).map_err(|e| Status::internal(e.to_string()))?;
         let key = Key::new(ZONE_INVENTORY, "", &self.zone);
         self.shared.resources.store().put(key, data, Precondition::None).await.map_err(unavailable)?;
         self.shared.registry.update(&self.zone, self.id, |_| {});

@@ -1,7 +1,7 @@
 //! What the global sends to zones, and how stored objects become KDS messages.
 //!
 //! In: store objects and events. Out: KDS `Resource`s and `ResourceKey`s. Only meshes,
-//! policies, trust bundles and the zones' inventories travel; Dataplanes stay in their zone, and secrets
+//! policies, trust bundles (of meshes and of the system) and the zones' inventories travel; Dataplanes stay in their zone, and secrets
 //! (CA keys, token signing keys, zone token records) never leave the global.
 
 use strait_api::kds;
@@ -15,7 +15,10 @@ pub const ZONE_INVENTORY: &str = "ZoneInventory";
 
 /// Store kinds synced as their raw data rather than as resources of the model.
 pub fn is_raw(kind: &str) -> bool {
-    kind == ZONE_INVENTORY || kind == crate::mesh_ca::TRUST_BUNDLE || kind == crate::secrets::TOKEN_KEYS
+    kind == ZONE_INVENTORY
+        || kind == crate::mesh_ca::TRUST_BUNDLE
+        || kind == crate::secrets::TOKEN_KEYS
+        || kind == crate::zone_identity::SYSTEM_TRUST
 }
 
 /// Whether objects of this store kind are synced to zones.
@@ -30,6 +33,7 @@ pub fn synced_kinds() -> Vec<&'static str> {
     kinds.push(ZONE_INVENTORY);
     kinds.push(crate::mesh_ca::TRUST_BUNDLE);
     kinds.push(crate::secrets::TOKEN_KEYS);
+    kinds.push(crate::zone_identity::SYSTEM_TRUST);
     kinds
 }
 
@@ -61,13 +65,14 @@ mod tests {
         assert!(is_synced(ZONE_INVENTORY));
         assert!(is_synced("TrustBundle"));
         assert!(is_synced("TokenKeys"));
-        for private in ["Dataplane", "Zone", "ZoneToken", "SystemSecret", "MeshCA", "ZoneIntermediate"] {
+        assert!(is_synced("SystemTrust"));
+        for private in ["Dataplane", "Zone", "ZoneToken", "SystemSecret", "MeshCA", "ZoneIntermediate", "ZoneIdentityIssued"] {
             assert!(!is_synced(private), "{private} must not leave the global");
         }
         assert_eq!(
             synced_kinds().len(),
-            ResourceType::ALL.len() + 1,
-            "all but Zone and Dataplane, plus inventories, trust bundles, token keys"
+            ResourceType::ALL.len() + 2,
+            "all but Zone and Dataplane, plus inventories, trust bundles, token keys, system trust"
         );
     }
 }

@@ -7,6 +7,7 @@
 //! intermediate CA; the Dataplane registered in the zone (and so in its inventory) while the
 //! sidecar is connected.
 
+pub mod gateway;
 pub mod session;
 pub mod tls;
 
@@ -14,7 +15,7 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 
 use strait_api::dps::dataplane_sync_server::DataplaneSync;
-use strait_api::dps::{dataplane_message, DataplaneMessage, ZoneMessage, PROTOCOL_VERSION};
+use strait_api::dps::{dataplane_message, gateway_message, DataplaneMessage, GatewayMessage, ZoneMessage, PROTOCOL_VERSION};
 use strait_api::{Resource, ResourceType, Spec};
 use strait_global_cp::resources::Resources;
 use strait_pki::token::{TokenSubject, TokenVerifierKey};
@@ -38,6 +39,8 @@ pub struct DpsShared {
     pub connected: Arc<Mutex<HashSet<String>>>,
     /// Stops every session.
     pub shutdown: CancellationToken,
+    /// The zone's token, which the zone's gateways present.
+    pub zone_token: Arc<String>,
 }
 
 /// The tonic service.
@@ -92,19 +95,58 @@ fn check_dataplane(json: &[u8], mesh: &str, service: &str) -> Result<Resource, S
     Ok(dp)
 }
 
+/// The bearer token of a request.
+fn bearer<T>(request: &Request<T>, what: &str) -> Result<String, Status> {
+    request
+        .metadata()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::to_string)
+        .ok_or_else(|| Status::unauthenticated(format!("missing {what}: send `authorization: Bearer <token>`")))
+}
+
+/// Compares in time independent of where the first difference is.
+fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
 #[tonic::async_trait]
 impl DataplaneSync for DpsService {
     type StreamStream = ReceiverStream<Result<ZoneMessage, Status>>;
+    type GatewayStream = ReceiverStream<Result<ZoneMessage, Status>>;
+
+    async fn gateway(&self, request: Request<Streaming<GatewayMessage>>) -> Result<Response<Self::GatewayStream>, Status> {
+        let peer = request.remote_addr().map(|a| a.to_string()).unwrap_or_else(|| "unknown".into());
+        let token = bearer(&request, "zone token")?;
+        if !same_secret(token.as_bytes(), self.shared.zone_token.as_bytes()) {
+            tracing::warn!(peer, "gateway refused: not this zone's token");
+            return Err(Status::unauthenticated(format!("gateway token refused: it is not the token of zone {:?}", self.shared.zone)));
+        }
+        let mut inbound = request.into_inner();
+        let first = tokio::time::timeout(std::time::Duration::from_secs(10), inbound.message())
+            .await
+            .map_err(|_| Status::deadline_exceeded("no Hello within 10s"))?
+            .map_err(|s| Status::aborted(format!("reading Hello: {}", s.message())))?;
+        let Some(GatewayMessage { message: Some(gateway_message::Message::Hello(hello)) }) = first else {
+            return Err(Status::invalid_argument("the first message must be GatewayHello"));
+        };
+        let registration =
+            gateway::check_hello(&hello).inspect_err(|s| tracing::warn!(peer, reason = s.message(), "gateway refused"))?;
+        let id = format!("gateway/{}", registration.name);
+        if !self.shared.connected.lock().unwrap_or_else(|p| p.into_inner()).insert(id.clone()) {
+            return Err(Status::already_exists(format!("gateway {:?} is already connected", registration.name)));
+        }
+        tracing::info!(peer, gateway = %registration.name, ingress = %registration.ingress_address, egress = %registration.egress_address, "gateway connected");
+        let (tx, rx) = mpsc::channel(16);
+        let session = gateway::GatewaySession { shared: self.shared.clone(), registration, tx };
+        self.tasks.spawn(session.run(inbound));
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
 
     async fn stream(&self, request: Request<Streaming<DataplaneMessage>>) -> Result<Response<Self::StreamStream>, Status> {
         let peer = request.remote_addr().map(|a| a.to_string()).unwrap_or_else(|| "unknown".into());
-        let token = request
-            .metadata()
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::to_string)
-            .ok_or_else(|| Status::unauthenticated("missing dataplane token: send `authorization: Bearer <token>`"))?;
+        let token = bearer(&request, "dataplane token")?;
         let (mesh, service) = authenticate(&self.shared.resources, &token)
             .await
             .inspect_err(|s| tracing::warn!(peer, reason = s.message(), "sidecar refused"))?;

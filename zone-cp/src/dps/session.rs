@@ -83,7 +83,7 @@ impl Session {
 
     /// Whether a change of `key` can change this sidecar's configuration.
     fn affects(&self, key: &Key) -> bool {
-        key.mesh == self.mesh || (key.kind == "Mesh" && key.name == self.mesh)
+        key.mesh == self.mesh || (key.kind == "Mesh" && key.name == self.mesh) || crate::gateways::affects_remote(key)
     }
 
     /// Recomputes the configuration and sends it if it differs from the last one sent. Its
@@ -115,7 +115,8 @@ impl Session {
             .map(|o| o.data)
             .unwrap_or_default();
         let lifetime = self.certificate_lifetime().await?;
-        proxy_config::build(&self.dp, &self.shared.zone, &all, bundle, lifetime.as_secs())
+        let remote = crate::gateways::remote(resources.store().as_ref()).await.map_err(unavailable)?;
+        proxy_config::build(&self.dp, &self.shared.zone, &all, &remote, bundle, lifetime.as_secs())
             .ok_or_else(|| Status::internal("not a Dataplane"))
     }
 

@@ -1,0 +1,77 @@
+//! Zone identities: the certificates `spiffe://strait.system/zone/<zone>` under the system CA
+//! that a zone's gateways present to each other, and the system trust bundle that lets every
+//! zone refuse the identities of revoked zones.
+//!
+//! In: zones' CSRs (over KDS, bound to the zone of the stream's token), zone revocation. Out: a
+//! signed zone identity, a `ZoneIdentityIssued` record per zone (fingerprints, global only), and
+//! the `SystemTrust` bundle (system CA and revoked fingerprints), synced to every zone.
+
+use std::time::Duration;
+
+use strait_api::gateway_config::SystemTrust;
+use strait_pki::CertificateAuthority;
+use strait_store::{Key, Precondition, Store, StoreError};
+
+use crate::mesh_ca::CaError;
+
+/// Store kind of the system trust bundle; synced to zones.
+pub const SYSTEM_TRUST: &str = "SystemTrust";
+/// Store kind of the zone identities issued to a zone; global only.
+pub const ZONE_IDENTITY_ISSUED: &str = "ZoneIdentityIssued";
+
+/// Lifetime of a zone identity; zones renew it when a third of it remains.
+pub const ZONE_IDENTITY_LIFETIME: Duration = Duration::from_secs(30 * 24 * 3600);
+
+fn trust_key() -> Key {
+    Key::new(SYSTEM_TRUST, "", "default")
+}
+
+/// Makes sure the system trust bundle holds `ca_pem`, keeping the revocations it has.
+pub async fn publish_trust(store: &dyn Store, ca_pem: &str) -> Result<(), StoreError> {
+    let current = store.get(&trust_key()).await?;
+    let mut trust: SystemTrust = current.as_ref().and_then(|o| serde_json::from_value(o.data.clone()).ok()).unwrap_or_default();
+    if trust.roots.iter().any(|r| r == ca_pem) {
+        return Ok(());
+    }
+    trust.roots = vec![ca_pem.to_string()];
+    let precondition = current.map_or(Precondition::MustNotExist, |o| Precondition::Version(o.version));
+    store.put(trust_key(), serde_json::to_value(&trust).unwrap_or_default(), precondition).await.map(|_| ())
+}
+
+/// Signs `zone`'s identity from its CSR and records its fingerprint; returns the certificate.
+pub async fn issue(store: &dyn Store, ca: &CertificateAuthority, zone: &str, csr_pem: &str) -> Result<String, CaError> {
+    let cert = ca.sign_zone_identity(csr_pem, zone, ZONE_IDENTITY_LIFETIME)?;
+    let fingerprint = strait_pki::fingerprint(&cert)?;
+    let key = Key::new(ZONE_IDENTITY_ISSUED, "", zone);
+    let current = store.get(&key).await?;
+    let mut fingerprints: Vec<String> =
+        current.as_ref().and_then(|o| serde_json::from_value(o.data["fingerprints"].clone()).ok()).unwrap_or_default();
+    fingerprints.push(fingerprint.clone());
+    store.put(key, serde_json::json!({"fingerprints": fingerprints}), Precondition::None).await?;
+    tracing::info!(zone, fingerprint, "issued a zone identity");
+    Ok(cert)
+}
+
+/// Adds every identity ever issued to `zone` to the revoked list of the system trust bundle.
+pub async fn revoke(store: &dyn Store, zone: &str) -> Result<usize, CaError> {
+    let Some(issued) = store.get(&Key::new(ZONE_IDENTITY_ISSUED, "", zone)).await? else { return Ok(0) };
+    let fingerprints: Vec<String> = serde_json::from_value(issued.data["fingerprints"].clone()).unwrap_or_default();
+    for _ in 0..5 {
+        let current = store.get(&trust_key()).await?;
+        let mut trust: SystemTrust = current.as_ref().and_then(|o| serde_json::from_value(o.data.clone()).ok()).unwrap_or_default();
+        let added = fingerprints.iter().filter(|f| trust.revoked.insert((*f).clone())).count();
+        if added == 0 {
+            return Ok(0);
+        }
+        let precondition = current.map_or(Precondition::MustNotExist, |o| Precondition::Version(o.version));
+        match store.put(trust_key(), serde_json::to_value(&trust).unwrap_or_default(), precondition).await {
+            Ok(_) => {
+                tracing::info!(zone, revoked = added, "revoked the zone's identities");
+                return Ok(added);
+            }
+            Err(StoreError::Conflict { .. }) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(StoreError::Backend("the system trust bundle kept changing while revoking".into()).into())
+}

@@ -1,0 +1,127 @@
+//! One gateway's DPS stream: register it in the zone (its ingress address goes upstream in
+//! the inventory, its egress address to the zone's sidecars), send its configuration and again
+//! on every change that affects it, and unregister it when it leaves.
+//!
+//! In: the gateway's Hello (authenticated by the zone's own token), its ACK/NACK, and the zone
+//! store's changes. Out: `Config` messages holding a `GatewayConfig`, only when it changed.
+
+use std::net::SocketAddr;
+
+use futures::{FutureExt, StreamExt};
+use strait_api::dps::{gateway_message, zone_message, Config, GatewayHello, GatewayMessage, ZoneMessage, PROTOCOL_VERSION};
+use strait_store::WatchStream;
+use tokio::sync::mpsc;
+use tonic::{Status, Streaming};
+
+use super::DpsShared;
+use crate::gateways::{self, Registration};
+
+fn unavailable(e: impl std::fmt::Display) -> Status {
+    Status::unavailable(format!("zone store: {e}"))
+}
+
+/// Checks a gateway's Hello; returns its registration.
+pub fn check_hello(hello: &GatewayHello) -> Result<Registration, Status> {
+    if hello.protocol != PROTOCOL_VERSION {
+        return Err(Status::failed_precondition(format!(
+            "protocol {} is not supported; this zone speaks {PROTOCOL_VERSION}",
+            hello.protocol
+        )));
+    }
+    if let Err(e) = strait_api::names::check_dns_label(&hello.name) {
+        return Err(Status::invalid_argument(format!("name: {e}")));
+    }
+    for (field, value) in [("ingress_address", &hello.ingress_address), ("egress_address", &hello.egress_address)] {
+        match value.parse::<SocketAddr>() {
+            Ok(a) if a.ip().is_unspecified() || a.port() == 0 => {
+                return Err(Status::invalid_argument(format!(
+                    "{field}: {value} is not an address others can reach (give the gateway's advertised address)"
+                )))
+            }
+            Ok(_) => {}
+            Err(e) => return Err(Status::invalid_argument(format!("{field}: {value:?} is not ip:port: {e}"))),
+        }
+    }
+    Ok(Registration {
+        name: hello.name.clone(),
+        ingress_address: hello.ingress_address.clone(),
+        egress_address: hello.egress_address.clone(),
+    })
+}
+
+/// A connected gateway.
+pub struct GatewaySession {
+    pub(super) shared: DpsShared,
+    pub(super) registration: Registration,
+    pub(super) tx: mpsc::Sender<Result<ZoneMessage, Status>>,
+}
+
+impl GatewaySession {
+    /// Runs until the gateway leaves, then unregisters it.
+    pub async fn run(self, inbound: Streaming<GatewayMessage>) {
+        let name = self.registration.name.clone();
+        let result = self.serve(inbound).await;
+        let reason = match &result {
+            Ok(()) => "gateway closed the stream".to_string(),
+            Err(s) => s.message().to_string(),
+        };
+        let store = self.shared.resources.store();
+        if let Err(e) = gateways::unregister(store.as_ref(), &name).await {
+            tracing::warn!(gateway = %name, error = %e, "could not unregister the gateway");
+        }
+        crate::inventory::refresh(&self.shared.resources, &self.shared.inventory).await;
+        self.shared.connected.lock().unwrap_or_else(|p| p.into_inner()).remove(&format!("gateway/{name}"));
+        tracing::info!(gateway = %name, reason, "gateway disconnected");
+        if let Err(status) = result {
+            let _ = self.tx.send(Err(status)).await;
+        }
+    }
+
+    async fn serve(&self, mut inbound: Streaming<GatewayMessage>) -> Result<(), Status> {
+        let store = self.shared.resources.store().clone();
+        let mut events: WatchStream = store.watch(store.revision()).await.map_err(unavailable)?;
+        gateways::register(store.as_ref(), &self.registration).await.map_err(unavailable)?;
+        crate::inventory::refresh(&self.shared.resources, &self.shared.inventory).await;
+        let mut last: Option<Vec<u8>> = None;
+        self.push_config(&mut last).await?;
+        loop {
+            tokio::select! {
+                () = self.shared.shutdown.cancelled() => return Err(Status::unavailable("the zone control plane is shutting down")),
+                event = events.next() => {
+                    let Some(event) = event else { return Err(Status::unavailable("zone store closed")) };
+                    let mut relevant = gateways::affects_gateways(&event.map_err(unavailable)?.object.key);
+                    while let Some(Some(Ok(e))) = events.next().now_or_never() {
+                        relevant |= gateways::affects_gateways(&e.object.key);
+                    }
+                    if relevant {
+                        self.push_config(&mut last).await?;
+                    }
+                }
+                message = inbound.message() => match message {
+                    Ok(Some(GatewayMessage { message: Some(gateway_message::Message::Ack(ack)) })) => {
+                        tracing::debug!(gateway = %self.registration.name, version = ack.version, "gateway configuration applied");
+                    }
+                    Ok(Some(GatewayMessage { message: Some(gateway_message::Message::Nack(nack)) })) => {
+                        tracing::warn!(gateway = %self.registration.name, version = nack.version, error = %nack.error, "gateway rejected its configuration (NACK)");
+                    }
+                    Ok(Some(_)) => return Err(Status::invalid_argument("only ACK and NACK may follow the Hello")),
+                    Ok(None) => return Ok(()),
+                    Err(s) => return Err(Status::aborted(format!("gateway stream failed: {}", s.message()))),
+                },
+            }
+        }
+    }
+
+    async fn push_config(&self, last: &mut Option<Vec<u8>>) -> Result<(), Status> {
+        let version = self.shared.resources.store().revision();
+        let config = gateways::config(&self.shared.resources, &self.shared.zone).await.map_err(unavailable)?;
+        let json = serde_json::to_vec(&config).map_err(|e| Status::internal(e.to_string()))?;
+        if last.as_ref() == Some(&json) {
+            return Ok(());
+        }
+        *last = Some(json.clone());
+        tracing::debug!(gateway = %self.registration.name, version, "sending gateway configuration");
+        let message = ZoneMessage { message: Some(zone_message::Message::Config(Config { version, json })) };
+        self.tx.send(Ok(message)).await.map_err(|_| Status::cancelled("gateway stream closed"))
+    }
+}
