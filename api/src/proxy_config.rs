@@ -197,10 +197,8 @@ fn add_remote_endpoints(out: &mut BTreeMap<String, Vec<Endpoint>>, remote: &Remo
     let Ok(port) = port.parse::<u16>() else { return };
     for inventory in remote.inventories.iter().filter(|i| i.zone != zone) {
         for service in inventory.services.iter().filter(|s| s.mesh == mesh && s.healthy > 0) {
-            let tags = BTreeMap::from([
-                (SERVICE_TAG.to_string(), service.name.clone()),
-                (PROTOCOL_TAG.to_string(), service.protocol.clone()),
-            ]);
+            let tags =
+                BTreeMap::from([(SERVICE_TAG.to_string(), service.name.clone()), (PROTOCOL_TAG.to_string(), service.protocol.clone())]);
             out.entry(service.name.clone()).or_default().push(Endpoint {
                 address: address.trim_start_matches('[').trim_end_matches(']').to_string(),
                 port,
@@ -302,7 +300,10 @@ spec:
         };
         let remote = Remote {
             inventories: vec![
-                inventory("zone-1", serde_json::json!([{"mesh": "default", "name": "api", "endpoints": 1, "healthy": 1, "protocol": "http"}])),
+                inventory(
+                    "zone-1",
+                    serde_json::json!([{"mesh": "default", "name": "api", "endpoints": 1, "healthy": 1, "protocol": "http"}]),
+                ),
                 inventory(
                     "zone-2",
                     serde_json::json!([

@@ -7,7 +7,7 @@
 //! once both have arrived.
 
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwapOption;
 use strait_api::dps::dataplane_sync_client::DataplaneSyncClient;
@@ -16,8 +16,8 @@ use strait_api::proxy_config::ProxyConfig;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
 
+use strait_proxy_core::cp_client::{self, classify, End};
 use strait_proxy_core::readiness::BlockReady;
 
 use crate::config::Validated;
@@ -79,70 +79,27 @@ pub struct DpsClient {
     pub guards: Arc<Guards>,
 }
 
-enum End {
-    Refused(tonic::Status),
-    Broken(String),
-}
-
 impl DpsClient {
     /// Runs until cancelled, reconnecting with exponential back-off and full jitter.
     pub async fn run(self, cancel: CancellationToken) {
-        let mut attempt: u32 = 0;
-        loop {
-            let started = Instant::now();
-            let end = tokio::select! {
-                () = cancel.cancelled() => return,
-                end = self.session() => end,
-            };
-            match &end {
-                End::Refused(s) => tracing::error!(code = ?s.code(), reason = s.message(), "the zone control plane refused this sidecar"),
-                End::Broken(reason) => tracing::warn!(reason, "DPS stream ended; keeping the last configuration"),
-            }
-            if started.elapsed() > Duration::from_secs(30) {
-                attempt = 0;
-            }
-            if matches!(end, End::Refused(_)) {
-                attempt = attempt.max(6);
-            }
-            let cap = Duration::from_millis(250).saturating_mul(1 << attempt.min(10)).min(self.config.flags.cp_max_backoff);
-            attempt += 1;
-            let wait = cap.mul_f64(0.5 + rand::random::<f64>() / 2.0);
-            tracing::info!(retry_in = ?wait, cp = %self.config.flags.cp_address, "reconnecting to the zone control plane");
-            tokio::select! {
-                () = cancel.cancelled() => return,
-                () = tokio::time::sleep(wait) => {}
-            }
-        }
+        let flags = &self.config.flags;
+        cp_client::run(cancel, &flags.cp_address, flags.cp_max_backoff, || self.session()).await
     }
 
     async fn session(&self) -> End {
         let flags = &self.config.flags;
-        let tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(&self.config.cp_ca_pem)).domain_name(&flags.cp_server_name);
-        let endpoint = match Endpoint::from_shared(flags.cp_address.clone()).and_then(|e| e.tls_config(tls)) {
-            Ok(e) => e.connect_timeout(Duration::from_secs(5)).http2_keep_alive_interval(Duration::from_secs(10)),
-            Err(e) => return End::Broken(format!("invalid --cp-address {:?}: {e}", flags.cp_address)),
-        };
-        let channel = match endpoint.connect().await {
+        let channel = match cp_client::connect(&flags.cp_address, &self.config.cp_ca_pem, &flags.cp_server_name).await {
             Ok(c) => c,
-            Err(e) => {
-                return End::Broken(format!(
-                    "cannot connect to the zone control plane at {}: {}",
-                    flags.cp_address,
-                    strait_runtime::telemetry::error_chain(&e)
-                ))
-            }
+            Err(e) => return End::Broken(e),
         };
         let (tx, rx) = mpsc::channel(8);
         let dataplane = serde_json::to_vec(&self.config.dataplane).unwrap_or_default();
         let hello = Hello { protocol: PROTOCOL_VERSION, dataplane, software_version: env!("CARGO_PKG_VERSION").into() };
         let _ = tx.send(msg(dataplane_message::Message::Hello(hello))).await;
-        let mut request = tonic::Request::new(ReceiverStream::new(rx));
-        match format!("Bearer {}", self.config.token).parse() {
-            Ok(v) => {
-                request.metadata_mut().insert("authorization", v);
-            }
-            Err(_) => return End::Refused(tonic::Status::unauthenticated("the token file holds characters not allowed in a header")),
-        }
+        let request = match cp_client::with_bearer(ReceiverStream::new(rx), &self.config.token) {
+            Ok(r) => r,
+            Err(end) => return end,
+        };
         let mut inbound = match DataplaneSyncClient::new(channel).stream(request).await {
             Ok(r) => r.into_inner(),
             Err(s) => return classify(s),
@@ -223,14 +180,4 @@ impl DpsClient {
 
 fn msg(m: dataplane_message::Message) -> DataplaneMessage {
     DataplaneMessage { message: Some(m) }
-}
-
-fn classify(status: tonic::Status) -> End {
-    use tonic::Code;
-    match status.code() {
-        Code::Unauthenticated | Code::PermissionDenied | Code::InvalidArgument | Code::AlreadyExists | Code::FailedPrecondition => {
-            End::Refused(status)
-        }
-        _ => End::Broken(format!("{:?}: {}", status.code(), status.message())),
-    }
 }

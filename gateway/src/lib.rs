@@ -1,8 +1,50 @@
-//! The east-west gateway (`strait-gateway`).
+//! The east-west gateway (`strait-gateway`): zone ingress and zone egress in one process.
 //!
-//! In: mTLS connections from local sidecars (egress) and QUIC tunnels from other zones'
-//! gateways (ingress). Out: the same bytes, routed by SNI, never decrypted.
+//! In: its zone control plane's configuration over DPS ([`cp`]), end-to-end mTLS connections
+//! from this zone's sidecars ([`egress`]) and tunnels from other zones' gateways
+//! ([`ingress`]). Out: those bytes, routed by the SNI of the sidecars' TLS sessions and never
+//! decrypted, over one QUIC connection per pair of zones ([`links`], [`quic`]) with a small
+//! header per stream ([`header`]), or TCP+TLS where UDP is blocked; metrics and readiness on
+//! the admin endpoint. [`app`] wires it together.
 #![forbid(unsafe_code)]
+// tonic::Status (176 bytes) is the error of every gRPC call; boxing it everywhere buys nothing.
+#![allow(clippy::result_large_err)]
 
-/// What this component does, shown by `--help`.
-pub const ROLE: &str = "East-west gateway: zone ingress for other zones' traffic and zone egress for this zone's cross-zone traffic";
+pub mod app;
+pub mod config;
+pub mod cp;
+pub mod egress;
+pub mod header;
+pub mod ingress;
+pub mod links;
+pub mod metrics;
+pub mod quic;
+pub mod routes;
+
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use app::Running;
+
+/// What every part of the gateway shares.
+pub struct Gateway {
+    /// The current routing state.
+    pub routes: ArcSwap<routes::Routes>,
+    /// Metrics.
+    pub metrics: metrics::GatewayMetrics,
+    /// Ends background tasks (links, reports).
+    pub shutdown: CancellationToken,
+    /// Every task, to wait for at shutdown.
+    pub tasks: TaskTracker,
+    /// QUIC idle timeout (and handshake timeout).
+    pub idle_timeout: Duration,
+    /// The QUIC endpoint: server for the ingress, client for the egress.
+    pub endpoint: quinn::Endpoint,
+    /// QUIC connections to other zones.
+    pub links: links::Links,
+    /// QUIC connections from other zones.
+    pub peers: ingress::Peers,
+}

@@ -1,12 +1,29 @@
 use clap::Parser;
+use strait_gateway::config::Flags;
+use strait_runtime::flags::EXIT_CONFIG;
+use strait_runtime::telemetry;
 
-/// East-west gateway: zone ingress for other zones' traffic and zone egress for this zone's cross-zone traffic
-#[derive(Parser)]
-#[command(name = "strait-gateway", version, about = strait_gateway::ROLE)]
-struct Cli {}
-
-fn main() {
-    let _ = Cli::parse();
-    eprintln!("strait-gateway: this component is not available in this build yet; see the project issues");
-    std::process::exit(69);
+#[tokio::main]
+async fn main() {
+    let flags = Flags::parse();
+    let (format, level, deadline) = (flags.log_format, flags.log_level.clone(), flags.drain_timeout);
+    let config = match flags.validate() {
+        Ok(c) => c,
+        Err(problems) => {
+            for p in problems {
+                eprintln!("strait-gateway: {p}");
+            }
+            std::process::exit(EXIT_CONFIG);
+        }
+    };
+    telemetry::init(format, &level);
+    let running = match strait_gateway::app::start(config).await {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("strait-gateway: {e:#}");
+            std::process::exit(1);
+        }
+    };
+    strait_runtime::signals::wait_for_signal().await;
+    running.shutdown(deadline).await;
 }

@@ -10,6 +10,7 @@
 //! | [`tls`] | the crypto provider (ring), TLS 1.3, SPIFFE-checking rustls verifiers and configs |
 //! | [`identity`] | the certificate slot: current TLS configs, swapped on rotation |
 //! | [`copy`] | bidirectional copy with half-close, byte counts and idle timeout |
+//! | [`cp_client`] | the control plane stream's TLS channel, refusals and reconnect back-off |
 //! | [`sni`] | SNI and ALPN of a ClientHello, peeked without consuming it |
 //! | [`drain`] | two-phase shutdown: stop accepting, finish until a deadline, then force |
 //! | [`readiness`] | the readiness latch and its guards |
@@ -23,6 +24,7 @@
 
 pub mod admin;
 pub mod copy;
+pub mod cp_client;
 pub mod drain;
 pub mod identity;
 pub mod metrics;

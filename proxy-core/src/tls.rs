@@ -37,6 +37,8 @@ use webpki::{EndEntityCert, KeyUsage};
 pub const ALPN_TCP: &[u8] = b"strait/tcp";
 /// ALPN for HTTP/2 (and gRPC) between sidecars.
 pub const ALPN_H2: &[u8] = b"h2";
+/// ALPN of the tunnel between two zones' gateways (QUIC, and its TCP+TLS fallback).
+pub const ALPN_ZONE_TUNNEL: &[u8] = b"strait/zone-tunnel";
 
 /// The TLS versions Strait speaks between workloads: TLS 1.3 only.
 static PROTOCOL_VERSIONS: &[&rustls::SupportedProtocolVersion] = &[&rustls::version::TLS13];
@@ -395,7 +397,7 @@ fn borrow<'a>(der: &'a CertificateDer<'_>) -> CertificateDer<'a> {
 }
 
 /// The one `spiffe://` URI SAN of a certificate.
-fn spiffe_id_of(der: &[u8]) -> Result<Identity, VerifyError> {
+pub fn spiffe_id_of(der: &[u8]) -> Result<Identity, VerifyError> {
     use x509_parser::extensions::GeneralName;
     let (_, cert) = x509_parser::parse_x509_certificate(der)
         .map_err(|e| VerifyError::BadCertificate { what: "leaf certificate", reason: e.to_string() })?;

@@ -37,11 +37,7 @@ pub async fn put(store: &dyn Store, identity: &ZoneIdentity) -> Result<(), Store
 
 /// The system trust bundle synced from the global (empty before the first sync).
 pub async fn system_trust(store: &dyn Store) -> Result<SystemTrust, StoreError> {
-    Ok(store
-        .get(&Key::new(SYSTEM_TRUST, "", "default"))
-        .await?
-        .and_then(|o| serde_json::from_value(o.data).ok())
-        .unwrap_or_default())
+    Ok(store.get(&Key::new(SYSTEM_TRUST, "", "default")).await?.and_then(|o| serde_json::from_value(o.data).ok()).unwrap_or_default())
 }
 
 /// Whether the zone must ask for a new identity: it has none, the one it has was revoked, or a

@@ -162,7 +162,13 @@ async fn nothing_a_zone_sends_changes_a_policy() {
     let token = s.token("zone-1").await;
     let before: Value = s.http.get(format!("{}/meshes/default/meshtrafficpermissions", s.base)).send().await.unwrap().json().await.unwrap();
     let inventory = kds::Inventory {
-        services: vec![kds::ServiceInventory { mesh: "default".into(), name: "allow-all".into(), endpoints: 1, healthy: 1, protocol: "http".into() }],
+        services: vec![kds::ServiceInventory {
+            mesh: "default".into(),
+            name: "allow-all".into(),
+            endpoints: 1,
+            healthy: 1,
+            protocol: "http".into(),
+        }],
         ingress_addresses: vec!["198.18.0.9:10001".into()],
     };
     let nack = kds::Nack {

@@ -131,8 +131,7 @@ impl DataplaneSync for DpsService {
         let Some(GatewayMessage { message: Some(gateway_message::Message::Hello(hello)) }) = first else {
             return Err(Status::invalid_argument("the first message must be GatewayHello"));
         };
-        let registration =
-            gateway::check_hello(&hello).inspect_err(|s| tracing::warn!(peer, reason = s.message(), "gateway refused"))?;
+        let registration = gateway::check_hello(&hello).inspect_err(|s| tracing::warn!(peer, reason = s.message(), "gateway refused"))?;
         let id = format!("gateway/{}", registration.name);
         if !self.shared.connected.lock().unwrap_or_else(|p| p.into_inner()).insert(id.clone()) {
             return Err(Status::already_exists(format!("gateway {:?} is already connected", registration.name)));

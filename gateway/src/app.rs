@@ -1,0 +1,139 @@
+//! Wiring of `strait-gateway`: the QUIC endpoint and TCP listener of the ingress, the egress
+//! listener, the admin endpoint, the zone control plane client, and shutdown with a drain.
+//!
+//! In: [`Validated`] flags. Out: a [`Running`] gateway whose bound addresses are known (tests
+//! bind what they need), and [`Running::shutdown`]: stop accepting, leave the zone (so other
+//! zones stop sending here), let open connections finish until the deadline, then close.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use prometheus_client::registry::Registry;
+use strait_proxy_core::admin::{AdminServer, AdminState};
+use strait_proxy_core::{BlockReady, Drain, Ready};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::Validated;
+use crate::cp::{CpClient, Guards};
+use crate::metrics::GatewayMetrics;
+use crate::routes::Routes;
+use crate::Gateway;
+
+/// A running gateway.
+pub struct Running {
+    /// The admin endpoint.
+    pub admin_address: SocketAddr,
+    /// The ingress (UDP and TCP).
+    pub ingress_address: SocketAddr,
+    /// The egress.
+    pub egress_address: SocketAddr,
+    gw: Arc<Gateway>,
+    drain: Drain,
+    cp: CancellationToken,
+    ready: Ready,
+    draining: Mutex<Option<BlockReady>>,
+}
+
+/// Starts everything; serves the saved configuration until the zone control plane answers.
+pub async fn start(config: Validated) -> anyhow::Result<Running> {
+    let flags = &config.flags;
+    std::fs::create_dir_all(&flags.data_dir).map_err(|e| anyhow::anyhow!("creating --data-dir {}: {e}", flags.data_dir.display()))?;
+    let socket = std::net::UdpSocket::bind(flags.ingress_address)
+        .map_err(|e| anyhow::anyhow!("binding the ingress to udp {}: {e}", flags.ingress_address))?;
+    let ingress_address = socket.local_addr()?;
+    let endpoint = quinn::Endpoint::new(quinn::EndpointConfig::default(), None, socket, Arc::new(quinn::TokioRuntime))
+        .map_err(|e| anyhow::anyhow!("starting QUIC on {ingress_address}: {e}"))?;
+    let tcp_ingress = tokio::net::TcpListener::bind(ingress_address)
+        .await
+        .map_err(|e| anyhow::anyhow!("binding the ingress to tcp {ingress_address}: {e}"))?;
+    let egress = tokio::net::TcpListener::bind(flags.egress_address)
+        .await
+        .map_err(|e| anyhow::anyhow!("binding the egress to {}: {e}", flags.egress_address))?;
+    let egress_address = egress.local_addr()?;
+
+    let mut registry = Registry::default();
+    let metrics = GatewayMetrics::register(&mut registry);
+    let ready = Ready::new();
+    let guards = Arc::new(Guards {
+        config: Mutex::new(Some(ready.register("configuration from the zone control plane"))),
+        identity: Mutex::new(Some(ready.register("zone identity"))),
+    });
+    let gw = Arc::new(Gateway {
+        routes: ArcSwap::from_pointee(Routes::default()),
+        metrics,
+        shutdown: CancellationToken::new(),
+        tasks: TaskTracker::new(),
+        idle_timeout: flags.quic_idle_timeout,
+        endpoint,
+        links: Default::default(),
+        peers: Default::default(),
+    });
+    if let Some(saved) = crate::cp::load_saved(&flags.data_dir) {
+        match crate::cp::apply(&gw, &guards, &flags.data_dir, saved).await {
+            Ok(()) => tracing::info!("serving the saved configuration until the zone control plane answers"),
+            Err(e) => tracing::warn!(error = e, "the saved configuration is unusable; waiting for the zone control plane"),
+        }
+    }
+
+    let drain = Drain::new();
+    let dump_gw = gw.clone();
+    let admin_state = AdminState {
+        ready: ready.clone(),
+        registry: Arc::new(registry),
+        config_dump: Arc::new(move || {
+            let routes = dump_gw.routes.load();
+            let zones: Vec<_> = routes
+                .zones()
+                .map(|z| serde_json::json!({"zone": z, "ingress": routes.ingress(z), "quic": dump_gw.links.get(z).is_some_and(|l| l.connection().is_some())}))
+                .collect();
+            serde_json::json!({"zone": routes.zone, "zones": zones, "identity": routes.tls.as_ref().map(|t| t.identity().to_string())})
+                .to_string()
+        }),
+    };
+    let admin = AdminServer::bind(flags.admin_address, admin_state)
+        .await
+        .map_err(|e| anyhow::anyhow!("binding the admin endpoint to {}: {e}", flags.admin_address))?;
+    let admin_address = admin.local_addr();
+    gw.tasks.spawn(admin.serve(drain.watcher()));
+    gw.tasks.spawn(crate::ingress::serve_quic(gw.clone(), drain.watcher()));
+    gw.tasks.spawn(crate::ingress::serve_tcp(gw.clone(), tcp_ingress, drain.watcher()));
+    gw.tasks.spawn(crate::egress::serve(gw.clone(), egress, drain.watcher()));
+    gw.tasks.spawn(crate::links::report(gw.clone()));
+    let cp = CancellationToken::new();
+    let client = CpClient { config: Arc::new(config.clone()), gw: gw.clone(), guards };
+    gw.tasks.spawn(client.run(cp.clone()));
+    tracing::info!(
+        ingress = %ingress_address, egress = %egress_address, admin = %admin_address,
+        advertised_ingress = %config.advertised_ingress, cp = %config.flags.cp_address,
+        "gateway started"
+    );
+    Ok(Running { admin_address, ingress_address, egress_address, gw, drain, cp, ready, draining: Mutex::new(None) })
+}
+
+impl Running {
+    /// Drains: `/ready` turns 503, the gateway leaves its zone (other zones stop sending
+    /// here), nothing new is accepted, open connections get until `deadline`, then everything
+    /// closes.
+    pub async fn shutdown(self, deadline: Duration) {
+        *self.draining.lock().unwrap_or_else(|p| p.into_inner()) = Some(self.ready.register("draining"));
+        tracing::info!(deadline = ?deadline, "draining");
+        self.cp.cancel();
+        let outcome = self.drain.drain(deadline).await;
+        tracing::info!(?outcome, "drained");
+        self.gw.shutdown.cancel();
+        self.gw.endpoint.close(0u32.into(), b"shutting down");
+        self.gw.tasks.close();
+        if tokio::time::timeout(Duration::from_secs(5), self.gw.tasks.wait()).await.is_err() {
+            tracing::warn!("tasks still running 5s after the drain; exiting anyway");
+        }
+        self.gw.endpoint.wait_idle().await;
+    }
+
+    /// The shared state (tests).
+    pub fn gateway(&self) -> &Arc<Gateway> {
+        &self.gw
+    }
+}

@@ -1,0 +1,187 @@
+//! `strait-gateway` flags (each also an environment variable), and their validation.
+//!
+//! In: the command line. Out: a [`Validated`] configuration with the files read (zone token,
+//! control plane CA) and the addresses resolved, or every problem at once, each naming its flag.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+use strait_runtime::flags::{parse_duration, LogFormat};
+
+/// East-west gateway: zone ingress for other zones' traffic and zone egress for this zone's
+/// cross-zone traffic. It registers with its zone control plane (with the zone's token),
+/// receives which services live in this zone and where the other zones' ingresses are, and
+/// carries sidecars' end-to-end mTLS connections between zones over one QUIC connection per
+/// pair of zones (TCP+TLS where UDP is blocked), routed by SNI, never decrypted.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "strait-gateway", version)]
+pub struct Flags {
+    /// This gateway's name, unique in its zone.
+    #[arg(long, env = "STRAIT_GATEWAY_NAME", default_value = "gateway")]
+    pub name: String,
+
+    /// DPS address of the zone control plane, such as https://zone.example:7678.
+    #[arg(long, env = "STRAIT_CP_ADDRESS")]
+    pub cp_address: String,
+
+    /// CA certificate (PEM) the zone control plane's DPS certificate is verified with.
+    #[arg(long, env = "STRAIT_CP_CA_FILE")]
+    pub cp_ca_file: PathBuf,
+
+    /// Server name expected in the zone control plane's certificate.
+    #[arg(long, env = "STRAIT_CP_SERVER_NAME", default_value = "strait-zone")]
+    pub cp_server_name: String,
+
+    /// The zone's token (the file `straitctl zone register` wrote for the zone control plane).
+    #[arg(long, env = "STRAIT_ZONE_TOKEN_FILE")]
+    pub zone_token_file: PathBuf,
+
+    /// Ingress: UDP (QUIC) and TCP (TLS fallback) address other zones' gateways connect to.
+    #[arg(long, env = "STRAIT_INGRESS_ADDRESS", default_value = "0.0.0.0:10001")]
+    pub ingress_address: SocketAddr,
+
+    /// Egress: TCP address this zone's sidecars send cross-zone connections to.
+    #[arg(long, env = "STRAIT_EGRESS_ADDRESS", default_value = "0.0.0.0:10002")]
+    pub egress_address: SocketAddr,
+
+    /// The IP other zones and this zone's sidecars reach this gateway at; needed when the
+    /// ingress or egress address is 0.0.0.0.
+    #[arg(long, env = "STRAIT_ADVERTISE_ADDRESS")]
+    pub advertise_address: Option<IpAddr>,
+
+    /// Admin endpoint: /ready, /metrics, /config_dump.
+    #[arg(long, env = "STRAIT_ADMIN_ADDRESS", default_value = "127.0.0.1:9902")]
+    pub admin_address: SocketAddr,
+
+    /// Where the last configuration is kept, to serve with when the zone control plane is down
+    /// at start.
+    #[arg(long, env = "STRAIT_DATA_DIR", default_value = "/var/lib/strait/gateway")]
+    pub data_dir: PathBuf,
+
+    /// On SIGTERM: how long open tunnelled connections may take to finish.
+    #[arg(long, env = "STRAIT_DRAIN_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub drain_timeout: Duration,
+
+    /// A QUIC connection to another zone with no packet for this long is dead (keep-alives
+    /// are sent at a third of it); new connections then fall back to TCP until QUIC works.
+    #[arg(long, env = "STRAIT_QUIC_IDLE_TIMEOUT", default_value = "3s", value_parser = parse_duration)]
+    pub quic_idle_timeout: Duration,
+
+    /// Longest wait between attempts to reach the zone control plane.
+    #[arg(long, env = "STRAIT_CP_MAX_BACKOFF", default_value = "30s", value_parser = parse_duration)]
+    pub cp_max_backoff: Duration,
+
+    /// Log format.
+    #[arg(long, env = "STRAIT_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
+    /// Log filter, such as `info` or `strait_gateway=debug`.
+    #[arg(long, env = "STRAIT_LOG", default_value = "info")]
+    pub log_level: String,
+}
+
+/// Flags with their files read and addresses resolved.
+#[derive(Debug, Clone)]
+pub struct Validated {
+    /// The flags.
+    pub flags: Flags,
+    /// The zone's token.
+    pub token: String,
+    /// The zone control plane's CA.
+    pub cp_ca_pem: String,
+    /// Where other zones reach the ingress.
+    pub advertised_ingress: SocketAddr,
+    /// Where sidecars reach the egress.
+    pub advertised_egress: SocketAddr,
+}
+
+/// `bind` as others reach it: its own IP, or the advertised one when it is unspecified.
+fn advertised(flag: &str, bind: SocketAddr, advertise: Option<IpAddr>, problems: &mut Vec<String>) -> SocketAddr {
+    match (bind.ip().is_unspecified(), advertise) {
+        (false, _) => bind,
+        (true, Some(ip)) => SocketAddr::new(ip, bind.port()),
+        (true, None) => {
+            problems.push(format!("{flag} {bind}: binds every address; give --advertise-address so others know which one to use"));
+            bind
+        }
+    }
+}
+
+impl Flags {
+    /// Reads the files and checks the flags, reporting every problem at once.
+    pub fn validate(self) -> Result<Validated, Vec<String>> {
+        let mut problems = Vec::new();
+        if !self.cp_address.starts_with("https://") {
+            problems.push(format!("--cp-address {:?}: must be an https:// URL (DPS always uses TLS)", self.cp_address));
+        }
+        if let Err(e) = strait_api::names::check_dns_label(&self.name) {
+            problems.push(format!("--name {:?}: {e}", self.name));
+        }
+        let mut read = |flag: &str, path: &PathBuf| match std::fs::read_to_string(path) {
+            Ok(text) if text.trim().is_empty() => {
+                problems.push(format!("{flag} {}: empty", path.display()));
+                None
+            }
+            Ok(text) => Some(text),
+            Err(e) => {
+                problems.push(format!("{flag} {}: {e}", path.display()));
+                None
+            }
+        };
+        let token = read("--zone-token-file", &self.zone_token_file).map(|t| t.trim().to_string());
+        let cp_ca_pem = read("--cp-ca-file", &self.cp_ca_file);
+        if self.ingress_address.port() == 0 {
+            problems.push("--ingress-address: needs a fixed port: other zones are told it".into());
+        }
+        if self.egress_address.port() == 0 {
+            problems.push("--egress-address: needs a fixed port: sidecars are told it".into());
+        }
+        if self.quic_idle_timeout < Duration::from_millis(300) {
+            problems.push(format!("--quic-idle-timeout {:?}: at least 300ms", self.quic_idle_timeout));
+        }
+        let advertised_ingress = advertised("--ingress-address", self.ingress_address, self.advertise_address, &mut problems);
+        let advertised_egress = advertised("--egress-address", self.egress_address, self.advertise_address, &mut problems);
+        match (token, cp_ca_pem) {
+            (Some(token), Some(cp_ca_pem)) if problems.is_empty() => {
+                Ok(Validated { flags: self, token, cp_ca_pem, advertised_ingress, advertised_egress })
+            }
+            _ => Err(problems),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn flags(dir: &std::path::Path, extra: &[&str]) -> Flags {
+        std::fs::write(dir.join("token"), "tok\n").unwrap();
+        std::fs::write(dir.join("ca.pem"), "pem").unwrap();
+        let mut args: Vec<String> =
+            ["strait-gateway", "--cp-address", "https://zone:7678", "--zone-token-file"].iter().map(|s| s.to_string()).collect();
+        args.push(dir.join("token").display().to_string());
+        args.push("--cp-ca-file".into());
+        args.push(dir.join("ca.pem").display().to_string());
+        args.extend(extra.iter().map(|s| s.to_string()));
+        Flags::try_parse_from(args).unwrap()
+    }
+
+    #[test]
+    fn unspecified_addresses_need_an_advertised_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let problems = flags(dir.path(), &["--name", "Bad_Name"]).validate().unwrap_err();
+        assert!(
+            problems.iter().any(|p| p.starts_with("--ingress-address 0.0.0.0:10001") && p.contains("--advertise-address")),
+            "{problems:?}"
+        );
+        assert!(problems.iter().any(|p| p.starts_with("--egress-address 0.0.0.0:10002")), "{problems:?}");
+        assert!(problems.iter().any(|p| p.starts_with("--name \"Bad_Name\"")), "{problems:?}");
+
+        let ok = flags(dir.path(), &["--advertise-address", "192.0.2.7", "--egress-address", "127.0.0.1:10002"]).validate().unwrap();
+        assert_eq!(ok.advertised_ingress, "192.0.2.7:10001".parse().unwrap());
+        assert_eq!(ok.advertised_egress, "127.0.0.1:10002".parse().unwrap());
+        assert_eq!(ok.token, "tok");
+    }
+}

@@ -1,0 +1,214 @@
+//! Zone ingress: other zones' gateways connect here over QUIC (one connection per zone, one
+//! stream per tunnelled connection) or, where UDP is blocked, over TCP+TLS (one connection per
+//! tunnelled connection). Only gateways presenting a zone identity under the system CA that is
+//! not revoked are accepted; a stream is accepted only for a service this zone hosts, and goes
+//! to one of its endpoints (round robin, the next one if a connect fails). The bytes, the
+//! sidecars' end-to-end mTLS, pass unchanged.
+//!
+//! In: the QUIC endpoint and the TCP listener. Out: connections to local sidecars' inbounds.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rustls::pki_types::CertificateDer;
+use strait_api::gateway_config::parse_sni;
+use strait_proxy_core::copy::{copy_bidirectional, CopyOptions};
+use strait_proxy_core::DrainWatcher;
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
+
+use crate::header::{self, Status};
+use crate::metrics::{DirectionLabel, StreamLabels};
+use crate::quic::Io;
+use crate::Gateway;
+
+const DIRECTION: &str = "ingress";
+/// How long a peer may take to send a stream's header, or to finish a TLS handshake.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long connecting to one local endpoint may take before the next is tried.
+const ENDPOINT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// QUIC connections accepted from other zones, so those of a zone revoked later are closed.
+#[derive(Default)]
+pub struct Peers {
+    list: Mutex<Vec<(CertificateDer<'static>, quinn::Connection)>>,
+}
+
+impl Peers {
+    fn add(&self, leaf: CertificateDer<'static>, conn: quinn::Connection) {
+        let mut list = self.list.lock().unwrap_or_else(|p| p.into_inner());
+        list.retain(|(_, c)| c.close_reason().is_none());
+        list.push((leaf, conn));
+    }
+
+    /// Closes the connections of peers the current routes revoke.
+    pub fn close_revoked(&self, gw: &Gateway) {
+        let routes = gw.routes.load();
+        let mut list = self.list.lock().unwrap_or_else(|p| p.into_inner());
+        list.retain(|(leaf, conn)| {
+            if routes.is_revoked(leaf) {
+                tracing::warn!(peer = %conn.remote_address(), "closing the tunnel of a revoked zone");
+                conn.close(2u32.into(), b"revoked_zone");
+                gw.metrics.refuse(DIRECTION, "revoked_zone");
+                false
+            } else {
+                conn.close_reason().is_none()
+            }
+        });
+    }
+}
+
+/// Accepts QUIC connections until the drain starts.
+pub async fn serve_quic(gw: Arc<Gateway>, drain: DrainWatcher) {
+    loop {
+        let incoming = tokio::select! {
+            () = drain.signaled() => return,
+            i = gw.endpoint.accept() => i,
+        };
+        let Some(incoming) = incoming else { return };
+        let (task, drain) = (gw.clone(), drain.clone());
+        gw.tasks.spawn(async move { quic_connection(task, incoming, drain).await });
+    }
+}
+
+async fn quic_connection(gw: Arc<Gateway>, incoming: quinn::Incoming, drain: DrainWatcher) {
+    let remote = incoming.remote_address();
+    let conn = match incoming.await {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::info!(%remote, error = %e, "QUIC handshake from another zone failed");
+            gw.metrics.refuse(DIRECTION, "handshake");
+            return;
+        }
+    };
+    let certs = conn.peer_identity().and_then(|i| i.downcast::<Vec<CertificateDer<'static>>>().ok());
+    let zone = match gw.routes.load().check_peer(certs.as_deref().map(Vec::as_slice)) {
+        Ok(zone) => zone,
+        Err(refusal) => {
+            tracing::warn!(%remote, reason = refusal.reason(), "refused a gateway");
+            gw.metrics.refuse(DIRECTION, refusal.reason());
+            conn.close(1u32.into(), refusal.reason().as_bytes());
+            return;
+        }
+    };
+    if let Some(leaf) = certs.as_ref().and_then(|c| c.first()) {
+        gw.peers.add(leaf.clone(), conn.clone());
+    }
+    tracing::info!(%remote, zone, "QUIC tunnel from a zone accepted");
+    loop {
+        let stream = tokio::select! {
+            () = drain.signaled() => break,
+            s = conn.accept_bi() => s,
+        };
+        match stream {
+            Ok((send, recv)) => {
+                let (task, zone, drain) = (gw.clone(), zone.clone(), drain.clone());
+                gw.tasks.spawn(async move {
+                    let io = tokio::io::join(recv, send);
+                    drain.unless_forced(tunnelled(task, drain.clone(), zone, io, "quic")).await;
+                });
+            }
+            Err(e) => {
+                tracing::info!(%remote, zone, reason = %e, "QUIC tunnel from a zone closed");
+                break;
+            }
+        }
+    }
+}
+
+/// Accepts TCP+TLS fallback connections until the drain starts.
+pub async fn serve_tcp(gw: Arc<Gateway>, listener: TcpListener, drain: DrainWatcher) {
+    loop {
+        let accepted = tokio::select! {
+            () = drain.signaled() => return,
+            a = listener.accept() => a,
+        };
+        let Ok((tcp, remote)) = accepted else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        let _ = tcp.set_nodelay(true);
+        let (task, drain) = (gw.clone(), drain.clone());
+        gw.tasks.spawn(async move {
+            let Some(tls) = task.routes.load().tls.clone() else {
+                task.metrics.refuse(DIRECTION, "no_identity");
+                return;
+            };
+            let accepted = tokio::time::timeout(HEADER_TIMEOUT, TlsAcceptor::from(tls.server_config()).accept(tcp)).await;
+            let stream = match accepted {
+                Ok(Ok(s)) => s,
+                _ => {
+                    tracing::info!(%remote, "TLS handshake from another zone failed");
+                    task.metrics.refuse(DIRECTION, "handshake");
+                    return;
+                }
+            };
+            let zone = match task.routes.load().check_peer(stream.get_ref().1.peer_certificates()) {
+                Ok(zone) => zone,
+                Err(refusal) => {
+                    tracing::warn!(%remote, reason = refusal.reason(), "refused a gateway");
+                    task.metrics.refuse(DIRECTION, refusal.reason());
+                    return;
+                }
+            };
+            drain.unless_forced(tunnelled(task, drain.clone(), zone, stream, "tcp")).await;
+        });
+    }
+}
+
+/// Serves one tunnelled connection from `zone`: header, endpoint, answer, bytes.
+async fn tunnelled(gw: Arc<Gateway>, drain: DrainWatcher, zone: String, mut io: impl Io, transport: &'static str) {
+    let (key, endpoint) = match route(&gw, &drain, &mut io).await {
+        Ok(routed) => routed,
+        Err(status) => {
+            gw.metrics.refuse(DIRECTION, status.reason());
+            let _ = io.write_all(&header::answer(status)).await;
+            let _ = io.shutdown().await;
+            return;
+        }
+    };
+    let mut endpoint = endpoint;
+    if io.write_all(&header::answer(Status::Ok)).await.is_err() {
+        return;
+    }
+    gw.metrics.streams.get_or_create(&StreamLabels { direction: DIRECTION, zone: zone.clone(), service: key.clone(), transport }).inc();
+    let active = gw.metrics.active.get_or_create(&DirectionLabel { direction: DIRECTION }).clone();
+    active.inc();
+    let copied = copy_bidirectional(&mut io, &mut endpoint, &CopyOptions::default()).await;
+    active.dec();
+    let moved = match &copied {
+        Ok(c) => *c,
+        Err(e) => {
+            tracing::debug!(zone, service = key, error = %e, "ingress connection ended with an error");
+            e.copied()
+        }
+    };
+    gw.metrics.count_bytes(DIRECTION, &zone, &key, moved.b_to_a, moved.a_to_b);
+}
+
+/// Reads the header and connects to an endpoint of the service it names.
+async fn route(gw: &Gateway, drain: &DrainWatcher, io: &mut impl Io) -> Result<(String, TcpStream), Status> {
+    let sni = tokio::time::timeout(HEADER_TIMEOUT, header::read_request(io)).await.map_err(|_| Status::BadHeader)??;
+    let target = parse_sni(&sni).ok_or(Status::BadHeader)?;
+    if drain.is_signaled() {
+        return Err(Status::Draining);
+    }
+    let routes = gw.routes.load_full();
+    if target.zone.is_some_and(|z| z != routes.zone) {
+        return Err(Status::UnknownService);
+    }
+    let key = format!("{}.{}", target.service, target.mesh);
+    let service = routes.local(&key).ok_or(Status::UnknownService)?;
+    for address in service.endpoints() {
+        match tokio::time::timeout(ENDPOINT_CONNECT_TIMEOUT, TcpStream::connect(address)).await {
+            Ok(Ok(tcp)) => {
+                let _ = tcp.set_nodelay(true);
+                return Ok((key, tcp));
+            }
+            Ok(Err(e)) => tracing::debug!(%address, service = key, error = %e, "endpoint refused; trying the next"),
+            Err(_) => tracing::debug!(%address, service = key, "endpoint connect timed out; trying the next"),
+        }
+    }
+    Err(Status::Unreachable)
+}

@@ -1,0 +1,114 @@
+//! Gateway metrics (`strait_gateway_*`): tunnelled connections and bytes per remote zone and
+//! service, QUIC round-trip time and loss per remote zone, TCP fallbacks and refusals.
+//!
+//! Label values come from the configuration (zones, services) and from a fixed set (reasons),
+//! never from what a peer sends, so the series stay bounded.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use std::sync::atomic::AtomicU64;
+
+/// A tunnelled connection's labels.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StreamLabels {
+    /// `ingress` (from another zone) or `egress` (to another zone).
+    pub direction: &'static str,
+    /// The other zone.
+    pub zone: String,
+    /// `<service>.<mesh>`.
+    pub service: String,
+    /// `quic` or `tcp` (the fallback).
+    pub transport: &'static str,
+}
+
+/// A byte counter's labels.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ByteLabels {
+    /// `ingress` or `egress`.
+    pub direction: &'static str,
+    /// The other zone.
+    pub zone: String,
+    /// `<service>.<mesh>`.
+    pub service: String,
+    /// `to_zone` (sent towards the other zone) or `from_zone`.
+    pub flow: &'static str,
+}
+
+/// A remote zone.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ZoneLabel {
+    /// The zone.
+    pub zone: String,
+}
+
+/// A direction.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DirectionLabel {
+    /// `ingress` or `egress`.
+    pub direction: &'static str,
+}
+
+/// Why a connection or stream was refused.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RefusedLabels {
+    /// `ingress` or `egress`.
+    pub direction: &'static str,
+    /// A fixed reason (`untrusted_zone`, `revoked_zone`, `unknown_service`, ...).
+    pub reason: &'static str,
+}
+
+/// Every gateway metric; clones share the values.
+#[derive(Clone, Default)]
+pub struct GatewayMetrics {
+    /// Tunnelled connections opened.
+    pub streams: Family<StreamLabels, Counter>,
+    /// Tunnelled connections open now, by direction.
+    pub active: Family<DirectionLabel, Gauge>,
+    /// Bytes carried.
+    pub bytes: Family<ByteLabels, Counter>,
+    /// Connections that went over TCP because QUIC to the zone was down.
+    pub fallbacks: Family<ZoneLabel, Counter>,
+    /// Connections and streams refused.
+    pub refused: Family<RefusedLabels, Counter>,
+    /// Whether the QUIC connection to the zone is up (1) or not (0).
+    pub quic_up: Family<ZoneLabel, Gauge>,
+    /// Smoothed QUIC round-trip time to the zone.
+    pub quic_rtt: Family<ZoneLabel, Gauge<f64, AtomicU64>>,
+    /// QUIC packets lost on the current connection to the zone.
+    pub quic_lost: Family<ZoneLabel, Gauge>,
+    /// QUIC packets sent on the current connection to the zone.
+    pub quic_sent: Family<ZoneLabel, Gauge>,
+}
+
+impl GatewayMetrics {
+    /// Registers everything under `strait_gateway`.
+    pub fn register(registry: &mut Registry) -> Self {
+        let m = GatewayMetrics::default();
+        let r = registry.sub_registry_with_prefix("strait_gateway");
+        r.register("streams", "Tunnelled connections opened, by direction, remote zone, service and transport", m.streams.clone());
+        r.register("active_streams", "Tunnelled connections open now", m.active.clone());
+        r.register("bytes", "Bytes carried between zones", m.bytes.clone());
+        r.register("fallbacks", "Connections carried over TCP+TLS because QUIC to the zone was down", m.fallbacks.clone());
+        r.register("refused", "Connections and streams refused, by reason", m.refused.clone());
+        r.register("quic_up", "Whether the QUIC connection to the zone is up", m.quic_up.clone());
+        r.register("quic_rtt_seconds", "Smoothed QUIC round-trip time to the zone", m.quic_rtt.clone());
+        r.register("quic_lost_packets", "Packets lost on the current QUIC connection to the zone", m.quic_lost.clone());
+        r.register("quic_sent_packets", "Packets sent on the current QUIC connection to the zone", m.quic_sent.clone());
+        m
+    }
+
+    /// Counts a refusal.
+    pub fn refuse(&self, direction: &'static str, reason: &'static str) {
+        self.refused.get_or_create(&RefusedLabels { direction, reason }).inc();
+    }
+
+    /// Counts a tunnelled connection's bytes when it ends.
+    pub fn count_bytes(&self, direction: &'static str, zone: &str, service: &str, to_zone: u64, from_zone: u64) {
+        for (flow, n) in [("to_zone", to_zone), ("from_zone", from_zone)] {
+            self.bytes.get_or_create(&ByteLabels { direction, zone: zone.to_string(), service: service.to_string(), flow }).inc_by(n);
+        }
+    }
+}
