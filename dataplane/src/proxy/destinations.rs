@@ -18,7 +18,10 @@ use strait_api::proxy_config::ProxyConfig;
 use strait_api::ResourceType;
 use strait_pki::Identity;
 
+use strait_api::gateway_config::sni;
+
 use super::balance::Balancer;
+use super::locality::{Health, Locality, MAX_CANDIDATES};
 use super::metrics::{Direction, PairMetrics, ProxyMetrics};
 use super::pool::Slot;
 
@@ -85,21 +88,28 @@ impl Timeouts {
     }
 }
 
-/// One endpoint of a destination: a peer sidecar's inbound.
+/// One endpoint of a destination: a peer sidecar's inbound, or, for another zone, this
+/// zone's egress gateway.
 #[derive(Debug)]
 pub struct Endpoint {
-    /// The peer sidecar's inbound address.
+    /// Where to connect: the peer sidecar's inbound, or the egress.
     pub address: SocketAddr,
     /// The zone it runs in.
     pub zone: String,
+    /// The SNI sent to it (`<service>.<mesh>.strait`; through the egress, with the zone
+    /// between mesh and `strait`): a routing label for gateways.
+    pub sni: ServerName<'static>,
     in_flight: AtomicUsize,
     /// The pooled HTTP/2 connection to it.
     pub pool: Slot,
+    /// Ejection after failed connects, and the measured handshake time.
+    pub health: Health,
 }
 
 impl Endpoint {
-    fn new(address: SocketAddr, zone: String) -> Self {
-        Endpoint { address, zone, in_flight: AtomicUsize::new(0), pool: Slot::default() }
+    /// A new endpoint with no history.
+    pub fn new(address: SocketAddr, zone: String, sni: ServerName<'static>) -> Self {
+        Endpoint { address, zone, sni, in_flight: AtomicUsize::new(0), pool: Slot::default(), health: Health::default() }
     }
 
     /// Requests (or TCP connections) in flight to it.
@@ -133,13 +143,12 @@ pub struct Destination {
     pub protocol: Protocol,
     /// The SPIFFE ID its endpoints must present.
     pub expected: Identity,
-    /// The SNI sent to its endpoints (`<service>.<mesh>.strait`), a routing label for gateways.
-    pub sni: ServerName<'static>,
     /// Endpoints in this sidecar's zone, preferred.
     local: Vec<Arc<Endpoint>>,
     /// Endpoints in other zones, used when no local one remains.
     remote: Vec<Arc<Endpoint>>,
     balancer: Balancer,
+    locality: Locality,
     /// Connect and request timeouts.
     pub timeouts: Timeouts,
     /// Outbound metrics of requests to it.
@@ -147,11 +156,13 @@ pub struct Destination {
 }
 
 impl Destination {
-    /// The endpoint for the next request or connection: local ones first.
+    /// The endpoint for the next request or connection: an available local one, else one of
+    /// the zone the locality rules choose (see [`Locality`]).
     pub fn pick(&self) -> Option<&Arc<Endpoint>> {
-        let candidates = if self.local.is_empty() { &self.remote } else { &self.local };
-        let index = self.balancer.pick(candidates.len(), |i| candidates[i].in_flight())?;
-        candidates.get(index)
+        let mut candidates = [None; MAX_CANDIDATES];
+        let n = self.locality.candidates(&self.local, &self.remote, &mut candidates);
+        let index = self.balancer.pick(n, |i| candidates[i].map_or(0, |e| e.in_flight()))?;
+        candidates[index]
     }
 
     /// Every endpoint, local first.
@@ -171,17 +182,18 @@ impl Table {
     /// Builds the table of `config`, keeping the endpoints of `previous` that remain.
     pub fn build(config: &ProxyConfig, previous: &Table, metrics: &ProxyMetrics) -> Table {
         let zone = config.zone.as_str();
-        let mut known: HashMap<SocketAddr, Arc<Endpoint>> =
-            previous.by_service.values().flat_map(|d| d.endpoints()).map(|e| (e.address, e.clone())).collect();
+        // Endpoints in other zones share the egress address: the SNI tells them apart.
+        let mut known: HashMap<(SocketAddr, String), Arc<Endpoint>> = previous
+            .by_service
+            .values()
+            .flat_map(|d| d.endpoints())
+            .map(|e| ((e.address, e.sni.to_str().into_owned()), e.clone()))
+            .collect();
         let source = config.inbounds.first().map_or("", |i| i.service.as_str());
         let mut table = Table::default();
         for outbound in &config.outbounds {
             let Ok(expected) = Identity::parse(&strait_pki::spiffe_id(&config.mesh, &outbound.service)) else {
                 tracing::warn!(service = outbound.service, "no SPIFFE ID can be made for this service; skipping it");
-                continue;
-            };
-            let Ok(sni) = ServerName::try_from(format!("{}.{}.strait", outbound.service, config.mesh)) else {
-                tracing::warn!(service = outbound.service, "the service name is not a valid SNI; skipping it");
                 continue;
             };
             let (mut local, mut remote) = (Vec::new(), Vec::new());
@@ -194,34 +206,43 @@ impl Table {
                     );
                     continue;
                 };
+                let is_local = e.zone == zone;
+                let name = sni(&outbound.service, &config.mesh, (!is_local).then_some(e.zone.as_str()));
+                let Ok(server_name) = ServerName::try_from(name.clone()) else {
+                    tracing::warn!(service = outbound.service, sni = name, "not a valid SNI; skipping the endpoint");
+                    continue;
+                };
                 let address = SocketAddr::new(ip, e.port);
                 let endpoint = known
-                    .entry(address)
+                    .entry((address, name))
                     .and_modify(|kept| {
                         if kept.zone != e.zone {
-                            *kept = Arc::new(Endpoint::new(address, e.zone.clone()));
+                            *kept = Arc::new(Endpoint::new(address, e.zone.clone(), server_name.clone()));
                         }
                     })
-                    .or_insert_with(|| Arc::new(Endpoint::new(address, e.zone.clone())))
+                    .or_insert_with(|| Arc::new(Endpoint::new(address, e.zone.clone(), server_name)))
                     .clone();
-                if e.zone == zone {
+                if is_local {
                     local.push(endpoint)
                 } else {
                     remote.push(endpoint)
                 }
             }
+            let lb = outbound.policies.get(&ResourceType::MeshLoadBalancingStrategy);
             let destination = Arc::new(Destination {
                 service: outbound.service.clone(),
                 protocol: Protocol::from_tag(&outbound.protocol),
                 expected,
-                sni,
                 local,
                 remote,
-                balancer: Balancer::from_conf(outbound.policies.get(&ResourceType::MeshLoadBalancingStrategy)),
+                balancer: Balancer::from_conf(lb),
+                locality: Locality::from_conf(lb, zone),
                 timeouts: Timeouts::from_conf(outbound.policies.get(&ResourceType::MeshTimeout)),
                 metrics: metrics.pair(Direction::Outbound, source, &outbound.service),
             });
-            for e in destination.endpoints() {
+            // Transparent interception finds a destination by the address the application
+            // dialled: a sidecar of this zone (other zones are reached only by service).
+            for e in &destination.local {
                 table.by_address.insert(e.address, destination.clone());
             }
             table.by_service.insert(outbound.service.clone(), destination);

@@ -15,6 +15,7 @@ pub mod balance;
 pub mod destinations;
 pub mod http;
 pub mod inbound;
+pub mod locality;
 pub mod metrics;
 pub mod outbound;
 pub mod pool;

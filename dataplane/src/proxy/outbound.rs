@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use strait_api::proxy_config::OutboundConfig;
 use strait_proxy_core::tls::ALPN_TCP;
-use strait_proxy_core::tunnel::outbound;
+use strait_proxy_core::tunnel::outbound::{self, OutboundError};
 use tokio::net::TcpStream;
 
 use super::destinations::Destination;
@@ -51,30 +51,55 @@ pub async fn start(config: &OutboundConfig, path: &Arc<DataPath>) {
     });
 }
 
+/// Connection attempts per application connection: a failed connect (nothing of the
+/// application's has been sent yet) is tried once more on a fresh pick.
+const ATTEMPTS: usize = 2;
+
 /// Tunnels `app` over mTLS to an endpoint of `destination` (or to `target`, when the
 /// application addressed one directly through transparent interception).
 pub fn spawn_tcp(app: TcpStream, destination: Arc<Destination>, target: Option<SocketAddr>, path: &Arc<DataPath>) {
-    let endpoint = match target {
-        Some(t) => destination.endpoints().find(|e| e.address == t).cloned(),
-        None => destination.pick().cloned(),
-    };
-    let Some(endpoint) = endpoint else {
-        tracing::warn!(service = destination.service, "no endpoint for the destination; closing the connection");
-        return;
-    };
     let task_path = path.clone();
     path.tasks.spawn(async move {
         let path = task_path;
-        let _in_flight = endpoint.start();
-        let client = path.identities.current().client_config(&destination.expected, ALPN_TCP);
         let options = outbound::ForwardOptions { connect_timeout: destination.timeouts.connect, ..Default::default() };
+        let metrics = &path.metrics.outbound;
         // Open connections finish during a drain, and are cut when it is forced.
-        let forwarded = path
-            .drain
-            .unless_forced(outbound::forward(app, endpoint.address, client, destination.sni.clone(), &options, &path.metrics.outbound))
+        path.drain
+            .unless_forced(async {
+                for attempt in 1..=ATTEMPTS {
+                    let endpoint = match target {
+                        Some(t) => destination.endpoints().find(|e| e.address == t).cloned(),
+                        None => destination.pick().cloned(),
+                    };
+                    let Some(endpoint) = endpoint else {
+                        tracing::warn!(service = destination.service, "no endpoint for the destination; closing the connection");
+                        return;
+                    };
+                    let _in_flight = endpoint.start();
+                    let client = path.identities.current().client_config(&destination.expected, ALPN_TCP);
+                    metrics.connections.inc();
+                    let started = std::time::Instant::now();
+                    let upstream = match outbound::connect(endpoint.address, client, endpoint.sni.clone(), options.connect_timeout).await {
+                        Ok(u) => u,
+                        Err(e) => {
+                            endpoint.health.failed();
+                            if matches!(e, OutboundError::IdentityMismatch { .. } | OutboundError::Handshake { .. }) {
+                                metrics.handshake_errors.inc();
+                            }
+                            tracing::debug!(service = destination.service, target = %endpoint.address, attempt, error = %e, "outbound connect failed");
+                            if target.is_some() {
+                                return;
+                            }
+                            continue;
+                        }
+                    };
+                    endpoint.health.connected(started.elapsed());
+                    if let Err(e) = outbound::forward_connected(app, upstream, &options, metrics).await {
+                        tracing::debug!(service = destination.service, target = %endpoint.address, error = %e, "outbound connection failed");
+                    }
+                    return;
+                }
+            })
             .await;
-        if let Some(Err(e)) = forwarded {
-            tracing::debug!(service = destination.service, target = %endpoint.address, error = %e, "outbound connection failed");
-        }
     });
 }

@@ -27,6 +27,7 @@ use strait_proxy_core::tunnel::TunnelMetrics;
 use tokio_util::task::TaskTracker;
 
 use super::http::Counted;
+use super::locality::Health;
 
 /// Why no connection to a peer could be had.
 #[derive(Debug, thiserror::Error)]
@@ -76,6 +77,8 @@ pub struct Connector<'a> {
     pub expected: &'a Identity,
     /// The SNI to send.
     pub sni: &'a ServerName<'static>,
+    /// The endpoint's passive health: told of each connect's outcome.
+    pub health: &'a Health,
     /// Longest TCP connect plus TLS handshake.
     pub connect_timeout: Duration,
     /// Outbound tunnel counters (connections opened, handshake errors).
@@ -117,9 +120,14 @@ impl Slot {
     async fn connect(&self, target: SocketAddr, identity: Arc<TlsIdentity>, c: &Connector<'_>) -> Result<SendRequest<Counted>, PoolError> {
         c.metrics.connections.inc();
         let config = identity.client_config(c.expected, ALPN_H2);
+        let started = std::time::Instant::now();
         let tls = match outbound::connect(target, config, c.sni.clone(), c.connect_timeout).await {
-            Ok(tls) => tls,
+            Ok(tls) => {
+                c.health.connected(started.elapsed());
+                tls
+            }
             Err(error) => {
+                c.health.failed();
                 if matches!(error, OutboundError::IdentityMismatch { .. } | OutboundError::Handshake { .. }) {
                     c.metrics.handshake_errors.inc();
                 }

@@ -81,7 +81,7 @@ pub async fn connect(
 /// Proxies `app` (a local application connection) through an mTLS connection to `target` and
 /// counts it in `metrics` (`bytes_out` is what the application sent).
 pub async fn forward(
-    mut app: TcpStream,
+    app: TcpStream,
     target: SocketAddr,
     config: Arc<ClientConfig>,
     sni: ServerName<'static>,
@@ -89,9 +89,7 @@ pub async fn forward(
     metrics: &TunnelMetrics,
 ) -> Result<Copied, ForwardError> {
     metrics.connections.inc();
-    let _active = Active::new(&metrics.active);
-    let _ = app.set_nodelay(true);
-    let mut upstream = match connect(target, config, sni, options.connect_timeout).await {
+    let upstream = match connect(target, config, sni, options.connect_timeout).await {
         Ok(upstream) => upstream,
         Err(error) => {
             if matches!(error, OutboundError::IdentityMismatch { .. } | OutboundError::Handshake { .. }) {
@@ -100,6 +98,19 @@ pub async fn forward(
             return Err(ForwardError::Connect(error));
         }
     };
+    forward_connected(app, upstream, options, metrics).await
+}
+
+/// Proxies `app` through `upstream`, an mTLS connection the caller opened with [`connect`]
+/// (counting it in `metrics.connections` itself, failed attempts included).
+pub async fn forward_connected(
+    mut app: TcpStream,
+    mut upstream: TlsStream<TcpStream>,
+    options: &ForwardOptions,
+    metrics: &TunnelMetrics,
+) -> Result<Copied, ForwardError> {
+    let _active = Active::new(&metrics.active);
+    let _ = app.set_nodelay(true);
     let result = copy_bidirectional(&mut app, &mut upstream, &options.copy).await;
     let copied = result.as_ref().map_or_else(CopyError::copied, |copied| *copied);
     metrics.bytes_out.inc_by(copied.a_to_b);

@@ -106,19 +106,20 @@ async fn send(
     destination: &Destination,
     path: &DataPath,
 ) -> Result<(Response<Incoming>, InFlight), Failure> {
-    let connector = Connector {
-        identities: &path.identities,
-        expected: &destination.expected,
-        sni: &destination.sni,
-        connect_timeout: destination.timeouts.connect,
-        metrics: &path.metrics.outbound,
-        drain: &path.drain,
-        tasks: &path.tasks,
-    };
     let mut last: Option<Failure> = None;
     for _ in 0..ATTEMPTS {
         let Some(endpoint) = destination.pick().cloned() else {
             return Err((StatusCode::SERVICE_UNAVAILABLE, "no endpoint available".into()));
+        };
+        let connector = Connector {
+            identities: &path.identities,
+            expected: &destination.expected,
+            sni: &endpoint.sni,
+            health: &endpoint.health,
+            connect_timeout: destination.timeouts.connect,
+            metrics: &path.metrics.outbound,
+            drain: &path.drain,
+            tasks: &path.tasks,
         };
         let in_flight = endpoint.start();
         let mut sender = match endpoint.pool.sender(endpoint.address, &connector).await {

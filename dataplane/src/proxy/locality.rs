@@ -1,0 +1,261 @@
+//! Zone locality and passive health: which endpoints a pick may use.
+//!
+//! Endpoints of the sidecar's own zone come first. When none of them is available, other
+//! zones are tried in the order of `MeshLoadBalancingStrategy`'s `localityAwareness.crossZone`
+//! failover steps (those whose `from` includes this zone); without steps, any other zone, the
+//! nearest first by the handshake time measured to it. `localityAwareness.disabled` spreads
+//! over every endpoint. An endpoint that failed to connect is ejected for a while (1 s,
+//! doubling on each further failure up to 30 s), so a dead endpoint or a dead zone is skipped.
+//!
+//! In: the merged conf and the sidecar's zone. Out: [`Locality`], applied per pick by
+//! [`Locality::candidates`] without locks or heap allocation.
+
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use strait_api::policies::load_balancing::{FailoverType, LocalityAwareness};
+
+use super::destinations::Endpoint;
+
+/// Most candidates a pick considers (the first ones in order, when there are more).
+pub const MAX_CANDIDATES: usize = 64;
+const EJECT_BASE: Duration = Duration::from_secs(1);
+const EJECT_MAX: Duration = Duration::from_secs(30);
+
+/// Milliseconds since the process's first use of this clock.
+fn now_ms() -> u64 {
+    static START: OnceLock<Instant> = OnceLock::new();
+    START.get_or_init(Instant::now).elapsed().as_millis() as u64
+}
+
+/// Passive health of one endpoint: ejection after a failed connect, and the handshake time.
+#[derive(Debug, Default)]
+pub struct Health {
+    failures: AtomicU32,
+    ejected_until_ms: AtomicU64,
+    /// Smoothed TCP + TLS handshake time, microseconds; 0 until measured.
+    rtt_us: AtomicU64,
+}
+
+impl Health {
+    /// A connection was opened in `took`.
+    pub fn connected(&self, took: Duration) {
+        self.failures.store(0, Ordering::Relaxed);
+        self.ejected_until_ms.store(0, Ordering::Relaxed);
+        let sample = took.as_micros().min(u128::from(u32::MAX)) as u64;
+        let old = self.rtt_us.load(Ordering::Relaxed);
+        let next = if old == 0 { sample } else { (old * 3 + sample) / 4 };
+        self.rtt_us.store(next.max(1), Ordering::Relaxed);
+    }
+
+    /// A connection could not be opened: eject for a while.
+    pub fn failed(&self) {
+        let n = self.failures.fetch_add(1, Ordering::Relaxed).min(16);
+        let eject = EJECT_BASE.saturating_mul(1 << n.min(5)).min(EJECT_MAX);
+        self.ejected_until_ms.store(now_ms() + eject.as_millis() as u64, Ordering::Relaxed);
+    }
+
+    /// Whether picks may use the endpoint now.
+    pub fn available(&self, now_ms: u64) -> bool {
+        self.ejected_until_ms.load(Ordering::Relaxed) <= now_ms
+    }
+
+    /// The smoothed handshake time, if measured.
+    pub fn rtt(&self) -> Option<Duration> {
+        match self.rtt_us.load(Ordering::Relaxed) {
+            0 => None,
+            us => Some(Duration::from_micros(us)),
+        }
+    }
+}
+
+/// Which other zones a failover step allows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Step {
+    Any,
+    Only(Vec<String>),
+    AnyExcept(Vec<String>),
+    Stop,
+}
+
+impl Step {
+    fn allows(&self, zone: &str) -> bool {
+        match self {
+            Step::Any => true,
+            Step::Only(zones) => zones.iter().any(|z| z == zone),
+            Step::AnyExcept(zones) => !zones.iter().any(|z| z == zone),
+            Step::Stop => false,
+        }
+    }
+}
+
+/// A destination's locality rules, as seen from one zone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Locality {
+    disabled: bool,
+    steps: Vec<Step>,
+}
+
+impl Default for Locality {
+    fn default() -> Self {
+        Locality { disabled: false, steps: vec![Step::Any] }
+    }
+}
+
+impl Locality {
+    /// The rules of a merged `MeshLoadBalancingStrategy` conf for a caller in `zone`.
+    pub fn from_conf(conf: Option<&Value>, zone: &str) -> Locality {
+        let Some(la) = conf.and_then(|c| c.get("localityAwareness")) else { return Locality::default() };
+        let la: LocalityAwareness = match serde_json::from_value(la.clone()) {
+            Ok(la) => la,
+            Err(e) => {
+                tracing::warn!(error = %e, "a localityAwareness conf does not parse; preferring the own zone, then any");
+                return Locality::default();
+            }
+        };
+        let failover = la.cross_zone.map(|c| c.failover).unwrap_or_default();
+        let mut steps: Vec<Step> = failover
+            .into_iter()
+            .filter(|f| f.from.as_ref().is_none_or(|from| from.zones.iter().any(|z| z == zone)))
+            .map(|f| match f.to.kind {
+                FailoverType::Any => Step::Any,
+                FailoverType::Only => Step::Only(f.to.zones),
+                FailoverType::AnyExcept => Step::AnyExcept(f.to.zones),
+                FailoverType::None => Step::Stop,
+            })
+            .collect();
+        if steps.is_empty() {
+            steps.push(Step::Any);
+        }
+        Locality { disabled: la.disabled.unwrap_or(false), steps }
+    }
+
+    /// Fills `out` with the endpoints a pick may use now, and returns how many: available
+    /// local ones; else the first failover step with available ones (for "any zone", the zone
+    /// with the shortest measured handshake); else, when every endpoint is ejected, the local
+    /// ones, or the remote ones when there are none: better to try than to fail at once.
+    pub fn candidates<'a>(
+        &self,
+        local: &'a [Arc<Endpoint>],
+        remote: &'a [Arc<Endpoint>],
+        out: &mut [Option<&'a Arc<Endpoint>>; MAX_CANDIDATES],
+    ) -> usize {
+        let now = now_ms();
+        let fill = |out: &mut [Option<&'a Arc<Endpoint>>; MAX_CANDIDATES], it: &mut dyn Iterator<Item = &'a Arc<Endpoint>>| {
+            let mut n = 0;
+            for e in it.take(MAX_CANDIDATES) {
+                out[n] = Some(e);
+                n += 1;
+            }
+            n
+        };
+        if self.disabled {
+            let n = fill(out, &mut local.iter().chain(remote).filter(|e| e.health.available(now)));
+            return if n > 0 { n } else { fill(out, &mut local.iter().chain(remote)) };
+        }
+        let n = fill(out, &mut local.iter().filter(|e| e.health.available(now)));
+        if n > 0 {
+            return n;
+        }
+        for step in &self.steps {
+            if *step == Step::Stop {
+                break;
+            }
+            let usable = |e: &&Arc<Endpoint>| step.allows(&e.zone) && e.health.available(now);
+            let n = if *step == Step::Any {
+                // The nearest zone: unmeasured ones first, so each gets measured once.
+                let Some(nearest) = remote.iter().filter(usable).min_by_key(|e| e.health.rtt().unwrap_or_default()) else { continue };
+                fill(out, &mut remote.iter().filter(usable).filter(|e| e.zone == nearest.zone))
+            } else {
+                fill(out, &mut remote.iter().filter(usable))
+            };
+            if n > 0 {
+                return n;
+            }
+        }
+        let n = fill(out, &mut local.iter());
+        if n > 0 || self.steps.first() == Some(&Step::Stop) {
+            return n;
+        }
+        fill(out, &mut remote.iter().filter(|e| self.steps.iter().any(|s| s.allows(&e.zone))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn endpoint(port: u16, zone: &str) -> Arc<Endpoint> {
+        let sni = rustls::pki_types::ServerName::try_from("a.default.strait").unwrap();
+        Arc::new(Endpoint::new(std::net::SocketAddr::from(([10, 0, 0, 1], port)), zone.into(), sni))
+    }
+
+    fn picked(l: &Locality, local: &[Arc<Endpoint>], remote: &[Arc<Endpoint>]) -> Vec<u16> {
+        let mut out = [None; MAX_CANDIDATES];
+        let n = l.candidates(local, remote, &mut out);
+        out[..n].iter().map(|e| e.unwrap().address.port()).collect()
+    }
+
+    #[test]
+    fn own_zone_first_then_the_nearest_other_zone() {
+        let l = Locality::default();
+        let local = vec![endpoint(1, "z1"), endpoint(2, "z1")];
+        let remote = vec![endpoint(3, "z2"), endpoint(4, "z3")];
+        assert_eq!(picked(&l, &local, &remote), [1, 2]);
+        local[0].health.failed();
+        assert_eq!(picked(&l, &local, &remote), [2], "an ejected endpoint is skipped");
+        local[1].health.failed();
+        assert_eq!(picked(&l, &local, &remote), [3], "no local endpoint left: an unmeasured zone first");
+        remote[0].health.connected(Duration::from_millis(50));
+        assert_eq!(picked(&l, &local, &remote), [4], "then the other unmeasured one");
+        remote[1].health.connected(Duration::from_millis(80));
+        assert_eq!(picked(&l, &local, &remote), [3], "then the nearest");
+        remote[0].health.failed();
+        assert_eq!(picked(&l, &local, &remote), [4], "a dead zone is skipped");
+        remote[1].health.failed();
+        assert_eq!(picked(&l, &local, &remote), [1, 2], "all ejected: try the local ones rather than fail");
+        local[0].health.connected(Duration::from_millis(1));
+        assert_eq!(picked(&l, &local, &remote), [1], "a success brings an endpoint back at once");
+    }
+
+    #[test]
+    fn failover_steps_order_the_zones_for_callers_they_name() {
+        let conf = json!({"localityAwareness": {"crossZone": {"failover": [
+            {"from": {"zones": ["z9"]}, "to": {"type": "Only", "zones": ["z3"]}},
+            {"to": {"type": "Only", "zones": ["z3"]}},
+            {"to": {"type": "AnyExcept", "zones": ["z4"]}},
+        ]}}});
+        let l = Locality::from_conf(Some(&conf), "z1");
+        let remote = vec![endpoint(2, "z2"), endpoint(3, "z3"), endpoint(4, "z4")];
+        assert_eq!(picked(&l, &[], &remote), [3]);
+        remote[1].health.failed();
+        assert_eq!(picked(&l, &[], &remote), [2], "next step: any zone but z4");
+
+        let none = json!({"localityAwareness": {"crossZone": {"failover": [{"to": {"type": "None"}}]}}});
+        let l = Locality::from_conf(Some(&none), "z1");
+        assert!(picked(&l, &[], &remote).is_empty(), "None: never leave the zone");
+
+        let disabled = json!({"localityAwareness": {"disabled": true}});
+        let l = Locality::from_conf(Some(&disabled), "z1");
+        let local = vec![endpoint(1, "z1")];
+        assert_eq!(picked(&l, &local, &remote), [1, 2, 4], "disabled: every available endpoint");
+    }
+
+    #[test]
+    fn ejections_grow_and_are_capped() {
+        let h = Health::default();
+        assert!(h.available(now_ms()));
+        h.failed();
+        assert!(!h.available(now_ms()));
+        assert!(h.available(now_ms() + 1_001));
+        for _ in 0..10 {
+            h.failed();
+        }
+        assert!(!h.available(now_ms() + 29_000));
+        assert!(h.available(now_ms() + 30_001));
+    }
+}
