@@ -52,14 +52,25 @@ impl Capture {
     }
 }
 
-/// One captured TCP segment.
+/// The transport of a captured packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// TCP.
+    Tcp,
+    /// UDP (QUIC between gateways).
+    Udp,
+}
+
+/// One captured TCP segment or UDP datagram.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Segment {
+    /// TCP or UDP.
+    pub transport: Transport,
     /// Source address and port.
     pub src: SocketAddrV4,
     /// Destination address and port.
     pub dst: SocketAddrV4,
-    /// The TCP payload (may be empty: SYN, ACK, FIN).
+    /// The TCP or UDP payload (may be empty: SYN, ACK, FIN).
     pub payload: Vec<u8>,
 }
 
@@ -85,7 +96,7 @@ const LINKTYPE_ETHERNET: u32 = 1;
 const LINKTYPE_RAW: u32 = 101;
 const LINKTYPE_LINUX_SLL: u32 = 113;
 
-/// The TCP-over-IPv4 segments of a pcap file (other packets are skipped).
+/// The TCP and UDP packets over IPv4 of a pcap file (other packets are skipped).
 pub fn parse_pcap(bytes: &[u8]) -> Result<Vec<Segment>, String> {
     if bytes.len() < 24 {
         return Err(format!("not a pcap file: {} bytes", bytes.len()));
@@ -120,7 +131,7 @@ pub fn parse_pcap(bytes: &[u8]) -> Result<Vec<Segment>, String> {
             LINKTYPE_RAW => Some(frame),
             other => return Err(format!("link type {other} is not supported")),
         };
-        if let Some(segment) = ip.and_then(parse_ipv4_tcp) {
+        if let Some(segment) = ip.and_then(parse_ipv4) {
             segments.push(segment);
         }
         at = end;
@@ -128,24 +139,26 @@ pub fn parse_pcap(bytes: &[u8]) -> Result<Vec<Segment>, String> {
     Ok(segments)
 }
 
-/// An IPv4 packet carrying TCP, as a [`Segment`].
-fn parse_ipv4_tcp(ip: &[u8]) -> Option<Segment> {
-    if ip.len() < 20 || ip[0] >> 4 != 4 || ip[9] != 6 {
+/// An IPv4 packet carrying TCP or UDP, as a [`Segment`].
+fn parse_ipv4(ip: &[u8]) -> Option<Segment> {
+    if ip.len() < 20 || ip[0] >> 4 != 4 {
         return None;
     }
     let header = usize::from(ip[0] & 0x0f) * 4;
     let total = usize::from(u16::from_be_bytes([ip[2], ip[3]])).min(ip.len());
-    let tcp = ip.get(header..total)?;
-    if tcp.len() < 20 {
-        return None;
-    }
-    let data = usize::from(tcp[12] >> 4) * 4;
+    let body = ip.get(header..total)?;
+    let (transport, data) = match ip[9] {
+        6 if body.len() >= 20 => (Transport::Tcp, usize::from(body[12] >> 4) * 4),
+        17 if body.len() >= 8 => (Transport::Udp, 8),
+        _ => return None,
+    };
     let addr = |b: &[u8]| Ipv4Addr::new(b[0], b[1], b[2], b[3]);
     let port = |b: &[u8]| u16::from_be_bytes([b[0], b[1]]);
     Some(Segment {
-        src: SocketAddrV4::new(addr(&ip[12..16]), port(&tcp[0..2])),
-        dst: SocketAddrV4::new(addr(&ip[16..20]), port(&tcp[2..4])),
-        payload: tcp.get(data..)?.to_vec(),
+        transport,
+        src: SocketAddrV4::new(addr(&ip[12..16]), port(&body[0..2])),
+        dst: SocketAddrV4::new(addr(&ip[16..20]), port(&body[2..4])),
+        payload: body.get(data..)?.to_vec(),
     })
 }
 
@@ -185,6 +198,7 @@ mod tests {
         assert_eq!(
             segments,
             vec![Segment {
+                transport: Transport::Tcp,
                 src: "10.0.0.1:8080".parse().expect("addr"),
                 dst: "10.0.0.2:80".parse().expect("addr"),
                 payload: b"hello".to_vec()
@@ -192,6 +206,28 @@ mod tests {
         );
         let flows = flows(&segments);
         assert!(contains(&flows[&(segments[0].src, segments[0].dst)], b"ell"));
+    }
+
+    #[test]
+    fn udp_datagrams_are_read_too() {
+        let mut file = pcap_with(b"");
+        // Turn the one packet into UDP: protocol 17, an 8-byte header, then the payload.
+        let ip = 24 + 16 + 14;
+        file[ip + 9] = 17;
+        let udp_payload = b"quic";
+        file.truncate(ip + 20);
+        file.extend_from_slice(&[0x27, 0x11, 0x27, 0x11, 0, 12, 0, 0]);
+        file.extend_from_slice(udp_payload);
+        let total = u16::try_from(20 + 8 + udp_payload.len()).expect("small");
+        file[ip + 2..ip + 4].copy_from_slice(&total.to_be_bytes());
+        let len = u32::try_from(file.len() - 24 - 16).expect("small");
+        file[24 + 8..24 + 12].copy_from_slice(&len.to_le_bytes());
+        file[24 + 12..24 + 16].copy_from_slice(&len.to_le_bytes());
+        let segments = parse_pcap(&file).expect("parses");
+        assert_eq!(segments.len(), 1);
+        assert_eq!(segments[0].transport, Transport::Udp);
+        assert_eq!(segments[0].src.port(), 10001);
+        assert_eq!(segments[0].payload, b"quic");
     }
 
     #[test]

@@ -55,6 +55,7 @@
 pub mod bins;
 pub mod capture;
 pub mod control_plane;
+pub mod gateway;
 pub mod host;
 mod ip;
 pub mod net;
@@ -63,6 +64,7 @@ pub mod sidecar;
 pub mod slots;
 mod sys;
 pub mod wait;
+pub mod wan;
 
 pub use bins::{bin, bin_dir};
 pub use host::{Host, Output};

@@ -317,7 +317,7 @@ impl Workload {
         app_port: u16,
         outbounds: &[(u16, &str)],
     ) -> Workload {
-        Workload::start_with(net, global, zone, service, inbound_port, app_port, outbounds, None)
+        Workload::start_on(net, global, zone, service, service, inbound_port, app_port, outbounds, None)
     }
 
     /// As [`Workload::start`], but the application is an HTTP server ([`http_server`]) serving
@@ -333,21 +333,24 @@ impl Workload {
         outbounds: &[(u16, &str)],
         files: &[(&str, &str)],
     ) -> Workload {
-        Workload::start_with(net, global, zone, service, inbound_port, app_port, outbounds, Some(files))
+        Workload::start_on(net, global, zone, service, service, inbound_port, app_port, outbounds, Some(files))
     }
 
+    /// As [`Workload::start`] (or [`Workload::start_http`] with `http_files`), on a new host
+    /// named `host_name`: several workloads of one service, in different zones say.
     #[allow(clippy::too_many_arguments)]
-    fn start_with(
+    pub fn start_on(
         net: &Net,
         global: &Global,
         zone: &Zone,
+        host_name: &str,
         service: &str,
         inbound_port: u16,
         app_port: u16,
         outbounds: &[(u16, &str)],
         http_files: Option<&[(&str, &str)]>,
     ) -> Workload {
-        let host = net.host(service);
+        let host = net.host(host_name);
         let local = local_ip(&host);
         let dataplane = DataplaneSpec {
             name: format!("{service}-1"),
@@ -359,11 +362,11 @@ impl Workload {
             outbound_address: local,
             protocol: http_files.map(|_| "http".to_owned()),
         };
-        let token = dataplane_token(net, global, service, &format!("{service}.token"));
-        let file = net.write_file(&format!("{service}.dataplane.yaml"), dataplane.yaml());
+        let token = dataplane_token(net, global, service, &format!("{host_name}.token"));
+        let file = net.write_file(&format!("{host_name}.dataplane.yaml"), dataplane.yaml());
         let app = match http_files {
             Some(files) => {
-                let dir = net.dir().join(format!("{service}-www"));
+                let dir = net.dir().join(format!("{host_name}-www"));
                 std::fs::create_dir_all(&dir).expect("create the web root");
                 for (name, content) in files {
                     std::fs::write(dir.join(name), content).expect("write a served file");
