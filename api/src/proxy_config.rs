@@ -190,12 +190,13 @@ fn endpoints_by_service(resources: &[Resource], zone: &str) -> BTreeMap<String, 
     out
 }
 
-/// One endpoint per other zone that has a healthy endpoint of the service: this zone's egress,
-/// tagged with the zone, so the sidecar can prefer its own zone and order the others.
+/// One endpoint per other zone that has a healthy endpoint of the service and a gateway to
+/// reach it by: this zone's egress, tagged with the zone, so the sidecar can prefer its own
+/// zone and order the others.
 fn add_remote_endpoints(out: &mut BTreeMap<String, Vec<Endpoint>>, remote: &Remote, mesh: &str, zone: &str) {
     let Some((address, port)) = remote.egress.as_deref().and_then(|e| e.rsplit_once(':')) else { return };
     let Ok(port) = port.parse::<u16>() else { return };
-    for inventory in remote.inventories.iter().filter(|i| i.zone != zone) {
+    for inventory in remote.inventories.iter().filter(|i| i.zone != zone && !i.ingress_addresses.is_empty()) {
         for service in inventory.services.iter().filter(|s| s.mesh == mesh && s.healthy > 0) {
             let tags =
                 BTreeMap::from([(SERVICE_TAG.to_string(), service.name.clone()), (PROTOCOL_TAG.to_string(), service.protocol.clone())]);
@@ -296,7 +297,8 @@ spec:
 "#;
         let resources: Vec<Resource> = parse_documents(docs).into_iter().map(|r| r.unwrap()).collect();
         let inventory = |zone: &str, services: serde_json::Value| -> ZoneInventory {
-            serde_json::from_value(serde_json::json!({"zone": zone, "services": services})).unwrap()
+            serde_json::from_value(serde_json::json!({"zone": zone, "services": services, "ingressAddresses": ["192.0.2.200:10001"]}))
+                .unwrap()
         };
         let remote = Remote {
             inventories: vec![
@@ -333,6 +335,11 @@ spec:
         assert_eq!(cfg.outbounds.iter().find(|o| o.service == "db").unwrap().protocol, "tcp");
         assert!(zones("down").is_empty(), "a zone with no healthy endpoint is not used");
         assert!(zones("elsewhere").is_empty(), "other meshes stay apart");
+
+        let mut no_gateway = remote.clone();
+        no_gateway.inventories[1].ingress_addresses.clear();
+        let cfg = build(&resources[0], "zone-1", &resources, &no_gateway, serde_json::json!({}), 3600).unwrap();
+        assert!(cfg.outbounds.iter().all(|o| o.service != "db"), "a zone whose gateways are all gone is out of reach");
 
         let no_egress = Remote { egress: None, ..remote };
         let cfg = build(&resources[0], "zone-1", &resources, &no_egress, serde_json::json!({}), 3600).unwrap();

@@ -32,6 +32,7 @@ pub struct Running {
     pub egress_address: SocketAddr,
     gw: Arc<Gateway>,
     drain: Drain,
+    admin_drain: Drain,
     cp: CancellationToken,
     ready: Ready,
     draining: Mutex<Option<BlockReady>>,
@@ -97,7 +98,9 @@ pub async fn start(config: Validated) -> anyhow::Result<Running> {
         .await
         .map_err(|e| anyhow::anyhow!("binding the admin endpoint to {}: {e}", flags.admin_address))?;
     let admin_address = admin.local_addr();
-    gw.tasks.spawn(admin.serve(drain.watcher()));
+    // The admin endpoint outlives the drain, so `/ready` says `draining` meanwhile.
+    let admin_drain = Drain::new();
+    gw.tasks.spawn(admin.serve(admin_drain.watcher()));
     gw.tasks.spawn(crate::ingress::serve_quic(gw.clone(), drain.watcher()));
     gw.tasks.spawn(crate::ingress::serve_tcp(gw.clone(), tcp_ingress, drain.watcher()));
     gw.tasks.spawn(crate::egress::serve(gw.clone(), egress, drain.watcher()));
@@ -110,7 +113,7 @@ pub async fn start(config: Validated) -> anyhow::Result<Running> {
         advertised_ingress = %config.advertised_ingress, cp = %config.flags.cp_address,
         "gateway started"
     );
-    Ok(Running { admin_address, ingress_address, egress_address, gw, drain, cp, ready, draining: Mutex::new(None) })
+    Ok(Running { admin_address, ingress_address, egress_address, gw, drain, admin_drain, cp, ready, draining: Mutex::new(None) })
 }
 
 impl Running {
@@ -123,13 +126,16 @@ impl Running {
         self.cp.cancel();
         let outcome = self.drain.drain(deadline).await;
         tracing::info!(?outcome, "drained");
+        self.admin_drain.drain(Duration::from_millis(200)).await;
         self.gw.shutdown.cancel();
         self.gw.endpoint.close(0u32.into(), b"shutting down");
         self.gw.tasks.close();
-        if tokio::time::timeout(Duration::from_secs(5), self.gw.tasks.wait()).await.is_err() {
-            tracing::warn!("tasks still running 5s after the drain; exiting anyway");
+        if tokio::time::timeout(Duration::from_secs(2), self.gw.tasks.wait()).await.is_err() {
+            tracing::warn!(tasks = self.gw.tasks.len(), "tasks still running 2s after the drain; exiting anyway");
         }
-        self.gw.endpoint.wait_idle().await;
+        // Lets the peers see the close rather than wait for their idle timeout.
+        let _ = tokio::time::timeout(Duration::from_millis(500), self.gw.endpoint.wait_idle()).await;
+        tracing::info!("stopped");
     }
 
     /// The shared state (tests).

@@ -58,6 +58,7 @@ pub async fn apply(gw: &Arc<Gateway>, guards: &Guards, data_dir: &Path, config: 
     gw.routes.store(Arc::new(built));
     gw.links.update(gw);
     gw.peers.close_revoked(gw);
+    gw.links.close_revoked(gw);
     release(&guards.config);
     if has_identity {
         release(&guards.identity);

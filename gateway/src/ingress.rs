@@ -96,17 +96,33 @@ async fn quic_connection(gw: Arc<Gateway>, incoming: quinn::Incoming, drain: Dra
         gw.peers.add(leaf.clone(), conn.clone());
     }
     tracing::info!(%remote, zone, "QUIC tunnel from a zone accepted");
+    // While draining, streams keep being accepted, to be answered `Draining` at once; the
+    // connection itself stays up for the streams already open, until the endpoint closes.
+    let mut drain = Some(drain);
     loop {
-        let stream = tokio::select! {
-            () = drain.signaled() => break,
-            s = conn.accept_bi() => s,
+        let stream = match &drain {
+            Some(watcher) => tokio::select! {
+                () = watcher.signaled() => {
+                    drain = None;
+                    continue;
+                }
+                s = conn.accept_bi() => s,
+            },
+            None => conn.accept_bi().await,
         };
         match stream {
-            Ok((send, recv)) => {
-                let (task, zone, drain) = (gw.clone(), zone.clone(), drain.clone());
+            Ok((mut send, recv)) => {
+                let Some(watcher) = &drain else {
+                    gw.metrics.refuse(DIRECTION, Status::Draining.reason());
+                    let _ = send.write_all(&header::answer(Status::Draining)).await;
+                    let _ = send.finish();
+                    drop(recv);
+                    continue;
+                };
+                let (task, zone, watcher) = (gw.clone(), zone.clone(), watcher.clone());
                 gw.tasks.spawn(async move {
                     let io = tokio::io::join(recv, send);
-                    drain.unless_forced(tunnelled(task, drain.clone(), zone, io, "quic")).await;
+                    watcher.unless_forced(tunnelled(task, watcher.clone(), zone, io, "quic")).await;
                 });
             }
             Err(e) => {

@@ -68,6 +68,21 @@ impl Links {
         self.map.store(Arc::new(next));
     }
 
+    /// Closes the QUIC connections to gateways whose identity the current routes revoke; their
+    /// links then fail to reconnect until the zone has a new identity.
+    pub fn close_revoked(&self, gw: &Gateway) {
+        let routes = gw.routes.load();
+        for link in self.map.load().values() {
+            let Some(conn) = link.connection() else { continue };
+            let certs = conn.peer_identity().and_then(|i| i.downcast::<Vec<CertificateDer<'static>>>().ok());
+            if certs.as_ref().and_then(|c| c.first()).is_some_and(|leaf| routes.is_revoked(leaf)) {
+                tracing::warn!(zone = link.zone, "the zone's identity was revoked; closing the tunnel to it");
+                conn.close(2u32.into(), b"revoked_zone");
+                gw.metrics.refuse("egress", "revoked_zone");
+            }
+        }
+    }
+
     /// Every link.
     pub fn all(&self) -> Vec<Arc<Link>> {
         self.map.load().values().cloned().collect()
@@ -97,7 +112,8 @@ async fn maintain(gw: Arc<Gateway>, link: Arc<Link>) {
                 was_up = true;
                 let reason = tokio::select! {
                     () = link.stop.cancelled() => {
-                        conn.close(0u32.into(), b"zone removed");
+                        // Streams still open keep the connection until they end; then it
+                        // closes by itself, as the last handle goes.
                         break;
                     }
                     reason = conn.closed() => reason,

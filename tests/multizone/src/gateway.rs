@@ -20,6 +20,8 @@ pub const INGRESS_PORT: u16 = 10001;
 pub const EGRESS_PORT: u16 = 10002;
 /// Admin port.
 pub const ADMIN_PORT: u16 = 9902;
+/// `--drain-timeout` of test gateways: below the harness's teardown grace.
+pub const GATEWAY_DRAIN: Duration = Duration::from_secs(2);
 /// Deadline for a gateway to become ready (registration, configuration, zone identity).
 pub const GATEWAY_READY: Duration = Duration::from_secs(30);
 
@@ -61,7 +63,7 @@ impl Gateway {
                 .args(["--admin-address", &host.socket_addr(ADMIN_PORT).to_string()])
                 .arg("--data-dir")
                 .arg(&data)
-                .args(["--cp-max-backoff", "2s", "--drain-timeout", "5s"])
+                .args(["--cp-max-backoff", "2s", "--drain-timeout", &format!("{}s", GATEWAY_DRAIN.as_secs())])
                 .args(extra),
         );
         Gateway { zone: zone.name.clone(), host, proc, data }

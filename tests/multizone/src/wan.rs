@@ -102,7 +102,23 @@ impl Wan {
         let p = format!("{probability}");
         for (s, d) in [(a, b), (b, a)] {
             let (s, d) = (s.addr().to_string(), d.addr().to_string());
-            self.iptables(&["-I", "FORWARD", "1", "-s", &s, "-d", &d, "-m", "statistic", "--mode", "random", "--probability", &p, "-j", "DROP"])?;
+            self.iptables(&[
+                "-I",
+                "FORWARD",
+                "1",
+                "-s",
+                &s,
+                "-d",
+                &d,
+                "-m",
+                "statistic",
+                "--mode",
+                "random",
+                "--probability",
+                &p,
+                "-j",
+                "DROP",
+            ])?;
         }
         Ok(())
     }

@@ -18,12 +18,14 @@
 //! Measured figures are printed as `FIGURE <name> <key>=<value>`.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use strait_multizone::capture::{self, contains, Capture, Transport};
 use strait_multizone::control_plane::{start_zone, Global, Zone, SYNC};
-use strait_multizone::gateway::{Gateway, INGRESS_PORT};
-use strait_multizone::sidecar::{http_get, local_ip, Workload};
+use strait_multizone::gateway::{Gateway, GATEWAY_DRAIN, INGRESS_PORT};
+use strait_multizone::sidecar::{connect, http_get, local_ip, round_trip, Workload};
 use strait_multizone::wan::{Wan, ZoneHosts};
 use strait_multizone::{wait_for, Host, Net};
 
@@ -56,7 +58,9 @@ fn zones(net: &Net, names: &[&str]) -> (Global, Vec<(Zone, Gateway)>) {
         .iter()
         .map(|name| {
             let zone = start_zone(net, &global, name, &[]);
-            wait_for(&format!("{name} to serve mesh default"), SYNC, || zone.resource(ALLOW_ALL)?.map(drop).ok_or_else(|| "not yet".to_owned()));
+            wait_for(&format!("{name} to serve mesh default"), SYNC, || {
+                zone.resource(ALLOW_ALL)?.map(drop).ok_or_else(|| "not yet".to_owned())
+            });
             let gateway = Gateway::start(net, &zone, &["--quic-idle-timeout", "1500ms"]);
             (zone, gateway)
         })
@@ -86,12 +90,26 @@ fn a_service_of_another_zone_is_reached_by_name_through_the_gateways() {
     let net = Net::new();
     let (global, zones) = zones(&net, &["zone-1", "zone-2"]);
     let ((zone1, gw1), (zone2, gw2)) = (&zones[0], &zones[1]);
-    let backend = Workload::start_on(&net, &global, zone2, "backend-2", "backend", BACKEND_INBOUND, BACKEND_APP, &[], Some(&[("secret.txt", SECRET)]));
+    let backend = Workload::start_on(
+        &net,
+        &global,
+        zone2,
+        "backend-2",
+        "backend",
+        BACKEND_INBOUND,
+        BACKEND_APP,
+        &[],
+        Some(&[("secret.txt", SECRET)]),
+    );
     let db = Workload::start_on(&net, &global, zone2, "db-2", "db", DB_INBOUND, DB_APP, &[], None);
-    let web = Workload::start_on(&net, &global, zone1, "web-1", "web", WEB_INBOUND, WEB_APP, &[(TO_BACKEND, "backend"), (TO_DB, "db")], None);
+    let web =
+        Workload::start_on(&net, &global, zone1, "web-1", "web", WEB_INBOUND, WEB_APP, &[(TO_BACKEND, "backend"), (TO_DB, "db")], None);
     let wan = match Wan::link(
         &net,
-        &[ZoneHosts { gateway: &zone1.host, members: vec![&web.host] }, ZoneHosts { gateway: &zone2.host, members: vec![&backend.host, &db.host] }],
+        &[
+            ZoneHosts { gateway: &zone1.host, members: vec![&web.host] },
+            ZoneHosts { gateway: &zone2.host, members: vec![&backend.host, &db.host] },
+        ],
         WAN_DELAY,
     ) {
         Ok(wan) => Some(wan),
@@ -120,9 +138,11 @@ fn a_service_of_another_zone_is_reached_by_name_through_the_gateways() {
         assert!(warm >= WAN_DELAY * 2, "a cross-zone request pays the WAN round trip: {warm:?}");
         println!("FIGURE cross-zone-warm-http ms={:.1}", warm.as_secs_f64() * 1000.0);
     }
-    let quic = gw1.metric("strait_gateway_streams_total{direction=\"egress\",zone=\"zone-2\",service=\"backend.default\",transport=\"quic\"}");
+    let quic =
+        gw1.metric("strait_gateway_streams_total{direction=\"egress\",zone=\"zone-2\",service=\"backend.default\",transport=\"quic\"}");
     assert!(quic.clone().unwrap_or(0.0) >= 1.0, "zone-1's egress carried backend's connection over QUIC: {quic:?}");
-    let ingress = gw2.metric("strait_gateway_streams_total{direction=\"ingress\",zone=\"zone-1\",service=\"db.default\",transport=\"quic\"}");
+    let ingress =
+        gw2.metric("strait_gateway_streams_total{direction=\"ingress\",zone=\"zone-1\",service=\"db.default\",transport=\"quic\"}");
     assert!(ingress.clone().unwrap_or(0.0) >= 1.0, "zone-2's ingress accepted db's connection from zone-1: {ingress:?}");
 
     if let Some(capture) = capture {
@@ -149,10 +169,33 @@ fn a_service_of_another_zone_is_reached_by_name_through_the_gateways() {
     global.straitctl(&net, &["delete", "meshtrafficpermission", "deny-web", "--mesh", "default"]).assert_success();
     wait_for("web allowed again across zones", SYNC, || get_ok(&web.host, to_backend, "/secret.txt"));
 
-    let Some(wan) = wan else {
-        println!("SKIPPED the UDP blocking: needs the WAN namespace");
-        return;
-    };
+    match &wan {
+        Some(wan) => fallback_and_back(wan, zone1, zone2, gw1, gw2, &web, to_backend),
+        None => println!("SKIPPED the UDP blocking: needs the WAN namespace"),
+    }
+
+    // Zone-2's gateway drains on SIGTERM: a connection open through it carries on, new ones
+    // are refused, `/ready` says it is draining, and it exits within its drain deadline.
+    let mut open = web.host.within(|| connect(web.outbound("db"))).expect("a connection to db");
+    round_trip(&mut open, b"before the drain\n").expect("a round trip before the drain");
+    let pid = gw2.proc.pid().expect("zone-2's gateway runs");
+    zone2.host.run("kill", ["-TERM", &pid.to_string()]).assert_success();
+    let term = Instant::now();
+    wait_for("zone-2's gateway to say it is draining", SYNC, || match gw2.ready()? {
+        s if s.as_u16() == 503 => Ok(()),
+        s => Err(format!("/ready answered {s}")),
+    });
+    round_trip(&mut open, b"during the drain\n").expect("an open connection carries on during the drain");
+    assert!(web.call("db", b"a new connection\n").is_err(), "no new connection goes through a draining gateway");
+    drop(open);
+    let status = gw2.proc.wait_exit(GATEWAY_DRAIN + Duration::from_secs(5));
+    assert!(status.success(), "a drained gateway exits cleanly: {status:?}");
+    println!("FIGURE gateway-drain ms={:.0}", term.elapsed().as_secs_f64() * 1000.0);
+}
+
+/// With UDP dropped between the zones, new connections go over TCP+TLS; once UDP passes
+/// again, QUIC is back and used.
+fn fallback_and_back(wan: &Wan, zone1: &Zone, zone2: &Zone, gw1: &Gateway, gw2: &Gateway, web: &Workload, to_backend: SocketAddr) {
     wan.block_udp(&zone1.host, &zone2.host, true).expect("block UDP between the zones");
     let blocked = Instant::now();
     wait_for("zone-1's QUIC tunnel to zone-2 to be noticed down", SYNC, || {
@@ -175,8 +218,148 @@ fn a_service_of_another_zone_is_reached_by_name_through_the_gateways() {
         up if up == 1.0 => Ok(()),
         up => Err(format!("quic_up={up}")),
     });
-    let before = gw1.metric("strait_gateway_streams_total{direction=\"egress\",zone=\"zone-2\",service=\"db.default\",transport=\"quic\"}").unwrap_or(0.0);
+    let before = gw1
+        .metric("strait_gateway_streams_total{direction=\"egress\",zone=\"zone-2\",service=\"db.default\",transport=\"quic\"}")
+        .unwrap_or(0.0);
     web.call("db", b"over QUIC again\n").expect("a call once QUIC is back");
-    let after = gw1.metric("strait_gateway_streams_total{direction=\"egress\",zone=\"zone-2\",service=\"db.default\",transport=\"quic\"}").unwrap_or(0.0);
+    let after = gw1
+        .metric("strait_gateway_streams_total{direction=\"egress\",zone=\"zone-2\",service=\"db.default\",transport=\"quic\"}")
+        .unwrap_or(0.0);
     assert_eq!(after, before + 1.0, "new connections use QUIC again");
+}
+
+/// What a steady client saw: each request's send time and the zone that answered, or why none did.
+type Seen = Vec<(Instant, Result<String, String>)>;
+
+/// Requests `/who.txt` from `host` to `target` every `every` until stopped.
+struct Load {
+    stop: Arc<AtomicBool>,
+    seen: Arc<Mutex<Seen>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Load {
+    fn start(host: &Host, target: SocketAddr, every: Duration) -> Load {
+        let (stop, seen) = (Arc::new(AtomicBool::new(false)), Arc::new(Mutex::new(Seen::new())));
+        let (host, thread_stop, thread_seen) = (host.clone(), stop.clone(), seen.clone());
+        let thread = std::thread::spawn(move || {
+            let mut next = Instant::now();
+            while !thread_stop.load(Ordering::Relaxed) {
+                let at = Instant::now();
+                let answer = get_ok(&host, target, "/who.txt").map(|b| b.trim().to_owned());
+                thread_seen.lock().unwrap_or_else(|p| p.into_inner()).push((at, answer));
+                next += every;
+                std::thread::sleep(next.saturating_duration_since(Instant::now()));
+            }
+        });
+        Load { stop, seen, thread: Some(thread) }
+    }
+
+    fn seen(&self) -> Seen {
+        self.seen.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn stop(mut self) -> Seen {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        self.seen()
+    }
+}
+
+#[test]
+fn calls_stay_local_fail_over_to_another_zone_and_avoid_a_revoked_one() {
+    let net = Net::new();
+    let (global, zones) = zones(&net, &["zone-1", "zone-2", "zone-3"]);
+    let backends: Vec<Workload> = zones
+        .iter()
+        .enumerate()
+        .map(|(i, (zone, _))| {
+            let host = format!("backend-{}", zone.name);
+            let files = [("who.txt", zone.name.as_str())];
+            // Distinct ports: in loopback mode the workloads share one network namespace.
+            let (inbound, app) = (BACKEND_INBOUND + 10 * i as u16, BACKEND_APP + 10 * i as u16);
+            Workload::start_on(&net, &global, zone, &host, "backend", inbound, app, &[], Some(&files))
+        })
+        .collect();
+    let (zone1, gw1) = &zones[0];
+    let web = Workload::start_on(&net, &global, zone1, "web-1", "web", WEB_INBOUND, WEB_APP, &[(TO_BACKEND, "backend")], None);
+    let linked: Vec<ZoneHosts> = zones
+        .iter()
+        .enumerate()
+        .map(|(i, (zone, _))| {
+            let mut members = vec![&backends[i].host];
+            if i == 0 {
+                members.push(&web.host);
+            }
+            ZoneHosts { gateway: &zone.host, members }
+        })
+        .collect();
+    let _wan = Wan::link(&net, &linked, WAN_DELAY).inspect_err(|why| println!("SKIPPED zone isolation and WAN delay: {why}")).ok();
+    let target = SocketAddr::new(local_ip(&web.host), TO_BACKEND);
+
+    // Every zone has backend: calls stay in zone-1.
+    wait_for("web -> backend", SYNC, || get_ok(&web.host, target, "/who.txt"));
+    for _ in 0..20 {
+        assert_eq!(get_ok(&web.host, target, "/who.txt").map(|b| b.trim().to_owned()), Ok("zone-1".to_owned()), "calls stay local");
+    }
+
+    // Kill zone-1's backend, application and sidecar, under a steady 50 requests per second.
+    let load = Load::start(&web.host, target, Duration::from_millis(20));
+    std::thread::sleep(Duration::from_millis(500));
+    let killed = Instant::now();
+    backends[0].sidecar.proc.kill9();
+    backends[0].app.kill9();
+    let remote = wait_for("traffic to move to another zone", SYNC, || {
+        let seen = load.seen();
+        seen.iter()
+            .filter(|(at, _)| *at >= killed)
+            .find_map(|(at, r)| r.as_ref().ok().filter(|z| *z != "zone-1").map(|z| (*at, z.clone())))
+            .ok_or("not yet")
+    });
+    std::thread::sleep(Duration::from_secs(5).saturating_sub(killed.elapsed()));
+    let seen = load.stop();
+    let switch = remote.0 - killed;
+    let window: Vec<_> = seen.iter().filter(|(at, _)| *at >= killed && *at < killed + Duration::from_secs(5)).collect();
+    let failed: Vec<_> = window.iter().filter_map(|(_, r)| r.as_ref().err()).collect();
+    println!(
+        "FIGURE failover-to-another-zone ms={:.0} zone={} failed={} of {} requests in the 5 s after the kill",
+        switch.as_secs_f64() * 1000.0,
+        remote.1,
+        failed.len(),
+        window.len()
+    );
+    assert!(switch <= Duration::from_secs(5), "traffic moved to {} after {switch:?}", remote.1);
+    assert!(failed.len() * 100 <= window.len(), "at most 1% of the requests fail during the switch: {failed:?}");
+    let after: Vec<_> = window.iter().filter(|(at, _)| *at > remote.0).filter_map(|(_, r)| r.as_ref().ok()).collect();
+    assert!(after.iter().all(|z| *z != "zone-1"), "nothing answers from zone-1 any more: {after:?}");
+
+    // Revoke the zone that answers now: zone-1's gateway refuses it, and traffic avoids it.
+    let (revoked, other) = if remote.1 == "zone-2" { ("zone-2", "zone-3") } else { ("zone-3", "zone-2") };
+    global.straitctl(&net, &["zone", "revoke", revoked]).assert_success();
+    let moved = Instant::now();
+    wait_for(&format!("traffic to leave revoked {revoked} for {other}"), SYNC, || {
+        match get_ok(&web.host, target, "/who.txt").map(|b| b.trim().to_owned()) {
+            Ok(zone) if zone == other => Ok(()),
+            answer => Err(format!("{answer:?}")),
+        }
+    });
+    println!("FIGURE revoked-zone-avoided ms={:.0}", moved.elapsed().as_secs_f64() * 1000.0);
+    for _ in 0..10 {
+        assert_eq!(
+            get_ok(&web.host, target, "/who.txt").map(|b| b.trim().to_owned()),
+            Ok(other.to_owned()),
+            "{revoked} is never used again"
+        );
+    }
+    let (revoked_zone, revoked_gateway) = zones.iter().find(|(z, _)| z.name == revoked).map(|(z, g)| (z, g)).expect("the revoked zone");
+    // The revoked zone's gateway keeps trying to reach zone-1, and is refused.
+    wait_for("zone-1's ingress to refuse the revoked zone's gateway", SYNC, || {
+        match gw1.metric("strait_gateway_refused_total{direction=\"ingress\",reason=\"revoked_zone\"}")? {
+            n if n >= 1.0 => Ok(n),
+            n => Err(format!("refused {n}")),
+        }
+    });
+    assert!(revoked_gateway.proc.is_running(), "{} keeps running, refused", revoked_zone.name);
 }

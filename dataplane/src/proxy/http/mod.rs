@@ -100,7 +100,8 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// A proxied body that counts its bytes, keeps its endpoint's request counted in flight until
 /// it ends, and fails if it is not complete by its request's deadline.
 pub struct Counted {
-    inner: Incoming,
+    /// `None`: an empty body (a request replayed without one).
+    inner: Option<Incoming>,
     bytes: Counter,
     _in_flight: Option<InFlight>,
     deadline: Option<(Pin<Box<tokio::time::Sleep>>, Duration)>,
@@ -109,7 +110,12 @@ pub struct Counted {
 impl Counted {
     /// Wraps `inner`, adding its data bytes to `bytes`.
     pub fn new(inner: Incoming, bytes: Counter, in_flight: Option<InFlight>) -> Self {
-        Counted { inner, bytes, _in_flight: in_flight, deadline: None }
+        Counted { inner: Some(inner), bytes, _in_flight: in_flight, deadline: None }
+    }
+
+    /// An empty body.
+    pub fn empty(bytes: Counter) -> Self {
+        Counted { inner: None, bytes, _in_flight: None, deadline: None }
     }
 
     /// Fails the body if it has not ended by `at` (the request's `timeout` after it arrived).
@@ -129,7 +135,8 @@ impl HttpBody for Counted {
     type Error = BoxError;
 
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        let Some(inner) = self.inner.as_mut() else { return Poll::Ready(None) };
+        let polled = Pin::new(inner).poll_frame(cx);
         match polled {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
@@ -151,11 +158,11 @@ impl HttpBody for Counted {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.inner.as_ref().is_none_or(Incoming::is_end_stream)
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        self.inner.as_ref().map_or_else(|| SizeHint::with_exact(0), Incoming::size_hint)
     }
 }
 

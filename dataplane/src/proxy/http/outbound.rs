@@ -6,7 +6,10 @@
 //! In: an accepted application connection and the destination's service name. Out: responses
 //! from the peer, or the sidecar's own 502/503 that names the destination and the reason.
 //! Requests that never reached a peer (no connection could be made, or the pooled connection
-//! closed just before) are tried once more, on a fresh pick; nothing sent is ever replayed.
+//! closed just before) are tried again, on a fresh pick. A request that was sent is replayed
+//! only when it is safe (GET, HEAD, OPTIONS, TRACE) and has no body, and only when its
+//! connection failed before any response, as when the peer's sidecar died with it in flight;
+//! that endpoint is then ejected for a while.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -26,8 +29,38 @@ use crate::proxy::destinations::{Destination, InFlight};
 use crate::proxy::pool::Connector;
 use crate::proxy::DataPath;
 
-/// How many endpoints a request may be tried on when it could not be sent.
-const ATTEMPTS: usize = 2;
+/// How many endpoints a request may be tried on when it could not be sent (or could be replayed).
+const ATTEMPTS: usize = 3;
+
+/// What rebuilds a safe, bodiless request after its connection failed with it in flight.
+struct Replay {
+    method: http::Method,
+    uri: http::Uri,
+    headers: http::HeaderMap,
+}
+
+impl Replay {
+    /// A copy of `request` if replaying it is safe.
+    fn of(request: &Request<Counted>) -> Option<Replay> {
+        use http::Method;
+        use http_body::Body as _;
+        let safe = matches!(*request.method(), Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE);
+        (safe && request.body().is_end_stream()).then(|| Replay {
+            method: request.method().clone(),
+            uri: request.uri().clone(),
+            headers: request.headers().clone(),
+        })
+    }
+
+    fn request(&self, destination: &Destination) -> Request<Counted> {
+        let mut request = Request::new(Counted::empty(destination.metrics.request_bytes.clone()));
+        *request.method_mut() = self.method.clone();
+        *request.uri_mut() = self.uri.clone();
+        *request.headers_mut() = self.headers.clone();
+        *request.version_mut() = Version::HTTP_2;
+        request
+    }
+}
 
 /// Serves the application connection `app`, sending its requests to `service`, until the
 /// application closes it or the drain ends it (after the request in progress).
@@ -107,6 +140,7 @@ async fn send(
     path: &DataPath,
 ) -> Result<(Response<Incoming>, InFlight), Failure> {
     let mut last: Option<Failure> = None;
+    let replay = Replay::of(&request);
     for _ in 0..ATTEMPTS {
         let Some(endpoint) = destination.pick().cloned() else {
             return Err((StatusCode::SERVICE_UNAVAILABLE, "no endpoint available".into()));
@@ -138,7 +172,16 @@ async fn send(
                     last = Some((StatusCode::SERVICE_UNAVAILABLE, format!("the connection to {} closed", endpoint.address)));
                     request = unsent;
                 }
-                None => return Err((StatusCode::BAD_GATEWAY, format!("{} failed the request: {}", endpoint.address, error.error()))),
+                None => {
+                    let failure = (StatusCode::BAD_GATEWAY, format!("{} failed the request: {}", endpoint.address, error.error()));
+                    let Some(replay) = &replay else { return Err(failure) };
+                    // The connection failed with the request in flight and before any
+                    // response: a safe request without a body is tried elsewhere.
+                    endpoint.pool.clear();
+                    endpoint.health.failed();
+                    last = Some(failure);
+                    request = replay.request(destination);
+                }
             },
         }
     }
