@@ -23,6 +23,7 @@ struct Env {
     http: reqwest::Client,
     base: String,
     admin: String,
+    zone_token: String,
     _dir: tempfile::TempDir,
 }
 
@@ -62,7 +63,8 @@ async fn env() -> Env {
         assert!(Instant::now() < deadline, "the zone never got its intermediate CA");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    Env { global, zone, http, base, admin, _dir: dir }
+    let zone_token = reg["token"].as_str().unwrap().to_string();
+    Env { global, zone, http, base, admin, zone_token, _dir: dir }
 }
 
 impl Env {
@@ -266,6 +268,97 @@ async fn tokens_bind_the_service_and_bad_registrations_are_refused() {
         Err(s) => s,
     };
     assert_eq!(status.code(), tonic::Code::AlreadyExists, "{status:?}");
+    env.zone.shutdown();
+    env.global.shutdown();
+}
+
+/// A gateway's DPS stream, opened with `token` and `hello`.
+async fn connect_gateway(
+    env: &Env,
+    token: &str,
+    hello: strait_api::dps::GatewayHello,
+) -> Result<(mpsc::Sender<strait_api::dps::GatewayMessage>, tonic::Streaming<ZoneMessage>), tonic::Status> {
+    use strait_api::dps::{gateway_message, GatewayMessage};
+    let tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(&env.zone.dps_ca_pem)).domain_name("strait-zone");
+    let channel =
+        Endpoint::from_shared(format!("https://{}", env.zone.dps_addr)).unwrap().tls_config(tls).unwrap().connect().await.unwrap();
+    let (tx, rx) = mpsc::channel(16);
+    tx.send(GatewayMessage { message: Some(gateway_message::Message::Hello(hello)) }).await.unwrap();
+    let mut request = tonic::Request::new(ReceiverStream::new(rx));
+    request.metadata_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
+    let rx = DataplaneSyncClient::new(channel).gateway(request).await?.into_inner();
+    Ok((tx, rx))
+}
+
+fn gateway_hello(ingress: &str) -> strait_api::dps::GatewayHello {
+    strait_api::dps::GatewayHello {
+        protocol: PROTOCOL_VERSION,
+        name: "gateway-1".into(),
+        ingress_address: ingress.into(),
+        egress_address: "192.0.2.10:10002".into(),
+        software_version: "test".into(),
+    }
+}
+
+/// The zone's ingress addresses as the global's `/zones/zone-1` shows them.
+async fn ingress_on_global(env: &Env) -> Value {
+    let zone: Value =
+        env.http.get(format!("{}/zones/zone-1", env.base)).bearer_auth(&env.admin).send().await.unwrap().json().await.unwrap();
+    zone.pointer("/status/inventory/ingressAddresses").cloned().unwrap_or(Value::Null)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_registers_with_the_zone_token_gets_the_zone_identity_and_is_reported_upstream() {
+    let env = env().await;
+    let token = env.token("backend").await;
+    let _backend = connect(&env, &token, dataplane("backend-1", "backend", 8080)).await.expect("registered");
+
+    let refused = connect_gateway(&env, "not-the-zone-token", gateway_hello("192.0.2.10:10001")).await.err().expect("refused");
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{refused:?}");
+    let dp_token = connect_gateway(&env, &token, gateway_hello("192.0.2.10:10001")).await.err().expect("refused");
+    assert_eq!(dp_token.code(), tonic::Code::Unauthenticated, "a dataplane token is no gateway token: {dp_token:?}");
+    // A bad Hello is refused, by the call itself or as the stream's first status.
+    let bad = match connect_gateway(&env, &env.zone_token, gateway_hello("0.0.0.0:10001")).await {
+        Ok((_tx, mut rx)) => tokio::time::timeout(Duration::from_secs(5), rx.message()).await.unwrap().err().expect("refused"),
+        Err(status) => status,
+    };
+    assert_eq!(bad.code(), tonic::Code::InvalidArgument, "{bad:?}");
+    assert!(bad.message().contains("ingress_address") && bad.message().contains("advertised"), "names the field: {bad:?}");
+    let (_tx, mut rx) = connect_gateway(&env, &env.zone_token, gateway_hello("192.0.2.10:10001")).await.expect("registered");
+
+    // Its configuration: this zone's services with their endpoints, the system trust, and the
+    // zone identity once the global has signed it.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let config = loop {
+        assert!(Instant::now() < deadline, "no gateway configuration with the zone identity");
+        let m = tokio::time::timeout(Duration::from_secs(10), rx.message()).await.unwrap().unwrap().unwrap();
+        let Some(zone_message::Message::Config(c)) = m.message else { continue };
+        let config: strait_api::gateway_config::GatewayConfig = serde_json::from_slice(&c.json).unwrap();
+        if config.identity.is_some() {
+            break config;
+        }
+    };
+    assert_eq!(config.zone, "zone-1");
+    let backend = config.services.iter().find(|s| s.service == "backend").expect("backend is served by this zone");
+    assert_eq!((backend.mesh.as_str(), backend.endpoints.as_slice()), ("default", ["127.0.0.1:8080".to_string()].as_slice()));
+    let identity = config.identity.unwrap();
+    let bundle = strait_pki::TrustBundle { roots: config.trust.roots.clone(), revoked: Default::default() };
+    let id = bundle.verify(&identity.cert_pem, &[], std::time::SystemTime::now()).expect("the identity verifies under the system CA");
+    assert_eq!(id.as_str(), "spiffe://strait.system/zone/zone-1");
+    assert!(identity.key_pem.contains("PRIVATE KEY"));
+
+    // The ingress address reaches the global in the zone's inventory, and leaves with the gateway.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while ingress_on_global(&env).await != json!(["192.0.2.10:10001"]) {
+        assert!(Instant::now() < deadline, "the global never saw the ingress: {}", ingress_on_global(&env).await);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop((_tx, rx));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while ingress_on_global(&env).await != json!([]) {
+        assert!(Instant::now() < deadline, "the ingress stayed after the gateway left: {}", ingress_on_global(&env).await);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     env.zone.shutdown();
     env.global.shutdown();
 }
