@@ -160,6 +160,27 @@ fn a_service_of_another_zone_is_reached_by_name_through_the_gateways() {
         println!("SKIPPED the WAN capture: needs namespaces and tcpdump");
     }
 
+    let sent = gw1.metric("strait_gateway_bytes_total{direction=\"egress\",zone=\"zone-2\",service=\"db.default\",flow=\"to_zone\"}");
+    assert!(sent.clone().unwrap_or(0.0) > 0.0, "bytes are counted per zone and service: {sent:?}");
+    if wan.is_some() {
+        // The tunnel came up before the delay: its smoothed estimate converges within seconds.
+        let rtt = wait_for("the QUIC round-trip time to zone-2 to show the WAN delay", SYNC, || {
+            match gw1.metric("strait_gateway_quic_rtt_seconds{zone=\"zone-2\"}")? {
+                rtt if rtt >= 2.0 * WAN_DELAY.as_secs_f64() * 0.9 => Ok(rtt),
+                rtt => Err(format!("{rtt}s")),
+            }
+        });
+        println!("FIGURE quic-rtt-zone-2 ms={:.1}", rtt * 1000.0);
+    }
+
+    // With zone-1's control plane down, its gateway restarts from the configuration it saved.
+    zone1.proc.kill9();
+    gw1.proc.restart();
+    gw1.wait_ready();
+    wait_for("web -> db through a gateway restarted while its control plane is down", SYNC, || web.call("db", b"control plane down\n"));
+    zone1.proc.start_again();
+    zone1.wait_ready();
+
     global.apply(&net, "deny-web.yaml", DENY_WEB).assert_stdout_contains("meshtrafficpermission/deny-web created");
     let (_, body) = wait_for("a 403 for web across zones", SYNC, || match http_get(&web.host, to_backend, "backend", "/secret.txt") {
         Ok((403, body)) => Ok((403, body)),
