@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use reqwest::StatusCode;
 
-use crate::control_plane::{get_json, metric_value, Zone, ZONE_DPS_PORT};
-use crate::{bin, Cmd, Host, Net, Proc};
+use crate::control_plane::{get_json, metric_value, start_zone, Global, Zone, SYNC, ZONE_DPS_PORT};
+use crate::{bin, wait_for, Cmd, Host, Net, Proc};
 
 /// Ingress port (QUIC over UDP, and the TCP+TLS fallback).
 pub const INGRESS_PORT: u16 = 10001;
@@ -96,4 +96,33 @@ impl Gateway {
         let (_, body) = get_json(&self.host, &self.host.url(ADMIN_PORT, "/metrics"), None)?;
         Ok(body.as_str().unwrap_or_default().to_string())
     }
+}
+
+/// Starts the global with mesh `default`, then each zone of `names` with a gateway (QUIC idle
+/// timeout 1.5 s, so a dead path is noticed quickly), and waits until every zone serves the
+/// mesh and every gateway has its QUIC tunnel up to every other zone.
+pub fn start_zones(net: &Net, names: &[&str]) -> (Global, Vec<(Zone, Gateway)>) {
+    let global = Global::start(net, &[]);
+    global.apply(net, "mesh.yaml", "type: Mesh\nname: default\n");
+    let zones: Vec<(Zone, Gateway)> = names
+        .iter()
+        .map(|name| {
+            let zone = start_zone(net, &global, name, &[]);
+            wait_for(&format!("{name} to serve mesh default"), SYNC, || {
+                zone.resource("/meshes/default/meshtrafficpermissions/allow-all")?.map(drop).ok_or_else(|| "not yet".to_owned())
+            });
+            let gateway = Gateway::start(net, &zone, &["--quic-idle-timeout", "1500ms"]);
+            (zone, gateway)
+        })
+        .collect();
+    for (zone, gateway) in &zones {
+        for (other, _) in zones.iter().filter(|(z, _)| z.name != zone.name) {
+            let series = format!("strait_gateway_quic_up{{zone=\"{}\"}}", other.name);
+            wait_for(&format!("{}'s QUIC tunnel to {}", zone.name, other.name), SYNC, || match gateway.metric(&series)? {
+                up if up == 1.0 => Ok(()),
+                up => Err(format!("{series} = {up}")),
+            });
+        }
+    }
+    (global, zones)
 }

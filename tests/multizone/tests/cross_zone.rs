@@ -23,14 +23,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use strait_multizone::capture::{self, contains, Capture, Transport};
-use strait_multizone::control_plane::{start_zone, Global, Zone, SYNC};
-use strait_multizone::gateway::{Gateway, GATEWAY_DRAIN, INGRESS_PORT};
+use strait_multizone::control_plane::{Zone, SYNC};
+use strait_multizone::gateway::{start_zones, Gateway, GATEWAY_DRAIN, INGRESS_PORT};
 use strait_multizone::sidecar::{connect, http_get, local_ip, round_trip, Workload};
 use strait_multizone::wan::{Wan, ZoneHosts};
 use strait_multizone::{wait_for, Host, Net};
 
-const MESH: &str = "type: Mesh\nname: default\n";
-const ALLOW_ALL: &str = "/meshes/default/meshtrafficpermissions/allow-all";
 /// One-way WAN delay between zones.
 const WAN_DELAY: Duration = Duration::from_millis(25);
 
@@ -50,33 +48,6 @@ const DENY_WEB: &str =
     "type: MeshTrafficPermission\nname: deny-web\nmesh: default\nspec:\n  targetRef: {kind: MeshService, name: backend}\n  \
      from:\n    - targetRef: {kind: MeshService, name: web}\n      default: {action: Deny}\n";
 
-/// The global, `zones` connected to it with a gateway each, and mesh `default` served by all.
-fn zones(net: &Net, names: &[&str]) -> (Global, Vec<(Zone, Gateway)>) {
-    let global = Global::start(net, &[]);
-    global.apply(net, "mesh.yaml", MESH);
-    let zones: Vec<(Zone, Gateway)> = names
-        .iter()
-        .map(|name| {
-            let zone = start_zone(net, &global, name, &[]);
-            wait_for(&format!("{name} to serve mesh default"), SYNC, || {
-                zone.resource(ALLOW_ALL)?.map(drop).ok_or_else(|| "not yet".to_owned())
-            });
-            let gateway = Gateway::start(net, &zone, &["--quic-idle-timeout", "1500ms"]);
-            (zone, gateway)
-        })
-        .collect();
-    for (zone, gateway) in &zones {
-        for (other, _) in zones.iter().filter(|(z, _)| z.name != zone.name) {
-            let series = format!("strait_gateway_quic_up{{zone=\"{}\"}}", other.name);
-            wait_for(&format!("{}'s QUIC tunnel to {}", zone.name, other.name), SYNC, || match gateway.metric(&series)? {
-                up if up == 1.0 => Ok(()),
-                up => Err(format!("{series} = {up}")),
-            });
-        }
-    }
-    (global, zones)
-}
-
 /// An HTTP request from `from` to `target`: the body of a 200, or why not.
 fn get_ok(from: &Host, target: SocketAddr, path: &str) -> Result<String, String> {
     match http_get(from, target, "backend", path)? {
@@ -88,7 +59,7 @@ fn get_ok(from: &Host, target: SocketAddr, path: &str) -> Result<String, String>
 #[test]
 fn a_service_of_another_zone_is_reached_by_name_through_the_gateways() {
     let net = Net::new();
-    let (global, zones) = zones(&net, &["zone-1", "zone-2"]);
+    let (global, zones) = start_zones(&net, &["zone-1", "zone-2"]);
     let ((zone1, gw1), (zone2, gw2)) = (&zones[0], &zones[1]);
     let backend = Workload::start_on(
         &net,
@@ -292,7 +263,7 @@ impl Load {
 #[test]
 fn calls_stay_local_fail_over_to_another_zone_and_avoid_a_revoked_one() {
     let net = Net::new();
-    let (global, zones) = zones(&net, &["zone-1", "zone-2", "zone-3"]);
+    let (global, zones) = start_zones(&net, &["zone-1", "zone-2", "zone-3"]);
     let backends: Vec<Workload> = zones
         .iter()
         .enumerate()
