@@ -313,13 +313,13 @@ async fn a_gateway_registers_with_the_zone_token_gets_the_zone_identity_and_is_r
     let token = env.token("backend").await;
     let _backend = connect(&env, &token, dataplane("backend-1", "backend", 8080)).await.expect("registered");
 
-    let refused = connect_gateway(&env, "not-the-zone-token", gateway_hello("192.0.2.10:10001")).await.err().expect("refused");
+    let refused = connect_gateway(&env, "not-the-zone-token", gateway_hello("192.0.2.10:10001")).await.expect_err("refused");
     assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{refused:?}");
-    let dp_token = connect_gateway(&env, &token, gateway_hello("192.0.2.10:10001")).await.err().expect("refused");
+    let dp_token = connect_gateway(&env, &token, gateway_hello("192.0.2.10:10001")).await.expect_err("refused");
     assert_eq!(dp_token.code(), tonic::Code::Unauthenticated, "a dataplane token is no gateway token: {dp_token:?}");
     // A bad Hello is refused, by the call itself or as the stream's first status.
     let bad = match connect_gateway(&env, &env.zone_token, gateway_hello("0.0.0.0:10001")).await {
-        Ok((_tx, mut rx)) => tokio::time::timeout(Duration::from_secs(5), rx.message()).await.unwrap().err().expect("refused"),
+        Ok((_tx, mut rx)) => tokio::time::timeout(Duration::from_secs(5), rx.message()).await.unwrap().expect_err("refused"),
         Err(status) => status,
     };
     assert_eq!(bad.code(), tonic::Code::InvalidArgument, "{bad:?}");

@@ -118,9 +118,13 @@ pub fn start_zones(net: &Net, names: &[&str]) -> (Global, Vec<(Zone, Gateway)>) 
     for (zone, gateway) in &zones {
         for (other, _) in zones.iter().filter(|(z, _)| z.name != zone.name) {
             let series = format!("strait_gateway_quic_up{{zone=\"{}\"}}", other.name);
-            wait_for(&format!("{}'s QUIC tunnel to {}", zone.name, other.name), SYNC, || match gateway.metric(&series)? {
-                up if up == 1.0 => Ok(()),
-                up => Err(format!("{series} = {up}")),
+            wait_for(&format!("{}'s QUIC tunnel to {}", zone.name, other.name), SYNC, || {
+                let up = gateway.metric(&series)?;
+                if up == 1.0 {
+                    Ok(())
+                } else {
+                    Err(format!("{series} = {up}"))
+                }
             });
         }
     }

@@ -191,9 +191,11 @@ fn fallback_and_back(wan: &Wan, zone1: &Zone, zone2: &Zone, gw1: &Gateway, gw2: 
     wan.block_udp(&zone1.host, &zone2.host, true).expect("block UDP between the zones");
     let blocked = Instant::now();
     wait_for("zone-1's QUIC tunnel to zone-2 to be noticed down", SYNC, || {
-        match gw1.metric("strait_gateway_quic_up{zone=\"zone-2\"}")? {
-            up if up == 0.0 => Ok(()),
-            up => Err(format!("quic_up={up}")),
+        let up = gw1.metric("strait_gateway_quic_up{zone=\"zone-2\"}")?;
+        if up == 0.0 {
+            Ok(())
+        } else {
+            Err(format!("quic_up={up}"))
         }
     });
     // New connections (a new pooled HTTP/2 connection, new TCP calls) go over TCP+TLS now.
@@ -206,9 +208,13 @@ fn fallback_and_back(wan: &Wan, zone1: &Zone, zone2: &Zone, gw1: &Gateway, gw2: 
     assert!(tcp.clone().unwrap_or(0.0) >= 1.0, "zone-2's ingress took db's connection over TCP: {tcp:?}");
 
     wan.block_udp(&zone1.host, &zone2.host, false).expect("let UDP through again");
-    wait_for("zone-1's QUIC tunnel to zone-2 back up", SYNC, || match gw1.metric("strait_gateway_quic_up{zone=\"zone-2\"}")? {
-        up if up == 1.0 => Ok(()),
-        up => Err(format!("quic_up={up}")),
+    wait_for("zone-1's QUIC tunnel to zone-2 back up", SYNC, || {
+        let up = gw1.metric("strait_gateway_quic_up{zone=\"zone-2\"}")?;
+        if up == 1.0 {
+            Ok(())
+        } else {
+            Err(format!("quic_up={up}"))
+        }
     });
     let before = gw1
         .metric("strait_gateway_streams_total{direction=\"egress\",zone=\"zone-2\",service=\"db.default\",transport=\"quic\"}")
