@@ -83,7 +83,7 @@ impl DpsClient {
     /// Runs until cancelled, reconnecting with exponential back-off and full jitter.
     pub async fn run(self, cancel: CancellationToken) {
         let flags = &self.config.flags;
-        cp_client::run(cancel, &flags.cp_address, flags.cp_max_backoff, || self.session()).await
+        cp_client::run(cancel, "sidecar", &flags.cp_address, flags.cp_max_backoff, || self.session()).await
     }
 
     async fn session(&self) -> End {

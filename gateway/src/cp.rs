@@ -114,7 +114,7 @@ impl CpClient {
     /// Runs until cancelled; the zone unregisters the gateway when its stream closes.
     pub async fn run(self, cancel: CancellationToken) {
         let flags = &self.config.flags;
-        cp_client::run(cancel, &flags.cp_address, flags.cp_max_backoff, || self.session()).await
+        cp_client::run(cancel, "gateway", &flags.cp_address, flags.cp_max_backoff, || self.session()).await
     }
 
     async fn session(&self) -> End {

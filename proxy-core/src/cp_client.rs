@@ -50,8 +50,8 @@ pub async fn connect(address: &str, ca_pem: &str, server_name: &str) -> Result<C
 
 /// Runs `session` until `cancel`, again after each end, waiting with exponential back-off
 /// (250 ms doubling up to `max_backoff`, full jitter; a refusal starts long). A session that
-/// lasted 30 s resets the back-off.
-pub async fn run<F, Fut>(cancel: CancellationToken, address: &str, max_backoff: Duration, mut session: F)
+/// lasted 30 s resets the back-off. `who` ("sidecar", "gateway") names the proxy in logs.
+pub async fn run<F, Fut>(cancel: CancellationToken, who: &str, address: &str, max_backoff: Duration, mut session: F)
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = End>,
@@ -64,7 +64,7 @@ where
             end = session() => end,
         };
         match &end {
-            End::Refused(s) => tracing::error!(code = ?s.code(), reason = s.message(), "the zone control plane refused this proxy"),
+            End::Refused(s) => tracing::error!(code = ?s.code(), reason = s.message(), "the zone control plane refused this {who}"),
             End::Broken(reason) => tracing::warn!(reason, "control plane stream ended; keeping the last configuration"),
         }
         if started.elapsed() > Duration::from_secs(30) {
@@ -112,7 +112,7 @@ mod tests {
         let started = tokio::time::Instant::now();
         let mut at = Vec::new();
         let stop = cancel.clone();
-        run(cancel, "https://cp:1", Duration::from_secs(4), || {
+        run(cancel, "sidecar", "https://cp:1", Duration::from_secs(4), || {
             at.push(started.elapsed());
             if at.len() == 6 {
                 stop.cancel();
