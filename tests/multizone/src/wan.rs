@@ -97,28 +97,15 @@ impl Wan {
         Ok(())
     }
 
-    /// Drops a random share `probability` (0..1) of the packets between `a` and `b`, both ways.
-    pub fn add_loss(&self, a: &Host, b: &Host, probability: f64) -> Result<(), String> {
+    /// Drops a random share `probability` (0..1) of the packets between `a` and `b`, both
+    /// ways (`add`), or stops doing so (`!add`, with the same probability).
+    pub fn loss(&self, a: &Host, b: &Host, probability: f64, add: bool) -> Result<(), String> {
         let p = format!("{probability}");
         for (s, d) in [(a, b), (b, a)] {
             let (s, d) = (s.addr().to_string(), d.addr().to_string());
-            self.iptables(&[
-                "-I",
-                "FORWARD",
-                "1",
-                "-s",
-                &s,
-                "-d",
-                &d,
-                "-m",
-                "statistic",
-                "--mode",
-                "random",
-                "--probability",
-                &p,
-                "-j",
-                "DROP",
-            ])?;
+            let mut args = if add { vec!["-I", "FORWARD", "1"] } else { vec!["-D", "FORWARD"] };
+            args.extend(["-s", &s, "-d", &d, "-m", "statistic", "--mode", "random", "--probability", &p, "-j", "DROP"]);
+            self.iptables(&args)?;
         }
         Ok(())
     }

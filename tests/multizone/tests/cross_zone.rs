@@ -224,6 +224,25 @@ fn fallback_and_back(wan: &Wan, zone1: &Zone, zone2: &Zone, gw1: &Gateway, gw2: 
         .metric("strait_gateway_streams_total{direction=\"egress\",zone=\"zone-2\",service=\"db.default\",transport=\"quic\"}")
         .unwrap_or(0.0);
     assert_eq!(after, before + 1.0, "new connections use QUIC again");
+
+    // With 10% of the packets between the zones lost, requests still succeed (QUIC resends)
+    // and the gateway counts what it lost.
+    let lost_before = gw1.metric("strait_gateway_quic_lost_packets{zone=\"zone-2\"}").unwrap_or(0.0);
+    wan.loss(&zone1.host, &zone2.host, 0.1, true).expect("add loss");
+    for i in 0..30 {
+        let body = get_ok(&web.host, to_backend, "/secret.txt").unwrap_or_else(|e| panic!("request {i} with 10% loss: {e}"));
+        assert_eq!(body, SECRET);
+    }
+    let lost = wait_for("QUIC to count lost packets", SYNC, || {
+        let lost = gw1.metric("strait_gateway_quic_lost_packets{zone=\"zone-2\"}")?;
+        if lost > lost_before {
+            Ok(lost)
+        } else {
+            Err(format!("lost {lost}"))
+        }
+    });
+    println!("FIGURE quic-lost-packets-at-10%-loss n={}", lost - lost_before);
+    wan.loss(&zone1.host, &zone2.host, 0.1, false).expect("remove the loss");
 }
 
 /// What a steady client saw: each request's send time and the zone that answered, or why none did.
