@@ -74,7 +74,7 @@ impl Sidecar {
             Some(handle) => tasks.spawn_on(proxy, &handle),
             None => tasks.spawn(proxy),
         };
-        tracing::info!(dataplane = %config.dataplane.name, admin = %admin_addr, cp = %config.flags.cp_address, "sidecar started");
+        tracing::info!(dataplane = %config.dataplane.name, admin = %admin_addr, cp = %config.flags.cp.cp_address, "sidecar started");
         Ok(Sidecar { admin_addr, state, cancel, drain, tasks })
     }
 

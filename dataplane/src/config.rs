@@ -6,12 +6,11 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use serde::Serialize;
 use strait_api::{Resource, ResourceType};
-use strait_runtime::flags::{humanized, parse_duration, LogFormat};
+use strait_runtime::flags::{CpFlags, LogFormat};
 
 /// The sidecar proxy of a Strait workload.
 #[derive(Debug, Parser)]
@@ -97,17 +96,10 @@ impl InstallArgs {
 /// Flags of `strait-dp run`.
 #[derive(Debug, Clone, Args, Serialize)]
 pub struct RunConfig {
-    /// DPS address of the zone control plane, such as https://zone.example:7678.
-    #[arg(long, env = "STRAIT_CP_ADDRESS")]
-    pub cp_address: String,
-
-    /// PEM file of the CA of the zone's DPS endpoint (`<zone data-dir>/dps-ca.pem`).
-    #[arg(long, env = "STRAIT_CP_CA_FILE")]
-    pub cp_ca_file: PathBuf,
-
-    /// Name the zone's DPS certificate is checked against.
-    #[arg(long, env = "STRAIT_CP_SERVER_NAME", default_value = "strait-zone")]
-    pub cp_server_name: String,
+    /// The zone control plane.
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub cp: CpFlags,
 
     /// The Dataplane resource of this workload (YAML or JSON).
     #[arg(long, env = "STRAIT_DATAPLANE_FILE")]
@@ -120,11 +112,6 @@ pub struct RunConfig {
     /// Admin endpoint (`/ready`, `/metrics`, `/config_dump`); keep it on localhost.
     #[arg(long, env = "STRAIT_ADMIN_ADDRESS", default_value = "127.0.0.1:9901")]
     pub admin_address: SocketAddr,
-
-    /// Longest wait between reconnection attempts to the zone.
-    #[arg(long, env = "STRAIT_CP_MAX_BACKOFF", default_value = "30s", value_parser = parse_duration)]
-    #[serde(with = "humanized")]
-    pub cp_max_backoff: Duration,
 
     /// Threads that proxy traffic. 1 (the default) runs the data path on one thread of its
     /// own, the least CPU and memory per request; raise it for workloads that need more than
@@ -158,9 +145,7 @@ impl RunConfig {
     /// Reads and checks the files, reporting every problem at once.
     pub fn validate(self) -> Result<Validated, Vec<String>> {
         let mut problems = Vec::new();
-        if !self.cp_address.starts_with("https://") {
-            problems.push(format!("--cp-address {:?}: must be an https:// URL (DPS always uses TLS)", self.cp_address));
-        }
+        let ca = self.cp.read_ca(&mut problems);
         let read = |flag: &str, path: &PathBuf, problems: &mut Vec<String>| match std::fs::read_to_string(path) {
             Ok(text) => Some(text),
             Err(e) => {
@@ -186,7 +171,6 @@ impl RunConfig {
         if token.as_deref() == Some("") {
             problems.push(format!("--dataplane-token-file {}: empty", self.dataplane_token_file.display()));
         }
-        let ca = read("--cp-ca-file", &self.cp_ca_file, &mut problems);
         match (dataplane, token, ca) {
             (Some(dataplane), Some(token), Some(cp_ca_pem)) if problems.is_empty() => {
                 Ok(Validated { flags: self, dataplane, token, cp_ca_pem })

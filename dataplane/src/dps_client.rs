@@ -83,12 +83,12 @@ impl DpsClient {
     /// Runs until cancelled, reconnecting with exponential back-off and full jitter.
     pub async fn run(self, cancel: CancellationToken) {
         let flags = &self.config.flags;
-        cp_client::run(cancel, "sidecar", &flags.cp_address, flags.cp_max_backoff, || self.session()).await
+        cp_client::run(cancel, "sidecar", &flags.cp.cp_address, flags.cp.cp_max_backoff, || self.session()).await
     }
 
     async fn session(&self) -> End {
         let flags = &self.config.flags;
-        let channel = match cp_client::connect(&flags.cp_address, &self.config.cp_ca_pem, &flags.cp_server_name).await {
+        let channel = match cp_client::connect(&flags.cp.cp_address, &self.config.cp_ca_pem, &flags.cp.cp_server_name).await {
             Ok(c) => c,
             Err(e) => return End::Broken(e),
         };
@@ -104,7 +104,7 @@ impl DpsClient {
             Ok(r) => r.into_inner(),
             Err(s) => return classify(s),
         };
-        tracing::info!(cp = %flags.cp_address, dataplane = %self.config.dataplane.name, "registered with the zone control plane");
+        tracing::info!(cp = %flags.cp.cp_address, dataplane = %self.config.dataplane.name, "registered with the zone control plane");
         let mut pending_key = match self.request_certificate(&tx).await {
             Ok(k) => Some(k),
             Err(e) => return End::Broken(e),

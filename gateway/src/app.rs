@@ -110,7 +110,7 @@ pub async fn start(config: Validated) -> anyhow::Result<Running> {
     gw.tasks.spawn(client.run(cp.clone()));
     tracing::info!(
         ingress = %ingress_address, egress = %egress_address, admin = %admin_address,
-        advertised_ingress = %config.advertised_ingress, cp = %config.flags.cp_address,
+        advertised_ingress = %config.advertised_ingress, cp = %config.flags.cp.cp_address,
         "gateway started"
     );
     Ok(Running { admin_address, ingress_address, egress_address, gw, drain, admin_drain, cp, ready, draining: Mutex::new(None) })

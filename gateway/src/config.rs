@@ -8,10 +8,12 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
-use strait_runtime::flags::{parse_duration, LogFormat};
+use strait_runtime::flags::{parse_duration, CpFlags, LogFormat};
 
 /// East-west gateway: zone ingress for other zones' traffic and zone egress for this zone's
-/// cross-zone traffic. It registers with its zone control plane (with the zone's token),
+/// cross-zone traffic.
+///
+/// It registers with its zone control plane (with the zone's token),
 /// receives which services live in this zone and where the other zones' ingresses are, and
 /// carries sidecars' end-to-end mTLS connections between zones over one QUIC connection per
 /// pair of zones (TCP+TLS where UDP is blocked), routed by SNI, never decrypted.
@@ -22,17 +24,9 @@ pub struct Flags {
     #[arg(long, env = "STRAIT_GATEWAY_NAME", default_value = "gateway")]
     pub name: String,
 
-    /// DPS address of the zone control plane, such as https://zone.example:7678.
-    #[arg(long, env = "STRAIT_CP_ADDRESS")]
-    pub cp_address: String,
-
-    /// CA certificate (PEM) the zone control plane's DPS certificate is verified with.
-    #[arg(long, env = "STRAIT_CP_CA_FILE")]
-    pub cp_ca_file: PathBuf,
-
-    /// Server name expected in the zone control plane's certificate.
-    #[arg(long, env = "STRAIT_CP_SERVER_NAME", default_value = "strait-zone")]
-    pub cp_server_name: String,
+    /// The zone control plane.
+    #[command(flatten)]
+    pub cp: CpFlags,
 
     /// The zone's token (the file `straitctl zone register` wrote for the zone control plane).
     #[arg(long, env = "STRAIT_ZONE_TOKEN_FILE")]
@@ -68,10 +62,6 @@ pub struct Flags {
     /// are sent at a third of it); new connections then fall back to TCP until QUIC works.
     #[arg(long, env = "STRAIT_QUIC_IDLE_TIMEOUT", default_value = "3s", value_parser = parse_duration)]
     pub quic_idle_timeout: Duration,
-
-    /// Longest wait between attempts to reach the zone control plane.
-    #[arg(long, env = "STRAIT_CP_MAX_BACKOFF", default_value = "30s", value_parser = parse_duration)]
-    pub cp_max_backoff: Duration,
 
     /// Log format.
     #[arg(long, env = "STRAIT_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
@@ -113,9 +103,7 @@ impl Flags {
     /// Reads the files and checks the flags, reporting every problem at once.
     pub fn validate(self) -> Result<Validated, Vec<String>> {
         let mut problems = Vec::new();
-        if !self.cp_address.starts_with("https://") {
-            problems.push(format!("--cp-address {:?}: must be an https:// URL (DPS always uses TLS)", self.cp_address));
-        }
+        let cp_ca_pem = self.cp.read_ca(&mut problems);
         if let Err(e) = strait_api::names::check_dns_label(&self.name) {
             problems.push(format!("--name {:?}: {e}", self.name));
         }
@@ -131,7 +119,6 @@ impl Flags {
             }
         };
         let token = read("--zone-token-file", &self.zone_token_file).map(|t| t.trim().to_string());
-        let cp_ca_pem = read("--cp-ca-file", &self.cp_ca_file);
         if self.ingress_address.port() == 0 {
             problems.push("--ingress-address: needs a fixed port: other zones are told it".into());
         }

@@ -114,12 +114,12 @@ impl CpClient {
     /// Runs until cancelled; the zone unregisters the gateway when its stream closes.
     pub async fn run(self, cancel: CancellationToken) {
         let flags = &self.config.flags;
-        cp_client::run(cancel, "gateway", &flags.cp_address, flags.cp_max_backoff, || self.session()).await
+        cp_client::run(cancel, "gateway", &flags.cp.cp_address, flags.cp.cp_max_backoff, || self.session()).await
     }
 
     async fn session(&self) -> End {
         let flags = &self.config.flags;
-        let channel = match cp_client::connect(&flags.cp_address, &self.config.cp_ca_pem, &flags.cp_server_name).await {
+        let channel = match cp_client::connect(&flags.cp.cp_address, &self.config.cp_ca_pem, &flags.cp.cp_server_name).await {
             Ok(c) => c,
             Err(e) => return End::Broken(e),
         };
@@ -140,7 +140,7 @@ impl CpClient {
             Ok(r) => r.into_inner(),
             Err(s) => return classify(s),
         };
-        tracing::info!(cp = %flags.cp_address, gateway = %flags.name, "registered with the zone control plane");
+        tracing::info!(cp = %flags.cp.cp_address, gateway = %flags.name, "registered with the zone control plane");
         loop {
             match inbound.message().await {
                 Ok(Some(m)) => {

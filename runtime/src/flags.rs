@@ -31,6 +31,47 @@ pub mod humanized {
     }
 }
 
+/// How a proxy (`strait-dp run`, `strait-gateway`) reaches its zone control plane's DPS.
+#[derive(Debug, Clone, clap::Args, Serialize)]
+pub struct CpFlags {
+    /// DPS address of the zone control plane, such as https://zone.example:7678.
+    #[arg(long, env = "STRAIT_CP_ADDRESS")]
+    pub cp_address: String,
+
+    /// PEM file of the CA of the zone's DPS endpoint (`<zone data-dir>/dps-ca.pem`).
+    #[arg(long, env = "STRAIT_CP_CA_FILE")]
+    pub cp_ca_file: std::path::PathBuf,
+
+    /// Name the zone's DPS certificate is checked against.
+    #[arg(long, env = "STRAIT_CP_SERVER_NAME", default_value = "strait-zone")]
+    pub cp_server_name: String,
+
+    /// Longest wait between reconnection attempts to the zone.
+    #[arg(long, env = "STRAIT_CP_MAX_BACKOFF", default_value = "30s", value_parser = parse_duration)]
+    #[serde(with = "humanized")]
+    pub cp_max_backoff: Duration,
+}
+
+impl CpFlags {
+    /// Checks the address and reads the CA file, adding what is wrong to `problems`.
+    pub fn read_ca(&self, problems: &mut Vec<String>) -> Option<String> {
+        if !self.cp_address.starts_with("https://") {
+            problems.push(format!("--cp-address {:?}: must be an https:// URL (DPS always uses TLS)", self.cp_address));
+        }
+        match std::fs::read_to_string(&self.cp_ca_file) {
+            Ok(pem) if pem.trim().is_empty() => {
+                problems.push(format!("--cp-ca-file {}: empty", self.cp_ca_file.display()));
+                None
+            }
+            Ok(pem) => Some(pem),
+            Err(e) => {
+                problems.push(format!("--cp-ca-file {}: {e}", self.cp_ca_file.display()));
+                None
+            }
+        }
+    }
+}
+
 /// Exit code for bad configuration (EX_USAGE).
 pub const EXIT_CONFIG: i32 = 64;
 
