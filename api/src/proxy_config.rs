@@ -99,13 +99,13 @@ pub struct Endpoint {
     pub tags: BTreeMap<String, String>,
 }
 
-/// The other zones, as a sidecar reaches them: their inventories, and this zone's egress.
+/// The other zones, as a sidecar reaches them: their inventories, and this zone's egresses.
 #[derive(Debug, Clone, Default)]
 pub struct Remote {
     /// Every zone's inventory (this zone's own is skipped).
     pub inventories: Vec<ZoneInventory>,
-    /// This zone's gateway egress (`ip:port`); without one, other zones are out of reach.
-    pub egress: Option<String>,
+    /// This zone's gateways' egresses (`ip:port`); without one, other zones are out of reach.
+    pub egresses: Vec<String>,
 }
 
 /// Builds the configuration of Dataplane `dp` (in `zone`) from the mesh's `resources`
@@ -190,22 +190,27 @@ fn endpoints_by_service(resources: &[Resource], zone: &str) -> BTreeMap<String, 
     out
 }
 
-/// One endpoint per other zone that has a healthy endpoint of the service and a gateway to
-/// reach it by: this zone's egress, tagged with the zone, so the sidecar can prefer its own
-/// zone and order the others.
+/// For each other zone that has a healthy endpoint of the service and a gateway to reach it
+/// by, one endpoint per egress of this zone, tagged with that zone: the sidecar prefers its own
+/// zone, orders the others, and spreads over (and fails over between) the egresses.
 fn add_remote_endpoints(out: &mut BTreeMap<String, Vec<Endpoint>>, remote: &Remote, mesh: &str, zone: &str) {
-    let Some((address, port)) = remote.egress.as_deref().and_then(|e| e.rsplit_once(':')) else { return };
-    let Ok(port) = port.parse::<u16>() else { return };
+    let egresses: Vec<(String, u16)> = remote
+        .egresses
+        .iter()
+        .filter_map(|e| e.rsplit_once(':'))
+        .filter_map(|(a, p)| Some((a.trim_start_matches('[').trim_end_matches(']').to_string(), p.parse().ok()?)))
+        .collect();
+    if egresses.is_empty() {
+        return;
+    }
     for inventory in remote.inventories.iter().filter(|i| i.zone != zone && !i.ingress_addresses.is_empty()) {
         for service in inventory.services.iter().filter(|s| s.mesh == mesh && s.healthy > 0) {
             let tags =
                 BTreeMap::from([(SERVICE_TAG.to_string(), service.name.clone()), (PROTOCOL_TAG.to_string(), service.protocol.clone())]);
-            out.entry(service.name.clone()).or_default().push(Endpoint {
-                address: address.trim_start_matches('[').trim_end_matches(']').to_string(),
-                port,
-                zone: inventory.zone.clone(),
-                tags,
-            });
+            let endpoints = out.entry(service.name.clone()).or_default();
+            for (address, port) in &egresses {
+                endpoints.push(Endpoint { address: address.clone(), port: *port, zone: inventory.zone.clone(), tags: tags.clone() });
+            }
         }
     }
 }
@@ -316,7 +321,7 @@ spec:
                     ]),
                 ),
             ],
-            egress: Some("192.0.2.100:10002".into()),
+            egresses: vec!["192.0.2.100:10002".into()],
         };
         let cfg = build(&resources[0], "zone-1", &resources, &remote, serde_json::json!({}), 3600).unwrap();
         let zones = |service: &str| -> Vec<(String, String, u16)> {
@@ -341,7 +346,13 @@ spec:
         let cfg = build(&resources[0], "zone-1", &resources, &no_gateway, serde_json::json!({}), 3600).unwrap();
         assert!(cfg.outbounds.iter().all(|o| o.service != "db"), "a zone whose gateways are all gone is out of reach");
 
-        let no_egress = Remote { egress: None, ..remote };
+        let two = Remote { egresses: vec!["192.0.2.100:10002".into(), "192.0.2.101:10002".into()], ..remote.clone() };
+        let cfg = build(&resources[0], "zone-1", &resources, &two, serde_json::json!({}), 3600).unwrap();
+        let db = cfg.outbounds.iter().find(|o| o.service == "db").unwrap();
+        let via: Vec<_> = db.endpoints.iter().map(|e| (e.zone.as_str(), e.address.as_str())).collect();
+        assert_eq!(via, [("zone-2", "192.0.2.100"), ("zone-2", "192.0.2.101")], "one endpoint per egress of this zone");
+
+        let no_egress = Remote { egresses: vec![], ..remote };
         let cfg = build(&resources[0], "zone-1", &resources, &no_egress, serde_json::json!({}), 3600).unwrap();
         assert!(cfg.outbounds.iter().all(|o| o.service != "db"), "without a gateway in this zone, other zones are out of reach");
     }

@@ -82,7 +82,9 @@ impl Zones {
         Ok(IssuedToken { zone: zone.to_string(), token, expires_at: claims.expires_at, ca_bundle: (*self.ca_bundle).clone() })
     }
 
-    /// Invalidates the zone's token and closes its stream.
+    /// Invalidates the zone's token and closes its stream, revokes its intermediate CAs and
+    /// zone identities, and withdraws its services from the other zones (they come back with
+    /// the zone's inventory once it is registered and connects again).
     pub async fn revoke(&self, zone: &str) -> Result<bool, ServiceError> {
         let existed = match self.resources.store().delete(token_key(zone), Precondition::None).await {
             Ok(_) => true,
@@ -96,17 +98,22 @@ impl Zones {
         let identities = crate::zone_identity::revoke(self.resources.store().as_ref(), zone)
             .await
             .map_err(|e| StoreError::Backend(format!("revoking the zone's identities: {e}")))?;
-        tracing::info!(zone, intermediates, identities, "revoked the zone's token, intermediate CAs and zone identities");
+        match self.resources.store().delete(Key::new(ZONE_INVENTORY, "", zone), Precondition::None).await {
+            Ok(_) | Err(StoreError::NotFound { .. }) => {}
+            Err(e) => return Err(e.into()),
+        }
+        tracing::info!(
+            zone,
+            intermediates,
+            identities,
+            "revoked the zone's token, intermediate CAs and zone identities; its services are withdrawn"
+        );
         Ok(existed)
     }
 
     /// Removes what the global keeps about a deleted zone: token, inventory, status.
     pub async fn forget(&self, zone: &str) -> Result<(), ServiceError> {
         self.revoke(zone).await?;
-        match self.resources.store().delete(Key::new(ZONE_INVENTORY, "", zone), Precondition::None).await {
-            Ok(_) | Err(StoreError::NotFound { .. }) => {}
-            Err(e) => return Err(e.into()),
-        }
         self.registry.remove(zone);
         Ok(())
     }

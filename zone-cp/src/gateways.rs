@@ -2,7 +2,7 @@
 //!
 //! In: gateway registrations (a `ZoneGateway` record per connected gateway, zone only), the
 //! zone's Dataplanes, the other zones' inventories, the zone identity and the system trust.
-//! Out: the ingress addresses reported upstream, the egress address sidecars reach other zones
+//! Out: the ingress addresses reported upstream, the egress addresses sidecars reach other zones
 //! through ([`Remote`]), and each gateway's [`GatewayConfig`].
 
 use std::collections::BTreeMap;
@@ -54,10 +54,10 @@ pub async fn inventories(store: &dyn Store) -> Result<Vec<ZoneInventory>, StoreE
     Ok(store.list(ZONE_INVENTORY, Some("")).await?.into_iter().filter_map(|o| serde_json::from_value(o.data).ok()).collect())
 }
 
-/// What a sidecar of this zone needs to reach the others: their inventories and an egress.
+/// What a sidecar of this zone needs to reach the others: their inventories and the egresses.
 pub async fn remote(store: &dyn Store) -> Result<Remote, StoreError> {
-    let egress = list(store).await?.into_iter().map(|g| g.egress_address).next();
-    Ok(Remote { inventories: inventories(store).await?, egress })
+    let egresses = list(store).await?.into_iter().map(|g| g.egress_address).collect();
+    Ok(Remote { inventories: inventories(store).await?, egresses })
 }
 
 /// Whether a change of `key` can change a gateway's configuration.
