@@ -197,3 +197,65 @@ async fn nothing_a_zone_sends_changes_a_policy() {
         "only the zone's own inventory changed"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_zone_identity_is_signed_by_the_system_ca_and_revoked_with_the_zone() {
+    let s = setup().await;
+    let token = s.token("zone-1").await;
+    let kc = strait_pki::KeyAndCsr::generate("zone-1 zone").unwrap();
+    let inventory = kds::Inventory {
+        services: vec![kds::ServiceInventory {
+            mesh: "default".into(),
+            name: "db".into(),
+            endpoints: 1,
+            healthy: 1,
+            protocol: "tcp".into(),
+        }],
+        ingress_addresses: vec!["198.18.0.9:10001".into()],
+    };
+    let csr = kds::CertificateRequest { csr_pem: kc.csr_pem, zone_identity: true, ..Default::default() };
+    let received = s
+        .stream(
+            &token,
+            vec![
+                hello("zone-1"),
+                ZoneMessage { message: Some(zone_message::Message::Inventory(inventory)) },
+                ZoneMessage { message: Some(zone_message::Message::CertificateRequest(csr)) },
+            ],
+        )
+        .await
+        .expect("the stream stays open");
+    let cert = received
+        .into_iter()
+        .find_map(|m| match m.message {
+            Some(kds::global_message::Message::Certificate(c)) if c.zone_identity => Some(c),
+            _ => None,
+        })
+        .expect("a zone identity");
+    assert!(cert.error.is_empty(), "{}", cert.error);
+    let bundle = strait_pki::TrustBundle { roots: vec![cert.root_pem.clone()], revoked: Default::default() };
+    let id = bundle.verify(&cert.cert_pem, &[], std::time::SystemTime::now()).expect("verifies under the system CA");
+    assert_eq!(id.as_str(), "spiffe://strait.system/zone/zone-1", "bound to the token's zone");
+    assert_eq!(cert.root_pem, s.cp.ca_bundle, "the system CA, not a mesh's");
+
+    let zone = |s: &Setup| {
+        let (http, url, admin) = (s.http.clone(), format!("{}/zones/zone-1", s.base), s.admin.clone());
+        async move { http.get(url).bearer_auth(admin).send().await.unwrap().json::<Value>().await.unwrap() }
+    };
+    assert_eq!(zone(&s).await.pointer("/status/inventory/ingressAddresses"), Some(&json!(["198.18.0.9:10001"])));
+    let trust = |s: &Setup| {
+        let store = s.cp.store().clone();
+        async move {
+            let o = store.get(&strait_store::Key::new("SystemTrust", "", "default")).await.unwrap().expect("the system trust");
+            serde_json::from_value::<strait_api::gateway_config::SystemTrust>(o.data).unwrap()
+        }
+    };
+    assert_eq!(trust(&s).await.roots, vec![s.cp.ca_bundle.clone()]);
+    let fingerprint = strait_pki::fingerprint(&cert.cert_pem).unwrap();
+    assert!(!trust(&s).await.revoked.contains(&fingerprint));
+
+    let revoked = s.http.delete(format!("{}/zones/zone-1/token", s.base)).bearer_auth(&s.admin).send().await.unwrap();
+    assert!(revoked.status().is_success());
+    assert!(trust(&s).await.revoked.contains(&fingerprint), "the zone's identity is revoked in the system trust every zone gets");
+    assert_eq!(zone(&s).await.pointer("/status/inventory"), None, "the revoked zone's services are withdrawn");
+}
