@@ -98,7 +98,7 @@ pub enum Command {
     /// Issue tokens (dataplane tokens for sidecars)
     #[command(subcommand, after_help = TOKEN_EXAMPLES)]
     Token(TokenCommand),
-    /// Run a local two-zone demo mesh (up, down)
+    /// Run a local two-zone demo mesh (up, traffic, kill, status, down)
     #[command(subcommand)]
     Demo(DemoCommand),
 }
@@ -181,12 +181,56 @@ pub struct DataplaneTokenArgs {
 }
 
 /// `straitctl demo` actions.
-#[derive(Debug, Clone, Copy, Subcommand)]
+#[derive(Debug, Clone, Subcommand)]
 pub enum DemoCommand {
-    /// Start a global control plane, two zones and a sample application in the background
-    Up,
+    /// Start a global control plane, two zones with a gateway each and a sample application
+    /// (frontend -> backend v1/v2 -> store) in the background, and print what to try next
+    Up(DemoArgs),
+    /// Send steady traffic to the frontend and print, every second, which backend version and
+    /// zone answered, successes and failures
+    Traffic(DemoTrafficArgs),
+    /// Kill a service's workloads (application and sidecar) in one zone, to watch failover
+    Kill(DemoKillArgs),
+    /// List the demo's processes and their health
+    Status(DemoArgs),
     /// Stop everything `demo up` started and remove its data
-    Down,
+    Down(DemoArgs),
+}
+
+/// Where the demo keeps its state.
+#[derive(Debug, Clone, Args)]
+pub struct DemoArgs {
+    /// The demo's directory: data, logs, tokens and the list of its processes [default: <temp dir>/strait-demo-<user>]
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+    /// First two octets of the loopback addresses the demo uses (127.A.B.C)
+    #[arg(long, default_value = "127.0", value_name = "127.X")]
+    pub address_prefix: String,
+}
+
+/// `demo traffic`.
+#[derive(Debug, Clone, Args)]
+pub struct DemoTrafficArgs {
+    #[command(flatten)]
+    pub demo: DemoArgs,
+    /// Requests per second
+    #[arg(long, default_value_t = 10)]
+    pub rate: u32,
+    /// Stop after this many seconds (0: until interrupted)
+    #[arg(long, default_value_t = 0)]
+    pub seconds: u64,
+}
+
+/// `demo kill`.
+#[derive(Debug, Clone, Args)]
+pub struct DemoKillArgs {
+    #[command(flatten)]
+    pub demo: DemoArgs,
+    /// The service (`frontend`, `backend`, `store`)
+    pub service: String,
+    /// The zone whose workloads of the service to kill
+    #[arg(long)]
+    pub zone: String,
 }
 
 const APPLY_EXAMPLES: &str = "\

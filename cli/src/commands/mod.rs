@@ -68,7 +68,7 @@ pub async fn run(cli: Cli, sources: FlagSources) -> anyhow::Result<()> {
         Command::Version(args) => version::run(&args, &ctx).await,
         Command::Config(cmd) => config::run(&cmd, &ctx),
         Command::Completion(args) => crate::completion::run(&args),
-        Command::Demo(cmd) => demo::run(cmd),
+        Command::Demo(cmd) => demo::run(cmd).await,
         Command::Zone(cmd) => zone::run(&cmd, &ctx).await,
         Command::Token(cmd) => token::run(&cmd, &ctx).await,
     }

@@ -1,0 +1,137 @@
+//! Scenario: `straitctl demo`, as a newcomer runs it. `demo up` starts the two-zone demo in
+//! the background (loopback addresses, no root); its frontend answers through the whole chain
+//! (frontend and backend v1 in zone-1, store in zone-2 through the gateways); each `straitctl`
+//! command it suggests has its effect, checked through the frontend (a permission denying
+//! backend -> store shows as the store's 403 in the frontend's answer, and its deletion lets
+//! the calls through again); `demo traffic` prints who answers; `demo kill backend --zone
+//! zone-1` moves the frontend's calls to backend v2 in zone-2; `demo status` tells which
+//! processes run; `demo down` leaves no process and no directory behind.
+
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use strait_multizone::{bin, wait_for, Net};
+
+/// Loopback addresses of this test's demo (other scenarios use 127.77.*).
+const PREFIX: &str = "127.78";
+const FRONTEND: &str = "http://127.78.11.10:8080";
+const DEADLINE: Duration = Duration::from_secs(30);
+
+fn straitctl(args: &[&str]) -> Output {
+    Command::new(bin("straitctl")).args(args).output().expect("run straitctl")
+}
+
+fn ok(out: Output, what: &str) -> String {
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{what}: {}\nstdout:\n{stdout}\nstderr:\n{}", out.status, String::from_utf8_lossy(&out.stderr));
+    stdout
+}
+
+/// Stops the demo even when the test fails.
+struct Demo<'a>(&'a Path);
+
+impl Drop for Demo<'_> {
+    fn drop(&mut self) {
+        if self.0.exists() {
+            let _ = straitctl(&["demo", "down", "--dir", &self.0.display().to_string()]);
+        }
+    }
+}
+
+/// The frontend's answer: status and JSON.
+fn frontend() -> Result<(u16, Value), String> {
+    let client = reqwest::blocking::Client::builder().timeout(Duration::from_secs(5)).build().map_err(|e| e.to_string())?;
+    let response = client.get(format!("{FRONTEND}/api")).send().map_err(|e| e.to_string())?;
+    let status = response.status().as_u16();
+    let body = response.json::<Value>().map_err(|e| e.to_string())?;
+    Ok((status, body))
+}
+
+/// `service version@zone` of each hop of an answer.
+fn chain(answer: &Value) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut hop = Some(answer);
+    while let Some(h) = hop {
+        let f = |k: &str| h.get(k).and_then(Value::as_str).unwrap_or("?").to_string();
+        out.push(format!("{} {}@{}", f("service"), f("version"), f("zone")));
+        hop = h.get("calls");
+    }
+    out
+}
+
+/// The `straitctl ...` command line of `up`'s suggestions that contains `needle`.
+fn suggested(stdout: &str, needle: &str) -> Vec<String> {
+    let line = stdout
+        .lines()
+        .map(str::trim)
+        .find(|l| l.starts_with("straitctl ") && l.contains(needle))
+        .unwrap_or_else(|| panic!("`demo up` suggests no command with {needle:?}:\n{stdout}"));
+    line.split_whitespace().skip(1).map(str::to_string).collect()
+}
+
+#[test]
+fn the_demo_comes_up_shows_permissions_and_failover_and_goes_away() {
+    let net = Net::new();
+    let dir = net.dir().join("demo");
+    let dir_arg = dir.display().to_string();
+    let _demo = Demo(&dir);
+    let started = Instant::now();
+    let up = ok(straitctl(&["demo", "up", "--dir", &dir_arg, "--address-prefix", PREFIX]), "demo up");
+    println!("FIGURE demo-up ms={:.0}", started.elapsed().as_secs_f64() * 1000.0);
+    assert!(up.contains(&format!("{FRONTEND}/")), "up prints the frontend's URL:\n{up}");
+
+    let (status, answer) = frontend().expect("the frontend answers");
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(chain(&answer), ["frontend v1@zone-1", "backend v1@zone-1", "store v1@zone-2"], "backend stays local; store is in zone-2");
+
+    // The suggested permission denies backend -> store; the frontend's answer shows why.
+    let apply = suggested(&up, "apply -f");
+    ok(straitctl(&apply.iter().map(String::as_str).collect::<Vec<_>>()), "the suggested apply");
+    let (_, denied) = wait_for("the frontend to show the denial", DEADLINE, || match frontend()? {
+        (502, body) => Ok((502, body)),
+        other => Err(format!("{other:?}")),
+    });
+    assert!(denied.to_string().contains("spiffe://default/backend is not allowed to reach store"), "{denied}");
+    let delete = suggested(&up, "delete meshtrafficpermission");
+    ok(straitctl(&delete.iter().map(String::as_str).collect::<Vec<_>>()), "the suggested delete");
+    wait_for("the frontend to answer again", DEADLINE, || match frontend()? {
+        (200, body) => Ok(body),
+        other => Err(format!("{other:?}")),
+    });
+
+    let traffic = ok(straitctl(&["demo", "traffic", "--dir", &dir_arg, "--seconds", "2", "--rate", "5"]), "demo traffic");
+    assert!(traffic.lines().filter(|l| l.contains("backend v1@zone-1")).count() >= 2, "a line a second naming who answered:\n{traffic}");
+
+    let killed = ok(straitctl(&["demo", "kill", "backend", "--zone", "zone-1", "--dir", &dir_arg]), "demo kill");
+    assert!(killed.contains("backend-v1-sidecar") && killed.contains("backend-v1-app"), "{killed}");
+    let kill = Instant::now();
+    wait_for("the frontend's calls to move to backend v2 in zone-2", DEADLINE, || match frontend()? {
+        (200, body) if chain(&body)[1] == "backend v2@zone-2" => Ok(()),
+        other => Err(format!("{other:?}")),
+    });
+    let moved = kill.elapsed();
+    println!("FIGURE demo-failover ms={:.0}", moved.as_secs_f64() * 1000.0);
+    assert!(moved <= Duration::from_secs(5), "failover took {moved:?}");
+
+    let status = ok(straitctl(&["demo", "status", "--dir", &dir_arg]), "demo status");
+    let line = |name: &str| status.lines().find(|l| l.starts_with(name)).unwrap_or_else(|| panic!("no {name} in:\n{status}")).to_string();
+    assert!(line("backend-v1-sidecar").contains("stopped"), "{status}");
+    assert!(line("frontend-v1-sidecar").contains("healthy"), "{status}");
+
+    let state: Value = serde_json::from_slice(&std::fs::read(dir.join("demo.json")).expect("the demo's state")).expect("JSON");
+    let pids: Vec<u64> = state["processes"].as_array().expect("processes").iter().filter_map(|p| p["pid"].as_u64()).collect();
+    assert_eq!(pids.len(), 13, "global, two zones with a gateway each, four workloads with their sidecars");
+    ok(straitctl(&["demo", "down", "--dir", &dir_arg]), "demo down");
+    assert!(!dir.exists(), "down removes the demo's directory");
+    // Zombies do not count: they have exited, and wait for whoever adopted them to reap them.
+    let running: Vec<u64> = pids
+        .into_iter()
+        .filter(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/stat"))
+                .is_ok_and(|stat| stat.rsplit_once(") ").is_some_and(|(_, rest)| !rest.starts_with('Z') && !rest.starts_with('X')))
+        })
+        .collect();
+    assert!(running.is_empty(), "processes left after down: {running:?}");
+}
