@@ -203,9 +203,13 @@ pub struct DemoArgs {
     /// The demo's directory: data, logs, tokens and the list of its processes [default: <temp dir>/strait-demo-<user>]
     #[arg(long, value_name = "DIR")]
     pub dir: Option<PathBuf>,
-    /// First two octets of the loopback addresses the demo uses (127.A.B.C)
+    /// First two octets of the loopback addresses the demo uses (127.A.B.C); with namespaces,
+    /// A also names them and their subnet (198.19.A.0/24)
     #[arg(long, default_value = "127.0", value_name = "127.X")]
     pub address_prefix: String,
+    /// Run on loopback addresses even with root (by default root gets a network namespace per zone)
+    #[arg(long)]
+    pub no_namespaces: bool,
 }
 
 /// `demo traffic`.

@@ -14,9 +14,6 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use strait_multizone::{bin, wait_for, Net};
 
-/// Loopback addresses of this test's demo (other scenarios use 127.77.*).
-const PREFIX: &str = "127.78";
-const FRONTEND: &str = "http://127.78.11.10:8080";
 const DEADLINE: Duration = Duration::from_secs(30);
 
 fn straitctl(args: &[&str]) -> Output {
@@ -41,9 +38,9 @@ impl Drop for Demo<'_> {
 }
 
 /// The frontend's answer: status and JSON.
-fn frontend() -> Result<(u16, Value), String> {
+fn get(frontend: &str) -> Result<(u16, Value), String> {
     let client = reqwest::blocking::Client::builder().timeout(Duration::from_secs(5)).build().map_err(|e| e.to_string())?;
-    let response = client.get(format!("{FRONTEND}/api")).send().map_err(|e| e.to_string())?;
+    let response = client.get(format!("{frontend}/api")).send().map_err(|e| e.to_string())?;
     let status = response.status().as_u16();
     let body = response.json::<Value>().map_err(|e| e.to_string())?;
     Ok((status, body))
@@ -72,15 +69,35 @@ fn suggested(stdout: &str, needle: &str) -> Vec<String> {
 }
 
 #[test]
-fn the_demo_comes_up_shows_permissions_and_failover_and_goes_away() {
+fn on_loopback_addresses() {
+    // Other scenarios use 127.77.*.
+    scenario(&["--address-prefix", "127.78", "--no-namespaces"], "http://127.78.11.10:8080", "loopback");
+}
+
+#[test]
+fn in_network_namespaces() {
+    let net = Net::new();
+    if !net.is_namespaced() {
+        println!("SKIPPED: the demo makes network namespaces only with root and `ip netns` ({})", net.mode_reason());
+        return;
+    }
+    drop(net);
+    scenario(&["--address-prefix", "127.82"], "http://198.19.82.20:8080", "namespaces");
+}
+
+/// The whole scenario, with `demo up` given `flags`; its frontend is at `frontend`.
+fn scenario(flags: &[&str], frontend: &str, mode: &str) {
     let net = Net::new();
     let dir = net.dir().join("demo");
     let dir_arg = dir.display().to_string();
     let _demo = Demo(&dir);
     let started = Instant::now();
-    let up = ok(straitctl(&["demo", "up", "--dir", &dir_arg, "--address-prefix", PREFIX]), "demo up");
-    println!("FIGURE demo-up ms={:.0}", started.elapsed().as_secs_f64() * 1000.0);
-    assert!(up.contains(&format!("{FRONTEND}/")), "up prints the frontend's URL:\n{up}");
+    let mut up_args = vec!["demo", "up", "--dir", &dir_arg];
+    up_args.extend(flags);
+    let up = ok(straitctl(&up_args), "demo up");
+    println!("FIGURE demo-up-{mode} ms={:.0}", started.elapsed().as_secs_f64() * 1000.0);
+    assert!(up.contains(&format!("{frontend}/")), "up prints the frontend's URL:\n{up}");
+    let frontend = || get(frontend);
 
     let (status, answer) = frontend().expect("the frontend answers");
     assert_eq!(status, 200, "{answer}");
@@ -112,7 +129,7 @@ fn the_demo_comes_up_shows_permissions_and_failover_and_goes_away() {
         other => Err(format!("{other:?}")),
     });
     let moved = kill.elapsed();
-    println!("FIGURE demo-failover ms={:.0}", moved.as_secs_f64() * 1000.0);
+    println!("FIGURE demo-failover-{mode} ms={:.0}", moved.as_secs_f64() * 1000.0);
     assert!(moved <= Duration::from_secs(5), "failover took {moved:?}");
 
     let status = ok(straitctl(&["demo", "status", "--dir", &dir_arg]), "demo status");
@@ -134,4 +151,11 @@ fn the_demo_comes_up_shows_permissions_and_failover_and_goes_away() {
         })
         .collect();
     assert!(running.is_empty(), "processes left after down: {running:?}");
+    if mode == "namespaces" {
+        let list = Command::new("ip").args(["netns", "list"]).output().expect("ip netns list");
+        let left = String::from_utf8_lossy(&list.stdout).lines().filter(|l| l.starts_with("sd82-")).count();
+        assert_eq!(left, 0, "down removes the demo's namespaces");
+        let link = Command::new("ip").args(["link", "show", "sd82-host"]).output().expect("ip link show");
+        assert!(!link.status.success(), "down removes the demo's link on this machine");
+    }
 }

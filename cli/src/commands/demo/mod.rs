@@ -10,6 +10,15 @@
 //!
 //! In: the action and its flags. Out: processes, the demo's directory, and text on stdout.
 
+/// Prints a line; a closed stdout (`| head`) must not stop a demo half started or stopped.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
+mod netns;
 mod plan;
 mod procs;
 mod traffic;
@@ -84,7 +93,7 @@ fn binaries() -> anyhow::Result<PathBuf> {
     for (_, package) in BINARIES {
         cmd.args(["-p", package]);
     }
-    println!("building {} ...", missing.join(", "));
+    say!("building {} ...", missing.join(", "));
     let status = cmd.status().context("running cargo build")?;
     if !status.success() {
         bail!("cargo build failed ({status})");
@@ -119,6 +128,8 @@ async fn wait_healthy(http: &reqwest::Client, url: &str, child: &mut Child, name
 
 /// The demo being started: its directory, binaries, processes so far.
 struct Starter {
+    /// The namespaces processes run in, when the demo uses them.
+    netns: Option<plan::Namespaces>,
     dir: PathBuf,
     bins: PathBuf,
     http: reqwest::Client,
@@ -136,7 +147,8 @@ impl Starter {
         zone: Option<&str>,
         service: Option<&str>,
     ) -> anyhow::Result<()> {
-        let (mut child, log) = procs::spawn(&self.dir, name, &self.bins.join(binary), &args)?;
+        let netns = self.netns.as_ref().map(|ns| ns.of(zone));
+        let (mut child, log) = procs::spawn(&self.dir, name, &self.bins.join(binary), &args, netns.as_deref())?;
         self.state.processes.push(Record {
             name: name.into(),
             pid: child.id(),
@@ -148,7 +160,7 @@ impl Starter {
         });
         self.state.save(&self.dir)?;
         wait_healthy(&self.http, &health, &mut child, name, &log).await?;
-        println!("  started {name:<22} pid {:<7} log {}", child.id(), log.display());
+        say!("  started {name:<22} pid {:<7} log {}", child.id(), log.display());
         Ok(())
     }
 
@@ -177,15 +189,36 @@ async fn up(args: &DemoArgs) -> anyhow::Result<()> {
     }
     let bins = binaries()?;
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    let plan = Plan::new(&args.address_prefix);
+    let namespaced = !args.no_namespaces && netns::available();
+    let mut plan = Plan::new(&args.address_prefix, namespaced);
     let http = reqwest::Client::builder().timeout(Duration::from_secs(5)).build()?;
-    let state = State { api: plan.api(), token_file: dir.join("global/admin-token"), frontend: plan.frontend(), processes: Vec::new() };
-    let mut s = Starter { dir: dir.clone(), bins, http, state };
-    println!("starting the demo in {} (logs in {}/logs)", dir.display(), dir.display());
-    let started = up_steps(&mut s, &plan).await;
+    let state = State {
+        api: plan.api(),
+        token_file: dir.join("global/admin-token"),
+        frontend: plan.frontend(),
+        processes: Vec::new(),
+        network: Vec::new(),
+    };
+    let mut s = Starter { netns: plan.namespaces.take(), dir: dir.clone(), bins, http, state };
+    match &s.netns {
+        Some(ns) => say!("starting the demo in {} (logs in logs/), in network namespaces {}-* on {}.0/24", dir.display(), ns.tag, ns.net),
+        None => say!("starting the demo in {} (logs in logs/), on loopback addresses", dir.display()),
+    }
+    let started = async {
+        if let Some(ns) = &s.netns {
+            let mut made = Vec::new();
+            let result = netns::setup(&plan, ns, &mut made);
+            s.state.network = made;
+            s.state.save(&s.dir)?;
+            result?;
+        }
+        up_steps(&mut s, &plan).await
+    }
+    .await;
     if let Err(e) = started {
         let records: Vec<&Record> = s.state.processes.iter().collect();
         procs::stop(&records, Duration::from_secs(3));
+        netns::teardown(&s.state.network);
         let _ = std::fs::remove_file(procs::state_path(&dir));
         return Err(e.context(format!("the demo did not start; its processes were stopped, its logs kept in {}/logs", dir.display())));
     }
@@ -383,19 +416,19 @@ fn print_next_steps(s: &Starter, plan: &Plan, dir: &Path, dir_flag: &str) {
         format!("  straitctl demo down{dir_flag}"),
         format!("      stops everything and removes {}", dir.display()),
     ];
-    println!("{}", lines.join("\n"));
+    say!("{}", lines.join("\n"));
 }
 
 /// `demo status`: every process, whether it runs, and whether it is healthy.
 async fn status(dir: &Path) -> anyhow::Result<()> {
     let state = State::load(dir)?;
     let http = reqwest::Client::builder().timeout(Duration::from_secs(2)).build()?;
-    println!("demo in {}: frontend {}, REST API {}", dir.display(), state.frontend, state.api);
-    println!("{:<24} {:>8}  {:<8} {:<8} health", "process", "pid", "zone", "state");
+    say!("demo in {}: frontend {}, REST API {}", dir.display(), state.frontend, state.api);
+    say!("{:<24} {:>8}  {:<8} {:<8} health", "process", "pid", "zone", "state");
     for r in &state.processes {
         let running = procs::alive(r);
         let healthy = running && http.get(&r.health).send().await.is_ok_and(|resp| resp.status().is_success());
-        println!(
+        say!(
             "{:<24} {:>8}  {:<8} {:<8} {}",
             r.name,
             r.pid,
@@ -428,9 +461,9 @@ fn kill(dir: &Path, service: &str, zone: &str) -> anyhow::Result<()> {
     }
     procs::kill9(&targets);
     for r in &targets {
-        println!("killed {} (pid {})", r.name, r.pid);
+        say!("killed {} (pid {})", r.name, r.pid);
     }
-    println!("{service} no longer runs in {zone}; `straitctl demo traffic` shows where its traffic goes now");
+    say!("{service} no longer runs in {zone}; `straitctl demo traffic` shows where its traffic goes now");
     Ok(())
 }
 
@@ -441,13 +474,17 @@ fn down(dir: &Path) -> anyhow::Result<()> {
     let records: Vec<&Record> = state.processes.iter().rev().collect();
     let killed = procs::stop(&records, Duration::from_secs(5));
     if !killed.is_empty() {
-        println!("killed after 5 s: {}", killed.join(", "));
+        say!("killed after 5 s: {}", killed.join(", "));
     }
     let left: Vec<&str> = records.iter().filter(|r| procs::alive(r)).map(|r| r.name.as_str()).collect();
     if !left.is_empty() {
         bail!("still running: {}; the demo's directory {} is kept", left.join(", "), dir.display());
     }
+    let failed = netns::teardown(&state.network);
+    if !failed.is_empty() {
+        bail!("could not remove {}; the demo's directory {} is kept", failed.join("; "), dir.display());
+    }
     std::fs::remove_dir_all(dir).with_context(|| format!("removing {}", dir.display()))?;
-    println!("stopped {} processes and removed {}", records.len(), dir.display());
+    say!("stopped {} processes and removed {}", records.len(), dir.display());
     Ok(())
 }

@@ -47,6 +47,9 @@ pub struct State {
     pub frontend: String,
     /// Every process, in start order.
     pub processes: Vec<Record>,
+    /// Network namespaces and links made for the demo (`netns:<name>`, `link:<name>`).
+    #[serde(default)]
+    pub network: Vec<String>,
 }
 
 /// The state file of `dir`.
@@ -72,14 +75,24 @@ impl State {
     }
 }
 
-/// Starts `binary` with `args` in the background, its output to `<dir>/logs/<name>.log`.
-pub fn spawn(dir: &Path, name: &str, binary: &Path, args: &[String]) -> anyhow::Result<(Child, PathBuf)> {
+/// Starts `binary` with `args` in the background (inside network namespace `netns`, if any),
+/// its output to `<dir>/logs/<name>.log`.
+pub fn spawn(dir: &Path, name: &str, binary: &Path, args: &[String], netns: Option<&str>) -> anyhow::Result<(Child, PathBuf)> {
     let logs = dir.join("logs");
     fs::create_dir_all(&logs).with_context(|| format!("creating {}", logs.display()))?;
     let log = logs.join(format!("{name}.log"));
     let out = fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
     let err = out.try_clone()?;
-    let child = Command::new(binary)
+    let mut command = match netns {
+        // `ip netns exec` enters the namespace and execs the binary: the pid is the binary's.
+        Some(ns) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", ns]).arg(binary);
+            c
+        }
+        None => Command::new(binary),
+    };
+    let child = command
         .args(args)
         .stdin(Stdio::null())
         .stdout(out)

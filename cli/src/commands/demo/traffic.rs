@@ -31,8 +31,8 @@ pub async fn run(dir: &Path, rate: u32, seconds: u64) -> anyhow::Result<()> {
     let (mut ok, mut failed) = (0u32, 0u32);
     let mut by: BTreeMap<String, u32> = BTreeMap::new();
     let mut last_error = String::new();
-    println!("{rate} requests per second to {url}; each line is one second");
-    println!("{:>5}  {:>4}  {:>6}  answered by", "time", "ok", "failed");
+    say!("{rate} requests per second to {url}; each line is one second");
+    say!("{:>5}  {:>4}  {:>6}  answered by", "time", "ok", "failed");
     loop {
         tokio::time::sleep_until(next).await;
         next += every;
@@ -56,7 +56,7 @@ pub async fn run(dir: &Path, rate: u32, seconds: u64) -> anyhow::Result<()> {
         if started.elapsed() >= Duration::from_secs(second) {
             let who: Vec<String> = by.iter().map(|(k, n)| format!("{k}: {n}")).collect();
             let why = if failed > 0 { format!("   last failure: {last_error}") } else { String::new() };
-            println!("{:>4}s  {ok:>4}  {failed:>6}  {}{why}", second, who.join(", "));
+            say!("{:>4}s  {ok:>4}  {failed:>6}  {}{why}", second, who.join(", "));
             (ok, failed) = (0, 0);
             by.clear();
             second += 1;
