@@ -392,13 +392,14 @@ fn print_next_steps(s: &Starter, plan: &Plan, dir: &Path, dir_flag: &str) {
         "type: MeshTrafficPermission\nname: deny-backend-to-store\nmesh: default\nspec:\n  targetRef: {kind: MeshService, name: store}\n  \
          from:\n    - targetRef: {kind: MeshService, name: backend}\n      default: {action: Deny}\n",
     );
+    let secret = std::fs::read_to_string(&s.state.token_file).unwrap_or_default().trim().to_string();
     let front = plan.frontend();
     let lines = [
         String::new(),
         "The demo runs: frontend (zone-1) -> backend (v1 in zone-1, v2 in zone-2) -> store (zone-2 only).".into(),
         String::new(),
         format!("  frontend   {front}/  (a page that reloads every second; JSON at {front}/api)"),
-        format!("  REST API   {}  (admin token in {token})", plan.api()),
+        format!("  REST API   {}  admin token {secret}  (in {token})", plan.api()),
         String::new(),
         "Try:".into(),
         format!("  curl -s {front}/api"),
