@@ -71,6 +71,7 @@ pub async fn start(config: Validated) -> anyhow::Result<Running> {
         endpoint,
         links: Default::default(),
         peers: Default::default(),
+        next_fallback: Default::default(),
     });
     if let Some(saved) = crate::cp::load_saved(&flags.data_dir) {
         match crate::cp::apply(&gw, &guards, &flags.data_dir, saved).await {

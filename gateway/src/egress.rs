@@ -131,7 +131,11 @@ async fn open(gw: &Gateway, routes: &Routes, zone: &str, sni: &str) -> io::Resul
     }
     gw.metrics.fallbacks.get_or_create(&crate::metrics::ZoneLabel { zone: zone.to_string() }).inc();
     let tls = routes.tls.clone().ok_or_else(|| io::Error::other("no zone identity yet"))?;
-    let address = *routes.ingress(zone).first().ok_or_else(|| io::Error::other("the zone has no ingress address"))?;
+    // Spread over the zone's ingresses: a dead one costs a connection, not the zone.
+    let ingresses = routes.ingress(zone);
+    let address = *ingresses
+        .get(gw.next_fallback.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % ingresses.len().max(1))
+        .ok_or_else(|| io::Error::other("the zone has no ingress address"))?;
     let expected = Identity::zone(zone).map_err(io::Error::other)?;
     let connector = TlsConnector::from(tls.client_config(&expected, ALPN_ZONE_TUNNEL));
     let name = ServerName::try_from(crate::quic::server_name(zone)).map_err(io::Error::other)?;

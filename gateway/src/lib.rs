@@ -47,4 +47,6 @@ pub struct Gateway {
     pub links: links::Links,
     /// QUIC connections from other zones.
     pub peers: ingress::Peers,
+    /// Round robin over a zone's ingresses for TCP fallback connections.
+    pub next_fallback: std::sync::atomic::AtomicUsize,
 }

@@ -106,6 +106,14 @@ fn bearer<T>(request: &Request<T>, what: &str) -> Result<String, Status> {
         .ok_or_else(|| Status::unauthenticated(format!("missing {what}: send `authorization: Bearer <token>`")))
 }
 
+/// The first message of a stream (the Hello), within 10 s.
+async fn first_message<T>(inbound: &mut Streaming<T>) -> Result<Option<T>, Status> {
+    tokio::time::timeout(std::time::Duration::from_secs(10), inbound.message())
+        .await
+        .map_err(|_| Status::deadline_exceeded("no Hello within 10s"))?
+        .map_err(|s| Status::aborted(format!("reading Hello: {}", s.message())))
+}
+
 /// Compares in time independent of where the first difference is.
 fn same_secret(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
@@ -124,10 +132,7 @@ impl DataplaneSync for DpsService {
             return Err(Status::unauthenticated(format!("gateway token refused: it is not the token of zone {:?}", self.shared.zone)));
         }
         let mut inbound = request.into_inner();
-        let first = tokio::time::timeout(std::time::Duration::from_secs(10), inbound.message())
-            .await
-            .map_err(|_| Status::deadline_exceeded("no Hello within 10s"))?
-            .map_err(|s| Status::aborted(format!("reading Hello: {}", s.message())))?;
+        let first = first_message(&mut inbound).await?;
         let Some(GatewayMessage { message: Some(gateway_message::Message::Hello(hello)) }) = first else {
             return Err(Status::invalid_argument("the first message must be GatewayHello"));
         };
@@ -150,10 +155,7 @@ impl DataplaneSync for DpsService {
             .await
             .inspect_err(|s| tracing::warn!(peer, reason = s.message(), "sidecar refused"))?;
         let mut inbound = request.into_inner();
-        let first = tokio::time::timeout(std::time::Duration::from_secs(10), inbound.message())
-            .await
-            .map_err(|_| Status::deadline_exceeded("no Hello within 10s"))?
-            .map_err(|s| Status::aborted(format!("reading Hello: {}", s.message())))?;
+        let first = first_message(&mut inbound).await?;
         let Some(DataplaneMessage { message: Some(dataplane_message::Message::Hello(hello)) }) = first else {
             return Err(Status::invalid_argument("the first message must be Hello"));
         };
