@@ -98,6 +98,17 @@ fn scenario(flags: &[&str], frontend: &str, mode: &str) {
     println!("FIGURE demo-up-{mode} ms={:.0}", started.elapsed().as_secs_f64() * 1000.0);
     assert!(up.contains(&format!("{frontend}/")), "up prints the frontend's URL:\n{up}");
     let frontend = || get(frontend);
+    if mode == "namespaces" {
+        // Zones reach each other only through their gateways: zone-1 cannot reach store.
+        let curl = |ns: &str| {
+            Command::new("ip")
+                .args(["netns", "exec", ns, "curl", "-s", "-m", "2", "-o", "/dev/null", "http://198.19.82.32:8080/healthz"])
+                .status()
+                .is_ok_and(|s| s.success())
+        };
+        assert!(curl("sd82-zone-2"), "store answers inside its zone");
+        assert!(!curl("sd82-zone-1"), "zone-1 cannot reach zone-2's store directly");
+    }
 
     let (status, answer) = frontend().expect("the frontend answers");
     assert_eq!(status, 200, "{answer}");

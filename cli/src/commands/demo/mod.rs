@@ -211,6 +211,9 @@ async fn up(args: &DemoArgs) -> anyhow::Result<()> {
             s.state.network = made;
             s.state.save(&s.dir)?;
             result?;
+            if let Err(e) = netns::isolate(&plan, ns) {
+                say!("  (the zones are not isolated from each other: {e:#})");
+            }
         }
         up_steps(&mut s, &plan).await
     }

@@ -3,6 +3,11 @@
 //! that bridge too (`<tag>-host`, address `.253`), so that the frontend and the REST API are
 //! reachable from it. Everything is made with `ip` (iproute2) and removed by [`teardown`].
 //!
+//! Zones are isolated from each other as they would be on separate networks: in the wan
+//! namespace, bridged traffic goes through iptables (`bridge-nf-call-iptables`), which drops
+//! everything between two zones except between their gateways' addresses. Where bridge
+//! netfilter or iptables is missing, the zones stay joined and [`isolate`] says so.
+//!
 //! In: the plan. Out: the namespaces and links, recorded in the state for `down`.
 
 use std::process::Command;
@@ -62,6 +67,35 @@ pub fn setup(plan: &Plan, ns: &Namespaces, made: &mut Vec<String>) -> anyhow::Re
     ip(&["-n", &wan, "link", "set", &peer, "master", "br0", "up"])?;
     ip(&["addr", "add", &format!("{}.253/24", ns.net), "dev", &host])?;
     ip(&["link", "set", &host, "up"])?;
+    Ok(())
+}
+
+/// Drops traffic between the zones' namespaces except between their gateways (the zone's
+/// first address: its control plane and gateway). Rules live in the wan namespace and go
+/// with it.
+pub fn isolate(plan: &Plan, ns: &Namespaces) -> anyhow::Result<()> {
+    let wan = ns.wan();
+    let run = |program: &str, args: &[&str]| -> anyhow::Result<()> {
+        let out =
+            Command::new("ip").args(["netns", "exec", &wan, program]).args(args).output().with_context(|| format!("running {program}"))?;
+        if !out.status.success() {
+            bail!("{program} {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
+        }
+        Ok(())
+    };
+    run("sysctl", &["-q", "-w", "net.bridge.bridge-nf-call-iptables=1"])?;
+    for a in &plan.zones {
+        for b in plan.zones.iter().filter(|b| b.name != a.name) {
+            for src in plan.addresses_of(Some(a.name)) {
+                for dst in plan.addresses_of(Some(b.name)) {
+                    if src == a.ip && dst == b.ip {
+                        continue;
+                    }
+                    run("iptables", &["-w", "-A", "FORWARD", "-s", &src, "-d", &dst, "-j", "DROP"])?;
+                }
+            }
+        }
+    }
     Ok(())
 }
 
