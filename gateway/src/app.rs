@@ -138,9 +138,4 @@ impl Running {
         let _ = tokio::time::timeout(Duration::from_millis(500), self.gw.endpoint.wait_idle()).await;
         tracing::info!("stopped");
     }
-
-    /// The shared state (tests).
-    pub fn gateway(&self) -> &Arc<Gateway> {
-        &self.gw
-    }
 }

@@ -151,6 +151,10 @@ impl KdsClient {
         let mut heartbeat = tokio::time::interval(self.config.kds_heartbeat_interval);
         let mut last_heard = Instant::now();
         let mut csrs = crate::zone_ca::Pending::default();
+        // Certificates near the end of their life are renewed; the check is cheap but needs
+        // no more than a minute's precision.
+        let mut renewal = tokio::time::interval(std::time::Duration::from_secs(60));
+        renewal.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // What is on disk may already need certificates (a new mesh, a revoked intermediate).
         if let Err(e) = self.request_certificates(&mut csrs, &tx).await {
             return End::Broken(e);
@@ -194,7 +198,8 @@ impl KdsClient {
                     if tx.send(msg(zone_message::Message::Heartbeat(kds::Heartbeat { unix_millis: now.as_millis() as u64 }))).await.is_err() {
                         return End::Broken("request stream closed".into());
                     }
-                    // Certificates near the end of their life are renewed.
+                }
+                _ = renewal.tick() => {
                     if let Err(e) = self.request_certificates(&mut csrs, &tx).await {
                         return End::Broken(e);
                     }

@@ -5,7 +5,6 @@
 //! In: a [`Zone`] from [`crate::control_plane`]. Out: a running [`Gateway`]; accessors return
 //! `Err(reason)` instead of panicking, so that they can be polled.
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -79,22 +78,11 @@ impl Gateway {
         get_json(&self.host, &self.host.url(ADMIN_PORT, "/ready"), None).map(|(s, _)| s)
     }
 
-    /// Where other zones reach the ingress.
-    pub fn ingress(&self) -> SocketAddr {
-        self.host.socket_addr(INGRESS_PORT)
-    }
-
     /// The value of sample `name` (exact, with its labels) on `/metrics`; 0 when the series
     /// does not exist yet.
     pub fn metric(&self, name: &str) -> Result<f64, String> {
         let (_, body) = get_json(&self.host, &self.host.url(ADMIN_PORT, "/metrics"), None)?;
         Ok(metric_value(body.as_str().unwrap_or_default(), name).unwrap_or(0.0))
-    }
-
-    /// `/metrics`, whole.
-    pub fn metrics_text(&self) -> Result<String, String> {
-        let (_, body) = get_json(&self.host, &self.host.url(ADMIN_PORT, "/metrics"), None)?;
-        Ok(body.as_str().unwrap_or_default().to_string())
     }
 }
 

@@ -7,8 +7,8 @@
 
 use std::net::SocketAddr;
 
-use futures::{FutureExt, StreamExt};
-use strait_api::dps::{gateway_message, zone_message, Config, GatewayHello, GatewayMessage, ZoneMessage, PROTOCOL_VERSION};
+use futures::StreamExt;
+use strait_api::dps::{gateway_message, GatewayHello, GatewayMessage, ZoneMessage, PROTOCOL_VERSION};
 use strait_store::WatchStream;
 use tokio::sync::mpsc;
 use tonic::{Status, Streaming};
@@ -88,12 +88,7 @@ impl GatewaySession {
             tokio::select! {
                 () = self.shared.shutdown.cancelled() => return Err(Status::unavailable("the zone control plane is shutting down")),
                 event = events.next() => {
-                    let Some(event) = event else { return Err(Status::unavailable("zone store closed")) };
-                    let mut relevant = gateways::affects_gateways(&event.map_err(unavailable)?.object.key);
-                    while let Some(Some(Ok(e))) = events.next().now_or_never() {
-                        relevant |= gateways::affects_gateways(&e.object.key);
-                    }
-                    if relevant {
+                    if super::coalesce(event, &mut events, gateways::affects_gateways)? {
                         self.push_config(&mut last).await?;
                     }
                 }
@@ -115,13 +110,8 @@ impl GatewaySession {
     async fn push_config(&self, last: &mut Option<Vec<u8>>) -> Result<(), Status> {
         let version = self.shared.resources.store().revision();
         let config = gateways::config(&self.shared.resources, &self.shared.zone).await.map_err(unavailable)?;
-        let json = serde_json::to_vec(&config).map_err(|e| Status::internal(e.to_string()))?;
-        if last.as_ref() == Some(&json) {
-            return Ok(());
-        }
-        *last = Some(json.clone());
+        let Some(message) = super::changed_config(&config, version, last)? else { return Ok(()) };
         tracing::debug!(gateway = %self.registration.name, version, "sending gateway configuration");
-        let message = ZoneMessage { message: Some(zone_message::Message::Config(Config { version, json })) };
         self.tx.send(Ok(message)).await.map_err(|_| Status::cancelled("gateway stream closed"))
     }
 }

@@ -106,6 +106,34 @@ fn bearer<T>(request: &Request<T>, what: &str) -> Result<String, Status> {
         .ok_or_else(|| Status::unauthenticated(format!("missing {what}: send `authorization: Bearer <token>`")))
 }
 
+/// Takes the store event `first` and every one already waiting behind it; whether any of them
+/// is of a key `affects` cares about (one recomputation for a burst of changes).
+fn coalesce(
+    first: Option<Result<strait_store::Event, strait_store::StoreError>>,
+    events: &mut strait_store::WatchStream,
+    affects: impl Fn(&Key) -> bool,
+) -> Result<bool, Status> {
+    use futures::{FutureExt, StreamExt};
+    let Some(first) = first else { return Err(Status::unavailable("zone store closed")) };
+    let mut relevant = affects(&first.map_err(|e| Status::unavailable(format!("zone store: {e}")))?.object.key);
+    while let Some(Some(Ok(e))) = events.next().now_or_never() {
+        relevant |= affects(&e.object.key);
+    }
+    Ok(relevant)
+}
+
+/// A proxy's configuration as a `Config` message at `version`, unless its JSON is what was
+/// sent last (then `None`); `last` keeps the JSON sent.
+fn changed_config(config: &impl serde::Serialize, version: u64, last: &mut Option<Vec<u8>>) -> Result<Option<ZoneMessage>, Status> {
+    use strait_api::dps::{zone_message, Config};
+    let json = serde_json::to_vec(config).map_err(|e| Status::internal(e.to_string()))?;
+    if last.as_ref() == Some(&json) {
+        return Ok(None);
+    }
+    *last = Some(json.clone());
+    Ok(Some(ZoneMessage { message: Some(zone_message::Message::Config(Config { version, json })) }))
+}
+
 /// The first message of a stream (the Hello), within 10 s.
 async fn first_message<T>(inbound: &mut Streaming<T>) -> Result<Option<T>, Status> {
     tokio::time::timeout(std::time::Duration::from_secs(10), inbound.message())

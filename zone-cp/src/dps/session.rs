@@ -4,8 +4,8 @@
 //! In: the sidecar's ACK/NACK and CSRs, and the zone store's changes. Out: `Config` messages
 //! (only when the sidecar's configuration really changed) and `Certificate` messages.
 
-use futures::{FutureExt, StreamExt};
-use strait_api::dps::{dataplane_message, zone_message, Certificate, Config, DataplaneMessage, ZoneMessage};
+use futures::StreamExt;
+use strait_api::dps::{dataplane_message, zone_message, Certificate, DataplaneMessage, ZoneMessage};
 use strait_api::{proxy_config, Resource, ResourceType, Spec};
 use strait_store::{Key, WatchStream};
 use tokio::sync::mpsc;
@@ -63,12 +63,7 @@ impl Session {
             tokio::select! {
                 () = self.shared.shutdown.cancelled() => return Err(Status::unavailable("the zone control plane is shutting down")),
                 event = events.next() => {
-                    let Some(event) = event else { return Err(Status::unavailable("zone store closed")) };
-                    let mut relevant = self.affects(&event.map_err(unavailable)?.object.key);
-                    while let Some(Some(Ok(e))) = events.next().now_or_never() {
-                        relevant |= self.affects(&e.object.key);
-                    }
-                    if relevant {
+                    if super::coalesce(event, &mut events, |key| self.affects(key))? {
                         self.push_config(&mut last).await?;
                     }
                 }
@@ -92,13 +87,9 @@ impl Session {
     async fn push_config(&self, last: &mut Option<Vec<u8>>) -> Result<(), Status> {
         let version = self.shared.resources.store().revision();
         let config = self.compute().await?;
-        let json = serde_json::to_vec(&config).map_err(|e| Status::internal(e.to_string()))?;
-        if last.as_ref() == Some(&json) {
-            return Ok(());
-        }
-        *last = Some(json.clone());
+        let Some(message) = super::changed_config(&config, version, last)? else { return Ok(()) };
         tracing::debug!(dataplane = %self.id, version, "sending configuration");
-        self.send(zone_message::Message::Config(Config { version, json })).await
+        self.tx.send(Ok(message)).await.map_err(|_| Status::cancelled("sidecar stream closed"))
     }
 
     async fn compute(&self) -> Result<proxy_config::ProxyConfig, Status> {

@@ -132,6 +132,8 @@ struct Starter {
     netns: Option<plan::Namespaces>,
     dir: PathBuf,
     bins: PathBuf,
+    /// The global's admin token, once it has started.
+    admin: String,
     http: reqwest::Client,
     state: State,
 }
@@ -166,8 +168,7 @@ impl Starter {
 
     /// `POST`/`PUT` on the global's API with the admin token; the JSON answer.
     async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
-        let token = std::fs::read_to_string(&self.state.token_file)?.trim().to_string();
-        let mut request = self.http.request(method, format!("{}{path}", self.state.api)).bearer_auth(token);
+        let mut request = self.http.request(method, format!("{}{path}", self.state.api)).bearer_auth(&self.admin);
         if let Some(body) = body {
             request = request.json(&body);
         }
@@ -199,7 +200,7 @@ async fn up(args: &DemoArgs) -> anyhow::Result<()> {
         processes: Vec::new(),
         network: Vec::new(),
     };
-    let mut s = Starter { netns: plan.namespaces.take(), dir: dir.clone(), bins, http, state };
+    let mut s = Starter { netns: plan.namespaces.take(), dir: dir.clone(), bins, admin: String::new(), http, state };
     match &s.netns {
         Some(ns) => say!("starting the demo in {} (logs in logs/), in network namespaces {}-* on {}.0/24", dir.display(), ns.tag, ns.net),
         None => say!("starting the demo in {} (logs in logs/), on loopback addresses", dir.display()),
@@ -237,6 +238,7 @@ async fn up_steps(s: &mut Starter, plan: &Plan) -> anyhow::Result<()> {
     let args =
         vec!["--api-address".into(), format!("{g}:7680"), "--kds-address".into(), format!("{g}:7685"), "--data-dir".into(), global_data];
     s.start("global", "strait-global", args, format!("http://{g}:7680/readyz"), None, None).await?;
+    s.admin = std::fs::read_to_string(&s.state.token_file).context("reading the global's admin token")?.trim().to_string();
     s.call(reqwest::Method::PUT, "/meshes/default", Some(json!({"type": "Mesh", "name": "default"}))).await?;
 
     for zone in &plan.zones {
@@ -395,7 +397,7 @@ fn print_next_steps(s: &Starter, plan: &Plan, dir: &Path, dir_flag: &str) {
         "type: MeshTrafficPermission\nname: deny-backend-to-store\nmesh: default\nspec:\n  targetRef: {kind: MeshService, name: store}\n  \
          from:\n    - targetRef: {kind: MeshService, name: backend}\n      default: {action: Deny}\n",
     );
-    let secret = std::fs::read_to_string(&s.state.token_file).unwrap_or_default().trim().to_string();
+    let secret = &s.admin;
     let front = plan.frontend();
     let lines = [
         String::new(),
