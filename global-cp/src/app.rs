@@ -21,10 +21,10 @@ use crate::config::Config;
 use crate::kds::registry::Registry as ZoneRegistry;
 use crate::kds::{KdsMetrics, KdsService, KdsSettings, KdsShared};
 use crate::metrics::Metrics;
-use crate::resources::Resources;
 use crate::rest::{self, AppState};
 use crate::secrets::Secrets;
 use crate::zones::Zones;
+use strait_cp_core::resources::Resources;
 
 /// Why the control plane could not start.
 #[derive(Debug, thiserror::Error)]
@@ -42,7 +42,7 @@ pub enum StartError {
     },
     /// The admin token could not be read or created.
     #[error(transparent)]
-    Token(#[from] crate::auth::TokenError),
+    Token(#[from] strait_cp_core::auth::TokenError),
     /// The global's secrets could not be loaded or created.
     #[error(transparent)]
     Secrets(#[from] crate::secrets::SecretError),
@@ -70,7 +70,7 @@ pub struct GlobalCp {
     /// The admin token file.
     pub token_file: PathBuf,
     shutdown: CancellationToken,
-    server: JoinHandle<()>,
+    server: JoinHandle<strait_cp_core::rest::serve::Served>,
     tasks: TaskTracker,
     store: Arc<dyn Store>,
 }
@@ -90,7 +90,7 @@ impl GlobalCp {
             Ok(Err(source)) => return Err(StartError::Store { dir: store_dir, source }),
             Err(join) => return Err(StartError::Store { dir: store_dir, source: strait_store::StoreError::Backend(join.to_string()) }),
         };
-        let (token, created) = crate::auth::load_or_create(&token_file)?;
+        let (token, created) = strait_cp_core::auth::load_or_create(&token_file)?;
         if created {
             tracing::info!(path = %token_file.display(), "generated a new admin token; pass it to straitctl with --token-file or STRAIT_TOKEN");
         } else {
@@ -102,7 +102,7 @@ impl GlobalCp {
         let mut registry = Registry::default();
         let metrics = Arc::new(Metrics::register(&mut registry));
         let kds_metrics = KdsMetrics::register(&mut registry);
-        let resources = Resources::new(store.clone());
+        let resources = Resources::with_mesh_lifecycle(store.clone(), Arc::new(crate::meshes::GlobalMeshes));
         let zone_registry = ZoneRegistry::default();
         let zones = Zones::new(resources.clone(), zone_registry.clone(), &secrets);
 
@@ -162,7 +162,7 @@ impl GlobalCp {
         tasks.spawn(crate::kds::session::expire_inventories(shared, config.zone_grace_period, shutdown.clone()));
         tracing::info!(api = %api_addr, kds = %kds_addr, data_dir = %data_dir.display(), revision = store.revision(), "listening");
 
-        let server = tokio::spawn(serve(api_listener, router, shutdown.clone(), config.shutdown_timeout));
+        let server = tokio::spawn(strait_cp_core::rest::serve::serve(api_listener, router, shutdown.clone(), config.shutdown_timeout));
         Ok(GlobalCp { api_addr, kds_addr, ca_bundle: secrets.system_ca_pem.clone(), token_file, shutdown, server, tasks, store })
     }
 
@@ -193,28 +193,4 @@ async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, StartError> {
 
 fn local(listener: &tokio::net::TcpListener, addr: SocketAddr) -> Result<SocketAddr, StartError> {
     listener.local_addr().map_err(|source| StartError::Bind { addr, source })
-}
-
-/// Serves until cancelled, then drains in-flight requests for up to `deadline` before cutting them.
-async fn serve(listener: tokio::net::TcpListener, router: axum::Router, shutdown: CancellationToken, deadline: std::time::Duration) {
-    let stop = shutdown.clone();
-    let graceful = axum::serve(listener, router).with_graceful_shutdown(async move { stop.cancelled().await });
-    let mut task = tokio::spawn(async move { graceful.await });
-    tokio::select! {
-        result = &mut task => {
-            if let Ok(Err(e)) = result {
-                tracing::error!(error = %e, "REST server stopped with an error");
-            }
-            return;
-        }
-        () = shutdown.cancelled() => {}
-    }
-    tracing::info!(deadline = ?deadline, "shutting down: no new connections, draining requests in flight");
-    match tokio::time::timeout(deadline, &mut task).await {
-        Ok(_) => tracing::info!("drained"),
-        Err(_) => {
-            tracing::warn!("drain deadline passed; closing remaining connections");
-            task.abort();
-        }
-    }
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use serde::Serialize;
-pub use strait_runtime::flags::{humanized, parse_duration, LogFormat, EXIT_CONFIG};
+use strait_runtime::flags::{humanized, parse_duration, LogFormat};
 
 /// The global control plane: holds every mesh's policies, serves the REST API, and (with zone
 /// sync) federates the zones.

@@ -12,7 +12,7 @@ use strait_api::ResourceType;
 use strait_pki::token::{TokenClaims, TokenSigner, TokenSubject};
 use strait_store::StoreError;
 
-use crate::resources::{Resources, ServiceError};
+use strait_cp_core::resources::{Resources, ServiceError};
 
 /// A newly issued dataplane token.
 #[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]

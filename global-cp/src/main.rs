@@ -1,8 +1,10 @@
 use std::sync::Arc;
 
 use clap::Parser;
-use strait_global_cp::config::{Config, EXIT_CONFIG};
-use strait_global_cp::{telemetry, GlobalCp};
+use strait_global_cp::config::Config;
+use strait_global_cp::GlobalCp;
+use strait_runtime::flags::EXIT_CONFIG;
+use strait_runtime::{signals, telemetry};
 
 #[tokio::main]
 async fn main() {
@@ -23,7 +25,7 @@ async fn main() {
             std::process::exit(1);
         }
     };
-    strait_global_cp::signals::wait_for_signal().await;
+    signals::wait_for_signal().await;
     cp.shutdown();
     cp.wait().await;
     tracing::info!("stopped");

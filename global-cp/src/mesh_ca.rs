@@ -8,15 +8,9 @@
 use std::time::Duration;
 
 use serde_json::{json, Value};
+use strait_cp_core::kinds::{MESH_CA, TRUST_BUNDLE, ZONE_INTERMEDIATE};
 use strait_pki::{CertificateAuthority, TrustBundle};
 use strait_store::{Key, Op, Precondition, Store, StoreError};
-
-/// Store kind of a mesh's root CA (certificate and key); global only.
-pub const MESH_CA: &str = "MeshCA";
-/// Store kind of a mesh's trust bundle; synced to zones.
-pub const TRUST_BUNDLE: &str = "TrustBundle";
-/// Store kind of an intermediate issued to a zone for a mesh; global only.
-pub const ZONE_INTERMEDIATE: &str = "ZoneIntermediate";
 
 const ROOT_LIFETIME: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 const INTERMEDIATE_LIFETIME: Duration = Duration::from_secs(365 * 24 * 3600);
@@ -64,7 +58,7 @@ pub fn delete_mesh_ops(mesh: &str) -> Vec<Op> {
 
 /// The mesh's root CA, created (with its bundle) if the mesh predates CAs.
 async fn root(store: &dyn Store, mesh: &str) -> Result<CertificateAuthority, CaError> {
-    if store.get(&Key::new("Mesh", "", mesh)).await?.is_none() {
+    if store.get(&Key::new(strait_api::ResourceType::Mesh.name(), "", mesh)).await?.is_none() {
         return Err(CaError::NoMesh(mesh.to_string()));
     }
     if store.get(&ca_key(mesh)).await?.is_none() {

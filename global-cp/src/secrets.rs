@@ -8,12 +8,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{json, Value};
+use strait_cp_core::kinds::{SYSTEM_SECRET, TOKEN_KEYS};
 use strait_pki::token::TokenSigner;
 use strait_pki::{CertificateAuthority, KeyAndCsr};
 use strait_store::{Key, Precondition, Store, StoreError};
-
-/// Store kind of the global's secrets.
-pub const SYSTEM_SECRET: &str = "SystemSecret";
 
 /// Name the sync endpoint's certificate carries; zones verify it (`--global-server-name`).
 pub const KDS_SERVER_NAME: &str = "strait-global";
@@ -34,9 +32,6 @@ pub struct Secrets {
     /// Signs dataplane tokens; zones verify them with its public key, synced as `TokenKeys`.
     pub dataplane_token_signer: Arc<TokenSigner>,
 }
-
-/// Store kind of the public keys zones verify dataplane tokens with; synced.
-pub const TOKEN_KEYS: &str = "TokenKeys";
 
 /// A TLS certificate chain and key in PEM.
 pub struct ServerIdentity {

@@ -9,15 +9,11 @@
 use std::time::Duration;
 
 use strait_api::gateway_config::SystemTrust;
+use strait_cp_core::kinds::{SYSTEM_TRUST, ZONE_IDENTITY_ISSUED};
 use strait_pki::CertificateAuthority;
 use strait_store::{Key, Precondition, Store, StoreError};
 
 use crate::mesh_ca::CaError;
-
-/// Store kind of the system trust bundle; synced to zones.
-pub const SYSTEM_TRUST: &str = "SystemTrust";
-/// Store kind of the zone identities issued to a zone; global only.
-pub const ZONE_IDENTITY_ISSUED: &str = "ZoneIdentityIssued";
 
 /// Lifetime of a zone identity; zones renew it when a third of it remains.
 pub const ZONE_IDENTITY_LIFETIME: Duration = Duration::from_secs(30 * 24 * 3600);

@@ -15,13 +15,10 @@ use strait_store::{Key, Precondition, StoreError};
 use tonic::Status;
 
 use crate::kds::registry::Registry;
-use crate::kds::sync_set::ZONE_INVENTORY;
 use crate::kds::ZoneAuthenticator;
-use crate::resources::{Resources, ServiceError};
 use crate::secrets::Secrets;
-
-/// Store kind of a zone's current token record (its id and expiry); never synced.
-pub const ZONE_TOKEN: &str = "ZoneToken";
+use strait_cp_core::kinds::{ZONE_INVENTORY, ZONE_TOKEN};
+use strait_cp_core::resources::{Resources, ServiceError};
 
 /// A freshly issued zone token.
 #[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]

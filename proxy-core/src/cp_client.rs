@@ -60,6 +60,7 @@ where
     loop {
         let started = Instant::now();
         let end = tokio::select! {
+            biased;
             () = cancel.cancelled() => return,
             end = session() => end,
         };
@@ -78,6 +79,7 @@ where
         let wait = cap.mul_f64(0.5 + rand::random::<f64>() / 2.0);
         tracing::info!(retry_in = ?wait, cp = %address, "reconnecting to the zone control plane");
         tokio::select! {
+            biased;
             () = cancel.cancelled() => return,
             () = tokio::time::sleep(wait) => {}
         }

@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use prometheus_client::registry::Registry;
-use strait_global_cp::resources::Resources;
+use strait_cp_core::resources::Resources;
 use strait_store::{SledStore, Store};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -18,6 +18,9 @@ use crate::kds_client::KdsClient;
 use crate::metrics::ZoneMetrics;
 use crate::rest::{self, ZoneApi};
 use crate::synced::Synced;
+
+/// How long REST requests in flight may run after shutdown is asked before they are cut.
+const REST_DRAIN_DEADLINE: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// A running zone control plane.
 pub struct ZoneCp {
@@ -65,7 +68,7 @@ impl ZoneCp {
         let resources = Resources::new(store);
         let (inventory_tx, inventory_rx) = watch::channel(crate::inventory::compute(&resources).await?);
         let token_file = config.data_dir.join("admin-token");
-        let (admin_token, created) = strait_global_cp::auth::load_or_create(&token_file)?;
+        let (admin_token, created) = strait_cp_core::auth::load_or_create(&token_file)?;
         if created {
             tracing::info!(path = %token_file.display(), "generated the zone's admin token (for registering Dataplanes)");
         }
@@ -114,15 +117,8 @@ impl ZoneCp {
         };
         let client = KdsClient { config: config.clone(), token, ca_pem, synced, ready: ready_tx, metrics, inventory: inventory_rx };
         tasks.spawn(client.run(shutdown.clone()));
-        let stop = shutdown.clone();
-        tasks.spawn(async move {
-            if let Err(e) = axum::serve(listener, rest::router(api, Arc::new(admin_token)))
-                .with_graceful_shutdown(async move { stop.cancelled().await })
-                .await
-            {
-                tracing::error!(error = %e, "REST server failed");
-            }
-        });
+        let router = rest::router(api, Arc::new(admin_token));
+        tasks.spawn(strait_cp_core::rest::serve::serve(listener, router, shutdown.clone(), REST_DRAIN_DEADLINE));
         tracing::info!(zone = %config.zone, api = %api_addr, dps = %dps_addr, global = %config.global_address, "zone control plane started");
         Ok(ZoneCp { api_addr, dps_addr, dps_ca_pem: dps_identity.ca_pem, store: zone_store, shutdown, tasks })
     }

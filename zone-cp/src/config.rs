@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use clap::Parser;
 use serde::Serialize;
-pub use strait_global_cp::config::LogFormat;
-use strait_global_cp::config::{humanized, parse_duration};
+pub use strait_runtime::flags::LogFormat;
+use strait_runtime::flags::{humanized, parse_duration};
 
 /// The zone control plane: receives the meshes and policies of the global control plane over
 /// zone sync (KDS), keeps them on disk, and serves them to this zone (read-only REST for now).

@@ -11,12 +11,9 @@ use serde::{Deserialize, Serialize};
 use strait_api::gateway_config::{GatewayConfig, LocalService, RemoteZone, ZoneInventory};
 use strait_api::proxy_config::Remote;
 use strait_api::{ResourceType, Spec};
-use strait_global_cp::kds::sync_set::ZONE_INVENTORY;
-use strait_global_cp::resources::{Resources, ServiceError};
+use strait_cp_core::kinds::{SYSTEM_TRUST, ZONE_GATEWAY, ZONE_IDENTITY, ZONE_INVENTORY};
+use strait_cp_core::resources::{Resources, ServiceError};
 use strait_store::{Key, Precondition, Store, StoreError};
-
-/// Store kind of a connected gateway; zone only, never synced.
-pub const ZONE_GATEWAY: &str = "ZoneGateway";
 
 /// A connected gateway.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -62,10 +59,7 @@ pub async fn remote(store: &dyn Store) -> Result<Remote, StoreError> {
 
 /// Whether a change of `key` can change a gateway's configuration.
 pub fn affects_gateways(key: &Key) -> bool {
-    matches!(
-        key.kind.as_str(),
-        "Dataplane" | ZONE_INVENTORY | crate::zone_identity::ZONE_IDENTITY | strait_global_cp::zone_identity::SYSTEM_TRUST
-    )
+    matches!(key.kind.as_str(), "Dataplane" | ZONE_INVENTORY | ZONE_IDENTITY | SYSTEM_TRUST)
 }
 
 /// Whether a change of `key` can change what sidecars know of other zones.

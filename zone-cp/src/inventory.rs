@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use strait_api::kds;
 use strait_api::names::PROTOCOL_TAG;
 use strait_api::{ResourceType, Spec};
-use strait_global_cp::resources::{Resources, ServiceError};
+use strait_cp_core::resources::{Resources, ServiceError};
 use tokio::sync::watch;
 
 /// Computes the inventory from the zone's store.

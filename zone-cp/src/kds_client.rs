@@ -67,6 +67,7 @@ impl KdsClient {
         loop {
             let started = Instant::now();
             let end = tokio::select! {
+                biased;
                 () = cancel.cancelled() => return,
                 end = self.session() => end,
             };
@@ -86,6 +87,7 @@ impl KdsClient {
             let wait = backoff.next();
             tracing::info!(retry_in = ?wait, "reconnecting to the global control plane");
             tokio::select! {
+                biased;
                 () = cancel.cancelled() => return,
                 () = tokio::time::sleep(wait) => {}
             }
@@ -115,7 +117,7 @@ impl KdsClient {
                 return End::Broken(format!(
                     "cannot connect to {}: {}",
                     self.config.global_address,
-                    strait_global_cp::telemetry::error_chain(&e)
+                    strait_runtime::telemetry::error_chain(&e)
                 ))
             }
         };

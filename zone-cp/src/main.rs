@@ -1,8 +1,8 @@
 use std::sync::Arc;
 
 use clap::Parser;
-use strait_global_cp::config::EXIT_CONFIG;
-use strait_global_cp::telemetry;
+use strait_runtime::flags::EXIT_CONFIG;
+use strait_runtime::{signals, telemetry};
 use strait_zone_cp::{Config, ZoneCp};
 
 #[tokio::main]
@@ -24,7 +24,7 @@ async fn main() {
             std::process::exit(1);
         }
     };
-    strait_global_cp::signals::wait_for_signal().await;
+    signals::wait_for_signal().await;
     zone.shutdown();
     zone.wait().await;
     tracing::info!("stopped");

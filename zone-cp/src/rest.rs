@@ -15,9 +15,9 @@ use axum::{Json, Router};
 use prometheus_client::registry::Registry;
 use serde_json::{json, Value};
 use strait_api::{Resource, ResourceType};
-use strait_global_cp::kds::sync_set::ZONE_INVENTORY;
-use strait_global_cp::resources::Resources;
-use strait_global_cp::rest::errors::ApiError;
+use strait_cp_core::kinds::ZONE_INVENTORY;
+use strait_cp_core::resources::{PutOutcome, Resources, ServiceError};
+use strait_cp_core::rest::errors::ApiError;
 use tokio::sync::watch;
 
 /// What the handlers reach.
@@ -50,7 +50,7 @@ pub fn router(api: ZoneApi, admin_token: Arc<String>) -> Router {
         .route("/intermediates", get(list_intermediates))
         .fallback(fallback)
         .method_not_allowed_fallback(fallback)
-        .layer(axum::middleware::from_fn_with_state(admin_token, strait_global_cp::auth::require_token_for_writes))
+        .layer(axum::middleware::from_fn_with_state(admin_token, strait_cp_core::auth::require_token_for_writes))
         .with_state(api)
 }
 
@@ -132,7 +132,7 @@ async fn put_dataplane(
     body: axum::body::Body,
 ) -> Result<Response, ApiError> {
     dataplanes_only(&rtype)?;
-    let mut value = strait_global_cp::rest::body::read_value(&headers, body, MAX_BODY).await?;
+    let mut value = strait_cp_core::rest::body::read_value(&headers, body, MAX_BODY).await?;
     for (field, want) in [("type", "Dataplane"), ("mesh", mesh.as_str()), ("name", name.as_str())] {
         if value.get(field).is_none() {
             value[field] = Value::String(want.to_string());
@@ -145,7 +145,7 @@ async fn put_dataplane(
     let (outcome, stored) = api.resources.put(&resource).await?;
     crate::inventory::refresh(&api.resources, &api.inventory).await;
     tracing::info!(mesh, name, result = ?outcome, "dataplane written");
-    let status = if outcome == strait_global_cp::resources::PutOutcome::Created { StatusCode::CREATED } else { StatusCode::OK };
+    let status = if outcome == PutOutcome::Created { StatusCode::CREATED } else { StatusCode::OK };
     Ok((status, Json(stored)).into_response())
 }
 
@@ -156,7 +156,7 @@ async fn delete_dataplane(
 ) -> Result<Json<Resource>, ApiError> {
     dataplanes_only(&rtype)?;
     let deleted = api.resources.delete(ResourceType::Dataplane, Some(&mesh), &name, None).await.map_err(|e| match e {
-        strait_global_cp::resources::ServiceError::Store(strait_store::StoreError::NotFound { .. }) => {
+        ServiceError::Store(strait_store::StoreError::NotFound { .. }) => {
             ApiError::not_found(format!("dataplane {name:?} not found in mesh {mesh:?}"))
         }
         other => other.into(),

@@ -12,11 +12,9 @@ use std::sync::Arc;
 use serde_json::{json, Value};
 use strait_api::kds;
 use strait_api::Resource;
-use strait_global_cp::kds::sync_set::{is_raw, synced_kinds};
+use strait_cp_core::kinds::KDS_STATE;
+use strait_cp_core::sync_set::{is_raw, synced_kinds};
 use strait_store::{Key, Op, Precondition, Store, StoreError};
-
-/// Store kind of the sync state (last applied revision and the global's identity).
-pub const KDS_STATE: &str = "KdsState";
 
 /// Where sync stands.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -10,11 +10,9 @@ use std::collections::HashMap;
 use serde_json::{json, Value};
 use strait_api::gateway_config::ZoneIdentity;
 use strait_api::kds;
+use strait_cp_core::kinds::{TRUST_BUNDLE, ZONE_CA};
 use strait_pki::KeyAndCsr;
 use strait_store::{Key, Precondition, Store, StoreError};
-
-/// Store kind of the zone's intermediate CA of a mesh; zone only, never synced.
-pub const ZONE_CA: &str = "ZoneCA";
 
 /// Meshes the zone needs a (new) intermediate CA for: none yet, or the one it has was revoked
 /// in the mesh's trust bundle (the zone was revoked and registered again).
@@ -34,7 +32,7 @@ pub async fn missing(store: &dyn Store) -> Result<Vec<String>, StoreError> {
 }
 
 async fn is_revoked(store: &dyn Store, mesh: &str, cert_pem: &str) -> Result<bool, StoreError> {
-    let Some(bundle) = store.get(&Key::new("TrustBundle", mesh, "default")).await? else { return Ok(false) };
+    let Some(bundle) = store.get(&Key::new(TRUST_BUNDLE, mesh, "default")).await? else { return Ok(false) };
     let Ok(fingerprint) = strait_pki::fingerprint(cert_pem) else { return Ok(true) };
     Ok(bundle.data.get("revoked").and_then(Value::as_array).is_some_and(|r| r.iter().any(|f| f.as_str() == Some(fingerprint.as_str()))))
 }

@@ -8,11 +8,8 @@
 
 use serde_json::{json, Value};
 use strait_api::gateway_config::{SystemTrust, ZoneIdentity};
-use strait_global_cp::zone_identity::SYSTEM_TRUST;
+use strait_cp_core::kinds::{SYSTEM_TRUST, ZONE_IDENTITY};
 use strait_store::{Key, Precondition, Store, StoreError};
-
-/// Store kind of the zone's identity; zone only, never synced.
-pub const ZONE_IDENTITY: &str = "ZoneIdentity";
 
 fn key() -> Key {
     Key::new(ZONE_IDENTITY, "", "default")

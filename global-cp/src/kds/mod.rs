@@ -7,7 +7,6 @@
 
 pub mod registry;
 pub mod session;
-pub mod sync_set;
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -26,9 +25,9 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::task::TaskTracker;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::resources::Resources;
 use registry::Registry;
 use session::Session;
+use strait_cp_core::resources::Resources;
 
 /// Timing of the sync protocol.
 #[derive(Debug, Clone)]

@@ -15,8 +15,9 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tonic::{Status, Streaming};
 
-use super::sync_set::{is_synced, key_to_proto, object_to_proto, synced_kinds, ZONE_INVENTORY};
 use super::KdsShared;
+use strait_cp_core::kinds::ZONE_INVENTORY;
+use strait_cp_core::sync_set::{is_synced, key_to_proto, object_to_proto, synced_kinds};
 
 /// Resources per snapshot chunk, and the byte budget of one chunk.
 const CHUNK_RESOURCES: usize = 500;

@@ -14,26 +14,13 @@ use serde::Deserialize;
 use serde_json::Value;
 use strait_api::{FieldError, Resource, ResourceType, ValidationErrors};
 
-use super::body::read_value;
-use super::errors::ApiError;
 use super::AppState;
-use crate::resources::{PutOutcome, ServiceError};
+use strait_cp_core::resources::{PutOutcome, ServiceError};
+use strait_cp_core::rest::body::read_value;
+use strait_cp_core::rest::errors::ApiError;
 
 /// Header telling what a PUT did.
 pub const RESULT_HEADER: &str = "strait-result";
-
-impl From<ServiceError> for ApiError {
-    fn from(e: ServiceError) -> Self {
-        match e {
-            ServiceError::Store(s) => s.into(),
-            ServiceError::MeshNotFound(_) => ApiError::not_found(e.to_string()),
-            ServiceError::Corrupt { .. } => {
-                tracing::error!(error = %e, "stored resource does not parse");
-                ApiError::internal(e.to_string())
-            }
-        }
-    }
-}
 
 /// Query of DELETE: the expected version.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
@@ -62,7 +49,7 @@ pub struct ServiceList {
     /// How many.
     total: usize,
     /// The services, by name.
-    items: Vec<crate::resources::ServiceSummary>,
+    items: Vec<strait_cp_core::resources::ServiceSummary>,
 }
 
 fn list_body<T>(items: Vec<T>) -> Json<ListBody<T>> {
@@ -163,16 +150,16 @@ pub async fn list_meshes(State(state): State<AppState>) -> Result<Json<ListBody<
 }
 
 /// Reads one mesh.
-#[utoipa::path(get, path = "/meshes/{mesh}", tag = "meshes", responses((status = 200, body = strait_api::openapi::ResourceSchema), (status = 404, body = super::errors::ErrorBody)))]
+#[utoipa::path(get, path = "/meshes/{mesh}", tag = "meshes", responses((status = 200, body = strait_api::openapi::ResourceSchema), (status = 404, body = strait_cp_core::rest::errors::ErrorBody)))]
 pub async fn get_mesh(State(state): State<AppState>, Path(mesh): Path<String>) -> Result<Json<Resource>, ApiError> {
     get_one(&state, ResourceType::Mesh, None, &mesh).await
 }
 
 /// Creates or replaces a mesh; a new mesh gets an allow-all MeshTrafficPermission unless `spec.skipDefaultPolicies`.
 #[utoipa::path(put, path = "/meshes/{mesh}", tag = "meshes", request_body(content = strait_api::openapi::ResourceSchema, content_type = "application/json"),
-    responses((status = 201, body = strait_api::openapi::ResourceSchema), (status = 200, body = strait_api::openapi::ResourceSchema), (status = 400, body = super::errors::ErrorBody),
-        (status = 401, body = super::errors::ErrorBody), (status = 403, body = super::errors::ErrorBody), (status = 409, body = super::errors::ErrorBody),
-        (status = 413, body = super::errors::ErrorBody), (status = 415, body = super::errors::ErrorBody)),
+    responses((status = 201, body = strait_api::openapi::ResourceSchema), (status = 200, body = strait_api::openapi::ResourceSchema), (status = 400, body = strait_cp_core::rest::errors::ErrorBody),
+        (status = 401, body = strait_cp_core::rest::errors::ErrorBody), (status = 403, body = strait_cp_core::rest::errors::ErrorBody), (status = 409, body = strait_cp_core::rest::errors::ErrorBody),
+        (status = 413, body = strait_cp_core::rest::errors::ErrorBody), (status = 415, body = strait_cp_core::rest::errors::ErrorBody)),
     security(("admin_token" = [])))]
 pub async fn put_mesh(
     State(state): State<AppState>,
@@ -184,7 +171,7 @@ pub async fn put_mesh(
 }
 
 /// Deletes a mesh and every resource in it.
-#[utoipa::path(delete, path = "/meshes/{mesh}", tag = "meshes", params(DeleteQuery), responses((status = 200, body = strait_api::openapi::ResourceSchema), (status = 404, body = super::errors::ErrorBody), (status = 409, body = super::errors::ErrorBody)), security(("admin_token" = [])))]
+#[utoipa::path(delete, path = "/meshes/{mesh}", tag = "meshes", params(DeleteQuery), responses((status = 200, body = strait_api::openapi::ResourceSchema), (status = 404, body = strait_cp_core::rest::errors::ErrorBody), (status = 409, body = strait_cp_core::rest::errors::ErrorBody)), security(("admin_token" = [])))]
 pub async fn delete_mesh(
     State(state): State<AppState>,
     Path(mesh): Path<String>,
@@ -194,17 +181,17 @@ pub async fn delete_mesh(
 }
 
 /// Lists the services of a mesh, from its Dataplanes.
-#[utoipa::path(get, path = "/meshes/{mesh}/services", tag = "resources", responses((status = 200, body = ServiceList), (status = 404, body = super::errors::ErrorBody)))]
+#[utoipa::path(get, path = "/meshes/{mesh}/services", tag = "resources", responses((status = 200, body = ServiceList), (status = 404, body = strait_cp_core::rest::errors::ErrorBody)))]
 pub async fn list_services(
     State(state): State<AppState>,
     Path(mesh): Path<String>,
-) -> Result<Json<ListBody<crate::resources::ServiceSummary>>, ApiError> {
+) -> Result<Json<ListBody<strait_cp_core::resources::ServiceSummary>>, ApiError> {
     get_one(&state, ResourceType::Mesh, None, &mesh).await.map(drop)?;
     Ok(list_body(state.resources.services(&mesh).await?))
 }
 
 /// Lists resources of a type in a mesh; `rtype` is the lowercase plural, such as `meshtrafficpermissions`.
-#[utoipa::path(get, path = "/meshes/{mesh}/{rtype}", tag = "resources", responses((status = 200, body = strait_api::openapi::ResourceListSchema), (status = 404, body = super::errors::ErrorBody)))]
+#[utoipa::path(get, path = "/meshes/{mesh}/{rtype}", tag = "resources", responses((status = 200, body = strait_api::openapi::ResourceListSchema), (status = 404, body = strait_cp_core::rest::errors::ErrorBody)))]
 pub async fn list_in_mesh(
     State(state): State<AppState>,
     Path((mesh, rtype)): Path<(String, String)>,
@@ -215,7 +202,7 @@ pub async fn list_in_mesh(
 }
 
 /// Reads one resource of a mesh.
-#[utoipa::path(get, path = "/meshes/{mesh}/{rtype}/{name}", tag = "resources", responses((status = 200, body = strait_api::openapi::ResourceSchema), (status = 404, body = super::errors::ErrorBody)))]
+#[utoipa::path(get, path = "/meshes/{mesh}/{rtype}/{name}", tag = "resources", responses((status = 200, body = strait_api::openapi::ResourceSchema), (status = 404, body = strait_cp_core::rest::errors::ErrorBody)))]
 pub async fn get_in_mesh(
     State(state): State<AppState>,
     Path((mesh, rtype, name)): Path<(String, String, String)>,
@@ -226,9 +213,9 @@ pub async fn get_in_mesh(
 
 /// Creates or replaces a resource of a mesh. Send `version` to replace only that version (409 otherwise).
 #[utoipa::path(put, path = "/meshes/{mesh}/{rtype}/{name}", tag = "resources", request_body(content = strait_api::openapi::ResourceSchema, content_type = "application/json"),
-    responses((status = 201, body = strait_api::openapi::ResourceSchema), (status = 200, body = strait_api::openapi::ResourceSchema), (status = 400, body = super::errors::ErrorBody),
-        (status = 401, body = super::errors::ErrorBody), (status = 403, body = super::errors::ErrorBody), (status = 404, body = super::errors::ErrorBody),
-        (status = 409, body = super::errors::ErrorBody), (status = 413, body = super::errors::ErrorBody), (status = 415, body = super::errors::ErrorBody)),
+    responses((status = 201, body = strait_api::openapi::ResourceSchema), (status = 200, body = strait_api::openapi::ResourceSchema), (status = 400, body = strait_cp_core::rest::errors::ErrorBody),
+        (status = 401, body = strait_cp_core::rest::errors::ErrorBody), (status = 403, body = strait_cp_core::rest::errors::ErrorBody), (status = 404, body = strait_cp_core::rest::errors::ErrorBody),
+        (status = 409, body = strait_cp_core::rest::errors::ErrorBody), (status = 413, body = strait_cp_core::rest::errors::ErrorBody), (status = 415, body = strait_cp_core::rest::errors::ErrorBody)),
     security(("admin_token" = [])))]
 pub async fn put_in_mesh(
     State(state): State<AppState>,
@@ -241,7 +228,7 @@ pub async fn put_in_mesh(
 }
 
 /// Deletes a resource of a mesh.
-#[utoipa::path(delete, path = "/meshes/{mesh}/{rtype}/{name}", tag = "resources", params(DeleteQuery), responses((status = 200, body = strait_api::openapi::ResourceSchema), (status = 404, body = super::errors::ErrorBody), (status = 409, body = super::errors::ErrorBody)), security(("admin_token" = [])))]
+#[utoipa::path(delete, path = "/meshes/{mesh}/{rtype}/{name}", tag = "resources", params(DeleteQuery), responses((status = 200, body = strait_api::openapi::ResourceSchema), (status = 404, body = strait_cp_core::rest::errors::ErrorBody), (status = 409, body = strait_cp_core::rest::errors::ErrorBody)), security(("admin_token" = [])))]
 pub async fn delete_in_mesh(
     State(state): State<AppState>,
     Path((mesh, rtype, name)): Path<(String, String, String)>,
@@ -262,7 +249,7 @@ pub async fn list_zones(State(state): State<AppState>) -> Result<Json<ListBody<R
 }
 
 /// Reads a zone, with its live `status`.
-#[utoipa::path(get, path = "/zones/{name}", tag = "zones", responses((status = 200, body = strait_api::openapi::ResourceSchema), (status = 404, body = super::errors::ErrorBody)))]
+#[utoipa::path(get, path = "/zones/{name}", tag = "zones", responses((status = 200, body = strait_api::openapi::ResourceSchema), (status = 404, body = strait_cp_core::rest::errors::ErrorBody)))]
 pub async fn get_zone(State(state): State<AppState>, Path(name): Path<String>) -> Result<Json<Resource>, ApiError> {
     let Json(zone) = get_one(&state, ResourceType::Zone, None, &name).await?;
     Ok(Json(state.zones.decorate(zone).await))
@@ -270,7 +257,7 @@ pub async fn get_zone(State(state): State<AppState>, Path(name): Path<String>) -
 
 /// Creates or replaces a zone; `spec.enabled: false` refuses its connections.
 #[utoipa::path(put, path = "/zones/{name}", tag = "zones", request_body(content = strait_api::openapi::ResourceSchema, content_type = "application/json"),
-    responses((status = 201, body = strait_api::openapi::ResourceSchema), (status = 200, body = strait_api::openapi::ResourceSchema), (status = 400, body = super::errors::ErrorBody), (status = 409, body = super::errors::ErrorBody)),
+    responses((status = 201, body = strait_api::openapi::ResourceSchema), (status = 200, body = strait_api::openapi::ResourceSchema), (status = 400, body = strait_cp_core::rest::errors::ErrorBody), (status = 409, body = strait_cp_core::rest::errors::ErrorBody)),
     security(("admin_token" = [])))]
 pub async fn put_zone(
     State(state): State<AppState>,
@@ -289,7 +276,7 @@ pub async fn put_zone(
 }
 
 /// Deletes a zone: its token stops working at once and its stream is closed.
-#[utoipa::path(delete, path = "/zones/{name}", tag = "zones", params(DeleteQuery), responses((status = 200, body = strait_api::openapi::ResourceSchema), (status = 404, body = super::errors::ErrorBody)), security(("admin_token" = [])))]
+#[utoipa::path(delete, path = "/zones/{name}", tag = "zones", params(DeleteQuery), responses((status = 200, body = strait_api::openapi::ResourceSchema), (status = 404, body = strait_cp_core::rest::errors::ErrorBody)), security(("admin_token" = [])))]
 pub async fn delete_zone(
     State(state): State<AppState>,
     Path(name): Path<String>,
@@ -320,7 +307,7 @@ pub struct ZoneRegistration {
 }
 
 /// Registers a zone (creating it if needed) and issues its token; earlier tokens of the zone stop working.
-#[utoipa::path(post, path = "/zones/{name}/token", tag = "zones", params(TokenQuery), responses((status = 200, body = ZoneRegistration), (status = 400, body = super::errors::ErrorBody)), security(("admin_token" = [])))]
+#[utoipa::path(post, path = "/zones/{name}/token", tag = "zones", params(TokenQuery), responses((status = 200, body = ZoneRegistration), (status = 400, body = strait_cp_core::rest::errors::ErrorBody)), security(("admin_token" = [])))]
 pub async fn issue_zone_token(
     State(state): State<AppState>,
     Path(name): Path<String>,
@@ -341,7 +328,7 @@ pub async fn issue_zone_token(
 }
 
 /// Revokes a zone's token and closes its stream.
-#[utoipa::path(delete, path = "/zones/{name}/token", tag = "zones", responses((status = 200), (status = 404, body = super::errors::ErrorBody)), security(("admin_token" = [])))]
+#[utoipa::path(delete, path = "/zones/{name}/token", tag = "zones", responses((status = 200), (status = 404, body = strait_cp_core::rest::errors::ErrorBody)), security(("admin_token" = [])))]
 pub async fn revoke_zone_token(State(state): State<AppState>, Path(name): Path<String>) -> Result<Json<Value>, ApiError> {
     if state.zones.revoke(&name).await? {
         Ok(Json(serde_json::json!({"zone": name, "revoked": true})))
@@ -362,7 +349,7 @@ pub struct DataplaneTokenQuery {
 
 /// Issues a token with which a sidecar registers as `service` in `mesh` with its zone.
 #[utoipa::path(post, path = "/meshes/{mesh}/dataplane-tokens", tag = "resources", params(DataplaneTokenQuery),
-    responses((status = 200, body = crate::dataplane_tokens::DataplaneToken), (status = 400, body = super::errors::ErrorBody), (status = 404, body = super::errors::ErrorBody)),
+    responses((status = 200, body = crate::dataplane_tokens::DataplaneToken), (status = 400, body = strait_cp_core::rest::errors::ErrorBody), (status = 404, body = strait_cp_core::rest::errors::ErrorBody)),
     security(("admin_token" = [])))]
 pub async fn issue_dataplane_token(
     State(state): State<AppState>,

@@ -3,8 +3,6 @@
 //! In: HTTP requests. Out: JSON resources and lists, JSON errors, Prometheus metrics and the
 //! OpenAPI document. Reads are open; writes need the admin token (see `auth`).
 
-pub mod body;
-pub mod errors;
 pub mod handlers;
 pub mod openapi;
 pub mod ops;
@@ -16,7 +14,7 @@ use axum::Router;
 use prometheus_client::registry::Registry;
 
 use crate::metrics::Metrics;
-use crate::resources::Resources;
+use strait_cp_core::resources::Resources;
 
 /// What every handler can reach.
 #[derive(Clone)]
@@ -57,7 +55,7 @@ pub fn router(state: AppState, admin_token: Arc<String>) -> Router {
         .route("/zones/{name}", get(handlers::get_zone).put(handlers::put_zone).delete(handlers::delete_zone))
         .route("/zones/{name}/token", axum::routing::post(handlers::issue_zone_token).delete(handlers::revoke_zone_token))
         .fallback(ops::not_found)
-        .layer(axum::middleware::from_fn_with_state(admin_token, crate::auth::require_token_for_writes))
+        .layer(axum::middleware::from_fn_with_state(admin_token, strait_cp_core::auth::require_token_for_writes))
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), crate::metrics::track))
         .with_state(state)
 }

@@ -6,8 +6,8 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::json;
 
-use super::errors::ApiError;
 use super::AppState;
+use strait_cp_core::rest::errors::ApiError;
 
 /// Product and version.
 pub async fn index() -> Json<serde_json::Value> {

@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 use strait_api::dps::dataplane_sync_server::DataplaneSync;
 use strait_api::dps::{dataplane_message, gateway_message, DataplaneMessage, GatewayMessage, ZoneMessage, PROTOCOL_VERSION};
 use strait_api::{Resource, ResourceType, Spec};
-use strait_global_cp::resources::Resources;
+use strait_cp_core::resources::Resources;
 use strait_pki::token::{TokenSubject, TokenVerifierKey};
 use strait_store::Key;
 use tokio::sync::{mpsc, watch};
@@ -64,7 +64,7 @@ fn unix_now() -> u64 {
 async fn authenticate(resources: &Resources, token: &str) -> Result<(String, String), Status> {
     let keys = resources
         .store()
-        .get(&Key::new(strait_global_cp::secrets::TOKEN_KEYS, "", "dataplane"))
+        .get(&Key::new(strait_cp_core::kinds::TOKEN_KEYS, "", "dataplane"))
         .await
         .map_err(|e| Status::unavailable(e.to_string()))?
         .ok_or_else(|| Status::unavailable("this zone has not received the token keys from the global control plane yet"))?;

@@ -100,7 +100,7 @@ impl Session {
         }
         let bundle = resources
             .store()
-            .get(&Key::new("TrustBundle", &self.mesh, "default"))
+            .get(&Key::new(strait_cp_core::kinds::TRUST_BUNDLE, &self.mesh, "default"))
             .await
             .map_err(unavailable)?
             .map(|o| o.data)

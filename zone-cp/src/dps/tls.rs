@@ -26,7 +26,7 @@ pub struct DpsIdentity {
 
 /// Loads (or creates) the zone's DPS CA and issues a fresh server certificate.
 pub async fn identity(store: &dyn Store, data_dir: &Path, extra_names: &[String]) -> anyhow::Result<DpsIdentity> {
-    let key = Key::new("ZoneSecret", "", "dps-ca");
+    let key = Key::new(strait_cp_core::kinds::ZONE_SECRET, "", "dps-ca");
     let stored = match store.get(&key).await? {
         Some(obj) => obj.data,
         None => {

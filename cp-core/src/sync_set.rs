@@ -8,17 +8,15 @@ use strait_api::kds;
 use strait_api::ResourceType;
 use strait_store::{Key, Object};
 
+use crate::kinds::{SYSTEM_TRUST, TOKEN_KEYS, TRUST_BUNDLE, ZONE_INVENTORY};
 use crate::resources::Resources;
 
-/// Store kind of a zone's reported inventory (services, ingress addresses); one per zone.
-pub const ZONE_INVENTORY: &str = "ZoneInventory";
+/// Store kinds synced as their raw data rather than as resources of the model.
+const RAW_SYNCED: [&str; 4] = [ZONE_INVENTORY, TRUST_BUNDLE, TOKEN_KEYS, SYSTEM_TRUST];
 
 /// Store kinds synced as their raw data rather than as resources of the model.
 pub fn is_raw(kind: &str) -> bool {
-    kind == ZONE_INVENTORY
-        || kind == crate::mesh_ca::TRUST_BUNDLE
-        || kind == crate::secrets::TOKEN_KEYS
-        || kind == crate::zone_identity::SYSTEM_TRUST
+    RAW_SYNCED.contains(&kind)
 }
 
 /// Whether objects of this store kind are synced to zones.
@@ -30,10 +28,7 @@ pub fn is_synced(kind: &str) -> bool {
 pub fn synced_kinds() -> Vec<&'static str> {
     let mut kinds: Vec<&'static str> =
         ResourceType::ALL.iter().filter(|t| **t == ResourceType::Mesh || t.is_policy()).map(|t| t.name()).collect();
-    kinds.push(ZONE_INVENTORY);
-    kinds.push(crate::mesh_ca::TRUST_BUNDLE);
-    kinds.push(crate::secrets::TOKEN_KEYS);
-    kinds.push(crate::zone_identity::SYSTEM_TRUST);
+    kinds.extend(RAW_SYNCED);
     kinds
 }
 
@@ -62,11 +57,11 @@ mod tests {
     fn only_meshes_policies_and_inventories_are_synced() {
         assert!(is_synced("Mesh"));
         assert!(is_synced("MeshTrafficPermission"));
-        assert!(is_synced(ZONE_INVENTORY));
-        assert!(is_synced("TrustBundle"));
-        assert!(is_synced("TokenKeys"));
-        assert!(is_synced("SystemTrust"));
-        for private in ["Dataplane", "Zone", "ZoneToken", "SystemSecret", "MeshCA", "ZoneIntermediate", "ZoneIdentityIssued"] {
+        for synced in RAW_SYNCED {
+            assert!(is_synced(synced), "{synced}");
+        }
+        use crate::kinds::*;
+        for private in ["Dataplane", "Zone", ZONE_TOKEN, SYSTEM_SECRET, MESH_CA, ZONE_INTERMEDIATE, ZONE_IDENTITY_ISSUED] {
             assert!(!is_synced(private), "{private} must not leave the global");
         }
         assert_eq!(

@@ -1,10 +1,11 @@
 //! The resource service: validated resources in and out of the store.
 //!
-//! In: parsed [`Resource`]s and look-ups by type, mesh and name, from the REST API (and later
-//! the zone sync server). Out: stored resources with their server-set fields, and
+//! In: parsed [`Resource`]s and look-ups by type, mesh and name, from either control plane's
+//! REST API and sync. Out: stored resources with their server-set fields, and
 //! created/configured/unchanged outcomes. It owns the rules the store does not know: a
-//! mesh-scoped resource needs its Mesh, a new Mesh gets its default policies in the same atomic
-//! batch, and deleting a Mesh deletes everything in it.
+//! mesh-scoped resource needs its Mesh, and deleting a Mesh deletes everything in it. What else
+//! a new or deleted Mesh brings (the global's root CA and default policies) comes from a
+//! [`MeshLifecycle`] the owner plugs in, in the same atomic batch.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -54,10 +55,21 @@ pub struct ServiceSummary {
     pub dataplanes: u64,
 }
 
+/// What a control plane adds to the batch that creates or deletes a Mesh.
+pub trait MeshLifecycle: Send + Sync {
+    /// Extra writes for a mesh that does not exist yet (CPU work, such as a key generation, is
+    /// allowed: meshes are created rarely).
+    fn on_create(&self, mesh: &Resource) -> Result<Vec<Op>, String>;
+    /// Extra deletions for a mesh being deleted, beyond the resources in it; those of keys
+    /// that do not exist are skipped.
+    fn on_delete(&self, mesh: &str) -> Vec<Op>;
+}
+
 /// Typed access to resources in a store.
 #[derive(Clone)]
 pub struct Resources {
     store: Arc<dyn Store>,
+    meshes: Option<Arc<dyn MeshLifecycle>>,
 }
 
 /// The store key of a resource.
@@ -69,24 +81,24 @@ fn data_of(r: &Resource) -> Value {
     json!({ "labels": r.labels, "spec": r.spec_value() })
 }
 
+/// The store operation that writes `r` as it is, with no precondition.
+pub fn put_op(r: &Resource) -> Op {
+    Op::Put { key: key_of(r.kind, r.mesh.as_deref(), &r.name), data: data_of(r), precondition: Precondition::None }
+}
+
 fn mesh_key(mesh: &str) -> Key {
     key_of(ResourceType::Mesh, None, mesh)
 }
 
-/// The policies every new Mesh starts with, unless its spec opts out (as in Kuma).
-fn default_policies(mesh: &str) -> Vec<Resource> {
-    let allow_all = json!({
-        "type": "MeshTrafficPermission", "name": "allow-all", "mesh": mesh,
-        "labels": {"strait.io/origin": "default"},
-        "spec": {"targetRef": {"kind": "Mesh"}, "from": [{"targetRef": {"kind": "Mesh"}, "default": {"action": "Allow"}}]}
-    });
-    Resource::from_value(allow_all).into_iter().collect()
-}
-
 impl Resources {
-    /// Wraps a store.
+    /// Wraps a store; creating a Mesh writes only the Mesh.
     pub fn new(store: Arc<dyn Store>) -> Self {
-        Resources { store }
+        Resources { store, meshes: None }
+    }
+
+    /// Wraps a store; creating or deleting a Mesh also applies what `meshes` adds.
+    pub fn with_mesh_lifecycle(store: Arc<dyn Store>, meshes: Arc<dyn MeshLifecycle>) -> Self {
+        Resources { store, meshes: Some(meshes) }
     }
 
     /// The store underneath.
@@ -140,23 +152,13 @@ impl Resources {
             let mesh_obj = self.store.get(&mesh_key(mesh)).await?.ok_or_else(|| ServiceError::MeshNotFound(mesh.to_string()))?;
             ops.push(Op::Put { key: mesh_key(mesh), data: mesh_obj.data, precondition: Precondition::Version(mesh_obj.version) });
         } else if resource.kind == ResourceType::Mesh && self.store.get(&key).await?.is_none() {
-            let skip = resource.spec_value().get("skipDefaultPolicies").and_then(Value::as_bool).unwrap_or(false);
             if let Op::Put { precondition, .. } = &mut ops[0] {
                 if *precondition == Precondition::None {
                     *precondition = Precondition::MustNotExist;
                 }
             }
-            let ca_ops = crate::mesh_ca::new_mesh_ops(&resource.name)
-                .map_err(|e| StoreError::Backend(format!("creating the mesh's root CA: {e}")))?;
-            ops.extend(ca_ops);
-            if !skip {
-                for p in default_policies(&resource.name) {
-                    ops.push(Op::Put {
-                        key: key_of(p.kind, p.mesh.as_deref(), &p.name),
-                        data: data_of(&p),
-                        precondition: Precondition::None,
-                    });
-                }
+            if let Some(meshes) = &self.meshes {
+                ops.extend(meshes.on_create(resource).map_err(|e| StoreError::Backend(format!("creating mesh {}: {e}", resource.name)))?);
             }
         }
         let outcomes = self.store.apply(ops).await?;
@@ -175,8 +177,14 @@ impl Resources {
         let precondition = version.map(Precondition::Version).unwrap_or(Precondition::None);
         let mut ops = vec![Op::Delete { key, precondition }];
         if kind == ResourceType::Mesh {
-            if self.store.get(&Key::new(crate::mesh_ca::MESH_CA, "", name)).await?.is_some() {
-                ops.extend(crate::mesh_ca::delete_mesh_ops(name));
+            for op in self.meshes.as_ref().map(|m| m.on_delete(name)).unwrap_or_default() {
+                // Meshes older than what the lifecycle adds may lack it: delete what exists.
+                if let Op::Delete { key, .. } = &op {
+                    if self.store.get(key).await?.is_none() {
+                        continue;
+                    }
+                }
+                ops.push(op);
             }
             for obj in self.store.list_mesh(name).await? {
                 ops.push(Op::Delete { key: obj.key, precondition: Precondition::Version(obj.version) });

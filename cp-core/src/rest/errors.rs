@@ -10,6 +10,8 @@ use serde::Serialize;
 use strait_api::{FieldError, ValidationErrors};
 use strait_store::StoreError;
 
+use crate::resources::ServiceError;
+
 /// The JSON body of every error.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ErrorBody {
@@ -99,6 +101,19 @@ impl From<StoreError> for ApiError {
             _ => {
                 tracing::error!(error = %e, "store failure");
                 Self::internal(format!("store failure: {e}"))
+            }
+        }
+    }
+}
+
+impl From<ServiceError> for ApiError {
+    fn from(e: ServiceError) -> Self {
+        match e {
+            ServiceError::Store(s) => s.into(),
+            ServiceError::MeshNotFound(_) => ApiError::not_found(e.to_string()),
+            ServiceError::Corrupt { .. } => {
+                tracing::error!(error = %e, "stored resource does not parse");
+                ApiError::internal(e.to_string())
             }
         }
     }
