@@ -3,7 +3,8 @@
 //! kinds with the rules of which of them zone sync carries.
 //!
 //! In: a [`strait_store::Store`] and HTTP requests. Out: validated [`strait_api::Resource`]s,
-//! JSON errors, KDS messages of stored objects. What only one control plane does (mesh CAs and
+//! JSON errors, KDS messages of stored objects, and TLS for the gRPC servers with a
+//! certificate that renews itself. What only one control plane does (mesh CAs and
 //! default policies on the global, the zone's registry and certificates) stays in its crate.
 #![forbid(unsafe_code)]
 
@@ -12,6 +13,7 @@ pub mod kinds;
 pub mod resources;
 pub mod rest;
 pub mod sync_set;
+pub mod tls;
 
 pub use resources::{PutOutcome, Resources, ServiceError};
 pub use rest::errors::ApiError;

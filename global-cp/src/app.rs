@@ -25,6 +25,8 @@ use crate::rest::{self, AppState};
 use crate::secrets::Secrets;
 use crate::zones::Zones;
 use strait_cp_core::resources::Resources;
+use strait_pki::RotationPolicy;
+use strait_runtime::certs::CertManager;
 
 /// Why the control plane could not start.
 #[derive(Debug, thiserror::Error)]
@@ -131,6 +133,7 @@ impl GlobalCp {
             settings: Arc::new(KdsSettings {
                 heartbeat_interval: config.kds_heartbeat_interval,
                 idle_timeout: config.kds_idle_timeout,
+                zone_ca_lifetime: config.zone_ca_lifetime,
                 ..Default::default()
             }),
             metrics: kds_metrics,
@@ -138,23 +141,23 @@ impl GlobalCp {
             pending: Default::default(),
             system_ca: secrets.system_ca.clone(),
         };
-        let identity = secrets.kds_server_identity(&config.kds_tls_names)?;
-        let tls =
-            tonic::transport::ServerTlsConfig::new().identity(tonic::transport::Identity::from_pem(&identity.cert_pem, &identity.key_pem));
+        // One certificate manager for the process: it keeps the sync endpoint's certificate current.
+        let certs = CertManager::new(RotationPolicy::default(), shutdown.clone(), tasks.clone());
+        let kds_cert = certs
+            .manage_now(secrets.kds_server_issuer(&config.kds_tls_names, config.kds_certificate_lifetime))
+            .await
+            .map_err(StartError::Tls)?;
+        let tls = strait_cp_core::tls::server_config(kds_cert, &tasks, shutdown.clone()).map_err(|e| StartError::Tls(e.to_string()))?;
         let service = KdsService::new(shared.clone(), Arc::new(zones), tasks.clone());
-        let kds = tonic::transport::Server::builder()
-            .tls_config(tls)
-            .map_err(|e| StartError::Tls(e.to_string()))?
-            .http2_keepalive_interval(Some(config.kds_heartbeat_interval))
-            .add_service(
-                ZoneSyncServer::new(service)
-                    .send_compressed(CompressionEncoding::Gzip)
-                    .accept_compressed(CompressionEncoding::Gzip)
-                    .max_decoding_message_size(16 * 1024 * 1024),
-            );
+        let kds = tonic::transport::Server::builder().http2_keepalive_interval(Some(config.kds_heartbeat_interval)).add_service(
+            ZoneSyncServer::new(service)
+                .send_compressed(CompressionEncoding::Gzip)
+                .accept_compressed(CompressionEncoding::Gzip)
+                .max_decoding_message_size(16 * 1024 * 1024),
+        );
         let stop = shutdown.clone();
+        let incoming = strait_cp_core::tls::incoming(kds_listener, tls, &tasks, shutdown.clone());
         tasks.spawn(async move {
-            let incoming = tokio_stream::wrappers::TcpListenerStream::new(kds_listener);
             if let Err(e) = kds.serve_with_incoming_shutdown(incoming, stop.cancelled()).await {
                 tracing::error!(error = %e, "zone sync server failed");
             }

@@ -47,6 +47,17 @@ pub struct Config {
     #[serde(with = "humanized")]
     pub zone_token_validity: Duration,
 
+    /// Lifetime of the zone sync endpoint's server certificate; it renews itself at ~70% of it.
+    #[arg(long, env = "STRAIT_KDS_CERTIFICATE_LIFETIME", default_value = "8760h", value_parser = parse_duration)]
+    #[serde(with = "humanized")]
+    pub kds_certificate_lifetime: Duration,
+
+    /// Lifetime of the intermediate CA each zone holds per mesh; zones renew theirs at ~70% of
+    /// it, and workload certificates never outlive the intermediate that signed them.
+    #[arg(long, env = "STRAIT_ZONE_CA_LIFETIME", default_value = "8760h", value_parser = parse_duration)]
+    #[serde(with = "humanized")]
+    pub zone_ca_lifetime: Duration,
+
     /// Directory of the store and the admin token [default: /var/lib/strait/global as root,
     /// else ~/.local/share/strait/global].
     #[arg(long, env = "STRAIT_DATA_DIR")]
@@ -91,6 +102,8 @@ impl Config {
             kds_idle_timeout: Duration::from_secs(15),
             zone_grace_period: Duration::from_secs(300),
             zone_token_validity: Duration::from_secs(365 * 24 * 3600),
+            kds_certificate_lifetime: Duration::from_secs(365 * 24 * 3600),
+            zone_ca_lifetime: Duration::from_secs(365 * 24 * 3600),
             data_dir: Some(data_dir),
             admin_token_file: None,
             max_body_bytes: 1024 * 1024,
@@ -113,6 +126,12 @@ impl Config {
                 strait_api::Duration(self.kds_idle_timeout),
                 strait_api::Duration(self.kds_heartbeat_interval)
             ));
+        }
+        for (flag, value) in [("--kds-certificate-lifetime", self.kds_certificate_lifetime), ("--zone-ca-lifetime", self.zone_ca_lifetime)]
+        {
+            if value < Duration::from_secs(2) {
+                problems.push(format!("{flag} {}: must be at least 2s", strait_api::Duration(value)));
+            }
         }
         if self.resolved_data_dir().is_none() {
             problems.push("--data-dir: not set and no HOME to derive a default from".into());

@@ -13,7 +13,6 @@ use strait_pki::{CertificateAuthority, TrustBundle};
 use strait_store::{Key, Op, Precondition, Store, StoreError};
 
 const ROOT_LIFETIME: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
-const INTERMEDIATE_LIFETIME: Duration = Duration::from_secs(365 * 24 * 3600);
 
 /// Why a CA operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -78,9 +77,23 @@ async fn root(store: &dyn Store, mesh: &str) -> Result<CertificateAuthority, CaE
 
 /// Signs the zone's intermediate CA of `mesh` from its CSR and records it. Returns the
 /// certificate and the root certificate.
-pub async fn issue_intermediate(store: &dyn Store, mesh: &str, zone: &str, csr_pem: &str) -> Result<(String, String), CaError> {
+/// Signing runs off the async workers.
+pub async fn issue_intermediate(
+    store: &dyn Store,
+    mesh: &str,
+    zone: &str,
+    csr_pem: &str,
+    lifetime: Duration,
+) -> Result<(String, String), CaError> {
     let ca = root(store, mesh).await?;
-    let cert = ca.sign_intermediate(csr_pem, zone, INTERMEDIATE_LIFETIME)?;
+    let (csr, zone_name) = (csr_pem.to_string(), zone.to_string());
+    let (ca, cert) = tokio::task::spawn_blocking(move || {
+        let cert = ca.sign_intermediate(&csr, &zone_name, lifetime);
+        (ca, cert)
+    })
+    .await
+    .map_err(|e| CaError::Pki(strait_pki::PkiError::Signing { reason: format!("signing task: {e}") }))?;
+    let cert = cert?;
     let fingerprint = strait_pki::fingerprint(&cert)?;
     let key = Key::new(ZONE_INTERMEDIATE, mesh, zone);
     let mut fingerprints: Vec<Value> =

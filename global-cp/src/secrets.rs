@@ -10,14 +10,13 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use strait_cp_core::kinds::{SYSTEM_SECRET, TOKEN_KEYS};
 use strait_pki::token::TokenSigner;
-use strait_pki::{CertificateAuthority, KeyAndCsr};
+use strait_pki::CertificateAuthority;
 use strait_store::{Key, Precondition, Store, StoreError};
 
 /// Name the sync endpoint's certificate carries; zones verify it (`--global-server-name`).
 pub const KDS_SERVER_NAME: &str = "strait-global";
 
 const SYSTEM_CA_LIFETIME: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
-const SERVER_CERT_LIFETIME: Duration = Duration::from_secs(365 * 24 * 3600);
 
 /// The global's secrets.
 pub struct Secrets {
@@ -31,14 +30,6 @@ pub struct Secrets {
     pub token_signer: Arc<TokenSigner>,
     /// Signs dataplane tokens; zones verify them with its public key, synced as `TokenKeys`.
     pub dataplane_token_signer: Arc<TokenSigner>,
-}
-
-/// A TLS certificate chain and key in PEM.
-pub struct ServerIdentity {
-    /// Leaf certificate.
-    pub cert_pem: String,
-    /// Its key.
-    pub key_pem: String,
 }
 
 /// Why secrets could not be loaded.
@@ -123,13 +114,10 @@ impl Secrets {
         })
     }
 
-    /// A new certificate for the sync endpoint, for [`KDS_SERVER_NAME`] and `extra_names`.
-    pub fn kds_server_identity(&self, extra_names: &[String]) -> Result<ServerIdentity, SecretError> {
-        let key = KeyAndCsr::generate(KDS_SERVER_NAME).map_err(|e| bad("kds-server")(e.to_string()))?;
-        let mut names = vec![KDS_SERVER_NAME.to_string()];
-        names.extend(extra_names.iter().cloned());
-        let cert_pem =
-            self.system_ca.sign_server(&key.csr_pem, &names, SERVER_CERT_LIFETIME).map_err(|e| bad("kds-server")(e.to_string()))?;
-        Ok(ServerIdentity { cert_pem, key_pem: key.key_pem })
+    /// What issues the sync endpoint's certificate, for [`KDS_SERVER_NAME`] and `extra_names`.
+    pub fn kds_server_issuer(&self, extra_names: &[String], lifetime: Duration) -> strait_cp_core::tls::LocalServerIssuer {
+        let mut dns_names = vec![KDS_SERVER_NAME.to_string()];
+        dns_names.extend(extra_names.iter().cloned());
+        strait_cp_core::tls::LocalServerIssuer { name: "zone sync (KDS) server", ca: self.system_ca.clone(), dns_names, lifetime }
     }
 }

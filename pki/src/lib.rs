@@ -3,7 +3,8 @@
 //!
 //! In: CA certificates and keys (PEM) loaded by the control planes, certificate signing
 //! requests (PEM) from zones, sidecars and gateways, trust bundles received over KDS/DPS, and
-//! tokens presented by zones and dataplanes. Out: a root CA per mesh and a system CA on the
+//! tokens presented by zones and dataplanes. Out: the rotation policy every certificate
+//! manager follows ([`RotationPolicy`], with new certificates checked as [`Issued`]); a root CA per mesh and a system CA on the
 //! global control plane ([`CertificateAuthority`]), zone intermediate CAs, short-lived SPIFFE
 //! workload and zone certificates (PEM), the verified [`Identity`] of a peer chain
 //! ([`TrustBundle::verify`]), and signed, expiring tokens ([`TokenSigner`], [`verify_token`]).
@@ -21,6 +22,7 @@ pub mod ca;
 pub mod csr;
 pub mod identity;
 pub mod pem;
+pub mod rotation;
 #[cfg(test)]
 mod testing;
 pub mod token;
@@ -30,6 +32,7 @@ pub use ca::{cert_validity, fingerprint, CertificateAuthority};
 pub use csr::KeyAndCsr;
 pub use identity::{Identity, SYSTEM_TRUST_DOMAIN};
 pub use pem::fingerprint_der;
+pub use rotation::{Issued, RotationPolicy};
 pub use token::{verify as verify_token, TokenClaims, TokenError, TokenSigner, TokenSubject, TokenVerifierKey};
 pub use verify::{TrustBundle, VerifyError};
 

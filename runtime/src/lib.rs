@@ -1,10 +1,11 @@
 //! What every Strait binary shares at its edge: flag types and helpers, the logging set-up,
-//! and waiting for SIGTERM/SIGINT.
+//! waiting for SIGTERM/SIGINT, and the certificate manager that keeps its certificates current.
 //!
 //! In: the parsed flags of a binary. Out: an installed `tracing` subscriber and a future that
 //! ends on a shutdown signal. Kept small so the sidecar links nothing of the control planes.
 #![forbid(unsafe_code)]
 
+pub mod certs;
 pub mod flags;
 pub mod signals;
 pub mod telemetry;

@@ -8,6 +8,8 @@ use std::sync::Arc;
 
 use prometheus_client::registry::Registry;
 use strait_cp_core::resources::Resources;
+use strait_pki::RotationPolicy;
+use strait_runtime::certs::CertManager;
 use strait_store::{SledStore, Store};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -74,7 +76,13 @@ impl ZoneCp {
         }
         let shutdown = CancellationToken::new();
         let tasks = TaskTracker::new();
-        let dps_identity = crate::dps::tls::identity(zone_store.as_ref(), &config.data_dir, &config.dps_tls_names).await?;
+        let dps_identity =
+            crate::dps::tls::identity(zone_store.as_ref(), &config.data_dir, &config.dps_tls_names, config.dps_certificate_lifetime)
+                .await?;
+        // One certificate manager for the process: it keeps the DPS endpoint's certificate current.
+        let certs = CertManager::new(RotationPolicy::default(), shutdown.clone(), tasks.clone());
+        let dps_cert = certs.manage_now(dps_identity.issuer).await.map_err(|e| anyhow::anyhow!(e))?;
+        let dps_tls = strait_cp_core::tls::server_config(dps_cert, &tasks, shutdown.clone())?;
         let dps_listener = tokio::net::TcpListener::bind(config.dps_address)
             .await
             .map_err(|e| anyhow::anyhow!("binding DPS to {}: {e}", config.dps_address))?;
@@ -92,18 +100,13 @@ impl ZoneCp {
         let dps = tonic::transport::Server::builder()
             .http2_keepalive_interval(Some(std::time::Duration::from_secs(5)))
             .http2_keepalive_timeout(Some(std::time::Duration::from_secs(10)))
-            .tcp_keepalive(Some(std::time::Duration::from_secs(10)))
-            .tls_config(
-                tonic::transport::ServerTlsConfig::new()
-                    .identity(tonic::transport::Identity::from_pem(&dps_identity.cert_pem, &dps_identity.key_pem)),
-            )?
             .add_service(strait_api::dps::dataplane_sync_server::DataplaneSyncServer::new(crate::dps::DpsService::new(
                 dps_shared,
                 tasks.clone(),
             )));
         let stop = shutdown.clone();
+        let incoming = strait_cp_core::tls::incoming(dps_listener, dps_tls, &tasks, shutdown.clone());
         tasks.spawn(async move {
-            let incoming = tokio_stream::wrappers::TcpListenerStream::new(dps_listener);
             if let Err(e) = dps.serve_with_incoming_shutdown(incoming, stop.cancelled()).await {
                 tracing::error!(error = %e, "DPS server failed");
             }

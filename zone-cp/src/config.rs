@@ -52,6 +52,11 @@ pub struct Config {
     #[arg(long = "dps-tls-name", env = "STRAIT_DPS_TLS_NAMES", value_delimiter = ',')]
     pub dps_tls_names: Vec<String>,
 
+    /// Lifetime of the DPS endpoint's server certificate; it renews itself at ~70% of it.
+    #[arg(long, env = "STRAIT_DPS_CERTIFICATE_LIFETIME", default_value = "8760h", value_parser = parse_duration)]
+    #[serde(with = "humanized")]
+    pub dps_certificate_lifetime: Duration,
+
     /// How often the zone sends a heartbeat to the global.
     #[arg(long, env = "STRAIT_KDS_HEARTBEAT_INTERVAL", default_value = "5s", value_parser = parse_duration)]
     #[serde(with = "humanized")]
@@ -89,6 +94,10 @@ impl Config {
         }
         if !self.global_address.starts_with("https://") {
             problems.push(format!("--global-address {:?}: must be an https:// URL (zone sync always uses TLS)", self.global_address));
+        }
+        if self.dps_certificate_lifetime < Duration::from_secs(2) {
+            problems
+                .push(format!("--dps-certificate-lifetime {}: must be at least 2s", strait_api::Duration(self.dps_certificate_lifetime)));
         }
         for (flag, path) in [("--zone-token-file", &self.zone_token_file), ("--global-ca-file", &self.global_ca_file)] {
             if !path.is_file() {

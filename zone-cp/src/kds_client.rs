@@ -153,14 +153,13 @@ impl KdsClient {
         let mut heartbeat = tokio::time::interval(self.config.kds_heartbeat_interval);
         let mut last_heard = Instant::now();
         let mut csrs = crate::zone_ca::Pending::default();
-        // Certificates near the end of their life are renewed; the check is cheap but needs
-        // no more than a minute's precision.
-        let mut renewal = tokio::time::interval(std::time::Duration::from_secs(60));
-        renewal.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        // What is on disk may already need certificates (a new mesh, a revoked intermediate).
+        // What is on disk may already need certificates (a new mesh, a revoked intermediate,
+        // one due for renewal); after that, the next renewal is timed by the certificates.
         if let Err(e) = self.request_certificates(&mut csrs, &tx).await {
             return End::Broken(e);
         }
+        let renewal = tokio::time::sleep(self.renewal_wait().await);
+        tokio::pin!(renewal);
         loop {
             tokio::select! {
                 message = inbound.message() => {
@@ -179,6 +178,7 @@ impl KdsClient {
                                 if let Err(e) = csrs.complete(self.synced.store().as_ref(), cert).await {
                                     return End::Broken(format!("storing a certificate: {e}"));
                                 }
+                                renewal.as_mut().reset(tokio::time::Instant::now() + self.renewal_wait().await);
                             }
                             _ => {}
                         },
@@ -201,18 +201,30 @@ impl KdsClient {
                         return End::Broken("request stream closed".into());
                     }
                 }
-                _ = renewal.tick() => {
+                () = &mut renewal => {
                     if let Err(e) = self.request_certificates(&mut csrs, &tx).await {
                         return End::Broken(e);
                     }
+                    renewal.as_mut().reset(tokio::time::Instant::now() + self.renewal_wait().await);
                 }
             }
         }
     }
 
-    /// Sends a CSR for every mesh without an intermediate CA (at most one in flight per mesh).
+    /// How long until a certificate of the zone is due: at least a second (so refusals and
+    /// CSRs in flight are not asked about in a loop), at most a minute (so a revocation or a
+    /// new mesh is noticed even without a batch).
+    async fn renewal_wait(&self) -> Duration {
+        let store = self.synced.store();
+        let cas = crate::zone_ca::next_due(store.as_ref()).await.ok().flatten();
+        let identity = crate::zone_identity::next_due(store.as_ref()).await.ok().flatten();
+        cas.into_iter().chain(identity).min().unwrap_or(Duration::MAX).clamp(Duration::from_secs(1), Duration::from_secs(60))
+    }
+
+    /// Sends a CSR for every mesh without a current intermediate CA and for the zone identity
+    /// when due (at most one in flight each).
     async fn request_certificates(&self, csrs: &mut crate::zone_ca::Pending, tx: &mpsc::Sender<ZoneMessage>) -> Result<(), String> {
-        let missing = crate::zone_ca::missing(self.synced.store().as_ref()).await.map_err(|e| format!("reading meshes: {e}"))?;
+        let missing = crate::zone_ca::due(self.synced.store().as_ref()).await.map_err(|e| format!("reading meshes: {e}"))?;
         for mesh in missing {
             if let Some(req) = csrs.request(&self.config.zone, &mesh).await {
                 tx.send(msg(zone_message::Message::CertificateRequest(req))).await.map_err(|_| "request stream closed".to_string())?;

@@ -38,6 +38,8 @@ pub struct KdsSettings {
     pub idle_timeout: Duration,
     /// How long the Hello may take.
     pub hello_timeout: Duration,
+    /// Lifetime of the zones' intermediate CAs (they renew them at ~70% of it).
+    pub zone_ca_lifetime: Duration,
 }
 
 impl Default for KdsSettings {
@@ -46,6 +48,7 @@ impl Default for KdsSettings {
             heartbeat_interval: Duration::from_secs(5),
             idle_timeout: Duration::from_secs(15),
             hello_timeout: Duration::from_secs(10),
+            zone_ca_lifetime: Duration::from_secs(365 * 24 * 3600),
         }
     }
 }

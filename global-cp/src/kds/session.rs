@@ -241,7 +241,15 @@ impl Session {
             }
             Some(zone_message::Message::CertificateRequest(req)) => {
                 let store = self.shared.resources.store();
-                let answer = match crate::mesh_ca::issue_intermediate(store.as_ref(), &req.mesh, &self.zone, &req.csr_pem).await {
+                let answer = match crate::mesh_ca::issue_intermediate(
+                    store.as_ref(),
+                    &req.mesh,
+                    &self.zone,
+                    &req.csr_pem,
+                    self.shared.settings.zone_ca_lifetime,
+                )
+                .await
+                {
                     Ok((cert_pem, root_pem)) => kds::Certificate { mesh: req.mesh, cert_pem, root_pem, ..Default::default() },
                     Err(e) => {
                         tracing::warn!(zone = %self.zone, mesh = %req.mesh, error = %e, "refused to issue an intermediate CA");

@@ -1,31 +1,35 @@
 //! TLS identity of the zone's DPS endpoint: a CA of the zone's own (created on first start,
 //! kept in its store, its certificate written to `<data-dir>/dps-ca.pem` for sidecars to trust)
-//! and a server certificate for "strait-zone" and any extra names, renewed at each start.
+//! and a server certificate for "strait-zone" and any extra names, which the zone's
+//! certificate manager renews at ~70% of its life.
 //!
-//! In: the zone's store and data directory. Out: PEM certificate and key for tonic.
+//! In: the zone's store and data directory. Out: the CA certificate, and the issuer of the
+//! server certificate.
 
 use std::path::Path;
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use serde_json::{json, Value};
-use strait_pki::{CertificateAuthority, KeyAndCsr};
+use strait_cp_core::tls::LocalServerIssuer;
+use strait_pki::CertificateAuthority;
 use strait_store::{Key, Precondition, Store};
 
 /// Name the DPS certificate carries; sidecars verify it (`strait-dp --cp-server-name`).
 pub const DPS_SERVER_NAME: &str = "strait-zone";
 
-/// Certificate and key of the DPS endpoint, in PEM.
+/// The DPS endpoint's CA, and what issues its server certificate.
 pub struct DpsIdentity {
-    /// Leaf certificate.
-    pub cert_pem: String,
-    /// Its key.
-    pub key_pem: String,
+    /// Issues the server certificate (the certificate manager renews it with this).
+    pub issuer: LocalServerIssuer,
     /// The CA sidecars trust.
     pub ca_pem: String,
 }
 
-/// Loads (or creates) the zone's DPS CA and issues a fresh server certificate.
-pub async fn identity(store: &dyn Store, data_dir: &Path, extra_names: &[String]) -> anyhow::Result<DpsIdentity> {
+/// Loads (or creates) the zone's DPS CA, writes its certificate for sidecars, and returns the
+/// issuer of server certificates of `lifetime`.
+pub async fn identity(store: &dyn Store, data_dir: &Path, extra_names: &[String], lifetime: Duration) -> anyhow::Result<DpsIdentity> {
     let key = Key::new(strait_cp_core::kinds::ZONE_SECRET, "", "dps-ca");
     let stored = match store.get(&key).await? {
         Some(obj) => obj.data,
@@ -51,17 +55,12 @@ pub async fn identity(store: &dyn Store, data_dir: &Path, extra_names: &[String]
             .ok_or_else(|| anyhow::anyhow!("the stored DPS CA is damaged ({f} missing)"))
     };
     let (ca_cert, ca_key) = (field("cert")?, field("key")?);
-    let mut names = vec![DPS_SERVER_NAME.to_string()];
-    names.extend(extra_names.iter().cloned());
-    let (cert_pem, key_pem) = tokio::task::spawn_blocking(move || -> anyhow::Result<(String, String)> {
-        let ca = CertificateAuthority::from_pem(&ca_cert, &ca_key)?;
-        let kc = KeyAndCsr::generate(DPS_SERVER_NAME)?;
-        let cert = ca.sign_server(&kc.csr_pem, &names, Duration::from_secs(365 * 24 * 3600))?;
-        Ok((cert, kc.key_pem))
-    })
-    .await??;
-    let ca_pem = field("cert")?;
+    let ca = tokio::task::spawn_blocking(move || CertificateAuthority::from_pem(&ca_cert, &ca_key)).await??;
+    let ca_pem = ca.cert_pem().to_string();
     std::fs::write(data_dir.join("dps-ca.pem"), &ca_pem)
         .map_err(|e| anyhow::anyhow!("writing {}: {e}", data_dir.join("dps-ca.pem").display()))?;
-    Ok(DpsIdentity { cert_pem, key_pem, ca_pem })
+    let mut dns_names = vec![DPS_SERVER_NAME.to_string()];
+    dns_names.extend(extra_names.iter().cloned());
+    let issuer = LocalServerIssuer { name: "DPS server", ca: Arc::new(ca), dns_names, lifetime };
+    Ok(DpsIdentity { issuer, ca_pem })
 }
