@@ -58,7 +58,7 @@ impl Sidecar {
             serde_json::to_string_pretty(&doc).unwrap_or_default()
         });
         let mut registry = Registry::default();
-        let proxy_metrics = crate::proxy::ProxyMetrics::register(&mut registry);
+        let proxy_metrics = crate::proxy::metrics::ProxyMetrics::register(&mut registry);
         let registry = Arc::new(registry);
         let admin = AdminServer::bind(config.flags.admin_address, AdminState { ready, registry, config_dump })
             .await

@@ -2,6 +2,10 @@
 //! request by request (see [`super::http::outbound`]); TCP ones connection by connection, over
 //! mTLS to an endpoint picked by the destination's load balancer, which must present the
 //! service's SPIFFE ID.
+//!
+//! In: an outbound of the configuration, and the application's connections to its port. Out:
+//! an accept loop owned by the data path's task tracker, and [`spawn_tcp`], the TCP tunnel that
+//! the redirected listener ([`super::redirected`]) uses too.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -11,8 +15,8 @@ use strait_proxy_core::tls::ALPN_TCP;
 use strait_proxy_core::tunnel::outbound::{self, OutboundError};
 use tokio::net::TcpStream;
 
+use super::data_path::DataPath;
 use super::destinations::Destination;
-use super::DataPath;
 
 /// Binds the outbound's local port and proxies its connections until drained.
 pub async fn start(config: &OutboundConfig, path: &Arc<DataPath>) {
