@@ -6,28 +6,21 @@
 //! endpoint, HTTP requests to any endpoint of the service, picked per request by its load
 //! balancer. Anything else passes through unchanged.
 //!
-//! In: redirected connections and the destination table's by-address index. Out: an accept
-//! loop owned by the data path's task tracker.
+//! In: the bound redirect listener (see [`super::listeners`]), the connections redirected to
+//! it, and the destination table's by-address index. Out: an accept loop owned by the data
+//! path's task tracker.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use strait_proxy_core::orig_dst::original_dst;
-use tokio::net::TcpStream;
+use tokio::net::{TcpListener, TcpStream};
 
 use super::data_path::DataPath;
 
-/// Listens on 127.0.0.1:`port` until drained.
-pub async fn start(port: u16, path: &Arc<DataPath>) {
-    let bind = SocketAddr::from(([127, 0, 0, 1], port));
-    let listener = match tokio::net::TcpListener::bind(bind).await {
-        Ok(l) => l,
-        Err(e) => {
-            tracing::error!(%bind, error = %e, "cannot listen on the redirected outbound port");
-            return;
-        }
-    };
-    tracing::info!(%bind, "redirected outbound listening");
+/// Sends on the connections redirected to `listener` until drained.
+pub fn serve(listener: TcpListener, path: &Arc<DataPath>) {
+    tracing::info!(address = ?listener.local_addr().ok(), "redirected outbound accepting");
     let path = path.clone();
     path.clone().tasks.spawn(async move {
         loop {
