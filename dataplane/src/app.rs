@@ -1,8 +1,20 @@
-//! Wiring of `strait-dp run`: validated config → DPS client → admin server, and a handle with
-//! the bound admin address and the shutdown.
+//! Wiring of `strait-dp run`: validated config → data-path threads → the Dataplane's
+//! listeners, bound → admin server → zone connection (DPS) → data path; and a handle holding
+//! the bound addresses and the shutdown.
+//!
+//! Listeners are bound first, before the sidecar connects to the zone, from what its Dataplane
+//! declares (see [`crate::proxy::listeners`] for why): a port that is taken makes
+//! [`Sidecar::start`] fail with an error naming the listener and the address, and the binary
+//! exit non-zero. The Dataplane registered with the zone carries the ports actually bound.
+//!
+//! Readiness (`/ready`) waits for one guard per thing: the first configuration and the
+//! workload certificate (released by the DPS client), and one per listener, released by the
+//! data path once it accepts there, which it does once it has built its first TLS identity.
+//! So `/ready` answers 200 only when every listener accepts with a certificate installed, and
+//! 503 again while draining.
 //!
 //! In: a [`Validated`] configuration. Out: a running [`Sidecar`]; tests start it in-process
-//! with the admin server on port 0.
+//! on port 0 and read its addresses back, the binary does the same and waits for a signal.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -18,71 +30,110 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::Validated;
 use crate::dps_client::{DpsClient, Guards, ProxyState};
+use crate::proxy::listeners::{Addresses, BindError, Listeners};
+use crate::proxy::metrics::ProxyMetrics;
+use crate::runtime::DataPathRuntime;
+
+/// Why the sidecar could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The data path's threads could not be created.
+    #[error("cannot start the data-path threads: {0}")]
+    Runtime(#[source] std::io::Error),
+    /// A listener of the Dataplane could not be bound.
+    #[error(transparent)]
+    Listener(#[from] BindError),
+    /// The admin server could not be bound.
+    #[error("binding the admin server to {address}: {source}")]
+    Admin {
+        /// `--admin-address`.
+        address: SocketAddr,
+        /// What the operating system said.
+        source: std::io::Error,
+    },
+}
 
 /// A running sidecar.
 pub struct Sidecar {
     /// Where the admin server listens.
     pub admin_addr: SocketAddr,
+    /// Where the Dataplane's listeners are bound.
+    pub listeners: Addresses,
     /// The configuration and identity in effect.
     pub state: Arc<ProxyState>,
+    ready: Ready,
     cancel: CancellationToken,
     drain: Drain,
+    admin_drain: Drain,
     tasks: TaskTracker,
+    data_path: DataPathRuntime,
 }
 
 impl Sidecar {
-    /// Starts the DPS client, the admin server and the data path, all on the current runtime.
-    pub async fn start(config: Validated) -> anyhow::Result<Sidecar> {
-        Sidecar::start_on(config, None).await
-    }
-
-    /// Starts the DPS client and the admin server on the current runtime, and the data path on
-    /// `data_path` when given (the binary keeps proxying off the control-plane thread).
-    pub async fn start_on(config: Validated, data_path: Option<tokio::runtime::Handle>) -> anyhow::Result<Sidecar> {
-        let config = Arc::new(config);
+    /// Binds every listener and the admin server, then starts the DPS client and the admin
+    /// server on the current runtime and the data path on threads of its own (as many as
+    /// `--concurrency` says), so that control-plane work never delays a request.
+    pub async fn start(mut config: Validated) -> Result<Sidecar, StartError> {
+        let data_path = DataPathRuntime::start(config.flags.concurrency).map_err(StartError::Runtime)?;
         let ready = Ready::new();
         let guards = Arc::new(Guards {
             config: Mutex::new(Some(ready.register("configuration from the zone control plane"))),
             certificate: Mutex::new(Some(ready.register("workload certificate"))),
         });
+        let listeners = Listeners::bind(&config.dataplane, &ready).await?;
+        let addresses = listeners.addresses();
+        config.dataplane = listeners.registered(&config.dataplane);
+        let config = Arc::new(config);
+
         let state = Arc::new(ProxyState::default());
-        let dump_state = state.clone();
-        let config_dump = Arc::new(move || {
-            let config = dump_state.config.load();
-            let identity = dump_state.identity.load();
-            let doc = json!({
-                "version": config.as_ref().map(|c| c.0),
-                "config": config.as_ref().map(|c| &c.1),
-                "certificate": identity.as_ref().map(|i| json!({"chain": i.cert_chain_pem, "lifetimeSecs": i.lifetime.as_secs()})),
-            });
-            serde_json::to_string_pretty(&doc).unwrap_or_default()
-        });
         let mut registry = Registry::default();
-        let proxy_metrics = crate::proxy::ProxyMetrics::register(&mut registry);
-        let registry = Arc::new(registry);
-        let admin = AdminServer::bind(config.flags.admin_address, AdminState { ready, registry, config_dump })
-            .await
-            .map_err(|e| anyhow::anyhow!("binding the admin server to {}: {e}", config.flags.admin_address))?;
+        let proxy_metrics = ProxyMetrics::register(&mut registry);
+        let admin_state =
+            AdminState { ready: ready.clone(), registry: Arc::new(registry), config_dump: config_dump(state.clone(), addresses.clone()) };
+        let address = config.flags.admin_address;
+        let admin = AdminServer::bind(address, admin_state).await.map_err(|source| StartError::Admin { address, source })?;
         let admin_addr = admin.local_addr();
-        let drain = Drain::new();
-        let cancel = CancellationToken::new();
-        let tasks = TaskTracker::new();
-        tasks.spawn(admin.serve(drain.watcher()));
+
+        let (drain, admin_drain, cancel, tasks) = (Drain::new(), Drain::new(), CancellationToken::new(), TaskTracker::new());
+        // The admin server outlives the drain, so that `/ready` says `draining` meanwhile.
+        tasks.spawn(admin.serve(admin_drain.watcher()));
         tasks.spawn(DpsClient { config: config.clone(), state: state.clone(), guards }.run(cancel.clone()));
-        let proxy = crate::proxy::run(state.clone(), proxy_metrics, drain.watcher(), tasks.clone());
-        match data_path {
-            Some(handle) => tasks.spawn_on(proxy, &handle),
-            None => tasks.spawn(proxy),
-        };
-        tracing::info!(dataplane = %config.dataplane.name, admin = %admin_addr, cp = %config.flags.cp.cp_address, "sidecar started");
-        Ok(Sidecar { admin_addr, state, cancel, drain, tasks })
+        let proxy = crate::proxy::run(state.clone(), proxy_metrics, listeners, drain.watcher(), tasks.clone());
+        tasks.spawn_on(proxy, data_path.handle());
+        tracing::info!(
+            dataplane = %config.dataplane.name, admin = %admin_addr, listeners = ?addresses, cp = %config.flags.cp.cp_address,
+            "sidecar started"
+        );
+        Ok(Sidecar { admin_addr, listeners: addresses, state, ready, cancel, drain, admin_drain, tasks, data_path })
     }
 
-    /// Stops: no new work, then lets what is open finish until `deadline`.
+    /// Stops: `/ready` turns 503, nothing new is accepted, what is open may finish until
+    /// `deadline`, then the data path's threads end.
     pub async fn shutdown(self, deadline: Duration) {
+        let _draining = self.ready.register("draining");
         self.cancel.cancel();
-        self.drain.drain(deadline).await;
+        let outcome = self.drain.drain(deadline).await;
+        tracing::info!(?outcome, "drained");
+        self.admin_drain.drain(Duration::from_millis(200)).await;
         self.tasks.close();
         self.tasks.wait().await;
+        let data_path = self.data_path;
+        let _ = tokio::task::spawn_blocking(move || data_path.stop()).await;
     }
+}
+
+/// `/config_dump`: the configuration in effect with its version, the certificate chain (never
+/// the key) and where the listeners are bound.
+fn config_dump(state: Arc<ProxyState>, listeners: Addresses) -> Arc<dyn Fn() -> String + Send + Sync> {
+    Arc::new(move || {
+        let config = state.config.load();
+        let identity = state.identity.load();
+        let doc = json!({
+            "version": config.as_ref().map(|c| c.0),
+            "config": config.as_ref().map(|c| &c.1),
+            "certificate": identity.as_ref().map(|i| json!({"chain": i.cert_chain_pem, "lifetimeSecs": i.lifetime.as_secs()})),
+            "listeners": listeners,
+        });
+        serde_json::to_string_pretty(&doc).unwrap_or_default()
+    })
 }

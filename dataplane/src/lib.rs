@@ -13,7 +13,7 @@ pub mod proxy;
 pub mod runtime;
 pub mod transparent;
 
-pub use app::Sidecar;
+pub use app::{Sidecar, StartError};
 
 /// What this component does, shown by `--help`.
 pub const ROLE: &str = "Sidecar proxy: mTLS between workloads, L7 routing and policies, transparent interception";

@@ -1,12 +1,14 @@
+//! `strait-dp`: parses the command line, then runs the sidecar (see `app.rs`) until a signal,
+//! or installs or removes the transparent proxy's iptables rules.
+
 use clap::Parser;
 use strait_dataplane::config::{Cli, Command, TransparentCommand};
-use strait_dataplane::runtime::DataPathRuntime;
 use strait_dataplane::Sidecar;
 use strait_runtime::flags::EXIT_CONFIG;
 use strait_runtime::telemetry;
 
-/// The control side (zone connection, certificates, admin) runs on the main thread; the data
-/// path on a runtime of its own, as `--concurrency` says.
+/// The control side (zone connection, certificates, admin) runs on the main thread; the sidecar
+/// starts the data path on threads of its own, as `--concurrency` says.
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
     let flags = match Cli::parse().command {
@@ -24,23 +26,17 @@ async fn main() {
         }
     };
     telemetry::init(format, &level);
-    let data_path = match DataPathRuntime::start(config.flags.concurrency) {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("strait-dp: cannot start the data-path threads: {e}");
-            std::process::exit(1);
-        }
-    };
-    let sidecar = match Sidecar::start_on(config, Some(data_path.handle().clone())).await {
+    // A listener that cannot be bound (a port taken) ends here, named with its address.
+    let sidecar = match Sidecar::start(config).await {
         Ok(s) => s,
         Err(e) => {
-            eprintln!("strait-dp: {e:#}");
+            tracing::error!(error = %e, "the sidecar cannot start");
+            eprintln!("strait-dp: {e}");
             std::process::exit(1);
         }
     };
     strait_runtime::signals::wait_for_signal().await;
     sidecar.shutdown(std::time::Duration::from_secs(10)).await;
-    data_path.stop();
 }
 
 /// Runs `transparent-proxy install|uninstall` and exits.

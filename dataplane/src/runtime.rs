@@ -37,16 +37,30 @@ impl DataPathRuntime {
         Ok(DataPathRuntime { handle, stop: Some(stop), thread: Some(thread), pool: None })
     }
 
-    /// Stops the threads (after the sidecar's shutdown).
+    /// Stops the threads (after the sidecar's shutdown) and waits for the single one to end.
+    /// This blocks: call it from a blocking context.
     pub fn stop(mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
+        self.signal_stop();
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
+    }
+
+    fn signal_stop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
         if let Some(pool) = self.pool.take() {
+            // Dropping a runtime blocks, which panics in async code: let it go in the background.
             pool.shutdown_background();
         }
+    }
+}
+
+/// A sidecar dropped without its shutdown (a failed test) still stops its threads, without
+/// waiting for them.
+impl Drop for DataPathRuntime {
+    fn drop(&mut self) {
+        self.signal_stop();
     }
 }

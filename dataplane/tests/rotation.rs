@@ -9,24 +9,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{admin, dataplane, eventually, free_port, get, http_app, metric, Mesh};
+use common::{admin, dataplane, echo_app, eventually, free_port, get, http_app, metric, Mesh};
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-async fn echo_app() -> u16 {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut s, _)) = listener.accept().await else { return };
-            tokio::spawn(async move {
-                let (mut r, mut w) = s.split();
-                let _ = tokio::io::copy(&mut r, &mut w).await;
-            });
-        }
-    });
-    port
-}
 
 async fn round_trip(s: &mut tokio::net::TcpStream, msg: &[u8]) -> bool {
     if s.write_all(msg).await.is_err() {
@@ -74,11 +59,18 @@ async fn twenty_second_certificates_rotate_under_load_without_a_failed_request()
     let end = Instant::now() + Duration::from_secs(60);
     let mut tick = tokio::time::interval(Duration::from_millis(20));
     let mut held_checked_at = std::collections::HashSet::new();
+    // Every request of the load, each bounded by its own 5 s timeout.
+    let mut load = tokio::task::JoinSet::new();
+    let mut sent = 0u64;
     while Instant::now() < end {
         tick.tick().await;
+        sent += 1;
+        while let Some(done) = load.try_join_next() {
+            done.expect("a load task panicked");
+        }
         // New connections at a constant rate...
         let (ok_c, failed_c) = (ok.clone(), failed.clone());
-        tokio::spawn(async move {
+        load.spawn(async move {
             let good = match tokio::net::TcpStream::connect(("127.0.0.1", web_out)).await {
                 Ok(mut s) => round_trip(&mut s, b"request").await,
                 Err(_) => false,
@@ -91,7 +83,7 @@ async fn twenty_second_certificates_rotate_under_load_without_a_failed_request()
         });
         // ...HTTP requests over the pooled connection between sidecars...
         let (client, ok_h, failed_h) = (client.clone(), http_ok.clone(), http_failed.clone());
-        tokio::spawn(async move {
+        load.spawn(async move {
             if get(&client, web_to_api, "/").await.is_some_and(|r| r.0 == 200) {
                 ok_h.fetch_add(1, Ordering::Relaxed)
             } else {
@@ -112,11 +104,18 @@ async fn twenty_second_certificates_rotate_under_load_without_a_failed_request()
             last_backend = issued(&backend);
         }
     }
-    tokio::time::sleep(Duration::from_secs(6)).await; // let the last requests (5 s timeout) finish
+    // The last requests finish (or time out, and count as failed) before anything is counted.
+    let joined = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(done) = load.join_next().await {
+            done.expect("a load task panicked");
+        }
+    });
+    joined.await.expect("every load request ends within its 5 s timeout");
     let (ok, failed) = (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
     let (http_ok, http_failed) = (http_ok.load(Ordering::Relaxed), http_failed.load(Ordering::Relaxed));
     let pooled = metric(&web_http, "strait_dp_outbound_tunnel_connections_total").await - pooled_before;
     let rotations_http = metric(&web_http, "strait_dp_certificate_rotations_total").await;
+    assert_eq!((ok + failed, http_ok + http_failed), (sent, sent), "every request of the load was counted");
     println!("FIGURE rotation: {ok} TCP calls, {failed} failed; {http_ok} HTTP requests, {http_failed} failed; {rotations_web} rotations of web, {rotations_backend} of backend in 60 s; {pooled} pooled HTTP/2 connections opened after {rotations_http} certificates");
     assert_eq!(http_failed, 0, "no HTTP request failed during rotations");
     assert!(http_ok > 2000, "HTTP load was constant: {http_ok} requests");

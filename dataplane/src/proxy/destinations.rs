@@ -1,5 +1,6 @@
-//! The destination table: for each service this sidecar reaches, its endpoints, how to pick
-//! one, the identity its endpoints must present, and pre-built metrics.
+//! The destination table: for each service this sidecar reaches, what it speaks, its
+//! endpoints (see [`super::endpoint`]), how to pick one, its timeouts, the identity its
+//! endpoints must present, and pre-built metrics.
 //!
 //! In: a [`ProxyConfig`] (rebuilt on every configuration change, off the request path) and
 //! the previous table, whose endpoints are kept, with their pooled connections and request
@@ -8,22 +9,20 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use rustls::pki_types::ServerName;
+use strait_api::gateway_config::sni;
 use strait_api::policies::timeout::TimeoutConf;
 use strait_api::proxy_config::ProxyConfig;
 use strait_api::ResourceType;
 use strait_pki::Identity;
 
-use strait_api::gateway_config::sni;
-
 use super::balance::Balancer;
-use super::locality::{Health, Locality, MAX_CANDIDATES};
+use super::endpoint::Endpoint;
+use super::locality::{Locality, MAX_CANDIDATES};
 use super::metrics::{Direction, PairMetrics, ProxyMetrics};
-use super::pool::Slot;
 
 /// What a destination speaks, from its endpoints' `strait.io/protocol` tag.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -85,52 +84,6 @@ impl Timeouts {
             None => Timeouts::DEFAULT.request,
         };
         Timeouts { connect: conf.connection_timeout.map_or(Timeouts::DEFAULT.connect, |d| d.get()), request }
-    }
-}
-
-/// One endpoint of a destination: a peer sidecar's inbound, or, for another zone, this
-/// zone's egress gateway.
-#[derive(Debug)]
-pub struct Endpoint {
-    /// Where to connect: the peer sidecar's inbound, or the egress.
-    pub address: SocketAddr,
-    /// The zone it runs in.
-    pub zone: String,
-    /// The SNI sent to it (`<service>.<mesh>.strait`; through the egress, with the zone
-    /// between mesh and `strait`): a routing label for gateways.
-    pub sni: ServerName<'static>,
-    in_flight: AtomicUsize,
-    /// The pooled HTTP/2 connection to it.
-    pub pool: Slot,
-    /// Ejection after failed connects, and the measured handshake time.
-    pub health: Health,
-}
-
-impl Endpoint {
-    /// A new endpoint with no history.
-    pub fn new(address: SocketAddr, zone: String, sni: ServerName<'static>) -> Self {
-        Endpoint { address, zone, sni, in_flight: AtomicUsize::new(0), pool: Slot::default(), health: Health::default() }
-    }
-
-    /// Requests (or TCP connections) in flight to it.
-    pub fn in_flight(&self) -> usize {
-        self.in_flight.load(Ordering::Relaxed)
-    }
-
-    /// Counts a request in flight until the guard is dropped.
-    pub fn start(self: &Arc<Self>) -> InFlight {
-        self.in_flight.fetch_add(1, Ordering::Relaxed);
-        InFlight(self.clone())
-    }
-}
-
-/// A request counted in flight on an endpoint.
-#[derive(Debug)]
-pub struct InFlight(Arc<Endpoint>);
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

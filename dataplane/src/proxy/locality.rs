@@ -1,75 +1,24 @@
-//! Zone locality and passive health: which endpoints a pick may use.
+//! Zone locality: which endpoints a pick may use.
 //!
 //! Endpoints of the sidecar's own zone come first. When none of them is available, other
 //! zones are tried in the order of `MeshLoadBalancingStrategy`'s `localityAwareness.crossZone`
 //! failover steps (those whose `from` includes this zone); without steps, any other zone, the
 //! nearest first by the handshake time measured to it. `localityAwareness.disabled` spreads
-//! over every endpoint. An endpoint that failed to connect is ejected for a while (1 s,
-//! doubling on each further failure up to 30 s), so a dead endpoint or a dead zone is skipped.
+//! over every endpoint. Endpoints that passive health ejected (see [`super::endpoint`]) are
+//! skipped, so a dead endpoint or a dead zone is passed over.
 //!
 //! In: the merged conf and the sidecar's zone. Out: [`Locality`], applied per pick by
 //! [`Locality::candidates`] without locks or heap allocation.
 
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
 
 use serde_json::Value;
 use strait_api::policies::load_balancing::{FailoverType, LocalityAwareness};
 
-use super::destinations::Endpoint;
+use super::endpoint::{now_ms, Endpoint};
 
 /// Most candidates a pick considers (the first ones in order, when there are more).
 pub const MAX_CANDIDATES: usize = 64;
-const EJECT_BASE: Duration = Duration::from_secs(1);
-const EJECT_MAX: Duration = Duration::from_secs(30);
-
-/// Milliseconds since the process's first use of this clock.
-fn now_ms() -> u64 {
-    static START: OnceLock<Instant> = OnceLock::new();
-    START.get_or_init(Instant::now).elapsed().as_millis() as u64
-}
-
-/// Passive health of one endpoint: ejection after a failed connect, and the handshake time.
-#[derive(Debug, Default)]
-pub struct Health {
-    failures: AtomicU32,
-    ejected_until_ms: AtomicU64,
-    /// Smoothed TCP + TLS handshake time, microseconds; 0 until measured.
-    rtt_us: AtomicU64,
-}
-
-impl Health {
-    /// A connection was opened in `took`.
-    pub fn connected(&self, took: Duration) {
-        self.failures.store(0, Ordering::Relaxed);
-        self.ejected_until_ms.store(0, Ordering::Relaxed);
-        let sample = took.as_micros().min(u128::from(u32::MAX)) as u64;
-        let old = self.rtt_us.load(Ordering::Relaxed);
-        let next = if old == 0 { sample } else { (old * 3 + sample) / 4 };
-        self.rtt_us.store(next.max(1), Ordering::Relaxed);
-    }
-
-    /// A connection could not be opened: eject for a while.
-    pub fn failed(&self) {
-        let n = self.failures.fetch_add(1, Ordering::Relaxed).min(16);
-        let eject = EJECT_BASE.saturating_mul(1 << n.min(5)).min(EJECT_MAX);
-        self.ejected_until_ms.store(now_ms() + eject.as_millis() as u64, Ordering::Relaxed);
-    }
-
-    /// Whether picks may use the endpoint now.
-    pub fn available(&self, now_ms: u64) -> bool {
-        self.ejected_until_ms.load(Ordering::Relaxed) <= now_ms
-    }
-
-    /// The smoothed handshake time, if measured.
-    pub fn rtt(&self) -> Option<Duration> {
-        match self.rtt_us.load(Ordering::Relaxed) {
-            0 => None,
-            us => Some(Duration::from_micros(us)),
-        }
-    }
-}
 
 /// Which other zones a failover step allows.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -185,6 +134,8 @@ impl Locality {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use serde_json::json;
 
     use super::*;
@@ -243,19 +194,5 @@ mod tests {
         let l = Locality::from_conf(Some(&disabled), "z1");
         let local = vec![endpoint(1, "z1")];
         assert_eq!(picked(&l, &local, &remote), [1, 2, 4], "disabled: every available endpoint");
-    }
-
-    #[test]
-    fn ejections_grow_and_are_capped() {
-        let h = Health::default();
-        assert!(h.available(now_ms()));
-        h.failed();
-        assert!(!h.available(now_ms()));
-        assert!(h.available(now_ms() + 1_001));
-        for _ in 0..10 {
-            h.failed();
-        }
-        assert!(!h.available(now_ms() + 29_000));
-        assert!(h.available(now_ms() + 30_001));
     }
 }

@@ -4,7 +4,8 @@
 //!
 //! In: a `prometheus-client` registry. Out: [`ProxyMetrics`], from which each listener or
 //! connection takes a [`PairMetrics`] once (a label lookup), so that a request only adds to
-//! atomics it already holds.
+//! atomics it already holds; and [`ActiveGuard`], which counts a connection in a gauge while
+//! it lives.
 
 use std::time::Duration;
 
@@ -15,6 +16,23 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use strait_proxy_core::metrics::LatencyHistogram;
 use strait_proxy_core::tunnel::TunnelMetrics;
+
+/// Counts a connection in a gauge for as long as it lives.
+pub struct ActiveGuard(Gauge);
+
+impl ActiveGuard {
+    /// Adds one to `gauge` until dropped.
+    pub fn new(gauge: &Gauge) -> Self {
+        gauge.inc();
+        ActiveGuard(gauge.clone())
+    }
+}
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
 
 /// Which way a request went through this sidecar.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

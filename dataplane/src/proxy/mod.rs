@@ -1,73 +1,71 @@
-//! The sidecar's data path: once the first configuration and certificate are in, it starts the
-//! inbound listeners (mTLS from other sidecars, authorised by MeshTrafficPermission, forwarded
-//! to the application), the explicit outbound listeners and the transparent one (the
-//! application's connections, sent over mTLS to an endpoint of the destination service), and
-//! keeps the destination table and the TLS identity current as configuration changes,
-//! certificates rotate and trust bundles change.
+//! The sidecar's data path: once the first configuration and certificate are in, it accepts
+//! on the listeners bound at start ([`listeners`]): the inbound ones (mTLS from other
+//! sidecars, authorised by MeshTrafficPermission, forwarded to the application), the explicit
+//! outbound ones and the redirected one (the application's connections, sent over mTLS to an
+//! endpoint of the destination service); and it keeps the destination table and the TLS
+//! identity current as configuration changes, certificates rotate and trust bundles change.
 //!
 //! TCP destinations are tunnelled connection by connection; HTTP, HTTP/2 and gRPC ones are
 //! proxied request by request over pooled HTTP/2 connections between sidecars ([`http`]).
 //!
-//! In: [`ProxyState`] (configuration and identity, read lock-free). Out: proxied connections
-//! and requests, and `strait_dp_*` metrics.
+//! In: [`ProxyState`] (configuration and identity, read lock-free) and the bound
+//! [`Listeners`]. Out: proxied connections and requests, `strait_dp_*` metrics, and each
+//! listener's readiness guard released once it accepts.
+//!
+//! One concept per file, and imports that run one way, from the leaves up (a module uses
+//! only modules above it in this list; this file, the data path's lifecycle, uses them all
+//! and none uses it):
+//!
+//! 1. [`metrics`], [`balance`] (how to pick among candidates), [`authorization`]
+//!    (MeshTrafficPermission), [`http::body`] (the counted body, the sidecar's own answers)
+//!    and [`http`] itself (serving until drained, header fixes): leaves.
+//! 2. [`http::pool`]: one pooled HTTP/2 connection per peer endpoint (uses `http::body`,
+//!    `metrics`); it reports connect outcomes through a trait, not to an endpoint.
+//! 3. [`endpoint`]: an endpoint with its in-flight count, passive health and pool slot (uses
+//!    `http::pool`).
+//! 4. [`locality`]: which endpoints a pick may use (uses `endpoint`).
+//! 5. [`destinations`]: the table of destinations (uses `endpoint`, `locality`, `balance`,
+//!    `metrics`).
+//! 6. [`data_path`]: what every listener and connection shares (uses `destinations`,
+//!    `metrics`); [`listeners`]: the Dataplane's sockets, bound at start (uses the protocol
+//!    of `destinations`).
+//! 7. [`http::inbound`] and [`http::outbound`]: the two sides of HTTP proxying (use the
+//!    above).
+//! 8. [`inbound`] and [`outbound`]: the accept loops of inbound and explicit outbound ports
+//!    (use the above, `http::inbound` and `http::outbound`).
+//! 9. [`redirected`]: the accept loop of the redirect port (uses `outbound` for TCP tunnels).
+//!
+//! Nothing of `crate::transparent` (the iptables rules) is used here: it only decides which
+//! connections reach [`redirected`].
 
+pub mod authorization;
 pub mod balance;
+pub mod data_path;
 pub mod destinations;
+pub mod endpoint;
 pub mod http;
 pub mod inbound;
+pub mod listeners;
 pub mod locality;
 pub mod metrics;
 pub mod outbound;
-pub mod pool;
-pub mod transparent;
+pub mod redirected;
 
 use std::sync::Arc;
 use std::time::UNIX_EPOCH;
 
 use arc_swap::ArcSwap;
-use prometheus_client::metrics::gauge::Gauge;
 use strait_pki::TrustBundle;
 use strait_proxy_core::drain::DrainWatcher;
 use strait_proxy_core::identity::{IdentityStore, TlsIdentity};
 use strait_proxy_core::tls::{ALPN_H2, ALPN_TCP};
 use tokio_util::task::TaskTracker;
 
+use self::data_path::DataPath;
+use self::destinations::Table;
+use self::listeners::Listeners;
+use self::metrics::ProxyMetrics;
 use crate::dps_client::{ProxyState, WorkloadIdentity};
-pub use destinations::Table;
-pub use metrics::ProxyMetrics;
-
-/// What every listener and connection of the data path shares.
-pub struct DataPath {
-    /// Configuration and workload certificate from the zone.
-    pub state: Arc<ProxyState>,
-    /// The TLS identity new connections use.
-    pub identities: Arc<IdentityStore>,
-    /// Destinations by service and endpoint address, swapped whole on configuration changes.
-    pub table: ArcSwap<Table>,
-    /// Every metric.
-    pub metrics: ProxyMetrics,
-    /// Held by every task of the data path: the drain waits for them.
-    pub drain: DrainWatcher,
-    /// Owns every task of the data path.
-    pub tasks: TaskTracker,
-}
-
-/// Counts a connection in a gauge for as long as it lives.
-pub struct ActiveGuard(Gauge);
-
-impl ActiveGuard {
-    /// Adds one to `gauge` until dropped.
-    pub fn new(gauge: &Gauge) -> Self {
-        gauge.inc();
-        ActiveGuard(gauge.clone())
-    }
-}
-
-impl Drop for ActiveGuard {
-    fn drop(&mut self) {
-        self.0.dec();
-    }
-}
 
 /// The certificate and trust bundle an identity was built from, to tell when to rebuild it.
 struct IdentitySource {
@@ -102,8 +100,9 @@ fn note_certificate(metrics: &ProxyMetrics, identity: &TlsIdentity) {
     metrics.certificate_rotations.inc();
 }
 
-/// Runs the data path: waits for a first identity, starts the listeners, then follows changes.
-pub async fn run(state: Arc<ProxyState>, metrics: ProxyMetrics, drain: DrainWatcher, tasks: TaskTracker) {
+/// Runs the data path on the listeners bound at start: waits for a first identity, accepts
+/// on every listener (each then releases its readiness guard), then follows changes.
+pub async fn run(state: Arc<ProxyState>, metrics: ProxyMetrics, listeners: Listeners, drain: DrainWatcher, tasks: TaskTracker) {
     let mut changed = state.changed.subscribe();
     let (first, mut source) = loop {
         if let Some(built) = tls_identity(&state) {
@@ -125,15 +124,7 @@ pub async fn run(state: Arc<ProxyState>, metrics: ProxyMetrics, drain: DrainWatc
         drain,
         tasks,
     });
-    for inbound in &config.1.inbounds {
-        inbound::start(inbound, &path).await;
-    }
-    for outbound in config.1.outbounds.iter().filter(|o| o.port.is_some()) {
-        outbound::start(outbound, &path).await;
-    }
-    if let Some(port) = config.1.transparent_outbound_port {
-        transparent::start(port, &path).await;
-    }
+    accept(listeners, &path);
     let mut version = config.0;
     loop {
         tokio::select! {
@@ -159,5 +150,18 @@ pub async fn run(state: Arc<ProxyState>, metrics: ProxyMetrics, drain: DrainWatc
                 }
             }
         }
+    }
+}
+
+/// Starts accepting on every listener (each releases its readiness guard once it does).
+fn accept(listeners: Listeners, path: &Arc<DataPath>) {
+    for bound in listeners.inbound {
+        bound.serve(|listener, serves| inbound::serve(listener, serves, path));
+    }
+    for bound in listeners.outbound {
+        bound.serve(|listener, serves| outbound::serve(listener, serves, path));
+    }
+    if let Some(bound) = listeners.redirected {
+        bound.serve(|listener, ()| redirected::serve(listener, path));
     }
 }

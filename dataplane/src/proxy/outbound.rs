@@ -2,34 +2,26 @@
 //! request by request (see [`super::http::outbound`]); TCP ones connection by connection, over
 //! mTLS to an endpoint picked by the destination's load balancer, which must present the
 //! service's SPIFFE ID.
+//!
+//! In: a bound outbound listener (see [`super::listeners`]), and the application's
+//! connections to it. Out: an accept loop owned by the data path's task tracker, and
+//! [`spawn_tcp`], the TCP tunnel that the redirected listener ([`super::redirected`]) uses too.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use strait_api::proxy_config::OutboundConfig;
 use strait_proxy_core::tls::ALPN_TCP;
 use strait_proxy_core::tunnel::outbound::{self, OutboundError};
-use tokio::net::TcpStream;
+use tokio::net::{TcpListener, TcpStream};
 
+use super::data_path::DataPath;
 use super::destinations::Destination;
-use super::DataPath;
+use super::listeners::Outbound;
 
-/// Binds the outbound's local port and proxies its connections until drained.
-pub async fn start(config: &OutboundConfig, path: &Arc<DataPath>) {
-    let (Some(port), Some(address)) = (config.port, config.address.as_deref()) else { return };
-    let Ok(bind) = format!("{address}:{port}").parse::<SocketAddr>() else {
-        tracing::error!(address, port, "the outbound address is not an IP address");
-        return;
-    };
-    let listener = match tokio::net::TcpListener::bind(bind).await {
-        Ok(l) => l,
-        Err(e) => {
-            tracing::error!(%bind, error = %e, "cannot listen on the outbound port");
-            return;
-        }
-    };
+/// Proxies the connections of the outbound `listener` until drained.
+pub fn serve(listener: TcpListener, config: Outbound, path: &Arc<DataPath>) {
     let service: Arc<str> = config.service.as_str().into();
-    tracing::info!(%bind, %service, "outbound listening");
+    tracing::info!(address = ?listener.local_addr().ok(), %service, "outbound accepting");
     let path = path.clone();
     path.clone().tasks.spawn(async move {
         loop {

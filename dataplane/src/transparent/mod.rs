@@ -5,7 +5,8 @@
 //! `nat` table of the current network namespace that redirect the application's outbound
 //! connections to the sidecar's outbound port (15001) and other hosts' inbound connections to
 //! its inbound port (15006); the sidecar reads where each connection was going with
-//! `strait_proxy_core::orig_dst::original_dst`. The rules themselves, and why each is there,
+//! `strait_proxy_core::orig_dst::original_dst` (the outbound side is served by
+//! [`crate::proxy::redirected`]). The rules themselves, and why each is there,
 //! are in [`rules`]; running them idempotently is [`iptables`].
 //!
 //! - [`install`] creates our chains if missing, empties them and fills them again, and adds

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use serde_json::{json, Value};
-use strait_dataplane::config::{Cli, Command};
+use strait_dataplane::config::{Cli, Command, Validated};
 use strait_dataplane::Sidecar;
 use strait_global_cp::GlobalCp;
 use strait_zone_cp::ZoneCp;
@@ -121,6 +121,12 @@ impl Mesh {
 
     /// Starts a sidecar for Dataplane `yaml` of `service`.
     pub async fn sidecar(&self, name: &str, service: &str, yaml: &str) -> Sidecar {
+        Sidecar::start(self.validated(name, service, yaml).await).await.unwrap()
+    }
+
+    /// The validated configuration of a sidecar for Dataplane `yaml` of `service`: its token,
+    /// the zone's CA and the Dataplane written to files, its admin server on port 0.
+    pub async fn validated(&self, name: &str, service: &str, yaml: &str) -> Validated {
         let token: Value = self
             .http
             .post(format!("{}/meshes/default/dataplane-tokens?service={service}", self.base))
@@ -154,7 +160,21 @@ impl Mesh {
             "1s".into(),
         ];
         let Command::Run(flags) = Cli::try_parse_from(args).unwrap().command else { panic!("run") };
-        Sidecar::start(flags.validate().unwrap()).await.unwrap()
+        flags.validate().unwrap()
+    }
+}
+
+/// Asks for any free port (port 0) for every inbound and outbound listener of the Dataplane;
+/// inbounds must name their `servicePort`. A Dataplane file cannot say 0 (its validation
+/// wants a real port), so tests set it on the validated configuration.
+pub fn on_any_port(config: &mut Validated) {
+    let strait_api::Spec::Dataplane(spec) = &mut config.dataplane.spec else { panic!("not a Dataplane") };
+    for inbound in &mut spec.networking.inbound {
+        assert!(inbound.service_port.is_some(), "port 0 needs servicePort");
+        inbound.port = 0;
+    }
+    for outbound in &mut spec.networking.outbound {
+        outbound.port = 0;
     }
 }
 
@@ -172,6 +192,22 @@ pub fn dataplane(name: &str, service: &str, port: u16, app: u16, protocol: &str,
         "type: Dataplane\nname: {name}\nmesh: default\nspec:\n  networking:\n    address: 127.0.0.1\n    inbound: [{{port: {port}, servicePort: {app}, tags: {{strait.io/service: {service}, strait.io/protocol: {protocol}}}}}]\n    outbound: [{}]\n",
         outbound.join(", ")
     )
+}
+
+/// A TCP echo application on 127.0.0.1; returns its port.
+pub async fn echo_app() -> u16 {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else { return };
+            tokio::spawn(async move {
+                let (mut r, mut w) = s.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            });
+        }
+    });
+    port
 }
 
 /// A running [`http_app`].

@@ -5,15 +5,15 @@
 //!
 //! In: the TLS stream and the verified peer identity, handed over by the tunnel's inbound
 //! accept loop. Out: the application's responses, or a 403 that names the caller and the
-//! reason. The decision is cached per session and recomputed when the configuration version
-//! changes, so a permission change applies to the next request on a pooled connection.
+//! reason. The decision is [`SessionDecision`]'s: cached per session and recomputed when the
+//! configuration version changes, so a permission change applies to the next request on a
+//! pooled connection.
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -30,10 +30,12 @@ use strait_proxy_core::tunnel::inbound::H2Handler;
 use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
 
-use super::{absolute, local_response, serve_until_drained, strip_hop_by_hop, Body, Counted};
+use super::body::{local_response, Body, Counted};
+use super::{absolute, serve_until_drained, strip_hop_by_hop};
+use crate::proxy::authorization::SessionDecision;
+use crate::proxy::data_path::DataPath;
 use crate::proxy::destinations::Protocol;
 use crate::proxy::metrics::{Direction, PairMetrics};
-use crate::proxy::DataPath;
 
 /// One inbound port that serves HTTP.
 pub struct Inbound {
@@ -65,7 +67,7 @@ impl Inbound {
         let caller = peer.path().trim_start_matches('/').to_string();
         let metrics = self.path.metrics.pair(Direction::Inbound, &caller, &self.service);
         let watcher = self.path.drain.clone();
-        let session = Arc::new(Session { inbound: self, peer, metrics, decision: AtomicU64::new(0) });
+        let session = Arc::new(Session { inbound: self, peer, metrics, decision: SessionDecision::default() });
         let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
         builder
             .timer(TokioTimer::new())
@@ -88,27 +90,15 @@ struct Session {
     inbound: Arc<Inbound>,
     peer: Identity,
     metrics: PairMetrics,
-    /// The last decision: (configuration version + 1) << 1 | allowed; 0 before the first.
-    decision: AtomicU64,
+    /// MeshTrafficPermission's answer for this peer, per configuration version.
+    decision: SessionDecision,
 }
 
 impl Session {
-    fn allowed(&self) -> bool {
-        let state = &self.inbound.path.state;
-        let version = state.config.load().as_ref().map_or(0, |c| c.0).wrapping_add(1);
-        let cached = self.decision.load(Ordering::Relaxed);
-        if cached >> 1 == version {
-            return cached & 1 == 1;
-        }
-        let allowed = crate::proxy::inbound::allowed(state, self.inbound.port, &self.peer);
-        self.decision.store(version << 1 | u64::from(allowed), Ordering::Relaxed);
-        allowed
-    }
-
     async fn handle(&self, request: Request<Incoming>) -> Response<Body> {
         let started = Instant::now();
         let inbound = &self.inbound;
-        let response = if self.allowed() {
+        let response = if self.decision.allowed(&inbound.path.state, inbound.port, &self.peer) {
             self.to_application(request).await
         } else {
             self.metrics.denied.inc();
@@ -128,12 +118,12 @@ impl Session {
         absolute(&mut parts.uri, || Authority::try_from(inbound.service.as_str()).ok());
         strip_hop_by_hop(&mut parts.headers);
         parts.version = inbound.version;
-        let request = Request::from_parts(parts, Counted::new(body, self.metrics.request_bytes.clone(), None));
+        let request = Request::from_parts(parts, Counted::new(body, self.metrics.request_bytes.clone()));
         match inbound.client.request(request).await {
             Ok(response) => {
                 let (mut parts, body) = response.into_parts();
                 strip_hop_by_hop(&mut parts.headers);
-                Response::from_parts(parts, Either::Left(Counted::new(body, self.metrics.response_bytes.clone(), None)))
+                Response::from_parts(parts, Either::Left(Counted::new(body, self.metrics.response_bytes.clone())))
             }
             Err(error) => {
                 let reason = strait_runtime::telemetry::error_chain(&error);

@@ -3,40 +3,22 @@
 //! checks each against MeshTrafficPermission and hands it to its application.
 //!
 //! In: accepted connections (from the application on the outbound side, from peer sidecars
-//! on the inbound side). Out: [`outbound::serve`] and [`inbound::handler`]. This module holds
-//! what both sides share: the body type, the answers the sidecar makes itself (403, 502, 503)
-//! and the removal of hop-by-hop headers that must not cross between HTTP versions.
+//! on the inbound side). Out: [`outbound::serve`] and [`inbound::handler`]. The pieces, one
+//! concept each: [`body`] (the counted body and the sidecar's own answers), [`pool`] (one
+//! HTTP/2 connection per peer endpoint), [`inbound`] and [`outbound`]. This file holds the
+//! little that both sides share besides the body: serving a connection until drained, and
+//! the URI and hop-by-hop header fixes a request needs when it changes HTTP version.
 
+pub mod body;
 pub mod inbound;
 pub mod outbound;
+pub mod pool;
 
 use std::future::Future;
 use std::pin::Pin;
-use std::task::{Context, Poll};
-use std::time::Duration;
 
-use bytes::Bytes;
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Response, StatusCode};
-use http_body::{Body as HttpBody, Frame, SizeHint};
-use http_body_util::{Either, Full};
-use hyper::body::Incoming;
-use prometheus_client::metrics::counter::Counter;
+use http::header::{self, HeaderMap, HeaderName};
 use strait_proxy_core::drain::DrainWatcher;
-
-use super::destinations::InFlight;
-
-/// The body of everything the sidecar answers: a proxied body, counted, or its own.
-pub type Body = Either<Counted, Full<Bytes>>;
-
-/// A response the sidecar makes itself, with a one-line text body that says why.
-pub fn local_response(status: StatusCode, reason: String) -> Response<Body> {
-    let mut response = Response::new(Either::Right(Full::new(Bytes::from(reason))));
-    *response.status_mut() = status;
-    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
-    response.headers_mut().insert(HeaderName::from_static("x-strait-local-reply"), HeaderValue::from_static("1"));
-    response
-}
 
 /// Serves an HTTP `connection` until it ends; when draining starts, `graceful` tells it to
 /// finish the requests in progress and take no more, and it is cut if the drain is forced.
@@ -94,80 +76,10 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-/// Errors of proxied bodies.
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
-
-/// A proxied body that counts its bytes, keeps its endpoint's request counted in flight until
-/// it ends, and fails if it is not complete by its request's deadline.
-pub struct Counted {
-    /// `None`: an empty body (a request replayed without one).
-    inner: Option<Incoming>,
-    bytes: Counter,
-    _in_flight: Option<InFlight>,
-    deadline: Option<(Pin<Box<tokio::time::Sleep>>, Duration)>,
-}
-
-impl Counted {
-    /// Wraps `inner`, adding its data bytes to `bytes`.
-    pub fn new(inner: Incoming, bytes: Counter, in_flight: Option<InFlight>) -> Self {
-        Counted { inner: Some(inner), bytes, _in_flight: in_flight, deadline: None }
-    }
-
-    /// An empty body.
-    pub fn empty(bytes: Counter) -> Self {
-        Counted { inner: None, bytes, _in_flight: None, deadline: None }
-    }
-
-    /// Fails the body if it has not ended by `at` (the request's `timeout` after it arrived).
-    pub fn with_deadline(mut self, at: tokio::time::Instant, timeout: Duration) -> Self {
-        self.deadline = Some((Box::pin(tokio::time::sleep_until(at)), timeout));
-        self
-    }
-}
-
-/// A body that did not complete within its request timeout.
-#[derive(Debug, thiserror::Error)]
-#[error("the response was not complete within the request timeout of {0:?} (MeshTimeout http.requestTimeout)")]
-pub struct BodyTimeout(pub Duration);
-
-impl HttpBody for Counted {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let Some(inner) = self.inner.as_mut() else { return Poll::Ready(None) };
-        let polled = Pin::new(inner).poll_frame(cx);
-        match polled {
-            Poll::Ready(Some(Ok(frame))) => {
-                if let Some(data) = frame.data_ref() {
-                    self.bytes.inc_by(data.len() as u64);
-                }
-                Poll::Ready(Some(Ok(frame)))
-            }
-            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
-            Poll::Ready(None) => Poll::Ready(None),
-            Poll::Pending => {
-                if let Some((sleep, timeout)) = &mut self.deadline {
-                    if sleep.as_mut().poll(cx).is_ready() {
-                        return Poll::Ready(Some(Err(BodyTimeout(*timeout).into())));
-                    }
-                }
-                Poll::Pending
-            }
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.as_ref().is_none_or(Incoming::is_end_stream)
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.as_ref().map_or_else(|| SizeHint::with_exact(0), Incoming::size_hint)
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use http::header::HeaderValue;
+
     use super::*;
 
     #[test]

@@ -24,10 +24,16 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::net::TcpStream;
 
-use super::{absolute, local_response, serve_until_drained, strip_hop_by_hop, Body, Counted};
-use crate::proxy::destinations::{Destination, InFlight};
-use crate::proxy::pool::Connector;
-use crate::proxy::DataPath;
+use super::body::{local_response, Counted};
+use super::pool::Connector;
+use super::{absolute, serve_until_drained, strip_hop_by_hop};
+use crate::proxy::data_path::DataPath;
+use crate::proxy::destinations::Destination;
+use crate::proxy::endpoint::InFlight;
+
+/// What the application receives: a peer's response body, holding its endpoint's in-flight
+/// count until it ends, or the sidecar's own answer.
+type Body = super::body::Body<InFlight>;
 
 /// How many endpoints a request may be tried on when it could not be sent (or could be replayed).
 const ATTEMPTS: usize = 3;
@@ -101,7 +107,7 @@ async fn forward(request: Request<Incoming>, service: &str, path: &DataPath) -> 
     };
     let response = match sent {
         Ok((response, in_flight, deadline)) => response.map(|body| {
-            let body = Counted::new(body, destination.metrics.response_bytes.clone(), Some(in_flight));
+            let body = Counted::new(body, destination.metrics.response_bytes.clone()).holding(in_flight);
             Either::Left(match deadline {
                 Some((at, timeout)) => body.with_deadline(at, timeout),
                 None => body,
@@ -127,7 +133,7 @@ fn to_mesh(request: Request<Incoming>, destination: &Destination) -> Request<Cou
     parts.headers.remove(header::HOST);
     strip_hop_by_hop(&mut parts.headers);
     parts.version = Version::HTTP_2;
-    Request::from_parts(parts, Counted::new(body, destination.metrics.request_bytes.clone(), None))
+    Request::from_parts(parts, Counted::new(body, destination.metrics.request_bytes.clone()))
 }
 
 type Failure = (StatusCode, String);

@@ -2,9 +2,11 @@
 //! by every request to it (HTTP/2 multiplexes them).
 //!
 //! In: a request for an endpoint, the current [`IdentityStore`], the identity the peer must
-//! present and the SNI to send. Out: a `SendRequest` handle on a live connection. The handle
-//! is read lock-free on every request; only opening a connection takes the endpoint's
-//! connect lock, so concurrent requests to a new endpoint open one connection, not many.
+//! present, the SNI to send, and where to report each connect's outcome ([`ConnectOutcome`]:
+//! the endpoint's passive health). Out: a `SendRequest` handle on a live connection. The
+//! handle is read lock-free on every request; only opening a connection takes the endpoint's
+//! connect lock, so concurrent requests to a new endpoint open one connection, not many. The
+//! pool knows connections, not endpoints: an endpoint owns its [`Slot`].
 //!
 //! A connection opened with an older workload certificate is replaced on next use after a
 //! rotation: new requests go over a connection with the new certificate while the requests
@@ -26,8 +28,8 @@ use strait_proxy_core::tunnel::outbound::{self, OutboundError};
 use strait_proxy_core::tunnel::TunnelMetrics;
 use tokio_util::task::TaskTracker;
 
-use super::http::Counted;
-use super::locality::Health;
+use super::body::Counted;
+use crate::proxy::metrics::ActiveGuard;
 
 /// Why no connection to a peer could be had.
 #[derive(Debug, thiserror::Error)]
@@ -69,8 +71,16 @@ impl std::fmt::Debug for Slot {
     }
 }
 
+/// Told of the outcome of each connection the pool tries to open.
+pub trait ConnectOutcome {
+    /// A connection was opened in `took` (TCP connect plus TLS handshake).
+    fn connected(&self, took: Duration);
+    /// A connection could not be opened.
+    fn failed(&self);
+}
+
 /// What opening a connection needs besides the endpoint.
-pub struct Connector<'a> {
+pub struct Connector<'a, H> {
     /// The workload certificate in use.
     pub identities: &'a IdentityStore,
     /// The identity the peer must present.
@@ -78,7 +88,7 @@ pub struct Connector<'a> {
     /// The SNI to send.
     pub sni: &'a ServerName<'static>,
     /// The endpoint's passive health: told of each connect's outcome.
-    pub health: &'a Health,
+    pub health: &'a H,
     /// Longest TCP connect plus TLS handshake.
     pub connect_timeout: Duration,
     /// Outbound tunnel counters (connections opened, handshake errors).
@@ -92,7 +102,11 @@ pub struct Connector<'a> {
 impl Slot {
     /// A handle on a live connection to `target` made with the current certificate, opening
     /// one if needed.
-    pub async fn sender(&self, target: SocketAddr, connector: &Connector<'_>) -> Result<SendRequest<Counted>, PoolError> {
+    pub async fn sender<H: ConnectOutcome>(
+        &self,
+        target: SocketAddr,
+        connector: &Connector<'_, H>,
+    ) -> Result<SendRequest<Counted>, PoolError> {
         let identity = connector.identities.current();
         if let Some(sender) = self.usable(&identity) {
             return Ok(sender);
@@ -117,7 +131,12 @@ impl Slot {
         (!pooled.sender.is_closed() && Arc::ptr_eq(&pooled.identity, identity)).then(|| pooled.sender.clone())
     }
 
-    async fn connect(&self, target: SocketAddr, identity: Arc<TlsIdentity>, c: &Connector<'_>) -> Result<SendRequest<Counted>, PoolError> {
+    async fn connect<H: ConnectOutcome>(
+        &self,
+        target: SocketAddr,
+        identity: Arc<TlsIdentity>,
+        c: &Connector<'_, H>,
+    ) -> Result<SendRequest<Counted>, PoolError> {
         c.metrics.connections.inc();
         let config = identity.client_config(c.expected, ALPN_H2);
         let started = std::time::Instant::now();
@@ -147,7 +166,7 @@ impl Slot {
         let (sender, connection) = builder.handshake(TokioIo::new(tls)).await.map_err(|source| PoolError::Handshake { target, source })?;
         let slot = Arc::downgrade(&self.current);
         let watcher = c.drain.clone();
-        let active = super::ActiveGuard::new(&c.metrics.active);
+        let active = ActiveGuard::new(&c.metrics.active);
         c.tasks.spawn(async move {
             let _active = active;
             tokio::pin!(connection);

@@ -1,29 +1,26 @@
-//! The transparent outbound listener: connections that iptables redirected here (see
-//! `strait-dp transparent-proxy install`) are sent on by their original destination. A
-//! destination that is an endpoint of a mesh service goes over mTLS to the service, whose
-//! endpoints must present its SPIFFE ID: a TCP connection to that very endpoint, HTTP requests
-//! to any endpoint of the service, picked per request by its load balancer. Anything else
-//! passes through unchanged.
+//! Redirected outbound: the listener on the Dataplane's `redirectPortOutbound` (15001), where
+//! iptables sends the application's connections (the rules are `crate::transparent`'s,
+//! installed by `strait-dp transparent-proxy install`). Each is sent on by its original
+//! destination. A destination that is an endpoint of a mesh service goes over mTLS to the
+//! service, whose endpoints must present its SPIFFE ID: a TCP connection to that very
+//! endpoint, HTTP requests to any endpoint of the service, picked per request by its load
+//! balancer. Anything else passes through unchanged.
+//!
+//! In: the bound redirect listener (see [`super::listeners`]), the connections redirected to
+//! it, and the destination table's by-address index. Out: an accept loop owned by the data
+//! path's task tracker.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use strait_proxy_core::orig_dst::original_dst;
-use tokio::net::TcpStream;
+use tokio::net::{TcpListener, TcpStream};
 
-use super::DataPath;
+use super::data_path::DataPath;
 
-/// Listens on 127.0.0.1:`port` until drained.
-pub async fn start(port: u16, path: &Arc<DataPath>) {
-    let bind = SocketAddr::from(([127, 0, 0, 1], port));
-    let listener = match tokio::net::TcpListener::bind(bind).await {
-        Ok(l) => l,
-        Err(e) => {
-            tracing::error!(%bind, error = %e, "cannot listen on the transparent outbound port");
-            return;
-        }
-    };
-    tracing::info!(%bind, "transparent outbound listening");
+/// Sends on the connections redirected to `listener` until drained.
+pub fn serve(listener: TcpListener, path: &Arc<DataPath>) {
+    tracing::info!(address = ?listener.local_addr().ok(), "redirected outbound accepting");
     let path = path.clone();
     path.clone().tasks.spawn(async move {
         loop {

@@ -1,0 +1,160 @@
+//! One endpoint of a destination and the state it keeps across configuration changes: how
+//! many requests (or TCP connections) are in flight to it, its passive health, and its pooled
+//! HTTP/2 connection.
+//!
+//! Passive health: an endpoint that failed to connect is ejected for a while (1 s, doubling on
+//! each further failure up to 30 s), so a dead endpoint or a dead zone is skipped; each
+//! successful connect brings it back at once and feeds the smoothed handshake time that
+//! locality uses to find the nearest zone.
+//!
+//! In: connect outcomes (from the TCP path, and from the HTTP pool through
+//! [`ConnectOutcome`]) and request starts. Out: [`Endpoint::in_flight`] for the balancer,
+//! [`Health::available`] and [`Health::rtt`] for locality. Everything is an atomic: no lock
+//! and no allocation per request.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use rustls::pki_types::ServerName;
+
+use super::http::pool::{ConnectOutcome, Slot};
+
+const EJECT_BASE: Duration = Duration::from_secs(1);
+const EJECT_MAX: Duration = Duration::from_secs(30);
+
+/// Milliseconds since the process's first use of this clock (the clock of ejections).
+pub fn now_ms() -> u64 {
+    static START: OnceLock<Instant> = OnceLock::new();
+    START.get_or_init(Instant::now).elapsed().as_millis() as u64
+}
+
+/// One endpoint of a destination: a peer sidecar's inbound, or, for another zone, this
+/// zone's egress gateway.
+#[derive(Debug)]
+pub struct Endpoint {
+    /// Where to connect: the peer sidecar's inbound, or the egress.
+    pub address: SocketAddr,
+    /// The zone it runs in.
+    pub zone: String,
+    /// The SNI sent to it (`<service>.<mesh>.strait`; through the egress, with the zone
+    /// between mesh and `strait`): a routing label for gateways.
+    pub sni: ServerName<'static>,
+    in_flight: AtomicUsize,
+    /// The pooled HTTP/2 connection to it.
+    pub pool: Slot,
+    /// Ejection after failed connects, and the measured handshake time.
+    pub health: Health,
+}
+
+impl Endpoint {
+    /// A new endpoint with no history.
+    pub fn new(address: SocketAddr, zone: String, sni: ServerName<'static>) -> Self {
+        Endpoint { address, zone, sni, in_flight: AtomicUsize::new(0), pool: Slot::default(), health: Health::default() }
+    }
+
+    /// Requests (or TCP connections) in flight to it.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Counts a request in flight until the guard is dropped.
+    pub fn start(self: &Arc<Self>) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight(self.clone())
+    }
+}
+
+/// A request counted in flight on an endpoint.
+#[derive(Debug)]
+pub struct InFlight(Arc<Endpoint>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Passive health of one endpoint: ejection after a failed connect, and the handshake time.
+#[derive(Debug, Default)]
+pub struct Health {
+    failures: AtomicU32,
+    ejected_until_ms: AtomicU64,
+    /// Smoothed TCP + TLS handshake time, microseconds; 0 until measured.
+    rtt_us: AtomicU64,
+}
+
+impl Health {
+    /// A connection was opened in `took`.
+    pub fn connected(&self, took: Duration) {
+        self.failures.store(0, Ordering::Relaxed);
+        self.ejected_until_ms.store(0, Ordering::Relaxed);
+        let sample = took.as_micros().min(u128::from(u32::MAX)) as u64;
+        let old = self.rtt_us.load(Ordering::Relaxed);
+        let next = if old == 0 { sample } else { (old * 3 + sample) / 4 };
+        self.rtt_us.store(next.max(1), Ordering::Relaxed);
+    }
+
+    /// A connection could not be opened: eject for a while.
+    pub fn failed(&self) {
+        let n = self.failures.fetch_add(1, Ordering::Relaxed).min(16);
+        let eject = EJECT_BASE.saturating_mul(1 << n.min(5)).min(EJECT_MAX);
+        self.ejected_until_ms.store(now_ms() + eject.as_millis() as u64, Ordering::Relaxed);
+    }
+
+    /// Whether picks may use the endpoint now.
+    pub fn available(&self, now_ms: u64) -> bool {
+        self.ejected_until_ms.load(Ordering::Relaxed) <= now_ms
+    }
+
+    /// The smoothed handshake time, if measured.
+    pub fn rtt(&self) -> Option<Duration> {
+        match self.rtt_us.load(Ordering::Relaxed) {
+            0 => None,
+            us => Some(Duration::from_micros(us)),
+        }
+    }
+}
+
+/// The HTTP pool reports the connections it opens to the endpoint's health.
+impl ConnectOutcome for Health {
+    fn connected(&self, took: Duration) {
+        Health::connected(self, took);
+    }
+
+    fn failed(&self) {
+        Health::failed(self);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ejections_grow_and_are_capped() {
+        let h = Health::default();
+        assert!(h.available(now_ms()));
+        h.failed();
+        assert!(!h.available(now_ms()));
+        assert!(h.available(now_ms() + 1_001));
+        for _ in 0..10 {
+            h.failed();
+        }
+        assert!(!h.available(now_ms() + 29_000));
+        assert!(h.available(now_ms() + 30_001));
+    }
+
+    #[test]
+    fn in_flight_counts_until_the_guard_is_dropped() {
+        let sni = ServerName::try_from("a.default.strait").unwrap();
+        let endpoint = Arc::new(Endpoint::new(SocketAddr::from(([10, 0, 0, 1], 80)), "z1".into(), sni));
+        let (a, b) = (endpoint.start(), endpoint.start());
+        assert_eq!(endpoint.in_flight(), 2);
+        drop(a);
+        assert_eq!(endpoint.in_flight(), 1);
+        drop(b);
+        assert_eq!(endpoint.in_flight(), 0);
+    }
+}
