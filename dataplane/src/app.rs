@@ -76,10 +76,8 @@ impl Sidecar {
     pub async fn start(mut config: Validated) -> Result<Sidecar, StartError> {
         let data_path = DataPathRuntime::start(config.flags.concurrency).map_err(StartError::Runtime)?;
         let ready = Ready::new();
-        let guards = Arc::new(Guards {
-            config: Mutex::new(Some(ready.register("configuration from the zone control plane"))),
-            certificate: Mutex::new(Some(ready.register("workload certificate"))),
-        });
+        let guards = Arc::new(Guards { config: Mutex::new(Some(ready.register("configuration from the zone control plane"))) });
+        let certificate = ready.register("workload certificate");
         let listeners = Listeners::bind(&config.dataplane, &ready).await?;
         let addresses = listeners.addresses();
         config.dataplane = listeners.registered(&config.dataplane);
@@ -97,7 +95,9 @@ impl Sidecar {
         let (drain, admin_drain, cancel, tasks) = (Drain::new(), Drain::new(), CancellationToken::new(), TaskTracker::new());
         // The admin server outlives the drain, so that `/ready` says `draining` meanwhile.
         tasks.spawn(admin.serve(admin_drain.watcher()));
-        tasks.spawn(DpsClient { config: config.clone(), state: state.clone(), guards }.run(cancel.clone()));
+        let signer = crate::identity::start(&config.dataplane.name, state.clone(), certificate, cancel.clone(), &tasks);
+        let streams = proxy_metrics.control_plane_streams.clone();
+        tasks.spawn(DpsClient { config: config.clone(), state: state.clone(), guards, signer, streams }.run(cancel.clone()));
         let proxy = crate::proxy::run(state.clone(), proxy_metrics, listeners, drain.watcher(), tasks.clone());
         tasks.spawn_on(proxy, data_path.handle());
         tracing::info!(

@@ -150,6 +150,7 @@ impl KdsClient {
         };
         tracing::info!(global = %self.config.global_address, resume = state.revision, "connected to the global control plane");
         self.metrics.connected.set(1);
+        self.metrics.streams.inc();
         let mut heartbeat = tokio::time::interval(self.config.kds_heartbeat_interval);
         let mut last_heard = Instant::now();
         let mut csrs = crate::zone_ca::Pending::default();

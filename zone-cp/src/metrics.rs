@@ -15,6 +15,8 @@ pub struct ZoneMetrics {
     pub revision: Gauge,
     /// NACKs sent.
     pub nacks: Counter,
+    /// Sync streams opened to the global, one per (re)connection.
+    pub streams: Counter,
 }
 
 impl ZoneMetrics {
@@ -25,6 +27,7 @@ impl ZoneMetrics {
         r.register("connected", "1 while the zone sync stream is open", m.connected.clone());
         r.register("revision", "Last global revision applied", m.revision.clone());
         r.register("nacks", "Revisions rejected by this zone", m.nacks.clone());
+        r.register("streams", "Sync streams opened to the global, one per (re)connection", m.streams.clone());
         m
     }
 }

@@ -86,6 +86,8 @@ pub struct ProxyMetrics {
     pub certificate_expiry: Gauge,
     /// Workload certificates put in use since start.
     pub certificate_rotations: Counter,
+    /// Streams registered with the zone control plane (one per (re)connection).
+    pub control_plane_streams: Counter,
 }
 
 impl ProxyMetrics {
@@ -101,6 +103,7 @@ impl ProxyMetrics {
             denied: Family::default(),
             certificate_expiry: Gauge::default(),
             certificate_rotations: Counter::default(),
+            control_plane_streams: Counter::default(),
         };
         let r = registry.sub_registry_with_prefix("strait_dp");
         r.register(
@@ -118,6 +121,11 @@ impl ProxyMetrics {
             metrics.certificate_expiry.clone(),
         );
         r.register("certificate_rotations", "workload certificates put in use", metrics.certificate_rotations.clone());
+        r.register(
+            "control_plane_streams",
+            "streams registered with the zone control plane, one per (re)connection",
+            metrics.control_plane_streams.clone(),
+        );
         metrics
     }
 

@@ -38,16 +38,26 @@ pub struct Mesh {
     pub http: reqwest::Client,
     pub dps: std::net::SocketAddr,
     pub dir: tempfile::TempDir,
+    /// Flags every start of the zone gets on top of the usual ones.
+    pub zone_args: Vec<String>,
 }
 
 impl Mesh {
     pub async fn start() -> Mesh {
+        Mesh::start_with(|_| {}, &[]).await
+    }
+
+    /// A mesh whose global is configured by `tune` and whose zone gets `zone_args` as well.
+    pub async fn start_with(tune: impl FnOnce(&mut strait_global_cp::Config), zone_args: &[&str]) -> Mesh {
         let dir = tempfile::tempdir().unwrap();
-        let config = strait_global_cp::Config::for_dir(dir.path().join("global"), "127.0.0.1:0".parse().unwrap());
+        let mut config = strait_global_cp::Config::for_dir(dir.path().join("global"), "127.0.0.1:0".parse().unwrap());
+        tune(&mut config);
         let global = GlobalCp::start(Arc::new(config)).await.unwrap();
         let (base, http) = (format!("http://{}", global.api_addr), reqwest::Client::new());
         let admin = std::fs::read_to_string(&global.token_file).unwrap().trim().to_string();
-        let mut mesh = Mesh { global, zone: None, base, admin, http, dps: format!("127.0.0.1:{}", free_port()).parse().unwrap(), dir };
+        let dps = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let zone_args = zone_args.iter().map(|a| a.to_string()).collect();
+        let mut mesh = Mesh { global, zone: None, base, admin, http, dps, dir, zone_args };
         mesh.put("/meshes/default", json!({"type": "Mesh", "name": "default"})).await;
         let reg: Value = mesh
             .http
@@ -93,6 +103,7 @@ impl Mesh {
             "--kds-max-backoff",
             "1s",
         ];
+        let args = args.into_iter().map(str::to_string).chain(self.zone_args.iter().cloned());
         let zone = ZoneCp::start(Arc::new(strait_zone_cp::Config::try_parse_from(args).unwrap())).await.unwrap();
         eventually("the zone's intermediate CA", async || {
             strait_zone_cp::zone_ca::get(zone.store().as_ref(), "default").await.ok().flatten()
@@ -287,4 +298,31 @@ pub async fn get(client: &reqwest::Client, port: u16, path: &str) -> Option<(u16
 pub async fn metric(sidecar: &Sidecar, prefix: &str) -> f64 {
     let (_, text) = admin(sidecar, "/metrics").await;
     text.lines().filter(|l| l.starts_with(prefix)).filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).sum()
+}
+
+/// The fingerprint of the certificate a TLS server at `addr` presents now, checked against
+/// `ca_pem` for `name` (None if the handshake fails).
+pub async fn server_fingerprint(addr: std::net::SocketAddr, ca_pem: &str, name: &str) -> Option<String> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pemfile::certs(&mut ca_pem.as_bytes()) {
+        roots.add(cert.ok()?).ok()?;
+    }
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .ok()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(addr).await.ok()?;
+    let server_name = rustls::pki_types::ServerName::try_from(name.to_string()).ok()?;
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(config)).connect(server_name, tcp).await.ok()?;
+    let leaf = tls.get_ref().1.peer_certificates()?.first()?.clone();
+    Some(strait_pki::fingerprint_der(&leaf))
+}
+
+/// The value of a Prometheus metric (the first series whose line starts with `prefix`) in
+/// the text at `url`.
+pub async fn scrape(url: &str, prefix: &str) -> f64 {
+    let text = reqwest::get(url).await.unwrap().text().await.unwrap();
+    text.lines().find(|l| l.starts_with(prefix)).and_then(|l| l.rsplit(' ').next()).and_then(|v| v.parse().ok()).unwrap_or(0.0)
 }
