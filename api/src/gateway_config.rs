@@ -31,6 +31,20 @@ fn tcp() -> String {
     "tcp".into()
 }
 
+/// A sidecar that refused its latest configuration (NACK) and runs on an older one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DataplaneNack {
+    /// The mesh.
+    pub mesh: String,
+    /// The Dataplane.
+    pub dataplane: String,
+    /// The configuration version refused.
+    pub version: u64,
+    /// Why, as the sidecar said.
+    pub error: String,
+}
+
 /// A zone's inventory, as stored on the global and synced to every zone (`ZoneInventory`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -43,6 +57,9 @@ pub struct ZoneInventory {
     /// Where other zones reach its gateways' ingress (`ip:port`).
     #[serde(default)]
     pub ingress_addresses: Vec<String>,
+    /// Its sidecars that refused their latest configuration.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dataplane_nacks: Vec<DataplaneNack>,
 }
 
 /// A service of the gateway's own zone, with the inbounds of its sidecars.

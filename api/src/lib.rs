@@ -18,6 +18,7 @@ pub mod names;
 pub mod openapi;
 pub mod policies;
 pub mod proxy_config;
+pub mod proxy_policies;
 pub mod resource;
 pub mod target_ref;
 pub mod validate;

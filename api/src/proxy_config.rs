@@ -2,23 +2,71 @@
 //!
 //! In: the sidecar's Dataplane, the policies of its mesh, the mesh's Dataplanes (endpoints),
 //! and the mesh's trust bundle. Out: a [`ProxyConfig`]: its identity, inbounds with their
-//! permission rules, outbounds with endpoints and merged policies. Pure and I/O-free, so the
-//! zone can compute it for every sidecar and send only the ones that changed.
+//! permission rules, outbounds with endpoints and merged policies, every conf typed
+//! ([`crate::proxy_policies`]) and every protocol a [`Protocol`]. Pure and I/O-free, so the
+//! zone can compute it for every sidecar and send only the ones that changed; a merged conf
+//! that does not fit its type is a [`PolicyError`], not a silent default.
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 
 use crate::dataplane::DataplaneSpec;
 use crate::gateway_config::ZoneInventory;
-use crate::merge::{effective_config, FromRule, RouteRule};
+use crate::merge::effective_config;
 use crate::names::{PROTOCOL_TAG, SERVICE_TAG};
+use crate::policies::tcp_route::TcpRouteConf;
+pub use crate::proxy_policies::PolicyError;
+use crate::proxy_policies::{self, DestinationPolicies, HttpRoute, InboundPolicies, ProxyPolicies};
 use crate::{Resource, ResourceType, Spec};
+
+/// What a service speaks, from the `strait.io/protocol` tag of its inbounds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    /// Bytes, tunnelled over mTLS (the default).
+    #[default]
+    Tcp,
+    /// HTTP/1.1 (an application may also send HTTP/2 without TLS).
+    Http,
+    /// HTTP/2 without TLS (h2c) on the application side.
+    Http2,
+    /// gRPC: HTTP/2 with trailers.
+    Grpc,
+}
+
+impl Protocol {
+    /// The protocol a tag names; no tag is TCP. Dataplane validation refuses unknown values,
+    /// so anything else (an older zone's data) is TCP too, the one protocol that carries every
+    /// other.
+    pub fn from_tag(tag: Option<&str>) -> Protocol {
+        match tag {
+            Some("http") => Protocol::Http,
+            Some("http2") => Protocol::Http2,
+            Some("grpc") => Protocol::Grpc,
+            _ => Protocol::Tcp,
+        }
+    }
+
+    /// Whether requests are proxied one by one (L7) rather than as a byte stream.
+    pub fn is_http(self) -> bool {
+        self != Protocol::Tcp
+    }
+
+    /// The tag value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Http => "http",
+            Protocol::Http2 => "http2",
+            Protocol::Grpc => "grpc",
+        }
+    }
+}
 
 /// A sidecar's configuration.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct ProxyConfig {
     /// The mesh.
     pub mesh: String,
@@ -34,19 +82,31 @@ pub struct ProxyConfig {
     /// Services this proxy reaches.
     pub outbounds: Vec<OutboundConfig>,
     /// Roots and revoked intermediates of the mesh.
-    pub trust_bundle: Value,
+    pub trust_bundle: MeshTrust,
     /// Lifetime of workload certificates, in seconds.
     pub certificate_lifetime_secs: u64,
     /// Proxy-wide policies (MeshTrace, MeshMetric), merged.
-    pub proxy: BTreeMap<ResourceType, Value>,
+    pub proxy: ProxyPolicies,
     /// Port of the transparent outbound listener, when the Dataplane uses transparent proxying.
     #[serde(default)]
     pub transparent_outbound_port: Option<u16>,
 }
 
+/// A mesh's trust bundle as the sidecar gets it: the root certificates (PEM) and the
+/// fingerprints of revoked zone intermediates. The same shape as the stored `TrustBundle`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MeshTrust {
+    /// Root certificates, PEM.
+    pub roots: Vec<String>,
+    /// Hex SHA-256 fingerprints of revoked intermediates.
+    #[serde(default)]
+    pub revoked: std::collections::BTreeSet<String>,
+}
+
 /// One inbound.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct InboundConfig {
     /// Port for mTLS traffic from other sidecars.
     pub port: u16,
@@ -56,16 +116,16 @@ pub struct InboundConfig {
     pub service_port: u16,
     /// The service.
     pub service: String,
-    /// `tcp`, `http`, `http2` or `grpc`.
-    pub protocol: String,
+    /// What the service speaks.
+    pub protocol: Protocol,
     /// Per policy type, rules by caller (MeshTrafficPermission among them); no
     /// MeshTrafficPermission rule for a caller means it is denied.
-    pub policies: BTreeMap<ResourceType, Vec<FromRule>>,
+    pub policies: InboundPolicies,
 }
 
 /// One destination service.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct OutboundConfig {
     /// The service.
     pub service: String,
@@ -73,21 +133,21 @@ pub struct OutboundConfig {
     pub port: Option<u16>,
     /// The local address of an explicit outbound.
     pub address: Option<String>,
-    /// `tcp`, `http`, `http2` or `grpc` (from the endpoints' tags).
-    pub protocol: String,
+    /// What the service speaks (from the endpoints' tags).
+    pub protocol: Protocol,
     /// Where the service runs.
     pub endpoints: Vec<Endpoint>,
     /// Per policy type, the merged conf.
-    pub policies: BTreeMap<ResourceType, Value>,
+    pub policies: DestinationPolicies,
     /// HTTP routes, most specific first.
-    pub http_routes: Vec<RouteRule>,
+    pub http_routes: Vec<HttpRoute>,
     /// TCP route, if any.
-    pub tcp_route: Option<Value>,
+    pub tcp_route: Option<TcpRouteConf>,
 }
 
 /// An endpoint of a service.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Endpoint {
     /// Address of the endpoint's sidecar.
     pub address: String,
@@ -110,17 +170,18 @@ pub struct Remote {
 
 /// Builds the configuration of Dataplane `dp` (in `zone`) from the mesh's `resources`
 /// (policies and Dataplanes), the other zones' services reached through `remote`, its
-/// `trust_bundle` and certificate lifetime.
+/// `trust_bundle` and certificate lifetime. `Ok(None)` when `dp` is not a Dataplane; an error
+/// when a merged conf does not fit its type.
 pub fn build(
     dp: &Resource,
     zone: &str,
     resources: &[Resource],
     remote: &Remote,
-    trust_bundle: Value,
+    trust_bundle: MeshTrust,
     certificate_lifetime_secs: u64,
-) -> Option<ProxyConfig> {
-    let Spec::Dataplane(spec) = &dp.spec else { return None };
-    let mesh = dp.mesh.clone()?;
+) -> Result<Option<ProxyConfig>, PolicyError> {
+    let Spec::Dataplane(spec) = &dp.spec else { return Ok(None) };
+    let Some(mesh) = dp.mesh.clone() else { return Ok(None) };
     let mut endpoints = endpoints_by_service(resources, zone);
     add_remote_endpoints(&mut endpoints, remote, &mesh, zone);
     let services: Vec<&str> = endpoints.keys().map(String::as_str).collect();
@@ -130,36 +191,38 @@ pub fn build(
         .inbound
         .iter()
         .zip(&effective.inbounds)
-        .map(|(i, eff)| InboundConfig {
-            port: i.port,
-            service_address: i.service_address.clone().unwrap_or_else(|| "127.0.0.1".into()),
-            service_port: i.service_port.unwrap_or(i.port),
-            service: i.service().to_string(),
-            protocol: i.tags.get(PROTOCOL_TAG).cloned().unwrap_or_else(|| "tcp".into()),
-            policies: eff.from.clone(),
+        .map(|(i, eff)| {
+            Ok(InboundConfig {
+                port: i.port,
+                service_address: i.service_address.clone().unwrap_or_else(|| "127.0.0.1".into()),
+                service_port: i.service_port.unwrap_or(i.port),
+                service: i.service().to_string(),
+                protocol: Protocol::from_tag(i.tags.get(PROTOCOL_TAG).map(String::as_str)),
+                policies: InboundPolicies::from_merged(&eff.from)?,
+            })
         })
-        .collect();
+        .collect::<Result<_, PolicyError>>()?;
     let outbounds = effective
         .outbounds
         .into_iter()
         .map(|o| {
             let explicit = spec.networking.outbound.iter().find(|x| x.service() == o.service);
             let eps = endpoints.get(&o.service).cloned().unwrap_or_default();
-            let protocol = eps.iter().find_map(|e| e.tags.get(PROTOCOL_TAG).cloned()).unwrap_or_else(|| "tcp".into());
-            OutboundConfig {
+            let protocol = Protocol::from_tag(eps.iter().find_map(|e| e.tags.get(PROTOCOL_TAG)).map(String::as_str));
+            Ok(OutboundConfig {
                 port: explicit.map(|x| x.port),
                 address: explicit.map(|x| x.address.clone().unwrap_or_else(|| "127.0.0.1".into())),
                 protocol,
                 endpoints: eps,
-                policies: o.to.into_iter().map(|(k, v)| (k, v.conf)).collect(),
-                http_routes: o.http_routes,
-                tcp_route: o.tcp_route.map(|t| t.conf),
+                policies: DestinationPolicies::from_merged(o.to.iter().map(|(k, v)| (*k, &v.conf, v.origin.as_slice())))?,
+                http_routes: o.http_routes.iter().map(HttpRoute::from_merged).collect::<Result<_, _>>()?,
+                tcp_route: o.tcp_route.as_ref().map(|t| proxy_policies::tcp_route(&t.conf, &t.origin)).transpose()?,
                 service: o.service,
-            }
+            })
         })
-        .collect();
+        .collect::<Result<_, PolicyError>>()?;
     let service = spec.networking.inbound.first().map(|i| i.service().to_string()).unwrap_or_default();
-    Some(ProxyConfig {
+    Ok(Some(ProxyConfig {
         identity: format!("spiffe://{mesh}/{service}"),
         mesh,
         dataplane: dp.name.clone(),
@@ -168,9 +231,9 @@ pub fn build(
         outbounds,
         trust_bundle,
         certificate_lifetime_secs,
-        proxy: effective.proxy.into_iter().map(|(k, v)| (k, v.conf)).collect(),
+        proxy: ProxyPolicies::from_merged(effective.proxy.iter().map(|(k, v)| (*k, &v.conf, v.origin.as_slice())))?,
         transparent_outbound_port: spec.networking.transparent_proxying.as_ref().map(|t| t.redirect_port_outbound),
-    })
+    }))
 }
 
 fn endpoints_by_service(resources: &[Resource], zone: &str) -> BTreeMap<String, Vec<Endpoint>> {
@@ -253,15 +316,15 @@ spec:
   to: [{targetRef: {kind: MeshService, name: api}, default: {idleTimeout: 5s}}]
 "#;
         let resources: Vec<Resource> = parse_documents(docs).into_iter().map(|r| r.unwrap()).collect();
-        let cfg = build(&resources[0], "zone-1", &resources, &Remote::default(), serde_json::json!({"roots": []}), 3600).unwrap();
+        let cfg = build(&resources[0], "zone-1", &resources, &Remote::default(), MeshTrust::default(), 3600).unwrap().unwrap();
         assert_eq!(cfg.identity, "spiffe://default/web");
         assert_eq!(cfg.inbounds[0].service_port, 80);
-        assert_eq!(cfg.inbounds[0].protocol, "http");
-        let mtp = &cfg.inbounds[0].policies[&ResourceType::MeshTrafficPermission];
-        assert_eq!(mtp[0].conf["action"], "Allow");
+        assert_eq!(cfg.inbounds[0].protocol, Protocol::Http);
+        let mtp = &cfg.inbounds[0].policies.traffic_permission;
+        assert_eq!(mtp[0].conf.action, crate::policies::traffic_permission::Action::Allow);
         let api = cfg.outbounds.iter().find(|o| o.service == "api").unwrap();
         assert_eq!(api.port, Some(10001));
-        assert_eq!(api.protocol, "http");
+        assert_eq!(api.protocol, Protocol::Http);
         assert_eq!(
             api.endpoints,
             vec![Endpoint {
@@ -276,7 +339,11 @@ spec:
                     .collect()
             }]
         );
-        assert_eq!(api.policies[&ResourceType::MeshTimeout]["idleTimeout"], "5s");
+        let timeout = api.policies.timeout.as_ref().expect("the MeshTimeout, typed");
+        assert_eq!(serde_json::to_value(timeout).unwrap()["idleTimeout"], "5s");
+        let wire = serde_json::to_value(&cfg).unwrap();
+        assert_eq!(wire["outbounds"][0]["policies"]["MeshTimeout"]["idleTimeout"], "5s", "keyed by policy type on the wire");
+        assert_eq!(serde_json::from_value::<ProxyConfig>(wire).unwrap(), cfg, "what the zone sends is what the sidecar reads");
         let web = cfg.outbounds.iter().find(|o| o.service == "web").unwrap();
         assert_eq!(web.port, None, "reachable through transparent proxying only");
     }
@@ -323,7 +390,7 @@ spec:
             ],
             egresses: vec!["192.0.2.100:10002".into()],
         };
-        let cfg = build(&resources[0], "zone-1", &resources, &remote, serde_json::json!({}), 3600).unwrap();
+        let cfg = build(&resources[0], "zone-1", &resources, &remote, MeshTrust::default(), 3600).unwrap().unwrap();
         let zones = |service: &str| -> Vec<(String, String, u16)> {
             cfg.outbounds
                 .iter()
@@ -337,23 +404,67 @@ spec:
             "this zone's own inventory adds nothing: its endpoints are the Dataplanes"
         );
         assert_eq!(zones("db"), vec![("zone-2".into(), "192.0.2.100".into(), 10002)], "a service only in another zone is reachable");
-        assert_eq!(cfg.outbounds.iter().find(|o| o.service == "db").unwrap().protocol, "tcp");
+        assert_eq!(cfg.outbounds.iter().find(|o| o.service == "db").unwrap().protocol, Protocol::Tcp);
         assert!(zones("down").is_empty(), "a zone with no healthy endpoint is not used");
         assert!(zones("elsewhere").is_empty(), "other meshes stay apart");
 
         let mut no_gateway = remote.clone();
         no_gateway.inventories[1].ingress_addresses.clear();
-        let cfg = build(&resources[0], "zone-1", &resources, &no_gateway, serde_json::json!({}), 3600).unwrap();
+        let cfg = build(&resources[0], "zone-1", &resources, &no_gateway, MeshTrust::default(), 3600).unwrap().unwrap();
         assert!(cfg.outbounds.iter().all(|o| o.service != "db"), "a zone whose gateways are all gone is out of reach");
 
         let two = Remote { egresses: vec!["192.0.2.100:10002".into(), "192.0.2.101:10002".into()], ..remote.clone() };
-        let cfg = build(&resources[0], "zone-1", &resources, &two, serde_json::json!({}), 3600).unwrap();
+        let cfg = build(&resources[0], "zone-1", &resources, &two, MeshTrust::default(), 3600).unwrap().unwrap();
         let db = cfg.outbounds.iter().find(|o| o.service == "db").unwrap();
         let via: Vec<_> = db.endpoints.iter().map(|e| (e.zone.as_str(), e.address.as_str())).collect();
         assert_eq!(via, [("zone-2", "192.0.2.100"), ("zone-2", "192.0.2.101")], "one endpoint per egress of this zone");
 
         let no_egress = Remote { egresses: vec![], ..remote };
-        let cfg = build(&resources[0], "zone-1", &resources, &no_egress, serde_json::json!({}), 3600).unwrap();
+        let cfg = build(&resources[0], "zone-1", &resources, &no_egress, MeshTrust::default(), 3600).unwrap().unwrap();
         assert!(cfg.outbounds.iter().all(|o| o.service != "db"), "without a gateway in this zone, other zones are out of reach");
+    }
+}
+
+#[cfg(test)]
+mod contract_tests {
+    use super::*;
+
+    fn minimal() -> serde_json::Value {
+        serde_json::json!({
+            "mesh": "default", "dataplane": "web-1", "zone": "zone-1", "identity": "spiffe://default/web",
+            "inbounds": [{"port": 8080, "serviceAddress": "127.0.0.1", "servicePort": 80, "service": "web", "protocol": "http",
+                          "policies": {"MeshTrafficPermission": [{"matches": {}, "conf": {"action": "Allow"}, "origin": ["allow-all"]}]}}],
+            "outbounds": [{"service": "api", "port": 10001, "address": "127.0.0.1", "protocol": "grpc", "endpoints": [],
+                           "policies": {"MeshTimeout": {"connectionTimeout": "2s"}}, "httpRoutes": [], "tcpRoute": null}],
+            "trustBundle": {"roots": []}, "certificateLifetimeSecs": 3600, "proxy": {}
+        })
+    }
+
+    /// What a sidecar cannot apply must fail to parse (and be NACKed), never turn into a default.
+    #[test]
+    fn a_configuration_that_does_not_fit_the_types_is_refused_naming_the_field() {
+        assert!(serde_json::from_value::<ProxyConfig>(minimal()).is_ok());
+        let cases = [
+            ("unknown variant `quic`", "/outbounds/0/protocol", serde_json::json!("quic")),
+            ("invalid duration", "/outbounds/0/policies/MeshTimeout/connectionTimeout", serde_json::json!("soon")),
+            ("unknown field `MeshTimeouts`", "/outbounds/0/policies", serde_json::json!({"MeshTimeouts": {}})),
+            ("unknown variant `Maybe`", "/inbounds/0/policies/MeshTrafficPermission/0/conf/action", serde_json::json!("Maybe")),
+        ];
+        for (expected, pointer, spoiled) in cases {
+            let mut v = minimal();
+            *v.pointer_mut(pointer).unwrap() = spoiled;
+            let err = serde_json::from_value::<ProxyConfig>(v).unwrap_err().to_string();
+            assert!(err.contains(expected), "{expected}: {err}");
+        }
+    }
+
+    #[test]
+    fn protocols_read_from_tags() {
+        for (tag, p) in
+            [(None, Protocol::Tcp), (Some("http"), Protocol::Http), (Some("http2"), Protocol::Http2), (Some("grpc"), Protocol::Grpc)]
+        {
+            assert_eq!(Protocol::from_tag(tag), p);
+            assert_eq!(Protocol::from_tag(Some(p.as_str())), p);
+        }
     }
 }

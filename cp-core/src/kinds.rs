@@ -34,5 +34,8 @@ pub const ZONE_CA: &str = "ZoneCA";
 pub const ZONE_IDENTITY: &str = "ZoneIdentity";
 /// A gateway registered with the zone; zone only.
 pub const ZONE_GATEWAY: &str = "ZoneGateway";
+/// A sidecar's refusal (NACK) of its latest configuration, kept while it lasts and reported
+/// in the zone's inventory; zone only.
+pub const DATAPLANE_NACK: &str = "DataplaneNack";
 /// The zone's own secrets (the CA of its DPS endpoint); zone only.
 pub const ZONE_SECRET: &str = "ZoneSecret";

@@ -68,6 +68,16 @@ pub struct DpsClient {
     pub signer: Arc<Signer>,
     /// Streams registered with the zone (`strait_dp_control_plane_streams_total`).
     pub streams: Counter,
+    /// Configurations refused (`strait_dp_config_nacks_total`).
+    pub nacks: Counter,
+}
+
+/// The configuration in `json`, if this sidecar can apply it; else why not (the NACK's
+/// reason, naming the field or the policy).
+fn applicable(json: &[u8]) -> Result<ProxyConfig, String> {
+    let config: ProxyConfig = serde_json::from_slice(json).map_err(|e| format!("the configuration does not parse: {e}"))?;
+    crate::proxy::check(&config)?;
+    Ok(config)
 }
 
 impl DpsClient {
@@ -106,7 +116,7 @@ impl DpsClient {
             };
             match message.message {
                 Some(zone_message::Message::Config(c)) => {
-                    let reply = match serde_json::from_slice::<ProxyConfig>(&c.json) {
+                    let reply = match applicable(&c.json) {
                         Ok(config) => {
                             tracing::info!(version = c.version, "configuration applied");
                             self.state.config.store(Some(Arc::new((c.version, config))));
@@ -114,9 +124,10 @@ impl DpsClient {
                             release(&self.guards.config);
                             dataplane_message::Message::Ack(Ack { version: c.version })
                         }
-                        Err(e) => {
-                            tracing::warn!(version = c.version, error = %e, "rejected a configuration (NACK); keeping the previous one");
-                            dataplane_message::Message::Nack(Nack { version: c.version, error: e.to_string() })
+                        Err(error) => {
+                            tracing::warn!(version = c.version, %error, "refused a configuration (NACK); the previous one stays in force");
+                            self.nacks.inc();
+                            dataplane_message::Message::Nack(Nack { version: c.version, error })
                         }
                     };
                     if tx.send(msg(reply)).await.is_err() {

@@ -121,8 +121,11 @@ impl Zones {
         let mut value = serde_json::to_value(&status).unwrap_or(Value::Null);
         if let Ok(Some(inv)) = self.resources.store().get(&Key::new(ZONE_INVENTORY, "", &zone.name)).await {
             let services = inv.data.get("services").and_then(Value::as_array).map(Vec::len).unwrap_or(0);
-            value["inventory"] =
-                json!({"services": services, "ingressAddresses": inv.data.get("ingressAddresses").cloned().unwrap_or(Value::Null)});
+            value["inventory"] = json!({
+                "services": services,
+                "ingressAddresses": inv.data.get("ingressAddresses").cloned().unwrap_or(Value::Null),
+                "dataplaneNacks": inv.data.get("dataplaneNacks").cloned().unwrap_or_else(|| json!([])),
+            });
         }
         zone.status = Some(value);
         zone

@@ -63,11 +63,16 @@ impl ZoneCp {
 
         let mut registry = Registry::default();
         let metrics = ZoneMetrics::register(&mut registry);
+        let dps_metrics = crate::metrics::DpsMetrics::register(&mut registry);
         let listener = tokio::net::TcpListener::bind(config.api_address)
             .await
             .map_err(|e| anyhow::anyhow!("binding the REST API to {}: {e}", config.api_address))?;
         let api_addr = listener.local_addr()?;
         let resources = Resources::new(store);
+        // NACKs belong to sessions, and no session outlives the process: sidecars report again.
+        for stale in resources.store().list(strait_cp_core::kinds::DATAPLANE_NACK, None).await? {
+            resources.store().delete(stale.key, strait_store::Precondition::None).await?;
+        }
         let (inventory_tx, inventory_rx) = watch::channel(crate::inventory::compute(&resources).await?);
         let token_file = config.data_dir.join("admin-token");
         let (admin_token, created) = strait_cp_core::auth::load_or_create(&token_file)?;
@@ -94,6 +99,7 @@ impl ZoneCp {
             connected: Default::default(),
             shutdown: shutdown.clone(),
             zone_token: Arc::new(token.clone()),
+            metrics: dps_metrics,
         };
         // Keepalive pings find sidecars whose host vanished without closing its connection, so
         // their Dataplane is unregistered and a replacement can register.

@@ -1,15 +1,18 @@
 //! The zone's inventory: the services of its Dataplanes, with endpoint counts and protocol, and
 //! its gateways' ingress addresses, as reported upstream so that other zones can reach them.
 //!
-//! In: the zone's Dataplanes and connected gateways (registered on this zone). Out: a KDS
+//! In: the zone's Dataplanes, connected gateways and sidecars' NACKs (registered on this
+//! zone). Out: a KDS
 //! `Inventory`, published on a watch channel whenever it changes; the sync client sends the
 //! latest one.
 
 use std::collections::BTreeMap;
 
+use strait_api::gateway_config::DataplaneNack;
 use strait_api::kds;
 use strait_api::names::PROTOCOL_TAG;
 use strait_api::{ResourceType, Spec};
+use strait_cp_core::kinds::DATAPLANE_NACK;
 use strait_cp_core::resources::{Resources, ServiceError};
 use tokio::sync::watch;
 
@@ -29,7 +32,15 @@ pub async fn compute(resources: &Resources) -> Result<kds::Inventory, ServiceErr
         .map(|((mesh, name), (endpoints, protocol))| kds::ServiceInventory { mesh, name, endpoints, healthy: endpoints, protocol })
         .collect();
     let ingress_addresses = crate::gateways::list(resources.store().as_ref()).await?.into_iter().map(|g| g.ingress_address).collect();
-    Ok(kds::Inventory { services, ingress_addresses })
+    let dataplane_nacks = resources
+        .store()
+        .list(DATAPLANE_NACK, None)
+        .await?
+        .into_iter()
+        .filter_map(|o| serde_json::from_value::<DataplaneNack>(o.data).ok())
+        .map(|n| kds::DataplaneNack { mesh: n.mesh, dataplane: n.dataplane, version: n.version, error: n.error })
+        .collect();
+    Ok(kds::Inventory { services, ingress_addresses, dataplane_nacks })
 }
 
 /// Recomputes the inventory and publishes it if it changed.

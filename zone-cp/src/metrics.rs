@@ -31,3 +31,20 @@ impl ZoneMetrics {
         m
     }
 }
+
+/// Metrics of the zone's dataplane config server (`strait_zone_dps_*`).
+#[derive(Clone, Default)]
+pub struct DpsMetrics {
+    /// Configurations refused by sidecars.
+    pub config_nacks: Counter,
+}
+
+impl DpsMetrics {
+    /// Creates and registers the metrics.
+    pub fn register(registry: &mut Registry) -> Self {
+        let m = DpsMetrics::default();
+        let r = registry.sub_registry_with_prefix("strait_zone_dps");
+        r.register("config_nacks", "Configurations refused by sidecars (NACK); each keeps its previous one", m.config_nacks.clone());
+        m
+    }
+}

@@ -10,7 +10,6 @@ use serde_json::{json, Value};
 use strait_api::dps::dataplane_sync_client::DataplaneSyncClient;
 use strait_api::dps::{dataplane_message, zone_message, DataplaneMessage, ZoneMessage, PROTOCOL_VERSION};
 use strait_api::proxy_config::ProxyConfig;
-use strait_api::ResourceType;
 use strait_global_cp::GlobalCp;
 use strait_zone_cp::ZoneCp;
 use tokio::sync::mpsc;
@@ -141,8 +140,8 @@ impl Sidecar {
 
 fn action_for(cfg: &ProxyConfig, caller: &str) -> Option<String> {
     let tags = [("strait.io/service".to_string(), caller.to_string())].into();
-    let rules = cfg.inbounds[0].policies.get(&ResourceType::MeshTrafficPermission)?;
-    rules.iter().find(|r| r.applies_to(&tags)).and_then(|r| r.conf["action"].as_str().map(str::to_string))
+    let rule = strait_api::proxy_policies::rule_for(&cfg.inbounds[0].policies.traffic_permission, &tags)?;
+    Some(format!("{:?}", rule.conf.action))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -153,7 +152,7 @@ async fn a_sidecar_registers_gets_its_config_and_certificate_and_follows_changes
     let (v1, cfg) = web.config().await;
     assert_eq!(cfg.identity, "spiffe://default/web");
     assert_eq!(action_for(&cfg, "frontend").as_deref(), Some("Allow"), "the mesh's default allow-all");
-    assert!(cfg.trust_bundle["roots"].as_array().is_some_and(|r| r.len() == 1));
+    assert_eq!(cfg.trust_bundle.roots.len(), 1);
 
     // The certificate: issued for the token's service, chained to the mesh root via the zone.
     let kc = strait_pki::KeyAndCsr::generate("web").unwrap();
@@ -171,7 +170,7 @@ async fn a_sidecar_registers_gets_its_config_and_certificate_and_follows_changes
     };
     let certs: Vec<String> = chain.split_inclusive("-----END CERTIFICATE-----\n").map(str::to_string).collect();
     assert_eq!(certs.len(), 2, "leaf and the zone's intermediate");
-    let bundle: strait_pki::TrustBundle = serde_json::from_value(cfg.trust_bundle.clone()).unwrap();
+    let bundle = strait_pki::TrustBundle { roots: cfg.trust_bundle.roots.clone(), revoked: cfg.trust_bundle.revoked.clone() };
     let id = bundle.verify(&certs[0], &certs[1..], std::time::SystemTime::now()).expect("verifies against the mesh root");
     assert_eq!(id.as_str(), "spiffe://default/web");
 
@@ -208,7 +207,7 @@ async fn a_sidecar_registers_gets_its_config_and_certificate_and_follows_changes
     let (_, cfg) = web.config().await;
     let api_out = cfg.outbounds.iter().find(|o| o.service == "api").expect("api is still a destination of web");
     assert!(
-        api_out.policies.contains_key(&ResourceType::MeshTimeout),
+        api_out.policies.timeout.is_some(),
         "web's next configuration must be the timeout's: the permission for api did not concern web"
     );
 

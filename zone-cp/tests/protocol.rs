@@ -145,6 +145,7 @@ async fn an_oversized_message_ends_the_stream_and_the_global_carries_on() {
             })
             .collect(),
         ingress_addresses: vec![],
+        dataplane_nacks: vec![],
     };
     let status = match s.stream(&token, vec![hello("zone-1"), ZoneMessage { message: Some(zone_message::Message::Inventory(huge)) }]).await
     {
@@ -170,6 +171,7 @@ async fn nothing_a_zone_sends_changes_a_policy() {
             protocol: "http".into(),
         }],
         ingress_addresses: vec!["198.18.0.9:10001".into()],
+        dataplane_nacks: vec![],
     };
     let nack = kds::Nack {
         revision: 1,
@@ -212,6 +214,7 @@ async fn a_zone_identity_is_signed_by_the_system_ca_and_revoked_with_the_zone() 
             protocol: "tcp".into(),
         }],
         ingress_addresses: vec!["198.18.0.9:10001".into()],
+        dataplane_nacks: vec![],
     };
     let csr = kds::CertificateRequest { csr_pem: kc.csr_pem, zone_identity: true, ..Default::default() };
     let received = s

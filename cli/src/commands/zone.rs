@@ -105,8 +105,10 @@ async fn list(args: &ZoneListArgs, ctx: &Context) -> anyhow::Result<()> {
                 _ => "Offline",
             };
             let seen = s.get("lastSeen").and_then(Value::as_str).map(|t| output::age(t, now) + " ago").unwrap_or_else(|| "never".into());
+            let sidecars = s.pointer("/inventory/dataplaneNacks").and_then(Value::as_array).cloned().unwrap_or_default();
             let nack = match s.get("nackErrors").and_then(Value::as_array) {
                 Some(errors) if !errors.is_empty() => errors.iter().map(text).collect::<Vec<_>>().join("; "),
+                _ if !sidecars.is_empty() => sidecar_nacks(&sidecars),
                 _ => "-".into(),
             };
             vec![
@@ -126,8 +128,26 @@ async fn list(args: &ZoneListArgs, ctx: &Context) -> anyhow::Result<()> {
     Ok(print(&output::table(&["NAME", "STATUS", "LAST SEEN", "ACKED/SENT", "SERVICES", "NACK"], &rows))?)
 }
 
+/// The sidecars of a zone that refused their configuration, for the NACK column: how many,
+/// and the first one with its reason (`-o yaml` shows them all).
+fn sidecar_nacks(nacks: &[Value]) -> String {
+    let first = &nacks[0];
+    let field = |k: &str| first.get(k).and_then(Value::as_str).unwrap_or("?").to_string();
+    let more = if nacks.len() > 1 { format!(" (and {} more)", nacks.len() - 1) } else { String::new() };
+    format!("sidecar {}/{}: {}{more}", field("mesh"), field("dataplane"), field("error"))
+}
+
 #[cfg(test)]
 mod tests {
+    use super::sidecar_nacks;
+
+    #[test]
+    fn sidecar_nacks_name_the_first_and_count_the_rest() {
+        let one = serde_json::json!({"mesh": "default", "dataplane": "web-1", "version": 7, "error": "RingHash is not implemented"});
+        assert_eq!(sidecar_nacks(std::slice::from_ref(&one)), "sidecar default/web-1: RingHash is not implemented");
+        assert_eq!(sidecar_nacks(&[one.clone(), one]), "sidecar default/web-1: RingHash is not implemented (and 1 more)");
+    }
+
     #[test]
     fn sync_address_follows_the_server_host() {
         assert_eq!(super::default_global_address("http://198.18.0.1:7680", 7685), "https://198.18.0.1:7685");

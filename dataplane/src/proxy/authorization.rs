@@ -13,7 +13,8 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use strait_api::ResourceType;
+use strait_api::policies::traffic_permission::Action;
+use strait_api::proxy_policies::rule_for;
 use strait_pki::Identity;
 
 use crate::dps_client::ProxyState;
@@ -23,20 +24,20 @@ pub fn allowed(state: &ProxyState, port: u16, caller: &Identity) -> bool {
     let config = state.config.load();
     let Some(config) = config.as_ref() else { return false };
     let Some(inbound) = config.1.inbounds.iter().find(|i| i.port == port) else { return false };
-    let Some(rules) = inbound.policies.get(&ResourceType::MeshTrafficPermission) else { return false };
+    let rules = &inbound.policies.traffic_permission;
     // The caller's identity is spiffe://<mesh>/<service>; callers from another mesh never match.
     if caller.trust_domain() != config.1.mesh {
         return false;
     }
     let tags: BTreeMap<String, String> =
         [(strait_api::names::SERVICE_TAG.to_string(), caller.path().trim_start_matches('/').to_string())].into();
-    match rules.iter().find(|r| r.applies_to(&tags)).and_then(|r| r.conf.get("action")).and_then(|a| a.as_str()) {
-        Some("Allow") => true,
-        Some("AllowWithShadowDeny") => {
+    match rule_for(rules, &tags).map(|r| r.conf.action) {
+        Some(Action::Allow) => true,
+        Some(Action::AllowWithShadowDeny) => {
             tracing::info!(caller = %caller, port, "shadow deny: allowed, but a Deny would have refused it");
             true
         }
-        _ => false,
+        Some(Action::Deny) | None => false,
     }
 }
 
@@ -75,20 +76,23 @@ impl SessionDecision {
 
 #[cfg(test)]
 mod tests {
-    use serde_json::json;
-    use strait_api::merge::FromRule;
-    use strait_api::proxy_config::{InboundConfig, ProxyConfig};
+    use strait_api::policies::traffic_permission::TrafficPermissionConf;
+    use strait_api::proxy_config::{InboundConfig, Protocol, ProxyConfig};
+    use strait_api::proxy_policies::{CallerRule, InboundPolicies};
 
     use super::*;
 
-    fn rule(service: Option<&str>, action: &str) -> FromRule {
+    type Rule = CallerRule<TrafficPermissionConf>;
+
+    fn rule(service: Option<&str>, action: &str) -> Rule {
         let matches = service.map(|s| [(strait_api::names::SERVICE_TAG.to_string(), s.to_string())].into()).unwrap_or_default();
-        FromRule { matches, conf: json!({"action": action}), origin: vec![] }
+        let action = serde_json::from_value(serde_json::Value::String(action.into())).unwrap();
+        CallerRule { matches, conf: TrafficPermissionConf { action }, origin: vec![] }
     }
 
-    fn state(version: u64, rules: Option<Vec<FromRule>>) -> ProxyState {
+    fn state(version: u64, rules: Option<Vec<Rule>>) -> ProxyState {
         let state = ProxyState::default();
-        let policies = rules.map(|r| [(ResourceType::MeshTrafficPermission, r)].into()).unwrap_or_default();
+        let policies = InboundPolicies { traffic_permission: rules.unwrap_or_default(), ..Default::default() };
         let config = ProxyConfig {
             mesh: "default".into(),
             dataplane: "backend-1".into(),
@@ -99,13 +103,13 @@ mod tests {
                 service_address: "127.0.0.1".into(),
                 service_port: 80,
                 service: "backend".into(),
-                protocol: "tcp".into(),
+                protocol: Protocol::Tcp,
                 policies,
             }],
             outbounds: vec![],
-            trust_bundle: serde_json::Value::Null,
+            trust_bundle: Default::default(),
             certificate_lifetime_secs: 3600,
-            proxy: BTreeMap::new(),
+            proxy: Default::default(),
             transparent_outbound_port: None,
         };
         state.config.store(Some(Arc::new((version, config))));

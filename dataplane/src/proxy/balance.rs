@@ -1,14 +1,16 @@
 //! Endpoint picking: round robin, least request (the less loaded of N random endpoints,
 //! power of two choices by default) and random, as `MeshLoadBalancingStrategy` chooses.
 //!
-//! In: the merged `loadBalancer` conf of a destination and, per pick, how many requests each
-//! candidate has in flight. Out: the index of the endpoint to use. No I/O and no locks: a pick
+//! In: the merged MeshLoadBalancingStrategy of a destination (typed) and, per pick, how many
+//! requests each candidate has in flight. An algorithm this sidecar does not implement
+//! (RingHash) is an error, which refuses the whole configuration (NACK), never a silent
+//! fallback. Out: the index of the endpoint to use. No I/O and no locks: a pick
 //! is an atomic add or a few random numbers.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use rand::Rng;
-use serde_json::Value;
+use strait_api::policies::load_balancing::{LoadBalancerType, LoadBalancingConf};
 
 /// How a destination picks an endpoint.
 #[derive(Debug)]
@@ -26,20 +28,19 @@ pub enum Balancer {
 
 impl Balancer {
     /// The balancer a merged `MeshLoadBalancingStrategy` conf asks for; round robin when the
-    /// conf is absent, and for the types not implemented yet (RingHash), which is logged.
-    pub fn from_conf(conf: Option<&Value>) -> Balancer {
-        let lb = conf.and_then(|c| c.get("loadBalancer"));
-        match lb.and_then(|l| l.get("type")).and_then(Value::as_str) {
-            Some("LeastRequest") => {
-                let choices = lb.and_then(|l| l.pointer("/leastRequest/choiceCount")).and_then(Value::as_u64).unwrap_or(2);
-                Balancer::LeastRequest { choices: usize::try_from(choices).unwrap_or(2).max(2) }
+    /// conf sets none; an error for an algorithm this sidecar cannot apply.
+    pub fn from_conf(conf: Option<&LoadBalancingConf>) -> Result<Balancer, String> {
+        let Some(lb) = conf.and_then(|c| c.load_balancer.as_ref()) else { return Ok(Balancer::RoundRobin(AtomicUsize::new(0))) };
+        match lb.kind {
+            LoadBalancerType::RoundRobin => Ok(Balancer::RoundRobin(AtomicUsize::new(0))),
+            LoadBalancerType::LeastRequest => {
+                let choices = lb.least_request.as_ref().and_then(|l| l.choice_count).unwrap_or(2);
+                Ok(Balancer::LeastRequest { choices: usize::try_from(choices).unwrap_or(2).max(2) })
             }
-            Some("Random") => Balancer::Random,
-            Some("RingHash") => {
-                tracing::warn!("RingHash load balancing is not supported by this sidecar yet; using RoundRobin");
-                Balancer::RoundRobin(AtomicUsize::new(0))
+            LoadBalancerType::Random => Ok(Balancer::Random),
+            LoadBalancerType::RingHash => {
+                Err("MeshLoadBalancingStrategy loadBalancer.type RingHash is not implemented by this sidecar".into())
             }
-            _ => Balancer::RoundRobin(AtomicUsize::new(0)),
         }
     }
 
@@ -86,15 +87,16 @@ mod tests {
     #[test]
     fn confs_choose_the_algorithm() {
         let cases = [
-            (None, "RoundRobin"),
-            (Some(json!({})), "RoundRobin"),
-            (Some(json!({"loadBalancer": {"type": "RoundRobin"}})), "RoundRobin"),
-            (Some(json!({"loadBalancer": {"type": "LeastRequest"}})), "LeastRequest { choices: 2 }"),
-            (Some(json!({"loadBalancer": {"type": "LeastRequest", "leastRequest": {"choiceCount": 3}}})), "LeastRequest { choices: 3 }"),
-            (Some(json!({"loadBalancer": {"type": "Random"}})), "Random"),
-            (Some(json!({"loadBalancer": {"type": "RingHash", "ringHash": {"hashPolicies": []}}})), "RoundRobin"),
+            (None, "Ok(RoundRobin"),
+            (Some(json!({})), "Ok(RoundRobin"),
+            (Some(json!({"loadBalancer": {"type": "RoundRobin"}})), "Ok(RoundRobin"),
+            (Some(json!({"loadBalancer": {"type": "LeastRequest"}})), "Ok(LeastRequest { choices: 2 }"),
+            (Some(json!({"loadBalancer": {"type": "LeastRequest", "leastRequest": {"choiceCount": 3}}})), "Ok(LeastRequest { choices: 3 }"),
+            (Some(json!({"loadBalancer": {"type": "Random"}})), "Ok(Random"),
+            (Some(json!({"loadBalancer": {"type": "RingHash", "ringHash": {"hashPolicies": []}}})), "Err(\"MeshLoadBalancingStrategy"),
         ];
         for (conf, expected) in cases {
+            let conf: Option<LoadBalancingConf> = conf.map(|c| serde_json::from_value(c).unwrap());
             let got = format!("{:?}", Balancer::from_conf(conf.as_ref()));
             assert!(got.starts_with(expected), "{conf:?}: {got}");
         }
@@ -102,7 +104,7 @@ mod tests {
 
     #[test]
     fn round_robin_visits_each_endpoint_in_turn() {
-        let b = Balancer::from_conf(None);
+        let b = Balancer::from_conf(None).unwrap();
         let picks: Vec<usize> = (0..6).map(|_| b.pick(3, |_| 0).unwrap()).collect();
         assert_eq!(picks, [0, 1, 2, 0, 1, 2]);
         assert_eq!(b.pick(0, |_| 0), None);

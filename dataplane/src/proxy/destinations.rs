@@ -16,7 +16,6 @@ use rustls::pki_types::ServerName;
 use strait_api::gateway_config::sni;
 use strait_api::policies::timeout::TimeoutConf;
 use strait_api::proxy_config::ProxyConfig;
-use strait_api::ResourceType;
 use strait_pki::Identity;
 
 use super::balance::Balancer;
@@ -24,35 +23,7 @@ use super::endpoint::Endpoint;
 use super::locality::{Locality, MAX_CANDIDATES};
 use super::metrics::{Direction, PairMetrics, ProxyMetrics};
 
-/// What a destination speaks, from its endpoints' `strait.io/protocol` tag.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Protocol {
-    /// Bytes, tunnelled over mTLS (the default).
-    Tcp,
-    /// HTTP/1.1 (an application may also send HTTP/2 without TLS).
-    Http,
-    /// HTTP/2 without TLS (h2c) on the application side.
-    Http2,
-    /// gRPC: HTTP/2 with trailers.
-    Grpc,
-}
-
-impl Protocol {
-    /// Parses the tag; anything unknown is TCP, the one protocol that carries every other.
-    pub fn from_tag(tag: &str) -> Protocol {
-        match tag {
-            "http" => Protocol::Http,
-            "http2" => Protocol::Http2,
-            "grpc" => Protocol::Grpc,
-            _ => Protocol::Tcp,
-        }
-    }
-
-    /// Whether requests are proxied one by one (L7) rather than as a byte stream.
-    pub fn is_http(self) -> bool {
-        self != Protocol::Tcp
-    }
-}
+pub use strait_api::proxy_config::Protocol;
 
 /// The timeouts of requests and connections to a destination, from its merged MeshTimeout.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -69,16 +40,9 @@ impl Timeouts {
 
     /// The timeouts a merged MeshTimeout conf sets, the defaults for what it leaves out; a
     /// `requestTimeout` of 0 disables the request limit.
-    pub fn from_conf(conf: Option<&serde_json::Value>) -> Timeouts {
+    pub fn from_conf(conf: Option<&TimeoutConf>) -> Timeouts {
         let Some(conf) = conf else { return Timeouts::DEFAULT };
-        let conf: TimeoutConf = match serde_json::from_value(conf.clone()) {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::warn!(error = %e, "a MeshTimeout conf does not parse; using the default timeouts");
-                return Timeouts::DEFAULT;
-            }
-        };
-        let request = match conf.http.and_then(|h| h.request_timeout) {
+        let request = match conf.http.as_ref().and_then(|h| h.request_timeout) {
             Some(d) if d.get().is_zero() => None,
             Some(d) => Some(d.get()),
             None => Timeouts::DEFAULT.request,
@@ -181,16 +145,21 @@ impl Table {
                     remote.push(endpoint)
                 }
             }
-            let lb = outbound.policies.get(&ResourceType::MeshLoadBalancingStrategy);
+            let lb = outbound.policies.load_balancing.as_ref();
+            let balancer = Balancer::from_conf(lb).unwrap_or_else(|reason| {
+                // `check` refuses such a configuration before it is stored; kept for safety.
+                tracing::error!(service = outbound.service, reason, "a balancer that cannot be applied; using round robin");
+                Balancer::RoundRobin(Default::default())
+            });
             let destination = Arc::new(Destination {
                 service: outbound.service.clone(),
-                protocol: Protocol::from_tag(&outbound.protocol),
+                protocol: outbound.protocol,
                 expected,
                 local,
                 remote,
-                balancer: Balancer::from_conf(lb),
+                balancer,
                 locality: Locality::from_conf(lb, zone),
-                timeouts: Timeouts::from_conf(outbound.policies.get(&ResourceType::MeshTimeout)),
+                timeouts: Timeouts::from_conf(outbound.policies.timeout.as_ref()),
                 metrics: metrics.pair(Direction::Outbound, source, &outbound.service),
             });
             // Transparent interception finds a destination by the address the application
@@ -201,6 +170,15 @@ impl Table {
             table.by_service.insert(outbound.service.clone(), destination);
         }
         table
+    }
+
+    /// What in `config` this sidecar cannot apply, if anything: such a configuration is
+    /// refused (NACKed) as a whole and the one in force stays.
+    pub fn check(config: &ProxyConfig) -> Result<(), String> {
+        for outbound in &config.outbounds {
+            Balancer::from_conf(outbound.policies.load_balancing.as_ref()).map_err(|e| format!("outbound {}: {e}", outbound.service))?;
+        }
+        Ok(())
     }
 
     /// The destination named `service`.
@@ -236,18 +214,18 @@ mod tests {
                 service: "backend".into(),
                 port: Some(10001),
                 address: Some("127.0.0.1".into()),
-                protocol: protocol.into(),
+                protocol: Protocol::from_tag(Some(protocol)),
                 endpoints: endpoints
                     .iter()
                     .map(|(a, p, z)| ConfigEndpoint { address: a.to_string(), port: *p, zone: z.to_string(), tags: BTreeMap::new() })
                     .collect(),
-                policies: BTreeMap::new(),
+                policies: Default::default(),
                 http_routes: vec![],
                 tcp_route: None,
             }],
-            trust_bundle: serde_json::Value::Null,
+            trust_bundle: Default::default(),
             certificate_lifetime_secs: 3600,
-            proxy: BTreeMap::new(),
+            proxy: Default::default(),
             transparent_outbound_port: None,
         }
     }
@@ -290,9 +268,9 @@ mod tests {
             (Some(json!({"connectionTimeout": "2s"})), Timeouts { connect: secs(2), request: Some(secs(15)) }),
             (Some(json!({"http": {"requestTimeout": "500ms"}})), Timeouts { connect: secs(5), request: Some(Duration::from_millis(500)) }),
             (Some(json!({"http": {"requestTimeout": "0s"}})), Timeouts { connect: secs(5), request: None }),
-            (Some(json!({"idleTimeout": "nonsense"})), Timeouts::DEFAULT),
         ];
         for (conf, expected) in cases {
+            let conf: Option<TimeoutConf> = conf.map(|c| serde_json::from_value(c).unwrap());
             assert_eq!(Timeouts::from_conf(conf.as_ref()), expected, "{conf:?}");
         }
     }

@@ -168,7 +168,7 @@ impl Listeners {
                 return Err(BindError::ServicePort { listener: name });
             }
             let bound = bind(SocketAddr::from(([0, 0, 0, 0], inbound.port)), name, ready).await?;
-            let protocol = inbound.tags.get(PROTOCOL_TAG).map_or(Protocol::Tcp, |t| Protocol::from_tag(t));
+            let protocol = Protocol::from_tag(inbound.tags.get(PROTOCOL_TAG).map(String::as_str));
             let serves = Inbound {
                 port: bound.address.port(),
                 service: inbound.service().into(),

@@ -12,8 +12,7 @@
 
 use std::sync::Arc;
 
-use serde_json::Value;
-use strait_api::policies::load_balancing::{FailoverType, LocalityAwareness};
+use strait_api::policies::load_balancing::{FailoverType, LoadBalancingConf};
 
 use super::endpoint::{now_ms, Endpoint};
 
@@ -55,15 +54,8 @@ impl Default for Locality {
 
 impl Locality {
     /// The rules of a merged `MeshLoadBalancingStrategy` conf for a caller in `zone`.
-    pub fn from_conf(conf: Option<&Value>, zone: &str) -> Locality {
-        let Some(la) = conf.and_then(|c| c.get("localityAwareness")) else { return Locality::default() };
-        let la: LocalityAwareness = match serde_json::from_value(la.clone()) {
-            Ok(la) => la,
-            Err(e) => {
-                tracing::warn!(error = %e, "a localityAwareness conf does not parse; preferring the own zone, then any");
-                return Locality::default();
-            }
-        };
+    pub fn from_conf(conf: Option<&LoadBalancingConf>, zone: &str) -> Locality {
+        let Some(la) = conf.and_then(|c| c.locality_awareness.clone()) else { return Locality::default() };
         let failover = la.cross_zone.map(|c| c.failover).unwrap_or_default();
         let mut steps: Vec<Step> = failover
             .into_iter()
@@ -180,18 +172,19 @@ mod tests {
             {"to": {"type": "Only", "zones": ["z3"]}},
             {"to": {"type": "AnyExcept", "zones": ["z4"]}},
         ]}}});
-        let l = Locality::from_conf(Some(&conf), "z1");
+        let typed = |v: serde_json::Value| -> LoadBalancingConf { serde_json::from_value(v).unwrap() };
+        let l = Locality::from_conf(Some(&typed(conf)), "z1");
         let remote = vec![endpoint(2, "z2"), endpoint(3, "z3"), endpoint(4, "z4")];
         assert_eq!(picked(&l, &[], &remote), [3]);
         remote[1].health.failed();
         assert_eq!(picked(&l, &[], &remote), [2], "next step: any zone but z4");
 
         let none = json!({"localityAwareness": {"crossZone": {"failover": [{"to": {"type": "None"}}]}}});
-        let l = Locality::from_conf(Some(&none), "z1");
+        let l = Locality::from_conf(Some(&typed(none)), "z1");
         assert!(picked(&l, &[], &remote).is_empty(), "None: never leave the zone");
 
         let disabled = json!({"localityAwareness": {"disabled": true}});
-        let l = Locality::from_conf(Some(&disabled), "z1");
+        let l = Locality::from_conf(Some(&typed(disabled)), "z1");
         let local = vec![endpoint(1, "z1")];
         assert_eq!(picked(&l, &local, &remote), [1, 2, 4], "disabled: every available endpoint");
     }

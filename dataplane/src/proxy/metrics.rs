@@ -88,6 +88,8 @@ pub struct ProxyMetrics {
     pub certificate_rotations: Counter,
     /// Streams registered with the zone control plane (one per (re)connection).
     pub control_plane_streams: Counter,
+    /// Configurations refused (NACKed); the previous one stayed in force.
+    pub config_nacks: Counter,
 }
 
 impl ProxyMetrics {
@@ -104,6 +106,7 @@ impl ProxyMetrics {
             certificate_expiry: Gauge::default(),
             certificate_rotations: Counter::default(),
             control_plane_streams: Counter::default(),
+            config_nacks: Counter::default(),
         };
         let r = registry.sub_registry_with_prefix("strait_dp");
         r.register(
@@ -121,6 +124,7 @@ impl ProxyMetrics {
             metrics.certificate_expiry.clone(),
         );
         r.register("certificate_rotations", "workload certificates put in use", metrics.certificate_rotations.clone());
+        r.register("config_nacks", "configurations refused (NACK); the previous one stayed in force", metrics.config_nacks.clone());
         r.register(
             "control_plane_streams",
             "streams registered with the zone control plane, one per (re)connection",

@@ -55,6 +55,7 @@ use std::sync::Arc;
 use std::time::UNIX_EPOCH;
 
 use arc_swap::ArcSwap;
+use strait_api::proxy_config::{MeshTrust, ProxyConfig};
 use strait_pki::TrustBundle;
 use strait_proxy_core::drain::DrainWatcher;
 use strait_proxy_core::identity::{IdentityStore, TlsIdentity};
@@ -70,20 +71,26 @@ use crate::dps_client::{ProxyState, WorkloadIdentity};
 /// The certificate and trust bundle an identity was built from, to tell when to rebuild it.
 struct IdentitySource {
     certificate: Arc<WorkloadIdentity>,
-    bundle: serde_json::Value,
+    bundle: MeshTrust,
+}
+
+/// The mesh's trust bundle in the form the TLS verifier takes.
+pub fn trust_bundle(trust: &MeshTrust) -> TrustBundle {
+    TrustBundle { roots: trust.roots.clone(), revoked: trust.revoked.clone() }
+}
+
+/// What in `config` this sidecar cannot apply, if anything (the reason names it): the DPS
+/// client refuses such a configuration (NACK) and keeps the one in force.
+pub fn check(config: &ProxyConfig) -> Result<(), String> {
+    strait_proxy_core::tls::PeerVerifier::new(&trust_bundle(&config.trust_bundle)).map_err(|e| format!("trustBundle: {e}"))?;
+    Table::check(config)
 }
 
 /// Builds the TLS identity from the current certificate and trust bundle.
 fn tls_identity(state: &ProxyState) -> Option<(TlsIdentity, IdentitySource)> {
     let identity = state.identity.load_full()?;
     let config = state.config.load_full()?;
-    let bundle: TrustBundle = match serde_json::from_value(config.1.trust_bundle.clone()) {
-        Ok(b) => b,
-        Err(e) => {
-            tracing::error!(error = %e, "the trust bundle from the zone does not parse");
-            return None;
-        }
-    };
+    let bundle = trust_bundle(&config.1.trust_bundle);
     let source = IdentitySource { certificate: identity.clone(), bundle: config.1.trust_bundle.clone() };
     match TlsIdentity::from_pem(&identity.cert_chain_pem, &identity.key_pem, &bundle, &[ALPN_H2, ALPN_TCP]) {
         Ok(t) => Some((t, source)),

@@ -8,7 +8,7 @@
 use std::time::{Duration, Instant};
 
 use futures::{FutureExt, StreamExt};
-use strait_api::gateway_config::{InventoryService, ZoneInventory};
+use strait_api::gateway_config::{DataplaneNack, InventoryService, ZoneInventory};
 use strait_api::kds::{self, global_message, zone_message, GlobalMessage, ZoneMessage};
 use strait_store::{EventKind, Key, Precondition, StoreError, WatchStream};
 use tokio::sync::mpsc;
@@ -280,6 +280,11 @@ impl Session {
                 })
                 .collect(),
             ingress_addresses: inventory.ingress_addresses,
+            dataplane_nacks: inventory
+                .dataplane_nacks
+                .into_iter()
+                .map(|n| DataplaneNack { mesh: n.mesh, dataplane: n.dataplane, version: n.version, error: n.error })
+                .collect(),
         };
         let data = serde_json::to_value(&stored).map_err(|e| Status::internal(e.to_string()))?;
         let key = Key::new(ZONE_INVENTORY, "", &self.zone);

@@ -41,6 +41,8 @@ pub struct DpsShared {
     pub shutdown: CancellationToken,
     /// The zone's token, which the zone's gateways present.
     pub zone_token: Arc<String>,
+    /// `strait_zone_dps_*`.
+    pub metrics: crate::metrics::DpsMetrics,
 }
 
 /// The tonic service.
@@ -203,7 +205,7 @@ impl DataplaneSync for DpsService {
             return Err(Status::already_exists(format!("dataplane {id} is already connected")));
         }
         let (tx, rx) = mpsc::channel(16);
-        let session = session::Session { shared: self.shared.clone(), dp, mesh, service, id, tx };
+        let session = session::Session { shared: self.shared.clone(), dp, mesh, service, id, tx, nacked: Default::default() };
         tracing::info!(peer, dataplane = %session.id, "sidecar connected");
         self.tasks.spawn(session.run(inbound));
         Ok(Response::new(ReceiverStream::new(rx)))

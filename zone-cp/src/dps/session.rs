@@ -4,10 +4,14 @@
 //! In: the sidecar's ACK/NACK and CSRs, and the zone store's changes. Out: `Config` messages
 //! (only when the sidecar's configuration really changed) and `Certificate` messages.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use futures::StreamExt;
+use serde_json::json;
 use strait_api::dps::{dataplane_message, zone_message, Certificate, DataplaneMessage, ZoneMessage};
 use strait_api::{proxy_config, Resource, ResourceType, Spec};
-use strait_store::{Key, WatchStream};
+use strait_cp_core::kinds::DATAPLANE_NACK;
+use strait_store::{Key, Precondition, WatchStream};
 use tokio::sync::mpsc;
 use tonic::{Status, Streaming};
 
@@ -21,6 +25,8 @@ pub struct Session {
     pub(super) service: String,
     pub(super) id: String,
     pub(super) tx: mpsc::Sender<Result<ZoneMessage, Status>>,
+    /// Whether the sidecar's latest answer was a NACK (recorded in the store while it lasts).
+    pub(super) nacked: AtomicBool,
 }
 
 fn unavailable(e: impl std::fmt::Display) -> Status {
@@ -39,6 +45,7 @@ impl Session {
             Ok(_) => {}
             Err(e) => tracing::warn!(dataplane = %self.id, error = %e, "could not unregister the Dataplane"),
         }
+        self.clear_nack().await;
         crate::inventory::refresh(&self.shared.resources, &self.shared.inventory).await;
         self.shared.connected.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.id);
         tracing::info!(dataplane = %self.id, reason, "sidecar disconnected");
@@ -86,13 +93,20 @@ impl Session {
     /// reconnects and zone restarts too.
     async fn push_config(&self, last: &mut Option<Vec<u8>>) -> Result<(), Status> {
         let version = self.shared.resources.store().revision();
-        let config = self.compute().await?;
+        let config = match self.compute().await? {
+            Ok(config) => config,
+            Err(e) => {
+                // The sidecar keeps what it has; nothing it could not apply is sent.
+                tracing::error!(dataplane = %self.id, version, error = %e, "a merged policy does not fit its type; the sidecar keeps its configuration");
+                return Ok(());
+            }
+        };
         let Some(message) = super::changed_config(&config, version, last)? else { return Ok(()) };
         tracing::debug!(dataplane = %self.id, version, "sending configuration");
         self.tx.send(Ok(message)).await.map_err(|_| Status::cancelled("sidecar stream closed"))
     }
 
-    async fn compute(&self) -> Result<proxy_config::ProxyConfig, Status> {
+    async fn compute(&self) -> Result<Result<proxy_config::ProxyConfig, proxy_config::PolicyError>, Status> {
         let resources = &self.shared.resources;
         let mut all = Vec::new();
         for kind in ResourceType::ALL.iter().copied().filter(|k| k.is_mesh_scoped()) {
@@ -103,12 +117,17 @@ impl Session {
             .get(&Key::new(strait_cp_core::kinds::TRUST_BUNDLE, &self.mesh, "default"))
             .await
             .map_err(unavailable)?
-            .map(|o| o.data)
+            .map(|o| serde_json::from_value::<proxy_config::MeshTrust>(o.data))
+            .transpose()
+            .map_err(|e| Status::internal(format!("the mesh's stored trust bundle does not parse: {e}")))?
             .unwrap_or_default();
         let lifetime = self.certificate_lifetime().await?;
         let remote = crate::gateways::remote(resources.store().as_ref()).await.map_err(unavailable)?;
-        proxy_config::build(&self.dp, &self.shared.zone, &all, &remote, bundle, lifetime.as_secs())
-            .ok_or_else(|| Status::internal("not a Dataplane"))
+        match proxy_config::build(&self.dp, &self.shared.zone, &all, &remote, bundle, lifetime.as_secs()) {
+            Ok(Some(config)) => Ok(Ok(config)),
+            Ok(None) => Err(Status::internal("not a Dataplane")),
+            Err(e) => Ok(Err(e)),
+        }
     }
 
     async fn certificate_lifetime(&self) -> Result<std::time::Duration, Status> {
@@ -121,10 +140,13 @@ impl Session {
     async fn handle(&self, message: DataplaneMessage) -> Result<(), Status> {
         match message.message {
             Some(dataplane_message::Message::Ack(ack)) => {
-                tracing::debug!(dataplane = %self.id, version = ack.version, "configuration applied")
+                tracing::debug!(dataplane = %self.id, version = ack.version, "configuration applied");
+                self.clear_nack().await;
             }
             Some(dataplane_message::Message::Nack(nack)) => {
-                tracing::warn!(dataplane = %self.id, version = nack.version, error = %nack.error, "sidecar rejected its configuration (NACK)")
+                tracing::warn!(dataplane = %self.id, version = nack.version, error = %nack.error, "sidecar refused its configuration (NACK); it keeps its previous one");
+                self.shared.metrics.config_nacks.inc();
+                self.record_nack(nack.version, &nack.error).await;
             }
             Some(dataplane_message::Message::CertificateRequest(req)) => {
                 let answer = match self.sign(&req.csr_pem).await {
@@ -142,6 +164,31 @@ impl Session {
             None => return Err(Status::invalid_argument("empty message")),
         }
         Ok(())
+    }
+
+    fn nack_key(&self) -> Key {
+        Key::new(DATAPLANE_NACK, &self.mesh, &self.dp.name)
+    }
+
+    /// Records a NACK where the zone's inventory (and so the global's zone list) shows it.
+    async fn record_nack(&self, version: u64, error: &str) {
+        let data = json!({"mesh": self.mesh, "dataplane": self.dp.name, "version": version, "error": error});
+        match self.shared.resources.store().put(self.nack_key(), data, Precondition::None).await {
+            Ok(_) => self.nacked.store(true, Ordering::Relaxed),
+            Err(e) => tracing::warn!(dataplane = %self.id, error = %e, "could not record the NACK"),
+        }
+        crate::inventory::refresh(&self.shared.resources, &self.shared.inventory).await;
+    }
+
+    /// Forgets the sidecar's NACK once it applies a configuration again, or leaves.
+    async fn clear_nack(&self) {
+        if !self.nacked.swap(false, Ordering::Relaxed) {
+            return;
+        }
+        if let Err(e) = self.shared.resources.store().delete(self.nack_key(), Precondition::None).await {
+            tracing::warn!(dataplane = %self.id, error = %e, "could not clear the NACK record");
+        }
+        crate::inventory::refresh(&self.shared.resources, &self.shared.inventory).await;
     }
 
     /// Signs the sidecar's CSR for `spiffe://<mesh>/<service>` with the zone's intermediate CA;

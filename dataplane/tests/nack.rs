@@ -1,0 +1,82 @@
+//! The sidecar contract is typed, and what a sidecar cannot apply is refused, not ignored: a
+//! configuration asking for a load balancer this sidecar does not implement (RingHash) is
+//! NACKed with the reason, the configuration in force stays (a MeshTimeout that came with it
+//! does not apply), the NACK shows in the sidecar's and the zone's metrics and in the global's
+//! zone status (`straitctl zone list`), and once the policy is gone the sidecar applies the
+//! next configuration and the NACK disappears.
+
+mod common;
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use common::{admin, dataplane, eventually, free_port, get, http_app, metric, scrape, Mesh};
+use serde_json::{json, Value};
+
+async fn zone_status(mesh: &Mesh) -> Value {
+    let zone: Value = mesh.http.get(format!("{}/zones/zone-1", mesh.base)).send().await.unwrap().json().await.unwrap();
+    zone["status"].clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_configuration_the_sidecar_cannot_apply_is_nacked_and_the_previous_one_stays() {
+    let mesh = Mesh::start().await;
+    let app = http_app("backend-1").await;
+    let (backend_in, web_out) = (free_port(), free_port());
+    let backend = mesh.sidecar("backend", "backend", &dataplane("backend-1", "backend", backend_in, app.port, "http", &[])).await;
+    let web = mesh.sidecar("web", "web", &dataplane("web-1", "web", free_port(), free_port(), "http", &[(web_out, "backend")])).await;
+    for s in [&backend, &web] {
+        eventually("sidecars ready", async || (admin(s, "/ready").await.0 == 200).then_some(())).await;
+    }
+    let client = reqwest::Client::new();
+    eventually("web -> backend", async || get(&client, web_out, "/").await.filter(|r| r.0 == 200)).await;
+    let applied_before = web.state.config.load().as_ref().map(|c| c.0).unwrap();
+
+    mesh.put(
+        "/meshes/default/meshloadbalancingstrategies/ring",
+        json!({"type": "MeshLoadBalancingStrategy", "name": "ring", "mesh": "default",
+        "spec": {"targetRef": {"kind": "MeshService", "name": "web"}, "to": [{"targetRef": {"kind": "MeshService", "name": "backend"},
+        "default": {"loadBalancer": {"type": "RingHash", "ringHash": {"hashPolicies": [{"type": "Header", "name": "x-user"}]}}}}]}}),
+    )
+    .await;
+    eventually("web's NACK", async || (metric(&web, "strait_dp_config_nacks_total").await >= 1.0).then_some(())).await;
+    assert_eq!(web.state.config.load().as_ref().map(|c| c.0), Some(applied_before), "the refused configuration is not in force");
+
+    // Refused configurations keep being refused as policies change: a timeout that comes with
+    // the RingHash does not apply.
+    mesh.put("/meshes/default/meshtimeouts/short", json!({"type": "MeshTimeout", "name": "short", "mesh": "default",
+        "spec": {"targetRef": {"kind": "Mesh"}, "to": [{"targetRef": {"kind": "MeshService", "name": "backend"}, "default": {"http": {"requestTimeout": "200ms"}}}]}})).await;
+    eventually("a second NACK", async || (metric(&web, "strait_dp_config_nacks_total").await >= 2.0).then_some(())).await;
+    app.delay_ms.store(600, Ordering::Relaxed);
+    let (status, body) = get(&client, web_out, "/").await.expect("an answer");
+    assert_eq!(status, 200, "the previous configuration (no timeout) is still in force: {body}");
+
+    // The NACK is visible on the zone and on the global.
+    let zone_metrics = format!("http://{}/metrics", mesh.zone.as_ref().unwrap().api_addr);
+    assert!(scrape(&zone_metrics, "strait_zone_dps_config_nacks_total").await >= 2.0);
+    let status = eventually("the NACK in the global's zone status", async || {
+        let status = zone_status(&mesh).await;
+        status.pointer("/inventory/dataplaneNacks/0").is_some().then_some(status)
+    })
+    .await;
+    let nack = &status["inventory"]["dataplaneNacks"][0];
+    assert_eq!((nack["mesh"].as_str(), nack["dataplane"].as_str()), (Some("default"), Some("web-1")), "{status}");
+    assert!(nack["error"].as_str().unwrap().contains("RingHash is not implemented"), "the reason names the policy: {nack}");
+
+    // Without the policy it cannot apply, the sidecar takes the next configuration, timeout
+    // included, and the NACK is gone.
+    mesh.delete("/meshes/default/meshloadbalancingstrategies/ring").await;
+    eventually("web applies a configuration again", async || {
+        (web.state.config.load().as_ref().map(|c| c.0) != Some(applied_before)).then_some(())
+    })
+    .await;
+    let (status, body) = get(&client, web_out, "/").await.expect("an answer");
+    assert_eq!(status, 504, "the timeout now applies: {body}");
+    eventually("the NACK gone from the global's zone status", async || {
+        zone_status(&mesh).await.pointer("/inventory/dataplaneNacks/0").is_none().then_some(())
+    })
+    .await;
+    for s in [web, backend] {
+        s.shutdown(Duration::from_secs(1)).await;
+    }
+}
