@@ -24,6 +24,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::task::TaskTracker;
 use tonic::{Request, Response, Status, Streaming};
+use tracing::Instrument;
 
 use registry::Registry;
 use session::Session;
@@ -214,14 +215,16 @@ impl ZoneSync for KdsService {
             return Err(Status::permission_denied(format!("this token belongs to zone {zone:?}, not {:?}", hello.zone)));
         }
         let (id, cancel) = self.shared.registry.connect(&zone, &peer, &hello.software_version).map_err(|e| {
-            tracing::warn!(peer, zone = %zone, "zone refused: {e}");
+            tracing::warn!(peer, zone = %zone, reason = %e, "zone refused");
             Status::already_exists(e.to_string())
         })?;
         self.shared.metrics.connected_zones.set(self.shared.registry.connected_count() as i64);
-        tracing::info!(zone = %zone, peer, version = %hello.software_version, resume = hello.resume_revision, "zone connected");
+        // Every line of the session, to its end, names the zone and where it connected from.
+        let span = tracing::info_span!("kds_session", zone = %zone, peer);
+        span.in_scope(|| tracing::info!(version = %hello.software_version, resume = hello.resume_revision, "zone connected"));
         let (tx, rx) = mpsc::channel(16);
         let session = Session { shared: self.shared.clone(), zone, id, tx, cancel };
-        self.tasks.spawn(session.run(hello, inbound));
+        self.tasks.spawn(session.run(hello, inbound).instrument(span));
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 }

@@ -37,11 +37,11 @@ impl Session {
         };
         match self.shared.resources.delete(ResourceType::Dataplane, Some(&self.mesh), &self.dp.name, None).await {
             Ok(_) => {}
-            Err(e) => tracing::warn!(dataplane = %self.id, error = %e, "could not unregister the Dataplane"),
+            Err(e) => tracing::warn!(error = %e, "could not unregister the Dataplane"),
         }
         crate::inventory::refresh(&self.shared.resources, &self.shared.inventory).await;
         self.shared.connected.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.id);
-        tracing::info!(dataplane = %self.id, reason, "sidecar disconnected");
+        tracing::info!(reason, "sidecar disconnected");
         if let Err(status) = result {
             let _ = self.tx.send(Err(status)).await;
         }
@@ -88,7 +88,7 @@ impl Session {
         let version = self.shared.resources.store().revision();
         let config = self.compute().await?;
         let Some(message) = super::changed_config(&config, version, last)? else { return Ok(()) };
-        tracing::debug!(dataplane = %self.id, version, "sending configuration");
+        tracing::debug!(version, "sending configuration");
         self.tx.send(Ok(message)).await.map_err(|_| Status::cancelled("sidecar stream closed"))
     }
 
@@ -121,16 +121,16 @@ impl Session {
     async fn handle(&self, message: DataplaneMessage) -> Result<(), Status> {
         match message.message {
             Some(dataplane_message::Message::Ack(ack)) => {
-                tracing::debug!(dataplane = %self.id, version = ack.version, "configuration applied")
+                tracing::debug!(version = ack.version, "configuration applied")
             }
             Some(dataplane_message::Message::Nack(nack)) => {
-                tracing::warn!(dataplane = %self.id, version = nack.version, error = %nack.error, "sidecar rejected its configuration (NACK)")
+                tracing::warn!(version = nack.version, error = %nack.error, "sidecar rejected its configuration (NACK)")
             }
             Some(dataplane_message::Message::CertificateRequest(req)) => {
                 let answer = match self.sign(&req.csr_pem).await {
                     Ok(chain) => Certificate { cert_chain_pem: chain, error: String::new() },
                     Err(e) => {
-                        tracing::warn!(dataplane = %self.id, error = %e, "could not issue a workload certificate");
+                        tracing::warn!(error = %e, "could not issue a workload certificate");
                         Certificate { cert_chain_pem: String::new(), error: e }
                     }
                 };
@@ -163,7 +163,7 @@ impl Session {
         .await
         .map_err(|e| e.to_string())?
         .map_err(|e| e.to_string())?;
-        tracing::info!(dataplane = %self.id, lifetime = ?lifetime, "issued a workload certificate");
+        tracing::info!(lifetime = ?lifetime, "issued a workload certificate");
         Ok(leaf)
     }
 }
