@@ -20,6 +20,8 @@ use strait_proxy_core::DrainWatcher;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsConnector;
+use tracing::field::Empty;
+use tracing::{Instrument, Span};
 
 use crate::header::{self, Answered};
 use crate::metrics::{DirectionLabel, StreamLabels};
@@ -41,12 +43,18 @@ pub async fn serve(gw: Arc<Gateway>, listener: TcpListener, drain: DrainWatcher)
             a = listener.accept() => a,
         };
         match accepted {
-            Ok((client, _)) => {
+            Ok((client, address)) => {
                 let _ = client.set_nodelay(true);
+                // This zone, the sidecar, and what it asks for once its ClientHello is read.
+                let zone = gw.routes.load().zone.clone();
+                let span = tracing::info_span!("egress", zone, client = %address, sni = Empty, peer_zone = Empty, transport = Empty);
                 let (task, drain) = (gw.clone(), drain.clone());
-                gw.tasks.spawn(async move {
-                    drain.unless_forced(handle(task, client)).await;
-                });
+                gw.tasks.spawn(
+                    async move {
+                        drain.unless_forced(handle(task, client)).await;
+                    }
+                    .instrument(span),
+                );
             }
             Err(e) => {
                 tracing::warn!(error = %e, "egress accept failed");
@@ -57,39 +65,43 @@ pub async fn serve(gw: Arc<Gateway>, listener: TcpListener, drain: DrainWatcher)
 }
 
 async fn handle(gw: Arc<Gateway>, mut client: TcpStream) {
-    let peer = client.peer_addr().ok();
+    let span = Span::current();
     let sni = match peek_client_hello(&client, HELLO_TIMEOUT).await {
         Ok(hello) => hello.server_name,
         Err(e) => {
-            tracing::debug!(?peer, error = %e, "egress: no ClientHello");
+            tracing::debug!(error = %e, "egress: no ClientHello");
             gw.metrics.refuse(DIRECTION, "no_client_hello");
             return;
         }
     };
     let Some(sni) = sni else {
+        tracing::debug!("egress: no SNI");
         gw.metrics.refuse(DIRECTION, "no_sni");
         return;
     };
+    span.record("sni", sni.as_str());
     let Some(target) = parse_sni(&sni) else {
-        tracing::debug!(?peer, sni, "egress: not a mesh SNI");
+        tracing::debug!("egress: not a mesh SNI");
         gw.metrics.refuse(DIRECTION, "bad_sni");
         return;
     };
     let routes = gw.routes.load_full();
     let key = format!("{}.{}", target.service, target.mesh);
     let Some(zone) = pick_zone(&gw, &routes, &key, target.zone) else {
-        tracing::debug!(?peer, sni, "egress: no other zone hosts this service");
+        tracing::debug!("egress: no other zone hosts this service");
         gw.metrics.refuse(DIRECTION, "no_zone");
         return;
     };
+    span.record("peer_zone", zone.as_str());
     let (tunnel, transport) = match open(&gw, &routes, &zone, &sni).await {
         Ok(t) => t,
         Err(e) => {
-            tracing::warn!(zone, sni, error = %e, "egress: cannot reach the zone");
+            tracing::warn!(error = %e, "egress: cannot reach the zone");
             gw.metrics.refuse(DIRECTION, "zone_unreachable");
             return;
         }
     };
+    span.record("transport", transport);
     gw.metrics.streams.get_or_create(&StreamLabels { direction: DIRECTION, zone: zone.clone(), service: key.clone(), transport }).inc();
     let active = gw.metrics.active.get_or_create(&DirectionLabel { direction: DIRECTION }).clone();
     active.inc();
@@ -99,7 +111,7 @@ async fn handle(gw: Arc<Gateway>, mut client: TcpStream) {
     let moved = match &copied {
         Ok(c) => *c,
         Err(e) => {
-            tracing::debug!(zone, sni, error = %e, "egress connection ended with an error");
+            tracing::debug!(error = %e, "egress connection ended with an error");
             e.copied()
         }
     };
@@ -126,7 +138,7 @@ async fn open(gw: &Gateway, routes: &Routes, zone: &str, sni: &str) -> io::Resul
                 send.write_all(&head).await?;
                 return Ok((Box::new(tokio::io::join(recv, send)), "quic"));
             }
-            Err(e) => tracing::debug!(zone, error = %e, "opening a QUIC stream failed; using TCP"),
+            Err(e) => tracing::debug!(error = %e, "opening a QUIC stream failed; using TCP"),
         }
     }
     gw.metrics.fallbacks.get_or_create(&crate::metrics::ZoneLabel { zone: zone.to_string() }).inc();

@@ -17,6 +17,8 @@ use strait_proxy_core::DrainWatcher;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
+use tracing::field::Empty;
+use tracing::{Instrument, Span};
 
 use crate::header::{self, Status};
 use crate::metrics::{DirectionLabel, StreamLabels};
@@ -29,26 +31,27 @@ const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long connecting to one local endpoint may take before the next is tried.
 const ENDPOINT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// QUIC connections accepted from other zones, so those of a zone revoked later are closed.
+/// QUIC connections accepted from other zones (each with its span), so those of a zone
+/// revoked later are closed.
 #[derive(Default)]
 pub struct Peers {
-    list: Mutex<Vec<(CertificateDer<'static>, quinn::Connection)>>,
+    list: Mutex<Vec<(CertificateDer<'static>, quinn::Connection, Span)>>,
 }
 
 impl Peers {
     fn add(&self, leaf: CertificateDer<'static>, conn: quinn::Connection) {
         let mut list = self.list.lock().unwrap_or_else(|p| p.into_inner());
-        list.retain(|(_, c)| c.close_reason().is_none());
-        list.push((leaf, conn));
+        list.retain(|(_, c, _)| c.close_reason().is_none());
+        list.push((leaf, conn, Span::current()));
     }
 
     /// Closes the connections of peers the current routes revoke.
     pub fn close_revoked(&self, gw: &Gateway) {
         let routes = gw.routes.load();
         let mut list = self.list.lock().unwrap_or_else(|p| p.into_inner());
-        list.retain(|(leaf, conn)| {
+        list.retain(|(leaf, conn, span)| {
             if routes.is_revoked(leaf) {
-                tracing::warn!(peer = %conn.remote_address(), "closing the tunnel of a revoked zone");
+                span.in_scope(|| tracing::warn!("closing the tunnel of a revoked zone"));
                 conn.close(2u32.into(), b"revoked_zone");
                 gw.metrics.refuse(DIRECTION, "revoked_zone");
                 false
@@ -67,17 +70,27 @@ pub async fn serve_quic(gw: Arc<Gateway>, drain: DrainWatcher) {
             i = gw.endpoint.accept() => i,
         };
         let Some(incoming) = incoming else { return };
+        let span = connection_span(&gw, incoming.remote_address(), "quic");
         let (task, drain) = (gw.clone(), drain.clone());
-        gw.tasks.spawn(async move { quic_connection(task, incoming, drain).await });
+        gw.tasks.spawn(async move { quic_connection(task, incoming, drain).await }.instrument(span));
+    }
+}
+
+/// The span of a connection from another zone's gateway: this zone, where it comes from, and
+/// (once its identity is checked) its zone; for TCP, also the service it asks for.
+fn connection_span(gw: &Gateway, remote: std::net::SocketAddr, transport: &'static str) -> Span {
+    let zone = gw.routes.load().zone.clone();
+    match transport {
+        "quic" => tracing::info_span!("ingress", zone, %remote, transport, peer_zone = Empty),
+        _ => tracing::info_span!("ingress", zone, %remote, transport, peer_zone = Empty, service = Empty),
     }
 }
 
 async fn quic_connection(gw: Arc<Gateway>, incoming: quinn::Incoming, drain: DrainWatcher) {
-    let remote = incoming.remote_address();
     let conn = match incoming.await {
         Ok(c) => c,
         Err(e) => {
-            tracing::info!(%remote, error = %e, "QUIC handshake from another zone failed");
+            tracing::info!(error = %e, "QUIC handshake from another zone failed");
             gw.metrics.refuse(DIRECTION, "handshake");
             return;
         }
@@ -86,16 +99,17 @@ async fn quic_connection(gw: Arc<Gateway>, incoming: quinn::Incoming, drain: Dra
     let zone = match gw.routes.load().check_peer(certs.as_deref().map(Vec::as_slice)) {
         Ok(zone) => zone,
         Err(refusal) => {
-            tracing::warn!(%remote, reason = refusal.reason(), "refused a gateway");
+            tracing::warn!(reason = refusal.reason(), "refused a gateway");
             gw.metrics.refuse(DIRECTION, refusal.reason());
             conn.close(1u32.into(), refusal.reason().as_bytes());
             return;
         }
     };
+    Span::current().record("peer_zone", zone.as_str());
     if let Some(leaf) = certs.as_ref().and_then(|c| c.first()) {
         gw.peers.add(leaf.clone(), conn.clone());
     }
-    tracing::info!(%remote, zone, "QUIC tunnel from a zone accepted");
+    tracing::info!("QUIC tunnel from a zone accepted");
     // While draining, streams keep being accepted, to be answered `Draining` at once; the
     // connection itself stays up for the streams already open, until the endpoint closes.
     let mut drain = Some(drain);
@@ -119,14 +133,19 @@ async fn quic_connection(gw: Arc<Gateway>, incoming: quinn::Incoming, drain: Dra
                     drop(recv);
                     continue;
                 };
+                // A child of the connection's span: each stream names the service it carries.
+                let span = tracing::info_span!("stream", id = send.id().index(), service = Empty);
                 let (task, zone, watcher) = (gw.clone(), zone.clone(), watcher.clone());
-                gw.tasks.spawn(async move {
-                    let io = tokio::io::join(recv, send);
-                    watcher.unless_forced(tunnelled(task, watcher.clone(), zone, io, "quic")).await;
-                });
+                gw.tasks.spawn(
+                    async move {
+                        let io = tokio::io::join(recv, send);
+                        watcher.unless_forced(tunnelled(task, watcher.clone(), zone, io, "quic")).await;
+                    }
+                    .instrument(span),
+                );
             }
             Err(e) => {
-                tracing::info!(%remote, zone, reason = %e, "QUIC tunnel from a zone closed");
+                tracing::info!(reason = %e, "QUIC tunnel from a zone closed");
                 break;
             }
         }
@@ -145,8 +164,9 @@ pub async fn serve_tcp(gw: Arc<Gateway>, listener: TcpListener, drain: DrainWatc
             continue;
         };
         let _ = tcp.set_nodelay(true);
+        let span = connection_span(&gw, remote, "tcp");
         let (task, drain) = (gw.clone(), drain.clone());
-        gw.tasks.spawn(async move {
+        let connection = async move {
             let Some(tls) = task.routes.load().tls.clone() else {
                 task.metrics.refuse(DIRECTION, "no_identity");
                 return;
@@ -155,7 +175,7 @@ pub async fn serve_tcp(gw: Arc<Gateway>, listener: TcpListener, drain: DrainWatc
             let stream = match accepted {
                 Ok(Ok(s)) => s,
                 _ => {
-                    tracing::info!(%remote, "TLS handshake from another zone failed");
+                    tracing::info!("TLS handshake from another zone failed");
                     task.metrics.refuse(DIRECTION, "handshake");
                     return;
                 }
@@ -163,13 +183,15 @@ pub async fn serve_tcp(gw: Arc<Gateway>, listener: TcpListener, drain: DrainWatc
             let zone = match task.routes.load().check_peer(stream.get_ref().1.peer_certificates()) {
                 Ok(zone) => zone,
                 Err(refusal) => {
-                    tracing::warn!(%remote, reason = refusal.reason(), "refused a gateway");
+                    tracing::warn!(reason = refusal.reason(), "refused a gateway");
                     task.metrics.refuse(DIRECTION, refusal.reason());
                     return;
                 }
             };
+            Span::current().record("peer_zone", zone.as_str());
             drain.unless_forced(tunnelled(task, drain.clone(), zone, stream, "tcp")).await;
-        });
+        };
+        gw.tasks.spawn(connection.instrument(span));
     }
 }
 
@@ -178,6 +200,7 @@ async fn tunnelled(gw: Arc<Gateway>, drain: DrainWatcher, zone: String, mut io: 
     let (key, endpoint) = match route(&gw, &drain, &mut io).await {
         Ok(routed) => routed,
         Err(status) => {
+            tracing::debug!(reason = status.reason(), "stream refused");
             gw.metrics.refuse(DIRECTION, status.reason());
             let _ = io.write_all(&header::answer(status)).await;
             let _ = io.shutdown().await;
@@ -196,7 +219,7 @@ async fn tunnelled(gw: Arc<Gateway>, drain: DrainWatcher, zone: String, mut io: 
     let moved = match &copied {
         Ok(c) => *c,
         Err(e) => {
-            tracing::debug!(zone, service = key, error = %e, "ingress connection ended with an error");
+            tracing::debug!(error = %e, "ingress connection ended with an error");
             e.copied()
         }
     };
@@ -207,6 +230,8 @@ async fn tunnelled(gw: Arc<Gateway>, drain: DrainWatcher, zone: String, mut io: 
 async fn route(gw: &Gateway, drain: &DrainWatcher, io: &mut impl Io) -> Result<(String, TcpStream), Status> {
     let sni = tokio::time::timeout(HEADER_TIMEOUT, header::read_request(io)).await.map_err(|_| Status::BadHeader)??;
     let target = parse_sni(&sni).ok_or(Status::BadHeader)?;
+    let key = format!("{}.{}", target.service, target.mesh);
+    Span::current().record("service", key.as_str());
     if drain.is_signaled() {
         return Err(Status::Draining);
     }
@@ -214,7 +239,6 @@ async fn route(gw: &Gateway, drain: &DrainWatcher, io: &mut impl Io) -> Result<(
     if target.zone.is_some_and(|z| z != routes.zone) {
         return Err(Status::UnknownService);
     }
-    let key = format!("{}.{}", target.service, target.mesh);
     let service = routes.local(&key).ok_or(Status::UnknownService)?;
     for address in service.endpoints() {
         match tokio::time::timeout(ENDPOINT_CONNECT_TIMEOUT, TcpStream::connect(address)).await {
@@ -222,8 +246,8 @@ async fn route(gw: &Gateway, drain: &DrainWatcher, io: &mut impl Io) -> Result<(
                 let _ = tcp.set_nodelay(true);
                 return Ok((key, tcp));
             }
-            Ok(Err(e)) => tracing::debug!(%address, service = key, error = %e, "endpoint refused; trying the next"),
-            Err(_) => tracing::debug!(%address, service = key, "endpoint connect timed out; trying the next"),
+            Ok(Err(e)) => tracing::debug!(%address, error = %e, "endpoint refused; trying the next"),
+            Err(_) => tracing::debug!(%address, "endpoint connect timed out; trying the next"),
         }
     }
     Err(Status::Unreachable)

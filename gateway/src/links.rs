@@ -14,6 +14,7 @@ use std::time::Duration;
 use arc_swap::{ArcSwap, ArcSwapOption};
 use rustls::pki_types::CertificateDer;
 use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, Span};
 
 use crate::metrics::ZoneLabel;
 use crate::Gateway;
@@ -24,6 +25,8 @@ pub struct Link {
     pub zone: String,
     conn: ArcSwapOption<quinn::Connection>,
     stop: CancellationToken,
+    /// This zone and the other, on every line about the link.
+    span: Span,
 }
 
 impl Link {
@@ -53,15 +56,16 @@ impl Links {
         let mut next: HashMap<String, Arc<Link>> = HashMap::new();
         for zone in routes.zones() {
             let link = current.get(zone).cloned().unwrap_or_else(|| {
-                let link = Arc::new(Link { zone: zone.to_string(), conn: ArcSwapOption::empty(), stop: gw.shutdown.child_token() });
-                gw.tasks.spawn(maintain(gw.clone(), link.clone()));
+                let span = tracing::info_span!("link", zone = %routes.zone, peer_zone = zone);
+                let link = Arc::new(Link { zone: zone.to_string(), conn: ArcSwapOption::empty(), stop: gw.shutdown.child_token(), span });
+                gw.tasks.spawn(maintain(gw.clone(), link.clone()).instrument(link.span.clone()));
                 link
             });
             next.insert(zone.to_string(), link);
         }
         for (zone, link) in current.iter() {
             if !next.contains_key(zone) {
-                tracing::info!(zone, "zone gone from the configuration; closing its tunnel");
+                link.span.in_scope(|| tracing::info!("zone gone from the configuration; closing its tunnel"));
                 link.stop.cancel();
             }
         }
@@ -76,7 +80,7 @@ impl Links {
             let Some(conn) = link.connection() else { continue };
             let certs = conn.peer_identity().and_then(|i| i.downcast::<Vec<CertificateDer<'static>>>().ok());
             if certs.as_ref().and_then(|c| c.first()).is_some_and(|leaf| routes.is_revoked(leaf)) {
-                tracing::warn!(zone = link.zone, "the zone's identity was revoked; closing the tunnel to it");
+                link.span.in_scope(|| tracing::warn!("the zone's identity was revoked; closing the tunnel to it"));
                 conn.close(2u32.into(), b"revoked_zone");
                 gw.metrics.refuse("egress", "revoked_zone");
             }
@@ -105,7 +109,7 @@ async fn maintain(gw: Arc<Gateway>, link: Arc<Link>) {
         };
         match connected {
             Ok(conn) => {
-                tracing::info!(zone = link.zone, peer = %conn.remote_address(), rtt = ?conn.rtt(), "QUIC tunnel to the zone is up");
+                tracing::info!(peer = %conn.remote_address(), rtt = ?conn.rtt(), "QUIC tunnel to the zone is up");
                 link.conn.store(Some(Arc::new(conn.clone())));
                 gw.metrics.quic_up.get_or_create(&label).set(1);
                 backoff = Duration::from_millis(250);
@@ -120,13 +124,13 @@ async fn maintain(gw: Arc<Gateway>, link: Arc<Link>) {
                 };
                 link.conn.store(None);
                 gw.metrics.quic_up.get_or_create(&label).set(0);
-                tracing::warn!(zone = link.zone, %reason, "QUIC tunnel to the zone closed; new connections use TCP until it is back");
+                tracing::warn!(%reason, "QUIC tunnel to the zone closed; new connections use TCP until it is back");
             }
             Err(e) => {
                 if was_up {
-                    tracing::warn!(zone = link.zone, error = e, "cannot open a QUIC tunnel to the zone; new connections use TCP meanwhile");
+                    tracing::warn!(error = e, "cannot open a QUIC tunnel to the zone; new connections use TCP meanwhile");
                 } else {
-                    tracing::debug!(zone = link.zone, error = e, "QUIC tunnel to the zone still down");
+                    tracing::debug!(error = e, "QUIC tunnel to the zone still down");
                 }
                 was_up = false;
                 attempt += 1;

@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use strait_proxy_core::tunnel::inbound;
 use tokio::net::TcpListener;
+use tracing::Instrument;
 
 use super::authorization;
 use super::data_path::DataPath;
@@ -18,7 +19,9 @@ use super::listeners::Inbound;
 /// Serves the inbound `listener` until drained.
 pub fn serve(listener: TcpListener, config: Inbound, path: &Arc<DataPath>) {
     let Inbound { port, service, protocol, forward_to } = config;
-    tracing::info!(port, %service, app = %forward_to, ?protocol, "inbound accepting");
+    // The parent of every connection's span: each line of the port names its service.
+    let span = tracing::info_span!("inbound", %service, port);
+    span.in_scope(|| tracing::info!(app = %forward_to, ?protocol, "inbound accepting"));
     let authorize = authorization::for_port(path.state.clone(), port);
     let mut inbound_config = inbound::InboundConfig::new(forward_to);
     // HTTP/1.1 callers over a TCP tunnel get a 403 that says why; TCP callers see the
@@ -28,5 +31,5 @@ pub fn serve(listener: TcpListener, config: Inbound, path: &Arc<DataPath>) {
         inbound_config.h2 = Some(super::http::inbound::handler(path.clone(), port, service, forward_to, protocol));
     }
     let (identities, metrics, drain) = (path.identities.clone(), path.metrics.inbound.clone(), path.drain.clone());
-    path.tasks.spawn(inbound::serve(listener, identities, inbound_config, authorize, metrics, drain));
+    path.tasks.spawn(inbound::serve(listener, identities, inbound_config, authorize, metrics, drain).instrument(span));
 }

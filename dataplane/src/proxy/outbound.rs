@@ -13,6 +13,7 @@ use std::sync::Arc;
 use strait_proxy_core::tls::ALPN_TCP;
 use strait_proxy_core::tunnel::outbound::{self, OutboundError};
 use tokio::net::{TcpListener, TcpStream};
+use tracing::Instrument;
 
 use super::data_path::DataPath;
 use super::destinations::Destination;
@@ -29,15 +30,15 @@ pub fn serve(listener: TcpListener, config: Outbound, path: &Arc<DataPath>) {
                 () = path.drain.signaled() => return,
                 a = listener.accept() => a,
             };
-            let Ok((app, _)) = accepted else { continue };
+            let Ok((app, client)) = accepted else { continue };
             let Some(destination) = path.table.load().service(&service).cloned() else {
-                tracing::warn!(%service, "the destination is gone from the configuration; closing the connection");
+                tracing::warn!(%service, %client, "the destination is gone from the configuration; closing the connection");
                 continue;
             };
             if destination.protocol.is_http() {
-                super::http::outbound::spawn(app, service.clone(), &path);
+                super::http::outbound::spawn(app, client, service.clone(), &path);
             } else {
-                spawn_tcp(app, destination, None, &path);
+                spawn_tcp(app, client, destination, None, &path);
             }
         }
     });
@@ -47,11 +48,14 @@ pub fn serve(listener: TcpListener, config: Outbound, path: &Arc<DataPath>) {
 /// application's has been sent yet) is tried once more on a fresh pick.
 const ATTEMPTS: usize = 2;
 
-/// Tunnels `app` over mTLS to an endpoint of `destination` (or to `target`, when the
-/// application addressed one directly through transparent interception).
-pub fn spawn_tcp(app: TcpStream, destination: Arc<Destination>, target: Option<SocketAddr>, path: &Arc<DataPath>) {
+/// Tunnels `app` (connected from `client`) over mTLS to an endpoint of `destination` (or to
+/// `target`, when the application addressed one directly through transparent interception).
+pub fn spawn_tcp(app: TcpStream, client: SocketAddr, destination: Arc<Destination>, target: Option<SocketAddr>, path: &Arc<DataPath>) {
+    // Every line of the connection names the destination and the application's socket; the
+    // endpoint once connected.
+    let span = tracing::info_span!("outbound", service = %destination.service, %client, endpoint = tracing::field::Empty);
     let task_path = path.clone();
-    path.tasks.spawn(async move {
+    let connection = async move {
         let path = task_path;
         let options = outbound::ForwardOptions { connect_timeout: destination.timeouts.connect, ..Default::default() };
         let metrics = &path.metrics.outbound;
@@ -64,21 +68,21 @@ pub fn spawn_tcp(app: TcpStream, destination: Arc<Destination>, target: Option<S
                         None => destination.pick().cloned(),
                     };
                     let Some(endpoint) = endpoint else {
-                        tracing::warn!(service = destination.service, "no endpoint for the destination; closing the connection");
+                        tracing::warn!("no endpoint for the destination; closing the connection");
                         return;
                     };
                     let _in_flight = endpoint.start();
-                    let client = path.identities.current().client_config(&destination.expected, ALPN_TCP);
+                    let config = path.identities.current().client_config(&destination.expected, ALPN_TCP);
                     metrics.connections.inc();
                     let started = std::time::Instant::now();
-                    let upstream = match outbound::connect(endpoint.address, client, endpoint.sni.clone(), options.connect_timeout).await {
+                    let upstream = match outbound::connect(endpoint.address, config, endpoint.sni.clone(), options.connect_timeout).await {
                         Ok(u) => u,
                         Err(e) => {
                             endpoint.health.failed();
                             if matches!(e, OutboundError::IdentityMismatch { .. } | OutboundError::Handshake { .. }) {
                                 metrics.handshake_errors.inc();
                             }
-                            tracing::debug!(service = destination.service, target = %endpoint.address, attempt, error = %e, "outbound connect failed");
+                            tracing::debug!(target = %endpoint.address, attempt, error = %e, "outbound connect failed");
                             if target.is_some() {
                                 return;
                             }
@@ -86,12 +90,14 @@ pub fn spawn_tcp(app: TcpStream, destination: Arc<Destination>, target: Option<S
                         }
                     };
                     endpoint.health.connected(started.elapsed());
+                    tracing::Span::current().record("endpoint", tracing::field::display(endpoint.address));
                     if let Err(e) = outbound::forward_connected(app, upstream, &options, metrics).await {
-                        tracing::debug!(service = destination.service, target = %endpoint.address, error = %e, "outbound connection failed");
+                        tracing::debug!(error = %e, "outbound connection failed");
                     }
                     return;
                 }
             })
             .await;
-    });
+    };
+    path.tasks.spawn(connection.instrument(span));
 }

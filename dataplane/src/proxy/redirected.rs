@@ -15,6 +15,7 @@ use std::sync::Arc;
 
 use strait_proxy_core::orig_dst::original_dst;
 use tokio::net::{TcpListener, TcpStream};
+use tracing::Instrument;
 
 use super::data_path::DataPath;
 
@@ -28,19 +29,19 @@ pub fn serve(listener: TcpListener, path: &Arc<DataPath>) {
                 () = path.drain.signaled() => return,
                 a = listener.accept() => a,
             };
-            let Ok((app, _)) = accepted else { continue };
+            let Ok((app, client)) = accepted else { continue };
             let dst = match original_dst(&app) {
                 Ok(d) => d,
                 Err(e) => {
-                    tracing::warn!(error = %e, "a connection reached the transparent port without an original destination; closing it");
+                    tracing::warn!(%client, error = %e, "a connection reached the transparent port without an original destination; closing it");
                     continue;
                 }
             };
             let destination = path.table.load().by_address(dst).cloned();
             match destination {
-                Some(d) if d.protocol.is_http() => super::http::outbound::spawn(app, d.service.as_str().into(), &path),
-                Some(d) => super::outbound::spawn_tcp(app, d, Some(dst), &path),
-                None => passthrough(app, dst, &path),
+                Some(d) if d.protocol.is_http() => super::http::outbound::spawn(app, client, d.service.as_str().into(), &path),
+                Some(d) => super::outbound::spawn_tcp(app, client, d, Some(dst), &path),
+                None => passthrough(app, client, dst, &path),
             }
         }
     });
@@ -48,17 +49,19 @@ pub fn serve(listener: TcpListener, path: &Arc<DataPath>) {
 
 /// Not a mesh endpoint: passes the connection through as it was (the sidecar's own
 /// connection is not redirected again).
-fn passthrough(mut app: TcpStream, dst: SocketAddr, path: &Arc<DataPath>) {
+fn passthrough(mut app: TcpStream, client: SocketAddr, dst: SocketAddr, path: &Arc<DataPath>) {
+    let span = tracing::info_span!("passthrough", %client, %dst);
     let drain = path.drain.clone();
-    path.tasks.spawn(async move {
+    let connection = async move {
         let copy = async {
             match TcpStream::connect(dst).await {
                 Ok(mut upstream) => {
                     let _ = strait_proxy_core::copy::copy_bidirectional(&mut app, &mut upstream, &Default::default()).await;
                 }
-                Err(e) => tracing::debug!(%dst, error = %e, "passthrough connection failed"),
+                Err(e) => tracing::debug!(error = %e, "passthrough connection failed"),
             }
         };
         drain.unless_forced(copy).await;
-    });
+    };
+    path.tasks.spawn(connection.instrument(span));
 }

@@ -24,6 +24,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::task::TaskTracker;
 use tonic::{Request, Response, Status, Streaming};
+use tracing::Instrument;
 
 use registry::Registry;
 use session::Session;
@@ -214,14 +215,118 @@ impl ZoneSync for KdsService {
             return Err(Status::permission_denied(format!("this token belongs to zone {zone:?}, not {:?}", hello.zone)));
         }
         let (id, cancel) = self.shared.registry.connect(&zone, &peer, &hello.software_version).map_err(|e| {
-            tracing::warn!(peer, zone = %zone, "zone refused: {e}");
+            tracing::warn!(peer, zone = %zone, reason = %e, "zone refused");
             Status::already_exists(e.to_string())
         })?;
         self.shared.metrics.connected_zones.set(self.shared.registry.connected_count() as i64);
-        tracing::info!(zone = %zone, peer, version = %hello.software_version, resume = hello.resume_revision, "zone connected");
+        // Every line of the session, to its end, names the zone and where it connected from.
+        let span = tracing::info_span!("kds_session", zone = %zone, peer);
+        span.in_scope(|| tracing::info!(version = %hello.software_version, resume = hello.resume_revision, "zone connected"));
         let (tx, rx) = mpsc::channel(16);
         let session = Session { shared: self.shared.clone(), zone, id, tx, cancel };
-        self.tasks.spawn(session.run(hello, inbound));
+        self.tasks.spawn(session.run(hello, inbound).instrument(span));
         Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+    use std::sync::{Arc, Mutex};
+    use std::time::{Duration, Instant};
+
+    use serde_json::Value;
+    use strait_api::kds::zone_sync_client::ZoneSyncClient;
+    use strait_api::kds::{self, global_message, zone_message, ZoneMessage, PROTOCOL_VERSION};
+    use tokio::sync::mpsc;
+    use tokio_stream::wrappers::ReceiverStream;
+    use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
+
+    /// The JSON log lines written under the test's subscriber.
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Captured {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap_or_else(|p| p.into_inner()).extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl Captured {
+        fn line(&self, message: &str) -> Option<Value> {
+            let bytes = self.0.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            String::from_utf8_lossy(&bytes).lines().filter_map(|l| serde_json::from_str::<Value>(l).ok()).find(|v| v["message"] == message)
+        }
+    }
+
+    /// On a current-thread runtime the global's tasks all run on the test's thread, so the
+    /// subscriber set for this thread sees every line of the session; the binaries log these
+    /// same JSON lines (`--log-format json`).
+    #[tokio::test]
+    async fn every_line_of_a_zone_session_names_the_zone() {
+        let captured = Captured::default();
+        let writer = captured.clone();
+        let subscriber = tracing_subscriber::fmt().json().flatten_event(true).with_writer(move || writer.clone()).finish();
+        let _logging = tracing::subscriber::set_default(subscriber);
+
+        let dir = tempfile::tempdir().unwrap();
+        let config = crate::Config::for_dir(dir.path().to_path_buf(), "127.0.0.1:0".parse().unwrap());
+        let global = crate::GlobalCp::start(Arc::new(config)).await.unwrap();
+        let admin = std::fs::read_to_string(&global.token_file).unwrap().trim().to_string();
+        let registered: Value = reqwest::Client::new()
+            .post(format!("http://{}/zones/zone-1/token", global.api_addr))
+            .bearer_auth(&admin)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+
+        let tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(&global.ca_bundle)).domain_name("strait-global");
+        let channel =
+            Endpoint::from_shared(format!("https://{}", global.kds_addr)).unwrap().tls_config(tls).unwrap().connect().await.unwrap();
+        let (tx, rx) = mpsc::channel(8);
+        let hello = kds::Hello { protocol: PROTOCOL_VERSION, zone: "zone-1".into(), software_version: "test".into(), ..Default::default() };
+        tx.send(ZoneMessage { message: Some(zone_message::Message::Hello(hello)) }).await.unwrap();
+        let mut request = tonic::Request::new(ReceiverStream::new(rx));
+        let token = registered["token"].as_str().unwrap();
+        request.metadata_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
+        let mut inbound = ZoneSyncClient::new(channel).sync(request).await.unwrap().into_inner();
+        let revision = loop {
+            let message = tokio::time::timeout(Duration::from_secs(10), inbound.message()).await.expect("a snapshot within 10 s");
+            if let Some(global_message::Message::Batch(b)) = message.unwrap().unwrap().message {
+                if b.last_chunk {
+                    break b.revision;
+                }
+            }
+        };
+        let nack = kds::Nack { revision, errors: vec![kds::ResourceError { key: None, message: "refused".into() }] };
+        tx.send(ZoneMessage { message: Some(zone_message::Message::Nack(nack)) }).await.unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while captured.line("zone rejected resources (NACK)").is_none() {
+            assert!(Instant::now() < deadline, "no NACK line");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        drop((tx, inbound));
+        while captured.line("zone disconnected").is_none() {
+            assert!(Instant::now() < deadline, "no disconnection line");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+
+        for message in ["zone connected", "sent snapshot", "zone rejected resources (NACK)", "zone disconnected"] {
+            let line = captured.line(message).unwrap_or_else(|| panic!("no line {message:?}"));
+            assert_eq!(line["span"]["name"], "kds_session", "{line}");
+            assert_eq!(line["span"]["zone"], "zone-1", "{line}");
+            assert!(line["span"]["peer"].as_str().is_some_and(|p| p.starts_with("127.0.0.1:")), "{line}");
+            assert!(line.get("zone").is_none(), "the line repeats the span's zone: {line}");
+        }
+        global.shutdown();
+        global.wait().await;
     }
 }

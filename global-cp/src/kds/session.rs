@@ -48,7 +48,7 @@ impl Session {
         };
         self.shared.registry.disconnect(&self.zone, self.id);
         self.shared.metrics.connected_zones.set(self.shared.registry.connected_count() as i64);
-        tracing::info!(zone = %self.zone, reason, "zone disconnected");
+        tracing::info!(reason, "zone disconnected");
         if let Err(status) = result {
             let _ = self.tx.send(Err(status)).await;
         }
@@ -69,7 +69,7 @@ impl Session {
         let mut events: WatchStream = if resumable {
             match store.watch(hello.resume_revision).await {
                 Ok(events) => {
-                    tracing::info!(zone = %self.zone, revision = hello.resume_revision, "resuming zone from its revision");
+                    tracing::info!(revision = hello.resume_revision, "resuming zone from its revision");
                     self.shared.metrics.resumes.inc();
                     events
                 }
@@ -126,7 +126,7 @@ impl Session {
                 let resource = match object_to_proto(&obj) {
                     Ok(r) => r,
                     Err(e) => {
-                        tracing::error!(zone = %self.zone, error = %e, "skipping a resource that does not encode");
+                        tracing::error!(error = %e, "skipping a resource that does not encode");
                         continue;
                     }
                 };
@@ -141,7 +141,7 @@ impl Session {
         }
         self.send_batch(revision, true, true, chunk, Vec::new()).await?;
         self.shared.metrics.snapshots.inc();
-        tracing::info!(zone = %self.zone, revision, resources = total, "sent snapshot");
+        tracing::info!(revision, resources = total, "sent snapshot");
         Ok(events)
     }
 
@@ -178,7 +178,7 @@ impl Session {
             match event.kind {
                 EventKind::Put => match object_to_proto(&event.object) {
                     Ok(r) => upserts.push(r),
-                    Err(e) => tracing::error!(zone = %self.zone, error = %e, "skipping a resource that does not encode"),
+                    Err(e) => tracing::error!(error = %e, "skipping a resource that does not encode"),
                 },
                 EventKind::Delete => deletes.push(key_to_proto(&event.object.key)),
             }
@@ -213,7 +213,7 @@ impl Session {
                         format!("{key}: {}", e.message)
                     })
                     .collect();
-                tracing::warn!(zone = %self.zone, revision = nack.revision, errors = ?errors, "zone rejected resources (NACK)");
+                tracing::warn!(revision = nack.revision, errors = ?errors, "zone rejected resources (NACK)");
                 registry.update(&self.zone, self.id, |s| {
                     s.nacked_revision = Some(nack.revision);
                     s.nack_errors = errors;
@@ -233,7 +233,7 @@ impl Session {
                         ..Default::default()
                     },
                     Err(e) => {
-                        tracing::warn!(zone = %self.zone, error = %e, "refused to issue a zone identity");
+                        tracing::warn!(error = %e, "refused to issue a zone identity");
                         kds::Certificate { error: e.to_string(), zone_identity: true, ..Default::default() }
                     }
                 };
@@ -252,7 +252,7 @@ impl Session {
                 {
                     Ok((cert_pem, root_pem)) => kds::Certificate { mesh: req.mesh, cert_pem, root_pem, ..Default::default() },
                     Err(e) => {
-                        tracing::warn!(zone = %self.zone, mesh = %req.mesh, error = %e, "refused to issue an intermediate CA");
+                        tracing::warn!(mesh = %req.mesh, error = %e, "refused to issue an intermediate CA");
                         kds::Certificate { mesh: req.mesh, error: e.to_string(), ..Default::default() }
                     }
                 };

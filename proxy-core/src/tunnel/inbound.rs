@@ -123,7 +123,10 @@ pub async fn serve<A>(
                     // Read the current identity once, at accept: a rotation later on does not
                     // touch this connection.
                     let server_config = identities.current().server_config();
-                    let span = tracing::debug_span!("inbound", %peer_addr, peer = tracing::field::Empty);
+                    // A child of the caller's span (the listener's, naming the service): every
+                    // line of the connection names its address and, once the handshake is
+                    // done, the caller's SPIFFE ID.
+                    let span = tracing::info_span!("connection", %peer_addr, peer = tracing::field::Empty);
                     let watcher = drain.clone();
                     let shared = shared.clone();
                     connections.spawn(

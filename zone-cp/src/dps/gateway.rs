@@ -67,11 +67,11 @@ impl GatewaySession {
         };
         let store = self.shared.resources.store();
         if let Err(e) = gateways::unregister(store.as_ref(), &name).await {
-            tracing::warn!(gateway = %name, error = %e, "could not unregister the gateway");
+            tracing::warn!(error = %e, "could not unregister the gateway");
         }
         crate::inventory::refresh(&self.shared.resources, &self.shared.inventory).await;
         self.shared.connected.lock().unwrap_or_else(|p| p.into_inner()).remove(&format!("gateway/{name}"));
-        tracing::info!(gateway = %name, reason, "gateway disconnected");
+        tracing::info!(reason, "gateway disconnected");
         if let Err(status) = result {
             let _ = self.tx.send(Err(status)).await;
         }
@@ -94,10 +94,10 @@ impl GatewaySession {
                 }
                 message = inbound.message() => match message {
                     Ok(Some(GatewayMessage { message: Some(gateway_message::Message::Ack(ack)) })) => {
-                        tracing::debug!(gateway = %self.registration.name, version = ack.version, "gateway configuration applied");
+                        tracing::debug!(version = ack.version, "gateway configuration applied");
                     }
                     Ok(Some(GatewayMessage { message: Some(gateway_message::Message::Nack(nack)) })) => {
-                        tracing::warn!(gateway = %self.registration.name, version = nack.version, error = %nack.error, "gateway rejected its configuration (NACK)");
+                        tracing::warn!(version = nack.version, error = %nack.error, "gateway rejected its configuration (NACK)");
                     }
                     Ok(Some(_)) => return Err(Status::invalid_argument("only ACK and NACK may follow the Hello")),
                     Ok(None) => return Ok(()),
@@ -111,7 +111,7 @@ impl GatewaySession {
         let version = self.shared.resources.store().revision();
         let config = gateways::config(&self.shared.resources, &self.shared.zone).await.map_err(unavailable)?;
         let Some(message) = super::changed_config(&config, version, last)? else { return Ok(()) };
-        tracing::debug!(gateway = %self.registration.name, version, "sending gateway configuration");
+        tracing::debug!(version, "sending gateway configuration");
         self.tx.send(Ok(message)).await.map_err(|_| Status::cancelled("gateway stream closed"))
     }
 }

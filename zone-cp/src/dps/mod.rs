@@ -25,6 +25,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tonic::{Request, Response, Status, Streaming};
+use tracing::Instrument;
 
 /// What every DPS session shares.
 #[derive(Clone)]
@@ -171,10 +172,14 @@ impl DataplaneSync for DpsService {
         if !self.shared.connected.lock().unwrap_or_else(|p| p.into_inner()).insert(id.clone()) {
             return Err(Status::already_exists(format!("gateway {:?} is already connected", registration.name)));
         }
-        tracing::info!(peer, gateway = %registration.name, ingress = %registration.ingress_address, egress = %registration.egress_address, "gateway connected");
+        // Every line of the session, to its end, names the gateway and its zone.
+        let span = tracing::info_span!("dps_session", gateway = %registration.name, zone = %self.shared.zone, peer);
+        span.in_scope(
+            || tracing::info!(ingress = %registration.ingress_address, egress = %registration.egress_address, "gateway connected"),
+        );
         let (tx, rx) = mpsc::channel(16);
         let session = gateway::GatewaySession { shared: self.shared.clone(), registration, tx };
-        self.tasks.spawn(session.run(inbound));
+        self.tasks.spawn(session.run(inbound).instrument(span));
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 
@@ -204,10 +209,13 @@ impl DataplaneSync for DpsService {
         if !self.shared.connected.lock().unwrap_or_else(|p| p.into_inner()).insert(id.clone()) {
             return Err(Status::already_exists(format!("dataplane {id} is already connected")));
         }
+        // Every line of the session, to its end, names the Dataplane, its mesh and service.
+        let span =
+            tracing::info_span!("dps_session", dataplane = %dp.name, mesh = %mesh, service = %service, zone = %self.shared.zone, peer);
+        span.in_scope(|| tracing::info!("sidecar connected"));
         let (tx, rx) = mpsc::channel(16);
         let session = session::Session { shared: self.shared.clone(), dp, mesh, service, id, tx, nacked: Default::default() };
-        tracing::info!(peer, dataplane = %session.id, "sidecar connected");
-        self.tasks.spawn(session.run(inbound));
+        self.tasks.spawn(session.run(inbound).instrument(span));
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 }

@@ -43,12 +43,12 @@ impl Session {
         };
         match self.shared.resources.delete(ResourceType::Dataplane, Some(&self.mesh), &self.dp.name, None).await {
             Ok(_) => {}
-            Err(e) => tracing::warn!(dataplane = %self.id, error = %e, "could not unregister the Dataplane"),
+            Err(e) => tracing::warn!(error = %e, "could not unregister the Dataplane"),
         }
         self.clear_nack().await;
         crate::inventory::refresh(&self.shared.resources, &self.shared.inventory).await;
         self.shared.connected.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.id);
-        tracing::info!(dataplane = %self.id, reason, "sidecar disconnected");
+        tracing::info!(reason, "sidecar disconnected");
         if let Err(status) = result {
             let _ = self.tx.send(Err(status)).await;
         }
@@ -97,12 +97,12 @@ impl Session {
             Ok(config) => config,
             Err(e) => {
                 // The sidecar keeps what it has; nothing it could not apply is sent.
-                tracing::error!(dataplane = %self.id, version, error = %e, "a merged policy does not fit its type; the sidecar keeps its configuration");
+                tracing::error!(version, error = %e, "a merged policy does not fit its type; the sidecar keeps its configuration");
                 return Ok(());
             }
         };
         let Some(message) = super::changed_config(&config, version, last)? else { return Ok(()) };
-        tracing::debug!(dataplane = %self.id, version, "sending configuration");
+        tracing::debug!(version, "sending configuration");
         self.tx.send(Ok(message)).await.map_err(|_| Status::cancelled("sidecar stream closed"))
     }
 
@@ -140,11 +140,11 @@ impl Session {
     async fn handle(&self, message: DataplaneMessage) -> Result<(), Status> {
         match message.message {
             Some(dataplane_message::Message::Ack(ack)) => {
-                tracing::debug!(dataplane = %self.id, version = ack.version, "configuration applied");
+                tracing::debug!(version = ack.version, "configuration applied");
                 self.clear_nack().await;
             }
             Some(dataplane_message::Message::Nack(nack)) => {
-                tracing::warn!(dataplane = %self.id, version = nack.version, error = %nack.error, "sidecar refused its configuration (NACK); it keeps its previous one");
+                tracing::warn!(version = nack.version, error = %nack.error, "sidecar refused its configuration (NACK); it keeps its previous one");
                 self.shared.metrics.config_nacks.inc();
                 self.record_nack(nack.version, &nack.error).await;
             }
@@ -152,7 +152,7 @@ impl Session {
                 let answer = match self.sign(&req.csr_pem).await {
                     Ok(chain) => Certificate { cert_chain_pem: chain, error: String::new() },
                     Err(e) => {
-                        tracing::warn!(dataplane = %self.id, error = %e, "could not issue a workload certificate");
+                        tracing::warn!(error = %e, "could not issue a workload certificate");
                         Certificate { cert_chain_pem: String::new(), error: e }
                     }
                 };
@@ -175,7 +175,7 @@ impl Session {
         let data = json!({"mesh": self.mesh, "dataplane": self.dp.name, "version": version, "error": error});
         match self.shared.resources.store().put(self.nack_key(), data, Precondition::None).await {
             Ok(_) => self.nacked.store(true, Ordering::Relaxed),
-            Err(e) => tracing::warn!(dataplane = %self.id, error = %e, "could not record the NACK"),
+            Err(e) => tracing::warn!(error = %e, "could not record the NACK"),
         }
         crate::inventory::refresh(&self.shared.resources, &self.shared.inventory).await;
     }
@@ -186,7 +186,7 @@ impl Session {
             return;
         }
         if let Err(e) = self.shared.resources.store().delete(self.nack_key(), Precondition::None).await {
-            tracing::warn!(dataplane = %self.id, error = %e, "could not clear the NACK record");
+            tracing::warn!(error = %e, "could not clear the NACK record");
         }
         crate::inventory::refresh(&self.shared.resources, &self.shared.inventory).await;
     }
@@ -210,7 +210,7 @@ impl Session {
         .await
         .map_err(|e| e.to_string())?
         .map_err(|e| e.to_string())?;
-        tracing::info!(dataplane = %self.id, lifetime = ?lifetime, "issued a workload certificate");
+        tracing::info!(lifetime = ?lifetime, "issued a workload certificate");
         Ok(leaf)
     }
 }

@@ -29,9 +29,10 @@ use strait_pki::Identity;
 use strait_proxy_core::tunnel::inbound::H2Handler;
 use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
+use tracing::Instrument;
 
 use super::body::{local_response, Body, Counted};
-use super::{absolute, serve_until_drained, strip_hop_by_hop};
+use super::{absolute, serve_until_drained, strip_hop_by_hop, InSpan};
 use crate::proxy::authorization::SessionDecision;
 use crate::proxy::data_path::DataPath;
 use crate::proxy::destinations::Protocol;
@@ -68,7 +69,9 @@ impl Inbound {
         let metrics = self.path.metrics.pair(Direction::Inbound, &caller, &self.service);
         let watcher = self.path.drain.clone();
         let session = Arc::new(Session { inbound: self, peer, metrics, decision: SessionDecision::default() });
-        let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+        // Runs in the connection's span (the tunnel's accept loop made it, with the peer): so
+        // do the streams hyper spawns, through `InSpan`.
+        let mut builder = hyper::server::conn::http2::Builder::new(InSpan);
         builder
             .timer(TokioTimer::new())
             .max_concurrent_streams(1024)
@@ -76,9 +79,11 @@ impl Inbound {
             .initial_connection_window_size(4 << 20)
             .keep_alive_interval(Duration::from_secs(20))
             .keep_alive_timeout(Duration::from_secs(10));
-        let service = service_fn(move |request| {
+        let service = service_fn(move |request: Request<Incoming>| {
             let session = session.clone();
-            async move { Ok::<_, Infallible>(session.handle(request).await) }
+            // Off under the default `info` filter: then neither built nor formatted.
+            let span = tracing::debug_span!("request", method = %request.method(), path = %request.uri().path());
+            async move { Ok::<_, Infallible>(session.handle(request).await) }.instrument(span)
         });
         let connection = builder.serve_connection(TokioIo::new(tls), service);
         serve_until_drained(connection, |c| c.graceful_shutdown(), &watcher, "inbound HTTP/2 session").await;
@@ -102,7 +107,7 @@ impl Session {
             self.to_application(request).await
         } else {
             self.metrics.denied.inc();
-            tracing::debug!(peer = %self.peer, port = inbound.port, "request denied by MeshTrafficPermission");
+            tracing::debug!("request denied by MeshTrafficPermission");
             local_response(
                 StatusCode::FORBIDDEN,
                 format!("strait: {} is not allowed to reach {} (MeshTrafficPermission)\n", self.peer, inbound.service),
@@ -127,7 +132,7 @@ impl Session {
             }
             Err(error) => {
                 let reason = strait_runtime::telemetry::error_chain(&error);
-                tracing::warn!(service = inbound.service, app = %inbound.app, error = reason, "the application did not answer");
+                tracing::warn!(app = %inbound.app, error = reason, "the application did not answer");
                 local_response(
                     StatusCode::BAD_GATEWAY,
                     format!("strait: the application of {} at {} did not answer: {reason}\n", inbound.service, inbound.app),

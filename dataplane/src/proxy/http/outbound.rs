@@ -20,13 +20,14 @@ use http::{header, Request, Response, StatusCode, Version};
 use http_body_util::Either;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::net::TcpStream;
+use tracing::Instrument;
 
 use super::body::{local_response, Counted};
 use super::pool::Connector;
-use super::{absolute, serve_until_drained, strip_hop_by_hop};
+use super::{absolute, serve_until_drained, strip_hop_by_hop, InSpan};
 use crate::proxy::data_path::DataPath;
 use crate::proxy::destinations::Destination;
 use crate::proxy::endpoint::InFlight;
@@ -72,14 +73,17 @@ impl Replay {
 /// application closes it or the drain ends it (after the request in progress).
 pub async fn serve(app: TcpStream, service: Arc<str>, path: Arc<DataPath>) {
     let _ = app.set_nodelay(true);
-    let mut builder = auto::Builder::new(TokioExecutor::new());
+    // HTTP/2 streams (gRPC, h2c) run in tasks of their own: `InSpan` keeps the connection's span on them.
+    let mut builder = auto::Builder::new(InSpan);
     builder.http1().timer(TokioTimer::new()).header_read_timeout(Duration::from_secs(60));
     builder.http2().timer(TokioTimer::new()).max_concurrent_streams(1024);
     let watcher = path.drain.clone();
     let ctx = Arc::new((service, path));
-    let service = service_fn(move |request| {
+    let service = service_fn(move |request: Request<Incoming>| {
         let ctx = ctx.clone();
-        async move { Ok::<_, Infallible>(forward(request, &ctx.0, &ctx.1).await) }
+        // Off under the default `info` filter: then neither built nor formatted.
+        let span = tracing::debug_span!("request", method = %request.method(), path = %request.uri().path());
+        async move { Ok::<_, Infallible>(forward(request, &ctx.0, &ctx.1).await) }.instrument(span)
     });
     let connection = builder.serve_connection(TokioIo::new(app), service);
     serve_until_drained(connection, |c| c.graceful_shutdown(), &watcher, "application connection").await;
@@ -114,7 +118,7 @@ async fn forward(request: Request<Incoming>, service: &str, path: &DataPath) -> 
             })
         }),
         Err(failure) => {
-            tracing::debug!(service, reason = %failure.1, "outbound request failed");
+            tracing::debug!(status = failure.0.as_u16(), reason = %failure.1, "outbound request failed");
             local_response(failure.0, format!("strait: {service}: {}\n", failure.1))
         }
     };
@@ -194,8 +198,10 @@ async fn send(
     Err(last.unwrap_or_else(|| (StatusCode::SERVICE_UNAVAILABLE, "no endpoint available".into())))
 }
 
-/// Serves `app` as HTTP to `service` (for the listeners).
-pub fn spawn(app: TcpStream, service: Arc<str>, path: &Arc<DataPath>) {
+/// Serves `app` (connected from `client`) as HTTP to `service` (for the listeners), every
+/// line of it naming the destination and the application's socket.
+pub fn spawn(app: TcpStream, client: std::net::SocketAddr, service: Arc<str>, path: &Arc<DataPath>) {
+    let span = tracing::info_span!("outbound", service = %service, %client);
     let task_path = path.clone();
-    path.tasks.spawn(serve(app, service, task_path));
+    path.tasks.spawn(serve(app, service, task_path).instrument(span));
 }

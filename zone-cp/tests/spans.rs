@@ -1,0 +1,178 @@
+//! The zone's logs, as an operator reads them: the `strait-zone` binary with `--log-format
+//! json`, a hand-driven sidecar on its DPS. Every line of a sidecar's session carries the
+//! `dps_session` span with the Dataplane, its mesh and service, from its connection to its
+//! end, and the lines do not repeat those fields themselves.
+
+use std::io::BufRead;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use strait_api::dps::dataplane_sync_client::DataplaneSyncClient;
+use strait_api::dps::{dataplane_message, zone_message, DataplaneMessage, PROTOCOL_VERSION};
+use strait_global_cp::GlobalCp;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
+
+/// A process whose stderr (its JSON log lines) is collected; killed when dropped.
+struct Logged {
+    child: Child,
+    lines: Arc<Mutex<Vec<String>>>,
+}
+
+impl Logged {
+    fn spawn(bin: &str, args: &[String]) -> Logged {
+        let mut child = Command::new(bin).args(args).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let (stderr, sink) = (child.stderr.take().unwrap(), lines.clone());
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+                sink.lock().unwrap().push(line);
+            }
+        });
+        Logged { child, lines }
+    }
+
+    /// The first JSON line whose message is `message`, waiting up to 20 s for it.
+    async fn line(&self, message: &str) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let found =
+                self.lines.lock().unwrap().iter().filter_map(|l| serde_json::from_str::<Value>(l).ok()).find(|v| v["message"] == message);
+            if let Some(line) = found {
+                return line;
+            }
+            assert!(Instant::now() < deadline, "no line {message:?} in the log:\n{}", self.log());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    fn log(&self) -> String {
+        self.lines.lock().unwrap().join("\n")
+    }
+}
+
+impl Drop for Logged {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A global with mesh `default` in-process, and zone-1 registered: its token and CA written
+/// in `dir`, with the arguments to start `strait-zone` with them, logging JSON.
+async fn global_and_zone_args(dir: &Path, dps: &str) -> (GlobalCp, Vec<String>, reqwest::Client, String, String) {
+    let config = strait_global_cp::Config::for_dir(dir.join("global"), "127.0.0.1:0".parse().unwrap());
+    let global = GlobalCp::start(Arc::new(config)).await.unwrap();
+    let admin = std::fs::read_to_string(&global.token_file).unwrap().trim().to_string();
+    let base = format!("http://{}", global.api_addr);
+    let http = reqwest::Client::new();
+    http.put(format!("{base}/meshes/default")).bearer_auth(&admin).json(&json!({"type": "Mesh", "name": "default"})).send().await.unwrap();
+    let reg: Value = http.post(format!("{base}/zones/zone-1/token")).bearer_auth(&admin).send().await.unwrap().json().await.unwrap();
+    let zdir = dir.join("zone-1");
+    std::fs::create_dir_all(zdir.join("data")).unwrap();
+    std::fs::write(zdir.join("token"), reg["token"].as_str().unwrap()).unwrap();
+    std::fs::write(zdir.join("ca.pem"), reg["caBundle"].as_str().unwrap()).unwrap();
+    let s = |p: &Path| p.display().to_string();
+    let args = [
+        "--zone",
+        "zone-1",
+        "--global-address",
+        &format!("https://{}", global.kds_addr),
+        "--zone-token-file",
+        &s(&zdir.join("token")),
+        "--global-ca-file",
+        &s(&zdir.join("ca.pem")),
+        "--data-dir",
+        &s(&zdir.join("data")),
+        "--api-address",
+        "127.0.0.1:0",
+        "--dps-address",
+        dps,
+        "--log-format",
+        "json",
+    ];
+    (global, args.into_iter().map(str::to_string).collect(), http, base, admin)
+}
+
+/// Opens a sidecar stream for Dataplane `web-1` of service `web`, retrying until the zone has
+/// what it needs to accept it (token keys and mesh from the global).
+async fn register(
+    dps: &str,
+    ca_pem: &str,
+    token: &str,
+) -> (mpsc::Sender<DataplaneMessage>, tonic::Streaming<strait_api::dps::ZoneMessage>) {
+    let dataplane = serde_json::to_vec(&json!({"type": "Dataplane", "name": "web-1", "mesh": "default",
+        "spec": {"networking": {"address": "127.0.0.1", "inbound": [{"port": 8080, "tags": {"strait.io/service": "web"}}]}}}))
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca_pem)).domain_name("strait-zone");
+        let channel = Endpoint::from_shared(format!("https://{dps}")).unwrap().tls_config(tls).unwrap().connect().await.unwrap();
+        let (tx, rx) = mpsc::channel(16);
+        let hello = strait_api::dps::Hello { protocol: PROTOCOL_VERSION, dataplane: dataplane.clone(), software_version: "test".into() };
+        tx.send(DataplaneMessage { message: Some(dataplane_message::Message::Hello(hello)) }).await.unwrap();
+        let mut request = tonic::Request::new(ReceiverStream::new(rx));
+        request.metadata_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
+        match DataplaneSyncClient::new(channel).stream(request).await {
+            Ok(stream) => return (tx, stream.into_inner()),
+            Err(status) => assert!(Instant::now() < deadline, "the zone never accepted the sidecar: {status:?}"),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Fields of the span named `name` in a JSON line's span list.
+fn span<'a>(line: &'a Value, name: &str) -> &'a Value {
+    line["spans"].as_array().and_then(|s| s.iter().find(|s| s["name"] == name)).unwrap_or_else(|| panic!("no span {name:?} in {line}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_line_of_a_sidecar_session_names_its_dataplane_mesh_and_service() {
+    let dir = tempfile::tempdir().unwrap();
+    let dps = format!("127.0.0.1:{}", std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port());
+    let (_global, args, http, base, admin) = global_and_zone_args(dir.path(), &dps).await;
+    let zone = Logged::spawn(env!("CARGO_BIN_EXE_strait-zone"), &args);
+    zone.line("zone control plane started").await;
+    let ca_pem = std::fs::read_to_string(dir.path().join("zone-1/data/dps-ca.pem")).unwrap();
+    let token: Value = http
+        .post(format!("{base}/meshes/default/dataplane-tokens?service=web"))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+
+    let (tx, mut rx) = register(&dps, &ca_pem, token["token"].as_str().unwrap()).await;
+    let version = loop {
+        let message = tokio::time::timeout(Duration::from_secs(10), rx.message()).await.expect("a configuration within 10 s");
+        if let Some(zone_message::Message::Config(c)) = message.expect("stream ok").expect("stream open").message {
+            break c.version;
+        }
+    };
+    let nack = strait_api::dps::Nack { version, error: "listener port taken".into() };
+    tx.send(DataplaneMessage { message: Some(dataplane_message::Message::Nack(nack)) }).await.unwrap();
+    // Lines from the middle of the session (a warning) and from its end, after the stream closed.
+    let rejected = zone.line("sidecar refused its configuration (NACK); it keeps its previous one").await;
+    drop((tx, rx));
+    let disconnected = zone.line("sidecar disconnected").await;
+    let connected = zone.line("sidecar connected").await;
+
+    for line in [&connected, &rejected, &disconnected] {
+        let session = span(line, "dps_session");
+        assert_eq!(session["dataplane"], "web-1", "{line}");
+        assert_eq!(session["mesh"], "default", "{line}");
+        assert_eq!(session["service"], "web", "{line}");
+        assert_eq!(session["zone"], "zone-1", "{line}");
+        assert!(session["peer"].as_str().is_some_and(|p| p.starts_with("127.0.0.1:")), "{line}");
+        assert!(line.get("dataplane").is_none() && line.get("mesh").is_none(), "the line repeats the span's fields: {line}");
+    }
+    assert_eq!(rejected["error"], "listener port taken", "{rejected}");
+    assert_eq!(rejected["level"], "WARN", "{rejected}");
+    assert!(disconnected["reason"].is_string(), "{disconnected}");
+}
