@@ -6,6 +6,7 @@
 //! signed zone identity, a `ZoneIdentityIssued` record per zone (fingerprints, global only), and
 //! the `SystemTrust` bundle (system CA and revoked fingerprints), synced to every zone.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use strait_api::gateway_config::SystemTrust;
@@ -34,9 +35,13 @@ pub async fn publish_trust(store: &dyn Store, ca_pem: &str) -> Result<(), StoreE
     store.put(trust_key(), serde_json::to_value(&trust).unwrap_or_default(), precondition).await.map(|_| ())
 }
 
-/// Signs `zone`'s identity from its CSR and records its fingerprint; returns the certificate.
-pub async fn issue(store: &dyn Store, ca: &CertificateAuthority, zone: &str, csr_pem: &str) -> Result<String, CaError> {
-    let cert = ca.sign_zone_identity(csr_pem, zone, ZONE_IDENTITY_LIFETIME)?;
+/// Signs `zone`'s identity from its CSR (off the async workers) and records its fingerprint;
+/// returns the certificate.
+pub async fn issue(store: &dyn Store, ca: &Arc<CertificateAuthority>, zone: &str, csr_pem: &str) -> Result<String, CaError> {
+    let (ca, csr, name) = (ca.clone(), csr_pem.to_string(), zone.to_string());
+    let cert = tokio::task::spawn_blocking(move || ca.sign_zone_identity(&csr, &name, ZONE_IDENTITY_LIFETIME))
+        .await
+        .map_err(|e| CaError::Pki(strait_pki::PkiError::Signing { reason: format!("signing task: {e}") }))??;
     let fingerprint = strait_pki::fingerprint(&cert)?;
     let key = Key::new(ZONE_IDENTITY_ISSUED, "", zone);
     let current = store.get(&key).await?;

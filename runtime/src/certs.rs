@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use strait_pki::{Issued, RotationPolicy};
-use tokio::sync::watch;
+use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -28,6 +28,21 @@ pub trait Issuer: Send + Sync + 'static {
 
 /// The current certificate of one identity (`None` until the first one is issued).
 pub type Current = watch::Receiver<Option<Arc<Issued>>>;
+
+/// One managed certificate: its current value, and a way to renew it before it is due (when
+/// its issuer revoked it).
+pub struct Managed {
+    /// The certificate in force.
+    pub current: Current,
+    renew: Arc<Notify>,
+}
+
+impl Managed {
+    /// Renews the certificate now rather than when due.
+    pub fn renew_now(&self) {
+        self.renew.notify_one();
+    }
+}
 
 /// The process's certificate manager.
 #[derive(Clone)]
@@ -46,10 +61,24 @@ impl CertManager {
     /// Keeps `issuer`'s certificate current from now on, starting from `initial` when it is
     /// still valid (it is then renewed only when due), else issuing one at once.
     pub fn manage<I: Issuer>(&self, issuer: I, initial: Option<Issued>) -> Current {
+        self.manage_until(issuer, initial, self.cancel.clone()).current
+    }
+
+    /// As [`CertManager::manage`], until `stop` (a certificate no longer needed, such as the
+    /// intermediate CA of a deleted mesh) or the manager's own cancellation.
+    pub fn manage_until<I: Issuer>(&self, issuer: I, initial: Option<Issued>, stop: CancellationToken) -> Managed {
         let initial = initial.filter(|c| c.is_valid_at(SystemTime::now())).map(Arc::new);
         let (tx, rx) = watch::channel(initial);
-        self.tasks.spawn(keep_current(issuer, self.policy, tx, self.cancel.clone()));
-        rx
+        let renew = Arc::new(Notify::new());
+        let (cancel, renewal) = (self.cancel.clone(), renew.clone());
+        let policy = self.policy;
+        self.tasks.spawn(async move {
+            tokio::select! {
+                () = stop.cancelled() => {}
+                () = keep_current(issuer, policy, tx, renewal, cancel) => {}
+            }
+        });
+        Managed { current: rx, renew }
     }
 
     /// Issues the first certificate now (an error if that fails: a server cannot start without
@@ -71,13 +100,20 @@ fn log_installed(name: &str, cert: &Issued, policy: &RotationPolicy) {
     );
 }
 
-async fn keep_current<I: Issuer>(issuer: I, policy: RotationPolicy, tx: watch::Sender<Option<Arc<Issued>>>, cancel: CancellationToken) {
+async fn keep_current<I: Issuer>(
+    issuer: I,
+    policy: RotationPolicy,
+    tx: watch::Sender<Option<Arc<Issued>>>,
+    renew: Arc<Notify>,
+    cancel: CancellationToken,
+) {
     let mut failures = 0u32;
     loop {
         let wait = if failures > 0 { policy.backoff(failures) } else { policy.wait(tx.borrow().as_deref(), SystemTime::now()) };
         tokio::select! {
             biased;
             () = cancel.cancelled() => return,
+            () = renew.notified() => tracing::info!(certificate = issuer.name(), "renewing now: the certificate in force was revoked"),
             () = tokio::time::sleep(wait) => {}
         }
         let result = tokio::select! {

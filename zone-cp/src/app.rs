@@ -84,7 +84,8 @@ impl ZoneCp {
         let dps_identity =
             crate::dps::tls::identity(zone_store.as_ref(), &config.data_dir, &config.dps_tls_names, config.dps_certificate_lifetime)
                 .await?;
-        // One certificate manager for the process: it keeps the DPS endpoint's certificate current.
+        // One certificate manager for the process: the DPS endpoint's certificate, the
+        // intermediate CA of each mesh and the zone identity.
         let certs = CertManager::new(RotationPolicy::default(), shutdown.clone(), tasks.clone());
         let dps_cert = certs.manage_now(dps_identity.issuer).await.map_err(|e| anyhow::anyhow!(e))?;
         let dps_tls = strait_cp_core::tls::server_config(dps_cert, &tasks, shutdown.clone())?;
@@ -124,7 +125,27 @@ impl ZoneCp {
             zone: Arc::new(config.zone.clone()),
             inventory: inventory_tx,
         };
-        let client = KdsClient { config: config.clone(), token, ca_pem, synced, ready: ready_tx, metrics, inventory: inventory_rx };
+        // The intermediates and the zone identity, signed by the global over the sync stream.
+        let signer = Arc::new(crate::certs::KdsSigner::default());
+        let zone_certs = Arc::new(crate::certs::ZoneCerts::new(
+            certs.clone(),
+            signer.clone(),
+            zone_store.clone(),
+            config.zone.clone(),
+            shutdown.clone(),
+        ));
+        zone_certs.reconcile().await?;
+        let client = KdsClient {
+            config: config.clone(),
+            token,
+            ca_pem,
+            synced,
+            ready: ready_tx,
+            metrics,
+            inventory: inventory_rx,
+            signer,
+            certs: zone_certs,
+        };
         tasks.spawn(client.run(shutdown.clone()));
         let router = rest::router(api, Arc::new(admin_token));
         tasks.spawn(strait_cp_core::rest::serve::serve(listener, router, shutdown.clone(), REST_DRAIN_DEADLINE));

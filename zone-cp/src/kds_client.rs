@@ -36,6 +36,10 @@ pub struct KdsClient {
     pub metrics: ZoneMetrics,
     /// The zone's latest inventory.
     pub inventory: watch::Receiver<kds::Inventory>,
+    /// Where the certificate manager's CSRs go while the stream is open.
+    pub signer: Arc<crate::certs::KdsSigner>,
+    /// The certificates the global signs for this zone.
+    pub certs: Arc<crate::certs::ZoneCerts>,
 }
 
 /// Exponential back-off with full jitter, reset after a healthy session.
@@ -153,14 +157,8 @@ impl KdsClient {
         self.metrics.streams.inc();
         let mut heartbeat = tokio::time::interval(self.config.kds_heartbeat_interval);
         let mut last_heard = Instant::now();
-        let mut csrs = crate::zone_ca::Pending::default();
-        // What is on disk may already need certificates (a new mesh, a revoked intermediate,
-        // one due for renewal); after that, the next renewal is timed by the certificates.
-        if let Err(e) = self.request_certificates(&mut csrs, &tx).await {
-            return End::Broken(e);
-        }
-        let renewal = tokio::time::sleep(self.renewal_wait().await);
-        tokio::pin!(renewal);
+        let signer = self.signer.clone();
+        let _attached = signer.attach(tx.clone());
         loop {
             tokio::select! {
                 message = inbound.message() => {
@@ -171,16 +169,12 @@ impl KdsClient {
                                 if let Err(e) = self.on_batch(batch, &tx).await {
                                     return End::Broken(e);
                                 }
-                                if let Err(e) = self.request_certificates(&mut csrs, &tx).await {
-                                    return End::Broken(e);
+                                // New meshes need an intermediate; a revocation, a new one now.
+                                if let Err(e) = self.certs.reconcile().await {
+                                    tracing::warn!(error = %e, "could not read the zone's certificates");
                                 }
                             }
-                            Some(global_message::Message::Certificate(cert)) => {
-                                if let Err(e) = csrs.complete(self.synced.store().as_ref(), cert).await {
-                                    return End::Broken(format!("storing a certificate: {e}"));
-                                }
-                                renewal.as_mut().reset(tokio::time::Instant::now() + self.renewal_wait().await);
-                            }
+                            Some(global_message::Message::Certificate(cert)) => self.signer.answer(cert),
                             _ => {}
                         },
                         Ok(None) => return End::Broken("the global closed the stream".into()),
@@ -202,41 +196,8 @@ impl KdsClient {
                         return End::Broken("request stream closed".into());
                     }
                 }
-                () = &mut renewal => {
-                    if let Err(e) = self.request_certificates(&mut csrs, &tx).await {
-                        return End::Broken(e);
-                    }
-                    renewal.as_mut().reset(tokio::time::Instant::now() + self.renewal_wait().await);
-                }
             }
         }
-    }
-
-    /// How long until a certificate of the zone is due: at least a second (so refusals and
-    /// CSRs in flight are not asked about in a loop), at most a minute (so a revocation or a
-    /// new mesh is noticed even without a batch).
-    async fn renewal_wait(&self) -> Duration {
-        let store = self.synced.store();
-        let cas = crate::zone_ca::next_due(store.as_ref()).await.ok().flatten();
-        let identity = crate::zone_identity::next_due(store.as_ref()).await.ok().flatten();
-        cas.into_iter().chain(identity).min().unwrap_or(Duration::MAX).clamp(Duration::from_secs(1), Duration::from_secs(60))
-    }
-
-    /// Sends a CSR for every mesh without a current intermediate CA and for the zone identity
-    /// when due (at most one in flight each).
-    async fn request_certificates(&self, csrs: &mut crate::zone_ca::Pending, tx: &mpsc::Sender<ZoneMessage>) -> Result<(), String> {
-        let missing = crate::zone_ca::due(self.synced.store().as_ref()).await.map_err(|e| format!("reading meshes: {e}"))?;
-        for mesh in missing {
-            if let Some(req) = csrs.request(&self.config.zone, &mesh).await {
-                tx.send(msg(zone_message::Message::CertificateRequest(req))).await.map_err(|_| "request stream closed".to_string())?;
-            }
-        }
-        if crate::zone_identity::needed(self.synced.store().as_ref()).await.map_err(|e| format!("reading the zone identity: {e}"))? {
-            if let Some(req) = csrs.request_identity(&self.config.zone).await {
-                tx.send(msg(zone_message::Message::CertificateRequest(req))).await.map_err(|_| "request stream closed".to_string())?;
-            }
-        }
-        Ok(())
     }
 
     async fn on_batch(&mut self, batch: kds::Batch, tx: &mpsc::Sender<ZoneMessage>) -> Result<(), String> {

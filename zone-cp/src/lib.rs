@@ -10,6 +10,7 @@
 #![allow(clippy::result_large_err)]
 
 pub mod app;
+pub mod certs;
 pub mod config;
 pub mod dps;
 pub mod gateways;
