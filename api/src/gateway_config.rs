@@ -57,9 +57,6 @@ pub struct ZoneInventory {
     /// Where other zones reach its gateways' ingress (`ip:port`).
     #[serde(default)]
     pub ingress_addresses: Vec<String>,
-    /// Its sidecars that refused their latest configuration.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub dataplane_nacks: Vec<DataplaneNack>,
 }
 
 /// A service of the gateway's own zone, with the inbounds of its sidecars.

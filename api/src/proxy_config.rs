@@ -93,9 +93,9 @@ pub struct ProxyConfig {
 }
 
 /// A mesh's trust bundle as the sidecar gets it: the root certificates (PEM) and the
-/// fingerprints of revoked zone intermediates. The same shape as the stored `TrustBundle`.
+/// fingerprints of revoked zone intermediates. The same shape as the stored `TrustBundle`;
+/// fields a newer global may add are ignored (they cannot loosen what roots are trusted).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct MeshTrust {
     /// Root certificates, PEM.
     pub roots: Vec<String>,

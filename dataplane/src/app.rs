@@ -95,9 +95,9 @@ impl Sidecar {
         let (drain, admin_drain, cancel, tasks) = (Drain::new(), Drain::new(), CancellationToken::new(), TaskTracker::new());
         // The admin server outlives the drain, so that `/ready` says `draining` meanwhile.
         tasks.spawn(admin.serve(admin_drain.watcher()));
-        let signer = crate::identity::start(&config.dataplane.name, state.clone(), certificate, cancel.clone(), &tasks);
+        let workload = crate::identity::start(&config.dataplane.name, state.clone(), certificate, cancel.clone(), &tasks);
         let (streams, nacks) = (proxy_metrics.control_plane_streams.clone(), proxy_metrics.config_nacks.clone());
-        tasks.spawn(DpsClient { config: config.clone(), state: state.clone(), guards, signer, streams, nacks }.run(cancel.clone()));
+        tasks.spawn(DpsClient { config: config.clone(), state: state.clone(), guards, workload, streams, nacks }.run(cancel.clone()));
         let proxy = crate::proxy::run(state.clone(), proxy_metrics, listeners, drain.watcher(), tasks.clone());
         tasks.spawn_on(proxy, data_path.handle());
         tracing::info!(

@@ -21,7 +21,7 @@ use strait_proxy_core::cp_client::{self, classify, End};
 use strait_proxy_core::readiness::BlockReady;
 
 use crate::config::Validated;
-use crate::identity::Signer;
+use crate::identity::Workload;
 pub use crate::identity::WorkloadIdentity;
 
 /// What the data path reads: the latest configuration and identity.
@@ -64,8 +64,8 @@ pub struct DpsClient {
     pub state: Arc<ProxyState>,
     /// Readiness guards.
     pub guards: Arc<Guards>,
-    /// Where CSRs of the certificate manager go while a stream is open.
-    pub signer: Arc<Signer>,
+    /// The workload certificate: its CSRs go through the open stream.
+    pub workload: Arc<Workload>,
     /// Streams registered with the zone (`strait_dp_control_plane_streams_total`).
     pub streams: Counter,
     /// Configurations refused (`strait_dp_config_nacks_total`).
@@ -107,7 +107,7 @@ impl DpsClient {
         };
         tracing::info!(cp = %flags.cp.cp_address, dataplane = %self.config.dataplane.name, "registered with the zone control plane");
         self.streams.inc();
-        let _attached = self.signer.attach(tx.clone());
+        let _attached = self.workload.signer.attach(tx.clone());
         loop {
             let message = match inbound.message().await {
                 Ok(Some(m)) => m,
@@ -119,6 +119,7 @@ impl DpsClient {
                     let reply = match applicable(&c.json) {
                         Ok(config) => {
                             tracing::info!(version = c.version, "configuration applied");
+                            self.workload.follow_trust(&config.trust_bundle, &self.state);
                             self.state.config.store(Some(Arc::new((c.version, config))));
                             self.state.bump();
                             release(&self.guards.config);
@@ -134,8 +135,10 @@ impl DpsClient {
                         return End::Broken("request stream closed".into());
                     }
                 }
-                Some(zone_message::Message::Certificate(c)) if c.error.is_empty() => self.signer.answer(Ok(c.cert_chain_pem)),
-                Some(zone_message::Message::Certificate(c)) => self.signer.answer(Err(format!("the zone refused the CSR: {}", c.error))),
+                Some(zone_message::Message::Certificate(c)) if c.error.is_empty() => self.workload.signer.answer(Ok(c.cert_chain_pem)),
+                Some(zone_message::Message::Certificate(c)) => {
+                    self.workload.signer.answer(Err(format!("the zone refused the CSR: {}", c.error)))
+                }
                 None => {}
             }
         }

@@ -13,9 +13,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use strait_api::dps::{dataplane_message, CertificateRequest, DataplaneMessage};
+use strait_api::proxy_config::MeshTrust;
 use strait_pki::{Issued, RotationPolicy};
 use strait_proxy_core::readiness::BlockReady;
-use strait_runtime::certs::{CertManager, Current, Issuer};
+use strait_runtime::certs::{CertManager, Current, Issuer, Managed};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -85,10 +86,19 @@ impl Signer {
         *self.answer.lock().unwrap_or_else(|p| p.into_inner()) = Some(answer_tx);
         let request = dataplane_message::Message::CertificateRequest(CertificateRequest { csr_pem });
         tx.send(DataplaneMessage { message: Some(request) }).await.map_err(|_| "the stream to the zone closed".to_string())?;
-        match tokio::time::timeout(SIGN_TIMEOUT, answer_rx).await {
+        // Bound first, so the receiver is gone (and its slot seen closed) in the arms below.
+        let answered = tokio::time::timeout(SIGN_TIMEOUT, answer_rx).await;
+        match answered {
             Ok(Ok(answer)) => answer,
             Ok(Err(_)) => Err("the stream to the zone closed before the answer".into()),
-            Err(_) => Err(format!("no answer from the zone in {SIGN_TIMEOUT:?}")),
+            Err(_) => {
+                // Given up on: a late answer must find no one waiting, not the next request.
+                let mut slot = self.answer.lock().unwrap_or_else(|p| p.into_inner());
+                if slot.as_ref().is_some_and(|s| s.is_closed()) {
+                    slot.take();
+                }
+                Err(format!("no answer from the zone in {SIGN_TIMEOUT:?}"))
+            }
         }
     }
 }
@@ -114,14 +124,41 @@ impl Issuer for WorkloadIssuer {
     }
 }
 
-/// Starts keeping the workload certificate of `dataplane` current; returns the signer the DPS
-/// session lends its stream to. The first certificate releases `guard`.
-pub fn start(dataplane: &str, state: Arc<ProxyState>, guard: BlockReady, cancel: CancellationToken, tasks: &TaskTracker) -> Arc<Signer> {
+/// The sidecar's workload certificate under management.
+pub struct Workload {
+    /// Where CSRs go; the DPS session lends it its stream.
+    pub signer: Arc<Signer>,
+    managed: Managed,
+    /// The revoked intermediate a renewal was already asked for.
+    renewed_for: Mutex<Option<String>>,
+}
+
+impl Workload {
+    /// Renews at once when `trust` revokes the intermediate the certificate in force chains
+    /// through (its zone was revoked and got a new one): peers refuse such a certificate.
+    pub fn follow_trust(&self, trust: &MeshTrust, state: &ProxyState) {
+        let Some(identity) = state.identity.load_full() else { return };
+        let intermediates = identity.cert_chain_pem.split_inclusive("-----END CERTIFICATE-----").skip(1);
+        let revoked = intermediates.filter_map(|pem| strait_pki::fingerprint(pem).ok()).find(|f| trust.revoked.contains(f));
+        let Some(revoked) = revoked else { return };
+        let mut renewed_for = self.renewed_for.lock().unwrap_or_else(|p| p.into_inner());
+        if renewed_for.as_deref() != Some(revoked.as_str()) {
+            tracing::warn!(intermediate = %revoked, "the workload certificate chains through a revoked intermediate; renewing it now");
+            *renewed_for = Some(revoked);
+            self.managed.renew_now();
+        }
+    }
+}
+
+/// Starts keeping the workload certificate of `dataplane` current; the DPS session lends its
+/// stream to the returned [`Workload`]'s signer. The first certificate releases `guard`.
+pub fn start(dataplane: &str, state: Arc<ProxyState>, guard: BlockReady, cancel: CancellationToken, tasks: &TaskTracker) -> Arc<Workload> {
     let signer = Arc::new(Signer::default());
     let manager = CertManager::new(RotationPolicy::default(), cancel.clone(), tasks.clone());
-    let current = manager.manage(WorkloadIssuer { signer: signer.clone(), common_name: dataplane.to_string() }, None);
-    tasks.spawn(install(current, state, guard, cancel));
-    signer
+    let issuer = WorkloadIssuer { signer: signer.clone(), common_name: dataplane.to_string() };
+    let managed = manager.manage_until(issuer, None, cancel.clone());
+    tasks.spawn(install(managed.current.clone(), state, guard, cancel));
+    Arc::new(Workload { signer, managed, renewed_for: Mutex::default() })
 }
 
 /// Puts each new certificate in use.
@@ -143,5 +180,64 @@ async fn install(mut current: Current, state: Arc<ProxyState>, guard: BlockReady
         state.identity.store(Some(Arc::new(identity)));
         state.changed.send_modify(|n| *n += 1);
         guard.take();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    use super::*;
+
+    /// Counts renewals; every certificate it issues is a fresh one from `ca`.
+    struct Counting {
+        ca: Arc<strait_pki::CertificateAuthority>,
+        calls: Arc<AtomicU32>,
+    }
+
+    impl Issuer for Counting {
+        fn name(&self) -> &str {
+            "test"
+        }
+
+        async fn issue(&self) -> Result<Issued, String> {
+            self.calls.fetch_add(1, Ordering::SeqCst);
+            let kc = strait_pki::KeyAndCsr::generate("w").map_err(|e| e.to_string())?;
+            let leaf = self.ca.sign_workload(&kc.csr_pem, "spiffe://default/web", Duration::from_secs(3600)).map_err(|e| e.to_string())?;
+            Issued::check(leaf, kc.key_pem, SystemTime::now()).map_err(|e| e.to_string())
+        }
+    }
+
+    #[tokio::test]
+    async fn a_revoked_intermediate_renews_the_certificate_once() {
+        let root = strait_pki::CertificateAuthority::new_root("default", "root", Duration::from_secs(7200)).unwrap();
+        let kc = strait_pki::KeyAndCsr::generate("zone").unwrap();
+        let intermediate_pem = root.sign_intermediate(&kc.csr_pem, "zone-1", Duration::from_secs(3600)).unwrap();
+        let intermediate = Arc::new(strait_pki::CertificateAuthority::from_pem(&intermediate_pem, &kc.key_pem).unwrap());
+        let calls = Arc::new(AtomicU32::new(0));
+        let manager = CertManager::new(RotationPolicy::default(), CancellationToken::new(), TaskTracker::new());
+        let issuer = Counting { ca: intermediate.clone(), calls: calls.clone() };
+        let held = issuer.issue().await.unwrap();
+        let managed = manager.manage_until(issuer, Some(held.clone()), CancellationToken::new());
+        let workload = Workload { signer: Arc::default(), managed, renewed_for: Mutex::default() };
+        let state = ProxyState::default();
+        state.identity.store(Some(Arc::new(WorkloadIdentity {
+            cert_chain_pem: format!("{}{intermediate_pem}", held.chain_pem),
+            key_pem: held.key_pem.clone(),
+            issued_at: held.received_at,
+            lifetime: held.lifetime(),
+        })));
+
+        workload.follow_trust(&MeshTrust::default(), &state);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(calls.load(Ordering::SeqCst), 1, "nothing revoked: nothing renewed");
+
+        let revoked = MeshTrust { roots: vec![], revoked: [strait_pki::fingerprint(&intermediate_pem).unwrap()].into() };
+        let mut current = workload.managed.current.clone();
+        workload.follow_trust(&revoked, &state);
+        tokio::time::timeout(Duration::from_secs(5), current.changed()).await.expect("renewed at once").unwrap();
+        workload.follow_trust(&revoked, &state);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(calls.load(Ordering::SeqCst), 2, "one renewal per revoked intermediate");
     }
 }

@@ -1,6 +1,7 @@
-//! The sidecar contract is typed, and what a sidecar cannot apply is refused, not ignored: a
-//! configuration asking for a load balancer this sidecar does not implement (RingHash) is
-//! NACKed with the reason, the configuration in force stays (a MeshTimeout that came with it
+//! The sidecar contract is typed, and what a sidecar cannot apply is refused, not ignored. The
+//! global's API refuses a load balancer no sidecar implements (RingHash); one stored anyway (by
+//! an older global, or a newer one) reaches the sidecars, and the configuration asking for it
+//! is NACKed with the reason, the configuration in force stays (a MeshTimeout that came with it
 //! does not apply), the NACK shows in the sidecar's and the zone's metrics and in the global's
 //! zone status (`straitctl zone list`), and once the policy is gone the sidecar applies the
 //! next configuration and the NACK disappears.
@@ -32,13 +33,23 @@ async fn a_configuration_the_sidecar_cannot_apply_is_nacked_and_the_previous_one
     eventually("web -> backend", async || get(&client, web_out, "/").await.filter(|r| r.0 == 200)).await;
     let applied_before = web.state.config.load().as_ref().map(|c| c.0).unwrap();
 
-    mesh.put(
-        "/meshes/default/meshloadbalancingstrategies/ring",
-        json!({"type": "MeshLoadBalancingStrategy", "name": "ring", "mesh": "default",
+    let ring = json!({"type": "MeshLoadBalancingStrategy", "name": "ring", "mesh": "default",
         "spec": {"targetRef": {"kind": "MeshService", "name": "web"}, "to": [{"targetRef": {"kind": "MeshService", "name": "backend"},
-        "default": {"loadBalancer": {"type": "RingHash", "ringHash": {"hashPolicies": [{"type": "Header", "name": "x-user"}]}}}}]}}),
-    )
-    .await;
+        "default": {"loadBalancer": {"type": "RingHash", "ringHash": {"hashPolicies": [{"type": "Header", "name": "x-user"}]}}}}]}});
+    let refused = mesh
+        .http
+        .put(format!("{}/meshes/default/meshloadbalancingstrategies/ring", mesh.base))
+        .bearer_auth(&mesh.admin)
+        .json(&ring)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 400, "the API refuses what no sidecar enforces");
+    let body: Value = refused.json().await.unwrap();
+    assert_eq!(body["details"][0]["field"], "spec.to[0].default.loadBalancer.type", "{body}");
+    // Stored without the API's check, as an older global would have stored it.
+    let resource = strait_api::Resource::from_value(ring).unwrap();
+    strait_cp_core::resources::Resources::new(mesh.global.store().clone()).put(&resource).await.unwrap();
     eventually("web's NACK", async || (metric(&web, "strait_dp_config_nacks_total").await >= 1.0).then_some(())).await;
     assert_eq!(web.state.config.load().as_ref().map(|c| c.0), Some(applied_before), "the refused configuration is not in force");
 
@@ -56,10 +67,10 @@ async fn a_configuration_the_sidecar_cannot_apply_is_nacked_and_the_previous_one
     assert!(scrape(&zone_metrics, "strait_zone_dps_config_nacks_total").await >= 2.0);
     let status = eventually("the NACK in the global's zone status", async || {
         let status = zone_status(&mesh).await;
-        status.pointer("/inventory/dataplaneNacks/0").is_some().then_some(status)
+        status.pointer("/dataplaneNacks/0").is_some().then_some(status)
     })
     .await;
-    let nack = &status["inventory"]["dataplaneNacks"][0];
+    let nack = &status["dataplaneNacks"][0];
     assert_eq!((nack["mesh"].as_str(), nack["dataplane"].as_str()), (Some("default"), Some("web-1")), "{status}");
     assert!(nack["error"].as_str().unwrap().contains("RingHash is not implemented"), "the reason names the policy: {nack}");
 
@@ -73,7 +84,7 @@ async fn a_configuration_the_sidecar_cannot_apply_is_nacked_and_the_previous_one
     let (status, body) = get(&client, web_out, "/").await.expect("an answer");
     assert_eq!(status, 504, "the timeout now applies: {body}");
     eventually("the NACK gone from the global's zone status", async || {
-        zone_status(&mesh).await.pointer("/inventory/dataplaneNacks/0").is_none().then_some(())
+        zone_status(&mesh).await.pointer("/dataplaneNacks/0").is_none().then_some(())
     })
     .await;
     for s in [web, backend] {

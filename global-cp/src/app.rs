@@ -126,6 +126,8 @@ impl GlobalCp {
         let router = rest::router(state, Arc::new(token));
 
         let shutdown = CancellationToken::new();
+        // A start that fails from here on stops what it already spawned.
+        let stop_on_failure = shutdown.clone().drop_guard();
         let tasks = TaskTracker::new();
         let shared = KdsShared {
             resources,
@@ -166,6 +168,7 @@ impl GlobalCp {
         tracing::info!(api = %api_addr, kds = %kds_addr, data_dir = %data_dir.display(), revision = store.revision(), "listening");
 
         let server = tokio::spawn(strait_cp_core::rest::serve::serve(api_listener, router, shutdown.clone(), config.shutdown_timeout));
+        stop_on_failure.disarm();
         Ok(GlobalCp { api_addr, kds_addr, ca_bundle: secrets.system_ca_pem.clone(), token_file, shutdown, server, tasks, store })
     }
 

@@ -124,7 +124,6 @@ impl Zones {
             value["inventory"] = json!({
                 "services": services,
                 "ingressAddresses": inv.data.get("ingressAddresses").cloned().unwrap_or(Value::Null),
-                "dataplaneNacks": inv.data.get("dataplaneNacks").cloned().unwrap_or_else(|| json!([])),
             });
         }
         zone.status = Some(value);

@@ -12,6 +12,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use crate::pem::{cert_from_pem, parse_cert};
 use crate::PkiError;
 
+/// How far ahead of our clock a new certificate's `notBefore` may be.
+const CLOCK_SKEW: Duration = Duration::from_secs(300);
+
 /// A certificate chain and its private key, checked to belong together and to be valid.
 #[derive(Clone)]
 pub struct Issued {
@@ -59,7 +62,9 @@ impl Issued {
         }
         let not_before = at(cert.validity().not_before.timestamp());
         let not_after = at(cert.validity().not_after.timestamp());
-        if now < not_before || now >= not_after {
+        // A signer whose clock runs ahead of ours (beyond the CA's own backdating) must not keep
+        // us without a certificate: peers check validity against their own clocks.
+        if now + CLOCK_SKEW < not_before || now >= not_after {
             return Err(PkiError::InvalidLifetime { reason: "the issued certificate is not valid now".into() });
         }
         Ok(Issued { fingerprint: crate::fingerprint_der(&der), chain_pem, key_pem, not_before, not_after, received_at: now })

@@ -80,6 +80,8 @@ impl ZoneCp {
             tracing::info!(path = %token_file.display(), "generated the zone's admin token (for registering Dataplanes)");
         }
         let shutdown = CancellationToken::new();
+        // A start that fails from here on stops what it already spawned.
+        let stop_on_failure = shutdown.clone().drop_guard();
         let tasks = TaskTracker::new();
         let dps_identity =
             crate::dps::tls::identity(zone_store.as_ref(), &config.data_dir, &config.dps_tls_names, config.dps_certificate_lifetime)
@@ -150,6 +152,7 @@ impl ZoneCp {
         let router = rest::router(api, Arc::new(admin_token));
         tasks.spawn(strait_cp_core::rest::serve::serve(listener, router, shutdown.clone(), REST_DRAIN_DEADLINE));
         tracing::info!(zone = %config.zone, api = %api_addr, dps = %dps_addr, global = %config.global_address, "zone control plane started");
+        stop_on_failure.disarm();
         Ok(ZoneCp { api_addr, dps_addr, dps_ca_pem: dps_identity.ca_pem, store: zone_store, shutdown, tasks })
     }
 

@@ -86,13 +86,23 @@ impl KdsSigner {
             .clone()
             .ok_or("no stream to the global")?;
         let (answer_tx, answer_rx) = oneshot::channel();
-        self.waiting.lock().unwrap_or_else(|p| p.into_inner()).insert(wanted, answer_tx);
+        self.waiting.lock().unwrap_or_else(|p| p.into_inner()).insert(wanted.clone(), answer_tx);
         let message = ZoneMessage { message: Some(zone_message::Message::CertificateRequest(request)) };
         tx.send(message).await.map_err(|_| "the stream to the global closed".to_string())?;
-        match tokio::time::timeout(SIGN_TIMEOUT, answer_rx).await {
+        let key = wanted.clone();
+        // Bound first, so the receiver is gone (and its slot seen closed) in the arms below.
+        let answered = tokio::time::timeout(SIGN_TIMEOUT, answer_rx).await;
+        match answered {
             Ok(Ok(answer)) => answer,
             Ok(Err(_)) => Err("the stream to the global closed before the answer".into()),
-            Err(_) => Err(format!("no answer from the global in {SIGN_TIMEOUT:?}")),
+            Err(_) => {
+                // Given up on: a late answer must find no one waiting, not the next request.
+                let mut waiting = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
+                if waiting.get(&key).is_some_and(|s| s.is_closed()) {
+                    waiting.remove(&key);
+                }
+                Err(format!("no answer from the global in {SIGN_TIMEOUT:?}"))
+            }
         }
     }
 }
@@ -159,12 +169,24 @@ pub struct ZoneCerts {
     cancel: CancellationToken,
     intermediates: Mutex<HashMap<String, (Managed, CancellationToken)>>,
     identity: Mutex<Option<Managed>>,
+    /// Revoked certificates (fingerprints) a renewal was already asked for: a renewal in
+    /// flight or backing off is not hurried again by every batch.
+    renewing: Mutex<std::collections::HashSet<String>>,
 }
 
 impl ZoneCerts {
     /// Certificates of `zone` in `store`, managed by `manager`, signed through `signer`.
     pub fn new(manager: CertManager, signer: Arc<KdsSigner>, store: Arc<dyn Store>, zone: String, cancel: CancellationToken) -> Self {
-        ZoneCerts { manager, signer, store, zone, cancel, intermediates: Mutex::default(), identity: Mutex::default() }
+        ZoneCerts {
+            manager,
+            signer,
+            store,
+            zone,
+            cancel,
+            intermediates: Mutex::default(),
+            identity: Mutex::default(),
+            renewing: Mutex::default(),
+        }
     }
 
     /// Brings what is managed in line with the store: an intermediate for every mesh (renewed
@@ -175,10 +197,14 @@ impl ZoneCerts {
         let meshes: Vec<String> =
             self.store.list(strait_api::ResourceType::Mesh.name(), None).await?.into_iter().map(|o| o.key.name).collect();
         let mut revoked = Vec::new();
+        let mut hurry = Vec::new();
         for mesh in &meshes {
             if let Some(cert) = crate::zone_ca::stored(self.store.as_ref(), mesh).await? {
                 if crate::zone_ca::is_revoked(self.store.as_ref(), mesh, &cert.chain_pem).await? {
                     revoked.push(mesh.clone());
+                    if self.first_ask(&cert.fingerprint) {
+                        hurry.push(mesh.clone());
+                    }
                 }
             }
         }
@@ -194,7 +220,7 @@ impl ZoneCerts {
             });
             for mesh in &meshes {
                 match managed.get(mesh) {
-                    Some((m, _)) if revoked.contains(mesh) => m.renew_now(),
+                    Some((m, _)) if hurry.contains(mesh) => m.renew_now(),
                     Some(_) => {}
                     None => new.push(mesh.clone()),
                 }
@@ -220,6 +246,11 @@ impl ZoneCerts {
         self.reconcile_identity().await
     }
 
+    /// Whether a renewal of the revoked certificate `fingerprint` is asked for the first time.
+    fn first_ask(&self, fingerprint: &str) -> bool {
+        self.renewing.lock().unwrap_or_else(|p| p.into_inner()).insert(fingerprint.to_string())
+    }
+
     async fn reconcile_identity(&self) -> Result<(), StoreError> {
         let trust = crate::zone_identity::system_trust(self.store.as_ref()).await?;
         if trust.roots.is_empty() {
@@ -227,9 +258,10 @@ impl ZoneCerts {
         }
         let held = crate::zone_identity::stored(self.store.as_ref()).await?;
         let revoked = held.as_ref().is_some_and(|c| trust.revoked.contains(&c.fingerprint));
+        let hurry = revoked && held.as_ref().is_some_and(|c| self.first_ask(&c.fingerprint));
         let mut identity = self.identity.lock().unwrap_or_else(|p| p.into_inner());
         match identity.as_ref() {
-            Some(m) if revoked => m.renew_now(),
+            Some(m) if hurry => m.renew_now(),
             Some(_) => {}
             None => {
                 let issuer = IdentityIssuer { signer: self.signer.clone(), store: self.store.clone(), zone: self.zone.clone() };

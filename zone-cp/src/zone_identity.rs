@@ -30,7 +30,15 @@ pub async fn get(store: &dyn Store) -> Result<Option<ZoneIdentity>, StoreError> 
 pub async fn stored(store: &dyn Store) -> Result<Option<Issued>, StoreError> {
     let Some(obj) = store.get(&key()).await? else { return Ok(None) };
     let f = |name: &str| obj.data.get(name).and_then(Value::as_str).unwrap_or_default().to_string();
-    let received = obj.data.get("received").and_then(Value::as_u64).map_or(SystemTime::now(), |s| UNIX_EPOCH + Duration::from_secs(s));
+    // Records written before `received` was kept count from the certificate's start, so a
+    // restart never pushes a renewal back.
+    let since_start = || strait_pki::cert_validity(&f("cert")).ok().map(|(not_before, _)| not_before.max(0).unsigned_abs());
+    let received = obj
+        .data
+        .get("received")
+        .and_then(Value::as_u64)
+        .or_else(since_start)
+        .map_or(SystemTime::now(), |s| UNIX_EPOCH + Duration::from_secs(s));
     Ok(Issued::check(f("cert"), f("key"), received).ok())
 }
 

@@ -105,7 +105,7 @@ async fn list(args: &ZoneListArgs, ctx: &Context) -> anyhow::Result<()> {
                 _ => "Offline",
             };
             let seen = s.get("lastSeen").and_then(Value::as_str).map(|t| output::age(t, now) + " ago").unwrap_or_else(|| "never".into());
-            let sidecars = s.pointer("/inventory/dataplaneNacks").and_then(Value::as_array).cloned().unwrap_or_default();
+            let sidecars = s.get("dataplaneNacks").and_then(Value::as_array).cloned().unwrap_or_default();
             let nack = match s.get("nackErrors").and_then(Value::as_array) {
                 Some(errors) if !errors.is_empty() => errors.iter().map(text).collect::<Vec<_>>().join("; "),
                 _ if !sidecars.is_empty() => sidecar_nacks(&sidecars),

@@ -30,7 +30,15 @@ pub fn serve(listener: TcpListener, config: Outbound, path: &Arc<DataPath>) {
                 () = path.drain.signaled() => return,
                 a = listener.accept() => a,
             };
-            let Ok((app, client)) = accepted else { continue };
+            let (app, client) = match accepted {
+                Ok(a) => a,
+                Err(error) => {
+                    // Out of descriptors and the like: back off instead of spinning.
+                    tracing::warn!(%error, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
             let Some(destination) = path.table.load().service(&service).cloned() else {
                 tracing::warn!(%service, %client, "the destination is gone from the configuration; closing the connection");
                 continue;

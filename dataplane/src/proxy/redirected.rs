@@ -29,7 +29,15 @@ pub fn serve(listener: TcpListener, path: &Arc<DataPath>) {
                 () = path.drain.signaled() => return,
                 a = listener.accept() => a,
             };
-            let Ok((app, client)) = accepted else { continue };
+            let (app, client) = match accepted {
+                Ok(a) => a,
+                Err(error) => {
+                    // Out of descriptors and the like: back off instead of spinning.
+                    tracing::warn!(%error, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
             let dst = match original_dst(&app) {
                 Ok(d) => d,
                 Err(e) => {

@@ -38,6 +38,9 @@ pub struct ZoneStatus {
     /// Revision of the latest NACK.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub nacked_revision: Option<u64>,
+    /// The zone's sidecars that refused their latest configuration, as it last reported.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub dataplane_nacks: Vec<strait_api::gateway_config::DataplaneNack>,
 }
 
 struct Entry {

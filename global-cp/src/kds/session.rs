@@ -280,16 +280,18 @@ impl Session {
                 })
                 .collect(),
             ingress_addresses: inventory.ingress_addresses,
-            dataplane_nacks: inventory
-                .dataplane_nacks
-                .into_iter()
-                .map(|n| DataplaneNack { mesh: n.mesh, dataplane: n.dataplane, version: n.version, error: n.error })
-                .collect(),
         };
+        // Sidecars' NACKs are the zone's live status, shown by the global, never synced on to
+        // other zones (whose sidecars they do not concern).
+        let nacks: Vec<DataplaneNack> = inventory
+            .dataplane_nacks
+            .into_iter()
+            .map(|n| DataplaneNack { mesh: n.mesh, dataplane: n.dataplane, version: n.version, error: n.error })
+            .collect();
         let data = serde_json::to_value(&stored).map_err(|e| Status::internal(e.to_string()))?;
         let key = Key::new(ZONE_INVENTORY, "", &self.zone);
         self.shared.resources.store().put(key, data, Precondition::None).await.map_err(unavailable)?;
-        self.shared.registry.update(&self.zone, self.id, |_| {});
+        self.shared.registry.update(&self.zone, self.id, |s| s.dataplane_nacks = nacks);
         Ok(())
     }
 }

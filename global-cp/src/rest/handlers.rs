@@ -113,6 +113,10 @@ async fn put_one(
     name: &str,
 ) -> Result<Response, ApiError> {
     let resource = parse_put(state, headers, body, kind, mesh, name).await?;
+    let unenforced = strait_api::support::not_enforced(&resource);
+    if !unenforced.0.is_empty() {
+        return Err(ApiError::invalid(&format!("{} {name}", kind.name()), unenforced));
+    }
     let (outcome, stored) = state.resources.put(&resource).await?;
     let status = if outcome == PutOutcome::Created { StatusCode::CREATED } else { StatusCode::OK };
     let label = match outcome {

@@ -29,6 +29,9 @@ pub struct Session {
     pub(super) nacked: AtomicBool,
 }
 
+/// Longest NACK reason recorded, in characters.
+const MAX_NACK_REASON: usize = 1024;
+
 fn unavailable(e: impl std::fmt::Display) -> Status {
     Status::unavailable(format!("zone store: {e}"))
 }
@@ -85,7 +88,9 @@ impl Session {
 
     /// Whether a change of `key` can change this sidecar's configuration.
     fn affects(&self, key: &Key) -> bool {
-        key.mesh == self.mesh || (key.kind == "Mesh" && key.name == self.mesh) || crate::gateways::affects_remote(key)
+        // Sidecars' NACK records are status, not configuration.
+        key.kind != DATAPLANE_NACK
+            && (key.mesh == self.mesh || (key.kind == "Mesh" && key.name == self.mesh) || crate::gateways::affects_remote(key))
     }
 
     /// Recomputes the configuration and sends it if it differs from the last one sent. Its
@@ -172,6 +177,8 @@ impl Session {
 
     /// Records a NACK where the zone's inventory (and so the global's zone list) shows it.
     async fn record_nack(&self, version: u64, error: &str) {
+        // The reason comes from the sidecar: keep it to a line's worth.
+        let error: String = error.chars().take(MAX_NACK_REASON).collect();
         let data = json!({"mesh": self.mesh, "dataplane": self.dp.name, "version": version, "error": error});
         match self.shared.resources.store().put(self.nack_key(), data, Precondition::None).await {
             Ok(_) => self.nacked.store(true, Ordering::Relaxed),
