@@ -102,7 +102,10 @@ async fn handle(gw: Arc<Gateway>, mut client: TcpStream) {
         }
     };
     span.record("transport", transport);
-    gw.metrics.streams.get_or_create(&StreamLabels { direction: DIRECTION, zone: zone.clone(), service: key.clone(), transport }).inc();
+    // A zone-qualified SNI may name any service: only those the zone is known to host are
+    // labels, the rest are `other`, so clients cannot grow the label set.
+    let service = if routes.zones_hosting(&key).contains(&zone) { key.clone() } else { "other".to_string() };
+    gw.metrics.streams.get_or_create(&StreamLabels { direction: DIRECTION, zone: zone.clone(), service: service.clone(), transport }).inc();
     let active = gw.metrics.active.get_or_create(&DirectionLabel { direction: DIRECTION }).clone();
     active.inc();
     let mut tunnel = Answered::new(tunnel);
@@ -115,7 +118,7 @@ async fn handle(gw: Arc<Gateway>, mut client: TcpStream) {
             e.copied()
         }
     };
-    gw.metrics.count_bytes(DIRECTION, &zone, &key, moved.a_to_b, moved.b_to_a);
+    gw.metrics.count_bytes(DIRECTION, &zone, &service, moved.a_to_b, moved.b_to_a);
 }
 
 /// The zone a connection goes to: the one the sidecar named, else any zone hosting the

@@ -384,3 +384,19 @@ async fn dataplane_tokens_are_bound_to_mesh_and_service_and_verifiable_with_the_
     assert!(claims.expires_at <= now + 3600 + 1);
     assert!(strait_pki::token::verify(token, &keys, now + 7200).is_err(), "it expires");
 }
+
+/// Requests are counted before they are authenticated: made-up methods must not grow the
+/// metrics' label set (an attacker could otherwise grow `/metrics` without bound).
+#[tokio::test]
+async fn made_up_methods_do_not_grow_the_metrics() {
+    let s = start().await;
+    let before = s.http.get(s.url("/metrics")).send().await.unwrap().text().await.unwrap().len();
+    for i in 0..300 {
+        let method = reqwest::Method::from_bytes(format!("X{i:04}").as_bytes()).unwrap();
+        s.http.request(method, s.url("/meshes")).send().await.unwrap();
+    }
+    let text = s.http.get(s.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(!text.contains("X0001"), "a made-up method became a label");
+    assert!(text.contains("method=\"other\""), "{text}");
+    assert!(text.len() < before + 4096, "/metrics grew from {before} to {} bytes", text.len());
+}

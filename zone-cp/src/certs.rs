@@ -107,6 +107,17 @@ impl KdsSigner {
     }
 }
 
+/// The certificate of a stored `ZoneCA` or `ZoneIdentity` record, if it still fits its key.
+/// Records written before `received` was kept count from the certificate's start, so a
+/// restart never pushes a renewal back.
+pub fn from_record(data: &serde_json::Value) -> Option<Issued> {
+    let field = |name: &str| data.get(name).and_then(serde_json::Value::as_str).map(str::to_string);
+    let (cert, key) = (field("cert")?, field("key")?);
+    let since_start = || strait_pki::cert_validity(&cert).ok().map(|(not_before, _)| not_before.max(0).unsigned_abs());
+    let received = data.get("received").and_then(serde_json::Value::as_u64).or_else(since_start)?;
+    Issued::check(cert.clone(), key, std::time::UNIX_EPOCH + Duration::from_secs(received)).ok()
+}
+
 async fn key_and_csr(common_name: String) -> Result<KeyAndCsr, String> {
     tokio::task::spawn_blocking(move || KeyAndCsr::generate(&common_name))
         .await
@@ -269,5 +280,28 @@ impl ZoneCerts {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_record_without_its_received_time_counts_from_the_certificate_s_start() {
+        let ca = strait_pki::CertificateAuthority::new_root("default", "root", Duration::from_secs(7200)).unwrap();
+        let kc = KeyAndCsr::generate("zone").unwrap();
+        let cert = ca.sign_intermediate(&kc.csr_pem, "zone-1", Duration::from_secs(3600)).unwrap();
+        let (not_before, _) = strait_pki::cert_validity(&cert).unwrap();
+        let old = serde_json::json!({"cert": cert, "key": kc.key_pem});
+        let issued = from_record(&old).expect("usable");
+        let start = std::time::UNIX_EPOCH + Duration::from_secs(not_before.unsigned_abs());
+        assert_eq!(issued.received_at, start, "not the time of the restart");
+        let mut new = old.clone();
+        new["received"] = serde_json::json!(not_before + 100);
+        assert_eq!(from_record(&new).unwrap().received_at, start + Duration::from_secs(100));
+        let mut foreign = old;
+        foreign["key"] = serde_json::json!(KeyAndCsr::generate("x").unwrap().key_pem);
+        assert!(from_record(&foreign).is_none(), "a certificate that does not fit its key is not used");
     }
 }

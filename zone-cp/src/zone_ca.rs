@@ -6,7 +6,7 @@
 //! certificates are issued. Workload certificates issued under an intermediate that was since
 //! renewed stay valid: they chain to the same root.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde_json::{json, Value};
 use strait_cp_core::kinds::{TRUST_BUNDLE, ZONE_CA};
@@ -45,18 +45,7 @@ pub async fn put(store: &dyn Store, mesh: &str, cert: &Issued, root_pem: &str) -
 
 /// The stored intermediate of `mesh`, if any and still usable (it fits its key).
 pub async fn stored(store: &dyn Store, mesh: &str) -> Result<Option<Issued>, StoreError> {
-    let Some(obj) = store.get(&Key::new(ZONE_CA, "", mesh)).await? else { return Ok(None) };
-    let f = |name: &str| obj.data.get(name).and_then(Value::as_str).unwrap_or_default().to_string();
-    // Records written before `received` was kept count from the certificate's start, so a
-    // restart never pushes a renewal back.
-    let since_start = || strait_pki::cert_validity(&f("cert")).ok().map(|(not_before, _)| not_before.max(0).unsigned_abs());
-    let received = obj
-        .data
-        .get("received")
-        .and_then(Value::as_u64)
-        .or_else(since_start)
-        .map_or(SystemTime::now(), |s| UNIX_EPOCH + Duration::from_secs(s));
-    Ok(Issued::check(f("cert"), f("key"), received).ok())
+    Ok(store.get(&Key::new(ZONE_CA, "", mesh)).await?.and_then(|o| crate::certs::from_record(&o.data)))
 }
 
 /// The zone's intermediate CA of `mesh` (certificate, key, root), if issued.

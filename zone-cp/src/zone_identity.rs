@@ -6,7 +6,7 @@
 //! In: the `SystemTrust` bundle synced from the global, and certificates the global signed.
 //! Out: a `ZoneIdentity` record in the zone's store (key, certificate, when it was received).
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::UNIX_EPOCH;
 
 use serde_json::{json, Value};
 use strait_api::gateway_config::{SystemTrust, ZoneIdentity};
@@ -28,18 +28,7 @@ pub async fn get(store: &dyn Store) -> Result<Option<ZoneIdentity>, StoreError> 
 
 /// The stored identity, if any and still usable (it fits its key).
 pub async fn stored(store: &dyn Store) -> Result<Option<Issued>, StoreError> {
-    let Some(obj) = store.get(&key()).await? else { return Ok(None) };
-    let f = |name: &str| obj.data.get(name).and_then(Value::as_str).unwrap_or_default().to_string();
-    // Records written before `received` was kept count from the certificate's start, so a
-    // restart never pushes a renewal back.
-    let since_start = || strait_pki::cert_validity(&f("cert")).ok().map(|(not_before, _)| not_before.max(0).unsigned_abs());
-    let received = obj
-        .data
-        .get("received")
-        .and_then(Value::as_u64)
-        .or_else(since_start)
-        .map_or(SystemTime::now(), |s| UNIX_EPOCH + Duration::from_secs(s));
-    Ok(Issued::check(f("cert"), f("key"), received).ok())
+    Ok(store.get(&key()).await?.and_then(|o| crate::certs::from_record(&o.data)))
 }
 
 /// Stores a new identity; the one it replaces was in force until now.

@@ -25,19 +25,7 @@ pub fn serve(listener: TcpListener, path: &Arc<DataPath>) {
     let path = path.clone();
     path.clone().tasks.spawn(async move {
         loop {
-            let accepted = tokio::select! {
-                () = path.drain.signaled() => return,
-                a = listener.accept() => a,
-            };
-            let (app, client) = match accepted {
-                Ok(a) => a,
-                Err(error) => {
-                    // Out of descriptors and the like: back off instead of spinning.
-                    tracing::warn!(%error, "accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    continue;
-                }
-            };
+            let Some((app, client)) = path.accept(&listener).await else { return };
             let dst = match original_dst(&app) {
                 Ok(d) => d,
                 Err(e) => {

@@ -49,6 +49,30 @@ const DENY_WEB: &str =
      from:\n    - targetRef: {kind: MeshService, name: web}\n      default: {action: Deny}\n";
 
 /// An HTTP request from `from` to `target`: the body of a 200, or why not.
+/// Any host that reaches the egress can name any service of a known zone in its SNI: the
+/// services the zone does not host are counted as `other`, never as labels of their own.
+fn made_up_services_do_not_grow_the_egress_metrics(client: &Host, gateway: &Host, gw: &Gateway) {
+    let egress = gateway.socket_addr(strait_multizone::gateway::EGRESS_PORT);
+    for i in 0..5 {
+        let name = format!("made-up-{i}.default.zone-2.strait");
+        let resolve = format!("{name}:{}:{}", egress.port(), egress.ip());
+        // The TLS session fails (no such service behind the ingress); the SNI was sent.
+        let _ =
+            client.run("curl", ["-sk", "--max-time", "3", "--resolve", resolve.as_str(), &format!("https://{name}:{}/", egress.port())]);
+    }
+    let other = wait_for("the made-up services counted as `other`", SYNC, || {
+        match gw.metric("strait_gateway_streams_total{direction=\"egress\",zone=\"zone-2\",service=\"other\",transport=\"quic\"}")? {
+            n if n >= 5.0 => Ok(n),
+            n => Err(format!("{n} so far")),
+        }
+    });
+    assert!(other >= 5.0);
+    let (_, text) =
+        strait_multizone::control_plane::get_json(gateway, &gateway.url(strait_multizone::gateway::ADMIN_PORT, "/metrics"), None)
+            .expect("the gateway's metrics");
+    assert!(!text.as_str().unwrap_or_default().contains("made-up"), "a client-chosen SNI became a metric label");
+}
+
 fn get_ok(from: &Host, target: SocketAddr, path: &str) -> Result<String, String> {
     match http_get(from, target, "backend", path)? {
         (200, body) => Ok(body),
@@ -133,6 +157,7 @@ fn a_service_of_another_zone_is_reached_by_name_through_the_gateways() {
 
     let sent = gw1.metric("strait_gateway_bytes_total{direction=\"egress\",zone=\"zone-2\",service=\"db.default\",flow=\"to_zone\"}");
     assert!(sent.clone().unwrap_or(0.0) > 0.0, "bytes are counted per zone and service: {sent:?}");
+    made_up_services_do_not_grow_the_egress_metrics(&web.host, &zone1.host, gw1);
     if wan.is_some() {
         // The tunnel came up before the delay: its smoothed estimate converges within seconds.
         let rtt = wait_for("the QUIC round-trip time to zone-2 to show the WAN delay", SYNC, || {
