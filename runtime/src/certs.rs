@@ -187,18 +187,18 @@ mod tests {
     #[tokio::test]
     async fn renews_at_seventy_percent_of_the_certificate_s_own_life() {
         let calls = Arc::new(AtomicU32::new(0));
-        let issuer = Local { ca: ca(), lifetime: Duration::from_secs(2), calls: calls.clone(), fail_calls: 0..0 };
+        let issuer = Local { ca: ca(), lifetime: Duration::from_secs(4), calls: calls.clone(), fail_calls: 0..0 };
         let mut current = manager().manage_now(issuer).await.unwrap();
         let first = current.borrow_and_update().clone().unwrap();
         // Certificates carry whole seconds: the life is read from the certificate, not taken
-        // as the 2 s asked for.
+        // as the 4 s asked for.
         let due = first.not_after.duration_since(first.received_at).unwrap().mul_f64(0.7);
         let expected = (first.received_at + due).duration_since(SystemTime::now()).unwrap_or_default();
         let started = std::time::Instant::now();
         tokio::time::timeout(Duration::from_secs(5), current.changed()).await.expect("renewed").unwrap();
         let renewed_after = started.elapsed();
         assert!(renewed_after + Duration::from_millis(50) >= expected, "renewed after {renewed_after:?}, due after {expected:?}");
-        assert!(renewed_after < expected + Duration::from_millis(500), "renewed after {renewed_after:?}, due after {expected:?}");
+        assert!(renewed_after < expected + Duration::from_millis(800), "renewed after {renewed_after:?}, due after {expected:?}");
         let second = current.borrow().clone().unwrap();
         assert_ne!(first.fingerprint, second.fingerprint);
         assert_eq!(calls.load(Ordering::SeqCst), 2);
