@@ -41,7 +41,8 @@ pub struct Running {
 /// Starts everything; serves the saved configuration until the zone control plane answers.
 pub async fn start(config: Validated) -> anyhow::Result<Running> {
     let flags = &config.flags;
-    std::fs::create_dir_all(&flags.data_dir).map_err(|e| anyhow::anyhow!("creating --data-dir {}: {e}", flags.data_dir.display()))?;
+    strait_runtime::files::private_dir(&flags.data_dir)
+        .map_err(|e| anyhow::anyhow!("creating --data-dir {}: {e}", flags.data_dir.display()))?;
     let socket = std::net::UdpSocket::bind(flags.ingress_address)
         .map_err(|e| anyhow::anyhow!("binding the ingress to udp {}: {e}", flags.ingress_address))?;
     let ingress_address = socket.local_addr()?;

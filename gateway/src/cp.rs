@@ -78,6 +78,8 @@ fn save(data_dir: &Path, config: &GatewayConfig) {
         #[cfg(unix)]
         std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
         let mut file = options.open(&tmp)?;
+        // A leftover file keeps its mode despite `mode`: make it owner-only before writing.
+        strait_runtime::files::private_file(&tmp)?;
         file.write_all(&json)?;
         file.sync_all()?;
         std::fs::rename(&tmp, &path)

@@ -34,6 +34,14 @@ pub enum StartError {
     /// No data directory could be chosen.
     #[error("no data directory: set --data-dir")]
     NoDataDir,
+    /// The data directory could not be created or made private.
+    #[error("data directory {dir}: {source}")]
+    DataDir {
+        /// Where.
+        dir: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
     /// The store did not open.
     #[error("opening the store in {dir}: {source}")]
     Store {
@@ -82,6 +90,8 @@ impl GlobalCp {
     pub async fn start(config: Arc<Config>) -> Result<GlobalCp, StartError> {
         let data_dir = config.resolved_data_dir().ok_or(StartError::NoDataDir)?;
         let token_file = config.resolved_token_file().ok_or(StartError::NoDataDir)?;
+        // It holds every mesh's root key and the token-signing keys: the owner's only.
+        strait_runtime::files::private_dir(&data_dir).map_err(|source| StartError::DataDir { dir: data_dir.clone(), source })?;
         let store_dir = data_dir.join("store");
         let opened = {
             let dir = store_dir.clone();

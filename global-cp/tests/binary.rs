@@ -136,3 +136,19 @@ fn bad_configuration_exits_64_naming_every_value() {
     assert_eq!(out.status.code(), Some(2), "clap rejects unparseable flags");
     assert!(String::from_utf8_lossy(&out.stderr).contains("--api-address"));
 }
+
+/// The data directory holds every mesh's root key: whatever the umask and however it was
+/// created, the global leaves it (and its store) readable by its owner only.
+#[test]
+fn the_data_directory_and_the_store_are_owner_only() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mut g = spawn(dir.path(), free_port());
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(dir.path()), 0o700, "the data directory was tightened");
+    assert_eq!(mode(&dir.path().join("store")), 0o700, "the store directory is private");
+    assert_eq!(mode(&dir.path().join("admin-token")), 0o600);
+    let _ = g.child.kill();
+    let _ = g.child.wait();
+}

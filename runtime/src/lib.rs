@@ -1,11 +1,13 @@
 //! What every Strait binary shares at its edge: flag types and helpers, the logging set-up,
-//! waiting for SIGTERM/SIGINT, and the certificate manager that keeps its certificates current.
+//! waiting for SIGTERM/SIGINT, the certificate manager that keeps its certificates current, and
+//! owner-only directories and files for secrets.
 //!
 //! In: the parsed flags of a binary. Out: an installed `tracing` subscriber and a future that
 //! ends on a shutdown signal. Kept small so the sidecar links nothing of the control planes.
 #![forbid(unsafe_code)]
 
 pub mod certs;
+pub mod files;
 pub mod flags;
 pub mod signals;
 pub mod telemetry;

@@ -86,6 +86,9 @@ impl SledStore {
     /// [`LOCK_WAIT`] for the directory's lock.
     pub fn open_with(path: &Path, options: SledOptions) -> Result<Self, StoreError> {
         std::fs::create_dir_all(path).map_err(|e| StoreError::backend(format!("creating store directory {}", path.display()), e))?;
+        // The store holds keys: its directory is the owner's only, whatever the umask.
+        std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+            .map_err(|e| StoreError::backend(format!("making store directory {} private", path.display()), e))?;
         // The directory's lock outlives a closed store for a moment (sled's flusher thread lets
         // go of it last), so a store reopened at once in the same process waits for it; a lock
         // still held after the deadline belongs to another process.

@@ -46,6 +46,9 @@ impl ZoneCp {
             .to_string();
         let ca_pem = std::fs::read_to_string(&config.global_ca_file)
             .map_err(|e| anyhow::anyhow!("reading --global-ca-file {}: {e}", config.global_ca_file.display()))?;
+        // It holds the zone's intermediate and identity keys: the owner's only.
+        strait_runtime::files::private_dir(&config.data_dir)
+            .map_err(|e| anyhow::anyhow!("data directory {}: {e}", config.data_dir.display()))?;
         let dir = config.data_dir.join("store");
         let opened = {
             let dir = dir.clone();

@@ -78,13 +78,15 @@ pub fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
         .mode(0o600)
         .open(path)
         .with_context(|| format!("writing {}", path.display()))?;
+    // `mode` applies only to a new file: one that existed keeps its mode unless changed.
+    strait_runtime::files::private_file(path).with_context(|| format!("making {} private", path.display()))?;
     file.write_all(text.as_bytes()).and_then(|()| file.write_all(b"\n")).with_context(|| format!("writing {}", path.display()))
 }
 
 fn write_files(dir: &Path, token: &str, ca: &str) -> anyhow::Result<()> {
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    strait_runtime::files::private_dir(dir).with_context(|| format!("creating {}", dir.display()))?;
     write_private(&dir.join("zone-token"), token)?;
-    std::fs::write(dir.join("global-ca.pem"), ca).with_context(|| format!("writing {}", dir.join("global-ca.pem").display()))?;
+    write_private(&dir.join("global-ca.pem"), ca.trim_end())?;
     Ok(())
 }
 
@@ -140,6 +142,18 @@ fn sidecar_nacks(nacks: &[Value]) -> String {
 #[cfg(test)]
 mod tests {
     use super::sidecar_nacks;
+
+    #[test]
+    fn private_files_are_owner_only_even_when_they_existed() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("zone-token");
+        std::fs::write(&path, "old").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        super::write_private(&path, "new").unwrap();
+        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "new\n");
+    }
 
     #[test]
     fn sidecar_nacks_name_the_first_and_count_the_rest() {
