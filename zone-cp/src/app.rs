@@ -46,9 +46,9 @@ impl ZoneCp {
             .to_string();
         let ca_pem = std::fs::read_to_string(&config.global_ca_file)
             .map_err(|e| anyhow::anyhow!("reading --global-ca-file {}: {e}", config.global_ca_file.display()))?;
-        // It holds the zone's intermediate and identity keys: the owner's only.
-        strait_runtime::files::private_dir(&config.data_dir)
-            .map_err(|e| anyhow::anyhow!("data directory {}: {e}", config.data_dir.display()))?;
+        // The keys (intermediates, identity) are in the store, whose directory is the owner's
+        // only; the data directory itself stays readable, as sidecars of other users read the
+        // public `dps-ca.pem` from it.
         let dir = config.data_dir.join("store");
         let opened = {
             let dir = dir.clone();

@@ -31,6 +31,7 @@ use anyhow::{bail, Context as _};
 use serde_json::{json, Value};
 
 use crate::cli::{DemoArgs, DemoCommand};
+use crate::commands::zone::write_private;
 use plan::{Plan, APP_PORT, GATEWAY_ADMIN_PORT, SIDECAR_ADMIN_PORT};
 use procs::{Record, State};
 
@@ -244,9 +245,9 @@ async fn up_steps(s: &mut Starter, plan: &Plan) -> anyhow::Result<()> {
     for zone in &plan.zones {
         let registered = s.call(reqwest::Method::POST, &format!("/zones/{}/token", zone.name), None).await?;
         let creds = dir.join(format!("{}-creds", zone.name));
-        std::fs::create_dir_all(&creds)?;
-        std::fs::write(creds.join("zone-token"), registered["token"].as_str().unwrap_or_default())?;
-        std::fs::write(creds.join("global-ca.pem"), registered["caBundle"].as_str().unwrap_or_default())?;
+        strait_runtime::files::private_dir(&creds)?;
+        write_private(&creds.join("zone-token"), registered["token"].as_str().unwrap_or_default())?;
+        write_private(&creds.join("global-ca.pem"), registered["caBundle"].as_str().unwrap_or_default().trim_end())?;
         let data = dir.join(format!("{}-data", zone.name));
         let ip = &zone.ip;
         let args: Vec<String> = [
@@ -312,7 +313,7 @@ async fn up_steps(s: &mut Starter, plan: &Plan) -> anyhow::Result<()> {
         let zone = plan.zones.iter().find(|z| z.name == w.zone).context("the workload's zone")?;
         let token = s.call(reqwest::Method::POST, &format!("/meshes/default/dataplane-tokens?service={}", w.service), None).await?;
         let token_file = dir.join(format!("{}.token", w.name));
-        std::fs::write(&token_file, token["token"].as_str().unwrap_or_default())?;
+        write_private(&token_file, token["token"].as_str().unwrap_or_default())?;
         let outbound = w
             .calls
             .map(|(service, port)| json!([{"port": port, "address": w.ip, "tags": {"strait.io/service": service}}]))
