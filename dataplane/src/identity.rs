@@ -129,8 +129,6 @@ pub struct Workload {
     /// Where CSRs go; the DPS session lends it its stream.
     pub signer: Arc<Signer>,
     managed: Managed,
-    /// The revoked intermediate a renewal was already asked for.
-    renewed_for: Mutex<Option<String>>,
 }
 
 impl Workload {
@@ -140,12 +138,9 @@ impl Workload {
         let Some(identity) = state.identity.load_full() else { return };
         let intermediates = identity.cert_chain_pem.split_inclusive("-----END CERTIFICATE-----").skip(1);
         let revoked = intermediates.filter_map(|pem| strait_pki::fingerprint(pem).ok()).find(|f| trust.revoked.contains(f));
-        let Some(revoked) = revoked else { return };
-        let mut renewed_for = self.renewed_for.lock().unwrap_or_else(|p| p.into_inner());
-        if renewed_for.as_deref() != Some(revoked.as_str()) {
-            tracing::warn!(intermediate = %revoked, "the workload certificate chains through a revoked intermediate; renewing it now");
-            *renewed_for = Some(revoked);
-            self.managed.renew_now();
+        if let Some(revoked) = revoked {
+            tracing::debug!(intermediate = %revoked, "the workload certificate chains through a revoked intermediate");
+            self.managed.renew_revoked(&revoked);
         }
     }
 }
@@ -158,7 +153,7 @@ pub fn start(dataplane: &str, state: Arc<ProxyState>, guard: BlockReady, cancel:
     let issuer = WorkloadIssuer { signer: signer.clone(), common_name: dataplane.to_string() };
     let managed = manager.manage_until(issuer, None, cancel.clone());
     tasks.spawn(install(managed.current.clone(), state, guard, cancel));
-    Arc::new(Workload { signer, managed, renewed_for: Mutex::default() })
+    Arc::new(Workload { signer, managed })
 }
 
 /// Puts each new certificate in use.
@@ -219,7 +214,7 @@ mod tests {
         let issuer = Counting { ca: intermediate.clone(), calls: calls.clone() };
         let held = issuer.issue().await.unwrap();
         let managed = manager.manage_until(issuer, Some(held.clone()), CancellationToken::new());
-        let workload = Workload { signer: Arc::default(), managed, renewed_for: Mutex::default() };
+        let workload = Workload { signer: Arc::default(), managed };
         let state = ProxyState::default();
         state.identity.store(Some(Arc::new(WorkloadIdentity {
             cert_chain_pem: format!("{}{intermediate_pem}", held.chain_pem),

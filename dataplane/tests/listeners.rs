@@ -11,11 +11,10 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use common::{admin, eventually, on_any_port, Mesh};
+use common::{admin, call, eventually, on_any_port, Mesh};
 use strait_dataplane::config::{Cli, Command, Validated};
 use strait_dataplane::proxy::listeners::BindError;
 use strait_dataplane::{Sidecar, StartError};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// The files and flags of a sidecar whose zone is never reached: enough to bind.
 fn offline_args(dir: &Path, yaml: &str) -> Vec<String> {
@@ -91,19 +90,6 @@ fn the_binary_exits_with_an_error_naming_the_address_when_a_port_is_taken() {
     std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
     assert!(!status.success(), "{status}: {stderr}");
     assert!(stderr.contains(&format!("strait-dp: binding inbound[0] (web) to 0.0.0.0:{taken}: ")), "{stderr}");
-}
-
-/// Sends `msg` to `address` and returns what came back (empty if refused or closed).
-async fn call(address: SocketAddr, msg: &[u8]) -> Vec<u8> {
-    let Ok(mut s) = tokio::net::TcpStream::connect(address).await else { return Vec::new() };
-    if s.write_all(msg).await.is_err() {
-        return Vec::new();
-    }
-    let mut buf = vec![0u8; msg.len()];
-    match tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut buf)).await {
-        Ok(Ok(_)) => buf,
-        _ => Vec::new(),
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -6,38 +6,8 @@ mod common;
 
 use std::time::Duration;
 
-use common::{admin, eventually, free_port, Mesh};
+use common::{admin, call, echo_app, eventually, free_port, Mesh};
 use serde_json::json;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-/// A TCP echo application on 127.0.0.1; returns its port.
-async fn echo_app() -> u16 {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut s, _)) = listener.accept().await else { return };
-            tokio::spawn(async move {
-                let (mut r, mut w) = s.split();
-                let _ = tokio::io::copy(&mut r, &mut w).await;
-            });
-        }
-    });
-    port
-}
-
-/// Sends `msg` to the outbound port and returns what came back (empty if the connection was refused or closed).
-async fn call(port: u16, msg: &[u8]) -> Vec<u8> {
-    let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else { return Vec::new() };
-    if s.write_all(msg).await.is_err() {
-        return Vec::new();
-    }
-    let mut buf = vec![0u8; msg.len()];
-    match tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut buf)).await {
-        Ok(Ok(_)) => buf,
-        _ => Vec::new(),
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn explicit_outbound_over_mtls_and_permissions_flip_it() {
@@ -53,14 +23,15 @@ async fn explicit_outbound_over_mtls_and_permissions_flip_it() {
     for s in [&backend, &web] {
         eventually("sidecars ready", async || (admin(s, "/ready").await.0 == 200).then_some(())).await;
     }
-    eventually("web -> backend through both sidecars", async || (call(web_out, b"hello").await == b"hello").then_some(())).await;
+    eventually("web -> backend through both sidecars", async || (call(("127.0.0.1", web_out), b"hello").await == b"hello").then_some(()))
+        .await;
 
     // The payload never crosses between the sidecars in the clear: the backend inbound refuses plaintext.
-    assert_ne!(call(backend_in, b"hello").await, b"hello", "a plaintext client cannot use the mTLS inbound");
+    assert_ne!(call(("127.0.0.1", backend_in), b"hello").await, b"hello", "a plaintext client cannot use the mTLS inbound");
 
     mesh.put("/meshes/default/meshtrafficpermissions/deny-web", json!({"type": "MeshTrafficPermission", "name": "deny-web", "mesh": "default",
         "spec": {"targetRef": {"kind": "MeshService", "name": "backend"}, "from": [{"targetRef": {"kind": "MeshService", "name": "web"}, "default": {"action": "Deny"}}]}})).await;
-    eventually("the deny to take effect", async || (call(web_out, b"hello").await != b"hello").then_some(())).await;
+    eventually("the deny to take effect", async || (call(("127.0.0.1", web_out), b"hello").await != b"hello").then_some(())).await;
     let (_, metrics) = admin(&backend, "/metrics").await;
     assert!(
         metrics.lines().any(|l| l.starts_with("strait_dp_inbound_tunnel_denied") && !l.ends_with(" 0")),
@@ -68,7 +39,7 @@ async fn explicit_outbound_over_mtls_and_permissions_flip_it() {
     );
 
     mesh.delete("/meshes/default/meshtrafficpermissions/deny-web").await;
-    eventually("allowed again", async || (call(web_out, b"again").await == b"again").then_some(())).await;
+    eventually("allowed again", async || (call(("127.0.0.1", web_out), b"again").await == b"again").then_some(())).await;
     web.shutdown(Duration::from_secs(1)).await;
     backend.shutdown(Duration::from_secs(1)).await;
 }

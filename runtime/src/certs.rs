@@ -35,12 +35,20 @@ pub struct Managed {
     /// The certificate in force.
     pub current: Current,
     renew: Arc<Notify>,
+    /// The revoked certificate (fingerprint) a renewal was last asked for.
+    renewing_for: std::sync::Mutex<Option<String>>,
 }
 
 impl Managed {
-    /// Renews the certificate now rather than when due.
-    pub fn renew_now(&self) {
-        self.renew.notify_one();
+    /// Renews now rather than when due, because the certificate `fingerprint` (the one in
+    /// force, or one its chain goes through) was revoked. Asked again for the same fingerprint,
+    /// it does nothing: a renewal in flight or backing off is not hurried by every caller.
+    pub fn renew_revoked(&self, fingerprint: &str) {
+        let mut last = self.renewing_for.lock().unwrap_or_else(|p| p.into_inner());
+        if last.as_deref() != Some(fingerprint) {
+            *last = Some(fingerprint.to_string());
+            self.renew.notify_one();
+        }
     }
 }
 
@@ -78,7 +86,7 @@ impl CertManager {
                 () = keep_current(issuer, policy, tx, renewal, cancel) => {}
             }
         });
-        Managed { current: rx, renew }
+        Managed { current: rx, renew, renewing_for: Default::default() }
     }
 
     /// Issues the first certificate now (an error if that fails: a server cannot start without

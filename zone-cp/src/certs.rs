@@ -180,24 +180,12 @@ pub struct ZoneCerts {
     cancel: CancellationToken,
     intermediates: Mutex<HashMap<String, (Managed, CancellationToken)>>,
     identity: Mutex<Option<Managed>>,
-    /// Revoked certificates (fingerprints) a renewal was already asked for: a renewal in
-    /// flight or backing off is not hurried again by every batch.
-    renewing: Mutex<std::collections::HashSet<String>>,
 }
 
 impl ZoneCerts {
     /// Certificates of `zone` in `store`, managed by `manager`, signed through `signer`.
     pub fn new(manager: CertManager, signer: Arc<KdsSigner>, store: Arc<dyn Store>, zone: String, cancel: CancellationToken) -> Self {
-        ZoneCerts {
-            manager,
-            signer,
-            store,
-            zone,
-            cancel,
-            intermediates: Mutex::default(),
-            identity: Mutex::default(),
-            renewing: Mutex::default(),
-        }
+        ZoneCerts { manager, signer, store, zone, cancel, intermediates: Mutex::default(), identity: Mutex::default() }
     }
 
     /// Brings what is managed in line with the store: an intermediate for every mesh (renewed
@@ -207,16 +195,12 @@ impl ZoneCerts {
     pub async fn reconcile(&self) -> Result<(), StoreError> {
         let meshes: Vec<String> =
             self.store.list(strait_api::ResourceType::Mesh.name(), None).await?.into_iter().map(|o| o.key.name).collect();
-        let mut revoked = Vec::new();
-        let mut hurry = Vec::new();
+        // Each mesh's stored intermediate, and whether its bundle revoked it.
+        let mut held: HashMap<String, (Issued, bool)> = HashMap::new();
         for mesh in &meshes {
             if let Some(cert) = crate::zone_ca::stored(self.store.as_ref(), mesh).await? {
-                if crate::zone_ca::is_revoked(self.store.as_ref(), mesh, &cert.chain_pem).await? {
-                    revoked.push(mesh.clone());
-                    if self.first_ask(&cert.fingerprint) {
-                        hurry.push(mesh.clone());
-                    }
-                }
+                let revoked = crate::zone_ca::is_revoked(self.store.as_ref(), mesh, &cert.chain_pem).await?;
+                held.insert(mesh.clone(), (cert, revoked));
             }
         }
         let mut new = Vec::new();
@@ -230,19 +214,16 @@ impl ZoneCerts {
                 keep
             });
             for mesh in &meshes {
-                match managed.get(mesh) {
-                    Some((m, _)) if hurry.contains(mesh) => m.renew_now(),
-                    Some(_) => {}
-                    None => new.push(mesh.clone()),
+                match (managed.get(mesh), held.get(mesh)) {
+                    (Some((m, _)), Some((cert, true))) => m.renew_revoked(&cert.fingerprint),
+                    (Some(_), _) => {}
+                    (None, _) => new.push(mesh.clone()),
                 }
             }
         }
         for mesh in new {
             // A revoked intermediate is not a starting point: a new one is asked for at once.
-            let held = match crate::zone_ca::stored(self.store.as_ref(), &mesh).await? {
-                Some(cert) if !revoked.contains(&mesh) => Some(cert),
-                _ => None,
-            };
+            let start = held.remove(&mesh).filter(|(_, revoked)| !revoked).map(|(cert, _)| cert);
             let issuer = IntermediateIssuer {
                 name: format!("intermediate CA of mesh {mesh}"),
                 signer: self.signer.clone(),
@@ -251,15 +232,10 @@ impl ZoneCerts {
                 mesh: mesh.clone(),
             };
             let stop = self.cancel.child_token();
-            let m = self.manager.manage_until(issuer, held, stop.clone());
+            let m = self.manager.manage_until(issuer, start, stop.clone());
             self.intermediates.lock().unwrap_or_else(|p| p.into_inner()).insert(mesh, (m, stop));
         }
         self.reconcile_identity().await
-    }
-
-    /// Whether a renewal of the revoked certificate `fingerprint` is asked for the first time.
-    fn first_ask(&self, fingerprint: &str) -> bool {
-        self.renewing.lock().unwrap_or_else(|p| p.into_inner()).insert(fingerprint.to_string())
     }
 
     async fn reconcile_identity(&self) -> Result<(), StoreError> {
@@ -268,15 +244,14 @@ impl ZoneCerts {
             return Ok(());
         }
         let held = crate::zone_identity::stored(self.store.as_ref()).await?;
-        let revoked = held.as_ref().is_some_and(|c| trust.revoked.contains(&c.fingerprint));
-        let hurry = revoked && held.as_ref().is_some_and(|c| self.first_ask(&c.fingerprint));
+        let revoked = held.as_ref().filter(|c| trust.revoked.contains(&c.fingerprint)).map(|c| c.fingerprint.clone());
         let mut identity = self.identity.lock().unwrap_or_else(|p| p.into_inner());
-        match identity.as_ref() {
-            Some(m) if hurry => m.renew_now(),
-            Some(_) => {}
-            None => {
+        match (identity.as_ref(), revoked.as_deref()) {
+            (Some(m), Some(fingerprint)) => m.renew_revoked(fingerprint),
+            (Some(_), None) => {}
+            (None, _) => {
                 let issuer = IdentityIssuer { signer: self.signer.clone(), store: self.store.clone(), zone: self.zone.clone() };
-                *identity = Some(self.manager.manage_until(issuer, held.filter(|_| !revoked), self.cancel.child_token()));
+                *identity = Some(self.manager.manage_until(issuer, held.filter(|_| revoked.is_none()), self.cancel.child_token()));
             }
         }
         Ok(())

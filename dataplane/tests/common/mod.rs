@@ -326,3 +326,17 @@ pub async fn scrape(url: &str, prefix: &str) -> f64 {
     let text = reqwest::get(url).await.unwrap().text().await.unwrap();
     text.lines().find(|l| l.starts_with(prefix)).and_then(|l| l.rsplit(' ').next()).and_then(|v| v.parse().ok()).unwrap_or(0.0)
 }
+
+/// Sends `msg` to `address` and returns what came back (empty if refused or closed).
+pub async fn call(address: impl tokio::net::ToSocketAddrs, msg: &[u8]) -> Vec<u8> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Ok(mut s) = tokio::net::TcpStream::connect(address).await else { return Vec::new() };
+    if s.write_all(msg).await.is_err() {
+        return Vec::new();
+    }
+    let mut buf = vec![0u8; msg.len()];
+    match tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut buf)).await {
+        Ok(Ok(_)) => buf,
+        _ => Vec::new(),
+    }
+}
