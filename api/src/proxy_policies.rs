@@ -74,6 +74,22 @@ pub fn rule_for<'a, C>(rules: &'a [CallerRule<C>], tags: &BTreeMap<String, Strin
     rules.iter().find(|r| r.applies_to(tags))
 }
 
+impl InboundPolicies {
+    /// The first caller selector, of any policy type, on a tag other than the caller's service:
+    /// nothing but the service is known of a caller, so such a rule could never apply.
+    pub fn caller_tags_beyond_service(&self) -> Option<(&'static str, &Selector)> {
+        fn first<'a, C>(name: &'static str, rules: &'a [CallerRule<C>]) -> Option<(&'static str, &'a Selector)> {
+            rules.iter().find(|r| r.matches.keys().any(|k| k != crate::names::SERVICE_TAG)).map(|r| (name, &r.matches))
+        }
+        first("MeshTrafficPermission", &self.traffic_permission)
+            .or_else(|| first("MeshTimeout", &self.timeout))
+            .or_else(|| first("MeshRateLimit", &self.rate_limit))
+            .or_else(|| first("MeshFaultInjection", &self.fault_injection))
+            .or_else(|| first("MeshCircuitBreaker", &self.circuit_breaker))
+            .or_else(|| first("MeshAccessLog", &self.access_log))
+    }
+}
+
 /// Inbound policies of one inbound, by caller. No MeshTrafficPermission rule for a caller
 /// means it is denied.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]

@@ -7,11 +7,14 @@
 
 use crate::policies::load_balancing::LoadBalancerType;
 use crate::validate::{FieldError, ValidationErrors};
-use crate::{Resource, Spec};
+use crate::{Resource, Spec, TargetRef};
+
+/// Why a caller selector on tags other than the service cannot be enforced.
+pub const CALLER_TAGS: &str = "callers are known by the identity their certificate proves, which names only their service (strait.io/service); a rule on other caller tags (such as version) would never apply, so it is refused: select callers with kind MeshService or kind Mesh";
 
 /// The fields of `resource` that the data plane would not enforce; empty when all are.
 pub fn not_enforced(resource: &Resource) -> ValidationErrors {
-    let mut errors = Vec::new();
+    let mut errors = caller_tags(resource);
     if let Spec::MeshLoadBalancingStrategy(spec) = &resource.spec {
         for (i, to) in spec.to.iter().enumerate() {
             if to.default.load_balancer.as_ref().is_some_and(|lb| lb.kind == LoadBalancerType::RingHash) {
@@ -23,6 +26,22 @@ pub fn not_enforced(resource: &Resource) -> ValidationErrors {
         }
     }
     ValidationErrors(errors)
+}
+
+/// The `from[].targetRef`s that select callers by tags other than their service.
+fn caller_tags(resource: &Resource) -> Vec<FieldError> {
+    let Ok(spec) = serde_json::to_value(&resource.spec) else { return Vec::new() };
+    let Some(from) = spec.get("from").and_then(serde_json::Value::as_array) else { return Vec::new() };
+    from.iter()
+        .enumerate()
+        .filter_map(|(i, item)| {
+            let target: TargetRef = serde_json::from_value(item.get("targetRef")?.clone()).ok()?;
+            let tags = target.required_tags();
+            tags.keys()
+                .any(|k| *k != crate::names::SERVICE_TAG)
+                .then(|| FieldError { field: format!("spec.from[{i}].targetRef.tags"), message: CALLER_TAGS.into() })
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -41,5 +60,18 @@ mod tests {
         assert_eq!(errors.0[0].field, "spec.to[1].default.loadBalancer.type");
         let least = parse("type: MeshLoadBalancingStrategy\nname: l\nmesh: default\nspec:\n  to:\n  - targetRef: {kind: Mesh}\n    default: {loadBalancer: {type: LeastRequest}}\n");
         assert!(not_enforced(&least).0.is_empty());
+    }
+
+    #[test]
+    fn caller_rules_on_tags_other_than_the_service_are_refused() {
+        let deny = parse("type: MeshTrafficPermission\nname: d\nmesh: default\nspec:\n  targetRef: {kind: MeshService, name: api}\n  from:\n  - targetRef: {kind: MeshService, name: web}\n    default: {action: Allow}\n  - targetRef: {kind: MeshSubset, tags: {strait.io/service: backend, version: v2}}\n    default: {action: Deny}\n");
+        let errors = not_enforced(&deny);
+        assert_eq!(errors.0.len(), 1, "{errors:?}");
+        assert_eq!(errors.0[0].field, "spec.from[1].targetRef.tags");
+        assert!(errors.0[0].message.contains("never apply"));
+        let tagged_service = parse("type: MeshTimeout\nname: t\nmesh: default\nspec:\n  from:\n  - targetRef: {kind: MeshService, name: web, tags: {version: v1}}\n    default: {connectionTimeout: 1s}\n");
+        assert_eq!(not_enforced(&tagged_service).0.len(), 1);
+        let by_service = parse("type: MeshTrafficPermission\nname: s\nmesh: default\nspec:\n  from:\n  - targetRef: {kind: MeshSubset, tags: {strait.io/service: web}}\n    default: {action: Deny}\n  - targetRef: {kind: Mesh}\n    default: {action: Allow}\n");
+        assert!(not_enforced(&by_service).0.is_empty(), "the service tag alone is what a certificate proves");
     }
 }

@@ -95,7 +95,7 @@ pub enum Command {
     /// Register zones, list them with their status, revoke their tokens
     #[command(subcommand, after_help = ZONE_EXAMPLES)]
     Zone(ZoneCommand),
-    /// Issue tokens (dataplane tokens for sidecars)
+    /// Issue and revoke tokens (dataplane tokens for sidecars)
     #[command(subcommand, after_help = TOKEN_EXAMPLES)]
     Token(TokenCommand),
     /// Run a local two-zone demo mesh (up, traffic, kill, status, down)
@@ -106,14 +106,25 @@ pub enum Command {
 const ZONE_EXAMPLES: &str = "\
 Examples:
   straitctl zone register zone-1 --output /etc/strait/zone-1
+  straitctl zone proxy-token zone-1 --output /etc/strait/zone-1
   straitctl zone list
-  straitctl zone revoke zone-1";
+  straitctl zone revoke zone-1
+
+What each file is for:
+  zone-token        the zone control plane's credential for zone sync with the global (strait-zone)
+  zone-proxy-token  registers the zone's gateways with their zone control plane (strait-gateway);
+                    the global refuses it, so a gateway host never holds the zone's credential
+  global-ca.pem     the CA the zone verifies the global's sync endpoint with";
 
 /// `straitctl zone` actions.
 #[derive(Debug, Subcommand)]
 pub enum ZoneCommand {
-    /// Create the zone (if needed) and issue its token; earlier tokens of the zone stop working
+    /// Create the zone (if needed) and issue its zone token and zone-proxy token; earlier tokens
+    /// of the zone stop working
     Register(ZoneRegisterArgs),
+    /// Issue a new zone-proxy token for the zone's gateways and revoke the previous one (after
+    /// a gateway host is lost, say); the zone token and the zone's sync stream are untouched
+    ProxyToken(ZoneProxyTokenArgs),
     /// List zones: online or offline, last seen, revisions acknowledged, NACK errors, services
     List(ZoneListArgs),
     /// Invalidate the zone's token at once and close its sync stream
@@ -125,7 +136,7 @@ pub enum ZoneCommand {
 pub struct ZoneRegisterArgs {
     /// Zone name (DNS-1123 label)
     pub name: String,
-    /// Write `zone-token` (mode 0600) and `global-ca.pem` into this directory instead of printing them
+    /// Write `zone-token`, `zone-proxy-token` (mode 0600) and `global-ca.pem` into this directory instead of printing them
     #[arg(long, value_name = "DIR")]
     pub output: Option<PathBuf>,
     /// Token validity, such as 720h [default: the global's --zone-token-validity]
@@ -144,6 +155,19 @@ pub struct ZoneListArgs {
     pub output: OutputFormat,
 }
 
+/// `zone proxy-token`.
+#[derive(Debug, Args)]
+pub struct ZoneProxyTokenArgs {
+    /// Zone name
+    pub name: String,
+    /// Write `zone-proxy-token` (mode 0600) into this directory instead of printing it
+    #[arg(long, value_name = "DIR")]
+    pub output: Option<PathBuf>,
+    /// Token validity, such as 720h [default: the global's --zone-token-validity]
+    #[arg(long, value_name = "DURATION")]
+    pub valid_for: Option<String>,
+}
+
 /// `zone revoke`.
 #[derive(Debug, Args)]
 pub struct ZoneRevokeArgs {
@@ -154,13 +178,37 @@ pub struct ZoneRevokeArgs {
 const TOKEN_EXAMPLES: &str = "\
 Examples:
   straitctl token dataplane --mesh default --service web > web.token
-  straitctl token dataplane --mesh default --service web --valid-for 24h --output /etc/strait/web.token";
+  straitctl token dataplane --mesh default --service web --valid-for 24h --output /etc/strait/web.token
+  straitctl token revoke --mesh default --file /etc/strait/web.token
+  straitctl token revoke --mesh default --service web";
 
 /// `straitctl token` actions.
 #[derive(Debug, Subcommand)]
 pub enum TokenCommand {
     /// A token with which a sidecar registers as SERVICE of MESH with its zone control plane
     Dataplane(DataplaneTokenArgs),
+    /// Revoke dataplane tokens: one (by id or token file) or every one of a service issued up
+    /// to now. Zones refuse them from their next sync on (within a second when connected) and
+    /// close the streams of sidecars that use them; those sidecars get no new certificate
+    Revoke(RevokeTokenArgs),
+}
+
+/// `token revoke`.
+#[derive(Debug, Args)]
+#[command(group = clap::ArgGroup::new("which").required(true).args(["id", "service", "file"]))]
+pub struct RevokeTokenArgs {
+    /// The mesh
+    #[arg(long, env = "STRAIT_MESH", default_value = "default")]
+    pub mesh: String,
+    /// The id of the token to revoke (printed when it was issued)
+    #[arg(long)]
+    pub id: Option<String>,
+    /// Revoke every token of this service issued up to now (tokens issued afterwards work)
+    #[arg(long)]
+    pub service: Option<String>,
+    /// Revoke the dataplane token in this file (its id is read from it; the token is not sent)
+    #[arg(long, value_name = "FILE")]
+    pub file: Option<PathBuf>,
 }
 
 /// `token dataplane`.

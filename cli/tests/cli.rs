@@ -393,3 +393,39 @@ async fn usage_errors_and_completion() {
     }
     h.stop().await;
 }
+
+#[tokio::test]
+async fn zone_and_dataplane_tokens_are_issued_rotated_and_revoked() {
+    use std::os::unix::fs::PermissionsExt;
+    let h = start().await;
+    h.run(&["apply", "-f", &h.write("mesh.yaml", "type: Mesh\nname: default\n")]).await.ok();
+    let dir = h.dir.path().join("zone-9");
+    let out = h.run(&["zone", "register", "zone-9", "--output", dir.to_str().unwrap()]).await.ok();
+    assert!(out.stdout.contains("--zone-proxy-token-file"), "says how to start a gateway: {out:#?}");
+    for file in ["zone-token", "zone-proxy-token", "global-ca.pem"] {
+        let mode = std::fs::metadata(dir.join(file)).unwrap_or_else(|e| panic!("{file}: {e}")).permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "{file}");
+    }
+    let (zone_token, proxy) =
+        (std::fs::read_to_string(dir.join("zone-token")).unwrap(), std::fs::read_to_string(dir.join("zone-proxy-token")).unwrap());
+    assert_ne!(zone_token, proxy, "the gateway's credential is not the zone's");
+    h.run(&["zone", "proxy-token", "zone-9", "--output", dir.to_str().unwrap()]).await.ok();
+    assert_ne!(std::fs::read_to_string(dir.join("zone-proxy-token")).unwrap(), proxy, "a new zone-proxy token");
+    assert_eq!(std::fs::read_to_string(dir.join("zone-token")).unwrap(), zone_token, "the zone token is untouched");
+    let out = h.run(&["zone", "proxy-token", "zone-unknown"]).await.failed(1);
+    assert!(out.stderr.contains("register it first"), "{out:#?}");
+
+    let file = h.dir.path().join("web.token");
+    let out = h.run(&["token", "dataplane", "--service", "web", "--output", file.to_str().unwrap()]).await.ok();
+    let id = out.stdout.split_whitespace().nth(4).expect("the token's id").to_string();
+    assert_eq!(id.len(), 32, "{out:#?}");
+    let out = h.run(&["token", "revoke", "--file", file.to_str().unwrap()]).await.ok();
+    assert!(out.stdout.contains(&format!("revoked dataplane token {id}")), "{out:#?}");
+    let out = h.run(&["token", "revoke", "--service", "web"]).await.ok();
+    assert!(out.stdout.contains("every dataplane token of service web"), "{out:#?}");
+    let out = h.run(&["token", "revoke"]).await.failed(2);
+    assert!(out.stderr.contains("--id") && out.stderr.contains("--service"), "{out:#?}");
+    let out = h.run(&["token", "revoke", "--id", "zzz"]).await.failed(1);
+    assert!(out.stderr.contains("id"), "{out:#?}");
+    h.stop().await;
+}

@@ -11,6 +11,9 @@ pub const TRUST_BUNDLE: &str = "TrustBundle";
 pub const TOKEN_KEYS: &str = "TokenKeys";
 /// The system CA and the revoked zone identities; synced global → zones.
 pub const SYSTEM_TRUST: &str = "SystemTrust";
+/// A revoked dataplane or zone-proxy token, or the revoked earlier tokens of a service (see
+/// `revocations`); synced global → zones, which enforce them.
+pub const REVOKED_TOKEN: &str = "RevokedToken";
 /// A zone's reported inventory (services, ingress addresses), one per zone; reported zone →
 /// global, then synced to every zone.
 pub const ZONE_INVENTORY: &str = "ZoneInventory";
@@ -37,5 +40,7 @@ pub const ZONE_GATEWAY: &str = "ZoneGateway";
 /// A sidecar's refusal (NACK) of its latest configuration, kept while it lasts and reported
 /// in the zone's inventory; zone only.
 pub const DATAPLANE_NACK: &str = "DataplaneNack";
+/// Which service holds a Dataplane name, until the token it registered with expires; zone only.
+pub const DATAPLANE_BINDING: &str = "DataplaneBinding";
 /// The zone's own secrets (the CA of its DPS endpoint); zone only.
 pub const ZONE_SECRET: &str = "ZoneSecret";

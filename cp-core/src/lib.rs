@@ -12,6 +12,7 @@ pub mod auth;
 pub mod kinds;
 pub mod resources;
 pub mod rest;
+pub mod revocations;
 pub mod sync_set;
 pub mod tls;
 

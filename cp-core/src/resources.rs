@@ -15,6 +15,15 @@ use serde_json::{json, Value};
 use strait_api::{Resource, ResourceType, ValidationErrors};
 use strait_store::{Key, Object, Op, Outcome, Precondition, Store, StoreError};
 
+/// Stored resources skipped by lists because they no longer validate, in this process.
+static INVALID_SKIPPED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// How many stored resources lists have skipped in this process because they no longer
+/// validate (written by an incompatible version, or damaged).
+pub fn invalid_skipped() -> u64 {
+    INVALID_SKIPPED.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// Why a resource operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ServiceError {
@@ -138,7 +147,20 @@ impl Resources {
     /// Resources of a type, in one mesh or all.
     pub async fn list(&self, kind: ResourceType, mesh: Option<&str>) -> Result<Vec<Resource>, ServiceError> {
         let scope = if kind.is_mesh_scoped() { mesh } else { Some("") };
-        self.store.list(kind.name(), scope).await?.iter().map(Self::from_object).collect()
+        let objects = self.store.list(kind.name(), scope).await?;
+        let mut resources = Vec::with_capacity(objects.len());
+        for obj in &objects {
+            // One stored object that no longer validates must not hide the others: it is
+            // skipped, named in the log and counted (`GET` of it alone still reports it).
+            match Self::from_object(obj) {
+                Ok(r) => resources.push(r),
+                Err(error) => {
+                    INVALID_SKIPPED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    tracing::error!(key = %obj.key, %error, "skipping a stored resource that does not validate; delete or rewrite it");
+                }
+            }
+        }
+        Ok(resources)
     }
 
     /// Creates or replaces a validated resource; `resource.version` is the expected version.

@@ -1,18 +1,18 @@
 //! What the global sends to zones, and how stored objects become KDS messages.
 //!
 //! In: store objects and events. Out: KDS `Resource`s and `ResourceKey`s. Only meshes,
-//! policies, trust bundles (of meshes and of the system) and the zones' inventories travel; Dataplanes stay in their zone, and secrets
+//! policies, trust bundles (of meshes and of the system), revoked tokens and the zones' inventories travel; Dataplanes stay in their zone, and secrets
 //! (CA keys, token signing keys, zone token records) never leave the global.
 
 use strait_api::kds;
 use strait_api::ResourceType;
 use strait_store::{Key, Object};
 
-use crate::kinds::{SYSTEM_TRUST, TOKEN_KEYS, TRUST_BUNDLE, ZONE_INVENTORY};
+use crate::kinds::{REVOKED_TOKEN, SYSTEM_TRUST, TOKEN_KEYS, TRUST_BUNDLE, ZONE_INVENTORY};
 use crate::resources::Resources;
 
 /// Store kinds synced as their raw data rather than as resources of the model.
-const RAW_SYNCED: [&str; 4] = [ZONE_INVENTORY, TRUST_BUNDLE, TOKEN_KEYS, SYSTEM_TRUST];
+const RAW_SYNCED: [&str; 5] = [ZONE_INVENTORY, TRUST_BUNDLE, TOKEN_KEYS, SYSTEM_TRUST, REVOKED_TOKEN];
 
 /// Store kinds synced as their raw data rather than as resources of the model.
 pub fn is_raw(kind: &str) -> bool {
@@ -61,13 +61,14 @@ mod tests {
             assert!(is_synced(synced), "{synced}");
         }
         use crate::kinds::*;
-        for private in ["Dataplane", "Zone", ZONE_TOKEN, SYSTEM_SECRET, MESH_CA, ZONE_INTERMEDIATE, ZONE_IDENTITY_ISSUED] {
+        for private in ["Dataplane", "Zone", ZONE_TOKEN, DATAPLANE_BINDING, SYSTEM_SECRET, MESH_CA, ZONE_INTERMEDIATE, ZONE_IDENTITY_ISSUED]
+        {
             assert!(!is_synced(private), "{private} must not leave the global");
         }
         assert_eq!(
             synced_kinds().len(),
-            ResourceType::ALL.len() + 2,
-            "all but Zone and Dataplane, plus inventories, trust bundles, token keys, system trust"
+            ResourceType::ALL.len() + 3,
+            "all but Zone and Dataplane, plus inventories, trust bundles, token keys, system trust, revoked tokens"
         );
     }
 }

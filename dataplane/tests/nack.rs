@@ -91,3 +91,49 @@ async fn a_configuration_the_sidecar_cannot_apply_is_nacked_and_the_previous_one
         s.shutdown(Duration::from_secs(1)).await;
     }
 }
+
+/// A Deny on caller tags other than the service (`version: v2`) would never apply: the
+/// receiving sidecar knows a caller only by the service its certificate proves. The API refuses
+/// it naming the field; one stored anyway is refused (NACK) by the sidecar it targets, whose
+/// configuration in force stays, instead of being accepted and silently ignored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deny_on_caller_tags_is_refused_not_ignored() {
+    let mesh = Mesh::start().await;
+    let app = http_app("backend-1").await;
+    let (backend_in, web_out) = (free_port(), free_port());
+    let backend = mesh.sidecar("backend", "backend", &dataplane("backend-1", "backend", backend_in, app.port, "http", &[])).await;
+    let web = mesh.sidecar("web", "web", &dataplane("web-1", "web", free_port(), free_port(), "http", &[(web_out, "backend")])).await;
+    let client = reqwest::Client::new();
+    eventually("web -> backend", async || get(&client, web_out, "/").await.filter(|r| r.0 == 200)).await;
+
+    let deny = json!({"type": "MeshTrafficPermission", "name": "deny-web-v2", "mesh": "default",
+        "spec": {"targetRef": {"kind": "MeshService", "name": "backend"},
+        "from": [{"targetRef": {"kind": "MeshSubset", "tags": {"strait.io/service": "web", "version": "v2"}}, "default": {"action": "Deny"}}]}});
+    let refused = mesh
+        .http
+        .put(format!("{}/meshes/default/meshtrafficpermissions/deny-web-v2", mesh.base))
+        .bearer_auth(&mesh.admin)
+        .json(&deny)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 400, "the API refuses a caller rule no sidecar can match");
+    let body: Value = refused.json().await.unwrap();
+    assert_eq!(body["details"][0]["field"], "spec.from[0].targetRef.tags", "{body}");
+    assert!(body["details"][0]["message"].as_str().unwrap().contains("would never apply"), "{body}");
+
+    let resource = strait_api::Resource::from_value(deny).unwrap();
+    strait_cp_core::resources::Resources::new(mesh.global.store().clone()).put(&resource).await.unwrap();
+    eventually("backend's NACK", async || (metric(&backend, "strait_dp_config_nacks_total").await >= 1.0).then_some(())).await;
+    let status = eventually("the NACK in the global's zone status", async || {
+        let status = zone_status(&mesh).await;
+        status.pointer("/dataplaneNacks/0").is_some().then_some(status)
+    })
+    .await;
+    let nack = &status["dataplaneNacks"][0];
+    assert_eq!(nack["dataplane"], "backend-1", "{status}");
+    assert!(nack["error"].as_str().unwrap().contains("version"), "the reason names the tag: {nack}");
+    for s in [web, backend] {
+        s.shutdown(Duration::from_secs(1)).await;
+    }
+}

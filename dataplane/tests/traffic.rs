@@ -43,3 +43,46 @@ async fn explicit_outbound_over_mtls_and_permissions_flip_it() {
     web.shutdown(Duration::from_secs(1)).await;
     backend.shutdown(Duration::from_secs(1)).await;
 }
+
+/// A TCP connection through the sidecars in which nothing moves is closed at the MeshTimeout
+/// `idleTimeout` of its destination (an hour by default), so abandoned connections do not hold
+/// descriptors forever; one that keeps talking stays open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_tcp_connection_is_closed_at_the_idle_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mesh = Mesh::start().await;
+    let app = echo_app().await;
+    let (backend_in, web_out) = (free_port(), free_port());
+    let backend = mesh
+        .sidecar("backend", "backend", &format!("type: Dataplane\nname: backend-1\nmesh: default\nspec:\n  networking:\n    address: 127.0.0.1\n    inbound: [{{port: {backend_in}, servicePort: {app}, tags: {{strait.io/service: backend}}}}]\n"))
+        .await;
+    let web = mesh
+        .sidecar("web", "web", &format!("type: Dataplane\nname: web-1\nmesh: default\nspec:\n  networking:\n    address: 127.0.0.1\n    inbound: [{{port: {}, tags: {{strait.io/service: web}}}}]\n    outbound: [{{port: {web_out}, tags: {{strait.io/service: backend}}}}]\n", free_port()))
+        .await;
+    mesh.put("/meshes/default/meshtimeouts/idle", json!({"type": "MeshTimeout", "name": "idle", "mesh": "default",
+        "spec": {"targetRef": {"kind": "Mesh"}, "to": [{"targetRef": {"kind": "MeshService", "name": "backend"}, "default": {"idleTimeout": "1s"}}]}})).await;
+    eventually("the idle timeout in web's configuration", async || {
+        let config = web.state.config.load();
+        let outbound = config.as_ref()?.1.outbounds.iter().find(|o| o.port == Some(web_out))?.policies.timeout.clone()?;
+        (outbound.idle_timeout.map(|d| d.get()) == Some(Duration::from_secs(1))).then_some(())
+    })
+    .await;
+    eventually("web -> backend", async || (call(("127.0.0.1", web_out), b"hello").await == b"hello").then_some(())).await;
+
+    let mut talking = tokio::net::TcpStream::connect(("127.0.0.1", web_out)).await.unwrap();
+    let mut idle = tokio::net::TcpStream::connect(("127.0.0.1", web_out)).await.unwrap();
+    idle.write_all(b"x").await.unwrap();
+    let mut byte = [0u8; 1];
+    idle.read_exact(&mut byte).await.unwrap();
+    let started = std::time::Instant::now();
+    for _ in 0..8 {
+        talking.write_all(b"y").await.unwrap();
+        talking.read_exact(&mut byte).await.expect("a talking connection stays open");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let mut rest = Vec::new();
+    let end = tokio::time::timeout(Duration::from_secs(5), idle.read_to_end(&mut rest)).await;
+    assert!(end.is_ok(), "the idle connection was still open {:?} after its last byte", started.elapsed());
+    web.shutdown(Duration::from_secs(1)).await;
+    backend.shutdown(Duration::from_secs(1)).await;
+}

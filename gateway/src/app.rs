@@ -69,6 +69,10 @@ pub async fn start(config: Validated) -> anyhow::Result<Running> {
         shutdown: CancellationToken::new(),
         tasks: TaskTracker::new(),
         idle_timeout: flags.quic_idle_timeout,
+        copy: strait_proxy_core::copy::CopyOptions {
+            idle_timeout: Some(flags.tcp_idle_timeout).filter(|d| !d.is_zero()),
+            ..Default::default()
+        },
         endpoint,
         links: Default::default(),
         peers: Default::default(),

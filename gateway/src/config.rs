@@ -1,6 +1,6 @@
 //! `strait-gateway` flags (each also an environment variable), and their validation.
 //!
-//! In: the command line. Out: a [`Validated`] configuration with the files read (zone token,
+//! In: the command line. Out: a [`Validated`] configuration with the files read (zone-proxy token,
 //! control plane CA) and the addresses resolved, or every problem at once, each naming its flag.
 
 use std::net::{IpAddr, SocketAddr};
@@ -28,9 +28,11 @@ pub struct Flags {
     #[command(flatten)]
     pub cp: CpFlags,
 
-    /// The zone's token (the file `straitctl zone register` wrote for the zone control plane).
-    #[arg(long, env = "STRAIT_ZONE_TOKEN_FILE")]
-    pub zone_token_file: PathBuf,
+    /// The zone's zone-proxy token: the file `zone-proxy-token` that `straitctl zone register`
+    /// writes. It only registers gateways of this zone; the zone token stays with the zone
+    /// control plane.
+    #[arg(long, env = "STRAIT_ZONE_PROXY_TOKEN_FILE")]
+    pub zone_proxy_token_file: PathBuf,
 
     /// Ingress: UDP (QUIC) and TCP (TLS fallback) address other zones' gateways connect to.
     #[arg(long, env = "STRAIT_INGRESS_ADDRESS", default_value = "0.0.0.0:10001")]
@@ -62,6 +64,11 @@ pub struct Flags {
     /// are sent at a third of it); new connections then fall back to TCP until QUIC works.
     #[arg(long, env = "STRAIT_QUIC_IDLE_TIMEOUT", default_value = "3s", value_parser = parse_duration)]
     pub quic_idle_timeout: Duration,
+
+    /// A tunnelled connection (egress or ingress) in which no byte moved either way for this
+    /// long is closed; 0 never closes one.
+    #[arg(long, env = "STRAIT_TCP_IDLE_TIMEOUT", default_value = "1h", value_parser = parse_duration)]
+    pub tcp_idle_timeout: Duration,
 
     /// Log format.
     #[arg(long, env = "STRAIT_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
@@ -118,7 +125,7 @@ impl Flags {
                 None
             }
         };
-        let token = read("--zone-token-file", &self.zone_token_file).map(|t| t.trim().to_string());
+        let token = read("--zone-proxy-token-file", &self.zone_proxy_token_file).map(|t| t.trim().to_string());
         if self.ingress_address.port() == 0 {
             problems.push("--ingress-address: needs a fixed port: other zones are told it".into());
         }
@@ -147,7 +154,7 @@ mod tests {
         std::fs::write(dir.join("token"), "tok\n").unwrap();
         std::fs::write(dir.join("ca.pem"), "pem").unwrap();
         let mut args: Vec<String> =
-            ["strait-gateway", "--cp-address", "https://zone:7678", "--zone-token-file"].iter().map(|s| s.to_string()).collect();
+            ["strait-gateway", "--cp-address", "https://zone:7678", "--zone-proxy-token-file"].iter().map(|s| s.to_string()).collect();
         args.push(dir.join("token").display().to_string());
         args.push("--cp-ca-file".into());
         args.push(dir.join("ca.pem").display().to_string());

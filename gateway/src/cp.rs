@@ -1,4 +1,4 @@
-//! The gateway's side of DPS: register with the zone control plane (zone token, name, ingress
+//! The gateway's side of DPS: register with the zone control plane (zone-proxy token, name, ingress
 //! and egress addresses), apply each configuration (ACK, or NACK and keep the previous one),
 //! keep the last one on disk so a restart while the control plane is down still serves, and
 //! reconnect with back-off.

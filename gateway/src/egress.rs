@@ -13,7 +13,7 @@ use std::time::Duration;
 use rustls::pki_types::ServerName;
 use strait_api::gateway_config::parse_sni;
 use strait_pki::Identity;
-use strait_proxy_core::copy::{copy_bidirectional, CopyOptions};
+use strait_proxy_core::copy::copy_bidirectional;
 use strait_proxy_core::sni::peek_client_hello;
 use strait_proxy_core::tls::ALPN_ZONE_TUNNEL;
 use strait_proxy_core::DrainWatcher;
@@ -109,7 +109,7 @@ async fn handle(gw: Arc<Gateway>, mut client: TcpStream) {
     let active = gw.metrics.active.get_or_create(&DirectionLabel { direction: DIRECTION }).clone();
     active.inc();
     let mut tunnel = Answered::new(tunnel);
-    let copied = copy_bidirectional(&mut client, &mut tunnel, &CopyOptions::default()).await;
+    let copied = copy_bidirectional(&mut client, &mut tunnel, &gw.copy).await;
     active.dec();
     let moved = match &copied {
         Ok(c) => *c,

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use rustls::pki_types::CertificateDer;
 use strait_api::gateway_config::parse_sni;
-use strait_proxy_core::copy::{copy_bidirectional, CopyOptions};
+use strait_proxy_core::copy::copy_bidirectional;
 use strait_proxy_core::DrainWatcher;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
@@ -214,7 +214,7 @@ async fn tunnelled(gw: Arc<Gateway>, drain: DrainWatcher, zone: String, mut io: 
     gw.metrics.streams.get_or_create(&StreamLabels { direction: DIRECTION, zone: zone.clone(), service: key.clone(), transport }).inc();
     let active = gw.metrics.active.get_or_create(&DirectionLabel { direction: DIRECTION }).clone();
     active.inc();
-    let copied = copy_bidirectional(&mut io, &mut endpoint, &CopyOptions::default()).await;
+    let copied = copy_bidirectional(&mut io, &mut endpoint, &gw.copy).await;
     active.dec();
     let moved = match &copied {
         Ok(c) => *c,

@@ -41,6 +41,8 @@ pub struct Gateway {
     pub tasks: TaskTracker,
     /// QUIC idle timeout (and handshake timeout).
     pub idle_timeout: Duration,
+    /// How each tunnelled connection is copied (its idle timeout: `--tcp-idle-timeout`).
+    pub copy: strait_proxy_core::copy::CopyOptions,
     /// The QUIC endpoint: server for the ingress, client for the egress.
     pub endpoint: quinn::Endpoint,
     /// QUIC connections to other zones.

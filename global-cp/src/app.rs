@@ -177,7 +177,13 @@ impl GlobalCp {
         tasks.spawn(crate::kds::session::expire_inventories(shared, config.zone_grace_period, shutdown.clone()));
         tracing::info!(api = %api_addr, kds = %kds_addr, data_dir = %data_dir.display(), revision = store.revision(), "listening");
 
-        let server = tokio::spawn(strait_cp_core::rest::serve::serve(api_listener, router, shutdown.clone(), config.shutdown_timeout));
+        let server = tokio::spawn(strait_cp_core::rest::serve::serve(
+            api_listener,
+            router,
+            shutdown.clone(),
+            config.shutdown_timeout,
+            strait_cp_core::rest::serve::ServeOptions { header_read_timeout: config.api_header_read_timeout },
+        ));
         stop_on_failure.disarm();
         Ok(GlobalCp { api_addr, kds_addr, ca_bundle: secrets.system_ca_pem.clone(), token_file, shutdown, server, tasks, store })
     }

@@ -72,6 +72,12 @@ pub struct Config {
     #[arg(long, env = "STRAIT_MAX_BODY_BYTES", default_value_t = 1024 * 1024)]
     pub max_body_bytes: usize,
 
+    /// How long a REST client has to send a request head before its connection is closed
+    /// (protects against clients that trickle bytes to hold connections open).
+    #[arg(long, env = "STRAIT_API_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    #[serde(with = "humanized")]
+    pub api_header_read_timeout: Duration,
+
     /// How long in-flight requests may run after SIGTERM/SIGINT before they are cut.
     #[arg(long, env = "STRAIT_SHUTDOWN_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     #[serde(with = "humanized")]
@@ -108,6 +114,7 @@ impl Config {
             admin_token_file: None,
             max_body_bytes: 1024 * 1024,
             shutdown_timeout: Duration::from_secs(10),
+            api_header_read_timeout: strait_cp_core::rest::serve::DEFAULT_HEADER_READ_TIMEOUT,
             log_format: LogFormat::Text,
             log_level: "info".into(),
             home: None,

@@ -55,6 +55,8 @@ pub struct Metrics {
     pub store_bytes: Gauge<u64, AtomicU64>,
     /// Current store revision.
     pub store_revision: Gauge<u64, AtomicU64>,
+    /// Stored records skipped since start because they do not decode or no longer validate.
+    pub store_skipped: Gauge<u64, AtomicU64>,
 }
 
 impl Metrics {
@@ -68,6 +70,7 @@ impl Metrics {
             resources: Family::default(),
             store_bytes: Gauge::default(),
             store_revision: Gauge::default(),
+            store_skipped: Gauge::default(),
         };
         let r = registry.sub_registry_with_prefix("strait_global");
         r.register("http_requests", "REST requests by route, method and status", m.requests.clone());
@@ -75,6 +78,11 @@ impl Metrics {
         r.register("store_resources", "Stored resources by type", m.resources.clone());
         r.register("store_size_bytes", "Size of the store on disk", m.store_bytes.clone());
         r.register("store_revision", "Current store revision", m.store_revision.clone());
+        r.register(
+            "store_skipped_records",
+            "Stored records skipped since start because they do not decode or no longer validate (the log names each key)",
+            m.store_skipped.clone(),
+        );
         m
     }
 }

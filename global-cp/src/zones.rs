@@ -26,12 +26,27 @@ use strait_cp_core::resources::{Resources, ServiceError};
 pub struct IssuedToken {
     /// The zone.
     pub zone: String,
-    /// The token; pass it to `strait-zone --zone-token-file`.
+    /// The token; pass it to `strait-zone --zone-token-file`. It opens the zone's sync stream.
     pub token: String,
+    /// The zone-proxy token; pass it to `strait-gateway --zone-proxy-token-file`. It only
+    /// registers gateways of this zone with their zone control plane; the global refuses it.
+    pub proxy_token: String,
     /// Expiry, seconds since the epoch.
     pub expires_at: u64,
     /// PEM bundle the zone uses to verify the global's sync endpoint.
     pub ca_bundle: String,
+}
+
+/// A freshly issued zone-proxy token.
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ProxyToken {
+    /// The zone.
+    pub zone: String,
+    /// The token; pass it to `strait-gateway --zone-proxy-token-file`.
+    pub proxy_token: String,
+    /// Expiry, seconds since the epoch.
+    pub expires_at: u64,
 }
 
 /// Token issuing and checking, and zone status.
@@ -40,6 +55,9 @@ pub struct Zones {
     resources: Resources,
     registry: Registry,
     signer: Arc<TokenSigner>,
+    /// Signs zone-proxy tokens: the key zones verify dataplane tokens with, so a zone can check
+    /// its gateways' tokens and the global's sync endpoint never accepts one.
+    proxy_signer: Arc<TokenSigner>,
     ca_bundle: Arc<String>,
 }
 
@@ -54,7 +72,13 @@ fn token_key(zone: &str) -> Key {
 impl Zones {
     /// Builds the zone service from the global's secrets.
     pub fn new(resources: Resources, registry: Registry, secrets: &Secrets) -> Self {
-        Zones { resources, registry, signer: secrets.token_signer.clone(), ca_bundle: Arc::new(secrets.system_ca_pem.clone()) }
+        Zones {
+            resources,
+            registry,
+            signer: secrets.token_signer.clone(),
+            proxy_signer: secrets.dataplane_token_signer.clone(),
+            ca_bundle: Arc::new(secrets.system_ca_pem.clone()),
+        }
     }
 
     /// The live registry.
@@ -62,7 +86,8 @@ impl Zones {
         &self.registry
     }
 
-    /// Creates the Zone if missing and issues a new token for it; earlier tokens stop working.
+    /// Creates the Zone if missing and issues a new zone token and zone-proxy token for it;
+    /// earlier ones of the zone stop working.
     pub async fn register(&self, zone: &str, validity: Duration) -> Result<IssuedToken, ServiceError> {
         if self.resources.get(ResourceType::Zone, None, zone).await?.is_none() {
             let resource = Resource::from_value(json!({"type": "Zone", "name": zone}))
@@ -71,18 +96,54 @@ impl Zones {
         }
         let claims = TokenClaims::new(TokenSubject::Zone { name: zone.to_string() }, unix_now(), validity.as_secs());
         let token = self.signer.issue(&claims).map_err(|e| StoreError::Backend(format!("signing the zone token: {e}")))?;
-        let record = json!({"id": claims.id, "expiresAt": claims.expires_at});
+        let (proxy, proxy_token) = self.sign_proxy_token(zone, validity)?;
+        self.revoke_proxy_token(zone).await?;
+        let record = json!({"id": claims.id, "expiresAt": claims.expires_at, "proxyId": proxy.id, "proxyExpiresAt": proxy.expires_at});
         self.resources.store().put(token_key(zone), record, Precondition::None).await?;
         // A stream opened with the previous token must not outlive it.
         self.registry.kick(zone);
         tracing::info!(zone, expires_at = claims.expires_at, "issued a zone token");
-        Ok(IssuedToken { zone: zone.to_string(), token, expires_at: claims.expires_at, ca_bundle: (*self.ca_bundle).clone() })
+        Ok(IssuedToken { zone: zone.to_string(), token, proxy_token, expires_at: claims.expires_at, ca_bundle: (*self.ca_bundle).clone() })
+    }
+
+    /// Issues a new zone-proxy token for a registered zone and revokes the previous one; the
+    /// zone token is untouched, so the zone stays connected and closes the streams of gateways
+    /// still using the old one as soon as the revocation reaches it.
+    /// `None` when the zone has no token (never registered, or revoked).
+    pub async fn rotate_proxy_token(&self, zone: &str, validity: Duration) -> Result<Option<ProxyToken>, ServiceError> {
+        let store = self.resources.store();
+        let Some(mut record) = store.get(&token_key(zone)).await? else { return Ok(None) };
+        let (proxy, token) = self.sign_proxy_token(zone, validity)?;
+        self.revoke_proxy_token(zone).await?;
+        record.data["proxyId"] = json!(proxy.id);
+        record.data["proxyExpiresAt"] = json!(proxy.expires_at);
+        store.put(token_key(zone), record.data, Precondition::Version(record.version)).await?;
+        tracing::info!(zone, expires_at = proxy.expires_at, "issued a new zone-proxy token; the previous one is revoked");
+        Ok(Some(ProxyToken { zone: zone.to_string(), proxy_token: token, expires_at: proxy.expires_at }))
+    }
+
+    fn sign_proxy_token(&self, zone: &str, validity: Duration) -> Result<(TokenClaims, String), StoreError> {
+        let claims = TokenClaims::new(TokenSubject::ZoneProxy { zone: zone.to_string() }, unix_now(), validity.as_secs());
+        let token = self.proxy_signer.issue(&claims).map_err(|e| StoreError::Backend(format!("signing the zone-proxy token: {e}")))?;
+        Ok((claims, token))
+    }
+
+    /// Revokes the zone's current zone-proxy token, if it has one: zones refuse it from the
+    /// next sync on and close the streams of gateways that use it.
+    async fn revoke_proxy_token(&self, zone: &str) -> Result<(), StoreError> {
+        let Some(record) = self.resources.store().get(&token_key(zone)).await? else { return Ok(()) };
+        if let Some(id) = record.data.get("proxyId").and_then(Value::as_str) {
+            let expires_at = record.data.get("proxyExpiresAt").and_then(Value::as_u64);
+            strait_cp_core::revocations::revoke_id(self.resources.store().as_ref(), id, expires_at).await?;
+        }
+        Ok(())
     }
 
     /// Invalidates the zone's token and closes its stream, revokes its intermediate CAs and
     /// zone identities, and withdraws its services from the other zones (they come back with
     /// the zone's inventory once it is registered and connects again).
     pub async fn revoke(&self, zone: &str) -> Result<bool, ServiceError> {
+        self.revoke_proxy_token(zone).await?;
         let existed = match self.resources.store().delete(token_key(zone), Precondition::None).await {
             Ok(_) => true,
             Err(StoreError::NotFound { .. }) => false,
@@ -130,8 +191,9 @@ impl Zones {
         zone
     }
 
+    /// The zone token key, and the zone-proxy one only to tell a misplaced token apart.
     fn verifier_keys(&self) -> Vec<TokenVerifierKey> {
-        vec![self.signer.public_key()]
+        vec![self.signer.public_key(), self.proxy_signer.public_key()]
     }
 }
 
@@ -140,8 +202,14 @@ impl ZoneAuthenticator for Zones {
     async fn authenticate(&self, token: &str) -> Result<String, Status> {
         let claims = strait_pki::token::verify(token, &self.verifier_keys(), unix_now())
             .map_err(|e| Status::unauthenticated(format!("zone token refused: {e}")))?;
-        let TokenSubject::Zone { name } = claims.subject else {
-            return Err(Status::unauthenticated("this is not a zone token"));
+        let name = match claims.subject {
+            TokenSubject::Zone { name } => name,
+            TokenSubject::ZoneProxy { zone } => {
+                return Err(Status::permission_denied(format!(
+                    "this is the zone-proxy token of zone {zone:?}: it registers gateways with their zone control plane and never opens zone sync; a zone connects with its zone token"
+                )))
+            }
+            TokenSubject::Dataplane { .. } => return Err(Status::unauthenticated("this is a dataplane token, not a zone token")),
         };
         let record = self.resources.store().get(&token_key(&name)).await.map_err(|e| Status::unavailable(e.to_string()))?;
         if record.as_ref().and_then(|r| r.data.get("id")).and_then(Value::as_str) != Some(claims.id.as_str()) {

@@ -400,3 +400,28 @@ async fn made_up_methods_do_not_grow_the_metrics() {
     assert!(text.contains("method=\"other\""), "{text}");
     assert!(text.len() < before + 4096, "/metrics grew from {before} to {} bytes", text.len());
 }
+
+/// A stored resource that no longer validates (damaged, or written by an incompatible
+/// version) is skipped by lists, named in the log and counted, instead of failing every list of
+/// its kind; reading it alone still says what is wrong with it.
+#[tokio::test]
+async fn a_resource_that_no_longer_validates_does_not_hide_the_others() {
+    let s = start().await;
+    s.put("/meshes/default", &json!({"type": "Mesh", "name": "default"})).await;
+    let good = json!({"type": "MeshTimeout", "name": "good", "mesh": "default",
+        "spec": {"targetRef": {"kind": "Mesh"}, "to": [{"targetRef": {"kind": "Mesh"}, "default": {"connectionTimeout": "1s"}}]}});
+    assert_eq!(s.put("/meshes/default/meshtimeouts/good", &good).await.0, StatusCode::CREATED);
+    let store = s.cp.as_ref().unwrap().store().clone();
+    let key = strait_store::Key::new("MeshTimeout", "default", "damaged");
+    store.put(key, json!({"spec": {"to": "not a list"}}), strait_store::Precondition::None).await.unwrap();
+
+    let (status, list) = s.get("/meshes/default/meshtimeouts").await;
+    assert_eq!(status, StatusCode::OK, "{list}");
+    let names: Vec<&str> = list["items"].as_array().unwrap().iter().filter_map(|i| i["name"].as_str()).collect();
+    assert!(names.contains(&"good") && !names.contains(&"damaged"), "{list}");
+    let (status, one) = s.get("/meshes/default/meshtimeouts/damaged").await;
+    assert!(status.is_server_error(), "{status} {one}");
+    let text = s.http.get(s.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    let skipped = text.lines().find(|l| l.starts_with("strait_global_store_skipped_records ")).expect("the metric");
+    assert!(skipped.rsplit(' ').next().unwrap().parse::<f64>().unwrap() >= 1.0, "{skipped}");
+}

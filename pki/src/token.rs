@@ -6,7 +6,8 @@
 //!
 //! A token looks like header `{"alg":"EdDSA","typ":"JWT","kid":"<key id>"}` and payload
 //! `{"kind":"zone","zone":"east","iat":..,"exp":..,"jti":".."}` or
-//! `{"kind":"dataplane","mesh":"default","service":"web","iat":..,"exp":..,"jti":".."}`.
+//! `{"kind":"dataplane","mesh":"default","service":"web","iat":..,"exp":..,"jti":".."}` or
+//! `{"kind":"zone_proxy","zone":"east","iat":..,"exp":..,"jti":".."}`.
 //! The key id is the RFC 7638 JWK thumbprint of the public key, so it is stable across restarts
 //! and the same for everyone who holds the key.
 //!
@@ -48,6 +49,12 @@ pub enum TokenSubject {
         mesh: String,
         /// The service (claim `service`).
         service: String,
+    },
+    /// A gateway of `zone` registering with its zone control plane (`straitctl zone register`
+    /// writes it next to the zone token). It opens nothing on the global.
+    ZoneProxy {
+        /// The zone (claim `zone`).
+        zone: String,
     },
 }
 

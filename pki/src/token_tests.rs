@@ -19,7 +19,11 @@ fn segment(token: &str, index: usize) -> serde_json::Value {
 fn issue_and_verify_round_trip() {
     let signer = new_signer();
     let now = unix_now();
-    let subjects = [TokenSubject::Zone { name: "east".into() }, TokenSubject::Dataplane { mesh: "default".into(), service: "web".into() }];
+    let subjects = [
+        TokenSubject::Zone { name: "east".into() },
+        TokenSubject::Dataplane { mesh: "default".into(), service: "web".into() },
+        TokenSubject::ZoneProxy { zone: "east".into() },
+    ];
     for subject in subjects {
         let claims = TokenClaims::new(subject, now, 600);
         let token = signer.issue(&claims).expect("issue");
@@ -48,6 +52,11 @@ fn tokens_use_documented_claim_names() {
     assert_eq!(payload["kind"], "dataplane");
     assert_eq!(payload["mesh"], "default");
     assert_eq!(payload["service"], "web");
+
+    let proxy = TokenClaims::new(TokenSubject::ZoneProxy { zone: "east".into() }, now, 60);
+    let payload = segment(&signer.issue(&proxy).expect("issue"), 1);
+    assert_eq!(payload["kind"], "zone_proxy");
+    assert_eq!(payload["zone"], "east");
 }
 
 /// Re-signs `claims` with `key`, writing `kid` in the header: a forger who knows the real kid.

@@ -6,8 +6,8 @@
 //! allocated when the copy starts and reused for every read. When one side ends its stream
 //! (EOF), the other side's write half is shut down (TCP FIN, or TLS close_notify then FIN)
 //! and the opposite direction carries on until it ends too: half-closed connections keep
-//! working. An optional idle timeout ends a copy in which no byte moved either way for that
-//! long.
+//! working. An idle timeout (an hour by default) ends a copy in which no byte moved either way
+//! for that long.
 
 use std::fmt;
 use std::future::{poll_fn, Future};
@@ -22,6 +22,10 @@ use tokio::time::Instant;
 /// Default buffer size per direction: one TLS record.
 pub const DEFAULT_BUFFER_SIZE: usize = 16 * 1024;
 
+/// Default idle timeout: a connection in which no byte moved either way for an hour ends, so
+/// abandoned connections do not hold descriptors and tasks forever.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
+
 /// How a copy runs.
 #[derive(Clone, Debug)]
 pub struct CopyOptions {
@@ -33,7 +37,7 @@ pub struct CopyOptions {
 
 impl Default for CopyOptions {
     fn default() -> Self {
-        CopyOptions { buffer_size: DEFAULT_BUFFER_SIZE, idle_timeout: None }
+        CopyOptions { buffer_size: DEFAULT_BUFFER_SIZE, idle_timeout: Some(DEFAULT_IDLE_TIMEOUT) }
     }
 }
 

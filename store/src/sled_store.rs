@@ -64,6 +64,8 @@ struct Inner {
     /// Serialises commit → flush → publish, so live events go out in revision order and only
     /// once durable. Holds the oldest retained revision, which trimming advances.
     writer: Mutex<u64>,
+    /// Records skipped by lists because they do not decode (see [`Stats::corrupt_skipped`]).
+    corrupt_skipped: AtomicU64,
 }
 
 /// Whether sled could not open a store because its directory's lock is held: sled reports it
@@ -137,6 +139,7 @@ impl SledStore {
             revision: AtomicU64::new(revision),
             live,
             writer: Mutex::new(oldest),
+            corrupt_skipped: AtomicU64::new(0),
         };
         // The retention may have shrunk since the last run.
         inner.trim(&mut inner.lock_writer(), revision)?;
@@ -174,8 +177,17 @@ impl Inner {
         for entry in self.objects.scan_prefix(prefix) {
             let (key_bytes, value) = entry.map_err(|e| StoreError::backend("scanning objects", e))?;
             let key = Key::from_bytes(&key_bytes)?;
-            if keep(&key) {
-                objects.push(from_json(&value, format_args!("object {key}"))?);
+            if !keep(&key) {
+                continue;
+            }
+            // One damaged record must not hide every other of its kind (nor stop zone sync):
+            // it is skipped, named in the log and counted.
+            match from_json(&value, format_args!("object {key}")) {
+                Ok(object) => objects.push(object),
+                Err(error) => {
+                    self.corrupt_skipped.fetch_add(1, Ordering::Relaxed);
+                    tracing::error!(%key, %error, "skipping a corrupted record; delete or rewrite it");
+                }
             }
         }
         Ok(objects)
@@ -188,7 +200,12 @@ impl Inner {
             *objects_by_kind.entry(key::kind_of(&key_bytes)?.to_string()).or_default() += 1;
         }
         let size_on_disk = self.db.size_on_disk().map_err(|e| StoreError::backend("measuring the store size", e))?;
-        Ok(Stats { objects_by_kind, size_on_disk, revision: self.revision.load(Ordering::Acquire) })
+        Ok(Stats {
+            objects_by_kind,
+            size_on_disk,
+            revision: self.revision.load(Ordering::Acquire),
+            corrupt_skipped: self.corrupt_skipped.load(Ordering::Relaxed),
+        })
     }
 
     fn apply(&self, ops: Vec<Op>) -> Result<Vec<Outcome>, StoreError> {
@@ -367,5 +384,21 @@ mod tests {
         let store = SledStore::temporary().unwrap();
         store.put(Key::new("K", "", "n"), json!(1), Precondition::None).await.unwrap();
         assert_eq!(store.revision(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_corrupted_record_is_skipped_and_counted_not_fatal_to_its_list() {
+        let store = SledStore::temporary().unwrap();
+        for name in ["a", "b", "c"] {
+            store.put(Key::new("K", "m", name), json!({"n": name}), Precondition::None).await.unwrap();
+        }
+        // Damage b's bytes on disk, as a torn write or a bad disk would.
+        let raw = Key::new("K", "m", "b").to_bytes().unwrap();
+        store.inner.objects.insert(raw, &b"{not json"[..]).unwrap();
+        let names: Vec<String> = store.list("K", Some("m")).await.unwrap().into_iter().map(|o| o.key.name).collect();
+        assert_eq!(names, ["a", "c"], "the others are still listed");
+        assert_eq!(store.list_mesh("m").await.unwrap().len(), 2);
+        assert_eq!(store.stats().await.unwrap().corrupt_skipped, 2, "each skip is counted");
+        assert!(store.get(&Key::new("K", "m", "b")).await.is_err(), "reading it alone still says it is damaged");
     }
 }

@@ -26,6 +26,8 @@ pub struct Stats {
     pub size_on_disk: u64,
     /// The current revision.
     pub revision: u64,
+    /// Records lists skipped since the store was opened because they do not decode.
+    pub corrupt_skipped: u64,
 }
 
 /// A versioned, watchable store of JSON objects.

@@ -104,7 +104,6 @@ impl ZoneCp {
             inventory: inventory_tx.clone(),
             connected: Default::default(),
             shutdown: shutdown.clone(),
-            zone_token: Arc::new(token.clone()),
             metrics: dps_metrics,
         };
         // Keepalive pings find sidecars whose host vanished without closing its connection, so
@@ -153,7 +152,13 @@ impl ZoneCp {
         };
         tasks.spawn(client.run(shutdown.clone()));
         let router = rest::router(api, Arc::new(admin_token));
-        tasks.spawn(strait_cp_core::rest::serve::serve(listener, router, shutdown.clone(), REST_DRAIN_DEADLINE));
+        tasks.spawn(strait_cp_core::rest::serve::serve(
+            listener,
+            router,
+            shutdown.clone(),
+            REST_DRAIN_DEADLINE,
+            strait_cp_core::rest::serve::ServeOptions { header_read_timeout: config.api_header_read_timeout },
+        ));
         tracing::info!(zone = %config.zone, api = %api_addr, dps = %dps_addr, global = %config.global_address, "zone control plane started");
         stop_on_failure.disarm();
         Ok(ZoneCp { api_addr, dps_addr, dps_ca_pem: dps_identity.ca_pem, store: zone_store, shutdown, tasks })

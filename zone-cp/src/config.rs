@@ -44,6 +44,12 @@ pub struct Config {
     #[arg(long, env = "STRAIT_API_ADDRESS", default_value = "0.0.0.0:7681")]
     pub api_address: SocketAddr,
 
+    /// How long a REST client has to send a request head before its connection is closed
+    /// (protects against clients that trickle bytes to hold connections open).
+    #[arg(long, env = "STRAIT_API_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    #[serde(with = "humanized")]
+    pub api_header_read_timeout: Duration,
+
     /// Address of the dataplane config server (DPS, gRPC over TLS) that sidecars connect to.
     #[arg(long, env = "STRAIT_DPS_ADDRESS", default_value = "0.0.0.0:7678")]
     pub dps_address: SocketAddr,

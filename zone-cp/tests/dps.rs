@@ -23,6 +23,7 @@ struct Env {
     base: String,
     admin: String,
     zone_token: String,
+    proxy_token: String,
     _dir: tempfile::TempDir,
 }
 
@@ -63,22 +64,38 @@ async fn env() -> Env {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let zone_token = reg["token"].as_str().unwrap().to_string();
-    Env { global, zone, http, base, admin, zone_token, _dir: dir }
+    let proxy_token = reg["proxyToken"].as_str().unwrap().to_string();
+    Env { global, zone, http, base, admin, zone_token, proxy_token, _dir: dir }
 }
 
 impl Env {
     async fn token(&self, service: &str) -> String {
-        let v: Value = self
-            .http
-            .post(format!("{}/meshes/default/dataplane-tokens?service={service}", self.base))
+        self.issue(&format!("service={service}")).await["token"].as_str().unwrap().to_string()
+    }
+
+    /// `POST /meshes/default/dataplane-tokens?<query>`: the token, its id and expiry.
+    async fn issue(&self, query: &str) -> Value {
+        self.http
+            .post(format!("{}/meshes/default/dataplane-tokens?{query}", self.base))
             .bearer_auth(&self.admin)
             .send()
             .await
             .unwrap()
             .json()
             .await
+            .unwrap()
+    }
+
+    /// `DELETE /meshes/default/dataplane-tokens?<query>` (revocation).
+    async fn revoke(&self, query: &str) {
+        let r = self
+            .http
+            .delete(format!("{}/meshes/default/dataplane-tokens?{query}", self.base))
+            .bearer_auth(&self.admin)
+            .send()
+            .await
             .unwrap();
-        v["token"].as_str().unwrap().to_string()
+        assert!(r.status().is_success(), "revoking {query}: {}", r.status());
     }
 
     async fn put(&self, path: &str, body: Value) {
@@ -307,23 +324,26 @@ async fn ingress_on_global(env: &Env) -> Value {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_gateway_registers_with_the_zone_token_gets_the_zone_identity_and_is_reported_upstream() {
+async fn a_gateway_registers_with_the_zone_proxy_token_gets_the_zone_identity_and_is_reported_upstream() {
     let env = env().await;
     let token = env.token("backend").await;
     let _backend = connect(&env, &token, dataplane("backend-1", "backend", 8080)).await.expect("registered");
 
-    let refused = connect_gateway(&env, "not-the-zone-token", gateway_hello("192.0.2.10:10001")).await.expect_err("refused");
+    let refused = connect_gateway(&env, "not-a-token", gateway_hello("192.0.2.10:10001")).await.expect_err("refused");
     assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{refused:?}");
+    let zone_token = connect_gateway(&env, &env.zone_token, gateway_hello("192.0.2.10:10001")).await.expect_err("refused");
+    assert_eq!(zone_token.code(), tonic::Code::Unauthenticated, "the zone's sync token is no gateway token: {zone_token:?}");
+    assert!(zone_token.message().contains("zone-proxy token"), "says which token a gateway needs: {zone_token:?}");
     let dp_token = connect_gateway(&env, &token, gateway_hello("192.0.2.10:10001")).await.expect_err("refused");
     assert_eq!(dp_token.code(), tonic::Code::Unauthenticated, "a dataplane token is no gateway token: {dp_token:?}");
     // A bad Hello is refused, by the call itself or as the stream's first status.
-    let bad = match connect_gateway(&env, &env.zone_token, gateway_hello("0.0.0.0:10001")).await {
+    let bad = match connect_gateway(&env, &env.proxy_token, gateway_hello("0.0.0.0:10001")).await {
         Ok((_tx, mut rx)) => tokio::time::timeout(Duration::from_secs(5), rx.message()).await.unwrap().expect_err("refused"),
         Err(status) => status,
     };
     assert_eq!(bad.code(), tonic::Code::InvalidArgument, "{bad:?}");
     assert!(bad.message().contains("ingress_address") && bad.message().contains("advertised"), "names the field: {bad:?}");
-    let (_tx, mut rx) = connect_gateway(&env, &env.zone_token, gateway_hello("192.0.2.10:10001")).await.expect("registered");
+    let (_tx, mut rx) = connect_gateway(&env, &env.proxy_token, gateway_hello("192.0.2.10:10001")).await.expect("registered");
 
     // Its configuration: this zone's services with their endpoints, the system trust, and the
     // zone identity once the global has signed it.
@@ -358,6 +378,122 @@ async fn a_gateway_registers_with_the_zone_token_gets_the_zone_identity_and_is_r
         assert!(Instant::now() < deadline, "the ingress stayed after the gateway left: {}", ingress_on_global(&env).await);
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+
+    // A new zone-proxy token revokes the previous one: the zone, still connected, closes the
+    // stream of a gateway that uses the old one and refuses it from then on.
+    let (_tx, mut old) = connect_gateway(&env, &env.proxy_token, gateway_hello("192.0.2.10:10001")).await.expect("registered");
+    let rotated: Value =
+        env.http.post(format!("{}/zones/zone-1/proxy-token", env.base)).bearer_auth(&env.admin).send().await.unwrap().json().await.unwrap();
+    let new_token = rotated["proxyToken"].as_str().expect("a new zone-proxy token").to_string();
+    let ended = loop {
+        match tokio::time::timeout(Duration::from_secs(20), old.message()).await.expect("the old gateway's stream ends") {
+            Ok(Some(_)) => continue,
+            Ok(None) => panic!("the stream ended without saying why"),
+            Err(status) => break status,
+        }
+    };
+    assert_eq!(ended.code(), tonic::Code::Unauthenticated, "{ended:?}");
+    assert!(ended.message().contains("revoked"), "{ended:?}");
+    let again = connect_gateway(&env, &env.proxy_token, gateway_hello("192.0.2.10:10001")).await.expect_err("refused");
+    assert!(again.message().contains("revoked"), "{again:?}");
+    let (_tx, _rx) = connect_gateway(&env, &new_token, gateway_hello("192.0.2.10:10001")).await.expect("the new token registers");
+    env.zone.shutdown();
+    env.global.shutdown();
+}
+
+/// The status a stream ends with (it may first deliver the messages already sent).
+async fn end_of(sidecar: &mut Sidecar, within: Duration) -> tonic::Status {
+    let deadline = Instant::now() + within;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, sidecar.rx.message()).await.expect("the stream ends in time") {
+            Ok(Some(_)) => continue,
+            Ok(None) => panic!("the stream ended without saying why"),
+            Err(status) => return status,
+        }
+    }
+}
+
+/// The status a new connection with `token` is refused with.
+async fn refusal(env: &Env, token: &str, dp: Vec<u8>) -> tonic::Status {
+    match connect(env, token, dp).await {
+        Ok(mut s) => end_of(&mut s, Duration::from_secs(10)).await,
+        Err(s) => s,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoked_and_expired_dataplane_tokens_end_their_streams_and_are_refused() {
+    let env = env().await;
+
+    // One token revoked by id: its open stream ends, it cannot reconnect, other tokens hold.
+    let web = env.issue("service=web").await;
+    let (web_token, web_id) = (web["token"].as_str().unwrap().to_string(), web["id"].as_str().unwrap().to_string());
+    let other_web = env.token("web").await;
+    let mut sidecar = connect(&env, &web_token, dataplane("web-1", "web", 8080)).await.expect("registers");
+    let _ = sidecar.config().await;
+    env.revoke(&format!("id={web_id}")).await;
+    let ended = end_of(&mut sidecar, Duration::from_secs(20)).await;
+    assert_eq!(ended.code(), tonic::Code::Unauthenticated, "{ended:?}");
+    assert!(ended.message().contains(&web_id), "names the revoked token: {ended:?}");
+    let again = refusal(&env, &web_token, dataplane("web-1", "web", 8080)).await;
+    assert!(again.message().contains("revoked"), "{again:?}");
+    let mut web_again = connect(&env, &other_web, dataplane("web-1", "web", 8080)).await.expect("another token of web holds");
+    let _ = web_again.config().await;
+
+    // Every token of a service issued so far: open streams end; a token issued afterwards works.
+    let api_token = env.token("api").await;
+    let mut api = connect(&env, &api_token, dataplane("api-1", "api", 9090)).await.expect("registers");
+    let _ = api.config().await;
+    env.revoke("service=api").await;
+    let ended = end_of(&mut api, Duration::from_secs(20)).await;
+    assert!(ended.message().contains("\"api\"") && ended.message().contains("revoked"), "{ended:?}");
+    let fresh = env.token("api").await;
+    let mut api = connect(&env, &fresh, dataplane("api-1", "api", 9090)).await.expect("a token issued after the revocation works");
+    let _ = api.config().await;
+
+    // Expiry ends an open stream too, not only the next connect.
+    let short = env.issue("service=db&validFor=2s").await["token"].as_str().unwrap().to_string();
+    let mut db = connect(&env, &short, dataplane("db-1", "db", 5432)).await.expect("registers");
+    let _ = db.config().await;
+    let ended = end_of(&mut db, Duration::from_secs(10)).await;
+    assert_eq!(ended.code(), tonic::Code::Unauthenticated, "{ended:?}");
+    assert!(ended.message().contains("expired"), "{ended:?}");
+
+    // Bad revocations name the field.
+    let bad =
+        env.http.delete(format!("{}/meshes/default/dataplane-tokens?id=nope", env.base)).bearer_auth(&env.admin).send().await.unwrap();
+    assert_eq!(bad.status(), reqwest::StatusCode::BAD_REQUEST);
+    assert!(bad.text().await.unwrap().contains("\"id\""));
+    env.zone.shutdown();
+    env.global.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dataplane_name_belongs_to_the_service_that_registered_it() {
+    let env = env().await;
+    let (api_token, web_token) = (env.token("api").await, env.token("web").await);
+    let mut api = connect(&env, &api_token, dataplane("api-1", "api", 9090)).await.expect("registers");
+    let _ = api.config().await;
+    drop(api);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while env.zone.store().get(&strait_store::Key::new("Dataplane", "default", "api-1")).await.unwrap().is_some() {
+        assert!(Instant::now() < deadline, "api-1 never left");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // api-1 left; a token for web still cannot take its name (and so lock api-1 out).
+    let stolen = refusal(&env, &web_token, dataplane("api-1", "web", 8080)).await;
+    assert_eq!(stolen.code(), tonic::Code::PermissionDenied, "{stolen:?}");
+    assert!(stolen.message().contains("belongs to service \"api\""), "{stolen:?}");
+    let registered = loop {
+        match connect(&env, &api_token, dataplane("api-1", "api", 9090)).await {
+            Err(s) if s.code() == tonic::Code::AlreadyExists && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            other => break other,
+        }
+    };
+    let _ = registered.expect("api-1 registers again").config().await;
     env.zone.shutdown();
     env.global.shutdown();
 }

@@ -1,27 +1,86 @@
-//! `straitctl token dataplane`: tokens with which sidecars register with their zone.
+//! `straitctl token dataplane|revoke`: tokens with which sidecars register with their zone.
 //!
-//! In: a mesh, a service and a validity. Out: the token on stdout, or in a private file.
+//! In: a mesh, a service and a validity; or what to revoke. Out: the token on stdout (its id on
+//! stderr), or in a private file; or what was revoked.
 
+use anyhow::Context as _;
+use base64::Engine as _;
 use serde_json::Value;
 
-use crate::cli::TokenCommand;
+use crate::cli::{DataplaneTokenArgs, RevokeTokenArgs, TokenCommand};
 use crate::commands::Context;
 use crate::output::print;
 
 /// Runs a `token` subcommand.
 pub async fn run(cmd: &TokenCommand, ctx: &Context) -> anyhow::Result<()> {
-    let TokenCommand::Dataplane(args) = cmd;
+    match cmd {
+        TokenCommand::Dataplane(args) => issue(args, ctx).await,
+        TokenCommand::Revoke(args) => revoke(args, ctx).await,
+    }
+}
+
+async fn issue(args: &DataplaneTokenArgs, ctx: &Context) -> anyhow::Result<()> {
     let mut path = format!("/meshes/{}/dataplane-tokens?service={}", args.mesh, args.service);
     if let Some(v) = &args.valid_for {
         path.push_str(&format!("&validFor={v}"));
     }
     let answer = ctx.client()?.post(&path).await?;
     let token = answer.get("token").and_then(Value::as_str).ok_or_else(|| anyhow::anyhow!("the server's answer has no token"))?;
+    let id = answer.get("id").and_then(Value::as_str).unwrap_or("?");
     match &args.output {
         Some(file) => {
             crate::commands::zone::write_private(file, token)?;
-            Ok(print(&format!("wrote the dataplane token for service {} of mesh {} to {}\n", args.service, args.mesh, file.display()))?)
+            Ok(print(&format!(
+                "wrote the dataplane token {id} for service {} of mesh {} to {}\n",
+                args.service,
+                args.mesh,
+                file.display()
+            ))?)
         }
-        None => Ok(print(&format!("{token}\n"))?),
+        None => {
+            eprintln!("# dataplane token {id}; revoke it with: straitctl token revoke --mesh {} --id {id}", args.mesh);
+            Ok(print(&format!("{token}\n"))?)
+        }
+    }
+}
+
+async fn revoke(args: &RevokeTokenArgs, ctx: &Context) -> anyhow::Result<()> {
+    let query = match (&args.id, &args.service, &args.file) {
+        (Some(id), _, _) => format!("id={id}"),
+        (_, Some(service), _) => format!("service={service}"),
+        (_, _, Some(file)) => {
+            let token = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+            format!("id={}", token_id(token.trim()).with_context(|| format!("{} does not hold a Strait token", file.display()))?)
+        }
+        _ => anyhow::bail!("give --id, --service or --file"),
+    };
+    let answer = ctx.client()?.delete(&format!("/meshes/{}/dataplane-tokens?{query}", args.mesh)).await?;
+    let what = match (answer.get("id").and_then(Value::as_str), answer.get("service").and_then(Value::as_str)) {
+        (Some(id), _) => format!("dataplane token {id}"),
+        (_, Some(service)) => format!("every dataplane token of service {service} issued up to now"),
+        _ => "the dataplane tokens".into(),
+    };
+    Ok(print(&format!("revoked {what} in mesh {}; zones close the streams of sidecars using them\n", args.mesh))?)
+}
+
+/// The id (`jti`) of a token, read without checking its signature: the server checks nothing
+/// it is given but the id.
+fn token_id(token: &str) -> anyhow::Result<String> {
+    let payload = token.split('.').nth(1).context("not a JWT (no payload)")?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload).context("the payload is not base64url")?;
+    let claims: Value = serde_json::from_slice(&bytes).context("the payload is not JSON")?;
+    claims.get("jti").and_then(Value::as_str).map(str::to_string).context("the token has no id (jti)")
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_id_of_a_token_is_its_jti() {
+        use base64::Engine as _;
+        let enc = |v: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v);
+        let token = format!("{}.{}.sig", enc(r#"{"alg":"EdDSA"}"#), enc(r#"{"kind":"dataplane","jti":"abc123"}"#));
+        assert_eq!(super::token_id(&token).unwrap(), "abc123");
+        assert!(super::token_id("garbage").is_err());
+        assert!(super::token_id(&format!("x.{}.y", enc(r#"{"kind":"dataplane"}"#))).unwrap_err().to_string().contains("jti"));
     }
 }

@@ -11,7 +11,7 @@ use anyhow::Context as _;
 use serde_json::Value;
 use time::OffsetDateTime;
 
-use crate::cli::{OutputFormat, ZoneCommand, ZoneListArgs, ZoneRegisterArgs};
+use crate::cli::{OutputFormat, ZoneCommand, ZoneListArgs, ZoneProxyTokenArgs, ZoneRegisterArgs};
 use crate::commands::Context;
 use crate::output::{self, print};
 
@@ -19,6 +19,7 @@ use crate::output::{self, print};
 pub async fn run(cmd: &ZoneCommand, ctx: &Context) -> anyhow::Result<()> {
     match cmd {
         ZoneCommand::Register(args) => register(args, ctx).await,
+        ZoneCommand::ProxyToken(args) => proxy_token(args, ctx).await,
         ZoneCommand::List(args) => list(args, ctx).await,
         ZoneCommand::Revoke(args) => {
             ctx.client()?.delete(&format!("/zones/{}/token", args.name)).await?;
@@ -48,23 +49,45 @@ async fn register(args: &ZoneRegisterArgs, ctx: &Context) -> anyhow::Result<()> 
     let field = |name: &str| {
         answer.get(name).and_then(Value::as_str).map(str::to_string).with_context(|| format!("the server's answer has no {name}"))
     };
-    let (token, ca) = (field("token")?, field("caBundle")?);
+    let (token, proxy_token, ca) = (field("token")?, field("proxyToken")?, field("caBundle")?);
     let kds_port = answer.get("kdsPort").and_then(Value::as_u64).unwrap_or(7685);
     let global_address = args.global_address.clone().unwrap_or_else(|| default_global_address(client.server(), kds_port));
     match &args.output {
         Some(dir) => {
-            write_files(dir, &token, &ca)?;
+            write_files(dir, &token, &proxy_token, &ca)?;
             print(&format!(
-                "zone/{name} registered; wrote {dir}/zone-token and {dir}/global-ca.pem\nStart the zone with:\n  strait-zone --zone {name} --global-address {global_address} --zone-token-file {dir}/zone-token --global-ca-file {dir}/global-ca.pem\n",
+                "zone/{name} registered; wrote {dir}/zone-token, {dir}/zone-proxy-token and {dir}/global-ca.pem\nStart the zone with:\n  strait-zone --zone {name} --global-address {global_address} --zone-token-file {dir}/zone-token --global-ca-file {dir}/global-ca.pem\nStart its gateways with (copy only zone-proxy-token to a gateway host, never zone-token):\n  strait-gateway --zone-proxy-token-file {dir}/zone-proxy-token --cp-address https://<zone control plane>:7678 --cp-ca-file <zone data dir>/dps-ca.pem\n",
                 name = args.name,
                 dir = dir.display()
             ))?;
         }
         None => print(&format!(
-            "# zone/{name} registered. Save the token and the CA bundle to files, then start the zone with:\n#   strait-zone --zone {name} --global-address {global_address} --zone-token-file zone-token --global-ca-file global-ca.pem\nglobalAddress: {global_address}\nzoneToken: {token}\ncaBundle: |\n{ca}",
+            "# zone/{name} registered. Save the tokens and the CA bundle to files, then start the zone with:\n#   strait-zone --zone {name} --global-address {global_address} --zone-token-file zone-token --global-ca-file global-ca.pem\n# and its gateways with --zone-proxy-token-file zone-proxy-token (the zone token never goes to a gateway host)\nglobalAddress: {global_address}\nzoneToken: {token}\nzoneProxyToken: {proxy_token}\ncaBundle: |\n{ca}",
             name = args.name,
             ca = ca.lines().map(|l| format!("  {l}\n")).collect::<String>()
         ))?,
+    }
+    Ok(())
+}
+
+async fn proxy_token(args: &ZoneProxyTokenArgs, ctx: &Context) -> anyhow::Result<()> {
+    let mut path = format!("/zones/{}/proxy-token", args.name);
+    if let Some(v) = &args.valid_for {
+        path.push_str(&format!("?validFor={v}"));
+    }
+    let answer = ctx.client()?.post(&path).await?;
+    let token = answer.get("proxyToken").and_then(Value::as_str).context("the server's answer has no proxyToken")?;
+    match &args.output {
+        Some(dir) => {
+            strait_runtime::files::private_dir(dir).with_context(|| format!("creating {}", dir.display()))?;
+            write_private(&dir.join("zone-proxy-token"), token)?;
+            print(&format!(
+                "wrote a new zone-proxy token of zone/{} to {}/zone-proxy-token; the previous one is revoked: restart the zone's gateways with the new one\n",
+                args.name,
+                dir.display()
+            ))?;
+        }
+        None => print(&format!("{token}\n"))?,
     }
     Ok(())
 }
@@ -83,9 +106,10 @@ pub fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
     file.write_all(text.as_bytes()).and_then(|()| file.write_all(b"\n")).with_context(|| format!("writing {}", path.display()))
 }
 
-fn write_files(dir: &Path, token: &str, ca: &str) -> anyhow::Result<()> {
+fn write_files(dir: &Path, token: &str, proxy_token: &str, ca: &str) -> anyhow::Result<()> {
     strait_runtime::files::private_dir(dir).with_context(|| format!("creating {}", dir.display()))?;
     write_private(&dir.join("zone-token"), token)?;
+    write_private(&dir.join("zone-proxy-token"), proxy_token)?;
     write_private(&dir.join("global-ca.pem"), ca.trim_end())?;
     Ok(())
 }

@@ -32,14 +32,21 @@ pub struct Timeouts {
     pub connect: Duration,
     /// An HTTP request, from its arrival until its response is complete; `None`: no limit.
     pub request: Option<Duration>,
+    /// A TCP connection in which no byte moved either way for this long is closed (MeshTimeout
+    /// `idleTimeout`, 1 h by default); `None`: no limit.
+    pub idle: Option<Duration>,
 }
 
 impl Timeouts {
-    /// Kuma's defaults: 5 s to connect, 15 s per request.
-    pub const DEFAULT: Timeouts = Timeouts { connect: Duration::from_secs(5), request: Some(Duration::from_secs(15)) };
+    /// Kuma's defaults: 5 s to connect, 15 s per request, 1 h idle.
+    pub const DEFAULT: Timeouts = Timeouts {
+        connect: Duration::from_secs(5),
+        request: Some(Duration::from_secs(15)),
+        idle: Some(strait_proxy_core::copy::DEFAULT_IDLE_TIMEOUT),
+    };
 
     /// The timeouts a merged MeshTimeout conf sets, the defaults for what it leaves out; a
-    /// `requestTimeout` of 0 disables the request limit.
+    /// `requestTimeout` or `idleTimeout` of 0 disables that limit.
     pub fn from_conf(conf: Option<&TimeoutConf>) -> Timeouts {
         let Some(conf) = conf else { return Timeouts::DEFAULT };
         let request = match conf.http.as_ref().and_then(|h| h.request_timeout) {
@@ -47,7 +54,12 @@ impl Timeouts {
             Some(d) => Some(d.get()),
             None => Timeouts::DEFAULT.request,
         };
-        Timeouts { connect: conf.connection_timeout.map_or(Timeouts::DEFAULT.connect, |d| d.get()), request }
+        let idle = match conf.idle_timeout {
+            Some(d) if d.get().is_zero() => None,
+            Some(d) => Some(d.get()),
+            None => Timeouts::DEFAULT.idle,
+        };
+        Timeouts { connect: conf.connection_timeout.map_or(Timeouts::DEFAULT.connect, |d| d.get()), request, idle }
     }
 }
 
@@ -265,9 +277,14 @@ mod tests {
         let cases = [
             (None, Timeouts::DEFAULT),
             (Some(json!({})), Timeouts::DEFAULT),
-            (Some(json!({"connectionTimeout": "2s"})), Timeouts { connect: secs(2), request: Some(secs(15)) }),
-            (Some(json!({"http": {"requestTimeout": "500ms"}})), Timeouts { connect: secs(5), request: Some(Duration::from_millis(500)) }),
-            (Some(json!({"http": {"requestTimeout": "0s"}})), Timeouts { connect: secs(5), request: None }),
+            (Some(json!({"connectionTimeout": "2s"})), Timeouts { connect: secs(2), ..Timeouts::DEFAULT }),
+            (
+                Some(json!({"http": {"requestTimeout": "500ms"}})),
+                Timeouts { request: Some(Duration::from_millis(500)), ..Timeouts::DEFAULT },
+            ),
+            (Some(json!({"http": {"requestTimeout": "0s"}})), Timeouts { request: None, ..Timeouts::DEFAULT }),
+            (Some(json!({"idleTimeout": "30s"})), Timeouts { idle: Some(secs(30)), ..Timeouts::DEFAULT }),
+            (Some(json!({"idleTimeout": "0s"})), Timeouts { idle: None, ..Timeouts::DEFAULT }),
         ];
         for (conf, expected) in cases {
             let conf: Option<TimeoutConf> = conf.map(|c| serde_json::from_value(c).unwrap());

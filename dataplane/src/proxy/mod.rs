@@ -83,6 +83,15 @@ pub fn trust_bundle(trust: &MeshTrust) -> TrustBundle {
 /// client refuses such a configuration (NACK) and keeps the one in force.
 pub fn check(config: &ProxyConfig) -> Result<(), String> {
     strait_proxy_core::tls::PeerVerifier::new(&trust_bundle(&config.trust_bundle)).map_err(|e| format!("trustBundle: {e}"))?;
+    for inbound in &config.inbounds {
+        if let Some((policy, matches)) = inbound.policies.caller_tags_beyond_service() {
+            return Err(format!(
+                "inbound {}: a {policy} rule selects callers by {matches:?}; {}",
+                inbound.port,
+                strait_api::support::CALLER_TAGS
+            ));
+        }
+    }
     Table::check(config)
 }
 

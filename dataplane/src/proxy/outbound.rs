@@ -53,7 +53,8 @@ pub fn spawn_tcp(app: TcpStream, client: SocketAddr, destination: Arc<Destinatio
     let task_path = path.clone();
     let connection = async move {
         let path = task_path;
-        let options = outbound::ForwardOptions { connect_timeout: destination.timeouts.connect, ..Default::default() };
+        let copy = strait_proxy_core::copy::CopyOptions { idle_timeout: destination.timeouts.idle, ..Default::default() };
+        let options = outbound::ForwardOptions { connect_timeout: destination.timeouts.connect, copy };
         let metrics = &path.metrics.outbound;
         // Open connections finish during a drain, and are cut when it is forced.
         path.drain

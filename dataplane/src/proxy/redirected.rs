@@ -33,6 +33,13 @@ pub fn serve(listener: TcpListener, path: &Arc<DataPath>) {
                     continue;
                 }
             };
+            // A connection made straight to this port, not redirected, has the port itself as
+            // its original destination: passing it through would connect the sidecar to itself,
+            // again and again, until it runs out of descriptors.
+            if app.local_addr().is_ok_and(|local| local == dst) {
+                tracing::warn!(%client, %dst, "refused a connection made straight to the transparent outbound port (its original destination is this proxy)");
+                continue;
+            }
             let destination = path.table.load().by_address(dst).cloned();
             match destination {
                 Some(d) if d.protocol.is_http() => super::http::outbound::spawn(app, client, d.service.as_str().into(), &path),

@@ -331,6 +331,27 @@ pub async fn issue_zone_token(
     Ok(Json(ZoneRegistration { issued, kds_port: state.kds_port }))
 }
 
+/// Issues a new zone-proxy token (what the zone's gateways register with) and revokes the
+/// previous one; the zone token and the zone's sync stream are untouched.
+#[utoipa::path(post, path = "/zones/{name}/proxy-token", tag = "zones", params(TokenQuery), responses((status = 200, body = crate::zones::ProxyToken), (status = 400, body = strait_cp_core::rest::errors::ErrorBody), (status = 404, body = strait_cp_core::rest::errors::ErrorBody)), security(("admin_token" = [])))]
+pub async fn issue_zone_proxy_token(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    Query(q): Query<TokenQuery>,
+) -> Result<Json<crate::zones::ProxyToken>, ApiError> {
+    let validity = match q.valid_for.as_deref() {
+        None => state.zone_token_validity,
+        Some(v) => v
+            .parse::<strait_api::Duration>()
+            .map(|d| d.get())
+            .map_err(|e| ApiError::invalid("zone-proxy token", ValidationErrors::single("validFor", e.to_string())))?,
+    };
+    match state.zones.rotate_proxy_token(&name, validity).await? {
+        Some(token) => Ok(Json(token)),
+        None => Err(ApiError::not_found(format!("zone {name:?} has no token: register it first (straitctl zone register {name})"))),
+    }
+}
+
 /// Revokes a zone's token and closes its stream.
 #[utoipa::path(delete, path = "/zones/{name}/token", tag = "zones", responses((status = 200), (status = 404, body = strait_cp_core::rest::errors::ErrorBody)), security(("admin_token" = [])))]
 pub async fn revoke_zone_token(State(state): State<AppState>, Path(name): Path<String>) -> Result<Json<Value>, ApiError> {
@@ -371,4 +392,39 @@ pub async fn issue_dataplane_token(
             .map_err(|e| ApiError::invalid("dataplane token", ValidationErrors::single("validFor", e.to_string())))?,
     };
     Ok(Json(state.dataplane_tokens.issue(&mesh, &q.service, validity).await?))
+}
+
+/// Query of dataplane token revocation: exactly one of `id` and `service`.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(rename_all = "camelCase")]
+pub struct RevokeDataplaneTokenQuery {
+    /// Revoke the one token with this id (the `id` printed when it was issued, its `jti`).
+    pub id: Option<String>,
+    /// Revoke every token of this service issued up to now.
+    pub service: Option<String>,
+}
+
+/// Revokes dataplane tokens: zones refuse them and close the streams of sidecars using them.
+#[utoipa::path(delete, path = "/meshes/{mesh}/dataplane-tokens", tag = "resources", params(RevokeDataplaneTokenQuery),
+    responses((status = 200, body = crate::dataplane_tokens::Revoked), (status = 400, body = strait_cp_core::rest::errors::ErrorBody), (status = 404, body = strait_cp_core::rest::errors::ErrorBody)),
+    security(("admin_token" = [])))]
+pub async fn revoke_dataplane_tokens(
+    State(state): State<AppState>,
+    Path(mesh): Path<String>,
+    Query(q): Query<RevokeDataplaneTokenQuery>,
+) -> Result<Json<crate::dataplane_tokens::Revoked>, ApiError> {
+    let invalid = |field: &str, message: String| ApiError::invalid("dataplane token revocation", ValidationErrors::single(field, message));
+    match (q.id.as_deref(), q.service.as_deref()) {
+        (Some(id), None) => {
+            if id.len() != 32 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(invalid("id", format!("{id:?} is not a token id (32 hexadecimal digits, printed when the token was issued)")));
+            }
+            Ok(Json(state.dataplane_tokens.revoke_id(&mesh, &id.to_ascii_lowercase()).await?))
+        }
+        (None, Some(service)) => {
+            strait_api::names::check_dns_subdomain(service).map_err(|e| invalid("service", e))?;
+            Ok(Json(state.dataplane_tokens.revoke_service(&mesh, service).await?))
+        }
+        _ => Err(invalid("id", "give exactly one of `id` (one token) and `service` (every token of the service)".into())),
+    }
 }

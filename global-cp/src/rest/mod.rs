@@ -48,11 +48,15 @@ pub fn router(state: AppState, admin_token: Arc<String>) -> Router {
         .route("/meshes", get(handlers::list_meshes))
         .route("/meshes/{mesh}", get(handlers::get_mesh).put(handlers::put_mesh).delete(handlers::delete_mesh))
         .route("/meshes/{mesh}/services", get(handlers::list_services))
-        .route("/meshes/{mesh}/dataplane-tokens", axum::routing::post(handlers::issue_dataplane_token))
+        .route(
+            "/meshes/{mesh}/dataplane-tokens",
+            axum::routing::post(handlers::issue_dataplane_token).delete(handlers::revoke_dataplane_tokens),
+        )
         .route("/meshes/{mesh}/{rtype}", get(handlers::list_in_mesh))
         .route("/meshes/{mesh}/{rtype}/{name}", get(handlers::get_in_mesh).put(handlers::put_in_mesh).delete(handlers::delete_in_mesh))
         .route("/zones", get(handlers::list_zones))
         .route("/zones/{name}", get(handlers::get_zone).put(handlers::put_zone).delete(handlers::delete_zone))
+        .route("/zones/{name}/proxy-token", axum::routing::post(handlers::issue_zone_proxy_token))
         .route("/zones/{name}/token", axum::routing::post(handlers::issue_zone_token).delete(handlers::revoke_zone_token))
         .fallback(ops::not_found)
         .layer(axum::middleware::from_fn_with_state(admin_token, strait_cp_core::auth::require_token_for_writes))

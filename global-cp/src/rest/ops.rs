@@ -38,6 +38,7 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
             }
             state.metrics.store_bytes.set(stats.size_on_disk);
             state.metrics.store_revision.set(stats.revision);
+            state.metrics.store_skipped.set(stats.corrupt_skipped + strait_cp_core::resources::invalid_skipped());
         }
         Err(e) => tracing::warn!(error = %e, "store statistics unavailable for /metrics"),
     }

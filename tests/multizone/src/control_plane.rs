@@ -174,12 +174,12 @@ impl Global {
     }
 
     /// `straitctl zone register <name> --output <net dir>/<dir>`; returns that directory
-    /// (`zone-token`, `global-ca.pem`).
+    /// (`zone-token`, `zone-proxy-token`, `global-ca.pem`).
     pub fn register_zone(&self, net: &Net, name: &str, dir: &str) -> PathBuf {
         let dir = net.dir().join(dir);
         let out = self.straitctl(net, &["zone", "register", name, "--output", dir.to_str().expect("utf-8 temp path")]);
         out.assert_success().assert_stdout_contains(&format!("--global-address {}", self.kds_address()));
-        for file in ["zone-token", "global-ca.pem"] {
+        for file in ["zone-token", "zone-proxy-token", "global-ca.pem"] {
             assert!(dir.join(file).is_file(), "zone register did not write {file}: {out}");
         }
         dir

@@ -514,6 +514,28 @@ fn transparent_interception_sends_plain_connections_through_the_sidecar() {
     transparent_proxy(&host, "install");
     wait_for("a plain connection to backend intercepted by web's sidecar", SYNC, || echo(&host, backend.inbound, probe));
     assert!(counter(&sidecar, OUTBOUND_CONNECTIONS) >= 1.0, "the call went through web's sidecar");
+
+    // A connection made straight to the transparent outbound port, not redirected, has the
+    // sidecar itself as its original destination: it is closed at once, not passed through to
+    // the sidecar again and again until it runs out of descriptors.
+    let direct = host.within(|| {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", 15001)).map_err(|e| format!("connect: {e}"))?;
+        s.set_read_timeout(Some(Duration::from_secs(5))).map_err(|e| e.to_string())?;
+        let _ = s.write_all(b"loop?\n");
+        match s.read(&mut [0u8; 64]) {
+            Ok(0) => Ok(()),
+            Ok(n) => Err(format!("{n} bytes came back")),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => Ok(()),
+            Err(e) => Err(format!("still open after 5 s: {e}")),
+        }
+    });
+    assert_eq!(direct, Ok(()), "a direct connection to 15001 is refused at once");
+    sidecar.proc.assert_running("after a direct connection to its transparent port");
+    wait_for("the refusal in web's sidecar log", SYNC, || {
+        sidecar.proc.log().contains("refused a connection made straight to the transparent outbound port").then_some(())
+    });
+    wait_for("a plain connection still intercepted", SYNC, || echo(&host, backend.inbound, probe));
     transparent_proxy(&host, "uninstall");
     assert!(echo(&host, backend.inbound, probe).is_err(), "after uninstall the connection is no longer intercepted");
 }

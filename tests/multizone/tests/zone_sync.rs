@@ -354,8 +354,9 @@ fn a_garbage_token_is_refused(net: &Net, global: &Global) {
     let bad = net.mkdir("zone-3-bad-creds");
     fs::copy(creds.join("global-ca.pem"), bad.join("global-ca.pem")).expect("copy the CA bundle");
     fs::write(bad.join("zone-token"), "not-a-token\n").expect("write a garbage token");
-    let args = ZoneArgs { zone: "zone-3".into(), creds: bad, data: net.mkdir("zone-3-data"), extra: Vec::new() };
-    let zone3 = Zone::spawn(global, &net.host("zone-3"), "strait-zone", &args);
+    let args = ZoneArgs { zone: "zone-3".into(), creds: bad.clone(), data: net.mkdir("zone-3-data"), extra: Vec::new() };
+    let host = net.host("zone-3");
+    let zone3 = Zone::spawn(global, &host, "strait-zone", &args);
     wait_for_refusal(&zone3, "zone token refused");
     holds_for("zone-3 (garbage token) staying disconnected and unready", Duration::from_secs(5), || {
         let status = global.zone_status("zone-3")?;
@@ -368,6 +369,19 @@ fn a_garbage_token_is_refused(net: &Net, global: &Global) {
         }
     });
     assert!(global.log_lines_with(&["zone refused", "zone token refused"]) > 0, "the global logs why it refused zone-3");
+    zone3.proc.terminate();
+
+    // Whoever holds a gateway host has the zone-proxy token, not the zone token: presented as
+    // a zone token it opens no sync stream, so no intermediate CA of any mesh.
+    fs::copy(creds.join("zone-proxy-token"), bad.join("zone-token")).expect("copy the zone-proxy token");
+    let args = ZoneArgs { zone: "zone-3".into(), creds: bad, data: net.mkdir("zone-3-data-proxy"), extra: Vec::new() };
+    let zone3 = Zone::spawn(global, &host, "strait-zone-with-proxy-token", &args);
+    wait_for_refusal(&zone3, "zone-proxy token");
+    assert_eq!(
+        global.zone_status("zone-3").unwrap_or_else(|e| panic!("{e}"))["connected"],
+        false,
+        "zone-3 connected with a zone-proxy token"
+    );
     zone3.proc.terminate();
 }
 

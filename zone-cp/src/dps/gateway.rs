@@ -2,13 +2,14 @@
 //! the inventory, its egress address to the zone's sidecars), send its configuration and again
 //! on every change that affects it, and unregister it when it leaves.
 //!
-//! In: the gateway's Hello (authenticated by the zone's own token), its ACK/NACK, and the zone
+//! In: the gateway's Hello (authenticated by the zone's zone-proxy token), its ACK/NACK, and the zone
 //! store's changes. Out: `Config` messages holding a `GatewayConfig`, only when it changed.
 
 use std::net::SocketAddr;
 
 use futures::StreamExt;
 use strait_api::dps::{gateway_message, GatewayHello, GatewayMessage, ZoneMessage, PROTOCOL_VERSION};
+use strait_cp_core::kinds::REVOKED_TOKEN;
 use strait_store::WatchStream;
 use tokio::sync::mpsc;
 use tonic::{Status, Streaming};
@@ -53,6 +54,8 @@ pub fn check_hello(hello: &GatewayHello) -> Result<Registration, Status> {
 pub struct GatewaySession {
     pub(super) shared: DpsShared,
     pub(super) registration: Registration,
+    /// The zone-proxy token it connected with; the session ends when it expires or is revoked.
+    pub(super) token: super::TokenHold,
     pub(super) tx: mpsc::Sender<Result<ZoneMessage, Status>>,
 }
 
@@ -87,8 +90,10 @@ impl GatewaySession {
         loop {
             tokio::select! {
                 () = self.shared.shutdown.cancelled() => return Err(Status::unavailable("the zone control plane is shutting down")),
+                status = self.token.expired() => return Err(status),
                 event = events.next() => {
-                    if super::coalesce(event, &mut events, gateways::affects_gateways)? {
+                    if super::coalesce(event, &mut events, |key| key.kind == REVOKED_TOKEN || gateways::affects_gateways(key))? {
+                        self.token.check(&self.shared.resources).await?;
                         self.push_config(&mut last).await?;
                     }
                 }

@@ -18,8 +18,9 @@ use strait_api::dps::dataplane_sync_server::DataplaneSync;
 use strait_api::dps::{dataplane_message, gateway_message, DataplaneMessage, GatewayMessage, ZoneMessage, PROTOCOL_VERSION};
 use strait_api::{Resource, ResourceType, Spec};
 use strait_cp_core::resources::Resources;
-use strait_pki::token::{TokenSubject, TokenVerifierKey};
-use strait_store::Key;
+use strait_cp_core::revocations;
+use strait_pki::token::{TokenClaims, TokenSubject, TokenVerifierKey};
+use strait_store::{Key, Precondition};
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
@@ -40,8 +41,6 @@ pub struct DpsShared {
     pub connected: Arc<Mutex<HashSet<String>>>,
     /// Stops every session.
     pub shutdown: CancellationToken,
-    /// The zone's token, which the zone's gateways present.
-    pub zone_token: Arc<String>,
     /// `strait_zone_dps_*`.
     pub metrics: crate::metrics::DpsMetrics,
 }
@@ -63,8 +62,9 @@ fn unix_now() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or_default()
 }
 
-/// The (mesh, service) a dataplane token was issued for.
-async fn authenticate(resources: &Resources, token: &str) -> Result<(String, String), Status> {
+/// The claims of `token` (a `what`), verified with the token keys synced from the global and
+/// checked against the revocations synced with them.
+async fn verify_token(resources: &Resources, token: &str, what: &str) -> Result<TokenClaims, Status> {
     let keys = resources
         .store()
         .get(&Key::new(strait_cp_core::kinds::TOKEN_KEYS, "", "dataplane"))
@@ -73,11 +73,103 @@ async fn authenticate(resources: &Resources, token: &str) -> Result<(String, Str
         .ok_or_else(|| Status::unavailable("this zone has not received the token keys from the global control plane yet"))?;
     let keys: Vec<TokenVerifierKey> =
         serde_json::from_value(keys.data["keys"].clone()).map_err(|e| Status::internal(format!("token keys: {e}")))?;
-    let claims = strait_pki::token::verify(token, &keys, unix_now())
-        .map_err(|e| Status::unauthenticated(format!("dataplane token refused: {e}")))?;
-    match claims.subject {
-        TokenSubject::Dataplane { mesh, service } => Ok((mesh, service)),
+    let claims =
+        strait_pki::token::verify(token, &keys, unix_now()).map_err(|e| Status::unauthenticated(format!("{what} refused: {e}")))?;
+    check_revoked(resources, &claims, what).await?;
+    Ok(claims)
+}
+
+/// Refuses the token of `claims` if the global revoked it.
+async fn check_revoked(resources: &Resources, claims: &TokenClaims, what: &str) -> Result<(), Status> {
+    match revocations::check(resources.store().as_ref(), claims).await {
+        Ok(None) => Ok(()),
+        Ok(Some(reason)) => Err(Status::unauthenticated(format!("{what} refused: {reason}"))),
+        Err(e) => Err(Status::unavailable(format!("zone store: {e}"))),
+    }
+}
+
+/// The (mesh, service) a dataplane token was issued for, with its claims.
+async fn authenticate(resources: &Resources, token: &str) -> Result<(String, String, TokenClaims), Status> {
+    let claims = verify_token(resources, token, "dataplane token").await?;
+    match &claims.subject {
+        TokenSubject::Dataplane { mesh, service } => Ok((mesh.clone(), service.clone(), claims)),
         TokenSubject::Zone { .. } => Err(Status::unauthenticated("this is a zone token, not a dataplane token")),
+        TokenSubject::ZoneProxy { .. } => Err(Status::unauthenticated("this is a zone-proxy token (for gateways), not a dataplane token")),
+    }
+}
+
+/// The claims of a gateway's zone-proxy token, which must be for `zone`.
+async fn authenticate_gateway(resources: &Resources, zone: &str, token: &str) -> Result<TokenClaims, Status> {
+    let claims = verify_token(resources, token, "zone-proxy token").await.map_err(|s| {
+        if s.code() != tonic::Code::Unauthenticated {
+            return s;
+        }
+        Status::unauthenticated(format!(
+            "{} (a gateway presents the zone-proxy token that `straitctl zone register` writes as zone-proxy-token, not the zone token)",
+            s.message()
+        ))
+    })?;
+    match &claims.subject {
+        TokenSubject::ZoneProxy { zone: z } if z == zone => Ok(claims),
+        TokenSubject::ZoneProxy { zone: z } => {
+            Err(Status::permission_denied(format!("this zone-proxy token is for zone {z:?}, not {zone:?}")))
+        }
+        _ => Err(Status::unauthenticated("this is not a zone-proxy token")),
+    }
+}
+
+/// Holds while a session's token is neither expired nor revoked; the session ends when it stops
+/// holding, so an expired or revoked token gets no more configuration or certificates.
+pub(crate) struct TokenHold {
+    pub(crate) claims: TokenClaims,
+    pub(crate) what: &'static str,
+}
+
+impl TokenHold {
+    /// Resolves when the token expires.
+    pub(crate) async fn expired(&self) -> Status {
+        let left = self.claims.expires_at.saturating_sub(unix_now());
+        tokio::time::sleep(std::time::Duration::from_secs(left)).await;
+        Status::unauthenticated(format!("the {} expired at {} (unix seconds); give it a new one", self.what, self.claims.expires_at))
+    }
+
+    /// Fails when the global revoked the token.
+    pub(crate) async fn check(&self, resources: &Resources) -> Result<(), Status> {
+        check_revoked(resources, &self.claims, self.what).await
+    }
+}
+
+/// Binds the name `name` in `mesh` to `service` until `expires_at`: a name another service
+/// holds with a token that has not expired is refused, so no token can take over (or lock out)
+/// another service's Dataplane.
+async fn bind_name(resources: &Resources, mesh: &str, name: &str, service: &str, expires_at: u64) -> Result<(), Status> {
+    let store = resources.store();
+    let key = Key::new(strait_cp_core::kinds::DATAPLANE_BINDING, mesh, name);
+    let unavailable = |e: strait_store::StoreError| Status::unavailable(format!("zone store: {e}"));
+    let existing = store.get(&key).await.map_err(unavailable)?;
+    let mut until = expires_at;
+    let precondition = match &existing {
+        None => Precondition::MustNotExist,
+        Some(obj) => {
+            let holder = obj.data.get("service").and_then(serde_json::Value::as_str).unwrap_or_default();
+            let held_until = obj.data.get("expiresAt").and_then(serde_json::Value::as_u64).unwrap_or_default();
+            if holder != service && held_until > unix_now() {
+                return Err(Status::permission_denied(format!(
+                    "dataplane name {name:?} in mesh {mesh:?} belongs to service {holder:?} (until {held_until}, unix seconds); this token is for service {service:?}: give the sidecar another name"
+                )));
+            }
+            if holder == service {
+                until = until.max(held_until);
+            }
+            Precondition::Version(obj.version)
+        }
+    };
+    match store.put(key, serde_json::json!({"service": service, "expiresAt": until}), precondition).await {
+        Ok(_) => Ok(()),
+        Err(strait_store::StoreError::Conflict { .. }) => {
+            Err(Status::aborted(format!("dataplane name {name:?} was just claimed by another connection; retry")))
+        }
+        Err(e) => Err(unavailable(e)),
     }
 }
 
@@ -145,11 +237,6 @@ async fn first_message<T>(inbound: &mut Streaming<T>) -> Result<Option<T>, Statu
         .map_err(|s| Status::aborted(format!("reading Hello: {}", s.message())))
 }
 
-/// Compares in time independent of where the first difference is.
-fn same_secret(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
 #[tonic::async_trait]
 impl DataplaneSync for DpsService {
     type StreamStream = ReceiverStream<Result<ZoneMessage, Status>>;
@@ -157,11 +244,10 @@ impl DataplaneSync for DpsService {
 
     async fn gateway(&self, request: Request<Streaming<GatewayMessage>>) -> Result<Response<Self::GatewayStream>, Status> {
         let peer = request.remote_addr().map(|a| a.to_string()).unwrap_or_else(|| "unknown".into());
-        let token = bearer(&request, "zone token")?;
-        if !same_secret(token.as_bytes(), self.shared.zone_token.as_bytes()) {
-            tracing::warn!(peer, "gateway refused: not this zone's token");
-            return Err(Status::unauthenticated(format!("gateway token refused: it is not the token of zone {:?}", self.shared.zone)));
-        }
+        let token = bearer(&request, "zone-proxy token")?;
+        let claims = authenticate_gateway(&self.shared.resources, &self.shared.zone, &token)
+            .await
+            .inspect_err(|s| tracing::warn!(peer, reason = s.message(), "gateway refused"))?;
         let mut inbound = request.into_inner();
         let first = first_message(&mut inbound).await?;
         let Some(GatewayMessage { message: Some(gateway_message::Message::Hello(hello)) }) = first else {
@@ -178,7 +264,8 @@ impl DataplaneSync for DpsService {
             || tracing::info!(ingress = %registration.ingress_address, egress = %registration.egress_address, "gateway connected"),
         );
         let (tx, rx) = mpsc::channel(16);
-        let session = gateway::GatewaySession { shared: self.shared.clone(), registration, tx };
+        let token = TokenHold { claims, what: "zone-proxy token" };
+        let session = gateway::GatewaySession { shared: self.shared.clone(), registration, token, tx };
         self.tasks.spawn(session.run(inbound).instrument(span));
         Ok(Response::new(ReceiverStream::new(rx)))
     }
@@ -186,7 +273,7 @@ impl DataplaneSync for DpsService {
     async fn stream(&self, request: Request<Streaming<DataplaneMessage>>) -> Result<Response<Self::StreamStream>, Status> {
         let peer = request.remote_addr().map(|a| a.to_string()).unwrap_or_else(|| "unknown".into());
         let token = bearer(&request, "dataplane token")?;
-        let (mesh, service) = authenticate(&self.shared.resources, &token)
+        let (mesh, service, claims) = authenticate(&self.shared.resources, &token)
             .await
             .inspect_err(|s| tracing::warn!(peer, reason = s.message(), "sidecar refused"))?;
         let mut inbound = request.into_inner();
@@ -205,6 +292,9 @@ impl DataplaneSync for DpsService {
         if self.shared.resources.get(ResourceType::Mesh, None, &mesh).await.map_err(|e| Status::unavailable(e.to_string()))?.is_none() {
             return Err(Status::failed_precondition(format!("mesh {mesh:?} is not known in this zone yet")));
         }
+        bind_name(&self.shared.resources, &mesh, &dp.name, &service, claims.expires_at)
+            .await
+            .inspect_err(|s| tracing::warn!(peer, reason = s.message(), "sidecar refused"))?;
         let id = format!("{mesh}/{}", dp.name);
         if !self.shared.connected.lock().unwrap_or_else(|p| p.into_inner()).insert(id.clone()) {
             return Err(Status::already_exists(format!("dataplane {id} is already connected")));
@@ -214,7 +304,8 @@ impl DataplaneSync for DpsService {
             tracing::info_span!("dps_session", dataplane = %dp.name, mesh = %mesh, service = %service, zone = %self.shared.zone, peer);
         span.in_scope(|| tracing::info!("sidecar connected"));
         let (tx, rx) = mpsc::channel(16);
-        let session = session::Session { shared: self.shared.clone(), dp, mesh, service, id, tx, nacked: Default::default() };
+        let token = TokenHold { claims, what: "dataplane token" };
+        let session = session::Session { shared: self.shared.clone(), dp, mesh, service, id, token, tx, nacked: Default::default() };
         self.tasks.spawn(session.run(inbound).instrument(span));
         Ok(Response::new(ReceiverStream::new(rx)))
     }

@@ -10,7 +10,7 @@ use futures::StreamExt;
 use serde_json::json;
 use strait_api::dps::{dataplane_message, zone_message, Certificate, DataplaneMessage, ZoneMessage};
 use strait_api::{proxy_config, Resource, ResourceType, Spec};
-use strait_cp_core::kinds::DATAPLANE_NACK;
+use strait_cp_core::kinds::{DATAPLANE_NACK, REVOKED_TOKEN};
 use strait_store::{Key, Precondition, WatchStream};
 use tokio::sync::mpsc;
 use tonic::{Status, Streaming};
@@ -24,6 +24,8 @@ pub struct Session {
     pub(super) mesh: String,
     pub(super) service: String,
     pub(super) id: String,
+    /// The dataplane token it connected with; the session ends when it expires or is revoked.
+    pub(super) token: super::TokenHold,
     pub(super) tx: mpsc::Sender<Result<ZoneMessage, Status>>,
     /// Whether the sidecar's latest answer was a NACK (recorded in the store while it lasts).
     pub(super) nacked: AtomicBool,
@@ -72,8 +74,10 @@ impl Session {
         loop {
             tokio::select! {
                 () = self.shared.shutdown.cancelled() => return Err(Status::unavailable("the zone control plane is shutting down")),
+                status = self.token.expired() => return Err(status),
                 event = events.next() => {
                     if super::coalesce(event, &mut events, |key| self.affects(key))? {
+                        self.token.check(&self.shared.resources).await?;
                         self.push_config(&mut last).await?;
                     }
                 }
@@ -89,8 +93,9 @@ impl Session {
     /// Whether a change of `key` can change this sidecar's configuration.
     fn affects(&self, key: &Key) -> bool {
         // Sidecars' NACK records are status, not configuration.
-        key.kind != DATAPLANE_NACK
-            && (key.mesh == self.mesh || (key.kind == "Mesh" && key.name == self.mesh) || crate::gateways::affects_remote(key))
+        key.kind == REVOKED_TOKEN
+            || key.kind != DATAPLANE_NACK
+                && (key.mesh == self.mesh || (key.kind == "Mesh" && key.name == self.mesh) || crate::gateways::affects_remote(key))
     }
 
     /// Recomputes the configuration and sends it if it differs from the last one sent. Its
@@ -154,6 +159,7 @@ impl Session {
                 self.record_nack(nack.version, &nack.error).await;
             }
             Some(dataplane_message::Message::CertificateRequest(req)) => {
+                self.token.check(&self.shared.resources).await?;
                 let answer = match self.sign(&req.csr_pem).await {
                     Ok(chain) => Certificate { cert_chain_pem: chain, error: String::new() },
                     Err(e) => {

@@ -247,6 +247,7 @@ async fn up_steps(s: &mut Starter, plan: &Plan) -> anyhow::Result<()> {
         let creds = dir.join(format!("{}-creds", zone.name));
         strait_runtime::files::private_dir(&creds)?;
         write_private(&creds.join("zone-token"), registered["token"].as_str().unwrap_or_default())?;
+        write_private(&creds.join("zone-proxy-token"), registered["proxyToken"].as_str().unwrap_or_default())?;
         write_private(&creds.join("global-ca.pem"), registered["caBundle"].as_str().unwrap_or_default().trim_end())?;
         let data = dir.join(format!("{}-data", zone.name));
         let ip = &zone.ip;
@@ -280,8 +281,8 @@ async fn up_steps(s: &mut Starter, plan: &Plan) -> anyhow::Result<()> {
             &format!("https://{ip}:7678"),
             "--cp-ca-file",
             &data.join("dps-ca.pem").display().to_string(),
-            "--zone-token-file",
-            &creds.join("zone-token").display().to_string(),
+            "--zone-proxy-token-file",
+            &creds.join("zone-proxy-token").display().to_string(),
             "--ingress-address",
             &format!("{ip}:10001"),
             "--egress-address",
