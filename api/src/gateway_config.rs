@@ -99,8 +99,8 @@ impl std::fmt::Debug for ZoneIdentity {
     }
 }
 
-/// The system trust bundle (`SystemTrust`, synced): the system CA, and the fingerprints of zone
-/// identities revoked with their zone.
+/// The system trust bundle (`SystemTrust`, synced): the system CA, the fingerprints of zone
+/// identities revoked with their zone, and the zones disabled for now.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct SystemTrust {
@@ -110,6 +110,10 @@ pub struct SystemTrust {
     /// Hex SHA-256 fingerprints of revoked zone identity certificates.
     #[serde(default)]
     pub revoked: BTreeSet<String>,
+    /// Zones disabled on the global (`enabled: false`): their identities are refused, and every
+    /// tunnel to or from them is closed, until they are enabled again.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub disabled_zones: BTreeSet<String>,
 }
 
 /// A gateway's configuration.

@@ -3,7 +3,7 @@
 //! In: the Rust types of every spec. Out: a `Resource` schema whose `spec` is one of the spec
 //! schemas, for the global control plane's `/openapi.json`.
 
-use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, OneOfBuilder, Schema, Type};
+use utoipa::openapi::schema::{AnyOfBuilder, ArrayBuilder, ObjectBuilder, Schema, Type};
 use utoipa::openapi::RefOr;
 
 use crate::resource::{nested_schemas, spec_schemas, ResourceType};
@@ -13,7 +13,8 @@ pub struct ResourceSchema;
 
 impl utoipa::PartialSchema for ResourceSchema {
     fn schema() -> RefOr<Schema> {
-        let mut specs = OneOfBuilder::new();
+        // anyOf: an empty spec is valid for several types (a Mesh, a Zone).
+        let mut specs = AnyOfBuilder::new();
         for (_, schema) in spec_schemas() {
             specs = specs.item(schema);
         }
@@ -82,4 +83,28 @@ impl utoipa::ToSchema for ResourceListSchema {
         out.push(("Resource".into(), <ResourceSchema as utoipa::PartialSchema>::schema()));
         nested_schemas(out);
     }
+}
+
+/// The body of a PUT of one type of resource: its spec, labels and the version to replace.
+/// `type`, `name` and `mesh` come from the path (a body may repeat them, but only as they are
+/// in the path), so the schema leaves them out.
+pub fn put_body_schema(kind: ResourceType) -> Option<RefOr<Schema>> {
+    let spec = spec_schemas().into_iter().find(|(name, _)| *name == kind.name())?.1;
+    let body = ObjectBuilder::new()
+        .property("type", ObjectBuilder::new().schema_type(Type::String).enum_values(Some([kind.name()])))
+        .property(
+            "labels",
+            ObjectBuilder::new().schema_type(Type::Object).additional_properties(Some(ObjectBuilder::new().schema_type(Type::String))),
+        )
+        .property(
+            "version",
+            ObjectBuilder::new()
+                .schema_type(utoipa::openapi::schema::SchemaType::from_iter([Type::Integer, Type::Null]))
+                .minimum(Some(0))
+                .description(Some("Replace only this version (409 otherwise); absent or null: any")),
+        )
+        .property("spec", spec)
+        .required("spec")
+        .additional_properties(Some(utoipa::openapi::schema::AdditionalProperties::FreeForm(false)));
+    Some(body.into())
 }

@@ -77,6 +77,9 @@ macro_rules! resource_types {
         /// Nested schemas referenced by the spec schemas.
         pub fn nested_schemas(out: &mut Vec<(String, utoipa::openapi::RefOr<utoipa::openapi::schema::Schema>)>) {
             $( <$spec as utoipa::ToSchema>::schemas(out); )*
+            // A generic spec refers to its conf by name without registering it.
+            proxy_conf_schema::<crate::policies::trace::TraceConf>(out);
+            proxy_conf_schema::<crate::policies::metric::MetricConf>(out);
         }
     };
 }
@@ -98,6 +101,12 @@ resource_types! {
     MeshAccessLog { spec: PolicySpec<access_log::AccessLogConf>, plural: "meshaccesslogs", short: "mal", mesh_scoped: true }
     MeshTrace { spec: ProxySpec<trace::TraceConf>, plural: "meshtraces", short: "mtr", mesh_scoped: true }
     MeshMetric { spec: ProxySpec<metric::MetricConf>, plural: "meshmetrics", short: "mm", mesh_scoped: true }
+}
+
+/// Registers the conf `C` of a `ProxySpec<C>` (and what it refers to) by its name.
+fn proxy_conf_schema<C: utoipa::ToSchema>(out: &mut Vec<(String, utoipa::openapi::RefOr<utoipa::openapi::schema::Schema>)>) {
+    out.push((C::name().into_owned(), C::schema()));
+    C::schemas(out);
 }
 
 fn typed<T: serde::de::DeserializeOwned>(value: Value) -> Result<T, FieldError> {
@@ -216,6 +225,10 @@ impl Resource {
         let version = match obj.remove("version") {
             None | Some(Value::Null) => None,
             Some(Value::Number(n)) if n.as_u64().is_some() => n.as_u64(),
+            // JSON does not tell 7 from 7.0: a whole number is a whole number.
+            Some(Value::Number(n)) if n.as_f64().is_some_and(|f| f >= 0.0 && f.fract() == 0.0 && f <= u64::MAX as f64) => {
+                n.as_f64().map(|f| f as u64)
+            }
             Some(Value::String(s)) if s.parse::<u64>().is_ok() => s.parse().ok(),
             Some(other) => {
                 errors.push(FieldError { field: "version".into(), message: format!("expected a non-negative integer, got {other}") });

@@ -18,16 +18,18 @@ const ABOUT: &str = "Operate a Strait service mesh through the REST API of its g
 
 const EXAMPLES: &str = "\
 Examples:
-  # Point straitctl at a control plane once, with the admin token it generated
-  straitctl config set --server http://cp.example:7680 --token-file /var/lib/strait/global/admin-token
+  # Point straitctl at a control plane once, with the admin token it generated (the CA of its
+  # HTTPS certificate, api-ca.pem, is found next to the token file)
+  straitctl config set --server https://cp.example:7680 --token-file /var/lib/strait/global/admin-token
 
   # Create or update everything in a file, then look at it
   straitctl apply -f mesh.yaml -f policies.yaml
   straitctl get meshtrafficpermissions --mesh default
   straitctl get mtp allow-web -o yaml
 
-The connection comes from --server/--token/--token-file (or STRAIT_SERVER, STRAIT_TOKEN,
-STRAIT_TOKEN_FILE), else from the config file, else http://127.0.0.1:7680.";
+The connection comes from --server/--token/--token-file/--ca-file (or STRAIT_SERVER,
+STRAIT_TOKEN, STRAIT_TOKEN_FILE, STRAIT_CA_FILE), else from the config file, else
+https://127.0.0.1:7680 with the CA next to the token file.";
 
 /// `straitctl`: the operator CLI of Strait.
 #[derive(Debug, Parser)]
@@ -44,8 +46,8 @@ pub struct Cli {
 /// Connection flags, accepted before or after the subcommand.
 #[derive(Debug, Clone, Default, Args)]
 pub struct GlobalArgs {
-    /// URL of the global control plane's REST API (plain http) [default: the config file's
-    /// server, else http://127.0.0.1:7680]
+    /// URL of the global control plane's REST API (https://, or http:// for one started with
+    /// --api-plaintext) [default: the config file's server, else https://127.0.0.1:7680]
     #[arg(long, env = "STRAIT_SERVER", global = true, help_heading = "Connection", value_name = "URL")]
     pub server: Option<String>,
     /// Admin token for writes (see also --token-file; --token wins when both are set)
@@ -54,6 +56,10 @@ pub struct GlobalArgs {
     /// File holding the admin token, such as <strait-global data dir>/admin-token
     #[arg(long, env = "STRAIT_TOKEN_FILE", global = true, help_heading = "Connection", value_name = "FILE")]
     pub token_file: Option<PathBuf>,
+    /// CA certificate (PEM) that verifies the server's HTTPS certificate [default: the config
+    /// file's caFile, else api-ca.pem next to the admin token file, which strait-global writes]
+    #[arg(long, env = "STRAIT_CA_FILE", global = true, help_heading = "Connection", value_name = "FILE")]
+    pub ca_file: Option<PathBuf>,
     /// Client config file [default: $XDG_CONFIG_HOME/strait/config.yaml, else
     /// ~/.config/strait/config.yaml]
     #[arg(long, env = "STRAIT_CONFIG", global = true, help_heading = "Connection", value_name = "FILE")]
@@ -69,6 +75,8 @@ pub struct FlagSources {
     pub token: bool,
     /// `--token-file` was typed.
     pub token_file: bool,
+    /// `--ca-file` was typed.
+    pub ca_file: bool,
 }
 
 /// The subcommands.
@@ -317,11 +325,11 @@ Examples:
   straitctl delete zone east";
 
 const CONFIG_EXAMPLES: &str = "\
-The config file is YAML with `server` and `token` or `tokenFile`; it is created (mode 0600) on
-first use. Flags and STRAIT_* variables override it.
+The config file is YAML with `server`, `token` or `tokenFile`, and `caFile`; it is created (mode
+0600) on first use. Flags and STRAIT_* variables override it.
 
 Examples:
-  straitctl config set --server http://cp.example:7680 --token-file ~/admin-token
+  straitctl config set --server https://cp.example:7680 --token-file ~/admin-token --ca-file ~/api-ca.pem
   straitctl config view";
 
 const COMPLETION_EXAMPLES: &str = "\
@@ -400,8 +408,8 @@ pub struct VersionArgs {
 /// `config` subcommands.
 #[derive(Debug, Subcommand)]
 pub enum ConfigCommand {
-    /// Save --server and --token or --token-file into the config file
-    #[command(after_help = "Examples:\n  straitctl config set --server http://cp.example:7680\n  \
+    /// Save --server, --token or --token-file, and --ca-file into the config file
+    #[command(after_help = "Examples:\n  straitctl config set --server https://cp.example:7680 --ca-file ~/api-ca.pem\n  \
         straitctl config set --token-file /var/lib/strait/global/admin-token")]
     Set,
     /// Print the config file (token masked) and the settings in effect
@@ -487,7 +495,7 @@ pub fn parse() -> (Cli, FlagSources) {
 
 fn sources(matches: &clap::ArgMatches) -> FlagSources {
     let typed = |id: &str| matches.value_source(id) == Some(ValueSource::CommandLine);
-    FlagSources { server: typed("server"), token: typed("token"), token_file: typed("token_file") }
+    FlagSources { server: typed("server"), token: typed("token"), token_file: typed("token_file"), ca_file: typed("ca_file") }
 }
 
 /// A usage error (exit code 2) for conditions clap cannot express.
@@ -542,7 +550,7 @@ mod tests {
         let m = Cli::command().try_get_matches_from(["straitctl", "get", "mtp", "--server", "http://x:1", "-o", "json"]).unwrap();
         let cli = Cli::from_arg_matches(&m).unwrap();
         assert_eq!(cli.global.server.as_deref(), Some("http://x:1"));
-        assert_eq!(sources(&m), FlagSources { server: true, token: false, token_file: false });
+        assert_eq!(sources(&m), FlagSources { server: true, token: false, token_file: false, ca_file: false });
         let Command::Get(get) = cli.command else { panic!("not get") };
         assert_eq!(get.kind, Target::Resource(ResourceType::MeshTrafficPermission));
         assert_eq!(get.output, OutputFormat::Json);

@@ -1,6 +1,10 @@
-//! REST client of the global control plane (plain HTTP, reqwest).
+//! REST client of the global control plane (HTTPS, or plain HTTP to a global started with
+//! `--api-plaintext`; reqwest with rustls).
 //!
-//! In: [`Settings`] (server URL, token source) and API paths. Out: JSON values as the server
+//! In: [`Settings`] (server URL, token source, CA file) and API paths. An https:// server must
+//! present a certificate that chains to the CA file, for the URL's host or, for the certificate
+//! strait-global issues itself, for the name `strait-global`; without a CA file nothing is
+//! trusted. Out: JSON values as the server
 //! returned them, the `strait-result` of PUTs, and [`ClientError`]s written for humans: an
 //! unreachable server names its address, 401/403 say how to pass the token, and API errors
 //! carry their message and each `field: message` detail.
@@ -93,6 +97,114 @@ pub enum ClientError {
     /// The token could not be read.
     #[error(transparent)]
     Token(#[from] ConfigError),
+    /// The server's certificate does not verify with the CA file.
+    #[error(
+        "the certificate of {server} does not verify with the CA in {}: {reason}; pass the CA of this server with --ca-file \
+         (strait-global writes it as api-ca.pem next to its admin token)",
+        .ca.display()
+    )]
+    Untrusted {
+        /// The base URL.
+        server: String,
+        /// The CA file used.
+        ca: std::path::PathBuf,
+        /// What failed.
+        reason: String,
+    },
+    /// An https:// server, and no CA to verify it with.
+    #[error(
+        "{server} serves HTTPS and straitctl has no CA to verify it: pass --ca-file (or STRAIT_CA_FILE), or save it once with \
+         `straitctl config set --ca-file FILE`; strait-global writes it as api-ca.pem next to its admin token"
+    )]
+    NoCa {
+        /// The base URL.
+        server: String,
+    },
+    /// The CA file is unusable.
+    #[error("CA file {path}: {reason}")]
+    BadCa {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+/// rustls settings that trust only the certificates of `ca_file`.
+fn tls_config(ca_file: &std::path::Path) -> Result<rustls::ClientConfig, ClientError> {
+    let bad = |reason: String| ClientError::BadCa { path: ca_file.to_path_buf(), reason };
+    let pem = std::fs::read(ca_file).map_err(|e| bad(e.to_string()))?;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
+        roots.add(cert.map_err(|e| bad(e.to_string()))?).map_err(|e| bad(e.to_string()))?;
+    }
+    if roots.is_empty() {
+        return Err(bad("no certificate in it".into()));
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let inner = rustls::client::WebPkiServerVerifier::builder_with_provider(std::sync::Arc::new(roots), provider.clone())
+        .build()
+        .map_err(|e| bad(e.to_string()))?;
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| bad(e.to_string()))?
+        .dangerous()
+        .with_custom_certificate_verifier(std::sync::Arc::new(ServerVerifier { inner }))
+        .with_no_client_auth())
+}
+
+/// The name strait-global's own API certificate always carries.
+const GLOBAL_SERVER_NAME: &str = "strait-global";
+
+/// Verifies the chain under the CA for the URL's host, or else for [`GLOBAL_SERVER_NAME`]: the
+/// CA is the global's own system CA (or one the operator chose), so a certificate it issued for
+/// the global is the global's wherever it is reached.
+#[derive(Debug)]
+struct ServerVerifier {
+    inner: std::sync::Arc<rustls::client::WebPkiServerVerifier>,
+}
+
+impl rustls::client::danger::ServerCertVerifier for ServerVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &rustls::pki_types::CertificateDer<'_>,
+        intermediates: &[rustls::pki_types::CertificateDer<'_>],
+        server_name: &rustls::pki_types::ServerName<'_>,
+        ocsp_response: &[u8],
+        now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        use rustls::CertificateError::{NotValidForName, NotValidForNameContext};
+        match self.inner.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now) {
+            Err(rustls::Error::InvalidCertificate(NotValidForName | NotValidForNameContext { .. })) => {
+                let ours =
+                    rustls::pki_types::ServerName::try_from(GLOBAL_SERVER_NAME).map_err(|e| rustls::Error::General(e.to_string()))?;
+                self.inner.verify_server_cert(end_entity, intermediates, &ours, ocsp_response, now)
+            }
+            other => other,
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
 }
 
 impl ClientError {
@@ -157,18 +269,22 @@ pub struct Client {
     http: reqwest::Client,
     server: String,
     token: Option<TokenSource>,
+    ca_file: Option<std::path::PathBuf>,
 }
 
 impl Client {
     /// A client for the settings in effect.
     pub fn new(settings: &Settings) -> Result<Client, ClientError> {
-        let http = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder()
             .connect_timeout(CONNECT_TIMEOUT)
             .timeout(REQUEST_TIMEOUT)
-            .user_agent(concat!("straitctl/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| ClientError::Transport { server: settings.server.clone(), reason: chain(&e) })?;
-        Ok(Client { http, server: settings.server.clone(), token: settings.token.clone() })
+            .user_agent(concat!("straitctl/", env!("CARGO_PKG_VERSION")));
+        if settings.server.starts_with("https://") {
+            let Some(ca_file) = &settings.ca_file else { return Err(ClientError::NoCa { server: settings.server.clone() }) };
+            builder = builder.use_preconfigured_tls(tls_config(ca_file)?);
+        }
+        let http = builder.build().map_err(|e| ClientError::Transport { server: settings.server.clone(), reason: chain(&e) })?;
+        Ok(Client { http, server: settings.server.clone(), token: settings.token.clone(), ca_file: settings.ca_file.clone() })
     }
 
     /// The base URL.
@@ -251,6 +367,10 @@ impl Client {
 
     fn transport_error(&self, e: &reqwest::Error) -> ClientError {
         let server = self.server.clone();
+        let reason = chain(e);
+        if reason.contains("certificate") {
+            return ClientError::Untrusted { server, ca: self.ca_file.clone().unwrap_or_default(), reason };
+        }
         if e.is_connect() {
             ClientError::Unreachable { server, reason: connect_reason(e) }
         } else if e.is_timeout() {

@@ -15,7 +15,10 @@ use serde::{Deserialize, Serialize};
 use crate::cli::GlobalArgs;
 
 /// The server used when neither flags, environment nor the config file name one.
-pub const DEFAULT_SERVER: &str = "http://127.0.0.1:7680";
+pub const DEFAULT_SERVER: &str = "https://127.0.0.1:7680";
+
+/// The CA file strait-global writes next to its admin token.
+pub const API_CA_FILE: &str = "api-ca.pem";
 
 /// Why the configuration could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -69,12 +72,15 @@ pub struct ConfigFile {
     /// A file holding the admin token (relative paths are relative to the config file).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token_file: Option<PathBuf>,
+    /// The CA certificate that verifies the server (relative paths are relative to the config file).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
 }
 
 impl ConfigFile {
     /// The file written on first use.
     pub fn defaults() -> Self {
-        ConfigFile { server: Some(DEFAULT_SERVER.to_string()), token: None, token_file: None }
+        ConfigFile { server: Some(DEFAULT_SERVER.to_string()), token: None, token_file: None, ca_file: None }
     }
 
     /// The YAML text with the token masked, for `config view`.
@@ -134,6 +140,8 @@ pub struct Settings {
     pub server_origin: String,
     /// The admin token, if any was configured.
     pub token: Option<TokenSource>,
+    /// The CA certificate that verifies an https:// server, if one is known.
+    pub ca_file: Option<PathBuf>,
     /// The config file consulted.
     pub config_path: Option<PathBuf>,
 }
@@ -231,7 +239,17 @@ pub fn resolve(flags: &GlobalArgs, file: &ConfigFile, config_path: Option<&Path>
     } else {
         file.token_file.as_ref().map(|f| TokenSource::File(relative_to(config_path, f)))
     };
-    Ok(Settings { server, server_origin, token, config_path: config_path.map(Path::to_path_buf) })
+    let ca_file = if let Some(f) = &flags.ca_file {
+        Some(f.clone())
+    } else if let Some(f) = &file.ca_file {
+        Some(relative_to(config_path, f))
+    } else if let Some(TokenSource::File(token_file)) = &token {
+        // strait-global writes its API's CA next to the admin token.
+        token_file.parent().map(|d| d.join(API_CA_FILE)).filter(|p| p.is_file())
+    } else {
+        None
+    };
+    Ok(Settings { server, server_origin, token, ca_file, config_path: config_path.map(Path::to_path_buf) })
 }
 
 fn relative_to(config_path: Option<&Path>, file: &Path) -> PathBuf {
@@ -241,15 +259,14 @@ fn relative_to(config_path: Option<&Path>, file: &Path) -> PathBuf {
     }
 }
 
-/// Checks a server URL and removes any trailing slash; `host:port` gets `http://`.
+/// Checks a server URL and removes any trailing slash; `host:port` gets `https://`.
 pub fn normalize_server(raw: &str) -> Result<String, String> {
     let trimmed = raw.trim();
-    let with_scheme = if trimmed.contains("://") { trimmed.to_string() } else { format!("http://{trimmed}") };
+    let with_scheme = if trimmed.contains("://") { trimmed.to_string() } else { format!("https://{trimmed}") };
     let url = reqwest::Url::parse(&with_scheme).map_err(|e| format!("not a URL: {e}"))?;
     match url.scheme() {
-        "http" => {}
-        "https" => return Err("https is not supported by this build of straitctl yet; use an http:// URL".into()),
-        other => return Err(format!("unsupported scheme {other:?}; use an http:// URL")),
+        "http" | "https" => {}
+        other => return Err(format!("unsupported scheme {other:?}; use an https:// (or http://) URL")),
     }
     if url.host_str().is_none_or(str::is_empty) {
         return Err("no host".into());
@@ -275,21 +292,27 @@ mod tests {
     use super::*;
 
     fn flags(server: Option<&str>, token: Option<&str>, token_file: Option<&str>) -> GlobalArgs {
-        GlobalArgs { server: server.map(Into::into), token: token.map(Into::into), token_file: token_file.map(Into::into), config: None }
+        GlobalArgs {
+            server: server.map(Into::into),
+            token: token.map(Into::into),
+            token_file: token_file.map(Into::into),
+            ca_file: None,
+            config: None,
+        }
     }
 
     fn file(server: Option<&str>, token: Option<&str>, token_file: Option<&str>) -> ConfigFile {
-        ConfigFile { server: server.map(Into::into), token: token.map(Into::into), token_file: token_file.map(Into::into) }
+        ConfigFile { server: server.map(Into::into), token: token.map(Into::into), token_file: token_file.map(Into::into), ca_file: None }
     }
 
     #[test]
     fn flags_beat_the_file_which_beats_the_default() {
         let path = Path::new("/home/u/.config/strait/config.yaml");
         let cases = [
-            (flags(None, None, None), file(None, None, None), "http://127.0.0.1:7680"),
+            (flags(None, None, None), file(None, None, None), "https://127.0.0.1:7680"),
             (flags(None, None, None), file(Some("http://file:1"), None, None), "http://file:1"),
             (flags(Some("http://flag:2/"), None, None), file(Some("http://file:1"), None, None), "http://flag:2"),
-            (flags(Some("cp:7680"), None, None), file(None, None, None), "http://cp:7680"),
+            (flags(Some("cp:7680"), None, None), file(None, None, None), "https://cp:7680"),
         ];
         for (f, c, want) in cases {
             assert_eq!(resolve(&f, &c, Some(path)).unwrap().server, want, "{f:?} {c:?}");
@@ -319,12 +342,28 @@ mod tests {
     fn server_urls() {
         assert_eq!(normalize_server("http://a:1/").unwrap(), "http://a:1");
         assert_eq!(normalize_server("http://a:1/prefix/").unwrap(), "http://a:1/prefix");
-        assert_eq!(normalize_server("localhost:7680").unwrap(), "http://localhost:7680");
-        assert!(normalize_server("https://a:1").unwrap_err().contains("https is not supported"));
+        assert_eq!(normalize_server("localhost:7680").unwrap(), "https://localhost:7680");
+        assert_eq!(normalize_server("https://a:1").unwrap(), "https://a:1");
         assert!(normalize_server("ftp://a").is_err());
         assert!(normalize_server("http://a:1?x=1").is_err());
-        let err = resolve(&flags(Some("https://cp"), None, None), &ConfigFile::default(), None).unwrap_err();
+        let err = resolve(&flags(Some("ftp://cp"), None, None), &ConfigFile::default(), None).unwrap_err();
         assert!(err.to_string().contains("--server or STRAIT_SERVER"), "{err}");
+    }
+
+    #[test]
+    fn the_ca_comes_from_the_flag_the_file_or_next_to_the_token_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let token_file = dir.path().join("admin-token");
+        std::fs::write(&token_file, "t").unwrap();
+        let config = dir.path().join("config.yaml");
+        let mut f = flags(None, None, Some(token_file.to_str().unwrap()));
+        assert_eq!(resolve(&f, &ConfigFile::default(), Some(&config)).unwrap().ca_file, None, "no api-ca.pem yet");
+        std::fs::write(dir.path().join(API_CA_FILE), "pem").unwrap();
+        assert_eq!(resolve(&f, &ConfigFile::default(), Some(&config)).unwrap().ca_file, Some(dir.path().join(API_CA_FILE)));
+        let with_ca = ConfigFile { ca_file: Some("ca.pem".into()), ..ConfigFile::default() };
+        assert_eq!(resolve(&f, &with_ca, Some(&config)).unwrap().ca_file, Some(dir.path().join("ca.pem")), "relative to the config file");
+        f.ca_file = Some("/flag/ca.pem".into());
+        assert_eq!(resolve(&f, &with_ca, Some(&config)).unwrap().ca_file, Some(PathBuf::from("/flag/ca.pem")));
     }
 
     #[test]

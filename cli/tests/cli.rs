@@ -429,3 +429,40 @@ async fn zone_and_dataplane_tokens_are_issued_rotated_and_revoked() {
     assert!(out.stderr.contains("id"), "{out:#?}");
     h.stop().await;
 }
+
+/// The global serves HTTPS by default: straitctl finds the CA next to the admin token and
+/// verifies the server; another CA, no CA, or http:// against the HTTPS port each fail with a
+/// message that says what to do.
+#[tokio::test]
+async fn https_is_verified_with_the_ca_next_to_the_admin_token() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = Config::for_dir(dir.path().join("data"), "127.0.0.1:0".parse().unwrap());
+    config.api_plaintext = false;
+    let cp = GlobalCp::start(Arc::new(config)).await.expect("control plane starts");
+    let ca = cp.api_ca_file.clone().expect("the global writes its API's CA");
+    assert_eq!(ca, cp.token_file.parent().unwrap().join("api-ca.pem"));
+    let h = Harness { server: format!("https://127.0.0.1:{}", cp.api_addr.port()), token_file: cp.token_file.clone(), cp: Some(cp), dir };
+
+    let out = h.run(&["apply", "-f", &h.write("mesh.yaml", "type: Mesh\nname: default\n")]).await.ok();
+    assert!(out.stdout.contains("mesh/default"), "{out:#?}");
+    let by_name = h.server.replace("127.0.0.1", "localhost");
+    let out = exec(h.connected(), &["get", "meshes", "--server", &by_name], None).await.ok();
+    assert!(out.stdout.contains("default"), "{out:#?}");
+
+    // Another CA does not verify it.
+    let other =
+        strait_pki::CertificateAuthority::new_root(strait_pki::SYSTEM_TRUST_DOMAIN, "other", std::time::Duration::from_secs(3600)).unwrap();
+    let other_ca = h.write("other-ca.pem", other.cert_pem());
+    let out = exec(h.connected(), &["get", "meshes", "--ca-file", &other_ca], None).await.failed(1);
+    assert!(out.stderr.contains("does not verify with the CA in") && out.stderr.contains("--ca-file"), "{out:#?}");
+    // No CA at all: says where to find one.
+    let mut bare = h.bare();
+    bare.env("STRAIT_SERVER", &h.server).env("STRAIT_TOKEN", "x");
+    let out = exec(bare, &["get", "meshes"], None).await.failed(1);
+    assert!(out.stderr.contains("no CA to verify it") && out.stderr.contains("api-ca.pem"), "{out:#?}");
+    // Plain HTTP to the HTTPS port.
+    let plain = h.server.replace("https://", "http://");
+    let out = exec(h.connected(), &["get", "meshes", "--server", &plain], None).await.failed(1);
+    assert!(out.stderr.contains("use an https:// URL"), "{out:#?}");
+    h.stop().await;
+}

@@ -79,13 +79,33 @@ impl ResolvesServerCert for Resolver {
 }
 
 fn certified_key(cert: &Issued) -> Result<CertifiedKey, TlsError> {
+    certified_key_from_pem(&cert.chain_pem, &cert.key_pem)
+}
+
+fn certified_key_from_pem(chain_pem: &str, key_pem: &str) -> Result<CertifiedKey, TlsError> {
     let bad = |e: String| TlsError::Certificate(e);
-    let chain = rustls_pemfile::certs(&mut cert.chain_pem.as_bytes()).collect::<Result<Vec<_>, _>>().map_err(|e| bad(e.to_string()))?;
-    let key = rustls_pemfile::private_key(&mut cert.key_pem.as_bytes())
+    let chain = rustls_pemfile::certs(&mut chain_pem.as_bytes()).collect::<Result<Vec<_>, _>>().map_err(|e| bad(e.to_string()))?;
+    if chain.is_empty() {
+        return Err(bad("no certificate in the PEM".into()));
+    }
+    let key = rustls_pemfile::private_key(&mut key_pem.as_bytes())
         .map_err(|e| bad(e.to_string()))?
         .ok_or_else(|| bad("no private key in the PEM".into()))?;
     let key = rustls::crypto::ring::default_provider().key_provider.load_private_key(key).map_err(|e| bad(e.to_string()))?;
     Ok(CertifiedKey::new(chain, key))
+}
+
+/// A server config with a fixed certificate chain and key (PEM), such as one an operator
+/// provides for the REST API; an unusable chain or key is an error naming what is wrong.
+pub fn fixed_server_config(chain_pem: &str, key_pem: &str) -> Result<Arc<ServerConfig>, TlsError> {
+    let resolver = Resolver::default();
+    resolver.current.store(Some(Arc::new(certified_key_from_pem(chain_pem, key_pem)?)));
+    let config = ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError::Certificate(e.to_string()))?
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::new(resolver));
+    Ok(Arc::new(config))
 }
 
 /// A server config whose certificate follows `current`; the follower task is tracked by

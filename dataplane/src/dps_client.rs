@@ -89,7 +89,12 @@ impl DpsClient {
 
     async fn session(&self) -> End {
         let flags = &self.config.flags;
-        let channel = match cp_client::connect(&flags.cp.cp_address, &self.config.cp_ca_pem, &flags.cp.cp_server_name).await {
+        // The zone accepts a Dataplane only from the address it declares: connect from it.
+        let source = match &self.config.dataplane.spec {
+            strait_api::Spec::Dataplane(spec) => spec.networking.address.parse().ok(),
+            _ => None,
+        };
+        let channel = match cp_client::connect(&flags.cp.cp_address, &self.config.cp_ca_pem, &flags.cp.cp_server_name, source).await {
             Ok(c) => c,
             Err(e) => return End::Broken(e),
         };

@@ -65,6 +65,11 @@ pub async fn start(config: Validated) -> anyhow::Result<Running> {
     });
     let gw = Arc::new(Gateway {
         routes: ArcSwap::from_pointee(Routes::default()),
+        routes_changed: tokio::sync::watch::channel(()).0,
+        addresses: crate::routes::AddressPolicy {
+            allow_loopback: flags.allow_loopback,
+            forbidden: cp_addresses(&flags.cp.cp_address).await,
+        },
         metrics,
         shutdown: CancellationToken::new(),
         tasks: TaskTracker::new(),
@@ -142,5 +147,17 @@ impl Running {
         // Lets the peers see the close rather than wait for their idle timeout.
         let _ = tokio::time::timeout(Duration::from_millis(500), self.gw.endpoint.wait_idle()).await;
         tracing::info!("stopped");
+    }
+}
+
+/// The socket addresses of the zone control plane's DPS URL, which the ingress never forwards to.
+async fn cp_addresses(url: &str) -> Vec<std::net::SocketAddr> {
+    let authority = url.split_once("://").map_or(url, |(_, rest)| rest).split('/').next().unwrap_or_default();
+    match tokio::net::lookup_host(authority).await {
+        Ok(addresses) => addresses.collect(),
+        Err(error) => {
+            tracing::warn!(%error, url, "cannot resolve the zone control plane's address to keep it off the ingress");
+            Vec::new()
+        }
     }
 }

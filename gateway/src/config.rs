@@ -65,6 +65,13 @@ pub struct Flags {
     #[arg(long, env = "STRAIT_QUIC_IDLE_TIMEOUT", default_value = "3s", value_parser = parse_duration)]
     pub quic_idle_timeout: Duration,
 
+    /// Allow a whole mesh on one host (the demo, tests on loopback): the ingress may forward to
+    /// loopback endpoints and the egress serves loopback clients. Off by default: a Dataplane
+    /// on loopback is not reachable from other zones, and only the zone's sidecars, by their
+    /// registered addresses, may use the egress.
+    #[arg(long, env = "STRAIT_ALLOW_LOOPBACK")]
+    pub allow_loopback: bool,
+
     /// A tunnelled connection (egress or ingress) in which no byte moved either way for this
     /// long is closed; 0 never closes one.
     #[arg(long, env = "STRAIT_TCP_IDLE_TIMEOUT", default_value = "1h", value_parser = parse_duration)]

@@ -44,7 +44,8 @@ pub fn saved_path(data_dir: &Path) -> PathBuf {
 pub async fn apply(gw: &Arc<Gateway>, guards: &Guards, data_dir: &Path, config: GatewayConfig) -> Result<(), String> {
     let built = {
         let config = config.clone();
-        tokio::task::spawn_blocking(move || Routes::build(&config)).await.map_err(|e| e.to_string())??
+        let policy = gw.addresses.clone();
+        tokio::task::spawn_blocking(move || Routes::build(&config, &policy)).await.map_err(|e| e.to_string())??
     };
     let identity_changed = match (&built.tls, &gw.routes.load().tls) {
         (Some(new), Some(old)) => new.cert().chain() != old.cert().chain(),
@@ -59,6 +60,8 @@ pub async fn apply(gw: &Arc<Gateway>, guards: &Guards, data_dir: &Path, config: 
     gw.links.update(gw);
     gw.peers.close_revoked(gw);
     gw.links.close_revoked(gw);
+    // Tunnels over TCP watch the routes themselves (see `Gateway::cut_when`).
+    gw.routes_changed.send_replace(());
     release(&guards.config);
     if has_identity {
         release(&guards.identity);
@@ -121,7 +124,7 @@ impl CpClient {
 
     async fn session(&self) -> End {
         let flags = &self.config.flags;
-        let channel = match cp_client::connect(&flags.cp.cp_address, &self.config.cp_ca_pem, &flags.cp.cp_server_name).await {
+        let channel = match cp_client::connect(&flags.cp.cp_address, &self.config.cp_ca_pem, &flags.cp.cp_server_name, None).await {
             Ok(c) => c,
             Err(e) => return End::Broken(e),
         };

@@ -66,6 +66,18 @@ pub async fn serve(gw: Arc<Gateway>, listener: TcpListener, drain: DrainWatcher)
 
 async fn handle(gw: Arc<Gateway>, mut client: TcpStream) {
     let span = Span::current();
+    // Only this zone's sidecars, by the addresses they registered, may send through the egress
+    // (and processes of the gateway's own host, which holds the zone identity anyway: there a
+    // connection's source is the address it reached).
+    let allowed = match (client.peer_addr(), client.local_addr()) {
+        (Ok(peer), Ok(local)) => gw.routes.load().is_sidecar(peer.ip()) || peer.ip() == local.ip(),
+        _ => false,
+    };
+    if !allowed {
+        tracing::info!("egress: refused a client that is not a sidecar of this zone");
+        gw.metrics.refuse(DIRECTION, "not_a_sidecar");
+        return;
+    }
     let sni = match peek_client_hello(&client, HELLO_TIMEOUT).await {
         Ok(hello) => hello.server_name,
         Err(e) => {
@@ -109,7 +121,18 @@ async fn handle(gw: Arc<Gateway>, mut client: TcpStream) {
     let active = gw.metrics.active.get_or_create(&DirectionLabel { direction: DIRECTION }).clone();
     active.inc();
     let mut tunnel = Answered::new(tunnel);
-    let copied = copy_bidirectional(&mut client, &mut tunnel, &gw.copy).await;
+    // A zone disabled on the global loses its tunnels at once (a zone whose gateway drains
+    // keeps them: they finish on their own).
+    let withdrawn = gw.cut_when(|routes| routes.is_disabled(&zone).then_some("disabled_zone"));
+    let copied = tokio::select! {
+        copied = copy_bidirectional(&mut client, &mut tunnel, &gw.copy) => copied,
+        reason = withdrawn => {
+            active.dec();
+            tracing::warn!(reason, "closing a tunnel to a disabled zone");
+            gw.metrics.refuse(DIRECTION, reason);
+            return;
+        }
+    };
     active.dec();
     let moved = match &copied {
         Ok(c) => *c,

@@ -50,10 +50,10 @@ impl Peers {
         let routes = gw.routes.load();
         let mut list = self.list.lock().unwrap_or_else(|p| p.into_inner());
         list.retain(|(leaf, conn, span)| {
-            if routes.is_revoked(leaf) {
-                span.in_scope(|| tracing::warn!("closing the tunnel of a revoked zone"));
-                conn.close(2u32.into(), b"revoked_zone");
-                gw.metrics.refuse(DIRECTION, "revoked_zone");
+            if let Some(refusal) = routes.refusal(leaf) {
+                span.in_scope(|| tracing::warn!(reason = refusal.reason(), "closing the tunnel of a revoked or disabled zone"));
+                conn.close(2u32.into(), refusal.reason().as_bytes());
+                gw.metrics.refuse(DIRECTION, refusal.reason());
                 false
             } else {
                 conn.close_reason().is_none()
@@ -189,7 +189,22 @@ pub async fn serve_tcp(gw: Arc<Gateway>, listener: TcpListener, drain: DrainWatc
                 }
             };
             Span::current().record("peer_zone", zone.as_str());
-            drain.unless_forced(tunnelled(task, drain.clone(), zone, stream, "tcp")).await;
+            let leaf = stream.get_ref().1.peer_certificates().and_then(|c| c.first()).map(|c| c.clone().into_owned());
+            let watcher = task.clone();
+            // A tunnel over TCP has no QUIC connection to close: it watches the routes itself.
+            let cut = async move {
+                match leaf {
+                    Some(leaf) => watcher.cut_when(|routes| routes.refusal(&leaf).map(|r| r.reason())).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = drain.unless_forced(tunnelled(task.clone(), drain.clone(), zone, stream, "tcp")) => {}
+                reason = cut => {
+                    tracing::warn!(reason, "closing the tunnel of a revoked or disabled zone");
+                    task.metrics.refuse(DIRECTION, reason);
+                }
+            }
         };
         gw.tasks.spawn(connection.instrument(span));
     }

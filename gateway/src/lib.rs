@@ -33,6 +33,10 @@ pub use app::Running;
 pub struct Gateway {
     /// The current routing state.
     pub routes: ArcSwap<routes::Routes>,
+    /// Which endpoints the ingress may forward to and which clients the egress serves.
+    pub addresses: routes::AddressPolicy,
+    /// Signalled after each new routing state is in force.
+    pub routes_changed: tokio::sync::watch::Sender<()>,
     /// Metrics.
     pub metrics: metrics::GatewayMetrics,
     /// Ends background tasks (links, reports).
@@ -51,4 +55,20 @@ pub struct Gateway {
     pub peers: ingress::Peers,
     /// Round robin over a zone's ingresses for TCP fallback connections.
     pub next_fallback: std::sync::atomic::AtomicUsize,
+}
+
+impl Gateway {
+    /// Resolves, with its reason, once `cut` says the routes in force end a tunnel (a zone
+    /// disabled or withdrawn, an identity revoked): checked now and after every change.
+    pub async fn cut_when(&self, cut: impl Fn(&routes::Routes) -> Option<&'static str>) -> &'static str {
+        let mut changes = self.routes_changed.subscribe();
+        loop {
+            if let Some(reason) = cut(&self.routes.load()) {
+                return reason;
+            }
+            if changes.changed().await.is_err() {
+                return std::future::pending().await;
+            }
+        }
+    }
 }

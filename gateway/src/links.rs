@@ -72,17 +72,17 @@ impl Links {
         self.map.store(Arc::new(next));
     }
 
-    /// Closes the QUIC connections to gateways whose identity the current routes revoke; their
-    /// links then fail to reconnect until the zone has a new identity.
+    /// Closes the QUIC connections to gateways whose identity the current routes revoke, or
+    /// whose zone is disabled; their links then fail to reconnect until that changes.
     pub fn close_revoked(&self, gw: &Gateway) {
         let routes = gw.routes.load();
         for link in self.map.load().values() {
             let Some(conn) = link.connection() else { continue };
             let certs = conn.peer_identity().and_then(|i| i.downcast::<Vec<CertificateDer<'static>>>().ok());
-            if certs.as_ref().and_then(|c| c.first()).is_some_and(|leaf| routes.is_revoked(leaf)) {
-                link.span.in_scope(|| tracing::warn!("the zone's identity was revoked; closing the tunnel to it"));
-                conn.close(2u32.into(), b"revoked_zone");
-                gw.metrics.refuse("egress", "revoked_zone");
+            if let Some(refusal) = certs.as_ref().and_then(|c| c.first()).and_then(|leaf| routes.refusal(leaf)) {
+                link.span.in_scope(|| tracing::warn!(reason = refusal.reason(), "closing the tunnel to a revoked or disabled zone"));
+                conn.close(2u32.into(), refusal.reason().as_bytes());
+                gw.metrics.refuse("egress", refusal.reason());
             }
         }
     }

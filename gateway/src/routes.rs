@@ -40,6 +40,8 @@ pub enum PeerRefusal {
     NotAZone,
     /// Its zone identity was revoked with its zone.
     Revoked,
+    /// Its zone is disabled on the global.
+    Disabled,
 }
 
 impl PeerRefusal {
@@ -48,7 +50,35 @@ impl PeerRefusal {
         match self {
             PeerRefusal::NotAZone => "untrusted_zone",
             PeerRefusal::Revoked => "revoked_zone",
+            PeerRefusal::Disabled => "disabled_zone",
         }
+    }
+}
+
+/// Which addresses the gateway may forward to and accept from, whatever a configuration says.
+#[derive(Debug, Clone, Default)]
+pub struct AddressPolicy {
+    /// Loopback endpoints and egress clients are allowed (a whole mesh on one host: the demo,
+    /// tests on loopback). Off, an endpoint on loopback (or unspecified) is dropped.
+    pub allow_loopback: bool,
+    /// Endpoints never forwarded to: the zone control plane's own addresses.
+    pub forbidden: Vec<SocketAddr>,
+}
+
+impl AddressPolicy {
+    /// Why the ingress must not forward to `endpoint`, if it must not.
+    fn refuses(&self, endpoint: &SocketAddr) -> Option<&'static str> {
+        let ip = endpoint.ip();
+        if ip.is_unspecified() || ip.is_multicast() {
+            return Some("not a unicast address");
+        }
+        if ip.is_loopback() && !self.allow_loopback {
+            return Some("a loopback address (the gateway's own host)");
+        }
+        if self.forbidden.contains(endpoint) {
+            return Some("the zone control plane's address");
+        }
+        None
     }
 }
 
@@ -61,6 +91,10 @@ pub struct Routes {
     ingress: HashMap<String, Vec<SocketAddr>>,
     hosting: HashMap<String, Vec<String>>,
     revoked: BTreeSet<String>,
+    disabled: BTreeSet<String>,
+    /// The addresses of this zone's sidecars: the only clients the egress serves.
+    sidecars: std::collections::HashSet<std::net::IpAddr>,
+    allow_loopback: bool,
     /// The zone identity's TLS configs; `None` until the identity has arrived.
     pub tls: Option<Arc<TlsIdentity>>,
 }
@@ -68,22 +102,32 @@ pub struct Routes {
 impl Routes {
     /// Builds the state of `config`. Building the TLS configs costs CPU: call from
     /// `spawn_blocking`. An identity that does not verify under the system trust is an error.
-    pub fn build(config: &GatewayConfig) -> Result<Routes, String> {
+    pub fn build(config: &GatewayConfig, policy: &AddressPolicy) -> Result<Routes, String> {
         let parse = |list: &[String], what: &str| -> Vec<SocketAddr> {
             list.iter().filter_map(|a| a.parse().inspect_err(|_| tracing::warn!(address = a, what, "not ip:port; skipped")).ok()).collect()
         };
+        let mut sidecars = std::collections::HashSet::new();
         let local = config
             .services
             .iter()
             .map(|s| {
-                let service = LocalService { endpoints: parse(&s.endpoints, "endpoint"), next: AtomicUsize::new(0) };
+                let mut endpoints = parse(&s.endpoints, "endpoint");
+                endpoints.retain(|e| match policy.refuses(e) {
+                    Some(why) => {
+                        tracing::warn!(endpoint = %e, service = %s.service, why, "an endpoint this gateway never forwards to; skipped");
+                        false
+                    }
+                    None => true,
+                });
+                sidecars.extend(endpoints.iter().map(|e| e.ip()));
+                let service = LocalService { endpoints, next: AtomicUsize::new(0) };
                 (format!("{}.{}", s.service, s.mesh), service)
             })
             .filter(|(_, s)| !s.endpoints.is_empty())
             .collect();
         let mut hosting: HashMap<String, Vec<String>> = HashMap::new();
         let mut ingress = HashMap::new();
-        for z in &config.zones {
+        for z in config.zones.iter().filter(|z| !config.trust.disabled_zones.contains(&z.zone)) {
             let addresses = parse(&z.ingress_addresses, "ingress address");
             if addresses.is_empty() {
                 continue;
@@ -106,7 +150,17 @@ impl Routes {
                 Some(Arc::new(tls))
             }
         };
-        Ok(Routes { zone: config.zone.clone(), local, ingress, hosting, revoked: config.trust.revoked.clone(), tls })
+        Ok(Routes {
+            zone: config.zone.clone(),
+            local,
+            ingress,
+            hosting,
+            revoked: config.trust.revoked.clone(),
+            disabled: config.trust.disabled_zones.clone(),
+            sidecars,
+            allow_loopback: policy.allow_loopback,
+            tls,
+        })
     }
 
     /// This zone's service `<service>.<mesh>`.
@@ -137,13 +191,65 @@ impl Routes {
         }
         let id = strait_proxy_core::tls::spiffe_id_of(leaf).map_err(|_| PeerRefusal::NotAZone)?;
         match id.path().strip_prefix("zone/") {
+            Some(zone) if self.disabled.contains(zone) => Err(PeerRefusal::Disabled),
             Some(zone) if id.trust_domain() == strait_pki::SYSTEM_TRUST_DOMAIN && !zone.is_empty() => Ok(zone.to_string()),
             _ => Err(PeerRefusal::NotAZone),
         }
     }
 
-    /// Whether a certificate fingerprint is revoked.
-    pub fn is_revoked(&self, leaf: &CertificateDer<'_>) -> bool {
-        self.revoked.contains(&fingerprint_der(leaf))
+    /// Whether a connection from `client` may use the egress: only this zone's sidecars may.
+    pub fn is_sidecar(&self, client: std::net::IpAddr) -> bool {
+        let client = client.to_canonical();
+        self.sidecars.contains(&client) || (self.allow_loopback && client.is_loopback())
+    }
+
+    /// Whether `zone` is disabled on the global.
+    pub fn is_disabled(&self, zone: &str) -> bool {
+        self.disabled.contains(zone)
+    }
+
+    /// Why a peer already connected must now be cut: its identity was revoked, or its zone
+    /// disabled.
+    pub fn refusal(&self, leaf: &CertificateDer<'static>) -> Option<PeerRefusal> {
+        match self.check_peer(Some(std::slice::from_ref(leaf))) {
+            Err(r @ (PeerRefusal::Revoked | PeerRefusal::Disabled)) => Some(r),
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    fn config(endpoints: &[&str]) -> GatewayConfig {
+        GatewayConfig {
+            zone: "zone-1".into(),
+            services: vec![strait_api::gateway_config::LocalService {
+                mesh: "default".into(),
+                service: "db".into(),
+                endpoints: endpoints.iter().map(|e| e.to_string()).collect(),
+            }],
+            zones: Vec::new(),
+            identity: None,
+            trust: Default::default(),
+        }
+    }
+
+    #[test]
+    fn the_ingress_never_forwards_to_loopback_or_the_control_plane_and_the_egress_serves_only_sidecars() {
+        let cp: SocketAddr = "10.0.0.1:7678".parse().unwrap();
+        let policy = AddressPolicy { allow_loopback: false, forbidden: vec![cp] };
+        let routes = Routes::build(&config(&["10.0.0.5:8080", "127.0.0.1:8080", "0.0.0.0:8080", "10.0.0.1:7678"]), &policy).unwrap();
+        let endpoints: Vec<SocketAddr> = routes.local("db.default").unwrap().endpoints().collect();
+        assert_eq!(endpoints, ["10.0.0.5:8080".parse::<SocketAddr>().unwrap()]);
+        assert!(routes.is_sidecar("10.0.0.5".parse().unwrap()));
+        assert!(!routes.is_sidecar("10.0.0.9".parse().unwrap()), "an address no sidecar registered");
+        assert!(!routes.is_sidecar("127.0.0.1".parse().unwrap()));
+        assert!(routes.is_sidecar("::ffff:10.0.0.5".parse().unwrap()), "IPv4-mapped addresses are the same");
+
+        let single_host = AddressPolicy { allow_loopback: true, forbidden: vec![cp] };
+        let routes = Routes::build(&config(&["127.0.0.1:8080"]), &single_host).unwrap();
+        assert_eq!(routes.local("db.default").unwrap().endpoints().count(), 1);
+        assert!(routes.is_sidecar("127.0.0.1".parse().unwrap()));
     }
 }

@@ -59,6 +59,9 @@ pub enum StartError {
     /// The sync endpoint's TLS identity is unusable.
     #[error("sync endpoint TLS: {0}")]
     Tls(String),
+    /// The REST API's TLS could not be set up.
+    #[error("REST API TLS: {0}")]
+    ApiTls(String),
     /// The API address could not be bound.
     #[error("binding the REST API to {addr}: {source}")]
     Bind {
@@ -79,6 +82,11 @@ pub struct GlobalCp {
     pub ca_bundle: String,
     /// The admin token file.
     pub token_file: PathBuf,
+    /// The CA that verifies the REST API's certificate (`api-ca.pem` next to the admin token),
+    /// when the API serves HTTPS with a certificate of the system CA.
+    pub api_ca_file: Option<PathBuf>,
+    /// Whether the REST API serves HTTPS.
+    pub api_tls: bool,
     shutdown: CancellationToken,
     server: JoinHandle<strait_cp_core::rest::serve::Served>,
     tasks: TaskTracker,
@@ -160,6 +168,7 @@ impl GlobalCp {
             .await
             .map_err(StartError::Tls)?;
         let tls = strait_cp_core::tls::server_config(kds_cert, &tasks, shutdown.clone()).map_err(|e| StartError::Tls(e.to_string()))?;
+        let (api_tls, api_ca_file) = api_tls(&config, &secrets, &certs, &token_file, &tasks, &shutdown).await?;
         let service = KdsService::new(shared.clone(), Arc::new(zones), tasks.clone());
         let kds = tonic::transport::Server::builder().http2_keepalive_interval(Some(config.kds_heartbeat_interval)).add_service(
             ZoneSyncServer::new(service)
@@ -182,10 +191,21 @@ impl GlobalCp {
             router,
             shutdown.clone(),
             config.shutdown_timeout,
-            strait_cp_core::rest::serve::ServeOptions { header_read_timeout: config.api_header_read_timeout },
+            strait_cp_core::rest::serve::ServeOptions { header_read_timeout: config.api_header_read_timeout, tls: api_tls.clone() },
         ));
         stop_on_failure.disarm();
-        Ok(GlobalCp { api_addr, kds_addr, ca_bundle: secrets.system_ca_pem.clone(), token_file, shutdown, server, tasks, store })
+        Ok(GlobalCp {
+            api_addr,
+            kds_addr,
+            ca_bundle: secrets.system_ca_pem.clone(),
+            token_file,
+            api_ca_file,
+            api_tls: api_tls.is_some(),
+            shutdown,
+            server,
+            tasks,
+            store,
+        })
     }
 
     /// The store (for tests and tools that load data in bulk).
@@ -215,4 +235,42 @@ async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, StartError> {
 
 fn local(listener: &tokio::net::TcpListener, addr: SocketAddr) -> Result<SocketAddr, StartError> {
     listener.local_addr().map_err(|source| StartError::Bind { addr, source })
+}
+
+/// The REST API's TLS: none with --api-plaintext; the operator's certificate when given; else a
+/// certificate of the system CA that renews itself, with the CA written to `api-ca.pem` next to
+/// the admin token for straitctl and curl to verify it.
+async fn api_tls(
+    config: &Config,
+    secrets: &crate::secrets::Secrets,
+    certs: &CertManager,
+    token_file: &std::path::Path,
+    tasks: &TaskTracker,
+    shutdown: &CancellationToken,
+) -> Result<(Option<Arc<rustls::ServerConfig>>, Option<PathBuf>), StartError> {
+    if config.api_plaintext {
+        tracing::warn!(address = %config.api_address, "the REST API serves plain HTTP (--api-plaintext): tokens cross the network in the clear");
+        return Ok((None, None));
+    }
+    if let (Some(cert), Some(key)) = (&config.api_tls_cert_file, &config.api_tls_key_file) {
+        let read = |flag: &str, path: &PathBuf| {
+            std::fs::read_to_string(path).map_err(|e| StartError::ApiTls(format!("{flag} {}: {e}", path.display())))
+        };
+        let tls = strait_cp_core::tls::fixed_server_config(&read("--api-tls-cert-file", cert)?, &read("--api-tls-key-file", key)?)
+            .map_err(|e| StartError::ApiTls(format!("--api-tls-cert-file {}: {e}", cert.display())))?;
+        tracing::info!(cert = %cert.display(), "the REST API serves HTTPS with the operator's certificate");
+        return Ok((Some(tls), None));
+    }
+    let issuer = strait_cp_core::tls::LocalServerIssuer {
+        name: "REST API server",
+        ca: secrets.system_ca.clone(),
+        dns_names: config.api_tls_names(),
+        lifetime: config.kds_certificate_lifetime,
+    };
+    let current = certs.manage_now(issuer).await.map_err(StartError::ApiTls)?;
+    let tls = strait_cp_core::tls::server_config(current, tasks, shutdown.clone()).map_err(|e| StartError::ApiTls(e.to_string()))?;
+    let ca_file = token_file.parent().unwrap_or(std::path::Path::new(".")).join("api-ca.pem");
+    std::fs::write(&ca_file, &secrets.system_ca_pem).map_err(|e| StartError::ApiTls(format!("writing {}: {e}", ca_file.display())))?;
+    tracing::info!(ca_file = %ca_file.display(), names = ?config.api_tls_names(), "the REST API serves HTTPS; clients verify it with the CA in ca_file");
+    Ok((Some(tls), Some(ca_file)))
 }

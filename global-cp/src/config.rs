@@ -19,6 +19,31 @@ pub struct Config {
     #[arg(long, env = "STRAIT_API_ADDRESS", default_value = "0.0.0.0:7680")]
     pub api_address: SocketAddr,
 
+    /// Serve the REST API as plain HTTP instead of HTTPS. Tokens then cross the network in the
+    /// clear, so this is refused on any address but loopback unless
+    /// --api-plaintext-allow-remote is given too.
+    #[arg(long, env = "STRAIT_API_PLAINTEXT")]
+    pub api_plaintext: bool,
+
+    /// With --api-plaintext, allow a non-loopback API address (behind a TLS proxy you run, say).
+    #[arg(long, env = "STRAIT_API_PLAINTEXT_ALLOW_REMOTE", requires = "api_plaintext")]
+    pub api_plaintext_allow_remote: bool,
+
+    /// Extra DNS names or IP addresses for the REST API's certificate. It always carries
+    /// "strait-global", "localhost", 127.0.0.1, ::1 and the --api-address IP when it is not
+    /// 0.0.0.0; add the names and addresses clients use to reach the API.
+    #[arg(long = "api-tls-name", env = "STRAIT_API_TLS_NAMES", value_delimiter = ',')]
+    pub api_tls_names: Vec<String>,
+
+    /// Serve the REST API with this certificate chain (PEM) instead of one from the system CA;
+    /// needs --api-tls-key-file.
+    #[arg(long, env = "STRAIT_API_TLS_CERT_FILE", requires = "api_tls_key_file")]
+    pub api_tls_cert_file: Option<PathBuf>,
+
+    /// The private key (PEM) of --api-tls-cert-file.
+    #[arg(long, env = "STRAIT_API_TLS_KEY_FILE", requires = "api_tls_cert_file")]
+    pub api_tls_key_file: Option<PathBuf>,
+
     /// Address of zone sync (KDS, gRPC over TLS).
     #[arg(long, env = "STRAIT_KDS_ADDRESS", default_value = "0.0.0.0:7685")]
     pub kds_address: SocketAddr,
@@ -102,6 +127,12 @@ impl Config {
     pub fn for_dir(data_dir: PathBuf, addr: SocketAddr) -> Self {
         Config {
             api_address: addr,
+            // Tests and embedders reach the API on loopback.
+            api_plaintext: true,
+            api_plaintext_allow_remote: false,
+            api_tls_names: Vec::new(),
+            api_tls_cert_file: None,
+            api_tls_key_file: None,
             kds_address: SocketAddr::new(addr.ip(), 0),
             kds_tls_names: Vec::new(),
             kds_heartbeat_interval: Duration::from_secs(5),
@@ -140,6 +171,15 @@ impl Config {
                 problems.push(format!("{flag} {}: must be at least 2s", strait_api::Duration(value)));
             }
         }
+        if self.api_plaintext && !self.api_plaintext_allow_remote && !self.api_address.ip().is_loopback() {
+            problems.push(format!(
+                "--api-plaintext: the API would serve tokens in the clear on {}; serve it on a loopback address, drop --api-plaintext (HTTPS is the default), or add --api-plaintext-allow-remote",
+                self.api_address
+            ));
+        }
+        if self.api_plaintext && self.api_tls_cert_file.is_some() {
+            problems.push("--api-tls-cert-file: has no use with --api-plaintext".into());
+        }
         if self.resolved_data_dir().is_none() {
             problems.push("--data-dir: not set and no HOME to derive a default from".into());
         }
@@ -162,6 +202,20 @@ impl Config {
             return Some(PathBuf::from("/var/lib/strait/global"));
         }
         self.home.as_ref().map(|h| h.join(".local/share/strait/global"))
+    }
+
+    /// Names (and addresses) the REST API's own certificate carries.
+    pub fn api_tls_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = ["strait-global", "localhost", "127.0.0.1", "::1"].iter().map(|s| s.to_string()).collect();
+        if !self.api_address.ip().is_unspecified() {
+            names.push(self.api_address.ip().to_string());
+        }
+        for name in &self.api_tls_names {
+            if !names.contains(name) {
+                names.push(name.clone());
+            }
+        }
+        names
     }
 
     /// The admin token file, explicit or `<data-dir>/admin-token`.
@@ -188,6 +242,23 @@ mod tests {
         assert_eq!(problems.len(), 2, "{problems:?}");
         assert!(problems[0].starts_with("--max-body-bytes 10"));
         assert!(problems[1].starts_with("--log-level"));
+    }
+
+    #[test]
+    fn plain_http_is_loopback_only_unless_allowed() {
+        let parse = |extra: &[&str]| {
+            let mut args = vec!["strait-global", "--data-dir", "/tmp/x"];
+            args.extend_from_slice(extra);
+            Config::try_parse_from(args).unwrap()
+        };
+        assert!(!parse(&[]).api_plaintext, "HTTPS is the default");
+        let remote = parse(&["--api-plaintext"]).validate().unwrap_err();
+        assert!(remote[0].starts_with("--api-plaintext") && remote[0].contains("0.0.0.0:7680"), "{remote:?}");
+        assert!(parse(&["--api-plaintext", "--api-address", "127.0.0.1:7680"]).validate().is_ok());
+        assert!(parse(&["--api-plaintext", "--api-plaintext-allow-remote"]).validate().is_ok());
+        assert!(Config::try_parse_from(["strait-global", "--api-plaintext-allow-remote"]).is_err(), "needs --api-plaintext");
+        let names = parse(&["--api-address", "192.0.2.1:7680", "--api-tls-name", "cp.example,10.0.0.1"]).api_tls_names();
+        assert_eq!(names, ["strait-global", "localhost", "127.0.0.1", "::1", "192.0.2.1", "cp.example", "10.0.0.1"]);
     }
 
     #[test]

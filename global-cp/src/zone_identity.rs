@@ -53,6 +53,26 @@ pub async fn issue(store: &dyn Store, ca: &Arc<CertificateAuthority>, zone: &str
     Ok(cert)
 }
 
+/// Adds `zone` to (or removes it from) the disabled zones of the system trust bundle; whether
+/// that changed anything.
+pub async fn set_disabled(store: &dyn Store, zone: &str, disabled: bool) -> Result<bool, StoreError> {
+    for _ in 0..5 {
+        let current = store.get(&trust_key()).await?;
+        let mut trust: SystemTrust = current.as_ref().and_then(|o| serde_json::from_value(o.data.clone()).ok()).unwrap_or_default();
+        let changed = if disabled { trust.disabled_zones.insert(zone.to_string()) } else { trust.disabled_zones.remove(zone) };
+        if !changed {
+            return Ok(false);
+        }
+        let precondition = current.map_or(Precondition::MustNotExist, |o| Precondition::Version(o.version));
+        match store.put(trust_key(), serde_json::to_value(&trust).unwrap_or_default(), precondition).await {
+            Ok(_) => return Ok(true),
+            Err(StoreError::Conflict { .. }) => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(StoreError::Backend("the system trust bundle kept changing while disabling a zone".into()))
+}
+
 /// Adds every identity ever issued to `zone` to the revoked list of the system trust bundle.
 pub async fn revoke(store: &dyn Store, zone: &str) -> Result<usize, CaError> {
     let Some(issued) = store.get(&Key::new(ZONE_IDENTITY_ISSUED, "", zone)).await? else { return Ok(0) };

@@ -169,9 +169,33 @@ impl Zones {
         Ok(existed)
     }
 
+    /// Follows a Zone's `enabled`: a disabled zone's stream is closed, its services leave the
+    /// other zones at once, and every zone's gateways refuse its identity and close their
+    /// tunnels to and from it; enabled again, it may reconnect (its token still holds).
+    pub async fn apply_enabled(&self, zone: &str, enabled: bool) -> Result<(), ServiceError> {
+        let store = self.resources.store();
+        let changed = crate::zone_identity::set_disabled(store.as_ref(), zone, !enabled).await?;
+        if enabled {
+            if changed {
+                tracing::info!(zone, "zone enabled again; it may reconnect");
+            }
+            return Ok(());
+        }
+        self.registry.kick(zone);
+        match store.delete(Key::new(ZONE_INVENTORY, "", zone), Precondition::None).await {
+            Ok(_) | Err(StoreError::NotFound { .. }) => {}
+            Err(e) => return Err(e.into()),
+        }
+        if changed {
+            tracing::warn!(zone, "zone disabled: its stream is closed, its services are withdrawn, every tunnel to and from it is closed");
+        }
+        Ok(())
+    }
+
     /// Removes what the global keeps about a deleted zone: token, inventory, status.
     pub async fn forget(&self, zone: &str) -> Result<(), ServiceError> {
         self.revoke(zone).await?;
+        crate::zone_identity::set_disabled(self.resources.store().as_ref(), zone, false).await?;
         self.registry.remove(zone);
         Ok(())
     }

@@ -1,5 +1,6 @@
-//! The real `strait-global` binary: acknowledged writes survive `kill -9`, SIGTERM drains and
-//! exits cleanly, and bad configuration exits with code 64 naming every bad value.
+//! The real `strait-global` binary, with its default HTTPS API verified with the `api-ca.pem`
+//! it writes: acknowledged writes survive `kill -9`, SIGTERM drains and exits cleanly, and bad
+//! configuration exits with code 64 naming every bad value.
 
 use std::net::TcpListener;
 use std::path::Path;
@@ -28,17 +29,23 @@ fn spawn(dir: &Path, port: u16) -> Global {
         .stderr(log)
         .spawn()
         .unwrap();
-    let base = format!("http://127.0.0.1:{port}");
+    let base = format!("https://127.0.0.1:{port}");
     let g = Global { child, base };
     wait_ready(&g, dir);
     g
 }
 
+/// A client that trusts only the CA the global wrote next to its admin token, once it has.
+fn client(dir: &Path) -> Option<reqwest::blocking::Client> {
+    let pem = std::fs::read(dir.join("api-ca.pem")).ok()?;
+    let ca = reqwest::Certificate::from_pem(&pem).ok()?;
+    reqwest::blocking::Client::builder().tls_built_in_root_certs(false).add_root_certificate(ca).build().ok()
+}
+
 fn wait_ready(g: &Global, dir: &Path) {
-    let client = reqwest::blocking::Client::new();
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        if client.get(format!("{}/readyz", g.base)).send().is_ok_and(|r| r.status().is_success()) {
+        if client(dir).is_some_and(|c| c.get(format!("{}/readyz", g.base)).send().is_ok_and(|r| r.status().is_success())) {
             return;
         }
         assert!(
@@ -59,7 +66,7 @@ fn acknowledged_writes_survive_kill_9() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let mut g = spawn(dir.path(), port);
-    let client = reqwest::blocking::Client::new();
+    let client = client(dir.path()).expect("the API's CA");
     let token = token(dir.path());
     let put = |path: &str, body: Value| {
         let resp = client.put(format!("{}{path}", g.base)).bearer_auth(&token).json(&body).send().unwrap();
@@ -115,7 +122,7 @@ fn sigterm_stops_cleanly_and_logs_as_json_on_request() {
         .stderr(log)
         .spawn()
         .unwrap();
-    let g = Global { child, base: format!("http://127.0.0.1:{port}") };
+    let g = Global { child, base: format!("https://127.0.0.1:{port}") };
     wait_ready(&g, dir.path());
     stop(g);
     let log = std::fs::read_to_string(dir.path().join("global.log")).unwrap();

@@ -185,11 +185,14 @@ impl CertificateAuthority {
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         params.subject_alt_names = dns_names
             .iter()
-            .map(|n| {
-                n.as_str()
+            .map(|n| match n.parse::<std::net::IpAddr>() {
+                // An address is an IP SAN, so clients that connect by address can verify it.
+                Ok(ip) => Ok(SanType::IpAddress(ip)),
+                Err(_) => n
+                    .as_str()
                     .try_into()
                     .map(SanType::DnsName)
-                    .map_err(|e: rcgen::Error| PkiError::BadCsr { reason: format!("DNS name {n:?}: {e}") })
+                    .map_err(|e: rcgen::Error| PkiError::BadCsr { reason: format!("DNS name {n:?}: {e}") }),
             })
             .collect::<Result<_, _>>()?;
         self.sign_csr(csr_pem, params)

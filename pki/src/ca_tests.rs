@@ -238,9 +238,12 @@ fn ca_can_be_shared_across_threads() {
 fn server_certificates_name_dns_hosts_and_come_only_from_the_system_ca() {
     let system = root(SYSTEM_TRUST_DOMAIN);
     let kc = KeyAndCsr::generate("strait-global").expect("csr");
-    let pem = system.sign_server(&kc.csr_pem, &["strait-global".into(), "cp.example".into()], DAY).expect("server cert");
+    let names = ["strait-global".into(), "cp.example".into(), "192.0.2.7".into(), "::1".into()];
+    let pem = system.sign_server(&kc.csr_pem, &names, DAY).expect("server cert");
     let cert = info(&pem);
-    assert_eq!(cert.sans, ["DNS:strait-global", "DNS:cp.example"]);
+    assert_eq!(cert.sans[..2], ["DNS:strait-global", "DNS:cp.example"]);
+    assert_eq!(cert.sans.len(), 4, "addresses are IP SANs: {:?}", cert.sans);
+    assert!(cert.sans[2].starts_with("IP") && cert.sans[2].contains("192.0.2.7"), "{:?}", cert.sans);
     assert_eq!(cert.ca, Some(false));
     assert!(matches!(root("default").sign_server(&kc.csr_pem, &["strait-global".into()], DAY), Err(PkiError::ForeignTrustDomain { .. })));
     assert!(system.sign_server(&kc.csr_pem, &[], DAY).is_err(), "at least one name");

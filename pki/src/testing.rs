@@ -94,6 +94,10 @@ pub fn info(pem: &str) -> CertInfo {
             .map(|name| match name {
                 GeneralName::URI(uri) => format!("URI:{uri}"),
                 GeneralName::DNSName(dns) => format!("DNS:{dns}"),
+                GeneralName::IPAddress(b) => match <[u8; 4]>::try_from(*b) {
+                    Ok(v4) => format!("IP:{}", std::net::Ipv4Addr::from(v4)),
+                    Err(_) => format!("IP:{b:?}"),
+                },
                 other => format!("{other:?}"),
             })
             .collect(),

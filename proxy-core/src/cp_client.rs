@@ -8,6 +8,7 @@
 //! again until cancelled.
 
 use std::future::Future;
+use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
@@ -34,18 +35,41 @@ pub fn classify(status: tonic::Status) -> End {
 }
 
 /// Connects to the control plane at `address` (`https://host:port`) over TLS, verifying its
-/// certificate for `server_name` against `ca_pem`.
-pub async fn connect(address: &str, ca_pem: &str, server_name: &str) -> Result<Channel, String> {
+/// certificate for `server_name` against `ca_pem`. With `source`, the connection leaves from
+/// that address when this host has it (the zone checks that a sidecar registers the address it
+/// connects from); otherwise the system picks, as without.
+pub async fn connect(address: &str, ca_pem: &str, server_name: &str, source: Option<IpAddr>) -> Result<Channel, String> {
     let tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca_pem)).domain_name(server_name);
     let endpoint = Endpoint::from_shared(address.to_string())
         .and_then(|e| e.tls_config(tls))
         .map_err(|e| format!("invalid control plane address {address:?}: {e}"))?
         .connect_timeout(Duration::from_secs(5))
         .http2_keep_alive_interval(Duration::from_secs(10));
-    endpoint
-        .connect()
-        .await
-        .map_err(|e| format!("cannot connect to the zone control plane at {address}: {}", strait_runtime::telemetry::error_chain(&e)))
+    let connected = match source {
+        None => endpoint.connect().await,
+        Some(source) => {
+            endpoint.connect_with_connector(tower::service_fn(move |uri: tonic::transport::Uri| connect_from(uri, source))).await
+        }
+    };
+    connected.map_err(|e| format!("cannot connect to the zone control plane at {address}: {}", strait_runtime::telemetry::error_chain(&e)))
+}
+
+/// A TCP connection to `uri`'s host and port from `source` (if this host has that address).
+async fn connect_from(uri: tonic::transport::Uri, source: IpAddr) -> std::io::Result<hyper_util::rt::TokioIo<tokio::net::TcpStream>> {
+    let host = uri.host().ok_or_else(|| std::io::Error::other("the control plane address has no host"))?;
+    let port = uri.port_u16().unwrap_or(443);
+    let target = tokio::net::lookup_host((host.trim_start_matches('[').trim_end_matches(']'), port))
+        .await?
+        .find(|a| a.is_ipv4() == source.is_ipv4())
+        .ok_or_else(|| std::io::Error::other(format!("{host} has no address of the family of {source}")))?;
+    let socket = if target.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+    if let Err(error) = socket.bind(std::net::SocketAddr::new(source, 0)) {
+        // Not an address of this host (behind NAT, say): the system picks the source.
+        tracing::debug!(%source, %error, "connecting to the control plane from the address the system picks");
+    }
+    let stream = socket.connect(target).await?;
+    stream.set_nodelay(true)?;
+    Ok(hyper_util::rt::TokioIo::new(stream))
 }
 
 /// Runs `session` until `cancel`, again after each end, waiting with exponential back-off

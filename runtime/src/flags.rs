@@ -38,7 +38,7 @@ pub struct CpFlags {
     #[arg(long, env = "STRAIT_CP_ADDRESS")]
     pub cp_address: String,
 
-    /// PEM file of the CA of the zone's DPS endpoint (`<zone data-dir>/dps-ca.pem`).
+    /// PEM file of the CA of the zone's DPS endpoint (a copy of `<zone data-dir>/dps-ca.pem`).
     #[arg(long, env = "STRAIT_CP_CA_FILE")]
     pub cp_ca_file: std::path::PathBuf,
 

@@ -46,9 +46,10 @@ impl ZoneCp {
             .to_string();
         let ca_pem = std::fs::read_to_string(&config.global_ca_file)
             .map_err(|e| anyhow::anyhow!("reading --global-ca-file {}: {e}", config.global_ca_file.display()))?;
-        // The keys (intermediates, identity) are in the store, whose directory is the owner's
-        // only; the data directory itself stays readable, as sidecars of other users read the
-        // public `dps-ca.pem` from it.
+        // It holds the zone's keys (intermediates, identity, the DPS CA) and its admin token:
+        // the owner's only. Sidecars and gateways get a copy of the public `dps-ca.pem`.
+        strait_runtime::files::private_dir(&config.data_dir)
+            .map_err(|e| anyhow::anyhow!("making the data directory {} private: {e}", config.data_dir.display()))?;
         let dir = config.data_dir.join("store");
         let opened = {
             let dir = dir.clone();
@@ -105,6 +106,7 @@ impl ZoneCp {
             connected: Default::default(),
             shutdown: shutdown.clone(),
             metrics: dps_metrics,
+            allowed_addresses: Arc::new(config.allow_dataplane_addresses.clone()),
         };
         // Keepalive pings find sidecars whose host vanished without closing its connection, so
         // their Dataplane is unregistered and a replacement can register.
@@ -157,7 +159,7 @@ impl ZoneCp {
             router,
             shutdown.clone(),
             REST_DRAIN_DEADLINE,
-            strait_cp_core::rest::serve::ServeOptions { header_read_timeout: config.api_header_read_timeout },
+            strait_cp_core::rest::serve::ServeOptions { header_read_timeout: config.api_header_read_timeout, tls: None },
         ));
         tracing::info!(zone = %config.zone, api = %api_addr, dps = %dps_addr, global = %config.global_address, "zone control plane started");
         stop_on_failure.disarm();

@@ -78,6 +78,14 @@ pub struct Config {
     #[serde(with = "humanized")]
     pub kds_max_backoff: Duration,
 
+    /// Dataplane addresses accepted whatever address the sidecar connects from, as addresses or
+    /// CIDR ranges (sidecars behind NAT or a proxy). Any other Dataplane must declare the
+    /// address its connection comes from, so that no workload can point other zones' traffic
+    /// elsewhere.
+    #[arg(long = "allow-dataplane-address", env = "STRAIT_ALLOW_DATAPLANE_ADDRESSES", value_delimiter = ',', value_parser = AddressRange::parse)]
+    #[serde(skip)]
+    pub allow_dataplane_addresses: Vec<AddressRange>,
+
     /// Policy types this zone refuses (NACKs), such as MeshFaultInjection in a production zone.
     #[arg(long, env = "STRAIT_DISABLED_POLICY_TYPES", value_delimiter = ',')]
     pub disabled_policy_types: Vec<String>,
@@ -123,5 +131,66 @@ impl Config {
         } else {
             Err(problems)
         }
+    }
+}
+
+/// An address or a CIDR range, such as `10.1.0.0/16` or `192.0.2.7`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AddressRange {
+    network: std::net::IpAddr,
+    prefix: u8,
+}
+
+impl AddressRange {
+    /// Parses `a.b.c.d`, `a.b.c.d/n` or their IPv6 forms.
+    pub fn parse(text: &str) -> Result<AddressRange, String> {
+        let (ip, prefix) = match text.split_once('/') {
+            Some((ip, prefix)) => (ip, Some(prefix)),
+            None => (text, None),
+        };
+        let network: std::net::IpAddr = ip.parse().map_err(|e| format!("{text:?} is not an address or CIDR range: {e}"))?;
+        let max = if network.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            None => max,
+            Some(p) => {
+                p.parse::<u8>().ok().filter(|p| *p <= max).ok_or_else(|| format!("{text:?}: the prefix length must be 0 to {max}"))?
+            }
+        };
+        Ok(AddressRange { network, prefix })
+    }
+
+    /// Whether `ip` is in the range.
+    pub fn contains(&self, ip: std::net::IpAddr) -> bool {
+        let bits = |ip: std::net::IpAddr| -> (u128, u32) {
+            match ip.to_canonical() {
+                std::net::IpAddr::V4(v4) => (u128::from(u32::from(v4)) << 96, 32),
+                std::net::IpAddr::V6(v6) => (u128::from(v6), 128),
+            }
+        };
+        let ((net, net_len), (addr, addr_len)) = (bits(self.network), bits(ip));
+        if net_len != addr_len {
+            return false;
+        }
+        let mask = if self.prefix == 0 { 0 } else { u128::MAX << (128 - u32::from(self.prefix)) };
+        net & mask == addr & mask
+    }
+}
+
+#[cfg(test)]
+mod address_range_tests {
+    use super::AddressRange;
+
+    #[test]
+    fn ranges_contain_their_addresses_only() {
+        let range = AddressRange::parse("10.1.0.0/16").unwrap();
+        assert!(range.contains("10.1.200.3".parse().unwrap()));
+        assert!(!range.contains("10.2.0.1".parse().unwrap()));
+        assert!(!range.contains("::1".parse().unwrap()));
+        let one = AddressRange::parse("192.0.2.7").unwrap();
+        assert!(one.contains("192.0.2.7".parse().unwrap()) && !one.contains("192.0.2.8".parse().unwrap()));
+        assert!(AddressRange::parse("fd00::/8").unwrap().contains("fd12::1".parse().unwrap()));
+        assert!(AddressRange::parse("0.0.0.0/0").unwrap().contains("203.0.113.1".parse().unwrap()));
+        assert!(AddressRange::parse("10.0.0.0/33").unwrap_err().contains("prefix"));
+        assert!(AddressRange::parse("nope").is_err());
     }
 }

@@ -86,16 +86,10 @@ impl Env {
             .unwrap()
     }
 
-    /// `DELETE /meshes/default/dataplane-tokens?<query>` (revocation).
-    async fn revoke(&self, query: &str) {
-        let r = self
-            .http
-            .delete(format!("{}/meshes/default/dataplane-tokens?{query}", self.base))
-            .bearer_auth(&self.admin)
-            .send()
-            .await
-            .unwrap();
-        assert!(r.status().is_success(), "revoking {query}: {}", r.status());
+    /// `DELETE <path>` (a revocation) with the admin token.
+    async fn revoke(&self, path: &str) {
+        let r = self.http.delete(format!("{}{path}", self.base)).bearer_auth(&self.admin).send().await.unwrap();
+        assert!(r.status().is_success(), "revoking {path}: {}", r.status());
     }
 
     async fn put(&self, path: &str, body: Value) {
@@ -432,7 +426,7 @@ async fn revoked_and_expired_dataplane_tokens_end_their_streams_and_are_refused(
     let other_web = env.token("web").await;
     let mut sidecar = connect(&env, &web_token, dataplane("web-1", "web", 8080)).await.expect("registers");
     let _ = sidecar.config().await;
-    env.revoke(&format!("id={web_id}")).await;
+    env.revoke(&format!("/meshes/default/dataplane-tokens/{web_id}")).await;
     let ended = end_of(&mut sidecar, Duration::from_secs(20)).await;
     assert_eq!(ended.code(), tonic::Code::Unauthenticated, "{ended:?}");
     assert!(ended.message().contains(&web_id), "names the revoked token: {ended:?}");
@@ -445,7 +439,7 @@ async fn revoked_and_expired_dataplane_tokens_end_their_streams_and_are_refused(
     let api_token = env.token("api").await;
     let mut api = connect(&env, &api_token, dataplane("api-1", "api", 9090)).await.expect("registers");
     let _ = api.config().await;
-    env.revoke("service=api").await;
+    env.revoke("/meshes/default/services/api/dataplane-tokens").await;
     let ended = end_of(&mut api, Duration::from_secs(20)).await;
     assert!(ended.message().contains("\"api\"") && ended.message().contains("revoked"), "{ended:?}");
     let fresh = env.token("api").await;
@@ -461,8 +455,7 @@ async fn revoked_and_expired_dataplane_tokens_end_their_streams_and_are_refused(
     assert!(ended.message().contains("expired"), "{ended:?}");
 
     // Bad revocations name the field.
-    let bad =
-        env.http.delete(format!("{}/meshes/default/dataplane-tokens?id=nope", env.base)).bearer_auth(&env.admin).send().await.unwrap();
+    let bad = env.http.delete(format!("{}/meshes/default/dataplane-tokens/nope", env.base)).bearer_auth(&env.admin).send().await.unwrap();
     assert_eq!(bad.status(), reqwest::StatusCode::BAD_REQUEST);
     assert!(bad.text().await.unwrap().contains("\"id\""));
     env.zone.shutdown();
@@ -494,6 +487,19 @@ async fn a_dataplane_name_belongs_to_the_service_that_registered_it() {
         }
     };
     let _ = registered.expect("api-1 registers again").config().await;
+    env.zone.shutdown();
+    env.global.shutdown();
+}
+
+/// The zone's data directory holds its keys and admin token: its owner's only, whatever the
+/// umask (sidecars and gateways get a copy of the public `dps-ca.pem`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_zone_data_directory_is_owner_only() {
+    use std::os::unix::fs::PermissionsExt;
+    let env = env().await;
+    let data = env._dir.path().join("zone-1/data");
+    assert_eq!(std::fs::metadata(&data).unwrap().permissions().mode() & 0o777, 0o700);
+    assert!(std::fs::read_to_string(data.join("dps-ca.pem")).unwrap().contains("CERTIFICATE"));
     env.zone.shutdown();
     env.global.shutdown();
 }

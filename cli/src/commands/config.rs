@@ -21,8 +21,8 @@ pub fn run(cmd: &ConfigCommand, ctx: &Context) -> anyhow::Result<()> {
 
 fn set(ctx: &Context) -> anyhow::Result<()> {
     let typed = ctx.sources;
-    if !(typed.server || typed.token || typed.token_file) {
-        usage_error("config set needs --server, --token or --token-file").exit();
+    if !(typed.server || typed.token || typed.token_file || typed.ca_file) {
+        usage_error("config set needs --server, --token, --token-file or --ca-file").exit();
     }
     if typed.token && typed.token_file {
         usage_error("config set takes --token or --token-file, not both").exit();
@@ -54,6 +54,13 @@ fn update(file: &mut ConfigFile, ctx: &Context) -> anyhow::Result<()> {
         file.token_file = Some(absolute);
         file.token = None;
     }
+    if let Some(ca_file) = flags.ca_file.as_deref().filter(|_| typed.ca_file) {
+        let absolute = std::path::absolute(ca_file)?;
+        if !absolute.is_file() {
+            eprintln!("warning: CA file {} does not exist (yet)", absolute.display());
+        }
+        file.ca_file = Some(absolute);
+    }
     Ok(())
 }
 
@@ -66,8 +73,13 @@ fn view(ctx: &Context) -> anyhow::Result<()> {
         Some(TokenSource::Literal { token, origin }) => format!("{} (from {origin})", config::mask(token)),
         Some(TokenSource::File(path)) => format!("read from {}", path.display()),
     };
+    let ca = match &settings.ca_file {
+        Some(path) => format!("{}", path.display()),
+        None if settings.server.starts_with("https://") => "none (HTTPS needs one: --ca-file)".into(),
+        None => "none (plain HTTP)".into(),
+    };
     print(&format!(
-        "# {shown}\n{}# in effect: server {} (from {})\n# in effect: token {token}\n",
+        "# {shown}\n{}# in effect: server {} (from {})\n# in effect: token {token}\n# in effect: CA {ca}\n",
         file.masked_yaml(),
         settings.server,
         settings.server_origin

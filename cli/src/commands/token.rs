@@ -45,16 +45,18 @@ async fn issue(args: &DataplaneTokenArgs, ctx: &Context) -> anyhow::Result<()> {
 }
 
 async fn revoke(args: &RevokeTokenArgs, ctx: &Context) -> anyhow::Result<()> {
-    let query = match (&args.id, &args.service, &args.file) {
-        (Some(id), _, _) => format!("id={id}"),
-        (_, Some(service), _) => format!("service={service}"),
+    let mesh = &args.mesh;
+    let path = match (&args.id, &args.service, &args.file) {
+        (Some(id), _, _) => format!("/meshes/{mesh}/dataplane-tokens/{id}"),
+        (_, Some(service), _) => format!("/meshes/{mesh}/services/{service}/dataplane-tokens"),
         (_, _, Some(file)) => {
             let token = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
-            format!("id={}", token_id(token.trim()).with_context(|| format!("{} does not hold a Strait token", file.display()))?)
+            let id = token_id(token.trim()).with_context(|| format!("{} does not hold a Strait token", file.display()))?;
+            format!("/meshes/{mesh}/dataplane-tokens/{id}")
         }
         _ => anyhow::bail!("give --id, --service or --file"),
     };
-    let answer = ctx.client()?.delete(&format!("/meshes/{}/dataplane-tokens?{query}", args.mesh)).await?;
+    let answer = ctx.client()?.delete(&path).await?;
     let what = match (answer.get("id").and_then(Value::as_str), answer.get("service").and_then(Value::as_str)) {
         (Some(id), _) => format!("dataplane token {id}"),
         (_, Some(service)) => format!("every dataplane token of service {service} issued up to now"),

@@ -56,7 +56,7 @@ async fn register(args: &ZoneRegisterArgs, ctx: &Context) -> anyhow::Result<()> 
         Some(dir) => {
             write_files(dir, &token, &proxy_token, &ca)?;
             print(&format!(
-                "zone/{name} registered; wrote {dir}/zone-token, {dir}/zone-proxy-token and {dir}/global-ca.pem\nStart the zone with:\n  strait-zone --zone {name} --global-address {global_address} --zone-token-file {dir}/zone-token --global-ca-file {dir}/global-ca.pem\nStart its gateways with (copy only zone-proxy-token to a gateway host, never zone-token):\n  strait-gateway --zone-proxy-token-file {dir}/zone-proxy-token --cp-address https://<zone control plane>:7678 --cp-ca-file <zone data dir>/dps-ca.pem\n",
+                "zone/{name} registered; wrote {dir}/zone-token, {dir}/zone-proxy-token and {dir}/global-ca.pem\nStart the zone with:\n  strait-zone --zone {name} --global-address {global_address} --zone-token-file {dir}/zone-token --global-ca-file {dir}/global-ca.pem\nStart its gateways with (copy only zone-proxy-token to a gateway host, never zone-token):\n  strait-gateway --zone-proxy-token-file {dir}/zone-proxy-token --cp-address https://<zone control plane>:7678 --cp-ca-file <a copy of the zone data dir's dps-ca.pem>\n",
                 name = args.name,
                 dir = dir.display()
             ))?;

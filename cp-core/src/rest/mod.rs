@@ -5,4 +5,5 @@
 
 pub mod body;
 pub mod errors;
+pub mod extract;
 pub mod serve;

@@ -8,6 +8,7 @@
 //! Out: how the server ended ([`Served`]), logged here so every control plane says the same at
 //! 3 a.m.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -30,17 +31,23 @@ pub enum Served {
 }
 
 /// How connections are served.
-#[derive(Debug, Clone, Copy)]
+#[derive(Clone, Default)]
 pub struct ServeOptions {
-    /// A connection that does not send a whole request head within this long is closed.
+    /// A connection that does not send a whole request head (after its TLS handshake, which
+    /// gets as long) within this long is closed; zero means the default.
     pub header_read_timeout: Duration,
+    /// Serve HTTPS with this configuration (HTTP/2 and HTTP/1.1 by ALPN); `None`: plain HTTP.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
-impl Default for ServeOptions {
-    fn default() -> Self {
-        ServeOptions { header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT }
+impl std::fmt::Debug for ServeOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServeOptions").field("header_read_timeout", &self.header_read_timeout).field("tls", &self.tls.is_some()).finish()
     }
 }
+
+/// What a plain-HTTP client gets from an HTTPS port, so that the mistake names its fix.
+const PLAIN_HTTP_TO_TLS: &[u8] = b"HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain\r\nconnection: close\r\ncontent-length: 58\r\n\r\nthis port speaks HTTPS: use an https:// URL for this server\n";
 
 /// Serves `router` on `listener` until `shutdown`, then drains for up to `deadline`.
 ///
@@ -53,9 +60,15 @@ pub async fn serve(
     deadline: Duration,
     options: ServeOptions,
 ) -> Served {
+    let header_read_timeout = if options.header_read_timeout.is_zero() { DEFAULT_HEADER_READ_TIMEOUT } else { options.header_read_timeout };
     let mut builder = Builder::new(TokioExecutor::new());
-    builder.http1().timer(TokioTimer::new()).header_read_timeout(options.header_read_timeout);
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(header_read_timeout);
     builder.http2().timer(TokioTimer::new());
+    let acceptor = options.tls.map(|config| {
+        let mut config = (*config).clone();
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        tokio_rustls::TlsAcceptor::from(Arc::new(config))
+    });
     let graceful = GracefulShutdown::new();
     loop {
         let accepted = tokio::select! {
@@ -71,10 +84,17 @@ pub async fn serve(
                 continue;
             }
         };
-        let connection = builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(router.clone())).into_owned();
-        let connection = graceful.watch(connection);
+        let (builder, router, watcher, acceptor) = (builder.clone(), router.clone(), graceful.watcher(), acceptor.clone());
         tokio::spawn(async move {
-            if let Err(error) = connection.await {
+            let service = TowerToHyperService::new(router);
+            let served = match acceptor {
+                None => watcher.watch(builder.serve_connection(TokioIo::new(stream), service).into_owned()).await,
+                Some(acceptor) => {
+                    let Some(tls) = handshake(&acceptor, stream, peer, header_read_timeout).await else { return };
+                    watcher.watch(builder.serve_connection(TokioIo::new(tls), service).into_owned()).await
+                }
+            };
+            if let Err(error) = served {
                 tracing::debug!(%peer, %error, "REST connection ended with an error");
             }
         });
@@ -89,6 +109,44 @@ pub async fn serve(
         Err(_) => {
             tracing::warn!("drain deadline passed; no longer waiting for the requests still open");
             Served::Cut
+        }
+    }
+}
+
+/// The TLS handshake of one connection, within `timeout`; a client that speaks plain HTTP is
+/// told to use https:// instead.
+async fn handshake(
+    acceptor: &tokio_rustls::TlsAcceptor,
+    mut stream: tokio::net::TcpStream,
+    peer: std::net::SocketAddr,
+    timeout: Duration,
+) -> Option<tokio_rustls::server::TlsStream<tokio::net::TcpStream>> {
+    use tokio::io::AsyncWriteExt;
+    let mut first = [0u8; 1];
+    match tokio::time::timeout(timeout, stream.peek(&mut first)).await {
+        Ok(Ok(1)) if first[0] != 0x16 => {
+            // Not a TLS handshake record: most likely http:// against this HTTPS port.
+            let _ = stream.write_all(PLAIN_HTTP_TO_TLS).await;
+            let _ = stream.shutdown().await;
+            // Read what the client sent, so closing does not reset the connection before it
+            // reads the answer.
+            let mut sink = [0u8; 4096];
+            let _ = tokio::time::timeout(Duration::from_secs(1), tokio::io::AsyncReadExt::read(&mut stream, &mut sink)).await;
+            tracing::debug!(%peer, "plain HTTP on the HTTPS port; told the client to use https://");
+            return None;
+        }
+        Ok(Ok(_)) => {}
+        _ => return None,
+    }
+    match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
+        Ok(Ok(tls)) => Some(tls),
+        Ok(Err(error)) => {
+            tracing::debug!(%peer, %error, "REST TLS handshake failed");
+            None
+        }
+        Err(_) => {
+            tracing::debug!(%peer, "REST TLS handshake timed out");
+            None
         }
     }
 }
@@ -148,7 +206,7 @@ mod tests {
         let l = listener().await;
         let addr = l.local_addr().unwrap();
         let shutdown = CancellationToken::new();
-        let options = ServeOptions { header_read_timeout: Duration::from_millis(300) };
+        let options = ServeOptions { header_read_timeout: Duration::from_millis(300), tls: None };
         let router = axum::Router::new().route("/", get(|| async { "ok" }));
         tokio::spawn(serve(l, router.clone(), shutdown.clone(), Duration::from_secs(1), options));
         let mut slow = tokio::net::TcpStream::connect(addr).await.unwrap();
@@ -172,6 +230,48 @@ mod tests {
         let mut answer = String::new();
         ok.read_to_string(&mut answer).await.unwrap();
         assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        shutdown.cancel();
+    }
+
+    /// HTTPS: a TLS client is served; a plain-HTTP client is told to use https:// and closed.
+    #[tokio::test]
+    async fn https_serves_tls_clients_and_tells_plain_clients_to_use_https() {
+        use tokio::io::AsyncReadExt;
+        let ca = strait_pki::CertificateAuthority::new_root(strait_pki::SYSTEM_TRUST_DOMAIN, "test CA", Duration::from_secs(3600)).unwrap();
+        let kc = strait_pki::KeyAndCsr::generate("strait-global").unwrap();
+        let chain = ca.sign_server(&kc.csr_pem, &["strait-global".into(), "127.0.0.1".into()], Duration::from_secs(600)).unwrap();
+        let tls = crate::tls::fixed_server_config(&chain, &kc.key_pem).unwrap();
+        let l = listener().await;
+        let addr = l.local_addr().unwrap();
+        let shutdown = CancellationToken::new();
+        let router = axum::Router::new().route("/", get(|| async { "secret" }));
+        let options = ServeOptions { tls: Some(tls), ..Default::default() };
+        tokio::spawn(serve(l, router, shutdown.clone(), Duration::from_secs(1), options));
+
+        let mut plain = tokio::net::TcpStream::connect(addr).await.unwrap();
+        plain.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n").await.unwrap();
+        let mut answer = String::new();
+        plain.read_to_string(&mut answer).await.unwrap();
+        assert!(answer.starts_with("HTTP/1.1 400") && answer.contains("https://"), "{answer}");
+        assert!(!answer.contains("secret"));
+
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in rustls_pemfile::certs(&mut ca.cert_pem().as_bytes()) {
+            roots.add(cert.unwrap()).unwrap();
+        }
+        let client = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(client));
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let name = rustls::pki_types::ServerName::try_from("strait-global").unwrap();
+        let mut tls = connector.connect(name, tcp).await.expect("the handshake verifies under the CA");
+        tls.write_all(b"GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").await.unwrap();
+        let mut answer = String::new();
+        let _ = tls.read_to_string(&mut answer).await;
+        assert!(answer.starts_with("HTTP/1.1 200") && answer.ends_with("secret"), "{answer}");
         shutdown.cancel();
     }
 }

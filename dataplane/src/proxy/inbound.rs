@@ -1,12 +1,15 @@
 //! Inbound: the listener of an inbound port. mTLS from other sidecars, the caller's SPIFFE
 //! ID checked by [`super::authorization`], then the bytes (TCP) or the requests (HTTP, see
-//! [`super::http::inbound`]) forwarded to the application.
+//! [`super::http::inbound`]) forwarded to the application. The transparent inbound port
+//! ([`super::redirected::serve_inbound`]) hands each connection to the same handler, chosen
+//! by the connection's original destination port.
 //!
 //! In: a bound inbound listener (see [`super::listeners`]) and the shared [`DataPath`]. Out:
 //! an accept loop, owned by the data path's task tracker, that serves the port until drained.
 
 use std::sync::Arc;
 
+use strait_pki::Identity;
 use strait_proxy_core::tunnel::inbound;
 use tokio::net::TcpListener;
 use tracing::Instrument;
@@ -16,13 +19,19 @@ use super::data_path::DataPath;
 use super::destinations::Protocol;
 use super::listeners::Inbound;
 
-/// Serves the inbound `listener` until drained.
-pub fn serve(listener: TcpListener, config: Inbound, path: &Arc<DataPath>) {
-    let Inbound { port, service, protocol, forward_to } = config;
+/// The authorization check of one inbound port.
+pub type Authorize = Box<dyn Fn(&Identity) -> bool + Send + Sync>;
+
+/// What serves the connections of one inbound.
+pub type Handler = inbound::Handler<Authorize>;
+
+/// The handler of inbound `config`, and the span its lines go to.
+pub fn handler(config: &Inbound, path: &Arc<DataPath>) -> (Arc<Handler>, tracing::Span) {
+    let Inbound { port, service, protocol, forward_to } = config.clone();
     // The parent of every connection's span: each line of the port names its service.
     let span = tracing::info_span!("inbound", %service, port);
     span.in_scope(|| tracing::info!(app = %forward_to, ?protocol, "inbound accepting"));
-    let authorize = authorization::for_port(path.state.clone(), port);
+    let authorize: Authorize = Box::new(authorization::for_port(path.state.clone(), port));
     let mut inbound_config = inbound::InboundConfig::new(forward_to);
     // HTTP/1.1 callers over a TCP tunnel get a 403 that says why; TCP callers see the
     // connection closed. HTTP/2 sessions between sidecars are authorised per request.
@@ -30,6 +39,11 @@ pub fn serve(listener: TcpListener, config: Inbound, path: &Arc<DataPath>) {
     if protocol.is_http() {
         inbound_config.h2 = Some(super::http::inbound::handler(path.clone(), port, service, forward_to, protocol));
     }
-    let (identities, metrics, drain) = (path.identities.clone(), path.metrics.inbound.clone(), path.drain.clone());
-    path.tasks.spawn(inbound::serve(listener, identities, inbound_config, authorize, metrics, drain).instrument(span));
+    (Arc::new(inbound::Handler::new(inbound_config, authorize, path.metrics.inbound.clone())), span)
+}
+
+/// Serves the inbound `listener` with `handler` until drained.
+pub fn serve(listener: TcpListener, handler: Arc<Handler>, span: tracing::Span, path: &Arc<DataPath>) {
+    let (identities, drain) = (path.identities.clone(), path.drain.clone());
+    path.tasks.spawn(inbound::serve_with(listener, identities, handler, drain).instrument(span));
 }

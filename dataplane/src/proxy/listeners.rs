@@ -1,7 +1,8 @@
 //! The data path's listeners, bound when the sidecar starts, from what its Dataplane declares,
 //! before it connects to the zone: one per inbound (mTLS from other sidecars, on every
 //! interface), one per explicit outbound (on its local address, 127.0.0.1 by default) and, with
-//! `transparentProxying`, the redirected outbound port (on 127.0.0.1).
+//! `transparentProxying`, the redirected outbound port (on 127.0.0.1) and the redirected
+//! inbound port (on every interface).
 //!
 //! Why from the Dataplane and not from the zone's configuration: the zone builds that
 //! configuration from the very Dataplane the sidecar registers, so every listener is known at
@@ -138,6 +139,8 @@ pub struct Listeners {
     pub outbound: Vec<Bound<Outbound>>,
     /// The redirected outbound port, with `transparentProxying`.
     pub redirected: Option<Bound<()>>,
+    /// The redirected inbound port, with `transparentProxying`.
+    pub redirected_inbound: Option<Bound<()>>,
 }
 
 /// Where the sidecar's listeners are bound (the real ports, also when the Dataplane said 0).
@@ -149,6 +152,8 @@ pub struct Addresses {
     pub outbound: Vec<SocketAddr>,
     /// The redirected outbound port, with `transparentProxying`.
     pub redirected: Option<SocketAddr>,
+    /// The redirected inbound port, with `transparentProxying`.
+    pub redirected_inbound: Option<SocketAddr>,
 }
 
 const LOCALHOST: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
@@ -159,7 +164,7 @@ impl Listeners {
     pub async fn bind(dataplane: &Resource, ready: &Ready) -> Result<Listeners, BindError> {
         let Spec::Dataplane(spec) = &dataplane.spec else { return Err(BindError::NotADataplane(dataplane.kind.to_string())) };
         let networking: &Networking = &spec.networking;
-        let mut listeners = Listeners { inbound: Vec::new(), outbound: Vec::new(), redirected: None };
+        let mut listeners = Listeners { inbound: Vec::new(), outbound: Vec::new(), redirected: None, redirected_inbound: None };
         for (i, inbound) in networking.inbound.iter().enumerate() {
             let name = format!("inbound[{i}] ({})", inbound.service());
             let app_ip = ip(inbound.service_address.as_deref(), &name)?;
@@ -186,6 +191,8 @@ impl Listeners {
         if let Some(transparent) = &networking.transparent_proxying {
             let address = SocketAddr::new(LOCALHOST, transparent.redirect_port_outbound);
             listeners.redirected = Some(bind(address, "redirected outbound (transparentProxying)".into(), ready).await?);
+            let address = SocketAddr::from(([0, 0, 0, 0], transparent.redirect_port_inbound));
+            listeners.redirected_inbound = Some(bind(address, "redirected inbound (transparentProxying)".into(), ready).await?);
         }
         Ok(listeners)
     }
@@ -196,6 +203,7 @@ impl Listeners {
             inbound: self.inbound.iter().map(|b| b.address).collect(),
             outbound: self.outbound.iter().map(|b| b.address).collect(),
             redirected: self.redirected.as_ref().map(|b| b.address),
+            redirected_inbound: self.redirected_inbound.as_ref().map(|b| b.address),
         }
     }
 
@@ -216,6 +224,9 @@ impl Listeners {
             }
             if let (Some(declared), Some(bound)) = (&mut networking.transparent_proxying, &self.redirected) {
                 declared.redirect_port_outbound = bound.address.port();
+            }
+            if let (Some(declared), Some(bound)) = (&mut networking.transparent_proxying, &self.redirected_inbound) {
+                declared.redirect_port_inbound = bound.address.port();
             }
         }
         registered
@@ -259,7 +270,10 @@ mod tests {
         if let (true, Spec::Dataplane(spec)) = (any_port, &mut dp.spec) {
             spec.networking.inbound.iter_mut().for_each(|i| i.port = 0);
             spec.networking.outbound.iter_mut().for_each(|o| o.port = 0);
-            spec.networking.transparent_proxying.iter_mut().for_each(|t| t.redirect_port_outbound = 0);
+            spec.networking.transparent_proxying.iter_mut().for_each(|t| {
+                t.redirect_port_outbound = 0;
+                t.redirect_port_inbound = 0;
+            });
         }
         dp
     }
@@ -274,20 +288,23 @@ mod tests {
         assert_eq!(addresses.redirected.map(|a| a.ip()), Some(LOCALHOST));
         assert_eq!(listeners.inbound[0].serves.forward_to, "127.0.0.1:8080".parse().unwrap());
         assert_eq!(listeners.inbound[0].serves.protocol, Protocol::Http);
-        assert_eq!(ready.pending().len(), 3, "each listener holds readiness back: {:?}", ready.pending());
+        assert_eq!(addresses.redirected_inbound.map(|a| a.ip().is_unspecified()), Some(true), "inbound comes from other hosts");
+        assert_eq!(ready.pending().len(), 4, "each listener holds readiness back: {:?}", ready.pending());
 
         let Spec::Dataplane(registered) = listeners.registered(&dp).spec else { panic!("a Dataplane") };
         let n = registered.networking;
         assert_eq!((n.inbound[0].port, n.inbound[0].service_port), (addresses.inbound[0].port(), Some(8080)));
         assert_eq!(n.outbound[0].port, addresses.outbound[0].port());
-        assert_eq!(n.transparent_proxying.map(|t| t.redirect_port_outbound), addresses.redirected.map(|a| a.port()));
+        let tp = n.transparent_proxying.unwrap();
+        assert_eq!(Some(tp.redirect_port_outbound), addresses.redirected.map(|a| a.port()));
+        assert_eq!(Some(tp.redirect_port_inbound), addresses.redirected_inbound.map(|a| a.port()));
 
         let mut listeners = listeners;
         let served = listeners.inbound.pop().unwrap();
         served.serve(|_, _| ());
-        assert_eq!(ready.pending().len(), 2, "accepting releases its guard: {:?}", ready.pending());
+        assert_eq!(ready.pending().len(), 3, "accepting releases its guard: {:?}", ready.pending());
         drop(listeners);
-        assert_eq!(ready.pending().len(), 2, "a listener dropped before it accepts keeps readiness blocked");
+        assert_eq!(ready.pending().len(), 3, "a listener dropped before it accepts keeps readiness blocked");
     }
 
     #[tokio::test]

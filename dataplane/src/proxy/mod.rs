@@ -171,13 +171,21 @@ pub async fn run(state: Arc<ProxyState>, metrics: ProxyMetrics, listeners: Liste
 
 /// Starts accepting on every listener (each releases its readiness guard once it does).
 fn accept(listeners: Listeners, path: &Arc<DataPath>) {
+    // Each inbound's handler serves its own port and, by original destination port, the
+    // transparent inbound port.
+    let mut by_port = std::collections::HashMap::new();
     for bound in listeners.inbound {
-        bound.serve(|listener, serves| inbound::serve(listener, serves, path));
+        let (handler, span) = inbound::handler(&bound.serves, path);
+        by_port.insert(bound.serves.port, (handler.clone(), span.clone()));
+        bound.serve(|listener, _| inbound::serve(listener, handler, span, path));
     }
     for bound in listeners.outbound {
         bound.serve(|listener, serves| outbound::serve(listener, serves, path));
     }
     if let Some(bound) = listeners.redirected {
         bound.serve(|listener, ()| redirected::serve(listener, path));
+    }
+    if let Some(bound) = listeners.redirected_inbound {
+        bound.serve(|listener, ()| redirected::serve_inbound(listener, by_port, path));
     }
 }

@@ -1,10 +1,14 @@
-//! Redirected outbound: the listener on the Dataplane's `redirectPortOutbound` (15001), where
+//! Redirected traffic. Outbound: the listener on the Dataplane's `redirectPortOutbound` (15001), where
 //! iptables sends the application's connections (the rules are `crate::transparent`'s,
 //! installed by `strait-dp transparent-proxy install`). Each is sent on by its original
 //! destination. A destination that is an endpoint of a mesh service goes over mTLS to the
 //! service, whose endpoints must present its SPIFFE ID: a TCP connection to that very
 //! endpoint, HTTP requests to any endpoint of the service, picked per request by its load
-//! balancer. Anything else passes through unchanged.
+//! balancer. Anything else passes through unchanged. Inbound: the listener on
+//! `redirectPortInbound` (15006), where iptables sends every TCP connection arriving from other
+//! hosts: each goes to the inbound whose port is its original destination port, which requires
+//! mTLS and enforces permissions as on that port itself; a connection to any other port (the
+//! application's own port, in plain text) is closed.
 //!
 //! In: the bound redirect listener (see [`super::listeners`]), the connections redirected to
 //! it, and the destination table's by-address index. Out: an accept loop owned by the data
@@ -67,4 +71,35 @@ fn passthrough(mut app: TcpStream, client: SocketAddr, dst: SocketAddr, path: &A
         drain.unless_forced(copy).await;
     };
     path.tasks.spawn(connection.instrument(span));
+}
+
+/// Hands each connection redirected to `listener` to the inbound of its original destination
+/// port, until drained; connections to a port no inbound serves are refused.
+pub fn serve_inbound(
+    listener: TcpListener,
+    by_port: std::collections::HashMap<u16, (Arc<super::inbound::Handler>, tracing::Span)>,
+    path: &Arc<DataPath>,
+) {
+    tracing::info!(address = ?listener.local_addr().ok(), ports = ?by_port.keys().collect::<Vec<_>>(), "redirected inbound accepting");
+    let path = path.clone();
+    path.clone().tasks.spawn(async move {
+        loop {
+            let Some((stream, client)) = path.accept(&listener).await else { return };
+            let dst = match original_dst(&stream) {
+                Ok(d) => d,
+                Err(e) => {
+                    tracing::warn!(%client, error = %e, "a connection reached the transparent inbound port without an original destination; closing it");
+                    continue;
+                }
+            };
+            let Some((handler, span)) = by_port.get(&dst.port()).filter(|_| stream.local_addr().ok() != Some(dst)).cloned() else {
+                // The application's own port (in plain text, bypassing mTLS), or this port itself.
+                path.metrics.inbound.denied.inc();
+                tracing::info!(%client, %dst, "refused an inbound connection: no inbound serves its destination port, and the application is reached only through mTLS");
+                continue;
+            };
+            let (identities, drain) = (path.identities.clone(), path.drain.clone());
+            path.tasks.spawn(async move { handler.connection(stream, client, &identities, &drain).await }.instrument(span));
+        }
+    });
 }

@@ -6,13 +6,14 @@
 //! PUT created, configured or left it unchanged; errors as `ApiError`.
 
 use axum::body::Body;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
 use serde_json::Value;
 use strait_api::{FieldError, Resource, ResourceType, ValidationErrors};
+use strait_cp_core::rest::extract::{Path, Query};
 
 use super::AppState;
 use strait_cp_core::resources::{PutOutcome, ServiceError};
@@ -24,6 +25,7 @@ pub const RESULT_HEADER: &str = "strait-result";
 
 /// Query of DELETE: the expected version.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct DeleteQuery {
     /// Delete only if the resource is still at this version (409 otherwise).
     pub version: Option<u64>,
@@ -259,7 +261,8 @@ pub async fn get_zone(State(state): State<AppState>, Path(name): Path<String>) -
     Ok(Json(state.zones.decorate(zone).await))
 }
 
-/// Creates or replaces a zone; `spec.enabled: false` refuses its connections.
+/// Creates or replaces a zone; `spec.enabled: false` refuses its connections, closes every tunnel
+/// to and from it and withdraws its services from the other zones.
 #[utoipa::path(put, path = "/zones/{name}", tag = "zones", request_body(content = strait_api::openapi::ResourceSchema, content_type = "application/json"),
     responses((status = 201, body = strait_api::openapi::ResourceSchema), (status = 200, body = strait_api::openapi::ResourceSchema), (status = 400, body = strait_cp_core::rest::errors::ErrorBody), (status = 409, body = strait_cp_core::rest::errors::ErrorBody)),
     security(("admin_token" = [])))]
@@ -270,11 +273,9 @@ pub async fn put_zone(
     body: Body,
 ) -> Result<Response, ApiError> {
     let response = put_one(&state, &headers, body, ResourceType::Zone, None, &name).await?;
-    // A disabled zone must not keep its open stream.
+    // A disabled zone keeps neither its stream nor its tunnels, and its services leave at once.
     if let Some(Resource { spec: strait_api::Spec::Zone(spec), .. }) = state.resources.get(ResourceType::Zone, None, &name).await? {
-        if !spec.enabled {
-            state.zones.registry().kick(&name);
-        }
+        state.zones.apply_enabled(&name, spec.enabled).await?;
     }
     Ok(response)
 }
@@ -293,9 +294,11 @@ pub async fn delete_zone(
 
 /// Query of token issuing.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(rename_all = "camelCase")]
 pub struct TokenQuery {
     /// Validity such as `720h` (default: the global's --zone-token-validity).
+    #[param(pattern = r"^[1-9][0-9]{0,5}(ms|s|m|h)$")]
     pub valid_for: Option<String>,
 }
 
@@ -364,11 +367,14 @@ pub async fn revoke_zone_token(State(state): State<AppState>, Path(name): Path<S
 
 /// Query of dataplane token issuing.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(rename_all = "camelCase")]
 pub struct DataplaneTokenQuery {
     /// The service the sidecar will serve (`strait.io/service` of its inbounds).
+    #[param(pattern = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?(\.[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)*$", max_length = 253)]
     pub service: String,
     /// Validity such as `720h` (default 720h).
+    #[param(pattern = r"^[1-9][0-9]{0,5}(ms|s|m|h)$")]
     pub valid_for: Option<String>,
 }
 
@@ -394,37 +400,33 @@ pub async fn issue_dataplane_token(
     Ok(Json(state.dataplane_tokens.issue(&mesh, &q.service, validity).await?))
 }
 
-/// Query of dataplane token revocation: exactly one of `id` and `service`.
-#[derive(Debug, Deserialize, utoipa::IntoParams)]
-#[serde(rename_all = "camelCase")]
-pub struct RevokeDataplaneTokenQuery {
-    /// Revoke the one token with this id (the `id` printed when it was issued, its `jti`).
-    pub id: Option<String>,
-    /// Revoke every token of this service issued up to now.
-    pub service: Option<String>,
+/// Revokes one dataplane token by its id (printed when it was issued): zones refuse it and close
+/// the stream of a sidecar using it.
+#[utoipa::path(delete, path = "/meshes/{mesh}/dataplane-tokens/{id}", tag = "resources",
+    responses((status = 200, body = crate::dataplane_tokens::Revoked), (status = 404, body = strait_cp_core::rest::errors::ErrorBody)),
+    security(("admin_token" = [])))]
+pub async fn revoke_dataplane_token(
+    State(state): State<AppState>,
+    Path((mesh, id)): Path<(String, String)>,
+) -> Result<Json<crate::dataplane_tokens::Revoked>, ApiError> {
+    if id.len() != 32 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+        let message = format!("{id:?} is not a token id (32 hexadecimal digits, printed when the token was issued)");
+        return Err(ApiError::invalid("dataplane token revocation", ValidationErrors::single("id", message)));
+    }
+    Ok(Json(state.dataplane_tokens.revoke_id(&mesh, &id.to_ascii_lowercase()).await?))
 }
 
-/// Revokes dataplane tokens: zones refuse them and close the streams of sidecars using them.
-#[utoipa::path(delete, path = "/meshes/{mesh}/dataplane-tokens", tag = "resources", params(RevokeDataplaneTokenQuery),
-    responses((status = 200, body = crate::dataplane_tokens::Revoked), (status = 400, body = strait_cp_core::rest::errors::ErrorBody), (status = 404, body = strait_cp_core::rest::errors::ErrorBody)),
+/// Revokes every dataplane token of a service issued up to now (tokens issued afterwards
+/// work): zones refuse them and close the streams of sidecars using them.
+#[utoipa::path(delete, path = "/meshes/{mesh}/services/{service}/dataplane-tokens", tag = "resources",
+    responses((status = 200, body = crate::dataplane_tokens::Revoked), (status = 404, body = strait_cp_core::rest::errors::ErrorBody)),
     security(("admin_token" = [])))]
-pub async fn revoke_dataplane_tokens(
+pub async fn revoke_service_dataplane_tokens(
     State(state): State<AppState>,
-    Path(mesh): Path<String>,
-    Query(q): Query<RevokeDataplaneTokenQuery>,
+    Path((mesh, service)): Path<(String, String)>,
 ) -> Result<Json<crate::dataplane_tokens::Revoked>, ApiError> {
-    let invalid = |field: &str, message: String| ApiError::invalid("dataplane token revocation", ValidationErrors::single(field, message));
-    match (q.id.as_deref(), q.service.as_deref()) {
-        (Some(id), None) => {
-            if id.len() != 32 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
-                return Err(invalid("id", format!("{id:?} is not a token id (32 hexadecimal digits, printed when the token was issued)")));
-            }
-            Ok(Json(state.dataplane_tokens.revoke_id(&mesh, &id.to_ascii_lowercase()).await?))
-        }
-        (None, Some(service)) => {
-            strait_api::names::check_dns_subdomain(service).map_err(|e| invalid("service", e))?;
-            Ok(Json(state.dataplane_tokens.revoke_service(&mesh, service).await?))
-        }
-        _ => Err(invalid("id", "give exactly one of `id` (one token) and `service` (every token of the service)".into())),
+    if let Err(e) = strait_api::names::check_dns_subdomain(&service) {
+        return Err(ApiError::invalid("dataplane token revocation", ValidationErrors::single("service", e)));
     }
+    Ok(Json(state.dataplane_tokens.revoke_service(&mesh, &service).await?))
 }

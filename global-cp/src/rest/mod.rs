@@ -48,10 +48,9 @@ pub fn router(state: AppState, admin_token: Arc<String>) -> Router {
         .route("/meshes", get(handlers::list_meshes))
         .route("/meshes/{mesh}", get(handlers::get_mesh).put(handlers::put_mesh).delete(handlers::delete_mesh))
         .route("/meshes/{mesh}/services", get(handlers::list_services))
-        .route(
-            "/meshes/{mesh}/dataplane-tokens",
-            axum::routing::post(handlers::issue_dataplane_token).delete(handlers::revoke_dataplane_tokens),
-        )
+        .route("/meshes/{mesh}/dataplane-tokens", axum::routing::post(handlers::issue_dataplane_token))
+        .route("/meshes/{mesh}/dataplane-tokens/{id}", axum::routing::delete(handlers::revoke_dataplane_token))
+        .route("/meshes/{mesh}/services/{service}/dataplane-tokens", axum::routing::delete(handlers::revoke_service_dataplane_tokens))
         .route("/meshes/{mesh}/{rtype}", get(handlers::list_in_mesh))
         .route("/meshes/{mesh}/{rtype}/{name}", get(handlers::get_in_mesh).put(handlers::put_in_mesh).delete(handlers::delete_in_mesh))
         .route("/zones", get(handlers::list_zones))

@@ -107,7 +107,15 @@ pub async fn serve<A>(
 ) where
     A: Fn(&Identity) -> bool + Send + Sync + 'static,
 {
-    let shared = Arc::new(Shared { config, authorize, metrics });
+    serve_with(listener, identities, Arc::new(Handler::new(config, authorize, metrics)), drain).await
+}
+
+/// [`serve`] with a handler built beforehand (and maybe shared with the transparent inbound
+/// port).
+pub async fn serve_with<A>(listener: TcpListener, identities: Arc<IdentityStore>, shared: Arc<Handler<A>>, drain: DrainWatcher)
+where
+    A: Fn(&Identity) -> bool + Send + Sync + 'static,
+{
     let mut connections = JoinSet::new();
     loop {
         tokio::select! {
@@ -119,25 +127,9 @@ pub async fn serve<A>(
             }
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer_addr)) => {
-                    shared.metrics.connections.inc();
-                    // Read the current identity once, at accept: a rotation later on does not
-                    // touch this connection.
-                    let server_config = identities.current().server_config();
-                    // A child of the caller's span (the listener's, naming the service): every
-                    // line of the connection names its address and, once the handshake is
-                    // done, the caller's SPIFFE ID.
-                    let span = tracing::info_span!("connection", %peer_addr, peer = tracing::field::Empty);
-                    let watcher = drain.clone();
-                    let shared = shared.clone();
-                    connections.spawn(
-                        async move {
-                            let _active = Active::new(&shared.metrics.active);
-                            if watcher.unless_forced(shared.handle(stream, server_config)).await.is_none() {
-                                tracing::debug!("connection cut: drain deadline passed");
-                            }
-                        }
-                        .instrument(span),
-                    );
+                    let (shared, identities, drain) = (shared.clone(), identities.clone(), drain.clone());
+                    // In the listener's span, so that each connection's span is its child.
+                    connections.spawn(async move { shared.connection(stream, peer_addr, &identities, &drain).await }.in_current_span());
                 }
                 Err(error) => {
                     // Typically EMFILE: back off instead of spinning on the error.
@@ -155,13 +147,41 @@ pub async fn serve<A>(
     }
 }
 
-struct Shared<A> {
+/// Serves the connections of one inbound: the accept loop of its own port ([`serve`]) and the
+/// transparent inbound port, which hands each connection to the inbound of its original
+/// destination, both use it.
+pub struct Handler<A> {
     config: InboundConfig,
     authorize: A,
     metrics: TunnelMetrics,
 }
 
-impl<A: Fn(&Identity) -> bool> Shared<A> {
+impl<A: Fn(&Identity) -> bool> Handler<A> {
+    /// A handler forwarding as `config` says to peers `authorize` accepts.
+    pub fn new(config: InboundConfig, authorize: A, metrics: TunnelMetrics) -> Self {
+        Handler { config, authorize, metrics }
+    }
+
+    /// Serves one accepted connection to its end (cut when the drain is forced), counted and
+    /// in a span that names the peer.
+    pub async fn connection(&self, stream: TcpStream, peer_addr: SocketAddr, identities: &IdentityStore, drain: &DrainWatcher) {
+        self.metrics.connections.inc();
+        // Read the current identity once, at accept: a rotation later on does not touch this
+        // connection.
+        let server_config = identities.current().server_config();
+        // A child of the caller's span (the listener's, naming the service): every line of the
+        // connection names its address and, once the handshake is done, the caller's SPIFFE ID.
+        let span = tracing::info_span!("connection", %peer_addr, peer = tracing::field::Empty);
+        async {
+            let _active = Active::new(&self.metrics.active);
+            if drain.unless_forced(self.handle(stream, server_config)).await.is_none() {
+                tracing::debug!("connection cut: drain deadline passed");
+            }
+        }
+        .instrument(span)
+        .await
+    }
+
     async fn handle(&self, stream: TcpStream, server_config: Arc<ServerConfig>) {
         let _ = stream.set_nodelay(true);
         let accept = TlsAcceptor::from(server_config).accept(stream);

@@ -38,7 +38,12 @@ pub const ZONE_KDS: &[&str] = &["--kds-heartbeat-interval", "1s", "--kds-idle-ti
 /// `GET url` (with a bearer token if given) from `from`: the status and the body as JSON (a
 /// body that is not JSON comes back as a JSON string). `Err` only if no answer came.
 pub fn get_json(from: &Host, url: &str, token: Option<&str>) -> Result<(StatusCode, Value), String> {
-    let mut request = from.http_client().get(url);
+    get_json_with(&from.http_client(), url, token)
+}
+
+/// [`get_json`] with a given client (an HTTPS one, say).
+pub fn get_json_with(client: &reqwest::blocking::Client, url: &str, token: Option<&str>) -> Result<(StatusCode, Value), String> {
+    let mut request = client.get(url);
     if let Some(token) = token {
         request = request.bearer_auth(token);
     }
@@ -59,10 +64,14 @@ pub struct Global {
     pub host: Host,
     /// The `strait-global` process (kill, restart with the same data dir and ports).
     pub proc: Proc,
-    /// `http://<global>:7680`, for `straitctl --server`.
+    /// `https://<global>:7680`, for `straitctl --server`.
     pub server: String,
     /// The admin token (from `<data dir>/admin-token`).
     pub token: String,
+    /// The CA of the REST API's certificate (`<data dir>/api-ca.pem`), for `straitctl --ca-file`.
+    pub ca_file: std::path::PathBuf,
+    /// An HTTPS client from the global's host that trusts that CA.
+    pub client: reqwest::blocking::Client,
 }
 
 impl Global {
@@ -83,16 +92,24 @@ impl Global {
                 .args(GLOBAL_KDS)
                 .args(extra),
         );
-        let global = Global { server: host.url(API_PORT, ""), host, proc, token: String::new() };
+        // The REST API serves HTTPS with a certificate of the global's own CA, written next to
+        // the admin token.
+        let ca_file = data.join("api-ca.pem");
+        let ca_pem = wait_for("the global's api-ca.pem", READY, || {
+            proc.assert_running("the global to write api-ca.pem");
+            fs::read_to_string(&ca_file).ok().filter(|pem| pem.contains("END CERTIFICATE"))
+        });
+        let client = host.https_client(&ca_pem);
+        let global = Global { server: host.https_url(API_PORT, ""), host, proc, token: String::new(), ca_file, client };
         global.wait_ready();
         let token_path = data.join("admin-token");
         let token = wait_for("the global's admin token", READY, || fs::read_to_string(&token_path).map(|t| t.trim().to_owned()));
         Global { token, ..global }
     }
 
-    /// Waits for the global's `/readyz` to answer 200 (fails at once if the process exits).
+    /// Waits for the global's `/readyz` to answer 200 over HTTPS (fails at once if the process exits).
     pub fn wait_ready(&self) {
-        self.proc.wait_http_ready(&self.host, &self.host.url(API_PORT, "/readyz"), READY);
+        crate::wait::http_ready_watching(&self.client, &self.host.https_url(API_PORT, "/readyz"), READY, Some(&self.proc));
     }
 
     /// Runs `straitctl --server <global> --token <admin token> <args>` on the global host, with
@@ -101,6 +118,8 @@ impl Global {
         self.host.run_cmd(
             Cmd::new(bin("straitctl"))
                 .args(["--server", self.server.as_str(), "--token", self.token.as_str()])
+                .arg("--ca-file")
+                .arg(&self.ca_file)
                 .args(args)
                 .env("STRAIT_CONFIG", net.dir().join("straitctl.yaml")),
         )
@@ -116,7 +135,7 @@ impl Global {
 
     /// `GET <path>` on the global's REST API, with the admin token.
     pub fn get(&self, path: &str) -> Result<(StatusCode, Value), String> {
-        get_json(&self.host, &self.host.url(API_PORT, path), Some(&self.token))
+        get_json_with(&self.client, &self.host.https_url(API_PORT, path), Some(&self.token))
     }
 
     /// The version (global store revision) of the resource at `path`.
@@ -230,6 +249,17 @@ pub struct Zone {
 }
 
 impl Zone {
+    /// A copy of the zone's `dps-ca.pem`, readable by every user, as an operator hands it to
+    /// the hosts of sidecars and gateways (the zone's data directory is its owner's only).
+    pub fn dps_ca_file(&self) -> PathBuf {
+        let source = self.data.join("dps-ca.pem");
+        let copy = self.data.with_file_name(format!("{}-dps-ca.pem", self.name));
+        let pem = wait_for(&format!("zone {}'s dps-ca.pem", self.name), READY, || fs::read(&source));
+        fs::write(&copy, pem).expect("copy dps-ca.pem");
+        fs::set_permissions(&copy, std::os::unix::fs::PermissionsExt::from_mode(0o644)).expect("chmod the CA copy");
+        copy
+    }
+
     /// Starts `strait-zone` with `args` as process `process` on `host` (API on port 7681), and
     /// does not wait.
     pub fn spawn(global: &Global, host: &Host, process: &str, args: &ZoneArgs) -> Zone {

@@ -49,12 +49,15 @@ impl Gateway {
     pub fn spawn(net: &Net, zone: &Zone, extra: &[&str]) -> Gateway {
         let host = zone.host.clone();
         let data = net.mkdir(&format!("{}-gateway-data", zone.name));
+        // On loopback every workload has a loopback address: the whole mesh is on one host.
+        let single_host: &[&str] = if net.is_namespaced() { &[] } else { &["--allow-loopback"] };
         let proc = host.spawn_cmd(
             "strait-gateway",
             Cmd::new(bin("strait-gateway"))
+                .args(single_host)
                 .args(["--name", "gateway-1", "--cp-address", &format!("https://{}", host.socket_addr(ZONE_DPS_PORT))])
                 .arg("--cp-ca-file")
-                .arg(zone.data.join("dps-ca.pem"))
+                .arg(zone.dps_ca_file())
                 .arg("--zone-proxy-token-file")
                 .arg(zone.creds.join("zone-proxy-token"))
                 .args(["--ingress-address", &host.socket_addr(INGRESS_PORT).to_string()])

@@ -174,6 +174,22 @@ impl Host {
             .clone()
     }
 
+    /// An HTTPS client whose connections start from this host and that trusts only the CA of
+    /// `ca_pem` (such as the global's `api-ca.pem`).
+    pub fn https_client(&self, ca_pem: &str) -> Client {
+        let ca = reqwest::Certificate::from_pem(ca_pem.as_bytes()).expect("a PEM CA certificate");
+        let mut builder = wait::client_builder().tls_built_in_root_certs(false).add_root_certificate(ca);
+        if self.netns().is_none() {
+            builder = builder.local_address(self.addr());
+        }
+        self.within(|| builder.build()).expect("build an HTTPS client for a host")
+    }
+
+    /// `https://<addr>:<port><path>`.
+    pub fn https_url(&self, port: u16, path: &str) -> String {
+        format!("https://{}{path}", self.socket_addr(port))
+    }
+
     /// Waits until `GET url`, sent from this host, answers 200.
     pub fn http_ready(&self, url: &str, deadline: Duration) {
         wait::http_ready_with(&self.http_client(), url, deadline);

@@ -245,7 +245,7 @@ impl Sidecar {
         Cmd::new(bin("strait-dp"))
             .args(["run", "--cp-address", &format!("https://{}", zone.host.socket_addr(cp_port))])
             .arg("--cp-ca-file")
-            .arg(zone.data.join("dps-ca.pem"))
+            .arg(zone.dps_ca_file())
             .arg("--dataplane-file")
             .arg(dataplane)
             .arg("--dataplane-token-file")

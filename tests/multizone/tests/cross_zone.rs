@@ -405,3 +405,54 @@ fn calls_stay_local_fail_over_to_another_zone_and_avoid_a_revoked_one() {
     });
     assert!(revoked_gateway.proc.is_running(), "{} keeps running, refused", revoked_zone.name);
 }
+
+/// The egress serves only its zone's sidecars. Disabling a zone on the global cuts it off at once: a tunnel open to it is closed, new
+/// connections to it fail, its services leave the other zones, and the other zones' gateways
+/// refuse its identity. Enabled again, it comes back by itself.
+#[test]
+fn a_disabled_zone_is_cut_off_at_once_and_comes_back_when_enabled() {
+    let net = Net::new();
+    let (global, zones) = start_zones(&net, &["zone-1", "zone-2"]);
+    let ((zone1, gw1), (zone2, _gw2)) = (&zones[0], &zones[1]);
+    let db = Workload::start_on(&net, &global, zone2, "db-2", "db", DB_INBOUND, DB_APP, &[], None);
+    let web = Workload::start_on(&net, &global, zone1, "web-1", "web", WEB_INBOUND, WEB_APP, &[(TO_DB, "db")], None);
+    let _wan = Wan::link(
+        &net,
+        &[ZoneHosts { gateway: &zone1.host, members: vec![&web.host] }, ZoneHosts { gateway: &zone2.host, members: vec![&db.host] }],
+        WAN_DELAY,
+    )
+    .inspect_err(|why| println!("SKIPPED zone isolation and WAN delay: {why}"))
+    .ok();
+    wait_for("web (zone-1) -> db (zone-2)", SYNC, || web.call("db", b"before\n"));
+
+    // The egress relays only for its zone's sidecars: another host that reaches it (here
+    // zone-2's gateway host), sending a ClientHello for a mesh service, is refused.
+    let egress = zone1.host.socket_addr(strait_multizone::gateway::EGRESS_PORT);
+    let resolve = format!("db.default.zone-2.strait:{}:{}", egress.port(), egress.ip());
+    let url = format!("https://db.default.zone-2.strait:{}/", egress.port());
+    zone2.host.run("curl", ["-sk", "--max-time", "3", "--resolve", resolve.as_str(), url.as_str()]);
+    let not_a_sidecar = gw1.metric("strait_gateway_refused_total{direction=\"egress\",reason=\"not_a_sidecar\"}").unwrap_or(0.0);
+    assert!(not_a_sidecar >= 1.0, "zone-1's egress refuses a client that is not one of its sidecars");
+
+    let target = web.outbound("db");
+    let mut open = web.host.within(|| connect(target)).expect("a connection to db");
+    round_trip(&mut open, b"an open tunnel\n").expect("the open tunnel works");
+
+    global.apply(&net, "disable-zone-2.yaml", "type: Zone\nname: zone-2\nspec:\n  enabled: false\n");
+    let disabled = Instant::now();
+    wait_for("the open tunnel to zone-2 to be closed", SYNC, || match round_trip(&mut open, b"still there?\n") {
+        Ok(()) => Err("still open".to_string()),
+        Err(closed) => Ok(closed),
+    });
+    println!("FIGURE disabled-zone-tunnel-closed ms={:.0}", disabled.elapsed().as_secs_f64() * 1000.0);
+    wait_for("zone-2's services to leave zone-1", SYNC, || match zone1.services_of("zone-2")? {
+        Some(services) if !services.is_empty() => Err(format!("still {services:?}")),
+        _ => Ok(()),
+    });
+    assert!(web.call("db", b"after\n").is_err(), "no new connection reaches the disabled zone");
+    let refused = gw1.metric("strait_gateway_refused_total{direction=\"egress\",reason=\"disabled_zone\"}").unwrap_or(0.0);
+    assert!(refused >= 1.0, "zone-1's gateway counts the tunnel it closed");
+
+    global.apply(&net, "enable-zone-2.yaml", "type: Zone\nname: zone-2\nspec:\n  enabled: true\n");
+    wait_for("zone-2 back, and web -> db again", Duration::from_secs(40), || web.call("db", b"enabled again\n"));
+}

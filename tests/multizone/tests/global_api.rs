@@ -1,6 +1,8 @@
-//! Scenario: the global control plane's REST API, driven by `straitctl` from a zone host.
-//! A policy applied from "zone-1" is stored on "global" with a server-set version, reads back
-//! the same, and re-applying it is a no-op. A host off the WAN cannot reach the global.
+//! Scenario: the global control plane's REST API, driven by `straitctl` from a zone host over
+//! HTTPS, verified with the CA the global writes next to its admin token. A policy applied
+//! from "zone-1" is stored on "global" with a server-set version, reads back the same, and
+//! re-applying it is a no-op. A host off the WAN cannot reach the global. Plain HTTP and a
+//! server certificate from another CA are refused.
 //!
 //! Needs the workspace binaries (`cargo build --workspace --bins`).
 
@@ -35,6 +37,9 @@ struct Global {
     _proc: Proc,
     server: String,
     token: String,
+    /// `api-ca.pem`, as an operator would copy it to the hosts straitctl runs on.
+    ca_file: PathBuf,
+    ca_pem: String,
 }
 
 /// Starts `strait-global` on host "global", waits for `/readyz`, reads the admin token.
@@ -51,7 +56,11 @@ fn start_global(net: &Net) -> Global {
             .arg("--data-dir")
             .arg(&data),
     );
-    proc.wait_http_ready(&host, &host.url(API_PORT, "/readyz"), READY);
+    let ca_path = data.join("api-ca.pem");
+    let ca_pem = wait_for("the global's api-ca.pem", READY, || fs::read_to_string(&ca_path).ok().filter(|p| p.contains("CERTIFICATE")));
+    let ca_file = net.write_file("copied-api-ca.pem", &ca_pem);
+    host.https_client(&ca_pem);
+    strait_multizone::wait::http_ready_with(&host.https_client(&ca_pem), &host.https_url(API_PORT, "/readyz"), READY);
 
     let token_path = data.join("admin-token");
     let token = wait_for("the admin token file", READY, || fs::read_to_string(&token_path).map(|t| t.trim().to_owned()));
@@ -59,7 +68,7 @@ fn start_global(net: &Net) -> Global {
     let mode = fs::metadata(&token_path).expect("stat admin-token").permissions().mode();
     assert_eq!(mode & 0o777, 0o600, "admin-token must be private to its owner");
 
-    Global { server: host.url(API_PORT, ""), host, _proc: proc, token }
+    Global { server: host.https_url(API_PORT, ""), host, _proc: proc, token, ca_file, ca_pem }
 }
 
 /// Runs `straitctl --server <global> --token <token> <args>` on `from`, with its config file
@@ -68,6 +77,8 @@ fn straitctl(net: &Net, from: &Host, global: &Global, args: &[&str]) -> Output {
     from.run_cmd(
         Cmd::new(bin("straitctl"))
             .args(["--server", global.server.as_str(), "--token", global.token.as_str()])
+            .arg("--ca-file")
+            .arg(&global.ca_file)
             .args(args)
             .env("STRAIT_CONFIG", straitctl_config(net)),
     )
@@ -118,18 +129,55 @@ fn a_host_off_the_wan_cannot_reach_the_global() {
     let global = start_global(&net);
     let zone = net.host("zone-1");
     let outsider = net.isolated_host("outsider");
-    let readyz = global.host.url(API_PORT, "/readyz");
+    let readyz = global.host.https_url(API_PORT, "/readyz");
 
     // Positive control: a host on the WAN gets through, from its own namespace.
-    zone.http_ready(&readyz, READY);
+    strait_multizone::wait::http_ready_with(&zone.https_client(&global.ca_pem), &readyz, READY);
     straitctl(&net, &zone, &global, &["get", "meshes"]).assert_success();
 
     if !net.is_namespaced() {
         eprintln!("SKIPPED isolation assertion: loopback mode ({}) cannot isolate hosts", net.mode_reason());
         return;
     }
-    let err = outsider.http_client().get(&readyz).send().expect_err("a host off the WAN must not reach the global API");
+    let err = outsider.https_client(&global.ca_pem).get(&readyz).send().expect_err("a host off the WAN must not reach the global API");
     eprintln!("as expected, from outsider: {}", strait_multizone::wait::error_chain(&err));
     let denied = straitctl(&net, &outsider, &global, &["get", "meshes"]);
     denied.assert_failure();
+}
+
+/// The admin token never crosses the network in clear: the API answers plain HTTP with a 400
+/// that says to use https://, and straitctl refuses a server whose certificate does not chain
+/// to the CA it was given.
+#[test]
+fn the_api_is_https_and_straitctl_verifies_it() {
+    let net = Net::new();
+    let global = start_global(&net);
+    let zone = net.host("zone-1");
+
+    let plain = zone.http_client().get(global.host.url(API_PORT, "/meshes")).send().expect("an answer");
+    assert_eq!(plain.status().as_u16(), 400);
+    assert!(plain.text().unwrap_or_default().contains("use an https:// URL"));
+    let out = from_with(&net, &zone, &global, &global.server.replace("https://", "http://"), &global.ca_file, &["get", "meshes"]);
+    out.assert_failure();
+    assert!(out.stderr.contains("https://"), "{out}");
+
+    let other = strait_pki::CertificateAuthority::new_root(strait_pki::SYSTEM_TRUST_DOMAIN, "another CA", Duration::from_secs(3600))
+        .expect("a CA of its own");
+    let other = net.write_file("other-ca.pem", other.cert_pem());
+    let out = from_with(&net, &zone, &global, &global.server, &other, &["get", "meshes"]);
+    out.assert_failure();
+    assert!(out.stderr.contains("does not verify"), "{out}");
+    from_with(&net, &zone, &global, &global.server, &global.ca_file, &["get", "meshes"]).assert_success();
+}
+
+/// `straitctl --server <server> --ca-file <ca> <args>` with the admin token, from `from`.
+fn from_with(net: &Net, from: &Host, global: &Global, server: &str, ca: &std::path::Path, args: &[&str]) -> Output {
+    from.run_cmd(
+        Cmd::new(bin("straitctl"))
+            .args(["--server", server, "--token", global.token.as_str()])
+            .arg("--ca-file")
+            .arg(ca)
+            .args(args)
+            .env("STRAIT_CONFIG", straitctl_config(net)),
+    )
 }

@@ -620,12 +620,12 @@ fn http_through_sidecars_explicit_and_transparent() {
     }
 }
 
-/// `strait-dp transparent-proxy install` (leaving inbound traffic alone, and the sidecar's
-/// uid [`PROXY_UID`]) or `uninstall` on `host`; it must succeed.
+/// `strait-dp transparent-proxy install` (the default rules, inbound included, leaving the
+/// sidecar's uid [`PROXY_UID`] alone) or `uninstall` on `host`; it must succeed.
 fn transparent_proxy(host: &strait_multizone::Host, action: &str) {
     let mut cmd = strait_multizone::Cmd::new(strait_multizone::bin("strait-dp")).args(["transparent-proxy", action]);
     if action == "install" {
-        cmd = cmd.args(["--proxy-uid", PROXY_UID, "--no-redirect-inbound"]);
+        cmd = cmd.args(["--proxy-uid", PROXY_UID]);
     }
     host.run_cmd(cmd).assert_success();
 }
@@ -659,6 +659,77 @@ fn web_as_proxy_uid(net: &Net, global: &Global, zone: &Zone) -> Sidecar {
     let proc = host.spawn_cmd(
         "strait-dp",
         sidecar_cmd.wrapped("setpriv", &[&format!("--reuid={PROXY_UID}"), &format!("--regid={PROXY_UID}"), "--clear-groups"]),
+    );
+    let sidecar = Sidecar { host: host.clone(), proc, admin };
+    sidecar.wait_ready(SIDECAR_READY);
+    sidecar
+}
+
+/// The default `transparent-proxy install` also redirects inbound TCP to the sidecar's
+/// transparent inbound port (15006). A caller's mTLS connection to the workload's inbound port
+/// reaches the application through the inbound of that port, which enforces permissions; a
+/// plain-text connection from another host to the application's own port, which worked before
+/// the install, is refused.
+#[test]
+fn the_default_transparent_install_requires_mtls_for_inbound_connections() {
+    let net = Net::new();
+    if !net.is_namespaced() {
+        println!("SKIPPED transparent inbound: iptables rules need a network namespace of their own (loopback mode)");
+        return;
+    }
+    let (global, zone) = mesh(&net);
+    let host = net.host("backend");
+    // The application listens on every interface: other hosts reach it until the rules are in.
+    let _app = strait_multizone::sidecar::echo_server(&host, "app", SocketAddr::from(([0, 0, 0, 0], BACKEND_APP)));
+    let yaml = format!(
+        "type: Dataplane\nname: backend-1\nmesh: default\nspec:\n  networking:\n    address: {}\n    inbound:\n    - port: {BACKEND_INBOUND}\n      serviceAddress: 127.0.0.1\n      servicePort: {BACKEND_APP}\n      tags: {{strait.io/service: backend}}\n    transparentProxying:\n      redirectPortOutbound: 15001\n      redirectPortInbound: 15006\n",
+        host.addr()
+    );
+    let backend = sidecar_as_proxy_uid(&net, &global, &zone, &host, "backend", &yaml);
+    let web = Workload::start(&net, &global, &zone, "web", WEB_INBOUND, WEB_APP, &[(TO_BACKEND, "backend")]);
+    let client = net.host("plain-client");
+    let app_port = SocketAddr::new(host.addr(), BACKEND_APP);
+    wait_for("a plain connection to backend's application port, before the install", SYNC, || echo(&client, app_port, b"plain\n"));
+    wait_for("web -> backend", SYNC, || web.call("backend", b"before\n"));
+
+    let install =
+        strait_multizone::Cmd::new(strait_multizone::bin("strait-dp")).args(["transparent-proxy", "install", "--proxy-uid", PROXY_UID]);
+    host.run_cmd(install).assert_success();
+    let refused = echo(&client, app_port, b"plain after the install\n");
+    assert!(refused.is_err(), "a plain connection to the application port is refused once inbound is intercepted");
+    wait_for("the refusal in backend's sidecar log", SYNC, || backend.proc.log().contains("refused an inbound connection").then_some(()));
+    let before = counter(&backend, INBOUND_CONNECTIONS);
+    wait_for("web -> backend through the transparent inbound port", SYNC, || web.call("backend", b"intercepted\n"));
+    assert!(counter(&backend, INBOUND_CONNECTIONS) > before, "the call went through backend's inbound");
+
+    // Permissions hold on the transparent inbound port as on the inbound port itself.
+    global.apply(&net, "deny-web.yaml", DENY_WEB);
+    wait_for("web denied", SYNC, || match web.call("backend", b"denied?\n") {
+        Ok(()) => Err("still allowed".to_string()),
+        Err(e) => Ok(e),
+    });
+    global.straitctl(&net, &["delete", "meshtrafficpermission", "deny-web", "--mesh", "default"]).assert_success();
+    wait_for("web allowed again", SYNC, || web.call("backend", b"allowed\n"));
+
+    let uninstall = strait_multizone::Cmd::new(strait_multizone::bin("strait-dp")).args(["transparent-proxy", "uninstall"]);
+    host.run_cmd(uninstall).assert_success();
+    wait_for("the plain connection works again after the uninstall", SYNC, || echo(&client, app_port, b"plain again\n"));
+}
+
+/// A sidecar for `yaml` on `host`, run as [`PROXY_UID`] so that its own connections are not
+/// redirected; waits until it is ready.
+fn sidecar_as_proxy_uid(net: &Net, global: &Global, zone: &Zone, host: &strait_multizone::Host, service: &str, yaml: &str) -> Sidecar {
+    let file = net.write_file(&format!("{service}.dataplane.yaml"), yaml);
+    let token = dataplane_token(net, global, service, &format!("{service}.token"));
+    let uid: u32 = PROXY_UID.parse().expect("uid");
+    std::os::unix::fs::chown(&token, Some(uid), Some(uid)).expect("chown the token");
+    std::fs::set_permissions(net.dir(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod the net dir");
+    let admin = SocketAddr::new(local_ip(host), 9901);
+    let cmd =
+        Sidecar::command(zone, ZONE_DPS_PORT, &file, &token).arg("--admin-address").arg(admin.to_string()).args(["--cp-max-backoff", "2s"]);
+    let proc = host.spawn_cmd(
+        "strait-dp",
+        cmd.wrapped("setpriv", &[&format!("--reuid={PROXY_UID}"), &format!("--regid={PROXY_UID}"), "--clear-groups"]),
     );
     let sidecar = Sidecar { host: host.clone(), proc, admin };
     sidecar.wait_ready(SIDECAR_READY);

@@ -43,6 +43,8 @@ pub struct DpsShared {
     pub shutdown: CancellationToken,
     /// `strait_zone_dps_*`.
     pub metrics: crate::metrics::DpsMetrics,
+    /// Dataplane addresses accepted from any source (`--allow-dataplane-address`).
+    pub allowed_addresses: Arc<Vec<crate::config::AddressRange>>,
 }
 
 /// The tonic service.
@@ -190,6 +192,27 @@ fn check_dataplane(json: &[u8], mesh: &str, service: &str) -> Result<Resource, S
     Ok(dp)
 }
 
+/// Checks that the Dataplane declares the address its connection comes from (or one the
+/// operator allowed): the zone's gateways forward other zones' traffic to that address, so a
+/// workload must not point it at another host, the gateway's own loopback or the control plane.
+fn check_address(dp: &Resource, peer: Option<std::net::IpAddr>, allowed: &[crate::config::AddressRange]) -> Result<(), Status> {
+    let Spec::Dataplane(spec) = &dp.spec else { return Ok(()) };
+    let declared = &spec.networking.address;
+    let Ok(ip) = declared.parse::<std::net::IpAddr>() else {
+        return Err(Status::invalid_argument(format!("networking.address {declared:?}: must be an IP address")));
+    };
+    if allowed.iter().any(|r| r.contains(ip)) {
+        return Ok(());
+    }
+    match peer {
+        Some(peer) if peer == ip.to_canonical() => Ok(()),
+        Some(peer) => Err(Status::permission_denied(format!(
+            "networking.address {declared} is not the address this sidecar connects from ({peer}); other zones' traffic for it would go there. Declare {peer}, or allow {declared} with strait-zone --allow-dataplane-address"
+        ))),
+        None => Err(Status::permission_denied("the address this sidecar connects from is unknown; allow its Dataplane address with strait-zone --allow-dataplane-address")),
+    }
+}
+
 /// The bearer token of a request.
 fn bearer<T>(request: &Request<T>, what: &str) -> Result<String, Status> {
     request
@@ -272,6 +295,7 @@ impl DataplaneSync for DpsService {
 
     async fn stream(&self, request: Request<Streaming<DataplaneMessage>>) -> Result<Response<Self::StreamStream>, Status> {
         let peer = request.remote_addr().map(|a| a.to_string()).unwrap_or_else(|| "unknown".into());
+        let peer_ip = request.remote_addr().map(|a| a.ip().to_canonical());
         let token = bearer(&request, "dataplane token")?;
         let (mesh, service, claims) = authenticate(&self.shared.resources, &token)
             .await
@@ -288,6 +312,7 @@ impl DataplaneSync for DpsService {
             )));
         }
         let dp = check_dataplane(&hello.dataplane, &mesh, &service)
+            .and_then(|dp| check_address(&dp, peer_ip, &self.shared.allowed_addresses).map(|()| dp))
             .inspect_err(|s| tracing::warn!(peer, reason = s.message(), "sidecar refused"))?;
         if self.shared.resources.get(ResourceType::Mesh, None, &mesh).await.map_err(|e| Status::unavailable(e.to_string()))?.is_none() {
             return Err(Status::failed_precondition(format!("mesh {mesh:?} is not known in this zone yet")));
@@ -314,6 +339,23 @@ impl DataplaneSync for DpsService {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_dataplane_declares_the_address_it_connects_from_or_an_allowed_one() {
+        let dp = |address: &str| {
+            Resource::from_value(serde_json::json!({"type": "Dataplane", "name": "x", "mesh": "default",
+                "spec": {"networking": {"address": address, "inbound": [{"port": 8000, "tags": {"strait.io/service": "web"}}]}}}))
+            .unwrap()
+        };
+        let from = |ip: &str| Some(ip.parse().unwrap());
+        assert!(check_address(&dp("10.0.0.5"), from("10.0.0.5"), &[]).is_ok());
+        let spoofed = check_address(&dp("127.0.0.1"), from("10.0.0.5"), &[]).unwrap_err();
+        assert_eq!(spoofed.code(), tonic::Code::PermissionDenied);
+        assert!(spoofed.message().contains("connects from (10.0.0.5)"), "{spoofed:?}");
+        let allowed = [crate::config::AddressRange::parse("192.0.2.0/24").unwrap()];
+        assert!(check_address(&dp("192.0.2.9"), from("10.0.0.5"), &allowed).is_ok(), "behind NAT, allowed by the operator");
+        assert!(check_address(&dp("10.0.0.6"), from("10.0.0.5"), &allowed).is_err());
+    }
 
     #[test]
     fn a_token_registers_only_its_mesh_and_service() {

@@ -102,10 +102,27 @@ fn binaries() -> anyhow::Result<PathBuf> {
     Ok(bin_dir)
 }
 
+/// The global's API CA in the demo directory, once the global has written it.
+fn api_ca(dir: &Path) -> PathBuf {
+    dir.join("global").join(crate::config::API_CA_FILE)
+}
+
+/// An HTTP client for the demo's processes that trusts the demo global's API CA, once it exists
+/// (the global's REST API serves HTTPS).
+fn demo_client(dir: &Path, timeout: Duration) -> anyhow::Result<reqwest::Client> {
+    let mut builder = reqwest::Client::builder().timeout(timeout);
+    if let Ok(pem) = std::fs::read(api_ca(dir)) {
+        builder = builder.tls_built_in_root_certs(false).add_root_certificate(reqwest::Certificate::from_pem(&pem)?);
+    }
+    Ok(builder.build()?)
+}
+
 /// Waits until `url` answers 200; fails at once if `child` exits.
-async fn wait_healthy(http: &reqwest::Client, url: &str, child: &mut Child, name: &str, log: &Path) -> anyhow::Result<()> {
+async fn wait_healthy(dir: &Path, url: &str, child: &mut Child, name: &str, log: &Path) -> anyhow::Result<()> {
     let deadline = Instant::now() + READY;
     loop {
+        // The global's CA appears once it has started: look again each time.
+        let http = demo_client(dir, Duration::from_secs(5))?;
         if let Some(status) = child.try_wait()? {
             let tail = std::fs::read_to_string(log).unwrap_or_default();
             let tail: Vec<&str> = tail.lines().rev().take(15).collect();
@@ -162,7 +179,7 @@ impl Starter {
             log: log.clone(),
         });
         self.state.save(&self.dir)?;
-        wait_healthy(&self.http, &health, &mut child, name, &log).await?;
+        wait_healthy(&self.dir, &health, &mut child, name, &log).await?;
         say!("  started {name:<22} pid {:<7} log {}", child.id(), log.display());
         Ok(())
     }
@@ -238,7 +255,8 @@ async fn up_steps(s: &mut Starter, plan: &Plan) -> anyhow::Result<()> {
     let global_data = dir.join("global").display().to_string();
     let args =
         vec!["--api-address".into(), format!("{g}:7680"), "--kds-address".into(), format!("{g}:7685"), "--data-dir".into(), global_data];
-    s.start("global", "strait-global", args, format!("http://{g}:7680/readyz"), None, None).await?;
+    s.start("global", "strait-global", args, format!("https://{g}:7680/readyz"), None, None).await?;
+    s.http = demo_client(&dir, Duration::from_secs(5))?;
     s.admin = std::fs::read_to_string(&s.state.token_file).context("reading the global's admin token")?.trim().to_string();
     s.call(reqwest::Method::PUT, "/meshes/default", Some(json!({"type": "Mesh", "name": "default"}))).await?;
 
@@ -298,6 +316,7 @@ async fn up_steps(s: &mut Starter, plan: &Plan) -> anyhow::Result<()> {
         ]
         .iter()
         .map(|a| a.to_string())
+        .chain(s.netns.is_none().then(|| "--allow-loopback".to_string()))
         .collect();
         s.start(
             &format!("{}-gateway", zone.name),
@@ -430,7 +449,7 @@ fn print_next_steps(s: &Starter, plan: &Plan, dir: &Path, dir_flag: &str) {
 /// `demo status`: every process, whether it runs, and whether it is healthy.
 async fn status(dir: &Path) -> anyhow::Result<()> {
     let state = State::load(dir)?;
-    let http = reqwest::Client::builder().timeout(Duration::from_secs(2)).build()?;
+    let http = demo_client(dir, Duration::from_secs(2))?;
     say!("demo in {}: frontend {}, REST API {}", dir.display(), state.frontend, state.api);
     say!("{:<24} {:>8}  {:<8} {:<8} health", "process", "pid", "zone", "state");
     for r in &state.processes {

@@ -124,9 +124,9 @@ impl Plan {
         format!("http://{f}:{APP_PORT}")
     }
 
-    /// The global's REST API.
+    /// The global's REST API (HTTPS; straitctl finds its CA next to the admin token).
     pub fn api(&self) -> String {
-        format!("http://{}:7680", self.global_ip)
+        format!("https://{}:7680", self.global_ip)
     }
 }
 
