@@ -53,7 +53,7 @@ impl ZoneCp {
         let dir = config.data_dir.join("store");
         let opened = {
             let dir = dir.clone();
-            tokio::task::spawn_blocking(move || SledStore::open(&dir)).await?
+            tokio::task::spawn_blocking(move || SledStore::open_with(&dir, strait_cp_core::kinds::store_options())).await?
         };
         let store: Arc<dyn Store> = Arc::new(opened.map_err(|e| anyhow::anyhow!("opening the store in {}: {e}", dir.display()))?);
         let zone_store = store.clone();
