@@ -44,3 +44,12 @@ pub const DATAPLANE_NACK: &str = "DataplaneNack";
 pub const DATAPLANE_BINDING: &str = "DataplaneBinding";
 /// The zone's own secrets (the CA of its DPS endpoint); zone only.
 pub const ZONE_SECRET: &str = "ZoneSecret";
+
+/// The kinds that hold private keys: their data never enters the store's event log (watchers
+/// only learn that they changed), so a deleted or replaced key leaves no copy behind.
+pub const PRIVATE_KEY_KINDS: [&str; 5] = [MESH_CA, SYSTEM_SECRET, ZONE_CA, ZONE_IDENTITY, ZONE_SECRET];
+
+/// Store options for a control plane: private keys stay out of the event log.
+pub fn store_options() -> strait_store::SledOptions {
+    strait_store::SledOptions { unlogged_kinds: PRIVATE_KEY_KINDS.iter().map(|k| k.to_string()).collect(), ..Default::default() }
+}

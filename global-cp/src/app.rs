@@ -103,7 +103,7 @@ impl GlobalCp {
         let store_dir = data_dir.join("store");
         let opened = {
             let dir = store_dir.clone();
-            tokio::task::spawn_blocking(move || SledStore::open(&dir)).await
+            tokio::task::spawn_blocking(move || SledStore::open_with(&dir, strait_cp_core::kinds::store_options())).await
         };
         let store: Arc<dyn Store> = match opened {
             Ok(Ok(s)) => Arc::new(s),

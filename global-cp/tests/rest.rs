@@ -472,3 +472,29 @@ async fn the_openapi_document_is_complete() {
     let body: Value = bad.json().await.unwrap();
     assert!(body["message"].as_str().unwrap().contains("query string"), "{body}");
 }
+
+/// The event log (history kept for watchers) never holds a private key: the events of a mesh's
+/// root CA and of the global's secrets say that they changed, without their data.
+#[tokio::test]
+async fn private_keys_stay_out_of_the_event_log() {
+    use futures::StreamExt;
+    let s = start().await;
+    s.put("/meshes/default", &json!({"type": "Mesh", "name": "default"})).await;
+    let store = s.cp.as_ref().unwrap().store().clone();
+    let end = store.revision();
+    let mut watch = store.watch(0).await.unwrap();
+    let mut private = 0;
+    loop {
+        let event = tokio::time::timeout(std::time::Duration::from_secs(5), watch.next()).await.unwrap().unwrap().unwrap();
+        if strait_cp_core::kinds::PRIVATE_KEY_KINDS.contains(&event.object.key.kind.as_str()) {
+            private += 1;
+            assert!(event.object.data.is_null(), "{} in the event log carries its data", event.object.key);
+        } else {
+            assert!(!event.object.data.to_string().contains("PRIVATE KEY"), "{} carries a key", event.object.key);
+        }
+        if event.revision >= end {
+            break;
+        }
+    }
+    assert!(private >= 2, "the system secrets and the mesh CA were written");
+}

@@ -36,11 +36,14 @@ const LIVE_BUFFER: usize = 1024;
 pub struct SledOptions {
     /// How many of the latest events to keep for watchers (at least 1; default 100 000).
     pub event_retention: u64,
+    /// Kinds whose data never enters the event log (private keys): their events carry `null`
+    /// data, so a deleted or replaced key is gone from disk with its object.
+    pub unlogged_kinds: Vec<String>,
 }
 
 impl Default for SledOptions {
     fn default() -> Self {
-        SledOptions { event_retention: 100_000 }
+        SledOptions { event_retention: 100_000, unlogged_kinds: Vec::new() }
     }
 }
 
@@ -66,6 +69,8 @@ struct Inner {
     writer: Mutex<u64>,
     /// Records skipped by lists because they do not decode (see [`Stats::corrupt_skipped`]).
     corrupt_skipped: AtomicU64,
+    /// Kinds whose events carry no data (see [`SledOptions::unlogged_kinds`]).
+    unlogged: std::collections::HashSet<String>,
 }
 
 /// Whether sled could not open a store because its directory's lock is held: sled reports it
@@ -140,6 +145,7 @@ impl SledStore {
             live,
             writer: Mutex::new(oldest),
             corrupt_skipped: AtomicU64::new(0),
+            unlogged: options.unlogged_kinds.iter().cloned().collect(),
         };
         // The retention may have shrunk since the last run.
         inner.trim(&mut inner.lock_writer(), revision)?;
@@ -217,7 +223,7 @@ impl Inner {
         // Taken under the lock, so modification times follow revision order.
         let now = OffsetDateTime::now_utc();
         let (outcomes, events) = (&self.objects, &self.events, &self.meta)
-            .transaction(|(objects, events, meta)| transact(&ops, &keys, now, objects, events, meta))
+            .transaction(|(objects, events, meta)| transact(&ops, &keys, &self.unlogged, now, objects, events, meta))
             .map_err(|e| match e {
                 TransactionError::Abort(err) => err,
                 TransactionError::Storage(err) => StoreError::backend("committing a batch", err),
@@ -259,6 +265,7 @@ type TxResult<T> = Result<T, ConflictableTransactionError<StoreError>>;
 fn transact(
     ops: &[Op],
     keys: &[Vec<u8>],
+    unlogged: &std::collections::HashSet<String>,
     now: OffsetDateTime,
     objects: &TransactionalTree,
     events: &TransactionalTree,
@@ -277,7 +284,7 @@ fn transact(
             None => None,
         };
         let outcome = plan(op, current, revision + 1, now).map_err(abort)?;
-        if let Some(event) = event_for(&outcome, revision + 1) {
+        if let Some(mut event) = event_for(&outcome, revision + 1) {
             revision += 1;
             match event.kind {
                 EventKind::Put => {
@@ -287,6 +294,9 @@ fn transact(
                 EventKind::Delete => {
                     objects.remove(key_bytes.as_slice())?;
                 }
+            }
+            if unlogged.contains(&event.object.key.kind) {
+                event.object.data = serde_json::Value::Null;
             }
             let value = to_json(&event, format_args!("event {revision}")).map_err(abort)?;
             events.insert(&revision_to_bytes(revision), value)?;
@@ -370,7 +380,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_watcher_lagging_past_retention_gets_compacted() {
-        let store = SledStore::temporary_with(SledOptions { event_retention: 5 }, 2).unwrap();
+        let store = SledStore::temporary_with(SledOptions { event_retention: 5, ..SledOptions::default() }, 2).unwrap();
         let mut watch = store.watch(0).await.unwrap();
         for n in 0..20u64 {
             store.put(Key::new("K", "", format!("o{n}")), json!(n), Precondition::None).await.unwrap();
@@ -400,5 +410,26 @@ mod tests {
         assert_eq!(store.list_mesh("m").await.unwrap().len(), 2);
         assert_eq!(store.stats().await.unwrap().corrupt_skipped, 2, "each skip is counted");
         assert!(store.get(&Key::new("K", "m", "b")).await.is_err(), "reading it alone still says it is damaged");
+    }
+
+    #[tokio::test]
+    async fn unlogged_kinds_leave_no_data_in_the_event_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = SledOptions { unlogged_kinds: vec!["Secret".into()], ..SledOptions::default() };
+        let store = SledStore::open_with(dir.path(), options).unwrap();
+        let secret = Key::new("Secret", "", "ca");
+        store.put(secret.clone(), json!({"key": "PRIVATE"}), Precondition::None).await.unwrap();
+        store.put(Key::new("Public", "", "p"), json!({"cert": "PUBLIC"}), Precondition::None).await.unwrap();
+        assert_eq!(store.get(&secret).await.unwrap().unwrap().data["key"], "PRIVATE", "the object itself keeps its data");
+        store.delete(secret.clone(), Precondition::None).await.unwrap();
+        let mut watch = store.watch(0).await.unwrap();
+        let mut seen = Vec::new();
+        for _ in 0..3 {
+            let event = tokio::time::timeout(Duration::from_secs(5), watch.next()).await.unwrap().unwrap().unwrap();
+            seen.push((event.object.key.kind.clone(), event.object.data.clone()));
+        }
+        assert_eq!(seen[0], ("Secret".to_string(), serde_json::Value::Null));
+        assert_eq!(seen[1].1["cert"], "PUBLIC");
+        assert_eq!(seen[2], ("Secret".to_string(), serde_json::Value::Null));
     }
 }

@@ -67,7 +67,7 @@ async fn unchanged_writes_produce_no_events() {
 
 #[tokio::test]
 async fn watch_of_a_compacted_revision_fails() {
-    let (_dir, store) = temp_store_with(SledOptions { event_retention: 3 });
+    let (_dir, store) = temp_store_with(SledOptions { event_retention: 3, ..SledOptions::default() });
     put_n(&store, 1..=10).await;
     for from in [0, 6] {
         match store.watch(from).await {
@@ -84,7 +84,7 @@ async fn watch_of_a_compacted_revision_fails() {
 
 #[tokio::test]
 async fn watch_from_zero_is_fine_while_the_log_was_never_trimmed() {
-    let (_dir, store) = temp_store_with(SledOptions { event_retention: 5 });
+    let (_dir, store) = temp_store_with(SledOptions { event_retention: 5, ..SledOptions::default() });
     put_n(&store, 1..=5).await;
     let mut watch = store.watch(0).await.unwrap();
     assert_eq!(revisions(&next_events(&mut watch, 5).await), [1, 2, 3, 4, 5]);
@@ -95,7 +95,7 @@ async fn reopening_with_a_smaller_retention_trims_the_log() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("store");
     put_n(&SledStore::open(&path).unwrap(), 1..=10).await;
-    let store = SledStore::open_with(&path, SledOptions { event_retention: 2 }).unwrap();
+    let store = SledStore::open_with(&path, SledOptions { event_retention: 2, ..SledOptions::default() }).unwrap();
     assert!(matches!(store.watch(0).await, Err(StoreError::Compacted { requested: 0, oldest: 9 })));
     let mut watch = store.watch(8).await.unwrap();
     assert_eq!(revisions(&next_events(&mut watch, 2).await), [9, 10]);
