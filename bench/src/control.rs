@@ -73,6 +73,7 @@ impl ControlPlane {
             zdir.join("ca.pem").display().to_string(),
             "--data-dir".into(),
             zdir.join("data").display().to_string(),
+            "--api-plaintext".into(),
             "--api-address".into(),
             "127.0.0.1:0".into(),
             "--dps-address".into(),

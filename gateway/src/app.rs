@@ -153,7 +153,12 @@ impl Running {
 /// The socket addresses of the zone control plane's DPS URL, which the ingress never forwards to.
 async fn cp_addresses(url: &str) -> Vec<std::net::SocketAddr> {
     let authority = url.split_once("://").map_or(url, |(_, rest)| rest).split('/').next().unwrap_or_default();
-    match tokio::net::lookup_host(authority).await {
+    // Without a port the URL means 443; only the host matters here.
+    let has_port = authority.rsplit_once(':').is_some_and(|(_, p)| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+        && !authority.ends_with(']');
+    let target = if has_port { authority.to_string() } else { format!("{authority}:443") };
+    let resolved = tokio::net::lookup_host(target).await;
+    match resolved {
         Ok(addresses) => addresses.collect(),
         Err(error) => {
             tracing::warn!(%error, url, "cannot resolve the zone control plane's address to keep it off the ingress");

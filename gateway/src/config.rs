@@ -68,7 +68,7 @@ pub struct Flags {
     /// Allow a whole mesh on one host (the demo, tests on loopback): the ingress may forward to
     /// loopback endpoints and the egress serves loopback clients. Off by default: a Dataplane
     /// on loopback is not reachable from other zones, and only the zone's sidecars, by their
-    /// registered addresses, may use the egress.
+    /// registered addresses (and processes of the gateway's own host), may use the egress.
     #[arg(long, env = "STRAIT_ALLOW_LOOPBACK")]
     pub allow_loopback: bool,
 

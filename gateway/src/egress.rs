@@ -24,7 +24,7 @@ use tracing::field::Empty;
 use tracing::{Instrument, Span};
 
 use crate::header::{self, Answered};
-use crate::metrics::{DirectionLabel, StreamLabels};
+use crate::metrics::StreamLabels;
 use crate::quic::Io;
 use crate::routes::Routes;
 use crate::Gateway;
@@ -105,7 +105,7 @@ async fn handle(gw: Arc<Gateway>, mut client: TcpStream) {
         return;
     };
     span.record("peer_zone", zone.as_str());
-    let (tunnel, transport) = match open(&gw, &routes, &zone, &sni).await {
+    let (tunnel, transport, peer_leaf) = match open(&gw, &routes, &zone, &sni).await {
         Ok(t) => t,
         Err(e) => {
             tracing::warn!(error = %e, "egress: cannot reach the zone");
@@ -118,22 +118,26 @@ async fn handle(gw: Arc<Gateway>, mut client: TcpStream) {
     // labels, the rest are `other`, so clients cannot grow the label set.
     let service = if routes.zones_hosting(&key).contains(&zone) { key.clone() } else { "other".to_string() };
     gw.metrics.streams.get_or_create(&StreamLabels { direction: DIRECTION, zone: zone.clone(), service: service.clone(), transport }).inc();
-    let active = gw.metrics.active.get_or_create(&DirectionLabel { direction: DIRECTION }).clone();
-    active.inc();
+    let active = crate::metrics::ActiveTunnel::open(&gw.metrics, DIRECTION);
     let mut tunnel = Answered::new(tunnel);
-    // A zone disabled on the global loses its tunnels at once (a zone whose gateway drains
-    // keeps them: they finish on their own).
-    let withdrawn = gw.cut_when(|routes| routes.is_disabled(&zone).then_some("disabled_zone"));
+    // A zone disabled on the global, or whose identity is revoked, loses its tunnels at once
+    // (a zone whose gateway drains keeps them: they finish on their own).
+    let withdrawn = gw.cut_when(|routes| {
+        if routes.is_disabled(&zone) {
+            return Some("disabled_zone");
+        }
+        peer_leaf.as_ref().and_then(|leaf| routes.refusal(leaf)).map(|r| r.reason())
+    });
     let copied = tokio::select! {
         copied = copy_bidirectional(&mut client, &mut tunnel, &gw.copy) => copied,
         reason = withdrawn => {
-            active.dec();
-            tracing::warn!(reason, "closing a tunnel to a disabled zone");
+            drop(active);
+            tracing::warn!(reason, "closing a tunnel to a disabled or revoked zone");
             gw.metrics.refuse(DIRECTION, reason);
             return;
         }
     };
-    active.dec();
+    drop(active);
     let moved = match &copied {
         Ok(c) => *c,
         Err(e) => {
@@ -156,13 +160,20 @@ fn pick_zone(gw: &Gateway, routes: &Routes, key: &str, named: Option<&str>) -> O
 
 /// Opens a tunnelled connection to `zone` and sends its header: a stream of the zone's QUIC
 /// connection, or a TCP+TLS connection when that is down.
-async fn open(gw: &Gateway, routes: &Routes, zone: &str, sni: &str) -> io::Result<(Box<dyn Io>, &'static str)> {
+/// Also returns the peer ingress's certificate for a TCP fallback (a QUIC stream ends with its
+/// link, which is closed when the peer is refused).
+async fn open(
+    gw: &Gateway,
+    routes: &Routes,
+    zone: &str,
+    sni: &str,
+) -> io::Result<(Box<dyn Io>, &'static str, Option<rustls::pki_types::CertificateDer<'static>>)> {
     let head = header::request(sni)?;
     if let Some(conn) = gw.links.get(zone).and_then(|l| l.connection()) {
         match conn.open_bi().await {
             Ok((mut send, recv)) => {
                 send.write_all(&head).await?;
-                return Ok((Box::new(tokio::io::join(recv, send)), "quic"));
+                return Ok((Box::new(tokio::io::join(recv, send)), "quic", None));
             }
             Err(e) => tracing::debug!(error = %e, "opening a QUIC stream failed; using TCP"),
         }
@@ -188,6 +199,7 @@ async fn open(gw: &Gateway, routes: &Routes, zone: &str, sni: &str) -> io::Resul
     if routes.check_peer(stream.get_ref().1.peer_certificates()).is_err() {
         return Err(io::Error::new(io::ErrorKind::PermissionDenied, format!("{address} is not an acceptable gateway of zone {zone}")));
     }
+    let leaf = stream.get_ref().1.peer_certificates().and_then(|c| c.first()).map(|c| c.clone().into_owned());
     stream.write_all(&head).await?;
-    Ok((Box::new(stream), "tcp"))
+    Ok((Box::new(stream), "tcp", leaf))
 }

@@ -21,7 +21,7 @@ use tracing::field::Empty;
 use tracing::{Instrument, Span};
 
 use crate::header::{self, Status};
-use crate::metrics::{DirectionLabel, StreamLabels};
+use crate::metrics::StreamLabels;
 use crate::quic::Io;
 use crate::Gateway;
 
@@ -227,10 +227,9 @@ async fn tunnelled(gw: Arc<Gateway>, drain: DrainWatcher, zone: String, mut io: 
         return;
     }
     gw.metrics.streams.get_or_create(&StreamLabels { direction: DIRECTION, zone: zone.clone(), service: key.clone(), transport }).inc();
-    let active = gw.metrics.active.get_or_create(&DirectionLabel { direction: DIRECTION }).clone();
-    active.inc();
+    let active = crate::metrics::ActiveTunnel::open(&gw.metrics, DIRECTION);
     let copied = copy_bidirectional(&mut io, &mut endpoint, &gw.copy).await;
-    active.dec();
+    drop(active);
     let moved = match &copied {
         Ok(c) => *c,
         Err(e) => {

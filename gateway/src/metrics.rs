@@ -112,3 +112,22 @@ impl GatewayMetrics {
         }
     }
 }
+
+/// Counts one open tunnel in `strait_gateway_active_tunnels` while it lives, however its task
+/// ends (cut, drained or finished).
+pub struct ActiveTunnel(Gauge);
+
+impl ActiveTunnel {
+    /// Counts a tunnel of `direction` as open.
+    pub fn open(metrics: &GatewayMetrics, direction: &'static str) -> ActiveTunnel {
+        let gauge = metrics.active.get_or_create(&DirectionLabel { direction }).clone();
+        gauge.inc();
+        ActiveTunnel(gauge)
+    }
+}
+
+impl Drop for ActiveTunnel {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}

@@ -61,21 +61,25 @@ pub struct AddressPolicy {
     /// Loopback endpoints and egress clients are allowed (a whole mesh on one host: the demo,
     /// tests on loopback). Off, an endpoint on loopback (or unspecified) is dropped.
     pub allow_loopback: bool,
-    /// Endpoints never forwarded to: the zone control plane's own addresses.
+    /// Endpoints never forwarded to, on any port: the zone control plane's own addresses.
     pub forbidden: Vec<SocketAddr>,
 }
 
 impl AddressPolicy {
     /// Why the ingress must not forward to `endpoint`, if it must not.
     fn refuses(&self, endpoint: &SocketAddr) -> Option<&'static str> {
-        let ip = endpoint.ip();
+        let ip = endpoint.ip().to_canonical();
+        if ip != endpoint.ip() {
+            return Some("an IPv4-mapped address (register the IPv4 address itself)");
+        }
         if ip.is_unspecified() || ip.is_multicast() {
             return Some("not a unicast address");
         }
         if ip.is_loopback() && !self.allow_loopback {
             return Some("a loopback address (the gateway's own host)");
         }
-        if self.forbidden.contains(endpoint) {
+        // Any port of the control plane's host: its DPS and REST ports alike.
+        if self.forbidden.iter().any(|f| f.ip().to_canonical() == ip) {
             return Some("the zone control plane's address");
         }
         None
@@ -239,7 +243,11 @@ mod tests {
     fn the_ingress_never_forwards_to_loopback_or_the_control_plane_and_the_egress_serves_only_sidecars() {
         let cp: SocketAddr = "10.0.0.1:7678".parse().unwrap();
         let policy = AddressPolicy { allow_loopback: false, forbidden: vec![cp] };
-        let routes = Routes::build(&config(&["10.0.0.5:8080", "127.0.0.1:8080", "0.0.0.0:8080", "10.0.0.1:7678"]), &policy).unwrap();
+        let routes = Routes::build(
+            &config(&["10.0.0.5:8080", "127.0.0.1:8080", "0.0.0.0:8080", "10.0.0.1:7678", "10.0.0.1:7681", "[::ffff:127.0.0.1]:8080"]),
+            &policy,
+        )
+        .unwrap();
         let endpoints: Vec<SocketAddr> = routes.local("db.default").unwrap().endpoints().collect();
         assert_eq!(endpoints, ["10.0.0.5:8080".parse::<SocketAddr>().unwrap()]);
         assert!(routes.is_sidecar("10.0.0.5".parse().unwrap()));

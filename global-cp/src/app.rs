@@ -125,6 +125,20 @@ impl GlobalCp {
         let resources = Resources::with_mesh_lifecycle(store.clone(), Arc::new(crate::meshes::GlobalMeshes));
         let zone_registry = ZoneRegistry::default();
         let zones = Zones::new(resources.clone(), zone_registry.clone(), &secrets);
+        // Zones disabled by an earlier version (or while the trust bundle was written
+        // elsewhere) are cut off too.
+        for zone in resources
+            .list(strait_api::ResourceType::Zone, None)
+            .await
+            .map_err(|e| StartError::Store { dir: store_dir.clone(), source: strait_store::StoreError::Backend(e.to_string()) })?
+        {
+            if let strait_api::Spec::Zone(spec) = &zone.spec {
+                zones
+                    .apply_enabled(&zone.name, spec.enabled)
+                    .await
+                    .map_err(|e| StartError::Store { dir: store_dir.clone(), source: strait_store::StoreError::Backend(e.to_string()) })?;
+            }
+        }
 
         let kds_listener = bind(config.kds_address).await?;
         let kds_addr = local(&kds_listener, config.kds_address)?;

@@ -114,10 +114,14 @@ impl Zones {
         let store = self.resources.store();
         let Some(mut record) = store.get(&token_key(zone)).await? else { return Ok(None) };
         let (proxy, token) = self.sign_proxy_token(zone, validity)?;
-        self.revoke_proxy_token(zone).await?;
+        let previous = (record.data.get("proxyId").cloned(), record.data.get("proxyExpiresAt").and_then(Value::as_u64));
         record.data["proxyId"] = json!(proxy.id);
         record.data["proxyExpiresAt"] = json!(proxy.expires_at);
+        // Record the new token first: if this loses a race, the old one still works.
         store.put(token_key(zone), record.data, Precondition::Version(record.version)).await?;
+        if let (Some(Value::String(id)), expires_at) = previous {
+            strait_cp_core::revocations::revoke_id(store.as_ref(), &id, expires_at).await?;
+        }
         tracing::info!(zone, expires_at = proxy.expires_at, "issued a new zone-proxy token; the previous one is revoked");
         Ok(Some(ProxyToken { zone: zone.to_string(), proxy_token: token, expires_at: proxy.expires_at }))
     }

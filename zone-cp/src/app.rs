@@ -87,9 +87,17 @@ impl ZoneCp {
         // A start that fails from here on stops what it already spawned.
         let stop_on_failure = shutdown.clone().drop_guard();
         let tasks = TaskTracker::new();
+        // One certificate for DPS and the REST API: "strait-zone" for sidecars, and the
+        // addresses REST clients (probes, Prometheus) reach the zone at.
+        let mut names = config.dps_tls_names.clone();
+        names.extend(["localhost", "127.0.0.1", "::1"].map(String::from));
+        for address in [config.api_address, config.dps_address] {
+            if !address.ip().is_unspecified() {
+                names.push(address.ip().to_string());
+            }
+        }
         let dps_identity =
-            crate::dps::tls::identity(zone_store.as_ref(), &config.data_dir, &config.dps_tls_names, config.dps_certificate_lifetime)
-                .await?;
+            crate::dps::tls::identity(zone_store.as_ref(), &config.data_dir, &names, config.dps_certificate_lifetime).await?;
         // One certificate manager for the process: the DPS endpoint's certificate, the
         // intermediate CA of each mesh and the zone identity.
         let certs = CertManager::new(RotationPolicy::default(), shutdown.clone(), tasks.clone());
@@ -118,7 +126,7 @@ impl ZoneCp {
                 tasks.clone(),
             )));
         let stop = shutdown.clone();
-        let incoming = strait_cp_core::tls::incoming(dps_listener, dps_tls, &tasks, shutdown.clone());
+        let incoming = strait_cp_core::tls::incoming(dps_listener, dps_tls.clone(), &tasks, shutdown.clone());
         tasks.spawn(async move {
             if let Err(e) = dps.serve_with_incoming_shutdown(incoming, stop.cancelled()).await {
                 tracing::error!(error = %e, "DPS server failed");
@@ -159,7 +167,10 @@ impl ZoneCp {
             router,
             shutdown.clone(),
             REST_DRAIN_DEADLINE,
-            strait_cp_core::rest::serve::ServeOptions { header_read_timeout: config.api_header_read_timeout, tls: None },
+            strait_cp_core::rest::serve::ServeOptions {
+                header_read_timeout: config.api_header_read_timeout,
+                tls: (!config.api_plaintext).then(|| dps_tls.clone()),
+            },
         ));
         tracing::info!(zone = %config.zone, api = %api_addr, dps = %dps_addr, global = %config.global_address, "zone control plane started");
         stop_on_failure.disarm();

@@ -44,6 +44,16 @@ pub struct Config {
     #[arg(long, env = "STRAIT_API_ADDRESS", default_value = "0.0.0.0:7681")]
     pub api_address: SocketAddr,
 
+    /// Serve the REST API as plain HTTP instead of HTTPS (with the certificate of the DPS
+    /// endpoint, which `dps-ca.pem` verifies). Refused on any address but loopback unless
+    /// --api-plaintext-allow-remote is given too.
+    #[arg(long, env = "STRAIT_API_PLAINTEXT")]
+    pub api_plaintext: bool,
+
+    /// With --api-plaintext, allow a non-loopback API address.
+    #[arg(long, env = "STRAIT_API_PLAINTEXT_ALLOW_REMOTE", requires = "api_plaintext")]
+    pub api_plaintext_allow_remote: bool,
+
     /// How long a REST client has to send a request head before its connection is closed
     /// (protects against clients that trickle bytes to hold connections open).
     #[arg(long, env = "STRAIT_API_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
@@ -123,6 +133,12 @@ impl Config {
                 problems.push(format!("--disabled-policy-types: {t:?} is not a policy type"));
             }
         }
+        if self.api_plaintext && !self.api_plaintext_allow_remote && !self.api_address.ip().is_loopback() {
+            problems.push(format!(
+                "--api-plaintext: the API would serve its admin token's writes in the clear on {}; serve it on a loopback address, drop --api-plaintext (HTTPS is the default), or add --api-plaintext-allow-remote",
+                self.api_address
+            ));
+        }
         if self.kds_idle_timeout <= self.kds_heartbeat_interval {
             problems.push("--kds-idle-timeout: must be longer than --kds-heartbeat-interval".into());
         }
@@ -179,6 +195,27 @@ impl AddressRange {
 #[cfg(test)]
 mod address_range_tests {
     use super::AddressRange;
+
+    #[test]
+    fn plain_http_is_loopback_only_unless_allowed() {
+        use clap::Parser;
+        let dir = tempfile::tempdir().unwrap();
+        let (token, ca) = (dir.path().join("t"), dir.path().join("c"));
+        std::fs::write(&token, "t").unwrap();
+        std::fs::write(&ca, "c").unwrap();
+        let parse = |extra: &[&str]| {
+            let mut args = vec!["strait-zone", "--zone", "z", "--global-address", "https://g:7685", "--zone-token-file"];
+            args.push(token.to_str().unwrap());
+            args.extend(["--global-ca-file", ca.to_str().unwrap()]);
+            args.extend_from_slice(extra);
+            super::Config::try_parse_from(args).unwrap()
+        };
+        assert!(!parse(&[]).api_plaintext, "HTTPS is the default");
+        let problems = parse(&["--api-plaintext"]).validate().unwrap_err();
+        assert!(problems.iter().any(|p| p.starts_with("--api-plaintext")), "{problems:?}");
+        assert!(parse(&["--api-plaintext", "--api-address", "127.0.0.1:7681"]).validate().is_ok());
+        assert!(parse(&["--api-plaintext", "--api-plaintext-allow-remote"]).validate().is_ok());
+    }
 
     #[test]
     fn ranges_contain_their_addresses_only() {

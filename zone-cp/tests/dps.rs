@@ -52,6 +52,7 @@ async fn env() -> Env {
         zdir.join("ca.pem").display().to_string(),
         "--data-dir".into(),
         zdir.join("data").display().to_string(),
+        "--api-plaintext".into(),
         "--api-address".into(),
         "127.0.0.1:0".into(),
         "--dps-address".into(),
@@ -487,6 +488,14 @@ async fn a_dataplane_name_belongs_to_the_service_that_registered_it() {
         }
     };
     let _ = registered.expect("api-1 registers again").config().await;
+
+    // A Dataplane stored without a binding (through the zone's API, or before bindings existed)
+    // belongs to its own service all the same.
+    let stored = strait_api::Resource::from_value(serde_json::from_slice(&dataplane("legacy-1", "api", 9191)).unwrap()).unwrap();
+    strait_cp_core::resources::Resources::new(env.zone.store().clone()).put(&stored).await.unwrap();
+    let taken = refusal(&env, &web_token, dataplane("legacy-1", "web", 8081)).await;
+    assert_eq!(taken.code(), tonic::Code::PermissionDenied, "{taken:?}");
+    assert!(taken.message().contains("belongs to service \"api\""), "{taken:?}");
     env.zone.shutdown();
     env.global.shutdown();
 }

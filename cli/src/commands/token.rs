@@ -45,14 +45,20 @@ async fn issue(args: &DataplaneTokenArgs, ctx: &Context) -> anyhow::Result<()> {
 }
 
 async fn revoke(args: &RevokeTokenArgs, ctx: &Context) -> anyhow::Result<()> {
+    // Every value goes into the request path: each is checked against its rule first, so that
+    // none (a token file's id least of all) can point the admin token at another endpoint.
     let mesh = &args.mesh;
+    strait_api::names::check_dns_label(mesh).map_err(|e| anyhow::anyhow!("--mesh: {e}"))?;
     let path = match (&args.id, &args.service, &args.file) {
-        (Some(id), _, _) => format!("/meshes/{mesh}/dataplane-tokens/{id}"),
-        (_, Some(service), _) => format!("/meshes/{mesh}/services/{service}/dataplane-tokens"),
+        (Some(id), _, _) => format!("/meshes/{mesh}/dataplane-tokens/{}", checked_id(id).context("--id")?),
+        (_, Some(service), _) => {
+            strait_api::names::check_dns_subdomain(service).map_err(|e| anyhow::anyhow!("--service: {e}"))?;
+            format!("/meshes/{mesh}/services/{service}/dataplane-tokens")
+        }
         (_, _, Some(file)) => {
             let token = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
             let id = token_id(token.trim()).with_context(|| format!("{} does not hold a Strait token", file.display()))?;
-            format!("/meshes/{mesh}/dataplane-tokens/{id}")
+            format!("/meshes/{mesh}/dataplane-tokens/{}", checked_id(&id).with_context(|| format!("the token in {}", file.display()))?)
         }
         _ => anyhow::bail!("give --id, --service or --file"),
     };
@@ -63,6 +69,15 @@ async fn revoke(args: &RevokeTokenArgs, ctx: &Context) -> anyhow::Result<()> {
         _ => "the dataplane tokens".into(),
     };
     Ok(print(&format!("revoked {what} in mesh {}; zones close the streams of sidecars using them\n", args.mesh))?)
+}
+
+/// `id` if it is a token id: 32 hexadecimal digits.
+fn checked_id(id: &str) -> anyhow::Result<&str> {
+    if id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()) {
+        Ok(id)
+    } else {
+        anyhow::bail!("{id:?} is not a token id (32 hexadecimal digits)")
+    }
 }
 
 /// The id (`jti`) of a token, read without checking its signature: the server checks nothing
@@ -84,5 +99,7 @@ mod tests {
         assert_eq!(super::token_id(&token).unwrap(), "abc123");
         assert!(super::token_id("garbage").is_err());
         assert!(super::token_id(&format!("x.{}.y", enc(r#"{"kind":"dataplane"}"#))).unwrap_err().to_string().contains("jti"));
+        assert!(super::checked_id("../../../meshes/default").is_err(), "an id never leaves its path segment");
+        assert!(super::checked_id("0123456789abcdef0123456789abcdef").is_ok());
     }
 }

@@ -36,7 +36,7 @@ pub struct ServeOptions {
     /// A connection that does not send a whole request head (after its TLS handshake, which
     /// gets as long) within this long is closed; zero means the default.
     pub header_read_timeout: Duration,
-    /// Serve HTTPS with this configuration (HTTP/2 and HTTP/1.1 by ALPN); `None`: plain HTTP.
+    /// Serve HTTPS with this configuration; `None`: plain HTTP.
     pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
@@ -61,12 +61,13 @@ pub async fn serve(
     options: ServeOptions,
 ) -> Served {
     let header_read_timeout = if options.header_read_timeout.is_zero() { DEFAULT_HEADER_READ_TIMEOUT } else { options.header_read_timeout };
-    let mut builder = Builder::new(TokioExecutor::new());
+    // HTTP/1.1 only: its header read timeout bounds every request head, which HTTP/2 (streams
+    // kept open on a connection) would not.
+    let mut builder = Builder::new(TokioExecutor::new()).http1_only();
     builder.http1().timer(TokioTimer::new()).header_read_timeout(header_read_timeout);
-    builder.http2().timer(TokioTimer::new());
     let acceptor = options.tls.map(|config| {
         let mut config = (*config).clone();
-        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
         tokio_rustls::TlsAcceptor::from(Arc::new(config))
     });
     let graceful = GracefulShutdown::new();

@@ -96,6 +96,7 @@ impl Mesh {
             &s(&zdir.join("ca.pem")),
             "--data-dir",
             &s(&zdir.join("data")),
+            "--api-plaintext",
             "--api-address",
             "127.0.0.1:0",
             "--dps-address",

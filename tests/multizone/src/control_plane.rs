@@ -246,6 +246,8 @@ pub struct Zone {
     pub data: PathBuf,
     /// The directory of its `zone-token` and `global-ca.pem`.
     pub creds: PathBuf,
+    /// An HTTPS client from the zone's host that trusts the zone's `dps-ca.pem`, once written.
+    client: std::sync::OnceLock<reqwest::blocking::Client>,
 }
 
 impl Zone {
@@ -280,22 +282,47 @@ impl Zone {
                 .args(ZONE_KDS)
                 .args(&args.extra),
         );
-        Zone { name: args.zone.clone(), host: host.clone(), proc, data: args.data.clone(), creds: args.creds.clone() }
+        Zone {
+            name: args.zone.clone(),
+            host: host.clone(),
+            proc,
+            data: args.data.clone(),
+            creds: args.creds.clone(),
+            client: std::sync::OnceLock::new(),
+        }
     }
 
-    /// `http://<zone host>:7681<path>`.
+    /// `https://<zone host>:7681<path>`: the zone's REST API serves HTTPS with the certificate
+    /// of its DPS endpoint.
     pub fn url(&self, path: &str) -> String {
-        self.host.url(ZONE_API_PORT, path)
+        self.host.https_url(ZONE_API_PORT, path)
+    }
+
+    /// The HTTPS client for the zone's API (waits for the zone to write its `dps-ca.pem`).
+    fn client(&self) -> &reqwest::blocking::Client {
+        self.client.get_or_init(|| {
+            let source = self.data.join("dps-ca.pem");
+            let pem = wait_for(&format!("zone {}'s dps-ca.pem", self.name), READY, || {
+                fs::read_to_string(&source).map_err(|e| e.to_string()).and_then(|p| {
+                    if p.contains("END CERTIFICATE") {
+                        Ok(p)
+                    } else {
+                        Err("not written yet".to_string())
+                    }
+                })
+            });
+            self.host.https_client(&pem)
+        })
     }
 
     /// `GET <path>` on the zone's API, from the zone's host.
     pub fn get(&self, path: &str) -> Result<(StatusCode, Value), String> {
-        get_json(&self.host, &self.url(path), None)
+        get_json_with(self.client(), &self.url(path), None)
     }
 
     /// Waits for `/readyz` to answer 200 (fails at once if the process exits).
     pub fn wait_ready(&self) {
-        self.proc.wait_http_ready(&self.host, &self.url("/readyz"), READY);
+        crate::wait::http_ready_watching(self.client(), &self.url("/readyz"), READY, Some(&self.proc));
     }
 
     /// The status code of `/readyz`.
@@ -342,14 +369,8 @@ impl Zone {
             "spec": {"networking": {"address": address, "inbound": [{"port": 8080, "tags": {"strait.io/service": service}}]}},
         });
         let url = self.url(&format!("/meshes/default/dataplanes/{name}"));
-        let response = self
-            .host
-            .http_client()
-            .put(&url)
-            .bearer_auth(token)
-            .json(&body)
-            .send()
-            .unwrap_or_else(|e| panic!("PUT {url}: {}", error_chain(&e)));
+        let response =
+            self.client().put(&url).bearer_auth(token).json(&body).send().unwrap_or_else(|e| panic!("PUT {url}: {}", error_chain(&e)));
         let status = response.status();
         let text = response.text().unwrap_or_default();
         assert!(status.is_success(), "PUT {url}: {status}: {text}");

@@ -83,6 +83,8 @@ impl GatewaySession {
     async fn serve(&self, mut inbound: Streaming<GatewayMessage>) -> Result<(), Status> {
         let store = self.shared.resources.store().clone();
         let mut events: WatchStream = store.watch(store.revision()).await.map_err(unavailable)?;
+        // A revocation that arrived between the authentication and this watch is seen now.
+        self.token.check(&self.shared.resources).await?;
         gateways::register(store.as_ref(), &self.registration).await.map_err(unavailable)?;
         crate::inventory::refresh(&self.shared.resources, &self.shared.inventory).await;
         let mut last: Option<Vec<u8>> = None;

@@ -151,7 +151,19 @@ async fn bind_name(resources: &Resources, mesh: &str, name: &str, service: &str,
     let existing = store.get(&key).await.map_err(unavailable)?;
     let mut until = expires_at;
     let precondition = match &existing {
-        None => Precondition::MustNotExist,
+        None => {
+            // No binding yet: a Dataplane stored under that name (written through the zone's
+            // API, or registered before bindings existed) still belongs to its own service.
+            let stored = resources.get(ResourceType::Dataplane, Some(mesh), name).await.map_err(|e| Status::unavailable(e.to_string()))?;
+            if let Some(Resource { spec: Spec::Dataplane(spec), .. }) = stored {
+                if let Some(holder) = spec.networking.inbound.iter().map(|i| i.service()).find(|s| *s != service) {
+                    return Err(Status::permission_denied(format!(
+                        "dataplane name {name:?} in mesh {mesh:?} belongs to service {holder:?}; this token is for service {service:?}: give the sidecar another name"
+                    )));
+                }
+            }
+            Precondition::MustNotExist
+        }
         Some(obj) => {
             let holder = obj.data.get("service").and_then(serde_json::Value::as_str).unwrap_or_default();
             let held_until = obj.data.get("expiresAt").and_then(serde_json::Value::as_u64).unwrap_or_default();
@@ -205,7 +217,9 @@ fn check_address(dp: &Resource, peer: Option<std::net::IpAddr>, allowed: &[crate
         return Ok(());
     }
     match peer {
-        Some(peer) if peer == ip.to_canonical() => Ok(()),
+        // The declared address as written (an IPv4-mapped form of the peer is refused: the
+        // gateways would not recognise it as the peer's).
+        Some(peer) if peer == ip => Ok(()),
         Some(peer) => Err(Status::permission_denied(format!(
             "networking.address {declared} is not the address this sidecar connects from ({peer}); other zones' traffic for it would go there. Declare {peer}, or allow {declared} with strait-zone --allow-dataplane-address"
         ))),

@@ -67,6 +67,8 @@ impl Session {
         let store = self.shared.resources.store().clone();
         // Watch before registering, so no change between the two is missed.
         let mut events: WatchStream = store.watch(store.revision()).await.map_err(unavailable)?;
+        // A revocation that arrived between the authentication and this watch is seen now.
+        self.token.check(&self.shared.resources).await?;
         self.shared.resources.put(&self.dp).await.map_err(unavailable)?;
         crate::inventory::refresh(&self.shared.resources, &self.shared.inventory).await;
         let mut last: Option<Vec<u8>> = None;

@@ -1,6 +1,7 @@
 //! TLS identity of the zone's DPS endpoint: a CA of the zone's own (created on first start,
 //! kept in its store, its certificate written to `<data-dir>/dps-ca.pem` for sidecars to trust)
-//! and a server certificate for "strait-zone" and any extra names, which the zone's
+//! and a server certificate for "strait-zone" and any extra names (the REST API, served with
+//! it, adds its loopback and own addresses), which the zone's
 //! certificate manager renews at ~70% of its life.
 //!
 //! In: the zone's store and data directory. Out: the CA certificate, and the issuer of the
@@ -60,7 +61,11 @@ pub async fn identity(store: &dyn Store, data_dir: &Path, extra_names: &[String]
     std::fs::write(data_dir.join("dps-ca.pem"), &ca_pem)
         .map_err(|e| anyhow::anyhow!("writing {}: {e}", data_dir.join("dps-ca.pem").display()))?;
     let mut dns_names = vec![DPS_SERVER_NAME.to_string()];
-    dns_names.extend(extra_names.iter().cloned());
+    for name in extra_names {
+        if !dns_names.contains(name) {
+            dns_names.push(name.clone());
+        }
+    }
     let issuer = LocalServerIssuer { name: "DPS server", ca: Arc::new(ca), dns_names, lifetime };
     Ok(DpsIdentity { issuer, ca_pem })
 }

@@ -107,12 +107,18 @@ fn api_ca(dir: &Path) -> PathBuf {
     dir.join("global").join(crate::config::API_CA_FILE)
 }
 
-/// An HTTP client for the demo's processes that trusts the demo global's API CA, once it exists
-/// (the global's REST API serves HTTPS).
+/// An HTTP client for the demo's processes that trusts the demo global's API CA and each
+/// zone's `dps-ca.pem`, once they exist (the control planes' REST APIs serve HTTPS).
 fn demo_client(dir: &Path, timeout: Duration) -> anyhow::Result<reqwest::Client> {
-    let mut builder = reqwest::Client::builder().timeout(timeout);
-    if let Ok(pem) = std::fs::read(api_ca(dir)) {
-        builder = builder.tls_built_in_root_certs(false).add_root_certificate(reqwest::Certificate::from_pem(&pem)?);
+    let mut builder = reqwest::Client::builder().timeout(timeout).tls_built_in_root_certs(false);
+    let mut cas = vec![api_ca(dir)];
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        cas.extend(entries.flatten().map(|e| e.path().join("dps-ca.pem")));
+    }
+    for ca in cas {
+        if let Ok(pem) = std::fs::read(&ca) {
+            builder = builder.add_root_certificate(reqwest::Certificate::from_pem(&pem)?);
+        }
     }
     Ok(builder.build()?)
 }
@@ -290,7 +296,7 @@ async fn up_steps(s: &mut Starter, plan: &Plan) -> anyhow::Result<()> {
         .iter()
         .map(|a| a.to_string())
         .collect();
-        s.start(&format!("{}-control-plane", zone.name), "strait-zone", args, format!("http://{ip}:7681/readyz"), Some(zone.name), None)
+        s.start(&format!("{}-control-plane", zone.name), "strait-zone", args, format!("https://{ip}:7681/readyz"), Some(zone.name), None)
             .await?;
         let args: Vec<String> = [
             "--name",
