@@ -647,22 +647,7 @@ fn web_as_proxy_uid(net: &Net, global: &Global, zone: &Zone) -> Sidecar {
         protocol: None,
     };
     let yaml = format!("{}    transparentProxying:\n      redirectPortOutbound: 15001\n", spec.yaml());
-    let file = net.write_file("web.dataplane.yaml", yaml);
-    let token = dataplane_token(net, global, "web", "web.token");
-    // The sidecar runs as its own uid, which must read its files.
-    let uid: u32 = PROXY_UID.parse().expect("uid");
-    std::os::unix::fs::chown(&token, Some(uid), Some(uid)).expect("chown the token");
-    std::fs::set_permissions(net.dir(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod the net dir");
-    let admin = SocketAddr::new(local, 9901);
-    let sidecar_cmd =
-        Sidecar::command(zone, ZONE_DPS_PORT, &file, &token).arg("--admin-address").arg(admin.to_string()).args(["--cp-max-backoff", "2s"]);
-    let proc = host.spawn_cmd(
-        "strait-dp",
-        sidecar_cmd.wrapped("setpriv", &[&format!("--reuid={PROXY_UID}"), &format!("--regid={PROXY_UID}"), "--clear-groups"]),
-    );
-    let sidecar = Sidecar { host: host.clone(), proc, admin };
-    sidecar.wait_ready(SIDECAR_READY);
-    sidecar
+    sidecar_as_proxy_uid(net, global, zone, &host, "web", &yaml)
 }
 
 /// The default `transparent-proxy install` also redirects inbound TCP to the sidecar's
