@@ -53,46 +53,43 @@ pub async fn issue(store: &dyn Store, ca: &Arc<CertificateAuthority>, zone: &str
     Ok(cert)
 }
 
-/// Adds `zone` to (or removes it from) the disabled zones of the system trust bundle; whether
-/// that changed anything.
-pub async fn set_disabled(store: &dyn Store, zone: &str, disabled: bool) -> Result<bool, StoreError> {
+/// Applies `change` to the system trust bundle, retrying when another writer got there first;
+/// `change` says how many entries it changed, and nothing is written when it changed none.
+async fn update_trust(store: &dyn Store, what: &str, change: impl Fn(&mut SystemTrust) -> usize) -> Result<usize, StoreError> {
     for _ in 0..5 {
         let current = store.get(&trust_key()).await?;
         let mut trust: SystemTrust = current.as_ref().and_then(|o| serde_json::from_value(o.data.clone()).ok()).unwrap_or_default();
-        let changed = if disabled { trust.disabled_zones.insert(zone.to_string()) } else { trust.disabled_zones.remove(zone) };
-        if !changed {
-            return Ok(false);
+        let changed = change(&mut trust);
+        if changed == 0 {
+            return Ok(0);
         }
         let precondition = current.map_or(Precondition::MustNotExist, |o| Precondition::Version(o.version));
         match store.put(trust_key(), serde_json::to_value(&trust).unwrap_or_default(), precondition).await {
-            Ok(_) => return Ok(true),
+            Ok(_) => return Ok(changed),
             Err(StoreError::Conflict { .. }) => continue,
             Err(e) => return Err(e),
         }
     }
-    Err(StoreError::Backend("the system trust bundle kept changing while disabling a zone".into()))
+    Err(StoreError::Backend(format!("the system trust bundle kept changing while {what}")))
+}
+
+/// Adds `zone` to (or removes it from) the disabled zones of the system trust bundle; whether
+/// that changed anything.
+pub async fn set_disabled(store: &dyn Store, zone: &str, disabled: bool) -> Result<bool, StoreError> {
+    let changed = update_trust(store, "disabling a zone", |trust| {
+        usize::from(if disabled { trust.disabled_zones.insert(zone.to_string()) } else { trust.disabled_zones.remove(zone) })
+    })
+    .await?;
+    Ok(changed > 0)
 }
 
 /// Adds every identity ever issued to `zone` to the revoked list of the system trust bundle.
 pub async fn revoke(store: &dyn Store, zone: &str) -> Result<usize, CaError> {
     let Some(issued) = store.get(&Key::new(ZONE_IDENTITY_ISSUED, "", zone)).await? else { return Ok(0) };
     let fingerprints: Vec<String> = serde_json::from_value(issued.data["fingerprints"].clone()).unwrap_or_default();
-    for _ in 0..5 {
-        let current = store.get(&trust_key()).await?;
-        let mut trust: SystemTrust = current.as_ref().and_then(|o| serde_json::from_value(o.data.clone()).ok()).unwrap_or_default();
-        let added = fingerprints.iter().filter(|f| trust.revoked.insert((*f).clone())).count();
-        if added == 0 {
-            return Ok(0);
-        }
-        let precondition = current.map_or(Precondition::MustNotExist, |o| Precondition::Version(o.version));
-        match store.put(trust_key(), serde_json::to_value(&trust).unwrap_or_default(), precondition).await {
-            Ok(_) => {
-                tracing::info!(zone, revoked = added, "revoked the zone's identities");
-                return Ok(added);
-            }
-            Err(StoreError::Conflict { .. }) => continue,
-            Err(e) => return Err(e.into()),
-        }
+    let added = update_trust(store, "revoking", |trust| fingerprints.iter().filter(|f| trust.revoked.insert((*f).clone())).count()).await?;
+    if added > 0 {
+        tracing::info!(zone, revoked = added, "revoked the zone's identities");
     }
-    Err(StoreError::Backend("the system trust bundle kept changing while revoking".into()).into())
+    Ok(added)
 }

@@ -292,6 +292,17 @@ pub async fn delete_zone(
     Ok(deleted)
 }
 
+/// A token's `validFor` (`default` when absent); an unreadable one names the field.
+fn validity(valid_for: Option<&str>, default: std::time::Duration, what: &str) -> Result<std::time::Duration, ApiError> {
+    match valid_for {
+        None => Ok(default),
+        Some(v) => v
+            .parse::<strait_api::Duration>()
+            .map(|d| d.get())
+            .map_err(|e| ApiError::invalid(what, ValidationErrors::single("validFor", e.to_string()))),
+    }
+}
+
 /// Query of token issuing.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -323,13 +334,7 @@ pub async fn issue_zone_token(
     if let Err(e) = strait_api::names::check_dns_label(&name) {
         return Err(ApiError::invalid("zone", ValidationErrors::single("name", e)));
     }
-    let validity = match q.valid_for.as_deref() {
-        None => state.zone_token_validity,
-        Some(v) => v
-            .parse::<strait_api::Duration>()
-            .map(|d| d.get())
-            .map_err(|e| ApiError::invalid("zone token", ValidationErrors::single("validFor", e.to_string())))?,
-    };
+    let validity = validity(q.valid_for.as_deref(), state.zone_token_validity, "zone token")?;
     let issued = state.zones.register(&name, validity).await?;
     Ok(Json(ZoneRegistration { issued, kds_port: state.kds_port }))
 }
@@ -342,13 +347,7 @@ pub async fn issue_zone_proxy_token(
     Path(name): Path<String>,
     Query(q): Query<TokenQuery>,
 ) -> Result<Json<crate::zones::ProxyToken>, ApiError> {
-    let validity = match q.valid_for.as_deref() {
-        None => state.zone_token_validity,
-        Some(v) => v
-            .parse::<strait_api::Duration>()
-            .map(|d| d.get())
-            .map_err(|e| ApiError::invalid("zone-proxy token", ValidationErrors::single("validFor", e.to_string())))?,
-    };
+    let validity = validity(q.valid_for.as_deref(), state.zone_token_validity, "zone-proxy token")?;
     match state.zones.rotate_proxy_token(&name, validity).await? {
         Some(token) => Ok(Json(token)),
         None => Err(ApiError::not_found(format!("zone {name:?} has no token: register it first (straitctl zone register {name})"))),
@@ -390,13 +389,7 @@ pub async fn issue_dataplane_token(
     if let Err(e) = strait_api::names::check_dns_subdomain(&q.service) {
         return Err(ApiError::invalid("dataplane token", ValidationErrors::single("service", e)));
     }
-    let validity = match q.valid_for.as_deref() {
-        None => std::time::Duration::from_secs(720 * 3600),
-        Some(v) => v
-            .parse::<strait_api::Duration>()
-            .map(|d| d.get())
-            .map_err(|e| ApiError::invalid("dataplane token", ValidationErrors::single("validFor", e.to_string())))?,
-    };
+    let validity = validity(q.valid_for.as_deref(), std::time::Duration::from_secs(720 * 3600), "dataplane token")?;
     Ok(Json(state.dataplane_tokens.issue(&mesh, &q.service, validity).await?))
 }
 

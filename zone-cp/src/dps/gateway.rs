@@ -9,7 +9,6 @@ use std::net::SocketAddr;
 
 use futures::StreamExt;
 use strait_api::dps::{gateway_message, GatewayHello, GatewayMessage, ZoneMessage, PROTOCOL_VERSION};
-use strait_cp_core::kinds::REVOKED_TOKEN;
 use strait_store::WatchStream;
 use tokio::sync::mpsc;
 use tonic::{Status, Streaming};
@@ -94,8 +93,11 @@ impl GatewaySession {
                 () = self.shared.shutdown.cancelled() => return Err(Status::unavailable("the zone control plane is shutting down")),
                 status = self.token.expired() => return Err(status),
                 event = events.next() => {
-                    if super::coalesce(event, &mut events, |key| key.kind == REVOKED_TOKEN || gateways::affects_gateways(key))? {
+                    let (relevant, revoked) = super::coalesce_with_revocations(event, &mut events, gateways::affects_gateways)?;
+                    if revoked {
                         self.token.check(&self.shared.resources).await?;
+                    }
+                    if relevant {
                         self.push_config(&mut last).await?;
                     }
                 }

@@ -254,6 +254,24 @@ fn coalesce(
     Ok(relevant)
 }
 
+/// [`coalesce`], also telling whether any of the events is a token revocation: the session
+/// then checks its token, and recomputes its configuration only if `affects` says so.
+fn coalesce_with_revocations(
+    first: Option<Result<strait_store::Event, strait_store::StoreError>>,
+    events: &mut strait_store::WatchStream,
+    affects: impl Fn(&Key) -> bool,
+) -> Result<(bool, bool), Status> {
+    let revoked = std::cell::Cell::new(false);
+    let relevant = coalesce(first, events, |key| {
+        if key.kind == strait_cp_core::kinds::REVOKED_TOKEN {
+            revoked.set(true);
+            return false;
+        }
+        affects(key)
+    })?;
+    Ok((relevant, revoked.get()))
+}
+
 /// A proxy's configuration as a `Config` message at `version`, unless its JSON is what was
 /// sent last (then `None`); `last` keeps the JSON sent.
 fn changed_config(config: &impl serde::Serialize, version: u64, last: &mut Option<Vec<u8>>) -> Result<Option<ZoneMessage>, Status> {

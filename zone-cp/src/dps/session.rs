@@ -10,7 +10,7 @@ use futures::StreamExt;
 use serde_json::json;
 use strait_api::dps::{dataplane_message, zone_message, Certificate, DataplaneMessage, ZoneMessage};
 use strait_api::{proxy_config, Resource, ResourceType, Spec};
-use strait_cp_core::kinds::{DATAPLANE_NACK, REVOKED_TOKEN};
+use strait_cp_core::kinds::DATAPLANE_NACK;
 use strait_store::{Key, Precondition, WatchStream};
 use tokio::sync::mpsc;
 use tonic::{Status, Streaming};
@@ -78,8 +78,11 @@ impl Session {
                 () = self.shared.shutdown.cancelled() => return Err(Status::unavailable("the zone control plane is shutting down")),
                 status = self.token.expired() => return Err(status),
                 event = events.next() => {
-                    if super::coalesce(event, &mut events, |key| self.affects(key))? {
+                    let (relevant, revoked) = super::coalesce_with_revocations(event, &mut events, |key| self.affects(key))?;
+                    if revoked {
                         self.token.check(&self.shared.resources).await?;
+                    }
+                    if relevant {
                         self.push_config(&mut last).await?;
                     }
                 }
@@ -95,9 +98,8 @@ impl Session {
     /// Whether a change of `key` can change this sidecar's configuration.
     fn affects(&self, key: &Key) -> bool {
         // Sidecars' NACK records are status, not configuration.
-        key.kind == REVOKED_TOKEN
-            || key.kind != DATAPLANE_NACK
-                && (key.mesh == self.mesh || (key.kind == "Mesh" && key.name == self.mesh) || crate::gateways::affects_remote(key))
+        key.kind != DATAPLANE_NACK
+            && (key.mesh == self.mesh || (key.kind == "Mesh" && key.name == self.mesh) || crate::gateways::affects_remote(key))
     }
 
     /// Recomputes the configuration and sends it if it differs from the last one sent. Its
