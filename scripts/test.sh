@@ -31,6 +31,16 @@ if ! command -v cargo-nextest >/dev/null; then
     cargo install cargo-nextest --locked
 fi
 
+# The API contract test runs schemathesis against the global's OpenAPI document.
+if ! command -v schemathesis >/dev/null; then
+    say "installing schemathesis"
+    if python3 -m pip install --quiet --disable-pip-version-check "schemathesis==4.32.5"; then
+        command -v pyenv >/dev/null && pyenv rehash
+    else
+        echo "could not install schemathesis; the API contract test will say so" >&2
+    fi
+fi
+
 say "format"
 cargo fmt --all --check
 

@@ -12,6 +12,10 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub struct Duration(pub std::time::Duration);
 
+/// The longest duration, about 34,000 years: longer ones are read as this, which keeps every
+/// deadline computed from a duration far from overflow.
+pub const MAX_SECS: u64 = 1 << 40;
+
 /// A string that is not a duration.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("invalid duration {0:?}: expected a number with a unit (ms, s, m, h), such as \"5s\" or \"1m30s\"")]
@@ -64,34 +68,38 @@ impl FromStr for Duration {
             let unit_len = after.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(after.len());
             let (unit, next) = after.split_at(unit_len);
             let scale = UNITS.iter().find(|(u, _)| *u == unit).map(|(_, s)| *s).ok_or_else(bad)?;
-            total_ns = total_ns.checked_add(scaled(num, scale).ok_or_else(bad)?).ok_or_else(bad)?;
+            total_ns = total_ns.saturating_add(scaled(num, scale).ok_or_else(bad)?);
             rest = next;
         }
-        let secs = u64::try_from(total_ns / 1_000_000_000).map_err(|_| bad())?;
+        if total_ns / 1_000_000_000 >= u128::from(MAX_SECS) {
+            return Ok(Self::from_secs(MAX_SECS));
+        }
+        let secs = (total_ns / 1_000_000_000) as u64;
         // The remainder is below 10^9, so it fits in u32.
         let nanos = (total_ns % 1_000_000_000) as u32;
         Ok(Self(std::time::Duration::new(secs, nanos)))
     }
 }
 
-/// `num` (decimal, maybe with a fraction) times `scale` nanoseconds, rounded down.
+/// `num` (digits, maybe a '.' and more digits) times `scale` nanoseconds, rounded down and
+/// saturating: the caller caps the sum at [`MAX_SECS`].
 fn scaled(num: &str, scale: u128) -> Option<u128> {
     let (int, frac) = match num.split_once('.') {
-        Some((i, f)) => (i, f),
-        None => (num, ""),
+        Some((i, f)) => (i, Some(f)),
+        None => (num, None),
     };
-    if int.is_empty() && frac.is_empty() || frac.contains('.') {
+    let digits_ok = |d: &str| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit());
+    if !digits_ok(int) || frac.is_some_and(|f| !digits_ok(f)) {
         return None;
     }
-    let int_val: u128 = if int.is_empty() { 0 } else { int.parse().ok()? };
-    let mut total = int_val.checked_mul(scale)?;
-    let mut div = 1u128;
-    let mut frac_val = 0u128;
-    for c in frac.chars().take(18) {
-        frac_val = frac_val * 10 + u128::from(c.to_digit(10)?);
-        div *= 10;
+    let int_val = int.bytes().fold(0u128, |acc, b| acc.saturating_mul(10).saturating_add(u128::from(b - b'0')));
+    let mut total = int_val.saturating_mul(scale);
+    if let Some(frac) = frac {
+        // Digits below a nanosecond change nothing.
+        let frac = &frac[..frac.len().min(18)];
+        let frac_val: u128 = frac.parse().ok()?;
+        total = total.saturating_add(frac_val * scale / 10u128.pow(frac.len() as u32));
     }
-    total = total.checked_add(frac_val * scale / div)?;
     Some(total)
 }
 
@@ -133,7 +141,7 @@ impl utoipa::PartialSchema for Duration {
     fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
         utoipa::openapi::ObjectBuilder::new()
             .schema_type(utoipa::openapi::schema::Type::String)
-            .pattern(Some(r"^([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$|^0$"))
+            .pattern(Some(crate::schema_rules::DURATION))
             .description(Some("A duration such as 250ms, 5s, 1m30s or 24h"))
             .into()
     }
@@ -170,6 +178,18 @@ mod tests {
             let err = bad.parse::<Duration>().unwrap_err();
             assert!(err.to_string().contains(&format!("{bad:?}")), "{err}");
         }
+    }
+
+    #[test]
+    fn very_long_durations_are_capped_and_round_trip() {
+        for long in ["99999999999999999999999999999h", "1099511627776s", "5124095576030431h15s", "9999999999h9999999999h"] {
+            let d: Duration = long.parse().unwrap();
+            assert_eq!(d, Duration::from_secs(MAX_SECS), "{long}");
+            assert_eq!(d.to_string().parse::<Duration>().unwrap(), d);
+        }
+        let below: Duration = "1000000h".parse().unwrap();
+        assert_eq!(below, Duration::from_secs(3_600_000_000));
+        assert_eq!("1.1234567890123456789s".parse::<Duration>().unwrap().get(), std::time::Duration::new(1, 123_456_789));
     }
 
     #[test]

@@ -20,6 +20,7 @@ pub mod policies;
 pub mod proxy_config;
 pub mod proxy_policies;
 pub mod resource;
+pub mod schema_rules;
 pub mod support;
 pub mod target_ref;
 pub mod validate;

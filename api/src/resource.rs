@@ -53,6 +53,11 @@ macro_rules! resource_types {
                 match self { $( ResourceType::$variant => $scoped, )* }
             }
 
+            /// For a from/to policy, whether it takes `from` and `to` items; `None` otherwise.
+            pub fn policy_sections(self) -> Option<(bool, bool)> {
+                match self { $( ResourceType::$variant => <$spec as SpecSections>::SECTIONS, )* }
+            }
+
             fn parse_spec(self, value: Value) -> Result<Spec, FieldError> {
                 match self { $( ResourceType::$variant => typed::<$spec>(value).map(Spec::$variant), )* }
             }
@@ -103,10 +108,43 @@ resource_types! {
     MeshMetric { spec: ProxySpec<metric::MetricConf>, plural: "meshmetrics", short: "mm", mesh_scoped: true }
 }
 
+/// The sections a spec type has: `Some((from, to))` for a from/to policy.
+pub trait SpecSections {
+    /// Whether `from` and `to` items are taken; `None` for specs that are not from/to policies.
+    const SECTIONS: Option<(bool, bool)> = None;
+}
+
+impl<C: PolicyConf> SpecSections for PolicySpec<C> {
+    const SECTIONS: Option<(bool, bool)> = Some((C::FROM, C::TO));
+}
+impl SpecSections for MeshSpec {}
+impl SpecSections for ZoneSpec {}
+impl SpecSections for DataplaneSpec {}
+impl<R> SpecSections for RouteSpec<R> {}
+impl<C> SpecSections for ProxySpec<C> {}
+
 /// Registers the conf `C` of a `ProxySpec<C>` (and what it refers to) by its name.
 fn proxy_conf_schema<C: utoipa::ToSchema>(out: &mut Vec<(String, utoipa::openapi::RefOr<utoipa::openapi::schema::Schema>)>) {
     out.push((C::name().into_owned(), C::schema()));
     C::schemas(out);
+}
+
+/// JSON does not tell `2` from `2.0`, and neither does JSON Schema: a count sent as `2.0` is
+/// read as the integer it is. Fractions and numbers beyond 64 bits stay as they are.
+fn integral_numbers_as_integers(value: &mut Value) {
+    match value {
+        Value::Number(n) if n.is_f64() => {
+            let f = n.as_f64().unwrap_or(f64::NAN);
+            if f.fract() == 0.0 && f >= 0.0 && f < u64::MAX as f64 {
+                *n = (f as u64).into();
+            } else if f.fract() == 0.0 && f < 0.0 && f >= i64::MIN as f64 {
+                *n = (f as i64).into();
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(integral_numbers_as_integers),
+        Value::Object(map) => map.values_mut().for_each(integral_numbers_as_integers),
+        _ => {}
+    }
 }
 
 fn typed<T: serde::de::DeserializeOwned>(value: Value) -> Result<T, FieldError> {
@@ -186,7 +224,8 @@ impl Resource {
     }
 
     /// Parses and validates one resource from a JSON value, reporting every bad field.
-    pub fn from_value(value: Value) -> Result<Resource, ValidationErrors> {
+    pub fn from_value(mut value: Value) -> Result<Resource, ValidationErrors> {
+        integral_numbers_as_integers(&mut value);
         let Value::Object(mut obj) = value else {
             return Err(ValidationErrors::single("", "a resource must be an object with type, name and spec"));
         };

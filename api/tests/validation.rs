@@ -100,10 +100,10 @@ fn several_errors_are_reported_together() {
 
 #[test]
 fn every_type_round_trips_through_json_and_yaml() {
-    let docs = include_str!("../../deploy/examples/all-types.yaml");
-    let parsed: Vec<Resource> = parse_documents(docs).into_iter().map(|r| r.unwrap_or_else(|e| panic!("{e}"))).collect();
+    let docs = [include_str!("../../deploy/examples/all-types.yaml"), include_str!("../../deploy/examples/dataplane.yaml")];
+    let parsed: Vec<Resource> = docs.iter().flat_map(|d| parse_documents(d)).map(|r| r.unwrap_or_else(|e| panic!("{e}"))).collect();
     let types: std::collections::BTreeSet<ResourceType> = parsed.iter().map(|r| r.kind).collect();
-    assert_eq!(types.len(), ResourceType::ALL.len(), "the example file covers every type");
+    assert_eq!(types.len(), ResourceType::ALL.len(), "the example files cover every type");
     for r in parsed {
         let json = serde_json::to_string(&r).unwrap();
         let back: Resource = serde_json::from_str(&json).unwrap_or_else(|e| panic!("{}: {e}\n{json}", r.name));

@@ -140,7 +140,10 @@ spec:
   to:
   - targetRef: {kind: Mesh}
     default: {idleTimeout: 5s}
----
+";
+
+/// Dataplanes register with their zone; the global refuses to store one.
+const DATAPLANE: &str = "\
 type: Dataplane
 name: web-1
 mesh: default
@@ -157,25 +160,36 @@ async fn apply_creates_then_leaves_unchanged_then_configures() {
     let h = start().await;
     let file = h.write("all.yaml", MANIFEST);
     let out = h.run(&["apply", "-f", &file]).await.ok();
-    assert_eq!(
-        out.lines(),
-        ["mesh/default created", "meshtrafficpermission/allow-web created", "meshtimeout/t created", "dataplane/web-1 created"]
-    );
+    assert_eq!(out.lines(), ["mesh/default created", "meshtrafficpermission/allow-web created", "meshtimeout/t created"]);
 
     let out = h.run(&["apply", "-f", &file]).await.ok();
-    assert!(out.lines().iter().all(|l| l.ends_with(" unchanged")) && out.lines().len() == 4, "{out:#?}");
+    assert!(out.lines().iter().all(|l| l.ends_with(" unchanged")) && out.lines().len() == 3, "{out:#?}");
 
     let changed = h.write("changed.yaml", &MANIFEST.replace("idleTimeout: 5s", "idleTimeout: 10s"));
     let out = h.run(&["apply", "-f", &changed]).await.ok();
-    assert_eq!(
-        out.lines(),
-        ["mesh/default unchanged", "meshtrafficpermission/allow-web unchanged", "meshtimeout/t configured", "dataplane/web-1 unchanged"]
-    );
+    assert_eq!(out.lines(), ["mesh/default unchanged", "meshtrafficpermission/allow-web unchanged", "meshtimeout/t configured"]);
     let (status, stored) = h.rest_get("/meshes/default/meshtimeouts/t").await;
     assert_eq!((status, stored["spec"]["to"][0]["default"]["idleTimeout"].as_str()), (200, Some("10s")));
 
     let out = exec(h.connected(), &["apply", "-f", "-"], Some("type: Zone\nname: east\n")).await.ok();
     assert_eq!(out.lines(), ["zone/east created"], "stdin works");
+
+    let out = h.run(&["apply", "-f", &h.write("dp.yaml", DATAPLANE)]).await.failed(1);
+    assert!(
+        out.stderr.contains("applying dataplane/web-1") && out.stderr.contains("registered with the control plane of their zone"),
+        "{out:#?}"
+    );
+    h.stop().await;
+}
+
+/// The README's example applies as it says.
+#[tokio::test]
+async fn the_example_of_every_type_applies() {
+    let h = start().await;
+    let file = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/examples/all-types.yaml");
+    let out = h.run(&["apply", "-f", file]).await.ok();
+    assert_eq!(out.lines()[..2], ["mesh/default created", "zone/zone-1 created"], "{out:#?}");
+    assert!(out.lines().iter().all(|l| l.ends_with(" created")) && out.lines().len() > 10, "{out:#?}");
     h.stop().await;
 }
 
@@ -190,7 +204,7 @@ async fn an_invalid_document_among_valid_ones_writes_nothing() {
         "{out:#?}"
     );
     assert!(out.stderr.contains("policies.yaml: document 1 (meshtrafficpermission/allow-web): spec.from[0].default.action"), "{out:#?}");
-    assert!(out.stderr.contains("2 of 4 documents are invalid; nothing was applied"), "{out:#?}");
+    assert!(out.stderr.contains("2 of 3 documents are invalid; nothing was applied"), "{out:#?}");
     assert!(out.stdout.is_empty());
     let (status, meshes) = h.rest_get("/meshes").await;
     assert_eq!((status, meshes["total"].as_u64()), (200, Some(0)), "the valid Mesh was not written either");
@@ -243,11 +257,15 @@ async fn get_prints_tables_yaml_and_json() {
     let row: Vec<&str> = out.lines()[2].split_whitespace().collect();
     assert_eq!(&row[..3], ["allow-web", "default", "MeshService/web"], "{}", out.stdout);
 
-    let out = h.run(&["get", "dp"]).await.ok();
-    let row: Vec<&str> = out.lines()[1].split_whitespace().collect();
-    assert_eq!(&row[..4], ["web-1", "default", "10.0.0.7", "web"], "{}", out.stdout);
+    // The services are those the zones report.
+    let store = h.cp.as_ref().expect("running").store().clone();
+    let inventory = serde_json::json!({"zone": "east", "services": [{"mesh": "default", "name": "web", "endpoints": 2, "healthy": 2}]});
+    store
+        .put(strait_store::Key::new(strait_cp_core::kinds::ZONE_INVENTORY, "", "east"), inventory, strait_store::Precondition::None)
+        .await
+        .unwrap();
     let out = h.run(&["get", "services", "--mesh", "default"]).await.ok();
-    assert_eq!(out.lines(), ["NAME   DATAPLANES", "web    1"]);
+    assert_eq!(out.lines(), ["NAME   DATAPLANES", "web    2"]);
     let out = h.run(&["get", "meshes"]).await.ok();
     assert!(out.lines()[0].starts_with("NAME ") && !out.lines()[0].contains("MESH "), "{}", out.stdout);
 
@@ -267,17 +285,17 @@ async fn get_yaml_output_applies_back_unchanged() {
     let out = exec(h.connected(), &["apply", "-f", "-"], Some(&list)).await.ok();
     assert_eq!(out.lines(), ["meshtrafficpermission/allow-all unchanged", "meshtrafficpermission/allow-web unchanged"]);
 
-    let one = h.run(&["get", "dataplane", "web-1", "-o", "yaml"]).await.ok().stdout;
-    let out = h.run(&["apply", "-f", &h.write("dp.yaml", &one)]).await.ok();
-    assert_eq!(out.lines(), ["dataplane/web-1 unchanged"]);
+    let one = h.run(&["get", "meshtimeout", "t", "-o", "yaml"]).await.ok().stdout;
+    let out = h.run(&["apply", "-f", &h.write("t.yaml", &one)]).await.ok();
+    assert_eq!(out.lines(), ["meshtimeout/t unchanged"]);
 
     let json = h.run(&["get", "meshes", "-o", "json"]).await.ok().stdout;
     let out = h.run(&["apply", "-f", &h.write("meshes.json", &json)]).await.ok();
     assert_eq!(out.lines(), ["mesh/default unchanged"]);
 
     // The version in the output guards against overwriting a newer change.
-    h.run(&["apply", "-f", &h.write("new.yaml", &one.replace("10.0.0.7", "10.0.0.8"))]).await.ok();
-    let out = h.run(&["apply", "-f", &h.write("stale.yaml", &one.replace("10.0.0.7", "10.0.0.9"))]).await.failed(1);
+    h.run(&["apply", "-f", &h.write("new.yaml", &one.replace("idleTimeout: 5s", "idleTimeout: 8s"))]).await.ok();
+    let out = h.run(&["apply", "-f", &h.write("stale.yaml", &one.replace("idleTimeout: 5s", "idleTimeout: 9s"))]).await.failed(1);
     assert!(out.stderr.contains("conflict") && out.stderr.contains("remove `version`"), "{out:#?}");
     h.stop().await;
 }

@@ -7,7 +7,6 @@
 //! a new or deleted Mesh brings (the global's root CA and default policies) comes from a
 //! [`MeshLifecycle`] the owner plugs in, in the same atomic batch.
 
-use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use serde::Serialize;
@@ -55,12 +54,12 @@ pub enum PutOutcome {
     Unchanged,
 }
 
-/// A service summary derived from the Dataplanes of a mesh.
+/// A service of a mesh and how many endpoints serve it.
 #[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct ServiceSummary {
     /// The `strait.io/service` tag.
     pub name: String,
-    /// Dataplanes serving it.
+    /// Endpoints (Dataplanes) serving it, in every zone.
     pub dataplanes: u64,
 }
 
@@ -215,19 +214,5 @@ impl Resources {
         let outcomes = self.store.apply(ops).await?;
         let first = outcomes.into_iter().next().ok_or_else(|| StoreError::Backend("store returned no outcome".into()))?;
         Self::from_object(first.object())
-    }
-
-    /// Services of a mesh, from its Dataplanes' inbound tags.
-    pub async fn services(&self, mesh: &str) -> Result<Vec<ServiceSummary>, ServiceError> {
-        let mut counts: BTreeMap<String, u64> = BTreeMap::new();
-        for dp in self.list(ResourceType::Dataplane, Some(mesh)).await? {
-            if let strait_api::Spec::Dataplane(spec) = &dp.spec {
-                let services: BTreeSet<&str> = spec.networking.inbound.iter().map(|i| i.service()).collect();
-                for s in services {
-                    *counts.entry(s.to_string()).or_default() += 1;
-                }
-            }
-        }
-        Ok(counts.into_iter().map(|(name, dataplanes)| ServiceSummary { name, dataplanes }).collect())
     }
 }

@@ -13,7 +13,7 @@ pub struct HealthCheckConf {
     /// Time between checks of one endpoint.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub interval: Option<Duration>,
-    /// Time to wait for a check's answer.
+    /// Time to wait for a check's answer; it may exceed the interval, and the next check waits for it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout: Option<Duration>,
     /// Failed checks in a row before an endpoint is unhealthy.
@@ -66,11 +66,6 @@ impl Validate for HealthCheckConf {
         check_positive(v, "timeout", self.timeout);
         check_min(v, "unhealthyThreshold", self.unhealthy_threshold, 1);
         check_min(v, "healthyThreshold", self.healthy_threshold, 1);
-        if let (Some(i), Some(t)) = (self.interval, self.timeout) {
-            if t > i {
-                v.error_at("timeout", format!("{t} is longer than interval {i}"));
-            }
-        }
         if let Some(http) = &self.http {
             v.field("http", |v| {
                 if let Some(path) = &http.path {

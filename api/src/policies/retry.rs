@@ -37,7 +37,7 @@ pub struct BackOff {
     /// First interval (default 25ms).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub base_interval: Option<Duration>,
-    /// Longest interval (default 10 × base).
+    /// Longest interval (default 10 × base); below baseInterval, every wait is maxInterval.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_interval: Option<Duration>,
 }
@@ -70,11 +70,6 @@ fn check_back_off(v: &mut Validator, b: &Option<BackOff>) {
         v.field("backOff", |v| {
             check_positive(v, "baseInterval", b.base_interval);
             check_positive(v, "maxInterval", b.max_interval);
-            if let (Some(base), Some(max)) = (b.base_interval, b.max_interval) {
-                if max < base {
-                    v.error_at("maxInterval", format!("{max} is shorter than baseInterval {base}"));
-                }
-            }
         });
     }
 }

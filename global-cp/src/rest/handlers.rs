@@ -186,14 +186,26 @@ pub async fn delete_mesh(
     delete_one(&state, ResourceType::Mesh, None, &mesh, q.version).await
 }
 
-/// Lists the services of a mesh, from its Dataplanes.
+/// Lists the services of a mesh, from the inventories of the connected zones: `dataplanes`
+/// counts the endpoints every zone registers for the service.
 #[utoipa::path(get, path = "/meshes/{mesh}/services", tag = "resources", responses((status = 200, body = ServiceList), (status = 404, body = strait_cp_core::rest::errors::ErrorBody)))]
 pub async fn list_services(
     State(state): State<AppState>,
     Path(mesh): Path<String>,
 ) -> Result<Json<ListBody<strait_cp_core::resources::ServiceSummary>>, ApiError> {
     get_one(&state, ResourceType::Mesh, None, &mesh).await.map(drop)?;
-    Ok(list_body(state.resources.services(&mesh).await?))
+    let mut counts: std::collections::BTreeMap<String, u64> = std::collections::BTreeMap::new();
+    for record in state.resources.store().list(strait_cp_core::kinds::ZONE_INVENTORY, Some("")).await? {
+        let Ok(inventory) = serde_json::from_value::<strait_api::gateway_config::ZoneInventory>(record.data) else {
+            tracing::warn!(key = %record.key, "a zone inventory in the store does not decode; its services are not listed");
+            continue;
+        };
+        for service in inventory.services.into_iter().filter(|s| s.mesh == mesh) {
+            *counts.entry(service.name).or_default() += u64::from(service.endpoints);
+        }
+    }
+    let services = counts.into_iter().map(|(name, dataplanes)| strait_cp_core::resources::ServiceSummary { name, dataplanes });
+    Ok(list_body(services.collect()))
 }
 
 /// Lists resources of a type in a mesh; `rtype` is the lowercase plural, such as `meshtrafficpermissions`.
@@ -244,6 +256,19 @@ pub async fn delete_in_mesh(
     delete_one(&state, kind, Some(&mesh), &name, q.version).await
 }
 
+/// Reads one Dataplane of a mesh. Dataplanes register with the control plane of their own zone,
+/// so the global offers no write (a Dataplane stored here would reach no sidecar).
+pub async fn get_dataplane(State(state): State<AppState>, Path((mesh, name)): Path<(String, String)>) -> Result<Json<Resource>, ApiError> {
+    get_one(&state, ResourceType::Dataplane, Some(&mesh), &name).await
+}
+
+/// Any method but a read on a Dataplane: 405, saying where Dataplanes are registered.
+pub async fn dataplanes_are_read_only() -> ApiError {
+    ApiError::method_not_allowed(
+        "Dataplanes are registered with the control plane of their zone (by `strait-dp` or the Kubernetes controller), not written to the global; the global lists the services zones report at /meshes/{mesh}/services",
+    )
+}
+
 /// Lists zones, each with its live `status`.
 #[utoipa::path(get, path = "/zones", tag = "zones", responses((status = 200, body = strait_api::openapi::ResourceListSchema)))]
 pub async fn list_zones(State(state): State<AppState>) -> Result<Json<ListBody<Resource>>, ApiError> {
@@ -292,14 +317,19 @@ pub async fn delete_zone(
     Ok(deleted)
 }
 
-/// A token's `validFor` (`default` when absent); an unreadable one names the field.
+/// A token's `validFor` (`default` when absent); an unreadable one, or one under a second
+/// (tokens count whole seconds), names the field.
 fn validity(valid_for: Option<&str>, default: std::time::Duration, what: &str) -> Result<std::time::Duration, ApiError> {
+    let bad = |message: String| ApiError::invalid(what, ValidationErrors::single("validFor", message));
     match valid_for {
         None => Ok(default),
-        Some(v) => v
-            .parse::<strait_api::Duration>()
-            .map(|d| d.get())
-            .map_err(|e| ApiError::invalid(what, ValidationErrors::single("validFor", e.to_string()))),
+        Some(v) => {
+            let d = v.parse::<strait_api::Duration>().map_err(|e| bad(e.to_string()))?.get();
+            if d < std::time::Duration::from_secs(1) {
+                return Err(bad(format!("{v} is too short: expected at least 1s")));
+            }
+            Ok(d)
+        }
     }
 }
 
@@ -309,7 +339,7 @@ fn validity(valid_for: Option<&str>, default: std::time::Duration, what: &str) -
 #[serde(rename_all = "camelCase")]
 pub struct TokenQuery {
     /// Validity such as `720h` (default: the global's --zone-token-validity).
-    #[param(pattern = r"^[1-9][0-9]{0,5}(ms|s|m|h)$")]
+    #[param(pattern = r"^([1-9][0-9]{0,8}(s|m|h))+$")]
     pub valid_for: Option<String>,
 }
 
@@ -373,7 +403,7 @@ pub struct DataplaneTokenQuery {
     #[param(pattern = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?(\.[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)*$", max_length = 253)]
     pub service: String,
     /// Validity such as `720h` (default 720h).
-    #[param(pattern = r"^[1-9][0-9]{0,5}(ms|s|m|h)$")]
+    #[param(pattern = r"^([1-9][0-9]{0,8}(s|m|h))+$")]
     pub valid_for: Option<String>,
 }
 

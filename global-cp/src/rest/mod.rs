@@ -51,6 +51,7 @@ pub fn router(state: AppState, admin_token: Arc<String>) -> Router {
         .route("/meshes/{mesh}/dataplane-tokens", axum::routing::post(handlers::issue_dataplane_token))
         .route("/meshes/{mesh}/dataplane-tokens/{id}", axum::routing::delete(handlers::revoke_dataplane_token))
         .route("/meshes/{mesh}/services/{service}/dataplane-tokens", axum::routing::delete(handlers::revoke_service_dataplane_tokens))
+        .route("/meshes/{mesh}/dataplanes/{name}", get(handlers::get_dataplane).fallback(handlers::dataplanes_are_read_only))
         .route("/meshes/{mesh}/{rtype}", get(handlers::list_in_mesh))
         .route("/meshes/{mesh}/{rtype}/{name}", get(handlers::get_in_mesh).put(handlers::put_in_mesh).delete(handlers::delete_in_mesh))
         .route("/zones", get(handlers::list_zones))

@@ -16,10 +16,8 @@ impl Modify for AdminToken {
     }
 }
 
-/// A DNS-1123 label: mesh and zone names.
-const DNS_LABEL: &str = "^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$";
-/// A DNS-1123 subdomain: names of resources in a mesh, services.
-const DNS_SUBDOMAIN: &str = "^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)*$";
+use strait_api::schema_rules::{DNS_LABEL, DNS_SUBDOMAIN};
+
 /// A token id.
 const TOKEN_ID: &str = "^[0-9a-f]{32}$";
 
@@ -36,6 +34,11 @@ impl Modify for PerType {
             let Some(item) = paths.remove(generic) else { continue };
             for kind in ResourceType::ALL.iter().copied().filter(|t| t.is_mesh_scoped()) {
                 let mut item = item.clone();
+                if kind == ResourceType::Dataplane {
+                    // Registered in their zones; the global only reads them.
+                    item.put = None;
+                    item.delete = None;
+                }
                 for operation in [item.get.as_mut(), item.put.as_mut(), item.delete.as_mut()].into_iter().flatten() {
                     if let Some(parameters) = operation.parameters.as_mut() {
                         parameters.retain(|p| p.name != "rtype");
@@ -165,8 +168,23 @@ impl Modify for Shared {
 )]
 struct ApiDoc;
 
+/// The document as a JSON value, with the validators' rules added to its schemas, and the
+/// names of any rule targets it lacks (none unless a type changed without its rule).
+pub fn document() -> (serde_json::Value, Vec<String>) {
+    let mut doc = serde_json::to_value(ApiDoc::openapi()).unwrap_or_default();
+    let missing = strait_api::schema_rules::refine(&mut doc);
+    (doc, missing)
+}
+
 /// The document as JSON, built once.
 pub fn document_json() -> String {
     static DOC: OnceLock<String> = OnceLock::new();
-    DOC.get_or_init(|| ApiDoc::openapi().to_pretty_json().unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))).clone()
+    DOC.get_or_init(|| {
+        let (doc, missing) = document();
+        if !missing.is_empty() {
+            tracing::warn!(?missing, "the OpenAPI document lacks schemas that validation rules refer to");
+        }
+        serde_json::to_string_pretty(&doc).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))
+    })
+    .clone()
 }
