@@ -35,7 +35,8 @@ fi
 if ! command -v schemathesis >/dev/null; then
     say "installing schemathesis"
     if python3 -m pip install --quiet --disable-pip-version-check "schemathesis==4.32.5"; then
-        command -v pyenv >/dev/null && pyenv rehash
+        scripts_dir=$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))')
+        [ -x "$scripts_dir/schemathesis" ] && export STRAIT_SCHEMATHESIS="$scripts_dir/schemathesis"
     else
         echo "could not install schemathesis; the API contract test will say so" >&2
     fi

@@ -168,7 +168,8 @@ fn the_data_directory_and_the_store_are_owner_only() {
 /// another).
 #[test]
 fn schemathesis_finds_nothing_against_the_openapi_document() {
-    let installed = Command::new("schemathesis").arg("--version").output().is_ok_and(|o| o.status.success());
+    let bin = std::env::var("STRAIT_SCHEMATHESIS").unwrap_or_else(|_| "schemathesis".into());
+    let installed = Command::new(&bin).arg("--version").output().is_ok_and(|o| o.status.success());
     if !installed {
         assert!(std::env::var("CI").as_deref() != Ok("true"), "schemathesis is not installed; scripts/test.sh installs it");
         eprintln!("SKIP: schemathesis is not installed (pip install schemathesis); scripts/test.sh installs it");
@@ -177,7 +178,7 @@ fn schemathesis_finds_nothing_against_the_openapi_document() {
     let dir = tempfile::tempdir().unwrap();
     let mut g = spawn(dir.path(), free_port());
     let seed = std::env::var("STRAIT_SCHEMATHESIS_SEED").unwrap_or_else(|_| "20261202".into());
-    let output = Command::new("schemathesis")
+    let output = Command::new(&bin)
         .current_dir(dir.path())
         .env("NO_COLOR", "1")
         .args(["run", &format!("{}/openapi.json", g.base), "--checks", "all", "--max-examples", "20", "--seed", &seed])
