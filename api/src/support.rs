@@ -1,4 +1,5 @@
-//! What the API accepts as valid but the data plane does not enforce yet. Writes of such a
+//! What the API accepts as valid but the data plane does not enforce yet: whole policy types
+//! ([`NOT_ENFORCED_TYPES`]) and fields of the others. Writes of such a
 //! resource are refused with a message that says so (no policy is accepted and then ignored);
 //! a sidecar that gets one anyway (written before this check, or by a newer control plane)
 //! refuses its configuration (NACK) rather than ignore it.
@@ -7,7 +8,7 @@
 
 use crate::policies::load_balancing::LoadBalancerType;
 use crate::validate::{FieldError, ValidationErrors};
-use crate::{Resource, Spec, TargetRef};
+use crate::{Resource, ResourceType, Spec, TargetRef};
 
 /// Why a caller selector on tags other than the service cannot be enforced.
 pub const CALLER_TAGS: &str = "callers are known by the identity their certificate proves, which names only their service (strait.io/service); a rule on other caller tags (such as version) would never apply, so it is refused: select callers with kind MeshService or kind Mesh";
@@ -15,17 +16,96 @@ pub const CALLER_TAGS: &str = "callers are known by the identity their certifica
 /// The fields of `resource` that the data plane would not enforce; empty when all are.
 pub fn not_enforced(resource: &Resource) -> ValidationErrors {
     let mut errors = caller_tags(resource);
-    if let Spec::MeshLoadBalancingStrategy(spec) = &resource.spec {
-        for (i, to) in spec.to.iter().enumerate() {
-            if to.default.load_balancer.as_ref().is_some_and(|lb| lb.kind == LoadBalancerType::RingHash) {
-                errors.push(FieldError {
-                    field: format!("spec.to[{i}].default.loadBalancer.type"),
-                    message: "RingHash is not implemented by the sidecars yet; use RoundRobin, LeastRequest or Random".into(),
-                });
+    let mut refuse = |field: String, message: &str| errors.push(FieldError { field, message: message.into() });
+    match &resource.spec {
+        Spec::MeshLoadBalancingStrategy(spec) => {
+            for (i, to) in spec.to.iter().enumerate() {
+                if to.default.load_balancer.as_ref().is_some_and(|lb| lb.kind == LoadBalancerType::RingHash) {
+                    refuse(
+                        format!("spec.to[{i}].default.loadBalancer.type"),
+                        "RingHash is not implemented by the sidecars yet; use RoundRobin, LeastRequest or Random",
+                    );
+                }
+                let cross_zone = to.default.locality_awareness.as_ref().and_then(|l| l.cross_zone.as_ref());
+                if cross_zone.is_some_and(|c| c.failover_threshold.is_some()) {
+                    refuse(
+                        format!("spec.to[{i}].default.localityAwareness.crossZone.failoverThreshold"),
+                        "is not enforced by the sidecars yet (they fail over when no local endpoint is available); leave it out",
+                    );
+                }
             }
         }
+        Spec::MeshHTTPRoute(spec) => {
+            for (i, to) in spec.to.iter().enumerate() {
+                for (j, rule) in to.rules.iter().enumerate() {
+                    for (k, filter) in rule.default.filters.iter().enumerate() {
+                        if filter.kind == crate::policies::http_route::HttpFilterType::RequestMirror {
+                            refuse(
+                                format!("spec.to[{i}].rules[{j}].default.filters[{k}].type"),
+                                "RequestMirror is not enforced by the sidecars yet; the other filters are",
+                            );
+                        }
+                    }
+                }
+            }
+        }
+        Spec::MeshTimeout(spec) => {
+            if !spec.from.is_empty() {
+                refuse("spec.from".into(), INBOUND_TIMEOUTS);
+            }
+            for (i, to) in spec.to.iter().enumerate() {
+                let Some(http) = &to.default.http else { continue };
+                for (name, set) in [
+                    ("streamIdleTimeout", http.stream_idle_timeout.is_some()),
+                    ("maxStreamDuration", http.max_stream_duration.is_some()),
+                    ("maxConnectionDuration", http.max_connection_duration.is_some()),
+                    ("requestHeadersTimeout", http.request_headers_timeout.is_some()),
+                ] {
+                    if set {
+                        refuse(format!("spec.to[{i}].default.http.{name}"), UNENFORCED_TIMEOUT);
+                    }
+                }
+            }
+        }
+        _ => {}
     }
     ValidationErrors(errors)
+}
+
+/// Why a MeshTimeout's `from` section is refused.
+pub const INBOUND_TIMEOUTS: &str =
+    "inbound timeouts are not enforced by the sidecars yet; set timeouts on the callers' side, in `to` (connectionTimeout, idleTimeout, http.requestTimeout)";
+/// Why the other HTTP timeouts of a MeshTimeout are refused.
+pub const UNENFORCED_TIMEOUT: &str =
+    "is not enforced by the sidecars yet; the enforced timeouts are connectionTimeout, idleTimeout and http.requestTimeout";
+
+/// Policy types no sidecar enforces yet. The global refuses to store them (a write answers 405
+/// naming the type), so that no policy is accepted and then ignored.
+pub const NOT_ENFORCED_TYPES: &[ResourceType] = &[
+    ResourceType::MeshTCPRoute,
+    ResourceType::MeshRetry,
+    ResourceType::MeshCircuitBreaker,
+    ResourceType::MeshHealthCheck,
+    ResourceType::MeshRateLimit,
+    ResourceType::MeshFaultInjection,
+    ResourceType::MeshAccessLog,
+    ResourceType::MeshTrace,
+    ResourceType::MeshMetric,
+];
+
+/// Why resources of `kind` cannot be written, when no sidecar enforces that type yet.
+pub fn type_not_enforced(kind: ResourceType) -> Option<String> {
+    NOT_ENFORCED_TYPES.contains(&kind).then(|| {
+        let enforced: Vec<&str> = ResourceType::ALL
+            .iter()
+            .filter(|t| t.is_policy() && !NOT_ENFORCED_TYPES.contains(t))
+            .map(|t| t.name())
+            .collect();
+        format!(
+            "{kind} is not enforced by the sidecars yet, so it is refused rather than stored with no effect; the enforced policy types are {}",
+            enforced.join(", ")
+        )
+    })
 }
 
 /// The `from[].targetRef`s that select callers by tags other than their service.
@@ -70,7 +150,8 @@ mod tests {
         assert_eq!(errors.0[0].field, "spec.from[1].targetRef.tags");
         assert!(errors.0[0].message.contains("never apply"));
         let tagged_service = parse("type: MeshTimeout\nname: t\nmesh: default\nspec:\n  from:\n  - targetRef: {kind: MeshService, name: web, tags: {version: v1}}\n    default: {connectionTimeout: 1s}\n");
-        assert_eq!(not_enforced(&tagged_service).0.len(), 1);
+        let fields: Vec<String> = not_enforced(&tagged_service).0.into_iter().map(|e| e.field).collect();
+        assert_eq!(fields, ["spec.from[0].targetRef.tags", "spec.from"], "the caller tags, and inbound timeouts as a whole");
         let by_service = parse("type: MeshTrafficPermission\nname: s\nmesh: default\nspec:\n  from:\n  - targetRef: {kind: MeshSubset, tags: {strait.io/service: web}}\n    default: {action: Deny}\n  - targetRef: {kind: Mesh}\n    default: {action: Allow}\n");
         assert!(not_enforced(&by_service).0.is_empty(), "the service tag alone is what a certificate proves");
     }

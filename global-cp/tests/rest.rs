@@ -515,3 +515,48 @@ async fn private_keys_stay_out_of_the_event_log() {
     }
     assert!(private >= 2, "the system secrets and the mesh CA were written");
 }
+
+/// Nothing is stored that no sidecar enforces: a policy type not enforced yet answers 405 naming
+/// the enforced ones (and stays deletable), and the fields not enforced of the other types
+/// answer 400 naming the field.
+#[tokio::test]
+async fn what_no_sidecar_enforces_is_refused() {
+    let s = start().await;
+    s.put("/meshes/default", &mesh("default")).await;
+    for kind in strait_api::support::NOT_ENFORCED_TYPES {
+        let path = format!("/meshes/default/{}/p", kind.plural());
+        let body = json!({"type": kind.name(), "name": "p", "mesh": "default", "spec": {}});
+        let resp = s.http.put(s.url(&path)).bearer_auth(&s.token).json(&body).send().await.unwrap();
+        assert_eq!(resp.status(), StatusCode::METHOD_NOT_ALLOWED, "{path}");
+        assert_eq!(resp.headers()["allow"], "GET, HEAD, DELETE", "{path}");
+        let error: Value = resp.json().await.unwrap();
+        let message = error["message"].as_str().unwrap();
+        assert!(message.contains(kind.name()) && message.contains("MeshTimeout"), "{message}");
+        assert_eq!(s.delete(&path).await.0, StatusCode::NOT_FOUND, "{path}: DELETE is still routed");
+    }
+    let refused = [
+        (json!({"from": [{"targetRef": {"kind": "Mesh"}, "default": {"idleTimeout": "5s"}}]}), "spec.from"),
+        (
+            json!({"to": [{"targetRef": {"kind": "Mesh"}, "default": {"http": {"requestTimeout": "5s", "streamIdleTimeout": "5s"}}}]}),
+            "spec.to[0].default.http.streamIdleTimeout",
+        ),
+        (
+            json!({"to": [{"targetRef": {"kind": "Mesh"}, "default": {"http": {"maxStreamDuration": "5s"}}}]}),
+            "spec.to[0].default.http.maxStreamDuration",
+        ),
+    ];
+    for (spec, field) in refused {
+        let (status, _, body) = s.put("/meshes/default/meshtimeouts/t", &json!({"type": "MeshTimeout", "spec": spec})).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+        assert_eq!(body["details"][0]["field"], field, "{body}");
+        assert!(body["details"][0]["message"].as_str().unwrap().contains("not enforced"), "{body}");
+    }
+    let threshold = json!({"type": "MeshLoadBalancingStrategy", "spec": {"to": [{"targetRef": {"kind": "Mesh"},
+        "default": {"localityAwareness": {"crossZone": {"failoverThreshold": 50, "failover": [{"to": {"type": "Any"}}]}}}}]}});
+    let (status, _, body) = s.put("/meshes/default/meshloadbalancingstrategies/l", &threshold).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(body["details"][0]["field"], "spec.to[0].default.localityAwareness.crossZone.failoverThreshold", "{body}");
+    let enforced = json!({"type": "MeshTimeout", "spec": {"to": [{"targetRef": {"kind": "Mesh"},
+        "default": {"connectionTimeout": "2s", "idleTimeout": "1m", "http": {"requestTimeout": "3s"}}}]}});
+    assert_eq!(s.put("/meshes/default/meshtimeouts/t", &enforced).await.0, StatusCode::CREATED);
+}

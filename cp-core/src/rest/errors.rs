@@ -28,11 +28,13 @@ pub struct ErrorBody {
 pub struct ApiError {
     status: StatusCode,
     body: ErrorBody,
+    /// The `Allow` header of a 405.
+    allow: Option<&'static str>,
 }
 
 impl ApiError {
     fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        ApiError { status, body: ErrorBody { code, message: message.into(), details: Vec::new() } }
+        ApiError { status, body: ErrorBody { code, message: message.into(), details: Vec::new() }, allow: None }
     }
 
     /// 400: the resource did not validate.
@@ -62,9 +64,11 @@ impl ApiError {
         Self::new(StatusCode::NOT_FOUND, "not_found", message)
     }
 
-    /// 405: the resource is read-only here (`Allow: GET, HEAD`).
-    pub fn method_not_allowed(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", message)
+    /// 405: the method is not offered here; `allow` lists those that are (`Allow`).
+    pub fn method_not_allowed(message: impl Into<String>, allow: &'static str) -> Self {
+        let mut e = Self::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", message);
+        e.allow = Some(allow);
+        e
     }
 
     /// 413.
@@ -130,9 +134,8 @@ impl IntoResponse for ApiError {
         if self.status == StatusCode::UNAUTHORIZED {
             response.headers_mut().insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
         }
-        if self.status == StatusCode::METHOD_NOT_ALLOWED {
-            // Only reads are offered where a write is refused this way.
-            response.headers_mut().insert(header::ALLOW, header::HeaderValue::from_static("GET, HEAD"));
+        if let Some(allow) = self.allow {
+            response.headers_mut().insert(header::ALLOW, header::HeaderValue::from_static(allow));
         }
         response
     }

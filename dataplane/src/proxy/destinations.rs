@@ -7,7 +7,7 @@
 //! counts, when they are still there. Out: an immutable [`Table`] that the data path reads
 //! through an `ArcSwap` snapshot: a request in flight finishes on the table it started with.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,11 +15,12 @@ use std::time::Duration;
 use rustls::pki_types::ServerName;
 use strait_api::gateway_config::sni;
 use strait_api::policies::timeout::TimeoutConf;
-use strait_api::proxy_config::ProxyConfig;
+use strait_api::proxy_config::{OutboundConfig, ProxyConfig};
 use strait_pki::Identity;
 
 use super::balance::Balancer;
 use super::endpoint::Endpoint;
+use super::http::routes::Routes;
 use super::locality::{Locality, MAX_CANDIDATES};
 use super::metrics::{Direction, PairMetrics, ProxyMetrics};
 
@@ -100,80 +101,96 @@ impl Destination {
     }
 }
 
-/// Every destination of the sidecar, by service and by endpoint address.
+/// Every destination of the sidecar, by service and by endpoint address, and the compiled
+/// MeshHTTPRoute rules of each.
 #[derive(Debug, Default)]
 pub struct Table {
     by_service: HashMap<String, Arc<Destination>>,
     by_address: HashMap<SocketAddr, Arc<Destination>>,
+    routes: HashMap<String, Routes>,
+}
+
+/// What building a table shares across its destinations.
+struct Build<'a> {
+    config: &'a ProxyConfig,
+    metrics: &'a ProxyMetrics,
+    source: &'a str,
+    /// Endpoints by address and SNI, kept from the previous table where they remain (endpoints
+    /// in other zones share the egress address: the SNI tells them apart).
+    known: HashMap<(SocketAddr, String), Arc<Endpoint>>,
+}
+
+impl Build<'_> {
+    /// The destination of `outbound`, with only the endpoints whose tags include `subset`.
+    fn destination(&mut self, outbound: &OutboundConfig, subset: &BTreeMap<String, String>) -> Option<Arc<Destination>> {
+        let zone = self.config.zone.as_str();
+        let Ok(expected) = Identity::parse(&strait_pki::spiffe_id(&self.config.mesh, &outbound.service)) else {
+            tracing::warn!(service = outbound.service, "no SPIFFE ID can be made for this service; skipping it");
+            return None;
+        };
+        let (mut local, mut remote) = (Vec::new(), Vec::new());
+        for e in outbound.endpoints.iter().filter(|e| subset.iter().all(|(k, v)| e.tags.get(k) == Some(v))) {
+            let Ok(ip) = e.address.parse::<std::net::IpAddr>() else {
+                tracing::warn!(service = outbound.service, address = e.address, "an endpoint address is not an IP address; skipping it");
+                continue;
+            };
+            let is_local = e.zone == zone;
+            let name = sni(&outbound.service, &self.config.mesh, (!is_local).then_some(e.zone.as_str()));
+            let Ok(server_name) = ServerName::try_from(name.clone()) else {
+                tracing::warn!(service = outbound.service, sni = name, "not a valid SNI; skipping the endpoint");
+                continue;
+            };
+            let address = SocketAddr::new(ip, e.port);
+            let endpoint = self
+                .known
+                .entry((address, name))
+                .and_modify(|kept| {
+                    if kept.zone != e.zone {
+                        *kept = Arc::new(Endpoint::new(address, e.zone.clone(), server_name.clone()));
+                    }
+                })
+                .or_insert_with(|| Arc::new(Endpoint::new(address, e.zone.clone(), server_name)))
+                .clone();
+            if is_local {
+                local.push(endpoint)
+            } else {
+                remote.push(endpoint)
+            }
+        }
+        let lb = outbound.policies.load_balancing.as_ref();
+        let balancer = Balancer::from_conf(lb).unwrap_or_else(|reason| {
+            // `check` refuses such a configuration before it is stored; kept for safety.
+            tracing::error!(service = outbound.service, reason, "a balancer that cannot be applied; using round robin");
+            Balancer::RoundRobin(Default::default())
+        });
+        Some(Arc::new(Destination {
+            service: outbound.service.clone(),
+            protocol: outbound.protocol,
+            expected,
+            local,
+            remote,
+            balancer,
+            locality: Locality::from_conf(lb, zone),
+            timeouts: Timeouts::from_conf(outbound.policies.timeout.as_ref()),
+            metrics: self.metrics.pair(Direction::Outbound, self.source, &outbound.service),
+        }))
+    }
 }
 
 impl Table {
-    /// Builds the table of `config`, keeping the endpoints of `previous` that remain.
+    /// Builds the table of `config`, keeping the endpoints of `previous` that remain. A route
+    /// that cannot be compiled is left out (`check` refuses such a configuration first).
     pub fn build(config: &ProxyConfig, previous: &Table, metrics: &ProxyMetrics) -> Table {
-        let zone = config.zone.as_str();
-        // Endpoints in other zones share the egress address: the SNI tells them apart.
-        let mut known: HashMap<(SocketAddr, String), Arc<Endpoint>> = previous
-            .by_service
-            .values()
-            .flat_map(|d| d.endpoints())
-            .map(|e| ((e.address, e.sni.to_str().into_owned()), e.clone()))
-            .collect();
+        Self::try_build(config, previous, metrics, false).unwrap_or_default()
+    }
+
+    fn try_build(config: &ProxyConfig, previous: &Table, metrics: &ProxyMetrics, strict: bool) -> Result<Table, String> {
+        let known = previous.by_service.values().flat_map(|d| d.endpoints()).map(|e| ((e.address, e.sni.to_str().into_owned()), e.clone()));
         let source = config.inbounds.first().map_or("", |i| i.service.as_str());
+        let mut build = Build { config, metrics, source, known: known.collect() };
         let mut table = Table::default();
         for outbound in &config.outbounds {
-            let Ok(expected) = Identity::parse(&strait_pki::spiffe_id(&config.mesh, &outbound.service)) else {
-                tracing::warn!(service = outbound.service, "no SPIFFE ID can be made for this service; skipping it");
-                continue;
-            };
-            let (mut local, mut remote) = (Vec::new(), Vec::new());
-            for e in &outbound.endpoints {
-                let Ok(ip) = e.address.parse::<std::net::IpAddr>() else {
-                    tracing::warn!(
-                        service = outbound.service,
-                        address = e.address,
-                        "an endpoint address is not an IP address; skipping it"
-                    );
-                    continue;
-                };
-                let is_local = e.zone == zone;
-                let name = sni(&outbound.service, &config.mesh, (!is_local).then_some(e.zone.as_str()));
-                let Ok(server_name) = ServerName::try_from(name.clone()) else {
-                    tracing::warn!(service = outbound.service, sni = name, "not a valid SNI; skipping the endpoint");
-                    continue;
-                };
-                let address = SocketAddr::new(ip, e.port);
-                let endpoint = known
-                    .entry((address, name))
-                    .and_modify(|kept| {
-                        if kept.zone != e.zone {
-                            *kept = Arc::new(Endpoint::new(address, e.zone.clone(), server_name.clone()));
-                        }
-                    })
-                    .or_insert_with(|| Arc::new(Endpoint::new(address, e.zone.clone(), server_name)))
-                    .clone();
-                if is_local {
-                    local.push(endpoint)
-                } else {
-                    remote.push(endpoint)
-                }
-            }
-            let lb = outbound.policies.load_balancing.as_ref();
-            let balancer = Balancer::from_conf(lb).unwrap_or_else(|reason| {
-                // `check` refuses such a configuration before it is stored; kept for safety.
-                tracing::error!(service = outbound.service, reason, "a balancer that cannot be applied; using round robin");
-                Balancer::RoundRobin(Default::default())
-            });
-            let destination = Arc::new(Destination {
-                service: outbound.service.clone(),
-                protocol: outbound.protocol,
-                expected,
-                local,
-                remote,
-                balancer,
-                locality: Locality::from_conf(lb, zone),
-                timeouts: Timeouts::from_conf(outbound.policies.timeout.as_ref()),
-                metrics: metrics.pair(Direction::Outbound, source, &outbound.service),
-            });
+            let Some(destination) = build.destination(outbound, &BTreeMap::new()) else { continue };
             // Transparent interception finds a destination by the address the application
             // dialled: a sidecar of this zone (other zones are reached only by service).
             for e in &destination.local {
@@ -181,7 +198,31 @@ impl Table {
             }
             table.by_service.insert(outbound.service.clone(), destination);
         }
-        table
+        for outbound in config.outbounds.iter().filter(|o| !o.http_routes.is_empty()) {
+            let mut resolve = |service: &str, tags: &BTreeMap<String, String>| {
+                if tags.is_empty() {
+                    return table.by_service.get(service).cloned();
+                }
+                let backend = config.outbounds.iter().find(|o| o.service == service)?;
+                build.destination(backend, tags)
+            };
+            let compiled = if outbound.protocol.is_http() {
+                Routes::compile(&outbound.http_routes, &mut resolve)
+            } else {
+                Err(format!(
+                    "MeshHTTPRoute on {}, which speaks TCP: tag its inbounds strait.io/protocol: http (or http2, grpc) to route its requests",
+                    outbound.service
+                ))
+            };
+            match compiled {
+                Ok(routes) => {
+                    table.routes.insert(outbound.service.clone(), routes);
+                }
+                Err(e) if strict => return Err(e),
+                Err(e) => tracing::error!(service = outbound.service, error = e, "routes that cannot be applied; leaving them out"),
+            }
+        }
+        Ok(table)
     }
 
     /// What in `config` this sidecar cannot apply, if anything: such a configuration is
@@ -190,7 +231,16 @@ impl Table {
         for outbound in &config.outbounds {
             Balancer::from_conf(outbound.policies.load_balancing.as_ref()).map_err(|e| format!("outbound {}: {e}", outbound.service))?;
         }
+        if config.outbounds.iter().any(|o| !o.http_routes.is_empty()) {
+            let metrics = ProxyMetrics::register(&mut prometheus_client::registry::Registry::default());
+            Self::try_build(config, &Table::default(), &metrics, true)?;
+        }
         Ok(())
+    }
+
+    /// The MeshHTTPRoute rules of `service`, if it has any.
+    pub fn routes(&self, service: &str) -> Option<&Routes> {
+        self.routes.get(service)
     }
 
     /// The destination named `service`.
@@ -206,8 +256,6 @@ impl Table {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
-
     use serde_json::json;
 
     use prometheus_client::registry::Registry;

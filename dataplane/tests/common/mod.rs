@@ -231,7 +231,8 @@ pub struct App {
 }
 
 /// An HTTP application on 127.0.0.1 (HTTP/1.1 and HTTP/2 without TLS) that answers
-/// `<name> <method> <path> host=<host> body=<bytes received>`, after its delay; `/grpc` ends
+/// `<name> <method> <path> host=<host> body=<bytes received>`, after its delay (and returns a
+/// request header `x-routed` as the response header `x-routed-seen`); `/grpc` ends
 /// with the trailer `grpc-status: 0`; `/stream` sends `first ` at once and `rest` after the delay.
 pub async fn http_app(name: &'static str) -> App {
     let delay_ms = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
@@ -276,7 +277,12 @@ pub async fn http_app(name: &'static str) -> App {
                         }
                         let body =
                             http_body_util::combinators::BoxBody::new(http_body_util::StreamBody::new(futures::stream::iter(frames)));
-                        Ok::<_, std::convert::Infallible>(http::Response::new(body))
+                        let mut response = http::Response::new(body);
+                        // What a route added to the request, sent back where a test can read it.
+                        if let Some(routed) = parts.headers.get("x-routed") {
+                            response.headers_mut().insert("x-routed-seen", routed.clone());
+                        }
+                        Ok::<_, std::convert::Infallible>(response)
                     }
                 });
                 let builder = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());

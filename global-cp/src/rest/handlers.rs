@@ -242,6 +242,10 @@ pub async fn put_in_mesh(
     body: Body,
 ) -> Result<Response, ApiError> {
     let kind = mesh_scoped_type(&rtype)?;
+    if let Some(why) = strait_api::support::type_not_enforced(kind) {
+        // Deleting one stored earlier stays possible.
+        return Err(ApiError::method_not_allowed(why, "GET, HEAD, DELETE"));
+    }
     put_one(&state, &headers, body, kind, Some(&mesh), &name).await
 }
 
@@ -266,7 +270,15 @@ pub async fn get_dataplane(State(state): State<AppState>, Path((mesh, name)): Pa
 pub async fn dataplanes_are_read_only() -> ApiError {
     ApiError::method_not_allowed(
         "Dataplanes are registered with the control plane of their zone (by `strait-dp` or the Kubernetes controller), not written to the global; the global lists the services zones report at /meshes/{mesh}/services",
+        "GET, HEAD",
     )
+}
+
+/// Any other method on a resource of a mesh: 405, with the methods its type offers.
+pub async fn other_method_in_mesh(Path((_mesh, rtype, _name)): Path<(String, String, String)>) -> ApiError {
+    let writable = mesh_scoped_type(&rtype).is_ok_and(|kind| strait_api::support::type_not_enforced(kind).is_none());
+    let allow = if writable { "GET, HEAD, PUT, DELETE" } else { "GET, HEAD, DELETE" };
+    ApiError::method_not_allowed(format!("the methods on {rtype} are {allow}"), allow)
 }
 
 /// Lists zones, each with its live `status`.

@@ -53,7 +53,10 @@ pub fn router(state: AppState, admin_token: Arc<String>) -> Router {
         .route("/meshes/{mesh}/services/{service}/dataplane-tokens", axum::routing::delete(handlers::revoke_service_dataplane_tokens))
         .route("/meshes/{mesh}/dataplanes/{name}", get(handlers::get_dataplane).fallback(handlers::dataplanes_are_read_only))
         .route("/meshes/{mesh}/{rtype}", get(handlers::list_in_mesh))
-        .route("/meshes/{mesh}/{rtype}/{name}", get(handlers::get_in_mesh).put(handlers::put_in_mesh).delete(handlers::delete_in_mesh))
+        .route(
+            "/meshes/{mesh}/{rtype}/{name}",
+            get(handlers::get_in_mesh).put(handlers::put_in_mesh).delete(handlers::delete_in_mesh).fallback(handlers::other_method_in_mesh),
+        )
         .route("/zones", get(handlers::list_zones))
         .route("/zones/{name}", get(handlers::get_zone).put(handlers::put_zone).delete(handlers::delete_zone))
         .route("/zones/{name}/proxy-token", axum::routing::post(handlers::issue_zone_proxy_token))

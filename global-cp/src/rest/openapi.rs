@@ -39,6 +39,10 @@ impl Modify for PerType {
                     item.put = None;
                     item.delete = None;
                 }
+                if strait_api::support::type_not_enforced(kind).is_some() {
+                    // Refused until the sidecars enforce it; one stored earlier may be deleted.
+                    item.put = None;
+                }
                 for operation in [item.get.as_mut(), item.put.as_mut(), item.delete.as_mut()].into_iter().flatten() {
                     if let Some(parameters) = operation.parameters.as_mut() {
                         parameters.retain(|p| p.name != "rtype");

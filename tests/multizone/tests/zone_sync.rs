@@ -49,11 +49,11 @@ fn timeout(name: &str, idle: &str) -> String {
     )
 }
 
-/// A MeshFaultInjection `name` that aborts 10% of the requests to service backend.
-fn fault_injection(name: &str) -> String {
+/// A MeshLoadBalancingStrategy `name` that spreads requests to service backend at random.
+fn load_balancing(name: &str) -> String {
     format!(
-        "type: MeshFaultInjection\nname: {name}\nmesh: default\nspec:\n  targetRef: {{kind: MeshService, name: backend}}\n  from:\n    \
-         - targetRef: {{kind: Mesh}}\n      default:\n        http:\n          - abort: {{httpStatus: 503, percentage: 10}}\n"
+        "type: MeshLoadBalancingStrategy\nname: {name}\nmesh: default\nspec:\n  targetRef: {{kind: Mesh}}\n  to:\n    \
+         - targetRef: {{kind: MeshService, name: backend}}\n      default:\n        loadBalancer: {{type: Random}}\n"
     )
 }
 
@@ -453,21 +453,21 @@ fn a_second_process_of_a_connected_zone_is_refused(net: &Net, global: &Global, f
     global.assert_online(&first.name);
 }
 
-/// Part (d): a zone that disables MeshFaultInjection NACKs it and applies the rest; the global
+/// Part (d): a zone that disables MeshLoadBalancingStrategy NACKs it and applies the rest; the global
 /// (`/zones`, `straitctl zone list`) shows the NACK until the resource is deleted. `other` is a
 /// zone without disabled types.
 fn a_disabled_policy_type_is_nacked_and_shown(net: &Net, global: &Global, other: &Zone) {
-    let zone2 = start_zone(net, global, "zone-2", &["--disabled-policy-types", "MeshFaultInjection"]);
-    global.apply(net, "policies.yaml", &format!("{MESH}---\n{}---\n{}", fault_injection("chaos"), timeout("timeouts", "1h")));
-    let (chaos, timeouts) = ("/meshes/default/meshfaultinjections/chaos", "/meshes/default/meshtimeouts/timeouts");
+    let zone2 = start_zone(net, global, "zone-2", &["--disabled-policy-types", "MeshLoadBalancingStrategy"]);
+    global.apply(net, "policies.yaml", &format!("{MESH}---\n{}---\n{}", load_balancing("chaos"), timeout("timeouts", "1h")));
+    let (chaos, timeouts) = ("/meshes/default/meshloadbalancingstrategies/chaos", "/meshes/default/meshtimeouts/timeouts");
     wait_all_serve(&[other, &zone2], timeouts, "(the MeshTimeout)", |r| r.is_some());
-    wait_all_serve(&[other], chaos, "(the fault injection, in a zone that allows it)", |r| r.is_some());
+    wait_all_serve(&[other], chaos, "(the load-balancing strategy, in a zone that allows it)", |r| r.is_some());
     let nack = wait_for("the global to show zone-2's NACK", SYNC, || {
         let status = global.zone_status("zone-2")?;
-        nack_errors(&status).into_iter().find(|e| e.contains("MeshFaultInjection")).ok_or_else(|| format!("status: {status}"))
+        nack_errors(&status).into_iter().find(|e| e.contains("MeshLoadBalancingStrategy")).ok_or_else(|| format!("status: {status}"))
     });
     println!("zone-2's NACK as the global shows it: {nack}");
-    assert_eq!(zone2.resource(chaos), Ok(None), "zone-2 must not serve the fault injection it refused");
+    assert_eq!(zone2.resource(chaos), Ok(None), "zone-2 must not serve the strategy it refused");
     assert!(zone2.resource(timeouts).unwrap_or_else(|e| panic!("{e}")).is_some(), "zone-2 applies the rest");
     let other_status = global.zone_status(&other.name).unwrap_or_else(|e| panic!("{e}"));
     assert!(nack_errors(&other_status).is_empty(), "{} NACKs nothing: {other_status}", other.name);
@@ -475,18 +475,21 @@ fn a_disabled_policy_type_is_nacked_and_shown(net: &Net, global: &Global, other:
     let listed = global.straitctl(net, &["zone", "list", "-o", "json"]).assert_success().json();
     let item = listed["items"].as_array().into_iter().flatten().find(|z| z["name"] == "zone-2").cloned().unwrap_or(Value::Null);
     assert!(
-        nack_errors(&item["status"]).iter().any(|e| e.contains("MeshFaultInjection")),
+        nack_errors(&item["status"]).iter().any(|e| e.contains("MeshLoadBalancingStrategy")),
         "zone list -o json must show zone-2's NACK: {item:#}"
     );
     let table = global.straitctl(net, &["zone", "list"]);
     table.assert_success();
     println!("{}", table.stdout);
     let row = table.stdout.lines().find(|l| l.starts_with("zone-2 ")).unwrap_or_else(|| panic!("no zone-2 row: {table}"));
-    assert!(row.contains("Online") && row.contains("MeshFaultInjection"), "zone-2's row must be Online and name the refused type: {row}");
+    assert!(
+        row.contains("Online") && row.contains("MeshLoadBalancingStrategy"),
+        "zone-2's row must be Online and name the refused type: {row}"
+    );
 
     // Deleting the refused resource clears the NACK.
-    global.straitctl(net, &["delete", "meshfaultinjection", "chaos", "--mesh", "default"]).assert_success();
-    wait_for("zone-2's NACK to clear once the fault injection is deleted", SYNC, || {
+    global.straitctl(net, &["delete", "meshloadbalancingstrategy", "chaos", "--mesh", "default"]).assert_success();
+    wait_for("zone-2's NACK to clear once the strategy is deleted", SYNC, || {
         let status = global.zone_status("zone-2")?;
         nack_errors(&status).is_empty().then_some(()).ok_or_else(|| format!("status: {status}"))
     });

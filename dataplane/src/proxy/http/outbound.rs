@@ -92,14 +92,32 @@ pub async fn serve(app: TcpStream, service: Arc<str>, path: Arc<DataPath>) {
 /// Sends one request to `service` and answers with the peer's response or the reason there is none.
 async fn forward(request: Request<Incoming>, service: &str, path: &DataPath) -> Response<Body> {
     let started = Instant::now();
-    let Some(destination) = path.table.load().service(service).cloned() else {
+    let table = path.table.load_full();
+    let Some(mut destination) = table.service(service) else {
         return local_response(StatusCode::SERVICE_UNAVAILABLE, format!("strait: {service} is not a destination of this sidecar\n"));
     };
-    let request = to_mesh(request, &destination);
+    let mut request = to_mesh(request, destination);
+    // MeshHTTPRoute: the first rule the request matches edits it, and may answer a redirect
+    // or send it to another backend.
+    let rule = table.routes(service).and_then(|routes| routes.find(&request));
+    if let Some((rule, prefix)) = rule {
+        if let Some((status, location)) = rule.redirect(&request) {
+            let mut response = local_response(status, String::new());
+            response.headers_mut().insert(header::LOCATION, location);
+            rule.edit_response(response.headers_mut());
+            destination.metrics.record(response.status(), started.elapsed());
+            return response;
+        }
+        rule.edit_request(&mut request, prefix);
+        if let Some(backend) = rule.backend() {
+            destination = backend;
+        }
+    }
+    let destination: &Destination = destination;
     let sent = match destination.timeouts.request {
         Some(timeout) => {
             let deadline = tokio::time::Instant::now() + timeout;
-            match tokio::time::timeout_at(deadline, send(request, &destination, path)).await {
+            match tokio::time::timeout_at(deadline, send(request, destination, path)).await {
                 Ok(sent) => sent.map(|(response, in_flight)| (response, in_flight, Some((deadline, timeout)))),
                 Err(_) => Err((
                     StatusCode::GATEWAY_TIMEOUT,
@@ -107,9 +125,9 @@ async fn forward(request: Request<Incoming>, service: &str, path: &DataPath) -> 
                 )),
             }
         }
-        None => send(request, &destination, path).await.map(|(response, in_flight)| (response, in_flight, None)),
+        None => send(request, destination, path).await.map(|(response, in_flight)| (response, in_flight, None)),
     };
-    let response = match sent {
+    let mut response = match sent {
         Ok((response, in_flight, deadline)) => response.map(|body| {
             let body = Counted::new(body, destination.metrics.response_bytes.clone()).holding(in_flight);
             Either::Left(match deadline {
@@ -122,6 +140,9 @@ async fn forward(request: Request<Incoming>, service: &str, path: &DataPath) -> 
             local_response(failure.0, format!("strait: {service}: {}\n", failure.1))
         }
     };
+    if let Some((rule, _)) = rule {
+        rule.edit_response(response.headers_mut());
+    }
     destination.metrics.record(response.status(), started.elapsed());
     response
 }

@@ -1,0 +1,172 @@
+//! MeshHTTPRoute through real sidecars: a weighted split between two versions of a service
+//! (90/10 over 2,000 requests), a header match that sends one user to v2 only, a redirect the
+//! sidecar answers itself, a prefix rewrite with request and response header changes, and a
+//! route change applied under load with no failed request.
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use common::{admin, eventually, free_port, http_app, Mesh};
+use serde_json::json;
+
+/// A Dataplane of service backend, version `version`, its inbound on `port` and its
+/// application on `app`.
+fn backend(name: &str, version: &str, port: u16, app: u16) -> String {
+    format!(
+        "type: Dataplane\nname: {name}\nmesh: default\nspec:\n  networking:\n    address: 127.0.0.1\n    inbound: [{{port: {port}, servicePort: {app}, tags: {{strait.io/service: backend, strait.io/protocol: http, version: {version}}}}}]\n"
+    )
+}
+
+fn route(rules: serde_json::Value) -> serde_json::Value {
+    json!({"type": "MeshHTTPRoute", "name": "backend-routes", "mesh": "default",
+        "spec": {"targetRef": {"kind": "Mesh"}, "to": [{"targetRef": {"kind": "MeshService", "name": "backend"}, "rules": rules}]}})
+}
+
+fn version(v: &str, weight: u32) -> serde_json::Value {
+    json!({"kind": "MeshService", "name": "backend", "tags": {"version": v}, "weight": weight})
+}
+
+/// The versions that answered `n` requests to `path` (with `headers`), as counts of v1 and v2.
+async fn count(client: &reqwest::Client, port: u16, path: &str, headers: &[(&str, &str)], n: usize) -> (usize, usize) {
+    let (mut v1, mut v2) = (0, 0);
+    for _ in 0..n {
+        let mut request = client.get(format!("http://127.0.0.1:{port}{path}"));
+        for (k, v) in headers {
+            request = request.header(*k, *v);
+        }
+        let response = request.send().await.expect("a response");
+        assert_eq!(response.status(), 200, "{path}");
+        let body = response.text().await.unwrap();
+        match body.split(' ').next() {
+            Some("v1") => v1 += 1,
+            Some("v2") => v2 += 1,
+            other => panic!("unexpected answer {other:?}: {body}"),
+        }
+    }
+    (v1, v2)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_routes_split_match_redirect_and_rewrite() {
+    let mesh = Mesh::start().await;
+    let (app1, app2) = (http_app("v1").await.port, http_app("v2").await.port);
+    let b1 = mesh.sidecar("backend-1", "backend", &backend("backend-1", "v1", free_port(), app1)).await;
+    let b2 = mesh.sidecar("backend-2", "backend", &backend("backend-2", "v2", free_port(), app2)).await;
+    let web_out = free_port();
+    let web =
+        mesh.sidecar("web", "web", &common::dataplane("web-1", "web", free_port(), free_port(), "http", &[(web_out, "backend")])).await;
+    for s in [&b1, &b2, &web] {
+        eventually("sidecars ready", async || (admin(s, "/ready").await.0 == 200).then_some(())).await;
+    }
+    let client = reqwest::Client::new();
+    eventually("both versions answer without a route", async || {
+        let (v1, v2) = count(&client, web_out, "/", &[], 20).await;
+        (v1 > 0 && v2 > 0).then_some(())
+    })
+    .await;
+
+    mesh.put(
+        "/meshes/default/meshhttproutes/backend-routes",
+        route(json!([
+            {"matches": [{"headers": [{"type": "Exact", "name": "x-user", "value": "beta"}]}],
+             "default": {"backendRefs": [version("v2", 1)],
+                         "filters": [{"type": "ResponseHeaderModifier", "responseHeaderModifier": {"set": [{"name": "x-route", "value": "beta"}]}}]}},
+            {"matches": [{"path": {"type": "PathPrefix", "value": "/old"}}],
+             "default": {"filters": [{"type": "RequestRedirect", "requestRedirect": {"path": "/new", "statusCode": 301}}]}},
+            {"matches": [{"path": {"type": "PathPrefix", "value": "/api"}, "method": "GET"}],
+             "default": {"backendRefs": [version("v1", 1)],
+                         "filters": [{"type": "URLRewrite", "urlRewrite": {"replacePrefixMatch": "/v2/api"}},
+                                     {"type": "RequestHeaderModifier", "requestHeaderModifier": {"set": [{"name": "x-routed", "value": "yes"}]}}]}},
+            {"default": {"backendRefs": [version("v1", 90), version("v2", 10)]}},
+        ])),
+    )
+    .await;
+
+    // The split: 90/10 within three points over 2,000 requests.
+    eventually("the route to apply (the beta user reaches v2 only)", async || {
+        let (v1, v2) = count(&client, web_out, "/", &[("x-user", "beta")], 20).await;
+        (v1 == 0 && v2 == 20).then_some(())
+    })
+    .await;
+    let (v1, v2) = count(&client, web_out, "/", &[], 2000).await;
+    let share = v2 as f64 / 2000.0 * 100.0;
+    println!("FIGURE 90/10 split over 2000 requests: v1 {v1}, v2 {v2} ({share:.1}% to v2)");
+    assert!((7.0..=13.0).contains(&share), "v2 got {share:.1}% of the requests, expected 10 ± 3");
+
+    // The header match: only v2, 200 of 200, with the response header the rule sets.
+    assert_eq!(count(&client, web_out, "/", &[("x-user", "beta")], 200).await, (0, 200));
+    let beta = client.get(format!("http://127.0.0.1:{web_out}/")).header("x-user", "beta").send().await.unwrap();
+    assert_eq!(beta.headers()["x-route"], "beta");
+    assert!(reqwest::Client::new().get(format!("http://127.0.0.1:{web_out}/")).send().await.unwrap().headers().get("x-route").is_none());
+
+    // The redirect is answered by the sidecar, keeping the host the client sent.
+    let no_follow = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let moved = no_follow.get(format!("http://127.0.0.1:{web_out}/old/page?x=1")).send().await.unwrap();
+    assert_eq!(moved.status(), 301);
+    assert_eq!(moved.headers()["location"], format!("http://127.0.0.1:{web_out}/new"));
+    assert!(!moved.headers().contains_key("x-routed-seen"), "no backend saw it");
+
+    // The rewrite: v1 sees /v2/api/..., with the header the rule added; a POST does not match.
+    let rewritten = client.get(format!("http://127.0.0.1:{web_out}/api/orders?id=7")).send().await.unwrap();
+    assert_eq!(rewritten.headers()["x-routed-seen"], "yes");
+    let body = rewritten.text().await.unwrap();
+    assert!(body.starts_with("v1 GET /v2/api/orders host="), "{body}");
+    let posted = client.post(format!("http://127.0.0.1:{web_out}/api/orders")).send().await.unwrap();
+    assert!(!posted.headers().contains_key("x-routed-seen"));
+    assert!(posted.text().await.unwrap().contains(" POST /api/orders "), "the POST takes the default rule, unchanged");
+
+    // A route change under constant load fails no request: all of v1 becomes all of v2.
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let load = {
+        let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
+        tokio::spawn(async move {
+            let client = reqwest::Client::new();
+            while !stop.load(Ordering::Relaxed) {
+                match client.get(format!("http://127.0.0.1:{web_out}/load")).send().await {
+                    Ok(r) if r.status() == 200 => ok.fetch_add(1, Ordering::Relaxed),
+                    _ => failed.fetch_add(1, Ordering::Relaxed),
+                };
+            }
+        })
+    };
+    mesh.put("/meshes/default/meshhttproutes/backend-routes", route(json!([{"default": {"backendRefs": [version("v2", 1)]}}]))).await;
+    eventually("all requests to reach v2", async || {
+        let (v1, v2) = count(&client, web_out, "/", &[], 20).await;
+        (v1 == 0 && v2 == 20).then_some(())
+    })
+    .await;
+    stop.store(true, Ordering::Relaxed);
+    load.await.unwrap();
+    println!("FIGURE route change under load: {} requests ok, {} failed", ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+    assert!(ok.load(Ordering::Relaxed) > 20);
+    assert_eq!(failed.load(Ordering::Relaxed), 0, "a route change fails no request");
+}
+
+/// A route this sidecar cannot apply (its backend is not a destination) is refused as a whole,
+/// with the reason, and the configuration in force stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_to_an_unknown_backend_is_refused_with_the_reason() {
+    let mesh = Mesh::start().await;
+    let app = http_app("v1").await.port;
+    let b1 = mesh.sidecar("backend-1", "backend", &backend("backend-1", "v1", free_port(), app)).await;
+    let web_out = free_port();
+    let web =
+        mesh.sidecar("web", "web", &common::dataplane("web-1", "web", free_port(), free_port(), "http", &[(web_out, "backend")])).await;
+    for s in [&b1, &web] {
+        eventually("sidecars ready", async || (admin(s, "/ready").await.0 == 200).then_some(())).await;
+    }
+    let to_nowhere = route(json!([{"default": {"backendRefs": [{"kind": "MeshService", "name": "nowhere"}]}}]));
+    mesh.put("/meshes/default/meshhttproutes/backend-routes", to_nowhere).await;
+    let nack = eventually("the sidecar's NACK in the global's zone status", async || {
+        let zone: serde_json::Value = mesh.http.get(format!("{}/zones/zone-1", mesh.base)).send().await.ok()?.json().await.ok()?;
+        zone.pointer("/status/dataplaneNacks/0/error").and_then(|e| e.as_str()).map(str::to_string)
+    })
+    .await;
+    assert!(nack.contains("backend nowhere") && nack.contains("is not a destination of this sidecar"), "{nack}");
+    assert!(common::metric(&web, "strait_dp_config_nacks_total").await >= 1.0);
+    let client = reqwest::Client::new();
+    assert_eq!(count(&client, web_out, "/", &[], 5).await, (5, 0), "the configuration in force stays");
+}
