@@ -82,7 +82,6 @@ pub const UNENFORCED_TIMEOUT: &str =
 /// Policy types no sidecar enforces yet. The global refuses to store them (a write answers 405
 /// naming the type), so that no policy is accepted and then ignored.
 pub const NOT_ENFORCED_TYPES: &[ResourceType] = &[
-    ResourceType::MeshTCPRoute,
     ResourceType::MeshRetry,
     ResourceType::MeshCircuitBreaker,
     ResourceType::MeshHealthCheck,

@@ -170,3 +170,70 @@ async fn a_route_to_an_unknown_backend_is_refused_with_the_reason() {
     let client = reqwest::Client::new();
     assert_eq!(count(&client, web_out, "/", &[], 5).await, (5, 0), "the configuration in force stays");
 }
+
+/// A TCP application on 127.0.0.1 that writes `name` to each connection and closes it.
+async fn named_tcp_app(name: &'static str) -> u16 {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                use tokio::io::AsyncWriteExt;
+                let _ = stream.write_all(name.as_bytes()).await;
+                let _ = stream.shutdown().await;
+            });
+        }
+    });
+    port
+}
+
+/// The name the TCP application behind `port` writes, through the sidecars.
+async fn tcp_answer(port: u16) -> Option<String> {
+    use tokio::io::AsyncReadExt;
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.ok()?;
+    let mut answer = String::new();
+    tokio::time::timeout(std::time::Duration::from_secs(5), stream.read_to_string(&mut answer)).await.ok()?.ok()?;
+    (!answer.is_empty()).then_some(answer)
+}
+
+/// MeshTCPRoute: connections to a TCP service are split by weight across the versions of its
+/// endpoints (1:3 over 400 connections, within 7 points).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_routes_split_connections_by_weight() {
+    let mesh = Mesh::start().await;
+    let (app1, app2) = (named_tcp_app("v1").await, named_tcp_app("v2").await);
+    let tcp_backend =
+        |name: &str, version: &str, app: u16| backend(name, version, free_port(), app).replace("protocol: http", "protocol: tcp");
+    let b1 = mesh.sidecar("backend-1", "backend", &tcp_backend("backend-1", "v1", app1)).await;
+    let b2 = mesh.sidecar("backend-2", "backend", &tcp_backend("backend-2", "v2", app2)).await;
+    let web_out = free_port();
+    let web =
+        mesh.sidecar("web", "web", &common::dataplane("web-1", "web", free_port(), free_port(), "tcp", &[(web_out, "backend")])).await;
+    for s in [&b1, &b2, &web] {
+        eventually("sidecars ready", async || (admin(s, "/ready").await.0 == 200).then_some(())).await;
+    }
+    eventually("a TCP answer", async || tcp_answer(web_out).await).await;
+    mesh.put(
+        "/meshes/default/meshtcproutes/split",
+        json!({"type": "MeshTCPRoute", "name": "split", "mesh": "default", "spec": {"targetRef": {"kind": "Mesh"},
+            "to": [{"targetRef": {"kind": "MeshService", "name": "backend"}, "rules": [{"default": {"backendRefs": [version("v1", 1), version("v2", 3)]}}]}]}}),
+    )
+    .await;
+    // Applied once a run of connections is no longer an even round robin: wait for v2 to get
+    // most of 40, then measure.
+    eventually("the TCP route to apply", async || {
+        let mut v2 = 0;
+        for _ in 0..40 {
+            v2 += usize::from(tcp_answer(web_out).await? == "v2");
+        }
+        (v2 >= 26).then_some(())
+    })
+    .await;
+    let mut v2 = 0;
+    for _ in 0..400 {
+        v2 += usize::from(tcp_answer(web_out).await.expect("an answer") == "v2");
+    }
+    let share = v2 as f64 / 4.0;
+    println!("FIGURE 1:3 TCP split over 400 connections: {share:.1}% to v2");
+    assert!((68.0..=82.0).contains(&share), "v2 got {share:.1}% of the connections, expected 75 ± 7");
+}

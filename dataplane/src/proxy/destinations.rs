@@ -20,7 +20,7 @@ use strait_pki::Identity;
 
 use super::balance::Balancer;
 use super::endpoint::Endpoint;
-use super::http::routes::Routes;
+use super::http::routes::{Backends, Routes};
 use super::locality::{Locality, MAX_CANDIDATES};
 use super::metrics::{Direction, PairMetrics, ProxyMetrics};
 
@@ -108,6 +108,7 @@ pub struct Table {
     by_service: HashMap<String, Arc<Destination>>,
     by_address: HashMap<SocketAddr, Arc<Destination>>,
     routes: HashMap<String, Routes>,
+    tcp_routes: HashMap<String, Backends>,
 }
 
 /// What building a table shares across its destinations.
@@ -198,7 +199,34 @@ impl Table {
             }
             table.by_service.insert(outbound.service.clone(), destination);
         }
-        for outbound in config.outbounds.iter().filter(|o| !o.http_routes.is_empty()) {
+        for outbound in config.outbounds.iter().filter(|o| o.tcp_route.is_some() && !o.protocol.is_http()) {
+            let mut resolve = |service: &str, tags: &BTreeMap<String, String>| {
+                let backend = config.outbounds.iter().find(|o| o.service == service)?;
+                if tags.is_empty() {
+                    return table.by_service.get(service).cloned();
+                }
+                build.destination(backend, tags)
+            };
+            let refs = outbound.tcp_route.as_ref().map(|r| r.backend_refs.as_slice()).unwrap_or_default();
+            match Backends::compile(refs, &format!("MeshTCPRoute to {}", outbound.service), &mut resolve) {
+                Ok(backends) => {
+                    table.tcp_routes.insert(outbound.service.clone(), backends);
+                }
+                Err(e) if strict => return Err(e),
+                Err(e) => tracing::error!(service = outbound.service, error = e, "a TCP route that cannot be applied; leaving it out"),
+            }
+        }
+        for outbound in config.outbounds.iter().filter(|o| !o.http_routes.is_empty() || (o.tcp_route.is_some() && o.protocol.is_http())) {
+            // A MeshTCPRoute to an HTTP service splits its requests, unless a MeshHTTPRoute says more.
+            let from_tcp;
+            let http_routes = match (&outbound.tcp_route, outbound.http_routes.is_empty()) {
+                (Some(tcp), true) => {
+                    let conf = strait_api::policies::http_route::HttpRouteConf { filters: vec![], backend_refs: tcp.backend_refs.clone() };
+                    from_tcp = [strait_api::proxy_policies::HttpRoute { matches: vec![], conf, origin: vec!["MeshTCPRoute".into()] }];
+                    &from_tcp[..]
+                }
+                _ => &outbound.http_routes[..],
+            };
             let mut resolve = |service: &str, tags: &BTreeMap<String, String>| {
                 if tags.is_empty() {
                     return table.by_service.get(service).cloned();
@@ -207,7 +235,7 @@ impl Table {
                 build.destination(backend, tags)
             };
             let compiled = if outbound.protocol.is_http() {
-                Routes::compile(&outbound.http_routes, &mut resolve)
+                Routes::compile(http_routes, &mut resolve)
             } else {
                 Err(format!(
                     "MeshHTTPRoute on {}, which speaks TCP: tag its inbounds strait.io/protocol: http (or http2, grpc) to route its requests",
@@ -231,11 +259,20 @@ impl Table {
         for outbound in &config.outbounds {
             Balancer::from_conf(outbound.policies.load_balancing.as_ref()).map_err(|e| format!("outbound {}: {e}", outbound.service))?;
         }
-        if config.outbounds.iter().any(|o| !o.http_routes.is_empty()) {
+        if config.outbounds.iter().any(|o| !o.http_routes.is_empty() || o.tcp_route.is_some()) {
             let metrics = ProxyMetrics::register(&mut prometheus_client::registry::Registry::default());
             Self::try_build(config, &Table::default(), &metrics, true)?;
         }
         Ok(())
+    }
+
+    /// Where a TCP connection to `destination` goes: a backend of its MeshTCPRoute, by
+    /// weight, or the destination itself.
+    pub fn tcp_backend(&self, destination: Arc<Destination>) -> Arc<Destination> {
+        match self.tcp_routes.get(&destination.service).and_then(Backends::pick) {
+            Some(backend) => backend.clone(),
+            None => destination,
+        }
     }
 
     /// The MeshHTTPRoute rules of `service`, if it has any.

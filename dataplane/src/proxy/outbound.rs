@@ -27,14 +27,15 @@ pub fn serve(listener: TcpListener, config: Outbound, path: &Arc<DataPath>) {
     path.clone().tasks.spawn(async move {
         loop {
             let Some((app, client)) = path.accept(&listener).await else { return };
-            let Some(destination) = path.table.load().service(&service).cloned() else {
+            let table = path.table.load();
+            let Some(destination) = table.service(&service).cloned() else {
                 tracing::warn!(%service, %client, "the destination is gone from the configuration; closing the connection");
                 continue;
             };
             if destination.protocol.is_http() {
                 super::http::outbound::spawn(app, client, service.clone(), &path);
             } else {
-                spawn_tcp(app, client, destination, None, &path);
+                spawn_tcp(app, client, table.tcp_backend(destination), None, &path);
             }
         }
     });

@@ -44,10 +44,16 @@ pub fn serve(listener: TcpListener, path: &Arc<DataPath>) {
                 tracing::warn!(%client, %dst, "refused a connection made straight to the transparent outbound port (its original destination is this proxy)");
                 continue;
             }
-            let destination = path.table.load().by_address(dst).cloned();
-            match destination {
+            let table = path.table.load();
+            match table.by_address(dst).cloned() {
                 Some(d) if d.protocol.is_http() => super::http::outbound::spawn(app, client, d.service.as_str().into(), &path),
-                Some(d) => super::outbound::spawn_tcp(app, client, d, Some(dst), &path),
+                Some(d) => {
+                    // A MeshTCPRoute sends the connection to a backend it picks; without one,
+                    // to the endpoint the application dialled.
+                    let backend = table.tcp_backend(d.clone());
+                    let target = Arc::ptr_eq(&backend, &d).then_some(dst);
+                    super::outbound::spawn_tcp(app, client, backend, target, &path)
+                }
                 None => passthrough(app, client, dst, &path),
             }
         }

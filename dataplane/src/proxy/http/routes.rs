@@ -1,4 +1,4 @@
-//! MeshHTTPRoute on the outbound side: the rules of a destination, compiled once per
+//! MeshHTTPRoute on the outbound side (and the weighted backends MeshTCPRoute shares): the rules of a destination, compiled once per
 //! configuration, pick the rule a request matches (path, method, headers, query parameters),
 //! edit the request and the response (header modifiers, URL rewrite), answer redirects
 //! locally, and choose the backend by weight (a service, or the endpoints of a service that
@@ -36,8 +36,46 @@ pub struct Rule {
     response_headers: Vec<HeaderOps>,
     redirect: Option<Redirect>,
     rewrite: Option<Rewrite>,
-    backends: Vec<(u32, Arc<Destination>)>,
-    total_weight: u32,
+    backends: Backends,
+}
+
+/// Weighted backends of a route rule (MeshHTTPRoute) or of a MeshTCPRoute: services, or the
+/// endpoints of a service that carry some tags.
+#[derive(Debug, Default)]
+pub struct Backends {
+    /// Each backend with the running total of the weights up to it.
+    list: Vec<(u32, Arc<Destination>)>,
+    total: u32,
+}
+
+impl Backends {
+    /// Resolves `refs` (those of weight 0 are left out); `origin` names the policies for errors.
+    pub fn compile(
+        refs: &[strait_api::policies::BackendRef],
+        origin: &str,
+        resolve: &mut impl FnMut(&str, &std::collections::BTreeMap<String, String>) -> Option<Arc<Destination>>,
+    ) -> Result<Backends, Unresolved> {
+        let mut backends = Backends::default();
+        for backend in refs.iter().filter(|b| b.weight > 0) {
+            let destination = resolve(&backend.name, &backend.tags)
+                .ok_or_else(|| format!("{origin}: backend {} {:?} is not a destination of this sidecar", backend.name, backend.tags))?;
+            backends.total += backend.weight;
+            backends.list.push((backends.total, destination));
+        }
+        Ok(backends)
+    }
+
+    /// A backend by weight; `None` when there is none.
+    pub fn pick(&self) -> Option<&Arc<Destination>> {
+        match self.list.len() {
+            0 => None,
+            1 => Some(&self.list[0].1),
+            _ => {
+                let ticket = rand::thread_rng().gen_range(0..self.total);
+                self.list.iter().find(|(upto, _)| ticket < *upto).map(|(_, d)| d)
+            }
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -129,18 +167,12 @@ impl Rule {
             response_headers: Vec::new(),
             redirect: None,
             rewrite: None,
-            backends: Vec::new(),
-            total_weight: 0,
+            backends: Backends::default(),
         };
         for filter in &route.conf.filters {
             rule.add_filter(filter).map_err(bad)?;
         }
-        for backend in route.conf.backend_refs.iter().filter(|b| b.weight > 0) {
-            let destination = resolve(&backend.name, &backend.tags)
-                .ok_or_else(|| bad(format!("backend {} {:?} is not a destination of this sidecar", backend.name, backend.tags)))?;
-            rule.total_weight += backend.weight;
-            rule.backends.push((rule.total_weight, destination));
-        }
+        rule.backends = Backends::compile(&route.conf.backend_refs, &format!("MeshHTTPRoute {origin}"), resolve)?;
         Ok(rule)
     }
 
@@ -182,14 +214,7 @@ impl Rule {
 
     /// The backend for this request, by weight; `None`: the route's own destination.
     pub fn backend(&self) -> Option<&Arc<Destination>> {
-        match self.backends.len() {
-            0 => None,
-            1 => Some(&self.backends[0].1),
-            _ => {
-                let ticket = rand::thread_rng().gen_range(0..self.total_weight);
-                self.backends.iter().find(|(upto, _)| ticket < *upto).map(|(_, d)| d)
-            }
-        }
+        self.backends.pick()
     }
 
     /// The local answer of a redirect rule, if this is one.
