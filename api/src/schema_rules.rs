@@ -34,8 +34,7 @@ const POSITIVE_DURATION: &str = "^([1-9][0-9]*(ns|us|µs|ms|s|m|h))+$";
 /// (hours, minutes and seconds, each term below the next unit).
 const CERTIFICATE_LIFETIME: &str = "^(8760h|([1-9][0-9]{0,2}|[1-7][0-9]{3}|8[0-6][0-9]{2}|87[0-5][0-9])h([1-9]m|[1-5][0-9]m)?([1-9]s|[1-5][0-9]s)?|([1-9]|[1-5][0-9])m([1-9]s|[1-5][0-9]s)?|[1-5][0-9]s)$";
 /// HTTP retry conditions (`retry::HTTP_CONDITIONS`); status codes are allowed besides.
-const HTTP_RETRY_ON: &[&str] =
-    &["5xx", "GatewayError", "Reset", "ConnectFailure", "Retriable4xx", "RefusedStream", "Http3PostConnectFailure"];
+const HTTP_RETRY_ON: &[&str] = &["5xx", "GatewayError", "Reset", "ConnectFailure", "Retriable4xx", "RefusedStream"];
 /// gRPC retry conditions (`retry::GRPC_CONDITIONS`).
 const GRPC_RETRY_ON: &[&str] = &["Canceled", "DeadlineExceeded", "Internal", "ResourceExhausted", "Unavailable"];
 
@@ -207,6 +206,9 @@ fn property_rules() -> Vec<(&'static str, Value)> {
             "RequestRetry.retryOn",
             json!({ "items": { "anyOf": [{ "type": "string", "enum": HTTP_RETRY_ON }, { "type": "string", "pattern": "^[1-5][0-9]{2}$" }] } }),
         ),
+        ("RetryBudget.percent", percentage()),
+        // gRPC retries are not enforced yet (`support::not_enforced`).
+        ("RetryConf.grpc", json!({ "type": "null" })),
         // MeshCircuitBreaker.
         ("ConnectionLimits.maxConnections", json!({ "minimum": 1 })),
         ("ConnectionLimits.maxPendingRequests", json!({ "minimum": 1 })),
@@ -304,7 +306,7 @@ fn object_rules() -> Vec<(&'static str, Value)> {
         json!({ "properties": properties, "required": ["type", field] })
     };
     vec![
-        ("RetryConf", at_least_one(&["tcp", "http", "grpc"])),
+        ("RetryConf", at_least_one(&["tcp", "http"])),
         ("LocalRateLimit", at_least_one(&["http", "tcp"])),
         ("Fault", at_least_one(&["abort", "delay", "responseBandwidth"])),
         (

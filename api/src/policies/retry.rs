@@ -59,6 +59,22 @@ pub struct RequestRetry {
     /// or a status code. gRPC: Canceled, DeadlineExceeded, Internal, ResourceExhausted, Unavailable.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry_on: Option<Vec<String>>,
+    /// How many retries may run at once, so that retries cannot multiply an outage.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget: Option<RetryBudget>,
+}
+
+/// A retry budget: retries in progress to a destination stay under `percent` of the requests
+/// in progress to it, or `minRetryConcurrency`, whichever is more.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RetryBudget {
+    /// Share of the requests in progress that may be retries (default 20).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub percent: Option<f64>,
+    /// Retries that may always run at once (default 3).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_retry_concurrency: Option<u32>,
 }
 
 const HTTP_CONDITIONS: &[&str] =
@@ -96,6 +112,9 @@ impl Validate for RetryConf {
         for (field, retry, known, codes) in [("http", &self.http, HTTP_CONDITIONS, true), ("grpc", &self.grpc, GRPC_CONDITIONS, false)] {
             if let Some(r) = retry {
                 v.field(field, |v| {
+                    if let Some(b) = &r.budget {
+                        v.field("budget", |v| super::check_percentage(v, "percent", b.percent));
+                    }
                     check_positive(v, "perTryTimeout", r.per_try_timeout);
                     check_back_off(v, &r.back_off);
                     check_conditions(v, &r.retry_on, known, codes);

@@ -20,7 +20,12 @@ use strait_pki::Identity;
 
 use super::balance::Balancer;
 use super::endpoint::Endpoint;
+use super::http::retry::{Budget, RetryPolicy};
 use super::http::routes::{Backends, Routes};
+
+/// Connection attempts of a TCP connection without a MeshRetry: a failed connect (nothing of
+/// the application's has been sent yet) is tried once more on a fresh pick.
+const DEFAULT_CONNECT_ATTEMPTS: u32 = 2;
 use super::locality::{Locality, MAX_CANDIDATES};
 use super::metrics::{Direction, PairMetrics, ProxyMetrics};
 
@@ -83,6 +88,12 @@ pub struct Destination {
     pub timeouts: Timeouts,
     /// Outbound metrics of requests to it.
     pub metrics: PairMetrics,
+    /// MeshRetry of HTTP requests to it.
+    pub retry: Option<RetryPolicy>,
+    /// Requests and retries in progress, for the retry budget.
+    pub budget: Budget,
+    /// Connection attempts of a TCP connection (MeshRetry `tcp.maxConnectAttempt`, else 2).
+    pub connect_attempts: u32,
 }
 
 impl Destination {
@@ -174,6 +185,14 @@ impl Build<'_> {
             locality: Locality::from_conf(lb, zone),
             timeouts: Timeouts::from_conf(outbound.policies.timeout.as_ref()),
             metrics: self.metrics.pair(Direction::Outbound, self.source, &outbound.service),
+            retry: RetryPolicy::from_conf(outbound.policies.retry.as_ref()),
+            budget: Budget::default(),
+            connect_attempts: outbound
+                .policies
+                .retry
+                .as_ref()
+                .and_then(|r| r.tcp.as_ref())
+                .map_or(DEFAULT_CONNECT_ATTEMPTS, |t| t.max_connect_attempt.unwrap_or(DEFAULT_CONNECT_ATTEMPTS).max(1)),
         }))
     }
 }
@@ -354,6 +373,21 @@ mod tests {
         assert_eq!(backend.pick().unwrap().zone, "zone-2", "with no local endpoint left, other zones are used");
         assert_eq!(backend.protocol, Protocol::Tcp);
         assert!(third.by_address("10.0.0.1:80".parse().unwrap()).is_none());
+    }
+
+    #[test]
+    fn mesh_retry_sets_connect_attempts_and_the_http_policy() {
+        let metrics = ProxyMetrics::register(&mut Registry::default());
+        let mut with_retry = config(&[("10.0.0.1", 80, "zone-1")], "tcp");
+        let table = Table::build(&with_retry, &Table::default(), &metrics);
+        let plain = table.service("backend").unwrap();
+        assert_eq!((plain.connect_attempts, plain.retry.is_none()), (DEFAULT_CONNECT_ATTEMPTS, true));
+        with_retry.outbounds[0].policies.retry =
+            Some(serde_json::from_value(json!({"tcp": {"maxConnectAttempt": 4}, "http": {"numRetries": 2}})).unwrap());
+        let table = Table::build(&with_retry, &table, &metrics);
+        let retried = table.service("backend").unwrap();
+        assert_eq!(retried.connect_attempts, 4);
+        assert_eq!(retried.retry.as_ref().map(|r| r.retries), Some(2));
     }
 
     #[test]

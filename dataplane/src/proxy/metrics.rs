@@ -82,6 +82,10 @@ pub struct ProxyMetrics {
     response_bytes: Family<PairLabels, Counter>,
     /// Requests refused by MeshTrafficPermission, by source and destination.
     denied: Family<PairLabels, Counter>,
+    /// Retries of requests (MeshRetry), by source and destination.
+    retries: Family<PairLabels, Counter>,
+    /// Retries MeshRetry allowed but its budget did not.
+    retries_over_budget: Family<PairLabels, Counter>,
     /// When the workload certificate in use expires (Unix seconds).
     pub certificate_expiry: Gauge,
     /// Workload certificates put in use since start.
@@ -103,6 +107,8 @@ impl ProxyMetrics {
             request_bytes: Family::default(),
             response_bytes: Family::default(),
             denied: Family::default(),
+            retries: Family::default(),
+            retries_over_budget: Family::default(),
             certificate_expiry: Gauge::default(),
             certificate_rotations: Counter::default(),
             control_plane_streams: Counter::default(),
@@ -118,6 +124,12 @@ impl ProxyMetrics {
         r.register("http_request_body_bytes", "request body bytes", metrics.request_bytes.clone());
         r.register("http_response_body_bytes", "response body bytes", metrics.response_bytes.clone());
         r.register("http_denied_requests", "requests refused by MeshTrafficPermission", metrics.denied.clone());
+        r.register("http_retries", "requests sent again by MeshRetry", metrics.retries.clone());
+        r.register(
+            "http_retries_over_budget",
+            "retries MeshRetry allowed that its budget refused (the failure was answered)",
+            metrics.retries_over_budget.clone(),
+        );
         r.register(
             "certificate_expiry_timestamp_seconds",
             "when the workload certificate in use expires",
@@ -152,6 +164,8 @@ impl ProxyMetrics {
             request_bytes: self.request_bytes.get_or_create(&pair).clone(),
             response_bytes: self.response_bytes.get_or_create(&pair).clone(),
             denied: self.denied.get_or_create(&pair).clone(),
+            retries: self.retries.get_or_create(&pair).clone(),
+            retries_over_budget: self.retries_over_budget.get_or_create(&pair).clone(),
         }
     }
 }
@@ -167,6 +181,10 @@ pub struct PairMetrics {
     pub response_bytes: Counter,
     /// Requests refused by MeshTrafficPermission.
     pub denied: Counter,
+    /// Requests sent again by MeshRetry.
+    pub retries: Counter,
+    /// Retries the budget refused.
+    pub retries_over_budget: Counter,
 }
 
 impl PairMetrics {

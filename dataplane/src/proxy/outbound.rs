@@ -41,10 +41,6 @@ pub fn serve(listener: TcpListener, config: Outbound, path: &Arc<DataPath>) {
     });
 }
 
-/// Connection attempts per application connection: a failed connect (nothing of the
-/// application's has been sent yet) is tried once more on a fresh pick.
-const ATTEMPTS: usize = 2;
-
 /// Tunnels `app` (connected from `client`) over mTLS to an endpoint of `destination` (or to
 /// `target`, when the application addressed one directly through transparent interception).
 pub fn spawn_tcp(app: TcpStream, client: SocketAddr, destination: Arc<Destination>, target: Option<SocketAddr>, path: &Arc<DataPath>) {
@@ -60,7 +56,7 @@ pub fn spawn_tcp(app: TcpStream, client: SocketAddr, destination: Arc<Destinatio
         // Open connections finish during a drain, and are cut when it is forced.
         path.drain
             .unless_forced(async {
-                for attempt in 1..=ATTEMPTS {
+                for attempt in 1..=destination.connect_attempts {
                     let endpoint = match target {
                         Some(t) => destination.endpoints().find(|e| e.address == t).cloned(),
                         None => destination.pick().cloned(),

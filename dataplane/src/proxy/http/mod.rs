@@ -14,6 +14,7 @@ pub mod body;
 pub mod inbound;
 pub mod outbound;
 pub mod pool;
+pub mod retry;
 pub mod routes;
 
 use std::future::Future;

@@ -27,6 +27,7 @@ use tracing::Instrument;
 
 use super::body::{local_response, Counted};
 use super::pool::Connector;
+use super::retry::{Cause, RetryPolicy};
 use super::{absolute, serve_until_drained, strip_hop_by_hop, InSpan};
 use crate::proxy::data_path::DataPath;
 use crate::proxy::destinations::Destination;
@@ -52,11 +53,12 @@ impl Replay {
         use http::Method;
         use http_body::Body as _;
         let safe = matches!(*request.method(), Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE);
-        (safe && request.body().is_end_stream()).then(|| Replay {
-            method: request.method().clone(),
-            uri: request.uri().clone(),
-            headers: request.headers().clone(),
-        })
+        (safe && request.body().is_end_stream()).then(|| Replay::copy(request))
+    }
+
+    /// A copy of `request` (the caller knows it has no body).
+    fn copy(request: &Request<Counted>) -> Replay {
+        Replay { method: request.method().clone(), uri: request.uri().clone(), headers: request.headers().clone() }
     }
 
     fn request(&self, destination: &Destination) -> Request<Counted> {
@@ -122,6 +124,7 @@ async fn forward(request: Request<Incoming>, service: &str, path: &DataPath) -> 
                 Err(_) => Err((
                     StatusCode::GATEWAY_TIMEOUT,
                     format!("no response within the request timeout of {timeout:?} (MeshTimeout http.requestTimeout)"),
+                    Cause::Timeout,
                 )),
             }
         }
@@ -161,11 +164,53 @@ fn to_mesh(request: Request<Incoming>, destination: &Destination) -> Request<Cou
     Request::from_parts(parts, Counted::new(body, destination.metrics.request_bytes.clone()))
 }
 
-type Failure = (StatusCode, String);
+/// No response: the status and reason the application gets, and the cause (for MeshRetry).
+type Failure = (StatusCode, String, Cause);
 
-/// Sends `request` to an endpoint of `destination`; on success also returns the endpoint's
-/// in-flight guard, to be held until the response body ends.
-async fn send(
+/// Sends `request` to `destination`, trying again as its MeshRetry says (when the request can
+/// be sent again and the retry budget allows); on success also returns the endpoint's in-flight
+/// guard, to be held until the response body ends.
+async fn send(request: Request<Counted>, destination: &Destination, path: &DataPath) -> Result<(Response<Incoming>, InFlight), Failure> {
+    use http_body::Body as _;
+    let Some(policy) = &destination.retry else { return attempt(request, destination, path).await };
+    let replay = RetryPolicy::replayable(request.method(), request.body().is_end_stream()).then(|| Replay::copy(&request));
+    let _active = destination.budget.start();
+    let mut request = request;
+    let mut retries = 0;
+    let mut _slot = None;
+    loop {
+        let result = match policy.per_try {
+            Some(limit) => match tokio::time::timeout(limit, attempt(request, destination, path)).await {
+                Ok(result) => result,
+                Err(_) => Err((
+                    StatusCode::GATEWAY_TIMEOUT,
+                    format!("no response within the per-try timeout of {limit:?} (MeshRetry http.perTryTimeout)"),
+                    Cause::Timeout,
+                )),
+            },
+            None => attempt(request, destination, path).await,
+        };
+        let retriable = match &result {
+            Ok((response, _)) => policy.retries_status(response.status()),
+            Err((_, _, cause)) => policy.retries_failure(*cause),
+        };
+        let Some(replay) = replay.as_ref().filter(|_| retriable && retries < policy.retries) else { return result };
+        let Some(slot) = destination.budget.retry(policy) else {
+            destination.metrics.retries_over_budget.inc();
+            return result;
+        };
+        _slot = Some(slot);
+        retries += 1;
+        destination.metrics.retries.inc();
+        drop(result);
+        tokio::time::sleep(policy.back_off(retries)).await;
+        request = replay.request(destination);
+    }
+}
+
+/// One attempt: sends `request` to an endpoint of `destination`, on a fresh pick when it could
+/// not be sent (and, for a safe bodiless request, when its connection failed with it in flight).
+async fn attempt(
     mut request: Request<Counted>,
     destination: &Destination,
     path: &DataPath,
@@ -174,7 +219,7 @@ async fn send(
     let replay = Replay::of(&request);
     for _ in 0..ATTEMPTS {
         let Some(endpoint) = destination.pick().cloned() else {
-            return Err((StatusCode::SERVICE_UNAVAILABLE, "no endpoint available".into()));
+            return Err((StatusCode::SERVICE_UNAVAILABLE, "no endpoint available".into(), Cause::Connect));
         };
         let connector = Connector {
             identities: &path.identities,
@@ -190,7 +235,7 @@ async fn send(
         let mut sender = match endpoint.pool.sender(endpoint.address, &connector).await {
             Ok(sender) => sender,
             Err(error) => {
-                last = Some((StatusCode::SERVICE_UNAVAILABLE, format!("cannot reach an endpoint: {error}")));
+                last = Some((StatusCode::SERVICE_UNAVAILABLE, format!("cannot reach an endpoint: {error}"), Cause::Connect));
                 continue;
             }
         };
@@ -200,11 +245,13 @@ async fn send(
                 // The pooled connection closed before our request went out: safe to retry.
                 Some(unsent) => {
                     endpoint.pool.clear();
-                    last = Some((StatusCode::SERVICE_UNAVAILABLE, format!("the connection to {} closed", endpoint.address)));
+                    last =
+                        Some((StatusCode::SERVICE_UNAVAILABLE, format!("the connection to {} closed", endpoint.address), Cause::Connect));
                     request = unsent;
                 }
                 None => {
-                    let failure = (StatusCode::BAD_GATEWAY, format!("{} failed the request: {}", endpoint.address, error.error()));
+                    let failure =
+                        (StatusCode::BAD_GATEWAY, format!("{} failed the request: {}", endpoint.address, error.error()), Cause::Reset);
                     let Some(replay) = &replay else { return Err(failure) };
                     // The connection failed with the request in flight and before any
                     // response: a safe request without a body is tried elsewhere.
@@ -216,7 +263,7 @@ async fn send(
             },
         }
     }
-    Err(last.unwrap_or_else(|| (StatusCode::SERVICE_UNAVAILABLE, "no endpoint available".into())))
+    Err(last.unwrap_or_else(|| (StatusCode::SERVICE_UNAVAILABLE, "no endpoint available".into(), Cause::Connect)))
 }
 
 /// Serves `app` (connected from `client`) as HTTP to `service` (for the listeners), every

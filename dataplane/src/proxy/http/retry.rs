@@ -1,0 +1,198 @@
+//! MeshRetry for HTTP: which failed attempts are tried again, how often, after what back-off,
+//! and the budget that keeps retries from multiplying an outage.
+//!
+//! In: the merged MeshRetry conf of a destination. Out: a [`RetryPolicy`] the outbound path
+//! asks after each attempt, and a [`Budget`] per destination (atomics: a retry takes a slot
+//! only while retries in progress stay under `percent` of the requests in progress, or
+//! `minRetryConcurrency`). Only requests that can be sent again are retried: idempotent
+//! methods (GET, HEAD, OPTIONS, TRACE, PUT, DELETE) without a body, since bodies are streamed,
+//! not kept.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use http::{Method, StatusCode};
+use rand::Rng;
+use strait_api::policies::retry::RetryConf;
+
+/// Why an attempt got no response.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Cause {
+    /// No connection to an endpoint could be made (or none was available).
+    Connect,
+    /// The request was sent and the connection failed before a response.
+    Reset,
+    /// No response within the per-try timeout.
+    Timeout,
+}
+
+/// The retry rules of one destination.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RetryPolicy {
+    /// Retries after the first attempt.
+    pub retries: u32,
+    /// The time limit of each attempt.
+    pub per_try: Option<Duration>,
+    base: Duration,
+    max: Duration,
+    on_5xx: bool,
+    on_gateway_error: bool,
+    on_reset: bool,
+    on_connect: bool,
+    on_409: bool,
+    statuses: Vec<u16>,
+    budget_percent: f64,
+    budget_min: usize,
+}
+
+/// The conditions retried when a MeshRetry gives none (as Kuma's defaults).
+const DEFAULT_ON: &[&str] = &["5xx", "GatewayError", "Reset", "ConnectFailure", "Retriable4xx", "RefusedStream"];
+
+impl RetryPolicy {
+    /// The policy of a merged MeshRetry conf's `http` section; `None` without one.
+    pub fn from_conf(conf: Option<&RetryConf>) -> Option<RetryPolicy> {
+        let http = conf?.http.as_ref()?;
+        let base = http.back_off.as_ref().and_then(|b| b.base_interval).map_or(Duration::from_millis(25), |d| d.get());
+        let max = http.back_off.as_ref().and_then(|b| b.max_interval).map_or(base * 10, |d| d.get());
+        let on: Vec<&str> = match &http.retry_on {
+            Some(list) => list.iter().map(String::as_str).collect(),
+            None => DEFAULT_ON.to_vec(),
+        };
+        let budget = http.budget.as_ref();
+        Some(RetryPolicy {
+            retries: http.num_retries.unwrap_or(1),
+            per_try: http.per_try_timeout.map(|d| d.get()).filter(|d| !d.is_zero()),
+            base,
+            max,
+            on_5xx: on.contains(&"5xx"),
+            on_gateway_error: on.contains(&"GatewayError"),
+            on_reset: on.contains(&"Reset") || on.contains(&"RefusedStream"),
+            on_connect: on.contains(&"ConnectFailure"),
+            on_409: on.contains(&"Retriable4xx"),
+            statuses: on.iter().filter_map(|c| c.parse().ok()).collect(),
+            budget_percent: budget.and_then(|b| b.percent).unwrap_or(20.0),
+            budget_min: budget.and_then(|b| b.min_retry_concurrency).unwrap_or(3) as usize,
+        })
+    }
+
+    /// Whether a response with `status` is tried again.
+    pub fn retries_status(&self, status: StatusCode) -> bool {
+        let code = status.as_u16();
+        (self.on_5xx && status.is_server_error())
+            || (self.on_gateway_error && matches!(code, 502..=504))
+            || (self.on_409 && code == 409)
+            || self.statuses.contains(&code)
+    }
+
+    /// Whether an attempt that got no response is tried again.
+    pub fn retries_failure(&self, cause: Cause) -> bool {
+        match cause {
+            Cause::Connect => self.on_connect || self.on_5xx || self.on_gateway_error,
+            Cause::Reset => self.on_reset || self.on_5xx || self.on_gateway_error,
+            Cause::Timeout => self.on_reset || self.on_5xx || self.on_gateway_error,
+        }
+    }
+
+    /// The wait before retry number `n` (from 1): exponential from the base interval, capped
+    /// at the maximum, with jitter (between half of it and all of it).
+    pub fn back_off(&self, n: u32) -> Duration {
+        let exp = self.base.saturating_mul(1u32 << n.saturating_sub(1).min(16));
+        let upper = exp.min(self.max);
+        upper.mul_f64(rand::thread_rng().gen_range(0.5..=1.0))
+    }
+
+    /// Whether a request with `method` and no body (`bodiless`) can be sent again.
+    pub fn replayable(method: &Method, bodiless: bool) -> bool {
+        bodiless && matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE)
+    }
+}
+
+/// Requests and retries in progress to one destination.
+#[derive(Debug, Default)]
+pub struct Budget {
+    active: AtomicUsize,
+    retrying: AtomicUsize,
+}
+
+/// A request in progress, counted until dropped.
+pub struct Active<'a>(&'a Budget);
+
+impl Drop for Active<'_> {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A retry in progress, holding its budget slot until dropped.
+pub struct Retrying<'a>(&'a Budget);
+
+impl Drop for Retrying<'_> {
+    fn drop(&mut self) {
+        self.0.retrying.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl Budget {
+    /// Counts a request in progress.
+    pub fn start(&self) -> Active<'_> {
+        self.active.fetch_add(1, Ordering::Relaxed);
+        Active(self)
+    }
+
+    /// A slot for one more retry, if `policy`'s budget has one.
+    pub fn retry(&self, policy: &RetryPolicy) -> Option<Retrying<'_>> {
+        let allowed = ((self.active.load(Ordering::Relaxed) as f64 * policy.budget_percent / 100.0) as usize).max(policy.budget_min);
+        let taken = self.retrying.fetch_add(1, Ordering::Relaxed);
+        if taken < allowed {
+            Some(Retrying(self))
+        } else {
+            self.retrying.fetch_sub(1, Ordering::Relaxed);
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy(conf: serde_json::Value) -> RetryPolicy {
+        RetryPolicy::from_conf(Some(&serde_json::from_value(conf).unwrap())).unwrap()
+    }
+
+    #[test]
+    fn conditions_decide_what_is_retried() {
+        let gateway = policy(serde_json::json!({"http": {"retryOn": ["GatewayError"]}}));
+        assert!(gateway.retries_status(StatusCode::SERVICE_UNAVAILABLE));
+        assert!(!gateway.retries_status(StatusCode::INTERNAL_SERVER_ERROR));
+        let codes = policy(serde_json::json!({"http": {"retryOn": ["429", "ConnectFailure"]}}));
+        assert!(codes.retries_status(StatusCode::TOO_MANY_REQUESTS) && !codes.retries_status(StatusCode::BAD_GATEWAY));
+        assert!(codes.retries_failure(Cause::Connect) && !codes.retries_failure(Cause::Reset));
+        let defaults = policy(serde_json::json!({"http": {}}));
+        assert_eq!(defaults.retries, 1);
+        assert!(defaults.retries_status(StatusCode::CONFLICT) && defaults.retries_failure(Cause::Timeout));
+        assert!(RetryPolicy::from_conf(Some(&serde_json::from_value(serde_json::json!({"tcp": {}})).unwrap())).is_none());
+    }
+
+    #[test]
+    fn back_off_grows_to_the_cap_with_jitter() {
+        let p = policy(serde_json::json!({"http": {"backOff": {"baseInterval": "10ms", "maxInterval": "50ms"}}}));
+        for (n, upper) in [(1, 10), (2, 20), (3, 40), (4, 50), (30, 50)] {
+            let d = p.back_off(n);
+            assert!(d >= Duration::from_millis(upper) / 2 && d <= Duration::from_millis(upper), "retry {n}: {d:?}");
+        }
+    }
+
+    #[test]
+    fn the_budget_allows_a_share_of_live_requests_or_the_minimum() {
+        let p = policy(serde_json::json!({"http": {"budget": {"percent": 50, "minRetryConcurrency": 1}}}));
+        let budget = Budget::default();
+        let live: Vec<_> = (0..4).map(|_| budget.start()).collect();
+        let slots: Vec<_> = (0..5).filter_map(|_| budget.retry(&p)).collect();
+        assert_eq!(slots.len(), 2, "half of 4 requests in progress");
+        drop(slots);
+        drop(live);
+        let one = budget.retry(&p);
+        assert!(one.is_some() && budget.retry(&p).is_none(), "with nothing in progress, the minimum");
+    }
+}

@@ -1,0 +1,132 @@
+//! MeshRetry through real sidecars: a server that fails the first two attempts succeeds
+//! through retries (counted in the metrics), a request with a body is never sent twice, and a
+//! failing server under concurrent load receives no more retries than the budget allows.
+
+mod common;
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{admin, dataplane, eventually, free_port, metric, Mesh};
+use serde_json::json;
+
+/// An HTTP application that answers 503 to the next `fail` requests (all of them while `fail`
+/// is `u64::MAX`), after `delay_ms`, and 200 otherwise; `hits` counts what it received.
+struct Flaky {
+    port: u16,
+    fail: Arc<AtomicU64>,
+    delay_ms: Arc<AtomicU64>,
+    hits: Arc<AtomicUsize>,
+}
+
+async fn flaky_app() -> Flaky {
+    let (fail, delay_ms, hits) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)), Arc::new(AtomicUsize::new(0)));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let state = (fail.clone(), delay_ms.clone(), hits.clone());
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let (fail, delay_ms, hits) = state.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |_request: http::Request<hyper::body::Incoming>| {
+                    let (fail, delay_ms, hits) = (fail.clone(), delay_ms.clone(), hits.clone());
+                    async move {
+                        hits.fetch_add(1, Ordering::SeqCst);
+                        tokio::time::sleep(Duration::from_millis(delay_ms.load(Ordering::SeqCst))).await;
+                        let failing = fail.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| match n {
+                            0 => None,
+                            u64::MAX => Some(u64::MAX),
+                            n => Some(n - 1),
+                        });
+                        let status = if failing.is_ok() { 503 } else { 200 };
+                        let body = http_body_util::Full::new(bytes::Bytes::from_static(b"flaky"));
+                        Ok::<_, std::convert::Infallible>(http::Response::builder().status(status).body(body).unwrap())
+                    }
+                });
+                let builder = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+                let _ = builder.serve_connection(hyper_util::rt::TokioIo::new(stream), service).await;
+            });
+        }
+    });
+    Flaky { port, fail, delay_ms, hits }
+}
+
+fn retry(http: serde_json::Value) -> serde_json::Value {
+    json!({"type": "MeshRetry", "name": "retry", "mesh": "default", "spec": {"targetRef": {"kind": "Mesh"},
+        "to": [{"targetRef": {"kind": "MeshService", "name": "backend"}, "default": {"http": http}}]}})
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_attempts_are_retried_within_the_budget() {
+    let mesh = Mesh::start().await;
+    let app = flaky_app().await;
+    let backend = mesh.sidecar("backend", "backend", &dataplane("backend-1", "backend", free_port(), app.port, "http", &[])).await;
+    let web_out = free_port();
+    let web = mesh.sidecar("web", "web", &dataplane("web-1", "web", free_port(), free_port(), "http", &[(web_out, "backend")])).await;
+    for s in [&backend, &web] {
+        eventually("sidecars ready", async || (admin(s, "/ready").await.0 == 200).then_some(())).await;
+    }
+    let client = reqwest::Client::new();
+    let url = format!("http://127.0.0.1:{web_out}/");
+    eventually("web -> backend", async || (client.get(&url).send().await.ok()?.status() == 200).then_some(())).await;
+
+    // Without MeshRetry, a 503 reaches the application.
+    app.fail.store(1, Ordering::SeqCst);
+    assert_eq!(client.get(&url).send().await.unwrap().status(), 503);
+
+    mesh.put("/meshes/default/meshretries/retry", retry(json!({"numRetries": 3, "retryOn": ["5xx"], "backOff": {"baseInterval": "5ms"}})))
+        .await;
+    let retries_total = "strait_dp_http_retries_total{direction=\"outbound\",source=\"web\",destination=\"backend\"}";
+    eventually("the retry policy to apply", async || {
+        app.fail.store(1, Ordering::SeqCst);
+        (client.get(&url).send().await.ok()?.status() == 200).then_some(())
+    })
+    .await;
+
+    // Two failures, then success: the application sees 200, the server three attempts.
+    let (hits, retries) = (app.hits.load(Ordering::SeqCst), metric(&web, retries_total).await);
+    app.fail.store(2, Ordering::SeqCst);
+    assert_eq!(client.get(&url).send().await.unwrap().status(), 200);
+    assert_eq!(app.hits.load(Ordering::SeqCst) - hits, 3, "the first attempt and two retries");
+    assert_eq!(metric(&web, retries_total).await - retries, 2.0, "retries are counted");
+
+    // A request with a body is streamed, not kept: it is never sent twice.
+    let hits = app.hits.load(Ordering::SeqCst);
+    app.fail.store(1, Ordering::SeqCst);
+    assert_eq!(client.post(&url).body("order").send().await.unwrap().status(), 503);
+    assert_eq!(app.hits.load(Ordering::SeqCst) - hits, 1);
+    app.fail.store(0, Ordering::SeqCst);
+
+    // A failing server under 10 concurrent requests: one retry slot (10% of 10 in progress, at
+    // least 1), so at most a few of the 10 failures are retried, and the rest are counted.
+    mesh.put(
+        "/meshes/default/meshretries/retry",
+        retry(json!({"numRetries": 1, "retryOn": ["5xx"], "backOff": {"baseInterval": "5ms"}, "budget": {"percent": 10, "minRetryConcurrency": 1}})),
+    )
+    .await;
+    let over_budget = "strait_dp_http_retries_over_budget_total{direction=\"outbound\",source=\"web\",destination=\"backend\"}";
+    app.delay_ms.store(300, Ordering::SeqCst);
+    app.fail.store(u64::MAX, Ordering::SeqCst);
+    eventually("the budget to apply", async || {
+        let config = web.state.config.load_full()?;
+        let retry = config.1.outbounds.iter().find(|o| o.service == "backend")?.policies.retry.clone()?;
+        retry.http?.budget.map(drop)
+    })
+    .await;
+    let (hits, refused) = (app.hits.load(Ordering::SeqCst), metric(&web, over_budget).await);
+    let calls: Vec<_> = (0..10)
+        .map(|_| {
+            let (client, url) = (client.clone(), url.clone());
+            tokio::spawn(async move { client.get(&url).send().await.map(|r| r.status().as_u16()).unwrap_or(0) })
+        })
+        .collect();
+    for call in calls {
+        assert_eq!(call.await.unwrap(), 503, "every request fails in the end");
+    }
+    let received = app.hits.load(Ordering::SeqCst) - hits;
+    let refused = metric(&web, over_budget).await - refused;
+    println!("FIGURE retry budget: 10 concurrent failing requests, {received} reached the server, {refused} retries refused by the budget");
+    assert!(received <= 13, "without the budget there would be 20: {received}");
+    assert!(refused >= 7.0, "{refused}");
+}
