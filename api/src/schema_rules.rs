@@ -209,11 +209,14 @@ fn property_rules() -> Vec<(&'static str, Value)> {
         ("RetryBudget.percent", percentage()),
         // gRPC retries are not enforced yet (`support::not_enforced`).
         ("RetryConf.grpc", json!({ "type": "null" })),
+        // MeshCircuitBreaker: not enforced yet (`support::not_enforced`).
+        ("CircuitBreakerConf.connectionLimits", json!({ "type": "null" })),
+        ("OutlierDetection.interval", json!({ "type": "null" })),
+        ("Detectors.failurePercentage", json!({ "type": "null" })),
         // MeshCircuitBreaker.
         ("ConnectionLimits.maxConnections", json!({ "minimum": 1 })),
         ("ConnectionLimits.maxPendingRequests", json!({ "minimum": 1 })),
         ("ConnectionLimits.maxRequests", json!({ "minimum": 1 })),
-        ("OutlierDetection.interval", opt_ref("PositiveDuration")),
         ("OutlierDetection.baseEjectionTime", opt_ref("PositiveDuration")),
         ("OutlierDetection.maxEjectionPercent", percentage()),
         ("Consecutive.consecutive", json!({ "minimum": 1 })),
@@ -393,8 +396,8 @@ fn object_rules() -> Vec<(&'static str, Value)> {
 }
 
 /// Adds the rules to an OpenAPI document's schemas and request bodies. Returns the names of
-/// schemas or properties a rule refers to that the document does not have (none, unless the
-/// types changed without their rules).
+/// schemas or properties a rule refers to that the document does not have, and properties
+/// with two rules (none, unless the types changed without their rules).
 pub fn refine(doc: &mut Value) -> Vec<String> {
     let mut missing = Vec::new();
     let Some(schemas) = doc.pointer_mut("/components/schemas").and_then(Value::as_object_mut) else {
@@ -404,7 +407,11 @@ pub fn refine(doc: &mut Value) -> Vec<String> {
     for (name, schema) in shared().into_iter().chain(target_refs()) {
         schemas.insert(name.into(), schema);
     }
+    let mut seen = std::collections::BTreeSet::new();
     for (path, rule) in property_rules() {
+        if !seen.insert(path) {
+            missing.push(format!("{path} has two rules; the second would replace the first"));
+        }
         let (name, property) = path.split_once('.').unwrap_or((path, ""));
         match schemas.get_mut(name).and_then(|s| s.pointer_mut(&format!("/properties/{property}"))) {
             Some(target) => merge_property(target, rule),
@@ -601,8 +608,8 @@ fn refine_put_bodies(doc: &mut Value, missing: &mut Vec<String>) {
             *target = schema_ref("TargetRef");
         }
         if let Some((from, to)) = kind.policy_sections() {
-            // Inbound timeouts are not enforced yet (`support::not_enforced`).
-            let from = from && kind != ResourceType::MeshTimeout;
+            // Inbound timeouts and circuit breaking are not enforced yet (`support::not_enforced`).
+            let from = from && !matches!(kind, ResourceType::MeshTimeout | ResourceType::MeshCircuitBreaker);
             let section = |name: &str| json!({ "required": [name], "properties": { name.to_string(): { "minItems": 1 } } });
             let rule = match (from, to) {
                 (true, true) => json!({ "anyOf": [section("from"), section("to")] }),

@@ -49,6 +49,35 @@ pub fn not_enforced(resource: &Resource) -> ValidationErrors {
                 }
             }
         }
+        Spec::MeshCircuitBreaker(spec) => {
+            if !spec.from.is_empty() {
+                refuse(
+                    "spec.from".into(),
+                    "inbound circuit breaking is not enforced by the sidecars yet; set it on the callers' side, in `to`",
+                );
+            }
+            for (i, to) in spec.to.iter().enumerate() {
+                if to.default.connection_limits.is_some() {
+                    refuse(
+                        format!("spec.to[{i}].default.connectionLimits"),
+                        "connection limits are not enforced by the sidecars yet; outlier detection is",
+                    );
+                }
+                let Some(od) = &to.default.outlier_detection else { continue };
+                if od.interval.is_some() {
+                    refuse(
+                        format!("spec.to[{i}].default.outlierDetection.interval"),
+                        "is not enforced by the sidecars yet: the consecutive-failure detectors act at once, without an interval",
+                    );
+                }
+                if od.detectors.as_ref().is_some_and(|d| d.failure_percentage.is_some()) {
+                    refuse(
+                        format!("spec.to[{i}].default.outlierDetection.detectors.failurePercentage"),
+                        "is not enforced by the sidecars yet; totalFailures, gatewayFailures and localOriginFailures are",
+                    );
+                }
+            }
+        }
         Spec::MeshRetry(spec) => {
             for (i, to) in spec.to.iter().enumerate() {
                 if to.default.grpc.is_some() {
@@ -101,7 +130,6 @@ pub const UNENFORCED_TIMEOUT: &str =
 /// Policy types no sidecar enforces yet. The global refuses to store them (a write answers 405
 /// naming the type), so that no policy is accepted and then ignored.
 pub const NOT_ENFORCED_TYPES: &[ResourceType] = &[
-    ResourceType::MeshCircuitBreaker,
     ResourceType::MeshHealthCheck,
     ResourceType::MeshRateLimit,
     ResourceType::MeshFaultInjection,

@@ -556,6 +556,19 @@ async fn what_no_sidecar_enforces_is_refused() {
     let (status, _, body) = s.put("/meshes/default/meshloadbalancingstrategies/l", &threshold).await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
     assert_eq!(body["details"][0]["field"], "spec.to[0].default.localityAwareness.crossZone.failoverThreshold", "{body}");
+    let limits = json!({"type": "MeshCircuitBreaker", "spec": {"to": [{"targetRef": {"kind": "Mesh"},
+        "default": {"connectionLimits": {"maxConnections": 10}, "outlierDetection": {"detectors": {"totalFailures": {"consecutive": 3}}}}}]}});
+    let (status, _, body) = s.put("/meshes/default/meshcircuitbreakers/cb", &limits).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(body["details"][0]["field"], "spec.to[0].default.connectionLimits", "{body}");
+    let (status, _, body) = s
+        .put(
+            "/meshes/default/meshretries/r",
+            &json!({"type": "MeshRetry", "spec": {"to": [{"targetRef": {"kind": "Mesh"},
+        "default": {"grpc": {"numRetries": 2}}}]}}),
+        )
+        .await;
+    assert_eq!((status, body["details"][0]["field"].as_str()), (StatusCode::BAD_REQUEST, Some("spec.to[0].default.grpc")), "{body}");
     let enforced = json!({"type": "MeshTimeout", "spec": {"to": [{"targetRef": {"kind": "Mesh"},
         "default": {"connectionTimeout": "2s", "idleTimeout": "1m", "http": {"requestTimeout": "3s"}}}]}});
     assert_eq!(s.put("/meshes/default/meshtimeouts/t", &enforced).await.0, StatusCode::CREATED);

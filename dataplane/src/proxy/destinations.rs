@@ -14,12 +14,13 @@ use std::time::Duration;
 
 use rustls::pki_types::ServerName;
 use strait_api::gateway_config::sni;
+use strait_api::policies::circuit_breaker::CircuitBreakerConf;
 use strait_api::policies::timeout::TimeoutConf;
 use strait_api::proxy_config::{OutboundConfig, ProxyConfig};
 use strait_pki::Identity;
 
 use super::balance::Balancer;
-use super::endpoint::Endpoint;
+use super::endpoint::{now_ms, Endpoint, Outcome};
 use super::http::retry::{Budget, RetryPolicy};
 use super::http::routes::{Backends, Routes};
 
@@ -94,6 +95,39 @@ pub struct Destination {
     pub budget: Budget,
     /// Connection attempts of a TCP connection (MeshRetry `tcp.maxConnectAttempt`, else 2).
     pub connect_attempts: u32,
+    /// MeshCircuitBreaker outlier detection of its endpoints.
+    pub outlier: Option<OutlierPolicy>,
+}
+
+/// The longest an outlier ejection lasts, however often the endpoint was ejected.
+const MAX_EJECTION: Duration = Duration::from_secs(300);
+
+/// Outlier detection (MeshCircuitBreaker `outlierDetection`): an endpoint with this many
+/// failures in a row (of any kind, gateway failures, or failures of local origin: connect
+/// errors, resets, timeouts) is ejected for the base time times its ejections so far, while at
+/// most `maxEjectionPercent` of the endpoints (at least one) are ejected; when every endpoint
+/// is ejected, picks use them anyway.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutlierPolicy {
+    thresholds: [Option<u32>; 3],
+    base: Duration,
+    max_percent: u32,
+}
+
+impl OutlierPolicy {
+    /// The policy of a merged MeshCircuitBreaker conf; `None` without outlier detection.
+    pub fn from_conf(conf: Option<&CircuitBreakerConf>) -> Option<OutlierPolicy> {
+        let od = conf?.outlier_detection.as_ref().filter(|od| od.disabled != Some(true))?;
+        let thresholds = match &od.detectors {
+            Some(d) => [&d.total_failures, &d.gateway_failures, &d.local_origin_failures].map(|c| c.as_ref().map(|c| c.consecutive)),
+            None => [Some(5); 3],
+        };
+        Some(OutlierPolicy {
+            thresholds,
+            base: od.base_ejection_time.map_or(Duration::from_secs(30), |d| d.get()),
+            max_percent: od.max_ejection_percent.unwrap_or(10),
+        })
+    }
 }
 
 impl Destination {
@@ -109,6 +143,24 @@ impl Destination {
     /// Every endpoint, local first.
     pub fn endpoints(&self) -> impl Iterator<Item = &Arc<Endpoint>> {
         self.local.iter().chain(&self.remote)
+    }
+
+    /// Counts what became of a request to `endpoint`, and ejects it when outlier detection says so.
+    pub fn record(&self, endpoint: &Endpoint, outcome: Outcome) {
+        let Some(policy) = &self.outlier else { return };
+        let counts = endpoint.health.record(outcome);
+        if !counts.iter().zip(&policy.thresholds).any(|(n, limit)| limit.is_some_and(|limit| *n >= limit)) {
+            return;
+        }
+        let now = now_ms();
+        let total = self.local.len() + self.remote.len();
+        let ejected = self.endpoints().filter(|e| e.health.outlier_ejected(now)).count();
+        if ejected >= (total * policy.max_percent as usize / 100).max(1) || endpoint.health.outlier_ejected(now) {
+            return;
+        }
+        let time = endpoint.health.eject(policy.base, MAX_EJECTION);
+        self.metrics.ejections.inc();
+        tracing::warn!(service = self.service, endpoint = %endpoint.address, ?time, failures = ?counts, "outlier detection ejected an endpoint");
     }
 }
 
@@ -187,6 +239,7 @@ impl Build<'_> {
             metrics: self.metrics.pair(Direction::Outbound, self.source, &outbound.service),
             retry: RetryPolicy::from_conf(outbound.policies.retry.as_ref()),
             budget: Budget::default(),
+            outlier: OutlierPolicy::from_conf(outbound.policies.circuit_breaker.as_ref()),
             connect_attempts: outbound
                 .policies
                 .retry

@@ -76,13 +76,30 @@ impl Drop for InFlight {
     }
 }
 
-/// Passive health of one endpoint: ejection after a failed connect, and the handshake time.
+/// Passive health of one endpoint: ejection after a failed connect, ejection by outlier
+/// detection (MeshCircuitBreaker), and the handshake time.
 #[derive(Debug, Default)]
 pub struct Health {
     failures: AtomicU32,
     ejected_until_ms: AtomicU64,
     /// Smoothed TCP + TLS handshake time, microseconds; 0 until measured.
     rtt_us: AtomicU64,
+    /// Consecutive failures: any (5xx or local origin), gateway (502-504 or local origin),
+    /// local origin (connect failures, resets, timeouts).
+    consecutive: [AtomicU32; 3],
+    /// Outlier ejections so far (the next one lasts this many times the base time, plus one).
+    ejections: AtomicU32,
+    outlier_until_ms: AtomicU64,
+}
+
+/// What became of one request to an endpoint, for outlier detection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// A response with this status.
+    Status(u16),
+    /// No response, for a reason on this side or the connection's: a connect failure, a
+    /// reset, a timeout.
+    LocalOrigin,
 }
 
 impl Health {
@@ -105,7 +122,49 @@ impl Health {
 
     /// Whether picks may use the endpoint now.
     pub fn available(&self, now_ms: u64) -> bool {
-        self.ejected_until_ms.load(Ordering::Relaxed) <= now_ms
+        self.ejected_until_ms.load(Ordering::Relaxed) <= now_ms && self.outlier_until_ms.load(Ordering::Relaxed) <= now_ms
+    }
+
+    /// Whether outlier detection has the endpoint ejected now.
+    pub fn outlier_ejected(&self, now_ms: u64) -> bool {
+        self.outlier_until_ms.load(Ordering::Relaxed) > now_ms
+    }
+
+    /// Counts `outcome`, and returns the consecutive failures (any, gateway, local origin)
+    /// it leaves; a success clears them and shortens the next ejection.
+    pub fn record(&self, outcome: Outcome) -> [u32; 3] {
+        let (any, gateway, local) = match outcome {
+            Outcome::Status(code) => (code >= 500, matches!(code, 502..=504), false),
+            Outcome::LocalOrigin => (true, true, true),
+        };
+        if !any {
+            for c in &self.consecutive {
+                c.store(0, Ordering::Relaxed);
+            }
+            let _ = self.ejections.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+            return [0; 3];
+        }
+        let bump = |c: &AtomicU32, failed: bool| {
+            if failed {
+                c.fetch_add(1, Ordering::Relaxed).saturating_add(1)
+            } else {
+                c.store(0, Ordering::Relaxed);
+                0
+            }
+        };
+        [bump(&self.consecutive[0], any), bump(&self.consecutive[1], gateway), bump(&self.consecutive[2], local)]
+    }
+
+    /// Ejects the endpoint for `base` times its ejections so far (plus one), at most `max`,
+    /// and clears its counts.
+    pub fn eject(&self, base: Duration, max: Duration) -> Duration {
+        let n = self.ejections.fetch_add(1, Ordering::Relaxed).saturating_add(1);
+        let time = base.saturating_mul(n).min(max);
+        self.outlier_until_ms.store(now_ms() + time.as_millis() as u64, Ordering::Relaxed);
+        for c in &self.consecutive {
+            c.store(0, Ordering::Relaxed);
+        }
+        time
     }
 
     /// The smoothed handshake time, if measured.

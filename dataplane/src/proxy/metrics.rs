@@ -86,6 +86,8 @@ pub struct ProxyMetrics {
     retries: Family<PairLabels, Counter>,
     /// Retries MeshRetry allowed but its budget did not.
     retries_over_budget: Family<PairLabels, Counter>,
+    /// Endpoints ejected by outlier detection.
+    ejections: Family<PairLabels, Counter>,
     /// When the workload certificate in use expires (Unix seconds).
     pub certificate_expiry: Gauge,
     /// Workload certificates put in use since start.
@@ -109,6 +111,7 @@ impl ProxyMetrics {
             denied: Family::default(),
             retries: Family::default(),
             retries_over_budget: Family::default(),
+            ejections: Family::default(),
             certificate_expiry: Gauge::default(),
             certificate_rotations: Counter::default(),
             control_plane_streams: Counter::default(),
@@ -130,6 +133,7 @@ impl ProxyMetrics {
             "retries MeshRetry allowed that its budget refused (the failure was answered)",
             metrics.retries_over_budget.clone(),
         );
+        r.register("outlier_ejections", "endpoints ejected by outlier detection (MeshCircuitBreaker)", metrics.ejections.clone());
         r.register(
             "certificate_expiry_timestamp_seconds",
             "when the workload certificate in use expires",
@@ -166,6 +170,7 @@ impl ProxyMetrics {
             denied: self.denied.get_or_create(&pair).clone(),
             retries: self.retries.get_or_create(&pair).clone(),
             retries_over_budget: self.retries_over_budget.get_or_create(&pair).clone(),
+            ejections: self.ejections.get_or_create(&pair).clone(),
         }
     }
 }
@@ -185,6 +190,8 @@ pub struct PairMetrics {
     pub retries: Counter,
     /// Retries the budget refused.
     pub retries_over_budget: Counter,
+    /// Endpoints ejected by outlier detection.
+    pub ejections: Counter,
 }
 
 impl PairMetrics {

@@ -31,7 +31,7 @@ use super::retry::{Cause, RetryPolicy};
 use super::{absolute, serve_until_drained, strip_hop_by_hop, InSpan};
 use crate::proxy::data_path::DataPath;
 use crate::proxy::destinations::Destination;
-use crate::proxy::endpoint::InFlight;
+use crate::proxy::endpoint::{Endpoint, InFlight, Outcome};
 
 /// What the application receives: a peer's response body, holding its endpoint's in-flight
 /// count until it ends, or the sidecar's own answer.
@@ -235,12 +235,22 @@ async fn attempt(
         let mut sender = match endpoint.pool.sender(endpoint.address, &connector).await {
             Ok(sender) => sender,
             Err(error) => {
+                destination.record(&endpoint, Outcome::LocalOrigin);
                 last = Some((StatusCode::SERVICE_UNAVAILABLE, format!("cannot reach an endpoint: {error}"), Cause::Connect));
                 continue;
             }
         };
-        match sender.try_send_request(request).await {
-            Ok(response) => return Ok((response, in_flight)),
+        // Until the answer comes: an attempt abandoned on the way (a timeout) is a failure of
+        // local origin for outlier detection.
+        let mut pending = Pending { destination, endpoint: &endpoint, armed: true };
+        let sent = sender.try_send_request(request).await;
+        pending.armed = false;
+        drop(pending);
+        match sent {
+            Ok(response) => {
+                destination.record(&endpoint, Outcome::Status(response.status().as_u16()));
+                return Ok((response, in_flight));
+            }
             Err(mut error) => match error.take_message() {
                 // The pooled connection closed before our request went out: safe to retry.
                 Some(unsent) => {
@@ -250,6 +260,7 @@ async fn attempt(
                     request = unsent;
                 }
                 None => {
+                    destination.record(&endpoint, Outcome::LocalOrigin);
                     let failure =
                         (StatusCode::BAD_GATEWAY, format!("{} failed the request: {}", endpoint.address, error.error()), Cause::Reset);
                     let Some(replay) = &replay else { return Err(failure) };
@@ -264,6 +275,22 @@ async fn attempt(
         }
     }
     Err(last.unwrap_or_else(|| (StatusCode::SERVICE_UNAVAILABLE, "no endpoint available".into(), Cause::Connect)))
+}
+
+/// An attempt on its way to `endpoint`; dropped while armed (the attempt was abandoned, as
+/// by a timeout), it counts a failure of local origin.
+struct Pending<'a> {
+    destination: &'a Destination,
+    endpoint: &'a Endpoint,
+    armed: bool,
+}
+
+impl Drop for Pending<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.destination.record(self.endpoint, Outcome::LocalOrigin);
+        }
+    }
 }
 
 /// Serves `app` (connected from `client`) as HTTP to `service` (for the listeners), every
