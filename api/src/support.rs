@@ -57,11 +57,18 @@ pub fn not_enforced(resource: &Resource) -> ValidationErrors {
                 );
             }
             for (i, to) in spec.to.iter().enumerate() {
-                if to.default.connection_limits.is_some() {
-                    refuse(
-                        format!("spec.to[{i}].default.connectionLimits"),
-                        "connection limits are not enforced by the sidecars yet; outlier detection is",
-                    );
+                if let Some(limits) = &to.default.connection_limits {
+                    for (name, set) in [
+                        ("maxConnections", limits.max_connections.is_some()),
+                        ("maxPendingRequests", limits.max_pending_requests.is_some()),
+                    ] {
+                        if set {
+                            refuse(
+                                format!("spec.to[{i}].default.connectionLimits.{name}"),
+                                "is not enforced by the sidecars yet; maxRequests and maxRetries are",
+                            );
+                        }
+                    }
                 }
                 let Some(od) = &to.default.outlier_detection else { continue };
                 if od.interval.is_some() {

@@ -69,3 +69,49 @@ async fn a_hung_endpoint_is_ejected_after_its_timeouts_and_comes_back() {
     })
     .await;
 }
+
+/// MeshCircuitBreaker `maxRequests`: requests beyond the limit in progress are answered 503 at
+/// once, with the reason, and counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_beyond_max_requests_get_503_at_once() {
+    let mesh = Mesh::start().await;
+    let app = http_app("b1").await;
+    let s1 = mesh.sidecar("backend-1", "backend", &dataplane("backend-1", "backend", free_port(), app.port, "http", &[])).await;
+    let web_out = free_port();
+    let web = mesh.sidecar("web", "web", &dataplane("web-1", "web", free_port(), free_port(), "http", &[(web_out, "backend")])).await;
+    for s in [&s1, &web] {
+        eventually("sidecars ready", async || (admin(s, "/ready").await.0 == 200).then_some(())).await;
+    }
+    mesh.put("/meshes/default/meshcircuitbreakers/limit", json!({"type": "MeshCircuitBreaker", "name": "limit", "mesh": "default",
+        "spec": {"targetRef": {"kind": "Mesh"}, "to": [{"targetRef": {"kind": "MeshService", "name": "backend"}, "default": {"connectionLimits": {"maxRequests": 2}}}]}})).await;
+    eventually("the limit to apply", async || {
+        let config = web.state.config.load_full()?;
+        config.1.outbounds.iter().find(|o| o.service == "backend")?.policies.circuit_breaker.as_ref().map(drop)
+    })
+    .await;
+    app.delay_ms.store(500, Ordering::Relaxed);
+    let started = std::time::Instant::now();
+    let calls: Vec<_> = (0..6)
+        .map(|_| {
+            tokio::spawn(async move {
+                let client = reqwest::Client::new();
+                let r = client.get(format!("http://127.0.0.1:{web_out}/")).send().await.unwrap();
+                let (status, elapsed) = (r.status().as_u16(), started.elapsed());
+                (status, r.text().await.unwrap(), elapsed)
+            })
+        })
+        .collect();
+    let mut results = Vec::new();
+    for call in calls {
+        results.push(call.await.unwrap());
+    }
+    let ok = results.iter().filter(|r| r.0 == 200).count();
+    let overflowed: Vec<_> = results.iter().filter(|r| r.0 == 503).collect();
+    assert_eq!((ok, overflowed.len()), (2, 4), "{results:?}");
+    for (_, body, elapsed) in &overflowed {
+        assert!(body.contains("maxRequests"), "{body}");
+        assert!(*elapsed < std::time::Duration::from_millis(400), "answered at once, not after the backend: {elapsed:?}");
+    }
+    let overflows = "strait_dp_http_overflows_total{direction=\"outbound\",source=\"web\",destination=\"backend\"}";
+    assert_eq!(metric(&web, overflows).await, 4.0);
+}

@@ -560,7 +560,7 @@ async fn what_no_sidecar_enforces_is_refused() {
         "default": {"connectionLimits": {"maxConnections": 10}, "outlierDetection": {"detectors": {"totalFailures": {"consecutive": 3}}}}}]}});
     let (status, _, body) = s.put("/meshes/default/meshcircuitbreakers/cb", &limits).await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
-    assert_eq!(body["details"][0]["field"], "spec.to[0].default.connectionLimits", "{body}");
+    assert_eq!(body["details"][0]["field"], "spec.to[0].default.connectionLimits.maxConnections", "{body}");
     let (status, _, body) = s
         .put(
             "/meshes/default/meshretries/r",

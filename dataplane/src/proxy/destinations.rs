@@ -97,6 +97,25 @@ pub struct Destination {
     pub connect_attempts: u32,
     /// MeshCircuitBreaker outlier detection of its endpoints.
     pub outlier: Option<OutlierPolicy>,
+    /// MeshCircuitBreaker connection limits.
+    pub limits: Limits,
+}
+
+/// MeshCircuitBreaker `connectionLimits` of HTTP requests to a destination.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Limits {
+    /// Requests in progress (`maxRequests`); more are answered 503 at once.
+    pub max_requests: Option<usize>,
+    /// Retries in progress (`maxRetries`).
+    pub max_retries: Option<usize>,
+}
+
+impl Limits {
+    /// The limits of a merged MeshCircuitBreaker conf.
+    pub fn from_conf(conf: Option<&CircuitBreakerConf>) -> Limits {
+        let Some(l) = conf.and_then(|c| c.connection_limits.as_ref()) else { return Limits::default() };
+        Limits { max_requests: l.max_requests.map(|n| n as usize), max_retries: l.max_retries.map(|n| n as usize) }
+    }
 }
 
 /// The longest an outlier ejection lasts, however often the endpoint was ejected.
@@ -240,6 +259,7 @@ impl Build<'_> {
             retry: RetryPolicy::from_conf(outbound.policies.retry.as_ref()),
             budget: Budget::default(),
             outlier: OutlierPolicy::from_conf(outbound.policies.circuit_breaker.as_ref()),
+            limits: Limits::from_conf(outbound.policies.circuit_breaker.as_ref()),
             connect_attempts: outbound
                 .policies
                 .retry

@@ -88,6 +88,8 @@ pub struct ProxyMetrics {
     retries_over_budget: Family<PairLabels, Counter>,
     /// Endpoints ejected by outlier detection.
     ejections: Family<PairLabels, Counter>,
+    /// Requests answered 503 at once by a circuit breaker limit.
+    overflows: Family<PairLabels, Counter>,
     /// When the workload certificate in use expires (Unix seconds).
     pub certificate_expiry: Gauge,
     /// Workload certificates put in use since start.
@@ -112,6 +114,7 @@ impl ProxyMetrics {
             retries: Family::default(),
             retries_over_budget: Family::default(),
             ejections: Family::default(),
+            overflows: Family::default(),
             certificate_expiry: Gauge::default(),
             certificate_rotations: Counter::default(),
             control_plane_streams: Counter::default(),
@@ -134,6 +137,7 @@ impl ProxyMetrics {
             metrics.retries_over_budget.clone(),
         );
         r.register("outlier_ejections", "endpoints ejected by outlier detection (MeshCircuitBreaker)", metrics.ejections.clone());
+        r.register("http_overflows", "requests answered 503 at once by a MeshCircuitBreaker limit", metrics.overflows.clone());
         r.register(
             "certificate_expiry_timestamp_seconds",
             "when the workload certificate in use expires",
@@ -171,6 +175,7 @@ impl ProxyMetrics {
             retries: self.retries.get_or_create(&pair).clone(),
             retries_over_budget: self.retries_over_budget.get_or_create(&pair).clone(),
             ejections: self.ejections.get_or_create(&pair).clone(),
+            overflows: self.overflows.get_or_create(&pair).clone(),
         }
     }
 }
@@ -192,6 +197,8 @@ pub struct PairMetrics {
     pub retries_over_budget: Counter,
     /// Endpoints ejected by outlier detection.
     pub ejections: Counter,
+    /// Requests answered 503 at once by a circuit breaker limit.
+    pub overflows: Counter,
 }
 
 impl PairMetrics {

@@ -116,6 +116,21 @@ async fn forward(request: Request<Incoming>, service: &str, path: &DataPath) -> 
         }
     }
     let destination: &Destination = destination;
+    // MeshCircuitBreaker `maxRequests`: beyond it, 503 at once.
+    let (_active, in_progress) = destination.budget.start();
+    if destination.limits.max_requests.is_some_and(|max| in_progress > max) {
+        destination.metrics.overflows.inc();
+        let response = local_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "strait: {}: {} requests are in progress, the most MeshCircuitBreaker connectionLimits.maxRequests allows\n",
+                destination.service,
+                in_progress - 1
+            ),
+        );
+        destination.metrics.record(response.status(), started.elapsed());
+        return response;
+    }
     let sent = match destination.timeouts.request {
         Some(timeout) => {
             let deadline = tokio::time::Instant::now() + timeout;
@@ -174,7 +189,6 @@ async fn send(request: Request<Counted>, destination: &Destination, path: &DataP
     use http_body::Body as _;
     let Some(policy) = &destination.retry else { return attempt(request, destination, path).await };
     let replay = RetryPolicy::replayable(request.method(), request.body().is_end_stream()).then(|| Replay::copy(&request));
-    let _active = destination.budget.start();
     let mut request = request;
     let mut retries = 0;
     let mut _slot = None;
@@ -195,7 +209,7 @@ async fn send(request: Request<Counted>, destination: &Destination, path: &DataP
             Err((_, _, cause)) => policy.retries_failure(*cause),
         };
         let Some(replay) = replay.as_ref().filter(|_| retriable && retries < policy.retries) else { return result };
-        let Some(slot) = destination.budget.retry(policy) else {
+        let Some(slot) = destination.budget.retry(policy, destination.limits.max_retries) else {
             destination.metrics.retries_over_budget.inc();
             return result;
         };

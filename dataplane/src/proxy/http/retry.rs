@@ -133,15 +133,17 @@ impl Drop for Retrying<'_> {
 }
 
 impl Budget {
-    /// Counts a request in progress.
-    pub fn start(&self) -> Active<'_> {
-        self.active.fetch_add(1, Ordering::Relaxed);
-        Active(self)
+    /// Counts a request in progress; also returns how many are in progress with it.
+    pub fn start(&self) -> (Active<'_>, usize) {
+        let n = self.active.fetch_add(1, Ordering::Relaxed) + 1;
+        (Active(self), n)
     }
 
-    /// A slot for one more retry, if `policy`'s budget has one.
-    pub fn retry(&self, policy: &RetryPolicy) -> Option<Retrying<'_>> {
-        let allowed = ((self.active.load(Ordering::Relaxed) as f64 * policy.budget_percent / 100.0) as usize).max(policy.budget_min);
+    /// A slot for one more retry, if `policy`'s budget has one and fewer than `max` (the
+    /// circuit breaker's `maxRetries`) are in progress.
+    pub fn retry(&self, policy: &RetryPolicy, max: Option<usize>) -> Option<Retrying<'_>> {
+        let share = (self.active.load(Ordering::Relaxed) as f64 * policy.budget_percent / 100.0) as usize;
+        let allowed = share.max(policy.budget_min).min(max.unwrap_or(usize::MAX));
         let taken = self.retrying.fetch_add(1, Ordering::Relaxed);
         if taken < allowed {
             Some(Retrying(self))
@@ -188,11 +190,15 @@ mod tests {
         let p = policy(serde_json::json!({"http": {"budget": {"percent": 50, "minRetryConcurrency": 1}}}));
         let budget = Budget::default();
         let live: Vec<_> = (0..4).map(|_| budget.start()).collect();
-        let slots: Vec<_> = (0..5).filter_map(|_| budget.retry(&p)).collect();
+        assert_eq!(live[3].1, 4);
+        let capped: Vec<_> = (0..5).filter_map(|_| budget.retry(&p, Some(1))).collect();
+        assert_eq!(capped.len(), 1, "maxRetries caps the budget");
+        drop(capped);
+        let slots: Vec<_> = (0..5).filter_map(|_| budget.retry(&p, None)).collect();
         assert_eq!(slots.len(), 2, "half of 4 requests in progress");
         drop(slots);
         drop(live);
-        let one = budget.retry(&p);
-        assert!(one.is_some() && budget.retry(&p).is_none(), "with nothing in progress, the minimum");
+        let one = budget.retry(&p, None);
+        assert!(one.is_some() && budget.retry(&p, None).is_none(), "with nothing in progress, the minimum");
     }
 }
