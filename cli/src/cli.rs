@@ -306,15 +306,16 @@ Examples:
 
 const GET_EXAMPLES: &str = "\
 TYPE is a type name, its plural or its alias (MeshTrafficPermission, meshtrafficpermissions,
-mtp), or `services` for the services of a mesh. `-o yaml` and `-o json` print what the server
-returned, which `straitctl apply -f` accepts back.
+mtp), or `services` for the services of a mesh (on the global: those the zones report).
+Dataplanes are registered in their zone: list them from the zone's API (--server). `-o yaml`
+and `-o json` print what the server returned, which `straitctl apply -f` accepts back.
 
 Examples:
   straitctl get meshes
   straitctl get mtp --mesh prod
   straitctl get meshtimeout my-timeouts -o yaml
-  straitctl get dataplanes -o json
-  straitctl get services --mesh default";
+  straitctl get services --mesh default
+  straitctl get dataplanes -o json --server https://zone-1.example:7681";
 
 const DELETE_EXAMPLES: &str = "\
 Deleting a Mesh deletes every resource in it.
