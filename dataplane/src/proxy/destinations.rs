@@ -270,6 +270,39 @@ impl Build<'_> {
     }
 }
 
+impl Build<'_> {
+    /// A route backend: service `service` (from `by_service`), or the endpoints of it whose
+    /// tags include `tags`.
+    fn backend(
+        &mut self,
+        by_service: &HashMap<String, Arc<Destination>>,
+        service: &str,
+        tags: &BTreeMap<String, String>,
+    ) -> Option<Arc<Destination>> {
+        if tags.is_empty() {
+            return by_service.get(service).cloned();
+        }
+        let outbound = self.config.outbounds.iter().find(|o| o.service == service)?;
+        self.destination(outbound, tags)
+    }
+}
+
+/// Keeps the compiled routes of `service`; one that cannot be compiled fails a strict build
+/// (`check`, which refuses the configuration) and is left out of any other, logged.
+fn keep<T>(compiled: Result<T, String>, strict: bool, service: &str, into: &mut HashMap<String, T>) -> Result<(), String> {
+    match compiled {
+        Ok(routes) => {
+            into.insert(service.to_string(), routes);
+            Ok(())
+        }
+        Err(e) if strict => Err(e),
+        Err(e) => {
+            tracing::error!(service, error = e, "routes that cannot be applied; leaving them out");
+            Ok(())
+        }
+    }
+}
+
 impl Table {
     /// Builds the table of `config`, keeping the endpoints of `previous` that remain. A route
     /// that cannot be compiled is left out (`check` refuses such a configuration first).
@@ -291,22 +324,12 @@ impl Table {
             }
             table.by_service.insert(outbound.service.clone(), destination);
         }
+        let Table { by_service, routes, tcp_routes, .. } = &mut table;
+        let mut resolve = |service: &str, tags: &BTreeMap<String, String>| build.backend(by_service, service, tags);
         for outbound in config.outbounds.iter().filter(|o| o.tcp_route.is_some() && !o.protocol.is_http()) {
-            let mut resolve = |service: &str, tags: &BTreeMap<String, String>| {
-                let backend = config.outbounds.iter().find(|o| o.service == service)?;
-                if tags.is_empty() {
-                    return table.by_service.get(service).cloned();
-                }
-                build.destination(backend, tags)
-            };
             let refs = outbound.tcp_route.as_ref().map(|r| r.backend_refs.as_slice()).unwrap_or_default();
-            match Backends::compile(refs, &format!("MeshTCPRoute to {}", outbound.service), &mut resolve) {
-                Ok(backends) => {
-                    table.tcp_routes.insert(outbound.service.clone(), backends);
-                }
-                Err(e) if strict => return Err(e),
-                Err(e) => tracing::error!(service = outbound.service, error = e, "a TCP route that cannot be applied; leaving it out"),
-            }
+            let compiled = Backends::compile(refs, &format!("MeshTCPRoute to {}", outbound.service), &mut resolve);
+            keep(compiled, strict, &outbound.service, tcp_routes)?;
         }
         for outbound in config.outbounds.iter().filter(|o| !o.http_routes.is_empty() || (o.tcp_route.is_some() && o.protocol.is_http())) {
             // A MeshTCPRoute to an HTTP service splits its requests, unless a MeshHTTPRoute says more.
@@ -319,13 +342,6 @@ impl Table {
                 }
                 _ => &outbound.http_routes[..],
             };
-            let mut resolve = |service: &str, tags: &BTreeMap<String, String>| {
-                if tags.is_empty() {
-                    return table.by_service.get(service).cloned();
-                }
-                let backend = config.outbounds.iter().find(|o| o.service == service)?;
-                build.destination(backend, tags)
-            };
             let compiled = if outbound.protocol.is_http() {
                 Routes::compile(http_routes, &mut resolve)
             } else {
@@ -334,13 +350,7 @@ impl Table {
                     outbound.service
                 ))
             };
-            match compiled {
-                Ok(routes) => {
-                    table.routes.insert(outbound.service.clone(), routes);
-                }
-                Err(e) if strict => return Err(e),
-                Err(e) => tracing::error!(service = outbound.service, error = e, "routes that cannot be applied; leaving them out"),
-            }
+            keep(compiled, strict, &outbound.service, routes)?;
         }
         Ok(table)
     }
@@ -461,6 +471,23 @@ mod tests {
         let retried = table.service("backend").unwrap();
         assert_eq!(retried.connect_attempts, 4);
         assert_eq!(retried.retry.as_ref().map(|r| r.retries), Some(2));
+    }
+
+    #[test]
+    fn failed_tcp_connects_count_for_outlier_detection() {
+        let metrics = ProxyMetrics::register(&mut Registry::default());
+        let mut conf = config(&[("10.0.0.1", 80, "zone-1"), ("10.0.0.2", 80, "zone-1")], "tcp");
+        conf.outbounds[0].policies.circuit_breaker =
+            Some(serde_json::from_value(json!({"outlierDetection": {"detectors": {"localOriginFailures": {"consecutive": 2}}}})).unwrap());
+        let table = Table::build(&conf, &Table::default(), &metrics);
+        let backend = table.service("backend").unwrap();
+        let first = backend.endpoints().next().unwrap().clone();
+        backend.record(&first, Outcome::LocalOrigin);
+        backend.record(&first, Outcome::Connected);
+        backend.record(&first, Outcome::LocalOrigin);
+        assert!(!first.health.outlier_ejected(now_ms()), "a connect in between clears the count");
+        backend.record(&first, Outcome::LocalOrigin);
+        assert!(first.health.outlier_ejected(now_ms()), "two failed connects in a row eject it");
     }
 
     #[test]

@@ -97,6 +97,8 @@ pub struct Health {
 pub enum Outcome {
     /// A response with this status.
     Status(u16),
+    /// A TCP connection made.
+    Connected,
     /// No response, for a reason on this side or the connection's: a connect failure, a
     /// reset, a timeout.
     LocalOrigin,
@@ -135,6 +137,7 @@ impl Health {
     pub fn record(&self, outcome: Outcome) -> [u32; 3] {
         let (any, gateway, local) = match outcome {
             Outcome::Status(code) => (code >= 500, matches!(code, 502..=504), false),
+            Outcome::Connected => (false, false, false),
             Outcome::LocalOrigin => (true, true, true),
         };
         if !any {

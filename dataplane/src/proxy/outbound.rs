@@ -17,6 +17,7 @@ use tracing::Instrument;
 
 use super::data_path::DataPath;
 use super::destinations::Destination;
+use super::endpoint::Outcome;
 use super::listeners::Outbound;
 
 /// Proxies the connections of the outbound `listener` until drained.
@@ -73,6 +74,7 @@ pub fn spawn_tcp(app: TcpStream, client: SocketAddr, destination: Arc<Destinatio
                         Ok(u) => u,
                         Err(e) => {
                             endpoint.health.failed();
+                            destination.record(&endpoint, Outcome::LocalOrigin);
                             if matches!(e, OutboundError::IdentityMismatch { .. } | OutboundError::Handshake { .. }) {
                                 metrics.handshake_errors.inc();
                             }
@@ -84,6 +86,7 @@ pub fn spawn_tcp(app: TcpStream, client: SocketAddr, destination: Arc<Destinatio
                         }
                     };
                     endpoint.health.connected(started.elapsed());
+                    destination.record(&endpoint, Outcome::Connected);
                     tracing::Span::current().record("endpoint", tracing::field::display(endpoint.address));
                     if let Err(e) = outbound::forward_connected(app, upstream, &options, metrics).await {
                         tracing::debug!(error = %e, "outbound connection failed");

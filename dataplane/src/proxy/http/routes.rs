@@ -29,8 +29,6 @@ pub struct Routes {
 /// One rule: when a request matches, what is done to it and where it goes.
 #[derive(Debug)]
 pub struct Rule {
-    /// The policies it came from, for logs and errors.
-    pub origin: String,
     matches: Vec<Match>,
     request_headers: Vec<HeaderOps>,
     response_headers: Vec<HeaderOps>,
@@ -141,11 +139,6 @@ impl Routes {
         Ok(Routes { rules })
     }
 
-    /// Whether there is no rule.
-    pub fn is_empty(&self) -> bool {
-        self.rules.is_empty()
-    }
-
     /// The first rule `request` matches, and the path prefix it matched (for prefix rewrites).
     pub fn find<B>(&self, request: &Request<B>) -> Option<(&Rule, Option<&str>)> {
         self.rules.iter().find_map(|rule| rule.matching(request).map(|prefix| (rule, prefix)))
@@ -161,7 +154,6 @@ impl Rule {
         let bad = |what: String| format!("MeshHTTPRoute {origin}: {what}");
         let matches = route.matches.iter().map(|m| compile_match(m).map_err(bad)).collect::<Result<Vec<_>, _>>()?;
         let mut rule = Rule {
-            origin: origin.clone(),
             matches,
             request_headers: Vec::new(),
             response_headers: Vec::new(),
@@ -295,12 +287,15 @@ impl Match {
             Some(PathCond::Regex(re)) => re.is_match(path).then_some(None)?,
         };
         let headers = request.headers();
+        // The request is already in its mesh form: its Host is the URI's authority.
+        let authority = request.uri().authority().map(|a| a.as_str());
         for (name, cond) in &self.headers {
-            let mut values = headers.get_all(name).iter().filter_map(|v| v.to_str().ok());
+            let present = if name == http::header::HOST { authority.is_some() } else { headers.contains_key(name) };
             let ok = match cond {
-                Cond::Present => headers.contains_key(name),
-                Cond::Absent => !headers.contains_key(name),
-                _ => values.any(|v| cond.accepts(v)),
+                Cond::Present => present,
+                Cond::Absent => !present,
+                _ if name == http::header::HOST => authority.is_some_and(|a| cond.accepts(a)),
+                _ => headers.get_all(name).iter().filter_map(|v| v.to_str().ok()).any(|v| cond.accepts(v)),
             };
             if !ok {
                 return None;
@@ -413,6 +408,16 @@ impl HeaderOps {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_host_match_reads_the_authority_of_the_mesh_request() {
+        let m: HttpMatch =
+            serde_json::from_value(serde_json::json!({"headers": [{"type": "Exact", "name": "Host", "value": "shop.example"}]})).unwrap();
+        let m = compile_match(&m).unwrap();
+        let request = |uri: &str| Request::builder().uri(uri).body(()).unwrap();
+        assert!(m.matching(&request("http://shop.example/cart")).is_some());
+        assert!(m.matching(&request("http://other.example/cart")).is_none());
+    }
 
     #[test]
     fn path_prefixes_match_whole_segments() {
