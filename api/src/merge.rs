@@ -6,7 +6,9 @@
 //! MeshMetric).
 //!
 //! Order, as Kuma users know it: policies are sorted by the specificity of their top-level
-//! targetRef (Mesh < MeshSubset < MeshService < Dataplane, then by tag count), then by name;
+//! targetRef (Mesh < MeshSubset < MeshService < Dataplane, then by tag count), then the
+//! defaults a new Mesh gets (label [`ORIGIN_LABEL`]: [`ORIGIN_DEFAULT`]) before the others, so a
+//! default never overrides a policy of the user, then by name;
 //! within a policy, items by the specificity of their own targetRef, then position. Confs are
 //! merged in that order, later ones overriding field by field (objects merge, lists and scalars
 //! replace), so the most specific policy wins each field it sets.
@@ -21,6 +23,16 @@ use crate::dataplane::DataplaneSpec;
 use crate::policies::http_route::{match_specificity, HttpMatch};
 use crate::resource::{Resource, ResourceType};
 use crate::target_ref::{TargetKind, TargetRef};
+
+/// The label that marks the policies a new Mesh starts with.
+pub const ORIGIN_LABEL: &str = "strait.io/origin";
+/// Its value on those policies.
+pub const ORIGIN_DEFAULT: &str = "default";
+
+/// Whether `policy` is one of the defaults a new Mesh starts with (merged before the others).
+fn is_default(policy: &Resource) -> bool {
+    policy.labels.get(ORIGIN_LABEL).is_some_and(|v| v == ORIGIN_DEFAULT)
+}
 
 /// Tags a caller must carry, as a sorted map (`{}` selects every caller).
 pub type Selector = BTreeMap<String, String>;
@@ -117,7 +129,7 @@ impl OutboundPolicies {
 
 /// The part of a policy that matters for merging, with its sort key.
 struct Item<'a> {
-    key: (u8, usize, &'a str, u8, usize, usize),
+    key: (u8, usize, bool, &'a str, u8, usize, usize),
     policy: &'a str,
     target: TargetRef,
     payload: &'a Value,
@@ -174,7 +186,7 @@ pub fn effective_config(dp_name: &str, dp: &DataplaneSpec, policies: &[Resource]
     for ty in [ResourceType::MeshTrace, ResourceType::MeshMetric] {
         let mut matching: Vec<(&Resource, &Value)> =
             specs.iter().filter(|(p, s)| p.kind == ty && selects_dp(&top_ref(s))).map(|(p, s)| (*p, s)).collect();
-        matching.sort_by_key(|(p, s)| (top_ref(s).specificity(), p.name.as_str()));
+        matching.sort_by_key(|(p, s)| (top_ref(s).specificity(), !is_default(p), p.name.as_str()));
         if let Some(conf) = merge_items(matching.iter().map(|(p, s)| (p.name.as_str(), s.get("default")))) {
             proxy.insert(ty, conf);
         }
@@ -216,7 +228,7 @@ fn collect<'a>(specs: &'a [(&'a Resource, Value)], ty: ResourceType, section: &s
             let Some(target) = item.get("targetRef").and_then(|t| serde_json::from_value::<TargetRef>(t.clone()).ok()) else { continue };
             let (rank, tags) = target.specificity();
             items.push(Item {
-                key: (top_rank, top_tags, policy.name.as_str(), rank, tags, idx),
+                key: (top_rank, top_tags, !is_default(policy), policy.name.as_str(), rank, tags, idx),
                 policy: &policy.name,
                 target,
                 payload: item,

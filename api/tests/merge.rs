@@ -203,6 +203,21 @@ fn outbound_confs_merge_field_by_field() {
             expected: json!({"idleTimeout": "2h"}),
         },
         Case {
+            what: "a mesh's default merges before the user's policies, whatever their names",
+            yaml: timeout("a-user", "{kind: Mesh}", "{kind: MeshService, name: db}", "{idleTimeout: 2h}")
+                + &timeout("z-default", "{kind: Mesh}", "{kind: Mesh}", "{idleTimeout: 1h, connectionTimeout: 5s}")
+                    .replace("mesh: default\n", "mesh: default\nlabels: {strait.io/origin: default}\n"),
+            service: "db",
+            expected: json!({"idleTimeout": "2h", "connectionTimeout": "5s"}),
+        },
+        Case {
+            what: "...while between user policies the later name wins",
+            yaml: timeout("a-user", "{kind: Mesh}", "{kind: MeshService, name: db}", "{idleTimeout: 2h}")
+                + &timeout("z-user", "{kind: Mesh}", "{kind: Mesh}", "{idleTimeout: 1h, connectionTimeout: 5s}"),
+            service: "db",
+            expected: json!({"idleTimeout": "1h", "connectionTimeout": "5s"}),
+        },
+        Case {
             what: "a policy targeting a service this proxy does not serve is ignored",
             yaml: timeout("other", "{kind: MeshService, name: frontend}", "{kind: Mesh}", "{idleTimeout: 9h}"),
             service: "db",

@@ -107,7 +107,7 @@ async fn grpc_over_http2_keeps_trailers_and_requests_are_balanced() {
         hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), hyper_util::rt::TokioIo::new(stream)).await.unwrap();
     tokio::spawn(conn);
     let mut answered_by = std::collections::BTreeMap::new();
-    for _ in 0..20 {
+    for _ in 0..40 {
         let request = http::Request::post("http://backend/grpc")
             .header("content-type", "application/grpc")
             .header("te", "trailers")
@@ -125,8 +125,12 @@ async fn grpc_over_http2_keeps_trailers_and_requests_are_balanced() {
         assert!(text.contains("POST /grpc host=backend body=10"), "{text}");
         *answered_by.entry(text.split(' ').next().unwrap().to_string()).or_insert(0) += 1;
     }
-    assert_eq!(answered_by.get("backend-1"), Some(&10), "round robin per request, not per connection: {answered_by:?}");
-    assert_eq!(answered_by.get("backend-2"), Some(&10), "{answered_by:?}");
+    // Each request is balanced on its own (least request; both idle, so either), not the
+    // connection: both endpoints answer a share of the 40.
+    for backend in ["backend-1", "backend-2"] {
+        let n = answered_by.get(backend).copied().unwrap_or(0);
+        assert!(n >= 8, "balanced per request, not per connection: {answered_by:?}");
+    }
 
     // LeastRequest: with backend-1 slow, concurrent callers mostly get backend-2.
     app1.delay_ms.store(100, std::sync::atomic::Ordering::Relaxed);

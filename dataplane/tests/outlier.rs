@@ -86,7 +86,8 @@ async fn requests_beyond_max_requests_get_503_at_once() {
         "spec": {"targetRef": {"kind": "Mesh"}, "to": [{"targetRef": {"kind": "MeshService", "name": "backend"}, "default": {"connectionLimits": {"maxRequests": 2}}}]}})).await;
     eventually("the limit to apply", async || {
         let config = web.state.config.load_full()?;
-        config.1.outbounds.iter().find(|o| o.service == "backend")?.policies.circuit_breaker.as_ref().map(drop)
+        let breaker = config.1.outbounds.iter().find(|o| o.service == "backend")?.policies.circuit_breaker.clone()?;
+        (breaker.connection_limits?.max_requests == Some(2)).then_some(())
     })
     .await;
     app.delay_ms.store(500, Ordering::Relaxed);

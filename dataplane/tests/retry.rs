@@ -71,7 +71,17 @@ async fn failed_attempts_are_retried_within_the_budget() {
     let url = format!("http://127.0.0.1:{web_out}/");
     eventually("web -> backend", async || (client.get(&url).send().await.ok()?.status() == 200).then_some(())).await;
 
+    // The mesh's default MeshRetry retries a 503: the application sees 200.
+    app.fail.store(1, Ordering::SeqCst);
+    assert_eq!(client.get(&url).send().await.unwrap().status(), 200, "the default MeshRetry retries a 503");
+
     // Without MeshRetry, a 503 reaches the application.
+    mesh.delete("/meshes/default/meshretries/mesh-retry-all-default").await;
+    eventually("the default MeshRetry to be gone from web's configuration", async || {
+        let config = web.state.config.load_full()?;
+        config.1.outbounds.iter().find(|o| o.service == "backend")?.policies.retry.is_none().then_some(())
+    })
+    .await;
     app.fail.store(1, Ordering::SeqCst);
     assert_eq!(client.get(&url).send().await.unwrap().status(), 503);
 

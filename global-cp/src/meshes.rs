@@ -6,6 +6,7 @@
 //! operations.
 
 use serde_json::{json, Value};
+use strait_api::merge::{ORIGIN_DEFAULT, ORIGIN_LABEL};
 use strait_api::Resource;
 use strait_cp_core::resources::{put_op, MeshLifecycle};
 use strait_store::Op;
@@ -13,14 +14,66 @@ use strait_store::Op;
 /// The global's rules for new and deleted meshes.
 pub struct GlobalMeshes;
 
-/// The policies every new Mesh starts with, unless its spec opts out.
+/// The policies every new Mesh starts with, unless its spec opts out (`skipDefaultPolicies`):
+/// an allow-all MeshTrafficPermission, and safe resilience defaults for every destination, as
+/// Kuma gives (each can be edited or deleted like any policy; labelled as defaults, they merge
+/// before the user's policies, which override them field by field):
+///
+/// - MeshTimeout: connect within 5 s, idle connections closed after 1 h, HTTP requests answered
+///   504 after 15 s;
+/// - MeshRetry: 5 TCP connect attempts; up to 5 retries of idempotent bodiless HTTP requests
+///   on 5xx, gateway errors, resets and connect failures, 25-250 ms back-off, within the retry
+///   budget (20% of the requests in progress, or 3);
+/// - MeshCircuitBreaker: at most 1024 requests and 3 retries in progress per destination;
+///   outlier detection ejecting an endpoint after 5 failures in a row (any, gateway or local
+///   origin, timeouts included) for 30 s and more on repeat, at most 20% of the endpoints (and
+///   at least one) at a time.
 fn default_policies(mesh: &str) -> Vec<Resource> {
-    let allow_all = json!({
-        "type": "MeshTrafficPermission", "name": "allow-all", "mesh": mesh,
-        "labels": {"strait.io/origin": "default"},
-        "spec": {"targetRef": {"kind": "Mesh"}, "from": [{"targetRef": {"kind": "Mesh"}, "default": {"action": "Allow"}}]}
-    });
-    Resource::from_value(allow_all).into_iter().collect()
+    let origin = json!({ORIGIN_LABEL: ORIGIN_DEFAULT});
+    let to_all = |conf: Value| json!({"targetRef": {"kind": "Mesh"}, "to": [{"targetRef": {"kind": "Mesh"}, "default": conf}]});
+    let policies = [
+        (
+            "MeshTrafficPermission",
+            "allow-all",
+            json!({"targetRef": {"kind": "Mesh"}, "from": [{"targetRef": {"kind": "Mesh"}, "default": {"action": "Allow"}}]}),
+        ),
+        (
+            "MeshTimeout",
+            "mesh-timeout-all-default",
+            to_all(json!({"connectionTimeout": "5s", "idleTimeout": "1h", "http": {"requestTimeout": "15s"}})),
+        ),
+        (
+            "MeshRetry",
+            "mesh-retry-all-default",
+            to_all(json!({
+                "tcp": {"maxConnectAttempt": 5},
+                "http": {"numRetries": 5, "perTryTimeout": "16s", "backOff": {"baseInterval": "25ms", "maxInterval": "250ms"}},
+            })),
+        ),
+        (
+            "MeshCircuitBreaker",
+            "mesh-circuit-breaker-all-default",
+            to_all(json!({
+                "connectionLimits": {"maxRequests": 1024, "maxRetries": 3},
+                "outlierDetection": {
+                    "disabled": false,
+                    "baseEjectionTime": "30s",
+                    "maxEjectionPercent": 20,
+                    "detectors": {
+                        "totalFailures": {"consecutive": 5},
+                        "gatewayFailures": {"consecutive": 5},
+                        "localOriginFailures": {"consecutive": 5},
+                    },
+                },
+            })),
+        ),
+    ];
+    policies
+        .into_iter()
+        .filter_map(|(kind, name, spec)| {
+            Resource::from_value(json!({"type": kind, "name": name, "mesh": mesh, "labels": origin, "spec": spec})).ok()
+        })
+        .collect()
 }
 
 impl MeshLifecycle for GlobalMeshes {
@@ -44,6 +97,11 @@ mod tests {
 
     #[test]
     fn default_policies_validate() {
-        assert_eq!(default_policies("m").len(), 1, "allow-all must pass validation");
+        let policies = default_policies("m");
+        assert_eq!(policies.len(), 4, "every default policy must pass validation");
+        for policy in &policies {
+            let refused = strait_api::support::not_enforced(policy);
+            assert!(refused.0.is_empty(), "{}: a default policy must use only enforced fields: {refused:?}", policy.name);
+        }
     }
 }

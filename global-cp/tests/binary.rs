@@ -72,7 +72,7 @@ fn acknowledged_writes_survive_kill_9() {
         let resp = client.put(format!("{}{path}", g.base)).bearer_auth(&token).json(&body).send().unwrap();
         assert!(resp.status().is_success(), "{path}: {}", resp.status());
     };
-    put("/meshes/default", json!({"type": "Mesh", "name": "default"}));
+    put("/meshes/default", json!({"type": "Mesh", "name": "default", "spec": {"skipDefaultPolicies": true}}));
     for i in 0..200 {
         let name = format!("t-{i}");
         put(

@@ -69,7 +69,8 @@ fn timeout(name: &str, idle: &str) -> Value {
 #[tokio::test]
 async fn create_configure_unchanged_get_list_delete() {
     let s = start().await;
-    let (status, result, body) = s.put("/meshes/default", &mesh("default")).await;
+    let bare = json!({"type": "Mesh", "name": "default", "spec": {"skipDefaultPolicies": true}});
+    let (status, result, body) = s.put("/meshes/default", &bare).await;
     assert_eq!((status, result.as_deref()), (StatusCode::CREATED, Some("created")), "{body}");
     assert!(body["version"].as_u64().unwrap() > 0);
     assert!(body["creationTime"].is_string());
@@ -103,12 +104,30 @@ async fn create_configure_unchanged_get_list_delete() {
 }
 
 #[tokio::test]
-async fn a_new_mesh_gets_a_deletable_allow_all_permission() {
+async fn a_new_mesh_gets_deletable_default_policies() {
     let s = start().await;
     s.put("/meshes/default", &mesh("default")).await;
     let (status, mtp) = s.get("/meshes/default/meshtrafficpermissions/allow-all").await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(mtp["spec"]["from"][0]["default"]["action"], "Allow");
+    // Safe resilience defaults for every destination, each marked as a default.
+    for (path, field, value) in [
+        ("meshtimeouts/mesh-timeout-all-default", "/spec/to/0/default/http/requestTimeout", json!("15s")),
+        ("meshretries/mesh-retry-all-default", "/spec/to/0/default/http/numRetries", json!(5)),
+        ("meshretries/mesh-retry-all-default", "/spec/to/0/default/tcp/maxConnectAttempt", json!(5)),
+        (
+            "meshcircuitbreakers/mesh-circuit-breaker-all-default",
+            "/spec/to/0/default/outlierDetection/detectors/localOriginFailures/consecutive",
+            json!(5),
+        ),
+        ("meshcircuitbreakers/mesh-circuit-breaker-all-default", "/spec/to/0/default/connectionLimits/maxRequests", json!(1024)),
+    ] {
+        let (status, policy) = s.get(&format!("/meshes/default/{path}")).await;
+        assert_eq!(status, StatusCode::OK, "{path}");
+        assert_eq!(policy.pointer(field), Some(&value), "{path}: {policy}");
+        assert_eq!(policy["labels"]["strait.io/origin"], "default", "{path}");
+    }
+    assert_eq!(s.delete("/meshes/default/meshretries/mesh-retry-all-default").await.0, StatusCode::OK);
     assert_eq!(s.delete("/meshes/default/meshtrafficpermissions/allow-all").await.0, StatusCode::OK);
     s.put("/meshes/default", &json!({"type": "Mesh", "name": "default", "spec": {"mtls": {"certificateLifetime": "12h"}}})).await;
     assert_eq!(
@@ -116,8 +135,11 @@ async fn a_new_mesh_gets_a_deletable_allow_all_permission() {
         StatusCode::NOT_FOUND,
         "updating a mesh does not recreate it"
     );
+    assert_eq!(s.get("/meshes/default/meshretries/mesh-retry-all-default").await.0, StatusCode::NOT_FOUND, "nor the retry default");
     s.put("/meshes/bare", &json!({"type": "Mesh", "name": "bare", "spec": {"skipDefaultPolicies": true}})).await;
-    assert_eq!(s.get("/meshes/bare/meshtrafficpermissions").await.1["total"], 0);
+    for kind in ["meshtrafficpermissions", "meshtimeouts", "meshretries", "meshcircuitbreakers"] {
+        assert_eq!(s.get(&format!("/meshes/bare/{kind}")).await.1["total"], 0, "{kind}");
+    }
 }
 
 #[tokio::test]

@@ -213,13 +213,14 @@ async fn a_sidecar_registers_gets_its_config_and_certificate_and_follows_changes
     env.put(
         "/meshes/default/meshtimeouts/idle",
         json!({"type": "MeshTimeout", "name": "idle", "mesh": "default",
-        "spec": {"targetRef": {"kind": "Mesh"}, "to": [{"targetRef": {"kind": "Mesh"}, "default": {"idleTimeout": "7s"}}]}}),
+        "spec": {"targetRef": {"kind": "Mesh"}, "to": [{"targetRef": {"kind": "MeshService", "name": "api"}, "default": {"idleTimeout": "7s"}}]}}),
     )
     .await;
     let (_, cfg) = web.config().await;
     let api_out = cfg.outbounds.iter().find(|o| o.service == "api").expect("api is still a destination of web");
-    assert!(
-        api_out.policies.timeout.is_some(),
+    assert_eq!(
+        api_out.policies.timeout.as_ref().and_then(|t| t.idle_timeout).map(|d| d.get()),
+        Some(Duration::from_secs(7)),
         "web's next configuration must be the timeout's: the permission for api did not concern web"
     );
 

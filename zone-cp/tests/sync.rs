@@ -149,7 +149,8 @@ async fn a_reconnecting_zone_resumes_and_a_restarted_zone_serves_from_disk() {
     g.put("/meshes/default/meshtimeouts/t", json!({"type": "MeshTimeout", "name": "t", "mesh": "default", "spec": {"to": [{"targetRef": {"kind": "Mesh"}, "default": {"idleTimeout": "5s"}}]}})).await;
     let z = zone(&g, "zone-1", &zdir).await;
     wait_for("the change made while the zone was away", Duration::from_secs(20), async || {
-        zone_total(&z, "/meshes/default/meshtimeouts").await.filter(|n| *n == 1)
+        zone_total(&z, "/meshes/default/meshtimeouts").await.filter(|n| *n == 2)
+        // the mesh's default and t
     })
     .await;
     assert_eq!(g.metric("strait_global_kds_snapshots_total").await, 1.0, "no second snapshot");
@@ -163,7 +164,7 @@ async fn a_reconnecting_zone_resumes_and_a_restarted_zone_serves_from_disk() {
     let z = zone_without_registration(&zdir, "zone-1").await;
     let ready = reqwest::get(format!("http://{}/readyz", z.api_addr)).await.unwrap();
     assert_eq!(ready.status(), 200, "ready from disk");
-    assert_eq!(zone_total(&z, "/meshes/default/meshtimeouts").await, Some(1));
+    assert_eq!(zone_total(&z, "/meshes/default/meshtimeouts").await, Some(2), "the mesh's default and t");
     z.shutdown();
     z.wait().await;
 }

@@ -1,5 +1,9 @@
 //! Endpoint picking: round robin, least request (the less loaded of N random endpoints,
 //! power of two choices by default) and random, as `MeshLoadBalancingStrategy` chooses.
+//! Without a strategy, least request with two choices: an endpoint that stops answering (a
+//! stopped process, a stalled host) keeps its requests in flight, so from the next pick on it
+//! loses every comparison and callers move to the others at once, long before any timeout
+//! could tell (Linkerd balances the same way by default).
 //!
 //! In: the merged MeshLoadBalancingStrategy of a destination (typed) and, per pick, how many
 //! requests each candidate has in flight. An algorithm this sidecar does not implement
@@ -26,11 +30,18 @@ pub enum Balancer {
     Random,
 }
 
+impl Default for Balancer {
+    /// Least request over two distinct random endpoints: the balancer without a strategy.
+    fn default() -> Self {
+        Balancer::LeastRequest { choices: 2 }
+    }
+}
+
 impl Balancer {
-    /// The balancer a merged `MeshLoadBalancingStrategy` conf asks for; round robin when the
-    /// conf sets none; an error for an algorithm this sidecar cannot apply.
+    /// The balancer a merged `MeshLoadBalancingStrategy` conf asks for; the default (least request of two)
+    /// when the conf sets none; an error for an algorithm this sidecar cannot apply.
     pub fn from_conf(conf: Option<&LoadBalancingConf>) -> Result<Balancer, String> {
-        let Some(lb) = conf.and_then(|c| c.load_balancer.as_ref()) else { return Ok(Balancer::RoundRobin(AtomicUsize::new(0))) };
+        let Some(lb) = conf.and_then(|c| c.load_balancer.as_ref()) else { return Ok(Balancer::default()) };
         match lb.kind {
             LoadBalancerType::RoundRobin => Ok(Balancer::RoundRobin(AtomicUsize::new(0))),
             LoadBalancerType::LeastRequest => {
@@ -87,8 +98,8 @@ mod tests {
     #[test]
     fn confs_choose_the_algorithm() {
         let cases = [
-            (None, "Ok(RoundRobin"),
-            (Some(json!({})), "Ok(RoundRobin"),
+            (None, "Ok(LeastRequest { choices: 2 }"),
+            (Some(json!({})), "Ok(LeastRequest { choices: 2 }"),
             (Some(json!({"loadBalancer": {"type": "RoundRobin"}})), "Ok(RoundRobin"),
             (Some(json!({"loadBalancer": {"type": "LeastRequest"}})), "Ok(LeastRequest { choices: 2 }"),
             (Some(json!({"loadBalancer": {"type": "LeastRequest", "leastRequest": {"choiceCount": 3}}})), "Ok(LeastRequest { choices: 3 }"),
@@ -104,7 +115,7 @@ mod tests {
 
     #[test]
     fn round_robin_visits_each_endpoint_in_turn() {
-        let b = Balancer::from_conf(None).unwrap();
+        let b = Balancer::RoundRobin(AtomicUsize::new(0));
         let picks: Vec<usize> = (0..6).map(|_| b.pick(3, |_| 0).unwrap()).collect();
         assert_eq!(picks, [0, 1, 2, 0, 1, 2]);
         assert_eq!(b.pick(0, |_| 0), None);

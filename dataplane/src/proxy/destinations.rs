@@ -243,8 +243,8 @@ impl Build<'_> {
         let lb = outbound.policies.load_balancing.as_ref();
         let balancer = Balancer::from_conf(lb).unwrap_or_else(|reason| {
             // `check` refuses such a configuration before it is stored; kept for safety.
-            tracing::error!(service = outbound.service, reason, "a balancer that cannot be applied; using round robin");
-            Balancer::RoundRobin(Default::default())
+            tracing::error!(service = outbound.service, reason, "a balancer that cannot be applied; using the default");
+            Balancer::default()
         });
         Some(Arc::new(Destination {
             service: outbound.service.clone(),

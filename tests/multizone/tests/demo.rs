@@ -114,21 +114,6 @@ fn scenario(flags: &[&str], frontend: &str, mode: &str) {
     assert_eq!(status, 200, "{answer}");
     assert_eq!(chain(&answer), ["frontend v1@zone-1", "backend v1@zone-1", "store v1@zone-2"], "backend stays local; store is in zone-2");
 
-    // The suggested permission denies backend -> store; the frontend's answer shows why.
-    let apply = suggested(&up, "apply -f");
-    ok(straitctl(&apply.iter().map(String::as_str).collect::<Vec<_>>()), "the suggested apply");
-    let (_, denied) = wait_for("the frontend to show the denial", DEADLINE, || match frontend()? {
-        (502, body) => Ok((502, body)),
-        other => Err(format!("{other:?}")),
-    });
-    assert!(denied.to_string().contains("spiffe://default/backend is not allowed to reach store"), "{denied}");
-    let delete = suggested(&up, "delete meshtrafficpermission");
-    ok(straitctl(&delete.iter().map(String::as_str).collect::<Vec<_>>()), "the suggested delete");
-    wait_for("the frontend to answer again", DEADLINE, || match frontend()? {
-        (200, body) => Ok(body),
-        other => Err(format!("{other:?}")),
-    });
-
     let traffic = ok(straitctl(&["demo", "traffic", "--dir", &dir_arg, "--seconds", "2", "--rate", "5"]), "demo traffic");
     assert!(traffic.lines().filter(|l| l.contains("backend v1@zone-1")).count() >= 2, "a line a second naming who answered:\n{traffic}");
 
@@ -142,6 +127,24 @@ fn scenario(flags: &[&str], frontend: &str, mode: &str) {
     let moved = kill.elapsed();
     println!("FIGURE demo-failover-{mode} ms={:.0}", moved.as_secs_f64() * 1000.0);
     assert!(moved <= Duration::from_secs(5), "failover took {moved:?}");
+
+    // The suggested permission denies backend -> store; the frontend's answer shows why. (After
+    // the failover: with backend v1 up, its 502s would have the frontend's outlier detection
+    // eject it for 30 s, as the mesh's default MeshCircuitBreaker says, and the calls would
+    // move to v2 meanwhile.)
+    let apply = suggested(&up, "apply -f");
+    ok(straitctl(&apply.iter().map(String::as_str).collect::<Vec<_>>()), "the suggested apply");
+    let (_, denied) = wait_for("the frontend to show the denial", DEADLINE, || match frontend()? {
+        (502, body) => Ok((502, body)),
+        other => Err(format!("{other:?}")),
+    });
+    assert!(denied.to_string().contains("spiffe://default/backend is not allowed to reach store"), "{denied}");
+    let delete = suggested(&up, "delete meshtrafficpermission");
+    ok(straitctl(&delete.iter().map(String::as_str).collect::<Vec<_>>()), "the suggested delete");
+    wait_for("the frontend to answer again", DEADLINE, || match frontend()? {
+        (200, body) => Ok(body),
+        other => Err(format!("{other:?}")),
+    });
 
     let status = ok(straitctl(&["demo", "status", "--dir", &dir_arg]), "demo status");
     let line = |name: &str| status.lines().find(|l| l.starts_with(name)).unwrap_or_else(|| panic!("no {name} in:\n{status}")).to_string();
