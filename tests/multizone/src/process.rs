@@ -202,6 +202,17 @@ impl Proc {
         self.inner.stop(Duration::ZERO)
     }
 
+    /// SIGSTOPs its process group: it stays alive, its sockets open, and answers nothing (a
+    /// hung process, a stalled host) until [`Proc::resume`].
+    pub fn pause(&self) {
+        assert!(self.inner.signal(Signal::Stop).is_some(), "{} is not running: it cannot be stopped", self.name());
+    }
+
+    /// SIGCONTs its process group after [`Proc::pause`].
+    pub fn resume(&self) {
+        self.inner.signal(Signal::Cont);
+    }
+
     /// SIGTERMs its process group, waits up to [`TERMINATE_GRACE`], then SIGKILLs.
     /// Returns the exit status (None if it was not running).
     pub fn terminate(&self) -> Option<ExitStatus> {
@@ -324,6 +335,10 @@ impl ProcInner {
     fn stop(&self, grace: Duration) -> Option<ExitStatus> {
         let graceful = !grace.is_zero();
         let pid = self.signal(if graceful { Signal::Term } else { Signal::Kill })?;
+        if graceful {
+            // A paused process handles SIGTERM only once continued.
+            let _ = sys::signal_group(pid, Signal::Cont);
+        }
         self.finish(pid, Instant::now() + grace, graceful)
     }
 

@@ -352,8 +352,11 @@ impl Workload {
     ) -> Workload {
         let host = net.host(host_name);
         let local = local_ip(&host);
+        // Named after the host when it is not the service's: instances of one service in one
+        // zone need names of their own.
+        let name = if host_name == service { format!("{service}-1") } else { host_name.to_owned() };
         let dataplane = DataplaneSpec {
-            name: format!("{service}-1"),
+            name,
             service: service.to_owned(),
             address: host.addr(),
             inbound_port: wildcard_port(net, inbound_port),

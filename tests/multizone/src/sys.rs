@@ -12,6 +12,8 @@ use std::os::fd::AsRawFd;
 pub(crate) enum Signal {
     Term,
     Kill,
+    Stop,
+    Cont,
 }
 
 /// Sends `sig` to every process of the process group `pgid`; `Ok(false)` if none exists.
@@ -36,6 +38,8 @@ fn send(target: libc::pid_t, sig: Signal) -> io::Result<bool> {
     let raw = match sig {
         Signal::Term => libc::SIGTERM,
         Signal::Kill => libc::SIGKILL,
+        Signal::Stop => libc::SIGSTOP,
+        Signal::Cont => libc::SIGCONT,
     };
     // SAFETY: kill(2) takes two integers and touches no memory of ours.
     let rc = unsafe { libc::kill(target, raw) };

@@ -15,6 +15,8 @@
 //! - HTTP: web's requests reach backend's HTTP application through an explicit outbound and,
 //!   with `transparent-proxy install`, when addressed to backend directly; what crosses is TLS,
 //!   and a permission change turns the answer into a 403 that names the caller and back;
+//! - an instance whose application, then whose sidecar, is stopped (SIGSTOP) under constant
+//!   load is passed over within a second, and no request fails;
 //! - a workload whose host vanishes is unregistered (the zone's keepalive finds the dead
 //!   stream) and can register again from a new host.
 //!
@@ -719,4 +721,156 @@ fn sidecar_as_proxy_uid(net: &Net, global: &Global, zone: &Zone, host: &strait_m
     let sidecar = Sidecar { host: host.clone(), proc, admin };
     sidecar.wait_ready(SIDECAR_READY);
     sidecar
+}
+
+/// One request of a [`Load`]: when it started (since the load began) and what came back (the
+/// body, which names the instance, or why there is none).
+#[derive(Debug, Clone)]
+struct Sent {
+    start: Duration,
+    answer: Result<String, String>,
+}
+
+/// Open-loop HTTP load: a new `GET /who.txt` to `target` every `every`, each on its own
+/// thread and connection, whatever the earlier ones are doing (a stalled endpoint does not
+/// slow the load down, as it would a fixed pool of callers).
+struct Load {
+    began: Instant,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    sent: std::sync::Arc<std::sync::Mutex<Vec<Sent>>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Load {
+    fn start(host: &strait_multizone::Host, target: SocketAddr, every: Duration) -> Load {
+        let began = Instant::now();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let sent = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (host, flag, shared) = (host.clone(), stop.clone(), sent.clone());
+        let thread = std::thread::spawn(move || {
+            let mut calls = Vec::new();
+            while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                let (host, shared) = (host.clone(), shared.clone());
+                calls.push(std::thread::spawn(move || {
+                    let start = began.elapsed();
+                    let answer = match http_get(&host, target, "backend", "/who.txt") {
+                        Ok((200, body)) => Ok(body),
+                        Ok((status, body)) => Err(format!("{status}: {body}")),
+                        Err(e) => Err(e),
+                    };
+                    shared.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(Sent { start, answer });
+                }));
+                std::thread::sleep(every);
+            }
+            for call in calls {
+                let _ = call.join();
+            }
+        });
+        Load { began, stop, sent, thread: Some(thread) }
+    }
+
+    /// Time since the load began.
+    fn now(&self) -> Duration {
+        self.began.elapsed()
+    }
+
+    /// The requests that have ended so far.
+    fn sent(&self) -> Vec<Sent> {
+        self.sent.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+
+    /// Stops sending and waits for every request in flight to end.
+    fn finish(mut self) -> Vec<Sent> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            t.join().expect("the load thread");
+        }
+        self.sent()
+    }
+}
+
+/// Which instance answered each request of `sent` that started in `[from, to)`, and the
+/// failures, as (answers of a, answers of b, failures).
+fn answers_between(sent: &[Sent], from: Duration, to: Duration) -> (Vec<&Sent>, Vec<&Sent>, Vec<&Sent>) {
+    let window: Vec<&Sent> = sent.iter().filter(|s| s.start >= from && s.start < to).collect();
+    let by = |who: &str| window.iter().copied().filter(|s| s.answer.as_deref() == Ok(who)).collect::<Vec<_>>();
+    let failed = window.iter().copied().filter(|s| s.answer.is_err()).collect();
+    (by("a"), by("b"), failed)
+}
+
+/// An endpoint that hangs (its process stopped with SIGSTOP: connections open, nothing
+/// answered) under constant load: callers move to the other endpoint within a second and, as
+/// the stop ends before the mesh's default 15 s request timeout, not one request fails (only
+/// those already in flight to it wait). First backend a's application is stopped (its sidecar
+/// still answers), then a's sidecar itself.
+#[test]
+fn a_stopped_endpoint_is_passed_over_at_once_under_load() {
+    const STOPPED: Duration = Duration::from_millis(2500);
+    const MOVE_WITHIN: Duration = Duration::from_secs(1);
+    let net = Net::new();
+    let (global, zone) = mesh(&net);
+    let instance = |host: &str, who: &str, offset: u16| {
+        let files = [("who.txt", who)];
+        Workload::start_on(&net, &global, &zone, host, "backend", BACKEND_INBOUND + offset, BACKEND_APP + offset, &[], Some(&files))
+    };
+    let (a, _b) = (instance("backend-a", "a", 0), instance("backend-b", "b", 10));
+    let web = Workload::start(&net, &global, &zone, "web", WEB_INBOUND, WEB_APP, &[(TO_BACKEND, "backend")]);
+    let target = web.outbound("backend");
+    let mut seen = std::collections::BTreeSet::new();
+    wait_for("web's calls to reach both backend instances", SYNC, || {
+        match http_get(&web.host, target, "backend", "/who.txt")? {
+            (200, who) => seen.insert(who),
+            other => return Err(format!("{other:?}")),
+        };
+        if seen.len() == 2 {
+            Ok(())
+        } else {
+            Err(format!("only {seen:?} so far"))
+        }
+    });
+
+    let load = Load::start(&web.host, target, Duration::from_millis(10));
+    for (what, proc) in [("application", &a.app), ("sidecar", &a.sidecar.proc)] {
+        // Both instances take their share before the stop.
+        let before = load.now();
+        wait_for(&format!("both instances to answer the load before a's {what} stops"), SYNC, || {
+            let sent = load.sent();
+            let (by_a, by_b, _) = answers_between(&sent, before, Duration::MAX);
+            if by_a.len() >= 5 && by_b.len() >= 5 {
+                Ok(())
+            } else {
+                Err(format!("a {}, b {}", by_a.len(), by_b.len()))
+            }
+        });
+        let stopped_at = load.now();
+        proc.pause();
+        std::thread::sleep(STOPPED);
+        proc.resume();
+        let resumed_at = load.now();
+        // Once resumed, a takes its share again (and what it held completes).
+        wait_for(&format!("a to answer again after its {what} resumed"), SYNC, || {
+            let sent = load.sent();
+            let (by_a, _, _) = answers_between(&sent, resumed_at, Duration::MAX);
+            if by_a.is_empty() {
+                Err("not yet".to_owned())
+            } else {
+                Ok(())
+            }
+        });
+        let sent = load.sent();
+        let (held, _, _) = answers_between(&sent, stopped_at, stopped_at + STOPPED);
+        let (late, by_b, failed) = answers_between(&sent, stopped_at + MOVE_WITHIN, resumed_at);
+        println!(
+            "FIGURE stopped-{what}: {} requests sent to it after the stop (the last {:.0} ms after), {} answered by the other instance meanwhile",
+            held.len(),
+            held.iter().map(|s| s.start.saturating_sub(stopped_at)).max().unwrap_or_default().as_secs_f64() * 1000.0,
+            by_b.len()
+        );
+        assert!(late.is_empty(), "requests started more than {MOVE_WITHIN:?} after a's {what} stopped still went to it: {late:?}");
+        assert!(failed.is_empty(), "requests failed while a's {what} was stopped: {failed:?}");
+        assert!(by_b.len() >= 50, "b answered the load while a's {what} was stopped: {}", by_b.len());
+    }
+    let sent = load.finish();
+    let failed: Vec<&Sent> = sent.iter().filter(|s| s.answer.is_err()).collect();
+    assert!(failed.is_empty(), "no request of the {} failed: {failed:?}", sent.len());
 }
