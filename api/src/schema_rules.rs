@@ -227,11 +227,11 @@ fn property_rules() -> Vec<(&'static str, Value)> {
         ("HealthCheckConf.healthyThreshold", json!({ "minimum": 1 })),
         ("HttpHealthCheck.path", opt_pattern("^/")),
         ("HttpHealthCheck.expectedStatuses", json!({ "items": status() })),
-        // MeshLoadBalancingStrategy (RingHash is refused until the sidecars implement it).
-        ("LoadBalancer.type", json!({ "type": "string", "enum": ["RoundRobin", "LeastRequest", "Random"] })),
-        ("LoadBalancer.ringHash", json!({ "type": "null" })),
+        // MeshLoadBalancingStrategy.
         ("LeastRequest.choiceCount", json!({ "minimum": 2 })),
-        ("CrossZone.failoverThreshold", json!({ "type": "null" })),
+        ("RingHash.hashPolicies", json!({ "minItems": 1 })),
+        ("Maglev.hashPolicies", json!({ "minItems": 1 })),
+        ("CrossZone.failoverThreshold", percentage()),
         ("ZoneList.zones", json!({ "items": { "pattern": DNS_LABEL } })),
         ("FailoverTarget.zones", json!({ "items": { "pattern": DNS_LABEL } })),
         // MeshRateLimit.
@@ -365,9 +365,18 @@ fn object_rules() -> Vec<(&'static str, Value)> {
         ),
         (
             "LoadBalancer",
-            json!({ "anyOf": [
-            { "properties": { "type": { "const": "LeastRequest" } } },
-            { "properties": { "leastRequest": { "type": "null" } } },
+            json!({ "oneOf": [
+            { "properties": { "type": { "enum": ["RoundRobin", "Random"] }, "leastRequest": { "type": "null" }, "ringHash": { "type": "null" }, "maglev": { "type": "null" } } },
+            { "properties": { "type": { "const": "LeastRequest" }, "ringHash": { "type": "null" }, "maglev": { "type": "null" } } },
+            { "properties": { "type": { "const": "RingHash" }, "ringHash": present(), "leastRequest": { "type": "null" }, "maglev": { "type": "null" } }, "required": ["type", "ringHash"] },
+            { "properties": { "type": { "const": "Maglev" }, "maglev": present(), "leastRequest": { "type": "null" }, "ringHash": { "type": "null" } }, "required": ["type", "maglev"] },
+        ] }),
+        ),
+        (
+            "HashPolicy",
+            json!({ "oneOf": [
+            { "properties": { "type": { "const": "SourceIP" }, "name": { "type": "null" } } },
+            { "properties": { "type": { "enum": ["Header", "Cookie", "QueryParameter"] }, "name": { "type": "string" } }, "required": ["type", "name"] },
         ] }),
         ),
         // `HttpRouteRule::validate`: a prefix rewrite needs every match to be a path prefix.

@@ -6,7 +6,6 @@
 //!
 //! In: a validated resource. Out: the fields it uses that nothing enforces, each with why.
 
-use crate::policies::load_balancing::LoadBalancerType;
 use crate::validate::{FieldError, ValidationErrors};
 use crate::{Resource, ResourceType, Spec, TargetRef};
 
@@ -18,23 +17,6 @@ pub fn not_enforced(resource: &Resource) -> ValidationErrors {
     let mut errors = caller_tags(resource);
     let mut refuse = |field: String, message: &str| errors.push(FieldError { field, message: message.into() });
     match &resource.spec {
-        Spec::MeshLoadBalancingStrategy(spec) => {
-            for (i, to) in spec.to.iter().enumerate() {
-                if to.default.load_balancer.as_ref().is_some_and(|lb| lb.kind == LoadBalancerType::RingHash) {
-                    refuse(
-                        format!("spec.to[{i}].default.loadBalancer.type"),
-                        "RingHash is not implemented by the sidecars yet; use RoundRobin, LeastRequest or Random",
-                    );
-                }
-                let cross_zone = to.default.locality_awareness.as_ref().and_then(|l| l.cross_zone.as_ref());
-                if cross_zone.is_some_and(|c| c.failover_threshold.is_some()) {
-                    refuse(
-                        format!("spec.to[{i}].default.localityAwareness.crossZone.failoverThreshold"),
-                        "is not enforced by the sidecars yet (they fail over when no local endpoint is available); leave it out",
-                    );
-                }
-            }
-        }
         Spec::MeshHTTPRoute(spec) => {
             for (i, to) in spec.to.iter().enumerate() {
                 for (j, rule) in to.rules.iter().enumerate() {
@@ -182,16 +164,6 @@ mod tests {
 
     fn parse(yaml: &str) -> Resource {
         crate::parse_documents(yaml).into_iter().next().unwrap().unwrap()
-    }
-
-    #[test]
-    fn ring_hash_is_refused_naming_the_field_and_the_others_pass() {
-        let ring = parse("type: MeshLoadBalancingStrategy\nname: r\nmesh: default\nspec:\n  to:\n  - targetRef: {kind: Mesh}\n    default: {loadBalancer: {type: RoundRobin}}\n  - targetRef: {kind: MeshService, name: api}\n    default: {loadBalancer: {type: RingHash, ringHash: {hashPolicies: [{type: SourceIP}]}}}\n");
-        let errors = not_enforced(&ring);
-        assert_eq!(errors.0.len(), 1);
-        assert_eq!(errors.0[0].field, "spec.to[1].default.loadBalancer.type");
-        let least = parse("type: MeshLoadBalancingStrategy\nname: l\nmesh: default\nspec:\n  to:\n  - targetRef: {kind: Mesh}\n    default: {loadBalancer: {type: LeastRequest}}\n");
-        assert!(not_enforced(&least).0.is_empty());
     }
 
     #[test]

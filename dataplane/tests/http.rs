@@ -232,3 +232,92 @@ async fn mesh_timeout_cuts_slow_responses_with_a_504_or_a_reset_body() {
         s.shutdown(Duration::from_secs(1)).await;
     }
 }
+
+/// Which instance answers each of 300 users (header `x-user`), asked twice: a user always
+/// gets the same one.
+async fn placement(client: &reqwest::Client, web_out: u16) -> Vec<String> {
+    let mut placed = Vec::new();
+    for user in 0..300 {
+        let mut answers = Vec::new();
+        for _ in 0..2 {
+            let r = client.get(format!("http://127.0.0.1:{web_out}/")).header("x-user", format!("user-{user}")).send().await.unwrap();
+            assert_eq!(r.status(), 200);
+            answers.push(r.text().await.unwrap().split(' ').next().unwrap().to_string());
+        }
+        assert_eq!(answers[0], answers[1], "user-{user} stays on one endpoint");
+        placed.push(answers.remove(0));
+    }
+    placed
+}
+
+/// MeshLoadBalancingStrategy RingHash and Maglev by a header: each key stays on one endpoint,
+/// keys spread over all of them, and when an endpoint comes (ring) or goes (Maglev) only
+/// about 1/N of the keys move, to or from it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hashing_keeps_each_key_on_one_endpoint_and_moves_few_when_endpoints_change() {
+    let mesh = Mesh::start().await;
+    let apps = [http_app("backend-1").await, http_app("backend-2").await, http_app("backend-3").await];
+    let backend = |i: usize| dataplane(&format!("backend-{}", i + 1), "backend", free_port(), apps[i].port, "http", &[]);
+    let web_out = free_port();
+    let web = mesh.sidecar("web", "web", &dataplane("web-1", "web", free_port(), free_port(), "http", &[(web_out, "backend")])).await;
+    let mut backends =
+        vec![mesh.sidecar("backend-1", "backend", &backend(0)).await, mesh.sidecar("backend-2", "backend", &backend(1)).await];
+    let endpoints = async |n: usize| {
+        eventually(&format!("{n} backend endpoints in web's configuration"), async || {
+            let config = web.state.config.load();
+            (config.as_ref()?.1.outbounds.iter().find(|o| o.service == "backend")?.endpoints.len() == n).then_some(())
+        })
+        .await
+    };
+    let strategy = async |kind: &str, field: &str| {
+        mesh.put(
+            "/meshes/default/meshloadbalancingstrategies/hash",
+            json!({"type": "MeshLoadBalancingStrategy", "name": "hash", "mesh": "default",
+            "spec": {"targetRef": {"kind": "Mesh"}, "to": [{"targetRef": {"kind": "MeshService", "name": "backend"},
+                "default": {"loadBalancer": {"type": kind, field: {"hashPolicies": [{"type": "Header", "name": "x-user"}]}}}}]}}),
+        )
+        .await;
+        eventually(&format!("{kind} in web's configuration"), async || {
+            let config = web.state.config.load();
+            serde_json::to_string(&config.as_ref()?.1).ok()?.contains(&format!("\"{kind}\"")).then_some(())
+        })
+        .await;
+    };
+    let client = reqwest::Client::new();
+    endpoints(2).await;
+    eventually("web -> backend", async || get(&client, web_out, "/").await.filter(|r| r.0 == 200)).await;
+    let count = |placed: &[String], who: &str| placed.iter().filter(|p| *p == who).count();
+
+    // RingHash: a third endpoint takes about a third of the keys, from the others only.
+    strategy("RingHash", "ringHash").await;
+    let before = placement(&client, web_out).await;
+    assert!(
+        count(&before, "backend-1") >= 90 && count(&before, "backend-2") >= 90,
+        "keys spread: {:?}",
+        (count(&before, "backend-1"), count(&before, "backend-2"))
+    );
+    backends.push(mesh.sidecar("backend-3", "backend", &backend(2)).await);
+    endpoints(3).await;
+    let after = placement(&client, web_out).await;
+    let moved: Vec<(&String, &String)> = before.iter().zip(&after).filter(|(b, a)| b != a).collect();
+    println!("FIGURE ring hash, 2 -> 3 endpoints: {} of 300 keys moved", moved.len());
+    assert!(moved.iter().all(|(_, a)| *a == "backend-3"), "keys move only to the new endpoint: {moved:?}");
+    assert!((60..=140).contains(&moved.len()), "about a third of the keys move: {}", moved.len());
+
+    // Maglev: the keys of an endpoint that leaves move; the others stay.
+    strategy("Maglev", "maglev").await;
+    let before = placement(&client, web_out).await;
+    let on_3 = count(&before, "backend-3");
+    assert!((60..=140).contains(&on_3), "about a third of the keys on each endpoint: {on_3} on backend-3");
+    backends.pop().unwrap().shutdown(Duration::from_secs(1)).await;
+    endpoints(2).await;
+    let after = placement(&client, web_out).await;
+    let moved = before.iter().zip(&after).filter(|(b, a)| b != a).count();
+    let stray = before.iter().zip(&after).filter(|(b, a)| b != a && *b != "backend-3").count();
+    println!("FIGURE maglev, 3 -> 2 endpoints: {moved} of 300 keys moved ({on_3} were on the one that left)");
+    assert!(stray <= 15, "keys of the remaining endpoints stay where they were: {stray} moved");
+    assert!(after.iter().all(|a| a != "backend-3"));
+    for s in backends.into_iter().chain([web]) {
+        s.shutdown(Duration::from_secs(1)).await;
+    }
+}

@@ -1,10 +1,10 @@
-//! The sidecar contract is typed, and what a sidecar cannot apply is refused, not ignored. The
-//! global's API refuses a load balancer no sidecar implements (RingHash); one stored anyway (by
-//! an older global, or a newer one) reaches the sidecars, and the configuration asking for it
-//! is NACKed with the reason, the configuration in force stays (a MeshTimeout that came with it
-//! does not apply), the NACK shows in the sidecar's and the zone's metrics and in the global's
-//! zone status (`straitctl zone list`), and once the policy is gone the sidecar applies the
-//! next configuration and the NACK disappears.
+//! The sidecar contract is typed, and what a sidecar cannot apply is refused, not ignored. A
+//! MeshHTTPRoute on a service that speaks TCP (which the global cannot know) reaches the
+//! sidecars, and the configuration asking for it is NACKed with the reason: the configuration
+//! in force stays (a MeshTimeout that came with it does not apply), the NACK shows in the
+//! sidecar's and the zone's metrics and in the global's zone status (`straitctl zone list`),
+//! and once the policy is gone the sidecar applies the next configuration and the NACK
+//! disappears.
 
 mod common;
 
@@ -25,7 +25,9 @@ async fn a_configuration_the_sidecar_cannot_apply_is_nacked_and_the_previous_one
     let app = http_app("backend-1").await;
     let (backend_in, web_out) = (free_port(), free_port());
     let backend = mesh.sidecar("backend", "backend", &dataplane("backend-1", "backend", backend_in, app.port, "http", &[])).await;
-    let web = mesh.sidecar("web", "web", &dataplane("web-1", "web", free_port(), free_port(), "http", &[(web_out, "backend")])).await;
+    let web = mesh
+        .sidecar("web", "web", &dataplane("web-1", "web", free_port(), free_port(), "http", &[(web_out, "backend"), (free_port(), "db")]))
+        .await;
     for s in [&backend, &web] {
         eventually("sidecars ready", async || (admin(s, "/ready").await.0 == 200).then_some(())).await;
     }
@@ -33,28 +35,18 @@ async fn a_configuration_the_sidecar_cannot_apply_is_nacked_and_the_previous_one
     eventually("web -> backend", async || get(&client, web_out, "/").await.filter(|r| r.0 == 200)).await;
     let applied_before = web.state.config.load().as_ref().map(|c| c.0).unwrap();
 
-    let ring = json!({"type": "MeshLoadBalancingStrategy", "name": "ring", "mesh": "default",
-        "spec": {"targetRef": {"kind": "MeshService", "name": "web"}, "to": [{"targetRef": {"kind": "MeshService", "name": "backend"},
-        "default": {"loadBalancer": {"type": "RingHash", "ringHash": {"hashPolicies": [{"type": "Header", "name": "x-user"}]}}}}]}});
-    let refused = mesh
-        .http
-        .put(format!("{}/meshes/default/meshloadbalancingstrategies/ring", mesh.base))
-        .bearer_auth(&mesh.admin)
-        .json(&ring)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(refused.status(), 400, "the API refuses what no sidecar enforces");
-    let body: Value = refused.json().await.unwrap();
-    assert_eq!(body["details"][0]["field"], "spec.to[0].default.loadBalancer.type", "{body}");
-    // Stored without the API's check, as an older global would have stored it.
-    let resource = strait_api::Resource::from_value(ring).unwrap();
-    strait_cp_core::resources::Resources::new(mesh.global.store().clone()).put(&resource).await.unwrap();
+    // A route on a service that speaks TCP: the API cannot know what a service speaks, the
+    // sidecar does, and cannot apply it.
+    let route = json!({"type": "MeshHTTPRoute", "name": "route-db", "mesh": "default",
+        "spec": {"targetRef": {"kind": "Mesh"}, "to": [{"targetRef": {"kind": "MeshService", "name": "db"},
+        "rules": [{"matches": [{"path": {"type": "PathPrefix", "value": "/"}}],
+            "default": {"filters": [{"type": "RequestHeaderModifier", "requestHeaderModifier": {"set": [{"name": "x-a", "value": "b"}]}}]}}]}]}});
+    mesh.put("/meshes/default/meshhttproutes/route-db", route).await;
     eventually("web's NACK", async || (metric(&web, "strait_dp_config_nacks_total").await >= 1.0).then_some(())).await;
     assert_eq!(web.state.config.load().as_ref().map(|c| c.0), Some(applied_before), "the refused configuration is not in force");
 
     // Refused configurations keep being refused as policies change: a timeout that comes with
-    // the RingHash does not apply.
+    // the route does not apply.
     mesh.put("/meshes/default/meshtimeouts/short", json!({"type": "MeshTimeout", "name": "short", "mesh": "default",
         "spec": {"targetRef": {"kind": "Mesh"}, "to": [{"targetRef": {"kind": "MeshService", "name": "backend"}, "default": {"http": {"requestTimeout": "200ms"}}}]}})).await;
     eventually("a second NACK", async || (metric(&web, "strait_dp_config_nacks_total").await >= 2.0).then_some(())).await;
@@ -72,11 +64,11 @@ async fn a_configuration_the_sidecar_cannot_apply_is_nacked_and_the_previous_one
     .await;
     let nack = &status["dataplaneNacks"][0];
     assert_eq!((nack["mesh"].as_str(), nack["dataplane"].as_str()), (Some("default"), Some("web-1")), "{status}");
-    assert!(nack["error"].as_str().unwrap().contains("RingHash is not implemented"), "the reason names the policy: {nack}");
+    assert!(nack["error"].as_str().unwrap().contains("MeshHTTPRoute on db, which speaks TCP"), "the reason names the policy: {nack}");
 
     // Without the policy it cannot apply, the sidecar takes the next configuration, timeout
     // included, and the NACK is gone.
-    mesh.delete("/meshes/default/meshloadbalancingstrategies/ring").await;
+    mesh.delete("/meshes/default/meshhttproutes/route-db").await;
     eventually("web applies a configuration again", async || {
         (web.state.config.load().as_ref().map(|c| c.0) != Some(applied_before)).then_some(())
     })

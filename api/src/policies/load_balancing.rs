@@ -29,6 +29,8 @@ pub enum LoadBalancerType {
     RingHash,
     /// A random endpoint.
     Random,
+    /// Consistent hashing on a request attribute through a Maglev lookup table.
+    Maglev,
 }
 
 /// The load balancer.
@@ -44,6 +46,20 @@ pub struct LoadBalancer {
     /// Settings of RingHash.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ring_hash: Option<RingHash>,
+    /// Settings of Maglev.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub maglev: Option<Maglev>,
+}
+
+impl LoadBalancer {
+    /// The hash policies of RingHash or Maglev (empty for the others).
+    pub fn hash_policies(&self) -> &[HashPolicy] {
+        match self.kind {
+            LoadBalancerType::RingHash => self.ring_hash.as_ref().map_or(&[], |r| &r.hash_policies),
+            LoadBalancerType::Maglev => self.maglev.as_ref().map_or(&[], |m| &m.hash_policies),
+            _ => &[],
+        }
+    }
 }
 
 /// LeastRequest settings.
@@ -59,6 +75,14 @@ pub struct LeastRequest {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct RingHash {
+    /// What the hash is computed from, tried in order.
+    pub hash_policies: Vec<HashPolicy>,
+}
+
+/// Maglev settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Maglev {
     /// What the hash is computed from, tried in order.
     pub hash_policies: Vec<HashPolicy>,
 }
@@ -164,6 +188,20 @@ fn check_zones(v: &mut Validator, zones: &[String]) {
     });
 }
 
+fn check_hash_policies(v: &mut Validator, policies: &[HashPolicy]) {
+    if policies.is_empty() {
+        v.error_at("hashPolicies", "needs at least one hash policy");
+    }
+    v.each("hashPolicies", policies, |v, hp| {
+        let needs_name = hp.kind != HashPolicyType::SourceIP;
+        match (&hp.name, needs_name) {
+            (None, true) => v.error_at("name", format!("required when type is {:?}", hp.kind)),
+            (Some(_), false) => v.error_at("name", "not allowed when type is SourceIP"),
+            _ => {}
+        }
+    });
+}
+
 impl Validate for LoadBalancingConf {
     fn validate(&self, v: &mut Validator) {
         if let Some(lb) = &self.load_balancer {
@@ -175,23 +213,19 @@ impl Validate for LoadBalancingConf {
                 if let Some(lr) = &lb.least_request {
                     v.field("leastRequest", |v| check_min(v, "choiceCount", lr.choice_count, 2));
                 }
-                if lb.ring_hash.is_some() && lb.kind != LoadBalancerType::RingHash {
-                    v.error_at("ringHash", "only allowed when type is RingHash");
-                }
-                if let Some(rh) = &lb.ring_hash {
-                    v.field("ringHash", |v| {
-                        if rh.hash_policies.is_empty() {
-                            v.error_at("hashPolicies", "needs at least one hash policy");
+                let settings = [
+                    ("ringHash", LoadBalancerType::RingHash, lb.ring_hash.as_ref().map(|r| &r.hash_policies)),
+                    ("maglev", LoadBalancerType::Maglev, lb.maglev.as_ref().map(|m| &m.hash_policies)),
+                ];
+                for (name, kind, policies) in settings {
+                    match policies {
+                        Some(_) if lb.kind != kind => v.error_at(name, format!("only allowed when type is {kind:?}")),
+                        None if lb.kind == kind => {
+                            v.error_at(name, format!("required when type is {kind:?}: its hashPolicies say what a request is hashed on"))
                         }
-                        v.each("hashPolicies", &rh.hash_policies, |v, hp| {
-                            let needs_name = hp.kind != HashPolicyType::SourceIP;
-                            match (&hp.name, needs_name) {
-                                (None, true) => v.error_at("name", format!("required when type is {:?}", hp.kind)),
-                                (Some(_), false) => v.error_at("name", "not allowed when type is SourceIP"),
-                                _ => {}
-                            }
-                        });
-                    });
+                        Some(policies) => v.field(name, |v| check_hash_policies(v, policies)),
+                        None => {}
+                    }
                 }
             });
         }

@@ -1,20 +1,22 @@
 //! Endpoint picking: round robin, least request (the less loaded of N random endpoints,
-//! power of two choices by default) and random, as `MeshLoadBalancingStrategy` chooses.
+//! power of two choices by default), random, and consistent hashing (RingHash, Maglev; see
+//! [`super::hashing`]), as `MeshLoadBalancingStrategy` chooses.
 //! Without a strategy, least request with two choices: an endpoint that stops answering (a
 //! stopped process, a stalled host) keeps its requests in flight, so from the next pick on it
 //! loses every comparison and callers move to the others at once, long before any timeout
 //! could tell (Linkerd balances the same way by default).
 //!
-//! In: the merged MeshLoadBalancingStrategy of a destination (typed) and, per pick, how many
-//! requests each candidate has in flight. An algorithm this sidecar does not implement
-//! (RingHash) is an error, which refuses the whole configuration (NACK), never a silent
-//! fallback. Out: the index of the endpoint to use. No I/O and no locks: a pick
-//! is an atomic add or a few random numbers.
+//! In: the merged MeshLoadBalancingStrategy of a destination (typed), its endpoints' ids
+//! (for the hash table) and, per pick, how many requests each candidate has in flight. Out:
+//! the index of the endpoint to use. No I/O and no locks: a pick is an atomic add or a few
+//! random numbers (a hashed pick is a table lookup, in [`super::destinations`]).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use rand::Rng;
-use strait_api::policies::load_balancing::{LoadBalancerType, LoadBalancingConf};
+use strait_api::policies::load_balancing::{HashPolicy, LoadBalancerType, LoadBalancingConf};
+
+use super::hashing::Table;
 
 /// How a destination picks an endpoint.
 #[derive(Debug)]
@@ -28,6 +30,13 @@ pub enum Balancer {
     },
     /// A random endpoint.
     Random,
+    /// Consistent hashing: the endpoint the table gives a request's key; random without a key.
+    Hash {
+        /// What a request is hashed on, tried in order.
+        policies: Vec<HashPolicy>,
+        /// Where keys land.
+        table: Table,
+    },
 }
 
 impl Default for Balancer {
@@ -38,9 +47,10 @@ impl Default for Balancer {
 }
 
 impl Balancer {
-    /// The balancer a merged `MeshLoadBalancingStrategy` conf asks for; the default (least request of two)
-    /// when the conf sets none; an error for an algorithm this sidecar cannot apply.
-    pub fn from_conf(conf: Option<&LoadBalancingConf>) -> Result<Balancer, String> {
+    /// The balancer a merged `MeshLoadBalancingStrategy` conf asks for, over endpoints with
+    /// stable ids `ids` (hash tables only); the default (least request of two) when the conf
+    /// sets none; an error for a conf this sidecar cannot apply.
+    pub fn from_conf(conf: Option<&LoadBalancingConf>, ids: &[u64]) -> Result<Balancer, String> {
         let Some(lb) = conf.and_then(|c| c.load_balancer.as_ref()) else { return Ok(Balancer::default()) };
         match lb.kind {
             LoadBalancerType::RoundRobin => Ok(Balancer::RoundRobin(AtomicUsize::new(0))),
@@ -49,8 +59,13 @@ impl Balancer {
                 Ok(Balancer::LeastRequest { choices: usize::try_from(choices).unwrap_or(2).max(2) })
             }
             LoadBalancerType::Random => Ok(Balancer::Random),
-            LoadBalancerType::RingHash => {
-                Err("MeshLoadBalancingStrategy loadBalancer.type RingHash is not implemented by this sidecar".into())
+            LoadBalancerType::RingHash | LoadBalancerType::Maglev => {
+                let policies = lb.hash_policies().to_vec();
+                if policies.is_empty() {
+                    return Err(format!("MeshLoadBalancingStrategy loadBalancer.type {:?} needs hash policies", lb.kind));
+                }
+                let table = if lb.kind == LoadBalancerType::RingHash { Table::ring(ids) } else { Table::maglev(ids) };
+                Ok(Balancer::Hash { policies, table })
             }
         }
     }
@@ -62,7 +77,7 @@ impl Balancer {
             1 => Some(0),
             _ => Some(match self {
                 Balancer::RoundRobin(next) => next.fetch_add(1, Ordering::Relaxed) % len,
-                Balancer::Random => rand::thread_rng().gen_range(0..len),
+                Balancer::Random | Balancer::Hash { .. } => rand::thread_rng().gen_range(0..len),
                 Balancer::LeastRequest { choices } => least_of_distinct(len, *choices, &load),
             }),
         }
@@ -105,10 +120,12 @@ mod tests {
             (Some(json!({"loadBalancer": {"type": "LeastRequest", "leastRequest": {"choiceCount": 3}}})), "Ok(LeastRequest { choices: 3 }"),
             (Some(json!({"loadBalancer": {"type": "Random"}})), "Ok(Random"),
             (Some(json!({"loadBalancer": {"type": "RingHash", "ringHash": {"hashPolicies": []}}})), "Err(\"MeshLoadBalancingStrategy"),
+            (Some(json!({"loadBalancer": {"type": "RingHash", "ringHash": {"hashPolicies": [{"type": "SourceIP"}]}}})), "Ok(Hash"),
+            (Some(json!({"loadBalancer": {"type": "Maglev", "maglev": {"hashPolicies": [{"type": "SourceIP"}]}}})), "Ok(Hash"),
         ];
         for (conf, expected) in cases {
             let conf: Option<LoadBalancingConf> = conf.map(|c| serde_json::from_value(c).unwrap());
-            let got = format!("{:?}", Balancer::from_conf(conf.as_ref()));
+            let got = format!("{:?}", Balancer::from_conf(conf.as_ref(), &[]));
             assert!(got.starts_with(expected), "{conf:?}: {got}");
         }
     }

@@ -21,6 +21,7 @@ use strait_pki::Identity;
 
 use super::balance::Balancer;
 use super::endpoint::{now_ms, Endpoint, Outcome};
+use super::hashing;
 use super::http::retry::{Budget, RetryPolicy};
 use super::http::routes::{Backends, Routes};
 
@@ -149,14 +150,55 @@ impl OutlierPolicy {
     }
 }
 
+/// An endpoint's stable id for consistent hashing: its address and SNI (endpoints in other
+/// zones share the egress address; the SNI tells them apart).
+fn endpoint_id(e: &Endpoint) -> u64 {
+    let sni = match &e.sni {
+        ServerName::DnsName(name) => name.as_ref(),
+        _ => "",
+    };
+    hashing::hash_bytes(format!("{} {sni}", e.address).as_bytes())
+}
+
 impl Destination {
     /// The endpoint for the next request or connection: an available local one, else one of
     /// the zone the locality rules choose (see [`Locality`]).
     pub fn pick(&self) -> Option<&Arc<Endpoint>> {
+        self.pick_for(None)
+    }
+
+    /// As [`Destination::pick`], for a request or connection with hash key `key` (see
+    /// [`Destination::request_key`]): with RingHash or Maglev, the endpoint the table gives
+    /// the key, the first there that locality and health allow now.
+    pub fn pick_for(&self, key: Option<u64>) -> Option<&Arc<Endpoint>> {
         let mut candidates = [None; MAX_CANDIDATES];
         let n = self.locality.candidates(&self.local, &self.remote, &mut candidates);
+        if let (Some(key), Balancer::Hash { table, .. }) = (key, &self.balancer) {
+            let at = |i: usize| self.local.get(i).or_else(|| self.remote.get(i - self.local.len()));
+            let usable = |i: usize| at(i).is_some_and(|e| candidates[..n].iter().flatten().any(|c| Arc::ptr_eq(c, e)));
+            if let Some(endpoint) = table.lookup(key, usable).and_then(at) {
+                return Some(endpoint);
+            }
+        }
         let index = self.balancer.pick(n, |i| candidates[i].map_or(0, |e| e.in_flight()))?;
         candidates[index]
+    }
+
+    /// The hash key of an HTTP request to this destination, when it balances by hash.
+    pub fn request_key(&self, headers: &http::HeaderMap, uri: &http::Uri, client: Option<std::net::IpAddr>) -> Option<u64> {
+        match &self.balancer {
+            Balancer::Hash { policies, .. } => hashing::request_key(policies, headers, uri, client),
+            _ => None,
+        }
+    }
+
+    /// The hash key of a TCP connection from `client` to this destination, when it balances by
+    /// the caller's address.
+    pub fn connection_key(&self, client: std::net::IpAddr) -> Option<u64> {
+        match &self.balancer {
+            Balancer::Hash { policies, .. } => hashing::connection_key(policies, client),
+            _ => None,
+        }
     }
 
     /// Every endpoint, local first.
@@ -241,7 +283,8 @@ impl Build<'_> {
             }
         }
         let lb = outbound.policies.load_balancing.as_ref();
-        let balancer = Balancer::from_conf(lb).unwrap_or_else(|reason| {
+        let ids: Vec<u64> = local.iter().chain(&remote).map(|e| endpoint_id(e)).collect();
+        let balancer = Balancer::from_conf(lb, &ids).unwrap_or_else(|reason| {
             // `check` refuses such a configuration before it is stored; kept for safety.
             tracing::error!(service = outbound.service, reason, "a balancer that cannot be applied; using the default");
             Balancer::default()
@@ -359,7 +402,8 @@ impl Table {
     /// refused (NACKed) as a whole and the one in force stays.
     pub fn check(config: &ProxyConfig) -> Result<(), String> {
         for outbound in &config.outbounds {
-            Balancer::from_conf(outbound.policies.load_balancing.as_ref()).map_err(|e| format!("outbound {}: {e}", outbound.service))?;
+            Balancer::from_conf(outbound.policies.load_balancing.as_ref(), &[])
+                .map_err(|e| format!("outbound {}: {e}", outbound.service))?;
         }
         if config.outbounds.iter().any(|o| !o.http_routes.is_empty() || o.tcp_route.is_some()) {
             let metrics = ProxyMetrics::register(&mut prometheus_client::registry::Registry::default());

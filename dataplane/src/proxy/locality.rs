@@ -40,15 +40,18 @@ impl Step {
 }
 
 /// A destination's locality rules, as seen from one zone.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Locality {
     disabled: bool,
     steps: Vec<Step>,
+    /// `crossZone.failoverThreshold`: below this percentage of available local endpoints,
+    /// the next zone's endpoints join the local ones.
+    threshold: Option<f64>,
 }
 
 impl Default for Locality {
     fn default() -> Self {
-        Locality { disabled: false, steps: vec![Step::Any] }
+        Locality { disabled: false, steps: vec![Step::Any], threshold: None }
     }
 }
 
@@ -56,6 +59,7 @@ impl Locality {
     /// The rules of a merged `MeshLoadBalancingStrategy` conf for a caller in `zone`.
     pub fn from_conf(conf: Option<&LoadBalancingConf>, zone: &str) -> Locality {
         let Some(la) = conf.and_then(|c| c.locality_awareness.clone()) else { return Locality::default() };
+        let threshold = la.cross_zone.as_ref().and_then(|c| c.failover_threshold);
         let failover = la.cross_zone.map(|c| c.failover).unwrap_or_default();
         let mut steps: Vec<Step> = failover
             .into_iter()
@@ -70,13 +74,15 @@ impl Locality {
         if steps.is_empty() {
             steps.push(Step::Any);
         }
-        Locality { disabled: la.disabled.unwrap_or(false), steps }
+        Locality { disabled: la.disabled.unwrap_or(false), steps, threshold }
     }
 
     /// Fills `out` with the endpoints a pick may use now, and returns how many: available
-    /// local ones; else the first failover step with available ones (for "any zone", the zone
-    /// with the shortest measured handshake); else, when every endpoint is ejected, the local
-    /// ones, or the remote ones when there are none: better to try than to fail at once.
+    /// local ones (joined by those of the next zone when fewer than `failoverThreshold`
+    /// percent of the local ones are available); else the first failover step with available
+    /// ones (for "any zone", the zone with the shortest measured handshake); else, when every
+    /// endpoint is ejected, the local ones, or the remote ones when there are none: better to
+    /// try than to fail at once.
     pub fn candidates<'a>(
         &self,
         local: &'a [Arc<Endpoint>],
@@ -84,22 +90,39 @@ impl Locality {
         out: &mut [Option<&'a Arc<Endpoint>>; MAX_CANDIDATES],
     ) -> usize {
         let now = now_ms();
-        let fill = |out: &mut [Option<&'a Arc<Endpoint>>; MAX_CANDIDATES], it: &mut dyn Iterator<Item = &'a Arc<Endpoint>>| {
-            let mut n = 0;
-            for e in it.take(MAX_CANDIDATES) {
-                out[n] = Some(e);
-                n += 1;
-            }
-            n
-        };
+        let fill =
+            |out: &mut [Option<&'a Arc<Endpoint>>; MAX_CANDIDATES], it: &mut dyn Iterator<Item = &'a Arc<Endpoint>>| fill_from(out, 0, it);
         if self.disabled {
             let n = fill(out, &mut local.iter().chain(remote).filter(|e| e.health.available(now)));
             return if n > 0 { n } else { fill(out, &mut local.iter().chain(remote)) };
         }
         let n = fill(out, &mut local.iter().filter(|e| e.health.available(now)));
         if n > 0 {
+            let below = self.threshold.is_some_and(|t| (n as f64) * 100.0 < t * local.len() as f64);
+            return if below { n + self.next_zone(remote, now, out, n) } else { n };
+        }
+        let n = self.next_zone(remote, now, out, 0);
+        if n > 0 {
             return n;
         }
+        let n = fill(out, &mut local.iter());
+        if n > 0 || self.steps.first() == Some(&Step::Stop) {
+            return n;
+        }
+        fill(out, &mut remote.iter().filter(|e| self.steps.iter().any(|s| s.allows(&e.zone))))
+    }
+}
+
+impl Locality {
+    /// Puts the available endpoints of the first failover step that has some into `out` from
+    /// `start`; returns how many.
+    fn next_zone<'a>(
+        &self,
+        remote: &'a [Arc<Endpoint>],
+        now: u64,
+        out: &mut [Option<&'a Arc<Endpoint>>; MAX_CANDIDATES],
+        start: usize,
+    ) -> usize {
         for step in &self.steps {
             if *step == Step::Stop {
                 break;
@@ -108,20 +131,30 @@ impl Locality {
             let n = if *step == Step::Any {
                 // The nearest zone: unmeasured ones first, so each gets measured once.
                 let Some(nearest) = remote.iter().filter(usable).min_by_key(|e| e.health.rtt().unwrap_or_default()) else { continue };
-                fill(out, &mut remote.iter().filter(usable).filter(|e| e.zone == nearest.zone))
+                fill_from(out, start, &mut remote.iter().filter(usable).filter(|e| e.zone == nearest.zone))
             } else {
-                fill(out, &mut remote.iter().filter(usable))
+                fill_from(out, start, &mut remote.iter().filter(usable))
             };
             if n > 0 {
                 return n;
             }
         }
-        let n = fill(out, &mut local.iter());
-        if n > 0 || self.steps.first() == Some(&Step::Stop) {
-            return n;
-        }
-        fill(out, &mut remote.iter().filter(|e| self.steps.iter().any(|s| s.allows(&e.zone))))
+        0
     }
+}
+
+/// Puts what `it` yields into `out` from `start`, as far as it has room; returns how many.
+fn fill_from<'a>(
+    out: &mut [Option<&'a Arc<Endpoint>>; MAX_CANDIDATES],
+    start: usize,
+    it: &mut dyn Iterator<Item = &'a Arc<Endpoint>>,
+) -> usize {
+    let mut n = 0;
+    for e in it.take(MAX_CANDIDATES.saturating_sub(start)) {
+        out[start + n] = Some(e);
+        n += 1;
+    }
+    n
 }
 
 #[cfg(test)]
@@ -182,6 +215,18 @@ mod tests {
         let none = json!({"localityAwareness": {"crossZone": {"failover": [{"to": {"type": "None"}}]}}});
         let l = Locality::from_conf(Some(&typed(none)), "z1");
         assert!(picked(&l, &[], &remote).is_empty(), "None: never leave the zone");
+
+        let threshold =
+            json!({"localityAwareness": {"crossZone": {"failoverThreshold": 50, "failover": [{"to": {"type": "Only", "zones": ["z3"]}}]}}});
+        let l = Locality::from_conf(Some(&typed(threshold)), "z1");
+        let here = vec![endpoint(11, "z1"), endpoint(12, "z1"), endpoint(13, "z1"), endpoint(14, "z1")];
+        let there = vec![endpoint(2, "z2"), endpoint(5, "z3")];
+        assert_eq!(picked(&l, &here, &there), [11, 12, 13, 14]);
+        here[0].health.failed();
+        here[1].health.failed();
+        assert_eq!(picked(&l, &here, &there), [13, 14], "half the local ones: not below 50%");
+        here[2].health.failed();
+        assert_eq!(picked(&l, &here, &there), [14, 5], "below 50%: the next zone's endpoints join");
 
         let disabled = json!({"localityAwareness": {"disabled": true}});
         let l = Locality::from_conf(Some(&typed(disabled)), "z1");

@@ -43,6 +43,7 @@ pub mod balance;
 pub mod data_path;
 pub mod destinations;
 pub mod endpoint;
+pub mod hashing;
 pub mod http;
 pub mod inbound;
 pub mod listeners;

@@ -60,7 +60,7 @@ pub fn spawn_tcp(app: TcpStream, client: SocketAddr, destination: Arc<Destinatio
                 for attempt in 1..=destination.connect_attempts {
                     let endpoint = match target {
                         Some(t) => destination.endpoints().find(|e| e.address == t).cloned(),
-                        None => destination.pick().cloned(),
+                        None => destination.pick_for(destination.connection_key(client.ip())).cloned(),
                     };
                     let Some(endpoint) = endpoint else {
                         tracing::warn!("no endpoint for the destination; closing the connection");

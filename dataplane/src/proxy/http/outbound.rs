@@ -12,6 +12,7 @@
 //! that endpoint is then ejected for a while.
 
 use std::convert::Infallible;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -80,19 +81,20 @@ pub async fn serve(app: TcpStream, service: Arc<str>, path: Arc<DataPath>) {
     builder.http1().timer(TokioTimer::new()).header_read_timeout(Duration::from_secs(60));
     builder.http2().timer(TokioTimer::new()).max_concurrent_streams(1024);
     let watcher = path.drain.clone();
-    let ctx = Arc::new((service, path));
+    let client = app.peer_addr().ok().map(|a| a.ip());
+    let ctx = Arc::new((service, path, client));
     let service = service_fn(move |request: Request<Incoming>| {
         let ctx = ctx.clone();
         // Off under the default `info` filter: then neither built nor formatted.
         let span = tracing::debug_span!("request", method = %request.method(), path = %request.uri().path());
-        async move { Ok::<_, Infallible>(forward(request, &ctx.0, &ctx.1).await) }.instrument(span)
+        async move { Ok::<_, Infallible>(forward(request, &ctx.0, &ctx.1, ctx.2).await) }.instrument(span)
     });
     let connection = builder.serve_connection(TokioIo::new(app), service);
     serve_until_drained(connection, |c| c.graceful_shutdown(), &watcher, "application connection").await;
 }
 
 /// Sends one request to `service` and answers with the peer's response or the reason there is none.
-async fn forward(request: Request<Incoming>, service: &str, path: &DataPath) -> Response<Body> {
+async fn forward(request: Request<Incoming>, service: &str, path: &DataPath, client: Option<IpAddr>) -> Response<Body> {
     let started = Instant::now();
     let table = path.table.load_full();
     let Some(mut destination) = table.service(service) else {
@@ -116,6 +118,8 @@ async fn forward(request: Request<Incoming>, service: &str, path: &DataPath) -> 
         }
     }
     let destination: &Destination = destination;
+    // RingHash, Maglev: the request's key, kept across its attempts.
+    let key = destination.request_key(request.headers(), request.uri(), client);
     // MeshCircuitBreaker `maxRequests`: beyond it, 503 at once.
     let (_active, in_progress) = destination.budget.start();
     if destination.limits.max_requests.is_some_and(|max| in_progress > max) {
@@ -134,7 +138,7 @@ async fn forward(request: Request<Incoming>, service: &str, path: &DataPath) -> 
     let sent = match destination.timeouts.request {
         Some(timeout) => {
             let deadline = tokio::time::Instant::now() + timeout;
-            match tokio::time::timeout_at(deadline, send(request, destination, path)).await {
+            match tokio::time::timeout_at(deadline, send(request, destination, key, path)).await {
                 Ok(sent) => sent.map(|(response, in_flight)| (response, in_flight, Some((deadline, timeout)))),
                 Err(_) => Err((
                     StatusCode::GATEWAY_TIMEOUT,
@@ -143,7 +147,7 @@ async fn forward(request: Request<Incoming>, service: &str, path: &DataPath) -> 
                 )),
             }
         }
-        None => send(request, destination, path).await.map(|(response, in_flight)| (response, in_flight, None)),
+        None => send(request, destination, key, path).await.map(|(response, in_flight)| (response, in_flight, None)),
     };
     let mut response = match sent {
         Ok((response, in_flight, deadline)) => response.map(|body| {
@@ -185,16 +189,21 @@ type Failure = (StatusCode, String, Cause);
 /// Sends `request` to `destination`, trying again as its MeshRetry says (when the request can
 /// be sent again and the retry budget allows); on success also returns the endpoint's in-flight
 /// guard, to be held until the response body ends.
-async fn send(request: Request<Counted>, destination: &Destination, path: &DataPath) -> Result<(Response<Incoming>, InFlight), Failure> {
+async fn send(
+    request: Request<Counted>,
+    destination: &Destination,
+    key: Option<u64>,
+    path: &DataPath,
+) -> Result<(Response<Incoming>, InFlight), Failure> {
     use http_body::Body as _;
-    let Some(policy) = &destination.retry else { return attempt(request, destination, path).await };
+    let Some(policy) = &destination.retry else { return attempt(request, destination, key, path).await };
     let replay = RetryPolicy::replayable(request.method(), request.body().is_end_stream()).then(|| Replay::copy(&request));
     let mut request = request;
     let mut retries = 0;
     let mut _slot = None;
     loop {
         let result = match policy.per_try {
-            Some(limit) => match tokio::time::timeout(limit, attempt(request, destination, path)).await {
+            Some(limit) => match tokio::time::timeout(limit, attempt(request, destination, key, path)).await {
                 Ok(result) => result,
                 Err(_) => Err((
                     StatusCode::GATEWAY_TIMEOUT,
@@ -202,7 +211,7 @@ async fn send(request: Request<Counted>, destination: &Destination, path: &DataP
                     Cause::Timeout,
                 )),
             },
-            None => attempt(request, destination, path).await,
+            None => attempt(request, destination, key, path).await,
         };
         let retriable = match &result {
             Ok((response, _)) => policy.retries_status(response.status()),
@@ -227,12 +236,13 @@ async fn send(request: Request<Counted>, destination: &Destination, path: &DataP
 async fn attempt(
     mut request: Request<Counted>,
     destination: &Destination,
+    key: Option<u64>,
     path: &DataPath,
 ) -> Result<(Response<Incoming>, InFlight), Failure> {
     let mut last: Option<Failure> = None;
     let replay = Replay::of(&request);
     for _ in 0..ATTEMPTS {
-        let Some(endpoint) = destination.pick().cloned() else {
+        let Some(endpoint) = destination.pick_for(key).cloned() else {
             return Err((StatusCode::SERVICE_UNAVAILABLE, "no endpoint available".into(), Cause::Connect));
         };
         let connector = Connector {
