@@ -25,6 +25,33 @@ pub struct InventoryService {
     /// What it speaks (`tcp` when unknown).
     #[serde(default = "tcp")]
     pub protocol: String,
+    /// Its endpoints one by one, so that other zones balance over them (empty from zones that
+    /// report only counts: those are reached as one endpoint per zone).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub instances: Vec<InventoryInstance>,
+}
+
+/// One endpoint of a service, as other zones see it: an opaque id (its address stays in its
+/// zone) and its inbound's tags (for subsets such as `version`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct InventoryInstance {
+    /// [`instance_id`] of the endpoint.
+    pub id: String,
+    /// Its inbound's tags.
+    #[serde(default)]
+    pub tags: std::collections::BTreeMap<String, String>,
+}
+
+/// The id other zones know an endpoint by: a hash of its mesh, service and address (a DNS
+/// label: `e` and 16 hex digits), the same on the zone's inventory and its gateways' ingress.
+pub fn instance_id(mesh: &str, service: &str, address: &std::net::SocketAddr) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in format!("{mesh}/{service}/{address}").bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    format!("e{h:016x}")
 }
 
 fn tcp() -> String {
@@ -141,6 +168,12 @@ pub fn sni(service: &str, mesh: &str, zone: Option<&str>) -> String {
     }
 }
 
+/// The SNI a sidecar sends for one endpoint (by [`instance_id`]) of `service` in another zone,
+/// through the gateways: `<instance>.<service>.<mesh>.<zone>.strait`.
+pub fn instance_sni(instance: &str, service: &str, mesh: &str, zone: &str) -> String {
+    format!("{instance}.{service}.{mesh}.{zone}.strait")
+}
+
 /// What an SNI names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SniTarget<'a> {
@@ -150,19 +183,23 @@ pub struct SniTarget<'a> {
     pub mesh: &'a str,
     /// The zone, when the caller chose one.
     pub zone: Option<&'a str>,
+    /// The endpoint of the service in that zone, when the caller chose one.
+    pub instance: Option<&'a str>,
 }
 
-/// Parses an SNI made by [`sni`].
+/// Parses an SNI made by [`sni`] or [`instance_sni`].
 pub fn parse_sni(name: &str) -> Option<SniTarget<'_>> {
     let rest = name.strip_suffix(".strait")?;
-    let mut parts = rest.split('.');
-    let service = parts.next().filter(|s| !s.is_empty())?;
-    let mesh = parts.next().filter(|s| !s.is_empty())?;
-    let zone = parts.next();
-    if parts.next().is_some() || zone.is_some_and(str::is_empty) {
+    let parts: Vec<&str> = rest.split('.').collect();
+    if parts.iter().any(|p| p.is_empty()) {
         return None;
     }
-    Some(SniTarget { service, mesh, zone })
+    match parts[..] {
+        [service, mesh] => Some(SniTarget { service, mesh, zone: None, instance: None }),
+        [service, mesh, zone] => Some(SniTarget { service, mesh, zone: Some(zone), instance: None }),
+        [instance, service, mesh, zone] => Some(SniTarget { service, mesh, zone: Some(zone), instance: Some(instance) }),
+        _ => None,
+    }
 }
 
 #[cfg(test)]
@@ -173,10 +210,18 @@ mod tests {
     fn sni_round_trips_with_and_without_a_zone() {
         let local = sni("backend", "default", None);
         assert_eq!(local, "backend.default.strait");
-        assert_eq!(parse_sni(&local), Some(SniTarget { service: "backend", mesh: "default", zone: None }));
+        assert_eq!(parse_sni(&local), Some(SniTarget { service: "backend", mesh: "default", zone: None, instance: None }));
         let remote = sni("backend", "default", Some("zone-2"));
-        assert_eq!(parse_sni(&remote), Some(SniTarget { service: "backend", mesh: "default", zone: Some("zone-2") }));
-        for bad in ["backend.default", "strait", ".default.strait", "a.b.c.d.strait", "a..strait", "a.b..strait", "example.com"] {
+        assert_eq!(parse_sni(&remote), Some(SniTarget { service: "backend", mesh: "default", zone: Some("zone-2"), instance: None }));
+        let id = instance_id("default", "backend", &"10.0.0.1:8080".parse().unwrap());
+        assert!(id.len() == 17 && id.starts_with('e'), "{id}");
+        assert_ne!(id, instance_id("default", "backend", &"10.0.0.2:8080".parse().unwrap()));
+        let one = instance_sni(&id, "backend", "default", "zone-2");
+        assert_eq!(
+            parse_sni(&one),
+            Some(SniTarget { service: "backend", mesh: "default", zone: Some("zone-2"), instance: Some(id.as_str()) })
+        );
+        for bad in ["backend.default", "strait", ".default.strait", "a.b.c.d.e.strait", "a..strait", "a.b..strait", "example.com"] {
             assert_eq!(parse_sni(bad), None, "{bad}");
         }
     }

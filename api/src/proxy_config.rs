@@ -157,6 +157,11 @@ pub struct Endpoint {
     pub zone: String,
     /// Its inbound tags.
     pub tags: BTreeMap<String, String>,
+    /// In another zone: the endpoint behind the gateways (its [`crate::gateway_config::instance_id`]),
+    /// named in the SNI so that the remote zone's ingress forwards to it; absent, the remote
+    /// zone picks one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance: Option<String>,
 }
 
 /// The other zones, as a sidecar reaches them: their inventories, and this zone's egresses.
@@ -247,6 +252,7 @@ fn endpoints_by_service(resources: &[Resource], zone: &str) -> BTreeMap<String, 
                 port: inbound.port,
                 zone: zone.to_string(),
                 tags: inbound.tags.clone(),
+                instance: None,
             });
         }
     }
@@ -254,8 +260,10 @@ fn endpoints_by_service(resources: &[Resource], zone: &str) -> BTreeMap<String, 
 }
 
 /// For each other zone that has a healthy endpoint of the service and a gateway to reach it
-/// by, one endpoint per egress of this zone, tagged with that zone: the sidecar prefers its own
-/// zone, orders the others, and spreads over (and fails over between) the egresses.
+/// by, its endpoints one by one (with their tags, for subsets), each through every egress of
+/// this zone; a zone that reports only counts is one endpoint per egress: the sidecar prefers
+/// its own zone, orders the others, and spreads over the remote endpoints (and fails over
+/// between the egresses).
 fn add_remote_endpoints(out: &mut BTreeMap<String, Vec<Endpoint>>, remote: &Remote, mesh: &str, zone: &str) {
     let egresses: Vec<(String, u16)> = remote
         .egresses
@@ -272,7 +280,22 @@ fn add_remote_endpoints(out: &mut BTreeMap<String, Vec<Endpoint>>, remote: &Remo
                 BTreeMap::from([(SERVICE_TAG.to_string(), service.name.clone()), (PROTOCOL_TAG.to_string(), service.protocol.clone())]);
             let endpoints = out.entry(service.name.clone()).or_default();
             for (address, port) in &egresses {
-                endpoints.push(Endpoint { address: address.clone(), port: *port, zone: inventory.zone.clone(), tags: tags.clone() });
+                let endpoint = |tags: BTreeMap<String, String>, instance: Option<String>| Endpoint {
+                    address: address.clone(),
+                    port: *port,
+                    zone: inventory.zone.clone(),
+                    tags,
+                    instance,
+                };
+                if service.instances.is_empty() {
+                    endpoints.push(endpoint(tags.clone(), None));
+                }
+                for instance in &service.instances {
+                    // The service and protocol the inventory states win over the instance's own tags.
+                    let mut own = instance.tags.clone();
+                    own.extend(tags.clone());
+                    endpoints.push(endpoint(own, Some(instance.id.clone())));
+                }
             }
         }
     }
@@ -281,6 +304,7 @@ fn add_remote_endpoints(out: &mut BTreeMap<String, Vec<Endpoint>>, remote: &Remo
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::gateway_config::InventoryInstance;
     use crate::parse_documents;
 
     #[test]
@@ -336,7 +360,8 @@ spec:
                     .unwrap()
                     .iter()
                     .map(|(k, v)| (k.clone(), v.as_str().unwrap().to_string()))
-                    .collect()
+                    .collect(),
+                instance: None,
             }]
         );
         let timeout = api.policies.timeout.as_ref().expect("the MeshTimeout, typed");
@@ -407,6 +432,22 @@ spec:
         assert_eq!(cfg.outbounds.iter().find(|o| o.service == "db").unwrap().protocol, Protocol::Tcp);
         assert!(zones("down").is_empty(), "a zone with no healthy endpoint is not used");
         assert!(zones("elsewhere").is_empty(), "other meshes stay apart");
+
+        // A zone that lists its endpoints one by one: each is an endpoint, with its tags.
+        let mut listed = remote.clone();
+        listed.inventories[1].services[1].instances = vec![
+            InventoryInstance { id: "e1".into(), tags: BTreeMap::from([("version".to_string(), "v1".to_string())]) },
+            InventoryInstance { id: "e2".into(), tags: BTreeMap::from([(SERVICE_TAG.to_string(), "spoofed".to_string())]) },
+        ];
+        let cfg = build(&resources[0], "zone-1", &resources, &listed, MeshTrust::default(), 3600).unwrap().unwrap();
+        let db = cfg.outbounds.iter().find(|o| o.service == "db").unwrap();
+        let seen: Vec<(Option<&str>, Option<&str>, &str)> = db
+            .endpoints
+            .iter()
+            .map(|e| (e.instance.as_deref(), e.tags.get("version").map(String::as_str), e.tags[SERVICE_TAG].as_str()))
+            .collect();
+        assert_eq!(seen, [(Some("e1"), Some("v1"), "db"), (Some("e2"), None, "db")], "the inventory's service tag wins");
+        assert!(db.endpoints.iter().all(|e| e.address == "192.0.2.100" && e.port == 10002), "through the egress");
 
         let mut no_gateway = remote.clone();
         no_gateway.inventories[1].ingress_addresses.clear();

@@ -2,8 +2,9 @@
 //! stream per tunnelled connection) or, where UDP is blocked, over TCP+TLS (one connection per
 //! tunnelled connection). Only gateways presenting a zone identity under the system CA that is
 //! not revoked are accepted; a stream is accepted only for a service this zone hosts, and goes
-//! to one of its endpoints (round robin, the next one if a connect fails). The bytes, the
-//! sidecars' end-to-end mTLS, pass unchanged.
+//! to the endpoint its SNI names (callers balance over this zone's endpoints themselves) or,
+//! when it names none, to one of them (round robin, the next one if a connect fails). The
+//! bytes, the sidecars' end-to-end mTLS, pass unchanged.
 //!
 //! In: the QUIC endpoint and the TCP listener. Out: connections to local sidecars' inbounds.
 
@@ -254,7 +255,16 @@ async fn route(gw: &Gateway, drain: &DrainWatcher, io: &mut impl Io) -> Result<(
         return Err(Status::UnknownService);
     }
     let service = routes.local(&key).ok_or(Status::UnknownService)?;
-    for address in service.endpoints() {
+    // An endpoint the caller chose (it balances over this zone's endpoints itself), or any.
+    let chosen = match target.instance {
+        Some(id) => Some(service.instance(id).ok_or(Status::UnknownService)?),
+        None => None,
+    };
+    let candidates: Box<dyn Iterator<Item = std::net::SocketAddr> + Send + '_> = match chosen {
+        Some(address) => Box::new(std::iter::once(address)),
+        None => Box::new(service.endpoints()),
+    };
+    for address in candidates {
         match tokio::time::timeout(ENDPOINT_CONNECT_TIMEOUT, TcpStream::connect(address)).await {
             Ok(Ok(tcp)) => {
                 let _ = tcp.set_nodelay(true);

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use rustls::pki_types::CertificateDer;
-use strait_api::gateway_config::GatewayConfig;
+use strait_api::gateway_config::{instance_id, GatewayConfig};
 use strait_pki::{fingerprint_der, Identity, TrustBundle};
 use strait_proxy_core::tls::ALPN_ZONE_TUNNEL;
 use strait_proxy_core::TlsIdentity;
@@ -21,6 +21,8 @@ use strait_proxy_core::TlsIdentity;
 #[derive(Debug)]
 pub struct LocalService {
     endpoints: Vec<SocketAddr>,
+    /// Endpoints by the id other zones know them by ([`instance_id`]).
+    instances: HashMap<String, SocketAddr>,
     next: AtomicUsize,
 }
 
@@ -30,6 +32,11 @@ impl LocalService {
         let start = self.next.fetch_add(1, Ordering::Relaxed);
         let n = self.endpoints.len();
         (0..n).map(move |i| self.endpoints[(start + i) % n])
+    }
+
+    /// The endpoint another zone's sidecar chose by its id, if this zone still has it.
+    pub fn instance(&self, id: &str) -> Option<SocketAddr> {
+        self.instances.get(id).copied()
     }
 }
 
@@ -124,7 +131,8 @@ impl Routes {
                     None => true,
                 });
                 sidecars.extend(endpoints.iter().map(|e| e.ip()));
-                let service = LocalService { endpoints, next: AtomicUsize::new(0) };
+                let instances = endpoints.iter().map(|e| (instance_id(&s.mesh, &s.service, e), *e)).collect();
+                let service = LocalService { endpoints, instances, next: AtomicUsize::new(0) };
                 (format!("{}.{}", s.service, s.mesh), service)
             })
             .filter(|(_, s)| !s.endpoints.is_empty())

@@ -142,6 +142,7 @@ async fn an_oversized_message_ends_the_stream_and_the_global_carries_on() {
                 endpoints: 1,
                 healthy: 1,
                 protocol: "tcp".into(),
+                ..Default::default()
             })
             .collect(),
         ingress_addresses: vec![],
@@ -169,6 +170,7 @@ async fn nothing_a_zone_sends_changes_a_policy() {
             endpoints: 1,
             healthy: 1,
             protocol: "http".into(),
+            ..Default::default()
         }],
         ingress_addresses: vec!["198.18.0.9:10001".into()],
         dataplane_nacks: vec![],
@@ -212,6 +214,7 @@ async fn a_zone_identity_is_signed_by_the_system_ca_and_revoked_with_the_zone() 
             endpoints: 1,
             healthy: 1,
             protocol: "tcp".into(),
+            ..Default::default()
         }],
         ingress_addresses: vec!["198.18.0.9:10001".into()],
         dataplane_nacks: vec![],

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rustls::pki_types::ServerName;
-use strait_api::gateway_config::sni;
+use strait_api::gateway_config::{instance_sni, sni};
 use strait_api::policies::circuit_breaker::CircuitBreakerConf;
 use strait_api::policies::timeout::TimeoutConf;
 use strait_api::proxy_config::{OutboundConfig, ProxyConfig};
@@ -260,7 +260,10 @@ impl Build<'_> {
                 continue;
             };
             let is_local = e.zone == zone;
-            let name = sni(&outbound.service, &self.config.mesh, (!is_local).then_some(e.zone.as_str()));
+            let name = match (&e.instance, is_local) {
+                (Some(instance), false) => instance_sni(instance, &outbound.service, &self.config.mesh, &e.zone),
+                _ => sni(&outbound.service, &self.config.mesh, (!is_local).then_some(e.zone.as_str())),
+            };
             let Ok(server_name) = ServerName::try_from(name.clone()) else {
                 tracing::warn!(service = outbound.service, sni = name, "not a valid SNI; skipping the endpoint");
                 continue;
@@ -460,7 +463,13 @@ mod tests {
                 protocol: Protocol::from_tag(Some(protocol)),
                 endpoints: endpoints
                     .iter()
-                    .map(|(a, p, z)| ConfigEndpoint { address: a.to_string(), port: *p, zone: z.to_string(), tags: BTreeMap::new() })
+                    .map(|(a, p, z)| ConfigEndpoint {
+                        address: a.to_string(),
+                        port: *p,
+                        zone: z.to_string(),
+                        tags: BTreeMap::new(),
+                        instance: None,
+                    })
                     .collect(),
                 policies: Default::default(),
                 http_routes: vec![],

@@ -8,7 +8,7 @@
 use std::time::{Duration, Instant};
 
 use futures::{FutureExt, StreamExt};
-use strait_api::gateway_config::{DataplaneNack, InventoryService, ZoneInventory};
+use strait_api::gateway_config::{DataplaneNack, InventoryInstance, InventoryService, ZoneInventory};
 use strait_api::kds::{self, global_message, zone_message, GlobalMessage, ZoneMessage};
 use strait_store::{EventKind, Key, Precondition, StoreError, WatchStream};
 use tokio::sync::mpsc;
@@ -277,6 +277,11 @@ impl Session {
                     name: s.name,
                     endpoints: s.endpoints,
                     healthy: s.healthy,
+                    instances: s
+                        .instances
+                        .into_iter()
+                        .map(|i| InventoryInstance { id: i.id, tags: i.tags.into_iter().collect() })
+                        .collect(),
                 })
                 .collect(),
             ingress_addresses: inventory.ingress_addresses,
