@@ -247,6 +247,9 @@ pub enum DemoCommand {
     Traffic(DemoTrafficArgs),
     /// Kill a service's workloads (application and sidecar) in one zone, to watch failover
     Kill(DemoKillArgs),
+    /// Make a service's application in one zone answer an error status (its sidecar stays up),
+    /// to watch outlier detection eject it; `--heal` makes it answer normally again
+    Fail(DemoFailArgs),
     /// List the demo's processes and their health
     Status(DemoArgs),
     /// Stop everything `demo up` started and remove its data
@@ -291,6 +294,24 @@ pub struct DemoKillArgs {
     /// The zone whose workloads of the service to kill
     #[arg(long)]
     pub zone: String,
+}
+
+/// `demo fail`.
+#[derive(Debug, Clone, Args)]
+pub struct DemoFailArgs {
+    #[command(flatten)]
+    pub demo: DemoArgs,
+    /// The service (`frontend`, `backend`, `store`)
+    pub service: String,
+    /// The zone whose application of the service fails
+    #[arg(long)]
+    pub zone: String,
+    /// The status it answers (400-599)
+    #[arg(long, default_value_t = 503, value_parser = clap::value_parser!(u16).range(400..=599))]
+    pub status: u16,
+    /// Answer normally again
+    #[arg(long, conflicts_with = "status")]
+    pub heal: bool,
 }
 
 const APPLY_EXAMPLES: &str = "\

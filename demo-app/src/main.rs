@@ -2,17 +2,19 @@
 //! `GET /api` with its service, version and zone and, when it calls another service (through
 //! its sidecar's outbound, `--call`), that service's answer nested as `calls`; `GET /` is the
 //! same as a small page, and `GET /healthz` answers 200 while it runs. A failed downstream call is part of the answer (`error`, status 502),
-//! so the chain shows where a request stopped and why.
+//! so the chain shows where a request stopped and why. `PUT /fault/<status>` makes `/api` and
+//! `/` answer that status (a failing instance, for `straitctl demo fail`) until `DELETE /fault`.
 #![forbid(unsafe_code)]
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::State;
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{Html, IntoResponse, Json};
-use axum::routing::get;
+use axum::routing::{delete, get, put};
 use clap::Parser;
 use serde_json::{json, Value};
 
@@ -40,11 +42,17 @@ struct Flags {
 struct App {
     flags: Flags,
     client: reqwest::Client,
+    /// The status every answer has while a fault is set (0: none).
+    fault: AtomicU16,
 }
 
 /// This instance's answer, with the downstream answer (or error) nested.
 async fn answer(app: &App) -> (StatusCode, Value) {
     let mut me = json!({"service": app.flags.service, "version": app.flags.version, "zone": app.flags.zone});
+    if let Ok(status) = StatusCode::from_u16(app.fault.load(Ordering::Relaxed)) {
+        me["error"] = json!(format!("a fault set by `straitctl demo fail`: every answer is {status}"));
+        return (status, me);
+    }
     let Some(url) = &app.flags.call else { return (StatusCode::OK, me) };
     let called = app.client.get(format!("{url}/api")).send().await;
     match called {
@@ -72,6 +80,21 @@ async fn answer(app: &App) -> (StatusCode, Value) {
             (StatusCode::BAD_GATEWAY, me)
         }
     }
+}
+
+/// `PUT /fault/<status>`: every answer gets `status` (400-599) from now on.
+async fn set_fault(State(app): State<Arc<App>>, Path(status): Path<u16>) -> (StatusCode, String) {
+    if !(400..=599).contains(&status) {
+        return (StatusCode::BAD_REQUEST, format!("a fault status is 400-599, not {status}\n"));
+    }
+    app.fault.store(status, Ordering::Relaxed);
+    (StatusCode::OK, format!("{} {} answers {status} from now on\n", app.flags.service, app.flags.version))
+}
+
+/// `DELETE /fault`: answers are normal again.
+async fn clear_fault(State(app): State<Arc<App>>) -> String {
+    app.fault.store(0, Ordering::Relaxed);
+    format!("{} {} answers normally again\n", app.flags.service, app.flags.version)
 }
 
 async fn api(State(app): State<Arc<App>>) -> impl IntoResponse {
@@ -114,11 +137,13 @@ async fn main() {
             std::process::exit(1);
         }
     };
-    let app = Arc::new(App { flags, client });
+    let app = Arc::new(App { flags, client, fault: AtomicU16::new(0) });
     let router = axum::Router::new()
         .route("/", get(page))
         .route("/api", get(api))
         .route("/healthz", get(|| async { "ok\n" }))
+        .route("/fault/{status}", put(set_fault))
+        .route("/fault", delete(clear_fault))
         .with_state(app.clone());
     let listener = match tokio::net::TcpListener::bind(listen).await {
         Ok(l) => l,

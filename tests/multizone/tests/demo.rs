@@ -117,6 +117,49 @@ fn scenario(flags: &[&str], frontend: &str, mode: &str) {
     let traffic = ok(straitctl(&["demo", "traffic", "--dir", &dir_arg, "--seconds", "2", "--rate", "5"]), "demo traffic");
     assert!(traffic.lines().filter(|l| l.contains("backend v1@zone-1")).count() >= 2, "a line a second naming who answered:\n{traffic}");
 
+    // The suggested 50/50 split of backend across v1 (zone-1) and v2 (zone-2).
+    let run = |line: Vec<String>, what: &str| ok(straitctl(&line.iter().map(String::as_str).collect::<Vec<_>>()), what);
+    run(suggested(&up, "split-backend.yaml"), "the suggested split");
+    let backends = |n: usize| -> Result<(usize, usize), String> {
+        let mut counts = (0, 0);
+        for _ in 0..n {
+            match frontend()? {
+                (200, body) if chain(&body)[1] == "backend v1@zone-1" => counts.0 += 1,
+                (200, body) if chain(&body)[1] == "backend v2@zone-2" => counts.1 += 1,
+                other => return Err(format!("{other:?}")),
+            }
+        }
+        Ok(counts)
+    };
+    let (v1, v2) = wait_for("the split to send calls to both versions", DEADLINE, || match backends(40)? {
+        (v1, v2) if v1 >= 8 && v2 >= 8 => Ok((v1, v2)),
+        counts => Err(format!("{counts:?} of 40")),
+    });
+    println!("FIGURE demo-split-{mode} v1={v1} v2={v2} of 40");
+    let traffic = ok(straitctl(&["demo", "traffic", "--dir", &dir_arg, "--seconds", "2", "--rate", "10"]), "demo traffic");
+    assert!(traffic.contains("backend v1@zone-1") && traffic.contains("backend v2@zone-2"), "both versions answer:\n{traffic}");
+    run(suggested(&up, "delete meshhttproute split-backend"), "the suggested delete of the split");
+    wait_for("the calls to stay in zone-1 again", DEADLINE, || match backends(20)? {
+        (20, 0) => Ok(()),
+        counts => Err(format!("{counts:?} of 20")),
+    });
+
+    // The suggested outlier detection: backend v1 failing is ejected, and the calls go to v2
+    // (the frontend's retries hide the failures on the way); healed, v1 gets them back.
+    run(suggested(&up, "outlier-backend.yaml"), "the suggested outlier detection");
+    run(suggested(&up, "demo fail"), "demo fail");
+    wait_for("v1, failing, to be ejected and the calls to move to v2", DEADLINE, || match backends(10)? {
+        (0, 10) => Ok(()),
+        counts => Err(format!("{counts:?} of 10")),
+    });
+    let traffic = ok(straitctl(&["demo", "traffic", "--dir", &dir_arg, "--seconds", "2", "--rate", "10"]), "demo traffic");
+    assert!(traffic.contains("backend v2@zone-2") && !traffic.contains("backend v1@zone-1"), "v2 answers while v1 fails:\n{traffic}");
+    run(suggested(&up, "--heal"), "demo fail --heal");
+    wait_for("healed v1 to get the calls back once its ejection ends", DEADLINE, || match backends(5)? {
+        (5, 0) => Ok(()),
+        counts => Err(format!("{counts:?} of 5")),
+    });
+
     let killed = ok(straitctl(&["demo", "kill", "backend", "--zone", "zone-1", "--dir", &dir_arg]), "demo kill");
     assert!(killed.contains("backend-v1-sidecar") && killed.contains("backend-v1-app"), "{killed}");
     let kill = Instant::now();

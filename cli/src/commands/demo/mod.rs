@@ -5,8 +5,10 @@
 //! zone-1 calls `backend` (v1 in zone-1, v2 in zone-2), which calls `store` (zone-2 only). It
 //! builds the binaries first when they are missing and `straitctl` runs from the source tree.
 //! `traffic` shows who answers, second by second; `kill` stops a service's workloads in a
-//! zone, to watch failover; `status` lists the processes and their health; `down` stops them
-//! and removes the demo's directory.
+//! zone, to watch failover; `fail` makes a service's application in a zone answer errors, to
+//! watch outlier detection; `status` lists the processes and their health; `down` stops them
+//! and removes the demo's directory. `up` writes the policies it suggests trying (a
+//! permission, a 50/50 split across the zones, outlier detection) next to its data.
 //!
 //! In: the action and its flags. Out: processes, the demo's directory, and text on stdout.
 
@@ -53,6 +55,7 @@ pub async fn run(cmd: DemoCommand) -> anyhow::Result<()> {
         DemoCommand::Up(args) => up(&args).await,
         DemoCommand::Traffic(args) => traffic::run(&dir(&args.demo), args.rate, args.seconds).await,
         DemoCommand::Kill(args) => kill(&dir(&args.demo), &args.service, &args.zone),
+        DemoCommand::Fail(args) => fail(&dir(&args.demo), &args).await,
         DemoCommand::Status(args) => status(&dir(&args)).await,
         DemoCommand::Down(args) => down(&dir(&args)),
     }
@@ -424,6 +427,22 @@ fn print_next_steps(s: &Starter, plan: &Plan, dir: &Path, dir_flag: &str) {
         "type: MeshTrafficPermission\nname: deny-backend-to-store\nmesh: default\nspec:\n  targetRef: {kind: MeshService, name: store}\n  \
          from:\n    - targetRef: {kind: MeshService, name: backend}\n      default: {action: Deny}\n",
     );
+    let split = dir.join("split-backend.yaml");
+    let _ = std::fs::write(
+        &split,
+        "type: MeshHTTPRoute\nname: split-backend\nmesh: default\nspec:\n  targetRef: {kind: Mesh}\n  to:\n    \
+         - targetRef: {kind: MeshService, name: backend}\n      rules:\n        - default:\n            backendRefs:\n              \
+         - {kind: MeshService, name: backend, tags: {version: v1}, weight: 50}\n              \
+         - {kind: MeshService, name: backend, tags: {version: v2}, weight: 50}\n",
+    );
+    let outlier = dir.join("outlier-backend.yaml");
+    let _ = std::fs::write(
+        &outlier,
+        "type: MeshCircuitBreaker\nname: eject-failing-backend\nmesh: default\nspec:\n  targetRef: {kind: Mesh}\n  to:\n    \
+         - targetRef: {kind: MeshService, name: backend}\n      default:\n        outlierDetection:\n          \
+         baseEjectionTime: 10s\n          maxEjectionPercent: 50\n          detectors:\n            \
+         totalFailures: {consecutive: 2}\n",
+    );
     let secret = &s.admin;
     let front = plan.frontend();
     let lines = [
@@ -442,6 +461,16 @@ fn print_next_steps(s: &Starter, plan: &Plan, dir: &Path, dir_flag: &str) {
         "      backend may no longer call store: the frontend's answer shows the 403".into(),
         format!("  {ctl} delete meshtrafficpermission deny-backend-to-store --mesh default"),
         "      and it is allowed again".into(),
+        format!("  {ctl} apply -f {}", split.display()),
+        "      the frontend's calls split 50/50 between backend v1 (zone-1) and v2 (zone-2): watch `demo traffic`".into(),
+        format!("  {ctl} delete meshhttproute split-backend --mesh default"),
+        "      and they stay in zone-1 again".into(),
+        format!("  {ctl} apply -f {}", outlier.display()),
+        format!("  straitctl demo fail backend --zone zone-1{dir_flag}"),
+        "      backend v1 answers 503: after 2 failures in a row the frontend's sidecar ejects it for 10 s".into(),
+        "      and `demo traffic` shows the calls answered by v2 in zone-2, without failures (retries)".into(),
+        format!("  straitctl demo fail backend --zone zone-1 --heal{dir_flag}"),
+        "      v1 answers again and gets the calls back once its ejection ends".into(),
         format!("  straitctl demo kill backend --zone zone-1{dir_flag}"),
         "      `demo traffic` shows the frontend's calls moving to backend v2 in zone-2".into(),
         format!("  straitctl demo status{dir_flag}"),
@@ -475,6 +504,39 @@ async fn status(dir: &Path) -> anyhow::Result<()> {
                 "-"
             }
         );
+    }
+    Ok(())
+}
+
+/// `demo fail SERVICE --zone ZONE [--status N | --heal]`: the service's application there
+/// answers N (or normally again); its sidecar stays up, so only outlier detection moves the
+/// callers away.
+async fn fail(dir: &Path, args: &crate::cli::DemoFailArgs) -> anyhow::Result<()> {
+    let state = State::load(dir)?;
+    let (service, zone) = (args.service.as_str(), args.zone.as_str());
+    let apps: Vec<&Record> = state
+        .processes
+        .iter()
+        .filter(|r| r.binary == "strait-demo-app" && r.service.as_deref() == Some(service) && r.zone.as_deref() == Some(zone))
+        .collect();
+    if apps.is_empty() {
+        let services: Vec<String> =
+            state.processes.iter().filter_map(|r| Some(format!("{} in {}", r.service.as_deref()?, r.zone.as_deref()?))).collect();
+        bail!("no application of {service} in {zone}; the demo runs {}", services.join(", "));
+    }
+    let http = demo_client(dir, Duration::from_secs(5))?;
+    for app in apps {
+        let base = app.health.trim_end_matches("/healthz");
+        let request = if args.heal { http.delete(format!("{base}/fault")) } else { http.put(format!("{base}/fault/{}", args.status)) };
+        let response = request.send().await.with_context(|| format!("reaching {} at {base}", app.name))?;
+        let (status, text) = (response.status(), response.text().await.unwrap_or_default());
+        if !status.is_success() {
+            bail!("{} answered {status}: {}", app.name, text.trim());
+        }
+        say!("{}", text.trim());
+    }
+    if !args.heal {
+        say!("`straitctl demo traffic` shows its callers' outlier detection moving them to the other instances");
     }
     Ok(())
 }
