@@ -162,7 +162,12 @@ fn target_refs() -> Vec<(&'static str, Value)> {
             "CallerRef",
             json!({ "description": "The callers an inbound item applies to", "oneOf": [mesh.clone(), caller_subset, caller_service] }),
         ),
-        ("DestinationRef", json!({ "description": "The destinations an outbound item applies to", "oneOf": [mesh, service.clone()] })),
+        (
+            "DestinationRef",
+            json!({ "description": "The destinations an outbound item applies to", "oneOf": [mesh.clone(), service.clone()] }),
+        ),
+        // MeshTimeout's inbound timeouts apply to every caller of an inbound (`support::not_enforced`).
+        ("EveryCallerRef", json!({ "description": "Every caller of an inbound", "oneOf": [mesh] })),
         ("RouteDestinationRef", json!({ "description": "The service a route applies to", "oneOf": [service] })),
     ]
 }
@@ -193,9 +198,7 @@ fn property_rules() -> Vec<(&'static str, Value)> {
         // MeshTimeout.
         ("TimeoutConf.connectionTimeout", opt_ref("PositiveDuration")),
         // Not enforced yet (`support::not_enforced`): absent or null only.
-        ("HttpTimeouts.maxConnectionDuration", json!({ "type": "null" })),
-        ("HttpTimeouts.streamIdleTimeout", json!({ "type": "null" })),
-        ("HttpTimeouts.maxStreamDuration", json!({ "type": "null" })),
+        ("HttpTimeouts.maxConnectionDuration", opt_ref("PositiveDuration")),
         ("HttpTimeouts.requestHeadersTimeout", json!({ "type": "null" })),
         // MeshRetry.
         ("TcpRetry.maxConnectAttempt", json!({ "minimum": 1 })),
@@ -439,7 +442,9 @@ pub fn refine(doc: &mut Value) -> Vec<String> {
     }
     retarget(schemas, "RetryConf", "grpc", "RequestRetry", "GrpcRequestRetry", &mut missing);
     for (name, schema) in schemas.iter_mut() {
-        if name.starts_with("FromItem_") {
+        if name == "FromItem_TimeoutConf" {
+            replace_ref(schema, "TargetRef", "EveryCallerRef");
+        } else if name.starts_with("FromItem_") {
             replace_ref(schema, "TargetRef", "CallerRef");
         } else if name.starts_with("ToItem_") {
             replace_ref(schema, "TargetRef", "DestinationRef");
@@ -616,8 +621,8 @@ fn refine_put_bodies(doc: &mut Value, missing: &mut Vec<String>) {
             *target = schema_ref("TargetRef");
         }
         if let Some((from, to)) = kind.policy_sections() {
-            // Inbound timeouts and circuit breaking are not enforced yet (`support::not_enforced`).
-            let from = from && !matches!(kind, ResourceType::MeshTimeout | ResourceType::MeshCircuitBreaker);
+            // Inbound circuit breaking is not enforced yet (`support::not_enforced`).
+            let from = from && kind != ResourceType::MeshCircuitBreaker;
             let section = |name: &str| json!({ "required": [name], "properties": { name.to_string(): { "minItems": 1 } } });
             let rule = match (from, to) {
                 (true, true) => json!({ "anyOf": [section("from"), section("to")] }),

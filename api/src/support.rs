@@ -87,20 +87,17 @@ pub fn not_enforced(resource: &Resource) -> ValidationErrors {
             }
         }
         Spec::MeshTimeout(spec) => {
-            if !spec.from.is_empty() {
-                refuse("spec.from".into(), INBOUND_TIMEOUTS);
+            for (i, from) in spec.from.iter().enumerate() {
+                if from.target_ref.kind != crate::target_ref::TargetKind::Mesh {
+                    refuse(format!("spec.from[{i}].targetRef.kind"), INBOUND_TIMEOUTS);
+                }
+                if from.default.http.as_ref().is_some_and(|h| h.request_headers_timeout.is_some()) {
+                    refuse(format!("spec.from[{i}].default.http.requestHeadersTimeout"), REQUEST_HEADERS_TIMEOUT);
+                }
             }
             for (i, to) in spec.to.iter().enumerate() {
-                let Some(http) = &to.default.http else { continue };
-                for (name, set) in [
-                    ("streamIdleTimeout", http.stream_idle_timeout.is_some()),
-                    ("maxStreamDuration", http.max_stream_duration.is_some()),
-                    ("maxConnectionDuration", http.max_connection_duration.is_some()),
-                    ("requestHeadersTimeout", http.request_headers_timeout.is_some()),
-                ] {
-                    if set {
-                        refuse(format!("spec.to[{i}].default.http.{name}"), UNENFORCED_TIMEOUT);
-                    }
+                if to.default.http.as_ref().is_some_and(|h| h.request_headers_timeout.is_some()) {
+                    refuse(format!("spec.to[{i}].default.http.requestHeadersTimeout"), REQUEST_HEADERS_TIMEOUT);
                 }
             }
         }
@@ -109,12 +106,10 @@ pub fn not_enforced(resource: &Resource) -> ValidationErrors {
     ValidationErrors(errors)
 }
 
-/// Why a MeshTimeout's `from` section is refused.
-pub const INBOUND_TIMEOUTS: &str =
-    "inbound timeouts are not enforced by the sidecars yet; set timeouts on the callers' side, in `to` (connectionTimeout, idleTimeout, http.requestTimeout)";
-/// Why the other HTTP timeouts of a MeshTimeout are refused.
-pub const UNENFORCED_TIMEOUT: &str =
-    "is not enforced by the sidecars yet; the enforced timeouts are connectionTimeout, idleTimeout and http.requestTimeout";
+/// Why a MeshTimeout `from` item that selects some callers is refused.
+pub const INBOUND_TIMEOUTS: &str = "inbound timeouts apply to every caller of an inbound, as in Kuma: select callers with kind Mesh (set per-caller timeouts on the callers' side, in `to`)";
+/// Why `requestHeadersTimeout` is refused.
+pub const REQUEST_HEADERS_TIMEOUT: &str = "is not enforced by the sidecars: between sidecars requests travel over HTTP/2, whose headers arrive in one frame, and applications get 60 s to send HTTP/1.1 headers; leave it out";
 
 /// Policy types no sidecar enforces yet. The global refuses to store them (a write answers 405
 /// naming the type), so that no policy is accepted and then ignored.
@@ -175,7 +170,7 @@ mod tests {
         assert!(errors.0[0].message.contains("never apply"));
         let tagged_service = parse("type: MeshTimeout\nname: t\nmesh: default\nspec:\n  from:\n  - targetRef: {kind: MeshService, name: web, tags: {version: v1}}\n    default: {connectionTimeout: 1s}\n");
         let fields: Vec<String> = not_enforced(&tagged_service).0.into_iter().map(|e| e.field).collect();
-        assert_eq!(fields, ["spec.from[0].targetRef.tags", "spec.from"], "the caller tags, and inbound timeouts as a whole");
+        assert_eq!(fields, ["spec.from[0].targetRef.tags", "spec.from[0].targetRef.kind"], "the caller tags, and a caller other than every one");
         let by_service = parse("type: MeshTrafficPermission\nname: s\nmesh: default\nspec:\n  from:\n  - targetRef: {kind: MeshSubset, tags: {strait.io/service: web}}\n    default: {action: Deny}\n  - targetRef: {kind: Mesh}\n    default: {action: Allow}\n");
         assert!(not_enforced(&by_service).0.is_empty(), "the service tag alone is what a certificate proves");
     }

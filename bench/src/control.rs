@@ -88,6 +88,12 @@ impl ControlPlane {
         Ok(response.error_for_status()?.json().await?)
     }
 
+    /// `DELETE path` with the admin token.
+    pub async fn delete(&self, path: &str) -> Result<(), Error> {
+        self.http.delete(format!("{}{path}", self.base)).bearer_auth(&self.token).send().await?.error_for_status()?;
+        Ok(())
+    }
+
     /// A dataplane token for `service` in mesh `default`.
     pub async fn dataplane_token(&self, service: &str) -> Result<String, Error> {
         let url = format!("{}/meshes/default/dataplane-tokens?service={service}", self.base);

@@ -8,6 +8,7 @@
 pub mod control;
 pub mod load;
 pub mod procstat;
+pub mod rig;
 
 use std::time::Duration;
 

@@ -6,6 +6,7 @@
 
 mod common;
 
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use common::{admin, dataplane, eventually, free_port, get, http_app, metric, Mesh};
@@ -228,6 +229,89 @@ async fn mesh_timeout_cuts_slow_responses_with_a_504_or_a_reset_body() {
     .await;
     let (status, _) = get(&client, web_out, "/").await.expect("an answer");
     assert_eq!(status, 200);
+    for s in [web, backend] {
+        s.shutdown(Duration::from_secs(1)).await;
+    }
+}
+
+/// The rest of MeshTimeout: `streamIdleTimeout` (waiting for the headers counts; a body that
+/// stalls is cut), `maxStreamDuration`, `maxConnectionDuration` (the pooled connection between
+/// the sidecars is replaced) and, on the inbound (`from`), `requestTimeout` answered 504 by the
+/// server's sidecar.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mesh_timeout_stream_limits_connection_lifetime_and_inbound_timeouts() {
+    let mesh = Mesh::start().await;
+    let app = http_app("backend-1").await;
+    let (backend_in, web_out) = (free_port(), free_port());
+    let backend = mesh.sidecar("backend", "backend", &dataplane("backend-1", "backend", backend_in, app.port, "http", &[])).await;
+    let web = mesh.sidecar("web", "web", &dataplane("web-1", "web", free_port(), free_port(), "http", &[(web_out, "backend")])).await;
+    let client = reqwest::Client::new();
+    eventually("web -> backend", async || get(&client, web_out, "/").await.filter(|r| r.0 == 200)).await;
+    let to_backend = |http: serde_json::Value| {
+        json!({"type": "MeshTimeout", "name": "t", "mesh": "default",
+            "spec": {"targetRef": {"kind": "Mesh"}, "to": [{"targetRef": {"kind": "MeshService", "name": "backend"}, "default": {"http": http}}]}})
+    };
+    let applied = async |sidecar: &strait_dataplane::Sidecar, needle: &str| {
+        eventually(&format!("{needle} in the sidecar's configuration"), async || {
+            let config = sidecar.state.config.load();
+            serde_json::to_string(&config.as_ref()?.1).ok()?.contains(needle).then_some(())
+        })
+        .await
+    };
+
+    // streamIdleTimeout: no headers for 1 s is idle; a body that stalls for 1 s is cut; one
+    // whose frames come every 100 ms is not.
+    mesh.put("/meshes/default/meshtimeouts/t", to_backend(json!({"requestTimeout": "0s", "streamIdleTimeout": "300ms"}))).await;
+    applied(&web, "\"streamIdleTimeout\":\"300ms\"").await;
+    app.delay_ms.store(1000, Ordering::Relaxed);
+    let (status, body) = get(&client, web_out, "/").await.expect("an answer");
+    assert_eq!(status, 504, "{body}");
+    assert!(body.contains("stream idle timeout of 300ms (MeshTimeout http.streamIdleTimeout)"), "{body}");
+    let response = client.get(format!("http://127.0.0.1:{web_out}/stream")).send().await.expect("headers");
+    assert_eq!(response.status(), 200);
+    assert!(response.text().await.is_err(), "a body that stalls past the stream idle timeout is cut");
+    app.delay_ms.store(100, Ordering::Relaxed);
+    let response = client.get(format!("http://127.0.0.1:{web_out}/stream")).send().await.expect("headers");
+    assert_eq!(response.text().await.expect("a body that keeps moving"), "first rest");
+
+    // maxStreamDuration: the whole exchange, whatever the request timeout says.
+    mesh.put("/meshes/default/meshtimeouts/t", to_backend(json!({"requestTimeout": "10s", "maxStreamDuration": "400ms"}))).await;
+    applied(&web, "\"maxStreamDuration\":\"400ms\"").await;
+    app.delay_ms.store(1000, Ordering::Relaxed);
+    let (status, body) = get(&client, web_out, "/").await.expect("an answer");
+    assert_eq!(status, 504, "{body}");
+    assert!(body.contains("stream duration limit of 400ms (MeshTimeout http.maxStreamDuration)"), "{body}");
+    app.delay_ms.store(0, Ordering::Relaxed);
+
+    // maxConnectionDuration: the pooled connection to backend is replaced once 500 ms old;
+    // requests go on without a failure.
+    let opened = "strait_dp_outbound_tunnel_connections_total";
+    let before = metric(&web, opened).await;
+    for _ in 0..15 {
+        assert_eq!(get(&client, web_out, "/").await.expect("an answer").0, 200);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(metric(&web, opened).await - before <= 1.0, "without the limit, one pooled connection serves them all");
+    mesh.put("/meshes/default/meshtimeouts/t", to_backend(json!({"maxConnectionDuration": "500ms"}))).await;
+    applied(&web, "\"maxConnectionDuration\":\"500ms\"").await;
+    let before = metric(&web, opened).await;
+    for _ in 0..15 {
+        assert_eq!(get(&client, web_out, "/").await.expect("an answer").0, 200, "no request fails as connections are replaced");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let replaced = metric(&web, opened).await - before;
+    assert!(replaced >= 2.0, "1.5 s of requests over connections that live 500 ms: {replaced} opened");
+    mesh.delete("/meshes/default/meshtimeouts/t").await;
+
+    // Inbound: backend's sidecar answers 504 when its application is slower than its
+    // MeshTimeout `from` allows, whatever the callers' own timeouts.
+    mesh.put("/meshes/default/meshtimeouts/inbound", json!({"type": "MeshTimeout", "name": "inbound", "mesh": "default",
+        "spec": {"targetRef": {"kind": "MeshService", "name": "backend"}, "from": [{"targetRef": {"kind": "Mesh"}, "default": {"http": {"requestTimeout": "300ms"}}}]}})).await;
+    applied(&backend, "\"requestTimeout\":\"300ms\"").await;
+    app.delay_ms.store(1000, Ordering::Relaxed);
+    let (status, body) = get(&client, web_out, "/").await.expect("an answer");
+    assert_eq!(status, 504, "{body}");
+    assert!(body.contains("did not answer within the request timeout of 300ms (MeshTimeout http.requestTimeout), inbound"), "{body}");
     for s in [web, backend] {
         s.shutdown(Duration::from_secs(1)).await;
     }

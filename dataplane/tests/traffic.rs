@@ -83,6 +83,30 @@ async fn an_idle_tcp_connection_is_closed_at_the_idle_timeout() {
     let mut rest = Vec::new();
     let end = tokio::time::timeout(Duration::from_secs(5), idle.read_to_end(&mut rest)).await;
     assert!(end.is_ok(), "the idle connection was still open {:?} after its last byte", started.elapsed());
+
+    // The same limit on backend's inbound (MeshTimeout `from`) closes an idle tunnel there.
+    mesh.delete("/meshes/default/meshtimeouts/idle").await;
+    mesh.put("/meshes/default/meshtimeouts/idle-in", json!({"type": "MeshTimeout", "name": "idle-in", "mesh": "default",
+        "spec": {"targetRef": {"kind": "MeshService", "name": "backend"}, "from": [{"targetRef": {"kind": "Mesh"}, "default": {"idleTimeout": "1s"}}]}})).await;
+    eventually("the inbound idle timeout in backend's configuration", async || {
+        let config = backend.state.config.load();
+        let inbound = config.as_ref()?.1.inbounds.first()?.policies.timeout.first()?.conf.clone();
+        (inbound.idle_timeout.map(|d| d.get()) == Some(Duration::from_secs(1))).then_some(())
+    })
+    .await;
+    eventually("web's outbound idle timeout back to the default", async || {
+        let config = web.state.config.load();
+        let outbound = config.as_ref()?.1.outbounds.iter().find(|o| o.port == Some(web_out))?.policies.timeout.clone()?;
+        (outbound.idle_timeout.map(|d| d.get()) != Some(Duration::from_secs(1))).then_some(())
+    })
+    .await;
+    let mut idle = tokio::net::TcpStream::connect(("127.0.0.1", web_out)).await.unwrap();
+    idle.write_all(b"x").await.unwrap();
+    idle.read_exact(&mut byte).await.unwrap();
+    let started = std::time::Instant::now();
+    let mut rest = Vec::new();
+    let end = tokio::time::timeout(Duration::from_secs(5), idle.read_to_end(&mut rest)).await;
+    assert!(end.is_ok(), "the inbound idle timeout did not close the tunnel {:?} after its last byte", started.elapsed());
     web.shutdown(Duration::from_secs(1)).await;
     backend.shutdown(Duration::from_secs(1)).await;
 }

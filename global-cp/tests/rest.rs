@@ -557,22 +557,34 @@ async fn what_no_sidecar_enforces_is_refused() {
         assert_eq!(s.delete(&path).await.0, StatusCode::NOT_FOUND, "{path}: DELETE is still routed");
     }
     let refused = [
-        (json!({"from": [{"targetRef": {"kind": "Mesh"}, "default": {"idleTimeout": "5s"}}]}), "spec.from"),
         (
-            json!({"to": [{"targetRef": {"kind": "Mesh"}, "default": {"http": {"requestTimeout": "5s", "streamIdleTimeout": "5s"}}}]}),
-            "spec.to[0].default.http.streamIdleTimeout",
+            json!({"from": [{"targetRef": {"kind": "MeshService", "name": "web"}, "default": {"idleTimeout": "5s"}}]}),
+            "spec.from[0].targetRef.kind",
+            "every caller",
         ),
         (
-            json!({"to": [{"targetRef": {"kind": "Mesh"}, "default": {"http": {"maxStreamDuration": "5s"}}}]}),
-            "spec.to[0].default.http.maxStreamDuration",
+            json!({"to": [{"targetRef": {"kind": "Mesh"}, "default": {"http": {"requestTimeout": "5s", "requestHeadersTimeout": "5s"}}}]}),
+            "spec.to[0].default.http.requestHeadersTimeout",
+            "not enforced",
+        ),
+        (
+            json!({"from": [{"targetRef": {"kind": "Mesh"}, "default": {"http": {"requestHeadersTimeout": "5s"}}}]}),
+            "spec.from[0].default.http.requestHeadersTimeout",
+            "not enforced",
         ),
     ];
-    for (spec, field) in refused {
+    for (spec, field, why) in refused {
         let (status, _, body) = s.put("/meshes/default/meshtimeouts/t", &json!({"type": "MeshTimeout", "spec": spec})).await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
         assert_eq!(body["details"][0]["field"], field, "{body}");
-        assert!(body["details"][0]["message"].as_str().unwrap().contains("not enforced"), "{body}");
+        assert!(body["details"][0]["message"].as_str().unwrap().contains(why), "{body}");
     }
+    let every_timeout = json!({"type": "MeshTimeout", "spec": {
+        "from": [{"targetRef": {"kind": "Mesh"}, "default": {"connectionTimeout": "1s", "idleTimeout": "5s",
+            "http": {"requestTimeout": "5s", "streamIdleTimeout": "5s", "maxStreamDuration": "5s", "maxConnectionDuration": "1h"}}}],
+        "to": [{"targetRef": {"kind": "Mesh"}, "default": {"http": {"streamIdleTimeout": "5s", "maxStreamDuration": "5s", "maxConnectionDuration": "1h"}}}]}});
+    let (status, _, body) = s.put("/meshes/default/meshtimeouts/every", &every_timeout).await;
+    assert_eq!(status, StatusCode::CREATED, "every timeout but requestHeadersTimeout is enforced, in and out: {body}");
     let threshold = json!({"type": "MeshLoadBalancingStrategy", "spec": {"to": [{"targetRef": {"kind": "Mesh"},
         "default": {"localityAwareness": {"crossZone": {"failoverThreshold": 50, "failover": [{"to": {"type": "Any"}}]}}}}]}});
     let (status, _, body) = s.put("/meshes/default/meshloadbalancingstrategies/l", &threshold).await;

@@ -10,13 +10,17 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Child;
+use std::time::Duration;
 
 use clap::Parser;
 use strait_bench::control::{ControlPlane, Error};
-use strait_bench::load::{closed_loop, constant_rate, probe, Outcome};
-use strait_bench::procstat::{children, cpu_seconds, rss_bytes};
+use strait_bench::load::closed_loop;
+use strait_bench::procstat::children;
+use strait_bench::rig::{
+    file_server, free_port, nginx, sidecar_binary, start_sidecar, wait_http, wait_ready, Children, Measured, Plan, Proxy, SidecarSpec,
+    Target,
+};
 use strait_bench::{ms, percentile};
 
 #[derive(Parser)]
@@ -43,95 +47,34 @@ struct Args {
 
 const PATH: &str = "/1k.bin";
 
-/// A proxy under test: its processes, for CPU and memory.
-struct Proxy {
-    name: &'static str,
-    pids: Vec<u32>,
-}
-
-impl Proxy {
-    fn cpu(&self) -> f64 {
-        self.pids.iter().map(|p| cpu_seconds(*p)).sum()
-    }
-    fn rss(&self) -> u64 {
-        self.pids.iter().map(|p| rss_bytes(*p)).sum()
-    }
-}
-
-/// A path from the load generator to nginx, and the proxies on it.
-struct Target {
-    name: &'static str,
-    addr: SocketAddr,
-    proxies: Vec<Proxy>,
-}
-
-struct Measured {
-    outcome: Outcome,
-    cpu: Vec<f64>,
-    peak_rss: Vec<u64>,
-}
-
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Error> {
     let args = Args::parse();
-    let bin_dir = std::env::current_exe()?.parent().map(Path::to_path_buf).ok_or("no directory for this binary")?;
-    let dp = bin_dir.join("strait-dp");
-    if !dp.exists() {
-        return Err(format!(
-            "{} is missing: build the binaries with the same profile as this benchmark first (`cargo build --profile dist --bins`)",
-            dp.display()
-        )
-        .into());
-    }
+    let dp = sidecar_binary()?;
     let cp = ControlPlane::start(1).await?;
     let work = cp.dir.path().to_path_buf();
-    let mut children_to_kill = Children(Vec::new());
+    let mut children_to_kill = Children::default();
 
     // The application: nginx serving a 1 KiB file.
-    let www = work.join("www");
-    std::fs::create_dir_all(&www)?;
-    std::fs::write(www.join("1k.bin"), vec![b's'; 1024])?;
-    let app_port = free_port()?;
-    let app = nginx(&work, "app", &format!("server {{ listen 127.0.0.1:{app_port}; location / {{ root {}; }} }}", www.display()))?;
+    let (app, app_port) = file_server(&work, PATH)?;
     let app_addr: SocketAddr = format!("127.0.0.1:{app_port}").parse()?;
-    wait_http("nginx serving the file", app_addr).await?;
     children_to_kill.0.push(app);
+    wait_http("nginx serving the file", app_addr, PATH).await?;
 
     // The Strait pair: web's sidecar (client side) and backend's sidecar (server side).
     let (backend_in, web_in, web_out) = (free_port()?, free_port()?, free_port()?);
-    let zone = &cp.zones[0];
-    let dps_ca = work.join("dps-ca.pem");
-    std::fs::write(&dps_ca, &zone.dps_ca_pem)?;
     let mut sidecars = Vec::new();
-    for (name, service, inbound, app, outbound) in
-        [("backend-1", "backend", backend_in, app_port, None), ("web-1", "web", web_in, free_port()?, Some(web_out))]
-    {
-        let outbound =
-            outbound.map(|p| format!("\n    outbound: [{{port: {p}, tags: {{strait.io/service: backend}}}}]")).unwrap_or_default();
-        let yaml = format!(
-            "type: Dataplane\nname: {name}\nmesh: default\nspec:\n  networking:\n    address: 127.0.0.1\n    inbound: [{{port: {inbound}, servicePort: {app}, tags: {{strait.io/service: {service}, strait.io/protocol: http}}}}]{outbound}\n"
-        );
-        std::fs::write(work.join(format!("{name}.yaml")), yaml)?;
-        std::fs::write(work.join(format!("{name}.token")), cp.dataplane_token(service).await?)?;
-        let admin = format!("127.0.0.1:{}", free_port()?);
-        let child = Command::new(&dp)
-            .args(["run", "--cp-address", &format!("https://{}", zone.dps_addr), "--cp-ca-file"])
-            .arg(&dps_ca)
-            .arg("--dataplane-file")
-            .arg(work.join(format!("{name}.yaml")))
-            .arg("--dataplane-token-file")
-            .arg(work.join(format!("{name}.token")))
-            .args(["--admin-address", &admin, "--log-level", "warn", "--concurrency", &args.sidecar_concurrency.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()?;
-        sidecars.push((child, admin));
+    for spec in [
+        SidecarSpec { name: "backend-1", service: "backend", inbound: backend_in, app: app_port, tags: "", outbound: None },
+        SidecarSpec { name: "web-1", service: "web", inbound: web_in, app: free_port()?, tags: "", outbound: Some((web_out, "backend")) },
+    ] {
+        sidecars.push(start_sidecar(&dp, &cp, &work, &spec, args.sidecar_concurrency).await?);
     }
     for (_, admin) in &sidecars {
         wait_ready(&cp.http, admin).await?;
     }
     let strait_addr: SocketAddr = format!("127.0.0.1:{web_out}").parse()?;
-    wait_http("the strait sidecar pair", strait_addr).await?;
+    wait_http("the strait sidecar pair", strait_addr, PATH).await?;
     let strait_pids: Vec<u32> = sidecars.iter().map(|(c, _)| c.id()).collect();
     children_to_kill.0.extend(sidecars.into_iter().map(|(c, _)| c));
 
@@ -162,7 +105,7 @@ async fn main() -> Result<(), Error> {
         ),
     )?;
     let nginx_addr: SocketAddr = format!("127.0.0.1:{a_port}").parse()?;
-    if let Err(e) = wait_http("the nginx pair", nginx_addr).await {
+    if let Err(e) = wait_http("the nginx pair", nginx_addr, PATH).await {
         for name in ["proxy-a", "proxy-b"] {
             let log = std::fs::read_to_string(work.join(name).join("logs/error.log")).unwrap_or_default();
             eprintln!("{name} error.log:\n{log}");
@@ -194,36 +137,10 @@ async fn main() -> Result<(), Error> {
     children_to_kill.0.push(proxy_b);
 
     // Warm up every path (pools, TLS sessions), then take idle memory.
-    for t in &targets {
-        constant_rate(t.addr, PATH, args.rate, Duration::from_secs(2), args.connections).await?;
-    }
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    let plan = Plan { path: PATH, rate: args.rate, seconds: args.seconds, rounds: args.rounds, connections: args.connections };
+    plan.warm_up(&targets).await?;
     let idle: Vec<Vec<u64>> = targets.iter().map(|t| t.proxies.iter().map(Proxy::rss).collect()).collect();
-
-    let mut results: Vec<Measured> = targets
-        .iter()
-        .map(|t| Measured { outcome: Outcome::default(), cpu: vec![0.0; t.proxies.len()], peak_rss: vec![0; t.proxies.len()] })
-        .collect();
-    for round in 0..args.rounds {
-        for (t, m) in targets.iter().zip(results.iter_mut()) {
-            let cpu_before: Vec<f64> = t.proxies.iter().map(Proxy::cpu).collect();
-            let sampler = rss_sampler(t.proxies.iter().map(|p| p.pids.clone()).collect());
-            let outcome = constant_rate(t.addr, PATH, args.rate, Duration::from_secs(args.seconds), args.connections).await?;
-            let peaks = sampler.stop();
-            for (i, p) in t.proxies.iter().enumerate() {
-                m.cpu[i] += p.cpu() - cpu_before[i];
-                m.peak_rss[i] = m.peak_rss[i].max(peaks[i]);
-            }
-            eprintln!(
-                "round {}: {} p50 {} ({} errors)",
-                round + 1,
-                t.name,
-                ms(percentile(&mut outcome.latencies.clone(), 50.0)),
-                outcome.errors
-            );
-            m.outcome.merge(outcome);
-        }
-    }
+    let mut results = plan.measure(&targets).await?;
 
     let mut saturation = Vec::new();
     if args.saturation_seconds > 0 {
@@ -232,26 +149,13 @@ async fn main() -> Result<(), Error> {
             saturation.push(o.throughput());
         }
     }
-    report(&args, &targets, &mut results, &idle, &saturation);
+    report(&args, &plan, &targets, &mut results, &idle, &saturation);
     drop(children_to_kill);
     cp.stop().await;
     Ok(())
 }
 
-/// The processes this benchmark started, killed when it ends, also on an error.
-struct Children(Vec<Child>);
-
-impl Drop for Children {
-    fn drop(&mut self) {
-        for c in &mut self.0 {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-fn report(args: &Args, targets: &[Target], results: &mut [Measured], idle: &[Vec<u64>], saturation: &[f64]) {
-    let measured_secs = (args.seconds * args.rounds as u64) as f64;
+fn report(args: &Args, plan: &Plan, targets: &[Target], results: &mut [Measured], idle: &[Vec<u64>], saturation: &[f64]) {
     println!(
         "\nsidecar pair vs direct vs nginx pair: {} rps constant rate, 1 KiB HTTP/1.1 keep-alive ({} connections), {} rounds x {} s per path",
         args.rate, args.connections, args.rounds, args.seconds
@@ -276,7 +180,7 @@ fn report(args: &Args, targets: &[Target], results: &mut [Measured], idle: &[Vec
         strait.1.as_secs_f64() / nginx.1.as_secs_f64().max(1e-9)
     );
     println!("\n{:<22} {:<16} {:>18} {:>12} {:>14}", "path", "proxy", "vCPU per 1000 rps", "RSS idle", "RSS peak load");
-    let per_krps = |cpu: f64| cpu / measured_secs / (f64::from(args.rate) / 1000.0);
+    let per_krps = |cpu: f64| plan.per_krps(cpu);
     for ((t, m), idle) in targets.iter().zip(results.iter()).zip(idle) {
         for (i, p) in t.proxies.iter().enumerate() {
             println!(
@@ -310,62 +214,6 @@ fn report(args: &Args, targets: &[Target], results: &mut [Measured], idle: &[Vec
     println!("  RSS <= 16 MB under load: {:.1} MB ({})", rss_load as f64 / 1e6, verdict(rss_load <= 16_000_000));
 }
 
-/// Samples the summed RSS of each pid group every 100 ms until stopped; returns the peaks.
-struct RssSampler {
-    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    thread: std::thread::JoinHandle<Vec<u64>>,
-}
-
-fn rss_sampler(groups: Vec<Vec<u32>>) -> RssSampler {
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let flag = stop.clone();
-    let thread = std::thread::spawn(move || {
-        let mut peaks = vec![0u64; groups.len()];
-        while !flag.load(std::sync::atomic::Ordering::Relaxed) {
-            for (peak, pids) in peaks.iter_mut().zip(&groups) {
-                *peak = (*peak).max(pids.iter().map(|p| rss_bytes(*p)).sum());
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        peaks
-    });
-    RssSampler { stop, thread }
-}
-
-impl RssSampler {
-    fn stop(self) -> Vec<u64> {
-        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        self.thread.join().unwrap_or_default()
-    }
-}
-
-fn free_port() -> std::io::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
-/// Starts nginx (one worker, in the foreground) with `server` blocks in its own prefix.
-fn nginx(work: &Path, name: &str, servers: &str) -> Result<Child, Error> {
-    let prefix = work.join(name);
-    std::fs::create_dir_all(prefix.join("logs"))?;
-    let conf = format!(
-        "worker_processes 1; daemon off; user root; pid {p}/nginx.pid; error_log {p}/logs/error.log warn;\n\
-         events {{ worker_connections 4096; }}\n\
-         http {{ access_log off; keepalive_requests 100000000; keepalive_timeout 300s; sendfile on; tcp_nodelay on;\n{servers}\n}}\n",
-        p = prefix.display()
-    );
-    std::fs::write(prefix.join("nginx.conf"), conf)?;
-    let child = Command::new("nginx")
-        .arg("-p")
-        .arg(&prefix)
-        .arg("-c")
-        .arg(prefix.join("nginx.conf"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .map_err(|e| format!("starting nginx (install it: apt-get install nginx): {e}"))?;
-    Ok(child)
-}
-
 /// A CA, a server certificate for `b.local` and a client certificate, in `<work>/tls`.
 fn certificates(work: &Path) -> Result<PathBuf, Error> {
     use rcgen::{BasicConstraints, CertificateParams, DistinguishedName, DnType, IsCa, KeyPair, KeyUsagePurpose};
@@ -393,32 +241,4 @@ fn certificates(work: &Path) -> Result<PathBuf, Error> {
         std::fs::write(dir.join(format!("{name}.key")), key.serialize_pem())?;
     }
     Ok(dir)
-}
-
-/// Polls `GET /1k.bin` on `addr` until it answers 200.
-async fn wait_http(what: &str, addr: SocketAddr) -> Result<(), Error> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if probe(addr, PATH).await {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            return Err(format!("{what} at {addr} did not answer {PATH} within 30 s").into());
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-/// Polls a sidecar's `/ready` until it answers 200.
-async fn wait_ready(http: &reqwest::Client, admin: &str) -> Result<(), Error> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if http.get(format!("http://{admin}/ready")).send().await.is_ok_and(|r| r.status().is_success()) {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            return Err(format!("the sidecar with admin {admin} was not ready within 30 s").into());
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }

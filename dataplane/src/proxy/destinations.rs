@@ -15,7 +15,6 @@ use std::time::Duration;
 use rustls::pki_types::ServerName;
 use strait_api::gateway_config::{instance_sni, sni};
 use strait_api::policies::circuit_breaker::CircuitBreakerConf;
-use strait_api::policies::timeout::TimeoutConf;
 use strait_api::proxy_config::{OutboundConfig, ProxyConfig};
 use strait_pki::Identity;
 
@@ -31,45 +30,8 @@ const DEFAULT_CONNECT_ATTEMPTS: u32 = 2;
 use super::locality::{Locality, MAX_CANDIDATES};
 use super::metrics::{Direction, PairMetrics, ProxyMetrics};
 
+pub use super::timeouts::Timeouts;
 pub use strait_api::proxy_config::Protocol;
-
-/// The timeouts of requests and connections to a destination, from its merged MeshTimeout.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Timeouts {
-    /// TCP connect plus TLS (and HTTP/2) handshake with a peer sidecar.
-    pub connect: Duration,
-    /// An HTTP request, from its arrival until its response is complete; `None`: no limit.
-    pub request: Option<Duration>,
-    /// A TCP connection in which no byte moved either way for this long is closed (MeshTimeout
-    /// `idleTimeout`, 1 h by default); `None`: no limit.
-    pub idle: Option<Duration>,
-}
-
-impl Timeouts {
-    /// Kuma's defaults: 5 s to connect, 15 s per request, 1 h idle.
-    pub const DEFAULT: Timeouts = Timeouts {
-        connect: Duration::from_secs(5),
-        request: Some(Duration::from_secs(15)),
-        idle: Some(strait_proxy_core::copy::DEFAULT_IDLE_TIMEOUT),
-    };
-
-    /// The timeouts a merged MeshTimeout conf sets, the defaults for what it leaves out; a
-    /// `requestTimeout` or `idleTimeout` of 0 disables that limit.
-    pub fn from_conf(conf: Option<&TimeoutConf>) -> Timeouts {
-        let Some(conf) = conf else { return Timeouts::DEFAULT };
-        let request = match conf.http.as_ref().and_then(|h| h.request_timeout) {
-            Some(d) if d.get().is_zero() => None,
-            Some(d) => Some(d.get()),
-            None => Timeouts::DEFAULT.request,
-        };
-        let idle = match conf.idle_timeout {
-            Some(d) if d.get().is_zero() => None,
-            Some(d) => Some(d.get()),
-            None => Timeouts::DEFAULT.idle,
-        };
-        Timeouts { connect: conf.connection_timeout.map_or(Timeouts::DEFAULT.connect, |d| d.get()), request, idle }
-    }
-}
 
 /// A service this sidecar reaches.
 #[derive(Debug)]
@@ -541,26 +503,5 @@ mod tests {
         assert!(!first.health.outlier_ejected(now_ms()), "a connect in between clears the count");
         backend.record(&first, Outcome::LocalOrigin);
         assert!(first.health.outlier_ejected(now_ms()), "two failed connects in a row eject it");
-    }
-
-    #[test]
-    fn timeouts_come_from_mesh_timeout_with_defaults() {
-        let secs = Duration::from_secs;
-        let cases = [
-            (None, Timeouts::DEFAULT),
-            (Some(json!({})), Timeouts::DEFAULT),
-            (Some(json!({"connectionTimeout": "2s"})), Timeouts { connect: secs(2), ..Timeouts::DEFAULT }),
-            (
-                Some(json!({"http": {"requestTimeout": "500ms"}})),
-                Timeouts { request: Some(Duration::from_millis(500)), ..Timeouts::DEFAULT },
-            ),
-            (Some(json!({"http": {"requestTimeout": "0s"}})), Timeouts { request: None, ..Timeouts::DEFAULT }),
-            (Some(json!({"idleTimeout": "30s"})), Timeouts { idle: Some(secs(30)), ..Timeouts::DEFAULT }),
-            (Some(json!({"idleTimeout": "0s"})), Timeouts { idle: None, ..Timeouts::DEFAULT }),
-        ];
-        for (conf, expected) in cases {
-            let conf: Option<TimeoutConf> = conf.map(|c| serde_json::from_value(c).unwrap());
-            assert_eq!(Timeouts::from_conf(conf.as_ref()), expected, "{conf:?}");
-        }
     }
 }

@@ -36,6 +36,13 @@ pub fn handler(config: &Inbound, path: &Arc<DataPath>) -> (Arc<Handler>, tracing
     // HTTP/1.1 callers over a TCP tunnel get a 403 that says why; TCP callers see the
     // connection closed. HTTP/2 sessions between sidecars are authorised per request.
     inbound_config.deny_with_http_403 = protocol == Protocol::Http;
+    // MeshTimeout `from`: each tunnel connects to the application and idles within the limits
+    // in force when it is accepted.
+    let state = path.state.clone();
+    inbound_config.timeouts = Some(inbound::TunnelTimeouts(Arc::new(move || {
+        let timeouts = super::timeouts::of_inbound(&state, port);
+        (timeouts.connect, timeouts.idle)
+    })));
     if protocol.is_http() {
         inbound_config.h2 = Some(super::http::inbound::handler(path.clone(), port, service, forward_to, protocol));
     }

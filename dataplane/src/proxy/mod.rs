@@ -51,6 +51,7 @@ pub mod locality;
 pub mod metrics;
 pub mod outbound;
 pub mod redirected;
+pub mod timeouts;
 
 use std::sync::Arc;
 use std::time::UNIX_EPOCH;
@@ -90,6 +91,14 @@ pub fn check(config: &ProxyConfig) -> Result<(), String> {
                 "inbound {}: a {policy} rule selects callers by {matches:?}; {}",
                 inbound.port,
                 strait_api::support::CALLER_TAGS
+            ));
+        }
+        if let Some(rule) = inbound.policies.timeout.iter().find(|r| !r.matches.is_empty()) {
+            return Err(format!(
+                "inbound {}: a MeshTimeout rule selects callers by {:?}; {}",
+                inbound.port,
+                rule.matches,
+                strait_api::support::INBOUND_TIMEOUTS
             ));
         }
     }

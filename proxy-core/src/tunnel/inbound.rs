@@ -45,6 +45,19 @@ pub struct InboundConfig {
     /// is then the handler's, per request, so that a permission change applies to pooled
     /// connections too. Without it every session is a TCP tunnel.
     pub h2: Option<H2Handler>,
+    /// The connect and idle timeouts of each new tunnel, read when it is authorised (they may
+    /// change with the configuration); without it, `connect_timeout` and `copy.idle_timeout`.
+    pub timeouts: Option<TunnelTimeouts>,
+}
+
+/// Gives the current (connect timeout, idle timeout) of a new tunnel.
+#[derive(Clone)]
+pub struct TunnelTimeouts(pub Arc<dyn Fn() -> (Duration, Option<Duration>) + Send + Sync>);
+
+impl std::fmt::Debug for TunnelTimeouts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TunnelTimeouts")
+    }
 }
 
 /// Serves one inbound HTTP/2 session, given the TLS stream and the peer's verified identity.
@@ -70,6 +83,7 @@ impl InboundConfig {
             copy: CopyOptions::default(),
             deny_with_http_403: false,
             h2: None,
+            timeouts: None,
         }
     }
 }
@@ -223,7 +237,16 @@ impl<A: Fn(&Identity) -> bool> Handler<A> {
             let _ = tokio::time::timeout(Duration::from_secs(1), tls.shutdown()).await;
             return;
         }
-        let app = match tokio::time::timeout(self.config.connect_timeout, TcpStream::connect(self.config.forward_to)).await {
+        let mut copy = self.config.copy.clone();
+        let connect_timeout = match &self.config.timeouts {
+            Some(TunnelTimeouts(current)) => {
+                let (connect, idle) = current();
+                copy.idle_timeout = idle;
+                connect
+            }
+            None => self.config.connect_timeout,
+        };
+        let app = match tokio::time::timeout(connect_timeout, TcpStream::connect(self.config.forward_to)).await {
             Ok(Ok(app)) => app,
             Ok(Err(error)) => {
                 tracing::warn!(%error, app = %self.config.forward_to, "cannot connect to the application");
@@ -236,7 +259,7 @@ impl<A: Fn(&Identity) -> bool> Handler<A> {
         };
         let _ = app.set_nodelay(true);
         let mut app = app;
-        let (copied, error) = match copy_bidirectional(&mut tls, &mut app, &self.config.copy).await {
+        let (copied, error) = match copy_bidirectional(&mut tls, &mut app, &copy).await {
             Ok(copied) => (copied, None),
             Err(error) => (error.copied(), Some(error)),
         };

@@ -37,6 +37,7 @@ use crate::proxy::authorization::SessionDecision;
 use crate::proxy::data_path::DataPath;
 use crate::proxy::destinations::Protocol;
 use crate::proxy::metrics::{Direction, PairMetrics};
+use crate::proxy::timeouts::of_inbound;
 
 /// One inbound port that serves HTTP.
 pub struct Inbound {
@@ -58,7 +59,7 @@ pub fn handler(path: Arc<DataPath>, port: u16, service: String, app: SocketAddr,
         builder.http2_only(true);
         Version::HTTP_2
     };
-    let client = builder.build(AppConnector(app));
+    let client = builder.build(AppConnector { app, path: path.clone(), port });
     let inbound = Arc::new(Inbound { path, port, service, app, version, client });
     H2Handler(Arc::new(move |tls, peer| Box::pin(inbound.clone().serve(tls, peer))))
 }
@@ -68,6 +69,7 @@ impl Inbound {
         let caller = peer.path().trim_start_matches('/').to_string();
         let metrics = self.path.metrics.pair(Direction::Inbound, &caller, &self.service);
         let watcher = self.path.drain.clone();
+        let lifetime = of_inbound(&self.path.state, self.port).max_connection;
         let session = Arc::new(Session { inbound: self, peer, metrics, decision: SessionDecision::default() });
         // Runs in the connection's span (the tunnel's accept loop made it, with the peer): so
         // do the streams hyper spawns, through `InSpan`.
@@ -86,7 +88,7 @@ impl Inbound {
             async move { Ok::<_, Infallible>(session.handle(request).await) }.instrument(span)
         });
         let connection = builder.serve_connection(TokioIo::new(tls), service);
-        serve_until_drained(connection, |c| c.graceful_shutdown(), &watcher, "inbound HTTP/2 session").await;
+        serve_until_drained(connection, |c| c.graceful_shutdown(), &watcher, lifetime, "inbound HTTP/2 session").await;
     }
 }
 
@@ -119,16 +121,41 @@ impl Session {
 
     async fn to_application(&self, request: Request<Incoming>) -> Response<Body> {
         let inbound = &self.inbound;
+        // MeshTimeout `from`: the application answers within the inbound's limits.
+        let timeouts = of_inbound(&inbound.path.state, inbound.port);
+        let started = tokio::time::Instant::now();
         let (mut parts, body) = request.into_parts();
         absolute(&mut parts.uri, || Authority::try_from(inbound.service.as_str()).ok());
         strip_hop_by_hop(&mut parts.headers);
         parts.version = inbound.version;
-        let request = Request::from_parts(parts, Counted::new(body, self.metrics.request_bytes.clone()));
-        match inbound.client.request(request).await {
+        let request = Request::from_parts(parts, Counted::new(body, self.metrics.request_bytes.clone()).with_idle(timeouts.stream_idle));
+        let sent = inbound.client.request(request);
+        let answered = match timeouts.headers_limit() {
+            Some(limit) => match tokio::time::timeout_at(started + limit.after, sent).await {
+                Ok(answered) => answered,
+                Err(_) => {
+                    tracing::info!(app = %inbound.app, %limit, "the application did not answer in time");
+                    return local_response(
+                        StatusCode::GATEWAY_TIMEOUT,
+                        format!(
+                            "strait: the application of {} at {} did not answer within {limit}, inbound\n",
+                            inbound.service, inbound.app
+                        ),
+                    );
+                }
+            },
+            None => sent.await,
+        };
+        match answered {
             Ok(response) => {
                 let (mut parts, body) = response.into_parts();
                 strip_hop_by_hop(&mut parts.headers);
-                Response::from_parts(parts, Either::Left(Counted::new(body, self.metrics.response_bytes.clone())))
+                let body = Counted::new(body, self.metrics.response_bytes.clone()).with_idle(timeouts.stream_idle);
+                let body = match timeouts.deadline() {
+                    Some(limit) => body.with_deadline(started + limit.after, limit),
+                    None => body,
+                };
+                Response::from_parts(parts, Either::Left(body))
             }
             Err(error) => {
                 let reason = strait_runtime::telemetry::error_chain(&error);
@@ -142,9 +169,14 @@ impl Session {
     }
 }
 
-/// Connects to the application, whatever the request's URI says.
+/// Connects to the application, whatever the request's URI says, within the inbound's
+/// MeshTimeout `connectionTimeout` (5 s by default).
 #[derive(Clone)]
-pub struct AppConnector(SocketAddr);
+pub struct AppConnector {
+    app: SocketAddr,
+    path: Arc<DataPath>,
+    port: u16,
+}
 
 impl tower::Service<Uri> for AppConnector {
     type Response = TokioIo<TcpStream>;
@@ -156,9 +188,10 @@ impl tower::Service<Uri> for AppConnector {
     }
 
     fn call(&mut self, _: Uri) -> Self::Future {
-        let app = self.0;
+        let app = self.app;
+        let limit = of_inbound(&self.path.state, self.port).connect;
         Box::pin(async move {
-            let stream = tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(app))
+            let stream = tokio::time::timeout(limit, TcpStream::connect(app))
                 .await
                 .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connecting to the application timed out"))??;
             let _ = stream.set_nodelay(true);

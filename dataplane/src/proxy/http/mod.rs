@@ -40,14 +40,26 @@ where
     }
 }
 
-/// Serves an HTTP `connection` until it ends; when draining starts, `graceful` tells it to
-/// finish the requests in progress and take no more, and it is cut if the drain is forced.
-pub async fn serve_until_drained<C, E>(connection: C, graceful: impl FnOnce(Pin<&mut C>), watcher: &DrainWatcher, what: &str)
-where
+/// Serves an HTTP `connection` until it ends; when draining starts, or once it has lived
+/// `lifetime` (MeshTimeout `http.maxConnectionDuration`), `graceful` tells it to finish the
+/// requests in progress and take no more, and it is cut if the drain is forced.
+pub async fn serve_until_drained<C, E>(
+    connection: C,
+    graceful: impl FnOnce(Pin<&mut C>),
+    watcher: &DrainWatcher,
+    lifetime: Option<std::time::Duration>,
+    what: &str,
+) where
     C: Future<Output = Result<(), E>>,
     E: std::fmt::Display,
 {
     tokio::pin!(connection);
+    let expired = async {
+        match lifetime {
+            Some(lifetime) => tokio::time::sleep(lifetime).await,
+            None => std::future::pending().await,
+        }
+    };
     tokio::select! {
         served = connection.as_mut() => {
             if let Err(error) = served {
@@ -56,6 +68,10 @@ where
             return;
         }
         () = watcher.signaled() => graceful(connection.as_mut()),
+        () = expired => {
+            tracing::debug!(?lifetime, "{what} reached its maximum duration: closing it once its requests are done");
+            graceful(connection.as_mut());
+        }
     }
     let _ = watcher.unless_forced(connection).await;
 }

@@ -90,7 +90,7 @@ pub async fn serve(app: TcpStream, service: Arc<str>, path: Arc<DataPath>) {
         async move { Ok::<_, Infallible>(forward(request, &ctx.0, &ctx.1, ctx.2).await) }.instrument(span)
     });
     let connection = builder.serve_connection(TokioIo::new(app), service);
-    serve_until_drained(connection, |c| c.graceful_shutdown(), &watcher, "application connection").await;
+    serve_until_drained(connection, |c| c.graceful_shutdown(), &watcher, None, "application connection").await;
 }
 
 /// Sends one request to `service` and answers with the peer's response or the reason there is none.
@@ -135,25 +135,26 @@ async fn forward(request: Request<Incoming>, service: &str, path: &DataPath, cli
         destination.metrics.record(response.status(), started.elapsed());
         return response;
     }
-    let sent = match destination.timeouts.request {
-        Some(timeout) => {
-            let deadline = tokio::time::Instant::now() + timeout;
-            match tokio::time::timeout_at(deadline, send(request, destination, key, path)).await {
-                Ok(sent) => sent.map(|(response, in_flight)| (response, in_flight, Some((deadline, timeout)))),
-                Err(_) => Err((
-                    StatusCode::GATEWAY_TIMEOUT,
-                    format!("no response within the request timeout of {timeout:?} (MeshTimeout http.requestTimeout)"),
-                    Cause::Timeout,
-                )),
-            }
-        }
-        None => send(request, destination, key, path).await.map(|(response, in_flight)| (response, in_flight, None)),
+    // MeshTimeout: the response headers within the deadline (or the stream idle limit), the
+    // whole exchange within the deadline, and no stream idle for longer than its limit.
+    let timeouts = destination.timeouts;
+    let now = tokio::time::Instant::now();
+    let request = match timeouts.stream_idle {
+        Some(idle) => request.map(|body| body.with_idle(Some(idle))),
+        None => request,
+    };
+    let sent = match timeouts.headers_limit() {
+        Some(limit) => match tokio::time::timeout_at(now + limit.after, send(request, destination, key, path)).await {
+            Ok(sent) => sent,
+            Err(_) => Err((StatusCode::GATEWAY_TIMEOUT, format!("no response within {limit}"), Cause::Timeout)),
+        },
+        None => send(request, destination, key, path).await,
     };
     let mut response = match sent {
-        Ok((response, in_flight, deadline)) => response.map(|body| {
-            let body = Counted::new(body, destination.metrics.response_bytes.clone()).holding(in_flight);
-            Either::Left(match deadline {
-                Some((at, timeout)) => body.with_deadline(at, timeout),
+        Ok((response, in_flight)) => response.map(|body| {
+            let body = Counted::new(body, destination.metrics.response_bytes.clone()).holding(in_flight).with_idle(timeouts.stream_idle);
+            Either::Left(match timeouts.deadline() {
+                Some(limit) => body.with_deadline(now + limit.after, limit),
                 None => body,
             })
         }),
@@ -251,6 +252,7 @@ async fn attempt(
             sni: &endpoint.sni,
             health: &endpoint.health,
             connect_timeout: destination.timeouts.connect,
+            max_age: destination.timeouts.max_connection,
             metrics: &path.metrics.outbound,
             drain: &path.drain,
             tasks: &path.tasks,

@@ -56,6 +56,7 @@ pub enum PoolError {
 struct Pooled {
     sender: SendRequest<Counted>,
     identity: Arc<TlsIdentity>,
+    opened: std::time::Instant,
 }
 
 /// The pooled connection of one endpoint.
@@ -91,6 +92,9 @@ pub struct Connector<'a, H> {
     pub health: &'a H,
     /// Longest TCP connect plus TLS handshake.
     pub connect_timeout: Duration,
+    /// A connection this old is replaced on next use (MeshTimeout `http.maxConnectionDuration`):
+    /// new requests open another, those on it finish there.
+    pub max_age: Option<Duration>,
     /// Outbound tunnel counters (connections opened, handshake errors).
     pub metrics: &'a TunnelMetrics,
     /// Connection tasks hold a watcher so that a drain waits for their last requests.
@@ -108,12 +112,12 @@ impl Slot {
         connector: &Connector<'_, H>,
     ) -> Result<SendRequest<Counted>, PoolError> {
         let identity = connector.identities.current();
-        if let Some(sender) = self.usable(&identity) {
+        if let Some(sender) = self.usable(&identity, connector.max_age) {
             return Ok(sender);
         }
         let _connecting = self.connecting.lock().await;
         // Someone else may have connected while we waited.
-        if let Some(sender) = self.usable(&identity) {
+        if let Some(sender) = self.usable(&identity, connector.max_age) {
             return Ok(sender);
         }
         let sender = self.connect(target, identity, connector).await?;
@@ -125,10 +129,11 @@ impl Slot {
         self.current.store(None);
     }
 
-    fn usable(&self, identity: &Arc<TlsIdentity>) -> Option<SendRequest<Counted>> {
+    fn usable(&self, identity: &Arc<TlsIdentity>, max_age: Option<Duration>) -> Option<SendRequest<Counted>> {
         let guard = self.current.load();
         let pooled = guard.as_ref()?;
-        (!pooled.sender.is_closed() && Arc::ptr_eq(&pooled.identity, identity)).then(|| pooled.sender.clone())
+        let young = max_age.is_none_or(|max| pooled.opened.elapsed() < max);
+        (young && !pooled.sender.is_closed() && Arc::ptr_eq(&pooled.identity, identity)).then(|| pooled.sender.clone())
     }
 
     async fn connect<H: ConnectOutcome>(
@@ -186,7 +191,7 @@ impl Slot {
             let _ = watcher.unless_forced(connection).await;
         });
         tracing::debug!(%target, peer = %c.expected, "opened a pooled HTTP/2 connection");
-        self.current.store(Some(Arc::new(Pooled { sender: sender.clone(), identity })));
+        self.current.store(Some(Arc::new(Pooled { sender: sender.clone(), identity, opened: std::time::Instant::now() })));
         Ok(sender)
     }
 }

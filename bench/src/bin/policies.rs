@@ -1,0 +1,244 @@
+//! The cost of a realistic policy set in the sidecar pair: a MeshHTTPRoute of 50 rules (49
+//! matching a header and a path prefix, the last splitting 90/10 between two versions),
+//! MeshRetry, MeshTimeout and MeshCircuitBreaker with outlier detection, against the bare pair
+//! (no policy but the permission) and the direct connection, measured in the same run at a
+//! constant rate of 1 KiB HTTP/1.1 responses from nginx. The requests match no header rule,
+//! so each goes through all 49 before the split: the worst case of the route table. Prints
+//! added latency (p50, p99) and CPU per 1,000 rps of each pair, and the policy pair's ratios
+//! to the bare pair (target: at most 1.10).
+//!
+//! `cargo build --profile dist --bins && target/dist/policies`
+//! (needs nginx; the sidecars are the `strait-dp` next to this binary, built the same way).
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use serde_json::{json, Value};
+use strait_bench::control::{ControlPlane, Error};
+use strait_bench::rig::{
+    file_server, free_port, sidecar_binary, start_sidecar, wait_http, wait_ready, Children, Plan, Proxy, SidecarSpec, Target,
+};
+use strait_bench::{ms, percentile};
+
+#[derive(Parser)]
+struct Args {
+    /// Requests per second of the constant-rate runs.
+    #[arg(long, default_value_t = 1000)]
+    rate: u32,
+    /// Seconds of each measured run (each path is measured `rounds` times, in turn).
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+    /// Rounds over the three paths, interleaved so that drift on a shared machine hits them alike.
+    #[arg(long, default_value_t = 4)]
+    rounds: usize,
+    /// Keep-alive connections of the load generator.
+    #[arg(long, default_value_t = 8)]
+    connections: usize,
+    /// Rules of the route table (the last one is the 90/10 split).
+    #[arg(long, default_value_t = 50)]
+    routes: usize,
+    /// Data-path threads of each sidecar (`strait-dp run --concurrency`).
+    #[arg(long, default_value_t = 1)]
+    sidecar_concurrency: u16,
+}
+
+const PATH: &str = "/1k.bin";
+
+/// The mesh's default resilience policies, removed so that the bare pair is bare.
+const DEFAULTS: [&str; 3] =
+    ["meshtimeouts/mesh-timeout-all-default", "meshretries/mesh-retry-all-default", "meshcircuitbreakers/mesh-circuit-breaker-all-default"];
+
+/// The policies of the policy pair: every one targets its client sidecar (`web-pol`) only.
+fn policy_set(routes: usize) -> Vec<(String, Value)> {
+    let top = json!({"kind": "MeshService", "name": "web-pol"});
+    let to = |default: Value| json!([{"targetRef": {"kind": "MeshService", "name": "backend-pol"}, "default": default}]);
+    let version = |v: &str, weight: u32| json!({"kind": "MeshService", "name": "backend-pol", "tags": {"version": v}, "weight": weight});
+    let mut rules: Vec<Value> = (0..routes.saturating_sub(1))
+        .map(|i| {
+            json!({
+                "matches": [{"path": {"type": "PathPrefix", "value": format!("/tenant-{i}")},
+                             "headers": [{"type": "Exact", "name": "x-tenant", "value": format!("tenant-{i}")}]}],
+                "default": {
+                    "filters": [{"type": "RequestHeaderModifier", "requestHeaderModifier": {"set": [{"name": "x-tenant-route", "value": format!("r{i}")}]}}],
+                    "backendRefs": [version("v2", 1)],
+                },
+            })
+        })
+        .collect();
+    rules.push(json!({"default": {"backendRefs": [version("v1", 90), version("v2", 10)]}}));
+    let mut policies = vec![(
+        "meshhttproutes/routes".to_string(),
+        json!({"type": "MeshHTTPRoute", "name": "routes", "mesh": "default", "spec": {"targetRef": top,
+            "to": [{"targetRef": {"kind": "MeshService", "name": "backend-pol"}, "rules": rules}]}}),
+    )];
+    for (path, kind, default) in [
+        (
+            "meshretries/retry",
+            "MeshRetry",
+            json!({"tcp": {"maxConnectAttempt": 3}, "http": {"numRetries": 2, "perTryTimeout": "2s", "retryOn": ["5xx", "GatewayError", "Reset", "ConnectFailure"], "backOff": {"baseInterval": "25ms", "maxInterval": "250ms"}}}),
+        ),
+        ("meshtimeouts/timeout", "MeshTimeout", json!({"connectionTimeout": "2s", "idleTimeout": "1h", "http": {"requestTimeout": "5s"}})),
+        (
+            "meshcircuitbreakers/breaker",
+            "MeshCircuitBreaker",
+            json!({"connectionLimits": {"maxRequests": 1024, "maxRetries": 3}, "outlierDetection": {"baseEjectionTime": "30s", "maxEjectionPercent": 50,
+                "detectors": {"totalFailures": {"consecutive": 5}, "gatewayFailures": {"consecutive": 5}, "localOriginFailures": {"consecutive": 5}}}}),
+        ),
+    ] {
+        let name = path.split('/').nth(1).unwrap_or_default();
+        policies.push((
+            path.to_string(),
+            json!({"type": kind, "name": name, "mesh": "default", "spec": {"targetRef": top, "to": to(default)}}),
+        ));
+    }
+    policies
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> Result<(), Error> {
+    let args = Args::parse();
+    let dp = sidecar_binary()?;
+    let cp = ControlPlane::start(1).await?;
+    let work = cp.dir.path().to_path_buf();
+    let mut children = Children::default();
+    for path in DEFAULTS {
+        cp.delete(&format!("/meshes/default/{path}")).await?;
+    }
+
+    let (app, app_port) = file_server(&work, PATH)?;
+    children.0.push(app);
+    let app_addr: SocketAddr = format!("127.0.0.1:{app_port}").parse()?;
+    wait_http("nginx serving the file", app_addr, PATH).await?;
+
+    let (bare_out, pol_out) = (free_port()?, free_port()?);
+    let specs = [
+        SidecarSpec { name: "backend-bare-1", service: "backend-bare", inbound: free_port()?, app: app_port, tags: "", outbound: None },
+        SidecarSpec {
+            name: "web-bare-1",
+            service: "web-bare",
+            inbound: free_port()?,
+            app: free_port()?,
+            tags: "",
+            outbound: Some((bare_out, "backend-bare")),
+        },
+        SidecarSpec {
+            name: "backend-pol-v1",
+            service: "backend-pol",
+            inbound: free_port()?,
+            app: app_port,
+            tags: "version: v1",
+            outbound: None,
+        },
+        SidecarSpec {
+            name: "backend-pol-v2",
+            service: "backend-pol",
+            inbound: free_port()?,
+            app: app_port,
+            tags: "version: v2",
+            outbound: None,
+        },
+        SidecarSpec {
+            name: "web-pol-1",
+            service: "web-pol",
+            inbound: free_port()?,
+            app: free_port()?,
+            tags: "",
+            outbound: Some((pol_out, "backend-pol")),
+        },
+    ];
+    let mut pids = Vec::new();
+    let mut admins = Vec::new();
+    for spec in &specs {
+        let (child, admin) = start_sidecar(&dp, &cp, &work, spec, args.sidecar_concurrency).await?;
+        pids.push(child.id());
+        children.0.push(child);
+        admins.push(admin);
+    }
+    for admin in &admins {
+        wait_ready(&cp.http, admin).await?;
+    }
+    let policies = policy_set(args.routes);
+    for (path, body) in &policies {
+        cp.put(&format!("/meshes/default/{path}"), body).await?;
+    }
+    // Applied once web-pol's configuration holds the last header rule and every policy type.
+    let last = format!("tenant-{}", args.routes.saturating_sub(2));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let dump = cp.http.get(format!("http://{}/config_dump", admins[4])).send().await?.text().await?;
+        if ["MeshRetry", "MeshTimeout", "MeshCircuitBreaker", last.as_str()].iter().all(|n| dump.contains(n)) {
+            break;
+        }
+        if Instant::now() > deadline {
+            return Err("the policies did not reach web-pol's sidecar within 30 s".into());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (bare_addr, pol_addr): (SocketAddr, SocketAddr) =
+        (format!("127.0.0.1:{bare_out}").parse()?, format!("127.0.0.1:{pol_out}").parse()?);
+    wait_http("the bare pair", bare_addr, PATH).await?;
+    wait_http("the policy pair", pol_addr, PATH).await?;
+
+    let targets = [
+        Target { name: "direct", addr: app_addr, proxies: vec![] },
+        Target {
+            name: "bare pair",
+            addr: bare_addr,
+            proxies: vec![Proxy { name: "client sidecar", pids: vec![pids[1]] }, Proxy { name: "server sidecar", pids: vec![pids[0]] }],
+        },
+        Target {
+            name: "policy pair",
+            addr: pol_addr,
+            proxies: vec![
+                Proxy { name: "client sidecar", pids: vec![pids[4]] },
+                Proxy { name: "server sidecars", pids: vec![pids[2], pids[3]] },
+            ],
+        },
+    ];
+    let plan = Plan { path: PATH, rate: args.rate, seconds: args.seconds, rounds: args.rounds, connections: args.connections };
+    plan.warm_up(&targets).await?;
+    let mut results = plan.measure(&targets).await?;
+
+    println!(
+        "\nsidecar pair with {} routes, retries, timeouts, outlier detection and a 90/10 split vs the bare pair: {} rps, 1 KiB HTTP/1.1 keep-alive ({} connections), {} rounds x {} s per path",
+        args.routes, args.rate, args.connections, args.rounds, args.seconds
+    );
+    println!(
+        "{:<14} {:>9} {:>9} {:>11} {:>11} {:>7} {:>16} {:>16}",
+        "path", "p50", "p99", "added p50", "added p99", "errors", "client vCPU/krps", "server vCPU/krps"
+    );
+    let mut direct = (Duration::ZERO, Duration::ZERO);
+    let mut figures = Vec::new();
+    for (t, m) in targets.iter().zip(results.iter_mut()) {
+        let lat = &mut m.outcome.latencies;
+        let (p50, p99) = (percentile(lat, 50.0), percentile(lat, 99.0));
+        if t.proxies.is_empty() {
+            direct = (p50, p99);
+        }
+        let (a50, a99) = (p50.saturating_sub(direct.0), p99.saturating_sub(direct.1));
+        let cpu: Vec<f64> = m.cpu.iter().map(|c| plan.per_krps(*c)).collect();
+        let (client, server) = (cpu.first().copied().unwrap_or(0.0), cpu.get(1).copied().unwrap_or(0.0));
+        println!(
+            "{:<14} {:>9} {:>9} {:>11} {:>11} {:>7} {:>16.3} {:>16.3}",
+            t.name,
+            ms(p50),
+            ms(p99),
+            ms(a50),
+            ms(a99),
+            m.outcome.errors,
+            client,
+            server
+        );
+        figures.push((a50, a99, client + server));
+    }
+    let (bare, pol) = (figures[1], figures[2]);
+    let ratio = |a: f64, b: f64| a / b.max(1e-9);
+    let (r50, r99, rcpu) =
+        (ratio(pol.0.as_secs_f64(), bare.0.as_secs_f64()), ratio(pol.1.as_secs_f64(), bare.1.as_secs_f64()), ratio(pol.2, bare.2));
+    let verdict = |r: f64| if r <= 1.10 { "met" } else { "NOT met" };
+    println!("\npolicy pair / bare pair: added p50 {r50:.2}x ({}), added p99 {r99:.2}x ({}), CPU of both sides {rcpu:.2}x ({}); target <= 1.10x each", verdict(r50), verdict(r99), verdict(rcpu));
+    drop(children);
+    cp.stop().await;
+    Ok(())
+}

@@ -1,0 +1,294 @@
+//! What the sidecar benchmarks share: nginx as the application (and as the baseline proxy),
+//! `strait-dp` sidecars registered with the in-process control plane, readiness waits, and
+//! the processes' memory while a load runs.
+//!
+//! In: a work directory and the binaries next to the benchmark. Out: running processes
+//! ([`Children`], killed when dropped), their addresses, and samples of their memory.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::control::{ControlPlane, Error};
+use crate::load::probe;
+use crate::procstat::rss_bytes;
+
+/// The processes a benchmark started, killed when it ends, also on an error.
+#[derive(Default)]
+pub struct Children(pub Vec<Child>);
+
+impl Drop for Children {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// A free TCP port on 127.0.0.1.
+pub fn free_port() -> std::io::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// `strait-dp` next to the running benchmark, built with the same profile; an error that says
+/// how to build it when it is missing.
+pub fn sidecar_binary() -> Result<PathBuf, Error> {
+    let bin_dir = std::env::current_exe()?.parent().map(Path::to_path_buf).ok_or("no directory for this binary")?;
+    let dp = bin_dir.join("strait-dp");
+    if !dp.exists() {
+        return Err(format!(
+            "{} is missing: build the binaries with the same profile as this benchmark first (`cargo build --profile dist --bins`)",
+            dp.display()
+        )
+        .into());
+    }
+    Ok(dp)
+}
+
+/// Starts nginx (one worker, in the foreground) with `server` blocks in its own prefix.
+pub fn nginx(work: &Path, name: &str, servers: &str) -> Result<Child, Error> {
+    let prefix = work.join(name);
+    std::fs::create_dir_all(prefix.join("logs"))?;
+    let conf = format!(
+        "worker_processes 1; daemon off; user root; pid {p}/nginx.pid; error_log {p}/logs/error.log warn;\n\
+         events {{ worker_connections 4096; }}\n\
+         http {{ access_log off; keepalive_requests 100000000; keepalive_timeout 300s; sendfile on; tcp_nodelay on;\n{servers}\n}}\n",
+        p = prefix.display()
+    );
+    std::fs::write(prefix.join("nginx.conf"), conf)?;
+    let child = Command::new("nginx")
+        .arg("-p")
+        .arg(&prefix)
+        .arg("-c")
+        .arg(prefix.join("nginx.conf"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .map_err(|e| format!("starting nginx (install it: apt-get install nginx): {e}"))?;
+    Ok(child)
+}
+
+/// nginx serving a 1 KiB file at `path` (`/1k.bin`) on a free port: the application.
+pub fn file_server(work: &Path, path: &str) -> Result<(Child, u16), Error> {
+    let www = work.join("www");
+    std::fs::create_dir_all(&www)?;
+    std::fs::write(www.join(path.trim_start_matches('/')), vec![b's'; 1024])?;
+    let port = free_port()?;
+    let child = nginx(work, "app", &format!("server {{ listen 127.0.0.1:{port}; location / {{ root {}; }} }}", www.display()))?;
+    Ok((child, port))
+}
+
+/// One sidecar to start: a Dataplane of `service` with an HTTP inbound on `inbound`
+/// forwarding to `app`, extra inbound `tags` (such as `version: v1`) and an optional explicit
+/// outbound (`port`, `service`).
+pub struct SidecarSpec<'a> {
+    /// The Dataplane's name.
+    pub name: &'a str,
+    /// Its service.
+    pub service: &'a str,
+    /// Its inbound port.
+    pub inbound: u16,
+    /// Its application's port.
+    pub app: u16,
+    /// Extra inbound tags, as YAML flow entries (`version: v1`), or empty.
+    pub tags: &'a str,
+    /// An explicit outbound: its port and service.
+    pub outbound: Option<(u16, &'a str)>,
+}
+
+/// Starts `strait-dp run` for `spec` against zone 0 of `cp`, with `concurrency` data-path
+/// threads; returns the process and its admin address (not yet ready: see [`wait_ready`]).
+pub async fn start_sidecar(
+    dp: &Path,
+    cp: &ControlPlane,
+    work: &Path,
+    spec: &SidecarSpec<'_>,
+    concurrency: u16,
+) -> Result<(Child, String), Error> {
+    let zone = &cp.zones[0];
+    let dps_ca = work.join("dps-ca.pem");
+    std::fs::write(&dps_ca, &zone.dps_ca_pem)?;
+    let SidecarSpec { name, service, inbound, app, tags, outbound } = spec;
+    let tags = if tags.is_empty() { String::new() } else { format!(", {tags}") };
+    let outbound = outbound.map(|(p, s)| format!("\n    outbound: [{{port: {p}, tags: {{strait.io/service: {s}}}}}]")).unwrap_or_default();
+    let yaml = format!(
+        "type: Dataplane\nname: {name}\nmesh: default\nspec:\n  networking:\n    address: 127.0.0.1\n    inbound: [{{port: {inbound}, servicePort: {app}, tags: {{strait.io/service: {service}, strait.io/protocol: http{tags}}}}}]{outbound}\n"
+    );
+    std::fs::write(work.join(format!("{name}.yaml")), yaml)?;
+    std::fs::write(work.join(format!("{name}.token")), cp.dataplane_token(service).await?)?;
+    let admin = format!("127.0.0.1:{}", free_port()?);
+    let child = Command::new(dp)
+        .args(["run", "--cp-address", &format!("https://{}", zone.dps_addr), "--cp-ca-file"])
+        .arg(&dps_ca)
+        .arg("--dataplane-file")
+        .arg(work.join(format!("{name}.yaml")))
+        .arg("--dataplane-token-file")
+        .arg(work.join(format!("{name}.token")))
+        .args(["--admin-address", &admin, "--log-level", "warn", "--concurrency", &concurrency.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()?;
+    Ok((child, admin))
+}
+
+/// Polls `GET path` on `addr` until it answers 200.
+pub async fn wait_http(what: &str, addr: SocketAddr, path: &str) -> Result<(), Error> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if probe(addr, path).await {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(format!("{what} at {addr} did not answer {path} within 30 s").into());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Polls a sidecar's `/ready` until it answers 200.
+pub async fn wait_ready(http: &reqwest::Client, admin: &str) -> Result<(), Error> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if http.get(format!("http://{admin}/ready")).send().await.is_ok_and(|r| r.status().is_success()) {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(format!("the sidecar with admin {admin} was not ready within 30 s").into());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Samples the summed RSS of each pid group every 100 ms until stopped; returns the peaks.
+pub struct RssSampler {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<Vec<u64>>,
+}
+
+impl RssSampler {
+    /// Starts sampling `groups`.
+    pub fn start(groups: Vec<Vec<u32>>) -> RssSampler {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut peaks = vec![0u64; groups.len()];
+            while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                for (peak, pids) in peaks.iter_mut().zip(&groups) {
+                    *peak = (*peak).max(pids.iter().map(|p| rss_bytes(*p)).sum());
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            peaks
+        });
+        RssSampler { stop, thread }
+    }
+
+    /// Stops and returns each group's peak.
+    pub fn stop(self) -> Vec<u64> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread.join().unwrap_or_default()
+    }
+}
+
+/// A proxy under test: its processes, for CPU and memory.
+pub struct Proxy {
+    /// What it is (`client sidecar`).
+    pub name: &'static str,
+    /// Its processes.
+    pub pids: Vec<u32>,
+}
+
+impl Proxy {
+    /// CPU seconds its processes have used so far.
+    pub fn cpu(&self) -> f64 {
+        self.pids.iter().map(|p| crate::procstat::cpu_seconds(*p)).sum()
+    }
+
+    /// Its processes' resident memory now.
+    pub fn rss(&self) -> u64 {
+        self.pids.iter().map(|p| rss_bytes(*p)).sum()
+    }
+}
+
+/// A path from the load generator to the application, and the proxies on it.
+pub struct Target {
+    /// What it is (`direct`, `strait sidecar pair`).
+    pub name: &'static str,
+    /// Where the load generator sends its requests.
+    pub addr: SocketAddr,
+    /// The proxies on the path.
+    pub proxies: Vec<Proxy>,
+}
+
+/// What the constant-rate runs of one target measured.
+pub struct Measured {
+    /// Latencies and errors of every round.
+    pub outcome: crate::load::Outcome,
+    /// CPU seconds each proxy used during the runs.
+    pub cpu: Vec<f64>,
+    /// The peak memory of each proxy during the runs.
+    pub peak_rss: Vec<u64>,
+}
+
+/// How the targets are loaded.
+pub struct Plan<'a> {
+    /// The path requested.
+    pub path: &'a str,
+    /// Requests per second.
+    pub rate: u32,
+    /// Seconds of each run.
+    pub seconds: u64,
+    /// Runs of each target, interleaved so that drift on a shared machine hits them alike.
+    pub rounds: usize,
+    /// Keep-alive connections of the load generator.
+    pub connections: usize,
+}
+
+impl Plan<'_> {
+    /// Warms every target up (pools, TLS sessions) for 2 s each, and lets them settle.
+    pub async fn warm_up(&self, targets: &[Target]) -> std::io::Result<()> {
+        for t in targets {
+            crate::load::constant_rate(t.addr, self.path, self.rate, Duration::from_secs(2), self.connections).await?;
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        Ok(())
+    }
+
+    /// Runs every target `rounds` times in turn at the constant rate, measuring latency, the
+    /// proxies' CPU and their peak memory.
+    pub async fn measure(&self, targets: &[Target]) -> std::io::Result<Vec<Measured>> {
+        let mut results: Vec<Measured> = targets
+            .iter()
+            .map(|t| Measured { outcome: Default::default(), cpu: vec![0.0; t.proxies.len()], peak_rss: vec![0; t.proxies.len()] })
+            .collect();
+        for round in 0..self.rounds {
+            for (t, m) in targets.iter().zip(results.iter_mut()) {
+                let cpu_before: Vec<f64> = t.proxies.iter().map(Proxy::cpu).collect();
+                let sampler = RssSampler::start(t.proxies.iter().map(|p| p.pids.clone()).collect());
+                let outcome =
+                    crate::load::constant_rate(t.addr, self.path, self.rate, Duration::from_secs(self.seconds), self.connections).await?;
+                let peaks = sampler.stop();
+                for (i, p) in t.proxies.iter().enumerate() {
+                    m.cpu[i] += p.cpu() - cpu_before[i];
+                    m.peak_rss[i] = m.peak_rss[i].max(peaks[i]);
+                }
+                eprintln!(
+                    "round {}: {} p50 {} ({} errors)",
+                    round + 1,
+                    t.name,
+                    crate::ms(crate::percentile(&mut outcome.latencies.clone(), 50.0)),
+                    outcome.errors
+                );
+                m.outcome.merge(outcome);
+            }
+        }
+        Ok(results)
+    }
+
+    /// CPU seconds over the measured runs, as vCPU per 1,000 requests per second.
+    pub fn per_krps(&self, cpu: f64) -> f64 {
+        cpu / (self.seconds * self.rounds as u64) as f64 / (f64::from(self.rate) / 1000.0)
+    }
+}
