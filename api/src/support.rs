@@ -170,7 +170,11 @@ mod tests {
         assert!(errors.0[0].message.contains("never apply"));
         let tagged_service = parse("type: MeshTimeout\nname: t\nmesh: default\nspec:\n  from:\n  - targetRef: {kind: MeshService, name: web, tags: {version: v1}}\n    default: {connectionTimeout: 1s}\n");
         let fields: Vec<String> = not_enforced(&tagged_service).0.into_iter().map(|e| e.field).collect();
-        assert_eq!(fields, ["spec.from[0].targetRef.tags", "spec.from[0].targetRef.kind"], "the caller tags, and a caller other than every one");
+        assert_eq!(
+            fields,
+            ["spec.from[0].targetRef.tags", "spec.from[0].targetRef.kind"],
+            "the caller tags, and a caller other than every one"
+        );
         let by_service = parse("type: MeshTrafficPermission\nname: s\nmesh: default\nspec:\n  from:\n  - targetRef: {kind: MeshSubset, tags: {strait.io/service: web}}\n    default: {action: Deny}\n  - targetRef: {kind: Mesh}\n    default: {action: Allow}\n");
         assert!(not_enforced(&by_service).0.is_empty(), "the service tag alone is what a certificate proves");
     }

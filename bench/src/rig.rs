@@ -108,7 +108,8 @@ pub async fn start_sidecar(
     concurrency: u16,
 ) -> Result<(Child, String), Error> {
     let zone = &cp.zones[0];
-    let dps_ca = work.join("dps-ca.pem");
+    // One file per sidecar: rewriting a shared one could be read empty by a sidecar starting.
+    let dps_ca = work.join(format!("{}-dps-ca.pem", spec.name));
     std::fs::write(&dps_ca, &zone.dps_ca_pem)?;
     let SidecarSpec { name, service, inbound, app, tags, outbound } = spec;
     let tags = if tags.is_empty() { String::new() } else { format!(", {tags}") };
