@@ -212,12 +212,10 @@ fn property_rules() -> Vec<(&'static str, Value)> {
         ("RetryBudget.percent", percentage()),
         // gRPC retries are not enforced yet (`support::not_enforced`).
         ("RetryConf.grpc", json!({ "type": "null" })),
-        // MeshCircuitBreaker: not enforced yet (`support::not_enforced`).
-        ("ConnectionLimits.maxConnections", json!({ "type": "null" })),
-        ("ConnectionLimits.maxPendingRequests", json!({ "type": "null" })),
-        ("OutlierDetection.interval", json!({ "type": "null" })),
-        ("Detectors.failurePercentage", json!({ "type": "null" })),
         // MeshCircuitBreaker.
+        ("ConnectionLimits.maxConnections", json!({ "minimum": 1 })),
+        ("ConnectionLimits.maxPendingRequests", json!({ "minimum": 1 })),
+        ("OutlierDetection.interval", opt_ref("PositiveDuration")),
         ("ConnectionLimits.maxRequests", json!({ "minimum": 1 })),
         ("OutlierDetection.baseEjectionTime", opt_ref("PositiveDuration")),
         ("OutlierDetection.maxEjectionPercent", percentage()),

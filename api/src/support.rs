@@ -31,41 +31,11 @@ pub fn not_enforced(resource: &Resource) -> ValidationErrors {
                 }
             }
         }
-        Spec::MeshCircuitBreaker(spec) => {
-            if !spec.from.is_empty() {
-                refuse(
-                    "spec.from".into(),
-                    "inbound circuit breaking is not enforced by the sidecars yet; set it on the callers' side, in `to`",
-                );
-            }
-            for (i, to) in spec.to.iter().enumerate() {
-                if let Some(limits) = &to.default.connection_limits {
-                    for (name, set) in [
-                        ("maxConnections", limits.max_connections.is_some()),
-                        ("maxPendingRequests", limits.max_pending_requests.is_some()),
-                    ] {
-                        if set {
-                            refuse(
-                                format!("spec.to[{i}].default.connectionLimits.{name}"),
-                                "is not enforced by the sidecars yet; maxRequests and maxRetries are",
-                            );
-                        }
-                    }
-                }
-                let Some(od) = &to.default.outlier_detection else { continue };
-                if od.interval.is_some() {
-                    refuse(
-                        format!("spec.to[{i}].default.outlierDetection.interval"),
-                        "is not enforced by the sidecars yet: the consecutive-failure detectors act at once, without an interval",
-                    );
-                }
-                if od.detectors.as_ref().is_some_and(|d| d.failure_percentage.is_some()) {
-                    refuse(
-                        format!("spec.to[{i}].default.outlierDetection.detectors.failurePercentage"),
-                        "is not enforced by the sidecars yet; totalFailures, gatewayFailures and localOriginFailures are",
-                    );
-                }
-            }
+        Spec::MeshCircuitBreaker(spec) if !spec.from.is_empty() => {
+            refuse(
+                "spec.from".into(),
+                "inbound circuit breaking is not enforced by the sidecars yet; set it on the callers' side, in `to`",
+            );
         }
         Spec::MeshRetry(spec) => {
             for (i, to) in spec.to.iter().enumerate() {

@@ -201,7 +201,7 @@ async fn the_examples_apply_as_the_readme_says() {
     );
     let all = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/examples/all-types.yaml");
     let out = h.run(&["apply", "-f", all]).await.failed(1);
-    assert!(out.stderr.contains("is not enforced by the sidecars yet"), "{out:#?}");
+    assert!(out.stderr.contains("not enforced by the sidecars yet"), "{out:#?}");
     h.stop().await;
 }
 

@@ -113,6 +113,153 @@ async fn requests_beyond_max_requests_get_503_at_once() {
         assert!(body.contains("maxRequests"), "{body}");
         assert!(*elapsed < std::time::Duration::from_millis(400), "answered at once, not after the backend: {elapsed:?}");
     }
-    let overflows = "strait_dp_http_overflows_total{direction=\"outbound\",source=\"web\",destination=\"backend\"}";
+    let overflows = "strait_dp_overflows_total{direction=\"outbound\",source=\"web\",destination=\"backend\"}";
     assert_eq!(metric(&web, overflows).await, 4.0);
+}
+
+/// An HTTP application that answers `<name> ...` with 200, or 500 to every other request while
+/// `failing` is set.
+async fn half_failing_app(name: &'static str) -> (u16, std::sync::Arc<std::sync::atomic::AtomicBool>) {
+    let failing = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let count = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let state = (failing.clone(), count);
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let (failing, count) = state.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |_request: http::Request<hyper::body::Incoming>| {
+                    let fail = failing.load(Ordering::SeqCst) && count.fetch_add(1, Ordering::SeqCst) % 2 == 0;
+                    let body = http_body_util::Full::new(bytes::Bytes::from(format!("{name} answered")));
+                    let status = if fail { 500 } else { 200 };
+                    async move { Ok::<_, std::convert::Infallible>(http::Response::builder().status(status).body(body).unwrap()) }
+                });
+                let builder = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+                let _ = builder.serve_connection(hyper_util::rt::TokioIo::new(stream), service).await;
+            });
+        }
+    });
+    (port, failing)
+}
+
+/// MeshCircuitBreaker `failurePercentage`: every `interval`, an endpoint whose share of failed
+/// requests reaches the threshold (with enough requests, and enough endpoints judged) is
+/// ejected, though it never fails twice in a row.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endpoint_failing_half_its_requests_is_ejected_by_the_failure_percentage() {
+    let mesh = Mesh::start().await;
+    // Only this test's detector: no consecutive-failure defaults, no retries hiding failures.
+    mesh.delete("/meshes/default/meshcircuitbreakers/mesh-circuit-breaker-all-default").await;
+    mesh.delete("/meshes/default/meshretries/mesh-retry-all-default").await;
+    let ((p1, _), (p2, failing)) = (half_failing_app("b1").await, half_failing_app("b2").await);
+    let s1 = mesh.sidecar("backend-1", "backend", &dataplane("backend-1", "backend", free_port(), p1, "http", &[])).await;
+    let s2 = mesh.sidecar("backend-2", "backend", &dataplane("backend-2", "backend", free_port(), p2, "http", &[])).await;
+    let web_out = free_port();
+    let web = mesh.sidecar("web", "web", &dataplane("web-1", "web", free_port(), free_port(), "http", &[(web_out, "backend")])).await;
+    mesh.put("/meshes/default/meshcircuitbreakers/share", json!({"type": "MeshCircuitBreaker", "name": "share", "mesh": "default",
+        "spec": {"targetRef": {"kind": "Mesh"}, "to": [{"targetRef": {"kind": "MeshService", "name": "backend"}, "default": {"outlierDetection": {
+            "interval": "1s", "baseEjectionTime": "30s", "maxEjectionPercent": 50,
+            "detectors": {"failurePercentage": {"threshold": 30, "requestVolume": 10, "minimumHosts": 2}}}}}]}})).await;
+    let client = reqwest::Client::new();
+    eventually("the detector in web's configuration, and both endpoints answering", async || {
+        let config = web.state.config.load_full()?;
+        let backend = config.1.outbounds.iter().find(|o| o.service == "backend")?;
+        let detectors = backend.policies.circuit_breaker.clone()?.outlier_detection?.detectors?;
+        (detectors.failure_percentage.is_some() && detectors.total_failures.is_none() && backend.endpoints.len() == 2).then_some(())?;
+        get(&client, web_out, "/").await.filter(|r| r.0 == 200)
+    })
+    .await;
+    failing.store(true, Ordering::SeqCst);
+    let ejections = "strait_dp_outlier_ejections_total{direction=\"outbound\",source=\"web\",destination=\"backend\"}";
+    let mut failures = 0;
+    eventually("backend-2 to be ejected at the end of an interval", async || {
+        for _ in 0..20 {
+            if get(&client, web_out, "/").await?.0 != 200 {
+                failures += 1;
+            }
+        }
+        (metric(&web, ejections).await >= 1.0).then_some(())
+    })
+    .await;
+    println!("FIGURE failure percentage: {failures} failed requests before the ejection");
+    for _ in 0..30 {
+        let (status, body) = get(&client, web_out, "/").await.expect("an answer");
+        assert_eq!((status, body.as_str()), (200, "b1 answered"), "once ejected, backend-2 gets no requests");
+    }
+    for s in [web, s1, s2] {
+        s.shutdown(std::time::Duration::from_secs(1)).await;
+    }
+}
+
+/// MeshCircuitBreaker `maxConnections` (pooled HTTP/2 connections between the sidecars) and
+/// `maxPendingRequests` (requests waiting for a connection to be opened): beyond them, 503 at
+/// once with the reason, counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_and_pending_requests_beyond_their_limits_get_503_at_once() {
+    let mesh = Mesh::start().await;
+    let (b1, b2) = (http_app("b1").await, http_app("b2").await);
+    let s1 = mesh.sidecar("backend-1", "backend", &dataplane("backend-1", "backend", free_port(), b1.port, "http", &[])).await;
+    let s2 = mesh.sidecar("backend-2", "backend", &dataplane("backend-2", "backend", free_port(), b2.port, "http", &[])).await;
+    let web_out = free_port();
+    let limits = |limits: serde_json::Value| {
+        json!({"type": "MeshCircuitBreaker", "name": "limits", "mesh": "default",
+            "spec": {"targetRef": {"kind": "Mesh"}, "to": [{"targetRef": {"kind": "MeshService", "name": "backend"}, "default": {"connectionLimits": limits}}]}})
+    };
+    // Set before web's sidecar starts: no connection to either endpoint is open yet.
+    mesh.put("/meshes/default/meshcircuitbreakers/limits", limits(json!({"maxConnections": 1}))).await;
+    let web = mesh.sidecar("web", "web", &dataplane("web-1", "web", free_port(), free_port(), "http", &[(web_out, "backend")])).await;
+    eventually("the limit and both endpoints in web's configuration", async || {
+        let config = web.state.config.load_full()?;
+        let backend = config.1.outbounds.iter().find(|o| o.service == "backend")?;
+        let max = backend.policies.circuit_breaker.clone()?.connection_limits?.max_connections;
+        (max == Some(1) && backend.endpoints.len() == 2).then_some(())
+    })
+    .await;
+    let client = reqwest::Client::new();
+    let overflows = "strait_dp_overflows_total{direction=\"outbound\",source=\"web\",destination=\"backend\"}";
+    let (mut ok, mut refused) = (Vec::new(), Vec::new());
+    for _ in 0..30 {
+        let (status, body) = get(&client, web_out, "/").await.expect("an answer");
+        if status == 200 {
+            ok.push(body)
+        } else {
+            refused.push((status, body))
+        }
+    }
+    let served: std::collections::BTreeSet<&str> = ok.iter().map(|b| b.split(' ').next().unwrap_or_default()).collect();
+    assert_eq!(served.len(), 1, "one connection, so one endpoint serves: {served:?}");
+    assert!(!refused.is_empty(), "picks of the other endpoint would need a second connection");
+    for (status, body) in &refused {
+        assert_eq!(*status, 503, "{body}");
+        assert!(body.contains("maxConnections"), "{body}");
+    }
+    assert!(metric(&web, overflows).await >= refused.len() as f64);
+
+    // maxPendingRequests 1: of a burst of requests to a fresh connection, those that arrive
+    // while another waits for it to open are refused.
+    mesh.put("/meshes/default/meshcircuitbreakers/limits", limits(json!({"maxPendingRequests": 1}))).await;
+    let fresh_out = free_port();
+    let fresh = mesh.sidecar("web-2", "web", &dataplane("web-2", "web", free_port(), free_port(), "http", &[(fresh_out, "backend")])).await;
+    eventually("the pending limit in the new sidecar's configuration", async || {
+        let config = fresh.state.config.load_full()?;
+        let backend = config.1.outbounds.iter().find(|o| o.service == "backend")?;
+        let max = backend.policies.circuit_breaker.clone()?.connection_limits?.max_pending_requests;
+        (max == Some(1) && backend.endpoints.len() == 2).then_some(())
+    })
+    .await;
+    let burst: Vec<_> =
+        (0..40).map(|_| tokio::spawn(async move { get(&reqwest::Client::new(), fresh_out, "/").await.expect("an answer") })).collect();
+    let mut answers = Vec::new();
+    for call in burst {
+        answers.push(call.await.unwrap());
+    }
+    let pending: Vec<&(u16, String)> = answers.iter().filter(|(s, _)| *s == 503).collect();
+    println!("FIGURE a burst of 40 to fresh connections, maxPendingRequests 1: {} refused", pending.len());
+    assert!(answers.iter().any(|(s, _)| *s == 200), "the first request opens the connection");
+    assert!(!pending.is_empty(), "requests arriving while one waits for the connection are refused");
+    assert!(pending.iter().all(|(_, b)| b.contains("maxPendingRequests")), "{pending:?}");
+    for s in [web, fresh, s1, s2] {
+        s.shutdown(std::time::Duration::from_secs(1)).await;
+    }
 }

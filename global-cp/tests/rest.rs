@@ -589,11 +589,16 @@ async fn what_no_sidecar_enforces_is_refused() {
         "default": {"localityAwareness": {"crossZone": {"failoverThreshold": 50, "failover": [{"to": {"type": "Any"}}]}}}}]}});
     let (status, _, body) = s.put("/meshes/default/meshloadbalancingstrategies/l", &threshold).await;
     assert_eq!(status, StatusCode::CREATED, "failoverThreshold is enforced: {body}");
-    let limits = json!({"type": "MeshCircuitBreaker", "spec": {"to": [{"targetRef": {"kind": "Mesh"},
-        "default": {"connectionLimits": {"maxConnections": 10}, "outlierDetection": {"detectors": {"totalFailures": {"consecutive": 3}}}}}]}});
-    let (status, _, body) = s.put("/meshes/default/meshcircuitbreakers/cb", &limits).await;
+    let inbound = json!({"type": "MeshCircuitBreaker", "spec": {"from": [{"targetRef": {"kind": "Mesh"},
+        "default": {"connectionLimits": {"maxConnections": 10}}}]}});
+    let (status, _, body) = s.put("/meshes/default/meshcircuitbreakers/cb", &inbound).await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
-    assert_eq!(body["details"][0]["field"], "spec.to[0].default.connectionLimits.maxConnections", "{body}");
+    assert_eq!(body["details"][0]["field"], "spec.from", "{body}");
+    let limits = json!({"type": "MeshCircuitBreaker", "spec": {"to": [{"targetRef": {"kind": "Mesh"},
+        "default": {"connectionLimits": {"maxConnections": 10, "maxPendingRequests": 5}, "outlierDetection": {"interval": "5s",
+            "detectors": {"totalFailures": {"consecutive": 3}, "failurePercentage": {"threshold": 50}}}}}]}});
+    let (status, _, body) = s.put("/meshes/default/meshcircuitbreakers/cb", &limits).await;
+    assert_eq!(status, StatusCode::CREATED, "connection limits and the failure percentage are enforced: {body}");
     let (status, _, body) = s
         .put(
             "/meshes/default/meshretries/r",

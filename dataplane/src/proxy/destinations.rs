@@ -64,20 +64,32 @@ pub struct Destination {
     pub limits: Limits,
 }
 
-/// MeshCircuitBreaker `connectionLimits` of HTTP requests to a destination.
+/// MeshCircuitBreaker `connectionLimits` of a destination.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Limits {
     /// Requests in progress (`maxRequests`); more are answered 503 at once.
     pub max_requests: Option<usize>,
     /// Retries in progress (`maxRetries`).
     pub max_retries: Option<usize>,
+    /// Open connections (`maxConnections`): TCP tunnels, or pooled HTTP/2 connections (one per
+    /// endpoint in use); a request or connection that would open one more fails at once.
+    pub max_connections: Option<usize>,
+    /// HTTP requests waiting for a connection to be opened (`maxPendingRequests`); more are
+    /// answered 503 at once.
+    pub max_pending: Option<usize>,
 }
 
 impl Limits {
     /// The limits of a merged MeshCircuitBreaker conf.
     pub fn from_conf(conf: Option<&CircuitBreakerConf>) -> Limits {
         let Some(l) = conf.and_then(|c| c.connection_limits.as_ref()) else { return Limits::default() };
-        Limits { max_requests: l.max_requests.map(|n| n as usize), max_retries: l.max_retries.map(|n| n as usize) }
+        let limit = |n: Option<u32>| n.map(|n| n as usize);
+        Limits {
+            max_requests: limit(l.max_requests),
+            max_retries: limit(l.max_retries),
+            max_connections: limit(l.max_connections),
+            max_pending: limit(l.max_pending_requests),
+        }
     }
 }
 
@@ -86,14 +98,28 @@ const MAX_EJECTION: Duration = Duration::from_secs(300);
 
 /// Outlier detection (MeshCircuitBreaker `outlierDetection`): an endpoint with this many
 /// failures in a row (of any kind, gateway failures, or failures of local origin: connect
-/// errors, resets, timeouts) is ejected for the base time times its ejections so far, while at
-/// most `maxEjectionPercent` of the endpoints (at least one) are ejected; when every endpoint
-/// is ejected, picks use them anyway.
-#[derive(Debug, Clone, PartialEq)]
+/// errors, resets, timeouts) is ejected at once; every `interval`, an endpoint whose failed
+/// share of at least `requestVolume` requests reaches the `failurePercentage` threshold is
+/// ejected, when at least `minimumHosts` endpoints had that volume. An ejection lasts the base
+/// time times the endpoint's ejections so far, while at most `maxEjectionPercent` of the
+/// endpoints (at least one) are ejected; when every endpoint is ejected, picks use them anyway.
+#[derive(Debug)]
 pub struct OutlierPolicy {
     thresholds: [Option<u32>; 3],
     base: Duration,
     max_percent: u32,
+    percentage: Option<FailureShare>,
+    /// When the failure-percentage detector looks next (ms, [`now_ms`]).
+    next_look_ms: std::sync::atomic::AtomicU64,
+}
+
+/// The failure-percentage detector.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct FailureShare {
+    threshold: u32,
+    volume: u32,
+    minimum_hosts: usize,
+    interval: Duration,
 }
 
 impl OutlierPolicy {
@@ -104,10 +130,19 @@ impl OutlierPolicy {
             Some(d) => [&d.total_failures, &d.gateway_failures, &d.local_origin_failures].map(|c| c.as_ref().map(|c| c.consecutive)),
             None => [Some(5); 3],
         };
+        let interval = od.interval.map_or(Duration::from_secs(10), |d| d.get());
+        let percentage = od.detectors.as_ref().and_then(|d| d.failure_percentage.as_ref()).map(|f| FailureShare {
+            threshold: f.threshold,
+            volume: f.request_volume.unwrap_or(50),
+            minimum_hosts: f.minimum_hosts.unwrap_or(5) as usize,
+            interval,
+        });
         Some(OutlierPolicy {
             thresholds,
             base: od.base_ejection_time.map_or(Duration::from_secs(30), |d| d.get()),
             max_percent: od.max_ejection_percent.unwrap_or(10),
+            percentage,
+            next_look_ms: std::sync::atomic::AtomicU64::new(now_ms() + interval.as_millis() as u64),
         })
     }
 }
@@ -172,9 +207,36 @@ impl Destination {
     pub fn record(&self, endpoint: &Endpoint, outcome: Outcome) {
         let Some(policy) = &self.outlier else { return };
         let counts = endpoint.health.record(outcome);
-        if !counts.iter().zip(&policy.thresholds).any(|(n, limit)| limit.is_some_and(|limit| *n >= limit)) {
+        if counts.iter().zip(&policy.thresholds).any(|(n, limit)| limit.is_some_and(|limit| *n >= limit)) {
+            self.eject(endpoint, policy, &format!("consecutive failures (any, gateway, local origin) {counts:?}"));
+        }
+        let Some(share) = policy.percentage else { return };
+        let now = now_ms();
+        let due = policy.next_look_ms.load(std::sync::atomic::Ordering::Relaxed);
+        let next = now + share.interval.as_millis() as u64;
+        // One caller looks per interval: whoever moves the time of the next look.
+        if now < due
+            || policy
+                .next_look_ms
+                .compare_exchange(due, next, std::sync::atomic::Ordering::Relaxed, std::sync::atomic::Ordering::Relaxed)
+                .is_err()
+        {
             return;
         }
+        let counts: Vec<(&Arc<Endpoint>, (u32, u32))> = self.endpoints().map(|e| (e, e.health.take_interval())).collect();
+        let judged: Vec<&(&Arc<Endpoint>, (u32, u32))> = counts.iter().filter(|(_, (answered, _))| *answered >= share.volume).collect();
+        if judged.len() < share.minimum_hosts {
+            return;
+        }
+        for (e, (answered, failed)) in judged {
+            if u64::from(*failed) * 100 >= u64::from(share.threshold) * u64::from(*answered) {
+                self.eject(e, policy, &format!("{failed} of {answered} requests failed in the last {:?}", share.interval));
+            }
+        }
+    }
+
+    /// Ejects `endpoint` unless it is already, or `maxEjectionPercent` of the endpoints are.
+    fn eject(&self, endpoint: &Endpoint, policy: &OutlierPolicy, why: &str) {
         let now = now_ms();
         let total = self.local.len() + self.remote.len();
         let ejected = self.endpoints().filter(|e| e.health.outlier_ejected(now)).count();
@@ -183,7 +245,7 @@ impl Destination {
         }
         let time = endpoint.health.eject(policy.base, MAX_EJECTION);
         self.metrics.ejections.inc();
-        tracing::warn!(service = self.service, endpoint = %endpoint.address, ?time, failures = ?counts, "outlier detection ejected an endpoint");
+        tracing::warn!(service = self.service, endpoint = %endpoint.address, ?time, why, "outlier detection ejected an endpoint");
     }
 }
 

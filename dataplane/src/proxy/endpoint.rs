@@ -90,6 +90,9 @@ pub struct Health {
     /// Outlier ejections so far (the next one lasts this many times the base time, plus one).
     ejections: AtomicU32,
     outlier_until_ms: AtomicU64,
+    /// Requests answered, and of them failed, since the failure-percentage detector last
+    /// looked (MeshCircuitBreaker `failurePercentage`, every `interval`).
+    interval: [AtomicU32; 2],
 }
 
 /// What became of one request to an endpoint, for outlier detection.
@@ -140,6 +143,10 @@ impl Health {
             Outcome::Connected => (false, false, false),
             Outcome::LocalOrigin => (true, true, true),
         };
+        self.interval[0].fetch_add(1, Ordering::Relaxed);
+        if any {
+            self.interval[1].fetch_add(1, Ordering::Relaxed);
+        }
         if !any {
             for c in &self.consecutive {
                 c.store(0, Ordering::Relaxed);
@@ -168,6 +175,11 @@ impl Health {
             c.store(0, Ordering::Relaxed);
         }
         time
+    }
+
+    /// The requests answered and failed since the last call, which starts a new interval.
+    pub fn take_interval(&self) -> (u32, u32) {
+        (self.interval[0].swap(0, Ordering::Relaxed), self.interval[1].swap(0, Ordering::Relaxed))
     }
 
     /// The smoothed handshake time, if measured.

@@ -137,7 +137,11 @@ impl ProxyMetrics {
             metrics.retries_over_budget.clone(),
         );
         r.register("outlier_ejections", "endpoints ejected by outlier detection (MeshCircuitBreaker)", metrics.ejections.clone());
-        r.register("http_overflows", "requests answered 503 at once by a MeshCircuitBreaker limit", metrics.overflows.clone());
+        r.register(
+            "overflows",
+            "HTTP requests answered 503, and TCP connections closed, at once by a MeshCircuitBreaker limit",
+            metrics.overflows.clone(),
+        );
         r.register(
             "certificate_expiry_timestamp_seconds",
             "when the workload certificate in use expires",

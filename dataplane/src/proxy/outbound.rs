@@ -54,6 +54,15 @@ pub fn spawn_tcp(app: TcpStream, client: SocketAddr, destination: Arc<Destinatio
         let copy = strait_proxy_core::copy::CopyOptions { idle_timeout: destination.timeouts.idle, ..Default::default() };
         let options = outbound::ForwardOptions { connect_timeout: destination.timeouts.connect, copy };
         let metrics = &path.metrics.outbound;
+        // MeshCircuitBreaker `maxConnections`: beyond it, the connection is closed at once.
+        if let Some(max) = destination.limits.max_connections {
+            let open: usize = destination.endpoints().map(|e| e.in_flight()).sum();
+            if open >= max {
+                destination.metrics.overflows.inc();
+                tracing::warn!(open, max, "closing the connection: MeshCircuitBreaker connectionLimits.maxConnections reached");
+                return;
+            }
+        }
         // Open connections finish during a drain, and are cut when it is forced.
         path.drain
             .unless_forced(async {

@@ -257,6 +257,12 @@ async fn attempt(
             drain: &path.drain,
             tasks: &path.tasks,
         };
+        if !endpoint.pool.connected() {
+            if let Some(refusal) = connection_limits(destination) {
+                destination.metrics.overflows.inc();
+                return Err((StatusCode::SERVICE_UNAVAILABLE, refusal, Cause::Overflow));
+            }
+        }
         let in_flight = endpoint.start();
         let mut sender = match endpoint.pool.sender(endpoint.address, &connector).await {
             Ok(sender) => sender,
@@ -301,6 +307,29 @@ async fn attempt(
         }
     }
     Err(last.unwrap_or_else(|| (StatusCode::SERVICE_UNAVAILABLE, "no endpoint available".into(), Cause::Connect)))
+}
+
+/// Why a request that needs a new connection to an endpoint of `destination` must not open
+/// one (MeshCircuitBreaker `maxConnections`, `maxPendingRequests`), if it must not.
+fn connection_limits(destination: &Destination) -> Option<String> {
+    let limits = destination.limits;
+    if let Some(max) = limits.max_connections {
+        let open = destination.endpoints().filter(|e| e.pool.connected()).count();
+        if open >= max {
+            return Some(format!(
+                "{open} connections are open, the most MeshCircuitBreaker connectionLimits.maxConnections allows, and this request needs another"
+            ));
+        }
+    }
+    if let Some(max) = limits.max_pending {
+        let waiting: usize = destination.endpoints().map(|e| e.pool.waiting()).sum();
+        if waiting >= max {
+            return Some(format!(
+                "{waiting} requests are waiting for a connection, the most MeshCircuitBreaker connectionLimits.maxPendingRequests allows"
+            ));
+        }
+    }
+    None
 }
 
 /// An attempt on its way to `endpoint`; dropped while armed (the attempt was abandoned, as

@@ -64,6 +64,17 @@ struct Pooled {
 pub struct Slot {
     current: Arc<ArcSwapOption<Pooled>>,
     connecting: tokio::sync::Mutex<()>,
+    /// Requests waiting for a connection to be opened.
+    waiting: std::sync::atomic::AtomicUsize,
+}
+
+/// Counts a request waiting for a connection while it lives.
+struct Waiting<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 impl std::fmt::Debug for Slot {
@@ -115,6 +126,8 @@ impl Slot {
         if let Some(sender) = self.usable(&identity, connector.max_age) {
             return Ok(sender);
         }
+        self.waiting.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let _waiting = Waiting(&self.waiting);
         let _connecting = self.connecting.lock().await;
         // Someone else may have connected while we waited.
         if let Some(sender) = self.usable(&identity, connector.max_age) {
@@ -122,6 +135,16 @@ impl Slot {
         }
         let sender = self.connect(target, identity, connector).await?;
         Ok(sender)
+    }
+
+    /// Whether a live connection is pooled (a request would not have to open one).
+    pub fn connected(&self) -> bool {
+        self.current.load().as_ref().is_some_and(|p| !p.sender.is_closed())
+    }
+
+    /// Requests waiting for a connection to be opened.
+    pub fn waiting(&self) -> usize {
+        self.waiting.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Forgets the pooled connection (its requests finish; new ones open another).

@@ -24,6 +24,8 @@ pub enum Cause {
     Reset,
     /// No response within the per-try timeout.
     Timeout,
+    /// A MeshCircuitBreaker limit refused it: never retried (the retry would meet the limit).
+    Overflow,
 }
 
 /// The retry rules of one destination.
@@ -90,6 +92,7 @@ impl RetryPolicy {
             Cause::Connect => self.on_connect || self.on_5xx || self.on_gateway_error,
             Cause::Reset => self.on_reset || self.on_5xx || self.on_gateway_error,
             Cause::Timeout => self.on_reset || self.on_5xx || self.on_gateway_error,
+            Cause::Overflow => false,
         }
     }
 
