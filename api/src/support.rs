@@ -84,7 +84,6 @@ pub const REQUEST_HEADERS_TIMEOUT: &str = "is not enforced by the sidecars: betw
 /// Policy types no sidecar enforces yet. The global refuses to store them (a write answers 405
 /// naming the type), so that no policy is accepted and then ignored.
 pub const NOT_ENFORCED_TYPES: &[ResourceType] = &[
-    ResourceType::MeshHealthCheck,
     ResourceType::MeshRateLimit,
     ResourceType::MeshFaultInjection,
     ResourceType::MeshAccessLog,

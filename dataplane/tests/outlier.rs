@@ -263,3 +263,137 @@ async fn connections_and_pending_requests_beyond_their_limits_get_503_at_once() 
         s.shutdown(std::time::Duration::from_secs(1)).await;
     }
 }
+
+/// An HTTP application answering `<name> answered` on every path but `/healthz`, which answers
+/// 503 while `sick` is set.
+async fn app_with_health(name: &'static str) -> (u16, std::sync::Arc<std::sync::atomic::AtomicBool>) {
+    let sick = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let flag = sick.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let sick = flag.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |request: http::Request<hyper::body::Incoming>| {
+                    let status = if request.uri().path() == "/healthz" && sick.load(Ordering::SeqCst) { 503 } else { 200 };
+                    let body = http_body_util::Full::new(bytes::Bytes::from(format!("{name} answered")));
+                    async move { Ok::<_, std::convert::Infallible>(http::Response::builder().status(status).body(body).unwrap()) }
+                });
+                let builder = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+                let _ = builder.serve_connection(hyper_util::rt::TokioIo::new(stream), service).await;
+            });
+        }
+    });
+    (port, sick)
+}
+
+/// A TCP application that answers `pong <name>` to `ping`, or closes the connection at once
+/// while `sick` is set.
+async fn pong_app(name: &'static str) -> (u16, std::sync::Arc<std::sync::atomic::AtomicBool>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let sick = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let flag = sick.clone();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            if flag.load(Ordering::SeqCst) {
+                continue;
+            }
+            tokio::spawn(async move {
+                let mut buf = [0u8; 64];
+                while let Ok(n) = stream.read(&mut buf).await {
+                    if n == 0 || stream.write_all(format!("pong {name}\n").as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (port, sick)
+}
+
+/// MeshHealthCheck: an endpoint whose health check fails leaves the pool (though its other
+/// requests would still succeed: the check, not a failure, takes it out) and comes back once
+/// it passes; for TCP, a tunnel that must answer the expected bytes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn active_health_checks_take_an_unhealthy_endpoint_out_and_bring_it_back() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mesh = Mesh::start().await;
+    let ((p1, _), (p2, sick)) = (app_with_health("b1").await, app_with_health("b2").await);
+    let s1 = mesh.sidecar("backend-1", "backend", &dataplane("backend-1", "backend", free_port(), p1, "http", &[])).await;
+    let s2 = mesh.sidecar("backend-2", "backend", &dataplane("backend-2", "backend", free_port(), p2, "http", &[])).await;
+    let ((t1, _), (t2, tcp_sick)) = (pong_app("t1").await, pong_app("t2").await);
+    let d1 = mesh.sidecar("db-1", "db", &dataplane("db-1", "db", free_port(), t1, "tcp", &[])).await;
+    let d2 = mesh.sidecar("db-2", "db", &dataplane("db-2", "db", free_port(), t2, "tcp", &[])).await;
+    let (web_out, db_out) = (free_port(), free_port());
+    let web = mesh
+        .sidecar("web", "web", &dataplane("web-1", "web", free_port(), free_port(), "http", &[(web_out, "backend"), (db_out, "db")]))
+        .await;
+    let check = |service: &str, conf: serde_json::Value| {
+        json!({"type": "MeshHealthCheck", "name": format!("check-{service}"), "mesh": "default",
+            "spec": {"targetRef": {"kind": "Mesh"}, "to": [{"targetRef": {"kind": "MeshService", "name": service}, "default": conf}]}})
+    };
+    let base = json!({"interval": "200ms", "timeout": "1s", "unhealthyThreshold": 2, "healthyThreshold": 1});
+    let mut http_check = base.clone();
+    http_check["http"] = json!({"path": "/healthz"});
+    let mut tcp_check = base;
+    tcp_check["tcp"] = json!({"send": "ping\n", "receive": ["pong"]});
+    mesh.put("/meshes/default/meshhealthchecks/check-backend", check("backend", http_check)).await;
+    mesh.put("/meshes/default/meshhealthchecks/check-db", check("db", tcp_check)).await;
+    eventually("both checks and all endpoints in web's configuration", async || {
+        let config = web.state.config.load_full()?;
+        let ready =
+            |s: &str| config.1.outbounds.iter().any(|o| o.service == s && o.policies.health_check.is_some() && o.endpoints.len() == 2);
+        (ready("backend") && ready("db")).then_some(())
+    })
+    .await;
+    let client = reqwest::Client::new();
+    let who = async |n: usize| {
+        let mut seen = std::collections::BTreeMap::new();
+        for _ in 0..n {
+            let (status, body) = get(&client, web_out, "/").await?;
+            assert_eq!(status, 200, "{body}");
+            *seen.entry(body).or_insert(0) += 1;
+        }
+        Some(seen)
+    };
+    eventually("both HTTP endpoints answer", async || (who(20).await?.len() == 2).then_some(())).await;
+
+    // backend-2's health endpoint fails: the checks take it out, though `/` still works there.
+    sick.store(true, Ordering::SeqCst);
+    eventually("backend-2 out of the pool", async || (who(20).await? == [("b1 answered".to_string(), 20)].into()).then_some(())).await;
+    sick.store(false, Ordering::SeqCst);
+    eventually("backend-2 back once its check passes", async || (who(20).await?.len() == 2).then_some(())).await;
+
+    // TCP: db-2 stops answering; the check (ping, expect pong) takes it out.
+    let pong = async || -> Option<String> {
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", db_out)).await.ok()?;
+        s.write_all(b"ping\n").await.ok()?;
+        let mut buf = [0u8; 64];
+        let n = tokio::time::timeout(std::time::Duration::from_secs(2), s.read(&mut buf)).await.ok()?.ok()?;
+        Some(String::from_utf8_lossy(&buf[..n]).trim().to_string())
+    };
+    eventually("both TCP endpoints answer", async || {
+        let mut seen = std::collections::BTreeSet::new();
+        for _ in 0..20 {
+            seen.insert(pong().await?);
+        }
+        (seen.len() == 2).then_some(())
+    })
+    .await;
+    tcp_sick.store(true, Ordering::SeqCst);
+    eventually("db-2 out of the pool", async || {
+        for _ in 0..20 {
+            if pong().await? != "pong t1" {
+                return None;
+            }
+        }
+        Some(())
+    })
+    .await;
+    for s in [web, s1, s2, d1, d2] {
+        s.shutdown(std::time::Duration::from_secs(1)).await;
+    }
+}

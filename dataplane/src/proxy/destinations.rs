@@ -21,6 +21,7 @@ use strait_pki::Identity;
 use super::balance::Balancer;
 use super::endpoint::{now_ms, Endpoint, Outcome};
 use super::hashing;
+use super::health_check::HealthCheckPolicy;
 use super::http::retry::{Budget, RetryPolicy};
 use super::http::routes::{Backends, Routes};
 
@@ -62,6 +63,8 @@ pub struct Destination {
     pub outlier: Option<OutlierPolicy>,
     /// MeshCircuitBreaker connection limits.
     pub limits: Limits,
+    /// MeshHealthCheck: the active checks of its endpoints.
+    pub health_check: Option<HealthCheckPolicy>,
 }
 
 /// MeshCircuitBreaker `connectionLimits` of a destination.
@@ -330,6 +333,7 @@ impl Build<'_> {
             budget: Budget::default(),
             outlier: OutlierPolicy::from_conf(outbound.policies.circuit_breaker.as_ref()),
             limits: Limits::from_conf(outbound.policies.circuit_breaker.as_ref()),
+            health_check: HealthCheckPolicy::from_conf(outbound.policies.health_check.as_ref(), outbound.protocol),
             connect_attempts: outbound
                 .policies
                 .retry
@@ -451,6 +455,11 @@ impl Table {
     /// The MeshHTTPRoute rules of `service`, if it has any.
     pub fn routes(&self, service: &str) -> Option<&Routes> {
         self.routes.get(service)
+    }
+
+    /// Every destination by service.
+    pub fn destinations(&self) -> impl Iterator<Item = &Arc<Destination>> {
+        self.by_service.values()
     }
 
     /// The destination named `service`.

@@ -93,6 +93,12 @@ pub struct Health {
     /// Requests answered, and of them failed, since the failure-percentage detector last
     /// looked (MeshCircuitBreaker `failurePercentage`, every `interval`).
     interval: [AtomicU32; 2],
+    /// Active health checking (MeshHealthCheck): whether the checks took it out of the pool,
+    /// the passed and failed checks in a row, when the next check is due, and whether one runs.
+    checked_down: std::sync::atomic::AtomicBool,
+    checks_in_a_row: [AtomicU32; 2],
+    next_check_ms: AtomicU64,
+    checking: std::sync::atomic::AtomicBool,
 }
 
 /// What became of one request to an endpoint, for outlier detection.
@@ -127,7 +133,58 @@ impl Health {
 
     /// Whether picks may use the endpoint now.
     pub fn available(&self, now_ms: u64) -> bool {
-        self.ejected_until_ms.load(Ordering::Relaxed) <= now_ms && self.outlier_until_ms.load(Ordering::Relaxed) <= now_ms
+        self.ejected_until_ms.load(Ordering::Relaxed) <= now_ms
+            && self.outlier_until_ms.load(Ordering::Relaxed) <= now_ms
+            && !self.checked_down.load(Ordering::Relaxed)
+    }
+
+    /// Whether active health checks took the endpoint out of the pool.
+    pub fn checked_down(&self) -> bool {
+        self.checked_down.load(Ordering::Relaxed)
+    }
+
+    /// Claims the next active check when it is due at `now_ms` (and none runs): the next one
+    /// is then due after `interval`. The caller runs the check and reports it to [`Health::checked`].
+    pub fn claim_check(&self, now_ms: u64, interval: Duration) -> bool {
+        let due = self.next_check_ms.load(Ordering::Relaxed);
+        if now_ms < due || self.checking.swap(true, Ordering::Relaxed) {
+            return false;
+        }
+        self.next_check_ms.store(now_ms + interval.as_millis() as u64, Ordering::Relaxed);
+        true
+    }
+
+    /// The result of an active check: after `unhealthy` failures in a row the endpoint leaves
+    /// the pool, after `healthy` passes in a row it comes back. Returns the new state when it
+    /// changed (`true`: healthy again).
+    pub fn checked(&self, passed: bool, unhealthy: u32, healthy: u32) -> Option<bool> {
+        self.checking.store(false, Ordering::Relaxed);
+        let (this, other) = if passed {
+            (&self.checks_in_a_row[0], &self.checks_in_a_row[1])
+        } else {
+            (&self.checks_in_a_row[1], &self.checks_in_a_row[0])
+        };
+        other.store(0, Ordering::Relaxed);
+        let n = this.fetch_add(1, Ordering::Relaxed).saturating_add(1);
+        let down = self.checked_down.load(Ordering::Relaxed);
+        if passed && down && n >= healthy {
+            self.checked_down.store(false, Ordering::Relaxed);
+            return Some(true);
+        }
+        if !passed && !down && n >= unhealthy {
+            self.checked_down.store(true, Ordering::Relaxed);
+            return Some(false);
+        }
+        None
+    }
+
+    /// Forgets active checking (its policy is gone): the endpoint is in the pool again.
+    pub fn unchecked(&self) {
+        if self.checked_down.swap(false, Ordering::Relaxed) {
+            for c in &self.checks_in_a_row {
+                c.store(0, Ordering::Relaxed);
+            }
+        }
     }
 
     /// Whether outlier detection has the endpoint ejected now.

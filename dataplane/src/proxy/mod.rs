@@ -44,6 +44,7 @@ pub mod data_path;
 pub mod destinations;
 pub mod endpoint;
 pub mod hashing;
+pub mod health_check;
 pub mod http;
 pub mod inbound;
 pub mod listeners;
@@ -151,6 +152,7 @@ pub async fn run(state: Arc<ProxyState>, metrics: ProxyMetrics, listeners: Liste
         tasks,
     });
     accept(listeners, &path);
+    health_check::spawn(&path);
     let mut version = config.0;
     loop {
         tokio::select! {

@@ -1,0 +1,208 @@
+//! MeshHealthCheck: the sidecar checks the endpoints of its destinations itself, so that an
+//! endpoint whose application is unhealthy leaves the pool before a request fails on it, and
+//! comes back once it passes again.
+//!
+//! In: the destination table (each destination's merged MeshHealthCheck) and the data path's
+//! identities and pools. Out: each endpoint's active health ([`super::endpoint::Health`]),
+//! which picks respect. Checks go to the peer sidecar over mTLS, as requests do, so they see
+//! what callers would: an HTTP destination gets `GET <path>` on the pooled HTTP/2 connection
+//! (healthy: one of `expectedStatuses`, 200-399 by default); a TCP destination (or an HTTP one
+//! whose `http` check is disabled) gets a tunnel that must reach the application and, with
+//! `send`/`receive`, answer the bytes expected. One timer task looks every 100 ms at the
+//! checks that are due; each endpoint's checks are spaced by `interval`, with up to 10% of
+//! jitter, so that sidecars started together do not check in step.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{Request, Version};
+use rand::Rng;
+use strait_api::policies::health_check::HealthCheckConf;
+use strait_proxy_core::tls::ALPN_TCP;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use super::data_path::DataPath;
+use super::destinations::{Destination, Protocol};
+use super::endpoint::{now_ms, Endpoint};
+use super::http::body::Counted;
+use super::http::pool::Connector;
+
+/// How often the timer looks for due checks.
+const TICK: Duration = Duration::from_millis(100);
+/// How long a TCP check waits for the peer to close the tunnel (it could not reach the
+/// application) when it has nothing to send.
+const TCP_SETTLE: Duration = Duration::from_millis(300);
+
+/// What a destination's MeshHealthCheck asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthCheckPolicy {
+    interval: Duration,
+    timeout: Duration,
+    unhealthy: u32,
+    healthy: u32,
+    check: Check,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Check {
+    Http { path: String, expected: Vec<u16> },
+    Tcp { send: Option<Vec<u8>>, receive: Vec<Vec<u8>> },
+}
+
+impl HealthCheckPolicy {
+    /// The checks a merged MeshHealthCheck conf asks for on a destination speaking `protocol`
+    /// (Kuma's defaults: every 1 m, 15 s timeout, 5 failures out, 1 pass back); `None` without
+    /// a conf, or with the check of its protocol disabled.
+    pub fn from_conf(conf: Option<&HealthCheckConf>, protocol: Protocol) -> Option<HealthCheckPolicy> {
+        let conf = conf?;
+        let http = conf.http.as_ref().filter(|h| h.disabled != Some(true));
+        let tcp = conf.tcp.as_ref().filter(|t| t.disabled != Some(true));
+        let check = match (protocol.is_http(), conf.http.as_ref().is_some_and(|h| h.disabled == Some(true))) {
+            (true, false) => Check::Http {
+                path: http.and_then(|h| h.path.clone()).unwrap_or_else(|| "/".into()),
+                expected: http.and_then(|h| h.expected_statuses.clone()).unwrap_or_default(),
+            },
+            _ if conf.tcp.as_ref().is_some_and(|t| t.disabled == Some(true)) => return None,
+            _ => Check::Tcp {
+                send: tcp.and_then(|t| t.send.clone()).map(String::into_bytes),
+                receive: tcp.and_then(|t| t.receive.clone()).unwrap_or_default().into_iter().map(String::into_bytes).collect(),
+            },
+        };
+        Some(HealthCheckPolicy {
+            interval: conf.interval.map_or(Duration::from_secs(60), |d| d.get()),
+            timeout: conf.timeout.map_or(Duration::from_secs(15), |d| d.get()),
+            unhealthy: conf.unhealthy_threshold.unwrap_or(5),
+            healthy: conf.healthy_threshold.unwrap_or(1),
+            check,
+        })
+    }
+}
+
+/// Starts the checker of `path`; it ends with the drain.
+pub fn spawn(path: &Arc<DataPath>) {
+    let task_path = path.clone();
+    path.tasks.spawn(async move {
+        let path = task_path;
+        loop {
+            tokio::select! {
+                () = path.drain.signaled() => return,
+                () = tokio::time::sleep(TICK) => {}
+            }
+            let table = path.table.load_full();
+            let now = now_ms();
+            for destination in table.destinations() {
+                let Some(policy) = &destination.health_check else {
+                    destination.endpoints().for_each(|e| e.health.unchecked());
+                    continue;
+                };
+                for endpoint in destination.endpoints() {
+                    let jitter = policy.interval.mul_f64(rand::thread_rng().gen_range(0.9..=1.1));
+                    if !endpoint.health.claim_check(now, jitter) {
+                        continue;
+                    }
+                    let (path, destination, endpoint, policy) = (path.clone(), destination.clone(), endpoint.clone(), policy.clone());
+                    path.tasks.clone().spawn(async move {
+                        let result = match tokio::time::timeout(policy.timeout, probe(&path, &destination, &endpoint, &policy.check)).await {
+                            Ok(result) => result,
+                            Err(_) => Err(format!("no answer within {:?}", policy.timeout)),
+                        };
+                        let passed = result.is_ok();
+                        match endpoint.health.checked(passed, policy.unhealthy, policy.healthy) {
+                            Some(true) => tracing::info!(service = destination.service, endpoint = %endpoint.address, "active health check passed: the endpoint is back in the pool"),
+                            Some(false) => tracing::warn!(
+                                service = destination.service,
+                                endpoint = %endpoint.address,
+                                reason = result.err().unwrap_or_default(),
+                                failures = policy.unhealthy,
+                                "active health check failed: the endpoint leaves the pool"
+                            ),
+                            None => {}
+                        }
+                    });
+                }
+            }
+        }
+    });
+}
+
+/// One check of `endpoint`: `Ok` if it passed, else why not.
+async fn probe(path: &DataPath, destination: &Destination, endpoint: &Arc<Endpoint>, check: &Check) -> Result<(), String> {
+    match check {
+        Check::Http { path: uri_path, expected } => {
+            let connector = Connector {
+                identities: &path.identities,
+                expected: &destination.expected,
+                sni: &endpoint.sni,
+                health: &endpoint.health,
+                connect_timeout: destination.timeouts.connect,
+                max_age: destination.timeouts.max_connection,
+                metrics: &path.metrics.outbound,
+                drain: &path.drain,
+                tasks: &path.tasks,
+            };
+            let mut sender = endpoint.pool.sender(endpoint.address, &connector).await.map_err(|e| e.to_string())?;
+            let mut request = Request::new(Counted::empty(destination.metrics.request_bytes.clone()));
+            *request.uri_mut() = format!("http://{}{uri_path}", destination.service).parse().map_err(|e| format!("{e}"))?;
+            *request.version_mut() = Version::HTTP_2;
+            sender.ready().await.map_err(|e| e.to_string())?;
+            let response = sender.send_request(request).await.map_err(|e| e.to_string())?;
+            let status = response.status().as_u16();
+            let healthy = if expected.is_empty() { (200..400).contains(&status) } else { expected.contains(&status) };
+            if healthy {
+                Ok(())
+            } else {
+                Err(format!("GET {uri_path} answered {status}"))
+            }
+        }
+        Check::Tcp { send, receive } => {
+            let config = path.identities.current().client_config(&destination.expected, ALPN_TCP);
+            let mut tunnel =
+                strait_proxy_core::tunnel::outbound::connect(endpoint.address, config, endpoint.sni.clone(), destination.timeouts.connect)
+                    .await
+                    .map_err(|e| e.to_string())?;
+            let mut buf = vec![0u8; 4096];
+            let Some(send) = send else {
+                // The peer closes the tunnel at once when it cannot reach the application.
+                return match tokio::time::timeout(TCP_SETTLE, tunnel.read(&mut buf)).await {
+                    Ok(Ok(0)) | Ok(Err(_)) => Err("the peer closed the tunnel: the application is not reachable".into()),
+                    Ok(Ok(_)) | Err(_) => Ok(()),
+                };
+            };
+            tunnel.write_all(send).await.map_err(|e| e.to_string())?;
+            let mut got = Vec::new();
+            loop {
+                if receive.iter().all(|r| got.windows(r.len().max(1)).any(|w| w == r.as_slice())) {
+                    return Ok(());
+                }
+                match tunnel.read(&mut buf).await {
+                    Ok(0) | Err(_) => return Err("the tunnel closed before the expected answer".into()),
+                    Ok(n) => got.extend_from_slice(&buf[..n]),
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn confs_pick_the_check_of_the_destination_protocol() {
+        let conf = |v: serde_json::Value| -> HealthCheckConf { serde_json::from_value(v).unwrap() };
+        let http =
+            HealthCheckPolicy::from_conf(Some(&conf(json!({"interval": "2s", "http": {"path": "/healthz"}}))), Protocol::Http).unwrap();
+        assert_eq!(http.interval, Duration::from_secs(2));
+        assert_eq!((http.timeout, http.unhealthy, http.healthy), (Duration::from_secs(15), 5, 1));
+        assert_eq!(http.check, Check::Http { path: "/healthz".into(), expected: vec![] });
+        let tcp = HealthCheckPolicy::from_conf(Some(&conf(json!({"tcp": {"send": "ping", "receive": ["pong"]}}))), Protocol::Tcp).unwrap();
+        assert_eq!(tcp.check, Check::Tcp { send: Some(b"ping".to_vec()), receive: vec![b"pong".to_vec()] });
+        let http_off = conf(json!({"http": {"disabled": true}}));
+        assert!(matches!(HealthCheckPolicy::from_conf(Some(&http_off), Protocol::Http).unwrap().check, Check::Tcp { .. }));
+        let both_off = conf(json!({"http": {"disabled": true}, "tcp": {"disabled": true}}));
+        assert_eq!(HealthCheckPolicy::from_conf(Some(&both_off), Protocol::Http), None);
+        assert_eq!(HealthCheckPolicy::from_conf(None, Protocol::Http), None);
+    }
+}
