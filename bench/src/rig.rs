@@ -233,6 +233,33 @@ pub struct Measured {
     pub peak_rss: Vec<u64>,
 }
 
+/// The load flags the sidecar benchmarks share (`#[command(flatten)]`).
+#[derive(clap::Args, Debug)]
+pub struct LoadArgs {
+    /// Requests per second of the constant-rate runs.
+    #[arg(long, default_value_t = 1000)]
+    pub rate: u32,
+    /// Seconds of each measured constant-rate run (each path is measured `rounds` times, in turn).
+    #[arg(long, default_value_t = 10)]
+    pub seconds: u64,
+    /// Rounds over the paths, interleaved so that drift on a shared machine hits them alike.
+    #[arg(long, default_value_t = 3)]
+    pub rounds: usize,
+    /// Keep-alive connections of the load generator.
+    #[arg(long, default_value_t = 8)]
+    pub connections: usize,
+    /// Data-path threads of each sidecar (`strait-dp run --concurrency`).
+    #[arg(long, default_value_t = 1)]
+    pub sidecar_concurrency: u16,
+}
+
+impl LoadArgs {
+    /// The plan of constant-rate runs of `path` these flags ask for.
+    pub fn plan<'a>(&self, path: &'a str) -> Plan<'a> {
+        Plan { path, rate: self.rate, seconds: self.seconds, rounds: self.rounds, connections: self.connections }
+    }
+}
+
 /// How the targets are loaded.
 pub struct Plan<'a> {
     /// The path requested.

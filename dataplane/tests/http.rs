@@ -242,11 +242,7 @@ async fn mesh_timeout_cuts_slow_responses_with_a_504_or_a_reset_body() {
 async fn mesh_timeout_stream_limits_connection_lifetime_and_inbound_timeouts() {
     let mesh = Mesh::start().await;
     let app = http_app("backend-1").await;
-    let (backend_in, web_out) = (free_port(), free_port());
-    let backend = mesh.sidecar("backend", "backend", &dataplane("backend-1", "backend", backend_in, app.port, "http", &[])).await;
-    let web = mesh.sidecar("web", "web", &dataplane("web-1", "web", free_port(), free_port(), "http", &[(web_out, "backend")])).await;
-    let client = reqwest::Client::new();
-    eventually("web -> backend", async || get(&client, web_out, "/").await.filter(|r| r.0 == 200)).await;
+    let (backend, web, web_out, client) = mesh.web_and_backend(app.port).await;
     let to_backend = |http: serde_json::Value| {
         json!({"type": "MeshTimeout", "name": "t", "mesh": "default",
             "spec": {"targetRef": {"kind": "Mesh"}, "to": [{"targetRef": {"kind": "MeshService", "name": "backend"}, "default": {"http": http}}]}})

@@ -92,11 +92,7 @@ async fn a_configuration_the_sidecar_cannot_apply_is_nacked_and_the_previous_one
 async fn a_deny_on_caller_tags_is_refused_not_ignored() {
     let mesh = Mesh::start().await;
     let app = http_app("backend-1").await;
-    let (backend_in, web_out) = (free_port(), free_port());
-    let backend = mesh.sidecar("backend", "backend", &dataplane("backend-1", "backend", backend_in, app.port, "http", &[])).await;
-    let web = mesh.sidecar("web", "web", &dataplane("web-1", "web", free_port(), free_port(), "http", &[(web_out, "backend")])).await;
-    let client = reqwest::Client::new();
-    eventually("web -> backend", async || get(&client, web_out, "/").await.filter(|r| r.0 == 200)).await;
+    let (backend, web, _, _) = mesh.web_and_backend(app.port).await;
 
     let deny = json!({"type": "MeshTrafficPermission", "name": "deny-web-v2", "mesh": "default",
         "spec": {"targetRef": {"kind": "MeshService", "name": "backend"},

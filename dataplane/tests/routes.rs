@@ -29,6 +29,17 @@ fn version(v: &str, weight: u32) -> serde_json::Value {
     json!({"kind": "MeshService", "name": "backend", "tags": {"version": v}, "weight": weight})
 }
 
+/// Backend v1 and v2 (HTTP) and web with an outbound to backend: (v1, v2, web, web's outbound port).
+async fn versions_and_web(mesh: &Mesh) -> (strait_dataplane::Sidecar, strait_dataplane::Sidecar, strait_dataplane::Sidecar, u16) {
+    let (app1, app2) = (http_app("v1").await.port, http_app("v2").await.port);
+    let b1 = mesh.sidecar("backend-1", "backend", &backend("backend-1", "v1", free_port(), app1)).await;
+    let b2 = mesh.sidecar("backend-2", "backend", &backend("backend-2", "v2", free_port(), app2)).await;
+    let web_out = free_port();
+    let web =
+        mesh.sidecar("web", "web", &common::dataplane("web-1", "web", free_port(), free_port(), "http", &[(web_out, "backend")])).await;
+    (b1, b2, web, web_out)
+}
+
 /// The versions that answered `n` requests to `path` (with `headers`), as counts of v1 and v2.
 async fn count(client: &reqwest::Client, port: u16, path: &str, headers: &[(&str, &str)], n: usize) -> (usize, usize) {
     let (mut v1, mut v2) = (0, 0);
@@ -52,12 +63,7 @@ async fn count(client: &reqwest::Client, port: u16, path: &str, headers: &[(&str
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_routes_split_match_redirect_and_rewrite() {
     let mesh = Mesh::start().await;
-    let (app1, app2) = (http_app("v1").await.port, http_app("v2").await.port);
-    let b1 = mesh.sidecar("backend-1", "backend", &backend("backend-1", "v1", free_port(), app1)).await;
-    let b2 = mesh.sidecar("backend-2", "backend", &backend("backend-2", "v2", free_port(), app2)).await;
-    let web_out = free_port();
-    let web =
-        mesh.sidecar("web", "web", &common::dataplane("web-1", "web", free_port(), free_port(), "http", &[(web_out, "backend")])).await;
+    let (b1, b2, web, web_out) = versions_and_web(&mesh).await;
     for s in [&b1, &b2, &web] {
         eventually("sidecars ready", async || (admin(s, "/ready").await.0 == 200).then_some(())).await;
     }
@@ -245,12 +251,7 @@ async fn tcp_routes_split_connections_by_weight() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_policy_change_under_constant_load_fails_no_request() {
     let mesh = Mesh::start().await;
-    let (app1, app2) = (http_app("v1").await.port, http_app("v2").await.port);
-    let b1 = mesh.sidecar("backend-1", "backend", &backend("backend-1", "v1", free_port(), app1)).await;
-    let b2 = mesh.sidecar("backend-2", "backend", &backend("backend-2", "v2", free_port(), app2)).await;
-    let web_out = free_port();
-    let web =
-        mesh.sidecar("web", "web", &common::dataplane("web-1", "web", free_port(), free_port(), "http", &[(web_out, "backend")])).await;
+    let (b1, b2, web, web_out) = versions_and_web(&mesh).await;
     let client = reqwest::Client::new();
     eventually("both versions answer", async || {
         let (v1, v2) = count(&client, web_out, "/", &[], 20).await;

@@ -255,11 +255,9 @@ async fn route(gw: &Gateway, drain: &DrainWatcher, io: &mut impl Io) -> Result<(
         return Err(Status::UnknownService);
     }
     let service = routes.local(&key).ok_or(Status::UnknownService)?;
-    // An endpoint the caller chose (it balances over this zone's endpoints itself), or any.
-    let chosen = match target.instance {
-        Some(id) => Some(service.instance(id).ok_or(Status::UnknownService)?),
-        None => None,
-    };
+    // The endpoint the caller chose (it balances over this zone's endpoints itself); any, when
+    // it named none, or one this zone no longer has (its view of the inventory is older).
+    let chosen = target.instance.and_then(|id| service.instance(id));
     let candidates: Box<dyn Iterator<Item = std::net::SocketAddr> + Send + '_> = match chosen {
         Some(address) => Box::new(std::iter::once(address)),
         None => Box::new(service.endpoints()),

@@ -52,10 +52,10 @@ pub struct TcpHealthCheck {
     /// Turns this check off.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub disabled: Option<bool>,
-    /// Bytes to send after connecting.
+    /// Text to send after connecting (as is, not base64).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub send: Option<String>,
-    /// Bytes the answer must contain.
+    /// Texts the answer must contain, in any order.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub receive: Option<Vec<String>>,
 }

@@ -17,30 +17,17 @@ use clap::Parser;
 use serde_json::{json, Value};
 use strait_bench::control::{ControlPlane, Error};
 use strait_bench::rig::{
-    file_server, free_port, sidecar_binary, start_sidecar, wait_http, wait_ready, Children, Plan, Proxy, SidecarSpec, Target,
+    file_server, free_port, sidecar_binary, start_sidecar, wait_http, wait_ready, Children, LoadArgs, Proxy, SidecarSpec, Target,
 };
 use strait_bench::{ms, percentile};
 
 #[derive(Parser)]
 struct Args {
-    /// Requests per second of the constant-rate runs.
-    #[arg(long, default_value_t = 1000)]
-    rate: u32,
-    /// Seconds of each measured run (each path is measured `rounds` times, in turn).
-    #[arg(long, default_value_t = 10)]
-    seconds: u64,
-    /// Rounds over the three paths, interleaved so that drift on a shared machine hits them alike.
-    #[arg(long, default_value_t = 4)]
-    rounds: usize,
-    /// Keep-alive connections of the load generator.
-    #[arg(long, default_value_t = 8)]
-    connections: usize,
+    #[command(flatten)]
+    load: LoadArgs,
     /// Rules of the route table (the last one is the 90/10 split).
     #[arg(long, default_value_t = 50)]
     routes: usize,
-    /// Data-path threads of each sidecar (`strait-dp run --concurrency`).
-    #[arg(long, default_value_t = 1)]
-    sidecar_concurrency: u16,
 }
 
 const PATH: &str = "/1k.bin";
@@ -150,7 +137,7 @@ async fn main() -> Result<(), Error> {
     let mut pids = Vec::new();
     let mut admins = Vec::new();
     for spec in &specs {
-        let (child, admin) = start_sidecar(&dp, &cp, &work, spec, args.sidecar_concurrency).await?;
+        let (child, admin) = start_sidecar(&dp, &cp, &work, spec, args.load.sidecar_concurrency).await?;
         pids.push(child.id());
         children.0.push(child);
         admins.push(admin);
@@ -196,13 +183,13 @@ async fn main() -> Result<(), Error> {
             ],
         },
     ];
-    let plan = Plan { path: PATH, rate: args.rate, seconds: args.seconds, rounds: args.rounds, connections: args.connections };
+    let plan = args.load.plan(PATH);
     plan.warm_up(&targets).await?;
     let mut results = plan.measure(&targets).await?;
 
     println!(
         "\nsidecar pair with {} routes, retries, timeouts, outlier detection and a 90/10 split vs the bare pair: {} rps, 1 KiB HTTP/1.1 keep-alive ({} connections), {} rounds x {} s per path",
-        args.routes, args.rate, args.connections, args.rounds, args.seconds
+        args.routes, plan.rate, plan.connections, plan.rounds, plan.seconds
     );
     println!(
         "{:<14} {:>9} {:>9} {:>11} {:>11} {:>7} {:>16} {:>16}",

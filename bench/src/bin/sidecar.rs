@@ -18,31 +18,18 @@ use strait_bench::control::{ControlPlane, Error};
 use strait_bench::load::closed_loop;
 use strait_bench::procstat::children;
 use strait_bench::rig::{
-    file_server, free_port, nginx, sidecar_binary, start_sidecar, wait_http, wait_ready, Children, Measured, Plan, Proxy, SidecarSpec,
-    Target,
+    file_server, free_port, nginx, sidecar_binary, start_sidecar, wait_http, wait_ready, Children, LoadArgs, Measured, Plan, Proxy,
+    SidecarSpec, Target,
 };
 use strait_bench::{ms, percentile};
 
 #[derive(Parser)]
 struct Args {
-    /// Requests per second of the constant-rate runs.
-    #[arg(long, default_value_t = 1000)]
-    rate: u32,
-    /// Seconds of each measured constant-rate run (each path is measured `rounds` times, in turn).
-    #[arg(long, default_value_t = 10)]
-    seconds: u64,
-    /// Rounds over the three paths, interleaved so that drift on a shared machine hits them alike.
-    #[arg(long, default_value_t = 3)]
-    rounds: usize,
-    /// Keep-alive connections of the load generator.
-    #[arg(long, default_value_t = 8)]
-    connections: usize,
+    #[command(flatten)]
+    load: LoadArgs,
     /// Seconds of each saturation run (0: skip).
     #[arg(long, default_value_t = 5)]
     saturation_seconds: u64,
-    /// Data-path threads of each sidecar (`strait-dp run --concurrency`).
-    #[arg(long, default_value_t = 1)]
-    sidecar_concurrency: u16,
 }
 
 const PATH: &str = "/1k.bin";
@@ -68,7 +55,7 @@ async fn main() -> Result<(), Error> {
         SidecarSpec { name: "backend-1", service: "backend", inbound: backend_in, app: app_port, tags: "", outbound: None },
         SidecarSpec { name: "web-1", service: "web", inbound: web_in, app: free_port()?, tags: "", outbound: Some((web_out, "backend")) },
     ] {
-        sidecars.push(start_sidecar(&dp, &cp, &work, &spec, args.sidecar_concurrency).await?);
+        sidecars.push(start_sidecar(&dp, &cp, &work, &spec, args.load.sidecar_concurrency).await?);
     }
     for (_, admin) in &sidecars {
         wait_ready(&cp.http, admin).await?;
@@ -137,7 +124,7 @@ async fn main() -> Result<(), Error> {
     children_to_kill.0.push(proxy_b);
 
     // Warm up every path (pools, TLS sessions), then take idle memory.
-    let plan = Plan { path: PATH, rate: args.rate, seconds: args.seconds, rounds: args.rounds, connections: args.connections };
+    let plan = args.load.plan(PATH);
     plan.warm_up(&targets).await?;
     let idle: Vec<Vec<u64>> = targets.iter().map(|t| t.proxies.iter().map(Proxy::rss).collect()).collect();
     let mut results = plan.measure(&targets).await?;
@@ -149,16 +136,16 @@ async fn main() -> Result<(), Error> {
             saturation.push(o.throughput());
         }
     }
-    report(&args, &plan, &targets, &mut results, &idle, &saturation);
+    report(&plan, &targets, &mut results, &idle, &saturation);
     drop(children_to_kill);
     cp.stop().await;
     Ok(())
 }
 
-fn report(args: &Args, plan: &Plan, targets: &[Target], results: &mut [Measured], idle: &[Vec<u64>], saturation: &[f64]) {
+fn report(plan: &Plan, targets: &[Target], results: &mut [Measured], idle: &[Vec<u64>], saturation: &[f64]) {
     println!(
         "\nsidecar pair vs direct vs nginx pair: {} rps constant rate, 1 KiB HTTP/1.1 keep-alive ({} connections), {} rounds x {} s per path",
-        args.rate, args.connections, args.rounds, args.seconds
+        plan.rate, plan.connections, plan.rounds, plan.seconds
     );
     println!("{:<22} {:>9} {:>9} {:>9} {:>11} {:>11} {:>7}", "path", "p50", "p99", "p99.9", "added p50", "added p99", "errors");
     let mut direct = (Duration::ZERO, Duration::ZERO);

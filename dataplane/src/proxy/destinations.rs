@@ -227,7 +227,8 @@ impl Destination {
             return;
         }
         let counts: Vec<(&Arc<Endpoint>, (u32, u32))> = self.endpoints().map(|e| (e, e.health.take_interval())).collect();
-        let judged: Vec<&(&Arc<Endpoint>, (u32, u32))> = counts.iter().filter(|(_, (answered, _))| *answered >= share.volume).collect();
+        let judged: Vec<&(&Arc<Endpoint>, (u32, u32))> =
+            counts.iter().filter(|(_, (answered, _))| *answered >= share.volume.max(1)).collect();
         if judged.len() < share.minimum_hosts {
             return;
         }

@@ -158,7 +158,6 @@ impl Health {
     /// the pool, after `healthy` passes in a row it comes back. Returns the new state when it
     /// changed (`true`: healthy again).
     pub fn checked(&self, passed: bool, unhealthy: u32, healthy: u32) -> Option<bool> {
-        self.checking.store(false, Ordering::Relaxed);
         let (this, other) = if passed {
             (&self.checks_in_a_row[0], &self.checks_in_a_row[1])
         } else {
@@ -176,6 +175,11 @@ impl Health {
             return Some(false);
         }
         None
+    }
+
+    /// Ends the claim of [`Health::claim_check`]: the next check may run when due.
+    pub fn release_check(&self) {
+        self.checking.store(false, Ordering::Relaxed);
     }
 
     /// Forgets active checking (its policy is gone): the endpoint is in the pool again.

@@ -5,7 +5,8 @@
 //! In: the endpoints of a destination (when its table is built) and, per request or
 //! connection, its hash key. Out: the index of the endpoint for a key, the first in table
 //! order that the caller may use now (available, in the zone locality allows), so ejected or
-//! far endpoints are passed over without rebuilding anything. Hashes are FNV-1a with a
+//! far endpoints are passed over without rebuilding anything (the ring's next points, the
+//! table's next slots). Hashes are FNV-1a with a
 //! splitmix64 finaliser: fixed, so every sidecar maps a key to the same endpoint. Built once
 //! per configuration; a lookup is a binary search (ring) or an index (Maglev), no allocation.
 
@@ -26,8 +27,6 @@ fn ring_points(endpoints: usize) -> usize {
 }
 /// Maglev lookup table size: a prime far above the endpoint count, as Envoy's default.
 const MAGLEV_SIZE: usize = 65_537;
-/// Other slots tried when a key's Maglev slot holds an endpoint that cannot be used now.
-const MAGLEV_PROBES: u64 = 64;
 
 /// A stable 64-bit hash of `bytes`.
 pub fn hash_bytes(bytes: &[u8]) -> u64 {
@@ -123,12 +122,12 @@ impl Table {
                 let start = points.partition_point(|p| p.0 < key);
                 (0..points.len()).map(|step| usize::from(points[(start + step) % points.len()].1)).find(|i| usable(*i))
             }
-            Table::Maglev(slots) if !slots.is_empty() => (0..=MAGLEV_PROBES)
-                .map(|probe| {
-                    let k = if probe == 0 { key } else { mix(key.wrapping_add(probe)) };
-                    usize::from(slots[(k % slots.len() as u64) as usize])
-                })
-                .find(|i| usable(*i)),
+            // The key's slot, else the next slots in order: the same answer for the same
+            // usable endpoints, whichever zone they are in.
+            Table::Maglev(slots) if !slots.is_empty() => {
+                let start = (key % slots.len() as u64) as usize;
+                (0..slots.len()).map(|step| usize::from(slots[(start + step) % slots.len()])).find(|i| usable(*i))
+            }
             _ => None,
         }
     }

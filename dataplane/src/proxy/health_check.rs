@@ -25,7 +25,6 @@ use super::data_path::DataPath;
 use super::destinations::{Destination, Protocol};
 use super::endpoint::{now_ms, Endpoint};
 use super::http::body::Counted;
-use super::http::pool::Connector;
 
 /// How often the timer looks for due checks.
 const TICK: Duration = Duration::from_millis(100);
@@ -102,9 +101,15 @@ pub fn spawn(path: &Arc<DataPath>) {
                     }
                     let (path, destination, endpoint, policy) = (path.clone(), destination.clone(), endpoint.clone(), policy.clone());
                     path.tasks.clone().spawn(async move {
-                        let result = match tokio::time::timeout(policy.timeout, probe(&path, &destination, &endpoint, &policy.check)).await {
-                            Ok(result) => result,
-                            Err(_) => Err(format!("no answer within {:?}", policy.timeout)),
+                        // However the check ends (a drain included), the next one may run.
+                        let _claim = Claim(&endpoint);
+                        let checked = tokio::time::timeout(policy.timeout, probe(&path, &destination, &endpoint, &policy));
+                        let result = tokio::select! {
+                            () = path.drain.signaled() => return,
+                            checked = checked => match checked {
+                                Ok(result) => result,
+                                Err(_) => Err(format!("no answer within {:?}", policy.timeout)),
+                            },
                         };
                         let passed = result.is_ok();
                         match endpoint.health.checked(passed, policy.unhealthy, policy.healthy) {
@@ -125,21 +130,20 @@ pub fn spawn(path: &Arc<DataPath>) {
     });
 }
 
+/// Releases an endpoint's claim on its next check when the check ends.
+struct Claim<'a>(&'a Endpoint);
+
+impl Drop for Claim<'_> {
+    fn drop(&mut self) {
+        self.0.health.release_check();
+    }
+}
+
 /// One check of `endpoint`: `Ok` if it passed, else why not.
-async fn probe(path: &DataPath, destination: &Destination, endpoint: &Arc<Endpoint>, check: &Check) -> Result<(), String> {
-    match check {
+async fn probe(path: &DataPath, destination: &Destination, endpoint: &Arc<Endpoint>, policy: &HealthCheckPolicy) -> Result<(), String> {
+    match &policy.check {
         Check::Http { path: uri_path, expected } => {
-            let connector = Connector {
-                identities: &path.identities,
-                expected: &destination.expected,
-                sni: &endpoint.sni,
-                health: &endpoint.health,
-                connect_timeout: destination.timeouts.connect,
-                max_age: destination.timeouts.max_connection,
-                metrics: &path.metrics.outbound,
-                drain: &path.drain,
-                tasks: &path.tasks,
-            };
+            let connector = super::http::outbound::connector(path, destination, endpoint);
             let mut sender = endpoint.pool.sender(endpoint.address, &connector).await.map_err(|e| e.to_string())?;
             let mut request = Request::new(Counted::empty(destination.metrics.request_bytes.clone()));
             *request.uri_mut() = format!("http://{}{uri_path}", destination.service).parse().map_err(|e| format!("{e}"))?;
@@ -163,7 +167,7 @@ async fn probe(path: &DataPath, destination: &Destination, endpoint: &Arc<Endpoi
             let mut buf = vec![0u8; 4096];
             let Some(send) = send else {
                 // The peer closes the tunnel at once when it cannot reach the application.
-                return match tokio::time::timeout(TCP_SETTLE, tunnel.read(&mut buf)).await {
+                return match tokio::time::timeout(TCP_SETTLE.min(policy.timeout / 2), tunnel.read(&mut buf)).await {
                     Ok(Ok(0)) | Ok(Err(_)) => Err("the peer closed the tunnel: the application is not reachable".into()),
                     Ok(Ok(_)) | Err(_) => Ok(()),
                 };
@@ -171,7 +175,7 @@ async fn probe(path: &DataPath, destination: &Destination, endpoint: &Arc<Endpoi
             tunnel.write_all(send).await.map_err(|e| e.to_string())?;
             let mut got = Vec::new();
             loop {
-                if receive.iter().all(|r| got.windows(r.len().max(1)).any(|w| w == r.as_slice())) {
+                if receive.iter().all(|r| r.is_empty() || got.windows(r.len()).any(|w| w == r.as_slice())) {
                     return Ok(());
                 }
                 match tunnel.read(&mut buf).await {

@@ -131,6 +131,17 @@ impl Mesh {
         assert!(r.status().is_success(), "{path}: {}", r.status());
     }
 
+    /// Backend (`backend-1`, HTTP, its application on `app`) and web with an outbound to it,
+    /// once a request from web reaches backend: (backend, web, web's outbound port, a client).
+    pub async fn web_and_backend(&self, app: u16) -> (Sidecar, Sidecar, u16, reqwest::Client) {
+        let web_out = free_port();
+        let backend = self.sidecar("backend", "backend", &dataplane("backend-1", "backend", free_port(), app, "http", &[])).await;
+        let web = self.sidecar("web", "web", &dataplane("web-1", "web", free_port(), free_port(), "http", &[(web_out, "backend")])).await;
+        let client = reqwest::Client::new();
+        eventually("web -> backend", async || get(&client, web_out, "/").await.filter(|r| r.0 == 200)).await;
+        (backend, web, web_out, client)
+    }
+
     /// Starts a sidecar for Dataplane `yaml` of `service`.
     pub async fn sidecar(&self, name: &str, service: &str, yaml: &str) -> Sidecar {
         Sidecar::start(self.validated(name, service, yaml).await).await.unwrap()

@@ -32,7 +32,7 @@ use super::retry::{Cause, RetryPolicy};
 use super::{absolute, serve_until_drained, strip_hop_by_hop, InSpan};
 use crate::proxy::data_path::DataPath;
 use crate::proxy::destinations::Destination;
-use crate::proxy::endpoint::{Endpoint, InFlight, Outcome};
+use crate::proxy::endpoint::{Endpoint, Health, InFlight, Outcome};
 
 /// What the application receives: a peer's response body, holding its endpoint's in-flight
 /// count until it ends, or the sidecar's own answer.
@@ -144,11 +144,13 @@ async fn forward(request: Request<Incoming>, service: &str, path: &DataPath, cli
         None => request,
     };
     let sent = match timeouts.headers_limit() {
-        Some(limit) => match tokio::time::timeout_at(now + limit.after, send(request, destination, key, path)).await {
-            Ok(sent) => sent,
-            Err(_) => Err((StatusCode::GATEWAY_TIMEOUT, format!("no response within {limit}"), Cause::Timeout)),
-        },
-        None => send(request, destination, key, path).await,
+        Some(limit) => {
+            match tokio::time::timeout_at(now + limit.after, send(request, destination, key, Some(now + limit.after), path)).await {
+                Ok(sent) => sent,
+                Err(_) => Err((StatusCode::GATEWAY_TIMEOUT, format!("no response within {limit}"), Cause::Timeout)),
+            }
+        }
+        None => send(request, destination, key, None, path).await,
     };
     let mut response = match sent {
         Ok((response, in_flight)) => response.map(|body| {
@@ -189,30 +191,36 @@ type Failure = (StatusCode, String, Cause);
 
 /// Sends `request` to `destination`, trying again as its MeshRetry says (when the request can
 /// be sent again and the retry budget allows); on success also returns the endpoint's in-flight
-/// guard, to be held until the response body ends.
+/// guard, to be held until the response body ends. `deadline`: when the sidecar gives up on the
+/// response headers.
 async fn send(
     request: Request<Counted>,
     destination: &Destination,
     key: Option<u64>,
+    deadline: Option<tokio::time::Instant>,
     path: &DataPath,
 ) -> Result<(Response<Incoming>, InFlight), Failure> {
     use http_body::Body as _;
-    let Some(policy) = &destination.retry else { return attempt(request, destination, key, path).await };
+    let Some(policy) = &destination.retry else { return attempt(request, destination, key, deadline, path).await };
     let replay = RetryPolicy::replayable(request.method(), request.body().is_end_stream()).then(|| Replay::copy(&request));
     let mut request = request;
     let mut retries = 0;
     let mut _slot = None;
     loop {
         let result = match policy.per_try {
-            Some(limit) => match tokio::time::timeout(limit, attempt(request, destination, key, path)).await {
-                Ok(result) => result,
-                Err(_) => Err((
-                    StatusCode::GATEWAY_TIMEOUT,
-                    format!("no response within the per-try timeout of {limit:?} (MeshRetry http.perTryTimeout)"),
-                    Cause::Timeout,
-                )),
-            },
-            None => attempt(request, destination, key, path).await,
+            Some(limit) => {
+                let until = tokio::time::Instant::now() + limit;
+                let until = deadline.map_or(until, |d| d.min(until));
+                match tokio::time::timeout(limit, attempt(request, destination, key, Some(until), path)).await {
+                    Ok(result) => result,
+                    Err(_) => Err((
+                        StatusCode::GATEWAY_TIMEOUT,
+                        format!("no response within the per-try timeout of {limit:?} (MeshRetry http.perTryTimeout)"),
+                        Cause::Timeout,
+                    )),
+                }
+            }
+            None => attempt(request, destination, key, deadline, path).await,
         };
         let retriable = match &result {
             Ok((response, _)) => policy.retries_status(response.status()),
@@ -238,6 +246,7 @@ async fn attempt(
     mut request: Request<Counted>,
     destination: &Destination,
     key: Option<u64>,
+    until: Option<tokio::time::Instant>,
     path: &DataPath,
 ) -> Result<(Response<Incoming>, InFlight), Failure> {
     let mut last: Option<Failure> = None;
@@ -246,17 +255,7 @@ async fn attempt(
         let Some(endpoint) = destination.pick_for(key).cloned() else {
             return Err((StatusCode::SERVICE_UNAVAILABLE, "no endpoint available".into(), Cause::Connect));
         };
-        let connector = Connector {
-            identities: &path.identities,
-            expected: &destination.expected,
-            sni: &endpoint.sni,
-            health: &endpoint.health,
-            connect_timeout: destination.timeouts.connect,
-            max_age: destination.timeouts.max_connection,
-            metrics: &path.metrics.outbound,
-            drain: &path.drain,
-            tasks: &path.tasks,
-        };
+        let connector = connector(path, destination, &endpoint);
         if !endpoint.pool.connected() {
             if let Some(refusal) = connection_limits(destination) {
                 destination.metrics.overflows.inc();
@@ -272,9 +271,9 @@ async fn attempt(
                 continue;
             }
         };
-        // Until the answer comes: an attempt abandoned on the way (a timeout) is a failure of
-        // local origin for outlier detection.
-        let mut pending = Pending { destination, endpoint: &endpoint, armed: true };
+        // Until the answer comes: an attempt the sidecar abandons on the way (its timeout) is a
+        // failure of local origin for outlier detection; one the application cancels is not.
+        let mut pending = Pending { destination, endpoint: &endpoint, until, armed: true };
         let sent = sender.try_send_request(request).await;
         pending.armed = false;
         drop(pending);
@@ -309,6 +308,21 @@ async fn attempt(
     Err(last.unwrap_or_else(|| (StatusCode::SERVICE_UNAVAILABLE, "no endpoint available".into(), Cause::Connect)))
 }
 
+/// What opening a pooled connection to `endpoint` of `destination` needs.
+pub fn connector<'a>(path: &'a DataPath, destination: &'a Destination, endpoint: &'a Endpoint) -> Connector<'a, Health> {
+    Connector {
+        identities: &path.identities,
+        expected: &destination.expected,
+        sni: &endpoint.sni,
+        health: &endpoint.health,
+        connect_timeout: destination.timeouts.connect,
+        max_age: destination.timeouts.max_connection,
+        metrics: &path.metrics.outbound,
+        drain: &path.drain,
+        tasks: &path.tasks,
+    }
+}
+
 /// Why a request that needs a new connection to an endpoint of `destination` must not open
 /// one (MeshCircuitBreaker `maxConnections`, `maxPendingRequests`), if it must not.
 fn connection_limits(destination: &Destination) -> Option<String> {
@@ -332,17 +346,20 @@ fn connection_limits(destination: &Destination) -> Option<String> {
     None
 }
 
-/// An attempt on its way to `endpoint`; dropped while armed (the attempt was abandoned, as
-/// by a timeout), it counts a failure of local origin.
+/// An attempt on its way to `endpoint`; dropped while armed once its time is up (`until`:
+/// the sidecar abandoned it at its timeout), it counts a failure of local origin. Dropped
+/// earlier, the application cancelled the request: that says nothing of the endpoint.
 struct Pending<'a> {
     destination: &'a Destination,
     endpoint: &'a Endpoint,
+    until: Option<tokio::time::Instant>,
     armed: bool,
 }
 
 impl Drop for Pending<'_> {
     fn drop(&mut self) {
-        if self.armed {
+        let timed_out = self.until.is_some_and(|until| tokio::time::Instant::now() + Duration::from_millis(5) >= until);
+        if self.armed && timed_out {
             self.destination.record(self.endpoint, Outcome::LocalOrigin);
         }
     }
