@@ -27,6 +27,15 @@ impl Drop for Children {
     }
 }
 
+/// What every sidecar benchmark starts with: the `strait-dp` binary, a control plane with one
+/// zone, its work directory, and the processes to kill at the end.
+pub async fn start() -> Result<(PathBuf, ControlPlane, PathBuf, Children), Error> {
+    let dp = sidecar_binary()?;
+    let cp = ControlPlane::start(1).await?;
+    let work = cp.dir.path().to_path_buf();
+    Ok((dp, cp, work, Children::default()))
+}
+
 /// A free TCP port on 127.0.0.1.
 pub fn free_port() -> std::io::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())

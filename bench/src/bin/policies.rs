@@ -15,10 +15,8 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use serde_json::{json, Value};
-use strait_bench::control::{ControlPlane, Error};
-use strait_bench::rig::{
-    file_server, free_port, sidecar_binary, start_sidecar, wait_http, wait_ready, Children, LoadArgs, Proxy, SidecarSpec, Target,
-};
+use strait_bench::control::Error;
+use strait_bench::rig::{file_server, free_port, start_sidecar, wait_http, wait_ready, LoadArgs, Proxy, SidecarSpec, Target};
 use strait_bench::{ms, percentile};
 
 #[derive(Parser)]
@@ -85,10 +83,7 @@ fn policy_set(routes: usize) -> Vec<(String, Value)> {
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Error> {
     let args = Args::parse();
-    let dp = sidecar_binary()?;
-    let cp = ControlPlane::start(1).await?;
-    let work = cp.dir.path().to_path_buf();
-    let mut children = Children::default();
+    let (dp, cp, work, mut children) = strait_bench::rig::start().await?;
     for path in DEFAULTS {
         cp.delete(&format!("/meshes/default/{path}")).await?;
     }

@@ -14,12 +14,11 @@ use std::process::Child;
 use std::time::Duration;
 
 use clap::Parser;
-use strait_bench::control::{ControlPlane, Error};
+use strait_bench::control::Error;
 use strait_bench::load::closed_loop;
 use strait_bench::procstat::children;
 use strait_bench::rig::{
-    file_server, free_port, nginx, sidecar_binary, start_sidecar, wait_http, wait_ready, Children, LoadArgs, Measured, Plan, Proxy,
-    SidecarSpec, Target,
+    file_server, free_port, nginx, start_sidecar, wait_http, wait_ready, LoadArgs, Measured, Plan, Proxy, SidecarSpec, Target,
 };
 use strait_bench::{ms, percentile};
 
@@ -37,10 +36,7 @@ const PATH: &str = "/1k.bin";
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Error> {
     let args = Args::parse();
-    let dp = sidecar_binary()?;
-    let cp = ControlPlane::start(1).await?;
-    let work = cp.dir.path().to_path_buf();
-    let mut children_to_kill = Children::default();
+    let (dp, cp, work, mut children_to_kill) = strait_bench::rig::start().await?;
 
     // The application: nginx serving a 1 KiB file.
     let (app, app_port) = file_server(&work, PATH)?;
