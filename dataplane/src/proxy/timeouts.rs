@@ -23,8 +23,10 @@ pub struct Timeouts {
     /// An HTTP stream may last this long in all, request and response bodies included
     /// (`http.maxStreamDuration`); `None`: no limit.
     pub max_stream: Option<Duration>,
-    /// An HTTP stream with no frame either way for this long is reset; until the response
-    /// headers come, waiting counts (`http.streamIdleTimeout`); `None`: no limit.
+    /// A request or response body with no frame for this long is cut, and the response
+    /// headers must come within it (`http.streamIdleTimeout`; each direction is timed on its
+    /// own, so an upload longer than it, with the headers yet to come, is cut too); `None`: no
+    /// limit.
     pub stream_idle: Option<Duration>,
     /// A pooled HTTP/2 connection is replaced (outbound), or closed gracefully (inbound), once
     /// this old (`http.maxConnectionDuration`); `None`: no limit.
