@@ -173,7 +173,8 @@ impl Destination {
     pub fn pick_for(&self, key: Option<u64>) -> Option<&Arc<Endpoint>> {
         let mut candidates = [None; MAX_CANDIDATES];
         let n = self.locality.candidates(&self.local, &self.remote, &mut candidates);
-        if let (Some(key), Balancer::Hash { table, .. }) = (key, &self.balancer) {
+        // No candidate: nothing in the table could be usable, so no walk through it.
+        if let (Some(key), Balancer::Hash { table, .. }, true) = (key, &self.balancer, n > 0) {
             let at = |i: usize| self.local.get(i).or_else(|| self.remote.get(i - self.local.len()));
             let usable = |i: usize| at(i).is_some_and(|e| candidates[..n].iter().flatten().any(|c| Arc::ptr_eq(c, e)));
             if let Some(endpoint) = table.lookup(key, usable).and_then(at) {
