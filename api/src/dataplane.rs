@@ -49,6 +49,56 @@ pub struct Inbound {
     pub service_address: Option<String>,
     /// Tags; `strait.io/service` is required, `strait.io/protocol` defaults to tcp.
     pub tags: BTreeMap<String, String>,
+    /// How the sidecar checks that the application behind this inbound answers (default: a
+    /// TCP connect every 5 s, out after 2 failures, back after 1 pass).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_probe: Option<ServiceProbe>,
+    /// Whether the application is ready, as the sidecar's probe last found it. The zone sets
+    /// it from the sidecar's reports; an inbound that is not ready gets no traffic, from its
+    /// zone or from others. Registered with `ready: false`, an inbound stays out until its
+    /// probe first passes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<InboundHealth>,
+}
+
+/// The sidecar's probe of the application behind an inbound.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ServiceProbe {
+    /// Turns the probe off: the inbound is always ready.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disabled: Option<bool>,
+    /// Time between probes (default 5s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval: Option<crate::Duration>,
+    /// Time a probe may take (default 1s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<crate::Duration>,
+    /// Failed probes in a row before the inbound is not ready (default 2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unhealthy_threshold: Option<u32>,
+    /// Passed probes in a row before it is ready again (default 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub healthy_threshold: Option<u32>,
+    /// Probe with an HTTP `GET` (passed: a 2xx or 3xx answer) rather than a TCP connect.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<HttpProbe>,
+}
+
+/// An HTTP probe of the application.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct HttpProbe {
+    /// Path requested, such as `/healthz`.
+    pub path: String,
+}
+
+/// An inbound's readiness.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct InboundHealth {
+    /// Whether the application answers its probe.
+    pub ready: bool,
 }
 
 /// A service the application reaches at a local port.
@@ -91,6 +141,11 @@ impl Inbound {
     /// The service this inbound serves.
     pub fn service(&self) -> &str {
         self.tags.get(SERVICE_TAG).map(String::as_str).unwrap_or_default()
+    }
+
+    /// Whether it gets traffic: ready unless its sidecar's probe (or its registration) says not.
+    pub fn is_ready(&self) -> bool {
+        self.health.is_none_or(|h| h.ready)
     }
 }
 
@@ -154,6 +209,19 @@ impl Validate for DataplaneSpec {
                 }
                 check_ip(v, "serviceAddress", &i.service_address);
                 check_service_tags(v, &i.tags);
+                if let Some(probe) = &i.service_probe {
+                    v.field("serviceProbe", |v| {
+                        crate::policies::check_positive(v, "interval", probe.interval);
+                        crate::policies::check_positive(v, "timeout", probe.timeout);
+                        crate::policies::check_min(v, "unhealthyThreshold", probe.unhealthy_threshold, 1);
+                        crate::policies::check_min(v, "healthyThreshold", probe.healthy_threshold, 1);
+                        if let Some(http) = &probe.http {
+                            if !http.path.starts_with('/') {
+                                v.field("http", |v| v.error_at("path", format!("{:?} must start with '/'", http.path)));
+                            }
+                        }
+                    });
+                }
             });
             v.each("outbound", &n.outbound, |v, o| {
                 check_port(v, "port", o.port);

@@ -245,7 +245,8 @@ fn endpoints_by_service(resources: &[Resource], zone: &str) -> BTreeMap<String, 
     let mut out: BTreeMap<String, Vec<Endpoint>> = BTreeMap::new();
     for r in resources.iter().filter(|r| r.kind == ResourceType::Dataplane) {
         let Spec::Dataplane(DataplaneSpec { networking }) = &r.spec else { continue };
-        for inbound in &networking.inbound {
+        // An inbound whose application fails its sidecar's probe gets no traffic.
+        for inbound in networking.inbound.iter().filter(|i| i.is_ready()) {
             let Some(service) = inbound.tags.get(SERVICE_TAG) else { continue };
             out.entry(service.clone()).or_default().push(Endpoint {
                 address: networking.address.clone(),

@@ -184,6 +184,11 @@ fn property_rules() -> Vec<(&'static str, Value)> {
         ("Inbound.servicePort", port()),
         ("Inbound.serviceAddress", opt_ref("IpAddress")),
         ("Inbound.tags", schema_ref("ServiceTags")),
+        ("ServiceProbe.interval", opt_ref("PositiveDuration")),
+        ("ServiceProbe.timeout", opt_ref("PositiveDuration")),
+        ("ServiceProbe.unhealthyThreshold", json!({ "minimum": 1 })),
+        ("ServiceProbe.healthyThreshold", json!({ "minimum": 1 })),
+        ("HttpProbe.path", json!({ "pattern": "^/" })),
         ("Outbound.port", port()),
         ("Outbound.address", opt_ref("IpAddress")),
         ("Outbound.tags", schema_ref("ServiceTags")),
@@ -210,8 +215,6 @@ fn property_rules() -> Vec<(&'static str, Value)> {
             json!({ "items": { "anyOf": [{ "type": "string", "enum": HTTP_RETRY_ON }, { "type": "string", "pattern": "^[1-5][0-9]{2}$" }] } }),
         ),
         ("RetryBudget.percent", percentage()),
-        // gRPC retries are not enforced yet (`support::not_enforced`).
-        ("RetryConf.grpc", json!({ "type": "null" })),
         // MeshCircuitBreaker.
         ("ConnectionLimits.maxConnections", json!({ "minimum": 1 })),
         ("ConnectionLimits.maxPendingRequests", json!({ "minimum": 1 })),
@@ -228,6 +231,7 @@ fn property_rules() -> Vec<(&'static str, Value)> {
         ("HealthCheckConf.healthyThreshold", json!({ "minimum": 1 })),
         ("HttpHealthCheck.path", opt_pattern("^/")),
         ("HttpHealthCheck.expectedStatuses", json!({ "items": status() })),
+        ("GrpcHealthCheck.authority", opt_pattern("^[A-Za-z0-9.-]+$")),
         // MeshLoadBalancingStrategy.
         ("LeastRequest.choiceCount", json!({ "minimum": 2 })),
         ("RingHash.hashPolicies", json!({ "minItems": 1 })),
@@ -273,12 +277,6 @@ fn property_rules() -> Vec<(&'static str, Value)> {
         ("RequestRedirect.path", opt_pattern("^/")),
         ("RequestRedirect.port", range(0, 65535)),
         ("RequestMirror.percentage", percentage()),
-        // Not enforced yet (`support::not_enforced`).
-        (
-            "HttpFilter.type",
-            json!({ "type": "string", "enum": ["RequestHeaderModifier", "ResponseHeaderModifier", "RequestRedirect", "URLRewrite"] }),
-        ),
-        ("HttpFilter.requestMirror", json!({ "type": "null" })),
         ("HttpRouteConf.backendRefs", weighted_backends(false)),
         ("TcpRouteConf.backendRefs", weighted_backends(true)),
     ]
@@ -339,6 +337,7 @@ fn object_rules() -> Vec<(&'static str, Value)> {
             filter("ResponseHeaderModifier", "responseHeaderModifier"),
             filter("RequestRedirect", "requestRedirect"),
             filter("URLRewrite", "urlRewrite"),
+            filter("RequestMirror", "requestMirror"),
         ] }),
         ),
         (
@@ -576,9 +575,14 @@ fn replace_ref_value(schema: &mut Value, from: &str, to: &Value) {
 fn cap_unsigned(schema: &mut Value) {
     match schema {
         Value::Object(map) => {
-            let is_u32 = map.get("format") == Some(&json!("int32")) && map.get("minimum") == Some(&json!(0));
-            if is_u32 && !map.contains_key("maximum") {
-                map.insert("maximum".into(), json!(u32::MAX));
+            // Unsigned: a minimum of 0, or the higher one a rule set.
+            let is_u32 = map.get("format") == Some(&json!("int32")) && map.get("minimum").and_then(Value::as_u64).is_some();
+            if is_u32 {
+                // Up to u32::MAX, which int32 cannot hold: checkers take `int32` as a bound.
+                map.insert("format".into(), json!("int64"));
+                if !map.contains_key("maximum") {
+                    map.insert("maximum".into(), json!(u32::MAX));
+                }
             }
             map.values_mut().for_each(cap_unsigned);
         }

@@ -17,20 +17,6 @@ pub fn not_enforced(resource: &Resource) -> ValidationErrors {
     let mut errors = caller_tags(resource);
     let mut refuse = |field: String, message: &str| errors.push(FieldError { field, message: message.into() });
     match &resource.spec {
-        Spec::MeshHTTPRoute(spec) => {
-            for (i, to) in spec.to.iter().enumerate() {
-                for (j, rule) in to.rules.iter().enumerate() {
-                    for (k, filter) in rule.default.filters.iter().enumerate() {
-                        if filter.kind == crate::policies::http_route::HttpFilterType::RequestMirror {
-                            refuse(
-                                format!("spec.to[{i}].rules[{j}].default.filters[{k}].type"),
-                                "RequestMirror is not enforced by the sidecars yet; the other filters are",
-                            );
-                        }
-                    }
-                }
-            }
-        }
         Spec::MeshCircuitBreaker(spec) if !spec.from.is_empty() => {
             refuse(
                 "spec.from".into(),
@@ -39,12 +25,6 @@ pub fn not_enforced(resource: &Resource) -> ValidationErrors {
         }
         Spec::MeshRetry(spec) => {
             for (i, to) in spec.to.iter().enumerate() {
-                if to.default.grpc.is_some() {
-                    refuse(
-                        format!("spec.to[{i}].default.grpc"),
-                        "gRPC retries are not enforced by the sidecars yet (calls carry bodies, which are streamed, not kept); use http for bodiless idempotent requests, tcp for connections",
-                    );
-                }
                 let retry_on = to.default.http.as_ref().and_then(|h| h.retry_on.as_ref());
                 for (j, condition) in retry_on.into_iter().flatten().enumerate() {
                     if condition == "Http3PostConnectFailure" {

@@ -97,7 +97,10 @@ impl Sidecar {
         tasks.spawn(admin.serve(admin_drain.watcher()));
         let workload = crate::identity::start(&config.dataplane.name, state.clone(), certificate, cancel.clone(), &tasks);
         let (streams, nacks) = (proxy_metrics.control_plane_streams.clone(), proxy_metrics.config_nacks.clone());
-        tasks.spawn(DpsClient { config: config.clone(), state: state.clone(), guards, workload, streams, nacks }.run(cancel.clone()));
+        let health = crate::probe::start(&config.dataplane, &cancel, &tasks);
+        tasks.spawn(
+            DpsClient { config: config.clone(), state: state.clone(), guards, workload, streams, nacks, health }.run(cancel.clone()),
+        );
         let proxy = crate::proxy::run(state.clone(), proxy_metrics, listeners, drain.watcher(), tasks.clone());
         tasks.spawn_on(proxy, data_path.handle());
         tracing::info!(

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use arc_swap::ArcSwapOption;
 use prometheus_client::metrics::counter::Counter;
 use strait_api::dps::dataplane_sync_client::DataplaneSyncClient;
-use strait_api::dps::{dataplane_message, zone_message, Ack, DataplaneMessage, Hello, Nack, PROTOCOL_VERSION};
+use strait_api::dps::{dataplane_message, zone_message, Ack, DataplaneMessage, Health, Hello, InboundReadiness, Nack, PROTOCOL_VERSION};
 use strait_api::proxy_config::ProxyConfig;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -70,6 +70,8 @@ pub struct DpsClient {
     pub streams: Counter,
     /// Configurations refused (`strait_dp_config_nacks_total`).
     pub nacks: Counter,
+    /// The application's readiness behind each inbound, from [`crate::probe`].
+    pub health: tokio::sync::watch::Receiver<crate::probe::Readinesses>,
 }
 
 /// The configuration in `json`, if this sidecar can apply it; else why not (the NACK's
@@ -99,7 +101,10 @@ impl DpsClient {
             Err(e) => return End::Broken(e),
         };
         let (tx, rx) = mpsc::channel(8);
-        let dataplane = serde_json::to_vec(&self.config.dataplane).unwrap_or_default();
+        // Registered with what the probes find now; changes follow as `Health` messages.
+        let mut health = self.health.clone();
+        let dataplane = crate::probe::with_health(&self.config.dataplane, &health.borrow_and_update());
+        let dataplane = serde_json::to_vec(&dataplane).unwrap_or_default();
         let hello = Hello { protocol: PROTOCOL_VERSION, dataplane, software_version: env!("CARGO_PKG_VERSION").into() };
         let _ = tx.send(msg(dataplane_message::Message::Hello(hello))).await;
         let request = match cp_client::with_bearer(ReceiverStream::new(rx), &self.config.token) {
@@ -114,10 +119,19 @@ impl DpsClient {
         self.streams.inc();
         let _attached = self.workload.signer.attach(tx.clone());
         loop {
-            let message = match inbound.message().await {
-                Ok(Some(m)) => m,
-                Ok(None) => return End::Broken("the zone closed the stream".into()),
-                Err(s) => return classify(s),
+            let message = tokio::select! {
+                message = inbound.message() => match message {
+                    Ok(Some(m)) => m,
+                    Ok(None) => return End::Broken("the zone closed the stream".into()),
+                    Err(s) => return classify(s),
+                },
+                Ok(()) = health.changed() => {
+                    let report = health_report(&health.borrow_and_update());
+                    if tx.send(msg(dataplane_message::Message::Health(report))).await.is_err() {
+                        return End::Broken("request stream closed".into());
+                    }
+                    continue;
+                }
             };
             match message.message {
                 Some(zone_message::Message::Config(c)) => {
@@ -148,6 +162,15 @@ impl DpsClient {
             }
         }
     }
+}
+
+/// Every inbound's readiness, as the zone takes it.
+fn health_report(readiness: &crate::probe::Readinesses) -> Health {
+    let inbounds = readiness
+        .iter()
+        .map(|(port, r)| InboundReadiness { port: u32::from(*port), ready: r.is_ok(), reason: r.clone().err().unwrap_or_default() })
+        .collect();
+    Health { inbounds }
 }
 
 fn msg(m: dataplane_message::Message) -> DataplaneMessage {

@@ -10,6 +10,7 @@ pub mod app;
 pub mod config;
 pub mod dps_client;
 pub mod identity;
+pub mod probe;
 pub mod proxy;
 pub mod runtime;
 pub mod transparent;

@@ -1,5 +1,6 @@
 //! MeshRetry through real sidecars: a server that fails the first two attempts succeeds
-//! through retries (counted in the metrics), a request with a body is never sent twice, and a
+//! through retries (counted in the metrics), a POST is never sent twice while a PUT is, with
+//! its body, and a
 //! failing server under concurrent load receives no more retries than the budget allows.
 
 mod common;
@@ -29,9 +30,11 @@ async fn flaky_app() -> Flaky {
         while let Ok((stream, _)) = listener.accept().await {
             let (fail, delay_ms, hits) = state.clone();
             tokio::spawn(async move {
-                let service = hyper::service::service_fn(move |_request: http::Request<hyper::body::Incoming>| {
+                let service = hyper::service::service_fn(move |request: http::Request<hyper::body::Incoming>| {
                     let (fail, delay_ms, hits) = (fail.clone(), delay_ms.clone(), hits.clone());
                     async move {
+                        use http_body_util::BodyExt;
+                        let received = request.into_body().collect().await.map(|b| b.to_bytes().len()).unwrap_or(0);
                         hits.fetch_add(1, Ordering::SeqCst);
                         tokio::time::sleep(Duration::from_millis(delay_ms.load(Ordering::SeqCst))).await;
                         let failing = fail.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| match n {
@@ -40,7 +43,8 @@ async fn flaky_app() -> Flaky {
                             n => Some(n - 1),
                         });
                         let status = if failing.is_ok() { 503 } else { 200 };
-                        let body = http_body_util::Full::new(bytes::Bytes::from_static(b"flaky"));
+                        let text = if received > 0 { format!("flaky {received}") } else { "flaky".into() };
+                        let body = http_body_util::Full::new(bytes::Bytes::from(text));
                         Ok::<_, std::convert::Infallible>(http::Response::builder().status(status).body(body).unwrap())
                     }
                 });
@@ -101,11 +105,17 @@ async fn failed_attempts_are_retried_within_the_budget() {
     assert_eq!(app.hits.load(Ordering::SeqCst) - hits, 3, "the first attempt and two retries");
     assert_eq!(metric(&web, retries_total).await - retries, 2.0, "retries are counted");
 
-    // A request with a body is streamed, not kept: it is never sent twice.
+    // A POST is not idempotent: it is never sent twice.
     let hits = app.hits.load(Ordering::SeqCst);
     app.fail.store(1, Ordering::SeqCst);
     assert_eq!(client.post(&url).body("order").send().await.unwrap().status(), 503);
     assert_eq!(app.hits.load(Ordering::SeqCst) - hits, 1);
+    // A PUT is: its body, kept as it passed, is sent again.
+    let hits = app.hits.load(Ordering::SeqCst);
+    app.fail.store(1, Ordering::SeqCst);
+    let put = client.put(&url).body("order").send().await.unwrap();
+    assert_eq!((put.status(), put.text().await.unwrap().as_str()), (reqwest::StatusCode::OK, "flaky 5"));
+    assert_eq!(app.hits.load(Ordering::SeqCst) - hits, 2);
     app.fail.store(0, Ordering::SeqCst);
 
     // A failing server under 10 concurrent requests: one retry slot (10% of 10 in progress, at

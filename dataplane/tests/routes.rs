@@ -366,3 +366,112 @@ async fn every_policy_change_under_constant_load_fails_no_request() {
         s.shutdown(std::time::Duration::from_secs(1)).await;
     }
 }
+
+/// An HTTP application that answers 200 and records each request it receives: (method,
+/// body, whether it carries `x-strait-mirror`).
+async fn recording_app() -> (u16, Arc<std::sync::Mutex<Vec<(String, String, bool)>>>) {
+    use http_body_util::BodyExt;
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let record = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let record = record.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |request: http::Request<hyper::body::Incoming>| {
+                    let record = record.clone();
+                    async move {
+                        let (parts, body) = request.into_parts();
+                        let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+                        let mirrored = parts.headers.contains_key("x-strait-mirror");
+                        record.lock().unwrap().push((parts.method.to_string(), String::from_utf8_lossy(&body).to_string(), mirrored));
+                        Ok::<_, std::convert::Infallible>(http::Response::new(http_body_util::Full::new(bytes::Bytes::from_static(
+                            b"shadow",
+                        ))))
+                    }
+                });
+                let builder = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+                let _ = builder.serve_connection(hyper_util::rt::TokioIo::new(stream), service).await;
+            });
+        }
+    });
+    (port, seen)
+}
+
+/// RequestMirror: every request (bodies included) is copied to the mirror, whose answers are
+/// dropped; with a percentage, about that share is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_are_mirrored_by_percentage_and_the_copies_answers_dropped() {
+    let mesh = Mesh::start().await;
+    let app = http_app("v1").await.port;
+    let (shadow_app, copies) = recording_app().await;
+    let _b1 = mesh.sidecar("backend-1", "backend", &backend("backend-1", "v1", free_port(), app)).await;
+    let _shadow = mesh.sidecar("shadow", "shadow", &common::dataplane("shadow-1", "shadow", free_port(), shadow_app, "http", &[])).await;
+    let web_out = free_port();
+    let web_yaml = common::dataplane("web-1", "web", free_port(), free_port(), "http", &[(web_out, "backend"), (free_port(), "shadow")]);
+    let web = mesh.sidecar("web", "web", &web_yaml).await;
+    let client = reqwest::Client::new();
+    eventually("web -> backend", async || common::get(&client, web_out, "/").await.filter(|r| r.0 == 200)).await;
+    let mirror = |percentage: Option<f64>| {
+        let mut filter = json!({"type": "RequestMirror", "requestMirror": {"backendRef": {"kind": "MeshService", "name": "shadow"}}});
+        if let Some(p) = percentage {
+            filter["requestMirror"]["percentage"] = json!(p);
+        }
+        route(json!([{"matches": [{"path": {"type": "PathPrefix", "value": "/"}}], "default": {"filters": [filter]}}]))
+    };
+    mesh.put("/meshes/default/meshhttproutes/backend-routes", mirror(None)).await;
+    eventually("the mirror to apply", async || {
+        let config = web.state.config.load_full()?;
+        let backend = config.1.outbounds.iter().find(|o| o.service == "backend")?;
+        let shadow = config.1.outbounds.iter().find(|o| o.service == "shadow")?;
+        (!backend.http_routes.is_empty() && !shadow.endpoints.is_empty()).then_some(())
+    })
+    .await;
+    eventually("a first copy", async || {
+        common::get(&client, web_out, "/").await?;
+        (!copies.lock().unwrap().is_empty()).then_some(())
+    })
+    .await;
+
+    // A copy is counted on web once its answer (dropped) has come: every copy so far has been
+    // answered when the mirror received as many as web counts.
+    let answered = "strait_dp_http_requests_total{direction=\"outbound\",source=\"web\",destination=\"shadow\",status=\"2xx\"}";
+    let settled = async || {
+        let received = copies.lock().unwrap().len();
+        let answered = common::metric(&web, answered).await;
+        (received as f64 == answered).then_some(received)
+    };
+
+    // Every request, its body too, reaches the mirror marked as a copy; the caller gets the
+    // backend's answer.
+    let start = eventually("the first copies to be answered", settled).await;
+    for i in 0..20 {
+        let response = client.post(format!("http://127.0.0.1:{web_out}/orders")).body(format!("order-{i}")).send().await.unwrap();
+        assert_eq!(response.status(), 200);
+        assert!(response.text().await.unwrap().starts_with("v1 POST /orders"), "the backend answers, not the mirror");
+    }
+    eventually("20 copies", async || (settled().await? == start + 20).then_some(())).await;
+    let mut bodies: Vec<String> = copies.lock().unwrap()[start..].iter().map(|(m, b, marked)| format!("{m} {b} {marked}")).collect();
+    bodies.sort();
+    let mut expected: Vec<String> = (0..20).map(|i| format!("POST order-{i} true")).collect();
+    expected.sort();
+    assert_eq!(bodies, expected);
+
+    // 50%: about half of 400 requests are copied.
+    mesh.put("/meshes/default/meshhttproutes/backend-routes", mirror(Some(50.0))).await;
+    eventually("the percentage to apply", async || {
+        let config = web.state.config.load_full()?;
+        let backend = config.1.outbounds.iter().find(|o| o.service == "backend")?;
+        let filter = backend.http_routes.first()?.conf.filters.first()?;
+        (filter.request_mirror.as_ref()?.percentage == Some(50.0)).then_some(())
+    })
+    .await;
+    let start = start + 20;
+    for _ in 0..400 {
+        assert_eq!(common::get(&client, web_out, "/").await.map(|r| r.0), Some(200));
+    }
+    let mirrored = eventually("the copies to be answered", settled).await - start;
+    println!("FIGURE mirror 50%: {mirrored} of 400 requests copied");
+    assert!((160..=240).contains(&mirrored), "about half of 400: {mirrored}");
+}

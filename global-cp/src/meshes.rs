@@ -21,8 +21,9 @@ pub struct GlobalMeshes;
 ///
 /// - MeshTimeout: connect within 5 s, idle connections closed after 1 h, HTTP requests answered
 ///   504 after 15 s;
-/// - MeshRetry: 5 TCP connect attempts; up to 5 retries of idempotent bodiless HTTP requests
-///   on 5xx, gateway errors, 409, resets and connect failures, 25-250 ms back-off, within the retry
+/// - MeshRetry: 5 TCP connect attempts; up to 5 retries of idempotent HTTP requests on 5xx,
+///   gateway errors, 409, resets and connect failures, and of gRPC calls answered Canceled,
+///   DeadlineExceeded, ResourceExhausted or Unavailable, 25-250 ms back-off, within the retry
 ///   budget (20% of the requests in progress, or 3);
 /// - MeshCircuitBreaker: at most 1024 requests and 3 retries in progress per destination;
 ///   outlier detection ejecting an endpoint after 5 failures in a row (any, gateway or local
@@ -48,6 +49,7 @@ fn default_policies(mesh: &str) -> Vec<Resource> {
             to_all(json!({
                 "tcp": {"maxConnectAttempt": 5},
                 "http": {"numRetries": 5, "perTryTimeout": "16s", "backOff": {"baseInterval": "25ms", "maxInterval": "250ms"}},
+                "grpc": {"numRetries": 5, "perTryTimeout": "16s", "backOff": {"baseInterval": "25ms", "maxInterval": "250ms"}},
             })),
         ),
         (

@@ -204,14 +204,21 @@ impl Zones {
         Ok(())
     }
 
-    /// Adds `status` (connection, revisions, NACK errors, inventory summary) to a Zone.
+    /// Adds `status` (connection, revisions, NACK errors, inventory summary with each service's
+    /// endpoints and healthy endpoints) to a Zone.
     pub async fn decorate(&self, mut zone: Resource) -> Resource {
         let status = self.registry.status(&zone.name);
         let mut value = serde_json::to_value(&status).unwrap_or(Value::Null);
         if let Ok(Some(inv)) = self.resources.store().get(&Key::new(ZONE_INVENTORY, "", &zone.name)).await {
-            let services = inv.data.get("services").and_then(Value::as_array).map(Vec::len).unwrap_or(0);
+            let listed = inv.data.get("services").and_then(Value::as_array).cloned().unwrap_or_default();
+            // Per service: its endpoints, and how many of them pass their sidecar's probe.
+            let endpoints: Vec<Value> = listed
+                .iter()
+                .map(|s| json!({"mesh": s["mesh"], "service": s["name"], "endpoints": s["endpoints"], "healthy": s["healthy"]}))
+                .collect();
             value["inventory"] = json!({
-                "services": services,
+                "services": listed.len(),
+                "endpoints": endpoints,
                 "ingressAddresses": inv.data.get("ingressAddresses").cloned().unwrap_or(Value::Null),
             });
         }

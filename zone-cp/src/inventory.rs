@@ -1,5 +1,6 @@
-//! The zone's inventory: the services of its Dataplanes, with endpoint counts, protocol and
-//! each endpoint by id and tags (other zones balance over them), and
+//! The zone's inventory: the services of its Dataplanes, with endpoint counts (all, and those
+//! whose application passes its sidecar's probe), protocol and each ready endpoint by id and
+//! tags (other zones balance over them), and
 //! its gateways' ingress addresses, as reported upstream so that other zones can reach them.
 //!
 //! In: the zone's Dataplanes, connected gateways and sidecars' NACKs (registered on this
@@ -19,27 +20,36 @@ use tokio::sync::watch;
 
 /// Computes the inventory from the zone's store.
 pub async fn compute(resources: &Resources) -> Result<kds::Inventory, ServiceError> {
-    let mut counts: BTreeMap<(String, String), (u32, String, Vec<kds::InstanceInventory>)> = BTreeMap::new();
+    let mut counts: BTreeMap<(String, String), kds::ServiceInventory> = BTreeMap::new();
     for dp in resources.list(ResourceType::Dataplane, None).await? {
         let (Some(mesh), Spec::Dataplane(spec)) = (dp.mesh.as_deref(), &dp.spec) else { continue };
         let ip = spec.networking.address.parse::<std::net::IpAddr>().ok();
         for inbound in &spec.networking.inbound {
-            let protocol = inbound.tags.get(PROTOCOL_TAG).cloned().unwrap_or_else(|| "tcp".into());
             let service = inbound.service();
-            let entry = counts.entry((mesh.to_string(), service.to_string())).or_insert((0, protocol, Vec::new()));
-            entry.0 += 1;
+            let entry = counts.entry((mesh.to_string(), service.to_string())).or_insert_with(|| kds::ServiceInventory {
+                mesh: mesh.to_string(),
+                name: service.to_string(),
+                protocol: inbound.tags.get(PROTOCOL_TAG).cloned().unwrap_or_else(|| "tcp".into()),
+                ..Default::default()
+            });
+            entry.endpoints += 1;
+            // An inbound whose application fails its probe is counted, not offered.
+            if !inbound.is_ready() {
+                continue;
+            }
+            entry.healthy += 1;
             // Listed one by one under the id the gateways' ingress knows it by (see `gateways::config`).
             if let Some(ip) = ip {
                 let id = instance_id(mesh, service, &std::net::SocketAddr::new(ip, inbound.port));
-                entry.2.push(kds::InstanceInventory { id, tags: inbound.tags.clone().into_iter().collect() });
+                entry.instances.push(kds::InstanceInventory { id, tags: inbound.tags.clone().into_iter().collect() });
             }
         }
     }
     let services = counts
-        .into_iter()
-        .map(|((mesh, name), (endpoints, protocol, mut instances))| {
-            instances.sort_by(|a, b| a.id.cmp(&b.id));
-            kds::ServiceInventory { mesh, name, endpoints, healthy: endpoints, protocol, instances }
+        .into_values()
+        .map(|mut service| {
+            service.instances.sort_by(|a, b| a.id.cmp(&b.id));
+            service
         })
         .collect();
     let ingress_addresses = crate::gateways::list(resources.store().as_ref()).await?.into_iter().map(|g| g.ingress_address).collect();

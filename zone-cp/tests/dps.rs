@@ -235,6 +235,31 @@ async fn a_sidecar_registers_gets_its_config_and_certificate_and_follows_changes
         assert!(Instant::now() < deadline, "the zone's inventory lists web and api");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+
+    // api's application fails its probe: api leaves web's endpoints and the inventory's
+    // healthy count (other zones stop sending to it), and comes back when it passes.
+    let report = |ready: bool| DataplaneMessage {
+        message: Some(dataplane_message::Message::Health(strait_api::dps::Health {
+            inbounds: vec![strait_api::dps::InboundReadiness { port: 9090, ready, reason: if ready { "" } else { "refused" }.into() }],
+        })),
+    };
+    let api_healthy = |v: &Value| {
+        v["items"][0]["services"]
+            .as_array()
+            .and_then(|s| s.iter().find(|s| s["name"] == "api"))
+            .map(|s| (s["endpoints"].clone(), s["healthy"].clone()))
+    };
+    for (ready, endpoints) in [(false, 0), (true, 1)] {
+        api.tx.send(report(ready)).await.unwrap();
+        let (_, cfg) = web.config().await;
+        let api_out = cfg.outbounds.iter().find(|o| o.service == "api");
+        assert_eq!(api_out.map_or(0, |o| o.endpoints.len()), endpoints, "api ready={ready}");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while api_healthy(&zones(&env).await) != Some((json!(1), json!(endpoints))) {
+            assert!(Instant::now() < deadline, "the inventory counts api's healthy endpoints: {:?}", api_healthy(&zones(&env).await));
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
     drop(api);
     let deadline = Instant::now() + Duration::from_secs(10);
     while services(&zones(&env).await) != 1 {

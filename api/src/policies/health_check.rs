@@ -28,6 +28,25 @@ pub struct HealthCheckConf {
     /// TCP check (connect, optionally send and expect bytes).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tcp: Option<TcpHealthCheck>,
+    /// gRPC check (`grpc.health.v1.Health/Check`), for destinations that speak grpc.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grpc: Option<GrpcHealthCheck>,
+}
+
+/// A gRPC health check: the standard `grpc.health.v1.Health/Check` call, healthy when it
+/// answers `SERVING`.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct GrpcHealthCheck {
+    /// Turns this check off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disabled: Option<bool>,
+    /// The service asked about (default: empty, the server as a whole).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_name: Option<String>,
+    /// The host name the call is addressed to (`:authority`; default: the destination's service name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub authority: Option<String>,
 }
 
 /// An HTTP health check.
@@ -66,6 +85,7 @@ impl Validate for HealthCheckConf {
         check_positive(v, "timeout", self.timeout);
         check_min(v, "unhealthyThreshold", self.unhealthy_threshold, 1);
         check_min(v, "healthyThreshold", self.healthy_threshold, 1);
+        self.check_grpc(v);
         if let Some(http) = &self.http {
             v.field("http", |v| {
                 if let Some(path) = &http.path {
@@ -81,6 +101,15 @@ impl Validate for HealthCheckConf {
                     });
                 }
             });
+        }
+    }
+}
+
+impl HealthCheckConf {
+    fn check_grpc(&self, v: &mut Validator) {
+        let Some(authority) = self.grpc.as_ref().and_then(|g| g.authority.as_ref()) else { return };
+        if authority.is_empty() || !authority.chars().all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-') {
+            v.field("grpc", |v| v.error_at("authority", format!("{authority:?} is not a host name (letters, digits, '.', '-')")));
         }
     }
 }

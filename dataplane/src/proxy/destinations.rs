@@ -331,7 +331,7 @@ impl Build<'_> {
             locality: Locality::from_conf(lb, zone),
             timeouts: Timeouts::from_conf(outbound.policies.timeout.as_ref()),
             metrics: self.metrics.pair(Direction::Outbound, self.source, &outbound.service),
-            retry: RetryPolicy::from_conf(outbound.policies.retry.as_ref()),
+            retry: RetryPolicy::from_conf(outbound.policies.retry.as_ref(), outbound.protocol),
             budget: Budget::default(),
             outlier: OutlierPolicy::from_conf(outbound.policies.circuit_breaker.as_ref()),
             limits: Limits::from_conf(outbound.policies.circuit_breaker.as_ref()),

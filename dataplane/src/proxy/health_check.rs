@@ -5,7 +5,9 @@
 //! In: the destination table (each destination's merged MeshHealthCheck) and the data path's
 //! identities and pools. Out: each endpoint's active health ([`super::endpoint::Health`]),
 //! which picks respect. Checks go to the peer sidecar over mTLS, as requests do, so they see
-//! what callers would: an HTTP destination gets `GET <path>` on the pooled HTTP/2 connection
+//! what callers would: a gRPC destination gets the standard `grpc.health.v1.Health/Check`
+//! call (healthy: `SERVING`) unless its `grpc` check is disabled; an HTTP destination gets
+//! `GET <path>` on the pooled HTTP/2 connection
 //! (healthy: one of `expectedStatuses`, 200-399 by default); a TCP destination (or an HTTP one
 //! whose `http` check is disabled) gets a tunnel that must reach the application and, with
 //! `send`/`receive`, answer the bytes expected. One timer task looks every 100 ms at the
@@ -44,8 +46,19 @@ pub struct HealthCheckPolicy {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Check {
-    Http { path: String, expected: Vec<u16> },
-    Tcp { send: Option<Vec<u8>>, receive: Vec<Vec<u8>> },
+    Http {
+        path: String,
+        expected: Vec<u16>,
+    },
+    Tcp {
+        send: Option<Vec<u8>>,
+        receive: Vec<Vec<u8>>,
+    },
+    /// `grpc.health.v1.Health/Check` about `service`, addressed to `authority`.
+    Grpc {
+        service: String,
+        authority: Option<String>,
+    },
 }
 
 impl HealthCheckPolicy {
@@ -56,7 +69,13 @@ impl HealthCheckPolicy {
         let conf = conf?;
         let http = conf.http.as_ref().filter(|h| h.disabled != Some(true));
         let tcp = conf.tcp.as_ref().filter(|t| t.disabled != Some(true));
+        let grpc = conf.grpc.as_ref().filter(|g| g.disabled != Some(true));
+        let grpc_disabled = conf.grpc.as_ref().is_some_and(|g| g.disabled == Some(true));
         let check = match (protocol.is_http(), conf.http.as_ref().is_some_and(|h| h.disabled == Some(true))) {
+            _ if protocol == Protocol::Grpc && !grpc_disabled => Check::Grpc {
+                service: grpc.and_then(|g| g.service_name.clone()).unwrap_or_default(),
+                authority: grpc.and_then(|g| g.authority.clone()),
+            },
             (true, false) => Check::Http {
                 path: http.and_then(|h| h.path.clone()).unwrap_or_else(|| "/".into()),
                 expected: http.and_then(|h| h.expected_statuses.clone()).unwrap_or_default(),
@@ -158,6 +177,37 @@ async fn probe(path: &DataPath, destination: &Destination, endpoint: &Arc<Endpoi
                 Err(format!("GET {uri_path} answered {status}"))
             }
         }
+        Check::Grpc { service, authority } => {
+            let connector = super::http::outbound::connector(path, destination, endpoint);
+            let mut sender = endpoint.pool.sender(endpoint.address, &connector).await.map_err(|e| e.to_string())?;
+            let body = Counted::full(grpc_health_request(service), destination.metrics.request_bytes.clone());
+            let mut request = Request::new(body);
+            *request.method_mut() = http::Method::POST;
+            let authority = authority.as_deref().unwrap_or(&destination.service);
+            *request.uri_mut() = format!("http://{authority}/grpc.health.v1.Health/Check").parse().map_err(|e| format!("{e}"))?;
+            *request.version_mut() = Version::HTTP_2;
+            let headers = request.headers_mut();
+            headers.insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/grpc"));
+            headers.insert(http::header::TE, http::HeaderValue::from_static("trailers"));
+            sender.ready().await.map_err(|e| e.to_string())?;
+            let response = sender.send_request(request).await.map_err(|e| e.to_string())?;
+            if response.status() != http::StatusCode::OK {
+                return Err(format!("the health check call answered HTTP {}", response.status()));
+            }
+            let early = grpc_status(response.headers());
+            let collected = http_body_util::BodyExt::collect(response.into_body()).await.map_err(|e| e.to_string())?;
+            let status = early.or_else(|| collected.trailers().and_then(grpc_status));
+            match status {
+                Some(0) => {}
+                Some(code) => return Err(format!("the health check call failed with grpc-status {code}")),
+                None => return Err("the health check call ended without a grpc-status".into()),
+            }
+            match serving_status(&collected.to_bytes()) {
+                Some(1) => Ok(()),
+                Some(status) => Err(format!("the server answered {} for {service:?}", serving_name(status))),
+                None => Err("the health check answer is not a HealthCheckResponse".into()),
+            }
+        }
         Check::Tcp { send, receive } => {
             let config = path.identities.current().client_config(&destination.expected, ALPN_TCP);
             let mut tunnel =
@@ -187,11 +237,104 @@ async fn probe(path: &DataPath, destination: &Destination, endpoint: &Arc<Endpoi
     }
 }
 
+/// The framed `HealthCheckRequest { service }` of a gRPC health check.
+fn grpc_health_request(service: &str) -> bytes::Bytes {
+    let mut message = Vec::with_capacity(service.len() + 6);
+    if !service.is_empty() {
+        // Field 1, length-delimited.
+        message.push(0x0a);
+        let mut len = service.len();
+        while len >= 0x80 {
+            message.push((len as u8) | 0x80);
+            len >>= 7;
+        }
+        message.push(len as u8);
+        message.extend_from_slice(service.as_bytes());
+    }
+    let mut framed = Vec::with_capacity(message.len() + 5);
+    framed.push(0);
+    framed.extend_from_slice(&(message.len() as u32).to_be_bytes());
+    framed.extend_from_slice(&message);
+    framed.into()
+}
+
+/// The `grpc-status` in `headers`, if any.
+fn grpc_status(headers: &http::HeaderMap) -> Option<u32> {
+    headers.get("grpc-status")?.to_str().ok()?.trim().parse().ok()
+}
+
+/// The `status` of the framed `HealthCheckResponse` in `body` (0 when the field is absent, as
+/// protobuf leaves out defaults); `None` if it is not one.
+fn serving_status(body: &[u8]) -> Option<u64> {
+    let (header, message) = (body.get(..5)?, body.get(5..)?);
+    let len = u32::from_be_bytes([header[1], header[2], header[3], header[4]]) as usize;
+    let mut message = message.get(..len)?;
+    if header[0] != 0 {
+        return None;
+    }
+    let mut status = 0;
+    while let Some((&tag, rest)) = message.split_first() {
+        let (value, rest) = varint(rest)?;
+        match (tag >> 3, tag & 7) {
+            (1, 0) => status = value,
+            (_, 0) => {}
+            // Another length-delimited field: skip it.
+            (_, 2) => {
+                let skip = usize::try_from(value).ok()?;
+                message = rest.get(skip..)?;
+                continue;
+            }
+            _ => return None,
+        }
+        message = rest;
+    }
+    Some(status)
+}
+
+fn varint(bytes: &[u8]) -> Option<(u64, &[u8])> {
+    let mut value = 0u64;
+    for (i, b) in bytes.iter().enumerate().take(10) {
+        value |= u64::from(b & 0x7f) << (7 * i);
+        if b & 0x80 == 0 {
+            return Some((value, &bytes[i + 1..]));
+        }
+    }
+    None
+}
+
+fn serving_name(status: u64) -> &'static str {
+    match status {
+        0 => "UNKNOWN",
+        2 => "NOT_SERVING",
+        3 => "SERVICE_UNKNOWN",
+        _ => "a status other than SERVING",
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use serde_json::json;
 
     use super::*;
+
+    #[test]
+    fn grpc_health_messages_are_framed_and_read() {
+        assert_eq!(&grpc_health_request("")[..], &[0, 0, 0, 0, 0]);
+        assert_eq!(&grpc_health_request("api")[..], &[0, 0, 0, 0, 5, 0x0a, 3, b'a', b'p', b'i']);
+        let long = "s".repeat(200);
+        assert_eq!(&grpc_health_request(&long)[4..8], &[203, 0x0a, 0xc8, 0x01], "a two-byte length");
+        assert_eq!(serving_status(&[0, 0, 0, 0, 2, 0x08, 1]), Some(1));
+        assert_eq!(serving_status(&[0, 0, 0, 0, 0]), Some(0), "UNKNOWN is left out");
+        assert_eq!(serving_status(&[0, 0, 0, 0, 2, 0x08, 2]), Some(2));
+        assert_eq!(serving_status(&[0, 0, 0, 0, 5, 0x12, 1, b'x', 0x08, 1]), Some(1), "other fields are skipped");
+        assert_eq!(serving_status(&[1, 0, 0, 0, 2, 0x08, 1]), None, "a compressed message");
+        assert_eq!(serving_status(&[0, 0, 0]), None);
+        let conf: HealthCheckConf = serde_json::from_value(json!({"grpc": {"serviceName": "api"}})).unwrap();
+        let policy = HealthCheckPolicy::from_conf(Some(&conf), Protocol::Grpc).unwrap();
+        assert_eq!(policy.check, Check::Grpc { service: "api".into(), authority: None });
+        let off: HealthCheckConf = serde_json::from_value(json!({"grpc": {"disabled": true}, "http": {"disabled": true}})).unwrap();
+        assert!(matches!(HealthCheckPolicy::from_conf(Some(&off), Protocol::Grpc).unwrap().check, Check::Tcp { .. }));
+    }
 
     #[test]
     fn confs_pick_the_check_of_the_destination_protocol() {

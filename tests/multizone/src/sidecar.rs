@@ -56,6 +56,10 @@ pub fn wildcard_port(net: &Net, port: u16) -> u16 {
     }
 }
 
+/// How often sidecars probe their application (`serviceProbe.interval`): a stopped
+/// application is out of the pool within about two of these.
+pub const PROBE_INTERVAL: &str = "300ms";
+
 /// A Dataplane resource with one inbound and explicit outbounds.
 #[derive(Debug, Clone)]
 pub struct DataplaneSpec {
@@ -82,12 +86,14 @@ impl DataplaneSpec {
     pub fn yaml(&self) -> String {
         let mut y = format!(
             "type: Dataplane\nname: {}\nmesh: default\nspec:\n  networking:\n    address: {}\n    inbound:\n      - port: {}\n        \
-             serviceAddress: {}\n        servicePort: {}\n        tags: {{strait.io/service: {}{}}}\n",
+             serviceAddress: {}\n        servicePort: {}\n        serviceProbe: {{interval: {}}}\n        \
+             tags: {{strait.io/service: {}{}}}\n",
             self.name,
             self.address,
             self.inbound_port,
             self.app.ip(),
             self.app.port(),
+            PROBE_INTERVAL,
             self.service,
             self.protocol.as_ref().map(|p| format!(", strait.io/protocol: {p}")).unwrap_or_default(),
         );

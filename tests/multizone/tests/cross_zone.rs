@@ -13,6 +13,9 @@
 //! - a service in several zones: calls stay in the caller's zone; when every local endpoint is
 //!   killed under constant load, traffic moves to another zone within 5 s, and the test prints
 //!   how many requests failed during the switch;
+//! - when the application behind a zone's only endpoint stops (its sidecar still up), its
+//!   sidecar's probe finds it, the zone's inventory counts no healthy endpoint, and other
+//!   zones send to the next zone until it is back;
 //! - a revoked zone's gateway is refused by the others, and traffic avoids that zone;
 //! - requests to another zone are balanced over its endpoints one by one: two instances share
 //!   2,000 requests evenly, and a third added under load takes its share.
@@ -24,10 +27,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use serde_json::Value;
 use strait_multizone::capture::{self, contains, Capture, Transport};
 use strait_multizone::control_plane::{Zone, SYNC};
 use strait_multizone::gateway::{start_zones, Gateway, GATEWAY_DRAIN, INGRESS_PORT};
-use strait_multizone::sidecar::{connect, http_get, local_ip, round_trip, Workload};
+use strait_multizone::sidecar::{connect, http_get, http_server, local_ip, round_trip, Workload};
 use strait_multizone::wan::{Wan, ZoneHosts};
 use strait_multizone::{wait_for, Host, Net};
 
@@ -316,7 +320,7 @@ impl Load {
 fn calls_stay_local_fail_over_to_another_zone_and_avoid_a_revoked_one() {
     let net = Net::new();
     let (global, zones) = start_zones(&net, &["zone-1", "zone-2", "zone-3"]);
-    let backends: Vec<Workload> = zones
+    let mut backends: Vec<Workload> = zones
         .iter()
         .enumerate()
         .map(|(i, (zone, _))| {
@@ -379,7 +383,44 @@ fn calls_stay_local_fail_over_to_another_zone_and_avoid_a_revoked_one() {
     let after: Vec<_> = window.iter().filter(|(at, _)| *at > remote.0).filter_map(|(_, r)| r.as_ref().ok()).collect();
     assert!(after.iter().all(|z| *z != "zone-1"), "nothing answers from zone-1 any more: {after:?}");
 
-    // Revoke the zone that answers now: zone-1's gateway refuses it, and traffic avoids it.
+    // The application of the zone that answers now stops, its sidecar still up: the sidecar's
+    // probe finds it, that zone's inventory counts no healthy backend, and zone-1 sends to the
+    // third zone; once the application is back, so is the zone.
+    let (stopped, third) = if remote.1 == "zone-2" { ("zone-2", "zone-3") } else { ("zone-3", "zone-2") };
+    let at = zones.iter().position(|(z, _)| z.name == stopped).expect("the stopped zone");
+    let healthy_backends = |zone: &str| -> Result<u64, String> {
+        let status = global.zone_status(zone)?;
+        let services = status.pointer("/inventory/endpoints").and_then(Value::as_array).cloned().unwrap_or_default();
+        let backend = services.iter().find(|s| s["service"] == "backend").ok_or(format!("no backend in {zone}'s inventory: {status}"))?;
+        backend["healthy"].as_u64().ok_or(format!("no healthy count: {backend}"))
+    };
+    assert_eq!(healthy_backends(stopped), Ok(1));
+    backends[at].app.kill9();
+    wait_for(&format!("the global to see no healthy backend in {stopped}"), SYNC, || match healthy_backends(stopped)? {
+        0 => Ok(()),
+        n => Err(format!("{n} healthy")),
+    });
+    wait_for(&format!("traffic to leave {stopped}, whose application is down, for {third}"), SYNC, || {
+        match get_ok(&web.host, target, "/who.txt").map(|b| b.trim().to_owned()) {
+            Ok(zone) if zone == third => Ok(()),
+            answer => Err(format!("{answer:?}")),
+        }
+    });
+    for _ in 0..10 {
+        assert_eq!(
+            get_ok(&web.host, target, "/who.txt").map(|b| b.trim().to_owned()),
+            Ok(third.to_owned()),
+            "{stopped} has no ready backend"
+        );
+    }
+    let www = backends[at].host.name().to_owned() + "-www";
+    backends[at].app = http_server(&backends[at].host, "app-again", backends[at].dataplane.app, &net.dir().join(www));
+    wait_for(&format!("{stopped}'s backend to count as healthy again"), SYNC, || match healthy_backends(stopped)? {
+        1 => Ok(()),
+        n => Err(format!("{n} healthy")),
+    });
+
+    // Revoke the zone that answered before: zone-1's gateway refuses it, and traffic avoids it.
     let (revoked, other) = if remote.1 == "zone-2" { ("zone-2", "zone-3") } else { ("zone-3", "zone-2") };
     global.straitctl(&net, &["zone", "revoke", revoked]).assert_success();
     let moved = Instant::now();

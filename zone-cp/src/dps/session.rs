@@ -8,7 +8,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use futures::StreamExt;
 use serde_json::json;
-use strait_api::dps::{dataplane_message, zone_message, Certificate, DataplaneMessage, ZoneMessage};
+use strait_api::dataplane::InboundHealth;
+use strait_api::dps::{dataplane_message, zone_message, Certificate, DataplaneMessage, Health, ZoneMessage};
 use strait_api::{proxy_config, Resource, ResourceType, Spec};
 use strait_cp_core::kinds::DATAPLANE_NACK;
 use strait_store::{Key, Precondition, WatchStream};
@@ -173,10 +174,41 @@ impl Session {
                 };
                 self.send(zone_message::Message::Certificate(answer)).await?;
             }
+            Some(dataplane_message::Message::Health(health)) => self.record_health(&health).await?,
             Some(dataplane_message::Message::Hello(_)) => {
                 return Err(Status::invalid_argument("Hello is only allowed as the first message"))
             }
-            None => return Err(Status::invalid_argument("empty message")),
+            // A newer sidecar's message this zone does not know yet: nothing to do with it.
+            None => tracing::debug!("ignored a message of a kind this zone does not know"),
+        }
+        Ok(())
+    }
+
+    /// Takes the sidecar's probe results into its Dataplane: an inbound that is not ready
+    /// leaves every pool (this zone's sidecars and the inventory other zones balance over).
+    async fn record_health(&self, health: &Health) -> Result<(), Status> {
+        let resources = &self.shared.resources;
+        let Some(mut dp) = resources.get(ResourceType::Dataplane, Some(&self.mesh), &self.dp.name).await.map_err(unavailable)? else {
+            return Ok(());
+        };
+        let Spec::Dataplane(spec) = &mut dp.spec else { return Ok(()) };
+        let mut changed = false;
+        for report in &health.inbounds {
+            let Some(inbound) = spec.networking.inbound.iter_mut().find(|i| u32::from(i.port) == report.port) else { continue };
+            if inbound.is_ready() == report.ready {
+                continue;
+            }
+            if report.ready {
+                tracing::info!(port = report.port, "the application is ready again: the inbound is back in the pool");
+            } else {
+                tracing::warn!(port = report.port, reason = %report.reason, "the application fails its probe: the inbound leaves the pool");
+            }
+            inbound.health = Some(InboundHealth { ready: report.ready });
+            changed = true;
+        }
+        if changed {
+            resources.put(&dp).await.map_err(unavailable)?;
+            crate::inventory::refresh(resources, &self.shared.inventory).await;
         }
         Ok(())
     }

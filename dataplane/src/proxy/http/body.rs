@@ -43,8 +43,12 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// fails if it is not complete by its request's deadline, or if no frame comes for its idle
 /// limit.
 pub struct Counted<H = ()> {
-    /// `None`: an empty body (a request replayed without one).
+    /// `None`: nothing (more) to read from a peer.
     inner: Option<Incoming>,
+    /// A body held in memory (a replayed request's, a mirrored copy's, a check's), sent whole.
+    kept: Option<Bytes>,
+    /// Keeps a copy of what passes, for a retry or a mirror (see [`Counted::teed`]).
+    tee: Option<Box<Tee>>,
     bytes: Counter,
     _held: H,
     deadline: Option<(Pin<Box<tokio::time::Sleep>>, Limit)>,
@@ -54,19 +58,76 @@ pub struct Counted<H = ()> {
 impl Counted {
     /// Wraps `inner`, adding its data bytes to `bytes`.
     pub fn new(inner: Incoming, bytes: Counter) -> Self {
-        Counted { inner: Some(inner), bytes, _held: (), deadline: None, idle: None }
+        Counted { inner: Some(inner), kept: None, tee: None, bytes, _held: (), deadline: None, idle: None }
     }
 
     /// An empty body.
     pub fn empty(bytes: Counter) -> Self {
-        Counted { inner: None, bytes, _held: (), deadline: None, idle: None }
+        Counted { inner: None, kept: None, tee: None, bytes, _held: (), deadline: None, idle: None }
+    }
+
+    /// A body of `data`, held in memory.
+    pub fn full(data: Bytes, bytes: Counter) -> Self {
+        Counted { inner: None, kept: (!data.is_empty()).then_some(data), tee: None, bytes, _held: (), deadline: None, idle: None }
+    }
+
+    /// The same body, of which a copy goes to `copy` once it has passed whole, if it is no
+    /// larger than `limit` bytes and has no trailers; else `copy` is dropped unanswered.
+    pub fn teed(mut self, limit: usize, copy: tokio::sync::oneshot::Sender<Bytes>) -> Self {
+        match &mut self.tee {
+            Some(tee) => tee.copies.push(copy),
+            None => self.tee = Some(Box::new(Tee { chunks: Vec::new(), size: 0, limit, copies: vec![copy] })),
+        }
+        self
+    }
+}
+
+/// The copy a [`Counted`] body keeps of what passes.
+struct Tee {
+    chunks: Vec<Bytes>,
+    size: usize,
+    limit: usize,
+    copies: Vec<tokio::sync::oneshot::Sender<Bytes>>,
+}
+
+impl Tee {
+    /// Keeps `data`; `false` once the body is over the limit.
+    fn keep(&mut self, data: &Bytes) -> bool {
+        self.size += data.len();
+        if self.size > self.limit {
+            return false;
+        }
+        if !data.is_empty() {
+            self.chunks.push(data.clone());
+        }
+        true
+    }
+
+    /// The body has passed whole: every waiting copy gets it.
+    fn finish(self) {
+        let whole = match self.chunks.len() {
+            0 => Bytes::new(),
+            1 => self.chunks[0].clone(),
+            _ => Bytes::from(self.chunks.concat()),
+        };
+        for copy in self.copies {
+            let _ = copy.send(whole.clone());
+        }
     }
 }
 
 impl<H> Counted<H> {
     /// The same body, holding `held` until it ends.
     pub fn holding<G>(self, held: G) -> Counted<G> {
-        Counted { inner: self.inner, bytes: self.bytes, _held: held, deadline: self.deadline, idle: self.idle }
+        Counted {
+            inner: self.inner,
+            kept: self.kept,
+            tee: self.tee,
+            bytes: self.bytes,
+            _held: held,
+            deadline: self.deadline,
+            idle: self.idle,
+        }
     }
 
     /// Fails the body if it has not ended by `at` (`limit` after its request arrived).
@@ -97,12 +158,33 @@ impl<H: Unpin> HttpBody for Counted<H> {
     type Error = BoxError;
 
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let Some(inner) = self.inner.as_mut() else { return Poll::Ready(None) };
+        if let Some(kept) = self.kept.take() {
+            self.bytes.inc_by(kept.len() as u64);
+            return Poll::Ready(Some(Ok(Frame::data(kept))));
+        }
+        let Some(inner) = self.inner.as_mut() else {
+            if let Some(tee) = self.tee.take() {
+                tee.finish();
+            }
+            return Poll::Ready(None);
+        };
         let polled = Pin::new(inner).poll_frame(cx);
         match polled {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
                     self.bytes.inc_by(data.len() as u64);
+                }
+                if let Some(tee) = &mut self.tee {
+                    // Trailers cannot be kept: no copy then.
+                    if !frame.data_ref().is_some_and(|data| tee.keep(data)) {
+                        self.tee = None;
+                    }
+                }
+                // The peer's connection may not ask for the end once it knows the body ended.
+                if self.tee.is_some() && self.inner.as_ref().is_none_or(Incoming::is_end_stream) {
+                    if let Some(tee) = self.tee.take() {
+                        tee.finish();
+                    }
                 }
                 if let Some((sleep, idle)) = &mut self.idle {
                     let idle = *idle;
@@ -110,8 +192,16 @@ impl<H: Unpin> HttpBody for Counted<H> {
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
-            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
-            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Ready(Some(Err(e))) => {
+                self.tee = None;
+                Poll::Ready(Some(Err(e.into())))
+            }
+            Poll::Ready(None) => {
+                if let Some(tee) = self.tee.take() {
+                    tee.finish();
+                }
+                Poll::Ready(None)
+            }
             Poll::Pending => {
                 if let Some((sleep, limit)) = &mut self.deadline {
                     if sleep.as_mut().poll(cx).is_ready() {
@@ -129,10 +219,14 @@ impl<H: Unpin> HttpBody for Counted<H> {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.as_ref().is_none_or(Incoming::is_end_stream)
+        self.kept.is_none() && self.inner.as_ref().is_none_or(Incoming::is_end_stream)
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.as_ref().map_or_else(|| SizeHint::with_exact(0), Incoming::size_hint)
+        match (&self.kept, &self.inner) {
+            (Some(kept), _) => SizeHint::with_exact(kept.len() as u64),
+            (None, Some(inner)) => inner.size_hint(),
+            (None, None) => SizeHint::with_exact(0),
+        }
     }
 }

@@ -9,13 +9,15 @@
 //! closed just before) are tried again, on a fresh pick. A request that was sent is replayed
 //! only when it is safe (GET, HEAD, OPTIONS, TRACE) and has no body, and only when its
 //! connection failed before any response, as when the peer's sidecar died with it in flight;
-//! that endpoint is then ejected for a while.
+//! that endpoint is then ejected for a while. Beyond that, MeshRetry decides (see
+//! [`super::retry`]).
 
 use std::convert::Infallible;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use http::uri::Authority;
 use http::{header, Request, Response, StatusCode, Version};
 use http_body_util::Either;
@@ -28,7 +30,7 @@ use tracing::Instrument;
 
 use super::body::{local_response, Counted};
 use super::pool::Connector;
-use super::retry::{Cause, RetryPolicy};
+use super::retry::{Cause, MAX_KEPT_BODY};
 use super::{absolute, serve_until_drained, strip_hop_by_hop, InSpan};
 use crate::proxy::data_path::DataPath;
 use crate::proxy::destinations::Destination;
@@ -63,7 +65,12 @@ impl Replay {
     }
 
     fn request(&self, destination: &Destination) -> Request<Counted> {
-        let mut request = Request::new(Counted::empty(destination.metrics.request_bytes.clone()));
+        self.request_with(destination, Bytes::new())
+    }
+
+    /// The request again, with `body` (kept from the first attempt).
+    fn request_with(&self, destination: &Destination, body: Bytes) -> Request<Counted> {
+        let mut request = Request::new(Counted::full(body, destination.metrics.request_bytes.clone()));
         *request.method_mut() = self.method.clone();
         *request.uri_mut() = self.uri.clone();
         *request.headers_mut() = self.headers.clone();
@@ -94,7 +101,7 @@ pub async fn serve(app: TcpStream, service: Arc<str>, path: Arc<DataPath>) {
 }
 
 /// Sends one request to `service` and answers with the peer's response or the reason there is none.
-async fn forward(request: Request<Incoming>, service: &str, path: &DataPath, client: Option<IpAddr>) -> Response<Body> {
+async fn forward(request: Request<Incoming>, service: &str, path: &Arc<DataPath>, client: Option<IpAddr>) -> Response<Body> {
     let started = Instant::now();
     let table = path.table.load_full();
     let Some(mut destination) = table.service(service) else {
@@ -113,6 +120,9 @@ async fn forward(request: Request<Incoming>, service: &str, path: &DataPath, cli
             return response;
         }
         rule.edit_request(&mut request, prefix);
+        for to in rule.mirrors() {
+            request = mirror(request, to, path);
+        }
         if let Some(backend) = rule.backend() {
             destination = backend;
         }
@@ -172,6 +182,51 @@ async fn forward(request: Request<Incoming>, service: &str, path: &DataPath, cli
     response
 }
 
+/// RequestMirror: a copy of `request` goes to `to` once its body has passed whole (up to
+/// [`MAX_KEPT_BODY`]; a larger one is not copied), in a task of its own; its answer is
+/// dropped. The request goes on unchanged and never waits for the copy.
+fn mirror(request: Request<Counted>, to: &Arc<Destination>, path: &Arc<DataPath>) -> Request<Counted> {
+    use http_body::Body as _;
+    // Copies in progress beyond this are not made: a slow mirror must not pile them up.
+    const MAX_MIRRORED: usize = 1024;
+    let mut copy = Replay::copy(&request);
+    copy.headers.insert(http::HeaderName::from_static("x-strait-mirror"), http::HeaderValue::from_static("1"));
+    let (request, body) = if request.body().is_end_stream() {
+        (request, None)
+    } else {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        (request.map(|body| body.teed(MAX_KEPT_BODY, tx)), Some(rx))
+    };
+    let (to, task_path) = (to.clone(), path.clone());
+    path.tasks.spawn(async move {
+        let body = match body {
+            None => Bytes::new(),
+            Some(rx) => match tokio::time::timeout(Duration::from_secs(60), rx).await {
+                Ok(Ok(body)) => body,
+                _ => return tracing::debug!(mirror = to.service, "not mirrored: the body was too large to copy, or did not end"),
+            },
+        };
+        let (_active, in_progress) = to.budget.start();
+        if in_progress > MAX_MIRRORED {
+            return tracing::debug!(mirror = to.service, "not mirrored: {MAX_MIRRORED} copies are in progress");
+        }
+        let started = Instant::now();
+        let request = copy.request_with(&to, body);
+        let limit = to.timeouts.headers_limit().map(|l| tokio::time::Instant::now() + l.after);
+        let sent = match limit {
+            Some(at) => tokio::time::timeout_at(at, attempt(request, &to, None, Some(at), &task_path)).await.ok(),
+            None => Some(attempt(request, &to, None, None, &task_path).await),
+        };
+        let status = match sent {
+            Some(Ok((response, _in_flight))) => response.status(),
+            Some(Err(failure)) => failure.0,
+            None => StatusCode::GATEWAY_TIMEOUT,
+        };
+        to.metrics.record(status, started.elapsed());
+    });
+    request
+}
+
 /// What the application sent, made into a request for the mesh: an absolute URI (its
 /// authority from `Host`, else the service), no hop-by-hop headers, HTTP/2.
 fn to_mesh(request: Request<Incoming>, destination: &Destination) -> Request<Counted> {
@@ -202,8 +257,15 @@ async fn send(
 ) -> Result<(Response<Incoming>, InFlight), Failure> {
     use http_body::Body as _;
     let Some(policy) = &destination.retry else { return attempt(request, destination, key, deadline, path).await };
-    let replay = RetryPolicy::replayable(request.method(), request.body().is_end_stream()).then(|| Replay::copy(&request));
+    let replay = policy.replayable(request.method()).then(|| Replay::copy(&request));
     let mut request = request;
+    // A body goes to the first endpoint as it comes; a copy is kept for the retries.
+    let mut kept = Kept::None;
+    if replay.is_some() && !request.body().is_end_stream() {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        request = request.map(|body| body.teed(MAX_KEPT_BODY, tx));
+        kept = Kept::Coming(rx);
+    }
     let mut retries = 0;
     let mut _slot = None;
     loop {
@@ -223,10 +285,15 @@ async fn send(
             None => attempt(request, destination, key, deadline, path).await,
         };
         let retriable = match &result {
-            Ok((response, _)) => policy.retries_status(response.status()),
+            Ok((response, _)) => policy.retries_response(response.status(), response.headers()),
             Err((_, _, cause)) => policy.retries_failure(*cause),
         };
         let Some(replay) = replay.as_ref().filter(|_| retriable && retries < policy.retries) else { return result };
+        // The body, if it passed whole and small enough to keep; else this is the answer.
+        let Some(body) = kept.body() else {
+            tracing::debug!("not retried: its body was larger than {MAX_KEPT_BODY} bytes, or had not ended");
+            return result;
+        };
         let Some(slot) = destination.budget.retry(policy, destination.limits.max_retries) else {
             destination.metrics.retries_over_budget.inc();
             return result;
@@ -236,7 +303,32 @@ async fn send(
         destination.metrics.retries.inc();
         drop(result);
         tokio::time::sleep(policy.back_off(retries)).await;
-        request = replay.request(destination);
+        request = replay.request_with(destination, body);
+    }
+}
+
+/// A request body kept for its retries.
+enum Kept {
+    /// None: the request has no body.
+    None,
+    /// Copied as it passes to the first endpoint.
+    Coming(tokio::sync::oneshot::Receiver<Bytes>),
+    /// Kept whole.
+    Whole(Bytes),
+}
+
+impl Kept {
+    /// The whole body (empty for none), or `None` if it is not kept: larger than the limit,
+    /// with trailers, or not over yet.
+    fn body(&mut self) -> Option<Bytes> {
+        if let Kept::Coming(rx) = self {
+            *self = Kept::Whole(rx.try_recv().ok()?);
+        }
+        match self {
+            Kept::None => Some(Bytes::new()),
+            Kept::Whole(body) => Some(body.clone()),
+            Kept::Coming(_) => None,
+        }
     }
 }
 

@@ -5,15 +5,29 @@
 //! asks after each attempt, and a [`Budget`] per destination (atomics: a retry takes a slot
 //! only while retries in progress stay under `percent` of the requests in progress, or
 //! `minRetryConcurrency`). Only requests that can be sent again are retried: idempotent
-//! methods (GET, HEAD, OPTIONS, TRACE, PUT, DELETE) without a body, since bodies are streamed,
-//! not kept.
+//! methods (GET, HEAD, OPTIONS, TRACE, PUT, DELETE) and, on a gRPC destination, calls. A body
+//! is streamed to the first endpoint as it comes, and a copy kept up to [`MAX_KEPT_BODY`] for
+//! the retries; a larger body is not retried. A gRPC destination follows the `grpc` section:
+//! a call is retried on the `grpc-status` of a trailers-only answer (a status that comes after
+//! response messages cannot be retried: they have reached the application), on a gateway
+//! error of a sidecar (as `Unavailable`), and on the failures its conditions name.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use http::{Method, StatusCode};
+use http::{HeaderMap, Method, StatusCode};
 use rand::Rng;
 use strait_api::policies::retry::RetryConf;
+use strait_api::proxy_config::Protocol;
+
+/// The largest request body kept for a retry, in bytes.
+pub const MAX_KEPT_BODY: usize = 64 * 1024;
+
+/// gRPC status codes MeshRetry names.
+const GRPC_CODES: &[(&str, u32)] =
+    &[("Canceled", 1), ("DeadlineExceeded", 4), ("ResourceExhausted", 8), ("Internal", 13), ("Unavailable", 14)];
+const GRPC_UNAVAILABLE: u32 = 14;
+const GRPC_DEADLINE_EXCEEDED: u32 = 4;
 
 /// Why an attempt got no response.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -43,23 +57,32 @@ pub struct RetryPolicy {
     on_connect: bool,
     on_409: bool,
     statuses: Vec<u16>,
+    /// `Some`: a gRPC destination, retried on these status codes.
+    grpc: Option<Vec<u32>>,
     budget_percent: f64,
     budget_min: usize,
 }
 
 /// The conditions retried when a MeshRetry gives none (as Kuma's defaults).
 const DEFAULT_ON: &[&str] = &["5xx", "GatewayError", "Reset", "ConnectFailure", "Retriable4xx", "RefusedStream"];
+/// The gRPC conditions retried when a MeshRetry gives none.
+const DEFAULT_GRPC_ON: &[&str] = &["Canceled", "DeadlineExceeded", "ResourceExhausted", "Unavailable"];
 
 impl RetryPolicy {
-    /// The policy of a merged MeshRetry conf's `http` section; `None` without one.
-    pub fn from_conf(conf: Option<&RetryConf>) -> Option<RetryPolicy> {
-        let http = conf?.http.as_ref()?;
+    /// The policy of a merged MeshRetry conf for a destination speaking `protocol`: its `grpc`
+    /// section for gRPC, else its `http` section; `None` without that section.
+    pub fn from_conf(conf: Option<&RetryConf>, protocol: Protocol) -> Option<RetryPolicy> {
+        let conf = conf?;
+        let is_grpc = protocol == Protocol::Grpc;
+        let http = if is_grpc { conf.grpc.as_ref()? } else { conf.http.as_ref()? };
         let base = http.back_off.as_ref().and_then(|b| b.base_interval).map_or(Duration::from_millis(25), |d| d.get());
         let max = http.back_off.as_ref().and_then(|b| b.max_interval).map_or(base * 10, |d| d.get());
         let on: Vec<&str> = match &http.retry_on {
             Some(list) => list.iter().map(String::as_str).collect(),
+            None if is_grpc => DEFAULT_GRPC_ON.to_vec(),
             None => DEFAULT_ON.to_vec(),
         };
+        let grpc = is_grpc.then(|| GRPC_CODES.iter().filter(|(name, _)| on.contains(name)).map(|(_, code)| *code).collect());
         let budget = http.budget.as_ref();
         Some(RetryPolicy {
             retries: http.num_retries.unwrap_or(1),
@@ -72,13 +95,23 @@ impl RetryPolicy {
             on_connect: on.contains(&"ConnectFailure"),
             on_409: on.contains(&"Retriable4xx"),
             statuses: on.iter().filter_map(|c| c.parse().ok()).collect(),
+            grpc,
             budget_percent: budget.and_then(|b| b.percent).unwrap_or(20.0),
             budget_min: budget.and_then(|b| b.min_retry_concurrency).unwrap_or(3) as usize,
         })
     }
 
-    /// Whether a response with `status` is tried again.
-    pub fn retries_status(&self, status: StatusCode) -> bool {
+    /// Whether a response with `status` and `headers` is tried again.
+    pub fn retries_response(&self, status: StatusCode, headers: &HeaderMap) -> bool {
+        let Some(codes) = &self.grpc else { return self.retries_status(status) };
+        match headers.get("grpc-status").and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u32>().ok()) {
+            Some(code) => codes.contains(&code),
+            None => matches!(status.as_u16(), 502..=504) && codes.contains(&GRPC_UNAVAILABLE),
+        }
+    }
+
+    /// Whether a response with `status` is tried again (HTTP).
+    fn retries_status(&self, status: StatusCode) -> bool {
         let code = status.as_u16();
         (self.on_5xx && status.is_server_error())
             || (self.on_gateway_error && matches!(code, 502..=504))
@@ -88,6 +121,15 @@ impl RetryPolicy {
 
     /// Whether an attempt that got no response is tried again.
     pub fn retries_failure(&self, cause: Cause) -> bool {
+        if let Some(codes) = &self.grpc {
+            return match cause {
+                // It never reached an application.
+                Cause::Connect => true,
+                Cause::Reset => codes.contains(&GRPC_UNAVAILABLE),
+                Cause::Timeout => codes.contains(&GRPC_DEADLINE_EXCEEDED),
+                Cause::Overflow => false,
+            };
+        }
         match cause {
             Cause::Connect => self.on_connect || self.on_5xx || self.on_gateway_error,
             Cause::Reset => self.on_reset || self.on_5xx || self.on_gateway_error,
@@ -104,9 +146,10 @@ impl RetryPolicy {
         upper.mul_f64(rand::thread_rng().gen_range(0.5..=1.0))
     }
 
-    /// Whether a request with `method` and no body (`bodiless`) can be sent again.
-    pub fn replayable(method: &Method, bodiless: bool) -> bool {
-        bodiless && matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE)
+    /// Whether a request with `method` may be sent again (its body, if any, kept).
+    pub fn replayable(&self, method: &Method) -> bool {
+        self.grpc.is_some()
+            || matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE)
     }
 }
 
@@ -162,7 +205,7 @@ mod tests {
     use super::*;
 
     fn policy(conf: serde_json::Value) -> RetryPolicy {
-        RetryPolicy::from_conf(Some(&serde_json::from_value(conf).unwrap())).unwrap()
+        RetryPolicy::from_conf(Some(&serde_json::from_value(conf).unwrap()), Protocol::Http).unwrap()
     }
 
     #[test]
@@ -176,7 +219,32 @@ mod tests {
         let defaults = policy(serde_json::json!({"http": {}}));
         assert_eq!(defaults.retries, 1);
         assert!(defaults.retries_status(StatusCode::CONFLICT) && defaults.retries_failure(Cause::Timeout));
-        assert!(RetryPolicy::from_conf(Some(&serde_json::from_value(serde_json::json!({"tcp": {}})).unwrap())).is_none());
+        assert!(RetryPolicy::from_conf(Some(&serde_json::from_value(serde_json::json!({"tcp": {}})).unwrap()), Protocol::Http).is_none());
+    }
+
+    #[test]
+    fn a_grpc_destination_follows_the_grpc_section_and_its_status_codes() {
+        let conf: RetryConf = serde_json::from_value(
+            serde_json::json!({"http": {"retryOn": ["5xx"]}, "grpc": {"retryOn": ["Unavailable", "ResourceExhausted"]}}),
+        )
+        .unwrap();
+        let grpc = RetryPolicy::from_conf(Some(&conf), Protocol::Grpc).unwrap();
+        let status = |code: &str| HeaderMap::from_iter([(http::HeaderName::from_static("grpc-status"), code.parse().unwrap())]);
+        assert!(grpc.retries_response(StatusCode::OK, &status("14")) && grpc.retries_response(StatusCode::OK, &status("8")));
+        assert!(!grpc.retries_response(StatusCode::OK, &status("13")), "Internal is not listed");
+        assert!(!grpc.retries_response(StatusCode::OK, &status("0")));
+        assert!(grpc.retries_response(StatusCode::BAD_GATEWAY, &HeaderMap::new()), "a sidecar's gateway error is Unavailable");
+        assert!(!grpc.retries_response(StatusCode::OK, &HeaderMap::new()), "a status in the trailers comes too late");
+        assert!(grpc.retries_failure(Cause::Connect) && grpc.retries_failure(Cause::Reset) && !grpc.retries_failure(Cause::Timeout));
+        assert!(grpc.replayable(&Method::POST), "calls are retried with their kept message");
+        let http = RetryPolicy::from_conf(Some(&conf), Protocol::Http).unwrap();
+        assert!(http.retries_response(StatusCode::INTERNAL_SERVER_ERROR, &status("14")), "HTTP ignores grpc-status");
+        assert!(!http.replayable(&Method::POST));
+        let only_http: RetryConf = serde_json::from_value(serde_json::json!({"http": {}})).unwrap();
+        assert!(RetryPolicy::from_conf(Some(&only_http), Protocol::Grpc).is_none(), "gRPC calls follow the grpc section only");
+        let defaults: RetryConf = serde_json::from_value(serde_json::json!({"grpc": {}})).unwrap();
+        let defaults = RetryPolicy::from_conf(Some(&defaults), Protocol::Grpc).unwrap();
+        assert!(defaults.retries_failure(Cause::Timeout) && defaults.retries_response(StatusCode::OK, &status("1")));
     }
 
     #[test]

@@ -1,8 +1,9 @@
 //! MeshHTTPRoute on the outbound side (and the weighted backends MeshTCPRoute shares): the rules of a destination, compiled once per
 //! configuration, pick the rule a request matches (path, method, headers, query parameters),
 //! edit the request and the response (header modifiers, URL rewrite), answer redirects
-//! locally, and choose the backend by weight (a service, or the endpoints of a service that
-//! carry some tags, such as `version: v2`).
+//! locally, choose the backend by weight (a service, or the endpoints of a service that
+//! carry some tags, such as `version: v2`), and name the destinations a share of the requests
+//! is copied to (RequestMirror).
 //!
 //! In: the merged routes of a destination (most specific first, as the zone orders them) and
 //! the destination table. Out: per request, the [`Rule`] that applies, if any. Matching reads
@@ -35,6 +36,15 @@ pub struct Rule {
     redirect: Option<Redirect>,
     rewrite: Option<Rewrite>,
     backends: Backends,
+    mirrors: Vec<Mirror>,
+}
+
+/// A RequestMirror filter: a share of the requests copied to another destination.
+#[derive(Debug)]
+struct Mirror {
+    destination: Arc<Destination>,
+    /// The chance that a request is copied, from 0 to 1.
+    share: f64,
 }
 
 /// Weighted backends of a route rule (MeshHTTPRoute) or of a MeshTCPRoute: services, or the
@@ -160,15 +170,20 @@ impl Rule {
             redirect: None,
             rewrite: None,
             backends: Backends::default(),
+            mirrors: Vec::new(),
         };
         for filter in &route.conf.filters {
-            rule.add_filter(filter).map_err(bad)?;
+            rule.add_filter(filter, resolve).map_err(bad)?;
         }
         rule.backends = Backends::compile(&route.conf.backend_refs, &format!("MeshHTTPRoute {origin}"), resolve)?;
         Ok(rule)
     }
 
-    fn add_filter(&mut self, filter: &HttpFilter) -> Result<(), String> {
+    fn add_filter(
+        &mut self,
+        filter: &HttpFilter,
+        resolve: &mut impl FnMut(&str, &std::collections::BTreeMap<String, String>) -> Option<Arc<Destination>>,
+    ) -> Result<(), String> {
         match filter.kind {
             HttpFilterType::RequestHeaderModifier => {
                 self.request_headers.push(header_ops(filter.request_header_modifier.as_ref())?);
@@ -190,7 +205,14 @@ impl Rule {
                 };
                 self.rewrite = Some(Rewrite { hostname, full_path: r.replace_full_path.clone(), prefix: r.replace_prefix_match.clone() });
             }
-            HttpFilterType::RequestMirror => return Err("RequestMirror is not enforced by this sidecar".into()),
+            HttpFilterType::RequestMirror => {
+                let m = filter.request_mirror.as_ref().ok_or("a RequestMirror filter without requestMirror")?;
+                let backend = &m.backend_ref;
+                let destination = resolve(&backend.name, &backend.tags).ok_or_else(|| {
+                    format!("RequestMirror backend {} {:?} is not a destination of this sidecar", backend.name, backend.tags)
+                })?;
+                self.mirrors.push(Mirror { destination, share: m.percentage.unwrap_or(100.0).clamp(0.0, 100.0) / 100.0 });
+            }
         }
         Ok(())
     }
@@ -202,6 +224,11 @@ impl Rule {
             return Some(None);
         }
         self.matches.iter().find_map(|m| m.matching(request))
+    }
+
+    /// The destinations this request is copied to (RequestMirror), each by its share.
+    pub fn mirrors(&self) -> impl Iterator<Item = &Arc<Destination>> {
+        self.mirrors.iter().filter(|m| m.share >= 1.0 || rand::thread_rng().gen_bool(m.share)).map(|m| &m.destination)
     }
 
     /// The backend for this request, by weight; `None`: the route's own destination.
