@@ -51,7 +51,7 @@ pub struct FromRule {
 }
 
 /// A merged conf for one destination.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
 pub struct ToConf {
     /// The merged conf.
     pub conf: Value,
@@ -68,6 +68,10 @@ pub struct RouteRule {
     pub conf: Value,
     /// The policies that contributed.
     pub origin: Vec<String>,
+    /// The merged MeshTimeout of the requests this rule routes (top-level `targetRef` of kind
+    /// MeshHTTPRoute naming one of its routes), over the destination's own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<ToConf>,
 }
 
 /// The policies of one inbound.
@@ -345,8 +349,14 @@ fn http_routes(specs: &[(&Resource, Value)], service: &str, selects: impl Fn(&Ta
                 deep_merge(&mut existing.conf, &conf);
                 existing.origin.push(policy.to_string());
             }
-            None => rules.push(RouteRule { matches, conf, origin: vec![policy.to_string()] }),
+            None => rules.push(RouteRule { matches, conf, origin: vec![policy.to_string()], timeout: None }),
         }
+    }
+    for rule in &mut rules {
+        let on_route =
+            |top: &TargetRef| top.kind == TargetKind::MeshHTTPRoute && top.name.as_ref().is_some_and(|n| rule.origin.contains(n));
+        let items = collect(specs, ResourceType::MeshTimeout, "to", on_route);
+        rule.timeout = merge_items(items.iter().map(|i| (i.policy, i.payload.get("default"))));
     }
     let best = |r: &RouteRule| r.matches.iter().map(match_specificity).max();
     // Stable: among equally specific rules the earlier-merged stays first.

@@ -49,6 +49,16 @@ fn unexpected(policy_type: ResourceType, origin: &[String], place: &str) -> Poli
     PolicyError { policy_type, origin: origin.to_vec(), message: format!("does not apply to {place}") }
 }
 
+/// A merged conf with the policies that contributed, in merge order.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Merged<C> {
+    /// The merged conf.
+    pub conf: C,
+    /// The policies that contributed.
+    pub origin: Vec<String>,
+}
+
 /// One inbound rule: callers carrying `matches` get `conf` (most specific rules first; the
 /// first that selects a caller applies).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -226,15 +236,24 @@ pub struct HttpRoute {
     pub conf: HttpRouteConf,
     /// The policies that contributed.
     pub origin: Vec<String>,
+    /// MeshTimeout of the requests this rule routes, over the destination's own; with the
+    /// MeshTimeouts that contributed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<Merged<TimeoutConf>>,
 }
 
 impl HttpRoute {
     /// Types a merged route rule.
     pub fn from_merged(rule: &RouteRule) -> Result<Self, PolicyError> {
+        let timeout = match &rule.timeout {
+            Some(t) => Some(Merged { conf: typed(ResourceType::MeshTimeout, &t.conf, &t.origin)?, origin: t.origin.clone() }),
+            None => None,
+        };
         Ok(HttpRoute {
             matches: rule.matches.clone(),
             conf: typed(ResourceType::MeshHTTPRoute, &rule.conf, &rule.origin)?,
             origin: rule.origin.clone(),
+            timeout,
         })
     }
 }

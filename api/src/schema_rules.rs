@@ -147,7 +147,8 @@ fn target_refs() -> Vec<(&'static str, Value)> {
     let mesh = variant("Mesh", no_name.clone(), no_tags.clone(), &[]);
     let subset = variant("MeshSubset", no_name.clone(), json!({ "allOf": [schema_ref("Labels"), { "minProperties": 1 }] }), &["tags"]);
     let service = variant("MeshService", schema_ref("ServiceName"), schema_ref("Labels"), &["name"]);
-    let dataplane = variant("Dataplane", schema_ref("ServiceName"), no_tags, &["name"]);
+    let dataplane = variant("Dataplane", schema_ref("ServiceName"), no_tags.clone(), &["name"]);
+    let route = variant("MeshHTTPRoute", schema_ref("ServiceName"), no_tags, &["name"]);
     // Callers are known by their service only (`support::caller_tags`).
     let caller_tags = json!({
         "type": "object",
@@ -157,7 +158,15 @@ fn target_refs() -> Vec<(&'static str, Value)> {
     let caller_subset = variant("MeshSubset", no_name, json!({ "allOf": [caller_tags.clone(), { "minProperties": 1 }] }), &["tags"]);
     let caller_service = variant("MeshService", schema_ref("ServiceName"), caller_tags, &["name"]);
     vec![
-        ("TargetRef", json!({ "description": "The proxies a policy configures", "oneOf": [mesh, subset, service.clone(), dataplane] })),
+        (
+            "TargetRef",
+            json!({ "description": "The proxies a policy configures", "oneOf": [mesh, subset, service.clone(), dataplane.clone()] }),
+        ),
+        // A MeshTimeout may also apply to the requests of a route (`PolicyConf::PER_ROUTE`).
+        (
+            "PerRouteTargetRef",
+            json!({ "description": "The proxies a policy configures, or the requests of a MeshHTTPRoute", "oneOf": [mesh, subset, service.clone(), dataplane, route] }),
+        ),
         (
             "CallerRef",
             json!({ "description": "The callers an inbound item applies to", "oneOf": [mesh.clone(), caller_subset, caller_service] }),
@@ -620,7 +629,22 @@ fn refine_put_bodies(doc: &mut Value, missing: &mut Vec<String>) {
             continue;
         };
         if let Some(target) = spec.get_mut("properties").and_then(|p| p.get_mut("targetRef")) {
-            *target = schema_ref("TargetRef");
+            *target = schema_ref(if kind == ResourceType::MeshTimeout { "PerRouteTargetRef" } else { "TargetRef" });
+        }
+        if kind == ResourceType::MeshTimeout {
+            // On a route's requests: `to` only, to kind Mesh, no limit of connections
+            // (`PolicySpec::validate`, `TimeoutConf::validate_per_route`).
+            let on_route = json!({ "properties": { "targetRef": { "properties": { "kind": { "const": "MeshHTTPRoute" } }, "required": ["kind"] } }, "required": ["targetRef"] });
+            let shared = json!({ "type": "null" });
+            let item = json!({ "properties": {
+                "targetRef": { "properties": { "kind": { "const": "Mesh" } } },
+                "default": { "properties": {
+                    "connectionTimeout": shared, "idleTimeout": shared,
+                    "http": { "properties": { "maxConnectionDuration": shared } },
+                } },
+            } });
+            let then = json!({ "properties": { "from": { "maxItems": 0 }, "to": { "minItems": 1, "items": item } } });
+            add_all_of(spec, json!({ "if": on_route, "then": then }));
         }
         if let Some((from, to)) = kind.policy_sections() {
             // Inbound circuit breaking is not enforced yet (`support::not_enforced`).

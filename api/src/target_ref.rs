@@ -21,6 +21,9 @@ pub enum TargetKind {
     MeshService,
     /// One proxy, by Dataplane name.
     Dataplane,
+    /// The requests a MeshHTTPRoute, by name, routes (a MeshTimeout's top-level `targetRef`
+    /// only: timeouts per route).
+    MeshHTTPRoute,
 }
 
 impl TargetKind {
@@ -31,6 +34,7 @@ impl TargetKind {
             TargetKind::MeshSubset => 1,
             TargetKind::MeshService => 2,
             TargetKind::Dataplane => 3,
+            TargetKind::MeshHTTPRoute => 4,
         }
     }
 }
@@ -95,6 +99,10 @@ impl TargetRef {
 
     /// Whether proxies or callers with `tags` (and Dataplane name `dp_name`) are selected.
     pub fn selects(&self, dp_name: Option<&str>, tags: &BTreeMap<String, String>) -> bool {
+        // A route's requests, not proxies: applied with the route (`merge::http_routes`).
+        if self.kind == TargetKind::MeshHTTPRoute {
+            return false;
+        }
         if self.kind == TargetKind::Dataplane {
             return dp_name.is_some() && dp_name == self.name.as_deref();
         }
@@ -131,7 +139,7 @@ impl Validate for TargetRef {
                     v.error_at("tags", "kind MeshSubset needs at least one tag");
                 }
             }
-            TargetKind::MeshService | TargetKind::Dataplane => match &self.name {
+            TargetKind::MeshService | TargetKind::Dataplane | TargetKind::MeshHTTPRoute => match &self.name {
                 None => v.error_at("name", format!("kind {:?} needs a name", self.kind)),
                 Some(name) => {
                     if let Err(e) = names::check_dns_subdomain(name) {
@@ -140,8 +148,8 @@ impl Validate for TargetRef {
                 }
             },
         }
-        if self.kind == TargetKind::Dataplane && !self.tags.is_empty() {
-            v.error_at("tags", "kind Dataplane takes no tags");
+        if matches!(self.kind, TargetKind::Dataplane | TargetKind::MeshHTTPRoute) && !self.tags.is_empty() {
+            v.error_at("tags", format!("kind {:?} takes no tags", self.kind));
         }
         validate_tags(v, "tags", &self.tags);
     }

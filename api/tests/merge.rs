@@ -302,6 +302,43 @@ spec:
         ]
     );
     assert_eq!(db.http_routes[1].conf["backendRefs"][0]["tags"]["version"], "v2", "the more specific policy wins the conflicting rule");
+    assert!(db.http_routes.iter().all(|r| r.timeout.is_none()), "no MeshTimeout names these routes");
+
+    // A MeshTimeout on route b-override applies to the rules it contributed to, and to
+    // nothing else (neither the destination as a whole nor a-general's own rule).
+    let on_route = r#"
+---
+type: MeshTimeout
+name: slow-api
+mesh: default
+spec:
+  targetRef: {kind: MeshHTTPRoute, name: b-override}
+  to:
+    - targetRef: {kind: Mesh}
+      default: {http: {requestTimeout: 30s}}
+---
+type: MeshTimeout
+name: other-route
+mesh: default
+spec:
+  targetRef: {kind: MeshHTTPRoute, name: elsewhere}
+  to:
+    - targetRef: {kind: Mesh}
+      default: {http: {requestTimeout: 1s}}
+"#;
+    let cfg = effective_config("backend-1", &dataplane(), &policies(&format!("{yaml}{on_route}")), &[]);
+    let db = cfg.outbounds.iter().find(|o| o.service == "db").unwrap();
+    let timeouts: Vec<Option<(String, Vec<String>)>> = db
+        .http_routes
+        .iter()
+        .map(|r| r.timeout.as_ref().map(|t| (t.conf["http"]["requestTimeout"].as_str().unwrap().to_string(), t.origin.clone())))
+        .collect();
+    assert_eq!(
+        timeouts,
+        vec![Some(("30s".into(), vec!["slow-api".into()])), Some(("30s".into(), vec!["slow-api".into()])), None],
+        "the rules of b-override, not a-general's own"
+    );
+    assert!(!db.to.contains_key(&ResourceType::MeshTimeout), "a MeshTimeout on a route is not the destination's");
     let cache = cfg.outbounds.iter().find(|o| o.service == "cache").unwrap();
     assert!(cache.http_routes.is_empty());
 }

@@ -32,6 +32,22 @@ fn bad_resources_are_refused_naming_the_field() {
         ("name: m\n", "type: required"),
         ("type: Mesh\nname: m\ncolour: red\n", "colour: unknown field"),
         ("type: MeshTimeout\nname: t\nmesh: default\n", "spec: required"),
+        (
+            "type: MeshTimeout\nname: t\nmesh: default\nspec:\n  targetRef: {kind: MeshHTTPRoute, name: r}\n  to:\n    - targetRef: {kind: MeshService, name: api}\n      default: {http: {requestTimeout: 1s}}\n",
+            "spec.to[0].targetRef.kind: must be Mesh: the route names its destinations",
+        ),
+        (
+            "type: MeshTimeout\nname: t\nmesh: default\nspec:\n  targetRef: {kind: MeshHTTPRoute, name: r}\n  to:\n    - targetRef: {kind: Mesh}\n      default: {idleTimeout: 1s}\n",
+            "spec.to[0].default.idleTimeout: is a limit of connections, which the routes of a destination share",
+        ),
+        (
+            "type: MeshTimeout\nname: t\nmesh: default\nspec:\n  targetRef: {kind: MeshHTTPRoute, name: r}\n  from:\n    - targetRef: {kind: Mesh}\n      default: {http: {requestTimeout: 1s}}\n",
+            "spec.from: a policy on a route applies to the requests the route sends: use `to`",
+        ),
+        (
+            "type: MeshRetry\nname: r\nmesh: default\nspec:\n  targetRef: {kind: MeshHTTPRoute, name: r}\n  to:\n    - targetRef: {kind: Mesh}\n      default: {tcp: {maxConnectAttempt: 2}}\n",
+            "spec.targetRef.kind: MeshHTTPRoute is not allowed here",
+        ),
         ("type: MeshTimeout\nname: t\nmesh: default\nspec: {targetRef: {kind: Mesh}}\n", "spec: needs at least one item in `from` or `to`"),
         ("type: Mesh\nname: m\nspec: {mtls: {certificateLifetime: 1s}}\n", "spec.mtls.certificateLifetime: 1s is too short"),
         (

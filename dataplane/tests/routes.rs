@@ -1,8 +1,9 @@
 //! MeshHTTPRoute through real sidecars: a weighted split between two versions of a service
 //! (90/10 over 2,000 requests), a header match that sends one user to v2 only, a redirect the
 //! sidecar answers itself, a prefix rewrite with request and response header changes, a
-//! route change applied under load with no failed request, and every enforced policy type
-//! applied, changed and deleted under constant load with no failed request.
+//! route change applied under load with no failed request, every enforced policy type
+//! applied, changed and deleted under constant load with no failed request, request
+//! mirroring, and a MeshTimeout on one route.
 
 mod common;
 
@@ -474,4 +475,40 @@ async fn requests_are_mirrored_by_percentage_and_the_copies_answers_dropped() {
     let mirrored = eventually("the copies to be answered", settled).await - start;
     println!("FIGURE mirror 50%: {mirrored} of 400 requests copied");
     assert!((160..=240).contains(&mirrored), "about half of 400: {mirrored}");
+}
+
+/// MeshTimeout on a route: the requests that route sends get its timeout; the destination's
+/// other requests keep theirs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_timeout_on_a_route_applies_to_its_requests_only() {
+    let mesh = Mesh::start().await;
+    let app = http_app("backend").await;
+    let (_backend, web, web_out, client) = mesh.web_and_backend(app.port).await;
+    mesh.put(
+        "/meshes/default/meshhttproutes/slow-route",
+        json!({"type": "MeshHTTPRoute", "name": "slow-route", "mesh": "default", "spec": {"targetRef": {"kind": "Mesh"},
+            "to": [{"targetRef": {"kind": "MeshService", "name": "backend"},
+                "rules": [{"matches": [{"path": {"type": "PathPrefix", "value": "/slow"}}], "default": {}}]}]}}),
+    )
+    .await;
+    mesh.put(
+        "/meshes/default/meshtimeouts/slow-route-timeout",
+        json!({"type": "MeshTimeout", "name": "slow-route-timeout", "mesh": "default", "spec": {
+            "targetRef": {"kind": "MeshHTTPRoute", "name": "slow-route"},
+            "to": [{"targetRef": {"kind": "Mesh"}, "default": {"http": {"requestTimeout": "200ms"}}}]}}),
+    )
+    .await;
+    eventually("the route's timeout in web's configuration", async || {
+        let config = web.state.config.load_full()?;
+        let backend = config.1.outbounds.iter().find(|o| o.service == "backend")?;
+        backend.http_routes.first()?.timeout.as_ref().map(drop)
+    })
+    .await;
+    app.delay_ms.store(600, Ordering::SeqCst);
+    let (status, body) = common::get(&client, web_out, "/slow/report").await.unwrap();
+    assert_eq!(status, 504, "{body}");
+    assert!(body.contains("the request timeout of 200ms (MeshTimeout http.requestTimeout)"), "the route's timeout: {body}");
+    let (status, body) = common::get(&client, web_out, "/other").await.unwrap();
+    assert_eq!(status, 200, "other requests keep the destination's timeout: {body}");
+    assert!(body.starts_with("backend GET /other"), "{body}");
 }

@@ -39,7 +39,16 @@ pub trait PolicyConf: Validate + Serialize + DeserializeOwned + Clone + PartialE
     const FROM: bool;
     /// Whether the policy type accepts `to` items.
     const TO: bool;
+    /// Whether its top-level `targetRef` may name a MeshHTTPRoute (the route's requests).
+    const PER_ROUTE: bool = false;
+
+    /// Checks what a policy on a route's requests may set (`PER_ROUTE` types only).
+    fn validate_per_route(&self, _v: &mut Validator) {}
 }
+
+/// Kinds a top-level `targetRef` may name in a type that applies per route.
+pub const TOP_KINDS_PER_ROUTE: &[TargetKind] =
+    &[TargetKind::Mesh, TargetKind::MeshSubset, TargetKind::MeshService, TargetKind::Dataplane, TargetKind::MeshHTTPRoute];
 
 /// Inbound traffic from callers selected by `targetRef` gets `default`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -78,7 +87,19 @@ pub struct PolicySpec<C> {
 
 impl<C: PolicyConf> Validate for PolicySpec<C> {
     fn validate(&self, v: &mut Validator) {
-        v.field("targetRef", |v| self.target_ref.validate_allowing(v, TOP_KINDS));
+        let top = if C::PER_ROUTE { TOP_KINDS_PER_ROUTE } else { TOP_KINDS };
+        v.field("targetRef", |v| self.target_ref.validate_allowing(v, top));
+        if self.target_ref.kind == TargetKind::MeshHTTPRoute {
+            if !self.from.is_empty() {
+                v.error_at("from", "a policy on a route applies to the requests the route sends: use `to`");
+            }
+            v.each("to", &self.to, |v, item| {
+                if item.target_ref.kind != TargetKind::Mesh {
+                    v.field("targetRef", |v| v.error_at("kind", "must be Mesh: the route names its destinations"));
+                }
+                v.field("default", |v| item.default.validate_per_route(v));
+            });
+        }
         if !C::FROM && !self.from.is_empty() {
             v.error_at("from", "this policy type has no `from` section; use `to`");
         }

@@ -56,4 +56,18 @@ impl Validate for TimeoutConf {
 impl PolicyConf for TimeoutConf {
     const FROM: bool = true;
     const TO: bool = true;
+    const PER_ROUTE: bool = true;
+
+    fn validate_per_route(&self, v: &mut Validator) {
+        const SHARED: &str = "is a limit of connections, which the routes of a destination share: set it for the destination";
+        if self.connection_timeout.is_some() {
+            v.error_at("connectionTimeout", SHARED);
+        }
+        if self.idle_timeout.is_some() {
+            v.error_at("idleTimeout", SHARED);
+        }
+        if self.http.as_ref().is_some_and(|h| h.max_connection_duration.is_some()) {
+            v.field("http", |v| v.error_at("maxConnectionDuration", SHARED));
+        }
+    }
 }

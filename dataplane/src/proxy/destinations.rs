@@ -413,7 +413,12 @@ impl Table {
             let http_routes = match (&outbound.tcp_route, outbound.http_routes.is_empty()) {
                 (Some(tcp), true) => {
                     let conf = strait_api::policies::http_route::HttpRouteConf { filters: vec![], backend_refs: tcp.backend_refs.clone() };
-                    from_tcp = [strait_api::proxy_policies::HttpRoute { matches: vec![], conf, origin: vec!["MeshTCPRoute".into()] }];
+                    from_tcp = [strait_api::proxy_policies::HttpRoute {
+                        matches: vec![],
+                        conf,
+                        origin: vec!["MeshTCPRoute".into()],
+                        timeout: None,
+                    }];
                     &from_tcp[..]
                 }
                 _ => &outbound.http_routes[..],

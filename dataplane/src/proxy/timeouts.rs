@@ -84,6 +84,12 @@ impl Timeouts {
         Timeouts::with_defaults(conf, Timeouts::INBOUND)
     }
 
+    /// These timeouts with what `conf` sets instead (a MeshTimeout on a route's requests,
+    /// over its destination's).
+    pub fn overridden_by(self, conf: &TimeoutConf) -> Timeouts {
+        Timeouts::with_defaults(Some(conf), self)
+    }
+
     fn with_defaults(conf: Option<&TimeoutConf>, defaults: Timeouts) -> Timeouts {
         let Some(conf) = conf else { return defaults };
         // Set: its value, or no limit for 0; unset: the default.

@@ -145,9 +145,10 @@ async fn forward(request: Request<Incoming>, service: &str, path: &Arc<DataPath>
         destination.metrics.record(response.status(), started.elapsed());
         return response;
     }
-    // MeshTimeout: the response headers within the deadline (or the stream idle limit), the
-    // whole exchange within the deadline, and no stream idle for longer than its limit.
-    let timeouts = destination.timeouts;
+    // MeshTimeout (the route's, over the destination's): the response headers within the
+    // deadline (or the stream idle limit), the whole exchange within the deadline, and no
+    // stream idle for longer than its limit.
+    let timeouts = rule.map_or(destination.timeouts, |(rule, _)| rule.timeouts(destination));
     let now = tokio::time::Instant::now();
     let request = match timeouts.stream_idle {
         Some(idle) => request.map(|body| body.with_idle(Some(idle))),

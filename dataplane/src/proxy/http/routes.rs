@@ -37,6 +37,8 @@ pub struct Rule {
     rewrite: Option<Rewrite>,
     backends: Backends,
     mirrors: Vec<Mirror>,
+    /// MeshTimeout of the requests this rule routes (a MeshTimeout on its route).
+    timeout: Option<strait_api::policies::timeout::TimeoutConf>,
 }
 
 /// A RequestMirror filter: a share of the requests copied to another destination.
@@ -171,6 +173,7 @@ impl Rule {
             rewrite: None,
             backends: Backends::default(),
             mirrors: Vec::new(),
+            timeout: route.timeout.as_ref().map(|t| t.conf.clone()),
         };
         for filter in &route.conf.filters {
             rule.add_filter(filter, resolve).map_err(bad)?;
@@ -224,6 +227,15 @@ impl Rule {
             return Some(None);
         }
         self.matches.iter().find_map(|m| m.matching(request))
+    }
+
+    /// The timeouts of a request this rule routes to `destination`: the destination's, with
+    /// what a MeshTimeout on the route sets instead.
+    pub fn timeouts(&self, destination: &Destination) -> crate::proxy::timeouts::Timeouts {
+        match &self.timeout {
+            Some(conf) => destination.timeouts.overridden_by(conf),
+            None => destination.timeouts,
+        }
     }
 
     /// The destinations this request is copied to (RequestMirror), each by its share.
