@@ -229,10 +229,12 @@ fn property_rules() -> Vec<(&'static str, Value)> {
         ("ConnectionLimits.maxPendingRequests", json!({ "minimum": 1 })),
         ("OutlierDetection.interval", opt_ref("PositiveDuration")),
         ("ConnectionLimits.maxRequests", json!({ "minimum": 1 })),
+        ("ConnectionLimits.maxRequestsPerConnection", json!({ "minimum": 1 })),
         ("OutlierDetection.baseEjectionTime", opt_ref("PositiveDuration")),
         ("OutlierDetection.maxEjectionPercent", percentage()),
         ("Consecutive.consecutive", json!({ "minimum": 1 })),
         ("FailurePercentage.threshold", percentage()),
+        ("SuccessRate.standardDeviationFactor", percentage()),
         // MeshHealthCheck.
         ("HealthCheckConf.interval", opt_ref("PositiveDuration")),
         ("HealthCheckConf.timeout", opt_ref("PositiveDuration")),

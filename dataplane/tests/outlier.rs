@@ -117,6 +117,35 @@ async fn requests_beyond_max_requests_get_503_at_once() {
     assert_eq!(metric(&web, overflows).await, 4.0);
 }
 
+/// `maxRequestsPerConnection`: a pooled connection between the sidecars is replaced after
+/// that many requests, and no request fails for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pooled_connection_is_replaced_after_max_requests_per_connection() {
+    let mesh = Mesh::start().await;
+    let app = http_app("b1").await;
+    let (_backend, web, web_out, client) = mesh.web_and_backend(app.port).await;
+    let opened = async || metric(&web, "strait_dp_outbound_tunnel_connections_total").await;
+    let before = opened().await;
+    for _ in 0..20 {
+        assert_eq!(get(&client, web_out, "/").await.map(|r| r.0), Some(200));
+    }
+    assert_eq!(opened().await, before, "without a limit, the pooled connection carries them all");
+    mesh.put("/meshes/default/meshcircuitbreakers/per-connection", json!({"type": "MeshCircuitBreaker", "name": "per-connection", "mesh": "default",
+        "spec": {"targetRef": {"kind": "Mesh"}, "to": [{"targetRef": {"kind": "MeshService", "name": "backend"}, "default": {"connectionLimits": {"maxRequestsPerConnection": 5}}}]}})).await;
+    eventually("the limit to apply", async || {
+        let config = web.state.config.load_full()?;
+        let breaker = config.1.outbounds.iter().find(|o| o.service == "backend")?.policies.circuit_breaker.clone()?;
+        (breaker.connection_limits?.max_requests_per_connection == Some(5)).then_some(())
+    })
+    .await;
+    let before = opened().await;
+    for _ in 0..20 {
+        assert_eq!(get(&client, web_out, "/").await.map(|r| r.0), Some(200));
+    }
+    let new = opened().await - before;
+    assert!((4.0..=5.0).contains(&new), "20 requests, 5 per connection: {new} connections opened");
+}
+
 /// An HTTP application that answers `<name> ...` with 200, or 500 to every other request while
 /// `failing` is set.
 async fn half_failing_app(name: &'static str) -> (u16, std::sync::Arc<std::sync::atomic::AtomicBool>) {

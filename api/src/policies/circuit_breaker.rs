@@ -34,6 +34,9 @@ pub struct ConnectionLimits {
     /// Retries in flight.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_retries: Option<u32>,
+    /// HTTP requests one pooled connection carries before it is replaced (those on it finish).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_requests_per_connection: Option<u32>,
 }
 
 /// Outlier detection: endpoints that fail are ejected for a while.
@@ -73,6 +76,26 @@ pub struct Detectors {
     /// Share of failed requests over an interval.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failure_percentage: Option<FailurePercentage>,
+    /// Success rate over an interval, against the other endpoints'.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub success_rate: Option<SuccessRate>,
+}
+
+/// A success-rate detector: every interval, an endpoint whose success rate falls below the
+/// mean of the endpoints' by more than `standardDeviationFactor` standard deviations is
+/// ejected.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct SuccessRate {
+    /// Requests an endpoint needs in the interval to be judged (default 100).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_volume: Option<u32>,
+    /// Endpoints with that volume a destination needs for this detector to run (default 5).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub minimum_hosts: Option<u32>,
+    /// How many standard deviations below the mean ejects (default 1.9).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub standard_deviation_factor: Option<f64>,
 }
 
 /// A consecutive-failures threshold.
@@ -105,6 +128,7 @@ impl Validate for CircuitBreakerConf {
                 check_min(v, "maxPendingRequests", l.max_pending_requests, 1);
                 check_min(v, "maxRequests", l.max_requests, 1);
                 check_min(v, "maxRetries", l.max_retries, 0);
+                check_min(v, "maxRequestsPerConnection", l.max_requests_per_connection, 1);
             });
         }
         if let Some(o) = &self.outlier_detection {
@@ -131,6 +155,15 @@ impl Validate for OutlierDetection {
                 ] {
                     if let Some(c) = c {
                         v.field(name, |v| check_min(v, "consecutive", Some(c.consecutive), 1));
+                    }
+                }
+                if let Some(sr) = &d.success_rate {
+                    if let Some(f) = sr.standard_deviation_factor {
+                        if !(0.0..=100.0).contains(&f) {
+                            v.field("successRate", |v| {
+                                v.error_at("standardDeviationFactor", format!("{f} is out of range: expected 0 to 100"))
+                            });
+                        }
                     }
                 }
                 if let Some(fp) = &d.failure_percentage {

@@ -80,6 +80,9 @@ pub struct Limits {
     /// HTTP requests waiting for a connection to be opened (`maxPendingRequests`); more are
     /// answered 503 at once.
     pub max_pending: Option<usize>,
+    /// HTTP requests a pooled connection carries before it is replaced
+    /// (`maxRequestsPerConnection`).
+    pub max_requests_per_connection: Option<u32>,
 }
 
 impl Limits {
@@ -92,6 +95,7 @@ impl Limits {
             max_retries: limit(l.max_retries),
             max_connections: limit(l.max_connections),
             max_pending: limit(l.max_pending_requests),
+            max_requests_per_connection: l.max_requests_per_connection,
         }
     }
 }
@@ -103,7 +107,9 @@ const MAX_EJECTION: Duration = Duration::from_secs(300);
 /// failures in a row (of any kind, gateway failures, or failures of local origin: connect
 /// errors, resets, timeouts) is ejected at once; every `interval`, an endpoint whose failed
 /// share of at least `requestVolume` requests reaches the `failurePercentage` threshold is
-/// ejected, when at least `minimumHosts` endpoints had that volume. An ejection lasts the base
+/// ejected, when at least `minimumHosts` endpoints had that volume, and so is one whose
+/// success rate is more than `successRate.standardDeviationFactor` standard deviations below
+/// the mean of those endpoints' rates. An ejection lasts the base
 /// time times the endpoint's ejections so far, while at most `maxEjectionPercent` of the
 /// endpoints (at least one) are ejected; when every endpoint is ejected, picks use them anyway.
 #[derive(Debug)]
@@ -112,7 +118,10 @@ pub struct OutlierPolicy {
     base: Duration,
     max_percent: u32,
     percentage: Option<FailureShare>,
-    /// When the failure-percentage detector looks next (ms, [`now_ms`]).
+    success_rate: Option<SuccessShare>,
+    /// Time between looks of the interval detectors.
+    interval: Duration,
+    /// When the interval detectors look next (ms, [`now_ms`]).
     next_look_ms: std::sync::atomic::AtomicU64,
 }
 
@@ -122,7 +131,14 @@ struct FailureShare {
     threshold: u32,
     volume: u32,
     minimum_hosts: usize,
-    interval: Duration,
+}
+
+/// The success-rate detector.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct SuccessShare {
+    volume: u32,
+    minimum_hosts: usize,
+    factor: f64,
 }
 
 impl OutlierPolicy {
@@ -138,13 +154,19 @@ impl OutlierPolicy {
             threshold: f.threshold,
             volume: f.request_volume.unwrap_or(50),
             minimum_hosts: f.minimum_hosts.unwrap_or(5) as usize,
-            interval,
+        });
+        let success_rate = od.detectors.as_ref().and_then(|d| d.success_rate.as_ref()).map(|s| SuccessShare {
+            volume: s.request_volume.unwrap_or(100),
+            minimum_hosts: s.minimum_hosts.unwrap_or(5) as usize,
+            factor: s.standard_deviation_factor.unwrap_or(1.9),
         });
         Some(OutlierPolicy {
             thresholds,
             base: od.base_ejection_time.map_or(Duration::from_secs(30), |d| d.get()),
             max_percent: od.max_ejection_percent.unwrap_or(10),
             percentage,
+            success_rate,
+            interval,
             next_look_ms: std::sync::atomic::AtomicU64::new(now_ms() + interval.as_millis() as u64),
         })
     }
@@ -214,10 +236,12 @@ impl Destination {
         if counts.iter().zip(&policy.thresholds).any(|(n, limit)| limit.is_some_and(|limit| *n >= limit)) {
             self.eject(endpoint, policy, &format!("consecutive failures (any, gateway, local origin) {counts:?}"));
         }
-        let Some(share) = policy.percentage else { return };
+        if policy.percentage.is_none() && policy.success_rate.is_none() {
+            return;
+        }
         let now = now_ms();
         let due = policy.next_look_ms.load(std::sync::atomic::Ordering::Relaxed);
-        let next = now + share.interval.as_millis() as u64;
+        let next = now + policy.interval.as_millis() as u64;
         // One caller looks per interval: whoever moves the time of the next look.
         if now < due
             || policy
@@ -228,14 +252,32 @@ impl Destination {
             return;
         }
         let counts: Vec<(&Arc<Endpoint>, (u32, u32))> = self.endpoints().map(|e| (e, e.health.take_interval())).collect();
-        let judged: Vec<&(&Arc<Endpoint>, (u32, u32))> =
-            counts.iter().filter(|(_, (answered, _))| *answered >= share.volume.max(1)).collect();
-        if judged.len() < share.minimum_hosts {
-            return;
+        if let Some(share) = policy.percentage {
+            let judged: Vec<&(&Arc<Endpoint>, (u32, u32))> =
+                counts.iter().filter(|(_, (answered, _))| *answered >= share.volume.max(1)).collect();
+            if judged.len() >= share.minimum_hosts {
+                for (e, (answered, failed)) in judged {
+                    if u64::from(*failed) * 100 >= u64::from(share.threshold) * u64::from(*answered) {
+                        self.eject(e, policy, &format!("{failed} of {answered} requests failed in the last {:?}", policy.interval));
+                    }
+                }
+            }
         }
-        for (e, (answered, failed)) in judged {
-            if u64::from(*failed) * 100 >= u64::from(share.threshold) * u64::from(*answered) {
-                self.eject(e, policy, &format!("{failed} of {answered} requests failed in the last {:?}", share.interval));
+        if let Some(rate) = policy.success_rate {
+            let judged: Vec<(&Arc<Endpoint>, f64)> = counts
+                .iter()
+                .filter(|(_, (answered, _))| *answered >= rate.volume.max(1))
+                .map(|(e, (answered, failed))| (*e, f64::from(answered - failed) * 100.0 / f64::from(*answered)))
+                .collect();
+            if judged.len() >= rate.minimum_hosts.max(1) {
+                let n = judged.len() as f64;
+                let mean = judged.iter().map(|(_, r)| r).sum::<f64>() / n;
+                let deviation = (judged.iter().map(|(_, r)| (r - mean).powi(2)).sum::<f64>() / n).sqrt();
+                let floor = mean - rate.factor * deviation;
+                for (e, r) in judged.iter().filter(|(_, r)| *r < floor) {
+                    let why = format!("a success rate of {r:.1}% against a mean of {mean:.1}% (ejected below {floor:.1}%)");
+                    self.eject(e, policy, &why);
+                }
             }
         }
     }
@@ -581,5 +623,35 @@ mod tests {
         assert!(!first.health.outlier_ejected(now_ms()), "a connect in between clears the count");
         backend.record(&first, Outcome::LocalOrigin);
         assert!(first.health.outlier_ejected(now_ms()), "two failed connects in a row eject it");
+    }
+
+    #[test]
+    fn the_success_rate_detector_ejects_an_endpoint_far_below_the_others() {
+        let metrics = ProxyMetrics::register(&mut Registry::default());
+        let addresses: Vec<String> = (1..=6).map(|i| format!("10.0.0.{i}")).collect();
+        let endpoints: Vec<(&str, u16, &str)> = addresses.iter().map(|a| (a.as_str(), 80, "zone-1")).collect();
+        let mut conf = config(&endpoints, "http");
+        conf.outbounds[0].policies.circuit_breaker = Some(
+            serde_json::from_value(json!({"outlierDetection": {"interval": "20ms", "detectors": {
+                "totalFailures": {"consecutive": 1000},
+                "successRate": {"requestVolume": 10, "minimumHosts": 5, "standardDeviationFactor": 1.5}}}}))
+            .unwrap(),
+        );
+        let table = Table::build(&conf, &Table::default(), &metrics);
+        let backend = table.service("backend").unwrap();
+        let all: Vec<Arc<Endpoint>> = backend.endpoints().cloned().collect();
+        // Five endpoints answer 19 of 20, the sixth 12 of 20: the mean is 89.2%, the deviation
+        // 13.0%, so the floor is 69.6%: the sixth (60%) is below it, the others (95%) are not.
+        for (i, e) in all.iter().enumerate() {
+            let failures = if i == 5 { 8 } else { 1 };
+            for n in 0..20 {
+                backend.record(e, Outcome::Status(if n < failures { 500 } else { 200 }));
+            }
+        }
+        // The detector looks once its interval has passed, at the next outcome.
+        std::thread::sleep(Duration::from_millis(25));
+        backend.record(&all[0], Outcome::Status(200));
+        let ejected: Vec<bool> = all.iter().map(|e| e.health.outlier_ejected(now_ms())).collect();
+        assert_eq!(ejected, [false, false, false, false, false, true]);
     }
 }

@@ -410,6 +410,7 @@ pub fn connector<'a>(path: &'a DataPath, destination: &'a Destination, endpoint:
         health: &endpoint.health,
         connect_timeout: destination.timeouts.connect,
         max_age: destination.timeouts.max_connection,
+        max_requests: destination.limits.max_requests_per_connection,
         metrics: &path.metrics.outbound,
         drain: &path.drain,
         tasks: &path.tasks,

@@ -57,6 +57,8 @@ struct Pooled {
     sender: SendRequest<Counted>,
     identity: Arc<TlsIdentity>,
     opened: std::time::Instant,
+    /// Requests handed this connection so far.
+    used: std::sync::atomic::AtomicU32,
 }
 
 /// The pooled connection of one endpoint.
@@ -106,6 +108,9 @@ pub struct Connector<'a, H> {
     /// A connection this old is replaced on next use (MeshTimeout `http.maxConnectionDuration`):
     /// new requests open another, those on it finish there.
     pub max_age: Option<Duration>,
+    /// A connection that carried this many requests is replaced on next use (MeshCircuitBreaker
+    /// `maxRequestsPerConnection`).
+    pub max_requests: Option<u32>,
     /// Outbound tunnel counters (connections opened, handshake errors).
     pub metrics: &'a TunnelMetrics,
     /// Connection tasks hold a watcher so that a drain waits for their last requests.
@@ -123,14 +128,14 @@ impl Slot {
         connector: &Connector<'_, H>,
     ) -> Result<SendRequest<Counted>, PoolError> {
         let identity = connector.identities.current();
-        if let Some(sender) = self.usable(&identity, connector.max_age) {
+        if let Some(sender) = self.usable(&identity, connector) {
             return Ok(sender);
         }
         self.waiting.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let _waiting = Waiting(&self.waiting);
         let _connecting = self.connecting.lock().await;
         // Someone else may have connected while we waited.
-        if let Some(sender) = self.usable(&identity, connector.max_age) {
+        if let Some(sender) = self.usable(&identity, connector) {
             return Ok(sender);
         }
         let sender = self.connect(target, identity, connector).await?;
@@ -152,11 +157,15 @@ impl Slot {
         self.current.store(None);
     }
 
-    fn usable(&self, identity: &Arc<TlsIdentity>, max_age: Option<Duration>) -> Option<SendRequest<Counted>> {
+    fn usable<H>(&self, identity: &Arc<TlsIdentity>, c: &Connector<'_, H>) -> Option<SendRequest<Counted>> {
         let guard = self.current.load();
         let pooled = guard.as_ref()?;
-        let young = max_age.is_none_or(|max| pooled.opened.elapsed() < max);
-        (young && !pooled.sender.is_closed() && Arc::ptr_eq(&pooled.identity, identity)).then(|| pooled.sender.clone())
+        let young = c.max_age.is_none_or(|max| pooled.opened.elapsed() < max);
+        if !young || pooled.sender.is_closed() || !Arc::ptr_eq(&pooled.identity, identity) {
+            return None;
+        }
+        let fresh = c.max_requests.is_none_or(|max| pooled.used.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < max);
+        fresh.then(|| pooled.sender.clone())
     }
 
     async fn connect<H: ConnectOutcome>(
@@ -214,7 +223,9 @@ impl Slot {
             let _ = watcher.unless_forced(connection).await;
         });
         tracing::debug!(%target, peer = %c.expected, "opened a pooled HTTP/2 connection");
-        self.current.store(Some(Arc::new(Pooled { sender: sender.clone(), identity, opened: std::time::Instant::now() })));
+        // The request that opened it is its first.
+        let used = std::sync::atomic::AtomicU32::new(1);
+        self.current.store(Some(Arc::new(Pooled { sender: sender.clone(), identity, opened: std::time::Instant::now(), used })));
         Ok(sender)
     }
 }
