@@ -265,6 +265,8 @@ fn property_rules() -> Vec<(&'static str, Value)> {
         ("AccessLogConf.backends", json!({ "minItems": 1 })),
         ("FileBackend.path", json!({ "pattern": "^/" })),
         ("TcpBackend.address", json!({ "pattern": "^[^:]*[^:]:0{0,4}[1-9][0-9]{0,3}$" })),
+        ("LogFormat.plain", opt_pattern(&crate::policies::access_log::template_pattern())),
+        ("JsonField.value", json!({ "pattern": crate::policies::access_log::template_pattern() })),
         // MeshTrace.
         ("TraceConf.backends", json!({ "maxItems": 1 })),
         ("Zipkin.url", json!({ "pattern": "^https?://" })),

@@ -33,6 +33,10 @@ fn bad_resources_are_refused_naming_the_field() {
         ("type: Mesh\nname: m\ncolour: red\n", "colour: unknown field"),
         ("type: MeshTimeout\nname: t\nmesh: default\n", "spec: required"),
         (
+            "type: MeshAccessLog\nname: l\nmesh: default\nspec:\n  to:\n    - targetRef: {kind: Mesh}\n      default: {backends: [{file: {path: /dev/stdout, format: {plain: \"%METHOD% %STATUS%\"}}}]}\n",
+            "spec.to[0].default.backends[0].file.format.plain: unknown placeholder %STATUS%",
+        ),
+        (
             "type: MeshTimeout\nname: t\nmesh: default\nspec:\n  targetRef: {kind: MeshHTTPRoute, name: r}\n  to:\n    - targetRef: {kind: MeshService, name: api}\n      default: {http: {requestTimeout: 1s}}\n",
             "spec.to[0].targetRef.kind: must be Mesh: the route names its destinations",
         ),

@@ -69,11 +69,74 @@ pub struct JsonField {
     pub value: String,
 }
 
+/// The placeholders (`%NAME%`) a template may use, with what each holds.
+pub const PLACEHOLDERS: &[(&str, &str)] = &[
+    ("START_TIME", "when the request or connection started (RFC 3339, UTC)"),
+    ("DIRECTION", "inbound or outbound"),
+    ("MESH", "the mesh"),
+    ("SOURCE_SERVICE", "the caller's service"),
+    ("DESTINATION_SERVICE", "the called service"),
+    ("SOURCE_ZONE", "the caller's zone (- on the inbound side, which does not know it)"),
+    ("DESTINATION_ZONE", "the zone of the endpoint that answered (- when none did)"),
+    ("PROTOCOL", "tcp, http, http2 or grpc"),
+    ("METHOD", "the HTTP method (- for TCP)"),
+    ("PATH", "the HTTP path and query (- for TCP)"),
+    ("AUTHORITY", "the HTTP host (- for TCP)"),
+    ("RESPONSE_CODE", "the HTTP status (0 for TCP)"),
+    ("RESPONSE_FLAGS", "local when the sidecar answered itself, - otherwise"),
+    ("RESPONSE_DURATION", "milliseconds until the response headers (HTTP)"),
+    ("DURATION", "milliseconds until the response or the connection ended"),
+    ("BYTES_RECEIVED", "body bytes from the caller (HTTP), or bytes from it (TCP)"),
+    ("BYTES_SENT", "body bytes to the caller (HTTP), or bytes to it (TCP)"),
+    ("UPSTREAM_HOST", "the address the sidecar sent to (- when none)"),
+    ("TRACE_ID", "the trace id of the request's traceparent (or b3) header, - without one"),
+];
+
+/// The placeholders of `template` that are not known, if any (a `%` that opens no known
+/// placeholder is one).
+pub fn unknown_placeholders(template: &str) -> Vec<String> {
+    let mut unknown = Vec::new();
+    let mut rest = template;
+    while let Some(open) = rest.find('%') {
+        let after = &rest[open + 1..];
+        let Some(close) = after.find('%') else {
+            unknown.push(after.to_string());
+            break;
+        };
+        let name = &after[..close];
+        if !PLACEHOLDERS.iter().any(|(n, _)| *n == name) {
+            unknown.push(name.to_string());
+        }
+        rest = &after[close + 1..];
+    }
+    unknown
+}
+
+/// The pattern a template matches when all its placeholders are known.
+pub fn template_pattern() -> String {
+    let names: Vec<&str> = PLACEHOLDERS.iter().map(|(n, _)| *n).collect();
+    format!("^([^%]|%({})%)*$", names.join("|"))
+}
+
+fn check_template(v: &mut Validator, field: &'static str, template: &str) {
+    let unknown = unknown_placeholders(template);
+    if !unknown.is_empty() {
+        let known: Vec<&str> = PLACEHOLDERS.iter().map(|(n, _)| *n).collect();
+        v.error_at(field, format!("unknown placeholder %{}%: expected %NAME% with NAME one of {}", unknown[0], known.join(", ")));
+    }
+}
+
 fn check_format(v: &mut Validator, f: &Option<LogFormat>) {
     if let Some(f) = f {
         v.field("format", |v| {
             if f.plain.is_some() == f.json.is_some() {
                 v.error("needs exactly one of plain, json");
+            }
+            if let Some(plain) = &f.plain {
+                check_template(v, "plain", plain);
+            }
+            if let Some(json) = &f.json {
+                v.each("json", json, |v, field| check_template(v, "value", &field.value));
             }
         });
     }

@@ -58,9 +58,12 @@ pub struct OnRateLimit {
     /// Status code (default 429).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status: Option<u16>,
-    /// Headers added to the answer.
+    /// Headers added to the answer (they may replace its `content-type` and `retry-after`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub headers: Vec<HeaderValue>,
+    /// Body of the answer (default: a line that names the caller and the limit).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body: Option<String>,
 }
 
 /// TCP rate limit.

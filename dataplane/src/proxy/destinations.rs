@@ -65,6 +65,10 @@ pub struct Destination {
     pub limits: Limits,
     /// MeshHealthCheck: the active checks of its endpoints.
     pub health_check: Option<HealthCheckPolicy>,
+    /// MeshFaultInjection `to`: faults given to its HTTP requests by this sidecar.
+    pub faults: Option<super::inbound_policies::Faults>,
+    /// MeshAccessLog `to`: where a line per request or connection goes.
+    pub access_log: Option<Arc<super::access_log::AccessLog>>,
 }
 
 /// MeshCircuitBreaker `connectionLimits` of a destination.
@@ -304,6 +308,12 @@ pub struct Table {
     by_address: HashMap<SocketAddr, Arc<Destination>>,
     routes: HashMap<String, Routes>,
     tcp_routes: HashMap<String, Backends>,
+    /// MeshRateLimit, MeshFaultInjection and MeshAccessLog of each inbound, by port.
+    inbound: super::inbound_policies::ByPort,
+    /// The access log backends in use, kept from one table to the next.
+    sinks: super::access_log::Sinks,
+    /// What every access log entry of this sidecar shares.
+    pub local: super::access_log::Local,
 }
 
 /// What building a table shares across its destinations.
@@ -314,9 +324,31 @@ struct Build<'a> {
     /// Endpoints by address and SNI, kept from the previous table where they remain (endpoints
     /// in other zones share the egress address: the SNI tells them apart).
     known: HashMap<(SocketAddr, String), Arc<Endpoint>>,
+    /// Access log backends: this table's, the previous one's, and whether to start new ones
+    /// (not when only checking a configuration).
+    sinks: super::access_log::Sinks,
+    previous_sinks: &'a super::access_log::Sinks,
+    start_sinks: bool,
 }
 
 impl Build<'_> {
+    /// Compiles a MeshAccessLog conf; one that cannot be (the API refuses it first) is logged
+    /// and left out.
+    fn access_log(
+        &mut self,
+        conf: Option<&strait_api::policies::access_log::AccessLogConf>,
+        what: &str,
+    ) -> Option<Arc<super::access_log::AccessLog>> {
+        let conf = conf?;
+        match self.sinks.compile(conf, self.previous_sinks, &self.metrics.access_log_dropped, self.start_sinks) {
+            Ok(log) => Some(Arc::new(log)),
+            Err(error) => {
+                tracing::error!(what, error, "a MeshAccessLog that cannot be applied; leaving it out");
+                None
+            }
+        }
+    }
+
     /// The destination of `outbound`, with only the endpoints whose tags include `subset`.
     fn destination(&mut self, outbound: &OutboundConfig, subset: &BTreeMap<String, String>) -> Option<Arc<Destination>> {
         let zone = self.config.zone.as_str();
@@ -378,6 +410,8 @@ impl Build<'_> {
             outlier: OutlierPolicy::from_conf(outbound.policies.circuit_breaker.as_ref()),
             limits: Limits::from_conf(outbound.policies.circuit_breaker.as_ref()),
             health_check: HealthCheckPolicy::from_conf(outbound.policies.health_check.as_ref(), outbound.protocol),
+            faults: outbound.policies.fault_injection.as_ref().map(super::inbound_policies::Faults::compile),
+            access_log: self.access_log(outbound.policies.access_log.as_ref(), &outbound.service),
             connect_attempts: outbound
                 .policies
                 .retry
@@ -431,8 +465,28 @@ impl Table {
     fn try_build(config: &ProxyConfig, previous: &Table, metrics: &ProxyMetrics, strict: bool) -> Result<Table, String> {
         let known = previous.by_service.values().flat_map(|d| d.endpoints()).map(|e| ((e.address, e.sni.to_str().into_owned()), e.clone()));
         let source = config.inbounds.first().map_or("", |i| i.service.as_str());
-        let mut build = Build { config, metrics, source, known: known.collect() };
+        let mut build = Build {
+            config,
+            metrics,
+            source,
+            known: known.collect(),
+            sinks: Default::default(),
+            previous_sinks: &previous.sinks,
+            start_sinks: !strict,
+        };
         let mut table = Table::default();
+        for inbound in &config.inbounds {
+            let logs = inbound.policies.access_log.iter().filter_map(|rule| {
+                let log = build.access_log(Some(&rule.conf), &inbound.service)?;
+                Some((super::inbound_policies::bare(rule), log))
+            });
+            let logs: Vec<_> = logs.collect();
+            let rules = super::inbound_policies::InboundRules::compile(inbound, previous.inbound.get(&inbound.port), logs);
+            if !rules.is_empty() {
+                table.inbound.insert(inbound.port, rules);
+            }
+        }
+        table.local = super::access_log::Local { mesh: config.mesh.clone(), zone: config.zone.clone(), service: source.to_string() };
         for outbound in &config.outbounds {
             let Some(destination) = build.destination(outbound, &BTreeMap::new()) else { continue };
             // Transparent interception finds a destination by the address the application
@@ -475,6 +529,7 @@ impl Table {
             };
             keep(compiled, strict, &outbound.service, routes)?;
         }
+        table.sinks = std::mem::take(&mut build.sinks);
         Ok(table)
     }
 
@@ -501,7 +556,12 @@ impl Table {
         }
     }
 
-    /// The MeshHTTPRoute rules of `service`, if it has any.
+    /// The MeshRateLimit and MeshFaultInjection rules of inbound `port`, if it has any.
+    pub fn inbound(&self, port: u16) -> Option<&super::inbound_policies::InboundRules> {
+        self.inbound.get(&port)
+    }
+
+    /// The compiled MeshHTTPRoute rules of `service`, if it has any.
     pub fn routes(&self, service: &str) -> Option<&Routes> {
         self.routes.get(service)
     }

@@ -70,6 +70,13 @@ impl Endpoint {
 #[derive(Debug)]
 pub struct InFlight(Arc<Endpoint>);
 
+impl InFlight {
+    /// The endpoint.
+    pub fn endpoint(&self) -> &Endpoint {
+        &self.0
+    }
+}
+
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.in_flight.fetch_sub(1, Ordering::Relaxed);

@@ -31,7 +31,15 @@ pub fn handler(config: &Inbound, path: &Arc<DataPath>) -> (Arc<Handler>, tracing
     // The parent of every connection's span: each line of the port names its service.
     let span = tracing::info_span!("inbound", %service, port);
     span.in_scope(|| tracing::info!(app = %forward_to, ?protocol, "inbound accepting"));
-    let authorize: Authorize = Box::new(authorization::for_port(path.state.clone(), port));
+    let permission = authorization::for_port(path.state.clone(), port);
+    // MeshRateLimit `tcp.connectionRate`: a TCP caller over its limit sees the connection
+    // closed (HTTP requests are limited one by one, see `http::inbound`).
+    let authorize: Authorize = if protocol.is_http() {
+        Box::new(permission)
+    } else {
+        let (limited_path, service) = (path.clone(), service.clone());
+        Box::new(move |caller: &Identity| permission(caller) && connection_allowed(&limited_path, port, &service, caller))
+    };
     let mut inbound_config = inbound::InboundConfig::new(forward_to);
     // HTTP/1.1 callers over a TCP tunnel get a 403 that says why; TCP callers see the
     // connection closed. HTTP/2 sessions between sidecars are authorised per request.
@@ -43,10 +51,46 @@ pub fn handler(config: &Inbound, path: &Arc<DataPath>) -> (Arc<Handler>, tracing
         let timeouts = super::timeouts::of_inbound(&state, port);
         (timeouts.connect, timeouts.idle)
     })));
+    // MeshAccessLog `from`: a line per TCP connection, once it has closed.
+    let (logging_path, logged_service, app) = (path.clone(), service.clone(), forward_to);
+    inbound_config.on_closed = Some(inbound::TunnelClosed(Arc::new(move |caller, begun, duration, copied| {
+        let caller = caller.path().trim_start_matches('/');
+        let table = logging_path.table.load();
+        let Some(log) = table.inbound(port).and_then(|rules| rules.access_log(caller)) else { return };
+        log.log(super::access_log::Entry {
+            start: Some(begun),
+            direction: "inbound",
+            mesh: table.local.mesh.clone(),
+            source_service: caller.to_string(),
+            destination_service: logged_service.clone(),
+            destination_zone: table.local.zone.clone(),
+            protocol: "tcp",
+            duration,
+            bytes_received: copied.a_to_b,
+            bytes_sent: copied.b_to_a,
+            upstream: app.to_string(),
+            ..Default::default()
+        });
+    })));
     if protocol.is_http() {
         inbound_config.h2 = Some(super::http::inbound::handler(path.clone(), port, service, forward_to, protocol));
     }
     (Arc::new(inbound::Handler::new(inbound_config, authorize, path.metrics.inbound.clone())), span)
+}
+
+/// Whether a MeshRateLimit of inbound `port` lets `caller` open one more connection.
+fn connection_allowed(path: &DataPath, port: u16, service: &str, caller: &Identity) -> bool {
+    let caller = caller.path().trim_start_matches('/');
+    let table = path.table.load();
+    let Some(limit) = table.inbound(port).and_then(|rules| rules.rate_limit(caller)) else { return true };
+    match limit.connections.as_ref().map(|l| l.acquire()) {
+        Some(Err(_)) => {
+            path.metrics.pair(super::metrics::Direction::Inbound, caller, service).rate_limited.inc();
+            tracing::debug!(caller, limit = limit.describe_connections(), "connection over the rate limit (MeshRateLimit): closed");
+            false
+        }
+        _ => true,
+    }
 }
 
 /// Serves the inbound `listener` with `handler` until drained.

@@ -90,6 +90,10 @@ pub struct ProxyMetrics {
     ejections: Family<PairLabels, Counter>,
     /// Requests answered 503 at once by a circuit breaker limit.
     overflows: Family<PairLabels, Counter>,
+    /// Requests and connections refused by MeshRateLimit.
+    rate_limited: Family<PairLabels, Counter>,
+    /// Requests given a fault by MeshFaultInjection.
+    faults: Family<PairLabels, Counter>,
     /// When the workload certificate in use expires (Unix seconds).
     pub certificate_expiry: Gauge,
     /// Workload certificates put in use since start.
@@ -98,6 +102,8 @@ pub struct ProxyMetrics {
     pub control_plane_streams: Counter,
     /// Configurations refused (NACKed); the previous one stayed in force.
     pub config_nacks: Counter,
+    /// Access log lines dropped.
+    pub access_log_dropped: Counter,
 }
 
 impl ProxyMetrics {
@@ -115,6 +121,9 @@ impl ProxyMetrics {
             retries_over_budget: Family::default(),
             ejections: Family::default(),
             overflows: Family::default(),
+            rate_limited: Family::default(),
+            faults: Family::default(),
+            access_log_dropped: Counter::default(),
             certificate_expiry: Gauge::default(),
             certificate_rotations: Counter::default(),
             control_plane_streams: Counter::default(),
@@ -141,6 +150,17 @@ impl ProxyMetrics {
             "overflows",
             "HTTP requests answered 503, and TCP connections closed, at once by a MeshCircuitBreaker limit",
             metrics.overflows.clone(),
+        );
+        r.register("rate_limited", "HTTP requests answered and TCP connections closed by a MeshRateLimit", metrics.rate_limited.clone());
+        r.register(
+            "access_log_dropped",
+            "access log lines dropped: a backend's queue was full, or it could not be written (MeshAccessLog)",
+            metrics.access_log_dropped.clone(),
+        );
+        r.register(
+            "faults_injected",
+            "HTTP requests given a fault (abort, delay or bandwidth) by MeshFaultInjection",
+            metrics.faults.clone(),
         );
         r.register(
             "certificate_expiry_timestamp_seconds",
@@ -180,6 +200,8 @@ impl ProxyMetrics {
             retries_over_budget: self.retries_over_budget.get_or_create(&pair).clone(),
             ejections: self.ejections.get_or_create(&pair).clone(),
             overflows: self.overflows.get_or_create(&pair).clone(),
+            rate_limited: self.rate_limited.get_or_create(&pair).clone(),
+            faults: self.faults.get_or_create(&pair).clone(),
         }
     }
 }
@@ -203,6 +225,10 @@ pub struct PairMetrics {
     pub ejections: Counter,
     /// Requests answered 503 at once by a circuit breaker limit.
     pub overflows: Counter,
+    /// Requests and connections refused by a MeshRateLimit.
+    pub rate_limited: Counter,
+    /// Requests given a fault by MeshFaultInjection.
+    pub faults: Counter,
 }
 
 impl PairMetrics {

@@ -38,6 +38,7 @@
 //! Nothing of `crate::transparent` (the iptables rules) is used here: it only decides which
 //! connections reach [`redirected`].
 
+pub mod access_log;
 pub mod authorization;
 pub mod balance;
 pub mod data_path;
@@ -47,6 +48,7 @@ pub mod hashing;
 pub mod health_check;
 pub mod http;
 pub mod inbound;
+pub mod inbound_policies;
 pub mod listeners;
 pub mod locality;
 pub mod metrics;

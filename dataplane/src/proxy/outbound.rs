@@ -15,6 +15,7 @@ use strait_proxy_core::tunnel::outbound::{self, OutboundError};
 use tokio::net::{TcpListener, TcpStream};
 use tracing::Instrument;
 
+use super::access_log;
 use super::data_path::DataPath;
 use super::destinations::Destination;
 use super::endpoint::Outcome;
@@ -97,8 +98,35 @@ pub fn spawn_tcp(app: TcpStream, client: SocketAddr, destination: Arc<Destinatio
                     endpoint.health.connected(started.elapsed());
                     destination.record(&endpoint, Outcome::Connected);
                     tracing::Span::current().record("endpoint", tracing::field::display(endpoint.address));
-                    if let Err(e) = outbound::forward_connected(app, upstream, &options, metrics).await {
-                        tracing::debug!(error = %e, "outbound connection failed");
+                    let begun = std::time::SystemTime::now();
+                    let copied = match outbound::forward_connected(app, upstream, &options, metrics).await {
+                        Ok(copied) => copied,
+                        Err(e) => {
+                            tracing::debug!(error = %e, "outbound connection failed");
+                            match e {
+                                outbound::ForwardError::Copy(copy) => copy.copied(),
+                                outbound::ForwardError::Connect(_) => Default::default(),
+                            }
+                        }
+                    };
+                    // MeshAccessLog `to`: a line per connection, once it has closed.
+                    if let Some(log) = &destination.access_log {
+                        let local = &path.table.load().local;
+                        log.log(access_log::Entry {
+                            start: Some(begun),
+                            direction: "outbound",
+                            mesh: local.mesh.clone(),
+                            source_service: local.service.clone(),
+                            source_zone: local.zone.clone(),
+                            destination_service: destination.service.clone(),
+                            destination_zone: endpoint.zone.clone(),
+                            protocol: "tcp",
+                            duration: started.elapsed(),
+                            bytes_received: copied.a_to_b,
+                            bytes_sent: copied.b_to_a,
+                            upstream: endpoint.address.to_string(),
+                            ..Default::default()
+                        });
                     }
                     return;
                 }

@@ -48,6 +48,19 @@ pub struct InboundConfig {
     /// The connect and idle timeouts of each new tunnel, read when it is authorised (they may
     /// change with the configuration); without it, `connect_timeout` and `copy.idle_timeout`.
     pub timeouts: Option<TunnelTimeouts>,
+    /// Told of each tunnel once it has closed (an access log).
+    pub on_closed: Option<TunnelClosed>,
+}
+
+/// What a closed tunnel was: its peer, when it started, how long it lasted, the bytes moved.
+#[derive(Clone)]
+#[allow(clippy::type_complexity)]
+pub struct TunnelClosed(pub Arc<dyn Fn(&Identity, std::time::SystemTime, Duration, crate::copy::Copied) + Send + Sync>);
+
+impl std::fmt::Debug for TunnelClosed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TunnelClosed")
+    }
 }
 
 /// Gives the current (connect timeout, idle timeout) of a new tunnel.
@@ -84,6 +97,7 @@ impl InboundConfig {
             deny_with_http_403: false,
             h2: None,
             timeouts: None,
+            on_closed: None,
         }
     }
 }
@@ -259,12 +273,16 @@ impl<A: Fn(&Identity) -> bool> Handler<A> {
         };
         let _ = app.set_nodelay(true);
         let mut app = app;
+        let (begun, started) = (std::time::SystemTime::now(), std::time::Instant::now());
         let (copied, error) = match copy_bidirectional(&mut tls, &mut app, &copy).await {
             Ok(copied) => (copied, None),
             Err(error) => (error.copied(), Some(error)),
         };
         self.metrics.bytes_in.inc_by(copied.a_to_b);
         self.metrics.bytes_out.inc_by(copied.b_to_a);
+        if let Some(TunnelClosed(closed)) = &self.config.on_closed {
+            closed(&peer, begun, started.elapsed(), copied);
+        }
         match error {
             Some(error) => tracing::debug!(%error, received = copied.a_to_b, sent = copied.b_to_a, "connection ended with an error"),
             None => tracing::debug!(received = copied.a_to_b, sent = copied.b_to_a, "connection closed"),

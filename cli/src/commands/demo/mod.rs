@@ -8,7 +8,8 @@
 //! zone, to watch failover; `fail` makes a service's application in a zone answer errors, to
 //! watch outlier detection; `status` lists the processes and their health; `down` stops them
 //! and removes the demo's directory. `up` writes the policies it suggests trying (a
-//! permission, a 50/50 split across the zones, outlier detection) next to its data.
+//! permission, a 50/50 split across the zones, a fault injection, outlier detection) next to
+//! its data.
 //!
 //! In: the action and its flags. Out: processes, the demo's directory, and text on stdout.
 
@@ -435,6 +436,13 @@ fn print_next_steps(s: &Starter, plan: &Plan, dir: &Path, dir_flag: &str) {
          - {kind: MeshService, name: backend, tags: {version: v1}, weight: 50}\n              \
          - {kind: MeshService, name: backend, tags: {version: v2}, weight: 50}\n",
     );
+    let fault = dir.join("fault-backend-v2.yaml");
+    let _ = std::fs::write(
+        &fault,
+        "type: MeshFaultInjection\nname: fault-backend-v2\nmesh: default\nspec:\n  \
+         targetRef: {kind: MeshSubset, tags: {strait.io/service: backend, version: v2}}\n  from:\n    \
+         - targetRef: {kind: Mesh}\n      default:\n        http:\n          - abort: {httpStatus: 503, percentage: 50}\n",
+    );
     let outlier = dir.join("outlier-backend.yaml");
     let _ = std::fs::write(
         &outlier,
@@ -463,6 +471,11 @@ fn print_next_steps(s: &Starter, plan: &Plan, dir: &Path, dir_flag: &str) {
         "      and it is allowed again".into(),
         format!("  {ctl} apply -f {}", split.display()),
         "      the frontend's calls split 50/50 between backend v1 (zone-1) and v2 (zone-2): watch `demo traffic`".into(),
+        format!("  {ctl} apply -f {}", fault.display()),
+        "      with the split on, backend v2 answers 503 to half its requests: the frontend's retries hide".into(),
+        "      the failures, and `demo traffic` shows v2 answering about a third of the calls, v1 the rest".into(),
+        format!("  {ctl} delete meshfaultinjection fault-backend-v2 --mesh default"),
+        "      and v2 answers its half again".into(),
         format!("  {ctl} delete meshhttproute split-backend --mesh default"),
         "      and they stay in zone-1 again".into(),
         format!("  {ctl} apply -f {}", outlier.display()),

@@ -13,6 +13,9 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
 use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
 use http::{Response, StatusCode};
@@ -49,6 +52,10 @@ pub struct Counted<H = ()> {
     kept: Option<Bytes>,
     /// Keeps a copy of what passes, for a retry or a mirror (see [`Counted::teed`]).
     tee: Option<Box<Tee>>,
+    /// Paces the data (MeshFaultInjection `responseBandwidth`, see [`Counted::throttled`]).
+    throttle: Option<Box<Throttle>>,
+    /// This body's own byte count (MeshAccessLog).
+    tally: Option<Arc<AtomicU64>>,
     bytes: Counter,
     _held: H,
     deadline: Option<(Pin<Box<tokio::time::Sleep>>, Limit)>,
@@ -58,17 +65,27 @@ pub struct Counted<H = ()> {
 impl Counted {
     /// Wraps `inner`, adding its data bytes to `bytes`.
     pub fn new(inner: Incoming, bytes: Counter) -> Self {
-        Counted { inner: Some(inner), kept: None, tee: None, bytes, _held: (), deadline: None, idle: None }
+        Counted { inner: Some(inner), kept: None, tee: None, throttle: None, tally: None, bytes, _held: (), deadline: None, idle: None }
     }
 
     /// An empty body.
     pub fn empty(bytes: Counter) -> Self {
-        Counted { inner: None, kept: None, tee: None, bytes, _held: (), deadline: None, idle: None }
+        Counted { inner: None, kept: None, tee: None, throttle: None, tally: None, bytes, _held: (), deadline: None, idle: None }
     }
 
     /// A body of `data`, held in memory.
     pub fn full(data: Bytes, bytes: Counter) -> Self {
-        Counted { inner: None, kept: (!data.is_empty()).then_some(data), tee: None, bytes, _held: (), deadline: None, idle: None }
+        Counted {
+            inner: None,
+            kept: (!data.is_empty()).then_some(data),
+            tee: None,
+            throttle: None,
+            tally: None,
+            bytes,
+            _held: (),
+            deadline: None,
+            idle: None,
+        }
     }
 
     /// The same body, of which a copy goes to `copy` once it has passed whole, if it is no
@@ -79,6 +96,23 @@ impl Counted {
             None => self.tee = Some(Box::new(Tee { chunks: Vec::new(), size: 0, limit, copies: vec![copy] })),
         }
         self
+    }
+}
+
+/// The pace of a throttled body: the next data waits for `sleep`.
+struct Throttle {
+    bytes_per_second: u64,
+    sleep: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl Throttle {
+    /// Cuts `data` to what may go at once, returning the rest, and sets the wait it costs.
+    fn pace(&mut self, data: &mut Bytes) -> Option<Bytes> {
+        let piece = (self.bytes_per_second / 20).max(1) as usize;
+        let rest = (data.len() > piece).then(|| data.split_off(piece));
+        let cost = Duration::from_secs_f64(data.len() as f64 / self.bytes_per_second as f64);
+        self.sleep.as_mut().reset(tokio::time::Instant::now() + cost);
+        rest
     }
 }
 
@@ -123,11 +157,28 @@ impl<H> Counted<H> {
             inner: self.inner,
             kept: self.kept,
             tee: self.tee,
+            throttle: self.throttle,
+            tally: self.tally,
             bytes: self.bytes,
             _held: held,
             deadline: self.deadline,
             idle: self.idle,
         }
+    }
+
+    /// The same body, also counting its data bytes into `tally`.
+    pub fn tallied(mut self, tally: Option<Arc<AtomicU64>>) -> Self {
+        self.tally = tally;
+        self
+    }
+
+    /// The same body, its data paced to at most `bytes_per_second` (in pieces of a twentieth
+    /// of a second's worth).
+    pub fn throttled(mut self, bytes_per_second: u64) -> Self {
+        let bytes_per_second = bytes_per_second.max(1);
+        let sleep = Box::pin(tokio::time::sleep(Duration::ZERO));
+        self.throttle = Some(Box::new(Throttle { bytes_per_second, sleep }));
+        self
     }
 
     /// Fails the body if it has not ended by `at` (`limit` after its request arrived).
@@ -153,13 +204,31 @@ pub struct BodyTimeout(pub Limit);
 #[error("no data for {0:?} (MeshTimeout http.streamIdleTimeout)")]
 pub struct BodyIdle(pub Duration);
 
+impl<H> Counted<H> {
+    fn count(&self, n: usize) {
+        self.bytes.inc_by(n as u64);
+        if let Some(tally) = &self.tally {
+            tally.fetch_add(n as u64, Ordering::Relaxed);
+        }
+    }
+}
+
 impl<H: Unpin> HttpBody for Counted<H> {
     type Data = Bytes;
     type Error = BoxError;
 
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        if let Some(kept) = self.kept.take() {
-            self.bytes.inc_by(kept.len() as u64);
+        if let Some(throttle) = &mut self.throttle {
+            if throttle.sleep.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+        }
+        if let Some(mut kept) = self.kept.take() {
+            let this = &mut *self;
+            if let Some(throttle) = &mut this.throttle {
+                this.kept = throttle.pace(&mut kept);
+            }
+            self.count(kept.len());
             return Poll::Ready(Some(Ok(Frame::data(kept))));
         }
         let Some(inner) = self.inner.as_mut() else {
@@ -170,9 +239,13 @@ impl<H: Unpin> HttpBody for Counted<H> {
         };
         let polled = Pin::new(inner).poll_frame(cx);
         match polled {
-            Poll::Ready(Some(Ok(frame))) => {
+            Poll::Ready(Some(Ok(mut frame))) => {
+                let this = &mut *self;
+                if let (Some(throttle), Some(data)) = (&mut this.throttle, frame.data_mut()) {
+                    this.kept = throttle.pace(data);
+                }
                 if let Some(data) = frame.data_ref() {
-                    self.bytes.inc_by(data.len() as u64);
+                    self.count(data.len());
                 }
                 if let Some(tee) = &mut self.tee {
                     // Trailers cannot be kept: no copy then.
@@ -181,7 +254,7 @@ impl<H: Unpin> HttpBody for Counted<H> {
                     }
                 }
                 // The peer's connection may not ask for the end once it knows the body ended.
-                if self.tee.is_some() && self.inner.as_ref().is_none_or(Incoming::is_end_stream) {
+                if self.tee.is_some() && self.kept.is_none() && self.inner.as_ref().is_none_or(Incoming::is_end_stream) {
                     if let Some(tee) = self.tee.take() {
                         tee.finish();
                     }

@@ -31,11 +31,19 @@ use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
 use tracing::Instrument;
 
-use super::body::{local_response, Body, Counted};
+use super::body::{local_response, Counted};
+use crate::proxy::access_log::{self, Pending as Logged};
+
+/// What the peer receives: the application's response body (holding its access-log entry
+/// until it ends) or the sidecar's own answer.
+type Body = super::body::Body<Option<Logged>>;
+/// The application's response, before its entry is attached.
+type AppBody = super::body::Body;
 use super::{absolute, serve_until_drained, strip_hop_by_hop, InSpan};
 use crate::proxy::authorization::SessionDecision;
 use crate::proxy::data_path::DataPath;
 use crate::proxy::destinations::Protocol;
+use crate::proxy::inbound_policies::Injected;
 use crate::proxy::metrics::{Direction, PairMetrics};
 use crate::proxy::timeouts::of_inbound;
 
@@ -70,7 +78,7 @@ impl Inbound {
         let metrics = self.path.metrics.pair(Direction::Inbound, &caller, &self.service);
         let watcher = self.path.drain.clone();
         let lifetime = of_inbound(&self.path.state, self.port).max_connection;
-        let session = Arc::new(Session { inbound: self, peer, metrics, decision: SessionDecision::default() });
+        let session = Arc::new(Session { inbound: self, peer, caller, metrics, decision: SessionDecision::default() });
         // Runs in the connection's span (the tunnel's accept loop made it, with the peer): so
         // do the streams hyper spawns, through `InSpan`.
         let mut builder = hyper::server::conn::http2::Builder::new(InSpan);
@@ -96,6 +104,8 @@ impl Inbound {
 struct Session {
     inbound: Arc<Inbound>,
     peer: Identity,
+    /// The peer's service.
+    caller: String,
     metrics: PairMetrics,
     /// MeshTrafficPermission's answer for this peer, per configuration version.
     decision: SessionDecision,
@@ -105,8 +115,13 @@ impl Session {
     async fn handle(&self, request: Request<Incoming>) -> Response<Body> {
         let started = Instant::now();
         let inbound = &self.inbound;
+        let mut logged = self.access_log(&request, started);
+        let received = logged.as_ref().map(|l| l.received.clone());
         let response = if self.decision.allowed(&inbound.path.state, inbound.port, &self.peer) {
-            self.to_application(request).await
+            match self.policies() {
+                Ok(injected) => self.with_faults(request, injected, received).await,
+                Err(refusal) => refusal,
+            }
         } else {
             self.metrics.denied.inc();
             tracing::debug!("request denied by MeshTrafficPermission");
@@ -116,10 +131,85 @@ impl Session {
             )
         };
         self.metrics.record(response.status(), started.elapsed());
+        if let Some(l) = &mut logged {
+            l.entry.status = response.status().as_u16();
+            l.entry.response_time = Some(started.elapsed());
+            l.entry.local = matches!(response.body(), Either::Right(_));
+        }
+        let sent = logged.as_ref().map(|l| l.sent.clone());
+        response.map(|body| match body {
+            Either::Left(body) => Either::Left(body.holding(logged).tallied(sent)),
+            Either::Right(own) => Either::Right(own),
+        })
+    }
+
+    /// MeshAccessLog `from`: the request's entry, if a rule selects its caller.
+    fn access_log(&self, request: &Request<Incoming>, started: Instant) -> Option<Logged> {
+        let inbound = &self.inbound;
+        let table = inbound.path.table.load();
+        let log = table.inbound(inbound.port)?.access_log(&self.caller)?.clone();
+        let entry = access_log::Entry {
+            start: Some(std::time::SystemTime::now()),
+            direction: "inbound",
+            mesh: table.local.mesh.clone(),
+            source_service: self.caller.clone(),
+            destination_service: inbound.service.clone(),
+            destination_zone: table.local.zone.clone(),
+            protocol: if inbound.version == Version::HTTP_11 { "http" } else { "http2" },
+            method: request.method().to_string(),
+            path: request.uri().path_and_query().map_or_else(String::new, |p| p.to_string()),
+            authority: request.uri().authority().map_or_else(String::new, |a| a.to_string()),
+            upstream: inbound.app.to_string(),
+            trace_id: access_log::trace_id(request.headers()),
+            ..Default::default()
+        };
+        Some(Logged { log, entry, started, received: Default::default(), sent: Default::default() })
+    }
+
+    /// MeshRateLimit and MeshFaultInjection for this request: the faults it gets, or the
+    /// answer of a rate limit it is over.
+    fn policies(&self) -> Result<Injected, Response<AppBody>> {
+        let inbound = &self.inbound;
+        let table = inbound.path.table.load();
+        let Some(rules) = table.inbound(inbound.port) else { return Ok(Injected::default()) };
+        if let Some(limit) = rules.rate_limit(&self.caller) {
+            if let Some(Err(wait)) = limit.requests.as_ref().map(|l| l.acquire()) {
+                self.metrics.rate_limited.inc();
+                tracing::debug!(caller = self.caller, "request over the rate limit (MeshRateLimit)");
+                return Err(limit.refusal(&inbound.service, &self.caller, wait));
+            }
+        }
+        Ok(rules.faults(&self.caller).map(|f| f.draw()).unwrap_or_default())
+    }
+
+    /// Sends `request` to the application with the faults `injected` says.
+    async fn with_faults(
+        &self,
+        request: Request<Incoming>,
+        injected: Injected,
+        received: Option<Arc<std::sync::atomic::AtomicU64>>,
+    ) -> Response<AppBody> {
+        if injected == Injected::default() {
+            return self.to_application(request, received).await;
+        }
+        self.metrics.faults.inc();
+        if let Some(delay) = injected.delay {
+            tokio::time::sleep(delay).await;
+        }
+        if let Some(status) = injected.abort {
+            return local_response(status, format!("strait: fault injected for {} (MeshFaultInjection abort)\n", self.caller));
+        }
+        let mut response = self.to_application(request, received).await;
+        if let Some(rate) = injected.bytes_per_second {
+            response = response.map(|body| match body {
+                Either::Left(body) => Either::Left(body.throttled(rate)),
+                local => local,
+            });
+        }
         response
     }
 
-    async fn to_application(&self, request: Request<Incoming>) -> Response<Body> {
+    async fn to_application(&self, request: Request<Incoming>, received: Option<Arc<std::sync::atomic::AtomicU64>>) -> Response<AppBody> {
         let inbound = &self.inbound;
         // MeshTimeout `from`: the application answers within the inbound's limits.
         let timeouts = of_inbound(&inbound.path.state, inbound.port);
@@ -128,7 +218,8 @@ impl Session {
         absolute(&mut parts.uri, || Authority::try_from(inbound.service.as_str()).ok());
         strip_hop_by_hop(&mut parts.headers);
         parts.version = inbound.version;
-        let request = Request::from_parts(parts, Counted::new(body, self.metrics.request_bytes.clone()).with_idle(timeouts.stream_idle));
+        let body = Counted::new(body, self.metrics.request_bytes.clone()).with_idle(timeouts.stream_idle).tallied(received);
+        let request = Request::from_parts(parts, body);
         let sent = inbound.client.request(request);
         let answered = match timeouts.headers_limit() {
             Some(limit) => match tokio::time::timeout_at(started + limit.after, sent).await {

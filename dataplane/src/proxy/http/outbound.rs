@@ -32,13 +32,15 @@ use super::body::{local_response, Counted};
 use super::pool::Connector;
 use super::retry::{Cause, MAX_KEPT_BODY};
 use super::{absolute, serve_until_drained, strip_hop_by_hop, InSpan};
+use crate::proxy::access_log::{self, Pending as Logged};
 use crate::proxy::data_path::DataPath;
 use crate::proxy::destinations::Destination;
 use crate::proxy::endpoint::{Endpoint, Health, InFlight, Outcome};
+use crate::proxy::inbound_policies::Injected;
 
 /// What the application receives: a peer's response body, holding its endpoint's in-flight
 /// count until it ends, or the sidecar's own answer.
-type Body = super::body::Body<InFlight>;
+type Body = super::body::Body<(InFlight, Option<Logged>)>;
 
 /// How many endpoints a request may be tried on when it could not be sent (or could be replayed).
 const ATTEMPTS: usize = 3;
@@ -128,6 +130,26 @@ async fn forward(request: Request<Incoming>, service: &str, path: &Arc<DataPath>
         }
     }
     let destination: &Destination = destination;
+    // MeshAccessLog `to`: the request's entry, logged once its response has ended.
+    let mut pending = destination.access_log.as_ref().map(|log| pending_entry(log, &table.local, destination, &request, started));
+    if let Some(p) = &pending {
+        let received = p.received.clone();
+        request = request.map(|body| body.tallied(Some(received)));
+    }
+    // MeshFaultInjection `to`: a delay, an abort answered here, or a slow response.
+    let injected = destination.faults.as_ref().map(|f| f.draw()).unwrap_or_default();
+    if injected != Injected::default() {
+        destination.metrics.faults.inc();
+        if let Some(delay) = injected.delay {
+            tokio::time::sleep(delay).await;
+        }
+        if let Some(status) = injected.abort {
+            let response = local_response(status, format!("strait: fault injected for {service} (MeshFaultInjection abort)\n"));
+            destination.metrics.record(response.status(), started.elapsed());
+            answered(&mut pending, &response, started, true);
+            return response;
+        }
+    }
     // RingHash, Maglev: the request's key, kept across its attempts.
     let key = destination.request_key(request.headers(), request.uri(), client);
     // MeshCircuitBreaker `maxRequests`: beyond it, 503 at once.
@@ -143,6 +165,7 @@ async fn forward(request: Request<Incoming>, service: &str, path: &Arc<DataPath>
             ),
         );
         destination.metrics.record(response.status(), started.elapsed());
+        answered(&mut pending, &response, started, true);
         return response;
     }
     // MeshTimeout (the route's, over the destination's): the response headers within the
@@ -164,16 +187,33 @@ async fn forward(request: Request<Incoming>, service: &str, path: &Arc<DataPath>
         None => send(request, destination, key, None, path).await,
     };
     let mut response = match sent {
-        Ok((response, in_flight)) => response.map(|body| {
-            let body = Counted::new(body, destination.metrics.response_bytes.clone()).holding(in_flight).with_idle(timeouts.stream_idle);
-            Either::Left(match timeouts.deadline() {
-                Some(limit) => body.with_deadline(now + limit.after, limit),
-                None => body,
+        Ok((response, in_flight)) => {
+            answered(&mut pending, &response, started, false);
+            if let Some(p) = &mut pending {
+                p.entry.upstream = in_flight.endpoint().address.to_string();
+                p.entry.destination_zone = in_flight.endpoint().zone.clone();
+            }
+            let tally = pending.as_ref().map(|p| p.sent.clone());
+            let held = (in_flight, pending.take());
+            response.map(|body| {
+                let mut body = Counted::new(body, destination.metrics.response_bytes.clone())
+                    .holding(held)
+                    .with_idle(timeouts.stream_idle)
+                    .tallied(tally);
+                if let Some(rate) = injected.bytes_per_second {
+                    body = body.throttled(rate);
+                }
+                Either::Left(match timeouts.deadline() {
+                    Some(limit) => body.with_deadline(now + limit.after, limit),
+                    None => body,
+                })
             })
-        }),
+        }
         Err(failure) => {
             tracing::debug!(status = failure.0.as_u16(), reason = %failure.1, "outbound request failed");
-            local_response(failure.0, format!("strait: {service}: {}\n", failure.1))
+            let response = local_response(failure.0, format!("strait: {service}: {}\n", failure.1));
+            answered(&mut pending, &response, started, true);
+            response
         }
     };
     if let Some((rule, _)) = rule {
@@ -181,6 +221,40 @@ async fn forward(request: Request<Incoming>, service: &str, path: &Arc<DataPath>
     }
     destination.metrics.record(response.status(), started.elapsed());
     response
+}
+
+/// The access-log entry of an outbound `request` to `destination`, not yet answered.
+fn pending_entry(
+    log: &Arc<access_log::AccessLog>,
+    local: &access_log::Local,
+    destination: &Destination,
+    request: &Request<Counted>,
+    started: Instant,
+) -> Logged {
+    let entry = access_log::Entry {
+        start: Some(std::time::SystemTime::now()),
+        direction: "outbound",
+        mesh: local.mesh.clone(),
+        source_service: local.service.clone(),
+        source_zone: local.zone.clone(),
+        destination_service: destination.service.clone(),
+        protocol: destination.protocol.as_str(),
+        method: request.method().to_string(),
+        path: request.uri().path_and_query().map_or_else(String::new, |p| p.to_string()),
+        authority: request.uri().authority().map_or_else(String::new, |a| a.to_string()),
+        trace_id: access_log::trace_id(request.headers()),
+        ..Default::default()
+    };
+    Logged { log: log.clone(), entry, started, received: Default::default(), sent: Default::default() }
+}
+
+/// Notes the answer in the access-log entry, if there is one (`local`: the sidecar's own).
+fn answered<B>(pending: &mut Option<Logged>, response: &Response<B>, started: Instant, local: bool) {
+    if let Some(p) = pending {
+        p.entry.status = response.status().as_u16();
+        p.entry.response_time = Some(started.elapsed());
+        p.entry.local = local;
+    }
 }
 
 /// RequestMirror: a copy of `request` goes to `to` once its body has passed whole (up to

@@ -1,0 +1,509 @@
+//! MeshAccessLog: a line per HTTP request (once its response has ended) and per TCP
+//! connection (once it has closed), to a file (`/dev/stdout` works) or a TCP collector, as
+//! plain text from a template or as JSON.
+//!
+//! In: the merged MeshAccessLog confs (per destination for `to`, per caller rule of an inbound
+//! for `from`) and, per request or connection, an [`Entry`]. Out: lines written by one task
+//! per backend, off the request path: the request only hands its entry to a bounded queue
+//! (`try_send`), and an entry that finds the queue full is dropped and counted
+//! (`strait_dp_access_log_dropped_total`), never waited for. A file is opened once and
+//! appended to; a TCP collector is connected on first use and again after a failure (lines
+//! meanwhile are dropped and counted). Backends are shared by every rule that names them and
+//! kept across configuration pushes.
+//!
+//! Placeholders (`%NAME%`) of a template or of a JSON field's value: see [`FIELDS`].
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use prometheus_client::metrics::counter::Counter;
+use strait_api::policies::access_log::{AccessLogConf, LogFormat};
+use tokio::io::AsyncWriteExt;
+use tokio::sync::mpsc;
+
+/// The placeholders a template may use, with what each holds (in the order of [`Field`]).
+pub use strait_api::policies::access_log::PLACEHOLDERS as FIELDS;
+
+/// The default plain template.
+pub const DEFAULT_TEMPLATE: &str = "[%START_TIME%] %DIRECTION% %MESH% \"%METHOD% %PATH%\" %RESPONSE_CODE% %RESPONSE_FLAGS% \
+     %BYTES_RECEIVED% %BYTES_SENT% %DURATION% %SOURCE_SERVICE%(%SOURCE_ZONE%) -> %DESTINATION_SERVICE%(%DESTINATION_ZONE%) \
+     %UPSTREAM_HOST% %TRACE_ID%";
+
+/// What one request or connection was.
+#[derive(Debug, Clone, Default)]
+pub struct Entry {
+    /// When it started.
+    pub start: Option<SystemTime>,
+    /// inbound or outbound.
+    pub direction: &'static str,
+    /// The mesh.
+    pub mesh: String,
+    /// The caller's service.
+    pub source_service: String,
+    /// The called service.
+    pub destination_service: String,
+    /// The caller's zone, if known.
+    pub source_zone: String,
+    /// The answering endpoint's zone, if known.
+    pub destination_zone: String,
+    /// tcp, http, http2 or grpc.
+    pub protocol: &'static str,
+    /// HTTP method.
+    pub method: String,
+    /// HTTP path and query.
+    pub path: String,
+    /// HTTP host.
+    pub authority: String,
+    /// HTTP status.
+    pub status: u16,
+    /// The sidecar answered itself.
+    pub local: bool,
+    /// Until the response headers.
+    pub response_time: Option<Duration>,
+    /// Until the end.
+    pub duration: Duration,
+    /// From the caller.
+    pub bytes_received: u64,
+    /// To the caller.
+    pub bytes_sent: u64,
+    /// Where the sidecar sent it.
+    pub upstream: String,
+    /// The request's trace id.
+    pub trace_id: String,
+}
+
+/// The trace id of a request's `traceparent` (W3C) or `x-b3-traceid` / `b3` header.
+pub fn trace_id(headers: &http::HeaderMap) -> String {
+    let value = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    if let Some(id) = value("traceparent").and_then(|t| t.split('-').nth(1)) {
+        return id.to_string();
+    }
+    value("x-b3-traceid").or_else(|| value("b3").and_then(|b| b.split('-').next())).unwrap_or("").to_string()
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Field {
+    StartTime,
+    Direction,
+    Mesh,
+    SourceService,
+    DestinationService,
+    SourceZone,
+    DestinationZone,
+    Protocol,
+    Method,
+    Path,
+    Authority,
+    ResponseCode,
+    ResponseFlags,
+    ResponseDuration,
+    Duration,
+    BytesReceived,
+    BytesSent,
+    UpstreamHost,
+    TraceId,
+}
+
+const ALL_FIELDS: [Field; 19] = [
+    Field::StartTime,
+    Field::Direction,
+    Field::Mesh,
+    Field::SourceService,
+    Field::DestinationService,
+    Field::SourceZone,
+    Field::DestinationZone,
+    Field::Protocol,
+    Field::Method,
+    Field::Path,
+    Field::Authority,
+    Field::ResponseCode,
+    Field::ResponseFlags,
+    Field::ResponseDuration,
+    Field::Duration,
+    Field::BytesReceived,
+    Field::BytesSent,
+    Field::UpstreamHost,
+    Field::TraceId,
+];
+
+fn or_dash(s: &str) -> &str {
+    if s.is_empty() {
+        "-"
+    } else {
+        s
+    }
+}
+
+fn millis(d: Duration) -> String {
+    format!("{:.3}", d.as_secs_f64() * 1000.0)
+}
+
+impl Field {
+    fn value(self, e: &Entry) -> String {
+        match self {
+            Field::StartTime => e
+                .start
+                .and_then(|t| time::OffsetDateTime::from(t).format(&time::format_description::well_known::Rfc3339).ok())
+                .unwrap_or_else(|| "-".into()),
+            Field::Direction => e.direction.into(),
+            Field::Mesh => or_dash(&e.mesh).into(),
+            Field::SourceService => or_dash(&e.source_service).into(),
+            Field::DestinationService => or_dash(&e.destination_service).into(),
+            Field::SourceZone => or_dash(&e.source_zone).into(),
+            Field::DestinationZone => or_dash(&e.destination_zone).into(),
+            Field::Protocol => e.protocol.into(),
+            Field::Method => or_dash(&e.method).into(),
+            Field::Path => or_dash(&e.path).into(),
+            Field::Authority => or_dash(&e.authority).into(),
+            Field::ResponseCode => e.status.to_string(),
+            Field::ResponseFlags => if e.local { "local" } else { "-" }.into(),
+            Field::ResponseDuration => e.response_time.map_or_else(|| "-".into(), millis),
+            Field::Duration => millis(e.duration),
+            Field::BytesReceived => e.bytes_received.to_string(),
+            Field::BytesSent => e.bytes_sent.to_string(),
+            Field::UpstreamHost => or_dash(&e.upstream).into(),
+            Field::TraceId => or_dash(&e.trace_id).into(),
+        }
+    }
+
+    /// Numbers stay numbers in JSON.
+    fn is_number(self) -> bool {
+        matches!(self, Field::ResponseCode | Field::Duration | Field::BytesReceived | Field::BytesSent)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum Piece {
+    Text(String),
+    Field(Field),
+}
+
+/// Splits a template into text and placeholders; an unknown placeholder is an error that
+/// names it (the API refuses it first).
+fn parse_template(template: &str) -> Result<Vec<Piece>, String> {
+    let mut pieces = Vec::new();
+    let mut rest = template;
+    while let Some(open) = rest.find('%') {
+        if open > 0 {
+            pieces.push(Piece::Text(rest[..open].to_string()));
+        }
+        let after = &rest[open + 1..];
+        let close = after.find('%').ok_or_else(|| format!("an unclosed placeholder in {template:?}"))?;
+        let name = &after[..close];
+        let index = FIELDS.iter().position(|(n, _)| *n == name).ok_or_else(|| format!("unknown placeholder %{name}%"))?;
+        pieces.push(Piece::Field(ALL_FIELDS[index]));
+        rest = &after[close + 1..];
+    }
+    if !rest.is_empty() {
+        pieces.push(Piece::Text(rest.to_string()));
+    }
+    Ok(pieces)
+}
+
+fn render(pieces: &[Piece], e: &Entry, out: &mut String) {
+    for piece in pieces {
+        match piece {
+            Piece::Text(t) => out.push_str(t),
+            Piece::Field(f) => out.push_str(&f.value(e)),
+        }
+    }
+}
+
+/// A line format, compiled.
+#[derive(Debug, PartialEq)]
+pub struct Format(Kind);
+
+#[derive(Debug, PartialEq)]
+enum Kind {
+    /// A template.
+    Plain(Vec<Piece>),
+    /// JSON fields, each a key and a template.
+    Json(Vec<(String, Vec<Piece>)>),
+}
+
+impl Format {
+    fn compile(format: Option<&LogFormat>) -> Result<Format, String> {
+        match format {
+            Some(LogFormat { json: Some(fields), .. }) => fields
+                .iter()
+                .map(|f| Ok((f.key.clone(), parse_template(&f.value)?)))
+                .collect::<Result<_, String>>()
+                .map(|f| Format(Kind::Json(f))),
+            Some(LogFormat { plain: Some(template), .. }) => parse_template(template).map(|p| Format(Kind::Plain(p))),
+            _ => parse_template(DEFAULT_TEMPLATE).map(|p| Format(Kind::Plain(p))),
+        }
+    }
+
+    /// The line of `entry`, newline included.
+    pub fn line(&self, entry: &Entry) -> String {
+        let mut out = String::with_capacity(256);
+        match &self.0 {
+            Kind::Plain(pieces) => render(pieces, entry, &mut out),
+            Kind::Json(fields) => {
+                let mut map = serde_json::Map::with_capacity(fields.len());
+                for (key, pieces) in fields {
+                    let value = match pieces.as_slice() {
+                        [Piece::Field(f)] if f.is_number() => f.value(entry).parse::<f64>().map_or(serde_json::Value::Null, |n| {
+                            serde_json::Number::from_f64(n).map_or(serde_json::Value::Null, |n| {
+                                // Integers print as integers.
+                                if n.as_f64().is_some_and(|f| f.fract() == 0.0) {
+                                    serde_json::Value::from(n.as_f64().unwrap_or_default() as u64)
+                                } else {
+                                    serde_json::Value::Number(n)
+                                }
+                            })
+                        }),
+                        _ => {
+                            let mut s = String::new();
+                            render(pieces, entry, &mut s);
+                            serde_json::Value::String(s)
+                        }
+                    };
+                    map.insert(key.clone(), value);
+                }
+                out = serde_json::Value::Object(map).to_string();
+            }
+        }
+        out.push('\n');
+        out
+    }
+}
+
+/// Where lines go: a file or a TCP collector, written by a task of its own.
+#[derive(Debug)]
+pub struct Sink {
+    tx: mpsc::Sender<(Arc<Entry>, Arc<Format>)>,
+    dropped: Counter,
+}
+
+/// Entries a backend may have waiting before new ones are dropped.
+const QUEUE: usize = 4096;
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum Target {
+    File(String),
+    Tcp(String),
+}
+
+impl Sink {
+    fn start(target: Target, dropped: Counter) -> Arc<Sink> {
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let task_dropped = dropped.clone();
+        match target {
+            Target::File(path) => tokio::spawn(write_file(path, rx, task_dropped)),
+            Target::Tcp(address) => tokio::spawn(write_tcp(address, rx, task_dropped)),
+        };
+        Arc::new(Sink { tx, dropped })
+    }
+}
+
+/// Takes what is queued (after `first`) and renders it, so that one write carries a batch.
+fn batch(first: (Arc<Entry>, Arc<Format>), rx: &mut mpsc::Receiver<(Arc<Entry>, Arc<Format>)>) -> Vec<u8> {
+    let mut out = first.1.line(&first.0).into_bytes();
+    while out.len() < 64 * 1024 {
+        let Ok((entry, format)) = rx.try_recv() else { break };
+        out.extend_from_slice(format.line(&entry).as_bytes());
+    }
+    out
+}
+
+async fn write_file(path: String, mut rx: mpsc::Receiver<(Arc<Entry>, Arc<Format>)>, dropped: Counter) {
+    let mut file: Option<tokio::fs::File> = None;
+    let mut last_warning: Option<Instant> = None;
+    while let Some(first) = rx.recv().await {
+        let lines = batch(first, &mut rx);
+        if file.is_none() {
+            file = tokio::fs::OpenOptions::new().create(true).append(true).open(&path).await.ok();
+        }
+        let written = match &mut file {
+            Some(f) => f.write_all(&lines).await.is_ok(),
+            None => false,
+        };
+        if !written {
+            file = None;
+            dropped.inc_by(lines.iter().filter(|b| **b == b'\n').count() as u64);
+            if last_warning.is_none_or(|at| at.elapsed() > Duration::from_secs(60)) {
+                tracing::warn!(path, "cannot write the access log (MeshAccessLog file backend); lines are dropped");
+                last_warning = Some(Instant::now());
+            }
+        }
+    }
+}
+
+async fn write_tcp(address: String, mut rx: mpsc::Receiver<(Arc<Entry>, Arc<Format>)>, dropped: Counter) {
+    let mut stream: Option<tokio::net::TcpStream> = None;
+    let mut retry_at = Instant::now();
+    let mut last_warning: Option<Instant> = None;
+    while let Some(first) = rx.recv().await {
+        let lines = batch(first, &mut rx);
+        if stream.is_none() && Instant::now() >= retry_at {
+            match tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(&address)).await {
+                Ok(Ok(s)) => stream = Some(s),
+                _ => retry_at = Instant::now() + Duration::from_secs(1),
+            }
+        }
+        let written = match &mut stream {
+            Some(s) => s.write_all(&lines).await.is_ok(),
+            None => false,
+        };
+        if !written {
+            stream = None;
+            dropped.inc_by(lines.iter().filter(|b| **b == b'\n').count() as u64);
+            if last_warning.is_none_or(|at| at.elapsed() > Duration::from_secs(60)) {
+                tracing::warn!(address, "cannot reach the access log collector (MeshAccessLog tcp backend); lines are dropped");
+                last_warning = Some(Instant::now());
+            }
+        }
+    }
+}
+
+/// One MeshAccessLog conf, compiled: its backends, each with its format.
+#[derive(Debug)]
+pub struct AccessLog {
+    backends: Vec<(Arc<Sink>, Arc<Format>)>,
+}
+
+/// What every entry of this sidecar shares.
+#[derive(Debug, Clone, Default)]
+pub struct Local {
+    /// The mesh.
+    pub mesh: String,
+    /// This sidecar's zone.
+    pub zone: String,
+    /// This sidecar's service.
+    pub service: String,
+}
+
+impl AccessLog {
+    /// Hands `entry` to every backend, or drops it (counted) where the queue is full.
+    pub fn log(&self, entry: Entry) {
+        if self.backends.is_empty() {
+            return;
+        }
+        let entry = Arc::new(entry);
+        for (sink, format) in &self.backends {
+            if sink.tx.try_send((entry.clone(), format.clone())).is_err() {
+                sink.dropped.inc();
+            }
+        }
+    }
+}
+
+/// The backends in use, by target: shared by every conf that names one, and kept from one
+/// configuration to the next.
+#[derive(Debug, Default)]
+pub struct Sinks {
+    by_target: HashMap<Target, Arc<Sink>>,
+}
+
+impl Sinks {
+    /// Compiles `conf`, reusing `previous`'s backends (or, with `start` false, only checking it).
+    pub fn compile(&mut self, conf: &AccessLogConf, previous: &Sinks, dropped: &Counter, start: bool) -> Result<AccessLog, String> {
+        let mut backends = Vec::new();
+        for backend in &conf.backends {
+            let (target, format) = match (&backend.file, &backend.tcp) {
+                (Some(f), _) => (Target::File(f.path.clone()), f.format.as_ref()),
+                (None, Some(t)) => (Target::Tcp(t.address.clone()), t.format.as_ref()),
+                (None, None) => continue,
+            };
+            let format = Arc::new(Format::compile(format)?);
+            if !start {
+                continue;
+            }
+            let sink = match self.by_target.get(&target).or_else(|| previous.by_target.get(&target)) {
+                Some(sink) => sink.clone(),
+                None => Sink::start(target.clone(), dropped.clone()),
+            };
+            self.by_target.insert(target, sink.clone());
+            backends.push((sink, format));
+        }
+        Ok(AccessLog { backends })
+    }
+}
+
+/// A request's access-log entry, logged when dropped (its response body ended or was
+/// dropped), with the bytes its bodies counted by then.
+pub struct Pending {
+    /// Where it goes.
+    pub log: Arc<AccessLog>,
+    /// The entry so far.
+    pub entry: Entry,
+    /// When the request arrived.
+    pub started: Instant,
+    /// Request body bytes, counted as they pass.
+    pub received: Arc<AtomicU64>,
+    /// Response body bytes, counted as they pass.
+    pub sent: Arc<AtomicU64>,
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        let mut entry = std::mem::take(&mut self.entry);
+        entry.duration = self.started.elapsed();
+        entry.bytes_received = self.received.load(Ordering::Relaxed);
+        entry.bytes_sent = self.sent.load(Ordering::Relaxed);
+        self.log.log(entry);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry() -> Entry {
+        Entry {
+            start: Some(SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000)),
+            direction: "outbound",
+            mesh: "default".into(),
+            source_service: "web".into(),
+            destination_service: "backend".into(),
+            source_zone: "zone-1".into(),
+            destination_zone: "zone-2".into(),
+            protocol: "http",
+            method: "GET".into(),
+            path: "/api?x=1".into(),
+            status: 200,
+            duration: Duration::from_micros(1500),
+            bytes_sent: 42,
+            trace_id: "4bf92f3577b34da6a3ce929d0e0e4736".into(),
+            ..Entry::default()
+        }
+    }
+
+    #[test]
+    fn templates_render_every_placeholder_and_json_keeps_numbers() {
+        let plain = Format::compile(Some(&LogFormat {
+            plain: Some("%START_TIME% %METHOD% %PATH% %RESPONSE_CODE% %DURATION% %SOURCE_SERVICE%@%SOURCE_ZONE% %AUTHORITY%".into()),
+            json: None,
+        }))
+        .unwrap();
+        assert_eq!(plain.line(&entry()), "2023-11-14T22:13:20Z GET /api?x=1 200 1.500 web@zone-1 -\n");
+        let json = Format::compile(Some(&LogFormat {
+            plain: None,
+            json: Some(vec![
+                strait_api::policies::access_log::JsonField { key: "status".into(), value: "%RESPONSE_CODE%".into() },
+                strait_api::policies::access_log::JsonField { key: "route".into(), value: "%METHOD% %PATH%".into() },
+                strait_api::policies::access_log::JsonField { key: "trace".into(), value: "%TRACE_ID%".into() },
+            ]),
+        }))
+        .unwrap();
+        let line: serde_json::Value = serde_json::from_str(&json.line(&entry())).unwrap();
+        assert_eq!(line, serde_json::json!({"status": 200, "route": "GET /api?x=1", "trace": "4bf92f3577b34da6a3ce929d0e0e4736"}));
+        let every: String = FIELDS.iter().map(|(n, _)| format!("%{n}%")).collect::<Vec<_>>().join(" ");
+        assert!(parse_template(&every).is_ok());
+        assert_eq!(parse_template("%NOPE%").unwrap_err(), "unknown placeholder %NOPE%");
+        assert!(Format::compile(None).unwrap().line(&entry()).contains("\"GET /api?x=1\" 200 - 0 42 1.500 web(zone-1) -> backend(zone-2)"));
+    }
+
+    #[test]
+    fn trace_ids_come_from_w3c_or_b3_headers() {
+        let mut h = http::HeaderMap::new();
+        assert_eq!(trace_id(&h), "");
+        h.insert("b3", "80f198ee56343ba864fe8b2a57d3eff7-e457b5a2e4d86bd1-1".parse().unwrap());
+        assert_eq!(trace_id(&h), "80f198ee56343ba864fe8b2a57d3eff7");
+        h.insert("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".parse().unwrap());
+        assert_eq!(trace_id(&h), "4bf92f3577b34da6a3ce929d0e0e4736");
+    }
+}
