@@ -270,6 +270,9 @@ fn property_rules() -> Vec<(&'static str, Value)> {
         // MeshTrace.
         ("TraceConf.backends", json!({ "maxItems": 1 })),
         ("Zipkin.url", json!({ "pattern": "^https?://" })),
+        // Not enforced: spans go over OTLP only (`support::not_enforced`).
+        ("TraceBackend.zipkin", json!({ "type": "null" })),
+        ("TraceTag.header", opt_ref("HeaderName")),
         ("Sampling.overall", percentage()),
         ("Sampling.client", percentage()),
         ("Sampling.random", percentage()),

@@ -36,6 +36,16 @@ pub fn not_enforced(resource: &Resource) -> ValidationErrors {
                 }
             }
         }
+        Spec::MeshTrace(spec) => {
+            for (i, backend) in spec.default.backends.iter().enumerate() {
+                if backend.zipkin.is_some() {
+                    refuse(
+                        format!("spec.default.backends[{i}].zipkin"),
+                        "the sidecars export spans over OTLP only: use openTelemetry (a collector such as the OpenTelemetry Collector or Jaeger takes OTLP and can forward to Zipkin)",
+                    );
+                }
+            }
+        }
         Spec::MeshTimeout(spec) => {
             for (i, from) in spec.from.iter().enumerate() {
                 if from.target_ref.kind != crate::target_ref::TargetKind::Mesh {
@@ -63,7 +73,7 @@ pub const REQUEST_HEADERS_TIMEOUT: &str = "is not enforced by the sidecars: betw
 
 /// Policy types no sidecar enforces yet. The global refuses to store them (a write answers 405
 /// naming the type), so that no policy is accepted and then ignored.
-pub const NOT_ENFORCED_TYPES: &[ResourceType] = &[ResourceType::MeshTrace, ResourceType::MeshMetric];
+pub const NOT_ENFORCED_TYPES: &[ResourceType] = &[ResourceType::MeshMetric];
 
 /// Why resources of `kind` cannot be written, when no sidecar enforces that type yet.
 pub fn type_not_enforced(kind: ResourceType) -> Option<String> {

@@ -607,6 +607,15 @@ async fn what_no_sidecar_enforces_is_refused() {
         )
         .await;
     assert_eq!(status, StatusCode::CREATED, "gRPC retries are enforced: {body}");
+    let zipkin = json!({"type": "MeshTrace", "spec": {"default": {"backends": [{"zipkin": {"url": "http://zipkin:9411/api/v2/spans"}}]}}});
+    let (status, _, body) = s.put("/meshes/default/meshtraces/t", &zipkin).await;
+    assert_eq!(
+        (status, body["details"][0]["field"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("spec.default.backends[0].zipkin")),
+        "{body}"
+    );
+    let otlp = json!({"type": "MeshTrace", "spec": {"default": {"backends": [{"openTelemetry": {"endpoint": "collector:4317"}}]}}});
+    assert_eq!(s.put("/meshes/default/meshtraces/t", &otlp).await.0, StatusCode::CREATED, "MeshTrace over OTLP is enforced");
     let enforced = json!({"type": "MeshTimeout", "spec": {"to": [{"targetRef": {"kind": "Mesh"},
         "default": {"connectionTimeout": "2s", "idleTimeout": "1m", "http": {"requestTimeout": "3s"}}}]}});
     assert_eq!(s.put("/meshes/default/meshtimeouts/t", &enforced).await.0, StatusCode::CREATED);

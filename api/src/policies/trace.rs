@@ -106,6 +106,12 @@ impl Validate for TraceConf {
             if t.literal.is_some() == t.header.is_some() {
                 v.error("needs exactly one of literal, header");
             }
+            if let Some(header) = &t.header {
+                let ok = !header.is_empty() && header.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+                if !ok {
+                    v.error_at("header", format!("{header:?} is not a valid HTTP header name"));
+                }
+            }
         });
     }
 }

@@ -7,7 +7,12 @@
 //! added latency (p50, p99) and CPU per 1,000 rps of each pair, and the policy pair's ratios
 //! to the bare pair (target: at most 1.10).
 //!
-//! `cargo build --profile dist --bins && target/dist/policies`
+//! With `--set observability`, the policy pair gets instead what operators turn on to see
+//! their traffic: MeshAccessLog on both sides (a JSON line per request to a file), MeshTrace
+//! at 1% sampling exported over OTLP to a collector in this process, and the metrics every
+//! sidecar keeps.
+//!
+//! `cargo build --profile dist --bins && target/dist/policies [--set observability]`
 //! (needs nginx; the sidecars are the `strait-dp` next to this binary, built the same way).
 
 use std::net::SocketAddr;
@@ -26,6 +31,66 @@ struct Args {
     /// Rules of the route table (the last one is the 90/10 split).
     #[arg(long, default_value_t = 50)]
     routes: usize,
+    /// Which set the policy pair gets: `routes` (routes and resilience) or `observability`
+    /// (access logs, tracing at 1%).
+    #[arg(long, default_value = "routes", value_parser = ["routes", "observability"])]
+    set: String,
+}
+
+/// Access logs on both sides, to `log`, and tracing at 1% to the OTLP collector at `collector`.
+fn observability_set(log: &std::path::Path, collector: SocketAddr) -> Vec<(String, Value)> {
+    let json = json!({"json": [{"key": "start", "value": "%START_TIME%"}, {"key": "method", "value": "%METHOD%"}, {"key": "path", "value": "%PATH%"},
+        {"key": "status", "value": "%RESPONSE_CODE%"}, {"key": "from", "value": "%SOURCE_SERVICE%"}, {"key": "to", "value": "%DESTINATION_SERVICE%"},
+        {"key": "duration", "value": "%DURATION%"}, {"key": "sent", "value": "%BYTES_SENT%"}, {"key": "trace", "value": "%TRACE_ID%"}]});
+    let backends = json!([{"file": {"path": log.to_string_lossy(), "format": json}}]);
+    vec![
+        (
+            "meshaccesslogs/out".into(),
+            json!({"type": "MeshAccessLog", "name": "out", "mesh": "default", "spec": {"targetRef": {"kind": "MeshService", "name": "web-pol"},
+                "to": [{"targetRef": {"kind": "MeshService", "name": "backend-pol"}, "default": {"backends": backends.clone()}}]}}),
+        ),
+        (
+            "meshaccesslogs/in".into(),
+            json!({"type": "MeshAccessLog", "name": "in", "mesh": "default", "spec": {"targetRef": {"kind": "MeshService", "name": "backend-pol"},
+                "from": [{"targetRef": {"kind": "Mesh"}, "default": {"backends": backends}}]}}),
+        ),
+        (
+            "meshtraces/tracing".into(),
+            json!({"type": "MeshTrace", "name": "tracing", "mesh": "default", "spec": {"targetRef": {"kind": "MeshSubset", "tags": {"strait.io/service": "web-pol"}},
+                "default": {"backends": [{"openTelemetry": {"endpoint": collector.to_string()}}], "sampling": {"overall": 1}}}}),
+        ),
+        (
+            "meshtraces/tracing-server".into(),
+            json!({"type": "MeshTrace", "name": "tracing-server", "mesh": "default", "spec": {"targetRef": {"kind": "MeshService", "name": "backend-pol"},
+                "default": {"backends": [{"openTelemetry": {"endpoint": collector.to_string()}}], "sampling": {"overall": 1}}}}),
+        ),
+    ]
+}
+
+/// An OTLP/gRPC collector that counts the spans it receives.
+#[derive(Clone, Default)]
+struct Collector(std::sync::Arc<std::sync::atomic::AtomicU64>);
+
+#[tonic::async_trait]
+impl opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::TraceService for Collector {
+    async fn export(
+        &self,
+        request: tonic::Request<opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest>,
+    ) -> Result<tonic::Response<opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse>, tonic::Status> {
+        let n: usize = request.into_inner().resource_spans.iter().flat_map(|r| &r.scope_spans).map(|s| s.spans.len()).sum();
+        self.0.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+        Ok(tonic::Response::new(Default::default()))
+    }
+}
+
+async fn start_collector() -> Result<(SocketAddr, Collector), Error> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let collector = Collector::default();
+    let service = opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::TraceServiceServer::new(collector.clone());
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    tokio::spawn(tonic::transport::Server::builder().add_service(service).serve_with_incoming(incoming));
+    Ok((addr, collector))
 }
 
 const PATH: &str = "/1k.bin";
@@ -140,16 +205,25 @@ async fn main() -> Result<(), Error> {
     for admin in &admins {
         wait_ready(&cp.http, admin).await?;
     }
-    let policies = policy_set(args.routes);
+    let observability = args.set == "observability";
+    let (collector_addr, collector) = start_collector().await?;
+    let log = work.join("access.log");
+    let policies = if observability { observability_set(&log, collector_addr) } else { policy_set(args.routes) };
     for (path, body) in &policies {
         cp.put(&format!("/meshes/default/{path}"), body).await?;
     }
     // Applied once web-pol's configuration holds the last header rule and every policy type.
     let last = format!("tenant-{}", args.routes.saturating_sub(2));
+    let expected: Vec<&str> = if observability {
+        vec!["MeshAccessLog", "MeshTrace"]
+    } else {
+        vec!["MeshRetry", "MeshTimeout", "MeshCircuitBreaker", last.as_str()]
+    };
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let dump = cp.http.get(format!("http://{}/config_dump", admins[4])).send().await?.text().await?;
-        if ["MeshRetry", "MeshTimeout", "MeshCircuitBreaker", last.as_str()].iter().all(|n| dump.contains(n)) {
+        let server = cp.http.get(format!("http://{}/config_dump", admins[2])).send().await?.text().await?;
+        if expected.iter().all(|n| dump.contains(n)) && (!observability || expected.iter().all(|n| server.contains(n))) {
             break;
         }
         if Instant::now() > deadline {
@@ -182,10 +256,20 @@ async fn main() -> Result<(), Error> {
     plan.warm_up(&targets).await?;
     let mut results = plan.measure(&targets).await?;
 
+    let what = if observability {
+        "access logs on both sides and tracing at 1%".to_string()
+    } else {
+        format!("{} routes, retries, timeouts, outlier detection and a 90/10 split", args.routes)
+    };
     println!(
-        "\nsidecar pair with {} routes, retries, timeouts, outlier detection and a 90/10 split vs the bare pair: {} rps, 1 KiB HTTP/1.1 keep-alive ({} connections), {} rounds x {} s per path",
-        args.routes, plan.rate, plan.connections, plan.rounds, plan.seconds
+        "\nsidecar pair with {what} vs the bare pair: {} rps, 1 KiB HTTP/1.1 keep-alive ({} connections), {} rounds x {} s per path",
+        plan.rate, plan.connections, plan.rounds, plan.seconds
     );
+    if observability {
+        let lines = std::fs::read_to_string(&log).map(|t| t.lines().count()).unwrap_or(0);
+        let spans = collector.0.load(std::sync::atomic::Ordering::Relaxed);
+        println!("access log lines written: {lines}; spans received by the collector: {spans}");
+    }
     println!(
         "{:<14} {:>9} {:>9} {:>11} {:>11} {:>7} {:>16} {:>16}",
         "path", "p50", "p99", "added p50", "added p99", "errors", "client vCPU/krps", "server vCPU/krps"
@@ -219,7 +303,13 @@ async fn main() -> Result<(), Error> {
     let (r50, r99, rcpu) =
         (ratio(pol.0.as_secs_f64(), bare.0.as_secs_f64()), ratio(pol.1.as_secs_f64(), bare.1.as_secs_f64()), ratio(pol.2, bare.2));
     let verdict = |r: f64| if r <= 1.10 { "met" } else { "NOT met" };
-    println!("\npolicy pair / bare pair: added p50 {r50:.2}x ({}), added p99 {r99:.2}x ({}), CPU of both sides {rcpu:.2}x ({}); target <= 1.10x each", verdict(r50), verdict(r99), verdict(rcpu));
+    let pair = if observability { "observability pair" } else { "policy pair" };
+    println!(
+        "\n{pair} / bare pair: added p50 {r50:.2}x ({}), added p99 {r99:.2}x ({}), CPU of both sides {rcpu:.2}x ({}); target <= 1.10x each",
+        verdict(r50),
+        verdict(r99),
+        verdict(rcpu)
+    );
     drop(children);
     cp.stop().await;
     Ok(())

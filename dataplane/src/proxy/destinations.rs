@@ -314,6 +314,8 @@ pub struct Table {
     sinks: super::access_log::Sinks,
     /// What every access log entry of this sidecar shares.
     pub local: super::access_log::Local,
+    /// MeshTrace: this sidecar's spans, when it has one.
+    pub tracer: Option<Arc<super::trace::Tracer>>,
 }
 
 /// What building a table shares across its destinations.
@@ -530,6 +532,10 @@ impl Table {
             keep(compiled, strict, &outbound.service, routes)?;
         }
         table.sinks = std::mem::take(&mut build.sinks);
+        table.tracer = config.proxy.trace.as_ref().map(|conf| {
+            let previous = previous.tracer.as_deref();
+            Arc::new(super::trace::Tracer::compile(conf, table.local.clone(), previous, &metrics.spans_dropped, !strict))
+        });
         Ok(table)
     }
 

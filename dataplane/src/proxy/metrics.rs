@@ -104,6 +104,8 @@ pub struct ProxyMetrics {
     pub config_nacks: Counter,
     /// Access log lines dropped.
     pub access_log_dropped: Counter,
+    /// Spans dropped.
+    pub spans_dropped: Counter,
 }
 
 impl ProxyMetrics {
@@ -124,6 +126,7 @@ impl ProxyMetrics {
             rate_limited: Family::default(),
             faults: Family::default(),
             access_log_dropped: Counter::default(),
+            spans_dropped: Counter::default(),
             certificate_expiry: Gauge::default(),
             certificate_rotations: Counter::default(),
             control_plane_streams: Counter::default(),
@@ -152,6 +155,11 @@ impl ProxyMetrics {
             metrics.overflows.clone(),
         );
         r.register("rate_limited", "HTTP requests answered and TCP connections closed by a MeshRateLimit", metrics.rate_limited.clone());
+        r.register(
+            "spans_dropped",
+            "spans dropped: the collector's queue was full, or it could not be reached (MeshTrace)",
+            metrics.spans_dropped.clone(),
+        );
         r.register(
             "access_log_dropped",
             "access log lines dropped: a backend's queue was full, or it could not be written (MeshAccessLog)",

@@ -55,6 +55,7 @@ pub mod metrics;
 pub mod outbound;
 pub mod redirected;
 pub mod timeouts;
+pub mod trace;
 
 use std::sync::Arc;
 use std::time::UNIX_EPOCH;

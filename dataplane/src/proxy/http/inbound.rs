@@ -33,10 +33,11 @@ use tracing::Instrument;
 
 use super::body::{local_response, Counted};
 use crate::proxy::access_log::{self, Pending as Logged};
+use crate::proxy::trace::{Side, Span};
 
 /// What the peer receives: the application's response body (holding its access-log entry
 /// until it ends) or the sidecar's own answer.
-type Body = super::body::Body<Option<Logged>>;
+type Body = super::body::Body<(Option<Logged>, Option<Span>)>;
 /// The application's response, before its entry is attached.
 type AppBody = super::body::Body;
 use super::{absolute, serve_until_drained, strip_hop_by_hop, InSpan};
@@ -112,9 +113,20 @@ struct Session {
 }
 
 impl Session {
-    async fn handle(&self, request: Request<Incoming>) -> Response<Body> {
+    async fn handle(&self, mut request: Request<Incoming>) -> Response<Body> {
         let started = Instant::now();
         let inbound = &self.inbound;
+        // MeshTrace: this hop's span, the caller's its parent, and the application's spans
+        // its children.
+        let mut span = inbound.path.table.load().tracer.as_ref().and_then(|t| t.start(Side::Inbound, request.headers_mut(), &self.caller));
+        if let Some(s) = &mut span {
+            let uri = request.uri();
+            s.request(
+                request.method().as_str(),
+                uri.path_and_query().map_or("/", |p| p.as_str()),
+                uri.authority().map_or("", |a| a.as_str()),
+            );
+        }
         let mut logged = self.access_log(&request, started);
         let received = logged.as_ref().map(|l| l.received.clone());
         let response = if self.decision.allowed(&inbound.path.state, inbound.port, &self.peer) {
@@ -136,9 +148,12 @@ impl Session {
             l.entry.response_time = Some(started.elapsed());
             l.entry.local = matches!(response.body(), Either::Right(_));
         }
+        if let Some(s) = &mut span {
+            s.answered(response.status().as_u16());
+        }
         let sent = logged.as_ref().map(|l| l.sent.clone());
         response.map(|body| match body {
-            Either::Left(body) => Either::Left(body.holding(logged).tallied(sent)),
+            Either::Left(body) => Either::Left(body.holding((logged, span)).tallied(sent)),
             Either::Right(own) => Either::Right(own),
         })
     }

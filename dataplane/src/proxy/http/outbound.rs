@@ -37,10 +37,11 @@ use crate::proxy::data_path::DataPath;
 use crate::proxy::destinations::Destination;
 use crate::proxy::endpoint::{Endpoint, Health, InFlight, Outcome};
 use crate::proxy::inbound_policies::Injected;
+use crate::proxy::trace::{Side, Span};
 
 /// What the application receives: a peer's response body, holding its endpoint's in-flight
 /// count until it ends, or the sidecar's own answer.
-type Body = super::body::Body<(InFlight, Option<Logged>)>;
+type Body = super::body::Body<(InFlight, Option<Logged>, Option<Span>)>;
 
 /// How many endpoints a request may be tried on when it could not be sent (or could be replayed).
 const ATTEMPTS: usize = 3;
@@ -130,6 +131,12 @@ async fn forward(request: Request<Incoming>, service: &str, path: &Arc<DataPath>
         }
     }
     let destination: &Destination = destination;
+    // MeshTrace: this hop's span (the request's headers now name it as the next hop's parent).
+    let mut span = table.tracer.as_ref().and_then(|t| t.start(Side::Outbound, request.headers_mut(), &destination.service));
+    if let Some(s) = &mut span {
+        let uri = request.uri();
+        s.request(request.method().as_str(), uri.path_and_query().map_or("/", |p| p.as_str()), uri.authority().map_or("", |a| a.as_str()));
+    }
     // MeshAccessLog `to`: the request's entry, logged once its response has ended.
     let mut pending = destination.access_log.as_ref().map(|log| pending_entry(log, &table.local, destination, &request, started));
     if let Some(p) = &pending {
@@ -189,12 +196,17 @@ async fn forward(request: Request<Incoming>, service: &str, path: &Arc<DataPath>
     let mut response = match sent {
         Ok((response, in_flight)) => {
             answered(&mut pending, &response, started, false);
+            if let Some(s) = &mut span {
+                s.answered(response.status().as_u16());
+                s.attribute("strait.upstream", &in_flight.endpoint().address.to_string());
+                s.attribute("strait.peer_zone", &in_flight.endpoint().zone);
+            }
             if let Some(p) = &mut pending {
                 p.entry.upstream = in_flight.endpoint().address.to_string();
                 p.entry.destination_zone = in_flight.endpoint().zone.clone();
             }
             let tally = pending.as_ref().map(|p| p.sent.clone());
-            let held = (in_flight, pending.take());
+            let held = (in_flight, pending.take(), span.take());
             response.map(|body| {
                 let mut body = Counted::new(body, destination.metrics.response_bytes.clone())
                     .holding(held)
@@ -218,6 +230,9 @@ async fn forward(request: Request<Incoming>, service: &str, path: &Arc<DataPath>
     };
     if let Some((rule, _)) = rule {
         rule.edit_response(response.headers_mut());
+    }
+    if let Some(s) = &mut span {
+        s.answered(response.status().as_u16());
     }
     destination.metrics.record(response.status(), started.elapsed());
     response

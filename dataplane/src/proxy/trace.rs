@@ -1,0 +1,418 @@
+//! MeshTrace: a span for each sidecar hop of a request, propagated with W3C `traceparent`
+//! (and B3, when the caller sent B3), exported over OTLP/gRPC.
+//!
+//! In: the sidecar's merged MeshTrace (sampling, tags, one OpenTelemetry backend) and, per
+//! request, its headers. Out: the request's headers rewritten so that the next hop's span is
+//! a child of this one, and, when the request is sampled, a [`Span`] that is exported when
+//! dropped (its response ended). Export is off the request path: spans go to a bounded queue
+//! (`try_send`); one task per collector sends them in batches (up to 512, at least every
+//! second). A collector that is down or slow costs nothing but the spans dropped, counted in
+//! `strait_dp_spans_dropped_total`.
+//!
+//! Sampling: a request whose `traceparent` (or B3) says sampled is traced with chance
+//! `sampling.client` (100% by default); a request without one starts a trace, sampled with
+//! chance `sampling.random` (default: `overall`); every decision is then kept with chance
+//! `sampling.overall` (100% by default). An unsampled request still carries a `traceparent`
+//! (not sampled) to the next hop.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use http::{HeaderMap, HeaderName, HeaderValue};
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, InstrumentationScope, KeyValue};
+use opentelemetry_proto::tonic::resource::v1::Resource;
+use opentelemetry_proto::tonic::trace::v1::{span, status, ResourceSpans, ScopeSpans, Span as OtlpSpan, Status};
+use prometheus_client::metrics::counter::Counter;
+use rand::Rng;
+use strait_api::policies::trace::TraceConf;
+use tokio::sync::mpsc;
+
+/// Spans a collector may have waiting before new ones are dropped.
+const QUEUE: usize = 2048;
+/// Spans sent in one export.
+const BATCH: usize = 512;
+
+/// A trace context: ids and whether it is sampled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Context {
+    /// Trace id.
+    pub trace_id: [u8; 16],
+    /// The caller's span, if any.
+    pub parent: Option<[u8; 8]>,
+    /// Whether the trace is sampled.
+    pub sampled: bool,
+}
+
+fn hex<const N: usize>(s: &str) -> Option<[u8; N]> {
+    if s.len() != 2 * N {
+        return None;
+    }
+    let mut out = [0u8; N];
+    for (i, b) in out.iter_mut().enumerate() {
+        *b = u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    (out != [0u8; N]).then_some(out)
+}
+
+fn to_hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The context a request carries: W3C `traceparent`, else B3 (single `b3` or `x-b3-*`).
+pub fn incoming(headers: &HeaderMap) -> Option<Context> {
+    let value = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    if let Some(tp) = value("traceparent") {
+        let mut parts = tp.trim().split('-');
+        let (_version, trace, parent, flags) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+        return Some(Context { trace_id: hex(trace)?, parent: Some(hex(parent)?), sampled: u8::from_str_radix(flags, 16).ok()? & 1 == 1 });
+    }
+    let b3_trace = |t: &str| if t.len() == 16 { hex::<8>(t).map(|h| widen(&h)) } else { hex::<16>(t) };
+    if let Some(b3) = value("b3") {
+        let mut parts = b3.split('-');
+        let (trace, span) = (parts.next()?, parts.next()?);
+        let sampled = parts.next().is_none_or(|s| s == "1" || s == "d");
+        return Some(Context { trace_id: b3_trace(trace)?, parent: Some(hex(span)?), sampled });
+    }
+    let trace = value("x-b3-traceid")?;
+    Some(Context {
+        trace_id: b3_trace(trace)?,
+        parent: value("x-b3-spanid").and_then(hex),
+        sampled: value("x-b3-sampled").is_none_or(|s| s == "1") || value("x-b3-flags") == Some("1"),
+    })
+}
+
+fn widen(short: &[u8; 8]) -> [u8; 16] {
+    let mut id = [0u8; 16];
+    id[8..].copy_from_slice(short);
+    id
+}
+
+/// A sidecar's MeshTrace, compiled.
+#[derive(Debug)]
+pub struct Tracer {
+    client: f64,
+    random: f64,
+    overall: f64,
+    tags: Vec<(String, Tag)>,
+    exporter: Option<Arc<Exporter>>,
+    /// What every span names.
+    pub local: super::access_log::Local,
+}
+
+#[derive(Debug)]
+enum Tag {
+    Literal(String),
+    Header(HeaderName),
+}
+
+fn chance(percentage: f64) -> bool {
+    percentage >= 100.0 || (percentage > 0.0 && rand::thread_rng().gen_bool((percentage / 100.0).clamp(0.0, 1.0)))
+}
+
+/// Which side of a hop a span is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// The caller's sidecar.
+    Outbound,
+    /// The server's sidecar.
+    Inbound,
+}
+
+impl Tracer {
+    /// Compiles `conf`, reusing `previous`'s exporter to the same collector (or, with `start`
+    /// false, starting none). A Zipkin backend is refused by the API.
+    pub fn compile(conf: &TraceConf, local: super::access_log::Local, previous: Option<&Tracer>, dropped: &Counter, start: bool) -> Tracer {
+        let endpoint = conf.backends.iter().find_map(|b| b.open_telemetry.as_ref()).map(|o| o.endpoint.clone());
+        let exporter = match endpoint {
+            Some(endpoint) if start => match previous.and_then(|p| p.exporter.clone()).filter(|e| e.endpoint == endpoint) {
+                Some(kept) => Some(kept),
+                None => Exporter::start(endpoint, dropped.clone()),
+            },
+            _ => None,
+        };
+        let sampling = conf.sampling.clone().unwrap_or_default();
+        let overall = sampling.overall.unwrap_or(100.0);
+        let tags = conf
+            .tags
+            .iter()
+            .filter_map(|t| {
+                let tag = match (&t.literal, &t.header) {
+                    (Some(l), _) => Tag::Literal(l.clone()),
+                    (None, Some(h)) => Tag::Header(HeaderName::try_from(h.as_str()).ok()?),
+                    (None, None) => return None,
+                };
+                Some((t.name.clone(), tag))
+            })
+            .collect();
+        Tracer { client: sampling.client.unwrap_or(100.0), random: sampling.random.unwrap_or(overall), overall, tags, exporter, local }
+    }
+
+    /// Starts this hop's span of a request with `headers` (which it rewrites for the next
+    /// hop): `None` when the request is not sampled.
+    pub fn start(&self, side: Side, headers: &mut HeaderMap, peer: &str) -> Option<Span> {
+        let mut rng = rand::thread_rng();
+        let incoming = incoming(headers);
+        let sampled = match incoming {
+            Some(c) => c.sampled && chance(self.client),
+            None => chance(self.random),
+        } && chance(self.overall);
+        let context = Context {
+            trace_id: incoming.map_or_else(|| rng.gen::<[u8; 16]>(), |c| c.trace_id),
+            parent: incoming.and_then(|c| c.parent),
+            sampled,
+        };
+        let span_id: [u8; 8] = rng.gen();
+        propagate(headers, &context, span_id);
+        if !sampled {
+            return None;
+        }
+        let exporter = self.exporter.clone()?;
+        let mut attributes = vec![
+            kv("mesh", &self.local.mesh),
+            kv("strait.service", &self.local.service),
+            kv("strait.zone", &self.local.zone),
+            kv("strait.direction", if side == Side::Outbound { "outbound" } else { "inbound" }),
+            kv("peer.service", peer),
+        ];
+        for (name, tag) in &self.tags {
+            match tag {
+                Tag::Literal(value) => attributes.push(kv(name, value)),
+                Tag::Header(header) => {
+                    if let Some(value) = headers.get(header).and_then(|v| v.to_str().ok()) {
+                        attributes.push(kv(name, value));
+                    }
+                }
+            }
+        }
+        Some(Span {
+            exporter,
+            trace_id: context.trace_id,
+            span_id,
+            parent: context.parent,
+            side,
+            name: String::new(),
+            start: SystemTime::now(),
+            started: Instant::now(),
+            attributes,
+            status: 0,
+        })
+    }
+}
+
+/// Rewrites the request's trace headers so that the next hop's span is a child of `span_id`:
+/// `traceparent` always; the B3 headers the request came with.
+fn propagate(headers: &mut HeaderMap, context: &Context, span_id: [u8; 8]) {
+    let flags = if context.sampled { "01" } else { "00" };
+    let (trace, span) = (to_hex(&context.trace_id), to_hex(&span_id));
+    if let Ok(v) = HeaderValue::from_str(&format!("00-{trace}-{span}-{flags}")) {
+        headers.insert(HeaderName::from_static("traceparent"), v);
+    }
+    let sampled = if context.sampled { "1" } else { "0" };
+    if headers.contains_key("b3") {
+        let parent = context.parent.map(|p| format!("-{}", to_hex(&p))).unwrap_or_default();
+        if let Ok(v) = HeaderValue::from_str(&format!("{trace}-{span}-{sampled}{parent}")) {
+            headers.insert(HeaderName::from_static("b3"), v);
+        }
+    }
+    if headers.contains_key("x-b3-traceid") {
+        let mut set = |name: &'static str, value: String| {
+            if let Ok(v) = HeaderValue::from_str(&value) {
+                headers.insert(HeaderName::from_static(name), v);
+            }
+        };
+        set("x-b3-traceid", trace);
+        set("x-b3-spanid", span);
+        set("x-b3-sampled", sampled.to_string());
+        if let Some(parent) = context.parent {
+            set("x-b3-parentspanid", to_hex(&parent));
+        }
+    }
+}
+
+fn kv(key: &str, value: &str) -> KeyValue {
+    KeyValue { key: key.to_string(), value: Some(AnyValue { value: Some(any_value::Value::StringValue(value.to_string())) }) }
+}
+
+/// One hop's span, exported when dropped.
+#[derive(Debug)]
+pub struct Span {
+    exporter: Arc<Exporter>,
+    trace_id: [u8; 16],
+    span_id: [u8; 8],
+    parent: Option<[u8; 8]>,
+    side: Side,
+    name: String,
+    start: SystemTime,
+    started: Instant,
+    attributes: Vec<KeyValue>,
+    status: u16,
+}
+
+impl Span {
+    /// Names the span after the request and notes its method and path.
+    pub fn request(&mut self, method: &str, path: &str, authority: &str) {
+        self.name = format!("{method} {authority}{path}");
+        self.attributes.push(kv("http.method", method));
+        self.attributes.push(kv("http.target", path));
+        self.attributes.push(kv("http.host", authority));
+    }
+
+    /// Notes the answer's status.
+    pub fn answered(&mut self, status: u16) {
+        self.status = status;
+    }
+
+    /// Notes an attribute.
+    pub fn attribute(&mut self, key: &str, value: &str) {
+        self.attributes.push(kv(key, value));
+    }
+}
+
+fn nanos(t: SystemTime) -> u64 {
+    t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_nanos() as u64
+}
+
+impl Drop for Span {
+    fn drop(&mut self) {
+        let end = self.start + self.started.elapsed();
+        let mut attributes = std::mem::take(&mut self.attributes);
+        attributes.push(KeyValue {
+            key: "http.status_code".into(),
+            value: Some(AnyValue { value: Some(any_value::Value::IntValue(i64::from(self.status))) }),
+        });
+        let error = self.status == 0 || self.status >= 500;
+        let span = OtlpSpan {
+            trace_id: self.trace_id.to_vec(),
+            span_id: self.span_id.to_vec(),
+            parent_span_id: self.parent.map(|p| p.to_vec()).unwrap_or_default(),
+            name: std::mem::take(&mut self.name),
+            kind: if self.side == Side::Outbound { span::SpanKind::Client } else { span::SpanKind::Server } as i32,
+            start_time_unix_nano: nanos(self.start),
+            end_time_unix_nano: nanos(end),
+            attributes,
+            status: Some(Status {
+                code: if error { status::StatusCode::Error } else { status::StatusCode::Unset } as i32,
+                message: String::new(),
+            }),
+            ..Default::default()
+        };
+        self.exporter.send(span);
+    }
+}
+
+/// One collector: a bounded queue and the task that sends its batches.
+#[derive(Debug)]
+pub struct Exporter {
+    endpoint: String,
+    tx: mpsc::Sender<OtlpSpan>,
+    dropped: Counter,
+}
+
+impl Exporter {
+    fn start(endpoint: String, dropped: Counter) -> Option<Arc<Exporter>> {
+        let url = if endpoint.contains("://") { endpoint.clone() } else { format!("http://{endpoint}") };
+        let channel = tonic::transport::Endpoint::from_shared(url)
+            .ok()?
+            .connect_timeout(Duration::from_secs(2))
+            .timeout(Duration::from_secs(5))
+            .connect_lazy();
+        let (tx, rx) = mpsc::channel(QUEUE);
+        tokio::spawn(export(TraceServiceClient::new(channel), rx, dropped.clone(), endpoint.clone()));
+        Some(Arc::new(Exporter { endpoint, tx, dropped }))
+    }
+
+    fn send(&self, span: OtlpSpan) {
+        if self.tx.try_send(span).is_err() {
+            self.dropped.inc();
+        }
+    }
+}
+
+async fn export(
+    mut client: TraceServiceClient<tonic::transport::Channel>,
+    mut rx: mpsc::Receiver<OtlpSpan>,
+    dropped: Counter,
+    endpoint: String,
+) {
+    let mut last_warning: Option<Instant> = None;
+    while let Some(first) = rx.recv().await {
+        let mut spans = vec![first];
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
+        while spans.len() < BATCH {
+            match tokio::time::timeout_at(deadline, rx.recv()).await {
+                Ok(Some(span)) => spans.push(span),
+                _ => break,
+            }
+        }
+        let count = spans.len() as u64;
+        let request = ExportTraceServiceRequest {
+            resource_spans: vec![ResourceSpans {
+                resource: Some(Resource { attributes: vec![kv("service.name", "strait-dp")], dropped_attributes_count: 0 }),
+                scope_spans: vec![ScopeSpans {
+                    scope: Some(InstrumentationScope {
+                        name: "strait".into(),
+                        version: env!("CARGO_PKG_VERSION").into(),
+                        ..Default::default()
+                    }),
+                    spans,
+                    schema_url: String::new(),
+                }],
+                schema_url: String::new(),
+            }],
+        };
+        if let Err(status) = client.export(request).await {
+            dropped.inc_by(count);
+            if last_warning.is_none_or(|at| at.elapsed() > Duration::from_secs(60)) {
+                tracing::warn!(endpoint, error = %status.message(), "cannot export spans (MeshTrace); they are dropped");
+                last_warning = Some(Instant::now());
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn contexts_come_from_w3c_or_b3_and_go_on_as_children() {
+        let mut h = HeaderMap::new();
+        assert_eq!(incoming(&h), None);
+        h.insert("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".parse().unwrap());
+        let c = incoming(&h).unwrap();
+        assert_eq!(
+            (to_hex(&c.trace_id).as_str(), c.parent.map(|p| to_hex(&p)), c.sampled),
+            ("4bf92f3577b34da6a3ce929d0e0e4736", Some("00f067aa0ba902b7".into()), true)
+        );
+        propagate(&mut h, &c, [1, 2, 3, 4, 5, 6, 7, 8]);
+        assert_eq!(h["traceparent"], "00-4bf92f3577b34da6a3ce929d0e0e4736-0102030405060708-01");
+        let mut b3 = HeaderMap::new();
+        b3.insert("x-b3-traceid", "463ac35c9f6413ad".parse().unwrap());
+        b3.insert("x-b3-spanid", "a2fb4a1d1a96d312".parse().unwrap());
+        b3.insert("x-b3-sampled", "1".parse().unwrap());
+        let c = incoming(&b3).unwrap();
+        assert_eq!(to_hex(&c.trace_id), "0000000000000000463ac35c9f6413ad", "64-bit B3 ids are widened");
+        propagate(&mut b3, &c, [9; 8]);
+        assert_eq!(b3["x-b3-spanid"], "0909090909090909");
+        assert_eq!(b3["x-b3-parentspanid"], "a2fb4a1d1a96d312");
+        assert!(b3.contains_key("traceparent"));
+        let mut bad = HeaderMap::new();
+        bad.insert("traceparent", "00-zz-00f067aa0ba902b7-01".parse().unwrap());
+        assert_eq!(incoming(&bad), None, "a malformed traceparent starts a new trace");
+    }
+
+    #[test]
+    fn sampling_follows_the_caller_and_the_percentages() {
+        let conf = |v: serde_json::Value| -> TraceConf { serde_json::from_value(v).unwrap() };
+        let local = super::super::access_log::Local::default();
+        let dropped = Counter::default();
+        let none = Tracer::compile(&conf(serde_json::json!({"sampling": {"random": 0}})), local.clone(), None, &dropped, false);
+        let mut h = HeaderMap::new();
+        assert!(none.start(Side::Outbound, &mut h, "backend").is_none());
+        assert!(h["traceparent"].to_str().unwrap().ends_with("-00"), "not sampled, still propagated");
+        let c = incoming(&h).unwrap();
+        assert!(!c.sampled);
+    }
+}
