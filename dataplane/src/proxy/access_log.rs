@@ -242,33 +242,49 @@ impl Format {
         match &self.0 {
             Kind::Plain(pieces) => render(pieces, entry, &mut out),
             Kind::Json(fields) => {
-                let mut map = serde_json::Map::with_capacity(fields.len());
-                for (key, pieces) in fields {
-                    let value = match pieces.as_slice() {
-                        [Piece::Field(f)] if f.is_number() => f.value(entry).parse::<f64>().map_or(serde_json::Value::Null, |n| {
-                            serde_json::Number::from_f64(n).map_or(serde_json::Value::Null, |n| {
-                                // Integers print as integers.
-                                if n.as_f64().is_some_and(|f| f.fract() == 0.0) {
-                                    serde_json::Value::from(n.as_f64().unwrap_or_default() as u64)
-                                } else {
-                                    serde_json::Value::Number(n)
-                                }
-                            })
-                        }),
+                out.push('{');
+                for (n, (key, pieces)) in fields.iter().enumerate() {
+                    if n > 0 {
+                        out.push(',');
+                    }
+                    json_string(key, &mut out);
+                    out.push(':');
+                    match pieces.as_slice() {
+                        // Numbers stay numbers.
+                        [Piece::Field(f)] if f.is_number() => out.push_str(&f.value(entry)),
                         _ => {
-                            let mut s = String::new();
-                            render(pieces, entry, &mut s);
-                            serde_json::Value::String(s)
+                            let mut value = String::new();
+                            render(pieces, entry, &mut value);
+                            json_string(&value, &mut out);
                         }
-                    };
-                    map.insert(key.clone(), value);
+                    }
                 }
-                out = serde_json::Value::Object(map).to_string();
+                out.push('}');
             }
         }
         out.push('\n');
         out
     }
+}
+
+/// Appends `s` as a JSON string.
+fn json_string(s: &str, out: &mut String) {
+    use std::fmt::Write;
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if (c as u32) < 0x20 => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
 }
 
 /// Where lines go: a file or a TCP collector, written by a task of its own.
@@ -277,6 +293,9 @@ pub struct Sink {
     tx: mpsc::Sender<(Arc<Entry>, Arc<Format>)>,
     dropped: Counter,
 }
+
+/// How long a backend waits after a first line for more to write with it.
+const LINGER: Duration = Duration::from_millis(20);
 
 /// Entries a backend may have waiting before new ones are dropped.
 const QUEUE: usize = 4096;
@@ -300,7 +319,12 @@ impl Sink {
 }
 
 /// Takes what is queued (after `first`) and renders it, so that one write carries a batch.
-fn batch(first: (Arc<Entry>, Arc<Format>), rx: &mut mpsc::Receiver<(Arc<Entry>, Arc<Format>)>) -> Vec<u8> {
+async fn batch(first: (Arc<Entry>, Arc<Format>), rx: &mut mpsc::Receiver<(Arc<Entry>, Arc<Format>)>) -> Vec<u8> {
+    // Lines that come meanwhile go in the same write: a write (and a wake-up) every 20 ms at
+    // most, whatever the request rate.
+    if rx.len() < 256 {
+        tokio::time::sleep(LINGER).await;
+    }
     let mut out = first.1.line(&first.0).into_bytes();
     while out.len() < 64 * 1024 {
         let Ok((entry, format)) = rx.try_recv() else { break };
@@ -313,7 +337,7 @@ async fn write_file(path: String, mut rx: mpsc::Receiver<(Arc<Entry>, Arc<Format
     let mut file: Option<tokio::fs::File> = None;
     let mut last_warning: Option<Instant> = None;
     while let Some(first) = rx.recv().await {
-        let lines = batch(first, &mut rx);
+        let lines = batch(first, &mut rx).await;
         if file.is_none() {
             file = tokio::fs::OpenOptions::new().create(true).append(true).open(&path).await.ok();
         }
@@ -337,7 +361,7 @@ async fn write_tcp(address: String, mut rx: mpsc::Receiver<(Arc<Entry>, Arc<Form
     let mut retry_at = Instant::now();
     let mut last_warning: Option<Instant> = None;
     while let Some(first) = rx.recv().await {
-        let lines = batch(first, &mut rx);
+        let lines = batch(first, &mut rx).await;
         if stream.is_none() && Instant::now() >= retry_at {
             match tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(&address)).await {
                 Ok(Ok(s)) => stream = Some(s),

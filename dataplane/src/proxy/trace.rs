@@ -9,11 +9,11 @@
 //! second). A collector that is down or slow costs nothing but the spans dropped, counted in
 //! `strait_dp_spans_dropped_total`.
 //!
-//! Sampling: a request whose `traceparent` (or B3) says sampled is traced with chance
-//! `sampling.client` (100% by default); a request without one starts a trace, sampled with
-//! chance `sampling.random` (default: `overall`); every decision is then kept with chance
-//! `sampling.overall` (100% by default). An unsampled request still carries a `traceparent`
-//! (not sampled) to the next hop.
+//! Sampling is decided where a trace starts: a request without `traceparent` (or B3) starts
+//! one, sampled with chance `sampling.random` (default: `overall`, itself 100% by default);
+//! a request whose context says sampled is traced with chance `sampling.client` (100% by
+//! default), so every hop of a sampled trace has its span. An unsampled request still carries
+//! a `traceparent` (not sampled) to the next hop, which follows it.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -94,7 +94,6 @@ fn widen(short: &[u8; 8]) -> [u8; 16] {
 pub struct Tracer {
     client: f64,
     random: f64,
-    overall: f64,
     tags: Vec<(String, Tag)>,
     exporter: Option<Arc<Exporter>>,
     /// What every span names.
@@ -146,7 +145,7 @@ impl Tracer {
                 Some((t.name.clone(), tag))
             })
             .collect();
-        Tracer { client: sampling.client.unwrap_or(100.0), random: sampling.random.unwrap_or(overall), overall, tags, exporter, local }
+        Tracer { client: sampling.client.unwrap_or(100.0), random: sampling.random.unwrap_or(overall), tags, exporter, local }
     }
 
     /// Starts this hop's span of a request with `headers` (which it rewrites for the next
@@ -154,10 +153,11 @@ impl Tracer {
     pub fn start(&self, side: Side, headers: &mut HeaderMap, peer: &str) -> Option<Span> {
         let mut rng = rand::thread_rng();
         let incoming = incoming(headers);
+        // Decided once, where the trace starts; the next hops follow it.
         let sampled = match incoming {
             Some(c) => c.sampled && chance(self.client),
             None => chance(self.random),
-        } && chance(self.overall);
+        };
         let context = Context {
             trace_id: incoming.map_or_else(|| rng.gen::<[u8; 16]>(), |c| c.trace_id),
             parent: incoming.and_then(|c| c.parent),
