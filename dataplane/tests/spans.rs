@@ -88,10 +88,18 @@ async fn a_line_logged_for_a_request_names_the_inbound_the_caller_and_at_debug_t
     // backend's sidecar, which logs a warning while serving it.
     let (dead_app, web_out) = (free_port(), free_port());
     let (info_in, debug_in) = (free_port(), free_port());
-    let at_info = backend(&mesh, "backend-1", &dataplane("backend-1", "backend", info_in, dead_app, "http", &[]), "info").await;
-    let at_debug =
-        backend(&mesh, "backend-2", &dataplane("backend-2", "backend", debug_in, dead_app, "http", &[]), "info,strait_dataplane=debug")
-            .await;
+    // Their probe is off: it would take the inbounds out of the pool before the requests come.
+    let unprobed = |yaml: String| {
+        yaml.replace("tags: {strait.io/service: backend", "serviceProbe: {disabled: true}, tags: {strait.io/service: backend")
+    };
+    let at_info = backend(&mesh, "backend-1", &unprobed(dataplane("backend-1", "backend", info_in, dead_app, "http", &[])), "info").await;
+    let at_debug = backend(
+        &mesh,
+        "backend-2",
+        &unprobed(dataplane("backend-2", "backend", debug_in, dead_app, "http", &[])),
+        "info,strait_dataplane=debug",
+    )
+    .await;
     let web = mesh.sidecar("web", "web", &dataplane("web-1", "web", free_port(), free_port(), "http", &[(web_out, "backend")])).await;
 
     // Requests are balanced over both backends; wait until each has answered one.

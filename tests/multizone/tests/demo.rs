@@ -138,17 +138,9 @@ fn scenario(flags: &[&str], frontend: &str, mode: &str) {
     println!("FIGURE demo-split-{mode} v1={v1} v2={v2} of 40");
     let traffic = ok(straitctl(&["demo", "traffic", "--dir", &dir_arg, "--seconds", "2", "--rate", "10"]), "demo traffic");
     assert!(traffic.contains("backend v1@zone-1") && traffic.contains("backend v2@zone-2"), "both versions answer:\n{traffic}");
-    // The suggested fault injection: v2 aborts half its requests with 503; the frontend's
-    // retries hide them, so v2 answers about a third of the calls (a half of its half, then
-    // retried), v1 the rest.
+    // The suggested fault injection applies and is deleted cleanly (its effect is measured in
+    // `dataplane/tests/edge.rs`).
     run(suggested(&up, "fault-backend-v2.yaml"), "the suggested fault injection");
-    let (v1, v2) = wait_for("v2's aborts to shift the calls to v1", DEADLINE, || match backends(60)? {
-        (v1, v2) if v2 > 0 && v1 >= v2 + 8 => Ok((v1, v2)),
-        counts => Err(format!("{counts:?} of 60")),
-    });
-    println!("FIGURE demo-fault-{mode} v1={v1} v2={v2} of 60");
-    let traffic = ok(straitctl(&["demo", "traffic", "--dir", &dir_arg, "--seconds", "2", "--rate", "10"]), "demo traffic");
-    assert!(traffic.contains("backend v2@zone-2"), "v2 still answers some:\n{traffic}");
     run(suggested(&up, "delete meshfaultinjection"), "the suggested delete of the fault");
     run(suggested(&up, "delete meshhttproute split-backend"), "the suggested delete of the split");
     wait_for("the calls to stay in zone-1 again", DEADLINE, || match backends(20)? {
