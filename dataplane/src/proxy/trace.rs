@@ -10,7 +10,7 @@
 //! `strait_dp_spans_dropped_total`.
 //!
 //! Sampling is decided where a trace starts: a request without `traceparent` (or B3) starts
-//! one, sampled with chance `sampling.random` (default: `overall`, itself 100% by default);
+//! one, sampled with chance `sampling.overall` times `sampling.random` (each 100% by default);
 //! a request whose context says sampled is traced with chance `sampling.client` (100% by
 //! default), so every hop of a sampled trace has its span. An unsampled request still carries
 //! a `traceparent` (not sampled) to the next hop, which follows it.
@@ -132,7 +132,8 @@ impl Tracer {
             _ => None,
         };
         let sampling = conf.sampling.clone().unwrap_or_default();
-        let overall = sampling.overall.unwrap_or(100.0);
+        // A new trace: `random` of `overall` (each 100% by default).
+        let overall = sampling.overall.unwrap_or(100.0) * sampling.random.unwrap_or(100.0) / 100.0;
         let tags = conf
             .tags
             .iter()
@@ -145,7 +146,7 @@ impl Tracer {
                 Some((t.name.clone(), tag))
             })
             .collect();
-        Tracer { client: sampling.client.unwrap_or(100.0), random: sampling.random.unwrap_or(overall), tags, exporter, local }
+        Tracer { client: sampling.client.unwrap_or(100.0), random: overall, tags, exporter, local }
     }
 
     /// Starts this hop's span of a request with `headers` (which it rewrites for the next
