@@ -73,7 +73,7 @@ pub const REQUEST_HEADERS_TIMEOUT: &str = "is not enforced by the sidecars: betw
 
 /// Policy types no sidecar enforces yet. The global refuses to store them (a write answers 405
 /// naming the type), so that no policy is accepted and then ignored.
-pub const NOT_ENFORCED_TYPES: &[ResourceType] = &[ResourceType::MeshMetric];
+pub const NOT_ENFORCED_TYPES: &[ResourceType] = &[];
 
 /// Why resources of `kind` cannot be written, when no sidecar enforces that type yet.
 pub fn type_not_enforced(kind: ResourceType) -> Option<String> {

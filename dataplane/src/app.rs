@@ -86,8 +86,9 @@ impl Sidecar {
         let state = Arc::new(ProxyState::default());
         let mut registry = Registry::default();
         let proxy_metrics = ProxyMetrics::register(&mut registry);
+        let registry = Arc::new(registry);
         let admin_state =
-            AdminState { ready: ready.clone(), registry: Arc::new(registry), config_dump: config_dump(state.clone(), addresses.clone()) };
+            AdminState { ready: ready.clone(), registry: registry.clone(), config_dump: config_dump(state.clone(), addresses.clone()) };
         let address = config.flags.admin_address;
         let admin = AdminServer::bind(address, admin_state).await.map_err(|source| StartError::Admin { address, source })?;
         let admin_addr = admin.local_addr();
@@ -98,6 +99,9 @@ impl Sidecar {
         let workload = crate::identity::start(&config.dataplane.name, state.clone(), certificate, cancel.clone(), &tasks);
         let (streams, nacks) = (proxy_metrics.control_plane_streams.clone(), proxy_metrics.config_nacks.clone());
         let health = crate::probe::start(&config.dataplane, &cancel, &tasks);
+        if let Some(address) = own_address(&config.dataplane) {
+            crate::exposition::start(address, state.clone(), registry, cancel.clone(), &tasks);
+        }
         tasks.spawn(
             DpsClient { config: config.clone(), state: state.clone(), guards, workload, streams, nacks, health }.run(cancel.clone()),
         );
@@ -122,6 +126,14 @@ impl Sidecar {
         self.tasks.wait().await;
         let data_path = self.data_path;
         let _ = tokio::task::spawn_blocking(move || data_path.stop()).await;
+    }
+}
+
+/// The address other proxies reach this one at (`networking.address`).
+fn own_address(dataplane: &strait_api::Resource) -> Option<std::net::IpAddr> {
+    match &dataplane.spec {
+        strait_api::Spec::Dataplane(spec) => spec.networking.address.parse().ok(),
+        _ => None,
     }
 }
 

@@ -9,6 +9,7 @@
 pub mod app;
 pub mod config;
 pub mod dps_client;
+pub mod exposition;
 pub mod identity;
 pub mod probe;
 pub mod proxy;

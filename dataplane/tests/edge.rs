@@ -64,7 +64,7 @@ async fn requests_over_the_rate_limit_get_429_with_retry_after() {
     let (retry_after, body) = &limited[0];
     assert_eq!(retry_after.as_ref().map(|v| v.to_str().unwrap()), Some("1"), "seconds until the next interval, rounded up");
     assert!(body.contains("web is over the rate limit of backend: 10 per 1s (MeshRateLimit)"), "{body}");
-    let counted = "strait_dp_rate_limited_total{direction=\"inbound\",source=\"web\",destination=\"backend\"}";
+    let counted = "strait_dp_rate_limited_total{direction=\"inbound\",source_service=\"web\",destination_service=\"backend\"}";
     assert_eq!(metric(&backend, counted).await, limited.len() as f64);
 
     // Per caller, with the answer configured: web gets 1 an hour and a 503 of its own; other
@@ -123,7 +123,7 @@ async fn tcp_connections_over_the_rate_limit_are_closed() {
         v
     };
     assert_eq!(answers, [true, true, false, false], "two connections an hour");
-    let counted = "strait_dp_rate_limited_total{direction=\"inbound\",source=\"web\",destination=\"backend\"}";
+    let counted = "strait_dp_rate_limited_total{direction=\"inbound\",source_service=\"web\",destination_service=\"backend\"}";
     assert_eq!(metric(&backend, counted).await, 2.0);
 }
 
@@ -216,8 +216,9 @@ async fn faults_abort_delay_and_slow_down_the_requests_of_the_callers_selected()
     println!("FIGURE fault injection delay 300ms + 100 KiB at 1600kbps: {took:?}");
     assert!(took >= Duration::from_millis(300 + 400), "delayed, then paced: {took:?}");
     assert_eq!(get(&client, other_out, "/").await.map(|r| r.1.len()), Some(100 * 1024));
-    let injected_for =
-        |caller: &str| format!("strait_dp_faults_injected_total{{direction=\"inbound\",source=\"{caller}\",destination=\"backend\"}}");
+    let injected_for = |caller: &str| {
+        format!("strait_dp_faults_injected_total{{direction=\"inbound\",source_service=\"{caller}\",destination_service=\"backend\"}}")
+    };
     assert_eq!(metric(&backend, &injected_for("other")).await, 0.0, "other is neither delayed nor paced");
     assert_eq!(metric(&backend, &injected_for("web")).await, aborted as f64 + 1.0, "every fault given to web is counted");
 
@@ -233,6 +234,6 @@ async fn faults_abort_delay_and_slow_down_the_requests_of_the_callers_selected()
         (response.status() == 418 && response.headers().contains_key("x-strait-local-reply")).then_some(())
     })
     .await;
-    let injected = "strait_dp_faults_injected_total{direction=\"outbound\",source=\"web\",destination=\"backend\"}";
+    let injected = "strait_dp_faults_injected_total{direction=\"outbound\",source_service=\"web\",destination_service=\"backend\"}";
     assert!(metric(&web, injected).await >= 1.0);
 }

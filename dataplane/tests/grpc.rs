@@ -133,7 +133,9 @@ async fn grpc_calls_answered_unavailable_are_retried_with_the_same_message() {
     assert_eq!(status, "0", "retried until it succeeded");
     assert_eq!(&answer[..], b"b1:\0\0\0\0\x05hello");
     assert_eq!(*app.bodies.lock().unwrap(), vec![message.clone(); 3], "the first attempt and two retries, each with the message");
-    let retries = common::metric(&web, "strait_dp_http_retries_total{direction=\"outbound\",source=\"web\",destination=\"backend\"}").await;
+    let retries =
+        common::metric(&web, "strait_dp_http_retries_total{direction=\"outbound\",source_service=\"web\",destination_service=\"backend\"}")
+            .await;
     assert!(retries >= 2.0, "retries are counted: {retries}");
 
     // A message larger than what is kept for retries goes through once, and is not retried.

@@ -56,14 +56,19 @@ async fn http_requests_are_pooled_authorised_per_request_and_counted() {
         c.await.unwrap();
     }
     assert_eq!(metric(&web, "strait_dp_outbound_tunnel_connections_total").await, opened, "200 requests opened no new connection");
-    let ok =
-        metric(&web, "strait_dp_http_requests_total{direction=\"outbound\",source=\"web\",destination=\"backend\",status=\"2xx\"}").await;
+    let ok = metric(
+        &web,
+        "strait_dp_http_requests_total{direction=\"outbound\",source_service=\"web\",destination_service=\"backend\",status=\"200\"}",
+    )
+    .await;
     assert!(ok >= 202.0, "outbound requests are counted by source, destination and status: {ok}");
-    let inbound_ok =
-        metric(&backend, "strait_dp_http_requests_total{direction=\"inbound\",source=\"web\",destination=\"backend\",status=\"2xx\"}")
-            .await;
+    let inbound_ok = metric(
+        &backend,
+        "strait_dp_http_requests_total{direction=\"inbound\",source_service=\"web\",destination_service=\"backend\",status=\"200\"}",
+    )
+    .await;
     assert_eq!(inbound_ok, ok, "the inbound side counts the same requests");
-    assert!(metric(&backend, "strait_dp_http_request_body_bytes_total{direction=\"inbound\",source=\"web\"").await >= 100_000.0);
+    assert!(metric(&backend, "strait_dp_http_request_body_bytes_total{direction=\"inbound\",source_service=\"web\"").await >= 100_000.0);
     assert!(metric(&web, "strait_dp_http_request_duration_seconds_count{direction=\"outbound\"").await >= 202.0);
     assert!(metric(&web, "strait_dp_certificate_expiry_timestamp_seconds").await > 1.7e9);
 
@@ -72,10 +77,19 @@ async fn http_requests_are_pooled_authorised_per_request_and_counted() {
     let denied = eventually("a 403", async || get(&client, web_out, "/orders").await.filter(|r| r.0 == 403)).await;
     assert!(denied.1.contains("spiffe://default/web is not allowed to reach backend (MeshTrafficPermission)"), "{denied:?}");
     assert!(
-        metric(&backend, "strait_dp_http_denied_requests_total{direction=\"inbound\",source=\"web\",destination=\"backend\"}").await >= 1.0
+        metric(
+            &backend,
+            "strait_dp_http_denied_requests_total{direction=\"inbound\",source_service=\"web\",destination_service=\"backend\"}"
+        )
+        .await
+            >= 1.0
     );
     assert!(
-        metric(&web, "strait_dp_http_requests_total{direction=\"outbound\",source=\"web\",destination=\"backend\",status=\"4xx\"}").await
+        metric(
+            &web,
+            "strait_dp_http_requests_total{direction=\"outbound\",source_service=\"web\",destination_service=\"backend\",status=\"403\"}"
+        )
+        .await
             >= 1.0
     );
     mesh.delete("/meshes/default/meshtrafficpermissions/deny-web").await;
@@ -208,7 +222,11 @@ async fn mesh_timeout_cuts_slow_responses_with_a_504_or_a_reset_body() {
     assert!(body.contains("request timeout of 300ms"), "{body}");
     assert!(started.elapsed() < Duration::from_millis(2500), "cut by the timeout, not by the application's 3 s: {:?}", started.elapsed());
     assert!(
-        metric(&web, "strait_dp_http_requests_total{direction=\"outbound\",source=\"web\",destination=\"backend\",status=\"5xx\"}").await
+        metric(
+            &web,
+            "strait_dp_http_requests_total{direction=\"outbound\",source_service=\"web\",destination_service=\"backend\",status=\"504\"}"
+        )
+        .await
             >= 1.0
     );
 

@@ -54,7 +54,7 @@ async fn a_hung_endpoint_is_ejected_after_its_timeouts_and_comes_back() {
     println!("FIGURE hung endpoint under constant load: {failed} of 60 requests failed before its ejection");
     assert!(failed <= 3, "only the requests that reached the hung endpoint before its ejection fail: {failed}");
     assert!(answered_by.iter().rev().take(40).all(|b| b == "b1"), "the last 40 went to the healthy endpoint: {answered_by:?}");
-    let ejections = "strait_dp_outlier_ejections_total{direction=\"outbound\",source=\"web\",destination=\"backend\"}";
+    let ejections = "strait_dp_outlier_ejections_total{direction=\"outbound\",source_service=\"web\",destination_service=\"backend\"}";
     assert!(metric(&web, ejections).await >= 1.0);
 
     // It recovers: once its ejection ends, it gets requests again.
@@ -113,7 +113,7 @@ async fn requests_beyond_max_requests_get_503_at_once() {
         assert!(body.contains("maxRequests"), "{body}");
         assert!(*elapsed < std::time::Duration::from_millis(400), "answered at once, not after the backend: {elapsed:?}");
     }
-    let overflows = "strait_dp_overflows_total{direction=\"outbound\",source=\"web\",destination=\"backend\"}";
+    let overflows = "strait_dp_overflows_total{direction=\"outbound\",source_service=\"web\",destination_service=\"backend\"}";
     assert_eq!(metric(&web, overflows).await, 4.0);
 }
 
@@ -200,7 +200,7 @@ async fn an_endpoint_failing_half_its_requests_is_ejected_by_the_failure_percent
     })
     .await;
     failing.store(true, Ordering::SeqCst);
-    let ejections = "strait_dp_outlier_ejections_total{direction=\"outbound\",source=\"web\",destination=\"backend\"}";
+    let ejections = "strait_dp_outlier_ejections_total{direction=\"outbound\",source_service=\"web\",destination_service=\"backend\"}";
     let mut failures = 0;
     eventually("backend-2 to be ejected at the end of an interval", async || {
         for _ in 0..20 {
@@ -246,7 +246,7 @@ async fn connections_and_pending_requests_beyond_their_limits_get_503_at_once() 
     })
     .await;
     let client = reqwest::Client::new();
-    let overflows = "strait_dp_overflows_total{direction=\"outbound\",source=\"web\",destination=\"backend\"}";
+    let overflows = "strait_dp_overflows_total{direction=\"outbound\",source_service=\"web\",destination_service=\"backend\"}";
     let (mut ok, mut refused) = (Vec::new(), Vec::new());
     for _ in 0..30 {
         let (status, body) = get(&client, web_out, "/").await.expect("an answer");

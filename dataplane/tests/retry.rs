@@ -91,7 +91,7 @@ async fn failed_attempts_are_retried_within_the_budget() {
 
     mesh.put("/meshes/default/meshretries/retry", retry(json!({"numRetries": 3, "retryOn": ["5xx"], "backOff": {"baseInterval": "5ms"}})))
         .await;
-    let retries_total = "strait_dp_http_retries_total{direction=\"outbound\",source=\"web\",destination=\"backend\"}";
+    let retries_total = "strait_dp_http_retries_total{direction=\"outbound\",source_service=\"web\",destination_service=\"backend\"}";
     eventually("the retry policy to apply", async || {
         app.fail.store(1, Ordering::SeqCst);
         (client.get(&url).send().await.ok()?.status() == 200).then_some(())
@@ -125,7 +125,8 @@ async fn failed_attempts_are_retried_within_the_budget() {
         retry(json!({"numRetries": 1, "retryOn": ["5xx"], "backOff": {"baseInterval": "5ms"}, "budget": {"percent": 10, "minRetryConcurrency": 1}})),
     )
     .await;
-    let over_budget = "strait_dp_http_retries_over_budget_total{direction=\"outbound\",source=\"web\",destination=\"backend\"}";
+    let over_budget =
+        "strait_dp_http_retries_over_budget_total{direction=\"outbound\",source_service=\"web\",destination_service=\"backend\"}";
     app.delay_ms.store(300, Ordering::SeqCst);
     app.fail.store(u64::MAX, Ordering::SeqCst);
     eventually("the budget to apply", async || {

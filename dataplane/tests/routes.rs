@@ -437,7 +437,8 @@ async fn requests_are_mirrored_by_percentage_and_the_copies_answers_dropped() {
 
     // A copy is counted on web once its answer (dropped) has come: every copy so far has been
     // answered when the mirror received as many as web counts.
-    let answered = "strait_dp_http_requests_total{direction=\"outbound\",source=\"web\",destination=\"shadow\",status=\"2xx\"}";
+    let answered =
+        "strait_dp_http_requests_total{direction=\"outbound\",source_service=\"web\",destination_service=\"shadow\",status=\"200\"}";
     let settled = async || {
         let received = copies.lock().unwrap().len();
         let answered = common::metric(&web, answered).await;

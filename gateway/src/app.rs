@@ -117,7 +117,12 @@ pub async fn start(config: Validated) -> anyhow::Result<Running> {
     gw.tasks.spawn(crate::egress::serve(gw.clone(), egress, drain.watcher()));
     gw.tasks.spawn(crate::links::report(gw.clone()));
     let cp = CancellationToken::new();
-    let client = CpClient { config: Arc::new(config.clone()), gw: gw.clone(), guards };
+    // An admin endpoint on every interface is scraped at the advertised address.
+    let metrics_address = match admin_address.ip() {
+        ip if ip.is_unspecified() => Some(std::net::SocketAddr::new(config.advertised_ingress.ip(), admin_address.port())),
+        _ => Some(admin_address),
+    };
+    let client = CpClient { config: Arc::new(config.clone()), gw: gw.clone(), guards, metrics_address };
     gw.tasks.spawn(client.run(cp.clone()));
     tracing::info!(
         ingress = %ingress_address, egress = %egress_address, admin = %admin_address,

@@ -113,6 +113,8 @@ pub struct CpClient {
     pub gw: Arc<Gateway>,
     /// Readiness guards.
     pub guards: Arc<Guards>,
+    /// Where Prometheus scrapes the admin endpoint, for the zone's service discovery.
+    pub metrics_address: Option<std::net::SocketAddr>,
 }
 
 impl CpClient {
@@ -135,6 +137,7 @@ impl CpClient {
             ingress_address: self.config.advertised_ingress.to_string(),
             egress_address: self.config.advertised_egress.to_string(),
             software_version: env!("CARGO_PKG_VERSION").into(),
+            metrics_address: self.metrics_address.map(|a| a.to_string()).unwrap_or_default(),
         };
         let _ = tx.send(msg(gateway_message::Message::Hello(hello))).await;
         let request = match cp_client::with_bearer(ReceiverStream::new(rx), &self.config.token) {

@@ -117,7 +117,8 @@ async fn handle(gw: Arc<Gateway>, mut client: TcpStream) {
     // A zone-qualified SNI may name any service: only those the zone is known to host are
     // labels, the rest are `other`, so clients cannot grow the label set.
     let service = if routes.zones_hosting(&key).contains(&zone) { key.clone() } else { "other".to_string() };
-    gw.metrics.streams.get_or_create(&StreamLabels { direction: DIRECTION, zone: zone.clone(), service: service.clone(), transport }).inc();
+    let labels = StreamLabels::new(DIRECTION, &routes.zone, &zone, &service, transport);
+    gw.metrics.streams.get_or_create(&labels).inc();
     let active = crate::metrics::ActiveTunnel::open(&gw.metrics, DIRECTION);
     let mut tunnel = Answered::new(tunnel);
     // A zone disabled on the global, or whose identity is revoked, loses its tunnels at once
@@ -145,7 +146,7 @@ async fn handle(gw: Arc<Gateway>, mut client: TcpStream) {
             e.copied()
         }
     };
-    gw.metrics.count_bytes(DIRECTION, &zone, &service, moved.a_to_b, moved.b_to_a);
+    gw.metrics.count_bytes(&labels, moved.a_to_b, moved.b_to_a);
 }
 
 /// The zone a connection goes to: the one the sidecar named, else any zone hosting the

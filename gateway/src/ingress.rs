@@ -227,7 +227,8 @@ async fn tunnelled(gw: Arc<Gateway>, drain: DrainWatcher, zone: String, mut io: 
     if io.write_all(&header::answer(Status::Ok)).await.is_err() {
         return;
     }
-    gw.metrics.streams.get_or_create(&StreamLabels { direction: DIRECTION, zone: zone.clone(), service: key.clone(), transport }).inc();
+    let labels = StreamLabels::new(DIRECTION, &gw.routes.load().zone, &zone, &key, transport);
+    gw.metrics.streams.get_or_create(&labels).inc();
     let active = crate::metrics::ActiveTunnel::open(&gw.metrics, DIRECTION);
     let copied = copy_bidirectional(&mut io, &mut endpoint, &gw.copy).await;
     drop(active);
@@ -238,7 +239,7 @@ async fn tunnelled(gw: Arc<Gateway>, drain: DrainWatcher, zone: String, mut io: 
             e.copied()
         }
     };
-    gw.metrics.count_bytes(DIRECTION, &zone, &key, moved.b_to_a, moved.a_to_b);
+    gw.metrics.count_bytes(&labels, moved.b_to_a, moved.a_to_b);
 }
 
 /// Reads the header and connects to an endpoint of the service it names.

@@ -11,30 +11,48 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use std::sync::atomic::AtomicU64;
 
-/// A tunnelled connection's labels.
+/// A tunnelled connection's labels: the same names as the sidecars' series.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StreamLabels {
     /// `ingress` (from another zone) or `egress` (to another zone).
     pub direction: &'static str,
-    /// The other zone.
-    pub zone: String,
-    /// `<service>.<mesh>`.
-    pub service: String,
+    /// The mesh (empty when the service is `other`).
+    pub mesh: String,
+    /// The service reached, or `other` for a service the zone is not known to host.
+    pub destination_service: String,
+    /// Where the connection comes from: the other zone on ingress, this one on egress.
+    pub source_zone: String,
+    /// Where it goes: this zone on ingress, the other one on egress.
+    pub destination_zone: String,
     /// `quic` or `tcp` (the fallback).
     pub transport: &'static str,
+}
+
+impl StreamLabels {
+    /// The labels of a connection through `direction` between this zone `local` and zone
+    /// `remote`, to `key` (`<service>.<mesh>`, or `other`).
+    pub fn new(direction: &'static str, local: &str, remote: &str, key: &str, transport: &'static str) -> Self {
+        let (service, mesh) = key.rsplit_once('.').unwrap_or((key, ""));
+        let (source_zone, destination_zone) = if direction == "ingress" { (remote, local) } else { (local, remote) };
+        StreamLabels {
+            direction,
+            mesh: mesh.to_string(),
+            destination_service: service.to_string(),
+            source_zone: source_zone.to_string(),
+            destination_zone: destination_zone.to_string(),
+            transport,
+        }
+    }
 }
 
 /// A byte counter's labels.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ByteLabels {
-    /// `ingress` or `egress`.
-    pub direction: &'static str,
-    /// The other zone.
-    pub zone: String,
-    /// `<service>.<mesh>`.
-    pub service: String,
     /// `to_zone` (sent towards the other zone) or `from_zone`.
     pub flow: &'static str,
+    /// The connection's labels.
+    #[prometheus(flatten)]
+    pub stream: StreamLabels,
 }
 
 /// A remote zone.
@@ -88,7 +106,7 @@ impl GatewayMetrics {
     pub fn register(registry: &mut Registry) -> Self {
         let m = GatewayMetrics::default();
         let r = registry.sub_registry_with_prefix("strait_gateway");
-        r.register("streams", "Tunnelled connections opened, by direction, remote zone, service and transport", m.streams.clone());
+        r.register("streams", "Tunnelled connections opened, by direction, mesh, service, zones and transport", m.streams.clone());
         r.register("active_streams", "Tunnelled connections open now", m.active.clone());
         r.register("bytes", "Bytes carried between zones", m.bytes.clone());
         r.register("fallbacks", "Connections carried over TCP+TLS because QUIC to the zone was down", m.fallbacks.clone());
@@ -106,9 +124,9 @@ impl GatewayMetrics {
     }
 
     /// Counts a tunnelled connection's bytes when it ends.
-    pub fn count_bytes(&self, direction: &'static str, zone: &str, service: &str, to_zone: u64, from_zone: u64) {
+    pub fn count_bytes(&self, stream: &StreamLabels, to_zone: u64, from_zone: u64) {
         for (flow, n) in [("to_zone", to_zone), ("from_zone", from_zone)] {
-            self.bytes.get_or_create(&ByteLabels { direction, zone: zone.to_string(), service: service.to_string(), flow }).inc_by(n);
+            self.bytes.get_or_create(&ByteLabels { flow, stream: stream.clone() }).inc_by(n);
         }
     }
 }

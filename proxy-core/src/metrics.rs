@@ -67,12 +67,81 @@ impl EncodeMetric for LatencyHistogram {
     }
 }
 
+/// The sum of the samples of a Prometheus text exposition that `selector` picks, or `None`
+/// when it picks none. `selector` is a metric name, optionally with labels
+/// (`name{a="x",b="y"}`): a sample is picked when its name is exactly `name` and it carries
+/// every label given, whatever its other labels. For tools and tests that read `/metrics`.
+pub fn sum_samples(text: &str, selector: &str) -> Option<f64> {
+    let (name, wanted) = match selector.split_once('{') {
+        Some((name, labels)) => (name, labels.trim_end_matches('}')),
+        None => (selector, ""),
+    };
+    let wanted: Vec<&str> = split_labels(wanted).collect();
+    let mut sum = None;
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let Some((series, value)) = line.rsplit_once(' ') else { continue };
+        let (sample_name, labels) = match series.split_once('{') {
+            Some((n, l)) => (n, l.trim_end_matches('}')),
+            None => (series, ""),
+        };
+        if sample_name != name {
+            continue;
+        }
+        let labels: Vec<&str> = split_labels(labels).collect();
+        if wanted.iter().all(|w| labels.contains(w)) {
+            if let Ok(v) = value.trim().parse::<f64>() {
+                *sum.get_or_insert(0.0) += v;
+            }
+        }
+    }
+    sum
+}
+
+/// The `k="v"` pairs of a label set (commas inside quoted values are kept).
+fn split_labels(labels: &str) -> impl Iterator<Item = &str> {
+    let mut rest = labels;
+    std::iter::from_fn(move || {
+        let rest_trimmed = rest.trim_start_matches(',');
+        if rest_trimmed.is_empty() {
+            return None;
+        }
+        let (mut quoted, mut escaped, mut end) = (false, false, rest_trimmed.len());
+        for (i, c) in rest_trimmed.char_indices() {
+            match c {
+                _ if escaped => escaped = false,
+                '\\' => escaped = true,
+                '"' => quoted = !quoted,
+                ',' if !quoted => {
+                    end = i;
+                    break;
+                }
+                _ => {}
+            }
+        }
+        let (pair, after) = rest_trimmed.split_at(end);
+        rest = after;
+        Some(pair.trim())
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use prometheus_client::encoding::text::encode;
     use prometheus_client::registry::Registry;
 
     use super::*;
+
+    #[test]
+    fn selectors_sum_the_samples_with_every_label_given() {
+        let text =
+            "# TYPE a counter\na_total{x=\"1\",y=\"p,q\"} 2\na_total{x=\"1\",y=\"r\"} 3\na_total{x=\"2\"} 5\na_total_more 7\nb 1.5\n";
+        assert_eq!(sum_samples(text, "a_total{x=\"1\"}"), Some(5.0));
+        assert_eq!(sum_samples(text, "a_total{y=\"p,q\"}"), Some(2.0));
+        assert_eq!(sum_samples(text, "a_total"), Some(10.0));
+        assert_eq!(sum_samples(text, "a_total{x=\"3\"}"), None);
+        assert_eq!(sum_samples(text, "b"), Some(1.5));
+        assert_eq!(sum_samples(text, "a"), None);
+    }
 
     #[test]
     fn buckets_are_cumulative_in_the_exposition() {

@@ -267,6 +267,15 @@ pub fn peer_identity(conn: &CommonState) -> Result<Identity, TlsError> {
     }
 }
 
+/// The zone whose CA issued the verified peer's certificate of a finished handshake: the
+/// `spiffe://<trust-domain>/zone/<zone>` ID of the intermediate it presented after its leaf.
+/// `None` when it presented no intermediate, or one that names no zone.
+pub fn peer_zone(conn: &CommonState) -> Option<String> {
+    let intermediate = conn.peer_certificates()?.get(1)?;
+    let id = spiffe_id_of(intermediate).ok()?;
+    id.path().strip_prefix("zone/").filter(|z| !z.is_empty() && !z.contains('/')).map(str::to_string)
+}
+
 /// Server side: requires a client certificate and verifies it with the bundle.
 #[derive(Debug)]
 struct ClientVerifier(Arc<PeerVerifier>);

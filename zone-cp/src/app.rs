@@ -107,6 +107,7 @@ impl ZoneCp {
             .await
             .map_err(|e| anyhow::anyhow!("binding DPS to {}: {e}", config.dps_address))?;
         let dps_addr = dps_listener.local_addr()?;
+        let targets = crate::discovery::Targets::default();
         let dps_shared = crate::dps::DpsShared {
             resources: resources.clone(),
             zone: Arc::new(config.zone.clone()),
@@ -115,6 +116,7 @@ impl ZoneCp {
             shutdown: shutdown.clone(),
             metrics: dps_metrics,
             allowed_addresses: Arc::new(config.allow_dataplane_addresses.clone()),
+            targets: targets.clone(),
         };
         // Keepalive pings find sidecars whose host vanished without closing its connection, so
         // their Dataplane is unregistered and a replacement can register.
@@ -138,6 +140,7 @@ impl ZoneCp {
             registry: Arc::new(registry),
             zone: Arc::new(config.zone.clone()),
             inventory: inventory_tx,
+            targets,
         };
         // The intermediates and the zone identity, signed by the global over the sync stream.
         let signer = Arc::new(crate::certs::KdsSigner::default());

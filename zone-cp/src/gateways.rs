@@ -25,6 +25,9 @@ pub struct Registration {
     pub ingress_address: String,
     /// Where this zone's sidecars reach its egress.
     pub egress_address: String,
+    /// Where Prometheus scrapes its metrics, when it said.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics_address: Option<String>,
 }
 
 /// Records a gateway.

@@ -12,6 +12,7 @@
 pub mod app;
 pub mod certs;
 pub mod config;
+pub mod discovery;
 pub mod dps;
 pub mod gateways;
 pub mod inventory;

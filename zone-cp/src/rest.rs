@@ -33,6 +33,8 @@ pub struct ZoneApi {
     pub registry: Arc<Registry>,
     /// This zone's name.
     pub zone: Arc<String>,
+    /// The connected sidecars' Prometheus targets.
+    pub targets: crate::discovery::Targets,
 }
 
 /// Builds the router; writes (Dataplanes only) need the zone's admin token.
@@ -42,6 +44,7 @@ pub fn router(api: ZoneApi, admin_token: Arc<String>) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .route("/prometheus/targets", get(prometheus_targets))
         .route("/meshes", get(list_meshes))
         .route("/meshes/{mesh}", get(get_mesh))
         .route("/meshes/{mesh}/{rtype}", get(list_in_mesh))
@@ -192,4 +195,11 @@ async fn fallback(method: Method, uri: axum::http::Uri) -> ApiError {
             uri.path()
         ))
     }
+}
+
+/// Prometheus HTTP service discovery: every sidecar with a MeshMetric and every gateway of
+/// the zone (see [`crate::discovery`]).
+async fn prometheus_targets(State(api): State<ZoneApi>) -> Result<Json<Value>, ApiError> {
+    let gateways = crate::gateways::list(api.resources.store().as_ref()).await.map_err(ApiError::from)?;
+    Ok(Json(crate::discovery::document(&api.zone, api.targets.sidecars(), &gateways)))
 }

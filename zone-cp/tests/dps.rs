@@ -334,6 +334,7 @@ fn gateway_hello(ingress: &str) -> strait_api::dps::GatewayHello {
         ingress_address: ingress.into(),
         egress_address: "192.0.2.10:10002".into(),
         software_version: "test".into(),
+        metrics_address: "192.0.2.10:9902".into(),
     }
 }
 

@@ -29,7 +29,7 @@ use super::http::routes::{Backends, Routes};
 /// the application's has been sent yet) is tried once more on a fresh pick.
 const DEFAULT_CONNECT_ATTEMPTS: u32 = 2;
 use super::locality::{Locality, MAX_CANDIDATES};
-use super::metrics::{Direction, PairMetrics, ProxyMetrics};
+use super::metrics::{Direction, Pair, PairMetrics, Peer, ProxyMetrics};
 
 pub use super::timeouts::Timeouts;
 pub use strait_api::proxy_config::Protocol;
@@ -51,8 +51,11 @@ pub struct Destination {
     locality: Locality,
     /// Connect and request timeouts.
     pub timeouts: Timeouts,
-    /// Outbound metrics of requests to it.
+    /// Outbound metrics of requests to it: answered here (no endpoint reached), and of its
+    /// policies (retries, ejections, limits).
     pub metrics: PairMetrics,
+    /// Outbound metrics of requests answered by an endpoint, by the endpoint's zone.
+    zone_metrics: Vec<(String, PairMetrics)>,
     /// MeshRetry of HTTP requests to it.
     pub retry: Option<RetryPolicy>,
     /// Requests and retries in progress, for the retry budget.
@@ -187,6 +190,11 @@ fn endpoint_id(e: &Endpoint) -> u64 {
 }
 
 impl Destination {
+    /// The metrics of requests answered by an endpoint in `zone`.
+    pub fn metrics_in(&self, zone: &str) -> &PairMetrics {
+        self.zone_metrics.iter().find(|(z, _)| z == zone).map_or(&self.metrics, |(_, m)| m)
+    }
+
     /// The endpoint for the next request or connection: an available local one, else one of
     /// the zone the locality rules choose (see [`Locality`]).
     pub fn pick(&self) -> Option<&Arc<Endpoint>> {
@@ -397,6 +405,18 @@ impl Build<'_> {
             tracing::error!(service = outbound.service, reason, "a balancer that cannot be applied; using the default");
             Balancer::default()
         });
+        let mesh = self.config.mesh.as_str();
+        let source = Peer { service: self.source, zone };
+        let metrics = self.metrics;
+        let pair = |destination: Peer<'_>| {
+            metrics.pair(Pair { direction: Direction::Outbound, mesh, source, destination, protocol: outbound.protocol.as_str() })
+        };
+        let mut zone_metrics: Vec<(String, PairMetrics)> = Vec::new();
+        for endpoint in local.iter().chain(&remote) {
+            if !zone_metrics.iter().any(|(z, _)| *z == endpoint.zone) {
+                zone_metrics.push((endpoint.zone.clone(), pair(Peer { service: &outbound.service, zone: &endpoint.zone })));
+            }
+        }
         Some(Arc::new(Destination {
             service: outbound.service.clone(),
             protocol: outbound.protocol,
@@ -406,7 +426,8 @@ impl Build<'_> {
             balancer,
             locality: Locality::from_conf(lb, zone),
             timeouts: Timeouts::from_conf(outbound.policies.timeout.as_ref()),
-            metrics: self.metrics.pair(Direction::Outbound, self.source, &outbound.service),
+            metrics: pair(Peer { service: &outbound.service, zone: "" }),
+            zone_metrics,
             retry: RetryPolicy::from_conf(outbound.policies.retry.as_ref(), outbound.protocol),
             budget: Budget::default(),
             outlier: OutlierPolicy::from_conf(outbound.policies.circuit_breaker.as_ref()),

@@ -18,6 +18,7 @@ use super::authorization;
 use super::data_path::DataPath;
 use super::destinations::Protocol;
 use super::listeners::Inbound;
+use super::metrics::{Direction, Pair, Peer};
 
 /// The authorization check of one inbound port.
 pub type Authorize = Box<dyn Fn(&Identity) -> bool + Send + Sync>;
@@ -51,23 +52,36 @@ pub fn handler(config: &Inbound, path: &Arc<DataPath>) -> (Arc<Handler>, tracing
         let timeouts = super::timeouts::of_inbound(&state, port);
         (timeouts.connect, timeouts.idle)
     })));
-    // MeshAccessLog `from`: a line per TCP connection, once it has closed.
-    let (logging_path, logged_service, app) = (path.clone(), service.clone(), forward_to);
-    inbound_config.on_closed = Some(inbound::TunnelClosed(Arc::new(move |caller, begun, duration, copied| {
-        let caller = caller.path().trim_start_matches('/');
-        let table = logging_path.table.load();
+    // Metrics and MeshAccessLog `from`: a line per TCP connection, once it has closed.
+    let (closed_path, closed_service, app) = (path.clone(), service.clone(), forward_to);
+    inbound_config.on_closed = Some(inbound::TunnelClosed(Arc::new(move |closed| {
+        let caller = closed.peer.path().trim_start_matches('/');
+        let caller_zone = closed.peer_zone.unwrap_or_default();
+        let table = closed_path.table.load();
+        closed_path.metrics.tcp_closed(
+            Pair {
+                direction: Direction::Inbound,
+                mesh: &table.local.mesh,
+                source: Peer { service: caller, zone: caller_zone },
+                destination: Peer { service: &closed_service, zone: &table.local.zone },
+                protocol: "tcp",
+            },
+            closed.copied.a_to_b,
+            closed.copied.b_to_a,
+        );
         let Some(log) = table.inbound(port).and_then(|rules| rules.access_log(caller)) else { return };
         log.log(super::access_log::Entry {
-            start: Some(begun),
+            start: Some(closed.begun),
             direction: "inbound",
             mesh: table.local.mesh.clone(),
             source_service: caller.to_string(),
-            destination_service: logged_service.clone(),
+            source_zone: caller_zone.to_string(),
+            destination_service: closed_service.clone(),
             destination_zone: table.local.zone.clone(),
             protocol: "tcp",
-            duration,
-            bytes_received: copied.a_to_b,
-            bytes_sent: copied.b_to_a,
+            duration: closed.duration,
+            bytes_received: closed.copied.a_to_b,
+            bytes_sent: closed.copied.b_to_a,
             upstream: app.to_string(),
             ..Default::default()
         });
@@ -85,7 +99,14 @@ fn connection_allowed(path: &DataPath, port: u16, service: &str, caller: &Identi
     let Some(limit) = table.inbound(port).and_then(|rules| rules.rate_limit(caller)) else { return true };
     match limit.connections.as_ref().map(|l| l.acquire()) {
         Some(Err(_)) => {
-            path.metrics.pair(super::metrics::Direction::Inbound, caller, service).rate_limited.inc();
+            let pair = Pair {
+                direction: Direction::Inbound,
+                mesh: &table.local.mesh,
+                source: Peer { service: caller, zone: "" },
+                destination: Peer { service, zone: &table.local.zone },
+                protocol: "tcp",
+            };
+            path.metrics.pair(pair).rate_limited.inc();
             tracing::debug!(caller, limit = limit.describe_connections(), "connection over the rate limit (MeshRateLimit): closed");
             false
         }

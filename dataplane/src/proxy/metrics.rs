@@ -7,6 +7,7 @@
 //! atomics it already holds; and [`ActiveGuard`], which counts a connection in a gauge while
 //! it lives.
 
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -52,22 +53,79 @@ impl Direction {
     }
 }
 
+/// The labels every request, connection and policy series carries: who called whom, from
+/// which zone to which, over which protocol, in which mesh and seen from which side.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct PairLabels {
+pub struct PairLabels {
     direction: &'static str,
-    source: String,
-    destination: String,
+    mesh: String,
+    source_service: String,
+    source_zone: String,
+    destination_service: String,
+    destination_zone: String,
+    protocol: &'static str,
+}
+
+/// One side of a pair: the service and its zone (empty when unknown, such as the
+/// destination zone of a request answered before it reached an endpoint).
+#[derive(Clone, Copy, Debug)]
+pub struct Peer<'a> {
+    /// The service.
+    pub service: &'a str,
+    /// Its zone.
+    pub zone: &'a str,
+}
+
+/// Which traffic a pair of series counts.
+#[derive(Clone, Copy, Debug)]
+pub struct Pair<'a> {
+    /// Inbound or outbound.
+    pub direction: Direction,
+    /// The mesh.
+    pub mesh: &'a str,
+    /// The caller.
+    pub source: Peer<'a>,
+    /// The called.
+    pub destination: Peer<'a>,
+    /// `http`, `http2`, `grpc` or `tcp`.
+    pub protocol: &'static str,
+}
+
+impl Pair<'_> {
+    fn labels(&self) -> PairLabels {
+        PairLabels {
+            direction: self.direction.label(),
+            mesh: self.mesh.to_string(),
+            source_service: self.source.service.to_string(),
+            source_zone: self.source.zone.to_string(),
+            destination_service: self.destination.service.to_string(),
+            destination_zone: self.destination.zone.to_string(),
+            protocol: self.protocol,
+        }
+    }
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
-    direction: &'static str,
-    source: String,
-    destination: String,
-    status: &'static str,
+    status: u16,
+    #[prometheus(flatten)]
+    pair: PairLabels,
 }
 
-const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct GrpcLabels {
+    grpc_status: u8,
+    #[prometheus(flatten)]
+    pair: PairLabels,
+}
+
+/// The statuses whose counters a pair keeps at hand (made on first use, so that a status never
+/// answered has no series); others are looked up in the family.
+const COMMON_STATUSES: [u16; 24] =
+    [200, 201, 202, 204, 206, 301, 302, 304, 307, 308, 400, 401, 403, 404, 405, 408, 409, 413, 429, 500, 501, 502, 503, 504];
+
+/// gRPC status codes: 0 (OK) to 16 (UNAUTHENTICATED).
+const GRPC_STATUSES: usize = 17;
 
 /// Every metric of the sidecar.
 #[derive(Clone)]
@@ -77,6 +135,10 @@ pub struct ProxyMetrics {
     /// Outbound tunnel counters.
     pub outbound: TunnelMetrics,
     requests: Family<RequestLabels, Counter>,
+    grpc: Family<GrpcLabels, Counter>,
+    tcp_connections: Family<PairLabels, Counter>,
+    tcp_received: Family<PairLabels, Counter>,
+    tcp_sent: Family<PairLabels, Counter>,
     duration: Family<PairLabels, LatencyHistogram>,
     request_bytes: Family<PairLabels, Counter>,
     response_bytes: Family<PairLabels, Counter>,
@@ -115,6 +177,10 @@ impl ProxyMetrics {
             inbound: TunnelMetrics::register(registry.sub_registry_with_prefix("strait_dp_inbound")),
             outbound: TunnelMetrics::register(registry.sub_registry_with_prefix("strait_dp_outbound")),
             requests: Family::default(),
+            grpc: Family::default(),
+            tcp_connections: Family::default(),
+            tcp_received: Family::default(),
+            tcp_sent: Family::default(),
             duration: Family::default(),
             request_bytes: Family::default(),
             response_bytes: Family::default(),
@@ -135,9 +201,13 @@ impl ProxyMetrics {
         let r = registry.sub_registry_with_prefix("strait_dp");
         r.register(
             "http_requests",
-            "HTTP requests by direction, source and destination service, and status class",
+            "HTTP requests by direction, mesh, source and destination service and zone, protocol and status",
             metrics.requests.clone(),
         );
+        r.register("grpc_requests", "gRPC calls by their grpc-status (from the response headers or trailers)", metrics.grpc.clone());
+        r.register("tcp_connections", "TCP connections proxied (protocol tcp), counted when they close", metrics.tcp_connections.clone());
+        r.register("tcp_received_bytes", "bytes of closed TCP connections from the side that opened them", metrics.tcp_received.clone());
+        r.register("tcp_sent_bytes", "bytes of closed TCP connections to the side that opened them", metrics.tcp_sent.clone());
         r.register("http_request_duration_seconds", "time from a request's arrival to its response headers", metrics.duration.clone());
         r.register("http_request_body_bytes", "request body bytes", metrics.request_bytes.clone());
         r.register("http_response_body_bytes", "response body bytes", metrics.response_bytes.clone());
@@ -185,39 +255,47 @@ impl ProxyMetrics {
         metrics
     }
 
-    /// The handles of one (direction, source, destination), looked up once per listener or connection.
-    pub fn pair(&self, direction: Direction, source: &str, destination: &str) -> PairMetrics {
-        let pair = PairLabels { direction: direction.label(), source: source.to_string(), destination: destination.to_string() };
-        let status = STATUS_CLASSES.map(|status| {
-            self.requests
-                .get_or_create(&RequestLabels {
-                    direction: pair.direction,
-                    source: pair.source.clone(),
-                    destination: pair.destination.clone(),
-                    status,
-                })
-                .clone()
-        });
+    /// The handles of one pair, looked up once per listener, destination or connection.
+    pub fn pair(&self, pair: Pair<'_>) -> PairMetrics {
+        let labels = pair.labels();
         PairMetrics {
-            status,
-            duration: self.duration.get_or_create(&pair).clone(),
-            request_bytes: self.request_bytes.get_or_create(&pair).clone(),
-            response_bytes: self.response_bytes.get_or_create(&pair).clone(),
-            denied: self.denied.get_or_create(&pair).clone(),
-            retries: self.retries.get_or_create(&pair).clone(),
-            retries_over_budget: self.retries_over_budget.get_or_create(&pair).clone(),
-            ejections: self.ejections.get_or_create(&pair).clone(),
-            overflows: self.overflows.get_or_create(&pair).clone(),
-            rate_limited: self.rate_limited.get_or_create(&pair).clone(),
-            faults: self.faults.get_or_create(&pair).clone(),
+            requests: self.requests.clone(),
+            common: Arc::new(Default::default()),
+            grpc: self.grpc.clone(),
+            grpc_common: Arc::new(Default::default()),
+            duration: self.duration.get_or_create(&labels).clone(),
+            request_bytes: self.request_bytes.get_or_create(&labels).clone(),
+            response_bytes: self.response_bytes.get_or_create(&labels).clone(),
+            denied: self.denied.get_or_create(&labels).clone(),
+            retries: self.retries.get_or_create(&labels).clone(),
+            retries_over_budget: self.retries_over_budget.get_or_create(&labels).clone(),
+            ejections: self.ejections.get_or_create(&labels).clone(),
+            overflows: self.overflows.get_or_create(&labels).clone(),
+            rate_limited: self.rate_limited.get_or_create(&labels).clone(),
+            faults: self.faults.get_or_create(&labels).clone(),
+            labels: Arc::new(labels),
         }
+    }
+
+    /// Counts a closed TCP connection of `pair` that carried `received` bytes from the side
+    /// that opened it and `sent` back.
+    pub fn tcp_closed(&self, pair: Pair<'_>, received: u64, sent: u64) {
+        let labels = pair.labels();
+        self.tcp_connections.get_or_create(&labels).inc();
+        self.tcp_received.get_or_create(&labels).inc_by(received);
+        self.tcp_sent.get_or_create(&labels).inc_by(sent);
     }
 }
 
-/// Pre-built metric handles of one (direction, source, destination); cheap to clone.
+/// Pre-built metric handles of one pair; cheap to clone. A request adds to atomics only: the
+/// counter of a common status is made once and kept.
 #[derive(Clone, Debug)]
 pub struct PairMetrics {
-    status: [Counter; 5],
+    labels: Arc<PairLabels>,
+    requests: Family<RequestLabels, Counter>,
+    common: Arc<[OnceLock<Counter>; COMMON_STATUSES.len()]>,
+    grpc: Family<GrpcLabels, Counter>,
+    grpc_common: Arc<[OnceLock<Counter>; GRPC_STATUSES]>,
     duration: LatencyHistogram,
     /// Request body bytes.
     pub request_bytes: Counter,
@@ -242,8 +320,22 @@ pub struct PairMetrics {
 impl PairMetrics {
     /// Counts a response with `status` whose headers came `elapsed` after the request arrived.
     pub fn record(&self, status: http::StatusCode, elapsed: Duration) {
-        let class = usize::from(status.as_u16() / 100).clamp(1, 5) - 1;
-        self.status[class].inc();
+        let code = status.as_u16();
+        match COMMON_STATUSES.iter().position(|c| *c == code) {
+            Some(i) => self.common[i].get_or_init(|| self.status_counter(code)).inc(),
+            None => self.status_counter(code).inc(),
+        };
         self.duration.observe(elapsed);
+    }
+
+    fn status_counter(&self, status: u16) -> Counter {
+        self.requests.get_or_create(&RequestLabels { pair: (*self.labels).clone(), status }).clone()
+    }
+
+    /// Counts a gRPC call that ended with `grpc-status: value` (ignored unless a valid code).
+    pub fn record_grpc(&self, value: &[u8]) {
+        let Some(code) = std::str::from_utf8(value).ok().and_then(|v| v.trim().parse::<u8>().ok()) else { return };
+        let Some(slot) = self.grpc_common.get(usize::from(code)) else { return };
+        slot.get_or_init(|| self.grpc.get_or_create(&GrpcLabels { pair: (*self.labels).clone(), grpc_status: code }).clone()).inc();
     }
 }

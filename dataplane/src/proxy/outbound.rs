@@ -20,6 +20,7 @@ use super::data_path::DataPath;
 use super::destinations::Destination;
 use super::endpoint::Outcome;
 use super::listeners::Outbound;
+use super::metrics::{Direction, Pair, Peer};
 
 /// Proxies the connections of the outbound `listener` until drained.
 pub fn serve(listener: TcpListener, config: Outbound, path: &Arc<DataPath>) {
@@ -109,9 +110,21 @@ pub fn spawn_tcp(app: TcpStream, client: SocketAddr, destination: Arc<Destinatio
                             }
                         }
                     };
+                    let table = path.table.load();
+                    let local = &table.local;
+                    path.metrics.tcp_closed(
+                        Pair {
+                            direction: Direction::Outbound,
+                            mesh: &local.mesh,
+                            source: Peer { service: &local.service, zone: &local.zone },
+                            destination: Peer { service: &destination.service, zone: &endpoint.zone },
+                            protocol: "tcp",
+                        },
+                        copied.a_to_b,
+                        copied.b_to_a,
+                    );
                     // MeshAccessLog `to`: a line per connection, once it has closed.
                     if let Some(log) = &destination.access_log {
-                        let local = &path.table.load().local;
                         log.log(access_log::Entry {
                             start: Some(begun),
                             direction: "outbound",

@@ -16,8 +16,9 @@ use super::Error;
 pub const DEFAULT_REDIRECT_PORT_OUTBOUND: u16 = 15001;
 /// Port the sidecar's transparent inbound listener accepts redirected connections on.
 pub const DEFAULT_REDIRECT_PORT_INBOUND: u16 = 15006;
-/// Inbound ports never redirected by default: SSH, so an operator is not locked out of a VM.
-pub const DEFAULT_EXCLUDE_INBOUND_PORTS: &[u16] = &[22];
+/// Inbound ports never redirected by default: SSH, so an operator is not locked out of a VM,
+/// and the sidecar's MeshMetric port, so Prometheus reaches it in plain HTTP.
+pub const DEFAULT_EXCLUDE_INBOUND_PORTS: &[u16] = &[22, crate::exposition::DEFAULT_PORT];
 
 /// What `install` programs into the nat table of the current network namespace.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

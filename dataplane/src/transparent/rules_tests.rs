@@ -27,6 +27,7 @@ fn default_ipv4_rules_are_the_documented_ones() {
         "iptables -w -t nat -A STRAIT_OUTBOUND -j STRAIT_REDIRECT",
         "iptables -w -t nat -A STRAIT_REDIRECT -p tcp -j REDIRECT --to-ports 15001",
         "iptables -w -t nat -A STRAIT_INBOUND -p tcp --dport 22 -j RETURN",
+        "iptables -w -t nat -A STRAIT_INBOUND -p tcp --dport 5670 -j RETURN",
         "iptables -w -t nat -A STRAIT_INBOUND -p tcp -j STRAIT_IN_REDIRECT",
         "iptables -w -t nat -A STRAIT_IN_REDIRECT -p tcp -j REDIRECT --to-ports 15006",
         "iptables -w -t nat -A OUTPUT -p tcp -j STRAIT_OUTBOUND",

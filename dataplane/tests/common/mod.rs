@@ -311,11 +311,11 @@ pub async fn get(client: &reqwest::Client, port: u16, path: &str) -> Option<(u16
     Some((status, response.text().await.ok()?))
 }
 
-/// The value of the sample `prefix...` (a metric name with its labels) on `sidecar`, summed
-/// over the lines that start with it.
-pub async fn metric(sidecar: &Sidecar, prefix: &str) -> f64 {
+/// The sum of the samples `selector` picks on `sidecar`'s `/metrics` (a name, with the
+/// labels a sample must carry), 0 when none.
+pub async fn metric(sidecar: &Sidecar, selector: &str) -> f64 {
     let (_, text) = admin(sidecar, "/metrics").await;
-    text.lines().filter(|l| l.starts_with(prefix)).filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).sum()
+    strait_proxy_core::metrics::sum_samples(&text, selector).unwrap_or(0.0)
 }
 
 /// The fingerprint of the certificate a TLS server at `addr` presents now, checked against

@@ -52,10 +52,25 @@ pub struct InboundConfig {
     pub on_closed: Option<TunnelClosed>,
 }
 
-/// What a closed tunnel was: its peer, when it started, how long it lasted, the bytes moved.
+/// What a closed tunnel was.
+#[derive(Debug)]
+pub struct Closed<'a> {
+    /// The peer's SPIFFE ID.
+    pub peer: &'a Identity,
+    /// The zone whose CA issued the peer's certificate, when it says.
+    pub peer_zone: Option<&'a str>,
+    /// When it started.
+    pub begun: std::time::SystemTime,
+    /// How long it lasted.
+    pub duration: Duration,
+    /// The bytes moved: `a_to_b` from the peer, `b_to_a` to it.
+    pub copied: crate::copy::Copied,
+}
+
+/// Told of each tunnel once it has closed.
 #[derive(Clone)]
 #[allow(clippy::type_complexity)]
-pub struct TunnelClosed(pub Arc<dyn Fn(&Identity, std::time::SystemTime, Duration, crate::copy::Copied) + Send + Sync>);
+pub struct TunnelClosed(pub Arc<dyn Fn(&Closed<'_>) + Send + Sync>);
 
 impl std::fmt::Debug for TunnelClosed {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -281,7 +296,8 @@ impl<A: Fn(&Identity) -> bool> Handler<A> {
         self.metrics.bytes_in.inc_by(copied.a_to_b);
         self.metrics.bytes_out.inc_by(copied.b_to_a);
         if let Some(TunnelClosed(closed)) = &self.config.on_closed {
-            closed(&peer, begun, started.elapsed(), copied);
+            let peer_zone = tls::peer_zone(tls.get_ref().1);
+            closed(&Closed { peer: &peer, peer_zone: peer_zone.as_deref(), begun, duration: started.elapsed(), copied });
         }
         match error {
             Some(error) => tracing::debug!(%error, received = copied.a_to_b, sent = copied.b_to_a, "connection ended with an error"),

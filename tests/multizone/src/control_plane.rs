@@ -53,9 +53,10 @@ pub fn get_json_with(client: &reqwest::blocking::Client, url: &str, token: Optio
     Ok((status, serde_json::from_str(&text).unwrap_or(Value::String(text))))
 }
 
-/// The value of the unlabelled sample `name` in a Prometheus text exposition.
-pub fn metric_value(text: &str, name: &str) -> Option<f64> {
-    text.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+/// The sum of the samples `selector` picks in a Prometheus text exposition (a name, with
+/// the labels a sample must carry: `name{a="x"}`).
+pub fn metric_value(text: &str, selector: &str) -> Option<f64> {
+    strait_proxy_core::metrics::sum_samples(text, selector)
 }
 
 /// A running `strait-global` on host "global", and what clients need to talk to it.

@@ -67,7 +67,7 @@ fn made_up_services_do_not_grow_the_egress_metrics(client: &Host, gateway: &Host
             client.run("curl", ["-sk", "--max-time", "3", "--resolve", resolve.as_str(), &format!("https://{name}:{}/", egress.port())]);
     }
     let other = wait_for("the made-up services counted as `other`", SYNC, || {
-        match gw.metric("strait_gateway_streams_total{direction=\"egress\",zone=\"zone-2\",service=\"other\",transport=\"quic\"}")? {
+        match gw.metric("strait_gateway_streams_total{direction=\"egress\",destination_zone=\"zone-2\",destination_service=\"other\",transport=\"quic\"}")? {
             n if n >= 5.0 => Ok(n),
             n => Err(format!("{n} so far")),
         }
@@ -140,10 +140,10 @@ fn a_service_of_another_zone_is_reached_by_name_through_the_gateways() {
         println!("FIGURE cross-zone-warm-http ms={:.1}", warm.as_secs_f64() * 1000.0);
     }
     let quic =
-        gw1.metric("strait_gateway_streams_total{direction=\"egress\",zone=\"zone-2\",service=\"backend.default\",transport=\"quic\"}");
+        gw1.metric("strait_gateway_streams_total{direction=\"egress\",destination_zone=\"zone-2\",destination_service=\"backend\",mesh=\"default\",transport=\"quic\"}");
     assert!(quic.clone().unwrap_or(0.0) >= 1.0, "zone-1's egress carried backend's connection over QUIC: {quic:?}");
     let ingress =
-        gw2.metric("strait_gateway_streams_total{direction=\"ingress\",zone=\"zone-1\",service=\"db.default\",transport=\"quic\"}");
+        gw2.metric("strait_gateway_streams_total{direction=\"ingress\",source_zone=\"zone-1\",destination_service=\"db\",mesh=\"default\",transport=\"quic\"}");
     assert!(ingress.clone().unwrap_or(0.0) >= 1.0, "zone-2's ingress accepted db's connection from zone-1: {ingress:?}");
 
     if let Some(capture) = capture {
@@ -161,7 +161,7 @@ fn a_service_of_another_zone_is_reached_by_name_through_the_gateways() {
         println!("SKIPPED the WAN capture: needs namespaces and tcpdump");
     }
 
-    let sent = gw1.metric("strait_gateway_bytes_total{direction=\"egress\",zone=\"zone-2\",service=\"db.default\",flow=\"to_zone\"}");
+    let sent = gw1.metric("strait_gateway_bytes_total{direction=\"egress\",destination_zone=\"zone-2\",destination_service=\"db\",mesh=\"default\",flow=\"to_zone\"}");
     assert!(sent.clone().unwrap_or(0.0) > 0.0, "bytes are counted per zone and service: {sent:?}");
     made_up_services_do_not_grow_the_egress_metrics(&web.host, &zone1.host, gw1);
     if wan.is_some() {
@@ -235,7 +235,7 @@ fn fallback_and_back(wan: &Wan, zone1: &Zone, zone2: &Zone, gw1: &Gateway, gw2: 
     println!("FIGURE udp-blocked->traffic-again ms={:.0}", blocked.elapsed().as_secs_f64() * 1000.0);
     let fallbacks = gw1.metric("strait_gateway_fallbacks_total{zone=\"zone-2\"}").unwrap_or(0.0);
     assert!(fallbacks >= 1.0, "zone-1's egress counted its TCP fallbacks: {fallbacks}");
-    let tcp = gw2.metric("strait_gateway_streams_total{direction=\"ingress\",zone=\"zone-1\",service=\"db.default\",transport=\"tcp\"}");
+    let tcp = gw2.metric("strait_gateway_streams_total{direction=\"ingress\",source_zone=\"zone-1\",destination_service=\"db\",mesh=\"default\",transport=\"tcp\"}");
     assert!(tcp.clone().unwrap_or(0.0) >= 1.0, "zone-2's ingress took db's connection over TCP: {tcp:?}");
 
     wan.block_udp(&zone1.host, &zone2.host, false).expect("let UDP through again");
@@ -248,11 +248,11 @@ fn fallback_and_back(wan: &Wan, zone1: &Zone, zone2: &Zone, gw1: &Gateway, gw2: 
         }
     });
     let before = gw1
-        .metric("strait_gateway_streams_total{direction=\"egress\",zone=\"zone-2\",service=\"db.default\",transport=\"quic\"}")
+        .metric("strait_gateway_streams_total{direction=\"egress\",destination_zone=\"zone-2\",destination_service=\"db\",mesh=\"default\",transport=\"quic\"}")
         .unwrap_or(0.0);
     web.call("db", b"over QUIC again\n").expect("a call once QUIC is back");
     let after = gw1
-        .metric("strait_gateway_streams_total{direction=\"egress\",zone=\"zone-2\",service=\"db.default\",transport=\"quic\"}")
+        .metric("strait_gateway_streams_total{direction=\"egress\",destination_zone=\"zone-2\",destination_service=\"db\",mesh=\"default\",transport=\"quic\"}")
         .unwrap_or(0.0);
     assert_eq!(after, before + 1.0, "new connections use QUIC again");
 

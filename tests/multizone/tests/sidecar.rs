@@ -582,8 +582,9 @@ fn http_through_sidecars_explicit_and_transparent() {
         });
         assert_eq!(body, HTTP_SECRET, "the intercepted answer ({status})");
     }
-    let requests =
-        web.metric("strait_dp_http_requests_total{direction=\"outbound\",source=\"web\",destination=\"backend\",status=\"2xx\"}");
+    let requests = web.metric(
+        "strait_dp_http_requests_total{direction=\"outbound\",source_service=\"web\",destination_service=\"backend\",status=\"200\"}",
+    );
     assert!(requests.clone().unwrap_or(0.0) >= 1.0, "web counts its HTTP requests to backend: {requests:?}");
 
     if let Some(capture) = capture {

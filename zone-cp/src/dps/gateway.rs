@@ -42,10 +42,19 @@ pub fn check_hello(hello: &GatewayHello) -> Result<Registration, Status> {
             Err(e) => return Err(Status::invalid_argument(format!("{field}: {value:?} is not ip:port: {e}"))),
         }
     }
+    let metrics_address = match hello.metrics_address.as_str() {
+        "" => None,
+        value => match value.parse::<SocketAddr>() {
+            Ok(a) if !a.ip().is_unspecified() && a.port() != 0 => Some(value.to_string()),
+            Ok(_) => return Err(Status::invalid_argument(format!("metrics_address: {value} is not an address Prometheus can reach"))),
+            Err(e) => return Err(Status::invalid_argument(format!("metrics_address: {value:?} is not ip:port: {e}"))),
+        },
+    };
     Ok(Registration {
         name: hello.name.clone(),
         ingress_address: hello.ingress_address.clone(),
         egress_address: hello.egress_address.clone(),
+        metrics_address,
     })
 }
 

@@ -45,6 +45,8 @@ pub struct DpsShared {
     pub metrics: crate::metrics::DpsMetrics,
     /// Dataplane addresses accepted from any source (`--allow-dataplane-address`).
     pub allowed_addresses: Arc<Vec<crate::config::AddressRange>>,
+    /// The Prometheus targets of the connected sidecars.
+    pub targets: crate::discovery::Targets,
 }
 
 /// The tonic service.

@@ -52,6 +52,7 @@ impl Session {
             Err(e) => tracing::warn!(error = %e, "could not unregister the Dataplane"),
         }
         self.clear_nack().await;
+        self.shared.targets.remove(&self.dp);
         crate::inventory::refresh(&self.shared.resources, &self.shared.inventory).await;
         self.shared.connected.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.id);
         tracing::info!(reason, "sidecar disconnected");
@@ -116,6 +117,7 @@ impl Session {
                 return Ok(());
             }
         };
+        self.shared.targets.set(&self.shared.zone, &self.dp, &config);
         let Some(message) = super::changed_config(&config, version, last)? else { return Ok(()) };
         tracing::debug!(version, "sending configuration");
         self.tx.send(Ok(message)).await.map_err(|_| Status::cancelled("sidecar stream closed"))

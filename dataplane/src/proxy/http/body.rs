@@ -24,6 +24,7 @@ use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use prometheus_client::metrics::counter::Counter;
 
+use crate::proxy::metrics::PairMetrics;
 use crate::proxy::timeouts::Limit;
 
 /// The body of everything the sidecar answers: a proxied body, counted (holding `H` until it
@@ -38,6 +39,9 @@ pub fn local_response<H>(status: StatusCode, reason: String) -> Response<Body<H>
     response.headers_mut().insert(HeaderName::from_static("x-strait-local-reply"), HeaderValue::from_static("1"));
     response
 }
+
+/// The status of a gRPC call, in its trailers (or the headers of a trailers-only answer).
+pub const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
 
 /// Errors of proxied bodies.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -56,6 +60,8 @@ pub struct Counted<H = ()> {
     throttle: Option<Box<Throttle>>,
     /// This body's own byte count (MeshAccessLog).
     tally: Option<Arc<AtomicU64>>,
+    /// Where the `grpc-status` of its trailers is counted.
+    grpc: Option<Box<PairMetrics>>,
     bytes: Counter,
     _held: H,
     deadline: Option<(Pin<Box<tokio::time::Sleep>>, Limit)>,
@@ -65,12 +71,34 @@ pub struct Counted<H = ()> {
 impl Counted {
     /// Wraps `inner`, adding its data bytes to `bytes`.
     pub fn new(inner: Incoming, bytes: Counter) -> Self {
-        Counted { inner: Some(inner), kept: None, tee: None, throttle: None, tally: None, bytes, _held: (), deadline: None, idle: None }
+        Counted {
+            inner: Some(inner),
+            kept: None,
+            tee: None,
+            throttle: None,
+            tally: None,
+            grpc: None,
+            bytes,
+            _held: (),
+            deadline: None,
+            idle: None,
+        }
     }
 
     /// An empty body.
     pub fn empty(bytes: Counter) -> Self {
-        Counted { inner: None, kept: None, tee: None, throttle: None, tally: None, bytes, _held: (), deadline: None, idle: None }
+        Counted {
+            inner: None,
+            kept: None,
+            tee: None,
+            throttle: None,
+            tally: None,
+            grpc: None,
+            bytes,
+            _held: (),
+            deadline: None,
+            idle: None,
+        }
     }
 
     /// A body of `data`, held in memory.
@@ -81,6 +109,7 @@ impl Counted {
             tee: None,
             throttle: None,
             tally: None,
+            grpc: None,
             bytes,
             _held: (),
             deadline: None,
@@ -159,11 +188,18 @@ impl<H> Counted<H> {
             tee: self.tee,
             throttle: self.throttle,
             tally: self.tally,
+            grpc: self.grpc,
             bytes: self.bytes,
             _held: held,
             deadline: self.deadline,
             idle: self.idle,
         }
+    }
+
+    /// The same body, counting the `grpc-status` of its trailers (if any) in `metrics`.
+    pub fn grpc_status_to(mut self, metrics: Option<PairMetrics>) -> Self {
+        self.grpc = metrics.map(Box::new);
+        self
     }
 
     /// The same body, also counting its data bytes into `tally`.
@@ -246,6 +282,10 @@ impl<H: Unpin> HttpBody for Counted<H> {
                 }
                 if let Some(data) = frame.data_ref() {
                     self.count(data.len());
+                } else if let (Some(metrics), Some(trailers)) = (&self.grpc, frame.trailers_ref()) {
+                    if let Some(status) = trailers.get(GRPC_STATUS) {
+                        metrics.record_grpc(status.as_bytes());
+                    }
                 }
                 if let Some(tee) = &mut self.tee {
                     // Trailers cannot be kept: no copy then.

@@ -31,7 +31,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
 use tracing::Instrument;
 
-use super::body::{local_response, Counted};
+use super::body::{local_response, Counted, GRPC_STATUS};
 use crate::proxy::access_log::{self, Pending as Logged};
 use crate::proxy::trace::{Side, Span};
 
@@ -45,7 +45,7 @@ use crate::proxy::authorization::SessionDecision;
 use crate::proxy::data_path::DataPath;
 use crate::proxy::destinations::Protocol;
 use crate::proxy::inbound_policies::Injected;
-use crate::proxy::metrics::{Direction, PairMetrics};
+use crate::proxy::metrics::{Direction, Pair, PairMetrics, Peer};
 use crate::proxy::timeouts::of_inbound;
 
 /// One inbound port that serves HTTP.
@@ -55,6 +55,7 @@ pub struct Inbound {
     service: String,
     app: SocketAddr,
     version: Version,
+    protocol: Protocol,
     client: Client<AppConnector, Counted>,
 }
 
@@ -69,17 +70,27 @@ pub fn handler(path: Arc<DataPath>, port: u16, service: String, app: SocketAddr,
         Version::HTTP_2
     };
     let client = builder.build(AppConnector { app, path: path.clone(), port });
-    let inbound = Arc::new(Inbound { path, port, service, app, version, client });
+    let inbound = Arc::new(Inbound { path, port, service, app, version, protocol, client });
     H2Handler(Arc::new(move |tls, peer| Box::pin(inbound.clone().serve(tls, peer))))
 }
 
 impl Inbound {
     async fn serve(self: Arc<Self>, tls: TlsStream<TcpStream>, peer: Identity) {
         let caller = peer.path().trim_start_matches('/').to_string();
-        let metrics = self.path.metrics.pair(Direction::Inbound, &caller, &self.service);
+        let caller_zone = strait_proxy_core::tls::peer_zone(tls.get_ref().1).unwrap_or_default();
+        let metrics = {
+            let table = self.path.table.load();
+            self.path.metrics.pair(Pair {
+                direction: Direction::Inbound,
+                mesh: &table.local.mesh,
+                source: Peer { service: &caller, zone: &caller_zone },
+                destination: Peer { service: &self.service, zone: &table.local.zone },
+                protocol: self.protocol.as_str(),
+            })
+        };
         let watcher = self.path.drain.clone();
         let lifetime = of_inbound(&self.path.state, self.port).max_connection;
-        let session = Arc::new(Session { inbound: self, peer, caller, metrics, decision: SessionDecision::default() });
+        let session = Arc::new(Session { inbound: self, peer, caller, caller_zone, metrics, decision: SessionDecision::default() });
         // Runs in the connection's span (the tunnel's accept loop made it, with the peer): so
         // do the streams hyper spawns, through `InSpan`.
         let mut builder = hyper::server::conn::http2::Builder::new(InSpan);
@@ -107,6 +118,8 @@ struct Session {
     peer: Identity,
     /// The peer's service.
     caller: String,
+    /// The peer's zone (empty if its certificate does not say).
+    caller_zone: String,
     metrics: PairMetrics,
     /// MeshTrafficPermission's answer for this peer, per configuration version.
     decision: SessionDecision,
@@ -168,9 +181,10 @@ impl Session {
             direction: "inbound",
             mesh: table.local.mesh.clone(),
             source_service: self.caller.clone(),
+            source_zone: self.caller_zone.clone(),
             destination_service: inbound.service.clone(),
             destination_zone: table.local.zone.clone(),
-            protocol: if inbound.version == Version::HTTP_11 { "http" } else { "http2" },
+            protocol: inbound.protocol.as_str(),
             method: request.method().to_string(),
             path: request.uri().path_and_query().map_or_else(String::new, |p| p.to_string()),
             authority: request.uri().authority().map_or_else(String::new, |a| a.to_string()),
@@ -256,7 +270,15 @@ impl Session {
             Ok(response) => {
                 let (mut parts, body) = response.into_parts();
                 strip_hop_by_hop(&mut parts.headers);
-                let body = Counted::new(body, self.metrics.response_bytes.clone()).with_idle(timeouts.stream_idle);
+                // gRPC: the call's status, in the headers of a trailers-only answer, else in its trailers.
+                let grpc = match parts.headers.get(GRPC_STATUS) {
+                    Some(status) if inbound.protocol == Protocol::Grpc => {
+                        self.metrics.record_grpc(status.as_bytes());
+                        None
+                    }
+                    _ => (inbound.protocol == Protocol::Grpc).then(|| self.metrics.clone()),
+                };
+                let body = Counted::new(body, self.metrics.response_bytes.clone()).with_idle(timeouts.stream_idle).grpc_status_to(grpc);
                 let body = match timeouts.deadline() {
                     Some(limit) => body.with_deadline(started + limit.after, limit),
                     None => body,

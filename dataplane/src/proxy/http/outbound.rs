@@ -25,10 +25,11 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
+use strait_api::proxy_config::Protocol;
 use tokio::net::TcpStream;
 use tracing::Instrument;
 
-use super::body::{local_response, Counted};
+use super::body::{local_response, Counted, GRPC_STATUS};
 use super::pool::Connector;
 use super::retry::{Cause, MAX_KEPT_BODY};
 use super::{absolute, serve_until_drained, strip_hop_by_hop, InSpan};
@@ -193,8 +194,10 @@ async fn forward(request: Request<Incoming>, service: &str, path: &Arc<DataPath>
         }
         None => send(request, destination, key, None, path).await,
     };
+    let mut recorded = &destination.metrics;
     let mut response = match sent {
         Ok((response, in_flight)) => {
+            recorded = destination.metrics_in(&in_flight.endpoint().zone);
             answered(&mut pending, &response, started, false);
             if let Some(s) = &mut span {
                 s.answered(response.status().as_u16());
@@ -207,8 +210,17 @@ async fn forward(request: Request<Incoming>, service: &str, path: &Arc<DataPath>
             }
             let tally = pending.as_ref().map(|p| p.sent.clone());
             let held = (in_flight, pending.take(), span.take());
+            // gRPC: the call's status, in the headers of a trailers-only answer, else in its trailers.
+            let grpc = match response.headers().get(GRPC_STATUS) {
+                Some(status) if destination.protocol == Protocol::Grpc => {
+                    recorded.record_grpc(status.as_bytes());
+                    None
+                }
+                _ => (destination.protocol == Protocol::Grpc).then(|| recorded.clone()),
+            };
             response.map(|body| {
-                let mut body = Counted::new(body, destination.metrics.response_bytes.clone())
+                let mut body = Counted::new(body, recorded.response_bytes.clone())
+                    .grpc_status_to(grpc)
                     .holding(held)
                     .with_idle(timeouts.stream_idle)
                     .tallied(tally);
@@ -234,7 +246,7 @@ async fn forward(request: Request<Incoming>, service: &str, path: &Arc<DataPath>
     if let Some(s) = &mut span {
         s.answered(response.status().as_u16());
     }
-    destination.metrics.record(response.status(), started.elapsed());
+    recorded.record(response.status(), started.elapsed());
     response
 }
 
