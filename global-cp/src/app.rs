@@ -122,6 +122,8 @@ impl GlobalCp {
         let mut registry = Registry::default();
         let metrics = Arc::new(Metrics::register(&mut registry));
         let kds_metrics = KdsMetrics::register(&mut registry);
+        let pending = crate::kds::Pending::default();
+        registry.register_collector(Box::new(pending.clone()));
         let resources = Resources::with_mesh_lifecycle(store.clone(), Arc::new(crate::meshes::GlobalMeshes));
         let zone_registry = ZoneRegistry::default();
         let zones = Zones::new(resources.clone(), zone_registry.clone(), &secrets);
@@ -152,6 +154,7 @@ impl GlobalCp {
             registry: Arc::new(registry),
             max_body_bytes: config.max_body_bytes,
             kds_port: kds_addr.port(),
+            api_scheme: if config.api_plaintext { "http" } else { "https" },
             zone_token_validity: config.zone_token_validity,
             dataplane_tokens: crate::dataplane_tokens::DataplaneTokens::new(resources.clone(), secrets.dataplane_token_signer.clone()),
         };
@@ -172,7 +175,7 @@ impl GlobalCp {
             }),
             metrics: kds_metrics,
             global_id: Arc::new(secrets.global_id.clone()),
-            pending: Default::default(),
+            pending,
             system_ca: secrets.system_ca.clone(),
         };
         // One certificate manager for the process: it keeps the sync endpoint's certificate current.

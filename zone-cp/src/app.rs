@@ -67,7 +67,8 @@ impl ZoneCp {
 
         let mut registry = Registry::default();
         let metrics = ZoneMetrics::register(&mut registry);
-        let dps_metrics = crate::metrics::DpsMetrics::register(&mut registry);
+        let connected: Arc<std::sync::Mutex<std::collections::HashSet<String>>> = Default::default();
+        let dps_metrics = crate::metrics::DpsMetrics::register(&mut registry, connected.clone());
         let listener = tokio::net::TcpListener::bind(config.api_address)
             .await
             .map_err(|e| anyhow::anyhow!("binding the REST API to {}: {e}", config.api_address))?;
@@ -112,7 +113,7 @@ impl ZoneCp {
             resources: resources.clone(),
             zone: Arc::new(config.zone.clone()),
             inventory: inventory_tx.clone(),
-            connected: Default::default(),
+            connected,
             shutdown: shutdown.clone(),
             metrics: dps_metrics,
             allowed_addresses: Arc::new(config.allow_dataplane_addresses.clone()),

@@ -4,7 +4,8 @@
 //! In: the scrape target of each connected sidecar, set by its DPS session from the
 //! MeshMetric of the configuration it was last sent (and removed when it leaves), and the
 //! registered gateways. Out: the JSON of Prometheus's HTTP SD format: target groups with
-//! their labels. Target labels never repeat a label the proxies' own series carry (`mesh`,
+//! their labels (`component`: sidecar or gateway, `zone`, `dataplane` and `service`, or
+//! `gateway`). Target labels never repeat a label the proxies' own series carry (`mesh`,
 //! `source_*`, `destination_*`), which Prometheus would rename: the mesh is
 //! `__meta_strait_mesh`, for relabelling.
 
@@ -67,7 +68,7 @@ fn sidecar_target(zone: &str, dp: &Resource, config: &ProxyConfig) -> Option<Tar
     let labels = BTreeMap::from([
         ("__metrics_path__".to_string(), path),
         ("__meta_strait_mesh".to_string(), config.mesh.clone()),
-        ("kind".to_string(), "sidecar".to_string()),
+        ("component".to_string(), "sidecar".to_string()),
         ("zone".to_string(), zone.to_string()),
         ("dataplane".to_string(), dp.name.clone()),
         ("service".to_string(), service),
@@ -88,7 +89,7 @@ pub fn document(zone: &str, sidecars: Vec<TargetGroup>, gateways: &[crate::gatew
             targets: vec![address.clone()],
             labels: BTreeMap::from([
                 ("__metrics_path__".to_string(), "/metrics".to_string()),
-                ("kind".to_string(), "gateway".to_string()),
+                ("component".to_string(), "gateway".to_string()),
                 ("zone".to_string(), zone.to_string()),
                 ("gateway".to_string(), g.name.clone()),
             ]),

@@ -137,6 +137,8 @@ impl KdsClient {
             resume_revision: state.revision,
             software_version: env!("CARGO_PKG_VERSION").into(),
             global_id: state.global_id,
+            api_address: self.config.api_address.to_string(),
+            api_scheme: if self.config.api_plaintext { "http" } else { "https" }.into(),
         };
         let _ = tx.send(msg(zone_message::Message::Hello(hello))).await;
         let inventory = self.inventory.borrow_and_update().clone();

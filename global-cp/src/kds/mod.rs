@@ -118,10 +118,40 @@ impl KdsMetrics {
 /// Send times of revisions not yet acknowledged, oldest first.
 type SendTimes = VecDeque<(u64, Instant)>;
 
-/// Revisions sent and not yet acknowledged, per zone, to measure push latency.
+/// Revisions sent and not yet acknowledged, per zone, to measure push latency; on each
+/// scrape, `strait_global_kds_zone_sync_lag_seconds{zone}`: how long the oldest revision sent
+/// to the zone has waited for its acknowledgement (0 when the zone has acknowledged all).
 #[derive(Clone, Default)]
 pub struct Pending {
     inner: Arc<Mutex<HashMap<String, SendTimes>>>,
+}
+
+impl std::fmt::Debug for Pending {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Pending")
+    }
+}
+
+impl prometheus_client::collector::Collector for Pending {
+    fn encode(&self, mut encoder: prometheus_client::encoding::DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        use prometheus_client::encoding::EncodeMetric;
+        let lags: Vec<(String, f64)> = {
+            let map = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+            map.iter().map(|(zone, queue)| (zone.clone(), queue.front().map_or(0.0, |(_, at)| at.elapsed().as_secs_f64()))).collect()
+        };
+        let mut metric = encoder.encode_descriptor(
+            "strait_global_kds_zone_sync_lag_seconds",
+            "How long the oldest revision sent to each zone has waited for its acknowledgement (0: all acknowledged)",
+            None,
+            prometheus_client::metrics::MetricType::Gauge,
+        )?;
+        for (zone, lag) in lags {
+            let label = ZoneLabel { zone };
+            let family = metric.encode_family(&label)?;
+            prometheus_client::metrics::gauge::ConstGauge::new(lag).encode(family)?;
+        }
+        Ok(())
+    }
 }
 
 impl Pending {
@@ -214,10 +244,22 @@ impl ZoneSync for KdsService {
             tracing::warn!(peer, token_zone = %zone, hello_zone = %hello.zone, "zone refused: name does not match its token");
             return Err(Status::permission_denied(format!("this token belongs to zone {zone:?}, not {:?}", hello.zone)));
         }
-        let (id, cancel) = self.shared.registry.connect(&zone, &peer, &hello.software_version).map_err(|e| {
-            tracing::warn!(peer, zone = %zone, reason = %e, "zone refused");
-            Status::already_exists(e.to_string())
-        })?;
+        let (id, cancel) = self
+            .shared
+            .registry
+            .connect(
+                &zone,
+                &peer,
+                &registry::ZoneHello {
+                    software_version: &hello.software_version,
+                    api_address: &hello.api_address,
+                    api_scheme: &hello.api_scheme,
+                },
+            )
+            .map_err(|e| {
+                tracing::warn!(peer, zone = %zone, reason = %e, "zone refused");
+                Status::already_exists(e.to_string())
+            })?;
         self.shared.metrics.connected_zones.set(self.shared.registry.connected_count() as i64);
         // Every line of the session, to its end, names the zone and where it connected from.
         let span = tracing::info_span!("kds_session", zone = %zone, peer);

@@ -28,6 +28,9 @@ pub struct ZoneStatus {
     /// The zone control plane's version.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub software_version: Option<String>,
+    /// Where the zone's REST API (its `/metrics` and `/prometheus/targets`) is reached.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub api_url: Option<String>,
     /// Latest revision sent to the zone.
     pub sent_revision: u64,
     /// Latest revision the zone acknowledged.
@@ -41,6 +44,34 @@ pub struct ZoneStatus {
     /// The zone's sidecars that refused their latest configuration, as it last reported.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub dataplane_nacks: Vec<strait_api::gateway_config::DataplaneNack>,
+}
+
+/// What a zone says of itself when it connects.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ZoneHello<'a> {
+    /// Its version.
+    pub software_version: &'a str,
+    /// Where its REST API listens (`ip:port`, maybe unspecified).
+    pub api_address: &'a str,
+    /// `https` or `http`.
+    pub api_scheme: &'a str,
+}
+
+impl ZoneHello<'_> {
+    /// The URL of the zone's REST API: its address, or on every interface, the one it
+    /// connects from (`peer`, `ip:port`) with its port.
+    fn api_url(&self, peer: &str) -> Option<String> {
+        let address: std::net::SocketAddr = self.api_address.parse().ok()?;
+        let scheme = match self.api_scheme {
+            "http" => "http",
+            _ => "https",
+        };
+        let ip = match address.ip() {
+            ip if ip.is_unspecified() => peer.parse::<std::net::SocketAddr>().ok()?.ip(),
+            ip => ip,
+        };
+        Some(format!("{scheme}://{}", std::net::SocketAddr::new(ip, address.port())))
+    }
 }
 
 struct Entry {
@@ -89,7 +120,7 @@ impl Registry {
     }
 
     /// Registers a new session for `zone`; refuses a second one while the first is open.
-    pub fn connect(&self, zone: &str, peer: &str, software_version: &str) -> Result<(u64, CancellationToken), AlreadyConnected> {
+    pub fn connect(&self, zone: &str, peer: &str, hello: &ZoneHello<'_>) -> Result<(u64, CancellationToken), AlreadyConnected> {
         self.with(|inner| {
             inner.next_session += 1;
             let id = inner.next_session;
@@ -101,7 +132,8 @@ impl Registry {
             entry.session = Some((id, cancel.clone()));
             entry.status.connected = true;
             entry.status.peer = Some(peer.to_string());
-            entry.status.software_version = Some(software_version.to_string());
+            entry.status.software_version = Some(hello.software_version.to_string());
+            entry.status.api_url = hello.api_url(peer);
             entry.status.last_seen = Some(now());
             Ok((id, cancel))
         })
@@ -178,25 +210,32 @@ impl Registry {
 mod tests {
     use super::*;
 
+    fn hello(api_address: &str) -> ZoneHello<'_> {
+        ZoneHello { software_version: "0.1.0", api_address, api_scheme: "https" }
+    }
+
     #[test]
     fn one_session_per_zone() {
         let r = Registry::default();
-        let (id, _) = r.connect("zone-1", "198.18.0.2:5000", "0.1.0").unwrap();
-        let err = r.connect("zone-1", "198.18.0.3:5000", "0.1.0").unwrap_err();
+        let (id, _) = r.connect("zone-1", "198.18.0.2:5000", &hello("0.0.0.0:7681")).unwrap();
+        let err = r.connect("zone-1", "198.18.0.3:5000", &hello("0.0.0.0:7681")).unwrap_err();
         assert!(err.to_string().contains("already connected from 198.18.0.2:5000"));
         assert!(r.disconnect("zone-1", id));
         assert!(!r.is_connected("zone-1"));
-        let (id2, _) = r.connect("zone-1", "198.18.0.3:5000", "0.1.0").unwrap();
+        let (id2, _) = r.connect("zone-1", "198.18.0.3:5000", &hello("0.0.0.0:7681")).unwrap();
         assert!(!r.disconnect("zone-1", id), "a stale session cannot end the new one");
         assert!(r.is_connected("zone-1"));
         r.update("zone-1", id2, |s| s.acked_revision = 7);
         assert_eq!(r.status("zone-1").acked_revision, 7);
+        // Its API on every interface: reached at the address it connects from.
+        assert_eq!(r.status("zone-1").api_url.as_deref(), Some("https://198.18.0.3:7681"));
+        assert_eq!(hello("192.0.2.4:7681").api_url("198.18.0.3:5000").as_deref(), Some("https://192.0.2.4:7681"));
     }
 
     #[test]
     fn kick_cancels_the_session() {
         let r = Registry::default();
-        let (_, cancel) = r.connect("zone-1", "p", "v").unwrap();
+        let (_, cancel) = r.connect("zone-1", "p", &ZoneHello::default()).unwrap();
         r.kick("zone-1");
         assert!(cancel.is_cancelled());
     }
@@ -204,7 +243,7 @@ mod tests {
     #[test]
     fn offline_grace() {
         let r = Registry::default();
-        let (id, _) = r.connect("zone-1", "p", "v").unwrap();
+        let (id, _) = r.connect("zone-1", "p", &ZoneHello::default()).unwrap();
         assert!(!r.offline_for("zone-1", Duration::ZERO), "connected zones are never offline");
         r.disconnect("zone-1", id);
         assert!(r.offline_for("zone-1", Duration::ZERO));

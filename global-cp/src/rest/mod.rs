@@ -31,6 +31,8 @@ pub struct AppState {
     pub zones: crate::zones::Zones,
     /// Port of zone sync, told to registering zones.
     pub kds_port: u16,
+    /// `https`, or `http` with `--api-plaintext`.
+    pub api_scheme: &'static str,
     /// Validity of new zone tokens.
     pub zone_token_validity: std::time::Duration,
     /// Issues dataplane tokens.
@@ -44,6 +46,7 @@ pub fn router(state: AppState, admin_token: Arc<String>) -> Router {
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))
+        .route("/prometheus/targets", get(ops::prometheus_targets))
         .route("/openapi.json", get(ops::openapi_json))
         .route("/meshes", get(handlers::list_meshes))
         .route("/meshes/{mesh}", get(handlers::get_mesh).put(handlers::put_mesh).delete(handlers::delete_mesh))

@@ -58,3 +58,29 @@ pub async fn openapi_json() -> Response {
 pub async fn not_found(uri: axum::http::Uri) -> ApiError {
     ApiError::not_found(format!("no such path {}: see /openapi.json", uri.path()))
 }
+
+/// Prometheus HTTP service discovery of the control planes: this global (at the address the
+/// request reached it at) and every zone that said where its API is, each with
+/// `__meta_strait_discovery_url`, the zone's own discovery endpoint of its sidecars and
+/// gateways (one `http_sd_configs` entry each).
+pub async fn prometheus_targets(
+    State(state): State<AppState>,
+    headers: axum::http::HeaderMap,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let mut groups = Vec::new();
+    if let Some(host) = headers.get(header::HOST).and_then(|h| h.to_str().ok()) {
+        groups.push(json!({"targets": [host], "labels": {"__scheme__": state.api_scheme, "component": "global-control-plane"}}));
+    }
+    for zone in state.resources.list(strait_api::ResourceType::Zone, None).await? {
+        let status = state.zones.registry().status(&zone.name);
+        let Some(url) = status.api_url.as_deref() else { continue };
+        let Some((scheme, address)) = url.split_once("://") else { continue };
+        groups.push(json!({"targets": [address], "labels": {
+            "__scheme__": scheme,
+            "component": "zone-control-plane",
+            "zone": zone.name,
+            "__meta_strait_discovery_url": format!("{url}/prometheus/targets"),
+        }}));
+    }
+    Ok(Json(serde_json::Value::Array(groups)))
+}

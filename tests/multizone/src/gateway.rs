@@ -81,6 +81,11 @@ impl Gateway {
         get_json(&self.host, &self.host.url(ADMIN_PORT, "/ready"), None).map(|(s, _)| s)
     }
 
+    /// The text of `/metrics` (as a JSON string).
+    pub fn metrics_text(&self) -> Result<serde_json::Value, String> {
+        get_json(&self.host, &self.host.url(ADMIN_PORT, "/metrics"), None).map(|(_, body)| body)
+    }
+
     /// The value of sample `name` (exact, with its labels) on `/metrics`; 0 when the series
     /// does not exist yet.
     pub fn metric(&self, name: &str) -> Result<f64, String> {

@@ -7,11 +7,12 @@
 //! Without the `prometheus` binary the scenario is skipped with its reason, except in CI
 //! (`CI=true`), where `.ci/run` installs it and its absence fails.
 
+use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use serde_json::Value;
-use strait_multizone::control_plane::{get_json, Zone, SYNC};
+use strait_multizone::control_plane::{get_json, Global, Zone, API_PORT, SYNC, ZONE_API_PORT};
 use strait_multizone::gateway::start_zones;
 use strait_multizone::sidecar::{http_get, local_ip, Workload};
 use strait_multizone::{wait_for, Cmd, Host, Net, Proc};
@@ -24,9 +25,6 @@ const TO_BACKEND: u16 = 10011;
 const PROMETHEUS_PORT: u16 = 9090;
 /// Requests web sends to backend.
 const REQUESTS: usize = 37;
-
-const MESH_METRIC: &str = "type: MeshMetric\nname: metrics\nmesh: default\nspec:\n  targetRef: {kind: Mesh}\n  default:\n    \
-                           backends:\n      - type: Prometheus\n        prometheus: {port: 5670, path: /metrics}\n";
 
 /// Where `prometheus` is, or why the scenario cannot run here.
 fn prometheus_binary() -> Option<std::path::PathBuf> {
@@ -42,19 +40,34 @@ fn prometheus_binary() -> Option<std::path::PathBuf> {
     found
 }
 
-/// A Prometheus on its own host whose only configuration is one HTTP SD entry per zone.
-fn start_prometheus(net: &Net, binary: &std::path::Path, zones: &[&Zone]) -> (Host, Proc) {
+/// A Prometheus on its own host, with the shipped `deploy/observability/prometheus.yml`:
+/// only the addresses, CA files and intervals changed.
+fn start_prometheus(net: &Net, binary: &std::path::Path, global: &Global, zones: &[&Zone]) -> (Host, Proc) {
     let host = net.host("prometheus");
-    let mut config = String::from("global:\n  scrape_interval: 1s\n  scrape_timeout: 900ms\nscrape_configs:\n");
+    let shipped = concat!(env!("CARGO_MANIFEST_DIR"), "/../../deploy/observability/prometheus.yml");
+    let mut config = std::fs::read_to_string(shipped).expect("the shipped Prometheus configuration");
+    let global_ca = std::fs::read_to_string(&global.ca_file).expect("the global's CA");
+    let mut bundle = global_ca.clone();
+    let global_ca = net.write_file("global-ca.pem", global_ca);
+    config = config.replace("strait-global.example:7680", &global.host.socket_addr(API_PORT).to_string());
+    config = config.replace("/etc/prometheus/strait/global-ca.pem", &global_ca.display().to_string());
     for zone in zones {
         let ca = zone.dps_ca_file();
-        config.push_str(&format!(
-            "  - job_name: strait-{name}\n    http_sd_configs:\n      - url: {url}\n        refresh_interval: 2s\n        tls_config: {{ca_file: {ca}}}\n",
-            name = zone.name,
-            url = zone.url("/prometheus/targets"),
-            ca = ca.display(),
-        ));
+        bundle.push_str(&std::fs::read_to_string(&ca).expect("the zone's CA"));
+        config = config.replace(&format!("{}.example:7681", zone.name), &zone.host.socket_addr(ZONE_API_PORT).to_string());
+        config = config.replace(&format!("/etc/prometheus/strait/{}-ca.pem", zone.name), &ca.display().to_string());
     }
+    let bundle = net.write_file("control-planes.pem", bundle);
+    config = config.replace("/etc/prometheus/strait/control-planes.pem", &bundle.display().to_string());
+    for (shipped, fast) in [
+        ("scrape_interval: 15s", "scrape_interval: 1s"),
+        ("scrape_timeout: 10s", "scrape_timeout: 900ms"),
+        ("refresh_interval: 30s", "refresh_interval: 2s"),
+    ] {
+        assert!(config.contains(shipped), "the shipped configuration sets {shipped}");
+        config = config.replace(shipped, fast);
+    }
+    assert!(!config.contains(".example") && !config.contains("/etc/prometheus"), "every placeholder replaced:\n{config}");
     let file = net.write_file("prometheus.yml", config);
     let data = net.mkdir("prometheus-data");
     let cmd = Cmd::new(binary)
@@ -67,6 +80,68 @@ fn start_prometheus(net: &Net, binary: &std::path::Path, zones: &[&Zone]) -> (Ho
         other => Err(format!("{other:?}")),
     });
     (host, proc)
+}
+
+/// The sample names every family of an exposition may have (`# TYPE` lines: counters with
+/// `_total`, histograms with `_bucket`, `_sum` and `_count`).
+fn sample_names(text: &str, into: &mut BTreeSet<String>) {
+    for line in text.lines() {
+        let Some(rest) = line.strip_prefix("# TYPE ") else { continue };
+        let mut words = rest.split_whitespace();
+        let (Some(name), Some(kind)) = (words.next(), words.next()) else { continue };
+        match kind {
+            "counter" => into.extend([name.to_string(), format!("{}_total", name.trim_end_matches("_total"))]),
+            "histogram" => into.extend(["_bucket", "_sum", "_count"].map(|s| format!("{name}{s}"))),
+            _ => drop(into.insert(name.to_string())),
+        }
+    }
+}
+
+/// Every shipped Grafana dashboard's queries name only metrics the components expose, and
+/// are valid PromQL for the Prometheus that scrapes them.
+fn dashboards_query_what_is_exposed(prometheus: &Host, exposed: &BTreeSet<String>) {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../deploy/observability/dashboards");
+    let mut files: Vec<_> = std::fs::read_dir(dir).expect("the dashboards").map(|e| e.expect("entry").path()).collect();
+    files.sort();
+    let titles: Vec<String> = files.iter().filter_map(|f| f.file_stem()?.to_str().map(str::to_owned)).collect();
+    assert_eq!(titles, ["gateways", "mesh", "service", "zone"], "a dashboard for the mesh, a service, a zone and the gateways");
+    for file in files {
+        let dashboard: Value = serde_json::from_str(&std::fs::read_to_string(&file).expect("read")).expect("a dashboard is JSON");
+        let panels = dashboard["panels"].as_array().expect("panels");
+        assert!(!panels.is_empty(), "{}", file.display());
+        for panel in panels {
+            for target in panel["targets"].as_array().expect("targets") {
+                let expr = target["expr"].as_str().expect("expr");
+                for metric in metric_names(expr) {
+                    assert!(
+                        exposed.contains(&metric),
+                        "{}: panel {:?} queries {metric}, which nothing exposes",
+                        file.display(),
+                        panel["title"]
+                    );
+                }
+                let promql = expr
+                    .replace("$__rate_interval", "1m")
+                    .replace("$mesh", "default")
+                    .replace("$service", "backend")
+                    .replace("$zone", "zone-1");
+                query(prometheus, &promql).unwrap_or_else(|e| panic!("{}: panel {:?}: {e}", file.display(), panel["title"]));
+            }
+        }
+    }
+}
+
+/// The `strait_...` metric names in a PromQL expression.
+fn metric_names(expr: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut rest = expr;
+    while let Some(i) = rest.find("strait_") {
+        let tail = &rest[i..];
+        let end = tail.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).unwrap_or(tail.len());
+        out.push(tail[..end].to_string());
+        rest = &tail[end..];
+    }
+    out
 }
 
 /// The result vector of an instant PromQL query.
@@ -97,7 +172,9 @@ fn prometheus_scrapes_both_zones_through_their_discovery_endpoints() {
     let net = Net::new();
     let (global, zones) = start_zones(&net, &["zone-1", "zone-2"]);
     let ((zone1, _), (zone2, _)) = (&zones[0], &zones[1]);
-    global.apply(&net, "meshmetric.yaml", MESH_METRIC);
+    let example =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../deploy/examples/meshmetric.yaml")).expect("the example");
+    global.apply(&net, "meshmetric.yaml", &example);
     let files = [("who.txt", "backend\n")];
     let _backend = Workload::start_on(&net, &global, zone2, "backend", "backend", BACKEND_INBOUND, BACKEND_APP, &[], Some(&files));
     let web = Workload::start_on(&net, &global, zone1, "web", "web", WEB_INBOUND, WEB_APP, &[(TO_BACKEND, "backend")], None);
@@ -117,7 +194,7 @@ fn prometheus_scrapes_both_zones_through_their_discovery_endpoints() {
         assert_eq!(sidecar["labels"]["__metrics_path__"], "/metrics", "{sidecar}");
         assert_eq!(sidecar["labels"]["zone"], zone.name.as_str(), "{sidecar}");
         assert!(sidecar["targets"][0].as_str().is_some_and(|t| t.ends_with(":5670")), "{sidecar}");
-        assert!(groups.iter().any(|g| g["labels"]["kind"] == "gateway"), "the zone's gateway is listed: {groups:?}");
+        assert!(groups.iter().any(|g| g["labels"]["component"] == "gateway"), "the zone's gateway is listed: {groups:?}");
     }
 
     let target = SocketAddr::new(local_ip(&web.host), TO_BACKEND);
@@ -131,11 +208,11 @@ fn prometheus_scrapes_both_zones_through_their_discovery_endpoints() {
         assert_eq!(answer, "backend\n");
     }
 
-    let (prometheus, _proc) = start_prometheus(&net, &binary, &[zone1, zone2]);
-    // Every target of both zones is scraped: two sidecars and two gateways.
-    wait_for("prometheus to scrape 2 sidecars and 2 gateways", Duration::from_secs(60), || {
+    let (prometheus, _proc) = start_prometheus(&net, &binary, &global, &[zone1, zone2]);
+    // Every target is scraped: two sidecars, two gateways, two zone control planes and the global.
+    wait_for("prometheus to scrape 2 sidecars, 2 gateways and 3 control planes", Duration::from_secs(60), || {
         let (up, _) = single(&query(&prometheus, "count(up == 1)")?)?;
-        if up == 4.0 {
+        if up == 7.0 {
             Ok(())
         } else {
             Err(format!("{up} targets up: {:?}", query(&prometheus, "up")))
@@ -159,6 +236,33 @@ fn prometheus_scrapes_both_zones_through_their_discovery_endpoints() {
         assert_eq!(count, REQUESTS as f64, "{direction}: every request counted once");
         assert_eq!((labels["source_zone"].as_str(), labels["destination_zone"].as_str()), (Some("zone-1"), Some("zone-2")), "{labels}");
     }
+    // The control planes' own figures: each zone counts its connected sidecar, and the global
+    // how far behind each zone is.
+    for zone in ["zone-1", "zone-2"] {
+        let (sidecars, _) =
+            single(&query(&prometheus, &format!("strait_zone_dps_connected_proxies{{kind=\"sidecar\",zone=\"{zone}\"}}")).expect("query"))
+                .expect("one series");
+        assert_eq!(sidecars, 1.0, "{zone}");
+        let (lag, _) = single(&query(&prometheus, &format!("strait_global_kds_zone_sync_lag_seconds{{zone=\"{zone}\"}}")).expect("query"))
+            .expect("one series");
+        assert!(lag < 30.0, "{zone}: {lag}");
+        for counted in ["strait_zone_dps_config_push_latency_seconds_count", "strait_zone_dps_certificates_issued_total"] {
+            let (n, _) = single(&query(&prometheus, &format!("sum({counted}{{zone=\"{zone}\"}})")).expect("query")).expect("one series");
+            assert!(n >= 1.0, "{zone}: {counted} {n}");
+        }
+    }
+    // The shipped dashboards: every metric they query is exposed by a sidecar, a gateway or a
+    // control plane, and every query runs.
+    let mut exposed = BTreeSet::new();
+    for text in [
+        web.sidecar.get("/metrics").map(|(_, body)| body),
+        zones[0].1.metrics_text(),
+        zone1.get("/metrics").map(|(_, body)| body),
+        global.get("/metrics").map(|(_, body)| body),
+    ] {
+        sample_names(text.expect("a /metrics").as_str().unwrap_or_default(), &mut exposed);
+    }
+    dashboards_query_what_is_exposed(&prometheus, &exposed);
     // The gateways' series carry the same names.
     let (streams, _) = single(
         &query(&prometheus, "sum(strait_gateway_streams_total{direction=\"egress\",source_zone=\"zone-1\",destination_zone=\"zone-2\",destination_service=\"backend\"})")

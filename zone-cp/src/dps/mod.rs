@@ -364,7 +364,17 @@ impl DataplaneSync for DpsService {
         span.in_scope(|| tracing::info!("sidecar connected"));
         let (tx, rx) = mpsc::channel(16);
         let token = TokenHold { claims, what: "dataplane token" };
-        let session = session::Session { shared: self.shared.clone(), dp, mesh, service, id, token, tx, nacked: Default::default() };
+        let session = session::Session {
+            shared: self.shared.clone(),
+            dp,
+            mesh,
+            service,
+            id,
+            token,
+            tx,
+            nacked: Default::default(),
+            sent: Default::default(),
+        };
         self.tasks.spawn(session.run(inbound).instrument(span));
         Ok(Response::new(ReceiverStream::new(rx)))
     }

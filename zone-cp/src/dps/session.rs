@@ -30,6 +30,8 @@ pub struct Session {
     pub(super) tx: mpsc::Sender<Result<ZoneMessage, Status>>,
     /// Whether the sidecar's latest answer was a NACK (recorded in the store while it lasts).
     pub(super) nacked: AtomicBool,
+    /// The version of the last configuration sent, and when, until the sidecar answers.
+    pub(super) sent: std::sync::Mutex<Option<(u64, std::time::Instant)>>,
 }
 
 /// Longest NACK reason recorded, in characters.
@@ -120,7 +122,9 @@ impl Session {
         self.shared.targets.set(&self.shared.zone, &self.dp, &config);
         let Some(message) = super::changed_config(&config, version, last)? else { return Ok(()) };
         tracing::debug!(version, "sending configuration");
-        self.tx.send(Ok(message)).await.map_err(|_| Status::cancelled("sidecar stream closed"))
+        self.tx.send(Ok(message)).await.map_err(|_| Status::cancelled("sidecar stream closed"))?;
+        *self.sent.lock().unwrap_or_else(|p| p.into_inner()) = Some((version, std::time::Instant::now()));
+        Ok(())
     }
 
     async fn compute(&self) -> Result<Result<proxy_config::ProxyConfig, proxy_config::PolicyError>, Status> {
@@ -158,6 +162,10 @@ impl Session {
         match message.message {
             Some(dataplane_message::Message::Ack(ack)) => {
                 tracing::debug!(version = ack.version, "configuration applied");
+                let sent = self.sent.lock().unwrap_or_else(|p| p.into_inner()).take_if(|(version, _)| *version == ack.version);
+                if let Some((_, at)) = sent {
+                    self.shared.metrics.push_latency.observe(at.elapsed().as_secs_f64());
+                }
                 self.clear_nack().await;
             }
             Some(dataplane_message::Message::Nack(nack)) => {
@@ -262,6 +270,11 @@ impl Session {
         .map_err(|e| e.to_string())?
         .map_err(|e| e.to_string())?;
         tracing::info!(lifetime = ?lifetime, "issued a workload certificate");
+        self.shared.metrics.certificates_issued.inc();
+        if let Ok((_, not_after)) = strait_pki::cert_validity(leaf.split_inclusive("-----END CERTIFICATE-----").nth(1).unwrap_or_default())
+        {
+            self.shared.metrics.intermediate_expiry.get_or_create(&crate::metrics::MeshLabel { mesh: self.mesh.clone() }).set(not_after);
+        }
         Ok(leaf)
     }
 }
