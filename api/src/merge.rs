@@ -48,6 +48,10 @@ pub struct FromRule {
     pub conf: Value,
     /// The policies that contributed, in merge order.
     pub origin: Vec<String>,
+    /// With [`explained`]: for each effective field (a JSON pointer into `conf`), the policy
+    /// that set it.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub fields: BTreeMap<String, String>,
 }
 
 /// A merged conf for one destination.
@@ -57,6 +61,10 @@ pub struct ToConf {
     pub conf: Value,
     /// The policies that contributed, in merge order.
     pub origin: Vec<String>,
+    /// With [`explained`]: for each effective field (a JSON pointer into `conf`), the policy
+    /// that set it.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub fields: BTreeMap<String, String>,
 }
 
 /// One HTTP route rule of an outbound, in the order rules are tried.
@@ -68,6 +76,9 @@ pub struct RouteRule {
     pub conf: Value,
     /// The policies that contributed.
     pub origin: Vec<String>,
+    /// With [`explained`]: for each effective field, the policy that set it.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub fields: BTreeMap<String, String>,
     /// The merged MeshTimeout of the requests this rule routes (top-level `targetRef` of kind
     /// MeshHTTPRoute naming one of its routes), over the destination's own.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -180,7 +191,13 @@ pub fn effective_config(dp_name: &str, dp: &DataplaneSpec, policies: &[Resource]
             let http_routes = http_routes(&specs, service, selects_dp);
             let tcp_route = route_items(&specs, ResourceType::MeshTCPRoute, service, selects_dp)
                 .into_iter()
-                .filter_map(|(policy, rule)| rule.get("default").map(|d| ToConf { conf: d.clone(), origin: vec![policy.to_string()] }))
+                .filter_map(|(policy, rule)| {
+                    rule.get("default").map(|d| ToConf {
+                        fields: explain_fields(d, policy),
+                        conf: d.clone(),
+                        origin: vec![policy.to_string()],
+                    })
+                })
                 .next_back();
             OutboundPolicies { service: service.to_string(), to, http_routes, tcp_route }
         })
@@ -270,7 +287,7 @@ fn from_rules(items: &[Item<'_>]) -> Vec<FromRule> {
         .filter_map(|sel| {
             let applying = items.iter().zip(&selectors).filter(|(_, s)| s.iter().all(|(k, v)| sel.get(k) == Some(v)));
             let merged = merge_items(applying.map(|(i, _)| (i.policy, i.payload.get("default"))))?;
-            Some(FromRule { matches: sel, conf: merged.conf, origin: merged.origin })
+            Some(FromRule { matches: sel, conf: merged.conf, origin: merged.origin, fields: merged.fields })
         })
         .collect();
     rules.sort_by(|a, b| b.matches.len().cmp(&a.matches.len()).then_with(|| a.matches.cmp(&b.matches)));
@@ -299,13 +316,68 @@ fn merge_items<'a>(confs: impl Iterator<Item = (&'a str, Option<&'a Value>)>) ->
     let mut result: Option<ToConf> = None;
     for (policy, conf) in confs {
         let Some(conf) = conf else { continue };
-        let entry = result.get_or_insert_with(|| ToConf { conf: Value::Object(Default::default()), origin: Vec::new() });
+        let entry =
+            result.get_or_insert_with(|| ToConf { conf: Value::Object(Default::default()), origin: Vec::new(), fields: BTreeMap::new() });
         deep_merge(&mut entry.conf, conf);
+        if EXPLAIN.get() {
+            record_fields(&mut entry.fields, String::new(), conf, policy);
+        }
         if !entry.origin.iter().any(|o| o == policy) {
             entry.origin.push(policy.to_string());
         }
     }
     result
+}
+
+thread_local! {
+    /// Set while [`explained`] runs: merges then record which policy set each field.
+    static EXPLAIN: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// As [`effective_config`], with each merged conf's `fields`: for every effective field (a
+/// JSON pointer), the policy that set it (`straitctl inspect dataplane --policies`).
+pub fn explained(dp_name: &str, dp: &DataplaneSpec, policies: &[Resource], destinations: &[&str]) -> EffectiveConfig {
+    struct Reset;
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            EXPLAIN.set(false);
+        }
+    }
+    EXPLAIN.set(true);
+    let _reset = Reset;
+    effective_config(dp_name, dp, policies, destinations)
+}
+
+/// The fields `conf` sets, all by `policy` (empty unless explaining).
+fn explain_fields(conf: &Value, policy: &str) -> BTreeMap<String, String> {
+    let mut fields = BTreeMap::new();
+    if EXPLAIN.get() {
+        record_fields(&mut fields, String::new(), conf, policy);
+    }
+    fields
+}
+
+/// Records `policy` as the setter of every leaf of `overlay` under `prefix`: objects are
+/// merged key by key, so their leaves count; lists and scalars replace whole. A replaced
+/// object's leaves that `overlay` no longer has are forgotten.
+fn record_fields(fields: &mut BTreeMap<String, String>, prefix: String, overlay: &Value, policy: &str) {
+    match overlay {
+        Value::Object(o) if !o.is_empty() => {
+            for (k, v) in o {
+                let escaped = k.replace('~', "~0").replace('/', "~1");
+                record_fields(fields, format!("{prefix}/{escaped}"), v, policy);
+            }
+        }
+        _ => {
+            // What this replaces: the fields below it, and a field above it that was not an object.
+            let below = format!("{prefix}/");
+            fields.retain(|path, _| !path.starts_with(&below));
+            for (i, _) in prefix.match_indices('/').skip(1) {
+                fields.remove(&prefix[..i]);
+            }
+            fields.insert(if prefix.is_empty() { "/".to_string() } else { prefix }, policy.to_string());
+        }
+    }
 }
 
 /// Merges `overlay` into `base`: objects key by key, everything else replaced.
@@ -347,9 +419,18 @@ fn http_routes(specs: &[(&Resource, Value)], service: &str, selects: impl Fn(&Ta
         match rules.iter_mut().find(|r| r.matches == matches) {
             Some(existing) => {
                 deep_merge(&mut existing.conf, &conf);
+                if EXPLAIN.get() {
+                    record_fields(&mut existing.fields, String::new(), &conf, policy);
+                }
                 existing.origin.push(policy.to_string());
             }
-            None => rules.push(RouteRule { matches, conf, origin: vec![policy.to_string()], timeout: None }),
+            None => rules.push(RouteRule {
+                fields: explain_fields(&conf, policy),
+                matches,
+                conf,
+                origin: vec![policy.to_string()],
+                timeout: None,
+            }),
         }
     }
     for rule in &mut rules {

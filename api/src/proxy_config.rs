@@ -173,6 +173,17 @@ pub struct Remote {
     pub egresses: Vec<String>,
 }
 
+/// The policies behind the configuration [`build`] makes for `dp`: per inbound, outbound and
+/// route, the policies that matched in merge order and the one that set each field.
+pub fn explain(dp: &Resource, zone: &str, resources: &[Resource], remote: &Remote) -> Option<crate::merge::EffectiveConfig> {
+    let Spec::Dataplane(spec) = &dp.spec else { return None };
+    let mesh = dp.mesh.clone()?;
+    let mut endpoints = endpoints_by_service(resources, zone);
+    add_remote_endpoints(&mut endpoints, remote, &mesh, zone);
+    let services: Vec<&str> = endpoints.keys().map(String::as_str).collect();
+    Some(crate::merge::explained(&dp.name, spec, resources, &services))
+}
+
 /// Builds the configuration of Dataplane `dp` (in `zone`) from the mesh's `resources`
 /// (policies and Dataplanes), the other zones' services reached through `remote`, its
 /// `trust_bundle` and certificate lifetime. `Ok(None)` when `dp` is not a Dataplane; an error

@@ -373,3 +373,28 @@ spec:
     let db = cfg.outbounds.iter().find(|o| o.service == "db").unwrap();
     assert_eq!(db.tcp_route.as_ref().unwrap().conf["backendRefs"][0]["name"], "db-primary");
 }
+
+/// `straitctl inspect dataplane --policies`: each effective field names the policy that set
+/// it, inbound rules by caller included; a plain merge records nothing.
+#[test]
+fn explained_merges_name_the_policy_behind_each_field() {
+    let yaml = timeout("base", "{kind: Mesh}", "{kind: Mesh}", "{connectionTimeout: 5s, idleTimeout: 1h, http: {requestTimeout: 15s}}")
+        + &timeout("db", "{kind: Mesh}", "{kind: MeshService, name: db}", "{http: {requestTimeout: 1m}}")
+        + &mtp("allow-all", "{kind: Mesh}", "{kind: Mesh}", "Allow")
+        + &mtp("deny-web", "{kind: MeshService, name: backend}", "{kind: MeshService, name: web}", "Deny");
+    let all = policies(&yaml);
+    let explained = strait_api::merge::explained("backend-1", &dataplane(), &all, &[]);
+    let db = explained.outbounds.iter().find(|o| o.service == "db").expect("db");
+    let timeout = &db.to[&ResourceType::MeshTimeout];
+    assert_eq!(timeout.origin, ["base", "db"]);
+    let fields: Vec<(&str, &str)> = timeout.fields.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    assert_eq!(fields, [("/connectionTimeout", "base"), ("/http/requestTimeout", "db"), ("/idleTimeout", "base")]);
+    let rules = &explained.inbounds[0].from[&ResourceType::MeshTrafficPermission];
+    let web = rules.iter().find(|r| r.matches.get("strait.io/service").map(String::as_str) == Some("web")).expect("a rule for web");
+    assert_eq!(web.fields.get("/action").map(String::as_str), Some("deny-web"));
+    let everyone = rules.iter().find(|r| r.matches.is_empty()).expect("a rule for every caller");
+    assert_eq!(everyone.fields.get("/action").map(String::as_str), Some("allow-all"));
+
+    let plain = effective_config("backend-1", &dataplane(), &all, &[]);
+    assert!(plain.outbounds.iter().all(|o| o.to.values().all(|c| c.fields.is_empty())), "only explaining records fields");
+}

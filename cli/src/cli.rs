@@ -62,7 +62,7 @@ pub struct GlobalArgs {
     pub ca_file: Option<PathBuf>,
     /// Client config file [default: $XDG_CONFIG_HOME/strait/config.yaml, else
     /// ~/.config/strait/config.yaml]
-    #[arg(long, env = "STRAIT_CONFIG", global = true, help_heading = "Connection", value_name = "FILE")]
+    #[arg(long = "config-file", env = "STRAIT_CONFIG", global = true, help_heading = "Connection", value_name = "FILE")]
     pub config: Option<PathBuf>,
 }
 
@@ -106,9 +106,86 @@ pub enum Command {
     /// Issue and revoke tokens (dataplane tokens for sidecars)
     #[command(subcommand, after_help = TOKEN_EXAMPLES)]
     Token(TokenCommand),
+    /// Look inside the mesh from the global: a sidecar of any zone (its live configuration, the
+    /// policies behind each field, its metrics), a service across zones, a zone
+    #[command(subcommand, after_help = INSPECT_EXAMPLES)]
+    Inspect(InspectCommand),
     /// Run a local two-zone demo mesh (up, traffic, kill, status, down)
     #[command(subcommand)]
     Demo(DemoCommand),
+}
+
+const INSPECT_EXAMPLES: &str = "\
+Examples:
+  straitctl inspect dataplane backend-1 --mesh default            # what the sidecar runs, live
+  straitctl inspect dataplane backend-1 --policies                # which policy set each field
+  straitctl inspect dataplane backend-1 --stats                   # its metrics
+  straitctl inspect service backend                               # endpoints and health per zone
+  straitctl inspect zone zone-1
+
+The global asks the sidecar's zone over the zone's own sync stream: it never connects into a
+zone, and a sidecar is found in whichever zone runs it (--zone asks only that one).";
+
+/// `straitctl inspect` targets.
+#[derive(Debug, Subcommand)]
+pub enum InspectCommand {
+    /// One sidecar, in whichever zone it runs: its live configuration (default), the policies
+    /// behind it (--policies) or its metrics (--stats)
+    Dataplane(InspectDataplaneArgs),
+    /// One service across zones: endpoints and healthy endpoints per zone
+    Service(InspectServiceArgs),
+    /// One zone: its connection, sync with the global, services and gateways
+    Zone(InspectZoneArgs),
+}
+
+/// `inspect dataplane`.
+#[derive(Debug, Args)]
+#[command(group = clap::ArgGroup::new("what").args(["show_config", "policies", "stats"]))]
+pub struct InspectDataplaneArgs {
+    /// The Dataplane's name
+    pub name: String,
+    /// Its mesh
+    #[arg(short, long, env = "STRAIT_MESH", default_value = "default")]
+    pub mesh: String,
+    /// Ask only this zone (by default every connected zone is asked)
+    #[arg(long)]
+    pub zone: Option<String>,
+    /// What the sidecar runs now, as it reports it (the default)
+    #[arg(long = "config", id = "show_config")]
+    pub config: bool,
+    /// For each inbound, outbound and route: the policies that matched, in merge order, and the
+    /// policy that set each effective field
+    #[arg(long)]
+    pub policies: bool,
+    /// The sidecar's metrics (series still at zero left out; -o json for everything)
+    #[arg(long)]
+    pub stats: bool,
+    /// Output format (table: text for humans)
+    #[arg(short, long, value_enum, default_value_t = OutputFormat::Table)]
+    pub output: OutputFormat,
+}
+
+/// `inspect service`.
+#[derive(Debug, Args)]
+pub struct InspectServiceArgs {
+    /// The service
+    pub name: String,
+    /// Its mesh
+    #[arg(short, long, env = "STRAIT_MESH", default_value = "default")]
+    pub mesh: String,
+    /// Output format
+    #[arg(short, long, value_enum, default_value_t = OutputFormat::Table)]
+    pub output: OutputFormat,
+}
+
+/// `inspect zone`.
+#[derive(Debug, Args)]
+pub struct InspectZoneArgs {
+    /// The zone
+    pub name: String,
+    /// Output format
+    #[arg(short, long, value_enum, default_value_t = OutputFormat::Table)]
+    pub output: OutputFormat,
 }
 
 const ZONE_EXAMPLES: &str = "\

@@ -87,8 +87,9 @@ impl Sidecar {
         let mut registry = Registry::default();
         let proxy_metrics = ProxyMetrics::register(&mut registry);
         let registry = Arc::new(registry);
-        let admin_state =
-            AdminState { ready: ready.clone(), registry: registry.clone(), config_dump: config_dump(state.clone(), addresses.clone()) };
+        let dump = config_dump(state.clone(), addresses.clone());
+        let inspect = crate::dps_client::Inspect { config_dump: dump.clone(), registry: registry.clone() };
+        let admin_state = AdminState { ready: ready.clone(), registry: registry.clone(), config_dump: dump };
         let address = config.flags.admin_address;
         let admin = AdminServer::bind(address, admin_state).await.map_err(|source| StartError::Admin { address, source })?;
         let admin_addr = admin.local_addr();
@@ -103,7 +104,8 @@ impl Sidecar {
             crate::exposition::start(address, state.clone(), registry, cancel.clone(), &tasks);
         }
         tasks.spawn(
-            DpsClient { config: config.clone(), state: state.clone(), guards, workload, streams, nacks, health }.run(cancel.clone()),
+            DpsClient { config: config.clone(), state: state.clone(), guards, workload, streams, nacks, health, inspect }
+                .run(cancel.clone()),
         );
         let proxy = crate::proxy::run(state.clone(), proxy_metrics, listeners, drain.watcher(), tasks.clone());
         tasks.spawn_on(proxy, data_path.handle());

@@ -11,7 +11,9 @@ use std::sync::{Arc, Mutex};
 use arc_swap::ArcSwapOption;
 use prometheus_client::metrics::counter::Counter;
 use strait_api::dps::dataplane_sync_client::DataplaneSyncClient;
-use strait_api::dps::{dataplane_message, zone_message, Ack, DataplaneMessage, Health, Hello, InboundReadiness, Nack, PROTOCOL_VERSION};
+use strait_api::dps::{
+    dataplane_message, zone_message, Ack, DataplaneMessage, Health, Hello, InboundReadiness, InspectResponse, Nack, PROTOCOL_VERSION,
+};
 use strait_api::proxy_config::ProxyConfig;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -72,6 +74,39 @@ pub struct DpsClient {
     pub nacks: Counter,
     /// The application's readiness behind each inbound, from [`crate::probe`].
     pub health: tokio::sync::watch::Receiver<crate::probe::Readinesses>,
+    /// What the zone may ask about this sidecar (`straitctl inspect dataplane`).
+    pub inspect: Inspect,
+}
+
+/// Answers a zone's questions about this sidecar: its configuration dump and its metrics, the
+/// same as its admin endpoint's `/config_dump` and `/metrics`.
+#[derive(Clone)]
+pub struct Inspect {
+    /// Renders `/config_dump`.
+    pub config_dump: Arc<dyn Fn() -> String + Send + Sync>,
+    /// Every metric of the sidecar.
+    pub registry: Arc<prometheus_client::registry::Registry>,
+}
+
+impl Inspect {
+    /// The answer to a question of kind `what`.
+    fn answer(&self, id: u64, what: &str) -> InspectResponse {
+        let json = match what {
+            "config" => Ok((self.config_dump)().into_bytes()),
+            "stats" => {
+                let mut text = String::new();
+                match prometheus_client::encoding::text::encode(&mut text, &self.registry) {
+                    Ok(()) => Ok(serde_json::to_vec(&serde_json::json!({ "metrics": text })).unwrap_or_default()),
+                    Err(e) => Err(format!("encoding the metrics: {e}")),
+                }
+            }
+            other => Err(format!("this sidecar answers `config` and `stats`, not {other:?}")),
+        };
+        match json {
+            Ok(json) => InspectResponse { id, json, error: String::new() },
+            Err(error) => InspectResponse { id, json: Vec::new(), error },
+        }
+    }
 }
 
 /// The configuration in `json`, if this sidecar can apply it; else why not (the NACK's
@@ -157,6 +192,13 @@ impl DpsClient {
                 Some(zone_message::Message::Certificate(c)) if c.error.is_empty() => self.workload.signer.answer(Ok(c.cert_chain_pem)),
                 Some(zone_message::Message::Certificate(c)) => {
                     self.workload.signer.answer(Err(format!("the zone refused the CSR: {}", c.error)))
+                }
+                Some(zone_message::Message::Inspect(request)) => {
+                    tracing::debug!(what = request.what, "inspected by the zone");
+                    let answer = self.inspect.answer(request.id, &request.what);
+                    if tx.send(msg(dataplane_message::Message::InspectResponse(answer))).await.is_err() {
+                        return End::Broken("request stream closed".into());
+                    }
                 }
                 None => {}
             }

@@ -147,7 +147,9 @@ impl GlobalCp {
         let api_listener = bind(config.api_address).await?;
         let api_addr = local(&api_listener, config.api_address)?;
 
+        let inspections = crate::inspect::Inspections::default();
         let state = AppState {
+            inspections: inspections.clone(),
             resources: resources.clone(),
             zones: zones.clone(),
             metrics,
@@ -177,6 +179,7 @@ impl GlobalCp {
             global_id: Arc::new(secrets.global_id.clone()),
             pending,
             system_ca: secrets.system_ca.clone(),
+            inspections: inspections.clone(),
         };
         // One certificate manager for the process: it keeps the sync endpoint's certificate current.
         let certs = CertManager::new(RotationPolicy::default(), shutdown.clone(), tasks.clone());

@@ -13,6 +13,7 @@
 pub mod app;
 pub mod config;
 pub mod dataplane_tokens;
+pub mod inspect;
 pub mod kds;
 pub mod mesh_ca;
 pub mod meshes;

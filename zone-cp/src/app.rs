@@ -109,6 +109,7 @@ impl ZoneCp {
             .map_err(|e| anyhow::anyhow!("binding DPS to {}: {e}", config.dps_address))?;
         let dps_addr = dps_listener.local_addr()?;
         let targets = crate::discovery::Targets::default();
+        let inspectors = crate::inspect::Inspectors::default();
         let dps_shared = crate::dps::DpsShared {
             resources: resources.clone(),
             zone: Arc::new(config.zone.clone()),
@@ -118,6 +119,7 @@ impl ZoneCp {
             metrics: dps_metrics,
             allowed_addresses: Arc::new(config.allow_dataplane_addresses.clone()),
             targets: targets.clone(),
+            inspectors: inspectors.clone(),
         };
         // Keepalive pings find sidecars whose host vanished without closing its connection, so
         // their Dataplane is unregistered and a replacement can register.
@@ -163,6 +165,7 @@ impl ZoneCp {
             inventory: inventory_rx,
             signer,
             certs: zone_certs,
+            inspectors,
         };
         tasks.spawn(client.run(shutdown.clone()));
         let router = rest::router(api, Arc::new(admin_token));

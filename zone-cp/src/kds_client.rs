@@ -40,6 +40,8 @@ pub struct KdsClient {
     pub signer: Arc<crate::certs::KdsSigner>,
     /// The certificates the global signs for this zone.
     pub certs: Arc<crate::certs::ZoneCerts>,
+    /// The connected sidecars, for the global's questions about them.
+    pub inspectors: crate::inspect::Inspectors,
 }
 
 /// Exponential back-off with full jitter, reset after a healthy session.
@@ -177,6 +179,17 @@ impl KdsClient {
                                 }
                             }
                             Some(global_message::Message::Certificate(cert)) => self.signer.answer(cert),
+                            // The global asks about a sidecar: answered off this loop, which
+                            // keeps syncing meanwhile.
+                            Some(global_message::Message::Inspect(request)) => {
+                                let (resources, zone, inspectors, tx) =
+                                    (strait_cp_core::resources::Resources::new(self.synced.store().clone()), self.config.zone.clone(), self.inspectors.clone(), tx.clone());
+                                tokio::spawn(async move {
+                                    tracing::info!(mesh = request.mesh, dataplane = request.dataplane, what = request.what, "inspected from the global");
+                                    let answer = crate::inspect::answer(&resources, &zone, &inspectors, &request).await;
+                                    let _ = tx.send(msg(zone_message::Message::InspectResponse(answer))).await;
+                                });
+                            }
                             _ => {}
                         },
                         Ok(None) => return End::Broken("the global closed the stream".into()),

@@ -15,6 +15,7 @@ pub mod config;
 pub mod discovery;
 pub mod dps;
 pub mod gateways;
+pub mod inspect;
 pub mod inventory;
 pub mod kds_client;
 pub mod metrics;

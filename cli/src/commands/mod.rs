@@ -9,6 +9,7 @@ pub mod config;
 pub mod delete;
 pub mod demo;
 pub mod get;
+pub mod inspect;
 pub mod token;
 pub mod version;
 pub mod zone;
@@ -71,6 +72,7 @@ pub async fn run(cli: Cli, sources: FlagSources) -> anyhow::Result<()> {
         Command::Demo(cmd) => demo::run(cmd).await,
         Command::Zone(cmd) => zone::run(&cmd, &ctx).await,
         Command::Token(cmd) => token::run(&cmd, &ctx).await,
+        Command::Inspect(cmd) => inspect::run(&cmd, &ctx).await,
     }
 }
 

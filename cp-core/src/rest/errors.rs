@@ -87,6 +87,18 @@ impl ApiError {
     }
 
     /// 500: the store failed.
+    /// A zone (or a sidecar behind it) could not answer: 502 (it answered wrongly), 503 (not
+    /// connected) or 504 (not in time); any other status is taken as 502.
+    pub fn upstream(status: u16, message: impl Into<String>) -> Self {
+        match status {
+            404 => Self::not_found(message),
+            400 => Self::bad_request(message),
+            503 => Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message),
+            504 => Self::new(StatusCode::GATEWAY_TIMEOUT, "timeout", message),
+            _ => Self::new(StatusCode::BAD_GATEWAY, "bad_gateway", message),
+        }
+    }
+
     pub fn internal(message: impl Into<String>) -> Self {
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message)
     }

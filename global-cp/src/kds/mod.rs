@@ -193,6 +193,8 @@ pub struct KdsShared {
     pub pending: Pending,
     /// Signs zone identities.
     pub system_ca: Arc<strait_pki::CertificateAuthority>,
+    /// Questions about the zones' sidecars, asked on their streams.
+    pub inspections: crate::inspect::Inspections,
 }
 
 /// The tonic service.
@@ -265,6 +267,7 @@ impl ZoneSync for KdsService {
         let span = tracing::info_span!("kds_session", zone = %zone, peer);
         span.in_scope(|| tracing::info!(version = %hello.software_version, resume = hello.resume_revision, "zone connected"));
         let (tx, rx) = mpsc::channel(16);
+        self.shared.inspections.attach(&zone, id, tx.clone());
         let session = Session { shared: self.shared.clone(), zone, id, tx, cancel };
         self.tasks.spawn(session.run(hello, inbound).instrument(span));
         Ok(Response::new(ReceiverStream::new(rx)))

@@ -47,6 +47,7 @@ impl Session {
             Err(status) => status.message().to_string(),
         };
         self.shared.registry.disconnect(&self.zone, self.id);
+        self.shared.inspections.detach(&self.zone, self.id);
         self.shared.metrics.connected_zones.set(self.shared.registry.connected_count() as i64);
         tracing::info!(reason, "zone disconnected");
         if let Err(status) = result {
@@ -222,6 +223,7 @@ impl Session {
                 self.shared.metrics.nacks.inc();
             }
             Some(zone_message::Message::Inventory(inventory)) => self.store_inventory(inventory).await?,
+            Some(zone_message::Message::InspectResponse(response)) => self.shared.inspections.answered(response),
             Some(zone_message::Message::Heartbeat(_)) => registry.update(&self.zone, self.id, |_| {}),
             Some(zone_message::Message::CertificateRequest(req)) if req.zone_identity => {
                 let store = self.shared.resources.store();

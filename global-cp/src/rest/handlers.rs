@@ -58,7 +58,7 @@ fn list_body<T>(items: Vec<T>) -> Json<ListBody<T>> {
     Json(ListBody { total: items.len(), items })
 }
 
-async fn get_one(state: &AppState, kind: ResourceType, mesh: Option<&str>, name: &str) -> Result<Json<Resource>, ApiError> {
+pub(super) async fn get_one(state: &AppState, kind: ResourceType, mesh: Option<&str>, name: &str) -> Result<Json<Resource>, ApiError> {
     match state.resources.get(kind, mesh, name).await? {
         Some(r) => Ok(Json(r)),
         None if mesh.is_some() && state.resources.get(ResourceType::Mesh, None, mesh.unwrap_or_default()).await?.is_none() => {

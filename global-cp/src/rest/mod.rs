@@ -4,6 +4,7 @@
 //! OpenAPI document. Reads are open; writes need the admin token (see `auth`).
 
 pub mod handlers;
+pub mod inspect;
 pub mod openapi;
 pub mod ops;
 
@@ -33,6 +34,8 @@ pub struct AppState {
     pub kds_port: u16,
     /// `https`, or `http` with `--api-plaintext`.
     pub api_scheme: &'static str,
+    /// Questions about the zones' sidecars.
+    pub inspections: crate::inspect::Inspections,
     /// Validity of new zone tokens.
     pub zone_token_validity: std::time::Duration,
     /// Issues dataplane tokens.
@@ -51,6 +54,8 @@ pub fn router(state: AppState, admin_token: Arc<String>) -> Router {
         .route("/meshes", get(handlers::list_meshes))
         .route("/meshes/{mesh}", get(handlers::get_mesh).put(handlers::put_mesh).delete(handlers::delete_mesh))
         .route("/meshes/{mesh}/services", get(handlers::list_services))
+        .route("/meshes/{mesh}/services/{service}", get(inspect::get_service))
+        .route("/meshes/{mesh}/dataplanes/{name}/inspect", get(inspect::inspect_dataplane))
         .route("/meshes/{mesh}/dataplane-tokens", axum::routing::post(handlers::issue_dataplane_token))
         .route("/meshes/{mesh}/dataplane-tokens/{id}", axum::routing::delete(handlers::revoke_dataplane_token))
         .route("/meshes/{mesh}/services/{service}/dataplane-tokens", axum::routing::delete(handlers::revoke_service_dataplane_tokens))

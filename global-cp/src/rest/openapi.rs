@@ -164,7 +164,7 @@ impl Modify for Shared {
     info(title = "Strait global control plane", description = "Meshes, zones and policies of a Strait service mesh."),
     paths(
         handlers::list_meshes, handlers::get_mesh, handlers::put_mesh, handlers::delete_mesh,
-        handlers::list_services, handlers::list_in_mesh, handlers::get_in_mesh, handlers::put_in_mesh, handlers::delete_in_mesh,
+        handlers::list_services, super::inspect::get_service, super::inspect::inspect_dataplane, handlers::list_in_mesh, handlers::get_in_mesh, handlers::put_in_mesh, handlers::delete_in_mesh,
         handlers::list_zones, handlers::get_zone, handlers::put_zone, handlers::delete_zone, handlers::issue_zone_token, handlers::revoke_zone_token, handlers::issue_zone_proxy_token, handlers::issue_dataplane_token, handlers::revoke_dataplane_token, handlers::revoke_service_dataplane_tokens,
     ),
     components(schemas(strait_api::openapi::ResourceSchema, strait_cp_core::rest::errors::ErrorBody, strait_api::FieldError)),

@@ -4,6 +4,9 @@
 //! its sidecars and gateways, and the request counts Prometheus then holds between two
 //! services, by zone, are the requests the test sent.
 //!
+//! The same mesh is inspected from the global with `straitctl inspect` (a sidecar of either
+//! zone, the policies behind its configuration, a service, a zone).
+//!
 //! Without the `prometheus` binary the scenario is skipped with its reason, except in CI
 //! (`CI=true`), where `.ci/run` installs it and its absence fails.
 
@@ -35,7 +38,7 @@ fn prometheus_binary() -> Option<std::path::PathBuf> {
         .find(|p| p.is_file());
     if found.is_none() {
         assert!(std::env::var("CI").as_deref() != Ok("true"), "prometheus is not installed: .ci/run installs Debian's prometheus package");
-        println!("SKIPPED: no prometheus binary on PATH (apt-get install prometheus)");
+        println!("SKIPPED the Prometheus part: no prometheus binary on PATH (apt-get install prometheus)");
     }
     found
 }
@@ -167,8 +170,8 @@ fn single(result: &[Value]) -> Result<(f64, Value), String> {
 }
 
 #[test]
-fn prometheus_scrapes_both_zones_through_their_discovery_endpoints() {
-    let Some(binary) = prometheus_binary() else { return };
+fn a_two_zone_mesh_is_inspected_from_the_global_and_scraped_by_prometheus() {
+    let binary = prometheus_binary();
     let net = Net::new();
     let (global, zones) = start_zones(&net, &["zone-1", "zone-2"]);
     let ((zone1, _), (zone2, _)) = (&zones[0], &zones[1]);
@@ -208,6 +211,9 @@ fn prometheus_scrapes_both_zones_through_their_discovery_endpoints() {
         assert_eq!(answer, "backend\n");
     }
 
+    inspect_from_the_global(&net, &global);
+
+    let Some(binary) = binary else { return };
     let (prometheus, _proc) = start_prometheus(&net, &binary, &global, &[zone1, zone2]);
     // Every target is scraped: two sidecars, two gateways, two zone control planes and the global.
     wait_for("prometheus to scrape 2 sidecars, 2 gateways and 3 control planes", Duration::from_secs(60), || {
@@ -270,4 +276,66 @@ fn prometheus_scrapes_both_zones_through_their_discovery_endpoints() {
     )
     .expect("the egress of zone-1 counted its tunnels to backend");
     assert!(streams >= 1.0, "{streams}");
+}
+
+/// `straitctl inspect`, on the global's host: a sidecar of zone-2 found without naming its
+/// zone, its live configuration from the sidecar itself, the policy behind a field of web's
+/// configuration, its metrics, a service across zones and a zone.
+fn inspect_from_the_global(net: &Net, global: &Global) {
+    let json = |args: &[&str]| -> Value {
+        let out = global.straitctl(net, args);
+        out.assert_success();
+        serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", out.stdout))
+    };
+    let config = json(&["inspect", "dataplane", "backend-1", "--mesh", "default", "-o", "json"]);
+    assert_eq!(config["zone"], "zone-2", "{config}");
+    assert_eq!(config["result"]["config"]["dataplane"], "backend-1", "the sidecar's own dump: {config}");
+    assert!(config["result"]["version"].as_u64().is_some_and(|v| v > 0), "{config}");
+    assert!(config["result"]["certificate"]["chain"].as_str().is_some_and(|c| c.contains("BEGIN CERTIFICATE")), "{config}");
+
+    let stats = json(&["inspect", "dataplane", "backend-1", "--stats", "-o", "json"]);
+    let metrics = stats["result"]["metrics"].as_str().unwrap_or_default();
+    assert!(metrics.contains("strait_dp_http_requests_total{"), "{metrics}");
+
+    // A MeshTimeout for web's calls to backend: --policies names it behind the field it sets,
+    // and the mesh's default MeshTimeout behind the others.
+    global.apply(
+        net,
+        "web-timeout.yaml",
+        "type: MeshTimeout\nname: web-to-backend\nmesh: default\nspec:\n  targetRef: {kind: MeshService, name: web}\n  to:\n    \
+         - targetRef: {kind: MeshService, name: backend}\n      default: {http: {requestTimeout: 7s}}\n",
+    );
+    let explained = wait_for("zone-1 to explain web's timeout to backend", SYNC, || {
+        let out = global.straitctl(net, &["inspect", "dataplane", "web-1", "--policies"]);
+        if out.status.success() && out.stdout.contains("/http/requestTimeout = \"7s\"  ← web-to-backend") {
+            Ok(out.stdout)
+        } else {
+            Err(format!("{}{}", out.stdout, out.stderr))
+        }
+    });
+    println!("straitctl inspect dataplane web-1 --policies:\n{explained}");
+    assert!(explained.contains("in zone zone-1") && explained.contains("outbound backend"), "{explained}");
+    let policies = json(&["inspect", "dataplane", "web-1", "--policies", "-o", "json"]);
+    let backend = policies["result"]["outbounds"].as_array().and_then(|o| o.iter().find(|o| o["service"] == "backend")).cloned();
+    let timeout = backend.map(|b| b["to"]["MeshTimeout"].clone()).unwrap_or_default();
+    assert_eq!(timeout["fields"]["/http/requestTimeout"], "web-to-backend", "{timeout}");
+    assert!(timeout["origin"].as_array().is_some_and(|o| o.len() >= 2), "the default timeout merged first: {timeout}");
+
+    let missing = global.straitctl(net, &["inspect", "dataplane", "nobody-1"]);
+    assert!(!missing.status.success() && missing.stderr.contains("no connected zone has dataplane \"nobody-1\""), "{missing:?}");
+
+    let service = json(&["inspect", "service", "backend", "-o", "json"]);
+    assert_eq!((service["endpoints"].as_u64(), service["healthy"].as_u64()), (Some(1), Some(1)), "{service}");
+    assert_eq!(service["zones"][0]["zone"], "zone-2", "{service}");
+    let text = global.straitctl(net, &["inspect", "service", "backend"]);
+    text.assert_success();
+    assert!(text.stdout.contains("ZONE") && text.stdout.contains("zone-2"), "{}", text.stdout);
+
+    let zone = global.straitctl(net, &["inspect", "zone", "zone-2"]);
+    zone.assert_success();
+    assert!(
+        zone.stdout.contains("zone zone-2: connected") && zone.stdout.contains("default/backend: 1 endpoints, 1 healthy"),
+        "{}",
+        zone.stdout
+    );
 }

@@ -47,6 +47,8 @@ pub struct DpsShared {
     pub allowed_addresses: Arc<Vec<crate::config::AddressRange>>,
     /// The Prometheus targets of the connected sidecars.
     pub targets: crate::discovery::Targets,
+    /// The connected sidecars' channels for the global's questions (`straitctl inspect`).
+    pub inspectors: crate::inspect::Inspectors,
 }
 
 /// The tonic service.
@@ -374,6 +376,7 @@ impl DataplaneSync for DpsService {
             tx,
             nacked: Default::default(),
             sent: Default::default(),
+            inspecting: Default::default(),
         };
         self.tasks.spawn(session.run(inbound).instrument(span));
         Ok(Response::new(ReceiverStream::new(rx)))

@@ -4,12 +4,13 @@
 //! In: the sidecar's ACK/NACK and CSRs, and the zone store's changes. Out: `Config` messages
 //! (only when the sidecar's configuration really changed) and `Certificate` messages.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use futures::StreamExt;
 use serde_json::json;
 use strait_api::dataplane::InboundHealth;
-use strait_api::dps::{dataplane_message, zone_message, Certificate, DataplaneMessage, Health, ZoneMessage};
+use strait_api::dps::{dataplane_message, zone_message, Certificate, DataplaneMessage, Health, InspectRequest, ZoneMessage};
 use strait_api::{proxy_config, Resource, ResourceType, Spec};
 use strait_cp_core::kinds::DATAPLANE_NACK;
 use strait_store::{Key, Precondition, WatchStream};
@@ -32,7 +33,12 @@ pub struct Session {
     pub(super) nacked: AtomicBool,
     /// The version of the last configuration sent, and when, until the sidecar answers.
     pub(super) sent: std::sync::Mutex<Option<(u64, std::time::Instant)>>,
+    /// Questions asked of the sidecar (`straitctl inspect`): the last id, and the waiting ones by id.
+    pub(super) inspecting: std::sync::Mutex<(u64, Waiting)>,
 }
+
+/// Questions waiting for the sidecar's answer, by id.
+type Waiting = HashMap<u64, tokio::sync::oneshot::Sender<Result<Vec<u8>, String>>>;
 
 /// Longest NACK reason recorded, in characters.
 const MAX_NACK_REASON: usize = 1024;
@@ -55,6 +61,7 @@ impl Session {
         }
         self.clear_nack().await;
         self.shared.targets.remove(&self.dp);
+        self.shared.inspectors.remove(&self.id);
         crate::inventory::refresh(&self.shared.resources, &self.shared.inventory).await;
         self.shared.connected.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.id);
         tracing::info!(reason, "sidecar disconnected");
@@ -77,8 +84,20 @@ impl Session {
         crate::inventory::refresh(&self.shared.resources, &self.shared.inventory).await;
         let mut last: Option<Vec<u8>> = None;
         self.push_config(&mut last).await?;
+        let mut questions = self.shared.inspectors.register(&self.id);
         loop {
             tokio::select! {
+                Some((what, answer)) = questions.recv() => {
+                    let id = {
+                        let mut inspecting = self.inspecting.lock().unwrap_or_else(|p| p.into_inner());
+                        inspecting.0 += 1;
+                        let id = inspecting.0;
+                        inspecting.1.retain(|_, waiting| !waiting.is_closed());
+                        inspecting.1.insert(id, answer);
+                        id
+                    };
+                    self.send(zone_message::Message::Inspect(InspectRequest { id, what })).await?;
+                }
                 () = self.shared.shutdown.cancelled() => return Err(Status::unavailable("the zone control plane is shutting down")),
                 status = self.token.expired() => return Err(status),
                 event = events.next() => {
@@ -185,6 +204,12 @@ impl Session {
                 self.send(zone_message::Message::Certificate(answer)).await?;
             }
             Some(dataplane_message::Message::Health(health)) => self.record_health(&health).await?,
+            Some(dataplane_message::Message::InspectResponse(response)) => {
+                let waiting = self.inspecting.lock().unwrap_or_else(|p| p.into_inner()).1.remove(&response.id);
+                if let Some(waiting) = waiting {
+                    let _ = waiting.send(if response.error.is_empty() { Ok(response.json) } else { Err(response.error) });
+                }
+            }
             Some(dataplane_message::Message::Hello(_)) => {
                 return Err(Status::invalid_argument("Hello is only allowed as the first message"))
             }
