@@ -3,7 +3,11 @@
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto");
-    let descriptors = protox::compile(["strait/kds/v1/kds.proto", "strait/dps/v1/dps.proto"], ["proto"])?;
-    tonic_build::configure().build_client(true).build_server(true).compile_fds(descriptors)?;
+    // KDS carries DPS's traffic report as it is: its types are those of `crate::dps`. DPS is
+    // generated last, so its own file is the one that stays.
+    let kds = protox::compile(["strait/kds/v1/kds.proto"], ["proto"])?;
+    tonic_build::configure().build_client(true).build_server(true).extern_path(".strait.dps.v1", "crate::dps").compile_fds(kds)?;
+    let dps = protox::compile(["strait/dps/v1/dps.proto"], ["proto"])?;
+    tonic_build::configure().build_client(true).build_server(true).compile_fds(dps)?;
     Ok(())
 }

@@ -318,7 +318,7 @@ pub struct DataplaneTokenArgs {
 pub enum DemoCommand {
     /// Start a global control plane, two zones with a gateway each and a sample application
     /// (frontend -> backend v1/v2 -> store) in the background, and print what to try next
-    Up(DemoArgs),
+    Up(DemoUpArgs),
     /// Send steady traffic to the frontend and print, every second, which backend version and
     /// zone answered, successes and failures
     Traffic(DemoTrafficArgs),
@@ -346,6 +346,17 @@ pub struct DemoArgs {
     /// Run on loopback addresses even with root (by default root gets a network namespace per zone)
     #[arg(long)]
     pub no_namespaces: bool,
+}
+
+/// `demo up`.
+#[derive(Debug, Clone, Args)]
+pub struct DemoUpArgs {
+    #[command(flatten)]
+    pub demo: DemoArgs,
+    /// Also start Prometheus (the `prometheus` on PATH, such as Debian's package), scraping the
+    /// control planes, sidecars and gateways of both zones through their discovery endpoints
+    #[arg(long)]
+    pub with_prometheus: bool,
 }
 
 /// `demo traffic`.

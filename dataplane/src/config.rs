@@ -119,6 +119,12 @@ pub struct RunConfig {
     #[arg(long, env = "STRAIT_CONCURRENCY", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
     pub concurrency: u16,
 
+    /// How often the sidecar tells its zone what its inbounds served (for the global's
+    /// traffic map); nothing is sent while nothing changes.
+    #[arg(long, env = "STRAIT_TRAFFIC_REPORT_INTERVAL", default_value = "5s", value_parser = strait_runtime::flags::parse_duration)]
+    #[serde(with = "strait_runtime::flags::humanized")]
+    pub traffic_report_interval: std::time::Duration,
+
     /// Log format.
     #[arg(long, env = "STRAIT_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,

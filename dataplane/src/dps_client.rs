@@ -153,8 +153,22 @@ impl DpsClient {
         tracing::info!(cp = %flags.cp.cp_address, dataplane = %self.config.dataplane.name, "registered with the zone control plane");
         self.streams.inc();
         let _attached = self.workload.signer.attach(tx.clone());
+        // What the inbounds served, sent when it changed (the zone sums it for the traffic map).
+        let mut traffic = tokio::time::interval(flags.traffic_report_interval);
+        traffic.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut reported = strait_api::dps::TrafficReport::default();
         loop {
             let message = tokio::select! {
+                _ = traffic.tick() => {
+                    let report = crate::traffic::report(&self.inspect.registry);
+                    if report != reported {
+                        reported = report.clone();
+                        if tx.send(msg(dataplane_message::Message::Traffic(report))).await.is_err() {
+                            return End::Broken("request stream closed".into());
+                        }
+                    }
+                    continue;
+                }
                 message = inbound.message() => match message {
                     Ok(Some(m)) => m,
                     Ok(None) => return End::Broken("the zone closed the stream".into()),

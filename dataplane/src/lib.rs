@@ -14,6 +14,7 @@ pub mod identity;
 pub mod probe;
 pub mod proxy;
 pub mod runtime;
+pub mod traffic;
 pub mod transparent;
 
 pub use app::{Sidecar, StartError};

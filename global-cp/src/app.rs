@@ -148,8 +148,10 @@ impl GlobalCp {
         let api_addr = local(&api_listener, config.api_address)?;
 
         let inspections = crate::inspect::Inspections::default();
+        let traffic = crate::traffic::TrafficMap::default();
         let state = AppState {
             inspections: inspections.clone(),
+            traffic: traffic.clone(),
             resources: resources.clone(),
             zones: zones.clone(),
             metrics,
@@ -180,6 +182,7 @@ impl GlobalCp {
             pending,
             system_ca: secrets.system_ca.clone(),
             inspections: inspections.clone(),
+            traffic: traffic.clone(),
         };
         // One certificate manager for the process: it keeps the sync endpoint's certificate current.
         let certs = CertManager::new(RotationPolicy::default(), shutdown.clone(), tasks.clone());

@@ -20,6 +20,7 @@ pub mod meshes;
 pub mod metrics;
 pub mod rest;
 pub mod secrets;
+pub mod traffic;
 pub mod zone_identity;
 pub mod zones;
 

@@ -67,6 +67,45 @@ impl EncodeMetric for LatencyHistogram {
     }
 }
 
+/// One sample of a Prometheus text exposition: its name, its labels (`k`, `v` with the
+/// quotes removed, escapes kept) and its value.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sample<'a> {
+    /// The sample's name (`..._total`, `..._bucket`).
+    pub name: &'a str,
+    /// Its labels, in order.
+    pub labels: Vec<(&'a str, &'a str)>,
+    /// Its value.
+    pub value: f64,
+}
+
+impl Sample<'_> {
+    /// The value of label `key`.
+    pub fn label(&self, key: &str) -> Option<&str> {
+        self.labels.iter().find(|(k, _)| *k == key).map(|(_, v)| *v)
+    }
+}
+
+/// The samples of a Prometheus (or OpenMetrics) text exposition; comments and lines that do
+/// not parse are skipped.
+pub fn samples(text: &str) -> impl Iterator<Item = Sample<'_>> {
+    text.lines().filter(|l| !l.starts_with('#')).filter_map(|line| {
+        let (series, value) = line.rsplit_once(' ')?;
+        let value = value.trim().parse::<f64>().ok()?;
+        let (name, labels) = match series.split_once('{') {
+            Some((n, l)) => (n, l.strip_suffix('}')?),
+            None => (series, ""),
+        };
+        let labels = split_labels(labels)
+            .filter_map(|pair| {
+                let (k, v) = pair.split_once('=')?;
+                Some((k, v.strip_prefix('"')?.strip_suffix('"')?))
+            })
+            .collect();
+        Some(Sample { name, labels, value })
+    })
+}
+
 /// The sum of the samples of a Prometheus text exposition that `selector` picks, or `None`
 /// when it picks none. `selector` is a metric name, optionally with labels
 /// (`name{a="x",b="y"}`): a sample is picked when its name is exactly `name` and it carries
@@ -76,25 +115,16 @@ pub fn sum_samples(text: &str, selector: &str) -> Option<f64> {
         Some((name, labels)) => (name, labels.trim_end_matches('}')),
         None => (selector, ""),
     };
-    let wanted: Vec<&str> = split_labels(wanted).collect();
-    let mut sum = None;
-    for line in text.lines().filter(|l| !l.starts_with('#')) {
-        let Some((series, value)) = line.rsplit_once(' ') else { continue };
-        let (sample_name, labels) = match series.split_once('{') {
-            Some((n, l)) => (n, l.trim_end_matches('}')),
-            None => (series, ""),
-        };
-        if sample_name != name {
-            continue;
-        }
-        let labels: Vec<&str> = split_labels(labels).collect();
-        if wanted.iter().all(|w| labels.contains(w)) {
-            if let Ok(v) = value.trim().parse::<f64>() {
-                *sum.get_or_insert(0.0) += v;
-            }
-        }
-    }
-    sum
+    let wanted: Vec<(&str, &str)> = split_labels(wanted)
+        .filter_map(|pair| {
+            let (k, v) = pair.split_once('=')?;
+            Some((k, v.trim_matches('"')))
+        })
+        .collect();
+    samples(text)
+        .filter(|s| s.name == name && wanted.iter().all(|(k, v)| s.label(k) == Some(v)))
+        .map(|s| s.value)
+        .fold(None, |sum, v| Some(sum.unwrap_or(0.0) + v))
 }
 
 /// The `k="v"` pairs of a label set (commas inside quoted values are kept).

@@ -110,6 +110,7 @@ impl ZoneCp {
         let dps_addr = dps_listener.local_addr()?;
         let targets = crate::discovery::Targets::default();
         let inspectors = crate::inspect::Inspectors::default();
+        let traffic = crate::traffic::Traffic::default();
         let dps_shared = crate::dps::DpsShared {
             resources: resources.clone(),
             zone: Arc::new(config.zone.clone()),
@@ -120,6 +121,7 @@ impl ZoneCp {
             allowed_addresses: Arc::new(config.allow_dataplane_addresses.clone()),
             targets: targets.clone(),
             inspectors: inspectors.clone(),
+            traffic: traffic.clone(),
         };
         // Keepalive pings find sidecars whose host vanished without closing its connection, so
         // their Dataplane is unregistered and a replacement can register.
@@ -166,6 +168,7 @@ impl ZoneCp {
             signer,
             certs: zone_certs,
             inspectors,
+            traffic,
         };
         tasks.spawn(client.run(shutdown.clone()));
         let router = rest::router(api, Arc::new(admin_token));

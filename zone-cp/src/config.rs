@@ -83,6 +83,12 @@ pub struct Config {
     #[serde(with = "humanized")]
     pub kds_idle_timeout: Duration,
 
+    /// How often the zone sends the global what its sidecars served (the traffic map's data);
+    /// nothing is sent while nothing changes.
+    #[arg(long, env = "STRAIT_TRAFFIC_REPORT_INTERVAL", default_value = "5s", value_parser = parse_duration)]
+    #[serde(with = "humanized")]
+    pub traffic_report_interval: Duration,
+
     /// Longest wait between reconnection attempts (exponential back-off with jitter up to this).
     #[arg(long, env = "STRAIT_KDS_MAX_BACKOFF", default_value = "30s", value_parser = parse_duration)]
     #[serde(with = "humanized")]

@@ -42,6 +42,8 @@ pub struct KdsClient {
     pub certs: Arc<crate::certs::ZoneCerts>,
     /// The connected sidecars, for the global's questions about them.
     pub inspectors: crate::inspect::Inspectors,
+    /// What the zone's sidecars served, reported to the global for its traffic map.
+    pub traffic: crate::traffic::Traffic,
 }
 
 /// Exponential back-off with full jitter, reset after a healthy session.
@@ -160,6 +162,8 @@ impl KdsClient {
         self.metrics.connected.set(1);
         self.metrics.streams.inc();
         let mut heartbeat = tokio::time::interval(self.config.kds_heartbeat_interval);
+        let mut traffic = tokio::time::interval(self.config.traffic_report_interval);
+        traffic.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_heard = Instant::now();
         let signer = self.signer.clone();
         let _attached = signer.attach(tx.clone());
@@ -199,6 +203,14 @@ impl KdsClient {
                 Ok(()) = self.inventory.changed() => {
                     let inventory = self.inventory.borrow_and_update().clone();
                     if tx.send(msg(zone_message::Message::Inventory(inventory))).await.is_err() {
+                        return End::Broken("request stream closed".into());
+                    }
+                }
+                _ = traffic.tick() => {
+                    // Sent on every tick once there is traffic, changed or not: the global's
+                    // rates fall to zero when it stops.
+                    let report = self.traffic.report(&self.config.zone);
+                    if !report.edges.is_empty() && tx.send(msg(zone_message::Message::Traffic(report))).await.is_err() {
                         return End::Broken("request stream closed".into());
                     }
                 }

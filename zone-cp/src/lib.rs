@@ -21,6 +21,7 @@ pub mod kds_client;
 pub mod metrics;
 pub mod rest;
 pub mod synced;
+pub mod traffic;
 pub mod zone_ca;
 pub mod zone_identity;
 

@@ -195,6 +195,8 @@ pub struct KdsShared {
     pub system_ca: Arc<strait_pki::CertificateAuthority>,
     /// Questions about the zones' sidecars, asked on their streams.
     pub inspections: crate::inspect::Inspections,
+    /// What each zone's sidecars served, for the traffic map.
+    pub traffic: crate::traffic::TrafficMap,
 }
 
 /// The tonic service.

@@ -224,6 +224,10 @@ impl Session {
             }
             Some(zone_message::Message::Inventory(inventory)) => self.store_inventory(inventory).await?,
             Some(zone_message::Message::InspectResponse(response)) => self.shared.inspections.answered(response),
+            Some(zone_message::Message::Traffic(report)) => {
+                registry.update(&self.zone, self.id, |_| {});
+                self.shared.traffic.record(&self.zone, report);
+            }
             Some(zone_message::Message::Heartbeat(_)) => registry.update(&self.zone, self.id, |_| {}),
             Some(zone_message::Message::CertificateRequest(req)) if req.zone_identity => {
                 let store = self.shared.resources.store();

@@ -5,6 +5,7 @@
 
 pub mod handlers;
 pub mod inspect;
+pub mod map;
 pub mod openapi;
 pub mod ops;
 
@@ -36,6 +37,8 @@ pub struct AppState {
     pub api_scheme: &'static str,
     /// Questions about the zones' sidecars.
     pub inspections: crate::inspect::Inspections,
+    /// What the zones' sidecars served (the traffic map).
+    pub traffic: crate::traffic::TrafficMap,
     /// Validity of new zone tokens.
     pub zone_token_validity: std::time::Duration,
     /// Issues dataplane tokens.
@@ -50,6 +53,8 @@ pub fn router(state: AppState, admin_token: Arc<String>) -> Router {
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))
         .route("/prometheus/targets", get(ops::prometheus_targets))
+        .route("/map", get(map::page))
+        .route("/map/data", get(map::data))
         .route("/openapi.json", get(ops::openapi_json))
         .route("/meshes", get(handlers::list_meshes))
         .route("/meshes/{mesh}", get(handlers::get_mesh).put(handlers::put_mesh).delete(handlers::delete_mesh))

@@ -33,7 +33,8 @@ pub const SYNC: Duration = Duration::from_secs(20);
 /// Short heartbeats and idle timeout for the global, so that dead zones are noticed in seconds.
 pub const GLOBAL_KDS: &[&str] = &["--kds-heartbeat-interval", "1s", "--kds-idle-timeout", "5s"];
 /// The same for zones, and a short reconnection back-off, so that scenarios do not wait 30 s.
-pub const ZONE_KDS: &[&str] = &["--kds-heartbeat-interval", "1s", "--kds-idle-timeout", "5s", "--kds-max-backoff", "2s"];
+pub const ZONE_KDS: &[&str] =
+    &["--kds-heartbeat-interval", "1s", "--kds-idle-timeout", "5s", "--kds-max-backoff", "2s", "--traffic-report-interval", "1s"];
 
 /// `GET url` (with a bearer token if given) from `from`: the status and the body as JSON (a
 /// body that is not JSON comes back as a JSON string). `Err` only if no answer came.

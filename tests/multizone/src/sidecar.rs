@@ -33,8 +33,9 @@ pub const ADMIN_PORT: u16 = 9901;
 pub const SIDECAR_READY: Duration = Duration::from_secs(30);
 /// Deadline of one call: connect, send, read the echo.
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(5);
-/// Back-off cap given to sidecars, so that reconnections take seconds, not 30 s.
-pub const SIDECAR_BACKOFF: &[&str] = &["--cp-max-backoff", "2s"];
+/// Back-off cap given to sidecars, so that reconnections take seconds, not 30 s, and traffic
+/// reports every second.
+pub const SIDECAR_BACKOFF: &[&str] = &["--cp-max-backoff", "2s", "--traffic-report-interval", "1s"];
 
 /// The address a workload's own processes use among themselves: 127.0.0.1 inside its
 /// namespace; in loopback mode, the host's address.

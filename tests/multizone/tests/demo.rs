@@ -5,7 +5,9 @@
 //! backend -> store shows as the store's 403 in the frontend's answer, and its deletion lets
 //! the calls through again); `demo traffic` prints who answers; `demo kill backend --zone
 //! zone-1` moves the frontend's calls to backend v2 in zone-2; `demo status` tells which
-//! processes run; `demo down` leaves no process and no directory behind.
+//! processes run; `demo down` leaves no process and no directory behind. `up` prints the
+//! traffic map's URL, and its suggested `straitctl inspect` finds a sidecar of zone-2; in the
+//! namespaces scenario, `--with-prometheus` starts a Prometheus that scrapes every target.
 
 use std::path::Path;
 use std::process::{Command, Output};
@@ -82,7 +84,16 @@ fn in_network_namespaces() {
         return;
     }
     drop(net);
-    scenario(&["--address-prefix", "127.82"], "http://198.19.82.20:8080", "namespaces");
+    // With Prometheus where it is installed (always in CI: `.ci/run` installs it).
+    let prometheus = std::env::var_os("PATH").is_some_and(|p| std::env::split_paths(&p).any(|d| d.join("prometheus").is_file()));
+    let mut flags = vec!["--address-prefix", "127.82"];
+    if prometheus {
+        flags.push("--with-prometheus");
+    } else {
+        assert!(std::env::var("CI").as_deref() != Ok("true"), "prometheus is not installed: .ci/run installs it");
+        println!("SKIPPED --with-prometheus: no prometheus on PATH");
+    }
+    scenario(&flags, "http://198.19.82.20:8080", "namespaces");
 }
 
 /// The whole scenario, with `demo up` given `flags`; its frontend is at `frontend`.
@@ -98,6 +109,13 @@ fn scenario(flags: &[&str], frontend: &str, mode: &str) {
     println!("FIGURE demo-up-{mode} ms={:.0}", started.elapsed().as_secs_f64() * 1000.0);
     assert!(up.contains(&format!("{frontend}/")), "up prints the frontend's URL:\n{up}");
     let frontend = || get(frontend);
+    let api = up
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("REST API"))
+        .and_then(|l| l.split_whitespace().next())
+        .expect("the REST API's URL")
+        .to_string();
+    assert!(up.contains(&format!("{api}/map")), "up prints the traffic map's URL:\n{up}");
     if mode == "namespaces" {
         // Zones reach each other only through their gateways: zone-1 cannot reach store.
         let curl = |ns: &str| {
@@ -117,8 +135,28 @@ fn scenario(flags: &[&str], frontend: &str, mode: &str) {
     let traffic = ok(straitctl(&["demo", "traffic", "--dir", &dir_arg, "--seconds", "2", "--rate", "5"]), "demo traffic");
     assert!(traffic.lines().filter(|l| l.contains("backend v1@zone-1")).count() >= 2, "a line a second naming who answered:\n{traffic}");
 
-    // The suggested 50/50 split of backend across v1 (zone-1) and v2 (zone-2).
+    // The suggested inspection of a sidecar of zone-2, from the global.
     let run = |line: Vec<String>, what: &str| ok(straitctl(&line.iter().map(String::as_str).collect::<Vec<_>>()), what);
+    let inspected = run(suggested(&up, "inspect dataplane backend-v2"), "the suggested inspection");
+    assert!(inspected.contains("in zone zone-2") && inspected.contains("dataplane: backend-v2"), "{inspected}");
+    // Prometheus, when asked for: it scrapes the 4 sidecars, 2 gateways and 3 control planes.
+    if let Some(url) = up.lines().find_map(|l| l.trim().strip_prefix("Prometheus")).and_then(|l| l.split_whitespace().next()) {
+        let client = reqwest::blocking::Client::builder().timeout(Duration::from_secs(5)).build().expect("a client");
+        wait_for("the demo's Prometheus to scrape every target", Duration::from_secs(60), || {
+            let answer: Value = client
+                .get(format!("{url}api/v1/query"))
+                .query(&[("query", "count(up == 1)")])
+                .send()
+                .and_then(|r| r.json())
+                .map_err(|e| e.to_string())?;
+            match answer["data"]["result"][0]["value"][1].as_str() {
+                Some("9") => Ok(()),
+                other => Err(format!("{other:?} targets up: {answer}")),
+            }
+        });
+    }
+
+    // The suggested 50/50 split of backend across v1 (zone-1) and v2 (zone-2).
     run(suggested(&up, "split-backend.yaml"), "the suggested split");
     let backends = |n: usize| -> Result<(usize, usize), String> {
         let mut counts = (0, 0);
@@ -200,7 +238,15 @@ fn scenario(flags: &[&str], frontend: &str, mode: &str) {
 
     let state: Value = serde_json::from_slice(&std::fs::read(dir.join("demo.json")).expect("the demo's state")).expect("JSON");
     let pids: Vec<u64> = state["processes"].as_array().expect("processes").iter().filter_map(|p| p["pid"].as_u64()).collect();
-    assert_eq!(pids.len(), 13, "global, two zones with a gateway each, four workloads with their sidecars");
+    let with_prometheus = usize::from(flags.contains(&"--with-prometheus"));
+    assert_eq!(
+        pids.len(),
+        13 + with_prometheus,
+        "global, two zones with a gateway each, four workloads with their sidecars (and Prometheus)"
+    );
+    if with_prometheus == 1 {
+        assert!(line("prometheus").contains("healthy"), "{status}");
+    }
     ok(straitctl(&["demo", "down", "--dir", &dir_arg]), "demo down");
     assert!(!dir.exists(), "down removes the demo's directory");
     // Zombies do not count: they have exited, and wait for whoever adopted them to reap them.

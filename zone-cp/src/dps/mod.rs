@@ -49,6 +49,8 @@ pub struct DpsShared {
     pub targets: crate::discovery::Targets,
     /// The connected sidecars' channels for the global's questions (`straitctl inspect`).
     pub inspectors: crate::inspect::Inspectors,
+    /// What the zone's sidecars served, for the global's traffic map.
+    pub traffic: crate::traffic::Traffic,
 }
 
 /// The tonic service.

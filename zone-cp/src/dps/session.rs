@@ -62,6 +62,7 @@ impl Session {
         self.clear_nack().await;
         self.shared.targets.remove(&self.dp);
         self.shared.inspectors.remove(&self.id);
+        self.shared.traffic.forget(&self.id);
         crate::inventory::refresh(&self.shared.resources, &self.shared.inventory).await;
         self.shared.connected.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.id);
         tracing::info!(reason, "sidecar disconnected");
@@ -204,6 +205,7 @@ impl Session {
                 self.send(zone_message::Message::Certificate(answer)).await?;
             }
             Some(dataplane_message::Message::Health(health)) => self.record_health(&health).await?,
+            Some(dataplane_message::Message::Traffic(report)) => self.shared.traffic.record(&self.id, report),
             Some(dataplane_message::Message::InspectResponse(response)) => {
                 let waiting = self.inspecting.lock().unwrap_or_else(|p| p.into_inner()).1.remove(&response.id);
                 if let Some(waiting) = waiting {

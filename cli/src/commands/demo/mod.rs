@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context as _};
 use serde_json::{json, Value};
 
-use crate::cli::{DemoArgs, DemoCommand};
+use crate::cli::{DemoArgs, DemoCommand, DemoUpArgs};
 use crate::commands::zone::write_private;
 use plan::{Plan, APP_PORT, GATEWAY_ADMIN_PORT, SIDECAR_ADMIN_PORT};
 use procs::{Record, State};
@@ -210,8 +210,15 @@ impl Starter {
     }
 }
 
-async fn up(args: &DemoArgs) -> anyhow::Result<()> {
+async fn up(up_args: &DemoUpArgs) -> anyhow::Result<()> {
+    let args = &up_args.demo;
     plan::check_prefix(&args.address_prefix)?;
+    let prometheus = match up_args.with_prometheus {
+        true => Some(find_on_path("prometheus").context(
+            "--with-prometheus: no `prometheus` on PATH; install it (Debian: apt-get install prometheus) or leave the flag out",
+        )?),
+        false => None,
+    };
     let dir = dir(args);
     if procs::state_path(&dir).exists() {
         bail!("a demo already runs from {} (`straitctl demo status`); stop it first with `straitctl demo down`", dir.display());
@@ -244,7 +251,11 @@ async fn up(args: &DemoArgs) -> anyhow::Result<()> {
                 say!("  (the zones are not isolated from each other: {e:#})");
             }
         }
-        up_steps(&mut s, &plan).await
+        up_steps(&mut s, &plan).await?;
+        if let Some(binary) = &prometheus {
+            start_prometheus(&mut s, &plan, binary).await?;
+        }
+        Ok::<(), anyhow::Error>(())
     }
     .await;
     if let Err(e) = started {
@@ -255,8 +266,62 @@ async fn up(args: &DemoArgs) -> anyhow::Result<()> {
         return Err(e.context(format!("the demo did not start; its processes were stopped, its logs kept in {}/logs", dir.display())));
     }
     let dir_flag = args.dir.as_ref().map(|d| format!(" --dir {}", d.display())).unwrap_or_default();
-    print_next_steps(&s, &plan, &dir, &dir_flag);
+    print_next_steps(&s, &plan, &dir, &dir_flag, prometheus.is_some());
     Ok(())
+}
+
+/// The path of `program` on PATH.
+fn find_on_path(program: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH").and_then(|p| std::env::split_paths(&p).map(|d| d.join(program)).find(|p| p.is_file()))
+}
+
+/// Port of the demo's Prometheus, on the global's address.
+const PROMETHEUS_PORT: u16 = 9090;
+
+/// Makes every sidecar scrapeable (a MeshMetric), then starts Prometheus with one discovery
+/// entry on the global (the control planes) and one per zone (its sidecars and gateways).
+async fn start_prometheus(s: &mut Starter, plan: &Plan, binary: &Path) -> anyhow::Result<()> {
+    s.call(
+        reqwest::Method::PUT,
+        "/meshes/default/meshmetrics/metrics",
+        Some(json!({"type": "MeshMetric", "name": "metrics", "mesh": "default", "spec": {"targetRef": {"kind": "Mesh"},
+            "default": {"backends": [{"type": "Prometheus", "prometheus": {"port": 5670, "path": "/metrics"}}]}}})),
+    )
+    .await?;
+    let dir = s.dir.clone();
+    let global_ca = dir.join("global/api-ca.pem");
+    let mut bundle = std::fs::read_to_string(&global_ca).context("reading the global's api-ca.pem")?;
+    let mut jobs = String::new();
+    for zone in &plan.zones {
+        let ca = dir.join(format!("{}-data/dps-ca.pem", zone.name));
+        bundle.push_str(&std::fs::read_to_string(&ca).with_context(|| format!("reading {}", ca.display()))?);
+        jobs.push_str(&format!(
+            "  - job_name: strait-{name}\n    http_sd_configs:\n      - url: https://{ip}:7681/prometheus/targets\n        refresh_interval: 5s\n        tls_config: {{ca_file: {ca}}}\n",
+            name = zone.name,
+            ip = zone.ip,
+            ca = ca.display()
+        ));
+    }
+    let bundle_file = dir.join("prometheus-cas.pem");
+    std::fs::write(&bundle_file, bundle)?;
+    let config = format!(
+        "# Written by `straitctl demo up --with-prometheus` (see deploy/observability/prometheus.yml).\n\
+         global:\n  scrape_interval: 5s\nscrape_configs:\n  - job_name: strait-control-planes\n    scheme: https\n    \
+         tls_config: {{ca_file: {b}}}\n    http_sd_configs:\n      - url: https://{g}:7680/prometheus/targets\n        refresh_interval: 5s\n        \
+         tls_config: {{ca_file: {ca}}}\n{jobs}",
+        b = bundle_file.display(),
+        g = plan.global_ip,
+        ca = global_ca.display(),
+    );
+    let config_file = dir.join("prometheus.yml");
+    std::fs::write(&config_file, config)?;
+    let g = &plan.global_ip;
+    let args = vec![
+        format!("--config.file={}", config_file.display()),
+        format!("--storage.tsdb.path={}", dir.join("prometheus-data").display()),
+        format!("--web.listen-address={g}:{PROMETHEUS_PORT}"),
+    ];
+    s.start("prometheus", &binary.display().to_string(), args, format!("http://{g}:{PROMETHEUS_PORT}/-/ready"), None, None).await
 }
 
 async fn up_steps(s: &mut Starter, plan: &Plan) -> anyhow::Result<()> {
@@ -419,7 +484,7 @@ async fn up_steps(s: &mut Starter, plan: &Plan) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn print_next_steps(s: &Starter, plan: &Plan, dir: &Path, dir_flag: &str) {
+fn print_next_steps(s: &Starter, plan: &Plan, dir: &Path, dir_flag: &str, prometheus: bool) {
     let token = s.state.token_file.display();
     let ctl = format!("straitctl --server {} --token-file {token}", plan.api());
     let deny = dir.join("deny-backend-to-store.yaml");
@@ -459,6 +524,20 @@ fn print_next_steps(s: &Starter, plan: &Plan, dir: &Path, dir_flag: &str) {
         String::new(),
         format!("  frontend   {front}/  (a page that reloads every second; JSON at {front}/api)"),
         format!("  REST API   {}  admin token {secret}  (in {token})", plan.api()),
+        format!(
+            "  map        {}/map  (the traffic map; the certificate is the demo's own: its CA is {})",
+            plan.api(),
+            dir.join("global/api-ca.pem").display()
+        ),
+    ];
+    let mut lines: Vec<String> = lines.into();
+    if prometheus {
+        lines.push(format!(
+            "  Prometheus http://{}:{PROMETHEUS_PORT}/  (scraping both zones; try the query sum by (source_zone, destination_zone) (rate(strait_dp_http_requests_total{{direction=\"inbound\"}}[1m])))",
+            plan.global_ip
+        ));
+    }
+    let rest = [
         String::new(),
         "Try:".into(),
         format!("  curl -s {front}/api"),
@@ -497,6 +576,7 @@ fn print_next_steps(s: &Starter, plan: &Plan, dir: &Path, dir_flag: &str) {
         format!("  straitctl demo down{dir_flag}"),
         format!("      stops everything and removes {}", dir.display()),
     ];
+    lines.extend(rest);
     say!("{}", lines.join("\n"));
 }
 
