@@ -94,6 +94,10 @@ pub struct InboundPolicies {
     pub service: String,
     /// Per policy type, rules by caller.
     pub from: BTreeMap<ResourceType, Vec<FromRule>>,
+    /// MeshRateLimits on the requests of a MeshHTTPRoute to this inbound's service: per route
+    /// (by name), rules by caller.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub route_rate_limits: BTreeMap<String, Vec<FromRule>>,
 }
 
 /// The policies of traffic to one service.
@@ -168,7 +172,8 @@ pub fn effective_config(dp_name: &str, dp: &DataplaneSpec, policies: &[Resource]
                     from.insert(ty, from_rules(&items));
                 }
             }
-            InboundPolicies { port: inbound.port, service: inbound.service().to_string(), from }
+            let route_rate_limits = route_rate_limits(&specs, inbound.service());
+            InboundPolicies { port: inbound.port, service: inbound.service().to_string(), from, route_rate_limits }
         })
         .collect();
 
@@ -213,6 +218,30 @@ pub fn effective_config(dp_name: &str, dp: &DataplaneSpec, policies: &[Resource]
         }
     }
     EffectiveConfig { inbounds, outbounds, proxy }
+}
+
+/// The MeshRateLimits on routes to `service`: per route that sends to it, its rules by caller.
+fn route_rate_limits(specs: &[(&Resource, Value)], service: &str) -> BTreeMap<String, Vec<FromRule>> {
+    let routes: BTreeSet<&str> = specs
+        .iter()
+        .filter(|(p, _)| p.kind == ResourceType::MeshHTTPRoute)
+        .filter(|(_, spec)| {
+            spec.get("to").and_then(Value::as_array).into_iter().flatten().any(|item| {
+                let target = item.get("targetRef").and_then(|t| serde_json::from_value::<TargetRef>(t.clone()).ok());
+                target.is_some_and(|t| t.kind == TargetKind::MeshService && t.name.as_deref() == Some(service))
+            })
+        })
+        .map(|(p, _)| p.name.as_str())
+        .collect();
+    let mut out = BTreeMap::new();
+    for route in routes {
+        let on_route = |top: &TargetRef| top.kind == TargetKind::MeshHTTPRoute && top.name.as_deref() == Some(route);
+        let items = collect(specs, ResourceType::MeshRateLimit, "from", on_route);
+        if !items.is_empty() {
+            out.insert(route.to_string(), from_rules(&items));
+        }
+    }
+    out
 }
 
 #[derive(Debug, PartialEq, Eq, Clone, Copy)]

@@ -214,7 +214,7 @@ pub fn build(
                 service_port: i.service_port.unwrap_or(i.port),
                 service: i.service().to_string(),
                 protocol: Protocol::from_tag(i.tags.get(PROTOCOL_TAG).map(String::as_str)),
-                policies: InboundPolicies::from_merged(&eff.from)?,
+                policies: InboundPolicies::from_merged(&eff.from)?.with_route_rate_limits(&eff.route_rate_limits)?,
             })
         })
         .collect::<Result<_, PolicyError>>()?;

@@ -123,6 +123,9 @@ pub struct InboundPolicies {
     /// MeshAccessLog.
     #[serde(rename = "MeshAccessLog", default, skip_serializing_if = "Vec::is_empty")]
     pub access_log: Vec<CallerRule<AccessLogConf>>,
+    /// MeshRateLimits on the requests of a MeshHTTPRoute, by route name.
+    #[serde(rename = "MeshRateLimitByRoute", default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub route_rate_limit: BTreeMap<String, Vec<CallerRule<RateLimitConf>>>,
 }
 
 fn caller_rules<C: DeserializeOwned>(ty: ResourceType, rules: &[FromRule]) -> Result<Vec<CallerRule<C>>, PolicyError> {
@@ -133,6 +136,14 @@ fn caller_rules<C: DeserializeOwned>(ty: ResourceType, rules: &[FromRule]) -> Re
 }
 
 impl InboundPolicies {
+    /// Types the merged rate limits of routes (`merge::InboundPolicies::route_rate_limits`).
+    pub fn with_route_rate_limits(mut self, merged: &BTreeMap<String, Vec<FromRule>>) -> Result<Self, PolicyError> {
+        for (route, rules) in merged {
+            self.route_rate_limit.insert(route.clone(), caller_rules(ResourceType::MeshRateLimit, rules)?);
+        }
+        Ok(self)
+    }
+
     /// Types the merged inbound rules.
     pub fn from_merged(merged: &BTreeMap<ResourceType, Vec<FromRule>>) -> Result<Self, PolicyError> {
         let mut out = InboundPolicies::default();

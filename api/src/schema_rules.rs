@@ -162,7 +162,7 @@ fn target_refs() -> Vec<(&'static str, Value)> {
             "TargetRef",
             json!({ "description": "The proxies a policy configures", "oneOf": [mesh, subset, service.clone(), dataplane.clone()] }),
         ),
-        // A MeshTimeout may also apply to the requests of a route (`PolicyConf::PER_ROUTE`).
+        // A MeshTimeout or a MeshRateLimit may also apply to the requests of a route (`PolicyConf::PER_ROUTE`).
         (
             "PerRouteTargetRef",
             json!({ "description": "The proxies a policy configures, or the requests of a MeshHTTPRoute", "oneOf": [mesh, subset, service.clone(), dataplane, route] }),
@@ -455,6 +455,19 @@ pub fn refine(doc: &mut Value) -> Vec<String> {
     }
     retarget(schemas, "RetryConf", "grpc", "RequestRetry", "GrpcRequestRetry", &mut missing);
     for (name, schema) in schemas.iter_mut() {
+        // Types that also apply per route (`PolicyConf::PER_ROUTE`), as stored and read back.
+        if name == "Resource" {
+            let specs = schema.pointer_mut("/properties/spec/anyOf").and_then(Value::as_array_mut).into_iter().flatten();
+            for spec in specs {
+                let conf = ["/properties/from/items/$ref", "/properties/to/items/$ref"]
+                    .iter()
+                    .find_map(|p| spec.pointer(p).and_then(Value::as_str).map(str::to_string))
+                    .unwrap_or_default();
+                if conf.ends_with("_TimeoutConf") || conf.ends_with("_RateLimitConf") {
+                    replace_ref(spec, "TargetRef", "PerRouteTargetRef");
+                }
+            }
+        }
         if name == "FromItem_TimeoutConf" {
             replace_ref(schema, "TargetRef", "EveryCallerRef");
         } else if name.starts_with("FromItem_") {
@@ -636,7 +649,8 @@ fn refine_put_bodies(doc: &mut Value, missing: &mut Vec<String>) {
             continue;
         };
         if let Some(target) = spec.get_mut("properties").and_then(|p| p.get_mut("targetRef")) {
-            *target = schema_ref(if kind == ResourceType::MeshTimeout { "PerRouteTargetRef" } else { "TargetRef" });
+            let per_route = matches!(kind, ResourceType::MeshTimeout | ResourceType::MeshRateLimit);
+            *target = schema_ref(if per_route { "PerRouteTargetRef" } else { "TargetRef" });
         }
         if kind == ResourceType::MeshTimeout {
             // On a route's requests: `to` only, to kind Mesh, no limit of connections
@@ -652,6 +666,13 @@ fn refine_put_bodies(doc: &mut Value, missing: &mut Vec<String>) {
             } });
             let then = json!({ "properties": { "from": { "maxItems": 0 }, "to": { "minItems": 1, "items": item } } });
             add_all_of(spec, json!({ "if": on_route, "then": then }));
+        }
+        if kind == ResourceType::MeshRateLimit {
+            // On a route's requests: HTTP limits only (`RateLimitConf::validate_per_route`).
+            let on_route = json!({ "properties": { "targetRef": { "properties": { "kind": { "const": "MeshHTTPRoute" } }, "required": ["kind"] } }, "required": ["targetRef"] });
+            let item =
+                json!({ "properties": { "default": { "properties": { "local": { "properties": { "tcp": { "type": "null" } } } } } } });
+            add_all_of(spec, json!({ "if": on_route, "then": { "properties": { "from": { "items": item } } } }));
         }
         if let Some((from, to)) = kind.policy_sections() {
             // Inbound circuit breaking is not enforced yet (`support::not_enforced`).

@@ -237,3 +237,64 @@ async fn faults_abort_delay_and_slow_down_the_requests_of_the_callers_selected()
     let injected = "strait_dp_faults_injected_total{direction=\"outbound\",source_service=\"web\",destination_service=\"backend\"}";
     assert!(metric(&web, injected).await >= 1.0);
 }
+
+/// A MeshRateLimit on a MeshHTTPRoute: the called sidecar limits the requests that route sends
+/// (its caller's sidecar names the route), by caller; other requests to the service are not
+/// limited, and an application cannot claim a route it did not match.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rate_limit_on_a_route_limits_only_that_routes_requests() {
+    let mesh = Mesh::start().await;
+    let app = http_app("backend").await;
+    let (backend, web, web_out, client) = mesh.web_and_backend(app.port).await;
+    mesh.put(
+        "/meshes/default/meshhttproutes/orders",
+        json!({"type": "MeshHTTPRoute", "name": "orders", "mesh": "default", "spec": {"targetRef": {"kind": "Mesh"},
+            "to": [{"targetRef": {"kind": "MeshService", "name": "backend"},
+                "rules": [{"matches": [{"path": {"type": "PathPrefix", "value": "/orders"}}], "default": {}}]}]}}),
+    )
+    .await;
+    mesh.put(
+        "/meshes/default/meshratelimits/orders-limit",
+        json!({"type": "MeshRateLimit", "name": "orders-limit", "mesh": "default", "spec": {
+            "targetRef": {"kind": "MeshHTTPRoute", "name": "orders"},
+            "from": [{"targetRef": {"kind": "MeshService", "name": "web"},
+                "default": {"local": {"http": {"requestRate": {"num": 3, "interval": "1h"}}}}}]}}),
+    )
+    .await;
+    eventually("the route's limit in backend's configuration and the route in web's", async || {
+        let config = backend.state.config.load_full()?;
+        let limits = &config.1.inbounds.first()?.policies.route_rate_limit;
+        let routed = web.state.config.load_full()?.1.outbounds.iter().find(|o| o.service == "backend")?.http_routes.len();
+        (limits.contains_key("orders") && routed == 1).then_some(())
+    })
+    .await;
+
+    let mut statuses = Vec::new();
+    for _ in 0..5 {
+        statuses.push(get(&client, web_out, "/orders/1").await.unwrap().0);
+    }
+    assert_eq!(statuses, [200, 200, 200, 429, 429], "3 an hour on the route");
+    let (status, body) = get(&client, web_out, "/orders/2").await.unwrap();
+    assert!(status == 429 && body.contains("web is over the rate limit of backend: 3 per 3600s (MeshRateLimit)"), "{status} {body}");
+    // Other requests of web to backend: no limit, even with the route's header set by the application.
+    for _ in 0..5 {
+        let response = client.get(format!("http://127.0.0.1:{web_out}/other")).header("x-strait-route", "orders").send().await.unwrap();
+        assert_eq!(response.status(), 200);
+        let text = response.text().await.unwrap();
+        assert!(!text.contains("x-strait-route"), "the header never reaches the application: {text}");
+    }
+    let counted = "strait_dp_rate_limited_total{direction=\"inbound\",source_service=\"web\",destination_service=\"backend\"}";
+    assert_eq!(metric(&backend, counted).await, 3.0);
+
+    // Refused: connection limits on a route, and a route-targeted item in `to`.
+    let refused = mesh
+        .put_status(
+            "/meshes/default/meshratelimits/bad",
+            json!({"type": "MeshRateLimit", "name": "bad", "mesh": "default", "spec": {
+                "targetRef": {"kind": "MeshHTTPRoute", "name": "orders"},
+                "from": [{"targetRef": {"kind": "Mesh"}, "default": {"local": {"tcp": {"connectionRate": {"num": 1, "interval": "1s"}}}}}]}}),
+        )
+        .await;
+    assert_eq!(refused.0, 400, "{}", refused.1);
+    assert!(refused.1.contains("spec.from[0].default.local.tcp"), "{}", refused.1);
+}

@@ -41,6 +41,9 @@ pub trait PolicyConf: Validate + Serialize + DeserializeOwned + Clone + PartialE
     const TO: bool;
     /// Whether its top-level `targetRef` may name a MeshHTTPRoute (the route's requests).
     const PER_ROUTE: bool = false;
+    /// On a route: whether the items are `from` (enforced by the called sidecar, by caller)
+    /// rather than `to` (enforced by the caller's sidecar).
+    const PER_ROUTE_FROM: bool = false;
 
     /// Checks what a policy on a route's requests may set (`PER_ROUTE` types only).
     fn validate_per_route(&self, _v: &mut Validator) {}
@@ -89,7 +92,9 @@ impl<C: PolicyConf> Validate for PolicySpec<C> {
     fn validate(&self, v: &mut Validator) {
         let top = if C::PER_ROUTE { TOP_KINDS_PER_ROUTE } else { TOP_KINDS };
         v.field("targetRef", |v| self.target_ref.validate_allowing(v, top));
-        if self.target_ref.kind == TargetKind::MeshHTTPRoute {
+        if self.target_ref.kind == TargetKind::MeshHTTPRoute && C::PER_ROUTE_FROM {
+            v.each("from", &self.from, |v, item| v.field("default", |v| item.default.validate_per_route(v)));
+        } else if self.target_ref.kind == TargetKind::MeshHTTPRoute {
             if !self.from.is_empty() {
                 v.error_at("from", "a policy on a route applies to the requests the route sends: use `to`");
             }

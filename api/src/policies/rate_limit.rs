@@ -1,4 +1,5 @@
-//! MeshRateLimit: local rate limits on inbound traffic (`from` only).
+//! MeshRateLimit: local rate limits on inbound traffic (`from` only), for a service's callers
+//! or for the requests of one MeshHTTPRoute.
 
 use serde::{Deserialize, Serialize};
 
@@ -114,4 +115,16 @@ impl Validate for RateLimitConf {
 impl PolicyConf for RateLimitConf {
     const FROM: bool = true;
     const TO: bool = false;
+    // On a route (`targetRef: {kind: MeshHTTPRoute, name}`): the requests that route sends,
+    // limited by the called sidecar, by caller.
+    const PER_ROUTE: bool = true;
+    const PER_ROUTE_FROM: bool = true;
+
+    fn validate_per_route(&self, v: &mut Validator) {
+        if self.local.tcp.is_some() {
+            v.field("local", |v| {
+                v.error_at("tcp", "a route's requests are HTTP: limit connections with a MeshRateLimit on the service, not on a route")
+            });
+        }
+    }
 }

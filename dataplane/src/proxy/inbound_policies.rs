@@ -212,10 +212,15 @@ impl Faults {
 /// The compiled caller rules of one inbound.
 #[derive(Debug, Default)]
 pub struct InboundRules {
-    rate_limits: Vec<(CallerRule<()>, Arc<RateLimit>)>,
+    rate_limits: Limits,
+    /// MeshRateLimits on routes to this inbound, by route name.
+    route_rate_limits: Vec<(String, Limits)>,
     faults: Vec<(CallerRule<()>, Arc<Faults>)>,
     access_logs: Vec<(CallerRule<()>, Arc<AccessLog>)>,
 }
+
+/// Rate limits by caller.
+type Limits = Vec<(CallerRule<()>, Arc<RateLimit>)>;
 
 /// Whether a rule on caller tags selects the caller of service `caller` (callers are known by
 /// their service only: the API refuses selectors on other tags).
@@ -235,24 +240,40 @@ impl InboundRules {
         previous: Option<&InboundRules>,
         access_logs: Vec<(CallerRule<()>, Arc<AccessLog>)>,
     ) -> InboundRules {
-        let rate_limits = inbound
+        let limits = |rules: &[CallerRule<RateLimitConf>], before: Option<&Limits>| {
+            rules
+                .iter()
+                .map(|rule| {
+                    let kept = before
+                        .and_then(|b| b.iter().find(|(r, l)| r.matches == rule.matches && l.conf == rule.conf))
+                        .map(|(_, l)| l.clone());
+                    (bare(rule), kept.unwrap_or_else(|| Arc::new(RateLimit::compile(&rule.conf))))
+                })
+                .collect::<Vec<_>>()
+        };
+        let rate_limits = limits(&inbound.policies.rate_limit, previous.map(|p| &p.rate_limits));
+        let route_rate_limits = inbound
             .policies
-            .rate_limit
+            .route_rate_limit
             .iter()
-            .map(|rule| {
-                let kept = previous
-                    .and_then(|p| p.rate_limits.iter().find(|(r, l)| r.matches == rule.matches && l.conf == rule.conf))
-                    .map(|(_, l)| l.clone());
-                (bare(rule), kept.unwrap_or_else(|| Arc::new(RateLimit::compile(&rule.conf))))
+            .map(|(route, rules)| {
+                let before = previous.and_then(|p| p.route_rate_limits.iter().find(|(r, _)| r == route)).map(|(_, l)| l);
+                (route.clone(), limits(rules, before))
             })
             .collect();
         let faults = inbound.policies.fault_injection.iter().map(|rule| (bare(rule), Arc::new(Faults::compile(&rule.conf)))).collect();
-        InboundRules { rate_limits, faults, access_logs }
+        InboundRules { rate_limits, route_rate_limits, faults, access_logs }
+    }
+
+    /// The rate limit of `caller`'s requests on route `route`, if a rule selects it.
+    pub fn route_rate_limit(&self, route: &str, caller: &str) -> Option<&RateLimit> {
+        let (_, rules) = self.route_rate_limits.iter().find(|(r, _)| r == route)?;
+        rules.iter().find(|(rule, _)| selects(rule, caller)).map(|(_, l)| &**l)
     }
 
     /// Whether there is nothing to do.
     pub fn is_empty(&self) -> bool {
-        self.rate_limits.is_empty() && self.faults.is_empty() && self.access_logs.is_empty()
+        self.rate_limits.is_empty() && self.route_rate_limits.is_empty() && self.faults.is_empty() && self.access_logs.is_empty()
     }
 
     /// The access log of `caller`'s requests, if a rule selects it.

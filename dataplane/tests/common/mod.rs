@@ -126,6 +126,12 @@ impl Mesh {
         assert!(status.is_success(), "{path}: {status} {}", r.text().await.unwrap_or_default());
     }
 
+    /// PUTs `body` and returns the status and body of the answer, whatever they are.
+    pub async fn put_status(&self, path: &str, body: Value) -> (u16, String) {
+        let r = self.http.put(format!("{}{path}", self.base)).bearer_auth(&self.admin).json(&body).send().await.unwrap();
+        (r.status().as_u16(), r.text().await.unwrap_or_default())
+    }
+
     pub async fn delete(&self, path: &str) {
         let r = self.http.delete(format!("{}{path}", self.base)).bearer_auth(&self.admin).send().await.unwrap();
         assert!(r.status().is_success(), "{path}: {}", r.status());
@@ -279,7 +285,11 @@ pub async fn http_app(name: &'static str) -> App {
                             return Ok::<_, std::convert::Infallible>(http::Response::new(body));
                         }
                         tokio::time::sleep(delay).await;
-                        let text = format!("{name} {} {} host={host} body={received}", parts.method, parts.uri.path());
+                        let mut text = format!("{name} {} {} host={host} body={received}", parts.method, parts.uri.path());
+                        // A header only sidecars may use, should one reach the application.
+                        if let Some(route) = parts.headers.get("x-strait-route") {
+                            text.push_str(&format!(" x-strait-route={route:?}"));
+                        }
                         let mut frames = vec![Ok::<_, std::convert::Infallible>(hyper::body::Frame::data(Bytes::from(text)))];
                         if parts.uri.path() == "/grpc" {
                             let mut trailers = http::HeaderMap::new();

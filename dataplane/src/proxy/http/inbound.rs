@@ -40,6 +40,7 @@ use crate::proxy::trace::{Side, Span};
 type Body = super::body::Body<(Option<Logged>, Option<Span>)>;
 /// The application's response, before its entry is attached.
 type AppBody = super::body::Body;
+use super::routes::ROUTE_HEADER;
 use super::{absolute, serve_until_drained, strip_hop_by_hop, InSpan};
 use crate::proxy::authorization::SessionDecision;
 use crate::proxy::data_path::DataPath;
@@ -143,7 +144,7 @@ impl Session {
         let mut logged = self.access_log(&request, started);
         let received = logged.as_ref().map(|l| l.received.clone());
         let response = if self.decision.allowed(&inbound.path.state, inbound.port, &self.peer) {
-            match self.policies() {
+            match self.policies(request.headers()) {
                 Ok(injected) => self.with_faults(request, injected, received).await,
                 Err(refusal) => refusal,
             }
@@ -197,14 +198,17 @@ impl Session {
 
     /// MeshRateLimit and MeshFaultInjection for this request: the faults it gets, or the
     /// answer of a rate limit it is over.
-    fn policies(&self) -> Result<Injected, Response<AppBody>> {
+    fn policies(&self, headers: &http::HeaderMap) -> Result<Injected, Response<AppBody>> {
         let inbound = &self.inbound;
         let table = inbound.path.table.load();
         let Some(rules) = table.inbound(inbound.port) else { return Ok(Injected::default()) };
-        if let Some(limit) = rules.rate_limit(&self.caller) {
+        // The limits of the routes the caller's sidecar says the request matched, then the service's.
+        let routes = headers.get(ROUTE_HEADER).and_then(|v| v.to_str().ok()).unwrap_or_default();
+        let on_routes = routes.split(',').filter(|r| !r.is_empty()).filter_map(|route| rules.route_rate_limit(route, &self.caller));
+        for limit in on_routes.chain(rules.rate_limit(&self.caller)) {
             if let Some(Err(wait)) = limit.requests.as_ref().map(|l| l.acquire()) {
                 self.metrics.rate_limited.inc();
-                tracing::debug!(caller = self.caller, "request over the rate limit (MeshRateLimit)");
+                tracing::debug!(caller = self.caller, routes, "request over the rate limit (MeshRateLimit)");
                 return Err(limit.refusal(&inbound.service, &self.caller, wait));
             }
         }
@@ -246,6 +250,7 @@ impl Session {
         let (mut parts, body) = request.into_parts();
         absolute(&mut parts.uri, || Authority::try_from(inbound.service.as_str()).ok());
         strip_hop_by_hop(&mut parts.headers);
+        parts.headers.remove(ROUTE_HEADER);
         parts.version = inbound.version;
         let body = Counted::new(body, self.metrics.request_bytes.clone()).with_idle(timeouts.stream_idle).tallied(received);
         let request = Request::from_parts(parts, body);

@@ -124,6 +124,9 @@ async fn forward(request: Request<Incoming>, service: &str, path: &Arc<DataPath>
             return response;
         }
         rule.edit_request(&mut request, prefix);
+        if let Some(names) = rule.names() {
+            request.headers_mut().insert(super::routes::ROUTE_HEADER, names.clone());
+        }
         for to in rule.mirrors() {
             request = mirror(request, to, path);
         }
@@ -338,6 +341,8 @@ fn to_mesh(request: Request<Incoming>, destination: &Destination) -> Request<Cou
         host.and_then(|h| Authority::try_from(h.as_bytes()).ok()).or_else(|| Authority::try_from(destination.service.as_str()).ok())
     });
     parts.headers.remove(header::HOST);
+    // Only this sidecar names the route a request matched.
+    parts.headers.remove(super::routes::ROUTE_HEADER);
     strip_hop_by_hop(&mut parts.headers);
     parts.version = Version::HTTP_2;
     Request::from_parts(parts, Counted::new(body, destination.metrics.request_bytes.clone()))

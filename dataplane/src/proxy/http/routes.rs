@@ -39,7 +39,15 @@ pub struct Rule {
     mirrors: Vec<Mirror>,
     /// MeshTimeout of the requests this rule routes (a MeshTimeout on its route).
     timeout: Option<strait_api::policies::timeout::TimeoutConf>,
+    /// The names of the MeshHTTPRoutes behind this rule, sent to the called sidecar in
+    /// [`ROUTE_HEADER`] (its MeshRateLimits on a route apply to them).
+    names: Option<http::HeaderValue>,
 }
+
+/// The header in which a caller's sidecar names the MeshHTTPRoutes a request matched (comma
+/// separated), for the called sidecar's MeshRateLimits on routes. The caller's sidecar removes
+/// what the application sent in it; the called one removes it before the application.
+pub const ROUTE_HEADER: http::HeaderName = http::HeaderName::from_static("x-strait-route");
 
 /// A RequestMirror filter: a share of the requests copied to another destination.
 #[derive(Debug)]
@@ -158,6 +166,11 @@ impl Routes {
 }
 
 impl Rule {
+    /// The value of [`ROUTE_HEADER`] for the requests this rule matches.
+    pub fn names(&self) -> Option<&http::HeaderValue> {
+        self.names.as_ref()
+    }
+
     fn compile(
         route: &HttpRoute,
         resolve: &mut impl FnMut(&str, &std::collections::BTreeMap<String, String>) -> Option<Arc<Destination>>,
@@ -174,6 +187,7 @@ impl Rule {
             backends: Backends::default(),
             mirrors: Vec::new(),
             timeout: route.timeout.as_ref().map(|t| t.conf.clone()),
+            names: http::HeaderValue::try_from(route.origin.join(",")).ok(),
         };
         for filter in &route.conf.filters {
             rule.add_filter(filter, resolve).map_err(bad)?;
