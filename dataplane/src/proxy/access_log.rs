@@ -311,8 +311,16 @@ impl Sink {
         let (tx, rx) = mpsc::channel(QUEUE);
         let task_dropped = dropped.clone();
         match target {
-            Target::File(path) => tokio::spawn(write_file(path, rx, task_dropped)),
-            Target::Tcp(address) => tokio::spawn(write_tcp(address, rx, task_dropped)),
+            // A thread of its own: rendering and writing never take the data path's thread,
+            // and a slow disk blocks nothing but this thread.
+            Target::File(path) => {
+                let spawned =
+                    std::thread::Builder::new().name("strait-access-log".into()).spawn(move || write_file(path, rx, task_dropped));
+                if let Err(error) = spawned {
+                    tracing::error!(%error, "cannot start the access log writer (MeshAccessLog file backend); lines are dropped");
+                }
+            }
+            Target::Tcp(address) => drop(tokio::spawn(write_tcp(address, rx, task_dropped))),
         };
         Arc::new(Sink { tx, dropped })
     }
@@ -325,6 +333,11 @@ async fn batch(first: (Arc<Entry>, Arc<Format>), rx: &mut mpsc::Receiver<(Arc<En
     if rx.len() < 256 {
         tokio::time::sleep(LINGER).await;
     }
+    drain(first, rx)
+}
+
+/// `first` and what is queued after it, rendered (up to 64 KiB).
+fn drain(first: (Arc<Entry>, Arc<Format>), rx: &mut mpsc::Receiver<(Arc<Entry>, Arc<Format>)>) -> Vec<u8> {
     let mut out = first.1.line(&first.0).into_bytes();
     while out.len() < 64 * 1024 {
         let Ok((entry, format)) = rx.try_recv() else { break };
@@ -333,16 +346,23 @@ async fn batch(first: (Arc<Entry>, Arc<Format>), rx: &mut mpsc::Receiver<(Arc<En
     out
 }
 
-async fn write_file(path: String, mut rx: mpsc::Receiver<(Arc<Entry>, Arc<Format>)>, dropped: Counter) {
-    let mut file: Option<tokio::fs::File> = None;
+/// Writes the lines of `rx` to `path`, on the calling thread, until every sender is gone.
+fn write_file(path: String, mut rx: mpsc::Receiver<(Arc<Entry>, Arc<Format>)>, dropped: Counter) {
+    use std::io::Write as _;
+    let mut file: Option<std::fs::File> = None;
     let mut last_warning: Option<Instant> = None;
-    while let Some(first) = rx.recv().await {
-        let lines = batch(first, &mut rx).await;
+    while let Some(first) = rx.blocking_recv() {
+        // Lines that come meanwhile go in the same write: a write (and a wake-up) every 20 ms
+        // at most, whatever the request rate.
+        if rx.len() < 256 {
+            std::thread::sleep(LINGER);
+        }
+        let lines = drain(first, &mut rx);
         if file.is_none() {
-            file = tokio::fs::OpenOptions::new().create(true).append(true).open(&path).await.ok();
+            file = std::fs::OpenOptions::new().create(true).append(true).open(&path).ok();
         }
         let written = match &mut file {
-            Some(f) => f.write_all(&lines).await.is_ok(),
+            Some(f) => f.write_all(&lines).is_ok(),
             None => false,
         };
         if !written {

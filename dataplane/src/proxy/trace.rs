@@ -165,7 +165,12 @@ impl Tracer {
             sampled,
         };
         let span_id: [u8; 8] = rng.gen();
-        propagate(headers, &context, span_id);
+        // A trace that came unsampled travels on as it came (no span of ours to name as its
+        // parent); one that starts here, or that this hop samples or stops sampling, carries
+        // the decision to the next hops.
+        if sampled || incoming.is_none_or(|c| c.sampled) {
+            propagate(headers, &context, span_id);
+        }
         if !sampled {
             return None;
         }
