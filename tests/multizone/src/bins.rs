@@ -23,6 +23,19 @@ pub fn bin(name: &str) -> PathBuf {
     path
 }
 
+/// The first of `names` found on PATH: a system program a scenario runs (Prometheus,
+/// Chromium). Without it the scenario (or its part) is skipped with the reason printed, except
+/// in CI (`CI=true`), where `.ci/run` installs Debian's `package` and its absence fails.
+pub fn system_program(names: &[&str], package: &str) -> Option<PathBuf> {
+    let paths: Vec<PathBuf> = std::env::var_os("PATH").map(|p| std::env::split_paths(&p).collect()).unwrap_or_default();
+    let found = names.iter().find_map(|name| paths.iter().map(|d| d.join(name)).find(|p| p.is_file()));
+    if found.is_none() {
+        assert!(std::env::var("CI").as_deref() != Ok("true"), "{} is not installed: .ci/run installs Debian's {package} package", names[0]);
+        println!("SKIPPED: no {} on PATH (apt-get install {package})", names[0]);
+    }
+    found
+}
+
 /// The directory binaries are taken from: `$STRAIT_BIN_DIR`, else `target/<profile>/`.
 pub fn bin_dir() -> PathBuf {
     if let Some(dir) = std::env::var_os(BIN_DIR_ENV).filter(|d| !d.is_empty()) {

@@ -66,7 +66,7 @@ mod sys;
 pub mod wait;
 pub mod wan;
 
-pub use bins::{bin, bin_dir};
+pub use bins::{bin, bin_dir, system_program};
 pub use host::{Host, Output};
 pub use net::{Mode, Net};
 pub use process::{Cmd, Proc};

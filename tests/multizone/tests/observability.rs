@@ -5,7 +5,8 @@
 //! services, by zone, are the requests the test sent.
 //!
 //! The same mesh is inspected from the global with `straitctl inspect` (a sidecar of either
-//! zone, the policies behind its configuration, a service, a zone).
+//! zone, the policies behind its configuration, a service, a zone), and traced: an OTLP
+//! receiver gets the spans of both sidecars of one cross-zone request, in one trace.
 //!
 //! Without the `prometheus` binary the scenario is skipped with its reason, except in CI
 //! (`CI=true`), where `.ci/run` installs it and its absence fails.
@@ -28,20 +29,6 @@ const TO_BACKEND: u16 = 10011;
 const PROMETHEUS_PORT: u16 = 9090;
 /// Requests web sends to backend.
 const REQUESTS: usize = 37;
-
-/// Where `prometheus` is, or why the scenario cannot run here.
-fn prometheus_binary() -> Option<std::path::PathBuf> {
-    let found = std::env::var_os("PATH")
-        .into_iter()
-        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
-        .map(|d| d.join("prometheus"))
-        .find(|p| p.is_file());
-    if found.is_none() {
-        assert!(std::env::var("CI").as_deref() != Ok("true"), "prometheus is not installed: .ci/run installs Debian's prometheus package");
-        println!("SKIPPED the Prometheus part: no prometheus binary on PATH (apt-get install prometheus)");
-    }
-    found
-}
 
 /// A Prometheus on its own host, with the shipped `deploy/observability/prometheus.yml`:
 /// only the addresses, CA files and intervals changed.
@@ -171,7 +158,7 @@ fn single(result: &[Value]) -> Result<(f64, Value), String> {
 
 #[test]
 fn a_two_zone_mesh_is_inspected_from_the_global_and_scraped_by_prometheus() {
-    let binary = prometheus_binary();
+    let binary = strait_multizone::system_program(&["prometheus"], "prometheus");
     let net = Net::new();
     let (global, zones) = start_zones(&net, &["zone-1", "zone-2"]);
     let ((zone1, _), (zone2, _)) = (&zones[0], &zones[1]);
@@ -213,7 +200,11 @@ fn a_two_zone_mesh_is_inspected_from_the_global_and_scraped_by_prometheus() {
 
     inspect_from_the_global(&net, &global);
 
-    let Some(binary) = binary else { return };
+    // Tracing sends requests of its own: after Prometheus has counted the ones above.
+    let Some(binary) = binary else {
+        spans_of_one_cross_zone_request(&net, &global, &web);
+        return;
+    };
     let (prometheus, _proc) = start_prometheus(&net, &binary, &global, &[zone1, zone2]);
     // Every target is scraped: two sidecars, two gateways, two zone control planes and the global.
     wait_for("prometheus to scrape 2 sidecars, 2 gateways and 3 control planes", Duration::from_secs(60), || {
@@ -276,6 +267,7 @@ fn a_two_zone_mesh_is_inspected_from_the_global_and_scraped_by_prometheus() {
     )
     .expect("the egress of zone-1 counted its tunnels to backend");
     assert!(streams >= 1.0, "{streams}");
+    spans_of_one_cross_zone_request(&net, &global, &web);
 }
 
 /// `straitctl inspect`, on the global's host: a sidecar of zone-2 found without naming its
@@ -338,4 +330,40 @@ fn inspect_from_the_global(net: &Net, global: &Global) {
         "{}",
         zone.stdout
     );
+}
+
+/// MeshTrace across zones: an OTLP receiver on a host of its own (`strait-otlp-sink`) gets,
+/// for one request from web (zone-1) to backend (zone-2), the client span of web's sidecar
+/// and the server span of backend's, in one trace, the server's the child of the client's.
+fn spans_of_one_cross_zone_request(net: &Net, global: &Global, web: &Workload) {
+    let host = net.host("otlp");
+    let address = host.socket_addr(4317);
+    let sink = host.spawn("otlp-sink", strait_multizone::bin("strait-otlp-sink"), [address.to_string()]);
+    global.apply(
+        net,
+        "meshtrace.yaml",
+        &format!(
+            "type: MeshTrace\nname: everything\nmesh: default\nspec:\n  targetRef: {{kind: Mesh}}\n  default:\n    \
+             backends: [{{openTelemetry: {{endpoint: \"{address}\"}}}}]\n    sampling: {{overall: 100}}\n"
+        ),
+    );
+    let target = SocketAddr::new(local_ip(&web.host), TO_BACKEND);
+    let (client, server) = wait_for("a client span in zone-1 and its server span in zone-2", SYNC, || {
+        http_get(&web.host, target, "backend", "/who.txt")?;
+        let spans: Vec<Value> = sink.log().lines().filter_map(|l| serde_json::from_str::<Value>(l).ok()).collect();
+        let attr = |s: &Value, k: &str| s["attributes"][k].as_str().unwrap_or_default().to_string();
+        for client in spans.iter().filter(|s| attr(s, "strait.zone") == "zone-1" && attr(s, "strait.direction") == "outbound") {
+            let child = spans
+                .iter()
+                .find(|s| s["traceId"] == client["traceId"] && s["parentSpanId"] == client["spanId"] && attr(s, "strait.zone") == "zone-2");
+            if let Some(server) = child {
+                return Ok((client.clone(), server.clone()));
+            }
+        }
+        Err(format!("{} spans so far", spans.len()))
+    });
+    assert_eq!(server["attributes"]["strait.direction"], "inbound", "{server}");
+    assert_eq!(server["attributes"]["strait.service"], "backend", "{server}");
+    assert_eq!(client["attributes"]["strait.service"], "web", "{client}");
+    assert_eq!(client["traceId"].as_str().map(str::len), Some(32), "{client}");
 }

@@ -26,17 +26,6 @@ const TO_BACKEND: u16 = 10011;
 /// Services on the map in all.
 const SERVICES: usize = 100;
 
-fn chromium_binary() -> Option<std::path::PathBuf> {
-    let found = ["chromium", "chromium-browser"]
-        .iter()
-        .find_map(|name| std::env::var_os("PATH").and_then(|p| std::env::split_paths(&p).map(|d| d.join(name)).find(|p| p.is_file())));
-    if found.is_none() {
-        assert!(std::env::var("CI").as_deref() != Ok("true"), "chromium is not installed: .ci/run installs Debian's chromium package");
-        println!("SKIPPED: no chromium on PATH (apt-get install chromium)");
-    }
-    found
-}
-
 /// Headless Chromium's flags, as this machine's closed network wants them.
 fn chromium(binary: &std::path::Path, profile: &std::path::Path) -> Cmd {
     Cmd::new(binary)
@@ -48,7 +37,7 @@ fn chromium(binary: &std::path::Path, profile: &std::path::Path) -> Cmd {
 
 #[test]
 fn the_traffic_map_shows_zones_services_and_live_rates_in_a_browser() {
-    let Some(binary) = chromium_binary() else { return };
+    let Some(binary) = strait_multizone::system_program(&["chromium", "chromium-browser"], "chromium") else { return };
     let net = Net::new();
     let (global, zones) = start_zones(&net, &["zone-1", "zone-2", "zone-3"]);
     let files = [("who.txt", "backend\n")];
