@@ -215,7 +215,7 @@ impl Destination {
                 return Some(endpoint);
             }
         }
-        let index = self.balancer.pick(n, |i| candidates[i].map_or(0, |e| e.in_flight()))?;
+        let index = self.balancer.pick(n, |i| candidates[i].map_or(0, |e| e.load()))?;
         candidates[index]
     }
 

@@ -21,6 +21,9 @@ use rustls::pki_types::ServerName;
 
 use super::http::pool::{ConnectOutcome, Slot};
 
+/// An endpoint with requests in flight and none ended for this long counts as stalled.
+pub const STALLED: Duration = Duration::from_millis(250);
+
 const EJECT_BASE: Duration = Duration::from_secs(1);
 const EJECT_MAX: Duration = Duration::from_secs(30);
 
@@ -42,6 +45,8 @@ pub struct Endpoint {
     /// between mesh and `strait`): a routing label for gateways.
     pub sni: ServerName<'static>,
     in_flight: AtomicUsize,
+    /// When a request (or connection) to it last ended ([`now_ms`]).
+    last_done_ms: AtomicU64,
     /// The pooled HTTP/2 connection to it.
     pub pool: Slot,
     /// Ejection after failed connects, and the measured handshake time.
@@ -51,7 +56,29 @@ pub struct Endpoint {
 impl Endpoint {
     /// A new endpoint with no history.
     pub fn new(address: SocketAddr, zone: String, sni: ServerName<'static>) -> Self {
-        Endpoint { address, zone, sni, in_flight: AtomicUsize::new(0), pool: Slot::default(), health: Health::default() }
+        Endpoint {
+            address,
+            zone,
+            sni,
+            in_flight: AtomicUsize::new(0),
+            last_done_ms: AtomicU64::new(now_ms()),
+            pool: Slot::default(),
+            health: Health::default(),
+        }
+    }
+
+    /// Its load for least-request balancing: twice its requests in flight, plus one when it
+    /// has some but none has ended for [`STALLED`] (a stopped process, a stalled host). So, of
+    /// two endpoints with as many requests in flight, the stalled one loses the tie, and it
+    /// gets no new request while its requests hang.
+    pub fn load(&self) -> usize {
+        self.load_at(now_ms())
+    }
+
+    fn load_at(&self, now_ms: u64) -> usize {
+        let in_flight = self.in_flight();
+        let stalled = in_flight > 0 && now_ms.saturating_sub(self.last_done_ms.load(Ordering::Relaxed)) > STALLED.as_millis() as u64;
+        2 * in_flight + usize::from(stalled)
     }
 
     /// Requests (or TCP connections) in flight to it.
@@ -80,6 +107,7 @@ impl InFlight {
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.0.last_done_ms.store(now_ms(), Ordering::Relaxed);
     }
 }
 
@@ -273,6 +301,25 @@ impl ConnectOutcome for Health {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_endpoint_whose_requests_hang_loses_ties() {
+        let endpoint =
+            |port| Arc::new(Endpoint::new(SocketAddr::from(([127, 0, 0, 1], port)), "z".into(), ServerName::try_from("x.strait").unwrap()));
+        let (hung, busy) = (endpoint(1), endpoint(2));
+        let now = now_ms();
+        assert_eq!((hung.load_at(now), busy.load_at(now)), (0, 0), "idle: no stall");
+        let _hanging = hung.start();
+        let _working = busy.start();
+        assert_eq!(hung.load_at(now), busy.load_at(now), "both just started one");
+        let later = now + STALLED.as_millis() as u64 + 1;
+        // `busy` ends one and starts the next: it has ended a request lately.
+        drop(busy.start());
+        assert_eq!(busy.load_at(now_ms()), 2);
+        assert_eq!(hung.load_at(later), 3, "one in flight, none ended: stalled");
+        assert!(hung.load_at(later) > busy.load_at(now_ms()), "of two with one in flight each, the stalled one loses");
+        assert!(hung.load_at(later) < 4, "but it still beats an endpoint with two in flight");
+    }
 
     #[test]
     fn ejections_grow_and_are_capped() {
