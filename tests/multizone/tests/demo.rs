@@ -133,7 +133,7 @@ fn scenario(flags: &[&str], frontend: &str, mode: &str) {
 
     // The suggested inspection of a sidecar of zone-2, from the global.
     let run = |line: Vec<String>, what: &str| ok(straitctl(&line.iter().map(String::as_str).collect::<Vec<_>>()), what);
-    let inspected = run(suggested(&up, "inspect dataplane backend-v2"), "the suggested inspection");
+    let inspected = run(suggested(&up, "inspect dataplane backend-v2 --mesh"), "the suggested inspection");
     assert!(inspected.contains("in zone zone-2") && inspected.contains("dataplane: backend-v2"), "{inspected}");
     // Prometheus, when asked for: it scrapes the 4 sidecars, 2 gateways and 3 control planes.
     if let Some(url) = up.lines().find_map(|l| l.trim().strip_prefix("Prometheus")).and_then(|l| l.split_whitespace().next()) {
@@ -172,9 +172,29 @@ fn scenario(flags: &[&str], frontend: &str, mode: &str) {
     println!("FIGURE demo-split-{mode} v1={v1} v2={v2} of 40");
     let traffic = ok(straitctl(&["demo", "traffic", "--dir", &dir_arg, "--seconds", "2", "--rate", "10"]), "demo traffic");
     assert!(traffic.contains("backend v1@zone-1") && traffic.contains("backend v2@zone-2"), "both versions answer:\n{traffic}");
-    // The suggested fault injection applies and is deleted cleanly (its effect is measured in
-    // `dataplane/tests/edge.rs`).
+    // The suggested fault injection: backend v2's sidecar answers 503 to half its requests,
+    // the frontend's retries hide them (every call answers), and the suggested inspection of
+    // v2's metrics shows the faults it gave.
     run(suggested(&up, "fault-backend-v2.yaml"), "the suggested fault injection");
+    let mut stats = suggested(&up, "inspect dataplane backend-v2 --stats");
+    stats.extend(["-o".to_string(), "json".to_string()]);
+    let faults = wait_for("backend v2's sidecar to inject faults, hidden by the frontend's retries", DEADLINE, || {
+        let (v1, v2) = backends(20)?;
+        let answer: Value =
+            serde_json::from_str(&run(stats.clone(), "the suggested inspection of v2's metrics")).map_err(|e| e.to_string())?;
+        let text = answer["result"]["metrics"].as_str().unwrap_or_default();
+        let faults: f64 = text
+            .lines()
+            .filter(|l| l.starts_with("strait_dp_faults_injected_total{") && l.contains("direction=\"inbound\""))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum();
+        if faults >= 1.0 && v1 + v2 == 20 {
+            Ok(faults)
+        } else {
+            Err(format!("{faults} faults, answers {v1} + {v2}"))
+        }
+    });
+    println!("FIGURE demo-fault-{mode} faults={faults}");
     run(suggested(&up, "delete meshfaultinjection"), "the suggested delete of the fault");
     run(suggested(&up, "delete meshhttproute split-backend"), "the suggested delete of the split");
     wait_for("the calls to stay in zone-1 again", DEADLINE, || match backends(20)? {
