@@ -195,6 +195,22 @@ fn scenario(flags: &[&str], frontend: &str, mode: &str) {
         }
     });
     println!("FIGURE demo-fault-{mode} faults={faults}");
+    // `demo traffic` shows what the retries hide: the share of v2's answers to the frontend
+    // that were 503, from the traffic map.
+    let share = wait_for("`demo traffic` to show the 503s at backend v2's sidecar", DEADLINE, || {
+        let traffic = ok(straitctl(&["demo", "traffic", "--dir", &dir_arg, "--seconds", "2", "--rate", "10"]), "demo traffic");
+        let last = traffic.lines().rev().find(|l| l.contains("5xx at the sidecars:")).unwrap_or_default().to_string();
+        let share = last
+            .split("frontend→backend@zone-2 ")
+            .nth(1)
+            .and_then(|rest| rest.split('%').next())
+            .and_then(|n| n.trim().parse::<u32>().ok());
+        match share {
+            Some(share) if (35..=65).contains(&share) => Ok(share),
+            _ => Err(format!("no 5xx share of about 50% for frontend→backend@zone-2:\n{traffic}")),
+        }
+    });
+    println!("FIGURE demo-fault-{mode} sidecar-5xx-share={share}%");
     run(suggested(&up, "delete meshfaultinjection"), "the suggested delete of the fault");
     run(suggested(&up, "delete meshhttproute split-backend"), "the suggested delete of the split");
     wait_for("the calls to stay in zone-1 again", DEADLINE, || match backends(20)? {

@@ -361,6 +361,10 @@ async fn up_steps(s: &mut Starter, plan: &Plan) -> anyhow::Result<()> {
             &format!("{ip}:7678"),
             "--kds-max-backoff",
             "2s",
+            // A lively traffic map, and `demo traffic` sees the sidecars' answers within
+            // seconds.
+            "--traffic-report-interval",
+            "1s",
         ]
         .iter()
         .map(|a| a.to_string())
@@ -453,6 +457,8 @@ async fn up_steps(s: &mut Starter, plan: &Plan) -> anyhow::Result<()> {
             &format!("{}:{SIDECAR_ADMIN_PORT}", w.ip),
             "--cp-max-backoff",
             "2s",
+            "--traffic-report-interval",
+            "1s",
         ]
         .iter()
         .map(|a| a.to_string())
@@ -552,7 +558,8 @@ fn print_next_steps(s: &Starter, plan: &Plan, dir: &Path, dir_flag: &str, promet
         "      the frontend's calls split 50/50 between backend v1 (zone-1) and v2 (zone-2): watch `demo traffic`".into(),
         format!("  {ctl} apply -f {}", fault.display()),
         "      with the split on, backend v2's sidecar answers 503 to half its requests: the frontend's retries".into(),
-        "      hide the failures (every call answers, v2 still its half), and the 503s show in v2's metrics:".into(),
+        "      hide the failures (every call answers), and `demo traffic` shows them at the sidecars:".into(),
+        "      \"5xx at the sidecars: frontend→backend@zone-2 50%\"; v2's own metrics count them too:".into(),
         format!("  {ctl} inspect dataplane backend-v2 --stats"),
         "      strait_dp_faults_injected_total, and strait_dp_http_requests_total with status=\"503\"".into(),
         format!("  {ctl} delete meshfaultinjection fault-backend-v2 --mesh default"),
