@@ -301,7 +301,11 @@ impl Plan<'_> {
             .map(|t| Measured { outcome: Default::default(), cpu: vec![0.0; t.proxies.len()], peak_rss: vec![0; t.proxies.len()] })
             .collect();
         for round in 0..self.rounds {
-            for (t, m) in targets.iter().zip(results.iter_mut()) {
+            // Each round starts one path further, so that no path is always measured right
+            // after the same other one.
+            for i in 0..targets.len() {
+                let at = (i + round) % targets.len();
+                let (t, m) = (&targets[at], &mut results[at]);
                 let cpu_before: Vec<f64> = t.proxies.iter().map(Proxy::cpu).collect();
                 let sampler = RssSampler::start(t.proxies.iter().map(|p| p.pids.clone()).collect());
                 let outcome =

@@ -10,7 +10,8 @@
 //! With `--set observability`, the policy pair gets instead what operators turn on to see
 //! their traffic: MeshAccessLog on both sides (a JSON line per request to a file), MeshTrace
 //! at 1% sampling exported over OTLP to a collector in this process, and the metrics every
-//! sidecar keeps.
+//! sidecar keeps. Its pair has then one server sidecar, as the bare pair has, so that only
+//! the observability's cost differs.
 //!
 //! `cargo build --profile dist --bins && target/dist/policies [--set observability]`
 //! (needs nginx; the sidecars are the `strait-dp` next to this binary, built the same way).
@@ -31,9 +32,11 @@ struct Args {
     /// Rules of the route table (the last one is the 90/10 split).
     #[arg(long, default_value_t = 50)]
     routes: usize,
-    /// Which set the policy pair gets: `routes` (routes and resilience) or `observability`
+    /// Which set the policy pair gets: `routes` (routes and resilience), `observability`
+    /// (access logs, tracing at 1%), or one half of it, `access-logs` or `tracing`, to see
+    /// which costs what.
     /// (access logs, tracing at 1%).
-    #[arg(long, default_value = "routes", value_parser = ["routes", "observability"])]
+    #[arg(long, default_value = "routes", value_parser = ["routes", "observability", "access-logs", "tracing"])]
     set: String,
 }
 
@@ -158,8 +161,9 @@ async fn main() -> Result<(), Error> {
     let app_addr: SocketAddr = format!("127.0.0.1:{app_port}").parse()?;
     wait_http("nginx serving the file", app_addr, PATH).await?;
 
+    let observability = args.set != "routes";
     let (bare_out, pol_out) = (free_port()?, free_port()?);
-    let specs = [
+    let mut specs = vec![
         SidecarSpec { name: "backend-bare-1", service: "backend-bare", inbound: free_port()?, app: app_port, tags: "", outbound: None },
         SidecarSpec {
             name: "web-bare-1",
@@ -194,6 +198,11 @@ async fn main() -> Result<(), Error> {
             outbound: Some((pol_out, "backend-pol")),
         },
     ];
+    // The observability set measures its own cost only: the same topology as the bare pair,
+    // one server sidecar (the routes set needs v2 for its split).
+    if observability {
+        specs.retain(|s| s.name != "backend-pol-v2");
+    }
     let mut pids = Vec::new();
     let mut admins = Vec::new();
     for spec in &specs {
@@ -205,24 +214,31 @@ async fn main() -> Result<(), Error> {
     for admin in &admins {
         wait_ready(&cp.http, admin).await?;
     }
-    let observability = args.set == "observability";
+    // Where the sidecar named `name` is in `pids` and `admins`.
+    let at = |name: &str| specs.iter().position(|s| s.name == name).expect("a sidecar of the rig");
     let (collector_addr, collector) = start_collector().await?;
     let log = work.join("access.log");
-    let policies = if observability { observability_set(&log, collector_addr) } else { policy_set(args.routes) };
+    let policies: Vec<(String, Value)> = match args.set.as_str() {
+        "routes" => policy_set(args.routes),
+        "access-logs" => observability_set(&log, collector_addr).into_iter().filter(|(p, _)| p.starts_with("meshaccesslogs/")).collect(),
+        "tracing" => observability_set(&log, collector_addr).into_iter().filter(|(p, _)| p.starts_with("meshtraces/")).collect(),
+        _ => observability_set(&log, collector_addr),
+    };
     for (path, body) in &policies {
         cp.put(&format!("/meshes/default/{path}"), body).await?;
     }
     // Applied once web-pol's configuration holds the last header rule and every policy type.
     let last = format!("tenant-{}", args.routes.saturating_sub(2));
-    let expected: Vec<&str> = if observability {
-        vec!["MeshAccessLog", "MeshTrace"]
-    } else {
-        vec!["MeshRetry", "MeshTimeout", "MeshCircuitBreaker", last.as_str()]
+    let expected: Vec<&str> = match args.set.as_str() {
+        "routes" => vec!["MeshRetry", "MeshTimeout", "MeshCircuitBreaker", last.as_str()],
+        "access-logs" => vec!["MeshAccessLog"],
+        "tracing" => vec!["MeshTrace"],
+        _ => vec!["MeshAccessLog", "MeshTrace"],
     };
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let dump = cp.http.get(format!("http://{}/config_dump", admins[4])).send().await?.text().await?;
-        let server = cp.http.get(format!("http://{}/config_dump", admins[2])).send().await?.text().await?;
+        let dump = cp.http.get(format!("http://{}/config_dump", admins[at("web-pol-1")])).send().await?.text().await?;
+        let server = cp.http.get(format!("http://{}/config_dump", admins[at("backend-pol-v1")])).send().await?.text().await?;
         if expected.iter().all(|n| dump.contains(n)) && (!observability || expected.iter().all(|n| server.contains(n))) {
             break;
         }
@@ -241,14 +257,20 @@ async fn main() -> Result<(), Error> {
         Target {
             name: "bare pair",
             addr: bare_addr,
-            proxies: vec![Proxy { name: "client sidecar", pids: vec![pids[1]] }, Proxy { name: "server sidecar", pids: vec![pids[0]] }],
+            proxies: vec![
+                Proxy { name: "client sidecar", pids: vec![pids[at("web-bare-1")]] },
+                Proxy { name: "server sidecar", pids: vec![pids[at("backend-bare-1")]] },
+            ],
         },
         Target {
             name: "policy pair",
             addr: pol_addr,
             proxies: vec![
-                Proxy { name: "client sidecar", pids: vec![pids[4]] },
-                Proxy { name: "server sidecars", pids: vec![pids[2], pids[3]] },
+                Proxy { name: "client sidecar", pids: vec![pids[at("web-pol-1")]] },
+                Proxy {
+                    name: "server sidecars",
+                    pids: specs.iter().zip(&pids).filter(|(s, _)| s.service == "backend-pol").map(|(_, p)| *p).collect(),
+                },
             ],
         },
     ];
@@ -256,10 +278,11 @@ async fn main() -> Result<(), Error> {
     plan.warm_up(&targets).await?;
     let mut results = plan.measure(&targets).await?;
 
-    let what = if observability {
-        "access logs on both sides and tracing at 1%".to_string()
-    } else {
-        format!("{} routes, retries, timeouts, outlier detection and a 90/10 split", args.routes)
+    let what = match args.set.as_str() {
+        "routes" => format!("{} routes, retries, timeouts, outlier detection and a 90/10 split", args.routes),
+        "access-logs" => "access logs on both sides".to_string(),
+        "tracing" => "tracing at 1%".to_string(),
+        _ => "access logs on both sides and tracing at 1%".to_string(),
     };
     println!(
         "\nsidecar pair with {what} vs the bare pair: {} rps, 1 KiB HTTP/1.1 keep-alive ({} connections), {} rounds x {} s per path",

@@ -31,6 +31,34 @@ pub const DEFAULT_TEMPLATE: &str = "[%START_TIME%] %DIRECTION% %MESH% \"%METHOD%
      %BYTES_RECEIVED% %BYTES_SENT% %DURATION% %SOURCE_SERVICE%(%SOURCE_ZONE%) -> %DESTINATION_SERVICE%(%DESTINATION_ZONE%) \
      %UPSTREAM_HOST% %TRACE_ID%";
 
+/// A name an entry shares with the sidecar's other entries (mesh, service, zone): counted,
+/// not copied, per request. `None` or empty shows as `-`.
+pub type Name = Option<Arc<str>>;
+
+/// A trace id as the request carried it (up to 32 hex digits), kept inline.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TraceId {
+    len: u8,
+    digits: [u8; 32],
+}
+
+impl TraceId {
+    /// `id`, if it is at most 32 ASCII characters (else none).
+    pub fn new(id: &str) -> TraceId {
+        let mut out = TraceId::default();
+        if id.len() <= out.digits.len() && id.is_ascii() {
+            out.digits[..id.len()].copy_from_slice(id.as_bytes());
+            out.len = id.len() as u8;
+        }
+        out
+    }
+
+    /// The id, or `""`.
+    pub fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.digits[..usize::from(self.len)]).unwrap_or_default()
+    }
+}
+
 /// What one request or connection was.
 #[derive(Debug, Clone, Default)]
 pub struct Entry {
@@ -39,23 +67,23 @@ pub struct Entry {
     /// inbound or outbound.
     pub direction: &'static str,
     /// The mesh.
-    pub mesh: String,
+    pub mesh: Name,
     /// The caller's service.
-    pub source_service: String,
+    pub source_service: Name,
     /// The called service.
-    pub destination_service: String,
+    pub destination_service: Name,
     /// The caller's zone, if known.
-    pub source_zone: String,
+    pub source_zone: Name,
     /// The answering endpoint's zone, if known.
-    pub destination_zone: String,
+    pub destination_zone: Name,
     /// tcp, http, http2 or grpc.
     pub protocol: &'static str,
     /// HTTP method.
-    pub method: String,
+    pub method: Option<http::Method>,
     /// HTTP path and query.
     pub path: String,
     /// HTTP host.
-    pub authority: String,
+    pub authority: Option<http::uri::Authority>,
     /// HTTP status.
     pub status: u16,
     /// The sidecar answered itself.
@@ -69,18 +97,18 @@ pub struct Entry {
     /// To the caller.
     pub bytes_sent: u64,
     /// Where the sidecar sent it.
-    pub upstream: String,
+    pub upstream: Option<std::net::SocketAddr>,
     /// The request's trace id.
-    pub trace_id: String,
+    pub trace_id: TraceId,
 }
 
 /// The trace id of a request's `traceparent` (W3C) or `x-b3-traceid` / `b3` header.
-pub fn trace_id(headers: &http::HeaderMap) -> String {
+pub fn trace_id(headers: &http::HeaderMap) -> TraceId {
     let value = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
     if let Some(id) = value("traceparent").and_then(|t| t.split('-').nth(1)) {
-        return id.to_string();
+        return TraceId::new(id);
     }
-    value("x-b3-traceid").or_else(|| value("b3").and_then(|b| b.split('-').next())).unwrap_or("").to_string()
+    TraceId::new(value("x-b3-traceid").or_else(|| value("b3").and_then(|b| b.split('-').next())).unwrap_or(""))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -136,35 +164,64 @@ fn or_dash(s: &str) -> &str {
     }
 }
 
-fn millis(d: Duration) -> String {
-    format!("{:.3}", d.as_secs_f64() * 1000.0)
+fn name(n: &Name) -> &str {
+    or_dash(n.as_deref().unwrap_or_default())
+}
+
+fn millis(d: Duration, out: &mut String) {
+    use std::fmt::Write;
+    let _ = write!(out, "{:.3}", d.as_secs_f64() * 1000.0);
 }
 
 impl Field {
-    fn value(self, e: &Entry) -> String {
+    /// Appends this field's value in `e` to `out` (rendering runs for every line: nothing
+    /// is allocated but `out`'s growth).
+    fn write(self, e: &Entry, out: &mut String) {
+        use std::fmt::Write;
         match self {
-            Field::StartTime => e
-                .start
-                .and_then(|t| time::OffsetDateTime::from(t).format(&time::format_description::well_known::Rfc3339).ok())
-                .unwrap_or_else(|| "-".into()),
-            Field::Direction => e.direction.into(),
-            Field::Mesh => or_dash(&e.mesh).into(),
-            Field::SourceService => or_dash(&e.source_service).into(),
-            Field::DestinationService => or_dash(&e.destination_service).into(),
-            Field::SourceZone => or_dash(&e.source_zone).into(),
-            Field::DestinationZone => or_dash(&e.destination_zone).into(),
-            Field::Protocol => e.protocol.into(),
-            Field::Method => or_dash(&e.method).into(),
-            Field::Path => or_dash(&e.path).into(),
-            Field::Authority => or_dash(&e.authority).into(),
-            Field::ResponseCode => e.status.to_string(),
-            Field::ResponseFlags => if e.local { "local" } else { "-" }.into(),
-            Field::ResponseDuration => e.response_time.map_or_else(|| "-".into(), millis),
-            Field::Duration => millis(e.duration),
-            Field::BytesReceived => e.bytes_received.to_string(),
-            Field::BytesSent => e.bytes_sent.to_string(),
-            Field::UpstreamHost => or_dash(&e.upstream).into(),
-            Field::TraceId => or_dash(&e.trace_id).into(),
+            Field::StartTime => {
+                let mut buf = [0u8; 64];
+                let mut cursor = std::io::Cursor::new(&mut buf[..]);
+                let written = e.start.and_then(|t| {
+                    time::OffsetDateTime::from(t).format_into(&mut cursor, &time::format_description::well_known::Rfc3339).ok()
+                });
+                match written.and_then(|n| std::str::from_utf8(&buf[..n]).ok()) {
+                    Some(text) => out.push_str(text),
+                    None => out.push('-'),
+                }
+            }
+            Field::Direction => out.push_str(e.direction),
+            Field::Mesh => out.push_str(name(&e.mesh)),
+            Field::SourceService => out.push_str(name(&e.source_service)),
+            Field::DestinationService => out.push_str(name(&e.destination_service)),
+            Field::SourceZone => out.push_str(name(&e.source_zone)),
+            Field::DestinationZone => out.push_str(name(&e.destination_zone)),
+            Field::Protocol => out.push_str(e.protocol),
+            Field::Method => out.push_str(e.method.as_ref().map_or("-", http::Method::as_str)),
+            Field::Path => out.push_str(or_dash(&e.path)),
+            Field::Authority => out.push_str(e.authority.as_ref().map_or("-", |a| or_dash(a.as_str()))),
+            Field::ResponseCode => {
+                let _ = write!(out, "{}", e.status);
+            }
+            Field::ResponseFlags => out.push_str(if e.local { "local" } else { "-" }),
+            Field::ResponseDuration => match e.response_time {
+                Some(d) => millis(d, out),
+                None => out.push('-'),
+            },
+            Field::Duration => millis(e.duration, out),
+            Field::BytesReceived => {
+                let _ = write!(out, "{}", e.bytes_received);
+            }
+            Field::BytesSent => {
+                let _ = write!(out, "{}", e.bytes_sent);
+            }
+            Field::UpstreamHost => match e.upstream {
+                Some(a) => {
+                    let _ = write!(out, "{a}");
+                }
+                None => out.push('-'),
+            },
+            Field::TraceId => out.push_str(or_dash(e.trace_id.as_str())),
         }
     }
 
@@ -206,7 +263,7 @@ fn render(pieces: &[Piece], e: &Entry, out: &mut String) {
     for piece in pieces {
         match piece {
             Piece::Text(t) => out.push_str(t),
-            Piece::Field(f) => out.push_str(&f.value(e)),
+            Piece::Field(f) => f.write(e, out),
         }
     }
 }
@@ -239,23 +296,30 @@ impl Format {
     /// The line of `entry`, newline included.
     pub fn line(&self, entry: &Entry) -> String {
         let mut out = String::with_capacity(256);
+        self.line_into(entry, &mut out, &mut String::new());
+        out
+    }
+
+    /// Appends the line of `entry`, newline included, to `out` (`scratch`: a buffer for JSON
+    /// values, reused from line to line).
+    fn line_into(&self, entry: &Entry, out: &mut String, scratch: &mut String) {
         match &self.0 {
-            Kind::Plain(pieces) => render(pieces, entry, &mut out),
+            Kind::Plain(pieces) => render(pieces, entry, out),
             Kind::Json(fields) => {
                 out.push('{');
                 for (n, (key, pieces)) in fields.iter().enumerate() {
                     if n > 0 {
                         out.push(',');
                     }
-                    json_string(key, &mut out);
+                    json_string(key, out);
                     out.push(':');
                     match pieces.as_slice() {
                         // Numbers stay numbers.
-                        [Piece::Field(f)] if f.is_number() => out.push_str(&f.value(entry)),
+                        [Piece::Field(f)] if f.is_number() => f.write(entry, out),
                         _ => {
-                            let mut value = String::new();
-                            render(pieces, entry, &mut value);
-                            json_string(&value, &mut out);
+                            scratch.clear();
+                            render(pieces, entry, scratch);
+                            json_string(scratch, out);
                         }
                     }
                 }
@@ -263,7 +327,6 @@ impl Format {
             }
         }
         out.push('\n');
-        out
     }
 }
 
@@ -295,7 +358,7 @@ pub struct Sink {
 }
 
 /// How long a backend waits after a first line for more to write with it.
-const LINGER: Duration = Duration::from_millis(20);
+const LINGER: Duration = Duration::from_millis(50);
 
 /// Entries a backend may have waiting before new ones are dropped.
 const QUEUE: usize = 4096;
@@ -328,7 +391,7 @@ impl Sink {
 
 /// Takes what is queued (after `first`) and renders it, so that one write carries a batch.
 async fn batch(first: (Arc<Entry>, Arc<Format>), rx: &mut mpsc::Receiver<(Arc<Entry>, Arc<Format>)>) -> Vec<u8> {
-    // Lines that come meanwhile go in the same write: a write (and a wake-up) every 20 ms at
+    // Lines that come meanwhile go in the same write: a write (and a wake-up) every 50 ms at
     // most, whatever the request rate.
     if rx.len() < 256 {
         tokio::time::sleep(LINGER).await;
@@ -338,12 +401,13 @@ async fn batch(first: (Arc<Entry>, Arc<Format>), rx: &mut mpsc::Receiver<(Arc<En
 
 /// `first` and what is queued after it, rendered (up to 64 KiB).
 fn drain(first: (Arc<Entry>, Arc<Format>), rx: &mut mpsc::Receiver<(Arc<Entry>, Arc<Format>)>) -> Vec<u8> {
-    let mut out = first.1.line(&first.0).into_bytes();
+    let (mut out, mut scratch) = (String::with_capacity(16 * 1024), String::new());
+    first.1.line_into(&first.0, &mut out, &mut scratch);
     while out.len() < 64 * 1024 {
         let Ok((entry, format)) = rx.try_recv() else { break };
-        out.extend_from_slice(format.line(&entry).as_bytes());
+        format.line_into(&entry, &mut out, &mut scratch);
     }
-    out
+    out.into_bytes()
 }
 
 /// Writes the lines of `rx` to `path`, on the calling thread, until every sender is gone.
@@ -352,7 +416,7 @@ fn write_file(path: String, mut rx: mpsc::Receiver<(Arc<Entry>, Arc<Format>)>, d
     let mut file: Option<std::fs::File> = None;
     let mut last_warning: Option<Instant> = None;
     while let Some(first) = rx.blocking_recv() {
-        // Lines that come meanwhile go in the same write: a write (and a wake-up) every 20 ms
+        // Lines that come meanwhile go in the same write: a write (and a wake-up) every 50 ms
         // at most, whatever the request rate.
         if rx.len() < 256 {
             std::thread::sleep(LINGER);
@@ -413,11 +477,11 @@ pub struct AccessLog {
 #[derive(Debug, Clone, Default)]
 pub struct Local {
     /// The mesh.
-    pub mesh: String,
+    pub mesh: Arc<str>,
     /// This sidecar's zone.
-    pub zone: String,
+    pub zone: Arc<str>,
     /// This sidecar's service.
-    pub service: String,
+    pub service: Arc<str>,
 }
 
 impl AccessLog {
@@ -500,18 +564,18 @@ mod tests {
         Entry {
             start: Some(SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000)),
             direction: "outbound",
-            mesh: "default".into(),
-            source_service: "web".into(),
-            destination_service: "backend".into(),
-            source_zone: "zone-1".into(),
-            destination_zone: "zone-2".into(),
+            mesh: Some("default".into()),
+            source_service: Some("web".into()),
+            destination_service: Some("backend".into()),
+            source_zone: Some("zone-1".into()),
+            destination_zone: Some("zone-2".into()),
             protocol: "http",
-            method: "GET".into(),
+            method: Some(http::Method::GET),
             path: "/api?x=1".into(),
             status: 200,
             duration: Duration::from_micros(1500),
             bytes_sent: 42,
-            trace_id: "4bf92f3577b34da6a3ce929d0e0e4736".into(),
+            trace_id: TraceId::new("4bf92f3577b34da6a3ce929d0e0e4736"),
             ..Entry::default()
         }
     }
@@ -544,10 +608,12 @@ mod tests {
     #[test]
     fn trace_ids_come_from_w3c_or_b3_headers() {
         let mut h = http::HeaderMap::new();
-        assert_eq!(trace_id(&h), "");
+        assert_eq!(trace_id(&h).as_str(), "");
         h.insert("b3", "80f198ee56343ba864fe8b2a57d3eff7-e457b5a2e4d86bd1-1".parse().unwrap());
-        assert_eq!(trace_id(&h), "80f198ee56343ba864fe8b2a57d3eff7");
+        assert_eq!(trace_id(&h).as_str(), "80f198ee56343ba864fe8b2a57d3eff7");
         h.insert("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".parse().unwrap());
-        assert_eq!(trace_id(&h), "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(trace_id(&h).as_str(), "4bf92f3577b34da6a3ce929d0e0e4736");
+        h.insert("traceparent", format!("00-{}-00f067aa0ba902b7-01", "a".repeat(40)).parse().unwrap());
+        assert_eq!(trace_id(&h).as_str(), "", "an id longer than 32 digits is not kept");
     }
 }

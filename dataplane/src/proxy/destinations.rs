@@ -38,7 +38,7 @@ pub use strait_api::proxy_config::Protocol;
 #[derive(Debug)]
 pub struct Destination {
     /// The service name.
-    pub service: String,
+    pub service: Arc<str>,
     /// What it speaks.
     pub protocol: Protocol,
     /// The SPIFFE ID its endpoints must present.
@@ -55,7 +55,7 @@ pub struct Destination {
     /// policies (retries, ejections, limits).
     pub metrics: PairMetrics,
     /// Outbound metrics of requests answered by an endpoint, by the endpoint's zone.
-    zone_metrics: Vec<(String, PairMetrics)>,
+    zone_metrics: Vec<(Arc<str>, PairMetrics)>,
     /// MeshRetry of HTTP requests to it.
     pub retry: Option<RetryPolicy>,
     /// Requests and retries in progress, for the retry budget.
@@ -192,7 +192,7 @@ fn endpoint_id(e: &Endpoint) -> u64 {
 impl Destination {
     /// The metrics of requests answered by an endpoint in `zone`.
     pub fn metrics_in(&self, zone: &str) -> &PairMetrics {
-        self.zone_metrics.iter().find(|(z, _)| z == zone).map_or(&self.metrics, |(_, m)| m)
+        self.zone_metrics.iter().find(|(z, _)| **z == *zone).map_or(&self.metrics, |(_, m)| m)
     }
 
     /// The endpoint for the next request or connection: an available local one, else one of
@@ -304,7 +304,7 @@ impl Destination {
         }
         let time = endpoint.health.eject(policy.base, MAX_EJECTION);
         self.metrics.ejections.inc();
-        tracing::warn!(service = self.service, endpoint = %endpoint.address, ?time, why, "outlier detection ejected an endpoint");
+        tracing::warn!(service = &*self.service, endpoint = %endpoint.address, ?time, why, "outlier detection ejected an endpoint");
     }
 }
 
@@ -386,11 +386,11 @@ impl Build<'_> {
                 .known
                 .entry((address, name))
                 .and_modify(|kept| {
-                    if kept.zone != e.zone {
-                        *kept = Arc::new(Endpoint::new(address, e.zone.clone(), server_name.clone()));
+                    if *kept.zone != *e.zone {
+                        *kept = Arc::new(Endpoint::new(address, e.zone.as_str().into(), server_name.clone()));
                     }
                 })
-                .or_insert_with(|| Arc::new(Endpoint::new(address, e.zone.clone(), server_name)))
+                .or_insert_with(|| Arc::new(Endpoint::new(address, e.zone.as_str().into(), server_name)))
                 .clone();
             if is_local {
                 local.push(endpoint)
@@ -411,14 +411,14 @@ impl Build<'_> {
         let pair = |destination: Peer<'_>| {
             metrics.pair(Pair { direction: Direction::Outbound, mesh, source, destination, protocol: outbound.protocol.as_str() })
         };
-        let mut zone_metrics: Vec<(String, PairMetrics)> = Vec::new();
+        let mut zone_metrics: Vec<(Arc<str>, PairMetrics)> = Vec::new();
         for endpoint in local.iter().chain(&remote) {
             if !zone_metrics.iter().any(|(z, _)| *z == endpoint.zone) {
                 zone_metrics.push((endpoint.zone.clone(), pair(Peer { service: &outbound.service, zone: &endpoint.zone })));
             }
         }
         Some(Arc::new(Destination {
-            service: outbound.service.clone(),
+            service: outbound.service.as_str().into(),
             protocol: outbound.protocol,
             expected,
             local,
@@ -509,7 +509,8 @@ impl Table {
                 table.inbound.insert(inbound.port, rules);
             }
         }
-        table.local = super::access_log::Local { mesh: config.mesh.clone(), zone: config.zone.clone(), service: source.to_string() };
+        table.local =
+            super::access_log::Local { mesh: config.mesh.as_str().into(), zone: config.zone.as_str().into(), service: source.into() };
         for outbound in &config.outbounds {
             let Some(destination) = build.destination(outbound, &BTreeMap::new()) else { continue };
             // Transparent interception finds a destination by the address the application
@@ -577,7 +578,7 @@ impl Table {
     /// Where a TCP connection to `destination` goes: a backend of its MeshTCPRoute, by
     /// weight, or the destination itself.
     pub fn tcp_backend(&self, destination: Arc<Destination>) -> Arc<Destination> {
-        match self.tcp_routes.get(&destination.service).and_then(Backends::pick) {
+        match self.tcp_routes.get(&*destination.service).and_then(Backends::pick) {
             Some(backend) => backend.clone(),
             None => destination,
         }
@@ -675,7 +676,7 @@ mod tests {
 
         let third = Table::build(&config(&[("10.0.0.2", 80, "zone-2")], "tcp"), &second, &metrics);
         let backend = third.service("backend").unwrap();
-        assert_eq!(backend.pick().unwrap().zone, "zone-2", "with no local endpoint left, other zones are used");
+        assert_eq!(&*backend.pick().unwrap().zone, "zone-2", "with no local endpoint left, other zones are used");
         assert_eq!(backend.protocol, Protocol::Tcp);
         assert!(third.by_address("10.0.0.1:80".parse().unwrap()).is_none());
     }

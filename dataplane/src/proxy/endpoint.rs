@@ -40,7 +40,7 @@ pub struct Endpoint {
     /// Where to connect: the peer sidecar's inbound, or the egress.
     pub address: SocketAddr,
     /// The zone it runs in.
-    pub zone: String,
+    pub zone: Arc<str>,
     /// The SNI sent to it (`<service>.<mesh>.strait`; through the egress, with the zone
     /// between mesh and `strait`): a routing label for gateways.
     pub sni: ServerName<'static>,
@@ -55,7 +55,7 @@ pub struct Endpoint {
 
 impl Endpoint {
     /// A new endpoint with no history.
-    pub fn new(address: SocketAddr, zone: String, sni: ServerName<'static>) -> Self {
+    pub fn new(address: SocketAddr, zone: Arc<str>, sni: ServerName<'static>) -> Self {
         Endpoint {
             address,
             zone,

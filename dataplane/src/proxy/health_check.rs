@@ -132,9 +132,9 @@ pub fn spawn(path: &Arc<DataPath>) {
                         };
                         let passed = result.is_ok();
                         match endpoint.health.checked(passed, policy.unhealthy, policy.healthy) {
-                            Some(true) => tracing::info!(service = destination.service, endpoint = %endpoint.address, "active health check passed: the endpoint is back in the pool"),
+                            Some(true) => tracing::info!(service = &*destination.service, endpoint = %endpoint.address, "active health check passed: the endpoint is back in the pool"),
                             Some(false) => tracing::warn!(
-                                service = destination.service,
+                                service = &*destination.service,
                                 endpoint = %endpoint.address,
                                 reason = result.err().unwrap_or_default(),
                                 failures = policy.unhealthy,

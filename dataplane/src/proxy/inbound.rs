@@ -73,16 +73,16 @@ pub fn handler(config: &Inbound, path: &Arc<DataPath>) -> (Arc<Handler>, tracing
         log.log(super::access_log::Entry {
             start: Some(closed.begun),
             direction: "inbound",
-            mesh: table.local.mesh.clone(),
-            source_service: caller.to_string(),
-            source_zone: caller_zone.to_string(),
-            destination_service: closed_service.clone(),
-            destination_zone: table.local.zone.clone(),
+            mesh: Some(table.local.mesh.clone()),
+            source_service: Some(caller.into()),
+            source_zone: Some(caller_zone.into()),
+            destination_service: Some(closed_service.as_str().into()),
+            destination_zone: Some(table.local.zone.clone()),
             protocol: "tcp",
             duration: closed.duration,
             bytes_received: closed.copied.a_to_b,
             bytes_sent: closed.copied.b_to_a,
-            upstream: app.to_string(),
+            upstream: Some(app),
             ..Default::default()
         });
     })));

@@ -128,16 +128,16 @@ pub fn spawn_tcp(app: TcpStream, client: SocketAddr, destination: Arc<Destinatio
                         log.log(access_log::Entry {
                             start: Some(begun),
                             direction: "outbound",
-                            mesh: local.mesh.clone(),
-                            source_service: local.service.clone(),
-                            source_zone: local.zone.clone(),
-                            destination_service: destination.service.clone(),
-                            destination_zone: endpoint.zone.clone(),
+                            mesh: Some(local.mesh.clone()),
+                            source_service: Some(local.service.clone()),
+                            source_zone: Some(local.zone.clone()),
+                            destination_service: Some(destination.service.clone()),
+                            destination_zone: Some(endpoint.zone.clone()),
                             protocol: "tcp",
                             duration: started.elapsed(),
                             bytes_received: copied.a_to_b,
                             bytes_sent: copied.b_to_a,
-                            upstream: endpoint.address.to_string(),
+                            upstream: Some(endpoint.address),
                             ..Default::default()
                         });
                     }

@@ -46,7 +46,7 @@ pub fn serve(listener: TcpListener, path: &Arc<DataPath>) {
             }
             let table = path.table.load();
             match table.by_address(dst).cloned() {
-                Some(d) if d.protocol.is_http() => super::http::outbound::spawn(app, client, d.service.as_str().into(), &path),
+                Some(d) if d.protocol.is_http() => super::http::outbound::spawn(app, client, (*d.service).into(), &path),
                 Some(d) => {
                     // A MeshTCPRoute sends the connection to a backend it picks; without one,
                     // to the endpoint the application dialled.

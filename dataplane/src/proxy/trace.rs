@@ -46,18 +46,46 @@ pub struct Context {
 }
 
 fn hex<const N: usize>(s: &str) -> Option<[u8; N]> {
+    fn digit(c: u8) -> Option<u8> {
+        match c {
+            b'0'..=b'9' => Some(c - b'0'),
+            b'a'..=b'f' => Some(c - b'a' + 10),
+            b'A'..=b'F' => Some(c - b'A' + 10),
+            _ => None,
+        }
+    }
     if s.len() != 2 * N {
         return None;
     }
     let mut out = [0u8; N];
-    for (i, b) in out.iter_mut().enumerate() {
-        *b = u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()?;
+    for (b, pair) in out.iter_mut().zip(s.as_bytes().chunks_exact(2)) {
+        *b = digit(pair[0])? << 4 | digit(pair[1])?;
     }
     (out != [0u8; N]).then_some(out)
 }
 
+/// Writes `bytes` in lower-case hex into `out`, which is twice as long.
+fn hex_into(bytes: &[u8], out: &mut [u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for (b, pair) in bytes.iter().zip(out.chunks_exact_mut(2)) {
+        pair[0] = DIGITS[usize::from(b >> 4)];
+        pair[1] = DIGITS[usize::from(b & 0xf)];
+    }
+}
+
 fn to_hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    let mut out = vec![0u8; 2 * bytes.len()];
+    hex_into(bytes, &mut out);
+    String::from_utf8(out).unwrap_or_default()
+}
+
+/// A header value that never repeats (a trace or span id): sent as an HPACK literal that is
+/// never indexed, so that it neither churns the HTTP/2 header tables of both ends nor is
+/// searched for in them on every request.
+fn unique(value: &[u8]) -> Option<HeaderValue> {
+    let mut value = HeaderValue::from_bytes(value).ok()?;
+    value.set_sensitive(true);
+    Some(value)
 }
 
 /// The context a request carries: W3C `traceparent`, else B3 (single `b3` or `x-b3-*`).
@@ -164,13 +192,15 @@ impl Tracer {
             parent: incoming.and_then(|c| c.parent),
             sampled,
         };
-        let span_id: [u8; 8] = rng.gen();
         // A trace that came unsampled travels on as it came (no span of ours to name as its
         // parent); one that starts here, or that this hop samples or stops sampling, carries
         // the decision to the next hops.
-        if sampled || incoming.is_none_or(|c| c.sampled) {
-            propagate(headers, &context, span_id);
+        let propagated = sampled || incoming.is_none_or(|c| c.sampled);
+        if !propagated {
+            return None;
         }
+        let span_id: [u8; 8] = rng.gen();
+        propagate(headers, &context, span_id);
         if !sampled {
             return None;
         }
@@ -210,29 +240,41 @@ impl Tracer {
 /// Rewrites the request's trace headers so that the next hop's span is a child of `span_id`:
 /// `traceparent` always; the B3 headers the request came with.
 fn propagate(headers: &mut HeaderMap, context: &Context, span_id: [u8; 8]) {
-    let flags = if context.sampled { "01" } else { "00" };
-    let (trace, span) = (to_hex(&context.trace_id), to_hex(&span_id));
-    if let Ok(v) = HeaderValue::from_str(&format!("00-{trace}-{span}-{flags}")) {
+    // `00-<trace>-<span>-<flags>`, written in place: this runs for every request.
+    let mut traceparent = *b"00-00000000000000000000000000000000-0000000000000000-00";
+    hex_into(&context.trace_id, &mut traceparent[3..35]);
+    hex_into(&span_id, &mut traceparent[36..52]);
+    if context.sampled {
+        traceparent[54] = b'1';
+    }
+    if let Some(v) = unique(&traceparent) {
         headers.insert(HeaderName::from_static("traceparent"), v);
     }
+    let b3 = headers.contains_key("b3");
+    let multi = headers.contains_key("x-b3-traceid");
+    if !b3 && !multi {
+        return;
+    }
+    let (trace, span) = (to_hex(&context.trace_id), to_hex(&span_id));
     let sampled = if context.sampled { "1" } else { "0" };
-    if headers.contains_key("b3") {
+    if b3 {
         let parent = context.parent.map(|p| format!("-{}", to_hex(&p))).unwrap_or_default();
-        if let Ok(v) = HeaderValue::from_str(&format!("{trace}-{span}-{sampled}{parent}")) {
+        if let Some(v) = unique(format!("{trace}-{span}-{sampled}{parent}").as_bytes()) {
             headers.insert(HeaderName::from_static("b3"), v);
         }
     }
-    if headers.contains_key("x-b3-traceid") {
-        let mut set = |name: &'static str, value: String| {
-            if let Ok(v) = HeaderValue::from_str(&value) {
+    if multi {
+        let mut set = |name: &'static str, value: &str, never_repeats: bool| {
+            let value = if never_repeats { unique(value.as_bytes()) } else { HeaderValue::from_str(value).ok() };
+            if let Some(v) = value {
                 headers.insert(HeaderName::from_static(name), v);
             }
         };
-        set("x-b3-traceid", trace);
-        set("x-b3-spanid", span);
-        set("x-b3-sampled", sampled.to_string());
+        set("x-b3-traceid", &trace, true);
+        set("x-b3-spanid", &span, true);
+        set("x-b3-sampled", sampled, false);
         if let Some(parent) = context.parent {
-            set("x-b3-parentspanid", to_hex(&parent));
+            set("x-b3-parentspanid", &to_hex(&parent), true);
         }
     }
 }
@@ -394,6 +436,9 @@ mod tests {
         );
         propagate(&mut h, &c, [1, 2, 3, 4, 5, 6, 7, 8]);
         assert_eq!(h["traceparent"], "00-4bf92f3577b34da6a3ce929d0e0e4736-0102030405060708-01");
+        assert!(h["traceparent"].is_sensitive(), "ids that never repeat stay out of the HPACK tables");
+        propagate(&mut h, &Context { sampled: false, ..c }, [0xab; 8]);
+        assert_eq!(h["traceparent"], "00-4bf92f3577b34da6a3ce929d0e0e4736-abababababababab-00");
         let mut b3 = HeaderMap::new();
         b3.insert("x-b3-traceid", "463ac35c9f6413ad".parse().unwrap());
         b3.insert("x-b3-spanid", "a2fb4a1d1a96d312".parse().unwrap());

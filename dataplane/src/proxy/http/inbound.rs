@@ -53,7 +53,7 @@ use crate::proxy::timeouts::of_inbound;
 pub struct Inbound {
     path: Arc<DataPath>,
     port: u16,
-    service: String,
+    service: Arc<str>,
     app: SocketAddr,
     version: Version,
     protocol: Protocol,
@@ -71,14 +71,14 @@ pub fn handler(path: Arc<DataPath>, port: u16, service: String, app: SocketAddr,
         Version::HTTP_2
     };
     let client = builder.build(AppConnector { app, path: path.clone(), port });
-    let inbound = Arc::new(Inbound { path, port, service, app, version, protocol, client });
+    let inbound = Arc::new(Inbound { path, port, service: service.into(), app, version, protocol, client });
     H2Handler(Arc::new(move |tls, peer| Box::pin(inbound.clone().serve(tls, peer))))
 }
 
 impl Inbound {
     async fn serve(self: Arc<Self>, tls: TlsStream<TcpStream>, peer: Identity) {
-        let caller = peer.path().trim_start_matches('/').to_string();
-        let caller_zone = strait_proxy_core::tls::peer_zone(tls.get_ref().1).unwrap_or_default();
+        let caller: Arc<str> = peer.path().trim_start_matches('/').into();
+        let caller_zone: Arc<str> = strait_proxy_core::tls::peer_zone(tls.get_ref().1).unwrap_or_default().into();
         let metrics = {
             let table = self.path.table.load();
             self.path.metrics.pair(Pair {
@@ -118,9 +118,9 @@ struct Session {
     inbound: Arc<Inbound>,
     peer: Identity,
     /// The peer's service.
-    caller: String,
+    caller: Arc<str>,
     /// The peer's zone (empty if its certificate does not say).
-    caller_zone: String,
+    caller_zone: Arc<str>,
     metrics: PairMetrics,
     /// MeshTrafficPermission's answer for this peer, per configuration version.
     decision: SessionDecision,
@@ -180,16 +180,16 @@ impl Session {
         let entry = access_log::Entry {
             start: Some(std::time::SystemTime::now()),
             direction: "inbound",
-            mesh: table.local.mesh.clone(),
-            source_service: self.caller.clone(),
-            source_zone: self.caller_zone.clone(),
-            destination_service: inbound.service.clone(),
-            destination_zone: table.local.zone.clone(),
+            mesh: Some(table.local.mesh.clone()),
+            source_service: Some(self.caller.clone()),
+            source_zone: Some(self.caller_zone.clone()),
+            destination_service: Some(inbound.service.clone()),
+            destination_zone: Some(table.local.zone.clone()),
             protocol: inbound.protocol.as_str(),
-            method: request.method().to_string(),
-            path: request.uri().path_and_query().map_or_else(String::new, |p| p.to_string()),
-            authority: request.uri().authority().map_or_else(String::new, |a| a.to_string()),
-            upstream: inbound.app.to_string(),
+            method: Some(request.method().clone()),
+            path: request.uri().path_and_query().map_or_else(String::new, |p| p.as_str().to_owned()),
+            authority: request.uri().authority().cloned(),
+            upstream: Some(inbound.app),
             trace_id: access_log::trace_id(request.headers()),
             ..Default::default()
         };
@@ -208,7 +208,7 @@ impl Session {
         for limit in on_routes.chain(rules.rate_limit(&self.caller)) {
             if let Some(Err(wait)) = limit.requests.as_ref().map(|l| l.acquire()) {
                 self.metrics.rate_limited.inc();
-                tracing::debug!(caller = self.caller, routes, "request over the rate limit (MeshRateLimit)");
+                tracing::debug!(caller = &*self.caller, routes, "request over the rate limit (MeshRateLimit)");
                 return Err(limit.refusal(&inbound.service, &self.caller, wait));
             }
         }
@@ -248,7 +248,7 @@ impl Session {
         let timeouts = of_inbound(&inbound.path.state, inbound.port);
         let started = tokio::time::Instant::now();
         let (mut parts, body) = request.into_parts();
-        absolute(&mut parts.uri, || Authority::try_from(inbound.service.as_str()).ok());
+        absolute(&mut parts.uri, || Authority::try_from(&*inbound.service).ok());
         strip_hop_by_hop(&mut parts.headers);
         parts.headers.remove(ROUTE_HEADER);
         parts.version = inbound.version;

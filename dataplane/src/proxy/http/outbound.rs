@@ -208,8 +208,8 @@ async fn forward(request: Request<Incoming>, service: &str, path: &Arc<DataPath>
                 s.attribute("strait.peer_zone", &in_flight.endpoint().zone);
             }
             if let Some(p) = &mut pending {
-                p.entry.upstream = in_flight.endpoint().address.to_string();
-                p.entry.destination_zone = in_flight.endpoint().zone.clone();
+                p.entry.upstream = Some(in_flight.endpoint().address);
+                p.entry.destination_zone = Some(in_flight.endpoint().zone.clone());
             }
             let tally = pending.as_ref().map(|p| p.sent.clone());
             let held = (in_flight, pending.take(), span.take());
@@ -264,14 +264,14 @@ fn pending_entry(
     let entry = access_log::Entry {
         start: Some(std::time::SystemTime::now()),
         direction: "outbound",
-        mesh: local.mesh.clone(),
-        source_service: local.service.clone(),
-        source_zone: local.zone.clone(),
-        destination_service: destination.service.clone(),
+        mesh: Some(local.mesh.clone()),
+        source_service: Some(local.service.clone()),
+        source_zone: Some(local.zone.clone()),
+        destination_service: Some(destination.service.clone()),
         protocol: destination.protocol.as_str(),
-        method: request.method().to_string(),
-        path: request.uri().path_and_query().map_or_else(String::new, |p| p.to_string()),
-        authority: request.uri().authority().map_or_else(String::new, |a| a.to_string()),
+        method: Some(request.method().clone()),
+        path: request.uri().path_and_query().map_or_else(String::new, |p| p.as_str().to_owned()),
+        authority: request.uri().authority().cloned(),
         trace_id: access_log::trace_id(request.headers()),
         ..Default::default()
     };
@@ -308,12 +308,12 @@ fn mirror(request: Request<Counted>, to: &Arc<Destination>, path: &Arc<DataPath>
             None => Bytes::new(),
             Some(rx) => match tokio::time::timeout(Duration::from_secs(60), rx).await {
                 Ok(Ok(body)) => body,
-                _ => return tracing::debug!(mirror = to.service, "not mirrored: the body was too large to copy, or did not end"),
+                _ => return tracing::debug!(mirror = &*to.service, "not mirrored: the body was too large to copy, or did not end"),
             },
         };
         let (_active, in_progress) = to.budget.start();
         if in_progress > MAX_MIRRORED {
-            return tracing::debug!(mirror = to.service, "not mirrored: {MAX_MIRRORED} copies are in progress");
+            return tracing::debug!(mirror = &*to.service, "not mirrored: {MAX_MIRRORED} copies are in progress");
         }
         let started = Instant::now();
         let request = copy.request_with(&to, body);
@@ -338,7 +338,7 @@ fn to_mesh(request: Request<Incoming>, destination: &Destination) -> Request<Cou
     let (mut parts, body) = request.into_parts();
     let host = parts.headers.get(header::HOST);
     absolute(&mut parts.uri, || {
-        host.and_then(|h| Authority::try_from(h.as_bytes()).ok()).or_else(|| Authority::try_from(destination.service.as_str()).ok())
+        host.and_then(|h| Authority::try_from(h.as_bytes()).ok()).or_else(|| Authority::try_from(&*destination.service).ok())
     });
     parts.headers.remove(header::HOST);
     // Only this sidecar names the route a request matched.
