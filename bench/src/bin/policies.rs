@@ -11,7 +11,8 @@
 //! their traffic: MeshAccessLog on both sides (a JSON line per request to a file), MeshTrace
 //! at 1% sampling exported over OTLP to a collector in this process, and the metrics every
 //! sidecar keeps. Its pair has then one server sidecar, as the bare pair has, so that only
-//! the observability's cost differs.
+//! the observability's cost differs. `--set access-logs` and `--set tracing` measure each
+//! half alone.
 //!
 //! `cargo build --profile dist --bins && target/dist/policies [--set observability]`
 //! (needs nginx; the sidecars are the `strait-dp` next to this binary, built the same way).
@@ -35,7 +36,6 @@ struct Args {
     /// Which set the policy pair gets: `routes` (routes and resilience), `observability`
     /// (access logs, tracing at 1%), or one half of it, `access-logs` or `tracing`, to see
     /// which costs what.
-    /// (access logs, tracing at 1%).
     #[arg(long, default_value = "routes", value_parser = ["routes", "observability", "access-logs", "tracing"])]
     set: String,
 }

@@ -59,6 +59,45 @@ impl TraceId {
     }
 }
 
+/// Text kept inline when it is short, as a request's path usually is (no allocation per
+/// request), and on the heap when it is longer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Text {
+    /// Up to 62 bytes.
+    Inline { len: u8, bytes: [u8; 62] },
+    /// Longer.
+    Heap(Box<str>),
+}
+
+impl Default for Text {
+    fn default() -> Text {
+        Text::Inline { len: 0, bytes: [0; 62] }
+    }
+}
+
+impl Text {
+    /// `text`, inline when it fits.
+    pub fn new(text: &str) -> Text {
+        let mut bytes = [0u8; 62];
+        match bytes.get_mut(..text.len()) {
+            Some(head) => {
+                head.copy_from_slice(text.as_bytes());
+                Text::Inline { len: text.len() as u8, bytes }
+            }
+            None => Text::Heap(text.into()),
+        }
+    }
+
+    /// The text.
+    pub fn as_str(&self) -> &str {
+        match self {
+            // Copied from a `&str` whole, so it is valid UTF-8.
+            Text::Inline { len, bytes } => std::str::from_utf8(&bytes[..usize::from(*len)]).unwrap_or_default(),
+            Text::Heap(text) => text,
+        }
+    }
+}
+
 /// What one request or connection was.
 #[derive(Debug, Clone, Default)]
 pub struct Entry {
@@ -81,7 +120,7 @@ pub struct Entry {
     /// HTTP method.
     pub method: Option<http::Method>,
     /// HTTP path and query.
-    pub path: String,
+    pub path: Text,
     /// HTTP host.
     pub authority: Option<http::uri::Authority>,
     /// HTTP status.
@@ -168,9 +207,11 @@ fn name(n: &Name) -> &str {
     or_dash(n.as_deref().unwrap_or_default())
 }
 
+/// `d` in milliseconds with three decimals, from integers (no float formatting per line).
 fn millis(d: Duration, out: &mut String) {
     use std::fmt::Write;
-    let _ = write!(out, "{:.3}", d.as_secs_f64() * 1000.0);
+    let micros = d.as_micros();
+    let _ = write!(out, "{}.{:03}", micros / 1000, micros % 1000);
 }
 
 impl Field {
@@ -198,7 +239,7 @@ impl Field {
             Field::DestinationZone => out.push_str(name(&e.destination_zone)),
             Field::Protocol => out.push_str(e.protocol),
             Field::Method => out.push_str(e.method.as_ref().map_or("-", http::Method::as_str)),
-            Field::Path => out.push_str(or_dash(&e.path)),
+            Field::Path => out.push_str(or_dash(e.path.as_str())),
             Field::Authority => out.push_str(e.authority.as_ref().map_or("-", |a| or_dash(a.as_str()))),
             Field::ResponseCode => {
                 let _ = write!(out, "{}", e.status);
@@ -330,30 +371,34 @@ impl Format {
     }
 }
 
-/// Appends `s` as a JSON string.
+/// Appends `s` as a JSON string: runs that need no escape are copied whole.
 fn json_string(s: &str, out: &mut String) {
     use std::fmt::Write;
     out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if (c as u32) < 0x20 => {
-                let _ = write!(out, "\\u{:04x}", c as u32);
+    let mut rest = s;
+    while let Some(at) = rest.bytes().position(|b| b == b'"' || b == b'\\' || b < 0x20) {
+        out.push_str(&rest[..at]);
+        match rest.as_bytes()[at] {
+            b'"' => out.push_str("\\\""),
+            b'\\' => out.push_str("\\\\"),
+            b'\n' => out.push_str("\\n"),
+            b'\r' => out.push_str("\\r"),
+            b'\t' => out.push_str("\\t"),
+            b => {
+                let _ = write!(out, "\\u{:04x}", b);
             }
-            c => out.push(c),
         }
+        // The byte is ASCII, so the rest starts on a character boundary.
+        rest = &rest[at + 1..];
     }
+    out.push_str(rest);
     out.push('"');
 }
 
 /// Where lines go: a file or a TCP collector, written by a task of its own.
 #[derive(Debug)]
 pub struct Sink {
-    tx: mpsc::Sender<(Arc<Entry>, Arc<Format>)>,
+    tx: mpsc::Sender<(Entry, Arc<Format>)>,
     dropped: Counter,
 }
 
@@ -390,7 +435,7 @@ impl Sink {
 }
 
 /// Takes what is queued (after `first`) and renders it, so that one write carries a batch.
-async fn batch(first: (Arc<Entry>, Arc<Format>), rx: &mut mpsc::Receiver<(Arc<Entry>, Arc<Format>)>) -> Vec<u8> {
+async fn batch(first: (Entry, Arc<Format>), rx: &mut mpsc::Receiver<(Entry, Arc<Format>)>) -> Vec<u8> {
     // Lines that come meanwhile go in the same write: a write (and a wake-up) every 50 ms at
     // most, whatever the request rate.
     if rx.len() < 256 {
@@ -400,7 +445,7 @@ async fn batch(first: (Arc<Entry>, Arc<Format>), rx: &mut mpsc::Receiver<(Arc<En
 }
 
 /// `first` and what is queued after it, rendered (up to 64 KiB).
-fn drain(first: (Arc<Entry>, Arc<Format>), rx: &mut mpsc::Receiver<(Arc<Entry>, Arc<Format>)>) -> Vec<u8> {
+fn drain(first: (Entry, Arc<Format>), rx: &mut mpsc::Receiver<(Entry, Arc<Format>)>) -> Vec<u8> {
     let (mut out, mut scratch) = (String::with_capacity(16 * 1024), String::new());
     first.1.line_into(&first.0, &mut out, &mut scratch);
     while out.len() < 64 * 1024 {
@@ -411,7 +456,7 @@ fn drain(first: (Arc<Entry>, Arc<Format>), rx: &mut mpsc::Receiver<(Arc<Entry>, 
 }
 
 /// Writes the lines of `rx` to `path`, on the calling thread, until every sender is gone.
-fn write_file(path: String, mut rx: mpsc::Receiver<(Arc<Entry>, Arc<Format>)>, dropped: Counter) {
+fn write_file(path: String, mut rx: mpsc::Receiver<(Entry, Arc<Format>)>, dropped: Counter) {
     use std::io::Write as _;
     let mut file: Option<std::fs::File> = None;
     let mut last_warning: Option<Instant> = None;
@@ -440,7 +485,7 @@ fn write_file(path: String, mut rx: mpsc::Receiver<(Arc<Entry>, Arc<Format>)>, d
     }
 }
 
-async fn write_tcp(address: String, mut rx: mpsc::Receiver<(Arc<Entry>, Arc<Format>)>, dropped: Counter) {
+async fn write_tcp(address: String, mut rx: mpsc::Receiver<(Entry, Arc<Format>)>, dropped: Counter) {
     let mut stream: Option<tokio::net::TcpStream> = None;
     let mut retry_at = Instant::now();
     let mut last_warning: Option<Instant> = None;
@@ -490,9 +535,13 @@ impl AccessLog {
         if self.backends.is_empty() {
             return;
         }
-        let entry = Arc::new(entry);
-        for (sink, format) in &self.backends {
-            if sink.tx.try_send((entry.clone(), format.clone())).is_err() {
+        // The entry moves to the (last) backend's writer by value: nothing is allocated per
+        // request, and nothing allocated here is freed by the writer's thread.
+        let last = self.backends.len() - 1;
+        let mut entry = Some(entry);
+        for (n, (sink, format)) in self.backends.iter().enumerate() {
+            let entry = if n == last { entry.take().unwrap_or_default() } else { entry.clone().unwrap_or_default() };
+            if sink.tx.try_send((entry, format.clone())).is_err() {
                 sink.dropped.inc();
             }
         }
@@ -571,7 +620,7 @@ mod tests {
             destination_zone: Some("zone-2".into()),
             protocol: "http",
             method: Some(http::Method::GET),
-            path: "/api?x=1".into(),
+            path: Text::new("/api?x=1"),
             status: 200,
             duration: Duration::from_micros(1500),
             bytes_sent: 42,
@@ -615,5 +664,28 @@ mod tests {
         assert_eq!(trace_id(&h).as_str(), "4bf92f3577b34da6a3ce929d0e0e4736");
         h.insert("traceparent", format!("00-{}-00f067aa0ba902b7-01", "a".repeat(40)).parse().unwrap());
         assert_eq!(trace_id(&h).as_str(), "", "an id longer than 32 digits is not kept");
+    }
+
+    #[test]
+    fn json_lines_escape_what_they_must_and_keep_long_paths_whole() {
+        let long = format!("/{}?q=\"quoted\"\\tab\there\u{1}é", "segment/".repeat(20));
+        let mut e = entry();
+        e.path = Text::new(&long);
+        assert!(matches!(e.path, Text::Heap(_)), "a path longer than the inline buffer goes to the heap");
+        assert!(matches!(Text::new(&"a".repeat(62)), Text::Inline { len: 62, .. }));
+        e.duration = Duration::from_micros(12_345_678);
+        let json = Format::compile(Some(&LogFormat {
+            plain: None,
+            json: Some(vec![
+                strait_api::policies::access_log::JsonField { key: "path".into(), value: "%PATH%".into() },
+                strait_api::policies::access_log::JsonField { key: "ms".into(), value: "%DURATION%".into() },
+            ]),
+        }))
+        .unwrap();
+        let line = json.line(&e);
+        let parsed: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(parsed["path"], serde_json::Value::String(long));
+        assert_eq!(parsed["ms"], serde_json::json!(12345.678));
+        assert!(line.contains("\\u0001"), "{line}");
     }
 }

@@ -187,7 +187,7 @@ impl Session {
             destination_zone: Some(table.local.zone.clone()),
             protocol: inbound.protocol.as_str(),
             method: Some(request.method().clone()),
-            path: request.uri().path_and_query().map_or_else(String::new, |p| p.as_str().to_owned()),
+            path: request.uri().path_and_query().map_or_else(access_log::Text::default, |p| access_log::Text::new(p.as_str())),
             authority: request.uri().authority().cloned(),
             upstream: Some(inbound.app),
             trace_id: access_log::trace_id(request.headers()),
