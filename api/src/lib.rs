@@ -7,6 +7,7 @@
 //! configuration of a proxy computed by [`merge::effective_config`].
 #![forbid(unsafe_code)]
 
+pub mod crd;
 pub mod dataplane;
 pub mod dps;
 pub mod duration;

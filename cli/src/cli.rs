@@ -113,6 +113,34 @@ pub enum Command {
     /// Run a local two-zone demo mesh (up, traffic, kill, status, down)
     #[command(subcommand)]
     Demo(DemoCommand),
+    /// Print what a Kubernetes cluster needs before `helm install` (the CRDs)
+    #[command(subcommand, after_help = INSTALL_EXAMPLES)]
+    Install(InstallCommand),
+}
+
+const INSTALL_EXAMPLES: &str = "\
+Examples:
+  straitctl install crds | kubectl apply --server-side -f -
+  straitctl install crds --output-dir deploy/k8s/strait/crds
+
+The Helm chart carries the same CRDs (helm installs them before anything else); this prints
+them for clusters where CRDs are managed apart from releases. It needs no control plane.";
+
+/// `straitctl install` targets.
+#[derive(Debug, Subcommand)]
+pub enum InstallCommand {
+    /// The CustomResourceDefinitions of every resource type (strait.io/v1alpha1), generated
+    /// from the same types and rules as the REST API
+    Crds(InstallCrdsArgs),
+}
+
+/// `install crds`.
+#[derive(Debug, Args)]
+pub struct InstallCrdsArgs {
+    /// Write one file per CRD (`<plural>.strait.io.yaml`) into this directory instead of
+    /// printing them all; files of earlier CRDs that no longer exist are removed
+    #[arg(long, value_name = "DIR")]
+    pub output_dir: Option<PathBuf>,
 }
 
 const INSPECT_EXAMPLES: &str = "\

@@ -10,6 +10,7 @@ pub mod delete;
 pub mod demo;
 pub mod get;
 pub mod inspect;
+pub mod install;
 pub mod token;
 pub mod version;
 pub mod zone;
@@ -73,6 +74,7 @@ pub async fn run(cli: Cli, sources: FlagSources) -> anyhow::Result<()> {
         Command::Zone(cmd) => zone::run(&cmd, &ctx).await,
         Command::Token(cmd) => token::run(&cmd, &ctx).await,
         Command::Inspect(cmd) => inspect::run(&cmd, &ctx).await,
+        Command::Install(cmd) => install::run(&cmd),
     }
 }
 
