@@ -47,6 +47,12 @@ pub struct Flags {
     #[arg(long, env = "STRAIT_ADVERTISE_ADDRESS")]
     pub advertise_address: Option<IpAddr>,
 
+    /// The address (IP and port) other zones reach the ingress at, when it is not the
+    /// ingress's own port on --advertise-address: a load balancer's, or a node's IP and node
+    /// port on Kubernetes.
+    #[arg(long, env = "STRAIT_ADVERTISE_INGRESS_ADDRESS")]
+    pub advertise_ingress_address: Option<SocketAddr>,
+
     /// Admin endpoint: /ready, /metrics, /config_dump.
     #[arg(long, env = "STRAIT_ADMIN_ADDRESS", default_value = "127.0.0.1:9902")]
     pub admin_address: SocketAddr,
@@ -142,7 +148,14 @@ impl Flags {
         if self.quic_idle_timeout < Duration::from_millis(300) {
             problems.push(format!("--quic-idle-timeout {:?}: at least 300ms", self.quic_idle_timeout));
         }
-        let advertised_ingress = advertised("--ingress-address", self.ingress_address, self.advertise_address, &mut problems);
+        let advertised_ingress = match self.advertise_ingress_address {
+            Some(address) if address.ip().is_unspecified() || address.port() == 0 => {
+                problems.push(format!("--advertise-ingress-address {address}: needs the IP and port other zones connect to"));
+                address
+            }
+            Some(address) => address,
+            None => advertised("--ingress-address", self.ingress_address, self.advertise_address, &mut problems),
+        };
         let advertised_egress = advertised("--egress-address", self.egress_address, self.advertise_address, &mut problems);
         match (token, cp_ca_pem) {
             (Some(token), Some(cp_ca_pem)) if problems.is_empty() => {
@@ -183,6 +196,15 @@ mod tests {
         let ok = flags(dir.path(), &["--advertise-address", "192.0.2.7", "--egress-address", "127.0.0.1:10002"]).validate().unwrap();
         assert_eq!(ok.advertised_ingress, "192.0.2.7:10001".parse().unwrap());
         assert_eq!(ok.advertised_egress, "127.0.0.1:10002".parse().unwrap());
+        let behind = ["--advertise-address", "10.1.2.3", "--advertise-ingress-address", "203.0.113.9:31001"];
+        let ok = flags(dir.path(), &behind).validate().unwrap();
+        assert_eq!(ok.advertised_ingress, "203.0.113.9:31001".parse().unwrap(), "a node port or load balancer");
+        assert_eq!(ok.advertised_egress, "10.1.2.3:10002".parse().unwrap(), "the egress stays on the pod's IP");
+        let problems = flags(dir.path(), &["--advertise-address", "10.1.2.3", "--advertise-ingress-address", "0.0.0.0:31001"])
+            .validate()
+            .err()
+            .unwrap();
+        assert!(problems.iter().any(|p| p.starts_with("--advertise-ingress-address")), "{problems:?}");
         assert_eq!(ok.token, "tok");
     }
 }

@@ -97,8 +97,14 @@ impl ZoneCp {
                 names.push(address.ip().to_string());
             }
         }
-        let dps_identity =
-            crate::dps::tls::identity(zone_store.as_ref(), &config.data_dir, &names, config.dps_certificate_lifetime).await?;
+        let dps_identity = crate::dps::tls::identity(
+            zone_store.as_ref(),
+            &config.data_dir,
+            &names,
+            config.dps_certificate_lifetime,
+            provided_ca(&config)?,
+        )
+        .await?;
         // One certificate manager for the process: the DPS endpoint's certificate, the
         // intermediate CA of each mesh and the zone identity.
         let certs = CertManager::new(RotationPolicy::default(), shutdown.clone(), tasks.clone());
@@ -202,4 +208,13 @@ impl ZoneCp {
         self.tasks.close();
         self.tasks.wait().await;
     }
+}
+
+/// The DPS CA given by --dps-ca-cert-file and --dps-ca-key-file, if any.
+fn provided_ca(config: &Config) -> anyhow::Result<Option<(String, String)>> {
+    let (Some(cert), Some(key)) = (&config.dps_ca_cert_file, &config.dps_ca_key_file) else { return Ok(None) };
+    let read = |flag: &str, path: &std::path::Path| {
+        std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("reading {flag} {}: {e}", path.display()))
+    };
+    Ok(Some((read("--dps-ca-cert-file", cert)?, read("--dps-ca-key-file", key)?)))
 }

@@ -68,6 +68,17 @@ pub struct Config {
     #[arg(long = "dps-tls-name", env = "STRAIT_DPS_TLS_NAMES", value_delimiter = ',')]
     pub dps_tls_names: Vec<String>,
 
+    /// CA certificate (PEM) that signs the DPS endpoint's certificate, instead of the CA the
+    /// zone creates and keeps in its store: for a CA made at install time (the Helm chart's
+    /// Secret) or shared by replicas. Sidecars and gateways verify the DPS endpoint with it.
+    #[arg(long, env = "STRAIT_DPS_CA_CERT_FILE", requires = "dps_ca_key_file")]
+    pub dps_ca_cert_file: Option<PathBuf>,
+
+    /// Private key of --dps-ca-cert-file (PKCS#8 PEM, "BEGIN PRIVATE KEY": Ed25519 or ECDSA
+    /// P-256/P-384).
+    #[arg(long, env = "STRAIT_DPS_CA_KEY_FILE", requires = "dps_ca_cert_file")]
+    pub dps_ca_key_file: Option<PathBuf>,
+
     /// Lifetime of the DPS endpoint's server certificate; it renews itself at ~70% of it.
     #[arg(long, env = "STRAIT_DPS_CERTIFICATE_LIFETIME", default_value = "8760h", value_parser = parse_duration)]
     #[serde(with = "humanized")]
