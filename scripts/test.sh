@@ -44,6 +44,14 @@ if ! command -v schemathesis >/dev/null; then
     fi
 fi
 
+# The Helm chart's tests render it with the real Helm engine (helm-python-sdk bundles Helm as a
+# library) and validate the manifests and CRDs with kubernetes-validate.
+if ! python3 -c 'import helm_python, kubernetes_validate, jsonschema, yaml' 2>/dev/null; then
+    say "installing helm-python-sdk and kubernetes-validate"
+    python3 -m pip install --quiet --disable-pip-version-check "helm-python-sdk==0.2.2" "kubernetes-validate==1.37.0" \
+        || echo "could not install helm-python-sdk or kubernetes-validate; the chart tests will say so" >&2
+fi
+
 say "format"
 cargo fmt --all --check
 

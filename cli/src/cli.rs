@@ -258,6 +258,20 @@ pub struct ZoneRegisterArgs {
     /// Zone sync address the zone should use [default: https://<server host>:<sync port of the global>]
     #[arg(long, value_name = "URL")]
     pub global_address: Option<String>,
+    /// What to print: `text` (the credentials and the command that starts the zone) or
+    /// `helm-values` (the values of the zone's `helm install` of deploy/k8s/strait; keep the
+    /// file private, it holds the tokens)
+    #[arg(long, value_enum, default_value_t = RegisterFormat::Text, conflicts_with = "output")]
+    pub output_format: RegisterFormat,
+}
+
+/// `zone register --output-format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum RegisterFormat {
+    /// The credentials and how to start the zone
+    Text,
+    /// Values for the Helm chart's `helm install` of a zone
+    HelmValues,
 }
 
 /// `zone list`.

@@ -42,7 +42,7 @@ pub fn load_or_create(path: &Path) -> Result<(String, bool), TokenError> {
                 return Err(TokenError::Empty(path.display().to_string()));
             }
             if let Ok(meta) = std::fs::metadata(path) {
-                if meta.permissions().mode() & 0o077 != 0 {
+                if others_can_read(&meta) {
                     tracing::warn!(path = %path.display(), "admin token file is readable by other users; chmod 600 it");
                 }
             }
@@ -59,6 +59,32 @@ pub fn load_or_create(path: &Path) -> Result<(String, bool), TokenError> {
         }
         Err(e) => Err(io(e)),
     }
+}
+
+/// Whether users other than this process's can read the file: anyone, or a group this process
+/// is not in (a Kubernetes Secret mounted 0440 for the pod's own group is fine).
+fn others_can_read(meta: &std::fs::Metadata) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let mode = meta.permissions().mode();
+    // `/proc/self` belongs to this process's effective user and group.
+    let own_group = std::fs::metadata("/proc/self").is_ok_and(|me| me.gid() == meta.gid());
+    mode & 0o007 != 0 || (mode & 0o070 != 0 && !own_group)
+}
+
+#[cfg(test)]
+#[test]
+fn group_readable_is_fine_only_for_the_own_group() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t");
+    std::fs::write(&path, "x").unwrap();
+    let set = |mode: u32| std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+    set(0o600);
+    assert!(!others_can_read(&std::fs::metadata(&path).unwrap()));
+    // A new file takes this process's group.
+    set(0o640);
+    assert!(!others_can_read(&std::fs::metadata(&path).unwrap()));
+    set(0o604);
+    assert!(others_can_read(&std::fs::metadata(&path).unwrap()));
 }
 
 fn new_token() -> String {

@@ -117,9 +117,10 @@ pub async fn start(config: Validated) -> anyhow::Result<Running> {
     gw.tasks.spawn(crate::egress::serve(gw.clone(), egress, drain.watcher()));
     gw.tasks.spawn(crate::links::report(gw.clone()));
     let cp = CancellationToken::new();
-    // An admin endpoint on every interface is scraped at the advertised address.
+    // An admin endpoint on every interface is scraped at the address this zone reaches the
+    // gateway at (the egress's: the ingress may be advertised as a load balancer's).
     let metrics_address = match admin_address.ip() {
-        ip if ip.is_unspecified() => Some(std::net::SocketAddr::new(config.advertised_ingress.ip(), admin_address.port())),
+        ip if ip.is_unspecified() => Some(std::net::SocketAddr::new(config.advertised_egress.ip(), admin_address.port())),
         _ => Some(admin_address),
     };
     let client = CpClient { config: Arc::new(config.clone()), gw: gw.clone(), guards, metrics_address };

@@ -79,6 +79,17 @@ impl CertificateAuthority {
     /// The certificate must be a CA, match the key, and carry a `spiffe://` URI SAN naming its
     /// trust domain (every CA made by this crate does).
     pub fn from_pem(cert_pem: &str, key_pem: &str) -> Result<Self, PkiError> {
+        Self::load(cert_pem, key_pem, None)
+    }
+
+    /// Loads a CA that signs only server certificates (by DNS name), such as one made at
+    /// install time by a Helm chart: one without a `spiffe://` URI SAN belongs to
+    /// `trust_domain`.
+    pub fn from_pem_for_servers(cert_pem: &str, key_pem: &str, trust_domain: &str) -> Result<Self, PkiError> {
+        Self::load(cert_pem, key_pem, Some(trust_domain))
+    }
+
+    fn load(cert_pem: &str, key_pem: &str, fallback_domain: Option<&str>) -> Result<Self, PkiError> {
         const WHAT: &str = "CA certificate";
         let der = cert_from_pem(cert_pem, WHAT)?;
         let x509 = parse_cert(&der, WHAT)?;
@@ -90,9 +101,10 @@ impl CertificateAuthority {
             Some(bc) if bc.ca => bc.path_len_constraint.is_none_or(|len| len >= 1),
             _ => return Err(PkiError::NotACa),
         };
-        let trust_domain = match spiffe_uris(&x509).first() {
-            Some(uri) => Identity::parse(uri)?.trust_domain().to_string(),
-            None => return Err(PkiError::NoTrustDomain),
+        let trust_domain = match (spiffe_uris(&x509).first(), fallback_domain) {
+            (Some(uri), _) => Identity::parse(uri)?.trust_domain().to_string(),
+            (None, Some(domain)) => Identity::from_parts(domain, &[])?.trust_domain().to_string(),
+            (None, None) => return Err(PkiError::NoTrustDomain),
         };
         let key = KeyPair::from_pem(key_pem).map_err(|e| PkiError::BadKey { reason: e.to_string() })?;
         if key.public_key_raw() != x509.public_key().subject_public_key.data.as_ref() {

@@ -260,3 +260,20 @@ fn validity_reads_the_lifetime_back() {
     assert!((not_after - now - 3600).abs() <= 5, "{not_after} vs {now}");
     assert!(matches!(crate::cert_validity("nope"), Err(PkiError::BadPem { .. })));
 }
+
+#[test]
+fn a_ca_made_elsewhere_without_a_trust_domain_signs_servers_only_when_asked_to() {
+    // As a Helm chart's genCAWithKey makes one: Ed25519, CA:true, no SAN at all.
+    let key = KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
+    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    params.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign, rcgen::KeyUsagePurpose::DigitalSignature];
+    let cert = params.self_signed(&key).unwrap();
+    let (cert_pem, key_pem) = (cert.pem(), key.serialize_pem());
+    assert!(matches!(CertificateAuthority::from_pem(&cert_pem, &key_pem), Err(PkiError::NoTrustDomain)));
+    let ca = CertificateAuthority::from_pem_for_servers(&cert_pem, &key_pem, SYSTEM_TRUST_DOMAIN).unwrap();
+    assert_eq!(ca.trust_domain(), SYSTEM_TRUST_DOMAIN);
+    let server = KeyAndCsr::generate("strait-zone").unwrap();
+    let chain = ca.sign_server(&server.csr_pem, &["strait-zone".to_string()], HOUR).unwrap();
+    assert_eq!(info(&chain).sans, ["DNS:strait-zone"]);
+}

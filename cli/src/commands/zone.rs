@@ -11,7 +11,7 @@ use anyhow::Context as _;
 use serde_json::Value;
 use time::OffsetDateTime;
 
-use crate::cli::{OutputFormat, ZoneCommand, ZoneListArgs, ZoneProxyTokenArgs, ZoneRegisterArgs};
+use crate::cli::{OutputFormat, RegisterFormat, ZoneCommand, ZoneListArgs, ZoneProxyTokenArgs, ZoneRegisterArgs};
 use crate::commands::Context;
 use crate::output::{self, print};
 
@@ -52,6 +52,9 @@ async fn register(args: &ZoneRegisterArgs, ctx: &Context) -> anyhow::Result<()> 
     let (token, proxy_token, ca) = (field("token")?, field("proxyToken")?, field("caBundle")?);
     let kds_port = answer.get("kdsPort").and_then(Value::as_u64).unwrap_or(7685);
     let global_address = args.global_address.clone().unwrap_or_else(|| default_global_address(client.server(), kds_port));
+    if args.output_format == RegisterFormat::HelmValues {
+        return Ok(print(&helm_values(&args.name, &global_address, &token, &proxy_token, &ca))?);
+    }
     match &args.output {
         Some(dir) => {
             write_files(dir, &token, &proxy_token, &ca)?;
@@ -68,6 +71,22 @@ async fn register(args: &ZoneRegisterArgs, ctx: &Context) -> anyhow::Result<()> 
         ))?,
     }
     Ok(())
+}
+
+/// The values of a zone's `helm install` of the chart (deploy/k8s/strait), with what to run.
+fn helm_values(name: &str, global_address: &str, token: &str, proxy_token: &str, ca: &str) -> String {
+    let values = serde_json::json!({
+        "mode": "zone",
+        "zone": { "name": name, "globalAddress": global_address, "token": token, "globalCa": ca },
+        "gateway": { "proxyToken": proxy_token },
+    });
+    let yaml = serde_yaml::to_string(&values).unwrap_or_default();
+    format!(
+        "# Values of zone {name}'s `helm install` (they hold its tokens: keep this file private). Install with:\n\
+         #   helm install strait deploy/k8s/strait -n strait-system --create-namespace -f {name}.yaml \\\n\
+         #     --set gateway.advertiseIngressAddress=<IP:port other zones reach the gateway at>\n\
+         # (or --set gateway.enabled=false for a zone that neither reaches nor is reached by others)\n{yaml}"
+    )
 }
 
 async fn proxy_token(args: &ZoneProxyTokenArgs, ctx: &Context) -> anyhow::Result<()> {
@@ -184,6 +203,31 @@ mod tests {
         let one = serde_json::json!({"mesh": "default", "dataplane": "web-1", "version": 7, "error": "RingHash is not implemented"});
         assert_eq!(sidecar_nacks(std::slice::from_ref(&one)), "sidecar default/web-1: RingHash is not implemented");
         assert_eq!(sidecar_nacks(&[one.clone(), one]), "sidecar default/web-1: RingHash is not implemented (and 1 more)");
+    }
+
+    #[test]
+    fn helm_values_are_what_the_chart_reads() {
+        let ca = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
+        let text = super::helm_values("zone-1", "https://198.18.0.1:7685", "z.t", "p.t", ca);
+        assert!(text.starts_with("# Values of zone zone-1"), "{text}");
+        let values: serde_json::Value = serde_yaml::from_str(&text).unwrap();
+        assert_eq!(values["mode"], "zone");
+        assert_eq!(values["zone"]["name"], "zone-1");
+        assert_eq!(values["zone"]["globalAddress"], "https://198.18.0.1:7685");
+        assert_eq!(values["zone"]["token"], "z.t");
+        assert_eq!(values["zone"]["globalCa"], ca);
+        assert_eq!(values["gateway"]["proxyToken"], "p.t");
+        // Every key is one the chart's values.yaml documents.
+        let chart: serde_json::Value = serde_yaml::from_str(
+            &std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/k8s/strait/values.yaml")).unwrap(),
+        )
+        .unwrap();
+        for (section, keys) in [("zone", ["name", "globalAddress", "token", "globalCa"].as_slice()), ("gateway", ["proxyToken"].as_slice())]
+        {
+            for key in keys {
+                assert!(chart[section].get(*key).is_some(), "{section}.{key} is not a value of the chart");
+            }
+        }
     }
 
     #[test]

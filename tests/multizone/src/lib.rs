@@ -59,6 +59,7 @@ pub mod gateway;
 pub mod host;
 mod ip;
 pub mod net;
+pub mod pods;
 pub mod process;
 pub mod sidecar;
 pub mod slots;

@@ -42,7 +42,7 @@ pub async fn identity(
         Some((cert, key)) => {
             // Checked here so that a wrong file is named, not found later by a sidecar.
             let (c, k) = (cert.clone(), key.clone());
-            tokio::task::spawn_blocking(move || CertificateAuthority::from_pem(&c, &k))
+            tokio::task::spawn_blocking(move || CertificateAuthority::from_pem_for_servers(&c, &k, strait_pki::SYSTEM_TRUST_DOMAIN))
                 .await?
                 .map_err(|e| anyhow::anyhow!("the CA of --dps-ca-cert-file and --dps-ca-key-file is not usable: {e}"))?;
             json!({"cert": cert, "key": key})
@@ -72,7 +72,9 @@ pub async fn identity(
             .ok_or_else(|| anyhow::anyhow!("the stored DPS CA is damaged ({f} missing)"))
     };
     let (ca_cert, ca_key) = (field("cert")?, field("key")?);
-    let ca = tokio::task::spawn_blocking(move || CertificateAuthority::from_pem(&ca_cert, &ca_key)).await??;
+    let ca =
+        tokio::task::spawn_blocking(move || CertificateAuthority::from_pem_for_servers(&ca_cert, &ca_key, strait_pki::SYSTEM_TRUST_DOMAIN))
+            .await??;
     let ca_pem = ca.cert_pem().to_string();
     std::fs::write(data_dir.join("dps-ca.pem"), &ca_pem)
         .map_err(|e| anyhow::anyhow!("writing {}: {e}", data_dir.join("dps-ca.pem").display()))?;
