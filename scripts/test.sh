@@ -19,6 +19,7 @@ command -v python3 >/dev/null || need_pkgs+=(python3)
 command -v tcpdump >/dev/null || need_pkgs+=(tcpdump)
 command -v prometheus >/dev/null || need_pkgs+=(prometheus)
 command -v chromium >/dev/null || need_pkgs+=(chromium)
+command -v buildah >/dev/null || need_pkgs+=(buildah)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
     say "installing ${need_pkgs[*]}"
     if ! { as_root apt-get update -qq && as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_pkgs[@]}"; }; then
