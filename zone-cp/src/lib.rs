@@ -17,6 +17,7 @@ pub mod dps;
 pub mod gateways;
 pub mod inspect;
 pub mod inventory;
+pub mod k8s;
 pub mod kds_client;
 pub mod metrics;
 pub mod rest;
