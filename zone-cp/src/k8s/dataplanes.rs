@@ -13,7 +13,8 @@
 //!   `kubernetes.io/h2c`, grpc; anything else tcp);
 //! - tags: the Pod's labels (those that are valid tags), `strait.io/zone`,
 //!   `k8s.strait.io/namespace`;
-//! - ready while the Pod's `Ready` condition is true;
+//! - out of the pool while the Pod's `Ready` condition is not true (else as its sidecar's probe
+//!   finds it);
 //! - transparent proxying on the sidecar's default ports (the injected init container
 //!   redirects to them).
 
@@ -47,12 +48,7 @@ pub enum Skip {
 /// Namespace itself (for its mesh annotation).
 pub fn dataplane(pod: &Pod, services: &[Service], namespace: Option<&Namespace>, zone: &str) -> Result<Resource, Skip> {
     let spec = pod.spec.as_ref().ok_or(Skip::NoSidecar)?;
-    let injected = spec
-        .init_containers
-        .iter()
-        .flatten()
-        .chain(spec.containers.iter())
-        .any(|c| c.name == SIDECAR_CONTAINER);
+    let injected = spec.init_containers.iter().flatten().chain(spec.containers.iter()).any(|c| c.name == SIDECAR_CONTAINER);
     if !injected {
         return Err(Skip::NoSidecar);
     }
@@ -66,11 +62,7 @@ pub fn dataplane(pod: &Pod, services: &[Service], namespace: Option<&Namespace>,
     let address = status.and_then(|s| s.pod_ip.clone()).filter(|ip| !ip.is_empty()).ok_or(Skip::NoAddress)?;
     let pod_name = pod.metadata.name.clone().unwrap_or_default();
     let pod_namespace = pod.metadata.namespace.clone().unwrap_or_else(|| "default".into());
-    let ready = status
-        .and_then(|s| s.conditions.as_ref())
-        .into_iter()
-        .flatten()
-        .any(|c| c.type_ == "Ready" && c.status == "True");
+    let ready = status.and_then(|s| s.conditions.as_ref()).into_iter().flatten().any(|c| c.type_ == "Ready" && c.status == "True");
 
     let labels = pod.metadata.labels.clone().unwrap_or_default();
     let mut tags: BTreeMap<String, String> = labels
@@ -108,7 +100,8 @@ pub fn dataplane(pod: &Pod, services: &[Service], namespace: Option<&Namespace>,
                 service_address: None,
                 tags: inbound_tags,
                 service_probe: None,
-                health: Some(InboundHealth { ready }),
+                // A Pod that is not Ready is out; a Ready one is as its sidecar's probe finds it.
+                health: (!ready).then_some(InboundHealth { ready: false }),
             });
         }
     }
@@ -202,8 +195,12 @@ mod tests {
 
     #[test]
     fn a_pod_with_a_sidecar_becomes_a_dataplane_with_an_inbound_per_service_port() {
-        let others = service(json!({ "metadata": { "name": "other", "namespace": "shop" }, "spec": { "selector": { "app": "other" }, "ports": [{ "port": 1 }] } }));
-        let elsewhere = service(json!({ "metadata": { "name": "web", "namespace": "prod" }, "spec": { "selector": { "app": "web" }, "ports": [{ "port": 2 }] } }));
+        let others = service(
+            json!({ "metadata": { "name": "other", "namespace": "shop" }, "spec": { "selector": { "app": "other" }, "ports": [{ "port": 1 }] } }),
+        );
+        let elsewhere = service(
+            json!({ "metadata": { "name": "web", "namespace": "prod" }, "spec": { "selector": { "app": "web" }, "ports": [{ "port": 2 }] } }),
+        );
         let headless = service(json!({ "metadata": { "name": "manual", "namespace": "shop" }, "spec": { "ports": [{ "port": 3 }] } }));
         let dp = dataplane(&web_pod(), &[web_service(), others, elsewhere, headless], None, "zone-1").unwrap();
         assert_eq!(dp.name, "web-7d9f-abcde.shop");
@@ -233,7 +230,8 @@ mod tests {
         let Spec::Dataplane(spec) = &dp.spec else { panic!() };
         assert!(spec.networking.inbound.iter().all(|i| !i.is_ready()), "a pod that is not Ready gets no traffic");
 
-        let ns: Namespace = serde_json::from_value(json!({ "metadata": { "name": "shop", "annotations": { "strait.io/mesh": "team-a" } } })).unwrap();
+        let ns: Namespace =
+            serde_json::from_value(json!({ "metadata": { "name": "shop", "annotations": { "strait.io/mesh": "team-a" } } })).unwrap();
         assert_eq!(dataplane(&web_pod(), &[], Some(&ns), "z").unwrap().mesh.as_deref(), Some("team-a"));
 
         let mut plain = web_pod();

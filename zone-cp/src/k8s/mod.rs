@@ -3,4 +3,5 @@
 //! [`dataplanes`] turns a Pod with a sidecar, and the Services that select it, into the
 //! Dataplane the zone serves its sidecar.
 
+pub mod controller;
 pub mod dataplanes;

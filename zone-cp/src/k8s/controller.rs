@@ -1,0 +1,195 @@
+//! The Kubernetes controller of a zone: Dataplanes follow the cluster's Pods and Services.
+//!
+//! In: watches of Pods, Services and Namespaces (kube-runtime watchers feeding reflector
+//! caches; a broken watch resumes from its last resource version, and a `410 Gone` or an
+//! outage ends in a fresh list, each retried with back-off). Out: the zone's Dataplanes that
+//! came from Kubernetes (label [`ORIGIN_LABEL`]) made equal to what [`dataplanes::dataplane`]
+//! computes from the caches, after every change (debounced), and never before all three caches
+//! hold a complete list: an API-server outage or a restart keeps what is there, and since each
+//! Dataplane's name comes from its Pod, recomputing never duplicates one. Dataplanes
+//! registered over the zone's REST API (VMs) are not touched.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{watcher, WatchStreamExt};
+use kube::Api;
+use strait_api::{Resource, ResourceType};
+use strait_cp_core::resources::Resources;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use super::dataplanes::{self, Skip};
+
+/// The label of a Dataplane that the controller manages.
+pub const ORIGIN_LABEL: &str = "k8s.strait.io/origin";
+const ORIGIN: &str = "pod";
+
+/// Changes are applied this long after the last one, so a burst costs one pass.
+const DEBOUNCE: Duration = Duration::from_millis(100);
+
+/// What one pass changed.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Pass {
+    /// Dataplanes created or changed.
+    pub written: Vec<String>,
+    /// Dataplanes removed.
+    pub removed: Vec<String>,
+    /// Dataplanes that could not be written or removed (retried at the next pass).
+    pub failed: Vec<String>,
+}
+
+/// The Dataplanes the cluster's objects call for, by `mesh/name`.
+pub fn desired(pods: &[Arc<Pod>], services: &[Arc<Service>], namespaces: &[Arc<Namespace>], zone: &str) -> BTreeMap<String, Resource> {
+    let services: Vec<Service> = services.iter().map(|s| (**s).clone()).collect();
+    let mut out = BTreeMap::new();
+    for pod in pods {
+        let namespace = pod.metadata.namespace.as_deref().unwrap_or("default");
+        let ns = namespaces.iter().find(|n| n.metadata.name.as_deref() == Some(namespace)).map(|n| &**n);
+        match dataplanes::dataplane(pod, &services, ns, zone) {
+            Ok(mut dp) => {
+                dp.labels.insert(ORIGIN_LABEL.into(), ORIGIN.into());
+                out.insert(format!("{}/{}", dp.mesh.as_deref().unwrap_or_default(), dp.name), dp);
+            }
+            Err(Skip::NoSidecar | Skip::NoAddress | Skip::Gone) => {}
+        }
+    }
+    out
+}
+
+/// `wanted`, keeping the inbound health that the sidecar's probe set on `existing` where the
+/// Pod does not say otherwise (a Pod that is not Ready says so).
+fn keep_probe_health(wanted: &Resource, existing: Option<&Resource>) -> Resource {
+    let mut out = wanted.clone();
+    if let (Some(strait_api::Spec::Dataplane(have)), strait_api::Spec::Dataplane(want)) = (existing.map(|e| &e.spec), &mut out.spec) {
+        for inbound in &mut want.networking.inbound {
+            if inbound.health.is_none() {
+                inbound.health = have.networking.inbound.iter().find(|i| i.port == inbound.port).and_then(|i| i.health);
+            }
+        }
+    }
+    out
+}
+
+/// Makes the zone's Pod Dataplanes equal to `wanted`.
+pub async fn apply(resources: &Resources, wanted: &BTreeMap<String, Resource>) -> Result<Pass, strait_cp_core::resources::ServiceError> {
+    let existing: BTreeMap<String, Resource> = resources
+        .list(ResourceType::Dataplane, None)
+        .await?
+        .into_iter()
+        .filter(|r| r.labels.get(ORIGIN_LABEL).map(String::as_str) == Some(ORIGIN))
+        .map(|r| (format!("{}/{}", r.mesh.as_deref().unwrap_or_default(), r.name), r))
+        .collect();
+    let mut pass = Pass::default();
+    for (key, dp) in wanted {
+        let dp = keep_probe_health(dp, existing.get(key));
+        if existing.get(key).is_some_and(|e| e.labels == dp.labels && e.spec == dp.spec) {
+            continue;
+        }
+        match resources.put(&dp).await {
+            Ok(_) => pass.written.push(key.clone()),
+            Err(error) => {
+                tracing::warn!(dataplane = %key, %error, "cannot write the Dataplane of a Pod; retrying at the next change");
+                pass.failed.push(key.clone());
+            }
+        }
+    }
+    for (key, dp) in &existing {
+        if wanted.contains_key(key) {
+            continue;
+        }
+        match resources.delete(ResourceType::Dataplane, dp.mesh.as_deref(), &dp.name, None).await {
+            Ok(_) => pass.removed.push(key.clone()),
+            Err(strait_cp_core::resources::ServiceError::Store(strait_store::StoreError::NotFound { .. })) => {}
+            Err(error) => {
+                tracing::warn!(dataplane = %key, %error, "cannot remove the Dataplane of a gone Pod; retrying at the next change");
+                pass.failed.push(key.clone());
+            }
+        }
+    }
+    Ok(pass)
+}
+
+/// Caches of the cluster's objects, filled by watches.
+struct Caches {
+    pods: Store<Pod>,
+    services: Store<Service>,
+    namespaces: Store<Namespace>,
+}
+
+/// Watches `K` into a cache, waking `changed` after each event; logs failed watches (they
+/// are retried with back-off).
+fn watch<K>(api: Api<K>, changed: Arc<Notify>, shutdown: CancellationToken) -> Store<K>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+    K::DynamicType: Default + Eq + std::hash::Hash + Clone,
+{
+    let (store, writer) = reflector::store();
+    let kind = K::kind(&K::DynamicType::default()).to_string();
+    let stream = reflector::reflector(writer, watcher(api, watcher::Config::default()).default_backoff());
+    tokio::spawn(async move {
+        let mut stream = std::pin::pin!(stream);
+        loop {
+            let next = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                next = stream.next() => next,
+            };
+            match next {
+                Some(Ok(_)) => changed.notify_one(),
+                Some(Err(error)) => tracing::warn!(%kind, %error, "the watch of the Kubernetes API failed; retrying"),
+                None => return,
+            }
+        }
+    });
+    store
+}
+
+/// Runs the controller until `shutdown`: Dataplanes of zone `zone` follow the cluster.
+pub async fn run(
+    client: kube::Client,
+    zone: String,
+    resources: Resources,
+    on_change: impl Fn() + Send + 'static,
+    shutdown: CancellationToken,
+) {
+    let changed = Arc::new(Notify::new());
+    let caches = Caches {
+        pods: watch(Api::<Pod>::all(client.clone()), changed.clone(), shutdown.clone()),
+        services: watch(Api::<Service>::all(client.clone()), changed.clone(), shutdown.clone()),
+        namespaces: watch(Api::<Namespace>::all(client), changed.clone(), shutdown.clone()),
+    };
+    let ready = async {
+        let _ = caches.pods.wait_until_ready().await;
+        let _ = caches.services.wait_until_ready().await;
+        let _ = caches.namespaces.wait_until_ready().await;
+    };
+    tokio::select! {
+        _ = shutdown.cancelled() => return,
+        _ = ready => {}
+    }
+    tracing::info!("the Kubernetes caches are complete: Dataplanes follow the cluster's Pods");
+    loop {
+        let wanted = desired(&caches.pods.state(), &caches.services.state(), &caches.namespaces.state(), &zone);
+        match apply(&resources, &wanted).await {
+            Ok(pass) => {
+                if !pass.written.is_empty() || !pass.removed.is_empty() {
+                    tracing::info!(written = ?pass.written, removed = ?pass.removed, "Dataplanes follow the cluster");
+                    on_change();
+                }
+            }
+            Err(error) => tracing::warn!(%error, "cannot read the zone's Dataplanes; retrying at the next change"),
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = changed.notified() => {}
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(DEBOUNCE) => {}
+        }
+    }
+}
