@@ -77,7 +77,6 @@ pub async fn review(client: &kube::Client, token: &str) -> Result<PodIdentity, R
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::convert::Infallible;
     use std::sync::{Arc, Mutex};
 
     use serde_json::{json, Value};
@@ -85,55 +84,41 @@ mod tests {
     /// Answers TokenReviews as an API server does, from recorded answers by token; records
     /// what it was sent.
     fn api(sent: Arc<Mutex<Vec<Value>>>) -> kube::Client {
-        let service = tower::service_fn(move |request: http::Request<kube::client::Body>| {
-            let sent = sent.clone();
-            async move {
-                assert_eq!(request.method(), http::Method::POST);
-                assert_eq!(request.uri().path(), "/apis/authentication.k8s.io/v1/tokenreviews");
-                let bytes = http_body_util::BodyExt::collect(request.into_body()).await.unwrap().to_bytes();
-                let review: Value = serde_json::from_slice(&bytes).unwrap();
-                sent.lock().unwrap().push(review.clone());
-                let token = review["spec"]["token"].as_str().unwrap_or_default();
-                let (code, status) = match token {
-                    "pod-token" => (
-                        201,
-                        json!({
-                            "authenticated": true,
-                            "user": { "username": "system:serviceaccount:shop:web", "uid": "4c7a", "groups": ["system:serviceaccounts", "system:serviceaccounts:shop", "system:authenticated"],
-                                "extra": { "authentication.kubernetes.io/credential-id": ["JTI=1f2e"], "authentication.kubernetes.io/node-name": ["node-a"],
-                                    "authentication.kubernetes.io/pod-name": ["web-7d9f-abcde"], "authentication.kubernetes.io/pod-uid": ["9b0e7c1e-3c1d-4b8a-9a5e-0d3e8e6f1a2b"] } },
-                            "audiences": ["strait-zone"],
-                        }),
-                    ),
-                    "other-audience" => (
-                        201,
-                        json!({ "user": {}, "error": "[invalid bearer token, token audiences [\"https://kubernetes.default.svc.cluster.local\"] is invalid for the target audiences [\"strait-zone\"]]" }),
-                    ),
-                    "legacy-secret-token" => (
-                        201,
-                        json!({ "authenticated": true,
-                        "user": { "username": "system:serviceaccount:shop:web", "uid": "4c7a", "groups": ["system:serviceaccounts"] }, "audiences": ["strait-zone"] }),
-                    ),
-                    "node-token" => {
-                        (201, json!({ "authenticated": true, "user": { "username": "system:node:node-a" }, "audiences": ["strait-zone"] }))
-                    }
-                    "outage" => (500, Value::Null),
-                    _ => (201, json!({ "user": {}, "error": "[invalid bearer token, square/go-jose: error in cryptographic primitive]" })),
-                };
-                let body = if code == 500 {
-                    json!({ "kind": "Status", "apiVersion": "v1", "status": "Failure", "message": "etcdserver: request timed out", "reason": "InternalError", "code": 500 })
-                } else {
-                    json!({ "kind": "TokenReview", "apiVersion": "authentication.k8s.io/v1", "metadata": { "creationTimestamp": null }, "spec": review["spec"], "status": status })
-                };
-                let response = http::Response::builder()
-                    .status(code)
-                    .header("content-type", "application/json")
-                    .body(http_body_util::Full::new(bytes::Bytes::from(body.to_string())))
-                    .unwrap();
-                Ok::<_, Infallible>(response)
-            }
-        });
-        kube::Client::new(service, "default")
+        crate::k8s::test_client("default", move |method, path, bytes| {
+            assert_eq!(method, http::Method::POST);
+            assert_eq!(path, "/apis/authentication.k8s.io/v1/tokenreviews");
+            let review: Value = serde_json::from_slice(&bytes).unwrap();
+            sent.lock().unwrap().push(review.clone());
+            let token = review["spec"]["token"].as_str().unwrap_or_default();
+            let status = match token {
+                "pod-token" => json!({
+                    "authenticated": true,
+                    "user": { "username": "system:serviceaccount:shop:web", "uid": "4c7a", "groups": ["system:serviceaccounts", "system:serviceaccounts:shop", "system:authenticated"],
+                        "extra": { "authentication.kubernetes.io/credential-id": ["JTI=1f2e"], "authentication.kubernetes.io/node-name": ["node-a"],
+                            "authentication.kubernetes.io/pod-name": ["web-7d9f-abcde"], "authentication.kubernetes.io/pod-uid": ["9b0e7c1e-3c1d-4b8a-9a5e-0d3e8e6f1a2b"] } },
+                    "audiences": ["strait-zone"],
+                }),
+                "other-audience" => {
+                    json!({ "user": {}, "error": "[invalid bearer token, token audiences [\"https://kubernetes.default.svc.cluster.local\"] is invalid for the target audiences [\"strait-zone\"]]" })
+                }
+                "legacy-secret-token" => json!({ "authenticated": true,
+                    "user": { "username": "system:serviceaccount:shop:web", "uid": "4c7a", "groups": ["system:serviceaccounts"] }, "audiences": ["strait-zone"] }),
+                "node-token" => {
+                    json!({ "authenticated": true, "user": { "username": "system:node:node-a" }, "audiences": ["strait-zone"] })
+                }
+                "outage" => {
+                    return (
+                        500,
+                        json!({ "kind": "Status", "apiVersion": "v1", "status": "Failure", "message": "etcdserver: request timed out", "reason": "InternalError", "code": 500 }),
+                    );
+                }
+                _ => json!({ "user": {}, "error": "[invalid bearer token, square/go-jose: error in cryptographic primitive]" }),
+            };
+            (
+                201,
+                json!({ "kind": "TokenReview", "apiVersion": "authentication.k8s.io/v1", "metadata": { "creationTimestamp": null }, "spec": review["spec"], "status": status }),
+            )
+        })
     }
 
     #[tokio::test]

@@ -170,7 +170,6 @@ pub fn elect(client: kube::Client, config: LeaseConfig, shutdown: CancellationTo
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::convert::Infallible;
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::{Arc, Mutex};
 
@@ -191,49 +190,34 @@ mod tests {
     /// A client of `server` that answers 500 while `cut` is set (a replica cut off from the
     /// API server).
     fn client(server: Arc<Mutex<Server>>, cut: Arc<AtomicBool>) -> kube::Client {
-        let service = tower::service_fn(move |request: http::Request<kube::client::Body>| {
-            let (server, cut) = (server.clone(), cut.clone());
-            async move {
-                let method = request.method().clone();
-                let path = request.uri().path().to_string();
-                let bytes = http_body_util::BodyExt::collect(request.into_body()).await.unwrap().to_bytes();
-                let (code, body) = if cut.load(Ordering::SeqCst) {
-                    (500, status(500, "InternalError"))
-                } else {
-                    let mut s = server.lock().unwrap();
-                    assert!(path.starts_with("/apis/coordination.k8s.io/v1/namespaces/strait-system/leases"), "{path}");
-                    match method {
-                        http::Method::GET => match &s.lease {
-                            Some(l) => (200, l.clone()),
-                            None => (404, status(404, "NotFound")),
-                        },
-                        http::Method::POST if s.lease.is_some() => (409, status(409, "AlreadyExists")),
-                        http::Method::POST | http::Method::PUT => {
-                            let mut lease: Value = serde_json::from_slice(&bytes).unwrap();
-                            let sent = lease["metadata"]["resourceVersion"].as_str().map(str::to_string);
-                            if method == http::Method::PUT && sent != Some(s.version.to_string()) {
-                                (409, status(409, "Conflict"))
-                            } else {
-                                s.version += 1;
-                                lease["metadata"]["resourceVersion"] = json!(s.version.to_string());
-                                lease["apiVersion"] = json!("coordination.k8s.io/v1");
-                                lease["kind"] = json!("Lease");
-                                s.lease = Some(lease.clone());
-                                (if method == http::Method::POST { 201 } else { 200 }, lease)
-                            }
-                        }
-                        other => panic!("unexpected {other} {path}"),
-                    }
-                };
-                let response = http::Response::builder()
-                    .status(code)
-                    .header("content-type", "application/json")
-                    .body(http_body_util::Full::new(bytes::Bytes::from(body.to_string())))
-                    .unwrap();
-                Ok::<_, Infallible>(response)
+        crate::k8s::test_client("strait-system", move |method, path, bytes| {
+            if cut.load(Ordering::SeqCst) {
+                return (500, status(500, "InternalError"));
             }
-        });
-        kube::Client::new(service, "strait-system")
+            let mut s = server.lock().unwrap();
+            assert!(path.starts_with("/apis/coordination.k8s.io/v1/namespaces/strait-system/leases"), "{path}");
+            match method {
+                http::Method::GET => match &s.lease {
+                    Some(l) => (200, l.clone()),
+                    None => (404, status(404, "NotFound")),
+                },
+                http::Method::POST if s.lease.is_some() => (409, status(409, "AlreadyExists")),
+                http::Method::POST | http::Method::PUT => {
+                    let mut lease: Value = serde_json::from_slice(&bytes).unwrap();
+                    let sent = lease["metadata"]["resourceVersion"].as_str().map(str::to_string);
+                    if method == http::Method::PUT && sent != Some(s.version.to_string()) {
+                        return (409, status(409, "Conflict"));
+                    }
+                    s.version += 1;
+                    lease["metadata"]["resourceVersion"] = json!(s.version.to_string());
+                    lease["apiVersion"] = json!("coordination.k8s.io/v1");
+                    lease["kind"] = json!("Lease");
+                    s.lease = Some(lease.clone());
+                    (if method == http::Method::POST { 201 } else { 200 }, lease)
+                }
+                other => panic!("unexpected {other} {path}"),
+            }
+        })
     }
 
     struct Replica {

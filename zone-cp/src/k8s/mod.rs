@@ -10,3 +10,27 @@ pub mod controller;
 pub mod dataplanes;
 pub mod identity;
 pub mod lease;
+
+/// A Kubernetes API for unit tests: `answer` gets each request's method, path and body and
+/// gives the status code and JSON the API server would.
+#[cfg(test)]
+pub(crate) fn test_client(
+    namespace: &str,
+    answer: impl Fn(http::Method, String, bytes::Bytes) -> (u16, serde_json::Value) + Clone + Send + Sync + 'static,
+) -> kube::Client {
+    let service = tower::service_fn(move |request: http::Request<kube::client::Body>| {
+        let answer = answer.clone();
+        async move {
+            let (method, path) = (request.method().clone(), request.uri().path().to_string());
+            let bytes = http_body_util::BodyExt::collect(request.into_body()).await.map(|b| b.to_bytes()).unwrap_or_default();
+            let (code, body) = answer(method, path, bytes);
+            let response = http::Response::builder()
+                .status(code)
+                .header("content-type", "application/json")
+                .body(http_body_util::Full::new(bytes::Bytes::from(body.to_string())))
+                .unwrap_or_default();
+            Ok::<_, std::convert::Infallible>(response)
+        }
+    });
+    kube::Client::new(service, namespace)
+}
