@@ -35,30 +35,6 @@ pub const DEFAULT_TEMPLATE: &str = "[%START_TIME%] %DIRECTION% %MESH% \"%METHOD%
 /// not copied, per request. `None` or empty shows as `-`.
 pub type Name = Option<Arc<str>>;
 
-/// A trace id as the request carried it (up to 32 hex digits), kept inline.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct TraceId {
-    len: u8,
-    digits: [u8; 32],
-}
-
-impl TraceId {
-    /// `id`, if it is at most 32 ASCII characters (else none).
-    pub fn new(id: &str) -> TraceId {
-        let mut out = TraceId::default();
-        if id.len() <= out.digits.len() && id.is_ascii() {
-            out.digits[..id.len()].copy_from_slice(id.as_bytes());
-            out.len = id.len() as u8;
-        }
-        out
-    }
-
-    /// The id, or `""`.
-    pub fn as_str(&self) -> &str {
-        std::str::from_utf8(&self.digits[..usize::from(self.len)]).unwrap_or_default()
-    }
-}
-
 /// Text kept inline when it is short, as a request's path usually is (no allocation per
 /// request), and on the heap when it is longer.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -137,17 +113,23 @@ pub struct Entry {
     pub bytes_sent: u64,
     /// Where the sidecar sent it.
     pub upstream: Option<std::net::SocketAddr>,
-    /// The request's trace id.
-    pub trace_id: TraceId,
+    /// The request's trace id (up to 32 hex digits, inline).
+    pub trace_id: Text,
 }
 
-/// The trace id of a request's `traceparent` (W3C) or `x-b3-traceid` / `b3` header.
-pub fn trace_id(headers: &http::HeaderMap) -> TraceId {
+/// The trace id of a request's `traceparent` (W3C) or `x-b3-traceid` / `b3` header; empty
+/// when it has none, or one longer than a trace id's 32 digits.
+pub fn trace_id(headers: &http::HeaderMap) -> Text {
     let value = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-    if let Some(id) = value("traceparent").and_then(|t| t.split('-').nth(1)) {
-        return TraceId::new(id);
+    let id = match value("traceparent").and_then(|t| t.split('-').nth(1)) {
+        Some(id) => id,
+        None => value("x-b3-traceid").or_else(|| value("b3").and_then(|b| b.split('-').next())).unwrap_or(""),
+    };
+    if id.len() <= 32 {
+        Text::new(id)
+    } else {
+        Text::default()
     }
-    TraceId::new(value("x-b3-traceid").or_else(|| value("b3").and_then(|b| b.split('-').next())).unwrap_or(""))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -624,7 +606,7 @@ mod tests {
             status: 200,
             duration: Duration::from_micros(1500),
             bytes_sent: 42,
-            trace_id: TraceId::new("4bf92f3577b34da6a3ce929d0e0e4736"),
+            trace_id: Text::new("4bf92f3577b34da6a3ce929d0e0e4736"),
             ..Entry::default()
         }
     }

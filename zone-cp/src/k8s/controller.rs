@@ -23,7 +23,7 @@ use strait_cp_core::resources::Resources;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use super::dataplanes::{self, Skip};
+use super::dataplanes;
 
 /// The label of a Dataplane that the controller manages.
 pub const ORIGIN_LABEL: &str = "k8s.strait.io/origin";
@@ -45,17 +45,15 @@ pub struct Pass {
 
 /// The Dataplanes the cluster's objects call for, by `mesh/name`.
 pub fn desired(pods: &[Arc<Pod>], services: &[Arc<Service>], namespaces: &[Arc<Namespace>], zone: &str) -> BTreeMap<String, Resource> {
-    let services: Vec<Service> = services.iter().map(|s| (**s).clone()).collect();
+    let services: Vec<&Service> = services.iter().map(|s| &**s).collect();
     let mut out = BTreeMap::new();
     for pod in pods {
         let namespace = pod.metadata.namespace.as_deref().unwrap_or("default");
         let ns = namespaces.iter().find(|n| n.metadata.name.as_deref() == Some(namespace)).map(|n| &**n);
-        match dataplanes::dataplane(pod, &services, ns, zone) {
-            Ok(mut dp) => {
-                dp.labels.insert(ORIGIN_LABEL.into(), ORIGIN.into());
-                out.insert(format!("{}/{}", dp.mesh.as_deref().unwrap_or_default(), dp.name), dp);
-            }
-            Err(Skip::NoSidecar | Skip::NoAddress | Skip::Gone) => {}
+        // A Pod with no sidecar, no address yet, or on its way out has no Dataplane.
+        if let Ok(mut dp) = dataplanes::dataplane(pod, &services, ns, zone) {
+            dp.labels.insert(ORIGIN_LABEL.into(), ORIGIN.into());
+            out.insert(format!("{}/{}", dp.mesh.as_deref().unwrap_or_default(), dp.name), dp);
         }
     }
     out

@@ -46,7 +46,7 @@ pub enum Skip {
 
 /// The Dataplane of `pod` in zone `zone`, given the Services of its namespace and the
 /// Namespace itself (for its mesh annotation).
-pub fn dataplane(pod: &Pod, services: &[Service], namespace: Option<&Namespace>, zone: &str) -> Result<Resource, Skip> {
+pub fn dataplane(pod: &Pod, services: &[&Service], namespace: Option<&Namespace>, zone: &str) -> Result<Resource, Skip> {
     let spec = pod.spec.as_ref().ok_or(Skip::NoSidecar)?;
     let injected = spec.init_containers.iter().flatten().chain(spec.containers.iter()).any(|c| c.name == SIDECAR_CONTAINER);
     if !injected {
@@ -77,6 +77,7 @@ pub fn dataplane(pod: &Pod, services: &[Service], namespace: Option<&Namespace>,
     let mut inbound: Vec<Inbound> = Vec::new();
     let mut selecting: Vec<&Service> = services
         .iter()
+        .copied()
         .filter(|s| s.metadata.namespace.as_deref().unwrap_or("default") == pod_namespace)
         .filter(|s| selects(s, &labels))
         .collect();
@@ -202,7 +203,7 @@ mod tests {
             json!({ "metadata": { "name": "web", "namespace": "prod" }, "spec": { "selector": { "app": "web" }, "ports": [{ "port": 2 }] } }),
         );
         let headless = service(json!({ "metadata": { "name": "manual", "namespace": "shop" }, "spec": { "ports": [{ "port": 3 }] } }));
-        let dp = dataplane(&web_pod(), &[web_service(), others, elsewhere, headless], None, "zone-1").unwrap();
+        let dp = dataplane(&web_pod(), &[&web_service(), &others, &elsewhere, &headless], None, "zone-1").unwrap();
         assert_eq!(dp.name, "web-7d9f-abcde.shop");
         assert_eq!(dp.mesh.as_deref(), Some("default"));
         let Spec::Dataplane(spec) = &dp.spec else { panic!("not a Dataplane") };
@@ -225,7 +226,7 @@ mod tests {
         let mut p = web_pod();
         p.status.as_mut().unwrap().conditions.as_mut().unwrap()[0].status = "False".into();
         p.metadata.annotations = Some([(MESH_ANNOTATION.to_string(), "payments".to_string())].into());
-        let dp = dataplane(&p, &[web_service()], None, "zone-1").unwrap();
+        let dp = dataplane(&p, &[&web_service()], None, "zone-1").unwrap();
         assert_eq!(dp.mesh.as_deref(), Some("payments"));
         let Spec::Dataplane(spec) = &dp.spec else { panic!() };
         assert!(spec.networking.inbound.iter().all(|i| !i.is_ready()), "a pod that is not Ready gets no traffic");
@@ -250,8 +251,8 @@ mod tests {
 
     #[test]
     fn the_same_objects_give_the_same_dataplane() {
-        let a = dataplane(&web_pod(), &[web_service()], None, "zone-1").unwrap();
-        let b = dataplane(&web_pod(), &[web_service()], None, "zone-1").unwrap();
+        let a = dataplane(&web_pod(), &[&web_service()], None, "zone-1").unwrap();
+        let b = dataplane(&web_pod(), &[&web_service()], None, "zone-1").unwrap();
         assert_eq!(a.to_value(), b.to_value());
     }
 }
