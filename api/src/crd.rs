@@ -103,6 +103,9 @@ fn definition(kind: ResourceType, spec: Value, spec_required: bool) -> Value {
     if spec_required {
         root["required"] = json!(["spec"]);
     }
+    // Nothing reads these objects from Kubernetes yet: the API server refuses them, with the
+    // way that works, rather than store what would have no effect.
+    root["x-kubernetes-validations"] = json!([{ "rule": "false", "message": refusal(kind) }]);
     let mut names = json!({
         "kind": kind.name(),
         "listKind": format!("{}List", kind.name()),
@@ -181,6 +184,14 @@ pub fn from_custom_resource(object: &Value) -> Result<crate::Resource, crate::Va
         value["spec"] = spec.clone();
     }
     crate::Resource::from_value(value)
+}
+
+/// Why the API server refuses a `kind` object: Strait does not read them from Kubernetes yet.
+pub fn refusal(kind: ResourceType) -> String {
+    format!(
+        "Strait does not read {} objects from Kubernetes yet, so this one would have no effect: apply it with `straitctl apply` or the REST API of the global control plane",
+        kind.name()
+    )
 }
 
 /// The OpenAPI document of the PUT bodies of every type, refined with the validators' rules
@@ -492,6 +503,7 @@ mod tests {
             "nullable",
             "x-kubernetes-int-or-string",
             "x-kubernetes-preserve-unknown-fields",
+            "x-kubernetes-validations",
         ];
         for key in o.keys() {
             if !ALLOWED.contains(&key.as_str()) {
@@ -541,6 +553,10 @@ mod tests {
             let schema = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"];
             check_structural(schema, &name, &mut problems);
             assert!(!serde_json::to_string(crd).unwrap().contains("$ref"), "{name} still refers to a schema");
+            // Until something reads them from Kubernetes, the API server refuses them, saying how.
+            let rules = &schema["x-kubernetes-validations"];
+            assert_eq!(rules[0]["rule"], "false", "{name}");
+            assert!(rules[0]["message"].as_str().is_some_and(|m| m.contains("straitctl apply")), "{name}");
         }
         assert!(problems.is_empty(), "not structural:\n{}", problems.join("\n"));
     }
