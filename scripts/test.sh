@@ -60,8 +60,10 @@ say "lint"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
 say "build"
-# The end-to-end tests run every binary of the workspace, so build them all first.
-cargo build --workspace --bins --locked
+# The end-to-end tests run every binary of the workspace, so build them all first, together with
+# the tests: one invocation resolves features with the dev-dependencies, as the test run does, so
+# the binaries and their dependencies are built once and reused rather than built twice.
+cargo build --workspace --bins --tests --examples --locked
 
 say "test"
 profile=default
