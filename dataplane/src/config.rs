@@ -1,8 +1,9 @@
 //! Configuration of `strait-dp run`: flags and `STRAIT_*` environment variables, validated once,
 //! including the Dataplane file (every bad field is reported before anything starts).
 //!
-//! In: the command line, the environment, the Dataplane file and the token file. Out: a
-//! [`RunConfig`] with the parsed Dataplane and the token.
+//! In: the command line, the environment, the Dataplane file and the token file (or, on
+//! Kubernetes, the Pod's service-account token and IP). Out: a [`Validated`] configuration
+//! with the Dataplane and the credential.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -101,13 +102,25 @@ pub struct RunConfig {
     #[serde(flatten)]
     pub cp: CpFlags,
 
-    /// The Dataplane resource of this workload (YAML or JSON).
-    #[arg(long, env = "STRAIT_DATAPLANE_FILE")]
-    pub dataplane_file: PathBuf,
+    /// The Dataplane resource of this workload (YAML or JSON). Not on Kubernetes, where the
+    /// zone keeps the Dataplane from the Pod and its Services.
+    #[arg(long, env = "STRAIT_DATAPLANE_FILE", required_unless_present = "kubernetes_token_file")]
+    pub dataplane_file: Option<PathBuf>,
 
     /// The dataplane token from `straitctl token dataplane`.
-    #[arg(long, env = "STRAIT_DATAPLANE_TOKEN_FILE")]
-    pub dataplane_token_file: PathBuf,
+    #[arg(long, env = "STRAIT_DATAPLANE_TOKEN_FILE", required_unless_present = "kubernetes_token_file")]
+    pub dataplane_token_file: Option<PathBuf>,
+
+    /// On Kubernetes, instead of a Dataplane file and token: the Pod's projected
+    /// service-account token (audience strait-zone), which the zone verifies with the API
+    /// server. Read again at each connection to the zone, as the kubelet rotates it.
+    #[arg(long, env = "STRAIT_KUBERNETES_TOKEN_FILE", conflicts_with_all = ["dataplane_file", "dataplane_token_file"], requires = "pod_ip")]
+    pub kubernetes_token_file: Option<PathBuf>,
+
+    /// With --kubernetes-token-file: the Pod's IP (the injected container sets it from the
+    /// Pod's status); the sidecar connects to the zone from it.
+    #[arg(long, env = "STRAIT_POD_IP", requires = "kubernetes_token_file")]
+    pub pod_ip: Option<std::net::IpAddr>,
 
     /// Admin endpoint (`/ready`, `/metrics`, `/config_dump`); keep it on localhost.
     #[arg(long, env = "STRAIT_ADMIN_ADDRESS", default_value = "127.0.0.1:9901")]
@@ -139,10 +152,13 @@ pub struct RunConfig {
 pub struct Validated {
     /// The flags.
     pub flags: RunConfig,
-    /// The Dataplane.
+    /// The Dataplane: from its file, or on Kubernetes this Pod's listeners only (the zone
+    /// sends its inbounds with the configuration).
     pub dataplane: Resource,
-    /// The token.
+    /// The token, as read at start.
     pub token: String,
+    /// Whether the Dataplane comes from the zone (Kubernetes): the Hello carries none.
+    pub from_zone: bool,
     /// The zone's DPS CA.
     pub cp_ca_pem: String,
 }
@@ -152,38 +168,109 @@ impl RunConfig {
     pub fn validate(self) -> Result<Validated, Vec<String>> {
         let mut problems = Vec::new();
         let ca = self.cp.read_ca(&mut problems);
-        let read = |flag: &str, path: &PathBuf, problems: &mut Vec<String>| match std::fs::read_to_string(path) {
-            Ok(text) => Some(text),
-            Err(e) => {
-                problems.push(format!("{flag} {}: {e}", path.display()));
-                None
+        let (dataplane, token) = match (&self.kubernetes_token_file, &self.dataplane_file, &self.dataplane_token_file) {
+            (Some(token_file), ..) => {
+                let token = read_token("--kubernetes-token-file", token_file, &mut problems);
+                (token.as_deref().map(|t| pod_dataplane(t, self.pod_ip)), token)
+            }
+            (None, Some(dataplane_file), Some(token_file)) => {
+                (read_dataplane(dataplane_file, &mut problems), read_token("--dataplane-token-file", token_file, &mut problems))
+            }
+            _ => {
+                problems.push("give --dataplane-file and --dataplane-token-file, or on Kubernetes --kubernetes-token-file".into());
+                (None, None)
             }
         };
-        let dataplane =
-            read("--dataplane-file", &self.dataplane_file, &mut problems).and_then(|text| match Resource::from_str_any(&text) {
-                Ok(r) if r.kind == ResourceType::Dataplane => Some(r),
-                Ok(r) => {
-                    problems.push(format!("--dataplane-file {}: expected type Dataplane, got {}", self.dataplane_file.display(), r.kind));
-                    None
-                }
-                Err(errors) => {
-                    for e in errors.0 {
-                        problems.push(format!("--dataplane-file {}: {e}", self.dataplane_file.display()));
-                    }
-                    None
-                }
-            });
-        let token = read("--dataplane-token-file", &self.dataplane_token_file, &mut problems).map(|t| t.trim().to_string());
-        if token.as_deref() == Some("") {
-            problems.push(format!("--dataplane-token-file {}: empty", self.dataplane_token_file.display()));
-        }
+        let from_zone = self.kubernetes_token_file.is_some();
         match (dataplane, token, ca) {
             (Some(dataplane), Some(token), Some(cp_ca_pem)) if problems.is_empty() => {
-                Ok(Validated { flags: self, dataplane, token, cp_ca_pem })
+                Ok(Validated { flags: self, dataplane, token, from_zone, cp_ca_pem })
             }
             _ => Err(problems),
         }
     }
+}
+
+impl Validated {
+    /// The token to present at a new connection: on Kubernetes the file again (the kubelet
+    /// rotates it), else the one read at start.
+    pub fn current_token(&self) -> String {
+        let Some(path) = &self.flags.kubernetes_token_file else { return self.token.clone() };
+        match std::fs::read_to_string(path).map(|t| t.trim().to_string()) {
+            Ok(token) if !token.is_empty() => token,
+            Ok(_) => self.token.clone(),
+            Err(error) => {
+                tracing::warn!(path = %path.display(), %error, "cannot read the service-account token again; presenting the one read before");
+                self.token.clone()
+            }
+        }
+    }
+}
+
+fn read_text(flag: &str, path: &std::path::Path, problems: &mut Vec<String>) -> Option<String> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => Some(text),
+        Err(e) => {
+            problems.push(format!("{flag} {}: {e}", path.display()));
+            None
+        }
+    }
+}
+
+fn read_token(flag: &str, path: &std::path::Path, problems: &mut Vec<String>) -> Option<String> {
+    let token = read_text(flag, path, problems)?.trim().to_string();
+    if token.is_empty() {
+        problems.push(format!("{flag} {}: empty", path.display()));
+        return None;
+    }
+    Some(token)
+}
+
+fn read_dataplane(path: &std::path::Path, problems: &mut Vec<String>) -> Option<Resource> {
+    let text = read_text("--dataplane-file", path, problems)?;
+    match Resource::from_str_any(&text) {
+        Ok(r) if r.kind == ResourceType::Dataplane => Some(r),
+        Ok(r) => {
+            problems.push(format!("--dataplane-file {}: expected type Dataplane, got {}", path.display(), r.kind));
+            None
+        }
+        Err(errors) => {
+            for e in errors.0 {
+                problems.push(format!("--dataplane-file {}: {e}", path.display()));
+            }
+            None
+        }
+    }
+}
+
+/// What a sidecar on Kubernetes knows of its Dataplane before the zone speaks: its name (the
+/// Pod's, from its service-account token, for the logs), its address and the transparent
+/// proxy's ports, where the injected init container sends the Pod's traffic. Its inbounds
+/// come with the configuration.
+fn pod_dataplane(token: &str, pod_ip: Option<std::net::IpAddr>) -> Resource {
+    use strait_api::dataplane::{DataplaneSpec, Networking, TransparentProxying};
+    let claims = token.split('.').nth(1).and_then(|p| {
+        use base64::Engine;
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(p.trim_end_matches('=')).ok()
+    });
+    let claims: serde_json::Value = claims.and_then(|c| serde_json::from_slice(&c).ok()).unwrap_or_default();
+    let pod = &claims["kubernetes.io"];
+    let name = match (pod["pod"]["name"].as_str(), pod["namespace"].as_str()) {
+        (Some(pod), Some(namespace)) => format!("{pod}.{namespace}"),
+        _ => "pod".to_string(),
+    };
+    let spec = DataplaneSpec {
+        networking: Networking {
+            address: pod_ip.map(|ip| ip.to_string()).unwrap_or_default(),
+            inbound: Vec::new(),
+            outbound: Vec::new(),
+            transparent_proxying: Some(TransparentProxying {
+                redirect_port_outbound: crate::transparent::DEFAULT_REDIRECT_PORT_OUTBOUND,
+                redirect_port_inbound: crate::transparent::DEFAULT_REDIRECT_PORT_INBOUND,
+            }),
+        },
+    };
+    Resource::new(&name, None, strait_api::Spec::Dataplane(spec))
 }
 
 #[cfg(test)]
@@ -212,6 +299,53 @@ mod tests {
             .unwrap_err();
         assert!(problems.iter().any(|p| p.contains("spec.networking.inbound[0].tags: needs the strait.io/service tag")), "{problems:?}");
         assert!(problems.iter().any(|p| p.contains("--dataplane-token-file") && p.ends_with("empty")), "{problems:?}");
+    }
+
+    #[test]
+    fn on_kubernetes_the_pod_token_replaces_the_dataplane_file_and_is_read_again() {
+        use base64::Engine;
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("ca.pem"), "pem").unwrap();
+        let encode = |v: serde_json::Value| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string());
+        let token = |n: u32| {
+            format!(
+                "{}.{}.sig{n}",
+                encode(serde_json::json!({"alg": "RS256"})),
+                encode(serde_json::json!({"kubernetes.io": {"namespace": "shop", "pod": {"name": "web-7d9f", "uid": "u"}}}))
+            )
+        };
+        let token_file = dir.path().join("sa-token");
+        std::fs::write(&token_file, token(1)).unwrap();
+        let run = |extra: &[&str]| {
+            let mut args: Vec<String> = ["strait-dp", "run", "--cp-address", "https://zone:7678", "--cp-ca-file"].map(String::from).into();
+            args.push(dir.path().join("ca.pem").display().to_string());
+            args.extend(extra.iter().map(|s| s.to_string()));
+            Cli::try_parse_from(args).map(|cli| match cli.command {
+                Command::Run(c) => c,
+                _ => panic!("run"),
+            })
+        };
+        let path = token_file.display().to_string();
+        let ok = run(&["--kubernetes-token-file", &path, "--pod-ip", "10.1.2.3"]).unwrap().validate().unwrap();
+        assert!(ok.from_zone);
+        assert_eq!(ok.dataplane.name, "web-7d9f.shop");
+        let strait_api::Spec::Dataplane(spec) = &ok.dataplane.spec else { panic!() };
+        assert_eq!(spec.networking.address, "10.1.2.3");
+        assert!(spec.networking.inbound.is_empty(), "the zone brings the inbounds");
+        assert_eq!(
+            spec.networking.transparent_proxying.as_ref().map(|t| (t.redirect_port_outbound, t.redirect_port_inbound)),
+            Some((15001, 15006))
+        );
+        assert_eq!(ok.current_token(), token(1));
+        std::fs::write(&token_file, token(2)).unwrap();
+        assert_eq!(ok.current_token(), token(2), "the rotated token is presented at the next connection");
+
+        let both = run(&["--kubernetes-token-file", &path, "--pod-ip", "10.1.2.3", "--dataplane-file", "dp.yaml"]).unwrap_err();
+        assert!(both.to_string().contains("--dataplane-file"), "{both}");
+        let no_ip = run(&["--kubernetes-token-file", &path]).unwrap_err();
+        assert!(no_ip.to_string().contains("--pod-ip"), "{no_ip}");
+        let neither = run(&[]).unwrap_err();
+        assert!(neither.to_string().contains("--dataplane-file"), "{neither}");
     }
 
     #[test]

@@ -139,10 +139,11 @@ impl DpsClient {
         // Registered with what the probes find now; changes follow as `Health` messages.
         let mut health = self.health.clone();
         let dataplane = crate::probe::with_health(&self.config.dataplane, &health.borrow_and_update());
-        let dataplane = serde_json::to_vec(&dataplane).unwrap_or_default();
+        // On Kubernetes the zone keeps the Pod's Dataplane: the Hello carries none.
+        let dataplane = if self.config.from_zone { Vec::new() } else { serde_json::to_vec(&dataplane).unwrap_or_default() };
         let hello = Hello { protocol: PROTOCOL_VERSION, dataplane, software_version: env!("CARGO_PKG_VERSION").into() };
         let _ = tx.send(msg(dataplane_message::Message::Hello(hello))).await;
-        let request = match cp_client::with_bearer(ReceiverStream::new(rx), &self.config.token) {
+        let request = match cp_client::with_bearer(ReceiverStream::new(rx), &self.config.current_token()) {
             Ok(r) => r,
             Err(end) => return end,
         };

@@ -193,6 +193,23 @@ impl fmt::Debug for TokenSigner {
     }
 }
 
+/// Whether `token` is shaped like a Strait token (a JWT signed with EdDSA), as opposed to a
+/// credential of another issuer, such as a Kubernetes service-account token (RS256 or ES256).
+/// Says nothing about validity: [`verify`] decides that.
+pub fn is_strait_token(token: &str) -> bool {
+    jsonwebtoken::decode_header(token).is_ok_and(|h| h.alg == Algorithm::EdDSA)
+}
+
+/// The `exp` claim (unix seconds) of any JWT, read WITHOUT verifying it: only for a token
+/// that its issuer has already verified (a Kubernetes token after a TokenReview), to know
+/// when to stop trusting it.
+pub fn unverified_expiry(token: &str) -> Option<u64> {
+    let payload = token.split('.').nth(1)?;
+    let bytes = URL_SAFE_NO_PAD.decode(payload.trim_end_matches('=')).ok()?;
+    let claims: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+    claims.get("exp")?.as_u64()
+}
+
 /// Verifies `token` against `keys` at `now_unix` and returns its claims.
 ///
 /// Checks, in order: encoding and algorithm (EdDSA only), `kid` among `keys`, signature,

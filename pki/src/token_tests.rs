@@ -201,3 +201,24 @@ fn claims_get_unique_ids() {
     assert_ne!(a.id, b.id);
     assert_eq!((a.issued_at, a.expires_at), (1, 3601));
 }
+
+#[test]
+fn a_kubernetes_token_is_told_apart_and_its_expiry_read() {
+    let signer = new_signer();
+    let now = unix_now();
+    let ours = signer.issue(&zone_claims(now)).expect("issue");
+    assert!(is_strait_token(&ours));
+    assert_eq!(unverified_expiry(&ours), Some(now + 3600));
+    // A projected service-account token: RS256, issued by the cluster (signature irrelevant here).
+    let encode = |v: serde_json::Value| URL_SAFE_NO_PAD.encode(serde_json::to_vec(&v).unwrap());
+    let kubernetes = format!(
+        "{}.{}.c2lnbmF0dXJl",
+        encode(serde_json::json!({"alg": "RS256", "kid": "k8s-key"})),
+        encode(serde_json::json!({"aud": ["strait-zone"], "exp": 1_900_000_000u64, "iss": "https://kubernetes.default.svc.cluster.local",
+            "kubernetes.io": {"namespace": "shop", "pod": {"name": "web-1", "uid": "u1"}}, "sub": "system:serviceaccount:shop:web"}))
+    );
+    assert!(!is_strait_token(&kubernetes));
+    assert_eq!(unverified_expiry(&kubernetes), Some(1_900_000_000));
+    assert!(!is_strait_token("not a token"));
+    assert_eq!(unverified_expiry("not a token"), None);
+}

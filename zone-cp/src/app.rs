@@ -114,6 +114,31 @@ impl ZoneCp {
             .await
             .map_err(|e| anyhow::anyhow!("binding DPS to {}: {e}", config.dps_address))?;
         let dps_addr = dps_listener.local_addr()?;
+        let kubernetes = match config.environment {
+            crate::config::Environment::Universal => None,
+            crate::config::Environment::Kubernetes => {
+                let client = crate::k8s::client(config.kubeconfig.as_deref()).await?;
+                let lease = crate::k8s::lease::LeaseConfig {
+                    namespace: crate::k8s::own_namespace(config.namespace.as_deref()),
+                    name: config.leader_lease.clone(),
+                    identity: crate::k8s::replica_name(config.replica_name.as_deref()),
+                    duration: config.leader_lease_duration,
+                    renew_every: config.leader_lease_duration / 5,
+                };
+                tracing::info!(namespace = %lease.namespace, lease = %lease.name, replica = %lease.identity, "Kubernetes mode: electing the leading replica");
+                let leading = crate::k8s::lease::elect(client.clone(), lease, shutdown.clone(), &tasks);
+                follow_cluster(
+                    client.clone(),
+                    config.zone.clone(),
+                    resources.clone(),
+                    inventory_tx.clone(),
+                    leading.clone(),
+                    &shutdown,
+                    &tasks,
+                );
+                Some((client, leading))
+            }
+        };
         let targets = crate::discovery::Targets::default();
         let inspectors = crate::inspect::Inspectors::default();
         let traffic = crate::traffic::Traffic::default();
@@ -128,6 +153,8 @@ impl ZoneCp {
             targets: targets.clone(),
             inspectors: inspectors.clone(),
             traffic: traffic.clone(),
+            kubernetes: kubernetes.as_ref().map(|(client, _)| client.clone()),
+            leading: kubernetes.as_ref().map(|(_, leading)| leading.clone()),
         };
         // Keepalive pings find sidecars whose host vanished without closing its connection, so
         // their Dataplane is unregistered and a replacement can register.
@@ -152,6 +179,7 @@ impl ZoneCp {
             zone: Arc::new(config.zone.clone()),
             inventory: inventory_tx,
             targets,
+            leading: kubernetes.as_ref().map(|(_, leading)| leading.clone()),
         };
         // The intermediates and the zone identity, signed by the global over the sync stream.
         let signer = Arc::new(crate::certs::KdsSigner::default());
@@ -175,6 +203,7 @@ impl ZoneCp {
             certs: zone_certs,
             inspectors,
             traffic,
+            leading: kubernetes.map(|(_, leading)| leading),
         };
         tasks.spawn(client.run(shutdown.clone()));
         let router = rest::router(api, Arc::new(admin_token));
@@ -208,6 +237,51 @@ impl ZoneCp {
         self.tasks.close();
         self.tasks.wait().await;
     }
+}
+
+/// Runs the Kubernetes controller while this replica leads: the zone's Dataplanes follow the
+/// cluster's Pods and Services, and the inventory the global sees follows them.
+fn follow_cluster(
+    client: kube::Client,
+    zone: String,
+    resources: Resources,
+    inventory: watch::Sender<strait_api::kds::Inventory>,
+    mut leading: watch::Receiver<bool>,
+    shutdown: &CancellationToken,
+    tasks: &TaskTracker,
+) {
+    let changed = Arc::new(tokio::sync::Notify::new());
+    let (refresh_resources, refresh_changed, stop) = (resources.clone(), changed.clone(), shutdown.clone());
+    tasks.spawn(async move {
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = refresh_changed.notified() => crate::inventory::refresh(&refresh_resources, &inventory).await,
+            }
+        }
+    });
+    let shutdown = shutdown.clone();
+    tasks.spawn(async move {
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                led = leading.wait_for(|leads| *leads) => if led.is_err() { return },
+            }
+            let term = shutdown.child_token();
+            let on_change = {
+                let changed = changed.clone();
+                move || changed.notify_one()
+            };
+            let controller =
+                tokio::spawn(crate::k8s::controller::run(client.clone(), zone.clone(), resources.clone(), on_change, term.clone()));
+            tokio::select! {
+                () = shutdown.cancelled() => {}
+                _ = leading.wait_for(|leads| !*leads) => tracing::info!("stopped leading: the controller stops"),
+            }
+            term.cancel();
+            let _ = controller.await;
+        }
+    });
 }
 
 /// The DPS CA given by --dps-ca-cert-file and --dps-ca-key-file, if any.

@@ -113,6 +113,41 @@ pub struct Config {
     #[serde(skip)]
     pub allow_dataplane_addresses: Vec<AddressRange>,
 
+    /// Where the zone runs. `universal`: Dataplanes are registered by their sidecars (with a
+    /// dataplane token) or over the REST API. `kubernetes`: the zone watches the cluster's Pods,
+    /// Services and Namespaces and keeps a Dataplane for each Pod with a sidecar, sidecars
+    /// authenticate with their Pod's service-account token (checked with TokenReview), and one
+    /// replica at a time (a Lease) leads: it syncs with the global and runs the controller,
+    /// while the others stand by.
+    #[arg(long, env = "STRAIT_ENVIRONMENT", value_enum, default_value_t = Environment::Universal)]
+    pub environment: Environment,
+
+    /// With --environment kubernetes: a kubeconfig file for the Kubernetes API. Without it, the
+    /// zone uses its Pod's service account (in a cluster), else $KUBECONFIG or ~/.kube/config.
+    #[arg(long, env = "STRAIT_KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
+
+    /// With --environment kubernetes: the namespace of the zone's leader Lease (the control
+    /// plane's own). Default: the namespace of the zone's service account, else strait-system.
+    #[arg(long, env = "STRAIT_NAMESPACE")]
+    pub namespace: Option<String>,
+
+    /// With --environment kubernetes: this replica's name in the leader election (the Helm chart
+    /// passes the Pod's name). Default: the host name.
+    #[arg(long, env = "STRAIT_REPLICA_NAME")]
+    pub replica_name: Option<String>,
+
+    /// With --environment kubernetes: the name of the Lease that elects the leading replica.
+    #[arg(long, env = "STRAIT_LEADER_LEASE", default_value = "strait-zone-leader")]
+    pub leader_lease: String,
+
+    /// With --environment kubernetes: how long a leader that stopped renewing the Lease keeps
+    /// it (it stops leading at two thirds of this; a replica that shuts down releases it at
+    /// once).
+    #[arg(long, env = "STRAIT_LEADER_LEASE_DURATION", default_value = "15s", value_parser = parse_duration)]
+    #[serde(with = "humanized")]
+    pub leader_lease_duration: Duration,
+
     /// Policy types this zone refuses (NACKs), such as MeshFaultInjection in a production zone.
     #[arg(long, env = "STRAIT_DISABLED_POLICY_TYPES", value_delimiter = ',')]
     pub disabled_policy_types: Vec<String>,
@@ -156,6 +191,24 @@ impl Config {
                 self.api_address
             ));
         }
+        if self.environment == Environment::Universal {
+            let kubernetes_only = [
+                ("--kubeconfig", self.kubeconfig.is_some()),
+                ("--namespace", self.namespace.is_some()),
+                ("--replica-name", self.replica_name.is_some()),
+                ("--leader-lease", self.leader_lease != "strait-zone-leader"),
+                ("--leader-lease-duration", self.leader_lease_duration != Duration::from_secs(15)),
+            ];
+            for (flag, _) in kubernetes_only.iter().filter(|(_, given)| *given) {
+                problems.push(format!("{flag}: only used with --environment kubernetes (this zone runs with --environment universal)"));
+            }
+        }
+        if self.leader_lease_duration < Duration::from_secs(3) {
+            problems.push(format!("--leader-lease-duration {}: must be at least 3s", strait_api::Duration(self.leader_lease_duration)));
+        }
+        if let Err(e) = strait_api::names::check_dns_label(&self.leader_lease) {
+            problems.push(format!("--leader-lease: {e}"));
+        }
         if self.kds_idle_timeout <= self.kds_heartbeat_interval {
             problems.push("--kds-idle-timeout: must be longer than --kds-heartbeat-interval".into());
         }
@@ -165,6 +218,16 @@ impl Config {
             Err(problems)
         }
     }
+}
+
+/// Where a zone runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Environment {
+    /// Hosts and VMs: sidecars register their own Dataplanes.
+    Universal,
+    /// A Kubernetes cluster: Dataplanes follow its Pods.
+    Kubernetes,
 }
 
 /// An address or a CIDR range, such as `10.1.0.0/16` or `192.0.2.7`.

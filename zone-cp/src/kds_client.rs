@@ -44,6 +44,9 @@ pub struct KdsClient {
     pub inspectors: crate::inspect::Inspectors,
     /// What the zone's sidecars served, reported to the global for its traffic map.
     pub traffic: crate::traffic::Traffic,
+    /// On Kubernetes: whether this replica leads; only the leader holds the zone's stream.
+    /// `None`: always.
+    pub leading: Option<watch::Receiver<bool>>,
 }
 
 /// Exponential back-off with full jitter, reset after a healthy session.
@@ -72,12 +75,24 @@ impl KdsClient {
     /// Runs until cancelled.
     pub async fn run(mut self, cancel: CancellationToken) {
         let mut backoff = Backoff { attempt: 0, max: self.config.kds_max_backoff };
+        let mut leading = self.leading.clone();
         loop {
+            if let Some(leading) = &mut leading {
+                if !*leading.borrow() {
+                    tracing::info!("standing by: another replica holds the zone's sync stream");
+                }
+                tokio::select! {
+                    biased;
+                    () = cancel.cancelled() => return,
+                    led = leading.wait_for(|leads| *leads) => if led.is_err() { return },
+                }
+            }
             let started = Instant::now();
             let end = tokio::select! {
                 biased;
                 () = cancel.cancelled() => return,
                 end = self.session() => end,
+                status = crate::dps::lost_leadership(&mut leading) => End::Broken(status.message().to_string()),
             };
             self.metrics.connected.set(0);
             match &end {

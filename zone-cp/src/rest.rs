@@ -35,6 +35,10 @@ pub struct ZoneApi {
     pub zone: Arc<String>,
     /// The connected sidecars' Prometheus targets.
     pub targets: crate::discovery::Targets,
+    /// On Kubernetes: whether this replica leads. A standby is ready (so that a rolling
+    /// update, which waits for the new Pod to be ready before stopping the old one, goes on);
+    /// it refuses sidecars until it leads.
+    pub leading: Option<watch::Receiver<bool>>,
 }
 
 /// Builds the router; writes (Dataplanes only) need the zone's admin token.
@@ -62,6 +66,9 @@ async fn index(State(api): State<ZoneApi>) -> Json<Value> {
 }
 
 async fn readyz(State(api): State<ZoneApi>) -> Response {
+    if api.leading.as_ref().is_some_and(|leading| !*leading.borrow()) {
+        return (StatusCode::OK, "standing by: another replica leads the zone\n").into_response();
+    }
     if *api.ready.borrow() {
         (StatusCode::OK, "ready\n").into_response()
     } else {

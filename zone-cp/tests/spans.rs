@@ -4,18 +4,16 @@
 //! end, and the lines do not repeat those fields themselves.
 
 use std::io::BufRead;
-use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::global_and_zone_args;
 use serde_json::{json, Value};
-use strait_api::dps::dataplane_sync_client::DataplaneSyncClient;
-use strait_api::dps::{dataplane_message, zone_message, DataplaneMessage, PROTOCOL_VERSION};
-use strait_global_cp::GlobalCp;
+use strait_api::dps::{dataplane_message, zone_message, DataplaneMessage};
 use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
+
+mod common;
 
 /// A process whose stderr (its JSON log lines) is collected; killed when dropped.
 struct Logged {
@@ -62,43 +60,6 @@ impl Drop for Logged {
     }
 }
 
-/// A global with mesh `default` in-process, and zone-1 registered: its token and CA written
-/// in `dir`, with the arguments to start `strait-zone` with them, logging JSON.
-async fn global_and_zone_args(dir: &Path, dps: &str) -> (GlobalCp, Vec<String>, reqwest::Client, String, String) {
-    let config = strait_global_cp::Config::for_dir(dir.join("global"), "127.0.0.1:0".parse().unwrap());
-    let global = GlobalCp::start(Arc::new(config)).await.unwrap();
-    let admin = std::fs::read_to_string(&global.token_file).unwrap().trim().to_string();
-    let base = format!("http://{}", global.api_addr);
-    let http = reqwest::Client::new();
-    http.put(format!("{base}/meshes/default")).bearer_auth(&admin).json(&json!({"type": "Mesh", "name": "default"})).send().await.unwrap();
-    let reg: Value = http.post(format!("{base}/zones/zone-1/token")).bearer_auth(&admin).send().await.unwrap().json().await.unwrap();
-    let zdir = dir.join("zone-1");
-    std::fs::create_dir_all(zdir.join("data")).unwrap();
-    std::fs::write(zdir.join("token"), reg["token"].as_str().unwrap()).unwrap();
-    std::fs::write(zdir.join("ca.pem"), reg["caBundle"].as_str().unwrap()).unwrap();
-    let s = |p: &Path| p.display().to_string();
-    let args = [
-        "--zone",
-        "zone-1",
-        "--global-address",
-        &format!("https://{}", global.kds_addr),
-        "--zone-token-file",
-        &s(&zdir.join("token")),
-        "--global-ca-file",
-        &s(&zdir.join("ca.pem")),
-        "--data-dir",
-        &s(&zdir.join("data")),
-        "--api-plaintext",
-        "--api-address",
-        "127.0.0.1:0",
-        "--dps-address",
-        dps,
-        "--log-format",
-        "json",
-    ];
-    (global, args.into_iter().map(str::to_string).collect(), http, base, admin)
-}
-
 /// Opens a sidecar stream for Dataplane `web-1` of service `web`, retrying until the zone has
 /// what it needs to accept it (token keys and mesh from the global).
 async fn register(
@@ -111,15 +72,8 @@ async fn register(
     .unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca_pem)).domain_name("strait-zone");
-        let channel = Endpoint::from_shared(format!("https://{dps}")).unwrap().tls_config(tls).unwrap().connect().await.unwrap();
-        let (tx, rx) = mpsc::channel(16);
-        let hello = strait_api::dps::Hello { protocol: PROTOCOL_VERSION, dataplane: dataplane.clone(), software_version: "test".into() };
-        tx.send(DataplaneMessage { message: Some(dataplane_message::Message::Hello(hello)) }).await.unwrap();
-        let mut request = tonic::Request::new(ReceiverStream::new(rx));
-        request.metadata_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
-        match DataplaneSyncClient::new(channel).stream(request).await {
-            Ok(stream) => return (tx, stream.into_inner()),
+        match common::open_stream(dps, ca_pem, token, dataplane.clone()).await {
+            Ok(stream) => return stream,
             Err(status) => assert!(Instant::now() < deadline, "the zone never accepted the sidecar: {status:?}"),
         }
         tokio::time::sleep(Duration::from_millis(100)).await;

@@ -154,7 +154,8 @@ pub async fn run(state: Arc<ProxyState>, metrics: ProxyMetrics, listeners: Liste
         drain,
         tasks,
     });
-    accept(listeners, &path);
+    let configured = accept(listeners, &path);
+    configured.follow(&config.1, &path);
     health_check::spawn(&path);
     let mut version = config.0;
     loop {
@@ -167,6 +168,7 @@ pub async fn run(state: Arc<ProxyState>, metrics: ProxyMetrics, listeners: Liste
                 if let Some(config) = state.config.load_full().filter(|c| c.0 != version) {
                     version = config.0;
                     path.table.store(Arc::new(Table::build(&config.1, &path.table.load(), &path.metrics)));
+                    configured.follow(&config.1, &path);
                 }
                 // Certificates rotate and bundles change (revocations): new connections use
                 // the new identity, open ones keep theirs.
@@ -184,14 +186,59 @@ pub async fn run(state: Arc<ProxyState>, metrics: ProxyMetrics, listeners: Liste
     }
 }
 
+/// The inbounds that the configuration brings and no listener of the Dataplane serves (on
+/// Kubernetes, all of them: the zone computes them from the Pod's Services, which may change
+/// while the sidecar runs). They are served only through the transparent inbound port, by
+/// original destination port; their handlers are rebuilt when an inbound changes.
+#[derive(Default)]
+struct ConfiguredInbounds {
+    /// The ports of the bound inbound listeners (those serve themselves).
+    bound: std::collections::HashSet<u16>,
+    /// The handlers, with what each was built from.
+    ports: Arc<ArcSwap<redirected::InboundPorts>>,
+    built: std::sync::Mutex<std::collections::HashMap<u16, listeners::Inbound>>,
+}
+
+impl ConfiguredInbounds {
+    /// Serves the inbounds of `config` that no listener serves, reusing unchanged handlers.
+    fn follow(&self, config: &ProxyConfig, path: &Arc<DataPath>) {
+        let mut built = self.built.lock().unwrap_or_else(|p| p.into_inner());
+        let previous = self.ports.load();
+        let mut ports = redirected::InboundPorts::new();
+        let mut wanted = std::collections::HashMap::new();
+        for i in config.inbounds.iter().filter(|i| !self.bound.contains(&i.port)) {
+            let Ok(ip) = i.service_address.parse::<std::net::IpAddr>() else { continue };
+            let serves = listeners::Inbound {
+                port: i.port,
+                service: i.service.clone(),
+                protocol: i.protocol,
+                forward_to: std::net::SocketAddr::new(ip, i.service_port),
+            };
+            let reuse = built
+                .get(&i.port)
+                .is_some_and(|b| b.service == serves.service && b.protocol == serves.protocol && b.forward_to == serves.forward_to);
+            let handler = match previous.get(&i.port).filter(|_| reuse) {
+                Some(existing) => existing.clone(),
+                None => inbound::handler(&serves, path),
+            };
+            ports.insert(i.port, handler);
+            wanted.insert(i.port, serves);
+        }
+        *built = wanted;
+        self.ports.store(Arc::new(ports));
+    }
+}
+
 /// Starts accepting on every listener (each releases its readiness guard once it does).
-fn accept(listeners: Listeners, path: &Arc<DataPath>) {
+fn accept(listeners: Listeners, path: &Arc<DataPath>) -> ConfiguredInbounds {
     // Each inbound's handler serves its own port and, by original destination port, the
     // transparent inbound port.
     let mut by_port = std::collections::HashMap::new();
+    let mut configured = ConfiguredInbounds::default();
     for bound in listeners.inbound {
         let (handler, span) = inbound::handler(&bound.serves, path);
         by_port.insert(bound.serves.port, (handler.clone(), span.clone()));
+        configured.bound.insert(bound.serves.port);
         bound.serve(|listener, _| inbound::serve(listener, handler, span, path));
     }
     for bound in listeners.outbound {
@@ -201,6 +248,8 @@ fn accept(listeners: Listeners, path: &Arc<DataPath>) {
         bound.serve(|listener, ()| redirected::serve(listener, path));
     }
     if let Some(bound) = listeners.redirected_inbound {
-        bound.serve(|listener, ()| redirected::serve_inbound(listener, by_port, path));
+        let configured_ports = configured.ports.clone();
+        bound.serve(|listener, ()| redirected::serve_inbound(listener, by_port, configured_ports, path));
     }
+    configured
 }

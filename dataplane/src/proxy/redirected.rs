@@ -79,13 +79,14 @@ fn passthrough(mut app: TcpStream, client: SocketAddr, dst: SocketAddr, path: &A
     path.tasks.spawn(connection.instrument(span));
 }
 
+/// Inbound handlers by port.
+pub type InboundPorts = std::collections::HashMap<u16, (Arc<super::inbound::Handler>, tracing::Span)>;
+
 /// Hands each connection redirected to `listener` to the inbound of its original destination
-/// port, until drained; connections to a port no inbound serves are refused.
-pub fn serve_inbound(
-    listener: TcpListener,
-    by_port: std::collections::HashMap<u16, (Arc<super::inbound::Handler>, tracing::Span)>,
-    path: &Arc<DataPath>,
-) {
+/// port: one of the Dataplane's listeners (`by_port`), else one the configuration brings
+/// (`configured`, current at each connection), until drained; connections to a port no
+/// inbound serves are refused.
+pub fn serve_inbound(listener: TcpListener, by_port: InboundPorts, configured: Arc<arc_swap::ArcSwap<InboundPorts>>, path: &Arc<DataPath>) {
     tracing::info!(address = ?listener.local_addr().ok(), ports = ?by_port.keys().collect::<Vec<_>>(), "redirected inbound accepting");
     let path = path.clone();
     path.clone().tasks.spawn(async move {
@@ -98,7 +99,8 @@ pub fn serve_inbound(
                     continue;
                 }
             };
-            let Some((handler, span)) = by_port.get(&dst.port()).filter(|_| stream.local_addr().ok() != Some(dst)).cloned() else {
+            let handler = by_port.get(&dst.port()).cloned().or_else(|| configured.load().get(&dst.port()).cloned());
+            let Some((handler, span)) = handler.filter(|_| stream.local_addr().ok() != Some(dst)) else {
                 // The application's own port (in plain text, bypassing mTLS), or this port itself.
                 path.metrics.inbound.denied.inc();
                 tracing::info!(%client, %dst, "refused an inbound connection: no inbound serves its destination port, and the application is reached only through mTLS");

@@ -97,8 +97,10 @@ impl GatewaySession {
         crate::inventory::refresh(&self.shared.resources, &self.shared.inventory).await;
         let mut last: Option<Vec<u8>> = None;
         self.push_config(&mut last).await?;
+        let mut leading = self.shared.leading.clone();
         loop {
             tokio::select! {
+                status = super::lost_leadership(&mut leading) => return Err(status),
                 () = self.shared.shutdown.cancelled() => return Err(Status::unavailable("the zone control plane is shutting down")),
                 status = self.token.expired() => return Err(status),
                 event = events.next() => {

@@ -1,11 +1,14 @@
 //! Dataplane config server (DPS) of the zone: one gRPC stream per sidecar over TLS,
-//! authenticated by the sidecar's dataplane token.
+//! authenticated by the sidecar's dataplane token, or on Kubernetes by its Pod's projected
+//! service-account token.
 //!
-//! In: sidecar connections (`authorization: Bearer <dataplane token>`, Hello with the Dataplane,
-//! CSRs) and the zone's store changes. Out: each sidecar's effective configuration, versioned
-//! and sent again only when it changes; workload certificates signed by the zone's
-//! intermediate CA; the Dataplane registered in the zone (and so in its inventory) while the
-//! sidecar is connected.
+//! In: sidecar connections (`authorization: Bearer <token>`, Hello with the Dataplane, CSRs)
+//! and the zone's store changes. Out: each sidecar's effective configuration, versioned and
+//! sent again only when it changes; workload certificates signed by the zone's intermediate
+//! CA; the Dataplane registered in the zone (and so in its inventory) while the sidecar is
+//! connected. A sidecar that presents a service-account token sends no Dataplane: its
+//! Dataplane is the one the zone's Kubernetes controller keeps for its Pod, which outlives
+//! the stream.
 
 pub mod gateway;
 pub mod session;
@@ -51,6 +54,35 @@ pub struct DpsShared {
     pub inspectors: crate::inspect::Inspectors,
     /// What the zone's sidecars served, for the global's traffic map.
     pub traffic: crate::traffic::Traffic,
+    /// On Kubernetes: the API that verifies sidecars' service-account tokens.
+    pub kubernetes: Option<kube::Client>,
+    /// On Kubernetes: whether this replica leads (only the leader serves sidecars). `None`:
+    /// always.
+    pub leading: Option<watch::Receiver<bool>>,
+}
+
+impl DpsShared {
+    /// Refuses a new stream while this replica stands by.
+    fn check_leading(&self) -> Result<(), Status> {
+        match &self.leading {
+            Some(leading) if !*leading.borrow() => Err(Status::unavailable(STANDING_BY)),
+            _ => Ok(()),
+        }
+    }
+}
+
+const STANDING_BY: &str = "this zone control plane replica stands by (another one holds the leader Lease); reconnect to reach the leader";
+
+/// Resolves when this replica stops leading (never, if it always leads).
+pub(crate) async fn lost_leadership(leading: &mut Option<watch::Receiver<bool>>) -> Status {
+    match leading {
+        Some(leading) => {
+            // A closed channel means the election ended with the process: stop too.
+            let _ = leading.wait_for(|leads| !*leads).await;
+            Status::unavailable(STANDING_BY)
+        }
+        None => std::future::pending().await,
+    }
 }
 
 /// The tonic service.
@@ -96,13 +128,68 @@ async fn check_revoked(resources: &Resources, claims: &TokenClaims, what: &str) 
     }
 }
 
-/// The (mesh, service) a dataplane token was issued for, with its claims.
-async fn authenticate(resources: &Resources, token: &str) -> Result<(String, String, TokenClaims), Status> {
-    let claims = verify_token(resources, token, "dataplane token").await?;
+/// Who a sidecar is, by the credential it presents.
+enum Credential {
+    /// A dataplane token: the mesh and service it was issued for; the Hello brings the Dataplane.
+    Token { mesh: String, service: String, claims: TokenClaims },
+    /// Its Pod's service-account token, verified by the API server; the Dataplane is the one
+    /// the controller keeps for that Pod.
+    Pod { pod: crate::k8s::identity::PodIdentity, expires_at: u64 },
+}
+
+/// Authenticates a sidecar's bearer token: a Strait dataplane token, or (on Kubernetes) any
+/// other token is taken for a service-account token and reviewed by the API server.
+async fn authenticate(shared: &DpsShared, token: &str) -> Result<Credential, Status> {
+    if let Some(client) = shared.kubernetes.as_ref().filter(|_| !strait_pki::token::is_strait_token(token)) {
+        use crate::k8s::identity::{review, Refused};
+        let pod = review(client, token).await.map_err(|e| match e {
+            Refused::Invalid(_) => Status::unauthenticated(e.to_string()),
+            Refused::Unavailable(_) => Status::unavailable(e.to_string()),
+        })?;
+        // The API server checked it; its expiry says when to stop trusting the stream (the
+        // kubelet rotates the file well before, and the sidecar reads it at each connection).
+        let expires_at = strait_pki::token::unverified_expiry(token).unwrap_or_else(|| unix_now() + 600);
+        return Ok(Credential::Pod { pod, expires_at });
+    }
+    let claims = verify_token(&shared.resources, token, "dataplane token").await?;
     match &claims.subject {
-        TokenSubject::Dataplane { mesh, service } => Ok((mesh.clone(), service.clone(), claims)),
+        TokenSubject::Dataplane { mesh, service } => Ok(Credential::Token { mesh: mesh.clone(), service: service.clone(), claims }),
         TokenSubject::Zone { .. } => Err(Status::unauthenticated("this is a zone token, not a dataplane token")),
         TokenSubject::ZoneProxy { .. } => Err(Status::unauthenticated("this is a zone-proxy token (for gateways), not a dataplane token")),
+    }
+}
+
+/// How long a sidecar whose Pod has no Dataplane yet waits for the controller to write it.
+const POD_DATAPLANE_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The Dataplane the controller keeps for `pod` (the Pod itself, not an earlier one of the
+/// same name), waiting a little for a Pod the controller has not seen yet.
+async fn pod_dataplane(shared: &DpsShared, pod: &crate::k8s::identity::PodIdentity) -> Result<Resource, Status> {
+    use crate::k8s::controller::{ORIGIN_LABEL, POD_UID_LABEL};
+    let name = format!("{}.{}", pod.pod, pod.namespace);
+    let deadline = tokio::time::Instant::now() + POD_DATAPLANE_WAIT;
+    loop {
+        let found = shared
+            .resources
+            .list(ResourceType::Dataplane, None)
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?
+            .into_iter()
+            .find(|dp| dp.name == name && dp.labels.contains_key(ORIGIN_LABEL));
+        let seen_uid = found.as_ref().and_then(|dp| dp.labels.get(POD_UID_LABEL).cloned());
+        if let Some(dp) = found.filter(|_| seen_uid.as_deref() == Some(pod.pod_uid.as_str())) {
+            return Ok(dp);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            let why = match seen_uid {
+                Some(uid) => {
+                    format!("the zone's Dataplane {name} is of an earlier Pod of that name (uid {uid}, this one is {})", pod.pod_uid)
+                }
+                None => format!("the zone has no Dataplane {name}: the Pod needs an IP and a Service selecting it"),
+            };
+            return Err(Status::unavailable(format!("Pod {}/{} is not in the mesh yet: {why}; retrying", pod.namespace, pod.pod)));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
 }
 
@@ -129,21 +216,32 @@ async fn authenticate_gateway(resources: &Resources, zone: &str, token: &str) ->
 /// Holds while a session's token is neither expired nor revoked; the session ends when it stops
 /// holding, so an expired or revoked token gets no more configuration or certificates.
 pub(crate) struct TokenHold {
-    pub(crate) claims: TokenClaims,
+    pub(crate) expires_at: u64,
+    /// The claims of a Strait token, which the global may revoke (a service-account token is
+    /// revoked by deleting its Pod, which removes the Dataplane).
+    pub(crate) revocable: Option<TokenClaims>,
     pub(crate) what: &'static str,
 }
 
 impl TokenHold {
+    /// A Strait token, `what`.
+    pub(crate) fn strait(claims: TokenClaims, what: &'static str) -> Self {
+        TokenHold { expires_at: claims.expires_at, revocable: Some(claims), what }
+    }
+
     /// Resolves when the token expires.
     pub(crate) async fn expired(&self) -> Status {
-        let left = self.claims.expires_at.saturating_sub(unix_now());
+        let left = self.expires_at.saturating_sub(unix_now());
         tokio::time::sleep(std::time::Duration::from_secs(left)).await;
-        Status::unauthenticated(format!("the {} expired at {} (unix seconds); give it a new one", self.what, self.claims.expires_at))
+        Status::unauthenticated(format!("the {} expired at {} (unix seconds); give it a new one", self.what, self.expires_at))
     }
 
     /// Fails when the global revoked the token.
     pub(crate) async fn check(&self, resources: &Resources) -> Result<(), Status> {
-        check_revoked(resources, &self.claims, self.what).await
+        match &self.revocable {
+            Some(claims) => check_revoked(resources, claims, self.what).await,
+            None => Ok(()),
+        }
     }
 }
 
@@ -305,6 +403,7 @@ impl DataplaneSync for DpsService {
 
     async fn gateway(&self, request: Request<Streaming<GatewayMessage>>) -> Result<Response<Self::GatewayStream>, Status> {
         let peer = request.remote_addr().map(|a| a.to_string()).unwrap_or_else(|| "unknown".into());
+        self.shared.check_leading()?;
         let token = bearer(&request, "zone-proxy token")?;
         let claims = authenticate_gateway(&self.shared.resources, &self.shared.zone, &token)
             .await
@@ -325,7 +424,7 @@ impl DataplaneSync for DpsService {
             || tracing::info!(ingress = %registration.ingress_address, egress = %registration.egress_address, "gateway connected"),
         );
         let (tx, rx) = mpsc::channel(16);
-        let token = TokenHold { claims, what: "zone-proxy token" };
+        let token = TokenHold::strait(claims, "zone-proxy token");
         let session = gateway::GatewaySession { shared: self.shared.clone(), registration, token, tx };
         self.tasks.spawn(session.run(inbound).instrument(span));
         Ok(Response::new(ReceiverStream::new(rx)))
@@ -334,10 +433,10 @@ impl DataplaneSync for DpsService {
     async fn stream(&self, request: Request<Streaming<DataplaneMessage>>) -> Result<Response<Self::StreamStream>, Status> {
         let peer = request.remote_addr().map(|a| a.to_string()).unwrap_or_else(|| "unknown".into());
         let peer_ip = request.remote_addr().map(|a| a.ip().to_canonical());
+        let refused = |s: &Status| tracing::warn!(peer, reason = s.message(), "sidecar refused");
+        self.shared.check_leading()?;
         let token = bearer(&request, "dataplane token")?;
-        let (mesh, service, claims) = authenticate(&self.shared.resources, &token)
-            .await
-            .inspect_err(|s| tracing::warn!(peer, reason = s.message(), "sidecar refused"))?;
+        let credential = authenticate(&self.shared, &token).await.inspect_err(refused)?;
         let mut inbound = request.into_inner();
         let first = first_message(&mut inbound).await?;
         let Some(DataplaneMessage { message: Some(dataplane_message::Message::Hello(hello)) }) = first else {
@@ -349,15 +448,41 @@ impl DataplaneSync for DpsService {
                 hello.protocol
             )));
         }
-        let dp = check_dataplane(&hello.dataplane, &mesh, &service)
-            .and_then(|dp| check_address(&dp, peer_ip, &self.shared.allowed_addresses).map(|()| dp))
-            .inspect_err(|s| tracing::warn!(peer, reason = s.message(), "sidecar refused"))?;
+        let (dp, mesh, service, token, from_pod) = match credential {
+            Credential::Token { mesh, service, claims } => {
+                let dp = check_dataplane(&hello.dataplane, &mesh, &service)
+                    .and_then(|dp| check_address(&dp, peer_ip, &self.shared.allowed_addresses).map(|()| dp))
+                    .inspect_err(refused)?;
+                (dp, mesh, service, TokenHold::strait(claims, "dataplane token"), false)
+            }
+            Credential::Pod { pod, expires_at } => {
+                if !hello.dataplane.is_empty() {
+                    let status = Status::invalid_argument(
+                        "a sidecar that presents its Pod's service-account token sends no Dataplane: the zone keeps the Pod's Dataplane from its Services (start strait-dp with --kubernetes-token-file and without --dataplane-file)",
+                    );
+                    refused(&status);
+                    return Err(status);
+                }
+                let dp = pod_dataplane(&self.shared, &pod)
+                    .await
+                    .and_then(|dp| check_address(&dp, peer_ip, &self.shared.allowed_addresses).map(|()| dp))
+                    .inspect_err(refused)?;
+                let mesh = dp.mesh.clone().unwrap_or_default();
+                // Its workload certificate names the first of its services.
+                let service = match &dp.spec {
+                    Spec::Dataplane(spec) => spec.networking.inbound.first().map(|i| i.service().to_string()).unwrap_or_default(),
+                    _ => String::new(),
+                };
+                tracing::info!(peer, namespace = %pod.namespace, pod = %pod.pod, service_account = %pod.service_account, "sidecar authenticated by its Pod's service-account token");
+                (dp, mesh, service, TokenHold { expires_at, revocable: None, what: "service-account token" }, true)
+            }
+        };
         if self.shared.resources.get(ResourceType::Mesh, None, &mesh).await.map_err(|e| Status::unavailable(e.to_string()))?.is_none() {
             return Err(Status::failed_precondition(format!("mesh {mesh:?} is not known in this zone yet")));
         }
-        bind_name(&self.shared.resources, &mesh, &dp.name, &service, claims.expires_at)
-            .await
-            .inspect_err(|s| tracing::warn!(peer, reason = s.message(), "sidecar refused"))?;
+        if !from_pod {
+            bind_name(&self.shared.resources, &mesh, &dp.name, &service, token.expires_at).await.inspect_err(refused)?;
+        }
         let id = format!("{mesh}/{}", dp.name);
         if !self.shared.connected.lock().unwrap_or_else(|p| p.into_inner()).insert(id.clone()) {
             return Err(Status::already_exists(format!("dataplane {id} is already connected")));
@@ -367,10 +492,10 @@ impl DataplaneSync for DpsService {
             tracing::info_span!("dps_session", dataplane = %dp.name, mesh = %mesh, service = %service, zone = %self.shared.zone, peer);
         span.in_scope(|| tracing::info!("sidecar connected"));
         let (tx, rx) = mpsc::channel(16);
-        let token = TokenHold { claims, what: "dataplane token" };
         let session = session::Session {
             shared: self.shared.clone(),
             dp,
+            from_pod,
             mesh,
             service,
             id,

@@ -23,6 +23,10 @@ use super::DpsShared;
 pub struct Session {
     pub(super) shared: DpsShared,
     pub(super) dp: Resource,
+    /// Whether the Dataplane is the one the Kubernetes controller keeps for the sidecar's Pod:
+    /// then the session follows the stored Dataplane (its Services may change) and leaves it
+    /// in place when the stream ends (the Pod's deletion removes it).
+    pub(super) from_pod: bool,
     pub(super) mesh: String,
     pub(super) service: String,
     pub(super) id: String,
@@ -55,9 +59,10 @@ impl Session {
             Ok(()) => "sidecar closed the stream".to_string(),
             Err(s) => s.message().to_string(),
         };
-        match self.shared.resources.delete(ResourceType::Dataplane, Some(&self.mesh), &self.dp.name, None).await {
-            Ok(_) => {}
-            Err(e) => tracing::warn!(error = %e, "could not unregister the Dataplane"),
+        if !self.from_pod {
+            if let Err(e) = self.shared.resources.delete(ResourceType::Dataplane, Some(&self.mesh), &self.dp.name, None).await {
+                tracing::warn!(error = %e, "could not unregister the Dataplane");
+            }
         }
         self.clear_nack().await;
         self.shared.targets.remove(&self.dp);
@@ -81,13 +86,17 @@ impl Session {
         let mut events: WatchStream = store.watch(store.revision()).await.map_err(unavailable)?;
         // A revocation that arrived between the authentication and this watch is seen now.
         self.token.check(&self.shared.resources).await?;
-        self.shared.resources.put(&self.dp).await.map_err(unavailable)?;
-        crate::inventory::refresh(&self.shared.resources, &self.shared.inventory).await;
+        if !self.from_pod {
+            self.shared.resources.put(&self.dp).await.map_err(unavailable)?;
+            crate::inventory::refresh(&self.shared.resources, &self.shared.inventory).await;
+        }
         let mut last: Option<Vec<u8>> = None;
         self.push_config(&mut last).await?;
         let mut questions = self.shared.inspectors.register(&self.id);
+        let mut leading = self.shared.leading.clone();
         loop {
             tokio::select! {
+                status = super::lost_leadership(&mut leading) => return Err(status),
                 Some((what, answer)) = questions.recv() => {
                     let id = {
                         let mut inspecting = self.inspecting.lock().unwrap_or_else(|p| p.into_inner());
@@ -131,7 +140,8 @@ impl Session {
     /// reconnects and zone restarts too.
     async fn push_config(&self, last: &mut Option<Vec<u8>>) -> Result<(), Status> {
         let version = self.shared.resources.store().revision();
-        let config = match self.compute().await? {
+        let dp = self.current().await?;
+        let config = match self.compute(&dp).await? {
             Ok(config) => config,
             Err(e) => {
                 // The sidecar keeps what it has; nothing it could not apply is sent.
@@ -139,7 +149,7 @@ impl Session {
                 return Ok(());
             }
         };
-        self.shared.targets.set(&self.shared.zone, &self.dp, &config);
+        self.shared.targets.set(&self.shared.zone, &dp, &config);
         let Some(message) = super::changed_config(&config, version, last)? else { return Ok(()) };
         tracing::debug!(version, "sending configuration");
         self.tx.send(Ok(message)).await.map_err(|_| Status::cancelled("sidecar stream closed"))?;
@@ -147,7 +157,22 @@ impl Session {
         Ok(())
     }
 
-    async fn compute(&self) -> Result<Result<proxy_config::ProxyConfig, proxy_config::PolicyError>, Status> {
+    /// The sidecar's Dataplane now: the one it registered, or the one the controller keeps for
+    /// its Pod (gone when the Pod is, or when no Service selects it any more).
+    async fn current(&self) -> Result<std::borrow::Cow<'_, Resource>, Status> {
+        if !self.from_pod {
+            return Ok(std::borrow::Cow::Borrowed(&self.dp));
+        }
+        match self.shared.resources.get(ResourceType::Dataplane, Some(&self.mesh), &self.dp.name).await.map_err(unavailable)? {
+            Some(dp) => Ok(std::borrow::Cow::Owned(dp)),
+            None => Err(Status::not_found(format!(
+                "the zone removed Dataplane {}: its Pod is gone, or no Service selects it any more",
+                self.dp.name
+            ))),
+        }
+    }
+
+    async fn compute(&self, dp: &Resource) -> Result<Result<proxy_config::ProxyConfig, proxy_config::PolicyError>, Status> {
         let resources = &self.shared.resources;
         let mut all = Vec::new();
         for kind in ResourceType::ALL.iter().copied().filter(|k| k.is_mesh_scoped()) {
@@ -164,7 +189,7 @@ impl Session {
             .unwrap_or_default();
         let lifetime = self.certificate_lifetime().await?;
         let remote = crate::gateways::remote(resources.store().as_ref()).await.map_err(unavailable)?;
-        match proxy_config::build(&self.dp, &self.shared.zone, &all, &remote, bundle, lifetime.as_secs()) {
+        match proxy_config::build(dp, &self.shared.zone, &all, &remote, bundle, lifetime.as_secs()) {
             Ok(Some(config)) => Ok(Ok(config)),
             Ok(None) => Err(Status::internal("not a Dataplane")),
             Err(e) => Ok(Err(e)),

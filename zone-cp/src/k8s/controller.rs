@@ -28,6 +28,10 @@ use super::dataplanes;
 /// The label of a Dataplane that the controller manages.
 pub const ORIGIN_LABEL: &str = "k8s.strait.io/origin";
 const ORIGIN: &str = "pod";
+/// The label of a managed Dataplane that holds its Pod's UID: a sidecar's service-account
+/// token names its Pod's UID, so a Pod recreated under the same name cannot take over the
+/// Dataplane of the one before it.
+pub const POD_UID_LABEL: &str = "k8s.strait.io/pod-uid";
 
 /// Changes are applied this long after the last one, so a burst costs one pass.
 const DEBOUNCE: Duration = Duration::from_millis(100);
@@ -53,6 +57,9 @@ pub fn desired(pods: &[Arc<Pod>], services: &[Arc<Service>], namespaces: &[Arc<N
         // A Pod with no sidecar, no address yet, or on its way out has no Dataplane.
         if let Ok(mut dp) = dataplanes::dataplane(pod, &services, ns, zone) {
             dp.labels.insert(ORIGIN_LABEL.into(), ORIGIN.into());
+            if let Some(uid) = pod.metadata.uid.as_ref().filter(|u| !u.is_empty()) {
+                dp.labels.insert(POD_UID_LABEL.into(), uid.clone());
+            }
             out.insert(format!("{}/{}", dp.mesh.as_deref().unwrap_or_default(), dp.name), dp);
         }
     }

@@ -13,6 +13,7 @@
 //!   `kubernetes.io/h2c`, grpc; anything else tcp);
 //! - tags: the Pod's labels (those that are valid tags), `strait.io/zone`,
 //!   `k8s.strait.io/namespace`;
+//! - none while no Service selects the Pod;
 //! - out of the pool while the Pod's `Ready` condition is not true (else as its sidecar's probe
 //!   finds it);
 //! - transparent proxying on the sidecar's default ports (the injected init container
@@ -42,6 +43,8 @@ pub enum Skip {
     NoAddress,
     /// It is being deleted, or has ended.
     Gone,
+    /// No Service selects it (on a TCP port it has): it serves nothing to the mesh.
+    NoService,
 }
 
 /// The Dataplane of `pod` in zone `zone`, given the Services of its namespace and the
@@ -105,6 +108,9 @@ pub fn dataplane(pod: &Pod, services: &[&Service], namespace: Option<&Namespace>
                 health: (!ready).then_some(InboundHealth { ready: false }),
             });
         }
+    }
+    if inbound.is_empty() {
+        return Err(Skip::NoService);
     }
     let mesh = annotation(pod.metadata.annotations.as_ref())
         .or_else(|| namespace.and_then(|n| annotation(n.metadata.annotations.as_ref())))
@@ -233,7 +239,8 @@ mod tests {
 
         let ns: Namespace =
             serde_json::from_value(json!({ "metadata": { "name": "shop", "annotations": { "strait.io/mesh": "team-a" } } })).unwrap();
-        assert_eq!(dataplane(&web_pod(), &[], Some(&ns), "z").unwrap().mesh.as_deref(), Some("team-a"));
+        assert_eq!(dataplane(&web_pod(), &[&web_service()], Some(&ns), "z").unwrap().mesh.as_deref(), Some("team-a"));
+        assert_eq!(dataplane(&web_pod(), &[], None, "z").unwrap_err(), Skip::NoService, "a Pod no Service selects serves nothing");
 
         let mut plain = web_pod();
         plain.spec.as_mut().unwrap().init_containers = None;

@@ -19,6 +19,7 @@ use kube::api::PostParams;
 use kube::Api;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 /// How this replica takes part in the election.
 #[derive(Debug, Clone)]
@@ -122,12 +123,12 @@ async fn release(api: &Api<Lease>, config: &LeaseConfig) {
     }
 }
 
-/// Takes part in the election until `shutdown`; the returned watch says whether this
-/// replica leads.
-pub fn elect(client: kube::Client, config: LeaseConfig, shutdown: CancellationToken) -> watch::Receiver<bool> {
+/// Takes part in the election until `shutdown` (in a task of `tasks`, so that waiting for
+/// them waits for the Lease's release); the returned watch says whether this replica leads.
+pub fn elect(client: kube::Client, config: LeaseConfig, shutdown: CancellationToken, tasks: &TaskTracker) -> watch::Receiver<bool> {
     let (tx, rx) = watch::channel(false);
     let api: Api<Lease> = Api::namespaced(client, &config.namespace);
-    tokio::spawn(async move {
+    tasks.spawn(async move {
         let mut observed = Observed::default();
         let mut renewed: Option<Instant> = None;
         loop {
@@ -236,7 +237,7 @@ mod tests {
             duration: Duration::from_millis(3000),
             renew_every: Duration::from_millis(100),
         };
-        let leads = elect(client(server.clone(), cut.clone()), config, stop.clone());
+        let leads = elect(client(server.clone(), cut.clone()), config, stop.clone(), &TaskTracker::new());
         Replica { leads, cut, stop }
     }
 

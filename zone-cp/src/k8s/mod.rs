@@ -4,12 +4,49 @@
 //! Dataplane the zone serves its sidecar; [`controller`] keeps the zone's Dataplanes equal to
 //! what the cluster's Pods and Services call for; [`identity`] verifies a sidecar's projected
 //! service-account token with the API server and names its Pod; [`lease`] elects the one
-//! replica that leads.
+//! replica that leads; [`client`] connects to the API.
 
 pub mod controller;
 pub mod dataplanes;
 pub mod identity;
 pub mod lease;
+
+use std::path::Path;
+
+/// Where a Pod finds its service account's namespace.
+const SERVICE_ACCOUNT_NAMESPACE: &str = "/var/run/secrets/kubernetes.io/serviceaccount/namespace";
+
+/// A client of the Kubernetes API: from `kubeconfig` if given, else the Pod's service account
+/// (in a cluster), else `$KUBECONFIG` or `~/.kube/config`.
+pub async fn client(kubeconfig: Option<&Path>) -> anyhow::Result<kube::Client> {
+    let config = match kubeconfig {
+        Some(path) => {
+            let file = kube::config::Kubeconfig::read_from(path).map_err(|e| anyhow::anyhow!("--kubeconfig {}: {e}", path.display()))?;
+            kube::Config::from_custom_kubeconfig(file, &kube::config::KubeConfigOptions::default())
+                .await
+                .map_err(|e| anyhow::anyhow!("--kubeconfig {}: {e}", path.display()))?
+        }
+        None => kube::Config::infer().await.map_err(|e| {
+            anyhow::anyhow!("cannot reach the Kubernetes API: no service account in this Pod and no kubeconfig ({e}); give --kubeconfig")
+        })?,
+    };
+    kube::Client::try_from(config).map_err(|e| anyhow::anyhow!("the Kubernetes API client: {e}"))
+}
+
+/// The namespace of the zone's own objects (its leader Lease): `flag`, else its service
+/// account's, else `strait-system`.
+pub fn own_namespace(flag: Option<&str>) -> String {
+    flag.map(str::to_string)
+        .or_else(|| std::fs::read_to_string(SERVICE_ACCOUNT_NAMESPACE).ok().map(|n| n.trim().to_string()).filter(|n| !n.is_empty()))
+        .unwrap_or_else(|| "strait-system".into())
+}
+
+/// This replica's name in the election: `flag`, else the host name (a Pod's name).
+pub fn replica_name(flag: Option<&str>) -> String {
+    flag.map(str::to_string)
+        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok().map(|n| n.trim().to_string()).filter(|n| !n.is_empty()))
+        .unwrap_or_else(|| format!("strait-zone-{}", std::process::id()))
+}
 
 /// A Kubernetes API for unit tests: `answer` gets each request's method, path and body and
 /// gives the status code and JSON the API server would.
