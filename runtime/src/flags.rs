@@ -39,8 +39,15 @@ pub struct CpFlags {
     pub cp_address: String,
 
     /// PEM file of the CA of the zone's DPS endpoint (a copy of `<zone data-dir>/dps-ca.pem`).
-    #[arg(long, env = "STRAIT_CP_CA_FILE")]
-    pub cp_ca_file: std::path::PathBuf,
+    #[arg(long, env = "STRAIT_CP_CA_FILE", required_unless_present = "cp_ca", conflicts_with = "cp_ca")]
+    pub cp_ca_file: Option<std::path::PathBuf>,
+
+    /// The CA of the zone's DPS endpoint itself (PEM), instead of --cp-ca-file: what the
+    /// Kubernetes sidecar injector sets, since a Pod cannot mount a Secret of the control
+    /// plane's namespace.
+    #[arg(long, env = "STRAIT_CP_CA")]
+    #[serde(skip)]
+    pub cp_ca: Option<String>,
 
     /// Name the zone's DPS certificate is checked against.
     #[arg(long, env = "STRAIT_CP_SERVER_NAME", default_value = "strait-zone")]
@@ -58,14 +65,25 @@ impl CpFlags {
         if !self.cp_address.starts_with("https://") {
             problems.push(format!("--cp-address {:?}: must be an https:// URL (DPS always uses TLS)", self.cp_address));
         }
-        match std::fs::read_to_string(&self.cp_ca_file) {
+        if let Some(pem) = &self.cp_ca {
+            if !pem.contains("-----BEGIN CERTIFICATE-----") {
+                problems.push("--cp-ca: not a PEM certificate".into());
+                return None;
+            }
+            return Some(pem.clone());
+        }
+        let Some(path) = &self.cp_ca_file else {
+            problems.push("give --cp-ca-file (or --cp-ca)".into());
+            return None;
+        };
+        match std::fs::read_to_string(path) {
             Ok(pem) if pem.trim().is_empty() => {
-                problems.push(format!("--cp-ca-file {}: empty", self.cp_ca_file.display()));
+                problems.push(format!("--cp-ca-file {}: empty", path.display()));
                 None
             }
             Ok(pem) => Some(pem),
             Err(e) => {
-                problems.push(format!("--cp-ca-file {}: {e}", self.cp_ca_file.display()));
+                problems.push(format!("--cp-ca-file {}: {e}", path.display()));
                 None
             }
         }

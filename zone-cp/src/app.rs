@@ -30,6 +30,8 @@ pub struct ZoneCp {
     pub api_addr: SocketAddr,
     /// Where the dataplane config server (DPS) listens.
     pub dps_addr: SocketAddr,
+    /// Where the sidecar injection webhook listens, if it does.
+    pub injection_addr: Option<SocketAddr>,
     /// The CA sidecars trust for DPS.
     pub dps_ca_pem: String,
     store: Arc<dyn Store>,
@@ -217,9 +219,28 @@ impl ZoneCp {
                 tls: (!config.api_plaintext).then(|| dps_tls.clone()),
             },
         ));
+        let mut injection_addr = None;
+        if let (Some(image), crate::config::Environment::Kubernetes) = (&config.sidecar_image, config.environment) {
+            let namespace = crate::k8s::own_namespace(config.namespace.as_deref());
+            let injector = crate::k8s::injection::Injector {
+                image: image.clone(),
+                cp_address: config.sidecar_cp_address.clone().unwrap_or_else(|| format!("https://strait-zone.{namespace}.svc:7678")),
+                cp_ca_pem: dps_identity.ca_pem.clone(),
+            };
+            let listener = tokio::net::TcpListener::bind(config.injection_address)
+                .await
+                .map_err(|e| anyhow::anyhow!("binding the injection webhook to {}: {e}", config.injection_address))?;
+            injection_addr = Some(listener.local_addr()?);
+            tracing::info!(address = ?injection_addr, image = %injector.image, cp = %injector.cp_address, "serving the sidecar injection webhook");
+            let options = strait_cp_core::rest::serve::ServeOptions {
+                header_read_timeout: config.api_header_read_timeout,
+                tls: Some(dps_tls.clone()),
+            };
+            crate::k8s::serve_injection(listener, injector, options, shutdown.clone(), &tasks);
+        }
         tracing::info!(zone = %config.zone, api = %api_addr, dps = %dps_addr, global = %config.global_address, "zone control plane started");
         stop_on_failure.disarm();
-        Ok(ZoneCp { api_addr, dps_addr, dps_ca_pem: dps_identity.ca_pem, store: zone_store, shutdown, tasks })
+        Ok(ZoneCp { api_addr, dps_addr, injection_addr, dps_ca_pem: dps_identity.ca_pem, store: zone_store, shutdown, tasks })
     }
 
     /// The zone's store (for tests and tools).

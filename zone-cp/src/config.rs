@@ -148,6 +148,22 @@ pub struct Config {
     #[serde(with = "humanized")]
     pub leader_lease_duration: Duration,
 
+    /// With --environment kubernetes: the image of the sidecar that the zone's admission
+    /// webhook injects into the Pods of namespaces labelled strait.io/sidecar-injection=enabled.
+    /// Without it, the zone serves no webhook.
+    #[arg(long, env = "STRAIT_SIDECAR_IMAGE")]
+    pub sidecar_image: Option<String>,
+
+    /// With --sidecar-image: where the injected sidecars reach this zone's DPS. Default:
+    /// https://strait-zone.<namespace>.svc:7678.
+    #[arg(long, env = "STRAIT_SIDECAR_CP_ADDRESS")]
+    pub sidecar_cp_address: Option<String>,
+
+    /// With --sidecar-image: the address of the injection webhook (HTTPS, with the DPS
+    /// endpoint's certificate, which the webhook configuration's caBundle verifies).
+    #[arg(long, env = "STRAIT_INJECTION_ADDRESS", default_value = "0.0.0.0:7443")]
+    pub injection_address: SocketAddr,
+
     /// Policy types this zone refuses (NACKs), such as MeshFaultInjection in a production zone.
     #[arg(long, env = "STRAIT_DISABLED_POLICY_TYPES", value_delimiter = ',')]
     pub disabled_policy_types: Vec<String>,
@@ -198,10 +214,22 @@ impl Config {
                 ("--replica-name", self.replica_name.is_some()),
                 ("--leader-lease", self.leader_lease != "strait-zone-leader"),
                 ("--leader-lease-duration", self.leader_lease_duration != Duration::from_secs(15)),
+                ("--sidecar-image", self.sidecar_image.is_some()),
             ];
             for (flag, _) in kubernetes_only.iter().filter(|(_, given)| *given) {
                 problems.push(format!("{flag}: only used with --environment kubernetes (this zone runs with --environment universal)"));
             }
+        }
+        if self.sidecar_image.is_none() {
+            if self.sidecar_cp_address.is_some() {
+                problems.push("--sidecar-cp-address: only used with --sidecar-image (the injection webhook)".into());
+            }
+            if self.injection_address != SocketAddr::from(([0, 0, 0, 0], 7443)) {
+                problems.push("--injection-address: only used with --sidecar-image (the injection webhook)".into());
+            }
+        }
+        if let Some(address) = self.sidecar_cp_address.as_ref().filter(|a| !a.starts_with("https://")) {
+            problems.push(format!("--sidecar-cp-address {address:?}: must be an https:// URL (DPS always uses TLS)"));
         }
         if self.leader_lease_duration < Duration::from_secs(3) {
             problems.push(format!("--leader-lease-duration {}: must be at least 3s", strait_api::Duration(self.leader_lease_duration)));

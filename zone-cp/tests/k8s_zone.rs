@@ -57,6 +57,10 @@ async fn replica(args: &[String], dir: &Path, kubeconfig: &Path, name: &str) -> 
         "strait-system",
         "--leader-lease-duration",
         "3s",
+        "--sidecar-image",
+        "registry.example/strait:test",
+        "--injection-address",
+        "127.0.0.1:0",
     ] {
         args.push(extra.to_string());
     }
@@ -136,6 +140,47 @@ async fn pods_are_dataplanes_their_sidecars_connect_with_service_account_tokens_
     let first = replica(&args, dir.path(), &kubeconfig, "zone-a").await;
     until("zone-a to lead", Duration::from_secs(10), async || (holder(&kube).as_deref() == Some("zone-a")).then_some(())).await;
     let second = replica(&args, dir.path(), &kubeconfig, "zone-b").await;
+
+    // The injection webhook answers the API server's AdmissionReview over HTTPS, with the
+    // certificate of the DPS endpoint (the webhook configuration's caBundle is its CA).
+    let webhook = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(first.dps_ca_pem.as_bytes()).unwrap())
+        .build()
+        .unwrap();
+    let review = json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": {"uid": "b1", "namespace": "shop",
+        "kind": {"group": "", "version": "v1", "kind": "Pod"}, "operation": "CREATE", "object": pod("web-0", "")}});
+    let answer: Value = webhook
+        .post(format!("https://localhost:{}/inject", first.injection_addr.unwrap().port()))
+        .json(&review)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(answer["response"]["uid"], "b1");
+    assert_eq!(answer["response"]["allowed"], true);
+    assert!(answer["response"].get("patch").is_none(), "a Pod that has the sidecar already is left alone: {answer}");
+    let mut plain = pod("web-0", "");
+    plain["spec"]["initContainers"] = json!([]);
+    let mut review = review;
+    review["request"]["object"] = plain;
+    let answer: Value = webhook
+        .post(format!("https://localhost:{}/inject", first.injection_addr.unwrap().port()))
+        .json(&review)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    use base64::Engine as _;
+    let patch = base64::engine::general_purpose::STANDARD.decode(answer["response"]["patch"].as_str().expect("a patch")).unwrap();
+    let patch = String::from_utf8(patch).unwrap();
+    assert!(
+        patch.contains("registry.example/strait:test") && patch.contains("--cp-address=https://strait-zone.strait-system.svc:7678"),
+        "{patch}"
+    );
 
     kube.apply(namespace());
     kube.apply(service(json!([{"name": "http", "port": 80, "targetPort": "http", "appProtocol": "http"}])));

@@ -4,11 +4,13 @@
 //! Dataplane the zone serves its sidecar; [`controller`] keeps the zone's Dataplanes equal to
 //! what the cluster's Pods and Services call for; [`identity`] verifies a sidecar's projected
 //! service-account token with the API server and names its Pod; [`lease`] elects the one
-//! replica that leads; [`client`] connects to the API.
+//! replica that leads; [`injection`] adds the sidecar to Pods (the admission webhook);
+//! [`client`] connects to the API.
 
 pub mod controller;
 pub mod dataplanes;
 pub mod identity;
+pub mod injection;
 pub mod lease;
 
 use std::path::Path;
@@ -70,4 +72,35 @@ pub(crate) fn test_client(
         }
     });
     kube::Client::new(service, namespace)
+}
+
+/// Serves the sidecar injection webhook (`POST /inject`, AdmissionReview in and out) on
+/// `listener` with `options` (its TLS) until `shutdown`.
+pub fn serve_injection(
+    listener: tokio::net::TcpListener,
+    injector: injection::Injector,
+    options: strait_cp_core::rest::serve::ServeOptions,
+    shutdown: tokio_util::sync::CancellationToken,
+    tasks: &tokio_util::task::TaskTracker,
+) {
+    use axum::http::StatusCode;
+    use axum::response::IntoResponse;
+    let injector = std::sync::Arc::new(injector);
+    let router = axum::Router::new().route(
+        "/inject",
+        axum::routing::post(move |body: axum::body::Bytes| {
+            let injector = injector.clone();
+            async move {
+                let review: serde_json::Value = match serde_json::from_slice(&body) {
+                    Ok(v) => v,
+                    Err(e) => return (StatusCode::BAD_REQUEST, format!("not an AdmissionReview: {e}\n")).into_response(),
+                };
+                match injector.review(&review) {
+                    Ok(answer) => axum::Json(answer).into_response(),
+                    Err(e) => (StatusCode::BAD_REQUEST, format!("not an AdmissionReview: {e}\n")).into_response(),
+                }
+            }
+        }),
+    );
+    tasks.spawn(strait_cp_core::rest::serve::serve(listener, router, shutdown, std::time::Duration::from_secs(5), options));
 }
