@@ -60,8 +60,9 @@ VALUE_SETS = {
     },
     "zone with a load balancer": ZONE,
     "zone with a node port": merged(ZONE, {"gateway": {"service": {"type": "NodePort", "nodePort": 31001}, "advertiseIngressAddress": "192.0.2.4:31001"}}),
-    "zone with its own secrets": merged(ZONE, {"zone": {"token": "", "globalCa": "", "existingSecret": "my-zone", "dpsCa": {"existingSecret": "my-ca"}}, "gateway": {"proxyToken": "", "existingSecret": "my-gw"}}),
+    "zone with its own secrets": merged(ZONE, {"zone": {"token": "", "globalCa": "", "existingSecret": "my-zone", "dpsCa": {"existingSecret": "my-ca", "caCert": "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"}}, "gateway": {"proxyToken": "", "existingSecret": "my-gw"}}),
     "zone without a gateway or PDB": merged(ZONE, {"gateway": {"enabled": False, "advertiseIngressAddress": ""}, "zone": {"podDisruptionBudget": {"enabled": False}}}),
+    "zone with three replicas and no injection": merged(ZONE, {"zone": {"replicas": 3, "injection": {"enabled": False}}}),
 }
 
 # Values that cannot work, and a word the refusal must contain.
@@ -72,7 +73,8 @@ REFUSED = {
     "gateway without its address": (merged(ZONE, {"gateway": {"advertiseIngressAddress": ""}}), "advertiseIngressAddress"),
     "gateway without its token": (merged(ZONE, {"gateway": {"proxyToken": ""}}), "gateway.proxyToken"),
     "a zone name that is no DNS label": (merged(ZONE, {"zone": {"name": "Zone_1"}}), "name"),
-    "two zone replicas": (merged(ZONE, {"zone": {"replicas": 2}}), "replicas"),
+    "an unknown injection failure policy": (merged(ZONE, {"zone": {"injection": {"failurePolicy": "Retry"}}}), "failurePolicy"),
+    "its own DPS CA without its certificate": (merged(ZONE, {"zone": {"dpsCa": {"existingSecret": "my-ca"}}}), "zone.dpsCa.caCert"),
     "an unknown mode": ({"mode": "both"}, "mode"),
     "a node port out of range": (merged(ZONE, {"gateway": {"service": {"type": "NodePort", "nodePort": 80}}}), "nodePort"),
 }
@@ -106,8 +108,11 @@ def check_workloads(name, documents):
         security = pod.get("securityContext", {})
         if not security.get("runAsNonRoot") or security.get("seccompProfile", {}).get("type") != "RuntimeDefault":
             fail(f"{where}: pod is not restricted ({security})")
-        if pod.get("automountServiceAccountToken") is not False:
-            fail(f"{where}: mounts a service account token it does not use")
+        # Only the zone control plane talks to the Kubernetes API (Pods, Services, TokenReview,
+        # its Lease); no other workload mounts a token.
+        uses_api = doc["metadata"]["name"] == "strait-zone"
+        if pod.get("automountServiceAccountToken") is not uses_api:
+            fail(f"{where}: automountServiceAccountToken must be {uses_api} (only the zone uses the Kubernetes API)")
         for container in pod["containers"]:
             c = container.get("securityContext", {})
             if c.get("allowPrivilegeEscalation") is not False or c.get("capabilities", {}).get("drop") != ["ALL"] or not c.get("readOnlyRootFilesystem"):
@@ -117,6 +122,21 @@ def check_workloads(name, documents):
                     fail(f"{where}: container {container['name']} has no {field}")
             if not container.get("resources", {}).get("limits"):
                 fail(f"{where}: container {container['name']} has no limits")
+
+
+def check_webhook(name, documents):
+    """The injection webhook verifies the zone with the CA the zone's DPS certificate chains to."""
+    by_kind = {(d["kind"], d["metadata"]["name"]): d for d in documents}
+    hooks = [d for d in documents if d["kind"] == "MutatingWebhookConfiguration"]
+    ca = by_kind.get(("Secret", "strait-zone-dps-ca"))
+    for hook in hooks:
+        bundle = hook["webhooks"][0]["clientConfig"]["caBundle"]
+        if ca is not None and bundle != ca["data"]["ca.crt"]:
+            fail(f"{name}: the webhook's caBundle is not the DPS CA of Secret strait-zone-dps-ca")
+        service = hook["webhooks"][0]["clientConfig"]["service"]
+        ports = by_kind[("Service", service["name"])]["spec"]["ports"]
+        if not any(p["port"] == service["port"] for p in ports):
+            fail(f"{name}: the webhook calls port {service['port']} of Service {service['name']}, which has none")
 
 
 def main():
@@ -138,6 +158,7 @@ def main():
                 yaml.safe_dump_all(documents, out)
             validate_files([path], name)
             check_workloads(name, documents)
+            check_webhook(name, documents)
             expected = {"global": {"StatefulSet", "Service", "Secret", "ServiceAccount"}, "zone": {"Deployment", "Service", "ServiceAccount"}}[values["mode"]]
             if not expected <= set(kinds):
                 fail(f"{name}: expected {sorted(expected)} among {kinds}")

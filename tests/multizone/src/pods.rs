@@ -10,6 +10,12 @@
 //! `status.podIP` are the pod's name and the host's address), and whose paths under a mount
 //! point are the mounted directory's. A path argument outside every mount would not exist in
 //! the image: it fails the test.
+//!
+//! With a [`Cluster`], the harness also plays the kubelet's part with the API: a Pod that mounts
+//! its service-account token reaches the API server through `KUBECONFIG` (in place of the
+//! in-cluster files), a projected service-account token volume holds a token the cluster
+//! issued for that Pod and audience, and a container's own `securityContext.runAsUser` is the
+//! user it runs as (the injected sidecar's traffic is told apart by it).
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
@@ -78,10 +84,34 @@ pub fn secret_data(secret: &Value) -> BTreeMap<String, Vec<u8>> {
     out
 }
 
+/// Issues the projected service-account token of a pod (by name) for an audience.
+pub type TokenIssuer = Box<dyn Fn(&str, &str) -> String + Send + Sync>;
+
+/// What the cluster gives a Pod beyond its manifest.
+pub struct Cluster {
+    /// A kubeconfig for the API server, for Pods that mount their service-account token.
+    pub kubeconfig: PathBuf,
+    /// Issues the Pods' projected service-account tokens.
+    pub issue_token: TokenIssuer,
+}
+
 /// Starts container `container` of the pod template of `workload` (a Deployment, a
 /// StatefulSet, or a Pod) on `host` as pod `pod_name`, its Secret volumes filled from
 /// `secrets` (Secret objects, rendered or made by the test).
 pub fn run_container(net: &Net, host: &Host, workload: &Value, container: &str, pod_name: &str, secrets: &[&Value]) -> Proc {
+    run_container_in(net, host, workload, container, pod_name, secrets, None)
+}
+
+/// [`run_container`] in `cluster`, which gives the Pod its API access and tokens.
+pub fn run_container_in(
+    net: &Net,
+    host: &Host,
+    workload: &Value,
+    container: &str,
+    pod_name: &str,
+    secrets: &[&Value],
+    cluster: Option<&Cluster>,
+) -> Proc {
     let pod = if workload["kind"] == "Pod" { &workload["spec"] } else { &workload["spec"]["template"]["spec"] };
     let spec = pod["containers"]
         .as_array()
@@ -136,6 +166,22 @@ pub fn run_container(net: &Net, host: &Host, workload: &Value, container: &str, 
                 }
             }
             Some(v) if v.get("emptyDir").is_some() => {}
+            Some(v) if v.get("projected").is_some() => {
+                let cluster = cluster.unwrap_or_else(|| panic!("volume {volume_name} of {container}: a projected token needs a Cluster"));
+                for source in v["projected"]["sources"].as_array().into_iter().flatten() {
+                    let token = &source["serviceAccountToken"];
+                    assert!(
+                        token.is_object(),
+                        "volume {volume_name} of {container}: this harness projects only service-account tokens: {source}"
+                    );
+                    let audience = token["audience"].as_str().unwrap_or_default();
+                    let file = dir.join(token["path"].as_str().unwrap_or("token"));
+                    std::fs::write(&file, (cluster.issue_token)(pod_name, audience))
+                        .unwrap_or_else(|e| panic!("writing {}: {e}", file.display()));
+                    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap_or_default();
+                }
+                std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap_or_default();
+            }
             Some(v) => panic!("volume {volume_name} of {container}: this harness does not know {v}"),
             // A StatefulSet's volume claim template.
             None => {
@@ -178,6 +224,16 @@ pub fn run_container(net: &Net, host: &Host, workload: &Value, container: &str, 
     }
     for (name, value) in &env {
         cmd = cmd.env(name, value);
+    }
+    if pod["automountServiceAccountToken"] == true {
+        let cluster = cluster.unwrap_or_else(|| panic!("{container} mounts its service-account token: it needs a Cluster"));
+        cmd = cmd.env("KUBECONFIG", &cluster.kubeconfig);
+    }
+    if let Some(user) = spec["securityContext"]["runAsUser"].as_u64().filter(|u| *u != 0) {
+        let group = spec["securityContext"]["runAsGroup"].as_u64().unwrap_or(user);
+        // Its volumes must be reachable by that user, as the kubelet's are.
+        std::fs::set_permissions(net.dir(), std::fs::Permissions::from_mode(0o755)).unwrap_or_default();
+        cmd = cmd.wrapped("setpriv", &[&format!("--reuid={user}"), &format!("--regid={group}"), "--clear-groups"]);
     }
     host.spawn_cmd(&format!("{pod_name}/{container}"), cmd)
 }
