@@ -129,14 +129,14 @@ def check_webhook(name, documents):
     by_kind = {(d["kind"], d["metadata"]["name"]): d for d in documents}
     hooks = [d for d in documents if d["kind"] == "MutatingWebhookConfiguration"]
     ca = by_kind.get(("Secret", "strait-zone-dps-ca"))
-    for hook in hooks:
-        bundle = hook["webhooks"][0]["clientConfig"]["caBundle"]
+    for webhook in [w for hook in hooks for w in hook["webhooks"]]:
+        bundle = webhook["clientConfig"]["caBundle"]
         if ca is not None and bundle != ca["data"]["ca.crt"]:
-            fail(f"{name}: the webhook's caBundle is not the DPS CA of Secret strait-zone-dps-ca")
-        service = hook["webhooks"][0]["clientConfig"]["service"]
+            fail(f"{name}: the caBundle of webhook {webhook['name']} is not the DPS CA of Secret strait-zone-dps-ca")
+        service = webhook["clientConfig"]["service"]
         ports = by_kind[("Service", service["name"])]["spec"]["ports"]
         if not any(p["port"] == service["port"] for p in ports):
-            fail(f"{name}: the webhook calls port {service['port']} of Service {service['name']}, which has none")
+            fail(f"{name}: webhook {webhook['name']} calls port {service['port']} of Service {service['name']}, which has none")
 
 
 def main():

@@ -129,16 +129,19 @@ impl ZoneCp {
                 };
                 tracing::info!(namespace = %lease.namespace, lease = %lease.name, replica = %lease.identity, "Kubernetes mode: electing the leading replica");
                 let leading = crate::k8s::lease::elect(client.clone(), lease, shutdown.clone(), &tasks);
-                follow_cluster(
-                    client.clone(),
-                    config.zone.clone(),
-                    resources.clone(),
-                    inventory_tx.clone(),
-                    leading.clone(),
-                    &shutdown,
-                    &tasks,
-                );
-                Some((client, leading))
+                let webhook = config.sidecar_image.as_ref().map(|_| {
+                    let name = format!("strait-sidecar-injector-{}", crate::k8s::own_namespace(config.namespace.as_deref()));
+                    (name, dps_identity.ca_pem.clone())
+                });
+                let cluster = Cluster {
+                    client: client.clone(),
+                    zone: config.zone.clone(),
+                    resources: resources.clone(),
+                    inventory: inventory_tx.clone(),
+                    webhook,
+                };
+                let followed = follow_cluster(cluster, leading.clone(), &shutdown, &tasks);
+                Some((client, leading, followed))
             }
         };
         let targets = crate::discovery::Targets::default();
@@ -155,8 +158,8 @@ impl ZoneCp {
             targets: targets.clone(),
             inspectors: inspectors.clone(),
             traffic: traffic.clone(),
-            kubernetes: kubernetes.as_ref().map(|(client, _)| client.clone()),
-            leading: kubernetes.as_ref().map(|(_, leading)| leading.clone()),
+            kubernetes: kubernetes.as_ref().map(|(client, ..)| client.clone()),
+            leading: kubernetes.as_ref().map(|(_, leading, _)| leading.clone()),
         };
         // Keepalive pings find sidecars whose host vanished without closing its connection, so
         // their Dataplane is unregistered and a replacement can register.
@@ -181,7 +184,7 @@ impl ZoneCp {
             zone: Arc::new(config.zone.clone()),
             inventory: inventory_tx,
             targets,
-            leading: kubernetes.as_ref().map(|(_, leading)| leading.clone()),
+            leading: kubernetes.as_ref().map(|(_, leading, _)| leading.clone()),
         };
         // The intermediates and the zone identity, signed by the global over the sync stream.
         let signer = Arc::new(crate::certs::KdsSigner::default());
@@ -205,7 +208,9 @@ impl ZoneCp {
             certs: zone_certs,
             inspectors,
             traffic,
-            leading: kubernetes.map(|(_, leading)| leading),
+            // A new leader syncs once its Dataplanes are the cluster's, so the global never
+            // hears of a zone emptied by a handover.
+            leading: kubernetes.map(|(.., followed)| followed),
         };
         tasks.spawn(client.run(shutdown.clone()));
         let router = rest::router(api, Arc::new(admin_token));
@@ -260,17 +265,29 @@ impl ZoneCp {
     }
 }
 
-/// Runs the Kubernetes controller while this replica leads: the zone's Dataplanes follow the
-/// cluster's Pods and Services, and the inventory the global sees follows them.
-fn follow_cluster(
+/// What the leading replica keeps in step with the cluster.
+struct Cluster {
     client: kube::Client,
     zone: String,
     resources: Resources,
+    /// Publishes the zone's inventory after the controller's changes.
     inventory: watch::Sender<strait_api::kds::Inventory>,
+    /// The injection webhook's configuration (its name) and the CA it must trust.
+    webhook: Option<(String, String)>,
+}
+
+/// Runs the Kubernetes controller while this replica leads: the zone's Dataplanes follow the
+/// cluster's Pods and Services, and the inventory the global sees follows them. The returned
+/// watch is true while this replica leads and its controller has made a complete pass.
+fn follow_cluster(
+    cluster: Cluster,
     mut leading: watch::Receiver<bool>,
     shutdown: &CancellationToken,
     tasks: &TaskTracker,
-) {
+) -> watch::Receiver<bool> {
+    let Cluster { client, zone, resources, inventory, webhook } = cluster;
+    let (followed_tx, followed) = watch::channel(false);
+    let followed_tx = Arc::new(followed_tx);
     let changed = Arc::new(tokio::sync::Notify::new());
     let (refresh_resources, refresh_changed, stop) = (resources.clone(), changed.clone(), shutdown.clone());
     tasks.spawn(async move {
@@ -290,19 +307,45 @@ fn follow_cluster(
             }
             let term = shutdown.child_token();
             let on_change = {
-                let changed = changed.clone();
-                move || changed.notify_one()
+                let (changed, followed_tx) = (changed.clone(), followed_tx.clone());
+                move || {
+                    changed.notify_one();
+                    followed_tx.send_if_modified(|followed| !std::mem::replace(followed, true));
+                }
             };
             let controller =
                 tokio::spawn(crate::k8s::controller::run(client.clone(), zone.clone(), resources.clone(), on_change, term.clone()));
+            if let Some((name, ca_pem)) = webhook.clone() {
+                tokio::spawn(keep_ca_bundle(client.clone(), name, ca_pem, term.clone()));
+            }
             tokio::select! {
                 () = shutdown.cancelled() => {}
                 _ = leading.wait_for(|leads| !*leads) => tracing::info!("stopped leading: the controller stops"),
             }
+            followed_tx.send_replace(false);
             term.cancel();
             let _ = controller.await;
         }
     });
+    followed
+}
+
+/// Keeps the injection webhook's caBundle the zone's DPS CA while `term` lasts: at once, then
+/// every few minutes (a `helm upgrade` may write another), retrying sooner after a failure.
+async fn keep_ca_bundle(client: kube::Client, name: String, ca_pem: String, term: CancellationToken) {
+    loop {
+        let wait = match crate::k8s::injection::keep_ca_bundle(&client, &name, &ca_pem).await {
+            Ok(_) => std::time::Duration::from_secs(300),
+            Err(error) => {
+                tracing::warn!(webhook = %name, %error, "cannot check the injection webhook's caBundle; retrying");
+                std::time::Duration::from_secs(10)
+            }
+        };
+        tokio::select! {
+            () = term.cancelled() => return,
+            () = tokio::time::sleep(wait) => {}
+        }
+    }
 }
 
 /// The DPS CA given by --dps-ca-cert-file and --dps-ca-key-file, if any.

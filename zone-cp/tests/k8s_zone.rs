@@ -136,9 +136,23 @@ async fn pods_are_dataplanes_their_sidecars_connect_with_service_account_tokens_
     kube.write_kubeconfig(&kubeconfig);
     let (_global, args, ..) = common::global_and_zone_args(dir.path(), "127.0.0.1:0").await;
 
+    // The webhook configuration as an install left it, with a CA that is not the zone's.
+    kube.apply(json!({"apiVersion": "admissionregistration.k8s.io/v1", "kind": "MutatingWebhookConfiguration",
+        "metadata": {"name": "strait-sidecar-injector-strait-system"},
+        "webhooks": [{"name": "sidecar-injector.strait.io", "admissionReviewVersions": ["v1"], "sideEffects": "None",
+            "clientConfig": {"caBundle": "c3RhbGU=", "service": {"name": "strait-zone", "namespace": "strait-system", "path": "/inject", "port": 443}}}]}));
+
     // The first replica takes the Lease; the second stands by and refuses sidecars.
     let first = replica(&args, dir.path(), &kubeconfig, "zone-a").await;
     until("zone-a to lead", Duration::from_secs(10), async || (holder(&kube).as_deref() == Some("zone-a")).then_some(())).await;
+    // The leader makes the webhook trust its certificate's CA.
+    use base64::Engine as _;
+    let ca_bundle = base64::engine::general_purpose::STANDARD.encode(&first.dps_ca_pem);
+    until("the webhook's caBundle to be the zone's CA", Duration::from_secs(10), async || {
+        let hook = kube.get("MutatingWebhookConfiguration", "", "strait-sidecar-injector-strait-system")?;
+        (hook["webhooks"][0]["clientConfig"]["caBundle"] == json!(ca_bundle)).then_some(())
+    })
+    .await;
     let second = replica(&args, dir.path(), &kubeconfig, "zone-b").await;
 
     // The injection webhook answers the API server's AdmissionReview over HTTPS, with the
@@ -174,7 +188,6 @@ async fn pods_are_dataplanes_their_sidecars_connect_with_service_account_tokens_
         .json()
         .await
         .unwrap();
-    use base64::Engine as _;
     let patch = base64::engine::general_purpose::STANDARD.decode(answer["response"]["patch"].as_str().expect("a patch")).unwrap();
     let patch = String::from_utf8(patch).unwrap();
     assert!(

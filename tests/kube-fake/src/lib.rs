@@ -6,7 +6,8 @@
 //! closed after `timeoutSeconds`); creates and replaces Leases with optimistic concurrency (a
 //! stale resource version is a `409 Conflict`, a second create `409 AlreadyExists`); and
 //! answers TokenReviews for the tokens a test registers, bound to a Pod and an audience, as
-//! the API server does for projected service-account tokens. Tests change objects while
+//! the API server does for projected service-account tokens; and reads and replaces
+//! MutatingWebhookConfigurations (a stale resource version is a conflict). Tests change objects while
 //! clients watch, and point a client at it with [`FakeKube::write_kubeconfig`].
 
 use std::collections::{BTreeMap, HashMap};
@@ -86,8 +87,14 @@ fn collection(kind: &str) -> &'static str {
         "Service" => "services",
         "Namespace" => "namespaces",
         "Lease" => "leases",
+        "MutatingWebhookConfiguration" => "mutatingwebhookconfigurations",
         other => panic!("the fake API server does not hold {other}"),
     }
+}
+
+/// Whether objects of `kind` belong to no namespace.
+fn cluster_scoped(kind: &str) -> bool {
+    matches!(kind, "Namespace" | "MutatingWebhookConfiguration")
 }
 
 fn list_kind(collection: &str) -> &'static str {
@@ -116,6 +123,10 @@ impl FakeKube {
             .route("/apis/coordination.k8s.io/v1/namespaces/{namespace}/leases", post(create_lease))
             .route("/apis/coordination.k8s.io/v1/namespaces/{namespace}/leases/{name}", get(get_lease).put(replace_lease))
             .route("/apis/authentication.k8s.io/v1/tokenreviews", post(token_review))
+            .route(
+                "/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations/{name}",
+                get(get_webhook_configuration).put(replace_webhook_configuration),
+            )
             .with_state(shared.clone());
         let listener = tokio::net::TcpListener::bind(addr).await.expect("bind the fake Kubernetes API");
         let addr = listener.local_addr().expect("local address");
@@ -142,7 +153,7 @@ impl FakeKube {
         let kind = object["kind"].as_str().expect("kind").to_string();
         let collection = collection(&kind).to_string();
         let namespace =
-            if kind == "Namespace" { String::new() } else { object["metadata"]["namespace"].as_str().unwrap_or("default").to_string() };
+            if cluster_scoped(&kind) { String::new() } else { object["metadata"]["namespace"].as_str().unwrap_or("default").to_string() };
         let name = object["metadata"]["name"].as_str().expect("metadata.name").to_string();
         let mut inner = self.shared.lock();
         inner.revision += 1;
@@ -169,7 +180,7 @@ impl FakeKube {
     /// Deletes an object; whether it was there.
     pub fn delete(&self, kind: &str, namespace: &str, name: &str) -> bool {
         let collection = collection(kind).to_string();
-        let namespace = if kind == "Namespace" { "" } else { namespace };
+        let namespace = if cluster_scoped(kind) { "" } else { namespace };
         let mut inner = self.shared.lock();
         let Some(mut object) = inner.objects.remove(&(collection.clone(), namespace.to_string(), name.to_string())) else { return false };
         inner.revision += 1;
@@ -183,7 +194,7 @@ impl FakeKube {
 
     /// The object stored under that name, if any.
     pub fn get(&self, kind: &str, namespace: &str, name: &str) -> Option<Value> {
-        let namespace = if kind == "Namespace" { "" } else { namespace };
+        let namespace = if cluster_scoped(kind) { "" } else { namespace };
         self.shared.lock().objects.get(&(collection(kind).to_string(), namespace.to_string(), name.to_string())).cloned()
     }
 
@@ -353,4 +364,48 @@ async fn token_review(State(shared): State<Arc<Shared>>, Json(review): Json<Valu
     let answer = json!({"kind": "TokenReview", "apiVersion": "authentication.k8s.io/v1", "metadata": {"creationTimestamp": null},
         "spec": review["spec"], "status": result});
     (StatusCode::CREATED, Json(answer)).into_response()
+}
+
+fn webhook_key(name: &str) -> (String, String, String) {
+    ("mutatingwebhookconfigurations".into(), String::new(), name.into())
+}
+
+async fn get_webhook_configuration(State(shared): State<Arc<Shared>>, Path(name): Path<String>) -> Response {
+    if let Some(down) = arrive(&shared, "GET", &format!("/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations/{name}")) {
+        return down;
+    }
+    match shared.lock().objects.get(&webhook_key(&name)) {
+        Some(object) => Json(object.clone()).into_response(),
+        None => status(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            format!("mutatingwebhookconfigurations.admissionregistration.k8s.io \"{name}\" not found"),
+        ),
+    }
+}
+
+async fn replace_webhook_configuration(
+    State(shared): State<Arc<Shared>>,
+    Path(name): Path<String>,
+    Json(mut object): Json<Value>,
+) -> Response {
+    if let Some(down) = arrive(&shared, "PUT", &format!("/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations/{name}")) {
+        return down;
+    }
+    let mut inner = shared.lock();
+    let Some(current) = inner.objects.get(&webhook_key(&name)).cloned() else {
+        return status(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            format!("mutatingwebhookconfigurations.admissionregistration.k8s.io \"{name}\" not found"),
+        );
+    };
+    if current["metadata"]["resourceVersion"] != object["metadata"]["resourceVersion"] {
+        return status(StatusCode::CONFLICT, "Conflict", format!("Operation cannot be fulfilled on mutatingwebhookconfigurations.admissionregistration.k8s.io \"{name}\": the object has been modified; please apply your changes to the latest version and try again"));
+    }
+    inner.revision += 1;
+    object["metadata"]["resourceVersion"] = json!(inner.revision.to_string());
+    object["metadata"]["uid"] = current["metadata"]["uid"].clone();
+    inner.objects.insert(webhook_key(&name), object.clone());
+    Json(object).into_response()
 }

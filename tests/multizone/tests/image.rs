@@ -3,9 +3,12 @@
 //! binary run inside it.
 //!
 //! `deploy/image/build-rootfs.sh` assembles the root filesystem from the binaries of this
-//! build. Its file list is checked against what `ldd` says each binary loads; as root, each
-//! binary then runs inside that root as user 65532 (`chroot --userspec`), so a missing library
-//! fails here; where buildah is installed (always in CI), the image is built from the
+//! build and the host's iptables (nf_tables variant, with its extensions), which the injected
+//! init container runs. Its file list is checked against what `ldd` says each binary and
+//! extension loads; as root, each binary then runs inside that root as user 65532 (`chroot
+//! --userspec`), so a missing library fails here, and `strait-dp transparent-proxy install`
+//! runs inside it in a network namespace of its own, as the init container does, and leaves
+//! its rules there; where buildah is installed (always in CI), the image is built from the
 //! Containerfile, its user checked, and `strait-zone --version` run inside it.
 
 use std::collections::BTreeSet;
@@ -56,6 +59,20 @@ fn the_image_holds_the_binaries_their_libraries_and_nothing_else() {
     for b in BINARIES {
         expected.extend(libraries(&bin_dir().join(b)));
     }
+    let xtables = Path::new("/usr/sbin/xtables-nft-multi");
+    expected.insert(xtables.display().to_string());
+    expected.extend(libraries(xtables));
+    let extensions = std::fs::read_dir("/usr/lib")
+        .unwrap()
+        .filter_map(|e| e.ok().map(|e| e.path().join("xtables")))
+        .find(|dir| dir.join("libxt_owner.so").exists())
+        .expect("iptables' extensions");
+    for extension in std::fs::read_dir(&extensions).unwrap().filter_map(|e| e.ok().map(|e| e.path())) {
+        if extension.extension().is_some_and(|x| x == "so") {
+            expected.insert(extension.display().to_string());
+            expected.extend(libraries(&extension));
+        }
+    }
     assert_eq!(files, expected, "the image holds exactly the binaries, their libraries and the user");
     assert!(!rootfs.join("bin/sh").exists() && !rootfs.join("usr/bin/sh").exists(), "no shell");
     let passwd = std::fs::read_to_string(rootfs.join("etc/passwd")).unwrap();
@@ -71,6 +88,43 @@ fn the_image_holds_the_binaries_their_libraries_and_nothing_else() {
     }
     let (shell, _) = run("chroot", &[rootfs.to_str().unwrap(), "/bin/sh", "-c", "true"]);
     assert!(!shell, "a shell ran inside the image");
+    for name in ["iptables", "ip6tables", "iptables-restore", "iptables-save"] {
+        let target = std::fs::read_link(rootfs.join("usr/sbin").join(name)).unwrap_or_else(|e| panic!("/usr/sbin/{name}: {e}"));
+        assert_eq!(target, Path::new("xtables-nft-multi"), "/usr/sbin/{name}");
+    }
+
+    // The injected init container: the transparent proxy's rules, installed from inside the
+    // image (its PATH, its iptables) into a network namespace of its own. The runtime gives a
+    // container /dev; the chroot gets /dev/null.
+    if system_program(&["ip"], "iproute2").is_some() {
+        std::fs::create_dir_all(rootfs.join("dev")).unwrap();
+        let (ok, text) = run("mknod", &["-m", "666", rootfs.join("dev/null").to_str().unwrap(), "c", "1", "3"]);
+        assert!(ok, "mknod /dev/null: {text}");
+        let ns = format!("strait-image-{}", std::process::id());
+        let (ok, text) = run("ip", &["netns", "add", &ns]);
+        assert!(ok, "ip netns add: {text}");
+        let installed = run(
+            "ip",
+            &[
+                "netns",
+                "exec",
+                &ns,
+                "env",
+                "-i",
+                "PATH=/usr/bin:/usr/sbin",
+                "chroot",
+                rootfs.to_str().unwrap(),
+                "/usr/bin/strait-dp",
+                "transparent-proxy",
+                "install",
+                "--proxy-uid=5678",
+            ],
+        );
+        let rules = run("ip", &["netns", "exec", &ns, "chroot", rootfs.to_str().unwrap(), "/usr/sbin/iptables", "-t", "nat", "-S"]);
+        let _ = run("ip", &["netns", "del", &ns]);
+        assert!(installed.0, "transparent-proxy install inside the image: {}", installed.1);
+        assert!(rules.1.contains("-A STRAIT_OUTBOUND -m owner --uid-owner 5678 -j RETURN"), "the rules inside the namespace:\n{}", rules.1);
+    }
 
     let Some(buildah) = system_program(&["buildah"], "buildah") else { return };
     let (storage, runroot) = (dir.path().join("storage"), dir.path().join("run"));

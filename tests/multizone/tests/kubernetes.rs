@@ -348,4 +348,9 @@ fn a_global_a_zone_and_injected_pods_run_as_the_chart_and_the_webhook_render_the
         }
     });
     assert!(dataplanes.contains("backend.shop.svc.80"), "{dataplanes}");
+    // And the global shows the injected sidecar, through the zone's sync stream.
+    let inspected = global.straitctl(&net, &["inspect", "dataplane", "backend-6c4d-2xk9q.shop", "--mesh", "default"]);
+    inspected.assert_success();
+    println!("straitctl inspect dataplane backend-6c4d-2xk9q.shop --mesh default:\n{}", inspected.stdout);
+    assert!(inspected.stdout.contains("backend.shop.svc.80"), "{}", inspected.stdout);
 }

@@ -154,6 +154,8 @@ where
 }
 
 /// Runs the controller until `shutdown`: Dataplanes of zone `zone` follow the cluster.
+/// `on_change` is called after the first complete pass (the zone's Dataplanes are then the
+/// cluster's), and after every pass that changed a Dataplane.
 pub async fn run(
     client: kube::Client,
     zone: String,
@@ -177,12 +179,16 @@ pub async fn run(
         _ = ready => {}
     }
     tracing::info!("the Kubernetes caches are complete: Dataplanes follow the cluster's Pods");
+    let mut first = true;
     loop {
         let wanted = desired(&caches.pods.state(), &caches.services.state(), &caches.namespaces.state(), &zone);
         match apply(&resources, &wanted).await {
             Ok(pass) => {
-                if !pass.written.is_empty() || !pass.removed.is_empty() {
+                let changed = !pass.written.is_empty() || !pass.removed.is_empty();
+                if changed {
                     tracing::info!(written = ?pass.written, removed = ?pass.removed, "Dataplanes follow the cluster");
+                }
+                if changed || std::mem::take(&mut first) {
                     on_change();
                 }
             }

@@ -186,6 +186,31 @@ impl Injector {
     }
 }
 
+/// Makes the `caBundle` of every webhook of the MutatingWebhookConfiguration `name` the CA of
+/// the zone's DPS endpoint (which serves the webhook), so that the API server trusts the
+/// webhook whatever the chart wrote; whether it changed anything. A configuration that does
+/// not exist (injection installed otherwise, or not at all) is left alone.
+pub async fn keep_ca_bundle(client: &kube::Client, name: &str, ca_pem: &str) -> Result<bool, kube::Error> {
+    use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
+    use k8s_openapi::ByteString;
+    let api: kube::Api<MutatingWebhookConfiguration> = kube::Api::all(client.clone());
+    let Some(mut configuration) = api.get_opt(name).await? else { return Ok(false) };
+    let wanted = ByteString(ca_pem.as_bytes().to_vec());
+    let mut changed = false;
+    for webhook in configuration.webhooks.iter_mut().flatten() {
+        if webhook.client_config.ca_bundle.as_ref() != Some(&wanted) {
+            webhook.client_config.ca_bundle = Some(wanted.clone());
+            changed = true;
+        }
+    }
+    if changed {
+        // The resource version read above makes this a compare-and-swap.
+        api.replace(name, &kube::api::PostParams::default(), &configuration).await?;
+        tracing::info!(webhook = name, "set the injection webhook's caBundle to the zone's DPS CA");
+    }
+    Ok(changed)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
