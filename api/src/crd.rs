@@ -49,7 +49,53 @@ pub fn definitions() -> Vec<Value> {
 
 /// Every CRD as one multi-document YAML stream (what `straitctl install crds` prints).
 pub fn yaml() -> String {
-    definitions().iter().map(document_yaml).collect::<Vec<_>>().join("")
+    files().into_iter().map(|(_, text)| text).collect::<Vec<_>>().join("")
+}
+
+/// What a cluster needs, as files: one per CRD ([`file_name`]), and [`READ_ONLY_FILE`] with the
+/// admission policy that keeps Strait's objects read-only.
+pub fn files() -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> =
+        kinds().into_iter().zip(definitions()).map(|(kind, crd)| (file_name(kind), document_yaml(&crd))).collect();
+    out.push((READ_ONLY_FILE.to_string(), read_only_policy().iter().map(document_yaml).collect()));
+    out
+}
+
+/// The file of the read-only admission policy.
+pub const READ_ONLY_FILE: &str = "read-only.strait.io.yaml";
+
+/// The service account (in any namespace) of the zone control plane, which alone writes
+/// Strait's objects in a cluster (its read-only copies of what the global holds).
+pub const WRITER_SERVICE_ACCOUNT: &str = "strait-zone";
+
+/// A ValidatingAdmissionPolicy and its binding: the API server refuses every write of a
+/// `strait.io` object but the zone control plane's (its service account [`WRITER_SERVICE_ACCOUNT`]),
+/// saying how to change a policy instead ([`READ_ONLY`]).
+pub fn read_only_policy() -> Vec<Value> {
+    let labels = json!({ "app.kubernetes.io/name": "strait", "app.kubernetes.io/part-of": "strait" });
+    let writer = format!(
+        "request.userInfo.username.startsWith('system:serviceaccount:') && request.userInfo.username.endsWith(':{WRITER_SERVICE_ACCOUNT}')"
+    );
+    vec![
+        json!({
+            "apiVersion": "admissionregistration.k8s.io/v1",
+            "kind": "ValidatingAdmissionPolicy",
+            "metadata": { "name": "strait-read-only", "labels": labels },
+            "spec": {
+                "failurePolicy": "Fail",
+                "matchConstraints": { "resourceRules": [{
+                    "apiGroups": [GROUP], "apiVersions": ["*"], "operations": ["CREATE", "UPDATE", "DELETE"], "resources": ["*"],
+                }] },
+                "validations": [{ "expression": writer, "message": READ_ONLY, "reason": "Forbidden" }],
+            },
+        }),
+        json!({
+            "apiVersion": "admissionregistration.k8s.io/v1",
+            "kind": "ValidatingAdmissionPolicyBinding",
+            "metadata": { "name": "strait-read-only", "labels": labels },
+            "spec": { "policyName": "strait-read-only", "validationActions": ["Deny"] },
+        }),
+    ]
 }
 
 /// The file name of `kind`'s CRD in a chart's `crds/` directory, such as
@@ -103,9 +149,6 @@ fn definition(kind: ResourceType, spec: Value, spec_required: bool) -> Value {
     if spec_required {
         root["required"] = json!(["spec"]);
     }
-    // Nothing reads these objects from Kubernetes yet: the API server refuses them, with the
-    // way that works, rather than store what would have no effect.
-    root["x-kubernetes-validations"] = json!([{ "rule": "false", "message": refusal(kind) }]);
     let mut names = json!({
         "kind": kind.name(),
         "listKind": format!("{}List", kind.name()),
@@ -186,13 +229,8 @@ pub fn from_custom_resource(object: &Value) -> Result<crate::Resource, crate::Va
     crate::Resource::from_value(value)
 }
 
-/// Why the API server refuses a `kind` object: Strait does not read them from Kubernetes yet.
-pub fn refusal(kind: ResourceType) -> String {
-    format!(
-        "Strait does not read {} objects from Kubernetes yet, so this one would have no effect: apply it with `straitctl apply` or the REST API of the global control plane",
-        kind.name()
-    )
-}
+/// Why the API server refuses a write of a Strait object (see [`read_only_policy`]).
+pub const READ_ONLY: &str = "Strait's objects in Kubernetes are read-only copies of what the global control plane holds, written by the zone control plane: change them with `straitctl apply` or the REST API of the global control plane";
 
 /// The OpenAPI document of the PUT bodies of every type, refined with the validators' rules
 /// as the REST API's is.
@@ -553,11 +591,14 @@ mod tests {
             let schema = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"];
             check_structural(schema, &name, &mut problems);
             assert!(!serde_json::to_string(crd).unwrap().contains("$ref"), "{name} still refers to a schema");
-            // Until something reads them from Kubernetes, the API server refuses them, saying how.
-            let rules = &schema["x-kubernetes-validations"];
-            assert_eq!(rules[0]["rule"], "false", "{name}");
-            assert!(rules[0]["message"].as_str().is_some_and(|m| m.contains("straitctl apply")), "{name}");
         }
+        // The API server refuses every write but the zone's, saying how to change a policy.
+        let policy = read_only_policy();
+        assert_eq!(policy[0]["spec"]["matchConstraints"]["resourceRules"][0]["apiGroups"], json!([GROUP]));
+        let check = &policy[0]["spec"]["validations"][0];
+        assert!(check["expression"].as_str().is_some_and(|e| e.contains("':strait-zone'")), "{check}");
+        assert!(check["message"].as_str().is_some_and(|m| m.contains("straitctl apply")), "{check}");
+        assert_eq!(policy[1]["spec"], json!({"policyName": "strait-read-only", "validationActions": ["Deny"]}));
         assert!(problems.is_empty(), "not structural:\n{}", problems.join("\n"));
     }
 
@@ -590,7 +631,9 @@ mod tests {
     fn the_yaml_stream_parses_back_to_the_definitions() {
         let text = yaml();
         let parsed: Vec<Value> = serde_yaml::Deserializer::from_str(&text).map(|d| Value::deserialize(d).unwrap()).collect();
-        assert_eq!(parsed, definitions());
+        let mut expected = definitions();
+        expected.extend(read_only_policy());
+        assert_eq!(parsed, expected);
     }
 
     use serde::Deserialize;
@@ -621,8 +664,10 @@ mod tests {
     #[test]
     fn the_charts_crds_are_what_the_types_generate() {
         let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/k8s/strait/crds");
-        let expected: std::collections::BTreeMap<String, String> =
-            kinds().into_iter().zip(definitions()).map(|(kind, crd)| (file_name(kind), document_yaml(&crd))).collect();
+        let mut expected: std::collections::BTreeMap<String, String> = files().into_iter().collect();
+        let policy = expected.remove(READ_ONLY_FILE);
+        let template = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/k8s/strait/templates/", "read-only.strait.io.yaml");
+        let policy_stale = std::fs::read_to_string(template).ok() != policy;
         let found: std::collections::BTreeMap<String, String> = std::fs::read_dir(dir)
             .map(|entries| {
                 entries
@@ -637,8 +682,8 @@ mod tests {
             .chain(found.keys().filter(|k| !expected.contains_key(*k)))
             .collect();
         assert!(
-            stale.is_empty(),
-            "deploy/k8s/strait/crds differs from what the API types generate ({stale:?}); regenerate it with\n  cargo run -q -p straitctl -- install crds --output-dir deploy/k8s/strait/crds"
+            stale.is_empty() && !policy_stale,
+            "deploy/k8s/strait/crds ({stale:?}) or templates/{READ_ONLY_FILE} (stale: {policy_stale}) differ from what the API types generate; regenerate them with\n  cargo run -q -p straitctl -- install crds --output-dir deploy/k8s/strait/crds --policy-dir deploy/k8s/strait/templates"
         );
     }
 }

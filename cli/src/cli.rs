@@ -130,7 +130,8 @@ them for clusters where CRDs are managed apart from releases. It needs no contro
 #[derive(Debug, Subcommand)]
 pub enum InstallCommand {
     /// The CustomResourceDefinitions of every resource type (strait.io/v1alpha1), generated
-    /// from the same types and rules as the REST API
+    /// from the same types and rules as the REST API, and the admission policy that keeps
+    /// their objects read-only (only the zone control plane writes its copies)
     Crds(InstallCrdsArgs),
 }
 
@@ -141,6 +142,11 @@ pub struct InstallCrdsArgs {
     /// printing them all; files of earlier CRDs that no longer exist are removed
     #[arg(long, value_name = "DIR")]
     pub output_dir: Option<PathBuf>,
+
+    /// With --output-dir: write the read-only admission policy (read-only.strait.io.yaml) into
+    /// this directory instead (a Helm chart's templates/: Helm's crds/ takes only CRDs)
+    #[arg(long, value_name = "DIR", requires = "output_dir")]
+    pub policy_dir: Option<PathBuf>,
 }
 
 const INSPECT_EXAMPLES: &str = "\

@@ -159,6 +159,10 @@ def main():
             validate_files([path], name)
             check_workloads(name, documents)
             check_webhook(name, documents)
+            # Only the zone control plane writes Strait's objects: an admission policy refuses the rest.
+            policy = [d["kind"] for d in documents if d["kind"].startswith("ValidatingAdmissionPolicy")]
+            if sorted(policy) != ["ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"]:
+                fail(f"{name}: the read-only admission policy and its binding are not rendered ({policy})")
             expected = {"global": {"StatefulSet", "Service", "Secret", "ServiceAccount"}, "zone": {"Deployment", "Service", "ServiceAccount"}}[values["mode"]]
             if not expected <= set(kinds):
                 fail(f"{name}: expected {sorted(expected)} among {kinds}")
@@ -177,10 +181,16 @@ def main():
         fail("the chart has no CRDs")
     validate_files(crd_files, "CRDs")
     schemas = {}
+    policies = []
     for path in crd_files:
-        crd = yaml.safe_load(open(path))
-        schemas[crd["spec"]["names"]["kind"]] = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
-    print(f"ok   {len(crd_files)} CRDs")
+        for doc in yaml.safe_load_all(open(path)):
+            if doc["kind"] == "CustomResourceDefinition":
+                schemas[doc["spec"]["names"]["kind"]] = doc["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+            else:
+                policies.append(doc["kind"])
+    print(f"ok   {len(schemas)} CRDs")
+    if policies:
+        fail(f"the chart's crds/ hold {policies} besides the CRDs (Helm takes only CRDs there)")
 
     examples = 0
     for path in sorted(glob.glob(os.path.join(ROOT, "deploy", "examples", "*.yaml"))):

@@ -135,6 +135,7 @@ impl ZoneCp {
                 });
                 let cluster = Cluster {
                     client: client.clone(),
+                    namespace: crate::k8s::own_namespace(config.namespace.as_deref()),
                     zone: config.zone.clone(),
                     resources: resources.clone(),
                     inventory: inventory_tx.clone(),
@@ -268,6 +269,8 @@ impl ZoneCp {
 /// What the leading replica keeps in step with the cluster.
 struct Cluster {
     client: kube::Client,
+    /// The zone's own namespace (where the copies of the global's policies go).
+    namespace: String,
     zone: String,
     resources: Resources,
     /// Publishes the zone's inventory after the controller's changes.
@@ -285,7 +288,7 @@ fn follow_cluster(
     shutdown: &CancellationToken,
     tasks: &TaskTracker,
 ) -> watch::Receiver<bool> {
-    let Cluster { client, zone, resources, inventory, webhook } = cluster;
+    let Cluster { client, namespace, zone, resources, inventory, webhook } = cluster;
     let (followed_tx, followed) = watch::channel(false);
     let followed_tx = Arc::new(followed_tx);
     let changed = Arc::new(tokio::sync::Notify::new());
@@ -318,6 +321,7 @@ fn follow_cluster(
             if let Some((name, ca_pem)) = webhook.clone() {
                 tokio::spawn(keep_ca_bundle(client.clone(), name, ca_pem, term.clone()));
             }
+            tokio::spawn(crate::k8s::mirror::run(client.clone(), namespace.clone(), resources.clone(), term.clone()));
             tokio::select! {
                 () = shutdown.cancelled() => {}
                 _ = leading.wait_for(|leads| !*leads) => tracing::info!("stopped leading: the controller stops"),

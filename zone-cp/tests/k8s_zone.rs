@@ -134,7 +134,7 @@ async fn pods_are_dataplanes_their_sidecars_connect_with_service_account_tokens_
     let kube = FakeKube::start("127.0.0.1:0".parse().unwrap()).await;
     let kubeconfig = dir.path().join("kubeconfig");
     kube.write_kubeconfig(&kubeconfig);
-    let (_global, args, ..) = common::global_and_zone_args(dir.path(), "127.0.0.1:0").await;
+    let (_global, args, http, base, admin) = common::global_and_zone_args(dir.path(), "127.0.0.1:0").await;
 
     // The webhook configuration as an install left it, with a CA that is not the zone's.
     kube.apply(json!({"apiVersion": "admissionregistration.k8s.io/v1", "kind": "MutatingWebhookConfiguration",
@@ -154,6 +154,46 @@ async fn pods_are_dataplanes_their_sidecars_connect_with_service_account_tokens_
     })
     .await;
     let second = replica(&args, dir.path(), &kubeconfig, "zone-b").await;
+
+    // The leader keeps read-only copies of the global's policies in its namespace: a new one
+    // appears, a stale copy goes, what a user wrote without the zone's label stays.
+    let timeout = json!({"type": "MeshTimeout", "name": "timeouts", "mesh": "default", "spec": {"targetRef": {"kind": "Mesh"},
+        "to": [{"targetRef": {"kind": "Mesh"}, "default": {"idleTimeout": "1h"}}]}});
+    let put = http.put(format!("{base}/meshes/default/meshtimeouts/timeouts")).bearer_auth(&admin).json(&timeout).send().await.unwrap();
+    assert!(put.status().is_success(), "{}", put.status());
+    let copy = |name: &str| {
+        json!({"apiVersion": "strait.io/v1alpha1", "kind": "MeshTimeout",
+        "metadata": {"name": name, "namespace": "strait-system", "labels": {"k8s.strait.io/origin": "global", "strait.io/mesh": "default"}},
+        "spec": timeout["spec"]})
+    };
+    kube.put_custom_resource("meshtimeouts", copy("gone.default"));
+    let mut own = copy("mine");
+    own["metadata"]["labels"] = json!({"strait.io/mesh": "default"});
+    kube.put_custom_resource("meshtimeouts", own);
+    let names = |plural: &str| -> Vec<String> {
+        let mut names: Vec<String> =
+            kube.custom_resources(plural).iter().filter_map(|o| o["metadata"]["name"].as_str().map(str::to_string)).collect();
+        names.sort();
+        names
+    };
+    let has = |names: &[String], name: &str| names.iter().any(|n| n == name);
+    until("the MeshTimeout's copy", Duration::from_secs(20), async || {
+        let names = names("meshtimeouts");
+        (has(&names, "timeouts.default") && !has(&names, "gone.default")).then_some(())
+    })
+    .await;
+    assert!(has(&names("meshtimeouts"), "mine"), "what a user wrote without the zone's label stays");
+    let copied = kube.custom_resources("meshtimeouts").into_iter().find(|o| o["metadata"]["name"] == "timeouts.default").unwrap();
+    assert_eq!(copied["spec"], timeout["spec"]);
+    assert_eq!(copied["metadata"]["labels"]["strait.io/mesh"], "default");
+    assert!(names("meshes").contains(&"default".to_string()), "the mesh is copied cluster-wide: {:?}", names("meshes"));
+    let deleted = http.delete(format!("{base}/meshes/default/meshtimeouts/timeouts")).bearer_auth(&admin).send().await.unwrap();
+    assert!(deleted.status().is_success(), "{}", deleted.status());
+    until("the copy to go with the policy", Duration::from_secs(20), async || {
+        (!has(&names("meshtimeouts"), "timeouts.default")).then_some(())
+    })
+    .await;
+    assert!(has(&names("meshtimeouts"), "mine"));
 
     // The injection webhook answers the API server's AdmissionReview over HTTPS, with the
     // certificate of the DPS endpoint (the webhook configuration's caBundle is its CA).

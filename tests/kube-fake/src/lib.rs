@@ -7,7 +7,8 @@
 //! stale resource version is a `409 Conflict`, a second create `409 AlreadyExists`); and
 //! answers TokenReviews for the tokens a test registers, bound to a Pod and an audience, as
 //! the API server does for projected service-account tokens; and reads and replaces
-//! MutatingWebhookConfigurations (a stale resource version is a conflict). Tests change objects while
+//! MutatingWebhookConfigurations and `strait.io` custom resources (a stale resource version
+//! is a conflict; lists take a label selector). Tests change objects while
 //! clients watch, and point a client at it with [`FakeKube::write_kubeconfig`].
 
 use std::collections::{BTreeMap, HashMap};
@@ -123,6 +124,16 @@ impl FakeKube {
             .route("/apis/coordination.k8s.io/v1/namespaces/{namespace}/leases", post(create_lease))
             .route("/apis/coordination.k8s.io/v1/namespaces/{namespace}/leases/{name}", get(get_lease).put(replace_lease))
             .route("/apis/authentication.k8s.io/v1/tokenreviews", post(token_review))
+            .route("/apis/strait.io/v1alpha1/{plural}", get(custom_list_cluster).post(custom_create_cluster))
+            .route(
+                "/apis/strait.io/v1alpha1/{plural}/{name}",
+                get(custom_get_cluster).put(custom_replace_cluster).delete(custom_delete_cluster),
+            )
+            .route("/apis/strait.io/v1alpha1/namespaces/{namespace}/{plural}", get(custom_list).post(custom_create))
+            .route(
+                "/apis/strait.io/v1alpha1/namespaces/{namespace}/{plural}/{name}",
+                get(custom_get).put(custom_replace).delete(custom_delete),
+            )
             .route(
                 "/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations/{name}",
                 get(get_webhook_configuration).put(replace_webhook_configuration),
@@ -215,6 +226,22 @@ impl FakeKube {
     /// and open watches end.
     pub fn set_unavailable(&self, on: bool) {
         self.shared.lock().unavailable = on;
+    }
+
+    /// The `strait.io` custom resources of `plural` (in every namespace).
+    pub fn custom_resources(&self, plural: &str) -> Vec<Value> {
+        let collection = custom_collection(plural);
+        self.shared.lock().objects.iter().filter(|((c, _, _), _)| *c == collection).map(|(_, o)| o.clone()).collect()
+    }
+
+    /// Stores a `strait.io` custom resource as a user would have written it.
+    pub fn put_custom_resource(&self, plural: &str, mut object: Value) {
+        let namespace = object["metadata"]["namespace"].as_str().unwrap_or_default().to_string();
+        let name = object["metadata"]["name"].as_str().expect("metadata.name").to_string();
+        let mut inner = self.shared.lock();
+        inner.revision += 1;
+        object["metadata"]["resourceVersion"] = json!(inner.revision.to_string());
+        inner.objects.insert((custom_collection(plural), namespace, name), object);
     }
 
     /// The requests served so far, as `METHOD /path`.
@@ -408,4 +435,156 @@ async fn replace_webhook_configuration(
     object["metadata"]["uid"] = current["metadata"]["uid"].clone();
     inner.objects.insert(webhook_key(&name), object.clone());
     Json(object).into_response()
+}
+
+fn custom_collection(plural: &str) -> String {
+    format!("strait.io/{plural}")
+}
+
+/// Whether `object` has every `key=value` of a label selector.
+fn selected(object: &Value, selector: Option<&String>) -> bool {
+    selector.into_iter().flat_map(|s| s.split(',')).filter(|p| !p.is_empty()).all(|pair| match pair.split_once('=') {
+        Some((key, value)) => object["metadata"]["labels"][key] == json!(value),
+        None => !object["metadata"]["labels"][pair].is_null(),
+    })
+}
+
+fn custom_list_in(shared: &Shared, namespace: Option<&str>, plural: &str, query: &HashMap<String, String>) -> Response {
+    let path = format!("/apis/strait.io/v1alpha1/{plural}");
+    if let Some(down) = arrive(shared, "GET", &path) {
+        return down;
+    }
+    let inner = shared.lock();
+    let collection = custom_collection(plural);
+    let items: Vec<Value> = inner
+        .objects
+        .iter()
+        .filter(|((c, ns, _), o)| *c == collection && namespace.is_none_or(|n| n == ns) && selected(o, query.get("labelSelector")))
+        .map(|(_, o)| o.clone())
+        .collect();
+    Json(json!({"apiVersion": "strait.io/v1alpha1", "kind": "List", "metadata": {"resourceVersion": inner.revision.to_string()}, "items": items}))
+        .into_response()
+}
+
+fn custom_create_in(shared: &Shared, namespace: &str, plural: &str, mut object: Value) -> Response {
+    if let Some(down) = arrive(shared, "POST", &format!("/apis/strait.io/v1alpha1/{plural}")) {
+        return down;
+    }
+    let name = object["metadata"]["name"].as_str().unwrap_or_default().to_string();
+    let mut inner = shared.lock();
+    let key = (custom_collection(plural), namespace.to_string(), name.clone());
+    if inner.objects.contains_key(&key) {
+        return status(StatusCode::CONFLICT, "AlreadyExists", format!("{plural}.strait.io \"{name}\" already exists"));
+    }
+    inner.revision += 1;
+    object["metadata"]["resourceVersion"] = json!(inner.revision.to_string());
+    object["metadata"]["uid"] = json!(format!("00000000-0000-4000-a000-{:012}", inner.revision));
+    if !namespace.is_empty() {
+        object["metadata"]["namespace"] = json!(namespace);
+    }
+    inner.objects.insert(key, object.clone());
+    (StatusCode::CREATED, Json(object)).into_response()
+}
+
+fn custom_get_in(shared: &Shared, namespace: &str, plural: &str, name: &str) -> Response {
+    if let Some(down) = arrive(shared, "GET", &format!("/apis/strait.io/v1alpha1/{plural}/{name}")) {
+        return down;
+    }
+    match shared.lock().objects.get(&(custom_collection(plural), namespace.to_string(), name.to_string())) {
+        Some(object) => Json(object.clone()).into_response(),
+        None => status(StatusCode::NOT_FOUND, "NotFound", format!("{plural}.strait.io \"{name}\" not found")),
+    }
+}
+
+fn custom_replace_in(shared: &Shared, namespace: &str, plural: &str, name: &str, mut object: Value) -> Response {
+    if let Some(down) = arrive(shared, "PUT", &format!("/apis/strait.io/v1alpha1/{plural}/{name}")) {
+        return down;
+    }
+    let mut inner = shared.lock();
+    let key = (custom_collection(plural), namespace.to_string(), name.to_string());
+    let Some(current) = inner.objects.get(&key).cloned() else {
+        return status(StatusCode::NOT_FOUND, "NotFound", format!("{plural}.strait.io \"{name}\" not found"));
+    };
+    if current["metadata"]["resourceVersion"] != object["metadata"]["resourceVersion"] {
+        return status(StatusCode::CONFLICT, "Conflict", format!("Operation cannot be fulfilled on {plural}.strait.io \"{name}\": the object has been modified; please apply your changes to the latest version and try again"));
+    }
+    inner.revision += 1;
+    object["metadata"]["resourceVersion"] = json!(inner.revision.to_string());
+    object["metadata"]["uid"] = current["metadata"]["uid"].clone();
+    inner.objects.insert(key, object.clone());
+    Json(object).into_response()
+}
+
+fn custom_delete_in(shared: &Shared, namespace: &str, plural: &str, name: &str) -> Response {
+    if let Some(down) = arrive(shared, "DELETE", &format!("/apis/strait.io/v1alpha1/{plural}/{name}")) {
+        return down;
+    }
+    let mut inner = shared.lock();
+    match inner.objects.remove(&(custom_collection(plural), namespace.to_string(), name.to_string())) {
+        Some(object) => {
+            inner.revision += 1;
+            Json(object).into_response()
+        }
+        None => status(StatusCode::NOT_FOUND, "NotFound", format!("{plural}.strait.io \"{name}\" not found")),
+    }
+}
+
+async fn custom_list_cluster(
+    State(shared): State<Arc<Shared>>,
+    Path(plural): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Response {
+    custom_list_in(&shared, None, &plural, &query)
+}
+
+async fn custom_list(
+    State(shared): State<Arc<Shared>>,
+    Path((namespace, plural)): Path<(String, String)>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Response {
+    custom_list_in(&shared, Some(&namespace), &plural, &query)
+}
+
+async fn custom_create_cluster(State(shared): State<Arc<Shared>>, Path(plural): Path<String>, Json(object): Json<Value>) -> Response {
+    custom_create_in(&shared, "", &plural, object)
+}
+
+async fn custom_create(
+    State(shared): State<Arc<Shared>>,
+    Path((namespace, plural)): Path<(String, String)>,
+    Json(object): Json<Value>,
+) -> Response {
+    custom_create_in(&shared, &namespace, &plural, object)
+}
+
+async fn custom_get_cluster(State(shared): State<Arc<Shared>>, Path((plural, name)): Path<(String, String)>) -> Response {
+    custom_get_in(&shared, "", &plural, &name)
+}
+
+async fn custom_get(State(shared): State<Arc<Shared>>, Path((namespace, plural, name)): Path<(String, String, String)>) -> Response {
+    custom_get_in(&shared, &namespace, &plural, &name)
+}
+
+async fn custom_replace_cluster(
+    State(shared): State<Arc<Shared>>,
+    Path((plural, name)): Path<(String, String)>,
+    Json(object): Json<Value>,
+) -> Response {
+    custom_replace_in(&shared, "", &plural, &name, object)
+}
+
+async fn custom_replace(
+    State(shared): State<Arc<Shared>>,
+    Path((namespace, plural, name)): Path<(String, String, String)>,
+    Json(object): Json<Value>,
+) -> Response {
+    custom_replace_in(&shared, &namespace, &plural, &name, object)
+}
+
+async fn custom_delete_cluster(State(shared): State<Arc<Shared>>, Path((plural, name)): Path<(String, String)>) -> Response {
+    custom_delete_in(&shared, "", &plural, &name)
+}
+
+async fn custom_delete(State(shared): State<Arc<Shared>>, Path((namespace, plural, name)): Path<(String, String, String)>) -> Response {
+    custom_delete_in(&shared, &namespace, &plural, &name)
 }

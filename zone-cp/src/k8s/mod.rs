@@ -5,6 +5,7 @@
 //! what the cluster's Pods and Services call for; [`identity`] verifies a sidecar's projected
 //! service-account token with the API server and names its Pod; [`lease`] elects the one
 //! replica that leads; [`injection`] adds the sidecar to Pods (the admission webhook);
+//! [`mirror`] keeps read-only copies of the global's policies in the cluster;
 //! [`client`] connects to the API.
 
 pub mod controller;
@@ -12,6 +13,7 @@ pub mod dataplanes;
 pub mod identity;
 pub mod injection;
 pub mod lease;
+pub mod mirror;
 
 use std::path::Path;
 
