@@ -16,6 +16,8 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
 
+mod common;
+
 struct Env {
     global: GlobalCp,
     zone: ZoneCp,
@@ -29,43 +31,17 @@ struct Env {
 
 async fn env() -> Env {
     let dir = tempfile::tempdir().unwrap();
-    let config = strait_global_cp::Config::for_dir(dir.path().join("global"), "127.0.0.1:0".parse().unwrap());
-    let global = GlobalCp::start(Arc::new(config)).await.unwrap();
-    let admin = std::fs::read_to_string(&global.token_file).unwrap().trim().to_string();
-    let base = format!("http://{}", global.api_addr);
-    let http = reqwest::Client::new();
-    http.put(format!("{base}/meshes/default")).bearer_auth(&admin).json(&json!({"type": "Mesh", "name": "default"})).send().await.unwrap();
-    let reg: Value = http.post(format!("{base}/zones/zone-1/token")).bearer_auth(&admin).send().await.unwrap().json().await.unwrap();
+    let (global, args, http, base, admin) = common::global_and_zone_args(dir.path(), "127.0.0.1:0").await;
     let zdir = dir.path().join("zone-1");
-    std::fs::create_dir_all(&zdir).unwrap();
-    std::fs::write(zdir.join("token"), reg["token"].as_str().unwrap()).unwrap();
-    std::fs::write(zdir.join("ca.pem"), reg["caBundle"].as_str().unwrap()).unwrap();
-    let args = [
-        "strait-zone".to_string(),
-        "--zone".into(),
-        "zone-1".into(),
-        "--global-address".into(),
-        format!("https://{}", global.kds_addr),
-        "--zone-token-file".into(),
-        zdir.join("token").display().to_string(),
-        "--global-ca-file".into(),
-        zdir.join("ca.pem").display().to_string(),
-        "--data-dir".into(),
-        zdir.join("data").display().to_string(),
-        "--api-plaintext".into(),
-        "--api-address".into(),
-        "127.0.0.1:0".into(),
-        "--dps-address".into(),
-        "127.0.0.1:0".into(),
-    ];
+    let read = |file: &str| std::fs::read_to_string(zdir.join(file)).unwrap();
+    let (zone_token, proxy_token) = (read("token"), read("proxy-token"));
+    let args = std::iter::once("strait-zone".to_string()).chain(args);
     let zone = ZoneCp::start(Arc::new(strait_zone_cp::Config::try_parse_from(args).unwrap())).await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
     while strait_zone_cp::zone_ca::get(zone.store().as_ref(), "default").await.unwrap().is_none() {
         assert!(Instant::now() < deadline, "the zone never got its intermediate CA");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let zone_token = reg["token"].as_str().unwrap().to_string();
-    let proxy_token = reg["proxyToken"].as_str().unwrap().to_string();
     Env { global, zone, http, base, admin, zone_token, proxy_token, _dir: dir }
 }
 

@@ -201,33 +201,19 @@ async fn pods_are_dataplanes_their_sidecars_connect_with_service_account_tokens_
         .add_root_certificate(reqwest::Certificate::from_pem(first.dps_ca_pem.as_bytes()).unwrap())
         .build()
         .unwrap();
-    let review = json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": {"uid": "b1", "namespace": "shop",
-        "kind": {"group": "", "version": "v1", "kind": "Pod"}, "operation": "CREATE", "object": pod("web-0", "")}});
-    let answer: Value = webhook
-        .post(format!("https://localhost:{}/inject", first.injection_addr.unwrap().port()))
-        .json(&review)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let inject = async |pod: Value| -> Value {
+        let review = json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": {"uid": "b1", "namespace": "shop",
+            "kind": {"group": "", "version": "v1", "kind": "Pod"}, "operation": "CREATE", "object": pod}});
+        let url = format!("https://localhost:{}/inject", first.injection_addr.unwrap().port());
+        webhook.post(url).json(&review).send().await.unwrap().json().await.unwrap()
+    };
+    let answer = inject(pod("web-0", "")).await;
     assert_eq!(answer["response"]["uid"], "b1");
     assert_eq!(answer["response"]["allowed"], true);
     assert!(answer["response"].get("patch").is_none(), "a Pod that has the sidecar already is left alone: {answer}");
     let mut plain = pod("web-0", "");
     plain["spec"]["initContainers"] = json!([]);
-    let mut review = review;
-    review["request"]["object"] = plain;
-    let answer: Value = webhook
-        .post(format!("https://localhost:{}/inject", first.injection_addr.unwrap().port()))
-        .json(&review)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let answer = inject(plain).await;
     let patch = base64::engine::general_purpose::STANDARD.decode(answer["response"]["patch"].as_str().expect("a patch")).unwrap();
     let patch = String::from_utf8(patch).unwrap();
     assert!(
@@ -306,6 +292,37 @@ async fn pods_are_dataplanes_their_sidecars_connect_with_service_account_tokens_
         }
     };
     assert!(config.inbounds.iter().any(|i| i.port == 9090 && i.service == "web.shop.svc.9090"), "{:?}", config.inbounds);
+
+    // Readiness follows the Pod (not Ready, then Ready again) and its Service's EndpointSlice.
+    let ready_of = async |service: &str| -> Option<bool> {
+        let dp = dataplane(&first, "web-1.shop").await?;
+        let strait_api::Spec::Dataplane(spec) = dp.spec else { return None };
+        spec.networking.inbound.iter().find(|i| i.service() == service).map(|i| i.is_ready())
+    };
+    let mut unready = kube.get("Pod", "shop", "web-1").unwrap();
+    unready["status"]["conditions"][0]["status"] = json!("False");
+    kube.apply(unready.clone());
+    until("the not-Ready Pod to leave the pool", Duration::from_secs(10), async || {
+        (ready_of("web.shop.svc.80").await == Some(false)).then_some(())
+    })
+    .await;
+    unready["status"]["conditions"][0]["status"] = json!("True");
+    kube.apply(unready);
+    until("the Ready Pod to come back", Duration::from_secs(10), async || (ready_of("web.shop.svc.80").await == Some(true)).then_some(()))
+        .await;
+    kube.apply(json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice", "addressType": "IPv4",
+        "metadata": {"name": "web-grpc-x1", "namespace": "shop", "labels": {"kubernetes.io/service-name": "web"}},
+        "endpoints": [{"addresses": ["127.0.0.1"], "conditions": {"ready": false, "serving": true, "terminating": true},
+            "targetRef": {"kind": "Pod", "name": "web-1", "namespace": "shop"}}]}));
+    until("the EndpointSlice to take the Pod out of its Service", Duration::from_secs(10), async || {
+        (ready_of("web.shop.svc.80").await == Some(false) && ready_of("web.shop.svc.9090").await == Some(false)).then_some(())
+    })
+    .await;
+    kube.delete("EndpointSlice", "shop", "web-grpc-x1");
+    until("the Pod back in once the slice is gone", Duration::from_secs(10), async || {
+        (ready_of("web.shop.svc.80").await == Some(true)).then_some(())
+    })
+    .await;
 
     // The stream's end leaves the Pod's Dataplane in place: the Pod is still there.
     drop(sidecar);

@@ -1,7 +1,7 @@
 //! A Kubernetes API server for tests, over plain HTTP: what a zone control plane asks of a
 //! cluster, answered as the API server answers it.
 //!
-//! It holds Pods, Services, Namespaces and Leases; serves their lists (`PodList` with a
+//! It holds Pods, Services, EndpointSlices, Namespaces and Leases; serves their lists (`PodList` with a
 //! resource version) and watches (one JSON event per line, resumed from a resource version,
 //! closed after `timeoutSeconds`); creates and replaces Leases with optimistic concurrency (a
 //! stale resource version is a `409 Conflict`, a second create `409 AlreadyExists`); and
@@ -88,6 +88,7 @@ fn collection(kind: &str) -> &'static str {
         "Service" => "services",
         "Namespace" => "namespaces",
         "Lease" => "leases",
+        "EndpointSlice" => "endpointslices",
         "MutatingWebhookConfiguration" => "mutatingwebhookconfigurations",
         other => panic!("the fake API server does not hold {other}"),
     }
@@ -103,6 +104,7 @@ fn list_kind(collection: &str) -> &'static str {
         "pods" => "PodList",
         "services" => "ServiceList",
         "namespaces" => "NamespaceList",
+        "endpointslices" => "EndpointSliceList",
         _ => "LeaseList",
     }
 }
@@ -121,6 +123,7 @@ impl FakeKube {
         let shared = Arc::new(Shared { inner: Mutex::new(Inner::default()), events });
         let router = Router::new()
             .route("/api/v1/{collection}", get(list_or_watch))
+            .route("/apis/discovery.k8s.io/v1/{collection}", get(list_or_watch))
             .route("/apis/coordination.k8s.io/v1/namespaces/{namespace}/leases", post(create_lease))
             .route("/apis/coordination.k8s.io/v1/namespaces/{namespace}/leases/{name}", get(get_lease).put(replace_lease))
             .route("/apis/authentication.k8s.io/v1/tokenreviews", post(token_review))
@@ -265,7 +268,7 @@ async fn list_or_watch(
     if let Some(down) = arrive(&shared, "GET", &format!("/api/v1/{collection}")) {
         return down;
     }
-    if !["pods", "services", "namespaces"].contains(&collection.as_str()) {
+    if !["pods", "services", "namespaces", "endpointslices"].contains(&collection.as_str()) {
         return status(StatusCode::NOT_FOUND, "NotFound", format!("the server could not find the requested resource ({collection})"));
     }
     let watching = query.get("watch").is_some_and(|w| w == "true" || w == "1");

@@ -1,10 +1,11 @@
 //! The Kubernetes controller of a zone: Dataplanes follow the cluster's Pods and Services.
 //!
-//! In: watches of Pods, Services and Namespaces (kube-runtime watchers feeding reflector
+//! In: watches of Pods, Services, EndpointSlices and Namespaces (kube-runtime watchers feeding reflector
 //! caches; a broken watch resumes from its last resource version, and a `410 Gone` or an
 //! outage ends in a fresh list, each retried with back-off). Out: the zone's Dataplanes that
 //! came from Kubernetes (label [`ORIGIN_LABEL`]) made equal to what [`dataplanes::dataplane`]
-//! computes from the caches, after every change (debounced), and never before all three caches
+//! (and [`dataplanes::endpoint_readiness`]) computes from the caches, after every change
+//! (debounced), and never before all four caches
 //! hold a complete list: an API-server outage or a restart keeps what is there, and since each
 //! Dataplane's name comes from its Pod, recomputing never duplicates one. Dataplanes
 //! registered over the zone's REST API (VMs) are not touched.
@@ -15,6 +16,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::Api;
@@ -48,33 +50,27 @@ pub struct Pass {
 }
 
 /// The Dataplanes the cluster's objects call for, by `mesh/name`.
-pub fn desired(pods: &[Arc<Pod>], services: &[Arc<Service>], namespaces: &[Arc<Namespace>], zone: &str) -> BTreeMap<String, Resource> {
+pub fn desired(
+    pods: &[Arc<Pod>],
+    services: &[Arc<Service>],
+    slices: &[Arc<EndpointSlice>],
+    namespaces: &[Arc<Namespace>],
+    zone: &str,
+) -> BTreeMap<String, Resource> {
     let services: Vec<&Service> = services.iter().map(|s| &**s).collect();
+    let slices: Vec<&EndpointSlice> = slices.iter().map(|s| &**s).collect();
     let mut out = BTreeMap::new();
     for pod in pods {
         let namespace = pod.metadata.namespace.as_deref().unwrap_or("default");
         let ns = namespaces.iter().find(|n| n.metadata.name.as_deref() == Some(namespace)).map(|n| &**n);
         // A Pod with no sidecar, no address yet, or on its way out has no Dataplane.
         if let Ok(mut dp) = dataplanes::dataplane(pod, &services, ns, zone) {
+            dataplanes::endpoint_readiness(&mut dp, pod, &slices);
             dp.labels.insert(ORIGIN_LABEL.into(), ORIGIN.into());
             if let Some(uid) = pod.metadata.uid.as_ref().filter(|u| !u.is_empty()) {
                 dp.labels.insert(POD_UID_LABEL.into(), uid.clone());
             }
             out.insert(format!("{}/{}", dp.mesh.as_deref().unwrap_or_default(), dp.name), dp);
-        }
-    }
-    out
-}
-
-/// `wanted`, keeping the inbound health that the sidecar's probe set on `existing` where the
-/// Pod does not say otherwise (a Pod that is not Ready says so).
-fn keep_probe_health(wanted: &Resource, existing: Option<&Resource>) -> Resource {
-    let mut out = wanted.clone();
-    if let (Some(strait_api::Spec::Dataplane(have)), strait_api::Spec::Dataplane(want)) = (existing.map(|e| &e.spec), &mut out.spec) {
-        for inbound in &mut want.networking.inbound {
-            if inbound.health.is_none() {
-                inbound.health = have.networking.inbound.iter().find(|i| i.port == inbound.port).and_then(|i| i.health);
-            }
         }
     }
     out
@@ -91,11 +87,10 @@ pub async fn apply(resources: &Resources, wanted: &BTreeMap<String, Resource>) -
         .collect();
     let mut pass = Pass::default();
     for (key, dp) in wanted {
-        let dp = keep_probe_health(dp, existing.get(key));
         if existing.get(key).is_some_and(|e| e.labels == dp.labels && e.spec == dp.spec) {
             continue;
         }
-        match resources.put(&dp).await {
+        match resources.put(dp).await {
             Ok(_) => pass.written.push(key.clone()),
             Err(error) => {
                 tracing::warn!(dataplane = %key, %error, "cannot write the Dataplane of a Pod; retrying at the next change");
@@ -123,6 +118,7 @@ pub async fn apply(resources: &Resources, wanted: &BTreeMap<String, Resource>) -
 struct Caches {
     pods: Store<Pod>,
     services: Store<Service>,
+    slices: Store<EndpointSlice>,
     namespaces: Store<Namespace>,
 }
 
@@ -167,11 +163,13 @@ pub async fn run(
     let caches = Caches {
         pods: watch(Api::<Pod>::all(client.clone()), changed.clone(), shutdown.clone()),
         services: watch(Api::<Service>::all(client.clone()), changed.clone(), shutdown.clone()),
+        slices: watch(Api::<EndpointSlice>::all(client.clone()), changed.clone(), shutdown.clone()),
         namespaces: watch(Api::<Namespace>::all(client), changed.clone(), shutdown.clone()),
     };
     let ready = async {
         let _ = caches.pods.wait_until_ready().await;
         let _ = caches.services.wait_until_ready().await;
+        let _ = caches.slices.wait_until_ready().await;
         let _ = caches.namespaces.wait_until_ready().await;
     };
     tokio::select! {
@@ -181,7 +179,7 @@ pub async fn run(
     tracing::info!("the Kubernetes caches are complete: Dataplanes follow the cluster's Pods");
     let mut first = true;
     loop {
-        let wanted = desired(&caches.pods.state(), &caches.services.state(), &caches.namespaces.state(), &zone);
+        let wanted = desired(&caches.pods.state(), &caches.services.state(), &caches.slices.state(), &caches.namespaces.state(), &zone);
         match apply(&resources, &wanted).await {
             Ok(pass) => {
                 let changed = !pass.written.is_empty() || !pass.removed.is_empty();

@@ -14,14 +14,16 @@
 //! - tags: the Pod's labels (those that are valid tags), `strait.io/zone`,
 //!   `k8s.strait.io/namespace`;
 //! - none while no Service selects the Pod;
-//! - out of the pool while the Pod's `Ready` condition is not true (else as its sidecar's probe
-//!   finds it);
+//! - in the pool while the Pod's `Ready` condition is true (the kubelet's probes decide),
+//!   except for a Service whose EndpointSlice lists the Pod as not ready (a Pod terminating,
+//!   or not ready by the Service's own terms: [`endpoint_readiness`]);
 //! - transparent proxying on the sidecar's default ports (the injected init container
 //!   redirects to them).
 
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{Namespace, Pod, Service, ServicePort};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use strait_api::dataplane::{DataplaneSpec, Inbound, InboundHealth, Networking, TransparentProxying};
 use strait_api::names::{self, PROTOCOL_TAG, SERVICE_TAG, ZONE_TAG};
@@ -104,8 +106,9 @@ pub fn dataplane(pod: &Pod, services: &[&Service], namespace: Option<&Namespace>
                 service_address: None,
                 tags: inbound_tags,
                 service_probe: None,
-                // A Pod that is not Ready is out; a Ready one is as its sidecar's probe finds it.
-                health: (!ready).then_some(InboundHealth { ready: false }),
+                // The kubelet's probes decide (the injected sidecar probes nothing itself): a
+                // Pod that is Ready again is back in the pool.
+                health: Some(InboundHealth { ready }),
             });
         }
     }
@@ -124,6 +127,32 @@ pub fn dataplane(pod: &Pod, services: &[&Service], namespace: Option<&Namespace>
         },
     };
     Ok(Resource::new(&format!("{pod_name}.{pod_namespace}"), Some(&mesh), Spec::Dataplane(spec)))
+}
+
+/// The label of an EndpointSlice that names its Service.
+const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+
+/// Takes the EndpointSlices' word on `pod` into `dp` (its Dataplane): an inbound of a Service
+/// whose EndpointSlice lists the Pod with `ready: false` leaves the pool. A Pod no slice lists
+/// (not yet, or a Service without slices) keeps what its own readiness says.
+pub fn endpoint_readiness(dp: &mut Resource, pod: &Pod, slices: &[&EndpointSlice]) {
+    let Spec::Dataplane(spec) = &mut dp.spec else { return };
+    let namespace = pod.metadata.namespace.as_deref().unwrap_or("default");
+    let name = pod.metadata.name.as_deref().unwrap_or_default();
+    for slice in slices.iter().filter(|s| s.metadata.namespace.as_deref().unwrap_or("default") == namespace) {
+        let Some(service) = slice.metadata.labels.as_ref().and_then(|l| l.get(SERVICE_NAME_LABEL)) else { continue };
+        let not_ready = slice.endpoints.iter().any(|e| {
+            e.target_ref.as_ref().is_some_and(|t| t.kind.as_deref() == Some("Pod") && t.name.as_deref() == Some(name))
+                && e.conditions.as_ref().and_then(|c| c.ready) == Some(false)
+        });
+        if !not_ready {
+            continue;
+        }
+        let prefix = format!("{service}.{namespace}.svc.");
+        for inbound in spec.networking.inbound.iter_mut().filter(|i| i.service().starts_with(&prefix)) {
+            inbound.health = Some(InboundHealth { ready: false });
+        }
+    }
 }
 
 fn annotation(annotations: Option<&BTreeMap<String, String>>) -> Option<String> {
@@ -254,6 +283,31 @@ mod tests {
         let mut done = web_pod();
         done.status.as_mut().unwrap().phase = Some("Succeeded".into());
         assert_eq!(dataplane(&done, &[], None, "z").unwrap_err(), Skip::Gone);
+    }
+
+    #[test]
+    fn an_endpoint_slice_that_lists_the_pod_as_not_ready_takes_its_service_out() {
+        let mut two_services = web_service();
+        two_services.metadata.name = Some("web-admin".into());
+        let mut dp = dataplane(&web_pod(), &[&web_service(), &two_services], None, "zone-1").unwrap();
+        let slice = |service: &str, pod: &str, ready: bool| -> EndpointSlice {
+            serde_json::from_value(json!({"metadata": {"name": format!("{service}-abc"), "namespace": "shop",
+                "labels": {"kubernetes.io/service-name": service}}, "addressType": "IPv4",
+                "endpoints": [{"addresses": ["10.1.2.3"], "conditions": {"ready": ready, "serving": true, "terminating": !ready},
+                    "targetRef": {"kind": "Pod", "name": pod, "namespace": "shop"}}]}))
+            .unwrap()
+        };
+        let ready = |dp: &Resource| -> Vec<(String, bool)> {
+            let Spec::Dataplane(spec) = &dp.spec else { panic!() };
+            spec.networking.inbound.iter().map(|i| (i.service().to_string(), i.is_ready())).collect()
+        };
+        let before = ready(&dp);
+        endpoint_readiness(&mut dp, &web_pod(), &[&slice("web", "another-pod", false), &slice("web-admin", "web-7d9f-abcde", true)]);
+        assert_eq!(ready(&dp), before, "slices of other Pods, or that say ready, change nothing");
+        endpoint_readiness(&mut dp, &web_pod(), &[&slice("web-admin", "web-7d9f-abcde", false)]);
+        let after = ready(&dp);
+        assert!(after.iter().any(|(s, r)| s.starts_with("web-admin.shop.svc.") && !r), "{after:?}");
+        assert!(after.iter().any(|(s, r)| s.starts_with("web.shop.svc.") && *r), "{after:?}");
     }
 
     #[test]

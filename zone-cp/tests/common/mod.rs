@@ -1,6 +1,9 @@
 //! What the zone's integration tests share: a global with a registered zone, and a hand-driven
 //! sidecar stream.
 
+// Each test binary uses its own part of this module.
+#![allow(dead_code)]
+
 use std::path::Path;
 use std::sync::Arc;
 
@@ -26,6 +29,7 @@ pub async fn global_and_zone_args(dir: &Path, dps: &str) -> (GlobalCp, Vec<Strin
     std::fs::create_dir_all(zdir.join("data")).unwrap();
     std::fs::write(zdir.join("token"), reg["token"].as_str().unwrap()).unwrap();
     std::fs::write(zdir.join("ca.pem"), reg["caBundle"].as_str().unwrap()).unwrap();
+    std::fs::write(zdir.join("proxy-token"), reg["proxyToken"].as_str().unwrap()).unwrap();
     let s = |p: &Path| p.display().to_string();
     let args = [
         "--zone",
