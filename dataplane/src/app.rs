@@ -116,6 +116,12 @@ impl Sidecar {
         Ok(Sidecar { admin_addr, listeners: addresses, state, ready, cancel, drain, admin_drain, tasks, data_path })
     }
 
+    /// Resolves once the sidecar is ready (`/ready` answers 200): listening, configured and
+    /// with its certificate.
+    pub async fn wait_ready(&self) {
+        self.ready.wait().await;
+    }
+
     /// Stops: `/ready` turns 503, nothing new is accepted, what is open may finish until
     /// `deadline`, then the data path's threads end.
     pub async fn shutdown(self, deadline: Duration) {

@@ -35,7 +35,7 @@ async fn main() {
             std::process::exit(1);
         }
     };
-    strait_runtime::signals::wait_for_signal().await;
+    strait_runtime::signals::serve_until_signal(sidecar.wait_ready()).await;
     sidecar.shutdown(std::time::Duration::from_secs(10)).await;
 }
 

@@ -2,7 +2,8 @@
 //! json` behind an in-process caller. A line logged while serving a request names the inbound
 //! (service, port) and the connection (the caller's address and, from the TLS handshake on,
 //! its SPIFFE ID), under the default `info` filter too, where HTTP/2 streams run in tasks of
-//! their own; with debug logs on, it also names the request (method, path).
+//! their own; with debug logs on, it also names the request (method, path). Under systemd
+//! (`Type=notify`), it says `READY=1` only once configured, and `STOPPING=1` on SIGTERM.
 
 mod common;
 
@@ -21,8 +22,13 @@ struct Logged {
 }
 
 impl Logged {
-    fn spawn(bin: &str, args: &[String]) -> Logged {
-        let mut child = Command::new(bin).args(args).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+    fn spawn_with(bin: &str, args: &[String], env: &[(&str, &std::path::Path)]) -> Logged {
+        let mut command = Command::new(bin);
+        command.args(args).stdout(Stdio::null()).stderr(Stdio::piped());
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        let mut child = command.spawn().unwrap();
         let lines = Arc::new(Mutex::new(Vec::new()));
         let (stderr, sink) = (child.stderr.take().unwrap(), lines.clone());
         std::thread::spawn(move || {
@@ -53,6 +59,11 @@ impl Drop for Logged {
 /// Starts `strait-dp` for the Dataplane `yaml` of service `backend`, logging JSON with `filter`.
 async fn backend(mesh: &Mesh, name: &str, yaml: &str, filter: &str) -> Logged {
     mesh.validated(name, "backend", yaml).await;
+    Logged::spawn_with(env!("CARGO_BIN_EXE_strait-dp"), &backend_args(mesh, name, filter), &[])
+}
+
+/// The arguments of `strait-dp` for the files [`Mesh::validated`] wrote for `name`.
+fn backend_args(mesh: &Mesh, name: &str, filter: &str) -> Vec<String> {
     let dir = mesh.dir.path().join(name);
     let s = |f: &str| dir.join(f).display().to_string();
     let args = [
@@ -72,7 +83,7 @@ async fn backend(mesh: &Mesh, name: &str, yaml: &str, filter: &str) -> Logged {
         "--log-level",
         filter,
     ];
-    Logged::spawn(env!("CARGO_BIN_EXE_strait-dp"), &args.map(str::to_string))
+    args.map(str::to_string).to_vec()
 }
 
 /// The span list of a JSON line, as (name, fields).
@@ -137,4 +148,31 @@ async fn a_line_logged_for_a_request_names_the_inbound_the_caller_and_at_debug_t
     assert_eq!(request["method"], "GET", "{debug_line}");
     assert_eq!(request["path"], "/orders", "{debug_line}");
     web.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_systemd_the_sidecar_says_ready_once_configured_and_stopping_on_sigterm() {
+    use std::os::unix::net::UnixDatagram;
+    let mut mesh = Mesh::start().await;
+    let socket = mesh.dir.path().join("notify");
+    let manager = UnixDatagram::bind(&socket).unwrap();
+    manager.set_nonblocking(true).unwrap();
+    let yaml = dataplane("backend-1", "backend", free_port(), free_port(), "http", &[]);
+    mesh.validated("backend-1", "backend", &yaml).await;
+    // The zone is away: the sidecar runs, but is not ready.
+    mesh.stop_zone().await;
+    let sidecar =
+        Logged::spawn_with(env!("CARGO_BIN_EXE_strait-dp"), &backend_args(&mesh, "backend-1", "info"), &[("NOTIFY_SOCKET", &socket)]);
+    common::eventually("the sidecar to try its zone", async || sidecar.line("control plane stream ended; keeping the last configuration"))
+        .await;
+    let mut buf = [0u8; 256];
+    assert!(manager.recv(&mut buf).is_err(), "READY=1 before the sidecar had a configuration:\n{}", sidecar.log());
+    mesh.start_zone().await;
+    let n = common::eventually("READY=1", async || manager.recv(&mut buf).ok()).await;
+    assert_eq!(&buf[..n], b"READY=1\nSTATUS=serving");
+    assert!(sidecar.line("configuration applied").is_some(), "ready before its configuration:\n{}", sidecar.log());
+    let status = Command::new("kill").args(["-TERM", &sidecar.child.id().to_string()]).status().unwrap();
+    assert!(status.success());
+    let n = common::eventually("STOPPING=1", async || manager.recv(&mut buf).ok()).await;
+    assert_eq!(&buf[..n], b"STOPPING=1\nSTATUS=draining");
 }

@@ -134,6 +134,12 @@ pub async fn start(config: Validated) -> anyhow::Result<Running> {
 }
 
 impl Running {
+    /// Resolves once the gateway is ready (`/ready` answers 200): registered with its zone,
+    /// with its configuration and identity.
+    pub async fn wait_ready(&self) {
+        self.ready.wait().await;
+    }
+
     /// Drains: `/ready` turns 503, the gateway leaves its zone (other zones stop sending
     /// here), nothing new is accepted, open connections get until `deadline`, then everything
     /// closes.

@@ -24,6 +24,6 @@ async fn main() {
             std::process::exit(1);
         }
     };
-    strait_runtime::signals::wait_for_signal().await;
+    strait_runtime::signals::serve_until_signal(running.wait_ready()).await;
     running.shutdown(deadline).await;
 }

@@ -25,7 +25,8 @@ async fn main() {
             std::process::exit(1);
         }
     };
-    signals::wait_for_signal().await;
+    // Started means serving: the API, zone sync and the store are up.
+    signals::serve_until_signal(async {}).await;
     cp.shutdown();
     cp.wait().await;
     tracing::info!("stopped");

@@ -202,3 +202,31 @@ fn schemathesis_finds_nothing_against_the_openapi_document() {
     let summary = report.lines().filter(|l| l.contains("generated") || l.contains("passed")).collect::<Vec<_>>().join("\n");
     println!("FIGURE schemathesis (seed {seed}):\n{summary}");
 }
+
+#[test]
+fn under_systemd_it_says_ready_once_it_serves_and_stopping_on_sigterm() {
+    use std::os::unix::net::UnixDatagram;
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("notify");
+    let manager = UnixDatagram::bind(&socket).unwrap();
+    manager.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let port = free_port();
+    let log = std::fs::File::create(dir.path().join("global.log")).unwrap();
+    let child = Command::new(BIN)
+        .args(["--api-address", &format!("127.0.0.1:{port}"), "--kds-address", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path().join("data"))
+        .env("NOTIFY_SOCKET", &socket)
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let g = Global { child, base: format!("https://127.0.0.1:{port}") };
+    let mut buf = [0u8; 256];
+    let n = manager.recv(&mut buf).expect("READY=1 within 20 s");
+    assert_eq!(&buf[..n], b"READY=1\nSTATUS=serving");
+    // Ready means serving: the API answers at once.
+    let ready = client(&dir.path().join("data")).expect("the API's CA is written").get(format!("{}/readyz", g.base)).send().unwrap();
+    assert!(ready.status().is_success(), "{}", ready.status());
+    stop(g);
+    let n = manager.recv(&mut buf).expect("STOPPING=1 on SIGTERM");
+    assert_eq!(&buf[..n], b"STOPPING=1\nSTATUS=draining");
+}

@@ -9,5 +9,6 @@
 pub mod certs;
 pub mod files;
 pub mod flags;
+pub mod notify;
 pub mod signals;
 pub mod telemetry;

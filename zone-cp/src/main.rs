@@ -24,7 +24,9 @@ async fn main() {
             std::process::exit(1);
         }
     };
-    signals::wait_for_signal().await;
+    // Started means serving: the DPS and the REST API listen, from the last snapshot on disk
+    // or waiting for the global's first one (/readyz tells which).
+    signals::serve_until_signal(async {}).await;
     zone.shutdown();
     zone.wait().await;
     tracing::info!("stopped");
