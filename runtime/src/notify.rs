@@ -72,11 +72,6 @@ impl Notifier {
         self.send("STOPPING=1\nSTATUS=draining");
     }
 
-    /// How often the watchdog wants a sign of life, if the unit enabled one.
-    pub fn watchdog_interval(&self) -> Option<Duration> {
-        self.watchdog
-    }
-
     /// Pings the watchdog at half its interval, from the runtime: a process whose runtime
     /// stops turning is restarted by systemd. Nothing without a watchdog.
     pub fn spawn_watchdog(self: &std::sync::Arc<Self>) {
