@@ -20,6 +20,7 @@ command -v tcpdump >/dev/null || need_pkgs+=(tcpdump)
 command -v prometheus >/dev/null || need_pkgs+=(prometheus)
 command -v chromium >/dev/null || need_pkgs+=(chromium)
 command -v buildah >/dev/null || need_pkgs+=(buildah)
+command -v systemd-analyze >/dev/null || need_pkgs+=(systemd)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
     say "installing ${need_pkgs[*]}"
     if ! { as_root apt-get update -qq && as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_pkgs[@]}"; }; then

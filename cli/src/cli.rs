@@ -264,10 +264,12 @@ pub struct ZoneRegisterArgs {
     /// Zone sync address the zone should use [default: https://<server host>:<sync port of the global>]
     #[arg(long, value_name = "URL")]
     pub global_address: Option<String>,
-    /// What to print: `text` (the credentials and the command that starts the zone) or
-    /// `helm-values` (the values of the zone's `helm install` of deploy/k8s/strait; keep the
-    /// file private, it holds the tokens)
-    #[arg(long, value_enum, default_value_t = RegisterFormat::Text, conflicts_with = "output")]
+    /// What to write: `text` (the credentials and the command that starts the zone, or with
+    /// --output their files), `helm-values` (the values of the zone's `helm install` of
+    /// deploy/k8s/strait, printed), or `env` (with --output DIR: `zone.env` for
+    /// strait-zone.service and `gateway.env` for strait-gateway.service, read by the units of
+    /// deploy/vm as they are). Each holds tokens: keep them private
+    #[arg(long, value_enum, default_value_t = RegisterFormat::Text)]
     pub output_format: RegisterFormat,
 }
 
@@ -278,6 +280,8 @@ pub enum RegisterFormat {
     Text,
     /// Values for the Helm chart's `helm install` of a zone
     HelmValues,
+    /// Environment files of the VM units (systemd `EnvironmentFile=`)
+    Env,
 }
 
 /// `zone list`.
@@ -359,6 +363,19 @@ pub struct DataplaneTokenArgs {
     /// Write the token to this file (mode 0600) instead of printing it
     #[arg(long, value_name = "FILE")]
     pub output: Option<PathBuf>,
+    /// `text` (the token alone) or `env` (`STRAIT_DATAPLANE_TOKEN=...`, the env file a
+    /// `strait-dp@<workload>` unit of deploy/vm reads as /etc/strait/dp-<workload>.env)
+    #[arg(long, value_enum, default_value_t = TokenFormat::Text)]
+    pub output_format: TokenFormat,
+}
+
+/// `token dataplane --output-format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum TokenFormat {
+    /// The token
+    Text,
+    /// An environment file for the sidecar's unit
+    Env,
 }
 
 /// `straitctl demo` actions.

@@ -42,6 +42,10 @@ pub enum TransparentCommand {
         /// Print the iptables commands instead of running them
         #[arg(long)]
         dry_run: bool,
+        /// The sidecar's Dataplane: remove nothing unless it has `transparentProxying` (so
+        /// that a sidecar without interception never removes another's rules)
+        #[arg(long, value_name = "FILE")]
+        dataplane_file: Option<PathBuf>,
     },
 }
 
@@ -75,6 +79,21 @@ pub struct InstallArgs {
     /// Print the iptables commands instead of running them
     #[arg(long)]
     pub dry_run: bool,
+    /// The sidecar's Dataplane: install nothing unless it has `transparentProxying`, and
+    /// redirect to its ports (what a `strait-dp@` unit runs before the sidecar starts)
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["redirect_port_outbound", "redirect_port_inbound"])]
+    pub dataplane_file: Option<PathBuf>,
+}
+
+/// What `transparent-proxy` does for a Dataplane file: its `transparentProxying`, or `None`
+/// (with a line to print) when it has none. Every problem of the file is reported.
+pub fn transparent_proxying(path: &std::path::Path) -> Result<Option<strait_api::dataplane::TransparentProxying>, Vec<String>> {
+    let mut problems = Vec::new();
+    let Some(resource) = read_dataplane(path, &mut problems) else { return Err(problems) };
+    let strait_api::Spec::Dataplane(spec) = resource.spec else {
+        return Err(vec![format!("--dataplane-file {}: not a Dataplane", path.display())]);
+    };
+    Ok(spec.networking.transparent_proxying)
 }
 
 impl InstallArgs {
@@ -107,14 +126,21 @@ pub struct RunConfig {
     #[arg(long, env = "STRAIT_DATAPLANE_FILE", required_unless_present = "kubernetes_token_file")]
     pub dataplane_file: Option<PathBuf>,
 
-    /// The dataplane token from `straitctl token dataplane`.
-    #[arg(long, env = "STRAIT_DATAPLANE_TOKEN_FILE", required_unless_present = "kubernetes_token_file")]
+    /// File holding the dataplane token from `straitctl token dataplane`.
+    #[arg(long, env = "STRAIT_DATAPLANE_TOKEN_FILE", required_unless_present_any = ["kubernetes_token_file", "dataplane_token"])]
     pub dataplane_token_file: Option<PathBuf>,
+
+    /// The dataplane token itself, instead of --dataplane-token-file: give it through
+    /// STRAIT_DATAPLANE_TOKEN (the env file `straitctl token dataplane --output-format env`
+    /// writes), since a command line is visible to every user of the host.
+    #[arg(long, env = "STRAIT_DATAPLANE_TOKEN", hide_env_values = true, conflicts_with = "dataplane_token_file")]
+    #[serde(skip)]
+    pub dataplane_token: Option<String>,
 
     /// On Kubernetes, instead of a Dataplane file and token: the Pod's projected
     /// service-account token (audience strait-zone), which the zone verifies with the API
     /// server. Read again at each connection to the zone, as the kubelet rotates it.
-    #[arg(long, env = "STRAIT_KUBERNETES_TOKEN_FILE", conflicts_with_all = ["dataplane_file", "dataplane_token_file"], requires = "pod_ip")]
+    #[arg(long, env = "STRAIT_KUBERNETES_TOKEN_FILE", conflicts_with_all = ["dataplane_file", "dataplane_token_file", "dataplane_token"], requires = "pod_ip")]
     pub kubernetes_token_file: Option<PathBuf>,
 
     /// With --kubernetes-token-file: the Pod's IP (the injected container sets it from the
@@ -173,11 +199,19 @@ impl RunConfig {
                 let token = read_token("--kubernetes-token-file", token_file, &mut problems);
                 (token.as_deref().map(|t| pod_dataplane(t, self.pod_ip)), token)
             }
-            (None, Some(dataplane_file), Some(token_file)) => {
-                (read_dataplane(dataplane_file, &mut problems), read_token("--dataplane-token-file", token_file, &mut problems))
+            (None, Some(dataplane_file), _) => {
+                let token = strait_runtime::flags::read_token(
+                    ("--dataplane-token", self.dataplane_token.as_deref()),
+                    ("--dataplane-token-file", self.dataplane_token_file.as_deref()),
+                    &mut problems,
+                );
+                (read_dataplane(dataplane_file, &mut problems), token)
             }
             _ => {
-                problems.push("give --dataplane-file and --dataplane-token-file, or on Kubernetes --kubernetes-token-file".into());
+                problems.push(
+                    "give --dataplane-file and --dataplane-token-file (or --dataplane-token), or on Kubernetes --kubernetes-token-file"
+                        .into(),
+                );
                 (None, None)
             }
         };
@@ -280,7 +314,7 @@ mod tests {
     fn config(dir: &std::path::Path, dataplane: &str, token: &str) -> RunConfig {
         std::fs::write(dir.join("dp.yaml"), dataplane).unwrap();
         std::fs::write(dir.join("token"), token).unwrap();
-        std::fs::write(dir.join("ca.pem"), "pem").unwrap();
+        std::fs::write(dir.join("ca.pem"), "-----BEGIN CERTIFICATE-----\n").unwrap();
         let args = ["strait-dp", "run", "--cp-address", "https://zone:7678", "--cp-ca-file"];
         let mut args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
         args.extend(
@@ -305,7 +339,7 @@ mod tests {
     fn on_kubernetes_the_pod_token_replaces_the_dataplane_file_and_is_read_again() {
         use base64::Engine;
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("ca.pem"), "pem").unwrap();
+        std::fs::write(dir.path().join("ca.pem"), "-----BEGIN CERTIFICATE-----\n").unwrap();
         let encode = |v: serde_json::Value| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string());
         let token = |n: u32| {
             format!(

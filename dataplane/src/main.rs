@@ -42,9 +42,35 @@ async fn main() {
 /// Runs `transparent-proxy install|uninstall` and exits.
 fn transparent(cmd: TransparentCommand) -> ! {
     use strait_dataplane::transparent::{self, Error};
+    let dataplane_file = match &cmd {
+        TransparentCommand::Install(args) => args.dataplane_file.as_deref(),
+        TransparentCommand::Uninstall { dataplane_file, .. } => dataplane_file.as_deref(),
+    };
+    let ports = match dataplane_file.map(strait_dataplane::config::transparent_proxying) {
+        None => None,
+        Some(Ok(Some(ports))) => Some(ports),
+        Some(Ok(None)) => {
+            let path = dataplane_file.map(|p| p.display().to_string()).unwrap_or_default();
+            println!("{path}: the Dataplane has no transparentProxying; no interception rules to install or remove");
+            std::process::exit(0);
+        }
+        Some(Err(problems)) => {
+            for p in problems {
+                eprintln!("strait-dp: {p}");
+            }
+            std::process::exit(EXIT_CONFIG);
+        }
+    };
     let result = match &cmd {
-        TransparentCommand::Install(args) => transparent::install(&args.to_config(), args.dry_run),
-        TransparentCommand::Uninstall { dry_run } => transparent::uninstall(*dry_run),
+        TransparentCommand::Install(args) => {
+            let mut config = args.to_config();
+            if let Some(ports) = ports {
+                config.redirect_port_outbound = ports.redirect_port_outbound;
+                config.redirect_port_inbound = ports.redirect_port_inbound;
+            }
+            transparent::install(&config, args.dry_run)
+        }
+        TransparentCommand::Uninstall { dry_run, .. } => transparent::uninstall(*dry_run),
     };
     match result {
         Ok(commands) => {

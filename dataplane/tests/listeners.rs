@@ -150,3 +150,35 @@ async fn ready_waits_for_every_listener_and_port_zero_is_registered_as_bound() {
     mesh.stop_zone().await;
     mesh.global.shutdown();
 }
+
+/// What a `strait-dp@` unit runs around the sidecar: `transparent-proxy install|uninstall
+/// --dataplane-file F` does nothing for a Dataplane without `transparentProxying` (so that a
+/// sidecar without interception never removes another's rules), redirects to the Dataplane's
+/// own ports otherwise, and names a bad file.
+#[test]
+fn the_transparent_proxy_follows_the_dataplane_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_strait-dp")).arg("transparent-proxy").args(args).output().unwrap();
+        (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let plain = dir.path().join("plain.yaml");
+    std::fs::write(&plain, web(8001, 10001)).unwrap();
+    let plain = plain.to_str().unwrap();
+    for action in [&["install", "--proxy-uid", "5678", "--dataplane-file", plain][..], &["uninstall", "--dataplane-file", plain]] {
+        let (code, stdout, _) = run(action);
+        assert_eq!(code, Some(0), "{action:?}");
+        assert!(stdout.contains("no transparentProxying; no interception rules"), "{action:?}: {stdout}");
+    }
+    let transparent = dir.path().join("transparent.yaml");
+    std::fs::write(&transparent, web(8001, 10001) + "    transparentProxying: {redirectPortOutbound: 15101, redirectPortInbound: 15106}\n")
+        .unwrap();
+    let (code, stdout, stderr) = run(&["install", "--proxy-uid", "5678", "--dry-run", "--dataplane-file", transparent.to_str().unwrap()]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stdout.contains("--to-ports 15101") && stdout.contains("--to-ports 15106"), "the Dataplane's ports: {stdout}");
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(&bad, "type: Dataplane\nname: web-1\nmesh: default\nspec: {networking: {address: nowhere}}\n").unwrap();
+    let (code, _, stderr) = run(&["install", "--proxy-uid", "5678", "--dataplane-file", bad.to_str().unwrap()]);
+    assert_eq!(code, Some(64));
+    assert!(stderr.contains("--dataplane-file") && stderr.contains("address"), "{stderr}");
+}

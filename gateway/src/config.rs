@@ -31,8 +31,14 @@ pub struct Flags {
     /// The zone's zone-proxy token: the file `zone-proxy-token` that `straitctl zone register`
     /// writes. It only registers gateways of this zone; the zone token stays with the zone
     /// control plane.
-    #[arg(long, env = "STRAIT_ZONE_PROXY_TOKEN_FILE")]
-    pub zone_proxy_token_file: PathBuf,
+    #[arg(long, env = "STRAIT_ZONE_PROXY_TOKEN_FILE", required_unless_present = "zone_proxy_token")]
+    pub zone_proxy_token_file: Option<PathBuf>,
+
+    /// The zone-proxy token itself, instead of --zone-proxy-token-file: give it through
+    /// STRAIT_ZONE_PROXY_TOKEN (the `gateway.env` that `straitctl zone register --output-format
+    /// env` writes), since a command line is visible to every user of the host.
+    #[arg(long, env = "STRAIT_ZONE_PROXY_TOKEN", hide_env_values = true, conflicts_with = "zone_proxy_token_file")]
+    pub zone_proxy_token: Option<String>,
 
     /// Ingress: UDP (QUIC) and TCP (TLS fallback) address other zones' gateways connect to.
     #[arg(long, env = "STRAIT_INGRESS_ADDRESS", default_value = "0.0.0.0:10001")]
@@ -113,7 +119,9 @@ fn advertised(flag: &str, bind: SocketAddr, advertise: Option<IpAddr>, problems:
         (false, _) => bind,
         (true, Some(ip)) => SocketAddr::new(ip, bind.port()),
         (true, None) => {
-            problems.push(format!("{flag} {bind}: binds every address; give --advertise-address so others know which one to use"));
+            problems.push(format!(
+                "{flag} {bind}: binds every address and this host has no route to the zone control plane to pick one by; give --advertise-address"
+            ));
             bind
         }
     }
@@ -127,18 +135,11 @@ impl Flags {
         if let Err(e) = strait_api::names::check_dns_label(&self.name) {
             problems.push(format!("--name {:?}: {e}", self.name));
         }
-        let mut read = |flag: &str, path: &PathBuf| match std::fs::read_to_string(path) {
-            Ok(text) if text.trim().is_empty() => {
-                problems.push(format!("{flag} {}: empty", path.display()));
-                None
-            }
-            Ok(text) => Some(text),
-            Err(e) => {
-                problems.push(format!("{flag} {}: {e}", path.display()));
-                None
-            }
-        };
-        let token = read("--zone-proxy-token-file", &self.zone_proxy_token_file).map(|t| t.trim().to_string());
+        let token = strait_runtime::flags::read_token(
+            ("--zone-proxy-token", self.zone_proxy_token.as_deref()),
+            ("--zone-proxy-token-file", self.zone_proxy_token_file.as_deref()),
+            &mut problems,
+        );
         if self.ingress_address.port() == 0 {
             problems.push("--ingress-address: needs a fixed port: other zones are told it".into());
         }
@@ -148,15 +149,21 @@ impl Flags {
         if self.quic_idle_timeout < Duration::from_millis(300) {
             problems.push(format!("--quic-idle-timeout {:?}: at least 300ms", self.quic_idle_timeout));
         }
+        // Unless told, the gateway is reached at the address it reaches its zone from.
+        let advertise_address = self.advertise_address.or_else(|| {
+            let ip = strait_runtime::flags::route_source(&self.cp.cp_address)?;
+            tracing::info!(%ip, "advertising the address this host reaches its zone control plane from (set --advertise-address to choose)");
+            Some(ip)
+        });
         let advertised_ingress = match self.advertise_ingress_address {
             Some(address) if address.ip().is_unspecified() || address.port() == 0 => {
                 problems.push(format!("--advertise-ingress-address {address}: needs the IP and port other zones connect to"));
                 address
             }
             Some(address) => address,
-            None => advertised("--ingress-address", self.ingress_address, self.advertise_address, &mut problems),
+            None => advertised("--ingress-address", self.ingress_address, advertise_address, &mut problems),
         };
-        let advertised_egress = advertised("--egress-address", self.egress_address, self.advertise_address, &mut problems);
+        let advertised_egress = advertised("--egress-address", self.egress_address, advertise_address, &mut problems);
         match (token, cp_ca_pem) {
             (Some(token), Some(cp_ca_pem)) if problems.is_empty() => {
                 Ok(Validated { flags: self, token, cp_ca_pem, advertised_ingress, advertised_egress })
@@ -172,7 +179,7 @@ mod tests {
 
     fn flags(dir: &std::path::Path, extra: &[&str]) -> Flags {
         std::fs::write(dir.join("token"), "tok\n").unwrap();
-        std::fs::write(dir.join("ca.pem"), "pem").unwrap();
+        std::fs::write(dir.join("ca.pem"), "-----BEGIN CERTIFICATE-----\n").unwrap();
         let mut args: Vec<String> =
             ["strait-gateway", "--cp-address", "https://zone:7678", "--zone-proxy-token-file"].iter().map(|s| s.to_string()).collect();
         args.push(dir.join("token").display().to_string());
@@ -206,5 +213,13 @@ mod tests {
             .unwrap();
         assert!(problems.iter().any(|p| p.starts_with("--advertise-ingress-address")), "{problems:?}");
         assert_eq!(ok.token, "tok");
+
+        let mut args = ["strait-gateway", "--cp-address", "https://127.0.0.1:7678", "--zone-proxy-token", "tok2", "--cp-ca-file"]
+            .map(String::from)
+            .to_vec();
+        args.push(dir.path().join("ca.pem").display().to_string());
+        let routed = Flags::try_parse_from(args).unwrap().validate().unwrap();
+        assert_eq!(routed.advertised_ingress, "127.0.0.1:10001".parse().unwrap(), "the address the zone is reached from");
+        assert_eq!(routed.token, "tok2");
     }
 }

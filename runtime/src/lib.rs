@@ -9,6 +9,7 @@
 pub mod certs;
 pub mod files;
 pub mod flags;
+pub mod journald;
 pub mod notify;
 pub mod signals;
 pub mod telemetry;

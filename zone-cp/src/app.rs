@@ -42,12 +42,8 @@ pub struct ZoneCp {
 impl ZoneCp {
     /// Opens the store, starts zone sync and the REST API.
     pub async fn start(config: Arc<Config>) -> anyhow::Result<ZoneCp> {
-        let token = std::fs::read_to_string(&config.zone_token_file)
-            .map_err(|e| anyhow::anyhow!("reading --zone-token-file {}: {e}", config.zone_token_file.display()))?
-            .trim()
-            .to_string();
-        let ca_pem = std::fs::read_to_string(&config.global_ca_file)
-            .map_err(|e| anyhow::anyhow!("reading --global-ca-file {}: {e}", config.global_ca_file.display()))?;
+        let mut problems = Vec::new();
+        let Some((token, ca_pem)) = config.credentials(&mut problems) else { anyhow::bail!("{}", problems.join("; ")) };
         // It holds the zone's keys (intermediates, identity, the DPS CA) and its admin token:
         // the owner's only. Sidecars and gateways get a copy of the public `dps-ca.pem`.
         strait_runtime::files::private_dir(&config.data_dir)
@@ -116,6 +112,16 @@ impl ZoneCp {
             .await
             .map_err(|e| anyhow::anyhow!("binding DPS to {}: {e}", config.dps_address))?;
         let dps_addr = dps_listener.local_addr()?;
+        if config.environment == crate::config::Environment::Universal {
+            let host = crate::dps::cp_env::advertised_host(&config.dps_tls_names, dps_addr, &config.global_address);
+            let text = crate::dps::cp_env::render(host.as_deref(), dps_addr.port(), &dps_identity.ca_pem);
+            match crate::dps::cp_env::write(&config.data_dir, &text) {
+                Ok(()) => {
+                    tracing::info!(path = %config.data_dir.join("cp.env").display(), address = host.as_deref().unwrap_or("unknown (give --dps-tls-name)"), "wrote how gateways and sidecars reach this zone (copy it to /etc/strait/cp.env on their hosts)")
+                }
+                Err(error) => tracing::warn!(%error, "cannot write cp.env in the data directory"),
+            }
+        }
         let kubernetes = match config.environment {
             crate::config::Environment::Universal => None,
             crate::config::Environment::Kubernetes => {

@@ -25,12 +25,25 @@ pub struct Config {
     pub global_address: String,
 
     /// File holding the zone token printed by `straitctl zone register`.
-    #[arg(long, env = "STRAIT_ZONE_TOKEN_FILE")]
-    pub zone_token_file: PathBuf,
+    #[arg(long, env = "STRAIT_ZONE_TOKEN_FILE", required_unless_present = "zone_token")]
+    pub zone_token_file: Option<PathBuf>,
+
+    /// The zone token itself, instead of --zone-token-file: give it through STRAIT_ZONE_TOKEN
+    /// (the `zone.env` that `straitctl zone register --output-format env` writes), since a
+    /// command line is visible to every user of the host.
+    #[arg(long, env = "STRAIT_ZONE_TOKEN", hide_env_values = true, conflicts_with = "zone_token_file")]
+    #[serde(skip)]
+    pub zone_token: Option<String>,
 
     /// PEM file of the CA that signed the global's sync endpoint (from `straitctl zone register`).
-    #[arg(long, env = "STRAIT_GLOBAL_CA_FILE")]
-    pub global_ca_file: PathBuf,
+    #[arg(long, env = "STRAIT_GLOBAL_CA_FILE", required_unless_present = "global_ca")]
+    pub global_ca_file: Option<PathBuf>,
+
+    /// That CA itself, instead of --global-ca-file: PEM, or PEM in base64 on one line (as in
+    /// the `zone.env` of `straitctl zone register --output-format env`).
+    #[arg(long, env = "STRAIT_GLOBAL_CA", hide_env_values = true, conflicts_with = "global_ca_file")]
+    #[serde(skip)]
+    pub global_ca: Option<String>,
 
     /// Name the global's certificate is checked against.
     #[arg(long, env = "STRAIT_GLOBAL_SERVER_NAME", default_value = "strait-global")]
@@ -178,6 +191,15 @@ pub struct Config {
 }
 
 impl Config {
+    /// The zone token and the global's CA (PEM), inline or from their files.
+    pub fn credentials(&self, problems: &mut Vec<String>) -> Option<(String, String)> {
+        use strait_runtime::flags::{read_pem, read_token};
+        let token =
+            read_token(("--zone-token", self.zone_token.as_deref()), ("--zone-token-file", self.zone_token_file.as_deref()), problems);
+        let ca = read_pem(("--global-ca", self.global_ca.as_deref()), ("--global-ca-file", self.global_ca_file.as_deref()), problems);
+        Some((token?, ca?))
+    }
+
     /// Checks every value and returns all problems at once.
     pub fn validate(&self) -> Result<(), Vec<String>> {
         let mut problems = Vec::new();
@@ -191,11 +213,7 @@ impl Config {
             problems
                 .push(format!("--dps-certificate-lifetime {}: must be at least 2s", strait_api::Duration(self.dps_certificate_lifetime)));
         }
-        for (flag, path) in [("--zone-token-file", &self.zone_token_file), ("--global-ca-file", &self.global_ca_file)] {
-            if !path.is_file() {
-                problems.push(format!("{flag} {}: no such file", path.display()));
-            }
-        }
+        self.credentials(&mut problems);
         for t in &self.disabled_policy_types {
             if !strait_api::ResourceType::ALL.iter().any(|k| k.is_policy() && k.name() == t) {
                 problems.push(format!("--disabled-policy-types: {t:?} is not a policy type"));

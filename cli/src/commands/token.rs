@@ -7,7 +7,7 @@ use anyhow::Context as _;
 use base64::Engine as _;
 use serde_json::Value;
 
-use crate::cli::{DataplaneTokenArgs, RevokeTokenArgs, TokenCommand};
+use crate::cli::{DataplaneTokenArgs, RevokeTokenArgs, TokenCommand, TokenFormat};
 use crate::commands::Context;
 use crate::output::print;
 
@@ -27,6 +27,19 @@ async fn issue(args: &DataplaneTokenArgs, ctx: &Context) -> anyhow::Result<()> {
     let answer = ctx.client()?.post(&path).await?;
     let token = answer.get("token").and_then(Value::as_str).ok_or_else(|| anyhow::anyhow!("the server's answer has no token"))?;
     let id = answer.get("id").and_then(Value::as_str).unwrap_or("?");
+    let env;
+    let token = match args.output_format {
+        TokenFormat::Text => token,
+        TokenFormat::Env => {
+            env = format!(
+                "# strait-dp@<workload>.service of a {service} workload of mesh {mesh}: /etc/strait/dp-<workload>.env, mode 0600.\n\
+                 # Token {id}; revoke it with: straitctl token revoke --mesh {mesh} --id {id}\nSTRAIT_DATAPLANE_TOKEN={token}",
+                service = args.service,
+                mesh = args.mesh
+            );
+            &env
+        }
+    };
     match &args.output {
         Some(file) => {
             crate::commands::zone::write_private(file, token)?;

@@ -52,8 +52,29 @@ async fn register(args: &ZoneRegisterArgs, ctx: &Context) -> anyhow::Result<()> 
     let (token, proxy_token, ca) = (field("token")?, field("proxyToken")?, field("caBundle")?);
     let kds_port = answer.get("kdsPort").and_then(Value::as_u64).unwrap_or(7685);
     let global_address = args.global_address.clone().unwrap_or_else(|| default_global_address(client.server(), kds_port));
-    if args.output_format == RegisterFormat::HelmValues {
-        return Ok(print(&helm_values(&args.name, &global_address, &token, &proxy_token, &ca))?);
+    match (args.output_format, &args.output) {
+        (RegisterFormat::HelmValues, None) => return Ok(print(&helm_values(&args.name, &global_address, &token, &proxy_token, &ca))?),
+        (RegisterFormat::HelmValues, Some(_)) => {
+            anyhow::bail!("--output-format helm-values prints the values: drop --output (or redirect them to a file)")
+        }
+        (RegisterFormat::Env, None) => anyhow::bail!("--output-format env writes zone.env and gateway.env: give --output DIR"),
+        (RegisterFormat::Env, Some(dir)) => {
+            strait_runtime::files::private_dir(dir).with_context(|| format!("creating {}", dir.display()))?;
+            let (zone, gateway) = env_files(&args.name, &global_address, &token, &proxy_token, &ca);
+            write_private(&dir.join("zone.env"), &zone)?;
+            write_private(&dir.join("gateway.env"), &gateway)?;
+            return Ok(print(&format!(
+                "zone/{name} registered; wrote {dir}/zone.env and {dir}/gateway.env (they hold tokens: keep them private)\n\
+                 On the zone's host (deploy/vm/install.sh --role zone):\n  \
+                 install -m 0600 {dir}/zone.env /etc/strait/zone.env && systemctl enable --now strait-zone\n\
+                 then copy the zone's /var/lib/strait/zone/cp.env to /etc/strait/cp.env on its gateway and workload hosts.\n\
+                 On a gateway host (install.sh --role gateway; only gateway.env goes there, never zone.env):\n  \
+                 install -m 0600 {dir}/gateway.env /etc/strait/gateway.env && systemctl enable --now strait-gateway\n",
+                name = args.name,
+                dir = dir.display()
+            ))?);
+        }
+        (RegisterFormat::Text, _) => {}
     }
     match &args.output {
         Some(dir) => {
@@ -71,6 +92,26 @@ async fn register(args: &ZoneRegisterArgs, ctx: &Context) -> anyhow::Result<()> 
         ))?,
     }
     Ok(())
+}
+
+/// `zone.env` (strait-zone.service) and `gateway.env` (strait-gateway.service): one variable
+/// per line, the CA in base64, nothing that needs quoting.
+fn env_files(name: &str, global_address: &str, token: &str, proxy_token: &str, ca: &str) -> (String, String) {
+    let ca = strait_runtime::flags::encode_env_pem(ca);
+    let zone = format!(
+        "# strait-zone.service of zone {name}: /etc/strait/zone.env on the zone's host, mode 0600 (it holds the zone token).\n\
+         STRAIT_ZONE={name}\nSTRAIT_GLOBAL_ADDRESS={global_address}\nSTRAIT_ZONE_TOKEN={token}\nSTRAIT_GLOBAL_CA={ca}\n\
+         # The name or IP the zone's gateways and sidecars reach it at (in its DPS certificate, and in the cp.env it writes;\n\
+         # by default the address this host reaches the global from):\n#STRAIT_DPS_TLS_NAMES=zone.example.com\n"
+    );
+    let gateway = format!(
+        "# strait-gateway.service of zone {name}: /etc/strait/gateway.env on a gateway host, mode 0600 (it holds the\n\
+         # zone-proxy token), beside /etc/strait/cp.env, a copy of the zone's /var/lib/strait/zone/cp.env.\n\
+         STRAIT_ZONE_PROXY_TOKEN={proxy_token}\n\
+         # The IP other zones and the zone's sidecars reach this gateway at (by default the address this host reaches\n\
+         # the zone from), and its name when a zone has several:\n#STRAIT_ADVERTISE_ADDRESS=10.0.1.20\n#STRAIT_GATEWAY_NAME=gateway-1\n"
+    );
+    (zone, gateway)
 }
 
 /// The values of a zone's `helm install` of the chart (deploy/k8s/strait), with what to run.
@@ -203,6 +244,33 @@ mod tests {
         let one = serde_json::json!({"mesh": "default", "dataplane": "web-1", "version": 7, "error": "RingHash is not implemented"});
         assert_eq!(sidecar_nacks(std::slice::from_ref(&one)), "sidecar default/web-1: RingHash is not implemented");
         assert_eq!(sidecar_nacks(&[one.clone(), one]), "sidecar default/web-1: RingHash is not implemented (and 1 more)");
+    }
+
+    #[test]
+    fn env_files_hold_one_plain_assignment_per_line_and_the_zone_token_stays_off_gateways() {
+        let ca = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
+        let (zone, gateway) = super::env_files("zone-1", "https://10.0.0.1:7685", "zt.a.b", "pt.c.d", ca);
+        let vars = |text: &str| -> std::collections::BTreeMap<String, String> {
+            text.lines()
+                .filter(|l| !l.starts_with('#'))
+                .map(|l| {
+                    let (k, v) = l.split_once('=').unwrap();
+                    assert!(!v.contains([' ', '"', '\'', '\\', '$']), "needs no quoting in an EnvironmentFile: {l}");
+                    (k.to_string(), v.to_string())
+                })
+                .collect()
+        };
+        let zone = vars(&zone);
+        assert_eq!(zone["STRAIT_ZONE"], "zone-1");
+        assert_eq!(zone["STRAIT_GLOBAL_ADDRESS"], "https://10.0.0.1:7685");
+        assert_eq!(zone["STRAIT_ZONE_TOKEN"], "zt.a.b");
+        let mut problems = Vec::new();
+        let decoded =
+            strait_runtime::flags::read_pem(("--global-ca", Some(&zone["STRAIT_GLOBAL_CA"])), ("--global-ca-file", None), &mut problems);
+        assert_eq!(decoded.as_deref(), Some(ca));
+        let gateway = vars(&gateway);
+        assert_eq!(gateway.keys().collect::<Vec<_>>(), ["STRAIT_ZONE_PROXY_TOKEN"]);
+        assert_eq!(gateway["STRAIT_ZONE_PROXY_TOKEN"], "pt.c.d");
     }
 
     #[test]

@@ -64,6 +64,7 @@ pub mod process;
 pub mod sidecar;
 pub mod slots;
 mod sys;
+pub mod units;
 pub mod wait;
 pub mod wan;
 

@@ -31,13 +31,14 @@ pub struct Cmd {
     program: OsString,
     args: Vec<OsString>,
     env: Vec<(OsString, OsString)>,
+    clear_env: bool,
     timeout: Option<Duration>,
 }
 
 impl Cmd {
     /// A command running `program` with no arguments.
     pub fn new(program: impl AsRef<OsStr>) -> Cmd {
-        Cmd { program: program.as_ref().to_owned(), args: Vec::new(), env: Vec::new(), timeout: None }
+        Cmd { program: program.as_ref().to_owned(), args: Vec::new(), env: Vec::new(), clear_env: false, timeout: None }
     }
 
     /// Appends one argument.
@@ -62,13 +63,19 @@ impl Cmd {
         self
     }
 
+    /// Starts from an empty environment (as systemd starts a service) instead of the test's.
+    pub fn clear_env(mut self) -> Cmd {
+        self.clear_env = true;
+        self
+    }
+
     /// This command run through `wrapper` (such as `setpriv --reuid=1337`): the wrapper and its
     /// arguments first, then this command's program and arguments; environment and timeout kept.
     pub fn wrapped(self, wrapper: impl AsRef<OsStr>, wrapper_args: &[&str]) -> Cmd {
         let mut args: Vec<OsString> = wrapper_args.iter().map(OsString::from).collect();
         args.push(self.program);
         args.extend(self.args);
-        Cmd { program: wrapper.as_ref().to_owned(), args, env: self.env, timeout: self.timeout }
+        Cmd { program: wrapper.as_ref().to_owned(), args, env: self.env, clear_env: self.clear_env, timeout: self.timeout }
     }
 
     /// Deadline for a one-shot run (`Host::run_cmd`); ignored by spawned processes.
@@ -98,6 +105,9 @@ impl Cmd {
             None => Command::new(&self.program),
         };
         cmd.args(&self.args).current_dir(cwd).process_group(0);
+        if self.clear_env {
+            cmd.env_clear();
+        }
         for var in PROXY_VARS {
             cmd.env_remove(var);
         }

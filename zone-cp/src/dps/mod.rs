@@ -10,6 +10,7 @@
 //! Dataplane is the one the zone's Kubernetes controller keeps for its Pod, which outlives
 //! the stream.
 
+pub mod cp_env;
 pub mod gateway;
 pub mod session;
 pub mod tls;
