@@ -43,9 +43,9 @@ pub enum StartError {
         source: std::io::Error,
     },
     /// The store did not open.
-    #[error("opening the store in {dir}: {source}")]
+    #[error("opening the store ({dir}): {source}")]
     Store {
-        /// Where.
+        /// Where: its directory, or its URL without the password.
         dir: PathBuf,
         /// Why.
         source: strait_store::StoreError,
@@ -93,6 +93,30 @@ pub struct GlobalCp {
     store: Arc<dyn Store>,
 }
 
+/// The global's store: sled in `<data_dir>/store`, or the PostgreSQL database `url` names;
+/// private keys stay out of the event log either way.
+async fn open_store(url: &str, data_dir: &std::path::Path) -> Result<(Arc<dyn Store>, PathBuf), StartError> {
+    let sled = strait_cp_core::kinds::store_options();
+    if url != "sled" {
+        let location = PathBuf::from(strait_store::redact_url(url));
+        let options = strait_store::PgOptions { unlogged_kinds: sled.unlogged_kinds, ..Default::default() };
+        return match strait_store::PgStore::open(url, options).await {
+            Ok(store) => Ok((Arc::new(store), location)),
+            Err(source) => Err(StartError::Store { dir: location, source }),
+        };
+    }
+    let dir = data_dir.join("store");
+    let opened = {
+        let dir = dir.clone();
+        tokio::task::spawn_blocking(move || SledStore::open_with(&dir, sled)).await
+    };
+    match opened {
+        Ok(Ok(s)) => Ok((Arc::new(s), dir)),
+        Ok(Err(source)) => Err(StartError::Store { dir, source }),
+        Err(join) => Err(StartError::Store { dir, source: strait_store::StoreError::Backend(join.to_string()) }),
+    }
+}
+
 impl GlobalCp {
     /// Opens the store, loads the token, binds and starts serving.
     pub async fn start(config: Arc<Config>) -> Result<GlobalCp, StartError> {
@@ -100,16 +124,7 @@ impl GlobalCp {
         let token_file = config.resolved_token_file().ok_or(StartError::NoDataDir)?;
         // It holds every mesh's root key and the token-signing keys: the owner's only.
         strait_runtime::files::private_dir(&data_dir).map_err(|source| StartError::DataDir { dir: data_dir.clone(), source })?;
-        let store_dir = data_dir.join("store");
-        let opened = {
-            let dir = store_dir.clone();
-            tokio::task::spawn_blocking(move || SledStore::open_with(&dir, strait_cp_core::kinds::store_options())).await
-        };
-        let store: Arc<dyn Store> = match opened {
-            Ok(Ok(s)) => Arc::new(s),
-            Ok(Err(source)) => return Err(StartError::Store { dir: store_dir, source }),
-            Err(join) => return Err(StartError::Store { dir: store_dir, source: strait_store::StoreError::Backend(join.to_string()) }),
-        };
+        let (store, store_dir) = open_store(&config.store, &data_dir).await?;
         let (token, created) = strait_cp_core::auth::load_or_create(&token_file)?;
         if created {
             tracing::info!(path = %token_file.display(), "generated a new admin token; pass it to straitctl with --token-file or STRAIT_TOKEN");

@@ -88,6 +88,15 @@ pub struct Config {
     #[arg(long, env = "STRAIT_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
 
+    /// Where the global keeps meshes, policies, zones and its secrets: `sled` (the embedded
+    /// store in <data-dir>/store) or a PostgreSQL URL (`postgres://user:password@host/db`,
+    /// not encrypted: keep the database on a private network), which several replicas may
+    /// share. Give the URL through STRAIT_STORE rather than the command line: it may hold a
+    /// password.
+    #[arg(long, env = "STRAIT_STORE", default_value = "sled", hide_env_values = true)]
+    #[serde(serialize_with = "redacted")]
+    pub store: String,
+
     /// File holding the admin token for writes; created with a new random token (mode 0600)
     /// when missing [default: <data-dir>/admin-token].
     #[arg(long, env = "STRAIT_ADMIN_TOKEN_FILE")]
@@ -142,6 +151,7 @@ impl Config {
             kds_certificate_lifetime: Duration::from_secs(365 * 24 * 3600),
             zone_ca_lifetime: Duration::from_secs(365 * 24 * 3600),
             data_dir: Some(data_dir),
+            store: "sled".into(),
             admin_token_file: None,
             max_body_bytes: 1024 * 1024,
             shutdown_timeout: Duration::from_secs(10),
@@ -155,6 +165,12 @@ impl Config {
     /// Checks every value and returns all problems at once.
     pub fn validate(&self) -> Result<(), Vec<String>> {
         let mut problems = Vec::new();
+        if self.store != "sled" && !self.store.starts_with("postgres://") && !self.store.starts_with("postgresql://") {
+            problems.push(format!(
+                "--store {}: expected `sled` or a PostgreSQL URL (postgres://user:password@host:5432/database)",
+                strait_store::redact_url(&self.store)
+            ));
+        }
         if self.max_body_bytes < 1024 {
             problems.push(format!("--max-body-bytes {}: must be at least 1024", self.max_body_bytes));
         }
@@ -227,6 +243,11 @@ impl Config {
 /// Whether we run as root, read from the owner of our own /proc entry (no unsafe call needed).
 fn is_root() -> bool {
     std::fs::metadata("/proc/self").map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0).unwrap_or(false)
+}
+
+/// The store URL as logged: without its password.
+fn redacted<S: serde::Serializer>(url: &str, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&strait_store::redact_url(url))
 }
 
 #[cfg(test)]

@@ -25,14 +25,17 @@ fn trust_key() -> Key {
 
 /// Makes sure the system trust bundle holds `ca_pem`, keeping the revocations it has.
 pub async fn publish_trust(store: &dyn Store, ca_pem: &str) -> Result<(), StoreError> {
-    let current = store.get(&trust_key()).await?;
-    let mut trust: SystemTrust = current.as_ref().and_then(|o| serde_json::from_value(o.data.clone()).ok()).unwrap_or_default();
-    if trust.roots.iter().any(|r| r == ca_pem) {
-        return Ok(());
-    }
-    trust.roots = vec![ca_pem.to_string()];
-    let precondition = current.map_or(Precondition::MustNotExist, |o| Precondition::Version(o.version));
-    store.put(trust_key(), serde_json::to_value(&trust).unwrap_or_default(), precondition).await.map(|_| ())
+    // Replicas starting together on one database publish the same root: the first wins, the
+    // others find it there.
+    update_trust(store, "publishing the system CA", |trust| {
+        if trust.roots.iter().any(|r| r == ca_pem) {
+            return 0;
+        }
+        trust.roots = vec![ca_pem.to_string()];
+        1
+    })
+    .await
+    .map(drop)
 }
 
 /// Signs `zone`'s identity from its CSR (off the async workers) and records its fingerprint;

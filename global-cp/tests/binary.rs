@@ -21,18 +21,28 @@ struct Global {
 }
 
 fn spawn(dir: &Path, port: u16) -> Global {
+    spawn_with(dir, port, &[])
+}
+
+/// `strait-global` with `env` set (such as `STRAIT_STORE`), ready.
+fn spawn_with(dir: &Path, port: u16, env: &[(&str, &str)]) -> Global {
+    let g = start_with(dir, port, env);
+    wait_ready(&g, dir);
+    g
+}
+
+/// `strait-global` with `env` set, started (not yet ready).
+fn start_with(dir: &Path, port: u16, env: &[(&str, &str)]) -> Global {
     let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("global.log")).unwrap();
     let child = Command::new(BIN)
         .args(["--api-address", &format!("127.0.0.1:{port}"), "--kds-address", "127.0.0.1:0", "--data-dir"])
         .arg(dir)
+        .envs(env.iter().copied())
         .stdout(Stdio::null())
         .stderr(log)
         .spawn()
         .unwrap();
-    let base = format!("https://127.0.0.1:{port}");
-    let g = Global { child, base };
-    wait_ready(&g, dir);
-    g
+    Global { child, base: format!("https://127.0.0.1:{port}") }
 }
 
 /// A client that trusts only the CA the global wrote next to its admin token, once it has.
@@ -97,6 +107,61 @@ fn acknowledged_writes_survive_kill_9() {
     stop(g2);
 }
 
+/// With `--store` on PostgreSQL: two replicas (each its own data directory, one database)
+/// started at once on an empty database create the global's secrets once; acknowledged writes
+/// to one survive its `kill -9` and the other serves them.
+#[test]
+fn on_postgresql_writes_survive_kill_9_and_a_second_replica_serves_them() {
+    if !strait_pg_harness::available() {
+        return;
+    }
+    let server = strait_pg_harness::start().expect("a PostgreSQL server");
+    let store = [("STRAIT_STORE", server.url())];
+    let store: Vec<(&str, &str)> = store.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let port = free_port();
+    let (mut g, replica) = (start_with(a.path(), port, &store), start_with(b.path(), free_port(), &store));
+    wait_ready(&g, a.path());
+    wait_ready(&replica, b.path());
+    let client_a = client(a.path()).expect("the API's CA");
+    let token_a = token(a.path());
+    let put = |base: &str, path: &str, body: Value| {
+        let resp = client_a.put(format!("{base}{path}")).bearer_auth(&token_a).json(&body).send().unwrap();
+        assert!(resp.status().is_success(), "{path}: {}", resp.status());
+    };
+    put(&g.base, "/meshes/default", json!({"type": "Mesh", "name": "default", "spec": {"skipDefaultPolicies": true}}));
+    for i in 0..50 {
+        let name = format!("t-{i}");
+        let spec = json!({"to": [{"targetRef": {"kind": "Mesh"}, "default": {"idleTimeout": format!("{}s", i + 1)}}]});
+        put(
+            &g.base,
+            &format!("/meshes/default/meshtimeouts/{name}"),
+            json!({"type": "MeshTimeout", "name": name, "mesh": "default", "spec": spec}),
+        );
+    }
+    g.child.kill().unwrap();
+    g.child.wait().unwrap();
+
+    let g = spawn_with(a.path(), port, &store);
+    let client_b = client(b.path()).expect("the second replica's CA");
+    for (client, base) in [(&client_a, &g.base), (&client_b, &replica.base)] {
+        let list: Value = client.get(format!("{base}/meshes/default/meshtimeouts")).send().unwrap().json().unwrap();
+        assert_eq!(list["total"], 50, "every acknowledged write, on {base}");
+    }
+    // The zone-sync CA a zone is told to trust comes from the global's secrets: one set,
+    // created by the first replica, loaded by the second.
+    let ca_bundle = |client: &reqwest::blocking::Client, base: &str, token: &str| -> Value {
+        let resp = client.post(format!("{base}/zones/zone-1/token")).bearer_auth(token).send().unwrap();
+        assert!(resp.status().is_success(), "{}", resp.status());
+        resp.json::<Value>().unwrap()["caBundle"].clone()
+    };
+    let from_a = ca_bundle(&client_a, &g.base, &token_a);
+    assert!(from_a.as_str().is_some_and(|pem| pem.contains("BEGIN CERTIFICATE")), "{from_a}");
+    assert_eq!(from_a, ca_bundle(&client_b, &replica.base, &token(b.path())), "one set of secrets");
+    stop(g);
+    stop(replica);
+}
+
 fn stop(mut g: Global) {
     let status = Command::new("kill").args(["-TERM", &g.child.id().to_string()]).status().unwrap();
     assert!(status.success());
@@ -134,10 +199,16 @@ fn sigterm_stops_cleanly_and_logs_as_json_on_request() {
 
 #[test]
 fn bad_configuration_exits_64_naming_every_value() {
-    let out = Command::new(BIN).args(["--max-body-bytes", "5", "--log-level", "info,["]).output().unwrap();
+    let out = Command::new(BIN)
+        .args(["--max-body-bytes", "5", "--log-level", "info,["])
+        .env("STRAIT_STORE", "mysql://strait:s3cret@db/strait")
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(64));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("--max-body-bytes 5"), "{stderr}");
+    assert!(stderr.contains("--store mysql://strait:***@db/strait: expected `sled` or a PostgreSQL URL"), "{stderr}");
+    assert!(!stderr.contains("s3cret"), "the password is never printed: {stderr}");
     assert!(stderr.contains("--log-level"), "{stderr}");
     let out = Command::new(BIN).args(["--api-address", "not-an-address"]).output().unwrap();
     assert_eq!(out.status.code(), Some(2), "clap rejects unparseable flags");

@@ -4,7 +4,8 @@
 //!
 //! In: [`Op`] batches, reads by key, kind or mesh, and watch requests from a revision. Out:
 //! [`Object`]s stamped with a version and times, one [`Outcome`] per op, and [`Event`]s in
-//! revision order. Callers hold a [`Store`] (the trait); [`SledStore`] is the embedded backend.
+//! revision order. Callers hold a [`Store`] (the trait); [`SledStore`] is the embedded backend,
+//! [`PgStore`] the PostgreSQL one that several processes share.
 //! The store knows nothing of the resource model: validation and typing live in `strait-api`.
 #![forbid(unsafe_code)]
 
@@ -14,6 +15,7 @@ mod error;
 mod event_log;
 mod key;
 mod object;
+mod pg_store;
 mod sled_store;
 mod store;
 mod watch;
@@ -21,5 +23,6 @@ mod watch;
 pub use error::StoreError;
 pub use key::Key;
 pub use object::{Event, EventKind, Object, Op, Outcome, Precondition};
+pub use pg_store::{redact as redact_url, PgOptions, PgStore};
 pub use sled_store::{SledOptions, SledStore};
 pub use store::{Stats, Store, WatchStream};

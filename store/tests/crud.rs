@@ -1,16 +1,28 @@
-//! Reads and writes through the public `Store` API of `SledStore`.
+//! Reads and writes through the public `Store` API, on every backend (`sled::*`,
+//! `postgres::*`), and what only one backend has.
 
 mod common;
 
-use std::sync::Arc;
-
-use common::{key, revisions, temp_store};
+use common::{key, revisions, Backend};
 use serde_json::json;
 use strait_store::{Op, Outcome, Precondition, SledStore, Store, StoreError};
 
-#[tokio::test]
-async fn put_creates_then_updates_and_identical_data_is_unchanged() {
-    let (_dir, store) = temp_store();
+contract_tests!(
+    put_creates_then_updates_and_identical_data_is_unchanged,
+    delete_returns_the_object_as_it_was_and_removes_it,
+    preconditions_hold_or_conflict_with_the_actual_version,
+    a_failing_precondition_leaves_the_whole_batch_unwritten,
+    later_ops_in_a_batch_see_earlier_ones,
+    empty_batch_is_a_no_op,
+    keys_with_nul_bytes_are_refused,
+    list_by_kind_and_mesh_is_sorted_by_mesh_then_name,
+    list_mesh_returns_every_kind_of_one_mesh,
+    stats_count_objects_by_kind,
+    optimistic_read_modify_write_loses_no_update,
+);
+
+async fn put_creates_then_updates_and_identical_data_is_unchanged(backend: Backend) {
+    let store = backend.open().await;
     let k = key("MeshTimeout", "default", "t1");
     assert_eq!(store.revision(), 0);
 
@@ -35,9 +47,8 @@ async fn put_creates_then_updates_and_identical_data_is_unchanged() {
     assert_eq!(store.get(&k).await.unwrap(), Some(updated));
 }
 
-#[tokio::test]
-async fn delete_returns_the_object_as_it_was_and_removes_it() {
-    let (_dir, store) = temp_store();
+async fn delete_returns_the_object_as_it_was_and_removes_it(backend: Backend) {
+    let store = backend.open().await;
     let k = key("Zone", "", "east");
     let created = store.put(k.clone(), json!({"enabled": true}), Precondition::None).await.unwrap().into_object();
 
@@ -50,9 +61,8 @@ async fn delete_returns_the_object_as_it_was_and_removes_it() {
     assert_eq!(store.revision(), 2);
 }
 
-#[tokio::test]
-async fn preconditions_hold_or_conflict_with_the_actual_version() {
-    let (_dir, store) = temp_store();
+async fn preconditions_hold_or_conflict_with_the_actual_version(backend: Backend) {
+    let store = backend.open().await;
     let k = key("Mesh", "", "default");
     let missing = key("Mesh", "", "other");
     let v1 = store.put(k.clone(), json!(1), Precondition::MustNotExist).await.unwrap();
@@ -88,9 +98,8 @@ async fn preconditions_hold_or_conflict_with_the_actual_version() {
     assert!(matches!(store.delete(k.clone(), Precondition::Version(2)).await, Ok(Outcome::Deleted(_))));
 }
 
-#[tokio::test]
-async fn a_failing_precondition_leaves_the_whole_batch_unwritten() {
-    let (_dir, store) = temp_store();
+async fn a_failing_precondition_leaves_the_whole_batch_unwritten(backend: Backend) {
+    let store = backend.open().await;
     let existing = key("MeshRetry", "default", "existing");
     let taken = key("MeshRetry", "default", "taken");
     store.put(existing.clone(), json!("old"), Precondition::None).await.unwrap();
@@ -126,9 +135,8 @@ async fn a_failing_precondition_leaves_the_whole_batch_unwritten() {
     assert_eq!(outcomes.iter().map(|o| o.object().version).collect::<Vec<_>>(), [3, 4]);
 }
 
-#[tokio::test]
-async fn later_ops_in_a_batch_see_earlier_ones() {
-    let (_dir, store) = temp_store();
+async fn later_ops_in_a_batch_see_earlier_ones(backend: Backend) {
+    let store = backend.open().await;
     let k = key("MeshRetry", "default", "r");
     let other = key("MeshRetry", "default", "s");
     let outcomes = store
@@ -159,16 +167,14 @@ async fn later_ops_in_a_batch_see_earlier_ones() {
     assert_eq!(store.get(&other).await.unwrap().unwrap().version, 3);
 }
 
-#[tokio::test]
-async fn empty_batch_is_a_no_op() {
-    let (_dir, store) = temp_store();
+async fn empty_batch_is_a_no_op(backend: Backend) {
+    let store = backend.open().await;
     assert!(store.apply(vec![]).await.unwrap().is_empty());
     assert_eq!(store.revision(), 0);
 }
 
-#[tokio::test]
-async fn keys_with_nul_bytes_are_refused() {
-    let (_dir, store) = temp_store();
+async fn keys_with_nul_bytes_are_refused(backend: Backend) {
+    let store = backend.open().await;
     let err = store.put(key("K", "m", "a\0b"), json!(1), Precondition::None).await.unwrap_err();
     assert!(matches!(err, StoreError::Backend(ref m) if m.contains("NUL")), "{err}");
     assert!(store.get(&key("K\0", "", "a")).await.is_err());
@@ -176,7 +182,7 @@ async fn keys_with_nul_bytes_are_refused() {
     assert_eq!(store.revision(), 0);
 }
 
-async fn seed(store: &SledStore) {
+async fn seed(store: &dyn Store) {
     let items = [
         ("MeshTimeout", "prod", "b"),
         ("MeshTimeout", "dev", "z"),
@@ -198,10 +204,9 @@ fn names(objects: &[strait_store::Object]) -> Vec<String> {
     objects.iter().map(|o| o.key.to_string()).collect()
 }
 
-#[tokio::test]
-async fn list_by_kind_and_mesh_is_sorted_by_mesh_then_name() {
-    let (_dir, store) = temp_store();
-    seed(&store).await;
+async fn list_by_kind_and_mesh_is_sorted_by_mesh_then_name(backend: Backend) {
+    let store = backend.open().await;
+    seed(&*store).await;
     assert_eq!(names(&store.list("MeshTimeout", Some("prod")).await.unwrap()), ["MeshTimeout/prod/a", "MeshTimeout/prod/b"]);
     assert_eq!(
         names(&store.list("MeshTimeout", None).await.unwrap()),
@@ -216,10 +221,9 @@ async fn list_by_kind_and_mesh_is_sorted_by_mesh_then_name() {
     assert_eq!(listed[0], store.get(&key("MeshRetry", "prod", "a")).await.unwrap().unwrap());
 }
 
-#[tokio::test]
-async fn list_mesh_returns_every_kind_of_one_mesh() {
-    let (_dir, store) = temp_store();
-    seed(&store).await;
+async fn list_mesh_returns_every_kind_of_one_mesh(backend: Backend) {
+    let store = backend.open().await;
+    seed(&*store).await;
     assert_eq!(
         names(&store.list_mesh("prod").await.unwrap()),
         ["Dataplane/prod/web-1", "MeshRetry/prod/a", "MeshTimeout/prod/a", "MeshTimeout/prod/b"]
@@ -228,10 +232,9 @@ async fn list_mesh_returns_every_kind_of_one_mesh() {
     assert!(store.list_mesh("pro").await.unwrap().is_empty());
 }
 
-#[tokio::test]
-async fn stats_count_objects_by_kind() {
-    let (_dir, store) = temp_store();
-    seed(&store).await;
+async fn stats_count_objects_by_kind(backend: Backend) {
+    let store = backend.open().await;
+    seed(&*store).await;
     store.delete(key("Zone", "", "east"), Precondition::None).await.unwrap();
     let stats = store.stats().await.unwrap();
     let counts: Vec<(&str, u64)> = stats.objects_by_kind.iter().map(|(k, v)| (k.as_str(), *v)).collect();
@@ -261,10 +264,9 @@ async fn reopen_keeps_objects_revision_and_history() {
     assert_eq!(revisions(&common::next_events(&mut watch, 4).await), [1, 2, 3, 4]);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn optimistic_read_modify_write_loses_no_update() {
-    let (_dir, store) = temp_store();
-    let store = Arc::new(store);
+async fn optimistic_read_modify_write_loses_no_update(backend: Backend) {
+    let test_store = backend.open().await;
+    let store = test_store.store.clone();
     let k = key("Counter", "", "c");
     store.put(k.clone(), json!(0), Precondition::None).await.unwrap();
     let mut tasks = tokio::task::JoinSet::new();

@@ -1,0 +1,163 @@
+//! A real PostgreSQL server for one test: Debian's `postgres` binaries, a cluster copied from a
+//! template made once by `initdb` (per machine and server version), listening on a Unix socket
+//! in the test's own directory only. As root, the server runs as the user `postgres` (it refuses
+//! root). Dropping the [`Server`] stops it and removes its files.
+//!
+//! Without the binaries the store's PostgreSQL contract tests say they are skipped, except under
+//! CI (`CI` set), where the test fails: CI installs Debian's `postgresql`.
+//!
+//! In: nothing (the binaries are found under `/usr/lib/postgresql`, or `STRAIT_PG_BIN`). Out: a
+//! [`Server`] and its connection URL.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A running server and its directory.
+pub struct Server {
+    child: Child,
+    dir: tempfile::TempDir,
+}
+
+impl Server {
+    /// The connection URL: `postgresql://strait@<socket directory, percent-encoded>/postgres`.
+    pub fn url(&self) -> String {
+        let host: String = self
+            .dir
+            .path()
+            .display()
+            .to_string()
+            .bytes()
+            .map(|b| if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) { char::from(b).to_string() } else { format!("%{b:02X}") })
+            .collect();
+        format!("postgresql://strait@{host}:5432/postgres")
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        // SIGTERM: a "smart" shutdown that waits for clients; SIGINT ("fast") does not.
+        let _ = Command::new("kill").args(["-INT", &self.child.id().to_string()]).status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn bin_dir() -> Option<PathBuf> {
+    if let Some(dir) = std::env::var_os("STRAIT_PG_BIN") {
+        return Some(PathBuf::from(dir));
+    }
+    let mut versions: Vec<PathBuf> =
+        std::fs::read_dir("/usr/lib/postgresql").ok()?.filter_map(|e| Some(e.ok()?.path().join("bin"))).collect();
+    versions.sort();
+    versions.into_iter().rev().find(|d| d.join("postgres").is_file() && d.join("initdb").is_file())
+}
+
+fn is_root() -> bool {
+    std::process::Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout.starts_with(b"0\n"))
+}
+
+/// `program args` as the server's user.
+fn command(program: &Path) -> Command {
+    if is_root() {
+        let mut c = Command::new("setpriv");
+        c.args(["--reuid=postgres", "--regid=postgres", "--init-groups", "--"]).arg(program);
+        c
+    } else {
+        Command::new(program)
+    }
+}
+
+fn chown_to_server_user(path: &Path) {
+    if is_root() {
+        let status = Command::new("chown").args(["-R", "postgres:postgres"]).arg(path).status().expect("chown");
+        assert!(status.success(), "chown {} to postgres", path.display());
+    }
+}
+
+/// The template cluster, made once: `initdb` into a scratch directory, then renamed into place,
+/// so that tests starting together never see half of one.
+fn template(bin: &Path) -> PathBuf {
+    let version = bin.parent().and_then(|p| p.file_name()).map(|v| v.to_string_lossy().into_owned()).unwrap_or_default();
+    let user = if is_root() { "root".to_string() } else { std::env::var("USER").unwrap_or_default() };
+    let path = std::env::temp_dir().join(format!("strait-pg-template-{version}-{user}"));
+    if path.join("PG_VERSION").is_file() {
+        return path;
+    }
+    let scratch = tempfile::Builder::new().prefix("strait-pg-initdb-").tempdir_in(std::env::temp_dir()).expect("scratch dir");
+    chown_to_server_user(scratch.path());
+    let data = scratch.path().join("data");
+    let out = command(&bin.join("initdb"))
+        .args(["-A", "trust", "-U", "strait", "--no-sync", "-E", "UTF8", "--locale=C", "-D"])
+        .arg(&data)
+        .output()
+        .expect("run initdb");
+    assert!(out.status.success(), "initdb: {}", String::from_utf8_lossy(&out.stderr));
+    // Another test may have won the race; its template is as good.
+    if std::fs::rename(&data, &path).is_err() && !path.join("PG_VERSION").is_file() {
+        panic!("cannot move the template cluster to {}", path.display());
+    }
+    path
+}
+
+/// Whether the server binaries are here; says why not (a panic under CI).
+pub fn available() -> bool {
+    if bin_dir().is_some() {
+        return true;
+    }
+    let why = "no PostgreSQL server binaries (/usr/lib/postgresql/*/bin; Debian's postgresql package)";
+    assert!(std::env::var_os("CI").is_none(), "{why}: CI installs them (scripts/test.sh)");
+    println!("SKIPPED the PostgreSQL backend: {why}");
+    false
+}
+
+/// Starts a server (`None` when [`available`] says no).
+pub fn start() -> Option<Server> {
+    let bin = bin_dir()?;
+    let template = template(&bin);
+    let dir = tempfile::Builder::new().prefix("strait-pg-").tempdir().expect("server dir");
+    let data = dir.path().join("data");
+    let copied = Command::new("cp").arg("-a").arg(&template).arg(&data).status().expect("cp");
+    assert!(copied.success(), "copy the template cluster");
+    chown_to_server_user(dir.path());
+    let log = std::fs::File::create(dir.path().join("server.log")).expect("log file");
+    let child = command(&bin.join("postgres"))
+        .arg("-D")
+        .arg(&data)
+        .arg("-k")
+        .arg(dir.path())
+        .args(["-c", "listen_addresses=", "-c", "fsync=off", "-c", "max_connections=300", "-c", "shared_buffers=16MB"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("start postgres");
+    let server = Server { child, dir };
+    // Ready once it accepts connections (its socket appears earlier, while it starts up).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let ready = Command::new(bin.join("pg_isready"))
+            .arg("-q")
+            .arg("-h")
+            .arg(server.dir.path())
+            .args(["-p", "5432", "-U", "strait", "-d", "postgres"])
+            .status()
+            .is_ok_and(|s| s.success());
+        if ready {
+            return Some(server);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "postgres did not accept connections within 30 s: {}",
+            std::fs::read_to_string(server.dir.path().join("server.log")).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
