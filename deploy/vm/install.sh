@@ -98,6 +98,12 @@ put_text() { # dest mode
     rm -f "$tmp"
 }
 
+# Writes stdin as /etc/strait/<name> (an example, or a file of install.sh's own) and records it.
+put_etc() { # name
+    put_text "$(r "/etc/strait/$1")" 0644
+    record file "/etc/strait/$1"
+}
+
 reload_systemd() {
     if [[ $root == / && -d /run/systemd/system ]]; then systemctl daemon-reload; fi
 }
@@ -184,7 +190,7 @@ for role in "${roles[@]}"; do
     case $role in
     global)
         ensure_dir /var/lib/strait/global 0700 "$uid" "$gid"
-        put_text "$(r /etc/strait/global.env.example)" 0644 <<'EOF'
+        put_etc global.env.example <<'EOF'
 # /etc/strait/global.env: settings of strait-global.service (every flag of strait-global has
 # its STRAIT_* variable; see strait-global --help). None is required.
 #
@@ -196,11 +202,10 @@ for role in "${roles[@]}"; do
 #STRAIT_KDS_ADDRESS=0.0.0.0:7685
 #STRAIT_LOG=info
 EOF
-        record file /etc/strait/global.env.example
         ;;
     zone)
         ensure_dir /var/lib/strait/zone 0700 "$uid" "$gid"
-        put_text "$(r /etc/strait/zone.env.example)" 0644 <<'EOF'
+        put_etc zone.env.example <<'EOF'
 # /etc/strait/zone.env: settings of strait-zone.service, written by
 #   straitctl zone register <zone> --output-format env --output <dir>
 # as <dir>/zone.env (mode 0600: it holds the zone token). Copy it here, then
@@ -214,11 +219,10 @@ EOF
 # The name or address gateways and sidecars reach this zone at (also written to cp.env):
 #STRAIT_DPS_TLS_NAMES=zone-1.example.com
 EOF
-        record file /etc/strait/zone.env.example
         ;;
     gateway)
         ensure_dir /var/lib/strait/gateway 0700 "$uid" "$gid"
-        put_text "$(r /etc/strait/gateway.env.example)" 0644 <<'EOF'
+        put_etc gateway.env.example <<'EOF'
 # /etc/strait/gateway.env: settings of strait-gateway.service, written by
 #   straitctl zone register <zone> --output-format env --output <dir>
 # as <dir>/gateway.env (mode 0600: it holds the zone-proxy token). It also reads
@@ -228,16 +232,14 @@ EOF
 #STRAIT_ADVERTISE_ADDRESS=10.0.1.20
 #STRAIT_GATEWAY_NAME=gateway-1
 EOF
-        record file /etc/strait/gateway.env.example
         ;;
     dataplane)
-        put_text "$(r /etc/strait/dp.env)" 0644 <<EOF
+        put_etc dp.env <<EOF
 # Written by install.sh: the uid of the user strait-dp@ sidecars run as. The interception
 # rules never redirect this user's own connections.
 STRAIT_PROXY_UID=$uid
 EOF
-        record file /etc/strait/dp.env
-        put_text "$(r /etc/strait/dp-web.env.example)" 0644 <<'EOF'
+        put_etc dp-web.env.example <<'EOF'
 # /etc/strait/dp-<workload>.env: settings of strait-dp@<workload>.service, written by
 #   straitctl token dataplane --mesh default --service web --output-format env > dp-web.env
 # (mode 0600: it holds the token). The sidecar runs the Dataplane /etc/strait/dp-<workload>.yaml
@@ -246,8 +248,7 @@ EOF
 # Another admin port when several sidecars share the host:
 #STRAIT_ADMIN_ADDRESS=127.0.0.1:9901
 EOF
-        record file /etc/strait/dp-web.env.example
-        put_text "$(r /etc/strait/dp-web.yaml.example)" 0644 <<'EOF'
+        put_etc dp-web.yaml.example <<'EOF'
 # /etc/strait/dp-web.yaml: the Dataplane of the workload "web" (strait-dp@web.service).
 type: Dataplane
 mesh: default
@@ -275,7 +276,6 @@ spec:
       redirectPortOutbound: 15001
       redirectPortInbound: 15006
 EOF
-        record file /etc/strait/dp-web.yaml.example
         ;;
     esac
     echo "installed $role: /usr/local/bin/$binary, /etc/systemd/system/$unit (user $user)"
