@@ -185,7 +185,7 @@ impl GlobalCp {
         let tasks = TaskTracker::new();
         let shared = KdsShared {
             resources,
-            registry: zone_registry,
+            registry: zone_registry.clone(),
             settings: Arc::new(KdsSettings {
                 heartbeat_interval: config.kds_heartbeat_interval,
                 idle_timeout: config.kds_idle_timeout,
@@ -221,6 +221,13 @@ impl GlobalCp {
                 tracing::error!(error = %e, "zone sync server failed");
             }
         });
+        {
+            let (stop, registry) = (shutdown.clone(), zone_registry.clone());
+            tasks.spawn(async move {
+                stop.cancelled().await;
+                registry.kick_all();
+            });
+        }
         tasks.spawn(crate::kds::session::expire_inventories(shared, config.zone_grace_period, shutdown.clone()));
         tracing::info!(api = %api_addr, kds = %kds_addr, data_dir = %data_dir.display(), revision = store.revision(), "listening");
 

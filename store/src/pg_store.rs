@@ -172,10 +172,16 @@ impl PgStore {
         Ok(PgStore { inner: Arc::new(inner) })
     }
 
-    /// Runs `f` with a connection of the pool (reconnecting one that closed).
+    /// Runs `f` with a connection of the pool (reconnecting one that closed): the first one
+    /// free, else the next in turn (a read never queues behind a busy one while another idles).
     async fn with_client<T>(&self, f: impl AsyncFnOnce(&mut Client) -> Result<T, StoreError>) -> Result<T, StoreError> {
-        let slot = self.inner.next.fetch_add(1, Ordering::Relaxed) % self.inner.pool.len();
-        let mut guard = self.inner.pool[slot].lock().await;
+        let pool = &self.inner.pool;
+        let start = self.inner.next.fetch_add(1, Ordering::Relaxed);
+        let free = (0..pool.len()).find_map(|i| pool[(start + i) % pool.len()].try_lock().ok());
+        let mut guard = match free {
+            Some(guard) => guard,
+            None => pool[start % pool.len()].lock().await,
+        };
         if guard.as_ref().is_none_or(Client::is_closed) {
             *guard = Some(connect(&self.inner.url).await?);
         }

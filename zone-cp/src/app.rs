@@ -113,7 +113,8 @@ impl ZoneCp {
             .map_err(|e| anyhow::anyhow!("binding DPS to {}: {e}", config.dps_address))?;
         let dps_addr = dps_listener.local_addr()?;
         if config.environment == crate::config::Environment::Universal {
-            let host = crate::dps::cp_env::advertised_host(&config.dps_tls_names, dps_addr, &config.global_address);
+            let first = config.global_addresses().first().map_or_else(String::new, |a| a.to_string());
+            let host = crate::dps::cp_env::advertised_host(&config.dps_tls_names, dps_addr, &first);
             let text = crate::dps::cp_env::render(host.as_deref(), dps_addr.port(), &dps_identity.ca_pem);
             match crate::dps::cp_env::write(&config.data_dir, &text) {
                 Ok(()) => {
@@ -218,6 +219,7 @@ impl ZoneCp {
             // A new leader syncs once its Dataplanes are the cluster's, so the global never
             // hears of a zone emptied by a handover.
             leading: kubernetes.map(|(.., followed)| followed),
+            address: 0,
         };
         tasks.spawn(client.run(shutdown.clone()));
         let router = rest::router(api, Arc::new(admin_token));

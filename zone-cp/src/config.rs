@@ -21,6 +21,9 @@ pub struct Config {
     pub zone: String,
 
     /// Zone sync address of the global control plane, such as https://global.example:7685.
+    /// Several, comma-separated, for the replicas of a global on PostgreSQL: the zone uses the
+    /// first that answers, moves to the next when its stream breaks, and resumes there from
+    /// the revision it applied.
     #[arg(long, env = "STRAIT_GLOBAL_ADDRESS")]
     pub global_address: String,
 
@@ -200,14 +203,22 @@ impl Config {
         Some((token?, ca?))
     }
 
+    /// The global's addresses, in the order they are tried.
+    pub fn global_addresses(&self) -> Vec<&str> {
+        self.global_address.split(',').map(str::trim).filter(|a| !a.is_empty()).collect()
+    }
+
     /// Checks every value and returns all problems at once.
     pub fn validate(&self) -> Result<(), Vec<String>> {
         let mut problems = Vec::new();
         if let Err(e) = strait_api::names::check_dns_label(&self.zone) {
             problems.push(format!("--zone: {e}"));
         }
-        if !self.global_address.starts_with("https://") {
-            problems.push(format!("--global-address {:?}: must be an https:// URL (zone sync always uses TLS)", self.global_address));
+        if self.global_addresses().is_empty() {
+            problems.push("--global-address: give the global's zone sync address".into());
+        }
+        for address in self.global_addresses().into_iter().filter(|a| !a.starts_with("https://")) {
+            problems.push(format!("--global-address {address:?}: must be an https:// URL (zone sync always uses TLS)"));
         }
         if self.dps_certificate_lifetime < Duration::from_secs(2) {
             problems
@@ -341,6 +352,18 @@ mod address_range_tests {
         assert!(problems.iter().any(|p| p.starts_with("--api-plaintext")), "{problems:?}");
         assert!(parse(&["--api-plaintext", "--api-address", "127.0.0.1:7681"]).validate().is_ok());
         assert!(parse(&["--api-plaintext", "--api-plaintext-allow-remote"]).validate().is_ok());
+    }
+
+    #[test]
+    fn several_global_addresses_are_tried_in_order_and_each_must_be_https() {
+        use clap::Parser;
+        let args = ["strait-zone", "--zone", "z", "--zone-token", "t", "--global-ca", "c", "--global-address"];
+        let config = |address: &str| super::Config::try_parse_from(args.iter().copied().chain([address])).unwrap();
+        let two = config("https://a:7685, https://b:7685");
+        assert_eq!(two.global_addresses(), ["https://a:7685", "https://b:7685"]);
+        let problems = config("https://a:7685,http://b:7685").validate().unwrap_err();
+        assert!(problems.iter().any(|p| p.starts_with("--global-address \"http://b:7685\": must be an https:// URL")), "{problems:?}");
+        assert!(config(" , ").validate().unwrap_err().iter().any(|p| p.starts_with("--global-address: give")));
     }
 
     #[test]

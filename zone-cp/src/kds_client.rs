@@ -47,6 +47,8 @@ pub struct KdsClient {
     /// On Kubernetes: whether this replica leads; only the leader holds the zone's stream.
     /// `None`: always.
     pub leading: Option<watch::Receiver<bool>>,
+    /// Which of the global's addresses the next session tries (they are tried in turn).
+    pub address: usize,
 }
 
 /// Exponential back-off with full jitter, reset after a healthy session.
@@ -99,7 +101,11 @@ impl KdsClient {
                 End::Refused(status) => {
                     tracing::error!(code = ?status.code(), reason = status.message(), "the global control plane refused this zone; check the zone token")
                 }
-                End::Broken(reason) => tracing::warn!(reason, "zone sync stream ended"),
+                End::Broken(reason) => {
+                    tracing::warn!(reason, "zone sync stream ended");
+                    // The next replica of the global, if there are several.
+                    self.address = (self.address + 1) % self.config.global_addresses().len().max(1);
+                }
             }
             if started.elapsed() > Duration::from_secs(30) {
                 backoff.attempt = 0;
@@ -117,16 +123,23 @@ impl KdsClient {
         }
     }
 
+    /// The global's address this session uses.
+    fn global_address(&self) -> String {
+        let addresses = self.config.global_addresses();
+        addresses.get(self.address % addresses.len().max(1)).map_or_else(String::new, |a| a.to_string())
+    }
+
     fn endpoint(&self) -> Result<Endpoint, String> {
         let tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(&self.ca_pem)).domain_name(&self.config.global_server_name);
-        Endpoint::from_shared(self.config.global_address.clone())
+        let address = self.global_address();
+        Endpoint::from_shared(address.clone())
             .and_then(|e| e.tls_config(tls))
             .map(|e| {
                 e.connect_timeout(Duration::from_secs(5))
                     .http2_keep_alive_interval(self.config.kds_heartbeat_interval)
                     .keep_alive_timeout(self.config.kds_idle_timeout)
             })
-            .map_err(|e| format!("invalid --global-address {:?}: {e}", self.config.global_address))
+            .map_err(|e| format!("invalid --global-address {address:?}: {e}"))
     }
 
     async fn session(&mut self) -> End {
@@ -137,11 +150,7 @@ impl KdsClient {
         let channel: Channel = match endpoint.connect().await {
             Ok(c) => c,
             Err(e) => {
-                return End::Broken(format!(
-                    "cannot connect to {}: {}",
-                    self.config.global_address,
-                    strait_runtime::telemetry::error_chain(&e)
-                ))
+                return End::Broken(format!("cannot connect to {}: {}", self.global_address(), strait_runtime::telemetry::error_chain(&e)))
             }
         };
         let mut client = ZoneSyncClient::new(channel)
@@ -173,7 +182,7 @@ impl KdsClient {
             Ok(r) => r.into_inner(),
             Err(status) => return classify(status),
         };
-        tracing::info!(global = %self.config.global_address, resume = state.revision, "connected to the global control plane");
+        tracing::info!(global = %self.global_address(), resume = state.revision, "connected to the global control plane");
         self.metrics.connected.set(1);
         self.metrics.streams.inc();
         let mut heartbeat = tokio::time::interval(self.config.kds_heartbeat_interval);

@@ -3,62 +3,14 @@
 //! `dps_session` span with the Dataplane, its mesh and service, from its connection to its
 //! end, and the lines do not repeat those fields themselves.
 
-use std::io::BufRead;
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::global_and_zone_args;
+use common::{global_and_zone_args, Logged};
 use serde_json::{json, Value};
 use strait_api::dps::{dataplane_message, zone_message, DataplaneMessage};
 use tokio::sync::mpsc;
 
 mod common;
-
-/// A process whose stderr (its JSON log lines) is collected; killed when dropped.
-struct Logged {
-    child: Child,
-    lines: Arc<Mutex<Vec<String>>>,
-}
-
-impl Logged {
-    fn spawn(bin: &str, args: &[String]) -> Logged {
-        let mut child = Command::new(bin).args(args).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let (stderr, sink) = (child.stderr.take().unwrap(), lines.clone());
-        std::thread::spawn(move || {
-            for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
-                sink.lock().unwrap().push(line);
-            }
-        });
-        Logged { child, lines }
-    }
-
-    /// The first JSON line whose message is `message`, waiting up to 20 s for it.
-    async fn line(&self, message: &str) -> Value {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let found =
-                self.lines.lock().unwrap().iter().filter_map(|l| serde_json::from_str::<Value>(l).ok()).find(|v| v["message"] == message);
-            if let Some(line) = found {
-                return line;
-            }
-            assert!(Instant::now() < deadline, "no line {message:?} in the log:\n{}", self.log());
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    fn log(&self) -> String {
-        self.lines.lock().unwrap().join("\n")
-    }
-}
-
-impl Drop for Logged {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// Opens a sidecar stream for Dataplane `web-1` of service `web`, retrying until the zone has
 /// what it needs to accept it (token keys and mesh from the global).

@@ -172,6 +172,16 @@ impl Registry {
         });
     }
 
+    /// Closes every open stream (the global is shutting down: its zones move to another
+    /// replica, or reconnect when it is back, at once rather than at the drain's end).
+    pub fn kick_all(&self) {
+        self.with(|inner| {
+            for (_, cancel) in inner.zones.values().filter_map(|e| e.session.as_ref()) {
+                cancel.cancel();
+            }
+        });
+    }
+
     /// Forgets a deleted zone.
     pub fn remove(&self, zone: &str) {
         self.kick(zone);

@@ -4,8 +4,11 @@
 // Each test binary uses its own part of this module.
 #![allow(dead_code)]
 
+use std::io::BufRead;
 use std::path::Path;
-use std::sync::Arc;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use strait_api::dps::dataplane_sync_client::DataplaneSyncClient;
@@ -76,4 +79,59 @@ pub async fn open_stream(
     request.metadata_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
     let stream = DataplaneSyncClient::new(channel).stream(request).await?;
     Ok((tx, stream.into_inner()))
+}
+
+/// A process whose stderr (its JSON log lines) is collected; killed when dropped.
+pub struct Logged {
+    child: Child,
+    lines: Arc<Mutex<Vec<String>>>,
+}
+
+impl Logged {
+    pub fn spawn(bin: &str, args: &[String]) -> Logged {
+        let mut child = Command::new(bin).args(args).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let (stderr, sink) = (child.stderr.take().unwrap(), lines.clone());
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+                sink.lock().unwrap().push(line);
+            }
+        });
+        Logged { child, lines }
+    }
+
+    /// The first JSON line whose message is `message`, waiting up to 20 s for it.
+    pub async fn line(&self, message: &str) -> Value {
+        self.line_where(message, |_| true).await
+    }
+
+    /// The first JSON line whose message is `message` and that `matches`, waiting up to 20 s.
+    pub async fn line_where(&self, message: &str, matches: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let found = self
+                .lines
+                .lock()
+                .unwrap()
+                .iter()
+                .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+                .find(|v| v["message"] == message && matches(v));
+            if let Some(line) = found {
+                return line;
+            }
+            assert!(Instant::now() < deadline, "no line {message:?} in the log:\n{}", self.log());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn log(&self) -> String {
+        self.lines.lock().unwrap().join("\n")
+    }
+}
+
+impl Drop for Logged {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
