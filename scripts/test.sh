@@ -4,7 +4,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-say() { printf '\n==> %s\n' "$*"; }
+# Each step prints the seconds since the start, so a slow phase shows in the log.
+started=$(date +%s)
+say() { printf '\n==> [%4ds] %s\n' "$(($(date +%s) - started))" "$*"; }
 
 as_root() {
     if [ "$(id -u)" = 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else return 1; fi
@@ -71,3 +73,4 @@ say "test"
 profile=default
 [ "${CI:-}" = true ] && profile=ci
 cargo nextest run --workspace --locked --profile "$profile" --no-tests=fail
+say "done"

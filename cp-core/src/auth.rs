@@ -31,9 +31,17 @@ pub enum TokenError {
     Empty(String),
 }
 
-/// Reads the admin token from `path`, or creates the file (mode 0600) with a new random token.
-/// Returns the token and whether it was just created.
-pub fn load_or_create(path: &Path) -> Result<(String, bool), TokenError> {
+/// The admin token a server checks writes against; swappable, so replicas sharing one through
+/// their store follow a change without a restart.
+pub type SharedToken = Arc<arc_swap::ArcSwap<String>>;
+
+/// A [`SharedToken`] holding `token`.
+pub fn shared(token: String) -> SharedToken {
+    Arc::new(arc_swap::ArcSwap::from_pointee(token))
+}
+
+/// Reads the admin token from `path`: `None` when the file does not exist.
+pub fn read(path: &Path) -> Result<Option<String>, TokenError> {
     let io = |source| TokenError::Io { path: path.display().to_string(), source };
     match std::fs::read_to_string(path) {
         Ok(text) => {
@@ -46,19 +54,43 @@ pub fn load_or_create(path: &Path) -> Result<(String, bool), TokenError> {
                     tracing::warn!(path = %path.display(), "admin token file is readable by other users; chmod 600 it");
                 }
             }
-            Ok((token, false))
+            Ok(Some(token))
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            if let Some(dir) = path.parent() {
-                std::fs::create_dir_all(dir).map_err(io)?;
-            }
-            let token = new_token();
-            let mut file = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path).map_err(io)?;
-            file.write_all(token.as_bytes()).and_then(|()| file.write_all(b"\n")).and_then(|()| file.sync_all()).map_err(io)?;
-            Ok((token, true))
-        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(io(e)),
     }
+}
+
+/// Writes `token` to `path` (mode 0600, its directory created), replacing the file at once:
+/// a reader sees the old token or the new one, never a part.
+pub fn write(path: &Path, token: &str) -> Result<(), TokenError> {
+    let io = |source| TokenError::Io { path: path.display().to_string(), source };
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).map_err(io)?;
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let temp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
+    let written = (|| {
+        let mut file = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&temp)?;
+        file.write_all(token.as_bytes())?;
+        file.write_all(b"\n")?;
+        file.sync_all()?;
+        std::fs::rename(&temp, path)
+    })();
+    if written.is_err() {
+        let _ = std::fs::remove_file(&temp);
+    }
+    written.map_err(io)
+}
+
+/// Reads the admin token from `path`, or creates the file (mode 0600) with a new random token.
+/// Returns the token and whether it was just created.
+pub fn load_or_create(path: &Path) -> Result<(String, bool), TokenError> {
+    if let Some(token) = read(path)? {
+        return Ok((token, false));
+    }
+    let token = new_token();
+    write(path, &token)?;
+    Ok((token, true))
 }
 
 /// Whether users other than this process's can read the file: anyone, or a group this process
@@ -87,7 +119,8 @@ fn group_readable_is_fine_only_for_the_own_group() {
     assert!(others_can_read(&std::fs::metadata(&path).unwrap()));
 }
 
-fn new_token() -> String {
+/// A new random token (64 hex digits).
+pub fn new_token() -> String {
     let bytes: [u8; 32] = rand::random();
     hex::encode(bytes)
 }
@@ -98,14 +131,14 @@ fn same(a: &[u8], b: &[u8]) -> bool {
 }
 
 /// Lets reads through; writes need `Authorization: Bearer <admin token>`.
-pub async fn require_token_for_writes(State(token): State<Arc<String>>, req: Request, next: Next) -> Response {
+pub async fn require_token_for_writes(State(token): State<SharedToken>, req: Request, next: Next) -> Response {
     if matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS) {
         return next.run(req).await;
     }
     let presented = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
     match presented {
         None => ApiError::unauthorized().into_response(),
-        Some(p) if same(p.trim().as_bytes(), token.as_bytes()) => next.run(req).await,
+        Some(p) if same(p.trim().as_bytes(), token.load().as_bytes()) => next.run(req).await,
         Some(_) => ApiError::forbidden().into_response(),
     }
 }

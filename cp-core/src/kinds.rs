@@ -26,6 +26,9 @@ pub const ZONE_INTERMEDIATE: &str = "ZoneIntermediate";
 pub const SYSTEM_SECRET: &str = "SystemSecret";
 /// A zone token's record (its id, for revocation); global only.
 pub const ZONE_TOKEN: &str = "ZoneToken";
+/// A zone's connection status, written by the replica holding its stream so every replica of
+/// the global answers the same; global only.
+pub const ZONE_STATUS: &str = "ZoneStatus";
 /// The fingerprints of the zone identities issued to a zone; global only.
 pub const ZONE_IDENTITY_ISSUED: &str = "ZoneIdentityIssued";
 

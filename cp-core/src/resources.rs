@@ -167,12 +167,14 @@ impl Resources {
         let key = key_of(resource.kind, resource.mesh.as_deref(), &resource.name);
         let precondition = resource.version.map(Precondition::Version).unwrap_or(Precondition::None);
         let mut ops = vec![Op::Put { key: key.clone(), data: data_of(resource), precondition }];
+        let mut creating_mesh = false;
         if let Some(mesh) = resource.mesh.as_deref() {
             // Re-putting the mesh unchanged under its version makes the batch fail if the mesh
             // is deleted concurrently, without writing anything for it.
             let mesh_obj = self.store.get(&mesh_key(mesh)).await?.ok_or_else(|| ServiceError::MeshNotFound(mesh.to_string()))?;
             ops.push(Op::Put { key: mesh_key(mesh), data: mesh_obj.data, precondition: Precondition::Version(mesh_obj.version) });
         } else if resource.kind == ResourceType::Mesh && self.store.get(&key).await?.is_none() {
+            creating_mesh = true;
             if let Op::Put { precondition, .. } = &mut ops[0] {
                 if *precondition == Precondition::None {
                     *precondition = Precondition::MustNotExist;
@@ -182,7 +184,17 @@ impl Resources {
                 ops.extend(meshes.on_create(resource).map_err(|e| StoreError::Backend(format!("creating mesh {}: {e}", resource.name)))?);
             }
         }
-        let outcomes = self.store.apply(ops).await?;
+        let outcomes = match self.store.apply(ops).await {
+            // Another writer (maybe on another replica) created the mesh first: a PUT without a
+            // version replaces whatever is there, so it goes on as an update of that mesh.
+            Err(conflict @ StoreError::Conflict { .. }) if creating_mesh && resource.version.is_none() => {
+                // Under the version just read: deleted again meanwhile, it is not re-created without its CA.
+                let current = self.store.get(&key).await?.ok_or(conflict)?;
+                let precondition = Precondition::Version(current.version);
+                self.store.apply(vec![Op::Put { key: key.clone(), data: data_of(resource), precondition }]).await?
+            }
+            other => other?,
+        };
         let first = outcomes.into_iter().next().ok_or_else(|| StoreError::Backend("store returned no outcome".into()))?;
         let outcome = match &first {
             Outcome::Created(_) => PutOutcome::Created,

@@ -52,7 +52,7 @@ pub enum StartError {
     },
     /// The admin token could not be read or created.
     #[error(transparent)]
-    Token(#[from] strait_cp_core::auth::TokenError),
+    Token(#[from] crate::admin_token::AdminTokenError),
     /// The global's secrets could not be loaded or created.
     #[error(transparent)]
     Secrets(#[from] crate::secrets::SecretError),
@@ -125,12 +125,17 @@ impl GlobalCp {
         // It holds every mesh's root key and the token-signing keys: the owner's only.
         strait_runtime::files::private_dir(&data_dir).map_err(|source| StartError::DataDir { dir: data_dir.clone(), source })?;
         let (store, store_dir) = open_store(&config.store, &data_dir).await?;
-        let (token, created) = strait_cp_core::auth::load_or_create(&token_file)?;
-        if created {
-            tracing::info!(path = %token_file.display(), "generated a new admin token; pass it to straitctl with --token-file or STRAIT_TOKEN");
-        } else {
-            tracing::info!(path = %token_file.display(), "using the admin token from file");
+        let (token, origin) = crate::admin_token::establish(store.as_ref(), &token_file, config.admin_token_file.is_some()).await?;
+        match origin {
+            crate::admin_token::Origin::Generated => {
+                tracing::info!(path = %token_file.display(), "generated a new admin token; pass it to straitctl with --token-file or STRAIT_TOKEN")
+            }
+            crate::admin_token::Origin::FromFile => tracing::info!(path = %token_file.display(), "using the admin token from file"),
+            crate::admin_token::Origin::Shared => {
+                tracing::info!(path = %token_file.display(), "using the admin token shared by the replicas (copied to the file)")
+            }
         }
+        let token = strait_cp_core::auth::shared(token);
 
         let secrets = Secrets::load(store.as_ref()).await?;
         crate::zone_identity::publish_trust(store.as_ref(), &secrets.system_ca_pem).await.map_err(crate::secrets::SecretError::from)?;
@@ -141,7 +146,8 @@ impl GlobalCp {
         registry.register_collector(Box::new(pending.clone()));
         let resources = Resources::with_mesh_lifecycle(store.clone(), Arc::new(crate::meshes::GlobalMeshes));
         let zone_registry = ZoneRegistry::default();
-        let zones = Zones::new(resources.clone(), zone_registry.clone(), &secrets);
+        let board = crate::kds::board::StatusBoard::new(store.clone(), zone_registry.clone());
+        let zones = Zones::new(resources.clone(), zone_registry.clone(), board.clone(), &secrets);
         // Zones disabled by an earlier version (or while the trust bundle was written
         // elsewhere) are cut off too.
         for zone in resources
@@ -177,7 +183,7 @@ impl GlobalCp {
             zone_token_validity: config.zone_token_validity,
             dataplane_tokens: crate::dataplane_tokens::DataplaneTokens::new(resources.clone(), secrets.dataplane_token_signer.clone()),
         };
-        let router = rest::router(state, Arc::new(token));
+        let router = rest::router(state, token.clone());
 
         let shutdown = CancellationToken::new();
         // A start that fails from here on stops what it already spawned.
@@ -186,6 +192,7 @@ impl GlobalCp {
         let shared = KdsShared {
             resources,
             registry: zone_registry.clone(),
+            board: board.clone(),
             settings: Arc::new(KdsSettings {
                 heartbeat_interval: config.kds_heartbeat_interval,
                 idle_timeout: config.kds_idle_timeout,
@@ -228,6 +235,11 @@ impl GlobalCp {
                 registry.kick_all();
             });
         }
+        {
+            let copy = config.admin_token_file.is_none().then(|| token_file.clone());
+            tasks.spawn(crate::admin_token::follow(store.clone(), token, copy, shutdown.clone()));
+        }
+        tasks.spawn(board.run(shutdown.clone()));
         tasks.spawn(crate::kds::session::expire_inventories(shared, config.zone_grace_period, shutdown.clone()));
         tracing::info!(api = %api_addr, kds = %kds_addr, data_dir = %data_dir.display(), revision = store.revision(), "listening");
 

@@ -79,7 +79,10 @@ impl Inspections {
             let mut inner = self.lock();
             let Some(stream) = inner.streams.get(zone).map(|s| s.tx.clone()) else {
                 // Not an error of the global's: nothing to find there until the zone connects.
-                return Err((404, format!("zone {zone} is not connected: its sidecars cannot be inspected until it is")));
+                return Err((
+                    404,
+                    format!("zone {zone} is not connected to this replica of the global: its sidecars can be inspected through the replica that holds its stream, or once it connects"),
+                ));
             };
             inner.next_id += 1;
             let id = inner.next_id;

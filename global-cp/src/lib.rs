@@ -10,6 +10,7 @@
 // tonic::Status (176 bytes) is the error of every gRPC call; boxing it everywhere buys nothing.
 #![allow(clippy::result_large_err)]
 
+pub mod admin_token;
 pub mod app;
 pub mod config;
 pub mod dataplane_tokens;

@@ -54,6 +54,7 @@ pub struct ProxyToken {
 pub struct Zones {
     resources: Resources,
     registry: Registry,
+    board: crate::kds::board::StatusBoard,
     signer: Arc<TokenSigner>,
     /// Signs zone-proxy tokens: the key zones verify dataplane tokens with, so a zone can check
     /// its gateways' tokens and the global's sync endpoint never accepts one.
@@ -71,19 +72,25 @@ fn token_key(zone: &str) -> Key {
 
 impl Zones {
     /// Builds the zone service from the global's secrets.
-    pub fn new(resources: Resources, registry: Registry, secrets: &Secrets) -> Self {
+    pub fn new(resources: Resources, registry: Registry, board: crate::kds::board::StatusBoard, secrets: &Secrets) -> Self {
         Zones {
             resources,
             registry,
+            board,
             signer: secrets.token_signer.clone(),
             proxy_signer: secrets.dataplane_token_signer.clone(),
             ca_bundle: Arc::new(secrets.system_ca_pem.clone()),
         }
     }
 
-    /// The live registry.
+    /// This replica's sessions.
     pub fn registry(&self) -> &Registry {
         &self.registry
+    }
+
+    /// Zone status as every replica sees it.
+    pub fn board(&self) -> &crate::kds::board::StatusBoard {
+        &self.board
     }
 
     /// Creates the Zone if missing and issues a new zone token and zone-proxy token for it;
@@ -201,13 +208,14 @@ impl Zones {
         self.revoke(zone).await?;
         crate::zone_identity::set_disabled(self.resources.store().as_ref(), zone, false).await?;
         self.registry.remove(zone);
+        self.board.forget(zone).await?;
         Ok(())
     }
 
     /// Adds `status` (connection, revisions, NACK errors, inventory summary with each service's
     /// endpoints and healthy endpoints) to a Zone.
     pub async fn decorate(&self, mut zone: Resource) -> Resource {
-        let status = self.registry.status(&zone.name);
+        let status = self.board.status(&zone.name).await;
         let mut value = serde_json::to_value(&status).unwrap_or(Value::Null);
         if let Ok(Some(inv)) = self.resources.store().get(&Key::new(ZONE_INVENTORY, "", &zone.name)).await {
             let listed = inv.data.get("services").and_then(Value::as_array).cloned().unwrap_or_default();

@@ -125,6 +125,7 @@ fn on_postgresql_writes_survive_kill_9_and_a_second_replica_serves_them() {
     wait_ready(&replica, b.path());
     let client_a = client(a.path()).expect("the API's CA");
     let token_a = token(a.path());
+    assert_eq!(token_a, token(b.path()), "one admin token for every replica, copied to each one's token file");
     let put = |base: &str, path: &str, body: Value| {
         let resp = client_a.put(format!("{base}{path}")).bearer_auth(&token_a).json(&body).send().unwrap();
         assert!(resp.status().is_success(), "{path}: {}", resp.status());
@@ -139,6 +140,8 @@ fn on_postgresql_writes_survive_kill_9_and_a_second_replica_serves_them() {
             json!({"type": "MeshTimeout", "name": name, "mesh": "default", "spec": spec}),
         );
     }
+    // The token of one replica writes through the other.
+    put(&replica.base, "/meshes/other", json!({"type": "Mesh", "name": "other", "spec": {"skipDefaultPolicies": true}}));
     g.child.kill().unwrap();
     g.child.wait().unwrap();
 
@@ -300,4 +303,142 @@ fn under_systemd_it_says_ready_once_it_serves_and_stopping_on_sigterm() {
     stop(g);
     let n = manager.recv(&mut buf).expect("STOPPING=1 on SIGTERM");
     assert_eq!(&buf[..n], b"STOPPING=1\nSTATUS=draining");
+}
+
+/// 200 writers at once against two replicas on one PostgreSQL: creates of distinct objects,
+/// read-modify-write of shared ones with their version, and the same meshes created from both
+/// replicas. Every acknowledged write is there, the acknowledged updates of each shared object
+/// form one chain (none was lost), every refusal is a 409, and each mesh has one CA.
+#[test]
+fn two_replicas_under_200_concurrent_writers_lose_nothing_and_refuse_only_with_409() {
+    if !strait_pg_harness::available() {
+        return;
+    }
+    let server = strait_pg_harness::start().expect("a PostgreSQL server");
+    let url = server.url();
+    let store = [("STRAIT_STORE", url.as_str())];
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let replicas = [start_with(a.path(), free_port(), &store), start_with(b.path(), free_port(), &store)];
+    wait_ready(&replicas[0], a.path());
+    wait_ready(&replicas[1], b.path());
+    let http = client(a.path()).expect("the API's CA");
+    let token = token(a.path());
+    let bases: Vec<String> = replicas.iter().map(|r| r.base.clone()).collect();
+    let timeout = |name: &str, seconds: u64, version: Option<u64>| {
+        let mut body = json!({"type": "MeshTimeout", "name": name, "mesh": "default",
+            "spec": {"to": [{"targetRef": {"kind": "Mesh"}, "default": {"idleTimeout": format!("{seconds}s")}}]}});
+        if let Some(v) = version {
+            body["version"] = json!(v);
+        }
+        body
+    };
+    let send = |base: &str, path: &str, body: &Value| {
+        let resp = http.put(format!("{base}{path}")).bearer_auth(&token).json(body).send().expect("an answer");
+        let status = resp.status().as_u16();
+        (status, resp.json::<Value>().unwrap_or(Value::Null))
+    };
+    let (status, _) =
+        send(&bases[0], "/meshes/default", &json!({"type": "Mesh", "name": "default", "spec": {"skipDefaultPolicies": true}}));
+    assert!(status < 300, "{status}");
+    const SHARED: usize = 10;
+    let mut initial = Vec::new();
+    for k in 0..SHARED {
+        let (status, body) =
+            send(&bases[0], &format!("/meshes/default/meshtimeouts/shared-{k}"), &timeout(&format!("shared-{k}"), 1, None));
+        assert!(status < 300, "{status} {body}");
+        initial.push(body["version"].as_u64().expect("a version"));
+    }
+
+    // (shared object, version read, version written, value) of each acknowledged update.
+    type Ack = (usize, u64, u64, Value);
+    let results: Vec<(Vec<Ack>, usize)> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..200usize)
+            .map(|i| {
+                let (base, send, timeout, http) = (&bases[i % 2], &send, &timeout, &http);
+                scope.spawn(move || {
+                    let refused = |what: &str, status: u16, body: &Value| panic!("{what} on {base}: {status} {body}");
+                    // A distinct object: acknowledged, so it must be there at the end.
+                    let (status, body) = send(base, &format!("/meshes/default/meshtimeouts/w-{i}"), &timeout(&format!("w-{i}"), 2, None));
+                    if status != 201 {
+                        refused("a create", status, &body);
+                    }
+                    // The same 20 meshes created from both replicas at once.
+                    let mesh = format!("m-{}", i % 20);
+                    let (status, body) = send(
+                        base,
+                        &format!("/meshes/{mesh}"),
+                        &json!({"type": "Mesh", "name": mesh, "spec": {"skipDefaultPolicies": true}}),
+                    );
+                    if status >= 300 {
+                        refused("a mesh put without a version", status, &body);
+                    }
+                    // Read-modify-write of a shared object.
+                    let (mut acks, mut conflicts) = (Vec::new(), 0);
+                    let shared = i % SHARED;
+                    for round in 0..3u64 {
+                        let path = format!("/meshes/default/meshtimeouts/shared-{shared}");
+                        let read: Value = http.get(format!("{base}{path}")).send().unwrap().json().unwrap();
+                        let seen = read["version"].as_u64().expect("a version");
+                        let value = 1000 + i as u64 * 10 + round;
+                        match send(base, &path, &timeout(&format!("shared-{shared}"), value, Some(seen))) {
+                            (200, body) => acks.push((shared, seen, body["version"].as_u64().expect("a version"), body["spec"].clone())),
+                            (409, _) => conflicts += 1,
+                            (status, body) => refused("an update with a version", status, &body),
+                        }
+                    }
+                    (acks, conflicts)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().expect("a writer panicked")).collect()
+    });
+    let conflicts: usize = results.iter().map(|(_, c)| c).sum();
+    let mut acks: Vec<Ack> = results.into_iter().flat_map(|(a, _)| a).collect();
+    assert!(conflicts > 0, "the writers never contended: the test proves nothing");
+
+    for base in &bases {
+        let list: Value = http.get(format!("{base}/meshes/default/meshtimeouts")).send().unwrap().json().unwrap();
+        let names: std::collections::HashSet<&str> = list["items"].as_array().unwrap().iter().filter_map(|r| r["name"].as_str()).collect();
+        for i in 0..200 {
+            assert!(names.contains(format!("w-{i}").as_str()), "acknowledged create w-{i} missing on {base}");
+        }
+    }
+    // Each shared object's acknowledged updates chain from its first version to its current one.
+    acks.sort_by_key(|(shared, _, written, _)| (*shared, *written));
+    for (k, first) in initial.iter().enumerate() {
+        let chain: Vec<&Ack> = acks.iter().filter(|(shared, ..)| *shared == k).collect();
+        let mut expected = *first;
+        for (_, seen, written, _) in &chain {
+            assert_eq!(*seen, expected, "shared-{k}: an acknowledged update was based on a version another one replaced (a lost update)");
+            expected = *written;
+        }
+        for base in &bases {
+            let now: Value = http.get(format!("{base}/meshes/default/meshtimeouts/shared-{k}")).send().unwrap().json().unwrap();
+            assert_eq!(now["version"].as_u64(), Some(expected), "shared-{k} on {base}");
+            if let Some((.., value)) = chain.last() {
+                assert_eq!(&now["spec"], value, "shared-{k} on {base}: the last acknowledged update's content");
+            }
+        }
+    }
+    // Each mesh's root CA was created once (private keys leave only their key in the event log).
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let created: Vec<(String, i64)> = runtime.block_on(async {
+        let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
+        tokio::spawn(connection);
+        let rows = client
+            .query(
+                "SELECT event::jsonb #>> '{object,key,name}', count(*) FROM strait_events \
+                 WHERE event::jsonb #>> '{object,key,kind}' = 'MeshCA' AND event::jsonb ->> 'kind' = 'put' GROUP BY 1 ORDER BY 1",
+                &[],
+            )
+            .await
+            .unwrap();
+        rows.iter().map(|r| (r.get(0), r.get(1))).collect()
+    });
+    let meshes: Vec<String> = created.iter().map(|(m, _)| m.clone()).collect();
+    assert_eq!(meshes.len(), 21, "a CA for default and m-0..m-19: {created:?}");
+    assert!(created.iter().all(|(_, n)| *n == 1), "a mesh CA created twice: {created:?}");
+    for r in replicas {
+        stop(r);
+    }
 }

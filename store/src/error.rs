@@ -41,6 +41,10 @@ pub enum StoreError {
     /// The storage engine, the file system or (de)serialisation failed; the message says what.
     #[error("store backend: {0}")]
     Backend(String),
+    /// The store cannot be reached now (its database is down or restarting); nothing was
+    /// written, or for a write cut off at its commit, maybe: retry later.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
 }
 
 fn describe_actual(actual: Option<u64>) -> String {

@@ -25,4 +25,4 @@ pub use key::Key;
 pub use object::{Event, EventKind, Object, Op, Outcome, Precondition};
 pub use pg_store::{redact as redact_url, PgOptions, PgStore};
 pub use sled_store::{SledOptions, SledStore};
-pub use store::{Stats, Store, WatchStream};
+pub use store::{Lease, Stats, Store, WatchStream};

@@ -105,7 +105,25 @@ fn pg(context: impl std::fmt::Display) -> impl FnOnce(tokio_postgres::Error) -> 
     move |e| {
         // The server's own message (a constraint, a permission) says more than the driver's.
         let detail = e.as_db_error().map_or_else(|| e.to_string(), |db| format!("{}: {}", db.code().code(), db.message()));
-        StoreError::Backend(format!("{context}: {detail}"))
+        let message = format!("{context}: {detail}");
+        if unreachable(&e) {
+            StoreError::Unavailable(message)
+        } else {
+            StoreError::Backend(message)
+        }
+    }
+}
+
+/// Whether `e` says the server cannot be reached (down, restarting, connection lost) rather
+/// than that the request was wrong: connection exceptions (class 08), shutdowns (57P), and
+/// connections closed or refused.
+fn unreachable(e: &tokio_postgres::Error) -> bool {
+    match e.as_db_error() {
+        Some(db) => {
+            let code = db.code().code();
+            code.starts_with("08") || code.starts_with("57P")
+        }
+        None => e.is_closed() || std::error::Error::source(e).is_some_and(|s| s.is::<std::io::Error>()),
     }
 }
 
@@ -467,6 +485,30 @@ impl Store for PgStore {
         })
         .await
     }
+
+    async fn try_lock(&self, name: &str) -> Result<Option<crate::Lease>, StoreError> {
+        // A session-level advisory lock on a connection of its own: it lasts while the
+        // connection does, and the server releases it when the connection (or this process) dies.
+        let (client, connection) = config(&self.inner.url, "strait-store-lock")?
+            .connect(NoTls)
+            .await
+            .map_err(pg(format_args!("connecting to PostgreSQL at {}", redact(&self.inner.url))))?;
+        let held = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        {
+            let (held, name) = (held.clone(), name.to_string());
+            tokio::spawn(async move {
+                if let Err(error) = connection.await {
+                    tracing::warn!(%error, lock = %name, "the PostgreSQL connection holding a lock ended");
+                }
+                held.store(false, Ordering::Release);
+            });
+        }
+        let row = client
+            .query_one("SELECT pg_try_advisory_lock(hashtextextended($1, 0))", &[&format!("strait-lock:{name}")])
+            .await
+            .map_err(pg(format_args!("taking the lock {name}")))?;
+        Ok(row.get::<_, bool>(0).then(|| crate::Lease::new(held, Box::new(client))))
+    }
 }
 
 /// One watch stream's state. It does not keep the store open: the stream ends once the last
@@ -525,6 +567,13 @@ impl PgWatch {
             match self.fill().await {
                 Ok(true) => {}
                 Ok(false) => return None,
+                // The database is down or restarting: the watch waits and reads again, so its
+                // watcher sees every event once it is back.
+                Err(StoreError::Unavailable(why)) => {
+                    tracing::debug!(%why, "the event log is unreachable; reading it again shortly");
+                    tokio::time::sleep(POLL).await;
+                    continue;
+                }
                 Err(error) => {
                     self.failed = true;
                     return Some((Err(error), self));

@@ -64,6 +64,15 @@ pub trait Store: Send + Sync + 'static {
     /// Object counts by kind, size on disk and revision.
     async fn stats(&self) -> Result<Stats, StoreError>;
 
+    /// Takes the lock `name`, shared by every process on this store, if no other process holds
+    /// it: `Some` while this one does (until the [`Lease`] is dropped or [`Lease::is_held`] turns
+    /// false), `None` when another does. Work that must run in one place at a time (expiries)
+    /// runs under it. A store only one process opens (sled) always grants it.
+    async fn try_lock(&self, name: &str) -> Result<Option<Lease>, StoreError> {
+        let _ = name;
+        Ok(Some(Lease::local()))
+    }
+
     /// Applies a single [`Op::Put`].
     async fn put(&self, key: Key, data: serde_json::Value, precondition: Precondition) -> Result<Outcome, StoreError> {
         single(self.apply(vec![Op::put(key, data, precondition)]).await?)
@@ -72,6 +81,35 @@ pub trait Store: Send + Sync + 'static {
     /// Applies a single [`Op::Delete`].
     async fn delete(&self, key: Key, precondition: Precondition) -> Result<Outcome, StoreError> {
         single(self.apply(vec![Op::delete(key, precondition)]).await?)
+    }
+}
+
+/// A lock held by this process (see [`Store::try_lock`]); dropping it releases the lock.
+pub struct Lease {
+    held: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    _keep: Option<Box<dyn std::any::Any + Send + Sync>>,
+}
+
+impl Lease {
+    /// A lease nobody else can contend for (a store of one process).
+    pub fn local() -> Lease {
+        Lease { held: std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true)), _keep: None }
+    }
+
+    /// A lease that lasts while `held` is true and `keep` (what holds it: a connection) lives.
+    pub fn new(held: std::sync::Arc<std::sync::atomic::AtomicBool>, keep: Box<dyn std::any::Any + Send + Sync>) -> Lease {
+        Lease { held, _keep: Some(keep) }
+    }
+
+    /// Whether the lock is still this process's (false once the connection holding it broke).
+    pub fn is_held(&self) -> bool {
+        self.held.load(std::sync::atomic::Ordering::Acquire)
+    }
+}
+
+impl std::fmt::Debug for Lease {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Lease").field("held", &self.is_held()).finish()
     }
 }
 

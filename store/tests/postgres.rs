@@ -80,3 +80,38 @@ async fn unlogged_kinds_leave_no_data_in_the_event_table() {
     assert_eq!(events.len(), 1);
     assert!(!events[0].contains("PRIVATE"), "{}", events[0]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lock_is_held_by_one_replica_at_a_time_and_freed_when_its_holder_goes() {
+    let Some(server) = server() else { return };
+    let url = server.url();
+    let a = open_pg(&url, 100).await;
+    let b = open_pg(&url, 100).await;
+    let lease = a.try_lock("expiry").await.unwrap().expect("the first replica takes the lock");
+    assert!(lease.is_held());
+    assert!(b.try_lock("expiry").await.unwrap().is_none(), "a second replica is refused while the first holds it");
+    assert!(b.try_lock("another").await.unwrap().is_some(), "locks of other names are independent");
+
+    // The holder lets go: the other replica gets it (the server frees it when the connection closes).
+    drop(lease);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let lease = loop {
+        if let Some(lease) = b.try_lock("expiry").await.unwrap() {
+            break lease;
+        }
+        assert!(std::time::Instant::now() < deadline, "the lock was never freed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+
+    // Its connection is cut (a crashed holder looks the same to the server): the holder learns it
+    // lost the lock, and the other replica can take it.
+    let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(connection);
+    client.query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'strait-store-lock'", &[]).await.unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while lease.is_held() {
+        assert!(std::time::Instant::now() < deadline, "the holder never noticed its lock was gone");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(a.try_lock("expiry").await.unwrap().is_some());
+}

@@ -222,7 +222,7 @@ impl ZoneCp {
             address: 0,
         };
         tasks.spawn(client.run(shutdown.clone()));
-        let router = rest::router(api, Arc::new(admin_token));
+        let router = rest::router(api, strait_cp_core::auth::shared(admin_token));
         tasks.spawn(strait_cp_core::rest::serve::serve(
             listener,
             router,

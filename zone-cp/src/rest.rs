@@ -42,7 +42,7 @@ pub struct ZoneApi {
 }
 
 /// Builds the router; writes (Dataplanes only) need the zone's admin token.
-pub fn router(api: ZoneApi, admin_token: Arc<String>) -> Router {
+pub fn router(api: ZoneApi, admin_token: strait_cp_core::auth::SharedToken) -> Router {
     Router::new()
         .route("/", get(index))
         .route("/healthz", get(|| async { "ok\n" }))

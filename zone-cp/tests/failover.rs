@@ -12,9 +12,14 @@ use strait_global_cp::GlobalCp;
 
 mod common;
 
+/// The offline-zone grace period of both replicas: short, so a replica that wrongly thought the
+/// zone offline (it is connected to the other one) would withdraw its services within the test.
+const GRACE: Duration = Duration::from_secs(1);
+
 async fn replica(dir: &std::path::Path, url: &str) -> GlobalCp {
     let mut config = strait_global_cp::Config::for_dir(dir.to_path_buf(), "127.0.0.1:0".parse().unwrap());
     config.store = url.to_string();
+    config.zone_grace_period = GRACE;
     GlobalCp::start(Arc::new(config)).await.unwrap()
 }
 
@@ -80,6 +85,30 @@ async fn a_zone_moves_to_another_replica_and_resumes_without_a_snapshot() {
     let applied = |at_least: u64| move |v: &Value| v["revision"].as_u64().is_some_and(|r| r >= at_least);
     zone.line_where("applied", applied(synced)).await;
 
+    // Both replicas say the same of the zone: connected (to the first), its address, version,
+    // revisions; and its inventory stays on both, far past the grace period.
+    let status = |g: &GlobalCp| {
+        let request = http.get(format!("http://{}/zones/zone-1", g.api_addr));
+        async move {
+            let mut zone: Value = request.send().await.unwrap().json().await.unwrap();
+            // Refreshed by the zone's own replica every few seconds.
+            zone["status"].as_object_mut().map(|s| s.remove("lastSeen"));
+            zone["status"].clone()
+        }
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (on_a, on_b) = (status(&a).await, status(&b).await);
+        if on_a["connected"] == true && on_a["inventory"].is_object() && on_a == on_b {
+            assert!(on_b["ackedRevision"].as_u64().is_some_and(|r| r >= synced), "{on_b}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "the replicas disagree on the zone: {on_a} vs {on_b}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(GRACE * 3).await;
+    assert!(status(&b).await["inventory"].is_object(), "the replica without the zone's stream expired it: {}", status(&b).await);
+
     // The first replica stops; a policy is written through the second meanwhile.
     a.shutdown();
     tokio::time::timeout(Duration::from_secs(20), a.wait()).await.expect("the first replica stops within 20 s");
@@ -98,4 +127,13 @@ async fn a_zone_moves_to_another_replica_and_resumes_without_a_snapshot() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(metric(&http, &b, "strait_global_kds_snapshots_total").await, 0.0, "no snapshot: only what it missed");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let on_b = status(&b).await;
+        if on_b["connected"] == true && on_b["ackedRevision"].as_u64().is_some_and(|r| r >= written) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the second replica never showed the zone connected to it: {on_b}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

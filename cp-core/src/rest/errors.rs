@@ -119,6 +119,10 @@ impl From<StoreError> for ApiError {
                 err
             }
             StoreError::NotFound { key } => Self::not_found(format!("{key} not found")),
+            StoreError::Unavailable(_) => {
+                tracing::warn!(error = %e, "the store is unavailable");
+                Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", format!("{e}; retry shortly"))
+            }
             _ => {
                 tracing::error!(error = %e, "store failure");
                 Self::internal(format!("store failure: {e}"))

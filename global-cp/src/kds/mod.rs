@@ -5,6 +5,7 @@
 //! Out: snapshots and deltas of meshes, policies and other zones' inventories; zone status in
 //! the [`registry::Registry`]; each zone's inventory in the store; `strait_global_kds_*` metrics.
 
+pub mod board;
 pub mod registry;
 pub mod session;
 
@@ -181,8 +182,10 @@ impl Pending {
 pub struct KdsShared {
     /// The store, typed.
     pub resources: Resources,
-    /// Zone status.
+    /// Zone status: this replica's sessions.
     pub registry: Registry,
+    /// Zone status shared by the replicas.
+    pub board: board::StatusBoard,
     /// Timing.
     pub settings: Arc<KdsSettings>,
     /// Metrics.
@@ -270,7 +273,7 @@ impl ZoneSync for KdsService {
         span.in_scope(|| tracing::info!(version = %hello.software_version, resume = hello.resume_revision, "zone connected"));
         let (tx, rx) = mpsc::channel(16);
         self.shared.inspections.attach(&zone, id, tx.clone());
-        let session = Session { shared: self.shared.clone(), zone, id, tx, cancel };
+        let session = Session { shared: self.shared.clone(), zone, id, tx, cancel, auth: self.auth.clone(), token };
         self.tasks.spawn(session.run(hello, inbound).instrument(span));
         Ok(Response::new(ReceiverStream::new(rx)))
     }

@@ -14,13 +14,13 @@ use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 /// One zone's status.
-#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct ZoneStatus {
     /// Whether a stream is open now.
     pub connected: bool,
     /// When the zone was last heard from (RFC 3339).
-    #[serde(skip_serializing_if = "Option::is_none", with = "time::serde::rfc3339::option")]
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "time::serde::rfc3339::option")]
     pub last_seen: Option<time::OffsetDateTime>,
     /// Remote address of the current or last stream.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -32,17 +32,19 @@ pub struct ZoneStatus {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub api_url: Option<String>,
     /// Latest revision sent to the zone.
+    #[serde(default)]
     pub sent_revision: u64,
     /// Latest revision the zone acknowledged.
+    #[serde(default)]
     pub acked_revision: u64,
     /// Errors of the latest NACK, if the latest answer was a NACK.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub nack_errors: Vec<String>,
     /// Revision of the latest NACK.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub nacked_revision: Option<u64>,
     /// The zone's sidecars that refused their latest configuration, as it last reported.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub dataplane_nacks: Vec<strait_api::gateway_config::DataplaneNack>,
 }
 
@@ -77,12 +79,31 @@ impl ZoneHello<'_> {
 struct Entry {
     status: ZoneStatus,
     session: Option<(u64, CancellationToken)>,
+    /// The latest session's id and when it connected (kept after it ends).
+    last_session: (u64, time::OffsetDateTime),
+    /// Changed since the status board last published it.
+    dirty: bool,
+}
+
+/// One zone's status as this replica knows it, for the status board.
+#[derive(Debug, Clone)]
+pub struct Local {
+    /// The zone.
+    pub zone: String,
+    /// Its status.
+    pub status: ZoneStatus,
+    /// The id of its latest session here.
+    pub session: u64,
+    /// When that session connected.
+    pub connected_at: time::OffsetDateTime,
 }
 
 /// Status of all zones; cheap to clone.
 #[derive(Clone, Default)]
 pub struct Registry {
     inner: Arc<Mutex<Inner>>,
+    /// Woken at each change worth publishing.
+    changed: Arc<tokio::sync::Notify>,
 }
 
 struct Inner {
@@ -124,12 +145,19 @@ impl Registry {
         self.with(|inner| {
             inner.next_session += 1;
             let id = inner.next_session;
-            let entry = inner.zones.entry(zone.to_string()).or_insert_with(|| Entry { status: ZoneStatus::default(), session: None });
+            let entry = inner.zones.entry(zone.to_string()).or_insert_with(|| Entry {
+                status: ZoneStatus::default(),
+                session: None,
+                last_session: (0, now()),
+                dirty: true,
+            });
             if entry.session.is_some() {
                 return Err(AlreadyConnected { zone: zone.to_string(), peer: entry.status.peer.clone().unwrap_or_default() });
             }
             let cancel = CancellationToken::new();
             entry.session = Some((id, cancel.clone()));
+            entry.last_session = (id, now());
+            entry.dirty = true;
             entry.status.connected = true;
             entry.status.peer = Some(peer.to_string());
             entry.status.software_version = Some(hello.software_version.to_string());
@@ -137,18 +165,24 @@ impl Registry {
             entry.status.last_seen = Some(now());
             Ok((id, cancel))
         })
+        .inspect(|_| self.changed.notify_one())
     }
 
     /// Updates the status of the zone's current session `id`.
     pub fn update(&self, zone: &str, id: u64, f: impl FnOnce(&mut ZoneStatus)) {
-        self.with(|inner| {
-            if let Some(entry) = inner.zones.get_mut(zone) {
-                if entry.session.as_ref().is_some_and(|(sid, _)| *sid == id) {
-                    entry.status.last_seen = Some(now());
-                    f(&mut entry.status);
-                }
-            }
+        let changed = self.with(|inner| {
+            let entry = inner.zones.get_mut(zone).filter(|e| e.session.as_ref().is_some_and(|(sid, _)| *sid == id))?;
+            let before = entry.status.clone();
+            entry.status.last_seen = Some(now());
+            f(&mut entry.status);
+            // Being heard from alone is published by the board's periodic refresh.
+            let changed = ZoneStatus { last_seen: before.last_seen, ..entry.status.clone() } != before;
+            entry.dirty |= changed;
+            Some(changed)
         });
+        if changed == Some(true) {
+            self.changed.notify_one();
+        }
     }
 
     /// Ends session `id` of `zone`; returns whether it was the current one.
@@ -157,9 +191,33 @@ impl Registry {
             Some(entry) if entry.session.as_ref().is_some_and(|(sid, _)| *sid == id) => {
                 entry.session = None;
                 entry.status.connected = false;
+                entry.dirty = true;
                 true
             }
             _ => false,
+        })
+        .then(|| self.changed.notify_one())
+        .is_some()
+    }
+
+    /// Waits until a status changed (see [`Registry::take_changes`]).
+    pub async fn changed(&self) {
+        self.changed.notified().await
+    }
+
+    /// Every zone this replica has had a session for; `all` false: only those changed since the
+    /// last call. Clears the changed marks.
+    pub fn take_changes(&self, all: bool) -> Vec<Local> {
+        self.with(|inner| {
+            inner
+                .zones
+                .iter_mut()
+                .filter(|(_, e)| all || e.dirty)
+                .map(|(zone, e)| {
+                    e.dirty = false;
+                    Local { zone: zone.clone(), status: e.status.clone(), session: e.last_session.0, connected_at: e.last_session.1 }
+                })
+                .collect()
         })
     }
 

@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Status, Streaming};
 
 use super::KdsShared;
-use strait_cp_core::kinds::ZONE_INVENTORY;
+use strait_cp_core::kinds::{ZONE_INVENTORY, ZONE_TOKEN};
 use strait_cp_core::sync_set::{is_synced, key_to_proto, object_to_proto, synced_kinds};
 
 /// Resources per snapshot chunk, and the byte budget of one chunk.
@@ -32,6 +32,10 @@ pub struct Session {
     pub(super) id: u64,
     pub(super) tx: mpsc::Sender<Result<GlobalMessage, Status>>,
     pub(super) cancel: CancellationToken,
+    /// Checks the zone's token again when its record or its Zone changes, which may happen
+    /// through another replica (revoked, replaced, disabled, deleted).
+    pub(super) auth: std::sync::Arc<dyn super::ZoneAuthenticator>,
+    pub(super) token: String,
 }
 
 fn unavailable(e: StoreError) -> Status {
@@ -173,6 +177,15 @@ impl Session {
             }
         }
         let revision = batch.last().map(|e| e.revision).unwrap_or_default();
+        let about_this_zone = |key: &Key| {
+            key.name == self.zone && (key.kind == ZONE_TOKEN || key.kind == strait_api::ResourceType::Zone.name()) && key.mesh.is_empty()
+        };
+        if batch.iter().any(|e| about_this_zone(&e.object.key)) {
+            if let Err(refused) = self.auth.authenticate(&self.token).await {
+                tracing::warn!(reason = refused.message(), "closing the zone's stream: its token or Zone changed");
+                return Err(refused);
+            }
+        }
         let mut upserts = Vec::new();
         let mut deletes = Vec::new();
         for event in batch.into_iter().filter(|e| is_synced(&e.object.key.kind)) {
@@ -311,16 +324,35 @@ impl Session {
 /// services leave the other zones' views; zones that come back in time keep theirs.
 pub async fn expire_inventories(shared: KdsShared, grace: Duration, cancel: CancellationToken) {
     let mut tick = tokio::time::interval((grace / 4).clamp(Duration::from_millis(200), Duration::from_secs(5)));
+    // One replica at a time expires zones (the others would only race it to the same deletes).
+    let mut lease: Option<strait_store::Lease> = None;
     loop {
         tokio::select! {
             () = cancel.cancelled() => return,
             _ = tick.tick() => {}
         }
         let store = shared.resources.store();
+        if lease.as_ref().is_some_and(|l| !l.is_held()) {
+            tracing::warn!("lost the lock of the offline-zone expiry; another replica may take it");
+            lease = None;
+        }
+        if lease.is_none() {
+            match store.try_lock(EXPIRY_LOCK).await {
+                Ok(Some(l)) => {
+                    tracing::debug!("this replica runs the offline-zone expiry");
+                    lease = Some(l);
+                }
+                Ok(None) => continue,
+                Err(e) => {
+                    tracing::debug!(error = %e, "could not take the lock of the offline-zone expiry");
+                    continue;
+                }
+            }
+        }
         let Ok(inventories) = store.list(ZONE_INVENTORY, Some("")).await else { continue };
         for inv in inventories {
             let zone = &inv.key.name;
-            if shared.registry.offline_for(zone, grace) {
+            if shared.board.offline_for(zone, grace).await {
                 match store.delete(inv.key.clone(), Precondition::Version(inv.version)).await {
                     Ok(_) => {
                         tracing::info!(zone = %zone, grace = ?grace, "zone offline past its grace period: its services leave the other zones")
@@ -331,3 +363,6 @@ pub async fn expire_inventories(shared: KdsShared, grace: Duration, cancel: Canc
         }
     }
 }
+
+/// The store lock under which one replica expires offline zones.
+pub const EXPIRY_LOCK: &str = "zone-grace-period";

@@ -180,7 +180,7 @@ pub async fn get_service(
             detail.healthy += u64::from(s.healthy);
             detail.zones.push(ServiceInZone {
                 zone: inventory.zone.clone(),
-                connected: state.zones.registry().is_connected(&inventory.zone),
+                connected: state.zones.board().is_connected(&inventory.zone).await,
                 endpoints: u64::from(s.endpoints),
                 healthy: u64::from(s.healthy),
                 instances: s.instances.iter().map(|i| Instance { id: i.id.clone(), tags: i.tags.clone() }).collect(),

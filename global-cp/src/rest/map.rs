@@ -56,7 +56,7 @@ pub struct MapData {
 pub async fn data(State(state): State<AppState>) -> Result<Json<MapData>, ApiError> {
     let mut zones = Vec::new();
     for zone in state.resources.list(ResourceType::Zone, None).await? {
-        let connected = state.zones.registry().is_connected(&zone.name);
+        let connected = state.zones.board().is_connected(&zone.name).await;
         let inventory = state
             .resources
             .store()

@@ -46,7 +46,7 @@ pub struct AppState {
 }
 
 /// Builds the router with auth and metrics middleware.
-pub fn router(state: AppState, admin_token: Arc<String>) -> Router {
+pub fn router(state: AppState, admin_token: strait_cp_core::auth::SharedToken) -> Router {
     Router::new()
         .route("/", get(ops::index))
         .route("/healthz", get(ops::healthz))

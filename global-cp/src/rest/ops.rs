@@ -72,7 +72,7 @@ pub async fn prometheus_targets(
         groups.push(json!({"targets": [host], "labels": {"__scheme__": state.api_scheme, "component": "global-control-plane"}}));
     }
     for zone in state.resources.list(strait_api::ResourceType::Zone, None).await? {
-        let status = state.zones.registry().status(&zone.name);
+        let status = state.zones.board().status(&zone.name).await;
         let Some(url) = status.api_url.as_deref() else { continue };
         let Some((scheme, address)) = url.split_once("://") else { continue };
         groups.push(json!({"targets": [address], "labels": {

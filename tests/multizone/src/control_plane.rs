@@ -80,8 +80,14 @@ impl Global {
     /// Starts `strait-global` (short KDS timings, plus `extra` flags), waits for `/readyz` and
     /// reads the admin token.
     pub fn start(net: &Net, extra: &[&str]) -> Global {
-        let host = net.host("global");
-        let data = net.mkdir("global-data");
+        Global::start_on(net, "global", extra)
+    }
+
+    /// [`Global::start`] on a new host `host` (its data in `<host>-data`): a further replica,
+    /// when `extra` names the same `--store`.
+    pub fn start_on(net: &Net, host: &str, extra: &[&str]) -> Global {
+        let data = net.mkdir(&format!("{host}-data"));
+        let host = net.host(host);
         let proc = host.spawn_cmd(
             "strait-global",
             Cmd::new(bin("strait-global"))
@@ -267,10 +273,16 @@ impl Zone {
     /// Starts `strait-zone` with `args` as process `process` on `host` (API on port 7681), and
     /// does not wait.
     pub fn spawn(global: &Global, host: &Host, process: &str, args: &ZoneArgs) -> Zone {
+        Zone::spawn_to(&global.kds_address(), host, process, args)
+    }
+
+    /// [`Zone::spawn`] with `--global-address global_address` (a comma-separated list of
+    /// replicas' sync addresses).
+    pub fn spawn_to(global_address: &str, host: &Host, process: &str, args: &ZoneArgs) -> Zone {
         let proc = host.spawn_cmd(
             process,
             Cmd::new(bin("strait-zone"))
-                .args(["--zone", args.zone.as_str(), "--global-address", global.kds_address().as_str()])
+                .args(["--zone", args.zone.as_str(), "--global-address", global_address])
                 .arg("--zone-token-file")
                 .arg(args.creds.join("zone-token"))
                 .arg("--global-ca-file")
@@ -382,6 +394,12 @@ impl Zone {
 /// Registers zone `name` with `straitctl` from the global host, starts it on a new host `name`
 /// (plus `extra` flags), and waits until it is ready and the global shows it connected.
 pub fn start_zone(net: &Net, global: &Global, name: &str, extra: &[&str]) -> Zone {
+    start_zone_to(net, global, &[], name, extra)
+}
+
+/// [`start_zone`] with the sync addresses of `global` and then of `replicas` (other replicas
+/// on the same store), tried in that order.
+pub fn start_zone_to(net: &Net, global: &Global, replicas: &[&Global], name: &str, extra: &[&str]) -> Zone {
     let creds = global.register_zone(net, name, &format!("{name}-creds"));
     let args = ZoneArgs {
         zone: name.to_owned(),
@@ -389,7 +407,8 @@ pub fn start_zone(net: &Net, global: &Global, name: &str, extra: &[&str]) -> Zon
         data: net.mkdir(&format!("{name}-data")),
         extra: extra.iter().map(|s| s.to_string()).collect(),
     };
-    let zone = Zone::spawn(global, &net.host(name), "strait-zone", &args);
+    let addresses: Vec<String> = std::iter::once(global).chain(replicas.iter().copied()).map(Global::kds_address).collect();
+    let zone = Zone::spawn_to(&addresses.join(","), &net.host(name), "strait-zone", &args);
     zone.wait_ready();
     global.wait_connected(name, true, SYNC);
     zone

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use reqwest::StatusCode;
 
-use crate::control_plane::{get_json, metric_value, start_zone, Global, Zone, SYNC, ZONE_DPS_PORT};
+use crate::control_plane::{get_json, metric_value, start_zone_to, Global, Zone, SYNC, ZONE_DPS_PORT};
 use crate::{bin, wait_for, Cmd, Host, Net, Proc};
 
 /// Ingress port (QUIC over UDP, and the TCP+TLS fallback).
@@ -99,11 +99,18 @@ impl Gateway {
 /// mesh and every gateway has its QUIC tunnel up to every other zone.
 pub fn start_zones(net: &Net, names: &[&str]) -> (Global, Vec<(Zone, Gateway)>) {
     let global = Global::start(net, &[]);
+    let zones = start_zones_to(net, &global, &[], names);
+    (global, zones)
+}
+
+/// [`start_zones`] against a global already started, with further replicas of it (zones try
+/// `global` first, then `replicas` in order).
+pub fn start_zones_to(net: &Net, global: &Global, replicas: &[&Global], names: &[&str]) -> Vec<(Zone, Gateway)> {
     global.apply(net, "mesh.yaml", "type: Mesh\nname: default\n");
     let zones: Vec<(Zone, Gateway)> = names
         .iter()
         .map(|name| {
-            let zone = start_zone(net, &global, name, &[]);
+            let zone = start_zone_to(net, global, replicas, name, &[]);
             wait_for(&format!("{name} to serve mesh default"), SYNC, || {
                 zone.resource("/meshes/default/meshtrafficpermissions/allow-all")?.map(drop).ok_or_else(|| "not yet".to_owned())
             });
@@ -124,5 +131,5 @@ pub fn start_zones(net: &Net, names: &[&str]) -> (Global, Vec<(Zone, Gateway)>) 
             });
         }
     }
-    (global, zones)
+    zones
 }

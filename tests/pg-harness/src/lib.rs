@@ -17,9 +17,24 @@ use std::time::{Duration, Instant};
 pub struct Server {
     child: Child,
     dir: tempfile::TempDir,
+    bin: PathBuf,
 }
 
 impl Server {
+    /// Stops the server at once (a "fast" shutdown: open connections are cut, committed data is
+    /// kept), as an outage or a restart does; [`Server::start_again`] brings it back.
+    pub fn stop(&mut self) {
+        stop(&mut self.child);
+    }
+
+    /// Starts the stopped server again on its data and socket, and waits until it accepts
+    /// connections.
+    pub fn start_again(&mut self) {
+        assert!(matches!(self.child.try_wait(), Ok(Some(_))), "start_again: the server is still running");
+        self.child = launch(&self.bin, self.dir.path());
+        wait_ready(&self.bin, self.dir.path());
+    }
+
     /// The connection URL: `postgresql://strait@<socket directory, percent-encoded>/postgres`.
     pub fn url(&self) -> String {
         let host: String = self
@@ -36,18 +51,25 @@ impl Server {
 
 impl Drop for Server {
     fn drop(&mut self) {
-        // SIGTERM: a "smart" shutdown that waits for clients; SIGINT ("fast") does not.
-        let _ = Command::new("kill").args(["-INT", &self.child.id().to_string()]).status();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        stop(&mut self.child);
     }
+}
+
+fn stop(child: &mut Child) {
+    if let Ok(Some(_)) = child.try_wait() {
+        return;
+    }
+    // SIGTERM: a "smart" shutdown that waits for clients; SIGINT ("fast") does not.
+    let _ = Command::new("kill").args(["-INT", &child.id().to_string()]).status();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
 }
 
 fn bin_dir() -> Option<PathBuf> {
@@ -127,36 +149,46 @@ pub fn start() -> Option<Server> {
     let copied = Command::new("cp").arg("-a").arg(&template).arg(&data).status().expect("cp");
     assert!(copied.success(), "copy the template cluster");
     chown_to_server_user(dir.path());
-    let log = std::fs::File::create(dir.path().join("server.log")).expect("log file");
-    let child = command(&bin.join("postgres"))
+    let child = launch(&bin, dir.path());
+    let server = Server { child, dir, bin };
+    wait_ready(&server.bin, server.dir.path());
+    Some(server)
+}
+
+/// Starts `postgres` on the cluster in `dir`/data, its socket in `dir`, its log appended to `dir`/server.log.
+fn launch(bin: &Path, dir: &Path) -> Child {
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("server.log")).expect("log file");
+    command(&bin.join("postgres"))
         .arg("-D")
-        .arg(&data)
+        .arg(dir.join("data"))
         .arg("-k")
-        .arg(dir.path())
+        .arg(dir)
         .args(["-c", "listen_addresses=", "-c", "fsync=off", "-c", "max_connections=300", "-c", "shared_buffers=16MB"])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(log)
         .spawn()
-        .expect("start postgres");
-    let server = Server { child, dir };
-    // Ready once it accepts connections (its socket appears earlier, while it starts up).
+        .expect("start postgres")
+}
+
+/// Waits until the server of `dir` accepts connections (its socket appears earlier, while it starts up).
+fn wait_ready(bin: &Path, dir: &Path) {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let ready = Command::new(bin.join("pg_isready"))
             .arg("-q")
             .arg("-h")
-            .arg(server.dir.path())
+            .arg(dir)
             .args(["-p", "5432", "-U", "strait", "-d", "postgres"])
             .status()
             .is_ok_and(|s| s.success());
         if ready {
-            return Some(server);
+            return;
         }
         assert!(
             Instant::now() < deadline,
             "postgres did not accept connections within 30 s: {}",
-            std::fs::read_to_string(server.dir.path().join("server.log")).unwrap_or_default()
+            std::fs::read_to_string(dir.join("server.log")).unwrap_or_default()
         );
         std::thread::sleep(Duration::from_millis(20));
     }
