@@ -168,6 +168,7 @@ impl ZoneCp {
             traffic: traffic.clone(),
             kubernetes: kubernetes.as_ref().map(|(client, ..)| client.clone()),
             leading: kubernetes.as_ref().map(|(_, leading, _)| leading.clone()),
+            inputs: Default::default(),
         };
         // Keepalive pings find sidecars whose host vanished without closing its connection, so
         // their Dataplane is unregistered and a replacement can register.

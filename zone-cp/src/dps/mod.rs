@@ -12,6 +12,7 @@
 
 pub mod cp_env;
 pub mod gateway;
+pub mod inputs;
 pub mod session;
 pub mod tls;
 
@@ -60,6 +61,8 @@ pub struct DpsShared {
     /// On Kubernetes: whether this replica leads (only the leader serves sidecars). `None`:
     /// always.
     pub leading: Option<watch::Receiver<bool>>,
+    /// Each mesh's inputs, read once per change and shared by its sidecars' sessions.
+    pub inputs: inputs::InputCache,
 }
 
 impl DpsShared {

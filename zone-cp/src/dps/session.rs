@@ -141,7 +141,7 @@ impl Session {
     async fn push_config(&self, last: &mut Option<Vec<u8>>) -> Result<(), Status> {
         let version = self.shared.resources.store().revision();
         let dp = self.current().await?;
-        let config = match self.compute(&dp).await? {
+        let config = match self.compute(&dp, version).await? {
             Ok(config) => config,
             Err(e) => {
                 // The sidecar keeps what it has; nothing it could not apply is sent.
@@ -172,24 +172,10 @@ impl Session {
         }
     }
 
-    async fn compute(&self, dp: &Resource) -> Result<Result<proxy_config::ProxyConfig, proxy_config::PolicyError>, Status> {
-        let resources = &self.shared.resources;
-        let mut all = Vec::new();
-        for kind in ResourceType::ALL.iter().copied().filter(|k| k.is_mesh_scoped()) {
-            all.extend(resources.list(kind, Some(&self.mesh)).await.map_err(unavailable)?);
-        }
-        let bundle = resources
-            .store()
-            .get(&Key::new(strait_cp_core::kinds::TRUST_BUNDLE, &self.mesh, "default"))
-            .await
-            .map_err(unavailable)?
-            .map(|o| serde_json::from_value::<proxy_config::MeshTrust>(o.data))
-            .transpose()
-            .map_err(|e| Status::internal(format!("the mesh's stored trust bundle does not parse: {e}")))?
-            .unwrap_or_default();
-        let lifetime = self.certificate_lifetime().await?;
-        let remote = crate::gateways::remote(resources.store().as_ref()).await.map_err(unavailable)?;
-        match proxy_config::build(dp, &self.shared.zone, &all, &remote, bundle, lifetime.as_secs()) {
+    async fn compute(&self, dp: &Resource, version: u64) -> Result<Result<proxy_config::ProxyConfig, proxy_config::PolicyError>, Status> {
+        let inputs = self.shared.inputs.get(&self.shared.resources, &self.mesh, version).await?;
+        let lifetime = inputs.certificate_lifetime.as_secs();
+        match proxy_config::build(dp, &self.shared.zone, &inputs.resources, &inputs.remote, inputs.bundle.clone(), lifetime) {
             Ok(Some(config)) => Ok(Ok(config)),
             Ok(None) => Err(Status::internal("not a Dataplane")),
             Err(e) => Ok(Err(e)),

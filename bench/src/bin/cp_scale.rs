@@ -1,0 +1,400 @@
+//! The control plane at scale: many simulated sidecars in this process against real
+//! `strait-zone` processes and a global (in this process), each sidecar with a DPS stream of
+//! its own (its own TLS connection), a real dataplane token, a real key and CSR, and an
+//! acknowledgement of every configuration, as `strait-dp` does. Measures:
+//!
+//! - the registration storm: every sidecar connecting at once, until each has its first
+//!   configuration and its certificate, with each zone's CPU and memory every second;
+//! - zone memory per connected sidecar (the zone's RSS after the storm minus before, divided by
+//!   its sidecars; target at most 100 KB);
+//! - a policy written on the global until it is in the configuration of 50%, 90% and 99% of
+//!   the sidecars (target p90 at most 1 s).
+//!
+//! Each sidecar is a Dataplane of one of `--services` services with one inbound and one
+//! explicit outbound (to the next service), at its own 127.x address (the zones are started
+//! with `--allow-dataplane-address 127.0.0.0/8`, since every connection comes from 127.0.0.1).
+//!
+//! `cargo build --profile dist --bins && target/dist/cp_scale [--sidecars 1000] [--zones 1]`
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use serde_json::{json, Value};
+use strait_api::dps::dataplane_sync_client::DataplaneSyncClient;
+use strait_api::dps::{dataplane_message, zone_message, Ack, CertificateRequest, DataplaneMessage, Hello, PROTOCOL_VERSION};
+use strait_bench::control::{ControlPlane, Error};
+use strait_bench::procstat::{cpu_seconds, rss_bytes};
+use strait_bench::rig::{free_port, Children};
+use strait_bench::{ms, percentile};
+use tokio::sync::mpsc;
+
+#[derive(Parser)]
+struct Args {
+    /// Simulated sidecars, spread over the zones in turn.
+    #[arg(long, default_value_t = 1000)]
+    sidecars: usize,
+    /// Zone control planes (separate `strait-zone` processes).
+    #[arg(long, default_value_t = 1)]
+    zones: usize,
+    /// Services the sidecars belong to (in turn); each calls the next one.
+    #[arg(long, default_value_t = 10)]
+    services: usize,
+    /// Endpoints added to one service (`svc-0`) at the end, as new sidecars: the time until
+    /// every caller of that service has them all (0: skip).
+    #[arg(long, default_value_t = 1000)]
+    scale_endpoints: usize,
+    /// Give up on a phase after this many seconds.
+    #[arg(long, default_value_t = 300)]
+    deadline_secs: u64,
+}
+
+/// What a simulated sidecar reports.
+enum Seen {
+    /// A configuration (its size, whether it holds the probe policy, and for callers of
+    /// `svc-0` how many endpoints of it).
+    Config { sidecar: usize, bytes: usize, probe: bool, svc0_endpoints: Option<usize> },
+    /// Its workload certificate.
+    Certificate { sidecar: usize },
+    /// Its stream failed.
+    Failed { sidecar: usize, why: String },
+}
+
+/// The idle timeout the probe policy sets, as configurations spell durations.
+const PROBE: &str = "2h11m59s";
+
+struct Zone {
+    name: String,
+    pid: u32,
+    dps: String,
+    ca_pem: String,
+}
+
+async fn start_zone(cp: &ControlPlane, children: &mut Children, name: &str) -> Result<Zone, Error> {
+    let dir = cp.dir.path().join(name);
+    std::fs::create_dir_all(&dir)?;
+    let reg: Value =
+        cp.http.post(format!("{}/zones/{name}/token", cp.base)).bearer_auth(&cp.token).send().await?.error_for_status()?.json().await?;
+    std::fs::write(dir.join("token"), reg["token"].as_str().unwrap_or_default())?;
+    std::fs::write(dir.join("ca.pem"), reg["caBundle"].as_str().unwrap_or_default())?;
+    let bin = std::env::current_exe()?.parent().ok_or("no directory for this binary")?.join("strait-zone");
+    if !bin.exists() {
+        return Err(format!(
+            "{} is missing: build the binaries with this benchmark's profile (`cargo build --profile dist --bins`)",
+            bin.display()
+        )
+        .into());
+    }
+    let dps_port = free_port()?;
+    let log = std::fs::File::create(dir.join("zone.log"))?;
+    let child = std::process::Command::new(&bin)
+        .args(["--zone", name, "--global-address", &format!("https://{}", cp.global.kds_addr)])
+        .arg("--zone-token-file")
+        .arg(dir.join("token"))
+        .arg("--global-ca-file")
+        .arg(dir.join("ca.pem"))
+        .arg("--data-dir")
+        .arg(dir.join("data"))
+        .args(["--api-plaintext", "--api-address", &format!("127.0.0.1:{}", free_port()?)])
+        .args(["--dps-address", &format!("127.0.0.1:{dps_port}"), "--allow-dataplane-address", "127.0.0.0/8", "--log-level", "warn"])
+        .stdout(std::process::Stdio::null())
+        .stderr(log)
+        .spawn()?;
+    let pid = child.id();
+    children.0.push(child);
+    let ca_file = dir.join("data").join("dps-ca.pem");
+    let started = Instant::now();
+    let ca_pem = loop {
+        if let Ok(pem) = std::fs::read_to_string(&ca_file) {
+            if pem.contains("END CERTIFICATE") && std::net::TcpStream::connect(("127.0.0.1", dps_port)).is_ok() {
+                break pem;
+            }
+        }
+        if started.elapsed() > Duration::from_secs(30) {
+            return Err(format!("zone {name} not serving DPS within 30 s; see {}", dir.join("zone.log").display()).into());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    Ok(Zone { name: name.to_string(), pid, dps: format!("https://127.0.0.1:{dps_port}"), ca_pem })
+}
+
+fn address(i: usize) -> String {
+    format!("127.{}.{}.{}", 1 + (i >> 16), (i >> 8) & 255, i & 255)
+}
+
+/// How many endpoints of `svc-0` a configuration gives its sidecar, if it calls `svc-0`.
+fn svc0_endpoints(json: &[u8]) -> Option<usize> {
+    let config: Value = serde_json::from_slice(json).ok()?;
+    let outbound = config["outbounds"].as_array()?.iter().find(|o| o["service"] == "svc-0")?;
+    outbound["endpoints"].as_array().map(Vec::len)
+}
+
+fn dataplane(i: usize, service: usize, services: usize) -> Vec<u8> {
+    let (service, next) = (format!("svc-{service}"), format!("svc-{}", (service + 1) % services));
+    let dp = json!({"type": "Dataplane", "name": format!("sim-{i}"), "mesh": "default", "spec": {"networking": {
+        "address": address(i),
+        "inbound": [{"port": 8000, "servicePort": 9000, "tags": {"strait.io/service": service, "strait.io/protocol": "http"}}],
+        "outbound": [{"port": 10000, "tags": {"strait.io/service": next}}],
+    }}});
+    serde_json::to_vec(&dp).unwrap_or_default()
+}
+
+/// One simulated sidecar: registers, asks for its certificate, acknowledges every
+/// configuration, and reports what it receives until the stream ends.
+async fn sidecar(i: usize, service: usize, zone: Arc<Zone>, token: Arc<String>, services: usize, seen: mpsc::UnboundedSender<Seen>) {
+    let failed = |why: String| {
+        let _ = seen.send(Seen::Failed { sidecar: i, why });
+    };
+    let channel = match strait_proxy_core::cp_client::connect(&zone.dps, &zone.ca_pem, "strait-zone", None).await {
+        Ok(c) => c,
+        Err(e) => return failed(e),
+    };
+    let (tx, rx) = mpsc::channel(8);
+    let hello = Hello { protocol: PROTOCOL_VERSION, dataplane: dataplane(i, service, services), software_version: "cp-scale".into() };
+    let send = |m: dataplane_message::Message| DataplaneMessage { message: Some(m) };
+    let _ = tx.send(send(dataplane_message::Message::Hello(hello))).await;
+    let mut request = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+    match format!("Bearer {token}").parse() {
+        Ok(value) => request.metadata_mut().insert("authorization", value),
+        Err(_) => return failed("the token is not a header value".into()),
+    };
+    let mut client = DataplaneSyncClient::new(channel).max_decoding_message_size(64 * 1024 * 1024);
+    let mut inbound = match client.stream(request).await {
+        Ok(r) => r.into_inner(),
+        Err(s) => return failed(format!("{}: {}", s.code(), s.message())),
+    };
+    match strait_pki::csr::KeyAndCsr::generate(&format!("sim-{i}")) {
+        Ok(kc) => {
+            let _ = tx.send(send(dataplane_message::Message::CertificateRequest(CertificateRequest { csr_pem: kc.csr_pem }))).await;
+        }
+        Err(e) => return failed(e.to_string()),
+    }
+    let marker = format!("\"{PROBE}\"");
+    let calls_svc0 = (service + 1) % services == 0;
+    loop {
+        match inbound.message().await {
+            Ok(Some(message)) => match message.message {
+                Some(zone_message::Message::Config(config)) => {
+                    let text = String::from_utf8_lossy(&config.json);
+                    let probe = text.contains(&marker);
+                    let svc0 = if calls_svc0 { svc0_endpoints(&config.json) } else { None };
+                    let _ = seen.send(Seen::Config { sidecar: i, bytes: config.json.len(), probe, svc0_endpoints: svc0 });
+                    let _ = tx.send(send(dataplane_message::Message::Ack(Ack { version: config.version }))).await;
+                }
+                Some(zone_message::Message::Certificate(cert)) if cert.error.is_empty() => {
+                    let _ = seen.send(Seen::Certificate { sidecar: i });
+                }
+                Some(zone_message::Message::Certificate(cert)) => return failed(format!("certificate refused: {}", cert.error)),
+                _ => {}
+            },
+            Ok(None) => return failed("the zone closed the stream".into()),
+            Err(s) => return failed(format!("{}: {}", s.code(), s.message())),
+        }
+    }
+}
+
+/// What the sidecars have reported so far.
+#[derive(Default)]
+struct Tally {
+    configured: Vec<bool>,
+    certified: Vec<bool>,
+    failed: usize,
+    count_configured: usize,
+    count_certified: usize,
+    config_bytes: usize,
+    /// When each sidecar first had the probe policy, counted from its write.
+    probed: Vec<Option<Duration>>,
+    first_failures: Vec<String>,
+    /// The latest count of `svc-0` endpoints each of its callers has.
+    svc0: std::collections::HashMap<usize, usize>,
+}
+
+impl Tally {
+    fn handle(&mut self, event: Seen, probe_start: Option<Instant>) {
+        match event {
+            Seen::Config { sidecar, bytes, probe, svc0_endpoints } => {
+                if let Some(count) = svc0_endpoints {
+                    self.svc0.insert(sidecar, count);
+                }
+                if !self.configured[sidecar] {
+                    self.configured[sidecar] = true;
+                    self.count_configured += 1;
+                    self.config_bytes += bytes;
+                }
+                if let (true, Some(start), None) = (probe, probe_start, self.probed[sidecar]) {
+                    self.probed[sidecar] = Some(start.elapsed());
+                }
+            }
+            Seen::Certificate { sidecar } => {
+                if !self.certified[sidecar] {
+                    self.certified[sidecar] = true;
+                    self.count_certified += 1;
+                }
+            }
+            Seen::Failed { sidecar, why } => {
+                self.failed += 1;
+                if self.first_failures.len() < 5 {
+                    self.first_failures.push(format!("sim-{sidecar}: {why}"));
+                }
+            }
+        }
+    }
+}
+
+fn mb(bytes: u64) -> f64 {
+    bytes as f64 / (1024.0 * 1024.0)
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Error> {
+    let args = Args::parse();
+    let deadline = Duration::from_secs(args.deadline_secs);
+    let cp = ControlPlane::start(0).await?;
+    let mut children = Children::default();
+    let mut zones = Vec::new();
+    for z in 0..args.zones.max(1) {
+        zones.push(Arc::new(start_zone(&cp, &mut children, &format!("zone-{}", z + 1)).await?));
+    }
+    let mut tokens = Vec::new();
+    for s in 0..args.services.max(1) {
+        tokens.push(Arc::new(cp.dataplane_token(&format!("svc-{s}")).await?));
+    }
+    // Let the zones settle (first sync, their own certificates) before the baseline.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let baseline: Vec<(u64, f64)> = zones.iter().map(|z| (rss_bytes(z.pid), cpu_seconds(z.pid))).collect();
+    println!(
+        "cp_scale: {} sidecars, {} zone(s), {} services; zone RSS before: {}",
+        args.sidecars,
+        zones.len(),
+        args.services,
+        baseline.iter().map(|(rss, _)| format!("{:.1} MB", mb(*rss))).collect::<Vec<_>>().join(", ")
+    );
+
+    // The storm: every sidecar at once.
+    let (seen_tx, mut seen) = mpsc::unbounded_channel();
+    let storm = Instant::now();
+    for i in 0..args.sidecars {
+        let (zone, token) = (zones[i % zones.len()].clone(), tokens[i % tokens.len()].clone());
+        tokio::spawn(sidecar(i, i % args.services.max(1), zone, token, args.services.max(1), seen_tx.clone()));
+    }
+    let n = args.sidecars;
+    let total = n + args.scale_endpoints;
+    let mut t = Tally { configured: vec![false; total], certified: vec![false; total], probed: vec![None; total], ..Tally::default() };
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let storm_time = loop {
+        tokio::select! {
+            event = seen.recv() => match event {
+                Some(event) => t.handle(event, None),
+                None => break None,
+            },
+            _ = tick.tick() => {
+                let zones_now: Vec<String> = zones.iter().zip(&baseline).map(|(z, (_, cpu0))| {
+                    format!("{} rss={:.1}MB cpu={:.1}s", z.name, mb(rss_bytes(z.pid)), cpu_seconds(z.pid) - cpu0)
+                }).collect();
+                println!(
+                    "storm t={:>5.1}s configured={} certified={} failed={} {}",
+                    storm.elapsed().as_secs_f64(), t.count_configured, t.count_certified, t.failed, zones_now.join(" ")
+                );
+                if storm.elapsed() > deadline {
+                    break None;
+                }
+            }
+        }
+        if t.count_configured + t.failed >= n && t.count_certified + t.failed >= n {
+            break Some(storm.elapsed());
+        }
+    };
+    for f in &t.first_failures {
+        println!("failed: {f}");
+    }
+    match storm_time {
+        Some(took) if t.failed == 0 => println!(
+            "FIGURE registration-storm sidecars={n} seconds={:.2} target=60 {}",
+            took.as_secs_f64(),
+            if took <= Duration::from_secs(60) { "met" } else { "not met" }
+        ),
+        _ => println!(
+            "FIGURE registration-storm sidecars={n} configured={} certified={} failed={}: not met",
+            t.count_configured, t.count_certified, t.failed
+        ),
+    }
+    if t.count_configured > 0 {
+        println!("configuration size: {:.1} KB average", t.config_bytes as f64 / t.count_configured as f64 / 1024.0);
+    }
+
+    // Memory per connected sidecar, once the storm has settled.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for (z, (rss0, cpu0)) in zones.iter().zip(&baseline) {
+        let rss = rss_bytes(z.pid);
+        let connected = n / zones.len();
+        let per = rss.saturating_sub(*rss0) as f64 / connected.max(1) as f64 / 1024.0;
+        println!(
+            "FIGURE zone-memory-per-sidecar zone={} sidecars={connected} rss_mb={:.1} kb_per_sidecar={per:.0} target=100 {}; zone cpu during the storm {:.1}s",
+            z.name,
+            mb(rss),
+            if per <= 100.0 { "met" } else { "not met" },
+            cpu_seconds(z.pid) - cpu0
+        );
+    }
+
+    // A policy written on the global, until it is in every sidecar's configuration.
+    let probe = json!({"type": "MeshTimeout", "name": "scale-probe", "mesh": "default",
+        "spec": {"targetRef": {"kind": "Mesh"}, "to": [{"targetRef": {"kind": "Mesh"}, "default": {"idleTimeout": PROBE}}]}});
+    let start = Instant::now();
+    cp.put("/meshes/default/meshtimeouts/scale-probe", &probe).await?;
+    let written = start.elapsed();
+    loop {
+        let remaining = deadline.saturating_sub(start.elapsed());
+        match tokio::time::timeout(remaining, seen.recv()).await {
+            Ok(Some(event)) => t.handle(event, Some(start)),
+            Ok(None) | Err(_) => break,
+        }
+        if t.probed[..n].iter().all(Option::is_some) {
+            break;
+        }
+    }
+    let mut times: Vec<Duration> = t.probed[..n].iter().flatten().copied().collect();
+    let reached = times.len();
+    let (p50, p90, p99) = (percentile(&mut times, 50.0), percentile(&mut times, 90.0), percentile(&mut times, 99.0));
+    println!(
+        "FIGURE policy-propagation sidecars={n} reached={reached} write={} p50={} p90={} p99={} max={} target_p90=1000ms {}",
+        ms(written),
+        ms(p50),
+        ms(p90),
+        ms(p99),
+        ms(times.last().copied().unwrap_or_default()),
+        if reached == n && p90 <= Duration::from_secs(1) { "met" } else { "not met" }
+    );
+
+    // A service that grows by `scale_endpoints` endpoints: until every caller has them all.
+    if args.scale_endpoints > 0 {
+        let callers: Vec<usize> = (0..n).filter(|i| (i % args.services.max(1) + 1) % args.services.max(1) == 0).collect();
+        let before = callers.iter().filter_map(|c| t.svc0.get(c)).copied().max().unwrap_or(0);
+        let want = before + args.scale_endpoints;
+        let start = Instant::now();
+        for i in n..total {
+            let (zone, token) = (zones[i % zones.len()].clone(), tokens[0].clone());
+            tokio::spawn(sidecar(i, 0, zone, token, args.services.max(1), seen_tx.clone()));
+        }
+        // Endpoints of other zones reach a caller through the global; each caller needs all.
+        let done = |t: &Tally| callers.iter().all(|c| t.svc0.get(c).is_some_and(|&e| e >= want));
+        while !done(&t) && start.elapsed() < deadline {
+            match tokio::time::timeout(deadline.saturating_sub(start.elapsed()), seen.recv()).await {
+                Ok(Some(event)) => t.handle(event, None),
+                Ok(None) | Err(_) => break,
+            }
+        }
+        let have = callers.iter().filter_map(|c| t.svc0.get(c)).copied().min().unwrap_or(0);
+        println!(
+            "FIGURE endpoint-scale added={} callers={} seconds={:.2} {}",
+            args.scale_endpoints,
+            callers.len(),
+            start.elapsed().as_secs_f64(),
+            if done(&t) { "every caller has them".to_string() } else { format!("incomplete: the slowest caller has {have} of {want}") }
+        );
+    }
+    drop(seen_tx);
+    drop(children);
+    cp.stop().await;
+    Ok(())
+}
