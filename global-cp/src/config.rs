@@ -107,10 +107,8 @@ pub struct Config {
     pub max_body_bytes: usize,
 
     /// How long a REST client has to send a request head before its connection is closed
-    /// (protects against clients that trickle bytes to hold connections open); also how long
-    /// a keep-alive connection may stay idle between requests. Client pools reuse idle
-    /// connections: a short value makes them race the close and see a reset.
-    #[arg(long, env = "STRAIT_API_HEADER_READ_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    /// (protects against clients that trickle bytes to hold connections open).
+    #[arg(long, env = "STRAIT_API_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     #[serde(with = "humanized")]
     pub api_header_read_timeout: Duration,
 

@@ -18,7 +18,7 @@ use hyper_util::service::TowerToHyperService;
 use tokio_util::sync::CancellationToken;
 
 /// How long a client has, by default, to send a request head.
-pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(60);
+pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How a REST server ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
