@@ -124,6 +124,13 @@ pub struct TransparentProxying {
     /// Inbound redirect port (default 15006).
     #[serde(default = "inbound_port")]
     pub redirect_port_inbound: u16,
+    /// The services this workload reaches through transparent proxying. Unset, its sidecar
+    /// gets every service of the mesh; set, only these (with its explicit outbounds and the
+    /// services their routes send to), and a connection to any other address passes through
+    /// outside the mesh. In a large mesh this keeps each sidecar's configuration, and the
+    /// zone's work on every change, to what the workload uses.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reachable_services: Option<Vec<String>>,
 }
 
 fn outbound_port() -> u16 {
@@ -242,6 +249,13 @@ impl Validate for DataplaneSpec {
                     check_port(v, "redirectPortInbound", tp.redirect_port_inbound);
                     if tp.redirect_port_inbound == tp.redirect_port_outbound {
                         v.error_at("redirectPortInbound", "must differ from redirectPortOutbound");
+                    }
+                    if let Some(reachable) = &tp.reachable_services {
+                        v.each("reachableServices", reachable, |v, service| {
+                            if let Err(e) = names::check_dns_subdomain(service) {
+                                v.error(e);
+                            }
+                        });
                     }
                 });
             }

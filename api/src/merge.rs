@@ -158,8 +158,34 @@ struct Item<'a> {
 /// `policies` of its mesh. `destinations` adds services reachable without an explicit outbound
 /// (transparent proxying); explicit outbounds are always included.
 pub fn effective_config(dp_name: &str, dp: &DataplaneSpec, policies: &[Resource], destinations: &[&str]) -> EffectiveConfig {
-    let specs: Vec<(&Resource, Value)> = policies.iter().filter(|p| p.kind.is_policy()).map(|p| (p, p.spec_value())).collect();
+    Policies::new(policies).effective(dp_name, dp, destinations)
+}
 
+/// The policies of a mesh, read once for every Dataplane computed from them: each one's spec
+/// as JSON, so that computing a Dataplane's configuration does not convert every policy again.
+#[derive(Debug, Clone, Default)]
+pub struct Policies {
+    specs: Vec<(Resource, Value)>,
+}
+
+impl Policies {
+    /// The policies among `resources` (anything else is left out).
+    pub fn new(resources: &[Resource]) -> Policies {
+        Policies { specs: resources.iter().filter(|p| p.kind.is_policy()).map(|p| (p.clone(), p.spec_value())).collect() }
+    }
+
+    /// As [`effective_config`].
+    pub fn effective(&self, dp_name: &str, dp: &DataplaneSpec, destinations: &[&str]) -> EffectiveConfig {
+        effective(&self.specs, dp_name, dp, destinations)
+    }
+
+    /// As [`explained`].
+    pub fn explained(&self, dp_name: &str, dp: &DataplaneSpec, destinations: &[&str]) -> EffectiveConfig {
+        explaining(|| self.effective(dp_name, dp, destinations))
+    }
+}
+
+fn effective(specs: &[(Resource, Value)], dp_name: &str, dp: &DataplaneSpec, destinations: &[&str]) -> EffectiveConfig {
     let inbounds = dp
         .networking
         .inbound
@@ -167,12 +193,12 @@ pub fn effective_config(dp_name: &str, dp: &DataplaneSpec, policies: &[Resource]
         .map(|inbound| {
             let mut from = BTreeMap::new();
             for ty in ResourceType::ALL.iter().copied().filter(|t| shape(*t) == Shape::FromTo) {
-                let items = collect(&specs, ty, "from", |top| top.selects(Some(dp_name), &inbound.tags));
+                let items = collect(specs, ty, "from", |top| top.selects(Some(dp_name), &inbound.tags));
                 if !items.is_empty() {
                     from.insert(ty, from_rules(&items));
                 }
             }
-            let route_rate_limits = route_rate_limits(&specs, inbound.service());
+            let route_rate_limits = route_rate_limits(specs, inbound.service());
             InboundPolicies { port: inbound.port, service: inbound.service().to_string(), from, route_rate_limits }
         })
         .collect();
@@ -187,14 +213,14 @@ pub fn effective_config(dp_name: &str, dp: &DataplaneSpec, policies: &[Resource]
             let dest_tags: BTreeMap<String, String> = [(crate::names::SERVICE_TAG.to_string(), service.to_string())].into();
             let mut to = BTreeMap::new();
             for ty in ResourceType::ALL.iter().copied().filter(|t| shape(*t) == Shape::FromTo) {
-                let mut items = collect(&specs, ty, "to", selects_dp);
+                let mut items = collect(specs, ty, "to", selects_dp);
                 items.retain(|i| i.target.selects(None, &dest_tags));
                 if let Some(conf) = merge_items(items.iter().map(|i| (i.policy, i.payload.get("default")))) {
                     to.insert(ty, conf);
                 }
             }
-            let http_routes = http_routes(&specs, service, selects_dp);
-            let tcp_route = route_items(&specs, ResourceType::MeshTCPRoute, service, selects_dp)
+            let http_routes = http_routes(specs, service, selects_dp);
+            let tcp_route = route_items(specs, ResourceType::MeshTCPRoute, service, selects_dp)
                 .into_iter()
                 .filter_map(|(policy, rule)| {
                     rule.get("default").map(|d| ToConf {
@@ -211,7 +237,7 @@ pub fn effective_config(dp_name: &str, dp: &DataplaneSpec, policies: &[Resource]
     let mut proxy = BTreeMap::new();
     for ty in [ResourceType::MeshTrace, ResourceType::MeshMetric] {
         let mut matching: Vec<(&Resource, &Value)> =
-            specs.iter().filter(|(p, s)| p.kind == ty && selects_dp(&top_ref(s))).map(|(p, s)| (*p, s)).collect();
+            specs.iter().filter(|(p, s)| p.kind == ty && selects_dp(&top_ref(s))).map(|(p, s)| (p, s)).collect();
         matching.sort_by_key(|(p, s)| (top_ref(s).specificity(), !is_default(p), p.name.as_str()));
         if let Some(conf) = merge_items(matching.iter().map(|(p, s)| (p.name.as_str(), s.get("default")))) {
             proxy.insert(ty, conf);
@@ -221,7 +247,7 @@ pub fn effective_config(dp_name: &str, dp: &DataplaneSpec, policies: &[Resource]
 }
 
 /// The MeshRateLimits on routes to `service`: per route that sends to it, its rules by caller.
-fn route_rate_limits(specs: &[(&Resource, Value)], service: &str) -> BTreeMap<String, Vec<FromRule>> {
+fn route_rate_limits(specs: &[(Resource, Value)], service: &str) -> BTreeMap<String, Vec<FromRule>> {
     let routes: BTreeSet<&str> = specs
         .iter()
         .filter(|(p, _)| p.kind == ResourceType::MeshHTTPRoute)
@@ -266,7 +292,7 @@ fn top_ref(spec: &Value) -> TargetRef {
 }
 
 /// The `section` items of policies of type `ty` whose top-level targetRef passes `selects`, sorted for merging.
-fn collect<'a>(specs: &'a [(&'a Resource, Value)], ty: ResourceType, section: &str, selects: impl Fn(&TargetRef) -> bool) -> Vec<Item<'a>> {
+fn collect<'a>(specs: &'a [(Resource, Value)], ty: ResourceType, section: &str, selects: impl Fn(&TargetRef) -> bool) -> Vec<Item<'a>> {
     let mut items = Vec::new();
     for (policy, spec) in specs.iter().filter(|(p, _)| p.kind == ty) {
         let top = top_ref(spec);
@@ -366,6 +392,11 @@ thread_local! {
 /// As [`effective_config`], with each merged conf's `fields`: for every effective field (a
 /// JSON pointer), the policy that set it (`straitctl inspect dataplane --policies`).
 pub fn explained(dp_name: &str, dp: &DataplaneSpec, policies: &[Resource], destinations: &[&str]) -> EffectiveConfig {
+    Policies::new(policies).explained(dp_name, dp, destinations)
+}
+
+/// Runs `compute` with [`EXPLAIN`] set.
+fn explaining<T>(compute: impl FnOnce() -> T) -> T {
     struct Reset;
     impl Drop for Reset {
         fn drop(&mut self) {
@@ -374,7 +405,7 @@ pub fn explained(dp_name: &str, dp: &DataplaneSpec, policies: &[Resource], desti
     }
     EXPLAIN.set(true);
     let _reset = Reset;
-    effective_config(dp_name, dp, policies, destinations)
+    compute()
 }
 
 /// The fields `conf` sets, all by `policy` (empty unless explaining).
@@ -428,7 +459,7 @@ pub fn deep_merge(base: &mut Value, overlay: &Value) {
 
 /// The rules of route policies of type `ty` for traffic to `service`, in merge order.
 fn route_items<'a>(
-    specs: &'a [(&'a Resource, Value)],
+    specs: &'a [(Resource, Value)],
     ty: ResourceType,
     service: &str,
     selects: impl Fn(&TargetRef) -> bool,
@@ -440,7 +471,7 @@ fn route_items<'a>(
         .collect()
 }
 
-fn http_routes(specs: &[(&Resource, Value)], service: &str, selects: impl Fn(&TargetRef) -> bool) -> Vec<RouteRule> {
+fn http_routes(specs: &[(Resource, Value)], service: &str, selects: impl Fn(&TargetRef) -> bool) -> Vec<RouteRule> {
     let mut rules: Vec<RouteRule> = Vec::new();
     for (policy, rule) in route_items(specs, ResourceType::MeshHTTPRoute, service, selects) {
         let matches: Vec<HttpMatch> = rule.get("matches").and_then(|m| serde_json::from_value(m.clone()).ok()).unwrap_or_default();

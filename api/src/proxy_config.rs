@@ -13,7 +13,6 @@ use serde::{Deserialize, Serialize};
 
 use crate::dataplane::DataplaneSpec;
 use crate::gateway_config::ZoneInventory;
-use crate::merge::effective_config;
 use crate::names::{PROTOCOL_TAG, SERVICE_TAG};
 use crate::policies::tcp_route::TcpRouteConf;
 pub use crate::proxy_policies::PolicyError;
@@ -173,21 +172,137 @@ pub struct Remote {
     pub egresses: Vec<String>,
 }
 
-/// The policies behind the configuration [`build`] makes for `dp`: per inbound, outbound and
-/// route, the policies that matched in merge order and the one that set each field.
+/// What every Dataplane of one mesh in one zone is built from, prepared once per change and
+/// shared by all of them: the policies (each converted once), every service's endpoints (this
+/// zone's Dataplanes and the other zones behind the gateways), and which services each
+/// service's routes may send to. Building one sidecar's configuration then costs what that
+/// sidecar uses (its inbounds and the destinations it reaches), not the size of the mesh.
+#[derive(Debug, Clone, Default)]
+pub struct MeshView {
+    zone: String,
+    policies: crate::merge::Policies,
+    endpoints: BTreeMap<String, Vec<Endpoint>>,
+    route_backends: BTreeMap<String, std::collections::BTreeSet<String>>,
+}
+
+impl MeshView {
+    /// The view of `mesh` in `zone` from its `resources` (policies and Dataplanes) and the
+    /// other zones (`remote`).
+    pub fn new(mesh: &str, zone: &str, resources: &[Resource], remote: &Remote) -> MeshView {
+        let mut endpoints = endpoints_by_service(resources, zone);
+        add_remote_endpoints(&mut endpoints, remote, mesh, zone);
+        MeshView {
+            zone: zone.to_string(),
+            policies: crate::merge::Policies::new(resources),
+            endpoints,
+            route_backends: route_backends(resources),
+        }
+    }
+
+    /// Every service with an endpoint, this zone's or another's.
+    pub fn services(&self) -> impl Iterator<Item = &str> {
+        self.endpoints.keys().map(String::as_str)
+    }
+
+    /// The destinations `spec` gets besides its explicit outbounds: with transparent
+    /// proxying, every service of the mesh, or only its `reachableServices` when it lists
+    /// them; then, whatever it reaches, the services their routes may send to (a route's
+    /// backends and mirrors), which the sidecar must know to follow the route. Only services
+    /// with an endpoint: a route to a service that has none is refused by the sidecar (NACK)
+    /// with the backend's name, as it was before routes were followed here.
+    pub fn destinations<'a>(&'a self, spec: &'a DataplaneSpec) -> Vec<&'a str> {
+        let mut reached: std::collections::BTreeSet<&str> = spec.networking.outbound.iter().map(|o| o.service()).collect();
+        if let Some(t) = spec.networking.transparent_proxying.as_ref() {
+            match &t.reachable_services {
+                Some(listed) => reached.extend(listed.iter().map(String::as_str)),
+                None => reached.extend(self.services()),
+            }
+        }
+        let backends: Vec<&str> = reached.iter().filter_map(|s| self.route_backends.get(*s)).flatten().map(String::as_str).collect();
+        reached.extend(backends);
+        reached.into_iter().filter(|s| self.endpoints.contains_key(*s)).collect()
+    }
+
+    /// The policies behind the configuration [`MeshView::build`] makes for `dp`: per inbound,
+    /// outbound and route, the policies that matched in merge order and the one that set each
+    /// field.
+    pub fn explain(&self, dp: &Resource) -> Option<crate::merge::EffectiveConfig> {
+        let Spec::Dataplane(spec) = &dp.spec else { return None };
+        Some(self.policies.explained(&dp.name, spec, &self.destinations(spec)))
+    }
+
+    /// Builds the configuration of Dataplane `dp` with the mesh's `trust_bundle` and
+    /// certificate lifetime. `Ok(None)` when `dp` is not a Dataplane; an error when a merged
+    /// conf does not fit its type.
+    pub fn build(
+        &self,
+        dp: &Resource,
+        trust_bundle: MeshTrust,
+        certificate_lifetime_secs: u64,
+    ) -> Result<Option<ProxyConfig>, PolicyError> {
+        let Spec::Dataplane(spec) = &dp.spec else { return Ok(None) };
+        let Some(mesh) = dp.mesh.clone() else { return Ok(None) };
+        let effective = self.policies.effective(&dp.name, spec, &self.destinations(spec));
+        let inbounds = spec
+            .networking
+            .inbound
+            .iter()
+            .zip(&effective.inbounds)
+            .map(|(i, eff)| {
+                Ok(InboundConfig {
+                    port: i.port,
+                    service_address: i.service_address.clone().unwrap_or_else(|| "127.0.0.1".into()),
+                    service_port: i.service_port.unwrap_or(i.port),
+                    service: i.service().to_string(),
+                    protocol: Protocol::from_tag(i.tags.get(PROTOCOL_TAG).map(String::as_str)),
+                    policies: InboundPolicies::from_merged(&eff.from)?.with_route_rate_limits(&eff.route_rate_limits)?,
+                })
+            })
+            .collect::<Result<_, PolicyError>>()?;
+        let outbounds = effective
+            .outbounds
+            .into_iter()
+            .map(|o| {
+                let explicit = spec.networking.outbound.iter().find(|x| x.service() == o.service);
+                let eps = self.endpoints.get(&o.service).cloned().unwrap_or_default();
+                let protocol = Protocol::from_tag(eps.iter().find_map(|e| e.tags.get(PROTOCOL_TAG)).map(String::as_str));
+                Ok(OutboundConfig {
+                    port: explicit.map(|x| x.port),
+                    address: explicit.map(|x| x.address.clone().unwrap_or_else(|| "127.0.0.1".into())),
+                    protocol,
+                    endpoints: eps,
+                    policies: DestinationPolicies::from_merged(o.to.iter().map(|(k, v)| (*k, &v.conf, v.origin.as_slice())))?,
+                    http_routes: o.http_routes.iter().map(HttpRoute::from_merged).collect::<Result<_, _>>()?,
+                    tcp_route: o.tcp_route.as_ref().map(|t| proxy_policies::tcp_route(&t.conf, &t.origin)).transpose()?,
+                    service: o.service,
+                })
+            })
+            .collect::<Result<_, PolicyError>>()?;
+        let service = spec.networking.inbound.first().map(|i| i.service().to_string()).unwrap_or_default();
+        Ok(Some(ProxyConfig {
+            identity: format!("spiffe://{mesh}/{service}"),
+            mesh,
+            dataplane: dp.name.clone(),
+            zone: self.zone.clone(),
+            inbounds,
+            outbounds,
+            trust_bundle,
+            certificate_lifetime_secs,
+            proxy: ProxyPolicies::from_merged(effective.proxy.iter().map(|(k, v)| (*k, &v.conf, v.origin.as_slice())))?,
+            transparent_outbound_port: spec.networking.transparent_proxying.as_ref().map(|t| t.redirect_port_outbound),
+        }))
+    }
+}
+
+/// The policies behind the configuration [`build`] makes for `dp` (see [`MeshView::explain`]).
 pub fn explain(dp: &Resource, zone: &str, resources: &[Resource], remote: &Remote) -> Option<crate::merge::EffectiveConfig> {
-    let Spec::Dataplane(spec) = &dp.spec else { return None };
-    let mesh = dp.mesh.clone()?;
-    let mut endpoints = endpoints_by_service(resources, zone);
-    add_remote_endpoints(&mut endpoints, remote, &mesh, zone);
-    let services: Vec<&str> = endpoints.keys().map(String::as_str).collect();
-    Some(crate::merge::explained(&dp.name, spec, resources, &services))
+    MeshView::new(dp.mesh.as_deref()?, zone, resources, remote).explain(dp)
 }
 
 /// Builds the configuration of Dataplane `dp` (in `zone`) from the mesh's `resources`
 /// (policies and Dataplanes), the other zones' services reached through `remote`, its
-/// `trust_bundle` and certificate lifetime. `Ok(None)` when `dp` is not a Dataplane; an error
-/// when a merged conf does not fit its type.
+/// `trust_bundle` and certificate lifetime (see [`MeshView::build`]; a zone building many
+/// sidecars makes the view once).
 pub fn build(
     dp: &Resource,
     zone: &str,
@@ -196,60 +311,47 @@ pub fn build(
     trust_bundle: MeshTrust,
     certificate_lifetime_secs: u64,
 ) -> Result<Option<ProxyConfig>, PolicyError> {
-    let Spec::Dataplane(spec) = &dp.spec else { return Ok(None) };
-    let Some(mesh) = dp.mesh.clone() else { return Ok(None) };
-    let mut endpoints = endpoints_by_service(resources, zone);
-    add_remote_endpoints(&mut endpoints, remote, &mesh, zone);
-    let services: Vec<&str> = endpoints.keys().map(String::as_str).collect();
-    let effective = effective_config(&dp.name, spec, resources, &services);
-    let inbounds = spec
-        .networking
-        .inbound
-        .iter()
-        .zip(&effective.inbounds)
-        .map(|(i, eff)| {
-            Ok(InboundConfig {
-                port: i.port,
-                service_address: i.service_address.clone().unwrap_or_else(|| "127.0.0.1".into()),
-                service_port: i.service_port.unwrap_or(i.port),
-                service: i.service().to_string(),
-                protocol: Protocol::from_tag(i.tags.get(PROTOCOL_TAG).map(String::as_str)),
-                policies: InboundPolicies::from_merged(&eff.from)?.with_route_rate_limits(&eff.route_rate_limits)?,
-            })
-        })
-        .collect::<Result<_, PolicyError>>()?;
-    let outbounds = effective
-        .outbounds
-        .into_iter()
-        .map(|o| {
-            let explicit = spec.networking.outbound.iter().find(|x| x.service() == o.service);
-            let eps = endpoints.get(&o.service).cloned().unwrap_or_default();
-            let protocol = Protocol::from_tag(eps.iter().find_map(|e| e.tags.get(PROTOCOL_TAG)).map(String::as_str));
-            Ok(OutboundConfig {
-                port: explicit.map(|x| x.port),
-                address: explicit.map(|x| x.address.clone().unwrap_or_else(|| "127.0.0.1".into())),
-                protocol,
-                endpoints: eps,
-                policies: DestinationPolicies::from_merged(o.to.iter().map(|(k, v)| (*k, &v.conf, v.origin.as_slice())))?,
-                http_routes: o.http_routes.iter().map(HttpRoute::from_merged).collect::<Result<_, _>>()?,
-                tcp_route: o.tcp_route.as_ref().map(|t| proxy_policies::tcp_route(&t.conf, &t.origin)).transpose()?,
-                service: o.service,
-            })
-        })
-        .collect::<Result<_, PolicyError>>()?;
-    let service = spec.networking.inbound.first().map(|i| i.service().to_string()).unwrap_or_default();
-    Ok(Some(ProxyConfig {
-        identity: format!("spiffe://{mesh}/{service}"),
-        mesh,
-        dataplane: dp.name.clone(),
-        zone: zone.to_string(),
-        inbounds,
-        outbounds,
-        trust_bundle,
-        certificate_lifetime_secs,
-        proxy: ProxyPolicies::from_merged(effective.proxy.iter().map(|(k, v)| (*k, &v.conf, v.origin.as_slice())))?,
-        transparent_outbound_port: spec.networking.transparent_proxying.as_ref().map(|t| t.redirect_port_outbound),
-    }))
+    let Some(mesh) = dp.mesh.as_deref() else { return Ok(None) };
+    MeshView::new(mesh, zone, resources, remote).build(dp, trust_bundle, certificate_lifetime_secs)
+}
+
+/// For each service, the services the routes to it (MeshHTTPRoute and MeshTCPRoute rules,
+/// their backends and request mirrors) may send to, whichever sidecars they select: a
+/// sidecar that reaches the service gets these too.
+fn route_backends(resources: &[Resource]) -> BTreeMap<String, std::collections::BTreeSet<String>> {
+    use crate::target_ref::TargetKind;
+    let mut out: BTreeMap<String, std::collections::BTreeSet<String>> = BTreeMap::new();
+    for policy in resources.iter().filter(|r| matches!(r.kind, ResourceType::MeshHTTPRoute | ResourceType::MeshTCPRoute)) {
+        let spec = policy.spec_value();
+        for item in spec.get("to").and_then(serde_json::Value::as_array).into_iter().flatten() {
+            let target = item.get("targetRef").and_then(|t| serde_json::from_value::<crate::target_ref::TargetRef>(t.clone()).ok());
+            let Some(service) = target.filter(|t| t.kind == TargetKind::MeshService).and_then(|t| t.name) else { continue };
+            let mut named = Vec::new();
+            backend_names(item, &mut named);
+            out.entry(service).or_default().extend(named);
+        }
+    }
+    out
+}
+
+/// The `name` of every `backendRef` and `backendRefs` entry under `value`.
+fn backend_names(value: &serde_json::Value, out: &mut Vec<String>) {
+    use serde_json::Value;
+    match value {
+        Value::Object(map) => {
+            for (key, inner) in map {
+                match (key.as_str(), inner) {
+                    ("backendRef", Value::Object(b)) => out.extend(b.get("name").and_then(Value::as_str).map(str::to_string)),
+                    ("backendRefs", Value::Array(list)) => {
+                        out.extend(list.iter().filter_map(|b| b.get("name").and_then(Value::as_str)).map(str::to_string))
+                    }
+                    _ => backend_names(inner, out),
+                }
+            }
+        }
+        Value::Array(list) => list.iter().for_each(|v| backend_names(v, out)),
+        _ => {}
+    }
 }
 
 fn endpoints_by_service(resources: &[Resource], zone: &str) -> BTreeMap<String, Vec<Endpoint>> {
@@ -381,8 +483,67 @@ spec:
         let wire = serde_json::to_value(&cfg).unwrap();
         assert_eq!(wire["outbounds"][0]["policies"]["MeshTimeout"]["idleTimeout"], "5s", "keyed by policy type on the wire");
         assert_eq!(serde_json::from_value::<ProxyConfig>(wire).unwrap(), cfg, "what the zone sends is what the sidecar reads");
-        let web = cfg.outbounds.iter().find(|o| o.service == "web").unwrap();
-        assert_eq!(web.port, None, "reachable through transparent proxying only");
+        assert!(cfg.outbounds.iter().all(|o| o.service != "web"), "no explicit outbound and no transparent proxying: not a destination");
+    }
+
+    #[test]
+    fn a_sidecar_gets_only_the_destinations_it_can_use() {
+        let dataplane = |name: &str, service: &str, networking_extra: &str| {
+            format!(
+                "type: Dataplane\nname: {name}\nmesh: default\nspec:\n  networking:\n    address: 192.0.2.1\n    inbound: [{{port: 8080, tags: {{strait.io/service: {service}, strait.io/protocol: http}}}}]\n{networking_extra}---\n"
+            )
+        };
+        let mut docs = String::new();
+        docs += &dataplane("web-1", "web", "    outbound: [{port: 10001, tags: {strait.io/service: api}}]\n");
+        docs += &dataplane("tp-all", "tp", "    transparentProxying: {}\n");
+        docs += &dataplane("tp-some", "tp", "    transparentProxying: {reachableServices: [db, ghost]}\n");
+        for service in ["api", "api-v2", "mirror", "db", "search", "other"] {
+            docs += &dataplane(&format!("{service}-1"), service, "");
+        }
+        docs += r#"type: MeshHTTPRoute
+name: api-split
+mesh: default
+spec:
+  targetRef: {kind: Mesh}
+  to:
+    - targetRef: {kind: MeshService, name: api}
+      rules:
+        - matches: [{path: {type: PathPrefix, value: /v2}}]
+          default:
+            backendRefs: [{kind: MeshService, name: api-v2}]
+            filters: [{type: RequestMirror, requestMirror: {backendRef: {kind: MeshService, name: mirror}}}]
+---
+type: MeshTCPRoute
+name: db-move
+mesh: default
+spec:
+  targetRef: {kind: Mesh}
+  to:
+    - targetRef: {kind: MeshService, name: db}
+      rules: [{default: {backendRefs: [{kind: MeshService, name: search}]}}]
+"#;
+        let resources: Vec<Resource> = parse_documents(&docs).into_iter().map(|r| r.unwrap()).collect();
+        let view = MeshView::new("default", "zone-1", &resources, &Remote::default());
+        let destinations = |name: &str| -> Vec<String> {
+            let dp = resources.iter().find(|r| r.name == name).unwrap();
+            let cfg = view.build(dp, MeshTrust::default(), 3600).unwrap().unwrap();
+            assert_eq!(cfg, build(dp, "zone-1", &resources, &Remote::default(), MeshTrust::default(), 3600).unwrap().unwrap());
+            cfg.outbounds.iter().map(|o| o.service.clone()).collect()
+        };
+        assert_eq!(destinations("web-1"), ["api", "api-v2", "mirror"], "its explicit outbound and where that one's route sends");
+        assert_eq!(destinations("tp-all"), ["api", "api-v2", "db", "mirror", "other", "search", "tp", "web"], "transparent: every service");
+        assert_eq!(
+            destinations("tp-some"),
+            ["db", "search"],
+            "transparent with reachableServices: those that have endpoints, and their route's backends"
+        );
+        let explained = view.explain(resources.iter().find(|r| r.name == "tp-some").unwrap()).unwrap();
+        let explained: Vec<&str> = explained.outbounds.iter().map(|o| o.service.as_str()).collect();
+        assert_eq!(explained, ["db", "search"], "inspect explains what the sidecar gets");
+        let db = view.build(resources.iter().find(|r| r.name == "tp-some").unwrap(), MeshTrust::default(), 3600).unwrap().unwrap();
+        let db = db.outbounds.iter().find(|o| o.service == "db").unwrap();
+        assert_eq!(db.endpoints.len(), 1, "with its endpoints");
+        assert!(db.tcp_route.is_some(), "and its route");
     }
 
     #[test]
@@ -395,6 +556,7 @@ spec:
   networking:
     address: 192.0.2.1
     inbound: [{port: 8080, tags: {strait.io/service: web}}]
+    transparentProxying: {}
 ---
 type: Dataplane
 name: api-1

@@ -301,6 +301,7 @@ fn pod_dataplane(token: &str, pod_ip: Option<std::net::IpAddr>) -> Resource {
             transparent_proxying: Some(TransparentProxying {
                 redirect_port_outbound: crate::transparent::DEFAULT_REDIRECT_PORT_OUTBOUND,
                 redirect_port_inbound: crate::transparent::DEFAULT_REDIRECT_PORT_INBOUND,
+                reachable_services: None,
             }),
         },
     };

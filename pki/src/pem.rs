@@ -19,7 +19,7 @@ static SHA256: &dyn rustls::crypto::hash::Hash = match rustls::crypto::ring::cip
 };
 
 /// SHA-256 of `bytes`.
-pub(crate) fn sha256(bytes: &[u8]) -> Vec<u8> {
+pub fn sha256(bytes: &[u8]) -> Vec<u8> {
     SHA256.hash(bytes).as_ref().to_vec()
 }
 

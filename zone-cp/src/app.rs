@@ -76,7 +76,8 @@ impl ZoneCp {
         for stale in resources.store().list(strait_cp_core::kinds::DATAPLANE_NACK, None).await? {
             resources.store().delete(stale.key, strait_store::Precondition::None).await?;
         }
-        let (inventory_tx, inventory_rx) = watch::channel(crate::inventory::compute(&resources).await?);
+        let inventory_tx = crate::inventory::Publisher::new(crate::inventory::compute(&resources).await?);
+        let inventory_rx = inventory_tx.subscribe();
         let token_file = config.data_dir.join("admin-token");
         let (admin_token, created) = strait_cp_core::auth::load_or_create(&token_file)?;
         if created {
@@ -283,7 +284,7 @@ struct Cluster {
     zone: String,
     resources: Resources,
     /// Publishes the zone's inventory after the controller's changes.
-    inventory: watch::Sender<strait_api::kds::Inventory>,
+    inventory: crate::inventory::Publisher,
     /// The injection webhook's configuration (its name) and the CA it must trust.
     webhook: Option<(String, String)>,
 }

@@ -64,15 +64,58 @@ pub async fn compute(resources: &Resources) -> Result<kds::Inventory, ServiceErr
     Ok(kds::Inventory { services, ingress_addresses, dataplane_nacks })
 }
 
-/// Recomputes the inventory and publishes it if it changed.
-pub async fn refresh(resources: &Resources, tx: &watch::Sender<kds::Inventory>) {
+/// Publishes the zone's inventory; cheap to clone. Refreshes asked for at the same time share
+/// one computation: in a registration storm, each new sidecar asks for one, and each
+/// computation reads every Dataplane of the zone (with N sidecars, N reads of N Dataplanes at
+/// once, most of the zone's memory at the peak, had each computed its own).
+#[derive(Clone)]
+pub struct Publisher {
+    inner: std::sync::Arc<Shared>,
+}
+
+struct Shared {
+    tx: watch::Sender<kds::Inventory>,
+    /// Refreshes asked for so far.
+    asked: std::sync::atomic::AtomicU64,
+    /// Held while computing; the number of refreshes asked for before the last computation
+    /// began (each of those is answered by it).
+    answered: tokio::sync::Mutex<u64>,
+}
+
+impl Publisher {
+    /// Starts publishing `first`; `subscribe` to follow it.
+    pub fn new(first: kds::Inventory) -> Publisher {
+        let (tx, _) = watch::channel(first);
+        Publisher { inner: std::sync::Arc::new(Shared { tx, asked: Default::default(), answered: Default::default() }) }
+    }
+
+    /// The inventory now and its changes.
+    pub fn subscribe(&self) -> watch::Receiver<kds::Inventory> {
+        self.inner.tx.subscribe()
+    }
+}
+
+/// Recomputes the inventory and publishes it if it changed. Returns once a computation that
+/// began after this call has been published (the one of this call, or one shared with calls
+/// made meanwhile).
+pub async fn refresh(resources: &Resources, publisher: &Publisher) {
+    use std::sync::atomic::Ordering;
+    let shared = &publisher.inner;
+    let mine = shared.asked.fetch_add(1, Ordering::SeqCst) + 1;
+    let mut answered = shared.answered.lock().await;
+    if *answered >= mine {
+        return;
+    }
+    // Every refresh asked for up to now is answered by this computation, which begins now.
+    let covers = shared.asked.load(Ordering::SeqCst);
     match compute(resources).await {
         Ok(inventory) => {
-            tx.send_if_modified(|current| {
+            shared.tx.send_if_modified(|current| {
                 let changed = *current != inventory;
                 *current = inventory;
                 changed
             });
+            *answered = covers;
         }
         Err(e) => tracing::warn!(error = %e, "could not compute the zone's inventory"),
     }

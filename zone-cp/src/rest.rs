@@ -24,7 +24,7 @@ use tokio::sync::watch;
 #[derive(Clone)]
 pub struct ZoneApi {
     /// Publishes the inventory after Dataplane changes.
-    pub inventory: watch::Sender<strait_api::kds::Inventory>,
+    pub inventory: crate::inventory::Publisher,
     /// The zone's store, typed.
     pub resources: Resources,
     /// True once a snapshot is on disk.

@@ -82,8 +82,16 @@ struct Sidecar {
 }
 
 fn dataplane(name: &str, service: &str, port: u16) -> Vec<u8> {
+    calling(name, service, port, &[])
+}
+
+/// A Dataplane with an explicit outbound to each of `calls`.
+fn calling(name: &str, service: &str, port: u16, calls: &[&str]) -> Vec<u8> {
+    let outbound: Vec<Value> =
+        calls.iter().enumerate().map(|(i, s)| json!({"port": 10001 + i, "tags": {"strait.io/service": s}})).collect();
     serde_json::to_vec(&json!({"type": "Dataplane", "name": name, "mesh": "default",
-        "spec": {"networking": {"address": "127.0.0.1", "inbound": [{"port": port, "tags": {"strait.io/service": service, "strait.io/protocol": "http"}}]}}}))
+        "spec": {"networking": {"address": "127.0.0.1", "outbound": outbound,
+            "inbound": [{"port": port, "tags": {"strait.io/service": service, "strait.io/protocol": "http"}}]}}}))
     .unwrap()
 }
 
@@ -136,7 +144,7 @@ fn action_for(cfg: &ProxyConfig, caller: &str) -> Option<String> {
 async fn a_sidecar_registers_gets_its_config_and_certificate_and_follows_changes() {
     let env = env().await;
     let token = env.token("web").await;
-    let mut web = connect(&env, &token, dataplane("web-1", "web", 8080)).await.expect("registered");
+    let mut web = connect(&env, &token, calling("web-1", "web", 8080, &["api"])).await.expect("registered");
     let (v1, cfg) = web.config().await;
     assert_eq!(cfg.identity, "spiffe://default/web");
     assert_eq!(action_for(&cfg, "frontend").as_deref(), Some("Allow"), "the mesh's default allow-all");
@@ -179,9 +187,13 @@ async fn a_sidecar_registers_gets_its_config_and_certificate_and_follows_changes
     assert_eq!(api_out.endpoints[0].port, 9090);
     assert_eq!(api_out.endpoints[0].zone, "zone-1");
 
-    // A change reaches only the sidecars it affects: a permission for api changes api's
-    // configuration and not web's, so web's next configuration is the one of the change
-    // after, which affects both.
+    // A change reaches only the sidecars it affects: a sidecar of a service web does not call
+    // is not in web's configuration, and a permission for api changes api's configuration
+    // and not web's, so web's next configuration is the one of the change after, which
+    // affects both.
+    let mut other = connect(&env, &env.token("other").await, dataplane("other-1", "other", 9191)).await.expect("other registers");
+    let (_, other_cfg) = other.config().await;
+    assert!(other_cfg.outbounds.is_empty(), "other calls nothing: {:?}", other_cfg.outbounds);
     env.put("/meshes/default/meshtrafficpermissions/deny-frontend-api", json!({"type": "MeshTrafficPermission", "name": "deny-frontend-api", "mesh": "default",
         "spec": {"targetRef": {"kind": "MeshService", "name": "api"}, "from": [{"targetRef": {"kind": "MeshService", "name": "frontend"}, "default": {"action": "Deny"}}]}})).await;
     let (_, api_cfg) = api.config().await;
@@ -197,8 +209,10 @@ async fn a_sidecar_registers_gets_its_config_and_certificate_and_follows_changes
     assert_eq!(
         api_out.policies.timeout.as_ref().and_then(|t| t.idle_timeout).map(|d| d.get()),
         Some(Duration::from_secs(7)),
-        "web's next configuration must be the timeout's: the permission for api did not concern web"
+        "web's next configuration must be the timeout's: neither other's registration nor the permission for api concerned web"
     );
+    assert!(cfg.outbounds.iter().all(|o| o.service == "api"), "only what web calls: {:?}", cfg.outbounds);
+    drop(other);
 
     // Registered Dataplanes are the zone's inventory; leaving unregisters.
     let zones = |env: &Env| {

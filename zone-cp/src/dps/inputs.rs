@@ -1,8 +1,9 @@
 //! What every sidecar of a mesh computes its configuration from, read once per store revision
-//! and shared by every session: the mesh's resources (policies and Dataplanes), its trust
-//! bundle and certificate lifetime, and the other zones. Without it, each session read and
-//! parsed the whole mesh on its own at every change: with N sidecars, N reads of N Dataplanes
-//! per change, and N copies in memory at once during a registration storm.
+//! and shared by every session: the mesh's view (its policies, each converted once, and every
+//! service's endpoints, this zone's and the other zones'), its trust bundle and certificate
+//! lifetime. Without it, each session read and parsed the whole mesh on its own at every
+//! change: with N sidecars, N reads of N Dataplanes per change, and N copies in memory at once
+//! during a registration storm; and each sidecar's build went over every Dataplane again.
 //!
 //! In: the store and the revision a session computes at. Out: [`MeshInputs`], behind an `Arc`.
 
@@ -10,7 +11,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use strait_api::proxy_config::{MeshTrust, Remote};
+use strait_api::proxy_config::{MeshTrust, MeshView};
 use strait_api::{Resource, ResourceType, Spec};
 use strait_cp_core::resources::Resources;
 use strait_store::Key;
@@ -20,14 +21,12 @@ use tonic::Status;
 pub struct MeshInputs {
     /// The store revision read before the inputs: they are at least this recent.
     pub revision: u64,
-    /// Every mesh-scoped resource of the mesh.
-    pub resources: Vec<Resource>,
+    /// The mesh's policies and endpoints, prepared for building each sidecar's configuration.
+    pub view: MeshView,
     /// The mesh's trust bundle.
     pub bundle: MeshTrust,
     /// The lifetime of the mesh's workload certificates.
     pub certificate_lifetime: Duration,
-    /// The other zones.
-    pub remote: Remote,
 }
 
 /// The latest inputs of each mesh; cheap to clone.
@@ -44,19 +43,19 @@ fn unavailable(e: impl std::fmt::Display) -> Status {
 impl InputCache {
     /// The inputs of `mesh` at least as recent as `revision`: shared when another session
     /// already read them, else read now.
-    pub async fn get(&self, resources: &Resources, mesh: &str, revision: u64) -> Result<Arc<MeshInputs>, Status> {
+    pub async fn get(&self, resources: &Resources, zone: &str, mesh: &str, revision: u64) -> Result<Arc<MeshInputs>, Status> {
         let mut meshes = self.meshes.lock().await;
         if let Some(inputs) = meshes.get(mesh).filter(|i| i.revision >= revision) {
             return Ok(inputs.clone());
         }
         let read_at = resources.store().revision().max(revision);
-        let inputs = Arc::new(read(resources, mesh, read_at).await?);
+        let inputs = Arc::new(read(resources, zone, mesh, read_at).await?);
         meshes.insert(mesh.to_string(), inputs.clone());
         Ok(inputs)
     }
 }
 
-async fn read(resources: &Resources, mesh: &str, revision: u64) -> Result<MeshInputs, Status> {
+async fn read(resources: &Resources, zone: &str, mesh: &str, revision: u64) -> Result<MeshInputs, Status> {
     let mut all = Vec::new();
     for kind in ResourceType::ALL.iter().copied().filter(|k| k.is_mesh_scoped()) {
         all.extend(resources.list(kind, Some(mesh)).await.map_err(unavailable)?);
@@ -75,5 +74,10 @@ async fn read(resources: &Resources, mesh: &str, revision: u64) -> Result<MeshIn
         _ => return Err(Status::failed_precondition(format!("mesh {mesh:?} is gone from this zone"))),
     };
     let remote = crate::gateways::remote(resources.store().as_ref()).await.map_err(unavailable)?;
-    Ok(MeshInputs { revision, resources: all, bundle, certificate_lifetime, remote })
+    // Building the view goes over every Dataplane and policy once: off the async threads.
+    let (zone, mesh) = (zone.to_string(), mesh.to_string());
+    let view = tokio::task::spawn_blocking(move || MeshView::new(&mesh, &zone, &all, &remote))
+        .await
+        .map_err(|e| Status::internal(format!("building the mesh's view failed: {e}")))?;
+    Ok(MeshInputs { revision, view, bundle, certificate_lifetime })
 }

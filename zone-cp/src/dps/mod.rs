@@ -41,7 +41,7 @@ pub struct DpsShared {
     /// The zone's name.
     pub zone: Arc<String>,
     /// Publishes the zone's inventory after Dataplanes come and go.
-    pub inventory: watch::Sender<strait_api::kds::Inventory>,
+    pub inventory: crate::inventory::Publisher,
     /// Dataplanes connected now, as `mesh/name`.
     pub connected: Arc<Mutex<HashSet<String>>>,
     /// Stops every session.
@@ -381,14 +381,17 @@ fn coalesce_with_revocations(
 }
 
 /// A proxy's configuration as a `Config` message at `version`, unless its JSON is what was
-/// sent last (then `None`); `last` keeps the JSON sent.
+/// sent last (then `None`); `last` keeps the SHA-256 of the JSON sent.
 fn changed_config(config: &impl serde::Serialize, version: u64, last: &mut Option<Vec<u8>>) -> Result<Option<ZoneMessage>, Status> {
     use strait_api::dps::{zone_message, Config};
     let json = serde_json::to_vec(config).map_err(|e| Status::internal(e.to_string()))?;
-    if last.as_ref() == Some(&json) {
+    // The session keeps the digest of what it sent, not the configuration: with thousands of
+    // sidecars, a copy of each one's configuration would be most of the zone's memory.
+    let digest = strait_pki::pem::sha256(&json);
+    if last.as_ref() == Some(&digest) {
         return Ok(None);
     }
-    *last = Some(json.clone());
+    *last = Some(digest);
     Ok(Some(ZoneMessage { message: Some(zone_message::Message::Config(Config { version, json })) }))
 }
 

@@ -173,9 +173,9 @@ impl Session {
     }
 
     async fn compute(&self, dp: &Resource, version: u64) -> Result<Result<proxy_config::ProxyConfig, proxy_config::PolicyError>, Status> {
-        let inputs = self.shared.inputs.get(&self.shared.resources, &self.mesh, version).await?;
+        let inputs = self.shared.inputs.get(&self.shared.resources, &self.shared.zone, &self.mesh, version).await?;
         let lifetime = inputs.certificate_lifetime.as_secs();
-        match proxy_config::build(dp, &self.shared.zone, &inputs.resources, &inputs.remote, inputs.bundle.clone(), lifetime) {
+        match inputs.view.build(dp, inputs.bundle.clone(), lifetime) {
             Ok(Some(config)) => Ok(Ok(config)),
             Ok(None) => Err(Status::internal("not a Dataplane")),
             Err(e) => Ok(Err(e)),

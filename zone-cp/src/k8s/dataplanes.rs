@@ -18,7 +18,8 @@
 //!   except for a Service whose EndpointSlice lists the Pod as not ready (a Pod terminating,
 //!   or not ready by the Service's own terms: [`endpoint_readiness`]);
 //! - transparent proxying on the sidecar's default ports (the injected init container
-//!   redirects to them).
+//!   redirects to them), reaching every service of the mesh, or only those the Pod's
+//!   annotation `strait.io/reachable-services` lists (comma-separated service names).
 
 use std::collections::BTreeMap;
 
@@ -31,6 +32,9 @@ use strait_api::{Resource, Spec};
 
 /// The annotation that names a Pod's (or a Namespace's) mesh.
 pub const MESH_ANNOTATION: &str = "strait.io/mesh";
+/// The annotation that lists the services a Pod reaches (comma-separated); without it, every
+/// service of its mesh.
+pub const REACHABLE_ANNOTATION: &str = "strait.io/reachable-services";
 /// The name of the injected sidecar container; a Pod with it has a Dataplane.
 pub const SIDECAR_CONTAINER: &str = "strait-dp";
 /// The tag that carries the Pod's namespace.
@@ -123,7 +127,11 @@ pub fn dataplane(pod: &Pod, services: &[&Service], namespace: Option<&Namespace>
             address,
             inbound,
             outbound: Vec::new(),
-            transparent_proxying: Some(TransparentProxying { redirect_port_outbound: 15001, redirect_port_inbound: 15006 }),
+            transparent_proxying: Some(TransparentProxying {
+                redirect_port_outbound: 15001,
+                redirect_port_inbound: 15006,
+                reachable_services: reachable(pod.metadata.annotations.as_ref()),
+            }),
         },
     };
     Ok(Resource::new(&format!("{pod_name}.{pod_namespace}"), Some(&mesh), Spec::Dataplane(spec)))
@@ -153,6 +161,12 @@ pub fn endpoint_readiness(dp: &mut Resource, pod: &Pod, slices: &[&EndpointSlice
             inbound.health = Some(InboundHealth { ready: false });
         }
     }
+}
+
+/// The services `strait.io/reachable-services` lists, if the Pod has it.
+fn reachable(annotations: Option<&BTreeMap<String, String>>) -> Option<Vec<String>> {
+    let listed = annotations?.get(REACHABLE_ANNOTATION)?;
+    Some(listed.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_string).collect())
 }
 
 fn annotation(annotations: Option<&BTreeMap<String, String>>) -> Option<String> {
@@ -254,6 +268,23 @@ mod tests {
         assert!(spec.networking.transparent_proxying.is_some());
         // What the zone stores passes the same validation as a Dataplane written to its API.
         strait_api::Resource::from_value(dp.to_value()).unwrap();
+    }
+
+    #[test]
+    fn the_reachable_services_annotation_limits_the_destinations() {
+        let tp = |p: &Pod| match dataplane(p, &[&web_service()], None, "z").unwrap().spec {
+            Spec::Dataplane(spec) => spec.networking.transparent_proxying.unwrap(),
+            _ => panic!("not a Dataplane"),
+        };
+        assert_eq!(tp(&web_pod()).reachable_services, None, "without the annotation, every service");
+        let mut p = web_pod();
+        p.metadata.annotations = Some([(REACHABLE_ANNOTATION.to_string(), " backend.shop.svc.80,, db.shop.svc.5432 ".to_string())].into());
+        assert_eq!(tp(&p).reachable_services, Some(vec!["backend.shop.svc.80".to_string(), "db.shop.svc.5432".to_string()]));
+        let dp = dataplane(&p, &[&web_service()], None, "z").unwrap();
+        strait_api::Resource::from_value(dp.to_value()).unwrap();
+        p.metadata.annotations = Some([(REACHABLE_ANNOTATION.to_string(), "Not_A_Service".to_string())].into());
+        let err = strait_api::Resource::from_value(dataplane(&p, &[&web_service()], None, "z").unwrap().to_value()).unwrap_err();
+        assert!(err.to_string().contains("transparentProxying.reachableServices[0]"), "{err}");
     }
 
     #[test]
