@@ -170,6 +170,7 @@ impl ZoneCp {
             kubernetes: kubernetes.as_ref().map(|(client, ..)| client.clone()),
             leading: kubernetes.as_ref().map(|(_, leading, _)| leading.clone()),
             inputs: Default::default(),
+            changes: crate::dps::changes::Changes::start(resources.store().clone(), shutdown.clone()),
         };
         // Keepalive pings find sidecars whose host vanished without closing its connection, so
         // their Dataplane is unregistered and a replacement can register.

@@ -10,6 +10,7 @@
 //! Dataplane is the one the zone's Kubernetes controller keeps for its Pod, which outlives
 //! the stream.
 
+pub mod changes;
 pub mod cp_env;
 pub mod gateway;
 pub mod inputs;
@@ -63,6 +64,8 @@ pub struct DpsShared {
     pub leading: Option<watch::Receiver<bool>>,
     /// Each mesh's inputs, read once per change and shared by its sidecars' sessions.
     pub inputs: inputs::InputCache,
+    /// The zone store's changes, watched once for every session.
+    pub changes: changes::Changes,
 }
 
 impl DpsShared {

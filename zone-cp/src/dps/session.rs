@@ -7,16 +7,16 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use futures::StreamExt;
 use serde_json::json;
 use strait_api::dataplane::InboundHealth;
 use strait_api::dps::{dataplane_message, zone_message, Certificate, DataplaneMessage, Health, InspectRequest, ZoneMessage};
 use strait_api::{proxy_config, Resource, ResourceType, Spec};
 use strait_cp_core::kinds::DATAPLANE_NACK;
-use strait_store::{Key, Precondition, WatchStream};
+use strait_store::{Key, Precondition};
 use tokio::sync::mpsc;
 use tonic::{Status, Streaming};
 
+use super::changes::{Change, Subscription};
 use super::DpsShared;
 
 /// A connected sidecar.
@@ -81,9 +81,8 @@ impl Session {
     }
 
     async fn serve(&self, mut inbound: Streaming<DataplaneMessage>) -> Result<(), Status> {
-        let store = self.shared.resources.store().clone();
-        // Watch before registering, so no change between the two is missed.
-        let mut events: WatchStream = store.watch(store.revision()).await.map_err(unavailable)?;
+        // Follow changes before registering, so no change between the two is missed.
+        let mut changes = self.shared.changes.subscribe();
         // A revocation that arrived between the authentication and this watch is seen now.
         self.token.check(&self.shared.resources).await?;
         if !self.from_pod {
@@ -110,8 +109,9 @@ impl Session {
                 }
                 () = self.shared.shutdown.cancelled() => return Err(Status::unavailable("the zone control plane is shutting down")),
                 status = self.token.expired() => return Err(status),
-                event = events.next() => {
-                    let (relevant, revoked) = super::coalesce_with_revocations(event, &mut events, |key| self.affects(key))?;
+                change = changes.next() => {
+                    let Some(change) = change else { return Err(Status::unavailable("the zone control plane is shutting down")) };
+                    let (relevant, revoked) = self.coalesce(change, &mut changes);
                     if revoked {
                         self.token.check(&self.shared.resources).await?;
                     }
@@ -126,6 +126,23 @@ impl Session {
                 },
             }
         }
+    }
+
+    /// Takes `first` and every change already waiting behind it (one recomputation for a
+    /// burst): whether any can change this sidecar's configuration, and whether any is a
+    /// token revocation (the session then checks its token). A missed change may be either.
+    fn coalesce(&self, first: Change, changes: &mut Subscription) -> (bool, bool) {
+        let (mut relevant, mut revoked) = (false, false);
+        let mut next = Some(first);
+        while let Some(change) = next {
+            match change {
+                Change::Missed => (relevant, revoked) = (true, true),
+                Change::Key(key) if key.kind == strait_cp_core::kinds::REVOKED_TOKEN => revoked = true,
+                Change::Key(key) => relevant |= self.affects(&key),
+            }
+            next = changes.ready();
+        }
+        (relevant, revoked)
     }
 
     /// Whether a change of `key` can change this sidecar's configuration.
