@@ -174,6 +174,11 @@ impl Policies {
         Policies { specs: resources.iter().filter(|p| p.kind.is_policy()).map(|p| (p.clone(), p.spec_value())).collect() }
     }
 
+    /// Each policy with its spec as JSON.
+    pub fn specs(&self) -> impl Iterator<Item = (&Resource, &Value)> {
+        self.specs.iter().map(|(p, s)| (p, s))
+    }
+
     /// As [`effective_config`].
     pub fn effective(&self, dp_name: &str, dp: &DataplaneSpec, destinations: &[&str]) -> EffectiveConfig {
         effective(&self.specs, dp_name, dp, destinations)

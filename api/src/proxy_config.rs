@@ -191,12 +191,8 @@ impl MeshView {
     pub fn new(mesh: &str, zone: &str, resources: &[Resource], remote: &Remote) -> MeshView {
         let mut endpoints = endpoints_by_service(resources, zone);
         add_remote_endpoints(&mut endpoints, remote, mesh, zone);
-        MeshView {
-            zone: zone.to_string(),
-            policies: crate::merge::Policies::new(resources),
-            endpoints,
-            route_backends: route_backends(resources),
-        }
+        let policies = crate::merge::Policies::new(resources);
+        MeshView { zone: zone.to_string(), route_backends: route_backends(&policies), policies, endpoints }
     }
 
     /// Every service with an endpoint, this zone's or another's.
@@ -318,11 +314,11 @@ pub fn build(
 /// For each service, the services the routes to it (MeshHTTPRoute and MeshTCPRoute rules,
 /// their backends and request mirrors) may send to, whichever sidecars they select: a
 /// sidecar that reaches the service gets these too.
-fn route_backends(resources: &[Resource]) -> BTreeMap<String, std::collections::BTreeSet<String>> {
+fn route_backends(policies: &crate::merge::Policies) -> BTreeMap<String, std::collections::BTreeSet<String>> {
     use crate::target_ref::TargetKind;
     let mut out: BTreeMap<String, std::collections::BTreeSet<String>> = BTreeMap::new();
-    for policy in resources.iter().filter(|r| matches!(r.kind, ResourceType::MeshHTTPRoute | ResourceType::MeshTCPRoute)) {
-        let spec = policy.spec_value();
+    let routes = policies.specs().filter(|(p, _)| matches!(p.kind, ResourceType::MeshHTTPRoute | ResourceType::MeshTCPRoute));
+    for (_, spec) in routes {
         for item in spec.get("to").and_then(serde_json::Value::as_array).into_iter().flatten() {
             let target = item.get("targetRef").and_then(|t| serde_json::from_value::<crate::target_ref::TargetRef>(t.clone()).ok());
             let Some(service) = target.filter(|t| t.kind == TargetKind::MeshService).and_then(|t| t.name) else { continue };

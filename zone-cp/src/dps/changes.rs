@@ -1,4 +1,5 @@
-//! One watch of the zone store for every sidecar session: the keys that changed, fanned out.
+//! One watch of the zone store for every sidecar and gateway session: the keys that changed,
+//! fanned out.
 //!
 //! Each session used to watch the store itself. A store watch carries every event's whole
 //! object, and one that falls behind its live channel re-reads a page of the event log into a
@@ -97,8 +98,25 @@ impl Subscription {
         }
     }
 
+    /// Takes `first` and every change already waiting behind it (one recomputation for a
+    /// burst): whether any is of a key `affects` cares about, and whether any is a token
+    /// revocation (the session then checks its token). A missed change may be either.
+    pub fn burst(&mut self, first: Change, affects: impl Fn(&Key) -> bool) -> (bool, bool) {
+        let (mut relevant, mut revoked) = (false, false);
+        let mut next = Some(first);
+        while let Some(change) = next {
+            match change {
+                Change::Missed => (relevant, revoked) = (true, true),
+                Change::Key(key) if key.kind == strait_cp_core::kinds::REVOKED_TOKEN => revoked = true,
+                Change::Key(key) => relevant |= affects(&key),
+            }
+            next = self.ready();
+        }
+        (relevant, revoked)
+    }
+
     /// A change already waiting, if any.
-    pub fn ready(&mut self) -> Option<Change> {
+    fn ready(&mut self) -> Option<Change> {
         match self.rx.try_recv() {
             Ok(change) => Some(change),
             Err(broadcast::error::TryRecvError::Lagged(_)) => Some(Change::Missed),
@@ -123,6 +141,14 @@ mod tests {
         let heard = tokio::time::timeout(Duration::from_secs(10), early.next()).await.unwrap();
         assert!(matches!(heard, Some(Change::Key(ref k)) if k.name == "a"), "{heard:?}");
         assert!(early.ready().is_none());
+        store.put(Key::new("K", "m", "b"), json!(1), Precondition::None).await.unwrap();
+        store.put(Key::new(strait_cp_core::kinds::REVOKED_TOKEN, "", "t"), json!(1), Precondition::None).await.unwrap();
+        let first = tokio::time::timeout(Duration::from_secs(10), early.next()).await.unwrap().unwrap();
+        while early.rx.is_empty() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(early.burst(first, |k| k.name == "b"), (true, true), "a burst: b, then a revocation");
+        assert!(early.ready().is_none(), "the burst took every waiting change");
 
         // One that keeps up, to know when every change has gone out; one that reads nothing.
         let mut witness = changes.subscribe();

@@ -7,9 +7,7 @@
 
 use std::net::SocketAddr;
 
-use futures::StreamExt;
 use strait_api::dps::{gateway_message, GatewayHello, GatewayMessage, ZoneMessage, PROTOCOL_VERSION};
-use strait_store::WatchStream;
 use tokio::sync::mpsc;
 use tonic::{Status, Streaming};
 
@@ -90,8 +88,9 @@ impl GatewaySession {
 
     async fn serve(&self, mut inbound: Streaming<GatewayMessage>) -> Result<(), Status> {
         let store = self.shared.resources.store().clone();
-        let mut events: WatchStream = store.watch(store.revision()).await.map_err(unavailable)?;
-        // A revocation that arrived between the authentication and this watch is seen now.
+        // Follow changes before registering, so no change between the two is missed.
+        let mut changes = self.shared.changes.subscribe();
+        // A revocation that arrived between the authentication and this subscription is seen now.
         self.token.check(&self.shared.resources).await?;
         gateways::register(store.as_ref(), &self.registration).await.map_err(unavailable)?;
         crate::inventory::refresh(&self.shared.resources, &self.shared.inventory).await;
@@ -103,8 +102,9 @@ impl GatewaySession {
                 status = super::lost_leadership(&mut leading) => return Err(status),
                 () = self.shared.shutdown.cancelled() => return Err(Status::unavailable("the zone control plane is shutting down")),
                 status = self.token.expired() => return Err(status),
-                event = events.next() => {
-                    let (relevant, revoked) = super::coalesce_with_revocations(event, &mut events, gateways::affects_gateways)?;
+                change = changes.next() => {
+                    let Some(change) = change else { return Err(Status::unavailable("the zone control plane is shutting down")) };
+                    let (relevant, revoked) = changes.burst(change, gateways::affects_gateways);
                     if revoked {
                         self.token.check(&self.shared.resources).await?;
                     }

@@ -349,40 +349,6 @@ fn bearer<T>(request: &Request<T>, what: &str) -> Result<String, Status> {
         .ok_or_else(|| Status::unauthenticated(format!("missing {what}: send `authorization: Bearer <token>`")))
 }
 
-/// Takes the store event `first` and every one already waiting behind it; whether any of them
-/// is of a key `affects` cares about (one recomputation for a burst of changes).
-fn coalesce(
-    first: Option<Result<strait_store::Event, strait_store::StoreError>>,
-    events: &mut strait_store::WatchStream,
-    affects: impl Fn(&Key) -> bool,
-) -> Result<bool, Status> {
-    use futures::{FutureExt, StreamExt};
-    let Some(first) = first else { return Err(Status::unavailable("zone store closed")) };
-    let mut relevant = affects(&first.map_err(|e| Status::unavailable(format!("zone store: {e}")))?.object.key);
-    while let Some(Some(Ok(e))) = events.next().now_or_never() {
-        relevant |= affects(&e.object.key);
-    }
-    Ok(relevant)
-}
-
-/// [`coalesce`], also telling whether any of the events is a token revocation: the session
-/// then checks its token, and recomputes its configuration only if `affects` says so.
-fn coalesce_with_revocations(
-    first: Option<Result<strait_store::Event, strait_store::StoreError>>,
-    events: &mut strait_store::WatchStream,
-    affects: impl Fn(&Key) -> bool,
-) -> Result<(bool, bool), Status> {
-    let revoked = std::cell::Cell::new(false);
-    let relevant = coalesce(first, events, |key| {
-        if key.kind == strait_cp_core::kinds::REVOKED_TOKEN {
-            revoked.set(true);
-            return false;
-        }
-        affects(key)
-    })?;
-    Ok((relevant, revoked.get()))
-}
-
 /// A proxy's configuration as a `Config` message at `version`, unless its JSON is what was
 /// sent last (then `None`); `last` keeps the SHA-256 of the JSON sent.
 fn changed_config(config: &impl serde::Serialize, version: u64, last: &mut Option<Vec<u8>>) -> Result<Option<ZoneMessage>, Status> {

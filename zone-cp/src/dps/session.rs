@@ -16,7 +16,6 @@ use strait_store::{Key, Precondition};
 use tokio::sync::mpsc;
 use tonic::{Status, Streaming};
 
-use super::changes::{Change, Subscription};
 use super::DpsShared;
 
 /// A connected sidecar.
@@ -111,7 +110,7 @@ impl Session {
                 status = self.token.expired() => return Err(status),
                 change = changes.next() => {
                     let Some(change) = change else { return Err(Status::unavailable("the zone control plane is shutting down")) };
-                    let (relevant, revoked) = self.coalesce(change, &mut changes);
+                    let (relevant, revoked) = changes.burst(change, |key| self.affects(key));
                     if revoked {
                         self.token.check(&self.shared.resources).await?;
                     }
@@ -126,23 +125,6 @@ impl Session {
                 },
             }
         }
-    }
-
-    /// Takes `first` and every change already waiting behind it (one recomputation for a
-    /// burst): whether any can change this sidecar's configuration, and whether any is a
-    /// token revocation (the session then checks its token). A missed change may be either.
-    fn coalesce(&self, first: Change, changes: &mut Subscription) -> (bool, bool) {
-        let (mut relevant, mut revoked) = (false, false);
-        let mut next = Some(first);
-        while let Some(change) = next {
-            match change {
-                Change::Missed => (relevant, revoked) = (true, true),
-                Change::Key(key) if key.kind == strait_cp_core::kinds::REVOKED_TOKEN => revoked = true,
-                Change::Key(key) => relevant |= self.affects(&key),
-            }
-            next = changes.ready();
-        }
-        (relevant, revoked)
     }
 
     /// Whether a change of `key` can change this sidecar's configuration.
