@@ -90,8 +90,8 @@ pub struct Config {
 
     /// Where the global keeps meshes, policies, zones and its secrets: `sled` (the embedded
     /// store in <data-dir>/store) or a PostgreSQL URL (`postgres://user:password@host/db`,
-    /// not encrypted: keep the database on a private network), which several replicas may
-    /// share. Give the URL through STRAIT_STORE rather than the command line: it may hold a
+    /// with libpq's TLS parameters: `?sslmode=verify-full&sslrootcert=/etc/strait/db-ca.pem`,
+    /// and `sslcert`/`sslkey` for a client certificate), which several replicas may share. Give the URL through STRAIT_STORE rather than the command line: it may hold a
     /// password.
     #[arg(long, env = "STRAIT_STORE", default_value = "sled", hide_env_values = true)]
     #[serde(serialize_with = "redacted")]

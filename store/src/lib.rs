@@ -16,6 +16,7 @@ mod event_log;
 mod key;
 mod object;
 mod pg_store;
+mod pg_tls;
 mod sled_store;
 mod store;
 mod watch;

@@ -27,12 +27,13 @@ use std::time::Duration;
 use futures::StreamExt;
 use time::OffsetDateTime;
 use tokio::sync::Mutex;
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
 
 use crate::apply::{event_for, plan};
 use crate::error::StoreError;
 use crate::key::Key;
 use crate::object::{Event, EventKind, Object, Op, Outcome};
+use crate::pg_tls::{self, Target};
 use crate::store::{Stats, Store, WatchStream};
 
 /// The longest a watcher waits for a notification before it looks at the table anyway.
@@ -84,7 +85,9 @@ pub struct PgStore {
 }
 
 struct Inner {
-    url: String,
+    /// The URL without its password, for messages.
+    shown: String,
+    target: Arc<Target>,
     pool: Vec<Mutex<Option<Client>>>,
     next: AtomicUsize,
     revision: Arc<AtomicU64>,
@@ -104,7 +107,7 @@ impl Drop for Inner {
 fn pg(context: impl std::fmt::Display) -> impl FnOnce(tokio_postgres::Error) -> StoreError {
     move |e| {
         // The server's own message (a constraint, a permission) says more than the driver's.
-        let detail = e.as_db_error().map_or_else(|| e.to_string(), |db| format!("{}: {}", db.code().code(), db.message()));
+        let detail = e.as_db_error().map_or_else(|| with_causes(&e), |db| format!("{}: {}", db.code().code(), db.message()));
         let message = format!("{context}: {detail}");
         if unreachable(&e) {
             StoreError::Unavailable(message)
@@ -112,6 +115,20 @@ fn pg(context: impl std::fmt::Display) -> impl FnOnce(tokio_postgres::Error) -> 
             StoreError::Backend(message)
         }
     }
+}
+
+/// The error and what caused it ("error performing TLS handshake: invalid peer certificate: ...").
+fn with_causes(e: &tokio_postgres::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(cause) = source {
+        let said = cause.to_string();
+        if !text.ends_with(&said) {
+            text = format!("{text}: {said}");
+        }
+        source = cause.source();
+    }
+    text
 }
 
 /// Whether `e` says the server cannot be reached (down, restarting, connection lost) rather
@@ -123,23 +140,32 @@ fn unreachable(e: &tokio_postgres::Error) -> bool {
             let code = db.code().code();
             code.starts_with("08") || code.starts_with("57P")
         }
-        None => e.is_closed() || std::error::Error::source(e).is_some_and(|s| s.is::<std::io::Error>()),
+        None => {
+            e.is_closed()
+                || std::error::Error::source(e)
+                    .and_then(|s| s.downcast_ref::<std::io::Error>())
+                    // A certificate that does not verify is a setting to fix, not an outage.
+                    .is_some_and(|io| io.get_ref().is_none_or(|inner| !inner.is::<rustls::Error>()))
+        }
     }
 }
 
-/// The connection settings of `url`, named `application_name` (as `pg_stat_activity` shows).
-fn config(url: &str, application_name: &str) -> Result<tokio_postgres::Config, StoreError> {
-    let mut config: tokio_postgres::Config =
-        url.parse().map_err(|e| StoreError::Backend(format!("the PostgreSQL URL {}: {e}", redact(url))))?;
+/// Opens a connection named `application_name` (as `pg_stat_activity` shows), encrypted as
+/// the URL's `sslmode` says.
+async fn open_connection(
+    target: &Target,
+    application_name: &str,
+) -> Result<(Client, tokio_postgres::Connection<tokio_postgres::Socket, pg_tls::Stream<tokio_postgres::Socket>>), tokio_postgres::Error> {
+    let mut config = target.config.clone();
     if config.get_application_name().is_none() {
         config.application_name(application_name);
     }
-    Ok(config)
+    config.connect(target.tls.clone()).await
 }
 
-async fn connect(url: &str) -> Result<Client, StoreError> {
+async fn connect(target: &Target, shown: &str) -> Result<Client, StoreError> {
     let (client, connection) =
-        config(url, "strait-store")?.connect(NoTls).await.map_err(pg(format_args!("connecting to PostgreSQL at {}", redact(url))))?;
+        open_connection(target, "strait-store").await.map_err(pg(format_args!("connecting to PostgreSQL at {shown}")))?;
     tokio::spawn(async move {
         if let Err(error) = connection.await {
             tracing::warn!(%error, "a PostgreSQL connection of the store ended");
@@ -148,37 +174,59 @@ async fn connect(url: &str) -> Result<Client, StoreError> {
     Ok(client)
 }
 
-/// The URL without its password, for messages.
+/// The URL without its password, for messages (the `user:password@` of the URL form, the
+/// `password=` of the key-value form, and a `password` query parameter).
 pub fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            let userinfo = &url[scheme + 3..at];
+    let hide_parameter = |text: &str, separator: char| -> String {
+        text.split(separator)
+            .map(|pair| match pair.split_once('=') {
+                Some((key, _)) if key.trim() == "password" => format!("{key}=***"),
+                _ => pair.to_string(),
+            })
+            .collect::<Vec<_>>()
+            .join(&separator.to_string())
+    };
+    let Some(scheme) = url.find("://") else { return hide_parameter(url, ' ') };
+    let (base, query) = match url.split_once('?') {
+        Some((base, query)) => (base, Some(hide_parameter(query, '&'))),
+        None => (url, None),
+    };
+    let base = match base.rfind('@') {
+        Some(at) if at > scheme => {
+            let userinfo = &base[scheme + 3..at];
             let user = userinfo.split(':').next().unwrap_or_default();
-            format!("{}{user}:***{}", &url[..scheme + 3], &url[at..])
+            format!("{}{user}:***{}", &base[..scheme + 3], &base[at..])
         }
-        _ => url.to_string(),
+        _ => base.to_string(),
+    };
+    match query {
+        Some(query) => format!("{base}?{query}"),
+        None => base,
     }
 }
 
 impl PgStore {
     /// Connects, applies the migrations this database lacks, and starts listening for commits.
-    /// The URL is libpq's (`postgres://user:password@host:port/db` or `host=... dbname=...`);
-    /// connections are not encrypted (`sslmode=require` is refused): keep the database on a
-    /// private network or the same host.
+    /// The URL is libpq's (`postgres://user:password@host:port/db` or `host=... dbname=...`),
+    /// with libpq's TLS parameters (`sslmode`, `sslrootcert`, `sslcert`, `sslkey`: see
+    /// [`crate::pg_tls`]).
     pub async fn open(url: &str, options: PgOptions) -> Result<PgStore, StoreError> {
-        let mut client = connect(url).await?;
+        let target = Arc::new(pg_tls::target(url)?);
+        let shown = redact(url);
+        let mut client = connect(&target, &shown).await?;
         migrate(&mut client).await?;
         let revision = current_revision(&client).await?;
         let mut pool = vec![Mutex::new(Some(client))];
         for _ in 1..options.connections.max(1) {
-            pool.push(Mutex::new(Some(connect(url).await?)));
+            pool.push(Mutex::new(Some(connect(&target, &shown).await?)));
         }
         let revision = Arc::new(AtomicU64::new(revision));
         let (wake, _) = tokio::sync::watch::channel(0);
-        let listener = tokio::spawn(listen(url.to_string(), revision.clone(), wake.clone()));
-        tracing::info!(url = %redact(url), revision = revision.load(Ordering::Acquire), "store opened (PostgreSQL)");
+        let listener = tokio::spawn(listen(target.clone(), revision.clone(), wake.clone()));
+        tracing::info!(url = %shown, tls = ?target.config.get_ssl_mode(), revision = revision.load(Ordering::Acquire), "store opened (PostgreSQL)");
         let inner = Inner {
-            url: url.to_string(),
+            shown,
+            target,
             pool,
             next: AtomicUsize::new(0),
             revision,
@@ -201,7 +249,7 @@ impl PgStore {
             None => pool[start % pool.len()].lock().await,
         };
         if guard.as_ref().is_none_or(Client::is_closed) {
-            *guard = Some(connect(&self.inner.url).await?);
+            *guard = Some(connect(&self.inner.target, &self.inner.shown).await?);
         }
         let client = guard.as_mut().expect("connected above");
         f(client).await
@@ -239,11 +287,10 @@ async fn migrate(client: &mut Client) -> Result<(), StoreError> {
 
 /// Listens for commits on a connection of its own, reconnecting with back-off; each
 /// notification carries the committed revision.
-async fn listen(url: String, revision: Arc<AtomicU64>, wake: tokio::sync::watch::Sender<u64>) {
+async fn listen(target: Arc<Target>, revision: Arc<AtomicU64>, wake: tokio::sync::watch::Sender<u64>) {
     let mut backoff = Duration::from_millis(100);
-    let Ok(config) = config(&url, "strait-store-listen") else { return };
     loop {
-        match config.connect(NoTls).await {
+        match open_connection(&target, "strait-store-listen").await {
             Ok((client, mut connection)) => {
                 let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
                 let listening = async {
@@ -489,10 +536,9 @@ impl Store for PgStore {
     async fn try_lock(&self, name: &str) -> Result<Option<crate::Lease>, StoreError> {
         // A session-level advisory lock on a connection of its own: it lasts while the
         // connection does, and the server releases it when the connection (or this process) dies.
-        let (client, connection) = config(&self.inner.url, "strait-store-lock")?
-            .connect(NoTls)
+        let (client, connection) = open_connection(&self.inner.target, "strait-store-lock")
             .await
-            .map_err(pg(format_args!("connecting to PostgreSQL at {}", redact(&self.inner.url))))?;
+            .map_err(pg(format_args!("connecting to PostgreSQL at {}", self.inner.shown)))?;
         let held = Arc::new(std::sync::atomic::AtomicBool::new(true));
         {
             let (held, name) = (held.clone(), name.to_string());
@@ -596,5 +642,10 @@ mod tests {
         assert_eq!(super::redact("postgres://strait:s3cret@db.internal:5432/strait"), "postgres://strait:***@db.internal:5432/strait");
         assert_eq!(super::redact("postgresql://strait@%2Ftmp%2Fpg:5432/postgres"), "postgresql://strait:***@%2Ftmp%2Fpg:5432/postgres");
         assert_eq!(super::redact("sled"), "sled");
+        assert_eq!(super::redact("host=db password=s3cret user=strait"), "host=db password=*** user=strait");
+        assert_eq!(
+            super::redact("postgres://db/strait?password=s3cret&sslmode=require"),
+            "postgres://db/strait?password=***&sslmode=require"
+        );
     }
 }

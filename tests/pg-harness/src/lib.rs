@@ -18,6 +18,21 @@ pub struct Server {
     child: Child,
     dir: tempfile::TempDir,
     bin: PathBuf,
+    /// Its port (the Unix socket's name carries it too).
+    port: u16,
+    /// Settings beyond the common ones (`-c name=value`).
+    settings: Vec<String>,
+}
+
+/// What a server that also listens on TCP with TLS presents and trusts.
+pub struct Tls {
+    /// The server's certificate chain (PEM).
+    pub cert_pem: String,
+    /// Its private key (PEM).
+    pub key_pem: String,
+    /// The CA of client certificates (PEM): the role `certuser` must log in with one whose
+    /// common name is `certuser`; every other role is trusted.
+    pub client_ca_pem: String,
 }
 
 impl Server {
@@ -31,8 +46,13 @@ impl Server {
     /// connections.
     pub fn start_again(&mut self) {
         assert!(matches!(self.child.try_wait(), Ok(Some(_))), "start_again: the server is still running");
-        self.child = launch(&self.bin, self.dir.path());
-        wait_ready(&self.bin, self.dir.path());
+        self.child = launch(&self.bin, self.dir.path(), self.port, &self.settings);
+        wait_ready(&self.bin, self.dir.path(), self.port);
+    }
+
+    /// The TCP port of a server started by [`start_tls`] (on 127.0.0.1).
+    pub fn port(&self) -> u16 {
+        self.port
     }
 
     /// The connection URL: `postgresql://strait@<socket directory, percent-encoded>/postgres`.
@@ -45,7 +65,7 @@ impl Server {
             .bytes()
             .map(|b| if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) { char::from(b).to_string() } else { format!("%{b:02X}") })
             .collect();
-        format!("postgresql://strait@{host}:5432/postgres")
+        format!("postgresql://strait@{host}:{}/postgres", self.port)
     }
 }
 
@@ -142,28 +162,70 @@ pub fn available() -> bool {
 
 /// Starts a server (`None` when [`available`] says no).
 pub fn start() -> Option<Server> {
+    start_with(None)
+}
+
+/// Starts a server that also listens on 127.0.0.1 (a free port, [`Server::port`]) and accepts
+/// TCP connections only with TLS (`hostssl`; a plain TCP connection is rejected).
+pub fn start_tls(tls: &Tls) -> Option<Server> {
+    start_with(Some(tls))
+}
+
+fn start_with(tls: Option<&Tls>) -> Option<Server> {
     let bin = bin_dir()?;
     let template = template(&bin);
     let dir = tempfile::Builder::new().prefix("strait-pg-").tempdir().expect("server dir");
     let data = dir.path().join("data");
     let copied = Command::new("cp").arg("-a").arg(&template).arg(&data).status().expect("cp");
     assert!(copied.success(), "copy the template cluster");
+    let mut settings = vec!["listen_addresses=".to_string()];
+    let mut port = 5432;
+    if let Some(tls) = tls {
+        port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port").port();
+        let write = |name: &str, text: &str| {
+            let path = data.join(name);
+            std::fs::write(&path, text).expect("write a TLS file");
+            let status = Command::new("chmod").arg("0600").arg(&path).status().expect("chmod");
+            assert!(status.success());
+            path.display().to_string()
+        };
+        let cert = write("server.crt", &tls.cert_pem);
+        let key = write("server.key", &tls.key_pem);
+        let ca = write("client-ca.crt", &tls.client_ca_pem);
+        write(
+            "pg_hba.conf",
+            "local all all trust\n\
+             hostssl all certuser 127.0.0.1/32 cert\n\
+             hostssl all all 127.0.0.1/32 trust\n\
+             hostnossl all all 127.0.0.1/32 reject\n",
+        );
+        settings = vec![
+            "listen_addresses=127.0.0.1".to_string(),
+            "ssl=on".to_string(),
+            format!("ssl_cert_file={cert}"),
+            format!("ssl_key_file={key}"),
+            format!("ssl_ca_file={ca}"),
+        ];
+    }
     chown_to_server_user(dir.path());
-    let child = launch(&bin, dir.path());
-    let server = Server { child, dir, bin };
-    wait_ready(&server.bin, server.dir.path());
+    let child = launch(&bin, dir.path(), port, &settings);
+    let server = Server { child, dir, bin, port, settings };
+    wait_ready(&server.bin, server.dir.path(), port);
     Some(server)
 }
 
 /// Starts `postgres` on the cluster in `dir`/data, its socket in `dir`, its log appended to `dir`/server.log.
-fn launch(bin: &Path, dir: &Path) -> Child {
+fn launch(bin: &Path, dir: &Path, port: u16, settings: &[String]) -> Child {
     let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("server.log")).expect("log file");
     command(&bin.join("postgres"))
         .arg("-D")
         .arg(dir.join("data"))
         .arg("-k")
         .arg(dir)
-        .args(["-c", "listen_addresses=", "-c", "fsync=off", "-c", "max_connections=300", "-c", "shared_buffers=16MB"])
+        .arg("-p")
+        .arg(port.to_string())
+        .args(settings.iter().flat_map(|s| ["-c", s.as_str()]))
+        .args(["-c", "fsync=off", "-c", "max_connections=300", "-c", "shared_buffers=16MB"])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(log)
@@ -172,14 +234,14 @@ fn launch(bin: &Path, dir: &Path) -> Child {
 }
 
 /// Waits until the server of `dir` accepts connections (its socket appears earlier, while it starts up).
-fn wait_ready(bin: &Path, dir: &Path) {
+fn wait_ready(bin: &Path, dir: &Path, port: u16) {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let ready = Command::new(bin.join("pg_isready"))
             .arg("-q")
             .arg("-h")
             .arg(dir)
-            .args(["-p", "5432", "-U", "strait", "-d", "postgres"])
+            .args(["-p", &port.to_string(), "-U", "strait", "-d", "postgres"])
             .status()
             .is_ok_and(|s| s.success());
         if ready {
