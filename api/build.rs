@@ -8,6 +8,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let kds = protox::compile(["strait/kds/v1/kds.proto"], ["proto"])?;
     tonic_build::configure().build_client(true).build_server(true).extern_path(".strait.dps.v1", "crate::dps").compile_fds(kds)?;
     let dps = protox::compile(["strait/dps/v1/dps.proto"], ["proto"])?;
-    tonic_build::configure().build_client(true).build_server(true).compile_fds(dps)?;
+    tonic_build::configure().build_client(true).build_server(true).codec_path("crate::dps_codec::DpsCodec").compile_fds(dps)?;
     Ok(())
 }

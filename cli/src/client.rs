@@ -134,77 +134,7 @@ pub enum ClientError {
 fn tls_config(ca_file: &std::path::Path) -> Result<rustls::ClientConfig, ClientError> {
     let bad = |reason: String| ClientError::BadCa { path: ca_file.to_path_buf(), reason };
     let pem = std::fs::read(ca_file).map_err(|e| bad(e.to_string()))?;
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
-        roots.add(cert.map_err(|e| bad(e.to_string()))?).map_err(|e| bad(e.to_string()))?;
-    }
-    if roots.is_empty() {
-        return Err(bad("no certificate in it".into()));
-    }
-    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
-    let inner = rustls::client::WebPkiServerVerifier::builder_with_provider(std::sync::Arc::new(roots), provider.clone())
-        .build()
-        .map_err(|e| bad(e.to_string()))?;
-    Ok(rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| bad(e.to_string()))?
-        .dangerous()
-        .with_custom_certificate_verifier(std::sync::Arc::new(ServerVerifier { inner }))
-        .with_no_client_auth())
-}
-
-/// The name strait-global's own API certificate always carries.
-const GLOBAL_SERVER_NAME: &str = "strait-global";
-
-/// Verifies the chain under the CA for the URL's host, or else for [`GLOBAL_SERVER_NAME`]: the
-/// CA is the global's own system CA (or one the operator chose), so a certificate it issued for
-/// the global is the global's wherever it is reached.
-#[derive(Debug)]
-struct ServerVerifier {
-    inner: std::sync::Arc<rustls::client::WebPkiServerVerifier>,
-}
-
-impl rustls::client::danger::ServerCertVerifier for ServerVerifier {
-    fn verify_server_cert(
-        &self,
-        end_entity: &rustls::pki_types::CertificateDer<'_>,
-        intermediates: &[rustls::pki_types::CertificateDer<'_>],
-        server_name: &rustls::pki_types::ServerName<'_>,
-        ocsp_response: &[u8],
-        now: rustls::pki_types::UnixTime,
-    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-        use rustls::CertificateError::{NotValidForName, NotValidForNameContext};
-        match self.inner.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now) {
-            Err(rustls::Error::InvalidCertificate(NotValidForName | NotValidForNameContext { .. })) => {
-                let ours =
-                    rustls::pki_types::ServerName::try_from(GLOBAL_SERVER_NAME).map_err(|e| rustls::Error::General(e.to_string()))?;
-                self.inner.verify_server_cert(end_entity, intermediates, &ours, ocsp_response, now)
-            }
-            other => other,
-        }
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &rustls::pki_types::CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls12_signature(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &rustls::pki_types::CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls13_signature(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.inner.supported_verify_schemes()
-    }
+    strait_pki::api_client::global_api_client_config(&pem).map_err(bad)
 }
 
 impl ClientError {

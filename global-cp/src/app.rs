@@ -145,8 +145,12 @@ impl GlobalCp {
         let pending = crate::kds::Pending::default();
         registry.register_collector(Box::new(pending.clone()));
         let resources = Resources::with_mesh_lifecycle(store.clone(), Arc::new(crate::meshes::GlobalMeshes));
+        let kds_listener = bind(config.kds_address).await?;
+        let kds_addr = local(&kds_listener, config.kds_address)?;
+        let api_listener = bind(config.api_address).await?;
+        let api_addr = local(&api_listener, config.api_address)?;
         let zone_registry = ZoneRegistry::default();
-        let board = crate::kds::board::StatusBoard::new(store.clone(), zone_registry.clone());
+        let board = crate::kds::board::StatusBoard::new(store.clone(), zone_registry.clone(), config.api_url_for_peers(api_addr));
         let zones = Zones::new(resources.clone(), zone_registry.clone(), board.clone(), &secrets);
         // Zones disabled by an earlier version (or while the trust bundle was written
         // elsewhere) are cut off too.
@@ -163,14 +167,11 @@ impl GlobalCp {
             }
         }
 
-        let kds_listener = bind(config.kds_address).await?;
-        let kds_addr = local(&kds_listener, config.kds_address)?;
-        let api_listener = bind(config.api_address).await?;
-        let api_addr = local(&api_listener, config.api_address)?;
-
         let inspections = crate::inspect::Inspections::default();
         let traffic = crate::traffic::TrafficMap::default();
+        let peers = crate::peers::Peers::new(peer_ca(&config, &secrets)?.as_deref(), board.replica()).map_err(StartError::ApiTls)?;
         let state = AppState {
+            peers,
             inspections: inspections.clone(),
             traffic: traffic.clone(),
             resources: resources.clone(),
@@ -297,6 +298,22 @@ fn local(listener: &tokio::net::TcpListener, addr: SocketAddr) -> Result<SocketA
 /// The REST API's TLS: none with --api-plaintext; the operator's certificate when given; else a
 /// certificate of the system CA that renews itself, with the CA written to `api-ca.pem` next to
 /// the admin token for straitctl and curl to verify it.
+/// The CA certificates that verify the other replicas' REST APIs (`None`: plain HTTP): the
+/// system CA, plus the chain of `--api-tls-cert-file` (the replicas are configured alike).
+fn peer_ca(config: &Config, secrets: &crate::secrets::Secrets) -> Result<Option<Vec<u8>>, StartError> {
+    if config.api_plaintext {
+        return Ok(None);
+    }
+    let mut pem = secrets.system_ca_pem.clone().into_bytes();
+    if let Some(cert) = &config.api_tls_cert_file {
+        let chain = std::fs::read(cert).map_err(|e| StartError::ApiTls(format!("--api-tls-cert-file {}: {e}", cert.display())))?;
+        // Its issuers verify the other replicas' certificates (the leaf among them is inert).
+        pem.push(b'\n');
+        pem.extend_from_slice(&chain);
+    }
+    Ok(Some(pem))
+}
+
 async fn api_tls(
     config: &Config,
     secrets: &crate::secrets::Secrets,

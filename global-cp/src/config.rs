@@ -44,6 +44,14 @@ pub struct Config {
     #[arg(long, env = "STRAIT_API_TLS_KEY_FILE", requires = "api_tls_cert_file")]
     pub api_tls_key_file: Option<PathBuf>,
 
+    /// The URL the other replicas of the global reach this one's REST API at, such as
+    /// https://10.0.0.5:7680 (a replica that does not hold a zone's stream forwards
+    /// inspections of the zone's sidecars to the one that does). Default: the --api-address
+    /// when it is a specific IP; none when it is 0.0.0.0 or ::, and then such inspections
+    /// answer 404 naming the replica that holds the zone.
+    #[arg(long, env = "STRAIT_ADVERTISE_API_URL")]
+    pub advertise_api_url: Option<String>,
+
     /// Address of zone sync (KDS, gRPC over TLS).
     #[arg(long, env = "STRAIT_KDS_ADDRESS", default_value = "0.0.0.0:7685")]
     pub kds_address: SocketAddr,
@@ -142,6 +150,7 @@ impl Config {
             api_tls_names: Vec::new(),
             api_tls_cert_file: None,
             api_tls_key_file: None,
+            advertise_api_url: None,
             kds_address: SocketAddr::new(addr.ip(), 0),
             kds_tls_names: Vec::new(),
             kds_heartbeat_interval: Duration::from_secs(5),
@@ -196,6 +205,16 @@ impl Config {
         if self.api_plaintext && self.api_tls_cert_file.is_some() {
             problems.push("--api-tls-cert-file: has no use with --api-plaintext".into());
         }
+        if let Some(url) = &self.advertise_api_url {
+            let scheme = if self.api_plaintext { "http://" } else { "https://" };
+            let rest = url.strip_prefix(scheme).unwrap_or_default();
+            if rest.is_empty() || rest.contains(['/', '?', '#', ' ']) {
+                problems.push(format!(
+                    "--advertise-api-url {url:?}: expected {scheme}<host>:<port> (the REST API serves {})",
+                    if self.api_plaintext { "plain HTTP with --api-plaintext" } else { "HTTPS" }
+                ));
+            }
+        }
         if self.resolved_data_dir().is_none() {
             problems.push("--data-dir: not set and no HOME to derive a default from".into());
         }
@@ -232,6 +251,16 @@ impl Config {
             }
         }
         names
+    }
+
+    /// Where the other replicas reach this one's REST API: --advertise-api-url, else the API
+    /// address when it is a specific IP.
+    pub fn api_url_for_peers(&self, bound: SocketAddr) -> Option<String> {
+        if let Some(url) = &self.advertise_api_url {
+            return Some(url.clone());
+        }
+        let scheme = if self.api_plaintext { "http" } else { "https" };
+        (!bound.ip().is_unspecified()).then(|| format!("{scheme}://{bound}"))
     }
 
     /// The admin token file, explicit or `<data-dir>/admin-token`.
@@ -278,6 +307,13 @@ mod tests {
         assert!(parse(&["--api-plaintext", "--api-address", "127.0.0.1:7680"]).validate().is_ok());
         assert!(parse(&["--api-plaintext", "--api-plaintext-allow-remote"]).validate().is_ok());
         assert!(Config::try_parse_from(["strait-global", "--api-plaintext-allow-remote"]).is_err(), "needs --api-plaintext");
+        let bound = "192.0.2.1:7680".parse().unwrap();
+        assert_eq!(parse(&["--api-address", "192.0.2.1:7680"]).api_url_for_peers(bound).as_deref(), Some("https://192.0.2.1:7680"));
+        assert_eq!(parse(&[]).api_url_for_peers("0.0.0.0:7680".parse().unwrap()), None, "no address to tell");
+        let told = parse(&["--advertise-api-url", "https://global-1.internal:7680"]);
+        assert_eq!(told.api_url_for_peers(bound).as_deref(), Some("https://global-1.internal:7680"));
+        let wrong = parse(&["--advertise-api-url", "http://global-1.internal:7680/"]).validate().unwrap_err();
+        assert!(wrong[0].starts_with("--advertise-api-url") && wrong[0].contains("https://<host>:<port>"), "{wrong:?}");
         let names = parse(&["--api-address", "192.0.2.1:7680", "--api-tls-name", "cp.example,10.0.0.1"]).api_tls_names();
         assert_eq!(names, ["strait-global", "localhost", "127.0.0.1", "::1", "192.0.2.1", "cp.example", "10.0.0.1"]);
     }

@@ -19,6 +19,7 @@ pub mod kds;
 pub mod mesh_ca;
 pub mod meshes;
 pub mod metrics;
+pub mod peers;
 pub mod rest;
 pub mod secrets;
 pub mod traffic;

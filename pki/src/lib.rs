@@ -18,6 +18,7 @@
 //! system CA.
 #![forbid(unsafe_code)]
 
+pub mod api_client;
 pub mod ca;
 pub mod csr;
 pub mod identity;

@@ -4,12 +4,13 @@
 //!
 //! In: the parsed flags of a binary. Out: an installed `tracing` subscriber and a future that
 //! ends on a shutdown signal. Kept small so the sidecar links nothing of the control planes.
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 
 pub mod certs;
 pub mod files;
 pub mod flags;
 pub mod journald;
+pub mod memory;
 pub mod notify;
 pub mod signals;
 pub mod telemetry;

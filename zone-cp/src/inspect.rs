@@ -29,11 +29,12 @@ pub type Call = (String, oneshot::Sender<Result<Vec<u8>, String>>);
 
 /// The connected sidecars' question channels, by `mesh/name`.
 #[derive(Clone, Default)]
-pub struct Inspectors(Arc<Mutex<HashMap<String, mpsc::Sender<Call>>>>);
+pub struct Inspectors(Arc<Mutex<HashMap<String, mpsc::Sender<Box<Call>>>>>);
 
 impl Inspectors {
-    /// Registers the channel of sidecar `id` (`mesh/name`) while its session lasts.
-    pub fn register(&self, id: &str) -> mpsc::Receiver<Call> {
+    /// Registers the channel of sidecar `id` (`mesh/name`) while its session lasts (boxed
+    /// questions: the channel's slots are allocated 32 at a time and kept while it lasts).
+    pub fn register(&self, id: &str) -> mpsc::Receiver<Box<Call>> {
         let (tx, rx) = mpsc::channel(4);
         self.0.lock().unwrap_or_else(|p| p.into_inner()).insert(id.to_string(), tx);
         rx
@@ -51,7 +52,7 @@ impl Inspectors {
             return Err((503, format!("dataplane {id} is registered in this zone but its sidecar is not connected")));
         };
         let (tx, rx) = oneshot::channel();
-        if sender.send((what.to_string(), tx)).await.is_err() {
+        if sender.send(Box::new((what.to_string(), tx))).await.is_err() {
             return Err((503, format!("the sidecar of {id} disconnected")));
         }
         match tokio::time::timeout(SIDECAR_TIMEOUT, rx).await {

@@ -5,8 +5,20 @@ use strait_runtime::flags::EXIT_CONFIG;
 use strait_runtime::{signals, telemetry};
 use strait_zone_cp::{Config, ZoneCp};
 
-#[tokio::main]
-async fn main() {
+fn main() {
+    // Before the runtime's threads start (see strait_runtime::memory).
+    let arenas = strait_runtime::memory::one_arena_per_core();
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build();
+    match runtime {
+        Ok(runtime) => runtime.block_on(run(arenas)),
+        Err(e) => {
+            eprintln!("strait-zone: cannot start the async runtime: {e}");
+            std::process::exit(1);
+        }
+    }
+}
+
+async fn run(arenas: Option<usize>) {
     let config = Config::parse();
     if let Err(problems) = config.validate() {
         for p in problems {
@@ -15,7 +27,7 @@ async fn main() {
         std::process::exit(EXIT_CONFIG);
     }
     telemetry::init(config.log_format, &config.log_level);
-    tracing::info!(config = %serde_json::to_string(&config).unwrap_or_default(), version = env!("CARGO_PKG_VERSION"), "starting strait-zone");
+    tracing::info!(config = %serde_json::to_string(&config).unwrap_or_default(), version = env!("CARGO_PKG_VERSION"), malloc_arenas = ?arenas, "starting strait-zone");
     let zone = match ZoneCp::start(Arc::new(config)).await {
         Ok(z) => z,
         Err(e) => {

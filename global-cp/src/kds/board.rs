@@ -39,6 +39,9 @@ struct Record {
     replica: String,
     /// Its session's id there.
     session: u64,
+    /// Where the other replicas reach its REST API (`--advertise-api-url`), if it said.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    api: Option<String>,
     #[serde(with = "time::serde::rfc3339")]
     connected_at: OffsetDateTime,
     #[serde(with = "time::serde::rfc3339")]
@@ -68,7 +71,20 @@ pub struct StatusBoard {
     store: Arc<dyn Store>,
     registry: Registry,
     replica: Arc<String>,
+    /// This replica's REST API for the others, written in its records.
+    api: Option<Arc<String>>,
     started: OffsetDateTime,
+}
+
+/// Another replica that holds a zone's stream.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Holder {
+    /// The zone.
+    pub zone: String,
+    /// The replica's id.
+    pub replica: String,
+    /// Its REST API, if it advertises one.
+    pub api: Option<String>,
 }
 
 fn key(zone: &str) -> Key {
@@ -76,9 +92,40 @@ fn key(zone: &str) -> Key {
 }
 
 impl StatusBoard {
-    /// A board for this replica (a new random id per process).
-    pub fn new(store: Arc<dyn Store>, registry: Registry) -> StatusBoard {
-        StatusBoard { store, registry, replica: Arc::new(hex::encode(rand::random::<[u8; 8]>())), started: OffsetDateTime::now_utc() }
+    /// A board for this replica (a new random id per process), whose REST API the other
+    /// replicas reach at `api`.
+    pub fn new(store: Arc<dyn Store>, registry: Registry, api: Option<String>) -> StatusBoard {
+        StatusBoard {
+            store,
+            registry,
+            replica: Arc::new(hex::encode(rand::random::<[u8; 8]>())),
+            api: api.map(Arc::new),
+            started: OffsetDateTime::now_utc(),
+        }
+    }
+
+    /// This replica's id.
+    pub fn replica(&self) -> &str {
+        &self.replica
+    }
+
+    /// The zones (`zone`, or all) whose live stream another replica holds, and where it is.
+    pub async fn held_elsewhere(&self, zone: Option<&str>) -> Result<Vec<Holder>, StoreError> {
+        let records: Vec<(String, Record)> = match zone {
+            Some(zone) => self.record(zone).await.map(|r| (zone.to_string(), r)).into_iter().collect(),
+            None => self
+                .store
+                .list(ZONE_STATUS, Some(""))
+                .await?
+                .into_iter()
+                .filter_map(|o| Some((o.key.name.clone(), serde_json::from_value(o.data).ok()?)))
+                .collect(),
+        };
+        Ok(records
+            .into_iter()
+            .filter(|(_, r)| r.status.connected && r.live() && r.replica != *self.replica)
+            .map(|(zone, r)| Holder { zone, replica: r.replica, api: r.api })
+            .collect())
     }
 
     /// Publishes this replica's changes until `stop`.
@@ -120,6 +167,7 @@ impl StatusBoard {
             status: local.status.clone(),
             replica: (*self.replica).clone(),
             session: local.session,
+            api: self.api.as_deref().cloned(),
             connected_at: local.connected_at,
             written_at: OffsetDateTime::now_utc(),
         };
@@ -179,7 +227,7 @@ mod tests {
     use crate::kds::registry::ZoneHello;
 
     fn board(store: &Arc<dyn Store>) -> StatusBoard {
-        StatusBoard::new(store.clone(), Registry::default())
+        StatusBoard::new(store.clone(), Registry::default(), Some("https://198.18.0.9:7680".into()))
     }
 
     async fn publish_all(board: &StatusBoard) {
@@ -199,6 +247,11 @@ mod tests {
         let seen = b.status("zone-1").await;
         assert!(seen.connected);
         assert_eq!((seen.acked_revision, seen.peer.as_deref()), (7, Some("198.18.0.2:5000")));
+        let holder = Holder { zone: "zone-1".into(), replica: a.replica().into(), api: Some("https://198.18.0.9:7680".into()) };
+        assert_eq!(b.held_elsewhere(None).await.unwrap(), std::slice::from_ref(&holder), "b forwards to a");
+        assert_eq!(b.held_elsewhere(Some("zone-1")).await.unwrap(), [holder]);
+        assert!(b.held_elsewhere(Some("zone-2")).await.unwrap().is_empty());
+        assert!(a.held_elsewhere(None).await.unwrap().is_empty(), "a holds it itself");
 
         // The zone moves to b; a notices late that its stream ended: b's record stays.
         let (_, _) = b.registry.connect("zone-1", "198.18.0.3:5000", &ZoneHello::default()).unwrap();
@@ -225,7 +278,7 @@ mod tests {
     fn a_record_not_refreshed_reads_as_offline() {
         let written_at = OffsetDateTime::now_utc() - STALE_AFTER - Duration::from_secs(1);
         let status = ZoneStatus { connected: true, ..Default::default() };
-        let record = Record { status, replica: "r".into(), session: 1, connected_at: written_at, written_at };
+        let record = Record { status, replica: "r".into(), session: 1, api: None, connected_at: written_at, written_at };
         let shown = record.shown();
         assert!(!shown.connected);
         assert_eq!(shown.last_seen, Some(written_at));

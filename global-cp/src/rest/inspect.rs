@@ -62,7 +62,7 @@ impl InspectQuery {
 }
 
 /// A sidecar's inspection.
-#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Inspection {
     /// The mesh.
     pub mesh: String,
@@ -77,7 +77,8 @@ pub struct Inspection {
     pub result: Value,
 }
 
-/// Inspects one sidecar, in whichever zone it runs, through that zone's sync stream.
+/// Inspects one sidecar, in whichever zone it runs, through that zone's sync stream (the
+/// replica that holds the stream answers: another replica forwards the question to it).
 #[utoipa::path(
     get,
     path = "/meshes/{mesh}/dataplanes/{name}/inspect",
@@ -94,6 +95,7 @@ pub async fn inspect_dataplane(
     State(state): State<AppState>,
     Path((mesh, name)): Path<(String, String)>,
     Query(pairs): Query<Vec<(String, String)>>,
+    headers: axum::http::HeaderMap,
 ) -> Result<Json<Inspection>, ApiError> {
     let query = InspectQuery::from_pairs(pairs)?;
     let what = match query.what.as_deref().unwrap_or("config") {
@@ -107,12 +109,36 @@ pub async fn inspect_dataplane(
         get_one(&state, ResourceType::Zone, None, zone).await.map(drop)?;
     }
     let asked = serde_json::to_value(what).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default();
-    let answer = state
-        .inspections
-        .ask(query.zone.as_deref(), &mesh, &name, &asked)
-        .await
-        .map_err(|(status, why)| ApiError::upstream(status, why))?;
-    Ok(Json(Inspection { mesh, dataplane: name, zone: answer.zone, what, result: answer.json }))
+    let here = state.inspections.ask(query.zone.as_deref(), &mesh, &name, &asked).await;
+    let failure = match here {
+        Ok(answer) => return Ok(Json(Inspection { mesh, dataplane: name, zone: answer.zone, what, result: answer.json })),
+        Err(failure) => failure,
+    };
+    // Not found among the zones this replica holds: the replicas that hold the others answer.
+    if failure.0 != 404 || headers.contains_key(crate::peers::FORWARDED_BY) {
+        return Err(ApiError::upstream(failure.0, failure.1));
+    }
+    let holders = state.zones.board().held_elsewhere(query.zone.as_deref()).await?;
+    let mut by_replica: Vec<&crate::kds::board::Holder> = Vec::new();
+    for holder in &holders {
+        if !by_replica.iter().any(|h| h.replica == holder.replica) {
+            by_replica.push(holder);
+        }
+    }
+    let asked_zone = query.zone.as_deref();
+    let forwarded = by_replica.iter().map(|holder| state.peers.inspect(holder, &mesh, &name, &asked, asked_zone));
+    let mut failures = vec![failure];
+    for answer in futures::future::join_all(forwarded).await {
+        match answer.and_then(|json| {
+            serde_json::from_value::<Inspection>(json).map_err(|e| (502, format!("another replica answered an unusable inspection: {e}")))
+        }) {
+            Ok(inspection) => return Ok(Json(inspection)),
+            Err(failure) => failures.push(failure),
+        }
+    }
+    // A replica whose zone may have the sidecar but failed says more than a "not found".
+    let (status, why) = failures.iter().rev().find(|(status, _)| *status != 404).unwrap_or(&failures[failures.len() - 1]).clone();
+    Err(ApiError::upstream(status, why))
 }
 
 /// A service across zones.

@@ -37,6 +37,8 @@ pub struct AppState {
     pub api_scheme: &'static str,
     /// Questions about the zones' sidecars.
     pub inspections: crate::inspect::Inspections,
+    /// The other replicas, for inspections of the zones they hold.
+    pub peers: crate::peers::Peers,
     /// What the zones' sidecars served (the traffic map).
     pub traffic: crate::traffic::TrafficMap,
     /// Validity of new zone tokens.

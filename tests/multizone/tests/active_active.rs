@@ -1,7 +1,8 @@
 //! Scenario: an active-active global, two `strait-global` replicas on one PostgreSQL, with two
 //! zones under constant cross-zone traffic (the real binaries, each zone a host of its own).
 //!
-//! - both replicas share one admin token and say the same of every zone;
+//! - both replicas share one admin token and say the same of every zone; a sidecar inspected
+//!   through the replica that does not hold its zone's stream is answered (forwarded);
 //! - `kill -9` of the replica holding both zones' streams: each zone reconnects to the other
 //!   replica within 5 s and resumes from the revision it applied (no snapshot, so a policy
 //!   written during the switch reaches each zone exactly once, in one delta); no request
@@ -97,6 +98,20 @@ fn zones_move_between_replicas_on_postgresql_without_losing_traffic_or_writes() 
         assert!(status < 300, "{name}: {status} {body}");
         acknowledged.push(name);
     }
+
+    // A sidecar of each zone inspected through the replica that holds neither stream: it
+    // forwards to the one that does (which it finds in the shared zone status).
+    for (dataplane, zone, what) in [("web-1", "zone-1", "config"), ("db-2", "zone-2", "policies")] {
+        for query in [format!("what={what}"), format!("what={what}&zone={zone}")] {
+            let path = format!("/meshes/default/dataplanes/{dataplane}/inspect?{query}");
+            let (status, body) = g2.get(&path).unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(status.as_u16(), 200, "GET {path} through the second replica: {body}");
+            assert_eq!((body["zone"].as_str(), body["dataplane"].as_str()), (Some(zone), Some(dataplane)), "{body}");
+            assert!(body["result"].is_object(), "the zone's answer: {body}");
+        }
+    }
+    let (status, body) = g2.get("/meshes/default/dataplanes/nobody/inspect").unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(status.as_u16(), 404, "{body}");
 
     // The replica holding both zones' streams dies; a policy is written through the other.
     g1.proc.kill9();

@@ -7,8 +7,7 @@
 
 use std::net::SocketAddr;
 
-use strait_api::dps::{gateway_message, GatewayHello, GatewayMessage, ZoneMessage, PROTOCOL_VERSION};
-use tokio::sync::mpsc;
+use strait_api::dps::{gateway_message, GatewayHello, GatewayMessage, PROTOCOL_VERSION};
 use tonic::{Status, Streaming};
 
 use super::DpsShared;
@@ -62,7 +61,7 @@ pub struct GatewaySession {
     pub(super) registration: Registration,
     /// The zone-proxy token it connected with; the session ends when it expires or is revoked.
     pub(super) token: super::TokenHold,
-    pub(super) tx: mpsc::Sender<Result<ZoneMessage, Status>>,
+    pub(super) tx: super::Outbox,
 }
 
 impl GatewaySession {
@@ -82,7 +81,7 @@ impl GatewaySession {
         self.shared.connected.lock().unwrap_or_else(|p| p.into_inner()).remove(&format!("gateway/{name}"));
         tracing::info!(reason, "gateway disconnected");
         if let Err(status) = result {
-            let _ = self.tx.send(Err(status)).await;
+            let _ = self.tx.send(Box::new(Err(status))).await;
         }
     }
 
@@ -132,6 +131,6 @@ impl GatewaySession {
         let config = gateways::config(&self.shared.resources, &self.shared.zone).await.map_err(unavailable)?;
         let Some(message) = super::changed_config(&config, version, last)? else { return Ok(()) };
         tracing::debug!(version, "sending gateway configuration");
-        self.tx.send(Ok(message)).await.map_err(|_| Status::cancelled("gateway stream closed"))
+        self.tx.send(Box::new(Ok(message))).await.map_err(|_| Status::cancelled("gateway stream closed"))
     }
 }

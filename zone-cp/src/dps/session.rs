@@ -13,7 +13,6 @@ use strait_api::dps::{dataplane_message, zone_message, Certificate, DataplaneMes
 use strait_api::{proxy_config, Resource, ResourceType, Spec};
 use strait_cp_core::kinds::DATAPLANE_NACK;
 use strait_store::{Key, Precondition};
-use tokio::sync::mpsc;
 use tonic::{Status, Streaming};
 
 use super::DpsShared;
@@ -31,7 +30,7 @@ pub struct Session {
     pub(super) id: String,
     /// The dataplane token it connected with; the session ends when it expires or is revoked.
     pub(super) token: super::TokenHold,
-    pub(super) tx: mpsc::Sender<Result<ZoneMessage, Status>>,
+    pub(super) tx: super::Outbox,
     /// Whether the sidecar's latest answer was a NACK (recorded in the store while it lasts).
     pub(super) nacked: AtomicBool,
     /// The version of the last configuration sent, and when, until the sidecar answers.
@@ -71,12 +70,12 @@ impl Session {
         self.shared.connected.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.id);
         tracing::info!(reason, "sidecar disconnected");
         if let Err(status) = result {
-            let _ = self.tx.send(Err(status)).await;
+            let _ = self.tx.send(Box::new(Err(status))).await;
         }
     }
 
     async fn send(&self, message: zone_message::Message) -> Result<(), Status> {
-        self.tx.send(Ok(ZoneMessage { message: Some(message) })).await.map_err(|_| Status::cancelled("sidecar stream closed"))
+        self.tx.send(Box::new(Ok(ZoneMessage { message: Some(message) }))).await.map_err(|_| Status::cancelled("sidecar stream closed"))
     }
 
     async fn serve(&self, mut inbound: Streaming<DataplaneMessage>) -> Result<(), Status> {
@@ -95,7 +94,8 @@ impl Session {
         loop {
             tokio::select! {
                 status = super::lost_leadership(&mut leading) => return Err(status),
-                Some((what, answer)) = questions.recv() => {
+                Some(call) = questions.recv() => {
+                    let (what, answer) = *call;
                     let id = {
                         let mut inspecting = self.inspecting.lock().unwrap_or_else(|p| p.into_inner());
                         inspecting.0 += 1;
@@ -151,7 +151,7 @@ impl Session {
         self.shared.targets.set(&self.shared.zone, &dp, &config);
         let Some(message) = super::changed_config(&config, version, last)? else { return Ok(()) };
         tracing::debug!(version, "sending configuration");
-        self.tx.send(Ok(message)).await.map_err(|_| Status::cancelled("sidecar stream closed"))?;
+        self.tx.send(Box::new(Ok(message))).await.map_err(|_| Status::cancelled("sidecar stream closed"))?;
         *self.sent.lock().unwrap_or_else(|p| p.into_inner()) = Some((version, std::time::Instant::now()));
         Ok(())
     }
