@@ -139,30 +139,51 @@ fn dataplane(i: usize, service: usize, services: usize) -> Vec<u8> {
     serde_json::to_vec(&dp).unwrap_or_default()
 }
 
+/// Reconnections a sidecar makes before it gives up.
+const RECONNECT_ATTEMPTS: u32 = 12;
+/// Reconnections made by all sidecars.
+static RECONNECTS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+type Opened = (mpsc::Sender<DataplaneMessage>, tonic::Streaming<strait_api::dps::ZoneMessage>);
+
+/// Connects and opens the DPS stream with a Hello; the error says whether to retry (the zone
+/// could not be reached or turned the connection away) or not (it refused the sidecar).
+async fn open_stream(i: usize, service: usize, zone: &Zone, token: &str, services: usize) -> Result<Opened, (String, bool)> {
+    let channel = strait_proxy_core::cp_client::connect(&zone.dps, &zone.ca_pem, "strait-zone", None).await.map_err(|e| (e, true))?;
+    let (tx, rx) = mpsc::channel(8);
+    let hello = Hello { protocol: PROTOCOL_VERSION, dataplane: dataplane(i, service, services), software_version: "cp-scale".into() };
+    let _ = tx.send(DataplaneMessage { message: Some(dataplane_message::Message::Hello(hello)) }).await;
+    let mut request = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+    let value = format!("Bearer {token}").parse().map_err(|_| ("the token is not a header value".to_string(), false))?;
+    request.metadata_mut().insert("authorization", value);
+    let mut client = DataplaneSyncClient::new(channel).max_decoding_message_size(64 * 1024 * 1024);
+    match client.stream(request).await {
+        Ok(response) => Ok((tx, response.into_inner())),
+        Err(s) => Err((format!("{}: {}", s.code(), s.message()), matches!(s.code(), tonic::Code::Unavailable | tonic::Code::Unknown))),
+    }
+}
+
 /// One simulated sidecar: registers, asks for its certificate, acknowledges every
 /// configuration, and reports what it receives until the stream ends.
 async fn sidecar(i: usize, service: usize, zone: Arc<Zone>, token: Arc<String>, services: usize, seen: mpsc::UnboundedSender<Seen>) {
     let failed = |why: String| {
         let _ = seen.send(Seen::Failed { sidecar: i, why });
     };
-    let channel = match strait_proxy_core::cp_client::connect(&zone.dps, &zone.ca_pem, "strait-zone", None).await {
-        Ok(c) => c,
-        Err(e) => return failed(e),
+    // Connection refusals are retried as a sidecar does (exponential back-off with jitter).
+    let mut attempt = 0u32;
+    let (tx, mut inbound) = loop {
+        match open_stream(i, service, &zone, &token, services).await {
+            Ok(opened) => break opened,
+            Err((_, true)) if attempt < RECONNECT_ATTEMPTS => {
+                attempt += 1;
+                RECONNECTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let cap = Duration::from_millis(250).saturating_mul(1 << attempt.min(10)).min(Duration::from_secs(10));
+                tokio::time::sleep(cap.mul_f64(0.5 + rand::random::<f64>() / 2.0)).await;
+            }
+            Err((why, _)) => return failed(why),
+        }
     };
-    let (tx, rx) = mpsc::channel(8);
-    let hello = Hello { protocol: PROTOCOL_VERSION, dataplane: dataplane(i, service, services), software_version: "cp-scale".into() };
     let send = |m: dataplane_message::Message| DataplaneMessage { message: Some(m) };
-    let _ = tx.send(send(dataplane_message::Message::Hello(hello))).await;
-    let mut request = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
-    match format!("Bearer {token}").parse() {
-        Ok(value) => request.metadata_mut().insert("authorization", value),
-        Err(_) => return failed("the token is not a header value".into()),
-    };
-    let mut client = DataplaneSyncClient::new(channel).max_decoding_message_size(64 * 1024 * 1024);
-    let mut inbound = match client.stream(request).await {
-        Ok(r) => r.into_inner(),
-        Err(s) => return failed(format!("{}: {}", s.code(), s.message())),
-    };
     match strait_pki::csr::KeyAndCsr::generate(&format!("sim-{i}")) {
         Ok(kc) => {
             let _ = tx.send(send(dataplane_message::Message::CertificateRequest(CertificateRequest { csr_pem: kc.csr_pem }))).await;
@@ -307,6 +328,7 @@ async fn main() -> Result<(), Error> {
     for f in &t.first_failures {
         println!("failed: {f}");
     }
+    println!("reconnections after a refused or failed connection: {}", RECONNECTS.load(std::sync::atomic::Ordering::Relaxed));
     match storm_time {
         Some(took) if t.failed == 0 => println!(
             "FIGURE registration-storm sidecars={n} seconds={:.2} target=60 {}",
