@@ -295,9 +295,6 @@ fn local(listener: &tokio::net::TcpListener, addr: SocketAddr) -> Result<SocketA
     listener.local_addr().map_err(|source| StartError::Bind { addr, source })
 }
 
-/// The REST API's TLS: none with --api-plaintext; the operator's certificate when given; else a
-/// certificate of the system CA that renews itself, with the CA written to `api-ca.pem` next to
-/// the admin token for straitctl and curl to verify it.
 /// The CA certificates that verify the other replicas' REST APIs (`None`: plain HTTP): the
 /// system CA, plus the chain of `--api-tls-cert-file` (the replicas are configured alike).
 fn peer_ca(config: &Config, secrets: &crate::secrets::Secrets) -> Result<Option<Vec<u8>>, StartError> {
@@ -314,6 +311,9 @@ fn peer_ca(config: &Config, secrets: &crate::secrets::Secrets) -> Result<Option<
     Ok(Some(pem))
 }
 
+/// The REST API's TLS: none with --api-plaintext; the operator's certificate when given; else a
+/// certificate of the system CA that renews itself, with the CA written to `api-ca.pem` next to
+/// the admin token for straitctl and curl to verify it.
 async fn api_tls(
     config: &Config,
     secrets: &crate::secrets::Secrets,

@@ -48,20 +48,30 @@ impl Peers {
                 ),
             ));
         };
-        let failed =
-            |why: String| (502, format!("forwarding to replica {} at {api} (which holds zone {}): {why}", holder.replica, holder.zone));
-        let mut url = reqwest::Url::parse(api).map_err(|e| failed(e.to_string()))?;
-        url.path_segments_mut().map_err(|()| failed("not a base URL".into()))?.extend(["meshes", mesh, "dataplanes", dataplane, "inspect"]);
+        let failed = |status: u16, why: String| {
+            (status, format!("forwarding to replica {} at {api} (which holds zone {}): {why}", holder.replica, holder.zone))
+        };
+        let mut url = reqwest::Url::parse(api).map_err(|e| failed(502, e.to_string()))?;
+        url.path_segments_mut().map_err(|()| failed(502, "not a base URL".into()))?.extend([
+            "meshes",
+            mesh,
+            "dataplanes",
+            dataplane,
+            "inspect",
+        ]);
         url.query_pairs_mut().append_pair("what", what);
         if let Some(zone) = zone {
             url.query_pairs_mut().append_pair("zone", zone);
         }
-        let response = self.client.get(url).header(FORWARDED_BY, &self.replica).send().await.map_err(|e| {
-            let status = if e.is_timeout() { 504 } else { 502 };
-            (status, failed(error_chain(&e)).1)
-        })?;
+        let response = self
+            .client
+            .get(url)
+            .header(FORWARDED_BY, &self.replica)
+            .send()
+            .await
+            .map_err(|e| failed(if e.is_timeout() { 504 } else { 502 }, strait_runtime::telemetry::error_chain(&e)))?;
         let status = response.status().as_u16();
-        let body: serde_json::Value = response.json().await.map_err(|e| failed(format!("answered {status} without JSON: {e}")))?;
+        let body: serde_json::Value = response.json().await.map_err(|e| failed(502, format!("answered {status} without JSON: {e}")))?;
         if status == 200 {
             return Ok(body);
         }
@@ -71,14 +81,4 @@ impl Peers {
             format!("replica {} (holding zone {}): {message}", holder.replica, holder.zone),
         ))
     }
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        text = format!("{text}: {cause}");
-        source = cause.source();
-    }
-    text
 }

@@ -72,6 +72,13 @@ async fn connect_from(uri: tonic::transport::Uri, source: IpAddr) -> std::io::Re
     Ok(hyper_util::rt::TokioIo::new(stream))
 }
 
+/// The wait before reconnection number `attempt` (from 0): 250 ms doubling up to `max`, of
+/// which a random half to all, so proxies cut off together do not come back together.
+pub fn backoff(attempt: u32, max: Duration) -> Duration {
+    let cap = Duration::from_millis(250).saturating_mul(1 << attempt.min(10)).min(max);
+    cap.mul_f64(0.5 + rand::random::<f64>() / 2.0)
+}
+
 /// Runs `session` until `cancel`, again after each end, waiting with exponential back-off
 /// (250 ms doubling up to `max_backoff`, full jitter; a refusal starts long). A session that
 /// lasted 30 s resets the back-off. `who` ("sidecar", "gateway") names the proxy in logs.
@@ -98,9 +105,8 @@ where
         if matches!(end, End::Refused(_)) {
             attempt = attempt.max(6);
         }
-        let cap = Duration::from_millis(250).saturating_mul(1 << attempt.min(10)).min(max_backoff);
+        let wait = backoff(attempt, max_backoff);
         attempt += 1;
-        let wait = cap.mul_f64(0.5 + rand::random::<f64>() / 2.0);
         tracing::info!(retry_in = ?wait, cp = %address, "reconnecting to the zone control plane");
         tokio::select! {
             biased;

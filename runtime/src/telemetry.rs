@@ -34,13 +34,17 @@ pub fn init(format: LogFormat, filter: &str) {
     };
 }
 
-/// An error and its sources, joined with `: `, for one log field or message.
+/// An error and its sources, joined with `: `, for one log field or message (a source the
+/// text already ends with, as some errors print their cause themselves, is not repeated).
 pub fn error_chain(e: &dyn std::error::Error) -> String {
     let mut out = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
+        let said = s.to_string();
+        if !out.ends_with(&said) {
+            out.push_str(": ");
+            out.push_str(&said);
+        }
         source = s.source();
     }
     out

@@ -107,7 +107,9 @@ impl Drop for Inner {
 fn pg(context: impl std::fmt::Display) -> impl FnOnce(tokio_postgres::Error) -> StoreError {
     move |e| {
         // The server's own message (a constraint, a permission) says more than the driver's.
-        let detail = e.as_db_error().map_or_else(|| with_causes(&e), |db| format!("{}: {}", db.code().code(), db.message()));
+        let detail = e
+            .as_db_error()
+            .map_or_else(|| strait_runtime::telemetry::error_chain(&e), |db| format!("{}: {}", db.code().code(), db.message()));
         let message = format!("{context}: {detail}");
         if unreachable(&e) {
             StoreError::Unavailable(message)
@@ -115,20 +117,6 @@ fn pg(context: impl std::fmt::Display) -> impl FnOnce(tokio_postgres::Error) -> 
             StoreError::Backend(message)
         }
     }
-}
-
-/// The error and what caused it ("error performing TLS handshake: invalid peer certificate: ...").
-fn with_causes(e: &tokio_postgres::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = std::error::Error::source(e);
-    while let Some(cause) = source {
-        let said = cause.to_string();
-        if !text.ends_with(&said) {
-            text = format!("{text}: {said}");
-        }
-        source = cause.source();
-    }
-    text
 }
 
 /// Whether `e` says the server cannot be reached (down, restarting, connection lost) rather

@@ -42,14 +42,14 @@ pub(crate) fn target(url: &str) -> Result<Target, StoreError> {
     let bad = |what: String| StoreError::Backend(format!("the PostgreSQL URL {}: {what}", redact(url)));
     let (rest, params) = split(url).map_err(bad)?;
     let value = |key: &str| params.iter().rev().find(|(k, _)| k == key).map(|(_, v)| v.as_str());
-    let mode = match value("sslmode").unwrap_or("prefer") {
+    let sslmode = value("sslmode").unwrap_or("prefer");
+    let mode = match sslmode {
         "disable" => SslMode::Disable,
         "allow" | "prefer" => SslMode::Prefer,
-        "require" => SslMode::Require,
-        "verify-ca" | "verify-full" => SslMode::Require,
+        "require" | "verify-ca" | "verify-full" => SslMode::Require,
         other => return Err(bad(format!("sslmode={other} is not one of disable, allow, prefer, require, verify-ca, verify-full"))),
     };
-    let verify = match (value("sslmode").unwrap_or("prefer"), value("sslrootcert")) {
+    let verify = match (sslmode, value("sslrootcert")) {
         ("verify-full", Some(ca)) => Verify::Full(roots(ca).map_err(bad)?),
         ("verify-ca", Some(ca)) | ("require", Some(ca)) => Verify::Chain(roots(ca).map_err(bad)?),
         (mode @ ("verify-full" | "verify-ca"), None) => {

@@ -175,10 +175,9 @@ async fn sidecar(i: usize, service: usize, zone: Arc<Zone>, token: Arc<String>, 
         match open_stream(i, service, &zone, &token, services).await {
             Ok(opened) => break opened,
             Err((_, true)) if attempt < RECONNECT_ATTEMPTS => {
-                attempt += 1;
                 RECONNECTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                let cap = Duration::from_millis(250).saturating_mul(1 << attempt.min(10)).min(Duration::from_secs(10));
-                tokio::time::sleep(cap.mul_f64(0.5 + rand::random::<f64>() / 2.0)).await;
+                tokio::time::sleep(strait_proxy_core::cp_client::backoff(attempt, Duration::from_secs(10))).await;
+                attempt += 1;
             }
             Err((why, _)) => return failed(why),
         }

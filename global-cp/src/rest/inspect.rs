@@ -137,7 +137,7 @@ pub async fn inspect_dataplane(
         }
     }
     // A replica whose zone may have the sidecar but failed says more than a "not found".
-    let (status, why) = failures.iter().rev().find(|(status, _)| *status != 404).unwrap_or(&failures[failures.len() - 1]).clone();
+    let (status, why) = failures.iter().rev().find(|(status, _)| *status != 404).or(failures.last()).cloned().unwrap_or_default();
     Err(ApiError::upstream(status, why))
 }
 
