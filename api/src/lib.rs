@@ -11,6 +11,7 @@ pub mod crd;
 pub mod dataplane;
 pub mod dps;
 pub mod dps_codec;
+pub mod dps_delta;
 pub mod duration;
 pub mod gateway_config;
 pub mod kds;

@@ -182,6 +182,9 @@ pub struct MeshView {
     zone: String,
     policies: crate::merge::Policies,
     endpoints: BTreeMap<String, Vec<Endpoint>>,
+    /// Each service's endpoints as JSON, encoded the first time a sidecar needs them and then
+    /// shared by every sidecar that reaches the service.
+    encoded: BTreeMap<String, std::sync::OnceLock<prost::bytes::Bytes>>,
     route_backends: BTreeMap<String, std::collections::BTreeSet<String>>,
 }
 
@@ -192,7 +195,19 @@ impl MeshView {
         let mut endpoints = endpoints_by_service(resources, zone);
         add_remote_endpoints(&mut endpoints, remote, mesh, zone);
         let policies = crate::merge::Policies::new(resources);
-        MeshView { zone: zone.to_string(), route_backends: route_backends(&policies), policies, endpoints }
+        let encoded = endpoints.keys().map(|s| (s.clone(), std::sync::OnceLock::new())).collect();
+        MeshView { zone: zone.to_string(), route_backends: route_backends(&policies), policies, endpoints, encoded }
+    }
+
+    /// The endpoints of `service` as JSON (a list of [`Endpoint`]), encoded once per view;
+    /// `None` when the service has none.
+    pub fn encoded_endpoints(&self, service: &str) -> Option<prost::bytes::Bytes> {
+        let list = self.endpoints.get(service)?;
+        let encoded = self.encoded.get(service)?.get_or_init(|| {
+            // A list of plain structs and string maps always serializes.
+            serde_json::to_vec(list).map(prost::bytes::Bytes::from).unwrap_or_default()
+        });
+        Some(encoded.clone())
     }
 
     /// Every service with an endpoint, this zone's or another's.
@@ -236,6 +251,28 @@ impl MeshView {
         trust_bundle: MeshTrust,
         certificate_lifetime_secs: u64,
     ) -> Result<Option<ProxyConfig>, PolicyError> {
+        self.build_with(dp, trust_bundle, certificate_lifetime_secs, true)
+    }
+
+    /// [`MeshView::build`] without the outbounds' endpoints (each outbound's list is empty):
+    /// the settings part of a configuration sent in parts, whose endpoints are
+    /// [`MeshView::encoded_endpoints`], shared between sidecars.
+    pub fn build_settings(
+        &self,
+        dp: &Resource,
+        trust_bundle: MeshTrust,
+        certificate_lifetime_secs: u64,
+    ) -> Result<Option<ProxyConfig>, PolicyError> {
+        self.build_with(dp, trust_bundle, certificate_lifetime_secs, false)
+    }
+
+    fn build_with(
+        &self,
+        dp: &Resource,
+        trust_bundle: MeshTrust,
+        certificate_lifetime_secs: u64,
+        with_endpoints: bool,
+    ) -> Result<Option<ProxyConfig>, PolicyError> {
         let Spec::Dataplane(spec) = &dp.spec else { return Ok(None) };
         let Some(mesh) = dp.mesh.clone() else { return Ok(None) };
         let effective = self.policies.effective(&dp.name, spec, &self.destinations(spec));
@@ -260,8 +297,9 @@ impl MeshView {
             .into_iter()
             .map(|o| {
                 let explicit = spec.networking.outbound.iter().find(|x| x.service() == o.service);
-                let eps = self.endpoints.get(&o.service).cloned().unwrap_or_default();
-                let protocol = Protocol::from_tag(eps.iter().find_map(|e| e.tags.get(PROTOCOL_TAG)).map(String::as_str));
+                let all = self.endpoints.get(&o.service).map(Vec::as_slice).unwrap_or_default();
+                let protocol = Protocol::from_tag(all.iter().find_map(|e| e.tags.get(PROTOCOL_TAG)).map(String::as_str));
+                let eps = if with_endpoints { all.to_vec() } else { Vec::new() };
                 Ok(OutboundConfig {
                     port: explicit.map(|x| x.port),
                     address: explicit.map(|x| x.address.clone().unwrap_or_else(|| "127.0.0.1".into())),

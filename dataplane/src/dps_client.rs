@@ -14,6 +14,7 @@ use strait_api::dps::dataplane_sync_client::DataplaneSyncClient;
 use strait_api::dps::{
     dataplane_message, zone_message, Ack, DataplaneMessage, Health, Hello, InboundReadiness, InspectResponse, Nack, PROTOCOL_VERSION,
 };
+use strait_api::dps_delta::Assembler;
 use strait_api::proxy_config::ProxyConfig;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -141,7 +142,7 @@ impl DpsClient {
         let dataplane = crate::probe::with_health(&self.config.dataplane, &health.borrow_and_update());
         // On Kubernetes the zone keeps the Pod's Dataplane: the Hello carries none.
         let dataplane = if self.config.from_zone { Vec::new() } else { serde_json::to_vec(&dataplane).unwrap_or_default() };
-        let hello = Hello { protocol: PROTOCOL_VERSION, dataplane, software_version: env!("CARGO_PKG_VERSION").into() };
+        let hello = Hello { protocol: PROTOCOL_VERSION, dataplane, software_version: env!("CARGO_PKG_VERSION").into(), deltas: true };
         let _ = tx.send(msg(dataplane_message::Message::Hello(hello))).await;
         let request = match cp_client::with_bearer(ReceiverStream::new(rx), &self.config.current_token()) {
             Ok(r) => r,
@@ -158,6 +159,8 @@ impl DpsClient {
         let mut traffic = tokio::time::interval(flags.traffic_report_interval);
         traffic.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut reported = strait_api::dps::TrafficReport::default();
+        // What this stream sent of the configuration, when it comes in parts.
+        let mut assembler = Assembler::default();
         loop {
             let message = tokio::select! {
                 _ = traffic.tick() => {
@@ -185,22 +188,14 @@ impl DpsClient {
             };
             match message.message {
                 Some(zone_message::Message::Config(c)) => {
-                    let reply = match applicable(&c.json) {
-                        Ok(config) => {
-                            tracing::info!(version = c.version, "configuration applied");
-                            self.workload.follow_trust(&config.trust_bundle, &self.state);
-                            self.state.config.store(Some(Arc::new((c.version, config))));
-                            self.state.bump();
-                            release(&self.guards.config);
-                            dataplane_message::Message::Ack(Ack { version: c.version })
-                        }
-                        Err(error) => {
-                            tracing::warn!(version = c.version, %error, "refused a configuration (NACK); the previous one stays in force");
-                            self.nacks.inc();
-                            dataplane_message::Message::Nack(Nack { version: c.version, error })
-                        }
-                    };
-                    if tx.send(msg(reply)).await.is_err() {
+                    let config = applicable(&c.json).map(|config| Arc::new((c.version, config)));
+                    if !self.take(c.version, config, &tx).await {
+                        return End::Broken("request stream closed".into());
+                    }
+                }
+                Some(zone_message::Message::ConfigDelta(delta)) => {
+                    let config = assembler.apply(&delta).and_then(|config| crate::proxy::check(&config.1).map(|()| config));
+                    if !self.take(delta.version, config, &tx).await {
                         return End::Broken("request stream closed".into());
                     }
                 }
@@ -218,6 +213,29 @@ impl DpsClient {
                 None => {}
             }
         }
+    }
+}
+
+impl DpsClient {
+    /// Applies `config` (version `version`) if it is applicable, and answers the zone (ACK, or
+    /// NACK with why not); false when the stream is closed.
+    async fn take(&self, version: u64, config: Result<Arc<(u64, ProxyConfig)>, String>, tx: &mpsc::Sender<DataplaneMessage>) -> bool {
+        let reply = match config {
+            Ok(config) => {
+                tracing::info!(version, "configuration applied");
+                self.workload.follow_trust(&config.1.trust_bundle, &self.state);
+                self.state.config.store(Some(config));
+                self.state.bump();
+                release(&self.guards.config);
+                dataplane_message::Message::Ack(Ack { version })
+            }
+            Err(error) => {
+                tracing::warn!(version, %error, "refused a configuration (NACK); the previous one stays in force");
+                self.nacks.inc();
+                dataplane_message::Message::Nack(Nack { version, error })
+            }
+        };
+        tx.send(msg(reply)).await.is_ok()
     }
 }
 

@@ -96,6 +96,11 @@ fn calling(name: &str, service: &str, port: u16, calls: &[&str]) -> Vec<u8> {
 }
 
 async fn connect(env: &Env, token: &str, dp: Vec<u8>) -> Result<Sidecar, tonic::Status> {
+    connect_with(env, token, dp, false).await
+}
+
+/// A sidecar stream; `deltas`: it takes its configuration in parts.
+async fn connect_with(env: &Env, token: &str, dp: Vec<u8>, deltas: bool) -> Result<Sidecar, tonic::Status> {
     let tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(&env.zone.dps_ca_pem)).domain_name("strait-zone");
     let channel =
         Endpoint::from_shared(format!("https://{}", env.zone.dps_addr)).unwrap().tls_config(tls).unwrap().connect().await.unwrap();
@@ -105,6 +110,7 @@ async fn connect(env: &Env, token: &str, dp: Vec<u8>) -> Result<Sidecar, tonic::
             protocol: PROTOCOL_VERSION,
             dataplane: dp,
             software_version: "test".into(),
+            deltas,
         })),
     })
     .await
@@ -129,6 +135,16 @@ impl Sidecar {
         loop {
             if let zone_message::Message::Config(c) = self.next().await {
                 return (c.version, serde_json::from_slice(&c.json).unwrap());
+            }
+        }
+    }
+
+    async fn delta(&mut self) -> strait_api::dps::ConfigDelta {
+        loop {
+            match self.next().await {
+                zone_message::Message::ConfigDelta(d) => return d,
+                zone_message::Message::Config(_) => panic!("a sidecar that takes deltas got a whole configuration"),
+                _ => continue,
             }
         }
     }
@@ -528,4 +544,67 @@ async fn the_zone_data_directory_is_owner_only() {
     assert!(std::fs::read_to_string(data.join("dps-ca.pem")).unwrap().contains("CERTIFICATE"));
     env.zone.shutdown();
     env.global.shutdown();
+}
+
+/// A sidecar that takes its configuration in parts gets everything first, then only what
+/// changed: a policy write sends its settings alone, a new endpoint of a service it calls
+/// sends that service's endpoints alone, and a change that does not touch it sends nothing.
+/// Put together, the parts are the configuration a sidecar taking it whole gets; a delta it
+/// could not put together (NACK) is followed by everything again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sidecar_that_takes_deltas_gets_only_what_changed() {
+    let env = env().await;
+    let mut api = connect(&env, &env.token("api").await, dataplane("api-1", "api", 9090)).await.expect("api registers");
+    let _ = api.config().await;
+    let web_token = env.token("web").await;
+    let mut parts = connect_with(&env, &web_token, calling("web-1", "web", 8080, &["api"]), true).await.expect("web-1 registers");
+    let mut assembler = strait_api::dps_delta::Assembler::default();
+    let first = parts.delta().await;
+    assert!(!first.settings.is_empty(), "the first delta holds the settings");
+    let sent: Vec<_> = first.endpoints.iter().map(|e| e.service.as_str()).collect();
+    assert_eq!(sent, ["api"], "and every outbound's endpoints");
+    let config = assembler.apply(&first).unwrap();
+    assert_eq!(config.1.outbounds[0].endpoints.len(), 1);
+    let settings: ProxyConfig = serde_json::from_slice(&first.settings).unwrap();
+    assert!(settings.outbounds[0].endpoints.is_empty(), "settings carry no endpoints");
+
+    // A second web sidecar, taking whole configurations: an endpoint of web, which web-1 does
+    // not call, so web-1 hears nothing of it (the next delta it gets is the policy's).
+    let mut whole = connect(&env, &web_token, calling("web-2", "web", 8081, &["api"])).await.expect("web-2 registers");
+    let _ = whole.config().await;
+
+    env.put("/meshes/default/meshtrafficpermissions/deny-frontend", json!({"type": "MeshTrafficPermission", "name": "deny-frontend", "mesh": "default",
+        "spec": {"targetRef": {"kind": "MeshService", "name": "web"}, "from": [{"targetRef": {"kind": "MeshService", "name": "frontend"}, "default": {"action": "Deny"}}]}})).await;
+    let policy = parts.delta().await;
+    assert!(!policy.settings.is_empty() && policy.endpoints.is_empty(), "a policy write sends the settings alone: {policy:?}");
+    let config = assembler.apply(&policy).unwrap();
+    assert_eq!(action_for(&config.1, "frontend").as_deref(), Some("Deny"));
+    assert_eq!(config.1.outbounds[0].endpoints.len(), 1, "the endpoints sent before stay");
+
+    let mut api2 = connect(&env, &env.token("api").await, dataplane("api-2", "api", 9091)).await.expect("api-2 registers");
+    let _ = api2.config().await;
+    let endpoint = parts.delta().await;
+    assert!(endpoint.settings.is_empty(), "a new endpoint leaves the settings alone: {endpoint:?}");
+    assert_eq!(endpoint.endpoints.len(), 1);
+    let config = assembler.apply(&endpoint).unwrap();
+    let ports: std::collections::BTreeSet<u16> = config.1.outbounds[0].endpoints.iter().map(|e| e.port).collect();
+    assert_eq!(ports, [9090, 9091].into());
+
+    // The whole configuration of web-2 at the same point: the same outbounds and inbound rules.
+    let whole_config = loop {
+        let (_, c) = whole.config().await;
+        if c.outbounds[0].endpoints.len() == 2 && action_for(&c, "frontend").as_deref() == Some("Deny") {
+            break c;
+        }
+    };
+    assert_eq!(config.1.outbounds, whole_config.outbounds);
+    assert_eq!(config.1.inbounds[0].policies, whole_config.inbounds[0].policies);
+
+    // web-1 could not put the last delta together: everything comes again.
+    let nack = strait_api::dps::Nack { version: endpoint.version, error: "test".into() };
+    parts.tx.send(DataplaneMessage { message: Some(dataplane_message::Message::Nack(nack)) }).await.unwrap();
+    let again = parts.delta().await;
+    assert!(!again.settings.is_empty() && again.endpoints.len() == 1, "everything again: {again:?}");
+    let config = strait_api::dps_delta::Assembler::default().apply(&again).unwrap();
+    assert_eq!(config.1.outbounds, whole_config.outbounds);
 }

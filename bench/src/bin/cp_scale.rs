@@ -47,6 +47,19 @@ struct Args {
     /// Give up on a phase after this many seconds.
     #[arg(long, default_value_t = 300)]
     deadline_secs: u64,
+    /// Simulate sidecars that take each configuration whole, as sidecars did before
+    /// configurations came in parts (for comparison).
+    #[arg(long)]
+    whole_configs: bool,
+}
+
+/// What every simulated sidecar is like.
+#[derive(Clone, Copy)]
+struct Shape {
+    /// Services of the mesh.
+    services: usize,
+    /// Whether it takes configurations whole rather than in parts.
+    whole: bool,
 }
 
 /// What a simulated sidecar reports.
@@ -148,10 +161,15 @@ type Opened = (mpsc::Sender<DataplaneMessage>, tonic::Streaming<strait_api::dps:
 
 /// Connects and opens the DPS stream with a Hello; the error says whether to retry (the zone
 /// could not be reached or turned the connection away) or not (it refused the sidecar).
-async fn open_stream(i: usize, service: usize, zone: &Zone, token: &str, services: usize) -> Result<Opened, (String, bool)> {
+async fn open_stream(i: usize, service: usize, zone: &Zone, token: &str, shape: Shape) -> Result<Opened, (String, bool)> {
     let channel = strait_proxy_core::cp_client::connect(&zone.dps, &zone.ca_pem, "strait-zone", None).await.map_err(|e| (e, true))?;
     let (tx, rx) = mpsc::channel(8);
-    let hello = Hello { protocol: PROTOCOL_VERSION, dataplane: dataplane(i, service, services), software_version: "cp-scale".into() };
+    let hello = Hello {
+        protocol: PROTOCOL_VERSION,
+        dataplane: dataplane(i, service, shape.services),
+        software_version: "cp-scale".into(),
+        deltas: !shape.whole,
+    };
     let _ = tx.send(DataplaneMessage { message: Some(dataplane_message::Message::Hello(hello)) }).await;
     let mut request = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
     let value = format!("Bearer {token}").parse().map_err(|_| ("the token is not a header value".to_string(), false))?;
@@ -165,14 +183,14 @@ async fn open_stream(i: usize, service: usize, zone: &Zone, token: &str, service
 
 /// One simulated sidecar: registers, asks for its certificate, acknowledges every
 /// configuration, and reports what it receives until the stream ends.
-async fn sidecar(i: usize, service: usize, zone: Arc<Zone>, token: Arc<String>, services: usize, seen: mpsc::UnboundedSender<Seen>) {
+async fn sidecar(i: usize, service: usize, zone: Arc<Zone>, token: Arc<String>, shape: Shape, seen: mpsc::UnboundedSender<Seen>) {
     let failed = |why: String| {
         let _ = seen.send(Seen::Failed { sidecar: i, why });
     };
     // Connection refusals are retried as a sidecar does (exponential back-off with jitter).
     let mut attempt = 0u32;
     let (tx, mut inbound) = loop {
-        match open_stream(i, service, &zone, &token, services).await {
+        match open_stream(i, service, &zone, &token, shape).await {
             Ok(opened) => break opened,
             Err((_, true)) if attempt < RECONNECT_ATTEMPTS => {
                 RECONNECTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -190,10 +208,22 @@ async fn sidecar(i: usize, service: usize, zone: Arc<Zone>, token: Arc<String>, 
         Err(e) => return failed(e.to_string()),
     }
     let marker = format!("\"{PROBE}\"");
-    let calls_svc0 = (service + 1) % services == 0;
+    let calls_svc0 = (service + 1) % shape.services == 0;
+    // In parts, the settings say whether the probe policy is there until new settings come.
+    let mut probe = false;
     loop {
         match inbound.message().await {
             Ok(Some(message)) => match message.message {
+                Some(zone_message::Message::ConfigDelta(delta)) => {
+                    if !delta.settings.is_empty() {
+                        probe = String::from_utf8_lossy(&delta.settings).contains(&marker);
+                    }
+                    let part = delta.endpoints.iter().find(|e| calls_svc0 && e.service == "svc-0");
+                    let svc0 = part.and_then(|e| serde_json::from_slice::<Vec<Value>>(&e.json).ok()).map(|list| list.len());
+                    let bytes = delta.settings.len() + delta.endpoints.iter().map(|e| e.json.len()).sum::<usize>();
+                    let _ = seen.send(Seen::Config { sidecar: i, bytes, probe, svc0_endpoints: svc0 });
+                    let _ = tx.send(send(dataplane_message::Message::Ack(Ack { version: delta.version }))).await;
+                }
                 Some(zone_message::Message::Config(config)) => {
                     let text = String::from_utf8_lossy(&config.json);
                     let probe = text.contains(&marker);
@@ -269,6 +299,7 @@ fn mb(bytes: u64) -> f64 {
 async fn main() -> Result<(), Error> {
     let args = Args::parse();
     let deadline = Duration::from_secs(args.deadline_secs);
+    let shape = Shape { services: args.services.max(1), whole: args.whole_configs };
     let cp = ControlPlane::start(0).await?;
     let mut children = Children::default();
     let mut zones = Vec::new();
@@ -283,8 +314,9 @@ async fn main() -> Result<(), Error> {
     tokio::time::sleep(Duration::from_secs(2)).await;
     let baseline: Vec<(u64, f64)> = zones.iter().map(|z| (rss_bytes(z.pid), cpu_seconds(z.pid))).collect();
     println!(
-        "cp_scale: {} sidecars, {} zone(s), {} services; zone RSS before: {}",
+        "cp_scale: {} sidecars ({}), {} zone(s), {} services; zone RSS before: {}",
         args.sidecars,
+        if shape.whole { "whole configurations" } else { "configurations in parts" },
         zones.len(),
         args.services,
         baseline.iter().map(|(rss, _)| format!("{:.1} MB", mb(*rss))).collect::<Vec<_>>().join(", ")
@@ -295,7 +327,7 @@ async fn main() -> Result<(), Error> {
     let storm = Instant::now();
     for i in 0..args.sidecars {
         let (zone, token) = (zones[i % zones.len()].clone(), tokens[i % tokens.len()].clone());
-        tokio::spawn(sidecar(i, i % args.services.max(1), zone, token, args.services.max(1), seen_tx.clone()));
+        tokio::spawn(sidecar(i, i % args.services.max(1), zone, token, shape, seen_tx.clone()));
     }
     let n = args.sidecars;
     let total = n + args.scale_endpoints;
@@ -399,7 +431,7 @@ async fn main() -> Result<(), Error> {
         let start = Instant::now();
         for i in n..total {
             let (zone, token) = (zones[i % zones.len()].clone(), tokens[0].clone());
-            tokio::spawn(sidecar(i, 0, zone, token, args.services.max(1), seen_tx.clone()));
+            tokio::spawn(sidecar(i, 0, zone, token, shape, seen_tx.clone()));
         }
         let done = |t: &Tally| callers.iter().all(|c| t.svc0.get(c).is_some_and(|&e| e >= want[c]));
         while !done(&t) && start.elapsed() < deadline {

@@ -14,6 +14,7 @@ pub mod changes;
 pub mod cp_env;
 pub mod gateway;
 pub mod inputs;
+pub mod sent;
 pub mod session;
 pub mod tls;
 
@@ -498,6 +499,7 @@ impl DataplaneSync for DpsService {
             id,
             token,
             tx,
+            in_parts: hello.deltas,
             nacked: Default::default(),
             sent: Default::default(),
             inspecting: Default::default(),

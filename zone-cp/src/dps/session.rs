@@ -10,11 +10,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use serde_json::json;
 use strait_api::dataplane::InboundHealth;
 use strait_api::dps::{dataplane_message, zone_message, Certificate, DataplaneMessage, Health, InspectRequest, ZoneMessage};
-use strait_api::{proxy_config, Resource, ResourceType, Spec};
+use strait_api::{Resource, ResourceType, Spec};
 use strait_cp_core::kinds::DATAPLANE_NACK;
 use strait_store::{Key, Precondition};
 use tonic::{Status, Streaming};
 
+use super::sent::Sent;
 use super::DpsShared;
 
 /// A connected sidecar.
@@ -31,6 +32,8 @@ pub struct Session {
     /// The dataplane token it connected with; the session ends when it expires or is revoked.
     pub(super) token: super::TokenHold,
     pub(super) tx: super::Outbox,
+    /// Whether the sidecar takes its configuration in parts (its Hello says `deltas`).
+    pub(super) in_parts: bool,
     /// Whether the sidecar's latest answer was a NACK (recorded in the store while it lasts).
     pub(super) nacked: AtomicBool,
     /// The version of the last configuration sent, and when, until the sidecar answers.
@@ -87,8 +90,8 @@ impl Session {
             self.shared.resources.put(&self.dp).await.map_err(unavailable)?;
             crate::inventory::refresh(&self.shared.resources, &self.shared.inventory).await;
         }
-        let mut last: Option<Vec<u8>> = None;
-        self.push_config(&mut last).await?;
+        let mut sent = Sent::new(self.in_parts);
+        self.push_config(&mut sent).await?;
         let mut questions = self.shared.inspectors.register(&self.id);
         let mut leading = self.shared.leading.clone();
         loop {
@@ -115,11 +118,17 @@ impl Session {
                         self.token.check(&self.shared.resources).await?;
                     }
                     if relevant {
-                        self.push_config(&mut last).await?;
+                        self.push_config(&mut sent).await?;
                     }
                 }
                 message = inbound.message() => match message {
-                    Ok(Some(m)) => self.handle(m).await?,
+                    Ok(Some(m)) => {
+                        let refused = self.handle(m).await?;
+                        if refused.is_some_and(|version| sent.refused(version)) {
+                            tracing::info!("sending the whole configuration again: the sidecar could not put the last change together");
+                            self.push_config(&mut sent).await?;
+                        }
+                    }
                     Ok(None) => return Ok(()),
                     Err(s) => return Err(Status::aborted(format!("sidecar stream failed: {}", s.message()))),
                 },
@@ -134,14 +143,22 @@ impl Session {
             && (key.mesh == self.mesh || (key.kind == "Mesh" && key.name == self.mesh) || crate::gateways::affects_remote(key))
     }
 
-    /// Recomputes the configuration and sends it if it differs from the last one sent. Its
-    /// version is the zone store's revision it was computed at, so versions only grow, across
-    /// reconnects and zone restarts too.
-    async fn push_config(&self, last: &mut Option<Vec<u8>>) -> Result<(), Status> {
+    /// Recomputes the configuration and sends what changed. Its version is the zone store's
+    /// revision it was computed at, so versions only grow, across reconnects and zone restarts
+    /// too.
+    async fn push_config(&self, sent: &mut Sent) -> Result<(), Status> {
         let version = self.shared.resources.store().revision();
         let dp = self.current().await?;
-        let config = match self.compute(&dp, version).await? {
-            Ok(config) => config,
+        let inputs = self.shared.inputs.get(&self.shared.resources, &self.shared.zone, &self.mesh, version).await?;
+        let lifetime = inputs.certificate_lifetime.as_secs();
+        let built = if sent.in_parts() {
+            inputs.view.build_settings(&dp, inputs.bundle.clone(), lifetime)
+        } else {
+            inputs.view.build(&dp, inputs.bundle.clone(), lifetime)
+        };
+        let config = match built {
+            Ok(Some(config)) => config,
+            Ok(None) => return Err(Status::internal("not a Dataplane")),
             Err(e) => {
                 // The sidecar keeps what it has; nothing it could not apply is sent.
                 tracing::error!(version, error = %e, "a merged policy does not fit its type; the sidecar keeps its configuration");
@@ -149,7 +166,7 @@ impl Session {
             }
         };
         self.shared.targets.set(&self.shared.zone, &dp, &config);
-        let Some(message) = super::changed_config(&config, version, last)? else { return Ok(()) };
+        let Some(message) = sent.next(&config, &inputs.view, version)? else { return Ok(()) };
         tracing::debug!(version, "sending configuration");
         self.tx.send(Box::new(Ok(message))).await.map_err(|_| Status::cancelled("sidecar stream closed"))?;
         *self.sent.lock().unwrap_or_else(|p| p.into_inner()) = Some((version, std::time::Instant::now()));
@@ -171,16 +188,6 @@ impl Session {
         }
     }
 
-    async fn compute(&self, dp: &Resource, version: u64) -> Result<Result<proxy_config::ProxyConfig, proxy_config::PolicyError>, Status> {
-        let inputs = self.shared.inputs.get(&self.shared.resources, &self.shared.zone, &self.mesh, version).await?;
-        let lifetime = inputs.certificate_lifetime.as_secs();
-        match inputs.view.build(dp, inputs.bundle.clone(), lifetime) {
-            Ok(Some(config)) => Ok(Ok(config)),
-            Ok(None) => Err(Status::internal("not a Dataplane")),
-            Err(e) => Ok(Err(e)),
-        }
-    }
-
     async fn certificate_lifetime(&self) -> Result<std::time::Duration, Status> {
         match self.shared.resources.get(ResourceType::Mesh, None, &self.mesh).await.map_err(unavailable)? {
             Some(Resource { spec: Spec::Mesh(m), .. }) => Ok(m.certificate_lifetime().get()),
@@ -188,7 +195,8 @@ impl Session {
         }
     }
 
-    async fn handle(&self, message: DataplaneMessage) -> Result<(), Status> {
+    /// Takes one message of the sidecar; the version it refused, if it is a NACK.
+    async fn handle(&self, message: DataplaneMessage) -> Result<Option<u64>, Status> {
         match message.message {
             Some(dataplane_message::Message::Ack(ack)) => {
                 tracing::debug!(version = ack.version, "configuration applied");
@@ -202,6 +210,7 @@ impl Session {
                 tracing::warn!(version = nack.version, error = %nack.error, "sidecar refused its configuration (NACK); it keeps its previous one");
                 self.shared.metrics.config_nacks.inc();
                 self.record_nack(nack.version, &nack.error).await;
+                return Ok(Some(nack.version));
             }
             Some(dataplane_message::Message::CertificateRequest(req)) => {
                 self.token.check(&self.shared.resources).await?;
@@ -228,7 +237,7 @@ impl Session {
             // A newer sidecar's message this zone does not know yet: nothing to do with it.
             None => tracing::debug!("ignored a message of a kind this zone does not know"),
         }
-        Ok(())
+        Ok(None)
     }
 
     /// Takes the sidecar's probe results into its Dataplane: an inbound that is not ready
