@@ -607,4 +607,29 @@ async fn a_sidecar_that_takes_deltas_gets_only_what_changed() {
     assert!(!again.settings.is_empty() && again.endpoints.len() == 1, "everything again: {again:?}");
     let config = strait_api::dps_delta::Assembler::default().apply(&again).unwrap();
     assert_eq!(config.1.outbounds, whole_config.outbounds);
+
+    // Sidecars alike share their settings' computation, but not what a policy gives one of
+    // them by name.
+    let mut twin = connect_with(&env, &web_token, calling("web-3", "web", 8080, &["api"]), true).await.expect("web-3 registers");
+    let mut twin_assembler = strait_api::dps_delta::Assembler::default();
+    let twin_first = twin_assembler.apply(&twin.delta().await).unwrap();
+    assert_eq!((twin_first.1.dataplane.as_str(), &twin_first.1.outbounds), ("web-3", &config.1.outbounds));
+    env.put("/meshes/default/meshtimeouts/web-1-only", json!({"type": "MeshTimeout", "name": "web-1-only", "mesh": "default",
+        "spec": {"targetRef": {"kind": "Dataplane", "name": "web-1"}, "to": [{"targetRef": {"kind": "Mesh"}, "default": {"idleTimeout": "7s"}}]}})).await;
+    let named = assembler.apply(&parts.delta().await).unwrap();
+    let idle = |c: &ProxyConfig| {
+        c.outbounds[0].policies.timeout.as_ref().and_then(|t| serde_json::to_value(t).ok()).map(|t| t["idleTimeout"].clone())
+    };
+    assert_eq!(idle(&named.1), Some(json!("7s")));
+    env.put(
+        "/meshes/default/meshtimeouts/everyone",
+        json!({"type": "MeshTimeout", "name": "everyone", "mesh": "default",
+        "spec": {"targetRef": {"kind": "Mesh"}, "to": [{"targetRef": {"kind": "Mesh"}, "default": {"connectionTimeout": "3s"}}]}}),
+    )
+    .await;
+    let twin_now = twin_assembler.apply(&twin.delta().await).unwrap();
+    assert_eq!(twin_now.1.dataplane, "web-3");
+    let conf = serde_json::to_value(twin_now.1.outbounds[0].policies.timeout.as_ref().expect("everyone's timeout")).unwrap();
+    assert_eq!(conf["connectionTimeout"], "3s");
+    assert_ne!(conf["idleTimeout"], "7s", "web-1's own timeout stays web-1's: {conf}");
 }
