@@ -1,7 +1,7 @@
 //! A sidecar's configuration sent in parts over DPS ([`ConfigDelta`]): the settings (the
 //! configuration without its outbounds' endpoints) and each outbound's endpoints, each part
-//! sent again only when it changed. A policy write then sends each sidecar a few hundred bytes
-//! of settings instead of every endpoint it reaches, and an endpoint that comes or goes sends
+//! sent again only when it changed. A policy write then sends each sidecar its settings alone
+//! rather than with every endpoint it reaches, and an endpoint that comes or goes sends
 //! one service's list, encoded once for all its callers.
 //!
 //! In: the stream's [`ConfigDelta`]s, in order. Out: each version's whole [`ProxyConfig`].

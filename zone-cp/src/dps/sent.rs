@@ -63,9 +63,10 @@ impl Sent {
         }
     }
 
-    /// The sidecar refused `version`: whether to send everything again now. A delta it could
-    /// not put together leaves it nothing to apply the next one on; a configuration it found
-    /// wrong whole is not sent again until something changes.
+    /// The sidecar refused `version`: whether to send everything again now. After a partial
+    /// delta it may have nothing to apply the next one on (it could not put this one
+    /// together), so everything goes again once; a delta that held everything is not sent
+    /// again until something changes.
     pub fn refused(&mut self, version: u64) -> bool {
         let Sent::Parts(parts) = self else { return false };
         if parts.last != Some((version, false)) {
