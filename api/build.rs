@@ -8,13 +8,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let kds = protox::compile(["strait/kds/v1/kds.proto"], ["proto"])?;
     tonic_build::configure().build_client(true).build_server(true).extern_path(".strait.dps.v1", "crate::dps").compile_fds(kds)?;
     let dps = protox::compile(["strait/dps/v1/dps.proto"], ["proto"])?;
-    // A service's endpoints are encoded once per change and shared by every sidecar that
-    // reaches it: `Bytes`, which clone without copying.
+    // A service's endpoints, and the settings of sidecars configured alike, are encoded once
+    // per change and shared by every sidecar that takes them: `Bytes`, which clone without
+    // copying.
     tonic_build::configure()
         .build_client(true)
         .build_server(true)
         .codec_path("crate::dps_codec::DpsCodec")
-        .bytes([".strait.dps.v1.ServiceEndpoints.json"])
+        .bytes([".strait.dps.v1.ServiceEndpoints.json", ".strait.dps.v1.ConfigDelta.settings"])
         .compile_fds(dps)?;
     Ok(())
 }

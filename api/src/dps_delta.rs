@@ -15,6 +15,8 @@ use crate::proxy_config::{Endpoint, ProxyConfig};
 /// The sidecar's side of one stream: what the zone sent so far, put back together.
 #[derive(Default)]
 pub struct Assembler {
+    /// The stream's Dataplane: the name of settings that come without one.
+    dataplane: String,
     /// The configuration of the stream's latest delta, with its version (applied or refused:
     /// the next delta is what changed since it was sent). `None` before the first delta, and
     /// after one that could not be put together (the zone then sends everything again).
@@ -22,6 +24,11 @@ pub struct Assembler {
 }
 
 impl Assembler {
+    /// Nothing received yet on the stream of Dataplane `dataplane`.
+    pub fn new(dataplane: &str) -> Assembler {
+        Assembler { dataplane: dataplane.to_string(), current: None }
+    }
+
     /// The whole configuration of `delta`'s version.
     pub fn apply(&mut self, delta: &ConfigDelta) -> Result<Arc<(u64, ProxyConfig)>, String> {
         match self.assemble(delta) {
@@ -52,8 +59,12 @@ impl Assembler {
                 previous.ok_or("a configuration change came without the configuration it changes (no earlier one on this stream)")?;
             (previous.clone(), false)
         } else {
-            let settings: ProxyConfig =
+            let mut settings: ProxyConfig =
                 serde_json::from_slice(&delta.settings).map_err(|e| format!("the configuration does not parse: {e}"))?;
+            if settings.dataplane.is_empty() {
+                // Settings shared by the sidecars configured alike name none: this stream's.
+                settings.dataplane.clone_from(&self.dataplane);
+            }
             (settings, true)
         };
         let services: BTreeSet<String> = config.outbounds.iter().map(|o| o.service.clone()).collect();
@@ -80,8 +91,9 @@ impl Assembler {
 mod tests {
     use super::*;
     use crate::dps::ServiceEndpoints;
+    use prost::bytes::Bytes;
 
-    fn settings(outbounds: &[&str], timeout: u64) -> Vec<u8> {
+    fn settings(outbounds: &[&str], timeout: u64) -> Bytes {
         let outbounds: Vec<_> = outbounds
             .iter()
             .map(|s| {
@@ -94,6 +106,7 @@ mod tests {
             "outbounds": outbounds, "trustBundle": {"roots": []}, "certificateLifetimeSecs": timeout, "proxy": {}
         }))
         .unwrap()
+        .into()
     }
 
     fn endpoints(service: &str, addresses: &[&str]) -> ServiceEndpoints {
@@ -129,7 +142,7 @@ mod tests {
 
         // One service's endpoints alone: the settings stay.
         let config = assembler
-            .apply(&ConfigDelta { version: 3, settings: vec![], endpoints: vec![endpoints("db", &["10.0.0.2", "10.0.0.3"])] })
+            .apply(&ConfigDelta { version: 3, settings: Bytes::new(), endpoints: vec![endpoints("db", &["10.0.0.2", "10.0.0.3"])] })
             .unwrap();
         assert_eq!((config.1.certificate_lifetime_secs, addresses(&config.1, "db").len(), addresses(&config.1, "api").len()), (90, 2, 1));
 
@@ -149,8 +162,9 @@ mod tests {
     #[test]
     fn a_delta_that_cannot_be_put_together_is_refused_by_name_until_everything_comes_again() {
         let mut assembler = Assembler::default();
-        let err =
-            assembler.apply(&ConfigDelta { version: 1, settings: vec![], endpoints: vec![endpoints("api", &["10.0.0.1"])] }).unwrap_err();
+        let err = assembler
+            .apply(&ConfigDelta { version: 1, settings: Bytes::new(), endpoints: vec![endpoints("api", &["10.0.0.1"])] })
+            .unwrap_err();
         assert!(err.contains("without the configuration it changes"), "{err}");
         let err = assembler.apply(&ConfigDelta { version: 2, settings: settings(&["api"], 60), endpoints: vec![] }).unwrap_err();
         assert!(err.contains("outbound \"api\" is new"), "{err}");
@@ -175,8 +189,19 @@ mod tests {
             .apply(&ConfigDelta { version: 5, settings: settings(&["api"], 60), endpoints: vec![endpoints("api", &["10.0.0.1"])] })
             .unwrap();
         // A refused part leaves nothing to build on: the next partial delta is refused too.
-        assert!(assembler.apply(&ConfigDelta { version: 6, settings: b"[]".to_vec(), endpoints: vec![] }).is_err());
-        let err = assembler.apply(&ConfigDelta { version: 7, settings: vec![], endpoints: vec![endpoints("api", &[])] }).unwrap_err();
+        assert!(assembler.apply(&ConfigDelta { version: 6, settings: Bytes::from_static(b"[]"), endpoints: vec![] }).is_err());
+        let err = assembler.apply(&ConfigDelta { version: 7, settings: Bytes::new(), endpoints: vec![endpoints("api", &[])] }).unwrap_err();
         assert!(err.contains("without the configuration it changes"), "{err}");
+    }
+
+    #[test]
+    fn shared_settings_take_the_name_of_the_stream() {
+        let mut shared: serde_json::Value = serde_json::from_slice(&settings(&[], 60)).unwrap();
+        shared["dataplane"] = "".into();
+        let shared = ConfigDelta { version: 1, settings: serde_json::to_vec(&shared).unwrap().into(), endpoints: vec![] };
+        assert_eq!(Assembler::new("web-2").apply(&shared).unwrap().1.dataplane, "web-2");
+        // Settings that name their Dataplane keep the name.
+        let named = ConfigDelta { version: 1, settings: settings(&[], 60), endpoints: vec![] };
+        assert_eq!(Assembler::new("web-2").apply(&named).unwrap().1.dataplane, "web-1");
     }
 }

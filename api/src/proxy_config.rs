@@ -186,6 +186,9 @@ pub struct MeshView {
     /// shared by every sidecar that reaches the service.
     encoded: BTreeMap<String, std::sync::OnceLock<prost::bytes::Bytes>>,
     route_backends: BTreeMap<String, std::collections::BTreeSet<String>>,
+    /// Whether a policy selects a proxy by its Dataplane's name: sidecars alike then differ by
+    /// name too (see [`MeshView::shape_of`]).
+    names_matter: bool,
 }
 
 impl MeshView {
@@ -196,7 +199,20 @@ impl MeshView {
         add_remote_endpoints(&mut endpoints, remote, mesh, zone);
         let policies = crate::merge::Policies::new(resources);
         let encoded = endpoints.keys().map(|s| (s.clone(), std::sync::OnceLock::new())).collect();
-        MeshView { zone: zone.to_string(), route_backends: route_backends(&policies), policies, endpoints, encoded }
+        let names_matter = policies.specs().any(|(_, spec)| names_a_dataplane(spec));
+        MeshView { zone: zone.to_string(), route_backends: route_backends(&policies), policies, endpoints, encoded, names_matter }
+    }
+
+    /// What the settings of `dp` ([`MeshView::build_settings`], but for the Dataplane's name)
+    /// are made of in this view, as a key: its mesh, inbounds, outbounds and transparent
+    /// proxying, and its name only when a policy selects a Dataplane by name. Sidecars of one
+    /// shape (the replicas of a service, alike but for their address) get the same settings,
+    /// computed once. `None` when `dp` is not a Dataplane of a mesh.
+    pub fn shape_of(&self, dp: &Resource) -> Option<String> {
+        let Spec::Dataplane(spec) = &dp.spec else { return None };
+        let name = if self.names_matter { dp.name.as_str() } else { "" };
+        let n = &spec.networking;
+        serde_json::to_string(&(dp.mesh.as_deref()?, name, &n.inbound, &n.outbound, &n.transparent_proxying)).ok()
     }
 
     /// The endpoints of `service` as JSON (a list of [`Endpoint`]), encoded once per view;
@@ -368,6 +384,18 @@ fn route_backends(policies: &crate::merge::Policies) -> BTreeMap<String, std::co
     out
 }
 
+/// Whether a `targetRef` under `value` selects a Dataplane (by name).
+fn names_a_dataplane(value: &serde_json::Value) -> bool {
+    use serde_json::Value;
+    match value {
+        Value::Object(map) => map.iter().any(|(key, inner)| {
+            (key == "targetRef" && inner.get("kind").and_then(Value::as_str) == Some("Dataplane")) || names_a_dataplane(inner)
+        }),
+        Value::Array(list) => list.iter().any(names_a_dataplane),
+        _ => false,
+    }
+}
+
 /// The `name` of every `backendRef` and `backendRefs` entry under `value`.
 fn backend_names(value: &serde_json::Value, out: &mut Vec<String>) {
     use serde_json::Value;
@@ -518,6 +546,30 @@ spec:
         assert_eq!(wire["outbounds"][0]["policies"]["MeshTimeout"]["idleTimeout"], "5s", "keyed by policy type on the wire");
         assert_eq!(serde_json::from_value::<ProxyConfig>(wire).unwrap(), cfg, "what the zone sends is what the sidecar reads");
         assert!(cfg.outbounds.iter().all(|o| o.service != "web"), "no explicit outbound and no transparent proxying: not a destination");
+    }
+
+    #[test]
+    fn sidecars_alike_but_for_address_and_name_share_a_shape_until_a_policy_names_one() {
+        let dataplane = |name: &str, address: &str, outbound: &str| {
+            format!(
+                "type: Dataplane\nname: {name}\nmesh: default\nspec:\n  networking:\n    address: {address}\n    inbound: [{{port: 8080, tags: {{strait.io/service: web}}}}]\n    outbound: [{{port: 10001, tags: {{strait.io/service: {outbound}}}}}]\n---\n"
+            )
+        };
+        let docs =
+            dataplane("web-1", "192.0.2.1", "api") + &dataplane("web-2", "192.0.2.2", "api") + &dataplane("web-3", "192.0.2.3", "db");
+        let mut resources: Vec<Resource> = parse_documents(&docs).into_iter().map(|r| r.unwrap()).collect();
+        let view = MeshView::new("default", "zone-1", &resources, &Remote::default());
+        let shapes: Vec<String> = resources.iter().map(|r| view.shape_of(r).unwrap()).collect();
+        assert_eq!(shapes[0], shapes[1], "replicas differ by address and name only");
+        assert_ne!(shapes[0], shapes[2], "another outbound is another shape");
+
+        let named = "type: MeshTimeout\nname: t\nmesh: default\nspec:\n  targetRef: {kind: Dataplane, name: web-1}\n  to: [{targetRef: {kind: Mesh}, default: {idleTimeout: 5s}}]\n";
+        resources.extend(parse_documents(named).into_iter().map(|r| r.unwrap()));
+        let view = MeshView::new("default", "zone-1", &resources, &Remote::default());
+        assert_ne!(view.shape_of(&resources[0]).unwrap(), view.shape_of(&resources[1]).unwrap(), "a policy selects web-1 by name");
+        let settings = |dp: &Resource| view.build_settings(dp, MeshTrust::default(), 60).unwrap().unwrap();
+        assert_ne!(settings(&resources[0]).outbounds, settings(&resources[1]).outbounds);
+        assert_eq!(view.shape_of(&resources[3]), None, "not a Dataplane");
     }
 
     #[test]

@@ -240,6 +240,19 @@ pub struct Measured {
     pub cpu: Vec<f64>,
     /// The peak memory of each proxy during the runs.
     pub peak_rss: Vec<u64>,
+    /// Each round's own figures, in round order.
+    pub rounds: Vec<Round>,
+}
+
+/// One round of one path: its p50 and p99 latency and the CPU seconds of all its proxies.
+#[derive(Debug, Clone, Copy)]
+pub struct Round {
+    /// Median latency of the round.
+    pub p50: Duration,
+    /// 99th percentile latency of the round.
+    pub p99: Duration,
+    /// CPU seconds of every proxy of the path during the round.
+    pub cpu: f64,
 }
 
 /// The load flags the sidecar benchmarks share (`#[command(flatten)]`).
@@ -298,7 +311,12 @@ impl Plan<'_> {
     pub async fn measure(&self, targets: &[Target]) -> std::io::Result<Vec<Measured>> {
         let mut results: Vec<Measured> = targets
             .iter()
-            .map(|t| Measured { outcome: Default::default(), cpu: vec![0.0; t.proxies.len()], peak_rss: vec![0; t.proxies.len()] })
+            .map(|t| Measured {
+                outcome: Default::default(),
+                cpu: vec![0.0; t.proxies.len()],
+                peak_rss: vec![0; t.proxies.len()],
+                rounds: Vec::new(),
+            })
             .collect();
         for round in 0..self.rounds {
             // Each round starts one path further, so that no path is always measured right
@@ -311,17 +329,24 @@ impl Plan<'_> {
                 let outcome =
                     crate::load::constant_rate(t.addr, self.path, self.rate, Duration::from_secs(self.seconds), self.connections).await?;
                 let peaks = sampler.stop();
+                let mut cpu = 0.0;
                 for (i, p) in t.proxies.iter().enumerate() {
-                    m.cpu[i] += p.cpu() - cpu_before[i];
+                    let used = p.cpu() - cpu_before[i];
+                    m.cpu[i] += used;
+                    cpu += used;
                     m.peak_rss[i] = m.peak_rss[i].max(peaks[i]);
                 }
+                let mut latencies = outcome.latencies.clone();
+                let figures = Round { p50: crate::percentile(&mut latencies, 50.0), p99: crate::percentile(&mut latencies, 99.0), cpu };
                 eprintln!(
-                    "round {}: {} p50 {} ({} errors)",
+                    "round {}: {} p50 {} p99 {} ({} errors)",
                     round + 1,
                     t.name,
-                    crate::ms(crate::percentile(&mut outcome.latencies.clone(), 50.0)),
+                    crate::ms(figures.p50),
+                    crate::ms(figures.p99),
                     outcome.errors
                 );
+                m.rounds.push(figures);
                 m.outcome.merge(outcome);
             }
         }

@@ -160,7 +160,7 @@ impl DpsClient {
         traffic.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut reported = strait_api::dps::TrafficReport::default();
         // What this stream sent of the configuration, when it comes in parts.
-        let mut assembler = Assembler::default();
+        let mut assembler = Assembler::new(&self.config.dataplane.name);
         loop {
             let message = tokio::select! {
                 _ = traffic.tick() => {

@@ -558,7 +558,7 @@ async fn a_sidecar_that_takes_deltas_gets_only_what_changed() {
     let _ = api.config().await;
     let web_token = env.token("web").await;
     let mut parts = connect_with(&env, &web_token, calling("web-1", "web", 8080, &["api"]), true).await.expect("web-1 registers");
-    let mut assembler = strait_api::dps_delta::Assembler::default();
+    let mut assembler = strait_api::dps_delta::Assembler::new("web-1");
     let first = parts.delta().await;
     assert!(!first.settings.is_empty(), "the first delta holds the settings");
     let sent: Vec<_> = first.endpoints.iter().map(|e| e.service.as_str()).collect();
@@ -567,6 +567,7 @@ async fn a_sidecar_that_takes_deltas_gets_only_what_changed() {
     assert_eq!(config.1.outbounds[0].endpoints.len(), 1);
     let settings: ProxyConfig = serde_json::from_slice(&first.settings).unwrap();
     assert!(settings.outbounds[0].endpoints.is_empty(), "settings carry no endpoints");
+    assert_eq!((settings.dataplane.as_str(), config.1.dataplane.as_str()), ("", "web-1"), "shared settings name no sidecar");
 
     // A second web sidecar, taking whole configurations: an endpoint of web, which web-1 does
     // not call, so web-1 hears nothing of it (the next delta it gets is the policy's).
@@ -605,13 +606,13 @@ async fn a_sidecar_that_takes_deltas_gets_only_what_changed() {
     parts.tx.send(DataplaneMessage { message: Some(dataplane_message::Message::Nack(nack)) }).await.unwrap();
     let again = parts.delta().await;
     assert!(!again.settings.is_empty() && again.endpoints.len() == 1, "everything again: {again:?}");
-    let config = strait_api::dps_delta::Assembler::default().apply(&again).unwrap();
+    let config = strait_api::dps_delta::Assembler::new("web-1").apply(&again).unwrap();
     assert_eq!(config.1.outbounds, whole_config.outbounds);
 
     // Sidecars alike share their settings' computation, but not what a policy gives one of
     // them by name.
     let mut twin = connect_with(&env, &web_token, calling("web-3", "web", 8080, &["api"]), true).await.expect("web-3 registers");
-    let mut twin_assembler = strait_api::dps_delta::Assembler::default();
+    let mut twin_assembler = strait_api::dps_delta::Assembler::new("web-3");
     let twin_first = twin_assembler.apply(&twin.delta().await).unwrap();
     assert_eq!((twin_first.1.dataplane.as_str(), &twin_first.1.outbounds), ("web-3", &config.1.outbounds));
     env.put("/meshes/default/meshtimeouts/web-1-only", json!({"type": "MeshTimeout", "name": "web-1-only", "mesh": "default",

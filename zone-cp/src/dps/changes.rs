@@ -116,7 +116,7 @@ impl Subscription {
     }
 
     /// A change already waiting, if any.
-    fn ready(&mut self) -> Option<Change> {
+    pub fn ready(&mut self) -> Option<Change> {
         match self.rx.try_recv() {
             Ok(change) => Some(change),
             Err(broadcast::error::TryRecvError::Lagged(_)) => Some(Change::Missed),

@@ -8,10 +8,11 @@
 //! In: the store and the revision a session computes at. Out: [`MeshInputs`], behind an `Arc`.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use strait_api::proxy_config::{MeshTrust, MeshView};
+use bytes::Bytes;
+use strait_api::proxy_config::{MeshTrust, MeshView, ProxyConfig};
 use strait_api::{Resource, ResourceType, Spec};
 use strait_cp_core::resources::Resources;
 use strait_store::Key;
@@ -27,6 +28,47 @@ pub struct MeshInputs {
     pub bundle: MeshTrust,
     /// The lifetime of the mesh's workload certificates.
     pub certificate_lifetime: Duration,
+    /// The settings of each shape of sidecar ([`MeshView::shape_of`]), computed by the first
+    /// session that needs them; the others wait for that one rather than compute them again.
+    settings: Mutex<HashMap<String, Arc<OnceLock<Built>>>>,
+}
+
+/// The settings of a shape, or why they could not be made.
+type Built = Result<Option<Arc<SharedSettings>>, String>;
+
+/// The settings part of a configuration ([`MeshView::build_settings`]) that every sidecar of
+/// one shape gets: computed, encoded and digested once per mesh inputs. They name no
+/// Dataplane: a sidecar takes them as its own.
+pub struct SharedSettings {
+    /// The settings, `dataplane` empty.
+    pub config: ProxyConfig,
+    /// Their JSON, sent as is to every sidecar of the shape.
+    pub json: Bytes,
+    /// The SHA-256 of `json`.
+    pub digest: Vec<u8>,
+}
+
+impl MeshInputs {
+    /// The inputs of a mesh, with no settings computed yet.
+    pub fn new(revision: u64, view: MeshView, bundle: MeshTrust, certificate_lifetime: Duration) -> MeshInputs {
+        MeshInputs { revision, view, bundle, certificate_lifetime, settings: Mutex::default() }
+    }
+
+    /// The settings of Dataplane `dp`, shared with the sidecars of its shape. `Ok(None)` when
+    /// `dp` is not a Dataplane of a mesh; an error when a merged conf does not fit its type.
+    pub fn settings(&self, dp: &strait_api::Resource) -> Built {
+        let Some(shape) = self.view.shape_of(dp) else { return Ok(None) };
+        let slot = self.settings.lock().unwrap_or_else(|p| p.into_inner()).entry(shape).or_default().clone();
+        slot.get_or_init(|| {
+            let built = self.view.build_settings(dp, self.bundle.clone(), self.certificate_lifetime.as_secs());
+            let Some(mut config) = built.map_err(|e| e.to_string())? else { return Ok(None) };
+            config.dataplane.clear();
+            let json = serde_json::to_vec(&config).map_err(|e| format!("the settings do not encode: {e}"))?;
+            let digest = strait_pki::pem::sha256(&json);
+            Ok(Some(Arc::new(SharedSettings { config, json: json.into(), digest })))
+        })
+        .clone()
+    }
 }
 
 /// The latest inputs of each mesh; cheap to clone.
@@ -79,5 +121,42 @@ async fn read(resources: &Resources, zone: &str, mesh: &str, revision: u64) -> R
     let view = tokio::task::spawn_blocking(move || MeshView::new(&mesh, &zone, &all, &remote))
         .await
         .map_err(|e| Status::internal(format!("building the mesh's view failed: {e}")))?;
-    Ok(MeshInputs { revision, view, bundle, certificate_lifetime })
+    Ok(MeshInputs::new(revision, view, bundle, certificate_lifetime))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sidecars_of_one_shape_share_one_computation_and_a_name_in_a_policy_splits_them() {
+        let dataplane = |name: &str, address: &str| {
+            format!(
+                "type: Dataplane\nname: {name}\nmesh: default\nspec:\n  networking:\n    address: {address}\n    inbound: [{{port: 8080, tags: {{strait.io/service: web}}}}]\n    outbound: [{{port: 10001, tags: {{strait.io/service: api}}}}]\n---\n"
+            )
+        };
+        let api = "type: Dataplane\nname: api-1\nmesh: default\nspec:\n  networking:\n    address: 192.0.2.9\n    inbound: [{port: 9090, tags: {strait.io/service: api}}]\n---\n";
+        let docs = dataplane("web-1", "192.0.2.1") + &dataplane("web-2", "192.0.2.2") + api;
+        let mut resources: Vec<strait_api::Resource> = strait_api::parse_documents(&docs).into_iter().map(|r| r.unwrap()).collect();
+        let remote = strait_api::proxy_config::Remote::default();
+        let inputs = |resources: &[strait_api::Resource]| {
+            let view = MeshView::new("default", "zone-1", resources, &remote);
+            MeshInputs::new(1, view, MeshTrust::default(), Duration::from_secs(3600))
+        };
+        let shared = inputs(&resources);
+        let (one, two) = (shared.settings(&resources[0]).unwrap().unwrap(), shared.settings(&resources[1]).unwrap().unwrap());
+        assert!(Arc::ptr_eq(&one, &two), "replicas of web share one computation");
+        assert_eq!(one.config.dataplane, "", "shared settings name no sidecar");
+        assert_eq!(one.digest, strait_pki::pem::sha256(&one.json));
+        let built = shared.view.build_settings(&resources[0], MeshTrust::default(), 3600).unwrap().unwrap();
+        assert_eq!((one.config.outbounds.clone(), one.config.inbounds.clone()), (built.outbounds, built.inbounds));
+
+        let named = "type: MeshTimeout\nname: t\nmesh: default\nspec:\n  targetRef: {kind: Dataplane, name: web-1}\n  to: [{targetRef: {kind: Mesh}, default: {idleTimeout: 5s}}]\n";
+        resources.extend(strait_api::parse_documents(named).into_iter().map(|r| r.unwrap()));
+        let split = inputs(&resources);
+        let (one, two) = (split.settings(&resources[0]).unwrap().unwrap(), split.settings(&resources[1]).unwrap().unwrap());
+        assert!(!Arc::ptr_eq(&one, &two));
+        assert_ne!(one.config.outbounds, two.config.outbounds, "web-1 alone gets its timeout");
+        assert!(split.settings(&resources[3]).unwrap().is_none(), "a policy is not a Dataplane");
+    }
 }

@@ -4,7 +4,8 @@
 //!
 //! A session keeps digests and shared buffers, never a copy of a configuration: with thousands
 //! of sidecars, a copy of each one's would be most of the zone's memory. The endpoints it
-//! keeps are the mesh view's own encoding, shared by every sidecar that reaches the service.
+//! keeps are the mesh view's own encoding, shared by every sidecar that reaches the service, and
+//! the settings it sends are those of its shape, encoded once for every sidecar alike.
 //!
 //! In: each newly computed configuration. Out: the message to send, if anything changed.
 
@@ -14,6 +15,8 @@ use bytes::Bytes;
 use strait_api::dps::{zone_message, ConfigDelta, ServiceEndpoints, ZoneMessage};
 use strait_api::proxy_config::{MeshView, ProxyConfig};
 use tonic::Status;
+
+use super::inputs::SharedSettings;
 
 /// What the sidecar has from this stream.
 pub enum Sent {
@@ -50,14 +53,22 @@ impl Sent {
         matches!(self, Sent::Parts(_))
     }
 
-    /// What to send for `config` (whole, or the settings when in parts, the endpoints coming
-    /// from `view`), computed at `version`; `None` when the sidecar already has it.
-    pub fn next(&mut self, config: &ProxyConfig, view: &MeshView, version: u64) -> Result<Option<ZoneMessage>, Status> {
+    /// What to send for the whole configuration `config`, computed at `version`; `None` when
+    /// the sidecar already has it. For a sidecar that takes parts, see [`Sent::next_parts`].
+    pub fn next_whole(&mut self, config: &ProxyConfig, version: u64) -> Result<Option<ZoneMessage>, Status> {
         match self {
             Sent::Whole(last) => super::changed_config(config, version, last),
+            Sent::Parts(_) => Err(Status::internal("a whole configuration for a sidecar that takes parts")),
+        }
+    }
+
+    /// What to send for `settings` and the endpoints of their outbounds in `view`, computed at
+    /// `version`; `None` when the sidecar already has it all.
+    pub fn next_parts(&mut self, settings: &SharedSettings, view: &MeshView, version: u64) -> Result<Option<ZoneMessage>, Status> {
+        match self {
+            Sent::Whole(_) => Err(Status::internal("parts for a sidecar that takes whole configurations")),
             Sent::Parts(parts) => {
-                let json = serde_json::to_vec(config).map_err(|e| Status::internal(e.to_string()))?;
-                let delta = parts.delta(json, config, view, version);
+                let delta = parts.delta(settings, view, version);
                 Ok(delta.map(|d| ZoneMessage { message: Some(zone_message::Message::ConfigDelta(d)) }))
             }
         }
@@ -78,13 +89,13 @@ impl Sent {
 }
 
 impl Parts {
-    fn delta(&mut self, json: Vec<u8>, config: &ProxyConfig, view: &MeshView, version: u64) -> Option<ConfigDelta> {
-        let digest = strait_pki::pem::sha256(&json);
-        let settings = if self.settings.as_ref() == Some(&digest) {
-            Vec::new()
+    fn delta(&mut self, shared: &SharedSettings, view: &MeshView, version: u64) -> Option<ConfigDelta> {
+        let config = &shared.config;
+        let settings = if self.settings.as_ref() == Some(&shared.digest) {
+            Bytes::new()
         } else {
-            self.settings = Some(digest);
-            json
+            self.settings = Some(shared.digest.clone());
+            shared.json.clone()
         };
         let mut endpoints = Vec::new();
         for outbound in &config.outbounds {

@@ -48,6 +48,13 @@ type Waiting = HashMap<u64, tokio::sync::oneshot::Sender<Result<Vec<u8>, String>
 /// Longest NACK reason recorded, in characters.
 const MAX_NACK_REASON: usize = 1024;
 
+/// The shortest time between two recomputations of a session's configuration. A change after
+/// a quiet spell goes out at once; changes that follow closer than this wait and go out
+/// together. In a registration storm every new Dataplane is a change for every session: each
+/// session recomputing (and waking) for each one costs sessions times registrations, and the
+/// zone fell behind the sidecars' Hellos.
+const RECOMPUTE_EVERY: std::time::Duration = std::time::Duration::from_millis(200);
+
 fn unavailable(e: impl std::fmt::Display) -> Status {
     Status::unavailable(format!("zone store: {e}"))
 }
@@ -92,10 +99,32 @@ impl Session {
         }
         let mut sent = Sent::new(self.in_parts);
         self.push_config(&mut sent).await?;
+        let mut pushed = tokio::time::Instant::now();
+        // Changes heard too soon after a recomputation: (relevant, revoked). While they wait,
+        // the zone's changes are not listened to; those that come meanwhile are taken with
+        // them when the wait is over.
+        let mut waiting: Option<(bool, bool)> = None;
+        let recompute = tokio::time::sleep_until(pushed + RECOMPUTE_EVERY);
+        tokio::pin!(recompute);
         let mut questions = self.shared.inspectors.register(&self.id);
         let mut leading = self.shared.leading.clone();
         loop {
             tokio::select! {
+                () = &mut recompute, if waiting.is_some() => {
+                    let Some((mut relevant, mut revoked)) = waiting.take() else { continue };
+                    if let Some(change) = changes.ready() {
+                        let (more_relevant, more_revoked) = changes.burst(change, |key| self.affects(key));
+                        relevant |= more_relevant;
+                        revoked |= more_revoked;
+                    }
+                    if revoked {
+                        self.token.check(&self.shared.resources).await?;
+                    }
+                    if relevant {
+                        self.push_config(&mut sent).await?;
+                        pushed = tokio::time::Instant::now();
+                    }
+                }
                 status = super::lost_leadership(&mut leading) => return Err(status),
                 Some(call) = questions.recv() => {
                     let (what, answer) = *call;
@@ -111,14 +140,21 @@ impl Session {
                 }
                 () = self.shared.shutdown.cancelled() => return Err(Status::unavailable("the zone control plane is shutting down")),
                 status = self.token.expired() => return Err(status),
-                change = changes.next() => {
+                change = changes.next(), if waiting.is_none() => {
                     let Some(change) = change else { return Err(Status::unavailable("the zone control plane is shutting down")) };
                     let (relevant, revoked) = changes.burst(change, |key| self.affects(key));
+                    if relevant && pushed.elapsed() < RECOMPUTE_EVERY {
+                        // Too soon after the last one: this and what follows go together.
+                        waiting = Some((relevant, revoked));
+                        recompute.as_mut().reset(pushed + RECOMPUTE_EVERY);
+                        continue;
+                    }
                     if revoked {
                         self.token.check(&self.shared.resources).await?;
                     }
                     if relevant {
                         self.push_config(&mut sent).await?;
+                        pushed = tokio::time::Instant::now();
                     }
                 }
                 message = inbound.message() => match message {
@@ -127,6 +163,7 @@ impl Session {
                         if refused.is_some_and(|version| sent.refused(version)) {
                             tracing::info!("sending the whole configuration again: the sidecar could not put the last change together");
                             self.push_config(&mut sent).await?;
+                            pushed = tokio::time::Instant::now();
                         }
                     }
                     Ok(None) => return Ok(()),
@@ -150,14 +187,16 @@ impl Session {
         let version = self.shared.resources.store().revision();
         let dp = self.current().await?;
         let inputs = self.shared.inputs.get(&self.shared.resources, &self.shared.zone, &self.mesh, version).await?;
-        let lifetime = inputs.certificate_lifetime.as_secs();
+        // Sidecars in parts share their settings with the sidecars alike; one taking whole
+        // configurations gets its own.
         let built = if sent.in_parts() {
-            inputs.view.build_settings(&dp, inputs.bundle.clone(), lifetime)
+            inputs.settings(&dp).map(|s| s.map(Built::Parts))
         } else {
-            inputs.view.build(&dp, inputs.bundle.clone(), lifetime)
+            let lifetime = inputs.certificate_lifetime.as_secs();
+            inputs.view.build(&dp, inputs.bundle.clone(), lifetime).map(|c| c.map(|c| Built::Whole(Box::new(c)))).map_err(|e| e.to_string())
         };
-        let config = match built {
-            Ok(Some(config)) => config,
+        let built = match built {
+            Ok(Some(built)) => built,
             Ok(None) => return Err(Status::internal("not a Dataplane")),
             Err(e) => {
                 // The sidecar keeps what it has; nothing it could not apply is sent.
@@ -165,8 +204,17 @@ impl Session {
                 return Ok(());
             }
         };
-        self.shared.targets.set(&self.shared.zone, &dp, &config);
-        let Some(message) = sent.next(&config, &inputs.view, version)? else { return Ok(()) };
+        let message = match &built {
+            Built::Parts(settings) => {
+                self.shared.targets.set(&self.shared.zone, &dp, &settings.config);
+                sent.next_parts(settings, &inputs.view, version)?
+            }
+            Built::Whole(config) => {
+                self.shared.targets.set(&self.shared.zone, &dp, config);
+                sent.next_whole(config, version)?
+            }
+        };
+        let Some(message) = message else { return Ok(()) };
         tracing::debug!(version, "sending configuration");
         self.tx.send(Box::new(Ok(message))).await.map_err(|_| Status::cancelled("sidecar stream closed"))?;
         *self.sent.lock().unwrap_or_else(|p| p.into_inner()) = Some((version, std::time::Instant::now()));
@@ -323,4 +371,11 @@ impl Session {
         }
         Ok(leaf)
     }
+}
+
+/// A sidecar's configuration as computed for it: the settings of its shape, shared, for one
+/// that takes parts; its own whole configuration otherwise.
+enum Built {
+    Parts(std::sync::Arc<super::inputs::SharedSettings>),
+    Whole(Box<strait_api::proxy_config::ProxyConfig>),
 }
