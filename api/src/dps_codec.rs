@@ -3,7 +3,10 @@
 //! A zone holds one DPS stream per sidecar for the sidecar's life, and tonic's default codec
 //! reserves 8 KB to encode and 8 KB to decode on each; the messages of an idle stream are
 //! acknowledgements and heartbeats of a few bytes, and a configuration grows the buffer to its
-//! size when it is sent. Starting at 1 KB saves about 14 KB per stream on both ends.
+//! size when it is sent. Starting at 1 KB saves about 14 KB per stream on both ends. A buffer
+//! never shrinks: a zone sends large configurations in pieces of a few KB
+//! ([`crate::dps_delta::pieces`]), and each message is handed to HTTP/2 on its own, so the
+//! buffers of a stream that took pieces stay at about 4 KB.
 
 use std::marker::PhantomData;
 
@@ -12,8 +15,9 @@ use tonic::codec::{BufferSettings, Codec, ProstCodec};
 
 /// Bytes reserved when a stream starts (and the step a buffer grows by).
 const START: usize = 1024;
-/// A stream's encoded messages are handed to HTTP/2 at the latest when this many are buffered.
-const YIELD_AT: usize = 32 * 1024;
+/// A stream's encoded messages are handed to HTTP/2 at the latest when this many are buffered:
+/// each message of a piece's size on its own, so pieces do not pile up in the buffer.
+const YIELD_AT: usize = 1024;
 
 /// Prost's codec with [`START`]-byte buffers.
 pub struct DpsCodec<T, U>(PhantomData<fn() -> (T, U)>);

@@ -142,7 +142,8 @@ impl DpsClient {
         let dataplane = crate::probe::with_health(&self.config.dataplane, &health.borrow_and_update());
         // On Kubernetes the zone keeps the Pod's Dataplane: the Hello carries none.
         let dataplane = if self.config.from_zone { Vec::new() } else { serde_json::to_vec(&dataplane).unwrap_or_default() };
-        let hello = Hello { protocol: PROTOCOL_VERSION, dataplane, software_version: env!("CARGO_PKG_VERSION").into(), deltas: true };
+        let hello =
+            Hello { protocol: PROTOCOL_VERSION, dataplane, software_version: env!("CARGO_PKG_VERSION").into(), deltas: true, pieces: true };
         let _ = tx.send(msg(dataplane_message::Message::Hello(hello))).await;
         let request = match cp_client::with_bearer(ReceiverStream::new(rx), &self.config.current_token()) {
             Ok(r) => r,
@@ -193,9 +194,11 @@ impl DpsClient {
                         return End::Broken("request stream closed".into());
                     }
                 }
-                Some(zone_message::Message::ConfigDelta(delta)) => {
-                    let config = assembler.apply(&delta).and_then(|config| crate::proxy::check(&config.1).map(|()| config));
-                    if !self.take(delta.version, config, &tx).await {
+                Some(zone_message::Message::ConfigDelta(piece)) => {
+                    // A version in pieces is answered once, after its last piece.
+                    let Some((version, config)) = assembler.take(&piece) else { continue };
+                    let config = config.and_then(|config| crate::proxy::check(&config.1).map(|()| config));
+                    if !self.take(version, config, &tx).await {
                         return End::Broken("request stream closed".into());
                     }
                 }

@@ -101,6 +101,11 @@ async fn connect(env: &Env, token: &str, dp: Vec<u8>) -> Result<Sidecar, tonic::
 
 /// A sidecar stream; `deltas`: it takes its configuration in parts.
 async fn connect_with(env: &Env, token: &str, dp: Vec<u8>, deltas: bool) -> Result<Sidecar, tonic::Status> {
+    connect_hello(env, token, dp, deltas, false).await
+}
+
+/// A sidecar stream; `pieces`: it takes its deltas in pieces.
+async fn connect_hello(env: &Env, token: &str, dp: Vec<u8>, deltas: bool, pieces: bool) -> Result<Sidecar, tonic::Status> {
     let tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(&env.zone.dps_ca_pem)).domain_name("strait-zone");
     let channel =
         Endpoint::from_shared(format!("https://{}", env.zone.dps_addr)).unwrap().tls_config(tls).unwrap().connect().await.unwrap();
@@ -111,6 +116,7 @@ async fn connect_with(env: &Env, token: &str, dp: Vec<u8>, deltas: bool) -> Resu
             dataplane: dp,
             software_version: "test".into(),
             deltas,
+            pieces,
         })),
     })
     .await
@@ -633,4 +639,63 @@ async fn a_sidecar_that_takes_deltas_gets_only_what_changed() {
     let conf = serde_json::to_value(twin_now.1.outbounds[0].policies.timeout.as_ref().expect("everyone's timeout")).unwrap();
     assert_eq!(conf["connectionTimeout"], "3s");
     assert_ne!(conf["idleTimeout"], "7s", "web-1's own timeout stays web-1's: {conf}");
+}
+
+/// A sidecar that takes pieces gets a delta larger than a piece as messages of at most
+/// `PIECE_BYTES` of parts, each marked `more` but the last; put together, they are the
+/// configuration a sidecar taking it whole gets.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_delta_comes_in_pieces_that_put_together_are_the_whole_configuration() {
+    use prost::Message;
+    use strait_api::dps_delta::{Assembler, PIECE_BYTES};
+    let env = env().await;
+    // One api Dataplane with 60 inbounds: 60 endpoints of api, several KB of JSON.
+    let inbound: Vec<Value> =
+        (0..60).map(|i| json!({"port": 9100 + i, "tags": {"strait.io/service": "api", "strait.io/protocol": "http"}})).collect();
+    let many = serde_json::to_vec(&json!({"type": "Dataplane", "name": "api-many", "mesh": "default",
+        "spec": {"networking": {"address": "127.0.0.1", "inbound": inbound}}}))
+    .unwrap();
+    let mut api = connect(&env, &env.token("api").await, many).await.expect("api registers");
+    let _ = api.config().await;
+    let web_token = env.token("web").await;
+    let mut whole = connect(&env, &web_token, calling("web-2", "web", 8081, &["api"])).await.expect("web-2 registers");
+    let mut piecewise =
+        connect_hello(&env, &web_token, calling("web-1", "web", 8080, &["api"]), true, true).await.expect("web-1 registers");
+    let mut assembler = Assembler::new("web-1");
+    let (mut count, mut bytes) = (0, 0);
+    let (version, config) = loop {
+        let piece = piecewise.delta().await;
+        count += 1;
+        let parts = piece.settings.len() + piece.endpoints.iter().map(|e| e.json.len()).sum::<usize>();
+        bytes += parts;
+        assert!(parts <= PIECE_BYTES && piece.encoded_len() < 4096, "a piece of {parts} bytes of parts, {} encoded", piece.encoded_len());
+        match assembler.take(&piece) {
+            Some(done) => {
+                assert!(!piece.more, "answered before the last piece");
+                break done;
+            }
+            None => assert!(piece.more, "the last piece did not complete the version"),
+        }
+    };
+    assert!(count > 1 && bytes > PIECE_BYTES, "{bytes} bytes came in {count} piece(s)");
+    let config = config.expect("the pieces put together apply");
+    let whole_config = loop {
+        let (_, c) = whole.config().await;
+        if c.outbounds[0].endpoints.len() == 60 {
+            break c;
+        }
+    };
+    assert_eq!(config.1.outbounds[0].endpoints.len(), 60);
+    assert_eq!(config.1.outbounds, whole_config.outbounds);
+    // The version is answered once, after its last piece, and taken.
+    piecewise.tx.send(DataplaneMessage { message: Some(dataplane_message::Message::Ack(strait_api::dps::Ack { version })) }).await.unwrap();
+    env.put(
+        "/meshes/default/meshtimeouts/everyone",
+        json!({"type": "MeshTimeout", "name": "everyone", "mesh": "default",
+        "spec": {"targetRef": {"kind": "Mesh"}, "to": [{"targetRef": {"kind": "Mesh"}, "default": {"connectionTimeout": "3s"}}]}}),
+    )
+    .await;
+    let policy = piecewise.delta().await;
+    let (_, after) = assembler.take(&policy).expect("a policy's settings alone fit one piece");
+    assert_eq!(after.unwrap().1.outbounds[0].endpoints.len(), 60, "the endpoints put together before stay");
 }

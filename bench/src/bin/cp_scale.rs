@@ -169,6 +169,7 @@ async fn open_stream(i: usize, service: usize, zone: &Zone, token: &str, shape: 
         dataplane: dataplane(i, service, shape.services),
         software_version: "cp-scale".into(),
         deltas: !shape.whole,
+        pieces: !shape.whole,
     };
     let _ = tx.send(DataplaneMessage { message: Some(dataplane_message::Message::Hello(hello)) }).await;
     let mut request = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
@@ -211,18 +212,30 @@ async fn sidecar(i: usize, service: usize, zone: Arc<Zone>, token: Arc<String>, 
     let calls_svc0 = (service + 1) % shape.services == 0;
     // In parts, the settings say whether the probe policy is there until new settings come.
     let mut probe = false;
+    // The pieces of the version being received.
+    let (mut settings, mut svc0_json, mut bytes) = (Vec::new(), None::<Vec<u8>>, 0);
     loop {
         match inbound.message().await {
             Ok(Some(message)) => match message.message {
-                Some(zone_message::Message::ConfigDelta(delta)) => {
-                    if !delta.settings.is_empty() {
-                        probe = String::from_utf8_lossy(&delta.settings).contains(&marker);
+                Some(zone_message::Message::ConfigDelta(piece)) => {
+                    // A version comes in pieces: its settings and svc-0's list are each cut
+                    // in order across them.
+                    if !piece.settings.is_empty() {
+                        settings.extend_from_slice(&piece.settings);
                     }
-                    let part = delta.endpoints.iter().find(|e| calls_svc0 && e.service == "svc-0");
-                    let svc0 = part.and_then(|e| serde_json::from_slice::<Vec<Value>>(&e.json).ok()).map(|list| list.len());
-                    let bytes = delta.settings.len() + delta.endpoints.iter().map(|e| e.json.len()).sum::<usize>();
-                    let _ = seen.send(Seen::Config { sidecar: i, bytes, probe, svc0_endpoints: svc0 });
-                    let _ = tx.send(send(dataplane_message::Message::Ack(Ack { version: delta.version }))).await;
+                    let parts = piece.endpoints.iter().filter(|e| calls_svc0 && e.service == "svc-0");
+                    parts.for_each(|e| svc0_json.get_or_insert_with(Vec::new).extend_from_slice(&e.json));
+                    bytes += piece.settings.len() + piece.endpoints.iter().map(|e| e.json.len()).sum::<usize>();
+                    if piece.more {
+                        continue;
+                    }
+                    if !settings.is_empty() {
+                        probe = String::from_utf8_lossy(&settings).contains(&marker);
+                    }
+                    let svc0 = svc0_json.take().and_then(|json| serde_json::from_slice::<Vec<Value>>(&json).ok()).map(|list| list.len());
+                    let _ = seen.send(Seen::Config { sidecar: i, bytes: std::mem::take(&mut bytes), probe, svc0_endpoints: svc0 });
+                    settings.clear();
+                    let _ = tx.send(send(dataplane_message::Message::Ack(Ack { version: piece.version }))).await;
                 }
                 Some(zone_message::Message::Config(config)) => {
                     let text = String::from_utf8_lossy(&config.json);
@@ -375,8 +388,24 @@ async fn main() -> Result<(), Error> {
         println!("configuration size: {:.1} KB average", t.config_bytes as f64 / t.count_configured as f64 / 1024.0);
     }
 
-    // Memory per connected sidecar, once the storm has settled.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Memory per connected sidecar, once the storm has settled: every sidecar is configured at
+    // its first configuration, while the zones may still be sending the endpoints that came
+    // after it. Settled is every zone below a tenth of a core for a whole second.
+    let settling = Instant::now();
+    let mut quiet_since: Option<Instant> = None;
+    let mut last: Vec<f64> = zones.iter().map(|z| cpu_seconds(z.pid)).collect();
+    while quiet_since.is_none_or(|q| q.elapsed() < Duration::from_secs(1)) && settling.elapsed() < Duration::from_secs(120) {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let now: Vec<f64> = zones.iter().map(|z| cpu_seconds(z.pid)).collect();
+        let busy = now.iter().zip(&last).any(|(n, l)| n - l > 0.025);
+        last = now;
+        quiet_since = if busy { None } else { quiet_since.or(Some(Instant::now())) };
+    }
+    println!(
+        "the zones settled {:.1} s after the storm{}",
+        settling.elapsed().as_secs_f64(),
+        if quiet_since.is_some() { "" } else { " (still busy at the 120 s limit)" }
+    );
     for (z, (rss0, cpu0)) in zones.iter().zip(&baseline) {
         let rss = rss_bytes(z.pid);
         let connected = n / zones.len();

@@ -500,6 +500,7 @@ impl DataplaneSync for DpsService {
             token,
             tx,
             in_parts: hello.deltas,
+            in_pieces: hello.deltas && hello.pieces,
             nacked: Default::default(),
             sent: Default::default(),
             inspecting: Default::default(),

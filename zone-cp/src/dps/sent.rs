@@ -122,6 +122,6 @@ impl Parts {
         }
         let whole = !settings.is_empty() && endpoints.len() == config.outbounds.len();
         self.last = Some((version, whole));
-        Some(ConfigDelta { version, settings, endpoints })
+        Some(ConfigDelta { version, settings, endpoints, more: false })
     }
 }

@@ -34,6 +34,8 @@ pub struct Session {
     pub(super) tx: super::Outbox,
     /// Whether the sidecar takes its configuration in parts (its Hello says `deltas`).
     pub(super) in_parts: bool,
+    /// Whether it takes each delta in pieces of a few KB (its Hello says `pieces`).
+    pub(super) in_pieces: bool,
     /// Whether the sidecar's latest answer was a NACK (recorded in the store while it lasts).
     pub(super) nacked: AtomicBool,
     /// The version of the last configuration sent, and when, until the sidecar answers.
@@ -91,15 +93,19 @@ impl Session {
     async fn serve(&self, mut inbound: Streaming<DataplaneMessage>) -> Result<(), Status> {
         // Follow changes before registering, so no change between the two is missed.
         let mut changes = self.shared.changes.subscribe();
-        // A revocation that arrived between the authentication and this watch is seen now.
-        self.token.check(&self.shared.resources).await?;
-        if !self.from_pod {
-            self.shared.resources.put(&self.dp).await.map_err(unavailable)?;
-            crate::inventory::refresh(&self.shared.resources, &self.shared.inventory).await;
-        }
+        Box::pin(async {
+            // A revocation that arrived between the authentication and this watch is seen now.
+            self.token.check(&self.shared.resources).await?;
+            if !self.from_pod {
+                self.shared.resources.put(&self.dp).await.map_err(unavailable)?;
+                crate::inventory::refresh(&self.shared.resources, &self.shared.inventory).await;
+            }
+            Ok::<_, Status>(())
+        })
+        .await?;
         let mut sent = Sent::new(self.in_parts);
-        self.push_config(&mut sent).await?;
         let mut pushed = tokio::time::Instant::now();
+        self.after_changes(&mut sent, &mut pushed, true, false).await?;
         // Changes heard too soon after a recomputation: (relevant, revoked). While they wait,
         // the zone's changes are not listened to; those that come meanwhile are taken with
         // them when the wait is over.
@@ -117,13 +123,7 @@ impl Session {
                         relevant |= more_relevant;
                         revoked |= more_revoked;
                     }
-                    if revoked {
-                        self.token.check(&self.shared.resources).await?;
-                    }
-                    if relevant {
-                        self.push_config(&mut sent).await?;
-                        pushed = tokio::time::Instant::now();
-                    }
+                    self.after_changes(&mut sent, &mut pushed, relevant, revoked).await?;
                 }
                 status = super::lost_leadership(&mut leading) => return Err(status),
                 Some(call) = questions.recv() => {
@@ -149,21 +149,16 @@ impl Session {
                         recompute.as_mut().reset(pushed + RECOMPUTE_EVERY);
                         continue;
                     }
-                    if revoked {
-                        self.token.check(&self.shared.resources).await?;
-                    }
-                    if relevant {
-                        self.push_config(&mut sent).await?;
-                        pushed = tokio::time::Instant::now();
-                    }
+                    self.after_changes(&mut sent, &mut pushed, relevant, revoked).await?;
                 }
                 message = inbound.message() => match message {
                     Ok(Some(m)) => {
-                        let refused = self.handle(m).await?;
+                        // Boxed, as is every step that awaits more than the stream: a session
+                        // waits most of its life, and waiting holds the largest step's state.
+                        let refused = Box::pin(self.handle(m)).await?;
                         if refused.is_some_and(|version| sent.refused(version)) {
                             tracing::info!("sending the whole configuration again: the sidecar could not put the last change together");
-                            self.push_config(&mut sent).await?;
-                            pushed = tokio::time::Instant::now();
+                            self.after_changes(&mut sent, &mut pushed, true, false).await?;
                         }
                     }
                     Ok(None) => return Ok(()),
@@ -171,6 +166,23 @@ impl Session {
                 },
             }
         }
+    }
+
+    /// Takes changes: checks the token again when one may be revoked, and recomputes (and
+    /// notes when) when one is `relevant`. Boxed: a session holds the state of its largest step
+    /// while it waits, and this is the largest.
+    async fn after_changes(&self, sent: &mut Sent, pushed: &mut tokio::time::Instant, relevant: bool, revoked: bool) -> Result<(), Status> {
+        Box::pin(async {
+            if revoked {
+                self.token.check(&self.shared.resources).await?;
+            }
+            if relevant {
+                self.push_config(sent).await?;
+                *pushed = tokio::time::Instant::now();
+            }
+            Ok(())
+        })
+        .await
     }
 
     /// Whether a change of `key` can change this sidecar's configuration.
@@ -216,7 +228,17 @@ impl Session {
         };
         let Some(message) = message else { return Ok(()) };
         tracing::debug!(version, "sending configuration");
-        self.tx.send(Box::new(Ok(message))).await.map_err(|_| Status::cancelled("sidecar stream closed"))?;
+        match message.message {
+            // Pieces keep the stream's encoding buffer (which stays the size of the largest
+            // message it sent, for the stream's life) at a few KB.
+            Some(zone_message::Message::ConfigDelta(delta)) if self.in_pieces => {
+                for piece in strait_api::dps_delta::pieces(delta, strait_api::dps_delta::PIECE_BYTES) {
+                    self.send(zone_message::Message::ConfigDelta(piece)).await?;
+                }
+            }
+            Some(message) => self.send(message).await?,
+            None => return Ok(()),
+        }
         *self.sent.lock().unwrap_or_else(|p| p.into_inner()) = Some((version, std::time::Instant::now()));
         Ok(())
     }

@@ -73,7 +73,8 @@ pub async fn open_stream(
         .await
         .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
     let (tx, rx) = mpsc::channel(16);
-    let hello = strait_api::dps::Hello { protocol: PROTOCOL_VERSION, dataplane, software_version: "test".into(), deltas: false };
+    let hello =
+        strait_api::dps::Hello { protocol: PROTOCOL_VERSION, dataplane, software_version: "test".into(), deltas: false, pieces: false };
     tx.send(DataplaneMessage { message: Some(dataplane_message::Message::Hello(hello)) }).await.unwrap();
     let mut request = tonic::Request::new(ReceiverStream::new(rx));
     request.metadata_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
