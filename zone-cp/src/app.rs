@@ -23,6 +23,8 @@ use crate::synced::Synced;
 
 /// How long REST requests in flight may run after shutdown is asked before they are cut.
 const REST_DRAIN_DEADLINE: std::time::Duration = std::time::Duration::from_secs(10);
+/// How often the zone samples its CPU use to decide when to give freed memory back.
+const TRIM_SAMPLE: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// A running zone control plane.
 pub struct ZoneCp {
@@ -67,6 +69,7 @@ impl ZoneCp {
         let metrics = ZoneMetrics::register(&mut registry);
         let connected: Arc<std::sync::Mutex<std::collections::HashSet<String>>> = Default::default();
         let dps_metrics = crate::metrics::DpsMetrics::register(&mut registry, connected.clone());
+        let memory_metrics = crate::metrics::MemoryMetrics::register(&mut registry);
         let listener = tokio::net::TcpListener::bind(config.api_address)
             .await
             .map_err(|e| anyhow::anyhow!("binding the REST API to {}: {e}", config.api_address))?;
@@ -225,6 +228,13 @@ impl ZoneCp {
             address: 0,
         };
         tasks.spawn(client.run(shutdown.clone()));
+        // A registration storm leaves freed memory glibc keeps (see strait_runtime::memory).
+        tasks.spawn(strait_runtime::memory::give_back_after_bursts(
+            strait_runtime::memory::TrimPolicy::default(),
+            TRIM_SAMPLE,
+            shutdown.clone(),
+            move |t| memory_metrics.trimmed(t),
+        ));
         let router = rest::router(api, strait_cp_core::auth::shared(admin_token));
         tasks.spawn(strait_cp_core::rest::serve::serve(
             listener,

@@ -81,6 +81,8 @@ struct Zone {
     pid: u32,
     dps: String,
     ca_pem: String,
+    /// The REST API (plaintext), for its metrics.
+    api: String,
 }
 
 async fn start_zone(cp: &ControlPlane, children: &mut Children, name: &str) -> Result<Zone, Error> {
@@ -99,6 +101,7 @@ async fn start_zone(cp: &ControlPlane, children: &mut Children, name: &str) -> R
         .into());
     }
     let dps_port = free_port()?;
+    let api = format!("127.0.0.1:{}", free_port()?);
     let log = std::fs::File::create(dir.join("zone.log"))?;
     let child = std::process::Command::new(&bin)
         .args(["--zone", name, "--global-address", &format!("https://{}", cp.global.kds_addr)])
@@ -108,7 +111,7 @@ async fn start_zone(cp: &ControlPlane, children: &mut Children, name: &str) -> R
         .arg(dir.join("ca.pem"))
         .arg("--data-dir")
         .arg(dir.join("data"))
-        .args(["--api-plaintext", "--api-address", &format!("127.0.0.1:{}", free_port()?)])
+        .args(["--api-plaintext", "--api-address", &api])
         .args(["--dps-address", &format!("127.0.0.1:{dps_port}"), "--allow-dataplane-address", "127.0.0.0/8", "--log-level", "warn"])
         .stdout(std::process::Stdio::null())
         .stderr(log)
@@ -128,7 +131,14 @@ async fn start_zone(cp: &ControlPlane, children: &mut Children, name: &str) -> R
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
-    Ok(Zone { name: name.to_string(), pid, dps: format!("https://127.0.0.1:{dps_port}"), ca_pem })
+    Ok(Zone { name: name.to_string(), pid, dps: format!("https://127.0.0.1:{dps_port}"), ca_pem, api: format!("http://{api}") })
+}
+
+/// The value of a metric (no labels) a zone serves, or 0 while it has none.
+async fn zone_metric(http: &reqwest::Client, zone: &Zone, name: &str) -> f64 {
+    let Ok(response) = http.get(format!("{}/metrics", zone.api)).send().await else { return 0.0 };
+    let text = response.text().await.unwrap_or_default();
+    text.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok()).unwrap_or(0.0)
 }
 
 fn address(i: usize) -> String {
@@ -406,6 +416,34 @@ async fn main() -> Result<(), Error> {
         settling.elapsed().as_secs_f64(),
         if quiet_since.is_some() { "" } else { " (still busy at the 120 s limit)" }
     );
+    // A zone gives the memory the storm freed back to the system once it is quiet; measured
+    // once it has (or after 30 s), with what it held before beside it.
+    let settled_rss: Vec<u64> = zones.iter().map(|z| rss_bytes(z.pid)).collect();
+    let mut trims = Vec::new();
+    for z in &zones {
+        trims.push(zone_metric(&cp.http, z, "strait_zone_memory_trims_total").await);
+    }
+    let trimming = Instant::now();
+    let mut pending: Vec<usize> = (0..zones.len()).collect();
+    while !pending.is_empty() && trimming.elapsed() < Duration::from_secs(30) {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let mut still = Vec::new();
+        for i in pending {
+            if zone_metric(&cp.http, &zones[i], "strait_zone_memory_trims_total").await <= trims[i] {
+                still.push(i);
+            }
+        }
+        pending = still;
+    }
+    for ((z, (rss0, _)), before) in zones.iter().zip(&baseline).zip(&settled_rss) {
+        let connected = (n / zones.len()).max(1) as f64;
+        println!(
+            "{}: {:.0} KB per sidecar once settled, before giving freed memory back ({:.1} MB given back since the start)",
+            z.name,
+            before.saturating_sub(*rss0) as f64 / connected / 1024.0,
+            zone_metric(&cp.http, z, "strait_zone_memory_returned_bytes_total").await / 1048576.0
+        );
+    }
     for (z, (rss0, cpu0)) in zones.iter().zip(&baseline) {
         let rss = rss_bytes(z.pid);
         let connected = n / zones.len();
