@@ -34,6 +34,7 @@ impl ControlPlane {
     /// Starts the global, creates mesh `default`, and starts `zones` zones connected to it.
     pub async fn start(zones: usize) -> Result<ControlPlane, Error> {
         let dir = tempfile::tempdir()?;
+        crate::cleanup::remove_on_signal(dir.path());
         let config = strait_global_cp::Config::for_dir(dir.path().join("global"), "127.0.0.1:0".parse()?);
         let global = GlobalCp::start(Arc::new(config)).await?;
         let base = format!("http://{}", global.api_addr);

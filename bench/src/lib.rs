@@ -5,6 +5,7 @@
 //! on demand (`cargo run --release -p strait-bench --bin <name>`), never as tests.
 #![forbid(unsafe_code)]
 
+pub mod cleanup;
 pub mod control;
 pub mod load;
 pub mod procstat;

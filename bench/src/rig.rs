@@ -14,22 +14,24 @@ use crate::control::{ControlPlane, Error};
 use crate::load::probe;
 use crate::procstat::rss_bytes;
 
-/// The processes a benchmark started, killed when it ends, also on an error.
+/// The processes a benchmark started (each leading its process group: see
+/// [`crate::cleanup`]), stopped with what they started when it ends, also on an error.
 #[derive(Default)]
 pub struct Children(pub Vec<Child>);
 
 impl Drop for Children {
     fn drop(&mut self) {
         for c in &mut self.0 {
-            let _ = c.kill();
-            let _ = c.wait();
+            crate::cleanup::stop(c);
         }
     }
 }
 
 /// What every sidecar benchmark starts with: the `strait-dp` binary, a control plane with one
 /// zone, its work directory, and the processes to kill at the end.
+/// An interrupted benchmark stops what it started (see [`crate::cleanup::on_signal`]).
 pub async fn start() -> Result<(PathBuf, ControlPlane, PathBuf, Children), Error> {
+    crate::cleanup::on_signal();
     let dp = sidecar_binary()?;
     let cp = ControlPlane::start(1).await?;
     let work = cp.dir.path().to_path_buf();
@@ -67,15 +69,16 @@ pub fn nginx(work: &Path, name: &str, servers: &str) -> Result<Child, Error> {
         p = prefix.display()
     );
     std::fs::write(prefix.join("nginx.conf"), conf)?;
-    let child = Command::new("nginx")
-        .arg("-p")
-        .arg(&prefix)
-        .arg("-c")
-        .arg(prefix.join("nginx.conf"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .map_err(|e| format!("starting nginx (install it: apt-get install nginx): {e}"))?;
+    let child = crate::cleanup::spawn(
+        Command::new("nginx")
+            .arg("-p")
+            .arg(&prefix)
+            .arg("-c")
+            .arg(prefix.join("nginx.conf"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit()),
+    )
+    .map_err(|e| format!("starting nginx (install it: apt-get install nginx): {e}"))?;
     Ok(child)
 }
 
@@ -129,17 +132,18 @@ pub async fn start_sidecar(
     std::fs::write(work.join(format!("{name}.yaml")), yaml)?;
     std::fs::write(work.join(format!("{name}.token")), cp.dataplane_token(service).await?)?;
     let admin = format!("127.0.0.1:{}", free_port()?);
-    let child = Command::new(dp)
-        .args(["run", "--cp-address", &format!("https://{}", zone.dps_addr), "--cp-ca-file"])
-        .arg(&dps_ca)
-        .arg("--dataplane-file")
-        .arg(work.join(format!("{name}.yaml")))
-        .arg("--dataplane-token-file")
-        .arg(work.join(format!("{name}.token")))
-        .args(["--admin-address", &admin, "--log-level", "warn", "--concurrency", &concurrency.to_string()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()?;
+    let child = crate::cleanup::spawn(
+        Command::new(dp)
+            .args(["run", "--cp-address", &format!("https://{}", zone.dps_addr), "--cp-ca-file"])
+            .arg(&dps_ca)
+            .arg("--dataplane-file")
+            .arg(work.join(format!("{name}.yaml")))
+            .arg("--dataplane-token-file")
+            .arg(work.join(format!("{name}.token")))
+            .args(["--admin-address", &admin, "--log-level", "warn", "--concurrency", &concurrency.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit()),
+    )?;
     Ok((child, admin))
 }
 

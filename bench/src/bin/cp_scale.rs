@@ -103,19 +103,20 @@ async fn start_zone(cp: &ControlPlane, children: &mut Children, name: &str) -> R
     let dps_port = free_port()?;
     let api = format!("127.0.0.1:{}", free_port()?);
     let log = std::fs::File::create(dir.join("zone.log"))?;
-    let child = std::process::Command::new(&bin)
-        .args(["--zone", name, "--global-address", &format!("https://{}", cp.global.kds_addr)])
-        .arg("--zone-token-file")
-        .arg(dir.join("token"))
-        .arg("--global-ca-file")
-        .arg(dir.join("ca.pem"))
-        .arg("--data-dir")
-        .arg(dir.join("data"))
-        .args(["--api-plaintext", "--api-address", &api])
-        .args(["--dps-address", &format!("127.0.0.1:{dps_port}"), "--allow-dataplane-address", "127.0.0.0/8", "--log-level", "warn"])
-        .stdout(std::process::Stdio::null())
-        .stderr(log)
-        .spawn()?;
+    let child = strait_bench::cleanup::spawn(
+        std::process::Command::new(&bin)
+            .args(["--zone", name, "--global-address", &format!("https://{}", cp.global.kds_addr)])
+            .arg("--zone-token-file")
+            .arg(dir.join("token"))
+            .arg("--global-ca-file")
+            .arg(dir.join("ca.pem"))
+            .arg("--data-dir")
+            .arg(dir.join("data"))
+            .args(["--api-plaintext", "--api-address", &api])
+            .args(["--dps-address", &format!("127.0.0.1:{dps_port}"), "--allow-dataplane-address", "127.0.0.0/8", "--log-level", "warn"])
+            .stdout(std::process::Stdio::null())
+            .stderr(log),
+    )?;
     let pid = child.id();
     children.0.push(child);
     let ca_file = dir.join("data").join("dps-ca.pem");
@@ -323,6 +324,7 @@ async fn main() -> Result<(), Error> {
     let args = Args::parse();
     let deadline = Duration::from_secs(args.deadline_secs);
     let shape = Shape { services: args.services.max(1), whole: args.whole_configs };
+    strait_bench::cleanup::on_signal();
     let cp = ControlPlane::start(0).await?;
     let mut children = Children::default();
     let mut zones = Vec::new();
