@@ -34,7 +34,7 @@ impl ZoneHosts<'_> {
 /// The WAN's rules and delayer.
 pub struct Wan {
     wan: Host,
-    _delayer: Proc,
+    delayer: Proc,
 }
 
 impl Wan {
@@ -46,12 +46,13 @@ impl Wan {
         if !sysctl.success() {
             return Err(format!("bridge netfilter is unavailable: {}", sysctl.stderr));
         }
-        let delayer = wan.spawn("strait-wan-delay", bin("strait-wan-delay"), [QUEUE, &one_way.as_millis().to_string()]);
+        let name = format!("strait-wan-delay-{}ms", one_way.as_millis());
+        let delayer = wan.spawn(&name, bin("strait-wan-delay"), [QUEUE, &one_way.as_millis().to_string()]);
         wait_for("the WAN delayer to bind its queue", Duration::from_secs(10), || {
             delayer.assert_running("binding its NFQUEUE");
             delayer.log().contains("ready").then_some(())
         });
-        let link = Wan { wan, _delayer: delayer };
+        let link = Wan { wan, delayer };
         for (i, a) in zones.iter().enumerate() {
             for (j, b) in zones.iter().enumerate() {
                 if i == j {
@@ -70,6 +71,13 @@ impl Wan {
             }
         }
         Ok(link)
+    }
+
+    /// Stops the delayer, so that another [`Wan::link`] (with another delay) can take its
+    /// queue; until then the gateways' packets pass without delay (the rules' bypass), and the
+    /// isolation stays.
+    pub fn unlink(self) {
+        self.delayer.kill9();
     }
 
     /// Runs `iptables <args>` in the WAN namespace.
