@@ -208,12 +208,14 @@ fn main() {
         ms(rtt * 2 + Duration::from_millis(5)),
         verdict(first <= rtt * 2 + Duration::from_millis(5))
     );
+    let warm_p99 = percentile(&mut mesh_warm, 99.0);
     println!(
-        "warm request through the gateways: p50 {} (p99 {}) = RTT + {}; target <= RTT + 1 ms: {}",
+        "warm request through the gateways: p50 {} = RTT + {}, p99 {} = RTT + {}; target p99 <= RTT + 1 ms: {}",
         ms(warm),
-        ms(percentile(&mut mesh_warm, 99.0)),
         ms(warm.saturating_sub(rtt)),
-        verdict(warm <= rtt + Duration::from_millis(1))
+        ms(warm_p99),
+        ms(warm_p99.saturating_sub(rtt)),
+        verdict(warm_p99 <= rtt + Duration::from_millis(1))
     );
     // Best of three, interleaved: the delayer handles every packet in user space and TCP over
     // it varies from run to run.
