@@ -1,5 +1,6 @@
-//! HTTP through two sidecars: the application's HTTP/1.1 and HTTP/2 (gRPC) requests cross
-//! between sidecars over one pooled HTTP/2 mTLS connection, are balanced per request across
+//! HTTP through two sidecars: the application's HTTP/1.1 requests cross between sidecars over
+//! pooled HTTP/1.1 mTLS connections (one per request in flight, reused), its HTTP/2 (gRPC)
+//! requests over one pooled HTTP/2 mTLS connection; requests are balanced per request across
 //! the destination's endpoints, are authorised per request (a permission change applies to
 //! the pooled connection at once, with a 403 that names the caller and the reason), and are
 //! counted by source, destination and status.
@@ -21,7 +22,8 @@ fn deny_web() -> serde_json::Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_requests_are_pooled_authorised_per_request_and_counted() {
     let mesh = Mesh::start().await;
-    let app = http_app("backend-1").await.port;
+    let backend_app = http_app("backend-1").await;
+    let app = backend_app.port;
     let (backend_in, web_in, web_out) = (free_port(), free_port(), free_port());
     let backend = mesh.sidecar("backend", "backend", &dataplane("backend-1", "backend", backend_in, app, "http", &[])).await;
     let web = mesh.sidecar("web", "web", &dataplane("web-1", "web", web_in, free_port(), "http", &[(web_out, "backend")])).await;
@@ -41,7 +43,18 @@ async fn http_requests_are_pooled_authorised_per_request_and_counted() {
     let posted = client.post(format!("http://127.0.0.1:{web_out}/upload")).body(vec![b'x'; 100_000]).send().await.unwrap();
     assert_eq!(posted.text().await.unwrap().rsplit(' ').next(), Some("body=100000"));
 
-    // Many requests, from several application connections, share one connection between the sidecars.
+    // HTTP/1.1 between the sidecars: each request in flight has a connection of its own...
+    let app_delay = backend_app.delay_ms.clone();
+    app_delay.store(300, Ordering::Relaxed);
+    let slow: Vec<_> =
+        (0..8).map(|_| tokio::spawn(async move { get(&reqwest::Client::new(), web_out, "/slow").await.map(|r| r.0) })).collect();
+    for call in slow {
+        assert_eq!(call.await.unwrap(), Some(200));
+    }
+    app_delay.store(0, Ordering::Relaxed);
+    let active = "strait_dp_outbound_tunnel_active_connections";
+    assert_eq!(metric(&web, active).await, 8.0, "8 requests at once, 8 HTTP/1.1 connections between the sidecars (HTTP/2 would have one)");
+    // ...and many requests, from several application connections, reuse them.
     let opened = metric(&web, "strait_dp_outbound_tunnel_connections_total").await;
     let mut calls = Vec::new();
     for _ in 0..8 {
@@ -61,7 +74,7 @@ async fn http_requests_are_pooled_authorised_per_request_and_counted() {
         "strait_dp_http_requests_total{direction=\"outbound\",source_service=\"web\",destination_service=\"backend\",status=\"200\"}",
     )
     .await;
-    assert!(ok >= 202.0, "outbound requests are counted by source, destination and status: {ok}");
+    assert!(ok >= 210.0, "outbound requests are counted by source, destination and status: {ok}");
     let inbound_ok = metric(
         &backend,
         "strait_dp_http_requests_total{direction=\"inbound\",source_service=\"web\",destination_service=\"backend\",status=\"200\"}",
@@ -69,7 +82,7 @@ async fn http_requests_are_pooled_authorised_per_request_and_counted() {
     .await;
     assert_eq!(inbound_ok, ok, "the inbound side counts the same requests");
     assert!(metric(&backend, "strait_dp_http_request_body_bytes_total{direction=\"inbound\",source_service=\"web\"").await >= 100_000.0);
-    assert!(metric(&web, "strait_dp_http_request_duration_seconds_count{direction=\"outbound\"").await >= 202.0);
+    assert!(metric(&web, "strait_dp_http_request_duration_seconds_count{direction=\"outbound\"").await >= 210.0);
     assert!(metric(&web, "strait_dp_certificate_expiry_timestamp_seconds").await > 1.7e9);
 
     // A deny applies to the next request on the same pooled connection, with a reason.
@@ -94,7 +107,7 @@ async fn http_requests_are_pooled_authorised_per_request_and_counted() {
     );
     mesh.delete("/meshes/default/meshtrafficpermissions/deny-web").await;
     eventually("allowed again", async || get(&client, web_out, "/orders").await.filter(|r| r.0 == 200)).await;
-    assert_eq!(metric(&web, "strait_dp_outbound_tunnel_connections_total").await, opened, "still the one pooled connection");
+    assert_eq!(metric(&web, "strait_dp_outbound_tunnel_connections_total").await, opened, "still the pooled connections");
     web.shutdown(Duration::from_secs(1)).await;
     backend.shutdown(Duration::from_secs(1)).await;
 }

@@ -27,7 +27,7 @@ use crate::tls::{self, ClientConfigBuilder, PeerVerifier, TlsError, WorkloadCert
 /// proxy talks to very many distinct identities.
 const MAX_CACHED_PEERS: usize = 4096;
 
-type ClientCache = HashMap<Identity, Vec<(Vec<u8>, Arc<ClientConfig>)>>;
+type ClientCache = HashMap<Identity, Vec<(Vec<Vec<u8>>, Arc<ClientConfig>)>>;
 
 /// The ready-built TLS configs of one workload certificate under one trust bundle.
 pub struct TlsIdentity {
@@ -84,6 +84,12 @@ impl TlsIdentity {
     /// A client config that accepts only a server with SPIFFE ID `expected`, offering `alpn`.
     /// Built on first use and cached; the lookup takes no lock.
     pub fn client_config(&self, expected: &Identity, alpn: &[u8]) -> Arc<ClientConfig> {
+        self.client_config_offering(expected, &[alpn])
+    }
+
+    /// A client config that accepts only a server with SPIFFE ID `expected`, offering each of
+    /// `alpn` (the server picks by its own preference). Built on first use and cached.
+    pub fn client_config_offering(&self, expected: &Identity, alpn: &[&[u8]]) -> Arc<ClientConfig> {
         if let Some(config) = lookup(&self.cache.load(), expected, alpn) {
             return config;
         }
@@ -98,15 +104,16 @@ impl TlsIdentity {
             }
             result = built.clone();
             let mut next = if cache.len() >= MAX_CACHED_PEERS { HashMap::new() } else { HashMap::clone(cache) };
-            next.entry(expected.clone()).or_default().push((alpn.to_vec(), built.clone()));
+            next.entry(expected.clone()).or_default().push((alpn.iter().map(|p| p.to_vec()).collect(), built.clone()));
             Arc::new(next)
         });
         result
     }
 }
 
-fn lookup(cache: &ClientCache, expected: &Identity, alpn: &[u8]) -> Option<Arc<ClientConfig>> {
-    cache.get(expected)?.iter().find(|(proto, _)| proto == alpn).map(|(_, config)| config.clone())
+fn lookup(cache: &ClientCache, expected: &Identity, alpn: &[&[u8]]) -> Option<Arc<ClientConfig>> {
+    let same = |offered: &[Vec<u8>]| offered.len() == alpn.len() && offered.iter().zip(alpn).all(|(a, b)| a == b);
+    cache.get(expected)?.iter().find(|(offered, _)| same(offered)).map(|(_, config)| config.clone())
 }
 
 impl fmt::Debug for TlsIdentity {

@@ -37,6 +37,9 @@ use webpki::{EndEntityCert, KeyUsage};
 pub const ALPN_TCP: &[u8] = b"strait/tcp";
 /// ALPN for HTTP/2 (and gRPC) between sidecars.
 pub const ALPN_H2: &[u8] = b"h2";
+/// ALPN for HTTP/1.1 between sidecars: an application's HTTP/1.1 requests, one at a time per
+/// connection, without HTTP/2's framing when nothing needs multiplexing.
+pub const ALPN_HTTP1: &[u8] = b"http/1.1";
 /// ALPN of the tunnel between two zones' gateways (QUIC, and its TCP+TLS fallback).
 pub const ALPN_ZONE_TUNNEL: &[u8] = b"strait/zone-tunnel";
 
@@ -246,7 +249,7 @@ impl ClientConfigBuilder {
     }
 
     /// A client config that accepts only a server whose SPIFFE ID is `expected` and offers `alpn`.
-    pub fn build(&self, expected: &Identity, alpn: &[u8]) -> ClientConfig {
+    pub fn build(&self, expected: &Identity, alpn: &[&[u8]]) -> ClientConfig {
         let verifier = ServerVerifier { peers: self.verifier.clone(), expected: expected.clone() };
         let mut config = self
             .builder
@@ -254,7 +257,7 @@ impl ClientConfigBuilder {
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(verifier))
             .with_client_cert_resolver(Arc::new(ClientCert(self.cert.clone())));
-        config.alpn_protocols = vec![alpn.to_vec()];
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
         config
     }
 }

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use rustls::pki_types::ServerName;
 
-use super::http::pool::{ConnectOutcome, Slot};
+use super::http::pool::{ConnectOutcome, Lease, Slot};
 
 /// An endpoint with requests in flight and none ended for this long counts as stalled.
 pub const STALLED: Duration = Duration::from_millis(250);
@@ -47,7 +47,7 @@ pub struct Endpoint {
     in_flight: AtomicUsize,
     /// When a request (or connection) to it last ended ([`now_ms`]).
     last_done_ms: AtomicU64,
-    /// The pooled HTTP/2 connection to it.
+    /// The pooled HTTP connections to it.
     pub pool: Slot,
     /// Ejection after failed connects, and the measured handshake time.
     pub health: Health,
@@ -89,18 +89,25 @@ impl Endpoint {
     /// Counts a request in flight until the guard is dropped.
     pub fn start(self: &Arc<Self>) -> InFlight {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
-        InFlight(self.clone())
+        InFlight(self.clone(), None)
     }
 }
 
-/// A request counted in flight on an endpoint.
+/// A request counted in flight on an endpoint, holding the HTTP/1.1 connection lent to it
+/// (if any) until its response has ended.
 #[derive(Debug)]
-pub struct InFlight(Arc<Endpoint>);
+pub struct InFlight(Arc<Endpoint>, Option<Lease>);
 
 impl InFlight {
     /// The endpoint.
     pub fn endpoint(&self) -> &Endpoint {
         &self.0
+    }
+
+    /// The same request, holding `lease` until it ends.
+    pub fn holding(mut self, lease: Option<Lease>) -> Self {
+        self.1 = lease;
+        self
     }
 }
 

@@ -87,7 +87,7 @@ pub fn handler(config: &Inbound, path: &Arc<DataPath>) -> (Arc<Handler>, tracing
         });
     })));
     if protocol.is_http() {
-        inbound_config.h2 = Some(super::http::inbound::handler(path.clone(), port, service, forward_to, protocol));
+        inbound_config.http = Some(super::http::inbound::handler(path.clone(), port, service, forward_to, protocol));
     }
     (Arc::new(inbound::Handler::new(inbound_config, authorize, path.metrics.inbound.clone())), span)
 }

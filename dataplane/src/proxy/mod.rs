@@ -65,7 +65,7 @@ use strait_api::proxy_config::{MeshTrust, ProxyConfig};
 use strait_pki::TrustBundle;
 use strait_proxy_core::drain::DrainWatcher;
 use strait_proxy_core::identity::{IdentityStore, TlsIdentity};
-use strait_proxy_core::tls::{ALPN_H2, ALPN_TCP};
+use strait_proxy_core::tls::{ALPN_H2, ALPN_HTTP1, ALPN_TCP};
 use tokio_util::task::TaskTracker;
 
 use self::data_path::DataPath;
@@ -115,7 +115,7 @@ fn tls_identity(state: &ProxyState) -> Option<(TlsIdentity, IdentitySource)> {
     let config = state.config.load_full()?;
     let bundle = trust_bundle(&config.1.trust_bundle);
     let source = IdentitySource { certificate: identity.clone(), bundle: config.1.trust_bundle.clone() };
-    match TlsIdentity::from_pem(&identity.cert_chain_pem, &identity.key_pem, &bundle, &[ALPN_H2, ALPN_TCP]) {
+    match TlsIdentity::from_pem(&identity.cert_chain_pem, &identity.key_pem, &bundle, &[ALPN_HTTP1, ALPN_H2, ALPN_TCP]) {
         Ok(t) => Some((t, source)),
         Err(e) => {
             tracing::error!(error = %e, "the workload certificate is unusable; keeping the previous one");

@@ -41,10 +41,10 @@ pub struct InboundConfig {
     /// The application speaks HTTP/1.1: answer an unauthorized peer's request with a 403
     /// naming the reason, instead of closing the connection without a word.
     pub deny_with_http_403: bool,
-    /// Takes over sessions that negotiated ALPN `h2` (HTTP between sidecars); authorization
+    /// Takes over sessions that negotiated ALPN `h2` or `http/1.1` (HTTP between sidecars); authorization
     /// is then the handler's, per request, so that a permission change applies to pooled
     /// connections too. Without it every session is a TCP tunnel.
-    pub h2: Option<H2Handler>,
+    pub http: Option<HttpHandler>,
     /// The connect and idle timeouts of each new tunnel, read when it is authorised (they may
     /// change with the configuration); without it, `connect_timeout` and `copy.idle_timeout`.
     pub timeouts: Option<TunnelTimeouts>,
@@ -88,16 +88,17 @@ impl std::fmt::Debug for TunnelTimeouts {
     }
 }
 
-/// Serves one inbound HTTP/2 session, given the TLS stream and the peer's verified identity.
+/// Serves one inbound HTTP session (ALPN `h2` or `http/1.1`: the handler reads which from the
+/// stream), given the TLS stream and the peer's verified identity.
 #[derive(Clone)]
-pub struct H2Handler(pub Arc<dyn Fn(TlsStream<TcpStream>, Identity) -> BoxFuture + Send + Sync>);
+pub struct HttpHandler(pub Arc<dyn Fn(TlsStream<TcpStream>, Identity) -> BoxFuture + Send + Sync>);
 
-/// The future of an [`H2Handler`].
+/// The future of an [`HttpHandler`].
 pub type BoxFuture = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
 
-impl std::fmt::Debug for H2Handler {
+impl std::fmt::Debug for HttpHandler {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("H2Handler")
+        f.write_str("HttpHandler")
     }
 }
 
@@ -110,7 +111,7 @@ impl InboundConfig {
             connect_timeout: Duration::from_secs(5),
             copy: CopyOptions::default(),
             deny_with_http_403: false,
-            h2: None,
+            http: None,
             timeouts: None,
             on_closed: None,
         }
@@ -250,9 +251,9 @@ impl<A: Fn(&Identity) -> bool> Handler<A> {
             }
         };
         tracing::Span::current().record("peer", tracing::field::display(&peer));
-        if let Some(h2) = &self.config.h2 {
-            if tls.get_ref().1.alpn_protocol() == Some(tls::ALPN_H2) {
-                (h2.0)(tls, peer).await;
+        if let Some(http) = &self.config.http {
+            if matches!(tls.get_ref().1.alpn_protocol(), Some(tls::ALPN_H2 | tls::ALPN_HTTP1)) {
+                (http.0)(tls, peer).await;
                 return;
             }
         }

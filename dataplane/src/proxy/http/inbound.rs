@@ -1,4 +1,5 @@
-//! The inbound side of HTTP: an HTTP/2 session from a peer sidecar (mTLS, ALPN `h2`), each
+//! The inbound side of HTTP: an HTTP/2 session (mTLS, ALPN `h2`) or an HTTP/1.1 connection
+//! (ALPN `http/1.1`, the applications' HTTP/1.1 requests one at a time) from a peer sidecar, each
 //! request checked against MeshTrafficPermission for the peer's SPIFFE identity, then sent to
 //! the application over a local connection pool (HTTP/1.1, or HTTP/2 without TLS for `http2`
 //! and `grpc` inbounds).
@@ -26,7 +27,8 @@ use hyper::service::service_fn;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use strait_pki::Identity;
-use strait_proxy_core::tunnel::inbound::H2Handler;
+use strait_proxy_core::tls::ALPN_HTTP1;
+use strait_proxy_core::tunnel::inbound::HttpHandler;
 use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
 use tracing::Instrument;
@@ -60,8 +62,8 @@ pub struct Inbound {
     client: Client<AppConnector, Counted>,
 }
 
-/// The handler the tunnel's accept loop gives HTTP/2 sessions of inbound `port` to.
-pub fn handler(path: Arc<DataPath>, port: u16, service: String, app: SocketAddr, protocol: Protocol) -> H2Handler {
+/// The handler the tunnel's accept loop gives HTTP sessions of inbound `port` to.
+pub fn handler(path: Arc<DataPath>, port: u16, service: String, app: SocketAddr, protocol: Protocol) -> HttpHandler {
     let mut builder = Client::builder(TokioExecutor::new());
     builder.pool_timer(TokioTimer::new()).pool_idle_timeout(Duration::from_secs(60)).timer(TokioTimer::new());
     let version = if protocol == Protocol::Http {
@@ -72,7 +74,7 @@ pub fn handler(path: Arc<DataPath>, port: u16, service: String, app: SocketAddr,
     };
     let client = builder.build(AppConnector { app, path: path.clone(), port });
     let inbound = Arc::new(Inbound { path, port, service: service.into(), app, version, protocol, client });
-    H2Handler(Arc::new(move |tls, peer| Box::pin(inbound.clone().serve(tls, peer))))
+    HttpHandler(Arc::new(move |tls, peer| Box::pin(inbound.clone().serve(tls, peer))))
 }
 
 impl Inbound {
@@ -91,7 +93,23 @@ impl Inbound {
         };
         let watcher = self.path.drain.clone();
         let lifetime = of_inbound(&self.path.state, self.port).max_connection;
+        let http1 = tls.get_ref().1.alpn_protocol() == Some(ALPN_HTTP1);
         let session = Arc::new(Session { inbound: self, peer, caller, caller_zone, metrics, decision: SessionDecision::default() });
+        let service = service_fn(move |request: Request<Incoming>| {
+            let session = session.clone();
+            // Off under the default `info` filter: then neither built nor formatted.
+            let span = tracing::debug_span!("request", method = %request.method(), path = %request.uri().path());
+            async move { Ok::<_, Infallible>(session.handle(request).await) }.instrument(span)
+        });
+        if http1 {
+            // The caller's sidecar pools the connection and closes it first (after 20 s idle):
+            // a longer wait here never closes one under a request it is sending.
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder.timer(TokioTimer::new()).header_read_timeout(Duration::from_secs(120));
+            let connection = builder.serve_connection(TokioIo::new(tls), service);
+            serve_until_drained(connection, |c| c.graceful_shutdown(), &watcher, lifetime, "inbound HTTP/1.1 connection").await;
+            return;
+        }
         // Runs in the connection's span (the tunnel's accept loop made it, with the peer): so
         // do the streams hyper spawns, through `InSpan`.
         let mut builder = hyper::server::conn::http2::Builder::new(InSpan);
@@ -102,18 +120,12 @@ impl Inbound {
             .initial_connection_window_size(4 << 20)
             .keep_alive_interval(Duration::from_secs(20))
             .keep_alive_timeout(Duration::from_secs(10));
-        let service = service_fn(move |request: Request<Incoming>| {
-            let session = session.clone();
-            // Off under the default `info` filter: then neither built nor formatted.
-            let span = tracing::debug_span!("request", method = %request.method(), path = %request.uri().path());
-            async move { Ok::<_, Infallible>(session.handle(request).await) }.instrument(span)
-        });
         let connection = builder.serve_connection(TokioIo::new(tls), service);
         serve_until_drained(connection, |c| c.graceful_shutdown(), &watcher, lifetime, "inbound HTTP/2 session").await;
     }
 }
 
-/// One HTTP/2 session from a peer sidecar.
+/// One HTTP session (HTTP/2 or HTTP/1.1) from a peer sidecar.
 struct Session {
     inbound: Arc<Inbound>,
     peer: Identity,

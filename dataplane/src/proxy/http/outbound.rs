@@ -1,7 +1,10 @@
 //! The outbound side of HTTP: the application's connection is served as HTTP (HTTP/1.1, or
 //! HTTP/2 without TLS for gRPC and h2c clients, detected from the first bytes), and each
-//! request goes to an endpoint of the destination, picked per request, over the pooled
-//! HTTP/2 mTLS connection to that endpoint's sidecar.
+//! request goes to an endpoint of the destination, picked per request, over a pooled mTLS
+//! connection to that endpoint's sidecar: an idle HTTP/1.1 one for an HTTP/1.x request to an
+//! `http` destination, else the endpoint's HTTP/2 one. A destination with MeshCircuitBreaker
+//! connection limits (`maxConnections`, `maxPendingRequests`) stays on HTTP/2, whose
+//! multiplexed connections those limits count.
 //!
 //! In: an accepted application connection and the destination's service name. Out: responses
 //! from the peer, or the sidecar's own 502/503 that names the destination and the reason.
@@ -30,7 +33,7 @@ use tokio::net::TcpStream;
 use tracing::Instrument;
 
 use super::body::{local_response, Counted, GRPC_STATUS};
-use super::pool::Connector;
+use super::pool::{Connector, Sender};
 use super::retry::{Cause, MAX_KEPT_BODY};
 use super::{absolute, serve_until_drained, strip_hop_by_hop, InSpan};
 use crate::proxy::access_log::{self, Pending as Logged};
@@ -51,6 +54,7 @@ const ATTEMPTS: usize = 3;
 struct Replay {
     method: http::Method,
     uri: http::Uri,
+    version: Version,
     headers: http::HeaderMap,
 }
 
@@ -65,7 +69,12 @@ impl Replay {
 
     /// A copy of `request` (the caller knows it has no body).
     fn copy(request: &Request<Counted>) -> Replay {
-        Replay { method: request.method().clone(), uri: request.uri().clone(), headers: request.headers().clone() }
+        Replay {
+            method: request.method().clone(),
+            uri: request.uri().clone(),
+            version: request.version(),
+            headers: request.headers().clone(),
+        }
     }
 
     fn request(&self, destination: &Destination) -> Request<Counted> {
@@ -78,7 +87,7 @@ impl Replay {
         *request.method_mut() = self.method.clone();
         *request.uri_mut() = self.uri.clone();
         *request.headers_mut() = self.headers.clone();
-        *request.version_mut() = Version::HTTP_2;
+        *request.version_mut() = self.version;
         request
     }
 }
@@ -333,7 +342,8 @@ fn mirror(request: Request<Counted>, to: &Arc<Destination>, path: &Arc<DataPath>
 }
 
 /// What the application sent, made into a request for the mesh: an absolute URI (its
-/// authority from `Host`, else the service), no hop-by-hop headers, HTTP/2.
+/// authority from `Host`, else the service), no hop-by-hop headers; its version stays the
+/// application's until it is sent (see [`speaks_http1`]).
 fn to_mesh(request: Request<Incoming>, destination: &Destination) -> Request<Counted> {
     let (mut parts, body) = request.into_parts();
     let host = parts.headers.get(header::HOST);
@@ -344,8 +354,17 @@ fn to_mesh(request: Request<Incoming>, destination: &Destination) -> Request<Cou
     // Only this sidecar names the route a request matched.
     parts.headers.remove(super::routes::ROUTE_HEADER);
     strip_hop_by_hop(&mut parts.headers);
-    parts.version = Version::HTTP_2;
     Request::from_parts(parts, Counted::new(body, destination.metrics.request_bytes.clone()))
+}
+
+/// Whether `request` goes to `destination` over HTTP/1.1 between the sidecars: an HTTP/1.x
+/// request to an `http` destination without connection limits (which count HTTP/2's
+/// multiplexed connections). Everything else (gRPC, HTTP/2 clients) goes over HTTP/2.
+fn speaks_http1(request: &Request<Counted>, destination: &Destination) -> bool {
+    request.version() <= Version::HTTP_11
+        && destination.protocol == Protocol::Http
+        && destination.limits.max_connections.is_none()
+        && destination.limits.max_pending.is_none()
 }
 
 /// No response: the status and reason the application gets, and the cause (for MeshRetry).
@@ -450,6 +469,7 @@ async fn attempt(
 ) -> Result<(Response<Incoming>, InFlight), Failure> {
     let mut last: Option<Failure> = None;
     let replay = Replay::of(&request);
+    let http1 = speaks_http1(&request, destination);
     for _ in 0..ATTEMPTS {
         let Some(endpoint) = destination.pick_for(key).cloned() else {
             return Err((StatusCode::SERVICE_UNAVAILABLE, "no endpoint available".into(), Cause::Connect));
@@ -462,7 +482,11 @@ async fn attempt(
             }
         }
         let in_flight = endpoint.start();
-        let mut sender = match endpoint.pool.sender(endpoint.address, &connector).await {
+        let opened = match http1 {
+            true => endpoint.pool.sender_http1(endpoint.address, &connector).await,
+            false => endpoint.pool.sender(endpoint.address, &connector).await.map(Sender::Http2),
+        };
+        let mut sender = match opened {
             Ok(sender) => sender,
             Err(error) => {
                 destination.record(&endpoint, Outcome::LocalOrigin);
@@ -479,29 +503,35 @@ async fn attempt(
         match sent {
             Ok(response) => {
                 destination.record(&endpoint, Outcome::Status(response.status().as_u16()));
-                return Ok((response, in_flight));
+                return Ok((response, in_flight.holding(sender.into_lease())));
             }
-            Err(mut error) => match error.take_message() {
-                // The pooled connection closed before our request went out: safe to retry.
-                Some(unsent) => {
-                    endpoint.pool.clear();
-                    last =
-                        Some((StatusCode::SERVICE_UNAVAILABLE, format!("the connection to {} closed", endpoint.address), Cause::Connect));
-                    request = unsent;
+            Err(mut error) => {
+                sender.discard();
+                match error.take_message() {
+                    // The pooled connection closed before our request went out: safe to retry.
+                    Some(unsent) => {
+                        endpoint.pool.clear();
+                        last = Some((
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            format!("the connection to {} closed", endpoint.address),
+                            Cause::Connect,
+                        ));
+                        request = unsent;
+                    }
+                    None => {
+                        destination.record(&endpoint, Outcome::LocalOrigin);
+                        let failure =
+                            (StatusCode::BAD_GATEWAY, format!("{} failed the request: {}", endpoint.address, error.error()), Cause::Reset);
+                        let Some(replay) = &replay else { return Err(failure) };
+                        // The connection failed with the request in flight and before any
+                        // response: a safe request without a body is tried elsewhere.
+                        endpoint.pool.clear();
+                        endpoint.health.failed();
+                        last = Some(failure);
+                        request = replay.request(destination);
+                    }
                 }
-                None => {
-                    destination.record(&endpoint, Outcome::LocalOrigin);
-                    let failure =
-                        (StatusCode::BAD_GATEWAY, format!("{} failed the request: {}", endpoint.address, error.error()), Cause::Reset);
-                    let Some(replay) = &replay else { return Err(failure) };
-                    // The connection failed with the request in flight and before any
-                    // response: a safe request without a body is tried elsewhere.
-                    endpoint.pool.clear();
-                    endpoint.health.failed();
-                    last = Some(failure);
-                    request = replay.request(destination);
-                }
-            },
+            }
         }
     }
     Err(last.unwrap_or_else(|| (StatusCode::SERVICE_UNAVAILABLE, "no endpoint available".into(), Cause::Connect)))

@@ -1,5 +1,8 @@
-//! The HTTP/2 connection pool between sidecars: one mTLS connection per peer endpoint, shared
-//! by every request to it (HTTP/2 multiplexes them).
+//! The HTTP connection pool between sidecars: one HTTP/2 mTLS connection per peer endpoint,
+//! shared by every request to it (HTTP/2 multiplexes them), and idle HTTP/1.1 mTLS connections,
+//! each lent to one request at a time (an application's HTTP/1.1 requests go over HTTP/1.1:
+//! no framing, header compression, flow control or task per stream on either side, where
+//! nothing needs multiplexing).
 //!
 //! In: a request for an endpoint, the current [`IdentityStore`], the identity the peer must
 //! present, the SNI to send, and where to report each connect's outcome ([`ConnectOutcome`]:
@@ -11,19 +14,31 @@
 //! A connection opened with an older workload certificate is replaced on next use after a
 //! rotation: new requests go over a connection with the new certificate while the requests
 //! still on the old one finish there.
+//!
+//! HTTP/1.1 offers ALPN `http/1.1` then `h2`: a peer sidecar that does not speak HTTP/1.1 between
+//! sidecars (an older version) picks `h2`, and the connection becomes the endpoint's HTTP/2 one.
+//! An idle HTTP/1.1 connection is closed after [`HTTP1_IDLE`] (the peer waits longer, so it
+//! never closes one under a request being sent); idle ones are taken most recent first.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwapOption;
-use hyper::client::conn::http2::{self, SendRequest};
+use http::{Request, Response, Version};
+use hyper::body::Incoming;
+use hyper::client::conn::{
+    http1,
+    http2::{self, SendRequest},
+    TrySendError,
+};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rustls::pki_types::ServerName;
 use strait_pki::Identity;
 use strait_proxy_core::drain::DrainWatcher;
 use strait_proxy_core::identity::{IdentityStore, TlsIdentity};
-use strait_proxy_core::tls::ALPN_H2;
+use strait_proxy_core::tls::{ALPN_H2, ALPN_HTTP1};
 use strait_proxy_core::tunnel::outbound::{self, OutboundError};
 use strait_proxy_core::tunnel::TunnelMetrics;
 use tokio_util::task::TaskTracker;
@@ -45,9 +60,9 @@ pub enum PoolError {
         /// What hyper said.
         source: hyper::Error,
     },
-    /// The peer did not pick HTTP/2 (it is not a sidecar that serves HTTP on this port).
-    #[error("{target} did not accept HTTP/2 over mTLS")]
-    NoH2 {
+    /// The peer picked neither HTTP/1.1 nor HTTP/2 (it is not a sidecar that serves HTTP on this port).
+    #[error("{target} did not accept HTTP over mTLS")]
+    NoHttp {
         /// The peer's address.
         target: SocketAddr,
     },
@@ -56,26 +71,134 @@ pub enum PoolError {
 struct Pooled {
     sender: SendRequest<Counted>,
     identity: Arc<TlsIdentity>,
-    opened: std::time::Instant,
+    opened: Instant,
     /// Requests handed this connection so far.
-    used: std::sync::atomic::AtomicU32,
+    used: AtomicU32,
 }
 
-/// The pooled connection of one endpoint.
+/// How long an HTTP/1.1 connection may stay idle in the pool; the peer's sidecar waits 120 s
+/// before it closes one.
+pub const HTTP1_IDLE: Duration = Duration::from_secs(20);
+/// Idle HTTP/1.1 connections kept per endpoint; one returned beyond this is closed.
+const MAX_IDLE_HTTP1: usize = 256;
+
+/// An HTTP/1.1 connection, idle in the pool or lent to a request.
+struct Http1 {
+    sender: http1::SendRequest<Counted>,
+    identity: Arc<TlsIdentity>,
+    opened: Instant,
+    idle_since: Instant,
+    /// Requests it carried, this one included.
+    used: u32,
+}
+
+/// An endpoint's idle HTTP/1.1 connections, most recently used last.
+#[derive(Default)]
+struct Idle {
+    connections: Mutex<Vec<Http1>>,
+    /// Set when the sidecar drains: connections are closed instead of coming back.
+    closed: AtomicBool,
+}
+
+impl Idle {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Http1>> {
+        self.connections.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Closes the idle connections (dropping their handles ends them) and, if `for_good`,
+    /// every connection that comes back.
+    fn close(&self, for_good: bool) {
+        if for_good {
+            self.closed.store(true, Ordering::Relaxed);
+        }
+        let idle = std::mem::take(&mut *self.lock());
+        drop(idle);
+    }
+}
+
+/// The pooled connections of one endpoint.
 #[derive(Default)]
 pub struct Slot {
     current: Arc<ArcSwapOption<Pooled>>,
     connecting: tokio::sync::Mutex<()>,
     /// Requests waiting for a connection to be opened.
-    waiting: std::sync::atomic::AtomicUsize,
+    waiting: AtomicUsize,
+    http1: Arc<Idle>,
 }
 
 /// Counts a request waiting for a connection while it lives.
-struct Waiting<'a>(&'a std::sync::atomic::AtomicUsize);
+struct Waiting<'a>(&'a AtomicUsize);
 
 impl Drop for Waiting<'_> {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Where a request goes: the endpoint's HTTP/2 connection, or an HTTP/1.1 one lent to it.
+pub enum Sender {
+    /// The shared HTTP/2 connection.
+    Http2(SendRequest<Counted>),
+    /// An HTTP/1.1 connection for this request alone.
+    Http1(Lease),
+}
+
+impl Sender {
+    /// Sends `request` (its version set to the connection's); gives it back if it could not
+    /// be sent because the connection had closed.
+    pub async fn try_send_request(&mut self, mut request: Request<Counted>) -> Result<Response<Incoming>, TrySendError<Request<Counted>>> {
+        match self {
+            Sender::Http2(sender) => {
+                *request.version_mut() = Version::HTTP_2;
+                sender.try_send_request(request).await
+            }
+            Sender::Http1(lease) => {
+                *request.version_mut() = Version::HTTP_11;
+                lease.connection.as_mut().expect("a lease holds its connection until dropped").sender.try_send_request(request).await
+            }
+        }
+    }
+
+    /// The HTTP/1.1 connection, to be held until the response has ended.
+    pub fn into_lease(self) -> Option<Lease> {
+        match self {
+            Sender::Http1(lease) => Some(lease),
+            Sender::Http2(_) => None,
+        }
+    }
+
+    /// The connection failed this request: an HTTP/1.1 one is not lent again.
+    pub fn discard(self) {
+        if let Sender::Http1(mut lease) = self {
+            lease.connection = None;
+        }
+    }
+}
+
+/// An HTTP/1.1 connection lent to one request; back among the endpoint's idle connections
+/// when dropped (with the response's end), unless it closed or the sidecar drains.
+pub struct Lease {
+    connection: Option<Http1>,
+    idle: Arc<Idle>,
+}
+
+impl std::fmt::Debug for Lease {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Lease")
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        let Some(mut connection) = self.connection.take() else { return };
+        if connection.sender.is_closed() || self.idle.closed.load(Ordering::Relaxed) {
+            return;
+        }
+        connection.idle_since = Instant::now();
+        let mut idle = self.idle.lock();
+        if idle.len() < MAX_IDLE_HTTP1 {
+            idle.push(connection);
+        }
     }
 }
 
@@ -142,6 +265,73 @@ impl Slot {
         Ok(sender)
     }
 
+    /// An HTTP/1.1 connection to `target` for one request, made with the current certificate:
+    /// an idle one, else a new one (or, if the peer only speaks HTTP/2 between sidecars, its
+    /// HTTP/2 connection).
+    pub async fn sender_http1<H: ConnectOutcome>(&self, target: SocketAddr, connector: &Connector<'_, H>) -> Result<Sender, PoolError> {
+        let identity = connector.identities.current();
+        if let Some(connection) = self.idle_http1(&identity, connector) {
+            return Ok(Sender::Http1(Lease { connection: Some(connection), idle: self.http1.clone() }));
+        }
+        if let Some(sender) = self.usable(&identity, connector) {
+            return Ok(Sender::Http2(sender));
+        }
+        self.waiting.fetch_add(1, Ordering::Relaxed);
+        let _waiting = Waiting(&self.waiting);
+        let tls = self.tls(target, &identity, connector, &[ALPN_HTTP1, ALPN_H2]).await?;
+        if tls.get_ref().1.alpn_protocol() == Some(ALPN_H2) {
+            return Ok(Sender::Http2(self.http2(target, tls, identity, connector).await?));
+        }
+        if tls.get_ref().1.alpn_protocol() != Some(ALPN_HTTP1) {
+            return Err(PoolError::NoHttp { target });
+        }
+        let (sender, connection) =
+            http1::Builder::new().handshake(TokioIo::new(tls)).await.map_err(|source| PoolError::Handshake { target, source })?;
+        let idle = Arc::downgrade(&self.http1);
+        let watcher = connector.drain.clone();
+        let active = ActiveGuard::new(&connector.metrics.active);
+        connector.tasks.spawn(async move {
+            let _active = active;
+            tokio::pin!(connection);
+            tokio::select! {
+                ended = &mut connection => {
+                    if let Err(error) = ended {
+                        tracing::debug!(%target, %error, "pooled HTTP/1.1 connection ended");
+                    }
+                    return;
+                }
+                () = watcher.signaled() => {}
+            }
+            // Draining: idle connections close, busy ones once their response has ended.
+            if let Some(idle) = idle.upgrade() {
+                idle.close(true);
+            }
+            let _ = watcher.unless_forced(connection).await;
+        });
+        tracing::debug!(%target, peer = %connector.expected, "opened a pooled HTTP/1.1 connection");
+        let now = Instant::now();
+        let connection = Http1 { sender, identity, opened: now, idle_since: now, used: 1 };
+        Ok(Sender::Http1(Lease { connection: Some(connection), idle: self.http1.clone() }))
+    }
+
+    /// The most recently used idle HTTP/1.1 connection that may take a request; the stale
+    /// ones met on the way are closed.
+    fn idle_http1<H>(&self, identity: &Arc<TlsIdentity>, c: &Connector<'_, H>) -> Option<Http1> {
+        let mut idle = self.http1.lock();
+        while let Some(mut connection) = idle.pop() {
+            let usable = connection.sender.is_ready()
+                && Arc::ptr_eq(&connection.identity, identity)
+                && connection.idle_since.elapsed() < HTTP1_IDLE
+                && c.max_age.is_none_or(|max| connection.opened.elapsed() < max)
+                && c.max_requests.is_none_or(|max| connection.used < max);
+            if usable {
+                connection.used += 1;
+                return Some(connection);
+            }
+        }
+        None
+    }
+
     /// Whether a live connection is pooled (a request would not have to open one).
     pub fn connected(&self) -> bool {
         self.current.load().as_ref().is_some_and(|p| !p.sender.is_closed())
@@ -152,9 +342,10 @@ impl Slot {
         self.waiting.load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    /// Forgets the pooled connection (its requests finish; new ones open another).
+    /// Forgets the pooled connections (their requests finish; new ones open others).
     pub fn clear(&self) {
         self.current.store(None);
+        self.http1.close(false);
     }
 
     fn usable<H>(&self, identity: &Arc<TlsIdentity>, c: &Connector<'_, H>) -> Option<SendRequest<Counted>> {
@@ -164,7 +355,7 @@ impl Slot {
         if !young || pooled.sender.is_closed() || !Arc::ptr_eq(&pooled.identity, identity) {
             return None;
         }
-        let fresh = c.max_requests.is_none_or(|max| pooled.used.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < max);
+        let fresh = c.max_requests.is_none_or(|max| pooled.used.fetch_add(1, Ordering::Relaxed) < max);
         fresh.then(|| pooled.sender.clone())
     }
 
@@ -174,25 +365,47 @@ impl Slot {
         identity: Arc<TlsIdentity>,
         c: &Connector<'_, H>,
     ) -> Result<SendRequest<Counted>, PoolError> {
+        let tls = self.tls(target, &identity, c, &[ALPN_H2]).await?;
+        if tls.get_ref().1.alpn_protocol() != Some(ALPN_H2) {
+            return Err(PoolError::NoHttp { target });
+        }
+        self.http2(target, tls, identity, c).await
+    }
+
+    /// A new mTLS connection to `target` offering `alpn`, its outcome told to the endpoint's health.
+    async fn tls<H: ConnectOutcome>(
+        &self,
+        target: SocketAddr,
+        identity: &TlsIdentity,
+        c: &Connector<'_, H>,
+        alpn: &[&[u8]],
+    ) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>, PoolError> {
         c.metrics.connections.inc();
-        let config = identity.client_config(c.expected, ALPN_H2);
-        let started = std::time::Instant::now();
-        let tls = match outbound::connect(target, config, c.sni.clone(), c.connect_timeout).await {
+        let config = identity.client_config_offering(c.expected, alpn);
+        let started = Instant::now();
+        match outbound::connect(target, config, c.sni.clone(), c.connect_timeout).await {
             Ok(tls) => {
                 c.health.connected(started.elapsed());
-                tls
+                Ok(tls)
             }
             Err(error) => {
                 c.health.failed();
                 if matches!(error, OutboundError::IdentityMismatch { .. } | OutboundError::Handshake { .. }) {
                     c.metrics.handshake_errors.inc();
                 }
-                return Err(error.into());
+                Err(error.into())
             }
-        };
-        if tls.get_ref().1.alpn_protocol() != Some(ALPN_H2) {
-            return Err(PoolError::NoH2 { target });
         }
+    }
+
+    /// The endpoint's HTTP/2 connection over `tls`, pooled for every request.
+    async fn http2<H>(
+        &self,
+        target: SocketAddr,
+        tls: tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
+        identity: Arc<TlsIdentity>,
+        c: &Connector<'_, H>,
+    ) -> Result<SendRequest<Counted>, PoolError> {
         let mut builder = http2::Builder::new(TokioExecutor::new());
         builder
             .timer(TokioTimer::new())
@@ -224,8 +437,8 @@ impl Slot {
         });
         tracing::debug!(%target, peer = %c.expected, "opened a pooled HTTP/2 connection");
         // The request that opened it is its first.
-        let used = std::sync::atomic::AtomicU32::new(1);
-        self.current.store(Some(Arc::new(Pooled { sender: sender.clone(), identity, opened: std::time::Instant::now(), used })));
+        let used = AtomicU32::new(1);
+        self.current.store(Some(Arc::new(Pooled { sender: sender.clone(), identity, opened: Instant::now(), used })));
         Ok(sender)
     }
 }
