@@ -53,6 +53,13 @@ pub enum StartError {
     },
 }
 
+/// How often the sidecar samples its CPU use to decide when to give freed memory back.
+const TRIM_SAMPLE: Duration = Duration::from_secs(2);
+/// A sample with this much CPU (in cores) is a busy spell for the sidecar...
+const TRIM_BUSY_CORES: f64 = 0.05;
+/// ...and one with at most this much a quiet one, after which freed memory is given back.
+const TRIM_QUIET_CORES: f64 = 0.01;
+
 /// A running sidecar.
 pub struct Sidecar {
     /// Where the admin server listens.
@@ -86,6 +93,7 @@ impl Sidecar {
         let state = Arc::new(ProxyState::default());
         let mut registry = Registry::default();
         let proxy_metrics = ProxyMetrics::register(&mut registry);
+        let trims = strait_runtime::memory::TrimMetrics::register(&mut registry, "strait_dp_memory");
         let registry = Arc::new(registry);
         let dump = config_dump(state.clone(), addresses.clone());
         let inspect = crate::dps_client::Inspect { config_dump: dump.clone(), registry: registry.clone() };
@@ -107,6 +115,13 @@ impl Sidecar {
             DpsClient { config: config.clone(), state: state.clone(), guards, workload, streams, nacks, health, inspect }
                 .run(cancel.clone()),
         );
+        // What a burst of connections freed goes back to the system once it is over.
+        tasks.spawn(strait_runtime::memory::give_back_after_bursts(
+            strait_runtime::memory::TrimPolicy::new(TRIM_BUSY_CORES, TRIM_QUIET_CORES, Duration::from_secs(600)),
+            TRIM_SAMPLE,
+            cancel.clone(),
+            move |t| trims.trimmed(t),
+        ));
         let proxy = crate::proxy::run(state.clone(), proxy_metrics, listeners, drain.watcher(), tasks.clone());
         tasks.spawn_on(proxy, data_path.handle());
         tracing::info!(

@@ -123,6 +123,11 @@ impl Default for TrimPolicy {
 }
 
 impl TrimPolicy {
+    /// Busy above `busy_cores`, quiet below `quiet_cores`, a trim at least `every` while quiet.
+    pub fn new(busy_cores: f64, quiet_cores: f64, every: Duration) -> Self {
+        TrimPolicy { busy_cores, quiet_cores, every, ..TrimPolicy::default() }
+    }
+
     /// Takes an interval of `length` in which the process used `used` CPU time, ending at
     /// `now`; true when the process should trim now (and then counts it as trimmed).
     pub fn observe(&mut self, used: Duration, length: Duration, now: Instant) -> bool {
@@ -172,6 +177,34 @@ pub async fn give_back_after_bursts(
             // The trim's own CPU is not the process's work.
             last = (Instant::now(), cpu_time());
         }
+    }
+}
+
+/// The counters of [`give_back_after_bursts`]: `<prefix>_trims_total` and
+/// `<prefix>_returned_bytes_total`.
+#[derive(Clone, Debug, Default)]
+pub struct TrimMetrics {
+    /// Times freed memory was given back.
+    pub trims: prometheus_client::metrics::counter::Counter,
+    /// Resident memory given back, in bytes.
+    pub returned: prometheus_client::metrics::counter::Counter,
+}
+
+impl TrimMetrics {
+    /// Creates the counters and registers them under `prefix` (`strait_zone_memory`).
+    pub fn register(registry: &mut prometheus_client::registry::Registry, prefix: &str) -> Self {
+        let m = TrimMetrics::default();
+        let r = registry.sub_registry_with_prefix(prefix);
+        r.register("trims", "Times memory freed after a busy spell was given back to the system", m.trims.clone());
+        r.register("returned_bytes", "Resident memory given back to the system after busy spells", m.returned.clone());
+        m
+    }
+
+    /// Counts a trim, and logs it (at debug: the counters say it).
+    pub fn trimmed(&self, t: Trimmed) {
+        self.trims.inc();
+        self.returned.inc_by(t.returned);
+        tracing::debug!(returned_kb = t.returned >> 10, took_ms = t.took.as_millis(), "gave freed memory back to the system");
     }
 }
 

@@ -69,7 +69,7 @@ impl ZoneCp {
         let metrics = ZoneMetrics::register(&mut registry);
         let connected: Arc<std::sync::Mutex<std::collections::HashSet<String>>> = Default::default();
         let dps_metrics = crate::metrics::DpsMetrics::register(&mut registry, connected.clone());
-        let memory_metrics = crate::metrics::MemoryMetrics::register(&mut registry);
+        let memory_metrics = strait_runtime::memory::TrimMetrics::register(&mut registry, "strait_zone_memory");
         let listener = tokio::net::TcpListener::bind(config.api_address)
             .await
             .map_err(|e| anyhow::anyhow!("binding the REST API to {}: {e}", config.api_address))?;

@@ -40,33 +40,6 @@ impl ZoneMetrics {
     }
 }
 
-/// Memory the zone gave back to the system after busy spells (`strait_zone_memory_*`).
-#[derive(Clone, Default)]
-pub struct MemoryMetrics {
-    /// Times freed memory was given back.
-    pub trims: Counter,
-    /// Resident memory given back, in bytes.
-    pub returned: Counter,
-}
-
-impl MemoryMetrics {
-    /// Creates and registers the metrics.
-    pub fn register(registry: &mut Registry) -> Self {
-        let m = MemoryMetrics::default();
-        let r = registry.sub_registry_with_prefix("strait_zone_memory");
-        r.register("trims", "Times memory freed after a busy spell was given back to the system", m.trims.clone());
-        r.register("returned_bytes", "Resident memory given back to the system after busy spells", m.returned.clone());
-        m
-    }
-
-    /// Counts a trim, and logs it.
-    pub fn trimmed(&self, t: strait_runtime::memory::Trimmed) {
-        self.trims.inc();
-        self.returned.inc_by(t.returned);
-        tracing::info!(returned_mb = t.returned >> 20, took_ms = t.took.as_millis(), "gave freed memory back to the system");
-    }
-}
-
 /// A mesh as a label.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct MeshLabel {

@@ -287,6 +287,8 @@ impl Session {
             Ok(response) => {
                 let (mut parts, body) = response.into_parts();
                 strip_hop_by_hop(&mut parts.headers);
+                // The application's version (an HTTP/1.0 server's) is not the mesh hop's.
+                parts.version = Version::HTTP_11;
                 // gRPC: the call's status, in the headers of a trailers-only answer, else in its trailers.
                 let grpc = match parts.headers.get(GRPC_STATUS) {
                     Some(status) if inbound.protocol == Protocol::Grpc => {

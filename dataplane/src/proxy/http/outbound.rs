@@ -255,6 +255,8 @@ async fn forward(request: Request<Incoming>, service: &str, path: &Arc<DataPath>
     if let Some((rule, _)) = rule {
         rule.edit_response(response.headers_mut());
     }
+    // This sidecar answers in its own version, whatever the peer's or its application's.
+    *response.version_mut() = Version::HTTP_11;
     if let Some(s) = &mut span {
         s.answered(response.status().as_u16());
     }

@@ -79,8 +79,9 @@ struct Pooled {
 /// How long an HTTP/1.1 connection may stay idle in the pool; the peer's sidecar waits 120 s
 /// before it closes one.
 pub const HTTP1_IDLE: Duration = Duration::from_secs(20);
-/// Idle HTTP/1.1 connections kept per endpoint; one returned beyond this is closed.
-const MAX_IDLE_HTTP1: usize = 256;
+/// Idle HTTP/1.1 connections kept per endpoint (as nginx's `keepalive 64`); one returned
+/// beyond this is closed, so that a burst's connections do not outlive it.
+const MAX_IDLE_HTTP1: usize = 64;
 
 /// An HTTP/1.1 connection, idle in the pool or lent to a request.
 struct Http1 {
