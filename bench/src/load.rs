@@ -161,3 +161,22 @@ pub async fn closed_loop(target: SocketAddr, path: &str, duration: Duration, con
     total.elapsed = started.elapsed();
     Ok(total)
 }
+
+/// Client connections held open, each having sent one request (see [`hold_open`]).
+pub struct Held {
+    /// Connections whose request was answered with a 200.
+    pub answered: usize,
+    _senders: Vec<SendRequest<Empty<Bytes>>>,
+}
+
+/// Opens `n` keep-alive connections to `target`, sends one GET of `path` on each (all at
+/// once), and keeps them open until the result is dropped.
+pub async fn hold_open(target: SocketAddr, path: &str, n: usize) -> std::io::Result<Held> {
+    let mut senders = Vec::with_capacity(n);
+    for _ in 0..n {
+        senders.push(connect(target).await?);
+    }
+    let host = target.to_string();
+    let answers = futures::future::join_all(senders.iter_mut().map(|s| get(s, &host, path))).await;
+    Ok(Held { answered: answers.into_iter().filter(|ok| *ok).count(), _senders: senders })
+}
