@@ -99,3 +99,73 @@ fn an_interrupted_benchmark_leaves_nothing_behind() {
     wait_until("every process the benchmark started gone", Duration::from_secs(10), || left().is_empty());
     assert!(stderr.contains("SIGINT: stopping"), "it says what it does: {stderr}");
 }
+
+#[test]
+fn an_interrupted_cross_zone_run_leaves_no_process_or_namespace_behind() {
+    let root = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("Uid:")).map(|l| l.split_whitespace().nth(1) == Some("0")))
+        .unwrap_or(false);
+    if !root || !Command::new("ip").args(["netns", "list"]).stdout(Stdio::null()).status().is_ok_and(|s| s.success()) {
+        eprintln!("skipped: needs root and `ip netns` (CI runs it)");
+        return;
+    }
+    let bench = env!("CARGO_BIN_EXE_cross_zone");
+    let gateway = std::path::Path::new(bench).with_file_name("strait-gateway");
+    if !gateway.exists() {
+        eprintln!("skipped: {} is not built (cargo build --workspace --bins)", gateway.display());
+        return;
+    }
+    let mut run = Command::new(bench).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().expect("start cross_zone");
+    // Its log, read as it comes: the line that names its namespaces.
+    let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let reader = {
+        let (log, stderr) = (log.clone(), run.stderr.take().expect("stderr"));
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+                let mut log = log.lock().unwrap();
+                log.push_str(&line);
+                log.push('\n');
+            }
+        })
+    };
+    // Until both zones' gateways run.
+    let mut started = Vec::new();
+    wait_until("cross_zone's two gateways", Duration::from_secs(120), || {
+        started = descendants(run.id());
+        started.iter().filter(|p| comm(**p) == "strait-gateway").count() >= 2
+    });
+    started = descendants(run.id());
+    let prefix = {
+        let log = log.lock().unwrap();
+        let after = log.split_once("(namespaces ").map(|(_, rest)| rest).expect("the harness names its namespaces");
+        after.split('*').next().unwrap_or_default().to_string()
+    };
+    let namespaces = || {
+        let out = Command::new("ip").args(["netns", "list"]).output().expect("ip netns list");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| l.split_whitespace().next())
+            .filter(|n| n.starts_with(&prefix))
+            .map(str::to_string)
+            .collect::<Vec<_>>()
+    };
+    assert!(!namespaces().is_empty(), "the run made namespaces {prefix}*");
+    Command::new("kill").args(["-TERM", &run.id().to_string()]).status().expect("kill -TERM");
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = run.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(start.elapsed() < Duration::from_secs(60), "cross_zone did not stop within 60 s of SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let _ = reader.join();
+    let log = log.lock().unwrap().clone();
+    assert_eq!(status.code(), Some(130), "exit after SIGTERM; stderr:\n{log}");
+    let left = || started.iter().copied().filter(|p| running(*p)).map(|p| format!("{p} ({})", comm(p))).collect::<Vec<_>>();
+    wait_until("every process the run started gone", Duration::from_secs(10), || left().is_empty());
+    assert_eq!(namespaces(), Vec::<String>::new(), "its namespaces are deleted");
+    assert!(log.contains("SIGTERM: stopping"), "it says what it does: {log}");
+}

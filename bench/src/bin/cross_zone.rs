@@ -155,6 +155,44 @@ fn median(samples: &mut [Duration]) -> Duration {
     percentile(samples, 50.0)
 }
 
+/// On SIGINT or SIGTERM, stops what the benchmark started (zones, gateways, sidecars, the
+/// delayer) and deletes its network namespaces and files, then exits with 130: an interrupted
+/// run leaves nothing behind.
+fn tear_down_on_signal(teardown: strait_multizone::net::Teardown) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime for the signal handler");
+    let listening =
+        runtime.block_on(async { Ok::<_, std::io::Error>((signal(SignalKind::interrupt())?, signal(SignalKind::terminate())?)) });
+    let Ok((mut interrupt, mut terminate)) = listening else {
+        eprintln!("cannot listen for SIGINT and SIGTERM: an interrupted run may leave processes and namespaces behind");
+        return;
+    };
+    // Once the teardown starts, the main thread's calls fail as their processes go: it must
+    // not end the process (with a panic's exit code) before the teardown is done.
+    static TEARING_DOWN: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    let report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        if TEARING_DOWN.load(std::sync::atomic::Ordering::SeqCst) {
+            loop {
+                std::thread::park();
+            }
+        }
+        report(info);
+    }));
+    std::thread::spawn(move || {
+        let name = runtime.block_on(async {
+            tokio::select! {
+                _ = interrupt.recv() => "SIGINT",
+                _ = terminate.recv() => "SIGTERM",
+            }
+        });
+        TEARING_DOWN.store(true, std::sync::atomic::Ordering::SeqCst);
+        eprintln!("{name}: stopping the benchmark's processes and deleting its network namespaces");
+        teardown.run();
+        std::process::exit(130);
+    });
+}
+
 fn main() {
     let args = Args::parse();
     // 1,000 connections through five processes need more descriptors than the usual 1,024;
@@ -165,6 +203,7 @@ fn main() {
         eprintln!("cross_zone needs network namespaces (root and `ip netns`): {}", net.mode_reason());
         std::process::exit(2);
     }
+    tear_down_on_signal(net.teardown());
     let (global, zones) = start_zones(&net, &["zone-1", "zone-2"]);
     let ((zone1, _), (zone2, _)) = (&zones[0], &zones[1]);
     let bulk = Workload::start_on(&net, &global, zone2, "bulk-2", "bulk", INBOUND_PORT, APP_PORT, &[], None);

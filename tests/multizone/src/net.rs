@@ -53,7 +53,7 @@ pub struct Net {
     prefix: String,
     wan_ns: Option<String>,
     wan: Option<Host>,
-    hosts: Mutex<Hosts>,
+    hosts: Arc<Mutex<Hosts>>,
     tempdir: Option<tempfile::TempDir>,
     // Declared last so it is released after everything above is torn down.
     slot: Slot,
@@ -114,7 +114,7 @@ impl Net {
         let shared = Arc::new(Shared { mode, dir, procs: Mutex::new(Procs::default()) });
         let wan = wan_ns.as_ref().map(|ns| Host::new(WAN, IpAddr::V4(wan_addr(index)), Some(ns.clone()), Arc::clone(&shared)));
         let hosts = Hosts { names: HashSet::from([WAN.to_owned()]), ..Hosts::default() };
-        Net { shared, reason, prefix, wan_ns, wan, hosts: Mutex::new(hosts), tempdir: Some(tempdir), slot }
+        Net { shared, reason, prefix, wan_ns, wan, hosts: Arc::new(Mutex::new(hosts)), tempdir: Some(tempdir), slot }
     }
 
     /// The WAN namespace itself, as a host (address `198.18.<slot>.254` on the bridge), in
@@ -243,21 +243,64 @@ impl Default for Net {
 impl Drop for Net {
     fn drop(&mut self) {
         let failed = std::thread::panicking();
-        let procs = self.shared.close();
-        process::stop_all(&procs, TEARDOWN_GRACE);
+        let teardown = self.teardown();
+        teardown.stop_processes();
         if failed {
             self.dump_logs();
         }
-        let hosts = std::mem::take(&mut lock(&self.hosts).namespaces);
-        for ns in hosts.iter().chain(&self.wan_ns) {
-            if let Err(e) = ip::netns_destroy(ns) {
-                eprintln!("strait-e2e: teardown: {e}");
-            }
-        }
+        teardown.destroy_namespaces();
         let keep = failed || std::env::var(KEEP_ENV).is_ok_and(|v| v == "1");
         if let Some(dir) = self.tempdir.take() {
             if keep {
                 eprintln!("strait-e2e: kept {}", dir.keep().display());
+            }
+        }
+    }
+}
+
+impl Net {
+    /// What tears this net down from elsewhere, as its drop does: for a signal handler, which
+    /// a drop never reaches (`teardown.run()`, then exit).
+    pub fn teardown(&self) -> Teardown {
+        Teardown {
+            shared: Arc::clone(&self.shared),
+            hosts: Arc::clone(&self.hosts),
+            wan_ns: self.wan_ns.clone(),
+            dir: self.tempdir.as_ref().map(|d| d.path().to_path_buf()),
+        }
+    }
+}
+
+/// Tears a [`Net`] down from outside its owner: stops its processes, deletes its network
+/// namespaces (the WAN's with its delayer's rules) and its files.
+#[derive(Clone)]
+pub struct Teardown {
+    shared: Arc<Shared>,
+    hosts: Arc<Mutex<Hosts>>,
+    wan_ns: Option<String>,
+    dir: Option<PathBuf>,
+}
+
+impl Teardown {
+    /// Everything: processes, namespaces, files.
+    pub fn run(&self) {
+        self.stop_processes();
+        self.destroy_namespaces();
+        if let Some(dir) = &self.dir {
+            let _ = fs::remove_dir_all(dir);
+        }
+    }
+
+    fn stop_processes(&self) {
+        let procs = self.shared.close();
+        process::stop_all(&procs, TEARDOWN_GRACE);
+    }
+
+    fn destroy_namespaces(&self) {
+        let hosts = std::mem::take(&mut lock(&self.hosts).namespaces);
+        for ns in hosts.iter().chain(&self.wan_ns) {
+            if let Err(e) = ip::netns_destroy(ns) {
+                eprintln!("strait-e2e: teardown: {e}");
             }
         }
     }
