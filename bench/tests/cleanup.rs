@@ -42,6 +42,29 @@ fn wait_until(what: &str, deadline: Duration, mut ok: impl FnMut() -> bool) {
     }
 }
 
+/// Sends `signal` (`-INT`) to `run` and waits for it to end, at most `within`.
+fn signal_and_wait(run: &mut std::process::Child, signal: &str, within: Duration) -> std::process::ExitStatus {
+    Command::new("kill").args([signal, &run.id().to_string()]).status().expect("kill");
+    let start = Instant::now();
+    loop {
+        if let Some(status) = run.try_wait().expect("wait") {
+            return status;
+        }
+        assert!(start.elapsed() < within, "the benchmark did not stop within {within:?} of {signal}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Starts the benchmark `bench` (stderr piped), if `needs` was built next to it; else says so.
+fn start(bench: &str, needs: &str) -> Option<std::process::Child> {
+    let needed = std::path::Path::new(bench).with_file_name(needs);
+    if !needed.exists() {
+        eprintln!("skipped: {} is not built (cargo build --workspace --bins)", needed.display());
+        return None;
+    }
+    Some(Command::new(bench).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().expect("start the benchmark"))
+}
+
 #[test]
 fn stopped_nginx_takes_its_workers_with_it() {
     if !has_nginx() {
@@ -70,13 +93,7 @@ fn an_interrupted_benchmark_leaves_nothing_behind() {
         eprintln!("skipped: nginx is not installed (apt-get install nginx)");
         return;
     }
-    let bench = env!("CARGO_BIN_EXE_sidecar");
-    let dp = std::path::Path::new(bench).with_file_name("strait-dp");
-    if !dp.exists() {
-        eprintln!("skipped: {} is not built (cargo build --workspace --bins)", dp.display());
-        return;
-    }
-    let mut run = Command::new(bench).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().expect("start the sidecar benchmark");
+    let Some(mut run) = start(env!("CARGO_BIN_EXE_sidecar"), "strait-dp") else { return };
     // Until it runs nginx with its worker (the application comes first).
     let mut started = Vec::new();
     wait_until("the benchmark's nginx and its worker", Duration::from_secs(120), || {
@@ -84,15 +101,7 @@ fn an_interrupted_benchmark_leaves_nothing_behind() {
         started.iter().any(|p| comm(*p) == "nginx" && !children(*p).is_empty())
     });
     started = descendants(run.id());
-    Command::new("kill").args(["-INT", &run.id().to_string()]).status().expect("kill -INT");
-    let start = Instant::now();
-    let status = loop {
-        if let Some(status) = run.try_wait().expect("wait") {
-            break status;
-        }
-        assert!(start.elapsed() < Duration::from_secs(30), "the benchmark did not stop within 30 s of SIGINT");
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let status = signal_and_wait(&mut run, "-INT", Duration::from_secs(30));
     let stderr = std::io::read_to_string(run.stderr.take().expect("stderr")).unwrap_or_default();
     assert_eq!(status.code(), Some(130), "exit after SIGINT; stderr:\n{stderr}");
     let left = || started.iter().copied().filter(|p| running(*p)).map(|p| format!("{p} ({})", comm(p))).collect::<Vec<_>>();
@@ -110,13 +119,7 @@ fn an_interrupted_cross_zone_run_leaves_no_process_or_namespace_behind() {
         eprintln!("skipped: needs root and `ip netns` (CI runs it)");
         return;
     }
-    let bench = env!("CARGO_BIN_EXE_cross_zone");
-    let gateway = std::path::Path::new(bench).with_file_name("strait-gateway");
-    if !gateway.exists() {
-        eprintln!("skipped: {} is not built (cargo build --workspace --bins)", gateway.display());
-        return;
-    }
-    let mut run = Command::new(bench).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().expect("start cross_zone");
+    let Some(mut run) = start(env!("CARGO_BIN_EXE_cross_zone"), "strait-gateway") else { return };
     // Its log, read as it comes: the line that names its namespaces.
     let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
     let reader = {
@@ -152,15 +155,7 @@ fn an_interrupted_cross_zone_run_leaves_no_process_or_namespace_behind() {
             .collect::<Vec<_>>()
     };
     assert!(!namespaces().is_empty(), "the run made namespaces {prefix}*");
-    Command::new("kill").args(["-TERM", &run.id().to_string()]).status().expect("kill -TERM");
-    let start = Instant::now();
-    let status = loop {
-        if let Some(status) = run.try_wait().expect("wait") {
-            break status;
-        }
-        assert!(start.elapsed() < Duration::from_secs(60), "cross_zone did not stop within 60 s of SIGTERM");
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let status = signal_and_wait(&mut run, "-TERM", Duration::from_secs(60));
     let _ = reader.join();
     let log = log.lock().unwrap().clone();
     assert_eq!(status.code(), Some(130), "exit after SIGTERM; stderr:\n{log}");

@@ -289,25 +289,11 @@ impl Slot {
         let (sender, connection) =
             http1::Builder::new().handshake(TokioIo::new(tls)).await.map_err(|source| PoolError::Handshake { target, source })?;
         let idle = Arc::downgrade(&self.http1);
-        let watcher = connector.drain.clone();
-        let active = ActiveGuard::new(&connector.metrics.active);
-        connector.tasks.spawn(async move {
-            let _active = active;
-            tokio::pin!(connection);
-            tokio::select! {
-                ended = &mut connection => {
-                    if let Err(error) = ended {
-                        tracing::debug!(%target, %error, "pooled HTTP/1.1 connection ended");
-                    }
-                    return;
-                }
-                () = watcher.signaled() => {}
-            }
-            // Draining: idle connections close, busy ones once their response has ended.
+        // Draining: idle connections close, busy ones once their response has ended.
+        drive(connector, target, "HTTP/1.1", connection, move || {
             if let Some(idle) = idle.upgrade() {
                 idle.close(true);
             }
-            let _ = watcher.unless_forced(connection).await;
         });
         tracing::debug!(%target, peer = %connector.expected, "opened a pooled HTTP/1.1 connection");
         let now = Instant::now();
@@ -416,25 +402,11 @@ impl Slot {
             .initial_connection_window_size(4 << 20);
         let (sender, connection) = builder.handshake(TokioIo::new(tls)).await.map_err(|source| PoolError::Handshake { target, source })?;
         let slot = Arc::downgrade(&self.current);
-        let watcher = c.drain.clone();
-        let active = ActiveGuard::new(&c.metrics.active);
-        c.tasks.spawn(async move {
-            let _active = active;
-            tokio::pin!(connection);
-            tokio::select! {
-                ended = &mut connection => {
-                    if let Err(error) = ended {
-                        tracing::debug!(%target, %error, "pooled HTTP/2 connection ended");
-                    }
-                    return;
-                }
-                () = watcher.signaled() => {}
-            }
-            // Draining: no new requests here; the ones in flight finish unless forced.
+        // Draining: no new requests here; the ones in flight finish unless forced.
+        drive(c, target, "HTTP/2", connection, move || {
             if let Some(slot) = slot.upgrade() {
                 slot.store(None);
             }
-            let _ = watcher.unless_forced(connection).await;
         });
         tracing::debug!(%target, peer = %c.expected, "opened a pooled HTTP/2 connection");
         // The request that opened it is its first.
@@ -442,4 +414,31 @@ impl Slot {
         self.current.store(Some(Arc::new(Pooled { sender: sender.clone(), identity, opened: Instant::now(), used })));
         Ok(sender)
     }
+}
+
+/// Drives a pooled `connection` to `target` in a task of its own until it ends, counted as
+/// active; when the sidecar drains, `on_drain` takes it out of the pool, and it is cut if the
+/// drain is forced.
+fn drive<H, F, E>(c: &Connector<'_, H>, target: SocketAddr, what: &'static str, connection: F, on_drain: impl FnOnce() + Send + 'static)
+where
+    F: std::future::Future<Output = Result<(), E>> + Send + 'static,
+    E: std::fmt::Display,
+{
+    let watcher = c.drain.clone();
+    let active = ActiveGuard::new(&c.metrics.active);
+    c.tasks.spawn(async move {
+        let _active = active;
+        tokio::pin!(connection);
+        tokio::select! {
+            ended = &mut connection => {
+                if let Err(error) = ended {
+                    tracing::debug!(%target, %error, "pooled {what} connection ended");
+                }
+                return;
+            }
+            () = watcher.signaled() => {}
+        }
+        on_drain();
+        let _ = watcher.unless_forced(connection).await;
+    });
 }
