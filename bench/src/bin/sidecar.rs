@@ -54,7 +54,8 @@ async fn main() -> Result<(), Error> {
     let (dp, cp, work, mut children_to_kill) = strait_bench::rig::start().await?;
     if args.contention {
         // A shell spinning on core 0: what a busy neighbour takes from the proxies.
-        let busy = strait_bench::cleanup::spawn(Command::new("taskset").args(["-c", "0", "sh", "-c", "while :; do :; done"]))?;
+        let busy = strait_bench::cleanup::spawn(Command::new("taskset").args(["-c", "0", "sh", "-c", "while :; do :; done"]))
+            .map_err(|e| format!("--contention: starting a busy process with taskset (util-linux): {e}"))?;
         children_to_kill.0.push(busy);
         eprintln!("contention: a busy process on core 0");
     }

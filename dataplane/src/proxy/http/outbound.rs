@@ -484,9 +484,10 @@ async fn attempt(
             }
         }
         let in_flight = endpoint.start();
-        let opened = match http1 {
-            true => endpoint.pool.sender_http1(endpoint.address, &connector).await,
-            false => endpoint.pool.sender(endpoint.address, &connector).await.map(Sender::Http2),
+        let opened = if http1 {
+            endpoint.pool.sender_http1(endpoint.address, &connector).await
+        } else {
+            endpoint.pool.sender(endpoint.address, &connector).await.map(Sender::Http2)
         };
         let mut sender = match opened {
             Ok(sender) => sender,

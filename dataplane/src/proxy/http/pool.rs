@@ -112,8 +112,8 @@ impl Idle {
         if for_good {
             self.closed.store(true, Ordering::Relaxed);
         }
-        let idle = std::mem::take(&mut *self.lock());
-        drop(idle);
+        // Taken under the lock, dropped after it.
+        let _closing = std::mem::take(&mut *self.lock());
     }
 }
 
@@ -304,12 +304,13 @@ impl Slot {
     /// The most recently used idle HTTP/1.1 connection that may take a request; the stale
     /// ones met on the way are closed.
     fn idle_http1<H>(&self, identity: &Arc<TlsIdentity>, c: &Connector<'_, H>) -> Option<Http1> {
+        let now = Instant::now();
         let mut idle = self.http1.lock();
         while let Some(mut connection) = idle.pop() {
             let usable = connection.sender.is_ready()
                 && Arc::ptr_eq(&connection.identity, identity)
-                && connection.idle_since.elapsed() < HTTP1_IDLE
-                && c.max_age.is_none_or(|max| connection.opened.elapsed() < max)
+                && now.duration_since(connection.idle_since) < HTTP1_IDLE
+                && c.max_age.is_none_or(|max| now.duration_since(connection.opened) < max)
                 && c.max_requests.is_none_or(|max| connection.used < max);
             if usable {
                 connection.used += 1;
