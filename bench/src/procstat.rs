@@ -35,6 +35,21 @@ pub fn rss_bytes(pid: u32) -> u64 {
         .map_or(0, |kb| kb * 1024)
 }
 
+/// This process's limit of open descriptors (the soft `Max open files` of `/proc/self/limits`;
+/// `u64::MAX` when unlimited or unreadable).
+pub fn open_files_limit() -> u64 {
+    let limits = std::fs::read_to_string("/proc/self/limits").unwrap_or_default();
+    parse_open_files_limit(&limits)
+}
+
+fn parse_open_files_limit(limits: &str) -> u64 {
+    limits
+        .lines()
+        .find_map(|l| l.strip_prefix("Max open files"))
+        .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
+        .unwrap_or(u64::MAX)
+}
+
 /// The children of `pid` (nginx workers under their master).
 pub fn children(pid: u32) -> Vec<u32> {
     let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
@@ -49,4 +64,16 @@ pub fn children(pid: u32) -> Vec<u32> {
                 == Some(pid)
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_soft_limit_of_open_files_is_read_from_the_limits_table() {
+        let limits = "Limit                     Soft Limit           Hard Limit           Units\n\
+                      Max processes             95000                95000                processes\n\
+                      Max open files            20000                40000                files\n";
+        assert_eq!(super::parse_open_files_limit(limits), 20000);
+        assert_eq!(super::parse_open_files_limit("Max open files            unlimited            unlimited            files\n"), u64::MAX);
+    }
 }

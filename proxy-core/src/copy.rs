@@ -2,8 +2,12 @@
 //!
 //! In: two `AsyncRead + AsyncWrite` streams (a TLS stream and a TCP socket, two TCP sockets...)
 //! and [`CopyOptions`]. Out: the bytes moved each way ([`Copied`]), also when the copy ends in
-//! an error ([`CopyError::copied`]) so metrics count them. One buffer per direction is
-//! allocated when the copy starts and reused for every read. When one side ends its stream
+//! an error ([`CopyError::copied`]) so metrics count them. A direction holds a buffer only
+//! while bytes move: taken when a read is tried, given back as soon as the reader has nothing
+//! more and everything read was written, so an idle connection holds none (thousands of open
+//! connections through a gateway cost their sockets and tasks, not 32 KiB each). Its size
+//! follows the traffic: from 4 KiB, doubled when a read fills it (up to
+//! [`CopyOptions::buffer_size`]), halved when reads use little of it. When one side ends its stream
 //! (EOF), the other side's write half is shut down (TCP FIN, or TLS close_notify then FIN)
 //! and the opposite direction carries on until it ends too: half-closed connections keep
 //! working. An idle timeout (an hour by default) ends a copy in which no byte moved either way
@@ -22,6 +26,10 @@ use tokio::time::Instant;
 /// Default buffer size per direction: one TLS record.
 pub const DEFAULT_BUFFER_SIZE: usize = 16 * 1024;
 
+/// The size of a direction's first buffer (and the smallest it shrinks to): a request or a
+/// small answer in one read.
+const FIRST_BUFFER_SIZE: usize = 4 * 1024;
+
 /// Default idle timeout: a connection in which no byte moved either way for an hour ends, so
 /// abandoned connections do not hold descriptors and tasks forever.
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
@@ -29,7 +37,7 @@ pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
 /// How a copy runs.
 #[derive(Clone, Debug)]
 pub struct CopyOptions {
-    /// Bytes buffered per direction.
+    /// Most bytes buffered per direction (while bytes move; an idle direction holds none).
     pub buffer_size: usize,
     /// End the copy when no byte has moved in either direction for this long.
     pub idle_timeout: Option<Duration>,
@@ -145,7 +153,12 @@ fn copied(a_to_b: &Transfer, b_to_a: &Transfer) -> Copied {
 
 /// One direction: read into the buffer, write it out, shut the writer down after EOF.
 struct Transfer {
+    /// Empty while nothing is buffered and no read is being tried.
     buf: Box<[u8]>,
+    /// The size of the next buffer taken.
+    size: usize,
+    /// The largest buffer.
+    max: usize,
     pos: usize,
     cap: usize,
     read: u64,
@@ -165,7 +178,9 @@ enum State {
 impl Transfer {
     fn new(size: usize) -> Self {
         Transfer {
-            buf: vec![0; size.max(1)].into_boxed_slice(),
+            buf: Box::default(),
+            size: FIRST_BUFFER_SIZE.min(size.max(1)),
+            max: size.max(1),
             pos: 0,
             cap: 0,
             read: 0,
@@ -209,11 +224,14 @@ impl Transfer {
         W: AsyncWrite + ?Sized,
     {
         loop {
-            if self.cap < self.buf.len() && !self.read_done {
+            if (self.buf.is_empty() || self.cap < self.buf.len()) && !self.read_done {
                 match self.poll_fill(cx, reader.as_mut()) {
                     Poll::Ready(result) => result?,
                     // With data in the buffer, write it now rather than wait for more.
                     Poll::Pending if self.pos == self.cap => {
+                        // Nothing buffered: the buffer goes back until bytes come.
+                        self.buf = Box::default();
+                        (self.pos, self.cap) = (0, 0);
                         if self.need_flush {
                             ready!(writer.as_mut().poll_flush(cx))?;
                             self.need_flush = false;
@@ -234,6 +252,10 @@ impl Transfer {
             }
             self.pos = 0;
             self.cap = 0;
+            // Written out: the next read takes a buffer of the size the traffic asks for.
+            if self.buf.len() != self.size {
+                self.buf = Box::default();
+            }
             if self.read_done {
                 ready!(writer.as_mut().poll_flush(cx))?;
                 return Poll::Ready(Ok(()));
@@ -242,13 +264,24 @@ impl Transfer {
     }
 
     fn poll_fill<R: AsyncRead + ?Sized>(&mut self, cx: &mut Context<'_>, reader: Pin<&mut R>) -> Poll<io::Result<()>> {
+        if self.buf.is_empty() {
+            self.buf = vec![0; self.size].into_boxed_slice();
+        }
         let mut buf = ReadBuf::new(&mut self.buf);
         buf.set_filled(self.cap);
         ready!(reader.poll_read(cx, &mut buf))?;
         let filled = buf.filled().len();
-        self.read_done = filled == self.cap;
-        self.read += (filled - self.cap) as u64;
+        let got = filled - self.cap;
+        self.read_done = got == 0;
+        self.read += got as u64;
         self.cap = filled;
+        // A read that filled the buffer: more is coming than it holds. One that used an
+        // eighth of it: the traffic is small.
+        if filled == self.buf.len() {
+            self.size = (self.size * 2).min(self.max);
+        } else if got > 0 && got * 8 < self.buf.len() {
+            self.size = (self.size / 2).max(FIRST_BUFFER_SIZE.min(self.max));
+        }
         Poll::Ready(Ok(()))
     }
 }

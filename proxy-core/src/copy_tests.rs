@@ -91,3 +91,42 @@ async fn idle_timeout_ends_a_silent_copy_but_not_an_active_one() {
     // The timeout counts from the last byte (at 30 s), not from the start.
     assert!(elapsed >= Duration::from_secs(40) && elapsed < Duration::from_secs(41), "{elapsed:?}");
 }
+
+/// Polls `t` once, reading `reader` and writing `writer`.
+fn poll_once(t: &mut Transfer, reader: &mut DuplexStream, writer: &mut DuplexStream) -> Poll<io::Result<()>> {
+    let waker = std::task::Waker::noop();
+    t.poll(&mut Context::from_waker(waker), Pin::new(reader), Pin::new(writer))
+}
+
+#[tokio::test]
+async fn an_idle_direction_holds_no_buffer_and_its_buffer_follows_the_traffic() {
+    let (mut source, mut reader) = duplex(1 << 20);
+    let (mut writer, mut sink) = duplex(1 << 20);
+    let mut t = Transfer::new(DEFAULT_BUFFER_SIZE);
+    assert!(poll_once(&mut t, &mut reader, &mut writer).is_pending());
+    assert!(t.buf.is_empty(), "nothing to read: no buffer held");
+
+    // A small request passes and the buffer goes back.
+    source.write_all(b"GET / HTTP/1.1\r\n\r\n").await.expect("write");
+    assert!(poll_once(&mut t, &mut reader, &mut writer).is_pending());
+    assert!(t.buf.is_empty(), "everything read was written: no buffer held");
+    assert_eq!(t.written, 18);
+    assert_eq!(t.size, FIRST_BUFFER_SIZE);
+
+    // Bulk: reads fill the buffer, which grows to the largest size and no further.
+    source.write_all(&vec![7u8; 256 * 1024]).await.expect("write");
+    assert!(poll_once(&mut t, &mut reader, &mut writer).is_pending());
+    assert_eq!(t.size, DEFAULT_BUFFER_SIZE);
+    assert!(t.buf.is_empty());
+    let mut moved = vec![0u8; 18 + 256 * 1024];
+    sink.read_exact(&mut moved).await.expect("everything came through");
+    assert!(moved[18..].iter().all(|b| *b == 7));
+
+    // Small reads again: it shrinks back.
+    for _ in 0..3 {
+        source.write_all(b"ping").await.expect("write");
+        assert!(poll_once(&mut t, &mut reader, &mut writer).is_pending());
+    }
+    assert_eq!(t.size, FIRST_BUFFER_SIZE);
+    assert!(t.buf.is_empty());
+}

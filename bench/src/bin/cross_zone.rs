@@ -40,6 +40,11 @@ struct Args {
     /// Concurrent cross-zone connections.
     #[arg(long, default_value_t = 1000)]
     connections: usize,
+    /// Serve the benchmark's application on this address and nothing else: how the benchmark
+    /// starts it in the server's network namespace, in a process of its own (the descriptors of
+    /// 10,000 connections at each end do not fit one process's limit).
+    #[arg(long, hide = true)]
+    serve: Option<SocketAddr>,
 }
 
 const APP_PORT: u16 = 9100;
@@ -57,9 +62,12 @@ fn serve(listener: TcpListener) {
     });
 }
 
+/// What the application answers with, shared by every connection's thread.
+static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
+
 fn answer(mut stream: TcpStream) {
     let _ = stream.set_nodelay(true);
-    let zeros = vec![0u8; 64 * 1024];
+    let zeros = &ZEROS;
     let mut n = [0u8; 8];
     while stream.read_exact(&mut n).is_ok() {
         let mut left = u64::from_be_bytes(n);
@@ -210,9 +218,24 @@ fn tear_down_on_signal(teardown: strait_multizone::net::Teardown) {
 
 fn main() {
     let args = Args::parse();
+    if let Some(addr) = args.serve {
+        serve(TcpListener::bind(addr).unwrap_or_else(|e| panic!("cannot listen on {addr}: {e}")));
+        loop {
+            std::thread::park();
+        }
+    }
     // Thousands of connections through five processes need more descriptors than the usual 1,024;
     // the processes started from here inherit the limit.
     let _ = std::process::Command::new("prlimit").args(["--pid", &std::process::id().to_string(), "--nofile=65536:65536"]).status();
+    let needed = args.connections as u64 + 1024;
+    let limit = strait_bench::procstat::open_files_limit();
+    if limit < needed {
+        eprintln!(
+            "{} concurrent connections need about {needed} descriptors in this process and its sidecars, gateways and application each; the limit here is {limit} and cannot be raised (prlimit --nofile)",
+            args.connections
+        );
+        std::process::exit(2);
+    }
     let net = Net::new();
     if !net.is_namespaced() {
         eprintln!("cross_zone needs network namespaces (root and `ip netns`): {}", net.mode_reason());
@@ -223,9 +246,14 @@ fn main() {
     let ((zone1, _), (zone2, _)) = (&zones[0], &zones[1]);
     let bulk = Workload::start_on(&net, &global, zone2, "bulk-2", "bulk", INBOUND_PORT, APP_PORT, &[], None);
     let client = Workload::start_on(&net, &global, zone1, "client-1", "client", INBOUND_PORT + 1, APP_PORT + 1, &[(TO_BULK, "bulk")], None);
-    // The workload's echo application gives way to this benchmark's own.
+    // The workload's echo application gives way to this benchmark's own, in a process of its
+    // own in the server's namespace.
     bulk.app.kill9();
-    serve(bulk.host.within(|| TcpListener::bind(bulk.dataplane.app)).expect("bind the application"));
+    let program = std::env::current_exe().expect("the benchmark's own path");
+    let _app = bulk.host.spawn("bulk-app", &program, ["--serve".to_string(), bulk.dataplane.app.to_string()]);
+    strait_multizone::wait_for("the benchmark's application listening", Duration::from_secs(10), || {
+        bulk.host.within(|| TcpStream::connect_timeout(&bulk.dataplane.app, Duration::from_secs(1))).map(drop).map_err(|e| e.to_string())
+    });
     serve(zone2.host.within(|| TcpListener::bind(zone2.host.socket_addr(DIRECT_PORT))).expect("bind the direct server"));
     let delay = Duration::from_millis(args.delay_ms);
     let hosts =

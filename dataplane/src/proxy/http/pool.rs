@@ -443,3 +443,7 @@ where
         let _ = watcher.unless_forced(connection).await;
     });
 }
+
+#[cfg(test)]
+#[path = "pool_tests.rs"]
+mod tests;
