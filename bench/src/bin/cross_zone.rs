@@ -52,6 +52,9 @@ const INBOUND_PORT: u16 = 8100;
 const TO_BULK: u16 = 10100;
 const DIRECT_PORT: u16 = 7999;
 const REQUEST: u64 = 64;
+/// Concurrent connections one client sidecar and one server sidecar carry (each holds two
+/// descriptors per connection, and 20,000 is a common limit).
+const PER_SIDECAR: usize = 5000;
 
 /// The application: each request is a big-endian u64 N; the answer is N bytes.
 fn serve(listener: TcpListener) {
@@ -134,8 +137,9 @@ fn throughput(from: &Host, to: SocketAddr, mb: u64) -> f64 {
     mb as f64 / started.elapsed().as_secs_f64()
 }
 
-/// Opens `n` connections, holds them all open, makes a request on each twice; the errors.
-fn concurrent(from: &Host, to: SocketAddr, n: usize, gateways: &[u32]) -> (usize, Duration, Vec<u64>) {
+/// Opens `n` connections (from each host of `froms` in turn, to its outbound), holds them all
+/// open, makes a request on each twice; the errors.
+fn concurrent(froms: &[(Host, SocketAddr)], n: usize, gateways: &[u32]) -> (usize, Duration, Vec<u64>) {
     let started = Instant::now();
     // Every connection opened and used once; then the gateways' memory; then each used again.
     // At most 1,000 client threads (each thread's stacks are memory maps, and a process has
@@ -144,7 +148,8 @@ fn concurrent(from: &Host, to: SocketAddr, n: usize, gateways: &[u32]) -> (usize
     let (opened, measured) = (Arc::new(Barrier::new(threads + 1)), Arc::new(Barrier::new(threads + 1)));
     let threads: Vec<_> = (0..threads)
         .map(|i| {
-            let (from, opened, measured) = (from.clone(), opened.clone(), measured.clone());
+            let (from, to) = froms[i % froms.len()].clone();
+            let (opened, measured) = (opened.clone(), measured.clone());
             let mine = n / threads + usize::from(i < n % threads);
             std::thread::Builder::new()
                 .stack_size(256 * 1024)
@@ -226,12 +231,15 @@ fn main() {
     }
     // Thousands of connections through five processes need more descriptors than the usual 1,024;
     // the processes started from here inherit the limit.
-    let _ = std::process::Command::new("prlimit").args(["--pid", &std::process::id().to_string(), "--nofile=65536:65536"]).status();
-    let needed = args.connections as u64 + 1024;
+    let _ = std::process::Command::new("prlimit")
+        .args(["--pid", &std::process::id().to_string(), "--nofile=65536:65536"])
+        .stderr(std::process::Stdio::null())
+        .status();
+    let needed = (args.connections.max(2 * PER_SIDECAR) + 1024) as u64;
     let limit = strait_bench::procstat::open_files_limit();
     if limit < needed {
         eprintln!(
-            "{} concurrent connections need about {needed} descriptors in this process and its sidecars, gateways and application each; the limit here is {limit} and cannot be raised (prlimit --nofile)",
+            "{} concurrent connections need about {needed} descriptors in this process and in each gateway; the limit here is {limit} and cannot be raised (prlimit --nofile)",
             args.connections
         );
         std::process::exit(2);
@@ -244,20 +252,42 @@ fn main() {
     tear_down_on_signal(net.teardown());
     let (global, zones) = start_zones(&net, &["zone-1", "zone-2"]);
     let ((zone1, _), (zone2, _)) = (&zones[0], &zones[1]);
-    let bulk = Workload::start_on(&net, &global, zone2, "bulk-2", "bulk", INBOUND_PORT, APP_PORT, &[], None);
-    let client = Workload::start_on(&net, &global, zone1, "client-1", "client", INBOUND_PORT + 1, APP_PORT + 1, &[(TO_BULK, "bulk")], None);
-    // The workload's echo application gives way to this benchmark's own, in a process of its
-    // own in the server's namespace.
-    bulk.app.kill9();
+    // Each sidecar holds two descriptors per connection (the application's side and the
+    // peer's): beyond PER_SIDECAR connections, more client and server workloads share them.
+    let pairs = args.connections.div_ceil(PER_SIDECAR).max(1);
     let program = std::env::current_exe().expect("the benchmark's own path");
-    let _app = bulk.host.spawn("bulk-app", &program, ["--serve".to_string(), bulk.dataplane.app.to_string()]);
-    strait_multizone::wait_for("the benchmark's application listening", Duration::from_secs(10), || {
-        bulk.host.within(|| TcpStream::connect_timeout(&bulk.dataplane.app, Duration::from_secs(1))).map(drop).map_err(|e| e.to_string())
-    });
+    let mut bulks = Vec::new();
+    let mut apps = Vec::new();
+    for i in 0..pairs {
+        let name = if i == 0 { "bulk-2".to_string() } else { format!("bulk-2-{i}") };
+        let bulk = Workload::start_on(&net, &global, zone2, &name, "bulk", INBOUND_PORT, APP_PORT, &[], None);
+        // The workload's echo application gives way to this benchmark's own, in a process of
+        // its own in the server's namespace.
+        bulk.app.kill9();
+        apps.push(bulk.host.spawn("bulk-app", &program, ["--serve".to_string(), bulk.dataplane.app.to_string()]));
+        strait_multizone::wait_for("the benchmark's application listening", Duration::from_secs(10), || {
+            bulk.host
+                .within(|| TcpStream::connect_timeout(&bulk.dataplane.app, Duration::from_secs(1)))
+                .map(drop)
+                .map_err(|e| e.to_string())
+        });
+        bulks.push(bulk);
+    }
+    let clients: Vec<Workload> = (0..pairs)
+        .map(|i| {
+            let name = if i == 0 { "client-1".to_string() } else { format!("client-1-{i}") };
+            Workload::start_on(&net, &global, zone1, &name, "client", INBOUND_PORT + 1, APP_PORT + 1, &[(TO_BULK, "bulk")], None)
+        })
+        .collect();
+    let client = &clients[0];
     serve(zone2.host.within(|| TcpListener::bind(zone2.host.socket_addr(DIRECT_PORT))).expect("bind the direct server"));
     let delay = Duration::from_millis(args.delay_ms);
-    let hosts =
-        || [ZoneHosts { gateway: &zone1.host, members: vec![&client.host] }, ZoneHosts { gateway: &zone2.host, members: vec![&bulk.host] }];
+    let hosts = || {
+        [
+            ZoneHosts { gateway: &zone1.host, members: clients.iter().map(|c| &c.host).collect() },
+            ZoneHosts { gateway: &zone2.host, members: bulks.iter().map(|b| &b.host).collect() },
+        ]
+    };
     // The delayer's own limit: one direct connection through it, with no delay. A direct
     // connection over the delayed WAN is the upper bound of the gateways' figure only while
     // it stays below this.
@@ -317,7 +347,8 @@ fn main() {
         if direct_mbps >= 0.9 * limit { ": the delayer, not the WAN's delay, bounds the direct figure" } else { "" }
     );
     let gateways: Vec<u32> = zones.iter().filter_map(|(_, gateway)| gateway.proc.pid()).collect();
-    let (errors, took, rss) = concurrent(&client.host, mesh, args.connections, &gateways);
+    let froms: Vec<(Host, SocketAddr)> = clients.iter().map(|c| (c.host.clone(), SocketAddr::new(local_ip(&c.host), TO_BULK))).collect();
+    let (errors, took, rss) = concurrent(&froms, args.connections, &gateways);
     println!(
         "{} concurrent connections across the zones, each used twice while all are open: {errors} errors ({:.1} s); target 0: {}",
         args.connections,
