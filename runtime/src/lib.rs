@@ -13,4 +13,5 @@ pub mod journald;
 pub mod memory;
 pub mod notify;
 pub mod signals;
+pub mod sockets;
 pub mod telemetry;
