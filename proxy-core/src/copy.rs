@@ -3,7 +3,7 @@
 //! In: two `AsyncRead + AsyncWrite` streams (a TLS stream and a TCP socket, two TCP sockets...)
 //! and [`CopyOptions`]. Out: the bytes moved each way ([`Copied`]), also when the copy ends in
 //! an error ([`CopyError::copied`]) so metrics count them. A direction holds a buffer only
-//! while bytes move: taken when a read is tried, given back as soon as the reader has nothing
+//! while bytes move: taken when bytes come, given back as soon as the reader has nothing
 //! more and everything read was written, so an idle connection holds none (thousands of open
 //! connections through a gateway cost their sockets and tasks, not 32 KiB each). Its size
 //! follows the traffic: from 4 KiB, doubled when a read fills it (up to
@@ -265,24 +265,48 @@ impl Transfer {
 
     fn poll_fill<R: AsyncRead + ?Sized>(&mut self, cx: &mut Context<'_>, reader: Pin<&mut R>) -> Poll<io::Result<()>> {
         if self.buf.is_empty() {
-            self.buf = vec![0; self.size].into_boxed_slice();
+            return self.poll_first(cx, reader);
         }
         let mut buf = ReadBuf::new(&mut self.buf);
         buf.set_filled(self.cap);
         ready!(reader.poll_read(cx, &mut buf))?;
         let filled = buf.filled().len();
         let got = filled - self.cap;
-        self.read_done = got == 0;
-        self.read += got as u64;
+        let room = self.buf.len() - self.cap;
+        self.took(got, room);
         self.cap = filled;
-        // A read that filled the buffer: more is coming than it holds. One that used an
-        // eighth of it: the traffic is small.
-        if filled == self.buf.len() {
-            self.size = (self.size * 2).min(self.max);
-        } else if got > 0 && got * 8 < self.buf.len() {
-            self.size = (self.size / 2).max(FIRST_BUFFER_SIZE.min(self.max));
+        Poll::Ready(Ok(()))
+    }
+
+    /// The first read after the buffer went back: into the stack, so that polling a reader
+    /// with nothing for us (each time the other direction wakes the copy) allocates nothing;
+    /// a buffer is taken only for bytes that came.
+    fn poll_first<R: AsyncRead + ?Sized>(&mut self, cx: &mut Context<'_>, reader: Pin<&mut R>) -> Poll<io::Result<()>> {
+        let mut first = [std::mem::MaybeUninit::<u8>::uninit(); FIRST_BUFFER_SIZE];
+        let room = self.size.min(FIRST_BUFFER_SIZE);
+        let mut buf = ReadBuf::uninit(&mut first[..room]);
+        ready!(reader.poll_read(cx, &mut buf))?;
+        let got = buf.filled().len();
+        self.took(got, room);
+        if got > 0 {
+            let mut taken = vec![0; self.size].into_boxed_slice();
+            taken[..got].copy_from_slice(buf.filled());
+            (self.buf, self.pos, self.cap) = (taken, 0, got);
         }
         Poll::Ready(Ok(()))
+    }
+
+    /// Counts a read of `got` bytes into `room` (0: end of stream) and sizes the next buffer:
+    /// a read that filled its room means more is coming than it holds; one that used an
+    /// eighth of it, that the traffic is small.
+    fn took(&mut self, got: usize, room: usize) {
+        self.read_done = got == 0;
+        self.read += got as u64;
+        if got == room {
+            self.size = (self.size * 2).min(self.max);
+        } else if got > 0 && got * 8 < room {
+            self.size = (self.size / 2).max(FIRST_BUFFER_SIZE.min(self.max));
+        }
     }
 }
 

@@ -300,12 +300,9 @@ fn main() {
         })
         .collect();
     let client = &clients[0];
-    serve(zone2.host.within(|| TcpListener::bind(zone2.host.socket_addr(DIRECT_PORT))).expect("bind the direct server"), None);
-    serve(zone2.host.within(|| TcpListener::bind(zone2.host.socket_addr(WIDE_DIRECT_PORT))).expect("bind the direct server"), Some(WIDE));
-    serve(
-        zone2.host.within(|| TcpListener::bind(zone2.host.socket_addr(WIDEST_DIRECT_PORT))).expect("bind the direct server"),
-        Some(WIDEST),
-    );
+    for (port, buffers) in [(DIRECT_PORT, None), (WIDE_DIRECT_PORT, Some(WIDE)), (WIDEST_DIRECT_PORT, Some(WIDEST))] {
+        serve(zone2.host.within(|| TcpListener::bind(zone2.host.socket_addr(port))).expect("bind a direct server"), buffers);
+    }
     let delay = Duration::from_millis(args.delay_ms);
     let hosts = || {
         [
