@@ -265,11 +265,13 @@ pub struct LoadArgs {
     /// Requests per second of the constant-rate runs.
     #[arg(long, default_value_t = 1000)]
     pub rate: u32,
-    /// Seconds of each measured constant-rate run (each path is measured `rounds` times, in turn).
-    #[arg(long, default_value_t = 10)]
+    /// Seconds of each measured constant-rate run (each path is measured `rounds` times, in
+    /// turn). Short runs in many rounds: a shared machine's noise comes in spells of seconds,
+    /// and a spell then falls on every path alike rather than on one path's whole run.
+    #[arg(long, default_value_t = 2)]
     pub seconds: u64,
     /// Rounds over the paths, interleaved so that drift on a shared machine hits them alike.
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 20)]
     pub rounds: usize,
     /// Keep-alive connections of the load generator.
     #[arg(long, default_value_t = 8)]

@@ -15,3 +15,4 @@ pub mod notify;
 pub mod signals;
 pub mod sockets;
 pub mod telemetry;
+pub mod threads;

@@ -401,8 +401,8 @@ impl Sink {
         let (tx, rx) = mpsc::channel(QUEUE);
         let task_dropped = dropped.clone();
         match target {
-            // A thread of its own: rendering and writing never take the data path's thread,
-            // and a slow disk blocks nothing but this thread.
+            // A thread of its own, run when its core is idle: rendering and writing never take
+            // the data path's thread or delay it, and a slow disk blocks nothing but this thread.
             Target::File(path) => {
                 let spawned =
                     std::thread::Builder::new().name("strait-access-log".into()).spawn(move || write_file(path, rx, task_dropped));
@@ -440,6 +440,9 @@ fn drain(first: (Entry, Arc<Format>), rx: &mut mpsc::Receiver<(Entry, Arc<Format
 /// Writes the lines of `rx` to `path`, on the calling thread, until every sender is gone.
 fn write_file(path: String, mut rx: mpsc::Receiver<(Entry, Arc<Format>)>, dropped: Counter) {
     use std::io::Write as _;
+    if let Err(error) = strait_runtime::threads::run_when_idle() {
+        tracing::debug!(%error, "the access log writer keeps the normal priority");
+    }
     let mut file: Option<std::fs::File> = None;
     let mut last_warning: Option<Instant> = None;
     while let Some(first) = rx.blocking_recv() {

@@ -4,9 +4,10 @@
 //! In: the sidecar's merged MeshTrace (sampling, tags, one OpenTelemetry backend) and, per
 //! request, its headers. Out: the request's headers rewritten so that the next hop's span is
 //! a child of this one, and, when the request is sampled, a [`Span`] that is exported when
-//! dropped (its response ended). Export is off the request path: spans go to a bounded queue
-//! (`try_send`); one task per collector sends them in batches (up to 512, at least every
-//! second). A collector that is down or slow costs nothing but the spans dropped, counted in
+//! dropped (its response ended). Export is off the request path: a span keeps its request's
+//! text inline and goes to a bounded queue (`try_send`) as it is; one task per collector
+//! spells the spans as OTLP and sends them in batches (up to 512, every second or as soon as
+//! 512 wait). A collector that is down or slow costs nothing but the spans dropped, counted in
 //! `strait_dp_spans_dropped_total`.
 //!
 //! Sampling is decided where a trace starts: a request without `traceparent` (or B3) starts
@@ -27,12 +28,16 @@ use opentelemetry_proto::tonic::trace::v1::{span, status, ResourceSpans, ScopeSp
 use prometheus_client::metrics::counter::Counter;
 use rand::Rng;
 use strait_api::policies::trace::TraceConf;
+
+use super::access_log::Text;
 use tokio::sync::mpsc;
 
 /// Spans a collector may have waiting before new ones are dropped.
 const QUEUE: usize = 2048;
 /// Spans sent in one export.
 const BATCH: usize = 512;
+/// How often the spans that came are sent, when fewer than a batch came.
+const FLUSH: Duration = Duration::from_secs(1);
 
 /// A trace context: ids and whether it is sampled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -122,7 +127,7 @@ fn widen(short: &[u8; 8]) -> [u8; 16] {
 pub struct Tracer {
     client: f64,
     random: f64,
-    tags: Vec<(String, Tag)>,
+    tags: Vec<(Arc<str>, Tag)>,
     exporter: Option<Arc<Exporter>>,
     /// What every span names.
     pub local: super::access_log::Local,
@@ -171,7 +176,7 @@ impl Tracer {
                     (None, Some(h)) => Tag::Header(HeaderName::try_from(h.as_str()).ok()?),
                     (None, None) => return None,
                 };
-                Some((t.name.clone(), tag))
+                Some((Arc::from(t.name.as_str()), tag))
             })
             .collect();
         Tracer { client: sampling.client.unwrap_or(100.0), random: overall, tags, exporter, local }
@@ -179,7 +184,7 @@ impl Tracer {
 
     /// Starts this hop's span of a request with `headers` (which it rewrites for the next
     /// hop): `None` when the request is not sampled.
-    pub fn start(&self, side: Side, headers: &mut HeaderMap, peer: &str) -> Option<Span> {
+    pub fn start(&self, side: Side, headers: &mut HeaderMap, peer: &Arc<str>) -> Option<Span> {
         let mut rng = rand::thread_rng();
         let incoming = incoming(headers);
         // Decided once, where the trace starts; the next hops follow it.
@@ -205,34 +210,34 @@ impl Tracer {
             return None;
         }
         let exporter = self.exporter.clone()?;
-        let mut attributes = vec![
-            kv("mesh", &self.local.mesh),
-            kv("strait.service", &self.local.service),
-            kv("strait.zone", &self.local.zone),
-            kv("strait.direction", if side == Side::Outbound { "outbound" } else { "inbound" }),
-            kv("peer.service", peer),
-        ];
-        for (name, tag) in &self.tags {
-            match tag {
-                Tag::Literal(value) => attributes.push(kv(name, value)),
-                Tag::Header(header) => {
-                    if let Some(value) = headers.get(header).and_then(|v| v.to_str().ok()) {
-                        attributes.push(kv(name, value));
-                    }
-                }
-            }
-        }
+        let tags = self
+            .tags
+            .iter()
+            .filter_map(|(name, tag)| match tag {
+                Tag::Literal(value) => Some((name.clone(), Text::new(value))),
+                Tag::Header(header) => headers.get(header).and_then(|v| v.to_str().ok()).map(|v| (name.clone(), Text::new(v))),
+            })
+            .collect();
         Some(Span {
             exporter,
-            trace_id: context.trace_id,
-            span_id,
-            parent: context.parent,
-            side,
-            name: String::new(),
-            start: SystemTime::now(),
+            record: Some(Record {
+                local: self.local.clone(),
+                trace_id: context.trace_id,
+                span_id,
+                parent: context.parent,
+                side,
+                peer: peer.clone(),
+                method: None,
+                target: Text::default(),
+                host: Text::default(),
+                upstream: None,
+                peer_zone: None,
+                tags,
+                start: SystemTime::now(),
+                duration: Duration::ZERO,
+                status: 0,
+            }),
             started: Instant::now(),
-            attributes,
-            status: 0,
         })
     }
 }
@@ -283,38 +288,103 @@ fn kv(key: &str, value: &str) -> KeyValue {
     KeyValue { key: key.to_string(), value: Some(AnyValue { value: Some(any_value::Value::StringValue(value.to_string())) }) }
 }
 
-/// One hop's span, exported when dropped.
+/// What one hop's span holds until the exporter sends it: ids, times and the request's text,
+/// kept inline or shared (nothing is allocated for it on the request path unless MeshTrace
+/// has tags); the exporter spells it as OTLP when it sends the batch.
 #[derive(Debug)]
-pub struct Span {
-    exporter: Arc<Exporter>,
+struct Record {
+    local: super::access_log::Local,
     trace_id: [u8; 16],
     span_id: [u8; 8],
     parent: Option<[u8; 8]>,
     side: Side,
-    name: String,
+    peer: Arc<str>,
+    method: Option<http::Method>,
+    target: Text,
+    host: Text,
+    upstream: Option<std::net::SocketAddr>,
+    peer_zone: Option<Arc<str>>,
+    tags: Vec<(Arc<str>, Text)>,
     start: SystemTime,
-    started: Instant,
-    attributes: Vec<KeyValue>,
+    duration: Duration,
     status: u16,
+}
+
+impl Record {
+    fn otlp(self) -> OtlpSpan {
+        let (method, target, host) = (self.method.as_ref().map_or("", |m| m.as_str()), self.target.as_str(), self.host.as_str());
+        let mut attributes = vec![
+            kv("mesh", &self.local.mesh),
+            kv("strait.service", &self.local.service),
+            kv("strait.zone", &self.local.zone),
+            kv("strait.direction", if self.side == Side::Outbound { "outbound" } else { "inbound" }),
+            kv("peer.service", &self.peer),
+        ];
+        attributes.extend(self.tags.iter().map(|(name, value)| kv(name, value.as_str())));
+        if self.method.is_some() {
+            attributes.extend([kv("http.method", method), kv("http.target", target), kv("http.host", host)]);
+        }
+        if let Some(upstream) = self.upstream {
+            attributes.push(kv("strait.upstream", &upstream.to_string()));
+        }
+        if let Some(zone) = &self.peer_zone {
+            attributes.push(kv("strait.peer_zone", zone));
+        }
+        attributes.push(KeyValue {
+            key: "http.status_code".into(),
+            value: Some(AnyValue { value: Some(any_value::Value::IntValue(i64::from(self.status))) }),
+        });
+        let error = self.status == 0 || self.status >= 500;
+        OtlpSpan {
+            trace_id: self.trace_id.to_vec(),
+            span_id: self.span_id.to_vec(),
+            parent_span_id: self.parent.map(|p| p.to_vec()).unwrap_or_default(),
+            name: if self.method.is_some() { format!("{method} {host}{target}") } else { String::new() },
+            kind: if self.side == Side::Outbound { span::SpanKind::Client } else { span::SpanKind::Server } as i32,
+            start_time_unix_nano: nanos(self.start),
+            end_time_unix_nano: nanos(self.start + self.duration),
+            attributes,
+            status: Some(Status {
+                code: if error { status::StatusCode::Error } else { status::StatusCode::Unset } as i32,
+                message: String::new(),
+            }),
+            ..Default::default()
+        }
+    }
+}
+
+/// One hop's span, handed to the exporter when dropped.
+#[derive(Debug)]
+pub struct Span {
+    exporter: Arc<Exporter>,
+    /// Taken when the span ends.
+    record: Option<Record>,
+    started: Instant,
 }
 
 impl Span {
     /// Names the span after the request and notes its method and path.
-    pub fn request(&mut self, method: &str, path: &str, authority: &str) {
-        self.name = format!("{method} {authority}{path}");
-        self.attributes.push(kv("http.method", method));
-        self.attributes.push(kv("http.target", path));
-        self.attributes.push(kv("http.host", authority));
+    pub fn request(&mut self, method: &http::Method, path: &str, authority: &str) {
+        if let Some(r) = &mut self.record {
+            r.method = Some(method.clone());
+            r.target = Text::new(path);
+            r.host = Text::new(authority);
+        }
     }
 
     /// Notes the answer's status.
     pub fn answered(&mut self, status: u16) {
-        self.status = status;
+        if let Some(r) = &mut self.record {
+            r.status = status;
+        }
     }
 
-    /// Notes an attribute.
-    pub fn attribute(&mut self, key: &str, value: &str) {
-        self.attributes.push(kv(key, value));
+    /// Notes the endpoint that answered and its zone.
+    pub fn upstream(&mut self, address: std::net::SocketAddr, zone: &Arc<str>) {
+        if let Some(r) = &mut self.record {
+            r.upstream = Some(address);
+            r.peer_zone = Some(zone.clone());
+        }
     }
 }
 
@@ -324,29 +394,10 @@ fn nanos(t: SystemTime) -> u64 {
 
 impl Drop for Span {
     fn drop(&mut self) {
-        let end = self.start + self.started.elapsed();
-        let mut attributes = std::mem::take(&mut self.attributes);
-        attributes.push(KeyValue {
-            key: "http.status_code".into(),
-            value: Some(AnyValue { value: Some(any_value::Value::IntValue(i64::from(self.status))) }),
-        });
-        let error = self.status == 0 || self.status >= 500;
-        let span = OtlpSpan {
-            trace_id: self.trace_id.to_vec(),
-            span_id: self.span_id.to_vec(),
-            parent_span_id: self.parent.map(|p| p.to_vec()).unwrap_or_default(),
-            name: std::mem::take(&mut self.name),
-            kind: if self.side == Side::Outbound { span::SpanKind::Client } else { span::SpanKind::Server } as i32,
-            start_time_unix_nano: nanos(self.start),
-            end_time_unix_nano: nanos(end),
-            attributes,
-            status: Some(Status {
-                code: if error { status::StatusCode::Error } else { status::StatusCode::Unset } as i32,
-                message: String::new(),
-            }),
-            ..Default::default()
-        };
-        self.exporter.send(span);
+        if let Some(mut record) = self.record.take() {
+            record.duration = self.started.elapsed();
+            self.exporter.send(record);
+        }
     }
 }
 
@@ -354,7 +405,9 @@ impl Drop for Span {
 #[derive(Debug)]
 pub struct Exporter {
     endpoint: String,
-    tx: mpsc::Sender<OtlpSpan>,
+    tx: mpsc::Sender<Record>,
+    /// Wakes the export task when a batch is waiting (it wakes by itself every [`FLUSH`]).
+    waiting: Arc<tokio::sync::Notify>,
     dropped: Counter,
 }
 
@@ -367,54 +420,76 @@ impl Exporter {
             .timeout(Duration::from_secs(5))
             .connect_lazy();
         let (tx, rx) = mpsc::channel(QUEUE);
-        tokio::spawn(export(TraceServiceClient::new(channel), rx, dropped.clone(), endpoint.clone()));
-        Some(Arc::new(Exporter { endpoint, tx, dropped }))
+        let waiting = Arc::new(tokio::sync::Notify::new());
+        tokio::spawn(export(TraceServiceClient::new(channel), rx, waiting.clone(), dropped.clone(), endpoint.clone()));
+        Some(Arc::new(Exporter { endpoint, tx, waiting, dropped }))
     }
 
-    fn send(&self, span: OtlpSpan) {
-        if self.tx.try_send(span).is_err() {
+    fn send(&self, record: Record) {
+        if self.tx.try_send(record).is_err() {
             self.dropped.inc();
+        } else if QUEUE - self.tx.capacity() >= BATCH {
+            self.waiting.notify_one();
         }
     }
 }
 
 async fn export(
     mut client: TraceServiceClient<tonic::transport::Channel>,
-    mut rx: mpsc::Receiver<OtlpSpan>,
+    mut rx: mpsc::Receiver<Record>,
+    waiting: Arc<tokio::sync::Notify>,
     dropped: Counter,
     endpoint: String,
 ) {
     let mut last_warning: Option<Instant> = None;
-    while let Some(first) = rx.recv().await {
-        let mut spans = vec![first];
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
-        while spans.len() < BATCH {
-            match tokio::time::timeout_at(deadline, rx.recv()).await {
-                Ok(Some(span)) => spans.push(span),
-                _ => break,
-            }
+    let mut open = true;
+    while open {
+        // Every second, or at once when a batch is waiting: never woken span by span, so a
+        // sampled request costs its data path nothing but the hand-over.
+        tokio::select! {
+            () = tokio::time::sleep(FLUSH) => {}
+            () = waiting.notified() => {}
         }
-        let count = spans.len() as u64;
-        let request = ExportTraceServiceRequest {
-            resource_spans: vec![ResourceSpans {
-                resource: Some(Resource { attributes: vec![kv("service.name", "strait-dp")], dropped_attributes_count: 0 }),
-                scope_spans: vec![ScopeSpans {
-                    scope: Some(InstrumentationScope {
-                        name: "strait".into(),
-                        version: env!("CARGO_PKG_VERSION").into(),
-                        ..Default::default()
-                    }),
-                    spans,
+        loop {
+            let mut spans = Vec::new();
+            while spans.len() < BATCH {
+                match rx.try_recv() {
+                    Ok(record) => spans.push(record.otlp()),
+                    Err(mpsc::error::TryRecvError::Empty) => break,
+                    Err(mpsc::error::TryRecvError::Disconnected) => {
+                        open = false;
+                        break;
+                    }
+                }
+            }
+            if spans.is_empty() {
+                break;
+            }
+            let (count, full) = (spans.len() as u64, spans.len() == BATCH);
+            let request = ExportTraceServiceRequest {
+                resource_spans: vec![ResourceSpans {
+                    resource: Some(Resource { attributes: vec![kv("service.name", "strait-dp")], dropped_attributes_count: 0 }),
+                    scope_spans: vec![ScopeSpans {
+                        scope: Some(InstrumentationScope {
+                            name: "strait".into(),
+                            version: env!("CARGO_PKG_VERSION").into(),
+                            ..Default::default()
+                        }),
+                        spans,
+                        schema_url: String::new(),
+                    }],
                     schema_url: String::new(),
                 }],
-                schema_url: String::new(),
-            }],
-        };
-        if let Err(status) = client.export(request).await {
-            dropped.inc_by(count);
-            if last_warning.is_none_or(|at| at.elapsed() > Duration::from_secs(60)) {
-                tracing::warn!(endpoint, error = %status.message(), "cannot export spans (MeshTrace); they are dropped");
-                last_warning = Some(Instant::now());
+            };
+            if let Err(status) = client.export(request).await {
+                dropped.inc_by(count);
+                if last_warning.is_none_or(|at| at.elapsed() > Duration::from_secs(60)) {
+                    tracing::warn!(endpoint, error = %status.message(), "cannot export spans (MeshTrace); they are dropped");
+                    last_warning = Some(Instant::now());
+                }
+            }
+            if !full {
+                break;
             }
         }
     }
@@ -461,7 +536,7 @@ mod tests {
         let dropped = Counter::default();
         let none = Tracer::compile(&conf(serde_json::json!({"sampling": {"random": 0}})), local.clone(), None, &dropped, false);
         let mut h = HeaderMap::new();
-        assert!(none.start(Side::Outbound, &mut h, "backend").is_none());
+        assert!(none.start(Side::Outbound, &mut h, &Arc::from("backend")).is_none());
         assert!(h["traceparent"].to_str().unwrap().ends_with("-00"), "not sampled, still propagated");
         let c = incoming(&h).unwrap();
         assert!(!c.sampled);

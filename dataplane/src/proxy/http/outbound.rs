@@ -150,7 +150,7 @@ async fn forward(request: Request<Incoming>, service: &str, path: &Arc<DataPath>
     let mut span = table.tracer.as_ref().and_then(|t| t.start(Side::Outbound, request.headers_mut(), &destination.service));
     if let Some(s) = &mut span {
         let uri = request.uri();
-        s.request(request.method().as_str(), uri.path_and_query().map_or("/", |p| p.as_str()), uri.authority().map_or("", |a| a.as_str()));
+        s.request(request.method(), uri.path_and_query().map_or("/", |p| p.as_str()), uri.authority().map_or("", |a| a.as_str()));
     }
     // MeshAccessLog `to`: the request's entry, logged once its response has ended.
     let mut pending = destination.access_log.as_ref().map(|log| pending_entry(log, &table.local, destination, &request, started));
@@ -215,8 +215,7 @@ async fn forward(request: Request<Incoming>, service: &str, path: &Arc<DataPath>
             answered(&mut pending, &response, started, false);
             if let Some(s) = &mut span {
                 s.answered(response.status().as_u16());
-                s.attribute("strait.upstream", &in_flight.endpoint().address.to_string());
-                s.attribute("strait.peer_zone", &in_flight.endpoint().zone);
+                s.upstream(in_flight.endpoint().address, &in_flight.endpoint().zone);
             }
             if let Some(p) = &mut pending {
                 p.entry.upstream = Some(in_flight.endpoint().address);
