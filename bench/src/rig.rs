@@ -38,9 +38,10 @@ pub async fn start() -> Result<(PathBuf, ControlPlane, PathBuf, Children), Error
     Ok((dp, cp, work, Children::default()))
 }
 
-/// A free TCP port on 127.0.0.1.
+/// A free TCP port for a listener a process of the rig binds later
+/// ([`strait_runtime::sockets::port_for_a_later_listener`]).
 pub fn free_port() -> std::io::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    Ok(strait_runtime::sockets::port_for_a_later_listener())
 }
 
 /// `strait-dp` next to the running benchmark, built with the same profile; an error that says

@@ -2,7 +2,6 @@
 //! it writes: acknowledged writes survive `kill -9`, SIGTERM drains and exits cleanly, and bad
 //! configuration exits with code 64 naming every bad value.
 
-use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -12,7 +11,7 @@ use serde_json::{json, Value};
 const BIN: &str = env!("CARGO_BIN_EXE_strait-global");
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    strait_runtime::sockets::port_for_a_later_listener()
 }
 
 struct Global {

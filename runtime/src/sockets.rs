@@ -72,9 +72,42 @@ fn get(fd: RawFd, option: libc::c_int) -> io::Result<usize> {
     }
 }
 
+/// A free TCP port for a listener that a test or a benchmark binds later, in another process.
+/// A port the kernel hands out for `bind(0)` comes from its ephemeral range (32768 and up),
+/// where any outgoing connection of a process running alongside may take it before the
+/// listener binds it ("Address already in use"); this one is taken below that range, checked
+/// on every address (sidecars bind 0.0.0.0), and each process starts at its own place in the
+/// range, so processes started in parallel rarely pick the same one.
+pub fn port_for_a_later_listener() -> u16 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
+    let seed = std::process::id().wrapping_mul(7919) ^ nanos;
+    loop {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = 20_000 + (seed.wrapping_add(n.wrapping_mul(104_729)) % 12_000) as u16;
+        if std::net::TcpListener::bind(("0.0.0.0", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ports_for_later_listeners_are_free_and_below_the_ephemeral_range() {
+        let ports: Vec<u16> = (0..20).map(|_| port_for_a_later_listener()).collect();
+        for port in &ports {
+            assert!((20_000..32_000).contains(port), "{port}");
+            std::net::TcpListener::bind(("127.0.0.1", *port)).expect("free");
+        }
+        let mut distinct = ports.clone();
+        distinct.sort_unstable();
+        distinct.dedup();
+        assert_eq!(distinct.len(), ports.len(), "one process does not hand out a port twice in a row: {ports:?}");
+    }
 
     #[test]
     fn a_udp_socket_grows_its_buffers_as_far_as_it_may_and_never_shrinks_them() {

@@ -24,22 +24,10 @@ pub async fn eventually<T>(what: &str, mut f: impl AsyncFnMut() -> Option<T>) ->
     }
 }
 
-/// A free TCP port for a listener a test binds later. It is taken below the kernel's
-/// ephemeral range (32768 and up), where no outgoing connection of a test running alongside
-/// can take it meanwhile, and checked on every address (sidecars bind 0.0.0.0); each process
-/// starts at its own place in the range, so parallel tests rarely pick the same one.
+/// A free TCP port for a listener a test binds later (see
+/// [`strait_runtime::sockets::port_for_a_later_listener`]).
 pub fn free_port() -> u16 {
-    use std::sync::atomic::{AtomicU32, Ordering};
-    static NEXT: AtomicU32 = AtomicU32::new(0);
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
-    let seed = std::process::id().wrapping_mul(7919) ^ nanos;
-    loop {
-        let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let port = 20_000 + (seed.wrapping_add(n.wrapping_mul(104_729)) % 12_000) as u16;
-        if std::net::TcpListener::bind(("0.0.0.0", port)).is_ok() {
-            return port;
-        }
-    }
+    strait_runtime::sockets::port_for_a_later_listener()
 }
 
 /// A global with mesh `default` and a registered, running zone-1.
