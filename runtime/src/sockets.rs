@@ -1,4 +1,5 @@
-//! Socket buffer sizes the kernel's defaults get wrong for a fast tunnel.
+//! Socket buffer sizes the kernel's defaults get wrong for a fast tunnel, and ports for
+//! listeners that another process binds later (tests and benchmarks).
 //!
 //! A UDP socket's receive buffer is where datagrams wait for the process to read them; the
 //! default (about 200 KB) holds 4 ms at 50 MB/s, so a QUIC tunnel that carries one fast

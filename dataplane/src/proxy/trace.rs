@@ -28,9 +28,9 @@ use opentelemetry_proto::tonic::trace::v1::{span, status, ResourceSpans, ScopeSp
 use prometheus_client::metrics::counter::Counter;
 use rand::Rng;
 use strait_api::policies::trace::TraceConf;
+use tokio::sync::mpsc;
 
 use super::access_log::Text;
-use tokio::sync::mpsc;
 
 /// Spans a collector may have waiting before new ones are dropped.
 const QUEUE: usize = 2048;
@@ -364,11 +364,11 @@ pub struct Span {
 
 impl Span {
     /// Names the span after the request and notes its method and path.
-    pub fn request(&mut self, method: &http::Method, path: &str, authority: &str) {
+    pub fn request(&mut self, method: &http::Method, uri: &http::Uri) {
         if let Some(r) = &mut self.record {
             r.method = Some(method.clone());
-            r.target = Text::new(path);
-            r.host = Text::new(authority);
+            r.target = Text::new(uri.path_and_query().map_or("/", |p| p.as_str()));
+            r.host = Text::new(uri.authority().map_or("", |a| a.as_str()));
         }
     }
 
@@ -434,6 +434,37 @@ impl Exporter {
     }
 }
 
+/// Up to a batch of the spans waiting in `rx`, spelled as OTLP, and whether any sender is left.
+fn take_batch(rx: &mut mpsc::Receiver<Record>) -> (Vec<OtlpSpan>, bool) {
+    let mut spans = Vec::new();
+    while spans.len() < BATCH {
+        match rx.try_recv() {
+            Ok(record) => spans.push(record.otlp()),
+            Err(mpsc::error::TryRecvError::Empty) => return (spans, true),
+            Err(mpsc::error::TryRecvError::Disconnected) => return (spans, false),
+        }
+    }
+    (spans, true)
+}
+
+fn export_request(spans: Vec<OtlpSpan>) -> ExportTraceServiceRequest {
+    ExportTraceServiceRequest {
+        resource_spans: vec![ResourceSpans {
+            resource: Some(Resource { attributes: vec![kv("service.name", "strait-dp")], dropped_attributes_count: 0 }),
+            scope_spans: vec![ScopeSpans {
+                scope: Some(InstrumentationScope {
+                    name: "strait".into(),
+                    version: env!("CARGO_PKG_VERSION").into(),
+                    ..Default::default()
+                }),
+                spans,
+                schema_url: String::new(),
+            }],
+            schema_url: String::new(),
+        }],
+    }
+}
+
 async fn export(
     mut client: TraceServiceClient<tonic::transport::Channel>,
     mut rx: mpsc::Receiver<Record>,
@@ -451,37 +482,13 @@ async fn export(
             () = waiting.notified() => {}
         }
         loop {
-            let mut spans = Vec::new();
-            while spans.len() < BATCH {
-                match rx.try_recv() {
-                    Ok(record) => spans.push(record.otlp()),
-                    Err(mpsc::error::TryRecvError::Empty) => break,
-                    Err(mpsc::error::TryRecvError::Disconnected) => {
-                        open = false;
-                        break;
-                    }
-                }
-            }
-            if spans.is_empty() {
+            let (spans, senders_left) = take_batch(&mut rx);
+            open = senders_left;
+            let (count, full) = (spans.len() as u64, spans.len() == BATCH);
+            if count == 0 {
                 break;
             }
-            let (count, full) = (spans.len() as u64, spans.len() == BATCH);
-            let request = ExportTraceServiceRequest {
-                resource_spans: vec![ResourceSpans {
-                    resource: Some(Resource { attributes: vec![kv("service.name", "strait-dp")], dropped_attributes_count: 0 }),
-                    scope_spans: vec![ScopeSpans {
-                        scope: Some(InstrumentationScope {
-                            name: "strait".into(),
-                            version: env!("CARGO_PKG_VERSION").into(),
-                            ..Default::default()
-                        }),
-                        spans,
-                        schema_url: String::new(),
-                    }],
-                    schema_url: String::new(),
-                }],
-            };
-            if let Err(status) = client.export(request).await {
+            if let Err(status) = client.export(export_request(spans)).await {
                 dropped.inc_by(count);
                 if last_warning.is_none_or(|at| at.elapsed() > Duration::from_secs(60)) {
                     tracing::warn!(endpoint, error = %status.message(), "cannot export spans (MeshTrace); they are dropped");

@@ -146,8 +146,7 @@ impl Session {
         // its children.
         let mut span = inbound.path.table.load().tracer.as_ref().and_then(|t| t.start(Side::Inbound, request.headers_mut(), &self.caller));
         if let Some(s) = &mut span {
-            let uri = request.uri();
-            s.request(request.method(), uri.path_and_query().map_or("/", |p| p.as_str()), uri.authority().map_or("", |a| a.as_str()));
+            s.request(request.method(), request.uri());
         }
         let mut logged = self.access_log(&request, started);
         let received = logged.as_ref().map(|l| l.received.clone());

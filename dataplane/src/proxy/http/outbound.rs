@@ -149,8 +149,7 @@ async fn forward(request: Request<Incoming>, service: &str, path: &Arc<DataPath>
     // MeshTrace: this hop's span (the request's headers now name it as the next hop's parent).
     let mut span = table.tracer.as_ref().and_then(|t| t.start(Side::Outbound, request.headers_mut(), &destination.service));
     if let Some(s) = &mut span {
-        let uri = request.uri();
-        s.request(request.method(), uri.path_and_query().map_or("/", |p| p.as_str()), uri.authority().map_or("", |a| a.as_str()));
+        s.request(request.method(), request.uri());
     }
     // MeshAccessLog `to`: the request's entry, logged once its response has ended.
     let mut pending = destination.access_log.as_ref().map(|log| pending_entry(log, &table.local, destination, &request, started));
