@@ -35,17 +35,30 @@ pub struct ProxyState {
     pub identity: ArcSwapOption<WorkloadIdentity>,
     /// Bumped whenever either changes, so the data path rebuilds its TLS identity.
     pub changed: tokio::sync::watch::Sender<u64>,
+    /// The version of the configuration the data path serves (its destinations, routes and
+    /// listeners rebuilt from it); 0 before the first. It follows `config` by a moment.
+    pub applied: std::sync::atomic::AtomicU64,
 }
 
 impl Default for ProxyState {
     fn default() -> Self {
-        ProxyState { config: ArcSwapOption::empty(), identity: ArcSwapOption::empty(), changed: tokio::sync::watch::channel(0).0 }
+        ProxyState {
+            config: ArcSwapOption::empty(),
+            identity: ArcSwapOption::empty(),
+            changed: tokio::sync::watch::channel(0).0,
+            applied: std::sync::atomic::AtomicU64::new(0),
+        }
     }
 }
 
 impl ProxyState {
     fn bump(&self) {
         self.changed.send_modify(|n| *n += 1);
+    }
+
+    /// The configuration, once the data path serves it (None while it is still being applied).
+    pub fn served(&self) -> Option<Arc<(u64, ProxyConfig)>> {
+        self.config.load_full().filter(|c| c.0 == self.applied.load(std::sync::atomic::Ordering::Acquire))
     }
 }
 

@@ -57,7 +57,7 @@ async fn requests_and_connections_are_logged_on_both_sides() {
     )
     .await;
     eventually("both logs in the sidecars' configurations", async || {
-        let (w, b) = (web.state.config.load_full()?, backend.state.config.load_full()?);
+        let (w, b) = (web.state.served()?, backend.state.served()?);
         let out = w.1.outbounds.iter().find(|o| o.service == "backend")?.policies.access_log.is_some();
         let inb = !b.1.inbounds.first()?.policies.access_log.is_empty();
         (out && inb).then_some(())
@@ -124,7 +124,7 @@ async fn a_tcp_connection_is_logged_once_it_has_closed() {
     )
     .await;
     eventually("the logs in both configurations", async || {
-        let (w, b) = (web.state.config.load_full()?, backend.state.config.load_full()?);
+        let (w, b) = (web.state.served()?, backend.state.served()?);
         let out = w.1.outbounds.iter().find(|o| o.service == "backend")?.policies.access_log.is_some();
         (out && !b.1.inbounds.first()?.policies.access_log.is_empty()).then_some(())
     })

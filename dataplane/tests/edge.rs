@@ -19,7 +19,7 @@ fn from_policy(kind: &str, name: &str, caller: serde_json::Value, conf: serde_js
 /// inbound's policies) on its first inbound.
 async fn inbound_rules(sidecar: &strait_dataplane::Sidecar, policy: &str, count: usize) {
     eventually(&format!("{count} {policy} rules on the inbound"), async || {
-        let config = sidecar.state.config.load_full()?;
+        let config = sidecar.state.served()?;
         let policies = serde_json::to_value(&config.1.inbounds.first()?.policies).ok()?;
         (policies.get(policy).and_then(|p| p.as_array()).map_or(0, Vec::len) == count).then_some(())
     })
@@ -162,7 +162,7 @@ async fn faults_abort_delay_and_slow_down_the_requests_of_the_callers_selected()
     // default MeshRetry, which would retry the 503s on web's side.)
     mesh.delete("/meshes/default/meshretries/mesh-retry-all-default").await;
     eventually("web without retries", async || {
-        let config = web.state.config.load_full()?;
+        let config = web.state.served()?;
         config.1.outbounds.iter().find(|o| o.service == "backend")?.policies.retry.is_none().then_some(())
     })
     .await;
@@ -204,7 +204,7 @@ async fn faults_abort_delay_and_slow_down_the_requests_of_the_callers_selected()
     )
     .await;
     eventually("the delay to apply", async || {
-        let config = backend.state.config.load_full()?;
+        let config = backend.state.served()?;
         let rule = config.1.inbounds.first()?.policies.fault_injection.first()?.conf.http.first()?.delay.clone();
         rule.map(drop)
     })
@@ -262,9 +262,9 @@ async fn a_rate_limit_on_a_route_limits_only_that_routes_requests() {
     )
     .await;
     eventually("the route's limit in backend's configuration and the route in web's", async || {
-        let config = backend.state.config.load_full()?;
+        let config = backend.state.served()?;
         let limits = &config.1.inbounds.first()?.policies.route_rate_limit;
-        let routed = web.state.config.load_full()?.1.outbounds.iter().find(|o| o.service == "backend")?.http_routes.len();
+        let routed = web.state.served()?.1.outbounds.iter().find(|o| o.service == "backend")?.http_routes.len();
         (limits.contains_key("orders") && routed == 1).then_some(())
     })
     .await;

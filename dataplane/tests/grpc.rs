@@ -116,7 +116,7 @@ async fn grpc_calls_answered_unavailable_are_retried_with_the_same_message() {
     )
     .await;
     eventually("the gRPC retry policy in web's configuration", async || {
-        let config = web.state.config.load_full()?;
+        let config = web.state.served()?;
         let grpc = config.1.outbounds.iter().find(|o| o.service == "backend" && !o.endpoints.is_empty())?.policies.retry.clone()?.grpc?;
         (grpc.num_retries == Some(3)).then_some(())
     })
@@ -164,7 +164,7 @@ async fn a_grpc_health_check_takes_a_not_serving_endpoint_out_and_brings_it_back
     )
     .await;
     eventually("the check and both endpoints in web's configuration", async || {
-        let config = web.state.config.load_full()?;
+        let config = web.state.served()?;
         let backend = config.1.outbounds.iter().find(|o| o.service == "backend")?;
         (backend.policies.health_check.is_some() && backend.endpoints.len() == 2).then_some(())
     })

@@ -124,7 +124,7 @@ async fn grpc_over_http2_keeps_trailers_and_requests_are_balanced() {
         eventually("sidecars ready", async || (admin(s, "/ready").await.0 == 200).then_some(())).await;
     }
     eventually("both endpoints in web's configuration", async || {
-        let config = web.state.config.load();
+        let config = web.state.served();
         (config.as_ref()?.1.outbounds.iter().find(|o| o.service == "backend")?.endpoints.len() == 2).then_some(())
     })
     .await;
@@ -165,7 +165,7 @@ async fn grpc_over_http2_keeps_trailers_and_requests_are_balanced() {
     mesh.put("/meshes/default/meshloadbalancingstrategies/least", json!({"type": "MeshLoadBalancingStrategy", "name": "least", "mesh": "default",
         "spec": {"targetRef": {"kind": "Mesh"}, "to": [{"targetRef": {"kind": "MeshService", "name": "backend"}, "default": {"loadBalancer": {"type": "LeastRequest", "leastRequest": {"choiceCount": 2}}}}]}})).await;
     eventually("the strategy in web's configuration", async || {
-        let config = web.state.config.load();
+        let config = web.state.served();
         serde_json::to_string(&config.as_ref()?.1).ok()?.contains("LeastRequest").then_some(())
     })
     .await;
@@ -222,7 +222,7 @@ async fn mesh_timeout_cuts_slow_responses_with_a_504_or_a_reset_body() {
     mesh.put("/meshes/default/meshtimeouts/short", json!({"type": "MeshTimeout", "name": "short", "mesh": "default",
         "spec": {"targetRef": {"kind": "Mesh"}, "to": [{"targetRef": {"kind": "MeshService", "name": "backend"}, "default": {"http": {"requestTimeout": "300ms"}}}]}})).await;
     eventually("the timeout in web's configuration", async || {
-        let config = web.state.config.load();
+        let config = web.state.served();
         serde_json::to_string(&config.as_ref()?.1).ok()?.contains("300ms").then_some(())
     })
     .await;
@@ -254,7 +254,7 @@ async fn mesh_timeout_cuts_slow_responses_with_a_504_or_a_reset_body() {
     // Without the policy, the default (15 s) lets a 3 s answer through.
     mesh.delete("/meshes/default/meshtimeouts/short").await;
     eventually("the default timeout back", async || {
-        let config = web.state.config.load();
+        let config = web.state.served();
         (!serde_json::to_string(&config.as_ref()?.1).ok()?.contains("300ms")).then_some(())
     })
     .await;
@@ -280,7 +280,7 @@ async fn mesh_timeout_stream_limits_connection_lifetime_and_inbound_timeouts() {
     };
     let applied = async |sidecar: &strait_dataplane::Sidecar, needle: &str| {
         eventually(&format!("{needle} in the sidecar's configuration"), async || {
-            let config = sidecar.state.config.load();
+            let config = sidecar.state.served();
             serde_json::to_string(&config.as_ref()?.1).ok()?.contains(needle).then_some(())
         })
         .await
@@ -375,7 +375,7 @@ async fn hashing_keeps_each_key_on_one_endpoint_and_moves_few_when_endpoints_cha
         vec![mesh.sidecar("backend-1", "backend", &backend(0)).await, mesh.sidecar("backend-2", "backend", &backend(1)).await];
     let endpoints = async |n: usize| {
         eventually(&format!("{n} backend endpoints in web's configuration"), async || {
-            let config = web.state.config.load();
+            let config = web.state.served();
             (config.as_ref()?.1.outbounds.iter().find(|o| o.service == "backend")?.endpoints.len() == n).then_some(())
         })
         .await
@@ -389,7 +389,7 @@ async fn hashing_keeps_each_key_on_one_endpoint_and_moves_few_when_endpoints_cha
         )
         .await;
         eventually(&format!("{kind} in web's configuration"), async || {
-            let config = web.state.config.load();
+            let config = web.state.served();
             serde_json::to_string(&config.as_ref()?.1).ok()?.contains(&format!("\"{kind}\"")).then_some(())
         })
         .await;

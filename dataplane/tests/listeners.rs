@@ -132,7 +132,7 @@ async fn ready_waits_for_every_listener_and_port_zero_is_registered_as_bound() {
         eventually("ready", async || (admin(s, "/ready").await.0 == 200).then_some(())).await;
     }
     let registered = eventually("the backend's endpoint in web's configuration", async || {
-        let config = web.state.config.load_full()?;
+        let config = web.state.served()?;
         let backend = config.1.outbounds.iter().find(|o| o.service == "backend")?;
         (!backend.endpoints.is_empty()).then(|| backend.endpoints.iter().map(|e| e.port).collect::<Vec<_>>())
     })

@@ -28,7 +28,7 @@ async fn a_hung_endpoint_is_ejected_after_its_timeouts_and_comes_back() {
         "spec": {"targetRef": {"kind": "Mesh"}, "to": [{"targetRef": {"kind": "MeshService", "name": "backend"}, "default": {"outlierDetection": {
             "baseEjectionTime": "2s", "maxEjectionPercent": 50, "detectors": {"localOriginFailures": {"consecutive": 2}}}}}]}})).await;
     eventually("both endpoints answer, with the policies applied", async || {
-        let config = web.state.config.load_full()?;
+        let config = web.state.served()?;
         let backend = config.1.outbounds.iter().find(|o| o.service == "backend")?;
         backend.policies.circuit_breaker.as_ref()?;
         backend.policies.timeout.as_ref()?;
@@ -85,7 +85,7 @@ async fn requests_beyond_max_requests_get_503_at_once() {
     mesh.put("/meshes/default/meshcircuitbreakers/limit", json!({"type": "MeshCircuitBreaker", "name": "limit", "mesh": "default",
         "spec": {"targetRef": {"kind": "Mesh"}, "to": [{"targetRef": {"kind": "MeshService", "name": "backend"}, "default": {"connectionLimits": {"maxRequests": 2}}}]}})).await;
     eventually("the limit to apply", async || {
-        let config = web.state.config.load_full()?;
+        let config = web.state.served()?;
         let breaker = config.1.outbounds.iter().find(|o| o.service == "backend")?.policies.circuit_breaker.clone()?;
         (breaker.connection_limits?.max_requests == Some(2)).then_some(())
     })
@@ -133,7 +133,7 @@ async fn a_pooled_connection_is_replaced_after_max_requests_per_connection() {
     mesh.put("/meshes/default/meshcircuitbreakers/per-connection", json!({"type": "MeshCircuitBreaker", "name": "per-connection", "mesh": "default",
         "spec": {"targetRef": {"kind": "Mesh"}, "to": [{"targetRef": {"kind": "MeshService", "name": "backend"}, "default": {"connectionLimits": {"maxRequestsPerConnection": 5}}}]}})).await;
     eventually("the limit to apply", async || {
-        let config = web.state.config.load_full()?;
+        let config = web.state.served()?;
         let breaker = config.1.outbounds.iter().find(|o| o.service == "backend")?.policies.circuit_breaker.clone()?;
         (breaker.connection_limits?.max_requests_per_connection == Some(5)).then_some(())
     })
@@ -192,7 +192,7 @@ async fn an_endpoint_failing_half_its_requests_is_ejected_by_the_failure_percent
             "detectors": {"failurePercentage": {"threshold": 30, "requestVolume": 10, "minimumHosts": 2}}}}}]}})).await;
     let client = reqwest::Client::new();
     eventually("the detector in web's configuration, and both endpoints answering", async || {
-        let config = web.state.config.load_full()?;
+        let config = web.state.served()?;
         let backend = config.1.outbounds.iter().find(|o| o.service == "backend")?;
         let detectors = backend.policies.circuit_breaker.clone()?.outlier_detection?.detectors?;
         (detectors.failure_percentage.is_some() && detectors.total_failures.is_none() && backend.endpoints.len() == 2).then_some(())?;
@@ -239,7 +239,7 @@ async fn connections_and_pending_requests_beyond_their_limits_get_503_at_once() 
     mesh.put("/meshes/default/meshcircuitbreakers/limits", limits(json!({"maxConnections": 1}))).await;
     let web = mesh.sidecar("web", "web", &dataplane("web-1", "web", free_port(), free_port(), "http", &[(web_out, "backend")])).await;
     eventually("the limit and both endpoints in web's configuration", async || {
-        let config = web.state.config.load_full()?;
+        let config = web.state.served()?;
         let backend = config.1.outbounds.iter().find(|o| o.service == "backend")?;
         let max = backend.policies.circuit_breaker.clone()?.connection_limits?.max_connections;
         (max == Some(1) && backend.endpoints.len() == 2).then_some(())
@@ -271,7 +271,7 @@ async fn connections_and_pending_requests_beyond_their_limits_get_503_at_once() 
     let fresh_out = free_port();
     let fresh = mesh.sidecar("web-2", "web", &dataplane("web-2", "web", free_port(), free_port(), "http", &[(fresh_out, "backend")])).await;
     eventually("the pending limit in the new sidecar's configuration", async || {
-        let config = fresh.state.config.load_full()?;
+        let config = fresh.state.served()?;
         let backend = config.1.outbounds.iter().find(|o| o.service == "backend")?;
         let max = backend.policies.circuit_breaker.clone()?.connection_limits?.max_pending_requests;
         (max == Some(1) && backend.endpoints.len() == 2).then_some(())
@@ -372,7 +372,7 @@ async fn active_health_checks_take_an_unhealthy_endpoint_out_and_bring_it_back()
     mesh.put("/meshes/default/meshhealthchecks/check-backend", check("backend", http_check)).await;
     mesh.put("/meshes/default/meshhealthchecks/check-db", check("db", tcp_check)).await;
     eventually("both checks and all endpoints in web's configuration", async || {
-        let config = web.state.config.load_full()?;
+        let config = web.state.served()?;
         let ready =
             |s: &str| config.1.outbounds.iter().any(|o| o.service == s && o.policies.health_check.is_some() && o.endpoints.len() == 2);
         (ready("backend") && ready("db")).then_some(())

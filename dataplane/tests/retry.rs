@@ -82,7 +82,7 @@ async fn failed_attempts_are_retried_within_the_budget() {
     // Without MeshRetry, a 503 reaches the application.
     mesh.delete("/meshes/default/meshretries/mesh-retry-all-default").await;
     eventually("the default MeshRetry to be gone from web's configuration", async || {
-        let config = web.state.config.load_full()?;
+        let config = web.state.served()?;
         config.1.outbounds.iter().find(|o| o.service == "backend")?.policies.retry.is_none().then_some(())
     })
     .await;
@@ -130,7 +130,7 @@ async fn failed_attempts_are_retried_within_the_budget() {
     app.delay_ms.store(300, Ordering::SeqCst);
     app.fail.store(u64::MAX, Ordering::SeqCst);
     eventually("the budget to apply", async || {
-        let config = web.state.config.load_full()?;
+        let config = web.state.served()?;
         let retry = config.1.outbounds.iter().find(|o| o.service == "backend")?.policies.retry.clone()?;
         retry.http?.budget.map(drop)
     })

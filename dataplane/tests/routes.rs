@@ -340,10 +340,8 @@ async fn every_policy_change_under_constant_load_fails_no_request() {
                 format!("{path} deleted")
             }
         };
-        eventually(&format!("{what} in web's configuration"), async || {
-            (web.state.config.load().as_ref().map_or(0, |c| c.0) > before).then_some(())
-        })
-        .await;
+        eventually(&format!("{what} in web's configuration"), async || (web.state.served().map_or(0, |c| c.0) > before).then_some(()))
+            .await;
         // Some requests under the new configuration before the next change.
         let served = ok.load(Ordering::Relaxed);
         eventually(&format!("requests served after {what}"), async || (ok.load(Ordering::Relaxed) >= served + 40).then_some(())).await;
@@ -423,7 +421,7 @@ async fn requests_are_mirrored_by_percentage_and_the_copies_answers_dropped() {
     };
     mesh.put("/meshes/default/meshhttproutes/backend-routes", mirror(None)).await;
     eventually("the mirror to apply", async || {
-        let config = web.state.config.load_full()?;
+        let config = web.state.served()?;
         let backend = config.1.outbounds.iter().find(|o| o.service == "backend")?;
         let shadow = config.1.outbounds.iter().find(|o| o.service == "shadow")?;
         (!backend.http_routes.is_empty() && !shadow.endpoints.is_empty()).then_some(())
@@ -463,7 +461,7 @@ async fn requests_are_mirrored_by_percentage_and_the_copies_answers_dropped() {
     // 50%: about half of 400 requests are copied.
     mesh.put("/meshes/default/meshhttproutes/backend-routes", mirror(Some(50.0))).await;
     eventually("the percentage to apply", async || {
-        let config = web.state.config.load_full()?;
+        let config = web.state.served()?;
         let backend = config.1.outbounds.iter().find(|o| o.service == "backend")?;
         let filter = backend.http_routes.first()?.conf.filters.first()?;
         (filter.request_mirror.as_ref()?.percentage == Some(50.0)).then_some(())
@@ -500,7 +498,7 @@ async fn a_timeout_on_a_route_applies_to_its_requests_only() {
     )
     .await;
     eventually("the route's timeout in web's configuration", async || {
-        let config = web.state.config.load_full()?;
+        let config = web.state.served()?;
         let backend = config.1.outbounds.iter().find(|o| o.service == "backend")?;
         backend.http_routes.first()?.timeout.as_ref().map(drop)
     })

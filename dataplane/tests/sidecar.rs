@@ -33,7 +33,7 @@ async fn registers_becomes_ready_and_survives_a_zone_restart() {
     // It comes back: the sidecar resyncs and gets the change made meanwhile.
     mesh.start_zone().await;
     eventually("the change made while the zone was away", async || {
-        let cfg = sidecar.state.config.load();
+        let cfg = sidecar.state.served();
         serde_json::to_string(&cfg.as_ref()?.1).ok()?.contains("deny-all").then_some(())
     })
     .await;

@@ -85,7 +85,7 @@ async fn each_sidecar_hop_is_a_span_of_one_trace() {
     let (endpoint, spans) = collector().await;
     mesh.put("/meshes/default/meshtraces/tracing", trace(&endpoint)).await;
     eventually("MeshTrace in both sidecars", async || {
-        let (w, b) = (web.state.config.load_full()?, backend.state.config.load_full()?);
+        let (w, b) = (web.state.served()?, backend.state.served()?);
         (w.1.proxy.trace.is_some() && b.1.proxy.trace.is_some()).then_some(())
     })
     .await;

@@ -62,7 +62,7 @@ async fn an_idle_tcp_connection_is_closed_at_the_idle_timeout() {
     mesh.put("/meshes/default/meshtimeouts/idle", json!({"type": "MeshTimeout", "name": "idle", "mesh": "default",
         "spec": {"targetRef": {"kind": "Mesh"}, "to": [{"targetRef": {"kind": "MeshService", "name": "backend"}, "default": {"idleTimeout": "1s"}}]}})).await;
     eventually("the idle timeout in web's configuration", async || {
-        let config = web.state.config.load();
+        let config = web.state.served();
         let outbound = config.as_ref()?.1.outbounds.iter().find(|o| o.port == Some(web_out))?.policies.timeout.clone()?;
         (outbound.idle_timeout.map(|d| d.get()) == Some(Duration::from_secs(1))).then_some(())
     })
@@ -89,13 +89,13 @@ async fn an_idle_tcp_connection_is_closed_at_the_idle_timeout() {
     mesh.put("/meshes/default/meshtimeouts/idle-in", json!({"type": "MeshTimeout", "name": "idle-in", "mesh": "default",
         "spec": {"targetRef": {"kind": "MeshService", "name": "backend"}, "from": [{"targetRef": {"kind": "Mesh"}, "default": {"idleTimeout": "1s"}}]}})).await;
     eventually("the inbound idle timeout in backend's configuration", async || {
-        let config = backend.state.config.load();
+        let config = backend.state.served();
         let inbound = config.as_ref()?.1.inbounds.first()?.policies.timeout.first()?.conf.clone();
         (inbound.idle_timeout.map(|d| d.get()) == Some(Duration::from_secs(1))).then_some(())
     })
     .await;
     eventually("web's outbound idle timeout back to the default", async || {
-        let config = web.state.config.load();
+        let config = web.state.served();
         let outbound = config.as_ref()?.1.outbounds.iter().find(|o| o.port == Some(web_out))?.policies.timeout.clone()?;
         (outbound.idle_timeout.map(|d| d.get()) != Some(Duration::from_secs(1))).then_some(())
     })

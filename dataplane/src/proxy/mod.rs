@@ -57,6 +57,7 @@ pub mod redirected;
 pub mod timeouts;
 pub mod trace;
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::UNIX_EPOCH;
 
@@ -156,6 +157,7 @@ pub async fn run(state: Arc<ProxyState>, metrics: ProxyMetrics, listeners: Liste
     });
     let configured = accept(listeners, &path);
     configured.follow(&config.1, &path);
+    state.applied.store(config.0, Ordering::Release);
     health_check::spawn(&path);
     let mut version = config.0;
     loop {
@@ -169,6 +171,7 @@ pub async fn run(state: Arc<ProxyState>, metrics: ProxyMetrics, listeners: Liste
                     version = config.0;
                     path.table.store(Arc::new(Table::build(&config.1, &path.table.load(), &path.metrics)));
                     configured.follow(&config.1, &path);
+                    state.applied.store(version, Ordering::Release);
                 }
                 // Certificates rotate and bundles change (revocations): new connections use
                 // the new identity, open ones keep theirs.
