@@ -79,7 +79,7 @@ impl ZoneCp {
         for stale in resources.store().list(strait_cp_core::kinds::DATAPLANE_NACK, None).await? {
             resources.store().delete(stale.key, strait_store::Precondition::None).await?;
         }
-        let inventory_tx = crate::inventory::Publisher::new(crate::inventory::compute(&resources).await?);
+        let inventory_tx = crate::inventory::Publisher::start(crate::inventory::compute(&resources).await?, resources.clone());
         let inventory_rx = inventory_tx.subscribe();
         let token_file = config.data_dir.join("admin-token");
         let (admin_token, created) = strait_cp_core::auth::load_or_create(&token_file)?;
@@ -313,12 +313,12 @@ fn follow_cluster(
     let (followed_tx, followed) = watch::channel(false);
     let followed_tx = Arc::new(followed_tx);
     let changed = Arc::new(tokio::sync::Notify::new());
-    let (refresh_resources, refresh_changed, stop) = (resources.clone(), changed.clone(), shutdown.clone());
+    let (refresh_changed, stop) = (changed.clone(), shutdown.clone());
     tasks.spawn(async move {
         loop {
             tokio::select! {
                 () = stop.cancelled() => return,
-                () = refresh_changed.notified() => crate::inventory::refresh(&refresh_resources, &inventory).await,
+                () = refresh_changed.notified() => crate::inventory::refresh(&inventory).await,
             }
         }
     });

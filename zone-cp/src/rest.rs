@@ -153,7 +153,7 @@ async fn put_dataplane(
     let what = format!("dataplane/{name}");
     let resource = Resource::from_value(value).map_err(|e| ApiError::invalid(&what, e))?;
     let (outcome, stored) = api.resources.put(&resource).await?;
-    crate::inventory::refresh(&api.resources, &api.inventory).await;
+    crate::inventory::refresh(&api.inventory).await;
     tracing::info!(mesh, name, result = ?outcome, "dataplane written");
     let status = if outcome == PutOutcome::Created { StatusCode::CREATED } else { StatusCode::OK };
     Ok((status, Json(stored)).into_response())
@@ -171,7 +171,7 @@ async fn delete_dataplane(
         }
         other => other.into(),
     })?;
-    crate::inventory::refresh(&api.resources, &api.inventory).await;
+    crate::inventory::refresh(&api.inventory).await;
     Ok(Json(deleted))
 }
 

@@ -437,8 +437,14 @@ async fn main() -> Result<(), Error> {
         }
         pending = still;
     }
-    for ((z, (rss0, _)), before) in zones.iter().zip(&baseline).zip(&settled_rss) {
-        let connected = (n / zones.len()).max(1) as f64;
+    // Per sidecar still connected (as the zone counts them): sidecars a zone lost do not
+    // lower its figure.
+    let mut connected = Vec::new();
+    for z in &zones {
+        connected.push(zone_metric(&cp.http, z, "strait_zone_dps_connected_proxies{kind=\"sidecar\"}").await as usize);
+    }
+    for (((z, (rss0, _)), before), connected) in zones.iter().zip(&baseline).zip(&settled_rss).zip(&connected) {
+        let connected = (*connected).max(1) as f64;
         println!(
             "{}: {:.0} KB per sidecar once settled, before giving freed memory back ({:.1} MB given back since the start)",
             z.name,
@@ -446,15 +452,17 @@ async fn main() -> Result<(), Error> {
             zone_metric(&cp.http, z, "strait_zone_memory_returned_bytes_total").await / 1048576.0
         );
     }
-    for (z, (rss0, cpu0)) in zones.iter().zip(&baseline) {
+    for ((z, (rss0, cpu0)), connected) in zones.iter().zip(&baseline).zip(&connected) {
         let rss = rss_bytes(z.pid);
-        let connected = n / zones.len();
-        let per = rss.saturating_sub(*rss0) as f64 / connected.max(1) as f64 / 1024.0;
+        let per = rss.saturating_sub(*rss0) as f64 / (*connected).max(1) as f64 / 1024.0;
+        // Judged only with the zone's share of the sidecars connected.
+        let all = *connected >= n / zones.len();
         println!(
-            "FIGURE zone-memory-per-sidecar zone={} sidecars={connected} rss_mb={:.1} kb_per_sidecar={per:.0} target=100 {}; zone cpu during the storm {:.1}s",
+            "FIGURE zone-memory-per-sidecar zone={} sidecars={connected} of {} rss_mb={:.1} kb_per_sidecar={per:.0} target=100 {}; zone cpu during the storm {:.1}s",
             z.name,
+            n / zones.len(),
             mb(rss),
-            if per <= 100.0 { "met" } else { "not met" },
+            if per <= 100.0 && all { "met" } else { "not met" },
             cpu_seconds(z.pid) - cpu0
         );
     }

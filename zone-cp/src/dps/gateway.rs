@@ -77,7 +77,7 @@ impl GatewaySession {
         if let Err(e) = gateways::unregister(store.as_ref(), &name).await {
             tracing::warn!(error = %e, "could not unregister the gateway");
         }
-        crate::inventory::refresh(&self.shared.resources, &self.shared.inventory).await;
+        crate::inventory::refresh(&self.shared.inventory).await;
         self.shared.connected.lock().unwrap_or_else(|p| p.into_inner()).remove(&format!("gateway/{name}"));
         tracing::info!(reason, "gateway disconnected");
         if let Err(status) = result {
@@ -92,7 +92,7 @@ impl GatewaySession {
         // A revocation that arrived between the authentication and this subscription is seen now.
         self.token.check(&self.shared.resources).await?;
         gateways::register(store.as_ref(), &self.registration).await.map_err(unavailable)?;
-        crate::inventory::refresh(&self.shared.resources, &self.shared.inventory).await;
+        crate::inventory::refresh(&self.shared.inventory).await;
         let mut last: Option<Vec<u8>> = None;
         self.push_config(&mut last).await?;
         let mut leading = self.shared.leading.clone();

@@ -50,12 +50,25 @@ type Waiting = HashMap<u64, tokio::sync::oneshot::Sender<Result<Vec<u8>, String>
 /// Longest NACK reason recorded, in characters.
 const MAX_NACK_REASON: usize = 1024;
 
-/// The shortest time between two recomputations of a session's configuration. A change after
+/// The shortest time between two recomputations of a session's configuration: a change after
 /// a quiet spell goes out at once; changes that follow closer than this wait and go out
-/// together. In a registration storm every new Dataplane is a change for every session: each
-/// session recomputing (and waking) for each one costs sessions times registrations, and the
-/// zone fell behind the sidecars' Hellos.
+/// together. In a registration storm every new Dataplane is a change for every session, and
+/// each session's recomputation sends its sidecar the endpoints that changed (tens of KB when
+/// its destination has hundreds of endpoints): with a fixed interval, the sessions together
+/// send without bound as the zone grows (3,333 sidecars a zone, 200 ms: 16,000 messages a
+/// second, which starved the zone of the CPU to take the new sidecars' Hellos). So the
+/// interval grows with the sidecars connected, [`RECOMPUTE_PER_SESSION`] each, from
+/// [`RECOMPUTE_EVERY`]: the zone recomputes at most a bounded number of configurations a
+/// second, however many sidecars it has.
 const RECOMPUTE_EVERY: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// The interval's share of each connected sidecar (at most 2,000 recomputations a second).
+const RECOMPUTE_PER_SESSION: std::time::Duration = std::time::Duration::from_micros(500);
+
+/// The shortest time between two recomputations with `sessions` sidecars connected.
+fn recompute_every(sessions: usize) -> std::time::Duration {
+    RECOMPUTE_EVERY.max(RECOMPUTE_PER_SESSION * sessions.min(100_000) as u32)
+}
 
 fn unavailable(e: impl std::fmt::Display) -> Status {
     Status::unavailable(format!("zone store: {e}"))
@@ -78,7 +91,7 @@ impl Session {
         self.shared.targets.remove(&self.dp);
         self.shared.inspectors.remove(&self.id);
         self.shared.traffic.forget(&self.id);
-        crate::inventory::refresh(&self.shared.resources, &self.shared.inventory).await;
+        self.shared.inventory.ask();
         self.shared.connected.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.id);
         tracing::info!(reason, "sidecar disconnected");
         if let Err(status) = result {
@@ -98,7 +111,8 @@ impl Session {
             self.token.check(&self.shared.resources).await?;
             if !self.from_pod {
                 self.shared.resources.put(&self.dp).await.map_err(unavailable)?;
-                crate::inventory::refresh(&self.shared.resources, &self.shared.inventory).await;
+                // The inventory follows (paced); the sidecar's configuration does not wait for it.
+                self.shared.inventory.ask();
             }
             Ok::<_, Status>(())
         })
@@ -111,6 +125,7 @@ impl Session {
         // them when the wait is over.
         let mut waiting: Option<(bool, bool)> = None;
         let recompute = tokio::time::sleep_until(pushed + RECOMPUTE_EVERY);
+        let sessions = || self.shared.connected.lock().unwrap_or_else(|p| p.into_inner()).len();
         tokio::pin!(recompute);
         let mut questions = self.shared.inspectors.register(&self.id);
         let mut leading = self.shared.leading.clone();
@@ -143,11 +158,14 @@ impl Session {
                 change = changes.next(), if waiting.is_none() => {
                     let Some(change) = change else { return Err(Status::unavailable("the zone control plane is shutting down")) };
                     let (relevant, revoked) = changes.burst(change, |key| self.affects(key));
-                    if relevant && pushed.elapsed() < RECOMPUTE_EVERY {
-                        // Too soon after the last one: this and what follows go together.
-                        waiting = Some((relevant, revoked));
-                        recompute.as_mut().reset(pushed + RECOMPUTE_EVERY);
-                        continue;
+                    if relevant {
+                        let every = recompute_every(sessions());
+                        if pushed.elapsed() < every {
+                            // Too soon after the last one: this and what follows go together.
+                            waiting = Some((relevant, revoked));
+                            recompute.as_mut().reset(pushed + every);
+                            continue;
+                        }
                     }
                     self.after_changes(&mut sent, &mut pushed, relevant, revoked).await?;
                 }
@@ -334,7 +352,7 @@ impl Session {
         }
         if changed {
             resources.put(&dp).await.map_err(unavailable)?;
-            crate::inventory::refresh(resources, &self.shared.inventory).await;
+            crate::inventory::refresh(&self.shared.inventory).await;
         }
         Ok(())
     }
@@ -352,7 +370,7 @@ impl Session {
             Ok(_) => self.nacked.store(true, Ordering::Relaxed),
             Err(e) => tracing::warn!(error = %e, "could not record the NACK"),
         }
-        crate::inventory::refresh(&self.shared.resources, &self.shared.inventory).await;
+        crate::inventory::refresh(&self.shared.inventory).await;
     }
 
     /// Forgets the sidecar's NACK once it applies a configuration again, or leaves.
@@ -363,7 +381,7 @@ impl Session {
         if let Err(e) = self.shared.resources.store().delete(self.nack_key(), Precondition::None).await {
             tracing::warn!(error = %e, "could not clear the NACK record");
         }
-        crate::inventory::refresh(&self.shared.resources, &self.shared.inventory).await;
+        crate::inventory::refresh(&self.shared.inventory).await;
     }
 
     /// Signs the sidecar's CSR for `spiffe://<mesh>/<service>` with the zone's intermediate CA;
@@ -400,4 +418,20 @@ impl Session {
 enum Built {
     Parts(std::sync::Arc<super::inputs::SharedSettings>),
     Whole(Box<strait_api::proxy_config::ProxyConfig>),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_recomputation_interval_grows_with_the_sidecars_so_the_zone_recomputes_at_a_bounded_rate() {
+        assert_eq!(recompute_every(0), RECOMPUTE_EVERY);
+        assert_eq!(recompute_every(100), RECOMPUTE_EVERY);
+        for sessions in [1_000usize, 3_333, 10_000, 50_000] {
+            let per_second = sessions as f64 / recompute_every(sessions).as_secs_f64();
+            assert!(per_second <= 2_000.0 + 1e-6, "{sessions} sidecars: {per_second:.0} recomputations a second");
+        }
+        assert!(recompute_every(10_000) > recompute_every(3_333));
+    }
 }
