@@ -77,19 +77,42 @@ fn get(fd: RawFd, option: libc::c_int) -> io::Result<usize> {
 /// A port the kernel hands out for `bind(0)` comes from its ephemeral range (32768 and up),
 /// where any outgoing connection of a process running alongside may take it before the
 /// listener binds it ("Address already in use"); this one is taken below that range, checked
-/// on every address (sidecars bind 0.0.0.0), and each process starts at its own place in the
-/// range, so processes started in parallel rarely pick the same one.
+/// on every address (sidecars bind 0.0.0.0), and leased for [`PORT_LEASE`] to the calling
+/// process (a file per port under the temporary directory, created exclusively): tests run in
+/// parallel processes, and one that picked a port and binds it only seconds later, after
+/// starting what comes first, must not find it taken by another that picked it meanwhile.
 pub fn port_for_a_later_listener() -> u16 {
     use std::sync::atomic::{AtomicU32, Ordering};
     static NEXT: AtomicU32 = AtomicU32::new(0);
     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
     let seed = std::process::id().wrapping_mul(7919) ^ nanos;
+    let leases = std::env::temp_dir().join("strait-port-leases");
+    let _ = std::fs::create_dir_all(&leases);
     loop {
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
         let port = 20_000 + (seed.wrapping_add(n.wrapping_mul(104_729)) % 12_000) as u16;
-        if std::net::TcpListener::bind(("0.0.0.0", port)).is_ok() {
+        if lease(&leases.join(port.to_string())) && std::net::TcpListener::bind(("0.0.0.0", port)).is_ok() {
             return port;
         }
+    }
+}
+
+/// How long a port handed out by [`port_for_a_later_listener`] is kept from other processes.
+pub const PORT_LEASE: std::time::Duration = std::time::Duration::from_secs(120);
+
+/// Takes the lease of `file`: a new file, or one whose lease ran out (rewritten). When the
+/// directory cannot be written, every port counts as leased to the caller.
+fn lease(file: &std::path::Path) -> bool {
+    match std::fs::OpenOptions::new().write(true).create_new(true).open(file) {
+        Ok(_) => true,
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+            let expired =
+                std::fs::metadata(file).and_then(|m| m.modified()).map_or(true, |at| at.elapsed().is_ok_and(|age| age > PORT_LEASE));
+            // Renewed by rewriting it, which moves its time; two processes that both saw it
+            // expired may both take it, as rare as two picks of one port in the same moment.
+            expired && std::fs::write(file, b"").is_ok()
+        }
+        Err(_) => true,
     }
 }
 
@@ -108,6 +131,20 @@ mod tests {
         distinct.sort_unstable();
         distinct.dedup();
         assert_eq!(distinct.len(), ports.len(), "one process does not hand out a port twice in a row: {ports:?}");
+    }
+
+    #[test]
+    fn a_leased_port_is_not_handed_out_again_until_its_lease_runs_out() {
+        let dir = std::env::temp_dir().join(format!("strait-lease-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("25000");
+        assert!(lease(&file), "a port nobody leased");
+        assert!(!lease(&file), "a port another process leased a moment ago");
+        let old = std::time::SystemTime::now() - PORT_LEASE - std::time::Duration::from_secs(1);
+        std::fs::File::options().write(true).open(&file).unwrap().set_modified(old).unwrap();
+        assert!(lease(&file), "a port whose lease ran out");
+        assert!(!lease(&file), "and is leased again");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
