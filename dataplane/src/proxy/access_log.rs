@@ -120,10 +120,11 @@ pub struct Entry {
 /// The trace id of a request's `traceparent` (W3C) or `x-b3-traceid` / `b3` header; empty
 /// when it has none, or one longer than a trace id's 32 digits.
 pub fn trace_id(headers: &http::HeaderMap) -> Text {
-    let value = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-    let id = match value("traceparent").and_then(|t| t.split('-').nth(1)) {
+    use super::trace::{B3, B3_TRACE_ID, TRACEPARENT};
+    let value = |name: &http::HeaderName| headers.get(name).and_then(|v| v.to_str().ok());
+    let id = match value(&TRACEPARENT).and_then(|t| t.split('-').nth(1)) {
         Some(id) => id,
-        None => value("x-b3-traceid").or_else(|| value("b3").and_then(|b| b.split('-').next())).unwrap_or(""),
+        None => value(&B3_TRACE_ID).or_else(|| value(&B3).and_then(|b| b.split('-').next())).unwrap_or(""),
     };
     if id.len() <= 32 {
         Text::new(id)
@@ -384,8 +385,9 @@ pub struct Sink {
     dropped: Counter,
 }
 
-/// How long a backend waits after a first line for more to write with it.
-const LINGER: Duration = Duration::from_millis(50);
+/// How long a backend waits after a first line for more to write with it (lines reach their
+/// backend at most this late, plus the write).
+const LINGER: Duration = Duration::from_millis(100);
 
 /// Entries a backend may have waiting before new ones are dropped.
 const QUEUE: usize = 4096;
@@ -418,7 +420,7 @@ impl Sink {
 
 /// Takes what is queued (after `first`) and renders it, so that one write carries a batch.
 async fn batch(first: (Entry, Arc<Format>), rx: &mut mpsc::Receiver<(Entry, Arc<Format>)>) -> Vec<u8> {
-    // Lines that come meanwhile go in the same write: a write (and a wake-up) every 50 ms at
+    // Lines that come meanwhile go in the same write: a write (and a wake-up) every LINGER at
     // most, whatever the request rate.
     if rx.len() < 256 {
         tokio::time::sleep(LINGER).await;
@@ -438,6 +440,11 @@ fn drain(first: (Entry, Arc<Format>), rx: &mut mpsc::Receiver<(Entry, Arc<Format
 }
 
 /// Writes the lines of `rx` to `path`, on the calling thread, until every sender is gone.
+///
+/// While lines keep coming, the thread wakes on its own every [`LINGER`] and takes what
+/// came meanwhile: a request never has to wake it (a wake-up is a system call on the request's
+/// thread). Only after a [`LINGER`] that brought nothing does it wait to be woken by the
+/// next line.
 fn write_file(path: String, mut rx: mpsc::Receiver<(Entry, Arc<Format>)>, dropped: Counter) {
     use std::io::Write as _;
     if let Err(error) = strait_runtime::threads::run_when_idle() {
@@ -445,10 +452,11 @@ fn write_file(path: String, mut rx: mpsc::Receiver<(Entry, Arc<Format>)>, droppe
     }
     let mut file: Option<std::fs::File> = None;
     let mut last_warning: Option<Instant> = None;
-    while let Some(first) = rx.blocking_recv() {
-        // Lines that come meanwhile go in the same write: a write (and a wake-up) every 50 ms
-        // at most, whatever the request rate.
-        if rx.len() < 256 {
+    let mut next = rx.blocking_recv().map(|line| (line, false));
+    while let Some((first, lingered)) = next {
+        // Lines that come meanwhile go in the same write: a write (and a wake-up) every
+        // LINGER at most, whatever the request rate.
+        if !lingered && rx.len() < 256 {
             std::thread::sleep(LINGER);
         }
         let lines = drain(first, &mut rx);
@@ -467,6 +475,24 @@ fn write_file(path: String, mut rx: mpsc::Receiver<(Entry, Arc<Format>)>, droppe
                 last_warning = Some(Instant::now());
             }
         }
+        next = next_after_write(&mut rx);
+    }
+}
+
+/// The first line of the next batch, and whether the writer has lingered for it already:
+/// what has come already, else what comes within [`LINGER`] (the writer sleeps meanwhile,
+/// unwoken), else whatever comes next, woken by it.
+fn next_after_write(rx: &mut mpsc::Receiver<(Entry, Arc<Format>)>) -> Option<((Entry, Arc<Format>), bool)> {
+    match rx.try_recv() {
+        Ok(line) => return Some((line, false)),
+        Err(mpsc::error::TryRecvError::Disconnected) => return None,
+        Err(mpsc::error::TryRecvError::Empty) => {}
+    }
+    std::thread::sleep(LINGER);
+    match rx.try_recv() {
+        Ok(line) => Some((line, true)),
+        Err(mpsc::error::TryRecvError::Disconnected) => None,
+        Err(mpsc::error::TryRecvError::Empty) => rx.blocking_recv().map(|line| (line, false)),
     }
 }
 
@@ -565,6 +591,29 @@ impl Sinks {
     }
 }
 
+/// A request's body bytes, counted as they pass: by its request body and by its response
+/// body, which may end apart (one allocation for both).
+#[derive(Debug, Default)]
+pub struct Tally {
+    received: AtomicU64,
+    sent: AtomicU64,
+}
+
+/// What one body counts into: its request's [`Tally`], received or sent.
+#[derive(Debug, Clone)]
+pub struct TallyOf {
+    tally: Arc<Tally>,
+    sent: bool,
+}
+
+impl TallyOf {
+    /// Counts `n` more bytes.
+    pub fn add(&self, n: u64) {
+        let counter = if self.sent { &self.tally.sent } else { &self.tally.received };
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
 /// A request's access-log entry, logged when dropped (its response body ended or was
 /// dropped), with the bytes its bodies counted by then.
 pub struct Pending {
@@ -574,18 +623,33 @@ pub struct Pending {
     pub entry: Entry,
     /// When the request arrived.
     pub started: Instant,
-    /// Request body bytes, counted as they pass.
-    pub received: Arc<AtomicU64>,
-    /// Response body bytes, counted as they pass.
-    pub sent: Arc<AtomicU64>,
+    /// Its bodies' bytes.
+    tally: Arc<Tally>,
+}
+
+impl Pending {
+    /// `entry`, to be logged to `log` once its response has ended.
+    pub fn new(log: Arc<AccessLog>, entry: Entry, started: Instant) -> Pending {
+        Pending { log, entry, started, tally: Arc::default() }
+    }
+
+    /// What the request body counts into.
+    pub fn received(&self) -> TallyOf {
+        TallyOf { tally: self.tally.clone(), sent: false }
+    }
+
+    /// What the response body counts into.
+    pub fn sent(&self) -> TallyOf {
+        TallyOf { tally: self.tally.clone(), sent: true }
+    }
 }
 
 impl Drop for Pending {
     fn drop(&mut self) {
         let mut entry = std::mem::take(&mut self.entry);
         entry.duration = self.started.elapsed();
-        entry.bytes_received = self.received.load(Ordering::Relaxed);
-        entry.bytes_sent = self.sent.load(Ordering::Relaxed);
+        entry.bytes_received = self.tally.received.load(Ordering::Relaxed);
+        entry.bytes_sent = self.tally.sent.load(Ordering::Relaxed);
         self.log.log(entry);
     }
 }
@@ -649,6 +713,86 @@ mod tests {
         assert_eq!(trace_id(&h).as_str(), "4bf92f3577b34da6a3ce929d0e0e4736");
         h.insert("traceparent", format!("00-{}-00f067aa0ba902b7-01", "a".repeat(40)).parse().unwrap());
         assert_eq!(trace_id(&h).as_str(), "", "an id longer than 32 digits is not kept");
+    }
+
+    #[test]
+    fn an_entry_logs_the_bytes_both_bodies_counted_whichever_ends_last() {
+        let (tx, mut rx) = mpsc::channel(4);
+        let sink = Arc::new(Sink { tx, dropped: Counter::default() });
+        let format = Arc::new(Format::compile(None).unwrap());
+        let log = Arc::new(AccessLog { backends: vec![(sink, format)] });
+        let pending = Pending::new(log, entry(), Instant::now());
+        let (received, sent) = (pending.received(), pending.sent());
+        received.add(10);
+        sent.add(3);
+        sent.add(4);
+        // The response ends (the entry is logged) while the request body still counts.
+        drop(pending);
+        received.add(5);
+        drop((received, sent));
+        let (logged, _) = rx.try_recv().unwrap();
+        assert_eq!((logged.bytes_received, logged.bytes_sent), (10, 7));
+    }
+
+    /// The voluntary context switches of this process's threads named `name` so far.
+    fn switches_of(name: &str) -> u64 {
+        let mut total = 0;
+        for task in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
+            let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+            if comm.trim_end() != name {
+                continue;
+            }
+            let status = std::fs::read_to_string(task.path().join("status")).unwrap_or_default();
+            total += status
+                .lines()
+                .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .unwrap_or(0);
+        }
+        total
+    }
+
+    #[test]
+    fn a_file_writer_under_steady_lines_wakes_once_a_linger_and_writes_every_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("access.log");
+        let conf = AccessLogConf {
+            backends: vec![strait_api::policies::access_log::AccessLogBackend {
+                file: Some(strait_api::policies::access_log::FileBackend { path: path.to_string_lossy().into_owned(), format: None }),
+                tcp: None,
+            }],
+        };
+        let dropped = Counter::default();
+        let log = Sinks::default().compile(&conf, &Sinks::default(), &dropped, true).unwrap();
+        // Thread names are cut at 15 bytes.
+        let writer = "strait-access-l";
+        // A line every 2 ms for 1.5 s; the writer's wake-ups counted over the last second.
+        let (mut sent, mut before) = (0u64, None);
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_millis(1500) {
+            log.log(entry());
+            sent += 1;
+            if before.is_none() && start.elapsed() >= Duration::from_millis(500) {
+                before = Some((switches_of(writer), Instant::now()));
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        let (before, since) = before.unwrap();
+        let per_second = (switches_of(writer) - before) as f64 / since.elapsed().as_secs_f64();
+        // A wake-up per LINGER (10 a second) and a few for the writes; a writer woken by the
+        // first line of each batch as well would be at 20 or more.
+        assert!(per_second < 16.0, "the writer woke {per_second:.0} times a second");
+        drop(log);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let written = std::fs::read_to_string(&path).unwrap_or_default().lines().count() as u64;
+            if written == sent {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{written} of {sent} lines written");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert_eq!(dropped.get(), 0);
     }
 
     #[test]

@@ -39,6 +39,47 @@ const BATCH: usize = 512;
 /// How often the spans that came are sent, when fewer than a batch came.
 const FLUSH: Duration = Duration::from_secs(1);
 
+/// The trace headers' names, parsed once: looking a header up by a `&str` parses the name
+/// every time, and these are looked up on every request.
+pub(crate) static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+pub(crate) static B3: HeaderName = HeaderName::from_static("b3");
+pub(crate) static B3_TRACE_ID: HeaderName = HeaderName::from_static("x-b3-traceid");
+static B3_SPAN_ID: HeaderName = HeaderName::from_static("x-b3-spanid");
+static B3_PARENT_SPAN_ID: HeaderName = HeaderName::from_static("x-b3-parentspanid");
+static B3_SAMPLED: HeaderName = HeaderName::from_static("x-b3-sampled");
+static B3_FLAGS: HeaderName = HeaderName::from_static("x-b3-flags");
+
+thread_local! {
+    /// The state of this thread's id generator (splitmix64), seeded from the system's
+    /// generator once per thread.
+    static IDS: std::cell::Cell<u64> = std::cell::Cell::new(rand::thread_rng().gen());
+}
+
+/// 64 random bits for an id or a sampling draw: trace and span ids must be unique, not
+/// unpredictable, and this runs for every request (a cryptographic generator costs more).
+fn random_u64() -> u64 {
+    IDS.with(|state| {
+        let x = state.get().wrapping_add(0x9E37_79B9_7F4A_7C15);
+        state.set(x);
+        let z = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        let z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    })
+}
+
+/// A random id of `N` bytes, never all zeros (which W3C reserves for "none").
+fn random_id<const N: usize>() -> [u8; N] {
+    let mut id = [0u8; N];
+    for chunk in id.chunks_mut(8) {
+        let bits = random_u64().to_be_bytes();
+        chunk.copy_from_slice(&bits[..chunk.len()]);
+    }
+    if id.iter().all(|b| *b == 0) {
+        id[N - 1] = 1;
+    }
+    id
+}
+
 /// A trace context: ids and whether it is sampled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Context {
@@ -95,24 +136,24 @@ fn unique(value: &[u8]) -> Option<HeaderValue> {
 
 /// The context a request carries: W3C `traceparent`, else B3 (single `b3` or `x-b3-*`).
 pub fn incoming(headers: &HeaderMap) -> Option<Context> {
-    let value = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-    if let Some(tp) = value("traceparent") {
+    let value = |name: &HeaderName| headers.get(name).and_then(|v| v.to_str().ok());
+    if let Some(tp) = value(&TRACEPARENT) {
         let mut parts = tp.trim().split('-');
         let (_version, trace, parent, flags) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
         return Some(Context { trace_id: hex(trace)?, parent: Some(hex(parent)?), sampled: u8::from_str_radix(flags, 16).ok()? & 1 == 1 });
     }
     let b3_trace = |t: &str| if t.len() == 16 { hex::<8>(t).map(|h| widen(&h)) } else { hex::<16>(t) };
-    if let Some(b3) = value("b3") {
+    if let Some(b3) = value(&B3) {
         let mut parts = b3.split('-');
         let (trace, span) = (parts.next()?, parts.next()?);
         let sampled = parts.next().is_none_or(|s| s == "1" || s == "d");
         return Some(Context { trace_id: b3_trace(trace)?, parent: Some(hex(span)?), sampled });
     }
-    let trace = value("x-b3-traceid")?;
+    let trace = value(&B3_TRACE_ID)?;
     Some(Context {
         trace_id: b3_trace(trace)?,
-        parent: value("x-b3-spanid").and_then(hex),
-        sampled: value("x-b3-sampled").is_none_or(|s| s == "1") || value("x-b3-flags") == Some("1"),
+        parent: value(&B3_SPAN_ID).and_then(hex),
+        sampled: value(&B3_SAMPLED).is_none_or(|s| s == "1") || value(&B3_FLAGS) == Some("1"),
     })
 }
 
@@ -140,7 +181,9 @@ enum Tag {
 }
 
 fn chance(percentage: f64) -> bool {
-    percentage >= 100.0 || (percentage > 0.0 && rand::thread_rng().gen_bool((percentage / 100.0).clamp(0.0, 1.0)))
+    // 53 random bits as a uniform number in [0, 1).
+    let draw = (random_u64() >> 11) as f64 / (1u64 << 53) as f64;
+    percentage >= 100.0 || (percentage > 0.0 && draw < percentage / 100.0)
 }
 
 /// Which side of a hop a span is.
@@ -185,18 +228,14 @@ impl Tracer {
     /// Starts this hop's span of a request with `headers` (which it rewrites for the next
     /// hop): `None` when the request is not sampled.
     pub fn start(&self, side: Side, headers: &mut HeaderMap, peer: &Arc<str>) -> Option<Span> {
-        let mut rng = rand::thread_rng();
         let incoming = incoming(headers);
         // Decided once, where the trace starts; the next hops follow it.
         let sampled = match incoming {
             Some(c) => c.sampled && chance(self.client),
             None => chance(self.random),
         };
-        let context = Context {
-            trace_id: incoming.map_or_else(|| rng.gen::<[u8; 16]>(), |c| c.trace_id),
-            parent: incoming.and_then(|c| c.parent),
-            sampled,
-        };
+        let context =
+            Context { trace_id: incoming.map_or_else(random_id::<16>, |c| c.trace_id), parent: incoming.and_then(|c| c.parent), sampled };
         // A trace that came unsampled travels on as it came (no span of ours to name as its
         // parent); one that starts here, or that this hop samples or stops sampling, carries
         // the decision to the next hops.
@@ -204,7 +243,7 @@ impl Tracer {
         if !propagated {
             return None;
         }
-        let span_id: [u8; 8] = rng.gen();
+        let span_id: [u8; 8] = random_id();
         propagate(headers, &context, span_id);
         if !sampled {
             return None;
@@ -252,11 +291,15 @@ fn propagate(headers: &mut HeaderMap, context: &Context, span_id: [u8; 8]) {
     if context.sampled {
         traceparent[54] = b'1';
     }
-    if let Some(v) = unique(&traceparent) {
-        headers.insert(HeaderName::from_static("traceparent"), v);
+    // Owned by the value, so that copies of the request (kept for a retry) share it rather
+    // than each allocating.
+    let shared = HeaderValue::from_maybe_shared(bytes::Bytes::from_owner(traceparent));
+    if let Ok(mut v) = shared {
+        v.set_sensitive(true);
+        headers.insert(TRACEPARENT.clone(), v);
     }
-    let b3 = headers.contains_key("b3");
-    let multi = headers.contains_key("x-b3-traceid");
+    let b3 = headers.contains_key(&B3);
+    let multi = headers.contains_key(&B3_TRACE_ID);
     if !b3 && !multi {
         return;
     }
@@ -265,21 +308,21 @@ fn propagate(headers: &mut HeaderMap, context: &Context, span_id: [u8; 8]) {
     if b3 {
         let parent = context.parent.map(|p| format!("-{}", to_hex(&p))).unwrap_or_default();
         if let Some(v) = unique(format!("{trace}-{span}-{sampled}{parent}").as_bytes()) {
-            headers.insert(HeaderName::from_static("b3"), v);
+            headers.insert(B3.clone(), v);
         }
     }
     if multi {
-        let mut set = |name: &'static str, value: &str, never_repeats: bool| {
+        let mut set = |name: &HeaderName, value: &str, never_repeats: bool| {
             let value = if never_repeats { unique(value.as_bytes()) } else { HeaderValue::from_str(value).ok() };
             if let Some(v) = value {
-                headers.insert(HeaderName::from_static(name), v);
+                headers.insert(name.clone(), v);
             }
         };
-        set("x-b3-traceid", &trace, true);
-        set("x-b3-spanid", &span, true);
-        set("x-b3-sampled", sampled, false);
+        set(&B3_TRACE_ID, &trace, true);
+        set(&B3_SPAN_ID, &span, true);
+        set(&B3_SAMPLED, sampled, false);
         if let Some(parent) = context.parent {
-            set("x-b3-parentspanid", &to_hex(&parent), true);
+            set(&B3_PARENT_SPAN_ID, &to_hex(&parent), true);
         }
     }
 }
@@ -547,5 +590,22 @@ mod tests {
         assert!(h["traceparent"].to_str().unwrap().ends_with("-00"), "not sampled, still propagated");
         let c = incoming(&h).unwrap();
         assert!(!c.sampled);
+    }
+
+    #[test]
+    fn ids_do_not_repeat_and_sampling_draws_keep_their_percentage() {
+        let ids: std::collections::HashSet<[u8; 16]> = (0..100_000).map(|_| random_id::<16>()).collect();
+        assert_eq!(ids.len(), 100_000, "a trace id repeated");
+        let spans: std::collections::HashSet<[u8; 8]> = (0..100_000).map(|_| random_id::<8>()).collect();
+        assert_eq!(spans.len(), 100_000, "a span id repeated");
+        // Another thread has a generator of its own, seeded apart.
+        let there = std::thread::spawn(random_id::<16>).join().unwrap();
+        assert!(!ids.contains(&there));
+        // 1% of 200,000: 2,000, with a standard deviation of about 45.
+        let sampled = (0..200_000).filter(|_| chance(1.0)).count();
+        assert!((1_700..=2_300).contains(&sampled), "{sampled} of 200,000 sampled at 1%");
+        let half = (0..200_000).filter(|_| chance(50.0)).count();
+        assert!((98_500..=101_500).contains(&half), "{half} of 200,000 sampled at 50%");
+        assert!((0..1_000).all(|_| chance(100.0)) && !(0..1_000).any(|_| chance(0.0)));
     }
 }

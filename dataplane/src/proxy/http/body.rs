@@ -13,9 +13,6 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
-
 use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
 use http::{Response, StatusCode};
@@ -24,6 +21,7 @@ use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use prometheus_client::metrics::counter::Counter;
 
+use crate::proxy::access_log::TallyOf;
 use crate::proxy::metrics::PairMetrics;
 use crate::proxy::timeouts::Limit;
 
@@ -59,7 +57,7 @@ pub struct Counted<H = ()> {
     /// Paces the data (MeshFaultInjection `responseBandwidth`, see [`Counted::throttled`]).
     throttle: Option<Box<Throttle>>,
     /// This body's own byte count (MeshAccessLog).
-    tally: Option<Arc<AtomicU64>>,
+    tally: Option<TallyOf>,
     /// Where the `grpc-status` of its trailers is counted.
     grpc: Option<Box<PairMetrics>>,
     bytes: Counter,
@@ -203,7 +201,7 @@ impl<H> Counted<H> {
     }
 
     /// The same body, also counting its data bytes into `tally`.
-    pub fn tallied(mut self, tally: Option<Arc<AtomicU64>>) -> Self {
+    pub fn tallied(mut self, tally: Option<TallyOf>) -> Self {
         self.tally = tally;
         self
     }
@@ -244,7 +242,7 @@ impl<H> Counted<H> {
     fn count(&self, n: usize) {
         self.bytes.inc_by(n as u64);
         if let Some(tally) = &self.tally {
-            tally.fetch_add(n as u64, Ordering::Relaxed);
+            tally.add(n as u64);
         }
     }
 }

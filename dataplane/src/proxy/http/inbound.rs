@@ -149,7 +149,7 @@ impl Session {
             s.request(request.method(), request.uri());
         }
         let mut logged = self.access_log(&request, started);
-        let received = logged.as_ref().map(|l| l.received.clone());
+        let received = logged.as_ref().map(Logged::received);
         let response = if self.decision.allowed(&inbound.path.state, inbound.port, &self.peer) {
             match self.policies(request.headers()) {
                 Ok(injected) => self.with_faults(request, injected, received).await,
@@ -172,7 +172,7 @@ impl Session {
         if let Some(s) = &mut span {
             s.answered(response.status().as_u16());
         }
-        let sent = logged.as_ref().map(|l| l.sent.clone());
+        let sent = logged.as_ref().map(Logged::sent);
         response.map(|body| match body {
             Either::Left(body) => Either::Left(body.holding((logged, span)).tallied(sent)),
             Either::Right(own) => Either::Right(own),
@@ -200,7 +200,7 @@ impl Session {
             trace_id: access_log::trace_id(request.headers()),
             ..Default::default()
         };
-        Some(Logged { log, entry, started, received: Default::default(), sent: Default::default() })
+        Some(Logged::new(log, entry, started))
     }
 
     /// MeshRateLimit and MeshFaultInjection for this request: the faults it gets, or the
@@ -227,7 +227,7 @@ impl Session {
         &self,
         request: Request<Incoming>,
         injected: Injected,
-        received: Option<Arc<std::sync::atomic::AtomicU64>>,
+        received: Option<access_log::TallyOf>,
     ) -> Response<AppBody> {
         if injected == Injected::default() {
             return self.to_application(request, received).await;
@@ -249,7 +249,7 @@ impl Session {
         response
     }
 
-    async fn to_application(&self, request: Request<Incoming>, received: Option<Arc<std::sync::atomic::AtomicU64>>) -> Response<AppBody> {
+    async fn to_application(&self, request: Request<Incoming>, received: Option<access_log::TallyOf>) -> Response<AppBody> {
         let inbound = &self.inbound;
         // MeshTimeout `from`: the application answers within the inbound's limits.
         let timeouts = of_inbound(&inbound.path.state, inbound.port);

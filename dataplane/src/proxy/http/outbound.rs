@@ -154,7 +154,7 @@ async fn forward(request: Request<Incoming>, service: &str, path: &Arc<DataPath>
     // MeshAccessLog `to`: the request's entry, logged once its response has ended.
     let mut pending = destination.access_log.as_ref().map(|log| pending_entry(log, &table.local, destination, &request, started));
     if let Some(p) = &pending {
-        let received = p.received.clone();
+        let received = p.received();
         request = request.map(|body| body.tallied(Some(received)));
     }
     // MeshFaultInjection `to`: a delay, an abort answered here, or a slow response.
@@ -220,7 +220,7 @@ async fn forward(request: Request<Incoming>, service: &str, path: &Arc<DataPath>
                 p.entry.upstream = Some(in_flight.endpoint().address);
                 p.entry.destination_zone = Some(in_flight.endpoint().zone.clone());
             }
-            let tally = pending.as_ref().map(|p| p.sent.clone());
+            let tally = pending.as_ref().map(Logged::sent);
             let held = (in_flight, pending.take(), span.take());
             // gRPC: the call's status, in the headers of a trailers-only answer, else in its trailers.
             let grpc = match response.headers().get(GRPC_STATUS) {
@@ -286,7 +286,7 @@ fn pending_entry(
         trace_id: access_log::trace_id(request.headers()),
         ..Default::default()
     };
-    Logged { log: log.clone(), entry, started, received: Default::default(), sent: Default::default() }
+    Logged::new(log.clone(), entry, started)
 }
 
 /// Notes the answer in the access-log entry, if there is one (`local`: the sidecar's own).
