@@ -43,14 +43,16 @@ pub struct Subscription {
 }
 
 impl Changes {
-    /// Watches `store` until `shutdown`.
+    /// Watches `store` until `shutdown`: every change committed after this returns is heard
+    /// (the watch starts from the revision read here, not from whenever its task first runs).
     pub fn start(store: Arc<dyn Store>, shutdown: CancellationToken) -> Changes {
         let (tx, _) = broadcast::channel(BUFFER);
         let sender = tx.clone();
+        let from = store.revision();
         tokio::spawn(async move {
             tokio::select! {
                 () = shutdown.cancelled() => {}
-                () = follow(store, sender) => {}
+                () = follow(store, from, sender) => {}
             }
         });
         Changes { tx }
@@ -62,8 +64,7 @@ impl Changes {
     }
 }
 
-async fn follow(store: Arc<dyn Store>, tx: broadcast::Sender<Change>) {
-    let mut from = store.revision();
+async fn follow(store: Arc<dyn Store>, mut from: u64, tx: broadcast::Sender<Change>) {
     loop {
         match store.watch(from).await {
             Ok(mut events) => {
@@ -131,6 +132,25 @@ mod tests {
     use strait_store::{Precondition, SledStore};
 
     use super::*;
+
+    #[tokio::test]
+    async fn a_change_committed_before_the_watch_first_runs_is_heard() {
+        let store: Arc<dyn Store> = Arc::new(SledStore::temporary().unwrap());
+        let changes = Changes::start(store.clone(), CancellationToken::new());
+        let mut session = changes.subscribe();
+        // Written from another thread while this one does not yield: the watch's task has not
+        // run yet when the write commits.
+        let writer = store.clone();
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            runtime.block_on(writer.put(Key::new("K", "m", "early"), json!(1), Precondition::None))
+        })
+        .join()
+        .unwrap()
+        .unwrap();
+        let heard = tokio::time::timeout(Duration::from_secs(10), session.next()).await.expect("the change was heard");
+        assert!(matches!(heard, Some(Change::Key(ref k)) if k.name == "early"), "{heard:?}");
+    }
 
     #[tokio::test]
     async fn a_session_hears_each_key_and_one_that_falls_behind_is_told() {
