@@ -127,9 +127,10 @@ fn to_hex(bytes: &[u8]) -> String {
 
 /// A header value that never repeats (a trace or span id): sent as an HPACK literal that is
 /// never indexed, so that it neither churns the HTTP/2 header tables of both ends nor is
-/// searched for in them on every request.
-fn unique(value: &[u8]) -> Option<HeaderValue> {
-    let mut value = HeaderValue::from_bytes(value).ok()?;
+/// searched for in them on every request. Taken as it is (no copy): copies of the request
+/// (kept for a retry) share it.
+fn unique(value: impl Into<bytes::Bytes>) -> Option<HeaderValue> {
+    let mut value = HeaderValue::from_maybe_shared(value.into()).ok()?;
     value.set_sensitive(true);
     Some(value)
 }
@@ -291,11 +292,7 @@ fn propagate(headers: &mut HeaderMap, context: &Context, span_id: [u8; 8]) {
     if context.sampled {
         traceparent[54] = b'1';
     }
-    // Owned by the value, so that copies of the request (kept for a retry) share it rather
-    // than each allocating.
-    let shared = HeaderValue::from_maybe_shared(bytes::Bytes::from_owner(traceparent));
-    if let Ok(mut v) = shared {
-        v.set_sensitive(true);
+    if let Some(v) = unique(bytes::Bytes::from_owner(traceparent)) {
         headers.insert(TRACEPARENT.clone(), v);
     }
     let b3 = headers.contains_key(&B3);
@@ -307,13 +304,13 @@ fn propagate(headers: &mut HeaderMap, context: &Context, span_id: [u8; 8]) {
     let sampled = if context.sampled { "1" } else { "0" };
     if b3 {
         let parent = context.parent.map(|p| format!("-{}", to_hex(&p))).unwrap_or_default();
-        if let Some(v) = unique(format!("{trace}-{span}-{sampled}{parent}").as_bytes()) {
+        if let Some(v) = unique(format!("{trace}-{span}-{sampled}{parent}")) {
             headers.insert(B3.clone(), v);
         }
     }
     if multi {
         let mut set = |name: &HeaderName, value: &str, never_repeats: bool| {
-            let value = if never_repeats { unique(value.as_bytes()) } else { HeaderValue::from_str(value).ok() };
+            let value = if never_repeats { unique(value.to_string()) } else { HeaderValue::from_str(value).ok() };
             if let Some(v) = value {
                 headers.insert(name.clone(), v);
             }
