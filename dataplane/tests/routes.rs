@@ -228,13 +228,15 @@ async fn tcp_routes_split_connections_by_weight() {
     )
     .await;
     // Applied once a run of connections is no longer an even round robin: wait for v2 to get
-    // most of 40, then measure.
+    // at least 65 of 100 (an even split gets that in 0.2% of runs, which would start the
+    // measurement before the route applies; the 1:3 split misses it in 1%, which only waits a
+    // round more), then measure.
     eventually("the TCP route to apply", async || {
         let mut v2 = 0;
-        for _ in 0..40 {
+        for _ in 0..100 {
             v2 += usize::from(tcp_answer(web_out).await? == "v2");
         }
-        (v2 >= 26).then_some(())
+        (v2 >= 65).then_some(())
     })
     .await;
     let mut v2 = 0;
@@ -243,7 +245,8 @@ async fn tcp_routes_split_connections_by_weight() {
     }
     let share = v2 as f64 / 4.0;
     println!("FIGURE 1:3 TCP split over 400 connections: {share:.1}% to v2");
-    assert!((68.0..=82.0).contains(&share), "v2 got {share:.1}% of the connections, expected 75 ± 7");
+    // 400 draws of 3 in 4: a standard deviation of 2.2 points; ± 9 is 4 of them.
+    assert!((66.0..=84.0).contains(&share), "v2 got {share:.1}% of the connections, expected 75 ± 9");
 }
 
 /// Every policy type the sidecars enforce, applied, changed and deleted in turn while four
