@@ -166,6 +166,10 @@ async fn a_route_to_an_unknown_backend_is_refused_with_the_reason() {
     for s in [&b1, &web] {
         eventually("sidecars ready", async || (admin(s, "/ready").await.0 == 200).then_some(())).await;
     }
+    // A configuration in force first: until web knows backend's endpoint and protocol, its
+    // outbound can only close the connections it takes.
+    let client = reqwest::Client::new();
+    eventually("web -> backend", async || common::get(&client, web_out, "/").await.filter(|r| r.0 == 200)).await;
     let to_nowhere = route(json!([{"default": {"backendRefs": [{"kind": "MeshService", "name": "nowhere"}]}}]));
     mesh.put("/meshes/default/meshhttproutes/backend-routes", to_nowhere).await;
     let nack = eventually("the sidecar's NACK in the global's zone status", async || {
@@ -175,7 +179,6 @@ async fn a_route_to_an_unknown_backend_is_refused_with_the_reason() {
     .await;
     assert!(nack.contains("backend nowhere") && nack.contains("is not a destination of this sidecar"), "{nack}");
     assert!(common::metric(&web, "strait_dp_config_nacks_total").await >= 1.0);
-    let client = reqwest::Client::new();
     assert_eq!(count(&client, web_out, "/", &[], 5).await, (5, 0), "the configuration in force stays");
 }
 
