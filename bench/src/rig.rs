@@ -216,9 +216,9 @@ pub struct Proxy {
 }
 
 impl Proxy {
-    /// CPU seconds its processes have used so far.
-    pub fn cpu(&self) -> f64 {
-        self.pids.iter().map(|p| crate::procstat::cpu_seconds(*p)).sum()
+    /// The CPU time its processes' threads have used so far.
+    pub fn cpu(&self) -> crate::procstat::CpuSnapshot {
+        crate::procstat::CpuSnapshot::take(&self.pids)
     }
 
     /// Its processes' resident memory now.
@@ -271,9 +271,10 @@ pub struct LoadArgs {
     /// and a spell then falls on every path alike rather than on one path's whole run.
     #[arg(long, default_value_t = 2)]
     pub seconds: u64,
-    /// Rounds over the paths, interleaved so that drift on a shared machine hits them alike.
-    #[arg(long, default_value_t = 20)]
-    pub rounds: usize,
+    /// Rounds over the paths, interleaved so that drift on a shared machine hits them alike
+    /// (default 20; 60 where a round loads every path at once, which takes the same time).
+    #[arg(long)]
+    pub rounds: Option<usize>,
     /// Keep-alive connections of the load generator.
     #[arg(long, default_value_t = 8)]
     pub connections: usize,
@@ -283,9 +284,11 @@ pub struct LoadArgs {
 }
 
 impl LoadArgs {
-    /// The plan of constant-rate runs of `path` these flags ask for.
-    pub fn plan<'a>(&self, path: &'a str) -> Plan<'a> {
-        Plan { path, rate: self.rate, seconds: self.seconds, rounds: self.rounds, connections: self.connections }
+    /// The plan of constant-rate runs of `path` these flags ask for, one path at a time in
+    /// each round or (`together`) all at once.
+    pub fn plan<'a>(&self, path: &'a str, together: bool) -> Plan<'a> {
+        let rounds = self.rounds.unwrap_or(if together { 60 } else { 20 });
+        Plan { path, rate: self.rate, seconds: self.seconds, rounds, connections: self.connections, together }
     }
 }
 
@@ -301,6 +304,10 @@ pub struct Plan<'a> {
     pub rounds: usize,
     /// Keep-alive connections of the load generator.
     pub connections: usize,
+    /// Whether each round loads every target at once (each at `rate`) rather than one after
+    /// the other: the machine's spells then fall on every target in the same instant, which
+    /// comparing two pairs alike needs; each pair is then measured on a busier machine.
+    pub together: bool,
 }
 
 impl Plan<'_> {
@@ -325,36 +332,43 @@ impl Plan<'_> {
                 rounds: Vec::new(),
             })
             .collect();
+        let seconds = Duration::from_secs(self.seconds);
         for round in 0..self.rounds {
             // Each round starts one path further, so that no path is always measured right
-            // after the same other one.
-            for i in 0..targets.len() {
-                let at = (i + round) % targets.len();
-                let (t, m) = (&targets[at], &mut results[at]);
-                let cpu_before: Vec<f64> = t.proxies.iter().map(Proxy::cpu).collect();
-                let sampler = RssSampler::start(t.proxies.iter().map(|p| p.pids.clone()).collect());
-                let outcome =
-                    crate::load::constant_rate(t.addr, self.path, self.rate, Duration::from_secs(self.seconds), self.connections).await?;
-                let peaks = sampler.stop();
-                let mut cpu = 0.0;
-                for (i, p) in t.proxies.iter().enumerate() {
-                    let used = p.cpu() - cpu_before[i];
-                    m.cpu[i] += used;
-                    cpu += used;
-                    m.peak_rss[i] = m.peak_rss[i].max(peaks[i]);
+            // after the same other one (or, together, started first).
+            let order: Vec<usize> = (0..targets.len()).map(|i| (i + round) % targets.len()).collect();
+            let batches: Vec<Vec<usize>> = if self.together { vec![order] } else { order.into_iter().map(|at| vec![at]).collect() };
+            for batch in batches {
+                let cpu_before: Vec<Vec<_>> = batch.iter().map(|&at| targets[at].proxies.iter().map(Proxy::cpu).collect()).collect();
+                let groups = batch.iter().flat_map(|&at| targets[at].proxies.iter().map(|p| p.pids.clone())).collect();
+                let sampler = RssSampler::start(groups);
+                let runs =
+                    batch.iter().map(|&at| crate::load::constant_rate(targets[at].addr, self.path, self.rate, seconds, self.connections));
+                let outcomes = futures::future::join_all(runs).await;
+                let mut peaks = sampler.stop().into_iter();
+                for ((&at, outcome), before) in batch.iter().zip(outcomes).zip(cpu_before) {
+                    let outcome = outcome?;
+                    let (t, m) = (&targets[at], &mut results[at]);
+                    let mut cpu = 0.0;
+                    for (i, p) in t.proxies.iter().enumerate() {
+                        let used = p.cpu().seconds_since(&before[i]);
+                        m.cpu[i] += used;
+                        cpu += used;
+                        m.peak_rss[i] = m.peak_rss[i].max(peaks.next().unwrap_or_default());
+                    }
+                    let mut latencies = outcome.latencies.clone();
+                    let figures = Round { p50: crate::percentile(&mut latencies, 50.0), p99: crate::percentile(&mut latencies, 99.0), cpu };
+                    eprintln!(
+                        "round {}: {} p50 {} p99 {} ({} errors)",
+                        round + 1,
+                        t.name,
+                        crate::ms(figures.p50),
+                        crate::ms(figures.p99),
+                        outcome.errors
+                    );
+                    m.rounds.push(figures);
+                    m.outcome.merge(outcome);
                 }
-                let mut latencies = outcome.latencies.clone();
-                let figures = Round { p50: crate::percentile(&mut latencies, 50.0), p99: crate::percentile(&mut latencies, 99.0), cpu };
-                eprintln!(
-                    "round {}: {} p50 {} p99 {} ({} errors)",
-                    round + 1,
-                    t.name,
-                    crate::ms(figures.p50),
-                    crate::ms(figures.p99),
-                    outcome.errors
-                );
-                m.rounds.push(figures);
-                m.outcome.merge(outcome);
             }
         }
         Ok(results)

@@ -143,7 +143,7 @@ async fn main() -> Result<(), Error> {
     children_to_kill.0.push(proxy_b);
 
     // Warm up every path (pools, TLS sessions), then take idle memory.
-    let plan = args.load.plan(PATH);
+    let plan = args.load.plan(PATH, false);
     plan.warm_up(&targets).await?;
     let idle: Vec<Vec<u64>> = targets.iter().map(|t| t.proxies.iter().map(Proxy::rss).collect()).collect();
     let mut results = plan.measure(&targets).await?;

@@ -120,10 +120,11 @@ pub struct Entry {
 /// The trace id of a request's `traceparent` (W3C) or `x-b3-traceid` / `b3` header; empty
 /// when it has none, or one longer than a trace id's 32 digits.
 pub fn trace_id(headers: &http::HeaderMap) -> Text {
-    use super::trace::{B3, B3_TRACE_ID, TRACEPARENT};
+    use super::trace::{traceparent_parts, B3, B3_TRACE_ID, TRACEPARENT};
     let value = |name: &http::HeaderName| headers.get(name).and_then(|v| v.to_str().ok());
-    let id = match value(&TRACEPARENT).and_then(|t| t.split('-').nth(1)) {
-        Some(id) => id,
+    // A malformed `traceparent` has no id (and the tracer starts a new trace, whatever B3 says).
+    let id = match headers.get(&TRACEPARENT) {
+        Some(t) => traceparent_parts(t.as_bytes()).and_then(|(id, _, _)| std::str::from_utf8(id).ok()).unwrap_or(""),
         None => value(&B3_TRACE_ID).or_else(|| value(&B3).and_then(|b| b.split('-').next())).unwrap_or(""),
     };
     if id.len() <= 32 {
@@ -713,6 +714,8 @@ mod tests {
         assert_eq!(trace_id(&h).as_str(), "4bf92f3577b34da6a3ce929d0e0e4736");
         h.insert("traceparent", format!("00-{}-00f067aa0ba902b7-01", "a".repeat(40)).parse().unwrap());
         assert_eq!(trace_id(&h).as_str(), "", "an id longer than 32 digits is not kept");
+        h.insert("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7".parse().unwrap());
+        assert_eq!(trace_id(&h).as_str(), "", "a traceparent without flags is malformed");
     }
 
     #[test]

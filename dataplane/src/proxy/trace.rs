@@ -91,7 +91,7 @@ pub struct Context {
     pub sampled: bool,
 }
 
-fn hex<const N: usize>(s: &str) -> Option<[u8; N]> {
+fn hex<const N: usize>(s: &[u8]) -> Option<[u8; N]> {
     fn digit(c: u8) -> Option<u8> {
         match c {
             b'0'..=b'9' => Some(c - b'0'),
@@ -104,10 +104,19 @@ fn hex<const N: usize>(s: &str) -> Option<[u8; N]> {
         return None;
     }
     let mut out = [0u8; N];
-    for (b, pair) in out.iter_mut().zip(s.as_bytes().chunks_exact(2)) {
+    for (b, pair) in out.iter_mut().zip(s.chunks_exact(2)) {
         *b = digit(pair[0])? << 4 | digit(pair[1])?;
     }
     (out != [0u8; N]).then_some(out)
+}
+
+/// The trace id, parent id and flags of a W3C `traceparent` (`vv-<32>-<16>-ff`, to which a
+/// later version may add `-` and more), as text, taken at their fixed places: this runs for
+/// every request that carries one. Not checked to be hex.
+pub(crate) fn traceparent_parts(value: &[u8]) -> Option<(&[u8], &[u8], &[u8])> {
+    let v = value.trim_ascii();
+    let well_formed = v.len() >= 55 && v[2] == b'-' && v[35] == b'-' && v[52] == b'-' && (v.len() == 55 || v[55] == b'-');
+    well_formed.then(|| (&v[3..35], &v[36..52], &v[53..55]))
 }
 
 /// Writes `bytes` in lower-case hex into `out`, which is twice as long.
@@ -137,25 +146,40 @@ fn unique(value: impl Into<bytes::Bytes>) -> Option<HeaderValue> {
 
 /// The context a request carries: W3C `traceparent`, else B3 (single `b3` or `x-b3-*`).
 pub fn incoming(headers: &HeaderMap) -> Option<Context> {
+    read(headers).0
+}
+
+/// The B3 forms a request carries (single `b3`, `x-b3-traceid`), where reading its context
+/// already found out.
+type B3Forms = Option<(bool, bool)>;
+
+/// The context a request carries, and its B3 forms when they are known without looking again.
+fn read(headers: &HeaderMap) -> (Option<Context>, B3Forms) {
     let value = |name: &HeaderName| headers.get(name).and_then(|v| v.to_str().ok());
-    if let Some(tp) = value(&TRACEPARENT) {
-        let mut parts = tp.trim().split('-');
-        let (_version, trace, parent, flags) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
-        return Some(Context { trace_id: hex(trace)?, parent: Some(hex(parent)?), sampled: u8::from_str_radix(flags, 16).ok()? & 1 == 1 });
+    if let Some(tp) = headers.get(&TRACEPARENT) {
+        let context = traceparent_parts(tp.as_bytes()).and_then(|(trace, parent, flags)| {
+            let flags = u8::from_str_radix(std::str::from_utf8(flags).ok()?, 16).ok()?;
+            Some(Context { trace_id: hex(trace)?, parent: Some(hex(parent)?), sampled: flags & 1 == 1 })
+        });
+        return (context, None);
     }
-    let b3_trace = |t: &str| if t.len() == 16 { hex::<8>(t).map(|h| widen(&h)) } else { hex::<16>(t) };
+    let b3_trace = |t: &str| if t.len() == 16 { hex::<8>(t.as_bytes()).map(|h| widen(&h)) } else { hex::<16>(t.as_bytes()) };
     if let Some(b3) = value(&B3) {
         let mut parts = b3.split('-');
-        let (trace, span) = (parts.next()?, parts.next()?);
-        let sampled = parts.next().is_none_or(|s| s == "1" || s == "d");
-        return Some(Context { trace_id: b3_trace(trace)?, parent: Some(hex(span)?), sampled });
+        let context = (|| {
+            let (trace, span) = (parts.next()?, parts.next()?);
+            let sampled = parts.next().is_none_or(|s| s == "1" || s == "d");
+            Some(Context { trace_id: b3_trace(trace)?, parent: Some(hex(span.as_bytes())?), sampled })
+        })();
+        return (context, None);
     }
-    let trace = value(&B3_TRACE_ID)?;
-    Some(Context {
-        trace_id: b3_trace(trace)?,
-        parent: value(&B3_SPAN_ID).and_then(hex),
+    let Some(trace) = value(&B3_TRACE_ID) else { return (None, Some((false, false))) };
+    let context = b3_trace(trace).map(|trace_id| Context {
+        trace_id,
+        parent: value(&B3_SPAN_ID).and_then(|s| hex(s.as_bytes())),
         sampled: value(&B3_SAMPLED).is_none_or(|s| s == "1") || value(&B3_FLAGS) == Some("1"),
-    })
+    });
+    (context, Some((false, true)))
 }
 
 fn widen(short: &[u8; 8]) -> [u8; 16] {
@@ -229,7 +253,7 @@ impl Tracer {
     /// Starts this hop's span of a request with `headers` (which it rewrites for the next
     /// hop): `None` when the request is not sampled.
     pub fn start(&self, side: Side, headers: &mut HeaderMap, peer: &Arc<str>) -> Option<Span> {
-        let incoming = incoming(headers);
+        let (incoming, b3_forms) = read(headers);
         // Decided once, where the trace starts; the next hops follow it.
         let sampled = match incoming {
             Some(c) => c.sampled && chance(self.client),
@@ -245,7 +269,7 @@ impl Tracer {
             return None;
         }
         let span_id: [u8; 8] = random_id();
-        propagate(headers, &context, span_id);
+        propagate(headers, &context, span_id, b3_forms);
         if !sampled {
             return None;
         }
@@ -283,8 +307,9 @@ impl Tracer {
 }
 
 /// Rewrites the request's trace headers so that the next hop's span is a child of `span_id`:
-/// `traceparent` always; the B3 headers the request came with.
-fn propagate(headers: &mut HeaderMap, context: &Context, span_id: [u8; 8]) {
+/// `traceparent` always; the B3 headers the request came with (`b3_forms`, looked up when
+/// not known).
+fn propagate(headers: &mut HeaderMap, context: &Context, span_id: [u8; 8], b3_forms: B3Forms) {
     // `00-<trace>-<span>-<flags>`, written in place: this runs for every request.
     let mut traceparent = *b"00-00000000000000000000000000000000-0000000000000000-00";
     hex_into(&context.trace_id, &mut traceparent[3..35]);
@@ -295,8 +320,7 @@ fn propagate(headers: &mut HeaderMap, context: &Context, span_id: [u8; 8]) {
     if let Some(v) = unique(bytes::Bytes::from_owner(traceparent)) {
         headers.insert(TRACEPARENT.clone(), v);
     }
-    let b3 = headers.contains_key(&B3);
-    let multi = headers.contains_key(&B3_TRACE_ID);
+    let (b3, multi) = b3_forms.unwrap_or_else(|| (headers.contains_key(&B3), headers.contains_key(&B3_TRACE_ID)));
     if !b3 && !multi {
         return;
     }
@@ -556,10 +580,10 @@ mod tests {
             (to_hex(&c.trace_id).as_str(), c.parent.map(|p| to_hex(&p)), c.sampled),
             ("4bf92f3577b34da6a3ce929d0e0e4736", Some("00f067aa0ba902b7".into()), true)
         );
-        propagate(&mut h, &c, [1, 2, 3, 4, 5, 6, 7, 8]);
+        propagate(&mut h, &c, [1, 2, 3, 4, 5, 6, 7, 8], None);
         assert_eq!(h["traceparent"], "00-4bf92f3577b34da6a3ce929d0e0e4736-0102030405060708-01");
         assert!(h["traceparent"].is_sensitive(), "ids that never repeat stay out of the HPACK tables");
-        propagate(&mut h, &Context { sampled: false, ..c }, [0xab; 8]);
+        propagate(&mut h, &Context { sampled: false, ..c }, [0xab; 8], None);
         assert_eq!(h["traceparent"], "00-4bf92f3577b34da6a3ce929d0e0e4736-abababababababab-00");
         let mut b3 = HeaderMap::new();
         b3.insert("x-b3-traceid", "463ac35c9f6413ad".parse().unwrap());
@@ -567,13 +591,37 @@ mod tests {
         b3.insert("x-b3-sampled", "1".parse().unwrap());
         let c = incoming(&b3).unwrap();
         assert_eq!(to_hex(&c.trace_id), "0000000000000000463ac35c9f6413ad", "64-bit B3 ids are widened");
-        propagate(&mut b3, &c, [9; 8]);
+        let forms = read(&b3).1;
+        propagate(&mut b3, &c, [9; 8], forms);
         assert_eq!(b3["x-b3-spanid"], "0909090909090909");
         assert_eq!(b3["x-b3-parentspanid"], "a2fb4a1d1a96d312");
         assert!(b3.contains_key("traceparent"));
         let mut bad = HeaderMap::new();
         bad.insert("traceparent", "00-zz-00f067aa0ba902b7-01".parse().unwrap());
         assert_eq!(incoming(&bad), None, "a malformed traceparent starts a new trace");
+        for bad in [
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7",
+            "00-4bf92f3577b34da6a3ce929d0e0e47360-0f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01x",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e473g-00f067aa0ba902b7-01",
+        ] {
+            let h: HeaderMap = [(TRACEPARENT.clone(), bad.parse().unwrap())].into_iter().collect();
+            assert_eq!(incoming(&h), None, "{bad}");
+        }
+        let later: HeaderMap =
+            [(TRACEPARENT.clone(), "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00-more".parse().unwrap())].into_iter().collect();
+        assert_eq!(incoming(&later).map(|c| (to_hex(&c.trace_id), c.sampled)), Some(("4bf92f3577b34da6a3ce929d0e0e4736".into(), false)));
+        // Where reading found no B3, rewriting does not look for it again, and adds none.
+        let mut plain = HeaderMap::new();
+        let forms = read(&plain).1;
+        assert_eq!(forms, Some((false, false)));
+        propagate(&mut plain, &c, [3; 8], forms);
+        assert_eq!(plain.len(), 1);
+        let mut single: HeaderMap = [(B3.clone(), "463ac35c9f6413ad-a2fb4a1d1a96d312-1".parse().unwrap())].into_iter().collect();
+        let (c, forms) = read(&single);
+        propagate(&mut single, &c.unwrap(), [4; 8], forms);
+        assert_eq!(single[&B3], "0000000000000000463ac35c9f6413ad-0404040404040404-1-a2fb4a1d1a96d312");
     }
 
     #[test]
