@@ -3,10 +3,11 @@
 //! plain text from a template or as JSON.
 //!
 //! In: the merged MeshAccessLog confs (per destination for `to`, per caller rule of an inbound
-//! for `from`) and, per request or connection, an [`Entry`]. Out: lines written by one task
-//! per backend, off the request path: the request only hands its entry to a bounded queue
-//! (`try_send`), and an entry that finds the queue full is dropped and counted
-//! (`strait_dp_access_log_dropped_total`), never waited for. A file is opened once and
+//! for `from`) and, per request or connection, an [`Entry`]. Out: lines written by one thread
+//! per backend, off the request path: the request only pushes its entry on the backend's
+//! batch (a vector under a mutex the writer takes once per linger, 100 ms), and an entry that
+//! finds the batch full is dropped and counted (`strait_dp_access_log_dropped_total`), never
+//! waited for. A file is opened once and
 //! appended to; a TCP collector is connected on first use and again after a failure (lines
 //! meanwhile are dropped and counted). Backends are shared by every rule that names them and
 //! kept across configuration pushes.
@@ -15,13 +16,13 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
 use prometheus_client::metrics::counter::Counter;
+
+use super::http::body::Held;
 use strait_api::policies::access_log::{AccessLogConf, LogFormat};
-use tokio::io::AsyncWriteExt;
-use tokio::sync::mpsc;
 
 /// The placeholders a template may use, with what each holds (in the order of [`Field`]).
 pub use strait_api::policies::access_log::PLACEHOLDERS as FIELDS;
@@ -379,10 +380,34 @@ fn json_string(s: &str, out: &mut String) {
     out.push('"');
 }
 
-/// Where lines go: a file or a TCP collector, written by a task of its own.
+/// Entries waiting for their backend's writer. A format is kept once per run of entries that
+/// share it, so a request adds no reference count (the writer would drop it from another core).
+#[derive(Debug, Default)]
+struct Batch {
+    entries: Vec<Entry>,
+    /// Each format, with the index of the first entry it renders.
+    formats: Vec<(usize, Arc<Format>)>,
+    /// The writer waits to be woken by the next entry.
+    asleep: bool,
+    /// The sink is gone: the writer writes what is left and ends.
+    closed: bool,
+}
+
+fn lock(batch: &Mutex<Batch>) -> MutexGuard<'_, Batch> {
+    // A writer that panicked mid-swap leaves whole vectors behind: the batch stays usable.
+    batch.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Where lines go: a file or a TCP collector, written by a thread of its own.
+///
+/// A request hands its entry over by pushing it on the batch under a mutex that only the
+/// writer also takes, once per [`LINGER`]: no channel operation, no allocation while the
+/// batch's vector has room, and no system call unless the writer is asleep (after a linger
+/// that brought nothing), when the entry wakes it.
 #[derive(Debug)]
 pub struct Sink {
-    tx: mpsc::Sender<(Entry, Arc<Format>)>,
+    batch: Arc<Mutex<Batch>>,
+    writer: Option<std::thread::Thread>,
     dropped: Counter,
 }
 
@@ -393,6 +418,9 @@ const LINGER: Duration = Duration::from_millis(100);
 /// Entries a backend may have waiting before new ones are dropped.
 const QUEUE: usize = 4096;
 
+/// Rendered lines written at once, at most.
+const CHUNK: usize = 64 * 1024;
+
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 enum Target {
     File(String),
@@ -401,125 +429,188 @@ enum Target {
 
 impl Sink {
     fn start(target: Target, dropped: Counter) -> Arc<Sink> {
-        let (tx, rx) = mpsc::channel(QUEUE);
-        let task_dropped = dropped.clone();
-        match target {
-            // A thread of its own, run when its core is idle: rendering and writing never take
-            // the data path's thread or delay it, and a slow disk blocks nothing but this thread.
-            Target::File(path) => {
-                let spawned =
-                    std::thread::Builder::new().name("strait-access-log".into()).spawn(move || write_file(path, rx, task_dropped));
-                if let Err(error) = spawned {
-                    tracing::error!(%error, "cannot start the access log writer (MeshAccessLog file backend); lines are dropped");
-                }
+        let batch = Arc::new(Mutex::new(Batch::default()));
+        let (task_batch, task_dropped) = (batch.clone(), dropped.clone());
+        // A thread of its own, run when its core is idle: rendering and writing never take
+        // the data path's thread or delay it, and a slow disk or collector blocks nothing but
+        // this thread.
+        let spawned = std::thread::Builder::new()
+            .name("strait-access-log".into())
+            .spawn(move || write_lines(&task_batch, Output::new(target), &task_dropped));
+        let writer = match spawned {
+            Ok(handle) => Some(handle.thread().clone()),
+            Err(error) => {
+                tracing::error!(%error, "cannot start the access log writer (MeshAccessLog); lines are dropped");
+                None
             }
-            Target::Tcp(address) => drop(tokio::spawn(write_tcp(address, rx, task_dropped))),
         };
-        Arc::new(Sink { tx, dropped })
+        Arc::new(Sink { batch, writer, dropped })
+    }
+
+    /// Queues `entry`, to be rendered with `format`, or drops it (counted) if the queue is full.
+    fn push(&self, entry: Entry, format: &Arc<Format>) {
+        let wake = {
+            let mut batch = lock(&self.batch);
+            if batch.entries.len() >= QUEUE {
+                drop(batch);
+                self.dropped.inc();
+                return;
+            }
+            if !batch.formats.last().is_some_and(|(_, f)| Arc::ptr_eq(f, format)) {
+                let at = batch.entries.len();
+                batch.formats.push((at, format.clone()));
+            }
+            batch.entries.push(entry);
+            std::mem::take(&mut batch.asleep)
+        };
+        if wake {
+            self.wake();
+        }
+    }
+
+    fn wake(&self) {
+        if let Some(writer) = &self.writer {
+            writer.unpark();
+        }
     }
 }
 
-/// Takes what is queued (after `first`) and renders it, so that one write carries a batch.
-async fn batch(first: (Entry, Arc<Format>), rx: &mut mpsc::Receiver<(Entry, Arc<Format>)>) -> Vec<u8> {
-    // Lines that come meanwhile go in the same write: a write (and a wake-up) every LINGER at
-    // most, whatever the request rate.
-    if rx.len() < 256 {
-        tokio::time::sleep(LINGER).await;
+impl Drop for Sink {
+    fn drop(&mut self) {
+        lock(&self.batch).closed = true;
+        self.wake();
     }
-    drain(first, rx)
 }
 
-/// `first` and what is queued after it, rendered (up to 64 KiB).
-fn drain(first: (Entry, Arc<Format>), rx: &mut mpsc::Receiver<(Entry, Arc<Format>)>) -> Vec<u8> {
-    let (mut out, mut scratch) = (String::with_capacity(16 * 1024), String::new());
-    first.1.line_into(&first.0, &mut out, &mut scratch);
-    while out.len() < 64 * 1024 {
-        let Ok((entry, format)) = rx.try_recv() else { break };
-        format.line_into(&entry, &mut out, &mut scratch);
-    }
-    out.into_bytes()
+/// A backend's destination, opened on first use and again after a failure.
+enum Output {
+    File { path: String, file: Option<std::fs::File> },
+    Tcp { address: String, stream: Option<std::net::TcpStream>, retry_at: Instant },
 }
 
-/// Writes the lines of `rx` to `path`, on the calling thread, until every sender is gone.
+impl Output {
+    fn new(target: Target) -> Output {
+        match target {
+            Target::File(path) => Output::File { path, file: None },
+            Target::Tcp(address) => Output::Tcp { address, stream: None, retry_at: Instant::now() },
+        }
+    }
+
+    /// Writes `lines` whole, or says it could not.
+    fn write(&mut self, lines: &[u8]) -> bool {
+        use std::io::Write as _;
+        match self {
+            Output::File { path, file } => {
+                if file.is_none() {
+                    *file = std::fs::OpenOptions::new().create(true).append(true).open(&*path).ok();
+                }
+                let written = file.as_mut().is_some_and(|f| f.write_all(lines).is_ok());
+                if !written {
+                    *file = None;
+                }
+                written
+            }
+            Output::Tcp { address, stream, retry_at } => {
+                if stream.is_none() && Instant::now() >= *retry_at {
+                    *stream = connect(address);
+                    if stream.is_none() {
+                        *retry_at = Instant::now() + Duration::from_secs(1);
+                    }
+                }
+                let written = stream.as_mut().is_some_and(|s| s.write_all(lines).is_ok());
+                if !written {
+                    *stream = None;
+                }
+                written
+            }
+        }
+    }
+
+    fn warn(&self) {
+        match self {
+            Output::File { path, .. } => {
+                tracing::warn!(path, "cannot write the access log (MeshAccessLog file backend); lines are dropped");
+            }
+            Output::Tcp { address, .. } => {
+                tracing::warn!(address, "cannot reach the access log collector (MeshAccessLog tcp backend); lines are dropped");
+            }
+        }
+    }
+}
+
+/// A connection to the collector at `address` (`host:port`), within 2 s, whose writes give up
+/// after 5 s (a stalled collector then costs dropped lines, not a writer stuck for good).
+fn connect(address: &str) -> Option<std::net::TcpStream> {
+    use std::net::ToSocketAddrs as _;
+    let stream = address.to_socket_addrs().ok()?.find_map(|a| std::net::TcpStream::connect_timeout(&a, Duration::from_secs(2)).ok())?;
+    stream.set_write_timeout(Some(Duration::from_secs(5))).ok()?;
+    Some(stream)
+}
+
+/// Writes the entries queued on `batch` to `output`, on the calling thread, until the sink is
+/// gone and nothing is left.
 ///
-/// While lines keep coming, the thread wakes on its own every [`LINGER`] and takes what
-/// came meanwhile: a request never has to wake it (a wake-up is a system call on the request's
-/// thread). Only after a [`LINGER`] that brought nothing does it wait to be woken by the
-/// next line.
-fn write_file(path: String, mut rx: mpsc::Receiver<(Entry, Arc<Format>)>, dropped: Counter) {
-    use std::io::Write as _;
+/// While lines keep coming, the thread wakes on its own every [`LINGER`] and takes what came
+/// meanwhile: a request never has to wake it (a wake-up is a system call on the request's
+/// thread). Only after a [`LINGER`] that brought nothing does it wait to be woken by the next
+/// line, and then lingers before taking it, so that the lines after it go in the same write.
+fn write_lines(batch: &Mutex<Batch>, mut output: Output, dropped: &Counter) {
     if let Err(error) = strait_runtime::threads::run_when_idle() {
         tracing::debug!(%error, "the access log writer keeps the normal priority");
     }
-    let mut file: Option<std::fs::File> = None;
+    let mut taken = Batch::default();
+    let (mut out, mut scratch) = (String::with_capacity(CHUNK + 4096), String::new());
     let mut last_warning: Option<Instant> = None;
-    let mut next = rx.blocking_recv().map(|line| (line, false));
-    while let Some((first, lingered)) = next {
-        // Lines that come meanwhile go in the same write: a write (and a wake-up) every
-        // LINGER at most, whatever the request rate.
-        if !lingered && rx.len() < 256 {
+    let mut flush = |out: &mut String, lines: u64| {
+        if !output.write(out.as_bytes()) {
+            dropped.inc_by(lines);
+            if last_warning.is_none_or(|at| at.elapsed() > Duration::from_secs(60)) {
+                output.warn();
+                last_warning = Some(Instant::now());
+            }
+        }
+        out.clear();
+    };
+    loop {
+        {
+            let mut queued = lock(batch);
+            std::mem::swap(&mut queued.entries, &mut taken.entries);
+            std::mem::swap(&mut queued.formats, &mut taken.formats);
+            if taken.entries.is_empty() {
+                if queued.closed {
+                    return;
+                }
+                queued.asleep = true;
+            }
+        }
+        if taken.entries.is_empty() {
+            // Woken by a line (or spuriously: the next turn finds nothing and parks again).
+            std::thread::park();
             std::thread::sleep(LINGER);
+            continue;
         }
-        let lines = drain(first, &mut rx);
-        if file.is_none() {
-            file = std::fs::OpenOptions::new().create(true).append(true).open(&path).ok();
-        }
-        let written = match &mut file {
-            Some(f) => f.write_all(&lines).is_ok(),
-            None => false,
-        };
-        if !written {
-            file = None;
-            dropped.inc_by(lines.iter().filter(|b| **b == b'\n').count() as u64);
-            if last_warning.is_none_or(|at| at.elapsed() > Duration::from_secs(60)) {
-                tracing::warn!(path, "cannot write the access log (MeshAccessLog file backend); lines are dropped");
-                last_warning = Some(Instant::now());
+        let mut lines = 0;
+        for (n, (first, format)) in taken.formats.iter().enumerate() {
+            let end = taken.formats.get(n + 1).map_or(taken.entries.len(), |(next, _)| *next);
+            for entry in taken.entries.get(*first..end).unwrap_or_default() {
+                format.line_into(entry, &mut out, &mut scratch);
+                lines += 1;
+                if out.len() >= CHUNK {
+                    flush(&mut out, lines);
+                    lines = 0;
+                }
             }
         }
-        next = next_after_write(&mut rx);
-    }
-}
-
-/// The first line of the next batch, and whether the writer has lingered for it already:
-/// what has come already, else what comes within [`LINGER`] (the writer sleeps meanwhile,
-/// unwoken), else whatever comes next, woken by it.
-fn next_after_write(rx: &mut mpsc::Receiver<(Entry, Arc<Format>)>) -> Option<((Entry, Arc<Format>), bool)> {
-    match rx.try_recv() {
-        Ok(line) => return Some((line, false)),
-        Err(mpsc::error::TryRecvError::Disconnected) => return None,
-        Err(mpsc::error::TryRecvError::Empty) => {}
-    }
-    std::thread::sleep(LINGER);
-    match rx.try_recv() {
-        Ok(line) => Some((line, true)),
-        Err(mpsc::error::TryRecvError::Disconnected) => None,
-        Err(mpsc::error::TryRecvError::Empty) => rx.blocking_recv().map(|line| (line, false)),
-    }
-}
-
-async fn write_tcp(address: String, mut rx: mpsc::Receiver<(Entry, Arc<Format>)>, dropped: Counter) {
-    let mut stream: Option<tokio::net::TcpStream> = None;
-    let mut retry_at = Instant::now();
-    let mut last_warning: Option<Instant> = None;
-    while let Some(first) = rx.recv().await {
-        let lines = batch(first, &mut rx).await;
-        if stream.is_none() && Instant::now() >= retry_at {
-            match tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(&address)).await {
-                Ok(Ok(s)) => stream = Some(s),
-                _ => retry_at = Instant::now() + Duration::from_secs(1),
-            }
+        if !out.is_empty() {
+            flush(&mut out, lines);
         }
-        let written = match &mut stream {
-            Some(s) => s.write_all(&lines).await.is_ok(),
-            None => false,
-        };
-        if !written {
-            stream = None;
-            dropped.inc_by(lines.iter().filter(|b| **b == b'\n').count() as u64);
-            if last_warning.is_none_or(|at| at.elapsed() > Duration::from_secs(60)) {
-                tracing::warn!(address, "cannot reach the access log collector (MeshAccessLog tcp backend); lines are dropped");
-                last_warning = Some(Instant::now());
-            }
+        let busy = taken.entries.len() >= QUEUE / 4;
+        // Dropped here, on this thread; the vectors keep their room for the next swap.
+        taken.entries.clear();
+        taken.formats.clear();
+        // A full batch (a high request rate) is taken again at once, so the queue keeps room.
+        if !busy {
+            std::thread::sleep(LINGER);
         }
     }
 }
@@ -553,9 +644,7 @@ impl AccessLog {
         let mut entry = Some(entry);
         for (n, (sink, format)) in self.backends.iter().enumerate() {
             let entry = if n == last { entry.take().unwrap_or_default() } else { entry.clone().unwrap_or_default() };
-            if sink.tx.try_send((entry, format.clone())).is_err() {
-                sink.dropped.inc();
-            }
+            sink.push(entry, format);
         }
     }
 }
@@ -592,26 +681,15 @@ impl Sinks {
     }
 }
 
-/// A request's body bytes, counted as they pass: by its request body and by its response
-/// body, which may end apart (one allocation for both).
-#[derive(Debug, Default)]
-pub struct Tally {
-    received: AtomicU64,
-    sent: AtomicU64,
-}
-
-/// What one body counts into: its request's [`Tally`], received or sent.
+/// What a request body counts its bytes into, for its request's entry: shared, since the
+/// request body may still be passing when the response has ended and the entry is logged.
 #[derive(Debug, Clone)]
-pub struct TallyOf {
-    tally: Arc<Tally>,
-    sent: bool,
-}
+pub struct Received(Arc<AtomicU64>);
 
-impl TallyOf {
+impl Received {
     /// Counts `n` more bytes.
     pub fn add(&self, n: u64) {
-        let counter = if self.sent { &self.tally.sent } else { &self.tally.received };
-        counter.fetch_add(n, Ordering::Relaxed);
+        self.0.fetch_add(n, Ordering::Relaxed);
     }
 }
 
@@ -624,24 +702,24 @@ pub struct Pending {
     pub entry: Entry,
     /// When the request arrived.
     pub started: Instant,
-    /// Its bodies' bytes.
-    tally: Arc<Tally>,
+    /// The request body's bytes, if it has a body (none is allocated for one without).
+    received: Option<Arc<AtomicU64>>,
 }
 
 impl Pending {
     /// `entry`, to be logged to `log` once its response has ended.
     pub fn new(log: Arc<AccessLog>, entry: Entry, started: Instant) -> Pending {
-        Pending { log, entry, started, tally: Arc::default() }
+        Pending { log, entry, started, received: None }
     }
 
     /// What the request body counts into.
-    pub fn received(&self) -> TallyOf {
-        TallyOf { tally: self.tally.clone(), sent: false }
+    pub fn received(&mut self) -> Received {
+        Received(self.received.get_or_insert_with(Arc::default).clone())
     }
 
-    /// What the response body counts into.
-    pub fn sent(&self) -> TallyOf {
-        TallyOf { tally: self.tally.clone(), sent: true }
+    /// The response body, which holds this entry, passed `n` more bytes.
+    pub fn sent(&mut self, n: u64) {
+        self.entry.bytes_sent += n;
     }
 }
 
@@ -649,9 +727,26 @@ impl Drop for Pending {
     fn drop(&mut self) {
         let mut entry = std::mem::take(&mut self.entry);
         entry.duration = self.started.elapsed();
-        entry.bytes_received = self.tally.received.load(Ordering::Relaxed);
-        entry.bytes_sent = self.tally.sent.load(Ordering::Relaxed);
+        entry.bytes_received = self.received.as_ref().map_or(0, |r| r.load(Ordering::Relaxed));
         self.log.log(entry);
+    }
+}
+
+/// A response body holding its request's entry counts the bytes sent into it.
+impl<A: Unpin, B: Unpin> Held for (A, Option<Pending>, B) {
+    fn passed(&mut self, n: u64) {
+        if let Some(p) = &mut self.1 {
+            p.sent(n);
+        }
+    }
+}
+
+/// A response body holding its request's entry counts the bytes sent into it.
+impl<B: Unpin> Held for (Option<Pending>, B) {
+    fn passed(&mut self, n: u64) {
+        if let Some(p) = &mut self.0 {
+            p.sent(n);
+        }
     }
 }
 
@@ -720,21 +815,37 @@ mod tests {
 
     #[test]
     fn an_entry_logs_the_bytes_both_bodies_counted_whichever_ends_last() {
-        let (tx, mut rx) = mpsc::channel(4);
-        let sink = Arc::new(Sink { tx, dropped: Counter::default() });
+        let sink = Arc::new(Sink { batch: Arc::default(), writer: None, dropped: Counter::default() });
         let format = Arc::new(Format::compile(None).unwrap());
-        let log = Arc::new(AccessLog { backends: vec![(sink, format)] });
-        let pending = Pending::new(log, entry(), Instant::now());
-        let (received, sent) = (pending.received(), pending.sent());
+        let log = Arc::new(AccessLog { backends: vec![(sink.clone(), format)] });
+        let mut pending = Pending::new(log.clone(), entry(), Instant::now());
+        pending.entry.bytes_sent = 0;
+        let received = pending.received();
         received.add(10);
-        sent.add(3);
-        sent.add(4);
+        let mut response = (Some(pending), ());
+        response.passed(3);
+        response.passed(4);
         // The response ends (the entry is logged) while the request body still counts.
-        drop(pending);
+        drop(response);
         received.add(5);
-        drop((received, sent));
-        let (logged, _) = rx.try_recv().unwrap();
-        assert_eq!((logged.bytes_received, logged.bytes_sent), (10, 7));
+        drop(received);
+        // Without a request body, nothing is received.
+        drop(Pending::new(log, entry(), Instant::now()));
+        let batch = lock(&sink.batch);
+        let counted: Vec<_> = batch.entries.iter().map(|e| (e.bytes_received, e.bytes_sent)).collect();
+        assert_eq!(counted, [(10, 7), (0, 42)]);
+        assert_eq!(batch.formats.len(), 1, "entries of one format share it");
+    }
+
+    #[test]
+    fn a_full_batch_drops_and_counts_what_comes_after() {
+        let sink = Sink { batch: Arc::default(), writer: None, dropped: Counter::default() };
+        let format = Arc::new(Format::compile(None).unwrap());
+        for _ in 0..QUEUE + 3 {
+            sink.push(entry(), &format);
+        }
+        assert_eq!(lock(&sink.batch).entries.len(), QUEUE);
+        assert_eq!(sink.dropped.get(), 3);
     }
 
     /// The voluntary context switches of this process's threads named `name` so far.

@@ -21,7 +21,7 @@ use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use prometheus_client::metrics::counter::Counter;
 
-use crate::proxy::access_log::TallyOf;
+use crate::proxy::access_log::Received;
 use crate::proxy::metrics::PairMetrics;
 use crate::proxy::timeouts::Limit;
 
@@ -56,12 +56,12 @@ pub struct Counted<H = ()> {
     tee: Option<Box<Tee>>,
     /// Paces the data (MeshFaultInjection `responseBandwidth`, see [`Counted::throttled`]).
     throttle: Option<Box<Throttle>>,
-    /// This body's own byte count (MeshAccessLog).
-    tally: Option<TallyOf>,
+    /// A request body's own byte count (MeshAccessLog).
+    tally: Option<Received>,
     /// Where the `grpc-status` of its trailers is counted.
     grpc: Option<Box<PairMetrics>>,
     bytes: Counter,
-    _held: H,
+    held: H,
     deadline: Option<(Pin<Box<tokio::time::Sleep>>, Limit)>,
     idle: Option<(Pin<Box<tokio::time::Sleep>>, Duration)>,
 }
@@ -77,7 +77,7 @@ impl Counted {
             tally: None,
             grpc: None,
             bytes,
-            _held: (),
+            held: (),
             deadline: None,
             idle: None,
         }
@@ -85,18 +85,7 @@ impl Counted {
 
     /// An empty body.
     pub fn empty(bytes: Counter) -> Self {
-        Counted {
-            inner: None,
-            kept: None,
-            tee: None,
-            throttle: None,
-            tally: None,
-            grpc: None,
-            bytes,
-            _held: (),
-            deadline: None,
-            idle: None,
-        }
+        Counted { inner: None, kept: None, tee: None, throttle: None, tally: None, grpc: None, bytes, held: (), deadline: None, idle: None }
     }
 
     /// A body of `data`, held in memory.
@@ -109,7 +98,7 @@ impl Counted {
             tally: None,
             grpc: None,
             bytes,
-            _held: (),
+            held: (),
             deadline: None,
             idle: None,
         }
@@ -188,7 +177,7 @@ impl<H> Counted<H> {
             tally: self.tally,
             grpc: self.grpc,
             bytes: self.bytes,
-            _held: held,
+            held,
             deadline: self.deadline,
             idle: self.idle,
         }
@@ -201,7 +190,7 @@ impl<H> Counted<H> {
     }
 
     /// The same body, also counting its data bytes into `tally`.
-    pub fn tallied(mut self, tally: Option<TallyOf>) -> Self {
+    pub fn tallied(mut self, tally: Option<Received>) -> Self {
         self.tally = tally;
         self
     }
@@ -238,16 +227,27 @@ pub struct BodyTimeout(pub Limit);
 #[error("no data for {0:?} (MeshTimeout http.streamIdleTimeout)")]
 pub struct BodyIdle(pub Duration);
 
-impl<H> Counted<H> {
-    fn count(&self, n: usize) {
+/// What a body holds until it ends, told of the data bytes that pass through it (a response
+/// body holds its request's access-log entry, which counts them without an allocation shared
+/// between the two).
+pub trait Held: Unpin {
+    /// `n` more data bytes passed.
+    fn passed(&mut self, _n: u64) {}
+}
+
+impl Held for () {}
+
+impl<H: Held> Counted<H> {
+    fn count(&mut self, n: usize) {
         self.bytes.inc_by(n as u64);
         if let Some(tally) = &self.tally {
             tally.add(n as u64);
         }
+        self.held.passed(n as u64);
     }
 }
 
-impl<H: Unpin> HttpBody for Counted<H> {
+impl<H: Held> HttpBody for Counted<H> {
     type Data = Bytes;
     type Error = BoxError;
 

@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 
 use http::uri::Authority;
 use http::{Request, Response, StatusCode, Uri, Version};
+use http_body::Body as _;
 use http_body_util::Either;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
@@ -149,7 +150,7 @@ impl Session {
             s.request(request.method(), request.uri());
         }
         let mut logged = self.access_log(&request, started);
-        let received = logged.as_ref().map(Logged::received);
+        let received = logged.as_mut().filter(|_| !request.body().is_end_stream()).map(Logged::received);
         let response = if self.decision.allowed(&inbound.path.state, inbound.port, &self.peer) {
             match self.policies(request.headers()) {
                 Ok(injected) => self.with_faults(request, injected, received).await,
@@ -172,9 +173,9 @@ impl Session {
         if let Some(s) = &mut span {
             s.answered(response.status().as_u16());
         }
-        let sent = logged.as_ref().map(Logged::sent);
         response.map(|body| match body {
-            Either::Left(body) => Either::Left(body.holding((logged, span)).tallied(sent)),
+            // The response body counts the bytes sent into the entry it holds.
+            Either::Left(body) => Either::Left(body.holding((logged, span))),
             Either::Right(own) => Either::Right(own),
         })
     }
@@ -227,7 +228,7 @@ impl Session {
         &self,
         request: Request<Incoming>,
         injected: Injected,
-        received: Option<access_log::TallyOf>,
+        received: Option<access_log::Received>,
     ) -> Response<AppBody> {
         if injected == Injected::default() {
             return self.to_application(request, received).await;
@@ -249,7 +250,7 @@ impl Session {
         response
     }
 
-    async fn to_application(&self, request: Request<Incoming>, received: Option<access_log::TallyOf>) -> Response<AppBody> {
+    async fn to_application(&self, request: Request<Incoming>, received: Option<access_log::Received>) -> Response<AppBody> {
         let inbound = &self.inbound;
         // MeshTimeout `from`: the application answers within the inbound's limits.
         let timeouts = of_inbound(&inbound.path.state, inbound.port);

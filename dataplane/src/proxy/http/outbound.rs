@@ -153,7 +153,8 @@ async fn forward(request: Request<Incoming>, service: &str, path: &Arc<DataPath>
     }
     // MeshAccessLog `to`: the request's entry, logged once its response has ended.
     let mut pending = destination.access_log.as_ref().map(|log| pending_entry(log, &table.local, destination, &request, started));
-    if let Some(p) = &pending {
+    // (A request without a body has no count to share with it.)
+    if let Some(p) = pending.as_mut().filter(|_| !http_body::Body::is_end_stream(request.body())) {
         let received = p.received();
         request = request.map(|body| body.tallied(Some(received)));
     }
@@ -220,7 +221,6 @@ async fn forward(request: Request<Incoming>, service: &str, path: &Arc<DataPath>
                 p.entry.upstream = Some(in_flight.endpoint().address);
                 p.entry.destination_zone = Some(in_flight.endpoint().zone.clone());
             }
-            let tally = pending.as_ref().map(Logged::sent);
             let held = (in_flight, pending.take(), span.take());
             // gRPC: the call's status, in the headers of a trailers-only answer, else in its trailers.
             let grpc = match response.headers().get(GRPC_STATUS) {
@@ -231,11 +231,8 @@ async fn forward(request: Request<Incoming>, service: &str, path: &Arc<DataPath>
                 _ => (destination.protocol == Protocol::Grpc).then(|| recorded.clone()),
             };
             response.map(|body| {
-                let mut body = Counted::new(body, recorded.response_bytes.clone())
-                    .grpc_status_to(grpc)
-                    .holding(held)
-                    .with_idle(timeouts.stream_idle)
-                    .tallied(tally);
+                let mut body =
+                    Counted::new(body, recorded.response_bytes.clone()).grpc_status_to(grpc).holding(held).with_idle(timeouts.stream_idle);
                 if let Some(rate) = injected.bytes_per_second {
                     body = body.throttled(rate);
                 }
