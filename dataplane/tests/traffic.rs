@@ -1,13 +1,15 @@
 //! Traffic through two sidecars: the application's connection to an explicit outbound port
 //! reaches the destination's application over mTLS, and MeshTrafficPermission changes made on
-//! the global flip it between allowed and denied.
+//! the global flip it between allowed and denied; a connection made before its destination
+//! is known waits for it.
 
 mod common;
 
 use std::time::Duration;
 
-use common::{admin, call, echo_app, eventually, free_port, Mesh};
+use common::{admin, call, dataplane, echo_app, eventually, free_port, http_app, Mesh};
 use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn explicit_outbound_over_mtls_and_permissions_flip_it() {
@@ -107,6 +109,33 @@ async fn an_idle_tcp_connection_is_closed_at_the_idle_timeout() {
     let mut rest = Vec::new();
     let end = tokio::time::timeout(Duration::from_secs(5), idle.read_to_end(&mut rest)).await;
     assert!(end.is_ok(), "the inbound idle timeout did not close the tunnel {:?} after its last byte", started.elapsed());
+    web.shutdown(Duration::from_secs(1)).await;
+    backend.shutdown(Duration::from_secs(1)).await;
+}
+
+/// An application that calls through its sidecar as soon as it starts may do so before the
+/// zone has sent the destination (here: before any instance of it is registered). The
+/// connection waits for the destination and is answered, rather than being closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_made_before_its_destination_is_known_waits_for_it() {
+    let mesh = Mesh::start().await;
+    let web_out = free_port();
+    let web = mesh.sidecar("web", "web", &dataplane("web-1", "web", free_port(), free_port(), "http", &[(web_out, "backend")])).await;
+    eventually("web ready", async || (admin(&web, "/ready").await.0 == 200).then_some(())).await;
+    let mut connection = tokio::net::TcpStream::connect(("127.0.0.1", web_out)).await.unwrap();
+    connection.write_all(b"GET /early HTTP/1.1\r\nhost: backend\r\nconnection: close\r\n\r\n").await.unwrap();
+    // The sidecar takes the connection at once; before, it closed it at once as well.
+    let mut first = [0u8; 1];
+    let early = tokio::time::timeout(Duration::from_millis(500), connection.read(&mut first)).await;
+    assert!(early.is_err(), "the connection ended before backend existed: {early:?}");
+
+    let app = http_app("backend").await;
+    let backend = mesh.sidecar("backend", "backend", &dataplane("backend-1", "backend", free_port(), app.port, "http", &[])).await;
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(20), connection.read_to_end(&mut answer)).await.expect("an answer within 20 s").unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains("backend GET /early"), "{answer}");
     web.shutdown(Duration::from_secs(1)).await;
     backend.shutdown(Duration::from_secs(1)).await;
 }

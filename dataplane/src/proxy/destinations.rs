@@ -599,6 +599,16 @@ impl Table {
         self.by_service.values()
     }
 
+    /// Whether a connection to `service` has somewhere to go now: HTTP (whose requests are
+    /// answered, with 503 when nothing can take them), or a TCP destination with an endpoint
+    /// or a MeshTCPRoute. Right after start, an outbound's destination is named with no
+    /// endpoint (no instance registered yet, its protocol not known yet).
+    pub fn can_serve(&self, service: &str) -> bool {
+        self.by_service
+            .get(service)
+            .is_some_and(|d| d.protocol.is_http() || d.endpoints().next().is_some() || self.tcp_routes.contains_key(service))
+    }
+
     /// The destination named `service`.
     pub fn service(&self, service: &str) -> Option<&Arc<Destination>> {
         self.by_service.get(service)

@@ -9,6 +9,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use strait_proxy_core::tls::ALPN_TCP;
 use strait_proxy_core::tunnel::outbound::{self, OutboundError};
@@ -30,18 +31,67 @@ pub fn serve(listener: TcpListener, config: Outbound, path: &Arc<DataPath>) {
     path.clone().tasks.spawn(async move {
         loop {
             let Some((app, client)) = path.accept(&listener).await else { return };
-            let table = path.table.load();
-            let Some(destination) = table.service(&service).cloned() else {
-                tracing::warn!(%service, %client, "the destination is gone from the configuration; closing the connection");
+            if path.table.load().can_serve(&service) {
+                dispatch(app, client, &service, &path);
                 continue;
-            };
-            if destination.protocol.is_http() {
-                super::http::outbound::spawn(app, client, service.clone(), &path);
-            } else {
-                spawn_tcp(app, client, table.tcp_backend(destination), None, &path);
             }
+            // Nowhere to go yet (the zone has not sent an endpoint of it: no instance is
+            // registered yet, or the configuration is on its way): the connection waits for
+            // one rather than being closed, so an application that calls as soon as it starts
+            // is answered.
+            let (service, waiting) = (service.clone(), path.clone());
+            path.tasks.spawn(async move {
+                if !servable_within(&waiting, &service, WAIT_FOR_DESTINATION).await {
+                    tracing::warn!(%service, %client, wait = ?WAIT_FOR_DESTINATION,
+                        "still no endpoint of the destination in the configuration; a TCP connection is closed, a request answered 503");
+                }
+                dispatch(app, client, &service, &waiting);
+            });
         }
     });
+}
+
+/// Proxies an accepted connection to `service` as its destination's protocol says; closes it
+/// if the configuration no longer names it.
+fn dispatch(app: TcpStream, client: SocketAddr, service: &Arc<str>, path: &Arc<DataPath>) {
+    let table = path.table.load();
+    match table.service(service) {
+        Some(destination) if destination.protocol.is_http() => super::http::outbound::spawn(app, client, service.clone(), path),
+        Some(destination) => spawn_tcp(app, client, table.tcp_backend(destination.clone()), None, path),
+        None => tracing::warn!(%service, %client, "the destination is gone from the configuration; closing the connection"),
+    }
+}
+
+/// How long a connection to an outbound with nowhere to go waits for an endpoint before it is
+/// proxied anyway (a TCP connection then closes; an HTTP request is answered 503).
+pub const WAIT_FOR_DESTINATION: Duration = Duration::from_secs(5);
+
+/// Whether `service` has somewhere to go within `limit` (see
+/// [`super::destinations::Table::can_serve`]; false also once the data path drains). The
+/// table is rebuilt a moment after the zone's configuration arrives, so it is looked at again
+/// after each change of the state and at least every 50 ms.
+async fn servable_within(path: &DataPath, service: &str, limit: Duration) -> bool {
+    let deadline = tokio::time::Instant::now() + limit;
+    let mut changed = path.state.changed.subscribe();
+    loop {
+        if path.table.load().can_serve(service) {
+            return true;
+        }
+        let now = tokio::time::Instant::now();
+        if now >= deadline {
+            return false;
+        }
+        tokio::select! {
+            () = path.drain.signaled() => return false,
+            changed = changed.changed() => {
+                // The state is gone (the sidecar stops): only the deadline or the drain is left.
+                if changed.is_err() {
+                    tokio::time::sleep(deadline - now).await;
+                }
+            }
+            () = tokio::time::sleep((deadline - now).min(Duration::from_millis(50))) => {}
+        }
+    }
 }
 
 /// Tunnels `app` (connected from `client`) over mTLS to an endpoint of `destination` (or to
