@@ -18,7 +18,7 @@ use tracing::Instrument;
 
 use super::access_log;
 use super::data_path::DataPath;
-use super::destinations::Destination;
+use super::destinations::{Destination, Table};
 use super::endpoint::Outcome;
 use super::listeners::Outbound;
 use super::metrics::{Direction, Pair, Peer};
@@ -31,8 +31,9 @@ pub fn serve(listener: TcpListener, config: Outbound, path: &Arc<DataPath>) {
     path.clone().tasks.spawn(async move {
         loop {
             let Some((app, client)) = path.accept(&listener).await else { return };
-            if path.table.load().can_serve(&service) {
-                dispatch(app, client, &service, &path);
+            let table = path.table.load();
+            if table.can_serve(&service) {
+                dispatch(&table, app, client, &service, &path);
                 continue;
             }
             // Nowhere to go yet (the zone has not sent an endpoint of it: no instance is
@@ -45,16 +46,15 @@ pub fn serve(listener: TcpListener, config: Outbound, path: &Arc<DataPath>) {
                     tracing::warn!(%service, %client, wait = ?WAIT_FOR_DESTINATION,
                         "still no endpoint of the destination in the configuration; a TCP connection is closed, a request answered 503");
                 }
-                dispatch(app, client, &service, &waiting);
+                dispatch(&waiting.table.load(), app, client, &service, &waiting);
             });
         }
     });
 }
 
-/// Proxies an accepted connection to `service` as its destination's protocol says; closes it
-/// if the configuration no longer names it.
-fn dispatch(app: TcpStream, client: SocketAddr, service: &Arc<str>, path: &Arc<DataPath>) {
-    let table = path.table.load();
+/// Proxies an accepted connection to `service` as its destination's protocol in `table` says;
+/// closes it if the configuration no longer names it.
+fn dispatch(table: &Table, app: TcpStream, client: SocketAddr, service: &Arc<str>, path: &Arc<DataPath>) {
     match table.service(service) {
         Some(destination) if destination.protocol.is_http() => super::http::outbound::spawn(app, client, service.clone(), path),
         Some(destination) => spawn_tcp(app, client, table.tcp_backend(destination.clone()), None, path),
