@@ -203,6 +203,10 @@ impl Net {
         let port = format!("v{n}");
         ip_ok(&["-n", wan, "link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns", &ns]);
         ip_ok(&["-n", wan, "link", "set", &port, "master", BRIDGE, "up"]);
+        // No IPv6 link-local address: its duplicate-address check ends a second or two later
+        // with a netlink event, which programs that watch the network (Chromium) take for a
+        // change of network and abort their loads.
+        ip_ok(&["-n", &ns, "link", "set", "eth0", "addrgenmode", "none"]);
         ip_ok(&["-n", &ns, "addr", "add", &format!("{addr}/24"), "dev", "eth0"]);
         ip_ok(&["-n", &ns, "link", "set", "eth0", "up"]);
         Host::new(name, IpAddr::V4(addr), Some(ns), Arc::clone(&self.shared))
