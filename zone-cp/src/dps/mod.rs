@@ -505,7 +505,7 @@ impl DataplaneSync for DpsService {
             sent: Default::default(),
             inspecting: Default::default(),
         };
-        self.tasks.spawn(session.run(inbound).instrument(span));
+        self.tasks.spawn(Box::new(session).run(Box::new(inbound)).instrument(span));
         Ok(Response::new(rx))
     }
 }

@@ -75,9 +75,12 @@ fn unavailable(e: impl std::fmt::Display) -> Status {
 }
 
 impl Session {
-    /// Runs until the sidecar leaves, then unregisters its Dataplane.
-    pub async fn run(self, inbound: Streaming<DataplaneMessage>) {
-        let result = self.serve(inbound).await;
+    /// Runs until the sidecar leaves, then unregisters its Dataplane. The session and its
+    /// stream come boxed: a future keeps its arguments and their moved copies apart, so taken
+    /// by value they would be held twice for the session's whole life, by each of the
+    /// zone's thousands of sessions.
+    pub async fn run(self: Box<Self>, mut inbound: Box<Streaming<DataplaneMessage>>) {
+        let result = self.serve(&mut inbound).await;
         let reason = match &result {
             Ok(()) => "sidecar closed the stream".to_string(),
             Err(s) => s.message().to_string(),
@@ -103,7 +106,7 @@ impl Session {
         self.tx.send(Box::new(Ok(ZoneMessage { message: Some(message) }))).await.map_err(|_| Status::cancelled("sidecar stream closed"))
     }
 
-    async fn serve(&self, mut inbound: Streaming<DataplaneMessage>) -> Result<(), Status> {
+    async fn serve(&self, inbound: &mut Streaming<DataplaneMessage>) -> Result<(), Status> {
         // Follow changes before registering, so no change between the two is missed.
         let mut changes = self.shared.changes.subscribe();
         Box::pin(async {
