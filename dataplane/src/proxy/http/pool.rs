@@ -255,6 +255,19 @@ impl Slot {
         if let Some(sender) = self.usable(&identity, connector) {
             return Ok(sender);
         }
+        // Boxed: opening a connection (TLS and HTTP/2 handshakes) is rare, and its state
+        // would otherwise be room, about 8 KB, in the future of every request.
+        Box::pin(self.open_http2(target, identity, connector)).await
+    }
+
+    /// [`Slot::sender`] when no connection can take the request: waits for any other
+    /// connection being opened, then opens one unless that one can.
+    async fn open_http2<H: ConnectOutcome>(
+        &self,
+        target: SocketAddr,
+        identity: Arc<TlsIdentity>,
+        connector: &Connector<'_, H>,
+    ) -> Result<SendRequest<Counted>, PoolError> {
         self.waiting.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let _waiting = Waiting(&self.waiting);
         let _connecting = self.connecting.lock().await;
@@ -277,6 +290,17 @@ impl Slot {
         if let Some(sender) = self.usable(&identity, connector) {
             return Ok(Sender::Http2(sender));
         }
+        // Boxed, as in [`Slot::sender`]: most requests take a pooled connection.
+        Box::pin(self.open_http1(target, identity, connector)).await
+    }
+
+    /// [`Slot::sender_http1`] when no idle connection can take the request: opens one.
+    async fn open_http1<H: ConnectOutcome>(
+        &self,
+        target: SocketAddr,
+        identity: Arc<TlsIdentity>,
+        connector: &Connector<'_, H>,
+    ) -> Result<Sender, PoolError> {
         self.waiting.fetch_add(1, Ordering::Relaxed);
         let _waiting = Waiting(&self.waiting);
         let tls = self.tls(target, &identity, connector, &[ALPN_HTTP1, ALPN_H2]).await?;
