@@ -10,14 +10,14 @@ use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwapOption;
 use prometheus_client::metrics::counter::Counter;
-use strait_api::dps::dataplane_sync_client::DataplaneSyncClient;
 use strait_api::dps::{
-    dataplane_message, zone_message, Ack, DataplaneMessage, Health, Hello, InboundReadiness, InspectResponse, Nack, PROTOCOL_VERSION,
+    dataplane_message, zone_message, Ack, DataplaneMessage, Health, Hello, InboundReadiness, InspectResponse, Nack, ZoneMessage,
+    PROTOCOL_VERSION,
 };
 use strait_api::dps_delta::Assembler;
 use strait_api::proxy_config::ProxyConfig;
 use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::StreamExt as _;
 use tokio_util::sync::CancellationToken;
 
 use strait_proxy_core::cp_client::{self, classify, End};
@@ -71,6 +71,10 @@ pub struct Guards {
 fn release(slot: &Mutex<Option<BlockReady>>) {
     slot.lock().unwrap_or_else(|p| p.into_inner()).take();
 }
+
+/// The largest message the zone may send (a whole configuration, when it does not come in
+/// pieces).
+const MAX_FROM_ZONE: usize = 64 * 1024 * 1024;
 
 /// The DPS client task.
 pub struct DpsClient {
@@ -145,11 +149,19 @@ impl DpsClient {
             strait_api::Spec::Dataplane(spec) => spec.networking.address.parse().ok(),
             _ => None,
         };
-        let channel = match cp_client::connect(&flags.cp.cp_address, &self.config.cp_ca_pem, &flags.cp.cp_server_name, source).await {
-            Ok(c) => c,
+        let stream = cp_client::connect_framed(
+            &flags.cp.cp_address,
+            &self.config.cp_ca_pem,
+            &flags.cp.cp_server_name,
+            source,
+            &self.config.current_token(),
+        )
+        .await;
+        let cp_client::Framed { read, mut write } = match stream {
+            Ok(s) => s,
             Err(e) => return End::Broken(e),
         };
-        let (tx, rx) = mpsc::channel(8);
+        let (tx, mut rx) = mpsc::channel::<DataplaneMessage>(8);
         // Registered with what the probes find now; changes follow as `Health` messages.
         let mut health = self.health.clone();
         let dataplane = crate::probe::with_health(&self.config.dataplane, &health.borrow_and_update());
@@ -158,13 +170,25 @@ impl DpsClient {
         let hello =
             Hello { protocol: PROTOCOL_VERSION, dataplane, software_version: env!("CARGO_PKG_VERSION").into(), deltas: true, pieces: true };
         let _ = tx.send(msg(dataplane_message::Message::Hello(hello))).await;
-        let request = match cp_client::with_bearer(ReceiverStream::new(rx), &self.config.current_token()) {
-            Ok(r) => r,
-            Err(end) => return end,
+        // What this sidecar sends, written by a task of its own (this one may wait to queue a
+        // message while the connection is slow to take the last), stopped with the session.
+        let mut writer = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(async move {
+            while let Some(message) = rx.recv().await {
+                strait_runtime::framed::write_message(&mut write, &message).await?;
+            }
+            Ok::<(), std::io::Error>(())
+        }));
+        let mut inbound = std::pin::pin!(strait_runtime::framed::messages::<_, ZoneMessage>(read, MAX_FROM_ZONE));
+        // The zone answers a stream it accepts with the sidecar's configuration; one it refuses,
+        // with the reason.
+        let first = tokio::select! {
+            first = inbound.next() => first,
+            written = &mut writer => return End::Broken(writer_end(written)),
         };
-        let mut inbound = match DataplaneSyncClient::new(channel).stream(request).await {
-            Ok(r) => r.into_inner(),
-            Err(s) => return classify(s),
+        let first = match first {
+            Some(Ok(m)) => m,
+            Some(Err(s)) => return classify(s),
+            None => return End::Broken("the zone closed the stream".into()),
         };
         tracing::info!(cp = %flags.cp.cp_address, dataplane = %self.config.dataplane.name, "registered with the zone control plane");
         self.streams.inc();
@@ -175,8 +199,12 @@ impl DpsClient {
         let mut reported = strait_api::dps::TrafficReport::default();
         // What this stream sent of the configuration, when it comes in parts.
         let mut assembler = Assembler::new(&self.config.dataplane.name);
+        let mut first = Some(first);
         loop {
             let message = tokio::select! {
+                biased;
+                Some(first) = std::future::ready(first.take()) => first,
+                written = &mut writer => return End::Broken(writer_end(written)),
                 _ = traffic.tick() => {
                     let report = crate::traffic::report(&self.inspect.registry);
                     if report != reported {
@@ -187,10 +215,10 @@ impl DpsClient {
                     }
                     continue;
                 }
-                message = inbound.message() => match message {
-                    Ok(Some(m)) => m,
-                    Ok(None) => return End::Broken("the zone closed the stream".into()),
-                    Err(s) => return classify(s),
+                message = inbound.next() => match message {
+                    Some(Ok(m)) => m,
+                    None => return End::Broken("the zone closed the stream".into()),
+                    Some(Err(s)) => return classify(s),
                 },
                 Ok(()) = health.changed() => {
                     let report = health_report(&health.borrow_and_update());
@@ -252,6 +280,15 @@ impl DpsClient {
             }
         };
         tx.send(msg(reply)).await.is_ok()
+    }
+}
+
+/// Why the task writing to the zone ended.
+fn writer_end(ended: Result<std::io::Result<()>, tokio::task::JoinError>) -> String {
+    match ended {
+        Ok(Ok(())) => "the stream's sender closed".into(),
+        Ok(Err(error)) => format!("writing to the zone control plane failed: {error}"),
+        Err(error) => format!("the task writing to the zone control plane ended: {error}"),
     }
 }
 

@@ -56,20 +56,86 @@ pub async fn connect(address: &str, ca_pem: &str, server_name: &str, source: Opt
 
 /// A TCP connection to `uri`'s host and port from `source` (if this host has that address).
 async fn connect_from(uri: tonic::transport::Uri, source: IpAddr) -> std::io::Result<hyper_util::rt::TokioIo<tokio::net::TcpStream>> {
+    tcp_to(&uri, Some(source)).await.map(hyper_util::rt::TokioIo::new)
+}
+
+/// A TCP connection to `uri`'s host and port, from `source` when given (if this host has that
+/// address; otherwise the system picks, as without).
+async fn tcp_to(uri: &tonic::transport::Uri, source: Option<IpAddr>) -> std::io::Result<tokio::net::TcpStream> {
     let host = uri.host().ok_or_else(|| std::io::Error::other("the control plane address has no host"))?;
     let port = uri.port_u16().unwrap_or(443);
     let target = tokio::net::lookup_host((host.trim_start_matches('[').trim_end_matches(']'), port))
         .await?
-        .find(|a| a.is_ipv4() == source.is_ipv4())
-        .ok_or_else(|| std::io::Error::other(format!("{host} has no address of the family of {source}")))?;
+        .find(|a| source.is_none_or(|s| a.is_ipv4() == s.is_ipv4()))
+        .ok_or_else(|| std::io::Error::other(format!("{host} has no address of the family of {source:?}")))?;
     let socket = if target.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
-    if let Err(error) = socket.bind(std::net::SocketAddr::new(source, 0)) {
-        // Not an address of this host (behind NAT, say): the system picks the source.
-        tracing::debug!(%source, %error, "connecting to the control plane from the address the system picks");
+    if let Some(source) = source {
+        if let Err(error) = socket.bind(std::net::SocketAddr::new(source, 0)) {
+            // Not an address of this host (behind NAT, say): the system picks the source.
+            tracing::debug!(%source, %error, "connecting to the control plane from the address the system picks");
+        }
     }
     let stream = socket.connect(target).await?;
     stream.set_nodelay(true)?;
-    Ok(hyper_util::rt::TokioIo::new(stream))
+    Ok(stream)
+}
+
+/// A DPS stream over the framed transport ([`strait_runtime::framed`]): what the sidecar
+/// reads from the zone and a writer of what it sends.
+pub struct Framed {
+    /// The read half of the connection (see [`strait_runtime::framed::messages`]).
+    pub read: tokio::io::ReadHalf<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>,
+    /// The write half, the Open frame already sent.
+    pub write: tokio::io::WriteHalf<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>,
+}
+
+/// Silence on the stream after which the proxy's kernel probes the zone, then twice this far
+/// apart before it gives up: a zone whose host vanished is left within about 30 s (the gRPC
+/// transport pinged every 10 s).
+const FRAMED_KEEP_ALIVE: Duration = Duration::from_secs(10);
+
+/// Opens a DPS stream over the framed transport to `address` (`https://host:port`), verifying
+/// the zone's certificate for `server_name` against `ca_pem`, leaving from `source` as
+/// [`connect`] does, and presents `token`. A zone that refuses the token says so in the
+/// stream's first item.
+pub async fn connect_framed(address: &str, ca_pem: &str, server_name: &str, source: Option<IpAddr>, token: &str) -> Result<Framed, String> {
+    let cannot = |e: &dyn std::fmt::Display| format!("cannot connect to the zone control plane at {address}: {e}");
+    let uri: tonic::transport::Uri = address.parse().map_err(|e| format!("invalid control plane address {address:?}: {e}"))?;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pemfile::certs(&mut ca_pem.as_bytes()) {
+        let cert = cert.map_err(|e| format!("the control plane CA does not parse: {e}"))?;
+        roots.add(cert).map_err(|e| format!("the control plane CA is not usable: {e}"))?;
+    }
+    let mut config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| cannot(&e))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![strait_runtime::framed::ALPN.to_vec()];
+    let name = rustls::pki_types::ServerName::try_from(server_name.to_string())
+        .map_err(|e| format!("invalid control plane server name {server_name:?}: {e}"))?;
+    let open = async {
+        let tcp = tcp_to(&uri, source).await.map_err(|e| cannot(&e))?;
+        if let Err(error) = strait_runtime::sockets::keep_alive(&tcp, FRAMED_KEEP_ALIVE, FRAMED_KEEP_ALIVE, 2) {
+            tracing::debug!(%error, "no TCP keep-alive on the control plane connection");
+        }
+        let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config)).connect(name, tcp).await.map_err(|e| {
+            if e.to_string().contains("NoApplicationProtocol") {
+                cannot(&"it does not offer the framed DPS transport (TLS ALPN strait-dps/1): the zone control plane is older than this proxy; upgrade it first")
+            } else {
+                cannot(&e)
+            }
+        })?;
+        if tls.get_ref().1.alpn_protocol() != Some(strait_runtime::framed::ALPN) {
+            return Err(cannot(&"it did not take the framed DPS transport (TLS ALPN strait-dps/1): the zone control plane is older than this proxy; upgrade it first"));
+        }
+        let (read, mut write) = tokio::io::split(tls);
+        strait_runtime::framed::write_frame(&mut write, strait_runtime::framed::Kind::Open, token.as_bytes())
+            .await
+            .map_err(|e| cannot(&e))?;
+        Ok(Framed { read, write })
+    };
+    tokio::time::timeout(Duration::from_secs(5), open).await.map_err(|_| cannot(&"timed out after 5s"))?
 }
 
 /// The wait before reconnection number `attempt` (from 0): 250 ms doubling up to `max`, of
@@ -130,6 +196,49 @@ pub fn with_bearer<T>(message: T, token: &str) -> Result<tonic::Request<T>, End>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A TLS server for "strait-zone" offering `alpn`, on a free port: its address, its CA,
+    /// and what it read from the one connection it takes (the first frame, or the handshake's
+    /// error).
+    async fn zone_offering(
+        alpn: &[u8],
+    ) -> (String, String, tokio::task::JoinHandle<Result<(strait_runtime::framed::Kind, Vec<u8>), String>>) {
+        let ca = strait_pki::CertificateAuthority::new_root(strait_pki::SYSTEM_TRUST_DOMAIN, "test CA", Duration::from_secs(3600)).unwrap();
+        let key = strait_pki::csr::KeyAndCsr::generate("strait-zone").unwrap();
+        let chain = ca.sign_server(&key.csr_pem, &["strait-zone".to_string()], Duration::from_secs(3600)).unwrap();
+        let certs = rustls_pemfile::certs(&mut chain.as_bytes()).collect::<Result<Vec<_>, _>>().unwrap();
+        let private = rustls_pemfile::private_key(&mut key.key_pem.as_bytes()).unwrap().unwrap();
+        let mut config = rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(certs, private)
+            .unwrap();
+        config.alpn_protocols = vec![alpn.to_vec()];
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = format!("https://{}", listener.local_addr().unwrap());
+        let served = tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let mut tls = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config)).accept(tcp).await.map_err(|e| e.to_string())?;
+            strait_runtime::framed::read_frame(&mut tls, 1024).await.map_err(|e| e.to_string())?.ok_or_else(|| "closed".to_string())
+        });
+        (address, ca.cert_pem().to_string(), served)
+    }
+
+    #[tokio::test]
+    async fn a_framed_stream_opens_with_the_token_and_an_older_zone_is_named() {
+        let (address, ca, served) = zone_offering(strait_runtime::framed::ALPN).await;
+        let opened = connect_framed(&address, &ca, "strait-zone", None, "the-token").await;
+        assert!(opened.is_ok(), "{:?}", opened.err());
+        let (kind, token) = served.await.unwrap().unwrap();
+        assert_eq!((kind, token.as_slice()), (strait_runtime::framed::Kind::Open, &b"the-token"[..]));
+
+        // A zone control plane that speaks only gRPC (HTTP/2).
+        let (address, ca, served) = zone_offering(b"h2").await;
+        let error = connect_framed(&address, &ca, "strait-zone", None, "the-token").await.err().expect("refused");
+        assert!(error.contains("older than this proxy; upgrade it first"), "{error}");
+        assert!(served.await.unwrap().is_err(), "the handshake failed on the zone's side too");
+    }
 
     #[test]
     fn refusals_are_told_from_broken_streams() {

@@ -9,6 +9,7 @@
 pub mod certs;
 pub mod files;
 pub mod flags;
+pub mod framed;
 pub mod journald;
 pub mod memory;
 pub mod notify;

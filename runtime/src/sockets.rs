@@ -49,11 +49,32 @@ fn grow(fd: RawFd, option: libc::c_int, forced: libc::c_int, wanted: usize) -> i
     set(fd, option, value)
 }
 
+/// Makes the kernel find a peer that vanished (its host gone, a cable pulled) on an idle TCP
+/// connection: a probe after `idle` without traffic, then every `interval`, and the connection
+/// fails after `count` unanswered ones; data sent and not acknowledged for as long fails it too.
+/// A long-lived control-plane stream over it ends within about `idle + interval × count`
+/// rather than the system's two hours, with no message of the application's.
+pub fn keep_alive(socket: &impl AsRawFd, idle: std::time::Duration, interval: std::time::Duration, count: u32) -> io::Result<()> {
+    let fd = socket.as_raw_fd();
+    let secs = |d: std::time::Duration| libc::c_int::try_from(d.as_secs().max(1)).unwrap_or(libc::c_int::MAX);
+    let count_int = libc::c_int::try_from(count.max(1)).unwrap_or(libc::c_int::MAX);
+    let give_up = idle + interval * count.max(1);
+    let millis = libc::c_int::try_from(give_up.as_millis()).unwrap_or(libc::c_int::MAX);
+    set_at(fd, libc::SOL_SOCKET, libc::SO_KEEPALIVE, 1)?;
+    set_at(fd, libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, secs(idle))?;
+    set_at(fd, libc::IPPROTO_TCP, libc::TCP_KEEPINTVL, secs(interval))?;
+    set_at(fd, libc::IPPROTO_TCP, libc::TCP_KEEPCNT, count_int)?;
+    set_at(fd, libc::IPPROTO_TCP, libc::TCP_USER_TIMEOUT, millis)
+}
+
 fn set(fd: RawFd, option: libc::c_int, value: libc::c_int) -> io::Result<()> {
+    set_at(fd, libc::SOL_SOCKET, option, value)
+}
+
+fn set_at(fd: RawFd, level: libc::c_int, option: libc::c_int, value: libc::c_int) -> io::Result<()> {
     // SAFETY: `value` is an int that lives for the call, and its size is the length passed.
-    let rc = unsafe {
-        libc::setsockopt(fd, libc::SOL_SOCKET, option, (&raw const value).cast(), std::mem::size_of::<libc::c_int>() as libc::socklen_t)
-    };
+    let rc =
+        unsafe { libc::setsockopt(fd, level, option, (&raw const value).cast(), std::mem::size_of::<libc::c_int>() as libc::socklen_t) };
     if rc == 0 {
         Ok(())
     } else {
@@ -62,10 +83,14 @@ fn set(fd: RawFd, option: libc::c_int, value: libc::c_int) -> io::Result<()> {
 }
 
 fn get(fd: RawFd, option: libc::c_int) -> io::Result<usize> {
+    get_at(fd, libc::SOL_SOCKET, option)
+}
+
+fn get_at(fd: RawFd, level: libc::c_int, option: libc::c_int) -> io::Result<usize> {
     let mut value: libc::c_int = 0;
     let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
     // SAFETY: `value` and `len` are owned ints that live for the call; `len` is `value`'s size.
-    let rc = unsafe { libc::getsockopt(fd, libc::SOL_SOCKET, option, (&raw mut value).cast(), &raw mut len) };
+    let rc = unsafe { libc::getsockopt(fd, level, option, (&raw mut value).cast(), &raw mut len) };
     if rc == 0 {
         Ok(usize::try_from(value).unwrap_or(0))
     } else {
@@ -119,6 +144,18 @@ fn lease(file: &std::path::Path) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn keep_alive_sets_the_probes_and_the_time_to_give_up() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let stream = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let tcp = |option| get_at(stream.as_raw_fd(), libc::IPPROTO_TCP, option).unwrap();
+        assert_eq!(get(stream.as_raw_fd(), libc::SO_KEEPALIVE).unwrap(), 0, "off by default");
+        keep_alive(&stream, std::time::Duration::from_secs(7), std::time::Duration::from_secs(3), 2).unwrap();
+        assert_eq!(get(stream.as_raw_fd(), libc::SO_KEEPALIVE).unwrap(), 1);
+        assert_eq!((tcp(libc::TCP_KEEPIDLE), tcp(libc::TCP_KEEPINTVL), tcp(libc::TCP_KEEPCNT)), (7, 3, 2));
+        assert_eq!(tcp(libc::TCP_USER_TIMEOUT), 13_000, "unacknowledged data gives up after idle + interval × count");
+    }
 
     #[test]
     fn ports_for_later_listeners_are_free_and_below_the_ephemeral_range() {

@@ -177,15 +177,17 @@ impl ZoneCp {
         };
         // Keepalive pings find sidecars whose host vanished without closing its connection, so
         // their Dataplane is unregistered and a replacement can register.
+        let dps_service = crate::dps::DpsService::new(dps_shared, tasks.clone());
         let dps = tonic::transport::Server::builder()
             .http2_keepalive_interval(Some(std::time::Duration::from_secs(5)))
             .http2_keepalive_timeout(Some(std::time::Duration::from_secs(10)))
-            .add_service(strait_api::dps::dataplane_sync_server::DataplaneSyncServer::new(crate::dps::DpsService::new(
-                dps_shared,
-                tasks.clone(),
-            )));
+            .add_service(strait_api::dps::dataplane_sync_server::DataplaneSyncServer::new(dps_service.clone()));
         let stop = shutdown.clone();
-        let incoming = strait_cp_core::tls::incoming(dps_listener, dps_tls.clone(), &tasks, shutdown.clone());
+        // Sidecars ask for the framed transport by ALPN; gateways and other clients speak gRPC.
+        let mut dps_port_tls = (*dps_tls).clone();
+        dps_port_tls.alpn_protocols.push(strait_runtime::framed::ALPN.to_vec());
+        let incoming = strait_cp_core::tls::incoming(dps_listener, Arc::new(dps_port_tls), &tasks, shutdown.clone());
+        let incoming = crate::dps::framed::divert(incoming, dps_service);
         tasks.spawn(async move {
             if let Err(e) = dps.serve_with_incoming_shutdown(incoming, stop.cancelled()).await {
                 tracing::error!(error = %e, "DPS server failed");

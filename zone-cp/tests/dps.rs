@@ -1,6 +1,7 @@
 //! The zone's dataplane config server (DPS) against a hand-driven sidecar: registration with a
 //! dataplane token, the effective configuration and its updates, the workload certificate,
-//! and refusals.
+//! and refusals. Sidecars' streams go over the framed transport, as `strait-dp`'s do; the
+//! registration and the refusals are checked over gRPC too.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -26,6 +27,8 @@ struct Env {
     admin: String,
     zone_token: String,
     proxy_token: String,
+    /// Sidecars open their streams over gRPC rather than the framed transport.
+    grpc: bool,
     _dir: tempfile::TempDir,
 }
 
@@ -42,7 +45,7 @@ async fn env() -> Env {
         assert!(Instant::now() < deadline, "the zone never got its intermediate CA");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    Env { global, zone, http, base, admin, zone_token, proxy_token, _dir: dir }
+    Env { global, zone, http, base, admin, zone_token, proxy_token, grpc: false, _dir: dir }
 }
 
 impl Env {
@@ -78,7 +81,7 @@ impl Env {
 /// A sidecar stream: what it sends and what it receives.
 struct Sidecar {
     tx: mpsc::Sender<DataplaneMessage>,
-    rx: tonic::Streaming<ZoneMessage>,
+    rx: std::pin::Pin<Box<dyn futures::Stream<Item = Result<ZoneMessage, tonic::Status>> + Send>>,
 }
 
 fn dataplane(name: &str, service: &str, port: u16) -> Vec<u8> {
@@ -106,9 +109,6 @@ async fn connect_with(env: &Env, token: &str, dp: Vec<u8>, deltas: bool) -> Resu
 
 /// A sidecar stream; `pieces`: it takes its deltas in pieces.
 async fn connect_hello(env: &Env, token: &str, dp: Vec<u8>, deltas: bool, pieces: bool) -> Result<Sidecar, tonic::Status> {
-    let tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(&env.zone.dps_ca_pem)).domain_name("strait-zone");
-    let channel =
-        Endpoint::from_shared(format!("https://{}", env.zone.dps_addr)).unwrap().tls_config(tls).unwrap().connect().await.unwrap();
     let (tx, rx) = mpsc::channel(16);
     tx.send(DataplaneMessage {
         message: Some(dataplane_message::Message::Hello(strait_api::dps::Hello {
@@ -121,15 +121,40 @@ async fn connect_hello(env: &Env, token: &str, dp: Vec<u8>, deltas: bool, pieces
     })
     .await
     .unwrap();
+    if !env.grpc {
+        let address = format!("https://{}", env.zone.dps_addr);
+        let strait_proxy_core::cp_client::Framed { read, mut write } =
+            strait_proxy_core::cp_client::connect_framed(&address, &env.zone.dps_ca_pem, "strait-zone", None, token)
+                .await
+                .map_err(tonic::Status::unavailable)?;
+        let mut rx = rx;
+        tokio::spawn(async move {
+            while let Some(message) = rx.recv().await {
+                if strait_runtime::framed::write_message(&mut write, &message).await.is_err() {
+                    return;
+                }
+            }
+        });
+        // A refusal comes as the stream's end: see `Sidecar::message`.
+        return Ok(Sidecar { tx, rx: Box::pin(strait_runtime::framed::messages(read, 64 << 20)) });
+    }
+    let tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(&env.zone.dps_ca_pem)).domain_name("strait-zone");
+    let channel =
+        Endpoint::from_shared(format!("https://{}", env.zone.dps_addr)).unwrap().tls_config(tls).unwrap().connect().await.unwrap();
     let mut request = tonic::Request::new(ReceiverStream::new(rx));
     request.metadata_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
     let rx = DataplaneSyncClient::new(channel).stream(request).await?.into_inner();
-    Ok(Sidecar { tx, rx })
+    Ok(Sidecar { tx, rx: Box::pin(rx) })
 }
 
 impl Sidecar {
+    /// The next message, `None` at the stream's end, or the status it ended with.
+    async fn message(&mut self) -> Result<Option<ZoneMessage>, tonic::Status> {
+        futures::StreamExt::next(&mut self.rx).await.transpose()
+    }
+
     async fn next(&mut self) -> zone_message::Message {
-        let m = tokio::time::timeout(Duration::from_secs(10), self.rx.message())
+        let m = tokio::time::timeout(Duration::from_secs(10), self.message())
             .await
             .expect("a message within 10s")
             .expect("stream ok")
@@ -164,7 +189,17 @@ fn action_for(cfg: &ProxyConfig, caller: &str) -> Option<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sidecar_registers_gets_its_config_and_certificate_and_follows_changes() {
-    let env = env().await;
+    registers_and_follows_changes(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sidecar_over_grpc_registers_gets_its_config_and_certificate_and_follows_changes() {
+    registers_and_follows_changes(true).await;
+}
+
+async fn registers_and_follows_changes(grpc: bool) {
+    let mut env = env().await;
+    env.grpc = grpc;
     let token = env.token("web").await;
     let mut web = connect(&env, &token, calling("web-1", "web", 8080, &["api"])).await.expect("registered");
     let (v1, cfg) = web.config().await;
@@ -284,7 +319,17 @@ async fn a_sidecar_registers_gets_its_config_and_certificate_and_follows_changes
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tokens_bind_the_service_and_bad_registrations_are_refused() {
-    let env = env().await;
+    refuses_bad_registrations(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_grpc_tokens_bind_the_service_and_bad_registrations_are_refused() {
+    refuses_bad_registrations(true).await;
+}
+
+async fn refuses_bad_registrations(grpc: bool) {
+    let mut env = env().await;
+    env.grpc = grpc;
     let web_token = env.token("web").await;
     let cases: Vec<(&str, String, Vec<u8>, tonic::Code, &str)> = vec![
         (
@@ -305,15 +350,17 @@ async fn tokens_bind_the_service_and_bad_registrations_are_refused() {
     ];
     for (what, token, dp, code, message) in cases {
         let status = match connect(&env, &token, dp).await {
-            Ok(mut s) => s.rx.message().await.expect_err(what),
+            Ok(mut s) => s.message().await.expect_err(what),
             Err(s) => s,
         };
         assert_eq!(status.code(), code, "{what}: {status:?}");
         assert!(status.message().contains(message), "{what}: {status:?}");
     }
-    let _first = connect(&env, &web_token, dataplane("web-1", "web", 8080)).await.expect("registers");
+    let mut first = connect(&env, &web_token, dataplane("web-1", "web", 8080)).await.expect("registers");
+    // Registered once configured (over the framed transport, opening the stream does not wait).
+    first.config().await;
     let status = match connect(&env, &web_token, dataplane("web-1", "web", 8080)).await {
-        Ok(mut s) => s.rx.message().await.expect_err("duplicate"),
+        Ok(mut s) => s.message().await.expect_err("duplicate"),
         Err(s) => s,
     };
     assert_eq!(status.code(), tonic::Code::AlreadyExists, "{status:?}");
@@ -440,7 +487,7 @@ async fn end_of(sidecar: &mut Sidecar, within: Duration) -> tonic::Status {
     let deadline = Instant::now() + within;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
-        match tokio::time::timeout(left, sidecar.rx.message()).await.expect("the stream ends in time") {
+        match tokio::time::timeout(left, sidecar.message()).await.expect("the stream ends in time") {
             Ok(Some(_)) => continue,
             Ok(None) => panic!("the stream ended without saying why"),
             Err(status) => return status,

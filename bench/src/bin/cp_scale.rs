@@ -1,7 +1,8 @@
 //! The control plane at scale: many simulated sidecars in this process against real
 //! `strait-zone` processes and a global (in this process), each sidecar with a DPS stream of
 //! its own (its own TLS connection), a real dataplane token, a real key and CSR, and an
-//! acknowledgement of every configuration, as `strait-dp` does. Measures:
+//! acknowledgement of every configuration, as `strait-dp` does (over the framed transport, as it
+//! does, or with `--grpc` over gRPC). Measures:
 //!
 //! - the registration storm: every sidecar connecting at once, until each has its first
 //!   configuration and its certificate, with each zone's CPU and memory every second;
@@ -20,13 +21,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
+use futures::{Stream, StreamExt};
 use serde_json::{json, Value};
 use strait_api::dps::dataplane_sync_client::DataplaneSyncClient;
-use strait_api::dps::{dataplane_message, zone_message, Ack, CertificateRequest, DataplaneMessage, Hello, PROTOCOL_VERSION};
+use strait_api::dps::{dataplane_message, zone_message, Ack, CertificateRequest, DataplaneMessage, Hello, ZoneMessage, PROTOCOL_VERSION};
 use strait_bench::control::{ControlPlane, Error};
 use strait_bench::procstat::{cpu_seconds, rss_bytes};
 use strait_bench::rig::{free_port, Children};
 use strait_bench::{ms, percentile};
+use strait_proxy_core::cp_client;
 use tokio::sync::mpsc;
 
 #[derive(Parser)]
@@ -51,6 +54,10 @@ struct Args {
     /// configurations came in parts (for comparison).
     #[arg(long)]
     whole_configs: bool,
+    /// Simulate sidecars whose DPS stream is gRPC (HTTP/2) rather than the framed transport
+    /// `strait-dp` uses (for comparison: the zone's memory per sidecar on each).
+    #[arg(long)]
+    grpc: bool,
 }
 
 /// What every simulated sidecar is like.
@@ -60,6 +67,8 @@ struct Shape {
     services: usize,
     /// Whether it takes configurations whole rather than in parts.
     whole: bool,
+    /// Whether its stream is gRPC rather than framed.
+    grpc: bool,
 }
 
 /// What a simulated sidecar reports.
@@ -168,12 +177,15 @@ const RECONNECT_ATTEMPTS: u32 = 12;
 /// Reconnections made by all sidecars.
 static RECONNECTS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
-type Opened = (mpsc::Sender<DataplaneMessage>, tonic::Streaming<strait_api::dps::ZoneMessage>);
+/// What a simulated sidecar sends on, and what it reads from the zone.
+type Opened = (mpsc::Sender<DataplaneMessage>, std::pin::Pin<Box<dyn Stream<Item = Result<ZoneMessage, tonic::Status>> + Send>>);
+
+/// The largest message a simulated sidecar takes.
+const MAX_MESSAGE: usize = 64 * 1024 * 1024;
 
 /// Connects and opens the DPS stream with a Hello; the error says whether to retry (the zone
 /// could not be reached or turned the connection away) or not (it refused the sidecar).
 async fn open_stream(i: usize, service: usize, zone: &Zone, token: &str, shape: Shape) -> Result<Opened, (String, bool)> {
-    let channel = strait_proxy_core::cp_client::connect(&zone.dps, &zone.ca_pem, "strait-zone", None).await.map_err(|e| (e, true))?;
     let (tx, rx) = mpsc::channel(8);
     let hello = Hello {
         protocol: PROTOCOL_VERSION,
@@ -183,13 +195,36 @@ async fn open_stream(i: usize, service: usize, zone: &Zone, token: &str, shape: 
         pieces: !shape.whole,
     };
     let _ = tx.send(DataplaneMessage { message: Some(dataplane_message::Message::Hello(hello)) }).await;
+    let refused =
+        |s: tonic::Status| (format!("{}: {}", s.code(), s.message()), matches!(s.code(), tonic::Code::Unavailable | tonic::Code::Unknown));
+    if !shape.grpc {
+        // As `strait-dp` does: the framed transport, its messages written by a task of their own.
+        let cp_client::Framed { read, mut write } =
+            cp_client::connect_framed(&zone.dps, &zone.ca_pem, "strait-zone", None, token).await.map_err(|e| (e, true))?;
+        let mut rx = rx;
+        tokio::spawn(async move {
+            while let Some(message) = rx.recv().await {
+                if strait_runtime::framed::write_message(&mut write, &message).await.is_err() {
+                    return;
+                }
+            }
+        });
+        let mut inbound = Box::pin(strait_runtime::framed::messages::<_, ZoneMessage>(read, MAX_MESSAGE));
+        // A refusal is the stream's first item.
+        return match inbound.next().await {
+            Some(Ok(first)) => Ok((tx, Box::pin(futures::stream::once(std::future::ready(Ok(first))).chain(inbound)))),
+            Some(Err(s)) => Err(refused(s)),
+            None => Err(("the zone closed the stream".into(), true)),
+        };
+    }
+    let channel = cp_client::connect(&zone.dps, &zone.ca_pem, "strait-zone", None).await.map_err(|e| (e, true))?;
     let mut request = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
     let value = format!("Bearer {token}").parse().map_err(|_| ("the token is not a header value".to_string(), false))?;
     request.metadata_mut().insert("authorization", value);
-    let mut client = DataplaneSyncClient::new(channel).max_decoding_message_size(64 * 1024 * 1024);
+    let mut client = DataplaneSyncClient::new(channel).max_decoding_message_size(MAX_MESSAGE);
     match client.stream(request).await {
-        Ok(response) => Ok((tx, response.into_inner())),
-        Err(s) => Err((format!("{}: {}", s.code(), s.message()), matches!(s.code(), tonic::Code::Unavailable | tonic::Code::Unknown))),
+        Ok(response) => Ok((tx, Box::pin(response.into_inner()))),
+        Err(s) => Err(refused(s)),
     }
 }
 
@@ -206,7 +241,7 @@ async fn sidecar(i: usize, service: usize, zone: Arc<Zone>, token: Arc<String>, 
             Ok(opened) => break opened,
             Err((_, true)) if attempt < RECONNECT_ATTEMPTS => {
                 RECONNECTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                tokio::time::sleep(strait_proxy_core::cp_client::backoff(attempt, Duration::from_secs(10))).await;
+                tokio::time::sleep(cp_client::backoff(attempt, Duration::from_secs(10))).await;
                 attempt += 1;
             }
             Err((why, _)) => return failed(why),
@@ -226,8 +261,8 @@ async fn sidecar(i: usize, service: usize, zone: Arc<Zone>, token: Arc<String>, 
     // The pieces of the version being received.
     let (mut settings, mut svc0_json, mut bytes) = (Vec::new(), None::<Vec<u8>>, 0);
     loop {
-        match inbound.message().await {
-            Ok(Some(message)) => match message.message {
+        match inbound.next().await {
+            Some(Ok(message)) => match message.message {
                 Some(zone_message::Message::ConfigDelta(piece)) => {
                     // A version comes in pieces: its settings and svc-0's list are each cut
                     // in order across them.
@@ -261,8 +296,8 @@ async fn sidecar(i: usize, service: usize, zone: Arc<Zone>, token: Arc<String>, 
                 Some(zone_message::Message::Certificate(cert)) => return failed(format!("certificate refused: {}", cert.error)),
                 _ => {}
             },
-            Ok(None) => return failed("the zone closed the stream".into()),
-            Err(s) => return failed(format!("{}: {}", s.code(), s.message())),
+            None => return failed("the zone closed the stream".into()),
+            Some(Err(s)) => return failed(format!("{}: {}", s.code(), s.message())),
         }
     }
 }
@@ -323,7 +358,7 @@ fn mb(bytes: u64) -> f64 {
 async fn main() -> Result<(), Error> {
     let args = Args::parse();
     let deadline = Duration::from_secs(args.deadline_secs);
-    let shape = Shape { services: args.services.max(1), whole: args.whole_configs };
+    let shape = Shape { services: args.services.max(1), whole: args.whole_configs, grpc: args.grpc };
     strait_bench::cleanup::on_signal();
     let cp = ControlPlane::start(0).await?;
     let mut children = Children::default();
@@ -339,9 +374,10 @@ async fn main() -> Result<(), Error> {
     tokio::time::sleep(Duration::from_secs(2)).await;
     let baseline: Vec<(u64, f64)> = zones.iter().map(|z| (rss_bytes(z.pid), cpu_seconds(z.pid))).collect();
     println!(
-        "cp_scale: {} sidecars ({}), {} zone(s), {} services; zone RSS before: {}",
+        "cp_scale: {} sidecars ({}, {}), {} zone(s), {} services; zone RSS before: {}",
         args.sidecars,
         if shape.whole { "whole configurations" } else { "configurations in parts" },
+        if shape.grpc { "DPS over gRPC" } else { "DPS over the framed transport" },
         zones.len(),
         args.services,
         baseline.iter().map(|(rss, _)| format!("{:.1} MB", mb(*rss))).collect::<Vec<_>>().join(", ")

@@ -12,6 +12,7 @@
 
 pub mod changes;
 pub mod cp_env;
+pub mod framed;
 pub mod gateway;
 pub mod inputs;
 pub mod sent;
@@ -92,7 +93,8 @@ pub(crate) async fn lost_leadership(leading: &mut Option<watch::Receiver<bool>>)
     }
 }
 
-/// The tonic service.
+/// The tonic service, and the framed transport's (see [`framed`]).
+#[derive(Clone)]
 pub struct DpsService {
     shared: DpsShared,
     tasks: TaskTracker,
@@ -365,12 +367,20 @@ fn changed_config(config: &impl serde::Serialize, version: u64, last: &mut Optio
 }
 
 /// The first message of a stream (the Hello), within 10 s.
-async fn first_message<T>(inbound: &mut Streaming<T>) -> Result<Option<T>, Status> {
-    tokio::time::timeout(std::time::Duration::from_secs(10), inbound.message())
+async fn first_message<T, S>(inbound: &mut S) -> Result<Option<T>, Status>
+where
+    S: futures::Stream<Item = Result<T, Status>> + Unpin,
+{
+    use futures::StreamExt as _;
+    tokio::time::timeout(std::time::Duration::from_secs(10), inbound.next())
         .await
         .map_err(|_| Status::deadline_exceeded("no Hello within 10s"))?
+        .transpose()
         .map_err(|s| Status::aborted(format!("reading Hello: {}", s.message())))
 }
+
+/// A sidecar's messages, from gRPC or the framed transport.
+pub type Inbound = std::pin::Pin<Box<dyn futures::Stream<Item = Result<DataplaneMessage, Status>> + Send>>;
 
 /// Where a session puts its messages to its proxy. Each message is boxed: a channel holds its
 /// slots in blocks of 32, allocated when it is made and kept for the session's life, and a
@@ -429,13 +439,28 @@ impl DataplaneSync for DpsService {
     }
 
     async fn stream(&self, request: Request<Streaming<DataplaneMessage>>) -> Result<Response<Self::StreamStream>, Status> {
-        let peer = request.remote_addr().map(|a| a.to_string()).unwrap_or_else(|| "unknown".into());
-        let peer_ip = request.remote_addr().map(|a| a.ip().to_canonical());
+        let peer = request.remote_addr();
+        let token = bearer(&request, "dataplane token")?;
+        let inbound: Inbound = Box::pin(request.into_inner());
+        self.open_stream(&token, peer, inbound).await.map(Response::new)
+    }
+}
+
+impl DpsService {
+    /// Opens a sidecar's stream, over gRPC or the framed transport: authenticates its `token`,
+    /// reads its Hello from `inbound`, registers it and starts its session; the session's
+    /// messages to the sidecar come out of the returned [`Outbound`].
+    pub(crate) async fn open_stream(
+        &self,
+        token: &str,
+        peer: Option<std::net::SocketAddr>,
+        mut inbound: Inbound,
+    ) -> Result<Outbound, Status> {
+        let peer_ip = peer.map(|a| a.ip().to_canonical());
+        let peer = peer.map(|a| a.to_string()).unwrap_or_else(|| "unknown".into());
         let refused = |s: &Status| tracing::warn!(peer, reason = s.message(), "sidecar refused");
         self.shared.check_leading()?;
-        let token = bearer(&request, "dataplane token")?;
-        let credential = authenticate(&self.shared, &token).await.inspect_err(refused)?;
-        let mut inbound = request.into_inner();
+        let credential = authenticate(&self.shared, token).await.inspect_err(refused)?;
         let first = first_message(&mut inbound).await?;
         let Some(DataplaneMessage { message: Some(dataplane_message::Message::Hello(hello)) }) = first else {
             return Err(Status::invalid_argument("the first message must be Hello"));
@@ -505,8 +530,8 @@ impl DataplaneSync for DpsService {
             sent: Default::default(),
             inspecting: Default::default(),
         };
-        self.tasks.spawn(Box::new(session).run(Box::new(inbound)).instrument(span));
-        Ok(Response::new(rx))
+        self.tasks.spawn(Box::new(session).run(inbound).instrument(span));
+        Ok(rx)
     }
 }
 

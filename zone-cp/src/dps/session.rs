@@ -7,13 +7,14 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use futures::StreamExt as _;
 use serde_json::json;
 use strait_api::dataplane::InboundHealth;
 use strait_api::dps::{dataplane_message, zone_message, Certificate, DataplaneMessage, Health, InspectRequest, ZoneMessage};
 use strait_api::{Resource, ResourceType, Spec};
 use strait_cp_core::kinds::DATAPLANE_NACK;
 use strait_store::{Key, Precondition};
-use tonic::{Status, Streaming};
+use tonic::Status;
 
 use super::sent::Sent;
 use super::DpsShared;
@@ -79,7 +80,7 @@ impl Session {
     /// stream come boxed: a future keeps its arguments and their moved copies apart, so taken
     /// by value they would be held twice for the session's whole life, by each of the
     /// zone's thousands of sessions.
-    pub async fn run(self: Box<Self>, mut inbound: Box<Streaming<DataplaneMessage>>) {
+    pub async fn run(self: Box<Self>, mut inbound: super::Inbound) {
         let result = self.serve(&mut inbound).await;
         let reason = match &result {
             Ok(()) => "sidecar closed the stream".to_string(),
@@ -106,7 +107,7 @@ impl Session {
         self.tx.send(Box::new(Ok(ZoneMessage { message: Some(message) }))).await.map_err(|_| Status::cancelled("sidecar stream closed"))
     }
 
-    async fn serve(&self, inbound: &mut Streaming<DataplaneMessage>) -> Result<(), Status> {
+    async fn serve(&self, inbound: &mut super::Inbound) -> Result<(), Status> {
         // Follow changes before registering, so no change between the two is missed.
         let mut changes = self.shared.changes.subscribe();
         Box::pin(async {
@@ -172,8 +173,8 @@ impl Session {
                     }
                     self.after_changes(&mut sent, &mut pushed, relevant, revoked).await?;
                 }
-                message = inbound.message() => match message {
-                    Ok(Some(m)) => {
+                message = inbound.next() => match message {
+                    Some(Ok(m)) => {
                         // Boxed, as is every step that awaits more than the stream: a session
                         // waits most of its life, and waiting holds the largest step's state.
                         let refused = Box::pin(self.handle(m)).await?;
@@ -182,8 +183,8 @@ impl Session {
                             self.after_changes(&mut sent, &mut pushed, true, false).await?;
                         }
                     }
-                    Ok(None) => return Ok(()),
-                    Err(s) => return Err(Status::aborted(format!("sidecar stream failed: {}", s.message()))),
+                    None => return Ok(()),
+                    Some(Err(s)) => return Err(Status::aborted(format!("sidecar stream failed: {}", s.message()))),
                 },
             }
         }
