@@ -114,8 +114,11 @@ pub async fn connect_framed(address: &str, ca_pem: &str, server_name: &str, sour
     config.alpn_protocols = vec![strait_runtime::framed::ALPN.to_vec()];
     let name = rustls::pki_types::ServerName::try_from(server_name.to_string())
         .map_err(|e| format!("invalid control plane server name {server_name:?}: {e}"))?;
+    let tcp = tokio::time::timeout(Duration::from_secs(5), tcp_to(&uri, source))
+        .await
+        .map_err(|_| cannot(&"no TCP connection within 5s"))?
+        .map_err(|e| cannot(&e))?;
     let open = async {
-        let tcp = tcp_to(&uri, source).await.map_err(|e| cannot(&e))?;
         if let Err(error) = strait_runtime::sockets::keep_alive(&tcp, FRAMED_KEEP_ALIVE, FRAMED_KEEP_ALIVE, 2) {
             tracing::debug!(%error, "no TCP keep-alive on the control plane connection");
         }
@@ -135,8 +138,16 @@ pub async fn connect_framed(address: &str, ca_pem: &str, server_name: &str, sour
             .map_err(|e| cannot(&e))?;
         Ok(Framed { read, write })
     };
-    tokio::time::timeout(Duration::from_secs(5), open).await.map_err(|_| cannot(&"timed out after 5s"))?
+    // The zone takes a bounded number of handshakes at a time: when thousands of proxies
+    // reconnect together, a handshake may wait its turn for a while (the zone gives up on one
+    // after 10 s of its own work).
+    tokio::time::timeout(FRAMED_HANDSHAKE_WITHIN, open)
+        .await
+        .map_err(|_| cannot(&format!("no TLS session within {FRAMED_HANDSHAKE_WITHIN:?}")))?
 }
+
+/// How long a proxy waits for its TLS session with the zone once connected.
+const FRAMED_HANDSHAKE_WITHIN: Duration = Duration::from_secs(60);
 
 /// The wait before reconnection number `attempt` (from 0): 250 ms doubling up to `max`, of
 /// which a random half to all, so proxies cut off together do not come back together.

@@ -24,8 +24,10 @@ const MAX_OPEN: usize = 64 * 1024;
 /// The largest message from a sidecar (gRPC's default limit).
 const MAX_INBOUND: usize = 4 * 1024 * 1024;
 /// A sidecar whose host vanished is found after this much silence, then 2 probes this far apart
-/// (the gRPC transport's pings: every 5 s, 10 s to answer).
+/// (as the gRPC transport's pings: every 5 s, 10 s to answer).
 const KEEP_ALIVE: Duration = Duration::from_secs(5);
+/// Probes before a silent sidecar is given up on.
+const KEEP_ALIVE_PROBES: u32 = 2;
 
 /// Serves the connections of `incoming` that asked for the framed transport (each in a task of
 /// `service`'s) and yields the others, for the gRPC server.
@@ -48,7 +50,7 @@ where
 /// One framed connection, to its end.
 async fn serve(service: DpsService, tls: TlsStream<TcpStream>) {
     let peer = tls.get_ref().0.peer_addr().ok();
-    if let Err(error) = strait_runtime::sockets::keep_alive(tls.get_ref().0, KEEP_ALIVE, KEEP_ALIVE, 2) {
+    if let Err(error) = strait_runtime::sockets::keep_alive(tls.get_ref().0, KEEP_ALIVE, KEEP_ALIVE, KEEP_ALIVE_PROBES) {
         tracing::debug!(?peer, %error, "no TCP keep-alive on a sidecar's connection");
     }
     let (mut read, mut write) = tokio::io::split(tls);
