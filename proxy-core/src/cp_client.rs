@@ -56,12 +56,16 @@ pub async fn connect(address: &str, ca_pem: &str, server_name: &str, source: Opt
 
 /// A TCP connection to `uri`'s host and port from `source` (if this host has that address).
 async fn connect_from(uri: tonic::transport::Uri, source: IpAddr) -> std::io::Result<hyper_util::rt::TokioIo<tokio::net::TcpStream>> {
-    tcp_to(&uri, Some(source)).await.map(hyper_util::rt::TokioIo::new)
+    tcp_to(&uri, Some(source), None).await.map(hyper_util::rt::TokioIo::new)
 }
 
 /// A TCP connection to `uri`'s host and port, from `source` when given (if this host has that
 /// address; otherwise the system picks, as without).
-async fn tcp_to(uri: &tonic::transport::Uri, source: Option<IpAddr>) -> std::io::Result<tokio::net::TcpStream> {
+async fn tcp_to(
+    uri: &tonic::transport::Uri,
+    source: Option<IpAddr>,
+    receive_buffer: Option<u32>,
+) -> std::io::Result<tokio::net::TcpStream> {
     let host = uri.host().ok_or_else(|| std::io::Error::other("the control plane address has no host"))?;
     let port = uri.port_u16().unwrap_or(443);
     let target = tokio::net::lookup_host((host.trim_start_matches('[').trim_end_matches(']'), port))
@@ -69,6 +73,9 @@ async fn tcp_to(uri: &tonic::transport::Uri, source: Option<IpAddr>) -> std::io:
         .find(|a| source.is_none_or(|s| a.is_ipv4() == s.is_ipv4()))
         .ok_or_else(|| std::io::Error::other(format!("{host} has no address of the family of {source:?}")))?;
     let socket = if target.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+    if let Some(bytes) = receive_buffer {
+        socket.set_recv_buffer_size(bytes)?;
+    }
     if let Some(source) = source {
         if let Err(error) = socket.bind(std::net::SocketAddr::new(source, 0)) {
             // Not an address of this host (behind NAT, say): the system picks the source.
@@ -114,7 +121,7 @@ pub async fn connect_framed(address: &str, ca_pem: &str, server_name: &str, sour
     config.alpn_protocols = vec![strait_runtime::framed::ALPN.to_vec()];
     let name = rustls::pki_types::ServerName::try_from(server_name.to_string())
         .map_err(|e| format!("invalid control plane server name {server_name:?}: {e}"))?;
-    let tcp = tokio::time::timeout(Duration::from_secs(5), tcp_to(&uri, source))
+    let tcp = tokio::time::timeout(Duration::from_secs(5), tcp_to(&uri, source, Some(FRAMED_RECEIVE_BUFFER)))
         .await
         .map_err(|_| cannot(&"no TCP connection within 5s"))?
         .map_err(|e| cannot(&e))?;
@@ -145,6 +152,11 @@ pub async fn connect_framed(address: &str, ca_pem: &str, server_name: &str, sour
         .await
         .map_err(|_| cannot(&format!("no TLS session within {FRAMED_HANDSHAKE_WITHIN:?}")))?
 }
+
+/// The kernel's receive buffer of a proxy's framed stream (set before connecting, so the window
+/// it offers the zone stays this small): what the zone sends and the proxy has not read yet
+/// stays bounded (see the zone's send buffer, `strait_zone_cp::dps::framed`).
+const FRAMED_RECEIVE_BUFFER: u32 = 64 * 1024;
 
 /// How long a proxy waits for its TLS session with the zone once connected.
 const FRAMED_HANDSHAKE_WITHIN: Duration = Duration::from_secs(60);

@@ -37,6 +37,13 @@ pub fn grow_buffers(socket: &impl AsRawFd, wanted: usize) -> io::Result<BufferSi
     Ok(BufferSizes { receive: get(fd, libc::SO_RCVBUF)?, send: get(fd, libc::SO_SNDBUF)? })
 }
 
+/// Caps `socket`'s send buffer at about `bytes` (the kernel doubles what it is given, for its
+/// bookkeeping, and then does not grow it on its own). For a long-lived stream to a peer that
+/// may stop reading: what the kernel holds for it stays bounded, and the writer waits instead.
+pub fn cap_send_buffer(socket: &impl AsRawFd, bytes: usize) -> io::Result<()> {
+    set(socket.as_raw_fd(), libc::SO_SNDBUF, libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX))
+}
+
 fn grow(fd: RawFd, option: libc::c_int, forced: libc::c_int, wanted: usize) -> io::Result<()> {
     // The kernel reports twice the size it was given.
     if get(fd, option)? >= wanted * 2 {
@@ -156,6 +163,8 @@ mod tests {
         assert_eq!(get(stream.as_raw_fd(), libc::SO_KEEPALIVE).unwrap(), 1);
         assert_eq!((tcp(libc::TCP_KEEPIDLE), tcp(libc::TCP_KEEPINTVL), tcp(libc::TCP_KEEPCNT)), (7, 3, 2));
         assert_eq!(tcp(libc::TCP_USER_TIMEOUT), 0, "a peer slow to read is not cut off");
+        cap_send_buffer(&stream, 32 * 1024).unwrap();
+        assert_eq!(get(stream.as_raw_fd(), libc::SO_SNDBUF).unwrap(), 64 * 1024, "capped, as the kernel counts it");
     }
 
     #[test]

@@ -26,6 +26,8 @@ const MAX_INBOUND: usize = 4 * 1024 * 1024;
 /// A sidecar whose host vanished is found after this much silence, then 2 probes this far apart
 /// (as the gRPC transport's pings: every 5 s, 10 s to answer).
 const KEEP_ALIVE: Duration = Duration::from_secs(5);
+/// The kernel's send buffer for a sidecar's connection (it counts twice this).
+const SEND_BUFFER: usize = 32 * 1024;
 /// Probes before a silent sidecar is given up on.
 const KEEP_ALIVE_PROBES: u32 = 2;
 
@@ -52,6 +54,14 @@ async fn serve(service: DpsService, tls: TlsStream<TcpStream>) {
     let peer = tls.get_ref().0.peer_addr().ok();
     if let Err(error) = strait_runtime::sockets::keep_alive(tls.get_ref().0, KEEP_ALIVE, KEEP_ALIVE, KEEP_ALIVE_PROBES) {
         tracing::debug!(?peer, %error, "no TCP keep-alive on a sidecar's connection");
+    }
+    // What waits in the kernel for a sidecar that does not read stays small: thousands of
+    // stalled sidecars each holding megabytes put the host's TCP under memory pressure, where it
+    // drops segments, keep-alive probes too, and cut off live streams (measured: a fifth of
+    // 10,000 simulated sidecars). The session then waits to send, as HTTP/2's flow control
+    // made it wait.
+    if let Err(error) = strait_runtime::sockets::cap_send_buffer(tls.get_ref().0, SEND_BUFFER) {
+        tracing::debug!(?peer, %error, "the send buffer of a sidecar's connection is not capped");
     }
     let (mut read, mut write) = tokio::io::split(tls);
     let token = match tokio::time::timeout(OPEN_WITHIN, framed::read_frame(&mut read, MAX_OPEN)).await {
