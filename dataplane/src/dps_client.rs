@@ -157,11 +157,11 @@ impl DpsClient {
             &self.config.current_token(),
         )
         .await;
-        let cp_client::Framed { read, mut write } = match stream {
+        let cp_client::Framed { read, write } = match stream {
             Ok(s) => s,
             Err(e) => return End::Broken(e),
         };
-        let (tx, mut rx) = mpsc::channel::<DataplaneMessage>(8);
+        let (tx, rx) = mpsc::channel::<DataplaneMessage>(8);
         // Registered with what the probes find now; changes follow as `Health` messages.
         let mut health = self.health.clone();
         let dataplane = crate::probe::with_health(&self.config.dataplane, &health.borrow_and_update());
@@ -172,12 +172,7 @@ impl DpsClient {
         let _ = tx.send(msg(dataplane_message::Message::Hello(hello))).await;
         // What this sidecar sends, written by a task of its own (this one may wait to queue a
         // message while the connection is slow to take the last), stopped with the session.
-        let mut writer = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(async move {
-            while let Some(message) = rx.recv().await {
-                strait_runtime::framed::write_message(&mut write, &message).await?;
-            }
-            Ok::<(), std::io::Error>(())
-        }));
+        let mut writer = tokio_util::task::AbortOnDropHandle::new(strait_runtime::framed::spawn_writer(write, rx));
         let mut inbound = std::pin::pin!(strait_runtime::framed::messages::<_, ZoneMessage>(read, MAX_FROM_ZONE));
         // The zone answers a stream it accepts with the sidecar's configuration; one it refuses,
         // with the reason.

@@ -96,10 +96,16 @@ pub struct Framed {
     pub write: tokio::io::WriteHalf<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>,
 }
 
-/// Silence on the stream after which the proxy's kernel probes the zone, then twice this far
-/// apart before it gives up: a zone whose host vanished is left within about 30 s (the gRPC
-/// transport pinged every 10 s).
-const FRAMED_KEEP_ALIVE: Duration = Duration::from_secs(10);
+/// How a proxy finds a zone whose host vanished: probes after 15 to 24 s of silence, then 3
+/// more 5 s apart, so within 39 s (the gRPC transport pinged every 10 s). Spread and out of
+/// step, since the proxies of a node (or a simulator's thousands) may go idle together and a
+/// probe lost in a burst is not sent again (see [`strait_runtime::sockets::KeepAlive`]).
+const FRAMED_KEEP_ALIVE: strait_runtime::sockets::KeepAlive = strait_runtime::sockets::KeepAlive {
+    idle: Duration::from_secs(15),
+    spread: Duration::from_secs(9),
+    interval: Duration::from_secs(5),
+    count: 3,
+};
 
 /// Opens a DPS stream over the framed transport to `address` (`https://host:port`), verifying
 /// the zone's certificate for `server_name` against `ca_pem`, leaving from `source` as
@@ -126,7 +132,7 @@ pub async fn connect_framed(address: &str, ca_pem: &str, server_name: &str, sour
         .map_err(|_| cannot(&"no TCP connection within 5s"))?
         .map_err(|e| cannot(&e))?;
     let open = async {
-        if let Err(error) = strait_runtime::sockets::keep_alive(&tcp, FRAMED_KEEP_ALIVE, FRAMED_KEEP_ALIVE, 2) {
+        if let Err(error) = strait_runtime::sockets::keep_alive(&tcp, &FRAMED_KEEP_ALIVE) {
             tracing::debug!(%error, "no TCP keep-alive on the control plane connection");
         }
         let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config)).connect(name, tcp).await.map_err(|e| {

@@ -86,6 +86,23 @@ pub async fn write_message<W: AsyncWrite + Unpin, M: prost::Message>(writer: &mu
     writer.flush().await
 }
 
+/// Writes each message `queue` yields as a frame, in a task of its own, until the queue's
+/// senders are gone (`Ok`) or a write fails (its error). A stream's own side sends on the
+/// queue and never waits on the connection itself: when the peer is slow to read, the queue
+/// fills and a sender waits for room, while this task goes on draining it.
+pub fn spawn_writer<W, M>(mut writer: W, mut queue: tokio::sync::mpsc::Receiver<M>) -> tokio::task::JoinHandle<io::Result<()>>
+where
+    W: AsyncWrite + Unpin + Send + 'static,
+    M: prost::Message + Send + 'static,
+{
+    tokio::spawn(async move {
+        while let Some(message) = queue.recv().await {
+            write_message(&mut writer, &message).await?;
+        }
+        Ok(())
+    })
+}
+
 /// Writes the [`Kind::Close`] frame of `status` and shuts the connection down.
 pub async fn write_close<W: AsyncWrite + Unpin>(writer: &mut W, status: &Status) -> io::Result<()> {
     let mut payload = (status.code() as i32).to_be_bytes().to_vec();
@@ -187,6 +204,29 @@ mod tests {
         let mut client = writer.await.unwrap();
         let back: Vec<Result<Note, Status>> = messages(&mut client, 1024).take(1).collect().await;
         assert_eq!(back[0].as_ref().unwrap().text, "to the client");
+    }
+
+    #[tokio::test]
+    async fn a_writer_task_writes_what_is_queued_in_order_and_names_a_broken_connection() {
+        let (client, server) = tokio::io::duplex(64);
+        let (tx, rx) = tokio::sync::mpsc::channel(2);
+        let writer = spawn_writer(client, rx);
+        // More than the queue and the pipe hold: the writer drains while the reader reads.
+        let reader = tokio::spawn(messages::<_, Note>(server, 1024).collect::<Vec<_>>());
+        for n in 0..20 {
+            tx.send(Note { text: format!("note {n}") }).await.unwrap();
+        }
+        drop(tx);
+        writer.await.unwrap().unwrap();
+        let texts: Vec<String> = reader.await.unwrap().into_iter().map(|m| m.unwrap().text).collect();
+        assert_eq!(texts, (0..20).map(|n| format!("note {n}")).collect::<Vec<_>>());
+
+        let (client, server) = tokio::io::duplex(64);
+        drop(server);
+        let (tx, rx) = tokio::sync::mpsc::channel(2);
+        let writer = spawn_writer(client, rx);
+        tx.send(Note { text: "to no one".into() }).await.unwrap();
+        assert_eq!(writer.await.unwrap().unwrap_err().kind(), io::ErrorKind::BrokenPipe);
     }
 
     #[tokio::test]

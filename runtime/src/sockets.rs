@@ -56,23 +56,68 @@ fn grow(fd: RawFd, option: libc::c_int, forced: libc::c_int, wanted: usize) -> i
     set(fd, option, value)
 }
 
-/// Makes the kernel find a peer that vanished (its host gone, a cable pulled) on an idle TCP
-/// connection: a probe after `idle` without traffic, then every `interval`, and the connection
-/// fails after `count` unanswered ones, so a long-lived control-plane stream over it ends
-/// within about `idle + interval × count` rather than the system's two hours, with no message
-/// of the application's. A peer that is only slow to read (its receive window closed) answers
-/// the probes from its kernel and is kept: `TCP_USER_TIMEOUT` is left alone, since it would
-/// also cut off a live peer starved of CPU (measured: a storm of 10,000 sidecars on two cores
-/// lost a fifth of its streams with 15 or 30 s). A peer that vanishes while data to it is
-/// unacknowledged is found by TCP's retransmission timeout.
-pub fn keep_alive(socket: &impl AsRawFd, idle: std::time::Duration, interval: std::time::Duration, count: u32) -> io::Result<()> {
+/// How the kernel of a long-lived control-plane connection finds a peer that vanished (its
+/// host gone, a cable pulled) while the connection is idle: a probe after `idle` (plus a part
+/// of `spread` that depends on the connection) without traffic, then every `interval`, and the
+/// connection fails after `count` unanswered ones, so the stream over it ends within
+/// `idle + spread + interval × count` rather than the system's two hours, with no message of
+/// the application's.
+///
+/// Probes are not retransmitted: one lost on the way counts as unanswered. Thousands of
+/// connections that went idle together (after a registration storm or a policy pushed to every
+/// sidecar) would probe together, in bursts that overflow a host's packet queues (measured: the
+/// loopback's backlog of 1,000 packets dropped the probes of 10,000 simulated sidecars, which
+/// had idle = interval = 5 s and 2 probes, and cut off a quarter of them, all alive). So the
+/// first probe is spread over `spread` by the connection's ports, and the retries come
+/// `interval` after it, out of step with the other connections' first probes.
+#[derive(Clone, Copy, Debug)]
+pub struct KeepAlive {
+    /// Silence before the first probe, at least.
+    pub idle: std::time::Duration,
+    /// Up to this much more silence, different for each connection (whole seconds).
+    pub spread: std::time::Duration,
+    /// Between unanswered probes.
+    pub interval: std::time::Duration,
+    /// Unanswered probes before the connection fails.
+    pub count: u32,
+}
+
+impl KeepAlive {
+    /// The longest a vanished peer goes unnoticed on an idle connection.
+    pub fn gives_up_within(&self) -> std::time::Duration {
+        self.idle + self.spread + self.interval * self.count
+    }
+}
+
+/// Sets `policy`'s probes on `socket` (see [`KeepAlive`]). A peer that is only slow to read (its
+/// receive window closed) answers the probes from its kernel and is kept: `TCP_USER_TIMEOUT` is
+/// left alone, since it would also cut off a live peer starved of CPU (measured: a storm of
+/// 10,000 sidecars on two cores lost a fifth of its streams with 15 or 30 s). A peer that
+/// vanishes while data to it is unacknowledged is found by TCP's retransmission timeout.
+pub fn keep_alive<S: AsRawFd>(socket: &S, policy: &KeepAlive) -> io::Result<()> {
     let fd = socket.as_raw_fd();
     let secs = |d: std::time::Duration| libc::c_int::try_from(d.as_secs().max(1)).unwrap_or(libc::c_int::MAX);
-    let count = libc::c_int::try_from(count.max(1)).unwrap_or(libc::c_int::MAX);
+    let count = libc::c_int::try_from(policy.count.max(1)).unwrap_or(libc::c_int::MAX);
+    let idle = secs(policy.idle).saturating_add(spread_of(fd, policy.spread.as_secs()));
     set_at(fd, libc::SOL_SOCKET, libc::SO_KEEPALIVE, 1)?;
-    set_at(fd, libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, secs(idle))?;
-    set_at(fd, libc::IPPROTO_TCP, libc::TCP_KEEPINTVL, secs(interval))?;
+    set_at(fd, libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, idle)?;
+    set_at(fd, libc::IPPROTO_TCP, libc::TCP_KEEPINTVL, secs(policy.interval))?;
     set_at(fd, libc::IPPROTO_TCP, libc::TCP_KEEPCNT, count)
+}
+
+/// A connection's share of `spread` seconds (0 to `spread`), from its two ports, so the
+/// connections of one host differ while each keeps its own.
+fn spread_of(fd: RawFd, spread: u64) -> libc::c_int {
+    if spread == 0 {
+        return 0;
+    }
+    // SAFETY: the descriptor is open for the call (its owner lends it), only its addresses are
+    // read, and the `TcpStream` is never dropped, so the socket is not closed and stays its
+    // owner's.
+    let stream = std::mem::ManuallyDrop::new(unsafe { <std::net::TcpStream as std::os::fd::FromRawFd>::from_raw_fd(fd) });
+    let ports = |a: io::Result<std::net::SocketAddr>| a.map(|a| a.port()).unwrap_or(0);
+    let mixed = (u64::from(ports(stream.local_addr())) << 16 | u64::from(ports(stream.peer_addr()))).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    libc::c_int::try_from((mixed >> 32) % (spread + 1)).unwrap_or(0)
 }
 
 fn set(fd: RawFd, option: libc::c_int, value: libc::c_int) -> io::Result<()> {
@@ -159,12 +204,36 @@ mod tests {
         let stream = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         let tcp = |option| get_at(stream.as_raw_fd(), libc::IPPROTO_TCP, option).unwrap();
         assert_eq!(get(stream.as_raw_fd(), libc::SO_KEEPALIVE).unwrap(), 0, "off by default");
-        keep_alive(&stream, std::time::Duration::from_secs(7), std::time::Duration::from_secs(3), 2).unwrap();
+        let secs = std::time::Duration::from_secs;
+        keep_alive(&stream, &KeepAlive { idle: secs(7), spread: secs(0), interval: secs(3), count: 2 }).unwrap();
         assert_eq!(get(stream.as_raw_fd(), libc::SO_KEEPALIVE).unwrap(), 1);
         assert_eq!((tcp(libc::TCP_KEEPIDLE), tcp(libc::TCP_KEEPINTVL), tcp(libc::TCP_KEEPCNT)), (7, 3, 2));
         assert_eq!(tcp(libc::TCP_USER_TIMEOUT), 0, "a peer slow to read is not cut off");
         cap_send_buffer(&stream, 32 * 1024).unwrap();
         assert_eq!(get(stream.as_raw_fd(), libc::SO_SNDBUF).unwrap(), 64 * 1024, "capped, as the kernel counts it");
+    }
+
+    #[test]
+    fn connections_of_one_host_spread_their_first_probes_and_each_keeps_its_own() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let secs = std::time::Duration::from_secs;
+        let policy = KeepAlive { idle: secs(10), spread: secs(9), interval: secs(4), count: 3 };
+        assert_eq!(policy.gives_up_within(), secs(31));
+        let idles: Vec<usize> = (0..40)
+            .map(|_| {
+                let stream = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+                keep_alive(&stream, &policy).unwrap();
+                let idle = get_at(stream.as_raw_fd(), libc::IPPROTO_TCP, libc::TCP_KEEPIDLE).unwrap();
+                assert_eq!(spread_of(stream.as_raw_fd(), 9) as usize + 10, idle, "the same connection, the same share");
+                assert_eq!(get_at(stream.as_raw_fd(), libc::IPPROTO_TCP, libc::TCP_KEEPINTVL).unwrap(), 4);
+                // The socket is still usable: the share was read without taking it.
+                stream.set_nodelay(true).unwrap();
+                idle
+            })
+            .collect();
+        assert!(idles.iter().all(|i| (10..=19).contains(i)), "{idles:?}");
+        let distinct: std::collections::BTreeSet<_> = idles.iter().collect();
+        assert!(distinct.len() >= 5, "40 connections share only {distinct:?}");
     }
 
     #[test]

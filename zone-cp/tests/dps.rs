@@ -123,18 +123,11 @@ async fn connect_hello(env: &Env, token: &str, dp: Vec<u8>, deltas: bool, pieces
     .unwrap();
     if !env.grpc {
         let address = format!("https://{}", env.zone.dps_addr);
-        let strait_proxy_core::cp_client::Framed { read, mut write } =
+        let strait_proxy_core::cp_client::Framed { read, write } =
             strait_proxy_core::cp_client::connect_framed(&address, &env.zone.dps_ca_pem, "strait-zone", None, token)
                 .await
                 .map_err(tonic::Status::unavailable)?;
-        let mut rx = rx;
-        tokio::spawn(async move {
-            while let Some(message) = rx.recv().await {
-                if strait_runtime::framed::write_message(&mut write, &message).await.is_err() {
-                    return;
-                }
-            }
-        });
+        strait_runtime::framed::spawn_writer(write, rx);
         // A refusal comes as the stream's end: see `Sidecar::message`.
         return Ok(Sidecar { tx, rx: Box::pin(strait_runtime::framed::messages(read, 64 << 20)) });
     }

@@ -58,6 +58,10 @@ struct Args {
     /// `strait-dp` uses (for comparison: the zone's memory per sidecar on each).
     #[arg(long)]
     grpc: bool,
+    /// The zones' log level; their logs (a line per sidecar that connects or leaves, with the
+    /// reason) are kept beside the benchmark's temporary directory while it runs.
+    #[arg(long, default_value = "info")]
+    zone_log_level: String,
 }
 
 /// What every simulated sidecar is like.
@@ -94,7 +98,7 @@ struct Zone {
     api: String,
 }
 
-async fn start_zone(cp: &ControlPlane, children: &mut Children, name: &str) -> Result<Zone, Error> {
+async fn start_zone(cp: &ControlPlane, children: &mut Children, name: &str, log_level: &str) -> Result<Zone, Error> {
     let dir = cp.dir.path().join(name);
     std::fs::create_dir_all(&dir)?;
     let reg: Value =
@@ -122,7 +126,7 @@ async fn start_zone(cp: &ControlPlane, children: &mut Children, name: &str) -> R
             .arg("--data-dir")
             .arg(dir.join("data"))
             .args(["--api-plaintext", "--api-address", &api])
-            .args(["--dps-address", &format!("127.0.0.1:{dps_port}"), "--allow-dataplane-address", "127.0.0.0/8", "--log-level", "warn"])
+            .args(["--dps-address", &format!("127.0.0.1:{dps_port}"), "--allow-dataplane-address", "127.0.0.0/8", "--log-level", log_level])
             .stdout(std::process::Stdio::null())
             .stderr(log),
     )?;
@@ -199,16 +203,9 @@ async fn open_stream(i: usize, service: usize, zone: &Zone, token: &str, shape: 
         |s: tonic::Status| (format!("{}: {}", s.code(), s.message()), matches!(s.code(), tonic::Code::Unavailable | tonic::Code::Unknown));
     if !shape.grpc {
         // As `strait-dp` does: the framed transport, its messages written by a task of their own.
-        let cp_client::Framed { read, mut write } =
+        let cp_client::Framed { read, write } =
             cp_client::connect_framed(&zone.dps, &zone.ca_pem, "strait-zone", None, token).await.map_err(|e| (e, true))?;
-        let mut rx = rx;
-        tokio::spawn(async move {
-            while let Some(message) = rx.recv().await {
-                if strait_runtime::framed::write_message(&mut write, &message).await.is_err() {
-                    return;
-                }
-            }
-        });
+        strait_runtime::framed::spawn_writer(write, rx);
         let mut inbound = Box::pin(strait_runtime::framed::messages::<_, ZoneMessage>(read, MAX_MESSAGE));
         // A refusal is the stream's first item.
         return match inbound.next().await {
@@ -364,7 +361,7 @@ async fn main() -> Result<(), Error> {
     let mut children = Children::default();
     let mut zones = Vec::new();
     for z in 0..args.zones.max(1) {
-        zones.push(Arc::new(start_zone(&cp, &mut children, &format!("zone-{}", z + 1)).await?));
+        zones.push(Arc::new(start_zone(&cp, &mut children, &format!("zone-{}", z + 1), &args.zone_log_level).await?));
     }
     let mut tokens = Vec::new();
     for s in 0..args.services.max(1) {

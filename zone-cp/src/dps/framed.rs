@@ -23,13 +23,18 @@ const OPEN_WITHIN: Duration = Duration::from_secs(10);
 const MAX_OPEN: usize = 64 * 1024;
 /// The largest message from a sidecar (gRPC's default limit).
 const MAX_INBOUND: usize = 4 * 1024 * 1024;
-/// A sidecar whose host vanished is found after this much silence, then 2 probes this far apart
-/// (as the gRPC transport's pings: every 5 s, 10 s to answer).
-const KEEP_ALIVE: Duration = Duration::from_secs(5);
+/// How the zone finds a sidecar whose host vanished: probes after 10 to 19 s of silence, then
+/// 3 more 4 s apart, so within 31 s (the gRPC transport pinged every 5 s). Spread and out of
+/// step, since the zone's thousands of connections go idle together and a probe lost in a
+/// burst is not sent again (see [`strait_runtime::sockets::KeepAlive`]).
+const KEEP_ALIVE: strait_runtime::sockets::KeepAlive = strait_runtime::sockets::KeepAlive {
+    idle: Duration::from_secs(10),
+    spread: Duration::from_secs(9),
+    interval: Duration::from_secs(4),
+    count: 3,
+};
 /// The kernel's send buffer for a sidecar's connection (it counts twice this).
 const SEND_BUFFER: usize = 32 * 1024;
-/// Probes before a silent sidecar is given up on.
-const KEEP_ALIVE_PROBES: u32 = 2;
 
 /// Serves the connections of `incoming` that asked for the framed transport (each in a task of
 /// `service`'s) and yields the others, for the gRPC server.
@@ -52,7 +57,7 @@ where
 /// One framed connection, to its end.
 async fn serve(service: DpsService, tls: TlsStream<TcpStream>) {
     let peer = tls.get_ref().0.peer_addr().ok();
-    if let Err(error) = strait_runtime::sockets::keep_alive(tls.get_ref().0, KEEP_ALIVE, KEEP_ALIVE, KEEP_ALIVE_PROBES) {
+    if let Err(error) = strait_runtime::sockets::keep_alive(tls.get_ref().0, &KEEP_ALIVE) {
         tracing::debug!(?peer, %error, "no TCP keep-alive on a sidecar's connection");
     }
     // What waits in the kernel for a sidecar that does not read stays small: thousands of
