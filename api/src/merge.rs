@@ -170,8 +170,9 @@ pub struct Policies {
 
 impl Policies {
     /// The policies among `resources` (anything else is left out).
-    pub fn new(resources: &[Resource]) -> Policies {
-        Policies { specs: resources.iter().filter(|p| p.kind.is_policy()).map(|p| (p.clone(), p.spec_value())).collect() }
+    pub fn new<R: std::borrow::Borrow<Resource>>(resources: &[R]) -> Policies {
+        let policies = resources.iter().map(R::borrow).filter(|p| p.kind.is_policy());
+        Policies { specs: policies.map(|p| (p.clone(), p.spec_value())).collect() }
     }
 
     /// Each policy with its spec as JSON.

@@ -194,7 +194,7 @@ pub struct MeshView {
 impl MeshView {
     /// The view of `mesh` in `zone` from its `resources` (policies and Dataplanes) and the
     /// other zones (`remote`).
-    pub fn new(mesh: &str, zone: &str, resources: &[Resource], remote: &Remote) -> MeshView {
+    pub fn new<R: std::borrow::Borrow<Resource>>(mesh: &str, zone: &str, resources: &[R], remote: &Remote) -> MeshView {
         let mut endpoints = endpoints_by_service(resources, zone);
         add_remote_endpoints(&mut endpoints, remote, mesh, zone);
         let policies = crate::merge::Policies::new(resources);
@@ -416,9 +416,9 @@ fn backend_names(value: &serde_json::Value, out: &mut Vec<String>) {
     }
 }
 
-fn endpoints_by_service(resources: &[Resource], zone: &str) -> BTreeMap<String, Vec<Endpoint>> {
+fn endpoints_by_service<R: std::borrow::Borrow<Resource>>(resources: &[R], zone: &str) -> BTreeMap<String, Vec<Endpoint>> {
     let mut out: BTreeMap<String, Vec<Endpoint>> = BTreeMap::new();
-    for r in resources.iter().filter(|r| r.kind == ResourceType::Dataplane) {
+    for r in resources.iter().map(R::borrow).filter(|r| r.kind == ResourceType::Dataplane) {
         let Spec::Dataplane(DataplaneSpec { networking }) = &r.spec else { continue };
         // An inbound whose application fails its sidecar's probe gets no traffic.
         for inbound in networking.inbound.iter().filter(|i| i.is_ready()) {

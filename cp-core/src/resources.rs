@@ -78,6 +78,16 @@ pub trait MeshLifecycle: Send + Sync {
 pub struct Resources {
     store: Arc<dyn Store>,
     meshes: Option<Arc<dyn MeshLifecycle>>,
+    /// What [`Resources::list_shared`] parsed, kept while the objects are unchanged.
+    parsed: Arc<std::sync::Mutex<Parsed>>,
+}
+
+/// Resources as parsed from their stored objects, by key, with the version parsed and the
+/// number of the last listing that saw each (to forget those gone).
+#[derive(Default)]
+struct Parsed {
+    by_key: std::collections::HashMap<Key, (u64, u64, Arc<Resource>)>,
+    listings: u64,
 }
 
 /// The store key of a resource.
@@ -101,12 +111,12 @@ fn mesh_key(mesh: &str) -> Key {
 impl Resources {
     /// Wraps a store; creating a Mesh writes only the Mesh.
     pub fn new(store: Arc<dyn Store>) -> Self {
-        Resources { store, meshes: None }
+        Resources { store, meshes: None, parsed: Arc::default() }
     }
 
     /// Wraps a store; creating or deleting a Mesh also applies what `meshes` adds.
     pub fn with_mesh_lifecycle(store: Arc<dyn Store>, meshes: Arc<dyn MeshLifecycle>) -> Self {
-        Resources { store, meshes: Some(meshes) }
+        Resources { store, meshes: Some(meshes), parsed: Arc::default() }
     }
 
     /// The store underneath.
@@ -159,6 +169,55 @@ impl Resources {
                 }
             }
         }
+        Ok(resources)
+    }
+
+    /// [`Resources::list`], shared: each resource is parsed from its stored object once per
+    /// version and the same copy handed to every later listing while the object is unchanged.
+    /// For readers that list the same resources again and again as a few of them change (a
+    /// zone recomputing its sidecars' inputs and its inventory through a registration storm,
+    /// where parsing every Dataplane at every change was most of the zone's CPU).
+    pub async fn list_shared(&self, kind: ResourceType, mesh: Option<&str>) -> Result<Vec<Arc<Resource>>, ServiceError> {
+        let scope = if kind.is_mesh_scoped() { mesh } else { Some("") };
+        let objects = self.store.list(kind.name(), scope).await?;
+        let known: Vec<Option<Arc<Resource>>> = {
+            let parsed = self.parsed.lock().unwrap_or_else(|p| p.into_inner());
+            let same = |obj: &Object| parsed.by_key.get(&obj.key).filter(|(version, ..)| *version == obj.version).map(|(.., r)| r.clone());
+            objects.iter().map(same).collect()
+        };
+        let mut resources = Vec::with_capacity(objects.len());
+        let mut fresh = Vec::new();
+        for (obj, known) in objects.iter().zip(known) {
+            if let Some(r) = known {
+                resources.push(r);
+                continue;
+            }
+            match Self::from_object(obj) {
+                Ok(r) => {
+                    let r = Arc::new(r);
+                    fresh.push((obj.key.clone(), obj.version, r.clone()));
+                    resources.push(r);
+                }
+                Err(error) => {
+                    INVALID_SKIPPED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    tracing::error!(key = %obj.key, %error, "skipping a stored resource that does not validate; delete or rewrite it");
+                }
+            }
+        }
+        let mut parsed = self.parsed.lock().unwrap_or_else(|p| p.into_inner());
+        parsed.listings += 1;
+        let listing = parsed.listings;
+        for obj in &objects {
+            if let Some(entry) = parsed.by_key.get_mut(&obj.key) {
+                entry.1 = listing;
+            }
+        }
+        for (key, version, r) in fresh {
+            parsed.by_key.insert(key, (version, listing, r));
+        }
+        // What this listing covered and did not find is gone from the store.
+        let covered = |key: &Key| key.kind == kind.name() && scope.is_none_or(|m| key.mesh == m);
+        parsed.by_key.retain(|key, (_, seen, _)| *seen == listing || !covered(key));
         Ok(resources)
     }
 
@@ -226,5 +285,53 @@ impl Resources {
         let outcomes = self.store.apply(ops).await?;
         let first = outcomes.into_iter().next().ok_or_else(|| StoreError::Backend("store returned no outcome".into()))?;
         Self::from_object(first.object())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dataplane(name: &str, address: &str) -> Resource {
+        let yaml = format!(
+            "type: Dataplane\nname: {name}\nmesh: default\nspec:\n  networking:\n    address: {address}\n    inbound: [{{port: 8080, tags: {{strait.io/service: web}}}}]\n"
+        );
+        strait_api::parse_documents(&yaml).pop().unwrap().unwrap()
+    }
+
+    #[tokio::test]
+    async fn shared_listings_parse_each_version_once_and_forget_what_is_gone() {
+        let store: Arc<dyn Store> = Arc::new(strait_store::SledStore::temporary().unwrap());
+        let resources = Resources::new(store.clone());
+        resources.put(&strait_api::parse_documents("type: Mesh\nname: default\n").pop().unwrap().unwrap()).await.unwrap();
+        for (name, address) in [("a", "10.0.0.1"), ("b", "10.0.0.2"), ("c", "10.0.0.3")] {
+            resources.put(&dataplane(name, address)).await.unwrap();
+        }
+        let names = |list: &[Arc<Resource>]| list.iter().map(|r| r.name.clone()).collect::<Vec<_>>();
+        let first = resources.list_shared(ResourceType::Dataplane, Some("default")).await.unwrap();
+        assert_eq!(names(&first), ["a", "b", "c"]);
+        // Each is what a plain listing parses.
+        let plain = resources.list(ResourceType::Dataplane, Some("default")).await.unwrap();
+        assert!(first.iter().zip(&plain).all(|(shared, plain)| **shared == *plain));
+
+        resources.put(&dataplane("b", "10.0.0.20")).await.unwrap();
+        resources.delete(ResourceType::Dataplane, Some("default"), "c", None).await.unwrap();
+        let second = resources.list_shared(ResourceType::Dataplane, Some("default")).await.unwrap();
+        assert_eq!(names(&second), ["a", "b"]);
+        assert!(Arc::ptr_eq(&first[0], &second[0]), "unchanged: the same copy");
+        assert!(!Arc::ptr_eq(&first[1], &second[1]), "changed: parsed again");
+        let strait_api::Spec::Dataplane(b) = &second[1].spec else { panic!("{:?}", second[1]) };
+        assert_eq!(b.networking.address, "10.0.0.20");
+        // The deleted one is no longer kept; a listing of everything shares the same copies.
+        let parsed = resources.parsed.lock().unwrap().by_key.keys().map(|k| k.name.clone()).collect::<std::collections::BTreeSet<_>>();
+        assert_eq!(parsed, ["a", "b"].map(String::from).into());
+        let everywhere = resources.list_shared(ResourceType::Dataplane, None).await.unwrap();
+        assert!(Arc::ptr_eq(&everywhere[0], &second[0]) && Arc::ptr_eq(&everywhere[1], &second[1]));
+
+        // A stored object that no longer validates is skipped, as a plain listing skips it.
+        let bad = Key::new("Dataplane", "default", "broken");
+        store.put(bad, json!({"spec": {"networking": {"address": 7}}}), Precondition::None).await.unwrap();
+        let third = resources.list_shared(ResourceType::Dataplane, Some("default")).await.unwrap();
+        assert_eq!(names(&third), ["a", "b"]);
     }
 }

@@ -165,6 +165,7 @@ impl ZoneCp {
             inventory: inventory_tx.clone(),
             connected,
             shutdown: shutdown.clone(),
+            inputs: crate::dps::inputs::InputCache::new(dps_metrics.view_builds.clone()),
             metrics: dps_metrics,
             allowed_addresses: Arc::new(config.allow_dataplane_addresses.clone()),
             targets: targets.clone(),
@@ -172,7 +173,6 @@ impl ZoneCp {
             traffic: traffic.clone(),
             kubernetes: kubernetes.as_ref().map(|(client, ..)| client.clone()),
             leading: kubernetes.as_ref().map(|(_, leading, _)| leading.clone()),
-            inputs: Default::default(),
             changes: crate::dps::changes::Changes::start(resources.store().clone(), shutdown.clone()),
         };
         // Keepalive pings find sidecars whose host vanished without closing its connection, so

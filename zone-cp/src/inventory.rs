@@ -9,6 +9,7 @@
 //! latest one.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use strait_api::gateway_config::{instance_id, DataplaneNack};
 use strait_api::kds;
@@ -21,7 +22,7 @@ use tokio::sync::watch;
 /// Computes the inventory from the zone's store.
 pub async fn compute(resources: &Resources) -> Result<kds::Inventory, ServiceError> {
     let mut counts: BTreeMap<(String, String), kds::ServiceInventory> = BTreeMap::new();
-    for dp in resources.list(ResourceType::Dataplane, None).await? {
+    for dp in resources.list_shared(ResourceType::Dataplane, None).await? {
         let (Some(mesh), Spec::Dataplane(spec)) = (dp.mesh.as_deref(), &dp.spec) else { continue };
         let ip = spec.networking.address.parse::<std::net::IpAddr>().ok();
         for inbound in &spec.networking.inbound {
@@ -68,9 +69,10 @@ pub async fn compute(resources: &Resources) -> Result<kds::Inventory, ServiceErr
 /// every ask made before the computation begins: in a registration storm, each new sidecar
 /// asks for one, and each computation reads (and parses) every Dataplane of the zone. The
 /// task paces itself: after a computation that took `t`, the next begins no sooner than
-/// [`PACE`] times `t` later, so the inventory takes at most a third of a core however fast the
-/// asks come (back to back, the computations of a storm of 3,333 sidecars per zone took a third
-/// of the zone's CPU and grew with every sidecar), and a lone ask is answered at once.
+/// [`PACE`] times `t` later (and at least [`LEAST_GAP`]), so the inventory takes at most a third
+/// of a core however fast the asks come (back to back, the computations of a storm of 3,333
+/// sidecars per zone took a third of the zone's CPU and grew with every sidecar), and a lone
+/// ask after a quiet spell is answered at once.
 #[derive(Clone)]
 pub struct Publisher {
     inner: std::sync::Arc<Shared>,
@@ -78,6 +80,12 @@ pub struct Publisher {
 
 /// The wait after a computation, in multiples of the time it took.
 const PACE: u32 = 2;
+/// The least wait after a computation before the next: each inventory published goes to
+/// every other zone through the global, where it is stored and every sidecar's inputs are
+/// read again. Computations made quick (Dataplanes parsed once) published one every few
+/// milliseconds through a registration storm, and the other zones spent their time taking
+/// them in.
+const LEAST_GAP: Duration = Duration::from_millis(500);
 
 struct Shared {
     tx: watch::Sender<kds::Inventory>,
@@ -164,7 +172,7 @@ async fn compute_when_asked(shared: std::sync::Weak<Shared>, wake: std::sync::Ar
         let ended = tokio::time::Instant::now();
         #[cfg(test)]
         shared.spans.lock().unwrap().push((began, ended));
-        next_start = ended + (ended - began) * PACE;
+        next_start = ended + ((ended - began) * PACE).max(LEAST_GAP);
         shared.answered.send_replace(covers);
         // Asks made while computing wake the task again (a `Notify` keeps one wake-up).
     }
@@ -223,12 +231,12 @@ mod tests {
         refresh(&publisher).await;
         assert_eq!(publisher.computations(), computed + 1);
         // However fast the asks came, each computation began at least PACE times the previous
-        // one's length after it ended.
+        // one's length after it ended, and never sooner than LEAST_GAP.
         let spans = publisher.inner.spans.lock().unwrap().clone();
         for pair in spans.windows(2) {
             let ((began, ended), (next, _)) = (pair[0], pair[1]);
             assert!(
-                next >= ended + (ended - began) * PACE,
+                next >= ended + ((ended - began) * PACE).max(LEAST_GAP),
                 "a computation began {:?} after the previous one, which took {:?}",
                 next - ended,
                 ended - began

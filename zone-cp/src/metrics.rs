@@ -58,6 +58,8 @@ pub struct DpsMetrics {
     pub certificates_issued: Counter,
     /// When each mesh's intermediate CA of this zone expires (Unix seconds), as of its last signing.
     pub intermediate_expiry: Family<MeshLabel, Gauge>,
+    /// Time to read a mesh's inputs and build its view, once per change that sessions need.
+    pub view_builds: Histogram,
 }
 
 impl DpsMetrics {
@@ -69,6 +71,7 @@ impl DpsMetrics {
             push_latency: Histogram::new([0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0]),
             certificates_issued: Counter::default(),
             intermediate_expiry: Family::default(),
+            view_builds: Histogram::new([0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0]),
         };
         let r = registry.sub_registry_with_prefix("strait_zone_dps");
         r.register("config_nacks", "Configurations refused by sidecars (NACK); each keeps its previous one", m.config_nacks.clone());
@@ -82,6 +85,11 @@ impl DpsMetrics {
             "intermediate_expiry_timestamp_seconds",
             "When this zone's intermediate CA of each mesh expires",
             m.intermediate_expiry.clone(),
+        );
+        r.register(
+            "mesh_view_build_seconds",
+            "Time to read a mesh's policies and endpoints and build the view its sidecars' configurations come from, once per change they need",
+            m.view_builds.clone(),
         );
         registry.register_collector(Box::new(ConnectedProxies(connected)));
         m

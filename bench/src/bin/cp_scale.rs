@@ -1,5 +1,5 @@
 //! The control plane at scale: many simulated sidecars in this process against real
-//! `strait-zone` processes and a global (in this process), each sidecar with a DPS stream of
+//! `strait-zone` processes and a `strait-global` process, each sidecar with a DPS stream of
 //! its own (its own TLS connection), a real dataplane token, a real key and CSR, and an
 //! acknowledgement of every configuration, as `strait-dp` does (over the framed transport, as it
 //! does, or with `--grpc` over gRPC). Measures:
@@ -118,7 +118,7 @@ async fn start_zone(cp: &ControlPlane, children: &mut Children, name: &str, log_
     let log = std::fs::File::create(dir.join("zone.log"))?;
     let child = strait_bench::cleanup::spawn(
         std::process::Command::new(&bin)
-            .args(["--zone", name, "--global-address", &format!("https://{}", cp.global.kds_addr)])
+            .args(["--zone", name, "--global-address", &format!("https://{}", cp.kds_addr)])
             .arg("--zone-token-file")
             .arg(dir.join("token"))
             .arg("--global-ca-file")
@@ -180,6 +180,14 @@ fn dataplane(i: usize, service: usize, services: usize) -> Vec<u8> {
 const RECONNECT_ATTEMPTS: u32 = 12;
 /// Reconnections made by all sidecars.
 static RECONNECTS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+/// Why sidecars reconnected (the reason with its addresses left out), and how often.
+static RECONNECT_REASONS: std::sync::Mutex<std::collections::BTreeMap<String, usize>> =
+    std::sync::Mutex::new(std::collections::BTreeMap::new());
+
+/// `why` without what differs between sidecars (addresses and ports), to count alike reasons together.
+fn reason_of(why: &str) -> String {
+    why.split_whitespace().filter(|w| !w.contains("127.")).collect::<Vec<_>>().join(" ")
+}
 
 /// What a simulated sidecar sends on, and what it reads from the zone.
 type Opened = (mpsc::Sender<DataplaneMessage>, std::pin::Pin<Box<dyn Stream<Item = Result<ZoneMessage, tonic::Status>> + Send>>);
@@ -236,8 +244,9 @@ async fn sidecar(i: usize, service: usize, zone: Arc<Zone>, token: Arc<String>, 
     let (tx, mut inbound) = loop {
         match open_stream(i, service, &zone, &token, shape).await {
             Ok(opened) => break opened,
-            Err((_, true)) if attempt < RECONNECT_ATTEMPTS => {
+            Err((why, true)) if attempt < RECONNECT_ATTEMPTS => {
                 RECONNECTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                *RECONNECT_REASONS.lock().unwrap_or_else(|p| p.into_inner()).entry(reason_of(&why)).or_default() += 1;
                 tokio::time::sleep(cp_client::backoff(attempt, Duration::from_secs(10))).await;
                 attempt += 1;
             }
@@ -357,7 +366,9 @@ async fn main() -> Result<(), Error> {
     let deadline = Duration::from_secs(args.deadline_secs);
     let shape = Shape { services: args.services.max(1), whole: args.whole_configs, grpc: args.grpc };
     strait_bench::cleanup::on_signal();
-    let cp = ControlPlane::start(0).await?;
+    // The global in a process of its own, as in production: in this one, the simulated
+    // sidecars' work starved it, and its zones' streams timed out.
+    let cp = ControlPlane::start_global_process().await?;
     let mut children = Children::default();
     let mut zones = Vec::new();
     for z in 0..args.zones.max(1) {
@@ -383,6 +394,7 @@ async fn main() -> Result<(), Error> {
     // The storm: every sidecar at once.
     let (seen_tx, mut seen) = mpsc::unbounded_channel();
     let storm = Instant::now();
+    let simulator_cpu = cpu_seconds(std::process::id());
     for i in 0..args.sidecars {
         let (zone, token) = (zones[i % zones.len()].clone(), tokens[i % tokens.len()].clone());
         tokio::spawn(sidecar(i, i % args.services.max(1), zone, token, shape, seen_tx.clone()));
@@ -402,8 +414,9 @@ async fn main() -> Result<(), Error> {
                     format!("{} rss={:.1}MB cpu={:.1}s", z.name, mb(rss_bytes(z.pid)), cpu_seconds(z.pid) - cpu0)
                 }).collect();
                 println!(
-                    "storm t={:>5.1}s configured={} certified={} failed={} {}",
-                    storm.elapsed().as_secs_f64(), t.count_configured, t.count_certified, t.failed, zones_now.join(" ")
+                    "storm t={:>5.1}s configured={} certified={} failed={} {} simulator cpu={:.1}s",
+                    storm.elapsed().as_secs_f64(), t.count_configured, t.count_certified, t.failed, zones_now.join(" "),
+                    cpu_seconds(std::process::id()) - simulator_cpu
                 );
                 if storm.elapsed() > deadline {
                     break None;
@@ -418,6 +431,9 @@ async fn main() -> Result<(), Error> {
         println!("failed: {f}");
     }
     println!("reconnections after a refused or failed connection: {}", RECONNECTS.load(std::sync::atomic::Ordering::Relaxed));
+    for (why, count) in RECONNECT_REASONS.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+        println!("  {count} after: {why}");
+    }
     match storm_time {
         Some(took) if t.failed == 0 => println!(
             "FIGURE registration-storm sidecars={n} seconds={:.2} target=60 {}",
@@ -431,6 +447,16 @@ async fn main() -> Result<(), Error> {
     }
     if t.count_configured > 0 {
         println!("configuration size: {:.1} KB average", t.config_bytes as f64 / t.count_configured as f64 / 1024.0);
+    }
+    for z in &zones {
+        let metric = |suffix: &'static str| zone_metric(&cp.http, z, suffix);
+        let (builds, seconds) =
+            (metric("strait_zone_dps_mesh_view_build_seconds_count").await, metric("strait_zone_dps_mesh_view_build_seconds_sum").await);
+        println!(
+            "{}: the mesh's view built {builds:.0} times so far, {seconds:.1} s in all ({:.1} ms each)",
+            z.name,
+            seconds * 1000.0 / builds.max(1.0)
+        );
     }
 
     // Memory per connected sidecar, once the storm has settled: every sidecar is configured at

@@ -72,35 +72,62 @@ impl MeshInputs {
 }
 
 /// The latest inputs of each mesh; cheap to clone.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct InputCache {
     // An async lock held while reading: sessions woken by one change wait for one read.
-    meshes: Arc<tokio::sync::Mutex<HashMap<String, Arc<MeshInputs>>>>,
+    meshes: Arc<tokio::sync::Mutex<HashMap<String, Cached>>>,
+    /// How long each read took.
+    reads: prometheus_client::metrics::histogram::Histogram,
 }
 
 fn unavailable(e: impl std::fmt::Display) -> Status {
     Status::unavailable(format!("zone store: {e}"))
 }
 
+/// A mesh's latest inputs, and when and how long their read took.
+struct Cached {
+    inputs: Arc<MeshInputs>,
+    ended: tokio::time::Instant,
+    took: Duration,
+}
+
 impl InputCache {
+    /// No inputs yet; each read's time goes to `reads`.
+    pub fn new(reads: prometheus_client::metrics::histogram::Histogram) -> InputCache {
+        InputCache { meshes: Arc::default(), reads }
+    }
+
     /// The inputs of `mesh` at least as recent as `revision`: shared when another session
     /// already read them, else read now.
     pub async fn get(&self, resources: &Resources, zone: &str, mesh: &str, revision: u64) -> Result<Arc<MeshInputs>, Status> {
         let mut meshes = self.meshes.lock().await;
-        if let Some(inputs) = meshes.get(mesh).filter(|i| i.revision >= revision) {
-            return Ok(inputs.clone());
+        if let Some(cached) = meshes.get(mesh) {
+            if cached.inputs.revision >= revision {
+                return Ok(cached.inputs.clone());
+            }
+            // Paced: a read begins no sooner than the last one's length after it ended, so
+            // reads take at most half the zone's time however fast changes come (through a
+            // registration storm they came back to back, each over every Dataplane). The
+            // sessions waiting meanwhile are all answered by the read that follows, which
+            // takes in every change made until it begins; a change after a quiet spell is read
+            // at once.
+            tokio::time::sleep_until(cached.ended + cached.took).await;
         }
         let read_at = resources.store().revision().max(revision);
+        let began = tokio::time::Instant::now();
         let inputs = Arc::new(read(resources, zone, mesh, read_at).await?);
-        meshes.insert(mesh.to_string(), inputs.clone());
+        let ended = tokio::time::Instant::now();
+        self.reads.observe((ended - began).as_secs_f64());
+        meshes.insert(mesh.to_string(), Cached { inputs: inputs.clone(), ended, took: ended - began });
         Ok(inputs)
     }
 }
 
 async fn read(resources: &Resources, zone: &str, mesh: &str, revision: u64) -> Result<MeshInputs, Status> {
+    // Shared with the listings before: only the resources that changed since are parsed.
     let mut all = Vec::new();
     for kind in ResourceType::ALL.iter().copied().filter(|k| k.is_mesh_scoped()) {
-        all.extend(resources.list(kind, Some(mesh)).await.map_err(unavailable)?);
+        all.extend(resources.list_shared(kind, Some(mesh)).await.map_err(unavailable)?);
     }
     let bundle = resources
         .store()
