@@ -153,7 +153,7 @@ pub async fn connect_framed(address: &str, ca_pem: &str, server_name: &str, sour
     };
     // The zone takes a bounded number of handshakes at a time: when thousands of proxies
     // reconnect together, a handshake may wait its turn for a while (the zone gives up on one
-    // after 10 s of its own work).
+    // after 30 s).
     tokio::time::timeout(FRAMED_HANDSHAKE_WITHIN, open)
         .await
         .map_err(|_| cannot(&format!("no TLS session within {FRAMED_HANDSHAKE_WITHIN:?}")))?
