@@ -157,19 +157,19 @@ impl Resources {
     pub async fn list(&self, kind: ResourceType, mesh: Option<&str>) -> Result<Vec<Resource>, ServiceError> {
         let scope = if kind.is_mesh_scoped() { mesh } else { Some("") };
         let objects = self.store.list(kind.name(), scope).await?;
-        let mut resources = Vec::with_capacity(objects.len());
-        for obj in &objects {
-            // One stored object that no longer validates must not hide the others: it is
-            // skipped, named in the log and counted (`GET` of it alone still reports it).
-            match Self::from_object(obj) {
-                Ok(r) => resources.push(r),
-                Err(error) => {
-                    INVALID_SKIPPED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    tracing::error!(key = %obj.key, %error, "skipping a stored resource that does not validate; delete or rewrite it");
-                }
-            }
-        }
-        Ok(resources)
+        Ok(objects.iter().filter_map(Self::valid_or_skipped).collect())
+    }
+
+    /// The resource of a listed object; `None` for one that no longer validates, which must not
+    /// hide the others: it is skipped, named in the log and counted (`GET` of it alone still
+    /// reports it).
+    fn valid_or_skipped(obj: &Object) -> Option<Resource> {
+        Self::from_object(obj)
+            .inspect_err(|error| {
+                INVALID_SKIPPED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                tracing::error!(key = %obj.key, %error, "skipping a stored resource that does not validate; delete or rewrite it");
+            })
+            .ok()
     }
 
     /// [`Resources::list`], shared: each resource is parsed from its stored object once per
@@ -192,16 +192,10 @@ impl Resources {
                 resources.push(r);
                 continue;
             }
-            match Self::from_object(obj) {
-                Ok(r) => {
-                    let r = Arc::new(r);
-                    fresh.push((obj.key.clone(), obj.version, r.clone()));
-                    resources.push(r);
-                }
-                Err(error) => {
-                    INVALID_SKIPPED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    tracing::error!(key = %obj.key, %error, "skipping a stored resource that does not validate; delete or rewrite it");
-                }
+            if let Some(r) = Self::valid_or_skipped(obj) {
+                let r = Arc::new(r);
+                fresh.push((obj.key.clone(), obj.version, r.clone()));
+                resources.push(r);
             }
         }
         let mut parsed = self.parsed.lock().unwrap_or_else(|p| p.into_inner());
