@@ -227,11 +227,13 @@ mod tests {
     #[tokio::test]
     async fn failures_back_off_and_keep_the_current_certificate() {
         let calls = Arc::new(AtomicU32::new(0));
-        // The first issue succeeds, the next three fail, the fifth succeeds.
-        let issuer = Local { ca: ca(), lifetime: Duration::from_secs(1), calls: calls.clone(), fail_calls: 1..4 };
+        // The first issue succeeds, the next three fail, the fifth succeeds. Certificates end on
+        // a whole second: asked for 3 s, one is valid for 2-3 s, so a slow machine still gets a
+        // certificate that is valid when checked (asked for 1 s, one may have 0.1 s left).
+        let issuer = Local { ca: ca(), lifetime: Duration::from_secs(3), calls: calls.clone(), fail_calls: 1..4 };
         let mut current = manager().manage_now(issuer).await.unwrap();
         let first = current.borrow_and_update().clone().unwrap();
-        tokio::time::timeout(Duration::from_secs(5), current.changed()).await.expect("renewed after the failures").unwrap();
+        tokio::time::timeout(Duration::from_secs(10), current.changed()).await.expect("renewed after the failures").unwrap();
         assert_eq!(calls.load(Ordering::SeqCst), 5);
         assert_ne!(current.borrow().as_ref().unwrap().fingerprint, first.fingerprint);
     }
