@@ -82,6 +82,16 @@ pub struct Resources {
     parsed: Arc<std::sync::Mutex<Parsed>>,
 }
 
+/// Changed resources a shared listing reads one by one; more (and more than a quarter of the
+/// listing) are read in one scan.
+const READ_ALONE: usize = 64;
+
+/// One resource of a shared listing: parsed before and unchanged since, or read now.
+enum Listed {
+    Known(Key, u64, Arc<Resource>),
+    Fresh(Object),
+}
+
 /// Resources as parsed from their stored objects, by key, with the version parsed and the
 /// number of the last listing that saw each (to forget those gone).
 #[derive(Default)]
@@ -179,40 +189,67 @@ impl Resources {
     /// where parsing every Dataplane at every change was most of the zone's CPU).
     pub async fn list_shared(&self, kind: ResourceType, mesh: Option<&str>) -> Result<Vec<Arc<Resource>>, ServiceError> {
         let scope = if kind.is_mesh_scoped() { mesh } else { Some("") };
-        let objects = self.store.list(kind.name(), scope).await?;
+        // Versions first: their payloads are skipped, not decoded (decoding every Dataplane's
+        // to learn it had not changed was a tenth of a zone's CPU in a registration storm).
+        let versions = self.store.list_versions(kind.name(), scope).await?;
         let known: Vec<Option<Arc<Resource>>> = {
             let parsed = self.parsed.lock().unwrap_or_else(|p| p.into_inner());
-            let same = |obj: &Object| parsed.by_key.get(&obj.key).filter(|(version, ..)| *version == obj.version).map(|(.., r)| r.clone());
-            objects.iter().map(same).collect()
+            let same = |(key, version): &(Key, u64)| parsed.by_key.get(key).filter(|(v, ..)| v == version).map(|(.., r)| r.clone());
+            versions.iter().map(same).collect()
         };
-        let mut resources = Vec::with_capacity(objects.len());
-        let mut fresh = Vec::new();
-        for (obj, known) in objects.iter().zip(known) {
-            if let Some(r) = known {
-                resources.push(r);
-                continue;
+        let changed = known.iter().filter(|k| k.is_none()).count();
+        // Many changed (a first listing, a mesh rewritten): one scan reads them, else each alone.
+        let mut listed = Vec::with_capacity(versions.len());
+        if changed > READ_ALONE && changed * 4 > versions.len() {
+            let unchanged: std::collections::HashMap<(&Key, u64), Arc<Resource>> =
+                versions.iter().zip(known).filter_map(|((key, version), r)| Some(((key, *version), r?))).collect();
+            for obj in self.store.list(kind.name(), scope).await? {
+                match unchanged.get(&(&obj.key, obj.version)).cloned() {
+                    Some(r) => listed.push(Listed::Known(obj.key, obj.version, r)),
+                    None => listed.push(Listed::Fresh(obj)),
+                }
             }
-            if let Some(r) = Self::valid_or_skipped(obj) {
-                let r = Arc::new(r);
-                fresh.push((obj.key.clone(), obj.version, r.clone()));
-                resources.push(r);
+        } else {
+            for ((key, version), known) in versions.into_iter().zip(known) {
+                match known {
+                    Some(r) => listed.push(Listed::Known(key, version, r)),
+                    // Gone since it was listed: left out, as a later listing would.
+                    None => listed.extend(self.store.get(&key).await?.map(Listed::Fresh)),
+                }
+            }
+        }
+        Ok(self.remember(kind, scope, listed))
+    }
+
+    /// The resources of one listing, in its order: the fresh ones parsed (those that do not
+    /// validate are skipped), and what the listing covered and did not find forgotten.
+    fn remember(&self, kind: ResourceType, scope: Option<&str>, listed: Vec<Listed>) -> Vec<Arc<Resource>> {
+        let mut resources = Vec::with_capacity(listed.len());
+        let mut entries = Vec::with_capacity(listed.len());
+        for item in listed {
+            match item {
+                Listed::Known(key, version, r) => {
+                    resources.push(r.clone());
+                    entries.push((key, version, r));
+                }
+                Listed::Fresh(obj) => {
+                    if let Some(r) = Self::valid_or_skipped(&obj) {
+                        let r = Arc::new(r);
+                        resources.push(r.clone());
+                        entries.push((obj.key, obj.version, r));
+                    }
+                }
             }
         }
         let mut parsed = self.parsed.lock().unwrap_or_else(|p| p.into_inner());
         parsed.listings += 1;
         let listing = parsed.listings;
-        for obj in &objects {
-            if let Some(entry) = parsed.by_key.get_mut(&obj.key) {
-                entry.1 = listing;
-            }
-        }
-        for (key, version, r) in fresh {
+        for (key, version, r) in entries {
             parsed.by_key.insert(key, (version, listing, r));
         }
-        // What this listing covered and did not find is gone from the store.
         let covered = |key: &Key| key.kind == kind.name() && scope.is_none_or(|m| key.mesh == m);
         parsed.by_key.retain(|key, (_, seen, _)| *seen == listing || !covered(key));
-        Ok(resources)
+        resources
     }
 
     /// Creates or replaces a validated resource; `resource.version` is the expected version.
@@ -327,5 +364,18 @@ mod tests {
         store.put(bad, json!({"spec": {"networking": {"address": 7}}}), Precondition::None).await.unwrap();
         let third = resources.list_shared(ResourceType::Dataplane, Some("default")).await.unwrap();
         assert_eq!(names(&third), ["a", "b"]);
+
+        // Many changed at once are read in one scan, the unchanged ones still shared.
+        store.delete(Key::new("Dataplane", "default", "broken"), Precondition::None).await.unwrap();
+        for n in 0..READ_ALONE + 10 {
+            resources.put(&dataplane(&format!("n{n:03}"), &format!("10.0.1.{}", n % 250))).await.unwrap();
+        }
+        let fourth = resources.list_shared(ResourceType::Dataplane, Some("default")).await.unwrap();
+        assert_eq!(fourth.len(), READ_ALONE + 12);
+        assert!(Arc::ptr_eq(&fourth[0], &second[0]) && Arc::ptr_eq(&fourth[1], &second[1]), "unchanged: the same copies");
+        let plain = resources.list(ResourceType::Dataplane, Some("default")).await.unwrap();
+        assert!(fourth.iter().zip(&plain).all(|(shared, plain)| **shared == *plain), "as a plain listing, in its order");
+        let again = resources.list_shared(ResourceType::Dataplane, Some("default")).await.unwrap();
+        assert!(again.iter().zip(&fourth).all(|(a, b)| Arc::ptr_eq(a, b)), "every one kept");
     }
 }

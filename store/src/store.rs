@@ -43,6 +43,13 @@ pub trait Store: Send + Sync + 'static {
     /// Objects of one kind, in one mesh (Some) or every mesh (None), sorted by (mesh, name).
     async fn list(&self, kind: &str, mesh: Option<&str>) -> Result<Vec<Object>, StoreError>;
 
+    /// The key and version of each object [`Store::list`] would return, in its order, without
+    /// their payloads: for readers that keep what they parsed and read again only what
+    /// changed. Backends that can skip decoding the payloads do.
+    async fn list_versions(&self, kind: &str, mesh: Option<&str>) -> Result<Vec<(Key, u64)>, StoreError> {
+        Ok(self.list(kind, mesh).await?.into_iter().map(|o| (o.key, o.version)).collect())
+    }
+
     /// Every object of a mesh, all kinds, sorted by (kind, name) (used for cascade delete of a
     /// mesh).
     async fn list_mesh(&self, mesh: &str) -> Result<Vec<Object>, StoreError>;

@@ -17,6 +17,7 @@ contract_tests!(
     keys_with_nul_bytes_are_refused,
     list_by_kind_and_mesh_is_sorted_by_mesh_then_name,
     list_mesh_returns_every_kind_of_one_mesh,
+    versions_are_listed_as_the_objects_are,
     stats_count_objects_by_kind,
     optimistic_read_modify_write_loses_no_update,
 );
@@ -219,6 +220,19 @@ async fn list_by_kind_and_mesh_is_sorted_by_mesh_then_name(backend: Backend) {
     assert!(store.list("Nothing", None).await.unwrap().is_empty());
     let listed = store.list("MeshRetry", Some("prod")).await.unwrap();
     assert_eq!(listed[0], store.get(&key("MeshRetry", "prod", "a")).await.unwrap().unwrap());
+}
+
+async fn versions_are_listed_as_the_objects_are(backend: Backend) {
+    let store = backend.open().await;
+    seed(&*store).await;
+    store.put(key("MeshTimeout", "prod", "a"), json!({"n": "changed"}), Precondition::None).await.unwrap();
+    store.delete(key("MeshTimeout", "dev", "z"), Precondition::None).await.unwrap();
+    for (kind, mesh) in [("MeshTimeout", Some("prod")), ("MeshTimeout", None), ("Mesh", None), ("Mesh", Some("")), ("Nothing", None)] {
+        let listed: Vec<_> = store.list(kind, mesh).await.unwrap().into_iter().map(|o| (o.key, o.version)).collect();
+        assert_eq!(store.list_versions(kind, mesh).await.unwrap(), listed, "{kind} in {mesh:?}");
+    }
+    let versions = store.list_versions("MeshTimeout", Some("prod")).await.unwrap();
+    assert_eq!(versions[0].1, store.revision() - 1, "the changed object's new version");
 }
 
 async fn list_mesh_returns_every_kind_of_one_mesh(backend: Backend) {
