@@ -317,6 +317,9 @@ struct Tally {
     count_configured: usize,
     count_certified: usize,
     config_bytes: usize,
+    /// Configuration messages received, first ones and changes, and their bytes.
+    messages: usize,
+    message_bytes: usize,
     /// When each sidecar first had the probe policy, counted from its write.
     probed: Vec<Option<Duration>>,
     first_failures: Vec<String>,
@@ -328,6 +331,8 @@ impl Tally {
     fn handle(&mut self, event: Seen, probe_start: Option<Instant>) {
         match event {
             Seen::Config { sidecar, bytes, probe, svc0_endpoints } => {
+                self.messages += 1;
+                self.message_bytes += bytes;
                 if let Some(count) = svc0_endpoints {
                     self.svc0.insert(sidecar, count);
                 }
@@ -446,7 +451,13 @@ async fn main() -> Result<(), Error> {
         ),
     }
     if t.count_configured > 0 {
-        println!("configuration size: {:.1} KB average", t.config_bytes as f64 / t.count_configured as f64 / 1024.0);
+        println!(
+            "configuration size: {:.1} KB average; {} configuration messages in the storm ({:.1} per sidecar, {:.1} MB in all)",
+            t.config_bytes as f64 / t.count_configured as f64 / 1024.0,
+            t.messages,
+            t.messages as f64 / n as f64,
+            mb(t.message_bytes as u64)
+        );
     }
     for z in &zones {
         let metric = |suffix: &'static str| zone_metric(&cp.http, z, suffix);
