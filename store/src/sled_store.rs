@@ -179,24 +179,7 @@ impl Inner {
     }
 
     fn scan(&self, prefix: Vec<u8>, keep: impl Fn(&Key) -> bool) -> Result<Vec<Object>, StoreError> {
-        let mut objects = Vec::new();
-        for entry in self.objects.scan_prefix(prefix) {
-            let (key_bytes, value) = entry.map_err(|e| StoreError::backend("scanning objects", e))?;
-            let key = Key::from_bytes(&key_bytes)?;
-            if !keep(&key) {
-                continue;
-            }
-            // One damaged record must not hide every other of its kind (nor stop zone sync):
-            // it is skipped, named in the log and counted.
-            match from_json(&value, format_args!("object {key}")) {
-                Ok(object) => objects.push(object),
-                Err(error) => {
-                    self.corrupt_skipped.fetch_add(1, Ordering::Relaxed);
-                    tracing::error!(%key, %error, "skipping a corrupted record; delete or rewrite it");
-                }
-            }
-        }
-        Ok(objects)
+        self.decode_each(prefix, keep, |_, object: Object| object)
     }
 
     /// As [`Inner::scan`], each object's key and version only: its payload is skipped over,
@@ -208,20 +191,35 @@ impl Inner {
         struct Versioned {
             version: u64,
         }
-        let mut versions = Vec::new();
+        self.decode_each(prefix, |_| true, |key, object: Versioned| (key, object.version))
+    }
+
+    /// Each record under `prefix` whose key `keep` accepts, decoded as `T` and made into an
+    /// item by `item`.
+    fn decode_each<T: serde::de::DeserializeOwned, R>(
+        &self,
+        prefix: Vec<u8>,
+        keep: impl Fn(&Key) -> bool,
+        item: impl Fn(Key, T) -> R,
+    ) -> Result<Vec<R>, StoreError> {
+        let mut items = Vec::new();
         for entry in self.objects.scan_prefix(prefix) {
             let (key_bytes, value) = entry.map_err(|e| StoreError::backend("scanning objects", e))?;
             let key = Key::from_bytes(&key_bytes)?;
-            // Skipped, named and counted, as `scan` does.
-            match from_json::<Versioned>(&value, format_args!("object {key}")) {
-                Ok(object) => versions.push((key, object.version)),
+            if !keep(&key) {
+                continue;
+            }
+            // One damaged record must not hide every other of its kind (nor stop zone sync):
+            // it is skipped, named in the log and counted.
+            match from_json::<T>(&value, format_args!("object {key}")) {
+                Ok(decoded) => items.push(item(key, decoded)),
                 Err(error) => {
                     self.corrupt_skipped.fetch_add(1, Ordering::Relaxed);
                     tracing::error!(%key, %error, "skipping a corrupted record; delete or rewrite it");
                 }
             }
         }
-        Ok(versions)
+        Ok(items)
     }
 
     fn stats(&self) -> Result<Stats, StoreError> {
