@@ -23,6 +23,8 @@ use super::http::pool::{ConnectOutcome, Lease, Slot};
 
 /// An endpoint with requests in flight and none ended for this long counts as stalled.
 pub const STALLED: Duration = Duration::from_millis(250);
+/// The load a stalled endpoint starts from: more than any endpoint's requests in flight.
+const STALLED_LOAD: usize = usize::MAX / 2;
 
 const EJECT_BASE: Duration = Duration::from_secs(1);
 const EJECT_MAX: Duration = Duration::from_secs(30);
@@ -67,10 +69,11 @@ impl Endpoint {
         }
     }
 
-    /// Its load for least-request balancing: twice its requests in flight, plus one when it
-    /// has some but none has ended for [`STALLED`] (a stopped process, a stalled host). So, of
-    /// two endpoints with as many requests in flight, the stalled one loses the tie, and it
-    /// gets no new request while its requests hang.
+    /// Its load for least-request balancing: its requests in flight, behind every endpoint
+    /// that is not stalled when it has some but none has ended for [`STALLED`] (a stopped
+    /// process, a stalled host). So it gets no new request while its requests hang, however
+    /// busy the others are: counted as one more request, it still won picks whenever the other
+    /// endpoint had two in flight, as on a loaded machine, and those requests hung too.
     pub fn load(&self) -> usize {
         self.load_at(now_ms())
     }
@@ -78,7 +81,11 @@ impl Endpoint {
     fn load_at(&self, now_ms: u64) -> usize {
         let in_flight = self.in_flight();
         let stalled = in_flight > 0 && now_ms.saturating_sub(self.last_done_ms.load(Ordering::Relaxed)) > STALLED.as_millis() as u64;
-        2 * in_flight + usize::from(stalled)
+        if stalled {
+            STALLED_LOAD + in_flight
+        } else {
+            in_flight
+        }
     }
 
     /// Requests (or TCP connections) in flight to it.
@@ -322,10 +329,11 @@ mod tests {
         let later = now + STALLED.as_millis() as u64 + 1;
         // `busy` ends one and starts the next: it has ended a request lately.
         drop(busy.start());
-        assert_eq!(busy.load_at(now_ms()), 2);
-        assert_eq!(hung.load_at(later), 3, "one in flight, none ended: stalled");
+        assert_eq!(busy.load_at(now_ms()), 1);
+        assert_eq!(hung.load_at(later), STALLED_LOAD + 1, "one in flight, none ended: stalled");
         assert!(hung.load_at(later) > busy.load_at(now_ms()), "of two with one in flight each, the stalled one loses");
-        assert!(hung.load_at(later) < 4, "but it still beats an endpoint with two in flight");
+        let _more: Vec<_> = (0..100).map(|_| busy.start()).collect();
+        assert!(hung.load_at(later) > busy.load_at(now_ms()), "and it loses to one busy with many that end");
     }
 
     #[test]
