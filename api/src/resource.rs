@@ -224,7 +224,26 @@ impl Resource {
     }
 
     /// Parses and validates one resource from a JSON value, reporting every bad field.
-    pub fn from_value(mut value: Value) -> Result<Resource, ValidationErrors> {
+    pub fn from_value(value: Value) -> Result<Resource, ValidationErrors> {
+        Resource::parse_with(value, ResourceType::parse_spec)
+    }
+
+    /// Parses and validates a Dataplane from JSON or YAML text, as [`Resource::from_str_any`]
+    /// does, refusing any other type. What a sidecar reads: only the Dataplane's spec parser is
+    /// in its binary, not those of every policy.
+    pub fn dataplane_from_str(text: &str) -> Result<Resource, ValidationErrors> {
+        let value: Value = serde_yaml::from_str(text).map_err(|e| ValidationErrors::single("", format!("not valid YAML or JSON: {e}")))?;
+        Resource::parse_with(value, |kind, spec| match kind {
+            ResourceType::Dataplane => typed::<DataplaneSpec>(spec).map(Spec::Dataplane),
+            other => Err(FieldError { field: "type".into(), message: format!("expected Dataplane, got {other}") }),
+        })
+    }
+
+    /// [`Resource::from_value`] with the spec read by `parse_spec`.
+    fn parse_with(
+        mut value: Value,
+        parse_spec: impl FnOnce(ResourceType, Value) -> Result<Spec, FieldError>,
+    ) -> Result<Resource, ValidationErrors> {
         integral_numbers_as_integers(&mut value);
         let Value::Object(mut obj) = value else {
             return Err(ValidationErrors::single("", "a resource must be an object with type, name and spec"));
@@ -279,7 +298,7 @@ impl Resource {
             None | Some(Value::Null) => return Err(with_errors(errors, FieldError { field: "spec".into(), message: "required".into() })),
             Some(v) => v,
         };
-        let spec = match kind.parse_spec(spec_value) {
+        let spec = match parse_spec(kind, spec_value) {
             Ok(spec) => spec,
             Err(e) => return Err(with_errors(errors, e)),
         };

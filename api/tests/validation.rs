@@ -173,3 +173,21 @@ fn lookup_accepts_names_plurals_and_aliases() {
         other => panic!("{other:?}"),
     }
 }
+
+#[test]
+fn a_sidecars_dataplane_file_is_read_as_any_resource_and_refuses_other_types() {
+    let yaml = "type: Dataplane\nname: web-1\nmesh: default\nspec:\n  networking:\n    address: 10.0.0.1\n    inbound:\n      - port: 8080\n        servicePort: 80\n        tags: {strait.io/service: web}\n";
+    let parsed = Resource::dataplane_from_str(yaml).unwrap();
+    assert_eq!(parsed, Resource::from_str_any(yaml).unwrap(), "the same resource as the general parser's");
+    assert_eq!(parsed.kind, ResourceType::Dataplane);
+    let bad = yaml.replace("port: 8080", "port: eighty");
+    let (general, own) = (err_of(&bad), Resource::dataplane_from_str(&bad).unwrap_err().to_string());
+    assert_eq!(own, general, "the same message, naming the field");
+    assert!(own.contains("spec.networking.inbound[0].port"), "{own}");
+    let other =
+        "type: MeshTimeout\nname: t\nmesh: default\nspec:\n  to:\n    - targetRef: {kind: Mesh}\n      default: {idleTimeout: 90s}\n";
+    let refused = Resource::dataplane_from_str(other).unwrap_err().to_string();
+    assert!(refused.contains("type: expected Dataplane, got MeshTimeout"), "{refused}");
+    let envelope = Resource::dataplane_from_str(&yaml.replace("name: web-1", "name: Web_1")).unwrap_err().to_string();
+    assert!(envelope.contains("name"), "the envelope is validated too: {envelope}");
+}

@@ -10,7 +10,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 use serde::Serialize;
-use strait_api::{Resource, ResourceType};
+use strait_api::Resource;
 use strait_runtime::flags::{CpFlags, LogFormat};
 
 /// The sidecar proxy of a Strait workload.
@@ -262,12 +262,8 @@ fn read_token(flag: &str, path: &std::path::Path, problems: &mut Vec<String>) ->
 
 fn read_dataplane(path: &std::path::Path, problems: &mut Vec<String>) -> Option<Resource> {
     let text = read_text("--dataplane-file", path, problems)?;
-    match Resource::from_str_any(&text) {
-        Ok(r) if r.kind == ResourceType::Dataplane => Some(r),
-        Ok(r) => {
-            problems.push(format!("--dataplane-file {}: expected type Dataplane, got {}", path.display(), r.kind));
-            None
-        }
+    match Resource::dataplane_from_str(&text) {
+        Ok(r) => Some(r),
         Err(errors) => {
             for e in errors.0 {
                 problems.push(format!("--dataplane-file {}: {e}", path.display()));
