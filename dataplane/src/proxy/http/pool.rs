@@ -19,6 +19,12 @@
 //! sidecars (an older version) picks `h2`, and the connection becomes the endpoint's HTTP/2 one.
 //! An idle HTTP/1.1 connection is closed after [`HTTP1_IDLE`] (the peer waits longer, so it
 //! never closes one under a request being sent); idle ones are taken most recent first.
+//!
+//! At most [`MAX_LENT_HTTP1`] HTTP/1.1 connections are lent at once per endpoint; further
+//! requests at the same time share the endpoint's HTTP/2 connection. A burst of a thousand
+//! requests at once then costs one more TLS handshake, not a thousand (and their memory on
+//! both sidecars), and a steady load above the cap does not open and close connections as
+//! they come back beyond the idle ones kept.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
@@ -82,6 +88,9 @@ pub const HTTP1_IDLE: Duration = Duration::from_secs(20);
 /// Idle HTTP/1.1 connections kept per endpoint (as nginx's `keepalive 64`); one returned
 /// beyond this is closed, so that a burst's connections do not outlive it.
 const MAX_IDLE_HTTP1: usize = 64;
+/// HTTP/1.1 connections lent at once per endpoint; requests beyond go over HTTP/2. As many as
+/// are kept idle, so that every connection a steady load needs stays pooled.
+pub const MAX_LENT_HTTP1: usize = MAX_IDLE_HTTP1;
 
 /// An HTTP/1.1 connection, idle in the pool or lent to a request.
 struct Http1 {
@@ -99,6 +108,8 @@ struct Idle {
     connections: Mutex<Vec<Http1>>,
     /// Set when the sidecar drains: connections are closed instead of coming back.
     closed: AtomicBool,
+    /// Connections lent to requests now.
+    lent: AtomicUsize,
 }
 
 impl Idle {
@@ -183,6 +194,13 @@ pub struct Lease {
     idle: Arc<Idle>,
 }
 
+impl Lease {
+    fn new(connection: Http1, idle: &Arc<Idle>) -> Lease {
+        idle.lent.fetch_add(1, Ordering::Relaxed);
+        Lease { connection: Some(connection), idle: idle.clone() }
+    }
+}
+
 impl std::fmt::Debug for Lease {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("Lease")
@@ -191,6 +209,7 @@ impl std::fmt::Debug for Lease {
 
 impl Drop for Lease {
     fn drop(&mut self) {
+        self.idle.lent.fetch_sub(1, Ordering::Relaxed);
         let Some(mut connection) = self.connection.take() else { return };
         if connection.sender.is_closed() || self.idle.closed.load(Ordering::Relaxed) {
             return;
@@ -280,15 +299,18 @@ impl Slot {
     }
 
     /// An HTTP/1.1 connection to `target` for one request, made with the current certificate:
-    /// an idle one, else a new one (or, if the peer only speaks HTTP/2 between sidecars, its
-    /// HTTP/2 connection).
+    /// an idle one, else a new one (or, if the peer only speaks HTTP/2 between sidecars or
+    /// [`MAX_LENT_HTTP1`] are lent already, its HTTP/2 connection).
     pub async fn sender_http1<H: ConnectOutcome>(&self, target: SocketAddr, connector: &Connector<'_, H>) -> Result<Sender, PoolError> {
         let identity = connector.identities.current();
         if let Some(connection) = self.idle_http1(&identity, connector) {
-            return Ok(Sender::Http1(Lease { connection: Some(connection), idle: self.http1.clone() }));
+            return Ok(Sender::Http1(Lease::new(connection, &self.http1)));
         }
         if let Some(sender) = self.usable(&identity, connector) {
             return Ok(Sender::Http2(sender));
+        }
+        if self.http1.lent.load(Ordering::Relaxed) >= MAX_LENT_HTTP1 {
+            return Box::pin(self.open_http2(target, identity, connector)).await.map(Sender::Http2);
         }
         // Boxed, as in [`Slot::sender`]: most requests take a pooled connection.
         Box::pin(self.open_http1(target, identity, connector)).await
@@ -322,7 +344,7 @@ impl Slot {
         tracing::debug!(%target, peer = %connector.expected, "opened a pooled HTTP/1.1 connection");
         let now = Instant::now();
         let connection = Http1 { sender, identity, opened: now, idle_since: now, used: 1 };
-        Ok(Sender::Http1(Lease { connection: Some(connection), idle: self.http1.clone() }))
+        Ok(Sender::Http1(Lease::new(connection, &self.http1)))
     }
 
     /// The most recently used idle HTTP/1.1 connection that may take a request; the stale

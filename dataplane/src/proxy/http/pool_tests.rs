@@ -78,38 +78,70 @@ impl ConnectOutcome for Health {
     fn failed(&self) {}
 }
 
-/// Sends two requests one after the other through `slot` as an application's HTTP/1.1
-/// requests are: the versions the peer saw, and whether each went over HTTP/1.1 between the
-/// sidecars.
+/// What a connector borrows: the client's identity, the peer's expected one, and the rest.
+struct Client {
+    identities: IdentityStore,
+    expected: Identity,
+    sni: ServerName<'static>,
+    metrics: TunnelMetrics,
+    _drain: Drain,
+    watcher: DrainWatcher,
+    tasks: TaskTracker,
+}
+
+impl Client {
+    fn new(pki: &Pki) -> Client {
+        let drain = Drain::new();
+        Client {
+            identities: IdentityStore::new(pki.identity("web", &[])),
+            expected: Identity::parse("spiffe://default/backend").expect("SPIFFE ID"),
+            sni: ServerName::try_from("backend.default.strait").expect("SNI"),
+            metrics: TunnelMetrics::default(),
+            watcher: drain.watcher(),
+            _drain: drain,
+            tasks: TaskTracker::new(),
+        }
+    }
+
+    fn connector(&self) -> Connector<'_, Health> {
+        Connector {
+            identities: &self.identities,
+            expected: &self.expected,
+            sni: &self.sni,
+            health: &Health,
+            connect_timeout: Duration::from_secs(5),
+            max_age: None,
+            max_requests: None,
+            metrics: &self.metrics,
+            drain: &self.watcher,
+            tasks: &self.tasks,
+        }
+    }
+}
+
+/// Sends one request through `slot` as an application's HTTP/1.1 request is, on a connection
+/// the pool gives for HTTP/1.1: the version the peer saw, whether it went over HTTP/1.1
+/// between the sidecars, and the sender (holding an HTTP/1.1 connection until dropped).
+async fn one_request(slot: &Slot, target: SocketAddr, connector: &Connector<'_, Health>) -> (String, bool, Sender) {
+    let mut sender = slot.sender_http1(target, connector).await.expect("a connection to the peer");
+    let http1 = matches!(sender, Sender::Http1(_));
+    // As the outbound sends it: an absolute URI, no Host header.
+    let request = Request::get("http://backend.default/").body(Counted::empty(Default::default())).expect("request");
+    let response = sender.try_send_request(request).await.map_err(|e| e.into_error()).expect("an answer");
+    let body = response.into_body().collect().await.expect("the body").to_bytes();
+    (String::from_utf8_lossy(&body).into_owned(), http1, sender)
+}
+
+/// Sends two requests one after the other through `slot`: the versions the peer saw, and
+/// whether each went over HTTP/1.1 between the sidecars.
 async fn two_requests(slot: &Slot, target: SocketAddr, pki: &Pki) -> Vec<(String, bool)> {
-    let identities = IdentityStore::new(pki.identity("web", &[]));
-    let expected = Identity::parse("spiffe://default/backend").expect("SPIFFE ID");
-    let sni = ServerName::try_from("backend.default.strait").expect("SNI");
-    let (metrics, drain, tasks) = (TunnelMetrics::default(), Drain::new(), TaskTracker::new());
-    let watcher = drain.watcher();
-    let connector = Connector {
-        identities: &identities,
-        expected: &expected,
-        sni: &sni,
-        health: &Health,
-        connect_timeout: Duration::from_secs(5),
-        max_age: None,
-        max_requests: None,
-        metrics: &metrics,
-        drain: &watcher,
-        tasks: &tasks,
-    };
+    let client = Client::new(pki);
     let mut seen = Vec::new();
     for _ in 0..2 {
-        let mut sender = slot.sender_http1(target, &connector).await.expect("a connection to the peer");
-        let http1 = matches!(sender, Sender::Http1(_));
-        // As the outbound sends it: an absolute URI, no Host header.
-        let request = Request::get("http://backend.default/").body(Counted::empty(Default::default())).expect("request");
-        let response = sender.try_send_request(request).await.map_err(|e| e.into_error()).expect("an answer");
-        let body = response.into_body().collect().await.expect("the body").to_bytes();
+        let (version, http1, sender) = one_request(slot, target, &client.connector()).await;
         // The connection goes back to the pool when the response has ended.
         drop(sender.into_lease());
-        seen.push((String::from_utf8_lossy(&body).into_owned(), http1));
+        seen.push((version, http1));
     }
     seen
 }
@@ -133,4 +165,31 @@ async fn an_older_peer_that_only_speaks_http2_between_sidecars_gets_them_over_it
     assert_eq!(seen, vec![("HTTP/2.0".to_string(), false), ("HTTP/2.0".to_string(), false)]);
     assert_eq!(accepted.load(Ordering::SeqCst), 1, "the second request goes over the pooled HTTP/2 connection");
     assert!(slot.connected(), "the HTTP/2 connection is the endpoint's pooled one");
+}
+
+#[tokio::test]
+async fn requests_beyond_the_lent_http1_connections_share_the_http2_one() {
+    let pki = Pki::new();
+    let (target, accepted) = peer(pki.identity("backend", &[ALPN_HTTP1, ALPN_H2])).await;
+    let (slot, client) = (Slot::default(), Client::new(&pki));
+    let connector = client.connector();
+    // As many requests at once as HTTP/1.1 connections may be lent: each has its own.
+    let mut held = Vec::new();
+    for _ in 0..MAX_LENT_HTTP1 {
+        let (version, http1, sender) = one_request(&slot, target, &connector).await;
+        assert_eq!((version.as_str(), http1), ("HTTP/1.1", true));
+        held.push(sender.into_lease());
+    }
+    assert_eq!(accepted.load(Ordering::SeqCst), MAX_LENT_HTTP1);
+    // Two more while those are lent: over one HTTP/2 connection, not two more handshakes.
+    for _ in 0..2 {
+        let (version, http1, _sender) = one_request(&slot, target, &connector).await;
+        assert_eq!((version.as_str(), http1), ("HTTP/2.0", false));
+    }
+    assert_eq!(accepted.load(Ordering::SeqCst), MAX_LENT_HTTP1 + 1, "one HTTP/2 connection for both");
+    // Once the first ones are back, an HTTP/1.1 request takes an idle HTTP/1.1 connection again.
+    held.clear();
+    let (version, http1, _sender) = one_request(&slot, target, &connector).await;
+    assert_eq!((version.as_str(), http1), ("HTTP/1.1", true));
+    assert_eq!(accepted.load(Ordering::SeqCst), MAX_LENT_HTTP1 + 1, "no connection opened");
 }
