@@ -16,6 +16,7 @@ pub mod outbound;
 pub mod pool;
 pub mod retry;
 pub mod routes;
+mod sniff;
 
 use std::future::Future;
 use std::pin::Pin;

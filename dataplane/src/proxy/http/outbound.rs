@@ -25,9 +25,9 @@ use http::uri::Authority;
 use http::{header, Request, Response, StatusCode, Version};
 use http_body_util::Either;
 use hyper::body::Incoming;
+use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
 use strait_api::proxy_config::Protocol;
 use tokio::net::TcpStream;
 use tracing::Instrument;
@@ -35,6 +35,7 @@ use tracing::Instrument;
 use super::body::{local_response, Counted, GRPC_STATUS};
 use super::pool::{Connector, Sender};
 use super::retry::{Cause, MAX_KEPT_BODY};
+use super::sniff::sniff;
 use super::{absolute, serve_until_drained, strip_hop_by_hop, InSpan};
 use crate::proxy::access_log::{self, Pending as Logged};
 use crate::proxy::data_path::DataPath;
@@ -92,16 +93,27 @@ impl Replay {
     }
 }
 
+/// How long an application may take to send a request's head (and, on a new connection, its
+/// first bytes).
+const HEADER_READ: Duration = Duration::from_secs(60);
+
 /// Serves the application connection `app`, sending its requests to `service`, until the
 /// application closes it or the drain ends it (after the request in progress).
 pub async fn serve(app: TcpStream, service: Arc<str>, path: Arc<DataPath>) {
     let _ = app.set_nodelay(true);
-    // HTTP/2 streams (gRPC, h2c) run in tasks of their own: `InSpan` keeps the connection's span on them.
-    let mut builder = auto::Builder::new(InSpan);
-    builder.http1().timer(TokioTimer::new()).header_read_timeout(Duration::from_secs(60));
-    builder.http2().timer(TokioTimer::new()).max_concurrent_streams(1024);
     let watcher = path.drain.clone();
     let client = app.peer_addr().ok().map(|a| a.ip());
+    let (app, http2) = match tokio::time::timeout(HEADER_READ, sniff(app)).await {
+        Ok(Ok(sniffed)) => sniffed,
+        Ok(Err(error)) => {
+            tracing::debug!(%error, "application connection failed before its first request");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!("application connection sent nothing within {HEADER_READ:?}: closed");
+            return;
+        }
+    };
     let ctx = Arc::new((service, path, client));
     let service = service_fn(move |request: Request<Incoming>| {
         let ctx = ctx.clone();
@@ -111,6 +123,20 @@ pub async fn serve(app: TcpStream, service: Arc<str>, path: Arc<DataPath>) {
         // and this one is about 7 KB, 7 MB per thousand idle keep-alive connections.
         async move { Ok::<_, Infallible>(Box::pin(forward(request, &ctx.0, &ctx.1, ctx.2)).await) }.instrument(span)
     });
+    if http2 {
+        // Boxed: an HTTP/2 session's state would otherwise be room in every HTTP/1.1
+        // connection's task. Its streams (gRPC, h2c) run in tasks of their own: `InSpan` keeps
+        // the connection's span on them.
+        let serving = async {
+            let mut builder = http2::Builder::new(InSpan);
+            builder.timer(TokioTimer::new()).max_concurrent_streams(1024);
+            let connection = builder.serve_connection(TokioIo::new(app), service);
+            serve_until_drained(connection, |c| c.graceful_shutdown(), &watcher, None, "application HTTP/2 connection").await;
+        };
+        return Box::pin(serving).await;
+    }
+    let mut builder = http1::Builder::new();
+    builder.timer(TokioTimer::new()).header_read_timeout(HEADER_READ);
     let connection = builder.serve_connection(TokioIo::new(app), service);
     serve_until_drained(connection, |c| c.graceful_shutdown(), &watcher, None, "application connection").await;
 }
