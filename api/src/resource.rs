@@ -174,35 +174,60 @@ impl fmt::Display for ResourceType {
     }
 }
 
-/// One resource: envelope and typed spec.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-#[serde(rename_all = "camelCase")]
+/// One resource: envelope and typed spec. Written as [`Envelope`] says.
+#[derive(Debug, Clone, PartialEq)]
 pub struct Resource {
     /// The resource type.
-    #[serde(rename = "type")]
     pub kind: ResourceType,
     /// DNS-1123 name, unique per type and mesh.
     pub name: String,
     /// The mesh (absent for Mesh and Zone).
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub mesh: Option<String>,
     /// Free-form labels.
-    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,
     /// Server-set: the store revision of the last change; send it back to update safely.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub version: Option<u64>,
     /// Server-set.
-    #[serde(skip_serializing_if = "Option::is_none", with = "time::serde::rfc3339::option")]
     pub creation_time: Option<OffsetDateTime>,
     /// Server-set.
-    #[serde(skip_serializing_if = "Option::is_none", with = "time::serde::rfc3339::option")]
     pub modification_time: Option<OffsetDateTime>,
     /// Type-specific content.
     pub spec: Spec,
     /// Server-set, read-only state (such as a Zone's connection status); ignored on input.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub status: Option<Value>,
+}
+
+/// How a resource is written, around a spec of type `S`: a [`Spec`] for any resource, or one
+/// type's spec (see [`Resource::to_json_with_spec`]).
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Envelope<'a, S> {
+    #[serde(rename = "type")]
+    kind: ResourceType,
+    name: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    mesh: Option<&'a str>,
+    #[serde(skip_serializing_if = "no_labels")]
+    labels: &'a BTreeMap<String, String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    version: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none", with = "time::serde::rfc3339::option")]
+    creation_time: Option<OffsetDateTime>,
+    #[serde(skip_serializing_if = "Option::is_none", with = "time::serde::rfc3339::option")]
+    modification_time: Option<OffsetDateTime>,
+    spec: &'a S,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    status: Option<&'a Value>,
+}
+
+fn no_labels(labels: &&BTreeMap<String, String>) -> bool {
+    labels.is_empty()
+}
+
+impl Serialize for Resource {
+    fn serialize<Ser: serde::Serializer>(&self, serializer: Ser) -> Result<Ser::Ok, Ser::Error> {
+        self.envelope(&self.spec).serialize(serializer)
+    }
 }
 
 const ENVELOPE_FIELDS: &[&str] = &["type", "name", "mesh", "labels", "spec", "version", "creationTime", "modificationTime", "status"];
@@ -223,9 +248,30 @@ impl Resource {
         }
     }
 
+    fn envelope<'a, S>(&'a self, spec: &'a S) -> Envelope<'a, S> {
+        Envelope {
+            kind: self.kind,
+            name: &self.name,
+            mesh: self.mesh.as_deref(),
+            labels: &self.labels,
+            version: self.version,
+            creation_time: self.creation_time,
+            modification_time: self.modification_time,
+            spec,
+            status: self.status.as_ref(),
+        }
+    }
+
+    /// The JSON of this resource with `spec` in its place, written by that spec type's
+    /// serializer alone: what a sidecar sends of its Dataplane, without the serializers of every
+    /// other type in its binary (serializing a [`Spec`] takes them all).
+    pub fn to_json_with_spec<S: Serialize>(&self, spec: &S) -> serde_json::Result<Vec<u8>> {
+        serde_json::to_vec(&self.envelope(spec))
+    }
+
     /// Parses and validates one resource from a JSON value, reporting every bad field.
     pub fn from_value(value: Value) -> Result<Resource, ValidationErrors> {
-        Resource::parse_with(value, ResourceType::parse_spec)
+        Resource::parse_with(value, ResourceType::parse_spec, Spec::validate_spec)
     }
 
     /// Parses and validates a Dataplane from JSON or YAML text, as [`Resource::from_str_any`]
@@ -233,16 +279,22 @@ impl Resource {
     /// in its binary, not those of every policy.
     pub fn dataplane_from_str(text: &str) -> Result<Resource, ValidationErrors> {
         let value: Value = serde_yaml::from_str(text).map_err(|e| ValidationErrors::single("", format!("not valid YAML or JSON: {e}")))?;
-        Resource::parse_with(value, |kind, spec| match kind {
+        let parse = |kind, spec| match kind {
             ResourceType::Dataplane => typed::<DataplaneSpec>(spec).map(Spec::Dataplane),
             other => Err(FieldError { field: "type".into(), message: format!("expected Dataplane, got {other}") }),
+        };
+        Resource::parse_with(value, parse, |spec, v| {
+            if let Spec::Dataplane(spec) = spec {
+                spec.validate(v);
+            }
         })
     }
 
-    /// [`Resource::from_value`] with the spec read by `parse_spec`.
+    /// [`Resource::from_value`] with the spec read by `parse_spec` and checked by `validate_spec`.
     fn parse_with(
         mut value: Value,
         parse_spec: impl FnOnce(ResourceType, Value) -> Result<Spec, FieldError>,
+        validate_spec: impl FnOnce(&Spec, &mut Validator),
     ) -> Result<Resource, ValidationErrors> {
         integral_numbers_as_integers(&mut value);
         let Value::Object(mut obj) = value else {
@@ -305,7 +357,7 @@ impl Resource {
         let resource = Resource { kind, name, mesh, labels, version, creation_time: None, modification_time: None, spec, status: None };
         let mut v = Validator::default();
         resource.validate_envelope(&mut v);
-        v.field("spec", |v| resource.spec.validate_spec(v));
+        v.field("spec", |v| validate_spec(&resource.spec, v));
         let mut all = errors;
         if let Err(e) = v.finish() {
             all.extend(e.0);

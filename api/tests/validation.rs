@@ -191,3 +191,23 @@ fn a_sidecars_dataplane_file_is_read_as_any_resource_and_refuses_other_types() {
     let envelope = Resource::dataplane_from_str(&yaml.replace("name: web-1", "name: Web_1")).unwrap_err().to_string();
     assert!(envelope.contains("name"), "the envelope is validated too: {envelope}");
 }
+
+#[test]
+fn a_resource_written_with_its_own_spec_alone_is_written_as_the_whole_resource_is() {
+    let yaml = "type: Dataplane\nname: web-1\nmesh: default\nlabels: {team: shop}\nspec:\n  networking:\n    address: 10.0.0.1\n    inbound:\n      - port: 8080\n        tags: {strait.io/service: web}\n";
+    let mut r = Resource::dataplane_from_str(yaml).unwrap();
+    let mut bare = r.clone();
+    bare.labels.clear();
+    (r.version, r.creation_time, r.modification_time) =
+        (Some(7), Some(time::OffsetDateTime::UNIX_EPOCH), Some(time::OffsetDateTime::UNIX_EPOCH + time::Duration::hours(1)));
+    r.status = Some(serde_json::json!({"connected": true}));
+    for resource in [&r, &bare] {
+        let Spec::Dataplane(spec) = &resource.spec else { panic!("a Dataplane") };
+        let whole = serde_json::to_vec(resource).unwrap();
+        assert_eq!(resource.to_json_with_spec(spec).unwrap(), whole, "{}", String::from_utf8_lossy(&whole));
+    }
+    let written: serde_json::Value = serde_json::to_value(&r).unwrap();
+    assert_eq!(written["creationTime"], "1970-01-01T00:00:00Z");
+    assert_eq!(written["labels"]["team"], "shop");
+    assert!(serde_json::to_value(&bare).unwrap().get("labels").is_none(), "no labels, no field");
+}

@@ -87,7 +87,7 @@ impl Sidecar {
         let certificate = ready.register("workload certificate");
         let listeners = Listeners::bind(&config.dataplane, &ready).await?;
         let addresses = listeners.addresses();
-        config.dataplane = listeners.registered(&config.dataplane);
+        listeners.register(&mut config.dataplane);
         let config = Arc::new(config);
 
         let state = Arc::new(ProxyState::default());

@@ -164,9 +164,15 @@ impl DpsClient {
         let (tx, rx) = mpsc::channel::<DataplaneMessage>(8);
         // Registered with what the probes find now; changes follow as `Health` messages.
         let mut health = self.health.clone();
-        let dataplane = crate::probe::with_health(&self.config.dataplane, &health.borrow_and_update());
-        // On Kubernetes the zone keeps the Pod's Dataplane: the Hello carries none.
-        let dataplane = if self.config.from_zone { Vec::new() } else { serde_json::to_vec(&dataplane).unwrap_or_default() };
+        let dataplane = {
+            let readiness = health.borrow_and_update();
+            // On Kubernetes the zone keeps the Pod's Dataplane: the Hello carries none.
+            if self.config.from_zone {
+                Vec::new()
+            } else {
+                crate::probe::with_health(&self.config.dataplane, &readiness)
+            }
+        };
         let hello =
             Hello { protocol: PROTOCOL_VERSION, dataplane, software_version: env!("CARGO_PKG_VERSION").into(), deltas: true, pieces: true };
         let _ = tx.send(msg(dataplane_message::Message::Hello(hello))).await;

@@ -147,18 +147,18 @@ pub fn start(dataplane: &Resource, cancel: &CancellationToken, tasks: &TaskTrack
     rx
 }
 
-/// `dataplane` with the `health` of each inbound whose readiness now differs from how it was
-/// registered (for the registration; left as it is otherwise).
-pub fn with_health(dataplane: &Resource, readiness: &Readinesses) -> Resource {
-    let mut dataplane = dataplane.clone();
-    if let Spec::Dataplane(spec) = &mut dataplane.spec {
-        for inbound in &mut spec.networking.inbound {
-            if let Some(r) = readiness.get(&inbound.port).filter(|r| r.is_ok() != inbound.is_ready()) {
-                inbound.health = Some(strait_api::dataplane::InboundHealth { ready: r.is_ok() });
-            }
+/// The JSON of `dataplane` with the `health` of each inbound whose readiness now differs from
+/// how it was registered (for the registration; left as it is otherwise). Only the Dataplane's
+/// spec is copied and written: copying or writing a whole resource takes the code of every type.
+pub fn with_health(dataplane: &Resource, readiness: &Readinesses) -> Vec<u8> {
+    let Spec::Dataplane(spec) = &dataplane.spec else { return Vec::new() };
+    let mut spec = spec.clone();
+    for inbound in &mut spec.networking.inbound {
+        if let Some(r) = readiness.get(&inbound.port).filter(|r| r.is_ok() != inbound.is_ready()) {
+            inbound.health = Some(strait_api::dataplane::InboundHealth { ready: r.is_ok() });
         }
     }
-    dataplane
+    dataplane.to_json_with_spec(&spec).unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -210,12 +210,16 @@ mod tests {
         let reason = wait_for(&mut rx, 9000, false).await.unwrap_err();
         assert!(reason.contains("cannot connect"), "{reason}");
         // The same port answers again.
-        let health = |dp: &Resource| dp.spec_value().pointer("/networking/inbound/0/health/ready").cloned();
-        assert_eq!(health(&with_health(&dp, &rx.borrow())), Some(serde_json::json!(false)), "registered as the probe finds it");
+        let health = |json: Vec<u8>| {
+            let sent: serde_json::Value = serde_json::from_slice(&json).unwrap();
+            assert_eq!(Resource::from_value(sent.clone()).unwrap().name, "dp", "a whole resource: {sent}");
+            sent.pointer("/spec/networking/inbound/0/health/ready").cloned()
+        };
+        assert_eq!(health(with_health(&dp, &rx.borrow())), Some(serde_json::json!(false)), "registered as the probe finds it");
         let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
         wait_for(&mut rx, 9000, true).await.unwrap();
         drop(listener);
-        assert_eq!(health(&with_health(&dp, &rx.borrow())), None, "ready, as registered: the registration is unchanged");
+        assert_eq!(health(with_health(&dp, &rx.borrow())), None, "ready, as registered: the registration is unchanged");
         cancel.cancel();
     }
 

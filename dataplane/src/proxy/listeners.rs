@@ -207,10 +207,9 @@ impl Listeners {
         }
     }
 
-    /// `dataplane` with the ports actually bound, as the sidecar registers it with the zone.
-    pub fn registered(&self, dataplane: &Resource) -> Resource {
-        let mut registered = dataplane.clone();
-        if let Spec::Dataplane(spec) = &mut registered.spec {
+    /// Sets the ports actually bound in `dataplane`, as the sidecar registers it with the zone.
+    pub fn register(&self, dataplane: &mut Resource) {
+        if let Spec::Dataplane(spec) = &mut dataplane.spec {
             let networking = &mut spec.networking;
             for (declared, bound) in networking.inbound.iter_mut().zip(&self.inbound) {
                 if declared.port != bound.address.port() {
@@ -229,7 +228,6 @@ impl Listeners {
                 declared.redirect_port_inbound = bound.address.port();
             }
         }
-        registered
     }
 }
 
@@ -291,7 +289,9 @@ mod tests {
         assert_eq!(addresses.redirected_inbound.map(|a| a.ip().is_unspecified()), Some(true), "inbound comes from other hosts");
         assert_eq!(ready.pending().len(), 4, "each listener holds readiness back: {:?}", ready.pending());
 
-        let Spec::Dataplane(registered) = listeners.registered(&dp).spec else { panic!("a Dataplane") };
+        let mut registered = dp.clone();
+        listeners.register(&mut registered);
+        let Spec::Dataplane(registered) = registered.spec else { panic!("a Dataplane") };
         let n = registered.networking;
         assert_eq!((n.inbound[0].port, n.inbound[0].service_port), (addresses.inbound[0].port(), Some(8080)));
         assert_eq!(n.outbound[0].port, addresses.outbound[0].port());
