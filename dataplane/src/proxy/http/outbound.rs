@@ -103,7 +103,12 @@ pub async fn serve(app: TcpStream, service: Arc<str>, path: Arc<DataPath>) {
     let _ = app.set_nodelay(true);
     let watcher = path.drain.clone();
     let client = app.peer_addr().ok().map(|a| a.ip());
-    let (app, http2) = match tokio::time::timeout(HEADER_READ, sniff(app)).await {
+    // A drain closes a connection that has not sent its first request yet.
+    let sniffed = tokio::select! {
+        sniffed = tokio::time::timeout(HEADER_READ, sniff(app)) => sniffed,
+        () = watcher.signaled() => return,
+    };
+    let (app, http2) = match sniffed {
         Ok(Ok(sniffed)) => sniffed,
         Ok(Err(error)) => {
             tracing::debug!(%error, "application connection failed before its first request");
