@@ -169,6 +169,11 @@ impl Tee {
 impl<H> Counted<H> {
     /// The same body, holding `held` until it ends.
     pub fn holding<G>(self, held: G) -> Counted<G> {
+        self.map_held(|_| held)
+    }
+
+    /// The same body, holding what `f` makes of what it holds.
+    pub fn map_held<G>(self, f: impl FnOnce(H) -> G) -> Counted<G> {
         Counted {
             inner: self.inner,
             kept: self.kept,
@@ -177,7 +182,7 @@ impl<H> Counted<H> {
             tally: self.tally,
             grpc: self.grpc,
             bytes: self.bytes,
-            held,
+            held: f(self.held),
             deadline: self.deadline,
             idle: self.idle,
         }

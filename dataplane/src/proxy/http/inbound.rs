@@ -11,22 +11,17 @@
 //! pooled connection.
 
 use std::convert::Infallible;
-use std::future::Future;
-use std::io;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use http::uri::Authority;
-use http::{Request, Response, StatusCode, Uri, Version};
+use http::{Request, Response, StatusCode, Version};
 use http_body::Body as _;
 use http_body_util::Either;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use strait_pki::Identity;
 use strait_proxy_core::tls::ALPN_HTTP1;
 use strait_proxy_core::tunnel::inbound::HttpHandler;
@@ -34,15 +29,17 @@ use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
 use tracing::Instrument;
 
+use super::app_pool::AppPool;
 use super::body::{local_response, Counted, GRPC_STATUS};
+use super::pool::Lease;
 use crate::proxy::access_log::{self, Pending as Logged};
 use crate::proxy::trace::{Side, Span};
 
-/// What the peer receives: the application's response body (holding its access-log entry
-/// until it ends) or the sidecar's own answer.
-type Body = super::body::Body<(Option<Logged>, Option<Span>)>;
-/// The application's response, before its entry is attached.
-type AppBody = super::body::Body;
+/// What the peer receives: the application's response body (holding its span, its access-log
+/// entry and its connection to the application until it ends) or the sidecar's own answer.
+type Body = super::body::Body<(Option<Span>, Option<Logged>, Option<Lease>)>;
+/// The application's response (holding its HTTP/1.1 connection), before its entry is attached.
+type AppBody = super::body::Body<Option<Lease>>;
 use super::routes::ROUTE_HEADER;
 use super::{absolute, serve_until_drained, strip_hop_by_hop, InSpan};
 use crate::proxy::authorization::SessionDecision;
@@ -60,21 +57,14 @@ pub struct Inbound {
     app: SocketAddr,
     version: Version,
     protocol: Protocol,
-    client: Client<AppConnector, Counted>,
+    app_pool: AppPool,
 }
 
 /// The handler the tunnel's accept loop gives HTTP sessions of inbound `port` to.
 pub fn handler(path: Arc<DataPath>, port: u16, service: String, app: SocketAddr, protocol: Protocol) -> HttpHandler {
-    let mut builder = Client::builder(TokioExecutor::new());
-    builder.pool_timer(TokioTimer::new()).pool_idle_timeout(Duration::from_secs(60)).timer(TokioTimer::new());
-    let version = if protocol == Protocol::Http {
-        Version::HTTP_11
-    } else {
-        builder.http2_only(true);
-        Version::HTTP_2
-    };
-    let client = builder.build(AppConnector { app, path: path.clone(), port });
-    let inbound = Arc::new(Inbound { path, port, service: service.into(), app, version, protocol, client });
+    let version = if protocol == Protocol::Http { Version::HTTP_11 } else { Version::HTTP_2 };
+    let app_pool = AppPool::new(app, version == Version::HTTP_2);
+    let inbound = Arc::new(Inbound { path, port, service: service.into(), app, version, protocol, app_pool });
     HttpHandler(Arc::new(move |tls, peer| Box::pin(inbound.clone().serve(tls, peer))))
 }
 
@@ -175,7 +165,7 @@ impl Session {
         }
         response.map(|body| match body {
             // The response body counts the bytes sent into the entry it holds.
-            Either::Left(body) => Either::Left(body.holding((logged, span))),
+            Either::Left(body) => Either::Left(body.map_held(|lease| (span, logged, lease))),
             Either::Right(own) => Either::Right(own),
         })
     }
@@ -262,7 +252,7 @@ impl Session {
         parts.version = inbound.version;
         let body = Counted::new(body, self.metrics.request_bytes.clone()).with_idle(timeouts.stream_idle).tallied(received);
         let request = Request::from_parts(parts, body);
-        let sent = inbound.client.request(request);
+        let sent = inbound.app_pool.send(request, timeouts.connect);
         let answered = match timeouts.headers_limit() {
             Some(limit) => match tokio::time::timeout_at(started + limit.after, sent).await {
                 Ok(answered) => answered,
@@ -280,7 +270,7 @@ impl Session {
             None => sent.await,
         };
         match answered {
-            Ok(response) => {
+            Ok((response, lease)) => {
                 let (mut parts, body) = response.into_parts();
                 strip_hop_by_hop(&mut parts.headers);
                 // The application's version (an HTTP/1.0 server's) is not the mesh hop's.
@@ -293,7 +283,10 @@ impl Session {
                     }
                     _ => (inbound.protocol == Protocol::Grpc).then(|| self.metrics.clone()),
                 };
-                let body = Counted::new(body, self.metrics.response_bytes.clone()).with_idle(timeouts.stream_idle).grpc_status_to(grpc);
+                let body = Counted::new(body, self.metrics.response_bytes.clone())
+                    .with_idle(timeouts.stream_idle)
+                    .grpc_status_to(grpc)
+                    .holding(lease);
                 let body = match timeouts.deadline() {
                     Some(limit) => body.with_deadline(started + limit.after, limit),
                     None => body,
@@ -309,36 +302,5 @@ impl Session {
                 )
             }
         }
-    }
-}
-
-/// Connects to the application, whatever the request's URI says, within the inbound's
-/// MeshTimeout `connectionTimeout` (5 s by default).
-#[derive(Clone)]
-pub struct AppConnector {
-    app: SocketAddr,
-    path: Arc<DataPath>,
-    port: u16,
-}
-
-impl tower::Service<Uri> for AppConnector {
-    type Response = TokioIo<TcpStream>;
-    type Error = io::Error;
-    type Future = Pin<Box<dyn Future<Output = io::Result<TokioIo<TcpStream>>> + Send>>;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, _: Uri) -> Self::Future {
-        let app = self.app;
-        let limit = of_inbound(&self.path.state, self.port).connect;
-        Box::pin(async move {
-            let stream = tokio::time::timeout(limit, TcpStream::connect(app))
-                .await
-                .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connecting to the application timed out"))??;
-            let _ = stream.set_nodelay(true);
-            Ok(TokioIo::new(stream))
-        })
     }
 }

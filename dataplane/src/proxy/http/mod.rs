@@ -10,6 +10,7 @@
 //! the URI and hop-by-hop header fixes a request needs when it changes HTTP version, and the
 //! executor that keeps a connection's span on the tasks hyper spawns for its HTTP/2 streams.
 
+mod app_pool;
 pub mod body;
 pub mod inbound;
 pub mod outbound;

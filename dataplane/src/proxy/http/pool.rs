@@ -92,34 +92,78 @@ const MAX_IDLE_HTTP1: usize = 64;
 /// are kept idle, so that every connection a steady load needs stays pooled.
 pub const MAX_LENT_HTTP1: usize = MAX_IDLE_HTTP1;
 
-/// An HTTP/1.1 connection, idle in the pool or lent to a request.
-struct Http1 {
+/// An HTTP/1.1 connection, idle in a pool or lent to a request.
+pub(super) struct Http1 {
     sender: http1::SendRequest<Counted>,
-    identity: Arc<TlsIdentity>,
+    /// The workload certificate it was opened with (none to the local application).
+    identity: Option<Arc<TlsIdentity>>,
     opened: Instant,
     idle_since: Instant,
     /// Requests it carried, this one included.
     used: u32,
 }
 
-/// An endpoint's idle HTTP/1.1 connections, most recently used last.
-#[derive(Default)]
-struct Idle {
+impl Http1 {
+    /// A connection just opened, for its first request.
+    pub(super) fn new(sender: http1::SendRequest<Counted>, identity: Option<Arc<TlsIdentity>>) -> Self {
+        let now = Instant::now();
+        Http1 { sender, identity, opened: now, idle_since: now, used: 1 }
+    }
+}
+
+/// Idle HTTP/1.1 connections to one place (a peer endpoint, or the local application), most
+/// recently used last: each was put back when its request's response ended, so they are in
+/// the order they went idle.
+pub(super) struct Idle {
     connections: Mutex<Vec<Http1>>,
+    /// How long a connection may stay idle.
+    limit: Duration,
     /// Set when the sidecar drains: connections are closed instead of coming back.
     closed: AtomicBool,
     /// Connections lent to requests now.
     lent: AtomicUsize,
 }
 
+impl Default for Idle {
+    fn default() -> Self {
+        Idle::new(HTTP1_IDLE)
+    }
+}
+
 impl Idle {
+    /// No connections yet; each may stay idle for `limit`.
+    pub(super) fn new(limit: Duration) -> Self {
+        Idle { connections: Mutex::default(), limit, closed: AtomicBool::new(false), lent: AtomicUsize::new(0) }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Http1>> {
         self.connections.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    /// The most recently used idle connection that can take a request now and is `usable`.
+    /// Those closed, idle too long or not `usable` are closed on the way; one whose connection
+    /// has not yet taken in the end of its last exchange stays for later.
+    pub(super) fn take(&self, usable: impl Fn(&Http1, Instant) -> bool) -> Option<Http1> {
+        let now = Instant::now();
+        let mut idle = self.lock();
+        let mut at = idle.len();
+        while at > 0 {
+            at -= 1;
+            let connection = &idle[at];
+            if connection.sender.is_closed() || now.duration_since(connection.idle_since) >= self.limit || !usable(connection, now) {
+                idle.remove(at);
+            } else if connection.sender.is_ready() {
+                let mut connection = idle.remove(at);
+                connection.used += 1;
+                return Some(connection);
+            }
+        }
+        None
+    }
+
     /// Closes the idle connections (dropping their handles ends them) and, if `for_good`,
     /// every connection that comes back.
-    fn close(&self, for_good: bool) {
+    pub(super) fn close(&self, for_good: bool) {
         if for_good {
             self.closed.store(true, Ordering::Relaxed);
         }
@@ -166,7 +210,7 @@ impl Sender {
             }
             Sender::Http1(lease) => {
                 *request.version_mut() = Version::HTTP_11;
-                lease.connection.as_mut().expect("a lease holds its connection until dropped").sender.try_send_request(request).await
+                lease.sender().try_send_request(request).await
             }
         }
     }
@@ -181,8 +225,8 @@ impl Sender {
 
     /// The connection failed this request: an HTTP/1.1 one is not lent again.
     pub fn discard(self) {
-        if let Sender::Http1(mut lease) = self {
-            lease.connection = None;
+        if let Sender::Http1(lease) = self {
+            lease.discard();
         }
     }
 }
@@ -195,9 +239,19 @@ pub struct Lease {
 }
 
 impl Lease {
-    fn new(connection: Http1, idle: &Arc<Idle>) -> Lease {
+    pub(super) fn new(connection: Http1, idle: &Arc<Idle>) -> Lease {
         idle.lent.fetch_add(1, Ordering::Relaxed);
         Lease { connection: Some(connection), idle: idle.clone() }
+    }
+
+    /// The connection's handle.
+    pub(super) fn sender(&mut self) -> &mut http1::SendRequest<Counted> {
+        &mut self.connection.as_mut().expect("a lease holds its connection until dropped").sender
+    }
+
+    /// The connection failed its request: it is not lent again.
+    pub(super) fn discard(mut self) {
+        self.connection = None;
     }
 }
 
@@ -214,8 +268,12 @@ impl Drop for Lease {
         if connection.sender.is_closed() || self.idle.closed.load(Ordering::Relaxed) {
             return;
         }
-        connection.idle_since = Instant::now();
+        let now = Instant::now();
+        connection.idle_since = now;
         let mut idle = self.idle.lock();
+        // The oldest first: those idle too long are closed here, not only when met by a request.
+        let stale = idle.iter().take_while(|c| now.duration_since(c.idle_since) >= self.idle.limit).count();
+        idle.drain(..stale);
         if idle.len() < MAX_IDLE_HTTP1 {
             idle.push(connection);
         }
@@ -342,28 +400,17 @@ impl Slot {
             }
         });
         tracing::debug!(%target, peer = %connector.expected, "opened a pooled HTTP/1.1 connection");
-        let now = Instant::now();
-        let connection = Http1 { sender, identity, opened: now, idle_since: now, used: 1 };
-        Ok(Sender::Http1(Lease::new(connection, &self.http1)))
+        Ok(Sender::Http1(Lease::new(Http1::new(sender, Some(identity)), &self.http1)))
     }
 
     /// The most recently used idle HTTP/1.1 connection that may take a request; the stale
     /// ones met on the way are closed.
     fn idle_http1<H>(&self, identity: &Arc<TlsIdentity>, c: &Connector<'_, H>) -> Option<Http1> {
-        let now = Instant::now();
-        let mut idle = self.http1.lock();
-        while let Some(mut connection) = idle.pop() {
-            let usable = connection.sender.is_ready()
-                && Arc::ptr_eq(&connection.identity, identity)
-                && now.duration_since(connection.idle_since) < HTTP1_IDLE
+        self.http1.take(|connection, now| {
+            connection.identity.as_ref().is_some_and(|i| Arc::ptr_eq(i, identity))
                 && c.max_age.is_none_or(|max| now.duration_since(connection.opened) < max)
-                && c.max_requests.is_none_or(|max| connection.used < max);
-            if usable {
-                connection.used += 1;
-                return Some(connection);
-            }
-        }
-        None
+                && c.max_requests.is_none_or(|max| connection.used < max)
+        })
     }
 
     /// Whether a live connection is pooled (a request would not have to open one).
