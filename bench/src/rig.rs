@@ -379,3 +379,91 @@ impl Plan<'_> {
         cpu / (self.seconds * self.rounds as u64) as f64 / (f64::from(self.rate) / 1000.0)
     }
 }
+
+/// One path's figures over a baseline path's (added p50, added p99, CPU), round by round
+/// (added latency over the direct path of the same round), from each path's median round, and
+/// the rounds' median.
+pub struct RoundRatios {
+    /// Each round's ratios.
+    pub per_round: Vec<(f64, f64, f64)>,
+    /// The ratios of each path's median round: for paths measured one after the other, where a
+    /// round that one spell of the machine's noise stalled is outvoted on its path.
+    pub median: (f64, f64, f64),
+    /// The median of the rounds' own ratios: for paths loaded at once, which met the same spells.
+    pub paired: (f64, f64, f64),
+}
+
+/// `pol` over `bare`, each round's latency taken over `direct`'s in the same round.
+pub fn round_ratios(direct: &[Round], bare: &[Round], pol: &[Round]) -> RoundRatios {
+    let added = |p: Duration, d: Duration| p.saturating_sub(d).as_secs_f64();
+    let ratio = |a: f64, b: f64| a / b.max(1e-9);
+    let per_round: Vec<(f64, f64, f64)> = direct
+        .iter()
+        .zip(bare)
+        .zip(pol)
+        .map(|((d, b), p)| {
+            (ratio(added(p.p50, d.p50), added(b.p50, d.p50)), ratio(added(p.p99, d.p99), added(b.p99, d.p99)), ratio(p.cpu, b.cpu))
+        })
+        .collect();
+    // Each path's median round (p50, p99 and CPU each), then the ratios: a round that one
+    // spell of the machine's noise stalled is outvoted on its path, and a short round's noisy
+    // p99 is not compounded by dividing it by another's.
+    let middle = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        match v.len() {
+            0 => f64::NAN,
+            n if n % 2 == 1 => v[n / 2],
+            n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+        }
+    };
+    let typical = |rounds: &[Round]| {
+        let pick = |f: fn(&Round) -> f64| middle(&mut rounds.iter().map(f).collect());
+        (pick(|r| r.p50.as_secs_f64()), pick(|r| r.p99.as_secs_f64()), pick(|r| r.cpu))
+    };
+    let (d, b, p) = (typical(direct), typical(bare), typical(pol));
+    let median = (ratio(p.0 - d.0, b.0 - d.0), ratio(p.1 - d.1, b.1 - d.1), ratio(p.2, b.2));
+    let of_rounds = |f: fn(&(f64, f64, f64)) -> f64| middle(&mut per_round.iter().map(f).collect());
+    let paired = (of_rounds(|r| r.0), of_rounds(|r| r.1), of_rounds(|r| r.2));
+    RoundRatios { per_round, median, paired }
+}
+
+#[cfg(test)]
+mod round_tests {
+    use super::*;
+
+    fn round(p50_us: u64, p99_us: u64, cpu: f64) -> Round {
+        Round { p50: Duration::from_micros(p50_us), p99: Duration::from_micros(p99_us), cpu }
+    }
+
+    #[test]
+    fn one_stalled_round_does_not_decide_the_median() {
+        let direct = [round(200, 400, 0.0), round(200, 400, 0.0), round(200, 9_000, 0.0)];
+        let bare = [round(400, 800, 1.0), round(400, 800, 1.0), round(400, 9_400, 1.0)];
+        // The third round stalls the policy pair alone: 20 ms at p99.
+        let pol = [round(420, 840, 1.05), round(410, 820, 1.02), round(430, 20_000, 1.5)];
+        let r = round_ratios(&direct, &bare, &pol);
+        assert_eq!(r.per_round.len(), 3);
+        assert!((r.per_round[2].1 - 27.5).abs() < 1e-9, "{:?}", r.per_round);
+        assert!((r.median.0 - 1.10).abs() < 1e-9, "{:?}", r.median);
+        assert!((r.median.1 - 1.10).abs() < 1e-9, "{:?}", r.median);
+        assert!((r.median.2 - 1.05).abs() < 1e-9, "{:?}", r.median);
+        let even = round_ratios(&direct[..2], &bare[..2], &pol[..2]);
+        assert!((even.median.0 - 1.075).abs() < 1e-9, "{:?}", even.median);
+        assert!((r.paired.1 - 1.10).abs() < 1e-9, "the stalled round's 27.5x is outvoted: {:?}", r.paired);
+    }
+
+    #[test]
+    fn rounds_that_move_every_path_together_keep_their_own_ratio() {
+        // Loaded at once, every path of a round meets the same spell; the policy pair adds
+        // 5% more than the bare pair in each round.
+        let direct = [round(200, 400, 0.0), round(250, 450, 0.0), round(300, 500, 0.0)];
+        let bare = [round(400, 600, 1.0), round(350, 550, 0.8), round(700, 900, 2.0)];
+        let pol = [round(410, 610, 1.05), round(355, 555, 0.84), round(720, 920, 2.1)];
+        let r = round_ratios(&direct, &bare, &pol);
+        for (got, want) in [(r.paired.0, 1.05), (r.paired.1, 1.05), (r.paired.2, 1.05)] {
+            assert!((got - want).abs() < 1e-9, "{:?}", r.paired);
+        }
+        // Each path's median round mixes rounds: 160 µs over 150 µs.
+        assert!((r.median.0 - 160.0 / 150.0).abs() < 1e-9, "{:?}", r.median);
+    }
+}

@@ -23,7 +23,7 @@ use strait_bench::control::Error;
 use strait_bench::load::closed_loop;
 use strait_bench::procstat::children;
 use strait_bench::rig::{
-    file_server, free_port, nginx, start_sidecar, wait_http, wait_ready, LoadArgs, Measured, Plan, Proxy, SidecarSpec, Target,
+    file_server, free_port, nginx, round_ratios, start_sidecar, wait_http, wait_ready, LoadArgs, Measured, Plan, Proxy, SidecarSpec, Target,
 };
 use strait_bench::{ms, percentile};
 
@@ -291,10 +291,15 @@ fn report(
     }
     let (strait, nginx) = (added[1], added[2]);
     println!(
-        "added latency, strait / nginx pair: p50 {:.2}x, p99 {:.2}x",
+        "added latency, strait / nginx pair, all samples together: p50 {:.2}x, p99 {:.2}x",
         strait.0.as_secs_f64() / nginx.0.as_secs_f64().max(1e-9),
         strait.1.as_secs_f64() / nginx.1.as_secs_f64().max(1e-9)
     );
+    // The paths are measured one after the other: a spell of the machine's noise falls on one
+    // path's round alone, and a few such rounds decide the pooled p99. The targets take each
+    // path's median round instead (as the policies benchmark does).
+    let by_round = round_ratios(&results[0].rounds, &results[2].rounds, &results[1].rounds);
+    println!("added latency, strait / nginx pair, each path's median round: p50 {:.2}x, p99 {:.2}x", by_round.median.0, by_round.median.1);
     println!("\n{:<22} {:<16} {:>18} {:>12} {:>14}", "path", "proxy", "vCPU per 1000 rps", "RSS idle", "RSS peak load");
     let per_krps = |cpu: f64| plan.per_krps(cpu);
     for ((t, m), idle) in targets.iter().zip(results.iter()).zip(idle) {
@@ -326,10 +331,9 @@ fn report(
     let verdict = |ok: bool| if ok { "met" } else { "NOT met" };
     let ratio = |a: f64, b: f64| a / b.max(1e-9);
     println!("\ntargets for the strait pair (against the nginx mTLS pair of this run):");
-    let p50 = ratio(strait.0.as_secs_f64(), nginx.0.as_secs_f64());
-    let p99 = ratio(strait.1.as_secs_f64(), nginx.1.as_secs_f64());
-    println!("  added latency p50 <= 0.8x nginx: {p50:.2}x ({} vs {}) ({})", ms(strait.0), ms(nginx.0), verdict(p50 <= 0.8));
-    println!("  added latency p99 <= 0.8x nginx: {p99:.2}x ({} vs {}) ({})", ms(strait.1), ms(nginx.1), verdict(p99 <= 0.8));
+    let (p50, p99) = (by_round.median.0, by_round.median.1);
+    println!("  added latency p50 <= 0.8x nginx (each path's median round): {p50:.2}x ({})", verdict(p50 <= 0.8));
+    println!("  added latency p99 <= 0.8x nginx (each path's median round): {p99:.2}x ({})", verdict(p99 <= 0.8));
     let (strait_cpu, nginx_cpu) = (per_krps(results[1].cpu.iter().sum()), per_krps(results[2].cpu.iter().sum()));
     let cpu = ratio(strait_cpu, nginx_cpu);
     println!("  CPU per 1000 rps <= 0.8x nginx: {cpu:.2}x ({strait_cpu:.3} vs {nginx_cpu:.3} vCPU for the pair) ({})", verdict(cpu <= 0.8));
