@@ -9,10 +9,14 @@
 //! alive is work not finished: hold one for exactly as long as the work lasts.
 
 use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
 
 use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 
 /// How long [`Drain::drain`] waits, after forcing, for watchers to notice and go away.
 pub const FORCE_GRACE: Duration = Duration::from_secs(1);
@@ -90,9 +94,12 @@ impl Default for Drain {
 }
 
 impl DrainWatcher {
-    /// Completes when draining starts: stop accepting new work.
-    pub async fn signaled(&self) {
-        self.stop.cancelled().await
+    /// Completes when draining starts: stop accepting new work. Meant to be raced against a
+    /// connection (`select!`) for its whole life: polled with the connection on each of its
+    /// wake-ups, it looks at the token only when the token woke it (the token's own poll takes
+    /// two locks, and a busy connection is woken several times per request).
+    pub fn signaled(&self) -> Signaled<'_> {
+        Signaled { token: &self.stop, waiting: None }
     }
 
     /// Completes when the deadline has passed: close now.
@@ -114,11 +121,63 @@ impl DrainWatcher {
     }
 }
 
+/// [`DrainWatcher::signaled`]'s future.
+pub struct Signaled<'a> {
+    token: &'a CancellationToken,
+    /// Once polled: the token's future, polled with a waker of ours, and what that waker sets.
+    waiting: Option<(Pin<Box<WaitForCancellationFuture<'a>>>, Arc<Woken>, Waker)>,
+}
+
+/// The waker the token's future is given: notes that it was woken, and wakes the task.
+struct Woken {
+    woken: AtomicBool,
+    task: Mutex<Option<Waker>>,
+}
+
+impl Wake for Woken {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.woken.store(true, Ordering::Release);
+        if let Some(task) = self.task.lock().unwrap_or_else(PoisonError::into_inner).as_ref() {
+            task.wake_by_ref();
+        }
+    }
+}
+
+#[cfg(test)]
+static TOKEN_POLLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+impl Future for Signaled<'_> {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = self.get_mut();
+        let token = this.token;
+        let (future, woken, task) = this.waiting.get_or_insert_with(|| {
+            let woken = Arc::new(Woken { woken: AtomicBool::new(true), task: Mutex::new(Some(cx.waker().clone())) });
+            (Box::pin(token.cancelled()), woken, cx.waker().clone())
+        });
+        // The task to wake, updated only when it changed (the future moved to another task).
+        if !task.will_wake(cx.waker()) {
+            *task = cx.waker().clone();
+            *woken.task.lock().unwrap_or_else(PoisonError::into_inner) = Some(cx.waker().clone());
+        }
+        if !woken.woken.swap(false, Ordering::Acquire) {
+            return Poll::Pending;
+        }
+        #[cfg(test)]
+        TOKEN_POLLS.fetch_add(1, Ordering::Relaxed);
+        let waker = Waker::from(woken.clone());
+        future.as_mut().poll(&mut Context::from_waker(&waker))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::{AtomicBool, Ordering};
-    use std::sync::Arc;
     use tokio::time::Instant;
 
     /// A connection that needs `work` more time once draining starts, and records whether it
@@ -188,5 +247,43 @@ mod tests {
         let late = drain.watcher();
         assert!(late.is_signaled());
         late.signaled().await;
+    }
+
+    #[tokio::test]
+    async fn a_signaled_future_looks_at_the_token_only_when_the_token_woke_it() {
+        let drain = Drain::new();
+        let watcher = drain.watcher();
+        let mut signaled = std::pin::pin!(watcher.signaled());
+        let waker = Waker::noop();
+        let mut cx = Context::from_waker(waker);
+        let before = TOKEN_POLLS.load(Ordering::Relaxed);
+        // Polled again and again with its connection, as a busy connection's task is.
+        for _ in 0..1000 {
+            assert!(signaled.as_mut().poll(&mut cx).is_pending());
+        }
+        assert_eq!(TOKEN_POLLS.load(Ordering::Relaxed) - before, 1, "the token is polled once until it wakes us");
+        drain.signal();
+        assert!(signaled.as_mut().poll(&mut cx).is_ready());
+    }
+
+    #[tokio::test]
+    async fn a_signaled_future_wakes_its_task_when_draining_starts_even_after_moving_to_another() {
+        let drain = Drain::new();
+        // A watcher that outlives the tasks, so that its future can move between them.
+        let watcher: &'static DrainWatcher = Box::leak(Box::new(drain.watcher()));
+        let (moved, arrive) = tokio::sync::oneshot::channel();
+        // Polled first in one task, then raced to completion in another.
+        let first = tokio::spawn(async move {
+            let mut signaled = Box::pin(watcher.signaled());
+            let once = std::future::poll_fn(|cx| Poll::Ready(signaled.as_mut().poll(cx))).await;
+            assert!(once.is_pending());
+            let _ = moved.send(signaled);
+        });
+        first.await.expect("first task");
+        let signaled = arrive.await.expect("moved");
+        let second = tokio::spawn(signaled);
+        tokio::task::yield_now().await;
+        drain.signal();
+        tokio::time::timeout(Duration::from_secs(5), second).await.expect("woken by the drain").expect("second task");
     }
 }
