@@ -9,6 +9,7 @@ pub mod cleanup;
 pub mod control;
 pub mod load;
 pub mod procstat;
+pub mod relay;
 pub mod rig;
 
 use std::time::Duration;

@@ -48,9 +48,15 @@ struct Args {
 
 const PATH: &str = "/1k.bin";
 
-#[tokio::main(flavor = "current_thread")]
-async fn main() -> Result<(), Error> {
-    let args = Args::parse();
+fn main() -> Result<(), Error> {
+    // Started by itself as one of the relay pair's relays.
+    if let Some((listen, target)) = strait_bench::relay::from_args() {
+        return Ok(strait_bench::relay::serve(listen, target)?);
+    }
+    tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(run(Args::parse()))
+}
+
+async fn run(args: Args) -> Result<(), Error> {
     let (dp, cp, work, mut children_to_kill) = strait_bench::rig::start().await?;
     if args.contention {
         // A shell spinning on core 0: what a busy neighbour takes from the proxies.
@@ -118,6 +124,18 @@ async fn main() -> Result<(), Error> {
         }
         return Err(e);
     }
+    // The floor: two relays that copy bytes and nothing else, as the pairs are chained.
+    let (relay_a, relay_b) = (free_port()?, free_port()?);
+    let mut relays = Vec::new();
+    for (listen, target) in [(relay_b, app_port), (relay_a, relay_b)] {
+        let mut relay = Command::new(std::env::current_exe()?);
+        relay.args([strait_bench::relay::ARG, &format!("127.0.0.1:{listen}"), &format!("127.0.0.1:{target}")]);
+        relays.push(strait_bench::cleanup::spawn(&mut relay)?);
+    }
+    let relay_addr: SocketAddr = format!("127.0.0.1:{relay_a}").parse()?;
+    let relay_pids: Vec<u32> = relays.iter().map(Child::id).collect();
+    children_to_kill.0.extend(relays);
+    wait_http("the relay pair", relay_addr, PATH).await?;
     let nginx_pids = |c: &Child| {
         let mut p = vec![c.id()];
         p.extend(children(c.id()));
@@ -137,6 +155,11 @@ async fn main() -> Result<(), Error> {
             name: "nginx pair (mTLS)",
             addr: nginx_addr,
             proxies: vec![Proxy { name: "nginx A", pids: nginx_pids(&proxy_a) }, Proxy { name: "nginx B", pids: nginx_pids(&proxy_b) }],
+        },
+        Target {
+            name: "relay pair (floor)",
+            addr: relay_addr,
+            proxies: vec![Proxy { name: "relay A", pids: vec![relay_pids[1]] }, Proxy { name: "relay B", pids: vec![relay_pids[0]] }],
         },
     ];
     children_to_kill.0.push(proxy_a);
@@ -172,7 +195,8 @@ async fn main() -> Result<(), Error> {
 /// figure from before it printed; nginx's at once.
 async fn open_connections(targets: &[Target], n: usize, http: &reqwest::Client, admins: &[String]) -> Result<Vec<Vec<u64>>, Error> {
     let mut held = Vec::new();
-    for (i, t) in targets.iter().enumerate().filter(|(_, t)| !t.proxies.is_empty()) {
+    // The two proxy pairs (the relay floor holds a thread per connection and direction).
+    for (i, t) in targets.iter().enumerate().take(3).filter(|(_, t)| !t.proxies.is_empty()) {
         let strait = i == 1;
         let connections = strait_bench::load::hold_open(t.addr, PATH, n).await?;
         // Read after the burst: a trim at the quiet end of the runs before it must not count.
@@ -300,6 +324,14 @@ fn report(
     // path's median round instead (as the policies benchmark does).
     let by_round = round_ratios(&results[0].rounds, &results[2].rounds, &results[1].rounds);
     println!("added latency, strait / nginx pair, each path's median round: p50 {:.2}x, p99 {:.2}x", by_round.median.0, by_round.median.1);
+    // The floor: what two relays that only copy bytes add, against the nginx pair.
+    let floor = (results.len() > 3).then(|| round_ratios(&results[0].rounds, &results[2].rounds, &results[3].rounds).median);
+    if let Some(f) = floor {
+        println!(
+            "added latency, relay floor / nginx pair, each path's median round: p50 {:.2}x, p99 {:.2}x; CPU {:.2}x (no proxy pair adds less on this path)",
+            f.0, f.1, f.2
+        );
+    }
     println!("\n{:<22} {:<16} {:>18} {:>12} {:>14}", "path", "proxy", "vCPU per 1000 rps", "RSS idle", "RSS peak load");
     let per_krps = |cpu: f64| plan.per_krps(cpu);
     for ((t, m), idle) in targets.iter().zip(results.iter()).zip(idle) {
@@ -314,7 +346,10 @@ fn report(
             );
         }
     }
-    if saturation.len() == 3 {
+    if saturation.len() >= 3 {
+        if let Some(relays) = saturation.get(3) {
+            println!("\nsaturation through the relay floor: {relays:.0} rps ({:.2} of direct)", relays / saturation[0]);
+        }
         println!(
             "\nsaturation (32 connections, closed loop): direct {:.0} rps; strait pair {:.0} rps ({:.2} of direct); nginx pair {:.0} rps ({:.2} of direct)",
             saturation[0],
@@ -337,7 +372,10 @@ fn report(
     let (strait_cpu, nginx_cpu) = (per_krps(results[1].cpu.iter().sum()), per_krps(results[2].cpu.iter().sum()));
     let cpu = ratio(strait_cpu, nginx_cpu);
     println!("  CPU per 1000 rps <= 0.8x nginx: {cpu:.2}x ({strait_cpu:.3} vs {nginx_cpu:.3} vCPU for the pair) ({})", verdict(cpu <= 0.8));
-    if saturation.len() == 3 {
+    if let Some(f) = floor {
+        println!("  (the relay floor, two relays that only copy bytes: p50 {:.2}x, p99 {:.2}x, CPU {:.2}x nginx's)", f.0, f.1, f.2);
+    }
+    if saturation.len() >= 3 {
         let (share, nginx_share) = (ratio(saturation[1], saturation[0]), ratio(saturation[2], saturation[0]));
         let ok = share >= 0.5 && share >= 1.15 * nginx_share;
         println!(
