@@ -22,7 +22,7 @@ mod sniff;
 use std::future::Future;
 use std::pin::Pin;
 
-use http::header::{self, HeaderMap};
+use http::header::{self, HeaderMap, HeaderName};
 use strait_proxy_core::drain::DrainWatcher;
 use tracing::Instrument;
 
@@ -93,9 +93,25 @@ pub fn absolute(uri: &mut http::Uri, authority: impl FnOnce() -> Option<http::ur
     *uri = http::Uri::from_parts(parts).unwrap_or_default();
 }
 
+/// The headers that describe one connection (RFC 9110 §7.6.1) besides those `Connection`
+/// names, and `te` (of which `trailers` alone is kept).
+const HOP_BY_HOP: [HeaderName; 6] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    header::TE,
+];
+
 /// Removes the headers that describe one connection (RFC 9110 §7.6.1), which must not be
 /// forwarded and are forbidden in HTTP/2; `te: trailers` (gRPC) is kept.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Most messages carry none of them: one pass over the names (compared, not hashed or
+    // parsed) settles it.
+    if !headers.keys().any(|name| HOP_BY_HOP.contains(name)) {
+        return;
+    }
     if let Some(connection) = headers.remove(header::CONNECTION) {
         // Headers named in `Connection` are hop-by-hop too.
         if let Ok(names) = connection.to_str() {
@@ -105,7 +121,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
             }
         }
     }
-    for name in ["keep-alive", "proxy-connection", "transfer-encoding", "upgrade"] {
+    for name in &HOP_BY_HOP[1..5] {
         headers.remove(name);
     }
     if headers.get(header::TE).is_some_and(|te| te != "trailers") {
@@ -140,5 +156,14 @@ mod tests {
         grpc.insert(header::TE, HeaderValue::from_static("trailers"));
         strip_hop_by_hop(&mut grpc);
         assert_eq!(grpc[header::TE], "trailers", "gRPC needs te: trailers");
+
+        // Each one found alone (the first pass must see it).
+        for (k, v) in [("keep-alive", "timeout=5"), ("proxy-connection", "close"), ("upgrade", "h2c"), ("te", "gzip")] {
+            let mut one = HeaderMap::new();
+            one.insert(HeaderName::from_static(k), HeaderValue::from_static(v));
+            one.insert(header::HOST, HeaderValue::from_static("backend"));
+            strip_hop_by_hop(&mut one);
+            assert_eq!(one.keys().map(|k| k.as_str()).collect::<Vec<_>>(), ["host"], "{k}");
+        }
     }
 }
