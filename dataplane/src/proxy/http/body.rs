@@ -210,8 +210,13 @@ impl<H> Counted<H> {
     }
 
     /// Fails the body if it has not ended by `at` (`limit` after its request arrived).
-    pub fn with_deadline(mut self, at: tokio::time::Instant, limit: Limit) -> Self {
-        self.deadline = Some((Box::pin(tokio::time::sleep_until(at)), limit));
+    pub fn with_deadline(self, at: tokio::time::Instant, limit: Limit) -> Self {
+        self.with_deadline_timer(Box::pin(tokio::time::sleep_until(at)), limit)
+    }
+
+    /// Fails the body when `timer` (set to its request's deadline, `limit`) fires.
+    pub fn with_deadline_timer(mut self, timer: Pin<Box<tokio::time::Sleep>>, limit: Limit) -> Self {
+        self.deadline = Some((timer, limit));
         self
     }
 

@@ -230,12 +230,22 @@ async fn forward(request: Request<Incoming>, service: &str, path: &Arc<DataPath>
         Some(idle) => request.map(|body| body.with_idle(Some(idle))),
         None => request,
     };
+    // The timer of the response headers' limit; when that is the exchange's deadline (no
+    // shorter stream idle limit), the response body keeps it: one timer per request, not two.
+    let mut deadline_timer = None;
     let sent = match timeouts.headers_limit() {
         Some(limit) => {
-            match tokio::time::timeout_at(now + limit.after, send(request, destination, key, Some(now + limit.after), path)).await {
-                Ok(sent) => sent,
-                Err(_) => Err((StatusCode::GATEWAY_TIMEOUT, format!("no response within {limit}"), Cause::Timeout)),
+            let mut timer = Box::pin(tokio::time::sleep_until(now + limit.after));
+            let sending = send(request, destination, key, Some(now + limit.after), path);
+            let sent = tokio::select! {
+                biased;
+                sent = sending => sent,
+                () = timer.as_mut() => Err((StatusCode::GATEWAY_TIMEOUT, format!("no response within {limit}"), Cause::Timeout)),
+            };
+            if timeouts.deadline() == Some(limit) {
+                deadline_timer = Some(timer);
             }
+            sent
         }
         None => send(request, destination, key, None, path).await,
     };
@@ -267,9 +277,10 @@ async fn forward(request: Request<Incoming>, service: &str, path: &Arc<DataPath>
                 if let Some(rate) = injected.bytes_per_second {
                     body = body.throttled(rate);
                 }
-                Either::Left(match timeouts.deadline() {
-                    Some(limit) => body.with_deadline(now + limit.after, limit),
-                    None => body,
+                Either::Left(match (timeouts.deadline(), deadline_timer) {
+                    (Some(limit), Some(timer)) => body.with_deadline_timer(timer, limit),
+                    (Some(limit), None) => body.with_deadline(now + limit.after, limit),
+                    (None, _) => body,
                 })
             })
         }
