@@ -393,6 +393,16 @@ pub struct RoundRatios {
     pub paired: (f64, f64, f64),
 }
 
+/// The median of `v` (NaN if empty), which it sorts.
+pub fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
 /// `pol` over `bare`, each round's latency taken over `direct`'s in the same round.
 pub fn round_ratios(direct: &[Round], bare: &[Round], pol: &[Round]) -> RoundRatios {
     let added = |p: Duration, d: Duration| p.saturating_sub(d).as_secs_f64();
@@ -408,23 +418,15 @@ pub fn round_ratios(direct: &[Round], bare: &[Round], pol: &[Round]) -> RoundRat
     // Each path's median round (p50, p99 and CPU each), then the ratios: a round that one
     // spell of the machine's noise stalled is outvoted on its path, and a short round's noisy
     // p99 is not compounded by dividing it by another's.
-    let middle = |v: &mut Vec<f64>| {
-        v.sort_by(f64::total_cmp);
-        match v.len() {
-            0 => f64::NAN,
-            n if n % 2 == 1 => v[n / 2],
-            n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
-        }
-    };
     let typical = |rounds: &[Round]| {
-        let pick = |f: fn(&Round) -> f64| middle(&mut rounds.iter().map(f).collect());
+        let pick = |f: fn(&Round) -> f64| median(&mut rounds.iter().map(f).collect::<Vec<_>>());
         (pick(|r| r.p50.as_secs_f64()), pick(|r| r.p99.as_secs_f64()), pick(|r| r.cpu))
     };
     let (d, b, p) = (typical(direct), typical(bare), typical(pol));
-    let median = (ratio(p.0 - d.0, b.0 - d.0), ratio(p.1 - d.1, b.1 - d.1), ratio(p.2, b.2));
-    let of_rounds = |f: fn(&(f64, f64, f64)) -> f64| middle(&mut per_round.iter().map(f).collect());
+    let by_median = (ratio(p.0 - d.0, b.0 - d.0), ratio(p.1 - d.1, b.1 - d.1), ratio(p.2, b.2));
+    let of_rounds = |f: fn(&(f64, f64, f64)) -> f64| median(&mut per_round.iter().map(f).collect::<Vec<_>>());
     let paired = (of_rounds(|r| r.0), of_rounds(|r| r.1), of_rounds(|r| r.2));
-    RoundRatios { per_round, median, paired }
+    RoundRatios { per_round, median: by_median, paired }
 }
 
 #[cfg(test)]

@@ -23,7 +23,8 @@ use strait_bench::control::Error;
 use strait_bench::load::closed_loop;
 use strait_bench::procstat::children;
 use strait_bench::rig::{
-    file_server, free_port, nginx, round_ratios, start_sidecar, wait_http, wait_ready, LoadArgs, Measured, Plan, Proxy, SidecarSpec, Target,
+    file_server, free_port, median, nginx, round_ratios, start_sidecar, wait_http, wait_ready, LoadArgs, Measured, Plan, Proxy,
+    SidecarSpec, Target,
 };
 use strait_bench::{ms, percentile};
 
@@ -374,11 +375,7 @@ fn report(
     println!("  added latency p50 <= 0.8x nginx (each path's median round): {p50:.2}x ({})", verdict(p50 <= 0.8));
     // When the direct path's own typical round has a p99 far above its p50, the host's spells
     // set every path's p99, and their ratio says nothing about the proxies.
-    let direct_round = |f: fn(&strait_bench::rig::Round) -> f64| {
-        let mut v: Vec<f64> = results[0].rounds.iter().map(f).collect();
-        v.sort_by(f64::total_cmp);
-        v.get(v.len() / 2).copied().unwrap_or(0.0)
-    };
+    let direct_round = |f: fn(&strait_bench::rig::Round) -> f64| median(&mut results[0].rounds.iter().map(f).collect::<Vec<_>>());
     let spread = ratio(direct_round(|r| r.p99.as_secs_f64()), direct_round(|r| r.p50.as_secs_f64()));
     let p99_verdict = if spread > NOISY_SPREAD {
         format!("not judged: the direct path's median round has a p99 {spread:.1}x its p50, the host's noise")

@@ -55,16 +55,14 @@ pub struct Inbound {
     port: u16,
     service: Arc<str>,
     app: SocketAddr,
-    version: Version,
     protocol: Protocol,
     app_pool: AppPool,
 }
 
 /// The handler the tunnel's accept loop gives HTTP sessions of inbound `port` to.
 pub fn handler(path: Arc<DataPath>, port: u16, service: String, app: SocketAddr, protocol: Protocol) -> HttpHandler {
-    let version = if protocol == Protocol::Http { Version::HTTP_11 } else { Version::HTTP_2 };
-    let app_pool = AppPool::new(app, version == Version::HTTP_2);
-    let inbound = Arc::new(Inbound { path, port, service: service.into(), app, version, protocol, app_pool });
+    let app_pool = AppPool::new(app, protocol != Protocol::Http);
+    let inbound = Arc::new(Inbound { path, port, service: service.into(), app, protocol, app_pool });
     HttpHandler(Arc::new(move |tls, peer| Box::pin(inbound.clone().serve(tls, peer))))
 }
 
@@ -249,7 +247,6 @@ impl Session {
         absolute(&mut parts.uri, || Authority::try_from(&*inbound.service).ok());
         strip_hop_by_hop(&mut parts.headers);
         parts.headers.remove(ROUTE_HEADER);
-        parts.version = inbound.version;
         let body = Counted::new(body, self.metrics.request_bytes.clone()).with_idle(timeouts.stream_idle).tallied(received);
         let request = Request::from_parts(parts, body);
         let sent = inbound.app_pool.send(request, timeouts.connect);
