@@ -406,7 +406,8 @@ pub fn median(v: &mut [f64]) -> f64 {
 /// `pol` over `bare`, each round's latency taken over `direct`'s in the same round.
 pub fn round_ratios(direct: &[Round], bare: &[Round], pol: &[Round]) -> RoundRatios {
     let added = |p: Duration, d: Duration| p.saturating_sub(d).as_secs_f64();
-    let ratio = |a: f64, b: f64| a / b.max(1e-9);
+    // NaN where the baseline added nothing: no ratio says anything then.
+    let ratio = |a: f64, b: f64| if b > 0.0 { a / b } else { f64::NAN };
     let per_round: Vec<(f64, f64, f64)> = direct
         .iter()
         .zip(bare)
@@ -435,6 +436,17 @@ mod round_tests {
 
     fn round(p50_us: u64, p99_us: u64, cpu: f64) -> Round {
         Round { p50: Duration::from_micros(p50_us), p99: Duration::from_micros(p99_us), cpu }
+    }
+
+    #[test]
+    fn a_baseline_that_adds_nothing_gives_no_ratio() {
+        let direct = [round(200, 900, 0.0)];
+        let bare = [round(400, 800, 1.0)];
+        let pol = [round(420, 1_000, 1.05)];
+        let r = round_ratios(&direct, &bare, &pol);
+        assert!((r.median.0 - 1.10).abs() < 1e-9, "{:?}", r.median);
+        assert!(r.median.1.is_nan(), "the baseline's p99 is below direct's: {:?}", r.median);
+        assert!(r.per_round[0].1.is_nan(), "{:?}", r.per_round);
     }
 
     #[test]

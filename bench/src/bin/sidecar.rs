@@ -49,6 +49,15 @@ struct Args {
 
 const PATH: &str = "/1k.bin";
 
+/// A ratio as printed: `n/a` where there is none (the baseline added nothing).
+fn times(ratio: f64) -> String {
+    if ratio.is_finite() {
+        format!("{ratio:.2}x")
+    } else {
+        "n/a".to_string()
+    }
+}
+
 /// A direct path's p99 more than this many times its p50 (in its median round) is the host's
 /// noise: on a quiet host it is 2-2.5x here.
 const NOISY_SPREAD: f64 = 5.0;
@@ -319,22 +328,25 @@ fn report(
         println!("{:<22} {:>9} {:>9} {:>9} {:>11} {:>11} {:>7}", t.name, ms(p50), ms(p99), ms(p999), ms(a50), ms(a99), m.outcome.errors);
     }
     let (strait, nginx) = (added[1], added[2]);
-    println!(
-        "added latency, strait / nginx pair, all samples together: p50 {:.2}x, p99 {:.2}x",
-        strait.0.as_secs_f64() / nginx.0.as_secs_f64().max(1e-9),
-        strait.1.as_secs_f64() / nginx.1.as_secs_f64().max(1e-9)
-    );
+    let over = |a: Duration, b: Duration| times(if b.is_zero() { f64::NAN } else { a.as_secs_f64() / b.as_secs_f64() });
+    println!("added latency, strait / nginx pair, all samples together: p50 {}, p99 {}", over(strait.0, nginx.0), over(strait.1, nginx.1));
     // The paths are measured one after the other: a spell of the machine's noise falls on one
     // path's round alone, and a few such rounds decide the pooled p99. The targets take each
     // path's median round instead (as the policies benchmark does).
     let by_round = round_ratios(&results[0].rounds, &results[2].rounds, &results[1].rounds);
-    println!("added latency, strait / nginx pair, each path's median round: p50 {:.2}x, p99 {:.2}x", by_round.median.0, by_round.median.1);
+    println!(
+        "added latency, strait / nginx pair, each path's median round: p50 {}, p99 {}",
+        times(by_round.median.0),
+        times(by_round.median.1)
+    );
     // The floor: what two relays that only copy bytes add, against the nginx pair.
     let floor = (results.len() > 3).then(|| round_ratios(&results[0].rounds, &results[2].rounds, &results[3].rounds).median);
     if let Some(f) = floor {
         println!(
-            "added latency, relay floor / nginx pair, each path's median round: p50 {:.2}x, p99 {:.2}x; CPU {:.2}x (no proxy pair adds less on this path)",
-            f.0, f.1, f.2
+            "added latency, relay floor / nginx pair, each path's median round: p50 {}, p99 {}; CPU {} (no proxy pair adds less on this path)",
+            times(f.0),
+            times(f.1),
+            times(f.2)
         );
     }
     println!("\n{:<22} {:<16} {:>18} {:>12} {:>14}", "path", "proxy", "vCPU per 1000 rps", "RSS idle", "RSS peak load");
@@ -372,22 +384,29 @@ fn report(
     let ratio = |a: f64, b: f64| a / b.max(1e-9);
     println!("\ntargets for the strait pair (against the nginx mTLS pair of this run):");
     let (p50, p99) = (by_round.median.0, by_round.median.1);
-    println!("  added latency p50 <= 0.8x nginx (each path's median round): {p50:.2}x ({})", verdict(p50 <= 0.8));
+    println!("  added latency p50 <= 0.8x nginx (each path's median round): {} ({})", times(p50), verdict(p50 <= 0.8));
     // When the direct path's own typical round has a p99 far above its p50, the host's spells
     // set every path's p99, and their ratio says nothing about the proxies.
     let direct_round = |f: fn(&strait_bench::rig::Round) -> f64| median(&mut results[0].rounds.iter().map(f).collect::<Vec<_>>());
     let spread = ratio(direct_round(|r| r.p99.as_secs_f64()), direct_round(|r| r.p50.as_secs_f64()));
-    let p99_verdict = if spread > NOISY_SPREAD {
+    let p99_verdict = if p99.is_nan() {
+        "not judged: the nginx pair added nothing at p99 in its median round".to_string()
+    } else if spread > NOISY_SPREAD {
         format!("not judged: the direct path's median round has a p99 {spread:.1}x its p50, the host's noise")
     } else {
         verdict(p99 <= 0.8).to_string()
     };
-    println!("  added latency p99 <= 0.8x nginx (each path's median round): {p99:.2}x ({p99_verdict})");
+    println!("  added latency p99 <= 0.8x nginx (each path's median round): {} ({p99_verdict})", times(p99));
     let (strait_cpu, nginx_cpu) = (per_krps(results[1].cpu.iter().sum()), per_krps(results[2].cpu.iter().sum()));
     let cpu = ratio(strait_cpu, nginx_cpu);
     println!("  CPU per 1000 rps <= 0.8x nginx: {cpu:.2}x ({strait_cpu:.3} vs {nginx_cpu:.3} vCPU for the pair) ({})", verdict(cpu <= 0.8));
     if let Some(f) = floor {
-        println!("  (the relay floor, two relays that only copy bytes: p50 {:.2}x, p99 {:.2}x, CPU {:.2}x nginx's)", f.0, f.1, f.2);
+        println!(
+            "  (the relay floor, two relays that only copy bytes: p50 {}, p99 {}, CPU {} nginx's)",
+            times(f.0),
+            times(f.1),
+            times(f.2)
+        );
     }
     if saturation.len() >= 3 {
         let (share, nginx_share) = (ratio(saturation[1], saturation[0]), ratio(saturation[2], saturation[0]));

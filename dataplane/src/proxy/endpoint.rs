@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use rustls::pki_types::ServerName;
 
-use super::http::pool::{ConnectOutcome, Lease, Slot};
+use super::http::pool::{ConnectOutcome, Slot};
 
 /// An endpoint with requests in flight and none ended for this long counts as stalled.
 pub const STALLED: Duration = Duration::from_millis(250);
@@ -96,25 +96,18 @@ impl Endpoint {
     /// Counts a request in flight until the guard is dropped.
     pub fn start(self: &Arc<Self>) -> InFlight {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
-        InFlight(self.clone(), None)
+        InFlight(self.clone())
     }
 }
 
-/// A request counted in flight on an endpoint, holding the HTTP/1.1 connection lent to it
-/// (if any) until its response has ended.
+/// A request counted in flight on an endpoint until its response has ended.
 #[derive(Debug)]
-pub struct InFlight(Arc<Endpoint>, Option<Lease>);
+pub struct InFlight(Arc<Endpoint>);
 
 impl InFlight {
     /// The endpoint.
     pub fn endpoint(&self) -> &Endpoint {
         &self.0
-    }
-
-    /// The same request, holding `lease` until it ends.
-    pub fn holding(mut self, lease: Option<Lease>) -> Self {
-        self.1 = lease;
-        self
     }
 }
 

@@ -3,14 +3,15 @@
 //! and `grpc` inbounds) one HTTP/2 connection without TLS shared by every request.
 //!
 //! In: a request from a peer sidecar, its URI absolute (the authority the caller used).
-//! Out: the application's response and, over HTTP/1.1, the [`Lease`] on its connection, to be
-//! held by the response body until it ends. Taking a connection is a lock held for a few
-//! comparisons; a request spawns no task and waits for no other, and only opening a
-//! connection costs more.
+//! Out: the application's response; over HTTP/1.1 its body holds the connection and gives it
+//! back when it ends. Taking a connection is a lock held for a few comparisons; an HTTP/1.1
+//! request is written and its response read by the request's own task ([`super::h1`]): it
+//! spawns no task and waits for no other, and only opening a connection costs more.
 //!
-//! A request is sent again, on another connection, when the one it was given closed before
-//! it went out (the application closed an idle connection as the request was being sent);
-//! a new connection's failure is final.
+//! A request is sent again, on another connection, when the pooled one it was given closed
+//! before the request went out, or (a safe request without a body) before any answer (the
+//! application closed an idle connection as the request came); a new connection's failure
+//! is final.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -19,12 +20,12 @@ use std::time::Duration;
 use arc_swap::ArcSwapOption;
 use http::header::{HeaderValue, HOST};
 use http::{Request, Response, Uri, Version};
-use hyper::body::Incoming;
-use hyper::client::conn::{http1, http2, TrySendError};
+use hyper::client::conn::{http2, TrySendError};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 
-use super::body::Counted;
+use super::body::{BoxError, Counted, Upstream};
+use super::h1::{self, Conn, Io};
 use super::pool::{Http1, Idle, Lease};
 
 /// How long a connection to the application may stay idle.
@@ -59,7 +60,7 @@ pub enum AppError {
     },
     /// The request failed on its connection.
     #[error(transparent)]
-    Request(hyper::Error),
+    Request(BoxError),
 }
 
 /// The connections of one inbound to its application.
@@ -83,36 +84,37 @@ impl AppPool {
     }
 
     /// Sends `request` to the application over a pooled connection, opening one (within
-    /// `connect_timeout`) if none can take it. Over HTTP/1.1 the response comes with its
-    /// connection, to be dropped when the response has ended.
-    pub async fn send(
-        &self,
-        mut request: Request<Counted>,
-        connect_timeout: Duration,
-    ) -> Result<(Response<Incoming>, Option<Lease>), AppError> {
+    /// `connect_timeout`) if none can take it. Over HTTP/1.1 the response body holds its
+    /// connection until it ends.
+    pub async fn send(&self, mut request: Request<Counted>, connect_timeout: Duration) -> Result<Response<Upstream>, AppError> {
         if self.http2 {
             *request.version_mut() = Version::HTTP_2;
-            return self.send_http2(request, connect_timeout).await.map(|response| (response, None));
+            return Ok(self.send_http2(request, connect_timeout).await?.map(Upstream::Hyper));
         }
         *request.version_mut() = Version::HTTP_11;
         origin_form(&mut request);
         loop {
-            let (mut lease, pooled) = match self.idle.take(|_, _| true) {
+            let (lease, pooled) = match self.idle.take(|_, _| true) {
                 Some(connection) => (Lease::new(connection, &self.idle), true),
                 // Boxed: opening a connection is rare, and its state would be room in every request's future.
                 None => (Box::pin(self.open_http1(connect_timeout)).await?, false),
             };
-            match lease.sender().try_send_request(request).await {
-                Ok(response) => return Ok((response, Some(lease))),
-                Err(error) => {
-                    lease.discard();
-                    request = unsent(error, pooled)?;
+            match h1::send(lease, request, pooled).await {
+                Ok(response) => return Ok(response.map(Upstream::Http1)),
+                Err(h1::Failed { request: Some(again), error }) if pooled => {
+                    tracing::debug!(%error, "a pooled connection to the application closed before it answered: sending the request on another");
+                    request = again;
                 }
+                Err(failed) => return Err(AppError::Request(failed.error.into())),
             }
         }
     }
 
-    async fn send_http2(&self, mut request: Request<Counted>, connect_timeout: Duration) -> Result<Response<Incoming>, AppError> {
+    async fn send_http2(
+        &self,
+        mut request: Request<Counted>,
+        connect_timeout: Duration,
+    ) -> Result<Response<hyper::body::Incoming>, AppError> {
         loop {
             let (mut sender, pooled) = match self.shared.load().as_deref().filter(|s| !s.is_closed()).cloned() {
                 Some(sender) => (sender, true),
@@ -126,27 +128,20 @@ impl AppPool {
         }
     }
 
-    async fn connect(&self, limit: Duration) -> Result<TokioIo<TcpStream>, AppError> {
+    async fn connect(&self, limit: Duration) -> Result<TcpStream, AppError> {
         let app = self.app;
         let stream = tokio::time::timeout(limit, TcpStream::connect(app))
             .await
             .map_err(|_| AppError::ConnectTimeout { app, limit })?
             .map_err(|source| AppError::Connect { app, source })?;
         let _ = stream.set_nodelay(true);
-        Ok(TokioIo::new(stream))
+        Ok(stream)
     }
 
     async fn open_http1(&self, connect_timeout: Duration) -> Result<Lease, AppError> {
-        let io = self.connect(connect_timeout).await?;
-        let app = self.app;
-        let (sender, connection) = http1::Builder::new().handshake(io).await.map_err(|source| AppError::Handshake { app, source })?;
-        tokio::spawn(async move {
-            if let Err(error) = connection.await {
-                tracing::debug!(%app, %error, "a connection to the application ended");
-            }
-        });
-        tracing::debug!(%app, "opened a pooled HTTP/1.1 connection to the application");
-        Ok(Lease::new(Http1::new(sender, None), &self.idle))
+        let stream = self.connect(connect_timeout).await?;
+        tracing::debug!(app = %self.app, "opened a pooled HTTP/1.1 connection to the application");
+        Ok(Lease::new(Http1::new(Conn::new(Io::Plain(stream)), None, None), &self.idle))
     }
 
     /// The shared HTTP/2 connection, opened unless another request opened it meanwhile.
@@ -155,7 +150,7 @@ impl AppPool {
         if let Some(sender) = self.shared.load().as_deref().filter(|s| !s.is_closed()).cloned() {
             return Ok(sender);
         }
-        let io = self.connect(connect_timeout).await?;
+        let io = TokioIo::new(self.connect(connect_timeout).await?);
         let app = self.app;
         let mut builder = http2::Builder::new(TokioExecutor::new());
         builder.timer(TokioTimer::new());
@@ -179,7 +174,7 @@ fn unsent(mut error: TrySendError<Request<Counted>>, pooled: bool) -> Result<Req
             tracing::debug!(error = %error.error(), "a pooled connection to the application closed before the request went out: sending it on another");
             Ok(request)
         }
-        _ => Err(AppError::Request(error.into_error())),
+        _ => Err(AppError::Request(error.into_error().into())),
     }
 }
 

@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
 use hyper::server::conn::{http1 as server1, http2 as server2};
 use hyper::service::service_fn;
 use prometheus_client::metrics::counter::Counter;
@@ -54,10 +55,18 @@ fn request(uri: &str) -> Request<Counted> {
 
 /// Sends a request for `uri`, reads the response whole and gives its connection back.
 async fn answer(pool: &AppPool, uri: &str) -> String {
-    let (response, lease) = pool.send(request(uri), Duration::from_secs(5)).await.expect("answered");
+    let response = pool.send(request(uri), Duration::from_secs(5)).await.expect("answered");
     let body = response.into_body().collect().await.expect("body").to_bytes();
-    drop(lease);
     String::from_utf8(body.to_vec()).expect("text")
+}
+
+/// Sends `n` requests for `/`, their responses left unread (each holding its connection).
+async fn unread(pool: &AppPool, n: usize) -> Vec<Response<Upstream>> {
+    let mut held = Vec::new();
+    for _ in 0..n {
+        held.push(pool.send(request("http://backend/"), Duration::from_secs(5)).await.expect("answered"));
+    }
+    held
 }
 
 #[tokio::test]
@@ -73,24 +82,30 @@ async fn http1_requests_reuse_idle_connections_in_origin_form_with_the_callers_a
     // A Host the request has is kept; user information never goes into one.
     let mut with_host = request("http://backend/");
     with_host.headers_mut().insert(HOST, HeaderValue::from_static("orders.example"));
-    let (response, _lease) = pool.send(with_host, Duration::from_secs(5)).await.expect("answered");
+    let response = pool.send(with_host, Duration::from_secs(5)).await.expect("answered");
     assert_eq!(response.into_body().collect().await.expect("body").to_bytes(), "orders.example / HTTP/1.1");
     assert_eq!(answer(&pool, "http://user@backend:8080").await, "backend:8080 / HTTP/1.1");
 
-    // Lent connections are not shared: three requests at once hold three, which then come back.
-    let mut held = Vec::new();
-    for _ in 0..3 {
-        held.push(pool.send(request("http://backend/"), Duration::from_secs(5)).await.expect("answered"));
+    // Lent connections are not shared: three responses not yet read hold three (the idle one
+    // and two more), which come back once read.
+    let held = unread(&pool, 3).await;
+    assert_eq!(accepted.load(Ordering::SeqCst), 3);
+    for response in held {
+        assert_eq!(response.into_body().collect().await.expect("body").to_bytes(), "backend / HTTP/1.1");
     }
-    // The `_lease` above still holds the first connection; the one the request with user
-    // information used is idle; so these three take it and two more.
-    assert_eq!(accepted.load(Ordering::SeqCst), 4);
-    drop(held);
-    drop(_lease);
-    for _ in 0..4 {
+    for _ in 0..3 {
         answer(&pool, "http://backend/").await;
     }
-    assert_eq!(accepted.load(Ordering::SeqCst), 4, "the connections came back to the pool");
+    assert_eq!(accepted.load(Ordering::SeqCst), 3, "the connections came back to the pool");
+
+    // A response dropped before its end leaves its connection mid-answer: it is closed, not reused.
+    drop(pool.send(request("http://backend/"), Duration::from_secs(5)).await.expect("answered"));
+    answer(&pool, "http://backend/").await;
+    answer(&pool, "http://backend/").await;
+    assert_eq!(accepted.load(Ordering::SeqCst), 3, "two idle connections were left for these");
+    let held = unread(&pool, 3).await;
+    assert_eq!(accepted.load(Ordering::SeqCst), 4, "the dropped one's connection was not among them");
+    drop(held);
 }
 
 #[tokio::test]
@@ -132,10 +147,8 @@ async fn requests_succeed_when_the_application_closes_idle_connections_unannounc
     });
     let pool = AppPool::new(addr, false);
     for n in 0..50 {
-        let (response, lease) =
-            pool.send(request("http://backend/"), Duration::from_secs(5)).await.unwrap_or_else(|e| panic!("request {n}: {e}"));
+        let response = pool.send(request("http://backend/"), Duration::from_secs(5)).await.unwrap_or_else(|e| panic!("request {n}: {e}"));
         assert_eq!(response.into_body().collect().await.expect("body").to_bytes(), "ok");
-        drop(lease);
     }
     assert_eq!(accepted.load(Ordering::SeqCst), 50, "each request had a connection of its own");
 }

@@ -2,7 +2,7 @@
 //! its bytes and fails past its request's deadline or after too long without a frame
 //! (MeshTimeout), or a one-line answer of the sidecar's own (403, 502, 503, 504) that says why.
 //!
-//! In: a hyper [`Incoming`] body, the byte counter of its (direction, source, destination),
+//! In: a peer's body ([`Upstream`]: hyper's, or one read from a pooled HTTP/1.1 connection), the byte counter of its (direction, source, destination),
 //! and whatever must live as long as the body (on the outbound side, the endpoint's in-flight
 //! count, so that least-request balancing sees a streaming response as load). Out: [`Counted`]
 //! and [`Body`]. Nothing here knows endpoints or connections: what a body holds is a type
@@ -44,12 +44,54 @@ pub const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
 /// Errors of proxied bodies.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
+/// A body coming from a peer: as hyper reads it (a request from an application or a peer
+/// sidecar, an HTTP/2 response), or from a pooled HTTP/1.1 connection ([`super::h1`]).
+#[derive(Debug)]
+pub enum Upstream {
+    /// Read by hyper.
+    Hyper(Incoming),
+    /// Read from a pooled HTTP/1.1 connection by whoever polls it.
+    Http1(super::h1::Body),
+}
+
+impl From<Incoming> for Upstream {
+    fn from(body: Incoming) -> Self {
+        Upstream::Hyper(body)
+    }
+}
+
+impl HttpBody for Upstream {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            Upstream::Hyper(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
+            Upstream::Http1(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Upstream::Hyper(body) => body.is_end_stream(),
+            Upstream::Http1(body) => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Upstream::Hyper(body) => body.size_hint(),
+            Upstream::Http1(body) => body.size_hint(),
+        }
+    }
+}
+
 /// A proxied body that counts its bytes, holds `H` until it ends (dropped with the body), and
 /// fails if it is not complete by its request's deadline, or if no frame comes for its idle
 /// limit.
 pub struct Counted<H = ()> {
     /// `None`: nothing (more) to read from a peer.
-    inner: Option<Incoming>,
+    inner: Option<Upstream>,
     /// A body held in memory (a replayed request's, a mirrored copy's, a check's), sent whole.
     kept: Option<Bytes>,
     /// Keeps a copy of what passes, for a retry or a mirror (see [`Counted::teed`]).
@@ -68,9 +110,9 @@ pub struct Counted<H = ()> {
 
 impl Counted {
     /// Wraps `inner`, adding its data bytes to `bytes`.
-    pub fn new(inner: Incoming, bytes: Counter) -> Self {
+    pub fn new(inner: impl Into<Upstream>, bytes: Counter) -> Self {
         Counted {
-            inner: Some(inner),
+            inner: Some(inner.into()),
             kept: None,
             tee: None,
             throttle: None,
@@ -302,7 +344,7 @@ impl<H: Held> HttpBody for Counted<H> {
                     }
                 }
                 // The peer's connection may not ask for the end once it knows the body ended.
-                if self.tee.is_some() && self.kept.is_none() && self.inner.as_ref().is_none_or(Incoming::is_end_stream) {
+                if self.tee.is_some() && self.kept.is_none() && self.inner.as_ref().is_none_or(Upstream::is_end_stream) {
                     if let Some(tee) = self.tee.take() {
                         tee.finish();
                     }
@@ -315,7 +357,7 @@ impl<H: Held> HttpBody for Counted<H> {
             }
             Poll::Ready(Some(Err(e))) => {
                 self.tee = None;
-                Poll::Ready(Some(Err(e.into())))
+                Poll::Ready(Some(Err(e)))
             }
             Poll::Ready(None) => {
                 if let Some(tee) = self.tee.take() {
@@ -340,7 +382,7 @@ impl<H: Held> HttpBody for Counted<H> {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.kept.is_none() && self.inner.as_ref().is_none_or(Incoming::is_end_stream)
+        self.kept.is_none() && self.inner.as_ref().is_none_or(Upstream::is_end_stream)
     }
 
     fn size_hint(&self) -> SizeHint {

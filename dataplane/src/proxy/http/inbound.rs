@@ -31,15 +31,15 @@ use tracing::Instrument;
 
 use super::app_pool::AppPool;
 use super::body::{local_response, Counted, GRPC_STATUS};
-use super::pool::Lease;
 use crate::proxy::access_log::{self, Pending as Logged};
 use crate::proxy::trace::{Side, Span};
 
-/// What the peer receives: the application's response body (holding its span, its access-log
-/// entry and its connection to the application until it ends) or the sidecar's own answer.
-type Body = super::body::Body<(Option<Span>, Option<Logged>, Option<Lease>)>;
-/// The application's response (holding its HTTP/1.1 connection), before its entry is attached.
-type AppBody = super::body::Body<Option<Lease>>;
+/// What the peer receives: the application's response body (holding its access-log entry and
+/// its span until it ends; its HTTP/1.1 connection goes back to the pool at its end) or the
+/// sidecar's own answer.
+type Body = super::body::Body<(Option<Logged>, Option<Span>)>;
+/// The application's response, before its entry is attached.
+type AppBody = super::body::Body;
 use super::routes::ROUTE_HEADER;
 use super::{absolute, serve_until_drained, strip_hop_by_hop, InSpan};
 use crate::proxy::authorization::SessionDecision;
@@ -163,7 +163,7 @@ impl Session {
         }
         response.map(|body| match body {
             // The response body counts the bytes sent into the entry it holds.
-            Either::Left(body) => Either::Left(body.map_held(|lease| (span, logged, lease))),
+            Either::Left(body) => Either::Left(body.holding((logged, span))),
             Either::Right(own) => Either::Right(own),
         })
     }
@@ -267,7 +267,7 @@ impl Session {
             None => sent.await,
         };
         match answered {
-            Ok((response, lease)) => {
+            Ok(response) => {
                 let (mut parts, body) = response.into_parts();
                 strip_hop_by_hop(&mut parts.headers);
                 // The application's version (an HTTP/1.0 server's) is not the mesh hop's.
@@ -280,10 +280,7 @@ impl Session {
                     }
                     _ => (inbound.protocol == Protocol::Grpc).then(|| self.metrics.clone()),
                 };
-                let body = Counted::new(body, self.metrics.response_bytes.clone())
-                    .with_idle(timeouts.stream_idle)
-                    .grpc_status_to(grpc)
-                    .holding(lease);
+                let body = Counted::new(body, self.metrics.response_bytes.clone()).with_idle(timeouts.stream_idle).grpc_status_to(grpc);
                 let body = match timeouts.deadline() {
                     Some(limit) => body.with_deadline(started + limit.after, limit),
                     None => body,

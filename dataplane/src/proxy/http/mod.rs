@@ -12,6 +12,7 @@
 
 mod app_pool;
 pub mod body;
+mod h1;
 pub mod inbound;
 pub mod outbound;
 pub mod pool;

@@ -32,7 +32,7 @@ use strait_api::proxy_config::Protocol;
 use tokio::net::TcpStream;
 use tracing::Instrument;
 
-use super::body::{local_response, Counted, GRPC_STATUS};
+use super::body::{local_response, Counted, Upstream, GRPC_STATUS};
 use super::pool::{Connector, Sender};
 use super::retry::{Cause, MAX_KEPT_BODY};
 use super::sniff::sniff;
@@ -421,7 +421,7 @@ async fn send(
     key: Option<u64>,
     deadline: Option<tokio::time::Instant>,
     path: &DataPath,
-) -> Result<(Response<Incoming>, InFlight), Failure> {
+) -> Result<(Response<Upstream>, InFlight), Failure> {
     use http_body::Body as _;
     let Some(policy) = &destination.retry else { return attempt(request, destination, key, deadline, path).await };
     let replay = policy.replayable(request.method()).then(|| Replay::copy(&request));
@@ -507,7 +507,7 @@ async fn attempt(
     key: Option<u64>,
     until: Option<tokio::time::Instant>,
     path: &DataPath,
-) -> Result<(Response<Incoming>, InFlight), Failure> {
+) -> Result<(Response<Upstream>, InFlight), Failure> {
     let mut last: Option<Failure> = None;
     let replay = Replay::of(&request);
     let http1 = speaks_http1(&request, destination);
@@ -528,7 +528,7 @@ async fn attempt(
         } else {
             endpoint.pool.sender(endpoint.address, &connector).await.map(Sender::Http2)
         };
-        let mut sender = match opened {
+        let sender = match opened {
             Ok(sender) => sender,
             Err(error) => {
                 destination.record(&endpoint, Outcome::LocalOrigin);
@@ -539,17 +539,16 @@ async fn attempt(
         // Until the answer comes: an attempt the sidecar abandons on the way (its timeout) is a
         // failure of local origin for outlier detection; one the application cancels is not.
         let mut pending = Pending { destination, endpoint: &endpoint, until, armed: true };
-        let sent = sender.try_send_request(request).await;
+        let sent = sender.send(request).await;
         pending.armed = false;
         drop(pending);
         match sent {
             Ok(response) => {
                 destination.record(&endpoint, Outcome::Status(response.status().as_u16()));
-                return Ok((response, in_flight.holding(sender.into_lease())));
+                return Ok((response, in_flight));
             }
-            Err(mut error) => {
-                sender.discard();
-                match error.take_message() {
+            Err(error) => {
+                match error.request {
                     // The pooled connection closed before our request went out: safe to retry.
                     Some(unsent) => {
                         endpoint.pool.clear();
@@ -563,7 +562,7 @@ async fn attempt(
                     None => {
                         destination.record(&endpoint, Outcome::LocalOrigin);
                         let failure =
-                            (StatusCode::BAD_GATEWAY, format!("{} failed the request: {}", endpoint.address, error.error()), Cause::Reset);
+                            (StatusCode::BAD_GATEWAY, format!("{} failed the request: {}", endpoint.address, error.error), Cause::Reset);
                         let Some(replay) = &replay else { return Err(failure) };
                         // The connection failed with the request in flight and before any
                         // response: a safe request without a body is tried elsewhere.

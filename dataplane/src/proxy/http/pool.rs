@@ -6,8 +6,9 @@
 //!
 //! In: a request for an endpoint, the current [`IdentityStore`], the identity the peer must
 //! present, the SNI to send, and where to report each connect's outcome ([`ConnectOutcome`]:
-//! the endpoint's passive health). Out: a `SendRequest` handle on a live connection. The
-//! handle is read lock-free on every request; only opening a connection takes the endpoint's
+//! the endpoint's passive health). Out: a [`Sender`]: the handle on the endpoint's live HTTP/2
+//! connection, or an HTTP/1.1 connection lent to the request (written and read by the
+//! request's own task, see [`super::h1`]). The HTTP/2 handle is read lock-free on every request; only opening a connection takes the endpoint's
 //! connect lock, so concurrent requests to a new endpoint open one connection, not many. The
 //! pool knows connections, not endpoints: an endpoint owns its [`Slot`].
 //!
@@ -33,12 +34,7 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwapOption;
 use http::{Request, Response, Version};
-use hyper::body::Incoming;
-use hyper::client::conn::{
-    http1,
-    http2::{self, SendRequest},
-    TrySendError,
-};
+use hyper::client::conn::http2::{self, SendRequest};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rustls::pki_types::ServerName;
 use strait_pki::Identity;
@@ -49,7 +45,8 @@ use strait_proxy_core::tunnel::outbound::{self, OutboundError};
 use strait_proxy_core::tunnel::TunnelMetrics;
 use tokio_util::task::TaskTracker;
 
-use super::body::Counted;
+use super::body::{BoxError, Counted, Upstream};
+use super::h1::{self, Conn, Io};
 use crate::proxy::metrics::ActiveGuard;
 
 /// Why no connection to a peer could be had.
@@ -94,20 +91,22 @@ pub const MAX_LENT_HTTP1: usize = MAX_IDLE_HTTP1;
 
 /// An HTTP/1.1 connection, idle in a pool or lent to a request.
 pub(super) struct Http1 {
-    sender: http1::SendRequest<Counted>,
+    conn: Conn,
     /// The workload certificate it was opened with (none to the local application).
     identity: Option<Arc<TlsIdentity>>,
     opened: Instant,
     idle_since: Instant,
     /// Requests it carried, this one included.
     used: u32,
+    /// Counts it among the open connections (between sidecars).
+    _active: Option<ActiveGuard>,
 }
 
 impl Http1 {
     /// A connection just opened, for its first request.
-    pub(super) fn new(sender: http1::SendRequest<Counted>, identity: Option<Arc<TlsIdentity>>) -> Self {
+    pub(super) fn new(conn: Conn, identity: Option<Arc<TlsIdentity>>, active: Option<ActiveGuard>) -> Self {
         let now = Instant::now();
-        Http1 { sender, identity, opened: now, idle_since: now, used: 1 }
+        Http1 { conn, identity, opened: now, idle_since: now, used: 1, _active: active }
     }
 }
 
@@ -122,6 +121,8 @@ pub(super) struct Idle {
     closed: AtomicBool,
     /// Connections lent to requests now.
     lent: AtomicUsize,
+    /// Ends the task that closes these connections when the sidecar drains, when dropped.
+    watched: std::sync::OnceLock<tokio::sync::oneshot::Sender<()>>,
 }
 
 impl Default for Idle {
@@ -133,32 +134,55 @@ impl Default for Idle {
 impl Idle {
     /// No connections yet; each may stay idle for `limit`.
     pub(super) fn new(limit: Duration) -> Self {
-        Idle { connections: Mutex::default(), limit, closed: AtomicBool::new(false), lent: AtomicUsize::new(0) }
+        Idle {
+            connections: Mutex::default(),
+            limit,
+            closed: AtomicBool::new(false),
+            lent: AtomicUsize::new(0),
+            watched: std::sync::OnceLock::new(),
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Http1>> {
         self.connections.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// The most recently used idle connection that can take a request now and is `usable`.
-    /// Those closed, idle too long or not `usable` are closed on the way; one whose connection
-    /// has not yet taken in the end of its last exchange stays for later.
+    /// The most recently used idle connection that is `usable`; those the peer closed, idle
+    /// too long or not `usable` are closed on the way.
     pub(super) fn take(&self, usable: impl Fn(&Http1, Instant) -> bool) -> Option<Http1> {
         let now = Instant::now();
         let mut idle = self.lock();
-        let mut at = idle.len();
-        while at > 0 {
-            at -= 1;
-            let connection = &idle[at];
-            if connection.sender.is_closed() || now.duration_since(connection.idle_since) >= self.limit || !usable(connection, now) {
-                idle.remove(at);
-            } else if connection.sender.is_ready() {
-                let mut connection = idle.remove(at);
+        while let Some(mut connection) = idle.pop() {
+            if now.duration_since(connection.idle_since) < self.limit && usable(&connection, now) && !connection.conn.closed_while_idle() {
                 connection.used += 1;
                 return Some(connection);
             }
         }
         None
+    }
+
+    /// Closes these connections when the sidecar drains (once for each set, by a task that
+    /// ends when the set is dropped).
+    fn close_on_drain<H>(self: &Arc<Self>, c: &Connector<'_, H>) {
+        if self.watched.get().is_some() {
+            return;
+        }
+        let (gone, dropped) = tokio::sync::oneshot::channel::<()>();
+        if self.watched.set(gone).is_err() {
+            return;
+        }
+        let idle = Arc::downgrade(self);
+        let watcher = c.drain.clone();
+        c.tasks.spawn(async move {
+            tokio::select! {
+                () = watcher.signaled() => {
+                    if let Some(idle) = idle.upgrade() {
+                        idle.close(true);
+                    }
+                }
+                _ = dropped => {}
+            }
+        });
     }
 
     /// Closes the idle connections (dropping their handles ends them) and, if `for_good`,
@@ -199,59 +223,75 @@ pub enum Sender {
     Http1(Lease),
 }
 
+/// A request that failed on its connection.
+pub struct SendError {
+    /// The request, if it may go on another connection: none of it was sent (or the peer
+    /// closed a reused HTTP/1.1 connection before answering a safe bodiless request).
+    pub request: Option<Request<Counted>>,
+    /// What went wrong.
+    pub error: BoxError,
+}
+
+impl From<hyper::client::conn::TrySendError<Request<Counted>>> for SendError {
+    fn from(mut error: hyper::client::conn::TrySendError<Request<Counted>>) -> Self {
+        SendError { request: error.take_message(), error: error.into_error().into() }
+    }
+}
+
+impl From<h1::Failed> for SendError {
+    fn from(failed: h1::Failed) -> Self {
+        SendError { request: failed.request, error: failed.error.into() }
+    }
+}
+
 impl Sender {
-    /// Sends `request` (its version set to the connection's); gives it back if it could not
-    /// be sent because the connection had closed.
-    pub async fn try_send_request(&mut self, mut request: Request<Counted>) -> Result<Response<Incoming>, TrySendError<Request<Counted>>> {
+    /// Sends `request` (its version set to the connection's). An HTTP/1.1 connection goes
+    /// with the response body, back to the pool when it ends.
+    pub async fn send(self, mut request: Request<Counted>) -> Result<Response<Upstream>, SendError> {
         match self {
-            Sender::Http2(sender) => {
+            Sender::Http2(mut sender) => {
                 *request.version_mut() = Version::HTTP_2;
-                sender.try_send_request(request).await
+                Ok(sender.try_send_request(request).await?.map(Upstream::Hyper))
             }
             Sender::Http1(lease) => {
                 *request.version_mut() = Version::HTTP_11;
-                lease.sender().try_send_request(request).await
+                let reused = lease.reused();
+                Ok(h1::send(lease, request, reused).await?.map(Upstream::Http1))
             }
-        }
-    }
-
-    /// The HTTP/1.1 connection, to be held until the response has ended.
-    pub fn into_lease(self) -> Option<Lease> {
-        match self {
-            Sender::Http1(lease) => Some(lease),
-            Sender::Http2(_) => None,
-        }
-    }
-
-    /// The connection failed this request: an HTTP/1.1 one is not lent again.
-    pub fn discard(self) {
-        if let Sender::Http1(lease) = self {
-            lease.discard();
         }
     }
 }
 
 /// An HTTP/1.1 connection lent to one request; back among the endpoint's idle connections
-/// when dropped (with the response's end), unless it closed or the sidecar drains.
+/// when released at the clean end of its exchange (unless the sidecar drains), else closed
+/// when dropped.
 pub struct Lease {
     connection: Option<Http1>,
     idle: Arc<Idle>,
+    /// Its exchange ended cleanly: the connection may take another request.
+    clean: bool,
 }
 
 impl Lease {
     pub(super) fn new(connection: Http1, idle: &Arc<Idle>) -> Lease {
         idle.lent.fetch_add(1, Ordering::Relaxed);
-        Lease { connection: Some(connection), idle: idle.clone() }
+        Lease { connection: Some(connection), idle: idle.clone(), clean: false }
     }
 
-    /// The connection's handle.
-    pub(super) fn sender(&mut self) -> &mut http1::SendRequest<Counted> {
-        &mut self.connection.as_mut().expect("a lease holds its connection until dropped").sender
+    /// The connection.
+    pub(super) fn conn(&mut self) -> &mut Conn {
+        &mut self.connection.as_mut().expect("a lease holds its connection until dropped").conn
     }
 
-    /// The connection failed its request: it is not lent again.
-    pub(super) fn discard(mut self) {
-        self.connection = None;
+    /// Whether the connection carried requests before this one.
+    pub(super) fn reused(&self) -> bool {
+        self.connection.as_ref().is_some_and(|c| c.used > 1)
+    }
+
+    /// Its exchange ended cleanly: the connection goes back among the idle ones. A lease
+    /// dropped without this (a failed exchange, or one abandoned half way) closes it.
+    pub(super) fn release(mut self) {
+        self.clean = true;
     }
 }
 
@@ -265,7 +305,7 @@ impl Drop for Lease {
     fn drop(&mut self) {
         self.idle.lent.fetch_sub(1, Ordering::Relaxed);
         let Some(mut connection) = self.connection.take() else { return };
-        if connection.sender.is_closed() || self.idle.closed.load(Ordering::Relaxed) {
+        if !self.clean || self.idle.closed.load(Ordering::Relaxed) {
             return;
         }
         let now = Instant::now();
@@ -390,17 +430,12 @@ impl Slot {
         if tls.get_ref().1.alpn_protocol() != Some(ALPN_HTTP1) {
             return Err(PoolError::NoHttp { target });
         }
-        let (sender, connection) =
-            http1::Builder::new().handshake(TokioIo::new(tls)).await.map_err(|source| PoolError::Handshake { target, source })?;
-        let idle = Arc::downgrade(&self.http1);
         // Draining: idle connections close, busy ones once their response has ended.
-        drive(connector, target, "HTTP/1.1", connection, move || {
-            if let Some(idle) = idle.upgrade() {
-                idle.close(true);
-            }
-        });
+        self.http1.close_on_drain(connector);
         tracing::debug!(%target, peer = %connector.expected, "opened a pooled HTTP/1.1 connection");
-        Ok(Sender::Http1(Lease::new(Http1::new(sender, Some(identity)), &self.http1)))
+        let active = ActiveGuard::new(&connector.metrics.active);
+        let conn = Conn::new(Io::Tls(Box::new(tls)));
+        Ok(Sender::Http1(Lease::new(Http1::new(conn, Some(identity), Some(active)), &self.http1)))
     }
 
     /// The most recently used idle HTTP/1.1 connection that may take a request; the stale

@@ -5,6 +5,7 @@ use std::sync::atomic::AtomicUsize;
 use std::time::Duration;
 
 use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
 use hyper::server::conn::{http1 as server1, http2 as server2};
 use hyper::service::service_fn;
 use strait_pki::{CertificateAuthority, KeyAndCsr, TrustBundle};
@@ -41,7 +42,8 @@ impl Pki {
 }
 
 /// A peer sidecar's inbound as `identity` (whose server ALPN decides what it speaks): serves
-/// HTTP/1.1 or HTTP/2 by the protocol agreed, answering each request with its version. Its
+/// HTTP/1.1 or HTTP/2 by the protocol agreed, answering each request with its version (in the
+/// body and in `x-version`). Its
 /// address and the count of TLS connections it accepted.
 async fn peer(identity: TlsIdentity) -> (SocketAddr, Arc<AtomicUsize>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
@@ -57,7 +59,10 @@ async fn peer(identity: TlsIdentity) -> (SocketAddr, Arc<AtomicUsize>) {
                 let Ok(tls) = acceptor.accept(tcp).await else { return };
                 let h2 = tls.get_ref().1.alpn_protocol() == Some(ALPN_H2);
                 let answer = service_fn(|request: Request<Incoming>| async move {
-                    Ok::<_, hyper::Error>(Response::new(Full::new(bytes::Bytes::from(format!("{:?}", request.version())))))
+                    let version = format!("{:?}", request.version());
+                    let mut response = Response::new(Full::new(bytes::Bytes::from(version.clone())));
+                    response.headers_mut().insert("x-version", version.parse().expect("a header value"));
+                    Ok::<_, hyper::Error>(response)
                 });
                 let io = TokioIo::new(tls);
                 let _ = if h2 {
@@ -121,15 +126,21 @@ impl Client {
 
 /// Sends one request through `slot` as an application's HTTP/1.1 request is, on a connection
 /// the pool gives for HTTP/1.1: the version the peer saw, whether it went over HTTP/1.1
-/// between the sidecars, and the sender (holding an HTTP/1.1 connection until dropped).
-async fn one_request(slot: &Slot, target: SocketAddr, connector: &Connector<'_, Health>) -> (String, bool, Sender) {
-    let mut sender = slot.sender_http1(target, connector).await.expect("a connection to the peer");
+/// between the sidecars, and the response (its unread body holding an HTTP/1.1 connection).
+async fn one_request(slot: &Slot, target: SocketAddr, connector: &Connector<'_, Health>) -> (String, bool, Response<Upstream>) {
+    let sender = slot.sender_http1(target, connector).await.expect("a connection to the peer");
     let http1 = matches!(sender, Sender::Http1(_));
     // As the outbound sends it: an absolute URI, no Host header.
     let request = Request::get("http://backend.default/").body(Counted::empty(Default::default())).expect("request");
-    let response = sender.try_send_request(request).await.map_err(|e| e.into_error()).expect("an answer");
+    let response = sender.send(request).await.map_err(|e| e.error).expect("an answer");
+    let version = response.headers()["x-version"].to_str().expect("text").to_string();
+    (version, http1, response)
+}
+
+/// Reads `response` to its end (its connection goes back to the pool): its body.
+async fn read(response: Response<Upstream>) -> String {
     let body = response.into_body().collect().await.expect("the body").to_bytes();
-    (String::from_utf8_lossy(&body).into_owned(), http1, sender)
+    String::from_utf8_lossy(&body).into_owned()
 }
 
 /// Sends two requests one after the other through `slot`: the versions the peer saw, and
@@ -138,9 +149,9 @@ async fn two_requests(slot: &Slot, target: SocketAddr, pki: &Pki) -> Vec<(String
     let client = Client::new(pki);
     let mut seen = Vec::new();
     for _ in 0..2 {
-        let (version, http1, sender) = one_request(slot, target, &client.connector()).await;
+        let (version, http1, response) = one_request(slot, target, &client.connector()).await;
         // The connection goes back to the pool when the response has ended.
-        drop(sender.into_lease());
+        assert_eq!(read(response).await, version);
         seen.push((version, http1));
     }
     seen
@@ -176,20 +187,41 @@ async fn requests_beyond_the_lent_http1_connections_share_the_http2_one() {
     // As many requests at once as HTTP/1.1 connections may be lent: each has its own.
     let mut held = Vec::new();
     for _ in 0..MAX_LENT_HTTP1 {
-        let (version, http1, sender) = one_request(&slot, target, &connector).await;
+        let (version, http1, response) = one_request(&slot, target, &connector).await;
         assert_eq!((version.as_str(), http1), ("HTTP/1.1", true));
-        held.push(sender.into_lease());
+        held.push(response);
     }
     assert_eq!(accepted.load(Ordering::SeqCst), MAX_LENT_HTTP1);
     // Two more while those are lent: over one HTTP/2 connection, not two more handshakes.
     for _ in 0..2 {
-        let (version, http1, _sender) = one_request(&slot, target, &connector).await;
+        let (version, http1, response) = one_request(&slot, target, &connector).await;
         assert_eq!((version.as_str(), http1), ("HTTP/2.0", false));
+        read(response).await;
     }
     assert_eq!(accepted.load(Ordering::SeqCst), MAX_LENT_HTTP1 + 1, "one HTTP/2 connection for both");
     // Once the first ones are back, an HTTP/1.1 request takes an idle HTTP/1.1 connection again.
-    held.clear();
-    let (version, http1, _sender) = one_request(&slot, target, &connector).await;
+    for response in held {
+        read(response).await;
+    }
+    let (version, http1, _response) = one_request(&slot, target, &connector).await;
     assert_eq!((version.as_str(), http1), ("HTTP/1.1", true));
     assert_eq!(accepted.load(Ordering::SeqCst), MAX_LENT_HTTP1 + 1, "no connection opened");
+}
+
+#[tokio::test]
+async fn idle_http1_connections_close_when_the_sidecar_drains() {
+    let pki = Pki::new();
+    let (target, _accepted) = peer(pki.identity("backend", &[ALPN_HTTP1, ALPN_H2])).await;
+    let (slot, client) = (Slot::default(), Client::new(&pki));
+    let (version, _, response) = one_request(&slot, target, &client.connector()).await;
+    assert_eq!(read(response).await, version);
+    assert_eq!(slot.http1.lock().len(), 1, "idle in the pool");
+    client._drain.signal();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !slot.http1.lock().is_empty() {
+        assert!(std::time::Instant::now() < deadline, "the idle connection was never closed");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // Those still lent are closed as they come back.
+    assert!(slot.http1.closed.load(Ordering::Relaxed));
 }
