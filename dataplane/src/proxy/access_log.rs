@@ -733,7 +733,7 @@ impl Drop for Pending {
 }
 
 /// A response body holding its request's entry counts the bytes sent into it.
-impl<A: Unpin, B: Unpin> Held for (A, Option<Pending>, B) {
+impl<A: Unpin, B: Unpin> Held for (A, Option<Box<Pending>>, B) {
     fn passed(&mut self, n: u64) {
         if let Some(p) = &mut self.1 {
             p.sent(n);
@@ -742,7 +742,7 @@ impl<A: Unpin, B: Unpin> Held for (A, Option<Pending>, B) {
 }
 
 /// A response body holding its request's entry counts the bytes sent into it.
-impl<B: Unpin> Held for (Option<Pending>, B) {
+impl<B: Unpin> Held for (Option<Box<Pending>>, B) {
     fn passed(&mut self, n: u64) {
         if let Some(p) = &mut self.0 {
             p.sent(n);
@@ -822,7 +822,7 @@ mod tests {
         pending.entry.bytes_sent = 0;
         let received = pending.received();
         received.add(10);
-        let mut response = (Some(pending), ());
+        let mut response = (Some(Box::new(pending)), ());
         response.passed(3);
         response.passed(4);
         // The response ends (the entry is logged) while the request body still counts.

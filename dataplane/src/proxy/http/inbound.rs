@@ -37,7 +37,7 @@ use crate::proxy::trace::{Side, Span};
 /// What the peer receives: the application's response body (holding its access-log entry and
 /// its span until it ends; its HTTP/1.1 connection goes back to the pool at its end) or the
 /// sidecar's own answer.
-type Body = super::body::Body<(Option<Logged>, Option<Span>)>;
+type Body = super::body::Body<(Option<Box<Logged>>, Option<Box<Span>>)>;
 /// The application's response, before its entry is attached.
 type AppBody = super::body::Body;
 use super::routes::ROUTE_HEADER;
@@ -133,12 +133,20 @@ impl Session {
         let inbound = &self.inbound;
         // MeshTrace: this hop's span, the caller's its parent, and the application's spans
         // its children.
-        let mut span = inbound.path.table.load().tracer.as_ref().and_then(|t| t.start(Side::Inbound, request.headers_mut(), &self.caller));
+        // Boxed, as the entry below: each is large, and moved with the request's future and its body.
+        let mut span = inbound
+            .path
+            .table
+            .load()
+            .tracer
+            .as_ref()
+            .and_then(|t| t.start(Side::Inbound, request.headers_mut(), &self.caller))
+            .map(Box::new);
         if let Some(s) = &mut span {
             s.request(request.method(), request.uri());
         }
-        let mut logged = self.access_log(&request, started);
-        let received = logged.as_mut().filter(|_| !request.body().is_end_stream()).map(Logged::received);
+        let mut logged = self.access_log(&request, started).map(Box::new);
+        let received = logged.as_mut().filter(|_| !request.body().is_end_stream()).map(|l| l.received());
         let response = if self.decision.allowed(&inbound.path.state, inbound.port, &self.peer) {
             match self.policies(request.headers()) {
                 Ok(injected) => self.with_faults(request, injected, received).await,

@@ -46,7 +46,7 @@ use crate::proxy::trace::{Side, Span};
 
 /// What the application receives: a peer's response body, holding its endpoint's in-flight
 /// count until it ends, or the sidecar's own answer.
-type Body = super::body::Body<(InFlight, Option<Logged>, Option<Span>)>;
+type Body = super::body::Body<(InFlight, Option<Box<Logged>>, Option<Box<Span>>)>;
 
 /// How many endpoints a request may be tried on when it could not be sent (or could be replayed).
 const ATTEMPTS: usize = 3;
@@ -178,12 +178,13 @@ async fn forward(request: Request<Incoming>, service: &str, path: &Arc<DataPath>
     }
     let destination: &Destination = destination;
     // MeshTrace: this hop's span (the request's headers now name it as the next hop's parent).
-    let mut span = table.tracer.as_ref().and_then(|t| t.start(Side::Outbound, request.headers_mut(), &destination.service));
+    // Boxed, as the entry below: each is large, and moved with the request's future and its body.
+    let mut span = table.tracer.as_ref().and_then(|t| t.start(Side::Outbound, request.headers_mut(), &destination.service)).map(Box::new);
     if let Some(s) = &mut span {
         s.request(request.method(), request.uri());
     }
     // MeshAccessLog `to`: the request's entry, logged once its response has ended.
-    let mut pending = destination.access_log.as_ref().map(|log| pending_entry(log, &table.local, destination, &request, started));
+    let mut pending = destination.access_log.as_ref().map(|log| Box::new(pending_entry(log, &table.local, destination, &request, started)));
     // (A request without a body has no count to share with it.)
     if let Some(p) = pending.as_mut().filter(|_| !http_body::Body::is_end_stream(request.body())) {
         let received = p.received();
@@ -329,7 +330,7 @@ fn pending_entry(
 }
 
 /// Notes the answer in the access-log entry, if there is one (`local`: the sidecar's own).
-fn answered<B>(pending: &mut Option<Logged>, response: &Response<B>, started: Instant, local: bool) {
+fn answered<B>(pending: &mut Option<Box<Logged>>, response: &Response<B>, started: Instant, local: bool) {
     if let Some(p) = pending {
         p.entry.status = response.status().as_u16();
         p.entry.response_time = Some(started.elapsed());

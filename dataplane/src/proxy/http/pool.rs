@@ -103,10 +103,11 @@ pub(super) struct Http1 {
 }
 
 impl Http1 {
-    /// A connection just opened, for its first request.
-    pub(super) fn new(conn: Conn, identity: Option<Arc<TlsIdentity>>, active: Option<ActiveGuard>) -> Self {
+    /// A connection just opened, for its first request (boxed: it moves between the idle
+    /// list, its lease and its response body).
+    pub(super) fn new(conn: Conn, identity: Option<Arc<TlsIdentity>>, active: Option<ActiveGuard>) -> Box<Self> {
         let now = Instant::now();
-        Http1 { conn, identity, opened: now, idle_since: now, used: 1, _active: active }
+        Box::new(Http1 { conn, identity, opened: now, idle_since: now, used: 1, _active: active })
     }
 }
 
@@ -114,7 +115,8 @@ impl Http1 {
 /// recently used last: each was put back when its request's response ended, so they are in
 /// the order they went idle.
 pub(super) struct Idle {
-    connections: Mutex<Vec<Http1>>,
+    #[expect(clippy::vec_box, reason = "a connection moves between this list, a lease and a response body: as one pointer")]
+    connections: Mutex<Vec<Box<Http1>>>,
     /// How long a connection may stay idle.
     limit: Duration,
     /// Set when the sidecar drains: connections are closed instead of coming back.
@@ -143,13 +145,14 @@ impl Idle {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Http1>> {
+    #[expect(clippy::vec_box, reason = "as the list it locks")]
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Box<Http1>>> {
         self.connections.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// The most recently used idle connection that is `usable`; those the peer closed, idle
     /// too long or not `usable` are closed on the way.
-    pub(super) fn take(&self, usable: impl Fn(&Http1, Instant) -> bool) -> Option<Http1> {
+    pub(super) fn take(&self, usable: impl Fn(&Http1, Instant) -> bool) -> Option<Box<Http1>> {
         let now = Instant::now();
         let mut idle = self.lock();
         while let Some(mut connection) = idle.pop() {
@@ -266,14 +269,14 @@ impl Sender {
 /// when released at the clean end of its exchange (unless the sidecar drains), else closed
 /// when dropped.
 pub struct Lease {
-    connection: Option<Http1>,
+    connection: Option<Box<Http1>>,
     idle: Arc<Idle>,
     /// Its exchange ended cleanly: the connection may take another request.
     clean: bool,
 }
 
 impl Lease {
-    pub(super) fn new(connection: Http1, idle: &Arc<Idle>) -> Lease {
+    pub(super) fn new(connection: Box<Http1>, idle: &Arc<Idle>) -> Lease {
         idle.lent.fetch_add(1, Ordering::Relaxed);
         Lease { connection: Some(connection), idle: idle.clone(), clean: false }
     }
@@ -440,7 +443,7 @@ impl Slot {
 
     /// The most recently used idle HTTP/1.1 connection that may take a request; the stale
     /// ones met on the way are closed.
-    fn idle_http1<H>(&self, identity: &Arc<TlsIdentity>, c: &Connector<'_, H>) -> Option<Http1> {
+    fn idle_http1<H>(&self, identity: &Arc<TlsIdentity>, c: &Connector<'_, H>) -> Option<Box<Http1>> {
         self.http1.take(|connection, now| {
             connection.identity.as_ref().is_some_and(|i| Arc::ptr_eq(i, identity))
                 && c.max_age.is_none_or(|max| now.duration_since(connection.opened) < max)
