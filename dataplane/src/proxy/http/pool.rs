@@ -254,7 +254,9 @@ impl Sender {
         match self {
             Sender::Http2(mut sender) => {
                 *request.version_mut() = Version::HTTP_2;
-                Ok(sender.try_send_request(request).await?.map(Upstream::Hyper))
+                // Boxed: hyper's future is twice an HTTP/1.1 exchange's, and would be room in
+                // every request's future (moved with it) where most go over HTTP/1.1.
+                Ok(Box::pin(sender.try_send_request(request)).await?.map(Upstream::Hyper))
             }
             Sender::Http1(lease) => {
                 *request.version_mut() = Version::HTTP_11;
