@@ -258,20 +258,34 @@ impl Session {
         let body = Counted::new(body, self.metrics.request_bytes.clone()).with_idle(timeouts.stream_idle).tallied(received);
         let request = Request::from_parts(parts, body);
         let sent = inbound.app_pool.send(request, timeouts.connect);
+        // The timer of the response headers' limit; when that is the exchange's deadline (no
+        // shorter stream idle limit), the response body keeps it: one timer per request, not two.
+        let mut deadline_timer = None;
         let answered = match timeouts.headers_limit() {
-            Some(limit) => match tokio::time::timeout_at(started + limit.after, sent).await {
-                Ok(answered) => answered,
-                Err(_) => {
-                    tracing::info!(app = %inbound.app, %limit, "the application did not answer in time");
-                    return local_response(
-                        StatusCode::GATEWAY_TIMEOUT,
-                        format!(
-                            "strait: the application of {} at {} did not answer within {limit}, inbound\n",
-                            inbound.service, inbound.app
-                        ),
-                    );
+            Some(limit) => {
+                let mut timer = Box::pin(tokio::time::sleep_until(started + limit.after));
+                let answered = tokio::select! {
+                    biased;
+                    answered = sent => Some(answered),
+                    () = timer.as_mut() => None,
+                };
+                if timeouts.deadline() == Some(limit) {
+                    deadline_timer = Some(timer);
                 }
-            },
+                match answered {
+                    Some(answered) => answered,
+                    None => {
+                        tracing::info!(app = %inbound.app, %limit, "the application did not answer in time");
+                        return local_response(
+                            StatusCode::GATEWAY_TIMEOUT,
+                            format!(
+                                "strait: the application of {} at {} did not answer within {limit}, inbound\n",
+                                inbound.service, inbound.app
+                            ),
+                        );
+                    }
+                }
+            }
             None => sent.await,
         };
         match answered {
@@ -289,9 +303,10 @@ impl Session {
                     _ => (inbound.protocol == Protocol::Grpc).then(|| self.metrics.clone()),
                 };
                 let body = Counted::new(body, self.metrics.response_bytes.clone()).with_idle(timeouts.stream_idle).grpc_status_to(grpc);
-                let body = match timeouts.deadline() {
-                    Some(limit) => body.with_deadline(started + limit.after, limit),
-                    None => body,
+                let body = match (timeouts.deadline(), deadline_timer) {
+                    (Some(limit), Some(timer)) => body.with_deadline_timer(timer, limit),
+                    (Some(limit), None) => body.with_deadline(started + limit.after, limit),
+                    (None, _) => body,
                 };
                 Response::from_parts(parts, Either::Left(body))
             }

@@ -226,7 +226,8 @@ async fn forward(request: Request<Incoming>, service: &str, path: &Arc<DataPath>
     // deadline (or the stream idle limit), the whole exchange within the deadline, and no
     // stream idle for longer than its limit.
     let timeouts = rule.map_or(destination.timeouts, |(rule, _)| rule.timeouts(destination));
-    let now = tokio::time::Instant::now();
+    // The clock is read once per request where it can be.
+    let now = tokio::time::Instant::from_std(started);
     let request = match timeouts.stream_idle {
         Some(idle) => request.map(|body| body.with_idle(Some(idle))),
         None => request,
@@ -645,8 +646,8 @@ struct Pending<'a> {
 
 impl Drop for Pending<'_> {
     fn drop(&mut self) {
-        let timed_out = self.until.is_some_and(|until| tokio::time::Instant::now() + Duration::from_millis(5) >= until);
-        if self.armed && timed_out {
+        // The clock is read only for an attempt abandoned on the way (rarely).
+        if self.armed && self.until.is_some_and(|until| tokio::time::Instant::now() + Duration::from_millis(5) >= until) {
             self.destination.record(self.endpoint, Outcome::LocalOrigin);
         }
     }
