@@ -25,6 +25,8 @@ async fn main() {
             std::process::exit(EXIT_CONFIG);
         }
     };
+    // As many malloc arenas as data-path threads: the control thread shares the first.
+    strait_runtime::memory::cap_arenas(usize::from(config.flags.concurrency));
     telemetry::init(format, &level);
     // A listener that cannot be bound (a port taken) ends here, named with its address.
     let sidecar = match Sidecar::start(config).await {
