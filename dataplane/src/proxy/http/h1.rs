@@ -36,6 +36,11 @@ const MAX_HEADERS: usize = 100;
 const MAX_HEAD: usize = 64 * 1024;
 /// What a read asks for at least.
 const READ_SIZE: usize = 8 * 1024;
+/// What a read of a large body asks for at most: fewer reads, larger frames, fewer TLS
+/// records downstream. A connection that goes back idle keeps no more than [`KEPT_BUFFER`].
+const BODY_READ_SIZE: usize = 256 * 1024;
+/// Buffer capacity an idle connection keeps; a larger one is given back when its exchange ends.
+const KEPT_BUFFER: usize = 16 * 1024;
 /// Request body data up to this size is copied behind its head, to go in one write.
 const COALESCE: usize = 16 * 1024;
 
@@ -410,7 +415,7 @@ fn poll_head(conn: &mut Conn, cx: &mut Context<'_>) -> Poll<Result<(Response<()>
                 return Poll::Ready(Err(H1Error::Malformed("the response head is too large")));
             }
         }
-        match poll_read(conn, cx) {
+        match poll_read(conn, cx, READ_SIZE) {
             Poll::Ready(Ok(0)) => return Poll::Ready(Err(H1Error::Closed)),
             Poll::Ready(Ok(_)) => {}
             Poll::Ready(Err(e)) => return Poll::Ready(Err(H1Error::Read(e))),
@@ -419,10 +424,11 @@ fn poll_head(conn: &mut Conn, cx: &mut Context<'_>) -> Poll<Result<(Response<()>
     }
 }
 
-/// Reads what the peer sent into the connection's read buffer: how much (0 at its end).
-fn poll_read(conn: &mut Conn, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
-    if conn.read.capacity() - conn.read.len() < READ_SIZE / 4 {
-        conn.read.reserve(READ_SIZE);
+/// Reads what the peer sent into the connection's read buffer, with room for `want` bytes:
+/// how much (0 at its end).
+fn poll_read(conn: &mut Conn, cx: &mut Context<'_>, want: usize) -> Poll<io::Result<usize>> {
+    if conn.read.capacity() - conn.read.len() < want / 4 {
+        conn.read.reserve(want);
     }
     tokio_util::io::poll_read_buf(Pin::new(&mut conn.io), cx, &mut conn.read)
 }
@@ -517,7 +523,15 @@ impl Body {
     fn finish(&mut self) {
         let Some(mut lease) = self.lease.take() else { return };
         // Bytes after the end of the response were not asked for: the peer is not speaking HTTP/1.1.
-        if self.reusable && lease.conn().read.is_empty() {
+        let conn = lease.conn();
+        if self.reusable && conn.read.is_empty() {
+            // A large body's buffers are not kept idle.
+            if conn.read.capacity() > KEPT_BUFFER {
+                conn.read = BytesMut::new();
+            }
+            if conn.write.capacity() > KEPT_BUFFER {
+                conn.write = Vec::new();
+            }
             lease.release();
         }
     }
@@ -574,8 +588,13 @@ impl HttpBody for Body {
                 }
                 Step::Read => {}
             }
+            // Room for what is left of the body, up to a bound.
+            let want = match this.framing {
+                Framing::Length(rest) => usize::try_from(rest).unwrap_or(usize::MAX).clamp(READ_SIZE, BODY_READ_SIZE),
+                _ => BODY_READ_SIZE,
+            };
             let conn = this.lease.as_mut().map(Lease::conn).expect("a body being read holds its connection");
-            match poll_read(conn, cx) {
+            match poll_read(conn, cx, want) {
                 Poll::Ready(Ok(0)) => {
                     if this.framing == Framing::UntilClose {
                         this.framing = Framing::Length(0);

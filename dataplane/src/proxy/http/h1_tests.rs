@@ -315,3 +315,40 @@ async fn an_exchange_abandoned_half_way_closes_its_connection() {
     assert_eq!(text(send(open(addr, &idle).await, get("/"), false).await.expect("answered")).await, "ok");
     assert_eq!(seen.accepted.load(Ordering::SeqCst), 2);
 }
+
+#[tokio::test]
+async fn a_large_body_is_read_in_large_frames_and_its_buffer_not_kept_idle() {
+    const SIZE: usize = 1 << 20;
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("address");
+    let (written, all_written) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        let (mut tcp, _) = listener.accept().await.expect("accept");
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            tcp.read_exact(&mut byte).await.expect("head");
+            head.push(byte[0]);
+        }
+        let mut answer = format!("HTTP/1.1 200 OK\r\ncontent-length: {SIZE}\r\n\r\n").into_bytes();
+        answer.extend(std::iter::repeat_n(b'x', SIZE));
+        tcp.write_all(&answer).await.expect("answer");
+        let _ = written.send(());
+        std::future::pending::<()>().await;
+    });
+    let idle = idle();
+    let response = send(open(addr, &idle).await, get("/large"), false).await.expect("answered");
+    // Everything is in the socket's buffers: a read takes what its room allows.
+    all_written.await.expect("written");
+    let mut body = response.into_body();
+    let (mut total, mut largest) = (0, 0);
+    while let Some(frame) = body.frame().await {
+        let data = frame.expect("data").into_data().expect("data");
+        total += data.len();
+        largest = largest.max(data.len());
+    }
+    assert_eq!(total, SIZE);
+    assert!(largest > 8 * READ_SIZE, "reads of a large body ask for more than a head's: largest frame {largest}");
+    let mut lease = Lease::new(idle.take(|_, _| true).expect("pooled"), &idle);
+    assert!(lease.conn().read.capacity() <= KEPT_BUFFER, "an idle connection keeps {} bytes of buffer", lease.conn().read.capacity());
+}
