@@ -96,6 +96,16 @@ async fn open(addr: SocketAddr, idle: &Arc<Idle>) -> Lease {
     Lease::new(Http1::new(Conn::new(Io::Plain(tcp)), None, None), idle)
 }
 
+/// `request`'s answer on a new connection to `addr` (pooled in `idle` once it ends cleanly).
+async fn ask(addr: SocketAddr, idle: &Arc<Idle>, request: Request<Counted>) -> Response<Body> {
+    send(open(addr, idle).await, request, false).await.expect("answered")
+}
+
+/// The connection idle in `idle`, lent again.
+fn reuse(idle: &Arc<Idle>) -> Lease {
+    Lease::new(idle.take(|_, _| true).expect("an idle connection in the pool"), idle)
+}
+
 fn get(uri: &str) -> Request<Counted> {
     Request::get(uri).header(header::HOST, "backend").body(Counted::empty(Counter::default())).expect("request")
 }
@@ -113,11 +123,11 @@ async fn a_response_with_a_length_is_read_and_its_connection_reused() {
     let ok: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\nx-a: 1\r\n\r\nhello";
     let (addr, seen) = scripted(vec![Reply(ok), Reply(ok)]).await;
     let idle = idle();
-    let response = send(open(addr, &idle).await, get("/a?b=1"), false).await.expect("answered");
+    let response = ask(addr, &idle, get("/a?b=1")).await;
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(response.headers()["x-a"], "1");
     assert_eq!(text(response).await, "hello");
-    let again = Lease::new(idle.take(|_, _| true).expect("back in the pool once read"), &idle);
+    let again = reuse(&idle);
     assert!(again.reused());
     assert_eq!(text(send(again, get("/c"), true).await.expect("answered")).await, "hello");
     assert_eq!(seen.accepted.load(Ordering::SeqCst), 1);
@@ -138,11 +148,11 @@ async fn a_chunked_response_is_decoded_with_its_trailers_and_its_connection_reus
     let chunked: &[u8] = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n4;ext=1\r\nwiki\r\n5\r\npedia\r\n0\r\nx-sum: 9\r\n\r\n";
     let (addr, seen) = scripted(vec![Reply(chunked), Reply(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")]).await;
     let idle = idle();
-    let response = send(open(addr, &idle).await, get("/"), false).await.expect("answered");
+    let response = ask(addr, &idle, get("/")).await;
     let collected = response.into_body().collect().await.expect("body");
     assert_eq!(collected.trailers().expect("trailers")["x-sum"], "9");
     assert_eq!(collected.to_bytes(), "wikipedia");
-    let again = Lease::new(idle.take(|_, _| true).expect("back in the pool"), &idle);
+    let again = reuse(&idle);
     assert_eq!(text(send(again, get("/"), true).await.expect("answered")).await, "ok");
     assert_eq!(seen.accepted.load(Ordering::SeqCst), 1);
 }
@@ -151,7 +161,7 @@ async fn a_chunked_response_is_decoded_with_its_trailers_and_its_connection_reus
 async fn a_response_without_length_ends_with_its_connection_which_is_not_reused() {
     let (addr, _seen) = scripted(vec![ReplyAndClose(b"HTTP/1.1 200 OK\r\n\r\nuntil the end")]).await;
     let idle = idle();
-    let response = send(open(addr, &idle).await, get("/"), false).await.expect("answered");
+    let response = ask(addr, &idle, get("/")).await;
     assert!(!response.body().is_end_stream());
     assert_eq!(text(response).await, "until the end");
     assert!(idle.take(|_, _| true).is_none(), "a connection whose body ends with it is never pooled");
@@ -164,15 +174,15 @@ async fn head_and_no_content_answers_have_no_body_whatever_their_length_says() {
     let (addr, seen) = scripted(vec![Reply(head), Reply(not_modified), Reply(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")]).await;
     let idle = idle();
     let request = Request::head("/").body(Counted::empty(Counter::default())).expect("request");
-    let response = send(open(addr, &idle).await, request, false).await.expect("answered");
+    let response = ask(addr, &idle, request).await;
     assert_eq!(response.headers()[header::CONTENT_LENGTH], "1000");
     assert!(response.body().is_end_stream());
     drop(response);
-    let lease = Lease::new(idle.take(|_, _| true).expect("pooled at once"), &idle);
+    let lease = reuse(&idle);
     let response = send(lease, get("/"), true).await.expect("answered");
     assert_eq!(response.status(), StatusCode::NOT_MODIFIED);
     assert!(response.body().is_end_stream());
-    let lease = Lease::new(idle.take(|_, _| true).expect("pooled at once"), &idle);
+    let lease = reuse(&idle);
     assert_eq!(text(send(lease, get("/"), true).await.expect("answered")).await, "ok");
     assert_eq!(seen.accepted.load(Ordering::SeqCst), 1);
 }
@@ -183,16 +193,16 @@ async fn request_bodies_go_with_their_length_or_chunked() {
     let idle = idle();
     let body = Counted::full(bytes::Bytes::from_static(b"name=strait"), Counter::default());
     let request = Request::post("/form").body(body).expect("request");
-    send(open(addr, &idle).await, request, false).await.expect("answered");
+    ask(addr, &idle, request).await;
     assert_eq!(seen.text(), "POST /form HTTP/1.1\r\ncontent-length: 11\r\n\r\nname=strait");
 
     // A body of unknown length (a chunked response, forwarded) goes chunked.
     let source: &[u8] = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n";
     let (from, _) = scripted(vec![Reply(source)]).await;
-    let streamed = send(open(from, &idle).await, get("/"), false).await.expect("answered").into_body();
+    let streamed = ask(from, &idle, get("/")).await.into_body();
     let (to, seen) = scripted(vec![Reply(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")]).await;
     let request = Request::put("/up").body(Counted::new(Upstream::Http1(streamed), Counter::default())).expect("request");
-    send(open(to, &idle).await, request, false).await.expect("answered");
+    ask(to, &idle, request).await;
     let wire = seen.text();
     assert!(wire.starts_with("PUT /up HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\n"), "{wire}");
     let body = &wire["PUT /up HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\n".len()..];
@@ -249,14 +259,14 @@ async fn a_reused_connection_closed_before_any_answer_gives_back_a_safe_bodiless
     let ok: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
     let (addr, _seen) = scripted(vec![Reply(ok), Close, Reply(ok), Close]).await;
     let idle = idle();
-    assert_eq!(text(send(open(addr, &idle).await, get("/"), false).await.expect("answered")).await, "ok");
-    let lease = Lease::new(idle.take(|_, _| true).expect("pooled"), &idle);
+    assert_eq!(text(ask(addr, &idle, get("/")).await).await, "ok");
+    let lease = reuse(&idle);
     let failed = send(lease, get("/"), true).await.expect_err("closed unanswered");
     assert!(failed.request.is_some(), "a GET may go again: {failed:?}");
     assert!(matches!(failed.error, H1Error::Closed | H1Error::Read(_)), "{failed:?}");
 
-    assert_eq!(text(send(open(addr, &idle).await, get("/"), false).await.expect("answered")).await, "ok");
-    let lease = Lease::new(idle.take(|_, _| true).expect("pooled"), &idle);
+    assert_eq!(text(ask(addr, &idle, get("/")).await).await, "ok");
+    let lease = reuse(&idle);
     let post = Request::post("/").body(Counted::empty(Counter::default())).expect("request");
     let failed = send(lease, post, true).await.expect_err("closed unanswered");
     assert!(failed.request.is_none(), "a POST the peer may have acted on does not go again: {failed:?}");
@@ -296,7 +306,7 @@ async fn malformed_answers_are_errors_that_say_what_is_wrong() {
     // A body cut short is an error of the body.
     let (addr, _) = scripted(vec![ReplyAndClose(b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nabc")]).await;
     let idle = idle();
-    let response = send(open(addr, &idle).await, get("/"), false).await.expect("answered");
+    let response = ask(addr, &idle, get("/")).await;
     let error = response.into_body().collect().await.expect_err("cut short");
     assert!(error.to_string().contains("closed before the end of the response body"), "{error}");
     assert!(idle.take(|_, _| true).is_none(), "a connection that failed mid-body is not reused");
@@ -312,7 +322,7 @@ async fn an_exchange_abandoned_half_way_closes_its_connection() {
     let abandoned = tokio::time::timeout(Duration::from_millis(50), send(open(addr, &idle).await, get("/slow"), false)).await;
     assert!(abandoned.is_err(), "the server never answers");
     assert!(idle.take(|_, _| true).is_none(), "an abandoned exchange's connection is not pooled");
-    assert_eq!(text(send(open(addr, &idle).await, get("/"), false).await.expect("answered")).await, "ok");
+    assert_eq!(text(ask(addr, &idle, get("/")).await).await, "ok");
     assert_eq!(seen.accepted.load(Ordering::SeqCst), 2);
 }
 
@@ -337,7 +347,7 @@ async fn a_large_body_is_read_in_large_frames_and_its_buffer_not_kept_idle() {
         std::future::pending::<()>().await;
     });
     let idle = idle();
-    let response = send(open(addr, &idle).await, get("/large"), false).await.expect("answered");
+    let response = ask(addr, &idle, get("/large")).await;
     // Everything is in the socket's buffers: a read takes what its room allows.
     all_written.await.expect("written");
     let mut body = response.into_body();
@@ -349,6 +359,6 @@ async fn a_large_body_is_read_in_large_frames_and_its_buffer_not_kept_idle() {
     }
     assert_eq!(total, SIZE);
     assert!(largest > 8 * READ_SIZE, "reads of a large body ask for more than a head's: largest frame {largest}");
-    let mut lease = Lease::new(idle.take(|_, _| true).expect("pooled"), &idle);
+    let mut lease = reuse(&idle);
     assert!(lease.conn().read.capacity() <= KEPT_BUFFER, "an idle connection keeps {} bytes of buffer", lease.conn().read.capacity());
 }
