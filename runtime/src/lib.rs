@@ -7,6 +7,7 @@
 #![deny(unsafe_code)]
 
 pub mod certs;
+pub mod clock;
 pub mod files;
 pub mod flags;
 pub mod framed;

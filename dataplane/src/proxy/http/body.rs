@@ -11,7 +11,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
@@ -24,6 +24,8 @@ use prometheus_client::metrics::counter::Counter;
 use crate::proxy::access_log::Received;
 use crate::proxy::metrics::PairMetrics;
 use crate::proxy::timeouts::Limit;
+
+use super::timer::Lent;
 
 /// The body of everything the sidecar answers: a proxied body, counted (holding `H` until it
 /// ends), or its own.
@@ -52,6 +54,8 @@ pub enum Upstream {
     Hyper(Incoming),
     /// Read from a pooled HTTP/1.1 connection by whoever polls it.
     Http1(super::h1::Body),
+    /// None: a request without a body, read by the sidecar's own HTTP/1.1 server.
+    Empty,
 }
 
 impl From<Incoming> for Upstream {
@@ -68,6 +72,7 @@ impl HttpBody for Upstream {
         match self.get_mut() {
             Upstream::Hyper(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
             Upstream::Http1(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
+            Upstream::Empty => Poll::Ready(None),
         }
     }
 
@@ -75,6 +80,7 @@ impl HttpBody for Upstream {
         match self {
             Upstream::Hyper(body) => body.is_end_stream(),
             Upstream::Http1(body) => body.is_end_stream(),
+            Upstream::Empty => true,
         }
     }
 
@@ -82,6 +88,7 @@ impl HttpBody for Upstream {
         match self {
             Upstream::Hyper(body) => body.size_hint(),
             Upstream::Http1(body) => body.size_hint(),
+            Upstream::Empty => SizeHint::with_exact(0),
         }
     }
 }
@@ -104,7 +111,7 @@ pub struct Counted<H = ()> {
     grpc: Option<Box<PairMetrics>>,
     bytes: Counter,
     held: H,
-    deadline: Option<(Pin<Box<tokio::time::Sleep>>, Limit)>,
+    deadline: Option<(Lent, Limit)>,
     idle: Option<(Pin<Box<tokio::time::Sleep>>, Duration)>,
 }
 
@@ -252,12 +259,12 @@ impl<H> Counted<H> {
     }
 
     /// Fails the body if it has not ended by `at` (`limit` after its request arrived).
-    pub fn with_deadline(self, at: tokio::time::Instant, limit: Limit) -> Self {
-        self.with_deadline_timer(Box::pin(tokio::time::sleep_until(at)), limit)
+    pub fn with_deadline(self, at: Instant, limit: Limit) -> Self {
+        self.with_deadline_timer(Lent::until(at), limit)
     }
 
     /// Fails the body when `timer` (set to its request's deadline, `limit`) fires.
-    pub fn with_deadline_timer(mut self, timer: Pin<Box<tokio::time::Sleep>>, limit: Limit) -> Self {
+    pub fn with_deadline_timer(mut self, timer: Lent, limit: Limit) -> Self {
         self.deadline = Some((timer, limit));
         self
     }
@@ -366,8 +373,8 @@ impl<H: Held> HttpBody for Counted<H> {
                 Poll::Ready(None)
             }
             Poll::Pending => {
-                if let Some((sleep, limit)) = &mut self.deadline {
-                    if sleep.as_mut().poll(cx).is_ready() {
+                if let Some((timer, limit)) = &mut self.deadline {
+                    if Pin::new(timer).poll(cx).is_ready() {
                         return Poll::Ready(Some(Err(BodyTimeout(*limit).into())));
                     }
                 }

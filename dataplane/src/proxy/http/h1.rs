@@ -31,18 +31,18 @@ use super::body::{BoxError, Counted};
 use super::pool::Lease;
 
 /// Most headers a response (or its trailers) may have.
-const MAX_HEADERS: usize = 100;
+pub(super) const MAX_HEADERS: usize = 100;
 /// Longest response head, and longest chunk-size line.
-const MAX_HEAD: usize = 64 * 1024;
+pub(super) const MAX_HEAD: usize = 64 * 1024;
 /// What a read asks for at least.
-const READ_SIZE: usize = 8 * 1024;
+pub(super) const READ_SIZE: usize = 8 * 1024;
 /// What a read of a large body asks for at most: fewer reads, larger frames, fewer TLS
 /// records downstream. A connection that goes back idle keeps no more than [`KEPT_BUFFER`].
 const BODY_READ_SIZE: usize = 256 * 1024;
 /// Buffer capacity an idle connection keeps; a larger one is given back when its exchange ends.
-const KEPT_BUFFER: usize = 16 * 1024;
+pub(super) const KEPT_BUFFER: usize = 16 * 1024;
 /// Request body data up to this size is copied behind its head, to go in one write.
-const COALESCE: usize = 16 * 1024;
+pub(super) const COALESCE: usize = 16 * 1024;
 
 /// A connection's byte stream: plain TCP (to the local application) or mTLS (to a peer sidecar).
 pub enum Io {
@@ -470,7 +470,7 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<(Response<()>, bool)>, H1Erro
 }
 
 /// Whether the peer keeps the connection open after a message with these headers.
-fn keeps_open(version: Version, headers: &HeaderMap) -> bool {
+pub(super) fn keeps_open(version: Version, headers: &HeaderMap) -> bool {
     let mut tokens = headers.get_all(header::CONNECTION).iter().filter_map(|v| v.to_str().ok()).flat_map(|v| v.split(','));
     if version == Version::HTTP_10 {
         tokens.any(|t| t.trim().eq_ignore_ascii_case("keep-alive"))

@@ -30,7 +30,7 @@ use tokio_rustls::server::TlsStream;
 use tracing::Instrument;
 
 use super::app_pool::AppPool;
-use super::body::{local_response, Counted, GRPC_STATUS};
+use super::body::{local_response, Counted, Upstream, GRPC_STATUS};
 use crate::proxy::access_log::{self, Pending as Logged};
 use crate::proxy::trace::{Side, Span};
 
@@ -40,7 +40,9 @@ use crate::proxy::trace::{Side, Span};
 type Body = super::body::Body<(Option<Box<Logged>>, Option<Box<Span>>)>;
 /// The application's response, before its entry is attached.
 type AppBody = super::body::Body;
+use super::h1_server;
 use super::routes::ROUTE_HEADER;
+use super::timer::Spare;
 use super::{absolute, serve_until_drained, strip_hop_by_hop, InSpan};
 use crate::proxy::authorization::SessionDecision;
 use crate::proxy::data_path::DataPath;
@@ -83,22 +85,32 @@ impl Inbound {
         let watcher = self.path.drain.clone();
         let lifetime = of_inbound(&self.path.state, self.port).max_connection;
         let http1 = tls.get_ref().1.alpn_protocol() == Some(ALPN_HTTP1);
-        let session = Arc::new(Session { inbound: self, peer, caller, caller_zone, metrics, decision: SessionDecision::default() });
-        let service = service_fn(move |request: Request<Incoming>| {
+        let session = Arc::new(Session {
+            inbound: self,
+            peer,
+            caller,
+            caller_zone,
+            metrics,
+            decision: SessionDecision::default(),
+            timers: Arc::default(),
+        });
+        let handle = move |request: Request<Upstream>| {
             let session = session.clone();
             // Off under the default `info` filter: then neither built nor formatted.
             let span = tracing::debug_span!("request", method = %request.method(), path = %request.uri().path());
-            async move { Ok::<_, Infallible>(session.handle(request).await) }.instrument(span)
-        });
+            async move { session.handle(request).await }.instrument(span)
+        };
         if http1 {
             // The caller's sidecar pools the connection and closes it first (after 20 s idle):
             // a longer wait here never closes one under a request it is sending.
-            let mut builder = hyper::server::conn::http1::Builder::new();
-            builder.timer(TokioTimer::new()).header_read_timeout(Duration::from_secs(120));
-            let connection = builder.serve_connection(TokioIo::new(tls), service);
+            let connection = h1_server::serve(tls, handle, Duration::from_secs(120));
             serve_until_drained(connection, |c| c.graceful_shutdown(), &watcher, lifetime, "inbound HTTP/1.1 connection").await;
             return;
         }
+        let service = service_fn(move |request: Request<Incoming>| {
+            let answer = handle(request.map(Upstream::Hyper));
+            async move { Ok::<_, Infallible>(answer.await) }
+        });
         // Runs in the connection's span (the tunnel's accept loop made it, with the peer): so
         // do the streams hyper spawns, through `InSpan`.
         let mut builder = hyper::server::conn::http2::Builder::new(InSpan);
@@ -125,10 +137,12 @@ struct Session {
     metrics: PairMetrics,
     /// MeshTrafficPermission's answer for this peer, per configuration version.
     decision: SessionDecision,
+    /// The session's deadline timer, lent to each request in turn.
+    timers: Arc<Spare>,
 }
 
 impl Session {
-    async fn handle(&self, mut request: Request<Incoming>) -> Response<Body> {
+    async fn handle(&self, mut request: Request<Upstream>) -> Response<Body> {
         let started = Instant::now();
         let inbound = &self.inbound;
         // MeshTrace: this hop's span, the caller's its parent, and the application's spans
@@ -177,7 +191,7 @@ impl Session {
     }
 
     /// MeshAccessLog `from`: the request's entry, if a rule selects its caller.
-    fn access_log(&self, request: &Request<Incoming>, started: Instant) -> Option<Logged> {
+    fn access_log(&self, request: &Request<Upstream>, started: Instant) -> Option<Logged> {
         let inbound = &self.inbound;
         let table = inbound.path.table.load();
         let log = table.inbound(inbound.port)?.access_log(&self.caller)?.clone();
@@ -222,7 +236,7 @@ impl Session {
     /// Sends `request` to the application with the faults `injected` says.
     async fn with_faults(
         &self,
-        request: Request<Incoming>,
+        request: Request<Upstream>,
         injected: Injected,
         received: Option<access_log::Received>,
     ) -> Response<AppBody> {
@@ -246,7 +260,7 @@ impl Session {
         response
     }
 
-    async fn to_application(&self, request: Request<Incoming>, received: Option<access_log::Received>) -> Response<AppBody> {
+    async fn to_application(&self, request: Request<Upstream>, received: Option<access_log::Received>) -> Response<AppBody> {
         let inbound = &self.inbound;
         // MeshTimeout `from`: the application answers within the inbound's limits.
         let timeouts = of_inbound(&inbound.path.state, inbound.port);
@@ -263,11 +277,11 @@ impl Session {
         let mut deadline_timer = None;
         let answered = match timeouts.headers_limit() {
             Some(limit) => {
-                let mut timer = Box::pin(tokio::time::sleep_until(started + limit.after));
+                let mut timer = self.timers.lend(started + limit.after);
                 let answered = tokio::select! {
                     biased;
                     answered = sent => Some(answered),
-                    () = timer.as_mut() => None,
+                    () = &mut timer => None,
                 };
                 if timeouts.deadline() == Some(limit) {
                     deadline_timer = Some(timer);
@@ -305,7 +319,7 @@ impl Session {
                 let body = Counted::new(body, self.metrics.response_bytes.clone()).with_idle(timeouts.stream_idle).grpc_status_to(grpc);
                 let body = match (timeouts.deadline(), deadline_timer) {
                     (Some(limit), Some(timer)) => body.with_deadline_timer(timer, limit),
-                    (Some(limit), None) => body.with_deadline(started + limit.after, limit),
+                    (Some(limit), None) => body.with_deadline_timer(self.timers.lend(started + limit.after), limit),
                     (None, _) => body,
                 };
                 Response::from_parts(parts, Either::Left(body))

@@ -13,12 +13,14 @@
 mod app_pool;
 pub mod body;
 mod h1;
+mod h1_server;
 pub mod inbound;
 pub mod outbound;
 pub mod pool;
 pub mod retry;
 pub mod routes;
 mod sniff;
+pub mod timer;
 
 use std::future::Future;
 use std::pin::Pin;

@@ -25,7 +25,7 @@ use http::uri::Authority;
 use http::{header, Request, Response, StatusCode, Version};
 use http_body_util::Either;
 use hyper::body::Incoming;
-use hyper::server::conn::{http1, http2};
+use hyper::server::conn::http2;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use strait_api::proxy_config::Protocol;
@@ -33,9 +33,11 @@ use tokio::net::TcpStream;
 use tracing::Instrument;
 
 use super::body::{local_response, Counted, Upstream, GRPC_STATUS};
+use super::h1_server;
 use super::pool::{Connector, Sender};
 use super::retry::{Cause, RetryPolicy, MAX_KEPT_BODY};
 use super::sniff::sniff;
+use super::timer::Spare;
 use super::{absolute, serve_until_drained, strip_hop_by_hop, InSpan};
 use crate::proxy::access_log::{self, Pending as Logged};
 use crate::proxy::data_path::DataPath;
@@ -119,20 +121,24 @@ pub async fn serve(app: TcpStream, service: Arc<str>, path: Arc<DataPath>) {
             return;
         }
     };
-    let ctx = Arc::new((service, path, client));
-    let service = service_fn(move |request: Request<Incoming>| {
+    let ctx = Arc::new((service, path, client, Arc::<Spare>::default()));
+    let handle = move |request: Request<Upstream>| {
         let ctx = ctx.clone();
         // Off under the default `info` filter: then neither built nor formatted.
         let span = tracing::debug_span!("request", method = %request.method(), path = %request.uri().path());
-        // Boxed: hyper keeps room for a request's future for as long as its connection lives,
-        // and this one is about 5 KB, 5 MB per thousand idle keep-alive connections.
-        async move { Ok::<_, Infallible>(Box::pin(forward(request, &ctx.0, &ctx.1, ctx.2)).await) }.instrument(span)
-    });
+        // Boxed: a server keeps room for a request's future for as long as its connection
+        // lives, and this one is about 5 KB, 5 MB per thousand idle keep-alive connections.
+        async move { Box::pin(forward(request, &ctx.0, &ctx.1, ctx.2, &ctx.3)).await }.instrument(span)
+    };
     if http2 {
         // Boxed: an HTTP/2 session's state would otherwise be room in every HTTP/1.1
         // connection's task. Its streams (gRPC, h2c) run in tasks of their own: `InSpan` keeps
         // the connection's span on them.
         let serving = async {
+            let service = service_fn(move |request: Request<Incoming>| {
+                let answer = handle(request.map(Upstream::Hyper));
+                async move { Ok::<_, Infallible>(answer.await) }
+            });
             let mut builder = http2::Builder::new(InSpan);
             builder.timer(TokioTimer::new()).max_concurrent_streams(1024);
             let connection = builder.serve_connection(TokioIo::new(app), service);
@@ -140,14 +146,19 @@ pub async fn serve(app: TcpStream, service: Arc<str>, path: Arc<DataPath>) {
         };
         return Box::pin(serving).await;
     }
-    let mut builder = http1::Builder::new();
-    builder.timer(TokioTimer::new()).header_read_timeout(HEADER_READ);
-    let connection = builder.serve_connection(TokioIo::new(app), service);
+    let connection = h1_server::serve(app, handle, HEADER_READ);
     serve_until_drained(connection, |c| c.graceful_shutdown(), &watcher, None, "application connection").await;
 }
 
 /// Sends one request to `service` and answers with the peer's response or the reason there is none.
-async fn forward(request: Request<Incoming>, service: &str, path: &Arc<DataPath>, client: Option<IpAddr>) -> Response<Body> {
+/// `timers` is the connection's deadline timer, lent to each of its requests in turn.
+async fn forward(
+    request: Request<Upstream>,
+    service: &str,
+    path: &Arc<DataPath>,
+    client: Option<IpAddr>,
+    timers: &Arc<Spare>,
+) -> Response<Body> {
     let started = Instant::now();
     let table = path.table.load_full();
     let Some(mut destination) = table.service(service) else {
@@ -237,12 +248,12 @@ async fn forward(request: Request<Incoming>, service: &str, path: &Arc<DataPath>
     let mut deadline_timer = None;
     let sent = match timeouts.headers_limit() {
         Some(limit) => {
-            let mut timer = Box::pin(tokio::time::sleep_until(now + limit.after));
+            let mut timer = timers.lend(started + limit.after);
             let sending = send(request, destination, key, Some(now + limit.after), path);
             let sent = tokio::select! {
                 biased;
                 sent = sending => sent,
-                () = timer.as_mut() => Err((StatusCode::GATEWAY_TIMEOUT, format!("no response within {limit}"), Cause::Timeout)),
+                () = &mut timer => Err((StatusCode::GATEWAY_TIMEOUT, format!("no response within {limit}"), Cause::Timeout)),
             };
             if timeouts.deadline() == Some(limit) {
                 deadline_timer = Some(timer);
@@ -281,7 +292,7 @@ async fn forward(request: Request<Incoming>, service: &str, path: &Arc<DataPath>
                 }
                 Either::Left(match (timeouts.deadline(), deadline_timer) {
                     (Some(limit), Some(timer)) => body.with_deadline_timer(timer, limit),
-                    (Some(limit), None) => body.with_deadline(now + limit.after, limit),
+                    (Some(limit), None) => body.with_deadline_timer(timers.lend(started + limit.after), limit),
                     (None, _) => body,
                 })
             })
@@ -387,7 +398,7 @@ fn mirror(request: Request<Counted>, to: &Arc<Destination>, path: &Arc<DataPath>
 /// What the application sent, made into a request for the mesh: an absolute URI (its
 /// authority from `Host`, else the service), no hop-by-hop headers; its version stays the
 /// application's until it is sent (see [`speaks_http1`]).
-fn to_mesh(request: Request<Incoming>, destination: &Destination) -> Request<Counted> {
+fn to_mesh(request: Request<Upstream>, destination: &Destination) -> Request<Counted> {
     let (mut parts, body) = request.into_parts();
     let host = parts.headers.get(header::HOST);
     absolute(&mut parts.uri, || {

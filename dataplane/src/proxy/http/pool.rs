@@ -43,6 +43,7 @@ use strait_proxy_core::identity::{IdentityStore, TlsIdentity};
 use strait_proxy_core::tls::{ALPN_H2, ALPN_HTTP1};
 use strait_proxy_core::tunnel::outbound::{self, OutboundError};
 use strait_proxy_core::tunnel::TunnelMetrics;
+use strait_runtime::clock::coarse_now;
 use tokio_util::task::TaskTracker;
 
 use super::body::{BoxError, Counted, Upstream};
@@ -106,7 +107,7 @@ impl Http1 {
     /// A connection just opened, for its first request (boxed: it moves between the idle
     /// list, its lease and its response body).
     pub(super) fn new(conn: Conn, identity: Option<Arc<TlsIdentity>>, active: Option<ActiveGuard>) -> Box<Self> {
-        let now = Instant::now();
+        let now = coarse_now();
         Box::new(Http1 { conn, identity, opened: now, idle_since: now, used: 1, _active: active })
     }
 }
@@ -153,7 +154,7 @@ impl Idle {
     /// The most recently used idle connection that is `usable`; those the peer closed, idle
     /// too long or not `usable` are closed on the way.
     pub(super) fn take(&self, usable: impl Fn(&Http1, Instant) -> bool) -> Option<Box<Http1>> {
-        let now = Instant::now();
+        let now = coarse_now();
         let mut idle = self.lock();
         while let Some(mut connection) = idle.pop() {
             if now.duration_since(connection.idle_since) < self.limit && usable(&connection, now) && !connection.conn.closed_while_idle() {
@@ -313,7 +314,7 @@ impl Drop for Lease {
         if !self.clean || self.idle.closed.load(Ordering::Relaxed) {
             return;
         }
-        let now = Instant::now();
+        let now = coarse_now();
         connection.idle_since = now;
         let mut idle = self.idle.lock();
         // The oldest first: those idle too long are closed here, not only when met by a request.
@@ -472,7 +473,7 @@ impl Slot {
     fn usable<H>(&self, identity: &Arc<TlsIdentity>, c: &Connector<'_, H>) -> Option<SendRequest<Counted>> {
         let guard = self.current.load();
         let pooled = guard.as_ref()?;
-        let young = c.max_age.is_none_or(|max| pooled.opened.elapsed() < max);
+        let young = c.max_age.is_none_or(|max| coarse_now().duration_since(pooled.opened) < max);
         if !young || pooled.sender.is_closed() || !Arc::ptr_eq(&pooled.identity, identity) {
             return None;
         }
@@ -545,7 +546,7 @@ impl Slot {
         tracing::debug!(%target, peer = %c.expected, "opened a pooled HTTP/2 connection");
         // The request that opened it is its first.
         let used = AtomicU32::new(1);
-        self.current.store(Some(Arc::new(Pooled { sender: sender.clone(), identity, opened: Instant::now(), used })));
+        self.current.store(Some(Arc::new(Pooled { sender: sender.clone(), identity, opened: coarse_now(), used })));
         Ok(sender)
     }
 }
