@@ -7,9 +7,10 @@
 //!
 //! Most requests through a mesh are bodiless HTTP/1.1 (GET, HEAD, DELETE...). For those, one
 //! loop in the connection's task reads and parses the head, calls the service, and writes the
-//! response head and body, as few writes as the body allows (a small response: one). hyper's
-//! server spent about 10% of a sidecar's CPU on its dispatcher, date cache, per-request timers
-//! and moves; this does the same work in a third of that.
+//! response head and body, in as few writes as the body allows (a small response: one), with
+//! no per-request timer or extension map, and `date` from the coarse clock. A connection's state is
+//! smaller than hyper's: with 1,000 idle client connections the client sidecar went from 34.3
+//! to 28.0 MB (the sidecar benchmark).
 //!
 //! Anything else goes to hyper, with the bytes read so far: a request with a body (a
 //! `content-length` other than 0, or `transfer-encoding`), `expect`, `upgrade`, CONNECT,
