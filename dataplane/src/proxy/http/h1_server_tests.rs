@@ -9,6 +9,7 @@ use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpStream};
 
 use super::*;
+use crate::proxy::http::timer::tests::closed;
 
 /// What the test service saw of each request: method, URI, version, headers, body and which
 /// server read it.
@@ -143,18 +144,6 @@ async fn read_until(stream: &mut TcpStream, done: impl Fn(&str) -> bool) -> Stri
     String::from_utf8_lossy(&got).into_owned()
 }
 
-/// Whether the server closes the connection (within 10 s) once what it sent is read.
-async fn closes(stream: &mut TcpStream) -> bool {
-    let mut buffer = [0_u8; 4096];
-    loop {
-        match tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buffer)).await {
-            Ok(Ok(0) | Err(_)) => return true,
-            Ok(Ok(_)) => {}
-            Err(_) => return false,
-        }
-    }
-}
-
 fn answers(text: &str) -> usize {
     text.matches("HTTP/1.1 ").count()
 }
@@ -238,7 +227,7 @@ async fn connection_close_is_honoured_and_said() {
     stream.write_all(b"GET / HTTP/1.1\r\nhost: web\r\nconnection: close\r\n\r\n").await.expect("write");
     let answer = read_until(&mut stream, |t| t.ends_with("hello")).await;
     assert!(answer.contains("connection: close\r\n"), "{answer}");
-    assert!(closes(&mut stream).await, "the connection stayed open after `connection: close`");
+    assert!(closed(&mut stream).await, "the connection stayed open after `connection: close`");
 }
 
 #[tokio::test]
@@ -276,7 +265,7 @@ async fn graceful_shutdown_closes_idle_connections_at_once_and_busy_ones_after_t
     // The slow request is in the service before the shutdown.
     tokio::time::sleep(Duration::from_millis(100)).await;
     shut.send(()).expect("shutdown");
-    assert!(closes(&mut idle).await, "an idle connection stayed open after a graceful shutdown");
+    assert!(closed(&mut idle).await, "an idle connection stayed open after a graceful shutdown");
     let answer = read_until(&mut busy, |_| false).await;
     assert!(answer.starts_with("HTTP/1.1 200") && answer.ends_with("hello"), "the request in progress lost its answer: {answer}");
 }
@@ -288,5 +277,5 @@ async fn a_connection_waits_for_a_head_no_longer_than_the_header_read_limit() {
     stream.write_all(b"GET / HTTP/1.1\r\nhost: web\r\n\r\n").await.expect("write");
     assert!(read_until(&mut stream, |t| t.ends_with("hello")).await.starts_with("HTTP/1.1 200"));
     stream.write_all(b"GET / HTTP/1.1\r\nhost: we").await.expect("write");
-    assert!(closes(&mut stream).await, "a head left unfinished was not cut at the limit");
+    assert!(closed(&mut stream).await, "a head left unfinished was not cut at the limit");
 }

@@ -115,4 +115,4 @@ impl hyper::rt::Timer for HeaderReads {
 
 #[cfg(test)]
 #[path = "timer_tests.rs"]
-mod tests;
+pub(super) mod tests;

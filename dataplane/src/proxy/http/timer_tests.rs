@@ -92,8 +92,8 @@ async fn ask(stream: &mut TcpStream) -> String {
     String::from_utf8_lossy(&answer).into_owned()
 }
 
-/// Waits (at most 10 s) for the server to close the connection.
-async fn closed(stream: &mut TcpStream) -> bool {
+/// Waits (at most 10 s) for the server to close the connection (once what it sent is read).
+pub(in crate::proxy::http) async fn closed(stream: &mut TcpStream) -> bool {
     let mut buffer = [0_u8; 1024];
     loop {
         match tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buffer)).await {
