@@ -11,7 +11,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
@@ -256,11 +256,6 @@ impl<H> Counted<H> {
         let sleep = Box::pin(tokio::time::sleep(Duration::ZERO));
         self.throttle = Some(Box::new(Throttle { bytes_per_second, sleep }));
         self
-    }
-
-    /// Fails the body if it has not ended by `at` (`limit` after its request arrived).
-    pub fn with_deadline(self, at: Instant, limit: Limit) -> Self {
-        self.with_deadline_timer(Lent::until(at), limit)
     }
 
     /// Fails the body when `timer` (set to its request's deadline, `limit`) fires.
