@@ -1,7 +1,8 @@
 //! MeshRetry through real sidecars: a server that fails the first two attempts succeeds
 //! through retries (counted in the metrics), a POST is never sent twice while a PUT is, with
-//! its body, and a
-//! failing server under concurrent load receives no more retries than the budget allows.
+//! its body, and a failing server under concurrent load receives no more retries than the
+//! budget allows. Without MeshRetry, a safe bodiless request whose connection fails with it
+//! in flight goes to another endpoint.
 
 mod common;
 
@@ -150,4 +151,85 @@ async fn failed_attempts_are_retried_within_the_budget() {
     println!("FIGURE retry budget: 10 concurrent failing requests, {received} reached the server, {refused} retries refused by the budget");
     assert!(received <= 13, "without the budget there would be 20: {received}");
     assert!(refused >= 7.0, "{refused}");
+}
+
+/// Sends `method /` through web until backend-2's application holds one such request
+/// unanswered (the others are answered by backend-1), and returns the held request's task.
+async fn held_by_backend_2(
+    client: &reqwest::Client,
+    web_out: u16,
+    method: reqwest::Method,
+    hits: &AtomicUsize,
+) -> tokio::task::JoinHandle<Option<(u16, String)>> {
+    let before = hits.load(Ordering::SeqCst);
+    for _ in 0..20 {
+        let request = client.request(method.clone(), format!("http://127.0.0.1:{web_out}/")).timeout(Duration::from_secs(30));
+        let task = tokio::spawn(async move {
+            let response = request.send().await.ok()?;
+            Some((response.status().as_u16(), response.text().await.ok()?))
+        });
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            if hits.load(Ordering::SeqCst) > before {
+                return task;
+            }
+            if task.is_finished() {
+                let answered = task.await.unwrap();
+                assert!(
+                    answered.as_ref().is_some_and(|(s, b)| *s == 200 && b.starts_with("b1 ")),
+                    "{method} answered by backend-1: {answered:?}"
+                );
+                break;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "{method} neither answered nor held by backend-2 within 10 s");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    panic!("20 {method} requests and none reached backend-2");
+}
+
+/// Without a MeshRetry: a safe request without a body whose connection fails with it in
+/// flight (its endpoint's sidecar gone before answering) is sent to another endpoint; a POST,
+/// which the peer may have acted on, is not, and is answered 502.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_safe_request_whose_connection_fails_in_flight_goes_to_another_endpoint() {
+    let mesh = Mesh::start().await;
+    let b1 = common::http_app("b1").await;
+    let hung = flaky_app().await;
+    hung.delay_ms.store(60_000, Ordering::SeqCst);
+    let s1 = mesh.sidecar("backend-1", "backend", &dataplane("backend-1", "backend", free_port(), b1.port, "http", &[])).await;
+    let s2 = mesh.sidecar("backend-2", "backend", &dataplane("backend-2", "backend", free_port(), hung.port, "http", &[])).await;
+    let web_out = free_port();
+    let web = mesh.sidecar("web", "web", &dataplane("web-1", "web", free_port(), free_port(), "http", &[(web_out, "backend")])).await;
+    for s in [&s1, &s2, &web] {
+        eventually("sidecars ready", async || (admin(s, "/ready").await.0 == 200).then_some(())).await;
+    }
+    // No MeshRetry (the mesh's default one retries resets), and endpoints in turn: the default
+    // (fewest requests in flight) would keep away from the endpoint holding a request.
+    mesh.delete("/meshes/default/meshretries/mesh-retry-all-default").await;
+    mesh.put(
+        "/meshes/default/meshloadbalancingstrategies/lb",
+        json!({"type": "MeshLoadBalancingStrategy", "name": "lb", "mesh": "default",
+        "spec": {"targetRef": {"kind": "Mesh"}, "to": [{"targetRef": {"kind": "MeshService", "name": "backend"},
+            "default": {"loadBalancer": {"type": "RoundRobin"}}}]}}),
+    )
+    .await;
+    eventually("web to know both endpoints, taken in turn", async || {
+        let config = web.state.served()?;
+        let backend = config.1.outbounds.iter().find(|o| o.service == "backend")?;
+        (backend.endpoints.len() == 2 && backend.policies.load_balancing.is_some() && backend.policies.retry.is_none()).then_some(())
+    })
+    .await;
+    // Each held request is on a connection of its own, new: nothing else went to backend-2.
+    let client = reqwest::Client::new();
+    let get = held_by_backend_2(&client, web_out, reqwest::Method::GET, &hung.hits).await;
+    let post = held_by_backend_2(&client, web_out, reqwest::Method::POST, &hung.hits).await;
+    // backend-2's sidecar goes away with both requests in flight.
+    drop(s2);
+    let get = get.await.unwrap().expect("the GET is answered");
+    assert_eq!(get.0, 200, "{get:?}");
+    assert!(get.1.starts_with("b1 GET /"), "the GET went to backend-1: {get:?}");
+    let post = post.await.unwrap().expect("the POST is answered");
+    assert_eq!(post.0, 502, "{post:?}");
+    assert!(post.1.contains("failed the request"), "{post:?}");
 }

@@ -122,7 +122,7 @@ async fn every_certificate_renews_itself_under_load_without_a_failed_request_or_
             assert!(round_trip(&mut held, b"held").await, "the connection opened before the rotations broke");
         }
         // ...while the control planes' certificates are looked at twice a second.
-        if sent % 25 == 0 {
+        if sent.is_multiple_of(25) {
             seen_kds.extend(server_fingerprint(kds_addr, &kds_ca, "strait-global").await);
             seen_dps.extend(server_fingerprint(dps_addr, &dps_ca, "strait-zone").await);
             seen_intermediates.extend(intermediate().await);

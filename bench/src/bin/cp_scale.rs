@@ -261,7 +261,7 @@ async fn sidecar(i: usize, service: usize, zone: Arc<Zone>, token: Arc<String>, 
         Err(e) => return failed(e.to_string()),
     }
     let marker = format!("\"{PROBE}\"");
-    let calls_svc0 = (service + 1) % shape.services == 0;
+    let calls_svc0 = (service + 1).is_multiple_of(shape.services);
     // In parts, the settings say whether the probe policy is there until new settings come.
     let mut probe = false;
     // The pieces of the version being received.

@@ -101,7 +101,7 @@ impl AppPool {
             };
             match h1::send(lease, request, pooled).await {
                 Ok(response) => return Ok(response.map(Upstream::Http1)),
-                Err(h1::Failed { request: Some(again), error }) if pooled => {
+                Err(h1::Failed { request: again, again: true, error }) if pooled => {
                     tracing::debug!(%error, "a pooled connection to the application closed before it answered: sending the request on another");
                     request = again;
                 }

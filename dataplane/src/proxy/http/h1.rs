@@ -140,19 +140,21 @@ pub enum H1Error {
     Malformed(&'static str),
 }
 
-/// A request that failed, given back if it can go on another connection: nothing of it
-/// reached the peer, or the peer closed a reused connection before answering a bodiless
-/// idempotent request.
+/// A request that failed, given back (its body as far as it was read).
 pub struct Failed {
-    /// The request, if it may be sent again.
-    pub request: Option<Request<Counted>>,
+    /// The request.
+    pub request: Request<Counted>,
+    /// Whether it may go on another connection as it is: nothing of it reached the peer, or
+    /// the peer closed a reused connection before answering an idempotent request whose body
+    /// went whole. Otherwise the peer may have acted on it.
+    pub again: bool,
     /// What went wrong.
     pub error: H1Error,
 }
 
 impl std::fmt::Debug for Failed {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Failed").field("again", &self.request.is_some()).field("error", &self.error).finish()
+        f.debug_struct("Failed").field("again", &self.again).field("error", &self.error).finish()
     }
 }
 
@@ -205,14 +207,14 @@ pub async fn send(mut lease: Lease, mut request: Request<Counted>, reused: bool)
             let unsent = !out.sent && !out.body_polled && matches!(error, H1Error::Write(_));
             let closed = reused && matches!(error, H1Error::Closed | H1Error::Read(_)) && !out.body_polled && out.body_done;
             let again = unsent || (closed && idempotent(request.method()));
-            return Err(Failed { request: again.then_some(request), error });
+            return Err(Failed { request, again, error });
         }
     };
     let framing = match response_framing(request.method(), &head) {
         Ok(framing) => framing,
         Err(error) => {
             drop(lease);
-            return Err(Failed { request: None, error });
+            return Err(Failed { request, again: false, error });
         }
     };
     // The connection is reused only if the request went out whole and the peer keeps it.

@@ -12,6 +12,7 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::pin::pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -271,7 +272,8 @@ impl Session {
         parts.headers.remove(ROUTE_HEADER);
         let body = Counted::new(body, self.metrics.request_bytes.clone()).with_idle(timeouts.stream_idle).tallied(received);
         let request = Request::from_parts(parts, body);
-        let sent = inbound.app_pool.send(request, timeouts.connect);
+        // Pinned where it is made: moved into the `select!`, the future would be copied whole.
+        let mut sent = pin!(inbound.app_pool.send(request, timeouts.connect));
         // The timer of the response headers' limit; when that is the exchange's deadline (no
         // shorter stream idle limit), the response body keeps it: one timer per request, not two.
         let mut deadline_timer = None;
@@ -280,7 +282,7 @@ impl Session {
                 let mut timer = self.timers.lend(started + limit.after);
                 let answered = tokio::select! {
                     biased;
-                    answered = sent => Some(answered),
+                    answered = &mut sent => Some(answered),
                     () = &mut timer => None,
                 };
                 if timeouts.deadline() == Some(limit) {

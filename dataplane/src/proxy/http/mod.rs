@@ -81,6 +81,13 @@ pub async fn serve_until_drained<C, E>(
     let _ = watcher.unless_forced(connection).await;
 }
 
+/// The future `make` returns, built in the heap where it stays. `Box::pin(f())` builds it on
+/// the stack and then copies the whole of it into the heap: a request's future is several KB,
+/// copied once per request.
+pub fn boxed<F: Future>(make: impl FnOnce() -> F) -> Pin<Box<F>> {
+    Box::into_pin(Box::write(Box::new_uninit(), make()))
+}
+
 /// Makes `uri` absolute (`http://<authority><path>`) when it has no authority, as HTTP/2 and
 /// the application-side client need; `authority` is only computed then.
 pub fn absolute(uri: &mut http::Uri, authority: impl FnOnce() -> Option<http::uri::Authority>) {

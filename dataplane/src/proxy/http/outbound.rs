@@ -17,6 +17,7 @@
 
 use std::convert::Infallible;
 use std::net::IpAddr;
+use std::pin::pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -62,12 +63,12 @@ struct Replay {
 }
 
 impl Replay {
-    /// A copy of `request` if replaying it is safe.
-    fn of(request: &Request<Counted>) -> Option<Replay> {
+    /// Whether `request` may be sent again after its connection failed with it in flight: a
+    /// safe method and no body.
+    fn safe(request: &Request<Counted>) -> bool {
         use http::Method;
         use http_body::Body as _;
-        let safe = matches!(*request.method(), Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE);
-        (safe && request.body().is_end_stream()).then(|| Replay::copy(request))
+        matches!(*request.method(), Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE) && request.body().is_end_stream()
     }
 
     /// A copy of `request` (the caller knows it has no body).
@@ -128,7 +129,7 @@ pub async fn serve(app: TcpStream, service: Arc<str>, path: Arc<DataPath>) {
         let span = tracing::debug_span!("request", method = %request.method(), path = %request.uri().path());
         // Boxed: a server keeps room for a request's future for as long as its connection
         // lives, and this one is about 5 KB, 5 MB per thousand idle keep-alive connections.
-        async move { Box::pin(forward(request, &ctx.0, &ctx.1, ctx.2, &ctx.3)).await }.instrument(span)
+        async move { super::boxed(|| forward(request, &ctx.0, &ctx.1, ctx.2, &ctx.3)).await }.instrument(span)
     };
     if http2 {
         // Boxed: an HTTP/2 session's state would otherwise be room in every HTTP/1.1
@@ -249,7 +250,8 @@ async fn forward(
     let sent = match timeouts.headers_limit() {
         Some(limit) => {
             let mut timer = timers.lend(started + limit.after);
-            let sending = send(request, destination, key, Some(now + limit.after), path);
+            // Pinned where it is made: moved into the `select!`, the future would be copied whole.
+            let sending = pin!(send(request, destination, key, Some(now + limit.after), path));
             let sent = tokio::select! {
                 biased;
                 sent = sending => sent,
@@ -438,7 +440,7 @@ async fn send(
     match &destination.retry {
         None => attempt(request, destination, key, deadline, path).await,
         // Boxed: the retries' state would be room in every request's future, moved with it.
-        Some(policy) => Box::pin(retried(request, policy, destination, key, deadline, path)).await,
+        Some(policy) => super::boxed(|| retried(request, policy, destination, key, deadline, path)).await,
     }
 }
 
@@ -537,7 +539,10 @@ async fn attempt(
     path: &DataPath,
 ) -> Result<(Response<Upstream>, InFlight), Failure> {
     let mut last: Option<Failure> = None;
-    let replay = Replay::of(&request);
+    // A safe bodiless request is sent again elsewhere if its connection fails with it in
+    // flight. HTTP/1.1 gives the request back then; HTTP/2 does not, so a copy is kept.
+    let replayable = Replay::safe(&request);
+    let mut replay = None;
     let http1 = speaks_http1(&request, destination);
     for _ in 0..ATTEMPTS {
         let Some(endpoint) = destination.pick_for(key).cloned() else {
@@ -566,6 +571,9 @@ async fn attempt(
         };
         // Until the answer comes: an attempt the sidecar abandons on the way (its timeout) is a
         // failure of local origin for outlier detection; one the application cancels is not.
+        if replayable && replay.is_none() && matches!(sender, Sender::Http2(_)) {
+            replay = Some(Replay::copy(&request));
+        }
         let mut pending = Pending { destination, endpoint: &endpoint, until, armed: true };
         let sent = sender.send(request).await;
         pending.armed = false;
@@ -575,32 +583,31 @@ async fn attempt(
                 destination.record(&endpoint, Outcome::Status(response.status().as_u16()));
                 return Ok((response, in_flight));
             }
-            Err(error) => {
-                match error.request {
-                    // The pooled connection closed before our request went out: safe to retry.
-                    Some(unsent) => {
-                        endpoint.pool.clear();
-                        last = Some((
-                            StatusCode::SERVICE_UNAVAILABLE,
-                            format!("the connection to {} closed", endpoint.address),
-                            Cause::Connect,
-                        ));
-                        request = unsent;
-                    }
-                    None => {
-                        destination.record(&endpoint, Outcome::LocalOrigin);
-                        let failure =
-                            (StatusCode::BAD_GATEWAY, format!("{} failed the request: {}", endpoint.address, error.error), Cause::Reset);
-                        let Some(replay) = &replay else { return Err(failure) };
-                        // The connection failed with the request in flight and before any
-                        // response: a safe request without a body is tried elsewhere.
-                        endpoint.pool.clear();
-                        endpoint.health.failed();
-                        last = Some(failure);
-                        request = replay.request(destination);
-                    }
+            Err(error) => match error.request {
+                // The pooled connection closed before our request went out: safe to retry.
+                Some(unsent) if error.again => {
+                    endpoint.pool.clear();
+                    last =
+                        Some((StatusCode::SERVICE_UNAVAILABLE, format!("the connection to {} closed", endpoint.address), Cause::Connect));
+                    request = unsent;
                 }
-            }
+                returned => {
+                    destination.record(&endpoint, Outcome::LocalOrigin);
+                    let failure =
+                        (StatusCode::BAD_GATEWAY, format!("{} failed the request: {}", endpoint.address, error.error), Cause::Reset);
+                    // The connection failed with the request in flight and before any
+                    // response: a safe request without a body is tried elsewhere.
+                    let again = match (returned, &replay) {
+                        (Some(returned), _) if replayable => returned,
+                        (_, Some(replay)) => replay.request(destination),
+                        _ => return Err(failure),
+                    };
+                    endpoint.pool.clear();
+                    endpoint.health.failed();
+                    last = Some(failure);
+                    request = again;
+                }
+            },
         }
     }
     Err(last.unwrap_or_else(|| (StatusCode::SERVICE_UNAVAILABLE, "no endpoint available".into(), Cause::Connect)))

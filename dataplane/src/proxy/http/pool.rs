@@ -229,22 +229,26 @@ pub enum Sender {
 
 /// A request that failed on its connection.
 pub struct SendError {
-    /// The request, if it may go on another connection: none of it was sent (or the peer
-    /// closed a reused HTTP/1.1 connection before answering a safe bodiless request).
+    /// The request, when it came back: always over HTTP/1.1, over HTTP/2 only when none of
+    /// it was sent.
     pub request: Option<Request<Counted>>,
+    /// Whether `request` may go on another connection as it is: none of it was sent (or the
+    /// peer closed a reused HTTP/1.1 connection before answering an idempotent request).
+    pub again: bool,
     /// What went wrong.
     pub error: BoxError,
 }
 
 impl From<hyper::client::conn::TrySendError<Request<Counted>>> for SendError {
     fn from(mut error: hyper::client::conn::TrySendError<Request<Counted>>) -> Self {
-        SendError { request: error.take_message(), error: error.into_error().into() }
+        let request = error.take_message();
+        SendError { again: request.is_some(), request, error: error.into_error().into() }
     }
 }
 
 impl From<h1::Failed> for SendError {
     fn from(failed: h1::Failed) -> Self {
-        SendError { request: failed.request, error: failed.error.into() }
+        SendError { request: Some(failed.request), again: failed.again, error: failed.error.into() }
     }
 }
 
