@@ -99,11 +99,10 @@ impl AppPool {
                 // Boxed: opening a connection is rare, and its state would be room in every request's future.
                 None => (Box::pin(self.open_http1(connect_timeout)).await?, false),
             };
-            match h1::send(lease, request, pooled).await {
+            match h1::send(lease, &mut request, pooled).await {
                 Ok(response) => return Ok(response.map(Upstream::Http1)),
-                Err(h1::Failed { request: again, again: true, error }) if pooled => {
+                Err(h1::Failed { again: true, error }) if pooled => {
                     tracing::debug!(%error, "a pooled connection to the application closed before it answered: sending the request on another");
-                    request = again;
                 }
                 Err(failed) => return Err(AppError::Request(failed.error.into())),
             }

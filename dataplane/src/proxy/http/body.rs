@@ -156,11 +156,16 @@ impl Counted {
     /// The same body, of which a copy goes to `copy` once it has passed whole, if it is no
     /// larger than `limit` bytes and has no trailers; else `copy` is dropped unanswered.
     pub fn teed(mut self, limit: usize, copy: tokio::sync::oneshot::Sender<Bytes>) -> Self {
+        self.tee(limit, copy);
+        self
+    }
+
+    /// [`Counted::teed`], in place.
+    pub fn tee(&mut self, limit: usize, copy: tokio::sync::oneshot::Sender<Bytes>) {
         match &mut self.tee {
             Some(tee) => tee.copies.push(copy),
             None => self.tee = Some(Box::new(Tee { chunks: Vec::new(), size: 0, limit, copies: vec![copy] })),
         }
-        self
     }
 }
 
@@ -266,8 +271,18 @@ impl<H> Counted<H> {
 
     /// Fails the body when no frame comes for `idle` (MeshTimeout `http.streamIdleTimeout`).
     pub fn with_idle(mut self, idle: Option<Duration>) -> Self {
-        self.idle = idle.map(|d| (Box::pin(tokio::time::sleep(d)), d));
+        self.set_idle(idle);
         self
+    }
+
+    /// [`Counted::with_idle`], in place.
+    pub fn set_idle(&mut self, idle: Option<Duration>) {
+        self.idle = idle.map(|d| (Box::pin(tokio::time::sleep(d)), d));
+    }
+
+    /// Where its data bytes are counted.
+    pub fn counter(&self) -> Counter {
+        self.bytes.clone()
     }
 }
 

@@ -140,10 +140,8 @@ pub enum H1Error {
     Malformed(&'static str),
 }
 
-/// A request that failed, given back (its body as far as it was read).
+/// A request that failed.
 pub struct Failed {
-    /// The request.
-    pub request: Request<Counted>,
     /// Whether it may go on another connection as it is: nothing of it reached the peer, or
     /// the peer closed a reused connection before answering an idempotent request whose body
     /// went whole. Otherwise the peer may have acted on it.
@@ -183,12 +181,14 @@ enum Chunk {
 }
 
 /// Sends `request` on the connection `lease` holds (`reused`: it carried requests before),
-/// and returns the response once its head has come.
-pub async fn send(mut lease: Lease, mut request: Request<Counted>, reused: bool) -> Result<Response<Body>, Failed> {
-    let framing = request_framing(&mut request);
+/// and returns the response once its head has come. The request stays the caller's (its body
+/// read as far as it went), to be sent again elsewhere if that is safe: a request moved into
+/// each level of the exchange's futures is copied at each.
+pub async fn send(mut lease: Lease, request: &mut Request<Counted>, reused: bool) -> Result<Response<Body>, Failed> {
+    let framing = request_framing(request);
     let conn = lease.conn();
     conn.write.clear();
-    encode_head(&mut conn.write, &request);
+    encode_head(&mut conn.write, request);
     let mut out = Outgoing {
         written: 0,
         sent: false,
@@ -207,14 +207,14 @@ pub async fn send(mut lease: Lease, mut request: Request<Counted>, reused: bool)
             let unsent = !out.sent && !out.body_polled && matches!(error, H1Error::Write(_));
             let closed = reused && matches!(error, H1Error::Closed | H1Error::Read(_)) && !out.body_polled && out.body_done;
             let again = unsent || (closed && idempotent(request.method()));
-            return Err(Failed { request, again, error });
+            return Err(Failed { again, error });
         }
     };
     let framing = match response_framing(request.method(), &head) {
         Ok(framing) => framing,
         Err(error) => {
             drop(lease);
-            return Err(Failed { request, again: false, error });
+            return Err(Failed { again: false, error });
         }
     };
     // The connection is reused only if the request went out whole and the peer keeps it.

@@ -15,6 +15,11 @@ use super::*;
 use crate::proxy::http::body::Upstream;
 use crate::proxy::http::pool::{Http1, Idle};
 
+/// [`super::send`], the request given by value.
+async fn send(lease: Lease, mut request: Request<Counted>, reused: bool) -> Result<Response<Body>, Failed> {
+    super::send(lease, &mut request, reused).await
+}
+
 /// What a scripted server saw: the bytes of each connection, and how many it accepted.
 #[derive(Clone, Default)]
 struct Seen {

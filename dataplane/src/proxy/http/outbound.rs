@@ -240,10 +240,9 @@ async fn forward(
     let timeouts = rule.map_or(destination.timeouts, |(rule, _)| rule.timeouts(destination));
     // The clock is read once per request where it can be.
     let now = tokio::time::Instant::from_std(started);
-    let request = match timeouts.stream_idle {
-        Some(idle) => request.map(|body| body.with_idle(Some(idle))),
-        None => request,
-    };
+    if timeouts.stream_idle.is_some() {
+        request.body_mut().set_idle(timeouts.stream_idle);
+    }
     // The timer of the response headers' limit; when that is the exchange's deadline (no
     // shorter stream idle limit), the response body keeps it: one timer per request, not two.
     let mut deadline_timer = None;
@@ -251,7 +250,7 @@ async fn forward(
         Some(limit) => {
             let mut timer = timers.lend(started + limit.after);
             // Pinned where it is made: moved into the `select!`, the future would be copied whole.
-            let sending = pin!(send(request, destination, key, Some(now + limit.after), path));
+            let sending = pin!(send(&mut request, destination, key, Some(now + limit.after), path));
             let sent = tokio::select! {
                 biased;
                 sent = sending => sent,
@@ -262,7 +261,7 @@ async fn forward(
             }
             sent
         }
-        None => send(request, destination, key, None, path).await,
+        None => send(&mut request, destination, key, None, path).await,
     };
     let mut recorded = &destination.metrics;
     let mut response = match sent {
@@ -381,11 +380,11 @@ fn mirror(request: Request<Counted>, to: &Arc<Destination>, path: &Arc<DataPath>
             return tracing::debug!(mirror = &*to.service, "not mirrored: {MAX_MIRRORED} copies are in progress");
         }
         let started = Instant::now();
-        let request = copy.request_with(&to, body);
+        let mut request = copy.request_with(&to, body);
         let limit = to.timeouts.headers_limit().map(|l| tokio::time::Instant::now() + l.after);
         let sent = match limit {
-            Some(at) => tokio::time::timeout_at(at, attempt(request, &to, None, Some(at), &task_path)).await.ok(),
-            None => Some(attempt(request, &to, None, None, &task_path).await),
+            Some(at) => tokio::time::timeout_at(at, attempt(&mut request, &to, None, Some(at), &task_path)).await.ok(),
+            None => Some(attempt(&mut request, &to, None, None, &task_path).await),
         };
         let status = match sent {
             Some(Ok((response, _in_flight))) => response.status(),
@@ -431,7 +430,7 @@ type Failure = (StatusCode, String, Cause);
 /// guard, to be held until the response body ends. `deadline`: when the sidecar gives up on the
 /// response headers.
 async fn send(
-    request: Request<Counted>,
+    request: &mut Request<Counted>,
     destination: &Destination,
     key: Option<u64>,
     deadline: Option<tokio::time::Instant>,
@@ -446,7 +445,7 @@ async fn send(
 
 /// [`send`] under a MeshRetry `policy`.
 async fn retried(
-    request: Request<Counted>,
+    request: &mut Request<Counted>,
     policy: &RetryPolicy,
     destination: &Destination,
     key: Option<u64>,
@@ -454,13 +453,12 @@ async fn retried(
     path: &DataPath,
 ) -> Result<(Response<Upstream>, InFlight), Failure> {
     use http_body::Body as _;
-    let replay = policy.replayable(request.method()).then(|| Replay::copy(&request));
-    let mut request = request;
+    let replay = policy.replayable(request.method()).then(|| Replay::copy(request));
     // A body goes to the first endpoint as it comes; a copy is kept for the retries.
     let mut kept = Kept::None;
     if replay.is_some() && !request.body().is_end_stream() {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        request = request.map(|body| body.teed(MAX_KEPT_BODY, tx));
+        request.body_mut().tee(MAX_KEPT_BODY, tx);
         kept = Kept::Coming(rx);
     }
     let mut retries = 0;
@@ -500,7 +498,7 @@ async fn retried(
         destination.metrics.retries.inc();
         drop(result);
         tokio::time::sleep(policy.back_off(retries)).await;
-        request = replay.request_with(destination, body);
+        *request = replay.request_with(destination, body);
     }
 }
 
@@ -532,7 +530,7 @@ impl Kept {
 /// One attempt: sends `request` to an endpoint of `destination`, on a fresh pick when it could
 /// not be sent (and, for a safe bodiless request, when its connection failed with it in flight).
 async fn attempt(
-    mut request: Request<Counted>,
+    request: &mut Request<Counted>,
     destination: &Destination,
     key: Option<u64>,
     until: Option<tokio::time::Instant>,
@@ -541,9 +539,9 @@ async fn attempt(
     let mut last: Option<Failure> = None;
     // A safe bodiless request is sent again elsewhere if its connection fails with it in
     // flight. HTTP/1.1 gives the request back then; HTTP/2 does not, so a copy is kept.
-    let replayable = Replay::safe(&request);
+    let replayable = Replay::safe(request);
     let mut replay = None;
-    let http1 = speaks_http1(&request, destination);
+    let http1 = speaks_http1(request, destination);
     for _ in 0..ATTEMPTS {
         let Some(endpoint) = destination.pick_for(key).cloned() else {
             return Err((StatusCode::SERVICE_UNAVAILABLE, "no endpoint available".into(), Cause::Connect));
@@ -571,8 +569,10 @@ async fn attempt(
         };
         // Until the answer comes: an attempt the sidecar abandons on the way (its timeout) is a
         // failure of local origin for outlier detection; one the application cancels is not.
-        if replayable && replay.is_none() && matches!(sender, Sender::Http2(_)) {
-            replay = Some(Replay::copy(&request));
+        // HTTP/2 keeps the request unless none of it went: then a copy sends it again.
+        let kept = matches!(sender, Sender::Http2(_));
+        if replayable && replay.is_none() && kept {
+            replay = Some(Replay::copy(request));
         }
         let mut pending = Pending { destination, endpoint: &endpoint, until, armed: true };
         let sent = sender.send(request).await;
@@ -583,31 +583,27 @@ async fn attempt(
                 destination.record(&endpoint, Outcome::Status(response.status().as_u16()));
                 return Ok((response, in_flight));
             }
-            Err(error) => match error.request {
-                // The pooled connection closed before our request went out: safe to retry.
-                Some(unsent) if error.again => {
-                    endpoint.pool.clear();
-                    last =
-                        Some((StatusCode::SERVICE_UNAVAILABLE, format!("the connection to {} closed", endpoint.address), Cause::Connect));
-                    request = unsent;
+            // The pooled connection closed before our request went out: safe to retry.
+            Err(error) if error.again => {
+                endpoint.pool.clear();
+                last = Some((StatusCode::SERVICE_UNAVAILABLE, format!("the connection to {} closed", endpoint.address), Cause::Connect));
+            }
+            Err(error) => {
+                destination.record(&endpoint, Outcome::LocalOrigin);
+                let failure = (StatusCode::BAD_GATEWAY, format!("{} failed the request: {}", endpoint.address, error.error), Cause::Reset);
+                // The connection failed with the request in flight and before any response:
+                // a safe request without a body is tried elsewhere.
+                if !replayable {
+                    return Err(failure);
                 }
-                returned => {
-                    destination.record(&endpoint, Outcome::LocalOrigin);
-                    let failure =
-                        (StatusCode::BAD_GATEWAY, format!("{} failed the request: {}", endpoint.address, error.error), Cause::Reset);
-                    // The connection failed with the request in flight and before any
-                    // response: a safe request without a body is tried elsewhere.
-                    let again = match (returned, &replay) {
-                        (Some(returned), _) if replayable => returned,
-                        (_, Some(replay)) => replay.request(destination),
-                        _ => return Err(failure),
-                    };
-                    endpoint.pool.clear();
-                    endpoint.health.failed();
-                    last = Some(failure);
-                    request = again;
+                if kept {
+                    let Some(replay) = &replay else { return Err(failure) };
+                    *request = replay.request(destination);
                 }
-            },
+                endpoint.pool.clear();
+                endpoint.health.failed();
+                last = Some(failure);
+            }
         }
     }
     Err(last.unwrap_or_else(|| (StatusCode::SERVICE_UNAVAILABLE, "no endpoint available".into(), Cause::Connect)))

@@ -229,39 +229,43 @@ pub enum Sender {
 
 /// A request that failed on its connection.
 pub struct SendError {
-    /// The request, when it came back: always over HTTP/1.1, over HTTP/2 only when none of
-    /// it was sent.
-    pub request: Option<Request<Counted>>,
-    /// Whether `request` may go on another connection as it is: none of it was sent (or the
-    /// peer closed a reused HTTP/1.1 connection before answering an idempotent request).
+    /// Whether the request may go on another connection as it is (it is the caller's again):
+    /// none of it was sent, or the peer closed a reused HTTP/1.1 connection before answering
+    /// an idempotent request. Otherwise an HTTP/2 exchange kept it.
     pub again: bool,
     /// What went wrong.
     pub error: BoxError,
 }
 
-impl From<hyper::client::conn::TrySendError<Request<Counted>>> for SendError {
-    fn from(mut error: hyper::client::conn::TrySendError<Request<Counted>>) -> Self {
-        let request = error.take_message();
-        SendError { again: request.is_some(), request, error: error.into_error().into() }
-    }
-}
-
 impl From<h1::Failed> for SendError {
     fn from(failed: h1::Failed) -> Self {
-        SendError { request: Some(failed.request), again: failed.again, error: failed.error.into() }
+        SendError { again: failed.again, error: failed.error.into() }
     }
 }
 
 impl Sender {
     /// Sends `request` (its version set to the connection's). An HTTP/1.1 connection goes
-    /// with the response body, back to the pool when it ends.
-    pub async fn send(self, mut request: Request<Counted>) -> Result<Response<Upstream>, SendError> {
+    /// with the response body, back to the pool when it ends. HTTP/1.1 leaves the request in
+    /// place; HTTP/2 takes it (an empty request is left), and puts it back if none of it went.
+    pub async fn send(self, request: &mut Request<Counted>) -> Result<Response<Upstream>, SendError> {
         match self {
             Sender::Http2(mut sender) => {
                 *request.version_mut() = Version::HTTP_2;
+                let empty = Request::new(Counted::empty(request.body().counter()));
+                let owned = std::mem::replace(request, empty);
                 // Boxed: hyper's future is twice an HTTP/1.1 exchange's, and would be room in
                 // every request's future (moved with it) where most go over HTTP/1.1.
-                Ok(Box::pin(sender.try_send_request(request)).await?.map(Upstream::Hyper))
+                match Box::pin(sender.try_send_request(owned)).await {
+                    Ok(response) => Ok(response.map(Upstream::Hyper)),
+                    Err(mut error) => {
+                        let unsent = error.take_message();
+                        let again = unsent.is_some();
+                        if let Some(unsent) = unsent {
+                            *request = unsent;
+                        }
+                        Err(SendError { again, error: error.into_error().into() })
+                    }
+                }
             }
             Sender::Http1(lease) => {
                 *request.version_mut() = Version::HTTP_11;

@@ -132,7 +132,7 @@ async fn one_request(slot: &Slot, target: SocketAddr, connector: &Connector<'_, 
     let http1 = matches!(sender, Sender::Http1(_));
     // As the outbound sends it: an absolute URI, no Host header.
     let request = Request::get("http://backend.default/").body(Counted::empty(Default::default())).expect("request");
-    let response = sender.send(request).await.map_err(|e| e.error).expect("an answer");
+    let response = sender.send(&mut { request }).await.map_err(|e| e.error).expect("an answer");
     let version = response.headers()["x-version"].to_str().expect("text").to_string();
     (version, http1, response)
 }
