@@ -85,21 +85,24 @@ impl AppPool {
 
     /// Sends `request` to the application over a pooled connection, opening one (within
     /// `connect_timeout`) if none can take it. Over HTTP/1.1 the response body holds its
-    /// connection until it ends.
-    pub async fn send(&self, mut request: Request<Counted>, connect_timeout: Duration) -> Result<Response<Upstream>, AppError> {
+    /// connection until it ends. The request stays the caller's over HTTP/1.1 (moved into
+    /// each level's future, it would be copied at each); HTTP/2 takes it.
+    pub async fn send(&self, request: &mut Request<Counted>, connect_timeout: Duration) -> Result<Response<Upstream>, AppError> {
         if self.http2 {
             *request.version_mut() = Version::HTTP_2;
-            return Ok(self.send_http2(request, connect_timeout).await?.map(Upstream::Hyper));
+            let empty = Request::new(Counted::empty(request.body().counter()));
+            let owned = std::mem::replace(request, empty);
+            return Ok(self.send_http2(owned, connect_timeout).await?.map(Upstream::Hyper));
         }
         *request.version_mut() = Version::HTTP_11;
-        origin_form(&mut request);
+        origin_form(request);
         loop {
             let (lease, pooled) = match self.idle.take(|_, _| true) {
                 Some(connection) => (Lease::new(connection, &self.idle), true),
                 // Boxed: opening a connection is rare, and its state would be room in every request's future.
                 None => (Box::pin(self.open_http1(connect_timeout)).await?, false),
             };
-            match h1::send(lease, &mut request, pooled).await {
+            match h1::send(lease, request, pooled).await {
                 Ok(response) => return Ok(response.map(Upstream::Http1)),
                 Err(h1::Failed { again: true, error }) if pooled => {
                     tracing::debug!(%error, "a pooled connection to the application closed before it answered: sending the request on another");

@@ -55,7 +55,7 @@ fn request(uri: &str) -> Request<Counted> {
 
 /// Sends a request for `uri`, reads the response whole and gives its connection back.
 async fn answer(pool: &AppPool, uri: &str) -> String {
-    let response = pool.send(request(uri), Duration::from_secs(5)).await.expect("answered");
+    let response = pool.send(&mut request(uri), Duration::from_secs(5)).await.expect("answered");
     let body = response.into_body().collect().await.expect("body").to_bytes();
     String::from_utf8(body.to_vec()).expect("text")
 }
@@ -64,7 +64,7 @@ async fn answer(pool: &AppPool, uri: &str) -> String {
 async fn unread(pool: &AppPool, n: usize) -> Vec<Response<Upstream>> {
     let mut held = Vec::new();
     for _ in 0..n {
-        held.push(pool.send(request("http://backend/"), Duration::from_secs(5)).await.expect("answered"));
+        held.push(pool.send(&mut request("http://backend/"), Duration::from_secs(5)).await.expect("answered"));
     }
     held
 }
@@ -82,7 +82,7 @@ async fn http1_requests_reuse_idle_connections_in_origin_form_with_the_callers_a
     // A Host the request has is kept; user information never goes into one.
     let mut with_host = request("http://backend/");
     with_host.headers_mut().insert(HOST, HeaderValue::from_static("orders.example"));
-    let response = pool.send(with_host, Duration::from_secs(5)).await.expect("answered");
+    let response = pool.send(&mut with_host, Duration::from_secs(5)).await.expect("answered");
     assert_eq!(response.into_body().collect().await.expect("body").to_bytes(), "orders.example / HTTP/1.1");
     assert_eq!(answer(&pool, "http://user@backend:8080").await, "backend:8080 / HTTP/1.1");
 
@@ -99,7 +99,7 @@ async fn http1_requests_reuse_idle_connections_in_origin_form_with_the_callers_a
     assert_eq!(accepted.load(Ordering::SeqCst), 3, "the connections came back to the pool");
 
     // A response dropped before its end leaves its connection mid-answer: it is closed, not reused.
-    drop(pool.send(request("http://backend/"), Duration::from_secs(5)).await.expect("answered"));
+    drop(pool.send(&mut request("http://backend/"), Duration::from_secs(5)).await.expect("answered"));
     answer(&pool, "http://backend/").await;
     answer(&pool, "http://backend/").await;
     assert_eq!(accepted.load(Ordering::SeqCst), 3, "two idle connections were left for these");
@@ -147,7 +147,8 @@ async fn requests_succeed_when_the_application_closes_idle_connections_unannounc
     });
     let pool = AppPool::new(addr, false);
     for n in 0..50 {
-        let response = pool.send(request("http://backend/"), Duration::from_secs(5)).await.unwrap_or_else(|e| panic!("request {n}: {e}"));
+        let response =
+            pool.send(&mut request("http://backend/"), Duration::from_secs(5)).await.unwrap_or_else(|e| panic!("request {n}: {e}"));
         assert_eq!(response.into_body().collect().await.expect("body").to_bytes(), "ok");
     }
     assert_eq!(accepted.load(Ordering::SeqCst), 50, "each request had a connection of its own");
@@ -158,7 +159,7 @@ async fn an_application_that_refuses_connections_is_named_in_the_error() {
     let (listener, addr) = listener().await;
     drop(listener);
     let pool = AppPool::new(addr, false);
-    let error = pool.send(request("http://backend/"), Duration::from_secs(5)).await.expect_err("nothing listens");
+    let error = pool.send(&mut request("http://backend/"), Duration::from_secs(5)).await.expect_err("nothing listens");
     assert!(matches!(error, AppError::Connect { .. }), "{error:?}");
     assert!(error.to_string().contains(&addr.to_string()), "{error}");
 }

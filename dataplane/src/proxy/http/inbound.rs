@@ -271,9 +271,9 @@ impl Session {
         strip_hop_by_hop(&mut parts.headers);
         parts.headers.remove(ROUTE_HEADER);
         let body = Counted::new(body, self.metrics.request_bytes.clone()).with_idle(timeouts.stream_idle).tallied(received);
-        let request = Request::from_parts(parts, body);
+        let mut request = Request::from_parts(parts, body);
         // Pinned where it is made: moved into the `select!`, the future would be copied whole.
-        let mut sent = pin!(inbound.app_pool.send(request, timeouts.connect));
+        let mut sent = pin!(inbound.app_pool.send(&mut request, timeouts.connect));
         // The timer of the response headers' limit; when that is the exchange's deadline (no
         // shorter stream idle limit), the response body keeps it: one timer per request, not two.
         let mut deadline_timer = None;

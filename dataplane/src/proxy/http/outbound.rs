@@ -438,8 +438,10 @@ async fn send(
 ) -> Result<(Response<Upstream>, InFlight), Failure> {
     match &destination.retry {
         None => attempt(request, destination, key, deadline, path).await,
-        // Boxed: the retries' state would be room in every request's future, moved with it.
-        Some(policy) => super::boxed(|| retried(request, policy, destination, key, deadline, path)).await,
+        // Not boxed: the request's future is boxed once, where the connection's server calls
+        // it, and never moved; a box of its own cost an allocation (beyond glibc's per-thread
+        // cache, 1.5 KB) per request under the mesh's default MeshRetry.
+        Some(policy) => retried(request, policy, destination, key, deadline, path).await,
     }
 }
 
