@@ -569,13 +569,13 @@ async fn attempt(
                 continue;
             }
         };
-        // Until the answer comes: an attempt the sidecar abandons on the way (its timeout) is a
-        // failure of local origin for outlier detection; one the application cancels is not.
         // HTTP/2 keeps the request unless none of it went: then a copy sends it again.
         let kept = matches!(sender, Sender::Http2(_));
         if replayable && replay.is_none() && kept {
             replay = Some(Replay::copy(request));
         }
+        // Until the answer comes: an attempt the sidecar abandons on the way (its timeout) is a
+        // failure of local origin for outlier detection; one the application cancels is not.
         let mut pending = Pending { destination, endpoint: &endpoint, until, armed: true };
         let sent = sender.send(request).await;
         pending.armed = false;
