@@ -90,8 +90,7 @@ impl AppPool {
     pub async fn send(&self, request: &mut Request<Counted>, connect_timeout: Duration) -> Result<Response<Upstream>, AppError> {
         if self.http2 {
             *request.version_mut() = Version::HTTP_2;
-            let empty = Request::new(Counted::empty(request.body().counter()));
-            let owned = std::mem::replace(request, empty);
+            let owned = super::body::take(request);
             return Ok(self.send_http2(owned, connect_timeout).await?.map(Upstream::Hyper));
         }
         *request.version_mut() = Version::HTTP_11;

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
-use http::{Response, StatusCode};
+use http::{Request, Response, StatusCode};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
@@ -91,6 +91,13 @@ impl HttpBody for Upstream {
             Upstream::Empty => SizeHint::with_exact(0),
         }
     }
+}
+
+/// Takes `request` out of its place for a sender that keeps it (HTTP/2), leaving an empty
+/// request that counts into the same bytes.
+pub fn take(request: &mut Request<Counted>) -> Request<Counted> {
+    let empty = Request::new(Counted::empty(request.body().bytes.clone()));
+    std::mem::replace(request, empty)
 }
 
 /// A proxied body that counts its bytes, holds `H` until it ends (dropped with the body), and
@@ -278,11 +285,6 @@ impl<H> Counted<H> {
     /// [`Counted::with_idle`], in place.
     pub fn set_idle(&mut self, idle: Option<Duration>) {
         self.idle = idle.map(|d| (Box::pin(tokio::time::sleep(d)), d));
-    }
-
-    /// Where its data bytes are counted.
-    pub fn counter(&self) -> Counter {
-        self.bytes.clone()
     }
 }
 

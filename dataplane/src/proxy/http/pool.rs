@@ -251,8 +251,7 @@ impl Sender {
         match self {
             Sender::Http2(mut sender) => {
                 *request.version_mut() = Version::HTTP_2;
-                let empty = Request::new(Counted::empty(request.body().counter()));
-                let owned = std::mem::replace(request, empty);
+                let owned = super::body::take(request);
                 // Boxed: hyper's future is twice an HTTP/1.1 exchange's, and would be room in
                 // every request's future (moved with it) where most go over HTTP/1.1.
                 match Box::pin(sender.try_send_request(owned)).await {
