@@ -57,6 +57,10 @@ if ! python3 -c 'import helm_python, kubernetes_validate, jsonschema, yaml' 2>/d
         || echo "could not install helm-python-sdk or kubernetes-validate; the chart tests will say so" >&2
 fi
 
+# The build takes several GB; say how much there is, so a full disk is the first thing a failed
+# link is checked against.
+say "disk: $(df -h --output=avail . | tail -1 | tr -d ' ') free where the build goes"
+
 say "format"
 cargo fmt --all --check
 
