@@ -54,6 +54,8 @@ pub enum Upstream {
     Hyper(Incoming),
     /// Read from a pooled HTTP/1.1 connection by whoever polls it.
     Http1(super::h1::Body),
+    /// A request's body, read from its connection by the sidecar's own HTTP/1.1 server.
+    Own(super::request_body::RequestBody),
     /// None: a request without a body, read by the sidecar's own HTTP/1.1 server.
     Empty,
 }
@@ -72,6 +74,7 @@ impl HttpBody for Upstream {
         match self.get_mut() {
             Upstream::Hyper(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
             Upstream::Http1(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
+            Upstream::Own(body) => Pin::new(body).poll_frame(cx),
             Upstream::Empty => Poll::Ready(None),
         }
     }
@@ -80,6 +83,7 @@ impl HttpBody for Upstream {
         match self {
             Upstream::Hyper(body) => body.is_end_stream(),
             Upstream::Http1(body) => body.is_end_stream(),
+            Upstream::Own(body) => body.is_end_stream(),
             Upstream::Empty => true,
         }
     }
@@ -88,6 +92,7 @@ impl HttpBody for Upstream {
         match self {
             Upstream::Hyper(body) => body.size_hint(),
             Upstream::Http1(body) => body.size_hint(),
+            Upstream::Own(body) => body.size_hint(),
             Upstream::Empty => SizeHint::with_exact(0),
         }
     }

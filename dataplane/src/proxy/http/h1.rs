@@ -169,7 +169,7 @@ enum Framing {
 
 /// Where a chunked body's decoding is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Chunk {
+pub(super) enum Chunk {
     /// Expecting a chunk-size line.
     Size,
     /// In a chunk's data, this many bytes to go.
@@ -636,7 +636,7 @@ enum Step {
 }
 
 /// What a step of chunked decoding gave.
-enum Decoded {
+pub(super) enum Decoded {
     /// Data of a chunk.
     Data(Bytes),
     /// The body ended, with these trailers if it had any.
@@ -648,7 +648,7 @@ enum Decoded {
 }
 
 /// One step of decoding a chunked body from `buf` in `state`.
-fn decode_chunked(state: Chunk, buf: &mut BytesMut) -> Result<(Chunk, Decoded), H1Error> {
+pub(super) fn decode_chunked(state: Chunk, buf: &mut BytesMut) -> Result<(Chunk, Decoded), H1Error> {
     match state {
         Chunk::Size => {
             let Some(end) = find_crlf(buf) else {

@@ -1,22 +1,25 @@
-//! The sidecar's own HTTP/1.1 server for requests without a body, handing the connection to
-//! hyper's server for anything else.
+//! The sidecar's own HTTP/1.1 server, handing the connection to hyper's server for what it
+//! does not take.
 //!
 //! In: a connection's byte stream and the service that answers each request. Out: a future
 //! that serves the connection until the peer closes it, it has been idle past its header-read
 //! limit, or it is shut down gracefully (after the request in progress, at once when idle).
 //!
-//! Most requests through a mesh are bodiless HTTP/1.1 (GET, HEAD, DELETE...). For those, one
-//! loop in the connection's task reads and parses the head, calls the service, and writes the
-//! response head and body, in as few writes as the body allows (a small response: one), with
-//! no per-request timer or extension map, and `date` from the coarse clock. A connection's state is
-//! smaller than hyper's: with 1,000 idle client connections the client sidecar went from 34.3
-//! to 28.0 MB (the sidecar benchmark).
+//! One loop in the connection's task reads and parses the head, calls the service, and writes
+//! the response head and body, in as few writes as the body allows (a small response: one),
+//! with no per-request timer or extension map, and `date` from the coarse clock. A request body
+//! (`content-length`, or `transfer-encoding: chunked`) is read by the same loop while the
+//! service runs, and handed over a frame at a time ([`super::request_body`]); a connection
+//! whose request body was not read whole (the service answered without it) is closed after
+//! the response, which says so. A connection's state is smaller than hyper's: with 1,000 idle
+//! client connections the client sidecar went from 34.3 to 28.0 MB (the sidecar benchmark).
 //!
-//! Anything else goes to hyper, with the bytes read so far: a request with a body (a
-//! `content-length` other than 0, or `transfer-encoding`), `expect`, `upgrade`, CONNECT,
-//! `OPTIONS *`, HTTP/1.0, a head this parser does not take, or one larger than
-//! [`super::h1::MAX_HEAD`]. hyper then serves the rest of the connection, with the same
-//! service and the same header-read timeout, and answers malformed requests as it always has.
+//! Anything else goes to hyper, with the bytes read so far: `expect`, `upgrade`, CONNECT,
+//! `OPTIONS *`, HTTP/1.0, a transfer coding other than `chunked` alone, more than one
+//! `content-length` or one with `transfer-encoding`, a head this parser does not take, or one
+//! larger than [`super::h1::MAX_HEAD`]. hyper then serves the rest of the connection, with the
+//! same service and the same header-read timeout, and answers malformed requests as it always
+//! has.
 
 use std::convert::Infallible;
 use std::future::{poll_fn, Future};
@@ -36,7 +39,8 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 
 use super::body::{BoxError, Upstream};
-use super::h1::{keeps_open, COALESCE, MAX_HEAD, MAX_HEADERS, READ_SIZE};
+use super::h1::{keeps_open, Chunk, COALESCE, MAX_HEAD, MAX_HEADERS, READ_SIZE};
+use super::request_body::{self, Feeder, Framing};
 use super::timer::{HeaderReads, Lent};
 
 /// Why a connection ended badly.
@@ -96,8 +100,8 @@ where
 /// What came in while waiting for a request head.
 #[expect(clippy::large_enum_variant, reason = "returned once per request and moved on at once: a box would cost an allocation per request")]
 enum Came {
-    /// A bodiless request this server answers.
-    Request(Request<Upstream>, Asked),
+    /// A request this server answers, and its body's framing if it has one.
+    Request(Request<Upstream>, Asked, Option<Framing>),
     /// Something for hyper: the connection goes to it.
     ForHyper,
     /// The peer closed the connection, it was idle past its limit, or it is shut down.
@@ -127,26 +131,45 @@ where
     loop {
         timer.reset(strait_runtime::clock::coarse_now() + header_read);
         let came = poll_fn(|cx| poll_request(&mut io, &mut read, &shutdown, &mut timer, cx)).await?;
-        let (request, asked) = match came {
-            Came::Request(request, asked) => (request, asked),
+        let (mut request, asked, framing) = match came {
+            Came::Request(request, asked, framing) => (request, asked, framing),
             Came::End => return Ok(()),
             // Boxed: hyper's connection would otherwise be room in every connection's future.
             Came::ForHyper => return Box::pin(to_hyper(io, read, service, header_read, &shutdown)).await,
         };
-        // The service runs while the peer is watched: if it closes, the request is dropped.
+        let mut feeder = framing.map(|framing| {
+            let (body, mut feeder) = request_body::pair(framing);
+            feeder.prime(&mut read);
+            *request.body_mut() = Upstream::Own(body);
+            feeder
+        });
+        // The service runs while its body is read and, after it, the peer is watched: if it
+        // closes, the request is dropped.
         let mut answer = pin!(service(request));
         let response = poll_fn(|cx| match answer.as_mut().poll(cx) {
             Poll::Ready(response) => Poll::Ready(Ok(Some(response))),
-            Poll::Pending => poll_gone(&mut io, &mut read, cx).map(|gone| gone.map(|()| None)),
+            Poll::Pending => {
+                if let Some(feeder) = feeder.as_mut() {
+                    std::task::ready!(feeder.poll(&mut io, &mut read, cx));
+                    if !feeder.whole() {
+                        // The body failed or was dropped: its answer comes from the service.
+                        return Poll::Pending;
+                    }
+                }
+                poll_gone(&mut io, &mut read, cx).map(|gone| gone.map(|()| None))
+            }
         })
         .await;
         let response = match response {
             Ok(Some(response)) => response,
             Ok(None) | Err(_) => return Ok(()),
         };
-        let keep = respond(&mut io, &mut write, response, asked).await?;
+        let keep = respond(&mut io, &mut write, response, asked, &mut read, feeder.as_mut()).await?;
         if write.capacity() > super::h1::KEPT_BUFFER {
             write = Vec::new();
+        }
+        if read.is_empty() && read.capacity() > super::h1::KEPT_BUFFER {
+            read = BytesMut::new();
         }
         if !keep || shutdown.load(Ordering::Relaxed) {
             let _ = io.shutdown().await;
@@ -166,7 +189,7 @@ fn poll_request<S: AsyncRead + Unpin>(
     loop {
         if !read.is_empty() {
             match parse_request(read) {
-                Parsed::Request(request, asked) => return Poll::Ready(Ok(Came::Request(request, asked))),
+                Parsed::Request(request, asked, framing) => return Poll::Ready(Ok(Came::Request(request, asked, framing))),
                 Parsed::ForHyper => return Poll::Ready(Ok(Came::ForHyper)),
                 Parsed::Partial if read.len() >= MAX_HEAD => return Poll::Ready(Ok(Came::ForHyper)),
                 Parsed::Partial => {}
@@ -215,13 +238,13 @@ fn poll_read<S: AsyncRead + Unpin>(io: &mut S, read: &mut BytesMut, cx: &mut Con
 /// What a parse of the read buffer found.
 #[expect(clippy::large_enum_variant, reason = "returned once per request and moved on at once: a box would cost an allocation per request")]
 enum Parsed {
-    Request(Request<Upstream>, Asked),
+    Request(Request<Upstream>, Asked, Option<Framing>),
     ForHyper,
     Partial,
 }
 
-/// A complete bodiless HTTP/1.1 request head at the start of `buf`, taken from it; anything
-/// else is left in `buf` for hyper.
+/// A complete HTTP/1.1 request head at the start of `buf`, taken from it, with its body's
+/// framing; anything else is left in `buf` for hyper.
 fn parse_request(buf: &mut BytesMut) -> Parsed {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut places = [(0usize, 0usize, 0usize, 0usize); MAX_HEADERS];
@@ -240,21 +263,35 @@ fn parse_request(buf: &mut BytesMut) -> Parsed {
     let path_at = path.as_ptr() as usize - start;
     let path_end = path_at + path.len();
     let count = parsed.headers.len();
+    let (mut length, mut chunked) = (None, false);
     for (place, h) in places.iter_mut().zip(parsed.headers.iter()) {
         let name = h.name.as_bytes();
-        let bodied = (name.eq_ignore_ascii_case(b"content-length") && h.value != b"0")
-            || name.eq_ignore_ascii_case(b"transfer-encoding")
-            || name.eq_ignore_ascii_case(b"expect")
-            || name.eq_ignore_ascii_case(b"upgrade");
-        if bodied {
+        if name.eq_ignore_ascii_case(b"content-length") {
+            // One length, in digits: anything else is hyper's to answer (400).
+            if length.is_some() || h.value.is_empty() || h.value.len() > 18 || !h.value.iter().all(u8::is_ascii_digit) {
+                return Parsed::ForHyper;
+            }
+            length = std::str::from_utf8(h.value).ok().and_then(|v| v.parse::<u64>().ok());
+        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            if chunked || !h.value.trim_ascii().eq_ignore_ascii_case(b"chunked") {
+                return Parsed::ForHyper;
+            }
+            chunked = true;
+        } else if name.eq_ignore_ascii_case(b"expect") || name.eq_ignore_ascii_case(b"upgrade") {
             return Parsed::ForHyper;
         }
         let name_at = h.name.as_ptr() as usize - start;
         let value_at = h.value.as_ptr() as usize - start;
         *place = (name_at, name_at + name.len(), value_at, value_at + h.value.len());
     }
+    let framing = match (length, chunked) {
+        (Some(_), true) => return Parsed::ForHyper,
+        (_, true) => Some(Framing::Chunked(Chunk::Size)),
+        (Some(0) | None, false) => None,
+        (Some(n), false) => Some(Framing::Length(n)),
+    };
     let head = buf.split_to(len).freeze();
-    match build_request(&head, method, path_at..path_end, &places[..count]) {
+    match build_request(&head, method, path_at..path_end, &places[..count], framing) {
         Some(parsed) => parsed,
         None => {
             // Not a head hyper would take either: it answers 400, as before.
@@ -268,7 +305,13 @@ fn parse_request(buf: &mut BytesMut) -> Parsed {
 }
 
 /// The request of a parsed head (its URI and header values are slices of `head`).
-fn build_request(head: &Bytes, method: Method, path: std::ops::Range<usize>, places: &[(usize, usize, usize, usize)]) -> Option<Parsed> {
+fn build_request(
+    head: &Bytes,
+    method: Method,
+    path: std::ops::Range<usize>,
+    places: &[(usize, usize, usize, usize)],
+    framing: Option<Framing>,
+) -> Option<Parsed> {
     let uri = Uri::from_maybe_shared(head.slice(path)).ok()?;
     let mut map = HeaderMap::with_capacity(places.len());
     for &(name_at, name_end, value_at, value_end) in places {
@@ -286,7 +329,7 @@ fn build_request(head: &Bytes, method: Method, path: std::ops::Range<usize>, pla
     *request.uri_mut() = uri;
     *request.version_mut() = Version::HTTP_11;
     *request.headers_mut() = map;
-    Some(Parsed::Request(request, asked))
+    Some(Parsed::Request(request, asked, framing))
 }
 
 /// How the response body goes on the wire.
@@ -299,10 +342,19 @@ enum Out {
     Chunked,
 }
 
-/// Writes `response`; whether the connection stays open after it.
-async fn respond<S, B>(io: &mut S, write: &mut Vec<u8>, response: Response<B>, asked: Asked) -> Result<bool, ServeError>
+/// Writes `response`, reading on the request's body meanwhile (`feeder`) if it is still
+/// coming; whether the connection stays open after it: not if that body was not read whole
+/// when the head went.
+async fn respond<S, B>(
+    io: &mut S,
+    write: &mut Vec<u8>,
+    response: Response<B>,
+    asked: Asked,
+    read: &mut BytesMut,
+    mut feeder: Option<&mut Feeder>,
+) -> Result<bool, ServeError>
 where
-    S: AsyncWrite + Unpin,
+    S: AsyncRead + AsyncWrite + Unpin,
     B: HttpBody<Data = Bytes>,
     B::Error: Into<BoxError>,
 {
@@ -331,7 +383,7 @@ where
         let declared = headers.remove(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok());
         exact.or(declared).map_or(Out::Chunked, Out::Length)
     };
-    let keep = asked.keep && keeps_open(Version::HTTP_11, headers);
+    let keep = asked.keep && keeps_open(Version::HTTP_11, headers) && feeder.as_ref().is_none_or(|f| f.whole());
     write.clear();
     encode_head(write, status, headers, out, keep);
     let mut body = pin!(body);
@@ -342,6 +394,10 @@ where
     // A body that fails ends the connection, once what it gave before is written.
     let mut failed = None;
     poll_fn(|cx| {
+        // A response may stream while its request's body still comes (both ways at once).
+        if let Some(feeder) = feeder.as_mut() {
+            let _ = feeder.poll(&mut *io, read, cx);
+        }
         loop {
             // What the body has ready joins what is to be written, up to a bound.
             while !done && write.len() - written < COALESCE {

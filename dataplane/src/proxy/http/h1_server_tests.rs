@@ -26,7 +26,8 @@ type TestBody = http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>;
 
 /// A server on loopback whose service records each request and answers as its path says:
 /// `/stream` in two chunks of unknown length, `/empty` with 204, `/slow` after 300 ms,
-/// `/cut` a body that fails after its first chunk, anything else `hello` (`content-length`).
+/// `/cut` a body that fails after its first chunk, `/size` the request body's length, `/early`
+/// at once without reading the request body, anything else `hello` (`content-length`).
 async fn server(header_read: Duration) -> (std::net::SocketAddr, Seen, Arc<AtomicUsize>, tokio::sync::mpsc::UnboundedSender<()>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let address = listener.local_addr().expect("address");
@@ -82,17 +83,29 @@ impl Drop for Dropped {
 async fn answer(request: Request<Upstream>, seen: Seen, dropped: Arc<AtomicUsize>) -> Response<TestBody> {
     let mut guard = Dropped(dropped, false);
     let (parts, body) = request.into_parts();
-    let server = if matches!(body, Upstream::Empty) { "own" } else { "hyper" };
-    let bytes = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+    let server = if matches!(body, Upstream::Empty | Upstream::Own(_)) { "own" } else { "hyper" };
+    let (text, size) = if parts.uri.path() == "/early" {
+        drop(body);
+        (String::new(), 0)
+    } else {
+        match body.collect().await {
+            Ok(collected) => {
+                let trailers = collected.trailers().map(|t| format!(" trailers {t:?}")).unwrap_or_default();
+                let bytes = collected.to_bytes();
+                let shown = if bytes.len() > 64 { format!("{} bytes", bytes.len()) } else { String::from_utf8_lossy(&bytes).into_owned() };
+                (format!("{shown}{trailers}"), bytes.len())
+            }
+            Err(e) => (format!("<{e}>"), 0),
+        }
+    };
     let mut headers: Vec<String> = parts.headers.iter().map(|(n, v)| format!("{n}={}", v.to_str().unwrap_or("?"))).collect();
     headers.sort();
     seen.0.lock().expect("lock").push(format!(
-        "{server} {} {} {:?} [{}] {:?}",
+        "{server} {} {} {:?} [{}] {text:?}",
         parts.method,
         parts.uri,
         parts.version,
         headers.join(" "),
-        String::from_utf8_lossy(&bytes)
     ));
     let response = match parts.uri.path() {
         "/stream" => {
@@ -116,6 +129,7 @@ async fn answer(request: Request<Upstream>, seen: Seen, dropped: Arc<AtomicUsize
             *response.status_mut() = StatusCode::NO_CONTENT;
             response
         }
+        "/size" => Response::new(Full::new(Bytes::from(size.to_string())).map_err(|e| match e {}).boxed_unsync()),
         path => {
             if path == "/slow" {
                 tokio::time::sleep(Duration::from_millis(300)).await;
@@ -183,22 +197,86 @@ async fn bodiless_requests_are_answered_on_one_connection_with_each_bodys_framin
 }
 
 #[tokio::test]
-async fn a_request_with_a_body_and_what_follows_it_go_to_hyper_on_the_same_connection() {
+async fn requests_with_bodies_and_what_follows_them_are_served_on_the_same_connection() {
     let (address, seen, _, _) = server(Duration::from_secs(60)).await;
     let mut stream = TcpStream::connect(address).await.expect("connect");
     stream.write_all(b"GET /first HTTP/1.1\r\nhost: web\r\n\r\n").await.expect("write");
     assert!(read_until(&mut stream, |t| t.ends_with("hello")).await.starts_with("HTTP/1.1 200"));
     stream
-        .write_all(b"POST /upload HTTP/1.1\r\nhost: web\r\ncontent-length: 4\r\n\r\nabcdPUT /chunks HTTP/1.1\r\nhost: web\r\ntransfer-encoding: chunked\r\n\r\n2\r\nxy\r\n0\r\n\r\nGET /after HTTP/1.1\r\nhost: web\r\n\r\n")
+        .write_all(b"POST /upload HTTP/1.1\r\nhost: web\r\ncontent-length: 4\r\n\r\nabcdPUT /chunks HTTP/1.1\r\nhost: web\r\ntransfer-encoding: chunked\r\n\r\n2\r\nxy\r\n3;ext=1\r\nzzz\r\n0\r\nx-sum: 5\r\n\r\nGET /after HTTP/1.1\r\nhost: web\r\n\r\n")
         .await
         .expect("write");
     let rest = read_until(&mut stream, |t| answers(t) == 3 && t.ends_with("hello")).await;
     assert_eq!(answers(&rest), 3, "{rest}");
+    assert!(!rest.contains("connection: close"), "{rest}");
     let seen = seen.all();
     assert_eq!(seen[0], "own GET /first HTTP/1.1 [host=web] \"\"");
-    assert_eq!(seen[1], "hyper POST /upload HTTP/1.1 [content-length=4 host=web] \"abcd\"");
-    assert_eq!(seen[2], "hyper PUT /chunks HTTP/1.1 [host=web transfer-encoding=chunked] \"xy\"");
-    assert_eq!(seen[3], "hyper GET /after HTTP/1.1 [host=web] \"\"");
+    assert_eq!(seen[1], "own POST /upload HTTP/1.1 [content-length=4 host=web] \"abcd\"");
+    assert_eq!(seen[2], "own PUT /chunks HTTP/1.1 [host=web transfer-encoding=chunked] \"xyzzz trailers {\\\"x-sum\\\": \\\"5\\\"}\"");
+    assert_eq!(seen[3], "own GET /after HTTP/1.1 [host=web] \"\"");
+}
+
+#[tokio::test]
+async fn a_large_body_is_read_as_it_comes_in_either_framing() {
+    let (address, seen, _, _) = server(Duration::from_secs(60)).await;
+    let mut stream = TcpStream::connect(address).await.expect("connect");
+    let size = 3 * 1024 * 1024 + 7;
+    let body = vec![b'x'; size];
+    stream.write_all(format!("POST /size HTTP/1.1\r\nhost: web\r\ncontent-length: {size}\r\n\r\n").as_bytes()).await.expect("write");
+    // In pieces, so that the body crosses many reads and frames.
+    for piece in body.chunks(100_000) {
+        stream.write_all(piece).await.expect("write");
+    }
+    let answer = read_until(&mut stream, |t| t.ends_with(&size.to_string())).await;
+    assert!(answer.starts_with("HTTP/1.1 200") && answer.ends_with(&format!("\r\n\r\n{size}")), "{answer}");
+    stream.write_all(b"POST /size HTTP/1.1\r\nhost: web\r\ntransfer-encoding: chunked\r\n\r\n").await.expect("write");
+    for piece in body.chunks(70_001) {
+        stream.write_all(format!("{:x}\r\n", piece.len()).as_bytes()).await.expect("write");
+        stream.write_all(piece).await.expect("write");
+        stream.write_all(b"\r\n").await.expect("write");
+    }
+    stream.write_all(b"0\r\n\r\n").await.expect("write");
+    let second = read_until(&mut stream, |t| t.ends_with(&size.to_string())).await;
+    assert!(second.starts_with("HTTP/1.1 200") && second.ends_with(&format!("\r\n\r\n{size}")), "{second}");
+    let seen = seen.all();
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    assert!(seen.iter().all(|s| s.starts_with("own POST /size") && s.ends_with(&format!("\"{size} bytes\""))), "{seen:?}");
+}
+
+#[tokio::test]
+async fn an_answer_before_the_whole_body_came_closes_the_connection_after_it() {
+    let (address, seen, _, _) = server(Duration::from_secs(60)).await;
+    let mut stream = TcpStream::connect(address).await.expect("connect");
+    stream.write_all(b"POST /early HTTP/1.1\r\nhost: web\r\ncontent-length: 100000\r\n\r\nsome of it").await.expect("write");
+    let answer = read_until(&mut stream, |t| t.ends_with("hello")).await;
+    assert!(answer.starts_with("HTTP/1.1 200") && answer.contains("connection: close\r\n"), "{answer}");
+    assert!(closed(&mut stream).await, "a connection whose request body was not read stayed open");
+    assert_eq!(seen.all().len(), 1);
+}
+
+#[tokio::test]
+async fn a_body_cut_short_or_malformed_fails_the_request_and_ends_the_connection() {
+    let (address, seen, _, _) = server(Duration::from_secs(60)).await;
+    let mut stream = TcpStream::connect(address).await.expect("connect");
+    stream.write_all(b"POST /cut-short HTTP/1.1\r\nhost: web\r\ncontent-length: 10\r\n\r\nabc").await.expect("write");
+    stream.shutdown().await.expect("shutdown");
+    let mut bad = TcpStream::connect(address).await.expect("connect");
+    bad.write_all(b"POST /bad HTTP/1.1\r\nhost: web\r\ntransfer-encoding: chunked\r\n\r\nzz\r\nxy\r\n").await.expect("write");
+    let answer = read_until(&mut bad, |_| false).await;
+    assert!(answer.contains("connection: close\r\n"), "{answer}");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while seen.all().len() < 2 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let mut seen = seen.all();
+    seen.sort();
+    assert_eq!(
+        seen,
+        vec![
+            "own POST /bad HTTP/1.1 [host=web transfer-encoding=chunked] \"<malformed request body: bad chunk size>\"",
+            "own POST /cut-short HTTP/1.1 [content-length=10 host=web] \"<the client closed the connection before the end of the request body>\"",
+        ]
+    );
 }
 
 #[tokio::test]
@@ -208,6 +286,10 @@ async fn what_this_server_does_not_take_is_answered_by_hyper_as_before() {
         (&b"GET /old HTTP/1.0\r\nhost: web\r\n\r\n"[..], "HTTP/1.0 200"),
         (b"GET /x HTTP/1.1\r\nhost: web\r\nexpect: 100-continue\r\n\r\n", "HTTP/1.1 200"),
         (b"OPTIONS * HTTP/1.1\r\nhost: web\r\n\r\n", "HTTP/1.1 200"),
+        (b"POST /gz HTTP/1.1\r\nhost: web\r\ntransfer-encoding: gzip, chunked\r\n\r\n1\r\na\r\n0\r\n\r\n", "HTTP/1.1 200"),
+        (b"POST /two HTTP/1.1\r\nhost: web\r\ncontent-length: 1\r\ncontent-length: 1\r\n\r\na", "HTTP/1.1 200"),
+        (b"POST /both HTTP/1.1\r\nhost: web\r\ncontent-length: 1\r\ntransfer-encoding: chunked\r\n\r\n1\r\na\r\n0\r\n\r\n", "HTTP/1.1 200"),
+        (b"POST /plus HTTP/1.1\r\nhost: web\r\ncontent-length: +1\r\n\r\na", "HTTP/1.1 400"),
         (b"GET /\x01bad HTTP/1.1\r\nhost: web\r\n\r\n", "HTTP/1.1 400"),
         (b"GET / HTTP/1.1\r\nbad header\r\n\r\n", "HTTP/1.1 400"),
     ] {
@@ -217,7 +299,7 @@ async fn what_this_server_does_not_take_is_answered_by_hyper_as_before() {
         assert!(answer.starts_with(status), "{}: {answer}", String::from_utf8_lossy(request));
     }
     let served: Vec<String> = seen.all().iter().map(|s| s.split(' ').take(3).collect::<Vec<_>>().join(" ")).collect();
-    assert_eq!(served, vec!["hyper GET /old", "hyper GET /x", "hyper OPTIONS *"]);
+    assert_eq!(served, vec!["hyper GET /old", "hyper GET /x", "hyper OPTIONS *", "hyper POST /gz", "hyper POST /two", "hyper POST /both"]);
 }
 
 #[tokio::test]

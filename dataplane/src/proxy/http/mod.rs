@@ -17,6 +17,7 @@ mod h1_server;
 pub mod inbound;
 pub mod outbound;
 pub mod pool;
+mod request_body;
 pub mod retry;
 pub mod routes;
 mod sniff;

@@ -1,0 +1,295 @@
+//! A request body that the sidecar's own HTTP/1.1 server reads from its connection while the
+//! request is being served, handed over to whoever sends it on one frame at a time.
+//!
+//! In: the body's framing (`content-length` or `transfer-encoding: chunked`), and the
+//! connection's read buffer and stream, lent by the server each time it polls the [`Feeder`].
+//! Out: [`RequestBody`], the request's body, and the [`Feeder`] the server keeps. The two
+//! share one slot: the feeder decodes the next frame only once the body has taken the last,
+//! so a slow upstream holds back the client (TCP's flow control, no buffering here), and the
+//! bytes after the body's end stay in the server's buffer for the next request.
+//!
+//! The feeder is polled in the server's task, the body wherever the request goes (the same
+//! task for an HTTP/1.1 upstream, the HTTP/2 connection's task otherwise): each wakes the
+//! other when the slot changes hands.
+
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker};
+
+use bytes::{Bytes, BytesMut};
+use http::HeaderMap;
+use http_body::{Body as HttpBody, Frame, SizeHint};
+use tokio::io::AsyncRead;
+
+use super::body::BoxError;
+use super::h1::{decode_chunked, Chunk, Decoded, H1Error, READ_SIZE};
+
+/// What a read of a large body asks for at most: fewer reads and larger frames, while a
+/// connection's buffer stays small (given back after the request if it grew past
+/// [`super::h1::KEPT_BUFFER`]).
+const BODY_READ_SIZE: usize = 64 * 1024;
+
+/// How a request body is framed on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Framing {
+    /// `content-length`: this many bytes to go.
+    Length(u64),
+    /// `transfer-encoding: chunked`.
+    Chunked(Chunk),
+}
+
+/// Why a request body could not be read whole.
+#[derive(Debug, thiserror::Error)]
+pub enum RequestBodyError {
+    /// The client closed the connection before the body's end.
+    #[error("the client closed the connection before the end of the request body")]
+    Cut,
+    /// Reading the connection failed.
+    #[error("reading the request body: {0}")]
+    Read(std::io::Error),
+    /// The chunked framing is broken.
+    #[error("malformed request body: {0}")]
+    Malformed(&'static str),
+}
+
+/// What the server and the body share.
+#[derive(Default)]
+struct Slot {
+    /// Data decoded and not yet taken.
+    data: Option<Bytes>,
+    /// The trailers of a chunked body, once it has ended.
+    trailers: Option<HeaderMap>,
+    /// Nothing more comes after what is in the slot.
+    ended: bool,
+    /// The body failed (given to the body once).
+    failed: Option<RequestBodyError>,
+    /// Bytes of a `content-length` body not yet taken (for its size hint).
+    rest: Option<u64>,
+    /// The body was dropped: nothing more is wanted.
+    dropped: bool,
+    body: Option<Waker>,
+    server: Option<Waker>,
+}
+
+fn lock(slot: &Mutex<Slot>) -> MutexGuard<'_, Slot> {
+    slot.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn park(place: &mut Option<Waker>, cx: &Context<'_>) {
+    match place {
+        Some(waker) if waker.will_wake(cx.waker()) => {}
+        _ => *place = Some(cx.waker().clone()),
+    }
+}
+
+/// A request's body and the feeder the server keeps for it.
+pub(super) fn pair(framing: Framing) -> (RequestBody, Feeder) {
+    let rest = match framing {
+        Framing::Length(n) => Some(n),
+        Framing::Chunked(_) => None,
+    };
+    let slot = Arc::new(Mutex::new(Slot { rest, ..Slot::default() }));
+    (RequestBody { slot: slot.clone() }, Feeder { slot, framing, done: false, whole: false })
+}
+
+/// The body of a request the own HTTP/1.1 server reads.
+pub struct RequestBody {
+    slot: Arc<Mutex<Slot>>,
+}
+
+impl std::fmt::Debug for RequestBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RequestBody").finish_non_exhaustive()
+    }
+}
+
+impl HttpBody for RequestBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let mut slot = lock(&self.slot);
+        let frame = if let Some(data) = slot.data.take() {
+            if let Some(rest) = &mut slot.rest {
+                *rest -= data.len() as u64;
+            }
+            Some(Ok(Frame::data(data)))
+        } else if let Some(trailers) = slot.trailers.take() {
+            Some(Ok(Frame::trailers(trailers)))
+        } else if let Some(error) = slot.failed.take() {
+            slot.ended = true;
+            Some(Err(error.into()))
+        } else if slot.ended {
+            None
+        } else {
+            park(&mut slot.body, cx);
+            return Poll::Pending;
+        };
+        // The slot is free: the server may read on.
+        if let Some(server) = slot.server.take() {
+            server.wake();
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        let slot = lock(&self.slot);
+        slot.ended && slot.data.is_none() && slot.trailers.is_none() && slot.failed.is_none()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match lock(&self.slot).rest {
+            Some(rest) => SizeHint::with_exact(rest),
+            None => SizeHint::default(),
+        }
+    }
+}
+
+impl Drop for RequestBody {
+    fn drop(&mut self) {
+        let mut slot = lock(&self.slot);
+        slot.dropped = true;
+        if let Some(server) = slot.server.take() {
+            server.wake();
+        }
+    }
+}
+
+/// The server's end: reads the body from the connection into the slot.
+pub(super) struct Feeder {
+    slot: Arc<Mutex<Slot>>,
+    framing: Framing,
+    /// Nothing more is read for the body: it came whole, failed, or is no longer wanted.
+    done: bool,
+    /// The whole body was read from the connection: the next request's bytes follow.
+    whole: bool,
+}
+
+/// What one step of decoding gave.
+enum Step {
+    Data(Bytes),
+    End(Option<HeaderMap>),
+    Read,
+}
+
+impl Feeder {
+    /// Whether the whole body was read from the connection, so that it may carry another
+    /// request.
+    pub(super) fn whole(&self) -> bool {
+        self.whole
+    }
+
+    /// Puts the first frame of what has already been read in the slot, so that a small body
+    /// that came with its head goes on with it.
+    pub(super) fn prime(&mut self, read: &mut BytesMut) {
+        let Feeder { slot, framing, done, whole } = self;
+        decode(&mut lock(slot), framing, read, done, whole);
+    }
+
+    /// Reads and decodes the body into the slot while the slot has room. Ready once nothing
+    /// more is to be read for it (ended, failed, or dropped by its reader).
+    pub(super) fn poll<S: AsyncRead + Unpin>(&mut self, io: &mut S, read: &mut BytesMut, cx: &mut Context<'_>) -> Poll<()> {
+        let Feeder { slot, framing, done, whole } = self;
+        while !*done {
+            {
+                let mut slot = lock(slot);
+                if slot.dropped {
+                    *done = true;
+                    break;
+                }
+                if slot.data.is_some() {
+                    park(&mut slot.server, cx);
+                    return Poll::Pending;
+                }
+                if decode(&mut slot, framing, read, done, whole) {
+                    continue;
+                }
+            }
+            // Nothing decoded: more must be read (not under the lock).
+            let want = match *framing {
+                Framing::Length(rest) => usize::try_from(rest).unwrap_or(usize::MAX).clamp(READ_SIZE, BODY_READ_SIZE),
+                Framing::Chunked(_) => BODY_READ_SIZE,
+            };
+            if read.capacity() - read.len() < want / 4 {
+                read.reserve(want);
+            }
+            let error = match tokio_util::io::poll_read_buf(Pin::new(&mut *io), cx, read) {
+                Poll::Ready(Ok(0)) => RequestBodyError::Cut,
+                Poll::Ready(Ok(_)) => continue,
+                Poll::Ready(Err(e)) => RequestBodyError::Read(e),
+                Poll::Pending => return Poll::Pending,
+            };
+            tracing::debug!("{error}");
+            let mut slot = lock(slot);
+            slot.failed = Some(error);
+            *done = true;
+            if let Some(body) = slot.body.take() {
+                body.wake();
+            }
+        }
+        Poll::Ready(())
+    }
+}
+
+/// Decodes the next frame of `read` into the empty `slot`; whether anything changed for the
+/// body (data, its end, or its failure), which is then woken.
+fn decode(slot: &mut Slot, framing: &mut Framing, read: &mut BytesMut, done: &mut bool, whole: &mut bool) -> bool {
+    let (ended, failed) = match step(framing, read) {
+        Ok(Step::Data(data)) => {
+            slot.data = Some(data);
+            (*framing == Framing::Length(0), None)
+        }
+        Ok(Step::End(trailers)) => {
+            slot.trailers = trailers;
+            (true, None)
+        }
+        Ok(Step::Read) => return false,
+        Err(error) => (false, Some(error)),
+    };
+    if ended {
+        slot.ended = true;
+        (*done, *whole) = (true, true);
+    }
+    if let Some(error) = failed {
+        tracing::debug!("{error}");
+        slot.failed = Some(error);
+        *done = true;
+    }
+    if let Some(body) = slot.body.take() {
+        body.wake();
+    }
+    true
+}
+
+/// The next frame in `read`, per the body's `framing` (moved on past it).
+fn step(framing: &mut Framing, read: &mut BytesMut) -> Result<Step, RequestBodyError> {
+    loop {
+        match *framing {
+            Framing::Length(0) => return Ok(Step::End(None)),
+            Framing::Length(rest) => {
+                if read.is_empty() {
+                    return Ok(Step::Read);
+                }
+                let n = read.len().min(usize::try_from(rest).unwrap_or(usize::MAX));
+                *framing = Framing::Length(rest - n as u64);
+                return Ok(Step::Data(read.split_to(n).freeze()));
+            }
+            Framing::Chunked(state) => {
+                if read.is_empty() {
+                    return Ok(Step::Read);
+                }
+                let (next, decoded) = decode_chunked(state, read).map_err(|e| match e {
+                    H1Error::Malformed(why) => RequestBodyError::Malformed(why),
+                    _ => RequestBodyError::Malformed("bad chunked framing"),
+                })?;
+                *framing = Framing::Chunked(next);
+                match decoded {
+                    Decoded::Data(data) => return Ok(Step::Data(data)),
+                    Decoded::End(trailers) => return Ok(Step::End(trailers)),
+                    Decoded::Progress => {}
+                    Decoded::More => return Ok(Step::Read),
+                }
+            }
+        }
+    }
+}
