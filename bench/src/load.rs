@@ -2,17 +2,18 @@
 //! scheduled time (as wrk2 does, so that a stall is not hidden by the requests it delayed),
 //! and a closed loop for saturation throughput.
 //!
-//! In: a target address and path served over HTTP/1.1 keep-alive. Out: latencies, errors and
+//! In: a target address and path served over HTTP/1.1 keep-alive, and what each request is: a
+//! GET, or a POST of a body of the size [`post_bodies`] set. Out: latencies, errors and
 //! throughput. The schedule is kept by a thread of its own with `std::thread::sleep` (about
 //! 60 µs precise) rather than the async timer, whose millisecond ticks would add up to a
 //! millisecond to every sample.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Empty};
+use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
 use tokio::sync::mpsc;
@@ -42,7 +43,7 @@ impl Outcome {
     }
 }
 
-async fn connect(target: SocketAddr) -> std::io::Result<SendRequest<Empty<Bytes>>> {
+async fn connect(target: SocketAddr) -> std::io::Result<SendRequest<Full<Bytes>>> {
     let stream = tokio::net::TcpStream::connect(target).await?;
     stream.set_nodelay(true)?;
     let (sender, connection) = http1::handshake(TokioIo::new(stream)).await.map_err(std::io::Error::other)?;
@@ -50,12 +51,27 @@ async fn connect(target: SocketAddr) -> std::io::Result<SendRequest<Empty<Bytes>
     Ok(sender)
 }
 
-/// One GET of `path` on `sender`, the body read to its end; `true` on a 200.
-async fn get(sender: &mut SendRequest<Empty<Bytes>>, host: &str, path: &str) -> bool {
+/// The body every request of this process posts (none: requests are GETs).
+static POSTED: OnceLock<Bytes> = OnceLock::new();
+
+/// Makes every request of this process a POST of `size` bytes (`content-length`) rather than
+/// a GET; a size of 0 keeps GETs. Set once, before the first request.
+pub fn post_bodies(size: usize) {
+    if size > 0 {
+        let _ = POSTED.set(Bytes::from(vec![b'x'; size]));
+    }
+}
+
+/// One request of `path` on `sender` (a GET, or a POST, see [`post_bodies`]), the response
+/// body read to its end; `true` on a 200.
+async fn get(sender: &mut SendRequest<Full<Bytes>>, host: &str, path: &str) -> bool {
     if sender.ready().await.is_err() {
         return false;
     }
-    let request = http::Request::get(path).header("host", host).body(Empty::new());
+    let request = match POSTED.get() {
+        Some(body) => http::Request::post(path).header("host", host).body(Full::new(body.clone())),
+        None => http::Request::get(path).header("host", host).body(Full::new(Bytes::new())),
+    };
     let Ok(request) = request else { return false };
     match sender.send_request(request).await {
         Ok(response) => response.status() == 200 && response.into_body().collect().await.is_ok(),
@@ -166,7 +182,7 @@ pub async fn closed_loop(target: SocketAddr, path: &str, duration: Duration, con
 pub struct Held {
     /// Connections whose request was answered with a 200.
     pub answered: usize,
-    _senders: Vec<SendRequest<Empty<Bytes>>>,
+    _senders: Vec<SendRequest<Full<Bytes>>>,
 }
 
 /// Opens `n` keep-alive connections to `target`, sends one GET of `path` on each (all at

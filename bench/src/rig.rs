@@ -83,13 +83,18 @@ pub fn nginx(work: &Path, name: &str, servers: &str) -> Result<Child, Error> {
     Ok(child)
 }
 
-/// nginx serving a 1 KiB file at `path` (`/1k.bin`) on a free port: the application.
+/// nginx serving a 1 KiB file at `path` (`/1k.bin`) on a free port: the application. A POST
+/// gets the file too (its body read and dropped).
 pub fn file_server(work: &Path, path: &str) -> Result<(Child, u16), Error> {
     let www = work.join("www");
     std::fs::create_dir_all(&www)?;
     std::fs::write(www.join(path.trim_start_matches('/')), vec![b's'; 1024])?;
     let port = free_port()?;
-    let child = nginx(work, "app", &format!("server {{ listen 127.0.0.1:{port}; location / {{ root {}; }} }}", www.display()))?;
+    let child = nginx(
+        work,
+        "app",
+        &format!("server {{ listen 127.0.0.1:{port}; location / {{ root {}; error_page 405 =200 $uri; }} }}", www.display()),
+    )?;
     Ok((child, port))
 }
 
@@ -281,6 +286,10 @@ pub struct LoadArgs {
     /// Data-path threads of each sidecar (`strait-dp run --concurrency`).
     #[arg(long, default_value_t = 1)]
     pub sidecar_concurrency: u16,
+    /// Every request a POST of a body of this many bytes (`content-length`) rather than a GET
+    /// (0); the application answers it as a GET.
+    #[arg(long, default_value_t = 0)]
+    pub request_body: usize,
 }
 
 impl LoadArgs {

@@ -166,6 +166,7 @@ fn policy_set(routes: usize) -> Vec<(String, Value)> {
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Error> {
     let args = Args::parse();
+    strait_bench::load::post_bodies(args.load.request_body);
     let (dp, cp, work, mut children) = strait_bench::rig::start().await?;
     for path in DEFAULTS {
         cp.delete(&format!("/meshes/default/{path}")).await?;

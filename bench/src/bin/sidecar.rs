@@ -71,6 +71,7 @@ fn main() -> Result<(), Error> {
 }
 
 async fn run(args: Args) -> Result<(), Error> {
+    strait_bench::load::post_bodies(args.load.request_body);
     let (dp, cp, work, mut children_to_kill) = strait_bench::rig::start().await?;
     if args.contention {
         // A shell spinning on core 0: what a busy neighbour takes from the proxies.

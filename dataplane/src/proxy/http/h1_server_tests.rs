@@ -244,14 +244,39 @@ async fn a_large_body_is_read_as_it_comes_in_either_framing() {
 }
 
 #[tokio::test]
-async fn an_answer_before_the_whole_body_came_closes_the_connection_after_it() {
+async fn the_rest_of_a_body_answered_before_it_came_is_dropped_and_the_connection_carries_the_next_request() {
     let (address, seen, _, _) = server(Duration::from_secs(60)).await;
     let mut stream = TcpStream::connect(address).await.expect("connect");
     stream.write_all(b"POST /early HTTP/1.1\r\nhost: web\r\ncontent-length: 100000\r\n\r\nsome of it").await.expect("write");
     let answer = read_until(&mut stream, |t| t.ends_with("hello")).await;
-    assert!(answer.starts_with("HTTP/1.1 200") && answer.contains("connection: close\r\n"), "{answer}");
-    assert!(closed(&mut stream).await, "a connection whose request body was not read stayed open");
-    assert_eq!(seen.all().len(), 1);
+    assert!(answer.starts_with("HTTP/1.1 200") && !answer.contains("connection: close"), "{answer}");
+    stream.write_all(&vec![b'y'; 100_000 - "some of it".len()]).await.expect("write");
+    stream.write_all(b"GET /next HTTP/1.1\r\nhost: web\r\n\r\n").await.expect("write");
+    let next = read_until(&mut stream, |t| t.ends_with("hello")).await;
+    assert!(next.starts_with("HTTP/1.1 200"), "the request after a dropped body was not answered: {next}");
+    let seen = seen.all();
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    assert_eq!(seen[1], "own GET /next HTTP/1.1 [host=web] \"\"", "the dropped body's bytes were taken for a request");
+}
+
+#[tokio::test]
+async fn a_body_too_long_to_drop_after_its_answer_ends_the_connection() {
+    let (address, _, _, _) = server(Duration::from_secs(60)).await;
+    let mut stream = TcpStream::connect(address).await.expect("connect");
+    stream.write_all(b"POST /early HTTP/1.1\r\nhost: web\r\ncontent-length: 100000000\r\n\r\n").await.expect("write");
+    let answer = read_until(&mut stream, |t| t.ends_with("hello")).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let piece = vec![b'y'; 64 * 1024];
+    let mut sent = 0;
+    while sent < 100_000_000 {
+        match tokio::time::timeout(Duration::from_secs(10), stream.write_all(&piece)).await {
+            Ok(Ok(())) => sent += piece.len(),
+            Ok(Err(_)) => break,
+            Err(_) => panic!("the server neither read the body nor closed the connection"),
+        }
+    }
+    assert!(sent < 10_000_000, "the server read {sent} bytes of a body nobody wanted");
+    assert!(closed(&mut stream).await, "the connection stayed open");
 }
 
 #[tokio::test]

@@ -89,7 +89,7 @@ pub(super) fn pair(framing: Framing) -> (RequestBody, Feeder) {
         Framing::Chunked(_) => None,
     };
     let slot = Arc::new(Mutex::new(Slot { rest, ..Slot::default() }));
-    (RequestBody { slot: slot.clone() }, Feeder { slot, framing, done: false, whole: false })
+    (RequestBody { slot: slot.clone() }, Feeder { slot, framing, done: false, whole: false, drained: 0 })
 }
 
 /// The body of a request the own HTTP/1.1 server reads.
@@ -155,14 +155,22 @@ impl Drop for RequestBody {
     }
 }
 
+/// Most bytes of a request body read and dropped once its request no longer wants it (an
+/// answer that came before the whole body, such as a 413 or a 403), so that the connection
+/// can carry the next request; past it, the connection is closed.
+const DRAIN_LIMIT: u64 = 256 * 1024;
+
 /// The server's end: reads the body from the connection into the slot.
 pub(super) struct Feeder {
     slot: Arc<Mutex<Slot>>,
     framing: Framing,
-    /// Nothing more is read for the body: it came whole, failed, or is no longer wanted.
+    /// Nothing more is read for the body: it came whole, failed, or is not wanted past
+    /// [`DRAIN_LIMIT`].
     done: bool,
     /// The whole body was read from the connection: the next request's bytes follow.
     whole: bool,
+    /// Bytes read and dropped since the body was dropped.
+    drained: u64,
 }
 
 /// What one step of decoding gave.
@@ -179,55 +187,105 @@ impl Feeder {
         self.whole
     }
 
-    /// Puts the first frame of what has already been read in the slot, so that a small body
-    /// that came with its head goes on with it.
-    pub(super) fn prime(&mut self, read: &mut BytesMut) {
-        let Feeder { slot, framing, done, whole } = self;
-        decode(&mut lock(slot), framing, read, done, whole);
+    /// Whether the connection may still carry another request: the body came whole, or is
+    /// still being read.
+    pub(super) fn may_keep(&self) -> bool {
+        self.whole || !self.done
     }
 
-    /// Reads and decodes the body into the slot while the slot has room. Ready once nothing
-    /// more is to be read for it (ended, failed, or dropped by its reader).
+    /// Reads and decodes the body into the slot while the slot has room, or reads and drops
+    /// it once the body is dropped. Ready once nothing more is to be read for it (ended,
+    /// failed, or dropped past [`DRAIN_LIMIT`]).
     pub(super) fn poll<S: AsyncRead + Unpin>(&mut self, io: &mut S, read: &mut BytesMut, cx: &mut Context<'_>) -> Poll<()> {
-        let Feeder { slot, framing, done, whole } = self;
+        let Feeder { slot, framing, done, whole, drained } = self;
+        // The socket had nothing more (and will wake this task when it has).
+        let mut dry = false;
+        let mut need = false;
         while !*done {
-            {
+            let dropped = {
                 let mut slot = lock(slot);
                 if slot.dropped {
-                    *done = true;
-                    break;
-                }
-                if slot.data.is_some() {
+                    slot.data = None;
+                } else if slot.data.is_some() {
                     park(&mut slot.server, cx);
                     return Poll::Pending;
                 }
-                if decode(&mut slot, framing, read, done, whole) {
-                    continue;
-                }
-            }
-            // Nothing decoded: more must be read (not under the lock).
+                slot.dropped
+            };
+            // The slot is free: what the socket has joins what was read first (up to a
+            // bound), so that a frame carries all of it.
             let want = match *framing {
                 Framing::Length(rest) => usize::try_from(rest).unwrap_or(usize::MAX).clamp(READ_SIZE, BODY_READ_SIZE),
                 Framing::Chunked(_) => BODY_READ_SIZE,
             };
-            if read.capacity() - read.len() < want / 4 {
-                read.reserve(want);
-            }
-            let error = match tokio_util::io::poll_read_buf(Pin::new(&mut *io), cx, read) {
-                Poll::Ready(Ok(0)) => RequestBodyError::Cut,
-                Poll::Ready(Ok(_)) => continue,
-                Poll::Ready(Err(e)) => RequestBodyError::Read(e),
-                Poll::Pending => return Poll::Pending,
+            let short = match *framing {
+                Framing::Length(rest) => (read.len() as u64) < rest.min(want as u64),
+                Framing::Chunked(_) => read.is_empty(),
             };
-            tracing::debug!("{error}");
-            let mut slot = lock(slot);
-            slot.failed = Some(error);
-            *done = true;
-            if let Some(body) = slot.body.take() {
-                body.wake();
+            if !dry && (need || short) {
+                if read.capacity() - read.len() < want / 4 {
+                    read.reserve(want);
+                }
+                match tokio_util::io::poll_read_buf(Pin::new(&mut *io), cx, read) {
+                    Poll::Ready(Ok(0)) => {
+                        fail(&mut lock(slot), RequestBodyError::Cut, done);
+                        break;
+                    }
+                    Poll::Ready(Ok(_)) => {
+                        need = false;
+                        continue;
+                    }
+                    Poll::Ready(Err(e)) => {
+                        fail(&mut lock(slot), RequestBodyError::Read(e), done);
+                        break;
+                    }
+                    Poll::Pending => dry = true,
+                }
             }
+            let mut slot = lock(slot);
+            if dropped {
+                match step(framing, read) {
+                    Ok(Step::Data(data)) => {
+                        *drained += data.len() as u64;
+                        if *framing == Framing::Length(0) {
+                            (*done, *whole) = (true, true);
+                        } else if *drained > DRAIN_LIMIT {
+                            tracing::debug!(
+                                "the request body, no longer wanted, is longer than {DRAIN_LIMIT} bytes: the connection is closed"
+                            );
+                            *done = true;
+                        }
+                        continue;
+                    }
+                    Ok(Step::End(_)) => {
+                        (*done, *whole) = (true, true);
+                        continue;
+                    }
+                    Ok(Step::Read) => {}
+                    Err(error) => {
+                        fail(&mut slot, error, done);
+                        break;
+                    }
+                }
+            } else if decode(&mut slot, framing, read, done, whole) {
+                continue;
+            }
+            // Nothing could be decoded: more must be read.
+            if dry {
+                return Poll::Pending;
+            }
+            need = true;
         }
         Poll::Ready(())
+    }
+}
+
+fn fail(slot: &mut Slot, error: RequestBodyError, done: &mut bool) {
+    tracing::debug!("{error}");
+    slot.failed = Some(error);
+    *done = true;
+    if let Some(body) = slot.body.take() {
+        body.wake();
     }
 }
 
