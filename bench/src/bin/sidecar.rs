@@ -392,6 +392,8 @@ fn report(
     let spread = ratio(direct_round(|r| r.p99.as_secs_f64()), direct_round(|r| r.p50.as_secs_f64()));
     let p99_verdict = if p99.is_nan() {
         "not judged: the nginx pair added nothing at p99 in its median round".to_string()
+    } else if p99 < 0.0 {
+        "not judged: the direct path's median round has a higher p99 than the strait pair's, the host's noise".to_string()
     } else if spread > NOISY_SPREAD {
         format!("not judged: the direct path's median round has a p99 {spread:.1}x its p50, the host's noise")
     } else {
