@@ -158,7 +158,7 @@ impl std::fmt::Debug for Failed {
 
 /// How a message's body is delimited.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Framing {
+pub(super) enum Framing {
     /// `content-length`: this many bytes to go.
     Length(u64),
     /// `transfer-encoding: chunked`.
@@ -554,27 +554,9 @@ impl HttpBody for Body {
         loop {
             let Some(lease) = this.lease.as_mut() else { return Poll::Ready(None) };
             let read = &mut lease.conn().read;
-            let step = match this.framing {
-                Framing::Length(0) => Step::End(None),
-                Framing::Length(rest) if !read.is_empty() => {
-                    let n = read.len().min(usize::try_from(rest).unwrap_or(usize::MAX));
-                    this.framing = Framing::Length(rest - n as u64);
-                    Step::Data(read.split_to(n).freeze())
-                }
-                Framing::UntilClose if !read.is_empty() => Step::Data(read.split().freeze()),
-                Framing::Chunked(state) if !read.is_empty() => match decode_chunked(state, read) {
-                    Ok((next, decoded)) => {
-                        this.framing = Framing::Chunked(next);
-                        match decoded {
-                            Decoded::Data(data) => Step::Data(data),
-                            Decoded::End(trailers) => Step::End(trailers),
-                            Decoded::Progress => continue,
-                            Decoded::More => Step::Read,
-                        }
-                    }
-                    Err(e) => return this.fail(e),
-                },
-                _ => Step::Read,
+            let step = match next_step(&mut this.framing, read) {
+                Ok(step) => step,
+                Err(e) => return this.fail(e),
             };
             match step {
                 Step::Data(data) => {
@@ -625,8 +607,8 @@ impl HttpBody for Body {
     }
 }
 
-/// What a poll of a response body does next.
-enum Step {
+/// What a body's next step is, from what was read.
+pub(super) enum Step {
     /// Gives data.
     Data(Bytes),
     /// Ends, with trailers if any.
@@ -635,8 +617,34 @@ enum Step {
     Read,
 }
 
+/// The next step of a body delimited by `framing` (moved on past it), from `read`.
+pub(super) fn next_step(framing: &mut Framing, read: &mut BytesMut) -> Result<Step, H1Error> {
+    loop {
+        return Ok(match *framing {
+            Framing::Length(0) => Step::End(None),
+            Framing::Length(rest) if !read.is_empty() => {
+                let n = read.len().min(usize::try_from(rest).unwrap_or(usize::MAX));
+                *framing = Framing::Length(rest - n as u64);
+                Step::Data(read.split_to(n).freeze())
+            }
+            Framing::UntilClose if !read.is_empty() => Step::Data(read.split().freeze()),
+            Framing::Chunked(state) if !read.is_empty() => {
+                let (next, decoded) = decode_chunked(state, read)?;
+                *framing = Framing::Chunked(next);
+                match decoded {
+                    Decoded::Data(data) => Step::Data(data),
+                    Decoded::End(trailers) => Step::End(trailers),
+                    Decoded::Progress => continue,
+                    Decoded::More => Step::Read,
+                }
+            }
+            _ => Step::Read,
+        });
+    }
+}
+
 /// What a step of chunked decoding gave.
-pub(super) enum Decoded {
+enum Decoded {
     /// Data of a chunk.
     Data(Bytes),
     /// The body ended, with these trailers if it had any.
@@ -648,7 +656,7 @@ pub(super) enum Decoded {
 }
 
 /// One step of decoding a chunked body from `buf` in `state`.
-pub(super) fn decode_chunked(state: Chunk, buf: &mut BytesMut) -> Result<(Chunk, Decoded), H1Error> {
+fn decode_chunked(state: Chunk, buf: &mut BytesMut) -> Result<(Chunk, Decoded), H1Error> {
     match state {
         Chunk::Size => {
             let Some(end) = find_crlf(buf) else {

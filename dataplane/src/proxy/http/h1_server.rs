@@ -39,8 +39,8 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 
 use super::body::{BoxError, Upstream};
-use super::h1::{keeps_open, Chunk, COALESCE, MAX_HEAD, MAX_HEADERS, READ_SIZE};
-use super::request_body::{self, Feeder, Framing};
+use super::h1::{keeps_open, Chunk, Framing, COALESCE, MAX_HEAD, MAX_HEADERS, READ_SIZE};
+use super::request_body::{self, Feeder};
 use super::timer::{HeaderReads, Lent};
 
 /// Why a connection ended badly.

@@ -22,21 +22,12 @@ use http_body::{Body as HttpBody, Frame, SizeHint};
 use tokio::io::AsyncRead;
 
 use super::body::BoxError;
-use super::h1::{decode_chunked, Chunk, Decoded, H1Error, READ_SIZE};
+use super::h1::{next_step, Framing, H1Error, Step, READ_SIZE};
 
 /// What a read of a large body asks for at most: fewer reads and larger frames, while a
 /// connection's buffer stays small (given back after the request if it grew past
 /// [`super::h1::KEPT_BUFFER`]).
 const BODY_READ_SIZE: usize = 64 * 1024;
-
-/// How a request body is framed on the wire.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Framing {
-    /// `content-length`: this many bytes to go.
-    Length(u64),
-    /// `transfer-encoding: chunked`.
-    Chunked(Chunk),
-}
 
 /// Why a request body could not be read whole.
 #[derive(Debug, thiserror::Error)]
@@ -86,7 +77,7 @@ fn park(place: &mut Option<Waker>, cx: &Context<'_>) {
 pub(super) fn pair(framing: Framing) -> (RequestBody, Feeder) {
     let rest = match framing {
         Framing::Length(n) => Some(n),
-        Framing::Chunked(_) => None,
+        _ => None,
     };
     let slot = Arc::new(Mutex::new(Slot { rest, ..Slot::default() }));
     (RequestBody { slot: slot.clone() }, Feeder { slot, framing, done: false, whole: false, drained: 0 })
@@ -173,13 +164,6 @@ pub(super) struct Feeder {
     drained: u64,
 }
 
-/// What one step of decoding gave.
-enum Step {
-    Data(Bytes),
-    End(Option<HeaderMap>),
-    Read,
-}
-
 impl Feeder {
     /// Whether the whole body was read from the connection, so that it may carry another
     /// request.
@@ -216,11 +200,11 @@ impl Feeder {
             // bound), so that a frame carries all of it.
             let want = match *framing {
                 Framing::Length(rest) => usize::try_from(rest).unwrap_or(usize::MAX).clamp(READ_SIZE, BODY_READ_SIZE),
-                Framing::Chunked(_) => BODY_READ_SIZE,
+                _ => BODY_READ_SIZE,
             };
             let short = match *framing {
                 Framing::Length(rest) => (read.len() as u64) < rest.min(want as u64),
-                Framing::Chunked(_) => read.is_empty(),
+                _ => read.is_empty(),
             };
             if !dry && (need || short) {
                 if read.capacity() - read.len() < want / 4 {
@@ -319,35 +303,10 @@ fn decode(slot: &mut Slot, framing: &mut Framing, read: &mut BytesMut, done: &mu
     true
 }
 
-/// The next frame in `read`, per the body's `framing` (moved on past it).
+/// The next step of the body in `read` (only a malformed chunked framing fails).
 fn step(framing: &mut Framing, read: &mut BytesMut) -> Result<Step, RequestBodyError> {
-    loop {
-        match *framing {
-            Framing::Length(0) => return Ok(Step::End(None)),
-            Framing::Length(rest) => {
-                if read.is_empty() {
-                    return Ok(Step::Read);
-                }
-                let n = read.len().min(usize::try_from(rest).unwrap_or(usize::MAX));
-                *framing = Framing::Length(rest - n as u64);
-                return Ok(Step::Data(read.split_to(n).freeze()));
-            }
-            Framing::Chunked(state) => {
-                if read.is_empty() {
-                    return Ok(Step::Read);
-                }
-                let (next, decoded) = decode_chunked(state, read).map_err(|e| match e {
-                    H1Error::Malformed(why) => RequestBodyError::Malformed(why),
-                    _ => RequestBodyError::Malformed("bad chunked framing"),
-                })?;
-                *framing = Framing::Chunked(next);
-                match decoded {
-                    Decoded::Data(data) => return Ok(Step::Data(data)),
-                    Decoded::End(trailers) => return Ok(Step::End(trailers)),
-                    Decoded::Progress => {}
-                    Decoded::More => return Ok(Step::Read),
-                }
-            }
-        }
-    }
+    next_step(framing, read).map_err(|e| match e {
+        H1Error::Malformed(why) => RequestBodyError::Malformed(why),
+        _ => RequestBodyError::Malformed("bad chunked framing"),
+    })
 }
