@@ -15,7 +15,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
+use std::process::Command;
 use std::time::Duration;
 
 use clap::Parser;
@@ -83,27 +83,29 @@ async fn run(args: Args) -> Result<(), Error> {
 
     // The application: nginx serving a 1 KiB file.
     let (app, app_port) = file_server(&work, PATH)?;
-    let app_addr: SocketAddr = format!("127.0.0.1:{app_port}").parse()?;
     children_to_kill.0.push(app);
+    let app_addr: SocketAddr = format!("127.0.0.1:{app_port}").parse()?;
     wait_http("nginx serving the file", app_addr, PATH).await?;
 
     // The Strait pair: web's sidecar (client side) and backend's sidecar (server side).
     let (backend_in, web_in, web_out) = (free_port()?, free_port()?, free_port()?);
-    let mut sidecars = Vec::new();
+    // Each process goes to `children_to_kill` as it starts: one held elsewhere would outlive a
+    // failure before it got there.
+    let (mut strait_pids, mut admins) = (Vec::new(), Vec::new());
     for spec in [
         SidecarSpec { name: "backend-1", service: "backend", inbound: backend_in, app: app_port, tags: "", outbound: None },
         SidecarSpec { name: "web-1", service: "web", inbound: web_in, app: free_port()?, tags: "", outbound: Some((web_out, "backend")) },
     ] {
-        sidecars.push(start_sidecar(&dp, &cp, &work, &spec, args.load.sidecar_concurrency).await?);
+        let (child, admin) = start_sidecar(&dp, &cp, &work, &spec, args.load.sidecar_concurrency).await?;
+        strait_pids.push(child.id());
+        admins.push(admin);
+        children_to_kill.0.push(child);
     }
-    for (_, admin) in &sidecars {
+    for admin in &admins {
         wait_ready(&cp.http, admin).await?;
     }
     let strait_addr: SocketAddr = format!("127.0.0.1:{web_out}").parse()?;
     wait_http("the strait sidecar pair", strait_addr, PATH).await?;
-    let strait_pids: Vec<u32> = sidecars.iter().map(|(c, _)| c.id()).collect();
-    let admins: Vec<String> = sidecars.iter().map(|(_, a)| a.clone()).collect();
-    children_to_kill.0.extend(sidecars.into_iter().map(|(c, _)| c));
 
     // The nginx pair: proxy A (client side) to proxy B (server side) over mTLS.
     let tls = certificates(&work)?;
@@ -119,6 +121,8 @@ async fn run(args: Args) -> Result<(), Error> {
             tls.display()
         ),
     )?;
+    let b_master = proxy_b.id();
+    children_to_kill.0.push(proxy_b);
     let proxy_a = nginx(
         &work,
         "proxy-a",
@@ -131,6 +135,8 @@ async fn run(args: Args) -> Result<(), Error> {
             tls.display()
         ),
     )?;
+    let a_master = proxy_a.id();
+    children_to_kill.0.push(proxy_a);
     let nginx_addr: SocketAddr = format!("127.0.0.1:{a_port}").parse()?;
     if let Err(e) = wait_http("the nginx pair", nginx_addr, PATH).await {
         for name in ["proxy-a", "proxy-b"] {
@@ -141,19 +147,19 @@ async fn run(args: Args) -> Result<(), Error> {
     }
     // The floor: two relays that copy bytes and nothing else, as the pairs are chained.
     let (relay_a, relay_b) = (free_port()?, free_port()?);
-    let mut relays = Vec::new();
+    let mut relay_pids = Vec::new();
     for (listen, target) in [(relay_b, app_port), (relay_a, relay_b)] {
         let mut relay = Command::new(std::env::current_exe()?);
         relay.args([strait_bench::relay::ARG, &format!("127.0.0.1:{listen}"), &format!("127.0.0.1:{target}")]);
-        relays.push(strait_bench::cleanup::spawn(&mut relay)?);
+        let child = strait_bench::cleanup::spawn(&mut relay)?;
+        relay_pids.push(child.id());
+        children_to_kill.0.push(child);
     }
     let relay_addr: SocketAddr = format!("127.0.0.1:{relay_a}").parse()?;
-    let relay_pids: Vec<u32> = relays.iter().map(Child::id).collect();
-    children_to_kill.0.extend(relays);
     wait_http("the relay pair", relay_addr, PATH).await?;
-    let nginx_pids = |c: &Child| {
-        let mut p = vec![c.id()];
-        p.extend(children(c.id()));
+    let nginx_pids = |master: u32| {
+        let mut p = vec![master];
+        p.extend(children(master));
         p
     };
     let targets = [
@@ -169,7 +175,7 @@ async fn run(args: Args) -> Result<(), Error> {
         Target {
             name: "nginx pair (mTLS)",
             addr: nginx_addr,
-            proxies: vec![Proxy { name: "nginx A", pids: nginx_pids(&proxy_a) }, Proxy { name: "nginx B", pids: nginx_pids(&proxy_b) }],
+            proxies: vec![Proxy { name: "nginx A", pids: nginx_pids(a_master) }, Proxy { name: "nginx B", pids: nginx_pids(b_master) }],
         },
         Target {
             name: "relay pair (floor)",
@@ -177,8 +183,6 @@ async fn run(args: Args) -> Result<(), Error> {
             proxies: vec![Proxy { name: "relay A", pids: vec![relay_pids[1]] }, Proxy { name: "relay B", pids: vec![relay_pids[0]] }],
         },
     ];
-    children_to_kill.0.push(proxy_a);
-    children_to_kill.0.push(proxy_b);
 
     // Warm up every path (pools, TLS sessions), then take idle memory.
     let plan = args.load.plan(PATH, false);
