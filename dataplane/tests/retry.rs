@@ -35,6 +35,10 @@ async fn flaky_app() -> Flaky {
                     let (fail, delay_ms, hits) = (fail.clone(), delay_ms.clone(), hits.clone());
                     async move {
                         use http_body_util::BodyExt;
+                        // What the request was, for the application to check that a retry is
+                        // the request it sent.
+                        let order = request.headers().get("x-order").and_then(|v| v.to_str().ok()).unwrap_or("-");
+                        let seen = format!("{} {} {order}", request.method(), request.uri());
                         let received = request.into_body().collect().await.map(|b| b.to_bytes().len()).unwrap_or(0);
                         hits.fetch_add(1, Ordering::SeqCst);
                         tokio::time::sleep(Duration::from_millis(delay_ms.load(Ordering::SeqCst))).await;
@@ -46,7 +50,9 @@ async fn flaky_app() -> Flaky {
                         let status = if failing.is_ok() { 503 } else { 200 };
                         let text = if received > 0 { format!("flaky {received}") } else { "flaky".into() };
                         let body = http_body_util::Full::new(bytes::Bytes::from(text));
-                        Ok::<_, std::convert::Infallible>(http::Response::builder().status(status).body(body).unwrap())
+                        Ok::<_, std::convert::Infallible>(
+                            http::Response::builder().status(status).header("x-seen", seen).body(body).unwrap(),
+                        )
                     }
                 });
                 let builder = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
@@ -111,11 +117,13 @@ async fn failed_attempts_are_retried_within_the_budget() {
     app.fail.store(1, Ordering::SeqCst);
     assert_eq!(client.post(&url).body("order").send().await.unwrap().status(), 503);
     assert_eq!(app.hits.load(Ordering::SeqCst) - hits, 1);
-    // A PUT is: its body, kept as it passed, is sent again.
+    // A PUT is: its body, kept as it passed, is sent again, with its method, path and headers.
     let hits = app.hits.load(Ordering::SeqCst);
     app.fail.store(1, Ordering::SeqCst);
-    let put = client.put(&url).body("order").send().await.unwrap();
+    let put = client.put(format!("{url}orders?id=7")).header("x-order", "order-7").body("order").send().await.unwrap();
+    let seen = put.headers().get("x-seen").and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
     assert_eq!((put.status(), put.text().await.unwrap().as_str()), (reqwest::StatusCode::OK, "flaky 5"));
+    assert_eq!(seen, "PUT /orders?id=7 order-7", "the retry is the request the application sent");
     assert_eq!(app.hits.load(Ordering::SeqCst) - hits, 2);
     app.fail.store(0, Ordering::SeqCst);
 

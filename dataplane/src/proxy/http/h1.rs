@@ -457,7 +457,7 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<(Response<()>, bool)>, H1Erro
         *place = (name, name + h.name.len(), value, value + h.value.len());
     }
     let head = buf.split_to(len).freeze();
-    let mut map = HeaderMap::with_capacity(count);
+    let mut map = super::spare_maps::take(count);
     for &(name_at, name_end, value_at, value_end) in &places[..count] {
         let name = HeaderName::from_bytes(&head[name_at..name_end]).map_err(|_| H1Error::Malformed("bad header name"))?;
         let value = HeaderValue::from_maybe_shared(head.slice(value_at..value_end)).map_err(|_| H1Error::Malformed("bad header value"))?;

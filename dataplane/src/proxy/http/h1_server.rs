@@ -329,7 +329,9 @@ fn build_request(
     framing: Option<Framing>,
 ) -> Option<Parsed> {
     let uri = Uri::from_maybe_shared(head.slice(path)).ok()?;
-    let mut map = HeaderMap::with_capacity(places.len());
+    // Room for a header the sidecar adds (`host` for the application, from an absolute URI):
+    // a full map grows by reallocating both its tables.
+    let mut map = HeaderMap::with_capacity(places.len() + 1);
     for &(name_at, name_end, value_at, value_end) in places {
         let name = HeaderName::from_bytes(&head[name_at..name_end]).ok()?;
         let value = HeaderValue::from_maybe_shared(head.slice(value_at..value_end)).ok()?;
@@ -402,6 +404,7 @@ where
     let keep = asked.keep && keeps_open(Version::HTTP_11, headers) && feeder.as_ref().is_none_or(|f| f.may_keep());
     write.clear();
     encode_head(write, status, headers, out, keep);
+    super::spare_maps::give_back(std::mem::take(&mut parts.headers));
     let mut body = pin!(body);
     let mut out = out;
     let mut written = 0;

@@ -21,6 +21,7 @@ mod request_body;
 pub mod retry;
 pub mod routes;
 mod sniff;
+mod spare_maps;
 pub mod timer;
 
 use std::future::Future;

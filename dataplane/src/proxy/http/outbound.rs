@@ -383,8 +383,8 @@ fn mirror(request: Request<Counted>, to: &Arc<Destination>, path: &Arc<DataPath>
         let mut request = copy.request_with(&to, body);
         let limit = to.timeouts.headers_limit().map(|l| tokio::time::Instant::now() + l.after);
         let sent = match limit {
-            Some(at) => tokio::time::timeout_at(at, attempt(&mut request, &to, None, Some(at), &task_path)).await.ok(),
-            None => Some(attempt(&mut request, &to, None, None, &task_path).await),
+            Some(at) => tokio::time::timeout_at(at, attempt(&mut request, &to, None, Some(at), &task_path, &mut None)).await.ok(),
+            None => Some(attempt(&mut request, &to, None, None, &task_path, &mut None).await),
         };
         let status = match sent {
             Some(Ok((response, _in_flight))) => response.status(),
@@ -437,7 +437,7 @@ async fn send(
     path: &DataPath,
 ) -> Result<(Response<Upstream>, InFlight), Failure> {
     match &destination.retry {
-        None => attempt(request, destination, key, deadline, path).await,
+        None => attempt(request, destination, key, deadline, path, &mut None).await,
         // Not boxed: the request's future is boxed once, where the connection's server calls
         // it, and never moved; a box of its own cost an allocation (beyond glibc's per-thread
         // cache, 1.5 KB) per request under the mesh's default MeshRetry.
@@ -455,10 +455,14 @@ async fn retried(
     path: &DataPath,
 ) -> Result<(Response<Upstream>, InFlight), Failure> {
     use http_body::Body as _;
-    let replay = policy.replayable(request.method()).then(|| Replay::copy(request));
+    let replayable = policy.replayable(request.method());
+    // The request's head for the retries: HTTP/1.1 leaves the request in place, so only an
+    // attempt over HTTP/2 (which takes it) copies it first (`Some(None)` until then). A copy made
+    // before every request cost a header map's allocations per request.
+    let mut replay: Option<Option<Replay>> = replayable.then_some(None);
     // A body goes to the first endpoint as it comes; a copy is kept for the retries.
     let mut kept = Kept::None;
-    if replay.is_some() && !request.body().is_end_stream() {
+    if replayable && !request.body().is_end_stream() {
         let (tx, rx) = tokio::sync::oneshot::channel();
         request.body_mut().tee(MAX_KEPT_BODY, tx);
         kept = Kept::Coming(rx);
@@ -470,7 +474,7 @@ async fn retried(
             Some(limit) => {
                 let until = tokio::time::Instant::now() + limit;
                 let until = deadline.map_or(until, |d| d.min(until));
-                match tokio::time::timeout(limit, attempt(request, destination, key, Some(until), path)).await {
+                match tokio::time::timeout(limit, attempt(request, destination, key, Some(until), path, &mut replay)).await {
                     Ok(result) => result,
                     Err(_) => Err((
                         StatusCode::GATEWAY_TIMEOUT,
@@ -479,13 +483,15 @@ async fn retried(
                     )),
                 }
             }
-            None => attempt(request, destination, key, deadline, path).await,
+            None => attempt(request, destination, key, deadline, path, &mut replay).await,
         };
         let retriable = match &result {
             Ok((response, _)) => policy.retries_response(response.status(), response.headers()),
             Err((_, _, cause)) => policy.retries_failure(*cause),
         };
-        let Some(replay) = replay.as_ref().filter(|_| retriable && retries < policy.retries) else { return result };
+        if !(replayable && retriable && retries < policy.retries) {
+            return result;
+        }
         // The body, if it passed whole and small enough to keep; else this is the answer.
         let Some(body) = kept.body() else {
             tracing::debug!("not retried: its body was larger than {MAX_KEPT_BODY} bytes, or had not ended");
@@ -500,7 +506,12 @@ async fn retried(
         destination.metrics.retries.inc();
         drop(result);
         tokio::time::sleep(policy.back_off(retries)).await;
-        *request = replay.request_with(destination, body);
+        match replay.as_ref().and_then(Option::as_ref) {
+            Some(copy) => *request = copy.request_with(destination, body),
+            // Sent over HTTP/1.1 only: the request is in place but for its body (its framing
+            // headers are set again when it is sent).
+            None => *request.body_mut() = Counted::full(body, destination.metrics.request_bytes.clone()),
+        }
     }
 }
 
@@ -531,18 +542,26 @@ impl Kept {
 
 /// One attempt: sends `request` to an endpoint of `destination`, on a fresh pick when it could
 /// not be sent (and, for a safe bodiless request, when its connection failed with it in flight).
+/// `copy`: `Some` if the caller needs the request again after this attempt (its retries); an
+/// HTTP/2 connection takes the request, so a copy is made into it before one does.
 async fn attempt(
     request: &mut Request<Counted>,
     destination: &Destination,
     key: Option<u64>,
     until: Option<tokio::time::Instant>,
     path: &DataPath,
+    copy: &mut Option<Option<Replay>>,
 ) -> Result<(Response<Upstream>, InFlight), Failure> {
     let mut last: Option<Failure> = None;
     // A safe bodiless request is sent again elsewhere if its connection fails with it in
     // flight. HTTP/1.1 gives the request back then; HTTP/2 does not, so a copy is kept.
     let replayable = Replay::safe(request);
-    let mut replay = None;
+    let wanted = copy.is_some();
+    let mut own = None;
+    let replay = match copy.as_mut() {
+        Some(theirs) => theirs,
+        None => &mut own,
+    };
     let http1 = speaks_http1(request, destination);
     for _ in 0..ATTEMPTS {
         let Some(endpoint) = destination.pick_for(key).cloned() else {
@@ -571,8 +590,8 @@ async fn attempt(
         };
         // HTTP/2 keeps the request unless none of it went: then a copy sends it again.
         let kept = matches!(sender, Sender::Http2(_));
-        if replayable && replay.is_none() && kept {
-            replay = Some(Replay::copy(request));
+        if kept && (replayable || wanted) && replay.is_none() {
+            *replay = Some(Replay::copy(request));
         }
         // Until the answer comes: an attempt the sidecar abandons on the way (its timeout) is a
         // failure of local origin for outlier detection; one the application cancels is not.
@@ -599,7 +618,7 @@ async fn attempt(
                     return Err(failure);
                 }
                 if kept {
-                    let Some(replay) = &replay else { return Err(failure) };
+                    let Some(replay) = replay.as_ref() else { return Err(failure) };
                     *request = replay.request(destination);
                 }
                 endpoint.pool.clear();
