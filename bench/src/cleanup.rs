@@ -63,23 +63,12 @@ fn wait_gone(leaders: &[u32]) {
     }
 }
 
-/// The process groups of the processes running now, from `/proc`. A zombie (ended, not yet
-/// reaped by its parent: a group leader when a signal ends the benchmark) does not run, unless
-/// it leads threads still ending.
+/// The process groups of the processes running now. A zombie (ended, not yet reaped by its
+/// parent: a group leader when a signal ends the benchmark) does not run, unless it leads
+/// threads still ending.
 fn running_groups() -> BTreeSet<u32> {
-    let Ok(entries) = std::fs::read_dir("/proc") else { return BTreeSet::new() };
-    entries
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter_map(|pid| {
-            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-            // State, parent and group follow the command name, which is in parentheses and may
-            // hold spaces.
-            let mut fields = stat.rsplit_once(')')?.1.split_whitespace();
-            let (state, group) = (fields.next()?, fields.nth(1)?.parse::<u32>().ok()?);
-            let threads = || std::fs::read_dir(format!("/proc/{pid}/task")).map_or(0, Iterator::count);
-            (state != "Z" || threads() > 1).then_some(group)
-        })
-        .collect()
+    let threads = |pid: u32| std::fs::read_dir(format!("/proc/{pid}/task")).map_or(0, Iterator::count);
+    crate::procstat::processes().into_iter().filter(|p| p.state != "Z" || threads(p.pid) > 1).map(|p| p.group).collect()
 }
 
 /// Removes `dir` if a signal ends the benchmark.

@@ -106,20 +106,36 @@ fn parse_open_files_limit(limits: &str) -> u64 {
         .unwrap_or(u64::MAX)
 }
 
-/// The children of `pid` (nginx workers under their master).
-pub fn children(pid: u32) -> Vec<u32> {
+/// A process as `/proc/<pid>/stat` gives it.
+pub struct Process {
+    pub pid: u32,
+    /// `R`, `S`, `Z` (ended, not yet reaped) …
+    pub state: String,
+    pub parent: u32,
+    pub group: u32,
+}
+
+/// Every process of the system now, from `/proc`.
+pub fn processes() -> Vec<Process> {
     let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
     entries
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|child| {
-            std::fs::read_to_string(format!("/proc/{child}/stat"))
-                .ok()
-                .and_then(|s| s.rsplit_once(')').map(|(_, r)| r.split_whitespace().nth(1).map(str::to_string)))
-                .flatten()
-                .and_then(|ppid| ppid.parse::<u32>().ok())
-                == Some(pid)
+        .filter_map(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            // State, parent and group follow the command name, which is in parentheses and may
+            // hold spaces.
+            let mut fields = stat.rsplit_once(')')?.1.split_whitespace();
+            let state = fields.next()?.to_string();
+            let parent = fields.next()?.parse().ok()?;
+            let group = fields.next()?.parse().ok()?;
+            Some(Process { pid, state, parent, group })
         })
         .collect()
+}
+
+/// The children of `pid` (nginx workers under their master).
+pub fn children(pid: u32) -> Vec<u32> {
+    processes().into_iter().filter(|p| p.parent == pid).map(|p| p.pid).collect()
 }
 
 #[cfg(test)]

@@ -383,8 +383,8 @@ fn mirror(request: Request<Counted>, to: &Arc<Destination>, path: &Arc<DataPath>
         let mut request = copy.request_with(&to, body);
         let limit = to.timeouts.headers_limit().map(|l| tokio::time::Instant::now() + l.after);
         let sent = match limit {
-            Some(at) => tokio::time::timeout_at(at, attempt(&mut request, &to, None, Some(at), &task_path, &mut None)).await.ok(),
-            None => Some(attempt(&mut request, &to, None, None, &task_path, &mut None).await),
+            Some(at) => tokio::time::timeout_at(at, attempt(&mut request, &to, None, Some(at), &task_path, None)).await.ok(),
+            None => Some(attempt(&mut request, &to, None, None, &task_path, None).await),
         };
         let status = match sent {
             Some(Ok((response, _in_flight))) => response.status(),
@@ -437,7 +437,7 @@ async fn send(
     path: &DataPath,
 ) -> Result<(Response<Upstream>, InFlight), Failure> {
     match &destination.retry {
-        None => attempt(request, destination, key, deadline, path, &mut None).await,
+        None => attempt(request, destination, key, deadline, path, None).await,
         // Not boxed: the request's future is boxed once, where the connection's server calls
         // it, and never moved; a box of its own cost an allocation (beyond glibc's per-thread
         // cache, 1.5 KB) per request under the mesh's default MeshRetry.
@@ -457,9 +457,9 @@ async fn retried(
     use http_body::Body as _;
     let replayable = policy.replayable(request.method());
     // The request's head for the retries: HTTP/1.1 leaves the request in place, so only an
-    // attempt over HTTP/2 (which takes it) copies it first (`Some(None)` until then). A copy made
-    // before every request cost a header map's allocations per request.
-    let mut replay: Option<Option<Replay>> = replayable.then_some(None);
+    // attempt over HTTP/2 (which takes it) copies it first. A copy made before every request
+    // cost a header map's allocations per request.
+    let mut replay: Option<Replay> = None;
     // A body goes to the first endpoint as it comes; a copy is kept for the retries.
     let mut kept = Kept::None;
     if replayable && !request.body().is_end_stream() {
@@ -474,7 +474,9 @@ async fn retried(
             Some(limit) => {
                 let until = tokio::time::Instant::now() + limit;
                 let until = deadline.map_or(until, |d| d.min(until));
-                match tokio::time::timeout(limit, attempt(request, destination, key, Some(until), path, &mut replay)).await {
+                match tokio::time::timeout(limit, attempt(request, destination, key, Some(until), path, replayable.then_some(&mut replay)))
+                    .await
+                {
                     Ok(result) => result,
                     Err(_) => Err((
                         StatusCode::GATEWAY_TIMEOUT,
@@ -483,7 +485,7 @@ async fn retried(
                     )),
                 }
             }
-            None => attempt(request, destination, key, deadline, path, &mut replay).await,
+            None => attempt(request, destination, key, deadline, path, replayable.then_some(&mut replay)).await,
         };
         let retriable = match &result {
             Ok((response, _)) => policy.retries_response(response.status(), response.headers()),
@@ -506,7 +508,7 @@ async fn retried(
         destination.metrics.retries.inc();
         drop(result);
         tokio::time::sleep(policy.back_off(retries)).await;
-        match replay.as_ref().and_then(Option::as_ref) {
+        match &replay {
             Some(copy) => *request = copy.request_with(destination, body),
             // Sent over HTTP/1.1 only: the request is in place but for its body (its framing
             // headers are set again when it is sent).
@@ -542,15 +544,15 @@ impl Kept {
 
 /// One attempt: sends `request` to an endpoint of `destination`, on a fresh pick when it could
 /// not be sent (and, for a safe bodiless request, when its connection failed with it in flight).
-/// `copy`: `Some` if the caller needs the request again after this attempt (its retries); an
-/// HTTP/2 connection takes the request, so a copy is made into it before one does.
+/// `copy`: where the caller keeps the request for after this attempt (its retries), if it needs
+/// it: an HTTP/2 connection takes the request, so a copy is made there before one does.
 async fn attempt(
     request: &mut Request<Counted>,
     destination: &Destination,
     key: Option<u64>,
     until: Option<tokio::time::Instant>,
     path: &DataPath,
-    copy: &mut Option<Option<Replay>>,
+    copy: Option<&mut Option<Replay>>,
 ) -> Result<(Response<Upstream>, InFlight), Failure> {
     let mut last: Option<Failure> = None;
     // A safe bodiless request is sent again elsewhere if its connection fails with it in
@@ -558,10 +560,7 @@ async fn attempt(
     let replayable = Replay::safe(request);
     let wanted = copy.is_some();
     let mut own = None;
-    let replay = match copy.as_mut() {
-        Some(theirs) => theirs,
-        None => &mut own,
-    };
+    let replay = copy.unwrap_or(&mut own);
     let http1 = speaks_http1(request, destination);
     for _ in 0..ATTEMPTS {
         let Some(endpoint) = destination.pick_for(key).cloned() else {
